@@ -1,0 +1,18 @@
+"""latentsync: lip sync with audio-conditioned latent diffusion (LatentSync), native to the Hugging Face stack."""
+
+from .errors import InvalidAudioError, InvalidVideoError, LatentSyncInputError, NoFaceError
+from .models import LatentSyncUNet, WhisperAudioEncoder
+from .pipeline import LatentSyncPipeline, LatentSyncPipelineOutput
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "InvalidAudioError",
+    "InvalidVideoError",
+    "LatentSyncInputError",
+    "LatentSyncPipeline",
+    "LatentSyncPipelineOutput",
+    "LatentSyncUNet",
+    "NoFaceError",
+    "WhisperAudioEncoder",
+]

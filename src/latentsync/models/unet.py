@@ -1,0 +1,177 @@
+"""The LatentSync U-Net: diffusers' ``UNetMotionModel`` configured for audio-conditioned inpainting.
+
+The official model differs from stock diffusers in three documented ways, all reproduced here:
+
+* ResNet ``GroupNorm`` layers and ``conv_norm_out`` normalise over all frames of a clip together
+  (``frame_pooled_norm=True``), whereas diffusers normalises each frame separately.
+* The temporal (motion) modules normalise each frame separately, whereas diffusers pools frames.
+* Version 1.5/1.6 "efficient" checkpoints have temporal layers only in the decoder
+  (``motion_modules="decoder"``), version 1.0 and stage-1 checkpoints have none (``"none"``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import inspect
+
+import torch
+import torch.nn.functional as F
+from diffusers import ModelMixin, UNetMotionModel
+from diffusers.configuration_utils import register_to_config
+from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
+from torch import nn
+
+# diffusers finds a pipeline component's loader by looking up base classes in the component's module namespace.
+__all__ = ["LatentSyncUNet", "ModelMixin"]
+
+MotionPlacement = Literal["all", "decoder", "none"]
+
+
+class _FrameCount:
+    """Number of frames per clip of the forward pass in progress, shared by the frame-aware norms."""
+
+    def __init__(self) -> None:
+        self.value = 1
+
+
+class FramePooledGroupNorm(nn.GroupNorm):
+    """GroupNorm over a ``(batch * frames, C, H, W)`` tensor whose statistics pool all frames of a clip."""
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float, affine: bool, frames: _FrameCount):
+        super().__init__(num_groups, num_channels, eps=eps, affine=affine)
+        self._frames = frames
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self._frames.value
+        if f <= 1:
+            return super().forward(x)
+        bf, c, h, w = x.shape
+        y = x.reshape(bf // f, f, c, h * w).transpose(1, 2)
+        y = F.group_norm(y, self.num_groups, self.weight, self.bias, self.eps)
+        return y.transpose(1, 2).reshape(bf, c, h, w)
+
+
+class PerFrameGroupNorm(nn.GroupNorm):
+    """GroupNorm over a ``(B, C, F, H, W)`` tensor that normalises every frame on its own."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, f, h, w = x.shape
+        y = x.transpose(1, 2).reshape(b * f, c, h, w)
+        y = F.group_norm(y, self.num_groups, self.weight, self.bias, self.eps)
+        return y.reshape(b, f, c, h, w).transpose(1, 2)
+
+
+class _NoMotion(nn.Module):
+    """Placeholder for a motion module that the configuration leaves out (identity)."""
+
+    def forward(self, hidden_states: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        return hidden_states
+
+
+def _swap_norm(norm: nn.GroupNorm, cls, **kwargs) -> nn.GroupNorm:
+    new = cls(norm.num_groups, norm.num_channels, eps=norm.eps, affine=norm.affine, **kwargs)
+    new.load_state_dict(norm.state_dict())
+    return new.to(device=norm.weight.device, dtype=norm.weight.dtype)
+
+
+class LatentSyncUNet(UNetMotionModel):
+    """Audio-conditioned inpainting U-Net of LatentSync.
+
+    Input ``sample`` is ``(B, 13, F, h, w)``: noisy latents (4), mouth mask (1), masked-face latents (4) and
+    reference latents (4). ``encoder_hidden_states`` is the per-frame audio context ``(B * F, tokens, 384)``,
+    batch-major. Output is the predicted noise ``(B, 4, F, h, w)``.
+
+    Args:
+        motion_modules: where temporal layers exist: ``"all"`` (v1.5/1.6 stage 2), ``"decoder"``
+            (stage2_efficient) or ``"none"`` (stage 1, v1.0).
+        frame_pooled_norm: reproduce the official normalisation (ResNet GroupNorm pooled over the frames of a clip,
+            motion-module GroupNorm per frame). ``False`` gives stock diffusers behaviour.
+        Other arguments are those of [`~diffusers.UNetMotionModel`].
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        sample_size: int | None = 64,
+        in_channels: int = 13,
+        out_channels: int = 4,
+        down_block_types: tuple[str, ...] = (
+            "CrossAttnDownBlockMotion",
+            "CrossAttnDownBlockMotion",
+            "CrossAttnDownBlockMotion",
+            "DownBlockMotion",
+        ),
+        up_block_types: tuple[str, ...] = (
+            "UpBlockMotion",
+            "CrossAttnUpBlockMotion",
+            "CrossAttnUpBlockMotion",
+            "CrossAttnUpBlockMotion",
+        ),
+        block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280),
+        layers_per_block: int = 2,
+        norm_num_groups: int = 32,
+        norm_eps: float = 1e-5,
+        cross_attention_dim: int = 384,
+        num_attention_heads: int | tuple[int, ...] = 8,
+        motion_num_attention_heads: int | tuple[int, ...] = 8,
+        motion_max_seq_length: int = 24,
+        motion_modules: MotionPlacement = "all",
+        frame_pooled_norm: bool = True,
+    ):
+        super().__init__(
+            sample_size=sample_size,
+            in_channels=in_channels,
+            out_channels=out_channels,
+            down_block_types=tuple(down_block_types),
+            up_block_types=tuple(up_block_types),
+            block_out_channels=tuple(block_out_channels),
+            layers_per_block=layers_per_block,
+            norm_num_groups=norm_num_groups,
+            norm_eps=norm_eps,
+            cross_attention_dim=cross_attention_dim,
+            num_attention_heads=num_attention_heads,
+            motion_num_attention_heads=motion_num_attention_heads,
+            motion_max_seq_length=motion_max_seq_length,
+            use_motion_mid_block=False,
+        )
+        if motion_modules not in ("all", "decoder", "none"):
+            raise ValueError(f"motion_modules must be 'all', 'decoder' or 'none', got {motion_modules!r}")
+        removed = list(self.down_blocks) if motion_modules != "all" else []
+        if motion_modules == "none":
+            removed += list(self.up_blocks)
+        for block in removed:
+            block.motion_modules = nn.ModuleList(_NoMotion() for _ in block.motion_modules)
+
+        self._frames = _FrameCount()
+        if frame_pooled_norm:
+            for module in list(self.modules()):
+                for name, child in list(module.named_children()):
+                    if isinstance(module, AnimateDiffTransformer3D) and name == "norm":
+                        setattr(module, name, _swap_norm(child, PerFrameGroupNorm))
+                    elif name in ("norm1", "norm2") and type(child) is nn.GroupNorm:
+                        setattr(module, name, _swap_norm(child, FramePooledGroupNorm, frames=self._frames))
+            self.conv_norm_out = _swap_norm(self.conv_norm_out, FramePooledGroupNorm, frames=self._frames)
+
+    @classmethod
+    def extract_init_dict(cls, config_dict, **kwargs):
+        # The saved config also lists the UNetMotionModel options this class fixes; drop them quietly on load.
+        fixed = set(inspect.signature(UNetMotionModel.__init__).parameters) - set(inspect.signature(cls.__init__).parameters)
+        config_dict = {k: v for k, v in config_dict.items() if k not in fixed}
+        return super().extract_init_dict(config_dict, **kwargs)
+
+    @property
+    def has_motion_modules(self) -> bool:
+        return self.config.motion_modules != "none"
+
+    def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor, **kwargs):
+        if sample.ndim != 5:
+            raise ValueError(f"sample must be (batch, channels, frames, height, width), got shape {tuple(sample.shape)}")
+        expected = sample.shape[0] * sample.shape[2]
+        if encoder_hidden_states.shape[0] != expected:
+            raise ValueError(
+                f"encoder_hidden_states must hold one audio context per frame ({expected}), "
+                f"got {encoder_hidden_states.shape[0]}"
+            )
+        self._frames.value = sample.shape[2]
+        return super().forward(sample, timestep, encoder_hidden_states, **kwargs)

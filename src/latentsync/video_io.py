@@ -1,0 +1,142 @@
+"""Video reading and writing with the ffmpeg binary bundled in imageio-ffmpeg.
+
+Frames are decoded as a stream of RGB uint8 arrays resampled to a fixed frame rate by ffmpeg's ``fps`` filter, so
+inputs of any frame rate (including variable) map onto the model's 25 fps timeline. Output is written to a hidden
+temporary file next to the target and renamed only when complete, so a failed run never leaves a partial video.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import imageio_ffmpeg
+import numpy as np
+
+from .errors import InvalidVideoError
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_FORMATS = (".mp4", ".mov", ".mkv")
+
+
+@dataclass
+class VideoInfo:
+    """What ffmpeg reports about a video file."""
+
+    path: str
+    width: int
+    height: int
+    fps: float
+    duration: float
+    has_audio: bool
+
+
+def _open(path: str, fps: float | None):
+    output_params = ["-vf", f"fps={fps}"] if fps else None
+    try:
+        gen = imageio_ffmpeg.read_frames(path, output_params=output_params)
+        meta = next(gen)
+    except (OSError, RuntimeError, StopIteration) as exc:
+        raise InvalidVideoError(f"cannot read video {path}: {str(exc).strip().splitlines()[-1] if str(exc) else exc}")
+    if not meta.get("size") or "fps" not in meta:
+        gen.close()
+        raise InvalidVideoError(f"no video stream in {path}")
+    return gen, meta
+
+
+def probe_video(path: str | os.PathLike) -> VideoInfo:
+    """Read size, frame rate, duration and whether an audio stream exists.
+
+    Raises:
+        InvalidVideoError: missing, empty, unreadable, or without a video stream.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise InvalidVideoError(f"video file not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise InvalidVideoError(f"video file is empty (0 bytes): {path}")
+    gen, meta = _open(path, None)
+    gen.close()
+    w, h = meta["size"]
+    return VideoInfo(path, int(w), int(h), float(meta["fps"]), float(meta.get("duration") or 0.0),
+                     meta.get("audio_codec") is not None)
+
+
+def iter_frames(path: str | os.PathLike, fps: float | None = 25) -> Iterator[np.ndarray]:
+    """Yield RGB uint8 frames ``(H, W, 3)``, resampled to ``fps`` (None keeps the source rate)."""
+    path = os.fspath(path)
+    gen, meta = _open(path, fps)
+    w, h = meta["size"]
+    try:
+        for buf in gen:
+            yield np.frombuffer(buf, dtype=np.uint8).reshape(h, w, 3)
+    except RuntimeError as exc:
+        raise InvalidVideoError(f"error while decoding {path}: {exc}") from exc
+    finally:
+        gen.close()
+
+
+class VideoWriter:
+    """Encode RGB frames to H.264 (+ AAC audio from ``audio_path``) atomically.
+
+    Use as a context manager: on a clean exit the file appears at ``path``; on an exception nothing is left.
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: float = 25, audio_path: str | None = None, crf: int = 18):
+        self.path = os.fspath(path)
+        ext = os.path.splitext(self.path)[1].lower()
+        if ext not in OUTPUT_FORMATS:
+            raise InvalidVideoError(f"unsupported output format {ext or '(none)'}: use one of {', '.join(OUTPUT_FORMATS)}")
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(directory):
+            raise InvalidVideoError(f"output folder does not exist: {directory}")
+        self._tmp = os.path.join(directory, f".{os.path.basename(self.path)}.partial{ext}")
+        self.fps, self.audio_path, self.crf = fps, audio_path, crf
+        self._gen = None
+        self.frames_written = 0
+
+    def write(self, frame: np.ndarray) -> None:
+        if self._gen is None:
+            h, w = frame.shape[:2]
+            self._gen = imageio_ffmpeg.write_frames(
+                self._tmp, (w, h), fps=self.fps, codec="libx264", quality=None, macro_block_size=2,
+                output_params=["-crf", str(self.crf), "-preset", "medium"],
+                audio_path=self.audio_path, audio_codec="aac" if self.audio_path else None,
+                ffmpeg_log_level="error",
+            )
+            self._gen.send(None)
+        self._gen.send(np.ascontiguousarray(frame))
+        self.frames_written += 1
+
+    def close(self) -> None:
+        if self._gen is None:
+            raise InvalidVideoError("no frames to write")
+        self._gen.close()
+        self._gen = None
+        os.replace(self._tmp, self.path)
+
+    def abort(self) -> None:
+        if self._gen is not None:
+            try:
+                self._gen.close()
+            except Exception:  # noqa: BLE001 - the encoder may already be broken; we only clean up
+                pass
+            self._gen = None
+        if os.path.exists(self._tmp):
+            os.remove(self._tmp)
+
+    def __enter__(self) -> "VideoWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            try:
+                self.close()
+            except BaseException:
+                self.abort()
+                raise
+        else:
+            self.abort()
