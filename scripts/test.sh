@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Install everything the tests need into .venv (fresh machine: about 3 minutes) and run the test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+.venv/bin/pip install -q -r requirements.txt
+if [ -f tests/setup_browser.sh ]; then bash tests/setup_browser.sh; fi
+.venv/bin/python -m pytest -q "$@"
