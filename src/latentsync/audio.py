@@ -47,10 +47,10 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
            "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "-"]
     proc = subprocess.run(cmd, capture_output=True)
     if proc.returncode != 0:
-        err = proc.stderr.decode(errors="replace").strip().splitlines()
-        reason = err[-1] if err else f"ffmpeg exit code {proc.returncode}"
-        if "matches no streams" in reason or "does not contain any stream" in reason:
+        text = proc.stderr.decode(errors="replace")
+        if "matches no streams" in text or "does not contain any stream" in text:
             raise InvalidAudioError(f"no audio stream in {path}")
+        reason = text.strip().splitlines()[-1] if text.strip() else f"ffmpeg exit code {proc.returncode}"
         raise InvalidAudioError(f"cannot read audio from {path}: {reason}")
     audio = np.frombuffer(proc.stdout, dtype=np.float32)
     if audio.size == 0:

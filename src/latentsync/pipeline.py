@@ -57,6 +57,41 @@ def pingpong_indices(num_source: int, num_output: int) -> np.ndarray:
     return np.where(k < num_source, k, 2 * num_source - 1 - k)
 
 
+def model_card(pipe: "LatentSyncPipeline") -> str:
+    """Markdown model card (with Hub metadata) describing a saved pipeline."""
+    unet = pipe.unet.config
+    n_params = sum(p.numel() for p in pipe.unet.parameters()) / 1e6
+    return f"""---
+library_name: diffusers
+pipeline_tag: video-to-video
+tags:
+- lip-sync
+- latentsync
+- audio-to-video
+---
+
+# LatentSync pipeline
+
+Audio-conditioned latent-diffusion lip sync (LatentSync), saved with the
+[latentsync](https://github.com/) library.
+
+- U-Net: {n_params:.1f} M parameters, temporal layers: `{unet.motion_modules}`, frame-pooled GroupNorm:
+  `{unet.frame_pooled_norm}`, audio cross-attention width {unet.cross_attention_dim}
+- Face resolution: {pipe.config.resolution} px; output at 25 fps
+
+```python
+import torch
+from latentsync import LatentSyncPipeline
+
+pipe = LatentSyncPipeline.from_pretrained("<this repo>")
+pipe(video="face.mp4", audio="speech.wav", output_path="synced.mp4",
+     generator=torch.Generator().manual_seed(1247))
+```
+
+Intended use: dubbing and lip sync of consenting speakers. Do not use it to impersonate people or to deceive.
+"""
+
+
 class LatentSyncPipeline(DiffusionPipeline):
     """Audio-conditioned latent-diffusion lip sync (LatentSync).
 
@@ -85,6 +120,22 @@ class LatentSyncPipeline(DiffusionPipeline):
             unet=unet, vae=vae, audio_encoder=audio_encoder, feature_extractor=feature_extractor, scheduler=scheduler
         )
         self.register_to_config(resolution=resolution)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs):
+        """Load a saved pipeline, or an official release (``"ByteDance/LatentSync-1.6"``, ``"ByteDance/LatentSync-1.5"``
+        or a folder with ``latentsync_unet.pt`` and ``whisper/tiny.pt``) converted on load.
+
+        For official releases the extra keywords ``resolution`` and ``vae_id`` apply (see
+        [`latentsync.conversion.load_official_pipeline`]); otherwise everything goes to diffusers.
+        """
+        from .conversion import is_official_layout, load_official_pipeline
+
+        hub = {k: kwargs.get(k) for k in ("cache_dir", "revision", "token")}
+        if is_official_layout(pretrained_model_name_or_path, local_files_only=kwargs.get("local_files_only", False),
+                              **hub):
+            return load_official_pipeline(pretrained_model_name_or_path, pipeline_class=cls, **kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     # ------------------------------------------------------------------ stages
     def encode_audio(self, audio: np.ndarray, window_mode: audio_lib.AudioWindowMode = "official") -> torch.Tensor:
@@ -296,6 +347,27 @@ class LatentSyncPipeline(DiffusionPipeline):
             num_frames=n_out,
             frames_without_face=no_face_out,
         )
+
+    # ------------------------------------------------------------------ saving and sharing
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """Save all components (safetensors) and ``model_index.json``, plus a model card ``README.md``."""
+        super().save_pretrained(save_directory, **kwargs)
+        card_path = os.path.join(save_directory, "README.md")
+        if not os.path.exists(card_path):
+            with open(card_path, "w", encoding="utf-8") as fh:
+                fh.write(model_card(self))
+
+    def push_to_hub(self, repo_id: str, commit_message: str = "Upload LatentSync pipeline", private: bool | None = None,
+                    token: str | None = None, **kwargs) -> str:
+        """Save the pipeline with its model card and upload it to the Hub repo ``repo_id`` (created if needed)."""
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp, **kwargs)
+            api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message)
+        return repo_id
 
     def _progress(self, iterable, desc: str, total: int | None = None):
         """tqdm bar for one stage, honouring ``set_progress_bar_config``."""

@@ -32,9 +32,9 @@ def build_tiny_pipeline(resolution: int = 256, motion_modules: str = "all", seed
     torch.manual_seed(seed)
     audio_dim = 64
     unet = LatentSyncUNet(
-        block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlockMotion", "DownBlockMotion"),
-        up_block_types=("UpBlockMotion", "CrossAttnUpBlockMotion"),
+        block_out_channels=(16, 32),
+        down_block_types=("DownBlockMotion", "CrossAttnDownBlockMotion"),
+        up_block_types=("CrossAttnUpBlockMotion", "UpBlockMotion"),
         layers_per_block=1,
         norm_num_groups=8,
         cross_attention_dim=audio_dim,
@@ -47,10 +47,10 @@ def build_tiny_pipeline(resolution: int = 256, motion_modules: str = "all", seed
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 16, 16, 16),
+        block_out_channels=(4, 8, 8, 8),
         layers_per_block=1,
         latent_channels=4,
-        norm_num_groups=8,
+        norm_num_groups=4,
         scaling_factor=0.18215,
     )
     whisper = WhisperAudioEncoder(

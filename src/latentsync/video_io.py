@@ -40,7 +40,11 @@ def _open(path: str, fps: float | None):
         gen = imageio_ffmpeg.read_frames(path, output_params=output_params)
         meta = next(gen)
     except (OSError, RuntimeError, StopIteration) as exc:
-        raise InvalidVideoError(f"cannot read video {path}: {str(exc).strip().splitlines()[-1] if str(exc) else exc}")
+        text = str(exc)
+        if "does not contain any stream" in text:
+            raise InvalidVideoError(f"no video stream in {path}") from None
+        reason = text.strip().splitlines()[-1] if text.strip() else "ffmpeg could not decode it"
+        raise InvalidVideoError(f"cannot read video {path}: {reason}") from None
     if not meta.get("size") or "fps" not in meta:
         gen.close()
         raise InvalidVideoError(f"no video stream in {path}")
