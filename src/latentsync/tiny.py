@@ -10,21 +10,9 @@ import torch
 from diffusers import AutoencoderKL, DDIMScheduler
 from transformers import WhisperConfig, WhisperFeatureExtractor
 
+from .conversion import OFFICIAL_SCHEDULER_CONFIG
 from .models import LatentSyncUNet, WhisperAudioEncoder
 from .pipeline import LatentSyncPipeline
-
-# DDIM settings of the official scheduler_config.json
-OFFICIAL_SCHEDULER_CONFIG = dict(
-    num_train_timesteps=1000,
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    clip_sample=False,
-    set_alpha_to_one=False,
-    steps_offset=1,
-    prediction_type="epsilon",
-    timestep_spacing="leading",
-)
 
 
 def build_tiny_pipeline(resolution: int = 256, motion_modules: str = "all", seed: int = 0) -> LatentSyncPipeline:
