@@ -157,3 +157,14 @@ def test_audio_without_audio_stream(tiny_pipe, example_face, tmp_path):
 def test_unsupported_output_format(tiny_pipe, example_face, speech_file, tmp_path):
     with pytest.raises(InvalidVideoError, match="unsupported output format"):
         _run(tiny_pipe, example_face, speech_file, tmp_path / "out.gif")
+
+
+def test_overlapped_and_sequential_stages_give_identical_frames(tiny_pipe, example_face, tmp_path):
+    t = np.arange(int(1.5 * 16000)) / 16000
+    audio = write_wav(tmp_path / "a.wav", 0.3 * np.sin(2 * np.pi * 150 * t) * np.sin(2 * np.pi * 2 * t))
+    overlapped = _run(tiny_pipe, example_face, audio, overlap_stages=True)
+    sequential = _run(tiny_pipe, example_face, audio, overlap_stages=False)
+    assert overlapped.num_frames == 38 and np.array_equal(overlapped.frames, sequential.frames)
+    for stage in ("audio_features", "decode", "face_detection", "alignment", "vae_encode", "denoise", "vae_decode",
+                  "paste_back", "total"):
+        assert overlapped.timings[stage] > 0

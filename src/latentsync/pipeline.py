@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from .alignment import FaceAligner, smooth_anchors
 from .errors import InvalidVideoError, NoFaceError
 from .face_detection import FaceDetector
 from .mask import mouth_mask
+from .streaming import OrderedWorker, StageTimer, prefetch
 from .models import LatentSyncUNet, WhisperAudioEncoder
 from .video_io import VideoWriter, iter_frames, probe_video
 
@@ -39,6 +41,7 @@ class LatentSyncPipelineOutput(BaseOutput):
         path: written video file, or None.
         num_frames: number of output frames.
         frames_without_face: output frames passed through unchanged because no face was found in them.
+        timings: busy seconds per stage (stages may overlap in time) and ``total`` wall-clock seconds.
     """
 
     frames: np.ndarray | None
@@ -46,6 +49,7 @@ class LatentSyncPipelineOutput(BaseOutput):
     path: str | None
     num_frames: int
     frames_without_face: int
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 def pingpong_indices(num_source: int, num_output: int) -> np.ndarray:
@@ -170,6 +174,7 @@ class LatentSyncPipeline(DiffusionPipeline):
         num_inference_steps: int = 20,
         guidance_scale: float = 1.5,
         generator: torch.Generator | None = None,
+        timer: StageTimer | None = None,
     ) -> np.ndarray:
         """Inpaint the lower half of aligned faces ``(f, R, R, 3)`` uint8 under per-frame ``audio_context``.
 
@@ -182,8 +187,10 @@ class LatentSyncPipeline(DiffusionPipeline):
         res = self.config.resolution
         pixels = torch.from_numpy(faces).permute(0, 3, 1, 2).float() / 127.5 - 1.0
         mask = torch.from_numpy(np.array(mouth_mask(res)))[None, None]
-        ref_latents = self._vae_encode(pixels, generator)
-        masked_latents = self._vae_encode(pixels * mask, generator)
+        timer = timer or StageTimer()
+        with timer("vae_encode"):
+            ref_latents = self._vae_encode(pixels, generator)
+            masked_latents = self._vae_encode(pixels * mask, generator)
         h, w = ref_latents.shape[-2:]
         mask_latent = F.interpolate(mask, size=(h, w), mode="nearest").expand(f, 1, h, w)
 
@@ -199,31 +206,42 @@ class LatentSyncPipeline(DiffusionPipeline):
         latents = init_noise.to(device=device, dtype=dtype).expand(-1, -1, f, -1, -1).clone()
         latents = latents * self.scheduler.init_noise_sigma
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        for t in self.scheduler.timesteps:
-            model_in = torch.cat([latents] * 2) if do_cfg else latents
-            model_in = self.scheduler.scale_model_input(model_in, t)
-            noise_pred = self.unet(torch.cat([model_in, cond], dim=1), t, encoder_hidden_states=context).sample
-            if do_cfg:
-                uncond, text = noise_pred.chunk(2)
-                noise_pred = uncond + guidance_scale * (text - uncond)
-            latents = self.scheduler.step(noise_pred, t, latents, generator=generator).prev_sample
-        decoded = self._vae_decode(latents[0].permute(1, 0, 2, 3))
-        out = ((decoded.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return out.permute(0, 2, 3, 1).cpu().numpy()
+        with timer("denoise"):
+            for t in self.scheduler.timesteps:
+                model_in = torch.cat([latents] * 2) if do_cfg else latents
+                model_in = self.scheduler.scale_model_input(model_in, t)
+                noise_pred = self.unet(torch.cat([model_in, cond], dim=1), t, encoder_hidden_states=context).sample
+                if do_cfg:
+                    uncond, text = noise_pred.chunk(2)
+                    noise_pred = uncond + guidance_scale * (text - uncond)
+                latents = self.scheduler.step(noise_pred, t, latents, generator=generator).prev_sample
+        with timer("vae_decode"):
+            decoded = self._vae_decode(latents[0].permute(1, 0, 2, 3))
+            out = ((decoded.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+            return out.permute(0, 2, 3, 1).cpu().numpy()
 
     # ------------------------------------------------------------------ video passes
-    def _analyze(self, video: str, detector: FaceDetector, cache_path: str | None, expected: int):
+    def _analyze(self, video: str, detector: FaceDetector, cache_path: str | None, expected: int, timer: StageTimer):
         """First pass: anchors for every 25 fps frame (NaN where no face); optionally caches frames to disk."""
         anchors: list[np.ndarray] = []
         cache = None
-        for i, frame in enumerate(self._progress(iter_frames(video, FPS), "Face analysis", expected)):
-            a = detector.anchors(frame)
+        frames = iter_frames(video, FPS)
+        bar = self._progress(None, "Face analysis", expected)
+        while True:
+            with timer("decode"):
+                frame = next(frames, None)
+            if frame is None:
+                break
+            bar.update()
+            with timer("face_detection"):
+                a = detector.anchors(frame)
             anchors.append(a if a is not None else np.full((3, 2), np.nan))
             if cache_path is not None:
                 if cache is None:
                     cache = open(cache_path, "wb")
                 cache.write(frame.tobytes())
             shape = frame.shape
+        bar.close()
         if cache is not None:
             cache.close()
         if not anchors:
@@ -255,10 +273,15 @@ class LatentSyncPipeline(DiffusionPipeline):
         face_index: int | None = None,
         landmark_smoothing: float = 1.5,
         audio_window_mode: audio_lib.AudioWindowMode = "official",
+        overlap_stages: bool = True,
         return_frames: bool = False,
         crf: int = 18,
     ) -> LatentSyncPipelineOutput:
         """Lip-sync ``video`` to ``audio``.
+
+        The video is read twice as a stream (face analysis, then generation) and written as it is produced, so
+        memory does not grow with its length; only a video that must loop (audio longer than video) is cached,
+        on disk.
 
         Args:
             video: path of the talking-face video (any format and frame rate ffmpeg reads).
@@ -272,9 +295,13 @@ class LatentSyncPipeline(DiffusionPipeline):
             landmark_smoothing: temporal Gaussian sigma (frames) applied to face landmarks; 0 disables.
             audio_window_mode: ``"official"`` (independent 30 s Whisper windows, exact parity) or ``"overlap"``
                 (overlapping windows, no discontinuity every 30 s on long audio).
+            overlap_stages: decode/align and paste/encode in background threads while the model denoises
+                (same output, faster).
             return_frames: also return all output frames in memory.
             crf: x264 quality of the written video (lower is better).
         """
+        timer = StageTimer()
+        wall = time.perf_counter()
         video, audio = os.fspath(video), os.fspath(audio)
         info = probe_video(video)
         samples = audio_lib.load_audio(audio)
@@ -283,14 +310,15 @@ class LatentSyncPipeline(DiffusionPipeline):
         if output_path is not None:
             VideoWriter(output_path)  # validate the output path before the long work
 
-        features = self.encode_audio(samples, audio_window_mode)
+        with timer("audio_features"):
+            features = self.encode_audio(samples, audio_window_mode)
 
         aligner = FaceAligner(self.config.resolution)
         expected = max(1, int(round(info.duration * FPS)))
         with tempfile.TemporaryDirectory(prefix="latentsync-") as tmp:
             cache_path = os.path.join(tmp, "frames.u8") if n_out > expected - 2 else None
             with FaceDetector(face_index=face_index) as detector:
-                anchors, shape = self._analyze(video, detector, cache_path, expected)
+                anchors, shape = self._analyze(video, detector, cache_path, expected, timer)
             n_src = len(anchors)
             has_face = ~np.isnan(anchors[:, 0, 0])
             if not has_face.any():
@@ -307,45 +335,70 @@ class LatentSyncPipeline(DiffusionPipeline):
             if no_face_out:
                 logger.warning("%d of %d output frames have no face and pass through unchanged", no_face_out, n_out)
 
-            res = self.config.resolution
-            latent_size = res // self.vae_scale_factor
-            channels = self.unet.config.out_channels
-            init_noise = torch.randn((1, channels, 1, latent_size, latent_size), generator=generator,
-                                     device=generator.device if generator is not None else "cpu")
+            latent_size = self.config.resolution // self.vae_scale_factor
+            init_noise = torch.randn((1, self.unet.config.out_channels, 1, latent_size, latent_size),
+                                     generator=generator, device=generator.device if generator is not None else "cpu")
             writer = VideoWriter(output_path, FPS, audio_path=audio, crf=crf) if output_path is not None else None
             kept: list[np.ndarray] = []
-            try:
+
+            def windows() -> Iterator[tuple]:
+                """Decoded frames of each window, in output order, with the aligned faces to regenerate."""
                 frames_iter = self._frames_in_order(video, order, cache_path, shape)
-                windows = range(0, n_out, num_frames)
-                for start in self._progress(windows, "Lip sync", len(windows)):
+                for start in range(0, n_out, num_frames):
                     idx = order[start : start + num_frames]
-                    frames = [next(frames_iter) for _ in idx]
-                    outputs = list(frames)
+                    with timer("decode"):
+                        frames = [next(frames_iter) for _ in idx]
                     sel = [k for k, j in enumerate(idx) if has_face[j]]
-                    if sel:
-                        faces = np.stack([aligner.align(frames[k], matrices[idx[k]]) for k in sel])
-                        ctx = audio_lib.frame_audio_contexts(features, np.array([start + k for k in sel]))
-                        new = self.generate_faces(faces, ctx, init_noise, num_inference_steps, guidance_scale,
-                                                  generator)
-                        for k, face in zip(sel, new):
-                            outputs[k] = aligner.paste(frames[k], face, matrices[idx[k]])
-                    for frame in outputs:
+                    with timer("alignment"):
+                        faces = np.stack([aligner.align(frames[k], matrices[idx[k]]) for k in sel]) if sel else None
+                    yield start, idx, frames, sel, faces
+
+            def finish(idx, frames, sel, new_faces) -> None:
+                """Paste regenerated mouths back and write the window."""
+                with timer("paste_back"):
+                    for k, face in zip(sel, new_faces if new_faces is not None else []):
+                        frames[k] = aligner.paste(frames[k], face, matrices[idx[k]])
+                with timer("encode"):
+                    for frame in frames:
                         if writer is not None:
                             writer.write(frame)
                         if return_frames or output_path is None:
                             kept.append(frame)
+
+            source = prefetch(windows()) if overlap_stages else windows()
+            sink = OrderedWorker(finish) if overlap_stages else None
+            try:
+                for start, idx, frames, sel, faces in self._progress(source, "Lip sync", -(-n_out // num_frames)):
+                    new_faces = None
+                    if sel:
+                        ctx = audio_lib.frame_audio_contexts(features, np.array([start + k for k in sel]))
+                        new_faces = self.generate_faces(faces, ctx, init_noise, num_inference_steps, guidance_scale,
+                                                        generator, timer=timer)
+                    if sink is not None:
+                        sink.submit(idx, frames, sel, new_faces)
+                    else:
+                        finish(idx, frames, sel, new_faces)
+                if sink is not None:
+                    sink.close()
+                    sink = None
                 if writer is not None:
-                    writer.close()
+                    with timer("encode"):
+                        writer.close()
             except BaseException:
+                if sink is not None:
+                    sink.close_quietly()
                 if writer is not None:
                     writer.abort()
                 raise
+        timings = timer.as_dict()
+        timings["total"] = time.perf_counter() - wall
         return LatentSyncPipelineOutput(
             frames=np.stack(kept) if kept else None,
             fps=float(FPS),
             path=os.fspath(output_path) if output_path is not None else None,
             num_frames=n_out,
             frames_without_face=no_face_out,
+            timings=timings,
         )
 
     # ------------------------------------------------------------------ saving and sharing
