@@ -162,16 +162,17 @@ def meta_state_dict(shapes: dict[str, tuple[int, ...]]) -> dict[str, torch.Tenso
 def random_state_dict(shapes, generator, dtype=torch.float64) -> dict[str, torch.Tensor]:
     """Random weights scaled by fan-in (activations stay O(1)); norm gains near 1; exact sinusoid tables."""
     sd = {}
+    dev = generator.device
     for k, shape in shapes.items():
         if k.endswith("pos_encoder.pe"):
-            sd[k] = sinusoid_table(shape[1], shape[2], torch.float32)  # stored as the official fp32 buffer
+            sd[k] = sinusoid_table(shape[1], shape[2], torch.float32).to(dev)  # stored as the official fp32 buffer
         elif len(shape) == 1 and k.endswith(".weight"):  # only norm layers have 1-D weights
-            sd[k] = 1 + 0.1 * torch.randn(shape, generator=generator, dtype=dtype)
+            sd[k] = 1 + 0.1 * torch.randn(shape, generator=generator, dtype=dtype, device=dev)
         elif len(shape) == 1:
-            sd[k] = 0.1 * torch.randn(shape, generator=generator, dtype=dtype)
+            sd[k] = 0.1 * torch.randn(shape, generator=generator, dtype=dtype, device=dev)
         else:
             fan_in = math.prod(shape[1:])
-            sd[k] = torch.randn(shape, generator=generator, dtype=dtype) / math.sqrt(fan_in)
+            sd[k] = torch.randn(shape, generator=generator, dtype=dtype, device=dev) / math.sqrt(fan_in)
     return sd
 
 
@@ -304,8 +305,9 @@ class OfficialUNetReference:
         c0 = sd["conv_in.weight"].shape[0]
         half = c0 // 2
         # the official model uses diffusers' Timesteps, which builds the sinusoid in float32 whatever the model dtype
-        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32) / half)
-        args = torch.full((sample.shape[0],), float(timestep), dtype=torch.float32)[:, None] * freqs[None]
+        dev = sample.device
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=dev) / half)
+        args = torch.full((sample.shape[0],), float(timestep), dtype=torch.float32, device=dev)[:, None] * freqs[None]
         temb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1).to(sample.dtype)  # flip_sin_to_cos
         temb = lin(silu(lin(temb, sd, "time_embedding.linear_1")), sd, "time_embedding.linear_2")
         x = conv(sample, sd, "conv_in")
@@ -460,6 +462,25 @@ def test_converted_unet_matches_official_math(layout, v1_0, pe_len):
     with torch.no_grad():
         other = stock(sample, 421, encoder_hidden_states=ctx).sample
     assert (other - ref).abs().max().item() > 1e-3
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="full-size float64 forward needs a CUDA GPU")
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_full_size_converted_unet_matches_official_math_on_gpu(layout):
+    """Official sizes (320-1280 channels, 32 groups, 8 heads), 16 frames of 32 x 32 latents, float64."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    sd = random_state_dict(official_unet_shapes(motion=MOTION[layout]), gen)
+    unet = load_official_unet({"state_dict": sd}, torch_dtype=torch.float64)
+    sample = torch.randn(1, 13, 16, 32, 32, generator=gen, device="cuda", dtype=torch.float64)
+    ctx = torch.randn(16, 50, 384, generator=gen, device="cuda", dtype=torch.float64)
+    with torch.no_grad():
+        ours = unet(sample, 501, encoder_hidden_states=ctx).sample
+        ref = OfficialUNetReference(sd)(sample, 501, ctx)
+    assert ref.abs().mean() > 0.1
+    assert (ours - ref).abs().max().item() < 1e-10
 
 
 # ============================================================================ tests: Whisper

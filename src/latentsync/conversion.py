@@ -278,7 +278,8 @@ def convert_unet_state_dict(
                 continue
             # diffusers applies one table before each temporal attention: it must be the standard sinusoid
             tol = 1e-5 if table.dtype in (torch.float32, torch.float64) else 1e-2
-            err = (table.double() - SinusoidalPositionalEmbedding(channels, length).pe.double()).abs().max().item()
+            standard = SinusoidalPositionalEmbedding(channels, length).pe.double()
+            err = (table.detach().cpu().double() - standard).abs().max().item()
             if err > tol:
                 raise OfficialCheckpointError(
                     f"{key}: positional table differs from the standard sinusoid (max |diff| {err:.3g})"
@@ -328,6 +329,14 @@ def _assign_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tenso
         raise OfficialCheckpointError(f"{what}: tensors not covered by the checkpoint: {_format_keys(left)}")
 
 
+def _cast(model: torch.nn.Module, torch_dtype: torch.dtype | None) -> None:
+    """Cast assigned checkpoint tensors to ``torch_dtype`` (default float32), only where needed."""
+    dtype = torch_dtype or torch.float32
+    tensors = list(model.parameters()) + list(model.buffers())
+    if any(t.is_floating_point() and t.dtype != dtype and not t.is_meta for t in tensors):
+        model.to(dtype)
+
+
 def load_official_unet(
     source: str | os.PathLike | dict[str, torch.Tensor],
     torch_dtype: torch.dtype | None = None,
@@ -351,10 +360,7 @@ def load_official_unet(
     _assign_state_dict(unet, converted, name)
     if "global_step" in checkpoint:
         logger.info("loaded %s: %s layout, global_step %s", name, info.layout, checkpoint["global_step"])
-    if torch_dtype is not None:
-        unet.to(torch_dtype)
-    elif not any(p.is_meta for p in unet.parameters()):
-        unet.to(torch.float32)
+    _cast(unet, torch_dtype)
     return unet.eval()
 
 
@@ -487,10 +493,7 @@ def load_official_syncnet(
         candidate = preset or "16_pixel_attn"
     _assign_state_dict(model, sd, name)
     logger.info("loaded %s as StableSyncNet preset %s", name, candidate)
-    if torch_dtype is not None:
-        model.to(torch_dtype)
-    elif not any(p.is_meta for p in model.parameters()):
-        model.to(torch.float32)
+    _cast(model, torch_dtype)
     return model.eval()
 
 
