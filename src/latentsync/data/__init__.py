@@ -1,0 +1,1 @@
+"""Training data: aligned talking-face clips for the U-Net and SyncNet, and the dataset producer."""

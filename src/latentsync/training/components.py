@@ -1,0 +1,218 @@
+"""Loading the models U-Net training needs, each by Hub id or local folder through its own library.
+
+Every loader here also accepts a folder written by ``save_pretrained`` of a tiny random model of the same class,
+which is how the tests exercise the real loading code offline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler
+from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
+from huggingface_hub import hf_hub_download
+from torch import nn
+from transformers import WhisperFeatureExtractor
+
+from ..conversion import OFFICIAL_SCHEDULER_CONFIG
+from ..models import LatentSyncUNet, WhisperAudioEncoder
+from .config import UNetTrainingConfig
+from .losses import LPIPSLoss, SyncLoss, TREPALoss, VGG16Features
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["OFFICIAL_SCHEDULER_CONFIG", "TrainingComponents", "build_unet", "load_components", "load_lpips",
+           "load_syncnet", "load_unet_weights", "load_whisper_encoder"]
+
+
+@dataclass
+class TrainingComponents:
+    """The trainable U-Net and the frozen models around it (loss modules are None when their weight is 0)."""
+
+    unet: LatentSyncUNet
+    vae: AutoencoderKL
+    audio_encoder: WhisperAudioEncoder
+    feature_extractor: WhisperFeatureExtractor
+    scheduler: DDIMScheduler
+    sync_loss: SyncLoss | None = None
+    lpips: LPIPSLoss | None = None
+    trepa: TREPALoss | None = None
+
+
+def _read_config(source: str, subfolder: str | None, filename: str) -> dict | None:
+    """A config file of a Hub repo or folder, or None when it does not exist."""
+    if os.path.isdir(source):
+        path = os.path.join(source, subfolder or "", filename)
+        if not os.path.isfile(path):
+            return None
+    else:
+        try:
+            path = hf_hub_download(source, filename, subfolder=subfolder)
+        except Exception:  # noqa: BLE001 - missing file or repo: the caller tries another layout
+            return None
+    with open(path) as fh:
+        return json.load(fh)
+
+
+def load_whisper_encoder(source: str, subfolder: str | None = None) -> WhisperAudioEncoder:
+    """Whisper encoder from a [`WhisperAudioEncoder`] folder or from a full Whisper checkpoint (e.g.
+    ``openai/whisper-tiny``, whose decoder is dropped)."""
+    config = _read_config(source, subfolder, "config.json") or {}
+    if "WhisperAudioEncoder" in (config.get("architectures") or []):
+        return WhisperAudioEncoder.from_pretrained(source, subfolder=subfolder)
+    from transformers import WhisperModel
+
+    kwargs = {"subfolder": subfolder} if subfolder else {}
+    full = WhisperModel.from_pretrained(source, **kwargs)
+    encoder = WhisperAudioEncoder(full.config)
+    encoder.load_state_dict(full.get_encoder().state_dict())
+    return encoder
+
+
+def load_unet_weights(unet: LatentSyncUNet, state: dict[str, torch.Tensor], source: str = "checkpoint") -> dict:
+    """Load ``state`` into ``unet`` leniently and say what happened.
+
+    Tensors whose shape differs (an SD-1.5 4-channel ``conv_in``, 768-dim ``attn2.to_k/to_v``) and keys the model
+    lacks are skipped; model tensors the state lacks keep their init. A skipped ``conv_in`` is zeroed (official
+    init) and temporal layers absent from ``state`` get a zero ``proj_out``, so they start as the identity.
+    """
+    own = unet.state_dict()
+    kept = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    report = {
+        "loaded": len(kept),
+        "shape_mismatch": sorted(k for k, v in state.items() if k in own and own[k].shape != v.shape),
+        "unexpected": sorted(k for k in state if k not in own),
+        "missing": sorted(k for k in own if k not in state),
+    }
+    unet.load_state_dict(kept, strict=False)
+    not_loaded = set(report["missing"]) | set(report["shape_mismatch"])
+    with torch.no_grad():
+        if "conv_in.weight" in not_loaded:
+            unet.conv_in.weight.zero_()
+            unet.conv_in.bias.zero_()
+        for name, module in unet.named_modules():
+            if isinstance(module, AnimateDiffTransformer3D) and f"{name}.proj_out.weight" in not_loaded:
+                nn.init.zeros_(module.proj_out.weight)
+                nn.init.zeros_(module.proj_out.bias)
+    logger.info(
+        "U-Net init from %s: %d tensors loaded, %d new (shape differs), %d ignored, %d not in source",
+        source, report["loaded"], len(report["shape_mismatch"]), len(report["unexpected"]), len(report["missing"]),
+    )
+    return report
+
+
+def _load_source_unet(source: str) -> LatentSyncUNet:
+    """A LatentSyncUNet from a unet folder/id, a pipeline folder/id (``unet/``), or an official
+    ``latentsync_unet.pt`` (file, folder or Hub repo holding it)."""
+    if _read_config(source, None, "config.json") is not None and not source.endswith(".pt"):
+        return LatentSyncUNet.from_pretrained(source)
+    if _read_config(source, "unet", "config.json") is not None:
+        return LatentSyncUNet.from_pretrained(source, subfolder="unet")
+    from ..conversion import OFFICIAL_UNET_FILE, load_official_unet
+
+    path = _official_file(source, OFFICIAL_UNET_FILE)
+    if path is None:
+        raise FileNotFoundError(f"no LatentSync U-Net (config.json, unet/ or {OFFICIAL_UNET_FILE}) at {source}")
+    return load_official_unet(path)
+
+
+def build_unet(cfg: UNetTrainingConfig) -> LatentSyncUNet:
+    """The U-Net to train, with ``cfg.motion_modules`` placement and weights from the configured starting point."""
+    start = cfg.pretrained_unet or (cfg.components_from if not cfg.sd_unet else None)
+    if start:
+        source_unet = _load_source_unet(start)
+        config = {k: v for k, v in source_unet.config.items() if not k.startswith("_")}
+        config.update(cfg.unet_config or {})
+        config["motion_modules"] = cfg.motion_modules
+        unet = LatentSyncUNet.from_config(config)
+        load_unet_weights(unet, source_unet.state_dict(), start)
+        return unet
+    unet = LatentSyncUNet(**{**(cfg.unet_config or {}), "motion_modules": cfg.motion_modules})
+    with torch.no_grad():  # official init: conv_in zero, temporal layers identity
+        unet.conv_in.weight.zero_()
+        unet.conv_in.bias.zero_()
+        for module in unet.modules():
+            if isinstance(module, AnimateDiffTransformer3D):
+                nn.init.zeros_(module.proj_out.weight)
+                nn.init.zeros_(module.proj_out.bias)
+    if cfg.sd_unet:
+        from diffusers import UNet2DConditionModel
+
+        has_root = _read_config(cfg.sd_unet, None, "config.json") is not None
+        sd = UNet2DConditionModel.from_pretrained(cfg.sd_unet, subfolder=None if has_root else "unet")
+        load_unet_weights(unet, sd.state_dict(), cfg.sd_unet)
+    return unet
+
+
+def _official_file(source: str, filename: str) -> str | None:
+    """Path of an official ``.pt`` checkpoint: ``source`` itself, ``source/filename``, or a Hub download."""
+    if os.path.isfile(source):
+        return source
+    if os.path.isdir(source):
+        path = os.path.join(source, filename)
+        return path if os.path.isfile(path) else None
+    try:
+        return hf_hub_download(source, filename)
+    except Exception:  # noqa: BLE001 - not an official repo layout
+        return None
+
+
+def load_syncnet(source: str, subfolder: str | None = None) -> nn.Module:
+    """The frozen StableSyncNet for the sync loss: a diffusers-format folder/repo (``config.json``), or an official
+    ``stable_syncnet.pt`` (file, folder or Hub repo holding it), converted strictly."""
+    from ..models.syncnet import StableSyncNet
+
+    if _read_config(source, subfolder, "config.json") is not None:
+        return StableSyncNet.from_pretrained(source, subfolder=subfolder)
+    from ..conversion import OFFICIAL_SYNCNET_FILE, load_official_syncnet
+
+    path = _official_file(os.path.join(source, subfolder) if subfolder and os.path.isdir(source) else source,
+                          OFFICIAL_SYNCNET_FILE)
+    if path is None:
+        raise FileNotFoundError(f"no StableSyncNet (config.json or {OFFICIAL_SYNCNET_FILE}) at {source}")
+    return load_official_syncnet(path)
+
+
+def load_lpips(backbone: str, heads: str | None) -> LPIPSLoss:
+    """LPIPS on a VGG-16 trunk: a folder saved by [`VGG16Features`], else ImageNet weights (id or file)."""
+    if os.path.isdir(backbone) and os.path.isfile(os.path.join(backbone, "config.json")):
+        net = VGG16Features.from_pretrained(backbone)
+    else:
+        net = VGG16Features.from_vgg16_weights(backbone)
+    return LPIPSLoss(net, heads)
+
+
+def load_components(cfg: UNetTrainingConfig) -> TrainingComponents:
+    """Load (or build) every model of ``cfg``."""
+    if cfg.components_from:
+        src = cfg.components_from
+        vae = AutoencoderKL.from_pretrained(src, subfolder="vae")
+        audio_encoder = WhisperAudioEncoder.from_pretrained(src, subfolder="audio_encoder")
+        feature_extractor = WhisperFeatureExtractor.from_pretrained(src, subfolder="feature_extractor")
+        scheduler = DDIMScheduler.from_pretrained(src, subfolder="scheduler")
+    else:
+        vae = AutoencoderKL.from_pretrained(cfg.vae)
+        audio_encoder = load_whisper_encoder(cfg.whisper)
+        feature_extractor = WhisperFeatureExtractor.from_pretrained(cfg.whisper)
+        scheduler = DDIMScheduler(**OFFICIAL_SCHEDULER_CONFIG)
+    unet = build_unet(cfg)
+    if unet.config.cross_attention_dim != audio_encoder.config.d_model:
+        raise ValueError(
+            f"U-Net cross_attention_dim {unet.config.cross_attention_dim} does not match the audio encoder width "
+            f"{audio_encoder.config.d_model}"
+        )
+    comps = TrainingComponents(unet, vae, audio_encoder, feature_extractor, scheduler)
+    if cfg.stage == 2:
+        if cfg.sync_loss_weight > 0:
+            comps.sync_loss = SyncLoss(load_syncnet(cfg.syncnet, cfg.syncnet_subfolder))
+        if cfg.perceptual_loss_weight > 0:
+            comps.lpips = load_lpips(cfg.lpips_backbone, cfg.lpips_heads)
+        if cfg.trepa_loss_weight > 0:
+            comps.trepa = TREPALoss.from_pretrained(cfg.trepa_model)
+    for frozen in (vae, audio_encoder):
+        frozen.requires_grad_(False).eval()
+    return comps

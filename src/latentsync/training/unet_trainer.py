@@ -1,0 +1,465 @@
+"""LatentSync U-Net training with accelerate: stage 1 (noise MSE) and stage 2 (pixel-space losses).
+
+See ``train/train_unet.py`` for the command line and ``train/configs/`` for the official setups.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import subprocess
+import tempfile
+from collections import OrderedDict
+from typing import Any
+
+import imageio_ffmpeg
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from tqdm.auto import tqdm
+
+from .. import audio as audio_lib
+from ..data.unet_dataset import EpochSampler, UNetClipDataset
+from ..mask import mouth_mask
+from .components import TrainingComponents, load_components
+from .config import UNetTrainingConfig
+from .losses import lower_half, mixed_noise, predict_x0
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "checkpoint-"
+
+
+# ---------------------------------------------------------------------------------------------------- audio
+class AudioFeatureCache:
+    """Whisper token features per clip, computed once on the training device (file-wide, as at inference) and kept
+    in memory (``max_items`` clips) and optionally on disk (``cache_dir``, safetensors)."""
+
+    def __init__(self, dataset: UNetClipDataset, comps: TrainingComponents, cache_dir: str | None = None,
+                 max_items: int = 512):
+        self.dataset, self.comps, self.cache_dir, self.max_items = dataset, comps, cache_dir, max_items
+        self._mem: OrderedDict[int, torch.Tensor] = OrderedDict()
+        if cache_dir:
+            os.makedirs(cache_dir, exist_ok=True)
+
+    def _disk_path(self, index: int) -> str | None:
+        if not self.cache_dir:
+            return None
+        import hashlib
+
+        name = hashlib.sha1(self.dataset.key(index).encode()).hexdigest()
+        return os.path.join(self.cache_dir, f"{name}.safetensors")
+
+    def features(self, index: int) -> torch.Tensor:
+        """Token features ``(tokens, states, d_model)`` of clip ``index`` (float32, CPU)."""
+        if index in self._mem:
+            self._mem.move_to_end(index)
+            return self._mem[index]
+        from safetensors.torch import load_file, save_file
+
+        path = self._disk_path(index)
+        if path and os.path.isfile(path):
+            feats = load_file(path)["features"]
+        else:
+            mel = audio_lib.log_mel(self.dataset.load_audio(index), self.comps.feature_extractor)
+            feats = audio_lib.whisper_features(mel, self.comps.audio_encoder)
+            if path:
+                save_file({"features": feats.contiguous()}, path)
+        self._mem[index] = feats
+        while len(self._mem) > self.max_items:
+            self._mem.popitem(last=False)
+        return feats
+
+    def contexts(self, clip_indices: torch.Tensor, starts: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """Per-frame cross-attention contexts ``(B * num_frames, 10 * states, d_model)``, batch-major."""
+        out = []
+        for index, start in zip(clip_indices.tolist(), starts.tolist()):
+            feats = self.features(int(index))
+            out.append(audio_lib.frame_audio_contexts(feats, np.arange(start, start + num_frames)))
+        return torch.cat(out)
+
+
+# ---------------------------------------------------------------------------------------------------- step
+def vae_encode(vae, pixels: torch.Tensor) -> torch.Tensor:
+    """Clip pixels ``(B, F, 3, H, W)`` -> scaled latents ``(B, 4, F, h, w)`` (posterior sample)."""
+    b, f = pixels.shape[:2]
+    latents = vae.encode(pixels.flatten(0, 1).to(vae.dtype)).latent_dist.sample()
+    latents = (latents - (vae.config.shift_factor or 0.0)) * vae.config.scaling_factor
+    return latents.reshape(b, f, *latents.shape[1:]).transpose(1, 2)
+
+
+def vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Scaled latents ``(B, 4, F, h, w)`` -> pixels ``(B, F, 3, H, W)`` (differentiable)."""
+    b, _, f = latents.shape[:3]
+    x = latents.transpose(1, 2).flatten(0, 1) / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
+    pixels = vae.decode(x.to(vae.dtype)).sample
+    return pixels.reshape(b, f, *pixels.shape[1:])
+
+
+def compute_losses(
+    batch: dict[str, torch.Tensor],
+    audio_context: torch.Tensor,
+    comps: TrainingComponents,
+    unet: torch.nn.Module,
+    cfg: UNetTrainingConfig,
+    accelerator: Accelerator | None = None,
+) -> dict[str, torch.Tensor]:
+    """All losses of one training batch; ``"loss"`` is their weighted sum (spec section 7)."""
+    vae, scheduler = comps.vae, comps.scheduler
+    gt, ref = batch["gt"], batch["ref"]
+    device = gt.device
+    mask = torch.from_numpy(np.array(mouth_mask(cfg.resolution))).to(device)[None, None, None]  # (1,1,1,R,R)
+    with torch.no_grad():  # one VAE call for the three clips
+        gt_latents, masked_latents, ref_latents = vae_encode(vae, torch.cat([gt, gt * mask, ref])).chunk(3)
+    b, _, f, h, w = gt_latents.shape
+    mask_latent = F.interpolate(mask[0], size=(h, w), mode="nearest")[:, :, None].expand(b, 1, f, h, w)
+    gt_latents = gt_latents.float()
+    if cfg.use_mixed_noise:
+        noise = mixed_noise(gt_latents.shape, cfg.mixed_noise_alpha, device=device)
+    else:  # official fallback: one noise map shared by all frames
+        noise = torch.randn((b, gt_latents.shape[1], 1, h, w), device=device).expand_as(gt_latents).contiguous()
+    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (b,), device=device).long()
+    noisy = scheduler.add_noise(gt_latents, noise, timesteps)
+    model_input = torch.cat(
+        [noisy, mask_latent.to(noisy.dtype), masked_latents.to(noisy.dtype), ref_latents.to(noisy.dtype)], dim=1
+    )
+    def autocast():
+        return accelerator.autocast() if accelerator is not None else torch.autocast(device.type, enabled=False)
+
+    with autocast():
+        noise_pred = unet(model_input, timesteps, encoder_hidden_states=audio_context).sample
+    losses: dict[str, torch.Tensor] = {"recon": F.mse_loss(noise_pred.float(), noise.float())}
+    total = cfg.recon_loss_weight * losses["recon"]
+    if cfg.pixel_space_supervise:
+        x0 = predict_x0(noisy, noise_pred.float(), timesteps, scheduler.alphas_cumprod)
+        with autocast():
+            frames = vae_decode(vae, x0)
+        frames = frames.float()
+        if comps.lpips is not None and cfg.perceptual_loss_weight > 0:
+            losses["lpips"] = comps.lpips(lower_half(frames.flatten(0, 1)), lower_half(gt.flatten(0, 1).float()))
+            total = total + cfg.perceptual_loss_weight * losses["lpips"]
+        if comps.trepa is not None and cfg.trepa_loss_weight > 0:
+            losses["trepa"] = comps.trepa(frames, gt.float())
+            total = total + cfg.trepa_loss_weight * losses["trepa"]
+        if comps.sync_loss is not None and cfg.sync_loss_weight > 0:
+            losses["sync"] = comps.sync_loss(frames, batch["mel"])
+            total = total + cfg.sync_loss_weight * losses["sync"]
+    losses["loss"] = total
+    return losses
+
+
+# ---------------------------------------------------------------------------------------------------- setup
+def select_trainable(unet: torch.nn.Module, patterns: list[str] | None) -> list[str]:
+    """Freeze the U-Net except parameters whose name contains one of ``patterns`` (None: all). Returns the names."""
+    unet.requires_grad_(False)
+    names = []
+    for name, param in unet.named_parameters():
+        if patterns is None or any(p in name for p in patterns):
+            param.requires_grad_(True)
+            names.append(name)
+    if not names:
+        raise ValueError(f"no U-Net parameter name contains any of {patterns}")
+    return names
+
+
+def add_lora(unet: torch.nn.Module, cfg: UNetTrainingConfig) -> list[str]:
+    """Freeze the U-Net and add LoRA adapters (peft) on ``lora_target_modules`` inside the modules selected by
+    ``trainable_modules`` (all of them when None). Returns the trainable (LoRA) parameter names."""
+    import re
+
+    from peft import LoraConfig
+
+    targets = "|".join(re.escape(t) for t in cfg.lora_target_modules)
+    scope = "|".join(re.escape(p) for p in cfg.trainable_modules) if cfg.trainable_modules else ""
+    pattern = rf"(?=.*(?:{scope})).*\.(?:{targets})" if scope else rf".*\.(?:{targets})"
+    unet.requires_grad_(False)
+    unet.add_adapter(
+        LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha or cfg.lora_rank, init_lora_weights="gaussian",
+                   target_modules=pattern)
+    )
+    names = [n for n, p in unet.named_parameters() if p.requires_grad]
+    if not names:
+        raise ValueError(f"LoRA matched no module for pattern {pattern!r}")
+    return names
+
+
+def _checkpoint_dir(cfg: UNetTrainingConfig) -> str:
+    return os.path.join(cfg.output_dir, "checkpoints")
+
+
+def list_checkpoints(cfg: UNetTrainingConfig) -> list[str]:
+    """Complete checkpoints of the run, oldest first."""
+    root = _checkpoint_dir(cfg)
+    if not os.path.isdir(root):
+        return []
+    names = [d for d in os.listdir(root) if d.startswith(CHECKPOINT_PREFIX) and d[len(CHECKPOINT_PREFIX):].isdigit()]
+    return [os.path.join(root, d) for d in sorted(names, key=lambda d: int(d[len(CHECKPOINT_PREFIX):]))]
+
+
+def save_checkpoint(accelerator: Accelerator, cfg: UNetTrainingConfig, step: int) -> str:
+    """``accelerator.save_state`` (model, optimizer, LR scheduler, EMA, RNG) written atomically."""
+    final = os.path.join(_checkpoint_dir(cfg), f"{CHECKPOINT_PREFIX}{step}")
+    if accelerator.is_main_process:
+        os.makedirs(_checkpoint_dir(cfg), exist_ok=True)
+    accelerator.wait_for_everyone()
+    tmp = os.path.join(_checkpoint_dir(cfg), f".tmp-{CHECKPOINT_PREFIX}{step}")
+    accelerator.save_state(tmp)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        if os.path.isdir(final):
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        if cfg.checkpoints_total_limit:
+            for old in list_checkpoints(cfg)[: -cfg.checkpoints_total_limit]:
+                shutil.rmtree(old)
+        logger.info("saved %s", final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _resolve_resume(cfg: UNetTrainingConfig) -> str | None:
+    if not cfg.resume_from_checkpoint:
+        return None
+    if cfg.resume_from_checkpoint == "latest":
+        found = list_checkpoints(cfg)
+        return found[-1] if found else None
+    if not os.path.isdir(cfg.resume_from_checkpoint):
+        raise FileNotFoundError(f"checkpoint not found: {cfg.resume_from_checkpoint}")
+    return cfg.resume_from_checkpoint
+
+
+def _trim_media(src: str, dst: str, seconds: float, video: bool) -> str:
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-i", src, "-t", f"{seconds}"]
+    cmd += ["-an", "-c:v", "libx264", "-crf", "18"] if video else ["-vn", "-ac", "1", "-ar", "16000"]
+    subprocess.run(cmd + [dst], check=True, capture_output=True)
+    return dst
+
+
+@torch.no_grad()
+def run_validation(comps: TrainingComponents, unet: torch.nn.Module, cfg: UNetTrainingConfig, step: int,
+                   device: torch.device) -> tuple[str, np.ndarray | None]:
+    """Lip-sync the validation clip with the current U-Net; returns the video path and its middle frame."""
+    from ..pipeline import LatentSyncPipeline
+
+    out_dir = os.path.join(cfg.output_dir, "val_videos")
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, f"val_video_{step}.mp4")
+    pipe = LatentSyncPipeline(
+        unet=unet, vae=comps.vae, audio_encoder=comps.audio_encoder, feature_extractor=comps.feature_extractor,
+        scheduler=comps.scheduler, resolution=cfg.resolution,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    was_training = unet.training
+    unet.eval()
+    try:
+        with tempfile.TemporaryDirectory(prefix="latentsync-val-") as tmp:
+            video = _trim_media(cfg.validation_video, os.path.join(tmp, "v.mp4"), cfg.validation_seconds, True)
+            audio = _trim_media(cfg.validation_audio, os.path.join(tmp, "a.wav"), cfg.validation_seconds, False)
+            generator = torch.Generator("cpu").manual_seed(cfg.seed)
+            out = pipe(video=video, audio=audio, output_path=path, num_inference_steps=cfg.validation_inference_steps,
+                       guidance_scale=cfg.validation_guidance_scale, generator=generator, return_frames=True)
+    finally:
+        unet.train(was_training)
+    middle = out.frames[len(out.frames) // 2] if out.frames is not None else None
+    return path, middle
+
+
+def _collate(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    out = {k: torch.stack([s[k] for s in samples]) for k in ("gt", "ref") + (("mel",) if "mel" in samples[0] else ())}
+    out["clip_index"] = torch.tensor([s["clip_index"] for s in samples])
+    out["start"] = torch.tensor([s["start"] for s in samples])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------- main loop
+def train(cfg: UNetTrainingConfig) -> dict[str, Any]:
+    """Run (or resume) a training run; returns a summary (final step, last losses, output paths)."""
+    cfg.validate()
+    accelerator = Accelerator(
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        mixed_precision=cfg.mixed_precision,
+        log_with=cfg.report_to,
+        project_config=ProjectConfiguration(project_dir=cfg.output_dir,
+                                            logging_dir=os.path.join(cfg.output_dir, cfg.logging_dir)),
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    set_seed(cfg.seed, device_specific=True)
+    if cfg.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+    if accelerator.is_main_process:
+        os.makedirs(cfg.output_dir, exist_ok=True)
+        with open(os.path.join(cfg.output_dir, "config.json"), "w") as fh:
+            json.dump({k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, fh, indent=2)
+
+    comps = load_components(cfg)
+    unet = comps.unet
+    if cfg.lora_rank > 0:
+        trainable = add_lora(unet, cfg)
+    else:
+        trainable = select_trainable(unet, cfg.trainable_modules if cfg.stage == 2 else None)
+    n_train = sum(p.numel() for p in unet.parameters() if p.requires_grad)
+    logger.info("training %d tensors, %.2f M parameters of %.2f M", len(trainable), n_train / 1e6,
+                sum(p.numel() for p in unet.parameters()) / 1e6)
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+        if cfg.pixel_space_supervise:
+            comps.vae.enable_gradient_checkpointing()
+    unet.train()
+
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+    device = accelerator.device
+    comps.vae.to(device, dtype=weight_dtype)
+    comps.audio_encoder.to(device, dtype=weight_dtype)
+    for loss_module in (comps.sync_loss, comps.lpips, comps.trepa):
+        if loss_module is not None:
+            loss_module.to(device, dtype=weight_dtype)
+
+    params = [p for p in unet.parameters() if p.requires_grad]
+    ema = None
+    if cfg.use_ema:
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(params, decay=cfg.ema_decay)
+        ema.to(device)
+
+    lr = cfg.learning_rate
+    if cfg.scale_lr:
+        lr *= cfg.gradient_accumulation_steps * cfg.train_batch_size * accelerator.num_processes
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
+                                  weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
+
+    dataset = UNetClipDataset(cfg.train_data, cfg.resolution, cfg.num_frames, cfg.train_split, cfg.video_column,
+                              return_mel=comps.sync_loss is not None, seed=cfg.seed, cache_clips=cfg.cache_clips)
+    sampler = EpochSampler(len(dataset), seed=cfg.seed)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=cfg.train_batch_size, sampler=sampler, collate_fn=_collate,
+        num_workers=cfg.dataloader_num_workers, drop_last=len(dataset) >= cfg.train_batch_size,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer,
+                                 num_warmup_steps=cfg.lr_warmup_steps * accelerator.num_processes,
+                                 num_training_steps=cfg.max_train_steps * accelerator.num_processes)
+    unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
+    if ema is not None:
+        accelerator.register_for_checkpointing(ema)
+    audio_cache = AudioFeatureCache(dataset, comps, cache_dir=os.path.join(cfg.output_dir, "audio_features"))
+
+    if accelerator.is_main_process and cfg.report_to:
+        tracker_cfg = {k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers("latentsync-unet", config=tracker_cfg)
+
+    global_step = 0
+    resume = _resolve_resume(cfg)
+    if resume:
+        accelerator.load_state(resume)
+        if ema is not None:  # the EMA shadow weights come back on the CPU
+            ema.to(device)
+        global_step = int(os.path.basename(resume.rstrip("/"))[len(CHECKPOINT_PREFIX):])
+        logger.info("resumed from %s at step %d", resume, global_step)
+    batches_per_epoch = len(loader)
+    micro_done = global_step * cfg.gradient_accumulation_steps
+    first_epoch, skip = divmod(micro_done, batches_per_epoch)
+    num_epochs = math.ceil(cfg.max_train_steps * cfg.gradient_accumulation_steps / batches_per_epoch)
+    loss_log = os.path.join(cfg.output_dir, "losses.jsonl")
+
+    progress = tqdm(total=cfg.max_train_steps, initial=global_step, desc="Steps",
+                    disable=not accelerator.is_local_main_process)
+    accum: dict[str, float] = {}
+    last: dict[str, float] = {}
+    for epoch in range(first_epoch, num_epochs):
+        if global_step >= cfg.max_train_steps:
+            break
+        loader.set_epoch(epoch)
+        epoch_loader = accelerator.skip_first_batches(loader, skip) if epoch == first_epoch and skip else loader
+        for batch in epoch_loader:
+            with accelerator.accumulate(unet):
+                context = audio_cache.contexts(batch["clip_index"], batch["start"], cfg.num_frames)
+                context = context.to(device, dtype=torch.float32)
+                losses = compute_losses(batch, context, comps, unet, cfg, accelerator)
+                accelerator.backward(losses["loss"])
+                if accelerator.sync_gradients and cfg.max_grad_norm:
+                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            for k, v in losses.items():
+                accum[k] = accum.get(k, 0.0) + accelerator.gather(v.detach()[None]).mean().item() / cfg.gradient_accumulation_steps
+            if not accelerator.sync_gradients:
+                continue
+            if ema is not None:
+                ema.step(params)
+            global_step += 1
+            progress.update(1)
+            last = dict(accum, lr=lr_scheduler.get_last_lr()[0])
+            accum = {}
+            progress.set_postfix(loss=f"{last['loss']:.4f}")
+            accelerator.log({f"train/{k}": v for k, v in last.items()}, step=global_step)
+            if accelerator.is_main_process:
+                with open(loss_log, "a") as fh:
+                    fh.write(json.dumps({"step": global_step, **last}) + "\n")
+            if global_step % cfg.checkpointing_steps == 0 or global_step == cfg.max_train_steps:
+                save_checkpoint(accelerator, cfg, global_step)
+            if (cfg.validation_video and accelerator.is_main_process
+                    and (global_step % cfg.validation_steps == 0 or global_step == cfg.max_train_steps)):
+                _validate(accelerator, comps, unet, ema, params, cfg, global_step, device)
+            if global_step >= cfg.max_train_steps:
+                break
+    progress.close()
+    accelerator.wait_for_everyone()
+    result: dict[str, Any] = {"global_step": global_step, "last_losses": last, "loss_log": loss_log}
+    if accelerator.is_main_process:
+        result["pipeline"] = save_final(accelerator.unwrap_model(unet), ema, params, comps, cfg)
+    accelerator.end_training()
+    return result
+
+
+def _validate(accelerator, comps, unet, ema, params, cfg, step, device) -> None:
+    model = accelerator.unwrap_model(unet)
+    if ema is not None:
+        ema.store(params)
+        ema.copy_to(params)
+    try:
+        path, frame = run_validation(comps, model, cfg, step, device)
+    except Exception as exc:  # noqa: BLE001 - a failed preview must not stop a long training run
+        logger.warning("validation at step %d failed: %s", step, exc)
+        return
+    finally:
+        if ema is not None:
+            ema.restore(params)
+    logger.info("validation video: %s", path)
+    if frame is not None:
+        for tracker in accelerator.trackers:
+            if tracker.name == "tensorboard":
+                tracker.log_images({"validation/middle_frame": frame[None]}, step, dataformats="NHWC")
+
+
+def save_final(unet, ema, params, comps: TrainingComponents, cfg: UNetTrainingConfig) -> str:
+    """Save the trained pipeline (EMA weights when enabled, LoRA fused, adapter saved beside) and push it."""
+    from ..pipeline import LatentSyncPipeline
+
+    if ema is not None:
+        ema.copy_to(params)
+    out = os.path.join(cfg.output_dir, "pipeline")
+    if cfg.lora_rank > 0:
+        unet.save_lora_adapter(os.path.join(cfg.output_dir, "lora"))
+        unet.fuse_lora()
+        unet.unload_lora()
+    unet = unet.to(torch.float32)
+    if hasattr(unet, "disable_gradient_checkpointing"):
+        unet.disable_gradient_checkpointing()
+    pipe = LatentSyncPipeline(unet=unet.eval(), vae=comps.vae.to(torch.float32),
+                              audio_encoder=comps.audio_encoder.to(torch.float32),
+                              feature_extractor=comps.feature_extractor, scheduler=comps.scheduler,
+                              resolution=cfg.resolution)
+    pipe.save_pretrained(out)
+    logger.info("saved the trained pipeline to %s", out)
+    if cfg.push_to_hub:
+        pipe.push_to_hub(cfg.hub_model_id, private=cfg.hub_private)
+        logger.info("pushed to https://huggingface.co/%s", cfg.hub_model_id)
+    return out
