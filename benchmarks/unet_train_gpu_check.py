@@ -26,15 +26,12 @@ ROOT = os.path.dirname(HERE)
 
 
 def tiny_runs(out: str) -> dict:
-    sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from test_unet_training import _write_clip
-
-    from latentsync.training.tiny import save_tiny_training_models
+    from latentsync.training.tiny import save_tiny_training_models, write_synthetic_clip
 
     clips = os.path.join(out, "clips")
     os.makedirs(clips, exist_ok=True)
     for c in range(3):
-        _write_clip(os.path.join(clips, f"clip{c}.mp4"), os.path.join(out, f"a{c}.wav"), c)
+        write_synthetic_clip(os.path.join(clips, f"clip{c}.mp4"), seed=c)
     ov = save_tiny_training_models(os.path.join(out, "models"))
     ov["train_data"] = clips
     results = {}

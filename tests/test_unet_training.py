@@ -35,31 +35,16 @@ SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
 
 
 # ---------------------------------------------------------------------------------------------------- fixtures
-def _write_clip(path: str, wav_path: str, seed: int, frames: int = 55, size: int = 64) -> None:
-    from scipy.io import wavfile
-
-    from latentsync.video_io import VideoWriter
-
-    t = np.arange(int((frames / 25 + 0.2) * 16000)) / 16000
-    wav = 0.3 * np.sin(2 * np.pi * (200 + 50 * seed) * t) * (1 + np.sin(2 * np.pi * 3 * t))
-    wavfile.write(wav_path, 16000, wav.astype(np.float32))
-    yy, xx = np.mgrid[0:size, 0:size]
-    with VideoWriter(path, 25, audio_path=wav_path) as writer:
-        for i in range(frames):
-            img = np.stack([(xx * 4 + i * 3 + seed * 40) % 256, (yy * 4) % 256, ((xx + yy) * 2 + i * 5) % 256], -1)
-            writer.write(img.astype(np.uint8))
-
-
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """Tiny models saved where the real loaders read them, plus three synthetic aligned 64 px clips."""
-    from latentsync.training.tiny import save_tiny_training_models
+    from latentsync.training.tiny import save_tiny_training_models, write_synthetic_clip
 
     root = tmp_path_factory.mktemp("unet_training")
     clips = root / "clips"
     clips.mkdir()
     for c in range(3):
-        _write_clip(str(clips / f"clip{c}.mp4"), str(root / f"a{c}.wav"), c)
+        write_synthetic_clip(str(clips / f"clip{c}.mp4"), seed=c)
     overrides = save_tiny_training_models(str(root / "models"))
     overrides["train_data"] = str(clips)
     return root, overrides
@@ -394,20 +379,26 @@ def test_kill_and_resume_matches_uninterrupted_run(workspace):
 
 
 # ---------------------------------------------------------------------------------------------------- validation
-def test_validation_video_on_a_sample_clip(workspace, tmp_path):
+def test_training_loop_validation_video_and_saved_pipeline(workspace, tmp_path):
+    """In-process stage-1 run: validation video on a sample clip, tensorboard logs, the final pipeline loads."""
     video, audio = os.path.join(SHARED, "demo1_video.mp4"), os.path.join(SHARED, "demo1_audio.wav")
     if not (os.path.isfile(video) and os.path.isfile(audio)):
         pytest.skip(f"sample clips not found in {SHARED}")
-    from latentsync.training.components import load_components
-    from latentsync.training.unet_trainer import run_validation
+    from latentsync.pipeline import LatentSyncPipeline
+    from latentsync.training.unet_trainer import train
 
     _, ov = workspace
-    cfg = _cfg(ov, validation_video=video, validation_audio=audio, validation_seconds=0.6,
-               validation_inference_steps=2, output_dir=str(tmp_path))
-    comps = load_components(cfg)
-    path, frame = run_validation(comps, comps.unet, cfg, 7, torch.device("cpu"))
-    assert path.endswith("val_video_7.mp4") and os.path.getsize(path) > 0
-    assert frame is not None and frame.ndim == 3
+    out = tmp_path / "run"
+    cfg = _cfg(ov, stage=1, motion_modules="none", trainable_modules=None, max_train_steps=1, report_to="tensorboard",
+               validation_video=video, validation_audio=audio, validation_seconds=0.6,
+               validation_inference_steps=2, output_dir=str(out))
+    result = train(cfg)
+    assert result["global_step"] == 1 and math.isfinite(result["last_losses"]["loss"])
+    assert os.path.getsize(out / "val_videos" / "val_video_1.mp4") > 0
+    events = [f for _, _, files in os.walk(out / "logs") for f in files if f.startswith("events.out.tfevents")]
+    assert events
+    pipe = LatentSyncPipeline.from_pretrained(result["pipeline"])
+    assert pipe.unet.config.motion_modules == "none"
 
 
 @pytest.mark.slow

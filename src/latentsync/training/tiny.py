@@ -48,6 +48,28 @@ def build_tiny_vgg():
     return VGG16Features(channels=(4, 8, 8, 16, 16), convs_per_stage=(1, 1, 1, 1, 1))
 
 
+def write_synthetic_clip(path: str, seed: int = 0, frames: int = 55, size: int = 64) -> str:
+    """Write a stand-in "aligned face" clip: moving colour patterns at 25 fps with a modulated tone at 16 kHz."""
+    import tempfile
+
+    import numpy as np
+    from scipy.io import wavfile
+
+    from ..video_io import VideoWriter
+
+    t = np.arange(int((frames / 25 + 0.2) * 16000)) / 16000
+    wav = 0.3 * np.sin(2 * np.pi * (200 + 50 * seed) * t) * (1 + np.sin(2 * np.pi * 3 * t))
+    yy, xx = np.mgrid[0:size, 0:size]
+    with tempfile.TemporaryDirectory() as tmp:
+        wav_path = os.path.join(tmp, "audio.wav")
+        wavfile.write(wav_path, 16000, wav.astype(np.float32))
+        with VideoWriter(path, 25, audio_path=wav_path) as writer:
+            for i in range(frames):
+                img = np.stack([(xx * 4 + i * 3 + seed * 40) % 256, (yy * 4) % 256, ((xx + yy) * 2 + i * 5) % 256], -1)
+                writer.write(img.astype(np.uint8))
+    return path
+
+
 def save_tiny_training_models(directory: str, resolution: int = 64, seed: int = 0,
                               motion_modules: str = "all") -> dict[str, str]:
     """Save a tiny pipeline, SyncNet, VGG trunk and VideoMAE under ``directory``; return config overrides that
