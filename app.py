@@ -131,10 +131,10 @@ def load_pipeline(config: AppConfig) -> tuple[LatentSyncPipeline, str, str | Non
     if name == TINY_MODEL:
         pipe, name = tiny()
     elif name is not None:
-        pipe = LatentSyncPipeline.from_pretrained(name, torch_dtype=config.dtype)
+        pipe = LatentSyncPipeline.from_pretrained(name, dtype=config.dtype)
     else:
         try:
-            pipe, name = LatentSyncPipeline.from_pretrained(OFFICIAL_MODEL, torch_dtype=config.dtype), OFFICIAL_MODEL
+            pipe, name = LatentSyncPipeline.from_pretrained(OFFICIAL_MODEL, dtype=config.dtype), OFFICIAL_MODEL
         except Exception as exc:  # noqa: BLE001 - offline, not cached, or any load failure: fall back to tiny
             reason = _short_reason(exc)
             logger.warning("cannot load %s (%s); using the tiny random-weight model", OFFICIAL_MODEL, reason)

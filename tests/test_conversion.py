@@ -708,6 +708,8 @@ def test_local_official_folder(tmp_path, monkeypatch):
     pipe = LatentSyncPipeline.from_pretrained(release, vae_id=str(vae), resolution=512, torch_dtype=torch.float16)
     assert pipe.config.resolution == 512 and pipe.unet.dtype == torch.float16
     assert pipe.audio_encoder.dtype == torch.float16 and pipe.vae.dtype == torch.float16
+    pipe = LatentSyncPipeline.from_pretrained(release, vae_id=str(vae), dtype=torch.bfloat16)  # diffusers' new name
+    assert pipe.unet.dtype == pipe.vae.dtype == pipe.audio_encoder.dtype == torch.bfloat16
     with pytest.raises(TypeError, match="low_cpu_mem_usage_typo"):
         LatentSyncPipeline.from_pretrained(release, vae_id=str(vae), low_cpu_mem_usage_typo=True)
     (release / "whisper" / "tiny.pt").rename(tmp_path / "moved.pt")

@@ -612,6 +612,7 @@ def load_official_pipeline(
     resolution: int | None = None,
     vae_id: str | os.PathLike = OFFICIAL_VAE_ID,
     torch_dtype: torch.dtype | None = None,
+    dtype: torch.dtype | None = None,
     pipeline_class: type | None = None,
     cache_dir: str | os.PathLike | None = None,
     revision: str | None = None,
@@ -627,13 +628,14 @@ def load_official_pipeline(
             ``latentsync_unet.pt`` and ``whisper/tiny.pt``.
         resolution: aligned-face size; default from the release (512 for 1.6, 256 otherwise).
         vae_id: Hub id or folder of the SD VAE (``stabilityai/sd-vae-ft-mse``), loaded with ``from_pretrained``.
-        torch_dtype: dtype of the models (default float32).
+        torch_dtype: dtype of the models (default float32); ``dtype`` is the same (diffusers' newer name).
         components: ready-made ``unet``, ``vae``, ``audio_encoder``, ``feature_extractor`` or ``scheduler`` to use
             instead of the converted / default ones.
     """
     from .pipeline import LatentSyncPipeline
 
     pipeline_class = pipeline_class or LatentSyncPipeline
+    torch_dtype = torch_dtype or dtype
     for ignored in _IGNORED_LOAD_KWARGS & set(components):
         logger.info("%s does not apply to an official checkpoint: ignored", ignored)
         components.pop(ignored)
