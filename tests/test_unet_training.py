@@ -274,6 +274,32 @@ def test_unet_init_from_sd_and_stage1(tmp_path):
         torch.testing.assert_close(stage2(x, 10, ctx).sample, stage1(x, 10, ctx).sample, rtol=1e-5, atol=1e-5)
 
 
+def test_components_by_id_without_a_pipeline(workspace, tmp_path):
+    """The default loaders (VAE id, full Whisper checkpoint id, official scheduler) on tiny saved models."""
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
+
+    from latentsync.pipeline import LatentSyncPipeline
+    from latentsync.training.components import load_components, load_whisper_encoder
+
+    _, ov = workspace
+    pipe = LatentSyncPipeline.from_pretrained(ov["components_from"])
+    pipe.vae.save_pretrained(tmp_path / "vae")
+    whisper = WhisperModel(WhisperConfig(d_model=64, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=128,
+                                         decoder_layers=1, decoder_attention_heads=2, decoder_ffn_dim=128,
+                                         num_mel_bins=80))
+    whisper.save_pretrained(tmp_path / "whisper")
+    WhisperFeatureExtractor(feature_size=80).save_pretrained(tmp_path / "whisper")
+    encoder = load_whisper_encoder(str(tmp_path / "whisper"))
+    torch.testing.assert_close(encoder.conv1.weight, whisper.encoder.conv1.weight)
+    torch.testing.assert_close(encoder.layers[1].fc2.weight, whisper.encoder.layers[1].fc2.weight)
+    cfg = _cfg(ov, components_from=None, pretrained_unet=ov["components_from"], vae=str(tmp_path / "vae"),
+               whisper=str(tmp_path / "whisper"), stage=1)
+    comps = load_components(cfg)
+    assert comps.scheduler.config.beta_schedule == "scaled_linear" and comps.scheduler.config.steps_offset == 1
+    assert comps.sync_loss is None and comps.lpips is None and comps.trepa is None  # stage 1
+    assert not any(p.requires_grad for p in comps.vae.parameters())
+
+
 # ---------------------------------------------------------------------------------------------------- one step
 def _one_step(cfg, lora: bool = False):
     from latentsync.data.unet_dataset import UNetClipDataset
@@ -351,7 +377,9 @@ def _launch(ov: dict, out: str, *extra: str) -> subprocess.Popen:
 
 def _losses(out: str) -> dict[int, float]:
     with open(os.path.join(out, "losses.jsonl")) as fh:
-        return {r["step"]: r["loss"] for r in map(json.loads, fh)}
+        rows = [json.loads(line) for line in fh]
+    assert len({r["step"] for r in rows}) == len(rows), "a step was logged twice"
+    return {r["step"]: r["loss"] for r in rows}
 
 
 def test_kill_and_resume_matches_uninterrupted_run(workspace):
@@ -366,13 +394,14 @@ def test_kill_and_resume_matches_uninterrupted_run(workspace):
     assert os.path.isdir(ckpt), victim.communicate()[0][-3000:]
     victim.send_signal(signal.SIGKILL)
     victim.wait()
+    resumed = _launch(ov, killed, "resume_from_checkpoint=latest")  # runs while the uninterrupted run finishes
     log_a = uninterrupted.communicate(timeout=300)[0]
     assert uninterrupted.returncode == 0, log_a[-3000:]
-    resumed = _launch(ov, killed, "resume_from_checkpoint=latest")
     log_b = resumed.communicate(timeout=300)[0]
     assert resumed.returncode == 0, log_b[-3000:]
     assert "resumed from" in log_b and "checkpoint-2" in log_b
     a, b = _losses(full), _losses(killed)
+    assert sorted(a) == sorted(b) == [1, 2, 3]  # steps the killed run logged after its checkpoint are dropped
     assert a[1] == b[1] and a[2] == b[2]
     assert b[3] == pytest.approx(a[3], rel=1e-6, abs=1e-7)
     assert a[3] != a[2]
@@ -412,6 +441,6 @@ def test_full_size_trainable_sets_match_the_official_counts():
         cfg = load_config(os.path.join(CONFIGS, f"unet_{name}.yaml"))
         with torch.device("meta"):
             unet = LatentSyncUNet(motion_modules=cfg.motion_modules)
-        names = select_trainable(unet, cfg.trainable_modules if cfg.stage == 2 else None)
+        names = select_trainable(unet, cfg.trainable_modules)
         count = sum(p.numel() for p in unet.parameters() if p.requires_grad)
         assert (len(names), round(count / 1e6, 2)) == expected

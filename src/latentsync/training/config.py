@@ -27,6 +27,11 @@ class UNetTrainingConfig:
         lpips_backbone: VGG-16 weights (Hub id in timm layout, folder saved by [`VGG16Features`], or file).
         lpips_heads: LPIPS linear heads file; None = the heads shipped in torchmetrics; "uniform" = equal weights.
         trepa_model: VideoMAE id/folder for TREPA.
+
+    Method: ``stage`` 1 trains with the noise MSE only; stage 2 adds the pixel-space losses on the one-step x0
+    estimate (each active when its weight is > 0). ``trainable_modules`` lists name substrings of the U-Net
+    parameters to train (None: all). With ``lora_rank`` > 0 the U-Net is frozen and LoRA adapters (peft) are added on
+    ``lora_target_modules`` inside the modules ``trainable_modules`` selects.
     """
 
     # models

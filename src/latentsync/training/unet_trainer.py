@@ -302,7 +302,7 @@ def train(cfg: UNetTrainingConfig) -> dict[str, Any]:
     if cfg.lora_rank > 0:
         trainable = add_lora(unet, cfg)
     else:
-        trainable = select_trainable(unet, cfg.trainable_modules if cfg.stage == 2 else None)
+        trainable = select_trainable(unet, cfg.trainable_modules)
     n_train = sum(p.numel() for p in unet.parameters() if p.requires_grad)
     logger.info("training %d tensors, %.2f M parameters of %.2f M", len(trainable), n_train / 1e6,
                 sum(p.numel() for p in unet.parameters()) / 1e6)
@@ -367,6 +367,8 @@ def train(cfg: UNetTrainingConfig) -> dict[str, Any]:
     first_epoch, skip = divmod(micro_done, batches_per_epoch)
     num_epochs = math.ceil(cfg.max_train_steps * cfg.gradient_accumulation_steps / batches_per_epoch)
     loss_log = os.path.join(cfg.output_dir, "losses.jsonl")
+    if resume and accelerator.is_main_process and os.path.isfile(loss_log):
+        _truncate_log(loss_log, global_step)  # drop steps an interrupted run logged after its last checkpoint
 
     progress = tqdm(total=cfg.max_train_steps, initial=global_step, desc="Steps",
                     disable=not accelerator.is_local_main_process)
@@ -417,6 +419,13 @@ def train(cfg: UNetTrainingConfig) -> dict[str, Any]:
         result["pipeline"] = save_final(accelerator.unwrap_model(unet), ema, params, comps, cfg)
     accelerator.end_training()
     return result
+
+
+def _truncate_log(path: str, last_step: int) -> None:
+    with open(path) as fh:
+        rows = [line for line in fh if line.strip() and json.loads(line)["step"] <= last_step]
+    with open(path, "w") as fh:
+        fh.writelines(rows)
 
 
 def _validate(accelerator, comps, unet, ema, params, cfg, step, device) -> None:
