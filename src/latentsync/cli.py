@@ -127,7 +127,14 @@ def convert(argv: list[str]) -> int:
     return 0
 
 
-COMMANDS = {"make-tiny": make_tiny, "convert": convert}
+def eval_command(argv: list[str]) -> int:
+    """``latentsync eval <subcommand>``: SyncNet accuracy, sync confidence, ... (see latentsync.eval.cli)."""
+    from .eval.cli import main as eval_main
+
+    return eval_main(argv)
+
+
+COMMANDS = {"make-tiny": make_tiny, "convert": convert, "eval": eval_command}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,281 @@
+"""SyncNet training and evaluation samples (spec section 5.4).
+
+Clips are aligned talking faces at 25 fps with their (already A/V-synchronised) audio: a folder of video files, a
+single video file, or a Hugging Face ``datasets`` dataset whose ``video_column`` holds mp4 bytes (``bytes``, a
+``{"bytes", "path"}`` dict as written by ``datasets.Video(decode=False)``, or a file path). Clips are decoded with
+the project's ffmpeg reader (``datasets``' own Video decoding needs torchcodec, which is not required here).
+
+A sample is a window of ``num_frames`` frames and a Wav2Lip mel window. With probability ``positive_ratio`` both
+start at the same frame (label 1, in sync); otherwise the frames come from another start of the same clip, at
+least ``min_negative_offset`` frames away (label 0), as in the official code. ``time_range`` restricts every window
+(frames and audio) to a fraction of each clip, e.g. ``(0, 0.7)`` to train on the first 70 % of every clip and
+``(0.7, 1)`` to validate on the held-out rest.
+
+Sample ``i`` depends only on ``(seed, index_offset + i)``, so a dataset is an endless, reproducible stream: the
+trainer draws sample indices in order and resumes by offsetting them.
+"""
+
+from __future__ import annotations
+
+import collections
+import glob
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .. import audio as audio_lib
+from ..syncnet_audio import mel_start, mel_window_length, wav2lip_mel
+from ..video_io import iter_frames
+
+logger = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm")
+
+
+@dataclass
+class SyncClip:
+    """A decoded clip: frames ``(T, H, W, 3)`` uint8 at 25 fps (already cropped/resized) and its mel ``(80, M)``."""
+
+    frames: np.ndarray
+    mel: np.ndarray
+    name: str
+
+
+def _is_saved_dataset(path: str) -> bool:
+    return any(os.path.isfile(os.path.join(path, f)) for f in ("dataset_info.json", "dataset_dict.json", "state.json"))
+
+
+def _load_hf_dataset(source: Any, split: str):
+    import datasets
+
+    if isinstance(source, datasets.DatasetDict):
+        if split not in source:
+            raise ValueError(f"dataset has no split {split!r} (splits: {', '.join(source)})")
+        return source[split]
+    if isinstance(source, datasets.Dataset):
+        return source
+    path = os.fspath(source)
+    if os.path.isdir(path) and _is_saved_dataset(path):
+        ds = datasets.load_from_disk(path)
+        if isinstance(ds, datasets.DatasetDict):
+            if split not in ds:
+                raise ValueError(f"dataset {path} has no split {split!r} (splits: {', '.join(ds)})")
+            return ds[split]
+        return ds
+    return datasets.load_dataset(path, split=split)
+
+
+class ClipStore:
+    """Indexable collection of aligned clips with an LRU cache of decoded clips.
+
+    Args:
+        source: folder of videos (searched recursively), one video file, a ``datasets.Dataset``/``DatasetDict``, a
+            folder written by ``save_to_disk``, or anything ``datasets.load_dataset`` accepts (Hub id, parquet dir).
+        resolution: side the aligned faces are resized to (None keeps the clip's size).
+        lower_half: keep only the lower half of each face (the mouth), as the pixel SyncNets do.
+        split, video_column: which split and column of a ``datasets`` source hold the clips.
+        cache_size: decoded clips kept in memory.
+    """
+
+    def __init__(
+        self,
+        source: Any,
+        resolution: int | None = 256,
+        lower_half: bool = True,
+        split: str = "train",
+        video_column: str = "video",
+        cache_size: int = 16,
+    ):
+        self.resolution, self.lower_half, self.video_column = resolution, lower_half, video_column
+        self.cache_size = cache_size
+        self._files: list[str] | None = None
+        self._hf = None
+        if isinstance(source, (str, os.PathLike)) and os.path.isfile(source):
+            self._files = [os.fspath(source)]
+        elif isinstance(source, (str, os.PathLike)) and os.path.isdir(source) and not _is_saved_dataset(
+            os.fspath(source)
+        ):
+            files = sorted(
+                f for f in glob.glob(os.path.join(os.fspath(source), "**", "*"), recursive=True)
+                if f.lower().endswith(VIDEO_EXTENSIONS)
+            )
+            if files:
+                self._files = files
+            elif not glob.glob(os.path.join(os.fspath(source), "**", "*.parquet"), recursive=True) and not glob.glob(
+                os.path.join(os.fspath(source), "**", "*.arrow"), recursive=True
+            ):
+                raise ValueError(f"no video clips ({', '.join(VIDEO_EXTENSIONS)}) or dataset files in {source}")
+        if self._files is None:
+            self._hf = _load_hf_dataset(source, split)
+            if video_column not in self._hf.column_names:
+                raise ValueError(
+                    f"dataset has no column {video_column!r} (columns: {', '.join(self._hf.column_names)})"
+                )
+            if len(self._hf) == 0:
+                raise ValueError("dataset has no rows")
+        self._cache: collections.OrderedDict[int, SyncClip] = collections.OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._files) if self._files is not None else len(self._hf)
+
+    def name(self, index: int) -> str:
+        if self._files is not None:
+            return self._files[index]
+        return f"row {index}"
+
+    def preload(self) -> None:
+        """Decode every clip now and keep all of them (for small datasets)."""
+        self.cache_size = max(self.cache_size, len(self))
+        for i in range(len(self)):
+            self.load(i)
+
+    def load(self, index: int) -> SyncClip:
+        """Decoded clip ``index`` (cached)."""
+        if index in self._cache:
+            self._cache.move_to_end(index)
+            return self._cache[index]
+        if self._files is not None:
+            clip = self._decode(self._files[index], self._files[index])
+        else:
+            value = self._hf[index][self.video_column]
+            data = value.get("bytes") if isinstance(value, dict) else value
+            path = value.get("path") if isinstance(value, dict) else (value if isinstance(value, str) else None)
+            if isinstance(data, (bytes, bytearray)):
+                with tempfile.NamedTemporaryFile(suffix=".mp4") as tmp:
+                    tmp.write(data)
+                    tmp.flush()
+                    clip = self._decode(tmp.name, self.name(index))
+            elif path and os.path.isfile(path):
+                clip = self._decode(path, path)
+            else:
+                raise ValueError(f"row {index}: column {self.video_column!r} holds neither mp4 bytes nor a file path")
+        if self.cache_size > 0:
+            self._cache[index] = clip
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return clip
+
+    def _decode(self, path: str, name: str) -> SyncClip:
+        frames = []
+        for frame in iter_frames(path, audio_lib.VIDEO_FPS):
+            if self.resolution is not None and frame.shape[:2] != (self.resolution, self.resolution):
+                frame = cv2.resize(frame, (self.resolution, self.resolution), interpolation=cv2.INTER_AREA)
+            if self.lower_half:
+                frame = frame[frame.shape[0] // 2 :]
+            frames.append(np.ascontiguousarray(frame))
+        if not frames:
+            raise ValueError(f"no frames in {name}")
+        mel = wav2lip_mel(audio_lib.load_audio(path))
+        return SyncClip(np.stack(frames), mel, name)
+
+
+def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 ``(F, H, W, 3)`` -> float ``(F * 3, H, W)`` in [-1, 1], frames stacked frame-major on channels."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return x.flatten(0, 1)
+
+
+class SyncNetDataset(Dataset):
+    """Positive / negative (frames, mel) pairs from aligned clips.
+
+    Returns dicts with ``frames`` ``(F*3, H, W)`` float in [-1, 1], ``mel`` ``(1, 80, ceil(3.2 F))``, ``label``
+    (1.0 in sync, 0.0 not), ``offset`` (frame start minus audio start; 0 for positives) and ``clip`` (index).
+
+    Args:
+        clips: a [`ClipStore`] (or anything it accepts, opened with default settings).
+        num_samples: length of the dataset (samples are drawn with replacement; any length works).
+        num_frames: frames per window (16).
+        time_range: fractions ``(start, end)`` of each clip that windows may use.
+        positive_ratio: probability of an in-sync pair.
+        min_negative_offset / max_negative_offset: allowed ``|frames start - audio start|`` for negatives (the
+            official code uses any other start: 1 and None).
+        hflip: flip every frame of a sample horizontally with probability 0.5 (sync-preserving augmentation).
+        seed, index_offset: sample ``i`` is drawn from ``numpy.random.default_rng([seed, index_offset + i])``.
+        max_tries: draws before giving up when clips are too short for a window.
+    """
+
+    def __init__(
+        self,
+        clips: ClipStore | Any,
+        num_samples: int,
+        num_frames: int = 16,
+        time_range: tuple[float, float] = (0.0, 1.0),
+        positive_ratio: float = 0.5,
+        min_negative_offset: int = 1,
+        max_negative_offset: int | None = None,
+        hflip: bool = False,
+        seed: int = 0,
+        index_offset: int = 0,
+        max_tries: int = 50,
+    ):
+        self.clips = clips if isinstance(clips, ClipStore) else ClipStore(clips)
+        if not 0.0 <= time_range[0] < time_range[1] <= 1.0:
+            raise ValueError(f"time_range must satisfy 0 <= start < end <= 1, got {tuple(time_range)}")
+        if min_negative_offset < 1:
+            raise ValueError("min_negative_offset must be at least 1 frame")
+        self.num_samples, self.num_frames = int(num_samples), num_frames
+        self.time_range = (float(time_range[0]), float(time_range[1]))
+        self.positive_ratio = positive_ratio
+        self.min_negative_offset, self.max_negative_offset = min_negative_offset, max_negative_offset
+        self.hflip, self.seed, self.index_offset, self.max_tries = hflip, seed, int(index_offset), max_tries
+        self.mel_length = mel_window_length(num_frames)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def valid_starts(self, clip: SyncClip) -> np.ndarray:
+        """Start frames whose video window and mel window both lie inside the clip's ``time_range``."""
+        n_frames = len(clip.frames)
+        lo = int(np.ceil(self.time_range[0] * n_frames - 1e-9))
+        hi = int(np.floor(self.time_range[1] * n_frames + 1e-9))  # exclusive end frame
+        mel_end = min(clip.mel.shape[1], round(self.time_range[1] * clip.mel.shape[1]))
+        starts = np.arange(lo, max(lo, hi - self.num_frames + 1))
+        ok = np.array([mel_start(s) + self.mel_length <= mel_end for s in starts], dtype=bool)
+        return starts[ok] if len(starts) else starts
+
+    def _negative_start(self, starts: np.ndarray, audio_start: int, rng: np.random.Generator) -> int | None:
+        diff = np.abs(starts - audio_start)
+        ok = diff >= self.min_negative_offset
+        if self.max_negative_offset is not None:
+            ok &= diff <= self.max_negative_offset
+        candidates = starts[ok]
+        if len(candidates) == 0:
+            return None
+        return int(candidates[rng.integers(0, len(candidates))])
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        rng = np.random.default_rng([self.seed, self.index_offset + int(i)])
+        for _ in range(self.max_tries):
+            ci = int(rng.integers(0, len(self.clips)))
+            clip = self.clips.load(ci)
+            starts = self.valid_starts(clip)
+            if len(starts) == 0:
+                continue
+            audio_start = int(starts[rng.integers(0, len(starts))])
+            positive = bool(rng.random() < self.positive_ratio)
+            frame_start = audio_start if positive else self._negative_start(starts, audio_start, rng)
+            if frame_start is None:
+                continue
+            frames = clip.frames[frame_start : frame_start + self.num_frames]
+            if self.hflip and rng.random() < 0.5:
+                frames = frames[:, :, ::-1]
+            m0 = mel_start(audio_start)
+            mel = torch.from_numpy(np.ascontiguousarray(clip.mel[:, m0 : m0 + self.mel_length]))[None]
+            return {
+                "frames": frames_to_tensor(frames),
+                "mel": mel,
+                "label": torch.tensor(1.0 if positive else 0.0),
+                "offset": frame_start - audio_start,
+                "clip": ci,
+            }
+        raise ValueError(
+            f"could not draw a sample in {self.max_tries} tries: clips are too short for {self.num_frames}-frame "
+            f"windows (with negatives) inside time_range {self.time_range}"
+        )

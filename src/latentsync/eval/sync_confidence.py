@@ -1,0 +1,418 @@
+"""Audio-visual offset and sync confidence of a talking-face video (spec section 9; syncnet_python's evaluation).
+
+For every video frame the SyncNet embeds a short window of mouth frames and the audio at the same time; the mean
+distance between the visual and audio features is computed for audio shifted by ``-vshift ... +vshift`` frames.
+``offset`` is the shift with the smallest mean distance and ``confidence = median - min`` of those mean distances:
+a well-synced video has offset 0 and a clear minimum (the LatentSync data pipeline keeps clips with confidence >= 3
+and |offset| <= 6 with the classic SyncNet).
+
+Two networks are supported:
+
+* [`SyncNetV2`], the classic SyncNet of syncnet_python (``syncnet_v2.model``; 3-D conv lip tower on 5-frame
+  224 x 224 face crops, audio tower on 13 MFCCs x 20 steps, 1024-d, Euclidean distance). Its weights are not
+  shipped: pass the file (the official LatentSync repos have it as ``auxiliary/syncnet_v2.model``).
+* [`StableSyncNet`] (any trained config): 16-frame windows of aligned lower faces against Wav2Lip mel windows,
+  distance = 1 - cosine similarity.
+
+Offset convention (syncnet_python's): the audio feature that matches video frame ``i`` is at ``i - offset``.
+Faces come from the project's MediaPipe detector (the original uses S3FD and IoU tracking over shots; here a
+single face, the largest, is tracked through the whole video), so confidences are comparable in scale with the
+original but not bit-identical.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from scipy.signal import medfilt
+from torch import nn
+from tqdm.auto import tqdm
+
+from .. import audio as audio_lib
+from ..errors import InvalidVideoError, LatentSyncInputError, NoFaceError
+from ..models.syncnet import StableSyncNet
+from ..syncnet_audio import mel_window, num_mel_windows, wav2lip_mel
+from ..video_io import iter_frames
+
+logger = logging.getLogger(__name__)
+
+CLASSIC_WINDOW = 5  # frames per lip window of the classic SyncNet
+CLASSIC_MFCC_STEPS = 20  # 100 Hz MFCC steps per window (0.2 s)
+CLASSIC_CROP = 224
+CLASSIC_CROP_SCALE = 0.4
+CLASSIC_SMOOTHING = 13  # median filter over face boxes (frames)
+OFFICIAL_SYNCNET_V2_REPO = "ByteDance/LatentSync-1.5"
+OFFICIAL_SYNCNET_V2_FILE = "auxiliary/syncnet_v2.model"
+
+
+# ---------------------------------------------------------------------------------------------------- classic model
+
+
+def _conv_bn_relu(conv: nn.Module, bn: nn.Module) -> list[nn.Module]:
+    return [conv, bn, nn.ReLU(inplace=True)]
+
+
+class SyncNetV2(ModelMixin, ConfigMixin):
+    """The classic SyncNet ("S" network of syncnet_python, weights ``syncnet_v2.model``).
+
+    Module names and indices match the original so its state dict loads as is (see [`from_syncnet_python`]).
+    ``forward_lip`` takes ``(B, 3, 5, 224, 224)`` BGR face crops in 0..255, ``forward_aud`` ``(B, 1, 13, 20)``
+    MFCC windows; both return ``(B, embed_dim)`` (not normalised).
+    """
+
+    @register_to_config
+    def __init__(self, embed_dim: int = 1024):
+        super().__init__()
+        self.netcnnaud = nn.Sequential(
+            *_conv_bn_relu(nn.Conv2d(1, 64, 3, padding=1), nn.BatchNorm2d(64)),
+            nn.MaxPool2d(1, 1),
+            *_conv_bn_relu(nn.Conv2d(64, 192, 3, padding=1), nn.BatchNorm2d(192)),
+            nn.MaxPool2d(3, stride=(1, 2)),
+            *_conv_bn_relu(nn.Conv2d(192, 384, 3, padding=1), nn.BatchNorm2d(384)),
+            *_conv_bn_relu(nn.Conv2d(384, 256, 3, padding=1), nn.BatchNorm2d(256)),
+            *_conv_bn_relu(nn.Conv2d(256, 256, 3, padding=1), nn.BatchNorm2d(256)),
+            nn.MaxPool2d(3, stride=2),
+            *_conv_bn_relu(nn.Conv2d(256, 512, (5, 4)), nn.BatchNorm2d(512)),
+        )
+        self.netfcaud = nn.Sequential(nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Linear(512, embed_dim))
+        self.netfclip = nn.Sequential(nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Linear(512, embed_dim))
+        self.netcnnlip = nn.Sequential(
+            *_conv_bn_relu(nn.Conv3d(3, 96, (5, 7, 7), stride=(1, 2, 2)), nn.BatchNorm3d(96)),
+            nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2)),
+            *_conv_bn_relu(nn.Conv3d(96, 256, (1, 5, 5), stride=(1, 2, 2), padding=(0, 1, 1)), nn.BatchNorm3d(256)),
+            nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)),
+            *_conv_bn_relu(nn.Conv3d(256, 256, (1, 3, 3), padding=(0, 1, 1)), nn.BatchNorm3d(256)),
+            *_conv_bn_relu(nn.Conv3d(256, 256, (1, 3, 3), padding=(0, 1, 1)), nn.BatchNorm3d(256)),
+            *_conv_bn_relu(nn.Conv3d(256, 256, (1, 3, 3), padding=(0, 1, 1)), nn.BatchNorm3d(256)),
+            nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2)),
+            *_conv_bn_relu(nn.Conv3d(256, 512, (1, 6, 6)), nn.BatchNorm3d(512)),
+        )
+
+    def forward_aud(self, mfcc: torch.Tensor) -> torch.Tensor:
+        """Audio features ``(B, D)`` for MFCC windows ``(B, 1, 13, 20)``."""
+        return self.netfcaud(self.netcnnaud(mfcc).flatten(1))
+
+    def forward_lip(self, crops: torch.Tensor) -> torch.Tensor:
+        """Visual features ``(B, D)`` for lip windows ``(B, 3, 5, 224, 224)``."""
+        return self.netfclip(self.netcnnlip(crops).flatten(1))
+
+    def forward(self, crops: torch.Tensor, mfcc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.forward_lip(crops), self.forward_aud(mfcc)
+
+    @classmethod
+    def from_syncnet_python(cls, path: str | os.PathLike, map_location: str = "cpu") -> SyncNetV2:
+        """Load syncnet_python's ``syncnet_v2.model`` (a plain state dict) with ``torch.load(weights_only=True)``.
+
+        Raises:
+            LatentSyncInputError: the file is missing or its keys/shapes do not match the classic SyncNet.
+        """
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise LatentSyncInputError(f"SyncNet v2 weights not found: {path}")
+        state = torch.load(path, map_location=map_location, weights_only=True)
+        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+            state = state["state_dict"]
+        if not isinstance(state, dict):
+            raise LatentSyncInputError(f"{path} is not a SyncNet v2 state dict")
+        for prefix in ("__S__.", "module."):
+            if state and all(k.startswith(prefix) for k in state):
+                state = {k[len(prefix) :]: v for k, v in state.items()}
+        fc = state.get("netfcaud.3.weight")
+        model = cls(embed_dim=int(fc.shape[0]) if isinstance(fc, torch.Tensor) else 1024)
+        expected = model.state_dict()
+        missing = sorted(k for k in expected if k not in state and not k.endswith("num_batches_tracked"))
+        unexpected = sorted(k for k in state if k not in expected)
+        wrong = sorted(k for k in state if k in expected and tuple(state[k].shape) != tuple(expected[k].shape))
+        if missing or unexpected or wrong:
+            raise LatentSyncInputError(
+                f"{path} does not match the classic SyncNet: missing {missing[:5]}, unexpected {unexpected[:5]}, "
+                f"wrong shape {wrong[:5]}"
+            )
+        model.load_state_dict(state, strict=False)
+        return model.eval()
+
+
+def classic_mfcc(audio_16k: np.ndarray) -> np.ndarray:
+    """13 MFCCs at 100 Hz ``(13, T)`` as syncnet_python computes them (python_speech_features on int16 scale)."""
+    try:
+        import python_speech_features
+    except ImportError as exc:  # pragma: no cover - declared in requirements
+        raise ImportError("the classic SyncNet needs python_speech_features: pip install python_speech_features") from exc
+    return python_speech_features.mfcc(np.asarray(audio_16k, dtype=np.float64) * 32768.0, audio_lib.SAMPLE_RATE).T
+
+
+# ---------------------------------------------------------------------------------------------------- offsets
+
+
+@dataclass
+class SyncEstimate:
+    """Result of a sync estimation.
+
+    Attributes:
+        offset: audio-visual offset in frames (syncnet_python convention: the audio matching video frame ``i`` is at
+            ``i - offset``); 0 for a synced video.
+        confidence: median minus minimum of the mean distances over offsets (higher = clearer sync).
+        min_distance: the smallest mean distance.
+        distances: mean distance for each offset ``-vshift ... +vshift`` (index ``vshift - offset``).
+        frame_confidence: per-window confidence at the chosen offset, median-filtered (9).
+        num_windows: number of windows (frames) compared.
+    """
+
+    offset: int
+    confidence: float
+    min_distance: float
+    distances: list[float] = field(repr=False)
+    frame_confidence: list[float] = field(repr=False)
+    num_windows: int = 0
+
+    def as_dict(self) -> dict:
+        return dict(offset=self.offset, confidence=self.confidence, min_distance=self.min_distance,
+                    num_windows=self.num_windows, distances=self.distances)
+
+
+def offset_confidence(
+    visual: torch.Tensor, audio: torch.Tensor, vshift: int = 15, metric: str = "euclidean"
+) -> SyncEstimate:
+    """Offset and confidence from per-window features ``(N, D)`` (syncnet_python's ``calc_pdist`` + statistics).
+
+    The audio features are zero-padded by ``vshift`` on both sides, as in the original, so windows near the ends
+    compare against zeros (distance ``|v|`` for Euclidean, 1 for cosine).
+    """
+    if visual.ndim != 2 or audio.ndim != 2 or visual.shape[1] != audio.shape[1]:
+        raise ValueError(f"features must be (N, D) with equal D, got {tuple(visual.shape)} and {tuple(audio.shape)}")
+    n = min(len(visual), len(audio))
+    if n == 0:
+        raise ValueError("no windows to compare: the video or audio is too short")
+    visual, audio = visual[:n].float(), audio[:n].float()
+    win = 2 * vshift + 1
+    padded = F.pad(audio, (0, 0, vshift, vshift))
+    idx = torch.arange(n)[:, None] + torch.arange(win)[None, :]  # (n, win)
+    shifted = padded[idx]  # (n, win, D)
+    v = visual[:, None, :].expand_as(shifted)
+    if metric == "euclidean":
+        dists = F.pairwise_distance(v.reshape(-1, v.shape[-1]), shifted.reshape(-1, v.shape[-1])).reshape(n, win)
+    elif metric == "cosine":
+        dists = 1.0 - F.cosine_similarity(v, shifted, dim=-1)
+    else:
+        raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
+    mean_dists = dists.mean(0)
+    min_dist, minidx = torch.min(mean_dists, 0)
+    median = torch.median(mean_dists)
+    fconf = (median - dists[:, minidx]).numpy()
+    frame_conf = medfilt(fconf, kernel_size=9) if len(fconf) >= 9 else fconf
+    return SyncEstimate(
+        offset=int(vshift - minidx),
+        confidence=float(median - min_dist),
+        min_distance=float(min_dist),
+        distances=[float(x) for x in mean_dists],
+        frame_confidence=[float(x) for x in frame_conf],
+        num_windows=n,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- faces
+
+
+def _fill_missing(values: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """Linear interpolation over frames without a face (edges hold the nearest value)."""
+    if ok.all():
+        return values
+    t = np.arange(len(values))
+    flat = values.reshape(len(values), -1).astype(np.float64)
+    out = np.stack([np.interp(t, t[ok], flat[ok, j]) for j in range(flat.shape[1])], axis=1)
+    return out.reshape(values.shape)
+
+
+def classic_face_crops(frames: list[np.ndarray], boxes: np.ndarray) -> np.ndarray:
+    """syncnet_python crops ``(N, 224, 224, 3)`` BGR: box size/centre median-filtered, crop scale 0.4, pad 110."""
+    s = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) / 2
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    k = min(CLASSIC_SMOOTHING, len(s) if len(s) % 2 else len(s) - 1)  # odd kernel no longer than the video
+    if k >= 3:
+        s, cx, cy = medfilt(s, k), medfilt(cx, k), medfilt(cy, k)
+    crops = []
+    cs = CLASSIC_CROP_SCALE
+    for frame, bs, x, y in zip(frames, s, cx, cy):
+        pad = int(bs * (1 + 2 * cs))
+        bgr = np.pad(frame[..., ::-1], ((pad, pad), (pad, pad), (0, 0)), mode="constant", constant_values=110)
+        my, mx = y + pad, x + pad
+        face = bgr[int(my - bs) : int(my + bs * (1 + 2 * cs)), int(mx - bs * (1 + cs)) : int(mx + bs * (1 + cs))]
+        crops.append(cv2.resize(face, (CLASSIC_CROP, CLASSIC_CROP)))
+    return np.stack(crops)
+
+
+def _detect_faces(frames: list[np.ndarray], anchors: bool):
+    from ..face_detection import FaceDetector
+
+    out = []
+    with FaceDetector() as detector:
+        for frame in tqdm(frames, desc="Face detection", leave=False):
+            if anchors:
+                a = detector.anchors(frame)
+                out.append(a if a is not None else np.full((3, 2), np.nan))
+            else:
+                boxes = detector.detect(frame)
+                if boxes:
+                    b = max(boxes, key=lambda b: (b.x1 - b.x0) * (b.y1 - b.y0))
+                    out.append(np.array([b.x0, b.y0, b.x1, b.y1]))
+                else:
+                    out.append(np.full(4, np.nan))
+    arr = np.stack(out)
+    ok = ~np.isnan(arr.reshape(len(arr), -1)[:, 0])
+    if not ok.any():
+        raise NoFaceError("no face found in any frame")
+    if not ok.all():
+        logger.warning("%d of %d frames have no face; their face position is interpolated", (~ok).sum(), len(ok))
+    return _fill_missing(arr, ok)
+
+
+def aligned_mouths(frames: list[np.ndarray], resolution: int = 256, lower_half: bool = True,
+                   smoothing: float = 1.5) -> np.ndarray:
+    """Faces aligned like the training data ``(N, R/2 or R, R, 3)`` uint8 (MediaPipe anchors + FaceAligner)."""
+    from ..alignment import FaceAligner, smooth_anchors
+
+    anchors = smooth_anchors(_detect_faces(frames, anchors=True), smoothing)
+    aligner = FaceAligner(resolution)
+    faces = np.stack([aligner.align(f, aligner.matrix(a)) for f, a in zip(frames, anchors)])
+    return faces[:, resolution // 2 :] if lower_half else faces
+
+
+# ---------------------------------------------------------------------------------------------------- features
+
+
+@torch.no_grad()
+def classic_features(
+    model: SyncNetV2, crops: np.ndarray, mfcc: np.ndarray, batch_size: int = 20
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-frame lip and audio features of the classic SyncNet (5-frame / 20-MFCC-step windows)."""
+    device, dtype = model.device, model.dtype
+    n = min(len(crops), mfcc.shape[1] // 4) - CLASSIC_WINDOW
+    if n <= 0:
+        raise LatentSyncInputError("video is too short for the SyncNet (needs more than 5 frames with audio)")
+    video = torch.from_numpy(np.ascontiguousarray(crops)).permute(3, 0, 1, 2).float()  # (3, N, 224, 224)
+    mfcc_t = torch.from_numpy(np.ascontiguousarray(mfcc)).float()
+    lip, aud = [], []
+    for i in tqdm(range(0, n, batch_size), desc="SyncNet v2", leave=False):
+        js = range(i, min(n, i + batch_size))
+        lip_in = torch.stack([video[:, j : j + CLASSIC_WINDOW] for j in js])
+        aud_in = torch.stack([mfcc_t[None, :, 4 * j : 4 * j + CLASSIC_MFCC_STEPS] for j in js])
+        lip.append(model.forward_lip(lip_in.to(device, dtype)).float().cpu())
+        aud.append(model.forward_aud(aud_in.to(device, dtype)).float().cpu())
+    return torch.cat(lip), torch.cat(aud)
+
+
+@torch.no_grad()
+def stable_features(
+    model: StableSyncNet, mouths: np.ndarray, mel: np.ndarray, batch_size: int = 16
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-start-frame visual and audio embeddings of a StableSyncNet over aligned mouths ``(N, H, W, 3)``."""
+    if model.config.latent_space:
+        raise LatentSyncInputError("sync confidence with a latent-space SyncNet is not supported; use a pixel one")
+    f = model.config.num_frames
+    n = min(len(mouths) - f + 1, num_mel_windows(mel.shape[1], f))
+    if n <= 0:
+        raise LatentSyncInputError(f"video is too short for the SyncNet (needs at least {f} frames with audio)")
+    device, dtype = model.device, model.dtype
+    frames = torch.from_numpy(np.ascontiguousarray(mouths)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    vis, aud = [], []
+    for i in tqdm(range(0, n, batch_size), desc="StableSyncNet", leave=False):
+        js = range(i, min(n, i + batch_size))
+        v_in = torch.stack([frames[j : j + f].flatten(0, 1) for j in js])
+        a_in = torch.stack([torch.from_numpy(np.ascontiguousarray(mel_window(mel, j, f)))[None] for j in js])
+        vis.append(model.encode_frames(v_in.to(device, dtype)).float().cpu())
+        aud.append(model.encode_audio(a_in.to(device, dtype)).float().cpu())
+    return torch.cat(vis), torch.cat(aud)
+
+
+def _read_video(video: str, max_frames: int | None) -> list[np.ndarray]:
+    frames = []
+    for frame in iter_frames(video, audio_lib.VIDEO_FPS):
+        frames.append(frame)
+        if max_frames is not None and len(frames) >= max_frames:
+            break
+    if not frames:
+        raise InvalidVideoError(f"video has no frames: {video}")
+    return frames
+
+
+def estimate_sync(
+    video: str | os.PathLike,
+    model: SyncNetV2 | StableSyncNet,
+    audio: str | os.PathLike | None = None,
+    vshift: int = 15,
+    batch_size: int = 20,
+    max_frames: int | None = None,
+    faces_aligned: bool = False,
+) -> SyncEstimate:
+    """Audio-visual offset (frames) and confidence of ``video`` (its own audio, or ``audio`` when given).
+
+    Args:
+        model: a [`SyncNetV2`] (classic, Euclidean) or a pixel [`StableSyncNet`] (cosine distance).
+        vshift: largest offset tried, in frames (15 as syncnet_python).
+        max_frames: only use the first frames (for long videos).
+        faces_aligned: the video already shows aligned 256-style faces (our training clips): skip detection.
+    """
+    video = os.fspath(video)
+    frames = _read_video(video, max_frames)
+    samples = audio_lib.load_audio(os.fspath(audio) if audio is not None else video)
+    if isinstance(model, SyncNetV2):
+        if faces_aligned:
+            crops = np.stack([cv2.resize(f[..., ::-1], (CLASSIC_CROP, CLASSIC_CROP)) for f in frames])
+        else:
+            crops = classic_face_crops(frames, _detect_faces(frames, anchors=False))
+        n_audio = len(samples) // 640
+        vis, aud = classic_features(model, crops[:n_audio], classic_mfcc(samples), batch_size)
+        metric = "euclidean"
+    elif isinstance(model, StableSyncNet):
+        res = int(model.config.resolution)
+        if faces_aligned:
+            faces = np.stack([cv2.resize(f, (res, res), interpolation=cv2.INTER_AREA) if f.shape[:2] != (res, res)
+                              else f for f in frames])
+            mouths = faces[:, res // 2 :] if model.config.lower_half else faces
+        else:
+            mouths = aligned_mouths(frames, res, model.config.lower_half)
+        vis, aud = stable_features(model, mouths, wav2lip_mel(samples), batch_size)
+        metric = "cosine"
+    else:
+        raise TypeError(f"model must be a SyncNetV2 or StableSyncNet, got {type(model).__name__}")
+    return offset_confidence(vis, aud, vshift, metric)
+
+
+def load_sync_model(
+    model: str | os.PathLike, weights_name: str | None = None, subfolder: str | None = None,
+    device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+) -> SyncNetV2 | StableSyncNet:
+    """Load the network for [`estimate_sync`].
+
+    * a file ``*.model`` (or any file that is not ``stable_syncnet.pt``): classic SyncNet v2 weights;
+    * an official ``stable_syncnet.pt``: converted with ``latentsync.conversion``;
+    * a folder or Hub id: ``StableSyncNet.from_pretrained``, unless ``weights_name`` names a file inside the
+      repo/folder (e.g. ``auxiliary/syncnet_v2.model`` of ``ByteDance/LatentSync-1.5``), which is fetched and
+      loaded as above.
+    """
+    path = os.fspath(model)
+    if weights_name:
+        if os.path.isdir(path):
+            path = os.path.join(path, weights_name)
+        else:
+            from huggingface_hub import hf_hub_download
+
+            path = hf_hub_download(path, weights_name)
+    if os.path.isfile(path):
+        if os.path.basename(path).endswith(".pt") and "syncnet_v2" not in os.path.basename(path):
+            from ..conversion import load_official_syncnet
+
+            net = load_official_syncnet(path)
+        else:
+            net = SyncNetV2.from_syncnet_python(path)
+        return net.to(device=device, dtype=dtype).eval()
+    net = StableSyncNet.from_pretrained(path, subfolder=subfolder, torch_dtype=dtype)
+    return net.to(device).eval()

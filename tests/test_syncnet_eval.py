@@ -1,0 +1,185 @@
+"""SyncNet evaluation: accuracy, offset/confidence statistics, classic SyncNet v2 loading, ``latentsync eval``."""
+
+from __future__ import annotations
+
+import json
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from conftest import ffmpeg, shared_file
+from syncnet_utils import TINY_MODEL, make_clips_dir
+
+from latentsync.cli import main as cli_main
+from latentsync.errors import LatentSyncInputError
+from latentsync.eval import EVAL_COMMANDS, register_eval_command
+from latentsync.eval.sync_confidence import (
+    SyncNetV2,
+    classic_face_crops,
+    classic_mfcc,
+    estimate_sync,
+    load_sync_model,
+    offset_confidence,
+)
+from latentsync.eval.syncnet_acc import evaluate_syncnet
+from latentsync.models.syncnet import StableSyncNet
+
+
+@pytest.fixture(scope="module")
+def tiny_syncnet_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("syncnet") / "tiny"
+    StableSyncNet(**TINY_MODEL).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def clips_dir(tmp_path_factory):
+    return make_clips_dir(tmp_path_factory)
+
+
+# ---------------------------------------------------------------------------------------------------- statistics
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+@pytest.mark.parametrize("true_offset", [0, 3, -5])
+def test_offset_confidence_recovers_known_shift(metric, true_offset):
+    g = torch.Generator().manual_seed(0)
+    n, d = 80, 32
+    base = torch.rand(n + 20, d, generator=g)
+    visual = base[10 : 10 + n]
+    # the audio feature matching video frame i sits at i - offset (syncnet_python's convention)
+    audio = base[10 + true_offset : 10 + true_offset + n] + 0.05 * torch.rand(n, d, generator=g)
+    est = offset_confidence(visual, audio, vshift=8, metric=metric)
+    assert est.offset == true_offset
+    assert est.confidence > 0.05
+    assert len(est.distances) == 17 and est.num_windows == n
+    assert est.distances[8 - true_offset] == pytest.approx(est.min_distance)
+    assert est.confidence == pytest.approx(float(np.median(est.distances)) - est.min_distance, abs=1e-6)
+
+
+def test_offset_confidence_no_sync_has_low_confidence():
+    g = torch.Generator().manual_seed(1)
+    visual, audio = torch.rand(200, 16, generator=g), torch.rand(200, 16, generator=g)
+    synced = offset_confidence(visual, visual + 0.01, vshift=5)
+    unsynced = offset_confidence(visual, audio, vshift=5)
+    assert unsynced.confidence < 0.2 * synced.confidence
+    with pytest.raises(ValueError, match="metric"):
+        offset_confidence(visual, audio, metric="manhattan")
+    with pytest.raises(ValueError, match="no windows"):
+        offset_confidence(visual[:0], audio[:0])
+
+
+# ---------------------------------------------------------------------------------------------------- accuracy
+
+
+class _CosineStub(torch.nn.Module):
+    """Returns embeddings whose cosine equals ``frames[:, 0, 0, 0]`` (to check the accuracy bookkeeping)."""
+
+    config = SimpleNamespace(latent_space=False, num_frames=16)
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, frames, mel):
+        c = frames[:, 0, 0, 0].clamp(0, 1)
+        visual = torch.stack([torch.ones_like(c), torch.zeros_like(c)], 1)
+        audio = torch.stack([c, torch.sqrt(1 - c**2)], 1)
+        return visual, audio
+
+
+def test_evaluate_syncnet_counts_correctly():
+    cos = torch.tensor([0.9, 0.6, 0.4, 0.2, 0.7, 0.1])
+    labels = torch.tensor([1.0, 1.0, 1.0, 0.0, 0.0, 0.0])
+    batches = [{"frames": cos[i : i + 2].reshape(2, 1, 1, 1).expand(2, 48, 1, 1), "mel": torch.zeros(2, 1, 80, 52),
+                "label": labels[i : i + 2]} for i in range(0, 6, 2)]
+    res = evaluate_syncnet(_CosineStub(), batches, progress=False)
+    assert res.num_samples == 6
+    assert res.accuracy == pytest.approx(4 / 6)  # 0.4 (positive) and 0.7 (negative) are wrong
+    assert res.positive_accuracy == pytest.approx(2 / 3) and res.negative_accuracy == pytest.approx(2 / 3)
+    expected = -(np.log(0.9) + np.log(0.6) + np.log(0.4) + np.log(0.8) + np.log(0.3) + np.log(0.9)) / 6
+    assert res.loss == pytest.approx(expected, rel=1e-5)
+    assert res.mean_positive_cosine == pytest.approx((0.9 + 0.6 + 0.4) / 3, rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------- classic SyncNet
+
+
+def test_syncnet_v2_loads_syncnet_python_state_dict(tmp_path):
+    torch.manual_seed(0)
+    reference = SyncNetV2().eval()
+    state = {f"__S__.{k}": v for k, v in reference.state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(state, tmp_path / "syncnet_v2.model")
+    model = SyncNetV2.from_syncnet_python(tmp_path / "syncnet_v2.model")
+    lips = torch.rand(2, 3, 5, 224, 224) * 255
+    mfcc = torch.randn(2, 1, 13, 20)
+    with torch.no_grad():
+        lip_feat, aud_feat = model(lips, mfcc)
+        torch.testing.assert_close(lip_feat, reference.forward_lip(lips))
+    assert lip_feat.shape == aud_feat.shape == (2, 1024)
+    assert isinstance(load_sync_model(tmp_path / "syncnet_v2.model"), SyncNetV2)
+    torch.save({"netcnnaud.0.weight": torch.zeros(3)}, tmp_path / "bad.model")
+    with pytest.raises(LatentSyncInputError, match="does not match the classic SyncNet"):
+        SyncNetV2.from_syncnet_python(tmp_path / "bad.model")
+    with pytest.raises(LatentSyncInputError, match="not found"):
+        SyncNetV2.from_syncnet_python(tmp_path / "missing.model")
+
+
+def test_classic_mfcc_and_crops():
+    mfcc = classic_mfcc(np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1)
+    assert mfcc.shape[0] == 13 and 98 <= mfcc.shape[1] <= 100  # 100 Hz
+    frames = [np.full((200, 300, 3), i, np.uint8) for i in range(20)]
+    boxes = np.tile([100.0, 50.0, 180.0, 150.0], (20, 1))
+    crops = classic_face_crops(frames, boxes)
+    assert crops.shape == (20, 224, 224, 3)
+
+
+def test_estimate_sync_on_aligned_clip(clips_dir, tiny_syncnet_dir, tmp_path):
+    model = StableSyncNet.from_pretrained(tiny_syncnet_dir)
+    est = estimate_sync(clips_dir / "b.mp4", model, vshift=4, faces_aligned=True)
+    assert est.num_windows == 75 - 16 + 1 and abs(est.offset) <= 4 and np.isfinite(est.confidence)
+    torch.manual_seed(0)
+    classic = SyncNetV2().eval()
+    est2 = estimate_sync(clips_dir / "a.mp4", classic, vshift=2, max_frames=12, faces_aligned=True)
+    assert est2.num_windows == 12 - 5 and len(est2.distances) == 5
+
+
+def test_estimate_sync_detects_faces_on_real_clip(tmp_path, tiny_syncnet_dir):
+    src = shared_file("demo1_video.mp4")
+    clip = tmp_path / "demo1_1s.mp4"
+    ffmpeg("-i", os.fspath(src), "-t", "1.2", "-vf", "scale=360:640", "-c:v", "libx264", "-c:a", "aac",
+           os.fspath(clip))
+    model = StableSyncNet.from_pretrained(tiny_syncnet_dir)
+    est = estimate_sync(clip, model, vshift=3)
+    assert est.num_windows >= 10 and np.isfinite(est.confidence)
+    torch.manual_seed(0)
+    est2 = estimate_sync(clip, SyncNetV2().eval(), vshift=2, max_frames=10)
+    assert est2.num_windows == 10 - 5
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+
+
+def test_eval_cli(clips_dir, tiny_syncnet_dir, tmp_path, capsys):
+    out = tmp_path / "acc.json"
+    assert cli_main(["eval", "syncnet-acc", "--model", os.fspath(tiny_syncnet_dir), "--data", os.fspath(clips_dir),
+                     "--num-samples", "8", "--batch-size", "4", "--json", os.fspath(out)]) == 0
+    acc = json.loads(out.read_text())
+    assert acc["num_samples"] == 8 and 0 <= acc["accuracy"] <= 1 and acc["loss"] > 0
+    conf = tmp_path / "conf.json"
+    assert cli_main(["eval", "sync-conf", os.fspath(clips_dir / "a.mp4"), os.fspath(clips_dir / "b.mp4"),
+                     "--model", os.fspath(tiny_syncnet_dir), "--aligned", "--vshift", "3", "--json",
+                     os.fspath(conf)]) == 0
+    result = json.loads(conf.read_text())
+    assert set(result) == {os.fspath(clips_dir / "a.mp4"), os.fspath(clips_dir / "b.mp4"), "mean"}
+    assert cli_main(["eval", "nope"]) == 2
+    assert "syncnet-acc" in EVAL_COMMANDS and "sync-conf" in EVAL_COMMANDS
+    register_eval_command("hello", lambda argv: 7)
+    try:
+        assert cli_main(["eval", "hello"]) == 7
+    finally:
+        EVAL_COMMANDS.pop("hello")
+    capsys.readouterr()
