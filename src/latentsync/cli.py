@@ -84,6 +84,13 @@ def make_tiny(argv: list[str]) -> int:
     return 0
 
 
+def prepare_command(argv: list[str]) -> int:
+    """``latentsync prepare INPUT OUTPUT``: raw videos -> aligned, synced, filtered clips as a datasets dataset."""
+    from .data.prepare import main as prepare_main
+
+    return prepare_main(argv)
+
+
 def _convert_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="latentsync convert",
@@ -135,6 +142,7 @@ def eval_command(argv: list[str]) -> int:
 
 
 COMMANDS = {"make-tiny": make_tiny, "convert": convert, "eval": eval_command}
+COMMANDS["prepare"] = prepare_command
 
 
 def main(argv: list[str] | None = None) -> int:

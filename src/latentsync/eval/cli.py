@@ -147,9 +147,12 @@ def sync_conf(argv: list[str]) -> int:
 
 # ---------------------------------------------------------------------------------------------------- dispatch
 
+from .videos import videos_command  # noqa: E402  (PSNR/SSIM/FID/FVD/LSE report over folders)
+
 EVAL_COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "syncnet-acc": syncnet_acc,
     "sync-conf": sync_conf,
+    "videos": videos_command,
 }
 
 

@@ -1,0 +1,518 @@
+"""Visual metrics of the LatentSync paper (section 4.1): PSNR and SSIM in the reconstruction setting (a video
+re-synced to its own audio, compared frame by frame with the original), FID and FVD in the cross setting (sets of
+generated vs reference videos), and the Fréchet distance they share.
+
+Backbones are pluggable: anything that maps a batch of images ``(N, 3, H, W)`` in ``[0, 1]`` to features ``(N, D)``
+serves for FID, anything that maps clips ``(N, 3, T, H, W)`` in ``[0, 1]`` to ``(N, D)`` serves for FVD. The defaults
+load the usual weights: the TensorFlow FID Inception ported to PyTorch (``pt_inception-2015-12-05``, the weights
+pytorch-fid and torchmetrics use) and the I3D TorchScript of the official LatentSync / StyleGAN-V FVD
+(``i3d_torchscript.pt``). Tests swap in tiny random networks.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Iterable, Sequence
+
+import cv2
+import numpy as np
+import scipy.linalg
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+FID_WEIGHTS_URL = (
+    "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
+)
+I3D_REPO_ID = "ByteDance/LatentSync-1.5"
+I3D_FILENAME = "auxiliary/i3d_torchscript.pt"
+PSNR_CAP = 100.0  # dB reported for identical frames (the exact value is infinite)
+
+FrameFeatureExtractor = Callable[[torch.Tensor], torch.Tensor]
+VideoFeatureExtractor = Callable[[torch.Tensor], torch.Tensor]
+
+
+# ----------------------------------------------------------------------------------------------- PSNR / SSIM
+
+
+def _to_tensor(frames: np.ndarray | Sequence[np.ndarray], device: str | torch.device = "cpu") -> torch.Tensor:
+    """RGB uint8 frames ``(N, H, W, 3)`` -> float ``(N, 3, H, W)`` in [0, 1]."""
+    arr = np.ascontiguousarray(np.stack(frames) if not isinstance(frames, np.ndarray) else frames)
+    return torch.from_numpy(arr).to(device).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+@torch.no_grad()
+def frame_psnr(generated: np.ndarray, reference: np.ndarray, device: str | torch.device = "cpu") -> np.ndarray:
+    """Per-frame PSNR (dB) of RGB uint8 frames ``(N, H, W, 3)``; identical frames give ``PSNR_CAP``."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
+    _check_pair(generated, reference)
+    a, b = _to_tensor(generated, device), _to_tensor(reference, device)
+    psnr = peak_signal_noise_ratio(a, b, data_range=1.0, reduction="none", dim=(1, 2, 3))
+    return torch.nan_to_num(psnr, posinf=PSNR_CAP).clamp_(max=PSNR_CAP).cpu().numpy()
+
+
+def _gaussian_window(size: int, sigma: float, dtype, device) -> torch.Tensor:
+    x = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2
+    w = torch.exp(-(x**2) / (2 * sigma**2))
+    return w / w.sum()
+
+
+@torch.no_grad()
+def frame_ssim(generated: np.ndarray, reference: np.ndarray, device: str | torch.device = "cpu",
+               window: int = 11, sigma: float = 1.5) -> np.ndarray:
+    """Per-frame SSIM of uint8 frames ``(N, H, W, 3)``: Wang et al. 2004 (Gaussian window 11, sigma 1.5, K1 0.01,
+    K2 0.03) on RGB in [0, 1], averaged over channels and the positions where the window fits (as the reference
+    MATLAB code; torchmetrics also averages over reflect-padded borders, which differs by ~1e-4).
+
+    Variances are computed on frames centred on their mean (SSIM's variance terms do not depend on it), so float32
+    stays accurate in flat regions and identical frames score exactly 1.
+    """
+    _check_pair(generated, reference)
+    x, y = _to_tensor(generated, device), _to_tensor(reference, device)
+    if min(x.shape[-2:]) < window:
+        raise ValueError(f"frames of {tuple(x.shape[-2:])} pixels are smaller than the SSIM window ({window})")
+    t = torch.arange(window, dtype=x.dtype, device=x.device) - (window - 1) / 2
+    g = torch.exp(-(t**2) / (2 * sigma**2))
+    g = g / g.sum()
+    c = x.shape[1]
+    kh, kw = g.view(1, 1, -1, 1).repeat(c, 1, 1, 1), g.view(1, 1, 1, -1).repeat(c, 1, 1, 1)
+
+    def blur(v: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.conv2d(v, kh, groups=c), kw, groups=c)
+
+    c1, c2 = 0.01**2, 0.03**2
+    mu_x, mu_y = blur(x), blur(y)
+    centre = (x.mean(dim=(2, 3), keepdim=True) + y.mean(dim=(2, 3), keepdim=True)) / 2
+    xc, yc = x - centre, y - centre
+    mxc, myc = mu_x - centre, mu_y - centre
+    var_x = blur(xc * xc) - mxc * mxc
+    var_y = blur(yc * yc) - myc * myc
+    cov = blur(xc * yc) - mxc * myc
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x * mu_x + mu_y * mu_y + c1) * (var_x + var_y + c2))
+    return ssim_map.mean(dim=(1, 2, 3)).cpu().numpy()
+
+
+def _check_pair(generated: np.ndarray, reference: np.ndarray) -> None:
+    if np.shape(generated) != np.shape(reference):
+        raise ValueError(f"frame shapes differ: generated {np.shape(generated)} vs reference {np.shape(reference)}")
+    if len(generated) == 0:
+        raise ValueError("no frames to compare")
+
+
+# ----------------------------------------------------------------------------------------------- Fréchet distance
+
+
+def gaussian_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance of ``(N, D)`` features (N >= 2)."""
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim != 2 or len(features) < 2:
+        raise ValueError(f"need at least 2 feature vectors (N, D) for a covariance, got shape {features.shape}")
+    return features.mean(0), np.cov(features, rowvar=False)
+
+
+def frechet_distance(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6
+) -> float:
+    """Fréchet distance between two Gaussians: ``|mu1 - mu2|^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2))``."""
+    mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
+    sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
+        raise ValueError(f"feature dimensions differ: {mu1.shape} vs {mu2.shape}")
+    diff = mu1 - mu2
+    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(covmean).all():
+        # Singular product (fewer samples than dimensions): regularise the diagonal, as pytorch-fid does.
+        offset = np.eye(len(sigma1)) * eps
+        covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            logger.warning("Fréchet distance: large imaginary part %.3g in the matrix square root",
+                           np.abs(covmean.imag).max())
+        covmean = covmean.real
+    value = float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+    return max(value, 0.0)
+
+
+def frechet_distance_from_features(features_a: np.ndarray, features_b: np.ndarray) -> float:
+    """Fréchet distance between the Gaussians fitted to two feature sets ``(N, D)`` and ``(M, D)``."""
+    return frechet_distance(*gaussian_statistics(features_a), *gaussian_statistics(features_b))
+
+
+# ----------------------------------------------------------------------------------------------- FID Inception
+
+
+class _BasicConv2d(nn.Module):
+    def __init__(self, cin: int, cout: int, kernel_size, stride=1, padding=0):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, kernel_size, stride=stride, padding=padding, bias=False)
+        self.bn = nn.BatchNorm2d(cout, eps=0.001)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.conv(x)), inplace=True)
+
+
+def _avg_pool_same(x: torch.Tensor) -> torch.Tensor:
+    # TensorFlow's average pooling ignores the zero padding.
+    return F.avg_pool2d(x, kernel_size=3, stride=1, padding=1, count_include_pad=False)
+
+
+class _MixedA(nn.Module):
+    def __init__(self, cin: int, pool_features: int):
+        super().__init__()
+        self.branch1x1 = _BasicConv2d(cin, 64, 1)
+        self.branch5x5_1 = _BasicConv2d(cin, 48, 1)
+        self.branch5x5_2 = _BasicConv2d(48, 64, 5, padding=2)
+        self.branch3x3dbl_1 = _BasicConv2d(cin, 64, 1)
+        self.branch3x3dbl_2 = _BasicConv2d(64, 96, 3, padding=1)
+        self.branch3x3dbl_3 = _BasicConv2d(96, 96, 3, padding=1)
+        self.branch_pool = _BasicConv2d(cin, pool_features, 1)
+
+    def forward(self, x):
+        b5 = self.branch5x5_2(self.branch5x5_1(x))
+        b3 = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        return torch.cat([self.branch1x1(x), b5, b3, self.branch_pool(_avg_pool_same(x))], 1)
+
+
+class _MixedB(nn.Module):
+    def __init__(self, cin: int):
+        super().__init__()
+        self.branch3x3 = _BasicConv2d(cin, 384, 3, stride=2)
+        self.branch3x3dbl_1 = _BasicConv2d(cin, 64, 1)
+        self.branch3x3dbl_2 = _BasicConv2d(64, 96, 3, padding=1)
+        self.branch3x3dbl_3 = _BasicConv2d(96, 96, 3, stride=2)
+
+    def forward(self, x):
+        b3 = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        return torch.cat([self.branch3x3(x), b3, F.max_pool2d(x, 3, stride=2)], 1)
+
+
+class _MixedC(nn.Module):
+    def __init__(self, cin: int, c7: int):
+        super().__init__()
+        self.branch1x1 = _BasicConv2d(cin, 192, 1)
+        self.branch7x7_1 = _BasicConv2d(cin, c7, 1)
+        self.branch7x7_2 = _BasicConv2d(c7, c7, (1, 7), padding=(0, 3))
+        self.branch7x7_3 = _BasicConv2d(c7, 192, (7, 1), padding=(3, 0))
+        self.branch7x7dbl_1 = _BasicConv2d(cin, c7, 1)
+        self.branch7x7dbl_2 = _BasicConv2d(c7, c7, (7, 1), padding=(3, 0))
+        self.branch7x7dbl_3 = _BasicConv2d(c7, c7, (1, 7), padding=(0, 3))
+        self.branch7x7dbl_4 = _BasicConv2d(c7, c7, (7, 1), padding=(3, 0))
+        self.branch7x7dbl_5 = _BasicConv2d(c7, 192, (1, 7), padding=(0, 3))
+        self.branch_pool = _BasicConv2d(cin, 192, 1)
+
+    def forward(self, x):
+        b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
+        d = x
+        for layer in (self.branch7x7dbl_1, self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4,
+                      self.branch7x7dbl_5):
+            d = layer(d)
+        return torch.cat([self.branch1x1(x), b7, d, self.branch_pool(_avg_pool_same(x))], 1)
+
+
+class _MixedD(nn.Module):
+    def __init__(self, cin: int):
+        super().__init__()
+        self.branch3x3_1 = _BasicConv2d(cin, 192, 1)
+        self.branch3x3_2 = _BasicConv2d(192, 320, 3, stride=2)
+        self.branch7x7x3_1 = _BasicConv2d(cin, 192, 1)
+        self.branch7x7x3_2 = _BasicConv2d(192, 192, (1, 7), padding=(0, 3))
+        self.branch7x7x3_3 = _BasicConv2d(192, 192, (7, 1), padding=(3, 0))
+        self.branch7x7x3_4 = _BasicConv2d(192, 192, 3, stride=2)
+
+    def forward(self, x):
+        b3 = self.branch3x3_2(self.branch3x3_1(x))
+        b7 = self.branch7x7x3_4(self.branch7x7x3_3(self.branch7x7x3_2(self.branch7x7x3_1(x))))
+        return torch.cat([b3, b7, F.max_pool2d(x, 3, stride=2)], 1)
+
+
+class _MixedE(nn.Module):
+    def __init__(self, cin: int, max_pool: bool):
+        super().__init__()
+        self.max_pool = max_pool  # the FID network's last block max-pools (a quirk of the TF graph)
+        self.branch1x1 = _BasicConv2d(cin, 320, 1)
+        self.branch3x3_1 = _BasicConv2d(cin, 384, 1)
+        self.branch3x3_2a = _BasicConv2d(384, 384, (1, 3), padding=(0, 1))
+        self.branch3x3_2b = _BasicConv2d(384, 384, (3, 1), padding=(1, 0))
+        self.branch3x3dbl_1 = _BasicConv2d(cin, 448, 1)
+        self.branch3x3dbl_2 = _BasicConv2d(448, 384, 3, padding=1)
+        self.branch3x3dbl_3a = _BasicConv2d(384, 384, (1, 3), padding=(0, 1))
+        self.branch3x3dbl_3b = _BasicConv2d(384, 384, (3, 1), padding=(1, 0))
+        self.branch_pool = _BasicConv2d(cin, 192, 1)
+
+    def forward(self, x):
+        b3 = self.branch3x3_1(x)
+        b3 = torch.cat([self.branch3x3_2a(b3), self.branch3x3_2b(b3)], 1)
+        d = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
+        d = torch.cat([self.branch3x3dbl_3a(d), self.branch3x3dbl_3b(d)], 1)
+        pooled = F.max_pool2d(x, 3, stride=1, padding=1) if self.max_pool else _avg_pool_same(x)
+        return torch.cat([self.branch1x1(x), b3, d, self.branch_pool(pooled)], 1)
+
+
+class FIDInceptionV3(nn.Module):
+    """The Inception-v3 graph of TensorFlow's FID (2015-12-05 weights), returning the 2048-d pool features.
+
+    Parameter names match ``pt_inception-2015-12-05-6726825d.pth`` (the file pytorch-fid and torchmetrics load).
+    Input: images ``(N, 3, H, W)`` in [0, 1]; they are resized to 299 x 299 (bilinear) and mapped to [-1, 1].
+    """
+
+    input_size = 299
+
+    def __init__(self):
+        super().__init__()
+        self.Conv2d_1a_3x3 = _BasicConv2d(3, 32, 3, stride=2)
+        self.Conv2d_2a_3x3 = _BasicConv2d(32, 32, 3)
+        self.Conv2d_2b_3x3 = _BasicConv2d(32, 64, 3, padding=1)
+        self.Conv2d_3b_1x1 = _BasicConv2d(64, 80, 1)
+        self.Conv2d_4a_3x3 = _BasicConv2d(80, 192, 3)
+        self.Mixed_5b = _MixedA(192, 32)
+        self.Mixed_5c = _MixedA(256, 64)
+        self.Mixed_5d = _MixedA(288, 64)
+        self.Mixed_6a = _MixedB(288)
+        self.Mixed_6b = _MixedC(768, 128)
+        self.Mixed_6c = _MixedC(768, 160)
+        self.Mixed_6d = _MixedC(768, 160)
+        self.Mixed_6e = _MixedC(768, 192)
+        self.Mixed_7a = _MixedD(768)
+        self.Mixed_7b = _MixedE(1280, max_pool=False)
+        self.Mixed_7c = _MixedE(2048, max_pool=True)
+        self.fc = nn.Linear(2048, 1008)  # classifier of the checkpoint; unused for features
+
+    @classmethod
+    def from_pretrained(cls, path_or_url: str = FID_WEIGHTS_URL) -> "FIDInceptionV3":
+        """Load the FID weights from a local ``.pth`` file or a URL (downloaded once into the torch hub cache)."""
+        if os.path.isfile(path_or_url):
+            state = torch.load(path_or_url, map_location="cpu", weights_only=True)
+        else:
+            state = torch.hub.load_state_dict_from_url(path_or_url, map_location="cpu", progress=True,
+                                                       weights_only=True)
+        model = cls()
+        model.load_state_dict(state)
+        return model.eval().requires_grad_(False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(images, size=(299, 299), mode="bilinear", align_corners=False) * 2 - 1
+        x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
+        x = F.max_pool2d(x, 3, stride=2)
+        x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
+        x = F.max_pool2d(x, 3, stride=2)
+        for block in (self.Mixed_5b, self.Mixed_5c, self.Mixed_5d, self.Mixed_6a, self.Mixed_6b, self.Mixed_6c,
+                      self.Mixed_6d, self.Mixed_6e, self.Mixed_7a, self.Mixed_7b, self.Mixed_7c):
+            x = block(x)
+        return x.mean(dim=(2, 3))
+
+
+# ----------------------------------------------------------------------------------------------- I3D for FVD
+
+
+class I3DFeatureExtractor:
+    """The I3D TorchScript of the StyleGAN-V / official LatentSync FVD (``i3d_torchscript.pt``, 400-d logits).
+
+    Called with clips ``(N, 3, T, 224, 224)`` in [0, 1]; they are mapped to [-1, 1] and passed with
+    ``rescale=False, resize=False, return_features=True`` as in the reference implementations.
+    """
+
+    input_size = 224
+
+    def __init__(self, module: torch.nn.Module | torch.jit.ScriptModule):
+        self.module = module.eval()
+
+    @classmethod
+    def from_pretrained(
+        cls, path_or_repo: str = I3D_REPO_ID, filename: str = I3D_FILENAME, device: str | torch.device = "cpu"
+    ) -> "I3DFeatureExtractor":
+        """Load from a local TorchScript file, or download ``filename`` from a Hub repository."""
+        if os.path.isfile(path_or_repo):
+            path = path_or_repo
+        else:
+            from huggingface_hub import hf_hub_download
+
+            path = hf_hub_download(path_or_repo, filename)
+        return cls(torch.jit.load(path, map_location=device))
+
+    def to(self, device: str | torch.device) -> "I3DFeatureExtractor":
+        self.module = self.module.to(device)
+        return self
+
+    @torch.no_grad()
+    def __call__(self, clips: torch.Tensor) -> torch.Tensor:
+        return self.module(clips * 2 - 1, rescale=False, resize=False, return_features=True)
+
+
+def load_frame_extractor(spec: str | None = None, device: str | torch.device = "cpu") -> FrameFeatureExtractor:
+    """FID backbone from ``spec``: None for the standard FID Inception (downloaded by URL), a ``.pth`` state dict
+    of [`FIDInceptionV3`] or its URL, or a TorchScript file mapping ``(N, 3, H, W)`` in [0, 1] to ``(N, D)``."""
+    spec = spec or FID_WEIGHTS_URL
+    if os.path.isfile(spec) and _is_torchscript(spec):
+        return torch.jit.load(spec, map_location=device).eval()
+    return FIDInceptionV3.from_pretrained(spec).to(device)
+
+
+def load_video_extractor(spec: str | None = None, device: str | torch.device = "cpu") -> VideoFeatureExtractor:
+    """FVD backbone from ``spec``: None for ``i3d_torchscript.pt`` from the LatentSync Hub repository, a local
+    TorchScript file with the same call signature, or another Hub repository holding
+    ``auxiliary/i3d_torchscript.pt``."""
+    return I3DFeatureExtractor.from_pretrained(spec or I3D_REPO_ID, device=device)
+
+
+def _is_torchscript(path: str) -> bool:
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(name.endswith("constants.pkl") or "/code/" in name for name in zf.namelist())
+
+
+def _input_size(extractor, default: int) -> int:
+    size = getattr(extractor, "input_size", None)
+    if size is None and isinstance(extractor, torch.jit.ScriptModule):
+        try:
+            size = int(extractor.input_size)
+        except (AttributeError, RuntimeError):
+            size = None
+    return int(size or default)
+
+
+def _extractor_device(extractor) -> torch.device:
+    module = extractor.module if isinstance(extractor, I3DFeatureExtractor) else extractor
+    if isinstance(module, nn.Module):
+        for p in module.parameters():
+            return p.device
+    return torch.device("cpu")
+
+
+def resize_frames(frames: Iterable[np.ndarray], size: int) -> np.ndarray:
+    """Resize RGB frames to ``size`` x ``size`` (area interpolation when shrinking), ``(N, size, size, 3)``."""
+    out = []
+    for f in frames:
+        interp = cv2.INTER_AREA if min(f.shape[:2]) > size else cv2.INTER_CUBIC
+        out.append(cv2.resize(f, (size, size), interpolation=interp))
+    return np.stack(out) if out else np.zeros((0, size, size, 3), np.uint8)
+
+
+@torch.no_grad()
+def frame_features(
+    frames: Iterable[np.ndarray], extractor: FrameFeatureExtractor, batch_size: int = 32, default_size: int = 299
+) -> np.ndarray:
+    """Features ``(N, D)`` of RGB uint8 frames with an image backbone (frames resized to its ``input_size``)."""
+    size = _input_size(extractor, default_size)
+    device = _extractor_device(extractor)
+    feats, batch = [], []
+
+    def flush():
+        x = _to_tensor(resize_frames(batch, size), device)
+        feats.append(extractor(x).float().reshape(len(batch), -1).cpu().numpy())
+        batch.clear()
+
+    for f in frames:
+        batch.append(f)
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+    return np.concatenate(feats) if feats else np.zeros((0, 0))
+
+
+@torch.no_grad()
+def clip_features(
+    clips: Iterable[np.ndarray], extractor: VideoFeatureExtractor, batch_size: int = 4, default_size: int = 224
+) -> np.ndarray:
+    """Features ``(N, D)`` of clips ``(T, H, W, 3)`` uint8 with a video backbone (frames resized to its input size)."""
+    size = _input_size(extractor, default_size)
+    device = _extractor_device(extractor)
+    feats, batch = [], []
+
+    def flush():
+        x = torch.stack([_to_tensor(resize_frames(c, size), device).permute(1, 0, 2, 3) for c in batch])
+        feats.append(extractor(x).float().reshape(len(batch), -1).cpu().numpy())
+        batch.clear()
+
+    for c in clips:
+        batch.append(c)
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+    return np.concatenate(feats) if feats else np.zeros((0, 0))
+
+
+def fid_from_frames(
+    generated: Iterable[np.ndarray], reference: Iterable[np.ndarray], extractor: FrameFeatureExtractor,
+    batch_size: int = 32,
+) -> float:
+    """FID between two sets of RGB uint8 frames."""
+    return frechet_distance_from_features(frame_features(generated, extractor, batch_size),
+                                          frame_features(reference, extractor, batch_size))
+
+
+def fvd_from_clips(
+    generated: Iterable[np.ndarray], reference: Iterable[np.ndarray], extractor: VideoFeatureExtractor,
+    batch_size: int = 4,
+) -> float:
+    """FVD between two sets of clips ``(T, H, W, 3)`` uint8."""
+    return frechet_distance_from_features(clip_features(generated, extractor, batch_size),
+                                          clip_features(reference, extractor, batch_size))
+
+
+def clip_windows(num_frames: int, clip_length: int = 16, start: int = 20, max_clips: int = 1) -> list[int]:
+    """Start indices of up to ``max_clips`` non-overlapping ``clip_length``-frame windows from ``start`` (moved
+    earlier when the video is too short; empty when it has fewer than ``clip_length`` frames)."""
+    if num_frames < clip_length:
+        return []
+    start = min(start, num_frames - clip_length)
+    room = (num_frames - start) // clip_length
+    return [start + i * clip_length for i in range(max(1, min(max_clips, room)))]
+
+
+# ----------------------------------------------------------------------------------------------- face crops
+
+
+class FaceCropper:
+    """Crops the largest face (MediaPipe box, widened by ``margin``) to a square; keeps the last box through frames
+    without a detection and falls back to the centred square of the frame when no face was ever seen."""
+
+    def __init__(self, margin: float = 0.1):
+        from ..face_detection import FaceDetector
+
+        self._detector = FaceDetector()
+        self.margin = margin
+        self._last: tuple[int, int, int, int] | None = None
+
+    def close(self) -> None:
+        self._detector.close()
+
+    def reset(self) -> None:
+        self._last = None
+
+    def box(self, frame: np.ndarray) -> tuple[int, int, int, int]:
+        h, w = frame.shape[:2]
+        faces = self._detector.detect(frame)
+        if faces:
+            f = max(faces, key=lambda b: (b.x1 - b.x0) * (b.y1 - b.y0))
+            side = f.size * (1 + 2 * self.margin)
+            cx, cy = f.center
+            x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
+            s = int(round(side))
+            x0, y0 = min(max(x0, 0), max(w - s, 0)), min(max(y0, 0), max(h - s, 0))
+            self._last = (x0, y0, min(x0 + s, w), min(y0 + s, h))
+        if self._last is None:
+            s = min(h, w)
+            return ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
+        return self._last
+
+
+def crop(frame: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """Contiguous copy of ``frame[y0:y1, x0:x1]`` for ``box = (x0, y0, x1, y1)``."""
+    x0, y0, x1, y1 = box
+    return np.ascontiguousarray(frame[y0:y1, x0:x1])
+
+
+def mean_or_nan(values: Iterable[float]) -> float:
+    """Mean of the values that are not None / NaN (NaN when none are left)."""
+    vals = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    return float(np.mean(vals)) if vals else float("nan")

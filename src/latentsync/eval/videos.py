@@ -1,0 +1,474 @@
+"""``latentsync eval videos``: score a folder of generated videos against reference videos (paper section 4.1).
+
+* Reconstruction setting (a video re-synced to its own audio, compared with the original): per-video PSNR and
+  SSIM over frames, for generated / reference files with the same name (stem).
+* Cross setting (sets of generated vs real videos, any pairing): FID over frames, FVD over 16-frame clips.
+* Lip sync: LSE-C (sync confidence) and LSE-D (minimum mean feature distance) and the A/V offset of every
+  generated video with the SyncNet estimator of [`latentsync.eval.sync_confidence`].
+
+Frames are compared on the face by default (``crop="face"``: a square around the MediaPipe face box of the
+reference frame, resized to ``crop_size``), or on the whole frame (``crop="none"``: PSNR/SSIM on full frames,
+FID/FVD on the centred square). The report is written as ``metrics.json`` (all numbers and settings),
+``metrics.csv`` (one row per video), ``summary.png`` (bar charts) and ``summary.html`` (tables + the chart).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import html
+import json
+import logging
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import LatentSyncInputError
+from ..video_io import iter_frames
+from . import metrics as M
+
+logger = logging.getLogger(__name__)
+
+ALL_METRICS = ("psnr", "ssim", "fid", "fvd", "sync")
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm")
+
+
+@dataclass
+class VideoEvalConfig:
+    """Settings of [`evaluate_videos`].
+
+    Args:
+        metrics: any of ``psnr``, ``ssim`` (need references with matching names), ``fid``, ``fvd`` (need
+            references), ``sync`` (LSE-C / LSE-D of the generated videos).
+        crop: ``face`` (square around the face, resized to ``crop_size``) or ``none`` (whole frames).
+        crop_size: side of the face crops.
+        max_frames: only the first frames of every video (None: all).
+        fvd_frames / fvd_start / fvd_clips_per_video: FVD clips per video (official: one 16-frame clip from
+            frame 20).
+        batch_size: frames per backbone batch.
+        sync_vshift: largest A/V offset tried, in frames.
+        aligned: the generated videos already show aligned faces (training-style clips): the SyncNet skips face
+            detection.
+    """
+
+    metrics: tuple[str, ...] = ALL_METRICS
+    crop: str = "face"
+    crop_size: int = 256
+    max_frames: int | None = None
+    fvd_frames: int = 16
+    fvd_start: int = 20
+    fvd_clips_per_video: int = 1
+    batch_size: int = 32
+    sync_vshift: int = 15
+    aligned: bool = False
+
+    def __post_init__(self):
+        self.metrics = tuple(self.metrics)
+        unknown = [m for m in self.metrics if m not in ALL_METRICS]
+        if unknown:
+            raise LatentSyncInputError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(ALL_METRICS)}")
+        if self.crop not in ("face", "none"):
+            raise LatentSyncInputError(f"crop must be 'face' or 'none', got {self.crop!r}")
+
+
+def list_videos(folder: str) -> dict[str, str]:
+    """``{stem: path}`` of the video files directly inside ``folder``."""
+    if not os.path.isdir(folder):
+        raise LatentSyncInputError(f"folder not found: {folder}")
+    out = {}
+    for name in sorted(os.listdir(folder)):
+        if name.lower().endswith(VIDEO_EXTENSIONS) and not name.startswith("."):
+            out.setdefault(os.path.splitext(name)[0], os.path.join(folder, name))
+    return out
+
+
+def _square(frame: np.ndarray) -> tuple[int, int, int, int]:
+    h, w = frame.shape[:2]
+    s = min(h, w)
+    return ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
+
+
+class _SetFeatures:
+    """Collects FID frame features and FVD clips of one side (generated or reference)."""
+
+    def __init__(self, cfg: VideoEvalConfig, frame_extractor, video_extractor):
+        self.cfg, self.frame_extractor, self.video_extractor = cfg, frame_extractor, video_extractor
+        self.frame_feats: list[np.ndarray] = []
+        self.clip_feats: list[np.ndarray] = []
+        self._batch: list[np.ndarray] = []
+        self._clip_buffer: list[np.ndarray] = []
+
+    @property
+    def fvd_keep(self) -> int:
+        return self.cfg.fvd_start + self.cfg.fvd_clips_per_video * self.cfg.fvd_frames
+
+    def add(self, index: int, image: np.ndarray) -> None:
+        if self.frame_extractor is not None:
+            self._batch.append(image)
+            if len(self._batch) >= self.cfg.batch_size:
+                self._flush()
+        if self.video_extractor is not None and index < self.fvd_keep:
+            self._clip_buffer.append(image)
+
+    def _flush(self) -> None:
+        if self._batch:
+            self.frame_feats.append(M.frame_features(self._batch, self.frame_extractor, self.cfg.batch_size))
+            self._batch = []
+
+    def end_video(self) -> None:
+        self._flush()
+        if self.video_extractor is not None:
+            n = len(self._clip_buffer)
+            starts = M.clip_windows(n, self.cfg.fvd_frames, self.cfg.fvd_start, self.cfg.fvd_clips_per_video)
+            if not starts:
+                logger.warning("video too short for an FVD clip (%d < %d frames)", n, self.cfg.fvd_frames)
+            clips = [np.stack(self._clip_buffer[s : s + self.cfg.fvd_frames]) for s in starts]
+            if clips:
+                self.clip_feats.append(M.clip_features(clips, self.video_extractor, batch_size=len(clips)))
+            self._clip_buffer = []
+
+    def frames(self) -> np.ndarray:
+        return np.concatenate(self.frame_feats) if self.frame_feats else np.zeros((0, 0))
+
+    def clips(self) -> np.ndarray:
+        return np.concatenate(self.clip_feats) if self.clip_feats else np.zeros((0, 0))
+
+
+def _frames(path: str, max_frames: int | None) -> Iterator[np.ndarray]:
+    for i, frame in enumerate(iter_frames(path, fps=25)):
+        if max_frames is not None and i >= max_frames:
+            return
+        yield frame
+
+
+def _prepare(frame: np.ndarray, box, size: int | None) -> np.ndarray:
+    img = M.crop(frame, box)
+    if size is not None and img.shape[:2] != (size, size):
+        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_CUBIC)
+    return img
+
+
+def _scan_pair(gen_path: str, ref_path: str | None, cfg: VideoEvalConfig, gen_set: _SetFeatures | None,
+               ref_set: _SetFeatures | None, recon: bool, device: str | torch.device = "cpu") -> dict:
+    """One pass over a generated video (and its reference): PSNR/SSIM and set features."""
+    face = cfg.crop == "face"
+    cropper = M.FaceCropper() if face else None
+    psnr, ssim, pending = [], [], ([], [])
+    n = 0
+
+    def compare():
+        if pending[0]:
+            g, r = np.stack(pending[0]), np.stack(pending[1])
+            if "psnr" in cfg.metrics:
+                psnr.extend(M.frame_psnr(g, r, device).tolist())
+            if "ssim" in cfg.metrics:
+                ssim.extend(M.frame_ssim(g, r, device).tolist())
+            pending[0].clear()
+            pending[1].clear()
+
+    try:
+        gen_iter = _frames(gen_path, cfg.max_frames)
+        ref_iter = _frames(ref_path, cfg.max_frames) if ref_path else None
+        for i, gen in enumerate(gen_iter):
+            ref = next(ref_iter, None) if ref_iter is not None else None
+            if ref_iter is not None and ref is None:
+                logger.warning("%s has more frames than its reference; compared the first %d", gen_path, i)
+                break
+            if ref is not None and gen.shape != ref.shape:
+                gen = cv2.resize(gen, (ref.shape[1], ref.shape[0]), interpolation=cv2.INTER_AREA)
+            basis = ref if ref is not None else gen
+            box = cropper.box(basis) if face else _square(basis)
+            g_img = _prepare(gen, box, cfg.crop_size)
+            if gen_set is not None:
+                gen_set.add(i, g_img)
+            if ref is not None:
+                r_img = _prepare(ref, box, cfg.crop_size)
+                if ref_set is not None:
+                    ref_set.add(i, r_img)
+                if recon:
+                    pending[0].append(g_img if face else gen)
+                    pending[1].append(r_img if face else ref)
+                    if len(pending[0]) * pending[0][0].size >= 16 * 256 * 256 * 3:  # bounded memory on big frames
+                        compare()
+            n = i + 1
+        compare()
+    finally:
+        if cropper is not None:
+            cropper.close()
+    if gen_set is not None:
+        gen_set.end_video()
+    if ref_set is not None and ref_path:
+        ref_set.end_video()
+    row = {"frames": n}
+    if recon:
+        row["psnr"] = M.mean_or_nan(psnr)
+        row["ssim"] = M.mean_or_nan(ssim)
+    return row
+
+
+def evaluate_videos(
+    generated_dir: str,
+    reference_dir: str | None = None,
+    config: VideoEvalConfig | None = None,
+    frame_extractor: M.FrameFeatureExtractor | None = None,
+    video_extractor: M.VideoFeatureExtractor | None = None,
+    sync_model=None,
+    device: str | torch.device = "cpu",
+) -> dict:
+    """Evaluate every video in ``generated_dir`` (see the module docstring) and return the report dict.
+
+    Args:
+        reference_dir: reference videos; same-named files form the reconstruction pairs (PSNR/SSIM), all of them
+            form the real set of FID/FVD.
+        frame_extractor / video_extractor: FID / FVD backbones (default: the standard FID Inception and the I3D
+            TorchScript, downloaded by their usual ids); any callable of the documented signature.
+        sync_model: a SyncNet for LSE-C/LSE-D (see [`load_sync_model`]; default: the classic ``syncnet_v2.model``
+            of the official Hub repository).
+    """
+    cfg = config or VideoEvalConfig()
+    generated = list_videos(generated_dir)
+    if not generated:
+        raise LatentSyncInputError(f"no videos in {generated_dir}")
+    references = list_videos(reference_dir) if reference_dir else {}
+    needs_ref = [m for m in cfg.metrics if m in ("psnr", "ssim", "fid", "fvd")]
+    if needs_ref and not references:
+        raise LatentSyncInputError(f"metrics {', '.join(needs_ref)} need reference videos (--reference)")
+    pairs = {k: references[k] for k in generated if k in references}
+    recon = bool({"psnr", "ssim"} & set(cfg.metrics))
+    if recon and not pairs:
+        raise LatentSyncInputError("PSNR/SSIM compare generated and reference videos with the same file name; "
+                                   "none match")
+
+    if "fid" in cfg.metrics and frame_extractor is None:
+        frame_extractor = M.load_frame_extractor(device=device)
+    if "fvd" in cfg.metrics and video_extractor is None:
+        video_extractor = M.load_video_extractor(device=device)
+    use_fid = frame_extractor if "fid" in cfg.metrics else None
+    use_fvd = video_extractor if "fvd" in cfg.metrics else None
+    cross = use_fid is not None or use_fvd is not None
+    gen_set = _SetFeatures(cfg, use_fid, use_fvd) if cross else None
+    ref_set = _SetFeatures(cfg, use_fid, use_fvd) if cross else None
+
+    if "sync" in cfg.metrics and sync_model is None:
+        from .sync_confidence import OFFICIAL_SYNCNET_V2_FILE, OFFICIAL_SYNCNET_V2_REPO, load_sync_model
+
+        sync_model = load_sync_model(OFFICIAL_SYNCNET_V2_REPO, weights_name=OFFICIAL_SYNCNET_V2_FILE, device=device)
+
+    rows = []
+    for name, path in tqdm(generated.items(), desc="eval videos", unit="video"):
+        row: dict = {"name": name, "reference": os.path.basename(pairs[name]) if name in pairs else None}
+        try:
+            row.update(_scan_pair(path, pairs.get(name), cfg, gen_set, ref_set if name in pairs else None,
+                                  recon and name in pairs, device))
+        except LatentSyncInputError as exc:
+            logger.error("%s: %s", name, exc)
+            row["error"] = str(exc)
+        if "sync" in cfg.metrics:
+            row.update(_sync_row(path, sync_model, cfg))
+        rows.append(row)
+    if ref_set is not None:
+        for name, path in tqdm([(k, v) for k, v in references.items() if k not in pairs], desc="eval references",
+                               unit="video"):
+            _scan_pair(path, None, cfg, ref_set, None, recon=False)
+
+    summary: dict = {"num_generated": len(generated), "num_reference": len(references), "num_pairs": len(pairs)}
+    for key in ("psnr", "ssim"):
+        if key in cfg.metrics:
+            summary[key] = M.mean_or_nan(r.get(key) for r in rows)
+    if use_fid is not None:
+        summary["fid"] = _fd_or_nan(gen_set.frames(), ref_set.frames(), "FID")
+        summary["fid_frames"] = [len(gen_set.frames()), len(ref_set.frames())]
+    if use_fvd is not None:
+        summary["fvd"] = _fd_or_nan(gen_set.clips(), ref_set.clips(), "FVD")
+        summary["fvd_clips"] = [len(gen_set.clips()), len(ref_set.clips())]
+    if "sync" in cfg.metrics:
+        summary["lse_c"] = M.mean_or_nan(r.get("lse_c") for r in rows)
+        summary["lse_d"] = M.mean_or_nan(r.get("lse_d") for r in rows)
+        summary["abs_offset"] = M.mean_or_nan(abs(r["sync_offset"]) for r in rows if r.get("sync_offset") is not None)
+    return {"summary": summary, "videos": rows, "settings": asdict(cfg)}
+
+
+def _fd_or_nan(a: np.ndarray, b: np.ndarray, what: str) -> float:
+    if len(a) < 2 or len(b) < 2:
+        logger.warning("%s needs at least 2 samples per side (got %d and %d)", what, len(a), len(b))
+        return float("nan")
+    return M.frechet_distance_from_features(a, b)
+
+
+def _sync_row(path: str, model, cfg: VideoEvalConfig) -> dict:
+    from .sync_confidence import estimate_sync
+
+    try:
+        est = estimate_sync(path, model, vshift=cfg.sync_vshift, max_frames=cfg.max_frames,
+                            faces_aligned=cfg.aligned)
+    except LatentSyncInputError as exc:
+        logger.error("sync of %s: %s", path, exc)
+        return {"sync_offset": None, "lse_c": float("nan"), "lse_d": float("nan"), "sync_error": str(exc)}
+    return {"sync_offset": est.offset, "lse_c": est.confidence, "lse_d": est.min_distance}
+
+
+# ----------------------------------------------------------------------------------------------- report
+
+
+def _clean(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, np.generic):
+        return _clean(value.item())
+    return value
+
+
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def write_report(report: dict, output_dir: str) -> dict[str, str]:
+    """Write ``metrics.json``, ``metrics.csv``, ``summary.png`` and ``summary.html``; return their paths."""
+    os.makedirs(output_dir, exist_ok=True)
+    paths = {k: os.path.join(output_dir, f) for k, f in
+             [("json", "metrics.json"), ("csv", "metrics.csv"), ("png", "summary.png"), ("html", "summary.html")]}
+    with open(paths["json"], "w") as f:
+        json.dump(_clean(report), f, indent=2)
+    columns = []
+    for row in report["videos"]:
+        columns += [k for k in row if k not in columns]
+    with open(paths["csv"], "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        for row in report["videos"]:
+            writer.writerow({k: _fmt(row.get(k)) if isinstance(row.get(k), float) else row.get(k) for k in columns})
+    _plot(report, paths["png"])
+    summary_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(_fmt(v))}</td></tr>"
+                           for k, v in report["summary"].items() if not isinstance(v, list))
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in columns) + "</tr>"
+                   for r in report["videos"])
+    with open(paths["html"], "w") as f:
+        f.write(
+            "<!doctype html><html><head><meta charset='utf-8'><title>latentsync eval</title><style>"
+            "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:1.5em}"
+            "td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}</style></head><body>"
+            f"<h1>Evaluation</h1><h2>Summary</h2><table>{summary_rows}</table>"
+            f"<h2>Per video</h2><table><tr>{head}</tr>{body}</table>"
+            "<img src='summary.png' alt='per-video metrics'></body></html>\n"
+        )
+    return paths
+
+
+def _plot(report: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["videos"]
+    keys = [k for k in ("psnr", "ssim", "lse_c", "lse_d") if any(_finite(r.get(k)) for r in rows)]
+    fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(3.2 * max(1, len(keys)), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        vals = [r.get(key) if _finite(r.get(key)) else 0.0 for r in rows]
+        ax.bar(range(len(rows)), vals, color="#4c72b0")
+        ax.set_title(key.upper().replace("_", "-"))
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels([r["name"][:12] for r in rows], rotation=60, fontsize=7)
+    if not keys:
+        axes[0][0].axis("off")
+    text = "  ".join(f"{k.upper()} {_fmt(report['summary'].get(k))}" for k in ("fid", "fvd") if k in report["summary"])
+    if text:
+        fig.suptitle(text, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="latentsync eval videos",
+        description="PSNR/SSIM (same-named pairs), FID/FVD (sets) and LSE-C/LSE-D of generated videos.")
+    p.add_argument("--generated", required=True, help="folder of generated videos")
+    p.add_argument("--reference", default=None, help="folder of reference videos (same names for PSNR/SSIM)")
+    p.add_argument("--output", required=True, help="folder for metrics.json/.csv, summary.png/.html")
+    p.add_argument("--metrics", default=",".join(ALL_METRICS), help=f"comma list from {','.join(ALL_METRICS)}")
+    p.add_argument("--crop", choices=["face", "none"], default="face", help="compare faces (default) or frames")
+    p.add_argument("--crop-size", type=int, default=256)
+    p.add_argument("--max-frames", type=int, default=None, help="only the first N frames of every video")
+    p.add_argument("--fvd-start", type=int, default=20, help="first frame of the FVD clip (default 20)")
+    p.add_argument("--fvd-clips", type=int, default=1, help="16-frame FVD clips per video (default 1)")
+    p.add_argument("--fid-backbone", default=None,
+                   help="FID Inception weights (.pth path or URL) or a TorchScript image encoder "
+                        "(default: pt_inception-2015-12-05 from the pytorch-fid release)")
+    p.add_argument("--fvd-backbone", default=None,
+                   help="I3D TorchScript file or Hub repo holding auxiliary/i3d_torchscript.pt "
+                        f"(default: {M.I3D_REPO_ID})")
+    p.add_argument("--syncnet", default=None,
+                   help="SyncNet for LSE-C/D: syncnet_v2.model file, StableSyncNet folder/Hub id or stable_syncnet.pt "
+                        "(default: auxiliary/syncnet_v2.model of ByteDance/LatentSync-1.5)")
+    p.add_argument("--syncnet-weights-name", default=None, help="file inside the --syncnet folder/repo")
+    p.add_argument("--aligned", action="store_true",
+                   help="generated videos show aligned faces (training clips): no face detection for the SyncNet")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default=None)
+    return p
+
+
+def _load(what: str, flag: str, loader, *args, **kwargs):
+    try:
+        return loader(*args, **kwargs)
+    except LatentSyncInputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - download / file errors become one clear message
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LatentSyncInputError(f"cannot load the {what} ({first}); pass {flag} <local file> or leave the metric "
+                                   "out with --metrics") from exc
+
+
+def videos_command(argv: list[str]) -> int:
+    """``latentsync eval videos``."""
+    args = _parser().parse_args(argv)
+    from ..cli import default_device
+
+    device = args.device or default_device()
+    cfg = VideoEvalConfig(metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()), crop=args.crop,
+                          crop_size=args.crop_size, max_frames=args.max_frames, fvd_start=args.fvd_start,
+                          fvd_clips_per_video=args.fvd_clips, batch_size=args.batch_size, aligned=args.aligned)
+    frame_extractor = video_extractor = sync_model = None
+    if "fid" in cfg.metrics:
+        frame_extractor = _load("FID backbone", "--fid-backbone", M.load_frame_extractor, args.fid_backbone, device)
+    if "fvd" in cfg.metrics:
+        video_extractor = _load("FVD backbone", "--fvd-backbone", M.load_video_extractor, args.fvd_backbone, device)
+    if "sync" in cfg.metrics:
+        from .sync_confidence import OFFICIAL_SYNCNET_V2_FILE, OFFICIAL_SYNCNET_V2_REPO, load_sync_model
+
+        if args.syncnet:
+            sync_model = _load("SyncNet", "--syncnet", load_sync_model, args.syncnet, device=device,
+                               weights_name=args.syncnet_weights_name)
+        else:
+            sync_model = _load("SyncNet", "--syncnet", load_sync_model, OFFICIAL_SYNCNET_V2_REPO, device=device,
+                               weights_name=OFFICIAL_SYNCNET_V2_FILE)
+    report = evaluate_videos(args.generated, args.reference, cfg, frame_extractor, video_extractor, sync_model,
+                             device=device)
+    paths = write_report(report, args.output)
+    logger.info("summary: %s", ", ".join(f"{k} {_fmt(v)}" for k, v in report["summary"].items()
+                                         if not isinstance(v, list)))
+    logger.info("wrote %s", ", ".join(paths.values()))
+    return 0

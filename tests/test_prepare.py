@@ -1,0 +1,221 @@
+"""`latentsync prepare`: clip planning, filters, quality scorers, and the whole command on cuts of the shared clips
+(parallel, resumable, datasets output)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import cv2
+import imageio_ffmpeg
+import numpy as np
+import pytest
+import torch
+
+from latentsync.data import prepare as P
+from latentsync.data.quality import HyperIQA, HyperIQAScorer, SharpnessScorer, load_quality_scorer
+from latentsync.errors import LatentSyncInputError
+
+DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+SPF = P.SAMPLES_PER_FRAME
+
+
+# ---------------------------------------------------------------------------------------------------- planning
+
+
+def test_plan_clips():
+    face = np.ones(100, bool)
+    # one 100-frame run, clips of 20..40 frames -> ceil(100 / 40) = 3 equal clips
+    clips, dropped = P.plan_clips(face, [], 20, 40)
+    assert clips == [(0, 33), (33, 67), (67, 100)] and dropped == {"no_face": 0, "too_short": 0}
+    # a cut at 90 leaves a 10-frame scene (too short); frames without a face split runs
+    face[50:55] = False
+    clips, dropped = P.plan_clips(face, [90], 20, 40)
+    assert clips == [(0, 25), (25, 50), (55, 90)]
+    assert dropped == {"no_face": 5, "too_short": 10}
+    # when equal pieces would be too short, max-length clips are cut and the rest dropped
+    clips, dropped = P.plan_clips(np.ones(45, bool), [], 30, 40)
+    assert clips == [(0, 40)] and dropped["too_short"] == 5
+    assert P.plan_clips(np.zeros(10, bool), [], 1, 5) == ([], {"no_face": 10, "too_short": 0})
+
+
+def test_video_key_and_find_videos(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    for name in ("a/b/x y.mp4", "a/z.MOV", "notes.txt", "a/.hidden.mp4"):
+        (tmp_path / name).write_bytes(b"")
+    assert P.find_videos(str(tmp_path)) == ["a/b/x y.mp4", "a/z.MOV"]
+    k1, k2 = P.video_key("a/b/x y.mp4"), P.video_key("c/x y.mp4")
+    assert k1.startswith("x_y-") and k1 != k2 and k1 == P.video_key("a/b/x y.mp4")
+    with pytest.raises(LatentSyncInputError, match="not found"):
+        P.find_videos(str(tmp_path / "missing"))
+    with pytest.raises(LatentSyncInputError, match="min_seconds"):
+        P.PrepareConfig(min_seconds=5, max_seconds=2)
+
+
+class FakeSync:
+    default_min_confidence = 3.0
+
+    def __init__(self, offset, confidence):
+        self.offset, self.confidence = offset, confidence
+
+    def __call__(self, faces, audio, start):
+        return self.offset, self.confidence
+
+
+def test_finish_clip_filters_and_offset_correction(tmp_path):
+    """Drop reasons of the sync and quality steps, and the written clip's audio re-cut by the offset."""
+    from latentsync.audio import load_audio
+    from latentsync.video_io import iter_frames
+
+    rng = np.random.default_rng(0)
+    faces = [cv2.resize(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8), (256, 256), interpolation=cv2.INTER_NEAREST)
+             for _ in range(20)]
+    audio = (0.3 * np.sin(np.arange(200 * SPF) / 16000 * 2 * np.pi * 440 * (1 + np.arange(200 * SPF) / 64000))
+             ).astype(np.float32)
+    cfg = P.PrepareConfig(min_seconds=0.5, max_seconds=1)
+
+    def run(sync, scorer):
+        result = {"key": "v", "source": "v.mp4", "clips": [], "dropped": {}}
+        P._finish_clip(result, 0, 50, 70, faces, audio, str(tmp_path), cfg, sync, scorer)
+        return result
+
+    assert run(FakeSync(7, 9.0), SharpnessScorer())["dropped"] == {"sync_offset": {"count": 1, "seconds": 0.8}}
+    assert run(FakeSync(0, 2.0), SharpnessScorer())["dropped"] == {"low_sync_confidence": {"count": 1, "seconds": 0.8}}
+    assert list(run(FakeSync(0, 9.0), SharpnessScorer(threshold=1e9))["dropped"]) == ["low_quality"]
+    kept = run(FakeSync(-4, 9.0), SharpnessScorer())
+    assert not kept["dropped"] and len(kept["clips"]) == 1
+    clip = kept["clips"][0]
+    assert clip["sync_offset"] == -4 and clip["num_frames"] == 20 and clip["start"] == 2.0
+    path = tmp_path / clip["file"]
+    assert len(list(iter_frames(str(path), fps=None))) == 20
+    written = load_audio(str(path))
+    expected = P.shifted_audio(audio, 50, 70, -4)
+    n = min(len(written), len(expected)) - 2000  # AAC priming / padding at the ends
+    lag = int(np.argmax(np.correlate(written[1000:n], expected[1000:n], mode="full"))) - (n - 1000 - 1)
+    assert abs(lag) < 200  # the re-cut audio (not the unshifted one, 2560 samples away) is in the clip
+    assert np.corrcoef(written[1000:n], expected[1000:n])[0, 1] > 0.9
+
+
+# ---------------------------------------------------------------------------------------------------- quality
+
+
+def test_quality_scorers(tmp_path):
+    rng = np.random.default_rng(0)
+    sharp = [cv2.resize(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8), (256, 256), interpolation=cv2.INTER_NEAREST)
+             for _ in range(5)]
+    blurred = [cv2.GaussianBlur(f, (0, 0), 3) for f in sharp]
+    scorer = load_quality_scorer("sharpness")
+    assert isinstance(scorer, SharpnessScorer)
+    assert scorer(sharp) > scorer.threshold > scorer(blurred)
+    with pytest.raises(ValueError, match="unknown quality scorer"):
+        load_quality_scorer("nima")
+
+    # the hyperIQA loader on random weights saved under the official file name
+    torch.manual_seed(0)
+    net = HyperIQA().eval()
+    path = tmp_path / "koniq_pretrained.pkl"
+    torch.save(net.state_dict(), path)
+    loaded = load_quality_scorer(str(path), threshold=10.0)
+    assert isinstance(loaded, HyperIQAScorer) and loaded.threshold == 10.0
+    score = loaded(sharp[:1])
+    assert np.isfinite(score)
+    x = torch.rand(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(loaded.model(x), net(x), atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------- end to end
+
+
+def _ffmpeg(*args):
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", *args], check=True)
+
+
+@pytest.fixture(scope="module")
+def raw_folder(tmp_path_factory):
+    if not os.path.isdir(DATA):
+        pytest.skip(f"shared test clips not found at {os.path.abspath(DATA)}")
+    raw = tmp_path_factory.mktemp("raw")
+    (raw / "sub").mkdir()
+    _ffmpeg("-i", os.path.join(DATA, "demo1_video.mp4"), "-t", "2", "-c", "copy", str(raw / "demo1.mp4"))
+    _ffmpeg("-i", os.path.join(DATA, "demo2_video.mp4"), "-t", "2", "-c", "copy", str(raw / "sub" / "demo2.mp4"))
+    _ffmpeg("-i", os.path.join(DATA, "demo1_video.mp4"), "-t", "1", "-an", "-c", "copy", str(raw / "mute.mp4"))
+    (raw / "broken.mp4").write_bytes(b"this is not a video")
+    return raw
+
+
+@pytest.fixture(scope="module")
+def tiny_syncnet(tmp_path_factory):
+    from latentsync.models.syncnet import StableSyncNet
+
+    torch.manual_seed(0)
+    model = StableSyncNet(
+        audio_block_out_channels=(16, 16, 32, 32, 32, 32), audio_downsample_factors=([2, 1], 2, 2, 2, 2, [2, 3]),
+        audio_attn_blocks=(0,) * 6, visual_block_out_channels=(16, 16, 32, 32, 32),
+        visual_downsample_factors=([1, 2], 2, 2, 2, 2), visual_attn_blocks=(0,) * 5, norm_num_groups=4, resolution=32,
+    )
+    folder = tmp_path_factory.mktemp("syncnet") / "tiny"
+    model.save_pretrained(folder)
+    return str(folder)
+
+
+def test_prepare_end_to_end_resumable(raw_folder, tiny_syncnet, tmp_path):
+    import datasets
+
+    out = tmp_path / "prepared"
+    cfg = P.PrepareConfig(min_seconds=0.6, max_seconds=1.2, syncnet=tiny_syncnet, min_sync_confidence=0.0,
+                          max_sync_offset=15, quality="sharpness")
+    summary = P.prepare_dataset(str(raw_folder), str(out), cfg, num_workers=2)
+
+    assert summary.videos == 4 and summary.videos_done == 2 and summary.videos_failed == 2
+    assert summary.dropped["unreadable"]["count"] == 1 and summary.dropped["no_audio"]["count"] == 1
+    # each 2 s cut (about 50 frames with audio, one scene, a face throughout) gives ceil(50 / 30) = 2 clips that use
+    # every frame with audio (a stream-copied cut can have a few more video frames than audio: dropped as no_audio)
+    assert summary.clips == 4, summary.table()
+    assert set(summary.dropped) == {"unreadable", "no_audio"}, summary.table()
+    assert 3.9 <= summary.clip_seconds <= summary.source_seconds
+    ds = datasets.load_from_disk(str(out / "dataset"))
+    assert len(ds) == 4
+    assert set(ds.column_names) >= {"id", "video", "source", "start", "end", "num_frames", "sync_offset",
+                                    "sync_confidence", "quality_score", "quality_scorer"}
+    assert sorted(set(ds["source"])) == ["demo1.mp4", "sub/demo2.mp4"]
+    row = ds[0]
+    frames, audio = P.decode_clip(row["video"])
+    assert frames.shape == (row["num_frames"], 256, 256, 3)
+    assert abs(len(audio) - row["num_frames"] * SPF) < 2 * SPF
+    assert all(abs(o) <= 15 for o in ds["sync_offset"]) and all(np.isfinite(ds["sync_confidence"]))
+    assert all(q > 8 for q in ds["quality_score"]) and set(ds["quality_scorer"]) == {"sharpness"}
+    assert (out / "summary.md").read_text().count("dropped: ") == 2
+    assert json.loads((out / "summary.json").read_text())["clips"] == 4
+    # the first clip of demo1 starts with source frame 0 aligned to the template
+    from latentsync.alignment import FaceAligner
+    from latentsync.eval.metrics import frame_psnr
+    from latentsync.face_detection import FaceDetector
+    from latentsync.video_io import iter_frames
+
+    first = next(r for r in ds if r["source"] == "demo1.mp4" and r["start"] == 0)
+    clip_frames, _ = P.decode_clip(first["video"])
+    source = next(iter(iter_frames(str(raw_folder / "demo1.mp4"))))
+    with FaceDetector() as det:
+        anchors = det.anchors(source)
+    aligner = FaceAligner(256)
+    expected = aligner.align(source, aligner.matrix(anchors))
+    psnr = frame_psnr(clip_frames[:1], expected[None])[0]
+    assert psnr > 24, psnr
+    assert frame_psnr(clip_frames[-1:], expected[None])[0] < psnr
+
+    # resume: only the video whose state is missing is processed again
+    state_dir = out / "work" / "state"
+    states = {p.name: p.stat().st_mtime_ns for p in state_dir.glob("*.json")}
+    demo2_state = next(p for p in state_dir.glob("demo2-*.json"))
+    demo2_state.unlink()
+    summary2 = P.prepare_dataset(str(raw_folder), str(out), cfg, num_workers=1)
+    after = {p.name: p.stat().st_mtime_ns for p in state_dir.glob("*.json")}
+    changed = {name for name in after if after[name] != states.get(name)}
+    assert changed == {demo2_state.name}
+    assert summary2.clips == 4 and len(datasets.load_from_disk(str(out / "dataset"))) == 4
+
+    # other settings in the same output folder are refused
+    with pytest.raises(LatentSyncInputError, match="other settings"):
+        P.prepare_dataset(str(raw_folder), str(out), P.PrepareConfig(resolution=512), num_workers=1)
