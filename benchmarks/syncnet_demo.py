@@ -2,12 +2,12 @@
 
 1. Aligns the faces of ``../shared/data/demo*_video.mp4`` with our own MediaPipe detector and aligner (256 x 256,
    25 fps, the video's own audio) and caches the clips under ``outputs/syncnet_demo/clips`` (not committed).
-2. Trains ``train/configs/syncnet_tiny.yaml`` (16 frames, 32 x 64 mouths, 128-d) on the first 70 % of every clip
+2. Trains ``train/configs/syncnet_tiny.yaml`` (16 frames, 64 x 128 mouths, 256-d) on the first 70 % of every clip
    and validates on the held-out last 30 % (positive and negative pairs, BCE loss and accuracy).
 3. Prints train/val loss against chance (ln 2 = 0.693) and validation accuracy against chance (0.5), plus the
    sync offset/confidence the trained net finds on the held-out seconds, and writes the loss chart PNG.
 
-    .venv/bin/python benchmarks/syncnet_demo.py [--steps 600] [--data ../shared/data] [--out outputs/syncnet_demo]
+    .venv/bin/python benchmarks/syncnet_demo.py [--steps 800] [--data ../shared/data] [--out outputs/syncnet_demo]
 """
 
 from __future__ import annotations
@@ -56,12 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data"))
     p.add_argument("--out", default=os.path.join(ROOT, "outputs", "syncnet_demo"))
-    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--steps", type=int, default=800)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--train-fraction", type=float, default=0.7)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-every", type=int, default=100)
+    p.add_argument("--eval-every", type=int, default=200)
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (1 is much faster than the default when other jobs share the cores)")
     p.add_argument("overrides", nargs="*", help="extra key=value training settings")

@@ -76,6 +76,16 @@ def test_time_ranges_keep_windows_inside(clips_dir):
         too_short[0]
 
 
+def test_unreadable_clips_are_skipped(clips_dir, tmp_path):
+    import shutil
+
+    shutil.copy(clips_dir / "a.mp4", tmp_path / "a.mp4")
+    (tmp_path / "broken.mp4").write_bytes(b"not a video")
+    ds = SyncNetDataset(ClipStore(tmp_path, resolution=32), 16, seed=0)
+    assert {ds[i]["clip"] for i in range(16)} == {0}  # sorted: a.mp4 = 0, broken.mp4 = 1 is never returned
+    assert ds._broken == {1}
+
+
 def test_datasets_sources(clips_dir, tmp_path):
     import datasets
 

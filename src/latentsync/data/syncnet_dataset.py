@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .. import audio as audio_lib
+from ..errors import LatentSyncInputError
 from ..syncnet_audio import mel_start, mel_window_length, wav2lip_mel
 from ..video_io import iter_frames
 
@@ -198,7 +199,7 @@ class SyncNetDataset(Dataset):
             official code uses any other start: 1 and None).
         hflip: flip every frame of a sample horizontally with probability 0.5 (sync-preserving augmentation).
         seed, index_offset: sample ``i`` is drawn from ``numpy.random.default_rng([seed, index_offset + i])``.
-        max_tries: draws before giving up when clips are too short for a window.
+        max_tries: draws before giving up when clips are unreadable (skipped with a warning) or too short.
     """
 
     def __init__(
@@ -226,6 +227,7 @@ class SyncNetDataset(Dataset):
         self.min_negative_offset, self.max_negative_offset = min_negative_offset, max_negative_offset
         self.hflip, self.seed, self.index_offset, self.max_tries = hflip, seed, int(index_offset), max_tries
         self.mel_length = mel_window_length(num_frames)
+        self._broken: set[int] = set()
 
     def __len__(self) -> int:
         return self.num_samples
@@ -254,7 +256,13 @@ class SyncNetDataset(Dataset):
         rng = np.random.default_rng([self.seed, self.index_offset + int(i)])
         for _ in range(self.max_tries):
             ci = int(rng.integers(0, len(self.clips)))
-            clip = self.clips.load(ci)
+            try:
+                clip = self.clips.load(ci)
+            except (LatentSyncInputError, ValueError, OSError) as exc:  # a broken clip: draw another one
+                if ci not in self._broken:
+                    self._broken.add(ci)
+                    logger.warning("skipping unreadable clip %s: %s", self.clips.name(ci), exc)
+                continue
             starts = self.valid_starts(clip)
             if len(starts) == 0:
                 continue
@@ -276,6 +284,6 @@ class SyncNetDataset(Dataset):
                 "clip": ci,
             }
         raise ValueError(
-            f"could not draw a sample in {self.max_tries} tries: clips are too short for {self.num_frames}-frame "
-            f"windows (with negatives) inside time_range {self.time_range}"
+            f"could not draw a sample in {self.max_tries} tries: clips are unreadable or too short for "
+            f"{self.num_frames}-frame windows (with negatives) inside time_range {self.time_range}"
         )
