@@ -1,13 +1,24 @@
-"""End-to-end inference benchmark: seconds per stage, frames per second and peak memory.
+"""End-to-end inference benchmark: seconds per stage, frames per second, peak memory and the quality trade-off.
 
-Runs the pipeline on a real clip (default: 10 s of ../shared/data/demo1, 1080 x 1920, 25 fps) with the tiny
-random model at 256 px, twice in one run: the naive sequential path (``overlap_stages=False``) and the default
-path with CPU stages overlapped with the denoising. Each run happens in its own subprocess so that its peak RSS is
-its own.
+Runs the pipeline on a real clip (default: ../shared/data/demo1, 1080 x 1920, 25 fps) with the tiny random model at
+256 px. Every variant runs in its own subprocess so that its peak RSS is its own; all ratios are against the naive
+path (sequential stages, every option off) measured in the same run.
 
-    python benchmarks/inference.py                          # tiny model, 10 s clip, CPU
+    python benchmarks/inference.py                          # tiny model, 10 s clip, CPU: naive vs faster variants
     python benchmarks/inference.py --model DIR_OR_ID --device cuda --dtype fp16 --steps 20
     python benchmarks/inference.py --lengths 10 60 300      # peak memory vs video length (looped clip)
+    python benchmarks/inference.py --quality --seconds 4    # speed vs fidelity of DeepCache / DPM-Solver++
+    python benchmarks/inference.py --quality --model ByteDance/LatentSync-1.6 --device cuda --dtype fp16 \\
+        --syncnet ByteDance/LatentSync-1.5 --syncnet-file auxiliary/syncnet_v2.model   # + sync confidence
+
+Variants are written ``base[+option...]``: ``naive`` (stages in sequence, DDIM), ``overlap`` (CPU stages in
+background threads), ``ddim`` / ``dpm++`` / ``unipc`` (scheduler), ``NN`` (steps), ``deepcacheN`` (DeepCache
+interval N), e.g. ``overlap+deepcache3`` or ``dpm++10+deepcache3``.
+
+Quality (``--quality``): with random weights a sync metric means nothing, so the script reports what is
+measurable -- PSNR of each variant's regenerated pixels against the DDIM-20 reference run with the same seed, and the
+denoising speed-up. With a real model and ``--syncnet`` (a SyncNet for ``latentsync.eval.estimate_sync``) it also
+reports the audio-visual offset and sync confidence of every variant's output video.
 """
 
 from __future__ import annotations
@@ -15,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -25,9 +37,30 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 STAGES = ["decode", "face_detection", "audio_features", "alignment", "vae_encode", "denoise", "vae_decode",
           "paste_back", "encode"]
+DEFAULT_VARIANTS = ["naive", "overlap", "overlap+deepcache3", "overlap+dpm++10"]
+QUALITY_VARIANTS = ["ddim20", "ddim20+deepcache3", "ddim20+deepcache5", "ddim10", "dpm++20", "dpm++10",
+                    "dpm++10+deepcache3", "unipc10"]
 
 
-def run_once(args: argparse.Namespace) -> dict:
+def parse_variant(name: str, default_steps: int) -> dict:
+    """``"overlap+dpm++10+deepcache3"`` -> pipeline settings."""
+    spec = {"name": name, "overlap": False, "scheduler": "ddim", "steps": default_steps, "deep_cache": 0}
+    for part in re.findall(r"dpm\+\+\d*|[^+]+", name):
+        if part == "naive":
+            continue
+        if part == "overlap":
+            spec["overlap"] = True
+        elif m := re.fullmatch(r"deepcache(\d+)", part):
+            spec["deep_cache"] = int(m.group(1))
+        elif m := re.fullmatch(r"(ddim|dpm\+\+|unipc|euler)(\d*)", part):
+            spec["scheduler"] = m.group(1)
+            spec["steps"] = int(m.group(2)) if m.group(2) else default_steps
+        else:
+            raise SystemExit(f"cannot parse variant part {part!r} of {name!r}")
+    return spec
+
+
+def load_pipeline(args: argparse.Namespace):
     import torch
 
     from latentsync import LatentSyncPipeline
@@ -40,12 +73,27 @@ def run_once(args: argparse.Namespace) -> dict:
         pipe = build_tiny_pipeline(resolution=args.resolution).to(dtype=dtype)
     pipe.to(args.device)
     pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run_pipeline(pipe, spec: dict, video, audio, output_path, return_frames=False):
+    import torch
+
+    pipe.set_scheduler(spec["scheduler"])
+    return pipe(video=video, audio=audio, output_path=output_path, num_inference_steps=spec["steps"],
+                generator=torch.Generator().manual_seed(0), overlap_stages=spec["overlap"],
+                deep_cache_interval=spec["deep_cache"], return_frames=return_frames)
+
+
+def run_once(args: argparse.Namespace) -> dict:
+    import torch
+
+    pipe = load_pipeline(args)
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as tmp:
-        out = pipe(video=args.video, audio=args.audio, output_path=os.path.join(tmp, "out.mp4"),
-                   num_inference_steps=args.steps, generator=torch.Generator().manual_seed(0),
-                   overlap_stages=args.overlap)
+        out = run_pipeline(pipe, parse_variant(args.variant, args.steps), args.video, args.audio,
+                           os.path.join(tmp, "out.mp4"))
     return {
         "frames": out.num_frames,
         "timings": out.timings,
@@ -54,14 +102,12 @@ def run_once(args: argparse.Namespace) -> dict:
     }
 
 
-def child(args: argparse.Namespace, **overrides) -> dict:
-    cmd = [sys.executable, __file__, "--child", "--video", str(overrides.get("video", args.video)),
-           "--audio", str(overrides.get("audio", args.audio)), "--steps", str(args.steps), "--device", args.device,
-           "--dtype", args.dtype, "--resolution", str(args.resolution)]
+def child(args: argparse.Namespace, variant: str, video=None, audio=None) -> dict:
+    cmd = [sys.executable, __file__, "--child", "--video", str(video or args.video), "--audio", str(audio or args.audio),
+           "--steps", str(args.steps), "--device", args.device, "--dtype", args.dtype,
+           "--resolution", str(args.resolution), "--variant", variant]
     if args.model:
         cmd += ["--model", args.model]
-    if overrides.get("overlap", True):
-        cmd.append("--overlap")
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(proc.stderr[-3000:])
@@ -74,61 +120,162 @@ def ffmpeg(*a: str) -> None:
     subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", *a], check=True)
 
 
-def stage_table(naive: dict, fast: dict) -> None:
-    n = naive["frames"]
-    print(f"{n} frames; busy seconds per stage (stages overlap in time in the overlapped run)")
-    print(f"{'stage':<15}{'naive s':>9}{'fps':>9}{'overlap s':>11}{'fps':>9}")
+def fmt_fps(frames: int, seconds: float) -> str:
+    return f"{frames / seconds:.1f}" if seconds else "-"
+
+
+def stage_table(runs: dict[str, dict]) -> None:
+    names = list(runs)
+    n = runs[names[0]]["frames"]
+    print(f"{n} frames; busy seconds per stage and frames/s (stages overlap in time in the overlapped runs)")
+    print(f"{'stage':<15}" + "".join(f"{name[:22]:>24}" for name in names))
     for stage in STAGES + ["total"]:
-        a, b = naive["timings"].get(stage, 0.0), fast["timings"].get(stage, 0.0)
-        print(f"{stage:<15}{a:>9.2f}{n / a if a else float('nan'):>9.1f}{b:>11.2f}{n / b if b else float('nan'):>9.1f}")
-    print(f"end-to-end speed-up of overlapping (same run): {naive['timings']['total'] / fast['timings']['total']:.2f}x")
-    print(f"peak RSS: naive {naive['peak_rss_gib']:.2f} GiB, overlapped {fast['peak_rss_gib']:.2f} GiB")
-    if fast["peak_gpu_gib"] is not None:
-        print(f"peak GPU memory: naive {naive['peak_gpu_gib']:.2f} GiB, overlapped {fast['peak_gpu_gib']:.2f} GiB")
+        cells = []
+        for name in names:
+            s = runs[name]["timings"].get(stage, 0.0)
+            cells.append(f"{s:>9.2f} s {fmt_fps(n, s):>8} fps" if s else f"{'-':>24}")
+        print(f"{stage:<15}" + "".join(f"{c:>24}" for c in cells))
+    base = runs[names[0]]["timings"]["total"]
+    print("end-to-end speed-up vs " + names[0] + ": "
+          + ", ".join(f"{name} {base / r['timings']['total']:.2f}x" for name, r in runs.items()))
+    print("peak RSS GiB: " + ", ".join(f"{name} {r['peak_rss_gib']:.2f}" for name, r in runs.items()))
+    if runs[names[0]]["peak_gpu_gib"] is not None:
+        print("peak GPU GiB: " + ", ".join(f"{name} {r['peak_gpu_gib']:.2f}" for name, r in runs.items()))
 
 
-def lengths_table(args: argparse.Namespace) -> None:
+def trimmed_inputs(args: argparse.Namespace, tmp: str, seconds: float, loop: bool = False) -> tuple[Path, Path]:
+    video, audio = Path(tmp) / f"v{seconds}.mp4", Path(tmp) / f"a{seconds}.wav"
+    pre = ["-stream_loop", "-1"] if loop else []
+    ffmpeg(*pre, "-i", str(args.video), "-t", str(seconds), "-an", "-c:v", "libx264", "-preset", "veryfast", "-crf",
+           "20", str(video))
+    ffmpeg(*pre, "-i", str(args.audio), "-t", str(seconds), "-ac", "1", "-ar", "16000", str(audio))
+    return video, audio
+
+
+def lengths_table(args: argparse.Namespace, variant: str) -> None:
+    print(f"variant {variant}")
     print(f"{'seconds':>8}{'frames':>8}{'total s':>9}{'fps':>7}{'peak RSS GiB':>14}")
     with tempfile.TemporaryDirectory() as tmp:
         for seconds in args.lengths:
-            video, audio = Path(tmp) / f"v{seconds}.mp4", Path(tmp) / f"a{seconds}.wav"
-            ffmpeg("-stream_loop", "-1", "-i", str(args.video), "-t", str(seconds), "-an", "-c:v", "libx264",
-                   "-preset", "veryfast", "-crf", "20", str(video))
-            ffmpeg("-stream_loop", "-1", "-i", str(args.audio), "-t", str(seconds), "-ac", "1", "-ar", "16000",
-                   str(audio))
-            r = child(args, video=video, audio=audio)
+            video, audio = trimmed_inputs(args, tmp, seconds, loop=True)
+            r = child(args, variant, video=video, audio=audio)
             total = r["timings"]["total"]
             print(f"{seconds:>8}{r['frames']:>8}{total:>9.1f}{r['frames'] / total:>7.1f}{r['peak_rss_gib']:>14.2f}",
                   flush=True)
+            video.unlink()
+            audio.unlink()
+
+
+class RegeneratedRegion:
+    """The pixels a reference run regenerated (where it differs from the source), frame by frame, as small crops."""
+
+    def __init__(self, ref, source):
+        import numpy as np
+
+        self.crops = []
+        for r, s in zip(ref, source):
+            changed = np.any(r != s, axis=-1)
+            if not changed.any():
+                self.crops.append(None)
+                continue
+            ys, xs = np.nonzero(changed)
+            box = (slice(ys.min(), ys.max() + 1), slice(xs.min(), xs.max() + 1))
+            self.crops.append((box, changed[box], r[box].astype(np.float64)))
+
+    def psnr(self, frames) -> float:
+        """PSNR of ``frames`` against the reference over the regenerated pixels."""
+        import numpy as np
+
+        sq, count = 0.0, 0
+        for f, crop in zip(frames, self.crops):
+            if crop is not None:
+                box, mask, ref = crop
+                sq += float(((f[box].astype(np.float64) - ref)[mask] ** 2).sum())
+                count += int(mask.sum()) * 3
+        if not count:
+            return float("nan")
+        return float("inf") if sq == 0 else 10 * np.log10(255.0**2 * count / sq)
+
+
+def quality_table(args: argparse.Namespace, video, audio) -> None:
+    from latentsync.video_io import iter_frames
+
+    sync_model = None
+    if args.syncnet:
+        try:
+            from latentsync.eval import estimate_sync, load_sync_model
+        except ImportError as exc:  # the evaluation package is optional
+            raise SystemExit(f"--syncnet needs latentsync.eval ({exc})") from exc
+        sync_model = load_sync_model(args.syncnet, weights_name=args.syncnet_file, device=args.device)
+    pipe = load_pipeline(args)
+    variants = args.variants or QUALITY_VARIANTS
+    ref_name = variants[0]
+    print(f"reference: {ref_name}; PSNR over the pixels the reference regenerated (same seed); "
+          f"denoise = U-Net seconds, speed-up vs the reference")
+    head = f"{'variant':<22}{'steps':>6}{'denoise s':>11}{'speed-up':>10}{'total s':>9}{'PSNR dB':>9}"
+    print(head + (f"{'offset':>8}{'sync conf':>11}" if sync_model is not None else ""))
+    region = ref_denoise = None
+    pipe_runs = [(name, parse_variant(name, args.steps)) for name in variants]
+    run_pipeline(pipe, {**pipe_runs[0][1], "steps": 1}, video, audio, None)  # warm-up
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, spec in pipe_runs:
+            spec["overlap"] = True
+            path = os.path.join(tmp, "out.mp4") if sync_model is not None else None
+            out = run_pipeline(pipe, spec, video, audio, path, return_frames=True)
+            if region is None:
+                region, ref_denoise = RegeneratedRegion(out.frames, iter_frames(video, 25)), out.timings["denoise"]
+            psnr = region.psnr(out.frames)
+            line = (f"{name:<22}{spec['steps']:>6}{out.timings['denoise']:>11.2f}"
+                    f"{ref_denoise / out.timings['denoise']:>9.2f}x{out.timings['total']:>9.1f}{psnr:>9.2f}")
+            if sync_model is not None:
+                est = estimate_sync(path, sync_model)
+                line += f"{est.offset:>8d}{est.confidence:>11.2f}"
+            print(line, flush=True)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--video", default=str(SHARED / "demo1_video.mp4"))
     p.add_argument("--audio", default=str(SHARED / "demo1_audio.wav"))
+    p.add_argument("--seconds", type=float, default=None, help="use only the first seconds of the clip")
     p.add_argument("--model", default=None, help="pipeline id or folder (default: tiny random model)")
     p.add_argument("--resolution", type=int, default=256, help="face resolution of the tiny model")
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=int, default=20, help="steps of variants that do not name theirs")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    p.add_argument("--variants", nargs="+", default=None,
+                   help=f"variants to compare, the first is the baseline (default {' '.join(DEFAULT_VARIANTS)}; "
+                        f"with --quality {' '.join(QUALITY_VARIANTS)})")
     p.add_argument("--lengths", type=int, nargs="*", help="measure peak memory for these video lengths (seconds)")
+    p.add_argument("--quality", action="store_true", help="speed vs fidelity (and sync with --syncnet) per variant")
+    p.add_argument("--syncnet", default=None, help="SyncNet for the sync metric (file, folder or Hub id)")
+    p.add_argument("--syncnet-file", default=None, help="file inside the --syncnet repo (e.g. auxiliary/syncnet_v2.model)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--overlap", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--variant", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--overlap", action="store_true", help=argparse.SUPPRESS)  # older child command lines
     args = p.parse_args()
     if args.child:
+        args.variant = args.variant or ("overlap" if args.overlap else "naive")
         print(json.dumps(run_once(args)))
         return
     for path in (args.video, args.audio):
         if not Path(path).is_file():
             raise SystemExit(f"input not found: {path}")
-    print(f"video {args.video}, audio {args.audio}, model {args.model or 'tiny (random)'}, {args.steps} steps, "
-          f"{args.device} {args.dtype}")
-    if args.lengths:
-        lengths_table(args)
-        return
-    naive = child(args, overlap=False)
-    fast = child(args, overlap=True)
-    stage_table(naive, fast)
+    print(f"video {args.video}, audio {args.audio}, model {args.model or 'tiny (random)'}, {args.device} {args.dtype}, "
+          f"torch threads: {__import__('torch').get_num_threads()}")
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.seconds:
+            args.video, args.audio = trimmed_inputs(args, tmp, args.seconds)
+            print(f"first {args.seconds:g} s of the clip")
+        if args.lengths:
+            for variant in args.variants or ["overlap"]:
+                lengths_table(args, variant)
+            return
+        if args.quality:
+            quality_table(args, args.video, args.audio)
+            return
+        runs = {v: child(args, v) for v in (args.variants or DEFAULT_VARIANTS)}
+        stage_table(runs)
 
 
 if __name__ == "__main__":

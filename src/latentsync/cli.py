@@ -39,6 +39,15 @@ def _run_parser() -> argparse.ArgumentParser:
     p.add_argument("--face-index", type=int, default=None, help="face to lip-sync, k-th from the left (default: largest)")
     p.add_argument("--audio-windows", choices=["official", "overlap"], default="official",
                    help="Whisper windows: independent 30 s (official) or overlapping (no glitch every 30 s)")
+    fast = p.add_argument_group("speed and memory")
+    fast.add_argument("--scheduler", choices=["ddim", "dpm++", "unipc", "euler"], default="ddim",
+                      help="sampler (default ddim, as the official code; dpm++ = DPM-Solver++ multistep)")
+    fast.add_argument("--deep-cache", type=int, default=0, metavar="N",
+                      help="DeepCache: full U-Net pass every N steps, shallow branch in between (0 = off; try 3)")
+    fast.add_argument("--compile", action="store_true", help="torch.compile the U-Net (slow first window)")
+    fast.add_argument("--cpu-offload", choices=["model", "sequential"], default=None,
+                      help="keep weights on the CPU and move them to the GPU when used (lower GPU memory)")
+    fast.add_argument("--vae-slicing", action="store_true", help="VAE-encode/decode one frame at a time")
     return p
 
 
@@ -58,7 +67,19 @@ def run(argv: list[str]) -> int:
     device = args.device or default_device()
     dtype = DTYPES[args.dtype] if args.dtype else (torch.float32 if device == "cpu" else torch.float16)
     logger.info("loading %s on %s (%s)", args.model, device, dtype)
-    pipe = LatentSyncPipeline.from_pretrained(args.model, torch_dtype=dtype).to(device)
+    pipe = LatentSyncPipeline.from_pretrained(args.model, dtype=dtype)
+    if args.cpu_offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif args.cpu_offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    if args.scheduler != "ddim":
+        pipe.set_scheduler(args.scheduler)
+    if args.vae_slicing:
+        pipe.enable_vae_slicing()
+    if args.compile:
+        pipe.unet.compile()
     generator = torch.Generator("cpu").manual_seed(args.seed)
     out = pipe(
         video=args.video,
@@ -69,6 +90,7 @@ def run(argv: list[str]) -> int:
         generator=generator,
         face_index=args.face_index,
         audio_window_mode=args.audio_windows,
+        deep_cache_interval=args.deep_cache,
     )
     logger.info("wrote %s (%d frames at %g fps, %d without a face)", out.path, out.num_frames, out.fps,
                 out.frames_without_face)

@@ -2,17 +2,27 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections import Counter, deque
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DiffusionPipeline,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    UniPCMultistepScheduler,
+)
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from tqdm.auto import tqdm
 from transformers import WhisperFeatureExtractor
@@ -24,11 +34,23 @@ from .face_detection import FaceDetector
 from .mask import mouth_mask
 from .streaming import OrderedWorker, StageTimer, prefetch
 from .models import LatentSyncUNet, WhisperAudioEncoder
+from .models.deep_cache import UNetFeatureCache
 from .video_io import VideoWriter, iter_frames, probe_video
 
 logger = logging.getLogger(__name__)
 
 FPS = audio_lib.VIDEO_FPS
+# An output at most this many frames longer than the video (or a video this short) loops from frames kept in
+# memory; longer loops cache the decoded video on disk.
+_MAX_TAIL_FRAMES = 32
+
+SCHEDULERS: dict[str, type[SchedulerMixin]] = {
+    "ddim": DDIMScheduler,
+    "dpm++": DPMSolverMultistepScheduler,
+    "unipc": UniPCMultistepScheduler,
+    "euler": EulerDiscreteScheduler,
+}
+"""Schedulers selectable by name with [`LatentSyncPipeline.set_scheduler`] (``ddim`` is the official one)."""
 
 
 @dataclass
@@ -59,6 +81,33 @@ def pingpong_indices(num_source: int, num_output: int) -> np.ndarray:
         return i
     k = i % (2 * num_source)
     return np.where(k < num_source, k, 2 * num_source - 1 - k)
+
+
+class LatentCache:
+    """VAE latents (reference, masked) of source frames that a looping video shows again.
+
+    ``uses`` counts how often each source frame will be generated; an entry is kept only while later uses remain
+    and freed after the last one, so the cache never holds more than one entry per source frame (on the CPU).
+    ``encoded`` counts the frames actually run through the VAE encoder.
+    """
+
+    def __init__(self, uses: Counter):
+        self.uses = uses
+        self.entries: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.encoded = 0
+
+    def get(self, key: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return self.entries.get(key)
+
+    def put(self, key: int, ref: torch.Tensor, masked: torch.Tensor) -> None:
+        if self.uses[key] > 1:
+            self.entries[key] = (ref.cpu(), masked.cpu())
+
+    def release(self, key: int) -> None:
+        """Count one use of ``key`` as done; drop its entry after the last."""
+        self.uses[key] -= 1
+        if self.uses[key] <= 0:
+            self.entries.pop(key, None)
 
 
 def model_card(pipe: "LatentSyncPipeline") -> str:
@@ -102,7 +151,13 @@ class LatentSyncPipeline(DiffusionPipeline):
     Components: ``unet`` ([`LatentSyncUNet`], 13 input channels, audio cross-attention), ``vae``
     ([`~diffusers.AutoencoderKL`], SD VAE), ``audio_encoder`` ([`WhisperAudioEncoder`], Whisper-tiny encoder),
     ``feature_extractor`` ([`~transformers.WhisperFeatureExtractor`]) and ``scheduler``
-    ([`~diffusers.DDIMScheduler`]). ``resolution`` is the side of the aligned face (256 for 1.5, 512 for 1.6).
+    ([`~diffusers.DDIMScheduler`] as in the official code; any diffusers scheduler works, e.g.
+    ``pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)`` or
+    ``pipe.set_scheduler("dpm++")``). ``resolution`` is the side of the aligned face (256 for 1.5, 512 for 1.6).
+
+    Speed and memory options: ``torch_dtype`` fp16/bf16 on a GPU, ``pipe.unet.compile()`` (torch.compile),
+    ``deep_cache_interval`` (DeepCache feature reuse) and ``cache_latents`` at call time, [`enable_vae_slicing`],
+    [`enable_vae_tiling`], and diffusers' ``enable_model_cpu_offload()`` / ``enable_sequential_cpu_offload()``.
 
     The output video is always 25 fps (the model's rate): inputs at other rates are resampled by time, and the
     output's length follows the audio (the video is trimmed, or looped forward and backward when too short).
@@ -116,7 +171,7 @@ class LatentSyncPipeline(DiffusionPipeline):
         vae: AutoencoderKL,
         audio_encoder: WhisperAudioEncoder,
         feature_extractor: WhisperFeatureExtractor,
-        scheduler: DDIMScheduler,
+        scheduler: SchedulerMixin,
         resolution: int = 256,
     ):
         super().__init__()
@@ -141,6 +196,30 @@ class LatentSyncPipeline(DiffusionPipeline):
             return load_official_pipeline(pretrained_model_name_or_path, pipeline_class=cls, **kwargs)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
+    # ------------------------------------------------------------------ options
+    def set_scheduler(self, name: str) -> SchedulerMixin:
+        """Swap the scheduler for one of [`SCHEDULERS`] (``"ddim"``, ``"dpm++"``, ``"unipc"``, ``"euler"``), built
+        from the current scheduler's config (same noise schedule); returns it."""
+        if name not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+        self.scheduler = SCHEDULERS[name].from_config(self.scheduler.config)
+        return self.scheduler
+
+    def enable_vae_slicing(self) -> None:
+        """Encode and decode the frames of a window one at a time (lower peak memory, same result)."""
+        self.vae.enable_slicing()
+
+    def disable_vae_slicing(self) -> None:
+        self.vae.disable_slicing()
+
+    def enable_vae_tiling(self) -> None:
+        """Encode and decode images larger than the VAE's tile size in overlapping tiles (the SD VAE's tile is
+        512 px, so this only affects faces above that size; the output changes slightly at tile seams)."""
+        self.vae.enable_tiling()
+
+    def disable_vae_tiling(self) -> None:
+        self.vae.disable_tiling()
+
     # ------------------------------------------------------------------ stages
     def encode_audio(self, audio: np.ndarray, window_mode: audio_lib.AudioWindowMode = "official") -> torch.Tensor:
         """Whisper token features ``(tokens, states, d_model)`` for 16 kHz mono audio."""
@@ -148,7 +227,8 @@ class LatentSyncPipeline(DiffusionPipeline):
         return audio_lib.whisper_features(mel, self.audio_encoder, mode=window_mode)
 
     def _vae_encode(self, pixels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        dist = self.vae.encode(pixels.to(self.vae.device, self.vae.dtype)).latent_dist
+        # the execution device, not vae.device: under CPU offload the VAE's weights are elsewhere until it runs
+        dist = self.vae.encode(pixels.to(self._execution_device, self.vae.dtype)).latent_dist
         latents = dist.sample(generator=generator)
         shift = self.vae.config.shift_factor or 0.0
         return (latents - shift) * self.vae.config.scaling_factor
@@ -157,13 +237,42 @@ class LatentSyncPipeline(DiffusionPipeline):
         shift = self.vae.config.shift_factor or 0.0
         latents = latents / self.vae.config.scaling_factor + shift
         dtype = self.vae.dtype
-        if dtype == torch.float16 and self.vae.config.force_upcast:
+        sequential_offload = any(p.device.type == "meta" for p in self.vae.parameters())
+        if dtype == torch.float16 and self.vae.config.force_upcast and not sequential_offload:
             # fp16 SD-VAE decoding overflows to NaN (black frames, notably on Apple MPS): decode in fp32
             self.vae.to(torch.float32)
             out = self.vae.decode(latents.float()).sample
             self.vae.to(dtype)
             return out
         return self.vae.decode(latents.to(dtype)).sample
+
+    def _encode_conditions(
+        self,
+        pixels: torch.Tensor,
+        mask: torch.Tensor,
+        generator: torch.Generator | None,
+        source_indices: Sequence[int] | None,
+        latent_cache: LatentCache | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reference and masked-face latents of a window, taken from ``latent_cache`` where present."""
+        if latent_cache is None or source_indices is None:
+            return self._vae_encode(pixels, generator), self._vae_encode(pixels * mask, generator)
+        keys = [int(j) for j in source_indices]
+        first = {key: k for k, key in reversed(list(enumerate(keys)))}  # a window can show a frame twice
+        missing = sorted(k for key, k in first.items() if latent_cache.get(key) is None)
+        new = {}
+        if missing:
+            sel = pixels[missing]
+            ref, masked = self._vae_encode(sel, generator), self._vae_encode(sel * mask, generator)
+            latent_cache.encoded += len(missing)
+            for n, k in enumerate(missing):
+                new[keys[k]] = (ref[n], masked[n])
+                latent_cache.put(keys[k], ref[n], masked[n])
+        device = self._execution_device
+        pairs = [new[key] if key in new else latent_cache.get(key) for key in keys]
+        ref = torch.stack([r.to(device) for r, _ in pairs])
+        masked = torch.stack([m.to(device) for _, m in pairs])
+        return ref, masked
 
     @torch.no_grad()
     def generate_faces(
@@ -175,11 +284,17 @@ class LatentSyncPipeline(DiffusionPipeline):
         guidance_scale: float = 1.5,
         generator: torch.Generator | None = None,
         timer: StageTimer | None = None,
+        deep_cache_interval: int = 0,
+        deep_cache_branch: int = 0,
+        source_indices: Sequence[int] | None = None,
+        latent_cache: LatentCache | None = None,
     ) -> np.ndarray:
         """Inpaint the lower half of aligned faces ``(f, R, R, 3)`` uint8 under per-frame ``audio_context``.
 
         Returns the decoded faces ``(f, R, R, 3)`` uint8. ``init_noise`` is ``(1, 4, 1, R/8, R/8)``, shared by
-        every frame (official behaviour).
+        every frame (official behaviour). ``deep_cache_interval`` > 0 reuses deep U-Net features between full
+        passes (see [`~latentsync.models.deep_cache.UNetFeatureCache`]); ``latent_cache`` with ``source_indices``
+        (the source frame of each face) reuses VAE encodings of frames seen before.
         """
         device = self._execution_device
         dtype = self.unet.dtype
@@ -189,8 +304,8 @@ class LatentSyncPipeline(DiffusionPipeline):
         mask = torch.from_numpy(np.array(mouth_mask(res)))[None, None]
         timer = timer or StageTimer()
         with timer("vae_encode"):
-            ref_latents = self._vae_encode(pixels, generator)
-            masked_latents = self._vae_encode(pixels * mask, generator)
+            ref_latents, masked_latents = self._encode_conditions(pixels, mask, generator, source_indices,
+                                                                  latent_cache)
         h, w = ref_latents.shape[-2:]
         mask_latent = F.interpolate(mask, size=(h, w), mode="nearest").expand(f, 1, h, w)
 
@@ -204,17 +319,24 @@ class LatentSyncPipeline(DiffusionPipeline):
             cond = torch.cat([cond, cond])
             context = torch.cat([torch.zeros_like(context), context])
         latents = init_noise.to(device=device, dtype=dtype).expand(-1, -1, f, -1, -1).clone()
-        latents = latents * self.scheduler.init_noise_sigma
         self.scheduler.set_timesteps(num_inference_steps, device=device)
+        latents = latents * self.scheduler.init_noise_sigma
+        # schedulers differ in what step() accepts (UniPC takes no generator)
+        step_kwargs = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
+        deep_cache = UNetFeatureCache(self.unet, deep_cache_interval, deep_cache_branch) if deep_cache_interval else None
         with timer("denoise"):
-            for t in self.scheduler.timesteps:
+            for i, t in enumerate(self.scheduler.timesteps):
                 model_in = torch.cat([latents] * 2) if do_cfg else latents
                 model_in = self.scheduler.scale_model_input(model_in, t)
-                noise_pred = self.unet(torch.cat([model_in, cond], dim=1), t, encoder_hidden_states=context).sample
+                model_in = torch.cat([model_in, cond], dim=1)
+                if deep_cache is not None:
+                    noise_pred = deep_cache(model_in, t, context, step=i)
+                else:
+                    noise_pred = self.unet(model_in, t, encoder_hidden_states=context).sample
                 if do_cfg:
                     uncond, text = noise_pred.chunk(2)
                     noise_pred = uncond + guidance_scale * (text - uncond)
-                latents = self.scheduler.step(noise_pred, t, latents, generator=generator).prev_sample
+                latents = self.scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
         with timer("vae_decode"):
             decoded = self._vae_decode(latents[0].permute(1, 0, 2, 3))
             out = ((decoded.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
@@ -249,15 +371,33 @@ class LatentSyncPipeline(DiffusionPipeline):
         return np.stack(anchors), shape
 
     @staticmethod
-    def _frames_in_order(video: str, order: np.ndarray, cache_path: str | None, shape) -> Iterator[np.ndarray]:
+    def _frames_in_order(video: str, order: np.ndarray, cache_path: str | None, shape, n_src: int
+                         ) -> Iterator[np.ndarray]:
+        """Source frames in output ``order``: decoded as a stream, from a small in-memory tail when the output
+        loops back by at most ``_MAX_TAIL_FRAMES``, or read one by one from the on-disk cache."""
         if cache_path is None:
+            tail: deque[np.ndarray] = deque(maxlen=min(max(len(order) - n_src, 0), n_src))
             frames = iter_frames(video, FPS)
-            for _, frame in zip(order, frames):
+            for pos, j in enumerate(order):
+                if pos < n_src:
+                    frame = next(frames, None)
+                    if frame is None:
+                        raise InvalidVideoError(f"{video} gave fewer frames on the second read than on the first")
+                    if tail.maxlen:
+                        tail.append(frame)
+                else:  # looping back over the last frames
+                    frame = tail[j - (n_src - len(tail))]
                 yield frame
             return
-        store = np.memmap(cache_path, dtype=np.uint8, mode="r").reshape(-1, *shape)
-        for j in order:
-            yield np.asarray(store[j])
+        # plain reads rather than a memory map: mapped pages would count in (and grow) the resident set
+        nbytes = int(np.prod(shape))
+        with open(cache_path, "rb") as fh:
+            for j in order:
+                frame = np.empty(shape, np.uint8)
+                fh.seek(int(j) * nbytes)
+                if fh.readinto(frame.reshape(-1)) != nbytes:
+                    raise InvalidVideoError(f"frame cache is truncated at frame {j} of {video}")
+                yield frame
 
     # ------------------------------------------------------------------ call
     @torch.no_grad()
@@ -276,6 +416,9 @@ class LatentSyncPipeline(DiffusionPipeline):
         overlap_stages: bool = True,
         return_frames: bool = False,
         crf: int = 18,
+        deep_cache_interval: int = 0,
+        deep_cache_branch: int = 0,
+        cache_latents: bool | None = None,
     ) -> LatentSyncPipelineOutput:
         """Lip-sync ``video`` to ``audio``.
 
@@ -287,7 +430,7 @@ class LatentSyncPipeline(DiffusionPipeline):
             video: path of the talking-face video (any format and frame rate ffmpeg reads).
             audio: path of the speech (any audio or video file with an audio stream); it replaces the video's audio.
             output_path: where to write the result (``.mp4``, ``.mov`` or ``.mkv``); None returns frames only.
-            num_inference_steps: DDIM steps per 16-frame window.
+            num_inference_steps: denoising steps per 16-frame window.
             guidance_scale: classifier-free guidance on the audio (zero audio as unconditional); 1 disables it.
             generator: torch generator for the initial noise and VAE sampling (seed it for reproducible output).
             num_frames: frames denoised together (16 as in training).
@@ -299,6 +442,14 @@ class LatentSyncPipeline(DiffusionPipeline):
                 (same output, faster).
             return_frames: also return all output frames in memory.
             crf: x264 quality of the written video (lower is better).
+            deep_cache_interval: DeepCache feature reuse: run the whole U-Net every ``interval`` steps and only its
+                shallow branch in between (0 = off; 3 as in DeepCache is about 2x fewer U-Net FLOPs at full size,
+                at some quality cost, see the README's benchmarks). 1 gives the same output as 0.
+            deep_cache_branch: depth of the recomputed shallow branch (0 = shallowest, fastest).
+            cache_latents: VAE-encode each source frame once and reuse its latents when the video loops (default:
+                on when the output is longer than the video). The VAE posterior sample is then drawn once per
+                source frame instead of once per output frame, so the output differs slightly from
+                ``cache_latents=False`` with the same seed.
         """
         timer = StageTimer()
         wall = time.perf_counter()
@@ -316,7 +467,9 @@ class LatentSyncPipeline(DiffusionPipeline):
         aligner = FaceAligner(self.config.resolution)
         expected = max(1, int(round(info.duration * FPS)))
         with tempfile.TemporaryDirectory(prefix="latentsync-") as tmp:
-            cache_path = os.path.join(tmp, "frames.u8") if n_out > expected - 2 else None
+            # cache decoded frames on disk only when the output clearly loops back over more than a short tail
+            loops_far = min(n_out - expected, expected) > _MAX_TAIL_FRAMES + 2
+            cache_path = os.path.join(tmp, "frames.u8") if loops_far else None
             with FaceDetector(face_index=face_index) as detector:
                 anchors, shape = self._analyze(video, detector, cache_path, expected, timer)
             n_src = len(anchors)
@@ -324,7 +477,7 @@ class LatentSyncPipeline(DiffusionPipeline):
             if not has_face.any():
                 raise NoFaceError(f"no face found in any frame of {video}")
             order = pingpong_indices(n_src, n_out)
-            if n_out > n_src and cache_path is None:  # the duration estimate was off: cache frames now
+            if min(n_out - n_src, n_src) > _MAX_TAIL_FRAMES and cache_path is None:  # the estimate was off
                 cache_path = os.path.join(tmp, "frames.u8")
                 with open(cache_path, "wb") as fh:
                     for frame in iter_frames(video, FPS):
@@ -343,7 +496,7 @@ class LatentSyncPipeline(DiffusionPipeline):
 
             def windows() -> Iterator[tuple]:
                 """Decoded frames of each window, in output order, with the aligned faces to regenerate."""
-                frames_iter = self._frames_in_order(video, order, cache_path, shape)
+                frames_iter = self._frames_in_order(video, order, cache_path, shape, n_src)
                 for start in range(0, n_out, num_frames):
                     idx = order[start : start + num_frames]
                     with timer("decode"):
@@ -365,6 +518,10 @@ class LatentSyncPipeline(DiffusionPipeline):
                         if return_frames or output_path is None:
                             kept.append(frame)
 
+            if cache_latents is None:
+                cache_latents = n_out > n_src
+            latent_cache = LatentCache(Counter(int(j) for j in order if has_face[j])) if cache_latents else None
+
             source = prefetch(windows()) if overlap_stages else windows()
             sink = OrderedWorker(finish) if overlap_stages else None
             try:
@@ -372,8 +529,15 @@ class LatentSyncPipeline(DiffusionPipeline):
                     new_faces = None
                     if sel:
                         ctx = audio_lib.frame_audio_contexts(features, np.array([start + k for k in sel]))
-                        new_faces = self.generate_faces(faces, ctx, init_noise, num_inference_steps, guidance_scale,
-                                                        generator, timer=timer)
+                        src = [int(idx[k]) for k in sel]
+                        new_faces = self.generate_faces(
+                            faces, ctx, init_noise, num_inference_steps, guidance_scale, generator, timer=timer,
+                            deep_cache_interval=deep_cache_interval, deep_cache_branch=deep_cache_branch,
+                            source_indices=src, latent_cache=latent_cache,
+                        )
+                        if latent_cache is not None:
+                            for j in src:
+                                latent_cache.release(j)
                     if sink is not None:
                         sink.submit(idx, frames, sel, new_faces)
                     else:
@@ -390,6 +554,7 @@ class LatentSyncPipeline(DiffusionPipeline):
                 if writer is not None:
                     writer.abort()
                 raise
+        self.maybe_free_model_hooks()
         timings = timer.as_dict()
         timings["total"] = time.perf_counter() - wall
         return LatentSyncPipelineOutput(

@@ -1,0 +1,302 @@
+"""Fast-inference options: DeepCache, other schedulers, cached VAE latents when looping, VAE slicing/tiling, CPU
+offload, and the bounded-memory streaming (peak RSS of a long video against a short one)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+
+from conftest import decode, ffmpeg, psnr
+from latentsync import LatentSyncPipeline, LatentSyncUNet
+from latentsync.models.deep_cache import UNetFeatureCache
+from latentsync.pipeline import SCHEDULERS, LatentCache
+from latentsync.tiny import build_tiny_pipeline
+
+FRAMES = 4
+RESOLUTION = 128  # smaller faces than the shared tiny model, to keep these tests fast
+
+
+@pytest.fixture
+def pipe():
+    """A private tiny pipeline (tests here change its scheduler and VAE settings)."""
+    p = build_tiny_pipeline(resolution=RESOLUTION)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def _window(pipe, seed=0):
+    """Random faces, audio contexts and initial noise for one window of FRAMES frames."""
+    g = torch.Generator().manual_seed(seed)
+    res = pipe.config.resolution
+    faces = torch.randint(0, 256, (FRAMES, res, res, 3), generator=g, dtype=torch.uint8).numpy()
+    enc = pipe.audio_encoder
+    ctx = torch.randn(FRAMES, 10 * enc.num_feature_states, enc.config.d_model, generator=g)
+    noise = torch.randn(1, 4, 1, res // 8, res // 8, generator=g)
+    return faces, ctx, noise
+
+
+def _generate(pipe, window, steps=6, seed=0, **kw):
+    faces, ctx, noise = window
+    return pipe.generate_faces(faces, ctx, noise, num_inference_steps=steps, guidance_scale=1.5,
+                               generator=torch.Generator().manual_seed(seed), **kw)
+
+
+def _count_calls(module):
+    calls = []
+    handle = module.register_forward_hook(lambda *_: calls.append(1))
+    return calls, handle
+
+
+# ---------------------------------------------------------------------------------------------------- DeepCache
+
+
+def _small_full_layout_unet():
+    """The full-size block layout (4 levels, 2 layers per block, 3 cross-attention levels) with few channels."""
+    torch.manual_seed(0)
+    return LatentSyncUNet(block_out_channels=(16, 16, 32, 32), norm_num_groups=8, cross_attention_dim=32,
+                          num_attention_heads=2, motion_num_attention_heads=2).eval()
+
+
+@pytest.mark.parametrize("layout", ["full", "tiny"])
+def test_deep_cache_full_pass_is_exact_and_shallow_pass_reuses_the_deep_features(layout, pipe):
+    unet = _small_full_layout_unet() if layout == "full" else pipe.unet
+    d = unet.config.cross_attention_dim
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 13, 4, 16, 16, generator=g)
+    ctx = torch.randn(8, 5, d, generator=g)
+    x2 = x + 0.5 * torch.randn(x.shape, generator=g)
+    with torch.no_grad():
+        ref = unet(x, 500, encoder_hidden_states=ctx).sample
+        ref2 = unet(x2, 480, encoder_hidden_states=ctx).sample
+        max_branch = UNetFeatureCache.max_branch(unet)
+        # 0: cached feature inside the last up block; 1: at an up block's input; 2: a downsampler in the branch
+        for branch in sorted({0, 1, 2, max_branch}):
+            cache = UNetFeatureCache(unet, interval=2, branch=branch)
+            assert torch.equal(cache(x, 500, ctx, step=0), ref)  # full pass == UNetMotionModel.forward, bit for bit
+            # a shallow pass on the same input recomputes the shallow branch around the cached deep feature: exact
+            assert torch.equal(cache(x, 500, ctx, step=1), ref)
+            # on a new input only the shallow branch follows it: different from the old output and the new one
+            approx = cache(x2, 480, ctx, step=1)
+            assert not torch.equal(approx, ref) and not torch.equal(approx, ref2)
+            assert (cache.full_passes, cache.shallow_passes) == (1, 2)
+    with pytest.raises(ValueError, match="branch"):
+        UNetFeatureCache(unet, interval=3, branch=UNetFeatureCache.max_branch(unet) + 1)
+
+
+def test_deep_cache_interval_one_equals_plain_and_interval_three_skips_deep_passes(pipe):
+    window = _window(pipe)
+    calls, handle = _count_calls(pipe.unet.mid_block)  # the deepest block runs once per full U-Net pass
+    try:
+        plain = _generate(pipe, window)
+        n_plain = len(calls)
+        every_step = _generate(pipe, window, deep_cache_interval=1)
+        n_every = len(calls) - n_plain
+        cached = _generate(pipe, window, deep_cache_interval=3)
+        n_cached = len(calls) - n_plain - n_every
+    finally:
+        handle.remove()
+    assert np.array_equal(every_step, plain)
+    assert (n_plain, n_every, n_cached) == (6, 6, 2)  # 6 steps: full passes at steps 0 and 3 only
+    assert not np.array_equal(cached, plain)
+    other_noise = _generate(pipe, (*window[:2], torch.randn(window[2].shape, generator=torch.Generator().manual_seed(9))))
+    # DeepCache stays much closer to the plain result than a different initial noise is
+    assert psnr(cached, plain) > psnr(other_noise, plain) + 10
+
+
+# ---------------------------------------------------------------------------------------------------- schedulers
+
+
+@pytest.mark.parametrize("name", ["dpm++", "unipc", "euler"])
+def test_other_schedulers_run(pipe, name):
+    window = _window(pipe)
+    ddim = _generate(pipe, window, steps=4)
+    scheduler = pipe.set_scheduler(name)
+    assert isinstance(scheduler, SCHEDULERS[name])
+    assert scheduler.config.beta_schedule == "scaled_linear"  # same noise schedule as the DDIM config
+    out = _generate(pipe, window, steps=4)
+    assert out.shape == ddim.shape and out.dtype == np.uint8
+    assert not np.array_equal(out, ddim)
+    assert np.array_equal(_generate(pipe, window, steps=4), out)  # deterministic for a seed
+
+
+def test_dpm_solver_the_diffusers_way_end_to_end_and_saved(pipe, example_face, example_speech, tmp_path):
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    audio = tmp_path / "short.wav"
+    ffmpeg("-i", os.fspath(example_speech), "-t", "0.64", os.fspath(audio))
+    out = pipe(video=example_face, audio=audio, num_inference_steps=3, generator=torch.Generator().manual_seed(0))
+    assert out.frames.shape[0] == 16 and out.frames_without_face == 0
+    pipe.save_pretrained(tmp_path / "saved")
+    assert isinstance(LatentSyncPipeline.from_pretrained(tmp_path / "saved").scheduler, DPMSolverMultistepScheduler)
+    with pytest.raises(ValueError, match="unknown scheduler"):
+        pipe.set_scheduler("plms")
+
+
+# ---------------------------------------------------------------------------------------------------- latent cache
+
+
+def test_latent_cache_keeps_entries_until_their_last_use():
+    from collections import Counter
+
+    cache = LatentCache(Counter({0: 1, 1: 2}))
+    t = torch.zeros(4, 2, 2)
+    cache.put(0, t, t)
+    cache.put(1, t, t)
+    assert cache.get(0) is None and cache.get(1) is not None  # frame 0 is never needed again
+    cache.release(1)
+    assert cache.get(1) is not None
+    cache.release(1)
+    assert cache.get(1) is None and not cache.entries
+
+
+@pytest.fixture
+def short_loop(example_face, example_speech, tmp_path):
+    """A 1 s video (25 frames) with 1.6 s of speech (40 frames): the output plays 15 frames backwards."""
+    video, audio = tmp_path / "face1s.mp4", tmp_path / "speech.wav"
+    ffmpeg("-i", os.fspath(example_face), "-t", "1", "-c:v", "libx264", "-crf", "12", os.fspath(video))
+    ffmpeg("-i", os.fspath(example_speech), "-t", "1.6", os.fspath(audio))
+    return video, audio
+
+
+def test_looping_video_reuses_vae_encodings(pipe, short_loop, monkeypatch):
+    # deterministic VAE encodings (posterior mode, one frame at a time so that float rounding does not depend on
+    # the batch), so that caching must not change the output at all
+    def encode_mode(pixels, generator):
+        pixels = pixels.to(pipe._execution_device, pipe.vae.dtype)
+        latents = torch.cat([pipe.vae.encode(p[None]).latent_dist.mode() for p in pixels])
+        return latents * pipe.vae.config.scaling_factor
+
+    monkeypatch.setattr(pipe, "_vae_encode", encode_mode)
+    encoded = []
+    real_encode = pipe.vae.encode
+    monkeypatch.setattr(pipe.vae, "encode", lambda x, *a, **k: encoded.append(x.shape[0]) or real_encode(x, *a, **k))
+
+    def run(**kw):
+        encoded.clear()
+        out = pipe(video=short_loop[0], audio=short_loop[1], num_inference_steps=1, guidance_scale=1.0,
+                   generator=torch.Generator().manual_seed(0), **kw)
+        return out, sum(encoded)
+
+    n_src = len(decode(short_loop[0]))
+    cached, n_cached = run()  # looping: the cache is on by default
+    plain, n_plain = run(cache_latents=False)
+    assert (n_src, cached.num_frames) == (25, 40)
+    assert n_plain == 2 * cached.num_frames  # reference + masked image of every output frame
+    assert n_cached == 2 * n_src  # ... of every source frame, once
+    assert np.array_equal(cached.frames, plain.frames)
+
+
+# ---------------------------------------------------------------------------------------------------- VAE, offload
+
+
+def test_vae_slicing_and_tiling(pipe):
+    window = _window(pipe)
+    plain = _generate(pipe, window, steps=2)
+    pipe.enable_vae_slicing()
+    sliced = _generate(pipe, window, steps=2)
+    pipe.disable_vae_slicing()
+    assert np.abs(sliced.astype(int) - plain).max() <= 1  # same up to float rounding of batched convolutions
+    pipe.enable_vae_tiling()  # the tiny VAE's tile is 32 px, so the 256 px faces are tiled
+    assert pipe.vae.use_tiling
+    tiled = _generate(pipe, window, steps=2)
+    pipe.disable_vae_tiling()
+    assert tiled.shape == plain.shape and psnr(tiled, plain) > 20
+
+
+def test_model_cpu_offload_gives_the_same_output(pipe):
+    window = _window(pipe)
+    plain = _generate(pipe, window, steps=3)
+    plain_cached = _generate(pipe, window, steps=3, deep_cache_interval=2)
+    offloaded = build_tiny_pipeline(resolution=RESOLUTION)
+    offloaded.set_progress_bar_config(disable=True)
+    # on this CPU-only machine the "accelerator" is the CPU itself: this checks the hooks and device handling
+    offloaded.enable_model_cpu_offload(device="cpu")
+    assert np.array_equal(_generate(offloaded, window, steps=3), plain)
+    assert np.array_equal(_generate(offloaded, window, steps=3, deep_cache_interval=2), plain_cached)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="sequential CPU offload needs a GPU")
+def test_sequential_cpu_offload_on_gpu(pipe):
+    window = _window(pipe)
+    reference = _generate(pipe.to("cuda"), window, steps=3)
+    offloaded = build_tiny_pipeline(resolution=RESOLUTION)
+    offloaded.set_progress_bar_config(disable=True)
+    offloaded.enable_sequential_cpu_offload()
+    out = _generate(offloaded, window, steps=3, deep_cache_interval=2)
+    assert out.shape == reference.shape and psnr(out, _generate(pipe, window, steps=3, deep_cache_interval=2)) > 40
+
+
+# ---------------------------------------------------------------------------------------------------- streaming
+
+
+def test_short_loop_tail_and_disk_cache_give_identical_frames(pipe, short_loop, monkeypatch):
+    """A slightly longer audio loops from frames kept in memory; a long loop from the on-disk cache: same frames."""
+    import latentsync.pipeline as pipeline_module
+
+    def run():
+        return pipe(video=short_loop[0], audio=short_loop[1], num_inference_steps=1, guidance_scale=1.0,
+                    generator=torch.Generator().manual_seed(0), return_frames=True).frames
+
+    used_disk = []
+    frames_in_order = LatentSyncPipeline._frames_in_order
+
+    def spy(video, order, cache_path, *args):
+        used_disk.append(cache_path is not None)
+        return frames_in_order(video, order, cache_path, *args)
+
+    monkeypatch.setattr(LatentSyncPipeline, "_frames_in_order", staticmethod(spy))
+    in_memory = run()  # 15 frames loop back, kept in memory
+    monkeypatch.setattr(pipeline_module, "_MAX_TAIL_FRAMES", 0)
+    from_disk = run()
+    assert used_disk == [False, True]
+    assert np.array_equal(from_disk, in_memory)
+
+
+PEAK_RSS_SCRIPT = textwrap.dedent("""
+    import json, resource, sys
+    import torch
+    from latentsync.tiny import build_tiny_pipeline
+    torch.set_num_threads(1)
+    pipe = build_tiny_pipeline(resolution=64)  # small faces: the model part is not what this test measures
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(video=sys.argv[1], audio=sys.argv[2], output_path=sys.argv[3], num_inference_steps=1,
+               guidance_scale=1.0, generator=torch.Generator().manual_seed(0))
+    print(json.dumps({"frames": out.num_frames, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+""")
+
+
+def test_peak_memory_does_not_grow_with_video_length(example_face, example_speech, tmp_path):
+    """Peak RSS of 720 x 720 videos: 3 s, 16 s streamed, and 16 s looped to 24 s (read back from the disk cache)."""
+    side = 720
+
+    def make(name, video_seconds, audio_seconds):
+        video, audio = tmp_path / f"{name}.mp4", tmp_path / f"{name}.wav"
+        ffmpeg("-stream_loop", "-1", "-i", os.fspath(example_face), "-t", str(video_seconds), "-vf",
+               f"scale={side}:{side}", "-c:v", "libx264", "-preset", "ultrafast", "-crf", "18", os.fspath(video))
+        ffmpeg("-stream_loop", "-1", "-i", os.fspath(example_speech), "-t", str(audio_seconds), os.fspath(audio))
+        return [sys.executable, "-c", PEAK_RSS_SCRIPT, os.fspath(video), os.fspath(audio),
+                os.fspath(tmp_path / f"{name}_out.mp4")]
+
+    cases = {"short": make("short", 3, 3), "streamed": make("streamed", 16, 16), "looped": make("looped", 16, 24)}
+    procs = {name: subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name, cmd in cases.items()}  # separate processes: each peak RSS is its own
+    peaks, frames = {}, {}
+    for name, proc in procs.items():
+        out, err = proc.communicate()
+        assert proc.returncode == 0, err[-2000:]
+        result = json.loads(out.strip().splitlines()[-1])
+        peaks[name], frames[name] = result["peak_mib"], result["frames"]
+    assert frames == {"short": 75, "streamed": 400, "looped": 600}
+    frame_mib = side * side * 3 / 2**20
+    margin = 200  # MiB: allocator noise, in-flight windows, per-frame landmarks
+    for name in ("streamed", "looped"):
+        # holding the frames would cost 580 MiB (streamed) / 870 MiB (looped): far above the margin
+        assert frames[name] * frame_mib > 2.5 * margin
+        assert peaks[name] < peaks["short"] + margin, peaks
