@@ -15,7 +15,7 @@ import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
 from conftest import decode, ffmpeg, psnr
-from latentsync import LatentSyncPipeline, LatentSyncUNet
+from latentsync import LatentSyncPipeline, LatentSyncPipelineOutput, LatentSyncUNet
 from latentsync.models.deep_cache import UNetFeatureCache
 from latentsync.pipeline import SCHEDULERS, LatentCache
 from latentsync.tiny import build_tiny_pipeline
@@ -259,6 +259,23 @@ def test_short_loop_tail_and_disk_cache_give_identical_frames(pipe, short_loop, 
     assert np.array_equal(from_disk, in_memory)
 
 
+def test_streamed_audio_features_match_the_eager_ones(pipe):
+    from latentsync import audio as audio_lib
+    from latentsync.pipeline import StreamedAudioFeatures
+
+    samples = (0.1 * np.random.default_rng(0).standard_normal(16000 * 65)).astype(np.float32)  # 3 windows of 30 s
+    mel = audio_lib.log_mel(samples, pipe.feature_extractor)
+    eager = audio_lib.whisper_features(mel, pipe.audio_encoder)
+    streamed = StreamedAudioFeatures(mel, pipe.audio_encoder)
+    assert streamed.shape == eager.shape
+    n = audio_lib.num_video_frames(len(samples))
+    for start in range(0, n, 16):  # in output order, as the pipeline asks for them
+        frames = np.arange(start, min(start + 16, n))
+        expected = audio_lib.frame_audio_contexts(eager, frames)
+        assert torch.allclose(audio_lib.frame_audio_contexts(streamed, frames), expected, atol=1e-5)
+        assert len(streamed._windows) <= 2
+
+
 PEAK_RSS_SCRIPT = textwrap.dedent("""
     import json, resource, sys
     import torch
@@ -300,3 +317,34 @@ def test_peak_memory_does_not_grow_with_video_length(example_face, example_speec
         # holding the frames would cost 580 MiB (streamed) / 870 MiB (looped): far above the margin
         assert frames[name] * frame_mib > 2.5 * margin
         assert peaks[name] < peaks["short"] + margin, peaks
+
+
+def test_cli_speed_options_reach_the_pipeline(tiny_model_dir, example_face, example_speech, tmp_path, monkeypatch):
+    from latentsync.cli import main
+
+    seen = {}
+
+    def spy(self, **kwargs):
+        seen.update(kwargs, scheduler=type(self.scheduler).__name__, slicing=self.vae.use_slicing,
+                    compiled=self.unet._compiled_call_impl is not None, offload=hasattr(self.unet, "_hf_hook"))
+        return LatentSyncPipelineOutput(frames=None, fps=25.0, path=kwargs["output_path"], num_frames=0,
+                                        frames_without_face=0)
+
+    monkeypatch.setattr(LatentSyncPipeline, "__call__", spy)
+    code = main(["--model", str(tiny_model_dir), "--video", str(example_face), "--audio", str(example_speech),
+                 "--output", str(tmp_path / "out.mp4"), "--device", "cpu", "--scheduler", "dpm++", "--deep-cache", "3",
+                 "--vae-slicing", "--compile", "--cpu-offload", "model"])
+    assert code == 0
+    assert seen["scheduler"] == "DPMSolverMultistepScheduler" and seen["deep_cache_interval"] == 3
+    assert seen["slicing"] and seen["compiled"] and seen["offload"]
+
+
+@pytest.mark.slow
+def test_compiled_unet_gives_the_same_faces(pipe):
+    window = _window(pipe)
+    plain = _generate(pipe, window, steps=2)
+    pipe.unet.compile(backend="eager")  # dynamo tracing of the frame-aware norms; inductor needs minutes here
+    try:
+        assert np.array_equal(_generate(pipe, window, steps=2), plain)
+    finally:
+        torch._dynamo.reset()

@@ -7,7 +7,7 @@ import logging
 import os
 import tempfile
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -108,6 +108,43 @@ class LatentCache:
         self.uses[key] -= 1
         if self.uses[key] <= 0:
             self.entries.pop(key, None)
+
+
+class StreamedAudioFeatures:
+    """Whisper token features computed one 30 s window at a time, when first needed (``"official"`` windows).
+
+    Stands in for the ``(tokens, states, d_model)`` tensor of [`latentsync.audio.whisper_features`] in
+    [`latentsync.audio.frame_audio_contexts`] (``shape`` and indexing by token), so that memory does not grow with
+    the audio's length (the eager tensor takes about 0.4 MB per second of audio with the real model). Windows are
+    independent in the official mode, so the values are those of the eager computation (up to float rounding of
+    batched windows). The two most recent windows are kept.
+    """
+
+    def __init__(self, mel: np.ndarray, encoder: WhisperAudioEncoder, timer: StageTimer | None = None):
+        self.mel = mel
+        self.encoder = encoder
+        self.timer = timer or StageTimer()
+        self.shape = torch.Size((mel.shape[1] // 2, encoder.num_feature_states, encoder.config.d_model))
+        self._windows: OrderedDict[int, torch.Tensor] = OrderedDict()
+
+    def _window(self, k: int) -> torch.Tensor:
+        if k not in self._windows:
+            span = audio_lib.WINDOW_MEL_FRAMES
+            with self.timer("audio_features"):
+                self._windows[k] = audio_lib.whisper_features(self.mel[:, k * span : (k + 1) * span], self.encoder)
+            while len(self._windows) > 2:
+                self._windows.popitem(last=False)
+        return self._windows[k]
+
+    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
+        flat = torch.as_tensor(idx).reshape(-1)
+        tokens = audio_lib.WINDOW_MEL_FRAMES // 2
+        out = torch.empty((flat.numel(),) + tuple(self.shape[1:]), dtype=torch.float32)
+        window = torch.div(flat, tokens, rounding_mode="floor")
+        for k in window.unique().tolist():
+            sel = window == k
+            out[sel] = self._window(k)[flat[sel] - k * tokens]
+        return out.reshape(tuple(torch.as_tensor(idx).shape) + tuple(self.shape[1:]))
 
 
 def model_card(pipe: "LatentSyncPipeline") -> str:
@@ -462,7 +499,11 @@ class LatentSyncPipeline(DiffusionPipeline):
             VideoWriter(output_path)  # validate the output path before the long work
 
         with timer("audio_features"):
-            features = self.encode_audio(samples, audio_window_mode)
+            if audio_window_mode == "official":  # independent windows: computed as the video advances
+                features = StreamedAudioFeatures(audio_lib.log_mel(samples, self.feature_extractor),
+                                                 self.audio_encoder, timer)
+            else:
+                features = self.encode_audio(samples, audio_window_mode)
 
         aligner = FaceAligner(self.config.resolution)
         expected = max(1, int(round(info.duration * FPS)))
