@@ -166,6 +166,13 @@ def test_config_loading_and_errors(tmp_path):
     cfg = load_syncnet_config(ROOT / "train" / "configs" / "syncnet_16_pixel.yaml", ["train_data=x", "seed=7"])
     assert cfg.model_preset == "16_pixel" and cfg.train_batch_size == 256 and cfg.seed == 7
     assert load_syncnet_config(ROOT / "train" / "configs" / "syncnet_16_latent.yaml").model_preset == "16_latent"
+    # YAML 1.1 reads "1e-4" as a string; numeric settings are converted, model_config entries set one by one
+    cfg = load_syncnet_config(ROOT / "train" / "configs" / "syncnet_tiny.yaml",
+                              ["learning_rate=1e-4", "model_config.num_frames=5", "max_negative_offset=null"])
+    assert cfg.learning_rate == 1e-4 and isinstance(cfg.learning_rate, float) and cfg.max_negative_offset is None
+    assert cfg.model_config["num_frames"] == 5 and cfg.model_config["resolution"] == 128
+    with pytest.raises(ValueError, match="learning_rate must be a number"):
+        load_syncnet_config(None, ["learning_rate=fast"])
     with pytest.raises(ValueError, match="unknown config keys"):
         load_syncnet_config(None, ["nope=1"])
     with pytest.raises(ValueError, match="train_data"):

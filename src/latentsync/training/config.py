@@ -129,34 +129,43 @@ class UNetTrainingConfig:
             raise ValueError("set both validation_video and validation_audio, or neither")
 
 
-def _coerce(value: str) -> Any:
-    """Parse a command-line value with YAML rules (numbers, booleans, null, lists, dicts)."""
-    return yaml.safe_load(value)
+def load_settings(cls: type, path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Any:
+    """Build the settings dataclass ``cls`` from a YAML file and ``key=value`` overrides.
 
-
-def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> UNetTrainingConfig:
-    """Read a YAML config (optional ``base:`` key names a YAML to inherit from, relative to this file) and apply
-    ``key=value`` overrides (values parsed as YAML). Unknown keys raise ``ValueError``."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        data = _read_yaml(os.fspath(path))
+    The YAML may name a ``base:`` YAML (relative to itself) to inherit from. Override values are parsed as YAML
+    (numbers, booleans, null, lists); ``field.key=value`` sets one entry of a mapping field (``model_config``).
+    Numbers that YAML 1.1 reads as strings (``1e-4``) are converted for numeric fields. Unknown keys raise
+    ``ValueError``.
+    """
+    data: dict[str, Any] = _read_yaml(os.fspath(path)) if path is not None else {}
     for item in overrides or []:
         if "=" not in item:
             raise ValueError(f"override must look like key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        data[key.strip()] = _coerce(value)
-    names = {f.name for f in dataclasses.fields(UNetTrainingConfig)}
-    unknown = sorted(set(data) - names)
+        key, value = (s.strip() for s in item.split("=", 1))
+        parsed = yaml.safe_load(value) if value else None
+        if "." in key:
+            outer, inner = key.split(".", 1)
+            data[outer] = dict(data.get(outer) or {})
+            data[outer][inner] = parsed
+        else:
+            data[key] = parsed
+    fields = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ValueError(f"unknown config keys: {', '.join(unknown)}")
-    types = {f.name: str(f.type) for f in dataclasses.fields(UNetTrainingConfig)}
     for key, value in data.items():
-        if isinstance(value, str) and types[key].startswith(("float", "int")):
+        kind = fields[key].replace("| None", "").strip()
+        if isinstance(value, str) and kind in ("float", "int"):
             try:  # YAML 1.1 reads "3e-5" as a string
-                data[key] = float(value) if types[key].startswith("float") else int(value)
+                data[key] = float(value) if kind == "float" else int(value)
             except ValueError:
                 raise ValueError(f"{key} must be a number, got {value!r}") from None
-    return UNetTrainingConfig(**data)
+    return cls(**data)
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> UNetTrainingConfig:
+    """U-Net training settings from a YAML file and ``key=value`` overrides (see [`load_settings`])."""
+    return load_settings(UNetTrainingConfig, path, overrides)
 
 
 def _read_yaml(path: str) -> dict[str, Any]:

@@ -26,6 +26,8 @@ from typing import Any
 import torch
 import yaml
 
+from .config import load_settings
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -121,42 +123,12 @@ class SyncNetTrainingConfig:
             raise ValueError("push_to_hub needs hub_model_id")
 
 
-def _read_yaml(path: str) -> dict[str, Any]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file not found: {path}")
-    with open(path) as fh:
-        data = yaml.safe_load(fh) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a mapping of settings")
-    base = data.pop("base", None)
-    if base:
-        merged = _read_yaml(os.path.join(os.path.dirname(path), base))
-        merged.update(data)
-        data = merged
-    return data
-
-
 def load_syncnet_config(
     path: str | os.PathLike | None = None, overrides: list[str] | None = None
 ) -> SyncNetTrainingConfig:
-    """Read a YAML config (``base:`` inherits from another YAML next to it) and apply ``key=value`` overrides
-    (values parsed as YAML; ``model_config.key=value`` sets one model argument). Unknown keys raise ValueError."""
-    data: dict[str, Any] = _read_yaml(os.fspath(path)) if path is not None else {}
-    for item in overrides or []:
-        if "=" not in item:
-            raise ValueError(f"override must look like key=value, got {item!r}")
-        key, value = (s.strip() for s in item.split("=", 1))
-        parsed = yaml.safe_load(value) if value else None
-        if key.startswith("model_config."):
-            data["model_config"] = dict(data.get("model_config") or {})
-            data["model_config"][key.split(".", 1)[1]] = parsed
-        else:
-            data[key] = parsed
-    names = {f.name for f in dataclasses.fields(SyncNetTrainingConfig)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"unknown config keys: {', '.join(unknown)}")
-    return SyncNetTrainingConfig(**data)
+    """SyncNet training settings from a YAML file and ``key=value`` overrides (``model_config.key=value`` sets one
+    model argument; see [`latentsync.training.config.load_settings`])."""
+    return load_settings(SyncNetTrainingConfig, path, overrides)
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
