@@ -259,6 +259,48 @@ def test_short_loop_tail_and_disk_cache_give_identical_frames(pipe, short_loop, 
     assert np.array_equal(from_disk, in_memory)
 
 
+def test_streamed_file_and_frames_in_memory_give_identical_frames(pipe, short_loop, tmp_path):
+    """Non-streaming input (every frame and the audio samples in memory) gives the streamed file's frames."""
+    from PIL import Image
+
+    from latentsync.audio import load_audio
+    from latentsync.video_io import probe_video
+
+    video, audio = short_loop
+
+    def run(v, a, **kw):
+        return pipe(video=v, audio=a, num_inference_steps=1, guidance_scale=1.0,
+                    generator=torch.Generator().manual_seed(0), return_frames=True, **kw)
+
+    streamed = run(video, audio).frames
+    frames, samples = decode(video), load_audio(audio)
+    out = tmp_path / "in_memory.mp4"
+    in_memory = run(frames, samples, output_path=out)
+    assert np.array_equal(in_memory.frames, streamed)
+    assert probe_video(out).has_audio and in_memory.num_frames == 40
+    assert np.array_equal(run([Image.fromarray(f) for f in frames], torch.from_numpy(samples)).frames, streamed)
+
+
+def test_bad_frames_or_samples_in_memory(pipe, short_loop, tmp_path):
+    from latentsync.errors import InvalidAudioError, InvalidVideoError
+
+    video, audio = short_loop
+    frames = decode(video)
+    out = tmp_path / "out.mp4"
+    cases = [
+        ([], audio, InvalidVideoError, "no frames"),
+        (frames.astype(np.float32), audio, InvalidVideoError, "RGB uint8"),
+        ([frames[0], frames[1][:-2]], audio, InvalidVideoError, "same size"),
+        (frames, np.zeros((2, 16000), np.float32), InvalidAudioError, "mono"),
+        (frames, np.zeros(0, np.float32), InvalidAudioError, "no samples"),
+        (frames, np.zeros(16000, np.float32), InvalidAudioError, "silent"),
+    ]
+    for v, a, error, message in cases:
+        with pytest.raises(error, match=message):
+            pipe(video=v, audio=a, output_path=out, num_inference_steps=1)
+        assert not out.exists() and not list(tmp_path.glob(".*"))
+
+
 def test_streamed_audio_features_match_the_eager_ones(pipe):
     from latentsync import audio as audio_lib
     from latentsync.pipeline import StreamedAudioFeatures

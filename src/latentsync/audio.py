@@ -58,6 +58,40 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
     return audio.copy()
 
 
+def as_samples(audio: str | os.PathLike | np.ndarray | torch.Tensor) -> np.ndarray:
+    """Mono float32 samples at 16 kHz from a file (any format ffmpeg reads) or from samples in memory.
+
+    Raises:
+        InvalidAudioError: unreadable file, or an array that is empty or not one-dimensional.
+    """
+    if isinstance(audio, (str, os.PathLike)):
+        return load_audio(audio)
+    if isinstance(audio, torch.Tensor):
+        audio = audio.detach().cpu().float().numpy()
+    samples = np.asarray(audio, dtype=np.float32)
+    if samples.ndim == 2 and 1 in samples.shape:
+        samples = samples.reshape(-1)
+    if samples.ndim != 1:
+        raise InvalidAudioError(f"audio samples must be mono (one dimension, 16 kHz), got shape {samples.shape}")
+    if samples.size == 0:
+        raise InvalidAudioError("audio holds no samples")
+    if not np.isfinite(samples).all():
+        raise InvalidAudioError("audio samples contain NaN or infinity")
+    return samples
+
+
+def write_wav(path: str | os.PathLike, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+    """Write mono float samples in [-1, 1] as a 16-bit PCM WAV file."""
+    import wave
+
+    pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).round().astype("<i2")
+    with wave.open(os.fspath(path), "wb") as fh:
+        fh.setnchannels(1)
+        fh.setsampwidth(2)
+        fh.setframerate(sample_rate)
+        fh.writeframes(pcm.tobytes())
+
+
 def check_not_silent(audio: np.ndarray, path: str = "audio", threshold: float = 1e-4) -> None:
     """Raise [`InvalidAudioError`] when the whole track is silent (nothing to lip-sync to)."""
     if float(np.abs(audio).max()) < threshold:

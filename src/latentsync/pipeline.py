@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import PIL.Image
 import torch
 import torch.nn.functional as F
 from diffusers import (
@@ -35,7 +36,7 @@ from .mask import mouth_mask
 from .streaming import OrderedWorker, StageTimer, prefetch
 from .models import LatentSyncUNet, WhisperAudioEncoder
 from .models.deep_cache import UNetFeatureCache
-from .video_io import VideoWriter, iter_frames, probe_video
+from .video_io import FrameSource, VideoWriter, open_frames
 
 logger = logging.getLogger(__name__)
 
@@ -380,12 +381,12 @@ class LatentSyncPipeline(DiffusionPipeline):
             return out.permute(0, 2, 3, 1).cpu().numpy()
 
     # ------------------------------------------------------------------ video passes
-    def _analyze(self, video: str, detector: FaceDetector, cache_path: str | None, expected: int, timer: StageTimer):
+    def _analyze(self, video: FrameSource, detector: FaceDetector, cache_path: str | None, timer: StageTimer):
         """First pass: anchors for every 25 fps frame (NaN where no face); optionally caches frames to disk."""
         anchors: list[np.ndarray] = []
         cache = None
-        frames = iter_frames(video, FPS)
-        bar = self._progress(None, "Face analysis", expected)
+        frames = iter(video)
+        bar = self._progress(None, "Face analysis", video.expected_frames)
         while True:
             with timer("decode"):
                 frame = next(frames, None)
@@ -404,22 +405,22 @@ class LatentSyncPipeline(DiffusionPipeline):
         if cache is not None:
             cache.close()
         if not anchors:
-            raise InvalidVideoError(f"video has no frames: {video}")
+            raise InvalidVideoError(f"video has no frames: {video.label}")
         return np.stack(anchors), shape
 
     @staticmethod
-    def _frames_in_order(video: str, order: np.ndarray, cache_path: str | None, shape, n_src: int
+    def _frames_in_order(video: FrameSource, order: np.ndarray, cache_path: str | None, shape, n_src: int
                          ) -> Iterator[np.ndarray]:
         """Source frames in output ``order``: decoded as a stream, from a small in-memory tail when the output
         loops back by at most ``_MAX_TAIL_FRAMES``, or read one by one from the on-disk cache."""
         if cache_path is None:
             tail: deque[np.ndarray] = deque(maxlen=min(max(len(order) - n_src, 0), n_src))
-            frames = iter_frames(video, FPS)
+            frames = iter(video)
             for pos, j in enumerate(order):
                 if pos < n_src:
                     frame = next(frames, None)
                     if frame is None:
-                        raise InvalidVideoError(f"{video} gave fewer frames on the second read than on the first")
+                        raise InvalidVideoError(f"{video.label} gave fewer frames on the second read than on the first")
                     if tail.maxlen:
                         tail.append(frame)
                 else:  # looping back over the last frames
@@ -433,15 +434,15 @@ class LatentSyncPipeline(DiffusionPipeline):
                 frame = np.empty(shape, np.uint8)
                 fh.seek(int(j) * nbytes)
                 if fh.readinto(frame.reshape(-1)) != nbytes:
-                    raise InvalidVideoError(f"frame cache is truncated at frame {j} of {video}")
+                    raise InvalidVideoError(f"frame cache is truncated at frame {j} of {video.label}")
                 yield frame
 
     # ------------------------------------------------------------------ call
     @torch.no_grad()
     def __call__(
         self,
-        video: str | os.PathLike,
-        audio: str | os.PathLike,
+        video: str | os.PathLike | np.ndarray | Sequence[np.ndarray | PIL.Image.Image],
+        audio: str | os.PathLike | np.ndarray | torch.Tensor,
         output_path: str | os.PathLike | None = None,
         num_inference_steps: int = 20,
         guidance_scale: float = 1.5,
@@ -464,8 +465,10 @@ class LatentSyncPipeline(DiffusionPipeline):
         on disk.
 
         Args:
-            video: path of the talking-face video (any format and frame rate ffmpeg reads).
-            audio: path of the speech (any audio or video file with an audio stream); it replaces the video's audio.
+            video: path of the talking-face video (any format and frame rate ffmpeg reads), or its frames in memory
+                at 25 fps (an RGB uint8 array ``(T, H, W, 3)``, or a list of ``(H, W, 3)`` arrays or PIL images).
+            audio: path of the speech (any audio or video file with an audio stream), or its samples (mono float,
+                16 kHz); it replaces the video's audio.
             output_path: where to write the result (``.mp4``, ``.mov`` or ``.mkv``); None returns frames only.
             num_inference_steps: denoising steps per 16-frame window.
             guidance_scale: classifier-free guidance on the audio (zero audio as unconditional); 1 disables it.
@@ -490,10 +493,10 @@ class LatentSyncPipeline(DiffusionPipeline):
         """
         timer = StageTimer()
         wall = time.perf_counter()
-        video, audio = os.fspath(video), os.fspath(audio)
-        info = probe_video(video)
-        samples = audio_lib.load_audio(audio)
-        audio_lib.check_not_silent(samples, audio)
+        source = open_frames(video, FPS)
+        samples = audio_lib.as_samples(audio)
+        audio_label = os.fspath(audio) if isinstance(audio, (str, os.PathLike)) else "audio samples"
+        audio_lib.check_not_silent(samples, audio_label)
         n_out = audio_lib.num_video_frames(len(samples))
         if output_path is not None:
             VideoWriter(output_path)  # validate the output path before the long work
@@ -506,22 +509,22 @@ class LatentSyncPipeline(DiffusionPipeline):
                 features = self.encode_audio(samples, audio_window_mode)
 
         aligner = FaceAligner(self.config.resolution)
-        expected = max(1, int(round(info.duration * FPS)))
+        expected = source.expected_frames
         with tempfile.TemporaryDirectory(prefix="latentsync-") as tmp:
             # cache decoded frames on disk only when the output clearly loops back over more than a short tail
             loops_far = min(n_out - expected, expected) > _MAX_TAIL_FRAMES + 2
             cache_path = os.path.join(tmp, "frames.u8") if loops_far else None
             with FaceDetector(face_index=face_index) as detector:
-                anchors, shape = self._analyze(video, detector, cache_path, expected, timer)
+                anchors, shape = self._analyze(source, detector, cache_path, timer)
             n_src = len(anchors)
             has_face = ~np.isnan(anchors[:, 0, 0])
             if not has_face.any():
-                raise NoFaceError(f"no face found in any frame of {video}")
+                raise NoFaceError(f"no face found in any frame of {source.label}")
             order = pingpong_indices(n_src, n_out)
             if min(n_out - n_src, n_src) > _MAX_TAIL_FRAMES and cache_path is None:  # the estimate was off
                 cache_path = os.path.join(tmp, "frames.u8")
                 with open(cache_path, "wb") as fh:
-                    for frame in iter_frames(video, FPS):
+                    for frame in source:
                         fh.write(frame.tobytes())
             smoothed = smooth_anchors(anchors, landmark_smoothing)
             matrices = [aligner.matrix(a) if ok else None for a, ok in zip(smoothed, has_face)]
@@ -532,12 +535,19 @@ class LatentSyncPipeline(DiffusionPipeline):
             latent_size = self.config.resolution // self.vae_scale_factor
             init_noise = torch.randn((1, self.unet.config.out_channels, 1, latent_size, latent_size),
                                      generator=generator, device=generator.device if generator is not None else "cpu")
-            writer = VideoWriter(output_path, FPS, audio_path=audio, crf=crf) if output_path is not None else None
+            writer = None
+            if output_path is not None:
+                if isinstance(audio, (str, os.PathLike)):
+                    audio_path = os.fspath(audio)
+                else:  # samples in memory: muxed from a WAV copy
+                    audio_path = os.path.join(tmp, "audio.wav")
+                    audio_lib.write_wav(audio_path, samples)
+                writer = VideoWriter(output_path, FPS, audio_path=audio_path, crf=crf)
             kept: list[np.ndarray] = []
 
             def windows() -> Iterator[tuple]:
                 """Decoded frames of each window, in output order, with the aligned faces to regenerate."""
-                frames_iter = self._frames_in_order(video, order, cache_path, shape, n_src)
+                frames_iter = self._frames_in_order(source, order, cache_path, shape, n_src)
                 for start in range(0, n_out, num_frames):
                     idx = order[start : start + num_frames]
                     with timer("decode"):
@@ -563,10 +573,10 @@ class LatentSyncPipeline(DiffusionPipeline):
                 cache_latents = n_out > n_src
             latent_cache = LatentCache(Counter(int(j) for j in order if has_face[j])) if cache_latents else None
 
-            source = prefetch(windows()) if overlap_stages else windows()
+            window_iter = prefetch(windows()) if overlap_stages else windows()
             sink = OrderedWorker(finish) if overlap_stages else None
             try:
-                for start, idx, frames, sel, faces in self._progress(source, "Lip sync", -(-n_out // num_frames)):
+                for start, idx, frames, sel, faces in self._progress(window_iter, "Lip sync", -(-n_out // num_frames)):
                     new_faces = None
                     if sel:
                         ctx = audio_lib.frame_audio_contexts(features, np.array([start + k for k in sel]))

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import imageio_ffmpeg
 import numpy as np
@@ -81,6 +82,59 @@ def iter_frames(path: str | os.PathLike, fps: float | None = 25) -> Iterator[np.
         raise InvalidVideoError(f"error while decoding {path}: {exc}") from exc
     finally:
         gen.close()
+
+
+@dataclass
+class FrameSource:
+    """Frames at the model's frame rate that can be read more than once: a video file decoded by ffmpeg each time,
+    or frames held in memory. Iterating yields RGB uint8 ``(H, W, 3)`` arrays."""
+
+    label: str  # the file path, or "frames in memory"
+    expected_frames: int  # frame count (estimated from the duration for files)
+    read: Callable[[], Iterator[np.ndarray]]
+    path: str | None = None
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return self.read()
+
+
+def _as_rgb_uint8(frame: Any, i: int) -> np.ndarray:
+    if hasattr(frame, "convert") and hasattr(frame, "size"):  # PIL image
+        frame = np.asarray(frame.convert("RGB"))
+    arr = np.asarray(frame)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[-1] != 3:
+        raise InvalidVideoError(f"frame {i} must be an RGB uint8 array (H, W, 3) or a PIL image, "
+                                f"got {arr.dtype} {tuple(arr.shape)}")
+    return arr
+
+
+def open_frames(video: str | os.PathLike | np.ndarray | Sequence[Any], fps: float = 25) -> FrameSource:
+    """A re-readable [`FrameSource`] for a video path (resampled to ``fps``) or for frames in memory.
+
+    In-memory frames (an array ``(T, H, W, 3)`` or a sequence of ``(H, W, 3)`` arrays or PIL images, RGB uint8) are
+    taken to be at ``fps`` already.
+
+    Raises:
+        InvalidVideoError: unreadable file, no frames, or frames of the wrong type or of different sizes.
+    """
+    if isinstance(video, (str, os.PathLike)):
+        info = probe_video(video)
+        return FrameSource(info.path, max(1, int(round(info.duration * fps))), lambda: iter_frames(info.path, fps),
+                           info.path)
+    if isinstance(video, np.ndarray) and video.ndim != 4:
+        raise InvalidVideoError(f"a video array must be (frames, height, width, 3), got shape {video.shape}")
+    if len(video) == 0:
+        raise InvalidVideoError("video has no frames: the frame sequence is empty")
+    shape = _as_rgb_uint8(video[0], 0).shape
+    for i, frame in enumerate(video):
+        if _as_rgb_uint8(frame, i).shape != shape:
+            raise InvalidVideoError(f"frame {i} is {_as_rgb_uint8(frame, i).shape[:2]}, frame 0 is {shape[:2]}: "
+                                    "all frames must have the same size")
+
+    def read() -> Iterator[np.ndarray]:
+        return (_as_rgb_uint8(frame, i) for i, frame in enumerate(video))
+
+    return FrameSource("frames in memory", len(video), read)
 
 
 class VideoWriter:
