@@ -70,7 +70,9 @@ def load_pipeline(args: argparse.Namespace):
     if args.model:
         pipe = LatentSyncPipeline.from_pretrained(args.model, dtype=dtype)
     else:
-        pipe = build_tiny_pipeline(resolution=args.resolution).to(dtype=dtype)
+        pipe = build_tiny_pipeline(resolution=args.resolution)
+        if dtype != torch.float32:
+            pipe = pipe.to(dtype=dtype)
     pipe.to(args.device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
