@@ -6,6 +6,7 @@ path (sequential stages, every option off) measured in the same run.
 
     python benchmarks/inference.py                          # tiny model, 10 s clip, CPU: naive vs faster variants
     python benchmarks/inference.py --model DIR_OR_ID --device cuda --dtype fp16 --steps 20
+    python benchmarks/inference.py --full-size --device cuda --dtype bf16   # full-size architecture, random weights
     python benchmarks/inference.py --lengths 10 60 300      # peak memory vs video length (looped clip)
     python benchmarks/inference.py --quality --seconds 4    # speed vs fidelity of DeepCache / DPM-Solver++
     python benchmarks/inference.py --quality --model ByteDance/LatentSync-1.6 --device cuda --dtype fp16 \\
@@ -19,6 +20,10 @@ Quality (``--quality``): with random weights a sync metric means nothing, so the
 measurable -- PSNR of each variant's regenerated pixels against the DDIM-20 reference run with the same seed, and the
 denoising speed-up. With a real model and ``--syncnet`` (a SyncNet for ``latentsync.eval.estimate_sync``) it also
 reports the audio-visual offset and sync confidence of every variant's output video.
+
+On a machine without MediaPipe (a bare GPU box), compute the face anchors where it is installed and replay them:
+``--save-face-anchors anchors.npy`` writes them for the (trimmed) clip and exits; ``--face-anchors anchors.npy``
+replays them instead of running the detector (the face-detection stage then shows the replay, i.e. almost nothing).
 """
 
 from __future__ import annotations
@@ -60,6 +65,48 @@ def parse_variant(name: str, default_steps: int) -> dict:
     return spec
 
 
+class ReplayedFaceDetector:
+    """Stands in for ``latentsync.face_detection.FaceDetector``: returns anchors saved by ``--save-face-anchors``."""
+
+    anchors_path: str = ""
+
+    def __init__(self, face_index=None, **kwargs):
+        import numpy as np
+
+        self._anchors = iter(np.load(self.anchors_path))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def anchors(self, frame):
+        a = next(self._anchors, None)
+        if a is None:
+            raise SystemExit("the saved face anchors have fewer frames than the video")
+        return None if a[0, 0] != a[0, 0] else a  # NaN rows: no face in that frame
+
+
+def use_saved_face_anchors(path: str) -> None:
+    import latentsync.pipeline
+
+    ReplayedFaceDetector.anchors_path = path
+    latentsync.pipeline.FaceDetector = ReplayedFaceDetector
+
+
+def save_face_anchors(video, path: str) -> None:
+    import numpy as np
+
+    from latentsync.face_detection import FaceDetector
+    from latentsync.video_io import iter_frames
+
+    with FaceDetector() as detector:
+        anchors = [detector.anchors(f) for f in iter_frames(video, 25)]
+    np.save(path, np.stack([a if a is not None else np.full((3, 2), np.nan) for a in anchors]))
+    print(f"saved face anchors of {len(anchors)} frames to {path}")
+
+
 def load_pipeline(args: argparse.Namespace):
     import torch
 
@@ -69,6 +116,12 @@ def load_pipeline(args: argparse.Namespace):
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     if args.model:
         pipe = LatentSyncPipeline.from_pretrained(args.model, dtype=dtype)
+    elif args.full_size:
+        from model_speed import full_size_pipeline  # benchmarks/ is on sys.path when run as a script
+
+        pipe = full_size_pipeline(args.resolution)
+        if dtype != torch.float32:
+            pipe = pipe.to(dtype=dtype)
     else:
         pipe = build_tiny_pipeline(resolution=args.resolution)
         if dtype != torch.float32:
@@ -90,12 +143,15 @@ def run_pipeline(pipe, spec: dict, video, audio, output_path, return_frames=Fals
 def run_once(args: argparse.Namespace) -> dict:
     import torch
 
+    if args.face_anchors:
+        use_saved_face_anchors(args.face_anchors)
     pipe = load_pipeline(args)
-    if args.device.startswith("cuda"):
+    spec = parse_variant(args.variant, args.steps)
+    if args.device.startswith("cuda"):  # kernels, cuDNN plans and allocator pools come up outside the timed run
+        run_pipeline(pipe, {**spec, "steps": 1}, args.video, args.audio, None)
         torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as tmp:
-        out = run_pipeline(pipe, parse_variant(args.variant, args.steps), args.video, args.audio,
-                           os.path.join(tmp, "out.mp4"))
+        out = run_pipeline(pipe, spec, args.video, args.audio, os.path.join(tmp, "out.mp4"))
     return {
         "frames": out.num_frames,
         "timings": out.timings,
@@ -110,6 +166,10 @@ def child(args: argparse.Namespace, variant: str, video=None, audio=None) -> dic
            "--resolution", str(args.resolution), "--variant", variant]
     if args.model:
         cmd += ["--model", args.model]
+    if args.full_size:
+        cmd += ["--full-size"]
+    if args.face_anchors:
+        cmd += ["--face-anchors", args.face_anchors]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(proc.stderr[-3000:])
@@ -241,7 +301,9 @@ def main() -> None:
     p.add_argument("--audio", default=str(SHARED / "demo1_audio.wav"))
     p.add_argument("--seconds", type=float, default=None, help="use only the first seconds of the clip")
     p.add_argument("--model", default=None, help="pipeline id or folder (default: tiny random model)")
-    p.add_argument("--resolution", type=int, default=256, help="face resolution of the tiny model")
+    p.add_argument("--full-size", action="store_true",
+                   help="full-size LatentSync architecture with random weights (same cost as the released model)")
+    p.add_argument("--resolution", type=int, default=256, help="face resolution of the random model")
     p.add_argument("--steps", type=int, default=20, help="steps of variants that do not name theirs")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
@@ -254,6 +316,8 @@ def main() -> None:
     p.add_argument("--quality", action="store_true", help="speed vs fidelity (and sync with --syncnet) per variant")
     p.add_argument("--syncnet", default=None, help="SyncNet for the sync metric (file, folder or Hub id)")
     p.add_argument("--syncnet-file", default=None, help="file inside the --syncnet repo (e.g. auxiliary/syncnet_v2.model)")
+    p.add_argument("--save-face-anchors", default=None, help="write the clip's face anchors (.npy) and exit")
+    p.add_argument("--face-anchors", default=None, help="replay face anchors saved by --save-face-anchors")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--variant", default=None, help=argparse.SUPPRESS)
     p.add_argument("--overlap", action="store_true", help=argparse.SUPPRESS)  # older child command lines
@@ -265,12 +329,18 @@ def main() -> None:
     for path in (args.video, args.audio):
         if not Path(path).is_file():
             raise SystemExit(f"input not found: {path}")
-    print(f"video {args.video}, audio {args.audio}, model {args.model or 'tiny (random)'}, {args.device} {args.dtype}, "
+    print(f"video {args.video}, audio {args.audio}, model {args.model or ('full-size (random)' if args.full_size else 'tiny (random)')}, {args.device} {args.dtype}, "
           f"torch threads: {__import__('torch').get_num_threads()}")
     with tempfile.TemporaryDirectory() as tmp:
         if args.seconds:
             args.video, args.audio = trimmed_inputs(args, tmp, args.seconds)
             print(f"first {args.seconds:g} s of the clip")
+        if args.save_face_anchors:
+            save_face_anchors(args.video, args.save_face_anchors)
+            return
+        if args.face_anchors:
+            args.face_anchors = str(Path(args.face_anchors).resolve())
+            use_saved_face_anchors(args.face_anchors)
         if args.lengths:
             for variant in args.variants or ["overlap"]:
                 lengths_table(args, variant)
