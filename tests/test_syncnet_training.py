@@ -141,6 +141,14 @@ def test_training_resume_continues_identically(clips_dir, tmp_path):
     # the weights did change during training
     init = load_file(tmp_path / "straight" / "checkpoints" / "checkpoint-2" / "model.safetensors")
     assert any(not torch.equal(init[k], a[k]) for k in a)
+    # the lowest validation loss (the later one on a tie) is kept with its weights
+    best = straight["best"]
+    i = max(j for j, v in enumerate(hist["val_loss"]) if v == min(hist["val_loss"]))
+    assert (best["step"], best["val_loss"], best["val_accuracy"]) == (
+        hist["val_step"][i], hist["val_loss"][i], hist["val_accuracy"][i])
+    kept = load_file(os.path.join(best["model_dir"], "diffusion_pytorch_model.safetensors"))
+    expected = a if best["step"] == 4 else init
+    assert all(torch.equal(kept[k], expected[k]) for k in a)
 
 
 def test_train_script_cli_and_latest_resume(clips_dir, tmp_path):

@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "training_state.json"
+BEST_FILE = "best_validation.json"
 
 
 @dataclass
@@ -49,6 +50,8 @@ class SyncNetTrainingConfig:
         ``val_data`` the validation pairs come from the training clips, restricted to ``val_time_range`` (use
         disjoint time ranges to validate on held-out seconds). ``num_frames``, resolution and lower-half cropping
         come from the model config.
+    Validation: every ``validation_steps`` on ``num_val_samples`` pairs; ``save_best_model`` keeps the weights of the
+        lowest validation loss in ``output_dir/syncnet_best`` (the final weights go to ``output_dir/syncnet``).
     """
 
     # model
@@ -92,6 +95,7 @@ class SyncNetTrainingConfig:
     validation_steps: int = 2500
     num_val_samples: int = 2048
     val_batch_size: int = 40
+    save_best_model: bool = True
     # bookkeeping
     output_dir: str = "outputs/syncnet"
     logging_dir: str = "logs"
@@ -220,7 +224,11 @@ def plot_loss_curves(path: str, history: dict[str, list], title: str = "SyncNet 
 
 
 def train_syncnet(cfg: SyncNetTrainingConfig) -> dict[str, Any]:
-    """Train a StableSyncNet; returns ``{"global_step", "history", "model_dir", "final_val", ...}``."""
+    """Train a StableSyncNet; returns ``{"global_step", "history", "model_dir", "final_val", "best", ...}``.
+
+    ``best`` (with ``save_best_model``) is ``{"step", "val_loss", "val_accuracy", "model_dir"}`` of the validation
+    with the lowest loss, whose weights are kept in ``output_dir/syncnet_best`` (early stopping: a SyncNet trained on
+    little data overfits after its best validation point)."""
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
     from diffusers.optimization import get_scheduler
@@ -324,6 +332,8 @@ def train_syncnet(cfg: SyncNetTrainingConfig) -> dict[str, Any]:
                 "steps %d -> %d", sum(p.numel() for p in model.parameters()), cfg.train_batch_size,
                 cfg.gradient_accumulation_steps, accelerator.num_processes, global_step, cfg.max_train_steps)
 
+    best_dir = os.path.join(cfg.output_dir, "syncnet_best")
+
     def validate() -> None:
         result = evaluate_syncnet(model, val_loader, accelerator=accelerator, vae=vae, progress=cfg.progress)
         history["val_step"].append(global_step)
@@ -332,6 +342,11 @@ def train_syncnet(cfg: SyncNetTrainingConfig) -> dict[str, Any]:
         accelerator.log({"val_loss": result.loss, "val_accuracy": result.accuracy}, step=global_step)
         logger.info("step %d: val loss %.4f, val accuracy %.4f (%d pairs)", global_step, result.loss,
                     result.accuracy, result.num_samples)
+        if cfg.save_best_model and result.loss <= min(history["val_loss"]) and accelerator.is_main_process:
+            accelerator.unwrap_model(model).save_pretrained(best_dir, safe_serialization=True)
+            with open(os.path.join(best_dir, BEST_FILE), "w") as fh:
+                json.dump({"step": global_step, "val_loss": result.loss, "val_accuracy": result.accuracy}, fh)
+            logger.info("best validation loss so far: model saved to %s", best_dir)
 
     def save_checkpoint() -> None:
         path = os.path.join(cfg.output_dir, "checkpoints", f"{CHECKPOINT_PREFIX}{global_step}")
@@ -399,10 +414,15 @@ def train_syncnet(cfg: SyncNetTrainingConfig) -> dict[str, Any]:
 
     if hasattr(AcceleratorState, "_reset_state"):
         AcceleratorState._reset_state(reset_partial_state=False)
+    best = None
+    if cfg.save_best_model and os.path.isfile(os.path.join(best_dir, BEST_FILE)):
+        with open(os.path.join(best_dir, BEST_FILE)) as fh:
+            best = {**json.load(fh), "model_dir": best_dir}
     return {
         "global_step": global_step,
         "history": history,
         "model_dir": model_dir,
+        "best": best,
         "loss_chart": os.path.join(cfg.output_dir, "loss_chart.png"),
         "final_val": {
             "loss": history["val_loss"][-1] if history["val_loss"] else None,
