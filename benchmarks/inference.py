@@ -102,8 +102,8 @@ def save_face_anchors(video, path: str) -> None:
     from latentsync.video_io import iter_frames
 
     with FaceDetector() as detector:
-        anchors = [detector.anchors(f) for f in iter_frames(video, 25)]
-    np.save(path, np.stack([a if a is not None else np.full((3, 2), np.nan) for a in anchors]))
+        anchors = detector.track(iter_frames(video, 25))
+    np.save(path, anchors)
     print(f"saved face anchors of {len(anchors)} frames to {path}")
 
 
@@ -116,14 +116,13 @@ def load_pipeline(args: argparse.Namespace):
     dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     if args.model:
         pipe = LatentSyncPipeline.from_pretrained(args.model, dtype=dtype)
-    elif args.full_size:
-        from model_speed import full_size_pipeline  # benchmarks/ is on sys.path when run as a script
+    else:  # random weights
+        if args.full_size:
+            from model_speed import full_size_pipeline  # benchmarks/ is on sys.path when run as a script
 
-        pipe = full_size_pipeline(args.resolution)
-        if dtype != torch.float32:
-            pipe = pipe.to(dtype=dtype)
-    else:
-        pipe = build_tiny_pipeline(resolution=args.resolution)
+            pipe = full_size_pipeline(args.resolution)
+        else:
+            pipe = build_tiny_pipeline(resolution=args.resolution)
         if dtype != torch.float32:
             pipe = pipe.to(dtype=dtype)
     pipe.to(args.device)
@@ -329,7 +328,8 @@ def main() -> None:
     for path in (args.video, args.audio):
         if not Path(path).is_file():
             raise SystemExit(f"input not found: {path}")
-    print(f"video {args.video}, audio {args.audio}, model {args.model or ('full-size (random)' if args.full_size else 'tiny (random)')}, {args.device} {args.dtype}, "
+    model = args.model or ("full-size (random)" if args.full_size else "tiny (random)")
+    print(f"video {args.video}, audio {args.audio}, model {model}, {args.device} {args.dtype}, "
           f"torch threads: {__import__('torch').get_num_threads()}")
     with tempfile.TemporaryDirectory() as tmp:
         if args.seconds:

@@ -36,11 +36,10 @@ def make_aligned_clip(video: str, output: str, resolution: int = 256, smoothing:
     from latentsync.video_io import VideoWriter, iter_frames
 
     with FaceDetector() as detector:
-        anchors = [detector.anchors(f) for f in iter_frames(video, 25)]
-    ok = np.array([a is not None for a in anchors])
+        arr = detector.track(iter_frames(video, 25))
+    ok = ~np.isnan(arr[:, 0, 0])
     if not ok.any():
         raise RuntimeError(f"no face in {video}")
-    arr = np.stack([a if a is not None else np.full((3, 2), np.nan) for a in anchors])
     t = np.arange(len(arr))
     for j in range(3):  # bridge frames without a face
         for k in range(2):

@@ -34,14 +34,10 @@ ROOT = os.path.dirname(HERE)
 def make_aligned_clips(video: str, audio: str, out_dir: str, resolution: int, clip_seconds: float,
                        prefix: str) -> list[str]:
     """Align every 25 fps frame of ``video`` and write consecutive ``clip_seconds`` clips with their audio."""
-    frames, anchors = [], []
+    frames = list(iter_frames(video, 25))
     aligner = FaceAligner(resolution)
     with FaceDetector() as detector:
-        for frame in iter_frames(video, 25):
-            a = detector.anchors(frame)
-            anchors.append(a if a is not None else np.full((3, 2), np.nan))
-            frames.append(frame)
-    anchors = smooth_anchors(np.stack(anchors), 1.5)
+        anchors = smooth_anchors(detector.track(frames), 1.5)
     per_clip = int(clip_seconds * 25)
     written = []
     for k in range(len(frames) // per_clip):

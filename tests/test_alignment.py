@@ -90,3 +90,16 @@ def test_unet_frame_pooled_norm_couples_frames(motion):
     # official behaviour: ResNet statistics pool the clip, so a frame's output depends on the other frames
     assert not torch.allclose(full[:, :, :3], first, atol=1e-6)
     assert full.shape == (1, 4, 6, 8, 8)
+
+
+def test_track_gives_nan_rows_for_frames_without_a_face(example_face):
+    frames = decode(example_face)[:3]
+    blank = np.zeros_like(frames[0])
+    with FaceDetector() as det:
+        track = det.track([frames[0], blank, frames[1]])
+    with FaceDetector() as det:
+        first = det.anchors(frames[0])
+    assert track.shape == (3, 3, 2)
+    assert np.allclose(track[0], first) and np.isnan(track[1]).all() and np.isfinite(track[2]).all()
+    with FaceDetector() as det:
+        assert det.track([]).shape == (0, 3, 2)

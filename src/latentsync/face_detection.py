@@ -9,6 +9,7 @@ face and gives the three alignment anchors (centre of each eyebrow, middle of th
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -116,6 +117,12 @@ class FaceDetector:
             return None
         pts = result.multi_face_landmarks[0].landmark
         return np.array([(p.x * (x1 - x0) + x0, p.y * (y1 - y0) + y0) for p in pts], dtype=np.float64)
+
+    def track(self, frames: Iterable[np.ndarray]) -> np.ndarray:
+        """Anchors ``(N, 3, 2)`` of consecutive frames, with NaN rows for frames without the tracked face."""
+        no_face = np.full((3, 2), np.nan)
+        rows = [a if a is not None else no_face for a in map(self.anchors, frames)]
+        return np.stack(rows) if rows else np.empty((0, 3, 2))
 
     def anchors(self, frame: np.ndarray) -> np.ndarray | None:
         """Alignment anchors ``(3, 2)``: image-left eyebrow, image-right eyebrow, nose; None when no face."""
