@@ -15,7 +15,7 @@ def test_make_tiny_then_run(tmp_path, example_face):
     assert (model / "model_index.json").is_file() and (model / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     t = np.arange(8000) / 16000
     speech = write_wav(tmp_path / "s.wav", 0.3 * np.sin(2 * np.pi * 180 * t))
-    out = tmp_path / "out.mp4"
+    out = tmp_path / "outputs" / "out.mp4"  # a folder that does not exist yet, as in the README's quick start
     code = main(["--model", str(model), "--video", str(example_face), "--audio", str(speech), "--output", str(out),
                  "--steps", "1", "--seed", "3", "--device", "cpu", "--dtype", "fp32"])
     assert code == 0 and probe_video(out).has_audio

@@ -29,7 +29,7 @@ def _run_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="latentsync", description="Lip-sync a talking-face video to a speech track.")
     p.add_argument("--video", required=True, help="input talking-face video")
     p.add_argument("--audio", required=True, help="speech audio (any audio or video file)")
-    p.add_argument("--output", required=True, help="output video (.mp4, .mov or .mkv)")
+    p.add_argument("--output", required=True, help="output video (.mp4, .mov or .mkv); its folder is created if missing")
     p.add_argument("--model", default=DEFAULT_MODEL, help="Hub id or local folder of a LatentSync pipeline")
     p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
     p.add_argument("--guidance-scale", type=float, default=1.5, help="audio guidance (1 disables; default 1.5)")
@@ -81,6 +81,7 @@ def run(argv: list[str]) -> int:
     if args.compile:
         pipe.unet.compile()
     generator = torch.Generator("cpu").manual_seed(args.seed)
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)  # e.g. outputs/ on a fresh clone
     out = pipe(
         video=args.video,
         audio=args.audio,
