@@ -1,34 +1,50 @@
-"""The fixed lower-face mask of LatentSync (1 = keep, 0 = region to generate).
+"""The fixed lower-face mask of LatentSync (1 = keep the input face, 0 = region the model regenerates).
 
-Drawn from the geometry of the official ``mask.png`` (spec section 3.4) on a 256 x 256 grid: the generated region
-spans rows 128-242 across nearly the full width and narrows to an arc at the chin, plus the two cheeks at rows
-95-127 beside the nose, about 40 % of the face. Other resolutions resize it.
+The mask is the official ``mask.png`` (shipped in ``latentsync/assets`` with its Apache-2.0 notice): a 256 x 256
+binary image whose dark region covers the lower face from the cheeks beside the nose down to the chin, about 41 % of
+the face. It is built for any face size exactly as the official code builds it, because the released weights were
+trained and evaluated on those values: the 8-bit RGB image is resized with Lanczos interpolation (8-bit output, so
+the ringing near the edge at 512 px leaves values like 1/255 and 254/255), divided by 255 (float64, no clamping
+or thresholding) and its first channel kept. The U-Net's mask channel is that mask nearest-downsampled to the latent
+grid (:func:`latent_mouth_mask`).
 """
 
 from __future__ import annotations
 
 import functools
+from importlib import resources
 
 import cv2
 import numpy as np
+import torch
+import torch.nn.functional as F
 
-_BASE = 256
+MASK_ASSET = "mouth_mask.png"
+
+
+@functools.lru_cache(maxsize=1)
+def _mask_image() -> np.ndarray:
+    """The shipped 256 x 256 RGB uint8 mask image."""
+    data = resources.files("latentsync").joinpath("assets", MASK_ASSET).read_bytes()
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:  # a broken install, not a user error
+        raise RuntimeError(f"latentsync/assets/{MASK_ASSET} is missing or unreadable; reinstall the package")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 @functools.lru_cache(maxsize=8)
 def mouth_mask(resolution: int = 256) -> np.ndarray:
-    """Float32 ``(resolution, resolution)`` mask in [0, 1]: 1 keeps the input face, 0 is inpainted."""
-    yy, xx = np.mgrid[0:_BASE, 0:_BASE].astype(np.float32)
-    left, right, cx = 9.0, 247.0, 128.0
-    half_width = (right - left) / 2
-    top, straight_until, bottom = 128.0, 140.0, 243.0
-    # lower face: full width down to the jaw, then an elliptical arc to the chin
-    t = np.clip((yy - straight_until) / (bottom - straight_until), 0.0, 1.0)
-    arc_half = half_width * np.sqrt(np.clip(1.0 - t**2, 0.0, 1.0))
-    lower = (yy >= top) & (yy < bottom) & (np.abs(xx - cx) <= arc_half)
-    cheeks = (yy >= 95) & (yy < top) & (((xx >= left) & (xx <= 77)) | ((xx >= 178) & (xx <= right - 1)))
-    mask = np.where(lower | cheeks, 0.0, 1.0).astype(np.float32)
-    if resolution != _BASE:
-        mask = cv2.resize(mask, (resolution, resolution), interpolation=cv2.INTER_LINEAR)
+    """Read-only float64 ``(resolution, resolution)`` mask: 1 keeps the input face, 0 is regenerated."""
+    image = _mask_image()
+    if resolution != image.shape[0]:
+        image = cv2.resize(image, (resolution, resolution), interpolation=cv2.INTER_LANCZOS4)
+    mask = np.ascontiguousarray(image[..., 0] / 255.0)
     mask.setflags(write=False)
     return mask
+
+
+def latent_mouth_mask(resolution: int, latent_size: tuple[int, int]) -> torch.Tensor:
+    """The U-Net's mask channel: :func:`mouth_mask` nearest-downsampled to ``latent_size``, shape ``(1, 1, h, w)``,
+    float64 (cast it to the model's dtype where it is used)."""
+    mask = torch.from_numpy(np.array(mouth_mask(resolution)))[None, None]
+    return F.interpolate(mask, size=latent_size, mode="nearest")

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import PIL.Image
 import torch
-import torch.nn.functional as F
 from diffusers import (
     AutoencoderKL,
     DDIMScheduler,
@@ -25,6 +24,7 @@ from diffusers import (
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 from transformers import WhisperFeatureExtractor
 
@@ -32,7 +32,7 @@ from . import audio as audio_lib
 from .alignment import FaceAligner, smooth_anchors
 from .errors import InvalidVideoError, NoFaceError
 from .face_detection import FaceDetector
-from .mask import mouth_mask
+from .mask import latent_mouth_mask, mouth_mask
 from .streaming import OrderedWorker, StageTimer, prefetch
 from .models import LatentSyncUNet, WhisperAudioEncoder
 from .models.deep_cache import UNetFeatureCache
@@ -292,16 +292,21 @@ class LatentSyncPipeline(DiffusionPipeline):
         source_indices: Sequence[int] | None,
         latent_cache: LatentCache | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reference and masked-face latents of a window, taken from ``latent_cache`` where present."""
+        """Reference and masked-face latents of a window, taken from ``latent_cache`` where present.
+
+        The VAE posterior samples are drawn in the official order (masked faces first, then the reference faces),
+        so that a seeded run draws the same random numbers as the official code."""
         if latent_cache is None or source_indices is None:
-            return self._vae_encode(pixels, generator), self._vae_encode(pixels * mask, generator)
+            masked = self._vae_encode(pixels * mask, generator)
+            return self._vae_encode(pixels, generator), masked
         keys = [int(j) for j in source_indices]
         first = {key: k for k, key in reversed(list(enumerate(keys)))}  # a window can show a frame twice
         missing = sorted(k for key, k in first.items() if latent_cache.get(key) is None)
         new = {}
         if missing:
             sel = pixels[missing]
-            ref, masked = self._vae_encode(sel, generator), self._vae_encode(sel * mask, generator)
+            masked = self._vae_encode(sel * mask, generator)
+            ref = self._vae_encode(sel, generator)
             latent_cache.encoded += len(missing)
             for n, k in enumerate(missing):
                 new[keys[k]] = (ref[n], masked[n])
@@ -339,13 +344,14 @@ class LatentSyncPipeline(DiffusionPipeline):
         f = faces.shape[0]
         res = self.config.resolution
         pixels = torch.from_numpy(faces).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        # the official masked image is the float32 face times the float64 mask, rounded once to the VAE's dtype
         mask = torch.from_numpy(np.array(mouth_mask(res)))[None, None]
         timer = timer or StageTimer()
         with timer("vae_encode"):
             ref_latents, masked_latents = self._encode_conditions(pixels, mask, generator, source_indices,
                                                                   latent_cache)
         h, w = ref_latents.shape[-2:]
-        mask_latent = F.interpolate(mask, size=(h, w), mode="nearest").expand(f, 1, h, w)
+        mask_latent = latent_mouth_mask(res, (h, w)).expand(f, 1, h, w)
 
         def to_video(x: torch.Tensor) -> torch.Tensor:  # (f, c, h, w) -> (1, c, f, h, w)
             return x.permute(1, 0, 2, 3).unsqueeze(0).to(device=device, dtype=dtype)
@@ -533,8 +539,9 @@ class LatentSyncPipeline(DiffusionPipeline):
                 logger.warning("%d of %d output frames have no face and pass through unchanged", no_face_out, n_out)
 
             latent_size = self.config.resolution // self.vae_scale_factor
-            init_noise = torch.randn((1, self.unet.config.out_channels, 1, latent_size, latent_size),
-                                     generator=generator, device=generator.device if generator is not None else "cpu")
+            # the official code draws this noise map first (before any VAE sample), in the U-Net's dtype
+            init_noise = randn_tensor((1, self.unet.config.out_channels, 1, latent_size, latent_size),
+                                      generator=generator, device=self._execution_device, dtype=self.unet.dtype)
             writer = None
             if output_path is not None:
                 if isinstance(audio, (str, os.PathLike)):

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from .. import audio as audio_lib
 from ..data.unet_dataset import EpochSampler, UNetClipDataset
-from ..mask import mouth_mask
+from ..mask import latent_mouth_mask, mouth_mask
 from .components import TrainingComponents, load_components
 from .config import UNetTrainingConfig
 from .losses import lower_half, mixed_noise, predict_x0
@@ -114,11 +114,11 @@ def compute_losses(
     vae, scheduler = comps.vae, comps.scheduler
     gt, ref = batch["gt"], batch["ref"]
     device = gt.device
-    mask = torch.from_numpy(np.array(mouth_mask(cfg.resolution))).to(device)[None, None, None]  # (1,1,1,R,R)
+    mask = torch.from_numpy(np.array(mouth_mask(cfg.resolution))).to(device, gt.dtype)[None, None, None]  # (1,1,1,R,R)
     with torch.no_grad():  # one VAE call for the three clips
         gt_latents, masked_latents, ref_latents = vae_encode(vae, torch.cat([gt, gt * mask, ref])).chunk(3)
     b, _, f, h, w = gt_latents.shape
-    mask_latent = F.interpolate(mask[0], size=(h, w), mode="nearest")[:, :, None].expand(b, 1, f, h, w)
+    mask_latent = latent_mouth_mask(cfg.resolution, (h, w)).to(device)[:, :, None].expand(b, 1, f, h, w)
     gt_latents = gt_latents.float()
     if cfg.use_mixed_noise:
         noise = mixed_noise(gt_latents.shape, cfg.mixed_noise_alpha, device=device)

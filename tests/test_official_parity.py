@@ -1,0 +1,157 @@
+"""The U-Net's inputs are the official ones: the shipped mouth mask, and one seeded window drawn and denoised as the
+official pipeline does it (float64, so any difference above round-off is a real difference).
+
+The reference below is written from the official pipeline's definition in plain operations and reads the mask
+straight from the PNG; it shares no code with latentsync's pipeline (it uses the same networks and scheduler class,
+whose own parity is checked in test_conversion.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from latentsync.mask import latent_mouth_mask, mouth_mask
+
+OFFICIAL_MASK = Path(__file__).resolve().parents[2] / "shared" / "reference" / "official-mask.png"
+
+
+def shipped_mask_path() -> Path:
+    return Path(str(resources.files("latentsync").joinpath("assets", "mouth_mask.png")))
+
+
+def official_mask(resolution: int, path: Path) -> np.ndarray:
+    """The official recipe: read as BGR, to RGB, Lanczos resize of the 8-bit image, / 255, all three channels."""
+    image = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    return cv2.resize(image, (resolution, resolution), interpolation=cv2.INTER_LANCZOS4) / 255.0
+
+
+def test_shipped_mask_is_the_official_file_with_its_notice():
+    shipped = shipped_mask_path()
+    notice = shipped.parent / "NOTICE"
+    assert "Apache License, Version 2.0" in notice.read_text() and "mouth_mask.png" in notice.read_text()
+    if not OFFICIAL_MASK.is_file():
+        pytest.skip(f"official mask not found at {OFFICIAL_MASK} (../shared/reference)")
+    assert hashlib.sha256(shipped.read_bytes()).digest() == hashlib.sha256(OFFICIAL_MASK.read_bytes()).digest()
+
+
+@pytest.mark.parametrize("resolution", [256, 512])
+def test_mask_equals_the_official_recipe_exactly(resolution):
+    ref = official_mask(resolution, shipped_mask_path())
+    ours = mouth_mask(resolution)
+    assert ours.dtype == np.float64 and ours.shape == (resolution, resolution) and not ours.flags.writeable
+    assert np.array_equal(ours, ref[..., 0])
+    assert np.array_equal(ref[..., 0], ref[..., 1]) and np.array_equal(ref[..., 0], ref[..., 2])
+    # 1 keeps, 0 regenerates: mouth and cheeks generated, eyes and nose kept; about 41 % of the face
+    assert 0.40 < 1 - ours.mean() < 0.42
+    s = resolution / 256
+    assert ours[int(200 * s), int(128 * s)] == 0 and ours[int(60 * s), int(128 * s)] == 1
+    assert ours[int(110 * s), int(128 * s)] == 1 and ours[int(110 * s), int(30 * s)] == 0
+    values = np.unique(ours)
+    if resolution == 256:
+        assert values.tolist() == [0.0, 1.0]  # the binary image itself
+    else:  # Lanczos ringing kept as 8-bit values (k / 255), as the weights were trained with
+        assert len(values) > 2 and np.array_equal(values * 255, np.round(values * 255))
+        assert values.min() == 0 and values.max() == 1
+
+
+@pytest.mark.parametrize("resolution", [256, 512])
+def test_latent_mask_is_the_nearest_downsample(resolution):
+    size = resolution // 8
+    ours = latent_mouth_mask(resolution, (size, size))
+    assert ours.shape == (1, 1, size, size) and ours.dtype == torch.float64
+    # nearest with an integer factor picks the top-left pixel of every 8 x 8 cell
+    assert torch.equal(ours[0, 0], torch.from_numpy(official_mask(resolution, shipped_mask_path())[::8, ::8, 0]))
+
+
+# ============================================================================ one seeded window, float64
+
+
+def official_windows(unet, vae, scheduler, faces, contexts, steps, guidance, seed, resolution, masked_first=True):
+    """Final latents of each 16-frame window as the official pipeline computes them.
+
+    Random draws in the official order: one initial noise map (1, 4, 1, h, w) for the whole video, first; then, per
+    window, the VAE posterior sample of the masked faces, then that of the reference faces.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    dtype = unet.dtype
+    mask = torch.from_numpy(official_mask(resolution, shipped_mask_path())).permute(2, 0, 1)  # (3, R, R) float64
+    size = resolution // 8
+    noise = torch.randn((1, 4, 1, size, size), generator=gen, dtype=dtype)
+    out = []
+    for window_faces, context in zip(faces, contexts):
+        f = len(window_faces)
+        pixels = (torch.from_numpy(window_faces).permute(0, 3, 1, 2) / 255.0 - 0.5) / 0.5
+        masked = pixels * mask  # float32 x float64
+        mask_lat = F.interpolate(mask[None, 0:1].expand(f, 1, -1, -1), size=(size, size))
+
+        def encode(x):
+            lat = vae.encode(x.to(dtype)).latent_dist.sample(generator=gen)
+            return ((lat - 0.0) * 0.18215).permute(1, 0, 2, 3)[None]  # (1, 4, f, h, w)
+
+        if masked_first:
+            masked_lat = encode(masked)
+            ref_lat = encode(pixels)
+        else:
+            ref_lat = encode(pixels)
+            masked_lat = encode(masked)
+        cond = torch.cat([mask_lat.to(dtype).permute(1, 0, 2, 3)[None], masked_lat, ref_lat], dim=1)
+        audio = context.to(dtype)
+        if guidance > 1:
+            cond = torch.cat([cond] * 2)
+            audio = torch.cat([torch.zeros_like(audio), audio])
+        latents = noise.repeat(1, 1, f, 1, 1) * scheduler.init_noise_sigma
+        scheduler.set_timesteps(steps)
+        for t in scheduler.timesteps:
+            x = torch.cat([latents] * 2) if guidance > 1 else latents
+            x = torch.cat([scheduler.scale_model_input(x, t), cond], dim=1)
+            eps = unet(x, t, encoder_hidden_states=audio).sample
+            if guidance > 1:
+                uncond, cond_eps = eps.chunk(2)
+                eps = uncond + guidance * (cond_eps - uncond)
+            latents = scheduler.step(eps, t, latents).prev_sample
+        out.append(latents)
+    return out
+
+
+def test_seeded_window_matches_the_official_pipeline_in_float64(tiny_model_dir, real_clip, real_speech):
+    from latentsync import LatentSyncPipeline
+
+    pipe = LatentSyncPipeline.from_pretrained(tiny_model_dir).to(torch.float64)
+    pipe.set_progress_bar_config(disable=True)
+    seen, final = [], []
+    generate, decode = pipe.generate_faces, pipe._vae_decode
+
+    def spy_generate(faces, audio_context, *args, **kwargs):
+        seen.append((faces.copy(), audio_context.clone()))
+        return generate(faces, audio_context, *args, **kwargs)
+
+    def spy_decode(latents):
+        final.append(latents.clone())
+        return decode(latents)
+
+    pipe.generate_faces, pipe._vae_decode = spy_generate, spy_decode
+    pipe(real_clip, real_speech, num_inference_steps=3, guidance_scale=1.5, overlap_stages=False,
+         generator=torch.Generator().manual_seed(1247))
+    assert len(seen) >= 2  # 38 frames: windows of 16, 16 and 6
+
+    with torch.no_grad():
+        ref = official_windows(pipe.unet, pipe.vae, pipe.scheduler, [f for f, _ in seen], [c for _, c in seen], 3,
+                               1.5, 1247, pipe.config.resolution)
+    for ours, theirs in zip(final, ref):
+        theirs = theirs[0].permute(1, 0, 2, 3)  # (f, 4, h, w), as handed to the decoder
+        assert theirs.abs().mean() > 0.1
+        assert (ours - theirs).abs().max().item() < 1e-10
+
+    # the test tells the order of draws apart: reference faces sampled before masked faces is another result
+    with torch.no_grad():
+        other = official_windows(pipe.unet, pipe.vae, pipe.scheduler, [f for f, _ in seen], [c for _, c in seen], 3,
+                                 1.5, 1247, pipe.config.resolution, masked_first=False)
+    assert (final[0] - other[0][0].permute(1, 0, 2, 3)).abs().max().item() > 1e-3
