@@ -41,10 +41,11 @@ try:
 except ImportError:  # a source checkout run without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 
-from latentsync.audio import SAMPLE_RATE, check_not_silent, load_audio
 from latentsync.errors import LatentSyncInputError
+from latentsync.media import SAMPLE_RATE, check_not_silent, load_audio, probe_video
 from latentsync.pipeline import LatentSyncPipeline
-from latentsync.video_io import probe_video
+from latentsync.testing import build_tiny_pipeline
+from latentsync.utils import DTYPES, default_device
 
 try:  # Hugging Face Spaces (ZeroGPU): request a GPU for the duration of each call
     import spaces
@@ -55,7 +56,6 @@ logger = logging.getLogger("latentsync.app")
 
 OFFICIAL_MODEL = "ByteDance/LatentSync-1.6"
 TINY_MODEL = "tiny"
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 TINY_NOTICE = (
     "This app runs the **tiny random-weight model**: the whole method runs, but the mouths it draws are noise. "
@@ -65,11 +65,8 @@ TINY_PARAMETER_LIMIT = 10_000_000  # a U-Net smaller than this is a test model, 
 
 
 def _default_device() -> str:
-    if torch.cuda.is_available() or os.environ.get("SPACES_ZERO_GPU"):
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+    # a ZeroGPU Space has no GPU until a request holds one, but every request runs on one
+    return "cuda" if os.environ.get("SPACES_ZERO_GPU") else default_device()
 
 
 @dataclass
@@ -121,8 +118,6 @@ def load_pipeline(config: AppConfig) -> tuple[LatentSyncPipeline, str, str | Non
     model set, the official weights are tried first and the tiny model is used, with a notice, when they fail to
     load. An explicitly named model that fails to load raises.
     """
-    from latentsync.tiny import build_tiny_pipeline
-
     def tiny() -> tuple[LatentSyncPipeline, str]:
         pipe = build_tiny_pipeline()
         return (pipe if config.dtype == torch.float32 else pipe.to(dtype=config.dtype)), "tiny random-weight model"

@@ -66,7 +66,7 @@ def parse_variant(name: str, default_steps: int) -> dict:
 
 
 class ReplayedFaceDetector:
-    """Stands in for ``latentsync.face_detection.FaceDetector``: returns anchors saved by ``--save-face-anchors``."""
+    """Stands in for ``latentsync.face.FaceDetector``: returns anchors saved by ``--save-face-anchors``."""
 
     anchors_path: str = ""
 
@@ -89,17 +89,17 @@ class ReplayedFaceDetector:
 
 
 def use_saved_face_anchors(path: str) -> None:
-    import latentsync.pipeline
+    import latentsync.streaming
 
     ReplayedFaceDetector.anchors_path = path
-    latentsync.pipeline.FaceDetector = ReplayedFaceDetector
+    latentsync.streaming.FaceDetector = ReplayedFaceDetector  # the first pass of the pipeline looks it up there
 
 
 def save_face_anchors(video, path: str) -> None:
     import numpy as np
 
-    from latentsync.face_detection import FaceDetector
-    from latentsync.video_io import iter_frames
+    from latentsync.face import FaceDetector
+    from latentsync.media import iter_frames
 
     with FaceDetector() as detector:
         anchors = detector.track(iter_frames(video, 25))
@@ -111,9 +111,11 @@ def load_pipeline(args: argparse.Namespace):
     import torch
 
     from latentsync import LatentSyncPipeline
-    from latentsync.tiny import build_tiny_pipeline
+    from latentsync.testing import build_tiny_pipeline
 
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    from latentsync.utils import DTYPES
+
+    dtype = DTYPES[args.dtype]
     if args.model:
         pipe = LatentSyncPipeline.from_pretrained(args.model, dtype=dtype)
     else:  # random weights
@@ -259,7 +261,7 @@ class RegeneratedRegion:
 
 
 def quality_table(args: argparse.Namespace, video, audio) -> None:
-    from latentsync.video_io import iter_frames
+    from latentsync.media import iter_frames
 
     sync_model = None
     if args.syncnet:

@@ -2,7 +2,7 @@
 
 Builds the full-size LatentSync architecture (1.27 B-parameter U-Net with temporal layers, SD VAE, Whisper-tiny
 encoder) with random weights -- the cost is the same as with the official weights -- and times
-``LatentSyncPipeline.generate_faces`` on one 16-frame window at each resolution, precision and sampler variant. The
+the pipeline's window steps (``prepare_condition_latents``, ``denoise``, ``decode_latents``) on one 16-frame window at each resolution, precision and sampler variant. The
 first setting (fp32, first variant) is the naive baseline; ratios are measured in the same run. ``--variants``
 compares samplers and DeepCache (names as in benchmarks/inference.py: ``ddim20``, ``ddim20+deepcache3``,
 ``dpm++10``, ...); PSNR is against the first variant's faces at the same precision (random weights: it measures how
@@ -29,10 +29,10 @@ from diffusers import AutoencoderKL, DDIMScheduler
 from transformers import WhisperConfig, WhisperFeatureExtractor
 
 from latentsync import LatentSyncPipeline, LatentSyncUNet, WhisperAudioEncoder
-from latentsync.conversion import OFFICIAL_SCHEDULER_CONFIG
-from latentsync.tiny import build_tiny_pipeline
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+from latentsync.models import UNetFeatureCache
+from latentsync.schedulers import OFFICIAL_SCHEDULER_CONFIG
+from latentsync.testing import build_tiny_pipeline
+from latentsync.utils import DTYPES
 
 
 def full_size_pipeline(resolution: int) -> LatentSyncPipeline:
@@ -72,6 +72,14 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
+def generate_window(pipe: LatentSyncPipeline, faces: np.ndarray, ctx: torch.Tensor, noise: torch.Tensor, steps: int,
+                    generator: torch.Generator, deep_cache: int = 0) -> np.ndarray:
+    """One window as ``__call__`` runs it: condition latents, denoising with guidance 1.5, decoding."""
+    condition = pipe.prepare_condition_latents(faces, generator)
+    cache = UNetFeatureCache(pipe.unet, deep_cache) if deep_cache else None
+    return pipe.decode_latents(pipe.denoise(noise, condition, ctx, steps, 1.5, generator, cache))
+
+
 def bench(pipe: LatentSyncPipeline, device: str, steps: int, frames: int, repeats: int, deep_cache: int = 0) -> dict:
     res = pipe.config.resolution
     rng = np.random.default_rng(0)
@@ -80,7 +88,7 @@ def bench(pipe: LatentSyncPipeline, device: str, steps: int, frames: int, repeat
     ctx = torch.randn(frames, tokens, pipe.audio_encoder.config.d_model)
     noise = torch.randn(1, 4, 1, res // 8, res // 8)
     gen = torch.Generator().manual_seed(0)
-    pipe.generate_faces(faces, ctx, noise, num_inference_steps=2, generator=gen, deep_cache_interval=deep_cache)
+    generate_window(pipe, faces, ctx, noise, 2, gen, deep_cache)
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     sync(device)
@@ -88,8 +96,7 @@ def bench(pipe: LatentSyncPipeline, device: str, steps: int, frames: int, repeat
     for _ in range(repeats):
         start = time.perf_counter()
         gen = torch.Generator().manual_seed(1)
-        out = pipe.generate_faces(faces, ctx, noise, num_inference_steps=steps, generator=gen,
-                                  deep_cache_interval=deep_cache)
+        out = generate_window(pipe, faces, ctx, noise, steps, gen, deep_cache)
         sync(device)
         times.append(time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else float("nan")
@@ -100,8 +107,6 @@ def bench(pipe: LatentSyncPipeline, device: str, steps: int, frames: int, repeat
 def unet_flops(resolution: int, variant: str, frames: int, cfg: bool = True, branch: int = 0) -> float:
     """U-Net floating-point operations to denoise one window with ``variant`` (full-size model, meta device)."""
     from torch.utils.flop_counter import FlopCounterMode
-
-    from latentsync.models.deep_cache import UNetFeatureCache
 
     spec = parse_variant(variant)
     with torch.device("meta"):

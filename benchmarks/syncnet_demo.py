@@ -31,9 +31,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def make_aligned_clip(video: str, output: str, resolution: int = 256, smoothing: float = 1.5) -> str:
     """Aligned-face clip (25 fps, ``resolution``^2, the video's own audio) of the single face in ``video``."""
-    from latentsync.alignment import FaceAligner, smooth_anchors
-    from latentsync.face_detection import FaceDetector
-    from latentsync.video_io import VideoWriter, iter_frames
+    from latentsync.face import FaceAligner, smooth_anchors
+    from latentsync.face import FaceDetector
+    from latentsync.media import VideoWriter, iter_frames
 
     with FaceDetector() as detector:
         arr = detector.track(iter_frames(video, 25))

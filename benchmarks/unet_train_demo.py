@@ -23,9 +23,9 @@ import imageio_ffmpeg
 import numpy as np
 import torch
 
-from latentsync.alignment import FaceAligner, smooth_anchors
-from latentsync.face_detection import FaceDetector
-from latentsync.video_io import VideoWriter, iter_frames
+from latentsync.face import FaceAligner, smooth_anchors
+from latentsync.face import FaceDetector
+from latentsync.media import VideoWriter, iter_frames
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -59,12 +59,13 @@ def make_aligned_clips(video: str, audio: str, out_dir: str, resolution: int, cl
 def held_out_loss(pipeline_dir: str, cfg, batch, seed: int = 0) -> float:
     """Stage-1 loss of a fixed batch with fixed noise and timesteps (mean over 8 draws)."""
     from latentsync.training.components import load_components
-    from latentsync.training.unet_trainer import AudioFeatureCache, compute_losses
+    from latentsync.audio_features import AudioFeatureCache
+    from latentsync.training.unet_trainer import compute_losses
     from dataclasses import replace
 
     comps = load_components(replace(cfg, components_from=pipeline_dir, pretrained_unet=None))
     comps.unet.eval()
-    ctx = AudioFeatureCache(batch["_dataset"], comps).contexts(batch["clip_index"], batch["start"], cfg.num_frames)
+    ctx = AudioFeatureCache(batch["_dataset"], comps.feature_extractor, comps.audio_encoder).contexts(batch["clip_index"], batch["start"], cfg.num_frames)
     torch.manual_seed(seed)
     with torch.no_grad():
         vals = [compute_losses(batch, ctx, comps, comps.unet, cfg)["recon"].item() for _ in range(8)]
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from latentsync.data.unet_dataset import UNetClipDataset
     from latentsync.training.config import load_config
-    from latentsync.training.tiny import save_tiny_training_models
+    from latentsync.testing import save_tiny_training_models
     from latentsync.training.unet_trainer import _collate, train
 
     clips_dir = os.path.join(args.out, f"clips_{args.resolution}")

@@ -26,7 +26,7 @@ ROOT = os.path.dirname(HERE)
 
 
 def tiny_runs(out: str) -> dict:
-    from latentsync.training.tiny import save_tiny_training_models, write_synthetic_clip
+    from latentsync.testing import save_tiny_training_models, write_synthetic_clip
 
     clips = os.path.join(out, "clips")
     os.makedirs(clips, exist_ok=True)
@@ -67,7 +67,7 @@ def full_size(variant: str, precision: str, steps: int = 4) -> dict:
     from diffusers import AutoencoderKL, DDIMScheduler
     from transformers import VideoMAEConfig, VideoMAEModel, WhisperConfig, WhisperFeatureExtractor
 
-    from latentsync.conversion import OFFICIAL_SCHEDULER_CONFIG
+    from latentsync.schedulers import OFFICIAL_SCHEDULER_CONFIG
     from latentsync.models import LatentSyncUNet, WhisperAudioEncoder
     from latentsync.models.syncnet import StableSyncNet
     from latentsync.training.components import TrainingComponents

@@ -50,7 +50,7 @@ def write_video(path: Path, frames: list[np.ndarray], fps: float = 25) -> Path:
 
 
 def decode(path: Path, fps: float | None = 25) -> np.ndarray:
-    from latentsync.video_io import iter_frames
+    from latentsync.media import iter_frames
 
     return np.stack(list(iter_frames(path, fps)))
 
@@ -62,7 +62,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
-    from latentsync.tiny import build_tiny_pipeline
+    from latentsync.testing import build_tiny_pipeline
 
     path = tmp_path_factory.mktemp("tiny-latentsync")
     build_tiny_pipeline(seed=0).save_pretrained(path)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 from conftest import write_wav
 
-from latentsync.video_io import VideoWriter
+from latentsync.media import VideoWriter
 
 # 32 x 32 faces -> 16 x 32 mouths; 64-d embeddings (GroupNorm 4 groups of 16 channels at the end)
 TINY_MODEL = dict(

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from conftest import decode, psnr
-from latentsync.alignment import FaceAligner, similarity_transform, smooth_anchors
-from latentsync.face_detection import FaceDetector
-from latentsync.mask import mouth_mask
-from latentsync.pipeline import pingpong_indices
+from latentsync.face import FaceAligner, similarity_transform, smooth_anchors
+from latentsync.face import FaceDetector
+from latentsync.face import mouth_mask
+from latentsync.streaming import pingpong_indices
 
 
 def test_similarity_transform_recovers_known_transform():
@@ -79,7 +79,7 @@ def test_pingpong_order():
 def test_unet_frame_pooled_norm_couples_frames(motion):
     import torch
 
-    from latentsync.tiny import build_tiny_pipeline
+    from latentsync.testing import build_tiny_pipeline
 
     torch.manual_seed(0)
     unet = build_tiny_pipeline(motion_modules=motion).unet.double()

@@ -25,8 +25,8 @@ import pytest
 
 gr = pytest.importorskip("gradio")
 
-from latentsync.audio import SAMPLE_RATE, load_audio  # noqa: E402
-from latentsync.video_io import probe_video  # noqa: E402
+from latentsync.media import SAMPLE_RATE, load_audio  # noqa: E402
+from latentsync.media import probe_video  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("LATENTSYNC_TEST_DATA", "/work/shared/data"))
@@ -62,7 +62,7 @@ def _load_app(monkeypatch, model: str | None, **env: str):
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory) -> str:
-    from latentsync.tiny import build_tiny_pipeline
+    from latentsync.testing import build_tiny_pipeline
 
     path = tmp_path_factory.mktemp("tiny-latentsync")
     build_tiny_pipeline().save_pretrained(path)

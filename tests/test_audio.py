@@ -8,14 +8,8 @@ import torch
 from transformers import WhisperConfig, WhisperFeatureExtractor
 
 from conftest import write_wav
-from latentsync.audio import (
-    check_not_silent,
-    frame_audio_contexts,
-    load_audio,
-    log_mel,
-    num_video_frames,
-    whisper_features,
-)
+from latentsync.audio_features import frame_audio_contexts, log_mel, whisper_features
+from latentsync.media import check_not_silent, load_audio, num_video_frames
 from latentsync.errors import InvalidAudioError
 from latentsync.models import WhisperAudioEncoder
 

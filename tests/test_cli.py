@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from conftest import write_wav
-from latentsync.cli import main
-from latentsync.video_io import probe_video
+from latentsync.commands import main
+from latentsync.media import probe_video
 
 
 def test_make_tiny_then_run(tmp_path, example_face):

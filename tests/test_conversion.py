@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from latentsync.conversion import (
+from latentsync.loaders import (
     OfficialCheckpointError,
     convert_unet_state_dict,
     convert_whisper_state_dict,
@@ -631,7 +631,7 @@ HUB_SCRIPT = textwrap.dedent(
     """
     import json, os, sys, torch
     from latentsync import LatentSyncPipeline
-    from latentsync.cli import main
+    from latentsync.commands import main
 
     out_dir, result_path = sys.argv[1], sys.argv[2]
     torch.manual_seed(0)
@@ -699,7 +699,7 @@ def test_hub_id_loads_official_layout_offline_and_convert_roundtrip(tmp_path):
 
 def test_local_official_folder(tmp_path, monkeypatch):
     from latentsync import LatentSyncPipeline
-    from latentsync.cli import main
+    from latentsync.commands import main
 
     release, vae = tmp_path / "checkpoints", tmp_path / "vae"
     write_official_release(release, seed=4)

@@ -16,9 +16,10 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
 
 from conftest import decode, ffmpeg, psnr
 from latentsync import LatentSyncPipeline, LatentSyncPipelineOutput, LatentSyncUNet
-from latentsync.models.deep_cache import UNetFeatureCache
-from latentsync.pipeline import SCHEDULERS, LatentCache
-from latentsync.tiny import build_tiny_pipeline
+from latentsync.models import UNetFeatureCache
+from latentsync.schedulers import SCHEDULERS
+from latentsync.streaming import LatentCache, VideoStream
+from latentsync.testing import build_tiny_pipeline
 
 FRAMES = 4
 RESOLUTION = 128  # smaller faces than the shared tiny model, to keep these tests fast
@@ -43,10 +44,14 @@ def _window(pipe, seed=0):
     return faces, ctx, noise
 
 
-def _generate(pipe, window, steps=6, seed=0, **kw):
+def _generate(pipe, window, steps=6, seed=0, deep_cache_interval=0):
+    """One window through the pipeline's steps: condition latents, denoising (guidance 1.5), decoding."""
     faces, ctx, noise = window
-    return pipe.generate_faces(faces, ctx, noise, num_inference_steps=steps, guidance_scale=1.5,
-                               generator=torch.Generator().manual_seed(seed), **kw)
+    generator = torch.Generator().manual_seed(seed)
+    condition = pipe.prepare_condition_latents(faces, generator)
+    deep_cache = UNetFeatureCache(pipe.unet, deep_cache_interval) if deep_cache_interval else None
+    latents = pipe.denoise(noise, condition, ctx, steps, 1.5, generator, deep_cache)
+    return pipe.decode_latents(latents)
 
 
 def _count_calls(module):
@@ -238,22 +243,20 @@ def test_sequential_cpu_offload_on_gpu(pipe):
 
 def test_short_loop_tail_and_disk_cache_give_identical_frames(pipe, short_loop, monkeypatch):
     """A slightly longer audio loops from frames kept in memory; a long loop from the on-disk cache: same frames."""
-    import latentsync.pipeline as pipeline_module
-
     def run():
         return pipe(video=short_loop[0], audio=short_loop[1], num_inference_steps=1, guidance_scale=1.0,
                     generator=torch.Generator().manual_seed(0), return_frames=True).frames
 
     used_disk = []
-    frames_in_order = LatentSyncPipeline._frames_in_order
+    frames_in_order = VideoStream.frames_in_order
 
-    def spy(video, order, cache_path, *args):
-        used_disk.append(cache_path is not None)
-        return frames_in_order(video, order, cache_path, *args)
+    def spy(stream):
+        used_disk.append(stream.cache_path is not None)
+        return frames_in_order(stream)
 
-    monkeypatch.setattr(LatentSyncPipeline, "_frames_in_order", staticmethod(spy))
+    monkeypatch.setattr(VideoStream, "frames_in_order", spy)
     in_memory = run()  # 15 frames loop back, kept in memory
-    monkeypatch.setattr(pipeline_module, "_MAX_TAIL_FRAMES", 0)
+    monkeypatch.setattr(VideoStream, "max_tail_frames", 0)
     from_disk = run()
     assert used_disk == [False, True]
     assert np.array_equal(from_disk, in_memory)
@@ -263,8 +266,8 @@ def test_streamed_file_and_frames_in_memory_give_identical_frames(pipe, short_lo
     """Non-streaming input (every frame and the audio samples in memory) gives the streamed file's frames."""
     from PIL import Image
 
-    from latentsync.audio import load_audio
-    from latentsync.video_io import probe_video
+    from latentsync.media import load_audio
+    from latentsync.media import probe_video
 
     video, audio = short_loop
 
@@ -302,26 +305,27 @@ def test_bad_frames_or_samples_in_memory(pipe, short_loop, tmp_path):
 
 
 def test_streamed_audio_features_match_the_eager_ones(pipe):
-    from latentsync import audio as audio_lib
-    from latentsync.pipeline import StreamedAudioFeatures
+    from latentsync import audio_features
+    from latentsync.audio_features import StreamedAudioFeatures
+    from latentsync.media import num_video_frames
 
     samples = (0.1 * np.random.default_rng(0).standard_normal(16000 * 65)).astype(np.float32)  # 3 windows of 30 s
-    mel = audio_lib.log_mel(samples, pipe.feature_extractor)
-    eager = audio_lib.whisper_features(mel, pipe.audio_encoder)
+    mel = audio_features.log_mel(samples, pipe.feature_extractor)
+    eager = audio_features.whisper_features(mel, pipe.audio_encoder)
     streamed = StreamedAudioFeatures(mel, pipe.audio_encoder)
     assert streamed.shape == eager.shape
-    n = audio_lib.num_video_frames(len(samples))
+    n = num_video_frames(len(samples))
     for start in range(0, n, 16):  # in output order, as the pipeline asks for them
         frames = np.arange(start, min(start + 16, n))
-        expected = audio_lib.frame_audio_contexts(eager, frames)
-        assert torch.allclose(audio_lib.frame_audio_contexts(streamed, frames), expected, atol=1e-5)
+        expected = audio_features.frame_audio_contexts(eager, frames)
+        assert torch.allclose(audio_features.frame_audio_contexts(streamed, frames), expected, atol=1e-5)
         assert len(streamed._windows) <= 2
 
 
 PEAK_RSS_SCRIPT = textwrap.dedent("""
     import json, resource, sys
     import torch
-    from latentsync.tiny import build_tiny_pipeline
+    from latentsync.testing import build_tiny_pipeline
     torch.set_num_threads(1)
     pipe = build_tiny_pipeline(resolution=64)  # small faces: the model part is not what this test measures
     pipe.set_progress_bar_config(disable=True)
@@ -362,7 +366,7 @@ def test_peak_memory_does_not_grow_with_video_length(example_face, example_speec
 
 
 def test_cli_speed_options_reach_the_pipeline(tiny_model_dir, example_face, example_speech, tmp_path, monkeypatch):
-    from latentsync.cli import main
+    from latentsync.commands import main
 
     seen = {}
 

@@ -45,7 +45,7 @@ def frames_record(frames: np.ndarray) -> dict:
 def pipeline_cases(model_dir: Path, clip: Path, speech: Path, long_speech: Path) -> dict[str, dict]:
     """Frames of the tiny pipeline: both audio window modes, the two looping paths, frames without a face."""
     from latentsync import LatentSyncPipeline
-    from latentsync.video_io import iter_frames
+    from latentsync.media import iter_frames
 
     pipe = LatentSyncPipeline.from_pretrained(model_dir)
     pipe.set_progress_bar_config(disable=True)
@@ -76,7 +76,8 @@ def pipeline_cases(model_dir: Path, clip: Path, speech: Path, long_speech: Path)
 def audio_feature_cases(pipe_dir: Path) -> dict[str, dict]:
     """Whisper features of 39 s of real speech (two 30 s windows) in both window modes, and their frame contexts."""
     from latentsync import LatentSyncPipeline
-    from latentsync.audio import frame_audio_contexts, load_audio, num_video_frames
+    from latentsync.audio_features import frame_audio_contexts
+    from latentsync.media import load_audio, num_video_frames
     from conftest import shared_file
 
     pipe = LatentSyncPipeline.from_pretrained(pipe_dir)
@@ -95,7 +96,7 @@ def audio_feature_cases(pipe_dir: Path) -> dict[str, dict]:
 def unet_losses(workdir: Path) -> list[dict[str, float]]:
     """The tiny stage-2 U-Net trainer's losses over its first three steps (every loss term)."""
     from latentsync.training.config import load_config
-    from latentsync.training.tiny import save_tiny_training_models, write_synthetic_clip
+    from latentsync.testing import save_tiny_training_models, write_synthetic_clip
     from latentsync.training.unet_trainer import train
 
     clips = workdir / "clips"

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from latentsync.cli import main as cli_main
+from latentsync.commands import main as cli_main
 from latentsync.eval import metrics as M
+from latentsync.models import FIDInceptionV3
 from latentsync.eval.videos import VideoEvalConfig, evaluate_videos, write_report
-from latentsync.video_io import VideoWriter
+from latentsync.media import VideoWriter
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -135,11 +136,11 @@ def test_fid_fvd_tiny_backbones():
 def test_backbone_loaders_roundtrip(tmp_path):
     """The real loaders (FID Inception state dict, I3D TorchScript) on random weights saved here."""
     torch.manual_seed(0)
-    inception = M.FIDInceptionV3().eval()
+    inception = FIDInceptionV3().eval()
     path = tmp_path / "pt_inception-test.pth"
     torch.save(inception.state_dict(), path)
     loaded = M.load_frame_extractor(str(path))
-    assert isinstance(loaded, M.FIDInceptionV3)
+    assert isinstance(loaded, FIDInceptionV3)
     x = torch.rand(1, 3, 64, 80)
     with torch.no_grad():
         feats = loaded(x)
@@ -201,7 +202,7 @@ def trained_syncnet(tmp_path_factory):
     """A tiny StableSyncNet trained for 40 steps on the synthetic clip, saved and loaded back."""
     from latentsync.eval.sync_confidence import load_sync_model
     from latentsync.models.syncnet import StableSyncNet, syncnet_bce_loss
-    from latentsync.syncnet_audio import mel_window, wav2lip_mel
+    from latentsync.audio_features import mel_window, wav2lip_mel
 
     frames, audio = synthetic_talking()
     torch.manual_seed(1)

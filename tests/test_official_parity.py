@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from latentsync.mask import latent_mouth_mask, mouth_mask
+from latentsync.face import latent_mouth_mask, mouth_mask
 
 OFFICIAL_MASK = Path(__file__).resolve().parents[2] / "shared" / "reference" / "official-mask.png"
 
@@ -126,32 +126,35 @@ def test_seeded_window_matches_the_official_pipeline_in_float64(tiny_model_dir, 
 
     pipe = LatentSyncPipeline.from_pretrained(tiny_model_dir).to(torch.float64)
     pipe.set_progress_bar_config(disable=True)
-    seen, final = [], []
-    generate, decode = pipe.generate_faces, pipe._vae_decode
+    faces, contexts, final = [], [], []
+    condition, denoise, decode = pipe.prepare_condition_latents, pipe.denoise, pipe.decode_latents
 
-    def spy_generate(faces, audio_context, *args, **kwargs):
-        seen.append((faces.copy(), audio_context.clone()))
-        return generate(faces, audio_context, *args, **kwargs)
+    def spy_condition(window_faces, *args, **kwargs):
+        faces.append(window_faces.copy())
+        return condition(window_faces, *args, **kwargs)
 
-    def spy_decode(latents):
+    def spy_denoise(latents, condition_latents, audio_embeds, *args, **kwargs):
+        contexts.append(audio_embeds.clone())
+        return denoise(latents, condition_latents, audio_embeds, *args, **kwargs)
+
+    def spy_decode(latents):  # a window's final latents (1, 4, f, h, w)
         final.append(latents.clone())
         return decode(latents)
 
-    pipe.generate_faces, pipe._vae_decode = spy_generate, spy_decode
+    pipe.prepare_condition_latents, pipe.denoise, pipe.decode_latents = spy_condition, spy_denoise, spy_decode
     pipe(real_clip, real_speech, num_inference_steps=3, guidance_scale=1.5, overlap_stages=False,
          generator=torch.Generator().manual_seed(1247))
-    assert len(seen) >= 2  # 38 frames: windows of 16, 16 and 6
+    assert len(faces) == len(contexts) == len(final) >= 2  # 38 frames: windows of 16, 16 and 6
 
     with torch.no_grad():
-        ref = official_windows(pipe.unet, pipe.vae, pipe.scheduler, [f for f, _ in seen], [c for _, c in seen], 3,
-                               1.5, 1247, pipe.config.resolution)
-    for ours, theirs in zip(final, ref):
-        theirs = theirs[0].permute(1, 0, 2, 3)  # (f, 4, h, w), as handed to the decoder
+        ref = official_windows(pipe.unet, pipe.vae, pipe.scheduler, faces, contexts, 3, 1.5, 1247,
+                               pipe.config.resolution)
+    for ours, theirs in zip(final, ref):  # both (1, 4, f, h, w)
         assert theirs.abs().mean() > 0.1
         assert (ours - theirs).abs().max().item() < 1e-10
 
     # the test tells the order of draws apart: reference faces sampled before masked faces is another result
     with torch.no_grad():
-        other = official_windows(pipe.unet, pipe.vae, pipe.scheduler, [f for f, _ in seen], [c for _, c in seen], 3,
-                                 1.5, 1247, pipe.config.resolution, masked_first=False)
-    assert (final[0] - other[0][0].permute(1, 0, 2, 3)).abs().max().item() > 1e-3
+        other = official_windows(pipe.unet, pipe.vae, pipe.scheduler, faces, contexts, 3, 1.5, 1247,
+                                 pipe.config.resolution, masked_first=False)
+    assert (final[0] - other[0]).abs().max().item() > 1e-3

@@ -10,9 +10,9 @@ import torch
 
 from conftest import decode, ffmpeg, psnr, write_video, write_wav
 from latentsync import InvalidAudioError, InvalidVideoError, LatentSyncPipeline, NoFaceError
-from latentsync.audio import load_audio
-from latentsync.face_detection import FaceDetector
-from latentsync.video_io import probe_video
+from latentsync.media import load_audio
+from latentsync.face import FaceDetector
+from latentsync.media import probe_video
 
 STEPS = 2
 

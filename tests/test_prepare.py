@@ -14,11 +14,14 @@ import pytest
 import torch
 
 from latentsync.data import prepare as P
-from latentsync.data.quality import HyperIQA, HyperIQAScorer, SharpnessScorer, load_quality_scorer
+from latentsync.data.prepare.process import _finish_clip
+from latentsync.data.quality import HyperIQAScorer, SharpnessScorer, load_quality_scorer
 from latentsync.errors import LatentSyncInputError
+from latentsync.media import SAMPLES_PER_FRAME
+from latentsync.models import HyperIQA
 
 DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
-SPF = P.SAMPLES_PER_FRAME
+SPF = SAMPLES_PER_FRAME
 
 
 # ---------------------------------------------------------------------------------------------------- planning
@@ -65,8 +68,8 @@ class FakeSync:
 
 def test_finish_clip_filters_and_offset_correction(tmp_path):
     """Drop reasons of the sync and quality steps, and the written clip's audio re-cut by the offset."""
-    from latentsync.audio import load_audio
-    from latentsync.video_io import iter_frames
+    from latentsync.media import load_audio
+    from latentsync.media import iter_frames
 
     rng = np.random.default_rng(0)
     faces = [cv2.resize(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8), (256, 256), interpolation=cv2.INTER_NEAREST)
@@ -77,7 +80,7 @@ def test_finish_clip_filters_and_offset_correction(tmp_path):
 
     def run(sync, scorer):
         result = {"key": "v", "source": "v.mp4", "clips": [], "dropped": {}}
-        P._finish_clip(result, 0, 50, 70, faces, audio, str(tmp_path), cfg, sync, scorer)
+        _finish_clip(result, 0, 50, 70, faces, audio, str(tmp_path), cfg, sync, scorer)
         return result
 
     assert run(FakeSync(7, 9.0), SharpnessScorer())["dropped"] == {"sync_offset": {"count": 1, "seconds": 0.8}}
@@ -189,10 +192,10 @@ def test_prepare_end_to_end_resumable(raw_folder, tiny_syncnet, tmp_path):
     assert (out / "summary.md").read_text().count("dropped: ") == 2
     assert json.loads((out / "summary.json").read_text())["clips"] == 4
     # the first clip of demo1 starts with source frame 0 aligned to the template
-    from latentsync.alignment import FaceAligner
+    from latentsync.face import FaceAligner
     from latentsync.eval.metrics import frame_psnr
-    from latentsync.face_detection import FaceDetector
-    from latentsync.video_io import iter_frames
+    from latentsync.face import FaceDetector
+    from latentsync.media import iter_frames
 
     first = next(r for r in ds if r["source"] == "demo1.mp4" and r["start"] == 0)
     clip_frames, _ = P.decode_clip(first["video"])

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from latentsync.models.syncnet import SYNCNET_CONFIGS, StableSyncNet, syncnet_bce_loss, syncnet_cosine
-from latentsync.syncnet_audio import mel_start, mel_window, mel_window_length, num_mel_windows, wav2lip_mel
+from latentsync.audio_features import mel_start, mel_window, mel_window_length, num_mel_windows, wav2lip_mel
 
 TINY = dict(
     audio_block_out_channels=[8, 16, 32, 32, 32, 32],

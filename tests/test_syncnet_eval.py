@@ -12,11 +12,10 @@ import torch
 from conftest import ffmpeg, shared_file
 from syncnet_utils import TINY_MODEL, make_clips_dir
 
-from latentsync.cli import main as cli_main
+from latentsync.commands import main as cli_main
 from latentsync.errors import LatentSyncInputError
-from latentsync.eval import EVAL_COMMANDS, register_eval_command
+from latentsync.commands.eval import EVAL_COMMANDS, register_eval_command
 from latentsync.eval.sync_confidence import (
-    SyncNetV2,
     classic_face_crops,
     classic_mfcc,
     estimate_sync,
@@ -24,7 +23,7 @@ from latentsync.eval.sync_confidence import (
     offset_confidence,
 )
 from latentsync.eval.syncnet_acc import evaluate_syncnet
-from latentsync.models.syncnet import StableSyncNet
+from latentsync.models import StableSyncNet, SyncNetV2
 
 
 @pytest.fixture(scope="module")

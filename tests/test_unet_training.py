@@ -38,7 +38,7 @@ SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     """Tiny models saved where the real loaders read them, plus three synthetic aligned 64 px clips."""
-    from latentsync.training.tiny import save_tiny_training_models, write_synthetic_clip
+    from latentsync.testing import save_tiny_training_models, write_synthetic_clip
 
     root = tmp_path_factory.mktemp("unet_training")
     clips = root / "clips"
@@ -71,7 +71,7 @@ def test_mixed_noise_variance_and_frame_correlation():
 def test_predict_x0_inverts_the_forward_process():
     from diffusers import DDIMScheduler
 
-    from latentsync.training.components import OFFICIAL_SCHEDULER_CONFIG
+    from latentsync.schedulers import OFFICIAL_SCHEDULER_CONFIG
 
     sched = DDIMScheduler(**OFFICIAL_SCHEDULER_CONFIG)
     x0 = torch.randn(3, 4, 2, 5, 5, dtype=torch.float64)
@@ -138,7 +138,7 @@ def test_lpips_vgg_loading_paths(tmp_path):
 
 
 def test_trepa_is_mse_of_unit_features(tmp_path):
-    from latentsync.training.tiny import build_tiny_videomae
+    from latentsync.testing import build_tiny_videomae
 
     build_tiny_videomae(classification=True).save_pretrained(tmp_path / "cls")
     trepa = TREPALoss.from_pretrained(str(tmp_path / "cls"))
@@ -159,7 +159,7 @@ def test_trepa_is_mse_of_unit_features(tmp_path):
 
 
 def test_sync_loss_is_bce_of_the_cosine():
-    from latentsync.training.tiny import build_tiny_syncnet
+    from latentsync.testing import build_tiny_syncnet
 
     torch.manual_seed(0)
     net = build_tiny_syncnet(64)
@@ -304,7 +304,8 @@ def test_components_by_id_without_a_pipeline(workspace, tmp_path):
 def _one_step(cfg, lora: bool = False):
     from latentsync.data.unet_dataset import UNetClipDataset
     from latentsync.training.components import load_components
-    from latentsync.training.unet_trainer import AudioFeatureCache, _collate, add_lora, compute_losses, select_trainable
+    from latentsync.audio_features import AudioFeatureCache
+    from latentsync.training.unet_trainer import _collate, add_lora, compute_losses, select_trainable
 
     comps = load_components(cfg)
     unet = comps.unet
@@ -312,7 +313,7 @@ def _one_step(cfg, lora: bool = False):
     unet.train()
     ds = UNetClipDataset(cfg.train_data, cfg.resolution, 16, return_mel=True, seed=0)
     batch = _collate([ds[1]])
-    ctx = AudioFeatureCache(ds, comps).contexts(batch["clip_index"], batch["start"], 16)
+    ctx = AudioFeatureCache(ds, comps.feature_extractor, comps.audio_encoder).contexts(batch["clip_index"], batch["start"], 16)
     before = {n: p.detach().clone() for n, p in unet.named_parameters()}
     frozen_before = {f"{m}.{n}": p.detach().clone() for m in ("vae", "audio_encoder")
                      for n, p in getattr(comps, m).named_parameters()}

@@ -2,7 +2,8 @@
 
 from .errors import InvalidAudioError, InvalidVideoError, LatentSyncInputError, NoFaceError
 from .models import LatentSyncUNet, WhisperAudioEncoder
-from .pipeline import LatentSyncPipeline, LatentSyncPipelineOutput
+from .pipeline import LatentSyncPipeline
+from .pipeline_output import LatentSyncPipelineOutput
 
 __version__ = "0.1.0"
 

@@ -1,151 +1,87 @@
-"""`LatentSyncPipeline`: talking-face video + speech in, lip-synced video out (spec sections 2-4)."""
+"""`LatentSyncPipeline`: talking-face video + speech in, lip-synced video out.
+
+``__call__`` reads as the list of its steps, each one method of the pipeline: [`check_inputs`], [`encode_audio`],
+the first pass over the video (faces, in [`~latentsync.streaming.VideoStream`]), [`prepare_latents`] (the initial
+noise), then per window of 16 frames [`prepare_condition_latents`] (mouth mask, masked and reference faces through
+the VAE), [`denoise`] and [`decode_latents`], and paste-back and writing (the stream again).
+"""
 
 from __future__ import annotations
 
 import inspect
 import logging
+import math
+import numbers
 import os
 import tempfile
 import time
-from collections import Counter, OrderedDict, deque
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import (
-    AutoencoderKL,
-    DDIMScheduler,
-    DiffusionPipeline,
-    DPMSolverMultistepScheduler,
-    EulerDiscreteScheduler,
-    UniPCMultistepScheduler,
-)
+from diffusers import AutoencoderKL, DiffusionPipeline
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from diffusers.utils import BaseOutput
+from diffusers.utils import replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
+from huggingface_hub import HfApi
 from tqdm.auto import tqdm
 from transformers import WhisperFeatureExtractor
 
-from . import audio as audio_lib
-from .alignment import FaceAligner, smooth_anchors
-from .errors import InvalidVideoError, NoFaceError
-from .face_detection import FaceDetector
-from .mask import latent_mouth_mask, mouth_mask
-from .streaming import OrderedWorker, StageTimer, prefetch
-from .models import LatentSyncUNet, WhisperAudioEncoder
+from ._deprecation import moved_attribute
+from .audio_features.whisper import (
+    AUDIO_WINDOW_MODES,
+    AudioWindowMode,
+    StreamedAudioFeatures,
+    encode_audio_features,
+    frame_audio_contexts,
+)
+from .errors import InvalidAudioError, InvalidVideoError, LatentSyncInputError
+from .face.mask import latent_mouth_mask, mouth_mask
+from .loaders.official import is_official_layout, load_official_components
+from .media.audio import as_samples, check_not_silent, num_video_frames
+from .media.constants import VIDEO_FPS
+from .media.files import check_input_file
+from .media.video import check_output_path, open_frames
+from .models.audio_encoder import WhisperAudioEncoder
 from .models.deep_cache import UNetFeatureCache
-from .video_io import FrameSource, VideoWriter, open_frames
+from .models.unet import LatentSyncUNet
+from .pipeline_output import LatentSyncPipelineOutput
+from .schedulers import scheduler_by_name
+from .streaming import LatentCache, VideoStream
+from .utils import StageTimer, frames_to_pixels, pixels_to_frames, scale_latents, unscale_latents
 
 logger = logging.getLogger(__name__)
 
-FPS = audio_lib.VIDEO_FPS
-# An output at most this many frames longer than the video (or a video this short) loops from frames kept in
-# memory; longer loops cache the decoded video on disk.
-_MAX_TAIL_FRAMES = 32
+OUTPUT_TYPES = ("np", "pil", "pt", "file")
 
-SCHEDULERS: dict[str, type[SchedulerMixin]] = {
-    "ddim": DDIMScheduler,
-    "dpm++": DPMSolverMultistepScheduler,
-    "unipc": UniPCMultistepScheduler,
-    "euler": EulerDiscreteScheduler,
-}
-"""Schedulers selectable by name with [`LatentSyncPipeline.set_scheduler`] (``ddim`` is the official one)."""
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> import torch
+        >>> from latentsync import LatentSyncPipeline
 
+        >>> pipe = LatentSyncPipeline.from_pretrained("ByteDance/LatentSync-1.6", torch_dtype=torch.float16)
+        >>> pipe = pipe.to("cuda")
+        >>> out = pipe(video="face.mp4", audio="speech.wav", output_path="synced.mp4", num_inference_steps=20,
+        ...            guidance_scale=1.5, generator=torch.Generator().manual_seed(1247))
+        >>> out.path, out.num_frames, out.frames_without_face
+        ('synced.mp4', 250, 0)
 
-@dataclass
-class LatentSyncPipelineOutput(BaseOutput):
-    """Result of a [`LatentSyncPipeline`] call.
+        >>> # no file: the frames in memory, as PIL images
+        >>> images = pipe(video="face.mp4", audio="speech.wav", output_type="pil").frames
 
-    Args:
-        frames: output frames ``(N, H, W, 3)`` uint8 when requested (``return_frames=True``, or no output path).
-        fps: frame rate of the output (always 25, the model's rate).
-        path: written video file, or None.
-        num_frames: number of output frames.
-        frames_without_face: output frames passed through unchanged because no face was found in them.
-        timings: busy seconds per stage (stages may overlap in time) and ``total`` wall-clock seconds.
-    """
-
-    frames: np.ndarray | None
-    fps: float
-    path: str | None
-    num_frames: int
-    frames_without_face: int
-    timings: dict[str, float] = field(default_factory=dict)
-
-
-def pingpong_indices(num_source: int, num_output: int) -> np.ndarray:
-    """Source frame for each output frame: the video plays forward, backward, forward... (official looping)."""
-    i = np.arange(num_output)
-    if num_output <= num_source:
-        return i
-    k = i % (2 * num_source)
-    return np.where(k < num_source, k, 2 * num_source - 1 - k)
-
-
-class LatentCache:
-    """VAE latents (reference, masked) of source frames that a looping video shows again.
-
-    ``uses`` counts how often each source frame will be generated; an entry is kept only while later uses remain
-    and freed after the last one, so the cache never holds more than one entry per source frame (on the CPU).
-    ``encoded`` counts the frames actually run through the VAE encoder.
-    """
-
-    def __init__(self, uses: Counter):
-        self.uses = uses
-        self.entries: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.encoded = 0
-
-    def get(self, key: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-        return self.entries.get(key)
-
-    def put(self, key: int, ref: torch.Tensor, masked: torch.Tensor) -> None:
-        if self.uses[key] > 1:
-            self.entries[key] = (ref.cpu(), masked.cpu())
-
-    def release(self, key: int) -> None:
-        """Count one use of ``key`` as done; drop its entry after the last."""
-        self.uses[key] -= 1
-        if self.uses[key] <= 0:
-            self.entries.pop(key, None)
-
-
-class StreamedAudioFeatures:
-    """Whisper token features computed one 30 s window at a time, when first needed (``"official"`` windows).
-
-    Stands in for the ``(tokens, states, d_model)`` tensor of [`latentsync.audio.whisper_features`] in
-    [`latentsync.audio.frame_audio_contexts`] (``shape`` and indexing by token), so that memory does not grow with
-    the audio's length (the eager tensor takes about 0.4 MB per second of audio with the real model). Windows are
-    independent in the official mode, so the values are those of the eager computation (up to float rounding of
-    batched windows). The two most recent windows are kept.
-    """
-
-    def __init__(self, mel: np.ndarray, encoder: WhisperAudioEncoder, timer: StageTimer | None = None):
-        self.mel = mel
-        self.encoder = encoder
-        self.timer = timer or StageTimer()
-        self.shape = torch.Size((mel.shape[1] // 2, encoder.num_feature_states, encoder.config.d_model))
-        self._windows: OrderedDict[int, torch.Tensor] = OrderedDict()
-
-    def _window(self, k: int) -> torch.Tensor:
-        if k not in self._windows:
-            span = audio_lib.WINDOW_MEL_FRAMES
-            with self.timer("audio_features"):
-                self._windows[k] = audio_lib.whisper_features(self.mel[:, k * span : (k + 1) * span], self.encoder)
-            while len(self._windows) > 2:
-                self._windows.popitem(last=False)
-        return self._windows[k]
-
-    def __getitem__(self, idx: torch.Tensor) -> torch.Tensor:
-        flat = torch.as_tensor(idx).reshape(-1)
-        tokens = audio_lib.WINDOW_MEL_FRAMES // 2
-        out = torch.empty((flat.numel(),) + tuple(self.shape[1:]), dtype=torch.float32)
-        window = torch.div(flat, tokens, rounding_mode="floor")
-        for k in window.unique().tolist():
-            sel = window == k
-            out[sel] = self._window(k)[flat[sel] - k * tokens]
-        return out.reshape(tuple(torch.as_tensor(idx).shape) + tuple(self.shape[1:]))
+        >>> # watch or steer the denoising: the callback may replace "latents" or stop the run
+        >>> def stop_after_first_window(pipe, step, timestep, callback_kwargs):
+        ...     if step == pipe.num_timesteps - 1:
+        ...         pipe._interrupt = True
+        ...     return callback_kwargs
+        >>> short = pipe(video="face.mp4", audio="speech.wav", callback_on_step_end=stop_after_first_window)
+        >>> short.num_frames
+        16
+        ```
+"""
 
 
 def model_card(pipe: "LatentSyncPipeline") -> str:
@@ -202,6 +138,7 @@ class LatentSyncPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "audio_encoder->unet->vae"
+    _callback_tensor_inputs = ["latents", "condition_latents", "audio_embeds"]
 
     def __init__(
         self,
@@ -224,23 +161,19 @@ class LatentSyncPipeline(DiffusionPipeline):
         or a folder with ``latentsync_unet.pt`` and ``whisper/tiny.pt``) converted on load.
 
         For official releases the extra keywords ``resolution`` and ``vae_id`` apply (see
-        [`latentsync.conversion.load_official_pipeline`]); otherwise everything goes to diffusers.
+        [`latentsync.loaders.load_official_components`]); otherwise everything goes to diffusers.
         """
-        from .conversion import is_official_layout, load_official_pipeline
-
         hub = {k: kwargs.get(k) for k in ("cache_dir", "revision", "token")}
         if is_official_layout(pretrained_model_name_or_path, local_files_only=kwargs.get("local_files_only", False),
                               **hub):
-            return load_official_pipeline(pretrained_model_name_or_path, pipeline_class=cls, **kwargs)
+            return cls(**load_official_components(pretrained_model_name_or_path, **kwargs))
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     # ------------------------------------------------------------------ options
     def set_scheduler(self, name: str) -> SchedulerMixin:
-        """Swap the scheduler for one of [`SCHEDULERS`] (``"ddim"``, ``"dpm++"``, ``"unipc"``, ``"euler"``), built
+        """Swap the scheduler for one of [`~latentsync.schedulers.SCHEDULERS`] (``"ddim"``, ``"dpm++"``, ``"unipc"``, ``"euler"``), built
         from the current scheduler's config (same noise schedule); returns it."""
-        if name not in SCHEDULERS:
-            raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
-        self.scheduler = SCHEDULERS[name].from_config(self.scheduler.config)
+        self.scheduler = scheduler_by_name(name, self.scheduler.config)
         return self.scheduler
 
     def enable_vae_slicing(self) -> None:
@@ -258,22 +191,125 @@ class LatentSyncPipeline(DiffusionPipeline):
     def disable_vae_tiling(self) -> None:
         self.vae.disable_tiling()
 
-    # ------------------------------------------------------------------ stages
-    def encode_audio(self, audio: np.ndarray, window_mode: audio_lib.AudioWindowMode = "official") -> torch.Tensor:
-        """Whisper token features ``(tokens, states, d_model)`` for 16 kHz mono audio."""
-        mel = audio_lib.log_mel(audio, self.feature_extractor)
-        return audio_lib.whisper_features(mel, self.audio_encoder, mode=window_mode)
+    # ------------------------------------------------------------------ state of a call (diffusers' names)
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def do_classifier_free_guidance(self) -> bool:
+        return self._guidance_scale > 1.0
+
+    @property
+    def num_timesteps(self) -> int:
+        """Denoising steps per window of the call in progress."""
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        """Set ``pipe._interrupt = True`` (e.g. in ``callback_on_step_end``) to stop the call early."""
+        return getattr(self, "_interrupt", False)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    # ------------------------------------------------------------------ steps
+    def check_inputs(
+        self,
+        video: Any,
+        audio: Any,
+        output_path: str | os.PathLike | None,
+        num_inference_steps: int,
+        guidance_scale: float,
+        num_frames: int,
+        face_index: int | None = None,
+        landmark_smoothing: float = 1.5,
+        audio_window_mode: str = "official",
+        crf: int = 18,
+        deep_cache_interval: int = 0,
+        deep_cache_branch: int = 0,
+        output_type: str | None = None,
+        latents: torch.Tensor | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+    ) -> None:
+        """Check every argument of a call before any work is done.
+
+        Raises:
+            InvalidVideoError / InvalidAudioError: an input file is missing or empty, or the output path cannot be
+                written (format or folder).
+            LatentSyncInputError: any other argument is out of range (the message names it).
+        """
+        if isinstance(video, (str, os.PathLike)):
+            check_input_file(video, InvalidVideoError, "video")
+        if isinstance(audio, (str, os.PathLike)):
+            check_input_file(audio, InvalidAudioError, "audio")
+        if output_path is not None:
+            check_output_path(output_path)
+        if output_type not in (None, *OUTPUT_TYPES):
+            raise LatentSyncInputError(f"output_type must be one of {', '.join(OUTPUT_TYPES)} or None, "
+                                       f"got {output_type!r}")
+        if output_type == "file" and output_path is None:
+            raise LatentSyncInputError('output_type="file" needs an output_path')
+        _check_int("num_inference_steps", num_inference_steps, 1)
+        max_frames = self.unet.config.motion_max_seq_length if self.unet.has_motion_modules else None
+        _check_int("num_frames", num_frames, 1, max_frames)
+        if face_index is not None:
+            _check_int("face_index", face_index, 0)
+        _check_int("crf", crf, 0, 51)
+        _check_int("deep_cache_interval", deep_cache_interval, 0)
+        if deep_cache_interval:
+            _check_int("deep_cache_branch", deep_cache_branch, 0, UNetFeatureCache.max_branch(self.unet))
+        for name, value in (("guidance_scale", guidance_scale), ("landmark_smoothing", landmark_smoothing)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+                raise LatentSyncInputError(f"{name} must be a finite number >= 0, got {value!r}")
+        if audio_window_mode not in AUDIO_WINDOW_MODES:
+            raise LatentSyncInputError(f"audio_window_mode must be one of {', '.join(AUDIO_WINDOW_MODES)}, "
+                                       f"got {audio_window_mode!r}")
+        if latents is not None and tuple(latents.shape) != self._noise_shape():
+            raise LatentSyncInputError(f"latents must have shape {self._noise_shape()} (one noise map shared by all "
+                                       f"frames), got {tuple(latents.shape)}")
+        unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+        if unknown:
+            raise LatentSyncInputError(f"callback_on_step_end_tensor_inputs {unknown} are not among "
+                                       f"{self._callback_tensor_inputs}")
+
+    def encode_audio(
+        self,
+        audio: np.ndarray,
+        window_mode: AudioWindowMode = "official",
+        stream: bool = False,
+        timer: StageTimer | None = None,
+    ) -> torch.Tensor | StreamedAudioFeatures:
+        """Whisper token features ``(tokens, states, d_model)`` for 16 kHz mono audio; with ``stream`` in the
+        ``"official"`` mode, computed one 30 s window at a time as they are read (bounded memory)."""
+        return encode_audio_features(audio, self.feature_extractor, self.audio_encoder, window_mode, stream, timer)
+
+    def _noise_shape(self) -> tuple[int, ...]:
+        size = self.config.resolution // self.vae_scale_factor
+        return (1, self.unet.config.out_channels, 1, size, size)
+
+    def prepare_latents(
+        self,
+        dtype: torch.dtype,
+        device: torch.device,
+        generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The initial noise: one map ``(1, C, 1, h, w)`` shared by every frame of the video (as the official code),
+        drawn from ``generator`` unless the caller gives ``latents``. [`denoise`] scales it by the scheduler's
+        ``init_noise_sigma``."""
+        if latents is None:
+            return randn_tensor(self._noise_shape(), generator=generator, device=device, dtype=dtype)
+        return latents.to(device=device, dtype=dtype)
 
     def _vae_encode(self, pixels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         # the execution device, not vae.device: under CPU offload the VAE's weights are elsewhere until it runs
         dist = self.vae.encode(pixels.to(self._execution_device, self.vae.dtype)).latent_dist
-        latents = dist.sample(generator=generator)
-        shift = self.vae.config.shift_factor or 0.0
-        return (latents - shift) * self.vae.config.scaling_factor
+        return scale_latents(dist.sample(generator=generator), self.vae)
 
     def _vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
-        shift = self.vae.config.shift_factor or 0.0
-        latents = latents / self.vae.config.scaling_factor + shift
+        latents = unscale_latents(latents, self.vae)
         dtype = self.vae.dtype
         sequential_offload = any(p.device.type == "meta" for p in self.vae.parameters())
         if dtype == torch.float16 and self.vae.config.force_upcast and not sequential_offload:
@@ -284,7 +320,7 @@ class LatentSyncPipeline(DiffusionPipeline):
             return out
         return self.vae.decode(latents.to(dtype)).sample
 
-    def _encode_conditions(
+    def _encode_masked_and_reference(
         self,
         pixels: torch.Tensor,
         mask: torch.Tensor,
@@ -292,7 +328,7 @@ class LatentSyncPipeline(DiffusionPipeline):
         source_indices: Sequence[int] | None,
         latent_cache: LatentCache | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Reference and masked-face latents of a window, taken from ``latent_cache`` where present.
+        """Reference and masked-face latents ``(f, 4, h, w)``, taken from ``latent_cache`` where present.
 
         The VAE posterior samples are drawn in the official order (masked faces first, then the reference faces),
         so that a seeded run draws the same random numbers as the official code."""
@@ -313,138 +349,106 @@ class LatentSyncPipeline(DiffusionPipeline):
                 latent_cache.put(keys[k], ref[n], masked[n])
         device = self._execution_device
         pairs = [new[key] if key in new else latent_cache.get(key) for key in keys]
+        for key in keys:
+            latent_cache.release(key)
         ref = torch.stack([r.to(device) for r, _ in pairs])
         masked = torch.stack([m.to(device) for _, m in pairs])
         return ref, masked
 
-    @torch.no_grad()
-    def generate_faces(
+    def prepare_condition_latents(
         self,
         faces: np.ndarray,
-        audio_context: torch.Tensor,
-        init_noise: torch.Tensor,
+        generator: torch.Generator | None = None,
+        source_indices: Sequence[int] | None = None,
+        latent_cache: LatentCache | None = None,
+    ) -> torch.Tensor:
+        """The U-Net's conditioning channels ``(1, 9, f, h, w)`` for aligned faces ``(f, R, R, 3)`` uint8: the mouth
+        mask (1), the VAE latents of the faces with the mouth masked out (4) and of the whole faces (4).
+
+        With a ``latent_cache`` and ``source_indices`` (the source frame of each face), faces seen before in a
+        looping video reuse their latents instead of being encoded again.
+        """
+        res = self.config.resolution
+        pixels = frames_to_pixels(faces)
+        # the official masked image is the float32 face times the float64 mask, rounded once to the VAE's dtype
+        mask = torch.from_numpy(np.array(mouth_mask(res)))[None, None]
+        ref_latents, masked_latents = self._encode_masked_and_reference(pixels, mask, generator, source_indices,
+                                                                        latent_cache)
+        f, (h, w) = faces.shape[0], ref_latents.shape[-2:]
+        mask_latent = latent_mouth_mask(res, (h, w)).expand(f, 1, h, w)
+        channels = [mask_latent, masked_latents, ref_latents]  # each (f, c, h, w) -> (1, c, f, h, w)
+        return torch.cat([x.permute(1, 0, 2, 3).unsqueeze(0).to(self._execution_device, self.unet.dtype)
+                          for x in channels], dim=1)
+
+    def _guided_inputs(self, condition_latents: torch.Tensor, audio_embeds: torch.Tensor, guidance_scale: float
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Conditioning and audio of one U-Net pass; with guidance, the unconditional half (zero audio) first."""
+        context = audio_embeds.to(device=self._execution_device, dtype=self.unet.dtype)
+        if guidance_scale <= 1.0:
+            return condition_latents, context
+        return torch.cat([condition_latents, condition_latents]), torch.cat([torch.zeros_like(context), context])
+
+    def denoise(
+        self,
+        latents: torch.Tensor,
+        condition_latents: torch.Tensor,
+        audio_embeds: torch.Tensor,
         num_inference_steps: int = 20,
         guidance_scale: float = 1.5,
         generator: torch.Generator | None = None,
-        timer: StageTimer | None = None,
-        deep_cache_interval: int = 0,
-        deep_cache_branch: int = 0,
-        source_indices: Sequence[int] | None = None,
-        latent_cache: LatentCache | None = None,
-    ) -> np.ndarray:
-        """Inpaint the lower half of aligned faces ``(f, R, R, 3)`` uint8 under per-frame ``audio_context``.
+        deep_cache: UNetFeatureCache | None = None,
+        callback_on_step_end: Callable[..., dict[str, torch.Tensor]] | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+    ) -> torch.Tensor:
+        """Denoise one window: ``latents`` (the shared noise map ``(1, C, 1, h, w)``, repeated over the window's
+        frames) under ``condition_latents`` ``(1, 9, f, h, w)`` and the per-frame audio contexts ``audio_embeds``
+        ``(f, tokens, d)``. Returns the final latents ``(1, C, f, h, w)``.
 
-        Returns the decoded faces ``(f, R, R, 3)`` uint8. ``init_noise`` is ``(1, 4, 1, R/8, R/8)``, shared by
-        every frame (official behaviour). ``deep_cache_interval`` > 0 reuses deep U-Net features between full
-        passes (see [`~latentsync.models.deep_cache.UNetFeatureCache`]); ``latent_cache`` with ``source_indices``
-        (the source frame of each face) reuses VAE encodings of frames seen before.
+        ``callback_on_step_end(pipe, step, timestep, callback_kwargs)`` runs after every step (``step`` counts from 0
+        in every window) with the tensors named in ``callback_on_step_end_tensor_inputs``; the dict it returns may
+        replace them. Setting ``pipe._interrupt = True`` skips the remaining steps.
         """
-        device = self._execution_device
-        dtype = self.unet.dtype
-        f = faces.shape[0]
-        res = self.config.resolution
-        pixels = torch.from_numpy(faces).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        # the official masked image is the float32 face times the float64 mask, rounded once to the VAE's dtype
-        mask = torch.from_numpy(np.array(mouth_mask(res)))[None, None]
-        timer = timer or StageTimer()
-        with timer("vae_encode"):
-            ref_latents, masked_latents = self._encode_conditions(pixels, mask, generator, source_indices,
-                                                                  latent_cache)
-        h, w = ref_latents.shape[-2:]
-        mask_latent = latent_mouth_mask(res, (h, w)).expand(f, 1, h, w)
-
-        def to_video(x: torch.Tensor) -> torch.Tensor:  # (f, c, h, w) -> (1, c, f, h, w)
-            return x.permute(1, 0, 2, 3).unsqueeze(0).to(device=device, dtype=dtype)
-
-        cond = torch.cat([to_video(mask_latent), to_video(masked_latents), to_video(ref_latents)], dim=1)
-        context = audio_context.to(device=device, dtype=dtype)
-        do_cfg = guidance_scale > 1.0
-        if do_cfg:
-            cond = torch.cat([cond, cond])
-            context = torch.cat([torch.zeros_like(context), context])
-        latents = init_noise.to(device=device, dtype=dtype).expand(-1, -1, f, -1, -1).clone()
+        device, dtype = self._execution_device, self.unet.dtype
+        cond, context = self._guided_inputs(condition_latents, audio_embeds, guidance_scale)
+        latents = latents.to(device=device, dtype=dtype).expand(-1, -1, condition_latents.shape[2], -1, -1).clone()
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         latents = latents * self.scheduler.init_noise_sigma
         # schedulers differ in what step() accepts (UniPC takes no generator)
         step_kwargs = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
-        deep_cache = UNetFeatureCache(self.unet, deep_cache_interval, deep_cache_branch) if deep_cache_interval else None
-        with timer("denoise"):
-            for i, t in enumerate(self.scheduler.timesteps):
-                model_in = torch.cat([latents] * 2) if do_cfg else latents
-                model_in = self.scheduler.scale_model_input(model_in, t)
-                model_in = torch.cat([model_in, cond], dim=1)
-                if deep_cache is not None:
-                    noise_pred = deep_cache(model_in, t, context, step=i)
-                else:
-                    noise_pred = self.unet(model_in, t, encoder_hidden_states=context).sample
-                if do_cfg:
-                    uncond, text = noise_pred.chunk(2)
-                    noise_pred = uncond + guidance_scale * (text - uncond)
-                latents = self.scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
-        with timer("vae_decode"):
-            decoded = self._vae_decode(latents[0].permute(1, 0, 2, 3))
-            out = ((decoded.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-            return out.permute(0, 2, 3, 1).cpu().numpy()
+        if deep_cache is not None:
+            deep_cache.reset()
+        self._num_timesteps = len(self.scheduler.timesteps)
+        for i, t in enumerate(self.scheduler.timesteps):
+            if self.interrupt:
+                continue
+            model_in = torch.cat([latents] * 2) if guidance_scale > 1.0 else latents
+            model_in = self.scheduler.scale_model_input(model_in, t)
+            model_in = torch.cat([model_in, cond], dim=1)
+            if deep_cache is not None:
+                noise_pred = deep_cache(model_in, t, context, step=i)
+            else:
+                noise_pred = self.unet(model_in, t, encoder_hidden_states=context).sample
+            if guidance_scale > 1.0:
+                uncond, audio_cond = noise_pred.chunk(2)
+                noise_pred = uncond + guidance_scale * (audio_cond - uncond)
+            latents = self.scheduler.step(noise_pred, t, latents, **step_kwargs).prev_sample
+            if callback_on_step_end is not None:
+                tensors = {"latents": latents, "condition_latents": condition_latents, "audio_embeds": audio_embeds}
+                outputs = callback_on_step_end(self, i, t, {k: tensors[k] for k in callback_on_step_end_tensor_inputs})
+                latents = outputs.pop("latents", latents)
+                if "condition_latents" in outputs or "audio_embeds" in outputs:
+                    condition_latents = outputs.pop("condition_latents", condition_latents)
+                    audio_embeds = outputs.pop("audio_embeds", audio_embeds)
+                    cond, context = self._guided_inputs(condition_latents, audio_embeds, guidance_scale)
+        return latents
 
-    # ------------------------------------------------------------------ video passes
-    def _analyze(self, video: FrameSource, detector: FaceDetector, cache_path: str | None, timer: StageTimer):
-        """First pass: anchors for every 25 fps frame (NaN where no face); optionally caches frames to disk."""
-        anchors: list[np.ndarray] = []
-        cache = None
-        frames = iter(video)
-        bar = self._progress(None, "Face analysis", video.expected_frames)
-        while True:
-            with timer("decode"):
-                frame = next(frames, None)
-            if frame is None:
-                break
-            bar.update()
-            with timer("face_detection"):
-                a = detector.anchors(frame)
-            anchors.append(a if a is not None else np.full((3, 2), np.nan))
-            if cache_path is not None:
-                if cache is None:
-                    cache = open(cache_path, "wb")
-                cache.write(frame.tobytes())
-            shape = frame.shape
-        bar.close()
-        if cache is not None:
-            cache.close()
-        if not anchors:
-            raise InvalidVideoError(f"video has no frames: {video.label}")
-        return np.stack(anchors), shape
-
-    @staticmethod
-    def _frames_in_order(video: FrameSource, order: np.ndarray, cache_path: str | None, shape, n_src: int
-                         ) -> Iterator[np.ndarray]:
-        """Source frames in output ``order``: decoded as a stream, from a small in-memory tail when the output
-        loops back by at most ``_MAX_TAIL_FRAMES``, or read one by one from the on-disk cache."""
-        if cache_path is None:
-            tail: deque[np.ndarray] = deque(maxlen=min(max(len(order) - n_src, 0), n_src))
-            frames = iter(video)
-            for pos, j in enumerate(order):
-                if pos < n_src:
-                    frame = next(frames, None)
-                    if frame is None:
-                        raise InvalidVideoError(f"{video.label} gave fewer frames on the second read than on the first")
-                    if tail.maxlen:
-                        tail.append(frame)
-                else:  # looping back over the last frames
-                    frame = tail[j - (n_src - len(tail))]
-                yield frame
-            return
-        # plain reads rather than a memory map: mapped pages would count in (and grow) the resident set
-        nbytes = int(np.prod(shape))
-        with open(cache_path, "rb") as fh:
-            for j in order:
-                frame = np.empty(shape, np.uint8)
-                fh.seek(int(j) * nbytes)
-                if fh.readinto(frame.reshape(-1)) != nbytes:
-                    raise InvalidVideoError(f"frame cache is truncated at frame {j} of {video.label}")
-                yield frame
+    def decode_latents(self, latents: torch.Tensor) -> np.ndarray:
+        """Faces ``(f, R, R, 3)`` uint8 from a window's final latents ``(1, C, f, h, w)``."""
+        return pixels_to_frames(self._vae_decode(latents[0].permute(1, 0, 2, 3)))
 
     # ------------------------------------------------------------------ call
     @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
         video: str | os.PathLike | np.ndarray | Sequence[np.ndarray | PIL.Image.Image],
@@ -453,18 +457,23 @@ class LatentSyncPipeline(DiffusionPipeline):
         num_inference_steps: int = 20,
         guidance_scale: float = 1.5,
         generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
         num_frames: int = 16,
         face_index: int | None = None,
         landmark_smoothing: float = 1.5,
-        audio_window_mode: audio_lib.AudioWindowMode = "official",
+        audio_window_mode: AudioWindowMode = "official",
         overlap_stages: bool = True,
         return_frames: bool = False,
         crf: int = 18,
         deep_cache_interval: int = 0,
         deep_cache_branch: int = 0,
         cache_latents: bool | None = None,
-    ) -> LatentSyncPipelineOutput:
-        """Lip-sync ``video`` to ``audio``.
+        output_type: str | None = None,
+        return_dict: bool = True,
+        callback_on_step_end: Callable[..., dict[str, torch.Tensor]] | None = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+    ) -> LatentSyncPipelineOutput | tuple:
+        r"""Lip-sync ``video`` to ``audio``.
 
         The video is read twice as a stream (face analysis, then generation) and written as it is produced, so
         memory does not grow with its length; only a video that must loop (audio longer than video) is cached,
@@ -479,6 +488,7 @@ class LatentSyncPipeline(DiffusionPipeline):
             num_inference_steps: denoising steps per 16-frame window.
             guidance_scale: classifier-free guidance on the audio (zero audio as unconditional); 1 disables it.
             generator: torch generator for the initial noise and VAE sampling (seed it for reproducible output).
+            latents: the initial noise ``(1, 4, 1, R/8, R/8)`` (one map shared by every frame) instead of drawing it.
             num_frames: frames denoised together (16 as in training).
             face_index: which face to lip-sync when several are visible: None = largest, k = k-th from the left.
             landmark_smoothing: temporal Gaussian sigma (frames) applied to face landmarks; 0 disables.
@@ -486,7 +496,7 @@ class LatentSyncPipeline(DiffusionPipeline):
                 (overlapping windows, no discontinuity every 30 s on long audio).
             overlap_stages: decode/align and paste/encode in background threads while the model denoises
                 (same output, faster).
-            return_frames: also return all output frames in memory.
+            return_frames: also return the output frames (as ``output_type="np"``) when a file is written.
             crf: x264 quality of the written video (lower is better).
             deep_cache_interval: DeepCache feature reuse: run the whole U-Net every ``interval`` steps and only its
                 shallow branch in between (0 = off; 3 as in DeepCache is about 2x fewer U-Net FLOPs at full size,
@@ -496,133 +506,98 @@ class LatentSyncPipeline(DiffusionPipeline):
                 on when the output is longer than the video). The VAE posterior sample is then drawn once per
                 source frame instead of once per output frame, so the output differs slightly from
                 ``cache_latents=False`` with the same seed.
+            output_type: the form of ``frames`` in the output: ``"np"`` (RGB uint8 array ``(N, H, W, 3)``),
+                ``"pil"`` (list of PIL images), ``"pt"`` (float tensor ``(N, 3, H, W)`` in [0, 1]) or ``"file"``
+                (no frames in memory, only the written file). None (default): ``"np"`` without ``output_path``
+                (or with ``return_frames``), else ``"file"``, so that long videos are never held in memory.
+            return_dict: return a [`LatentSyncPipelineOutput`]; False returns the tuple ``(frames, path)``.
+            callback_on_step_end: ``callback(pipe, step, timestep, callback_kwargs) -> dict`` run after every
+                denoising step of every window; the returned dict may replace the tensors. Setting
+                ``pipe._interrupt = True`` stops the call: the current window is decoded as it is, no further window
+                is generated, and the output holds the frames made so far.
+            callback_on_step_end_tensor_inputs: tensors passed in ``callback_kwargs``: any of ``"latents"``,
+                ``"condition_latents"`` and ``"audio_embeds"``.
+
+        Examples:
+
+        Returns:
+            [`LatentSyncPipelineOutput`], or the tuple ``(frames, path)`` when ``return_dict`` is False.
         """
-        timer = StageTimer()
-        wall = time.perf_counter()
-        source = open_frames(video, FPS)
-        samples = audio_lib.as_samples(audio)
-        audio_label = os.fspath(audio) if isinstance(audio, (str, os.PathLike)) else "audio samples"
-        audio_lib.check_not_silent(samples, audio_label)
-        n_out = audio_lib.num_video_frames(len(samples))
-        if output_path is not None:
-            VideoWriter(output_path)  # validate the output path before the long work
+        # 0. Check every argument before any work
+        self.check_inputs(video, audio, output_path, num_inference_steps, guidance_scale, num_frames, face_index,
+                          landmark_smoothing, audio_window_mode, crf, deep_cache_interval, deep_cache_branch,
+                          output_type, latents, callback_on_step_end_tensor_inputs)
+        if output_type is None:
+            output_type = "np" if return_frames or output_path is None else "file"
+        self._guidance_scale, self._interrupt, self._num_timesteps = guidance_scale, False, num_inference_steps
+        timer, wall, device = StageTimer(), time.perf_counter(), self._execution_device
 
+        # 1. Open the inputs: the video as re-readable 25 fps frames, the audio as 16 kHz samples that set the length
+        source = open_frames(video, VIDEO_FPS)
+        samples = as_samples(audio)
+        check_not_silent(samples, os.fspath(audio) if isinstance(audio, (str, os.PathLike)) else "audio samples")
+        num_output_frames = num_video_frames(len(samples))
+
+        # 2. Encode the audio (streamed one 30 s Whisper window at a time in the official mode)
         with timer("audio_features"):
-            if audio_window_mode == "official":  # independent windows: computed as the video advances
-                features = StreamedAudioFeatures(audio_lib.log_mel(samples, self.feature_extractor),
-                                                 self.audio_encoder, timer)
-            else:
-                features = self.encode_audio(samples, audio_window_mode)
+            audio_features = self.encode_audio(samples, audio_window_mode, stream=True, timer=timer)
 
-        aligner = FaceAligner(self.config.resolution)
-        expected = source.expected_frames
-        with tempfile.TemporaryDirectory(prefix="latentsync-") as tmp:
-            # cache decoded frames on disk only when the output clearly loops back over more than a short tail
-            loops_far = min(n_out - expected, expected) > _MAX_TAIL_FRAMES + 2
-            cache_path = os.path.join(tmp, "frames.u8") if loops_far else None
-            with FaceDetector(face_index=face_index) as detector:
-                anchors, shape = self._analyze(source, detector, cache_path, timer)
-            n_src = len(anchors)
-            has_face = ~np.isnan(anchors[:, 0, 0])
-            if not has_face.any():
-                raise NoFaceError(f"no face found in any frame of {source.label}")
-            order = pingpong_indices(n_src, n_out)
-            if min(n_out - n_src, n_src) > _MAX_TAIL_FRAMES and cache_path is None:  # the estimate was off
-                cache_path = os.path.join(tmp, "frames.u8")
-                with open(cache_path, "wb") as fh:
-                    for frame in source:
-                        fh.write(frame.tobytes())
-            smoothed = smooth_anchors(anchors, landmark_smoothing)
-            matrices = [aligner.matrix(a) if ok else None for a, ok in zip(smoothed, has_face)]
-            no_face_out = int((~has_face[order]).sum())
-            if no_face_out:
-                logger.warning("%d of %d output frames have no face and pass through unchanged", no_face_out, n_out)
+        with VideoStream(source, num_output_frames, self.config.resolution, overlap_stages, timer,
+                         self._progress) as stream:
+            # 3. First pass over the video: the face in every frame, and the output order (looping if too short)
+            stream.analyze(face_index, landmark_smoothing)
 
-            latent_size = self.config.resolution // self.vae_scale_factor
-            # the official code draws this noise map first (before any VAE sample), in the U-Net's dtype
-            init_noise = randn_tensor((1, self.unet.config.out_channels, 1, latent_size, latent_size),
-                                      generator=generator, device=self._execution_device, dtype=self.unet.dtype)
-            writer = None
-            if output_path is not None:
-                if isinstance(audio, (str, os.PathLike)):
-                    audio_path = os.fspath(audio)
-                else:  # samples in memory: muxed from a WAV copy
-                    audio_path = os.path.join(tmp, "audio.wav")
-                    audio_lib.write_wav(audio_path, samples)
-                writer = VideoWriter(output_path, FPS, audio_path=audio_path, crf=crf)
-            kept: list[np.ndarray] = []
+            # 4. The initial noise, drawn before any VAE sample (the official order of random draws)
+            latents = self.prepare_latents(self.unet.dtype, device, generator, latents)
 
-            def windows() -> Iterator[tuple]:
-                """Decoded frames of each window, in output order, with the aligned faces to regenerate."""
-                frames_iter = self._frames_in_order(source, order, cache_path, shape, n_src)
-                for start in range(0, n_out, num_frames):
-                    idx = order[start : start + num_frames]
-                    with timer("decode"):
-                        frames = [next(frames_iter) for _ in idx]
-                    sel = [k for k, j in enumerate(idx) if has_face[j]]
-                    with timer("alignment"):
-                        faces = np.stack([aligner.align(frames[k], matrices[idx[k]]) for k in sel]) if sel else None
-                    yield start, idx, frames, sel, faces
+            # 5. Open the output, and the caches that save work when the video loops or steps repeat
+            stream.open_output(output_path, audio, samples, crf, keep_frames=output_type != "file")
+            use_latent_cache = stream.loops if cache_latents is None else cache_latents
+            latent_cache = stream.latent_cache() if use_latent_cache else None
+            deep_cache = UNetFeatureCache(self.unet, deep_cache_interval, deep_cache_branch) if deep_cache_interval \
+                else None
 
-            def finish(idx, frames, sel, new_faces) -> None:
-                """Paste regenerated mouths back and write the window."""
-                with timer("paste_back"):
-                    for k, face in zip(sel, new_faces if new_faces is not None else []):
-                        frames[k] = aligner.paste(frames[k], face, matrices[idx[k]])
-                with timer("encode"):
-                    for frame in frames:
-                        if writer is not None:
-                            writer.write(frame)
-                        if return_frames or output_path is None:
-                            kept.append(frame)
+            # 6. Second pass: per window, condition on the faces, denoise, decode, paste the mouths back and write
+            num_windows = -(-num_output_frames // num_frames)
+            for window in self._progress(stream.windows(num_frames), "Lip sync", num_windows):
+                new_faces = None
+                if window.faces is not None:
+                    with timer("vae_encode"):
+                        condition = self.prepare_condition_latents(window.faces, generator, window.face_sources,
+                                                                   latent_cache)
+                    audio_embeds = frame_audio_contexts(audio_features, window.frame_indices)
+                    with timer("denoise"):
+                        window_latents = self.denoise(latents, condition, audio_embeds, num_inference_steps,
+                                                      guidance_scale, generator, deep_cache, callback_on_step_end,
+                                                      callback_on_step_end_tensor_inputs)
+                    with timer("vae_decode"):
+                        new_faces = self.decode_latents(window_latents)
+                stream.write(window, new_faces)
+                if self.interrupt:
+                    break
+            frames = stream.finish()
 
-            if cache_latents is None:
-                cache_latents = n_out > n_src
-            latent_cache = LatentCache(Counter(int(j) for j in order if has_face[j])) if cache_latents else None
-
-            window_iter = prefetch(windows()) if overlap_stages else windows()
-            sink = OrderedWorker(finish) if overlap_stages else None
-            try:
-                for start, idx, frames, sel, faces in self._progress(window_iter, "Lip sync", -(-n_out // num_frames)):
-                    new_faces = None
-                    if sel:
-                        ctx = audio_lib.frame_audio_contexts(features, np.array([start + k for k in sel]))
-                        src = [int(idx[k]) for k in sel]
-                        new_faces = self.generate_faces(
-                            faces, ctx, init_noise, num_inference_steps, guidance_scale, generator, timer=timer,
-                            deep_cache_interval=deep_cache_interval, deep_cache_branch=deep_cache_branch,
-                            source_indices=src, latent_cache=latent_cache,
-                        )
-                        if latent_cache is not None:
-                            for j in src:
-                                latent_cache.release(j)
-                    if sink is not None:
-                        sink.submit(idx, frames, sel, new_faces)
-                    else:
-                        finish(idx, frames, sel, new_faces)
-                if sink is not None:
-                    sink.close()
-                    sink = None
-                if writer is not None:
-                    with timer("encode"):
-                        writer.close()
-            except BaseException:
-                if sink is not None:
-                    sink.close_quietly()
-                if writer is not None:
-                    writer.abort()
-                raise
+        # 7. Release offloaded models and return the frames in the requested form
         self.maybe_free_model_hooks()
-        timings = timer.as_dict()
-        timings["total"] = time.perf_counter() - wall
-        return LatentSyncPipelineOutput(
-            frames=np.stack(kept) if kept else None,
-            fps=float(FPS),
-            path=os.fspath(output_path) if output_path is not None else None,
-            num_frames=n_out,
-            frames_without_face=no_face_out,
-            timings=timings,
+        timings = {**timer.as_dict(), "total": time.perf_counter() - wall}
+        output = LatentSyncPipelineOutput(
+            frames=self.postprocess_frames(frames, output_type), fps=float(VIDEO_FPS),
+            path=os.fspath(output_path) if output_path is not None else None, num_frames=stream.frames_submitted,
+            frames_without_face=stream.frames_without_face, timings=timings,
         )
+        return output if return_dict else (output.frames, output.path)
+
+    @staticmethod
+    def postprocess_frames(frames: list[np.ndarray], output_type: str) -> np.ndarray | list | torch.Tensor | None:
+        """Output frames (RGB uint8 ``(H, W, 3)`` arrays) in the form ``output_type`` names (see ``__call__``)."""
+        if output_type == "file" or not frames:
+            return None
+        if output_type == "pil":
+            return [PIL.Image.fromarray(frame) for frame in frames]
+        stacked = np.stack(frames)
+        if output_type == "pt":
+            return torch.from_numpy(stacked).permute(0, 3, 1, 2).float() / 255.0
+        return stacked
 
     # ------------------------------------------------------------------ saving and sharing
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
@@ -636,8 +611,6 @@ class LatentSyncPipeline(DiffusionPipeline):
     def push_to_hub(self, repo_id: str, commit_message: str = "Upload LatentSync pipeline", private: bool | None = None,
                     token: str | None = None, **kwargs) -> str:
         """Save the pipeline with its model card and upload it to the Hub repo ``repo_id`` (created if needed)."""
-        from huggingface_hub import HfApi
-
         api = HfApi(token=token)
         repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
         with tempfile.TemporaryDirectory() as tmp:
@@ -645,11 +618,27 @@ class LatentSyncPipeline(DiffusionPipeline):
             api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message)
         return repo_id
 
-    def _progress(self, iterable, desc: str, total: int | None = None):
+    def _progress(self, iterable: Any, desc: str, total: int | None = None) -> tqdm:
         """tqdm bar for one stage, honouring ``set_progress_bar_config``."""
         config = {"desc": desc, "total": total, **getattr(self, "_progress_bar_config", {})}
         return tqdm(iterable, **config)
 
-    @property
-    def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
+    """[`LatentSyncInputError`] unless ``value`` is an integer in ``[low, high]``."""
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if not ok or value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"between {low} and {high}"
+        raise LatentSyncInputError(f"{name} must be an integer {bound}, got {value!r}")
+
+
+_MOVED = {
+    "pingpong_indices": "latentsync.streaming",
+    "SCHEDULERS": "latentsync.schedulers",
+    "FPS": "latentsync.media:VIDEO_FPS",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Names that lived here before the re-layout keep working for one release, with a deprecation warning."""
+    return moved_attribute(__name__, name, _MOVED)

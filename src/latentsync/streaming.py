@@ -1,44 +1,64 @@
-"""Small concurrency helpers that let CPU stages (decode, alignment, paste-back, encode) overlap the denoising.
+"""Streaming a video through the pipeline in bounded memory.
 
-Every queue is bounded, so memory stays constant whatever the video length.
+A [`VideoStream`] holds the two passes of one pipeline call over the input video:
+
+1. [`VideoStream.analyze`] decodes every frame once to find the face in it (and, when the output will loop far back
+   over the video, writes the decoded frames to an on-disk cache);
+2. [`VideoStream.windows`] decodes the video a second time, in output order, and yields windows of frames with
+   their aligned faces; [`VideoStream.write`] pastes the regenerated mouths back and encodes the frames.
+
+The output follows the audio: a longer video is trimmed, a shorter one plays forward and backward
+([`pingpong_indices`], as the official code loops). Frames shown again are read from a small in-memory tail when the
+output loops back by a few frames, else from the disk cache. With ``overlap_stages`` decoding and alignment run one
+window ahead in a background thread ([`prefetch`]) and paste-back and encoding run behind in another
+([`OrderedWorker`]), while the model denoises; every queue is bounded, so memory stays constant whatever the video
+length.
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import queue
+import tempfile
 import threading
-import time
-from collections import defaultdict, deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .errors import InvalidVideoError, NoFaceError
+from .face.alignment import FaceAligner, smooth_anchors
+from .face.detection import FaceDetector
+from .media.audio import write_wav
+from .media.constants import VIDEO_FPS
+from .media.video import FrameSource, VideoWriter
+from .utils import StageTimer
+
+logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-
-class StageTimer:
-    """Accumulates busy seconds per named stage (thread-safe)."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = defaultdict(float)
-        self._lock = threading.Lock()
-
-    @contextmanager
-    def __call__(self, stage: str):
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            elapsed = time.perf_counter() - start
-            with self._lock:
-                self.seconds[stage] += elapsed
-
-    def as_dict(self) -> dict[str, float]:
-        with self._lock:
-            return dict(self.seconds)
+MAX_TAIL_FRAMES = 32
+"""An output at most this many frames longer than the video (or a video this short) loops from frames kept in
+memory; longer loops read the decoded video back from a cache on disk."""
 
 
+def pingpong_indices(num_source: int, num_output: int) -> np.ndarray:
+    """Source frame for each output frame: the video plays forward, backward, forward... (official looping)."""
+    i = np.arange(num_output)
+    if num_output <= num_source:
+        return i
+    k = i % (2 * num_source)
+    return np.where(k < num_source, k, 2 * num_source - 1 - k)
+
+
+# ---------------------------------------------------------------------------------------------------- threads
 _DONE = object()
 
 
@@ -113,3 +133,318 @@ class OrderedWorker:
                 self._pending.popleft().result()
         finally:
             self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ---------------------------------------------------------------------------------------------------- latents
+class LatentCache:
+    """VAE latents (reference, masked) of source frames that a looping video shows again.
+
+    ``uses`` counts how often each source frame will be generated; an entry is kept only while later uses remain
+    and freed after the last one, so the cache never holds more than one entry per source frame (on the CPU).
+    ``encoded`` counts the frames actually run through the VAE encoder.
+    """
+
+    def __init__(self, uses: Counter):
+        self.uses = uses
+        self.entries: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.encoded = 0
+
+    def get(self, key: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return self.entries.get(key)
+
+    def put(self, key: int, ref: torch.Tensor, masked: torch.Tensor) -> None:
+        if self.uses[key] > 1:
+            self.entries[key] = (ref.cpu(), masked.cpu())
+
+    def release(self, key: int) -> None:
+        """Count one use of ``key`` as done; drop its entry after the last."""
+        self.uses[key] -= 1
+        if self.uses[key] <= 0:
+            self.entries.pop(key, None)
+
+
+# ---------------------------------------------------------------------------------------------------- the stream
+@dataclass
+class FrameWindow:
+    """Consecutive output frames that are denoised together.
+
+    Attributes:
+        start: index of the window's first output frame.
+        source_indices: the source frame each output frame shows.
+        frames: the decoded frames (RGB uint8); paste-back replaces those with a face.
+        face_slots: positions in the window of the frames that have a face.
+        faces: those frames' aligned faces ``(len(face_slots), R, R, 3)`` uint8, or None when there is none.
+    """
+
+    start: int
+    source_indices: np.ndarray
+    frames: list[np.ndarray]
+    face_slots: list[int]
+    faces: np.ndarray | None
+
+    @property
+    def frame_indices(self) -> np.ndarray:
+        """Output frame index of each face (where its audio context is taken)."""
+        return np.array([self.start + k for k in self.face_slots])
+
+    @property
+    def face_sources(self) -> list[int]:
+        """Source frame of each face (the key of the latent cache)."""
+        return [int(self.source_indices[k]) for k in self.face_slots]
+
+
+def _plain_progress(iterable: Any, desc: str, total: int | None = None) -> tqdm:
+    return tqdm(iterable, desc=desc, total=total)
+
+
+class VideoStream:
+    """The passes of one pipeline call over its input video, and the output they produce (see the module docstring).
+
+    Use it as a context manager: it owns a temporary folder (frame cache, audio copy) and, on an error, removes a
+    partly written output::
+
+        with VideoStream(source, num_output_frames, resolution) as stream:
+            stream.analyze()
+            stream.open_output(output_path, audio, samples)
+            for window in stream.windows(16):
+                stream.write(window, new_faces)
+            frames = stream.finish()
+
+    Args:
+        source: the input video at 25 fps.
+        num_output_frames: length of the output (the audio's length in frames).
+        resolution: side of the aligned faces.
+        overlap_stages: decode/align and paste/encode in background threads (same output).
+        timer: collects the busy seconds of ``decode``, ``face_detection``, ``alignment``, ``paste_back`` and
+            ``encode``.
+        progress: ``progress(iterable, desc, total)`` returns a progress bar (tqdm by default).
+    """
+
+    max_tail_frames = MAX_TAIL_FRAMES
+
+    def __init__(self, source: FrameSource, num_output_frames: int, resolution: int, overlap_stages: bool = True,
+                 timer: StageTimer | None = None, progress: Callable[..., Any] | None = None):
+        self.source = source
+        self.num_output_frames = num_output_frames
+        self.aligner = FaceAligner(resolution)
+        self.overlap_stages = overlap_stages
+        self.timer = timer or StageTimer()
+        self.progress = progress or _plain_progress
+        self.cache_path: str | None = None
+        self.frame_shape: tuple[int, ...] | None = None
+        self.has_face: np.ndarray | None = None
+        self.order: np.ndarray | None = None
+        self.matrices: list[np.ndarray | None] = []
+        self.frames_submitted = 0
+        self.writer: VideoWriter | None = None
+        self.keep_frames = False
+        self.kept: list[np.ndarray] = []
+        self._sink: OrderedWorker | None = None
+        self._windows: Iterator[FrameWindow] | None = None
+        self._tmp: tempfile.TemporaryDirectory | None = None
+
+    def __enter__(self) -> "VideoStream":
+        self._tmp = tempfile.TemporaryDirectory(prefix="latentsync-")
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is not None:
+                self.abort()
+        finally:
+            if self._tmp is not None:
+                self._tmp.cleanup()
+                self._tmp = None
+
+    def _temp_path(self, name: str) -> str:
+        if self._tmp is None:
+            raise RuntimeError("use VideoStream as a context manager (with VideoStream(...) as stream: ...)")
+        return os.path.join(self._tmp.name, name)
+
+    @property
+    def num_source_frames(self) -> int:
+        return len(self.has_face) if self.has_face is not None else 0
+
+    @property
+    def frames_without_face(self) -> int:
+        """Output frames written so far that pass through unchanged (no face)."""
+        if self.order is None:
+            return 0
+        return int((~self.has_face[self.order[: self.frames_submitted]]).sum())
+
+    @property
+    def loops(self) -> bool:
+        """Whether the output shows source frames more than once (the audio is longer than the video)."""
+        return self.num_output_frames > self.num_source_frames
+
+    # ------------------------------------------------------------------ pass 1
+    def analyze(self, face_index: int | None = None, landmark_smoothing: float = 1.5) -> None:
+        """First pass: face anchors of every frame, the output order and the alignment of every frame with a face.
+
+        Raises:
+            InvalidVideoError: the video has no frames.
+            NoFaceError: no frame has a face.
+        """
+        n_out, expected = self.num_output_frames, self.source.expected_frames
+        # cache decoded frames on disk only when the output clearly loops back over more than a short tail
+        if min(n_out - expected, expected) > self.max_tail_frames + 2:
+            self.cache_path = self._temp_path("frames.u8")
+        with FaceDetector(face_index=face_index) as detector:
+            anchors = self._detect_faces(detector)
+        n_src = len(anchors)
+        self.has_face = ~np.isnan(anchors[:, 0, 0])
+        if not self.has_face.any():
+            raise NoFaceError(f"no face found in any frame of {self.source.label}")
+        self.order = pingpong_indices(n_src, n_out)
+        if min(n_out - n_src, n_src) > self.max_tail_frames and self.cache_path is None:  # the estimate was off
+            self.cache_path = self._temp_path("frames.u8")
+            with open(self.cache_path, "wb") as fh:
+                for frame in self.source:
+                    fh.write(frame.tobytes())
+        smoothed = smooth_anchors(anchors, landmark_smoothing)
+        self.matrices = [self.aligner.matrix(a) if ok else None for a, ok in zip(smoothed, self.has_face)]
+        no_face = int((~self.has_face[self.order]).sum())
+        if no_face:
+            logger.warning("%d of %d output frames have no face and pass through unchanged", no_face, n_out)
+
+    def _detect_faces(self, detector: FaceDetector) -> np.ndarray:
+        """Anchors ``(N, 3, 2)`` of every frame (NaN where no face); writes the frames to the cache when it is on."""
+        anchors: list[np.ndarray] = []
+        cache = None
+        frames = iter(self.source)
+        bar = self.progress(None, "Face analysis", self.source.expected_frames)
+        try:
+            while True:
+                with self.timer("decode"):
+                    frame = next(frames, None)
+                if frame is None:
+                    break
+                bar.update()
+                with self.timer("face_detection"):
+                    a = detector.anchors(frame)
+                anchors.append(a if a is not None else np.full((3, 2), np.nan))
+                if self.cache_path is not None:
+                    if cache is None:
+                        cache = open(self.cache_path, "wb")
+                    cache.write(frame.tobytes())
+                self.frame_shape = frame.shape
+        finally:
+            bar.close()
+            if cache is not None:
+                cache.close()
+        if not anchors:
+            raise InvalidVideoError(f"video has no frames: {self.source.label}")
+        return np.stack(anchors)
+
+    def latent_cache(self) -> LatentCache:
+        """A [`LatentCache`] that keeps the VAE latents of every source frame until its last use in the output."""
+        return LatentCache(Counter(int(j) for j in self.order if self.has_face[j]))
+
+    # ------------------------------------------------------------------ pass 2
+    def frames_in_order(self) -> Iterator[np.ndarray]:
+        """Source frames in output order: decoded as a stream, from a small in-memory tail when the output loops back
+        by at most ``max_tail_frames``, or read one by one from the on-disk cache."""
+        order, n_src, video = self.order, self.num_source_frames, self.source
+        if self.cache_path is None:
+            tail: deque[np.ndarray] = deque(maxlen=min(max(len(order) - n_src, 0), n_src))
+            frames = iter(video)
+            for pos, j in enumerate(order):
+                if pos < n_src:
+                    frame = next(frames, None)
+                    if frame is None:
+                        raise InvalidVideoError(f"{video.label} gave fewer frames on the second read than on the first")
+                    if tail.maxlen:
+                        tail.append(frame)
+                else:  # looping back over the last frames
+                    frame = tail[j - (n_src - len(tail))]
+                yield frame
+            return
+        # plain reads rather than a memory map: mapped pages would count in (and grow) the resident set
+        nbytes = int(np.prod(self.frame_shape))
+        with open(self.cache_path, "rb") as fh:
+            for j in order:
+                frame = np.empty(self.frame_shape, np.uint8)
+                fh.seek(int(j) * nbytes)
+                if fh.readinto(frame.reshape(-1)) != nbytes:
+                    raise InvalidVideoError(f"frame cache is truncated at frame {j} of {video.label}")
+                yield frame
+
+    def windows(self, num_frames: int) -> Iterator[FrameWindow]:
+        """Second pass: the output in windows of ``num_frames`` frames with their aligned faces (prepared one window
+        ahead in a background thread with ``overlap_stages``)."""
+        windows = self._decode_windows(num_frames)
+        self._windows = prefetch(windows) if self.overlap_stages else windows
+        return self._windows
+
+    def _decode_windows(self, num_frames: int) -> Iterator[FrameWindow]:
+        frames_iter = self.frames_in_order()
+        for start in range(0, self.num_output_frames, num_frames):
+            idx = self.order[start : start + num_frames]
+            with self.timer("decode"):
+                frames = [next(frames_iter) for _ in idx]
+            sel = [k for k, j in enumerate(idx) if self.has_face[j]]
+            with self.timer("alignment"):
+                faces = np.stack([self.aligner.align(frames[k], self.matrices[idx[k]]) for k in sel]) if sel else None
+            yield FrameWindow(start, idx, frames, sel, faces)
+
+    # ------------------------------------------------------------------ output
+    def open_output(self, output_path: str | os.PathLike | None, audio: Any, samples: np.ndarray, crf: int = 18,
+                    keep_frames: bool = False) -> None:
+        """Prepare the sink: the video file at ``output_path`` (muxed with ``audio``, the caller's file, or a WAV copy
+        of ``samples`` when the audio was given in memory) and/or the frames kept in memory."""
+        self.keep_frames = keep_frames
+        if output_path is not None:
+            if isinstance(audio, (str, os.PathLike)):
+                audio_path = os.fspath(audio)
+            else:  # samples in memory: muxed from a WAV copy
+                audio_path = self._temp_path("audio.wav")
+                write_wav(audio_path, samples)
+            self.writer = VideoWriter(output_path, VIDEO_FPS, audio_path=audio_path, crf=crf)
+        self._sink = OrderedWorker(self._paste_and_write) if self.overlap_stages else None
+
+    def write(self, window: FrameWindow, new_faces: np.ndarray | None) -> None:
+        """Paste ``new_faces`` (the regenerated aligned faces of the window's face slots, or None) into the window's
+        frames and write them, in a background thread with ``overlap_stages``."""
+        self.frames_submitted += len(window.frames)
+        if self._sink is not None:
+            self._sink.submit(window, new_faces)
+        else:
+            self._paste_and_write(window, new_faces)
+
+    def _paste_and_write(self, window: FrameWindow, new_faces: np.ndarray | None) -> None:
+        with self.timer("paste_back"):
+            for k, face in zip(window.face_slots, new_faces if new_faces is not None else []):
+                window.frames[k] = self.aligner.paste(window.frames[k], face, self.matrices[window.source_indices[k]])
+        with self.timer("encode"):
+            for frame in window.frames:
+                if self.writer is not None:
+                    self.writer.write(frame)
+                if self.keep_frames:
+                    self.kept.append(frame)
+
+    def finish(self) -> list[np.ndarray]:
+        """Wait for the last windows, complete the output file, and return the frames kept in memory."""
+        self._stop_windows()
+        if self._sink is not None:
+            self._sink.close()
+            self._sink = None
+        if self.writer is not None:
+            with self.timer("encode"):
+                self.writer.close()
+            self.writer = None
+        return self.kept
+
+    def abort(self) -> None:
+        """Stop the background threads and remove a partly written output (after an error)."""
+        self._stop_windows()
+        if self._sink is not None:
+            self._sink.close_quietly()
+            self._sink = None
+        if self.writer is not None:
+            self.writer.abort()
+            self.writer = None
+
+    def _stop_windows(self) -> None:
+        if self._windows is not None and hasattr(self._windows, "close"):
+            self._windows.close()
+        self._windows = None

@@ -1,9 +1,8 @@
-"""SyncNet training and evaluation samples (spec section 5.4).
+"""SyncNet training and evaluation samples.
 
-Clips are aligned talking faces at 25 fps with their (already A/V-synchronised) audio: a folder of video files, a
-single video file, or a Hugging Face ``datasets`` dataset whose ``video_column`` holds mp4 bytes (``bytes``, a
-``{"bytes", "path"}`` dict as written by ``datasets.Video(decode=False)``, or a file path). Clips are decoded with
-the project's ffmpeg reader (``datasets``' own Video decoding needs torchcodec, which is not required here).
+Clips are aligned talking faces at 25 fps with their (already A/V-synchronised) audio, from any source
+[`~latentsync.data.clips.ClipSource`] reads: a folder of video files, a single video file, or a Hugging Face
+``datasets`` dataset with mp4 bytes.
 
 A sample is a window of ``num_frames`` frames and a Wav2Lip mel window. With probability ``positive_ratio`` both
 start at the same frame (label 1, in sync); otherwise the frames come from another start of the same clip, at
@@ -18,10 +17,7 @@ trainer draws sample indices in order and resumes by offsetting them.
 from __future__ import annotations
 
 import collections
-import glob
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,14 +26,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .. import audio as audio_lib
+from ..audio_features.wav2lip_mel import mel_start, mel_window_length, wav2lip_mel
 from ..errors import LatentSyncInputError
-from ..syncnet_audio import mel_start, mel_window_length, wav2lip_mel
-from ..video_io import iter_frames
+from ..media.audio import load_audio
+from ..media.constants import VIDEO_FPS
+from ..media.video import iter_frames
+from ..utils import frames_to_pixels
+from .clips import ClipSource
 
 logger = logging.getLogger(__name__)
-
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm")
 
 
 @dataclass
@@ -47,30 +44,6 @@ class SyncClip:
     frames: np.ndarray
     mel: np.ndarray
     name: str
-
-
-def _is_saved_dataset(path: str) -> bool:
-    return any(os.path.isfile(os.path.join(path, f)) for f in ("dataset_info.json", "dataset_dict.json", "state.json"))
-
-
-def _load_hf_dataset(source: Any, split: str):
-    import datasets
-
-    if isinstance(source, datasets.DatasetDict):
-        if split not in source:
-            raise ValueError(f"dataset has no split {split!r} (splits: {', '.join(source)})")
-        return source[split]
-    if isinstance(source, datasets.Dataset):
-        return source
-    path = os.fspath(source)
-    if os.path.isdir(path) and _is_saved_dataset(path):
-        ds = datasets.load_from_disk(path)
-        if isinstance(ds, datasets.DatasetDict):
-            if split not in ds:
-                raise ValueError(f"dataset {path} has no split {split!r} (splits: {', '.join(ds)})")
-            return ds[split]
-        return ds
-    return datasets.load_dataset(path, split=split)
 
 
 class ClipStore:
@@ -96,40 +69,14 @@ class ClipStore:
     ):
         self.resolution, self.lower_half, self.video_column = resolution, lower_half, video_column
         self.cache_size = cache_size
-        self._files: list[str] | None = None
-        self._hf = None
-        if isinstance(source, (str, os.PathLike)) and os.path.isfile(source):
-            self._files = [os.fspath(source)]
-        elif isinstance(source, (str, os.PathLike)) and os.path.isdir(source) and not _is_saved_dataset(
-            os.fspath(source)
-        ):
-            files = sorted(
-                f for f in glob.glob(os.path.join(os.fspath(source), "**", "*"), recursive=True)
-                if f.lower().endswith(VIDEO_EXTENSIONS)
-            )
-            if files:
-                self._files = files
-            elif not glob.glob(os.path.join(os.fspath(source), "**", "*.parquet"), recursive=True) and not glob.glob(
-                os.path.join(os.fspath(source), "**", "*.arrow"), recursive=True
-            ):
-                raise ValueError(f"no video clips ({', '.join(VIDEO_EXTENSIONS)}) or dataset files in {source}")
-        if self._files is None:
-            self._hf = _load_hf_dataset(source, split)
-            if video_column not in self._hf.column_names:
-                raise ValueError(
-                    f"dataset has no column {video_column!r} (columns: {', '.join(self._hf.column_names)})"
-                )
-            if len(self._hf) == 0:
-                raise ValueError("dataset has no rows")
+        self.source = ClipSource(source, split, video_column)
         self._cache: collections.OrderedDict[int, SyncClip] = collections.OrderedDict()
 
     def __len__(self) -> int:
-        return len(self._files) if self._files is not None else len(self._hf)
+        return len(self.source)
 
     def name(self, index: int) -> str:
-        if self._files is not None:
-            return self._files[index]
-        return f"row {index}"
+        return self.source.name(index)
 
     def preload(self) -> None:
         """Decode every clip now and keep all of them (for small datasets)."""
@@ -142,21 +89,8 @@ class ClipStore:
         if index in self._cache:
             self._cache.move_to_end(index)
             return self._cache[index]
-        if self._files is not None:
-            clip = self._decode(self._files[index], self._files[index])
-        else:
-            value = self._hf[index][self.video_column]
-            data = value.get("bytes") if isinstance(value, dict) else value
-            path = value.get("path") if isinstance(value, dict) else (value if isinstance(value, str) else None)
-            if isinstance(data, (bytes, bytearray)):
-                with tempfile.NamedTemporaryFile(suffix=".mp4") as tmp:
-                    tmp.write(data)
-                    tmp.flush()
-                    clip = self._decode(tmp.name, self.name(index))
-            elif path and os.path.isfile(path):
-                clip = self._decode(path, path)
-            else:
-                raise ValueError(f"row {index}: column {self.video_column!r} holds neither mp4 bytes nor a file path")
+        with self.source.local_file(index) as path:
+            clip = self._decode(path, self.name(index))
         if self.cache_size > 0:
             self._cache[index] = clip
             while len(self._cache) > self.cache_size:
@@ -165,7 +99,7 @@ class ClipStore:
 
     def _decode(self, path: str, name: str) -> SyncClip:
         frames = []
-        for frame in iter_frames(path, audio_lib.VIDEO_FPS):
+        for frame in iter_frames(path, VIDEO_FPS):
             if self.resolution is not None and frame.shape[:2] != (self.resolution, self.resolution):
                 frame = cv2.resize(frame, (self.resolution, self.resolution), interpolation=cv2.INTER_AREA)
             if self.lower_half:
@@ -173,14 +107,13 @@ class ClipStore:
             frames.append(np.ascontiguousarray(frame))
         if not frames:
             raise ValueError(f"no frames in {name}")
-        mel = wav2lip_mel(audio_lib.load_audio(path))
+        mel = wav2lip_mel(load_audio(path))
         return SyncClip(np.stack(frames), mel, name)
 
 
 def frames_to_tensor(frames: np.ndarray) -> torch.Tensor:
     """uint8 ``(F, H, W, 3)`` -> float ``(F * 3, H, W)`` in [-1, 1], frames stacked frame-major on channels."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    return x.flatten(0, 1)
+    return frames_to_pixels(frames).flatten(0, 1)
 
 
 class SyncNetDataset(Dataset):

@@ -1,9 +1,9 @@
-"""Training samples for the LatentSync U-Net (spec section 7).
+"""Training samples for the LatentSync U-Net.
 
-Reads aligned talking-face clips (25 fps, face already aligned to the template, 16 kHz audio) from either a folder
-of ``.mp4`` files or a Hugging Face dataset whose ``video_column`` holds the mp4 bytes (``bytes`` or a
-``{"bytes", "path"}`` dict, as written by ``datasets.Video(decode=False)``). Each sample is a ``num_frames`` window
-of ground-truth frames plus a reference window of the same clip at a non-overlapping position.
+Reads aligned talking-face clips (25 fps, face already aligned to the template, 16 kHz audio) from any source
+[`~latentsync.data.clips.ClipSource`] reads (a folder of videos or a Hugging Face dataset with mp4 bytes). Each
+sample is a ``num_frames`` window of ground-truth frames plus a reference window of the same clip at a
+non-overlapping position (the model learns to copy identity from the reference, not the mouth).
 
 Randomness is a function of ``(seed, epoch, index)`` only, so a resumed run sees exactly the samples an
 uninterrupted run would. The sampler [`EpochSampler`] encodes the epoch in the index it yields.
@@ -12,10 +12,7 @@ uninterrupted run would. The sampler [`EpochSampler`] encodes the epoch in the i
 from __future__ import annotations
 
 import collections
-import glob
 import logging
-import os
-import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,8 +21,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from .. import audio as audio_lib
-from ..video_io import iter_frames
+from ..audio_features.wav2lip_mel import mel_window, num_mel_windows, wav2lip_mel
+from ..media.audio import load_audio
+from ..media.constants import VIDEO_FPS
+from ..media.video import iter_frames
+from ..utils import frames_to_pixels
+from .clips import ClipSource
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class UNetClipDataset(Dataset):
     """Aligned clips -> ``{"gt", "ref", "clip_index", "start"[, "mel"]}``.
 
     Args:
-        source: folder of aligned mp4s, a ``datasets.Dataset``, or a path/id loadable by ``datasets``.
+        source: folder of aligned clips, a ``datasets.Dataset``, or a path/id loadable by ``datasets``.
         resolution: side of the returned faces (frames are resized when the clip differs).
         num_frames: frames per window (16).
         split, video_column: for datasets sources.
@@ -59,28 +60,16 @@ class UNetClipDataset(Dataset):
         self.resolution, self.num_frames = resolution, num_frames
         self.return_mel, self.seed = return_mel, seed
         self.video_column, self.max_retries = video_column, max_retries
-        self._files: list[str] | None = None
-        self._hf = None
-        if isinstance(source, (str, os.PathLike)) and os.path.isdir(source) and not _is_saved_dataset(source):
-            files = sorted(glob.glob(os.path.join(os.fspath(source), "**", "*.mp4"), recursive=True))
-            if not files:
-                raise ValueError(f"no .mp4 clips in {source}")
-            self._files = files
-        else:
-            self._hf = _load_hf(source, split)
-            if video_column not in self._hf.column_names:
-                raise ValueError(f"dataset has no column {video_column!r} (columns: {', '.join(self._hf.column_names)})")
+        self.source = ClipSource(source, split, video_column)
         self._cache: collections.OrderedDict[int, tuple[np.ndarray, np.ndarray]] = collections.OrderedDict()
         self._cache_size = cache_clips
 
     def __len__(self) -> int:
-        return len(self._files) if self._files is not None else len(self._hf)
+        return len(self.source)
 
     def key(self, index: int) -> str:
         """Stable name of clip ``index`` (file path, or dataset fingerprint + row)."""
-        if self._files is not None:
-            return self._files[index]
-        return f"{getattr(self._hf, '_fingerprint', 'dataset')}/{index}"
+        return self.source.key(index)
 
     # ------------------------------------------------------------------ decoding
     def load_clip(self, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -88,20 +77,8 @@ class UNetClipDataset(Dataset):
         if index in self._cache:
             self._cache.move_to_end(index)
             return self._cache[index]
-        if self._files is not None:
-            clip = self._decode(self._files[index])
-        else:
-            value = self._hf[index][self.video_column]
-            data = value.get("bytes") if isinstance(value, dict) else value
-            if data is None and isinstance(value, dict) and value.get("path"):
-                clip = self._decode(value["path"])
-            elif not isinstance(data, (bytes, bytearray)):
-                raise ValueError(f"row {index}: column {self.video_column!r} holds no mp4 bytes")
-            else:
-                with tempfile.NamedTemporaryFile(suffix=".mp4") as tmp:
-                    tmp.write(data)
-                    tmp.flush()
-                    clip = self._decode(tmp.name)
+        with self.source.local_file(index) as path:
+            clip = self._decode(path)
         if self._cache_size > 0:
             self._cache[index] = clip
             while len(self._cache) > self._cache_size:
@@ -115,13 +92,13 @@ class UNetClipDataset(Dataset):
     def _decode(self, path: str) -> tuple[np.ndarray, np.ndarray]:
         r = self.resolution
         frames = []
-        for frame in iter_frames(path, audio_lib.VIDEO_FPS):
+        for frame in iter_frames(path, VIDEO_FPS):
             if frame.shape[:2] != (r, r):
                 frame = cv2.resize(frame, (r, r), interpolation=cv2.INTER_AREA)
             frames.append(frame)
         if not frames:
             raise ValueError(f"no frames in {path}")
-        return np.stack(frames), audio_lib.load_audio(path)
+        return np.stack(frames), load_audio(path)
 
     # ------------------------------------------------------------------ sampling
     def windows(self, num_total: int, rng: np.random.Generator, max_start: int | None = None) -> tuple[int, int]:
@@ -147,14 +124,12 @@ class UNetClipDataset(Dataset):
                 frames, samples = self.load_clip(idx)
                 mel, max_start = None, None
                 if self.return_mel:
-                    from ..syncnet_audio import num_mel_windows, wav2lip_mel
-
                     mel = wav2lip_mel(samples)
                     max_start = num_mel_windows(mel.shape[-1], self.num_frames) - 1
                 start, ref_start = self.windows(len(frames), rng, max_start)
                 sample = {
-                    "gt": _to_tensor(frames[start : start + self.num_frames]),
-                    "ref": _to_tensor(frames[ref_start : ref_start + self.num_frames]),
+                    "gt": frames_to_pixels(frames[start : start + self.num_frames]),
+                    "ref": frames_to_pixels(frames[ref_start : ref_start + self.num_frames]),
                     "clip_index": idx,
                     "start": start,
                 }
@@ -167,36 +142,10 @@ class UNetClipDataset(Dataset):
         raise RuntimeError(f"{self.max_retries + 1} clips in a row could not be used; last error: {last_error}")
 
     def _mel(self, mel: np.ndarray, start: int) -> torch.Tensor:
-        from ..syncnet_audio import mel_window
-
         window = torch.as_tensor(np.asarray(mel_window(mel, start, self.num_frames)), dtype=torch.float32)
         if window.ndim == 2:
             window = window[None]
         return window
-
-
-def _to_tensor(frames: np.ndarray) -> torch.Tensor:
-    """uint8 ``(F, H, W, 3)`` -> float ``(F, 3, H, W)`` in [-1, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-
-
-def _is_saved_dataset(path: str | os.PathLike) -> bool:
-    p = os.fspath(path)
-    return os.path.isfile(os.path.join(p, "dataset_info.json")) or os.path.isfile(os.path.join(p, "dataset_dict.json"))
-
-
-def _load_hf(source: Any, split: str):
-    import datasets
-
-    if isinstance(source, datasets.Dataset):
-        return source
-    if isinstance(source, datasets.DatasetDict):
-        return source[split]
-    path = os.fspath(source)
-    if _is_saved_dataset(path):
-        ds = datasets.load_from_disk(path)
-        return ds[split] if isinstance(ds, datasets.DatasetDict) else ds
-    return datasets.load_dataset(path, split=split)
 
 
 class EpochSampler(Sampler[int]):

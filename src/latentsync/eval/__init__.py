@@ -1,24 +1,22 @@
-"""Evaluation tools: SyncNet accuracy, audio-visual offset / sync confidence (``latentsync eval ...``).
+"""Evaluation: SyncNet accuracy, audio-visual offset / sync confidence (LSE-C, LSE-D), and the video metrics of the
+paper (PSNR, SSIM, FID, FVD) with their report. The ``latentsync eval`` command line is in
+[`latentsync.commands.eval`]."""
 
-Subcommands live in [`latentsync.eval.cli.EVAL_COMMANDS`]; add new ones with [`register_eval_command`].
-"""
+from typing import Any
 
-from .cli import EVAL_COMMANDS, register_eval_command
-from .sync_confidence import SyncEstimate, SyncNetV2, estimate_sync, load_sync_model, offset_confidence
-from .syncnet_acc import SyncNetAccuracy, evaluate_syncnet
+from .._deprecation import moved_attribute
 from .metrics import (
-    FIDInceptionV3,
     I3DFeatureExtractor,
     frame_psnr,
     frame_ssim,
     frechet_distance,
     frechet_distance_from_features,
 )
+from .sync_confidence import SyncEstimate, estimate_sync, load_sync_model, offset_confidence
+from .syncnet_acc import SyncNetAccuracy, evaluate_syncnet
 from .videos import VideoEvalConfig, evaluate_videos, write_report
 
 __all__ = [
-    "EVAL_COMMANDS",
-    "FIDInceptionV3",
     "I3DFeatureExtractor",
     "VideoEvalConfig",
     "evaluate_videos",
@@ -29,10 +27,20 @@ __all__ = [
     "write_report",
     "SyncEstimate",
     "SyncNetAccuracy",
-    "SyncNetV2",
     "estimate_sync",
     "evaluate_syncnet",
     "load_sync_model",
     "offset_confidence",
-    "register_eval_command",
 ]
+
+_MOVED = {
+    "EVAL_COMMANDS": "latentsync.commands.eval",
+    "register_eval_command": "latentsync.commands.eval",
+    "FIDInceptionV3": "latentsync.models",
+    "SyncNetV2": "latentsync.models",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Names that lived here before the re-layout keep working for one release, with a deprecation warning."""
+    return moved_attribute(__name__, name, _MOVED)

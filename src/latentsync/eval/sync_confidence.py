@@ -1,4 +1,4 @@
-"""Audio-visual offset and sync confidence of a talking-face video (spec section 9; syncnet_python's evaluation).
+"""Audio-visual offset and sync confidence of a talking-face video (LSE-C / LSE-D, as syncnet_python evaluates).
 
 For every video frame the SyncNet embeds a short window of mouth frames and the audio at the same time; the mean
 distance between the visual and audio features is computed for audio shifted by ``-vshift ... +vshift`` frames.
@@ -8,7 +8,7 @@ and |offset| <= 6 with the classic SyncNet).
 
 Two networks are supported:
 
-* [`SyncNetV2`], the classic SyncNet of syncnet_python (``syncnet_v2.model``; 3-D conv lip tower on 5-frame
+* [`~latentsync.models.SyncNetV2`], the classic SyncNet of syncnet_python (``syncnet_v2.model``; 3-D conv lip tower on 5-frame
   224 x 224 face crops, audio tower on 13 MFCCs x 20 steps, 1024-d, Euclidean distance). Its weights are not
   shipped: pass the file (the official LatentSync repos have it as ``auxiliary/syncnet_v2.model``).
 * [`StableSyncNet`] (any trained config): 16-frame windows of aligned lower faces against Wav2Lip mel windows,
@@ -30,17 +30,21 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.modeling_utils import ModelMixin
+from huggingface_hub import hf_hub_download
 from scipy.signal import medfilt
-from torch import nn
 from tqdm.auto import tqdm
 
-from .. import audio as audio_lib
+from ..audio_features.wav2lip_mel import mel_window, num_mel_windows, wav2lip_mel
 from ..errors import InvalidVideoError, LatentSyncInputError, NoFaceError
+from ..face.alignment import FaceAligner, smooth_anchors
+from ..face.detection import FaceDetector, largest_face
+from ..loaders.official import load_syncnet
+from ..media.audio import load_audio
+from ..media.constants import SAMPLE_RATE, VIDEO_FPS
+from ..media.video import iter_frames
 from ..models.syncnet import StableSyncNet
-from ..syncnet_audio import mel_window, num_mel_windows, wav2lip_mel
-from ..video_io import iter_frames
+from ..models.syncnet_v2 import SyncNetV2
+from ..utils import frames_to_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -53,100 +57,16 @@ OFFICIAL_SYNCNET_V2_REPO = "ByteDance/LatentSync-1.5"
 OFFICIAL_SYNCNET_V2_FILE = "auxiliary/syncnet_v2.model"
 
 
-# ---------------------------------------------------------------------------------------------------- classic model
-
-
-def _conv_bn_relu(conv: nn.Module, bn: nn.Module) -> list[nn.Module]:
-    return [conv, bn, nn.ReLU(inplace=True)]
-
-
-class SyncNetV2(ModelMixin, ConfigMixin):
-    """The classic SyncNet ("S" network of syncnet_python, weights ``syncnet_v2.model``).
-
-    Module names and indices match the original so its state dict loads as is (see [`from_syncnet_python`]).
-    ``forward_lip`` takes ``(B, 3, 5, 224, 224)`` BGR face crops in 0..255, ``forward_aud`` ``(B, 1, 13, 20)``
-    MFCC windows; both return ``(B, embed_dim)`` (not normalised).
-    """
-
-    @register_to_config
-    def __init__(self, embed_dim: int = 1024):
-        super().__init__()
-        self.netcnnaud = nn.Sequential(
-            *_conv_bn_relu(nn.Conv2d(1, 64, 3, padding=1), nn.BatchNorm2d(64)),
-            nn.MaxPool2d(1, 1),
-            *_conv_bn_relu(nn.Conv2d(64, 192, 3, padding=1), nn.BatchNorm2d(192)),
-            nn.MaxPool2d(3, stride=(1, 2)),
-            *_conv_bn_relu(nn.Conv2d(192, 384, 3, padding=1), nn.BatchNorm2d(384)),
-            *_conv_bn_relu(nn.Conv2d(384, 256, 3, padding=1), nn.BatchNorm2d(256)),
-            *_conv_bn_relu(nn.Conv2d(256, 256, 3, padding=1), nn.BatchNorm2d(256)),
-            nn.MaxPool2d(3, stride=2),
-            *_conv_bn_relu(nn.Conv2d(256, 512, (5, 4)), nn.BatchNorm2d(512)),
-        )
-        self.netfcaud = nn.Sequential(nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Linear(512, embed_dim))
-        self.netfclip = nn.Sequential(nn.Linear(512, 512), nn.BatchNorm1d(512), nn.ReLU(), nn.Linear(512, embed_dim))
-        self.netcnnlip = nn.Sequential(
-            *_conv_bn_relu(nn.Conv3d(3, 96, (5, 7, 7), stride=(1, 2, 2)), nn.BatchNorm3d(96)),
-            nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2)),
-            *_conv_bn_relu(nn.Conv3d(96, 256, (1, 5, 5), stride=(1, 2, 2), padding=(0, 1, 1)), nn.BatchNorm3d(256)),
-            nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)),
-            *_conv_bn_relu(nn.Conv3d(256, 256, (1, 3, 3), padding=(0, 1, 1)), nn.BatchNorm3d(256)),
-            *_conv_bn_relu(nn.Conv3d(256, 256, (1, 3, 3), padding=(0, 1, 1)), nn.BatchNorm3d(256)),
-            *_conv_bn_relu(nn.Conv3d(256, 256, (1, 3, 3), padding=(0, 1, 1)), nn.BatchNorm3d(256)),
-            nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2)),
-            *_conv_bn_relu(nn.Conv3d(256, 512, (1, 6, 6)), nn.BatchNorm3d(512)),
-        )
-
-    def forward_aud(self, mfcc: torch.Tensor) -> torch.Tensor:
-        """Audio features ``(B, D)`` for MFCC windows ``(B, 1, 13, 20)``."""
-        return self.netfcaud(self.netcnnaud(mfcc).flatten(1))
-
-    def forward_lip(self, crops: torch.Tensor) -> torch.Tensor:
-        """Visual features ``(B, D)`` for lip windows ``(B, 3, 5, 224, 224)``."""
-        return self.netfclip(self.netcnnlip(crops).flatten(1))
-
-    def forward(self, crops: torch.Tensor, mfcc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.forward_lip(crops), self.forward_aud(mfcc)
-
-    @classmethod
-    def from_syncnet_python(cls, path: str | os.PathLike, map_location: str = "cpu") -> SyncNetV2:
-        """Load syncnet_python's ``syncnet_v2.model`` (a plain state dict) with ``torch.load(weights_only=True)``.
-
-        Raises:
-            LatentSyncInputError: the file is missing or its keys/shapes do not match the classic SyncNet.
-        """
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise LatentSyncInputError(f"SyncNet v2 weights not found: {path}")
-        state = torch.load(path, map_location=map_location, weights_only=True)
-        if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-            state = state["state_dict"]
-        if not isinstance(state, dict):
-            raise LatentSyncInputError(f"{path} is not a SyncNet v2 state dict")
-        for prefix in ("__S__.", "module."):
-            if state and all(k.startswith(prefix) for k in state):
-                state = {k[len(prefix) :]: v for k, v in state.items()}
-        fc = state.get("netfcaud.3.weight")
-        model = cls(embed_dim=int(fc.shape[0]) if isinstance(fc, torch.Tensor) else 1024)
-        expected = model.state_dict()
-        missing = sorted(k for k in expected if k not in state and not k.endswith("num_batches_tracked"))
-        unexpected = sorted(k for k in state if k not in expected)
-        wrong = sorted(k for k in state if k in expected and tuple(state[k].shape) != tuple(expected[k].shape))
-        if missing or unexpected or wrong:
-            raise LatentSyncInputError(
-                f"{path} does not match the classic SyncNet: missing {missing[:5]}, unexpected {unexpected[:5]}, "
-                f"wrong shape {wrong[:5]}"
-            )
-        model.load_state_dict(state, strict=False)
-        return model.eval()
+# ---------------------------------------------------------------------------------------------------- classic features
 
 
 def classic_mfcc(audio_16k: np.ndarray) -> np.ndarray:
     """13 MFCCs at 100 Hz ``(13, T)`` as syncnet_python computes them (python_speech_features on int16 scale)."""
     try:
-        import python_speech_features
+        import python_speech_features  # deferred: optional (eval extra), needed by the classic SyncNet only
     except ImportError as exc:  # pragma: no cover - declared in requirements
         raise ImportError("the classic SyncNet needs python_speech_features: pip install python_speech_features") from exc
-    return python_speech_features.mfcc(np.asarray(audio_16k, dtype=np.float64) * 32768.0, audio_lib.SAMPLE_RATE).T
+    return python_speech_features.mfcc(np.asarray(audio_16k, dtype=np.float64) * 32768.0, SAMPLE_RATE).T
 
 
 # ---------------------------------------------------------------------------------------------------- offsets
@@ -250,8 +170,6 @@ def classic_face_crops(frames: list[np.ndarray], boxes: np.ndarray) -> np.ndarra
 
 
 def _detect_faces(frames: list[np.ndarray], anchors: bool):
-    from ..face_detection import FaceDetector
-
     out = []
     with FaceDetector() as detector:
         for frame in tqdm(frames, desc="Face detection", leave=False):
@@ -259,9 +177,8 @@ def _detect_faces(frames: list[np.ndarray], anchors: bool):
                 a = detector.anchors(frame)
                 out.append(a if a is not None else np.full((3, 2), np.nan))
             else:
-                boxes = detector.detect(frame)
-                if boxes:
-                    b = max(boxes, key=lambda b: (b.x1 - b.x0) * (b.y1 - b.y0))
+                b = largest_face(detector.detect(frame))
+                if b is not None:
                     out.append(np.array([b.x0, b.y0, b.x1, b.y1]))
                 else:
                     out.append(np.full(4, np.nan))
@@ -277,8 +194,6 @@ def _detect_faces(frames: list[np.ndarray], anchors: bool):
 def aligned_mouths(frames: list[np.ndarray], resolution: int = 256, lower_half: bool = True,
                    smoothing: float = 1.5) -> np.ndarray:
     """Faces aligned like the training data ``(N, R/2 or R, R, 3)`` uint8 (MediaPipe anchors + FaceAligner)."""
-    from ..alignment import FaceAligner, smooth_anchors
-
     anchors = smooth_anchors(_detect_faces(frames, anchors=True), smoothing)
     aligner = FaceAligner(resolution)
     faces = np.stack([aligner.align(f, aligner.matrix(a)) for f, a in zip(frames, anchors)])
@@ -321,7 +236,7 @@ def stable_features(
     if n <= 0:
         raise LatentSyncInputError(f"video is too short for the SyncNet (needs at least {f} frames with audio)")
     device, dtype = model.device, model.dtype
-    frames = torch.from_numpy(np.ascontiguousarray(mouths)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    frames = frames_to_pixels(mouths)
     vis, aud = [], []
     for i in tqdm(range(0, n, batch_size), desc="StableSyncNet", leave=False):
         js = range(i, min(n, i + batch_size))
@@ -334,7 +249,7 @@ def stable_features(
 
 def _read_video(video: str, max_frames: int | None) -> list[np.ndarray]:
     frames = []
-    for frame in iter_frames(video, audio_lib.VIDEO_FPS):
+    for frame in iter_frames(video, VIDEO_FPS):
         frames.append(frame)
         if max_frames is not None and len(frames) >= max_frames:
             break
@@ -362,7 +277,7 @@ def estimate_sync(
     """
     video = os.fspath(video)
     frames = _read_video(video, max_frames)
-    samples = audio_lib.load_audio(os.fspath(audio) if audio is not None else video)
+    samples = load_audio(os.fspath(audio) if audio is not None else video)
     if isinstance(model, SyncNetV2):
         if faces_aligned:
             crops = np.stack([cv2.resize(f[..., ::-1], (CLASSIC_CROP, CLASSIC_CROP)) for f in frames])
@@ -393,24 +308,17 @@ def load_sync_model(
     """Load the network for [`estimate_sync`].
 
     * a file ``*.model`` (or any file that is not ``stable_syncnet.pt``): classic SyncNet v2 weights;
-    * an official ``stable_syncnet.pt``: converted with ``latentsync.conversion``;
+    * an official ``stable_syncnet.pt``: converted with [`latentsync.loaders.load_official_syncnet`];
     * a folder or Hub id: ``StableSyncNet.from_pretrained``, unless ``weights_name`` names a file inside the
       repo/folder (e.g. ``auxiliary/syncnet_v2.model`` of ``ByteDance/LatentSync-1.5``), which is fetched and
       loaded as above.
     """
     path = os.fspath(model)
     if weights_name:
-        if os.path.isdir(path):
-            path = os.path.join(path, weights_name)
-        else:
-            from huggingface_hub import hf_hub_download
-
-            path = hf_hub_download(path, weights_name)
+        path = os.path.join(path, weights_name) if os.path.isdir(path) else hf_hub_download(path, weights_name)
     if os.path.isfile(path):
         if os.path.basename(path).endswith(".pt") and "syncnet_v2" not in os.path.basename(path):
-            from ..conversion import load_official_syncnet
-
-            net = load_official_syncnet(path)
+            net = load_syncnet(path)
         else:
             net = SyncNetV2.from_syncnet_python(path)
         return net.to(device=device, dtype=dtype).eval()

@@ -1,4 +1,4 @@
-"""SyncNet accuracy and loss on a dataset of aligned clips (official ``eval/eval_syncnet_acc.py``, spec section 9).
+"""SyncNet accuracy and loss on a dataset of aligned clips (as the official ``eval/eval_syncnet_acc.py``).
 
 A pair counts as "in sync" when the cosine similarity of its embeddings exceeds 0.5; accuracy is the fraction of
 positive and negative pairs classified correctly.
@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..models.syncnet import StableSyncNet, syncnet_cosine
+from ..utils import scale_latents
 
 logger = logging.getLogger(__name__)
 
@@ -38,13 +39,14 @@ class SyncNetAccuracy:
 
 
 def encode_latents(frames: torch.Tensor, vae, num_frames: int, chunk: int = 40) -> torch.Tensor:
-    """``(B, F*3, H, W)`` pixels -> ``(B, F*4, h, w)`` SD-VAE latents (x scaling factor) for latent SyncNets."""
+    """``(B, F*3, H, W)`` pixels -> ``(B, F*4, h, w)`` scaled SD-VAE latents (posterior samples) for latent
+    SyncNets."""
     b = frames.shape[0]
     pixels = frames.reshape(b * num_frames, 3, *frames.shape[-2:]).to(device=vae.device, dtype=vae.dtype)
     out = []
     for i in range(0, pixels.shape[0], chunk):
         with torch.no_grad():
-            out.append(vae.encode(pixels[i : i + chunk]).latent_dist.sample() * vae.config.scaling_factor)
+            out.append(scale_latents(vae.encode(pixels[i : i + chunk]).latent_dist.sample(), vae))
     latents = torch.cat(out)
     return latents.reshape(b, -1, *latents.shape[-2:])
 

@@ -1,4 +1,4 @@
-"""``latentsync eval videos``: score a folder of generated videos against reference videos (paper section 4.1).
+"""Score a folder of generated videos against reference videos, with the metrics of the LatentSync paper.
 
 * Reconstruction setting (a video re-synced to its own audio, compared with the original): per-video PSNR and
   SSIM over frames, for generated / reference files with the same name (stem).
@@ -14,7 +14,6 @@ FID/FVD on the centred square). The report is written as ``metrics.json`` (all n
 
 from __future__ import annotations
 
-import argparse
 import csv
 import html
 import json
@@ -30,13 +29,14 @@ import torch
 from tqdm.auto import tqdm
 
 from ..errors import LatentSyncInputError
-from ..video_io import iter_frames
+from ..media.files import find_videos
+from ..media.video import iter_frames
 from . import metrics as M
+from .sync_confidence import OFFICIAL_SYNCNET_V2_FILE, OFFICIAL_SYNCNET_V2_REPO, estimate_sync, load_sync_model
 
 logger = logging.getLogger(__name__)
 
 ALL_METRICS = ("psnr", "ssim", "fid", "fvd", "sync")
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm")
 
 
 @dataclass
@@ -82,9 +82,8 @@ def list_videos(folder: str) -> dict[str, str]:
     if not os.path.isdir(folder):
         raise LatentSyncInputError(f"folder not found: {folder}")
     out = {}
-    for name in sorted(os.listdir(folder)):
-        if name.lower().endswith(VIDEO_EXTENSIONS) and not name.startswith("."):
-            out.setdefault(os.path.splitext(name)[0], os.path.join(folder, name))
+    for name in find_videos(folder, recursive=False):
+        out.setdefault(os.path.splitext(name)[0], os.path.join(folder, name))
     return out
 
 
@@ -256,8 +255,6 @@ def evaluate_videos(
     ref_set = _SetFeatures(cfg, use_fid, use_fvd) if cross else None
 
     if "sync" in cfg.metrics and sync_model is None:
-        from .sync_confidence import OFFICIAL_SYNCNET_V2_FILE, OFFICIAL_SYNCNET_V2_REPO, load_sync_model
-
         sync_model = load_sync_model(OFFICIAL_SYNCNET_V2_REPO, weights_name=OFFICIAL_SYNCNET_V2_FILE, device=device)
 
     rows = []
@@ -302,8 +299,6 @@ def _fd_or_nan(a: np.ndarray, b: np.ndarray, what: str) -> float:
 
 
 def _sync_row(path: str, model, cfg: VideoEvalConfig) -> dict:
-    from .sync_confidence import estimate_sync
-
     try:
         est = estimate_sync(path, model, vshift=cfg.sync_vshift, max_frames=cfg.max_frames,
                             faces_aligned=cfg.aligned)
@@ -328,7 +323,8 @@ def _clean(value):
     return value
 
 
-def _fmt(value) -> str:
+def format_value(value) -> str:
+    """A number as the report shows it (4 significant digits; ``-`` for a missing or infinite value)."""
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "-"
     if isinstance(value, float):
@@ -350,12 +346,12 @@ def write_report(report: dict, output_dir: str) -> dict[str, str]:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for row in report["videos"]:
-            writer.writerow({k: _fmt(row.get(k)) if isinstance(row.get(k), float) else row.get(k) for k in columns})
+            writer.writerow({k: format_value(row.get(k)) if isinstance(row.get(k), float) else row.get(k) for k in columns})
     _plot(report, paths["png"])
-    summary_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(_fmt(v))}</td></tr>"
+    summary_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(format_value(v))}</td></tr>"
                            for k, v in report["summary"].items() if not isinstance(v, list))
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(r.get(c)))}</td>" for c in columns) + "</tr>"
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(format_value(r.get(c)))}</td>" for c in columns) + "</tr>"
                    for r in report["videos"])
     with open(paths["html"], "w") as f:
         f.write(
@@ -370,10 +366,10 @@ def write_report(report: dict, output_dir: str) -> dict[str, str]:
 
 
 def _plot(report: dict, path: str) -> None:
-    import matplotlib
+    import matplotlib  # deferred: optional (eval extra) and slow to import; only the report's chart needs it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: see above
 
     rows = report["videos"]
     keys = [k for k in ("psnr", "ssim", "lse_c", "lse_d") if any(_finite(r.get(k)) for r in rows)]
@@ -386,7 +382,7 @@ def _plot(report: dict, path: str) -> None:
         ax.set_xticklabels([r["name"][:12] for r in rows], rotation=60, fontsize=7)
     if not keys:
         axes[0][0].axis("off")
-    text = "  ".join(f"{k.upper()} {_fmt(report['summary'].get(k))}" for k in ("fid", "fvd") if k in report["summary"])
+    text = "  ".join(f"{k.upper()} {format_value(report['summary'].get(k))}" for k in ("fid", "fvd") if k in report["summary"])
     if text:
         fig.suptitle(text, fontsize=9)
     fig.tight_layout()
@@ -396,79 +392,3 @@ def _plot(report: dict, path: str) -> None:
 
 def _finite(v) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
-
-
-# ----------------------------------------------------------------------------------------------- CLI
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="latentsync eval videos",
-        description="PSNR/SSIM (same-named pairs), FID/FVD (sets) and LSE-C/LSE-D of generated videos.")
-    p.add_argument("--generated", required=True, help="folder of generated videos")
-    p.add_argument("--reference", default=None, help="folder of reference videos (same names for PSNR/SSIM)")
-    p.add_argument("--output", required=True, help="folder for metrics.json/.csv, summary.png/.html")
-    p.add_argument("--metrics", default=",".join(ALL_METRICS), help=f"comma list from {','.join(ALL_METRICS)}")
-    p.add_argument("--crop", choices=["face", "none"], default="face", help="compare faces (default) or frames")
-    p.add_argument("--crop-size", type=int, default=256)
-    p.add_argument("--max-frames", type=int, default=None, help="only the first N frames of every video")
-    p.add_argument("--fvd-start", type=int, default=20, help="first frame of the FVD clip (default 20)")
-    p.add_argument("--fvd-clips", type=int, default=1, help="16-frame FVD clips per video (default 1)")
-    p.add_argument("--fid-backbone", default=None,
-                   help="FID Inception weights (.pth path or URL) or a TorchScript image encoder "
-                        "(default: pt_inception-2015-12-05 from the pytorch-fid release)")
-    p.add_argument("--fvd-backbone", default=None,
-                   help="I3D TorchScript file or Hub repo holding auxiliary/i3d_torchscript.pt "
-                        f"(default: {M.I3D_REPO_ID})")
-    p.add_argument("--syncnet", default=None,
-                   help="SyncNet for LSE-C/D: syncnet_v2.model file, StableSyncNet folder/Hub id or stable_syncnet.pt "
-                        "(default: auxiliary/syncnet_v2.model of ByteDance/LatentSync-1.5)")
-    p.add_argument("--syncnet-weights-name", default=None, help="file inside the --syncnet folder/repo")
-    p.add_argument("--aligned", action="store_true",
-                   help="generated videos show aligned faces (training clips): no face detection for the SyncNet")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--device", default=None)
-    return p
-
-
-def _load(what: str, flag: str, loader, *args, **kwargs):
-    try:
-        return loader(*args, **kwargs)
-    except LatentSyncInputError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - download / file errors become one clear message
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise LatentSyncInputError(f"cannot load the {what} ({first}); pass {flag} <local file> or leave the metric "
-                                   "out with --metrics") from exc
-
-
-def videos_command(argv: list[str]) -> int:
-    """``latentsync eval videos``."""
-    args = _parser().parse_args(argv)
-    from ..cli import default_device
-
-    device = args.device or default_device()
-    cfg = VideoEvalConfig(metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()), crop=args.crop,
-                          crop_size=args.crop_size, max_frames=args.max_frames, fvd_start=args.fvd_start,
-                          fvd_clips_per_video=args.fvd_clips, batch_size=args.batch_size, aligned=args.aligned)
-    frame_extractor = video_extractor = sync_model = None
-    if "fid" in cfg.metrics:
-        frame_extractor = _load("FID backbone", "--fid-backbone", M.load_frame_extractor, args.fid_backbone, device)
-    if "fvd" in cfg.metrics:
-        video_extractor = _load("FVD backbone", "--fvd-backbone", M.load_video_extractor, args.fvd_backbone, device)
-    if "sync" in cfg.metrics:
-        from .sync_confidence import OFFICIAL_SYNCNET_V2_FILE, OFFICIAL_SYNCNET_V2_REPO, load_sync_model
-
-        if args.syncnet:
-            sync_model = _load("SyncNet", "--syncnet", load_sync_model, args.syncnet, device=device,
-                               weights_name=args.syncnet_weights_name)
-        else:
-            sync_model = _load("SyncNet", "--syncnet", load_sync_model, OFFICIAL_SYNCNET_V2_REPO, device=device,
-                               weights_name=OFFICIAL_SYNCNET_V2_FILE)
-    report = evaluate_videos(args.generated, args.reference, cfg, frame_extractor, video_extractor, sync_model,
-                             device=device)
-    paths = write_report(report, args.output)
-    logger.info("summary: %s", ", ".join(f"{k} {_fmt(v)}" for k, v in report["summary"].items()
-                                         if not isinstance(v, list)))
-    logger.info("wrote %s", ", ".join(paths.values()))
-    return 0

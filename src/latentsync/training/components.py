@@ -6,27 +6,28 @@ which is how the tests exercise the real loading code offline.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
-from huggingface_hub import hf_hub_download
 from torch import nn
-from transformers import WhisperFeatureExtractor
+from transformers import WhisperFeatureExtractor, WhisperModel
 
-from ..conversion import OFFICIAL_SCHEDULER_CONFIG
-from ..models import LatentSyncUNet, WhisperAudioEncoder
+from ..loaders.official import OFFICIAL_UNET_FILE, find_official_file, load_official_unet, load_syncnet, read_config
+from ..models.audio_encoder import WhisperAudioEncoder
+from ..models.unet import LatentSyncUNet
+from ..models.vgg import VGG16Features
+from ..schedulers import official_scheduler
 from .config import UNetTrainingConfig
-from .losses import LPIPSLoss, SyncLoss, TREPALoss, VGG16Features
+from .losses import LPIPSLoss, SyncLoss, TREPALoss
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["OFFICIAL_SCHEDULER_CONFIG", "TrainingComponents", "build_unet", "load_components", "load_lpips",
-           "load_syncnet", "load_unet_weights", "load_whisper_encoder"]
+__all__ = ["TrainingComponents", "build_unet", "load_components", "load_lpips", "load_syncnet", "load_unet_weights",
+           "load_whisper_encoder"]
 
 
 @dataclass
@@ -43,29 +44,12 @@ class TrainingComponents:
     trepa: TREPALoss | None = None
 
 
-def _read_config(source: str, subfolder: str | None, filename: str) -> dict | None:
-    """A config file of a Hub repo or folder, or None when it does not exist."""
-    if os.path.isdir(source):
-        path = os.path.join(source, subfolder or "", filename)
-        if not os.path.isfile(path):
-            return None
-    else:
-        try:
-            path = hf_hub_download(source, filename, subfolder=subfolder)
-        except Exception:  # noqa: BLE001 - missing file or repo: the caller tries another layout
-            return None
-    with open(path) as fh:
-        return json.load(fh)
-
-
 def load_whisper_encoder(source: str, subfolder: str | None = None) -> WhisperAudioEncoder:
     """Whisper encoder from a [`WhisperAudioEncoder`] folder or from a full Whisper checkpoint (e.g.
     ``openai/whisper-tiny``, whose decoder is dropped)."""
-    config = _read_config(source, subfolder, "config.json") or {}
+    config = read_config(source, subfolder, "config.json") or {}
     if "WhisperAudioEncoder" in (config.get("architectures") or []):
         return WhisperAudioEncoder.from_pretrained(source, subfolder=subfolder)
-    from transformers import WhisperModel
-
     kwargs = {"subfolder": subfolder} if subfolder else {}
     full = WhisperModel.from_pretrained(source, **kwargs)
     encoder = WhisperAudioEncoder(full.config)
@@ -108,13 +92,11 @@ def load_unet_weights(unet: LatentSyncUNet, state: dict[str, torch.Tensor], sour
 def _load_source_unet(source: str) -> LatentSyncUNet:
     """A LatentSyncUNet from a unet folder/id, a pipeline folder/id (``unet/``), or an official
     ``latentsync_unet.pt`` (file, folder or Hub repo holding it)."""
-    if _read_config(source, None, "config.json") is not None and not source.endswith(".pt"):
+    if read_config(source, None, "config.json") is not None and not source.endswith(".pt"):
         return LatentSyncUNet.from_pretrained(source)
-    if _read_config(source, "unet", "config.json") is not None:
+    if read_config(source, "unet", "config.json") is not None:
         return LatentSyncUNet.from_pretrained(source, subfolder="unet")
-    from ..conversion import OFFICIAL_UNET_FILE, load_official_unet
-
-    path = _official_file(source, OFFICIAL_UNET_FILE)
+    path = find_official_file(source, OFFICIAL_UNET_FILE)
     if path is None:
         raise FileNotFoundError(f"no LatentSync U-Net (config.json, unet/ or {OFFICIAL_UNET_FILE}) at {source}")
     return load_official_unet(path)
@@ -140,41 +122,10 @@ def build_unet(cfg: UNetTrainingConfig) -> LatentSyncUNet:
                 nn.init.zeros_(module.proj_out.weight)
                 nn.init.zeros_(module.proj_out.bias)
     if cfg.sd_unet:
-        from diffusers import UNet2DConditionModel
-
-        has_root = _read_config(cfg.sd_unet, None, "config.json") is not None
+        has_root = read_config(cfg.sd_unet, None, "config.json") is not None
         sd = UNet2DConditionModel.from_pretrained(cfg.sd_unet, subfolder=None if has_root else "unet")
         load_unet_weights(unet, sd.state_dict(), cfg.sd_unet)
     return unet
-
-
-def _official_file(source: str, filename: str) -> str | None:
-    """Path of an official ``.pt`` checkpoint: ``source`` itself, ``source/filename``, or a Hub download."""
-    if os.path.isfile(source):
-        return source
-    if os.path.isdir(source):
-        path = os.path.join(source, filename)
-        return path if os.path.isfile(path) else None
-    try:
-        return hf_hub_download(source, filename)
-    except Exception:  # noqa: BLE001 - not an official repo layout
-        return None
-
-
-def load_syncnet(source: str, subfolder: str | None = None) -> nn.Module:
-    """The frozen StableSyncNet for the sync loss: a diffusers-format folder/repo (``config.json``), or an official
-    ``stable_syncnet.pt`` (file, folder or Hub repo holding it), converted strictly."""
-    from ..models.syncnet import StableSyncNet
-
-    if _read_config(source, subfolder, "config.json") is not None:
-        return StableSyncNet.from_pretrained(source, subfolder=subfolder)
-    from ..conversion import OFFICIAL_SYNCNET_FILE, load_official_syncnet
-
-    path = _official_file(os.path.join(source, subfolder) if subfolder and os.path.isdir(source) else source,
-                          OFFICIAL_SYNCNET_FILE)
-    if path is None:
-        raise FileNotFoundError(f"no StableSyncNet (config.json or {OFFICIAL_SYNCNET_FILE}) at {source}")
-    return load_official_syncnet(path)
 
 
 def load_lpips(backbone: str, heads: str | None) -> LPIPSLoss:
@@ -198,7 +149,7 @@ def load_components(cfg: UNetTrainingConfig) -> TrainingComponents:
         vae = AutoencoderKL.from_pretrained(cfg.vae)
         audio_encoder = load_whisper_encoder(cfg.whisper)
         feature_extractor = WhisperFeatureExtractor.from_pretrained(cfg.whisper)
-        scheduler = DDIMScheduler(**OFFICIAL_SCHEDULER_CONFIG)
+        scheduler = official_scheduler()
     unet = build_unet(cfg)
     if unet.config.cross_attention_dim != audio_encoder.config.d_model:
         raise ValueError(

@@ -1,9 +1,10 @@
-"""Losses of LatentSync U-Net training (spec sections 5.3, 6 and 7; paper section 3).
+"""Losses of LatentSync U-Net training (paper section 3): the noise MSE of stage 1 and the pixel-space losses of
+stage 2.
 
 * [`mixed_noise`]: shared-plus-per-frame Gaussian noise for a clip (Ge et al. 2023).
 * [`predict_x0`]: one-step estimate of the clean latents from the predicted noise.
-* [`LPIPSLoss`]: LPIPS perceptual distance on a pluggable backbone (VGG-16 by default, [`VGG16Features`]), with the
-  LPIPS linear heads loaded from a file.
+* [`LPIPSLoss`]: LPIPS perceptual distance on a pluggable backbone (VGG-16 by default,
+  [`~latentsync.models.VGG16Features`]), with the LPIPS linear heads loaded from a file.
 * [`TREPALoss`]: temporal representation alignment: MSE between L2-normalised, mean-pooled features of a frozen
   video encoder (transformers' VideoMAE) for the generated and the ground-truth clip.
 * [`SyncLoss`]: SyncNet (frozen) BCE on the lower half of the generated frames against the clip's mel window.
@@ -11,19 +12,22 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from diffusers import ModelMixin
-from diffusers.configuration_utils import ConfigMixin, register_to_config
 from torch import nn
+from transformers import AutoConfig, VideoMAEForVideoClassification, VideoMAEModel
+
+from ..models.syncnet import syncnet_bce_loss
+from ..models.vgg import VGG16_HUB_ID, VGG16Features  # noqa: F401 - VGG16Features is the default LPIPS backbone
+from ..utils import load_state_file
 
 logger = logging.getLogger(__name__)
 
-VGG16_HUB_ID = "timm/vgg16.tv_in1k"
 TREPA_DEFAULT_ID = "MCG-NJU/videomae-base-finetuned-ssv2"
 
 
@@ -73,80 +77,8 @@ def lower_half(frames: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------------- LPIPS
-class VGG16Features(ModelMixin, ConfigMixin):
-    """VGG-16 convolutional trunk returning the five LPIPS taps (relu1_2, relu2_2, relu3_3, relu4_3, relu5_3).
-
-    Parameter names follow torchvision / timm (``features.0.weight`` ...), so ImageNet VGG-16 weights load directly
-    with [`from_vgg16_weights`]. Smaller ``channels`` give a tiny random backbone for tests.
-    """
-
-    @register_to_config
-    def __init__(self, channels: Sequence[int] = (64, 128, 256, 512, 512), convs_per_stage: Sequence[int] = (2, 2, 3, 3, 3)):
-        super().__init__()
-        if len(channels) != len(convs_per_stage):
-            raise ValueError("channels and convs_per_stage must have the same length")
-        layers: list[nn.Module] = []
-        self.taps: list[int] = []
-        in_ch = 3
-        for stage, (ch, n) in enumerate(zip(channels, convs_per_stage)):
-            if stage > 0:
-                layers.append(nn.MaxPool2d(2, 2))
-            for _ in range(n):
-                layers += [nn.Conv2d(in_ch, ch, 3, padding=1), nn.ReLU(inplace=False)]
-                in_ch = ch
-            self.taps.append(len(layers) - 1)
-        self.features = nn.Sequential(*layers)
-
-    @property
-    def tap_channels(self) -> list[int]:
-        return list(self.config.channels)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        outs = []
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in self.taps:
-                outs.append(x)
-                if len(outs) == len(self.taps):
-                    break
-        return outs
-
-    @classmethod
-    def from_vgg16_weights(cls, source: str = VGG16_HUB_ID) -> "VGG16Features":
-        """ImageNet VGG-16 trunk from a Hub repo id (timm layout, ``model.safetensors``) or a local weights file
-        (``.safetensors``, or torchvision's ``vgg16-*.pth`` read with ``weights_only=True``)."""
-        if os.path.isfile(source):
-            path = source
-        elif os.path.isdir(source):
-            path = os.path.join(source, "model.safetensors")
-        else:
-            from huggingface_hub import hf_hub_download
-
-            path = hf_hub_download(source, "model.safetensors")
-        state = _load_state_file(path)
-        trunk = {k: v for k, v in state.items() if k.startswith("features.")}
-        if not trunk:
-            raise ValueError(f"{source} holds no 'features.*' tensors: not a VGG-16 checkpoint")
-        model = cls()
-        model.load_state_dict(trunk, strict=True)
-        return model
-
-
-def _load_state_file(path: str) -> dict[str, torch.Tensor]:
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    return state
-
-
 def torchmetrics_lpips_heads_path(net: str = "vgg") -> str:
     """Path of the LPIPS linear-head weights (``lin{k}.model.1.weight``) shipped inside the torchmetrics wheel."""
-    import importlib.util
-
     spec = importlib.util.find_spec("torchmetrics")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("torchmetrics is not installed: pass lpips heads as a file path")
@@ -176,7 +108,7 @@ class LPIPSLoss(nn.Module):
             for lin, c in zip(self.lins, channels):
                 nn.init.constant_(lin.weight, 1.0 / c)
         else:
-            state = heads if isinstance(heads, dict) else _load_state_file(heads or torchmetrics_lpips_heads_path())
+            state = heads if isinstance(heads, dict) else load_state_file(heads or torchmetrics_lpips_heads_path())
             mapped = {}
             for k, v in state.items():
                 idx = k.split(".")[0].removeprefix("lin")
@@ -225,8 +157,6 @@ class TREPALoss(nn.Module):
     @classmethod
     def from_pretrained(cls, model_id: str = TREPA_DEFAULT_ID, **kwargs) -> "TREPALoss":
         """Load a VideoMAE checkpoint by Hub id or folder (classification checkpoints keep their ``fc_norm``)."""
-        from transformers import AutoConfig, VideoMAEForVideoClassification, VideoMAEModel
-
         config = AutoConfig.from_pretrained(model_id, **kwargs)
         if "VideoMAEForVideoClassification" in (config.architectures or []) and config.use_mean_pooling:
             full = VideoMAEForVideoClassification.from_pretrained(model_id, **kwargs)
@@ -273,8 +203,6 @@ class SyncLoss(nn.Module):
         self.resolution = resolution or int(getattr(syncnet.config, "resolution", 256))
 
     def forward(self, frames: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
-        from ..models.syncnet import syncnet_bce_loss
-
         b, f, c, h, w = frames.shape
         r = self.resolution
         x = frames.reshape(b * f, c, h, w)

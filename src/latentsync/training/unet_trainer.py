@@ -10,12 +10,10 @@ import logging
 import math
 import os
 import shutil
-import subprocess
 import tempfile
 from collections import OrderedDict
 from typing import Any
 
-import imageio_ffmpeg
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -24,9 +22,12 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from tqdm.auto import tqdm
 
-from .. import audio as audio_lib
+from ..audio_features.cache import AudioFeatureCache
 from ..data.unet_dataset import EpochSampler, UNetClipDataset
-from ..mask import latent_mouth_mask, mouth_mask
+from ..face.mask import latent_mouth_mask, mouth_mask
+from ..media.video import trim_media
+from ..pipeline import LatentSyncPipeline
+from ..utils import scale_latents, unscale_latents
 from .components import TrainingComponents, load_components
 from .config import UNetTrainingConfig
 from .losses import lower_half, mixed_noise, predict_x0
@@ -36,68 +37,19 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_PREFIX = "checkpoint-"
 
 
-# ---------------------------------------------------------------------------------------------------- audio
-class AudioFeatureCache:
-    """Whisper token features per clip, computed once on the training device (file-wide, as at inference) and kept
-    in memory (``max_items`` clips) and optionally on disk (``cache_dir``, safetensors)."""
-
-    def __init__(self, dataset: UNetClipDataset, comps: TrainingComponents, cache_dir: str | None = None,
-                 max_items: int = 512):
-        self.dataset, self.comps, self.cache_dir, self.max_items = dataset, comps, cache_dir, max_items
-        self._mem: OrderedDict[int, torch.Tensor] = OrderedDict()
-        if cache_dir:
-            os.makedirs(cache_dir, exist_ok=True)
-
-    def _disk_path(self, index: int) -> str | None:
-        if not self.cache_dir:
-            return None
-        import hashlib
-
-        name = hashlib.sha1(self.dataset.key(index).encode()).hexdigest()
-        return os.path.join(self.cache_dir, f"{name}.safetensors")
-
-    def features(self, index: int) -> torch.Tensor:
-        """Token features ``(tokens, states, d_model)`` of clip ``index`` (float32, CPU)."""
-        if index in self._mem:
-            self._mem.move_to_end(index)
-            return self._mem[index]
-        from safetensors.torch import load_file, save_file
-
-        path = self._disk_path(index)
-        if path and os.path.isfile(path):
-            feats = load_file(path)["features"]
-        else:
-            mel = audio_lib.log_mel(self.dataset.load_audio(index), self.comps.feature_extractor)
-            feats = audio_lib.whisper_features(mel, self.comps.audio_encoder)
-            if path:
-                save_file({"features": feats.contiguous()}, path)
-        self._mem[index] = feats
-        while len(self._mem) > self.max_items:
-            self._mem.popitem(last=False)
-        return feats
-
-    def contexts(self, clip_indices: torch.Tensor, starts: torch.Tensor, num_frames: int) -> torch.Tensor:
-        """Per-frame cross-attention contexts ``(B * num_frames, 10 * states, d_model)``, batch-major."""
-        out = []
-        for index, start in zip(clip_indices.tolist(), starts.tolist()):
-            feats = self.features(int(index))
-            out.append(audio_lib.frame_audio_contexts(feats, np.arange(start, start + num_frames)))
-        return torch.cat(out)
-
-
 # ---------------------------------------------------------------------------------------------------- step
 def vae_encode(vae, pixels: torch.Tensor) -> torch.Tensor:
     """Clip pixels ``(B, F, 3, H, W)`` -> scaled latents ``(B, 4, F, h, w)`` (posterior sample)."""
     b, f = pixels.shape[:2]
     latents = vae.encode(pixels.flatten(0, 1).to(vae.dtype)).latent_dist.sample()
-    latents = (latents - (vae.config.shift_factor or 0.0)) * vae.config.scaling_factor
+    latents = scale_latents(latents, vae)
     return latents.reshape(b, f, *latents.shape[1:]).transpose(1, 2)
 
 
 def vae_decode(vae, latents: torch.Tensor) -> torch.Tensor:
     """Scaled latents ``(B, 4, F, h, w)`` -> pixels ``(B, F, 3, H, W)`` (differentiable)."""
     b, _, f = latents.shape[:3]
-    x = latents.transpose(1, 2).flatten(0, 1) / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
+    x = unscale_latents(latents.transpose(1, 2).flatten(0, 1), vae)
     pixels = vae.decode(x.to(vae.dtype)).sample
     return pixels.reshape(b, f, *pixels.shape[1:])
 
@@ -234,19 +186,10 @@ def _resolve_resume(cfg: UNetTrainingConfig) -> str | None:
     return cfg.resume_from_checkpoint
 
 
-def _trim_media(src: str, dst: str, seconds: float, video: bool) -> str:
-    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-i", src, "-t", f"{seconds}"]
-    cmd += ["-an", "-c:v", "libx264", "-crf", "18"] if video else ["-vn", "-ac", "1", "-ar", "16000"]
-    subprocess.run(cmd + [dst], check=True, capture_output=True)
-    return dst
-
-
 @torch.no_grad()
 def run_validation(comps: TrainingComponents, unet: torch.nn.Module, cfg: UNetTrainingConfig, step: int,
                    device: torch.device) -> tuple[str, np.ndarray | None]:
     """Lip-sync the validation clip with the current U-Net; returns the video path and its middle frame."""
-    from ..pipeline import LatentSyncPipeline
-
     out_dir = os.path.join(cfg.output_dir, "val_videos")
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"val_video_{step}.mp4")
@@ -259,8 +202,8 @@ def run_validation(comps: TrainingComponents, unet: torch.nn.Module, cfg: UNetTr
     unet.eval()
     try:
         with tempfile.TemporaryDirectory(prefix="latentsync-val-") as tmp:
-            video = _trim_media(cfg.validation_video, os.path.join(tmp, "v.mp4"), cfg.validation_seconds, True)
-            audio = _trim_media(cfg.validation_audio, os.path.join(tmp, "a.wav"), cfg.validation_seconds, False)
+            video = trim_media(cfg.validation_video, os.path.join(tmp, "v.mp4"), cfg.validation_seconds, True)
+            audio = trim_media(cfg.validation_audio, os.path.join(tmp, "a.wav"), cfg.validation_seconds, False)
             generator = torch.Generator("cpu").manual_seed(cfg.seed)
             out = pipe(video=video, audio=audio, output_path=path, num_inference_steps=cfg.validation_inference_steps,
                        guidance_scale=cfg.validation_guidance_scale, generator=generator, return_frames=True)
@@ -348,7 +291,8 @@ def train(cfg: UNetTrainingConfig) -> dict[str, Any]:
     unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
-    audio_cache = AudioFeatureCache(dataset, comps, cache_dir=os.path.join(cfg.output_dir, "audio_features"))
+    audio_cache = AudioFeatureCache(dataset, comps.feature_extractor, comps.audio_encoder,
+                                    cache_dir=os.path.join(cfg.output_dir, "audio_features"))
 
     if accelerator.is_main_process and cfg.report_to:
         tracker_cfg = {k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str, bool))}
@@ -450,8 +394,6 @@ def _validate(accelerator, comps, unet, ema, params, cfg, step, device) -> None:
 
 def save_final(unet, ema, params, comps: TrainingComponents, cfg: UNetTrainingConfig) -> str:
     """Save the trained pipeline (EMA weights when enabled, LoRA fused, adapter saved beside) and push it."""
-    from ..pipeline import LatentSyncPipeline
-
     if ema is not None:
         ema.copy_to(params)
     out = os.path.join(cfg.output_dir, "pipeline")

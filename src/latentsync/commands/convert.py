@@ -1,0 +1,59 @@
+"""``latentsync convert --official ID --output DIR``: official release -> diffusers-format pipeline folder."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+from huggingface_hub import HfApi
+
+from ..loaders.official import (
+    OFFICIAL_VAE_ID,
+    load_official_components,
+    load_official_syncnet,
+    resolve_official_files,
+)
+from ..pipeline import LatentSyncPipeline
+from ..utils import DTYPES
+
+logger = logging.getLogger("latentsync")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="latentsync convert",
+        description="Convert an official LatentSync release (latentsync_unet.pt, whisper/tiny.pt) to a "
+                    "diffusers-format pipeline folder (safetensors + model_index.json).",
+    )
+    p.add_argument("--official", required=True, help="Hub id (e.g. ByteDance/LatentSync-1.6) or folder of the release")
+    p.add_argument("--output", required=True, help="folder to write the converted pipeline to")
+    p.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="also upload the folder to this Hub repo")
+    p.add_argument("--private", action="store_true", help="create the Hub repo as private")
+    p.add_argument("--resolution", type=int, default=None, help="face resolution (default: 512 for 1.6, else 256)")
+    p.add_argument("--vae", default=None, help="Hub id or folder of the VAE (default stabilityai/sd-vae-ft-mse)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="dtype of the saved weights (default fp32)")
+    p.add_argument("--syncnet", action="store_true",
+                   help="also convert stable_syncnet.pt into OUTPUT/syncnet (for training)")
+    return p
+
+
+def convert(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    dtype = DTYPES[args.dtype]
+    pipe = LatentSyncPipeline(**load_official_components(args.official, resolution=args.resolution,
+                                                         vae_id=args.vae or OFFICIAL_VAE_ID, torch_dtype=dtype))
+    pipe.save_pretrained(args.output, safe_serialization=True)
+    if args.syncnet:
+        files = resolve_official_files(args.official, include_syncnet=True)
+        load_official_syncnet(files.syncnet, torch_dtype=dtype).save_pretrained(
+            os.path.join(args.output, "syncnet"), safe_serialization=True
+        )
+    logger.info("saved the converted pipeline (resolution %d) to %s", pipe.config.resolution, args.output)
+    if args.push_to_hub:
+        api = HfApi()
+        api.create_repo(args.push_to_hub, private=args.private, exist_ok=True)
+        api.upload_folder(repo_id=args.push_to_hub, folder_path=args.output,
+                          commit_message=f"Convert {args.official} to the diffusers format (latentsync convert)")
+        logger.info("uploaded %s to https://huggingface.co/%s", args.output, args.push_to_hub)
+    return 0

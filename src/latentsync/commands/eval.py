@@ -1,0 +1,229 @@
+"""``latentsync eval <subcommand> ...``: SyncNet accuracy, sync confidence and the video metrics report.
+
+Each subcommand is a function ``(argv: list[str]) -> int`` in [`EVAL_COMMANDS`]; register more with
+[`register_eval_command`] (or by adding an entry to the dict).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from diffusers import AutoencoderKL
+from torch.utils.data import DataLoader
+
+from ..data.syncnet_dataset import ClipStore, SyncNetDataset
+from ..errors import LatentSyncInputError
+from ..eval import metrics as M
+from ..eval.sync_confidence import OFFICIAL_SYNCNET_V2_FILE, OFFICIAL_SYNCNET_V2_REPO, estimate_sync, load_sync_model
+from ..eval.syncnet_acc import evaluate_syncnet
+from ..eval.videos import ALL_METRICS, VideoEvalConfig, evaluate_videos, format_value, write_report
+from ..models.syncnet import StableSyncNet
+from ..utils import DTYPES, default_device
+
+logger = logging.getLogger(__name__)
+
+
+def _add_runtime_options(p: argparse.ArgumentParser, dtype: bool = True, json_output: bool = True) -> None:
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
+    if dtype:
+        p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    if json_output:
+        p.add_argument("--json", default=None, help="also write the result to this JSON file")
+
+
+def _emit(result: dict, json_path: str | None) -> None:
+    """Print the result as JSON (the command's output) and optionally write it to a file."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if json_path:
+        with open(json_path, "w") as fh:
+            fh.write(text + "\n")
+        logger.info("wrote %s", json_path)
+
+
+# ---------------------------------------------------------------------------------------------------- syncnet-acc
+def _syncnet_acc_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="latentsync eval syncnet-acc",
+                                description="Accuracy (cos > 0.5) and BCE loss of a StableSyncNet on aligned clips.")
+    p.add_argument("--model", required=True,
+                   help="StableSyncNet folder or Hub id (from_pretrained), or an official stable_syncnet.pt")
+    p.add_argument("--subfolder", default=None, help="subfolder of --model holding the SyncNet")
+    p.add_argument("--data", required=True,
+                   help="folder of aligned 25 fps clips, a video file, a saved/Hub datasets dataset with mp4 bytes")
+    p.add_argument("--split", default="train", help="dataset split (datasets sources only; default train)")
+    p.add_argument("--video-column", default="video")
+    p.add_argument("--num-samples", type=int, default=2048, help="pairs to evaluate (half positive; default 2048)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--time-range", type=float, nargs=2, default=(0.0, 1.0), metavar=("START", "END"),
+                   help="fraction of every clip to sample from (default 0 1)")
+    p.add_argument("--min-negative-offset", type=int, default=1, help="frames between negatives' video and audio")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vae", default="stabilityai/sd-vae-ft-mse", help="VAE for latent-space SyncNets")
+    p.add_argument("--num-workers", type=int, default=0)
+    _add_runtime_options(p)
+    return p
+
+
+def syncnet_acc(argv: list[str]) -> int:
+    """``latentsync eval syncnet-acc``."""
+    args = _syncnet_acc_parser().parse_args(argv)
+    device, dtype = args.device or default_device(), DTYPES[args.dtype]
+    model = load_sync_model(args.model, subfolder=args.subfolder, device=device, dtype=dtype)
+    if not isinstance(model, StableSyncNet):
+        raise SystemExit("syncnet-acc needs a StableSyncNet (folder, Hub id or stable_syncnet.pt)")
+    cfg = model.config
+    clips = ClipStore(args.data, resolution=cfg.resolution, lower_half=cfg.lower_half, split=args.split,
+                      video_column=args.video_column)
+    dataset = SyncNetDataset(clips, args.num_samples, num_frames=cfg.num_frames, time_range=tuple(args.time_range),
+                             min_negative_offset=args.min_negative_offset, seed=args.seed)
+    loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers)
+    vae = AutoencoderKL.from_pretrained(args.vae, torch_dtype=dtype).to(device) if cfg.latent_space else None
+    result = evaluate_syncnet(model, loader, vae=vae, dtype=dtype)
+    logger.info("SyncNet accuracy %.4f, loss %.4f on %d pairs", result.accuracy, result.loss, result.num_samples)
+    _emit(result.as_dict(), args.json)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- sync-conf
+def _sync_conf_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="latentsync eval sync-conf",
+                                description="Audio-visual offset (frames) and sync confidence of talking-face videos.")
+    p.add_argument("videos", nargs="+", help="videos to score (their own audio unless --audio)")
+    p.add_argument("--model", default=None,
+                   help="classic syncnet_v2.model file, StableSyncNet folder/Hub id, or official stable_syncnet.pt "
+                        f"(default: {OFFICIAL_SYNCNET_V2_FILE} of {OFFICIAL_SYNCNET_V2_REPO})")
+    p.add_argument("--weights-name", default=None, help="file inside the --model folder/repo to load")
+    p.add_argument("--subfolder", default=None)
+    p.add_argument("--audio", default=None, help="score against this audio instead (one video only)")
+    p.add_argument("--vshift", type=int, default=15, help="largest offset tried, in frames (default 15)")
+    p.add_argument("--batch-size", type=int, default=20)
+    p.add_argument("--max-frames", type=int, default=None, help="only use the first N frames")
+    p.add_argument("--aligned", action="store_true", help="videos already show aligned faces (skip detection)")
+    _add_runtime_options(p)
+    return p
+
+
+def sync_conf(argv: list[str]) -> int:
+    """``latentsync eval sync-conf``."""
+    args = _sync_conf_parser().parse_args(argv)
+    if args.audio and len(args.videos) != 1:
+        raise SystemExit("--audio can only be used with a single video")
+    model_id, weights = args.model, args.weights_name
+    if model_id is None:
+        model_id, weights = OFFICIAL_SYNCNET_V2_REPO, weights or OFFICIAL_SYNCNET_V2_FILE
+    model = load_sync_model(model_id, weights_name=weights, subfolder=args.subfolder,
+                            device=args.device or default_device(), dtype=DTYPES[args.dtype])
+    results = {}
+    for video in args.videos:
+        est = estimate_sync(video, model, audio=args.audio, vshift=args.vshift, batch_size=args.batch_size,
+                            max_frames=args.max_frames, faces_aligned=args.aligned)
+        logger.info("%s: offset %d frames, confidence %.3f, min distance %.3f", video, est.offset, est.confidence,
+                    est.min_distance)
+        results[video] = est.as_dict()
+    if len(results) > 1:
+        confs = [r["confidence"] for r in results.values()]
+        results["mean"] = {"confidence": sum(confs) / len(confs),
+                           "abs_offset": sum(abs(r["offset"]) for r in results.values()) / len(confs)}
+    _emit(results, args.json)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- videos
+def _videos_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="latentsync eval videos",
+        description="PSNR/SSIM (same-named pairs), FID/FVD (sets) and LSE-C/LSE-D of generated videos.")
+    p.add_argument("--generated", required=True, help="folder of generated videos")
+    p.add_argument("--reference", default=None, help="folder of reference videos (same names for PSNR/SSIM)")
+    p.add_argument("--output", required=True, help="folder for metrics.json/.csv, summary.png/.html")
+    p.add_argument("--metrics", default=",".join(ALL_METRICS), help=f"comma list from {','.join(ALL_METRICS)}")
+    p.add_argument("--crop", choices=["face", "none"], default="face", help="compare faces (default) or frames")
+    p.add_argument("--crop-size", type=int, default=256)
+    p.add_argument("--max-frames", type=int, default=None, help="only the first N frames of every video")
+    p.add_argument("--fvd-start", type=int, default=20, help="first frame of the FVD clip (default 20)")
+    p.add_argument("--fvd-clips", type=int, default=1, help="16-frame FVD clips per video (default 1)")
+    p.add_argument("--fid-backbone", default=None,
+                   help="FID Inception weights (.pth path or URL) or a TorchScript image encoder "
+                        "(default: pt_inception-2015-12-05 from the pytorch-fid release)")
+    p.add_argument("--fvd-backbone", default=None,
+                   help="I3D TorchScript file or Hub repo holding auxiliary/i3d_torchscript.pt "
+                        f"(default: {M.I3D_REPO_ID})")
+    p.add_argument("--syncnet", default=None,
+                   help="SyncNet for LSE-C/D: syncnet_v2.model file, StableSyncNet folder/Hub id or stable_syncnet.pt "
+                        "(default: auxiliary/syncnet_v2.model of ByteDance/LatentSync-1.5)")
+    p.add_argument("--syncnet-weights-name", default=None, help="file inside the --syncnet folder/repo")
+    p.add_argument("--aligned", action="store_true",
+                   help="generated videos show aligned faces (training clips): no face detection for the SyncNet")
+    p.add_argument("--batch-size", type=int, default=32)
+    _add_runtime_options(p, dtype=False, json_output=False)
+    return p
+
+
+def _load(what: str, flag: str, loader: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``loader(*args, **kwargs)``, with a download or file error turned into one clear message."""
+    try:
+        return loader(*args, **kwargs)
+    except LatentSyncInputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - download / file errors become one clear message
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LatentSyncInputError(f"cannot load the {what} ({first}); pass {flag} <local file> or leave the metric "
+                                   "out with --metrics") from exc
+
+
+def videos_command(argv: list[str]) -> int:
+    """``latentsync eval videos``."""
+    args = _videos_parser().parse_args(argv)
+    device = args.device or default_device()
+    cfg = VideoEvalConfig(metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()), crop=args.crop,
+                          crop_size=args.crop_size, max_frames=args.max_frames, fvd_start=args.fvd_start,
+                          fvd_clips_per_video=args.fvd_clips, batch_size=args.batch_size, aligned=args.aligned)
+    frame_extractor = video_extractor = sync_model = None
+    if "fid" in cfg.metrics:
+        frame_extractor = _load("FID backbone", "--fid-backbone", M.load_frame_extractor, args.fid_backbone, device)
+    if "fvd" in cfg.metrics:
+        video_extractor = _load("FVD backbone", "--fvd-backbone", M.load_video_extractor, args.fvd_backbone, device)
+    if "sync" in cfg.metrics:
+        model_id = args.syncnet or OFFICIAL_SYNCNET_V2_REPO
+        weights = args.syncnet_weights_name if args.syncnet else OFFICIAL_SYNCNET_V2_FILE
+        sync_model = _load("SyncNet", "--syncnet", load_sync_model, model_id, device=device, weights_name=weights)
+    report = evaluate_videos(args.generated, args.reference, cfg, frame_extractor, video_extractor, sync_model,
+                             device=device)
+    paths = write_report(report, args.output)
+    logger.info("summary: %s", ", ".join(f"{k} {format_value(v)}" for k, v in report["summary"].items()
+                                         if not isinstance(v, list)))
+    logger.info("wrote %s", ", ".join(paths.values()))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------- dispatch
+EVAL_COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "syncnet-acc": syncnet_acc,
+    "sync-conf": sync_conf,
+    "videos": videos_command,
+}
+
+
+def register_eval_command(name: str, command: Callable[[list[str]], int]) -> None:
+    """Add ``latentsync eval <name>``; ``command`` receives the remaining arguments and returns an exit code."""
+    EVAL_COMMANDS[name] = command
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``latentsync eval``."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: latentsync eval {" + ",".join(EVAL_COMMANDS) + "} [options]\n\nsubcommands: "
+              + ", ".join(EVAL_COMMANDS) + " (use '<subcommand> --help' for options)")
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in EVAL_COMMANDS:
+        print(f"latentsync eval: unknown subcommand {name!r}; choose one of {', '.join(EVAL_COMMANDS)}",
+              file=sys.stderr)
+        return 2
+    return EVAL_COMMANDS[name](rest)

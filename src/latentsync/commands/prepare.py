@@ -1,0 +1,62 @@
+"""``latentsync prepare INPUT OUTPUT``: raw videos -> aligned, synced, filtered clips as a datasets dataset."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from ..data.prepare import PrepareConfig, prepare_dataset, push_prepared
+
+logger = logging.getLogger(__name__)
+
+
+def parser() -> argparse.ArgumentParser:
+    d = PrepareConfig()
+    p = argparse.ArgumentParser(
+        prog="latentsync prepare",
+        description="Turn a folder of raw talking-head videos into a LatentSync training dataset (resumable).")
+    p.add_argument("input", help="folder of raw videos (searched recursively)")
+    p.add_argument("output", help="output folder (dataset/, summary.md, work/ with per-video state and clips)")
+    p.add_argument("--resolution", type=int, choices=[256, 512], default=d.resolution)
+    p.add_argument("--min-seconds", type=float, default=d.min_seconds, help="shortest clip (default 5)")
+    p.add_argument("--max-seconds", type=float, default=d.max_seconds, help="longest clip (default 10)")
+    p.add_argument("--scene-threshold", type=float, default=d.scene_threshold,
+                   help="PySceneDetect adaptive threshold (default 2)")
+    p.add_argument("--no-sync", action="store_true", help="skip the SyncNet offset correction and filter")
+    p.add_argument("--syncnet", default=None,
+                   help="syncnet_v2.model file, StableSyncNet folder/Hub id or stable_syncnet.pt "
+                        "(default: auxiliary/syncnet_v2.model of ByteDance/LatentSync-1.5)")
+    p.add_argument("--syncnet-weights-name", default=None, help="file inside the --syncnet folder/repo")
+    p.add_argument("--min-sync-confidence", type=float, default=None,
+                   help="default 3 (classic SyncNet) or 0.2 (StableSyncNet)")
+    p.add_argument("--max-sync-offset", type=int, default=d.max_sync_offset, help="frames (default 6)")
+    p.add_argument("--quality", default=d.quality,
+                   help="auto (hyperIQA if available, else sharpness), sharpness, hyperiqa, hyperiqa:<repo or path>")
+    p.add_argument("--quality-threshold", type=float, default=None,
+                   help="minimum quality score (default: hyperIQA 40, sharpness 8)")
+    p.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
+    p.add_argument("--device", default="cpu", help="device of SyncNet / hyperIQA (default cpu)")
+    p.add_argument("--max-shard-size", default=d.max_shard_size)
+    p.add_argument("--retry-failed", action="store_true", help="redo videos that failed with an error")
+    p.add_argument("--overwrite", action="store_true", help="discard a previous run with other settings")
+    p.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="upload the dataset to this Hub repo")
+    p.add_argument("--private", action="store_true", help="create the Hub dataset as private")
+    return p
+
+
+def prepare(argv: list[str]) -> int:
+    """``latentsync prepare INPUT OUTPUT [options]``."""
+    args = parser().parse_args(argv)
+    config = PrepareConfig(
+        resolution=args.resolution, min_seconds=args.min_seconds, max_seconds=args.max_seconds,
+        scene_threshold=args.scene_threshold, sync=not args.no_sync, syncnet=args.syncnet,
+        syncnet_weights_name=args.syncnet_weights_name, min_sync_confidence=args.min_sync_confidence,
+        max_sync_offset=args.max_sync_offset, quality=args.quality, quality_threshold=args.quality_threshold,
+        max_shard_size=args.max_shard_size,
+    )
+    summary = prepare_dataset(args.input, args.output, config, num_workers=args.workers, device=args.device,
+                              retry_failed=args.retry_failed, overwrite=args.overwrite)
+    if args.push_to_hub:
+        push_prepared(args.output, args.push_to_hub, private=args.private or None, max_shard_size=args.max_shard_size)
+        logger.info("pushed %d clips to https://huggingface.co/datasets/%s", summary.clips, args.push_to_hub)
+    return 0

@@ -1,0 +1,53 @@
+"""Data preparation (``latentsync prepare``): raw talking-head videos -> a Hugging Face ``datasets`` training set.
+
+Per source video (one worker process each):
+
+1. probe; unreadable files, files without audio and silent files are dropped;
+2. decode at 25 fps (ffmpeg ``fps`` filter) and the audio at 16 kHz mono;
+3. pass 1: scene cuts (PySceneDetect's adaptive content detector on small frames) and the three face anchors of
+   every frame (MediaPipe; the face tracker restarts at every cut);
+4. plan clips: runs of frames that have a face, inside one scene, cut into equal pieces of ``min_seconds`` to
+   ``max_seconds``; shorter runs are dropped;
+5. pass 2: align every planned frame to the LatentSync template at ``resolution`` (anchors Gaussian-smoothed within
+   the clip);
+6. SyncNet: estimate the audio-visual offset and its confidence; drop clips whose confidence is low or whose
+   offset is beyond ``max_sync_offset``, re-cut the audio of the others so that it is in sync;
+7. visual quality (hyperIQA when its weights are available, the sharpness of the face otherwise): drop low scores;
+8. write each kept clip as an H.264 + AAC mp4.
+
+Each video's result is written to ``<output>/work/state/<key>.json`` once the video is finished, so a run that
+stops midway redoes only the unfinished videos. At the end all clips go into one ``datasets.Dataset`` saved in
+shards under ``<output>/dataset`` (load with ``datasets.load_from_disk``; ``push_prepared`` uploads it), and
+``summary.json`` / ``summary.md`` list what was kept and what was dropped and why.
+
+Modules: ``config`` (settings, summary, drop reasons), ``planning`` (finding videos, cutting clips, re-cutting
+audio), ``sync`` (the SyncNet offset check), ``process`` (one video: steps 1-8), ``run`` (all videos, workers,
+resume), ``dataset`` (the ``datasets`` output). The command line is in [`latentsync.commands.prepare`].
+"""
+
+from .config import DROP_REASONS, PrepareConfig, PrepareSummary
+from .dataset import build_prepared_dataset, dataset_features, decode_clip, load_prepared, push_prepared
+from .planning import find_videos, plan_clips, shifted_audio, video_key
+from .process import process_video
+from .run import prepare_dataset
+from .sync import SyncChecker, SyncNetChecker, load_sync_checker
+
+__all__ = [
+    "DROP_REASONS",
+    "PrepareConfig",
+    "PrepareSummary",
+    "SyncChecker",
+    "SyncNetChecker",
+    "build_prepared_dataset",
+    "dataset_features",
+    "decode_clip",
+    "find_videos",
+    "load_prepared",
+    "load_sync_checker",
+    "plan_clips",
+    "prepare_dataset",
+    "process_video",
+    "push_prepared",
+    "shifted_audio",
+    "video_key",
+]

@@ -1,0 +1,109 @@
+"""Settings of a data preparation run, its summary, and the reasons material is dropped."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from ...errors import LatentSyncInputError
+from ...media.constants import VIDEO_FPS as FPS
+
+# Why material was dropped. Video-level reasons drop the whole file, clip-level ones a planned clip, frame-level
+# ones frames that never became part of a clip.
+DROP_REASONS = {
+    "unreadable": "file cannot be decoded or has no video stream",
+    "no_audio": "no audio stream, or video frames past the end of the audio",
+    "silent_audio": "audio track is silent",
+    "error": "unexpected error while processing (see the state file)",
+    "no_face": "frames without a detected face",
+    "too_short": "face runs / scenes shorter than min_seconds",
+    "sync_offset": "audio-visual offset beyond max_sync_offset",
+    "low_sync_confidence": "SyncNet confidence below min_sync_confidence",
+    "sync_failed": "SyncNet could not score the clip (shorter than its window)",
+    "low_quality": "visual quality below the scorer's threshold",
+}
+
+
+@dataclass
+class PrepareConfig:
+    """Settings of a data preparation run (all but the worker count are part of the output's identity).
+
+    Args:
+        resolution: side of the aligned faces (256 for LatentSync 1.5, 512 for 1.6).
+        min_seconds / max_seconds: clip length range (official 5-10 s).
+        scene_threshold: PySceneDetect adaptive threshold (official ``detect-adaptive --threshold 2``).
+        landmark_smoothing: Gaussian sigma (frames) applied to the face anchors within a clip; 0 disables.
+        sync: estimate and correct the A/V offset with SyncNet and drop badly synced clips.
+        syncnet: SyncNet for the sync step: a classic ``syncnet_v2.model`` file, a StableSyncNet folder / Hub id,
+            or an official ``stable_syncnet.pt`` (None: ``auxiliary/syncnet_v2.model`` of ByteDance/LatentSync-1.5).
+        syncnet_weights_name: file inside the ``syncnet`` folder / Hub repository to load.
+        min_sync_confidence / max_sync_offset: keep a clip when its confidence is at least this and the absolute
+            offset (frames) at most this (official 3 and 6 with the classic SyncNet). None: 3 for the classic
+            SyncNet, 0.2 for a StableSyncNet (its cosine-distance confidences are on a smaller scale; this default
+            is not calibrated on the released model, check the ``sync_confidence`` column of your data).
+        quality: visual-quality scorer: ``auto``, ``sharpness``, ``hyperiqa``, ``hyperiqa:<repo or path>`` or a
+            path to ``koniq_pretrained.pkl`` (see [`load_quality_scorer`]).
+        quality_threshold: minimum score (default: the scorer's own, hyperIQA 40).
+        crf: x264 quality of the written clips (official 13).
+        max_shard_size: size of the dataset's shards.
+    """
+
+    resolution: int = 256
+    min_seconds: float = 5.0
+    max_seconds: float = 10.0
+    scene_threshold: float = 2.0
+    landmark_smoothing: float = 1.5
+    sync: bool = True
+    syncnet: str | None = None
+    syncnet_weights_name: str | None = None
+    min_sync_confidence: float | None = None
+    max_sync_offset: int = 6
+    quality: str = "auto"
+    quality_threshold: float | None = None
+    crf: int = 13
+    max_shard_size: str = "500MB"
+
+    def __post_init__(self):
+        if self.resolution not in (256, 512):
+            raise LatentSyncInputError(f"resolution must be 256 or 512, got {self.resolution}")
+        if not 0 < self.min_seconds <= self.max_seconds:
+            raise LatentSyncInputError(
+                f"need 0 < min_seconds <= max_seconds, got {self.min_seconds} and {self.max_seconds}")
+
+    @property
+    def min_frames(self) -> int:
+        return max(1, int(round(self.min_seconds * FPS)))
+
+    @property
+    def max_frames(self) -> int:
+        return max(self.min_frames, int(round(self.max_seconds * FPS)))
+
+    def identity(self) -> dict:
+        """Settings that change the output (compared on resume)."""
+        d = dataclasses.asdict(self)
+        d.pop("max_shard_size")
+        return d
+
+
+@dataclass
+class PrepareSummary:
+    """What a run kept and dropped. ``dropped`` maps a reason to ``{"count": items, "seconds": duration}``."""
+
+    videos: int = 0
+    videos_done: int = 0
+    videos_failed: int = 0
+    clips: int = 0
+    clip_seconds: float = 0.0
+    source_seconds: float = 0.0
+    dropped: dict = field(default_factory=dict)
+    dataset_path: str | None = None
+    elapsed_seconds: float = 0.0
+
+    def table(self) -> str:
+        """Markdown table of kept and dropped material."""
+        rows = [f"| kept clips | {self.clips} | {self.clip_seconds:.1f} |"]
+        for reason, d in sorted(self.dropped.items(), key=lambda kv: -kv[1]["seconds"]):
+            rows.append(f"| dropped: {reason} ({DROP_REASONS.get(reason, '')}) | {d['count']} | {d['seconds']:.1f} |")
+        head = (f"{self.videos} source videos ({self.source_seconds:.1f} s at 25 fps), {self.videos_done} processed, "
+                f"{self.videos_failed} dropped whole\n\n| | count | seconds |\n|---|---:|---:|")
+        return "\n".join([head, *rows])

@@ -1,0 +1,221 @@
+"""Preparing every video of a folder: worker processes, per-video state files (resume), and the summary."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import time
+import traceback
+
+import cv2
+import torch
+from tqdm.auto import tqdm
+
+from ...errors import LatentSyncInputError
+from ...media.constants import VIDEO_EXTENSIONS
+from ...media.constants import VIDEO_FPS as FPS
+from ...utils import write_json_atomically
+from ..quality import SharpnessScorer, load_quality_scorer
+from .config import PrepareConfig, PrepareSummary
+from .dataset import build_prepared_dataset
+from .planning import find_videos, video_key
+from .process import process_video
+from .sync import SyncChecker, load_sync_checker
+
+logger = logging.getLogger(__name__)
+
+_WORKER: dict = {}
+
+
+def _init_worker(config: PrepareConfig, device: str, sync_checker, quality_scorer, threads: int,
+                 quality_spec: str | None = None) -> None:
+    """Per-process setup: thread counts and the models of the sync and quality steps (loaded once per worker)."""
+    torch.set_num_threads(max(1, threads))
+    cv2.setNumThreads(max(1, threads))
+    _WORKER["config"] = config
+    _WORKER["sync"] = sync_checker if sync_checker is not None else (
+        load_sync_checker(config, device) if config.sync else None)
+    _WORKER["quality"] = quality_scorer if quality_scorer is not None else load_quality_scorer(
+        quality_spec or config.quality, config.quality_threshold, device=device)
+
+
+def _load_models(config: PrepareConfig, device: str, sync_checker, quality_scorer):
+    """Load (and so validate, downloading weights once) the SyncNet and the quality scorer before any work starts."""
+    if sync_checker is None and config.sync:
+        try:
+            sync_checker = load_sync_checker(config, device)
+        except Exception as exc:  # noqa: BLE001 - turned into one clear message
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise LatentSyncInputError(
+                f"cannot load the SyncNet for the sync step ({first}); pass --syncnet <syncnet_v2.model file, "
+                "StableSyncNet folder or Hub id> or --no-sync") from exc
+    if quality_scorer is None:
+        try:
+            quality_scorer = load_quality_scorer(config.quality, config.quality_threshold, device=device)
+        except (OSError, ValueError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise LatentSyncInputError(f"cannot load the quality scorer {config.quality!r}: {first}") from exc
+    # workers load their own copies; "auto" that fell back is passed on as "sharpness" (no second attempt)
+    spec = "sharpness" if config.quality == "auto" and isinstance(quality_scorer, SharpnessScorer) else None
+    return sync_checker, quality_scorer, spec
+
+
+def _worker_job(path: str, relpath: str, clips_dir: str, state_path: str) -> dict:
+    """Process one video in a worker and persist its state atomically (the resume marker)."""
+    config = _WORKER["config"]
+    t0 = time.time()
+    if os.path.isdir(clips_dir):
+        shutil.rmtree(clips_dir)  # leftovers of an interrupted run
+    try:
+        result = process_video(path, relpath, clips_dir, config, _WORKER.get("sync"), _WORKER.get("quality"))
+    except Exception as exc:  # noqa: BLE001 - recorded per video so one bad file does not stop the run
+        logger.error("failed on %s: %s", relpath, exc)
+        result = {"source": relpath, "key": video_key(relpath), "status": "failed", "frames": 0, "clips": [],
+                  "dropped": {"error": {"count": 1, "seconds": 0.0}}, "error": traceback.format_exc(limit=8)}
+    result["seconds_processing"] = round(time.time() - t0, 2)
+    write_json_atomically(state_path, result, indent=1)
+    return result
+
+
+def prepare_dataset(
+    input_dir: str,
+    output_dir: str,
+    config: PrepareConfig | None = None,
+    num_workers: int = 1,
+    device: str = "cpu",
+    retry_failed: bool = False,
+    overwrite: bool = False,
+    sync_checker: SyncChecker | None = None,
+    quality_scorer=None,
+    build_dataset: bool = True,
+) -> PrepareSummary:
+    """Prepare every video under ``input_dir`` into ``output_dir`` (resumable; see the module docstring).
+
+    Args:
+        num_workers: parallel processes (1 runs in this process).
+        device: torch device for SyncNet and the quality model.
+        retry_failed: redo videos whose previous attempt raised an unexpected error.
+        overwrite: start from scratch when ``output_dir`` holds a run with other settings.
+        sync_checker / quality_scorer: use these instead of loading them from the config (tests, custom models;
+            they must be picklable when ``num_workers > 1``).
+        build_dataset: write the ``datasets`` shards at the end.
+    """
+    config = config or PrepareConfig()
+    t0 = time.time()
+    work = os.path.join(output_dir, "work")
+    state_dir, clips_root = os.path.join(work, "state"), os.path.join(work, "clips")
+    config_path = os.path.join(output_dir, "prepare_config.json")
+    if os.path.isfile(config_path):
+        with open(config_path) as f:
+            previous = json.load(f)
+        if previous != config.identity():
+            if not overwrite:
+                raise LatentSyncInputError(
+                    f"{output_dir} was prepared with other settings ({_diff(previous, config.identity())}); "
+                    "use another output folder or --overwrite")
+            shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(os.path.join(output_dir, "dataset"), ignore_errors=True)
+    os.makedirs(state_dir, exist_ok=True)
+    os.makedirs(clips_root, exist_ok=True)
+    write_json_atomically(config_path, config.identity(), indent=1)
+
+    videos = find_videos(input_dir)
+    if not videos:
+        raise LatentSyncInputError(f"no video files ({', '.join(VIDEO_EXTENSIONS)}) under {input_dir}")
+    jobs, results = [], {}
+    for rel in videos:
+        key = video_key(rel)
+        state_path = os.path.join(state_dir, key + ".json")
+        if os.path.isfile(state_path):
+            with open(state_path) as f:
+                previous = json.load(f)
+            if not (retry_failed and previous.get("status") == "failed"):
+                results[rel] = previous
+                continue
+        jobs.append((os.path.join(input_dir, rel), rel, os.path.join(clips_root, key), state_path))
+    logger.info("%d videos: %d already done, %d to process with %d worker(s)", len(videos), len(results), len(jobs),
+                num_workers)
+
+    threads = max(1, (os.cpu_count() or 1) // max(1, num_workers))
+    kept = sum(len(r["clips"]) for r in results.values())
+    custom_sync, custom_quality = sync_checker, quality_scorer
+    quality_spec = None
+    if jobs:
+        sync_checker, quality_scorer, quality_spec = _load_models(config, device, sync_checker, quality_scorer)
+    bar = tqdm(total=len(jobs), desc="prepare", unit="video")
+    bar.set_postfix(clips=kept)
+    if jobs and num_workers <= 1:
+        saved = dict(_WORKER)
+        _init_worker(config, device, sync_checker, quality_scorer, threads=os.cpu_count() or 1)
+        try:
+            for job in jobs:
+                res = _worker_job(*job)
+                results[job[1]] = res
+                kept += len(res["clips"])
+                bar.update(1)
+                bar.set_postfix(clips=kept)
+        finally:
+            _WORKER.clear()
+            _WORKER.update(saved)
+    elif jobs:
+        ctx = multiprocessing.get_context("spawn")  # MediaPipe and torch are not fork-safe
+        del sync_checker, quality_scorer  # each worker loads its own (only caller-given objects are sent)
+        with cf.ProcessPoolExecutor(num_workers, mp_context=ctx, initializer=_init_worker,
+                                    initargs=(config, device, custom_sync, custom_quality, threads,
+                                              quality_spec)) as pool:
+            futures = {pool.submit(_worker_job, *job): job for job in jobs}
+            for fut in cf.as_completed(futures):
+                job = futures[fut]
+                try:
+                    res = fut.result()
+                except Exception as exc:  # noqa: BLE001 - a crashed worker leaves no state: the video is redone next run
+                    logger.error("worker crashed on %s: %s", job[1], exc)
+                    res = {"source": job[1], "status": "crashed", "frames": 0, "clips": [],
+                           "dropped": {"error": {"count": 1, "seconds": 0.0}}}
+                results[job[1]] = res
+                kept += len(res["clips"])
+                bar.update(1)
+                bar.set_postfix(clips=kept)
+    bar.close()
+
+    summary = _summarise(videos, results)
+    if build_dataset:
+        summary.dataset_path = build_prepared_dataset(output_dir, [results[v] for v in videos], config)
+    summary.elapsed_seconds = round(time.time() - t0, 1)
+    write_json_atomically(os.path.join(output_dir, "summary.json"), dataclasses.asdict(summary), indent=1)
+    with open(os.path.join(output_dir, "summary.md"), "w") as f:
+        f.write(summary.table() + "\n")
+    logger.info("data preparation summary:\n%s", summary.table())
+    return summary
+
+
+def _diff(a: dict, b: dict) -> str:
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    return ", ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in keys)
+
+
+def _summarise(videos: list[str], results: dict) -> PrepareSummary:
+    s = PrepareSummary(videos=len(videos))
+    for rel in videos:
+        r = results.get(rel)
+        if r is None:
+            continue
+        if r.get("status") == "done":
+            s.videos_done += 1
+        else:
+            s.videos_failed += 1
+        s.source_seconds += r.get("frames", 0) / FPS
+        s.clips += len(r["clips"])
+        s.clip_seconds += sum(c["num_frames"] for c in r["clips"]) / FPS
+        for reason, d in r.get("dropped", {}).items():
+            agg = s.dropped.setdefault(reason, {"count": 0, "seconds": 0.0})
+            agg["count"] += d["count"]
+            agg["seconds"] = round(agg["seconds"] + d["seconds"], 2)
+    s.clip_seconds = round(s.clip_seconds, 2)
+    s.source_seconds = round(s.source_seconds, 2)
+    return s

@@ -1,0 +1,144 @@
+"""Face detection and landmarks with MediaPipe (models bundled in the mediapipe 0.10.21 wheel, offline).
+
+For every frame the full-range face detector finds all faces; one face is chosen (the largest, or the
+``face_index``-th from the left in the first frame where faces appear) and then tracked by position, so a second
+person entering the frame does not steal the lip sync. The 468-point face mesh runs on a crop around the tracked
+face and gives the three alignment anchors (centre of each eyebrow, middle of the nose).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+# Face-mesh indices: eyebrow contours (upper and lower edge) on the image-left and image-right side, and the nose
+# points whose mean sits where the official template's third anchor does (about half the eyebrow distance below
+# the eyebrows on a frontal face).
+LEFT_BROW = [70, 63, 105, 66, 107, 46, 53, 52, 65, 55]
+RIGHT_BROW = [300, 293, 334, 296, 336, 276, 283, 282, 295, 285]
+NOSE = [5, 4]
+
+
+@dataclass
+class FaceBox:
+    """A detected face: pixel box ``(x0, y0, x1, y1)`` and detector score."""
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+    score: float
+
+    @property
+    def center(self) -> np.ndarray:
+        return np.array([(self.x0 + self.x1) / 2, (self.y0 + self.y1) / 2])
+
+    @property
+    def size(self) -> float:
+        return max(self.x1 - self.x0, self.y1 - self.y0)
+
+    @property
+    def area(self) -> float:
+        return (self.x1 - self.x0) * (self.y1 - self.y0)
+
+
+def largest_face(boxes: list[FaceBox]) -> FaceBox | None:
+    """The box of largest area, or None when there is none."""
+    return max(boxes, key=lambda b: b.area) if boxes else None
+
+
+class FaceDetector:
+    """MediaPipe face detector + face mesh returning alignment anchors for one tracked face.
+
+    Args:
+        face_index: which face to follow when several are visible: ``None`` for the largest, ``k`` for the
+            k-th face from the left (0-based) in the first frame that has faces.
+        min_confidence: detector score threshold.
+        reacquire_after: frames without the tracked face after which a face is chosen again by the same rule.
+    """
+
+    def __init__(self, face_index: int | None = None, min_confidence: float = 0.5, reacquire_after: int = 25):
+        import mediapipe as mp  # deferred: mediapipe is heavy to import and only needed once faces are analysed
+
+        self._detector = mp.solutions.face_detection.FaceDetection(
+            model_selection=1, min_detection_confidence=min_confidence
+        )
+        self._mesh = mp.solutions.face_mesh.FaceMesh(
+            static_image_mode=True, max_num_faces=1, refine_landmarks=False, min_detection_confidence=0.3
+        )
+        self.face_index = face_index
+        self.reacquire_after = reacquire_after
+        self._last: FaceBox | None = None
+        self._missed = 0
+
+    def close(self) -> None:
+        self._detector.close()
+        self._mesh.close()
+
+    def __enter__(self) -> "FaceDetector":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def detect(self, frame: np.ndarray) -> list[FaceBox]:
+        """All faces in an RGB uint8 frame."""
+        h, w = frame.shape[:2]
+        result = self._detector.process(np.ascontiguousarray(frame))
+        boxes = []
+        for det in result.detections or []:
+            bb = det.location_data.relative_bounding_box
+            x0, y0 = bb.xmin * w, bb.ymin * h
+            boxes.append(FaceBox(x0, y0, x0 + bb.width * w, y0 + bb.height * h, float(det.score[0])))
+        return boxes
+
+    def _choose(self, boxes: list[FaceBox]) -> FaceBox | None:
+        if not boxes:
+            return None
+        if self._last is not None and self._missed <= self.reacquire_after:
+            dists = [np.linalg.norm(b.center - self._last.center) for b in boxes]
+            best = int(np.argmin(dists))
+            return boxes[best] if dists[best] < self._last.size else None
+        if self.face_index is None:
+            return largest_face(boxes)
+        ordered = sorted(boxes, key=lambda b: b.center[0])
+        if self.face_index >= len(ordered):
+            return None
+        return ordered[self.face_index]
+
+    def landmarks(self, frame: np.ndarray, box: FaceBox) -> np.ndarray | None:
+        """468 face-mesh points ``(468, 2)`` in frame pixels for the face in ``box``, or None."""
+        h, w = frame.shape[:2]
+        cx, cy = box.center
+        half = box.size * 0.9
+        x0, y0 = int(max(0, cx - half)), int(max(0, cy - half))
+        x1, y1 = int(min(w, cx + half)), int(min(h, cy + half))
+        if x1 - x0 < 8 or y1 - y0 < 8:
+            return None
+        crop = np.ascontiguousarray(frame[y0:y1, x0:x1])
+        result = self._mesh.process(crop)
+        if not result.multi_face_landmarks:
+            return None
+        pts = result.multi_face_landmarks[0].landmark
+        return np.array([(p.x * (x1 - x0) + x0, p.y * (y1 - y0) + y0) for p in pts], dtype=np.float64)
+
+    def track(self, frames: Iterable[np.ndarray]) -> np.ndarray:
+        """Anchors ``(N, 3, 2)`` of consecutive frames, with NaN rows for frames without the tracked face."""
+        no_face = np.full((3, 2), np.nan)
+        rows = [a if a is not None else no_face for a in map(self.anchors, frames)]
+        return np.stack(rows) if rows else np.empty((0, 3, 2))
+
+    def anchors(self, frame: np.ndarray) -> np.ndarray | None:
+        """Alignment anchors ``(3, 2)``: image-left eyebrow, image-right eyebrow, nose; None when no face."""
+        box = self._choose(self.detect(frame))
+        lm = self.landmarks(frame, box) if box is not None else None
+        if lm is None:
+            self._missed += 1
+            return None
+        self._last, self._missed = box, 0
+        return np.stack([lm[LEFT_BROW].mean(0), lm[RIGHT_BROW].mean(0), lm[NOSE].mean(0)])

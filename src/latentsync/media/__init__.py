@@ -1,0 +1,40 @@
+"""Video and audio files: reading (any format ffmpeg reads, resampled to the model's 25 fps / 16 kHz), atomic
+writing, and the media constants."""
+
+from .audio import as_samples, check_not_silent, load_audio, num_video_frames, write_wav
+from .constants import OUTPUT_FORMATS, SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_EXTENSIONS, VIDEO_FPS
+from .files import check_input_file, find_videos, is_video_file
+from .video import (
+    FrameSource,
+    VideoInfo,
+    VideoWriter,
+    check_output_path,
+    iter_frames,
+    open_frames,
+    probe_video,
+    trim_media,
+)
+
+__all__ = [
+    "OUTPUT_FORMATS",
+    "SAMPLES_PER_FRAME",
+    "SAMPLE_RATE",
+    "VIDEO_EXTENSIONS",
+    "VIDEO_FPS",
+    "FrameSource",
+    "VideoInfo",
+    "VideoWriter",
+    "as_samples",
+    "check_input_file",
+    "check_not_silent",
+    "check_output_path",
+    "find_videos",
+    "is_video_file",
+    "iter_frames",
+    "load_audio",
+    "num_video_frames",
+    "open_frames",
+    "probe_video",
+    "trim_media",
+    "write_wav",
+]

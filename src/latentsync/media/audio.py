@@ -1,0 +1,80 @@
+"""Audio file reading and writing with the bundled ffmpeg, and the audio checks of a lip-sync run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import wave
+
+import imageio_ffmpeg
+import numpy as np
+import torch
+
+from ..errors import InvalidAudioError
+from .constants import SAMPLE_RATE, VIDEO_FPS
+from .files import check_input_file
+
+
+def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Decode any audio (or video) file to mono float32 at ``sample_rate`` Hz with ffmpeg.
+
+    Raises:
+        InvalidAudioError: the file is missing, unreadable, has no audio stream, or holds no samples.
+    """
+    path = check_input_file(path, InvalidAudioError, "audio")
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-i", path, "-map", "0:a:0",
+           "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "-"]
+    proc = subprocess.run(cmd, capture_output=True)
+    if proc.returncode != 0:
+        text = proc.stderr.decode(errors="replace")
+        if "matches no streams" in text or "does not contain any stream" in text:
+            raise InvalidAudioError(f"no audio stream in {path}")
+        reason = text.strip().splitlines()[-1] if text.strip() else f"ffmpeg exit code {proc.returncode}"
+        raise InvalidAudioError(f"cannot read audio from {path}: {reason}")
+    audio = np.frombuffer(proc.stdout, dtype=np.float32)
+    if audio.size == 0:
+        raise InvalidAudioError(f"audio stream of {path} holds no samples")
+    return audio.copy()
+
+
+def as_samples(audio: str | os.PathLike | np.ndarray | torch.Tensor) -> np.ndarray:
+    """Mono float32 samples at 16 kHz from a file (any format ffmpeg reads) or from samples in memory.
+
+    Raises:
+        InvalidAudioError: unreadable file, or an array that is empty or not one-dimensional.
+    """
+    if isinstance(audio, (str, os.PathLike)):
+        return load_audio(audio)
+    if isinstance(audio, torch.Tensor):
+        audio = audio.detach().cpu().float().numpy()
+    samples = np.asarray(audio, dtype=np.float32)
+    if samples.ndim == 2 and 1 in samples.shape:
+        samples = samples.reshape(-1)
+    if samples.ndim != 1:
+        raise InvalidAudioError(f"audio samples must be mono (one dimension, 16 kHz), got shape {samples.shape}")
+    if samples.size == 0:
+        raise InvalidAudioError("audio holds no samples")
+    if not np.isfinite(samples).all():
+        raise InvalidAudioError("audio samples contain NaN or infinity")
+    return samples
+
+
+def write_wav(path: str | os.PathLike, samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
+    """Write mono float samples in [-1, 1] as a 16-bit PCM WAV file."""
+    pcm = (np.clip(samples, -1.0, 1.0) * 32767.0).round().astype("<i2")
+    with wave.open(os.fspath(path), "wb") as fh:
+        fh.setnchannels(1)
+        fh.setsampwidth(2)
+        fh.setframerate(sample_rate)
+        fh.writeframes(pcm.tobytes())
+
+
+def check_not_silent(audio: np.ndarray, path: str = "audio", threshold: float = 1e-4) -> None:
+    """Raise [`InvalidAudioError`] when the whole track is silent (nothing to lip-sync to)."""
+    if float(np.abs(audio).max()) < threshold:
+        raise InvalidAudioError(f"audio track of {path} is silent: there is no speech to lip-sync to")
+
+
+def num_video_frames(num_samples: int, sample_rate: int = SAMPLE_RATE, fps: int = VIDEO_FPS) -> int:
+    """Number of 25 fps frames that cover ``num_samples`` of audio (rounded to the nearest frame)."""
+    return max(1, int(round(num_samples * fps / sample_rate)))

@@ -1,0 +1,16 @@
+"""The one definition of the media constants: the model's timeline and the file types the tools read and write."""
+
+SAMPLE_RATE = 16000
+"""Audio sample rate (Hz) of every audio path: Whisper features, the Wav2Lip mel, written clips."""
+
+VIDEO_FPS = 25
+"""Frame rate of the model's timeline: inputs are resampled to it, outputs are written at it."""
+
+SAMPLES_PER_FRAME = SAMPLE_RATE // VIDEO_FPS
+"""Audio samples per video frame (640)."""
+
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".flv", ".mpg", ".mpeg", ".ts")
+"""File endings recognised as videos when a folder is searched (data preparation, evaluation, training clips)."""
+
+OUTPUT_FORMATS = (".mp4", ".mov", ".mkv")
+"""Containers the video writer produces (H.264 + AAC)."""

@@ -1,0 +1,33 @@
+"""The result of a [`LatentSyncPipeline`] call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers.utils import BaseOutput
+
+
+@dataclass
+class LatentSyncPipelineOutput(BaseOutput):
+    """Result of a [`LatentSyncPipeline`] call.
+
+    Args:
+        frames: the output frames when they are returned (see ``output_type``): an RGB uint8 array
+            ``(N, H, W, 3)`` (``"np"``), a list of PIL images (``"pil"``) or a float tensor ``(N, 3, H, W)`` in
+            [0, 1] (``"pt"``); None when only a file was written.
+        fps: frame rate of the output (always 25, the model's rate).
+        path: written video file, or None.
+        num_frames: number of output frames.
+        frames_without_face: output frames passed through unchanged because no face was found in them.
+        timings: busy seconds per stage (stages may overlap in time) and ``total`` wall-clock seconds.
+    """
+
+    frames: np.ndarray | list[PIL.Image.Image] | torch.Tensor | None
+    fps: float
+    path: str | None
+    num_frames: int
+    frames_without_face: int
+    timings: dict[str, float] = field(default_factory=dict)

@@ -1,0 +1,42 @@
+"""The noise schedulers of the pipeline: the official DDIM settings and the faster samplers selectable by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, UniPCMultistepScheduler
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+OFFICIAL_SCHEDULER_CONFIG: dict[str, Any] = dict(
+    num_train_timesteps=1000,
+    beta_start=0.00085,
+    beta_end=0.012,
+    beta_schedule="scaled_linear",
+    clip_sample=False,
+    set_alpha_to_one=False,
+    steps_offset=1,
+    prediction_type="epsilon",
+    timestep_spacing="leading",
+)
+"""DDIM settings of the official ``configs/scheduler_config.json`` (Stable Diffusion's noise schedule)."""
+
+SCHEDULERS: dict[str, type[SchedulerMixin]] = {
+    "ddim": DDIMScheduler,
+    "dpm++": DPMSolverMultistepScheduler,
+    "unipc": UniPCMultistepScheduler,
+    "euler": EulerDiscreteScheduler,
+}
+"""Schedulers selectable by name with [`LatentSyncPipeline.set_scheduler`] (``ddim`` is the official one)."""
+
+
+def official_scheduler() -> DDIMScheduler:
+    """A new DDIM scheduler with the official settings."""
+    return DDIMScheduler(**OFFICIAL_SCHEDULER_CONFIG)
+
+
+def scheduler_by_name(name: str, config: Any) -> SchedulerMixin:
+    """The scheduler called ``name`` (a key of [`SCHEDULERS`]) built from another scheduler's ``config`` (same noise
+    schedule)."""
+    if name not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
+    return SCHEDULERS[name].from_config(config)
