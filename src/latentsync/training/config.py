@@ -1,4 +1,8 @@
-"""Configuration of U-Net training: a dataclass read from YAML, with ``key=value`` command-line overrides."""
+"""Settings of the two trainers: dataclasses read from YAML, with ``key=value`` command-line overrides.
+
+[`TrainingConfig`] holds what both trainers share (data source, optimiser, precision, checkpoints, logging, Hub);
+[`UNetTrainingConfig`] and [`SyncNetTrainingConfig`] extend it with their models and method.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +13,73 @@ from typing import Any
 
 import yaml
 
+MIXED_PRECISIONS = ("no", "fp16", "bf16")
+
 
 @dataclass
-class UNetTrainingConfig:
-    """Every setting of ``train/train_unet.py``. Defaults are the official stage-2 values (spec section 7).
+class TrainingConfig:
+    """The settings both trainers share.
+
+    Data: ``train_data`` is a folder of aligned 25 fps clips with 16 kHz audio, a video file, or a ``datasets``
+    dataset (saved folder, parquet folder or Hub id) with mp4 bytes in ``video_column``; ``cache_clips`` decoded
+    clips stay in memory. Optimisation: AdamW with a diffusers LR schedule, gradient accumulation and clipping,
+    mixed precision through accelerate (fp16 needs a GPU: on a CPU the run falls back to fp32). Bookkeeping:
+    checkpoints (accelerate states, written atomically) every ``checkpointing_steps`` in
+    ``output_dir/checkpoints``, the newest ``checkpoints_total_limit`` kept; ``resume_from_checkpoint`` is a
+    checkpoint folder or ``latest``; one loss line per step in ``output_dir/losses.jsonl``; trackers with
+    ``report_to``; the result pushed to ``hub_model_id`` with ``push_to_hub``.
+    """
+
+    # data
+    train_data: str | None = None
+    train_split: str = "train"
+    video_column: str = "video"
+    dataloader_num_workers: int = 2
+    cache_clips: int = 0
+    # optimisation
+    learning_rate: float = 1e-5
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_weight_decay: float = 1e-2
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    lr_scheduler: str = "constant"
+    lr_warmup_steps: int = 0
+    train_batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    max_train_steps: int = 10_000_000
+    mixed_precision: str = "fp16"
+    gradient_checkpointing: bool = True
+    allow_tf32: bool = True
+    seed: int = 1247
+    # bookkeeping
+    output_dir: str = "outputs/unet"
+    logging_dir: str = "logs"
+    report_to: str | None = "tensorboard"
+    checkpointing_steps: int = 10_000
+    checkpoints_total_limit: int | None = None
+    resume_from_checkpoint: str | None = None
+    validation_steps: int = 10_000
+    push_to_hub: bool = False
+    hub_model_id: str | None = None
+    hub_private: bool = False
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first inconsistent setting."""
+        if not self.train_data:
+            raise ValueError("train_data is not set (folder of aligned clips, or a datasets path/id)")
+        if self.mixed_precision not in MIXED_PRECISIONS:
+            raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if self.push_to_hub and not self.hub_model_id:
+            raise ValueError("push_to_hub needs hub_model_id")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class UNetTrainingConfig(TrainingConfig):
+    """Every setting of ``train/train_unet.py``. Defaults are the official stage-2 values.
 
     Models (each loads by Hub id or local folder through its library, so tiny random models plug in for tests):
         components_from: a saved [`LatentSyncPipeline`] (id or folder); its vae, audio_encoder, feature_extractor
@@ -31,7 +98,9 @@ class UNetTrainingConfig:
     Method: ``stage`` 1 trains with the noise MSE only; stage 2 adds the pixel-space losses on the one-step x0
     estimate (each active when its weight is > 0). ``trainable_modules`` lists name substrings of the U-Net
     parameters to train (None: all). With ``lora_rank`` > 0 the U-Net is frozen and LoRA adapters (peft) are added on
-    ``lora_target_modules`` inside the modules ``trainable_modules`` selects.
+    ``lora_target_modules`` inside the modules ``trainable_modules`` selects. ``scale_lr`` multiplies the learning
+    rate by the effective batch size. Validation lip-syncs ``validation_seconds`` of ``validation_video`` to
+    ``validation_audio`` every ``validation_steps``.
     """
 
     # models
@@ -48,13 +117,8 @@ class UNetTrainingConfig:
     lpips_heads: str | None = None
     trepa_model: str = "MCG-NJU/videomae-base-finetuned-ssv2"
     # data
-    train_data: str | None = None
-    train_split: str = "train"
-    video_column: str = "video"
     resolution: int = 256
     num_frames: int = 16
-    dataloader_num_workers: int = 2
-    cache_clips: int = 0
     # method
     stage: int = 2
     use_mixed_noise: bool = True
@@ -68,40 +132,15 @@ class UNetTrainingConfig:
     lora_alpha: float | None = None
     lora_target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
     # optimisation
-    learning_rate: float = 1e-5
     scale_lr: bool = False
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_weight_decay: float = 1e-2
-    adam_epsilon: float = 1e-8
-    max_grad_norm: float = 1.0
-    lr_scheduler: str = "constant"
-    lr_warmup_steps: int = 0
-    train_batch_size: int = 1
-    gradient_accumulation_steps: int = 1
-    max_train_steps: int = 10_000_000
-    mixed_precision: str = "fp16"
-    gradient_checkpointing: bool = True
-    allow_tf32: bool = True
     use_ema: bool = False
     ema_decay: float = 0.9999
-    seed: int = 1247
-    # bookkeeping
-    output_dir: str = "outputs/unet"
-    logging_dir: str = "logs"
-    report_to: str | None = "tensorboard"
-    checkpointing_steps: int = 10_000
-    checkpoints_total_limit: int | None = None
-    resume_from_checkpoint: str | None = None
-    validation_steps: int = 10_000
+    # validation
     validation_video: str | None = None
     validation_audio: str | None = None
     validation_seconds: float = 4.0
     validation_inference_steps: int = 20
     validation_guidance_scale: float = 1.5
-    push_to_hub: bool = False
-    hub_model_id: str | None = None
-    hub_private: bool = False
 
     @property
     def pixel_space_supervise(self) -> bool:
@@ -115,18 +154,77 @@ class UNetTrainingConfig:
             raise ValueError(f"stage must be 1 or 2, got {self.stage}")
         if self.motion_modules not in ("all", "decoder", "none"):
             raise ValueError(f"motion_modules must be all, decoder or none, got {self.motion_modules!r}")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if self.resolution % 8:
             raise ValueError(f"resolution must be a multiple of 8, got {self.resolution}")
         if self.stage == 2 and self.sync_loss_weight > 0 and not self.syncnet:
             raise ValueError("sync_loss_weight > 0 needs a SyncNet: set syncnet=<id or folder>")
-        if not self.train_data:
-            raise ValueError("train_data is not set (folder of aligned mp4 clips, or a datasets path/id)")
-        if self.push_to_hub and not self.hub_model_id:
-            raise ValueError("push_to_hub needs hub_model_id")
+        super().validate()
         if (self.validation_video is None) != (self.validation_audio is None):
             raise ValueError("set both validation_video and validation_audio, or neither")
+
+
+@dataclass
+class SyncNetTrainingConfig(TrainingConfig):
+    """Every setting of ``train/train_syncnet.py``. Defaults follow the official ``syncnet_16_pixel_attn.yaml``.
+
+    Model:
+        model_preset: official architecture (``16_pixel_attn``, ``16_pixel``, ``16_latent``, ``25_pixel``) or None.
+        model_config: StableSyncNet arguments applied on top of the preset (all of them when the preset is None).
+        pretrained_model: start from these weights (``from_pretrained`` folder/Hub id, or official
+            ``stable_syncnet.pt``); its architecture then wins over preset/model_config.
+        vae / vae_subfolder: SD VAE for latent-space SyncNets.
+    Data (see [`SyncNetDataset`]): without ``val_data`` the validation pairs come from the training clips,
+        restricted to ``val_time_range`` (use disjoint time ranges to validate on held-out seconds).
+        ``num_frames``, resolution and lower-half cropping come from the model config.
+    Validation: every ``validation_steps`` on ``num_val_samples`` pairs; ``save_best_model`` keeps the weights of the
+        lowest validation loss in ``output_dir/syncnet_best`` (the final weights go to ``output_dir/syncnet``).
+    """
+
+    # model
+    model_preset: str | None = "16_pixel_attn"
+    model_config: dict[str, Any] | None = None
+    pretrained_model: str | None = None
+    vae: str = "stabilityai/sd-vae-ft-mse"
+    vae_subfolder: str | None = None
+    # data
+    val_data: str | None = None
+    val_split: str = "validation"
+    train_time_range: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    val_time_range: list[float] = field(default_factory=lambda: [0.0, 1.0])
+    positive_ratio: float = 0.5
+    min_negative_offset: int = 1
+    max_negative_offset: int | None = None
+    hflip: bool = False
+    preload_clips: bool = False
+    # validation
+    num_val_samples: int = 2048
+    val_batch_size: int = 40
+    save_best_model: bool = True
+    progress: bool = True
+    # shared settings with other defaults than the U-Net's
+    cache_clips: int = 16
+    train_batch_size: int = 256
+    max_train_steps: int = 1_000_000
+    gradient_checkpointing: bool = False
+    seed: int = 42
+    output_dir: str = "outputs/syncnet"
+    report_to: str | None = None
+    checkpointing_steps: int = 2500
+    validation_steps: int = 2500
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first inconsistent setting."""
+        super().validate()
+        for name in ("train_time_range", "val_time_range"):
+            r = getattr(self, name)
+            if len(r) != 2 or not 0 <= r[0] < r[1] <= 1:
+                raise ValueError(f"{name} must be [start, end] fractions with 0 <= start < end <= 1, got {r}")
+        for name in ("train_batch_size", "gradient_accumulation_steps", "max_train_steps", "validation_steps",
+                     "checkpointing_steps", "num_val_samples", "val_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.model_preset is None and not self.model_config and not self.pretrained_model:
+            raise ValueError("set model_preset, model_config or pretrained_model")
 
 
 def load_settings(cls: type, path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Any:
@@ -166,6 +264,14 @@ def load_settings(cls: type, path: str | os.PathLike | None = None, overrides: l
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> UNetTrainingConfig:
     """U-Net training settings from a YAML file and ``key=value`` overrides (see [`load_settings`])."""
     return load_settings(UNetTrainingConfig, path, overrides)
+
+
+def load_syncnet_config(
+    path: str | os.PathLike | None = None, overrides: list[str] | None = None
+) -> SyncNetTrainingConfig:
+    """SyncNet training settings from a YAML file and ``key=value`` overrides (``model_config.key=value`` sets one
+    model argument; see [`load_settings`])."""
+    return load_settings(SyncNetTrainingConfig, path, overrides)
 
 
 def _read_yaml(path: str) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""SyncNet training with accelerate (spec section 5.4; paper section 3.3).
+"""SyncNet training with accelerate (paper section 3.3).
 
 Binary cross-entropy on the cosine similarity of audio and visual embeddings, positives = aligned windows,
 negatives = frames from another time of the same clip. Runs unchanged on one CPU, one GPU or several GPUs
@@ -7,148 +7,57 @@ negatives = frames from another time of the same clip. Runs unchanged on one CPU
 exactly where the interrupted one would have (sample ``i`` of the stream depends only on the seed and ``i``).
 
 Outputs in ``output_dir``: ``checkpoints/checkpoint-<step>/``, ``syncnet/`` (final model, safetensors, loadable
-with ``StableSyncNet.from_pretrained``), ``history.json``, ``loss_chart.png`` and a copy of the config.
+with ``StableSyncNet.from_pretrained``), ``syncnet_best/`` (lowest validation loss), ``history.json``,
+``losses.jsonl``, ``loss_chart.png`` and a copy of the config.
 
-Command line: ``train/train_syncnet.py``.
+[`train_syncnet`] reads top to bottom: set up, build the model and the data, resume, loop, save. Command line:
+``train/train_syncnet.py``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
 import os
-import shutil
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import yaml
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from diffusers import AutoencoderKL
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
 
-from .config import load_settings
+from ..data.syncnet_dataset import ClipStore, SyncNetDataset
+from ..eval.syncnet_acc import encode_latents, evaluate_syncnet
+from ..loaders.official import load_syncnet
+from ..models.syncnet import SYNCNET_CONFIGS, StableSyncNet, syncnet_bce_loss
+from .base import (
+    LossLog,
+    create_accelerator,
+    create_optimizer,
+    init_trackers,
+    optimizer_step,
+    resolve_resume,
+    save_checkpoint,
+    save_run_config,
+)
+from .config import SyncNetTrainingConfig, load_syncnet_config  # noqa: F401 - load_syncnet_config: public API
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_PREFIX = "checkpoint-"
 STATE_FILE = "training_state.json"
 BEST_FILE = "best_validation.json"
-
-
-@dataclass
-class SyncNetTrainingConfig:
-    """Every setting of ``train/train_syncnet.py``. Defaults follow the official ``syncnet_16_pixel_attn.yaml``.
-
-    Model:
-        model_preset: official architecture (``16_pixel_attn``, ``16_pixel``, ``16_latent``, ``25_pixel``) or None.
-        model_config: StableSyncNet arguments applied on top of the preset (all of them when the preset is None).
-        pretrained_model: start from these weights (``from_pretrained`` folder/Hub id, or official
-            ``stable_syncnet.pt``); its architecture then wins over preset/model_config.
-        vae / vae_subfolder: SD VAE for latent-space SyncNets.
-    Data (see [`SyncNetDataset`]): ``train_data``/``val_data`` are a folder of aligned 25 fps clips, a video file, or
-        a ``datasets`` dataset (saved folder, parquet folder or Hub id) with mp4 bytes in ``video_column``. Without
-        ``val_data`` the validation pairs come from the training clips, restricted to ``val_time_range`` (use
-        disjoint time ranges to validate on held-out seconds). ``num_frames``, resolution and lower-half cropping
-        come from the model config.
-    Validation: every ``validation_steps`` on ``num_val_samples`` pairs; ``save_best_model`` keeps the weights of the
-        lowest validation loss in ``output_dir/syncnet_best`` (the final weights go to ``output_dir/syncnet``).
-    """
-
-    # model
-    model_preset: str | None = "16_pixel_attn"
-    model_config: dict[str, Any] | None = None
-    pretrained_model: str | None = None
-    vae: str = "stabilityai/sd-vae-ft-mse"
-    vae_subfolder: str | None = None
-    # data
-    train_data: str | None = None
-    train_split: str = "train"
-    val_data: str | None = None
-    val_split: str = "validation"
-    video_column: str = "video"
-    train_time_range: list[float] = field(default_factory=lambda: [0.0, 1.0])
-    val_time_range: list[float] = field(default_factory=lambda: [0.0, 1.0])
-    positive_ratio: float = 0.5
-    min_negative_offset: int = 1
-    max_negative_offset: int | None = None
-    hflip: bool = False
-    cache_clips: int = 16
-    preload_clips: bool = False
-    dataloader_num_workers: int = 2
-    # optimisation
-    learning_rate: float = 1e-5
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_weight_decay: float = 1e-2
-    adam_epsilon: float = 1e-8
-    max_grad_norm: float = 1.0
-    lr_scheduler: str = "constant"
-    lr_warmup_steps: int = 0
-    train_batch_size: int = 256
-    gradient_accumulation_steps: int = 1
-    max_train_steps: int = 1_000_000
-    mixed_precision: str = "fp16"
-    gradient_checkpointing: bool = False
-    allow_tf32: bool = True
-    seed: int = 42
-    # validation
-    validation_steps: int = 2500
-    num_val_samples: int = 2048
-    val_batch_size: int = 40
-    save_best_model: bool = True
-    # bookkeeping
-    output_dir: str = "outputs/syncnet"
-    logging_dir: str = "logs"
-    report_to: str | None = None
-    checkpointing_steps: int = 2500
-    checkpoints_total_limit: int | None = None
-    resume_from_checkpoint: str | None = None
-    push_to_hub: bool = False
-    hub_model_id: str | None = None
-    progress: bool = True
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming the first inconsistent setting."""
-        if not self.train_data:
-            raise ValueError("train_data is not set (folder of aligned clips, or a datasets path/id)")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
-        for name in ("train_time_range", "val_time_range"):
-            r = getattr(self, name)
-            if len(r) != 2 or not 0 <= r[0] < r[1] <= 1:
-                raise ValueError(f"{name} must be [start, end] fractions with 0 <= start < end <= 1, got {r}")
-        for name in ("train_batch_size", "gradient_accumulation_steps", "max_train_steps", "validation_steps",
-                     "checkpointing_steps", "num_val_samples", "val_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.model_preset is None and not self.model_config and not self.pretrained_model:
-            raise ValueError("set model_preset, model_config or pretrained_model")
-        if self.push_to_hub and not self.hub_model_id:
-            raise ValueError("push_to_hub needs hub_model_id")
-
-
-def load_syncnet_config(
-    path: str | os.PathLike | None = None, overrides: list[str] | None = None
-) -> SyncNetTrainingConfig:
-    """SyncNet training settings from a YAML file and ``key=value`` overrides (``model_config.key=value`` sets one
-    model argument; see [`latentsync.training.config.load_settings`])."""
-    return load_settings(SyncNetTrainingConfig, path, overrides)
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
 
 
-def build_syncnet(cfg: SyncNetTrainingConfig):
+def build_syncnet(cfg: SyncNetTrainingConfig) -> StableSyncNet:
     """The model to train: pretrained weights, or a fresh preset/model_config architecture."""
-    from ..models.syncnet import SYNCNET_CONFIGS, StableSyncNet
-
     if cfg.pretrained_model:
-        path = cfg.pretrained_model
-        if os.path.isfile(path):
-            from ..conversion import load_official_syncnet
-
-            return load_official_syncnet(path, preset=cfg.model_preset).train()
-        return StableSyncNet.from_pretrained(path).train()
+        return load_syncnet(cfg.pretrained_model, preset=cfg.model_preset).train()
     if cfg.model_preset is not None:
         if cfg.model_preset not in SYNCNET_CONFIGS:
             raise ValueError(f"unknown model_preset {cfg.model_preset!r}; choose one of {', '.join(SYNCNET_CONFIGS)}")
@@ -156,41 +65,27 @@ def build_syncnet(cfg: SyncNetTrainingConfig):
     return StableSyncNet(**cfg.model_config)
 
 
-def _checkpoints(output_dir: str) -> list[str]:
-    root = os.path.join(output_dir, "checkpoints")
-    if not os.path.isdir(root):
-        return []
-    names = [d for d in os.listdir(root) if d.startswith(CHECKPOINT_PREFIX) and d[len(CHECKPOINT_PREFIX):].isdigit()]
-    names.sort(key=lambda d: int(d[len(CHECKPOINT_PREFIX):]))
-    return [os.path.join(root, d) for d in names]
-
-
-def resolve_checkpoint(cfg: SyncNetTrainingConfig) -> str | None:
-    """Folder to resume from: ``latest`` picks the newest checkpoint in ``output_dir`` (None when there is none)."""
-    if not cfg.resume_from_checkpoint:
-        return None
-    if cfg.resume_from_checkpoint == "latest":
-        found = _checkpoints(cfg.output_dir)
-        if not found:
-            logger.info("no checkpoint in %s: starting from scratch", cfg.output_dir)
-            return None
-        return found[-1]
-    path = cfg.resume_from_checkpoint
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"checkpoint folder not found: {path}")
-    return path
+def read_training_state(path: str) -> tuple[int, dict[str, list]]:
+    """Step and loss history saved in a SyncNet checkpoint."""
+    state_file = os.path.join(path, STATE_FILE)
+    if not os.path.isfile(state_file):
+        raise FileNotFoundError(f"{path} is not a SyncNet training checkpoint (no {STATE_FILE})")
+    with open(state_file) as fh:
+        state = json.load(fh)
+    return int(state["global_step"]), state["history"]
 
 
 def empty_history() -> dict[str, list]:
+    """The loss history of a run that has not started (what ``history.json`` and checkpoints hold)."""
     return {"train_step": [], "train_loss": [], "val_step": [], "val_loss": [], "val_accuracy": []}
 
 
 def plot_loss_curves(path: str, history: dict[str, list], title: str = "SyncNet training") -> str:
     """Write a PNG with train/val BCE loss (and validation accuracy) against the step."""
-    import matplotlib
+    import matplotlib  # deferred: optional (train extra) and slow to import; only the chart needs it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: see above
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
     if history["train_step"]:
@@ -223,63 +118,48 @@ def plot_loss_curves(path: str, history: dict[str, list], title: str = "SyncNet 
 # ---------------------------------------------------------------------------------------------------- training
 
 
+def validate(model: torch.nn.Module, val_loader: DataLoader, accelerator: Accelerator, vae: AutoencoderKL | None,
+             cfg: SyncNetTrainingConfig, step: int, history: dict[str, list]) -> None:
+    """Validation loss and accuracy at ``step`` (appended to ``history``); keeps the weights of the lowest loss in
+    ``output_dir/syncnet_best`` when ``save_best_model``."""
+    result = evaluate_syncnet(model, val_loader, accelerator=accelerator, vae=vae, progress=cfg.progress)
+    history["val_step"].append(step)
+    history["val_loss"].append(result.loss)
+    history["val_accuracy"].append(result.accuracy)
+    accelerator.log({"val_loss": result.loss, "val_accuracy": result.accuracy}, step=step)
+    logger.info("step %d: val loss %.4f, val accuracy %.4f (%d pairs)", step, result.loss, result.accuracy,
+                result.num_samples)
+    if cfg.save_best_model and result.loss <= min(history["val_loss"]) and accelerator.is_main_process:
+        best_dir = os.path.join(cfg.output_dir, "syncnet_best")
+        accelerator.unwrap_model(model).save_pretrained(best_dir, safe_serialization=True)
+        with open(os.path.join(best_dir, BEST_FILE), "w") as fh:
+            json.dump({"step": step, "val_loss": result.loss, "val_accuracy": result.accuracy}, fh)
+        logger.info("best validation loss so far: model saved to %s", best_dir)
+
+
 def train_syncnet(cfg: SyncNetTrainingConfig) -> dict[str, Any]:
     """Train a StableSyncNet; returns ``{"global_step", "history", "model_dir", "final_val", "best", ...}``.
 
     ``best`` (with ``save_best_model``) is ``{"step", "val_loss", "val_accuracy", "model_dir"}`` of the validation
     with the lowest loss, whose weights are kept in ``output_dir/syncnet_best`` (early stopping: a SyncNet trained on
     little data overfits after its best validation point)."""
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration, set_seed
-    from diffusers.optimization import get_scheduler
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
-
-    from ..data.syncnet_dataset import ClipStore, SyncNetDataset
-    from ..eval.syncnet_acc import encode_latents, evaluate_syncnet
-    from ..models.syncnet import syncnet_bce_loss
-
     cfg.validate()
-    mixed_precision = cfg.mixed_precision
-    if mixed_precision == "fp16" and not torch.cuda.is_available():
-        logger.warning("fp16 mixed precision needs a GPU: training in fp32")
-        mixed_precision = "no"
-    accelerator = Accelerator(
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        mixed_precision=mixed_precision,
-        log_with=cfg.report_to,
-        project_config=ProjectConfiguration(project_dir=cfg.output_dir,
-                                            logging_dir=os.path.join(cfg.output_dir, cfg.logging_dir)),
-    )
-    if cfg.allow_tf32 and torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    # accelerator first: it decides the device, the precision and which process writes files
+    accelerator = create_accelerator(cfg)
     set_seed(cfg.seed)
-
-    resume_path = resolve_checkpoint(cfg)
-    global_step, history = 0, empty_history()
-    if resume_path is not None:
-        state_file = os.path.join(resume_path, STATE_FILE)
-        if not os.path.isfile(state_file):
-            raise FileNotFoundError(f"{resume_path} is not a SyncNet training checkpoint (no {STATE_FILE})")
-        with open(state_file) as fh:
-            state = json.load(fh)
-        global_step, history = int(state["global_step"]), state["history"]
-
+    resume_path = resolve_resume(cfg)
+    global_step, history = read_training_state(resume_path) if resume_path is not None else (0, empty_history())
     if accelerator.is_main_process:
-        os.makedirs(cfg.output_dir, exist_ok=True)
-        with open(os.path.join(cfg.output_dir, "config.yaml"), "w") as fh:
-            yaml.safe_dump(dataclasses.asdict(cfg), fh, sort_keys=False)
+        save_run_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
 
+    # model (and, for latent-space SyncNets, the frozen VAE that encodes the frames)
     model = build_syncnet(cfg)
     mcfg = model.config
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     vae = None
     if mcfg.latent_space:
-        from diffusers import AutoencoderKL
-
-        vae_dtype = torch.float16 if mixed_precision == "fp16" else torch.float32
+        vae_dtype = torch.float16 if accelerator.mixed_precision == "fp16" else torch.float32
         vae = AutoencoderKL.from_pretrained(cfg.vae, subfolder=cfg.vae_subfolder, torch_dtype=vae_dtype)
         vae.requires_grad_(False).eval().to(accelerator.device)
 
@@ -311,55 +191,22 @@ def train_syncnet(cfg: SyncNetTrainingConfig) -> dict[str, Any]:
                               **loader_kwargs)
     val_loader = DataLoader(val_set, batch_size=cfg.val_batch_size, shuffle=False, **loader_kwargs)
 
-    optimizer = torch.optim.AdamW(
-        [p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
-        betas=(cfg.adam_beta1, cfg.adam_beta2), weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon,
-    )
-    lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer,
-                                 num_warmup_steps=cfg.lr_warmup_steps * accelerator.num_processes,
-                                 num_training_steps=cfg.max_train_steps * accelerator.num_processes)
+    # optimiser and schedule, prepared by accelerate; resume restores their states and the RNG
+    optimizer, lr_scheduler = create_optimizer([p for p in model.parameters() if p.requires_grad], cfg, accelerator)
     model, optimizer, train_loader, val_loader, lr_scheduler = accelerator.prepare(
         model, optimizer, train_loader, val_loader, lr_scheduler
     )
+    loss_log = LossLog(cfg.output_dir, enabled=accelerator.is_main_process)
     if resume_path is not None:
         accelerator.load_state(resume_path)
+        loss_log.truncate(global_step)
         logger.info("resumed from %s at step %d", resume_path, global_step)
-    if accelerator.is_main_process and cfg.report_to:
-        accelerator.init_trackers("syncnet", config={k: v for k, v in dataclasses.asdict(cfg).items()
-                                                     if isinstance(v, (int, float, str, bool))})
-
+    init_trackers(accelerator, cfg, "syncnet")
     logger.info("***** SyncNet training *****  %d parameters, batch %d x %d accumulation x %d processes, "
                 "steps %d -> %d", sum(p.numel() for p in model.parameters()), cfg.train_batch_size,
                 cfg.gradient_accumulation_steps, accelerator.num_processes, global_step, cfg.max_train_steps)
 
-    best_dir = os.path.join(cfg.output_dir, "syncnet_best")
-
-    def validate() -> None:
-        result = evaluate_syncnet(model, val_loader, accelerator=accelerator, vae=vae, progress=cfg.progress)
-        history["val_step"].append(global_step)
-        history["val_loss"].append(result.loss)
-        history["val_accuracy"].append(result.accuracy)
-        accelerator.log({"val_loss": result.loss, "val_accuracy": result.accuracy}, step=global_step)
-        logger.info("step %d: val loss %.4f, val accuracy %.4f (%d pairs)", global_step, result.loss,
-                    result.accuracy, result.num_samples)
-        if cfg.save_best_model and result.loss <= min(history["val_loss"]) and accelerator.is_main_process:
-            accelerator.unwrap_model(model).save_pretrained(best_dir, safe_serialization=True)
-            with open(os.path.join(best_dir, BEST_FILE), "w") as fh:
-                json.dump({"step": global_step, "val_loss": result.loss, "val_accuracy": result.accuracy}, fh)
-            logger.info("best validation loss so far: model saved to %s", best_dir)
-
-    def save_checkpoint() -> None:
-        path = os.path.join(cfg.output_dir, "checkpoints", f"{CHECKPOINT_PREFIX}{global_step}")
-        accelerator.save_state(path)
-        if accelerator.is_main_process:
-            with open(os.path.join(path, STATE_FILE), "w") as fh:
-                json.dump({"global_step": global_step, "history": history}, fh)
-            plot_loss_curves(os.path.join(cfg.output_dir, "loss_chart.png"), history)
-            if cfg.checkpoints_total_limit is not None:
-                for old in _checkpoints(cfg.output_dir)[: -cfg.checkpoints_total_limit]:
-                    shutil.rmtree(old, ignore_errors=True)
-            logger.info("saved checkpoint %s", path)
-
+    # the loop: one optimisation step per gradient_accumulation_steps batches; validate and checkpoint on schedule
     model.train()
     progress = tqdm(total=cfg.max_train_steps, initial=global_step, desc="SyncNet steps",
                     disable=not (cfg.progress and accelerator.is_local_main_process))
@@ -373,12 +220,7 @@ def train_syncnet(cfg: SyncNetTrainingConfig) -> dict[str, Any]:
                 with accelerator.autocast():
                     visual, audio = model(frames, batch["mel"])
                 loss = syncnet_bce_loss(visual, audio, batch["label"])
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                optimizer_step(accelerator, loss, model.parameters(), optimizer, lr_scheduler, cfg.max_grad_norm)
             step_loss += accelerator.gather(loss.detach()).mean().item() / cfg.gradient_accumulation_steps
             if not accelerator.sync_gradients:
                 continue
@@ -386,17 +228,22 @@ def train_syncnet(cfg: SyncNetTrainingConfig) -> dict[str, Any]:
             history["train_step"].append(global_step)
             history["train_loss"].append(step_loss)
             accelerator.log({"train_loss": step_loss, "lr": lr_scheduler.get_last_lr()[0]}, step=global_step)
+            loss_log.append(global_step, {"loss": step_loss, "lr": lr_scheduler.get_last_lr()[0]})
             progress.update(1)
             progress.set_postfix(loss=f"{step_loss:.4f}")
             step_loss = 0.0
             if global_step % cfg.validation_steps == 0 or global_step == cfg.max_train_steps:
-                validate()
+                validate(model, val_loader, accelerator, vae, cfg, global_step, history)
             if global_step % cfg.checkpointing_steps == 0 or global_step == cfg.max_train_steps:
-                save_checkpoint()
+                save_checkpoint(accelerator, cfg, global_step,
+                                {STATE_FILE: {"global_step": global_step, "history": history}})
+                if accelerator.is_main_process:
+                    plot_loss_curves(os.path.join(cfg.output_dir, "loss_chart.png"), history)
             if global_step >= cfg.max_train_steps:
                 break
     progress.close()
 
+    # save the final weights, the history and the chart, and push
     accelerator.wait_for_everyone()
     model_dir = os.path.join(cfg.output_dir, "syncnet")
     if accelerator.is_main_process:
@@ -406,18 +253,13 @@ def train_syncnet(cfg: SyncNetTrainingConfig) -> dict[str, Any]:
             json.dump(history, fh)
         plot_loss_curves(os.path.join(cfg.output_dir, "loss_chart.png"), history)
         if cfg.push_to_hub:
-            unwrapped.push_to_hub(cfg.hub_model_id)
+            unwrapped.push_to_hub(cfg.hub_model_id, private=cfg.hub_private)
     accelerator.end_training()
-    # let a later call in the same process (tests, notebooks) choose another precision/accumulation setting; the
-    # process group (PartialState) stays
-    from accelerate.state import AcceleratorState
-
-    if hasattr(AcceleratorState, "_reset_state"):
-        AcceleratorState._reset_state(reset_partial_state=False)
+    best_file = os.path.join(cfg.output_dir, "syncnet_best", BEST_FILE)
     best = None
-    if cfg.save_best_model and os.path.isfile(os.path.join(best_dir, BEST_FILE)):
-        with open(os.path.join(best_dir, BEST_FILE)) as fh:
-            best = {**json.load(fh), "model_dir": best_dir}
+    if cfg.save_best_model and os.path.isfile(best_file):
+        with open(best_file) as fh:
+            best = {**json.load(fh), "model_dir": os.path.dirname(best_file)}
     return {
         "global_step": global_step,
         "history": history,

@@ -1,25 +1,26 @@
 """LatentSync U-Net training with accelerate: stage 1 (noise MSE) and stage 2 (pixel-space losses).
 
-See ``train/train_unet.py`` for the command line and ``train/configs/`` for the official setups.
+[`train`] reads top to bottom: set up the accelerator and the models, choose what trains, build the data, the
+optimiser and the schedule, resume, then loop (one optimisation step per ``gradient_accumulation_steps`` batches,
+logging, checkpoints, validation videos) and save the pipeline. See ``train/train_unet.py`` for the command line
+and ``train/configs/`` for the official setups.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
-import shutil
+import re
 import tempfile
-from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, set_seed
-from diffusers.optimization import get_scheduler
+from accelerate.utils import set_seed
+from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from ..audio_features.cache import AudioFeatureCache
@@ -28,13 +29,23 @@ from ..face.mask import latent_mouth_mask, mouth_mask
 from ..media.video import trim_media
 from ..pipeline import LatentSyncPipeline
 from ..utils import scale_latents, unscale_latents
+from .base import (
+    LossLog,
+    checkpoint_step,
+    create_accelerator,
+    create_optimizer,
+    init_trackers,
+    optimizer_step,
+    resolve_resume,
+    save_checkpoint,
+    save_run_config,
+    weight_dtype,
+)
 from .components import TrainingComponents, load_components
 from .config import UNetTrainingConfig
 from .losses import lower_half, mixed_noise, predict_x0
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT_PREFIX = "checkpoint-"
 
 
 # ---------------------------------------------------------------------------------------------------- step
@@ -62,7 +73,12 @@ def compute_losses(
     cfg: UNetTrainingConfig,
     accelerator: Accelerator | None = None,
 ) -> dict[str, torch.Tensor]:
-    """All losses of one training batch; ``"loss"`` is their weighted sum (spec section 7)."""
+    """All losses of one training batch; ``"loss"`` is their weighted sum.
+
+    The clip is encoded by the VAE (ground truth, ground truth with the mouth masked out, reference), noised at a
+    random timestep (mixed noise: shared plus per-frame), and the U-Net predicts the noise: MSE is the stage-1 loss.
+    Stage 2 decodes the one-step estimate of the clean latents and adds LPIPS on the lower half, TREPA on the clip
+    and the SyncNet loss against the clip's mel window."""
     vae, scheduler = comps.vae, comps.scheduler
     gt, ref = batch["gt"], batch["ref"]
     device = gt.device
@@ -81,16 +97,13 @@ def compute_losses(
     model_input = torch.cat(
         [noisy, mask_latent.to(noisy.dtype), masked_latents.to(noisy.dtype), ref_latents.to(noisy.dtype)], dim=1
     )
-    def autocast():
-        return accelerator.autocast() if accelerator is not None else torch.autocast(device.type, enabled=False)
-
-    with autocast():
+    with _autocast(accelerator, device):
         noise_pred = unet(model_input, timesteps, encoder_hidden_states=audio_context).sample
     losses: dict[str, torch.Tensor] = {"recon": F.mse_loss(noise_pred.float(), noise.float())}
     total = cfg.recon_loss_weight * losses["recon"]
     if cfg.pixel_space_supervise:
         x0 = predict_x0(noisy, noise_pred.float(), timesteps, scheduler.alphas_cumprod)
-        with autocast():
+        with _autocast(accelerator, device):
             frames = vae_decode(vae, x0)
         frames = frames.float()
         if comps.lpips is not None and cfg.perceptual_loss_weight > 0:
@@ -104,6 +117,11 @@ def compute_losses(
             total = total + cfg.sync_loss_weight * losses["sync"]
     losses["loss"] = total
     return losses
+
+
+def _autocast(accelerator: Accelerator | None, device: torch.device):
+    """The accelerator's mixed-precision context, or a disabled autocast when there is no accelerator."""
+    return accelerator.autocast() if accelerator is not None else torch.autocast(device.type, enabled=False)
 
 
 # ---------------------------------------------------------------------------------------------------- setup
@@ -123,9 +141,7 @@ def select_trainable(unet: torch.nn.Module, patterns: list[str] | None) -> list[
 def add_lora(unet: torch.nn.Module, cfg: UNetTrainingConfig) -> list[str]:
     """Freeze the U-Net and add LoRA adapters (peft) on ``lora_target_modules`` inside the modules selected by
     ``trainable_modules`` (all of them when None). Returns the trainable (LoRA) parameter names."""
-    import re
-
-    from peft import LoraConfig
+    from peft import LoraConfig  # deferred: peft is optional (train extra), only LoRA runs need it
 
     targets = "|".join(re.escape(t) for t in cfg.lora_target_modules)
     scope = "|".join(re.escape(p) for p in cfg.trainable_modules) if cfg.trainable_modules else ""
@@ -141,52 +157,6 @@ def add_lora(unet: torch.nn.Module, cfg: UNetTrainingConfig) -> list[str]:
     return names
 
 
-def _checkpoint_dir(cfg: UNetTrainingConfig) -> str:
-    return os.path.join(cfg.output_dir, "checkpoints")
-
-
-def list_checkpoints(cfg: UNetTrainingConfig) -> list[str]:
-    """Complete checkpoints of the run, oldest first."""
-    root = _checkpoint_dir(cfg)
-    if not os.path.isdir(root):
-        return []
-    names = [d for d in os.listdir(root) if d.startswith(CHECKPOINT_PREFIX) and d[len(CHECKPOINT_PREFIX):].isdigit()]
-    return [os.path.join(root, d) for d in sorted(names, key=lambda d: int(d[len(CHECKPOINT_PREFIX):]))]
-
-
-def save_checkpoint(accelerator: Accelerator, cfg: UNetTrainingConfig, step: int) -> str:
-    """``accelerator.save_state`` (model, optimizer, LR scheduler, EMA, RNG) written atomically."""
-    final = os.path.join(_checkpoint_dir(cfg), f"{CHECKPOINT_PREFIX}{step}")
-    if accelerator.is_main_process:
-        os.makedirs(_checkpoint_dir(cfg), exist_ok=True)
-    accelerator.wait_for_everyone()
-    tmp = os.path.join(_checkpoint_dir(cfg), f".tmp-{CHECKPOINT_PREFIX}{step}")
-    accelerator.save_state(tmp)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        if os.path.isdir(final):
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        if cfg.checkpoints_total_limit:
-            for old in list_checkpoints(cfg)[: -cfg.checkpoints_total_limit]:
-                shutil.rmtree(old)
-        logger.info("saved %s", final)
-    accelerator.wait_for_everyone()
-    return final
-
-
-def _resolve_resume(cfg: UNetTrainingConfig) -> str | None:
-    if not cfg.resume_from_checkpoint:
-        return None
-    if cfg.resume_from_checkpoint == "latest":
-        found = list_checkpoints(cfg)
-        return found[-1] if found else None
-    if not os.path.isdir(cfg.resume_from_checkpoint):
-        raise FileNotFoundError(f"checkpoint not found: {cfg.resume_from_checkpoint}")
-    return cfg.resume_from_checkpoint
-
-
-@torch.no_grad()
 def run_validation(comps: TrainingComponents, unet: torch.nn.Module, cfg: UNetTrainingConfig, step: int,
                    device: torch.device) -> tuple[str, np.ndarray | None]:
     """Lip-sync the validation clip with the current U-Net; returns the video path and its middle frame."""
@@ -224,96 +194,71 @@ def _collate(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
 def train(cfg: UNetTrainingConfig) -> dict[str, Any]:
     """Run (or resume) a training run; returns a summary (final step, last losses, output paths)."""
     cfg.validate()
-    accelerator = Accelerator(
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        mixed_precision=cfg.mixed_precision,
-        log_with=cfg.report_to,
-        project_config=ProjectConfiguration(project_dir=cfg.output_dir,
-                                            logging_dir=os.path.join(cfg.output_dir, cfg.logging_dir)),
-    )
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # accelerator first: it decides the device, the precision and which process writes files
+    accelerator = create_accelerator(cfg)
     set_seed(cfg.seed, device_specific=True)
-    if cfg.allow_tf32 and torch.cuda.is_available():
-        torch.backends.cuda.matmul.allow_tf32 = True
     if accelerator.is_main_process:
-        os.makedirs(cfg.output_dir, exist_ok=True)
-        with open(os.path.join(cfg.output_dir, "config.json"), "w") as fh:
-            json.dump({k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, fh, indent=2)
+        save_run_config(cfg, os.path.join(cfg.output_dir, "config.json"))
 
+    # models: the U-Net trains (all of it, chosen modules, or LoRA adapters), the others are frozen
     comps = load_components(cfg)
     unet = comps.unet
-    if cfg.lora_rank > 0:
-        trainable = add_lora(unet, cfg)
-    else:
-        trainable = select_trainable(unet, cfg.trainable_modules)
+    trainable = add_lora(unet, cfg) if cfg.lora_rank > 0 else select_trainable(unet, cfg.trainable_modules)
     n_train = sum(p.numel() for p in unet.parameters() if p.requires_grad)
     logger.info("training %d tensors, %.2f M parameters of %.2f M", len(trainable), n_train / 1e6,
                 sum(p.numel() for p in unet.parameters()) / 1e6)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
-        if cfg.pixel_space_supervise:
+        if cfg.pixel_space_supervise:  # the decoder runs with gradients on the stage-2 losses
             comps.vae.enable_gradient_checkpointing()
     unet.train()
+    device, frozen_dtype = accelerator.device, weight_dtype(accelerator)
+    for frozen in (comps.vae, comps.audio_encoder, comps.sync_loss, comps.lpips, comps.trepa):
+        if frozen is not None:
+            frozen.to(device, dtype=frozen_dtype)
 
-    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
-    device = accelerator.device
-    comps.vae.to(device, dtype=weight_dtype)
-    comps.audio_encoder.to(device, dtype=weight_dtype)
-    for loss_module in (comps.sync_loss, comps.lpips, comps.trepa):
-        if loss_module is not None:
-            loss_module.to(device, dtype=weight_dtype)
-
+    # optimiser over the trainable parameters (and their EMA), with the learning rate scaled to the batch if asked
     params = [p for p in unet.parameters() if p.requires_grad]
     ema = None
     if cfg.use_ema:
-        from diffusers.training_utils import EMAModel
-
         ema = EMAModel(params, decay=cfg.ema_decay)
         ema.to(device)
-
     lr = cfg.learning_rate
     if cfg.scale_lr:
         lr *= cfg.gradient_accumulation_steps * cfg.train_batch_size * accelerator.num_processes
-    optimizer = torch.optim.AdamW(params, lr=lr, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                  weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
+    optimizer, lr_scheduler = create_optimizer(params, cfg, accelerator, lr)
 
+    # data: sample i of epoch e depends only on (seed, e, i), so a resumed run sees what an uninterrupted one would
     dataset = UNetClipDataset(cfg.train_data, cfg.resolution, cfg.num_frames, cfg.train_split, cfg.video_column,
                               return_mel=comps.sync_loss is not None, seed=cfg.seed, cache_clips=cfg.cache_clips)
-    sampler = EpochSampler(len(dataset), seed=cfg.seed)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=cfg.train_batch_size, sampler=sampler, collate_fn=_collate,
-        num_workers=cfg.dataloader_num_workers, drop_last=len(dataset) >= cfg.train_batch_size,
+        dataset, batch_size=cfg.train_batch_size, sampler=EpochSampler(len(dataset), seed=cfg.seed),
+        collate_fn=_collate, num_workers=cfg.dataloader_num_workers, drop_last=len(dataset) >= cfg.train_batch_size,
         generator=torch.Generator().manual_seed(cfg.seed),
     )
-    lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer,
-                                 num_warmup_steps=cfg.lr_warmup_steps * accelerator.num_processes,
-                                 num_training_steps=cfg.max_train_steps * accelerator.num_processes)
     unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
     if ema is not None:
         accelerator.register_for_checkpointing(ema)
     audio_cache = AudioFeatureCache(dataset, comps.feature_extractor, comps.audio_encoder,
                                     cache_dir=os.path.join(cfg.output_dir, "audio_features"))
+    init_trackers(accelerator, cfg, "latentsync-unet")
 
-    if accelerator.is_main_process and cfg.report_to:
-        tracker_cfg = {k: v for k, v in vars(cfg).items() if isinstance(v, (int, float, str, bool))}
-        accelerator.init_trackers("latentsync-unet", config=tracker_cfg)
-
+    # resume: model, optimiser, schedule, EMA and RNG states from the checkpoint, and the data position from its step
     global_step = 0
-    resume = _resolve_resume(cfg)
+    loss_log = LossLog(cfg.output_dir, enabled=accelerator.is_main_process)
+    resume = resolve_resume(cfg)
     if resume:
         accelerator.load_state(resume)
         if ema is not None:  # the EMA shadow weights come back on the CPU
             ema.to(device)
-        global_step = int(os.path.basename(resume.rstrip("/"))[len(CHECKPOINT_PREFIX):])
+        global_step = checkpoint_step(resume)
+        loss_log.truncate(global_step)
         logger.info("resumed from %s at step %d", resume, global_step)
     batches_per_epoch = len(loader)
-    micro_done = global_step * cfg.gradient_accumulation_steps
-    first_epoch, skip = divmod(micro_done, batches_per_epoch)
+    first_epoch, skip = divmod(global_step * cfg.gradient_accumulation_steps, batches_per_epoch)
     num_epochs = math.ceil(cfg.max_train_steps * cfg.gradient_accumulation_steps / batches_per_epoch)
-    loss_log = os.path.join(cfg.output_dir, "losses.jsonl")
-    if resume and accelerator.is_main_process and os.path.isfile(loss_log):
-        _truncate_log(loss_log, global_step)  # drop steps an interrupted run logged after its last checkpoint
 
+    # the loop: losses of every micro-batch are averaged into the step's log line
     progress = tqdm(total=cfg.max_train_steps, initial=global_step, desc="Steps",
                     disable=not accelerator.is_local_main_process)
     accum: dict[str, float] = {}
@@ -328,12 +273,7 @@ def train(cfg: UNetTrainingConfig) -> dict[str, Any]:
                 context = audio_cache.contexts(batch["clip_index"], batch["start"], cfg.num_frames)
                 context = context.to(device, dtype=torch.float32)
                 losses = compute_losses(batch, context, comps, unet, cfg, accelerator)
-                accelerator.backward(losses["loss"])
-                if accelerator.sync_gradients and cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
+                optimizer_step(accelerator, losses["loss"], params, optimizer, lr_scheduler, cfg.max_grad_norm)
             for k, v in losses.items():
                 accum[k] = accum.get(k, 0.0) + accelerator.gather(v.detach()[None]).mean().item() / cfg.gradient_accumulation_steps
             if not accelerator.sync_gradients:
@@ -346,9 +286,7 @@ def train(cfg: UNetTrainingConfig) -> dict[str, Any]:
             accum = {}
             progress.set_postfix(loss=f"{last['loss']:.4f}")
             accelerator.log({f"train/{k}": v for k, v in last.items()}, step=global_step)
-            if accelerator.is_main_process:
-                with open(loss_log, "a") as fh:
-                    fh.write(json.dumps({"step": global_step, **last}) + "\n")
+            loss_log.append(global_step, last)
             if global_step % cfg.checkpointing_steps == 0 or global_step == cfg.max_train_steps:
                 save_checkpoint(accelerator, cfg, global_step)
             if (cfg.validation_video and accelerator.is_main_process
@@ -357,22 +295,20 @@ def train(cfg: UNetTrainingConfig) -> dict[str, Any]:
             if global_step >= cfg.max_train_steps:
                 break
     progress.close()
+
+    # save the pipeline (EMA weights when enabled) and push it
     accelerator.wait_for_everyone()
-    result: dict[str, Any] = {"global_step": global_step, "last_losses": last, "loss_log": loss_log}
+    result: dict[str, Any] = {"global_step": global_step, "last_losses": last, "loss_log": loss_log.path}
     if accelerator.is_main_process:
         result["pipeline"] = save_final(accelerator.unwrap_model(unet), ema, params, comps, cfg)
     accelerator.end_training()
     return result
 
 
-def _truncate_log(path: str, last_step: int) -> None:
-    with open(path) as fh:
-        rows = [line for line in fh if line.strip() and json.loads(line)["step"] <= last_step]
-    with open(path, "w") as fh:
-        fh.writelines(rows)
-
-
-def _validate(accelerator, comps, unet, ema, params, cfg, step, device) -> None:
+def _validate(accelerator: Accelerator, comps: TrainingComponents, unet: torch.nn.Module, ema: EMAModel | None,
+              params: list[torch.nn.Parameter], cfg: UNetTrainingConfig, step: int, device: torch.device) -> None:
+    """Write a validation video with the current weights (the EMA weights when enabled) and show its middle frame in
+    tensorboard; a failure is logged, not raised."""
     model = accelerator.unwrap_model(unet)
     if ema is not None:
         ema.store(params)
@@ -392,7 +328,8 @@ def _validate(accelerator, comps, unet, ema, params, cfg, step, device) -> None:
                 tracker.log_images({"validation/middle_frame": frame[None]}, step, dataformats="NHWC")
 
 
-def save_final(unet, ema, params, comps: TrainingComponents, cfg: UNetTrainingConfig) -> str:
+def save_final(unet: torch.nn.Module, ema: EMAModel | None, params: list[torch.nn.Parameter],
+               comps: TrainingComponents, cfg: UNetTrainingConfig) -> str:
     """Save the trained pipeline (EMA weights when enabled, LoRA fused, adapter saved beside) and push it."""
     if ema is not None:
         ema.copy_to(params)
