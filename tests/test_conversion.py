@@ -1,7 +1,8 @@
 """Official checkpoint conversion (issue 3): key coverage, exact numerics against the official math, Hub-id loading.
 
-The reference computations below are written from the official code's definition (spec section 1.2 and 2), in plain
-tensor operations, and read the *official* key names; they share no code with latentsync's models.
+The reference computations below are written from the official code's definitions (its AnimateDiff-style U-Net
+with frame-pooled ResNet GroupNorms and per-frame temporal GroupNorms, and openai-whisper's encoder), in plain tensor
+operations, and read the *official* key names; they share no code with latentsync's models.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from latentsync.loaders import (
     load_official_whisper,
 )
 
-# the generated official key lists (spec companion files); tests that need them skip when they are absent
+# key lists generated from the official code (one file per U-Net layout); tests that need them skip when absent
 REFERENCE_DIR = Path(
     os.environ.get("LATENTSYNC_REFERENCE_DIR", Path(__file__).resolve().parents[2] / "shared" / "reference")
 )
@@ -37,7 +38,7 @@ LAYOUTS = ("stage1", "stage2", "stage2_efficient")
 MOTION = {"stage1": "none", "stage2": "all", "stage2_efficient": "decoder"}
 
 
-# ============================================================================ official layout (written from the spec)
+# ============================================================================ official layout (from the official code)
 
 
 def sinusoid_table(length: int, channels: int, dtype=torch.float64) -> torch.Tensor:
@@ -572,7 +573,7 @@ def test_official_syncnet_keys_load_strictly():
     with torch.device("meta"):
         keys = StableSyncNet.from_preset("16_pixel_attn").state_dict()
     sd = {k: torch.empty(v.shape, device="meta") for k, v in keys.items()}
-    # names given in the spec (section 5.1) for the released stable_syncnet.pt
+    # names of the released stable_syncnet.pt (the official module names)
     for name in ["audio_encoder.conv_in.weight", "audio_encoder.down_blocks.4.attn.to_q.weight",
                  "audio_encoder.down_blocks.4.ff.net.0.proj.weight", "audio_encoder.down_blocks.4.conv_out.weight",
                  "audio_encoder.down_blocks.1.downsample_conv.weight", "visual_encoder.down_blocks.9.conv2.weight",

@@ -1,4 +1,4 @@
-"""`StableSyncNet`: LatentSync's lip-sync expert (spec section 5.1).
+"""`StableSyncNet`: LatentSync's lip-sync expert, which judges whether a mouth moves with the sound.
 
 Two convolutional towers embed a 16-frame clip of mouth crops and the matching Wav2Lip-style mel window into the
 same space; a clip is "in sync" when the cosine similarity of the two embeddings is high. Each tower is an SD-style
