@@ -13,12 +13,32 @@ def warn_moved(old_module: str, new_location: str) -> None:
                   f"import from {new_location} instead", DeprecationWarning, stacklevel=3)
 
 
-def moved_attribute(module: str, name: str, moved: dict[str, str]) -> Any:
-    """For a module's ``__getattr__``: the attribute ``name`` from its new home ``moved[name]`` (``"pkg.module"`` or
-    ``"pkg.module:new_name"``), with a deprecation warning; AttributeError for any other name."""
-    if name not in moved:
+# (old module, name) -> new home, as "package.module" or "package.module:new_name"
+MOVED: dict[tuple[str, str], str] = {
+    ("latentsync.pipeline", "pingpong_indices"): "latentsync.streaming",
+    ("latentsync.pipeline", "SCHEDULERS"): "latentsync.schedulers",
+    ("latentsync.pipeline", "FPS"): "latentsync.media:VIDEO_FPS",
+    ("latentsync.cli", "default_device"): "latentsync.utils",
+    ("latentsync.cli", "DTYPES"): "latentsync.utils",
+    ("latentsync.cli", "DEFAULT_MODEL"): "latentsync.commands.run",
+    ("latentsync.cli", "run"): "latentsync.commands.run",
+    ("latentsync.cli", "make_tiny"): "latentsync.commands.make_tiny",
+    ("latentsync.cli", "convert"): "latentsync.commands.convert",
+    ("latentsync.cli", "eval_command"): "latentsync.commands.eval:main",
+    ("latentsync.cli", "prepare_command"): "latentsync.commands.prepare:prepare",
+    ("latentsync.eval", "EVAL_COMMANDS"): "latentsync.commands.eval",
+    ("latentsync.eval", "register_eval_command"): "latentsync.commands.eval",
+    ("latentsync.eval", "FIDInceptionV3"): "latentsync.models",
+    ("latentsync.eval", "SyncNetV2"): "latentsync.models",
+}
+
+
+def moved_attribute(module: str, name: str) -> Any:
+    """For a module's ``__getattr__``: the attribute ``name`` from its new home (see [`MOVED`]), with a deprecation
+    warning; AttributeError for any other name."""
+    if (module, name) not in MOVED:
         raise AttributeError(f"module {module!r} has no attribute {name!r}")
-    target, _, new_name = moved[name].partition(":")
+    target, _, new_name = MOVED[module, name].partition(":")
     new_name = new_name or name
     warnings.warn(f"{module}.{name} is deprecated and will be removed in the next release; "
                   f"use {target}.{new_name}", DeprecationWarning, stacklevel=3)

@@ -11,20 +11,10 @@ from .commands import main
 
 __all__ = ["main"]
 
-_MOVED = {
-    "default_device": "latentsync.utils",
-    "DTYPES": "latentsync.utils",
-    "DEFAULT_MODEL": "latentsync.commands.run",
-    "run": "latentsync.commands.run",
-    "make_tiny": "latentsync.commands.make_tiny",
-    "convert": "latentsync.commands.convert",
-    "eval_command": "latentsync.commands.eval:main",
-    "prepare_command": "latentsync.commands.prepare:prepare",
-}
-
 
 def __getattr__(name: str) -> Any:
-    return moved_attribute(__name__, name, _MOVED)
+    """Names that lived here before the re-layout keep working for one release, with a deprecation warning."""
+    return moved_attribute(__name__, name)
 
 
 if __name__ == "__main__":

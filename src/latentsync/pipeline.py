@@ -171,8 +171,8 @@ class LatentSyncPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ options
     def set_scheduler(self, name: str) -> SchedulerMixin:
-        """Swap the scheduler for one of [`~latentsync.schedulers.SCHEDULERS`] (``"ddim"``, ``"dpm++"``, ``"unipc"``, ``"euler"``), built
-        from the current scheduler's config (same noise schedule); returns it."""
+        """Swap the scheduler for one of [`~latentsync.schedulers.SCHEDULERS`] (``"ddim"``, ``"dpm++"``, ``"unipc"``,
+        ``"euler"``), built from the current scheduler's config (same noise schedule); returns it."""
         self.scheduler = scheduler_by_name(name, self.scheduler.config)
         return self.scheduler
 
@@ -414,7 +414,8 @@ class LatentSyncPipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         latents = latents * self.scheduler.init_noise_sigma
         # schedulers differ in what step() accepts (UniPC takes no generator)
-        step_kwargs = {"generator": generator} if "generator" in inspect.signature(self.scheduler.step).parameters else {}
+        takes_generator = "generator" in inspect.signature(self.scheduler.step).parameters
+        step_kwargs = {"generator": generator} if takes_generator else {}
         if deep_cache is not None:
             deep_cache.reset()
         self._num_timesteps = len(self.scheduler.timesteps)
@@ -632,13 +633,6 @@ def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None
         raise LatentSyncInputError(f"{name} must be an integer {bound}, got {value!r}")
 
 
-_MOVED = {
-    "pingpong_indices": "latentsync.streaming",
-    "SCHEDULERS": "latentsync.schedulers",
-    "FPS": "latentsync.media:VIDEO_FPS",
-}
-
-
 def __getattr__(name: str) -> Any:
     """Names that lived here before the re-layout keep working for one release, with a deprecation warning."""
-    return moved_attribute(__name__, name, _MOVED)
+    return moved_attribute(__name__, name)

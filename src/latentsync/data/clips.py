@@ -77,7 +77,8 @@ class ClipSource:
         if self.files is None:
             self.rows = load_hf_dataset(source, split)
             if video_column not in self.rows.column_names:
-                raise ValueError(f"dataset has no column {video_column!r} (columns: {', '.join(self.rows.column_names)})")
+                columns = ", ".join(self.rows.column_names)
+                raise ValueError(f"dataset has no column {video_column!r} (columns: {columns})")
             if len(self.rows) == 0:
                 raise ValueError("dataset has no rows")
 

@@ -33,14 +33,7 @@ __all__ = [
     "offset_confidence",
 ]
 
-_MOVED = {
-    "EVAL_COMMANDS": "latentsync.commands.eval",
-    "register_eval_command": "latentsync.commands.eval",
-    "FIDInceptionV3": "latentsync.models",
-    "SyncNetV2": "latentsync.models",
-}
-
 
 def __getattr__(name: str) -> Any:
     """Names that lived here before the re-layout keep working for one release, with a deprecation warning."""
-    return moved_attribute(__name__, name, _MOVED)
+    return moved_attribute(__name__, name)

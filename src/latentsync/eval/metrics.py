@@ -11,6 +11,7 @@ pytorch-fid and torchmetrics use) and the I3D TorchScript of the official Latent
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import os
@@ -228,67 +229,48 @@ def resize_frames(frames: Iterable[np.ndarray], size: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def frame_features(
-    frames: Iterable[np.ndarray], extractor: FrameFeatureExtractor, batch_size: int = 32, default_size: int = 299
-) -> np.ndarray:
-    """Features ``(N, D)`` of RGB uint8 frames with an image backbone (frames resized to its ``input_size``)."""
-    size = _input_size(extractor, default_size)
+def backbone_features(items: Iterable[np.ndarray], extractor: FrameFeatureExtractor | VideoFeatureExtractor,
+                      batch_size: int | None = None, default_size: int | None = None) -> np.ndarray:
+    """Features ``(N, D)`` of RGB uint8 frames ``(H, W, 3)`` with an image backbone, or of clips ``(T, H, W, 3)``
+    with a video backbone (told apart by the first item). Frames are resized to the backbone's ``input_size``
+    (default 299 for images, 224 for clips) and run ``batch_size`` at a time (default 32 images or 4 clips)."""
+    items = iter(items)
+    first = next(items, None)
+    if first is None:
+        return np.zeros((0, 0))
+    clips = np.ndim(first) == 4
+    size = _input_size(extractor, default_size or (224 if clips else 299))
+    batch_size = batch_size or (4 if clips else 32)
     device = _extractor_device(extractor)
     feats, batch = [], []
-
-    def flush():
-        x = _to_tensor(resize_frames(batch, size), device)
-        feats.append(extractor(x).float().reshape(len(batch), -1).cpu().numpy())
-        batch.clear()
-
-    for f in frames:
-        batch.append(f)
-        if len(batch) == batch_size:
-            flush()
-    if batch:
-        flush()
-    return np.concatenate(feats) if feats else np.zeros((0, 0))
+    for item in itertools.chain([first], items, [None]):
+        if item is not None:
+            batch.append(item)
+        if batch and (len(batch) == batch_size or item is None):
+            if clips:  # (N, 3, T, size, size)
+                x = torch.stack([_to_tensor(resize_frames(c, size), device).permute(1, 0, 2, 3) for c in batch])
+            else:  # (N, 3, size, size)
+                x = _to_tensor(resize_frames(batch, size), device)
+            feats.append(extractor(x).float().reshape(len(batch), -1).cpu().numpy())
+            batch = []
+    return np.concatenate(feats)
 
 
-@torch.no_grad()
-def clip_features(
-    clips: Iterable[np.ndarray], extractor: VideoFeatureExtractor, batch_size: int = 4, default_size: int = 224
-) -> np.ndarray:
-    """Features ``(N, D)`` of clips ``(T, H, W, 3)`` uint8 with a video backbone (frames resized to its input size)."""
-    size = _input_size(extractor, default_size)
-    device = _extractor_device(extractor)
-    feats, batch = [], []
-
-    def flush():
-        x = torch.stack([_to_tensor(resize_frames(c, size), device).permute(1, 0, 2, 3) for c in batch])
-        feats.append(extractor(x).float().reshape(len(batch), -1).cpu().numpy())
-        batch.clear()
-
-    for c in clips:
-        batch.append(c)
-        if len(batch) == batch_size:
-            flush()
-    if batch:
-        flush()
-    return np.concatenate(feats) if feats else np.zeros((0, 0))
+frame_features = backbone_features  # features of frames (FID)
+clip_features = backbone_features  # features of clips (FVD)
 
 
-def fid_from_frames(
-    generated: Iterable[np.ndarray], reference: Iterable[np.ndarray], extractor: FrameFeatureExtractor,
-    batch_size: int = 32,
-) -> float:
-    """FID between two sets of RGB uint8 frames."""
-    return frechet_distance_from_features(frame_features(generated, extractor, batch_size),
-                                          frame_features(reference, extractor, batch_size))
+def backbone_frechet_distance(generated: Iterable[np.ndarray], reference: Iterable[np.ndarray],
+                              extractor: FrameFeatureExtractor | VideoFeatureExtractor,
+                              batch_size: int | None = None) -> float:
+    """Fréchet distance between the backbone features of two sets (see [`backbone_features`]): FID for RGB uint8
+    frames with an image backbone, FVD for clips ``(T, H, W, 3)`` with a video backbone."""
+    return frechet_distance_from_features(backbone_features(generated, extractor, batch_size),
+                                          backbone_features(reference, extractor, batch_size))
 
 
-def fvd_from_clips(
-    generated: Iterable[np.ndarray], reference: Iterable[np.ndarray], extractor: VideoFeatureExtractor,
-    batch_size: int = 4,
-) -> float:
-    """FVD between two sets of clips ``(T, H, W, 3)`` uint8."""
-    return frechet_distance_from_features(clip_features(generated, extractor, batch_size),
-                                          clip_features(reference, extractor, batch_size))
+fid_from_frames = backbone_frechet_distance  # FID between two sets of frames
+fvd_from_clips = backbone_frechet_distance  # FVD between two sets of clips
 
 
 def clip_windows(num_frames: int, clip_length: int = 16, start: int = 20, max_clips: int = 1) -> list[int]:

@@ -48,9 +48,9 @@ class VideoEvalConfig:
             references), ``sync`` (LSE-C / LSE-D of the generated videos).
         crop: ``face`` (square around the face, resized to ``crop_size``) or ``none`` (whole frames).
         crop_size: side of the face crops.
-        max_frames: only the first frames of every video (None: all).
         fvd_frames / fvd_start / fvd_clips_per_video: FVD clips per video (official: one 16-frame clip from
             frame 20).
+        max_frames: only the first frames of every video (None: all).
         batch_size: frames per backbone batch.
         sync_vshift: largest A/V offset tried, in frames.
         aligned: the generated videos already show aligned faces (training-style clips): the SyncNet skips face
@@ -60,10 +60,10 @@ class VideoEvalConfig:
     metrics: tuple[str, ...] = ALL_METRICS
     crop: str = "face"
     crop_size: int = 256
-    max_frames: int | None = None
     fvd_frames: int = 16
     fvd_start: int = 20
     fvd_clips_per_video: int = 1
+    max_frames: int | None = None
     batch_size: int = 32
     sync_vshift: int = 15
     aligned: bool = False

@@ -167,62 +167,47 @@ class SyncNetEncoder(nn.Module):
 
 # Official configs (configs/syncnet/*.yaml). Input shapes: audio (1, 80, ceil(3.2 F)); visual (F*3, 128, 256) for
 # the pixel configs (lower half of a 256 x 256 face), (F*4, 32, 32) for the latent config.
+_PIXEL_16 = dict(
+    audio_in_channels=1,
+    audio_block_out_channels=[32, 64, 128, 256, 512, 1024, 2048],
+    audio_downsample_factors=[[2, 1], 2, 2, 1, 2, 2, [2, 3]],
+    visual_in_channels=48,
+    visual_block_out_channels=[64, 128, 256, 256, 512, 1024, 2048, 2048],
+    visual_downsample_factors=[[1, 2], 2, 2, 2, 2, 2, 2, 2],
+    num_frames=16,
+    resolution=256,
+    lower_half=True,
+    latent_space=False,
+)
 SYNCNET_CONFIGS: dict[str, dict] = {
-    "16_pixel_attn": dict(
-        audio_in_channels=1,
-        audio_block_out_channels=[32, 64, 128, 256, 512, 1024, 2048],
-        audio_downsample_factors=[[2, 1], 2, 2, 1, 2, 2, [2, 3]],
-        audio_attn_blocks=[0, 0, 0, 1, 1, 0, 0],
-        visual_in_channels=48,
-        visual_block_out_channels=[64, 128, 256, 256, 512, 1024, 2048, 2048],
-        visual_downsample_factors=[[1, 2], 2, 2, 2, 2, 2, 2, 2],
-        visual_attn_blocks=[0, 0, 0, 0, 1, 1, 0, 0],
-        num_frames=16,
-        resolution=256,
-        lower_half=True,
-        latent_space=False,
-    ),
-    "16_pixel": dict(
-        audio_in_channels=1,
-        audio_block_out_channels=[32, 64, 128, 256, 512, 1024, 2048],
-        audio_downsample_factors=[[2, 1], 2, 2, 1, 2, 2, [2, 3]],
-        audio_attn_blocks=[0, 0, 0, 0, 0, 0, 0],
-        visual_in_channels=48,
-        visual_block_out_channels=[64, 128, 256, 256, 512, 1024, 2048, 2048],
-        visual_downsample_factors=[[1, 2], 2, 2, 2, 2, 2, 2, 2],
-        visual_attn_blocks=[0, 0, 0, 0, 0, 0, 0, 0],
-        num_frames=16,
-        resolution=256,
-        lower_half=True,
-        latent_space=False,
-    ),
+    # the released stable_syncnet.pt: self-attention after two audio and two visual blocks
+    "16_pixel_attn": dict(_PIXEL_16, audio_attn_blocks=[0, 0, 0, 1, 1, 0, 0],
+                          visual_attn_blocks=[0, 0, 0, 0, 1, 1, 0, 0]),
+    # LatentSync 1.0: the same towers without attention
+    "16_pixel": dict(_PIXEL_16, audio_attn_blocks=[0] * 7, visual_attn_blocks=[0] * 8),
+    # SD-VAE latents of the whole face: 16 frames x 4 channels of 32 x 32, shallower towers, 1024-d
     "16_latent": dict(
-        audio_in_channels=1,
+        _PIXEL_16,
         audio_block_out_channels=[32, 64, 128, 256, 512, 1024],
         audio_downsample_factors=[[2, 1], 2, 2, 2, 2, [2, 3]],
-        audio_attn_blocks=[0, 0, 0, 0, 0, 0],
+        audio_attn_blocks=[0] * 6,
         visual_in_channels=64,
         visual_block_out_channels=[64, 128, 256, 256, 512, 1024],
         visual_downsample_factors=[2, 2, 2, 1, 2, 2],
-        visual_attn_blocks=[0, 0, 0, 0, 0, 0],
-        num_frames=16,
-        resolution=256,
+        visual_attn_blocks=[0] * 6,
         lower_half=False,
         latent_space=True,
     ),
+    # 25 frames (one second) of pixels, wider visual tower at full resolution
     "25_pixel": dict(
-        audio_in_channels=1,
+        _PIXEL_16,
         audio_block_out_channels=[64, 128, 256, 256, 512, 1024],
-        audio_downsample_factors=[2, 2, 2, 2, 2, 2],
-        audio_attn_blocks=[0, 0, 0, 0, 0, 0],
+        audio_downsample_factors=[2] * 6,
+        audio_attn_blocks=[0] * 6,
         visual_in_channels=75,
         visual_block_out_channels=[128, 128, 256, 256, 512, 512, 1024, 1024],
-        visual_downsample_factors=[[1, 2], 2, 2, 2, 2, 2, 2, 2],
-        visual_attn_blocks=[0, 0, 0, 0, 0, 0, 0, 0],
+        visual_attn_blocks=[0] * 8,
         num_frames=25,
-        resolution=256,
-        lower_half=True,
-        latent_space=False,
     ),
 }
 

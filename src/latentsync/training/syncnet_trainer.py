@@ -33,16 +33,7 @@ from ..data.syncnet_dataset import ClipStore, SyncNetDataset
 from ..eval.syncnet_acc import encode_latents, evaluate_syncnet
 from ..loaders.official import load_syncnet
 from ..models.syncnet import SYNCNET_CONFIGS, StableSyncNet, syncnet_bce_loss
-from .base import (
-    LossLog,
-    create_accelerator,
-    create_optimizer,
-    init_trackers,
-    optimizer_step,
-    resolve_resume,
-    save_checkpoint,
-    save_run_config,
-)
+from . import base
 from .config import SyncNetTrainingConfig, load_syncnet_config  # noqa: F401 - load_syncnet_config: public API
 
 logger = logging.getLogger(__name__)
@@ -145,12 +136,12 @@ def train_syncnet(cfg: SyncNetTrainingConfig) -> dict[str, Any]:
     little data overfits after its best validation point)."""
     cfg.validate()
     # accelerator first: it decides the device, the precision and which process writes files
-    accelerator = create_accelerator(cfg)
+    accelerator = base.create_accelerator(cfg)
     set_seed(cfg.seed)
-    resume_path = resolve_resume(cfg)
+    resume_path = base.resolve_resume(cfg)
     global_step, history = read_training_state(resume_path) if resume_path is not None else (0, empty_history())
     if accelerator.is_main_process:
-        save_run_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
+        base.save_run_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
 
     # model (and, for latent-space SyncNets, the frozen VAE that encodes the frames)
     model = build_syncnet(cfg)
@@ -192,16 +183,17 @@ def train_syncnet(cfg: SyncNetTrainingConfig) -> dict[str, Any]:
     val_loader = DataLoader(val_set, batch_size=cfg.val_batch_size, shuffle=False, **loader_kwargs)
 
     # optimiser and schedule, prepared by accelerate; resume restores their states and the RNG
-    optimizer, lr_scheduler = create_optimizer([p for p in model.parameters() if p.requires_grad], cfg, accelerator)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer, lr_scheduler = base.create_optimizer(trainable, cfg, accelerator)
     model, optimizer, train_loader, val_loader, lr_scheduler = accelerator.prepare(
         model, optimizer, train_loader, val_loader, lr_scheduler
     )
-    loss_log = LossLog(cfg.output_dir, enabled=accelerator.is_main_process)
+    loss_log = base.LossLog(cfg.output_dir, enabled=accelerator.is_main_process)
     if resume_path is not None:
         accelerator.load_state(resume_path)
         loss_log.truncate(global_step)
         logger.info("resumed from %s at step %d", resume_path, global_step)
-    init_trackers(accelerator, cfg, "syncnet")
+    base.init_trackers(accelerator, cfg, "syncnet")
     logger.info("***** SyncNet training *****  %d parameters, batch %d x %d accumulation x %d processes, "
                 "steps %d -> %d", sum(p.numel() for p in model.parameters()), cfg.train_batch_size,
                 cfg.gradient_accumulation_steps, accelerator.num_processes, global_step, cfg.max_train_steps)
@@ -220,7 +212,8 @@ def train_syncnet(cfg: SyncNetTrainingConfig) -> dict[str, Any]:
                 with accelerator.autocast():
                     visual, audio = model(frames, batch["mel"])
                 loss = syncnet_bce_loss(visual, audio, batch["label"])
-                optimizer_step(accelerator, loss, model.parameters(), optimizer, lr_scheduler, cfg.max_grad_norm)
+                base.optimizer_step(accelerator, loss, model.parameters(), optimizer, lr_scheduler,
+                                    cfg.max_grad_norm)
             step_loss += accelerator.gather(loss.detach()).mean().item() / cfg.gradient_accumulation_steps
             if not accelerator.sync_gradients:
                 continue
@@ -235,7 +228,7 @@ def train_syncnet(cfg: SyncNetTrainingConfig) -> dict[str, Any]:
             if global_step % cfg.validation_steps == 0 or global_step == cfg.max_train_steps:
                 validate(model, val_loader, accelerator, vae, cfg, global_step, history)
             if global_step % cfg.checkpointing_steps == 0 or global_step == cfg.max_train_steps:
-                save_checkpoint(accelerator, cfg, global_step,
+                base.save_checkpoint(accelerator, cfg, global_step,
                                 {STATE_FILE: {"global_step": global_step, "history": history}})
                 if accelerator.is_main_process:
                     plot_loss_curves(os.path.join(cfg.output_dir, "loss_chart.png"), history)

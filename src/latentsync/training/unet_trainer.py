@@ -29,18 +29,7 @@ from ..face.mask import latent_mouth_mask, mouth_mask
 from ..media.video import trim_media
 from ..pipeline import LatentSyncPipeline
 from ..utils import scale_latents, unscale_latents
-from .base import (
-    LossLog,
-    checkpoint_step,
-    create_accelerator,
-    create_optimizer,
-    init_trackers,
-    optimizer_step,
-    resolve_resume,
-    save_checkpoint,
-    save_run_config,
-    weight_dtype,
-)
+from . import base
 from .components import TrainingComponents, load_components
 from .config import UNetTrainingConfig
 from .losses import lower_half, mixed_noise, predict_x0
@@ -195,10 +184,10 @@ def train(cfg: UNetTrainingConfig) -> dict[str, Any]:
     """Run (or resume) a training run; returns a summary (final step, last losses, output paths)."""
     cfg.validate()
     # accelerator first: it decides the device, the precision and which process writes files
-    accelerator = create_accelerator(cfg)
+    accelerator = base.create_accelerator(cfg)
     set_seed(cfg.seed, device_specific=True)
     if accelerator.is_main_process:
-        save_run_config(cfg, os.path.join(cfg.output_dir, "config.json"))
+        base.save_run_config(cfg, os.path.join(cfg.output_dir, "config.json"))
 
     # models: the U-Net trains (all of it, chosen modules, or LoRA adapters), the others are frozen
     comps = load_components(cfg)
@@ -212,7 +201,7 @@ def train(cfg: UNetTrainingConfig) -> dict[str, Any]:
         if cfg.pixel_space_supervise:  # the decoder runs with gradients on the stage-2 losses
             comps.vae.enable_gradient_checkpointing()
     unet.train()
-    device, frozen_dtype = accelerator.device, weight_dtype(accelerator)
+    device, frozen_dtype = accelerator.device, base.weight_dtype(accelerator)
     for frozen in (comps.vae, comps.audio_encoder, comps.sync_loss, comps.lpips, comps.trepa):
         if frozen is not None:
             frozen.to(device, dtype=frozen_dtype)
@@ -226,7 +215,7 @@ def train(cfg: UNetTrainingConfig) -> dict[str, Any]:
     lr = cfg.learning_rate
     if cfg.scale_lr:
         lr *= cfg.gradient_accumulation_steps * cfg.train_batch_size * accelerator.num_processes
-    optimizer, lr_scheduler = create_optimizer(params, cfg, accelerator, lr)
+    optimizer, lr_scheduler = base.create_optimizer(params, cfg, accelerator, lr)
 
     # data: sample i of epoch e depends only on (seed, e, i), so a resumed run sees what an uninterrupted one would
     dataset = UNetClipDataset(cfg.train_data, cfg.resolution, cfg.num_frames, cfg.train_split, cfg.video_column,
@@ -241,17 +230,17 @@ def train(cfg: UNetTrainingConfig) -> dict[str, Any]:
         accelerator.register_for_checkpointing(ema)
     audio_cache = AudioFeatureCache(dataset, comps.feature_extractor, comps.audio_encoder,
                                     cache_dir=os.path.join(cfg.output_dir, "audio_features"))
-    init_trackers(accelerator, cfg, "latentsync-unet")
+    base.init_trackers(accelerator, cfg, "latentsync-unet")
 
     # resume: model, optimiser, schedule, EMA and RNG states from the checkpoint, and the data position from its step
     global_step = 0
-    loss_log = LossLog(cfg.output_dir, enabled=accelerator.is_main_process)
-    resume = resolve_resume(cfg)
+    loss_log = base.LossLog(cfg.output_dir, enabled=accelerator.is_main_process)
+    resume = base.resolve_resume(cfg)
     if resume:
         accelerator.load_state(resume)
         if ema is not None:  # the EMA shadow weights come back on the CPU
             ema.to(device)
-        global_step = checkpoint_step(resume)
+        global_step = base.checkpoint_step(resume)
         loss_log.truncate(global_step)
         logger.info("resumed from %s at step %d", resume, global_step)
     batches_per_epoch = len(loader)
@@ -273,7 +262,8 @@ def train(cfg: UNetTrainingConfig) -> dict[str, Any]:
                 context = audio_cache.contexts(batch["clip_index"], batch["start"], cfg.num_frames)
                 context = context.to(device, dtype=torch.float32)
                 losses = compute_losses(batch, context, comps, unet, cfg, accelerator)
-                optimizer_step(accelerator, losses["loss"], params, optimizer, lr_scheduler, cfg.max_grad_norm)
+                base.optimizer_step(accelerator, losses["loss"], params, optimizer, lr_scheduler,
+                                    cfg.max_grad_norm)
             for k, v in losses.items():
                 accum[k] = accum.get(k, 0.0) + accelerator.gather(v.detach()[None]).mean().item() / cfg.gradient_accumulation_steps
             if not accelerator.sync_gradients:
@@ -288,7 +278,7 @@ def train(cfg: UNetTrainingConfig) -> dict[str, Any]:
             accelerator.log({f"train/{k}": v for k, v in last.items()}, step=global_step)
             loss_log.append(global_step, last)
             if global_step % cfg.checkpointing_steps == 0 or global_step == cfg.max_train_steps:
-                save_checkpoint(accelerator, cfg, global_step)
+                base.save_checkpoint(accelerator, cfg, global_step)
             if (cfg.validation_video and accelerator.is_main_process
                     and (global_step % cfg.validation_steps == 0 or global_step == cfg.max_train_steps)):
                 _validate(accelerator, comps, unet, ema, params, cfg, global_step, device)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Literal
 
 from ...errors import LatentSyncInputError
 from ...media.constants import VIDEO_FPS as FPS
@@ -48,7 +49,7 @@ class PrepareConfig:
         max_shard_size: size of the dataset's shards.
     """
 
-    resolution: int = 256
+    resolution: Literal[256, 512] = 256
     min_seconds: float = 5.0
     max_seconds: float = 10.0
     scene_threshold: float = 2.0

@@ -21,8 +21,8 @@ class SyncNetChecker:
 
     ``checker(faces, audio, start_frame) -> (offset, confidence)``: ``faces`` are the clip's aligned RGB frames,
     ``audio`` the whole 16 kHz track of the source and ``start_frame`` the clip's first frame in it. The clip's own
-    audio is scored (as the official pipeline scores its segment files); ``offset`` follows [`~latentsync.data.prepare.shifted_audio`]:
-    the clip's sound is ``offset`` frames late in the source track.
+    audio is scored (as the official pipeline scores its segment files); ``offset`` follows
+    [`~latentsync.data.prepare.shifted_audio`]: the clip's sound is ``offset`` frames late in the source track.
     """
 
     def __init__(self, model, vshift: int = 15, batch_size: int = 16):
