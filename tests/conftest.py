@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random pipeline saved and loaded through the real code, and short media files."""
+"""Shared test helpers and fixtures: ffmpeg, media writers, synthetic clips, and the tiny models (built once per
+session and shared by every module that needs them)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import imageio_ffmpeg
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -17,11 +19,14 @@ EXAMPLES = ROOT / "examples"
 FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 
 
+# ---------------------------------------------------------------------------------------------------- helpers
 def ffmpeg(*args: str) -> None:
-    subprocess.run([FFMPEG, "-y", "-v", "error", *args], check=True)
+    """Run the bundled ffmpeg quietly (overwriting outputs); raise when it fails."""
+    subprocess.run([FFMPEG, "-y", "-nostdin", "-v", "error", *args], check=True)
 
 
 def shared_file(name: str) -> Path:
+    """A file of the real test data in ../shared/data (the test is skipped when it is missing)."""
     path = SHARED_DATA / name
     if not path.is_file():
         pytest.skip(f"shared test data not found: {path} (real clips live in ../shared/data)")
@@ -29,6 +34,7 @@ def shared_file(name: str) -> Path:
 
 
 def write_wav(path: Path, samples: np.ndarray, rate: int = 16000) -> Path:
+    """Mono 16-bit WAV of float samples in [-1, 1] (truncated to integers, as the test clips were made)."""
     pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16)
     with wave.open(os.fspath(path), "wb") as w:
         w.setnchannels(1)
@@ -38,18 +44,24 @@ def write_wav(path: Path, samples: np.ndarray, rate: int = 16000) -> Path:
     return path
 
 
-def write_video(path: Path, frames: list[np.ndarray], fps: float = 25) -> Path:
-    h, w = frames[0].shape[:2]
-    gen = imageio_ffmpeg.write_frames(os.fspath(path), (w, h), fps=fps, codec="libx264", quality=None,
-                                      output_params=["-crf", "12"], macro_block_size=1, ffmpeg_log_level="error")
-    gen.send(None)
-    for f in frames:
-        gen.send(np.ascontiguousarray(f))
-    gen.close()
+def write_video(path: Path, frames, fps: float = 25, audio: np.ndarray | None = None, crf: int = 12) -> Path:
+    """H.264 video of RGB uint8 frames, with 16 kHz ``audio`` (AAC) when given."""
+    from latentsync.media import VideoWriter
+
+    path = Path(path)
+    wav = write_wav(path.with_name(path.name + ".wav"), audio) if audio is not None else None
+    try:
+        with VideoWriter(path, fps, audio_path=os.fspath(wav) if wav else None, crf=crf) as writer:
+            for frame in frames:
+                writer.write(frame)
+    finally:
+        if wav is not None:
+            wav.unlink()
     return path
 
 
 def decode(path: Path, fps: float | None = 25) -> np.ndarray:
+    """Every frame of a video, resampled to ``fps`` (None: as stored)."""
     from latentsync.media import iter_frames
 
     return np.stack(list(iter_frames(path, fps)))
@@ -60,8 +72,44 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
 
 
+def make_sync_clip(path: Path, seconds: float, seed: int, size: int = 64) -> Path:
+    """Synthetic aligned clip: a dark 'mouth' bar whose height follows the loudness of a modulated tone + noise."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * 25)
+    envelope = np.clip(np.sin(np.linspace(0, rng.uniform(6, 12), n)) + rng.normal(0, 0.2, n), 0, 1)
+    t = np.arange(int(seconds * 16000)) / 16000
+    carrier = 0.4 * np.sin(2 * np.pi * 1000 * t) + 0.1 * rng.standard_normal(len(t))  # survives pre-emphasis
+    tone = carrier * np.repeat(envelope, 640)[: len(t)]
+    frames = []
+    for e in envelope:
+        frame = np.full((size, size, 3), 180, np.uint8)
+        h = 2 + int(e * size * 0.2)
+        frame[int(size * 0.75) - h : int(size * 0.75) + h, size // 4 : 3 * size // 4] = 40
+        frames.append(frame)
+    return write_video(path, frames, audio=tone, crf=10)
+
+
+def make_sync_clips(folder: Path) -> Path:
+    """Two synthetic aligned clips (2.4 s and 3 s, 64 x 64) in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    make_sync_clip(folder / "a.mp4", 2.4, 0)
+    make_sync_clip(folder / "b.mp4", 3.0, 1)
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each test chooses its own accelerate settings (accelerate fixes mixed precision once per process)."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
+    """The tiny random pipeline (seed 0), saved once and loaded through the real code."""
     from latentsync.testing import build_tiny_pipeline
 
     path = tmp_path_factory.mktemp("tiny-latentsync")
@@ -76,6 +124,23 @@ def tiny_pipe(tiny_model_dir):
     pipe = LatentSyncPipeline.from_pretrained(tiny_model_dir)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@pytest.fixture(scope="session")
+def tiny_syncnet_dir(tmp_path_factory) -> Path:
+    """The tiny StableSyncNet for 32-pixel faces (seed 0), saved once."""
+    from latentsync.testing import build_tiny_syncnet
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("syncnet") / "tiny"
+    build_tiny_syncnet(32).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def sync_clips_dir(tmp_path_factory) -> Path:
+    """Two synthetic aligned clips with audio (see [`make_sync_clip`]), shared by the SyncNet tests."""
+    return make_sync_clips(tmp_path_factory.mktemp("sync_clips"))
 
 
 @pytest.fixture(scope="session")

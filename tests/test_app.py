@@ -12,34 +12,28 @@ import importlib.util
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import imageio_ffmpeg
 import numpy as np
 import pytest
 
 gr = pytest.importorskip("gradio")
 
-from latentsync.media import SAMPLE_RATE, load_audio  # noqa: E402
-from latentsync.media import probe_video  # noqa: E402
+from conftest import ffmpeg  # noqa: E402
+
+from latentsync.media import SAMPLE_RATE, load_audio, probe_video  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("LATENTSYNC_TEST_DATA", "/work/shared/data"))
 ARTIFACTS = ROOT / "test-artifacts"
-FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 STEPS = 2
 MAX_SECONDS = 4
 BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync"]
-
-
-def _ffmpeg(*args: str) -> None:
-    subprocess.run([FFMPEG, "-y", "-nostdin", "-v", "error", *args], check=True)
 
 
 def _load_app(monkeypatch, model: str | None, **env: str):
@@ -61,15 +55,6 @@ def _load_app(monkeypatch, model: str | None, **env: str):
 
 
 @pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> str:
-    from latentsync.testing import build_tiny_pipeline
-
-    path = tmp_path_factory.mktemp("tiny-latentsync")
-    build_tiny_pipeline().save_pretrained(path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> dict[str, str]:
     """Short real clips trimmed from the shared data, plus synthetic bad inputs."""
     video, audio = DATA / "demo1_video.mp4", DATA / "demo1_audio.wav"
@@ -79,12 +64,12 @@ def clips(tmp_path_factory) -> dict[str, str]:
     out = {name: str(d / name) for name in
            ("face.mp4", "speech.wav", "speech_short.wav", "long.wav", "noface.mp4", "broken.mp4")}
     # 1.2 s of the portrait video scaled to 360 px wide H.264 (fast face analysis, small upload)
-    _ffmpeg("-i", str(video), "-t", "1.2", "-vf", "scale=360:-2", "-c:v", "libx264", "-preset", "veryfast", "-an",
+    ffmpeg("-i", str(video), "-t", "1.2", "-vf", "scale=360:-2", "-c:v", "libx264", "-preset", "veryfast", "-an",
             out["face.mp4"])
-    _ffmpeg("-ss", "1", "-i", str(audio), "-t", "1.0", out["speech.wav"])
-    _ffmpeg("-ss", "1", "-i", str(audio), "-t", "0.6", out["speech_short.wav"])
-    _ffmpeg("-ss", "1", "-i", str(audio), "-t", str(MAX_SECONDS + 2), out["long.wav"])
-    _ffmpeg("-f", "lavfi", "-i", "color=c=gray:s=160x120:r=25:d=1", "-c:v", "libx264", out["noface.mp4"])
+    ffmpeg("-ss", "1", "-i", str(audio), "-t", "1.0", out["speech.wav"])
+    ffmpeg("-ss", "1", "-i", str(audio), "-t", "0.6", out["speech_short.wav"])
+    ffmpeg("-ss", "1", "-i", str(audio), "-t", str(MAX_SECONDS + 2), out["long.wav"])
+    ffmpeg("-f", "lavfi", "-i", "color=c=gray:s=160x120:r=25:d=1", "-c:v", "libx264", out["noface.mp4"])
     Path(out["broken.mp4"]).write_bytes(b"this is not a video, just some text pretending to be one\n" * 20)
     return out
 
@@ -93,7 +78,7 @@ def clips(tmp_path_factory) -> dict[str, str]:
 def app_module(tiny_model_dir):
     mp = pytest.MonkeyPatch()
     try:
-        module = _load_app(mp, tiny_model_dir)
+        module = _load_app(mp, str(tiny_model_dir))
         yield module
         module.demo.service.close()
     finally:
@@ -125,7 +110,7 @@ def test_app_defaults(app_module, tiny_model_dir):
     demo = app_module.demo
     assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
     assert demo.analytics_enabled is False
-    assert demo.config.model == tiny_model_dir and demo.config.default_steps == STEPS
+    assert demo.config.model == str(tiny_model_dir) and demo.config.default_steps == STEPS
     # the saved tiny model is recognised as a test model and the page says so
     notice = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "model-notice"]
     assert notice and "tiny random-weight model" in notice[0].value

@@ -18,7 +18,7 @@ from conftest import decode, ffmpeg, psnr
 from latentsync import LatentSyncPipeline, LatentSyncPipelineOutput, LatentSyncUNet
 from latentsync.models import UNetFeatureCache
 from latentsync.schedulers import SCHEDULERS
-from latentsync.streaming import LatentCache, VideoStream
+from latentsync.streaming import VideoStream
 from latentsync.testing import build_tiny_pipeline
 
 FRAMES = 4
@@ -145,20 +145,6 @@ def test_dpm_solver_the_diffusers_way_end_to_end_and_saved(pipe, example_face, e
 
 
 # ---------------------------------------------------------------------------------------------------- latent cache
-
-
-def test_latent_cache_keeps_entries_until_their_last_use():
-    from collections import Counter
-
-    cache = LatentCache(Counter({0: 1, 1: 2}))
-    t = torch.zeros(4, 2, 2)
-    cache.put(0, t, t)
-    cache.put(1, t, t)
-    assert cache.get(0) is None and cache.get(1) is not None  # frame 0 is never needed again
-    cache.release(1)
-    assert cache.get(1) is not None
-    cache.release(1)
-    assert cache.get(1) is None and not cache.entries
 
 
 @pytest.fixture

@@ -116,17 +116,14 @@ def unet_losses(workdir: Path) -> list[dict[str, float]]:
 
 def syncnet_losses(workdir: Path) -> dict[str, list[float]]:
     """The tiny SyncNet trainer's train and validation losses over four steps."""
-    sys.path.insert(0, str(HERE))
-    from syncnet_utils import TINY_MODEL, make_clip
+    from conftest import make_sync_clips
 
+    from latentsync.testing import tiny_syncnet_config
     from latentsync.training.syncnet_trainer import SyncNetTrainingConfig, train_syncnet
 
-    clips = workdir / "sync_clips"
-    clips.mkdir(parents=True)
-    make_clip(clips / "a.mp4", 2.4, 0)
-    make_clip(clips / "b.mp4", 3.0, 1)
+    clips = make_sync_clips(workdir / "sync_clips")
     cfg = SyncNetTrainingConfig(
-        model_preset=None, model_config=TINY_MODEL, train_data=os.fspath(clips), output_dir=os.fspath(workdir / "sn"),
+        model_preset=None, model_config=tiny_syncnet_config(32), train_data=os.fspath(clips), output_dir=os.fspath(workdir / "sn"),
         train_time_range=[0.0, 0.7], val_time_range=[0.7, 1.0], train_batch_size=4, gradient_accumulation_steps=2,
         max_train_steps=4, checkpointing_steps=100, validation_steps=2, num_val_samples=8, val_batch_size=8,
         learning_rate=1e-3, mixed_precision="no", dataloader_num_workers=0, progress=False, seed=3,

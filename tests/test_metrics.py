@@ -12,11 +12,12 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import write_video, write_wav
+
 from latentsync.commands import main as cli_main
 from latentsync.eval import metrics as M
 from latentsync.models import FIDInceptionV3
 from latentsync.eval.videos import VideoEvalConfig, evaluate_videos, write_report
-from latentsync.media import VideoWriter
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -184,35 +185,18 @@ def synthetic_talking(n: int = 150, seed: int = 0) -> tuple[np.ndarray, np.ndarr
     return frames, audio
 
 
-def write_video(path, frames, audio=None, fps=25):
-    import scipy.io.wavfile
-
-    wav = None
-    if audio is not None:
-        wav = str(path) + ".wav"
-        scipy.io.wavfile.write(wav, 16000, (np.clip(audio, -1, 1) * 32767).astype(np.int16))
-    with VideoWriter(str(path), fps=fps, audio_path=wav, crf=10) as w:
-        for f in frames:
-            w.write(f)
-    return str(path)
-
-
 @pytest.fixture(scope="module")
 def trained_syncnet(tmp_path_factory):
     """A tiny StableSyncNet trained for 40 steps on the synthetic clip, saved and loaded back."""
     from latentsync.eval.sync_confidence import load_sync_model
-    from latentsync.models.syncnet import StableSyncNet, syncnet_bce_loss
+    from latentsync.models.syncnet import syncnet_bce_loss
+    from latentsync.testing import build_tiny_syncnet
     from latentsync.audio_features import mel_window, wav2lip_mel
 
     frames, audio = synthetic_talking()
     torch.manual_seed(1)
     rng = np.random.default_rng(1)
-    model = StableSyncNet(
-        audio_block_out_channels=(16, 32, 32, 32, 64, 64), audio_downsample_factors=([2, 1], 2, 2, 2, 2, [2, 3]),
-        audio_attn_blocks=(0,) * 6, visual_in_channels=48, visual_block_out_channels=(16, 32, 32, 64, 64),
-        visual_downsample_factors=([1, 2], 2, 2, 2, 2), visual_attn_blocks=(0,) * 5, norm_num_groups=4,
-        resolution=R,
-    )
+    model = build_tiny_syncnet(R)
     x = torch.from_numpy(frames[:, R // 2 :]).permute(0, 3, 1, 2).float() / 127.5 - 1
     mel = wav2lip_mel(audio)
     nwin = len(frames) - 20
@@ -237,14 +221,11 @@ def test_shifted_audio_lowers_sync_confidence(trained_syncnet, tmp_path):
     from latentsync.eval.sync_confidence import estimate_sync
 
     _, model, frames, audio = trained_syncnet
-    video = write_video(tmp_path / "talk.mp4", frames, audio)
+    video = write_video(tmp_path / "talk.mp4", frames, audio=audio, crf=10)
     results = {}
     for shift in (0, 3, 40):
         wav = tmp_path / f"shift{shift}.wav"
-        import scipy.io.wavfile
-
-        delayed = np.concatenate([np.zeros(shift * SPF, np.float32), audio])[: len(audio)]
-        scipy.io.wavfile.write(wav, 16000, (delayed * 32767).astype(np.int16))
+        write_wav(wav, np.concatenate([np.zeros(shift * SPF, np.float32), audio])[: len(audio)])
         results[shift] = estimate_sync(video, model, audio=str(wav), faces_aligned=True)
     aligned, small, far = results[0], results[3], results[40]
     # audio 40 frames late is beyond the searched +-15 frames: no clear minimum any more
@@ -277,11 +258,11 @@ def test_eval_videos_cli_report(trained_syncnet, tmp_path):
     rng = np.random.default_rng(0)
     for k in range(3):
         tinted = np.clip(big.astype(int) + rng.integers(-40, 40, 3), 0, 255).astype(np.uint8)
-        write_video(ref / f"clip{k}.mp4", tinted, audio[: len(big) * SPF])
+        write_video(ref / f"clip{k}.mp4", tinted, audio=audio[: len(big) * SPF], crf=10)
     shutil.copy(ref / "clip0.mp4", gen / "clip0.mp4")
     shutil.copy(ref / "clip1.mp4", gen / "clip1.mp4")
     noisy = np.clip(big.astype(int) + rng.integers(-50, 50, big.shape), 0, 255).astype(np.uint8)
-    write_video(gen / "clip2.mp4", noisy, audio[: len(big) * SPF])
+    write_video(gen / "clip2.mp4", noisy, audio=audio[: len(big) * SPF], crf=10)
 
     enc_path, i3d_path = tmp_path / "enc.pt", tmp_path / "i3d.pt"
     torch.manual_seed(0)
@@ -322,7 +303,7 @@ def test_eval_videos_bad_input(tmp_path):
     (tmp_path / "gen").mkdir()
     with pytest.raises(LatentSyncInputError, match="no videos"):
         evaluate_videos(str(tmp_path / "gen"), None, VideoEvalConfig(metrics=("sync",)))
-    write_video(tmp_path / "gen" / "a.mp4", random_frames(4))
+    write_video(tmp_path / "gen" / "a.mp4", random_frames(4), crf=10)
     with pytest.raises(LatentSyncInputError, match="need reference"):
         evaluate_videos(str(tmp_path / "gen"), None, VideoEvalConfig(metrics=("psnr",)))
     with pytest.raises(LatentSyncInputError, match="unknown metric"):

@@ -1,36 +1,24 @@
 """The U-Net's inputs are the official ones: the shipped mouth mask, and one seeded window drawn and denoised as the
 official pipeline does it (float64, so any difference above round-off is a real difference).
 
-The reference below is written from the official pipeline's definition in plain operations and reads the mask
-straight from the PNG; it shares no code with latentsync's pipeline (it uses the same networks and scheduler class,
-whose own parity is checked in test_conversion.py).
+The reference (official_reference.py) is written from the official pipeline's definition in plain operations and
+reads the mask straight from the PNG; it shares no code with latentsync's pipeline (it uses the same networks and
+scheduler class, whose own parity is checked in test_loaders.py).
 """
 
 from __future__ import annotations
 
 import hashlib
-from importlib import resources
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from official_reference import official_mask, official_windows, shipped_mask_path
 
 from latentsync.face import latent_mouth_mask, mouth_mask
 
 OFFICIAL_MASK = Path(__file__).resolve().parents[2] / "shared" / "reference" / "official-mask.png"
-
-
-def shipped_mask_path() -> Path:
-    return Path(str(resources.files("latentsync").joinpath("assets", "mouth_mask.png")))
-
-
-def official_mask(resolution: int, path: Path) -> np.ndarray:
-    """The official recipe: read as BGR, to RGB, Lanczos resize of the 8-bit image, / 255, all three channels."""
-    image = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
-    return cv2.resize(image, (resolution, resolution), interpolation=cv2.INTER_LANCZOS4) / 255.0
 
 
 def test_shipped_mask_is_the_official_file_with_its_notice():
@@ -74,51 +62,6 @@ def test_latent_mask_is_the_nearest_downsample(resolution):
 # ============================================================================ one seeded window, float64
 
 
-def official_windows(unet, vae, scheduler, faces, contexts, steps, guidance, seed, resolution, masked_first=True):
-    """Final latents of each 16-frame window as the official pipeline computes them.
-
-    Random draws in the official order: one initial noise map (1, 4, 1, h, w) for the whole video, first; then, per
-    window, the VAE posterior sample of the masked faces, then that of the reference faces.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    dtype = unet.dtype
-    mask = torch.from_numpy(official_mask(resolution, shipped_mask_path())).permute(2, 0, 1)  # (3, R, R) float64
-    size = resolution // 8
-    noise = torch.randn((1, 4, 1, size, size), generator=gen, dtype=dtype)
-    out = []
-    for window_faces, context in zip(faces, contexts):
-        f = len(window_faces)
-        pixels = (torch.from_numpy(window_faces).permute(0, 3, 1, 2) / 255.0 - 0.5) / 0.5
-        masked = pixels * mask  # float32 x float64
-        mask_lat = F.interpolate(mask[None, 0:1].expand(f, 1, -1, -1), size=(size, size))
-
-        def encode(x):
-            lat = vae.encode(x.to(dtype)).latent_dist.sample(generator=gen)
-            return ((lat - 0.0) * 0.18215).permute(1, 0, 2, 3)[None]  # (1, 4, f, h, w)
-
-        if masked_first:
-            masked_lat = encode(masked)
-            ref_lat = encode(pixels)
-        else:
-            ref_lat = encode(pixels)
-            masked_lat = encode(masked)
-        cond = torch.cat([mask_lat.to(dtype).permute(1, 0, 2, 3)[None], masked_lat, ref_lat], dim=1)
-        audio = context.to(dtype)
-        if guidance > 1:
-            cond = torch.cat([cond] * 2)
-            audio = torch.cat([torch.zeros_like(audio), audio])
-        latents = noise.repeat(1, 1, f, 1, 1) * scheduler.init_noise_sigma
-        scheduler.set_timesteps(steps)
-        for t in scheduler.timesteps:
-            x = torch.cat([latents] * 2) if guidance > 1 else latents
-            x = torch.cat([scheduler.scale_model_input(x, t), cond], dim=1)
-            eps = unet(x, t, encoder_hidden_states=audio).sample
-            if guidance > 1:
-                uncond, cond_eps = eps.chunk(2)
-                eps = uncond + guidance * (cond_eps - uncond)
-            latents = scheduler.step(eps, t, latents).prev_sample
-        out.append(latents)
-    return out
 
 
 def test_seeded_window_matches_the_official_pipeline_in_float64(tiny_model_dir, real_clip, real_speech):

@@ -1,18 +1,21 @@
-"""End-to-end tests of LatentSyncPipeline with a tiny random model on real and synthetic clips."""
+"""End-to-end tests of LatentSyncPipeline with a tiny random model on real and synthetic clips: output, looping,
+frames without a face, saving, input errors, and the diffusers conventions (callbacks, interrupt, output_type,
+return_dict, latents, argument checks)."""
 
 from __future__ import annotations
 
 import os
 
 import numpy as np
+import PIL.Image
 import pytest
 import torch
+from diffusers.utils.torch_utils import randn_tensor
 
 from conftest import decode, ffmpeg, psnr, write_video, write_wav
-from latentsync import InvalidAudioError, InvalidVideoError, LatentSyncPipeline, NoFaceError
-from latentsync.media import load_audio
+from latentsync import InvalidAudioError, InvalidVideoError, LatentSyncInputError, LatentSyncPipeline, NoFaceError
 from latentsync.face import FaceDetector
-from latentsync.media import probe_video
+from latentsync.media import load_audio, probe_video
 
 STEPS = 2
 
@@ -112,46 +115,37 @@ def _expect(pipe, exc, match, video, audio, tmp_path):
     assert not out.exists() and _no_leftovers(out.parent) == []
 
 
-def test_missing_video(tiny_pipe, speech_file, tmp_path):
-    _expect(tiny_pipe, InvalidVideoError, "not found", tmp_path / "nope.mp4", speech_file, tmp_path)
+def _text_file(path, text: str):
+    path.write_text(text)
+    return path
 
 
-def test_not_a_video(tiny_pipe, speech_file, tmp_path):
-    bogus = tmp_path / "notes.mp4"
-    bogus.write_text("this is not a video\n")
-    _expect(tiny_pipe, InvalidVideoError, "cannot read video", bogus, speech_file, tmp_path)
+def _audio_only(path, speech):
+    ffmpeg("-i", os.fspath(speech), "-c:a", "aac", os.fspath(path))
+    return path
 
 
-def test_empty_video_file(tiny_pipe, speech_file, tmp_path):
-    empty = tmp_path / "empty.mp4"
-    empty.write_bytes(b"")
-    _expect(tiny_pipe, InvalidVideoError, "empty", empty, speech_file, tmp_path)
+# case -> (make (folder, speech, face) -> (video, audio), error, message)
+BAD_INPUTS = {
+    "missing video": (lambda d, s, f: (d / "nope.mp4", s), InvalidVideoError, "not found"),
+    "not a video": (lambda d, s, f: (_text_file(d / "notes.mp4", "this is not a video\n"), s), InvalidVideoError,
+                    "cannot read video"),
+    "empty video file": (lambda d, s, f: (_text_file(d / "empty.mp4", ""), s), InvalidVideoError, "empty"),
+    "video without frames": (lambda d, s, f: (_audio_only(d / "audio_only.mp4", s), s), InvalidVideoError,
+                             "no video stream"),
+    "video without face": (lambda d, s, f: (write_video(d / "gray.mp4", [np.full((128, 128, 3), 90, np.uint8)] * 10),
+                                            s), NoFaceError, "no face"),
+    "silent audio": (lambda d, s, f: (f, write_wav(d / "silent.wav", np.zeros(16000))), InvalidAudioError, "silent"),
+    "empty audio": (lambda d, s, f: (f, _text_file(d / "empty.wav", "")), InvalidAudioError, "empty"),
+    "audio without audio stream": (lambda d, s, f: (f, f), InvalidAudioError, "no audio stream"),
+}
 
 
-def test_video_without_frames(tiny_pipe, speech_file, tmp_path):
-    audio_only = tmp_path / "audio_only.mp4"
-    ffmpeg("-i", os.fspath(speech_file), "-c:a", "aac", os.fspath(audio_only))
-    _expect(tiny_pipe, InvalidVideoError, "no video stream", audio_only, speech_file, tmp_path)
-
-
-def test_video_without_face(tiny_pipe, speech_file, tmp_path):
-    gray = write_video(tmp_path / "gray.mp4", [np.full((128, 128, 3), 90, np.uint8)] * 10)
-    _expect(tiny_pipe, NoFaceError, "no face", gray, speech_file, tmp_path)
-
-
-def test_silent_audio(tiny_pipe, example_face, tmp_path):
-    silent = write_wav(tmp_path / "silent.wav", np.zeros(16000))
-    _expect(tiny_pipe, InvalidAudioError, "silent", example_face, silent, tmp_path)
-
-
-def test_empty_audio(tiny_pipe, example_face, tmp_path):
-    empty = tmp_path / "empty.wav"
-    empty.write_bytes(b"")
-    _expect(tiny_pipe, InvalidAudioError, "empty", example_face, empty, tmp_path)
-
-
-def test_audio_without_audio_stream(tiny_pipe, example_face, tmp_path):
-    _expect(tiny_pipe, InvalidAudioError, "no audio stream", example_face, example_face, tmp_path)
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_inputs_raise_a_clear_error_and_leave_nothing(case, tiny_pipe, speech_file, example_face, tmp_path):
+    make, error, message = BAD_INPUTS[case]
+    video, audio = make(tmp_path, speech_file, example_face)
+    _expect(tiny_pipe, error, message, video, audio, tmp_path)
 
 
 def test_unsupported_output_format(tiny_pipe, example_face, speech_file, tmp_path):
@@ -168,3 +162,114 @@ def test_overlapped_and_sequential_stages_give_identical_frames(tiny_pipe, examp
     for stage in ("audio_features", "decode", "face_detection", "alignment", "vae_encode", "denoise", "vae_decode",
                   "paste_back", "total"):
         assert overlapped.timings[stage] > 0
+
+
+# ---------------------------------------------------------------------------------------------------- diffusers API
+@pytest.fixture(scope="module")
+def two_windows(example_speech, tmp_path_factory):
+    """1.28 s of speech: 32 output frames, two 16-frame windows."""
+    out = tmp_path_factory.mktemp("speech") / "two_windows.wav"
+    ffmpeg("-i", os.fspath(example_speech), "-t", "1.28", os.fspath(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def one_window(example_speech, tmp_path_factory):
+    """0.64 s of speech: 16 output frames, one window."""
+    out = tmp_path_factory.mktemp("speech") / "one_window.wav"
+    ffmpeg("-i", os.fspath(example_speech), "-t", "0.64", os.fspath(out))
+    return out
+
+
+def _unet_calls(pipe):
+    calls = []
+    return calls, pipe.unet.register_forward_hook(lambda *_: calls.append(1))
+
+
+def test_callback_sees_every_step_and_can_replace_the_latents(tiny_pipe, example_face, two_windows):
+    seen = []
+
+    def watch(pipe, step, timestep, kwargs):
+        seen.append((step, int(timestep), sorted(kwargs), kwargs["latents"].shape))
+        return kwargs
+
+    plain = _run(tiny_pipe, example_face, two_windows, callback_on_step_end=watch,
+                 callback_on_step_end_tensor_inputs=["latents", "audio_embeds", "condition_latents"])
+    assert [s[0] for s in seen] == [0, 1, 0, 1]  # two steps in each of the two windows
+    assert seen[0][2] == ["audio_embeds", "condition_latents", "latents"] and seen[0][3][2] == 16
+    assert plain.frames.shape[0] == 32 and tiny_pipe.num_timesteps == STEPS
+
+    def flatten_last_step(pipe, step, timestep, kwargs):
+        if step == pipe.num_timesteps - 1:
+            kwargs["latents"] = torch.zeros_like(kwargs["latents"])
+        return kwargs
+
+    changed = _run(tiny_pipe, example_face, two_windows, callback_on_step_end=flatten_last_step)
+    assert changed.frames.shape == plain.frames.shape and not np.array_equal(changed.frames, plain.frames)
+    unchanged = _run(tiny_pipe, example_face, two_windows, callback_on_step_end=lambda p, i, t, kw: kw)
+    assert np.array_equal(unchanged.frames, plain.frames)
+
+
+def test_interrupt_stops_after_the_current_window(tiny_pipe, example_face, two_windows, tmp_path):
+    def stop(pipe, step, timestep, kwargs):
+        pipe._interrupt = True
+        return kwargs
+
+    calls, hook = _unet_calls(tiny_pipe)
+    try:
+        out = _run(tiny_pipe, example_face, two_windows, tmp_path / "short.mp4", callback_on_step_end=stop,
+                   return_frames=True)
+    finally:
+        hook.remove()
+    assert len(calls) == 1  # one U-Net pass (guidance batches both halves), then nothing more
+    assert out.num_frames == 16 and out.frames.shape[0] == 16 and out.frames_without_face == 0
+    assert len(decode(tmp_path / "short.mp4", fps=None)) == 16
+    assert _run(tiny_pipe, example_face, two_windows).num_frames == 32  # the next call runs in full
+
+
+def test_output_types_and_return_dict(tiny_pipe, example_face, one_window, tmp_path):
+    arrays = _run(tiny_pipe, example_face, one_window).frames
+    assert isinstance(arrays, np.ndarray) and arrays.dtype == np.uint8 and arrays.shape == (16, 384, 384, 3)
+    images = _run(tiny_pipe, example_face, one_window, output_type="pil").frames
+    assert len(images) == 16 and isinstance(images[0], PIL.Image.Image) and images[0].size == (384, 384)
+    assert np.array_equal(np.asarray(images[5]), arrays[5])
+    tensors = _run(tiny_pipe, example_face, one_window, output_type="pt").frames
+    assert tensors.shape == (16, 3, 384, 384) and tensors.dtype == torch.float32
+    assert torch.equal(tensors, torch.from_numpy(arrays).permute(0, 3, 1, 2).float() / 255)
+    frames, path = _run(tiny_pipe, example_face, one_window, tmp_path / "o.mp4", output_type="file", return_dict=False)
+    assert frames is None and path == os.fspath(tmp_path / "o.mp4") and os.path.isfile(path)
+    frames, path = _run(tiny_pipe, example_face, one_window, return_dict=False)
+    assert path is None and np.array_equal(frames, arrays)
+
+
+def test_given_latents_replace_the_drawn_noise(tiny_pipe, example_face, one_window):
+    drawn = _run(tiny_pipe, example_face, one_window).frames
+    generator = torch.Generator().manual_seed(0)  # _run's seed
+    noise = randn_tensor((1, 4, 1, 32, 32), generator=generator, dtype=tiny_pipe.unet.dtype)
+    given = tiny_pipe(example_face, one_window, num_inference_steps=STEPS, generator=generator, latents=noise).frames
+    assert np.array_equal(given, drawn)  # the same noise, and the VAE samples drawn after it
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(num_inference_steps=0), "num_inference_steps must be an integer >= 1"),
+    (dict(num_frames=0), "num_frames"),
+    (dict(num_frames=25), "num_frames must be an integer between 1 and 24"),
+    (dict(guidance_scale=float("nan")), "guidance_scale"),
+    (dict(face_index=-1), "face_index"),
+    (dict(crf=60), "crf"),
+    (dict(audio_window_mode="sliding"), "audio_window_mode"),
+    (dict(output_type="gif"), "output_type"),
+    (dict(output_type="file"), "needs an output_path"),
+    (dict(latents=torch.zeros(1, 4, 16, 32, 32)), "latents must have shape"),
+    (dict(callback_on_step_end_tensor_inputs=["noise_pred"]), "noise_pred"),
+    (dict(deep_cache_interval=2, deep_cache_branch=9), "deep_cache_branch"),
+])
+def test_arguments_are_checked_before_any_work(tiny_pipe, example_face, speech_file, kwargs, message, monkeypatch):
+    import latentsync.pipeline
+
+    def no_work(*args, **kw):
+        raise AssertionError("the inputs were opened before the arguments were checked")
+
+    monkeypatch.setattr(latentsync.pipeline, "open_frames", no_work)
+    with pytest.raises(LatentSyncInputError, match=message):
+        tiny_pipe(example_face, speech_file, **{"num_inference_steps": STEPS, **kwargs})

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 
 import cv2
-import imageio_ffmpeg
 import numpy as np
 import pytest
 import torch
+
+from conftest import ffmpeg
 
 from latentsync.data import prepare as P
 from latentsync.data.prepare.process import _finish_clip
@@ -131,36 +131,22 @@ def test_quality_scorers(tmp_path):
 # ---------------------------------------------------------------------------------------------------- end to end
 
 
-def _ffmpeg(*args):
-    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error", *args], check=True)
-
-
 @pytest.fixture(scope="module")
 def raw_folder(tmp_path_factory):
     if not os.path.isdir(DATA):
         pytest.skip(f"shared test clips not found at {os.path.abspath(DATA)}")
     raw = tmp_path_factory.mktemp("raw")
     (raw / "sub").mkdir()
-    _ffmpeg("-i", os.path.join(DATA, "demo1_video.mp4"), "-t", "2", "-c", "copy", str(raw / "demo1.mp4"))
-    _ffmpeg("-i", os.path.join(DATA, "demo2_video.mp4"), "-t", "2", "-c", "copy", str(raw / "sub" / "demo2.mp4"))
-    _ffmpeg("-i", os.path.join(DATA, "demo1_video.mp4"), "-t", "1", "-an", "-c", "copy", str(raw / "mute.mp4"))
+    ffmpeg("-i", os.path.join(DATA, "demo1_video.mp4"), "-t", "2", "-c", "copy", str(raw / "demo1.mp4"))
+    ffmpeg("-i", os.path.join(DATA, "demo2_video.mp4"), "-t", "2", "-c", "copy", str(raw / "sub" / "demo2.mp4"))
+    ffmpeg("-i", os.path.join(DATA, "demo1_video.mp4"), "-t", "1", "-an", "-c", "copy", str(raw / "mute.mp4"))
     (raw / "broken.mp4").write_bytes(b"this is not a video")
     return raw
 
 
 @pytest.fixture(scope="module")
-def tiny_syncnet(tmp_path_factory):
-    from latentsync.models.syncnet import StableSyncNet
-
-    torch.manual_seed(0)
-    model = StableSyncNet(
-        audio_block_out_channels=(16, 16, 32, 32, 32, 32), audio_downsample_factors=([2, 1], 2, 2, 2, 2, [2, 3]),
-        audio_attn_blocks=(0,) * 6, visual_block_out_channels=(16, 16, 32, 32, 32),
-        visual_downsample_factors=([1, 2], 2, 2, 2, 2), visual_attn_blocks=(0,) * 5, norm_num_groups=4, resolution=32,
-    )
-    folder = tmp_path_factory.mktemp("syncnet") / "tiny"
-    model.save_pretrained(folder)
-    return str(folder)
+def tiny_syncnet(tiny_syncnet_dir):
+    return str(tiny_syncnet_dir)
 
 
 def test_prepare_end_to_end_resumable(raw_folder, tiny_syncnet, tmp_path):

@@ -9,25 +9,16 @@ import pytest
 import torch
 
 from latentsync.models.syncnet import SYNCNET_CONFIGS, StableSyncNet, syncnet_bce_loss, syncnet_cosine
+from latentsync.testing import build_tiny_syncnet
 from latentsync.audio_features import mel_start, mel_window, mel_window_length, num_mel_windows, wav2lip_mel
 
-TINY = dict(
-    audio_block_out_channels=[8, 16, 32, 32, 32, 32],
-    audio_downsample_factors=[2, 2, 2, 2, 2, [2, 1]],
-    audio_attn_blocks=[0, 0, 0, 1, 0, 0],
-    visual_in_channels=48,
-    visual_block_out_channels=[8, 16, 32, 32, 32, 32],
-    visual_downsample_factors=[2, 2, 2, 2, 2, [1, 2]],
-    visual_attn_blocks=[0, 0, 0, 0, 1, 0],
-    norm_num_groups=8,
-    num_frames=16,
-    resolution=64,
-)
+ATTENTION = dict(audio_attn_blocks=[0, 0, 0, 1, 0, 0])  # the shared tiny model has visual attention; add audio's
 
 
 def tiny_syncnet(seed: int = 0, **overrides) -> StableSyncNet:
+    """The shared tiny SyncNet for 64-pixel faces (16-d embeddings), with self-attention in both towers."""
     torch.manual_seed(seed)
-    return StableSyncNet(**{**TINY, **overrides})
+    return build_tiny_syncnet(64, **{**ATTENTION, **overrides})
 
 
 def tiny_batch(b: int = 4, seed: int = 0):
@@ -89,7 +80,7 @@ def test_forward_shapes_unit_norm_non_negative():
     model = tiny_syncnet().eval()
     frames, mel = tiny_batch(3)
     visual, audio = model(frames, mel)
-    assert visual.shape == audio.shape == (3, 32)
+    assert visual.shape == audio.shape == (3, model.embedding_dim) == (3, 16)
     torch.testing.assert_close(visual.norm(dim=1), torch.ones(3))
     torch.testing.assert_close(audio.norm(dim=1), torch.ones(3))
     assert (visual >= 0).all() and (audio >= 0).all()
@@ -107,7 +98,7 @@ def test_bad_inputs_are_named():
     with pytest.raises(ValueError, match="not 1 x 1"):
         model(torch.zeros(2, 48, 64, 64), mel)
     with pytest.raises(ValueError, match="same size"):
-        StableSyncNet(**{**TINY, "audio_block_out_channels": [8, 16, 32, 32, 32, 64]})
+        tiny_syncnet(audio_block_out_channels=[8, 8, 16, 16, 16, 32])
 
 
 def test_save_load_roundtrip(tmp_path):
@@ -118,7 +109,7 @@ def test_save_load_roundtrip(tmp_path):
     frames, mel = tiny_batch(2)
     for a, b in zip(model(frames, mel), loaded(frames, mel)):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
-    assert loaded.config.visual_attn_blocks == [0, 0, 0, 0, 1, 0]
+    assert loaded.config.visual_attn_blocks == loaded.config.audio_attn_blocks == [0, 0, 0, 1, 0, 0]
 
 
 def test_gradient_checkpointing_gives_same_gradients():

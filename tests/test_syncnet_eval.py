@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from conftest import ffmpeg, shared_file
-from syncnet_utils import TINY_MODEL, make_clips_dir
 
 from latentsync.commands import main as cli_main
 from latentsync.errors import LatentSyncInputError
@@ -27,16 +26,8 @@ from latentsync.models import StableSyncNet, SyncNetV2
 
 
 @pytest.fixture(scope="module")
-def tiny_syncnet_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("syncnet") / "tiny"
-    StableSyncNet(**TINY_MODEL).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def clips_dir(tmp_path_factory):
-    return make_clips_dir(tmp_path_factory)
+def clips_dir(sync_clips_dir):
+    return sync_clips_dir
 
 
 # ---------------------------------------------------------------------------------------------------- statistics

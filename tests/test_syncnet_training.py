@@ -11,15 +11,17 @@ import pytest
 import torch
 from conftest import ROOT
 from safetensors.torch import load_file
-from syncnet_utils import TINY_MODEL, make_clips_dir
 
 from latentsync.data.syncnet_dataset import ClipStore, SyncNetDataset
+from latentsync.testing import tiny_syncnet_config
 from latentsync.training.syncnet_trainer import SyncNetTrainingConfig, load_syncnet_config, train_syncnet
+
+TINY_MODEL = tiny_syncnet_config(32)
 
 
 @pytest.fixture(scope="module")
-def clips_dir(tmp_path_factory):
-    return make_clips_dir(tmp_path_factory)
+def clips_dir(sync_clips_dir):
+    return sync_clips_dir
 
 
 # ---------------------------------------------------------------------------------------------------- data

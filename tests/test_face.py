@@ -1,4 +1,5 @@
-"""Face alignment geometry, smoothing, paste-back, mask and looping order."""
+"""The face: detection and tracking (which face, NaN rows without one), alignment geometry, smoothing, paste-back
+and the mouth mask."""
 
 from __future__ import annotations
 
@@ -6,10 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import decode, psnr
-from latentsync.face import FaceAligner, similarity_transform, smooth_anchors
-from latentsync.face import FaceDetector
-from latentsync.face import mouth_mask
-from latentsync.streaming import pingpong_indices
+from latentsync.face import FaceAligner, FaceBox, FaceDetector, largest_face, mouth_mask, similarity_transform, smooth_anchors
 
 
 def test_similarity_transform_recovers_known_transform():
@@ -70,28 +68,6 @@ def test_align_and_paste_touch_only_the_lower_face(example_face):
     assert not changed[:, : int(xs.min())].any() and not changed[: int(ys.min())].any()
 
 
-def test_pingpong_order():
-    assert pingpong_indices(4, 3).tolist() == [0, 1, 2]
-    assert pingpong_indices(3, 10).tolist() == [0, 1, 2, 2, 1, 0, 0, 1, 2, 2]
-
-
-@pytest.mark.parametrize("motion", ["all", "decoder", "none"])
-def test_unet_frame_pooled_norm_couples_frames(motion):
-    import torch
-
-    from latentsync.testing import build_tiny_pipeline
-
-    torch.manual_seed(0)
-    unet = build_tiny_pipeline(motion_modules=motion).unet.double()
-    x = torch.randn(1, 13, 6, 8, 8, dtype=torch.float64)
-    ctx = torch.randn(6, 30, 64, dtype=torch.float64)
-    full = unet(x, 500, ctx).sample
-    first = unet(x[:, :, :3], 500, ctx[:3]).sample
-    # official behaviour: ResNet statistics pool the clip, so a frame's output depends on the other frames
-    assert not torch.allclose(full[:, :, :3], first, atol=1e-6)
-    assert full.shape == (1, 4, 6, 8, 8)
-
-
 def test_track_gives_nan_rows_for_frames_without_a_face(example_face):
     frames = decode(example_face)[:3]
     blank = np.zeros_like(frames[0])
@@ -103,3 +79,46 @@ def test_track_gives_nan_rows_for_frames_without_a_face(example_face):
     assert np.allclose(track[0], first) and np.isnan(track[1]).all() and np.isfinite(track[2]).all()
     with FaceDetector() as det:
         assert det.track([]).shape == (0, 3, 2)
+
+
+# ---------------------------------------------------------------------------------------------------- detection
+@pytest.fixture(scope="module")
+def face_frame(example_face):
+    return decode(example_face)[0]
+
+
+def test_detect_finds_the_face_and_its_anchors_lie_inside_the_box(face_frame):
+    with FaceDetector() as det:
+        boxes = det.detect(face_frame)
+        anchors = det.anchors(face_frame)
+    assert len(boxes) == 1 and boxes[0].score > 0.5
+    box = boxes[0]
+    assert (box.x0 < anchors[:, 0]).all() and (anchors[:, 0] < box.x1).all()
+    assert (box.y0 < anchors[:, 1]).all() and (anchors[:, 1] < box.y1).all()
+    left_brow, right_brow, nose = anchors
+    assert left_brow[0] < nose[0] < right_brow[0] and nose[1] > max(left_brow[1], right_brow[1])
+
+
+def test_no_face_gives_no_box_and_no_anchors():
+    blank = np.full((256, 256, 3), 90, np.uint8)
+    with FaceDetector() as det:
+        assert det.detect(blank) == [] and det.anchors(blank) is None
+
+
+def test_face_index_chooses_from_the_left_and_then_tracks_that_face(face_frame):
+    two = np.concatenate([face_frame, face_frame], axis=1)  # the same face twice, side by side
+    width = face_frame.shape[1]
+    with FaceDetector() as det:
+        assert len(det.detect(two)) == 2
+    for index, side in ((0, lambda x: x < width), (1, lambda x: x > width)):
+        with FaceDetector(face_index=index) as det:
+            first, again = det.anchors(two), det.anchors(two)
+        assert side(first[:, 0]).all() and np.allclose(first, again)
+    with FaceDetector(face_index=2) as det:  # no third face
+        assert det.anchors(two) is None
+
+
+def test_largest_face_by_area():
+    small, large = FaceBox(0, 0, 10, 10, 0.9), FaceBox(50, 50, 80, 70, 0.6)
+    assert largest_face([small, large]) is large and largest_face([]) is None
+    assert large.size == 30 and large.area == 600 and np.allclose(large.center, [65, 60])

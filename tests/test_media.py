@@ -1,0 +1,126 @@
+"""Video and audio files (latentsync.media): probing, decoding at 25 fps, atomic writing, WAV round trips, the
+audio checks, and finding videos in folders."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ffmpeg, write_video
+from latentsync.errors import InvalidAudioError, InvalidVideoError
+from latentsync.media import (
+    SAMPLE_RATE,
+    VIDEO_EXTENSIONS,
+    VideoWriter,
+    as_samples,
+    check_output_path,
+    find_videos,
+    is_video_file,
+    iter_frames,
+    load_audio,
+    open_frames,
+    probe_video,
+    trim_media,
+    write_wav,
+)
+
+
+def _gradient(i: int, size: int = 32) -> np.ndarray:
+    frame = np.zeros((size, size, 3), np.uint8)
+    frame[..., 0] = (np.arange(size) * 8 + i * 10) % 256
+    return frame
+
+
+def test_probe_and_decode_resample_to_25_fps(tmp_path):
+    video = write_video(tmp_path / "ten_fps.mp4", [_gradient(i) for i in range(10)], fps=10,
+                        audio=0.3 * np.sin(np.arange(SAMPLE_RATE) / 10))
+    info = probe_video(video)
+    assert (info.width, info.height, info.fps, info.has_audio) == (32, 32, 10.0, True)
+    assert abs(info.duration - 1.0) < 0.1
+    assert len(list(iter_frames(video, fps=None))) == 10
+    at_25 = list(iter_frames(video))  # one second at the model's 25 fps
+    assert len(at_25) == 25 and at_25[0].shape == (32, 32, 3) and at_25[0].dtype == np.uint8
+    source = open_frames(video)
+    assert source.expected_frames == 25 and source.path == os.fspath(video) and len(list(source)) == 25
+
+
+def test_probe_errors_name_the_file(tmp_path):
+    with pytest.raises(InvalidVideoError, match="video file not found: .*missing.mp4"):
+        probe_video(tmp_path / "missing.mp4")
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    with pytest.raises(InvalidVideoError, match="empty"):
+        probe_video(tmp_path / "empty.mp4")
+    (tmp_path / "text.mp4").write_text("not a video")
+    with pytest.raises(InvalidVideoError, match="cannot read video"):
+        probe_video(tmp_path / "text.mp4")
+
+
+def test_video_writer_is_atomic(tmp_path):
+    out = tmp_path / "out.mp4"
+    with VideoWriter(out, 25, crf=10) as writer:
+        for i in range(5):
+            writer.write(_gradient(i))
+        assert not out.exists()  # only a hidden partial file until the writer closes
+    assert out.is_file() and writer.frames_written == 5 and list(tmp_path.iterdir()) == [out]
+    assert np.abs(next(iter_frames(out, None)).astype(int) - _gradient(0)).mean() < 3
+    with pytest.raises(RuntimeError):
+        with VideoWriter(tmp_path / "failed.mp4") as writer:
+            writer.write(_gradient(0))
+            raise RuntimeError("interrupted")
+    assert list(tmp_path.iterdir()) == [out]
+    with pytest.raises(InvalidVideoError, match="no frames"):
+        VideoWriter(tmp_path / "nothing.mp4").close()
+
+
+def test_output_path_checks():
+    assert check_output_path("result.MKV") == "result.MKV"
+    with pytest.raises(InvalidVideoError, match="unsupported output format .gif"):
+        check_output_path("out.gif")
+    with pytest.raises(InvalidVideoError, match="output folder does not exist"):
+        check_output_path("/no/such/folder/out.mp4")
+
+
+def test_wav_round_trip_and_samples_in_memory(tmp_path):
+    t = np.arange(SAMPLE_RATE // 2) / SAMPLE_RATE
+    tone = (0.5 * np.sin(2 * np.pi * 300 * t)).astype(np.float32)
+    write_wav(tmp_path / "tone.wav", tone)
+    back = load_audio(tmp_path / "tone.wav")
+    assert back.dtype == np.float32 and len(back) == len(tone)
+    assert np.abs(back - tone).max() < 1 / 32767 + 1e-6  # 16-bit rounding only
+    assert np.array_equal(as_samples(tone[None]), tone)  # (1, N) is mono
+    assert np.array_equal(as_samples(torch.from_numpy(tone)), tone)
+    with pytest.raises(InvalidAudioError, match="mono"):
+        as_samples(np.zeros((2, 100)))
+    with pytest.raises(InvalidAudioError, match="NaN"):
+        as_samples(np.array([0.1, np.nan]))
+
+
+def test_load_audio_errors(tmp_path):
+    with pytest.raises(InvalidAudioError, match="audio file not found"):
+        load_audio(tmp_path / "missing.wav")
+    video_only = write_video(tmp_path / "silent_video.mp4", [_gradient(i) for i in range(3)])
+    with pytest.raises(InvalidAudioError, match="no audio stream"):
+        load_audio(video_only)
+
+
+def test_trim_media(tmp_path, example_speech):
+    video = write_video(tmp_path / "long.mp4", [_gradient(i) for i in range(50)], audio=np.zeros(2 * SAMPLE_RATE))
+    cut = trim_media(os.fspath(video), os.fspath(tmp_path / "cut.mp4"), 1.0, video=True)
+    info = probe_video(cut)
+    assert abs(info.duration - 1.0) < 0.1 and not info.has_audio
+    sound = trim_media(os.fspath(example_speech), os.fspath(tmp_path / "cut.wav"), 0.5, video=False)
+    assert abs(len(load_audio(sound)) - SAMPLE_RATE // 2) < 200
+
+
+def test_find_videos_in_folders(tmp_path):
+    for name in ("a.mp4", "b.M4V", "c.txt", ".hidden.mp4", "sub/d.webm", "sub/deeper/e.MOV", ".cache/f.mp4"):
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"")
+    assert find_videos(tmp_path) == ["a.mp4", "b.M4V", "sub/d.webm", "sub/deeper/e.MOV"]
+    assert find_videos(tmp_path, recursive=False) == ["a.mp4", "b.M4V"]
+    assert ".m4v" in VIDEO_EXTENSIONS and is_video_file("clip.TS") and not is_video_file(".clip.mp4")
+    ffmpeg("-version")  # the bundled ffmpeg runs
