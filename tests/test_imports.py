@@ -165,15 +165,18 @@ def test_old_module_paths_still_work_with_a_deprecation_warning(old):
 
 def test_moved_names_still_work_with_a_deprecation_warning():
     import latentsync.cli
+    import latentsync.data.prepare
     import latentsync.eval
     import latentsync.pipeline
     from latentsync.commands.eval import register_eval_command
+    from latentsync.media import SAMPLES_PER_FRAME
     from latentsync.streaming import pingpong_indices
     from latentsync.utils import default_device
 
     for module, name, new in [(latentsync.pipeline, "pingpong_indices", pingpong_indices),
                               (latentsync.cli, "default_device", default_device),
-                              (latentsync.eval, "register_eval_command", register_eval_command)]:
+                              (latentsync.eval, "register_eval_command", register_eval_command),
+                              (latentsync.data.prepare, "SAMPLES_PER_FRAME", SAMPLES_PER_FRAME)]:
         with pytest.warns(DeprecationWarning, match=name):
             assert getattr(module, name) is new
     with warnings.catch_warnings():

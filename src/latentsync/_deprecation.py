@@ -30,6 +30,15 @@ MOVED: dict[tuple[str, str], str] = {
     ("latentsync.eval", "register_eval_command"): "latentsync.commands.eval",
     ("latentsync.eval", "FIDInceptionV3"): "latentsync.models",
     ("latentsync.eval", "SyncNetV2"): "latentsync.models",
+    ("latentsync.eval.videos", "videos_command"): "latentsync.commands.eval",
+    ("latentsync.eval.videos", "VIDEO_EXTENSIONS"): "latentsync.media",
+    ("latentsync.data.syncnet_dataset", "VIDEO_EXTENSIONS"): "latentsync.media",
+    ("latentsync.data.prepare", "VIDEO_EXTENSIONS"): "latentsync.media",
+    ("latentsync.data.prepare", "FPS"): "latentsync.media:VIDEO_FPS",
+    ("latentsync.data.prepare", "SAMPLE_RATE"): "latentsync.media",
+    ("latentsync.data.prepare", "SAMPLES_PER_FRAME"): "latentsync.media",
+    ("latentsync.data.prepare", "main"): "latentsync.commands.prepare:prepare",
+    ("latentsync.training.components", "OFFICIAL_SCHEDULER_CONFIG"): "latentsync.schedulers",
 }
 
 

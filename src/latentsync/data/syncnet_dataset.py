@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .._deprecation import moved_attribute
 from ..audio_features.wav2lip_mel import mel_start, mel_window_length, wav2lip_mel
 from ..errors import LatentSyncInputError
 from ..media.audio import load_audio
@@ -220,3 +221,8 @@ class SyncNetDataset(Dataset):
             f"could not draw a sample in {self.max_tries} tries: clips are unreadable or too short for "
             f"{self.num_frames}-frame windows (with negatives) inside time_range {self.time_range}"
         )
+
+
+def __getattr__(name: str) -> Any:
+    """Names that lived here before the re-layout keep working for one release, with a deprecation warning."""
+    return moved_attribute(__name__, name)

@@ -22,12 +22,14 @@ import math
 import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import cv2
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .._deprecation import moved_attribute
 from ..errors import LatentSyncInputError
 from ..media.files import find_videos
 from ..media.video import iter_frames
@@ -392,3 +394,8 @@ def _plot(report: dict, path: str) -> None:
 
 def _finite(v) -> bool:
     return isinstance(v, (int, float)) and math.isfinite(v)
+
+
+def __getattr__(name: str) -> Any:
+    """Names that lived here before the re-layout keep working for one release, with a deprecation warning."""
+    return moved_attribute(__name__, name)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
@@ -16,6 +17,7 @@ from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
 from torch import nn
 from transformers import WhisperFeatureExtractor, WhisperModel
 
+from .._deprecation import moved_attribute
 from ..loaders.official import OFFICIAL_UNET_FILE, find_official_file, load_official_unet, load_syncnet, read_config
 from ..models.audio_encoder import WhisperAudioEncoder
 from ..models.unet import LatentSyncUNet
@@ -167,3 +169,8 @@ def load_components(cfg: UNetTrainingConfig) -> TrainingComponents:
     for frozen in (vae, audio_encoder):
         frozen.requires_grad_(False).eval()
     return comps
+
+
+def __getattr__(name: str) -> Any:
+    """Names that lived here before the re-layout keep working for one release, with a deprecation warning."""
+    return moved_attribute(__name__, name)

@@ -25,12 +25,21 @@ audio), ``sync`` (the SyncNet offset check), ``process`` (one video: steps 1-8),
 resume), ``dataset`` (the ``datasets`` output). The command line is in [`latentsync.commands.prepare`].
 """
 
+from typing import Any
+
+from ..._deprecation import moved_attribute
 from .config import DROP_REASONS, PrepareConfig, PrepareSummary
 from .dataset import build_prepared_dataset, dataset_features, decode_clip, load_prepared, push_prepared
 from .planning import find_videos, plan_clips, shifted_audio, video_key
 from .process import process_video
 from .run import prepare_dataset
 from .sync import SyncChecker, SyncNetChecker, load_sync_checker
+
+
+def __getattr__(name: str) -> Any:
+    """The constants and the command line that lived here keep working for one release, with a warning."""
+    return moved_attribute(__name__, name)
+
 
 __all__ = [
     "DROP_REASONS",
@@ -51,3 +60,4 @@ __all__ = [
     "shifted_audio",
     "video_key",
 ]
+
