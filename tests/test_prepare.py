@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 import cv2
@@ -208,3 +209,72 @@ def test_prepare_end_to_end_resumable(raw_folder, tiny_syncnet, tmp_path):
     # other settings in the same output folder are refused
     with pytest.raises(LatentSyncInputError, match="other settings"):
         P.prepare_dataset(str(raw_folder), str(out), P.PrepareConfig(resolution=512), num_workers=1)
+
+
+# ---------------------------------------------------------------------------------------------------- nothing kept
+
+
+@pytest.fixture(scope="module")
+def short_raw(tmp_path_factory):
+    """One 1.2 s cut of demo1 at 540 x 960 (one planned clip of 0.6-1.2 s)."""
+    if not os.path.isdir(DATA):
+        pytest.skip(f"shared test clips not found at {os.path.abspath(DATA)}")
+    raw = tmp_path_factory.mktemp("short_raw")
+    ffmpeg("-i", os.path.join(DATA, "demo1_video.mp4"), "-t", "1.2", "-vf", "scale=540:960", "-c:v", "libx264",
+           "-crf", "16", "-c:a", "aac", str(raw / "demo1.mp4"))
+    return raw
+
+
+def test_prepare_that_keeps_no_clip_fails_and_records_why(short_raw, tmp_path):
+    """All clips below the sync threshold: an error naming the confidences, no dataset, every dropped clip with its
+    offset and confidence in the summary and dropped_clips.csv; a retry with other settings needs no --overwrite."""
+    import csv
+
+    out = tmp_path / "prepared"
+    cfg = P.PrepareConfig(min_seconds=0.6, max_seconds=1.2, min_sync_confidence=3.0, quality="sharpness")
+    with pytest.raises(P.NoClipsKeptError, match=r"kept no clip from 1 videos \(dropped: low_sync_confidence 1.*"
+                                                 r"confidences of the dropped clips 0.5 to 0.5.*confidence >= 3"):
+        P.prepare_dataset(str(short_raw), str(out), cfg, sync_checker=FakeSync(2, 0.5))
+    assert not (out / "dataset").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["clips"] == 0 and len(summary["dropped_clips"]) == 1
+    dropped = summary["dropped_clips"][0]
+    assert (dropped["reason"], dropped["sync_offset"], dropped["sync_confidence"]) == ("low_sync_confidence", 2, 0.5)
+    assert dropped["source"] == "demo1.mp4" and dropped["start"] == 0.0
+    rows = list(csv.DictReader(open(out / "dropped_clips.csv")))
+    assert rows[0]["sync_confidence"] == "0.5" and rows[0]["reason"] == "low_sync_confidence"
+    assert summary["filters"]["sync"]["status"] == "ran" and summary["filters"]["quality"]["status"] == "ran"
+    assert "sync: **ran**" in (out / "summary.md").read_text()
+    # the failed run does not lock the folder: other settings run without --overwrite
+    kept = P.prepare_dataset(str(short_raw), str(out), P.PrepareConfig(min_seconds=0.6, max_seconds=1.2, sync=False,
+                                                                       quality="sharpness"))
+    assert kept.clips == 1 and (out / "dataset").is_dir()
+    assert kept.filters["sync"]["status"] == "skipped" and "--no-sync" in kept.filters["sync"]["detail"]
+
+
+def test_prepare_command_exits_non_zero_when_it_keeps_no_clip(short_raw, tiny_syncnet, tmp_path, monkeypatch, caplog):
+    """Through the command line, offline (the hyperIQA weights are not cached: quality falls back to sharpness, at
+    once, and the summary says why)."""
+    from huggingface_hub import constants
+
+    from latentsync.commands import main
+    from latentsync.loaders import sources
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    sources._probe_hub.cache_clear()
+    out = tmp_path / "prepared"
+    with caplog.at_level(logging.ERROR, logger="latentsync"):
+        code = main(["prepare", str(short_raw), str(out), "--min-seconds", "0.6", "--max-seconds", "1.2",
+                     "--syncnet", tiny_syncnet, "--min-sync-confidence", "100", "--max-sync-offset", "15"])
+    sources._probe_hub.cache_clear()
+    assert code == 2
+    error = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR][-1]
+    assert error.startswith("kept no clip from 1 videos") and "\n" not in error
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["filters"]["quality"]["status"] == "fell back"
+    assert "not cached and the Hub is unavailable" in summary["filters"]["quality"]["detail"]
+    assert "StableSyncNet" in summary["filters"]["sync"]["detail"]
+    assert summary["dropped_clips"][0]["sync_confidence"] is not None

@@ -173,3 +173,29 @@ def test_eval_cli(clips_dir, tiny_syncnet_dir, tmp_path, capsys):
     finally:
         EVAL_COMMANDS.pop("hello")
     capsys.readouterr()
+
+
+def test_syncnet_acc_flags_a_net_that_predicts_one_class(clips_dir, tmp_path, caplog):
+    """A SyncNet whose embeddings are constant and orthogonal (cosine 0: every pair "off-sync") scores accuracy 0.5
+    on balanced pairs; the per-class accuracies (1 and 0) and a warning say what that means."""
+    import logging
+
+    from latentsync.testing import build_tiny_syncnet
+
+    torch.manual_seed(0)
+    net = build_tiny_syncnet(32)
+    with torch.no_grad():  # the final GroupNorm of each tower outputs its bias: one-hot, on different channels
+        for hot, tower in enumerate((net.audio_encoder, net.visual_encoder)):
+            tower.norm_out.weight.zero_()
+            tower.norm_out.bias.zero_()
+            tower.norm_out.bias[hot] = 1.0
+    net.save_pretrained(tmp_path / "constant")
+    with caplog.at_level(logging.WARNING, logger="latentsync"):
+        assert cli_main(["eval", "syncnet-acc", "--model", os.fspath(tmp_path / "constant"), "--data",
+                         os.fspath(clips_dir), "--num-samples", "16", "--batch-size", "8", "--json",
+                         os.fspath(tmp_path / "acc.json")]) == 0
+    acc = json.loads((tmp_path / "acc.json").read_text())
+    assert acc["positive_accuracy"] == 0.0 and acc["negative_accuracy"] == 1.0
+    assert acc["predicted_positive_rate"] == 0.0 and 0 < acc["accuracy"] < 1  # the share of off-sync pairs
+    assert "calls every pair off-sync" in acc["warning"]
+    assert any("calls every pair off-sync" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)

@@ -49,7 +49,9 @@ def _emit(result: dict, json_path: str | None) -> None:
 # ---------------------------------------------------------------------------------------------------- syncnet-acc
 def _syncnet_acc_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="latentsync eval syncnet-acc",
-                                description="Accuracy (cos > 0.5) and BCE loss of a StableSyncNet on aligned clips.")
+                                description="Accuracy (cos > 0.5; overall, on in-sync and on off-sync pairs) and BCE "
+                                            "loss of a StableSyncNet on aligned clips; warns when it predicts one "
+                                            "class only.")
     p.add_argument("--model", required=True,
                    help="StableSyncNet folder or Hub id (from_pretrained), or an official stable_syncnet.pt")
     p.add_argument("--subfolder", default=None, help="subfolder of --model holding the SyncNet")
@@ -84,7 +86,10 @@ def syncnet_acc(argv: list[str]) -> int:
     loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers)
     vae = AutoencoderKL.from_pretrained(args.vae, torch_dtype=dtype).to(device) if cfg.latent_space else None
     result = evaluate_syncnet(model, loader, vae=vae, dtype=dtype)
-    logger.info("SyncNet accuracy %.4f, loss %.4f on %d pairs", result.accuracy, result.loss, result.num_samples)
+    logger.info("SyncNet accuracy %.4f (in-sync pairs %.4f, off-sync pairs %.4f), loss %.4f on %d pairs",
+                result.accuracy, result.positive_accuracy, result.negative_accuracy, result.loss, result.num_samples)
+    if result.warning:
+        logger.warning("%s", result.warning)
     _emit(result.as_dict(), args.json)
     return 0
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from huggingface_hub import hf_hub_download
 
+from ..loaders.sources import check_model_sources, go_offline, hub_unreachable_reason, is_hub_cached
 from ..models.hyperiqa import HyperIQA
 from ..utils import load_state_file
 
@@ -61,8 +62,9 @@ class SharpnessScorer:
 
     name = "sharpness"
 
-    def __init__(self, threshold: float = 8.0):
+    def __init__(self, threshold: float = 8.0, fallback_reason: str | None = None):
         self.threshold = threshold
+        self.fallback_reason = fallback_reason  # why hyperIQA was not used, when "auto" fell back to this scorer
 
     def __call__(self, frames: Sequence[np.ndarray]) -> float:
         scores = []
@@ -126,16 +128,25 @@ def load_quality_scorer(spec: str = "auto", threshold: float | None = None,
     if spec == "sharpness":
         return SharpnessScorer(**kwargs)
     if spec == "auto":
-        try:
-            return HyperIQAScorer.from_pretrained(device=device, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - any failure to fetch/load falls back to the weight-free scorer
-            logger.warning("hyperIQA weights unavailable (%s); using the sharpness scorer for quality filtering",
-                           str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-            return SharpnessScorer()
+        reason, offline = None, hub_unreachable_reason()
+        if offline:
+            go_offline(offline)
+        if offline and not is_hub_cached(HYPERIQA_REPO_ID, HYPERIQA_FILENAME):
+            reason = f"{HYPERIQA_FILENAME} of {HYPERIQA_REPO_ID} is not cached and the Hub is unavailable ({offline})"
+        else:
+            try:
+                return HyperIQAScorer.from_pretrained(device=device, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - any failure to fetch/load falls back to the weight-free scorer
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        logger.warning("hyperIQA weights unavailable (%s); using the sharpness scorer for quality filtering", reason)
+        return SharpnessScorer(fallback_reason=f"hyperIQA weights unavailable: {reason}")
     if spec == "hyperiqa":
+        check_model_sources({"--quality hyperiqa": (HYPERIQA_REPO_ID, HYPERIQA_FILENAME)})
         return HyperIQAScorer.from_pretrained(device=device, **kwargs)
     if spec.startswith("hyperiqa:"):
-        return HyperIQAScorer.from_pretrained(spec.split(":", 1)[1], device=device, **kwargs)
+        source = spec.split(":", 1)[1]
+        check_model_sources({"--quality hyperiqa": source if os.path.exists(source) else (source, HYPERIQA_FILENAME)})
+        return HyperIQAScorer.from_pretrained(source, device=device, **kwargs)
     if os.path.isfile(spec):
         return HyperIQAScorer.from_pretrained(spec, device=device, **kwargs)
     raise ValueError(f"unknown quality scorer {spec!r}: use auto, sharpness, hyperiqa, hyperiqa:<repo or path>, "

@@ -1,7 +1,9 @@
 """SyncNet accuracy and loss on a dataset of aligned clips (as the official ``eval/eval_syncnet_acc.py``).
 
 A pair counts as "in sync" when the cosine similarity of its embeddings exceeds 0.5; accuracy is the fraction of
-positive and negative pairs classified correctly.
+positive and negative pairs classified correctly. It is also reported per class (in-sync pairs, off-sync pairs):
+with balanced pairs a net that calls every pair one way scores 0.5 overall, 1 on one class and 0 on the other,
+which [`SyncNetAccuracy.warning`] points out.
 """
 
 from __future__ import annotations
@@ -33,9 +35,21 @@ class SyncNetAccuracy:
     negative_accuracy: float
     mean_positive_cosine: float
     mean_negative_cosine: float
+    predicted_positive_rate: float = float("nan")
 
-    def as_dict(self) -> dict[str, float]:
-        return dict(self.__dict__)
+    @property
+    def warning(self) -> str | None:
+        """A note when the net predicts one class for every pair (its accuracy then only measures the class mix)."""
+        if self.predicted_positive_rate == 0:
+            return (f"the SyncNet calls every pair off-sync (cosine <= {THRESHOLD}): its accuracy "
+                    f"{self.accuracy:.3f} is the share of off-sync pairs, not a skill")
+        if self.predicted_positive_rate == 1:
+            return (f"the SyncNet calls every pair in sync (cosine > {THRESHOLD}): its accuracy "
+                    f"{self.accuracy:.3f} is the share of in-sync pairs, not a skill")
+        return None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "warning": self.warning}
 
 
 def encode_latents(frames: torch.Tensor, vae, num_frames: int, chunk: int = 40) -> torch.Tensor:
@@ -116,5 +130,6 @@ def evaluate_syncnet(
         negative_accuracy=_mean(correct[neg]),
         mean_positive_cosine=_mean(cos[pos]),
         mean_negative_cosine=_mean(cos[neg]),
+        predicted_positive_rate=_mean(pred),
     )
 

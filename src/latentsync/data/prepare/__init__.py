@@ -18,7 +18,9 @@ Per source video (one worker process each):
 Each video's result is written to ``<output>/work/state/<key>.json`` once the video is finished, so a run that
 stops midway redoes only the unfinished videos. At the end all clips go into one ``datasets.Dataset`` saved in
 shards under ``<output>/dataset`` (load with ``datasets.load_from_disk``; ``push_prepared`` uploads it), and
-``summary.json`` / ``summary.md`` list what was kept and what was dropped and why.
+``summary.json`` / ``summary.md`` list which filters ran, were skipped or fell back, what was kept and what was
+dropped and why; ``dropped_clips.csv`` lists every clip a filter dropped with its sync offset, sync confidence and
+quality score. A run that keeps no clip writes no dataset and raises [`NoClipsKeptError`].
 
 Modules: ``config`` (settings, summary, drop reasons), ``planning`` (finding videos, cutting clips, re-cutting
 audio), ``sync`` (the SyncNet offset check), ``process`` (one video: steps 1-8), ``run`` (all videos, workers,
@@ -28,7 +30,7 @@ resume), ``dataset`` (the ``datasets`` output). The command line is in [`latents
 from typing import Any
 
 from ..._deprecation import moved_attribute
-from .config import DROP_REASONS, PrepareConfig, PrepareSummary
+from .config import DROP_REASONS, DROPPED_CLIP_COLUMNS, NoClipsKeptError, PrepareConfig, PrepareSummary
 from .dataset import build_prepared_dataset, dataset_features, decode_clip, load_prepared, push_prepared
 from .planning import find_videos, plan_clips, shifted_audio, video_key
 from .process import process_video
@@ -42,7 +44,9 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "DROPPED_CLIP_COLUMNS",
     "DROP_REASONS",
+    "NoClipsKeptError",
     "PrepareConfig",
     "PrepareSummary",
     "SyncChecker",

@@ -86,9 +86,24 @@ class PrepareConfig:
         return d
 
 
+# columns of dropped_clips.csv: every planned clip that a filter dropped, with the figures that decided
+DROPPED_CLIP_COLUMNS = ("source", "start", "end", "num_frames", "reason", "sync_offset", "sync_confidence",
+                        "quality_score")
+
+
+class NoClipsKeptError(LatentSyncInputError):
+    """Data preparation kept no clip (the summary, written beside, says why); ``summary`` holds it."""
+
+    def __init__(self, message: str, summary: PrepareSummary):
+        super().__init__(message)
+        self.summary = summary
+
+
 @dataclass
 class PrepareSummary:
-    """What a run kept and dropped. ``dropped`` maps a reason to ``{"count": items, "seconds": duration}``."""
+    """What a run kept and dropped. ``dropped`` maps a reason to ``{"count": items, "seconds": duration}``;
+    ``dropped_clips`` lists every planned clip a filter dropped (see [`DROPPED_CLIP_COLUMNS`]); ``filters`` says for
+    each filter (``scenes``, ``faces``, ``sync``, ``quality``) whether it ran, was skipped or fell back, and how."""
 
     videos: int = 0
     videos_done: int = 0
@@ -97,14 +112,32 @@ class PrepareSummary:
     clip_seconds: float = 0.0
     source_seconds: float = 0.0
     dropped: dict = field(default_factory=dict)
+    dropped_clips: list = field(default_factory=list)
+    filters: dict = field(default_factory=dict)
     dataset_path: str | None = None
     elapsed_seconds: float = 0.0
 
-    def table(self) -> str:
-        """Markdown table of kept and dropped material."""
-        rows = [f"| kept clips | {self.clips} | {self.clip_seconds:.1f} |"]
-        for reason, d in sorted(self.dropped.items(), key=lambda kv: -kv[1]["seconds"]):
-            rows.append(f"| dropped: {reason} ({DROP_REASONS.get(reason, '')}) | {d['count']} | {d['seconds']:.1f} |")
+    def table(self, max_dropped_rows: int = 20) -> str:
+        """Markdown: the filters, a table of kept and dropped material, and the first dropped clips."""
+        lines = ["Filters:", ""]
+        lines += [f"- {name}: **{f['status']}** - {f['detail']}" for name, f in self.filters.items()]
         head = (f"{self.videos} source videos ({self.source_seconds:.1f} s at 25 fps), {self.videos_done} processed, "
-                f"{self.videos_failed} dropped whole\n\n| | count | seconds |\n|---|---:|---:|")
-        return "\n".join([head, *rows])
+                f"{self.videos_failed} dropped whole")
+        lines += ["", head, "", "| | count | seconds |", "|---|---:|---:|",
+                  f"| kept clips | {self.clips} | {self.clip_seconds:.1f} |"]
+        for reason, d in sorted(self.dropped.items(), key=lambda kv: -kv[1]["seconds"]):
+            lines.append(f"| dropped: {reason} ({DROP_REASONS.get(reason, '')}) | {d['count']} | {d['seconds']:.1f} |")
+        if self.dropped_clips:
+            lines += ["", f"Dropped clips ({len(self.dropped_clips)}; all of them in dropped_clips.csv):", "",
+                      "| " + " | ".join(DROPPED_CLIP_COLUMNS) + " |", "|" + "---|" * len(DROPPED_CLIP_COLUMNS)]
+            for clip in self.dropped_clips[:max_dropped_rows]:
+                lines.append("| " + " | ".join(_cell(clip.get(c)) for c in DROPPED_CLIP_COLUMNS) + " |")
+            if len(self.dropped_clips) > max_dropped_rows:
+                lines.append(f"| ... {len(self.dropped_clips) - max_dropped_rows} more | |")
+        return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)

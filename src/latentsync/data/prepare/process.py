@@ -31,6 +31,17 @@ def _drop(result: dict, reason: str, frames: int = 0, count: int = 1) -> None:
     d["seconds"] += frames / FPS
 
 
+def _drop_clip(result: dict, reason: str, s: int, e: int, offset: int | None = None,
+               confidence: float | None = None, quality: float | None = None) -> None:
+    """Drop planned clip ``[s, e)`` and record it with the figures that decided (``dropped_clips`` of the state)."""
+    _drop(result, reason, e - s)
+    result.setdefault("dropped_clips", []).append({
+        "start": s / FPS, "end": e / FPS, "num_frames": e - s, "reason": reason, "sync_offset": offset,
+        "sync_confidence": confidence if confidence is None or np.isfinite(confidence) else None,
+        "quality_score": quality,
+    })
+
+
 def _scan(path: str, config: PrepareConfig) -> tuple[np.ndarray, list[int]]:
     """Pass 1: face anchors ``(N, 3, 2)`` (NaN without a face) and scene-cut frame indices."""
     from scenedetect import AdaptiveDetector  # deferred: scenedetect is optional (data extra), only prepare uses it
@@ -64,6 +75,13 @@ def _scan(path: str, config: PrepareConfig) -> tuple[np.ndarray, list[int]]:
         if a is not None:
             out[i] = a
     return out, cuts
+
+
+def sync_threshold(config: PrepareConfig, sync_checker) -> float:
+    """The minimum sync confidence: the configured one, else the checker's default."""
+    if config.min_sync_confidence is not None:
+        return config.min_sync_confidence
+    return getattr(sync_checker, "default_min_confidence", 3.0)
 
 
 def process_video(path: str, relpath: str, clips_dir: str, config: PrepareConfig,
@@ -140,28 +158,26 @@ def process_video(path: str, relpath: str, clips_dir: str, config: PrepareConfig
 def _finish_clip(result: dict, k: int, s: int, e: int, faces: list[np.ndarray], audio: np.ndarray, clips_dir: str,
                  config: PrepareConfig, sync_checker, quality_scorer) -> None:
     """Sync and quality checks of planned clip ``k`` (frames ``s .. e - 1``); write it when it passes, else record
-    why it was dropped."""
+    why it was dropped (with its offset, confidence and quality score)."""
     offset, confidence = 0, float("nan")
     if config.sync and sync_checker is not None:
         try:
             offset, confidence = sync_checker(faces, audio, s)
         except LatentSyncInputError as exc:
             logger.warning("%s frames %d-%d: %s", result["source"], s, e, exc)
-            _drop(result, "sync_failed", e - s)
+            _drop_clip(result, "sync_failed", s, e)
             return
-        offset = int(offset)
+        offset, confidence = int(offset), float(confidence)
         if abs(offset) > config.max_sync_offset:
-            _drop(result, "sync_offset", e - s)
+            _drop_clip(result, "sync_offset", s, e, offset, confidence)
             return
-        threshold = config.min_sync_confidence
-        if threshold is None:
-            threshold = getattr(sync_checker, "default_min_confidence", 3.0)
-        if not confidence >= threshold:
-            _drop(result, "low_sync_confidence", e - s)
+        if not confidence >= sync_threshold(config, sync_checker):
+            _drop_clip(result, "low_sync_confidence", s, e, offset, confidence)
             return
     score = float(quality_scorer(faces)) if quality_scorer is not None else float("nan")
     if quality_scorer is not None and not score >= quality_scorer.threshold:
-        _drop(result, "low_quality", e - s)
+        _drop_clip(result, "low_quality", s, e, offset if config.sync else None,
+                   confidence if config.sync else None, score)
         return
     clip_id = f"{result['key']}_{k:04d}"
     clip_path = os.path.join(clips_dir, clip_id + ".mp4")

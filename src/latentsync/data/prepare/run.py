@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import csv
 import dataclasses
 import json
 import logging
@@ -17,14 +18,16 @@ import torch
 from tqdm.auto import tqdm
 
 from ...errors import LatentSyncInputError
+from ...eval import sync_confidence as sc
+from ...loaders.sources import ModelSourceError, check_model_sources
 from ...media.constants import VIDEO_EXTENSIONS
 from ...media.constants import VIDEO_FPS as FPS
 from ...utils import write_json_atomically
 from ..quality import SharpnessScorer, load_quality_scorer
-from .config import PrepareConfig, PrepareSummary
+from .config import DROPPED_CLIP_COLUMNS, NoClipsKeptError, PrepareConfig, PrepareSummary
 from .dataset import build_prepared_dataset
 from .planning import find_videos, video_key
-from .process import process_video
+from .process import process_video, sync_threshold
 from .sync import SyncChecker, load_sync_checker
 
 logger = logging.getLogger(__name__)
@@ -47,6 +50,16 @@ def _init_worker(config: PrepareConfig, device: str, sync_checker, quality_score
 def _load_models(config: PrepareConfig, device: str, sync_checker, quality_scorer):
     """Load (and so validate, downloading weights once) the SyncNet and the quality scorer before any work starts."""
     if sync_checker is None and config.sync:
+        if config.syncnet is None:
+            source = (sc.OFFICIAL_SYNCNET_V2_REPO, sc.OFFICIAL_SYNCNET_V2_FILE)
+        elif os.path.exists(config.syncnet):
+            source = config.syncnet
+        else:
+            source = (config.syncnet, config.syncnet_weights_name)
+        try:
+            check_model_sources({"--syncnet": source})
+        except ModelSourceError as exc:
+            raise ModelSourceError(f"{exc}; or skip the sync step with --no-sync") from None
         try:
             sync_checker = load_sync_checker(config, device)
         except Exception as exc:  # noqa: BLE001 - turned into one clear message
@@ -63,6 +76,31 @@ def _load_models(config: PrepareConfig, device: str, sync_checker, quality_score
     # workers load their own copies; "auto" that fell back is passed on as "sharpness" (no second attempt)
     spec = "sharpness" if config.quality == "auto" and isinstance(quality_scorer, SharpnessScorer) else None
     return sync_checker, quality_scorer, spec
+
+
+def describe_filters(config: PrepareConfig, sync_checker, quality_scorer) -> dict[str, dict[str, str]]:
+    """For each filter (scenes, faces, sync, quality): ``{"status": ran | skipped | fell back, "detail": ...}``."""
+    filters = {
+        "scenes": {"status": "ran", "detail": f"PySceneDetect adaptive detector, threshold {config.scene_threshold}"},
+        "faces": {"status": "ran", "detail": f"MediaPipe; runs of face frames cut into {config.min_seconds:g}-"
+                                             f"{config.max_seconds:g} s clips"},
+    }
+    if not config.sync:
+        filters["sync"] = {"status": "skipped", "detail": "--no-sync: offsets not corrected, no clip dropped for sync"}
+    elif sync_checker is None:
+        filters["sync"] = {"status": "skipped", "detail": "no SyncNet given"}
+    else:
+        model = getattr(sync_checker, "model", None)
+        name = config.syncnet or f"{sc.OFFICIAL_SYNCNET_V2_FILE} of {sc.OFFICIAL_SYNCNET_V2_REPO}"
+        kind = type(model).__name__ if model is not None else type(sync_checker).__name__
+        filters["sync"] = {"status": "ran", "detail": (
+            f"{kind} ({name}): keep confidence >= {sync_threshold(config, sync_checker):g} and "
+            f"|offset| <= {config.max_sync_offset} frames; offsets corrected")}
+    reason = getattr(quality_scorer, "fallback_reason", None)
+    detail = f"{quality_scorer.name}: keep score >= {quality_scorer.threshold:g}"
+    filters["quality"] = ({"status": "fell back", "detail": f"{detail} ({reason})"} if reason
+                          else {"status": "ran", "detail": detail})
+    return filters
 
 
 def _worker_job(path: str, relpath: str, clips_dir: str, state_path: str) -> dict:
@@ -114,10 +152,13 @@ def prepare_dataset(
         with open(config_path) as f:
             previous = json.load(f)
         if previous != config.identity():
-            if not overwrite:
+            kept = _kept_clips(state_dir)
+            if kept and not overwrite:
                 raise LatentSyncInputError(
-                    f"{output_dir} was prepared with other settings ({_diff(previous, config.identity())}); "
-                    "use another output folder or --overwrite")
+                    f"{output_dir} holds {kept} clips prepared with other settings "
+                    f"({_diff(previous, config.identity())}); use another output folder or --overwrite")
+            if not kept:
+                logger.info("%s kept no clip with its previous settings: starting again with these", output_dir)
             shutil.rmtree(work, ignore_errors=True)
             shutil.rmtree(os.path.join(output_dir, "dataset"), ignore_errors=True)
     os.makedirs(state_dir, exist_ok=True)
@@ -145,8 +186,16 @@ def prepare_dataset(
     kept = sum(len(r["clips"]) for r in results.values())
     custom_sync, custom_quality = sync_checker, quality_scorer
     quality_spec = None
+    filters_path = os.path.join(work, "filters.json")
     if jobs:
         sync_checker, quality_scorer, quality_spec = _load_models(config, device, sync_checker, quality_scorer)
+        filters = describe_filters(config, sync_checker, quality_scorer)
+        write_json_atomically(filters_path, filters, indent=1)
+    elif os.path.isfile(filters_path):
+        with open(filters_path) as f:
+            filters = json.load(f)
+    else:
+        filters = {}
     bar = tqdm(total=len(jobs), desc="prepare", unit="video")
     bar.set_postfix(clips=kept)
     if jobs and num_workers <= 1:
@@ -184,14 +233,52 @@ def prepare_dataset(
     bar.close()
 
     summary = _summarise(videos, results)
-    if build_dataset:
+    summary.filters = filters
+    if build_dataset and summary.clips:
         summary.dataset_path = build_prepared_dataset(output_dir, [results[v] for v in videos], config)
+    elif not summary.clips:  # no dataset rather than an empty one (or a stale one of an earlier run)
+        shutil.rmtree(os.path.join(output_dir, "dataset"), ignore_errors=True)
     summary.elapsed_seconds = round(time.time() - t0, 1)
     write_json_atomically(os.path.join(output_dir, "summary.json"), dataclasses.asdict(summary), indent=1)
     with open(os.path.join(output_dir, "summary.md"), "w") as f:
         f.write(summary.table() + "\n")
+    _write_dropped_clips(os.path.join(output_dir, "dropped_clips.csv"), summary.dropped_clips)
     logger.info("data preparation summary:\n%s", summary.table())
+    if not summary.clips:
+        raise NoClipsKeptError(_no_clips_message(output_dir, summary), summary)
     return summary
+
+
+def _kept_clips(state_dir: str) -> int:
+    """Clips kept by the finished videos of an earlier run (from their state files)."""
+    if not os.path.isdir(state_dir):
+        return 0
+    total = 0
+    for name in os.listdir(state_dir):
+        if name.endswith(".json"):
+            with open(os.path.join(state_dir, name)) as f:
+                total += len(json.load(f).get("clips", []))
+    return total
+
+
+def _write_dropped_clips(path: str, clips: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=DROPPED_CLIP_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(clips)
+
+
+def _no_clips_message(output_dir: str, summary: PrepareSummary) -> str:
+    """One line: that nothing was kept, the main reasons, and for sync drops the confidences next to the threshold."""
+    reasons = sorted(summary.dropped.items(), key=lambda kv: -kv[1]["seconds"])
+    why = ", ".join(f"{r} {d['count']}" for r, d in reasons[:4]) or "no video could be read"
+    message = f"kept no clip from {summary.videos} videos (dropped: {why})"
+    confidences = [c["sync_confidence"] for c in summary.dropped_clips if c.get("sync_confidence") is not None]
+    if confidences:
+        message += (f"; sync confidences of the dropped clips {min(confidences):.3g} to {max(confidences):.3g} "
+                    f"(sync filter: {summary.filters.get('sync', {}).get('detail', 'see the summary')})")
+    return (f"{message}; see {os.path.join(output_dir, 'summary.md')} and "
+            f"{os.path.join(output_dir, 'dropped_clips.csv')}")
 
 
 def _diff(a: dict, b: dict) -> str:
@@ -212,6 +299,7 @@ def _summarise(videos: list[str], results: dict) -> PrepareSummary:
         s.source_seconds += r.get("frames", 0) / FPS
         s.clips += len(r["clips"])
         s.clip_seconds += sum(c["num_frames"] for c in r["clips"]) / FPS
+        s.dropped_clips += [{"source": rel, **c} for c in r.get("dropped_clips", [])]
         for reason, d in r.get("dropped", {}).items():
             agg = s.dropped.setdefault(reason, {"count": 0, "seconds": 0.0})
             agg["count"] += d["count"]
