@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         f"train_data={clip_dir}", f"output_dir={run_dir}", f"max_train_steps={args.steps}",
         f"train_batch_size={args.batch_size}", f"learning_rate={args.lr}", f"seed={args.seed}",
         f"train_time_range=[0.0, {f}]", f"val_time_range=[{f}, 1.0]", f"validation_steps={args.eval_every}",
-        f"checkpointing_steps={args.steps}", "num_val_samples=512", *args.overrides,
+        f"checkpointing_steps={args.steps}", "num_val_samples=512", "overwrite_output_dir=true", *args.overrides,
     ])
     t1 = time.time()
     result = train_syncnet(cfg)

@@ -37,7 +37,7 @@ def tiny_runs(out: str) -> dict:
     results = {}
     for precision in ("fp16", "bf16"):
         losses = {}
-        for name, extra in (("full", []), ("resumed", ["resume_from_checkpoint=latest"])):
+        for name, extra in (("full", ["overwrite_output_dir=true"]), ("resumed", ["resume_from_checkpoint=latest"])):
             run = os.path.join(out, f"run_{precision}")
             if name == "resumed":  # drop the last checkpoint and the step-3 record, then resume from step 2
                 import shutil

@@ -144,6 +144,23 @@ def sync_clips_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_training(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """Tiny stand-ins of every model U-Net training loads, saved once where the real loaders read them, and three
+    synthetic aligned 64 px clips: ``(folder, config overrides pointing at them and at the clips)``. Tests write
+    their runs under the folder, each in its own sub-folder."""
+    from latentsync.testing import save_tiny_training_models, write_synthetic_clip
+
+    root = tmp_path_factory.mktemp("tiny_training")
+    clips = root / "clips"
+    clips.mkdir()
+    for c in range(3):
+        write_synthetic_clip(str(clips / f"clip{c}.mp4"), seed=c)
+    overrides = save_tiny_training_models(str(root / "models"))
+    overrides["train_data"] = str(clips)
+    return root, overrides
+
+
+@pytest.fixture(scope="session")
 def real_clip(tmp_path_factory) -> Path:
     """2 s of the real demo1 clip, downscaled to 540 x 960, H.264 + AAC."""
     src = shared_file("demo1_video.mp4")

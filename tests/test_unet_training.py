@@ -36,18 +36,9 @@ SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
 
 # ---------------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory):
+def workspace(tiny_training):
     """Tiny models saved where the real loaders read them, plus three synthetic aligned 64 px clips."""
-    from latentsync.testing import save_tiny_training_models, write_synthetic_clip
-
-    root = tmp_path_factory.mktemp("unet_training")
-    clips = root / "clips"
-    clips.mkdir()
-    for c in range(3):
-        write_synthetic_clip(str(clips / f"clip{c}.mp4"), seed=c)
-    overrides = save_tiny_training_models(str(root / "models"))
-    overrides["train_data"] = str(clips)
-    return root, overrides
+    return tiny_training
 
 
 def _cfg(overrides: dict, **extra):

@@ -39,6 +39,9 @@ MOVED: dict[tuple[str, str], str] = {
     ("latentsync.data.prepare", "SAMPLES_PER_FRAME"): "latentsync.media",
     ("latentsync.data.prepare", "main"): "latentsync.commands.prepare:prepare",
     ("latentsync.training.components", "OFFICIAL_SCHEDULER_CONFIG"): "latentsync.schedulers",
+    ("latentsync.training.syncnet_trainer", "plot_loss_curves"): "latentsync.training.base:plot_history",
+    ("latentsync.training.syncnet_trainer", "empty_history"): "latentsync.training.base",
+    ("latentsync.training.syncnet_trainer", "STATE_FILE"): "latentsync.training.base",
 }
 
 

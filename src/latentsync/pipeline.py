@@ -119,6 +119,19 @@ Intended use: dubbing and lip sync of consenting speakers. Do not use it to impe
 """
 
 
+def _refuse_training_run(folder: str) -> None:
+    """A training run's output folder is not a pipeline: say where its pipeline is (one line, not diffusers'
+    missing ``model_index.json``)."""
+    if not os.path.isdir(folder) or os.path.isfile(os.path.join(folder, "model_index.json")):
+        return
+    if not any(os.path.exists(os.path.join(folder, name)) for name in ("checkpoints", "losses.jsonl")):
+        return
+    final = os.path.join(folder, "pipeline")
+    hint = f"load {final} (its final weights), or " if os.path.isfile(os.path.join(final, "model_index.json")) else ""
+    raise LatentSyncInputError(f"{folder} is a training run folder, not a pipeline: {hint}turn one of its checkpoints "
+                               f"into a pipeline with `latentsync export-checkpoint {folder} OUTPUT`")
+
+
 class LatentSyncPipeline(DiffusionPipeline):
     """Audio-conditioned latent-diffusion lip sync (LatentSync).
 
@@ -163,6 +176,7 @@ class LatentSyncPipeline(DiffusionPipeline):
         For official releases the extra keywords ``resolution`` and ``vae_id`` apply (see
         [`latentsync.loaders.load_official_components`]); otherwise everything goes to diffusers.
         """
+        _refuse_training_run(os.fspath(pretrained_model_name_or_path))
         hub = {k: kwargs.get(k) for k in ("cache_dir", "revision", "token")}
         if is_official_layout(pretrained_model_name_or_path, local_files_only=kwargs.get("local_files_only", False),
                               **hub):

@@ -119,6 +119,14 @@ def load_state_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
+def read_json(path: str | os.PathLike) -> Any:
+    """The JSON data of ``path``, or None when the file does not exist."""
+    if not os.path.isfile(path):
+        return None
+    with open(path) as fh:
+        return json.load(fh)
+
+
 def write_json_atomically(path: str | os.PathLike, data: Any, **kwargs: Any) -> None:
     """Write ``data`` as JSON to a temporary file beside ``path`` and rename it: readers never see half a file."""
     path = os.fspath(path)

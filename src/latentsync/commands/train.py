@@ -1,7 +1,9 @@
 """The training scripts' command lines: ``train/train_unet.py`` and ``train/train_syncnet.py``.
 
 Both take ``--config`` (a YAML file) and any setting as a ``key=value`` override (YAML value syntax); a run resumes
-with ``resume_from_checkpoint=latest`` (or a checkpoint folder).
+with ``resume_from_checkpoint=latest`` (or a checkpoint folder). Settings that cannot be read or contradict each
+other, models that cannot be found, unusable data and a used output folder end the command with one line and exit
+status 2.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import LatentSyncInputError
 from ..training.config import TrainingConfig, load_config, load_syncnet_config
 from ..training.syncnet_trainer import train_syncnet
 from ..training.unet_trainer import train
@@ -23,7 +26,9 @@ UNET_USAGE = """Train the LatentSync U-Net (stage 1 or stage 2) with accelerate.
     python train/train_unet.py --config train/configs/unet_tiny.yaml train_data=clips/ mixed_precision=no
 
 Any setting of `latentsync.training.UNetTrainingConfig` can be overridden as ``key=value`` (YAML value syntax).
-Resume a run with ``resume_from_checkpoint=latest`` (or a checkpoint folder).
+Resume a run with ``resume_from_checkpoint=latest`` (or a checkpoint folder); start it again in the same folder with
+``overwrite_output_dir=true``. Results: OUTPUT_DIR/pipeline (and lora/), checkpoints/, losses.jsonl, history.json,
+loss_chart.png, logs/ (TensorBoard), val_videos/.
 """
 
 SYNCNET_USAGE = """Train a StableSyncNet (LatentSync's lip-sync expert) with accelerate.
@@ -35,8 +40,12 @@ SYNCNET_USAGE = """Train a StableSyncNet (LatentSync's lip-sync expert) with acc
 DATA is a folder of aligned 25 fps clips with audio, or a `datasets` dataset (saved folder, parquet folder or Hub
 id) whose `video` column holds mp4 bytes. Any setting of `latentsync.training.SyncNetTrainingConfig` can be
 overridden as ``key=value`` (YAML value syntax; ``model_config.KEY=VALUE`` for one model argument).
-Resume with ``resume_from_checkpoint=latest`` (or a checkpoint folder).
+Resume with ``resume_from_checkpoint=latest`` (or a checkpoint folder); start again in the same folder with
+``overwrite_output_dir=true``. Results: OUTPUT_DIR/syncnet, syncnet_best/, checkpoints/, losses.jsonl,
+history.json, loss_chart.png.
 """
+
+logger = logging.getLogger("latentsync")
 
 
 def _run(usage: str, load: Callable[..., TrainingConfig], run: Callable[[Any], dict[str, Any]],
@@ -49,17 +58,20 @@ def _run(usage: str, load: Callable[..., TrainingConfig], run: Callable[[Any], d
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         cfg = load(args.config, args.overrides)
-        cfg.validate()
-    except (ValueError, FileNotFoundError) as exc:
-        parser.error(str(exc))
-    print(json.dumps(summary(run(cfg))))  # the command's output: what the run produced
+        result = run(cfg)
+    except LatentSyncInputError as exc:  # bad settings, missing models, unusable data, a used output folder
+        logger.error("%s", exc)
+        return 2
+    print(json.dumps(summary(result)))  # the command's output: what the run produced
     return 0
 
 
 def train_unet_command(argv: list[str] | None = None) -> int:
     """``train/train_unet.py``."""
-    return _run(UNET_USAGE, load_config, train,
-                lambda r: {k: v for k, v in r.items() if k != "last_losses"} | {"last": r["last_losses"]}, argv)
+    def summary(r: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in r.items() if k not in ("last_losses", "history")} | {"last": r["last_losses"]}
+
+    return _run(UNET_USAGE, load_config, train, summary, argv)
 
 
 def train_syncnet_command(argv: list[str] | None = None) -> int:

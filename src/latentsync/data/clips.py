@@ -12,12 +12,37 @@ import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
-from ..media.constants import VIDEO_EXTENSIONS
+from ..errors import LatentSyncInputError
+from ..loaders.sources import is_hub_id
+from ..media.constants import VIDEO_EXTENSIONS, VIDEO_FPS
 from ..media.files import find_videos
+from ..media.video import probe_video
 
 SAVED_DATASET_FILES = ("dataset_info.json", "dataset_dict.json", "state.json")
+PREPARE_MARKER = "prepare_config.json"  # written by ``latentsync prepare`` at the top of its output folder
+
+
+class TrainingDataError(LatentSyncInputError):
+    """The training data holds no clip, or none that can be used."""
+
+
+@dataclass
+class ClipSourceInfo:
+    """What a training source holds, for the start-of-run summary: the number of clips, the frame size of the first
+    one (``(width, height)``, None when it cannot be read) and the total duration when the source records it."""
+
+    num_clips: int
+    frame_size: tuple[int, int] | None
+    seconds: float | None
+
+    def describe(self, source: Any) -> str:
+        text = f"{self.num_clips} clips"
+        if self.seconds is not None:
+            text += f", {self.seconds:.1f} s"
+        return f"{text} ({source if isinstance(source, (str, os.PathLike)) else type(source).__name__})"
 
 
 def is_saved_dataset(path: str | os.PathLike) -> bool:
@@ -39,13 +64,26 @@ def load_hf_dataset(source: Any, split: str):
         return source
     path = os.fspath(source)
     if is_saved_dataset(path):
-        ds = datasets.load_from_disk(path)
+        try:
+            ds = datasets.load_from_disk(path)
+        except IndexError:  # saved without any data file: datasets cannot open it
+            raise TrainingDataError(f"{path} holds no clips (a dataset saved without data files)") from None
         if isinstance(ds, datasets.DatasetDict):
             if split not in ds:
                 raise ValueError(f"dataset {path} has no split {split!r} (splits: {', '.join(ds)})")
             return ds[split]
         return ds
     return datasets.load_dataset(path, split=split)
+
+
+def _prepare_hint(source: Any) -> str:
+    """For a ``dataset`` folder inside a `latentsync prepare` output: where to read why it holds no clip."""
+    if not isinstance(source, (str, os.PathLike)):
+        return ""
+    parent = os.path.dirname(os.path.abspath(os.fspath(source)))
+    if not os.path.isfile(os.path.join(parent, PREPARE_MARKER)):
+        return ""
+    return f"; `latentsync prepare` kept no clip there: see {os.path.join(parent, 'summary.md')}"
 
 
 def _has_dataset_files(folder: str) -> bool:
@@ -65,6 +103,12 @@ class ClipSource:
         self.video_column = video_column
         self.files: list[str] | None = None
         self.rows = None
+        if isinstance(source, (str, os.PathLike)) and os.path.isfile(os.path.join(source, PREPARE_MARKER)):
+            prepared = os.path.join(source, "dataset")  # the output folder of `latentsync prepare`: its dataset
+            if not is_saved_dataset(prepared):
+                raise TrainingDataError(f"{source} holds no prepared dataset (no {prepared}): `latentsync prepare` "
+                                        f"kept no clip or did not finish; see {os.path.join(source, 'summary.md')}")
+            source = prepared
         if isinstance(source, (str, os.PathLike)) and os.path.isfile(source):
             self.files = [os.fspath(source)]
         elif isinstance(source, (str, os.PathLike)) and os.path.isdir(source) and not is_saved_dataset(source):
@@ -73,17 +117,35 @@ class ClipSource:
             if files:
                 self.files = files
             elif not _has_dataset_files(folder):
-                raise ValueError(f"no video clips ({', '.join(VIDEO_EXTENSIONS)}) or dataset files in {source}")
+                raise TrainingDataError(f"no video clips ({', '.join(VIDEO_EXTENSIONS)}) or dataset files in {source}")
+        elif isinstance(source, (str, os.PathLike)) and not os.path.exists(source) and not is_hub_id(os.fspath(source)):
+            raise TrainingDataError(
+                f"training data not found: {source} (no such file or folder){_prepare_hint(source)}")
         if self.files is None:
             self.rows = load_hf_dataset(source, split)
             if video_column not in self.rows.column_names:
                 columns = ", ".join(self.rows.column_names)
-                raise ValueError(f"dataset has no column {video_column!r} (columns: {columns})")
+                raise TrainingDataError(f"dataset has no column {video_column!r} (columns: {columns})")
             if len(self.rows) == 0:
-                raise ValueError("dataset has no rows")
+                name = source if isinstance(source, (str, os.PathLike)) else "the dataset"
+                raise TrainingDataError(f"{name} holds no clips (0 rows){_prepare_hint(name)}")
 
     def __len__(self) -> int:
         return len(self.files) if self.files is not None else len(self.rows)
+
+    def info(self) -> ClipSourceInfo:
+        """Number of clips, frame size of the first one, and total duration when the dataset records it (the
+        ``num_frames`` column of a prepared dataset)."""
+        try:
+            with self.local_file(0) as path:
+                video = probe_video(path)
+            size = (video.width, video.height)
+        except (LatentSyncInputError, ValueError, OSError):
+            size = None
+        seconds = None
+        if self.rows is not None and "num_frames" in self.rows.column_names:
+            seconds = float(sum(self.rows["num_frames"])) / VIDEO_FPS
+        return ClipSourceInfo(len(self), size, seconds)
 
     def name(self, index: int) -> str:
         """Readable name of clip ``index`` (its file, or its row) for messages."""

@@ -33,7 +33,7 @@ from ..media.audio import load_audio
 from ..media.constants import VIDEO_FPS
 from ..media.video import iter_frames
 from ..utils import frames_to_pixels
-from .clips import ClipSource
+from .clips import ClipSource, TrainingDataError
 
 logger = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ class SyncNetDataset(Dataset):
                 "offset": frame_start - audio_start,
                 "clip": ci,
             }
-        raise ValueError(
+        raise TrainingDataError(
             f"could not draw a sample in {self.max_tries} tries: clips are unreadable or too short for "
             f"{self.num_frames}-frame windows (with negatives) inside time_range {self.time_range}"
         )

@@ -26,7 +26,7 @@ from ..media.audio import load_audio
 from ..media.constants import VIDEO_FPS
 from ..media.video import iter_frames
 from ..utils import frames_to_pixels
-from .clips import ClipSource
+from .clips import ClipSource, TrainingDataError
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +139,8 @@ class UNetClipDataset(Dataset):
             except (ValueError, OSError, RuntimeError) as exc:
                 logger.warning("skipping clip %s: %s", self.key(idx), exc)
                 last_error = exc
-        raise RuntimeError(f"{self.max_retries + 1} clips in a row could not be used; last error: {last_error}")
+        raise TrainingDataError(f"{self.max_retries + 1} clips in a row could not be used (unreadable, or shorter "
+                                f"than {2 * self.num_frames} frames); last error: {last_error}")
 
     def _mel(self, mel: np.ndarray, start: int) -> torch.Tensor:
         window = torch.as_tensor(np.asarray(mel_window(mel, start, self.num_frames)), dtype=torch.float32)

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -22,12 +24,57 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
 from diffusers.optimization import get_scheduler
 
-from .config import TrainingConfig
+from ..utils import read_json
+from .config import TrainingConfig, TrainingConfigError
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "checkpoint-"
 LOSS_LOG = "losses.jsonl"
+HISTORY_FILE = "history.json"
+LOSS_CHART = "loss_chart.png"
+STATE_FILE = "training_state.json"
+MODEL_CONFIG_FILE = "model_config.json"
+# what a training run writes at its top level: a folder holding one of these can be overwritten
+RUN_FILES = ("config.json", "config.yaml", LOSS_LOG, HISTORY_FILE, "checkpoints")
+
+
+# ---------------------------------------------------------------------------------------------------- run folder
+def check_output_dir(cfg: TrainingConfig) -> None:
+    """Refuse a new run into a non-empty ``output_dir`` (its checkpoints, loss log and results would mix with this
+    run's) unless the run resumes or ``overwrite_output_dir`` is set; refuse to overwrite a folder that does not
+    hold a training run. Reads only."""
+    out = cfg.output_dir
+    if not os.path.isdir(out) or not os.listdir(out) or cfg.resume_from_checkpoint:
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise TrainingConfigError(f"output_dir {out} is a file, not a folder")
+        return
+    if not cfg.overwrite_output_dir:
+        raise TrainingConfigError(
+            f"output_dir {out} already holds a run: continue it with resume_from_checkpoint=latest, replace it with "
+            "overwrite_output_dir=true, or choose another output_dir")
+    if not any(os.path.exists(os.path.join(out, name)) for name in RUN_FILES):
+        raise TrainingConfigError(
+            f"output_dir {out} is not empty and holds no training run ({', '.join(RUN_FILES)}): not deleting it, "
+            "choose another output_dir")
+    data = os.path.realpath(os.fspath(cfg.train_data)) if isinstance(cfg.train_data, (str, os.PathLike)) else ""
+    if data.startswith(os.path.realpath(out) + os.sep):
+        raise TrainingConfigError(f"train_data {cfg.train_data} is inside output_dir {out}, which "
+                                  "overwrite_output_dir would delete: move the data or choose another output_dir")
+
+
+def start_output_dir(accelerator: Accelerator, cfg: TrainingConfig, config_file: str) -> None:
+    """Make ``output_dir`` ready (deleting the old run first with ``overwrite_output_dir``) and save the settings
+    there as ``config_file`` (main process)."""
+    if accelerator.is_main_process:
+        if cfg.overwrite_output_dir and os.path.isdir(cfg.output_dir) and os.listdir(cfg.output_dir):
+            logger.warning("overwrite_output_dir: deleting the previous run in %s", cfg.output_dir)
+            for name in os.listdir(cfg.output_dir):
+                path = os.path.join(cfg.output_dir, name)
+                shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
+        os.makedirs(cfg.output_dir, exist_ok=True)
+        save_run_config(cfg, os.path.join(cfg.output_dir, config_file))
+    accelerator.wait_for_everyone()
 
 
 # ---------------------------------------------------------------------------------------------------- setup
@@ -128,14 +175,15 @@ def resolve_resume(cfg: TrainingConfig) -> str | None:
             return None
         return found[-1]
     if not os.path.isdir(cfg.resume_from_checkpoint):
-        raise FileNotFoundError(f"checkpoint folder not found: {cfg.resume_from_checkpoint}")
+        raise TrainingConfigError(f"checkpoint folder not found: {cfg.resume_from_checkpoint}")
     return cfg.resume_from_checkpoint
 
 
 def save_checkpoint(accelerator: Accelerator, cfg: TrainingConfig, step: int,
                     extra_json: dict[str, Any] | None = None) -> str:
-    """Save the accelerator state (and ``extra_json``: file name -> JSON data) as ``checkpoint-<step>``, atomically,
-    then delete the oldest checkpoints beyond ``checkpoints_total_limit``."""
+    """Save the accelerator state (and ``extra_json``: file name -> JSON data, e.g. [`TrainingLog.state`] and the
+    model config) as ``checkpoint-<step>``, atomically, then delete the oldest checkpoints beyond
+    ``checkpoints_total_limit``."""
     root = checkpoint_root(cfg.output_dir)
     final = os.path.join(root, f"{CHECKPOINT_PREFIX}{step}")
     tmp = os.path.join(root, f".tmp-{CHECKPOINT_PREFIX}{step}")
@@ -159,25 +207,214 @@ def save_checkpoint(accelerator: Accelerator, cfg: TrainingConfig, step: int,
     return final
 
 
-# ---------------------------------------------------------------------------------------------------- loss log
-class LossLog:
-    """One JSON line per optimisation step, ``{"step": ..., <loss name>: value, ...}``, in ``output_dir``; only the
-    main process writes."""
+# ---------------------------------------------------------------------------------------------------- training log
+def empty_history() -> dict[str, list]:
+    """The history of a run that has not started: ``train_step`` and ``val_step`` plus one list per logged value
+    (``train_loss``, ``train_recon``, ..., ``val_loss``, ``val_accuracy``, ``val_video``)."""
+    return {"train_step": [], "train_loss": [], "val_step": []}
 
-    def __init__(self, output_dir: str, enabled: bool = True):
-        self.path = os.path.join(output_dir, LOSS_LOG)
-        self.enabled = enabled
 
-    def truncate(self, last_step: int) -> None:
-        """Drop the steps an interrupted run logged after the checkpoint it is resumed from."""
-        if not self.enabled or not os.path.isfile(self.path):
-            return
-        with open(self.path) as fh:
-            rows = [line for line in fh if line.strip() and json.loads(line)["step"] <= last_step]
-        with open(self.path, "w") as fh:
-            fh.writelines(rows)
+class TrainingLog:
+    """How a run reports its progress, the same for both trainers.
 
-    def append(self, step: int, values: dict[str, float]) -> None:
+    Every optimisation step: one JSON line in ``output_dir/losses.jsonl`` (``{"step", <loss names>, "lr"}``), the
+    trackers (``train/<name>``, TensorBoard in ``output_dir/logging_dir``) and, every ``logging_steps`` and at the
+    last step, a loss line in the log. Validations go to the history (``val_<name>``), the trackers and the log.
+    [`save`] writes ``history.json`` and ``loss_chart.png``. Only the main process writes files.
+    """
+
+    def __init__(self, accelerator: Accelerator, cfg: TrainingConfig, title: str,
+                 reference_lines: dict[str, tuple[float, str]] | None = None):
+        self.accelerator, self.title = accelerator, title
+        self.output_dir, self.max_steps, self.logging_steps = cfg.output_dir, cfg.max_train_steps, cfg.logging_steps
+        self.reference_lines = reference_lines or {}
+        self.enabled = accelerator.is_main_process
+        self.path = os.path.join(cfg.output_dir, LOSS_LOG)
+        self.history = empty_history()
+        self._clock: tuple[float, int] | None = None
+
+    def state(self, step: int) -> dict[str, Any]:
+        """What a checkpoint keeps of the log (``training_state.json``)."""
+        return {"global_step": step, "history": self.history}
+
+    def restore(self, checkpoint: str | None, step: int) -> None:
+        """Continue after resuming from ``checkpoint`` (at ``step``; None: a fresh start in a used folder): the
+        history saved with it (or the one ``losses.jsonl`` gives), and the loss lines logged after it dropped."""
+        if self.enabled and os.path.isfile(self.path):
+            with open(self.path) as fh:
+                rows = [json.loads(line) for line in fh if line.strip()]
+            rows = [r for r in rows if r["step"] <= step]
+            with open(self.path, "w") as fh:
+                fh.writelines(json.dumps(r) + "\n" for r in rows)
+        else:
+            rows = []
+        state = read_training_state(checkpoint) if checkpoint else None
+        if state is not None:
+            self.history = state["history"]
+        else:  # checkpoints of earlier versions: rebuild the train losses from the log
+            for r in rows:
+                self._append("train", r["step"], {k: v for k, v in r.items() if k != "step"})
+
+    def start(self, step: int) -> None:
+        """Mark the start of the loop (for the seconds per step of the loss lines)."""
+        self._clock = (time.time(), step)
+
+    def _append(self, kind: str, step: int, values: dict[str, Any]) -> None:
+        h = self.history
+        n = len(h[f"{kind}_step"])
+        h[f"{kind}_step"].append(step)
+        for key, value in values.items():
+            if key == "lr":
+                continue
+            column = h.setdefault(f"{kind}_{key}", [None] * n)
+            column.extend([None] * (n - len(column)))
+            column.append(value)
+
+    def log_train(self, step: int, values: dict[str, float]) -> None:
+        """Record one optimisation step's losses (and ``lr``)."""
+        self._append("train", step, values)
+        self.accelerator.log({f"train/{k}": v for k, v in values.items()}, step=step)
         if self.enabled:
             with open(self.path, "a") as fh:
                 fh.write(json.dumps({"step": step, **values}) + "\n")
+        if step % self.logging_steps == 0 or step == self.max_steps:
+            terms = ", ".join(f"{k} {v:.4g}" for k, v in values.items() if k not in ("loss", "lr"))
+            speed = ""
+            if self._clock is not None and step > self._clock[1]:
+                speed = f", {(time.time() - self._clock[0]) / (step - self._clock[1]):.2f} s/step"
+            logger.info("step %d/%d: loss %.4f%s, lr %.3g%s", step, self.max_steps, values["loss"],
+                        f" ({terms})" if terms else "", values.get("lr", float("nan")), speed)
+
+    def log_validation(self, step: int, values: dict[str, Any], note: str = "") -> None:
+        """Record a validation (numbers go to the trackers as ``val/<name>``, everything to the history)."""
+        self._append("val", step, values)
+        numbers = {f"val/{k}": v for k, v in values.items() if isinstance(v, (int, float))}
+        if numbers:
+            self.accelerator.log(numbers, step=step)
+        shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in values.items())
+        logger.info("step %d: validation %s%s", step, shown, f" ({note})" if note else "")
+
+    def save(self) -> None:
+        """Write ``history.json`` and ``loss_chart.png`` (main process)."""
+        if not self.enabled:
+            return
+        with open(os.path.join(self.output_dir, HISTORY_FILE), "w") as fh:
+            json.dump(self.history, fh)
+        plot_history(os.path.join(self.output_dir, LOSS_CHART), self.history, self.title, self.reference_lines)
+
+
+def read_training_state(checkpoint: str) -> dict[str, Any] | None:
+    """``{"global_step", "history"}`` saved in a checkpoint (None for checkpoints without it)."""
+    return read_json(os.path.join(checkpoint, STATE_FILE))
+
+
+def plot_history(path: str, history: dict[str, list], title: str,
+                 reference_lines: dict[str, tuple[float, str]] | None = None) -> str:
+    """Write a PNG of a run's history: the train loss per step with its moving mean (and the validation loss), the
+    individual loss terms when there are several, and each other validation figure. ``reference_lines`` maps a
+    figure (``"loss"``, ``"accuracy"``) to a ``(value, label)`` line drawn across its panel."""
+    import matplotlib  # deferred: optional (train extra) and slow to import; only the chart needs it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # deferred: see above
+
+    reference_lines = reference_lines or {}
+
+    def numeric(key: str) -> list[tuple[int, float]]:
+        """(step, value) pairs of a history column that are finite numbers."""
+        steps = history[f"{key.split('_')[0]}_step"]
+        return [(s, v) for s, v in zip(steps, history[key])
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)]
+
+    terms = [k for k in history if k.startswith("train_") and k not in ("train_step", "train_loss") and numeric(k)]
+    terms = terms if len(terms) > 1 else []  # one term is the loss itself
+    # other validation figures, one panel per kind: "accuracy" holds accuracy, positive_accuracy, negative_accuracy
+    val_panels: dict[str, list[str]] = {}
+    for key in history:
+        if key.startswith("val_") and key not in ("val_step", "val_loss") and numeric(key):
+            val_panels.setdefault(key.rsplit("_", 1)[-1], []).append(key)
+    panels = 1 + bool(terms) + len(val_panels)
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
+    ax = axes[0][0]
+    train = numeric("train_loss") if "train_loss" in history else []
+    if train:
+        steps, values = zip(*train)
+        ax.plot(steps, values, lw=0.8, alpha=0.5, label="train loss (step)")
+        k = max(1, len(values) // 50)
+        if k > 1:
+            kernel = torch.ones(1, 1, k) / k
+            smooth = torch.nn.functional.conv1d(torch.tensor(values, dtype=torch.float32)[None, None], kernel)
+            ax.plot(steps[k - 1 :], smooth[0, 0].tolist(), lw=1.5, label=f"train loss (mean of {k})")
+    if "val_loss" in history and numeric("val_loss"):
+        ax.plot(*zip(*numeric("val_loss")), "o-", lw=1.5, label="validation loss")
+    panels_of = [("loss", ax)]
+    ax.set_ylabel("loss")
+    if terms:
+        ax_terms = axes[0][1]
+        for key in terms:
+            ax_terms.plot(*zip(*numeric(key)), lw=1, label=key[len("train_"):])
+        ax_terms.set_yscale("log")
+        ax_terms.set_ylabel("loss terms (unweighted)")
+    for i, (kind, keys) in enumerate(val_panels.items()):
+        ax_val = axes[0][1 + bool(terms) + i]
+        for key in keys:
+            ax_val.plot(*zip(*numeric(key)), "o-", label=f"validation {key[len('val_'):].replace('_', ' ')}")
+        ax_val.set_ylabel(kind)
+        if kind == "accuracy":
+            ax_val.set_ylim(0, 1)
+        panels_of.append((kind, ax_val))
+    for name, panel in panels_of:
+        if name in reference_lines:
+            value, label = reference_lines[name]
+            panel.axhline(value, color="gray", ls="--", lw=0.8, label=label)
+    for panel in axes[0]:
+        panel.set_xlabel("step")
+        if panel.get_legend_handles_labels()[0]:
+            panel.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------- start summary
+def _millions(n: int) -> str:
+    return f"{n / 1e6:.2f} M" if n >= 10_000 else f"{n:,}"
+
+
+def parameter_table(model: torch.nn.Module, groups: Sequence[tuple[str, Callable[[str], bool]]]) -> list[str]:
+    """Lines ``group: N parameters, trains / frozen / x of them train`` (each parameter counted in the first group
+    whose test accepts its name; the rest under ``other``), headed by the totals."""
+    rows: dict[str, list[int]] = {label: [0, 0] for label, _ in groups}
+    rows["other"] = [0, 0]
+    for name, param in model.named_parameters():
+        label = next((label for label, test in groups if test(name)), "other")
+        rows[label][0] += param.numel()
+        rows[label][1] += param.numel() if param.requires_grad else 0
+    total = sum(r[0] for r in rows.values())
+    trained = sum(r[1] for r in rows.values())
+    lines = [f"{_millions(total)} parameters, {_millions(trained)} train ({100 * trained / max(total, 1):.1f} %)"]
+    width = max(len(label) for label in rows)
+    for label, (n, t) in rows.items():
+        if n:
+            state = "trains" if t == n else "frozen" if t == 0 else f"{_millions(t)} of them train"
+            lines.append(f"  {label:<{width}}  {_millions(n):>10}  {state}")
+    return lines
+
+
+def frozen_summary(models: dict[str, torch.nn.Module | None]) -> str:
+    """``name 1.23 M (float32), ...`` for the frozen models that are loaded."""
+    parts = []
+    for name, model in models.items():
+        if model is not None:
+            params = list(model.parameters())
+            dtype = str(params[0].dtype).replace("torch.", "") if params else "-"
+            parts.append(f"{name} {_millions(sum(p.numel() for p in params))} ({dtype})")
+    return ", ".join(parts) if parts else "none"
+
+
+def log_training_plan(title: str, lines: Sequence[str]) -> None:
+    """Log, at the start of a run, what it will train and on what (one block)."""
+    logger.info("***** %s *****\n%s", title, "\n".join(lines))

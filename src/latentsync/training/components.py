@@ -19,17 +19,18 @@ from transformers import WhisperFeatureExtractor, WhisperModel
 
 from .._deprecation import moved_attribute
 from ..loaders.official import OFFICIAL_UNET_FILE, find_official_file, load_official_unet, load_syncnet, read_config
+from ..loaders.sources import loading
 from ..models.audio_encoder import WhisperAudioEncoder
 from ..models.unet import LatentSyncUNet
 from ..models.vgg import VGG16Features
 from ..schedulers import official_scheduler
-from .config import UNetTrainingConfig
+from .config import TrainingConfigError, UNetTrainingConfig
 from .losses import LPIPSLoss, SyncLoss, TREPALoss
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainingComponents", "build_unet", "load_components", "load_lpips", "load_syncnet", "load_unet_weights",
-           "load_whisper_encoder"]
+__all__ = ["TrainingComponents", "build_unet", "load_components", "load_lpips", "load_pipeline_components",
+           "load_syncnet", "load_unet_weights", "load_whisper_encoder", "model_sources"]
 
 
 @dataclass
@@ -139,33 +140,84 @@ def load_lpips(backbone: str, heads: str | None) -> LPIPSLoss:
     return LPIPSLoss(net, heads)
 
 
-def load_components(cfg: UNetTrainingConfig) -> TrainingComponents:
-    """Load (or build) every model of ``cfg``."""
+def model_sources(cfg: UNetTrainingConfig) -> dict[str, str | None]:
+    """Setting -> model source (folder, file or Hub id) of every model that [`load_components`] will load for
+    ``cfg`` (settings it will not use are left out), for checking them before anything loads."""
+    sources: dict[str, str | None] = {}
     if cfg.components_from:
-        src = cfg.components_from
-        vae = AutoencoderKL.from_pretrained(src, subfolder="vae")
-        audio_encoder = WhisperAudioEncoder.from_pretrained(src, subfolder="audio_encoder")
-        feature_extractor = WhisperFeatureExtractor.from_pretrained(src, subfolder="feature_extractor")
-        scheduler = DDIMScheduler.from_pretrained(src, subfolder="scheduler")
+        sources["components_from"] = cfg.components_from
     else:
-        vae = AutoencoderKL.from_pretrained(cfg.vae)
-        audio_encoder = load_whisper_encoder(cfg.whisper)
-        feature_extractor = WhisperFeatureExtractor.from_pretrained(cfg.whisper)
-        scheduler = official_scheduler()
-    unet = build_unet(cfg)
-    if unet.config.cross_attention_dim != audio_encoder.config.d_model:
-        raise ValueError(
-            f"U-Net cross_attention_dim {unet.config.cross_attention_dim} does not match the audio encoder width "
-            f"{audio_encoder.config.d_model}"
-        )
-    comps = TrainingComponents(unet, vae, audio_encoder, feature_extractor, scheduler)
+        sources.update(vae=cfg.vae, whisper=cfg.whisper)
+    if cfg.pretrained_unet:
+        sources["pretrained_unet"] = cfg.pretrained_unet
+    elif cfg.sd_unet:
+        sources["sd_unet"] = cfg.sd_unet
     if cfg.stage == 2:
         if cfg.sync_loss_weight > 0:
-            comps.sync_loss = SyncLoss(load_syncnet(cfg.syncnet, cfg.syncnet_subfolder))
+            sources["syncnet"] = cfg.syncnet
         if cfg.perceptual_loss_weight > 0:
-            comps.lpips = load_lpips(cfg.lpips_backbone, cfg.lpips_heads)
+            sources["lpips_backbone"] = cfg.lpips_backbone
+            if cfg.lpips_heads not in (None, "uniform"):
+                sources["lpips_heads"] = cfg.lpips_heads
         if cfg.trepa_loss_weight > 0:
-            comps.trepa = TREPALoss.from_pretrained(cfg.trepa_model)
+            sources["trepa_model"] = cfg.trepa_model
+    return sources
+
+
+def unet_start(cfg: UNetTrainingConfig) -> tuple[str, str | None]:
+    """Where the trained U-Net's weights start: ``(setting, source)``; source None for a fresh random init."""
+    if cfg.pretrained_unet:
+        return "pretrained_unet", cfg.pretrained_unet
+    if cfg.sd_unet:
+        return "sd_unet", cfg.sd_unet
+    if cfg.components_from:
+        return "components_from", cfg.components_from
+    return "unet_config", None
+
+
+def load_pipeline_components(cfg: UNetTrainingConfig) -> dict[str, Any]:
+    """The frozen components the saved pipeline is made of: ``vae``, ``audio_encoder``, ``feature_extractor`` and
+    ``scheduler`` (from ``components_from``, else ``vae`` / ``whisper`` and the official scheduler)."""
+    if cfg.components_from:
+        src = cfg.components_from
+        with loading("components_from", src):
+            return dict(
+                vae=AutoencoderKL.from_pretrained(src, subfolder="vae"),
+                audio_encoder=WhisperAudioEncoder.from_pretrained(src, subfolder="audio_encoder"),
+                feature_extractor=WhisperFeatureExtractor.from_pretrained(src, subfolder="feature_extractor"),
+                scheduler=DDIMScheduler.from_pretrained(src, subfolder="scheduler"),
+            )
+    with loading("vae", cfg.vae):
+        vae = AutoencoderKL.from_pretrained(cfg.vae)
+    with loading("whisper", cfg.whisper):
+        audio_encoder = load_whisper_encoder(cfg.whisper)
+        feature_extractor = WhisperFeatureExtractor.from_pretrained(cfg.whisper)
+    return dict(vae=vae, audio_encoder=audio_encoder, feature_extractor=feature_extractor,
+                scheduler=official_scheduler())
+
+
+def load_components(cfg: UNetTrainingConfig) -> TrainingComponents:
+    """Load (or build) every model of ``cfg``."""
+    parts = load_pipeline_components(cfg)
+    vae, audio_encoder = parts["vae"], parts["audio_encoder"]
+    with loading(*unet_start(cfg)):
+        unet = build_unet(cfg)
+    if unet.config.cross_attention_dim != audio_encoder.config.d_model:
+        raise TrainingConfigError(
+            f"U-Net cross_attention_dim {unet.config.cross_attention_dim} does not match the audio encoder width "
+            f"{audio_encoder.config.d_model}: the U-Net and the audio encoder come from different models"
+        )
+    comps = TrainingComponents(unet, vae, audio_encoder, parts["feature_extractor"], parts["scheduler"])
+    if cfg.stage == 2:
+        if cfg.sync_loss_weight > 0:
+            with loading("syncnet", cfg.syncnet):
+                comps.sync_loss = SyncLoss(load_syncnet(cfg.syncnet, cfg.syncnet_subfolder))
+        if cfg.perceptual_loss_weight > 0:
+            with loading("lpips_backbone", cfg.lpips_backbone):
+                comps.lpips = load_lpips(cfg.lpips_backbone, cfg.lpips_heads)
+        if cfg.trepa_loss_weight > 0:
+            with loading("trepa_model", cfg.trepa_model):
+                comps.trepa = TREPALoss.from_pretrained(cfg.trepa_model)
     for frozen in (vae, audio_encoder):
         frozen.requires_grad_(False).eval()
     return comps

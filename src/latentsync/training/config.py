@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from dataclasses import dataclass, field
@@ -13,7 +14,21 @@ from typing import Any
 
 import yaml
 
+from ..errors import LatentSyncInputError
+from ..models.syncnet import SYNCNET_CONFIGS as SYNCNET_PRESETS
+
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
+
+# The value of a U-Net setting that follows the training stage (see [`UNetTrainingConfig`]).
+STAGE_DEFAULT = "stage"
+STAGE_DEFAULTS: dict[int, dict[str, Any]] = {
+    1: {"motion_modules": "none", "trainable_modules": None},
+    2: {"motion_modules": "all", "trainable_modules": ["motion_modules.", "attentions."]},
+}
+
+
+class TrainingConfigError(LatentSyncInputError):
+    """The training settings cannot be read or contradict each other (the message names the setting)."""
 
 
 @dataclass
@@ -26,8 +41,11 @@ class TrainingConfig:
     mixed precision through accelerate (fp16 needs a GPU: on a CPU the run falls back to fp32). Bookkeeping:
     checkpoints (accelerate states, written atomically) every ``checkpointing_steps`` in
     ``output_dir/checkpoints``, the newest ``checkpoints_total_limit`` kept; ``resume_from_checkpoint`` is a
-    checkpoint folder or ``latest``; one loss line per step in ``output_dir/losses.jsonl``; trackers with
-    ``report_to``; the result pushed to ``hub_model_id`` with ``push_to_hub``.
+    checkpoint folder or ``latest``; one loss line per step in ``output_dir/losses.jsonl`` and every
+    ``logging_steps`` in the log, ``history.json`` and ``loss_chart.png`` at each checkpoint and at the end; trackers
+    with ``report_to`` (TensorBoard: ``output_dir/logging_dir``); the result pushed to ``hub_model_id`` with
+    ``push_to_hub``. A new run into a non-empty ``output_dir`` is refused unless it resumes
+    (``resume_from_checkpoint``) or ``overwrite_output_dir`` is set (which deletes the old run first).
     """
 
     # data
@@ -54,7 +72,9 @@ class TrainingConfig:
     seed: int = 1247
     # bookkeeping
     output_dir: str = "outputs/unet"
+    overwrite_output_dir: bool = False
     logging_dir: str = "logs"
+    logging_steps: int = 10
     report_to: str | None = "tensorboard"
     checkpointing_steps: int = 10_000
     checkpoints_total_limit: int | None = None
@@ -65,13 +85,21 @@ class TrainingConfig:
     hub_private: bool = False
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first inconsistent setting."""
+        """Raise [`TrainingConfigError`] (a ``ValueError``) naming the first missing or contradictory setting."""
         if not self.train_data:
-            raise ValueError("train_data is not set (folder of aligned clips, or a datasets path/id)")
+            raise TrainingConfigError("train_data is not set (folder of aligned clips, or a datasets path/id)")
         if self.mixed_precision not in MIXED_PRECISIONS:
-            raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+            raise TrainingConfigError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if self.push_to_hub and not self.hub_model_id:
-            raise ValueError("push_to_hub needs hub_model_id")
+            raise TrainingConfigError("push_to_hub needs hub_model_id")
+        for name in ("train_batch_size", "gradient_accumulation_steps", "max_train_steps", "validation_steps",
+                     "checkpointing_steps", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise TrainingConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.resume_from_checkpoint and self.overwrite_output_dir:
+            raise TrainingConfigError(
+                "resume_from_checkpoint and overwrite_output_dir=true contradict each other (one continues the run "
+                "in output_dir, the other deletes it): set only one")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -96,8 +124,12 @@ class UNetTrainingConfig(TrainingConfig):
         trepa_model: VideoMAE id/folder for TREPA.
 
     Method: ``stage`` 1 trains with the noise MSE only; stage 2 adds the pixel-space losses on the one-step x0
-    estimate (each active when its weight is > 0). ``trainable_modules`` lists name substrings of the U-Net
-    parameters to train (None: all). With ``lora_rank`` > 0 the U-Net is frozen and LoRA adapters (peft) are added on
+    estimate (each active when its weight is > 0). ``motion_modules`` places the temporal layers (``all``,
+    ``decoder``, ``none``) and ``trainable_modules`` lists name substrings of the U-Net parameters to train (None:
+    all); both follow the stage unless set (``"stage"``, the default: stage 1 = no temporal layers and every weight
+    trains, stage 2 = temporal layers everywhere and ``motion_modules.`` + ``attentions.`` train). Setting ``stage``
+    in a config file or on the command line also resets these two to the stage's choice unless the same file or
+    command line sets them. With ``lora_rank`` > 0 the U-Net is frozen and LoRA adapters (peft) are added on
     ``lora_target_modules`` inside the modules ``trainable_modules`` selects. ``scale_lr`` multiplies the learning
     rate by the effective batch size. Validation lip-syncs ``validation_seconds`` of ``validation_video`` to
     ``validation_audio`` every ``validation_steps``.
@@ -108,7 +140,7 @@ class UNetTrainingConfig(TrainingConfig):
     pretrained_unet: str | None = None
     sd_unet: str | None = None
     unet_config: dict[str, Any] | None = None
-    motion_modules: str = "all"
+    motion_modules: str = STAGE_DEFAULT
     vae: str = "stabilityai/sd-vae-ft-mse"
     whisper: str = "openai/whisper-tiny"
     syncnet: str | None = None
@@ -127,7 +159,7 @@ class UNetTrainingConfig(TrainingConfig):
     sync_loss_weight: float = 0.05
     perceptual_loss_weight: float = 0.1
     trepa_loss_weight: float = 10.0
-    trainable_modules: list[str] | None = field(default_factory=lambda: ["motion_modules.", "attentions."])
+    trainable_modules: list[str] | str | None = STAGE_DEFAULT
     lora_rank: int = 0
     lora_alpha: float | None = None
     lora_target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
@@ -142,25 +174,55 @@ class UNetTrainingConfig(TrainingConfig):
     validation_inference_steps: int = 20
     validation_guidance_scale: float = 1.5
 
+    # settings that follow ``stage`` unless set beside it (see load_settings)
+    IMPLIED_SETTINGS = {"stage": {"motion_modules": STAGE_DEFAULT, "trainable_modules": STAGE_DEFAULT}}
+
+    def __post_init__(self) -> None:
+        for key, value in STAGE_DEFAULTS.get(self.stage, {}).items():
+            if getattr(self, key) == STAGE_DEFAULT:
+                setattr(self, key, copy.deepcopy(value))
+
     @property
     def pixel_space_supervise(self) -> bool:
         return self.stage == 2 and (
             self.sync_loss_weight > 0 or self.perceptual_loss_weight > 0 or self.trepa_loss_weight > 0
         )
 
+    @property
+    def active_losses(self) -> dict[str, float]:
+        """Loss name -> weight of the losses this run computes."""
+        losses = {"recon": self.recon_loss_weight}
+        if self.stage == 2:
+            for name, weight in (("sync", self.sync_loss_weight), ("lpips", self.perceptual_loss_weight),
+                                 ("trepa", self.trepa_loss_weight)):
+                if weight > 0:
+                    losses[name] = weight
+        return losses
+
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first inconsistent setting."""
+        """Raise [`TrainingConfigError`] (a ``ValueError``) naming the first missing or contradictory setting."""
         if self.stage not in (1, 2):
-            raise ValueError(f"stage must be 1 or 2, got {self.stage}")
+            raise TrainingConfigError(f"stage must be 1 or 2, got {self.stage}")
         if self.motion_modules not in ("all", "decoder", "none"):
-            raise ValueError(f"motion_modules must be all, decoder or none, got {self.motion_modules!r}")
+            raise TrainingConfigError(f"motion_modules must be all, decoder or none, got {self.motion_modules!r}")
+        if isinstance(self.trainable_modules, str) or (
+                self.trainable_modules is not None and not all(isinstance(p, str) for p in self.trainable_modules)):
+            raise TrainingConfigError("trainable_modules must be a list of parameter-name parts or null (all), "
+                                      f"got {self.trainable_modules!r}")
         if self.resolution % 8:
-            raise ValueError(f"resolution must be a multiple of 8, got {self.resolution}")
+            raise TrainingConfigError(f"resolution must be a multiple of 8, got {self.resolution}")
         if self.stage == 2 and self.sync_loss_weight > 0 and not self.syncnet:
-            raise ValueError("sync_loss_weight > 0 needs a SyncNet: set syncnet=<id or folder>")
+            raise TrainingConfigError("sync_loss_weight > 0 needs a SyncNet: set syncnet=<id or folder>")
+        if (self.motion_modules == "none" and self.trainable_modules
+                and all("motion_modules" in p for p in self.trainable_modules)):
+            raise TrainingConfigError(
+                f"trainable_modules={self.trainable_modules} selects only temporal layers, but motion_modules=none "
+                "builds the U-Net without them: set motion_modules=all (or decoder) or other trainable_modules")
+        if self.lora_rank < 0:
+            raise TrainingConfigError(f"lora_rank must be >= 0, got {self.lora_rank}")
         super().validate()
         if (self.validation_video is None) != (self.validation_audio is None):
-            raise ValueError("set both validation_video and validation_audio, or neither")
+            raise TrainingConfigError("set both validation_video and validation_audio, or neither")
 
 
 @dataclass
@@ -213,18 +275,21 @@ class SyncNetTrainingConfig(TrainingConfig):
     validation_steps: int = 2500
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the first inconsistent setting."""
+        """Raise [`TrainingConfigError`] (a ``ValueError``) naming the first missing or contradictory setting."""
         super().validate()
         for name in ("train_time_range", "val_time_range"):
             r = getattr(self, name)
             if len(r) != 2 or not 0 <= r[0] < r[1] <= 1:
-                raise ValueError(f"{name} must be [start, end] fractions with 0 <= start < end <= 1, got {r}")
-        for name in ("train_batch_size", "gradient_accumulation_steps", "max_train_steps", "validation_steps",
-                     "checkpointing_steps", "num_val_samples", "val_batch_size"):
+                raise TrainingConfigError(
+                    f"{name} must be [start, end] fractions with 0 <= start < end <= 1, got {r}")
+        for name in ("num_val_samples", "val_batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise TrainingConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.model_preset is None and not self.model_config and not self.pretrained_model:
-            raise ValueError("set model_preset, model_config or pretrained_model")
+            raise TrainingConfigError("set model_preset, model_config or pretrained_model")
+        if self.model_preset is not None and self.model_preset not in SYNCNET_PRESETS:
+            raise TrainingConfigError(
+                f"unknown model_preset {self.model_preset!r}; choose one of {', '.join(SYNCNET_PRESETS)} or null")
 
 
 def load_settings(cls: type, path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Any:
@@ -232,32 +297,40 @@ def load_settings(cls: type, path: str | os.PathLike | None = None, overrides: l
 
     The YAML may name a ``base:`` YAML (relative to itself) to inherit from. Override values are parsed as YAML
     (numbers, booleans, null, lists); ``field.key=value`` sets one entry of a mapping field (``model_config``).
-    Numbers that YAML 1.1 reads as strings (``1e-4``) are converted for numeric fields. Unknown keys raise
-    ``ValueError``.
+    Numbers that YAML 1.1 reads as strings (``1e-4``) are converted for numeric fields. Each layer (base file,
+    file, command line) that sets a key of ``cls.IMPLIED_SETTINGS`` (the U-Net's ``stage``) also resets the settings
+    it implies, unless it sets them too. A file that cannot be read, bad YAML and unknown keys raise
+    [`TrainingConfigError`] naming the file or key.
     """
-    data: dict[str, Any] = _read_yaml(os.fspath(path)) if path is not None else {}
+    implied = getattr(cls, "IMPLIED_SETTINGS", {})
+    data: dict[str, Any] = _read_yaml(os.fspath(path), implied) if path is not None else {}
+    layer: dict[str, Any] = {}
     for item in overrides or []:
         if "=" not in item:
-            raise ValueError(f"override must look like key=value, got {item!r}")
+            raise TrainingConfigError(f"override must look like key=value, got {item!r}")
         key, value = (s.strip() for s in item.split("=", 1))
-        parsed = yaml.safe_load(value) if value else None
+        try:
+            parsed = yaml.safe_load(value) if value else None
+        except yaml.YAMLError as exc:
+            raise TrainingConfigError(f"cannot parse the value of {key}: {_yaml_problem(exc)}") from None
         if "." in key:
             outer, inner = key.split(".", 1)
-            data[outer] = dict(data.get(outer) or {})
-            data[outer][inner] = parsed
+            layer[outer] = dict(layer.get(outer) or data.get(outer) or {})
+            layer[outer][inner] = parsed
         else:
-            data[key] = parsed
+            layer[key] = parsed
+    data.update(_with_implied(layer, implied))
     fields = {f.name: str(f.type) for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ValueError(f"unknown config keys: {', '.join(unknown)}")
+        raise TrainingConfigError(f"unknown config keys: {', '.join(unknown)} (see {cls.__name__} for the settings)")
     for key, value in data.items():
         kind = fields[key].replace("| None", "").strip()
         if isinstance(value, str) and kind in ("float", "int"):
             try:  # YAML 1.1 reads "3e-5" as a string
                 data[key] = float(value) if kind == "float" else int(value)
             except ValueError:
-                raise ValueError(f"{key} must be a number, got {value!r}") from None
+                raise TrainingConfigError(f"{key} must be a number, got {value!r}") from None
     return cls(**data)
 
 
@@ -274,16 +347,39 @@ def load_syncnet_config(
     return load_settings(SyncNetTrainingConfig, path, overrides)
 
 
-def _read_yaml(path: str) -> dict[str, Any]:
+def _with_implied(layer: dict[str, Any], implied: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """``layer`` plus the settings implied by the keys it sets (those it does not set itself)."""
+    out = dict(layer)
+    for key, settings in implied.items():
+        if key in layer:
+            for name, value in settings.items():
+                out.setdefault(name, value)
+    return out
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line: what YAML found wrong and where."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return f"{getattr(exc, 'problem', None) or str(exc).splitlines()[0]}{where}"
+
+
+def _read_yaml(path: str, implied: dict[str, dict[str, Any]]) -> dict[str, Any]:
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file not found: {path}")
-    with open(path) as fh:
-        data = yaml.safe_load(fh) or {}
+        raise TrainingConfigError(f"config file not found: {path}")
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as exc:
+        raise TrainingConfigError(f"cannot read config {path}: {_yaml_problem(exc)}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TrainingConfigError(f"cannot read config {path}: {exc}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a mapping of settings")
+        raise TrainingConfigError(f"config {path} must hold a mapping of settings (key: value lines)")
     base = data.pop("base", None)
+    data = _with_implied(data, implied)
     if base:
-        merged = _read_yaml(os.path.join(os.path.dirname(path), base))
+        merged = _read_yaml(os.path.join(os.path.dirname(path), base), implied)
         merged.update(data)
         data = merged
     return data

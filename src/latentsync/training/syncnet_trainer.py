@@ -3,12 +3,13 @@
 Binary cross-entropy on the cosine similarity of audio and visual embeddings, positives = aligned windows,
 negatives = frames from another time of the same clip. Runs unchanged on one CPU, one GPU or several GPUs
 (``accelerate launch``); large effective batches through gradient accumulation. Checkpoints are accelerate states
-(model, optimizer, LR scheduler, RNG) plus ``training_state.json`` (step and loss history); a resumed run continues
-exactly where the interrupted one would have (sample ``i`` of the stream depends only on the seed and ``i``).
+(model, optimizer, LR scheduler, RNG) plus ``training_state.json`` (step and history) and ``model_config.json``; a
+resumed run continues exactly where the interrupted one would have (sample ``i`` of the stream depends only on the
+seed and ``i``).
 
 Outputs in ``output_dir``: ``checkpoints/checkpoint-<step>/``, ``syncnet/`` (final model, safetensors, loadable
 with ``StableSyncNet.from_pretrained``), ``syncnet_best/`` (lowest validation loss), ``history.json``,
-``losses.jsonl``, ``loss_chart.png`` and a copy of the config.
+``losses.jsonl``, ``loss_chart.png`` and a copy of the config (``config.yaml``).
 
 [`train_syncnet`] reads top to bottom: set up, build the model and the data, resume, loop, save. Command line:
 ``train/train_syncnet.py``.
@@ -29,17 +30,25 @@ from diffusers import AutoencoderKL
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .._deprecation import moved_attribute
+from ..data.clips import ClipSourceInfo
 from ..data.syncnet_dataset import ClipStore, SyncNetDataset
 from ..eval.syncnet_acc import encode_latents, evaluate_syncnet
 from ..loaders.official import load_syncnet
-from ..models.syncnet import SYNCNET_CONFIGS, StableSyncNet, syncnet_bce_loss
+from ..loaders.sources import check_model_sources, loading
+from ..models.syncnet import StableSyncNet, syncnet_bce_loss
 from . import base
-from .config import SyncNetTrainingConfig, load_syncnet_config  # noqa: F401 - load_syncnet_config: public API
+from .config import SyncNetTrainingConfig, TrainingConfigError, load_syncnet_config  # noqa: F401 - public API
 
 logger = logging.getLogger(__name__)
 
-STATE_FILE = "training_state.json"
 BEST_FILE = "best_validation.json"
+# figures drawn with a reference line in the loss chart: chance level of the BCE loss and of the accuracy
+CHANCE_LINES = {"loss": (math.log(2), "chance (ln 2)"), "accuracy": (0.5, "chance")}
+SYNCNET_PARAMETER_GROUPS = (
+    ("audio encoder", lambda n: n.startswith("audio_encoder.")),
+    ("visual encoder", lambda n: n.startswith("visual_encoder.")),
+)
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -48,78 +57,59 @@ BEST_FILE = "best_validation.json"
 def build_syncnet(cfg: SyncNetTrainingConfig) -> StableSyncNet:
     """The model to train: pretrained weights, or a fresh preset/model_config architecture."""
     if cfg.pretrained_model:
-        return load_syncnet(cfg.pretrained_model, preset=cfg.model_preset).train()
+        with loading("pretrained_model", cfg.pretrained_model):
+            return load_syncnet(cfg.pretrained_model, preset=cfg.model_preset).train()
     if cfg.model_preset is not None:
-        if cfg.model_preset not in SYNCNET_CONFIGS:
-            raise ValueError(f"unknown model_preset {cfg.model_preset!r}; choose one of {', '.join(SYNCNET_CONFIGS)}")
         return StableSyncNet.from_preset(cfg.model_preset, **(cfg.model_config or {}))
     return StableSyncNet(**cfg.model_config)
 
 
-def read_training_state(path: str) -> tuple[int, dict[str, list]]:
-    """Step and loss history saved in a SyncNet checkpoint."""
-    state_file = os.path.join(path, STATE_FILE)
-    if not os.path.isfile(state_file):
-        raise FileNotFoundError(f"{path} is not a SyncNet training checkpoint (no {STATE_FILE})")
-    with open(state_file) as fh:
-        state = json.load(fh)
-    return int(state["global_step"]), state["history"]
-
-
-def empty_history() -> dict[str, list]:
-    """The loss history of a run that has not started (what ``history.json`` and checkpoints hold)."""
-    return {"train_step": [], "train_loss": [], "val_step": [], "val_loss": [], "val_accuracy": []}
-
-
-def plot_loss_curves(path: str, history: dict[str, list], title: str = "SyncNet training") -> str:
-    """Write a PNG with train/val BCE loss (and validation accuracy) against the step."""
-    import matplotlib  # deferred: optional (train extra) and slow to import; only the chart needs it
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # deferred: see above
-
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
-    if history["train_step"]:
-        ax_loss.plot(history["train_step"], history["train_loss"], lw=0.8, alpha=0.5, label="train loss (step)")
-        k = max(1, len(history["train_loss"]) // 50)
-        if k > 1:
-            kernel = torch.ones(k) / k
-            smooth = torch.nn.functional.conv1d(torch.tensor(history["train_loss"])[None, None], kernel[None, None])
-            ax_loss.plot(history["train_step"][k - 1 :], smooth[0, 0].tolist(), lw=1.5, label=f"train loss (mean {k})")
-    if history["val_step"]:
-        ax_loss.plot(history["val_step"], history["val_loss"], "o-", lw=1.5, label="val loss")
-        ax_acc.plot(history["val_step"], history["val_accuracy"], "o-", color="C2", label="val accuracy")
-    ax_loss.axhline(math.log(2), color="gray", ls="--", lw=0.8, label="chance (ln 2)")
-    ax_loss.set_xlabel("step")
-    ax_loss.set_ylabel("BCE loss")
-    ax_loss.legend()
-    ax_acc.axhline(0.5, color="gray", ls="--", lw=0.8, label="chance")
-    ax_acc.set_ylim(0, 1)
-    ax_acc.set_xlabel("step")
-    ax_acc.set_ylabel("accuracy (cos > 0.5)")
-    ax_acc.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+def training_plan(cfg: SyncNetTrainingConfig, model: StableSyncNet, vae: AutoencoderKL | None, data: ClipSourceInfo,
+                  val_data: ClipSourceInfo | None, accelerator: Accelerator, start_step: int) -> list[str]:
+    """The lines logged at the start of a run: data, the model, the frozen VAE, batch and where the results go."""
+    mcfg = model.config
+    lines = [f"data: {data.describe(cfg.train_data)}, training windows from {cfg.train_time_range} of every clip"]
+    if val_data is not None:
+        lines.append(f"validation data: {val_data.describe(cfg.val_data)}, windows from {cfg.val_time_range}")
+    else:
+        lines.append(f"validation: windows from {cfg.val_time_range} of the training clips")
+    if data.frame_size is not None:
+        w, h = data.frame_size
+        size = (mcfg.resolution, mcfg.resolution)
+        resize = "" if (w, h) == size else f", resized to {mcfg.resolution} x {mcfg.resolution} px"
+        half = f", lower half kept ({mcfg.resolution // 2} x {mcfg.resolution} px)" if mcfg.lower_half else ""
+        latent = ", encoded by the VAE" if mcfg.latent_space else ""
+        lines.append(f"faces: {w} x {h} px{resize}{half}{latent}; {mcfg.num_frames} frames per window")
+    source = f"pretrained_model={cfg.pretrained_model}" if cfg.pretrained_model else (
+        f"model_preset={cfg.model_preset}" if cfg.model_preset else "model_config") + " (random init)"
+    lines.append(f"SyncNet ({source}), {model.embedding_dim}-d embeddings: "
+                 + "\n".join(base.parameter_table(model, SYNCNET_PARAMETER_GROUPS)))
+    lines.append("frozen: " + base.frozen_summary({"VAE": vae}))
+    per_step = cfg.train_batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes
+    lines.append(f"steps {start_step} -> {cfg.max_train_steps}, {per_step} pairs per step (batch "
+                 f"{cfg.train_batch_size} x {cfg.gradient_accumulation_steps} accumulation x "
+                 f"{accelerator.num_processes} processes, {cfg.positive_ratio:.0%} in sync), lr {cfg.learning_rate:g}, "
+                 f"precision {accelerator.mixed_precision}, device {accelerator.device}")
+    lines.append(f"output: {cfg.output_dir}/ (checkpoints/ every {cfg.checkpointing_steps} steps, validation every "
+                 f"{cfg.validation_steps} steps on {cfg.num_val_samples} pairs, losses.jsonl, history.json, "
+                 "loss_chart.png" + (f", {cfg.logging_dir}/ for TensorBoard" if cfg.report_to == "tensorboard" else "")
+                 + (", syncnet_best/" if cfg.save_best_model else "") + ", syncnet/ at the end)")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------------- training
 
 
 def validate(model: torch.nn.Module, val_loader: DataLoader, accelerator: Accelerator, vae: AutoencoderKL | None,
-             cfg: SyncNetTrainingConfig, step: int, history: dict[str, list]) -> None:
-    """Validation loss and accuracy at ``step`` (appended to ``history``); keeps the weights of the lowest loss in
-    ``output_dir/syncnet_best`` when ``save_best_model``."""
+             cfg: SyncNetTrainingConfig, step: int, log: base.TrainingLog) -> None:
+    """Validation loss and accuracies (all pairs, in-sync pairs, off-sync pairs) at ``step``, recorded in ``log``;
+    keeps the weights of the lowest loss in ``output_dir/syncnet_best`` when ``save_best_model``."""
     result = evaluate_syncnet(model, val_loader, accelerator=accelerator, vae=vae, progress=cfg.progress)
-    history["val_step"].append(step)
-    history["val_loss"].append(result.loss)
-    history["val_accuracy"].append(result.accuracy)
-    accelerator.log({"val_loss": result.loss, "val_accuracy": result.accuracy}, step=step)
-    logger.info("step %d: val loss %.4f, val accuracy %.4f (%d pairs)", step, result.loss, result.accuracy,
-                result.num_samples)
+    log.log_validation(step, {"loss": result.loss, "accuracy": result.accuracy,
+                              "positive_accuracy": result.positive_accuracy,
+                              "negative_accuracy": result.negative_accuracy},
+                       note=f"{result.num_samples} pairs" + (f"; {result.warning}" if result.warning else ""))
+    history = log.history
     if cfg.save_best_model and result.loss <= min(history["val_loss"]) and accelerator.is_main_process:
         best_dir = os.path.join(cfg.output_dir, "syncnet_best")
         accelerator.unwrap_model(model).save_pretrained(best_dir, safe_serialization=True)
@@ -134,14 +124,19 @@ def train_syncnet(cfg: SyncNetTrainingConfig) -> dict[str, Any]:
     ``best`` (with ``save_best_model``) is ``{"step", "val_loss", "val_accuracy", "model_dir"}`` of the validation
     with the lowest loss, whose weights are kept in ``output_dir/syncnet_best`` (early stopping: a SyncNet trained on
     little data overfits after its best validation point)."""
+    # before anything loads: settings that contradict, models that cannot be found, a folder holding another run
     cfg.validate()
+    check_model_sources({"pretrained_model": cfg.pretrained_model})
+    base.check_output_dir(cfg)
     # accelerator first: it decides the device, the precision and which process writes files
     accelerator = base.create_accelerator(cfg)
     set_seed(cfg.seed)
     resume_path = base.resolve_resume(cfg)
-    global_step, history = read_training_state(resume_path) if resume_path is not None else (0, empty_history())
-    if accelerator.is_main_process:
-        base.save_run_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
+    global_step = 0
+    if resume_path is not None:
+        if base.read_training_state(resume_path) is None:
+            raise TrainingConfigError(f"{resume_path} is not a SyncNet training checkpoint (no {base.STATE_FILE})")
+        global_step = base.checkpoint_step(resume_path)
 
     # model (and, for latent-space SyncNets, the frozen VAE that encodes the frames)
     model = build_syncnet(cfg)
@@ -150,8 +145,10 @@ def train_syncnet(cfg: SyncNetTrainingConfig) -> dict[str, Any]:
         model.enable_gradient_checkpointing()
     vae = None
     if mcfg.latent_space:
+        check_model_sources({"vae": cfg.vae})
         vae_dtype = torch.float16 if accelerator.mixed_precision == "fp16" else torch.float32
-        vae = AutoencoderKL.from_pretrained(cfg.vae, subfolder=cfg.vae_subfolder, torch_dtype=vae_dtype)
+        with loading("vae", cfg.vae):
+            vae = AutoencoderKL.from_pretrained(cfg.vae, subfolder=cfg.vae_subfolder, torch_dtype=vae_dtype)
         vae.requires_grad_(False).eval().to(accelerator.device)
 
     # data: sample i of the stream depends only on (seed, i); a resumed run starts after the consumed samples
@@ -167,6 +164,12 @@ def train_syncnet(cfg: SyncNetTrainingConfig) -> dict[str, Any]:
         overlap = cfg.val_time_range[0] < cfg.train_time_range[1] and cfg.train_time_range[0] < cfg.val_time_range[1]
         if overlap:
             logger.warning("validation pairs come from the training clips and time range: val loss is not held out")
+    # everything loaded: the run folder is written from here on
+    base.start_output_dir(accelerator, cfg, "config.yaml")
+    if accelerator.is_main_process:
+        base.log_training_plan("SyncNet training", training_plan(
+            cfg, model, vae, train_clips.source.info(), val_clips.source.info() if cfg.val_data else None,
+            accelerator, global_step))
     if cfg.preload_clips:
         train_clips.preload()
         if val_clips is not train_clips:
@@ -188,21 +191,22 @@ def train_syncnet(cfg: SyncNetTrainingConfig) -> dict[str, Any]:
     model, optimizer, train_loader, val_loader, lr_scheduler = accelerator.prepare(
         model, optimizer, train_loader, val_loader, lr_scheduler
     )
-    loss_log = base.LossLog(cfg.output_dir, enabled=accelerator.is_main_process)
+    log = base.TrainingLog(accelerator, cfg, "SyncNet training", reference_lines=CHANCE_LINES)
     if resume_path is not None:
         accelerator.load_state(resume_path)
-        loss_log.truncate(global_step)
+        log.restore(resume_path, global_step)
         logger.info("resumed from %s at step %d", resume_path, global_step)
+    elif cfg.resume_from_checkpoint:  # "latest" without a checkpoint: a fresh start in the same folder
+        log.restore(None, 0)
     base.init_trackers(accelerator, cfg, "syncnet")
-    logger.info("***** SyncNet training *****  %d parameters, batch %d x %d accumulation x %d processes, "
-                "steps %d -> %d", sum(p.numel() for p in model.parameters()), cfg.train_batch_size,
-                cfg.gradient_accumulation_steps, accelerator.num_processes, global_step, cfg.max_train_steps)
+    model_config = dict(accelerator.unwrap_model(model).config)
 
     # the loop: one optimisation step per gradient_accumulation_steps batches; validate and checkpoint on schedule
     model.train()
     progress = tqdm(total=cfg.max_train_steps, initial=global_step, desc="SyncNet steps",
                     disable=not (cfg.progress and accelerator.is_local_main_process))
     step_loss = 0.0
+    log.start(global_step)
     if global_step < cfg.max_train_steps:
         for batch in train_loader:
             with accelerator.accumulate(model):
@@ -218,20 +222,16 @@ def train_syncnet(cfg: SyncNetTrainingConfig) -> dict[str, Any]:
             if not accelerator.sync_gradients:
                 continue
             global_step += 1
-            history["train_step"].append(global_step)
-            history["train_loss"].append(step_loss)
-            accelerator.log({"train_loss": step_loss, "lr": lr_scheduler.get_last_lr()[0]}, step=global_step)
-            loss_log.append(global_step, {"loss": step_loss, "lr": lr_scheduler.get_last_lr()[0]})
+            log.log_train(global_step, {"loss": step_loss, "lr": lr_scheduler.get_last_lr()[0]})
             progress.update(1)
             progress.set_postfix(loss=f"{step_loss:.4f}")
             step_loss = 0.0
             if global_step % cfg.validation_steps == 0 or global_step == cfg.max_train_steps:
-                validate(model, val_loader, accelerator, vae, cfg, global_step, history)
+                validate(model, val_loader, accelerator, vae, cfg, global_step, log)
             if global_step % cfg.checkpointing_steps == 0 or global_step == cfg.max_train_steps:
-                base.save_checkpoint(accelerator, cfg, global_step,
-                                {STATE_FILE: {"global_step": global_step, "history": history}})
-                if accelerator.is_main_process:
-                    plot_loss_curves(os.path.join(cfg.output_dir, "loss_chart.png"), history)
+                base.save_checkpoint(accelerator, cfg, global_step, {base.STATE_FILE: log.state(global_step),
+                                                                     base.MODEL_CONFIG_FILE: model_config})
+                log.save()
             if global_step >= cfg.max_train_steps:
                 break
     progress.close()
@@ -239,15 +239,15 @@ def train_syncnet(cfg: SyncNetTrainingConfig) -> dict[str, Any]:
     # save the final weights, the history and the chart, and push
     accelerator.wait_for_everyone()
     model_dir = os.path.join(cfg.output_dir, "syncnet")
+    log.save()
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         unwrapped.save_pretrained(model_dir, safe_serialization=True)
-        with open(os.path.join(cfg.output_dir, "history.json"), "w") as fh:
-            json.dump(history, fh)
-        plot_loss_curves(os.path.join(cfg.output_dir, "loss_chart.png"), history)
+        logger.info("saved the trained SyncNet to %s", model_dir)
         if cfg.push_to_hub:
             unwrapped.push_to_hub(cfg.hub_model_id, private=cfg.hub_private)
     accelerator.end_training()
+    history = log.history
     best_file = os.path.join(cfg.output_dir, "syncnet_best", BEST_FILE)
     best = None
     if cfg.save_best_model and os.path.isfile(best_file):
@@ -258,9 +258,14 @@ def train_syncnet(cfg: SyncNetTrainingConfig) -> dict[str, Any]:
         "history": history,
         "model_dir": model_dir,
         "best": best,
-        "loss_chart": os.path.join(cfg.output_dir, "loss_chart.png"),
+        "loss_chart": os.path.join(cfg.output_dir, base.LOSS_CHART),
         "final_val": {
-            "loss": history["val_loss"][-1] if history["val_loss"] else None,
-            "accuracy": history["val_accuracy"][-1] if history["val_accuracy"] else None,
+            "loss": history["val_loss"][-1] if history.get("val_loss") else None,
+            "accuracy": history["val_accuracy"][-1] if history.get("val_accuracy") else None,
         },
     }
+
+
+def __getattr__(name: str) -> Any:
+    """Names that moved to the shared training base keep working for one release, with a deprecation warning."""
+    return moved_attribute(__name__, name)

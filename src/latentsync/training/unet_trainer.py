@@ -24,13 +24,16 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from ..audio_features.cache import AudioFeatureCache
+from ..data.clips import ClipSourceInfo
 from ..data.unet_dataset import EpochSampler, UNetClipDataset
 from ..face.mask import latent_mouth_mask, mouth_mask
+from ..loaders.lora import save_lora_adapter
+from ..loaders.sources import check_model_sources
 from ..media.video import trim_media
 from ..pipeline import LatentSyncPipeline
 from ..utils import scale_latents, unscale_latents
 from . import base
-from .components import TrainingComponents, load_components
+from .components import TrainingComponents, load_components, model_sources, unet_start
 from .config import UNetTrainingConfig
 from .losses import lower_half, mixed_noise, predict_x0
 
@@ -180,22 +183,82 @@ def _collate(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
 
 
 # ---------------------------------------------------------------------------------------------------- main loop
+# groups of U-Net parameters for the start-of-run summary (each parameter counts in the first group that matches)
+UNET_PARAMETER_GROUPS = (
+    ("LoRA adapters", lambda n: "lora_" in n),
+    ("temporal layers (motion_modules.)", lambda n: "motion_modules." in n),
+    ("audio cross-attention (attn2.)", lambda n: ".attn2." in n),
+    ("spatial self-attention (attn1.)", lambda n: ".attn1." in n),
+    ("other transformer layers (attentions.)", lambda n: "attentions." in n),
+    ("ResNet blocks (resnets.)", lambda n: "resnets." in n),
+)
+
+
+def training_plan(cfg: UNetTrainingConfig, comps: TrainingComponents, unet: torch.nn.Module, data: ClipSourceInfo,
+                  accelerator: Accelerator, start_step: int) -> list[str]:
+    """The lines logged at the start of a run: data, what of the U-Net trains, the frozen models, losses, batch and
+    where the results go."""
+    lines = [f"data: {data.describe(cfg.train_data)}"]
+    if data.frame_size is not None:
+        w, h = data.frame_size
+        resize = "" if (w, h) == (cfg.resolution, cfg.resolution) else (
+            f", resized to {cfg.resolution} x {cfg.resolution} px for training (resolution={cfg.resolution})")
+        lines.append(f"faces: {w} x {h} px{resize}")
+    setting, source = unet_start(cfg)
+    lines.append(f"U-Net stage {cfg.stage}, temporal layers: {cfg.motion_modules}, weights from "
+                 f"{f'{setting}={source}' if source else 'a random init'}: "
+                 + "\n".join(base.parameter_table(unet, UNET_PARAMETER_GROUPS)))
+    lines.append("frozen: " + base.frozen_summary({
+        "VAE": comps.vae, "audio encoder": comps.audio_encoder, "SyncNet": comps.sync_loss, "LPIPS": comps.lpips,
+        "TREPA": comps.trepa}))
+    lines.append("losses: " + ", ".join(f"{k} x {w:g}" for k, w in cfg.active_losses.items()))
+    per_step = cfg.train_batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes
+    lines.append(f"steps {start_step} -> {cfg.max_train_steps}, {per_step} clip{'s' * (per_step != 1)} of "
+                 f"{cfg.num_frames} frames per step "
+                 f"(batch {cfg.train_batch_size} x {cfg.gradient_accumulation_steps} accumulation x "
+                 f"{accelerator.num_processes} processes), lr {cfg.learning_rate:g}, precision "
+                 f"{accelerator.mixed_precision}, device {accelerator.device}")
+    results = "pipeline/" + (" and lora/" if cfg.lora_rank > 0 else "")
+    lines.append(f"output: {cfg.output_dir}/ (checkpoints/ every {cfg.checkpointing_steps} steps, losses.jsonl, "
+                 f"history.json, loss_chart.png"
+                 + (f", {cfg.logging_dir}/ for TensorBoard" if cfg.report_to == "tensorboard" else "")
+                 + (f", val_videos/ every {cfg.validation_steps} steps" if cfg.validation_video else "")
+                 + f", {results} at the end)")
+    return lines
+
+
+def _stage_warnings(cfg: UNetTrainingConfig) -> None:
+    """Say when a run departs from its stage's usual setup (allowed, but rarely meant)."""
+    if cfg.stage == 1 and cfg.motion_modules != "none":
+        logger.warning("stage 1 with temporal layers (motion_modules=%s): the official stage 1 has none",
+                       cfg.motion_modules)
+    if cfg.stage == 1 and (cfg.sync_loss_weight > 0 or cfg.perceptual_loss_weight > 0 or cfg.trepa_loss_weight > 0):
+        logger.info("stage 1 trains with the noise MSE only: the SyncNet, LPIPS and TREPA weights are not used")
+    if cfg.stage == 2 and cfg.motion_modules == "none":
+        logger.warning("stage 2 without temporal layers (motion_modules=none): only the spatial layers can train")
+    if cfg.pretrained_unet and cfg.sd_unet:
+        logger.info("pretrained_unet=%s is the starting point; sd_unet=%s is not used", cfg.pretrained_unet,
+                    cfg.sd_unet)
+
+
 def train(cfg: UNetTrainingConfig) -> dict[str, Any]:
     """Run (or resume) a training run; returns a summary (final step, last losses, output paths)."""
+    # before anything loads: settings that contradict, models that cannot be found, a folder holding another run
     cfg.validate()
+    check_model_sources(model_sources(cfg))
+    base.check_output_dir(cfg)
+    _stage_warnings(cfg)
     # accelerator first: it decides the device, the precision and which process writes files
     accelerator = base.create_accelerator(cfg)
     set_seed(cfg.seed, device_specific=True)
-    if accelerator.is_main_process:
-        base.save_run_config(cfg, os.path.join(cfg.output_dir, "config.json"))
 
     # models: the U-Net trains (all of it, chosen modules, or LoRA adapters), the others are frozen
     comps = load_components(cfg)
     unet = comps.unet
-    trainable = add_lora(unet, cfg) if cfg.lora_rank > 0 else select_trainable(unet, cfg.trainable_modules)
-    n_train = sum(p.numel() for p in unet.parameters() if p.requires_grad)
-    logger.info("training %d tensors, %.2f M parameters of %.2f M", len(trainable), n_train / 1e6,
-                sum(p.numel() for p in unet.parameters()) / 1e6)
+    if cfg.lora_rank > 0:
+        add_lora(unet, cfg)
+    else:
+        select_trainable(unet, cfg.trainable_modules)
     if cfg.gradient_checkpointing:
         unet.enable_gradient_checkpointing()
         if cfg.pixel_space_supervise:  # the decoder runs with gradients on the stage-2 losses
@@ -220,6 +283,12 @@ def train(cfg: UNetTrainingConfig) -> dict[str, Any]:
     # data: sample i of epoch e depends only on (seed, e, i), so a resumed run sees what an uninterrupted one would
     dataset = UNetClipDataset(cfg.train_data, cfg.resolution, cfg.num_frames, cfg.train_split, cfg.video_column,
                               return_mel=comps.sync_loss is not None, seed=cfg.seed, cache_clips=cfg.cache_clips)
+    resume = base.resolve_resume(cfg)
+    # everything loaded: the run folder is written from here on
+    base.start_output_dir(accelerator, cfg, "config.json")
+    if accelerator.is_main_process:
+        base.log_training_plan("U-Net training", training_plan(
+            cfg, comps, unet, dataset.source.info(), accelerator, base.checkpoint_step(resume) if resume else 0))
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=cfg.train_batch_size, sampler=EpochSampler(len(dataset), seed=cfg.seed),
         collate_fn=_collate, num_workers=cfg.dataloader_num_workers, drop_last=len(dataset) >= cfg.train_batch_size,
@@ -234,15 +303,17 @@ def train(cfg: UNetTrainingConfig) -> dict[str, Any]:
 
     # resume: model, optimiser, schedule, EMA and RNG states from the checkpoint, and the data position from its step
     global_step = 0
-    loss_log = base.LossLog(cfg.output_dir, enabled=accelerator.is_main_process)
-    resume = base.resolve_resume(cfg)
+    log = base.TrainingLog(accelerator, cfg, f"LatentSync U-Net, stage {cfg.stage}")
     if resume:
         accelerator.load_state(resume)
         if ema is not None:  # the EMA shadow weights come back on the CPU
             ema.to(device)
         global_step = base.checkpoint_step(resume)
-        loss_log.truncate(global_step)
+        log.restore(resume, global_step)
         logger.info("resumed from %s at step %d", resume, global_step)
+    elif cfg.resume_from_checkpoint:  # "latest" without a checkpoint: a fresh start in the same folder
+        log.restore(None, 0)
+    model_config = dict(accelerator.unwrap_model(unet).config)
     batches_per_epoch = len(loader)
     first_epoch, skip = divmod(global_step * cfg.gradient_accumulation_steps, batches_per_epoch)
     num_epochs = math.ceil(cfg.max_train_steps * cfg.gradient_accumulation_steps / batches_per_epoch)
@@ -252,6 +323,7 @@ def train(cfg: UNetTrainingConfig) -> dict[str, Any]:
                     disable=not accelerator.is_local_main_process)
     accum: dict[str, float] = {}
     last: dict[str, float] = {}
+    log.start(global_step)
     for epoch in range(first_epoch, num_epochs):
         if global_step >= cfg.max_train_steps:
             break
@@ -275,28 +347,34 @@ def train(cfg: UNetTrainingConfig) -> dict[str, Any]:
             last = dict(accum, lr=lr_scheduler.get_last_lr()[0])
             accum = {}
             progress.set_postfix(loss=f"{last['loss']:.4f}")
-            accelerator.log({f"train/{k}": v for k, v in last.items()}, step=global_step)
-            loss_log.append(global_step, last)
-            if global_step % cfg.checkpointing_steps == 0 or global_step == cfg.max_train_steps:
-                base.save_checkpoint(accelerator, cfg, global_step)
+            log.log_train(global_step, last)
             if (cfg.validation_video and accelerator.is_main_process
                     and (global_step % cfg.validation_steps == 0 or global_step == cfg.max_train_steps)):
-                _validate(accelerator, comps, unet, ema, params, cfg, global_step, device)
+                _validate(accelerator, comps, unet, ema, params, cfg, global_step, device, log)
+            if global_step % cfg.checkpointing_steps == 0 or global_step == cfg.max_train_steps:
+                base.save_checkpoint(accelerator, cfg, global_step, {base.STATE_FILE: log.state(global_step),
+                                                                     base.MODEL_CONFIG_FILE: model_config})
+                log.save()
             if global_step >= cfg.max_train_steps:
                 break
     progress.close()
 
     # save the pipeline (EMA weights when enabled) and push it
     accelerator.wait_for_everyone()
-    result: dict[str, Any] = {"global_step": global_step, "last_losses": last, "loss_log": loss_log.path}
+    log.save()
+    result: dict[str, Any] = {"global_step": global_step, "last_losses": last, "loss_log": log.path,
+                              "history": log.history}
     if accelerator.is_main_process:
-        result["pipeline"] = save_final(accelerator.unwrap_model(unet), ema, params, comps, cfg)
+        result["pipeline"] = save_final(accelerator.unwrap_model(unet), ema, params, comps, cfg, step=global_step)
+        if cfg.lora_rank > 0:
+            result["lora"] = os.path.join(cfg.output_dir, "lora")
     accelerator.end_training()
     return result
 
 
 def _validate(accelerator: Accelerator, comps: TrainingComponents, unet: torch.nn.Module, ema: EMAModel | None,
-              params: list[torch.nn.Parameter], cfg: UNetTrainingConfig, step: int, device: torch.device) -> None:
+              params: list[torch.nn.Parameter], cfg: UNetTrainingConfig, step: int, device: torch.device,
+              log: base.TrainingLog) -> None:
     """Write a validation video with the current weights (the EMA weights when enabled) and show its middle frame in
     tensorboard; a failure is logged, not raised."""
     model = accelerator.unwrap_model(unet)
@@ -311,21 +389,21 @@ def _validate(accelerator: Accelerator, comps: TrainingComponents, unet: torch.n
     finally:
         if ema is not None:
             ema.restore(params)
-    logger.info("validation video: %s", path)
+    log.log_validation(step, {"video": path})
     if frame is not None:
         for tracker in accelerator.trackers:
             if tracker.name == "tensorboard":
                 tracker.log_images({"validation/middle_frame": frame[None]}, step, dataformats="NHWC")
 
 
-def save_final(unet: torch.nn.Module, ema: EMAModel | None, params: list[torch.nn.Parameter],
-               comps: TrainingComponents, cfg: UNetTrainingConfig) -> str:
-    """Save the trained pipeline (EMA weights when enabled, LoRA fused, adapter saved beside) and push it."""
-    if ema is not None:
-        ema.copy_to(params)
-    out = os.path.join(cfg.output_dir, "pipeline")
-    if cfg.lora_rank > 0:
-        unet.save_lora_adapter(os.path.join(cfg.output_dir, "lora"))
+def save_pipeline(unet: torch.nn.Module, comps: TrainingComponents, cfg: UNetTrainingConfig, out: str,
+                  lora_dir: str | None = None, step: int | None = None) -> LatentSyncPipeline:
+    """Save ``unet`` with the frozen components as a loadable pipeline in ``out`` (float32). A U-Net with a LoRA
+    adapter: the adapter is saved to ``lora_dir`` first, with the record of its base model (see
+    [`latentsync.loaders.lora`]), then fused into the saved weights."""
+    if getattr(unet, "peft_config", None):
+        if lora_dir:
+            save_lora_adapter(unet, lora_dir, source=unet_start(cfg)[1], trained_steps=step)
         unet.fuse_lora()
         unet.unload_lora()
     unet = unet.to(torch.float32)
@@ -336,6 +414,17 @@ def save_final(unet: torch.nn.Module, ema: EMAModel | None, params: list[torch.n
                               feature_extractor=comps.feature_extractor, scheduler=comps.scheduler,
                               resolution=cfg.resolution)
     pipe.save_pretrained(out)
+    return pipe
+
+
+def save_final(unet: torch.nn.Module, ema: EMAModel | None, params: list[torch.nn.Parameter] | None,
+               comps: TrainingComponents, cfg: UNetTrainingConfig, step: int | None = None) -> str:
+    """Save the trained pipeline to ``output_dir/pipeline`` (EMA weights when enabled; a LoRA adapter saved to
+    ``output_dir/lora`` and fused) and push it."""
+    if ema is not None:
+        ema.copy_to(params)
+    out = os.path.join(cfg.output_dir, "pipeline")
+    pipe = save_pipeline(unet, comps, cfg, out, os.path.join(cfg.output_dir, "lora"), step)
     logger.info("saved the trained pipeline to %s", out)
     if cfg.push_to_hub:
         pipe.push_to_hub(cfg.hub_model_id, private=cfg.hub_private)

@@ -1,0 +1,472 @@
+"""Training runs as a researcher meets them (issue 22): configs that say what they are, one-line errors (unreadable
+or contradictory settings, empty data, models missing offline without the Hub's retries), run folders (a fresh run
+into a used folder refused, overwrite, resume), what a run says at its start, the progress files of both trainers,
+exporting any checkpoint, and LoRA adapters that know their base. Tiny models only."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT
+
+from latentsync.errors import LatentSyncInputError
+from latentsync.training.config import TrainingConfigError, UNetTrainingConfig, load_config, load_syncnet_config
+
+CONFIGS = ROOT / "train" / "configs"
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+@pytest.fixture(scope="module")
+def tiny(tiny_training):
+    """Tiny stand-ins saved once (U-Net config overrides) and three synthetic aligned 64 px clips."""
+    return tiny_training
+
+
+def unet_cfg(ov: dict, config: str = "unet_tiny_stage1.yaml", **extra):
+    items = {**ov, **extra}
+    return load_config(CONFIGS / config, [f"{k}={json.dumps(v)}" for k, v in items.items()])
+
+
+def syncnet_cfg(clips, out, **extra):
+    from latentsync.testing import tiny_syncnet_config
+
+    settings = dict(model_preset=None, model_config=tiny_syncnet_config(32), train_data=os.fspath(clips),
+                    output_dir=os.fspath(out), train_time_range=[0.0, 0.7], val_time_range=[0.7, 1.0],
+                    train_batch_size=2, max_train_steps=2, checkpointing_steps=1, validation_steps=2,
+                    num_val_samples=4, val_batch_size=4, mixed_precision="no", dataloader_num_workers=0,
+                    progress=False, logging_steps=1)
+    settings.update(extra)
+    return load_syncnet_config(None, [f"{k}={json.dumps(v)}" for k, v in settings.items()])
+
+
+class LogText(logging.Handler):
+    """Collects the text of every log record of the ``latentsync`` loggers."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+    def __enter__(self):
+        logger = logging.getLogger("latentsync")
+        self._level = logger.level
+        logger.setLevel(logging.INFO)
+        logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc):
+        logger = logging.getLogger("latentsync")
+        logger.removeHandler(self)
+        logger.setLevel(self._level)
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+def snapshot(folder) -> dict[str, str]:
+    """Relative path -> SHA-256 of every file under ``folder``."""
+    out = {}
+    for root, _, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(root, name)
+            with open(path, "rb") as fh:
+                out[os.path.relpath(path, folder)] = hashlib.sha256(fh.read()).hexdigest()
+    return out
+
+
+def reset_accelerate():
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+
+
+@pytest.fixture(scope="module")
+def stage1_run(tiny):
+    """A 3-step tiny stage-1 run (checkpoint every step, an EMA, TensorBoard on, a loss line every step), its log."""
+    from latentsync.training.unet_trainer import train
+
+    root, ov = tiny
+    cfg = unet_cfg(ov, max_train_steps=3, checkpointing_steps=1, logging_steps=1, use_ema=True, ema_decay=0.5,
+                   output_dir=str(root / "stage1"))
+    with LogText() as log:
+        result = train(cfg)
+    reset_accelerate()
+    return cfg, result, log.text
+
+
+@pytest.fixture(scope="module")
+def lora_run(tiny):
+    """A 2-step LoRA run on the stand-in pipeline's stage-2 U-Net (noise MSE only, for speed)."""
+    from latentsync.training.unet_trainer import train
+
+    root, ov = tiny
+    cfg = unet_cfg(ov, "unet_tiny.yaml", lora_rank=4, max_train_steps=2, checkpointing_steps=1,
+                   sync_loss_weight=0, perceptual_loss_weight=0, trepa_loss_weight=0, output_dir=str(root / "lora"))
+    result = train(cfg)
+    reset_accelerate()
+    return cfg, result
+
+
+@pytest.fixture(scope="module")
+def syncnet_run(tiny, sync_clips_dir):
+    from latentsync.training.syncnet_trainer import train_syncnet
+
+    root, _ = tiny
+    cfg = syncnet_cfg(sync_clips_dir, root / "syncnet")
+    with LogText() as log:
+        result = train_syncnet(cfg)
+    reset_accelerate()
+    return cfg, result, log.text
+
+
+# ---------------------------------------------------------------------------------------------------- configs
+def test_configs_say_what_they_are():
+    configs = sorted(CONFIGS.glob("*.yaml"))
+    loaded = {p.name: (load_syncnet_config if p.name.startswith("syncnet") else load_config)(p) for p in configs}
+    outputs = [c.output_dir for c in loaded.values()]
+    assert len(set(outputs)) == len(outputs), "two configs share a default output_dir"
+    s1, s2 = loaded["unet_tiny_stage1.yaml"], loaded["unet_tiny_stage2.yaml"]
+    assert (s1.stage, s1.motion_modules, s1.trainable_modules, s1.resolution) == (1, "none", None, 64)
+    assert (s2.stage, s2.motion_modules, s2.trainable_modules) == (2, "all", ["motion_modules.", "attentions."])
+    assert s2.pretrained_unet == os.path.join(s1.output_dir, "pipeline")
+    assert s2.syncnet == os.path.join(loaded["syncnet_tiny.yaml"].output_dir, "syncnet")
+    # stage=1 alone implies no temporal layers and every weight trainable; set beside it, they are kept
+    implied = load_config(CONFIGS / "unet_stage2.yaml", ["stage=1"])
+    assert (implied.motion_modules, implied.trainable_modules) == ("none", None)
+    kept = load_config(CONFIGS / "unet_stage2.yaml",
+                       ["stage=1", "motion_modules=decoder", "trainable_modules=[attn2.]"])
+    assert (kept.motion_modules, kept.trainable_modules) == ("decoder", ["attn2."])
+    assert load_config(CONFIGS / "unet_stage1.yaml", ["stage=2"]).motion_modules == "all"
+    assert (UNetTrainingConfig(stage=1).motion_modules, UNetTrainingConfig(stage=1).trainable_modules) == ("none", None)
+    assert UNetTrainingConfig().trainable_modules == ["motion_modules.", "attentions."]
+
+
+@pytest.mark.parametrize("contents, overrides, message", [
+    ("stage: [1\n", [], "cannot read config .*line 2"),
+    ("- a list\n", [], "must hold a mapping"),
+    (None, ["nope=1"], "unknown config keys: nope"),
+    (None, ["learning_rate=fast"], "learning_rate must be a number"),
+    (None, ["resume_from_checkpoint=latest", "overwrite_output_dir=true"], "contradict each other"),
+    (None, ["stage=1", "trainable_modules=[motion_modules.]"], "selects only temporal layers"),
+    (None, ["max_train_steps=0"], "max_train_steps must be >= 1"),
+])
+def test_bad_settings_end_in_one_line(tmp_path, caplog, contents, overrides, message):
+    from latentsync.commands.train import train_unet_command
+
+    config = tmp_path / "bad.yaml"
+    if contents is not None:
+        config.write_text(contents)
+    else:
+        config = CONFIGS / "unet_tiny_stage1.yaml"
+    t0 = time.time()
+    with caplog.at_level(logging.ERROR, logger="latentsync"):
+        code = train_unet_command(["--config", str(config), "train_data=x", f"output_dir={tmp_path / 'out'}",
+                                   *overrides])
+    assert code == 2 and time.time() - t0 < 10
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "\n" not in errors[0], errors
+    assert __import__("re").search(message, errors[0]), errors[0]
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(TrainingConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+
+
+# ---------------------------------------------------------------------------------------------------- errors
+def test_empty_dataset_is_one_line_for_both_trainers(tiny, tmp_path, caplog):
+    import datasets
+
+    from latentsync.commands.train import train_syncnet_command, train_unet_command
+    from latentsync.data.clips import TrainingDataError
+    from latentsync.training.syncnet_trainer import train_syncnet
+    from latentsync.training.unet_trainer import train
+
+    _, ov = tiny
+    empty = tmp_path / "prepared" / "dataset"
+    datasets.Dataset.from_dict({"video": []}, features=datasets.Features({"video": datasets.Value("binary")})
+                               ).save_to_disk(str(empty), num_shards=1)  # as earlier versions of prepare wrote it
+    (tmp_path / "prepared" / "prepare_config.json").write_text("{}")
+    with pytest.raises(TrainingDataError, match=r"holds no clips \(0 rows\).*summary.md"):
+        train(unet_cfg(ov, train_data=str(empty), output_dir=str(tmp_path / "u")))
+    reset_accelerate()
+    with pytest.raises(TrainingDataError, match=r"holds no clips \(0 rows\)"):
+        train_syncnet(syncnet_cfg(empty, tmp_path / "s"))
+    reset_accelerate()
+    # a prepare output folder without its dataset (prepare kept no clip) and a missing folder, through the scripts
+    shutil.rmtree(empty)
+    with caplog.at_level(logging.ERROR, logger="latentsync"):
+        assert train_syncnet_command(["--config", str(CONFIGS / "syncnet_tiny.yaml"),
+                                      f"train_data={tmp_path / 'prepared'}", f"output_dir={tmp_path / 's2'}"]) == 2
+        reset_accelerate()
+        assert train_unet_command(["--config", str(CONFIGS / "unet_tiny_stage1.yaml"),
+                                   f"components_from={ov['components_from']}", f"train_data={tmp_path / 'nowhere'}",
+                                   f"output_dir={tmp_path / 'u2'}"]) == 2
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "kept no clip" in errors[0] and "training data not found" in errors[1]
+    assert all("\n" not in e for e in errors)
+    assert not any((tmp_path / name).exists() for name in ("u", "s", "s2", "u2"))  # nothing written
+
+
+MISSING_MODELS = textwrap.dedent("""
+    import os, sys, time
+    from latentsync.commands.train import train_unet_command
+    t0 = time.time()
+    code = train_unet_command(["--config", sys.argv[1], "train_data=" + sys.argv[2], "components_from=null",
+                               "output_dir=" + sys.argv[3]])
+    print("EXIT", code, "SECONDS", round(time.time() - t0, 1))
+    # a cached model loads at once afterwards: the process switched to offline mode
+    from diffusers import AutoencoderKL
+    from latentsync.testing import build_tiny_pipeline
+    cache = os.environ["HF_HUB_CACHE"]
+    snapshot = os.path.join(cache, "models--org--tinyvae", "snapshots", "a" * 40)
+    build_tiny_pipeline().vae.save_pretrained(snapshot)
+    os.makedirs(os.path.join(cache, "models--org--tinyvae", "refs"))
+    open(os.path.join(cache, "models--org--tinyvae", "refs", "main"), "w").write("a" * 40)
+    t0 = time.time()
+    AutoencoderKL.from_pretrained("org/tinyvae")
+    print("CACHED", round(time.time() - t0, 1), os.environ.get("HF_HUB_OFFLINE"))
+""")
+
+
+def test_models_missing_offline_fail_at_once_naming_them(tiny, tmp_path):
+    """With the Hub unreachable (a refused port) and an empty cache: one line naming vae and whisper, saying what to
+    do, in seconds rather than the 30 s of Hub retries; cached models then load without retries."""
+    _, ov = tiny
+    env = dict(os.environ, HF_ENDPOINT="http://127.0.0.1:9", HF_HUB_CACHE=str(tmp_path / "cache"))
+    env.pop("HF_HUB_OFFLINE", None)
+    env.pop("TRANSFORMERS_OFFLINE", None)
+    done = subprocess.run([sys.executable, "-c", MISSING_MODELS, str(CONFIGS / "unet_tiny_stage1.yaml"),
+                           ov["train_data"], str(tmp_path / "out")], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    exit_line = next(line for line in done.stdout.splitlines() if line.startswith("EXIT"))
+    assert exit_line.startswith("EXIT 2") and float(exit_line.split()[-1]) < 10, exit_line
+    errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    assert len(errors) == 1, done.stderr[-3000:]
+    assert "vae=stabilityai/sd-vae-ft-mse" in errors[0] and "whisper=openai/whisper-tiny" in errors[0]
+    assert "HF_HUB_OFFLINE=1" in errors[0] and "local folder" in errors[0]
+    assert "Retrying" not in done.stderr
+    cached = next(line for line in done.stdout.splitlines() if line.startswith("CACHED")).split()
+    assert float(cached[1]) < 5 and cached[2] == "1"
+    assert not (tmp_path / "out").exists()
+
+
+def test_check_model_sources(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from latentsync.loaders import sources
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    sources._probe_hub.cache_clear()
+    sources.check_model_sources({"vae": str(tmp_path), "syncnet": None})  # local folders need no Hub
+    with pytest.raises(sources.ModelSourceError, match=r"not found: pretrained_unet=runs/x/pipeline"):
+        sources.check_model_sources({"pretrained_unet": "runs/x/pipeline"})
+    t0 = time.time()
+    with pytest.raises(sources.ModelSourceError, match=r"Hub is unavailable .*127.0.0.1.*: trepa_model=org/videomae"):
+        sources.check_model_sources({"trepa_model": "org/videomae"})
+    assert time.time() - t0 < 5 and constants.HF_HUB_OFFLINE  # switched to offline mode
+    assert sources.is_hub_id("org/name") and not sources.is_hub_id("./org/name") and not sources.is_hub_id("a/b/c")
+    sources._probe_hub.cache_clear()
+
+
+# ---------------------------------------------------------------------------------------------------- a run's start
+def test_stage1_run_says_what_it_trains_and_logs_progress(stage1_run):
+    cfg, result, log = stage1_run
+    out = cfg.output_dir
+    assert "data: 3 clips" in log and "faces: 64 x 64 px" in log and "resized" not in log.split("faces:")[1][:40]
+    assert "U-Net stage 1, temporal layers: none" in log
+    assert "ResNet blocks (resnets.)" in log and "100.0 %" in log and "temporal layers (motion_modules.)" not in log
+    assert "frozen: VAE" in log and "audio encoder" in log and "losses: recon x 1" in log
+    assert "steps 0 -> 3" in log and f"output: {out}/" in log
+    assert all(f"step {s}/3: loss" in log for s in (1, 2, 3))
+    history = json.load(open(os.path.join(out, "history.json")))
+    assert history["train_step"] == [1, 2, 3] and len(history["train_recon"]) == 3
+    assert open(os.path.join(out, "loss_chart.png"), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert any(f.startswith("events.out.tfevents") for _, _, fs in os.walk(os.path.join(out, "logs")) for f in fs)
+    with open(os.path.join(out, "checkpoints", "checkpoint-2", "training_state.json")) as fh:
+        assert json.load(fh)["history"]["train_step"] == [1, 2]
+
+
+def test_syncnet_run_says_what_it_trains_and_logs_progress(syncnet_run):
+    cfg, result, log = syncnet_run
+    assert "faces: 64 x 64 px, resized to 32 x 32 px, lower half kept (16 x 32 px)" in log
+    assert "audio encoder" in log and "visual encoder" in log and "frozen: none" in log
+    assert "step 1/2: loss" in log and "step 2: validation loss" in log and "positive_accuracy" in log
+    history = json.load(open(os.path.join(cfg.output_dir, "history.json")))
+    assert history["train_step"] == [1, 2] and {"val_positive_accuracy", "val_negative_accuracy"} <= set(history)
+
+
+# ---------------------------------------------------------------------------------------------------- run folders
+def test_fresh_run_into_a_used_folder_is_refused(tiny, stage1_run, syncnet_run):
+    from latentsync.training.syncnet_trainer import train_syncnet
+    from latentsync.training.unet_trainer import train
+
+    _, ov = tiny
+    cfg = stage1_run[0]
+    before = snapshot(cfg.output_dir)
+    t0 = time.time()
+    with pytest.raises(TrainingConfigError, match="already holds a run: continue it with resume_from_checkpoint"):
+        train(unet_cfg(ov, max_train_steps=3, output_dir=cfg.output_dir))
+    assert time.time() - t0 < 5  # refused before any model loads
+    assert snapshot(cfg.output_dir) == before
+    with pytest.raises(TrainingConfigError, match="already holds a run"):
+        train_syncnet(syncnet_run[0])
+
+
+def test_overwrite_and_latest_without_checkpoint_start_clean(tiny, stage1_run, tmp_path):
+    from latentsync.training.unet_trainer import train
+
+    _, ov = tiny
+    used = tmp_path / "used"
+    shutil.copytree(stage1_run[0].output_dir, used)
+    train(unet_cfg(ov, max_train_steps=1, overwrite_output_dir=True, output_dir=str(used)))
+    reset_accelerate()
+    assert [json.loads(line)["step"] for line in open(used / "losses.jsonl")] == [1]
+    assert os.listdir(used / "checkpoints") == ["checkpoint-1"]
+    # "latest" in a folder whose run died before its first checkpoint: a fresh start, no duplicated steps
+    shutil.rmtree(used / "checkpoints")
+    train(unet_cfg(ov, max_train_steps=1, resume_from_checkpoint="latest", output_dir=str(used)))
+    reset_accelerate()
+    assert [json.loads(line)["step"] for line in open(used / "losses.jsonl")] == [1]
+    assert json.load(open(used / "history.json"))["train_step"] == [1]
+    # a folder that holds something else is never deleted
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(TrainingConfigError, match="holds no training run"):
+        train(unet_cfg(ov, overwrite_output_dir=True, output_dir=str(other)))
+    assert (other / "notes.txt").read_text() == "mine"
+
+
+def test_run_folder_as_model_is_one_line(stage1_run, example_face, example_speech, caplog):
+    from latentsync import LatentSyncPipeline
+    from latentsync.commands import main
+
+    out = stage1_run[0].output_dir
+    with pytest.raises(LatentSyncInputError, match=f"training run folder.*{out}/pipeline.*export-checkpoint"):
+        LatentSyncPipeline.from_pretrained(out)
+    with caplog.at_level(logging.ERROR, logger="latentsync"):
+        assert main(["--model", out, "--video", str(example_face), "--audio", str(example_speech),
+                     "--output", os.path.join(out, "..", "never.mp4")]) == 2
+    assert "training run folder" in caplog.records[-1].getMessage()
+
+
+# ---------------------------------------------------------------------------------------------------- export
+def test_export_any_checkpoint_without_touching_the_run(stage1_run, tmp_path):
+    from latentsync import LatentSyncPipeline
+    from latentsync.training.export import ExportError, export_checkpoint
+
+    cfg, result, _ = stage1_run
+    run = cfg.output_dir
+    before = snapshot(run)
+    final = export_checkpoint(run, str(tmp_path / "step3"), step=3)
+    assert final["step"] == 3 and final["pipeline"] == str(tmp_path / "step3")
+    assert final["ema"]  # the run kept an EMA: its weights, as in the run's pipeline/
+    ours = load_file(tmp_path / "step3" / "unet" / "diffusion_pytorch_model.safetensors")
+    saved = load_file(os.path.join(result["pipeline"], "unet", "diffusion_pytorch_model.safetensors"))
+    assert ours.keys() == saved.keys() and all(torch.equal(ours[k], saved[k]) for k in ours)  # the run's own result
+    raw = export_checkpoint(run, str(tmp_path / "step3_raw"), step=3, use_ema=False)
+    raw_weights = load_file(os.path.join(raw["pipeline"], "unet", "diffusion_pytorch_model.safetensors"))
+    assert not raw["ema"] and any(not torch.equal(raw_weights[k], saved[k]) for k in saved)
+    first = export_checkpoint(run, str(tmp_path / "step1"), step=1)
+    pipe = LatentSyncPipeline.from_pretrained(first["pipeline"])
+    assert pipe.unet.config.motion_modules == "none"
+    step1 = pipe.unet.state_dict()
+    assert any(not torch.equal(step1[k], saved[k]) for k in saved)
+    assert snapshot(run) == before  # the run is only read
+    with pytest.raises(ExportError, match="no checkpoint of step 7; its checkpoints are at steps 1, 2, 3"):
+        export_checkpoint(run, str(tmp_path / "x"), step=7)
+    with pytest.raises(ExportError, match="already exists"):
+        export_checkpoint(run, str(tmp_path / "step1"), step=1)
+    with pytest.raises(ExportError, match="outside the run folder"):
+        export_checkpoint(run, os.path.join(run, "exported"))
+    assert not (tmp_path / "x").exists() and not os.path.exists(os.path.join(run, "exported"))
+
+
+def test_export_command_syncnet_and_lora(syncnet_run, lora_run, tmp_path, capsys):
+    from latentsync.commands import main
+    from latentsync.loaders.lora import read_lora_record
+    from latentsync.models import StableSyncNet
+
+    cfg = syncnet_run[0]
+    assert main(["export-checkpoint", cfg.output_dir, "--step", "2", str(tmp_path / "sn")]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["kind"] == "syncnet"
+    ours = StableSyncNet.from_pretrained(tmp_path / "sn").state_dict()
+    final = StableSyncNet.from_pretrained(syncnet_run[1]["model_dir"]).state_dict()
+    assert all(torch.equal(ours[k], final[k]) for k in final)
+    lora_cfg, lora_result = lora_run
+    assert main(["export-checkpoint", lora_cfg.output_dir, str(tmp_path / "lora_export")]) == 0
+    assert read_lora_record(str(tmp_path / "lora_export" / "lora")) == read_lora_record(lora_result["lora"])
+    merged = load_file(tmp_path / "lora_export" / "unet" / "diffusion_pytorch_model.safetensors")
+    saved = load_file(os.path.join(lora_result["pipeline"], "unet", "diffusion_pytorch_model.safetensors"))
+    assert all(torch.allclose(merged[k], saved[k]) for k in saved)
+
+
+# ---------------------------------------------------------------------------------------------------- LoRA base
+def test_lora_adapter_knows_its_base(tiny, lora_run, stage1_run, caplog):
+    from latentsync import LatentSyncPipeline
+    from latentsync.loaders.lora import (
+        LoRABaseMismatchError,
+        base_weights_sha256,
+        check_lora_base,
+        load_lora_adapter,
+        read_lora_record,
+    )
+
+    _, ov = tiny
+    _, result = lora_run
+    adapter = result["lora"]
+    record = read_lora_record(adapter)
+    base = LatentSyncPipeline.from_pretrained(ov["components_from"]).unet
+    assert record["base_model"]["source"] == ov["components_from"]
+    assert record["base_model"]["weights_sha256"] == base_weights_sha256(base)
+    assert record["lora"]["rank"] == 4 and record["trained_steps"] == 2
+    # the right base: every tensor lands, and the result is the run's merged pipeline
+    load_lora_adapter(base, adapter)
+    merged = LatentSyncPipeline.from_pretrained(result["pipeline"]).unet
+    x, ctx = torch.randn(1, 13, 16, 8, 8), torch.randn(16, 30, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(base(x, 5, ctx).sample, merged(x, 5, ctx).sample, rtol=1e-4, atol=1e-4)
+    # another architecture (the stage-1 U-Net has no temporal layers): refused, nothing loaded
+    stage1 = LatentSyncPipeline.from_pretrained(stage1_run[1]["pipeline"]).unet
+    with pytest.raises(LoRABaseMismatchError, match=r"trained on another U-Net.*motion_modules.*tensors have no layer"):
+        load_lora_adapter(stage1, adapter)
+    assert not any("lora_" in n for n, _ in stage1.named_parameters())
+    # same architecture, other weights: a loud warning, refused with strict=True
+    other = LatentSyncPipeline.from_pretrained(ov["components_from"]).unet
+    with torch.no_grad():
+        other.conv_in.weight.add_(1.0)
+    with caplog.at_level(logging.WARNING, logger="latentsync"):
+        check_lora_base(other, adapter)
+    assert "trained on other weights of this architecture" in caplog.text
+    with pytest.raises(LoRABaseMismatchError, match="other weights"):
+        check_lora_base(other, adapter, strict=True)
+
+
+def test_lora_adapter_without_record_onto_wrong_architecture(lora_run, stage1_run, tmp_path):
+    from latentsync import LatentSyncPipeline
+    from latentsync.loaders.lora import LORA_WEIGHTS_FILE, LoRABaseMismatchError, load_lora_adapter
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(os.path.join(lora_run[1]["lora"], LORA_WEIGHTS_FILE), bare / LORA_WEIGHTS_FILE)
+    stage1 = LatentSyncPipeline.from_pretrained(stage1_run[1]["pipeline"]).unet
+    with pytest.raises(LoRABaseMismatchError, match=r"\d+ of the \d+ tensors .* have no layer in this U-Net"):
+        load_lora_adapter(stage1, str(bare))
