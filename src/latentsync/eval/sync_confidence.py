@@ -119,7 +119,8 @@ def offset_confidence(
     else:
         n, starts = len(visual), torch.as_tensor(np.asarray(visual_starts), dtype=torch.long)
         if starts.shape != (n,) or (n and int(starts.min()) < 0):
-            raise ValueError(f"visual_starts must hold one frame index >= 0 per visual window, got {tuple(starts.shape)}")
+            raise ValueError(f"visual_starts must hold one frame index >= 0 per visual window, got "
+                             f"{tuple(starts.shape)}")
     if n == 0 or len(audio) == 0:
         raise ValueError("no windows to compare: the video or audio is too short")
     visual, audio = visual.float(), audio.float()

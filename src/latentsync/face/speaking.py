@@ -174,24 +174,29 @@ def syncnet_scores(
             embedded[index].append((start, v))
         pending.clear()
 
-    iterator = enumerate(frames)
+    frame_iter = iter(frames)
+    numbered = enumerate(frame_iter)
     if progress is not None:
-        iterator = progress(iterator, "SyncNet scores", last + 1)
-    for i, frame in iterator:
-        if i > last:
-            break
-        for index, by_frame in matrices.items():
-            matrix = by_frame.get(i)
-            if matrix is None:
-                continue
-            face = aligner.align(frame, matrix)
-            recent[index].append((i, face[res // 2 :] if config.lower_half else face))
-            window = recent[index]
-            start = i - length + 1
-            if len(window) == length and window[0][0] == start and start % stride == 0:
-                pending.append((index, start, np.stack([f for _, f in window])))
-                if len(pending) >= batch_size:
-                    embed()
+        numbered = progress(numbered, "SyncNet scores", last + 1)
+    try:
+        for i, frame in numbered:
+            if i > last:
+                break
+            for index, by_frame in matrices.items():
+                matrix = by_frame.get(i)
+                if matrix is None:
+                    continue
+                face = aligner.align(frame, matrix)
+                recent[index].append((i, face[res // 2 :] if config.lower_half else face))
+                window = recent[index]
+                start = i - length + 1
+                if len(window) == length and window[0][0] == start and start % stride == 0:
+                    pending.append((index, start, np.stack([f for _, f in window])))
+                    if len(pending) >= batch_size:
+                        embed()
+    finally:
+        if hasattr(frame_iter, "close"):  # stop the decoder of a video file we leave early
+            frame_iter.close()
     if pending:
         embed()
 
