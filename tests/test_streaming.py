@@ -71,11 +71,11 @@ def test_analysis_windows_and_sink_of_a_looping_video(face_frames):
         stream.open_output(None, None, np.zeros(1), keep_frames=True)
         windows = list(stream.windows(16))
         assert [w.start for w in windows] == [0, 16] and [len(w.frames) for w in windows] == [16, 14]
-        first = windows[0]
-        assert first.face_slots == [k for k in range(16) if k != 3]
+        [first] = windows[0].groups  # one voice
+        assert first.voice == 0 and first.slots == [k for k in range(16) if k != 3]
         assert first.faces.shape == (15, RESOLUTION, RESOLUTION, 3)
-        assert first.frame_indices.tolist() == first.face_slots and first.face_sources == first.face_slots
-        assert windows[1].face_sources == pingpong_indices(20, 30)[16:].tolist()  # 16..19, then 19 back to 10
+        assert first.frame_indices.tolist() == first.slots and first.sources == first.slots
+        assert windows[1].groups[0].sources == pingpong_indices(20, 30)[16:].tolist()  # 16..19, then 19 back to 10
         for window in windows:
             stream.write(window, None)  # nothing regenerated: the frames pass through
         kept = stream.finish()
@@ -105,7 +105,7 @@ def test_pasted_faces_are_written_to_the_file(face_frames, tmp_path):
         stream.analyze()
         stream.open_output(out, None, np.zeros(8 * 640, np.float32), keep_frames=True)
         for window in stream.windows(4):
-            stream.write(window, np.zeros_like(window.faces))  # black mouths
+            stream.write(window, [np.zeros_like(g.faces) for g in window.groups])  # black mouths
         kept = stream.finish()
     written = np.stack(list(iter_frames(out, None)))
     assert written.shape[0] == 8 and not np.array_equal(kept[0], face_frames[0])

@@ -15,7 +15,7 @@ import numbers
 import os
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -39,13 +39,17 @@ from .audio_features.whisper import (
 )
 from .errors import InvalidAudioError, InvalidVideoError, LatentSyncInputError
 from .face.mask import latent_mouth_mask, mouth_mask
+from .face.selection import FaceSelection, check_face_arguments, choose_faces, track_key
+from .face.tracking import FaceTrack, FaceTracks, track_faces
 from .loaders.official import is_official_layout, load_official_components
-from .media.audio import as_samples, check_not_silent, num_video_frames
+from .loaders.official import load_syncnet as load_syncnet_model
+from .media.audio import as_samples, check_not_silent, fit_length, mix_tracks, num_video_frames
 from .media.constants import VIDEO_FPS
 from .media.files import check_input_file
-from .media.video import check_output_path, open_frames
+from .media.video import FrameSource, check_output_path, open_frames
 from .models.audio_encoder import WhisperAudioEncoder
 from .models.deep_cache import UNetFeatureCache
+from .models.syncnet import StableSyncNet
 from .models.unet import LatentSyncUNet
 from .pipeline_output import LatentSyncPipelineOutput
 from .schedulers import scheduler_by_name
@@ -141,6 +145,8 @@ class LatentSyncPipeline(DiffusionPipeline):
     ([`~diffusers.DDIMScheduler`] as in the official code; any diffusers scheduler works, e.g.
     ``pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)`` or
     ``pipe.set_scheduler("dpm++")``). ``resolution`` is the side of the aligned face (256 for 1.5, 512 for 1.6).
+    The optional ``syncnet`` ([`StableSyncNet`]) is used only to find the speaking face (``face="speaking"``);
+    without it a landmark score is used.
 
     Speed and memory options: ``torch_dtype`` fp16/bf16 on a GPU, ``pipe.unet.compile()`` (torch.compile),
     ``deep_cache_interval`` (DeepCache feature reuse) and ``cache_latents`` at call time, [`enable_vae_slicing`],
@@ -151,6 +157,7 @@ class LatentSyncPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "audio_encoder->unet->vae"
+    _optional_components = ["syncnet"]
     _callback_tensor_inputs = ["latents", "condition_latents", "audio_embeds"]
 
     def __init__(
@@ -161,10 +168,12 @@ class LatentSyncPipeline(DiffusionPipeline):
         feature_extractor: WhisperFeatureExtractor,
         scheduler: SchedulerMixin,
         resolution: int = 256,
+        syncnet: StableSyncNet | None = None,
     ):
         super().__init__()
         self.register_modules(
-            unet=unet, vae=vae, audio_encoder=audio_encoder, feature_extractor=feature_extractor, scheduler=scheduler
+            unet=unet, vae=vae, audio_encoder=audio_encoder, feature_extractor=feature_extractor, scheduler=scheduler,
+            syncnet=syncnet,
         )
         self.register_to_config(resolution=resolution)
 
@@ -180,7 +189,8 @@ class LatentSyncPipeline(DiffusionPipeline):
         hub = {k: kwargs.get(k) for k in ("cache_dir", "revision", "token")}
         if is_official_layout(pretrained_model_name_or_path, local_files_only=kwargs.get("local_files_only", False),
                               **hub):
-            return cls(**load_official_components(pretrained_model_name_or_path, **kwargs))
+            syncnet = kwargs.pop("syncnet", None)
+            return cls(**load_official_components(pretrained_model_name_or_path, **kwargs), syncnet=syncnet)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     # ------------------------------------------------------------------ options
@@ -189,6 +199,15 @@ class LatentSyncPipeline(DiffusionPipeline):
         ``"euler"``), built from the current scheduler's config (same noise schedule); returns it."""
         self.scheduler = scheduler_by_name(name, self.scheduler.config)
         return self.scheduler
+
+    def load_syncnet(self, source: str | os.PathLike, **kwargs: Any) -> StableSyncNet:
+        """Load a [`StableSyncNet`] as the pipeline's ``syncnet`` component (used to find the speaking face), on the
+        pipeline's device and dtype: a diffusers folder or Hub id, or an official ``stable_syncnet.pt`` (the file,
+        or a folder or Hub repo holding it, e.g. ``"ByteDance/LatentSync-1.6"``); ``kwargs`` go to
+        [`~latentsync.loaders.load_syncnet`]. It is saved with the pipeline."""
+        syncnet = load_syncnet_model(source, **kwargs).to(self.device, self.dtype).eval()
+        self.register_modules(syncnet=syncnet)
+        return syncnet
 
     def enable_vae_slicing(self) -> None:
         """Encode and decode the frames of a window one at a time (lower peak memory, same result)."""
@@ -246,6 +265,10 @@ class LatentSyncPipeline(DiffusionPipeline):
         output_type: str | None = None,
         latents: torch.Tensor | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        face: str | int | FaceTrack | None = None,
+        face_box: Sequence[float] | None = None,
+        face_box_frame: int = 0,
+        mix_audio: Any = None,
     ) -> None:
         """Check every argument of a call before any work is done.
 
@@ -256,8 +279,14 @@ class LatentSyncPipeline(DiffusionPipeline):
         """
         if isinstance(video, (str, os.PathLike)):
             check_input_file(video, InvalidVideoError, "video")
-        if isinstance(audio, (str, os.PathLike)):
+        if isinstance(audio, Mapping):
+            for key, speech in audio.items():
+                if isinstance(speech, (str, os.PathLike)):
+                    check_input_file(speech, InvalidAudioError, f"audio for face {track_key(key)}")
+        elif isinstance(audio, (str, os.PathLike)):
             check_input_file(audio, InvalidAudioError, "audio")
+        if isinstance(mix_audio, (str, os.PathLike)):
+            check_input_file(mix_audio, InvalidAudioError, "mix_audio")
         if output_path is not None:
             check_output_path(output_path)
         if output_type not in (None, *OUTPUT_TYPES):
@@ -268,8 +297,8 @@ class LatentSyncPipeline(DiffusionPipeline):
         _check_int("num_inference_steps", num_inference_steps, 1)
         max_frames = self.unet.config.motion_max_seq_length if self.unet.has_motion_modules else None
         _check_int("num_frames", num_frames, 1, max_frames)
-        if face_index is not None:
-            _check_int("face_index", face_index, 0)
+        check_face_arguments(face, face_index, face_box, face_box_frame,
+                             list(audio) if isinstance(audio, Mapping) else None)
         _check_int("crf", crf, 0, 51)
         _check_int("deep_cache_interval", deep_cache_interval, 0)
         if deep_cache_interval:
@@ -298,6 +327,36 @@ class LatentSyncPipeline(DiffusionPipeline):
         """Whisper token features ``(tokens, states, d_model)`` for 16 kHz mono audio; with ``stream`` in the
         ``"official"`` mode, computed one 30 s window at a time as they are read (bounded memory)."""
         return encode_audio_features(audio, self.feature_extractor, self.audio_encoder, window_mode, stream, timer)
+
+    def detect_faces(self, video: str | os.PathLike | np.ndarray | Sequence[np.ndarray | PIL.Image.Image]
+                     ) -> FaceTracks:
+        """Every face of ``video`` followed through it: the tracks (frames, boxes ``(x, y, w, h)``, thumbnail) and
+        the shots, as the lip sync sees them, so that ``face_index`` or an ``audio`` mapping can name a track.
+
+        The video is read once at 25 fps (frame numbers count at that rate). See
+        [`latentsync.face.tracking`] for how faces are followed through crossings, gaps and scene cuts.
+        """
+        source = open_frames(video, VIDEO_FPS)
+        return track_faces(source, source.label, self._progress, source.expected_frames)
+
+    def select_faces(
+        self,
+        tracks: FaceTracks,
+        source: FrameSource,
+        face: str | int | FaceTrack | None = None,
+        face_index: int | None = None,
+        face_box: Sequence[float] | None = None,
+        face_box_frame: int = 0,
+        voice_tracks: Sequence[int | FaceTrack] | None = None,
+    ) -> FaceSelection:
+        """Which tracks to lip-sync, grouped by voice (see [`latentsync.face.selection`]).
+
+        For ``face="speaking"`` every track is scored against the video's own soundtrack: by the pipeline's
+        ``syncnet`` when it has one (one more pass over ``source``), else by lip motion against loudness. A video
+        without a soundtrack (or with a silent one) falls back to the largest face of each shot, with a warning.
+        """
+        return choose_faces(tracks, source, face, face_index, face_box, face_box_frame, voice_tracks,
+                            syncnet=getattr(self, "syncnet", None), progress=self._progress)
 
     def _noise_shape(self) -> tuple[int, ...]:
         size = self.config.resolution // self.vae_scale_factor
@@ -467,7 +526,7 @@ class LatentSyncPipeline(DiffusionPipeline):
     def __call__(
         self,
         video: str | os.PathLike | np.ndarray | Sequence[np.ndarray | PIL.Image.Image],
-        audio: str | os.PathLike | np.ndarray | torch.Tensor,
+        audio: str | os.PathLike | np.ndarray | torch.Tensor | Mapping[int | FaceTrack, Any],
         output_path: str | os.PathLike | None = None,
         num_inference_steps: int = 20,
         guidance_scale: float = 1.5,
@@ -475,6 +534,10 @@ class LatentSyncPipeline(DiffusionPipeline):
         latents: torch.Tensor | None = None,
         num_frames: int = 16,
         face_index: int | None = None,
+        face: str | int | FaceTrack | None = None,
+        face_box: Sequence[float] | None = None,
+        face_box_frame: int = 0,
+        mix_audio: str | os.PathLike | np.ndarray | torch.Tensor | None = None,
         landmark_smoothing: float = 1.5,
         audio_window_mode: AudioWindowMode = "official",
         overlap_stages: bool = True,
@@ -498,14 +561,25 @@ class LatentSyncPipeline(DiffusionPipeline):
             video: path of the talking-face video (any format and frame rate ffmpeg reads), or its frames in memory
                 at 25 fps (an RGB uint8 array ``(T, H, W, 3)``, or a list of ``(H, W, 3)`` arrays or PIL images).
             audio: path of the speech (any audio or video file with an audio stream), or its samples (mono float,
-                16 kHz); it replaces the video's audio.
+                16 kHz); it replaces the video's audio. A voice per face: a mapping from face track (its number, as
+                [`detect_faces`] lists them, or the [`~latentsync.face.FaceTrack`]) to that face's speech; each face
+                is lip-synced to its own speech, and the output's sound is their mix (or ``mix_audio``).
             output_path: where to write the result (``.mp4``, ``.mov`` or ``.mkv``); None returns frames only.
             num_inference_steps: denoising steps per 16-frame window.
             guidance_scale: classifier-free guidance on the audio (zero audio as unconditional); 1 disables it.
             generator: torch generator for the initial noise and VAE sampling (seed it for reproducible output).
             latents: the initial noise ``(1, 4, 1, R/8, R/8)`` (one map shared by every frame) instead of drawing it.
             num_frames: frames denoised together (16 as in training).
-            face_index: which face to lip-sync when several are visible: None = largest, k = k-th from the left.
+            face_index: lip-sync face track ``k`` (tracks are numbered by first frame, then from left to right;
+                [`detect_faces`] lists them); frames outside that track pass through unchanged.
+            face: ``"largest"`` (default: in each shot, the face that fills the most picture), ``"speaking"`` (in
+                each shot, the face whose mouth follows the video's own soundtrack; see ``out.faces``), or a track
+                (number or [`~latentsync.face.FaceTrack`], as ``face_index``).
+            face_box: ``(x, y, width, height)`` in pixels: lip-sync the face track whose box overlaps it most on
+                frame ``face_box_frame`` (25 fps frame number).
+            face_box_frame: see ``face_box``.
+            mix_audio: the sound of the output (path or 16 kHz samples) instead of ``audio`` (or the mix of the
+                voices); the output lasts as long as it, and the speech that drives the lips is cut or padded to it.
             landmark_smoothing: temporal Gaussian sigma (frames) applied to face landmarks; 0 disables.
             audio_window_mode: ``"official"`` (independent 30 s Whisper windows, exact parity) or ``"overlap"``
                 (overlapping windows, no discontinuity every 30 s on long audio).
@@ -541,64 +615,72 @@ class LatentSyncPipeline(DiffusionPipeline):
         # 0. Check every argument before any work
         self.check_inputs(video, audio, output_path, num_inference_steps, guidance_scale, num_frames, face_index,
                           landmark_smoothing, audio_window_mode, crf, deep_cache_interval, deep_cache_branch,
-                          output_type, latents, callback_on_step_end_tensor_inputs)
+                          output_type, latents, callback_on_step_end_tensor_inputs, face, face_box, face_box_frame,
+                          mix_audio)
         if output_type is None:
             output_type = "np" if return_frames or output_path is None else "file"
         self._guidance_scale, self._interrupt, self._num_timesteps = guidance_scale, False, num_inference_steps
         timer, wall, device = StageTimer(), time.perf_counter(), self._execution_device
 
-        # 1. Open the inputs: the video as re-readable 25 fps frames, the audio as 16 kHz samples that set the length
+        # 1. Open the inputs: the video as re-readable 25 fps frames, the speech of each voice as 16 kHz samples, and
+        #    the output's sound, which sets the length
         source = open_frames(video, VIDEO_FPS)
-        samples = as_samples(audio)
-        check_not_silent(samples, os.fspath(audio) if isinstance(audio, (str, os.PathLike)) else "audio samples")
+        voice_tracks = list(audio) if isinstance(audio, Mapping) else None
+        voices, sound, samples = _open_voices(audio, mix_audio)
         num_output_frames = num_video_frames(len(samples))
 
-        # 2. Encode the audio (streamed one 30 s Whisper window at a time in the official mode)
+        # 2. Encode the speech of each voice (streamed one 30 s Whisper window at a time in the official mode)
         with timer("audio_features"):
-            audio_features = self.encode_audio(samples, audio_window_mode, stream=True, timer=timer)
+            audio_features = [self.encode_audio(v, audio_window_mode, stream=True, timer=timer) for v in voices]
 
         with VideoStream(source, num_output_frames, self.config.resolution, overlap_stages, timer,
                          self._progress) as stream:
-            # 3. First pass over the video: the face in every frame, and the output order (looping if too short)
-            stream.analyze(face_index, landmark_smoothing)
+            # 3. First pass over the video: every face followed through it (tracks, shots)
+            tracks = stream.track_faces()
 
-            # 4. The initial noise, drawn before any VAE sample (the official order of random draws)
+            # 4. Which tracks to lip-sync, and with which voice; their alignment and the output order (looping if
+            #    the video is too short)
+            selection = self.select_faces(tracks, source, face, face_index, face_box, face_box_frame, voice_tracks)
+            stream.assign(selection.voices, landmark_smoothing)
+
+            # 5. The initial noise, drawn before any VAE sample (the official order of random draws)
             latents = self.prepare_latents(self.unet.dtype, device, generator, latents)
 
-            # 5. Open the output, and the caches that save work when the video loops or steps repeat
-            stream.open_output(output_path, audio, samples, crf, keep_frames=output_type != "file")
+            # 6. Open the output, and the caches that save work when the video loops or steps repeat
+            stream.open_output(output_path, sound, samples, crf, keep_frames=output_type != "file")
             use_latent_cache = stream.loops if cache_latents is None else cache_latents
-            latent_cache = stream.latent_cache() if use_latent_cache else None
+            latent_caches = [stream.latent_cache(v) if use_latent_cache else None for v in range(stream.num_voices)]
             deep_cache = UNetFeatureCache(self.unet, deep_cache_interval, deep_cache_branch) if deep_cache_interval \
                 else None
 
-            # 6. Second pass: per window, condition on the faces, denoise, decode, paste the mouths back and write
+            # 7. Second pass: per window and voice, condition on the faces, denoise, decode; then paste the mouths
+            #    back and write
             num_windows = -(-num_output_frames // num_frames)
             for window in self._progress(stream.windows(num_frames), "Lip sync", num_windows):
-                new_faces = None
-                if window.faces is not None:
+                new_faces = []
+                for group in window.groups:
                     with timer("vae_encode"):
-                        condition = self.prepare_condition_latents(window.faces, generator, window.face_sources,
-                                                                   latent_cache)
-                    audio_embeds = frame_audio_contexts(audio_features, window.frame_indices)
+                        condition = self.prepare_condition_latents(group.faces, generator, group.sources,
+                                                                   latent_caches[group.voice])
+                    audio_embeds = frame_audio_contexts(audio_features[group.voice], group.frame_indices)
                     with timer("denoise"):
                         window_latents = self.denoise(latents, condition, audio_embeds, num_inference_steps,
                                                       guidance_scale, generator, deep_cache, callback_on_step_end,
                                                       callback_on_step_end_tensor_inputs)
                     with timer("vae_decode"):
-                        new_faces = self.decode_latents(window_latents)
+                        new_faces.append(self.decode_latents(window_latents))
                 stream.write(window, new_faces)
                 if self.interrupt:
                     break
             frames = stream.finish()
 
-        # 7. Release offloaded models and return the frames in the requested form
+        # 8. Release offloaded models and return the frames in the requested form
         self.maybe_free_model_hooks()
         timings = {**timer.as_dict(), "total": time.perf_counter() - wall}
         output = LatentSyncPipelineOutput(
             frames=self.postprocess_frames(frames, output_type), fps=float(VIDEO_FPS),
             path=os.fspath(output_path) if output_path is not None else None, num_frames=stream.frames_submitted,
-            frames_without_face=stream.frames_without_face, timings=timings,
+            frames_without_face=stream.frames_without_face, timings=timings, faces=selection.shots,
         )
         return output if return_dict else (output.frames, output.path)
 
@@ -637,6 +719,33 @@ class LatentSyncPipeline(DiffusionPipeline):
         """tqdm bar for one stage, honouring ``set_progress_bar_config``."""
         config = {"desc": desc, "total": total, **getattr(self, "_progress_bar_config", {})}
         return tqdm(iterable, **config)
+
+
+def _open_voices(audio: Any, mix_audio: Any) -> tuple[list[np.ndarray], Any, np.ndarray]:
+    """The speech of each voice (16 kHz samples), the output's sound (a file to mux as it is, or None to write
+    ``samples``), and the output's sound as samples (its length is the output's).
+
+    One ``audio``: one voice, which is also the sound. A mapping: one voice per face and their mix as the sound.
+    ``mix_audio`` replaces the sound; the voices are then cut or padded to its length.
+    """
+    if isinstance(audio, Mapping):
+        voices = []
+        for key, speech in audio.items():
+            samples = as_samples(speech)
+            label = os.fspath(speech) if isinstance(speech, (str, os.PathLike)) else "audio samples"
+            check_not_silent(samples, f"{label} (face {track_key(key)})")
+            voices.append(samples)
+        sound, samples = None, mix_tracks(voices)
+    else:
+        samples = as_samples(audio)
+        check_not_silent(samples, os.fspath(audio) if isinstance(audio, (str, os.PathLike)) else "audio samples")
+        voices, sound = [samples], audio
+    if mix_audio is not None:
+        sound = mix_audio if isinstance(mix_audio, (str, os.PathLike)) else None
+        samples = as_samples(mix_audio)
+        check_not_silent(samples, os.fspath(mix_audio) if sound is not None else "mix_audio samples")
+    voices = [v if len(v) >= len(samples) else fit_length(v, len(samples)) for v in voices]
+    return voices, sound, samples
 
 
 def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import PIL.Image
 import torch
 from diffusers.utils import BaseOutput
+
+if TYPE_CHECKING:
+    from .face.selection import ShotFaces
 
 
 @dataclass
@@ -23,6 +27,8 @@ class LatentSyncPipelineOutput(BaseOutput):
         num_frames: number of output frames.
         frames_without_face: output frames passed through unchanged because no face was found in them.
         timings: busy seconds per stage (stages may overlap in time) and ``total`` wall-clock seconds.
+        faces: per shot of the video, which face track was lip-synced and why, with every track's speaking score
+            when ``face="speaking"`` ([`~latentsync.face.selection.ShotFaces`]).
     """
 
     frames: np.ndarray | list[PIL.Image.Image] | torch.Tensor | None
@@ -31,3 +37,4 @@ class LatentSyncPipelineOutput(BaseOutput):
     num_frames: int
     frames_without_face: int
     timings: dict[str, float] = field(default_factory=dict)
+    faces: list[ShotFaces] | None = None

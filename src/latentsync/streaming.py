@@ -2,10 +2,11 @@
 
 A [`VideoStream`] holds the two passes of one pipeline call over the input video:
 
-1. [`VideoStream.analyze`] decodes every frame once to find the face in it (and, when the output will loop far back
-   over the video, writes the decoded frames to an on-disk cache);
+1. [`VideoStream.track_faces`] decodes every frame once to follow every face through the video (and, when the
+   output will loop far back over the video, writes the decoded frames to an on-disk cache); [`VideoStream.assign`]
+   then takes the chosen face tracks, one group per voice ([`VideoStream.analyze`] does both for the largest face);
 2. [`VideoStream.windows`] decodes the video a second time, in output order, and yields windows of frames with
-   their aligned faces; [`VideoStream.write`] pastes the regenerated mouths back and encodes the frames.
+   their aligned faces, per voice; [`VideoStream.write`] pastes the regenerated mouths back and encodes the frames.
 
 The output follows the audio: a longer video is trimmed, a shorter one plays forward and backward
 ([`pingpong_indices`], as the official code loops). Frames shown again are read from a small in-memory tail when the
@@ -23,7 +24,7 @@ import queue
 import tempfile
 import threading
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -33,8 +34,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .errors import InvalidVideoError, NoFaceError
-from .face.alignment import FaceAligner, smooth_anchors
-from .face.detection import FaceDetector
+from .face.alignment import FaceAligner
+from .face.selection import FaceSelection, select_faces
+from .face.tracking import FaceTrack, FaceTracker, FaceTracks, combined_anchors
 from .media.audio import write_wav
 from .media.constants import VIDEO_FPS
 from .media.video import FrameSource, VideoWriter
@@ -165,32 +167,39 @@ class LatentCache:
 
 # ---------------------------------------------------------------------------------------------------- the stream
 @dataclass
+class FaceGroup:
+    """The faces of one voice in a window (denoised together, with that voice's audio).
+
+    Attributes:
+        voice: the voice's number.
+        slots: positions in the window of the frames where the voice's face is.
+        faces: those frames' aligned faces ``(len(slots), R, R, 3)`` uint8.
+        frame_indices: output frame index of each face (where its audio context is taken).
+        sources: source frame of each face (the key of the voice's latent cache).
+    """
+
+    voice: int
+    slots: list[int]
+    faces: np.ndarray
+    frame_indices: np.ndarray
+    sources: list[int]
+
+
+@dataclass
 class FrameWindow:
     """Consecutive output frames that are denoised together.
 
     Attributes:
         start: index of the window's first output frame.
         source_indices: the source frame each output frame shows.
-        frames: the decoded frames (RGB uint8); paste-back replaces those with a face.
-        face_slots: positions in the window of the frames that have a face.
-        faces: those frames' aligned faces ``(len(face_slots), R, R, 3)`` uint8, or None when there is none.
+        frames: the decoded frames (RGB uint8); paste-back replaces the faces in them.
+        groups: the aligned faces in the window, one group per voice that has a face in it.
     """
 
     start: int
     source_indices: np.ndarray
     frames: list[np.ndarray]
-    face_slots: list[int]
-    faces: np.ndarray | None
-
-    @property
-    def frame_indices(self) -> np.ndarray:
-        """Output frame index of each face (where its audio context is taken)."""
-        return np.array([self.start + k for k in self.face_slots])
-
-    @property
-    def face_sources(self) -> list[int]:
-        """Source frame of each face (the key of the latent cache)."""
-        return [int(self.source_indices[k]) for k in self.face_slots]
+    groups: list[FaceGroup]
 
 
 def _plain_progress(iterable: Any, desc: str, total: int | None = None) -> tqdm:
@@ -232,9 +241,10 @@ class VideoStream:
         self.progress = progress or _plain_progress
         self.cache_path: str | None = None
         self.frame_shape: tuple[int, ...] | None = None
+        self.tracks: FaceTracks | None = None
         self.has_face: np.ndarray | None = None
         self.order: np.ndarray | None = None
-        self.matrices: list[np.ndarray | None] = []
+        self.matrices: list[list[np.ndarray | None]] = []  # per voice, per source frame
         self.frames_submitted = 0
         self.writer: VideoWriter | None = None
         self.keep_frames = False
@@ -263,7 +273,11 @@ class VideoStream:
 
     @property
     def num_source_frames(self) -> int:
-        return len(self.has_face) if self.has_face is not None else 0
+        return self.tracks.num_frames if self.tracks is not None else 0
+
+    @property
+    def num_voices(self) -> int:
+        return len(self.matrices)
 
     @property
     def frames_without_face(self) -> int:
@@ -278,8 +292,21 @@ class VideoStream:
         return self.num_output_frames > self.num_source_frames
 
     # ------------------------------------------------------------------ pass 1
-    def analyze(self, face_index: int | None = None, landmark_smoothing: float = 1.5) -> None:
-        """First pass: face anchors of every frame, the output order and the alignment of every frame with a face.
+    def analyze(self, face_index: int | None = None, landmark_smoothing: float = 1.5) -> FaceSelection:
+        """First pass and the choice of face in one: [`track_faces`], then the largest face of every shot (or track
+        ``face_index``) through [`assign`].
+
+        Raises:
+            InvalidVideoError: the video has no frames.
+            NoFaceError: no frame has a face.
+            LatentSyncInputError: there is no track ``face_index``.
+        """
+        selection = select_faces(self.track_faces(), face_index=face_index)
+        self.assign(selection.voices, landmark_smoothing)
+        return selection
+
+    def track_faces(self) -> FaceTracks:
+        """First pass: every face followed through the video ([`~latentsync.face.tracking.FaceTracker`]).
 
         Raises:
             InvalidVideoError: the video has no frames.
@@ -289,27 +316,43 @@ class VideoStream:
         # cache decoded frames on disk only when the output clearly loops back over more than a short tail
         if min(n_out - expected, expected) > self.max_tail_frames + 2:
             self.cache_path = self._temp_path("frames.u8")
-        with FaceDetector(face_index=face_index) as detector:
-            anchors = self._detect_faces(detector)
-        n_src = len(anchors)
-        self.has_face = ~np.isnan(anchors[:, 0, 0])
-        if not self.has_face.any():
+        with FaceTracker() as tracker:
+            self._read_first_pass(tracker)
+            self.tracks = tracker.result(self.source.label)
+        if not any(t.has_landmarks for t in self.tracks):
             raise NoFaceError(f"no face found in any frame of {self.source.label}")
-        self.order = pingpong_indices(n_src, n_out)
+        n_src = self.tracks.num_frames
         if min(n_out - n_src, n_src) > self.max_tail_frames and self.cache_path is None:  # the estimate was off
             self.cache_path = self._temp_path("frames.u8")
             with open(self.cache_path, "wb") as fh:
                 for frame in self.source:
                     fh.write(frame.tobytes())
-        smoothed = smooth_anchors(anchors, landmark_smoothing)
-        self.matrices = [self.aligner.matrix(a) if ok else None for a, ok in zip(smoothed, self.has_face)]
+        return self.tracks
+
+    def assign(self, voices: Sequence[Sequence[FaceTrack]], landmark_smoothing: float = 1.5) -> None:
+        """The faces to regenerate: ``voices[v]`` are the tracks lip-synced to voice ``v`` (at most one face per
+        frame and voice). Sets the output order and the alignment of every chosen face, its landmarks smoothed
+        over time within each track (``landmark_smoothing``: Gaussian sigma in frames).
+
+        Raises:
+            NoFaceError: none of the tracks can be aligned.
+        """
+        n_src, n_out = self.num_source_frames, self.num_output_frames
+        self.matrices = []
+        for tracks in voices:
+            anchors = combined_anchors(tracks, n_src, landmark_smoothing)
+            self.matrices.append([self.aligner.matrix(a) if np.isfinite(a[0, 0]) else None for a in anchors])
+        self.has_face = np.array([any(m[j] is not None for m in self.matrices) for j in range(n_src)], dtype=bool)
+        if not self.has_face.any():
+            raise NoFaceError(f"none of the chosen faces of {self.source.label} can be aligned")
+        self.order = pingpong_indices(n_src, n_out)
         no_face = int((~self.has_face[self.order]).sum())
         if no_face:
-            logger.warning("%d of %d output frames have no face and pass through unchanged", no_face, n_out)
+            logger.warning("%d of %d output frames have no face to lip-sync and pass through unchanged", no_face,
+                           n_out)
 
-    def _detect_faces(self, detector: FaceDetector) -> np.ndarray:
-        """Anchors ``(N, 3, 2)`` of every frame (NaN where no face); writes the frames to the cache when it is on."""
-        anchors: list[np.ndarray] = []
+    def _read_first_pass(self, tracker: FaceTracker) -> None:
+        """Feed every frame to ``tracker``; write the frames to the cache when it is on."""
         cache = None
         frames = iter(self.source)
         bar = self.progress(None, "Face analysis", self.source.expected_frames)
@@ -321,8 +364,7 @@ class VideoStream:
                     break
                 bar.update()
                 with self.timer("face_detection"):
-                    a = detector.anchors(frame)
-                anchors.append(a if a is not None else np.full((3, 2), np.nan))
+                    tracker.update(frame)
                 if self.cache_path is not None:
                     if cache is None:
                         cache = open(self.cache_path, "wb")
@@ -332,13 +374,14 @@ class VideoStream:
             bar.close()
             if cache is not None:
                 cache.close()
-        if not anchors:
+        if tracker.num_frames == 0:
             raise InvalidVideoError(f"video has no frames: {self.source.label}")
-        return np.stack(anchors)
 
-    def latent_cache(self) -> LatentCache:
-        """A [`LatentCache`] that keeps the VAE latents of every source frame until its last use in the output."""
-        return LatentCache(Counter(int(j) for j in self.order if self.has_face[j]))
+    def latent_cache(self, voice: int = 0) -> LatentCache:
+        """A [`LatentCache`] that keeps the VAE latents of the face of ``voice`` in every source frame until its last
+        use in the output."""
+        matrices = self.matrices[voice]
+        return LatentCache(Counter(int(j) for j in self.order if matrices[j] is not None))
 
     # ------------------------------------------------------------------ pass 2
     def frames_in_order(self) -> Iterator[np.ndarray]:
@@ -382,10 +425,16 @@ class VideoStream:
             idx = self.order[start : start + num_frames]
             with self.timer("decode"):
                 frames = [next(frames_iter) for _ in idx]
-            sel = [k for k, j in enumerate(idx) if self.has_face[j]]
-            with self.timer("alignment"):
-                faces = np.stack([self.aligner.align(frames[k], self.matrices[idx[k]]) for k in sel]) if sel else None
-            yield FrameWindow(start, idx, frames, sel, faces)
+            groups = []
+            for voice, matrices in enumerate(self.matrices):
+                slots = [k for k, j in enumerate(idx) if matrices[j] is not None]
+                if not slots:
+                    continue
+                with self.timer("alignment"):
+                    faces = np.stack([self.aligner.align(frames[k], matrices[idx[k]]) for k in slots])
+                groups.append(FaceGroup(voice, slots, faces, np.array([start + k for k in slots]),
+                                        [int(idx[k]) for k in slots]))
+            yield FrameWindow(start, idx, frames, groups)
 
     # ------------------------------------------------------------------ output
     def open_output(self, output_path: str | os.PathLike | None, audio: Any, samples: np.ndarray, crf: int = 18,
@@ -402,19 +451,23 @@ class VideoStream:
             self.writer = VideoWriter(output_path, VIDEO_FPS, audio_path=audio_path, crf=crf)
         self._sink = OrderedWorker(self._paste_and_write) if self.overlap_stages else None
 
-    def write(self, window: FrameWindow, new_faces: np.ndarray | None) -> None:
-        """Paste ``new_faces`` (the regenerated aligned faces of the window's face slots, or None) into the window's
-        frames and write them, in a background thread with ``overlap_stages``."""
+    def write(self, window: FrameWindow, new_faces: Sequence[np.ndarray | None] | None) -> None:
+        """Paste ``new_faces`` (for each of the window's groups, its regenerated aligned faces or None; or None for
+        no change) into the window's frames and write them, in a background thread with ``overlap_stages``."""
         self.frames_submitted += len(window.frames)
         if self._sink is not None:
             self._sink.submit(window, new_faces)
         else:
             self._paste_and_write(window, new_faces)
 
-    def _paste_and_write(self, window: FrameWindow, new_faces: np.ndarray | None) -> None:
+    def _paste_and_write(self, window: FrameWindow, new_faces: Sequence[np.ndarray | None] | None) -> None:
         with self.timer("paste_back"):
-            for k, face in zip(window.face_slots, new_faces if new_faces is not None else []):
-                window.frames[k] = self.aligner.paste(window.frames[k], face, self.matrices[window.source_indices[k]])
+            for group, faces in zip(window.groups, new_faces if new_faces is not None else []):
+                if faces is None:
+                    continue
+                matrices = self.matrices[group.voice]
+                for k, face in zip(group.slots, faces):
+                    window.frames[k] = self.aligner.paste(window.frames[k], face, matrices[window.source_indices[k]])
         with self.timer("encode"):
             for frame in window.frames:
                 if self.writer is not None:

@@ -8,8 +8,12 @@ ones. Real lip sync needs the official checkpoints.
 from __future__ import annotations
 
 import os
+import subprocess
 import tempfile
+from collections.abc import Sequence
 from typing import Any
+
+import imageio_ffmpeg
 
 import numpy as np
 import torch
@@ -170,3 +174,62 @@ def save_tiny_training_models(directory: str, resolution: int = 64, seed: int = 
         "lpips_heads": "uniform",
         "trepa_model": paths["videomae"],
     }
+
+
+# ---------------------------------------------------------------------------------------------------- two-person clips
+SHARED_CLIP_FACES: dict[str, dict[str, str]] = {
+    "demo1": {"close": "crop=600:600:306:432", "wide": "crop=900:900:156:282"},
+    "demo2": {"close": "crop=800:800:161:77", "wide": "crop=1000:1000:61:0"},
+}
+"""ffmpeg crops of the face in the shared clips ``demo1_video.mp4`` and ``demo2_video.mp4`` (1080 x 1920): close
+(the face about a third of the crop) and wide (another framing: switching between the two is a scene cut)."""
+
+
+def _ffmpeg(*args: str) -> None:
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-nostdin", "-v", "error", *args], check=True)
+
+
+def crop_faces(videos: dict[str, str], folder: str, seconds: float, side: int = 360,
+               crops: dict[str, dict[str, str]] = SHARED_CLIP_FACES) -> dict[tuple[str, str], str]:
+    """Square ``side``-pixel face crops of the first ``seconds`` of each video in ``videos`` (name -> path), one per
+    framing in ``crops[name]``, 25 fps H.264 with the video's own sound (16 kHz mono AAC); each video is decoded
+    once. Returns ``{(name, framing): path}``."""
+    out = {}
+    for name, src in videos.items():
+        framings = crops[name]
+        graph = ";".join([f"[0:v]split={len(framings)}" + "".join(f"[{k}]" for k in framings)]
+                         + [f"[{k}]{crop},scale={side}:{side},setsar=1,fps={VIDEO_FPS}[{k}v]"
+                            for k, crop in framings.items()])
+        args = ["-t", str(seconds), "-i", os.fspath(src), "-filter_complex", graph]
+        for framing in framings:
+            out[name, framing] = os.path.join(folder, f"{name}_{framing}.mp4")
+            args += ["-map", f"[{framing}v]", "-map", "0:a", "-c:v", "libx264", "-crf", "16", "-c:a", "aac",
+                     "-ac", "1", "-ar", str(SAMPLE_RATE), out[name, framing]]
+        _ffmpeg(*args)
+    return out
+
+
+def side_by_side_clip(path: str, left: str, right: str, sound: str, starts: Sequence[float] = (0, 0, 0),
+                      seconds: float = 6.0) -> str:
+    """Two clips side by side (``left`` from ``starts[0]`` s, ``right`` from ``starts[1]`` s) with the sound of
+    ``sound`` from ``starts[2]`` s, ``seconds`` long: a two-person video where one face speaks and the other moves
+    its lips to words nobody hears."""
+    inputs = []
+    for clip, start in zip((left, right, sound), starts):
+        inputs += ["-ss", str(start), "-t", str(seconds), "-i", os.fspath(clip)]
+    _ffmpeg(*inputs, "-filter_complex", f"[0:v][1:v]hstack,fps={VIDEO_FPS}[v]", "-map", "[v]", "-map", "2:a",
+            "-c:v", "libx264", "-crf", "16", "-c:a", "aac", "-ac", "1", "-ar", str(SAMPLE_RATE), "-t", str(seconds),
+            os.fspath(path))
+    return os.fspath(path)
+
+
+def concat_clips(path: str, parts: Sequence[str]) -> str:
+    """The clips ``parts`` (same size and codecs) one after the other, without re-encoding."""
+    listing = os.fspath(path) + ".txt"
+    with open(listing, "w") as fh:
+        fh.writelines(f"file '{os.path.abspath(p)}'\n" for p in parts)
+    try:
+        _ffmpeg("-f", "concat", "-safe", "0", "-i", listing, "-c", "copy", os.fspath(path))
+    finally:
+        os.remove(listing)
+    return os.fspath(path)

@@ -1,7 +1,7 @@
 """The ``latentsync`` command line: one module per subcommand, each with its argument parser.
 
 ``latentsync --video in.mp4 --audio speech.wav --output out.mp4`` lip-syncs a video ([`latentsync.commands.run`]);
-the subcommands are ``make-tiny``, ``convert``, ``prepare``, ``eval`` and ``export-checkpoint``.
+the subcommands are ``make-tiny``, ``convert``, ``prepare``, ``eval``, ``faces`` and ``export-checkpoint``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("latentsync.commands.convert", "convert"),
     "prepare": ("latentsync.commands.prepare", "prepare"),
     "eval": ("latentsync.commands.eval", "main"),
+    "faces": ("latentsync.commands.faces", "faces"),
     "export-checkpoint": ("latentsync.commands.export_checkpoint", "export_checkpoint_command"),
 }
 RUN = ("latentsync.commands.run", "run")

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from typing import Any
 
 import torch
 
+from ..errors import LatentSyncInputError
+from ..face.selection import FACE_RULES
 from ..pipeline import LatentSyncPipeline
 from ..schedulers import SCHEDULERS
 from ..utils import DTYPES, default_device, resolve_dtype
@@ -17,10 +20,35 @@ logger = logging.getLogger("latentsync")
 DEFAULT_MODEL = "ByteDance/LatentSync-1.6"
 
 
+def face_choice(text: str) -> dict[str, Any]:
+    """``--face``: ``largest``, ``speaking``, a track number, or a box ``x,y,w,h`` -> the pipeline's arguments."""
+    text = text.strip()
+    if text in FACE_RULES:
+        return {"face": text}
+    if text.isdigit():
+        return {"face_index": int(text)}
+    parts = text.split(",")
+    try:
+        box = [float(v) for v in parts]
+    except ValueError:
+        box = []
+    if len(box) != 4 or box[2] <= 0 or box[3] <= 0:
+        raise argparse.ArgumentTypeError(f"expected largest, speaking, a face number or x,y,w,h; got {text!r}")
+    return {"face_box": tuple(box)}
+
+
+def voice(text: str) -> tuple[int, str]:
+    """``--audio-for``: ``INDEX=FILE`` -> (track number, speech file)."""
+    index, sep, path = text.partition("=")
+    if not sep or not index.strip().isdigit() or not path:
+        raise argparse.ArgumentTypeError(f"expected FACE=FILE (a face number from `latentsync faces`), got {text!r}")
+    return int(index), path
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="latentsync", description="Lip-sync a talking-face video to a speech track.")
     p.add_argument("--video", required=True, help="input talking-face video")
-    p.add_argument("--audio", required=True, help="speech audio (any audio or video file)")
+    p.add_argument("--audio", default=None, help="speech audio (any audio or video file)")
     p.add_argument("--output", required=True, help="output video (.mp4, .mov or .mkv); its folder is created if missing")
     p.add_argument("--model", default=DEFAULT_MODEL, help="Hub id or local folder of a LatentSync pipeline")
     p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
@@ -28,7 +56,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1247, help="random seed (default 1247)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: fp16 on GPU, fp32 on CPU")
-    p.add_argument("--face-index", type=int, default=None, help="face to lip-sync, k-th from the left (default: largest)")
+    faces = p.add_argument_group("faces and voices (see `latentsync faces VIDEO` for the face numbers)")
+    faces.add_argument("--face", type=face_choice, default=None, metavar="largest|speaking|INDEX|x,y,w,h",
+                       help="face to lip-sync: the largest of each shot (default), the one speaking in the video's "
+                            "own soundtrack in each shot, face track INDEX, or the face in box x,y,w,h (pixels) on "
+                            "frame --face-frame")
+    faces.add_argument("--face-frame", type=int, default=0, help="frame (25 fps) of the --face x,y,w,h box")
+    faces.add_argument("--face-index", type=int, default=None, help=argparse.SUPPRESS)  # older name of --face INDEX
+    faces.add_argument("--audio-for", type=voice, action="append", default=None, metavar="INDEX=FILE",
+                       help="a voice per face: lip-sync face INDEX to FILE (repeat for each face; replaces --audio)")
+    faces.add_argument("--mix-audio", default=None,
+                       help="sound of the output (default: --audio, or the mix of the --audio-for files)")
+    faces.add_argument("--syncnet", default=None,
+                       help="StableSyncNet (folder, Hub id or stable_syncnet.pt) to find the speaking face with "
+                            "(default: lip motion against loudness)")
     p.add_argument("--audio-windows", choices=["official", "overlap"], default="official",
                    help="Whisper windows: independent 30 s (official) or overlapping (no glitch every 30 s)")
     fast = p.add_argument_group("speed and memory")
@@ -45,7 +86,16 @@ def parser() -> argparse.ArgumentParser:
 
 def run(argv: list[str]) -> int:
     """Load the pipeline with the speed options asked for and lip-sync one video."""
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if (args.audio is None) == (args.audio_for is None):
+        p.error("give the speech with --audio, or one --audio-for INDEX=FILE per face")
+    choice = dict(args.face or {})
+    if args.face_index is not None:
+        choice.setdefault("face_index", args.face_index)
+    audio = dict(args.audio_for) if args.audio_for else args.audio
+    if args.audio_for and len(audio) != len(args.audio_for):
+        raise LatentSyncInputError("--audio-for names the same face twice")
     device = args.device or default_device()
     dtype = resolve_dtype(args.dtype, device)
     logger.info("loading %s on %s (%s)", args.model, device, dtype)
@@ -62,19 +112,28 @@ def run(argv: list[str]) -> int:
         pipe.enable_vae_slicing()
     if args.compile:
         pipe.unet.compile()
+    if args.syncnet:
+        pipe.load_syncnet(args.syncnet)
     generator = torch.Generator("cpu").manual_seed(args.seed)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)  # e.g. outputs/ on a fresh clone
     out = pipe(
         video=args.video,
-        audio=args.audio,
+        audio=audio,
         output_path=args.output,
         num_inference_steps=args.steps,
         guidance_scale=args.guidance_scale,
         generator=generator,
-        face_index=args.face_index,
+        face_box_frame=args.face_frame,
+        mix_audio=args.mix_audio,
         audio_window_mode=args.audio_windows,
         deep_cache_interval=args.deep_cache,
+        **choice,
     )
     logger.info("wrote %s (%d frames at %g fps, %d without a face)", out.path, out.num_frames, out.fps,
                 out.frames_without_face)
+    for shot in out.faces or []:
+        scores = ", ".join(f"face {k}: {'-' if v is None else f'{v:.3f}'}" for k, v in shot.scores.items())
+        logger.info("shot %d (frames %d-%d): %s (%s)%s", shot.shot, shot.start, shot.end - 1,
+                    ", ".join(f"face {k}" for k in shot.tracks) or "no face", shot.rule,
+                    f"; scores {scores}" if scores else "")
     return 0

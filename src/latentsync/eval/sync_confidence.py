@@ -99,22 +99,34 @@ class SyncEstimate:
 
 
 def offset_confidence(
-    visual: torch.Tensor, audio: torch.Tensor, vshift: int = 15, metric: str = "euclidean"
+    visual: torch.Tensor, audio: torch.Tensor, vshift: int = 15, metric: str = "euclidean",
+    visual_starts: np.ndarray | torch.Tensor | None = None,
 ) -> SyncEstimate:
     """Offset and confidence from per-window features ``(N, D)`` (syncnet_python's ``calc_pdist`` + statistics).
 
     The audio features are zero-padded by ``vshift`` on both sides, as in the original, so windows near the ends
     compare against zeros (distance ``|v|`` for Euclidean, 1 for cosine).
+
+    By default ``visual[i]`` and ``audio[i]`` are the windows at frame ``i``. With ``visual_starts`` the visual
+    windows may be a subset (e.g. every other frame): ``visual[i]`` is then the window at frame ``visual_starts[i]``
+    and ``audio`` holds one window per frame.
     """
     if visual.ndim != 2 or audio.ndim != 2 or visual.shape[1] != audio.shape[1]:
         raise ValueError(f"features must be (N, D) with equal D, got {tuple(visual.shape)} and {tuple(audio.shape)}")
-    n = min(len(visual), len(audio))
-    if n == 0:
+    if visual_starts is None:
+        n = min(len(visual), len(audio))
+        visual, audio, starts = visual[:n], audio[:n], torch.arange(n)
+    else:
+        n, starts = len(visual), torch.as_tensor(np.asarray(visual_starts), dtype=torch.long)
+        if starts.shape != (n,) or (n and int(starts.min()) < 0):
+            raise ValueError(f"visual_starts must hold one frame index >= 0 per visual window, got "
+                             f"{tuple(starts.shape)}")
+    if n == 0 or len(audio) == 0:
         raise ValueError("no windows to compare: the video or audio is too short")
-    visual, audio = visual[:n].float(), audio[:n].float()
+    visual, audio = visual.float(), audio.float()
     win = 2 * vshift + 1
-    padded = F.pad(audio, (0, 0, vshift, vshift))
-    idx = torch.arange(n)[:, None] + torch.arange(win)[None, :]  # (n, win)
+    padded = F.pad(audio, (0, 0, vshift, max(vshift, int(starts.max()) + vshift + 1 - len(audio))))
+    idx = starts[:, None] + torch.arange(win)[None, :]  # (n, win)
     shifted = padded[idx]  # (n, win, D)
     v = visual[:, None, :].expand_as(shifted)
     if metric == "euclidean":

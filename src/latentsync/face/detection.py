@@ -22,6 +22,23 @@ logger = logging.getLogger(__name__)
 LEFT_BROW = [70, 63, 105, 66, 107, 46, 53, 52, 65, 55]
 RIGHT_BROW = [300, 293, 334, 296, 336, 276, 283, 282, 295, 285]
 NOSE = [5, 4]
+# Inner-lip points facing each other (upper, lower) at the centre and halfway to each corner, and the outer eye
+# corners, whose distance is the face's scale (it does not change when the mouth moves).
+INNER_LIP_PAIRS = [(13, 14), (82, 87), (312, 317)]
+EYE_CORNERS = (33, 263)
+
+
+def anchors_from_landmarks(landmarks: np.ndarray) -> np.ndarray:
+    """Alignment anchors ``(3, 2)`` from face-mesh points: image-left eyebrow, image-right eyebrow, nose."""
+    return np.stack([landmarks[LEFT_BROW].mean(0), landmarks[RIGHT_BROW].mean(0), landmarks[NOSE].mean(0)])
+
+
+def lip_gaps(landmarks: np.ndarray) -> np.ndarray:
+    """How far the lips are apart ``(3,)`` at the centre and on both sides, in units of the eye-corner distance
+    (so the values do not depend on the face's size in the frame)."""
+    scale = np.linalg.norm(landmarks[EYE_CORNERS[0]] - landmarks[EYE_CORNERS[1]])
+    gaps = [np.linalg.norm(landmarks[a] - landmarks[b]) for a, b in INNER_LIP_PAIRS]
+    return np.asarray(gaps) / max(float(scale), 1e-6)
 
 
 @dataclass
@@ -141,4 +158,4 @@ class FaceDetector:
             self._missed += 1
             return None
         self._last, self._missed = box, 0
-        return np.stack([lm[LEFT_BROW].mean(0), lm[RIGHT_BROW].mean(0), lm[NOSE].mean(0)])
+        return anchors_from_landmarks(lm)

@@ -1,7 +1,7 @@
 """Video and audio files: reading (any format ffmpeg reads, resampled to the model's 25 fps / 16 kHz), atomic
 writing, and the media constants."""
 
-from .audio import as_samples, check_not_silent, load_audio, num_video_frames, write_wav
+from .audio import as_samples, check_not_silent, fit_length, load_audio, mix_tracks, num_video_frames, write_wav
 from .constants import OUTPUT_FORMATS, SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_EXTENSIONS, VIDEO_FPS
 from .files import check_input_file, find_videos, is_video_file
 from .video import (
@@ -29,9 +29,11 @@ __all__ = [
     "check_not_silent",
     "check_output_path",
     "find_videos",
+    "fit_length",
     "is_video_file",
     "iter_frames",
     "load_audio",
+    "mix_tracks",
     "num_video_frames",
     "open_frames",
     "probe_video",

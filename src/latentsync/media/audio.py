@@ -78,3 +78,19 @@ def check_not_silent(audio: np.ndarray, path: str = "audio", threshold: float = 
 def num_video_frames(num_samples: int, sample_rate: int = SAMPLE_RATE, fps: int = VIDEO_FPS) -> int:
     """Number of 25 fps frames that cover ``num_samples`` of audio (rounded to the nearest frame)."""
     return max(1, int(round(num_samples * fps / sample_rate)))
+
+
+def fit_length(samples: np.ndarray, length: int) -> np.ndarray:
+    """``samples`` cut to ``length``, or padded with silence to it."""
+    if len(samples) >= length:
+        return samples[:length]
+    return np.concatenate([samples, np.zeros(length - len(samples), samples.dtype)])
+
+
+def mix_tracks(tracks: list[np.ndarray]) -> np.ndarray:
+    """The sum of mono tracks (as long as the longest; shorter ones end in silence), scaled down as a whole when it
+    would clip."""
+    length = max(len(t) for t in tracks)
+    mix = np.sum([fit_length(np.asarray(t, np.float32), length) for t in tracks], axis=0)
+    peak = float(np.abs(mix).max()) if len(mix) else 0.0
+    return (mix / peak).astype(np.float32) if peak > 1.0 else mix.astype(np.float32)

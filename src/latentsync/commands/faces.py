@@ -1,0 +1,76 @@
+"""``latentsync faces VIDEO``: list the face tracks of a video and draw them on a contact sheet.
+
+Each track is one face followed through one shot; its number is what ``--face INDEX`` and ``--audio-for INDEX=FILE``
+of the lip-sync command (and ``face_index`` / an ``audio`` mapping in Python) refer to. With ``--speaking`` every
+track is also scored against the video's own soundtrack, and the face that speaks in each shot is named.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+import torch
+from tqdm.auto import tqdm
+
+from ..face.selection import choose_faces
+from ..face.tracking import track_faces
+from ..loaders.official import load_syncnet
+from ..media.constants import VIDEO_FPS
+from ..media.video import open_frames
+from ..utils import default_device, write_json_atomically
+
+logger = logging.getLogger("latentsync")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="latentsync faces", description="List the face tracks of a video and write a "
+                                "contact sheet of them.")
+    p.add_argument("video", help="input video")
+    p.add_argument("--sheet", default=None,
+                   help="contact sheet PNG to write (default: <video name>_faces.png in the current folder)")
+    p.add_argument("--json", default=None, help="also write every track's frames and boxes to this JSON file")
+    p.add_argument("--speaking", action="store_true",
+                   help="score every face against the video's soundtrack and name the speaker of each shot")
+    p.add_argument("--syncnet", default=None,
+                   help="with --speaking: a StableSyncNet (folder, Hub id or stable_syncnet.pt) to score with "
+                        "instead of lip motion")
+    p.add_argument("--device", default=None, help="device of the SyncNet (default: best available)")
+    return p
+
+
+def faces(argv: list[str]) -> int:
+    """Find the face tracks of one video; log them, write the contact sheet (and JSON), optionally who speaks."""
+    args = parser().parse_args(argv)
+    source = open_frames(args.video, VIDEO_FPS)
+    tracks = track_faces(source, source.label, _progress, source.expected_frames)
+    for line in tracks.describe().splitlines():
+        logger.info("%s", line)
+    sheet = args.sheet or f"{os.path.splitext(os.path.basename(args.video))[0]}_faces.png"
+    os.makedirs(os.path.dirname(os.path.abspath(sheet)), exist_ok=True)
+    partial = os.path.join(os.path.dirname(os.path.abspath(sheet)), f".{os.path.basename(sheet)}.partial.png")
+    tracks.contact_sheet().save(partial, format="PNG")
+    os.replace(partial, sheet)
+    logger.info("contact sheet: %s", sheet)
+    record = tracks.to_dict()
+    if args.speaking and len(tracks):
+        syncnet = None
+        if args.syncnet:
+            syncnet = load_syncnet(args.syncnet).to(args.device or default_device()).eval()
+        with torch.no_grad():
+            selection = choose_faces(tracks, source, face="speaking", syncnet=syncnet, progress=_progress)
+        for shot in selection.shots:
+            scores = ", ".join(f"face {k}: {'-' if v is None else f'{v:.3f}'}" for k, v in shot.scores.items())
+            logger.info("shot %d (frames %d-%d): face %s (%s); scores %s", shot.shot, shot.start, shot.end - 1,
+                        shot.track, shot.rule, scores or "-")
+        record["speaking"] = [{"shot": s.shot, "track": s.track, "rule": s.rule, "scores": s.scores}
+                              for s in selection.shots]
+    if args.json:
+        write_json_atomically(args.json, record)
+        logger.info("tracks: %s", args.json)
+    return 0
+
+
+def _progress(iterable, desc: str, total: int | None = None) -> tqdm:
+    return tqdm(iterable, desc=desc, total=total)

@@ -1,0 +1,391 @@
+"""Face tracks: every face of a video followed from frame to frame.
+
+[`FaceTracker`] reads the frames once, in order. In each frame MediaPipe's detector finds every face and the face
+mesh gives its landmarks (the alignment anchors and the lip gaps). Each face then joins the track it continues: the
+one whose position, predicted from its recent motion, is nearest, among tracks of a similar face size and look (a
+hue-saturation histogram of the face); the faces of a frame are matched to the tracks jointly (Hungarian
+assignment), so two people crossing each other keep their identities. A track survives up to ``max_gap`` frames
+without its face (a hand or another head in front, a turned head), and picks it up again where its motion says it
+should be. A scene cut ends every track: faces after a cut start new tracks.
+
+Tracks are numbered by their first frame, then from left to right, so in a one-shot video of two people track 0 is
+the person on the left. [`FaceTracks`] holds them with the video's shots; ``contact_sheet()`` draws one thumbnail per
+track.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+import PIL.Image
+import PIL.ImageDraw
+from scipy.optimize import linear_sum_assignment
+
+from ..media.shots import ShotDetector, shot_ranges
+from .alignment import smooth_anchors
+from .detection import FaceBox, FaceDetector, anchors_from_landmarks, lip_gaps
+
+logger = logging.getLogger(__name__)
+
+_HIST_BINS = [16, 8]  # hue, saturation
+_UNMATCHED = 1e6
+_MOTION_MEMORY = 8  # recent detections a track's motion is fitted to
+
+
+@dataclass(eq=False)
+class FaceTrack:
+    """One face followed through consecutive frames of one shot.
+
+    Attributes:
+        index: the track's number (by first frame, then from left to right).
+        shot: the shot it belongs to.
+        frames: frame indices (25 fps) where the face was found, increasing; frames missing in between are frames
+            where it was hidden or not detected.
+        boxes: its box in each of those frames, ``(n, 4)`` pixels ``(x, y, width, height)``.
+        scores: the detector's confidence in each frame.
+        anchors: alignment anchors ``(n, 3, 2)`` (eyebrows, nose), NaN where the face mesh failed.
+        lips: lip gaps ``(n, 3)`` (see [`~latentsync.face.detection.lip_gaps`]), NaN where the face mesh failed.
+        thumbnail: the face where it was seen largest and most clearly (RGB, square).
+    """
+
+    index: int
+    shot: int
+    frames: np.ndarray
+    boxes: np.ndarray
+    scores: np.ndarray
+    anchors: np.ndarray
+    lips: np.ndarray
+    thumbnail: PIL.Image.Image = field(repr=False)
+
+    @property
+    def first_frame(self) -> int:
+        return int(self.frames[0])
+
+    @property
+    def last_frame(self) -> int:
+        return int(self.frames[-1])
+
+    @property
+    def num_frames(self) -> int:
+        """Frames in which the face was found."""
+        return len(self.frames)
+
+    @property
+    def has_landmarks(self) -> bool:
+        """Whether the face mesh found the face at least once (only then can it be lip-synced)."""
+        return bool(np.isfinite(self.anchors[:, 0, 0]).any())
+
+    @property
+    def total_area(self) -> float:
+        """Box area summed over the frames where the face mesh found the face: how much of the picture the face
+        fills, and for how long."""
+        ok = np.isfinite(self.anchors[:, 0, 0])
+        return float((self.boxes[ok, 2] * self.boxes[ok, 3]).sum())
+
+    def box_at(self, frame: int) -> np.ndarray | None:
+        """The box ``(x, y, w, h)`` at ``frame``, or None when the face was not found there."""
+        k = int(np.searchsorted(self.frames, frame))
+        return self.boxes[k] if k < len(self.frames) and self.frames[k] == frame else None
+
+    def dense_anchors(self) -> np.ndarray:
+        """Anchors ``(last - first + 1, 3, 2)`` for every frame of the track's span, NaN where the face is missing."""
+        out = np.full((self.last_frame - self.first_frame + 1, 3, 2), np.nan)
+        out[self.frames - self.first_frame] = self.anchors
+        return out
+
+    def dense_lips(self) -> np.ndarray:
+        """Lip gaps ``(last - first + 1, 3)`` for every frame of the track's span, NaN where the face is missing."""
+        out = np.full((self.last_frame - self.first_frame + 1, 3), np.nan)
+        out[self.frames - self.first_frame] = self.lips
+        return out
+
+    def describe(self) -> str:
+        """One line: number, shot, frames, median box."""
+        x, y, w, h = np.median(self.boxes, axis=0).round().astype(int)
+        return (f"face {self.index}: shot {self.shot}, frames {self.first_frame}-{self.last_frame} "
+                f"(seen in {self.num_frames}), box x={x} y={y} w={w} h={h}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready record: number, shot, and the frame and box ``[x, y, w, h]`` of every detection."""
+        return {"index": self.index, "shot": self.shot, "frames": self.frames.tolist(),
+                "boxes": np.round(self.boxes, 1).tolist(), "scores": np.round(self.scores, 3).tolist()}
+
+
+@dataclass(eq=False)
+class FaceTracks:
+    """The face tracks of a video and its shots (see the module docstring).
+
+    Attributes:
+        tracks: the tracks, ``tracks[i].index == i``.
+        shots: ``(first, end)`` frame range of every shot.
+        num_frames: frames read (25 fps).
+        frame_size: ``(width, height)`` of the frames.
+        label: the video's path, or ``"frames in memory"``.
+    """
+
+    tracks: list[FaceTrack]
+    shots: list[tuple[int, int]]
+    num_frames: int
+    frame_size: tuple[int, int]
+    label: str = "video"
+
+    def __len__(self) -> int:
+        return len(self.tracks)
+
+    def __getitem__(self, index: int) -> FaceTrack:
+        return self.tracks[index]
+
+    def __iter__(self) -> Iterator[FaceTrack]:
+        return iter(self.tracks)
+
+    def in_shot(self, shot: int) -> list[FaceTrack]:
+        """The tracks of one shot."""
+        return [t for t in self.tracks if t.shot == shot]
+
+    def describe(self) -> str:
+        """A few lines: the shots and one line per track."""
+        lines = [f"{len(self.tracks)} face track(s) in {len(self.shots)} shot(s) of {self.label} "
+                 f"({self.num_frames} frames, {self.frame_size[0]}x{self.frame_size[1]})"]
+        lines += [f"  shot {s}: frames {a}-{b - 1}" for s, (a, b) in enumerate(self.shots)]
+        lines += ["  " + t.describe() for t in self.tracks]
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready record of the shots and tracks."""
+        return {"video": self.label, "num_frames": self.num_frames, "frame_size": list(self.frame_size),
+                "shots": [list(s) for s in self.shots], "tracks": [t.to_dict() for t in self.tracks]}
+
+    def contact_sheet(self, columns: int = 4, tile: int = 160) -> PIL.Image.Image:
+        """One tile per track: its thumbnail and, under it, its number, shot and frames."""
+        columns = max(1, min(columns, len(self.tracks) or 1))
+        rows = max(1, -(-len(self.tracks) // columns))
+        caption = 34
+        sheet = PIL.Image.new("RGB", (columns * tile, rows * (tile + caption)), "white")
+        draw = PIL.ImageDraw.Draw(sheet)
+        if not self.tracks:
+            draw.text((8, 8), "no face found", fill="black")
+        for k, track in enumerate(self.tracks):
+            x, y = (k % columns) * tile, (k // columns) * (tile + caption)
+            sheet.paste(track.thumbnail.resize((tile - 8, tile - 8)), (x + 4, y + 4))
+            draw.text((x + 6, y + tile), f"face {track.index}  (shot {track.shot})", fill="black")
+            draw.text((x + 6, y + tile + 14), f"frames {track.first_frame}-{track.last_frame}", fill="dimgray")
+        return sheet
+
+
+# ---------------------------------------------------------------------------------------------------- tracking
+def _appearance(frame: np.ndarray, box: FaceBox) -> np.ndarray:
+    """Normalised hue-saturation histogram of the middle of the face box (a cheap signature of a face's look)."""
+    h, w = frame.shape[:2]
+    cx, cy = box.center
+    half = box.size * 0.3
+    x0, y0 = int(max(0, cx - half)), int(max(0, cy - half))
+    x1, y1 = int(min(w, cx + half)) + 1, int(min(h, cy + half)) + 1
+    patch = cv2.cvtColor(np.ascontiguousarray(frame[y0:y1, x0:x1]), cv2.COLOR_RGB2HSV)
+    hist = cv2.calcHist([patch], [0, 1], None, _HIST_BINS, [0, 180, 0, 256]).astype(np.float32)
+    return hist / max(float(hist.sum()), 1.0)
+
+
+def _landmarks_fit(landmarks: np.ndarray, box: FaceBox) -> bool:
+    """Whether face-mesh points belong to the face in ``box`` (their centre inside it): where two faces overlap the
+    mesh may lock onto the other one."""
+    cx, cy = landmarks.mean(0)
+    return box.x0 <= cx <= box.x1 and box.y0 <= cy <= box.y1
+
+
+@dataclass
+class _Detection:
+    box: FaceBox
+    landmarks: np.ndarray | None
+    look: np.ndarray
+
+
+class _OpenTrack:
+    """A track being built: its detections so far and its motion state."""
+
+    def __init__(self, shot: int):
+        self.shot = shot
+        self.frames: list[int] = []
+        self.boxes: list[tuple[float, float, float, float]] = []
+        self.scores: list[float] = []
+        self.anchors: list[np.ndarray] = []
+        self.lips: list[np.ndarray] = []
+        self.recent: deque[tuple[int, np.ndarray, float]] = deque(maxlen=_MOTION_MEMORY)  # frame, centre, size
+        self.size = 1.0
+        self.look: np.ndarray | None = None
+        self.thumbnail: np.ndarray | None = None
+        self._thumb_quality = -1.0
+
+    @property
+    def last_frame(self) -> int:
+        return self.frames[-1]
+
+    def predicted_center(self, frame: int) -> np.ndarray:
+        """Where the face should be at ``frame``: a straight line fitted to its recent centres (a line through
+        several detections is not thrown off by one box that a partial occlusion shrank or shifted)."""
+        if len(self.recent) < 2:
+            return self.recent[-1][1]
+        t = np.array([f for f, _, _ in self.recent], np.float64)
+        xy = np.stack([c for _, c, _ in self.recent])
+        slope, intercept = np.polyfit(t - t[-1], xy, 1)
+        return intercept + slope * (frame - t[-1])
+
+    def add(self, index: int, det: _Detection, image: np.ndarray, thumbnail_size: int) -> None:
+        box, center = det.box, det.box.center
+        self.look = det.look if self.look is None else 0.8 * self.look + 0.2 * det.look
+        self.recent.append((index, center, max(box.size, 1.0)))
+        self.size = float(np.median([s for _, _, s in self.recent]))
+        self.frames.append(index)
+        self.boxes.append((box.x0, box.y0, box.x1 - box.x0, box.y1 - box.y0))
+        self.scores.append(box.score)
+        if det.landmarks is not None:
+            self.anchors.append(anchors_from_landmarks(det.landmarks))
+            self.lips.append(lip_gaps(det.landmarks))
+        else:
+            self.anchors.append(np.full((3, 2), np.nan))
+            self.lips.append(np.full(3, np.nan))
+        quality = box.area * box.score * (1.0 if det.landmarks is not None else 0.25)
+        if quality > self._thumb_quality:
+            self._thumb_quality = quality
+            side = max(8, int(round(box.size * 1.5)))
+            crop = cv2.getRectSubPix(image, (side, side), (float(center[0]), float(center[1])))
+            self.thumbnail = cv2.resize(crop, (thumbnail_size, thumbnail_size), interpolation=cv2.INTER_AREA)
+
+
+class FaceTracker:
+    """Builds the face tracks of a video from its frames, fed in order (see the module docstring).
+
+    Args:
+        max_gap: frames a track may go without its face before it ends.
+        min_track_frames: shorter tracks are dropped as spurious detections (unless their shot is shorter).
+        max_distance: how far (in face sizes, from where its motion predicts) a face may be to continue a track.
+        appearance_weight: weight of the difference in look (0..1) against the distance when matching.
+        scene_threshold: threshold of the scene-cut detector ([`~latentsync.media.shots.ShotDetector`]).
+        min_confidence: detector score threshold.
+        thumbnail_size: side of the thumbnails, pixels.
+    """
+
+    def __init__(self, max_gap: int = 25, min_track_frames: int = 5, max_distance: float = 1.0,
+                 appearance_weight: float = 1.0, scene_threshold: float = 27.0, min_confidence: float = 0.5,
+                 thumbnail_size: int = 128):
+        self.max_gap = max_gap
+        self.min_track_frames = min_track_frames
+        self.max_distance = max_distance
+        self.appearance_weight = appearance_weight
+        self.thumbnail_size = thumbnail_size
+        self.detector = FaceDetector(min_confidence=min_confidence)
+        self.shot_detector = ShotDetector(scene_threshold)
+        self.num_frames = 0
+        self.frame_size = (0, 0)
+        self._shot = 0
+        self._open: list[_OpenTrack] = []
+        self._closed: list[_OpenTrack] = []
+
+    def close(self) -> None:
+        self.detector.close()
+
+    def __enter__(self) -> "FaceTracker":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _detections(self, frame: np.ndarray) -> list[_Detection]:
+        found = []
+        for box in self.detector.detect(frame):
+            landmarks = self.detector.landmarks(frame, box)
+            if landmarks is not None and not _landmarks_fit(landmarks, box):
+                landmarks = None
+            found.append(_Detection(box, landmarks, _appearance(frame, box)))
+        return found
+
+    def _cost(self, track: _OpenTrack, det: _Detection, index: int) -> float:
+        gap = index - track.last_frame
+        distance = np.linalg.norm(det.box.center - track.predicted_center(index)) / track.size
+        ratio = det.box.size / track.size
+        if distance > self.max_distance * min(1.0 + 0.1 * gap, 3.0) or not 0.5 < ratio < 2.0:
+            return _UNMATCHED
+        look = cv2.compareHist(track.look, det.look, cv2.HISTCMP_BHATTACHARYYA)
+        return distance + self.appearance_weight * look
+
+    def update(self, frame: np.ndarray) -> None:
+        """Add the next RGB uint8 frame."""
+        index = self.num_frames
+        self.num_frames += 1
+        self.frame_size = (frame.shape[1], frame.shape[0])
+        if self.shot_detector.update(frame):
+            self._closed += self._open
+            self._open = []
+            self._shot += 1
+        detections = self._detections(frame)
+        unmatched = set(range(len(detections)))
+        if self._open and detections:
+            cost = np.array([[self._cost(t, d, index) for d in detections] for t in self._open])
+            for ti, di in zip(*linear_sum_assignment(cost)):
+                if cost[ti, di] < _UNMATCHED:
+                    self._open[ti].add(index, detections[di], frame, self.thumbnail_size)
+                    unmatched.discard(di)
+        for di in sorted(unmatched):
+            track = _OpenTrack(self._shot)
+            track.add(index, detections[di], frame, self.thumbnail_size)
+            self._open.append(track)
+        ended = [t for t in self._open if index - t.last_frame >= self.max_gap]
+        self._closed += ended
+        self._open = [t for t in self._open if index - t.last_frame < self.max_gap]
+
+    def result(self, label: str = "video") -> FaceTracks:
+        """The tracks found so far, numbered by first frame, then from left to right."""
+        shots = shot_ranges(self.shot_detector.cuts, self.num_frames)
+        kept = []
+        for t in self._closed + self._open:
+            a, b = shots[t.shot]
+            if len(t.frames) >= min(self.min_track_frames, b - a):
+                kept.append(t)
+        kept.sort(key=lambda t: (t.frames[0], t.boxes[0][0] + t.boxes[0][2] / 2))
+        tracks = [
+            FaceTrack(index=i, shot=t.shot, frames=np.array(t.frames), boxes=np.array(t.boxes),
+                      scores=np.array(t.scores), anchors=np.stack(t.anchors), lips=np.stack(t.lips),
+                      thumbnail=PIL.Image.fromarray(t.thumbnail))
+            for i, t in enumerate(kept)
+        ]
+        return FaceTracks(tracks, shots, self.num_frames, self.frame_size, label)
+
+
+def track_faces(frames: Iterable[np.ndarray], label: str = "video",
+                progress: Callable[..., Any] | None = None, total: int | None = None, **tracker_options: Any
+                ) -> FaceTracks:
+    """The face tracks of a video given as RGB uint8 frames (25 fps); ``tracker_options`` go to [`FaceTracker`].
+
+    ``progress(iterable, desc, total)`` wraps the frames in a progress bar (none by default).
+    """
+    if progress is not None:
+        frames = progress(frames, "Face tracks", total)
+    with FaceTracker(**tracker_options) as tracker:
+        for frame in frames:
+            tracker.update(frame)
+        return tracker.result(label)
+
+
+def combined_anchors(tracks: Sequence[FaceTrack], num_frames: int, smoothing: float = 0.0) -> np.ndarray:
+    """Anchors ``(num_frames, 3, 2)`` of the given tracks (NaN where none of them has a face), each track smoothed
+    over time on its own (``smoothing``: Gaussian sigma in frames), so a cut between two tracks is never blurred.
+
+    Raises:
+        ValueError: two of the tracks share a frame.
+    """
+    out = np.full((num_frames, 3, 2), np.nan)
+    taken = np.zeros(num_frames, bool)
+    for track in tracks:
+        if taken[track.frames].any():
+            raise ValueError(f"face tracks overlap in time (track {track.index}); one face per frame and voice")
+        taken[track.frames] = True
+        span = slice(track.first_frame, track.last_frame + 1)
+        dense = smooth_anchors(track.dense_anchors(), smoothing)
+        ok = np.isfinite(dense[:, 0, 0])
+        out[span][ok] = dense[ok]
+    return out
