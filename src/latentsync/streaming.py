@@ -20,7 +20,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import tempfile
 import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
@@ -35,10 +34,12 @@ from tqdm.auto import tqdm
 from .errors import InvalidVideoError, NoFaceError
 from .face.alignment import FaceAligner, smooth_anchors
 from .face.detection import FaceDetector
+from .inputs import warn
 from .media.audio import write_wav
 from .media.constants import VIDEO_FPS
 from .media.video import FrameSource, VideoWriter
-from .utils import StageTimer
+from .tempfiles import make_work_dir, remove_work_dir
+from .utils import StageTimer, true_runs
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,10 @@ T = TypeVar("T")
 MAX_TAIL_FRAMES = 32
 """An output at most this many frames longer than the video (or a video this short) loops from frames kept in
 memory; longer loops read the decoded video back from a cache on disk."""
+
+
+MIN_FACE_FRAME_SIDE = 64
+"""Frames smaller than this (either side) rarely show a face the detector can find; the no-face error says so."""
 
 
 def pingpong_indices(num_source: int, num_output: int) -> np.ndarray:
@@ -89,6 +94,9 @@ def prefetch(iterator: Iterator[T], depth: int = 2) -> Iterator[T]:
             put(_DONE)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer thread
             put(_Failure(exc))
+        finally:
+            if hasattr(iterator, "close"):  # stop what feeds it now (an ffmpeg decoder), not when it is collected
+                iterator.close()
 
     thread = threading.Thread(target=run, name="latentsync-prefetch", daemon=True)
     thread.start()
@@ -193,6 +201,17 @@ class FrameWindow:
         return [int(self.source_indices[k]) for k in self.face_slots]
 
 
+def describe_face_counts(counts: np.ndarray, max_runs: int = 3) -> str:
+    """Where faces were seen, in words: ``"1 face in frames 0-49 and 60-99; 2 faces in frames 50-59"``."""
+    parts = []
+    for n in sorted({int(c) for c in counts if c > 0}, reverse=True):
+        runs = [f"{i}-{j - 1}" if j - i > 1 else f"{i}" for i, j in true_runs(counts == n)]
+        more = f" and {len(runs) - max_runs} more runs" if len(runs) > max_runs else ""
+        parts.append(f"{n} face{'s' if n > 1 else ''} in frame{'s' if len(runs) > 1 or '-' in runs[0] else ''} "
+                     f"{', '.join(runs[:max_runs])}{more}")
+    return "; ".join(parts) or "no face in any frame"
+
+
 def _plain_progress(iterable: Any, desc: str, total: int | None = None) -> tqdm:
     return tqdm(iterable, desc=desc, total=total)
 
@@ -200,8 +219,9 @@ def _plain_progress(iterable: Any, desc: str, total: int | None = None) -> tqdm:
 class VideoStream:
     """The passes of one pipeline call over its input video, and the output they produce (see the module docstring).
 
-    Use it as a context manager: it owns a temporary folder (frame cache, audio copy) and, on an error, removes a
-    partly written output::
+    Use it as a context manager: it owns a work folder (frame cache, audio copy; see [`latentsync.tempfiles`]: a
+    later run removes it if this process is killed) and, on an error or an interrupt (Ctrl-C, SIGTERM), stops its
+    threads and ffmpeg processes and removes the partly written output::
 
         with VideoStream(source, num_output_frames, resolution) as stream:
             stream.analyze()
@@ -241,10 +261,10 @@ class VideoStream:
         self.kept: list[np.ndarray] = []
         self._sink: OrderedWorker | None = None
         self._windows: Iterator[FrameWindow] | None = None
-        self._tmp: tempfile.TemporaryDirectory | None = None
+        self._work_dir: str | None = None
 
     def __enter__(self) -> "VideoStream":
-        self._tmp = tempfile.TemporaryDirectory(prefix="latentsync-")
+        self._work_dir = make_work_dir("run")
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -252,14 +272,14 @@ class VideoStream:
             if exc_type is not None:
                 self.abort()
         finally:
-            if self._tmp is not None:
-                self._tmp.cleanup()
-                self._tmp = None
+            if self._work_dir is not None:
+                remove_work_dir(self._work_dir)
+                self._work_dir = None
 
     def _temp_path(self, name: str) -> str:
-        if self._tmp is None:
+        if self._work_dir is None:
             raise RuntimeError("use VideoStream as a context manager (with VideoStream(...) as stream: ...)")
-        return os.path.join(self._tmp.name, name)
+        return os.path.join(self._work_dir, name)
 
     @property
     def num_source_frames(self) -> int:
@@ -283,18 +303,24 @@ class VideoStream:
 
         Raises:
             InvalidVideoError: the video has no frames.
-            NoFaceError: no frame has a face.
+            NoFaceError: no frame has a face, or (with ``face_index``) no frame has that many faces.
         """
         n_out, expected = self.num_output_frames, self.source.expected_frames
         # cache decoded frames on disk only when the output clearly loops back over more than a short tail
         if min(n_out - expected, expected) > self.max_tail_frames + 2:
             self.cache_path = self._temp_path("frames.u8")
         with FaceDetector(face_index=face_index) as detector:
-            anchors = self._detect_faces(detector)
+            anchors, face_counts = self._detect_faces(detector)
         n_src = len(anchors)
         self.has_face = ~np.isnan(anchors[:, 0, 0])
         if not self.has_face.any():
-            raise NoFaceError(f"no face found in any frame of {self.source.label}")
+            if face_index is not None and face_counts.max() > 0:
+                raise NoFaceError(f"face_index {face_index} asks for face number {face_index + 1} from the left, but "
+                                  f"{self.source.label} shows at most {face_counts.max()} "
+                                  f"({describe_face_counts(face_counts)})")
+            h, w = self.frame_shape[:2]
+            small = f" (the frames are only {w}x{h} pixels)" if min(h, w) < MIN_FACE_FRAME_SIDE else ""
+            raise NoFaceError(f"no face found in any frame of {self.source.label}{small}")
         self.order = pingpong_indices(n_src, n_out)
         if min(n_out - n_src, n_src) > self.max_tail_frames and self.cache_path is None:  # the estimate was off
             self.cache_path = self._temp_path("frames.u8")
@@ -306,10 +332,21 @@ class VideoStream:
         no_face = int((~self.has_face[self.order]).sum())
         if no_face:
             logger.warning("%d of %d output frames have no face and pass through unchanged", no_face, n_out)
+        face_size = self.face_size()
+        if face_size < self.aligner.resolution:
+            warn(f"the face in {self.source.label} is about {face_size:.0f} px, smaller than the model's "
+                 f"{self.aligner.resolution} px faces: it is enlarged, so the new mouth may look soft")
 
-    def _detect_faces(self, detector: FaceDetector) -> np.ndarray:
-        """Anchors ``(N, 3, 2)`` of every frame (NaN where no face); writes the frames to the cache when it is on."""
+    def face_size(self) -> float:
+        """Median side (pixels of the video) of the region that becomes the aligned face."""
+        scales = [np.sqrt(abs(np.linalg.det(m[:, :2]))) for m in self.matrices if m is not None]
+        return float(self.aligner.resolution / np.median(scales)) if scales else float("nan")
+
+    def _detect_faces(self, detector: FaceDetector) -> tuple[np.ndarray, np.ndarray]:
+        """Anchors ``(N, 3, 2)`` of every frame (NaN where no face) and the number of faces detected in each frame;
+        writes the frames to the cache when it is on."""
         anchors: list[np.ndarray] = []
+        counts: list[int] = []
         cache = None
         frames = iter(self.source)
         bar = self.progress(None, "Face analysis", self.source.expected_frames)
@@ -323,6 +360,7 @@ class VideoStream:
                 with self.timer("face_detection"):
                     a = detector.anchors(frame)
                 anchors.append(a if a is not None else np.full((3, 2), np.nan))
+                counts.append(detector.last_face_count)
                 if self.cache_path is not None:
                     if cache is None:
                         cache = open(self.cache_path, "wb")
@@ -334,7 +372,7 @@ class VideoStream:
                 cache.close()
         if not anchors:
             raise InvalidVideoError(f"video has no frames: {self.source.label}")
-        return np.stack(anchors)
+        return np.stack(anchors), np.array(counts)
 
     def latent_cache(self) -> LatentCache:
         """A [`LatentCache`] that keeps the VAE latents of every source frame until its last use in the output."""
