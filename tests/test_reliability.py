@@ -699,3 +699,19 @@ def test_app_removes_its_results_on_sigterm(small_model_dir, tmp_path):
     print(f"app stopped by SIGTERM: exit {code} after {seconds:.1f} s")
     assert code == 143, text + rest
     assert not work[0].exists(), "the app's results were left behind"
+
+
+def test_resolution_the_model_cannot_run_is_refused_up_front(small_pipe, media, monkeypatch):
+    from diffusers.configuration_utils import FrozenDict
+
+    monkeypatch.setattr(small_pipe, "_internal_dict", FrozenDict({**small_pipe.config, "resolution": 100}))
+    with pytest.raises(LatentSyncInputError, match="resolution 100 is not a multiple of 16"):
+        small_pipe(media / "face.mp4", media / "speech.wav", num_inference_steps=STEPS)
+
+
+def test_face_counts_in_words():
+    from latentsync.streaming import describe_face_counts
+
+    counts = np.array([0, 1, 1, 2, 2, 0, 1, 0, 1, 1, 0, 1, 0, 1])
+    assert describe_face_counts(counts) == "2 faces in frames 3-4; 1 face in frames 1-2, 6, 8-9 and 2 more runs"
+    assert describe_face_counts(np.array([0, 3])) == "3 faces in frame 1"

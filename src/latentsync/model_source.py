@@ -136,8 +136,8 @@ def check_model_source(name: str | os.PathLike, cache_dir: str | os.PathLike | N
     if offline:
         missing = name if not (cached["model_index.json"] or cached[OFFICIAL_UNET_FILE]) else OFFICIAL_VAE_ID
         raise ModelNotFoundError(f"model {missing} is not cached on this machine and the Hub cannot be reached "
-                                 f"(offline): run once online to download it, or pass a local pipeline folder; "
-                                 f"{MAKE_TINY_HINT}")
+                                 f"(offline): run once online to download it, or pass a local pipeline folder "
+                                 f"(latentsync --model DIR); {MAKE_TINY_HINT}")
     try:
         HfApi().model_info(name, timeout=10)
     except RepositoryNotFoundError:

@@ -239,7 +239,8 @@ class LatentSyncPipeline(DiffusionPipeline):
                 stream, or the audio is silent.
             InvalidOutputError: the output path is an input file, a folder, an existing file while ``overwrite`` is
                 False, of an unsupported format, or in a missing or read-only folder.
-            LatentSyncInputError: any other argument is out of range (the message names it).
+            LatentSyncInputError: any other argument is out of range (the message names it), or the pipeline's face
+                resolution does not suit its VAE and U-Net.
         """
         max_frames = self.unet.config.motion_max_seq_length if self.unet.has_motion_modules else None
         checked = check_run_inputs(
@@ -248,6 +249,11 @@ class LatentSyncPipeline(DiffusionPipeline):
             landmark_smoothing=landmark_smoothing, crf=crf, deep_cache_interval=deep_cache_interval,
             output_type=output_type,
         )
+        multiple = self.vae_scale_factor * 2 ** (len(self.unet.config.down_block_types) - 1)
+        if self.config.resolution % multiple:
+            raise LatentSyncInputError(f"the pipeline's resolution {self.config.resolution} is not a multiple of "
+                                       f"{multiple}, which this model's VAE and U-Net need (pass resolution= when "
+                                       "loading it)")
         if deep_cache_interval:
             check_int("deep_cache_branch", deep_cache_branch, 0, UNetFeatureCache.max_branch(self.unet))
         if audio_window_mode not in AUDIO_WINDOW_MODES:
