@@ -446,8 +446,8 @@ def test_odd_input_warnings_before_the_model(media):
     assert abs(checked.audio.duration - 600) < 0.01 and abs(checked.video.duration - 2) < 0.05
     assert any("300 times as long" in w and "play 300 times" in w for w in checked.warnings), checked.warnings
     assert check_run_inputs(media / "face.mp4", media / "speech.wav").warnings == []
-    still = check_run_inputs(media / "still.png", media / "ten_minutes.wav")
-    assert still.warnings == [], "a still image is meant to be shown for the whole audio"
+    for still in ("still.png", "still.jpg", "one_frame.mp4"):
+        assert check_run_inputs(media / still, media / "ten_minutes.wav").warnings == [], still
 
 
 def test_device_dtype_check(monkeypatch):

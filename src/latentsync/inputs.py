@@ -159,7 +159,8 @@ def odd_input_warnings(video: VideoInfo | None, audio: AudioInfo | None) -> list
         if video.truncated:
             found.append(f"video {video.path} ends before its header says ({video.duration:.1f} s): it looks "
                          "incomplete; the frames it holds are used")
-    if video is not None and audio is not None and video.duration > 0 and not video.truncated:
+    moving = video is not None and video.duration * max(video.fps, 1.0) > 1.5  # a still image is meant to repeat
+    if moving and audio is not None and not video.truncated:
         ratio = audio.duration / video.duration
         if ratio > LONG_AUDIO_RATIO:
             found.append(f"the audio ({audio.duration:.1f} s) is {ratio:.0f} times as long as the video "
