@@ -326,6 +326,7 @@ def main() -> None:
     except KeyboardInterrupt:  # the signal came before gradio's own loop took over
         demo.close()
     finally:
+        demo.service.pipe._interrupt = True  # a request still running stops after its current window
         demo.service.close()
     if stop.signum is not None:
         logger.info("stopped by signal %d: results removed", stop.signum)
