@@ -486,6 +486,29 @@ def test_hub_unreachable_is_found_quickly(monkeypatch):
     assert time.perf_counter() - start < 5
 
 
+def test_unknown_model_on_a_reachable_hub(monkeypatch, tmp_path):
+    import huggingface_hub
+    from huggingface_hub import constants
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    from latentsync import model_source
+
+    asked = []
+
+    def not_found(self, repo_id, **kwargs):
+        asked.append(repo_id)
+        raise RepositoryNotFoundError.__new__(RepositoryNotFoundError)  # what the Hub answers for an unknown id
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(model_source, "hub_is_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", not_found)
+    with pytest.raises(ModelNotFoundError, match="unknown model nobody/no-such-model: no such folder here, and no "
+                                                 "such model on the Hub"):
+        model_source.check_model_source("nobody/no-such-model", cache_dir=tmp_path)
+    assert asked == ["nobody/no-such-model"]
+
+
 def test_model_folder_without_a_pipeline(tmp_path):
     from latentsync.model_source import check_model_source
 
@@ -580,11 +603,11 @@ def test_ctrl_c_during_face_analysis(media, small_model_dir, tmp_path):
                lambda t: re.search(r"Face analysis: +[1-9]\d*%", t) is not None, signal.SIGINT)
 
 
-def test_sigterm_during_generation_of_a_long_audio(media, small_model_dir, tmp_path):
-    """10 min of audio over a 2 s video: a warning before the model loads, then SIGTERM while windows are written."""
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])
+def test_stop_during_generation_of_a_long_audio(sig, media, small_model_dir, tmp_path):
+    """10 min of audio over a 2 s video: a warning before the model loads, then a signal while windows are written."""
     text, _ = _interrupt(media, small_model_dir, tmp_path, media / "two_seconds.mp4",
-                         lambda t: re.search(r"Lip sync: +\d+%\|[^\n]*\| *[1-9]\d*/", t) is not None,
-                         signal.SIGTERM)
+                         lambda t: re.search(r"Lip sync: +\d+%\|[^\n]*\| *[1-9]\d*/", t) is not None, sig)
     assert re.search(r"WARNING latentsync\.inputs: the audio \(600\.0 s\) is 300 times as long as the video "
                      r"\(2\.0 s\): .*play 300 times", text), text
     assert text.index("300 times as long") < text.index("loading"), "the warning must come before the model loads"

@@ -110,7 +110,6 @@ def check_model_source(name: str | os.PathLike, cache_dir: str | os.PathLike | N
     from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError  # deferred: as above
     from huggingface_hub.utils import validate_repo_id  # deferred: as above
 
-
     name = os.fspath(name)
     path = os.path.expanduser(name)
     if os.path.isdir(path):
@@ -126,15 +125,14 @@ def check_model_source(name: str | os.PathLike, cache_dir: str | os.PathLike | N
         validate_repo_id(name)
     except HFValidationError:
         raise ModelNotFoundError(f"model {name} is neither a folder nor a valid Hub id (like org/name)") from None
-    cached = {f: _cached(name, f, cache_dir) for f in PIPELINE_FILES}
-    needs = [name] if cached["model_index.json"] else [name, OFFICIAL_VAE_ID]  # an official release needs its VAE
-    all_cached = (cached["model_index.json"] or cached[OFFICIAL_UNET_FILE]) and (
-        len(needs) == 1 or _cached(OFFICIAL_VAE_ID, "config.json", cache_dir))
+    saved_pipeline = _cached(name, "model_index.json", cache_dir)
+    pipeline_cached = saved_pipeline or _cached(name, OFFICIAL_UNET_FILE, cache_dir)
+    vae_cached = saved_pipeline or _cached(OFFICIAL_VAE_ID, "config.json", cache_dir)  # official releases need it
     offline = local_files_only or hub_is_offline() or not hub_is_reachable()
-    if all_cached:
+    if pipeline_cached and vae_cached:
         return ModelSource(name, is_folder=False, cached=True, offline=offline)
     if offline:
-        missing = name if not (cached["model_index.json"] or cached[OFFICIAL_UNET_FILE]) else OFFICIAL_VAE_ID
+        missing = OFFICIAL_VAE_ID if pipeline_cached else name
         raise ModelNotFoundError(f"model {missing} is not cached on this machine and the Hub cannot be reached "
                                  f"(offline): run once online to download it, or pass a local pipeline folder "
                                  f"(latentsync --model DIR); {MAKE_TINY_HINT}")
