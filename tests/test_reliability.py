@@ -62,6 +62,7 @@ def media(tmp_path_factory) -> Path:
     ffmpeg("-i", speech, "-t", "0.32", os.fspath(d / "speech.wav"))  # 8 output frames: one window
     ffmpeg("-i", speech, "-t", "0.32", "-c:a", "aac", os.fspath(d / "speech.mp4"))  # an .mp4 holding only audio
     ffmpeg("-i", speech, "-t", "0.1", os.fspath(d / "tenth.wav"))
+    ffmpeg("-i", face, "-t", "2", "-c:v", "libx264", os.fspath(d / "two_seconds.mp4"))
     ffmpeg("-f", "lavfi", "-i", "sine=frequency=220:sample_rate=16000", "-t", "600", os.fspath(d / "ten_minutes.wav"))
     ffmpeg("-i", os.fspath(d / "face.mp4"), "-frames:v", "1", os.fspath(d / "still.png"))
     ffmpeg("-i", os.fspath(d / "face.mp4"), "-frames:v", "1", os.fspath(d / "still.jpg"))
@@ -75,11 +76,14 @@ def media(tmp_path_factory) -> Path:
     # every third frame dropped, timestamps kept: frames 40 or 80 ms apart
     ffmpeg("-i", os.fspath(d / "face.mp4"), "-vf", r"select=not(eq(mod(n\,3)\,1))", "-fps_mode", "vfr",
            "-c:v", "libx264", os.fspath(d / "vfr.mp4"))
-    ffmpeg("-i", face, "-t", "2", "-c:v", "libx264", os.fspath(d / "two_seconds.mp4"))
     write_video(d / "noface.mp4", [np.full((128, 128, 3), 90, np.uint8)] * 10)
     write_wav(d / "silent.wav", np.zeros(8000))
     _cut(d / "speech.wav", d / "truncated.wav", 0.7)  # the header promises more samples than the file holds
     _cut(d / "face.mp4", d / "truncated.mp4", 0.5)  # the index (moov) at the end is missing
+    ffmpeg("-i", os.fspath(d / "two_seconds.mp4"), "-c", "copy", "-movflags", "+faststart",
+           os.fspath(d / "faststart.mp4"))
+    _cut(d / "faststart.mp4", d / "cut_download.mp4", 0.5)  # index first: readable, but the frames stop early
+    (d / "faststart.mp4").unlink()
     rng = np.random.default_rng(0)
     (d / "random.mp4").write_bytes(rng.integers(0, 256, 20_000, dtype=np.uint8).tobytes())
     (d / "random.wav").write_bytes(rng.integers(0, 256, 20_000, dtype=np.uint8).tobytes())
@@ -218,6 +222,9 @@ ROWS: dict[str, Row] = {
     "1-frame video": Row(video="one_frame.mp4", needs_model=True),
     "0.1 s of audio": Row(audio="tenth.wav", needs_model=True),
     "truncated WAV": Row(audio="truncated.wav", needs_model=True),
+    "truncated video, index first": Row(video="cut_download.mp4", needs_model=True,
+                                        cli=(0, r"ends before its header says \(2\.0 s\)"),
+                                        lib=(None, r"ends before its header says \(2\.0 s\)")),
     "rotated video": Row(video="rotated.mp4", needs_model=True, cli=(0, r"carries rotation metadata"),
                          lib=(None, r"carries rotation metadata \(270 degrees\): it is read upright \(480x384\)")),
     "variable frame rate": Row(video="vfr.mp4", needs_model=True, cli=(0, r"has a variable frame rate"),
@@ -448,6 +455,9 @@ def test_odd_input_warnings_before_the_model(media):
     assert check_run_inputs(media / "face.mp4", media / "speech.wav").warnings == []
     for still in ("still.png", "still.jpg", "one_frame.mp4"):
         assert check_run_inputs(media / still, media / "ten_minutes.wav").warnings == [], still
+    cut = check_run_inputs(media / "cut_download.mp4", media / "speech.wav")
+    assert cut.warnings == [f"video {media / 'cut_download.mp4'} ends before its header says (2.0 s): it looks "
+                            "incomplete; the frames it holds are used"]
 
 
 def test_device_dtype_check(monkeypatch):

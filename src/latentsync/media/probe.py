@@ -128,6 +128,9 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
     rotation = _rotation(header)
     if rotation in (90, 270):
         width, height = height, width
+    # ffmpeg's demuxer says so when the data stops before the index says it should (a container's duration is its
+    # longest stream's, so comparing it with the video's timestamps would mistake a long soundtrack for truncation)
+    truncated = "partial file" in stderr
     times = _packet_times(proc.stdout.decode(errors="replace"))
     intervals = np.diff(times)
     intervals = intervals[intervals > 0]
@@ -136,10 +139,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         typical = float(np.median(intervals))
         frame_intervals = (float(intervals.min()), float(intervals.max()))
         irregular = np.abs(intervals - typical) > VFR_TOLERANCE * typical
-        vfr = bool(irregular.mean() > 0.01)
-    duration = _duration(header)
-    scanned_all = len(times) < SCANNED_PACKETS
-    truncated = "partial file" in stderr or (scanned_all and len(times) > 1 and duration > 0
-                                             and times[-1] - times[0] < 0.5 * duration - 1.0)
-    return VideoInfo(path, width, height, _frame_rate(video[0]), duration,
+        # a cut file loses frames of its last group of pictures: gaps there are not a variable frame rate
+        vfr = bool(irregular.mean() > 0.01) and not truncated
+    return VideoInfo(path, width, height, _frame_rate(video[0]), _duration(header),
                      any("Audio:" in line for line in streams), rotation, frame_intervals, vfr, truncated)
