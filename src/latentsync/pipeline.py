@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
-import numbers
 import os
 import tempfile
 import time
@@ -37,16 +35,17 @@ from .audio_features.whisper import (
     encode_audio_features,
     frame_audio_contexts,
 )
-from .errors import InvalidAudioError, InvalidVideoError, LatentSyncInputError
+from .errors import LatentSyncInputError
+from .face.choice import track_key
 from .face.mask import latent_mouth_mask, mouth_mask
-from .face.selection import FaceSelection, check_face_arguments, choose_faces, track_key
+from .face.selection import FaceSelection, choose_faces
 from .face.tracking import FaceTrack, FaceTracks, track_faces
+from .inputs import CheckedInputs, check_int, check_run_inputs
 from .loaders.official import is_official_layout, load_official_components
 from .loaders.official import load_syncnet as load_syncnet_model
 from .media.audio import as_samples, check_not_silent, fit_length, mix_tracks, num_video_frames
 from .media.constants import VIDEO_FPS
-from .media.files import check_input_file
-from .media.video import FrameSource, check_output_path, open_frames
+from .media.video import FrameSource, open_frames
 from .models.audio_encoder import WhisperAudioEncoder
 from .models.deep_cache import UNetFeatureCache
 from .models.syncnet import StableSyncNet
@@ -57,8 +56,6 @@ from .streaming import LatentCache, VideoStream
 from .utils import StageTimer, frames_to_pixels, pixels_to_frames, scale_latents, unscale_latents
 
 logger = logging.getLogger(__name__)
-
-OUTPUT_TYPES = ("np", "pil", "pt", "file")
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -255,43 +252,35 @@ class LatentSyncPipeline(DiffusionPipeline):
         face_box: Sequence[float] | None = None,
         face_box_frame: int = 0,
         mix_audio: Any = None,
-    ) -> None:
-        """Check every argument of a call before any work is done.
+        overwrite: bool = True,
+    ) -> CheckedInputs:
+        """Check every argument of a call before any work is done: the call's arguments and files through
+        [`latentsync.inputs.check_run_inputs`] (the same checks the command line and the app make before loading a
+        model), then what depends on this pipeline's models.
 
         Raises:
-            InvalidVideoError / InvalidAudioError: an input file is missing or empty, or the output path cannot be
-                written (format or folder).
-            LatentSyncInputError: any other argument is out of range (the message names it).
+            InvalidVideoError / InvalidAudioError: an input file is missing, empty, unreadable, without the right
+                stream, or the audio is silent.
+            InvalidOutputError: the output path is an input file, a folder, an existing file while ``overwrite`` is
+                False, of an unsupported format, or in a missing or read-only folder.
+            LatentSyncInputError: any other argument is out of range (the message names it), or the pipeline's face
+                resolution does not suit its VAE and U-Net.
         """
-        if isinstance(video, (str, os.PathLike)):
-            check_input_file(video, InvalidVideoError, "video")
-        if isinstance(audio, Mapping):
-            for key, speech in audio.items():
-                if isinstance(speech, (str, os.PathLike)):
-                    check_input_file(speech, InvalidAudioError, f"audio for face {track_key(key)}")
-        elif isinstance(audio, (str, os.PathLike)):
-            check_input_file(audio, InvalidAudioError, "audio")
-        if isinstance(mix_audio, (str, os.PathLike)):
-            check_input_file(mix_audio, InvalidAudioError, "mix_audio")
-        if output_path is not None:
-            check_output_path(output_path)
-        if output_type not in (None, *OUTPUT_TYPES):
-            raise LatentSyncInputError(f"output_type must be one of {', '.join(OUTPUT_TYPES)} or None, "
-                                       f"got {output_type!r}")
-        if output_type == "file" and output_path is None:
-            raise LatentSyncInputError('output_type="file" needs an output_path')
-        _check_int("num_inference_steps", num_inference_steps, 1)
         max_frames = self.unet.config.motion_max_seq_length if self.unet.has_motion_modules else None
-        _check_int("num_frames", num_frames, 1, max_frames)
-        check_face_arguments(face, face_index, face_box, face_box_frame,
-                             list(audio) if isinstance(audio, Mapping) else None)
-        _check_int("crf", crf, 0, 51)
-        _check_int("deep_cache_interval", deep_cache_interval, 0)
+        checked = check_run_inputs(
+            video, audio, output_path, overwrite=overwrite, mix_audio=mix_audio, face=face, face_box=face_box,
+            face_box_frame=face_box_frame, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+            num_frames=num_frames, max_num_frames=max_frames, face_index=face_index,
+            landmark_smoothing=landmark_smoothing, crf=crf, deep_cache_interval=deep_cache_interval,
+            output_type=output_type,
+        )
+        multiple = self.vae_scale_factor * 2 ** (len(self.unet.config.down_block_types) - 1)
+        if self.config.resolution % multiple:
+            raise LatentSyncInputError(f"the pipeline's resolution {self.config.resolution} is not a multiple of "
+                                       f"{multiple}, which this model's VAE and U-Net need (pass resolution= when "
+                                       "loading it)")
         if deep_cache_interval:
-            _check_int("deep_cache_branch", deep_cache_branch, 0, UNetFeatureCache.max_branch(self.unet))
-        for name, value in (("guidance_scale", guidance_scale), ("landmark_smoothing", landmark_smoothing)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
-                raise LatentSyncInputError(f"{name} must be a finite number >= 0, got {value!r}")
+            check_int("deep_cache_branch", deep_cache_branch, 0, UNetFeatureCache.max_branch(self.unet))
         if audio_window_mode not in AUDIO_WINDOW_MODES:
             raise LatentSyncInputError(f"audio_window_mode must be one of {', '.join(AUDIO_WINDOW_MODES)}, "
                                        f"got {audio_window_mode!r}")
@@ -302,6 +291,7 @@ class LatentSyncPipeline(DiffusionPipeline):
         if unknown:
             raise LatentSyncInputError(f"callback_on_step_end_tensor_inputs {unknown} are not among "
                                        f"{self._callback_tensor_inputs}")
+        return checked
 
     def encode_audio(
         self,
@@ -536,6 +526,7 @@ class LatentSyncPipeline(DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable[..., dict[str, torch.Tensor]] | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        overwrite: bool = True,
     ) -> LatentSyncPipelineOutput | tuple:
         r"""Lip-sync ``video`` to ``audio``.
 
@@ -592,6 +583,9 @@ class LatentSyncPipeline(DiffusionPipeline):
                 is generated, and the output holds the frames made so far.
             callback_on_step_end_tensor_inputs: tensors passed in ``callback_kwargs``: any of ``"latents"``,
                 ``"condition_latents"`` and ``"audio_embeds"``.
+            overwrite: replace an existing file at ``output_path`` (the default, as diffusers' ``export_to_video``
+                and ``save_pretrained`` do); False refuses it. The output may never be (or link to) the video or the
+                audio file: that is refused whatever this says.
 
         Examples:
 
@@ -602,7 +596,7 @@ class LatentSyncPipeline(DiffusionPipeline):
         self.check_inputs(video, audio, output_path, num_inference_steps, guidance_scale, num_frames, face_index,
                           landmark_smoothing, audio_window_mode, crf, deep_cache_interval, deep_cache_branch,
                           output_type, latents, callback_on_step_end_tensor_inputs, face, face_box, face_box_frame,
-                          mix_audio)
+                          mix_audio, overwrite)
         if output_type is None:
             output_type = "np" if return_frames or output_path is None else "file"
         self._guidance_scale, self._interrupt, self._num_timesteps = guidance_scale, False, num_inference_steps
@@ -732,14 +726,6 @@ def _open_voices(audio: Any, mix_audio: Any) -> tuple[list[np.ndarray], Any, np.
         check_not_silent(samples, os.fspath(mix_audio) if sound is not None else "mix_audio samples")
     voices = [v if len(v) >= len(samples) else fit_length(v, len(samples)) for v in voices]
     return voices, sound, samples
-
-
-def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
-    """[`LatentSyncInputError`] unless ``value`` is an integer in ``[low, high]``."""
-    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-    if not ok or value < low or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"between {low} and {high}"
-        raise LatentSyncInputError(f"{name} must be an integer {bound}, got {value!r}")
 
 
 def __getattr__(name: str) -> Any:
