@@ -1,7 +1,7 @@
 """The ``latentsync`` command line: one module per subcommand, each with its argument parser.
 
 ``latentsync --video in.mp4 --audio speech.wav --output out.mp4`` lip-syncs a video ([`latentsync.commands.run`]);
-the subcommands are ``make-tiny``, ``convert``, ``prepare`` and ``eval``.
+the subcommands are ``make-tiny``, ``convert``, ``prepare``, ``eval`` and ``batch``.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("latentsync.commands.convert", "convert"),
     "prepare": ("latentsync.commands.prepare", "prepare"),
     "eval": ("latentsync.commands.eval", "main"),
+    "batch": ("latentsync.commands.batch", "batch"),
 }
 RUN = ("latentsync.commands.run", "run")
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
+from typing import Any
 
 import torch
 
@@ -22,7 +24,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--video", required=True, help="input talking-face video")
     p.add_argument("--audio", required=True, help="speech audio (any audio or video file)")
     p.add_argument("--output", required=True, help="output video (.mp4, .mov or .mkv); its folder is created if missing")
+    add_generation_arguments(p)
+    return p
+
+
+def add_generation_arguments(p: argparse.ArgumentParser) -> None:
+    """The model, device and generation options shared by ``latentsync`` and ``latentsync batch``."""
     p.add_argument("--model", default=DEFAULT_MODEL, help="Hub id or local folder of a LatentSync pipeline")
+    p.add_argument("--lora", action="append", default=[], metavar="DIR_OR_ID[:WEIGHT]",
+                   help="LoRA adapter of the U-Net to apply (folder or Hub id, optional strength; repeatable)")
     p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
     p.add_argument("--guidance-scale", type=float, default=1.5, help="audio guidance (1 disables; default 1.5)")
     p.add_argument("--seed", type=int, default=1247, help="random seed (default 1247)")
@@ -40,16 +50,23 @@ def parser() -> argparse.ArgumentParser:
     fast.add_argument("--cpu-offload", choices=["model", "sequential"], default=None,
                       help="keep weights on the CPU and move them to the GPU when used (lower GPU memory)")
     fast.add_argument("--vae-slicing", action="store_true", help="VAE-encode/decode one frame at a time")
-    return p
+    fast.add_argument("--xformers", action="store_true", help="xFormers attention (CUDA, pip install latentsync[xformers])")
 
 
-def run(argv: list[str]) -> int:
-    """Load the pipeline with the speed options asked for and lip-sync one video."""
-    args = parser().parse_args(argv)
+def load_pipeline(args: argparse.Namespace) -> LatentSyncPipeline:
+    """The pipeline of ``--model`` on ``--device`` with the LoRA adapters and speed options asked for."""
     device = args.device or default_device()
     dtype = resolve_dtype(args.dtype, device)
     logger.info("loading %s on %s (%s)", args.model, device, dtype)
     pipe = LatentSyncPipeline.from_pretrained(args.model, dtype=dtype)
+    names, weights = [], []
+    for i, spec in enumerate(args.lora):
+        source, _, weight = spec.rpartition(":") if re.search(r":[\d.]+$", spec) else (spec, "", "1")
+        pipe.load_lora_weights(source, adapter_name=f"lora_{i}")
+        names.append(f"lora_{i}")
+        weights.append(float(weight))
+    if names:
+        pipe.set_adapters(names, adapter_weights=weights)
     if args.cpu_offload == "model":
         pipe.enable_model_cpu_offload(device=device)
     elif args.cpu_offload == "sequential":
@@ -60,21 +77,31 @@ def run(argv: list[str]) -> int:
         pipe.set_scheduler(args.scheduler)
     if args.vae_slicing:
         pipe.enable_vae_slicing()
+    if args.xformers:
+        pipe.enable_xformers_memory_efficient_attention()
     if args.compile:
         pipe.unet.compile()
-    generator = torch.Generator("cpu").manual_seed(args.seed)
+    return pipe
+
+
+def generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The pipeline call's generation options from the parsed arguments (a fresh seeded generator each time)."""
+    return {
+        "num_inference_steps": args.steps,
+        "guidance_scale": args.guidance_scale,
+        "generator": torch.Generator("cpu").manual_seed(args.seed),
+        "face_index": args.face_index,
+        "audio_window_mode": args.audio_windows,
+        "deep_cache_interval": args.deep_cache,
+    }
+
+
+def run(argv: list[str]) -> int:
+    """Load the pipeline with the options asked for and lip-sync one video."""
+    args = parser().parse_args(argv)
+    pipe = load_pipeline(args)
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)  # e.g. outputs/ on a fresh clone
-    out = pipe(
-        video=args.video,
-        audio=args.audio,
-        output_path=args.output,
-        num_inference_steps=args.steps,
-        guidance_scale=args.guidance_scale,
-        generator=generator,
-        face_index=args.face_index,
-        audio_window_mode=args.audio_windows,
-        deep_cache_interval=args.deep_cache,
-    )
+    out = pipe(video=args.video, audio=args.audio, output_path=args.output, **generation_kwargs(args))
     logger.info("wrote %s (%d frames at %g fps, %d without a face)", out.path, out.num_frames, out.fps,
                 out.frames_without_face)
     return 0
