@@ -167,3 +167,16 @@ def test_xformers_attention_on_cuda(tiny_model_dir, window):
     pipe.enable_xformers_memory_efficient_attention()
     assert all(isinstance(p, XFormersAttnProcessor) for p in pipe.unet.attn_processors.values())
     assert np.abs(_frames(pipe, window).astype(int) - sdpa).max() <= 2
+
+
+def test_command_line_lora_option(trained_lora):
+    """``latentsync ... --lora DIR[:WEIGHT]`` (and ``batch``) loads the adapter at that strength."""
+    from latentsync.commands.run import load_pipeline, parser
+
+    base_dir, run = trained_lora
+    args = parser().parse_args(["--video", "v.mp4", "--audio", "a.wav", "--output", "o.mp4", "--model",
+                                os.fspath(base_dir), "--device", "cpu", "--lora", f"{run / 'lora'}:0.5"])
+    pipe = load_pipeline(args)
+    assert pipe.get_active_adapters() == ["lora_0"]
+    layer = next(m for m in pipe.unet.modules() if hasattr(m, "scaling") and "lora_0" in getattr(m, "scaling", {}))
+    assert layer.scaling["lora_0"] == pytest.approx(0.5 * layer.lora_alpha["lora_0"] / layer.r["lora_0"])

@@ -32,15 +32,19 @@ def _rows(path):
         return {os.path.basename(r["video"]): r for r in csv.DictReader(fh)}
 
 
-def test_three_pairs_one_broken_give_two_results_and_one_clear_error(pairs, tiny_model_dir, tmp_path, monkeypatch):
+def test_three_pairs_one_broken_give_two_results_and_one_clear_error(pairs, tmp_path, monkeypatch):
     from latentsync.pipeline import LatentSyncPipeline
+    from latentsync.testing import build_tiny_pipeline
+
+    model = tmp_path / "tiny-64"
+    build_tiny_pipeline(resolution=64).save_pretrained(model)  # 64 px faces: quick on a CPU
 
     loads = []
     original = LatentSyncPipeline.from_pretrained.__func__
     monkeypatch.setattr(LatentSyncPipeline, "from_pretrained",
                         classmethod(lambda cls, *a, **k: loads.append(a) or original(cls, *a, **k)))
     out = tmp_path / "out"
-    argv = ["batch", os.fspath(pairs), os.fspath(out), "--model", os.fspath(tiny_model_dir), "--steps", "2",
+    argv = ["batch", os.fspath(pairs), os.fspath(out), "--model", os.fspath(model), "--steps", "1",
             "--device", "cpu"]
     assert main(argv) == 1  # a job failed
     assert len(loads) == 1  # one model load for the whole batch

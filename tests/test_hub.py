@@ -120,12 +120,22 @@ print(json.dumps({"class": type(pipe).__module__ + "." + type(pipe).__name__, "r
 """
 
 
+@pytest.fixture(scope="module")
+def small_model_dir(tmp_path_factory):
+    """The tiny pipeline at 64 px faces (quick to run), saved by save_pretrained."""
+    from latentsync.testing import build_tiny_pipeline
+
+    path = tmp_path_factory.mktemp("tiny-64")
+    build_tiny_pipeline(resolution=64).save_pretrained(path)
+    return path
+
+
 @pytest.mark.parametrize("how", ["trust_remote_code", "custom_pipeline"])
-def test_plain_diffusers_loads_a_saved_pipeline_in_a_fresh_interpreter(tiny_model_dir, tiny_pipe, example_face,
-                                                                       one_window, tmp_path, how):
+def test_plain_diffusers_loads_a_saved_pipeline_in_a_fresh_interpreter(small_model_dir, example_face, one_window,
+                                                                       tmp_path, how):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": os.fspath(tmp_path / "modules")}
     out = tmp_path / "frames.npy"
-    proc = subprocess.run([sys.executable, "-c", FRESH_INTERPRETER, os.fspath(tiny_model_dir), os.fspath(example_face),
+    proc = subprocess.run([sys.executable, "-c", FRESH_INTERPRETER, os.fspath(small_model_dir), os.fspath(example_face),
                            os.fspath(one_window), os.fspath(out), how], capture_output=True, text=True, env=env,
                           cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -134,8 +144,10 @@ def test_plain_diffusers_loads_a_saved_pipeline_in_a_fresh_interpreter(tiny_mode
     assert "trust_remote_code=True" in report["refused"]  # without trust, diffusers says what to do
     if how != "trust_remote_code":
         return
-    expected = tiny_pipe(video=example_face, audio=one_window, num_inference_steps=2,
-                         generator=torch.Generator().manual_seed(0)).frames
+    pipe = LatentSyncPipeline.from_pretrained(small_model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    expected = pipe(video=example_face, audio=one_window, num_inference_steps=2,
+                    generator=torch.Generator().manual_seed(0)).frames
     assert np.array_equal(np.load(out), expected)
 
 
@@ -309,3 +321,23 @@ def test_convert_push_goes_through_the_same_path(fake_hub, tmp_path, monkeypatch
     card = ModelCard.load(fake_hub.repo("me/latentsync-1.6") / "README.md")
     assert card.data.base_model == "ByteDance/LatentSync-1.6" and card.data.license == hub.OFFICIAL_LICENSE
     assert "pipeline.py" in fake_hub.files("me/latentsync-1.6")
+
+
+def test_syncnet_training_pushes_its_model_with_a_card(sync_clips_dir, fake_hub, tmp_path):
+    from latentsync.models import StableSyncNet
+    from latentsync.testing import tiny_syncnet_config
+    from latentsync.training.config import SyncNetTrainingConfig
+    from latentsync.training.syncnet_trainer import train_syncnet
+
+    cfg = SyncNetTrainingConfig(
+        model_preset=None, model_config=tiny_syncnet_config(32), train_data=os.fspath(sync_clips_dir),
+        output_dir=os.fspath(tmp_path / "run"), train_time_range=[0.0, 0.7], val_time_range=[0.7, 1.0],
+        train_batch_size=4, max_train_steps=2, checkpointing_steps=2, validation_steps=2, num_val_samples=8,
+        val_batch_size=8, mixed_precision="no", dataloader_num_workers=0, progress=False, push_to_hub=True,
+        hub_model_id="me/syncnet", hub_strategy="checkpoint")
+    train_syncnet(cfg)
+    files = fake_hub.files("me/syncnet")
+    assert "config.json" in files and any(f.startswith("checkpoints/checkpoint-2/") for f in files)
+    card = ModelCard.load(fake_hub.repo("me/syncnet") / "README.md")
+    assert "syncnet" in card.data.tags and "| optimisation steps | 2 |" in card.text and "val_accuracy" in card.text
+    StableSyncNet.from_pretrained(fake_hub.repo("me/syncnet"))
