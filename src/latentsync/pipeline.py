@@ -21,12 +21,12 @@ import PIL.Image
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from diffusers.utils import replace_example_docstring
+from diffusers.utils import is_xformers_available, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
-from huggingface_hub import HfApi
 from tqdm.auto import tqdm
 from transformers import WhisperFeatureExtractor
 
+from . import hub
 from ._deprecation import moved_attribute
 from .audio_features.whisper import (
     AUDIO_WINDOW_MODES,
@@ -41,6 +41,7 @@ from .face.mask import latent_mouth_mask, mouth_mask
 from .face.selection import FaceSelection, choose_faces
 from .face.tracking import FaceTrack, FaceTracks, track_faces
 from .inputs import CheckedInputs, check_int, check_run_inputs
+from .loaders.lora import LatentSyncLoraLoaderMixin
 from .loaders.official import is_official_layout, load_official_components
 from .loaders.official import load_syncnet as load_syncnet_model
 from .media.audio import as_samples, check_not_silent, fit_length, mix_tracks, num_video_frames
@@ -85,42 +86,7 @@ EXAMPLE_DOC_STRING = """
 """
 
 
-def model_card(pipe: "LatentSyncPipeline") -> str:
-    """Markdown model card (with Hub metadata) describing a saved pipeline."""
-    unet = pipe.unet.config
-    n_params = sum(p.numel() for p in pipe.unet.parameters()) / 1e6
-    return f"""---
-library_name: diffusers
-pipeline_tag: video-to-video
-tags:
-- lip-sync
-- latentsync
-- audio-to-video
----
-
-# LatentSync pipeline
-
-Audio-conditioned latent-diffusion lip sync (LatentSync), saved with the
-[latentsync](https://github.com/) library.
-
-- U-Net: {n_params:.1f} M parameters, temporal layers: `{unet.motion_modules}`, frame-pooled GroupNorm:
-  `{unet.frame_pooled_norm}`, audio cross-attention width {unet.cross_attention_dim}
-- Face resolution: {pipe.config.resolution} px; output at 25 fps
-
-```python
-import torch
-from latentsync import LatentSyncPipeline
-
-pipe = LatentSyncPipeline.from_pretrained("<this repo>")
-pipe(video="face.mp4", audio="speech.wav", output_path="synced.mp4",
-     generator=torch.Generator().manual_seed(1247))
-```
-
-Intended use: dubbing and lip sync of consenting speakers. Do not use it to impersonate people or to deceive.
-"""
-
-
-class LatentSyncPipeline(DiffusionPipeline):
+class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
     """Audio-conditioned latent-diffusion lip sync (LatentSync).
 
     Components: ``unet`` ([`LatentSyncUNet`], 13 input channels, audio cross-attention), ``vae``
@@ -167,13 +133,18 @@ class LatentSyncPipeline(DiffusionPipeline):
         or a folder with ``latentsync_unet.pt`` and ``whisper/tiny.pt``) converted on load.
 
         For official releases the extra keywords ``resolution`` and ``vae_id`` apply (see
-        [`latentsync.loaders.load_official_components`]); otherwise everything goes to diffusers.
+        [`latentsync.loaders.load_official_components`]); otherwise everything goes to diffusers. A folder or repo
+        saved by this class also loads with plain ``DiffusionPipeline.from_pretrained(..., trust_remote_code=True)``
+        (see [`latentsync.hub`]); here its loader file is recognised and no ``trust_remote_code`` is needed.
         """
-        hub = {k: kwargs.get(k) for k in ("cache_dir", "revision", "token")}
-        if is_official_layout(pretrained_model_name_or_path, local_files_only=kwargs.get("local_files_only", False),
-                              **hub):
+        hub_kwargs = {k: kwargs.get(k) for k in ("cache_dir", "revision", "token")}
+        local_only = kwargs.get("local_files_only", False)
+        if is_official_layout(pretrained_model_name_or_path, local_files_only=local_only, **hub_kwargs):
             syncnet = kwargs.pop("syncnet", None)
             return cls(**load_official_components(pretrained_model_name_or_path, **kwargs), syncnet=syncnet)
+        if not kwargs.get("trust_remote_code") and hub.has_own_loader(pretrained_model_name_or_path,
+                                                                     local_files_only=local_only, **hub_kwargs):
+            kwargs["trust_remote_code"] = True  # the file only imports this class
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     # ------------------------------------------------------------------ options
@@ -206,6 +177,23 @@ class LatentSyncPipeline(DiffusionPipeline):
 
     def disable_vae_tiling(self) -> None:
         self.vae.disable_tiling()
+
+    def enable_xformers_memory_efficient_attention(self, attention_op: Callable | None = None) -> None:
+        """Use xFormers' memory-efficient attention in the U-Net and VAE (CUDA only; install with
+        ``pip install "latentsync[xformers]"``). Without it attention runs through PyTorch's
+        ``scaled_dot_product_attention``, which is as memory-efficient on current GPUs and PyTorch versions.
+
+        Raises:
+            ImportError: xformers is not installed.
+            RuntimeError: no CUDA device (xformers has no CPU or MPS kernels).
+        """
+        if not is_xformers_available():
+            raise ImportError('xformers is not installed: pip install "latentsync[xformers]" (CUDA GPUs only). '
+                              "Attention already uses PyTorch's scaled_dot_product_attention without it.")
+        if not torch.cuda.is_available():
+            raise RuntimeError("xformers' memory-efficient attention needs a CUDA GPU; on this machine attention runs "
+                               "through PyTorch's scaled_dot_product_attention (the default)")
+        super().enable_xformers_memory_efficient_attention(attention_op)
 
     # ------------------------------------------------------------------ state of a call (diffusers' names)
     @property
@@ -678,22 +666,38 @@ class LatentSyncPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ saving and sharing
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
-        """Save all components (safetensors) and ``model_index.json``, plus a model card ``README.md``."""
+        """Save all components (safetensors) and ``model_index.json`` as diffusers does, plus the loader file that lets
+        plain diffusers load the folder (see [`latentsync.hub`]) and, unless one exists, a model card ``README.md``.
+
+        ``push_to_hub=True`` (with ``repo_id``) also uploads the folder, as [`push_to_hub`] does."""
+        push, repo_id = kwargs.pop("push_to_hub", False), kwargs.pop("repo_id", None)
         super().save_pretrained(save_directory, **kwargs)
-        card_path = os.path.join(save_directory, "README.md")
+        hub.write_loader(save_directory)
+        card_path = os.path.join(save_directory, hub.CARD_NAME)
         if not os.path.exists(card_path):
-            with open(card_path, "w", encoding="utf-8") as fh:
-                fh.write(model_card(self))
+            hub.pipeline_card(self, os.fspath(save_directory)).save(card_path)
+        if push:
+            self.push_folder_to_hub(save_directory, repo_id or os.path.basename(os.path.normpath(save_directory)))
 
     def push_to_hub(self, repo_id: str, commit_message: str = "Upload LatentSync pipeline", private: bool | None = None,
-                    token: str | None = None, **kwargs) -> str:
-        """Save the pipeline with its model card and upload it to the Hub repo ``repo_id`` (created if needed)."""
-        api = HfApi(token=token)
-        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-        with tempfile.TemporaryDirectory() as tmp:
+                    token: str | None = None, create_pr: bool = False, base_model: str | None = None,
+                    **kwargs) -> str:
+        """Save the pipeline (with the loader file and a model card naming ``repo_id`` and ``base_model``) and upload
+        it to the Hub repo ``repo_id`` (created if needed) in one commit; returns the repo id. Other keywords go to
+        [`save_pretrained`] (``safe_serialization``, ``variant``)."""
+        with tempfile.TemporaryDirectory(prefix="latentsync-push-") as tmp:
             self.save_pretrained(tmp, **kwargs)
-            api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message)
-        return repo_id
+            return self.push_folder_to_hub(tmp, repo_id, commit_message, private, token, create_pr, base_model)
+
+    def push_folder_to_hub(self, folder: str | os.PathLike, repo_id: str,
+                           commit_message: str = "Upload LatentSync pipeline", private: bool | None = None,
+                           token: str | None = None, create_pr: bool = False, base_model: str | None = None,
+                           training: dict[str, Any] | None = None, datasets: Sequence[str] | None = None) -> str:
+        """Upload a folder this pipeline was saved to, with a fresh model card naming ``repo_id``, the ``base_model``
+        it derives from, and (for trained pipelines) its ``training`` settings and results and ``datasets``."""
+        card = hub.pipeline_card(self, repo_id, base_model=base_model, datasets=datasets, training=training)
+        return hub.push_folder(folder, repo_id, card=card, commit_message=commit_message, private=private,
+                               token=token, create_pr=create_pr)
 
     def _progress(self, iterable: Any, desc: str, total: int | None = None) -> tqdm:
         """tqdm bar for one stage, honouring ``set_progress_bar_config``."""

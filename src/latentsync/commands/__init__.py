@@ -1,7 +1,7 @@
 """The ``latentsync`` command line: one module per subcommand, each with its argument parser.
 
 ``latentsync --video in.mp4 --audio speech.wav --output out.mp4`` lip-syncs a video ([`latentsync.commands.run`]);
-the subcommands are ``make-tiny``, ``convert``, ``prepare``, ``eval`` and ``faces``.
+the subcommands are ``make-tiny``, ``convert``, ``prepare``, ``eval``, ``faces`` and ``batch``.
 
 Exit status: 0 on success, 2 for bad input or arguments (one line on stderr, no traceback), 130 after Ctrl-C and 143
 after SIGTERM (the partial output and the temporary files removed).
@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("latentsync.commands.prepare", "prepare"),
     "eval": ("latentsync.commands.eval", "main"),
     "faces": ("latentsync.commands.faces", "faces"),
+    "batch": ("latentsync.commands.batch", "batch"),
 }
 RUN = ("latentsync.commands.run", "run")
 

@@ -12,6 +12,7 @@ import argparse
 import importlib
 import logging
 import os
+import re
 import time
 from typing import Any
 
@@ -66,24 +67,33 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help=f"output video ({', '.join(OUTPUT_FORMATS)}); its folder is "
                                                     "created if missing")
     p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists (never an input)")
+    add_generation_arguments(p)
+    voices = p.add_argument_group("a voice per face")
+    voices.add_argument("--audio-for", type=voice, action="append", default=None, metavar="INDEX=FILE",
+                        help="lip-sync face INDEX to FILE (repeat for each face; replaces --audio)")
+    voices.add_argument("--mix-audio", default=None,
+                        help="sound of the output (default: --audio, or the mix of the --audio-for files)")
+    return p
+
+
+def add_generation_arguments(p: argparse.ArgumentParser) -> None:
+    """The model, device, face and generation options shared by ``latentsync`` and ``latentsync batch``."""
     p.add_argument("--model", default=DEFAULT_MODEL, help=f"Hub id or local folder of a LatentSync pipeline "
                                                           f"(default {DEFAULT_MODEL})")
+    p.add_argument("--lora", action="append", default=[], metavar="DIR_OR_ID[:WEIGHT]",
+                   help="LoRA adapter of the U-Net to apply (folder or Hub id, optional strength; repeatable)")
     p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
     p.add_argument("--guidance-scale", type=float, default=1.5, help="audio guidance, >= 1 (1 disables; default 1.5)")
     p.add_argument("--seed", type=int, default=1247, help="random seed (default 1247)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
     p.add_argument("--dtype", choices=list(DTYPE_NAMES), default=None, help="default: fp16 on GPU, fp32 on CPU")
-    faces = p.add_argument_group("faces and voices (see `latentsync faces VIDEO` for the face numbers)")
+    faces = p.add_argument_group("faces (see `latentsync faces VIDEO` for the face numbers)")
     faces.add_argument("--face", type=face_choice, default=None, metavar="largest|speaking|INDEX|x,y,w,h",
                        help="face to lip-sync: the largest of each shot (default), the one speaking in the video's "
                             "own soundtrack in each shot, face track INDEX, or the face in box x,y,w,h (pixels) on "
                             "frame --face-frame")
     faces.add_argument("--face-frame", type=int, default=0, help="frame (25 fps) of the --face x,y,w,h box")
     faces.add_argument("--face-index", type=int, default=None, help=argparse.SUPPRESS)  # older name of --face INDEX
-    faces.add_argument("--audio-for", type=voice, action="append", default=None, metavar="INDEX=FILE",
-                       help="a voice per face: lip-sync face INDEX to FILE (repeat for each face; replaces --audio)")
-    faces.add_argument("--mix-audio", default=None,
-                       help="sound of the output (default: --audio, or the mix of the --audio-for files)")
     faces.add_argument("--syncnet", default=None,
                        help="StableSyncNet (folder, Hub id or stable_syncnet.pt) to find the speaking face with "
                             "(default: lip motion against loudness)")
@@ -99,7 +109,62 @@ def parser() -> argparse.ArgumentParser:
     fast.add_argument("--cpu-offload", choices=["model", "sequential"], default=None,
                       help="keep weights on the CPU and move them to the GPU when used (lower GPU memory)")
     fast.add_argument("--vae-slicing", action="store_true", help="VAE-encode/decode one frame at a time")
-    return p
+    fast.add_argument("--xformers", action="store_true", help="xFormers attention (CUDA, pip install latentsync[xformers])")
+
+
+def face_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The pipeline's face-choice arguments from ``--face``/``--face-index``/``--face-frame``."""
+    choice = dict(args.face or {})
+    if args.face_index is not None:
+        choice.setdefault("face_index", args.face_index)
+    return {**choice, "face_box_frame": args.face_frame}
+
+
+def generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The pipeline call's generation options from the parsed arguments (without the generator and the face)."""
+    return {
+        "num_inference_steps": args.steps,
+        "guidance_scale": args.guidance_scale,
+        "audio_window_mode": args.audio_windows,
+        "deep_cache_interval": args.deep_cache,
+    }
+
+
+def load_pipeline(args: argparse.Namespace, local_files_only: bool = False) -> Any:
+    """The pipeline of ``--model`` on ``--device`` with the LoRA adapters, SyncNet and speed options asked for.
+
+    Call it after the checks (``check_model_source``): it imports torch and the pipeline (seconds).
+    """
+    device, dtype = check_device(args.device, args.dtype)  # the first import of torch
+    # deferred, as the subcommands are: the pipeline imports diffusers and transformers (seconds)
+    LatentSyncPipeline = importlib.import_module("latentsync.pipeline").LatentSyncPipeline
+    logger.info("loading %s on %s (%s)", args.model, device, str(dtype).replace("torch.", ""))
+    pipe = LatentSyncPipeline.from_pretrained(args.model, dtype=dtype, local_files_only=local_files_only)
+    names, weights = [], []
+    for i, spec in enumerate(args.lora):
+        source, _, weight = spec.rpartition(":") if re.search(r":[\d.]+$", spec) else (spec, "", "1")
+        pipe.load_lora_weights(source, adapter_name=f"lora_{i}")
+        names.append(f"lora_{i}")
+        weights.append(float(weight))
+    if names:
+        pipe.set_adapters(names, adapter_weights=weights)
+    if args.cpu_offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif args.cpu_offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    if args.scheduler != "ddim":
+        pipe.set_scheduler(args.scheduler)
+    if args.vae_slicing:
+        pipe.enable_vae_slicing()
+    if args.xformers:
+        pipe.enable_xformers_memory_efficient_attention()
+    if args.compile:
+        pipe.unet.compile()
+    if args.syncnet:
+        pipe.load_syncnet(args.syncnet)
+    return pipe
 
 
 def _make_folders(path: str) -> list[str]:
@@ -138,9 +203,7 @@ def run(argv: list[str]) -> int:
         p.error("give the speech with --audio, or one --audio-for INDEX=FILE per face")
     if args.verbose:
         logging.getLogger("latentsync").setLevel(logging.DEBUG)
-    choice = dict(args.face or {})
-    if args.face_index is not None:
-        choice.setdefault("face_index", args.face_index)
+    choice = face_arguments(args)
     audio = dict(args.audio_for) if args.audio_for else args.audio
     if args.audio_for and len(audio) != len(args.audio_for):
         raise LatentSyncInputError("--audio-for names the same face twice")
@@ -149,37 +212,17 @@ def run(argv: list[str]) -> int:
     start = time.perf_counter()
     try:
         checked = check_run_inputs(args.video, audio, args.output, overwrite=args.overwrite,
-                                   create_output_folder=True, mix_audio=args.mix_audio,
-                                   face_box_frame=args.face_frame, num_inference_steps=args.steps,
+                                   create_output_folder=True, mix_audio=args.mix_audio, num_inference_steps=args.steps,
                                    guidance_scale=args.guidance_scale, deep_cache_interval=args.deep_cache, **choice)
     except LatentSyncInputError as exc:
         raise type(exc)(_with_option_names(str(exc), face_option)) from None
     source = check_model_source(args.model)
-    device, dtype = check_device(args.device, args.dtype)  # the first import of torch
     stages["checks"] = time.perf_counter() - start
 
     import torch  # deferred: seconds to import; the checks above report bad input before
 
-    # deferred, as the subcommands are: the pipeline imports diffusers and transformers (seconds)
-    LatentSyncPipeline = importlib.import_module("latentsync.pipeline").LatentSyncPipeline
-
     start = time.perf_counter()
-    logger.info("loading %s on %s (%s)", args.model, device, str(dtype).replace("torch.", ""))
-    pipe = LatentSyncPipeline.from_pretrained(args.model, dtype=dtype, local_files_only=source.local_files_only)
-    if args.cpu_offload == "model":
-        pipe.enable_model_cpu_offload(device=device)
-    elif args.cpu_offload == "sequential":
-        pipe.enable_sequential_cpu_offload(device=device)
-    else:
-        pipe.to(device)
-    if args.scheduler != "ddim":
-        pipe.set_scheduler(args.scheduler)
-    if args.vae_slicing:
-        pipe.enable_vae_slicing()
-    if args.compile:
-        pipe.unet.compile()
-    if args.syncnet:
-        pipe.load_syncnet(args.syncnet)
+    pipe = load_pipeline(args, source.local_files_only)
     stages["model_load"] = time.perf_counter() - start
     generator = torch.Generator("cpu").manual_seed(args.seed)
     created = _make_folders(args.output)  # e.g. outputs/ on a fresh clone
@@ -189,14 +232,10 @@ def run(argv: list[str]) -> int:
                 video=args.video,
                 audio=audio,
                 output_path=args.output,
-                num_inference_steps=args.steps,
-                guidance_scale=args.guidance_scale,
                 generator=generator,
-                face_box_frame=args.face_frame,
                 mix_audio=args.mix_audio,
-                audio_window_mode=args.audio_windows,
-                deep_cache_interval=args.deep_cache,
                 overwrite=args.overwrite,
+                **generation_kwargs(args),
                 **choice,
             )
     except RunInterrupted as exc:
