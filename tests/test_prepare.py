@@ -258,18 +258,15 @@ def test_prepare_command_exits_non_zero_when_it_keeps_no_clip(short_raw, tiny_sy
     from huggingface_hub import constants
 
     from latentsync.commands import main
-    from latentsync.loaders import sources
 
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    sources._probe_hub.cache_clear()
     out = tmp_path / "prepared"
     with caplog.at_level(logging.ERROR, logger="latentsync"):
         code = main(["prepare", str(short_raw), str(out), "--min-seconds", "0.6", "--max-seconds", "1.2",
                      "--syncnet", tiny_syncnet, "--min-sync-confidence", "100", "--max-sync-offset", "15"])
-    sources._probe_hub.cache_clear()
     assert code == 2
     error = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR][-1]
     assert error.startswith("kept no clip from 1 videos") and "\n" not in error

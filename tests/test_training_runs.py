@@ -268,22 +268,22 @@ def test_models_missing_offline_fail_at_once_naming_them(tiny, tmp_path):
 def test_check_model_sources(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
-    from latentsync.loaders import sources
+    from latentsync import model_source
+    from latentsync.errors import ModelNotFoundError
 
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    sources._probe_hub.cache_clear()
-    sources.check_model_sources({"vae": str(tmp_path), "syncnet": None})  # local folders need no Hub
-    with pytest.raises(sources.ModelSourceError, match=r"not found: pretrained_unet=runs/x/pipeline"):
-        sources.check_model_sources({"pretrained_unet": "runs/x/pipeline"})
+    model_source.check_model_sources({"vae": str(tmp_path), "syncnet": None})  # local folders need no Hub
+    with pytest.raises(ModelNotFoundError, match=r"not found: pretrained_unet=runs/x/pipeline"):
+        model_source.check_model_sources({"pretrained_unet": "runs/x/pipeline"})
     t0 = time.time()
-    with pytest.raises(sources.ModelSourceError, match=r"Hub is unavailable .*127.0.0.1.*: trepa_model=org/videomae"):
-        sources.check_model_sources({"trepa_model": "org/videomae"})
+    with pytest.raises(ModelNotFoundError, match=r"Hub is unavailable .*127.0.0.1.*: trepa_model=org/videomae"):
+        model_source.check_model_sources({"trepa_model": "org/videomae"})
     assert time.time() - t0 < 5 and constants.HF_HUB_OFFLINE  # switched to offline mode
-    assert sources.is_hub_id("org/name") and not sources.is_hub_id("./org/name") and not sources.is_hub_id("a/b/c")
-    sources._probe_hub.cache_clear()
+    assert model_source.is_hub_id("org/name")
+    assert not model_source.is_hub_id("./org/name") and not model_source.is_hub_id("a/b/c")
 
 
 # ---------------------------------------------------------------------------------------------------- a run's start
@@ -422,51 +422,51 @@ def test_export_command_syncnet_and_lora(syncnet_run, lora_run, tmp_path, capsys
 # ---------------------------------------------------------------------------------------------------- LoRA base
 def test_lora_adapter_knows_its_base(tiny, lora_run, stage1_run, caplog):
     from latentsync import LatentSyncPipeline
-    from latentsync.loaders.lora import (
-        LoRABaseMismatchError,
-        base_weights_sha256,
-        check_lora_base,
-        load_lora_adapter,
-        read_lora_record,
-    )
+    from latentsync.loaders.lora import LoRABaseMismatchError, base_weights_sha256, read_lora_record
 
     _, ov = tiny
     _, result = lora_run
     adapter = result["lora"]
     record = read_lora_record(adapter)
-    base = LatentSyncPipeline.from_pretrained(ov["components_from"]).unet
+    pipe = LatentSyncPipeline.from_pretrained(ov["components_from"])
     assert record["base_model"]["source"] == ov["components_from"]
-    assert record["base_model"]["weights_sha256"] == base_weights_sha256(base)
+    assert record["base_model"]["weights_sha256"] == base_weights_sha256(pipe.unet)
     assert record["lora"]["rank"] == 4 and record["trained_steps"] == 2
-    # the right base: every tensor lands, and the result is the run's merged pipeline
-    load_lora_adapter(base, adapter)
+    # the right base: no warning, and the result is the run's merged pipeline
+    with caplog.at_level(logging.WARNING, logger="latentsync"):
+        pipe.load_lora_weights(adapter)
+    assert "LoRA" not in caplog.text
     merged = LatentSyncPipeline.from_pretrained(result["pipeline"]).unet
     x, ctx = torch.randn(1, 13, 16, 8, 8), torch.randn(16, 30, 64)
     with torch.no_grad():
-        torch.testing.assert_close(base(x, 5, ctx).sample, merged(x, 5, ctx).sample, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(pipe.unet(x, 5, ctx).sample, merged(x, 5, ctx).sample, rtol=1e-4, atol=1e-4)
     # another architecture (the stage-1 U-Net has no temporal layers): refused, nothing loaded
-    stage1 = LatentSyncPipeline.from_pretrained(stage1_run[1]["pipeline"]).unet
-    with pytest.raises(LoRABaseMismatchError, match=r"trained on another U-Net.*motion_modules.*tensors have no layer"):
-        load_lora_adapter(stage1, adapter)
-    assert not any("lora_" in n for n, _ in stage1.named_parameters())
-    # same architecture, other weights: a loud warning, refused with strict=True
-    other = LatentSyncPipeline.from_pretrained(ov["components_from"]).unet
+    stage1 = LatentSyncPipeline.from_pretrained(stage1_run[1]["pipeline"])
+    with pytest.raises(LoRABaseMismatchError, match=r"trained on another U-Net.*motion_modules"):
+        stage1.load_lora_weights(adapter)
+    assert not any("lora_" in n for n, _ in stage1.unet.named_parameters())
+    # same architecture, other weights: a loud warning, refused with strict_base=True
+    other = LatentSyncPipeline.from_pretrained(ov["components_from"])
     with torch.no_grad():
-        other.conv_in.weight.add_(1.0)
-    with caplog.at_level(logging.WARNING, logger="latentsync"):
-        check_lora_base(other, adapter)
-    assert "trained on other weights of this architecture" in caplog.text
+        other.unet.conv_in.weight.add_(1.0)
     with pytest.raises(LoRABaseMismatchError, match="other weights"):
-        check_lora_base(other, adapter, strict=True)
+        other.load_lora_weights(adapter, strict_base=True)
+    assert not any("lora_" in n for n, _ in other.unet.named_parameters())
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="latentsync"):
+        other.load_lora_weights(adapter)
+    assert "trained on other weights of this architecture" in caplog.text
 
 
-def test_lora_adapter_without_record_onto_wrong_architecture(lora_run, stage1_run, tmp_path):
+def test_lora_adapter_without_record_onto_wrong_architecture(lora_run, stage1_run, tmp_path, caplog):
     from latentsync import LatentSyncPipeline
-    from latentsync.loaders.lora import LORA_WEIGHTS_FILE, LoRABaseMismatchError, load_lora_adapter
+    from latentsync.loaders.lora import LORA_WEIGHTS_FILE, LoRABaseMismatchError
 
     bare = tmp_path / "bare"
     bare.mkdir()
     shutil.copy(os.path.join(lora_run[1]["lora"], LORA_WEIGHTS_FILE), bare / LORA_WEIGHTS_FILE)
-    stage1 = LatentSyncPipeline.from_pretrained(stage1_run[1]["pipeline"]).unet
-    with pytest.raises(LoRABaseMismatchError, match=r"\d+ of the \d+ tensors .* have no layer in this U-Net"):
-        load_lora_adapter(stage1, str(bare))
+    stage1 = LatentSyncPipeline.from_pretrained(stage1_run[1]["pipeline"])
+    with caplog.at_level(logging.WARNING, logger="latentsync"), pytest.raises(
+            LoRABaseMismatchError, match=r"adapts \d+ of its \d+ modules that this U-Net does not have"):
+        stage1.load_lora_weights(bare)
+    assert "has no record of its base model" in caplog.text

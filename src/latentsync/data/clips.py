@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import LatentSyncInputError
-from ..loaders.sources import is_hub_id
 from ..media.constants import VIDEO_EXTENSIONS, VIDEO_FPS
 from ..media.files import find_videos
 from ..media.video import probe_video
+from ..model_source import is_hub_id
 
 SAVED_DATASET_FILES = ("dataset_info.json", "dataset_dict.json", "state.json")
 PREPARE_MARKER = "prepare_config.json"  # written by ``latentsync prepare`` at the top of its output folder

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from huggingface_hub import hf_hub_download
 
-from ..loaders.sources import check_model_sources, go_offline, hub_unreachable_reason, is_hub_cached
+from ..model_source import check_model_sources, go_offline, hub_unreachable_reason, is_hub_cached
 from ..models.hyperiqa import HyperIQA
 from ..utils import load_state_file
 

@@ -1,11 +1,22 @@
-"""LoRA adapters of the LatentSync U-Net that know their base model.
+"""LoRA adapters of the U-Net through diffusers' loader conventions, for [`LatentSyncPipeline`], and the record of
+the base model each adapter was trained on.
 
-An adapter only fits the U-Net it was trained on: loaded onto another architecture (a stage-1 U-Net without the
-temporal layers a stage-2 adapter targets) peft skips the tensors that have no layer to go to, silently. So the
-trainer saves, beside ``pytorch_lora_weights.safetensors``, a record of the base (``latentsync_lora.json``: where
-its weights came from, its config, and a SHA-256 of its weights), and [`load_lora_adapter`] checks it: another
-architecture is refused, other weights of the same architecture are reported loudly (refused with
-``strict=True``), and an adapter whose tensors do not all land is refused whether or not it has a record.
+[`LatentSyncLoraLoaderMixin`] gives the pipeline ``load_lora_weights``, ``save_lora_weights``, ``lora_state_dict``
+and, from diffusers' ``LoraBaseMixin``, ``set_adapters``, ``fuse_lora`` / ``unfuse_lora``, ``unload_lora_weights``,
+``disable_lora`` / ``enable_lora``, ``delete_adapters`` and ``get_active_adapters``. Adapters are stored as diffusers
+stores them: ``pytorch_lora_weights.safetensors`` with keys ``unet.<module>.lora_A.weight`` /
+``.lora_B.weight`` and the peft ``LoraConfig`` (rank, alpha, targets) in the file's metadata.
+
+Unlike diffusers, which logs a warning and loads nothing when no key matches, a file that is empty, holds no LoRA
+weights, or names modules this U-Net does not have raises [`LoraAdapterError`]. Adapters saved by
+``unet.save_lora_adapter`` (keys without the ``unet.`` prefix) load too.
+
+An adapter only fits the U-Net it was trained on: on another architecture (a stage-1 U-Net without the temporal
+layers a stage-2 adapter targets) some of its tensors have no layer to go to. So the trainer saves, beside the
+weights, a record of the base ([`save_lora_adapter`], ``latentsync_lora.json``: where its weights came from, its
+config, and a SHA-256 of its weights), and ``load_lora_weights`` checks it: another architecture is refused
+([`LoRABaseMismatchError`]), other weights of the same architecture are reported loudly (refused with
+``strict_base=True``), and an adapter without a record is loaded with a warning that its base is not checked.
 """
 
 from __future__ import annotations
@@ -17,21 +28,65 @@ import os
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from diffusers.loaders import StableDiffusionLoraLoaderMixin
+from diffusers.loaders.lora_base import LoraBaseMixin
+from diffusers.utils import USE_PEFT_BACKEND
+from peft.utils import get_peft_model_state_dict
 
 from ..errors import LatentSyncInputError
 from ..utils import read_json
 
 logger = logging.getLogger(__name__)
 
+UNET_NAME = "unet"
 LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
 LORA_RECORD_FILE = "latentsync_lora.json"
+"""The record of an adapter's base model, saved beside its weights."""
 
 
-class LoRABaseMismatchError(LatentSyncInputError):
-    """A LoRA adapter does not fit the U-Net it is being loaded onto."""
+class LoraAdapterError(LatentSyncInputError):
+    """A LoRA file that cannot apply to this pipeline's U-Net (empty, not LoRA, or for other modules)."""
 
 
+class LoRABaseMismatchError(LoraAdapterError):
+    """A LoRA adapter was trained on another U-Net than the one it is being loaded onto."""
+
+
+def _module_name(key: str) -> str:
+    """``down_blocks.0.attentions.0....to_q.lora_A.weight`` -> the adapted module's name."""
+    for marker in (".lora_A", ".lora_B", ".lora.down", ".lora.up", ".lora_magnitude_vector"):
+        if marker in key:
+            return key.split(marker)[0]
+    return key.rsplit(".", 1)[0]
+
+
+def check_unet_lora(state_dict: dict[str, torch.Tensor], unet: torch.nn.Module, source: str) -> dict[str, Any]:
+    """The ``unet.``-prefixed LoRA state dict of ``state_dict`` (prefix added when missing), after checking that it is
+    not empty, holds LoRA weights only, and that every module it adapts exists in ``unet``."""
+    if not state_dict:
+        raise LoraAdapterError(f"{source} holds no weights: it is not a LoRA adapter")
+    not_lora = [k for k in state_dict if "lora" not in k]
+    if not_lora:
+        raise LoraAdapterError(f"{source} is not a LoRA adapter: keys without 'lora' such as {not_lora[:3]}")
+    prefix = f"{UNET_NAME}."
+    if any(k.startswith(prefix) for k in state_dict):
+        others = sorted({k.split(".", 1)[0] for k in state_dict if not k.startswith(prefix)})
+        if others:
+            raise LoraAdapterError(f"{source} adapts components this pipeline has no LoRA for: {others} "
+                                   f"(only the U-Net takes LoRA weights)")
+    else:  # saved by unet.save_lora_adapter: module names without the component prefix
+        state_dict = {prefix + k: v for k, v in state_dict.items()}
+    modules = dict(unet.named_modules())
+    adapted = {_module_name(k[len(prefix):]) for k in state_dict}
+    unknown = sorted(adapted - set(modules))
+    # an adapter already loaded wraps its layers (".base_layer"), which does not change their names
+    if unknown:
+        raise LoRABaseMismatchError(f"{source} adapts {len(unknown)} of its {len(adapted)} modules that this U-Net "
+                                    f"does not have, e.g. {unknown[:3]}: it was trained for another model")
+    return state_dict
+
+
+# ---------------------------------------------------------------------------------------------------- base record
 def _canonical(name: str) -> str:
     """A base weight's name without peft's ``base_layer`` wrapper."""
     return name.replace(".base_layer.", ".")
@@ -69,81 +124,160 @@ def lora_base_record(unet: torch.nn.Module, source: str | None, adapter_name: st
 
 def save_lora_adapter(unet: torch.nn.Module, directory: str, source: str | None, adapter_name: str = "default",
                       **extra: Any) -> str:
-    """Save ``unet``'s LoRA adapter (diffusers' ``save_lora_adapter``, ``pytorch_lora_weights.safetensors``) and the
-    record of its base model (``latentsync_lora.json``) in ``directory``; returns ``directory``."""
-    unet.save_lora_adapter(directory, adapter_name=adapter_name)
+    """Save ``unet``'s LoRA adapter ``adapter_name`` in diffusers' pipeline LoRA format (``unet.``-prefixed keys and
+    the adapter config, loaded by ``pipe.load_lora_weights(directory)``) with the record of its base model
+    (``latentsync_lora.json``, see [`lora_base_record`]); returns ``directory``."""
+    config = {k: sorted(v) if isinstance(v, set) else v for k, v in unet.peft_config[adapter_name].to_dict().items()}
+    layers = get_peft_model_state_dict(unet, adapter_name=adapter_name)
+    LatentSyncLoraLoaderMixin.save_lora_weights(directory, unet_lora_layers=layers, unet_lora_adapter_metadata=config)
     with open(os.path.join(directory, LORA_RECORD_FILE), "w") as fh:
         json.dump(lora_base_record(unet, source, adapter_name, **extra), fh, indent=1)
     return directory
 
 
-def read_lora_record(directory: str) -> dict[str, Any] | None:
-    """The base-model record saved beside an adapter, or None when it has none."""
-    return read_json(os.path.join(directory, LORA_RECORD_FILE))
+def read_lora_record(source: str | os.PathLike | dict, **kwargs: Any) -> dict[str, Any] | None:
+    """The base-model record saved beside an adapter (a local folder, or a Hub repo: ``subfolder``, ``cache_dir``,
+    ``revision``, ``token``, ``local_files_only`` as for loading), or None when it has none (or ``source`` is a
+    state dict)."""
+    if isinstance(source, dict):
+        return None
+    source = os.fspath(source)
+    subfolder = kwargs.get("subfolder") or ""
+    if os.path.isdir(source):
+        return read_json(os.path.join(source, subfolder, LORA_RECORD_FILE))
+    if os.path.isfile(source):
+        return read_json(os.path.join(os.path.dirname(source), LORA_RECORD_FILE))
+    from huggingface_hub import hf_hub_download  # deferred: only Hub adapters need it
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError  # deferred: as above
+
+    try:
+        path = hf_hub_download(source, LORA_RECORD_FILE, subfolder=subfolder or None,
+                               **{k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only")
+                                  if kwargs.get(k) is not None})
+    except (EntryNotFoundError, LocalEntryNotFoundError):
+        return None
+    return read_json(path)
 
 
-def _adapter_modules(directory: str) -> list[str]:
-    """The module paths an adapter file holds tensors for (``...to_q`` for ``...to_q.lora_A.weight``)."""
-    with safe_open(os.path.join(directory, LORA_WEIGHTS_FILE), framework="pt") as fh:
-        keys = list(fh.keys())
-    return [k.split(".lora_")[0] for k in keys]
-
-
-def check_lora_base(unet: torch.nn.Module, directory: str, strict: bool = False) -> None:
-    """Check that the adapter in ``directory`` was trained on ``unet``.
+def check_lora_base(unet: torch.nn.Module, record: dict[str, Any] | None, source: str,
+                    strict: bool = False) -> None:
+    """Check an adapter's base-model ``record`` (see [`read_lora_record`]) against ``unet``: another U-Net config is
+    refused; other weights of the same architecture are reported loudly (refused with ``strict``); no record is a
+    warning (the base cannot be checked).
 
     Raises:
-        LoRABaseMismatchError: the adapter's tensors do not all have a layer in ``unet`` (another architecture),
-            its record names another U-Net config, or (with ``strict``) other base weights.
+        LoRABaseMismatchError: the record names another U-Net config, or (with ``strict``) other base weights.
     """
-    if not os.path.isfile(os.path.join(directory, LORA_WEIGHTS_FILE)):
-        raise LatentSyncInputError(f"no LoRA adapter ({LORA_WEIGHTS_FILE}) in {directory}")
-    modules = {_canonical(name + ".") for name, _ in unet.named_modules()}
-    targets = _adapter_modules(directory)
-    homeless = [t for t in targets if t + "." not in modules]
-    record = read_lora_record(directory)
-    base = (record or {}).get("base_model", {})
+    if record is None:
+        logger.warning("the LoRA adapter %s has no record of its base model (%s): its base is not checked",
+                       source, LORA_RECORD_FILE)
+        return
+    base = record.get("base_model", {})
     if base.get("unet_config") is not None:
         ours = _config(unet)
         differ = sorted(k for k in set(ours) | set(base["unet_config"]) if ours.get(k) != base["unet_config"].get(k))
         if differ:
             shown = ", ".join(f"{k}={base['unet_config'].get(k)!r} (this U-Net: {ours.get(k)!r})" for k in differ[:4])
             raise LoRABaseMismatchError(
-                f"the LoRA adapter in {directory} was trained on another U-Net ({base.get('source')}): {shown}"
-                f"{'' if len(differ) <= 4 else f' and {len(differ) - 4} more'}; {len(homeless)} of its {len(targets)} "
-                "tensors have no layer here. Load it onto the U-Net it was trained on")
-    if homeless:
-        raise LoRABaseMismatchError(
-            f"{len(homeless)} of the {len(targets)} tensors of the LoRA adapter in {directory} have no layer in this "
-            f"U-Net (e.g. {homeless[0]}): it was trained on another architecture")
-    if record is None:
-        logger.warning("the LoRA adapter in %s has no record of its base model (%s): its base is not checked",
-                       directory, LORA_RECORD_FILE)
-        return
+                f"the LoRA adapter {source} was trained on another U-Net ({base.get('source')}): {shown}"
+                f"{'' if len(differ) <= 4 else f' and {len(differ) - 4} more'}. Load it onto the U-Net it was "
+                "trained on")
     if next(unet.parameters()).dtype != torch.float32:
         logger.info("U-Net not in float32: the base weights of the LoRA adapter are not compared (only its config)")
         return
     if base_weights_sha256(unet) != base.get("weights_sha256"):
-        message = (f"the LoRA adapter in {directory} was trained on other weights of this architecture "
+        message = (f"the LoRA adapter {source} was trained on other weights of this architecture "
                    f"({base.get('source')}); its effect on these weights is not what training saw")
         if strict:
             raise LoRABaseMismatchError(message)
-        logger.warning("%s (pass strict=True to refuse)", message)
+        logger.warning("%s (pass strict_base=True to refuse)", message)
 
 
-def load_lora_adapter(unet: torch.nn.Module, directory: str, adapter_name: str | None = None,
-                      strict: bool = False) -> str:
-    """Check (see [`check_lora_base`]) and load the adapter in ``directory`` onto ``unet`` (diffusers'
-    ``load_lora_adapter``); verify that every tensor of the file landed. Returns the adapter's name."""
-    check_lora_base(unet, directory, strict=strict)
-    before = {n for n, _ in unet.named_parameters()}
-    unet.load_lora_adapter(directory, weight_name=LORA_WEIGHTS_FILE, prefix=None, adapter_name=adapter_name)
-    name = adapter_name or list(unet.peft_config)[-1]
-    added = [n for n, _ in unet.named_parameters() if n not in before and "lora_" in n]
-    expected = len(_adapter_modules(directory))
-    if len(added) != expected:
-        unet.delete_adapters(name)
-        raise LoRABaseMismatchError(
-            f"only {len(added)} of the {expected} tensors of the LoRA adapter in {directory} were loaded")
-    logger.info("loaded the LoRA adapter %r from %s (%d tensors)", name, directory, expected)
-    return name
+class LatentSyncLoraLoaderMixin(LoraBaseMixin):
+    """Load, combine, fuse and remove LoRA adapters of [`LatentSyncPipeline`]'s U-Net (diffusers' LoRA API)."""
+
+    _lora_loadable_modules = [UNET_NAME]
+    unet_name = UNET_NAME
+
+    @classmethod
+    def lora_state_dict(cls, pretrained_model_name_or_path_or_dict: str | os.PathLike | dict[str, torch.Tensor],
+                        **kwargs: Any) -> dict[str, torch.Tensor] | tuple[dict[str, torch.Tensor], dict | None]:
+        """The LoRA weights of a folder, file name in it (``weight_name``), Hub repo or dict, as diffusers reads them
+        (``return_lora_metadata=True`` also returns the saved adapter config)."""
+        return_metadata = kwargs.pop("return_lora_metadata", False)
+        state_dict, _, lora_metadata = StableDiffusionLoraLoaderMixin.lora_state_dict(
+            pretrained_model_name_or_path_or_dict, return_lora_metadata=True, **kwargs)
+        return (state_dict, lora_metadata) if return_metadata else state_dict
+
+    def load_lora_weights(
+        self,
+        pretrained_model_name_or_path_or_dict: str | os.PathLike | dict[str, torch.Tensor],
+        adapter_name: str | None = None,
+        hotswap: bool = False,
+        strict_base: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        """Add the LoRA adapter of a folder, Hub repo, ``.safetensors`` folder + ``weight_name`` or state dict to the
+        U-Net, as ``adapter_name`` (default ``default_0``, ``default_1``, ...), active at full strength. The record
+        of its base model, when saved beside it, is checked first (see [`check_lora_base`]); ``strict_base`` refuses
+        an adapter trained on other weights of this architecture instead of warning.
+
+        Raises:
+            LoRABaseMismatchError: the adapter was trained on another U-Net (its record says so, or it adapts
+                modules this U-Net lacks).
+            LoraAdapterError: the file is empty or is not a LoRA adapter.
+            ValueError: ``adapter_name`` is already in use (diffusers' message).
+        """
+        if not USE_PEFT_BACKEND:
+            raise ImportError("LoRA adapters need peft: pip install peft")
+        source = (pretrained_model_name_or_path_or_dict if not isinstance(pretrained_model_name_or_path_or_dict, dict)
+                  else "the LoRA state dict")
+        if isinstance(pretrained_model_name_or_path_or_dict, dict):
+            pretrained_model_name_or_path_or_dict = dict(pretrained_model_name_or_path_or_dict)
+        state_dict, lora_metadata = self.lora_state_dict(pretrained_model_name_or_path_or_dict,
+                                                         return_lora_metadata=True, **kwargs)
+        unet = getattr(self, self.unet_name)
+        source = os.fspath(source) if not isinstance(source, str) else source
+        check_lora_base(unet, read_lora_record(pretrained_model_name_or_path_or_dict, **kwargs), source,
+                        strict=strict_base)
+        state_dict = check_unet_lora(state_dict, unet, source)
+        if lora_metadata and not any(k.startswith(f"{UNET_NAME}.") for k in lora_metadata):
+            lora_metadata = {f"{UNET_NAME}.{k}": v for k, v in lora_metadata.items()}
+        before = set(getattr(unet, "peft_config", {}))
+        unet.load_lora_adapter(state_dict, prefix=self.unet_name, adapter_name=adapter_name, metadata=lora_metadata,
+                               _pipeline=self, hotswap=hotswap, low_cpu_mem_usage=kwargs.get("low_cpu_mem_usage",
+                                                                                             False))
+        if not hotswap and set(getattr(unet, "peft_config", {})) == before:
+            raise LoraAdapterError(f"no LoRA layer of {source} was loaded into the U-Net")
+
+    @classmethod
+    def save_lora_weights(
+        cls,
+        save_directory: str | os.PathLike,
+        unet_lora_layers: dict[str, torch.Tensor | torch.nn.Module] | None = None,
+        is_main_process: bool = True,
+        weight_name: str | None = None,
+        save_function: Any = None,
+        safe_serialization: bool = True,
+        unet_lora_adapter_metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """Save U-Net LoRA weights (e.g. ``peft.get_peft_model_state_dict(unet)``) and their ``LoraConfig`` dict as
+        ``save_directory/pytorch_lora_weights.safetensors``, in the layout ``load_lora_weights`` reads."""
+        if not unet_lora_layers:
+            raise LoraAdapterError("no U-Net LoRA layers to save")
+        cls._save_lora_weights(
+            save_directory=save_directory, lora_layers={cls.unet_name: unet_lora_layers},
+            lora_metadata={cls.unet_name: unet_lora_adapter_metadata}, is_main_process=is_main_process,
+            weight_name=weight_name, save_function=save_function, safe_serialization=safe_serialization,
+        )
+
+    def fuse_lora(self, components: list[str] | None = None, lora_scale: float = 1.0, safe_fusing: bool = False,
+                  adapter_names: list[str] | None = None, **kwargs: Any) -> None:
+        """Merge the active adapters (or ``adapter_names``) into the U-Net's weights (faster; undo with
+        ``unfuse_lora``)."""
+        super().fuse_lora(components=components or [self.unet_name], lora_scale=lora_scale, safe_fusing=safe_fusing,
+                          adapter_names=adapter_names, **kwargs)
+
+    def unfuse_lora(self, components: list[str] | None = None, **kwargs: Any) -> None:
+        """Subtract fused adapters from the U-Net's weights again."""
+        super().unfuse_lora(components=components or [self.unet_name], **kwargs)

@@ -19,7 +19,7 @@ from transformers import WhisperFeatureExtractor, WhisperModel
 
 from .._deprecation import moved_attribute
 from ..loaders.official import OFFICIAL_UNET_FILE, find_official_file, load_official_unet, load_syncnet, read_config
-from ..loaders.sources import loading
+from ..model_source import loading
 from ..models.audio_encoder import WhisperAudioEncoder
 from ..models.unet import LatentSyncUNet
 from ..models.vgg import VGG16Features

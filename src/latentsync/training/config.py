@@ -18,6 +18,9 @@ from ..errors import LatentSyncInputError
 from ..models.syncnet import SYNCNET_CONFIGS as SYNCNET_PRESETS
 
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
+# what goes to the Hub during training, as transformers' hub_strategy: the final model only, or also every checkpoint
+# (only the newest kept in the repo, or all of them)
+HUB_STRATEGIES = ("end", "checkpoint", "all_checkpoints")
 
 # The value of a U-Net setting that follows the training stage (see [`UNetTrainingConfig`]).
 STAGE_DEFAULT = "stage"
@@ -43,9 +46,12 @@ class TrainingConfig:
     ``output_dir/checkpoints``, the newest ``checkpoints_total_limit`` kept; ``resume_from_checkpoint`` is a
     checkpoint folder or ``latest``; one loss line per step in ``output_dir/losses.jsonl`` and every
     ``logging_steps`` in the log, ``history.json`` and ``loss_chart.png`` at each checkpoint and at the end; trackers
-    with ``report_to`` (TensorBoard: ``output_dir/logging_dir``); the result pushed to ``hub_model_id`` with
-    ``push_to_hub``. A new run into a non-empty ``output_dir`` is refused unless it resumes
-    (``resume_from_checkpoint``) or ``overwrite_output_dir`` is set (which deletes the old run first).
+    with ``report_to`` (TensorBoard: ``output_dir/logging_dir``). A new run into a non-empty ``output_dir`` is
+    refused unless it resumes (``resume_from_checkpoint``) or ``overwrite_output_dir`` is set (which deletes the old
+    run first). Hub: with ``push_to_hub`` the result goes to ``hub_model_id`` (``hub_private`` when created);
+    ``hub_strategy`` ``checkpoint`` also uploads every checkpoint as it is saved (the repo keeps the newest,
+    ``checkpoints/checkpoint-<step>``), ``all_checkpoints`` keeps them all; ``resume_from_checkpoint=hub`` resumes
+    from the newest checkpoint in ``hub_model_id`` (downloaded into ``output_dir/checkpoints``).
     """
 
     # data
@@ -83,6 +89,7 @@ class TrainingConfig:
     push_to_hub: bool = False
     hub_model_id: str | None = None
     hub_private: bool = False
+    hub_strategy: str = "end"
 
     def validate(self) -> None:
         """Raise [`TrainingConfigError`] (a ``ValueError``) naming the first missing or contradictory setting."""
@@ -90,8 +97,13 @@ class TrainingConfig:
             raise TrainingConfigError("train_data is not set (folder of aligned clips, or a datasets path/id)")
         if self.mixed_precision not in MIXED_PRECISIONS:
             raise TrainingConfigError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
-        if self.push_to_hub and not self.hub_model_id:
-            raise TrainingConfigError("push_to_hub needs hub_model_id")
+        if self.hub_strategy not in HUB_STRATEGIES:
+            raise TrainingConfigError(f"hub_strategy must be one of {', '.join(HUB_STRATEGIES)}, "
+                                      f"got {self.hub_strategy!r}")
+        if self.hub_strategy != "end" and not self.push_to_hub:
+            raise TrainingConfigError(f"hub_strategy={self.hub_strategy} needs push_to_hub=true")
+        if (self.push_to_hub or self.resume_from_checkpoint == "hub") and not self.hub_model_id:
+            raise TrainingConfigError("push_to_hub and resume_from_checkpoint=hub need hub_model_id")
         for name in ("train_batch_size", "gradient_accumulation_steps", "max_train_steps", "validation_steps",
                      "checkpointing_steps", "logging_steps"):
             if getattr(self, name) < 1:
@@ -130,9 +142,11 @@ class UNetTrainingConfig(TrainingConfig):
     trains, stage 2 = temporal layers everywhere and ``motion_modules.`` + ``attentions.`` train). Setting ``stage``
     in a config file or on the command line also resets these two to the stage's choice unless the same file or
     command line sets them. With ``lora_rank`` > 0 the U-Net is frozen and LoRA adapters (peft) are added on
-    ``lora_target_modules`` inside the modules ``trainable_modules`` selects. ``scale_lr`` multiplies the learning
-    rate by the effective batch size. Validation lip-syncs ``validation_seconds`` of ``validation_video`` to
-    ``validation_audio`` every ``validation_steps``.
+    ``lora_target_modules`` inside the modules ``trainable_modules`` selects; the adapter is saved in diffusers' LoRA
+    format in ``output_dir/lora`` (``pipe.load_lora_weights``) with a record of its base model, and is what
+    ``push_to_hub`` uploads, the merged pipeline going to ``hub_merged_model_id`` when set. ``scale_lr`` multiplies
+    the learning rate by the effective batch size. Validation lip-syncs ``validation_seconds`` of
+    ``validation_video`` to ``validation_audio`` every ``validation_steps``.
     """
 
     # models
@@ -163,6 +177,7 @@ class UNetTrainingConfig(TrainingConfig):
     lora_rank: int = 0
     lora_alpha: float | None = None
     lora_target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    hub_merged_model_id: str | None = None
     # optimisation
     scale_lr: bool = False
     use_ema: bool = False

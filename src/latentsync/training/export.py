@@ -21,7 +21,7 @@ from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file
 
 from ..errors import LatentSyncInputError
-from ..loaders.sources import check_model_sources
+from ..model_source import check_model_sources
 from ..models.syncnet import StableSyncNet
 from ..models.unet import LatentSyncUNet
 from ..utils import read_json

@@ -30,12 +30,13 @@ from diffusers import AutoencoderKL
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .. import hub
 from .._deprecation import moved_attribute
 from ..data.clips import ClipSourceInfo
 from ..data.syncnet_dataset import ClipStore, SyncNetDataset
 from ..eval.syncnet_acc import encode_latents, evaluate_syncnet
 from ..loaders.official import load_syncnet
-from ..loaders.sources import check_model_sources, loading
+from ..model_source import check_model_sources, loading
 from ..models.syncnet import StableSyncNet, syncnet_bce_loss
 from . import base
 from .config import SyncNetTrainingConfig, TrainingConfigError, load_syncnet_config  # noqa: F401 - public API
@@ -240,14 +241,19 @@ def train_syncnet(cfg: SyncNetTrainingConfig) -> dict[str, Any]:
     accelerator.wait_for_everyone()
     model_dir = os.path.join(cfg.output_dir, "syncnet")
     log.save()
+    history = log.history
     if accelerator.is_main_process:
         unwrapped = accelerator.unwrap_model(model)
         unwrapped.save_pretrained(model_dir, safe_serialization=True)
         logger.info("saved the trained SyncNet to %s", model_dir)
         if cfg.push_to_hub:
-            unwrapped.push_to_hub(cfg.hub_model_id, private=cfg.hub_private)
+            last = {k: history[k][-1] if history[k] else None for k in ("train_loss", "val_loss", "val_accuracy")}
+            card = hub.syncnet_card(cfg.hub_model_id, base_model=hub.hub_id(cfg.pretrained_model),
+                                    datasets=base.card_datasets(cfg),
+                                    training=base.card_training_info(cfg, global_step, last))
+            hub.push_folder(model_dir, cfg.hub_model_id, card=card, private=cfg.hub_private,
+                            commit_message=f"StableSyncNet after {global_step} steps")
     accelerator.end_training()
-    history = log.history
     best_file = os.path.join(cfg.output_dir, "syncnet_best", BEST_FILE)
     best = None
     if cfg.save_best_model and os.path.isfile(best_file):

@@ -21,15 +21,17 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from diffusers.training_utils import EMAModel
+from peft import LoraConfig
 from tqdm.auto import tqdm
 
+from .. import hub
 from ..audio_features.cache import AudioFeatureCache
 from ..data.clips import ClipSourceInfo
 from ..data.unet_dataset import EpochSampler, UNetClipDataset
 from ..face.mask import latent_mouth_mask, mouth_mask
 from ..loaders.lora import save_lora_adapter
-from ..loaders.sources import check_model_sources
 from ..media.video import trim_media
+from ..model_source import check_model_sources
 from ..pipeline import LatentSyncPipeline
 from ..utils import scale_latents, unscale_latents
 from . import base
@@ -133,8 +135,6 @@ def select_trainable(unet: torch.nn.Module, patterns: list[str] | None) -> list[
 def add_lora(unet: torch.nn.Module, cfg: UNetTrainingConfig) -> list[str]:
     """Freeze the U-Net and add LoRA adapters (peft) on ``lora_target_modules`` inside the modules selected by
     ``trainable_modules`` (all of them when None). Returns the trainable (LoRA) parameter names."""
-    from peft import LoraConfig  # deferred: peft is optional (train extra), only LoRA runs need it
-
     targets = "|".join(re.escape(t) for t in cfg.lora_target_modules)
     scope = "|".join(re.escape(p) for p in cfg.trainable_modules) if cfg.trainable_modules else ""
     pattern = rf"(?=.*(?:{scope})).*\.(?:{targets})" if scope else rf".*\.(?:{targets})"
@@ -337,7 +337,8 @@ def train(cfg: UNetTrainingConfig) -> dict[str, Any]:
                 base.optimizer_step(accelerator, losses["loss"], params, optimizer, lr_scheduler,
                                     cfg.max_grad_norm)
             for k, v in losses.items():
-                accum[k] = accum.get(k, 0.0) + accelerator.gather(v.detach()[None]).mean().item() / cfg.gradient_accumulation_steps
+                value = accelerator.gather(v.detach()[None]).mean().item()
+                accum[k] = accum.get(k, 0.0) + value / cfg.gradient_accumulation_steps
             if not accelerator.sync_gradients:
                 continue
             if ema is not None:
@@ -365,7 +366,7 @@ def train(cfg: UNetTrainingConfig) -> dict[str, Any]:
     result: dict[str, Any] = {"global_step": global_step, "last_losses": last, "loss_log": log.path,
                               "history": log.history}
     if accelerator.is_main_process:
-        result["pipeline"] = save_final(accelerator.unwrap_model(unet), ema, params, comps, cfg, step=global_step)
+        result["pipeline"] = save_final(accelerator.unwrap_model(unet), ema, params, comps, cfg, global_step, last)
         if cfg.lora_rank > 0:
             result["lora"] = os.path.join(cfg.output_dir, "lora")
     accelerator.end_training()
@@ -396,14 +397,30 @@ def _validate(accelerator: Accelerator, comps: TrainingComponents, unet: torch.n
                 tracker.log_images({"validation/middle_frame": frame[None]}, step, dataformats="NHWC")
 
 
+def card_info(cfg: UNetTrainingConfig, step: int | None = None,
+              losses: dict[str, float] | None = None) -> tuple[str | None, dict[str, Any], list[str] | None]:
+    """What the model cards say about a run: its base model's Hub id, the training table and the Hub datasets."""
+    base_model = hub.hub_id(unet_start(cfg)[1])
+    training = base.card_training_info(cfg, step if step is not None else cfg.max_train_steps,
+                                       {f"final {k} loss" if k != "loss" else "final loss": v
+                                        for k, v in (losses or {}).items() if k != "lr"})
+    training["stage"] = cfg.stage
+    return base_model, training, base.card_datasets(cfg)
+
+
 def save_pipeline(unet: torch.nn.Module, comps: TrainingComponents, cfg: UNetTrainingConfig, out: str,
-                  lora_dir: str | None = None, step: int | None = None) -> LatentSyncPipeline:
-    """Save ``unet`` with the frozen components as a loadable pipeline in ``out`` (float32). A U-Net with a LoRA
-    adapter: the adapter is saved to ``lora_dir`` first, with the record of its base model (see
-    [`latentsync.loaders.lora`]), then fused into the saved weights."""
+                  lora_dir: str | None = None, step: int | None = None,
+                  losses: dict[str, float] | None = None) -> LatentSyncPipeline:
+    """Save ``unet`` with the frozen components as a loadable pipeline in ``out`` (float32) with its model card. A
+    U-Net with a LoRA adapter: the adapter is saved to ``lora_dir`` first in diffusers' LoRA format, with the record
+    of its base model (see [`latentsync.loaders.lora`]) and its card, then fused into the saved weights."""
+    base_model, training, datasets = card_info(cfg, step, losses)
     if getattr(unet, "peft_config", None):
         if lora_dir:
             save_lora_adapter(unet, lora_dir, source=unet_start(cfg)[1], trained_steps=step)
+            hub.adapter_card(cfg.hub_model_id or lora_dir, base_model, cfg.lora_rank, cfg.lora_target_modules,
+                             datasets, {**training, "LoRA rank": cfg.lora_rank}).save(os.path.join(lora_dir,
+                                                                                                    hub.CARD_NAME))
         unet.fuse_lora()
         unet.unload_lora()
     unet = unet.to(torch.float32)
@@ -414,19 +431,33 @@ def save_pipeline(unet: torch.nn.Module, comps: TrainingComponents, cfg: UNetTra
                               feature_extractor=comps.feature_extractor, scheduler=comps.scheduler,
                               resolution=cfg.resolution)
     pipe.save_pretrained(out)
+    hub.pipeline_card(pipe, out, base_model=base_model, datasets=datasets, training=training).save(
+        os.path.join(out, hub.CARD_NAME))
     return pipe
 
 
 def save_final(unet: torch.nn.Module, ema: EMAModel | None, params: list[torch.nn.Parameter] | None,
-               comps: TrainingComponents, cfg: UNetTrainingConfig, step: int | None = None) -> str:
+               comps: TrainingComponents, cfg: UNetTrainingConfig, step: int | None = None,
+               losses: dict[str, float] | None = None) -> str:
     """Save the trained pipeline to ``output_dir/pipeline`` (EMA weights when enabled; a LoRA adapter saved to
-    ``output_dir/lora`` and fused) and push it."""
+    ``output_dir/lora`` and fused) with model cards, and push: the adapter (LoRA runs, plus the merged pipeline to
+    ``hub_merged_model_id`` when set) or the pipeline, to ``hub_model_id``."""
     if ema is not None:
         ema.copy_to(params)
     out = os.path.join(cfg.output_dir, "pipeline")
-    pipe = save_pipeline(unet, comps, cfg, out, os.path.join(cfg.output_dir, "lora"), step)
+    lora_dir = os.path.join(cfg.output_dir, "lora")
+    pipe = save_pipeline(unet, comps, cfg, out, lora_dir, step, losses)
+    base_model, training, datasets = card_info(cfg, step, losses)
     logger.info("saved the trained pipeline to %s", out)
     if cfg.push_to_hub:
-        pipe.push_to_hub(cfg.hub_model_id, private=cfg.hub_private)
-        logger.info("pushed to https://huggingface.co/%s", cfg.hub_model_id)
+        message = f"U-Net stage {cfg.stage}, {training['optimisation steps']} steps"
+        if cfg.lora_rank > 0:
+            hub.push_folder(lora_dir, cfg.hub_model_id, private=cfg.hub_private, commit_message=f"LoRA: {message}")
+        else:
+            pipe.push_folder_to_hub(out, cfg.hub_model_id, message, cfg.hub_private, base_model=base_model,
+                                    training=training, datasets=datasets)
+    if cfg.push_to_hub and cfg.lora_rank > 0 and cfg.hub_merged_model_id:
+        pipe.push_folder_to_hub(out, cfg.hub_merged_model_id, f"Merged LoRA: {message}", cfg.hub_private,
+                                base_model=base_model, training=training, datasets=datasets)
     return out
+

@@ -17,11 +17,11 @@ import cv2
 import torch
 from tqdm.auto import tqdm
 
-from ...errors import LatentSyncInputError
+from ...errors import LatentSyncInputError, ModelNotFoundError
 from ...eval import sync_confidence as sc
-from ...loaders.sources import ModelSourceError, check_model_sources
 from ...media.constants import VIDEO_EXTENSIONS
 from ...media.constants import VIDEO_FPS as FPS
+from ...model_source import check_model_sources
 from ...utils import write_json_atomically
 from ..quality import SharpnessScorer, load_quality_scorer
 from .config import DROPPED_CLIP_COLUMNS, NoClipsKeptError, PrepareConfig, PrepareSummary
@@ -58,8 +58,8 @@ def _load_models(config: PrepareConfig, device: str, sync_checker, quality_score
             source = (config.syncnet, config.syncnet_weights_name)
         try:
             check_model_sources({"--syncnet": source})
-        except ModelSourceError as exc:
-            raise ModelSourceError(f"{exc}; or skip the sync step with --no-sync") from None
+        except ModelNotFoundError as exc:
+            raise ModelNotFoundError(f"{exc}; or skip the sync step with --no-sync") from None
         try:
             sync_checker = load_sync_checker(config, device)
         except Exception as exc:  # noqa: BLE001 - turned into one clear message

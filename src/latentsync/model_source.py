@@ -1,0 +1,280 @@
+"""Where models come from: local pipeline folders and Hub ids, the file names of the official releases, and the checks,
+made before loading anything, that a model can be found (a folder with a pipeline in it, or a Hub id that is cached
+or reachable): [`check_model_source`] for the pipeline a command runs, [`check_model_sources`] for the several
+models a trainer or ``latentsync prepare`` loads (named by their settings).
+
+Offline use is detected without waiting for the Hub's retries: ``HF_HUB_OFFLINE=1``, or a connection to the Hub's
+host that fails within a few seconds. A cached model then loads with ``local_files_only=True`` (or, for the trainers,
+with the whole process switched to offline mode by [`go_offline`]).
+Importing this module imports neither torch nor huggingface_hub (about a second): the functions import the latter,
+so that the command line reports bad input before paying for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+from .errors import ModelNotFoundError
+
+logger = logging.getLogger(__name__)
+
+OFFICIAL_UNET_FILE = "latentsync_unet.pt"
+OFFICIAL_WHISPER_FILE = "whisper/tiny.pt"
+OFFICIAL_SYNCNET_FILE = "stable_syncnet.pt"
+OFFICIAL_VAE_ID = "stabilityai/sd-vae-ft-mse"
+"""The official releases' files, and the VAE they are used with (a separate Hub repository)."""
+
+PIPELINE_FILES = ("model_index.json", OFFICIAL_UNET_FILE)
+"""A folder or Hub repository holds a pipeline when it has one of these: a saved diffusers pipeline, or an official
+release."""
+
+MAKE_TINY_HINT = "`latentsync make-tiny DIR` saves a small random-weight model for trying things out"
+
+TRAINING_RUN_MARKS = ("checkpoints", "losses.jsonl")
+"""What a training run's output folder holds (and a pipeline folder does not)."""
+
+
+@dataclass
+class ModelSource:
+    """A checked model: a local folder, or a Hub id (``cached`` on this machine; ``offline`` when the Hub cannot be
+    reached, so loading must use the cache only)."""
+
+    name: str
+    is_folder: bool
+    cached: bool = False
+    offline: bool = False
+
+    @property
+    def local_files_only(self) -> bool:
+        return self.is_folder or self.offline
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def hub_is_offline() -> bool:
+    """Whether offline mode is set (``HF_HUB_OFFLINE``), in the environment or in huggingface_hub's settings."""
+    from huggingface_hub import constants  # deferred: a slow import (see the module docstring)
+
+
+    return _env_true("HF_HUB_OFFLINE") or bool(constants.HF_HUB_OFFLINE)
+
+
+def _hub_address(endpoint: str) -> tuple[str | None, int]:
+    url = urlparse(endpoint)
+    return url.hostname, url.port or (443 if url.scheme == "https" else 80)
+
+
+def hub_is_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the Hub's host (``HF_ENDPOINT``) opens within ``timeout`` seconds (name lookup
+    included), instead of letting a download retry with back-off for half a minute."""
+    from huggingface_hub import constants  # deferred: a slow import (see the module docstring)
+
+
+    host, port = _hub_address(constants.ENDPOINT)
+    if not host:
+        return False
+    reachable = threading.Event()
+
+    def connect() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout):
+                reachable.set()
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=connect, name="latentsync-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)  # the name lookup has no timeout of its own: do not wait for it longer than this
+    return reachable.is_set()
+
+
+def hub_unreachable_reason() -> str | None:
+    """Why the Hub cannot be used (offline mode, or no connection within a few seconds), or None when it can."""
+    from huggingface_hub import constants  # deferred: a slow import (see the module docstring)
+
+    if hub_is_offline():
+        return "HF_HUB_OFFLINE is set"
+    if not hub_is_reachable():
+        return f"{_hub_address(constants.ENDPOINT)[0]} cannot be reached"
+    return None
+
+
+def go_offline(reason: str) -> None:
+    """Switch this process (and the processes it starts) to the Hub's offline mode: cached files load without the
+    Hub libraries' retries."""
+    from huggingface_hub import constants  # deferred: a slow import (see the module docstring)
+
+    if not constants.HF_HUB_OFFLINE:
+        logger.info("%s: using cached models only (offline mode)", reason)
+    constants.HF_HUB_OFFLINE = True
+    os.environ["HF_HUB_OFFLINE"] = "1"
+
+
+def _looks_like_path(name: str) -> bool:
+    return (os.path.isabs(name) or name.startswith((".", "/", "~")) or "\\" in name or name.endswith("/")
+            or name.count("/") > 1)
+
+
+def is_hub_id(source: str) -> bool:
+    """Whether ``source`` reads as a Hub repository id (``name`` or ``org/name``) rather than a local path."""
+    from huggingface_hub.errors import HFValidationError  # deferred: a slow import (see the module docstring)
+    from huggingface_hub.utils import validate_repo_id  # deferred: as above
+
+    if _looks_like_path(source):
+        return False
+    try:
+        validate_repo_id(source)
+    except HFValidationError:
+        return False
+    return True
+
+
+def is_hub_cached(repo_id: str, filename: str | None = None, cache_dir: str | os.PathLike | None = None) -> bool:
+    """Whether the local Hugging Face cache holds ``filename`` of ``repo_id`` (any file of it when None)."""
+    from huggingface_hub import constants, try_to_load_from_cache  # deferred: a slow import (see the module docstring)
+    from huggingface_hub.file_download import repo_folder_name  # deferred: as above
+
+    if filename is not None:
+        return isinstance(try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir), str)
+    snapshots = os.path.join(os.fspath(cache_dir or constants.HF_HUB_CACHE),
+                             repo_folder_name(repo_id=repo_id, repo_type="model"), "snapshots")
+    return os.path.isdir(snapshots) and any(os.scandir(snapshots))
+
+
+def check_not_training_run(folder: str | os.PathLike) -> None:
+    """Refuse a training run's output folder where a pipeline is expected, saying where its pipeline is (one line,
+    instead of diffusers' missing ``model_index.json``).
+
+    Raises:
+        ModelNotFoundError: ``folder`` holds a training run (checkpoints or a loss log) and no pipeline.
+    """
+    folder = os.path.expanduser(os.fspath(folder))
+    if not os.path.isdir(folder) or os.path.isfile(os.path.join(folder, "model_index.json")):
+        return
+    if not any(os.path.exists(os.path.join(folder, name)) for name in TRAINING_RUN_MARKS):
+        return
+    final = os.path.join(folder, "pipeline")
+    hint = f"load {final} (its final weights), or " if os.path.isfile(os.path.join(final, "model_index.json")) else ""
+    raise ModelNotFoundError(f"{folder} is a training run folder, not a pipeline: {hint}turn one of its checkpoints "
+                             f"into a pipeline with `latentsync export-checkpoint {folder} OUTPUT`")
+
+
+def check_model_source(name: str | os.PathLike, cache_dir: str | os.PathLike | None = None,
+                       local_files_only: bool = False) -> ModelSource:
+    """Check that ``name`` names a loadable pipeline, without loading it.
+
+    A local folder must hold ``model_index.json`` (a saved pipeline) or ``latentsync_unet.pt`` (an official
+    release). A Hub id must be cached, or the Hub must be reachable and know it. Official releases also need their
+    VAE, ``stabilityai/sd-vae-ft-mse``.
+
+    Raises:
+        ModelNotFoundError: a missing folder, a folder without a pipeline, an invalid or unknown Hub id, or a Hub id
+            that is not cached while the Hub cannot be reached (the message says what to do).
+    """
+    from huggingface_hub import HfApi  # deferred: a slow import (see the module docstring)
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError  # deferred: as above
+    from huggingface_hub.utils import validate_repo_id  # deferred: as above
+
+    name = os.fspath(name)
+    path = os.path.expanduser(name)
+    if os.path.isdir(path):
+        check_not_training_run(path)
+        if not any(os.path.isfile(os.path.join(path, f)) for f in PIPELINE_FILES):
+            raise ModelNotFoundError(f"model folder {name} holds no pipeline (no {' or '.join(PIPELINE_FILES)}); "
+                                     f"{MAKE_TINY_HINT}")
+        return ModelSource(name, is_folder=True)
+    if os.path.exists(path):
+        raise ModelNotFoundError(f"model {name} is a file: give a pipeline folder or a Hub id")
+    if _looks_like_path(name):
+        raise ModelNotFoundError(f"model folder not found: {name}")
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise ModelNotFoundError(f"model {name} is neither a folder nor a valid Hub id (like org/name)") from None
+    saved_pipeline = is_hub_cached(name, "model_index.json", cache_dir)
+    pipeline_cached = saved_pipeline or is_hub_cached(name, OFFICIAL_UNET_FILE, cache_dir)
+    vae_cached = saved_pipeline or is_hub_cached(OFFICIAL_VAE_ID, "config.json", cache_dir)  # official releases need it
+    offline = local_files_only or hub_is_offline() or not hub_is_reachable()
+    if pipeline_cached and vae_cached:
+        return ModelSource(name, is_folder=False, cached=True, offline=offline)
+    if offline:
+        missing = OFFICIAL_VAE_ID if pipeline_cached else name
+        raise ModelNotFoundError(f"model {missing} is not cached on this machine and the Hub cannot be reached "
+                                 f"(offline): run once online to download it, or pass a local pipeline folder "
+                                 f"(latentsync --model DIR); {MAKE_TINY_HINT}")
+    try:
+        HfApi().model_info(name, timeout=10)
+    except RepositoryNotFoundError:
+        raise ModelNotFoundError(f"unknown model {name}: no such folder here, and no such model on the Hub (or it "
+                                 "is private: log in with `hf auth login`)") from None
+    except GatedRepoError:
+        raise ModelNotFoundError(f"model {name} is gated on the Hub: accept its conditions on its page and log in "
+                                 "with `hf auth login`") from None
+    except Exception:  # noqa: BLE001 - any other failure to ask the Hub: the download will report it
+        pass
+    return ModelSource(name, is_folder=False, cached=False, offline=False)
+
+
+def check_model_sources(sources: Mapping[str, str | tuple[str, str | None] | None]) -> None:
+    """Check, before anything loads, that every model a trainer or ``latentsync prepare`` needs can be found: every
+    local path must exist, and every Hub id must be cached when the Hub cannot be reached (the process then switches
+    to offline mode, so that cached models load at once).
+
+    Args:
+        sources: setting name -> source (local path or Hub id), or ``(source, file inside it)``; None entries are
+            skipped.
+
+    Raises:
+        ModelNotFoundError: one line naming every setting whose local path does not exist, or whose Hub id is not
+            cached while the Hub cannot be reached, with what to do instead.
+    """
+    missing_paths, hub = [], {}
+    for setting, value in sources.items():
+        if value is None:
+            continue
+        source, filename = value if isinstance(value, tuple) else (value, None)
+        source = os.fspath(source)
+        if os.path.exists(os.path.expanduser(source)):
+            continue
+        if is_hub_id(source):
+            hub[setting] = (source, filename)
+        else:
+            missing_paths.append(f"{setting}={source}")
+    if missing_paths:
+        raise ModelNotFoundError(f"not found: {', '.join(missing_paths)} (no such file or folder)")
+    if not hub:
+        return
+    reason = hub_unreachable_reason()
+    if reason is None:
+        return
+    go_offline(reason)
+    uncached = [f"{setting}={source}" + (f" ({filename})" if filename else "")
+                for setting, (source, filename) in hub.items() if not is_hub_cached(source, filename)]
+    if uncached:
+        raise ModelNotFoundError(
+            f"no such local folder, and not in the Hugging Face cache while the Hub is unavailable ({reason}): "
+            f"{', '.join(uncached)}; "
+            "pass a local folder instead (e.g. " + uncached[0].split("=")[0] + "=DIR), or run once online to cache "
+            "it (HF_HUB_OFFLINE=1 makes a missing model fail at once instead of after the Hub retries)")
+
+
+@contextmanager
+def loading(setting: str, source: str | os.PathLike | None) -> Iterator[None]:
+    """Turn a loader's ``OSError`` (missing files, unknown repository) into a one-line [`ModelNotFoundError`] that
+    names the setting."""
+    try:
+        yield
+    except ModelNotFoundError:
+        raise
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelNotFoundError(f"cannot load {setting}={os.fspath(source) if source else source}: {first}") from exc
