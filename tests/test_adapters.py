@@ -32,9 +32,10 @@ def trained_lora(tmp_path_factory):
     clips = root / "clips"
     clips.mkdir()
     write_synthetic_clip(str(clips / "clip0.mp4"), seed=0)
+    # stage 1 (noise loss only) on the base pipeline's architecture (temporal layers kept): the adapter fits it
     overrides = {**save_tiny_training_models(str(root / "models")), "train_data": str(clips), "stage": 1,
-                 "lora_rank": 4, "trainable_modules": None, "max_train_steps": 2, "learning_rate": 1e-2,
-                 "output_dir": str(root / "run")}
+                 "motion_modules": "all", "lora_rank": 4, "trainable_modules": None, "max_train_steps": 2,
+                 "learning_rate": 1e-2, "output_dir": str(root / "run")}
     cfg = load_config(os.path.join(ROOT, "train", "configs", "unet_tiny.yaml"),
                       [f"{k}={json.dumps(v)}" for k, v in overrides.items()])
     train(cfg)

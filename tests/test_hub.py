@@ -240,7 +240,7 @@ def training_workspace(tmp_path_factory):
     (root / "clips").mkdir()
     write_synthetic_clip(os.fspath(root / "clips" / "clip0.mp4"), seed=0)
     overrides = {**save_tiny_training_models(os.fspath(root / "models")), "train_data": os.fspath(root / "clips"),
-                 "stage": 1, "trainable_modules": None, "lora_rank": 4}
+                 "stage": 1, "motion_modules": "all", "trainable_modules": None, "lora_rank": 4}
     return root, overrides
 
 
