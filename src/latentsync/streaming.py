@@ -227,15 +227,18 @@ class VideoStream:
         timer: collects the busy seconds of ``decode``, ``face_detection``, ``alignment``, ``paste_back`` and
             ``encode``.
         progress: ``progress(iterable, desc, total)`` returns a progress bar (tqdm by default).
+        aligner: the face aligner (default: OpenCV's [`FaceAligner`]; a
+            [`~latentsync.face.warp.TorchFaceAligner`] warps and pastes on the GPU).
     """
 
     max_tail_frames = MAX_TAIL_FRAMES
 
     def __init__(self, source: FrameSource, num_output_frames: int, resolution: int, overlap_stages: bool = True,
-                 timer: StageTimer | None = None, progress: Callable[..., Any] | None = None):
+                 timer: StageTimer | None = None, progress: Callable[..., Any] | None = None,
+                 aligner: FaceAligner | None = None):
         self.source = source
         self.num_output_frames = num_output_frames
-        self.aligner = FaceAligner(resolution)
+        self.aligner = aligner or FaceAligner(resolution)
         self.overlap_stages = overlap_stages
         self.timer = timer or StageTimer()
         self.progress = progress or _plain_progress
@@ -431,7 +434,7 @@ class VideoStream:
                 if not slots:
                     continue
                 with self.timer("alignment"):
-                    faces = np.stack([self.aligner.align(frames[k], matrices[idx[k]]) for k in slots])
+                    faces = self.aligner.align_batch([frames[k] for k in slots], [matrices[idx[k]] for k in slots])
                 groups.append(FaceGroup(voice, slots, faces, np.array([start + k for k in slots]),
                                         [int(idx[k]) for k in slots]))
             yield FrameWindow(start, idx, frames, groups)
@@ -466,8 +469,10 @@ class VideoStream:
                 if faces is None:
                     continue
                 matrices = self.matrices[group.voice]
-                for k, face in zip(group.slots, faces):
-                    window.frames[k] = self.aligner.paste(window.frames[k], face, matrices[window.source_indices[k]])
+                pasted = self.aligner.paste_batch([window.frames[k] for k in group.slots], faces,
+                                                  [matrices[window.source_indices[k]] for k in group.slots])
+                for k, frame in zip(group.slots, pasted):
+                    window.frames[k] = frame
         with self.timer("encode"):
             for frame in window.frames:
                 if self.writer is not None:
