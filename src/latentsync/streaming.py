@@ -355,19 +355,24 @@ class VideoStream:
                            n_out)
 
     def _read_first_pass(self, tracker: FaceTracker) -> None:
-        """Feed every frame to ``tracker``; write the frames to the cache when it is on."""
+        """Feed every frame to ``tracker`` (its workers detect faces a few frames ahead); write the frames to the
+        cache when it is on."""
         cache = None
-        frames = iter(self.source)
         bar = self.progress(None, "Face analysis", self.source.expected_frames)
-        try:
+        tracker.timer = self.timer
+
+        def decoded() -> Iterator[np.ndarray]:
+            frames = iter(self.source)
             while True:
                 with self.timer("decode"):
                     frame = next(frames, None)
                 if frame is None:
-                    break
+                    return
+                yield frame
+
+        try:
+            for frame in tracker.track(decoded()):
                 bar.update()
-                with self.timer("face_detection"):
-                    tracker.update(frame)
                 if self.cache_path is not None:
                     if cache is None:
                         cache = open(self.cache_path, "wb")
