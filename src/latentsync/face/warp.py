@@ -83,8 +83,28 @@ class TorchFaceAligner(FaceAligner):
         self._alpha_t = torch.from_numpy(self.alpha)[None, None].to(self.device)
 
     def align_batch(self, frames: Sequence[np.ndarray], matrices: Sequence[np.ndarray]) -> np.ndarray:
-        images = torch.from_numpy(np.stack(frames)).to(self.device).permute(0, 3, 1, 2).float()
-        out = warp_affine(images, _inverse_maps(matrices), (self.resolution, self.resolution), "replicate")
+        # only the part of each frame that the face is sampled from travels to the device: the box around the
+        # aligned square's corners mapped back into the frame, two pixels wider, extended at the frame's edges by
+        # repeating them (as the replicated border does)
+        maps = _inverse_maps(matrices)
+        r = self.resolution
+        corners = np.array([[0, 0, 1], [r, 0, 1], [0, r, 1], [r, r, 1]], np.float64)
+        boxes = []
+        for frame, m in zip(frames, maps.numpy()):
+            pts = corners @ m.T
+            h, w = frame.shape[:2]
+            x0, y0 = (np.clip(np.floor(pts.min(0)) - 2, 0, [w - 1, h - 1])).astype(int)
+            x1, y1 = (np.clip(np.ceil(pts.max(0)) + 3, [x0 + 1, y0 + 1], [w, h])).astype(int)
+            boxes.append((x0, y0, x1, y1))
+        width = max(b[2] - b[0] for b in boxes)
+        height = max(b[3] - b[1] for b in boxes)
+        crops = np.stack([np.pad(f[y0:y1, x0:x1], ((0, height - (y1 - y0)), (0, width - (x1 - x0)), (0, 0)), "edge")
+                          for f, (x0, y0, x1, y1) in zip(frames, boxes)])
+        shift = torch.tensor([[b[0], b[1]] for b in boxes], dtype=torch.float64)
+        maps = maps.clone()
+        maps[:, :, 2] -= shift  # source positions inside the crops
+        images = torch.from_numpy(crops).to(self.device).permute(0, 3, 1, 2).float()
+        out = warp_affine(images, maps, (r, r), "replicate")
         return _to_uint8(out).permute(0, 2, 3, 1).cpu().numpy()
 
     def paste_batch(self, frames: Sequence[np.ndarray], faces: Sequence[np.ndarray],
