@@ -243,12 +243,15 @@ def throughput_table(args: argparse.Namespace) -> None:
             for mode in args.modes:
                 if mode == "fp8":  # quantisation is in place and one-way: on a copy
                     pipe.unet = copy.deepcopy(original_unet)
+                eager_mode = mode in ("eager", "fused")
+                if not eager_mode and args.compiled_dtypes and name not in args.compiled_dtypes:
+                    continue
                 try:
                     set_mode(pipe, mode)
                 except RuntimeError as exc:  # FP8 or CUDA graphs on a device without them
                     print(f"| {res} | {name} | - | {mode} | skipped: {exc} |", flush=True)
                     continue
-                for windows in args.windows:
+                for windows in args.windows if eager_mode else args.compiled_windows or args.windows:
                     r = bench_denoiser(pipe, args.device, windows, args.steps, args.frames)
                     naive = naive or r["per_window"]
                     if name == "bf16" and mode == "eager" and reference is None:
@@ -290,6 +293,9 @@ def main() -> None:
     p.add_argument("--windows", type=int, nargs="+", default=[1, 2, 4], help="windows per U-Net call (--throughput)")
     p.add_argument("--modes", nargs="+", default=["eager", "compiled"],
                    choices=["eager", "fused", "compiled", "compiled-graphs", "compiled-eager", "fp8"])
+    p.add_argument("--compiled-windows", type=int, nargs="+", default=None,
+                   help="windows per call for the compiled modes (default: --windows); each is one compilation")
+    p.add_argument("--compiled-dtypes", nargs="+", default=None, help="dtypes for the compiled modes (default: all)")
     p.add_argument("--table", default=None, help="also write the --throughput table (markdown) to this file")
     args = p.parse_args()
     if args.throughput:
