@@ -77,7 +77,16 @@ def parser() -> argparse.ArgumentParser:
                       help="sampler (default ddim, as the official code; dpm++ = DPM-Solver++ multistep)")
     fast.add_argument("--deep-cache", type=int, default=0, metavar="N",
                       help="DeepCache: full U-Net pass every N steps, shallow branch in between (0 = off; try 3)")
-    fast.add_argument("--compile", action="store_true", help="torch.compile the U-Net (slow first window)")
+    fast.add_argument("--compile", action="store_true",
+                      help="torch.compile the U-Net step with fixed shapes (compiles once, on the first window)")
+    fast.add_argument("--cuda-graphs", action="store_true", help="with --compile: replay the steps as CUDA graphs")
+    fast.add_argument("--windows-per-batch", type=int, default=None, metavar="N",
+                      help="16-frame windows per U-Net call (default: as many as fit in GPU memory; 1 on a CPU)")
+    fast.add_argument("--fused-norm", action="store_true", help="launch-light frame-pooled GroupNorm")
+    fast.add_argument("--channels-last", action="store_true", help="channels-last U-Net weights (GPU)")
+    fast.add_argument("--gpu-warps", action="store_true", help="face alignment and paste-back as torch warps on "
+                      "the device")
+    fast.add_argument("--fp8", action="store_true", help="float8 linear layers (torchao; Hopper/Ada GPUs)")
     fast.add_argument("--cpu-offload", choices=["model", "sequential"], default=None,
                       help="keep weights on the CPU and move them to the GPU when used (lower GPU memory)")
     fast.add_argument("--vae-slicing", action="store_true", help="VAE-encode/decode one frame at a time")
@@ -110,8 +119,16 @@ def run(argv: list[str]) -> int:
         pipe.set_scheduler(args.scheduler)
     if args.vae_slicing:
         pipe.enable_vae_slicing()
-    if args.compile:
-        pipe.unet.compile()
+    if args.fused_norm:
+        pipe.unet.set_fused_norm(True)
+    if args.channels_last:
+        pipe.enable_channels_last()
+    if args.fp8:
+        pipe.enable_fp8()
+    if args.compile or args.cuda_graphs:
+        pipe.compile_denoiser(cuda_graphs=args.cuda_graphs)
+    if args.gpu_warps:
+        pipe.enable_warps_on_device()
     if args.syncnet:
         pipe.load_syncnet(args.syncnet)
     generator = torch.Generator("cpu").manual_seed(args.seed)
@@ -127,6 +144,7 @@ def run(argv: list[str]) -> int:
         mix_audio=args.mix_audio,
         audio_window_mode=args.audio_windows,
         deep_cache_interval=args.deep_cache,
+        windows_per_batch=args.windows_per_batch,
         **choice,
     )
     logger.info("wrote %s (%d frames at %g fps, %d without a face)", out.path, out.num_frames, out.fps,
