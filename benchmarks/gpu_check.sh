@@ -29,7 +29,7 @@ python3 -c "import torch, diffusers, transformers; print('torch', torch.__versio
 echo; echo "### Denoiser: 20 DDIM steps with CFG, full-size U-Net (random weights), per 16-frame window"
 echo "(naive = 1 window per call, eager, bf16; compiled = torch.compile + fused GroupNorm + channels-last)"
 timeout 330 python3 benchmarks/model_speed.py --throughput --device cuda --resolutions 256 512 --dtypes bf16 fp16 \
-    --windows 1 2 4 --modes eager compiled --compiled-dtypes bf16 --compiled-windows 4 --table "$OUT/denoiser.md" \
+    --windows 1 2 4 --modes eager compiled --compiled-dtypes bf16 --compiled-windows 4 --repeats 1 --table "$OUT/denoiser.md" \
     2>&1 | tee "$OUT/denoiser.log" | grep -E '^(\||peak|device)'
 
 echo; echo "### End to end: first 8 s of demo1 (1080x1920, 200 frames), 256 px, bf16, full-size random weights"
@@ -40,7 +40,7 @@ timeout 190 python3 benchmarks/inference.py --full-size --device cuda --dtype bf
 
 echo; echo "### Extras at 256 px, bf16, 4 windows per call: CUDA graphs and FP8 (drift: relative L2 of the latents)"
 timeout 100 python3 benchmarks/model_speed.py --throughput --device cuda --resolutions 256 --dtypes bf16 \
-    --windows 4 --modes eager compiled-graphs fp8 2>&1 | tee "$OUT/extras.log" | grep -E '^(\||peak)'
+    --windows 4 --modes eager compiled-graphs fp8 --repeats 1 2>&1 | tee "$OUT/extras.log" | grep -E '^(\||peak)'
 echo; echo "### Alignment and paste-back: OpenCV (CPU) against batched torch warps (GPU), 16 frames of 1080x1920"
 timeout 60 python3 benchmarks/warp_speed.py --device cuda --video "$VIDEO" 2>&1 | tee "$OUT/warps.log" | grep -E '^(\||[0-9])'
 echo "done"

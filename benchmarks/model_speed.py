@@ -184,9 +184,10 @@ def set_mode(pipe: LatentSyncPipeline, mode: str) -> None:
                               cuda_graphs=mode == "compiled-graphs")
 
 
-def bench_denoiser(pipe: LatentSyncPipeline, device: str, windows: int, steps: int, frames: int) -> dict:
+def bench_denoiser(pipe: LatentSyncPipeline, device: str, windows: int, steps: int, frames: int,
+                   repeats: int = 1) -> dict:
     """Seconds of ``steps`` DDIM steps with CFG for ``windows`` windows in one U-Net call (after a warm-up that
-    also compiles), peak memory, and the final latents."""
+    also compiles; the fastest of ``repeats`` runs), peak memory, and the final latents."""
     from latentsync.window_batch import stack_windows
 
     res = pipe.config.resolution
@@ -207,10 +208,12 @@ def bench_denoiser(pipe: LatentSyncPipeline, device: str, windows: int, steps: i
     compile_s = (compiled.compile_seconds - before) if compiled is not None else 0.0
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    start = time.perf_counter()
-    latents = pipe.denoise(noise, batch.condition, batch.audio, steps, 1.5, frame_mask=batch.frame_mask)
-    sync(device)
-    seconds = time.perf_counter() - start
+    seconds = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        latents = pipe.denoise(noise, batch.condition, batch.audio, steps, 1.5, frame_mask=batch.frame_mask)
+        sync(device)
+        seconds = min(seconds, time.perf_counter() - start)
     peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else float("nan")
     return {"seconds": seconds, "per_window": seconds / windows, "fps": windows * frames / seconds,
             "peak_gib": peak, "compile_s": compile_s if compiled is not None else float("nan"), "warm_s": warm,
@@ -252,7 +255,7 @@ def throughput_table(args: argparse.Namespace) -> None:
                     print(f"| {res} | {name} | - | {mode} | skipped: {exc} |", flush=True)
                     continue
                 for windows in args.windows if eager_mode else args.compiled_windows or args.windows:
-                    r = bench_denoiser(pipe, args.device, windows, args.steps, args.frames)
+                    r = bench_denoiser(pipe, args.device, windows, args.steps, args.frames, args.repeats)
                     naive = naive or r["per_window"]
                     if name == "bf16" and mode == "eager" and reference is None:
                         reference = r["latents"][:1]
