@@ -225,7 +225,11 @@ def test_pipeline_with_warps_on_device(pipe, clip, naive):
     reference = naive[0].frames
     changed = np.abs(out.frames.astype(np.int16) - reference.astype(np.int16)).max(-1) > 0
     # the aligned faces differ by at most one grey level, which the model may carry into the new mouths; everything
-    # outside the pasted mouth region stays exactly the input
+    # outside the pasted mouth region (where the reference changed the input, a few pixels wider) stays the input
     assert out.frames.shape == reference.shape and changed.mean() < 0.05
-    untouched = np.abs(reference.astype(np.int16) - clip[0].astype(np.int16)).max(-1) == 0
-    assert not (changed & untouched).any()
+    pasted = np.abs(reference.astype(np.int16) - clip[0].astype(np.int16)).max(-1) > 0
+    for frame_changed, frame_pasted in zip(changed, pasted):
+        ys, xs = np.nonzero(frame_pasted)
+        outside = frame_changed.copy()
+        outside[max(ys.min() - 3, 0) : ys.max() + 4, max(xs.min() - 3, 0) : xs.max() + 4] = False
+        assert not outside.any()
