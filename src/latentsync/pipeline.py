@@ -555,7 +555,8 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
-        self.unet(sample, torch.tensor(999, device=device), encoder_hidden_states=context)
+        with torch.no_grad():
+            self.unet(sample, torch.tensor(999, device=device), encoder_hidden_states=context)
         per_window = torch.cuda.max_memory_allocated(device) - before
         free, _ = torch.cuda.mem_get_info(device)
         chosen = windows_that_fit(free, per_window, MAX_WINDOWS_PER_BATCH)
@@ -573,6 +574,7 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         groups are done. With a compiled denoiser every call has the same shape (windows padded to
         ``num_frames``, the last call padded with copies)."""
         fixed_shapes = getattr(self, "_compiled_step", None) is not None
+        stream.buffer_windows(windows_per_batch + 1)  # a call's windows are written at once: none should wait
         jobs: list[tuple[FrameWindow, int, torch.Tensor, torch.Tensor]] = []  # window, group number, inputs
         waiting: list[tuple[FrameWindow, list]] = []  # windows not yet written, with their new faces so far
 

@@ -127,6 +127,10 @@ class OrderedWorker:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="latentsync-writer")
         self._pending: deque[Future] = deque()
 
+    def allow_pending(self, depth: int) -> None:
+        """Keep up to ``depth`` calls pending (never fewer than before)."""
+        self._depth = max(self._depth, depth)
+
     def submit(self, *args: Any) -> None:
         while len(self._pending) >= self._depth:
             self._pending.popleft().result()
@@ -478,6 +482,12 @@ class VideoStream:
                 write_wav(audio_path, samples)
             self.writer = VideoWriter(output_path, VIDEO_FPS, audio_path=audio_path, crf=crf)
         self._sink = OrderedWorker(self._paste_and_write) if self.overlap_stages else None
+
+    def buffer_windows(self, count: int) -> None:
+        """Let up to ``count`` windows wait for paste-back and encoding without blocking [`write`] (several windows
+        arrive at once when the model denoises them together)."""
+        if self._sink is not None:
+            self._sink.allow_pending(count)
 
     def write(self, window: FrameWindow, new_faces: Sequence[np.ndarray | None] | None) -> None:
         """Paste ``new_faces`` (for each of the window's groups, its regenerated aligned faces or None; or None for
