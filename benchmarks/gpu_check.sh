@@ -30,7 +30,7 @@ echo; echo "### Denoiser: 20 DDIM steps with CFG, full-size U-Net (random weight
 echo "(naive = 1 window per call, eager, bf16; compiled = torch.compile + fused GroupNorm + channels-last)"
 timeout 330 python3 benchmarks/model_speed.py --throughput --device cuda --resolutions 256 512 --dtypes bf16 fp16 \
     --windows 1 2 4 --modes eager compiled --compiled-dtypes bf16 --compiled-windows 4 --repeats 1 --table "$OUT/denoiser.md" \
-    2>&1 | tee "$OUT/denoiser.log" | grep -E '^(\||peak|device)'
+    2>&1 | tee "$OUT/denoiser.log" | grep -E '^(\||peak|device|attention)'
 
 echo; echo "### End to end: first 8 s of demo1 (1080x1920, 200 frames), 256 px, bf16, full-size random weights"
 echo "(face tracks replayed from benchmarks/data: MediaPipe is not installed on the GPU machine)"

@@ -220,6 +220,23 @@ def bench_denoiser(pipe: LatentSyncPipeline, device: str, windows: int, steps: i
             "latents": latents.float().cpu()}
 
 
+def sdpa_check(pipe: LatentSyncPipeline, device: str, frames: int) -> dict:
+    """[`attention_report`] of the pipeline's U-Net; on CUDA with one step of the real shape run on the fused SDPA
+    kernels only (a fallback to the math kernel shows as ``fused_kernels_only: False``)."""
+    from latentsync.models.attention import attention_report
+
+    size = pipe.config.resolution // pipe.vae_scale_factor
+    unet = pipe.unet
+    x = torch.zeros(2, unet.config.in_channels, frames, size, size, device=device, dtype=unet.dtype)
+    ctx = torch.zeros(2 * frames, 50, unet.config.cross_attention_dim, device=device, dtype=unet.dtype)
+
+    def run() -> None:
+        with torch.no_grad():
+            unet(x, torch.tensor(999, device=device), encoder_hidden_states=ctx)
+
+    return attention_report(unet, run)
+
+
 def throughput_table(args: argparse.Namespace) -> None:
     """Frames/s, TFLOP/s and share of peak per resolution, dtype, windows per call and mode (see the docstring)."""
     if args.device.startswith("cuda"):
@@ -242,6 +259,7 @@ def throughput_table(args: argparse.Namespace) -> None:
         naive, reference = None, None
         for name in args.dtypes:
             pipe.to(args.device, DTYPES[name])
+            print(f"attention at {res} px, {name}: {sdpa_check(pipe, args.device, args.frames)}", flush=True)
             original_unet = pipe.unet
             for mode in args.modes:
                 if mode == "fp8":  # quantisation is in place and one-way: on a copy
