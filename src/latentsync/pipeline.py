@@ -547,7 +547,7 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         if device.type != "cuda":
             return 1
         size = self.config.resolution // self.vae_scale_factor
-        batch = 2 if self._guidance_scale > 1.0 else 1
+        batch = 2 if getattr(self, "_guidance_scale", 1.5) > 1.0 else 1  # the CFG pair, as in a call
         sample = torch.zeros(batch, self.unet.config.in_channels, num_frames, size, size, device=device,
                              dtype=self.unet.dtype)
         context = torch.zeros(batch * num_frames, 50, self.unet.config.cross_attention_dim, device=device,
