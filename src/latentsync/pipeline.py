@@ -101,7 +101,9 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
     The optional ``syncnet`` ([`StableSyncNet`]) is used only to find the speaking face (``face="speaking"``);
     without it a landmark score is used.
 
-    Speed and memory options: ``torch_dtype`` fp16/bf16 on a GPU, ``pipe.unet.compile()`` (torch.compile),
+    Speed and memory options: ``torch_dtype`` fp16/bf16 on a GPU; GPU throughput: ``windows_per_batch`` at call
+    time (several windows per U-Net call), [`compile_denoiser`] (torch.compile with fixed shapes, CUDA graphs),
+    ``unet.set_fused_norm()``, [`enable_channels_last`], [`enable_warps_on_device`], [`enable_fp8`];
     ``deep_cache_interval`` (DeepCache feature reuse) and ``cache_latents`` at call time, [`enable_vae_slicing`],
     [`enable_vae_tiling`], and diffusers' ``enable_model_cpu_offload()`` / ``enable_sequential_cpu_offload()``.
 
