@@ -30,7 +30,7 @@ DEFAULT_MODEL = "ByteDance/LatentSync-1.6"
 
 # the pipeline's argument names in messages -> the options that set them here
 OPTION_NAMES = {"num_inference_steps": "--steps", "guidance_scale": "--guidance-scale", "face_index": "--face-index",
-                "deep_cache_interval": "--deep-cache"}
+                "deep_cache_interval": "--deep-cache", "windows_per_batch": "--windows-per-batch"}
 
 
 def face_choice(text: str) -> dict[str, Any]:
@@ -232,7 +232,8 @@ def run(argv: list[str]) -> int:
     try:
         checked = check_run_inputs(args.video, audio, args.output, overwrite=args.overwrite,
                                    create_output_folder=True, mix_audio=args.mix_audio, num_inference_steps=args.steps,
-                                   guidance_scale=args.guidance_scale, deep_cache_interval=args.deep_cache, **choice)
+                                   guidance_scale=args.guidance_scale, deep_cache_interval=args.deep_cache,
+                                   windows_per_batch=args.windows_per_batch, **choice)
     except LatentSyncInputError as exc:
         raise type(exc)(_with_option_names(str(exc), face_option)) from None
     source = check_model_source(args.model)
