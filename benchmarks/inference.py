@@ -162,7 +162,7 @@ def load_pipeline(args: argparse.Namespace):
         if args.full_size:
             from model_speed import full_size_pipeline  # benchmarks/ is on sys.path when run as a script
 
-            pipe = full_size_pipeline(args.resolution)
+            pipe = full_size_pipeline(args.resolution, args.device)
         else:
             pipe = build_tiny_pipeline(resolution=args.resolution)
         if dtype != torch.float32:

@@ -51,8 +51,9 @@ from latentsync.testing import build_tiny_pipeline
 from latentsync.utils import DTYPES
 
 
-def full_size_pipeline(resolution: int) -> LatentSyncPipeline:
-    with torch.device("cpu"):
+def full_size_pipeline(resolution: int, device: str = "cpu") -> LatentSyncPipeline:
+    """The full-size architecture with random weights, built directly on ``device`` (seconds on a GPU)."""
+    with torch.device(device):
         unet = LatentSyncUNet(motion_modules="all")
         vae = AutoencoderKL(
             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
@@ -240,7 +241,9 @@ def sdpa_check(pipe: LatentSyncPipeline, device: str, frames: int) -> dict:
 def throughput_table(args: argparse.Namespace) -> None:
     """Frames/s, TFLOP/s and share of peak per resolution, dtype, windows per call and mode (see the docstring)."""
     if args.device.startswith("cuda"):
-        torch._dynamo.config.recompile_limit = 64  # one compiled graph per shape: resolutions x windows x dtypes
+        # one compiled graph per shape: resolutions x windows x dtypes (the setting's name changed in torch 2.6)
+        limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+        setattr(torch._dynamo.config, limit, 64)
         print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
     else:
         print(f"device: {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}")
@@ -253,7 +256,7 @@ def throughput_table(args: argparse.Namespace) -> None:
     rows = [header, "|" + "---|" * 13]
     print(header, flush=True)
     for res in args.resolutions:
-        pipe = build_tiny_pipeline(resolution=res) if args.tiny else full_size_pipeline(res)
+        pipe = build_tiny_pipeline(resolution=res) if args.tiny else full_size_pipeline(res, args.device)
         pipe.set_progress_bar_config(disable=True)
         flops_window = unet_flops(res, f"ddim{args.steps}", args.frames, tiny=args.tiny)
         naive, reference = None, None
