@@ -15,7 +15,7 @@ import numbers
 import os
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -44,6 +44,7 @@ from .errors import InvalidAudioError, InvalidVideoError, LatentSyncInputError
 from .face.mask import latent_mouth_mask, mouth_mask
 from .face.selection import FaceSelection, check_face_arguments, choose_faces, track_key
 from .face.tracking import FaceTrack, FaceTracks, track_faces
+from .live import LiveFrame, LiveSession, stream_frames
 from .loaders.official import is_official_layout, load_official_components
 from .loaders.official import load_syncnet as load_syncnet_model
 from .media.audio import as_samples, check_not_silent, fit_length, mix_tracks, num_video_frames
@@ -843,6 +844,73 @@ class LatentSyncPipeline(DiffusionPipeline):
         logger.info("prepared avatar %s: %d frames, %d with a face", os.fspath(path), avatar.num_frames,
                     len(avatar.crops))
         return avatar
+
+    def live_session(
+        self,
+        avatar: str | os.PathLike | Avatar | None = None,
+        live_video: bool = False,
+        fps: float = VIDEO_FPS,
+        num_inference_steps: int = 20,
+        guidance_scale: float = 1.5,
+        generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
+        num_frames: int = 16,
+    ) -> LiveSession:
+        """A push-style live stream ([`~latentsync.live.LiveSession`]): ``session.push(samples)`` returns the frames
+        that became ready, ``session.finish()`` the rest. The face is a prepared ``avatar`` or, with
+        ``live_video``, frames given to ``session.push_frames`` (at ``fps``). See [`stream`]."""
+        _check_int("num_inference_steps", num_inference_steps, 1)
+        max_frames = self.unet.config.motion_max_seq_length if self.unet.has_motion_modules else None
+        _check_int("num_frames", num_frames, 1, max_frames)
+        _check_output_fps(fps)
+        if fps == "input":
+            raise LatentSyncInputError('live video has no stored timestamps: give its frame rate as fps')
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real) or guidance_scale < 0:
+            raise LatentSyncInputError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+        if latents is not None and tuple(latents.shape) != self._noise_shape():
+            raise LatentSyncInputError(f"latents must have shape {self._noise_shape()}, got {tuple(latents.shape)}")
+        if avatar is not None and live_video:
+            raise LatentSyncInputError("give either a prepared avatar or live video frames, not both")
+        if avatar is not None and not isinstance(avatar, Avatar):
+            avatar = Avatar.load(avatar)
+        if avatar is not None:
+            avatar.check_compatible(self.config.resolution, self.vae)
+        return LiveSession(self, avatar, live_video, fps, num_inference_steps, guidance_scale, generator, latents,
+                           num_frames)
+
+    def stream(
+        self,
+        audio_chunks: Iterable[np.ndarray | torch.Tensor],
+        avatar: str | os.PathLike | Avatar | None = None,
+        frames: Iterable[np.ndarray] | None = None,
+        fps: float = VIDEO_FPS,
+        num_inference_steps: int = 20,
+        guidance_scale: float = 1.5,
+        generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
+        num_frames: int = 16,
+    ) -> Iterator[LiveFrame]:
+        """Live lip sync: consume speech chunk by chunk and yield lip-synced frames window by window.
+
+        Args:
+            audio_chunks: an iterator (possibly endless) of mono 16 kHz float chunks of any length.
+            avatar: a prepared avatar (folder or [`~latentsync.avatar.Avatar`], from [`prepare_avatar`]); it loops
+                forward and backward for as long as the speech lasts.
+            frames: instead of an avatar, an iterator of live RGB uint8 frames at ``fps`` (a camera): as many are
+                read as the audio received covers; the face is found frame by frame (no smoothing, no look-ahead).
+            fps: the frame rate of live video (an avatar keeps the timeline it was prepared for).
+            num_inference_steps, guidance_scale, generator, latents, num_frames: as in ``__call__``.
+
+        Yields:
+            [`~latentsync.live.LiveFrame`] (``index``, ``time`` in seconds, ``image`` RGB uint8), in order. A window
+            of frames comes as soon as the audio up to its end has arrived (latency: one window of audio plus its
+            compute); memory does not grow with the stream's length. Each window is exactly what an offline call on
+            the audio received so far generates for it (frames near the newest audio see it cut there; see
+            [`latentsync.live`]), and the windows after the last chunk are exactly those of the offline call.
+        """
+        session = self.live_session(avatar, frames is not None, fps, num_inference_steps, guidance_scale,
+                                    generator, latents, num_frames)
+        return stream_frames(session, audio_chunks, frames)
 
     # ------------------------------------------------------------------ saving and sharing
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
