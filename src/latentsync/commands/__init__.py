@@ -1,7 +1,7 @@
 """The ``latentsync`` command line: one module per subcommand, each with its argument parser.
 
 ``latentsync --video in.mp4 --audio speech.wav --output out.mp4`` lip-syncs a video ([`latentsync.commands.run`]);
-the subcommands are ``make-tiny``, ``convert``, ``prepare``, ``eval`` and ``faces``.
+the subcommands are ``make-tiny``, ``convert``, ``prepare``, ``eval``, ``faces`` and ``avatar``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("latentsync.commands.prepare", "prepare"),
     "eval": ("latentsync.commands.eval", "main"),
     "faces": ("latentsync.commands.faces", "faces"),
+    "avatar": ("latentsync.commands.avatar", "avatar"),
 }
 RUN = ("latentsync.commands.run", "run")
 

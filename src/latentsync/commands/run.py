@@ -1,16 +1,23 @@
-"""``latentsync --video in.mp4 --audio speech.wav --output out.mp4``: lip-sync a video."""
+"""``latentsync --video in.mp4 --audio speech.wav --output out.mp4``: lip-sync a video (or a prepared avatar), or,
+with ``--audio -``, lip-sync speech read from a pipe live, writing fragmented MP4 or raw frames as they come."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import sys
+import tempfile
+from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import torch
 
 from ..errors import LatentSyncInputError
 from ..face.selection import FACE_RULES
+from ..live import stream_frames
+from ..media.pipes import LIVE_FORMATS, LiveVideoSink, read_audio_chunks
 from ..pipeline import LatentSyncPipeline
 from ..schedulers import SCHEDULERS
 from ..utils import DTYPES, default_device, resolve_dtype
@@ -37,6 +44,17 @@ def face_choice(text: str) -> dict[str, Any]:
     return {"face_box": tuple(box)}
 
 
+def frame_rate(text: str) -> float | str:
+    """``--fps``: ``input`` (the video's own timeline) or a frame rate."""
+    if text.strip() == "input":
+        return "input"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected input or a frame rate, got {text!r}") from None
+    return int(value) if value.is_integer() else value
+
+
 def voice(text: str) -> tuple[int, str]:
     """``--audio-for``: ``INDEX=FILE`` -> (track number, speech file)."""
     index, sep, path = text.partition("=")
@@ -47,9 +65,21 @@ def voice(text: str) -> tuple[int, str]:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="latentsync", description="Lip-sync a talking-face video to a speech track.")
-    p.add_argument("--video", required=True, help="input talking-face video")
-    p.add_argument("--audio", default=None, help="speech audio (any audio or video file)")
-    p.add_argument("--output", required=True, help="output video (.mp4, .mov or .mkv); its folder is created if missing")
+    p.add_argument("--video", default=None, help="input talking-face video")
+    p.add_argument("--avatar", default=None,
+                   help="a prepared avatar folder (`latentsync avatar VIDEO DIR`) instead of --video")
+    p.add_argument("--audio", default=None,
+                   help="speech audio (any audio or video file); - reads it from standard input, live")
+    p.add_argument("--output", required=True,
+                   help="output video (.mp4, .mov or .mkv; its folder is created if missing); with --audio -, a "
+                        "file or - for standard output")
+    p.add_argument("--fps", type=frame_rate, default=25, metavar="25|input|N",
+                   help="output frame rate: 25 (default, the model's), input (every frame of the video at its own "
+                        "timestamp) or any rate")
+    live = p.add_argument_group("live (--audio -)")
+    live.add_argument("--live-format", choices=LIVE_FORMATS, default="mp4",
+                      help="fragmented MP4 with the sound (default) or raw RGB24 frames")
+    live.add_argument("--chunk-seconds", type=float, default=0.2, help="audio read per step (default 0.2 s)")
     p.add_argument("--model", default=DEFAULT_MODEL, help="Hub id or local folder of a LatentSync pipeline")
     p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
     p.add_argument("--guidance-scale", type=float, default=1.5, help="audio guidance (1 disables; default 1.5)")
@@ -90,6 +120,8 @@ def run(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if (args.audio is None) == (args.audio_for is None):
         p.error("give the speech with --audio, or one --audio-for INDEX=FILE per face")
+    if (args.video is None) == (args.avatar is None):
+        p.error("give the face with --video or --avatar (one of them)")
     choice = dict(args.face or {})
     if args.face_index is not None:
         choice.setdefault("face_index", args.face_index)
@@ -115,9 +147,14 @@ def run(argv: list[str]) -> int:
     if args.syncnet:
         pipe.load_syncnet(args.syncnet)
     generator = torch.Generator("cpu").manual_seed(args.seed)
-    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)  # e.g. outputs/ on a fresh clone
+    if args.output != "-":
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)  # e.g. outputs/ on a fresh clone
+    if args.audio == "-":
+        return run_live(pipe, args, choice, generator)
     out = pipe(
         video=args.video,
+        avatar=args.avatar,
+        output_fps=args.fps,
         audio=audio,
         output_path=args.output,
         num_inference_steps=args.steps,
@@ -137,3 +174,38 @@ def run(argv: list[str]) -> int:
                     ", ".join(f"face {k}" for k in shot.tracks) or "no face", shot.rule,
                     f"; scores {scores}" if scores else "")
     return 0
+
+
+def run_live(pipe: LatentSyncPipeline, args: argparse.Namespace, choice: dict[str, Any],
+             generator: torch.Generator) -> int:
+    """``--audio -``: lip-sync speech read from standard input as it arrives, writing each window of frames as soon
+    as it is made (a --video is first prepared as an avatar, in a temporary folder)."""
+    if args.audio_for:
+        raise LatentSyncInputError("--audio - takes one voice: --audio-for does not apply")
+    with tempfile.TemporaryDirectory(prefix="latentsync-avatar-") as tmp:
+        avatar = args.avatar
+        if avatar is None:
+            avatar = pipe.prepare_avatar(args.video, tmp, output_fps=args.fps, face_box_frame=args.face_frame,
+                                         **choice)
+        session = pipe.live_session(avatar, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
+                                    generator=generator)
+        fps = session.fps if session.avatar.timestamps is None else _typical_rate(session.avatar.timestamps)
+        sink = LiveVideoSink(args.output, fps, args.live_format)
+
+        def speech() -> Iterator:
+            for chunk in read_audio_chunks(sys.stdin.buffer, args.chunk_seconds):
+                sink.write_audio(chunk)
+                yield chunk
+
+        for frame in stream_frames(session, speech()):
+            sink.write(frame.image)
+        sink.close()
+    logger.info("live: %d frames at %g fps to %s", sink.frames_written, fps,
+                "standard output" if args.output == "-" else args.output)
+    return 0
+
+
+def _typical_rate(timestamps: Any) -> float:
+    """The frame rate a stream of frames at ``timestamps`` is written at (pipes carry no timestamps)."""
+    gaps = np.diff(timestamps)
+    return 1.0 / float(np.median(gaps)) if len(gaps) else 25.0
