@@ -43,6 +43,7 @@ from .audio_features.whisper import (
 from .avatar import Avatar
 from .errors import InvalidAudioError, InvalidVideoError, LatentSyncInputError
 from .face.alignment import FaceAligner
+from .face.detection import FaceDetector
 from .media.audio import num_video_frames
 from .media.constants import SAMPLE_RATE, VIDEO_FPS
 from .media.timeline import frame_durations
@@ -207,8 +208,6 @@ class LiveSession:
             self._durations = frame_durations(avatar.timestamps) if avatar.timestamps is not None else None
             self._frames = avatar.frames if avatar.frames is not None else _FrameFile(avatar.frame_source())
         else:
-            from .face.detection import FaceDetector  # deferred: mediapipe is heavy and only live video needs it
-
             self.fps, self._timestamps = float(fps), None
             self._detector = FaceDetector()
             self._pending: deque[tuple[np.ndarray, np.ndarray | None]] = deque()  # frames with their matrix

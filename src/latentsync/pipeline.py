@@ -58,7 +58,8 @@ from .models.syncnet import StableSyncNet
 from .models.unet import LatentSyncUNet
 from .pipeline_output import LatentSyncPipelineOutput
 from .schedulers import scheduler_by_name
-from .streaming import LatentCache, VideoStream, pingpong_indices
+from .streaming import LatentCache, VideoStream
+from .streaming import pingpong_indices as _looping_order
 from .utils import StageTimer, frames_to_pixels, pixels_to_frames, scale_latents, unscale_latents
 
 logger = logging.getLogger(__name__)
@@ -393,7 +394,7 @@ class LatentSyncPipeline(DiffusionPipeline):
         ``"input"``: the video's own timestamps (looping forward and backward with each frame's own duration when
         the audio is longer), the rate being the typical one (for display)."""
         if output_fps == "input":
-            _, times = output_timeline(source.timestamps, num_samples / SAMPLE_RATE, pingpong_indices)
+            _, times = output_timeline(source.timestamps, num_samples / SAMPLE_RATE, _looping_order)
             gaps = np.diff(source.timestamps)
             return (1.0 / float(np.median(gaps)) if len(gaps) else float(VIDEO_FPS)), times
         if output_fps == VIDEO_FPS:
