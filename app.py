@@ -26,7 +26,6 @@ import atexit
 import logging
 import shutil
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -42,8 +41,10 @@ except ImportError:  # a source checkout run without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 
 from latentsync.errors import LatentSyncInputError
-from latentsync.media import SAMPLE_RATE, check_not_silent, load_audio, probe_video
+from latentsync.inputs import check_run_inputs
+from latentsync.interrupts import stop_on_signals
 from latentsync.pipeline import LatentSyncPipeline
+from latentsync.tempfiles import make_work_dir, remove_work_dir
 from latentsync.testing import build_tiny_pipeline
 from latentsync.utils import DTYPES, default_device
 
@@ -85,7 +86,8 @@ class AppConfig:
     default_steps: int = 20
     output_ttl: float = 900.0
     gpu_duration: int = 180
-    work_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="latentsync-app-")))
+    # named after this process: a later start removes the folders of an app that was killed
+    work_dir: Path = field(default_factory=lambda: Path(make_work_dir("app")))
 
     @classmethod
     def from_env(cls) -> "AppConfig":
@@ -179,11 +181,9 @@ class LipSyncService:
             raise gr.Error("Please upload or record the speech audio.", print_exception=False)
         self._check_size(video, "video")
         self._check_size(audio, "audio")
-        info = probe_video(video)
-        self._check_duration(info.duration, "video")
-        samples = load_audio(audio)
-        self._check_duration(len(samples) / SAMPLE_RATE, "audio")
-        check_not_silent(samples, audio)
+        checked = check_run_inputs(video, audio)  # the pipeline's own checks: readable, right stream, not silent
+        self._check_duration(checked.video.duration, "video")
+        self._check_duration(checked.audio.duration, "audio")
 
     # ------------------------------------------------------------------ work
     def _generate(self, video: str, audio: str, output: str, steps: int, guidance: float, seed: int):
@@ -266,7 +266,7 @@ class LipSyncService:
         return output, status
 
     def close(self) -> None:
-        shutil.rmtree(self.work_dir, ignore_errors=True)
+        remove_work_dir(self.work_dir)
 
 
 def _examples() -> list[list[str]]:
@@ -324,9 +324,20 @@ demo = build_demo()
 
 
 def main() -> None:
-    """Launch the app (``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` choose the address)."""
+    """Launch the app (``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` choose the address). Ctrl-C and SIGTERM (a
+    Space restart, ``docker stop``) close the server and remove the results before the process exits."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    demo.launch(max_file_size=f"{demo.config.max_file_mb:g}mb", show_error=True)
+    try:
+        with stop_on_signals() as stop:  # SIGTERM becomes a KeyboardInterrupt, on which gradio closes the server
+            demo.launch(max_file_size=f"{demo.config.max_file_mb:g}mb", show_error=True)
+    except KeyboardInterrupt:  # the signal came before gradio's own loop took over
+        demo.close()
+    finally:
+        demo.service.pipe._interrupt = True  # a request still running stops after its current window
+        demo.service.close()
+    if stop.signum is not None:
+        logger.info("stopped by signal %d: results removed", stop.signum)
+        sys.exit(128 + stop.signum)
 
 
 if __name__ == "__main__":

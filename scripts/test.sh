@@ -3,6 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
-.venv/bin/pip install -q -r requirements.txt
+.venv/bin/pip install -q -r requirements-dev.txt
 if [ -f tests/setup_browser.sh ]; then bash tests/setup_browser.sh; fi
 .venv/bin/python -m pytest -q -rs "$@"

@@ -23,7 +23,8 @@ from latentsync.commands import main
 from latentsync.commands.run import face_choice, voice
 from latentsync.eval.sync_confidence import offset_confidence
 from latentsync.face import FaceAligner, FaceTrack, FaceTracks, select_faces, track_faces
-from latentsync.face.selection import check_face_arguments, choose_faces
+from latentsync.face.choice import check_face_arguments
+from latentsync.face.selection import choose_faces
 from latentsync.face.speaking import LIP_RULE, frame_loudness, lip_score, syncnet_scores
 from latentsync.face.tracking import combined_anchors
 from latentsync.media import fit_length, load_audio, mix_tracks, num_video_frames, open_frames
@@ -430,4 +431,4 @@ def test_cli_lip_syncs_a_voice_per_face(small_model_dir, conversation, tmp_path,
     assert code == 0 and out.is_file() and "face 0, face 1 (audio per face)" in caplog.text
     code = main(["--model", os.fspath(small_model_dir), "--video", os.fspath(conversation["video"]), "--audio",
                  os.fspath(conversation["a"]), "--face", "5", "--output", os.fspath(tmp_path / "no.mp4")])
-    assert code == 2 and "face_index=5, but 2 face track(s)" in caplog.text and not (tmp_path / "no.mp4").exists()
+    assert code == 2 and "--face=5, but 2 face track(s)" in caplog.text and not (tmp_path / "no.mp4").exists()

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
-import numbers
 import os
 import tempfile
 import time
@@ -24,12 +22,12 @@ import torch
 from diffusers import AutoencoderKL, DiffusionPipeline
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from diffusers.utils import replace_example_docstring
+from diffusers.utils import is_xformers_available, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
-from huggingface_hub import HfApi
 from tqdm.auto import tqdm
 from transformers import WhisperFeatureExtractor
 
+from . import hub
 from ._deprecation import moved_attribute
 from .audio_features.whisper import (
     AUDIO_WINDOW_MODES,
@@ -40,18 +38,21 @@ from .audio_features.whisper import (
     frame_audio_contexts,
 )
 from .avatar import Avatar, vae_fingerprint
-from .errors import InvalidAudioError, InvalidVideoError, LatentSyncInputError
+from .errors import InvalidVideoError, LatentSyncInputError
+from .face.choice import check_face_arguments, track_key
 from .face.mask import latent_mouth_mask, mouth_mask
-from .face.selection import FaceSelection, check_face_arguments, choose_faces, track_key
+from .face.selection import FaceSelection, choose_faces
 from .face.tracking import FaceTrack, FaceTracks, track_faces
+from .inputs import CheckedInputs, check_arguments, check_int, check_run_inputs
 from .live import LiveFrame, LiveSession, stream_frames
+from .loaders.lora import LatentSyncLoraLoaderMixin
 from .loaders.official import is_official_layout, load_official_components
 from .loaders.official import load_syncnet as load_syncnet_model
 from .media.audio import as_samples, check_not_silent, fit_length, mix_tracks, num_video_frames
 from .media.constants import SAMPLE_RATE, VIDEO_FPS
 from .media.files import check_input_file
 from .media.timeline import open_timed_frames, output_timeline
-from .media.video import FrameSource, check_output_path, open_frames
+from .media.video import FrameSource, open_frames
 from .models.audio_encoder import WhisperAudioEncoder
 from .models.deep_cache import UNetFeatureCache
 from .models.syncnet import StableSyncNet
@@ -63,8 +64,6 @@ from .streaming import pingpong_indices as _looping_order
 from .utils import StageTimer, frames_to_pixels, pixels_to_frames, scale_latents, unscale_latents
 
 logger = logging.getLogger(__name__)
-
-OUTPUT_TYPES = ("np", "pil", "pt", "file")
 
 EXAMPLE_DOC_STRING = """
     Examples:
@@ -94,42 +93,7 @@ EXAMPLE_DOC_STRING = """
 """
 
 
-def model_card(pipe: "LatentSyncPipeline") -> str:
-    """Markdown model card (with Hub metadata) describing a saved pipeline."""
-    unet = pipe.unet.config
-    n_params = sum(p.numel() for p in pipe.unet.parameters()) / 1e6
-    return f"""---
-library_name: diffusers
-pipeline_tag: video-to-video
-tags:
-- lip-sync
-- latentsync
-- audio-to-video
----
-
-# LatentSync pipeline
-
-Audio-conditioned latent-diffusion lip sync (LatentSync), saved with the
-[latentsync](https://github.com/) library.
-
-- U-Net: {n_params:.1f} M parameters, temporal layers: `{unet.motion_modules}`, frame-pooled GroupNorm:
-  `{unet.frame_pooled_norm}`, audio cross-attention width {unet.cross_attention_dim}
-- Face resolution: {pipe.config.resolution} px; output at 25 fps
-
-```python
-import torch
-from latentsync import LatentSyncPipeline
-
-pipe = LatentSyncPipeline.from_pretrained("<this repo>")
-pipe(video="face.mp4", audio="speech.wav", output_path="synced.mp4",
-     generator=torch.Generator().manual_seed(1247))
-```
-
-Intended use: dubbing and lip sync of consenting speakers. Do not use it to impersonate people or to deceive.
-"""
-
-
-class LatentSyncPipeline(DiffusionPipeline):
+class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
     """Audio-conditioned latent-diffusion lip sync (LatentSync).
 
     Components: ``unet`` ([`LatentSyncUNet`], 13 input channels, audio cross-attention), ``vae``
@@ -176,13 +140,18 @@ class LatentSyncPipeline(DiffusionPipeline):
         or a folder with ``latentsync_unet.pt`` and ``whisper/tiny.pt``) converted on load.
 
         For official releases the extra keywords ``resolution`` and ``vae_id`` apply (see
-        [`latentsync.loaders.load_official_components`]); otherwise everything goes to diffusers.
+        [`latentsync.loaders.load_official_components`]); otherwise everything goes to diffusers. A folder or repo
+        saved by this class also loads with plain ``DiffusionPipeline.from_pretrained(..., trust_remote_code=True)``
+        (see [`latentsync.hub`]); here its loader file is recognised and no ``trust_remote_code`` is needed.
         """
-        hub = {k: kwargs.get(k) for k in ("cache_dir", "revision", "token")}
-        if is_official_layout(pretrained_model_name_or_path, local_files_only=kwargs.get("local_files_only", False),
-                              **hub):
+        hub_kwargs = {k: kwargs.get(k) for k in ("cache_dir", "revision", "token")}
+        local_only = kwargs.get("local_files_only", False)
+        if is_official_layout(pretrained_model_name_or_path, local_files_only=local_only, **hub_kwargs):
             syncnet = kwargs.pop("syncnet", None)
             return cls(**load_official_components(pretrained_model_name_or_path, **kwargs), syncnet=syncnet)
+        if not kwargs.get("trust_remote_code") and hub.has_own_loader(pretrained_model_name_or_path,
+                                                                     local_files_only=local_only, **hub_kwargs):
+            kwargs["trust_remote_code"] = True  # the file only imports this class
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     # ------------------------------------------------------------------ options
@@ -215,6 +184,23 @@ class LatentSyncPipeline(DiffusionPipeline):
 
     def disable_vae_tiling(self) -> None:
         self.vae.disable_tiling()
+
+    def enable_xformers_memory_efficient_attention(self, attention_op: Callable | None = None) -> None:
+        """Use xFormers' memory-efficient attention in the U-Net and VAE (CUDA only; install with
+        ``pip install "latentsync[xformers]"``). Without it attention runs through PyTorch's
+        ``scaled_dot_product_attention``, which is as memory-efficient on current GPUs and PyTorch versions.
+
+        Raises:
+            ImportError: xformers is not installed.
+            RuntimeError: no CUDA device (xformers has no CPU or MPS kernels).
+        """
+        if not is_xformers_available():
+            raise ImportError('xformers is not installed: pip install "latentsync[xformers]" (CUDA GPUs only). '
+                              "Attention already uses PyTorch's scaled_dot_product_attention without it.")
+        if not torch.cuda.is_available():
+            raise RuntimeError("xformers' memory-efficient attention needs a CUDA GPU; on this machine attention runs "
+                               "through PyTorch's scaled_dot_product_attention (the default)")
+        super().enable_xformers_memory_efficient_attention(attention_op)
 
     # ------------------------------------------------------------------ state of a call (diffusers' names)
     @property
@@ -261,43 +247,35 @@ class LatentSyncPipeline(DiffusionPipeline):
         face_box: Sequence[float] | None = None,
         face_box_frame: int = 0,
         mix_audio: Any = None,
-    ) -> None:
-        """Check every argument of a call before any work is done.
+        overwrite: bool = True,
+    ) -> CheckedInputs:
+        """Check every argument of a call before any work is done: the call's arguments and files through
+        [`latentsync.inputs.check_run_inputs`] (the same checks the command line and the app make before loading a
+        model), then what depends on this pipeline's models.
 
         Raises:
-            InvalidVideoError / InvalidAudioError: an input file is missing or empty, or the output path cannot be
-                written (format or folder).
-            LatentSyncInputError: any other argument is out of range (the message names it).
+            InvalidVideoError / InvalidAudioError: an input file is missing, empty, unreadable, without the right
+                stream, or the audio is silent.
+            InvalidOutputError: the output path is an input file, a folder, an existing file while ``overwrite`` is
+                False, of an unsupported format, or in a missing or read-only folder.
+            LatentSyncInputError: any other argument is out of range (the message names it), or the pipeline's face
+                resolution does not suit its VAE and U-Net.
         """
-        if isinstance(video, (str, os.PathLike)):
-            check_input_file(video, InvalidVideoError, "video")
-        if isinstance(audio, Mapping):
-            for key, speech in audio.items():
-                if isinstance(speech, (str, os.PathLike)):
-                    check_input_file(speech, InvalidAudioError, f"audio for face {track_key(key)}")
-        elif isinstance(audio, (str, os.PathLike)):
-            check_input_file(audio, InvalidAudioError, "audio")
-        if isinstance(mix_audio, (str, os.PathLike)):
-            check_input_file(mix_audio, InvalidAudioError, "mix_audio")
-        if output_path is not None:
-            check_output_path(output_path)
-        if output_type not in (None, *OUTPUT_TYPES):
-            raise LatentSyncInputError(f"output_type must be one of {', '.join(OUTPUT_TYPES)} or None, "
-                                       f"got {output_type!r}")
-        if output_type == "file" and output_path is None:
-            raise LatentSyncInputError('output_type="file" needs an output_path')
-        _check_int("num_inference_steps", num_inference_steps, 1)
         max_frames = self.unet.config.motion_max_seq_length if self.unet.has_motion_modules else None
-        _check_int("num_frames", num_frames, 1, max_frames)
-        check_face_arguments(face, face_index, face_box, face_box_frame,
-                             list(audio) if isinstance(audio, Mapping) else None)
-        _check_int("crf", crf, 0, 51)
-        _check_int("deep_cache_interval", deep_cache_interval, 0)
+        checked = check_run_inputs(
+            video, audio, output_path, overwrite=overwrite, mix_audio=mix_audio, face=face, face_box=face_box,
+            face_box_frame=face_box_frame, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+            num_frames=num_frames, max_num_frames=max_frames, face_index=face_index,
+            landmark_smoothing=landmark_smoothing, crf=crf, deep_cache_interval=deep_cache_interval,
+            output_type=output_type,
+        )
+        multiple = self.vae_scale_factor * 2 ** (len(self.unet.config.down_block_types) - 1)
+        if self.config.resolution % multiple:
+            raise LatentSyncInputError(f"the pipeline's resolution {self.config.resolution} is not a multiple of "
+                                       f"{multiple}, which this model's VAE and U-Net need (pass resolution= when "
+                                       "loading it)")
         if deep_cache_interval:
-            _check_int("deep_cache_branch", deep_cache_branch, 0, UNetFeatureCache.max_branch(self.unet))
-        for name, value in (("guidance_scale", guidance_scale), ("landmark_smoothing", landmark_smoothing)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
-                raise LatentSyncInputError(f"{name} must be a finite number >= 0, got {value!r}")
+            check_int("deep_cache_branch", deep_cache_branch, 0, UNetFeatureCache.max_branch(self.unet))
         if audio_window_mode not in AUDIO_WINDOW_MODES:
             raise LatentSyncInputError(f"audio_window_mode must be one of {', '.join(AUDIO_WINDOW_MODES)}, "
                                        f"got {audio_window_mode!r}")
@@ -308,6 +286,7 @@ class LatentSyncPipeline(DiffusionPipeline):
         if unknown:
             raise LatentSyncInputError(f"callback_on_step_end_tensor_inputs {unknown} are not among "
                                        f"{self._callback_tensor_inputs}")
+        return checked
 
     def encode_audio(
         self,
@@ -612,6 +591,7 @@ class LatentSyncPipeline(DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable[..., dict[str, torch.Tensor]] | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        overwrite: bool = True,
         output_fps: float | str = VIDEO_FPS,
         avatar: str | os.PathLike | Avatar | None = None,
     ) -> LatentSyncPipelineOutput | tuple:
@@ -670,6 +650,9 @@ class LatentSyncPipeline(DiffusionPipeline):
                 is generated, and the output holds the frames made so far.
             callback_on_step_end_tensor_inputs: tensors passed in ``callback_kwargs``: any of ``"latents"``,
                 ``"condition_latents"`` and ``"audio_embeds"``.
+            overwrite: replace an existing file at ``output_path`` (the default, as diffusers' ``export_to_video``
+                and ``save_pretrained`` do); False refuses it. The output may never be (or link to) the video or the
+                audio file: that is refused whatever this says.
             output_fps: the output's frame rate: 25 (default, the model's rate: the video is resampled by time), any
                 other rate (resampled to it), or ``"input"``: every frame of the video file as it is stored, each
                 written at its own timestamp (variable frame rates included) with the audio context taken at that
@@ -686,7 +669,7 @@ class LatentSyncPipeline(DiffusionPipeline):
         self.check_inputs(video, audio, output_path, num_inference_steps, guidance_scale, num_frames, face_index,
                           landmark_smoothing, audio_window_mode, crf, deep_cache_interval, deep_cache_branch,
                           output_type, latents, callback_on_step_end_tensor_inputs, face, face_box, face_box_frame,
-                          mix_audio)
+                          mix_audio, overwrite)
         avatar = self._check_timeline_inputs(video, audio, output_fps, avatar, face, face_index, face_box)
         if avatar is not None:
             output_fps = avatar.fps  # the timeline the avatar was prepared for
@@ -808,7 +791,7 @@ class LatentSyncPipeline(DiffusionPipeline):
         """
         _check_output_fps(output_fps)
         check_face_arguments(face, face_index, face_box, face_box_frame)
-        _check_int("num_frames", num_frames, 1)
+        check_int("num_frames", num_frames, 1)
         if isinstance(video, (str, os.PathLike)):
             check_input_file(video, InvalidVideoError, "video")
         elif output_fps == "input":
@@ -860,14 +843,12 @@ class LatentSyncPipeline(DiffusionPipeline):
         """A push-style live stream ([`~latentsync.live.LiveSession`]): ``session.push(samples)`` returns the frames
         that became ready, ``session.finish()`` the rest. The face is a prepared ``avatar`` or, with
         ``live_video``, frames given to ``session.push_frames`` (at ``fps``). See [`stream`]."""
-        _check_int("num_inference_steps", num_inference_steps, 1)
         max_frames = self.unet.config.motion_max_seq_length if self.unet.has_motion_modules else None
-        _check_int("num_frames", num_frames, 1, max_frames)
+        check_arguments(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, num_frames=num_frames,
+                        max_num_frames=max_frames)
         _check_output_fps(fps)
         if fps == "input":
-            raise LatentSyncInputError('live video has no stored timestamps: give its frame rate as fps')
-        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real) or guidance_scale < 0:
-            raise LatentSyncInputError(f"guidance_scale must be a finite number >= 0, got {guidance_scale!r}")
+            raise LatentSyncInputError("live video has no stored timestamps: give its frame rate as fps")
         if latents is not None and tuple(latents.shape) != self._noise_shape():
             raise LatentSyncInputError(f"latents must have shape {self._noise_shape()}, got {tuple(latents.shape)}")
         if avatar is not None and live_video:
@@ -915,22 +896,38 @@ class LatentSyncPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------ saving and sharing
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
-        """Save all components (safetensors) and ``model_index.json``, plus a model card ``README.md``."""
+        """Save all components (safetensors) and ``model_index.json`` as diffusers does, plus the loader file that lets
+        plain diffusers load the folder (see [`latentsync.hub`]) and, unless one exists, a model card ``README.md``.
+
+        ``push_to_hub=True`` (with ``repo_id``) also uploads the folder, as [`push_to_hub`] does."""
+        push, repo_id = kwargs.pop("push_to_hub", False), kwargs.pop("repo_id", None)
         super().save_pretrained(save_directory, **kwargs)
-        card_path = os.path.join(save_directory, "README.md")
+        hub.write_loader(save_directory)
+        card_path = os.path.join(save_directory, hub.CARD_NAME)
         if not os.path.exists(card_path):
-            with open(card_path, "w", encoding="utf-8") as fh:
-                fh.write(model_card(self))
+            hub.pipeline_card(self, os.fspath(save_directory)).save(card_path)
+        if push:
+            self.push_folder_to_hub(save_directory, repo_id or os.path.basename(os.path.normpath(save_directory)))
 
     def push_to_hub(self, repo_id: str, commit_message: str = "Upload LatentSync pipeline", private: bool | None = None,
-                    token: str | None = None, **kwargs) -> str:
-        """Save the pipeline with its model card and upload it to the Hub repo ``repo_id`` (created if needed)."""
-        api = HfApi(token=token)
-        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
-        with tempfile.TemporaryDirectory() as tmp:
+                    token: str | None = None, create_pr: bool = False, base_model: str | None = None,
+                    **kwargs) -> str:
+        """Save the pipeline (with the loader file and a model card naming ``repo_id`` and ``base_model``) and upload
+        it to the Hub repo ``repo_id`` (created if needed) in one commit; returns the repo id. Other keywords go to
+        [`save_pretrained`] (``safe_serialization``, ``variant``)."""
+        with tempfile.TemporaryDirectory(prefix="latentsync-push-") as tmp:
             self.save_pretrained(tmp, **kwargs)
-            api.upload_folder(repo_id=repo_id, folder_path=tmp, commit_message=commit_message)
-        return repo_id
+            return self.push_folder_to_hub(tmp, repo_id, commit_message, private, token, create_pr, base_model)
+
+    def push_folder_to_hub(self, folder: str | os.PathLike, repo_id: str,
+                           commit_message: str = "Upload LatentSync pipeline", private: bool | None = None,
+                           token: str | None = None, create_pr: bool = False, base_model: str | None = None,
+                           training: dict[str, Any] | None = None, datasets: Sequence[str] | None = None) -> str:
+        """Upload a folder this pipeline was saved to, with a fresh model card naming ``repo_id``, the ``base_model``
+        it derives from, and (for trained pipelines) its ``training`` settings and results and ``datasets``."""
+        card = hub.pipeline_card(self, repo_id, base_model=base_model, datasets=datasets, training=training)
+        return hub.push_folder(folder, repo_id, card=card, commit_message=commit_message, private=private,
+                               token=token, create_pr=create_pr)
 
     def _progress(self, iterable: Any, desc: str, total: int | None = None) -> tqdm:
         """tqdm bar for one stage, honouring ``set_progress_bar_config``."""
@@ -987,14 +984,6 @@ def _check_frame_count(source: FrameSource, decoded: int) -> None:
     if source.timestamps is not None and decoded != len(source.timestamps):
         raise InvalidVideoError(f"{source.label}: {decoded} frames decoded but {len(source.timestamps)} "
                                 "timestamps read; its frame rate cannot be kept (use output_fps=25)")
-
-
-def _check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
-    """[`LatentSyncInputError`] unless ``value`` is an integer in ``[low, high]``."""
-    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-    if not ok or value < low or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"between {low} and {high}"
-        raise LatentSyncInputError(f"{name} must be an integer {bound}, got {value!r}")
 
 
 def __getattr__(name: str) -> Any:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import tempfile
 import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
@@ -37,10 +36,12 @@ from .errors import InvalidVideoError, NoFaceError
 from .face.alignment import FaceAligner
 from .face.selection import FaceSelection, select_faces
 from .face.tracking import FaceTrack, FaceTracker, FaceTracks, combined_anchors
+from .inputs import warn
 from .media.audio import write_wav
 from .media.constants import VIDEO_FPS
 from .media.timeline import DEFAULT_TIME_BASE, TimedVideoWriter
 from .media.video import FrameSource, VideoWriter
+from .tempfiles import make_work_dir, remove_work_dir
 from .utils import StageTimer
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,10 @@ T = TypeVar("T")
 MAX_TAIL_FRAMES = 32
 """An output at most this many frames longer than the video (or a video this short) loops from frames kept in
 memory; longer loops read the decoded video back from a cache on disk."""
+
+
+MIN_FACE_FRAME_SIDE = 64
+"""Frames smaller than this (either side) rarely show a face the detector can find; the no-face error says so."""
 
 
 def pingpong_indices(num_source: int, num_output: int) -> np.ndarray:
@@ -98,6 +103,9 @@ def prefetch(iterator: Iterator[T], depth: int = 2) -> Iterator[T]:
             put(_DONE)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer thread
             put(_Failure(exc))
+        finally:
+            if hasattr(iterator, "close"):  # stop what feeds it now (an ffmpeg decoder), not when it is collected
+                iterator.close()
 
     thread = threading.Thread(target=run, name="latentsync-prefetch", daemon=True)
     thread.start()
@@ -216,8 +224,9 @@ def _plain_progress(iterable: Any, desc: str, total: int | None = None) -> tqdm:
 class VideoStream:
     """The passes of one pipeline call over its input video, and the output they produce (see the module docstring).
 
-    Use it as a context manager: it owns a temporary folder (frame cache, audio copy) and, on an error, removes a
-    partly written output::
+    Use it as a context manager: it owns a work folder (frame cache, audio copy; see [`latentsync.tempfiles`]: a
+    later run removes it if this process is killed) and, on an error or an interrupt (Ctrl-C, SIGTERM), stops its
+    threads and ffmpeg processes and removes the partly written output::
 
         with VideoStream(source, num_output_frames, resolution) as stream:
             stream.analyze()
@@ -260,10 +269,10 @@ class VideoStream:
         self.kept: list[np.ndarray] = []
         self._sink: OrderedWorker | None = None
         self._windows: Iterator[FrameWindow] | None = None
-        self._tmp: tempfile.TemporaryDirectory | None = None
+        self._work_dir: str | None = None
 
     def __enter__(self) -> "VideoStream":
-        self._tmp = tempfile.TemporaryDirectory(prefix="latentsync-")
+        self._work_dir = make_work_dir("run")
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -271,14 +280,14 @@ class VideoStream:
             if exc_type is not None:
                 self.abort()
         finally:
-            if self._tmp is not None:
-                self._tmp.cleanup()
-                self._tmp = None
+            if self._work_dir is not None:
+                remove_work_dir(self._work_dir)
+                self._work_dir = None
 
     def _temp_path(self, name: str) -> str:
-        if self._tmp is None:
+        if self._work_dir is None:
             raise RuntimeError("use VideoStream as a context manager (with VideoStream(...) as stream: ...)")
-        return os.path.join(self._tmp.name, name)
+        return os.path.join(self._work_dir, name)
 
     @property
     def num_source_frames(self) -> int:
@@ -321,7 +330,7 @@ class VideoStream:
 
         Raises:
             InvalidVideoError: the video has no frames.
-            NoFaceError: no frame has a face.
+            NoFaceError: no frame has a face, or (with ``face_index``) no frame has that many faces.
         """
         n_out, expected = self.num_output_frames, self.source.expected_frames
         # cache decoded frames on disk only when the output clearly loops back over more than a short tail
@@ -331,7 +340,9 @@ class VideoStream:
             self._read_first_pass(tracker)
             self.tracks = tracker.result(self.source.label)
         if not any(t.has_landmarks for t in self.tracks):
-            raise NoFaceError(f"no face found in any frame of {self.source.label}")
+            h, w = self.frame_shape[:2]
+            small = f" (the frames are only {w}x{h} pixels)" if min(h, w) < MIN_FACE_FRAME_SIDE else ""
+            raise NoFaceError(f"no face found in any frame of {self.source.label}{small}")
         n_src = self.tracks.num_frames
         if min(n_out - n_src, n_src) > self.max_tail_frames and self.cache_path is None:  # the estimate was off
             self.cache_path = self._temp_path("frames.u8")
@@ -361,6 +372,15 @@ class VideoStream:
         if no_face:
             logger.warning("%d of %d output frames have no face to lip-sync and pass through unchanged", no_face,
                            n_out)
+        face_size = self.face_size()
+        if face_size < self.aligner.resolution:
+            warn(f"the face in {self.source.label} is about {face_size:.0f} px, smaller than the model's "
+                 f"{self.aligner.resolution} px faces: it is enlarged, so the new mouth may look soft")
+
+    def face_size(self) -> float:
+        """Median side (pixels of the video) of the region that becomes the aligned face (over every chosen face)."""
+        scales = [np.sqrt(abs(np.linalg.det(m[:, :2]))) for voice in self.matrices for m in voice if m is not None]
+        return float(self.aligner.resolution / np.median(scales)) if scales else float("nan")
 
     def use_prepared(self, matrices: Sequence[np.ndarray | None], faces: Callable[[int], np.ndarray]) -> None:
         """Instead of the first pass: the alignment of every source frame and its aligned face are known (a

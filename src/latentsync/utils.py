@@ -1,5 +1,6 @@
-"""Small helpers shared across the library: device and dtype choice, a stage timer, pixel normalisation, VAE latent
-scaling, runs of flags, and reading weight files."""
+"""Small helpers shared across the library: torch dtypes by name (device and dtype choice live in
+[`latentsync.devices`], re-exported here), a stage timer, pixel normalisation, VAE latent scaling, runs of flags, and
+reading weight files."""
 
 from __future__ import annotations
 
@@ -16,32 +17,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-"""Precision names accepted by the command line, the app and the configs."""
+from .devices import DTYPE_NAMES, default_device, default_dtype, resolve_dtype  # noqa: F401 - their home is devices
 
-
-# ---------------------------------------------------------------------------------------------------- devices
-def default_device() -> str:
-    """The best available device: ``cuda``, then Apple ``mps``, else ``cpu``."""
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def default_dtype(device: str | torch.device) -> torch.dtype:
-    """fp32 on the CPU, fp16 on an accelerator (the SD VAE then decodes in fp32, see the pipeline)."""
-    return torch.float32 if torch.device(device).type == "cpu" else torch.float16
-
-
-def resolve_dtype(name: str | None, device: str | torch.device) -> torch.dtype:
-    """The dtype called ``name`` (a key of [`DTYPES`]), or the device's default when ``name`` is None."""
-    if name is None:
-        return default_dtype(device)
-    if name not in DTYPES:
-        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}")
-    return DTYPES[name]
+DTYPES: dict[str, torch.dtype] = {name: getattr(torch, attr) for name, attr in DTYPE_NAMES.items()}
+"""Precision names accepted by the command line, the app and the configs -> torch dtypes."""
 
 
 # ---------------------------------------------------------------------------------------------------- timing

@@ -5,11 +5,9 @@ from __future__ import annotations
 import argparse
 import logging
 
-import torch
-
-from ..pipeline import LatentSyncPipeline
-from ..utils import DTYPES, default_device, resolve_dtype
-from .run import DEFAULT_MODEL, face_choice, frame_rate
+from ..devices import DTYPE_NAMES
+from ..model_source import check_model_source
+from .run import DEFAULT_MODEL, face_choice, frame_rate, load_pipeline
 
 logger = logging.getLogger("latentsync")
 
@@ -28,16 +26,19 @@ def parser() -> argparse.ArgumentParser:
                    help="face to lip-sync (as for the lip-sync command)")
     p.add_argument("--face-frame", type=int, default=0, help="frame of the --face x,y,w,h box")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: fp16 on GPU, fp32 on CPU")
+    p.add_argument("--dtype", choices=list(DTYPE_NAMES), default=None, help="default: fp16 on GPU, fp32 on CPU")
     return p
 
 
 def avatar(argv: list[str]) -> int:
+    """Prepare the avatar of ``VIDEO`` in ``DIR``."""
     args = parser().parse_args(argv)
-    device = args.device or default_device()
-    pipe = LatentSyncPipeline.from_pretrained(args.model, dtype=resolve_dtype(args.dtype, device)).to(device)
-    with torch.no_grad():
-        prepared = pipe.prepare_avatar(args.video, args.directory, output_fps=args.fps,
-                                       face_box_frame=args.face_frame, **(args.face or {}))
+    source = check_model_source(args.model)
+    # the pipeline as ``latentsync`` loads it (no LoRA, SyncNet or speed options)
+    args.lora, args.cpu_offload, args.scheduler, args.vae_slicing, args.xformers = [], None, "ddim", False, False
+    args.compile, args.syncnet = False, None
+    pipe = load_pipeline(args, source.local_files_only)
+    prepared = pipe.prepare_avatar(args.video, args.directory, output_fps=args.fps, face_box_frame=args.face_frame,
+                                   **(args.face or {}))
     logger.info("avatar %s: %d frames, %d with a face", args.directory, prepared.num_frames, len(prepared.crops))
     return 0

@@ -6,14 +6,13 @@ import argparse
 import logging
 import os
 
-from huggingface_hub import HfApi
-
 from ..loaders.official import (
     OFFICIAL_VAE_ID,
     load_official_components,
     load_official_syncnet,
     resolve_official_files,
 )
+from ..hub import hub_id
 from ..pipeline import LatentSyncPipeline
 from ..utils import DTYPES
 
@@ -51,9 +50,6 @@ def convert(argv: list[str]) -> int:
         )
     logger.info("saved the converted pipeline (resolution %d) to %s", pipe.config.resolution, args.output)
     if args.push_to_hub:
-        api = HfApi()
-        api.create_repo(args.push_to_hub, private=args.private, exist_ok=True)
-        api.upload_folder(repo_id=args.push_to_hub, folder_path=args.output,
-                          commit_message=f"Convert {args.official} to the diffusers format (latentsync convert)")
-        logger.info("uploaded %s to https://huggingface.co/%s", args.output, args.push_to_hub)
+        pipe.push_folder_to_hub(args.output, args.push_to_hub, private=args.private or None, base_model=hub_id(args.official),
+                     commit_message=f"Convert {args.official} to the diffusers format (latentsync convert)")
     return 0

@@ -1,30 +1,37 @@
-"""``latentsync --video in.mp4 --audio speech.wav --output out.mp4``: lip-sync a video (or a prepared avatar), or,
-with ``--audio -``, lip-sync speech read from a pipe live, writing fragmented MP4 or raw frames as they come."""
+"""``latentsync --video in.mp4 --audio speech.wav --output out.mp4``: lip-sync a video (or a prepared ``--avatar``);
+with ``--audio -`` the speech comes from a pipe and the frames go out live ([`latentsync.commands.live`]).
+
+Everything that can be checked is checked before the model loads (in a fraction of a second, without importing
+torch): the arguments, both files (probed with ffmpeg), the output path (never an input, not an existing file unless
+``--overwrite``, a writable folder), the model (a folder with a pipeline, or a Hub id that is cached or reachable),
+then the device and dtype.
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
-import sys
-import tempfile
-from collections.abc import Iterator
+import re
+import time
 from typing import Any
 
-import numpy as np
-import torch
-
-from ..errors import LatentSyncInputError
-from ..face.selection import FACE_RULES
-from ..live import stream_frames
-from ..media.pipes import LIVE_FORMATS, LiveVideoSink, read_audio_chunks
-from ..pipeline import LatentSyncPipeline
+from ..devices import DTYPE_NAMES, check_device
+from ..errors import LatentSyncInputError, RunInterrupted
+from ..face.choice import FACE_RULES
+from ..inputs import check_run_inputs, warnings_given
+from ..media.constants import OUTPUT_FORMATS
+from ..model_source import check_model_source
 from ..schedulers import SCHEDULERS
-from ..utils import DTYPES, default_device, resolve_dtype
 
 logger = logging.getLogger("latentsync")
 
 DEFAULT_MODEL = "ByteDance/LatentSync-1.6"
+
+# the pipeline's argument names in messages -> the options that set them here
+OPTION_NAMES = {"num_inference_steps": "--steps", "guidance_scale": "--guidance-scale", "face_index": "--face-index",
+                "deep_cache_interval": "--deep-cache"}
 
 
 def face_choice(text: str) -> dict[str, Any]:
@@ -64,44 +71,58 @@ def voice(text: str) -> tuple[int, str]:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="latentsync", description="Lip-sync a talking-face video to a speech track.")
-    p.add_argument("--video", default=None, help="input talking-face video")
+    p = argparse.ArgumentParser(prog="latentsync", description="Lip-sync a talking-face video to a speech track.",
+                                epilog="Exit status: 0 done, 2 bad input (one line on stderr), 130 Ctrl-C, 143 "
+                                       "SIGTERM (nothing left behind).")
+    p.add_argument("--video", default=None, help="input talking-face video (or a still image of a face)")
     p.add_argument("--avatar", default=None,
                    help="a prepared avatar folder (`latentsync avatar VIDEO DIR`) instead of --video")
     p.add_argument("--audio", default=None,
-                   help="speech audio (any audio or video file); - reads it from standard input, live")
-    p.add_argument("--output", required=True,
-                   help="output video (.mp4, .mov or .mkv; its folder is created if missing); with --audio -, a "
-                        "file or - for standard output")
-    p.add_argument("--fps", type=frame_rate, default=25, metavar="25|input|N",
-                   help="output frame rate: 25 (default, the model's), input (every frame of the video at its own "
-                        "timestamp) or any rate")
+                   help="speech audio (any audio or video file); - reads it from standard input and lip-syncs live")
+    p.add_argument("--output", required=True, help=f"output video ({', '.join(OUTPUT_FORMATS)}); its folder is "
+                                                    "created if missing; with --audio -, an .mp4 file or - for "
+                                                    "standard output")
+    p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists (never an input)")
+    add_generation_arguments(p)
+    voices = p.add_argument_group("a voice per face")
+    voices.add_argument("--audio-for", type=voice, action="append", default=None, metavar="INDEX=FILE",
+                        help="lip-sync face INDEX to FILE (repeat for each face; replaces --audio)")
+    voices.add_argument("--mix-audio", default=None,
+                        help="sound of the output (default: --audio, or the mix of the --audio-for files)")
     live = p.add_argument_group("live (--audio -)")
-    live.add_argument("--live-format", choices=LIVE_FORMATS, default="mp4",
+    live.add_argument("--live-format", choices=["mp4", "raw"], default="mp4",
                       help="fragmented MP4 with the sound (default) or raw RGB24 frames")
-    live.add_argument("--chunk-seconds", type=float, default=0.2, help="audio read per step (default 0.2 s)")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="Hub id or local folder of a LatentSync pipeline")
+    live.add_argument("--chunk-seconds", type=float, default=0.2, help="speech read per step (default 0.2 s)")
+    return p
+
+
+def add_generation_arguments(p: argparse.ArgumentParser) -> None:
+    """The model, device, face and generation options shared by ``latentsync`` and ``latentsync batch``."""
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"Hub id or local folder of a LatentSync pipeline "
+                                                          f"(default {DEFAULT_MODEL})")
+    p.add_argument("--lora", action="append", default=[], metavar="DIR_OR_ID[:WEIGHT]",
+                   help="LoRA adapter of the U-Net to apply (folder or Hub id, optional strength; repeatable)")
     p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
-    p.add_argument("--guidance-scale", type=float, default=1.5, help="audio guidance (1 disables; default 1.5)")
+    p.add_argument("--guidance-scale", type=float, default=1.5, help="audio guidance, >= 1 (1 disables; default 1.5)")
     p.add_argument("--seed", type=int, default=1247, help="random seed (default 1247)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default: fp16 on GPU, fp32 on CPU")
-    faces = p.add_argument_group("faces and voices (see `latentsync faces VIDEO` for the face numbers)")
+    p.add_argument("--dtype", choices=list(DTYPE_NAMES), default=None, help="default: fp16 on GPU, fp32 on CPU")
+    faces = p.add_argument_group("faces (see `latentsync faces VIDEO` for the face numbers)")
     faces.add_argument("--face", type=face_choice, default=None, metavar="largest|speaking|INDEX|x,y,w,h",
                        help="face to lip-sync: the largest of each shot (default), the one speaking in the video's "
                             "own soundtrack in each shot, face track INDEX, or the face in box x,y,w,h (pixels) on "
                             "frame --face-frame")
     faces.add_argument("--face-frame", type=int, default=0, help="frame (25 fps) of the --face x,y,w,h box")
     faces.add_argument("--face-index", type=int, default=None, help=argparse.SUPPRESS)  # older name of --face INDEX
-    faces.add_argument("--audio-for", type=voice, action="append", default=None, metavar="INDEX=FILE",
-                       help="a voice per face: lip-sync face INDEX to FILE (repeat for each face; replaces --audio)")
-    faces.add_argument("--mix-audio", default=None,
-                       help="sound of the output (default: --audio, or the mix of the --audio-for files)")
     faces.add_argument("--syncnet", default=None,
                        help="StableSyncNet (folder, Hub id or stable_syncnet.pt) to find the speaking face with "
                             "(default: lip motion against loudness)")
+    p.add_argument("--fps", type=frame_rate, default=25, metavar="25|input|N",
+                   help="output frame rate: 25 (default, the model's), input (every frame of the video at its own "
+                        "timestamp, variable rates kept) or any rate")
     p.add_argument("--audio-windows", choices=["official", "overlap"], default="official",
                    help="Whisper windows: independent 30 s (official) or overlapping (no glitch every 30 s)")
+    p.add_argument("--verbose", action="store_true", help="debug log, and the seconds each stage took at the end")
     fast = p.add_argument_group("speed and memory")
     fast.add_argument("--scheduler", choices=list(SCHEDULERS), default="ddim",
                       help="sampler (default ddim, as the official code; dpm++ = DPM-Solver++ multistep)")
@@ -111,27 +132,46 @@ def parser() -> argparse.ArgumentParser:
     fast.add_argument("--cpu-offload", choices=["model", "sequential"], default=None,
                       help="keep weights on the CPU and move them to the GPU when used (lower GPU memory)")
     fast.add_argument("--vae-slicing", action="store_true", help="VAE-encode/decode one frame at a time")
-    return p
+    fast.add_argument("--xformers", action="store_true", help="xFormers attention (CUDA, pip install latentsync[xformers])")
 
 
-def run(argv: list[str]) -> int:
-    """Load the pipeline with the speed options asked for and lip-sync one video."""
-    p = parser()
-    args = p.parse_args(argv)
-    if (args.audio is None) == (args.audio_for is None):
-        p.error("give the speech with --audio, or one --audio-for INDEX=FILE per face")
-    if (args.video is None) == (args.avatar is None):
-        p.error("give the face with --video or --avatar (one of them)")
+def face_arguments(args: argparse.Namespace) -> dict[str, Any]:
+    """The pipeline's face-choice arguments from ``--face``/``--face-index``/``--face-frame``."""
     choice = dict(args.face or {})
     if args.face_index is not None:
         choice.setdefault("face_index", args.face_index)
-    audio = dict(args.audio_for) if args.audio_for else args.audio
-    if args.audio_for and len(audio) != len(args.audio_for):
-        raise LatentSyncInputError("--audio-for names the same face twice")
-    device = args.device or default_device()
-    dtype = resolve_dtype(args.dtype, device)
-    logger.info("loading %s on %s (%s)", args.model, device, dtype)
-    pipe = LatentSyncPipeline.from_pretrained(args.model, dtype=dtype)
+    return {**choice, "face_box_frame": args.face_frame}
+
+
+def generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The pipeline call's generation options from the parsed arguments (without the generator and the face)."""
+    return {
+        "num_inference_steps": args.steps,
+        "guidance_scale": args.guidance_scale,
+        "audio_window_mode": args.audio_windows,
+        "deep_cache_interval": args.deep_cache,
+        "output_fps": args.fps,
+    }
+
+
+def load_pipeline(args: argparse.Namespace, local_files_only: bool = False) -> Any:
+    """The pipeline of ``--model`` on ``--device`` with the LoRA adapters, SyncNet and speed options asked for.
+
+    Call it after the checks (``check_model_source``): it imports torch and the pipeline (seconds).
+    """
+    device, dtype = check_device(args.device, args.dtype)  # the first import of torch
+    # deferred, as the subcommands are: the pipeline imports diffusers and transformers (seconds)
+    LatentSyncPipeline = importlib.import_module("latentsync.pipeline").LatentSyncPipeline
+    logger.info("loading %s on %s (%s)", args.model, device, str(dtype).replace("torch.", ""))
+    pipe = LatentSyncPipeline.from_pretrained(args.model, dtype=dtype, local_files_only=local_files_only)
+    names, weights = [], []
+    for i, spec in enumerate(args.lora):
+        source, _, weight = spec.rpartition(":") if re.search(r":[\d.]+$", spec) else (spec, "", "1")
+        pipe.load_lora_weights(source, adapter_name=f"lora_{i}")
+        names.append(f"lora_{i}")
+        weights.append(float(weight))
+    if names:
+        pipe.set_adapters(names, adapter_weights=weights)
     if args.cpu_offload == "model":
         pipe.enable_model_cpu_offload(device=device)
     elif args.cpu_offload == "sequential":
@@ -142,30 +182,102 @@ def run(argv: list[str]) -> int:
         pipe.set_scheduler(args.scheduler)
     if args.vae_slicing:
         pipe.enable_vae_slicing()
+    if args.xformers:
+        pipe.enable_xformers_memory_efficient_attention()
     if args.compile:
         pipe.unet.compile()
     if args.syncnet:
         pipe.load_syncnet(args.syncnet)
-    generator = torch.Generator("cpu").manual_seed(args.seed)
-    if args.output != "-":
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)  # e.g. outputs/ on a fresh clone
+    return pipe
+
+
+def _make_folders(path: str) -> list[str]:
+    """Create the missing folders of ``path`` (outermost first); returns the ones it created."""
+    missing, folder = [], os.path.dirname(os.path.abspath(path))
+    while not os.path.isdir(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    for folder in reversed(missing):
+        os.mkdir(folder)
+    return list(reversed(missing))
+
+
+def _remove_empty(folders: list[str]) -> None:
+    for folder in reversed(folders):  # innermost first
+        try:
+            os.rmdir(folder)
+        except OSError:  # not empty (something else was put there) or already gone
+            break
+
+
+def _with_option_names(message: str, face_option: str = "--face-index") -> str:
+    """``message`` with the pipeline's argument name it starts with replaced by the option that sets it here
+    (``face_option``: the option the user chose the face with)."""
+    for name, option in {**OPTION_NAMES, "face_index": face_option}.items():
+        if message.startswith((name + " ", name + "=")):
+            return option + message[len(name):]
+    return message
+
+
+def run(argv: list[str]) -> int:
+    """Check everything, load the pipeline with the speed options asked for, and lip-sync one video."""
+    p = parser()
+    args = p.parse_args(argv)
+    if (args.audio is None) == (args.audio_for is None):
+        p.error("give the speech with --audio, or one --audio-for INDEX=FILE per face")
+    if (args.video is None) == (args.avatar is None):
+        p.error("give the face with --video or with --avatar (one of them)")
     if args.audio == "-":
-        return run_live(pipe, args, choice, generator)
-    out = pipe(
-        video=args.video,
-        avatar=args.avatar,
-        output_fps=args.fps,
-        audio=audio,
-        output_path=args.output,
-        num_inference_steps=args.steps,
-        guidance_scale=args.guidance_scale,
-        generator=generator,
-        face_box_frame=args.face_frame,
-        mix_audio=args.mix_audio,
-        audio_window_mode=args.audio_windows,
-        deep_cache_interval=args.deep_cache,
-        **choice,
-    )
+        # deferred, as the pipeline: a live run imports torch and the live session
+        return importlib.import_module("latentsync.commands.live").run_live(args)
+    if args.verbose:
+        logging.getLogger("latentsync").setLevel(logging.DEBUG)
+    choice = face_arguments(args)
+    audio = dict(args.audio_for) if args.audio_for else args.audio
+    if args.audio_for and len(audio) != len(args.audio_for):
+        raise LatentSyncInputError("--audio-for names the same face twice")
+    face_option = "--face-index" if args.face_index is not None else "--face"
+    stages: dict[str, float] = {}
+    start = time.perf_counter()
+    try:
+        checked = check_run_inputs(args.video, audio, args.output, overwrite=args.overwrite,
+                                   create_output_folder=True, mix_audio=args.mix_audio, num_inference_steps=args.steps,
+                                   guidance_scale=args.guidance_scale, deep_cache_interval=args.deep_cache, **choice)
+    except LatentSyncInputError as exc:
+        raise type(exc)(_with_option_names(str(exc), face_option)) from None
+    source = check_model_source(args.model)
+    stages["checks"] = time.perf_counter() - start
+
+    import torch  # deferred: seconds to import; the checks above report bad input before
+
+    start = time.perf_counter()
+    pipe = load_pipeline(args, source.local_files_only)
+    stages["model_load"] = time.perf_counter() - start
+    generator = torch.Generator("cpu").manual_seed(args.seed)
+    created = _make_folders(args.output)  # e.g. outputs/ on a fresh clone
+    try:
+        with warnings_given(checked.warnings):  # logged above, before the model loaded
+            out = pipe(
+                video=args.video,
+                avatar=args.avatar,
+                audio=audio,
+                output_path=args.output,
+                generator=generator,
+                mix_audio=args.mix_audio,
+                overwrite=args.overwrite,
+                **generation_kwargs(args),
+                **choice,
+            )
+    except RunInterrupted as exc:
+        _remove_empty(created)
+        logger.error("stopped by %s: no output was written, temporary files were removed", exc.signal_name)
+        return exc.exit_code
+    except LatentSyncInputError as exc:
+        _remove_empty(created)
+        raise type(exc)(_with_option_names(str(exc), face_option)) from None
+    except BaseException:
+        _remove_empty(created)
+        raise
     logger.info("wrote %s (%d frames at %g fps, %d without a face)", out.path, out.num_frames, out.fps,
                 out.frames_without_face)
     for shot in out.faces or []:
@@ -173,39 +285,7 @@ def run(argv: list[str]) -> int:
         logger.info("shot %d (frames %d-%d): %s (%s)%s", shot.shot, shot.start, shot.end - 1,
                     ", ".join(f"face {k}" for k in shot.tracks) or "no face", shot.rule,
                     f"; scores {scores}" if scores else "")
+    if args.verbose:
+        timings = {**stages, **out.timings}
+        logger.info("seconds per stage: %s", ", ".join(f"{k} {v:.2f}" for k, v in timings.items()))
     return 0
-
-
-def run_live(pipe: LatentSyncPipeline, args: argparse.Namespace, choice: dict[str, Any],
-             generator: torch.Generator) -> int:
-    """``--audio -``: lip-sync speech read from standard input as it arrives, writing each window of frames as soon
-    as it is made (a --video is first prepared as an avatar, in a temporary folder)."""
-    if args.audio_for:
-        raise LatentSyncInputError("--audio - takes one voice: --audio-for does not apply")
-    with tempfile.TemporaryDirectory(prefix="latentsync-avatar-") as tmp:
-        avatar = args.avatar
-        if avatar is None:
-            avatar = pipe.prepare_avatar(args.video, tmp, output_fps=args.fps, face_box_frame=args.face_frame,
-                                         **choice)
-        session = pipe.live_session(avatar, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
-                                    generator=generator)
-        fps = session.fps if session.avatar.timestamps is None else _typical_rate(session.avatar.timestamps)
-        sink = LiveVideoSink(args.output, fps, args.live_format)
-
-        def speech() -> Iterator:
-            for chunk in read_audio_chunks(sys.stdin.buffer, args.chunk_seconds):
-                sink.write_audio(chunk)
-                yield chunk
-
-        for frame in stream_frames(session, speech()):
-            sink.write(frame.image)
-        sink.close()
-    logger.info("live: %d frames at %g fps to %s", sink.frames_written, fps,
-                "standard output" if args.output == "-" else args.output)
-    return 0
-
-
-def _typical_rate(timestamps: Any) -> float:
-    """The frame rate a stream of frames at ``timestamps`` is written at (pipes carry no timestamps)."""
-    gaps = np.diff(timestamps)
-    return 1.0 / float(np.median(gaps)) if len(gaps) else 25.0

@@ -1,15 +1,36 @@
 """The face: detection and tracking (MediaPipe), alignment to LatentSync's template and paste-back, the mouth mask
 that says which part of the aligned face is regenerated, face tracks through a video, which face is speaking, and
-the choice of the faces a lip-sync run regenerates."""
+the choice of the faces a lip-sync run regenerates.
 
-from .alignment import FaceAligner, similarity_transform, smooth_anchors
-from .detection import FaceBox, FaceDetector, largest_face
-from .mask import latent_mouth_mask, mouth_mask
-from .selection import FACE_RULES, FaceSelection, ShotFaces, select_faces
-from .speaking import LIP_RULE, SYNCNET_RULE, SpeakingRule, lip_scores, speaking_scores, syncnet_scores
-from .tracking import FaceTrack, FaceTracker, FaceTracks, track_faces
+The names below are imported on first use, so that ``latentsync.face.choice`` (the face arguments' checks, which the
+command line runs before it loads torch) can be imported without the modules that need torch.
+"""
 
-__all__ = ["FACE_RULES", "LIP_RULE", "SYNCNET_RULE", "FaceAligner", "FaceBox", "FaceDetector", "FaceSelection",
-           "FaceTrack", "FaceTracker", "FaceTracks", "ShotFaces", "SpeakingRule", "largest_face", "latent_mouth_mask",
-           "lip_scores", "mouth_mask", "select_faces", "similarity_transform", "smooth_anchors", "speaking_scores",
-           "syncnet_scores", "track_faces"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_HOMES = {
+    "FaceAligner": "alignment", "similarity_transform": "alignment", "smooth_anchors": "alignment",
+    "FaceBox": "detection", "FaceDetector": "detection", "largest_face": "detection",
+    "latent_mouth_mask": "mask", "mouth_mask": "mask",
+    "FACE_RULES": "choice",
+    "FaceSelection": "selection", "ShotFaces": "selection", "select_faces": "selection",
+    "LIP_RULE": "speaking", "SYNCNET_RULE": "speaking", "SpeakingRule": "speaking", "lip_scores": "speaking",
+    "speaking_scores": "speaking", "syncnet_scores": "speaking",
+    "FaceTrack": "tracking", "FaceTracker": "tracking", "FaceTracks": "tracking", "track_faces": "tracking",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str) -> Any:
+    """``latentsync.face.NAME``: imported from the module that holds it, on first use."""
+    if name not in _HOMES:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOMES))

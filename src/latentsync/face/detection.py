@@ -9,12 +9,47 @@ face and gives the three alignment anchors (centre of each eyebrow, middle of th
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+import os
+import sys
+import tempfile
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 
 logger = logging.getLogger(__name__)
+
+_stderr_lock = threading.Lock()
+
+
+@contextmanager
+def native_log_to_debug() -> Iterator[None]:
+    """Send what native code writes to the process's stderr meanwhile to this module's log at debug level.
+
+    MediaPipe and TensorFlow Lite print start-up notices from C++ (``XNNPACK delegate``, ``absl::InitializeLog``,
+    ``feedback manager``, ``NORM_RECT``) that no setting turns off and that look like errors between the progress
+    bars. They come while the graphs start and see their first face, so only those calls are wrapped.
+    """
+    with _stderr_lock:
+        try:
+            sys.stderr.flush()
+            saved = os.dup(2)
+        except (OSError, ValueError):  # no usable stderr (a closed or replaced stream): nothing to silence
+            yield
+            return
+        with tempfile.TemporaryFile() as capture:
+            os.dup2(capture.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+                os.close(saved)
+                capture.seek(0)
+                for line in capture.read().decode(errors="replace").splitlines():
+                    if line.strip():
+                        logger.debug("mediapipe: %s", line.strip())
 
 # Face-mesh indices: eyebrow contours (upper and lower edge) on the image-left and image-right side, and the nose
 # points whose mean sits where the official template's third anchor does (about half the eyebrow distance below
@@ -82,16 +117,23 @@ class FaceDetector:
     def __init__(self, face_index: int | None = None, min_confidence: float = 0.5, reacquire_after: int = 25):
         import mediapipe as mp  # deferred: mediapipe is heavy to import and only needed once faces are analysed
 
-        self._detector = mp.solutions.face_detection.FaceDetection(
-            model_selection=1, min_detection_confidence=min_confidence
-        )
-        self._mesh = mp.solutions.face_mesh.FaceMesh(
-            static_image_mode=True, max_num_faces=1, refine_landmarks=False, min_detection_confidence=0.3
-        )
+        with native_log_to_debug():
+            self._detector = mp.solutions.face_detection.FaceDetection(
+                model_selection=1, min_detection_confidence=min_confidence
+            )
+            self._mesh = mp.solutions.face_mesh.FaceMesh(
+                static_image_mode=True, max_num_faces=1, refine_landmarks=False, min_detection_confidence=0.3
+            )
+            # the graphs open their models in worker threads, which print as they do: wait for them on a blank
+            # image (both graphs keep no state between images, so this changes no result)
+            blank = np.zeros((64, 64, 3), np.uint8)
+            self._detector.process(blank)
+            self._mesh.process(blank)
         self.face_index = face_index
         self.reacquire_after = reacquire_after
         self._last: FaceBox | None = None
         self._missed = 0
+        self._mesh_started = False  # the landmark stage prints a notice on its first face
 
     def close(self) -> None:
         self._detector.close()
@@ -138,7 +180,12 @@ class FaceDetector:
         if x1 - x0 < 8 or y1 - y0 < 8:
             return None
         crop = np.ascontiguousarray(frame[y0:y1, x0:x1])
-        result = self._mesh.process(crop)
+        if self._mesh_started:
+            result = self._mesh.process(crop)
+        else:
+            with native_log_to_debug():
+                result = self._mesh.process(crop)
+            self._mesh_started = bool(result.multi_face_landmarks)
         if not result.multi_face_landmarks:
             return None
         pts = result.multi_face_landmarks[0].landmark
@@ -152,7 +199,8 @@ class FaceDetector:
 
     def anchors(self, frame: np.ndarray) -> np.ndarray | None:
         """Alignment anchors ``(3, 2)``: image-left eyebrow, image-right eyebrow, nose; None when no face."""
-        box = self._choose(self.detect(frame))
+        boxes = self.detect(frame)
+        box = self._choose(boxes)
         lm = self.landmarks(frame, box) if box is not None else None
         if lm is None:
             self._missed += 1

@@ -16,7 +16,6 @@ The choice is always of whole tracks (a face followed through a shot), never of 
 from __future__ import annotations
 
 import logging
-import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,13 +25,11 @@ import numpy as np
 from ..errors import LatentSyncInputError
 from ..media.video import FrameSource
 from ..models.syncnet import StableSyncNet
+from .choice import is_track_index, track_key
 from .speaking import SpeakingRule, clear_speaker, soundtrack, speaking_scores
 from .tracking import FaceTrack, FaceTracks
 
 logger = logging.getLogger(__name__)
-
-FACE_RULES = ("largest", "speaking")
-
 
 @dataclass
 class ShotFaces:
@@ -68,52 +65,6 @@ class FaceSelection:
 
     voices: list[list[FaceTrack]]
     shots: list[ShotFaces]
-
-
-def _is_index(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def track_key(key: Any) -> int:
-    """The track number of a key of an ``audio`` mapping: a track number or a [`FaceTrack`]."""
-    index = key.index if isinstance(key, FaceTrack) else key
-    if not _is_index(index) or index < 0:
-        raise LatentSyncInputError(f"the keys of an audio mapping are face track numbers (see detect_faces), got "
-                                   f"{key!r}")
-    return int(index)
-
-
-def check_face_arguments(face: Any = None, face_index: Any = None, face_box: Any = None, face_box_frame: Any = 0,
-                         voice_tracks: Sequence[Any] | None = None) -> None:
-    """Check the face-choice arguments of a lip-sync call before any work (they select one track, or a rule).
-
-    Raises:
-        LatentSyncInputError: an argument has the wrong form, or several ways of choosing the face were given.
-    """
-    if face is not None and not isinstance(face, FaceTrack) and not _is_index(face) and face not in FACE_RULES:
-        raise LatentSyncInputError(f"face must be one of {', '.join(map(repr, FACE_RULES))}, a track number or a "
-                                   f"FaceTrack, got {face!r}")
-    if face_index is not None and (not _is_index(face_index) or face_index < 0):
-        raise LatentSyncInputError(f"face_index must be an integer >= 0, got {face_index!r}")
-    if face_box is not None:
-        ok = isinstance(face_box, (Sequence, np.ndarray)) and len(face_box) == 4 and all(
-            isinstance(v, numbers.Real) and np.isfinite(v) for v in face_box)
-        if not ok or face_box[2] <= 0 or face_box[3] <= 0:
-            raise LatentSyncInputError(f"face_box must be (x, y, width, height) in pixels with a positive size, got "
-                                       f"{face_box!r}")
-    if not _is_index(face_box_frame) or face_box_frame < 0:
-        raise LatentSyncInputError(f"face_box_frame must be an integer >= 0, got {face_box_frame!r}")
-    given = [name for name, value in (("face", face if face not in (None, "largest") else None),
-                                      ("face_index", face_index), ("face_box", face_box)) if value is not None]
-    if voice_tracks is not None:
-        keys = [track_key(k) for k in voice_tracks]
-        if not keys:
-            raise LatentSyncInputError("the audio mapping is empty: give at least one {track: speech} pair")
-        if given:
-            raise LatentSyncInputError(f"a voice per face chooses the faces (the keys of the audio mapping); do not "
-                                       f"also pass {given[0]}")
-    elif len(given) > 1:
-        raise LatentSyncInputError(f"choose the face one way only: got {' and '.join(given)}")
 
 
 def largest_track(candidates: Sequence[FaceTrack]) -> FaceTrack | None:
@@ -187,7 +138,7 @@ def select_faces(
     """
     if isinstance(face, FaceTrack):
         face_index, face = face.index, None
-    elif _is_index(face):
+    elif is_track_index(face):
         face_index, face = int(face), None
     if voice_tracks is not None:
         chosen = [_track_by_index(tracks, track_key(k), "audio mapping key") for k in voice_tracks]

@@ -38,6 +38,7 @@ from huggingface_hub import constants as hub_constants
 from transformers import WhisperConfig, WhisperFeatureExtractor
 
 from ..errors import LatentSyncInputError
+from ..model_source import OFFICIAL_SYNCNET_FILE, OFFICIAL_UNET_FILE, OFFICIAL_VAE_ID, OFFICIAL_WHISPER_FILE
 from ..models.audio_encoder import WhisperAudioEncoder
 from ..models.syncnet import SYNCNET_CONFIGS, StableSyncNet
 from ..models.unet import LatentSyncUNet
@@ -45,10 +46,6 @@ from ..schedulers import official_scheduler
 
 logger = logging.getLogger(__name__)
 
-OFFICIAL_UNET_FILE = "latentsync_unet.pt"
-OFFICIAL_WHISPER_FILE = "whisper/tiny.pt"
-OFFICIAL_SYNCNET_FILE = "stable_syncnet.pt"
-OFFICIAL_VAE_ID = "stabilityai/sd-vae-ft-mse"
 OFFICIAL_VAE_SCALING_FACTOR = 0.18215
 
 # Aligned-face resolution of each official release (v1.6 was trained on 512 x 512 faces).

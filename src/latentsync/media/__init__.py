@@ -1,19 +1,21 @@
-"""Video and audio files: reading (any format ffmpeg reads, resampled to the model's 25 fps / 16 kHz), atomic
-writing, and the media constants."""
+"""Video and audio files: probing, reading (any format ffmpeg reads, resampled to the model's 25 fps / 16 kHz),
+atomic writing that never replaces an input, and the media constants."""
 
-from .audio import as_samples, check_not_silent, fit_length, load_audio, mix_tracks, num_video_frames, write_wav
+from .audio import (
+    AudioInfo,
+    as_samples,
+    check_not_silent,
+    fit_length,
+    load_audio,
+    mix_tracks,
+    num_video_frames,
+    scan_audio,
+    write_wav,
+)
 from .constants import OUTPUT_FORMATS, SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_EXTENSIONS, VIDEO_FPS
 from .files import check_input_file, find_videos, is_video_file
-from .video import (
-    FrameSource,
-    VideoInfo,
-    VideoWriter,
-    check_output_path,
-    iter_frames,
-    open_frames,
-    probe_video,
-    trim_media,
-)
+from .probe import VideoInfo, probe_video
+from .video import FrameSource, VideoWriter, check_output_path, iter_frames, open_frames, trim_media
 
 __all__ = [
     "OUTPUT_FORMATS",
@@ -21,6 +23,7 @@ __all__ = [
     "SAMPLE_RATE",
     "VIDEO_EXTENSIONS",
     "VIDEO_FPS",
+    "AudioInfo",
     "FrameSource",
     "VideoInfo",
     "VideoWriter",
@@ -37,6 +40,7 @@ __all__ = [
     "num_video_frames",
     "open_frames",
     "probe_video",
+    "scan_audio",
     "trim_media",
     "write_wav",
 ]

@@ -4,15 +4,32 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import wave
+from dataclasses import dataclass
+from typing import Any
 
 import imageio_ffmpeg
 import numpy as np
-import torch
 
 from ..errors import InvalidAudioError
 from .constants import SAMPLE_RATE, VIDEO_FPS
-from .files import check_input_file
+from .files import check_input_file, ffmpeg_reason
+
+SILENCE_THRESHOLD = 1e-4
+"""A track whose samples all stay below this magnitude (about -80 dBFS) is silent: nothing to lip-sync to."""
+
+
+def _decode_command(path: str, sample_rate: int) -> list[str]:
+    return [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-i", path, "-map", "0:a:0",
+            "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "-"]
+
+
+def _decode_error(path: str, returncode: int, stderr: bytes) -> InvalidAudioError:
+    text = stderr.decode(errors="replace")
+    if "matches no streams" in text or "does not contain any stream" in text:
+        return InvalidAudioError(f"no audio stream in {path}")
+    return InvalidAudioError(f"cannot read audio from {path}: {ffmpeg_reason(text, returncode)}")
 
 
 def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -22,30 +39,72 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.nd
         InvalidAudioError: the file is missing, unreadable, has no audio stream, or holds no samples.
     """
     path = check_input_file(path, InvalidAudioError, "audio")
-    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-i", path, "-map", "0:a:0",
-           "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "-"]
-    proc = subprocess.run(cmd, capture_output=True)
+    proc = subprocess.run(_decode_command(path, sample_rate), capture_output=True)
     if proc.returncode != 0:
-        text = proc.stderr.decode(errors="replace")
-        if "matches no streams" in text or "does not contain any stream" in text:
-            raise InvalidAudioError(f"no audio stream in {path}")
-        reason = text.strip().splitlines()[-1] if text.strip() else f"ffmpeg exit code {proc.returncode}"
-        raise InvalidAudioError(f"cannot read audio from {path}: {reason}")
+        raise _decode_error(path, proc.returncode, proc.stderr)
     audio = np.frombuffer(proc.stdout, dtype=np.float32)
     if audio.size == 0:
         raise InvalidAudioError(f"audio stream of {path} holds no samples")
     return audio.copy()
 
 
-def as_samples(audio: str | os.PathLike | np.ndarray | torch.Tensor) -> np.ndarray:
-    """Mono float32 samples at 16 kHz from a file (any format ffmpeg reads) or from samples in memory.
+@dataclass
+class AudioInfo:
+    """What decoding an audio track found: its length and its loudest sample."""
+
+    path: str
+    duration: float
+    peak: float
+
+    @property
+    def silent(self) -> bool:
+        return self.peak < SILENCE_THRESHOLD
+
+
+def scan_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, chunk_seconds: float = 30.0,
+               what: str = "audio") -> AudioInfo:
+    """Decode the audio of ``path`` as a stream (constant memory, whatever its length) and measure its duration and
+    peak, without keeping the samples; ``what`` names the file in messages (e.g. ``"audio for face 1"``).
+
+    Raises:
+        InvalidAudioError: the file is missing, unreadable, has no audio stream, or holds no samples.
+    """
+    path = check_input_file(path, InvalidAudioError, what)
+    proc = subprocess.Popen(_decode_command(path, sample_rate), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL)
+    count, peak, chunk = 0, 0.0, int(chunk_seconds * sample_rate) * 4
+    try:
+        while data := proc.stdout.read(chunk):
+            samples = np.frombuffer(data[: len(data) // 4 * 4], dtype=np.float32)
+            count += samples.size
+            if samples.size:
+                peak = max(peak, float(np.abs(samples).max()))
+        stderr = proc.stderr.read()
+        returncode = proc.wait()
+    finally:
+        if proc.poll() is None:  # stopped early (Ctrl-C): do not leave ffmpeg running
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    if returncode != 0:
+        raise _decode_error(path, returncode, stderr)
+    if count == 0:
+        raise InvalidAudioError(f"audio stream of {path} holds no samples")
+    return AudioInfo(path, count / sample_rate, peak)
+
+
+def as_samples(audio: str | os.PathLike | np.ndarray | Any) -> np.ndarray:
+    """Mono float32 samples at 16 kHz from a file (any format ffmpeg reads) or from samples in memory (a NumPy
+    array or a torch tensor).
 
     Raises:
         InvalidAudioError: unreadable file, or an array that is empty or not one-dimensional.
     """
     if isinstance(audio, (str, os.PathLike)):
         return load_audio(audio)
-    if isinstance(audio, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor can only exist once torch is imported: no need to import it here
+    if torch is not None and isinstance(audio, torch.Tensor):
         audio = audio.detach().cpu().float().numpy()
     samples = np.asarray(audio, dtype=np.float32)
     if samples.ndim == 2 and 1 in samples.shape:
@@ -69,9 +128,11 @@ def write_wav(path: str | os.PathLike, samples: np.ndarray, sample_rate: int = S
         fh.writeframes(pcm.tobytes())
 
 
-def check_not_silent(audio: np.ndarray, path: str = "audio", threshold: float = 1e-4) -> None:
-    """Raise [`InvalidAudioError`] when the whole track is silent (nothing to lip-sync to)."""
-    if float(np.abs(audio).max()) < threshold:
+def check_not_silent(audio: np.ndarray | AudioInfo, path: str = "audio", threshold: float = SILENCE_THRESHOLD) -> None:
+    """Raise [`InvalidAudioError`] when the whole track (samples, or the [`AudioInfo`] of a scan) is silent (nothing to
+    lip-sync to)."""
+    peak = audio.peak if isinstance(audio, AudioInfo) else float(np.abs(audio).max())
+    if peak < threshold:
         raise InvalidAudioError(f"audio track of {path} is silent: there is no speech to lip-sync to")
 
 

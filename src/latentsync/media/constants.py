@@ -14,3 +14,6 @@ VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".flv", ".m
 
 OUTPUT_FORMATS = (".mp4", ".mov", ".mkv")
 """Containers the video writer produces (H.264 + AAC)."""
+
+AUDIO_EXTENSIONS = (".wav", ".mp3", ".flac", ".m4a", ".aac", ".ogg", ".opus")
+"""File endings recognised as speech tracks when a folder of video/audio pairs is searched (batch runs)."""

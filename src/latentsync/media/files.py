@@ -9,14 +9,40 @@ from .constants import VIDEO_EXTENSIONS
 
 
 def check_input_file(path: str | os.PathLike, error: type[LatentSyncInputError], what: str) -> str:
-    """``path`` as a string, or ``error`` naming the file when it does not exist or is empty; ``what`` is
-    ``"video"`` or ``"audio"``."""
+    """``path`` as a string, or ``error`` naming the file when it does not exist, is a folder, is empty or cannot be
+    read; ``what`` is ``"video"`` or ``"audio"``."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise error(f"{what} path is a folder, not a file: {path}")
     if not os.path.isfile(path):
         raise error(f"{what} file not found: {path}")
     if os.path.getsize(path) == 0:
         raise error(f"{what} file is empty (0 bytes): {path}")
+    try:
+        with open(path, "rb") as fh:
+            fh.read(1)
+    except OSError as exc:
+        raise error(f"cannot read {what} file {path}: {exc.strerror or exc}") from None
     return path
+
+
+# ffmpeg's last words -> what they mean for a user
+_FFMPEG_HINTS = {
+    "Invalid data found when processing input": "not a format ffmpeg reads, or a damaged or incomplete file",
+    "moov atom not found": "the file is incomplete (an unfinished download or recording?)",
+}
+
+
+def ffmpeg_reason(stderr: str, returncode: int) -> str:
+    """One line saying why ffmpeg failed, from its error output."""
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    for needle, hint in _FFMPEG_HINTS.items():
+        if any(needle in line for line in lines):
+            return hint
+    if not lines:
+        return f"ffmpeg exit code {returncode}"
+    last = lines[-1]
+    return last.split("] ", 1)[-1] if last.startswith("[") else last
 
 
 def is_video_file(name: str) -> bool:

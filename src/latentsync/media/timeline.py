@@ -20,6 +20,7 @@ import imageio_ffmpeg
 import numpy as np
 
 from ..errors import InvalidVideoError
+from ..tempfiles import partial_path, release_partial
 from .files import check_input_file
 from .video import FrameSource, check_output_path
 
@@ -127,11 +128,9 @@ class TimedVideoWriter:
 
     def __init__(self, path: str | os.PathLike, timestamps: np.ndarray, time_base: Fraction = DEFAULT_TIME_BASE,
                  audio_path: str | None = None, crf: int = 18):
-        self.path = check_output_path(path)
-        ext = os.path.splitext(self.path)[1].lower()
-        directory = os.path.dirname(os.path.abspath(self.path))
-        self._tmp = os.path.join(directory, f".{os.path.basename(self.path)}.partial{ext}")
-        self._video_tmp = os.path.join(directory, f".{os.path.basename(self.path)}.video.partial.mp4")
+        self.path = check_output_path(path, [audio_path] if audio_path else ())
+        self._tmp = partial_path(self.path)
+        self._video_tmp = partial_path(os.path.splitext(self.path)[0] + ".video.mp4")  # the picture, before the sound
         self.timestamps, self.time_base = np.asarray(timestamps, np.float64), Fraction(time_base)
         self.audio_path, self.crf = audio_path, crf
         self._container: av.container.OutputContainer | None = None
@@ -182,7 +181,9 @@ class TimedVideoWriter:
             self.abort()
             raise InvalidVideoError(f"cannot write {self.path}: {exc.stderr.decode(errors='replace').strip()}") from None
         os.remove(self._video_tmp)
+        release_partial(self._video_tmp)
         os.replace(self._tmp, self.path)
+        release_partial(self._tmp)
 
     def abort(self) -> None:
         if self._container is not None:
@@ -194,6 +195,7 @@ class TimedVideoWriter:
         for tmp in (self._tmp, self._video_tmp):
             if os.path.exists(tmp):
                 os.remove(tmp)
+            release_partial(tmp)
 
     def __enter__(self) -> "TimedVideoWriter":
         return self

@@ -1,8 +1,10 @@
 """Video reading and writing with the ffmpeg binary bundled in imageio-ffmpeg.
 
 Frames are decoded as a stream of RGB uint8 arrays resampled to a fixed frame rate by ffmpeg's ``fps`` filter, so
-inputs of any frame rate (including variable) map onto the model's 25 fps timeline. Output is written to a hidden
-temporary file next to the target and renamed only when complete, so a failed run never leaves a partial video.
+inputs of any frame rate (including variable) map onto the model's 25 fps timeline; rotation metadata is applied
+(frames come out upright). Output is written to a hidden temporary file next to the target and renamed only when
+complete, so a failed run never leaves a partial video; [`check_output_path`] refuses an output that would replace an
+input.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -18,23 +21,24 @@ from typing import Any
 import imageio_ffmpeg
 import numpy as np
 
-from ..errors import InvalidVideoError
+from ..errors import InvalidOutputError, InvalidVideoError
+from ..tempfiles import partial_path, release_partial, remove_stale_partials
 from .constants import OUTPUT_FORMATS, SAMPLE_RATE, VIDEO_FPS
-from .files import check_input_file
+from .files import ffmpeg_reason
+from .probe import VideoInfo, probe_video  # noqa: F401 - VideoInfo is part of this module's interface
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class VideoInfo:
-    """What ffmpeg reports about a video file."""
+class _RotationNotice(logging.Filter):
+    """imageio-ffmpeg warns, on every read, that a rotated video's frames are not the size stored in the file; that
+    is the rotation being applied, which the input checks report once in words."""
 
-    path: str
-    width: int
-    height: int
-    fps: float
-    duration: float
-    has_audio: bool
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "is different from the source frame size" not in record.getMessage()
+
+
+logging.getLogger("imageio_ffmpeg").addFilter(_RotationNotice())
 
 
 def _open(path: str, fps: float | None):
@@ -46,26 +50,11 @@ def _open(path: str, fps: float | None):
         text = str(exc)
         if "does not contain any stream" in text:
             raise InvalidVideoError(f"no video stream in {path}") from None
-        reason = text.strip().splitlines()[-1] if text.strip() else "ffmpeg could not decode it"
-        raise InvalidVideoError(f"cannot read video {path}: {reason}") from None
+        raise InvalidVideoError(f"cannot read video {path}: {ffmpeg_reason(text, 1)}") from None
     if not meta.get("size") or "fps" not in meta:
         gen.close()
         raise InvalidVideoError(f"no video stream in {path}")
     return gen, meta
-
-
-def probe_video(path: str | os.PathLike) -> VideoInfo:
-    """Read size, frame rate, duration and whether an audio stream exists.
-
-    Raises:
-        InvalidVideoError: missing, empty, unreadable, or without a video stream.
-    """
-    path = check_input_file(path, InvalidVideoError, "video")
-    gen, meta = _open(path, None)
-    gen.close()
-    w, h = meta["size"]
-    return VideoInfo(path, int(w), int(h), float(meta["fps"]), float(meta.get("duration") or 0.0),
-                     meta.get("audio_codec") is not None)
 
 
 def iter_frames(path: str | os.PathLike, fps: float | None = VIDEO_FPS) -> Iterator[np.ndarray]:
@@ -77,7 +66,7 @@ def iter_frames(path: str | os.PathLike, fps: float | None = VIDEO_FPS) -> Itera
         for buf in gen:
             yield np.frombuffer(buf, dtype=np.uint8).reshape(h, w, 3)
     except RuntimeError as exc:
-        raise InvalidVideoError(f"error while decoding {path}: {exc}") from exc
+        raise InvalidVideoError(f"error while decoding {path}: {ffmpeg_reason(str(exc), 1)}") from exc
     finally:
         gen.close()
 
@@ -137,16 +126,76 @@ def open_frames(video: str | os.PathLike | np.ndarray | Sequence[Any], fps: floa
     return FrameSource("frames in memory", len(video), read)
 
 
-def check_output_path(path: str | os.PathLike) -> str:
-    """``path`` as a string, or [`InvalidVideoError`] when its format is not writable or its folder is missing."""
+def check_output_path(
+    path: str | os.PathLike,
+    inputs: Sequence[str | os.PathLike] = (),
+    overwrite: bool = True,
+    create_folder: bool = False,
+) -> str:
+    """``path`` as a string once it is safe to write the output there; also removes the partial files that killed
+    runs left for this output.
+
+    Args:
+        path: the output video (``.mp4``, ``.mov`` or ``.mkv``).
+        inputs: files the run reads: the output may not be any of them (same path, hard link or symbolic link).
+        overwrite: replace an existing file at ``path`` (when False, an existing file is refused).
+        create_folder: a missing folder is fine (the caller creates it) as long as its nearest existing parent is a
+            writable folder; when False the folder must exist.
+
+    Raises:
+        InvalidOutputError: unsupported format, a folder, an input file, an existing file without ``overwrite``, or a
+            folder that is missing or not writable (checked by creating and removing a file in it).
+    """
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
+    if os.path.isdir(path):
+        raise InvalidOutputError(f"output path is a folder: {path} (give a file name ending in "
+                                 f"{', '.join(OUTPUT_FORMATS)})")
     if ext not in OUTPUT_FORMATS:
-        raise InvalidVideoError(f"unsupported output format {ext or '(none)'}: use one of {', '.join(OUTPUT_FORMATS)}")
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise InvalidVideoError(f"output folder does not exist: {directory}")
+        raise InvalidOutputError(f"unsupported output format {ext or '(no extension)'}: {path} (use one of "
+                                 f"{', '.join(OUTPUT_FORMATS)})")
+    for source in inputs:
+        if _same_file(path, os.fspath(source)):
+            raise InvalidOutputError(f"output {path} is the input file {os.fspath(source)}: writing it would destroy "
+                                     "the input; choose another output path")
+    if os.path.lexists(path) and not overwrite:
+        raise InvalidOutputError(f"output file already exists: {path} (pass --overwrite to replace it)")
+    folder = os.path.dirname(os.path.abspath(path))
+    existing = folder
+    while not os.path.isdir(existing):
+        if os.path.lexists(existing):
+            raise InvalidOutputError(f"cannot create the output folder {folder}: {existing} is a file")
+        if not create_folder:
+            raise InvalidOutputError(f"output folder does not exist: {folder}")
+        existing = os.path.dirname(existing)
+    _check_writable(existing, folder)
+    if existing == folder:
+        remove_stale_partials(path)
     return path
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether two paths name the same file (also through hard or symbolic links)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return False
+
+
+def _check_writable(folder: str, target: str) -> None:
+    """[`InvalidOutputError`] unless a file can be created (and removed) in ``folder``."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".latentsync-write-test-", dir=folder)
+    except OSError as exc:
+        raise InvalidOutputError(f"output folder is not writable: {target} ({exc.strerror or exc})") from None
+    os.close(fd)
+    os.remove(probe)
+
+
+class _Abort(BaseException):
+    """Thrown into the encoder to stop it without finishing the file."""
 
 
 class VideoWriter:
@@ -156,10 +205,8 @@ class VideoWriter:
     """
 
     def __init__(self, path: str | os.PathLike, fps: float = VIDEO_FPS, audio_path: str | None = None, crf: int = 18):
-        self.path = check_output_path(path)
-        ext = os.path.splitext(self.path)[1].lower()
-        directory = os.path.dirname(os.path.abspath(self.path))
-        self._tmp = os.path.join(directory, f".{os.path.basename(self.path)}.partial{ext}")
+        self.path = check_output_path(path, [audio_path] if audio_path else ())
+        self._tmp = partial_path(self.path)
         self.fps, self.audio_path, self.crf = fps, audio_path, crf
         self._gen = None
         self.frames_written = 0
@@ -178,21 +225,28 @@ class VideoWriter:
         self.frames_written += 1
 
     def close(self) -> None:
+        """Finish encoding and move the file into place."""
         if self._gen is None:
             raise InvalidVideoError("no frames to write")
-        self._gen.close()
+        self._gen.close()  # waits for ffmpeg to encode what it holds and to write the file
         self._gen = None
         os.replace(self._tmp, self.path)
+        release_partial(self._tmp)
 
     def abort(self) -> None:
+        """Stop ffmpeg at once (without encoding what it holds) and remove the partial file."""
         if self._gen is not None:
             try:
-                self._gen.close()
+                # a BaseException thrown into imageio-ffmpeg's writer makes it kill ffmpeg instead of waiting for it
+                self._gen.throw(_Abort())
+            except (_Abort, StopIteration):
+                pass
             except Exception:  # noqa: BLE001 - the encoder may already be broken; we only clean up
                 pass
             self._gen = None
         if os.path.exists(self._tmp):
             os.remove(self._tmp)
+        release_partial(self._tmp)
 
     def __enter__(self) -> "VideoWriter":
         return self

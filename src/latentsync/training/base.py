@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 from collections.abc import Iterable
 from typing import Any
@@ -21,12 +22,15 @@ import yaml
 from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration
 from diffusers.optimization import get_scheduler
+from huggingface_hub import HfApi, snapshot_download
 
+from .. import hub
 from .config import TrainingConfig
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "checkpoint-"
+HUB_CHECKPOINTS = "checkpoints"  # where checkpoints go in a Hub repo (as in output_dir)
 LOSS_LOG = "losses.jsonl"
 
 
@@ -99,7 +103,7 @@ def optimizer_step(accelerator: Accelerator, loss: torch.Tensor, params: Iterabl
 
 # ---------------------------------------------------------------------------------------------------- checkpoints
 def checkpoint_root(output_dir: str) -> str:
-    return os.path.join(output_dir, "checkpoints")
+    return os.path.join(output_dir, HUB_CHECKPOINTS)
 
 
 def checkpoint_step(path: str) -> int:
@@ -117,10 +121,13 @@ def list_checkpoints(output_dir: str) -> list[str]:
 
 
 def resolve_resume(cfg: TrainingConfig) -> str | None:
-    """Folder to resume from: ``resume_from_checkpoint`` itself, or with ``latest`` the newest checkpoint of
-    ``output_dir`` (None, starting from scratch, when there is none)."""
+    """Folder to resume from: ``resume_from_checkpoint`` itself, with ``latest`` the newest checkpoint of
+    ``output_dir``, with ``hub`` the newest checkpoint pushed to ``hub_model_id`` (downloaded); None, starting from
+    scratch, when there is none."""
     if not cfg.resume_from_checkpoint:
         return None
+    if cfg.resume_from_checkpoint == "hub":
+        return download_hub_checkpoint(cfg)
     if cfg.resume_from_checkpoint == "latest":
         found = list_checkpoints(cfg.output_dir)
         if not found:
@@ -155,8 +162,58 @@ def save_checkpoint(accelerator: Accelerator, cfg: TrainingConfig, step: int,
             for old in list_checkpoints(cfg.output_dir)[: -cfg.checkpoints_total_limit]:
                 shutil.rmtree(old, ignore_errors=True)
         logger.info("saved checkpoint %s", final)
+        if cfg.push_to_hub and cfg.hub_strategy != "end":
+            push_checkpoint(cfg, final)
     accelerator.wait_for_everyone()
     return final
+
+
+# ---------------------------------------------------------------------------------------------------- Hub
+def push_checkpoint(cfg: TrainingConfig, path: str) -> None:
+    """Upload the checkpoint folder ``path`` to ``checkpoints/<its name>`` of ``hub_model_id``; with
+    ``hub_strategy="checkpoint"`` the older checkpoints leave the repo in the same commit. A failed upload is logged
+    and training goes on (the next checkpoint tries again)."""
+    name = os.path.basename(os.path.normpath(path))
+    try:
+        hub.push_folder(
+            checkpoint_root(cfg.output_dir), cfg.hub_model_id, path_in_repo=HUB_CHECKPOINTS, private=cfg.hub_private,
+            allow_patterns=[f"{name}/*"], commit_message=f"Training checkpoint {name}",
+            delete_patterns=[f"{CHECKPOINT_PREFIX}*"] if cfg.hub_strategy == "checkpoint" else None,
+        )
+    except Exception as exc:  # noqa: BLE001 - a network failure must not end a long run; the model is safe on disk
+        logger.warning("could not push %s to %s: %s", name, cfg.hub_model_id, exc)
+
+
+def card_training_info(cfg: TrainingConfig, step: int, results: dict[str, float]) -> dict[str, Any]:
+    """The training table of a trained model's card: data, steps, batch, learning rate, precision, and ``results``
+    (e.g. final loss, validation accuracy) rounded for reading."""
+    batch = cfg.train_batch_size * cfg.gradient_accumulation_steps
+    info: dict[str, Any] = {"training data": f"`{cfg.train_data}`", "optimisation steps": step,
+                            "batch (per process x accumulation)": batch, "learning rate": cfg.learning_rate,
+                            "mixed precision": cfg.mixed_precision}
+    info.update({name: f"{value:.4g}" for name, value in results.items() if value is not None})
+    return info
+
+
+def card_datasets(cfg: TrainingConfig) -> list[str] | None:
+    """The Hub datasets a run trained on (for the model card's metadata)."""
+    dataset = hub.hub_id(cfg.train_data)
+    return [dataset] if dataset else None
+
+
+def download_hub_checkpoint(cfg: TrainingConfig) -> str | None:
+    """Download the newest ``checkpoints/checkpoint-<step>`` of ``hub_model_id`` into ``output_dir/checkpoints``;
+    returns its local folder, or None when the repo holds no checkpoint."""
+    pattern = re.compile(rf"^{HUB_CHECKPOINTS}/{CHECKPOINT_PREFIX}(\d+)/")
+    files = HfApi().list_repo_files(cfg.hub_model_id)
+    steps = sorted({int(m.group(1)) for f in files if (m := pattern.match(f))})
+    if not steps:
+        logger.info("no checkpoint in %s: starting from scratch", cfg.hub_model_id)
+        return None
+    name = f"{CHECKPOINT_PREFIX}{steps[-1]}"
+    snapshot_download(cfg.hub_model_id, allow_patterns=[f"{HUB_CHECKPOINTS}/{name}/*"], local_dir=cfg.output_dir)
+    logger.info("downloaded %s from %s", name, cfg.hub_model_id)
+    return os.path.join(checkpoint_root(cfg.output_dir), name)
 
 
 # ---------------------------------------------------------------------------------------------------- loss log

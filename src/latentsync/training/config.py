@@ -14,6 +14,9 @@ from typing import Any
 import yaml
 
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
+# what goes to the Hub during training, as transformers' hub_strategy: the final model only, or also every checkpoint
+# (only the newest kept in the repo, or all of them)
+HUB_STRATEGIES = ("end", "checkpoint", "all_checkpoints")
 
 
 @dataclass
@@ -27,7 +30,10 @@ class TrainingConfig:
     checkpoints (accelerate states, written atomically) every ``checkpointing_steps`` in
     ``output_dir/checkpoints``, the newest ``checkpoints_total_limit`` kept; ``resume_from_checkpoint`` is a
     checkpoint folder or ``latest``; one loss line per step in ``output_dir/losses.jsonl``; trackers with
-    ``report_to``; the result pushed to ``hub_model_id`` with ``push_to_hub``.
+    ``report_to``. Hub: with ``push_to_hub`` the result goes to ``hub_model_id`` (``hub_private`` when created);
+    ``hub_strategy`` ``checkpoint`` also uploads every checkpoint as it is saved (the repo keeps the newest,
+    ``checkpoints/checkpoint-<step>``), ``all_checkpoints`` keeps them all; ``resume_from_checkpoint=hub`` resumes
+    from the newest checkpoint in ``hub_model_id`` (downloaded into ``output_dir/checkpoints``).
     """
 
     # data
@@ -63,6 +69,7 @@ class TrainingConfig:
     push_to_hub: bool = False
     hub_model_id: str | None = None
     hub_private: bool = False
+    hub_strategy: str = "end"
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first inconsistent setting."""
@@ -70,8 +77,12 @@ class TrainingConfig:
             raise ValueError("train_data is not set (folder of aligned clips, or a datasets path/id)")
         if self.mixed_precision not in MIXED_PRECISIONS:
             raise ValueError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
-        if self.push_to_hub and not self.hub_model_id:
-            raise ValueError("push_to_hub needs hub_model_id")
+        if self.hub_strategy not in HUB_STRATEGIES:
+            raise ValueError(f"hub_strategy must be one of {', '.join(HUB_STRATEGIES)}, got {self.hub_strategy!r}")
+        if self.hub_strategy != "end" and not self.push_to_hub:
+            raise ValueError(f"hub_strategy={self.hub_strategy} needs push_to_hub=true")
+        if (self.push_to_hub or self.resume_from_checkpoint == "hub") and not self.hub_model_id:
+            raise ValueError("push_to_hub and resume_from_checkpoint=hub need hub_model_id")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -98,7 +109,9 @@ class UNetTrainingConfig(TrainingConfig):
     Method: ``stage`` 1 trains with the noise MSE only; stage 2 adds the pixel-space losses on the one-step x0
     estimate (each active when its weight is > 0). ``trainable_modules`` lists name substrings of the U-Net
     parameters to train (None: all). With ``lora_rank`` > 0 the U-Net is frozen and LoRA adapters (peft) are added on
-    ``lora_target_modules`` inside the modules ``trainable_modules`` selects. ``scale_lr`` multiplies the learning
+    ``lora_target_modules`` inside the modules ``trainable_modules`` selects; the adapter is saved in diffusers' LoRA
+    format in ``output_dir/lora`` (``pipe.load_lora_weights``) and is what ``push_to_hub`` uploads, the merged
+    pipeline going to ``hub_merged_model_id`` when set. ``scale_lr`` multiplies the learning
     rate by the effective batch size. Validation lip-syncs ``validation_seconds`` of ``validation_video`` to
     ``validation_audio`` every ``validation_steps``.
     """
@@ -131,6 +144,7 @@ class UNetTrainingConfig(TrainingConfig):
     lora_rank: int = 0
     lora_alpha: float | None = None
     lora_target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    hub_merged_model_id: str | None = None
     # optimisation
     scale_lr: bool = False
     use_ema: bool = False

@@ -29,6 +29,7 @@ from diffusers import AutoencoderKL
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .. import hub
 from ..data.syncnet_dataset import ClipStore, SyncNetDataset
 from ..eval.syncnet_acc import encode_latents, evaluate_syncnet
 from ..loaders.official import load_syncnet
@@ -246,7 +247,12 @@ def train_syncnet(cfg: SyncNetTrainingConfig) -> dict[str, Any]:
             json.dump(history, fh)
         plot_loss_curves(os.path.join(cfg.output_dir, "loss_chart.png"), history)
         if cfg.push_to_hub:
-            unwrapped.push_to_hub(cfg.hub_model_id, private=cfg.hub_private)
+            last = {k: history[k][-1] if history[k] else None for k in ("train_loss", "val_loss", "val_accuracy")}
+            card = hub.syncnet_card(cfg.hub_model_id, base_model=hub.hub_id(cfg.pretrained_model),
+                                    datasets=base.card_datasets(cfg),
+                                    training=base.card_training_info(cfg, global_step, last))
+            hub.push_folder(model_dir, cfg.hub_model_id, card=card, private=cfg.hub_private,
+                            commit_message=f"StableSyncNet after {global_step} steps")
     accelerator.end_training()
     best_file = os.path.join(cfg.output_dir, "syncnet_best", BEST_FILE)
     best = None

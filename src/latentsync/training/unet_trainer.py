@@ -21,8 +21,11 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from diffusers.training_utils import EMAModel
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict
 from tqdm.auto import tqdm
 
+from .. import hub
 from ..audio_features.cache import AudioFeatureCache
 from ..data.unet_dataset import EpochSampler, UNetClipDataset
 from ..face.mask import latent_mouth_mask, mouth_mask
@@ -130,8 +133,6 @@ def select_trainable(unet: torch.nn.Module, patterns: list[str] | None) -> list[
 def add_lora(unet: torch.nn.Module, cfg: UNetTrainingConfig) -> list[str]:
     """Freeze the U-Net and add LoRA adapters (peft) on ``lora_target_modules`` inside the modules selected by
     ``trainable_modules`` (all of them when None). Returns the trainable (LoRA) parameter names."""
-    from peft import LoraConfig  # deferred: peft is optional (train extra), only LoRA runs need it
-
     targets = "|".join(re.escape(t) for t in cfg.lora_target_modules)
     scope = "|".join(re.escape(p) for p in cfg.trainable_modules) if cfg.trainable_modules else ""
     pattern = rf"(?=.*(?:{scope})).*\.(?:{targets})" if scope else rf".*\.(?:{targets})"
@@ -290,7 +291,7 @@ def train(cfg: UNetTrainingConfig) -> dict[str, Any]:
     accelerator.wait_for_everyone()
     result: dict[str, Any] = {"global_step": global_step, "last_losses": last, "loss_log": loss_log.path}
     if accelerator.is_main_process:
-        result["pipeline"] = save_final(accelerator.unwrap_model(unet), ema, params, comps, cfg)
+        result["pipeline"] = save_final(accelerator.unwrap_model(unet), ema, params, comps, cfg, global_step, last)
     accelerator.end_training()
     return result
 
@@ -319,13 +320,26 @@ def _validate(accelerator: Accelerator, comps: TrainingComponents, unet: torch.n
 
 
 def save_final(unet: torch.nn.Module, ema: EMAModel | None, params: list[torch.nn.Parameter],
-               comps: TrainingComponents, cfg: UNetTrainingConfig) -> str:
-    """Save the trained pipeline (EMA weights when enabled, LoRA fused, adapter saved beside) and push it."""
+               comps: TrainingComponents, cfg: UNetTrainingConfig, step: int | None = None,
+               losses: dict[str, float] | None = None) -> str:
+    """Save the trained pipeline (EMA weights when enabled; LoRA fused, the adapter saved beside it in diffusers' LoRA
+    format) with model cards, and push: the adapter (LoRA runs, plus the merged pipeline to
+    ``hub_merged_model_id`` when set) or the pipeline, to ``hub_model_id``."""
     if ema is not None:
         ema.copy_to(params)
     out = os.path.join(cfg.output_dir, "pipeline")
+    base_model = hub.hub_id(cfg.pretrained_unet or cfg.sd_unet or cfg.components_from)
+    training = base.card_training_info(cfg, step if step is not None else cfg.max_train_steps,
+                                       {f"final {k} loss" if k != "loss" else "final loss": v
+                                        for k, v in (losses or {}).items() if k != "lr"})
+    training["stage"] = cfg.stage
+    datasets = base.card_datasets(cfg)
+    lora_dir = os.path.join(cfg.output_dir, "lora")
     if cfg.lora_rank > 0:
-        unet.save_lora_adapter(os.path.join(cfg.output_dir, "lora"))
+        save_lora(unet, lora_dir)
+        hub.adapter_card(cfg.hub_model_id or lora_dir, base_model, cfg.lora_rank, cfg.lora_target_modules,
+                         datasets, {**training, "LoRA rank": cfg.lora_rank}).save(os.path.join(lora_dir,
+                                                                                                hub.CARD_NAME))
         unet.fuse_lora()
         unet.unload_lora()
     unet = unet.to(torch.float32)
@@ -336,8 +350,26 @@ def save_final(unet: torch.nn.Module, ema: EMAModel | None, params: list[torch.n
                               feature_extractor=comps.feature_extractor, scheduler=comps.scheduler,
                               resolution=cfg.resolution)
     pipe.save_pretrained(out)
+    hub.pipeline_card(pipe, out, base_model=base_model, datasets=datasets, training=training).save(
+        os.path.join(out, hub.CARD_NAME))
     logger.info("saved the trained pipeline to %s", out)
     if cfg.push_to_hub:
-        pipe.push_to_hub(cfg.hub_model_id, private=cfg.hub_private)
-        logger.info("pushed to https://huggingface.co/%s", cfg.hub_model_id)
+        message = f"U-Net stage {cfg.stage}, {training['optimisation steps']} steps"
+        if cfg.lora_rank > 0:
+            hub.push_folder(lora_dir, cfg.hub_model_id, private=cfg.hub_private, commit_message=f"LoRA: {message}")
+        else:
+            pipe.push_folder_to_hub(out, cfg.hub_model_id, message, cfg.hub_private, base_model=base_model,
+                                    training=training, datasets=datasets)
+    if cfg.push_to_hub and cfg.lora_rank > 0 and cfg.hub_merged_model_id:
+        pipe.push_folder_to_hub(out, cfg.hub_merged_model_id, f"Merged LoRA: {message}", cfg.hub_private,
+                                base_model=base_model, training=training, datasets=datasets)
     return out
+
+
+def save_lora(unet: torch.nn.Module, directory: str, adapter_name: str = "default") -> str:
+    """Save the U-Net's LoRA adapter ``adapter_name`` in diffusers' pipeline LoRA format (``unet.``-prefixed keys
+    and the adapter config, loaded by ``pipe.load_lora_weights(directory)``); returns ``directory``."""
+    config = {k: sorted(v) if isinstance(v, set) else v for k, v in unet.peft_config[adapter_name].to_dict().items()}
+    layers = get_peft_model_state_dict(unet, adapter_name=adapter_name)
+    LatentSyncPipeline.save_lora_weights(directory, unet_lora_layers=layers, unet_lora_adapter_metadata=config)
+    return directory

@@ -8,6 +8,7 @@ import tempfile
 
 import numpy as np
 
+from ... import hub
 from ...media.audio import load_audio
 from ...media.constants import SAMPLE_RATE
 from ...media.constants import VIDEO_FPS as FPS
@@ -87,10 +88,25 @@ def load_prepared(output_dir: str):
 
 
 def push_prepared(output_dir: str, repo_id: str, private: bool | None = None, max_shard_size: str = "500MB",
-                  token: str | None = None):
-    """Upload a prepared dataset to the Hub with ``Dataset.push_to_hub`` (parquet shards)."""
-    return load_prepared(output_dir).push_to_hub(repo_id, private=private, max_shard_size=max_shard_size,
-                                                 token=token)
+                  token: str | None = None) -> str:
+    """Upload a prepared dataset to the Hub dataset repo ``repo_id``: parquet shards of at most ``max_shard_size``
+    in ``data/`` (what ``datasets.load_dataset(repo_id)`` and the dataset viewer read) and a dataset card with the
+    preparation summary (``summary.md``). Returns the repo id."""
+    from datasets.utils.py_utils import convert_file_size_to_int  # deferred: datasets is optional (data extra)
+
+    ds = load_prepared(output_dir)
+    num_shards = max(1, -(-int(ds.data.nbytes) // convert_file_size_to_int(max_shard_size)))
+    summary_path = os.path.join(output_dir, "summary.md")
+    summary = open(summary_path, encoding="utf-8").read() if os.path.isfile(summary_path) else "(no summary.md)"
+    resolution = int(ds[0]["resolution"]) if len(ds) else None
+    with tempfile.TemporaryDirectory(prefix="latentsync-push-") as tmp:
+        os.makedirs(os.path.join(tmp, "data"))
+        for index in range(num_shards):
+            shard = ds.shard(num_shards, index, contiguous=True)
+            shard.to_parquet(os.path.join(tmp, "data", f"train-{index:05d}-of-{num_shards:05d}.parquet"))
+        card = hub.dataset_card(repo_id, len(ds), summary, resolution)
+        return hub.push_folder(tmp, repo_id, card=card, repo_type="dataset", private=private, token=token,
+                               commit_message=f"{len(ds)} prepared clips (latentsync prepare)")
 
 
 def decode_clip(data: bytes) -> tuple[np.ndarray, np.ndarray]:

@@ -1,0 +1,206 @@
+"""Many lip-sync jobs with one loaded pipeline: the job list (a CSV file or a folder of video/audio pairs), the run
+(one job after the other, a failed job reported and skipped, finished outputs kept), and the results table.
+
+    jobs = read_jobs("pairs.csv", "outputs/")
+    results = run_batch(pipe, jobs, num_inference_steps=20)
+    write_results(results, "outputs/")
+
+A job's output is written atomically by the pipeline, so an existing output file is a finished job: a second run of
+the same batch skips it and redoes only what failed or never ran.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from tqdm.auto import tqdm
+
+from .errors import LatentSyncInputError
+from .media.constants import AUDIO_EXTENSIONS
+from .media.files import is_video_file
+
+if TYPE_CHECKING:  # the pipeline is passed in; importing it here only for the annotation
+    from .pipeline import LatentSyncPipeline
+
+logger = logging.getLogger(__name__)
+
+RESULTS_CSV = "batch_results.csv"
+RESULTS_MD = "batch_summary.md"
+STATUSES = ("done", "skipped", "failed")
+
+
+class BatchListError(LatentSyncInputError):
+    """The job list cannot be read (missing file or folder, wrong CSV columns, two jobs writing one file)."""
+
+
+@dataclass
+class BatchJob:
+    """One lip-sync job: a talking-face video, the speech to sync it to, and where to write the result."""
+
+    video: str
+    audio: str
+    output: str
+
+
+@dataclass
+class JobResult:
+    """What became of one job: ``done`` (written now), ``skipped`` (its output existed) or ``failed`` (``error``
+    says why)."""
+
+    video: str
+    audio: str
+    output: str
+    status: str
+    seconds: float = 0.0
+    num_frames: int | None = None
+    frames_without_face: int | None = None
+    error: str | None = None
+
+
+# ---------------------------------------------------------------------------------------------------- job lists
+def read_jobs(source: str | os.PathLike, output_dir: str | os.PathLike, audio_dir: str | os.PathLike | None = None,
+              output_format: str = ".mp4") -> list[BatchJob]:
+    """The jobs of a CSV file or a folder.
+
+    CSV: columns ``video`` and ``audio`` (and optionally ``output``); relative paths are relative to the CSV's folder,
+    relative outputs to ``output_dir``. Folder: every video in it, paired with the audio file of the same name
+    (``talk.mp4`` + ``talk.wav``) in the folder or in ``audio_dir``; a video without one becomes a job whose audio
+    is missing, which fails with a clear message. Outputs default to ``output_dir/<video name><output_format>``.
+
+    Raises:
+        BatchListError: ``source`` does not exist, the CSV lacks a column, or two jobs would write the same file.
+    """
+    source, output_dir = os.fspath(source), os.fspath(output_dir)
+    if os.path.isdir(source):
+        jobs = _folder_jobs(source, output_dir, os.fspath(audio_dir) if audio_dir else source, output_format)
+    elif os.path.isfile(source):
+        jobs = _csv_jobs(source, output_dir, output_format)
+    else:
+        raise BatchListError(f"job list not found: {source} (a CSV file with video,audio columns or a folder)")
+    outputs: dict[str, str] = {}
+    for job in jobs:
+        key = os.path.abspath(job.output)
+        if key in outputs:
+            raise BatchListError(f"two jobs write {job.output}: {outputs[key]} and {job.video} (give an output "
+                                 f"column or rename one)")
+        outputs[key] = job.video
+    return jobs
+
+
+def _output_for(video: str, output_dir: str, output_format: str) -> str:
+    return os.path.join(output_dir, os.path.splitext(os.path.basename(video))[0] + output_format)
+
+
+def _folder_jobs(folder: str, output_dir: str, audio_dir: str, output_format: str) -> list[BatchJob]:
+    audio_by_stem: dict[str, str] = {}
+    for name in sorted(os.listdir(audio_dir)):
+        stem, ext = os.path.splitext(name)
+        if ext.lower() in AUDIO_EXTENSIONS and not name.startswith("."):
+            audio_by_stem.setdefault(stem, os.path.join(audio_dir, name))
+    videos = sorted(n for n in os.listdir(folder) if is_video_file(n) and os.path.isfile(os.path.join(folder, n)))
+    if not videos:
+        raise BatchListError(f"no video files in {folder}")
+    jobs = []
+    for name in videos:
+        stem = os.path.splitext(name)[0]
+        audio = audio_by_stem.get(stem, os.path.join(audio_dir, f"{stem}.wav"))  # a missing pair fails as its job
+        jobs.append(BatchJob(os.path.join(folder, name), audio, _output_for(name, output_dir, output_format)))
+    return jobs
+
+
+def _csv_jobs(path: str, output_dir: str, output_format: str) -> list[BatchJob]:
+    base = os.path.dirname(os.path.abspath(path))
+    with open(path, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        columns = [c.strip() for c in reader.fieldnames or []]
+        missing = [c for c in ("video", "audio") if c not in columns]
+        if missing:
+            raise BatchListError(f"{path} has no {' or '.join(missing)} column (found: {', '.join(columns) or 'none'})")
+        jobs = []
+        for row in reader:
+            row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
+            if not row.get("video") and not row.get("audio"):
+                continue  # blank line
+            video = os.path.join(base, row["video"])
+            output = row.get("output") or _output_for(video, output_dir, output_format)
+            jobs.append(BatchJob(video, os.path.join(base, row["audio"]), os.path.join(output_dir, output)))
+    return jobs
+
+
+# ---------------------------------------------------------------------------------------------------- the run
+def run_batch(
+    pipe: "LatentSyncPipeline",
+    jobs: Sequence[BatchJob],
+    overwrite: bool = False,
+    make_generator: Callable[[], torch.Generator] | None = None,
+    progress: bool = True,
+    **call_kwargs: Any,
+) -> list[JobResult]:
+    """Run every job with ``pipe`` (loaded once), in order, with a progress bar over the jobs.
+
+    A job whose output exists is skipped unless ``overwrite``; a job that fails (bad input, no face, any error) is
+    logged and recorded, and the batch goes on. ``make_generator`` gives each job a fresh generator (same seed, same
+    result as a single run); ``call_kwargs`` go to the pipeline call (``num_inference_steps``, ...).
+    """
+    results = []
+    bar = tqdm(jobs, desc="Batch", unit="job", disable=not progress)
+    for job in bar:
+        bar.set_postfix_str(os.path.basename(job.video))
+        if os.path.isfile(job.output) and not overwrite:
+            results.append(JobResult(job.video, job.audio, job.output, "skipped"))
+            continue
+        start = time.perf_counter()
+        try:
+            os.makedirs(os.path.dirname(os.path.abspath(job.output)), exist_ok=True)
+            kwargs = dict(call_kwargs)
+            if make_generator is not None:
+                kwargs["generator"] = make_generator()
+            out = pipe(video=job.video, audio=job.audio, output_path=job.output, **kwargs)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as exc:  # noqa: BLE001 - one bad job must not stop the others; its error is reported
+            message = str(exc) if isinstance(exc, LatentSyncInputError) else f"{type(exc).__name__}: {exc}"
+            logger.error("%s: %s", job.video, message)
+            results.append(JobResult(job.video, job.audio, job.output, "failed", time.perf_counter() - start,
+                                     error=message))
+            continue
+        results.append(JobResult(job.video, job.audio, job.output, "done", time.perf_counter() - start,
+                                 out.num_frames, out.frames_without_face))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------- results
+def summary_table(results: Sequence[JobResult]) -> str:
+    """Markdown table of the jobs (one row each) and a count per status."""
+    lines = ["| video | audio | output | status | seconds | frames | without face | error |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        cells = [os.path.basename(r.video), os.path.basename(r.audio), r.output, r.status,
+                 f"{r.seconds:.1f}" if r.status == "done" else "", r.num_frames if r.num_frames is not None else "",
+                 r.frames_without_face if r.frames_without_face is not None else "",
+                 (r.error or "").replace("|", "\\|").replace("\n", " ")]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    counts = ", ".join(f"{sum(r.status == s for r in results)} {s}" for s in STATUSES)
+    return "\n".join(lines) + f"\n\n{len(results)} jobs: {counts}\n"
+
+
+def write_results(results: Sequence[JobResult], output_dir: str | os.PathLike) -> tuple[str, str]:
+    """Write ``batch_results.csv`` (one row per job) and ``batch_summary.md`` in ``output_dir``; returns both paths."""
+    os.makedirs(output_dir, exist_ok=True)
+    csv_path = os.path.join(output_dir, RESULTS_CSV)
+    with open(csv_path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(JobResult.__dataclass_fields__))
+        writer.writeheader()
+        for r in results:
+            writer.writerow(asdict(r))
+    md_path = os.path.join(output_dir, RESULTS_MD)
+    with open(md_path, "w", encoding="utf-8") as fh:
+        fh.write("# Batch results\n\n" + summary_table(results))
+    return csv_path, md_path

@@ -1,0 +1,145 @@
+"""Probing a video file with the bundled ffmpeg without decoding it: streams, size, frame rate, duration, rotation
+metadata, and the timestamps of the first packets (variable frame rate, truncation).
+
+One ffmpeg run reads the container's header and copies up to [`SCANNED_PACKETS`] video packets to its ``framecrc``
+output (timestamps only, no decoding), so a probe takes a few tens of milliseconds whatever the video's length.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from fractions import Fraction
+
+import imageio_ffmpeg
+import numpy as np
+
+from ..errors import InvalidVideoError
+from .files import check_input_file, ffmpeg_reason
+
+SCANNED_PACKETS = 1500
+"""Video packets whose timestamps a probe reads (one minute at 25 fps): enough to tell a variable frame rate."""
+
+VFR_TOLERANCE = 0.1
+"""Frame intervals that differ from the typical one by more than this fraction count as irregular."""
+
+
+@dataclass
+class VideoInfo:
+    """What ffmpeg reports about a video file.
+
+    Attributes:
+        width, height: frame size as decoded, i.e. upright when the file carries rotation metadata.
+        fps: the container's (average) frame rate.
+        duration: seconds, from the header (0 when the header does not say, e.g. a still image).
+        has_audio: whether the file has an audio stream.
+        rotation: clockwise degrees (0, 90, 180 or 270) the file's metadata asks players to rotate the picture by;
+            decoding applies it.
+        frame_intervals: shortest and longest time between consecutive frames in the first packets, in seconds
+            (None with fewer than three frames).
+        truncated: the data ends before the header says it should (an incomplete download or recording).
+    """
+
+    path: str
+    width: int
+    height: int
+    fps: float
+    duration: float
+    has_audio: bool
+    rotation: int = 0
+    frame_intervals: tuple[float, float] | None = None
+    variable_frame_rate: bool = False
+    truncated: bool = False
+
+
+def _input_section(stderr: str) -> str:
+    """The part of ffmpeg's log that describes the input file (not the output it was asked to write)."""
+    start = stderr.find("Input #0")
+    text = stderr[start:] if start >= 0 else stderr
+    for marker in ("Stream mapping:", "Output #0"):
+        end = text.find(marker)
+        if end >= 0:
+            text = text[:end]
+    return text
+
+
+def _duration(header: str) -> float:
+    match = re.search(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)", header)
+    if not match:
+        return 0.0
+    hours, minutes, seconds = match.groups()
+    return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+
+
+def _rotation(header: str) -> int:
+    match = re.search(r"rotation of (-?\d+(?:\.\d+)?) degrees", header, re.IGNORECASE)
+    if match is None:
+        match = re.search(r"\brotate\s*:\s*(-?\d+)", header)
+    if match is None:
+        return 0
+    # ffmpeg reports the display matrix's counter-clockwise angle; players turn the picture clockwise by its negative
+    return int(round(-float(match.group(1)))) % 360 if "rotation of" in match.group(0) else int(match.group(1)) % 360
+
+
+def _frame_rate(line: str) -> float:
+    for unit in ("fps", "tbr"):
+        match = re.search(rf"([\d.]+)(k?) {unit}\b", line)
+        if match:
+            return float(match.group(1)) * (1000 if match.group(2) else 1)
+    return 0.0
+
+
+def _packet_times(framecrc: str) -> np.ndarray:
+    """Presentation times (seconds, sorted) of the video packets in ffmpeg's ``framecrc`` output."""
+    base = re.search(r"#tb 0: (\d+)/(\d+)", framecrc)
+    if base is None:
+        return np.empty(0)
+    tb = Fraction(int(base.group(1)), int(base.group(2)))
+    pts = [int(fields[2]) for line in framecrc.splitlines()
+           if line and not line.startswith("#") and len(fields := line.split(",")) > 3 and fields[0].strip() == "0"]
+    return np.unique(np.array(pts, dtype=np.int64)) * float(tb)
+
+
+def probe_video(path: str | os.PathLike) -> VideoInfo:
+    """Read size, frame rate, duration, rotation and audio presence, and scan the first packets' timestamps.
+
+    Raises:
+        InvalidVideoError: missing, empty, unreadable, or without a video stream (a cover picture in an audio file
+            does not count).
+    """
+    path = check_input_file(path, InvalidVideoError, "video")
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path, "-map", "0:V:0?", "-c", "copy",
+           "-frames:v", str(SCANNED_PACKETS), "-f", "framecrc", "-"]
+    proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL)
+    stderr = proc.stderr.decode(errors="replace")
+    header = _input_section(stderr)
+    if "Input #0" not in stderr:
+        raise InvalidVideoError(f"cannot read video {path}: {ffmpeg_reason(stderr, proc.returncode)}")
+    streams = [line for line in header.splitlines() if re.search(r"Stream #\d+:\d+", line)]
+    video = [line for line in streams if "Video:" in line and "(attached pic)" not in line]
+    if not video:
+        raise InvalidVideoError(f"no video stream in {path}")
+    size = re.search(r"[ ,](\d+)x(\d+)[ ,\[]", video[0] + " ")
+    if size is None:
+        raise InvalidVideoError(f"cannot read video {path}: ffmpeg reports no frame size")
+    width, height = int(size.group(1)), int(size.group(2))
+    rotation = _rotation(header)
+    if rotation in (90, 270):
+        width, height = height, width
+    # ffmpeg's demuxer says so when the data stops before the index says it should (a container's duration is its
+    # longest stream's, so comparing it with the video's timestamps would mistake a long soundtrack for truncation)
+    truncated = "partial file" in stderr
+    times = _packet_times(proc.stdout.decode(errors="replace"))
+    intervals = np.diff(times)
+    intervals = intervals[intervals > 0]
+    frame_intervals, vfr = None, False
+    if len(intervals) >= 2:
+        typical = float(np.median(intervals))
+        frame_intervals = (float(intervals.min()), float(intervals.max()))
+        irregular = np.abs(intervals - typical) > VFR_TOLERANCE * typical
+        # a cut file loses frames of its last group of pictures: gaps there are not a variable frame rate
+        vfr = bool(irregular.mean() > 0.01) and not truncated
+    return VideoInfo(path, width, height, _frame_rate(video[0]), _duration(header),
+                     any("Audio:" in line for line in streams), rotation, frame_intervals, vfr, truncated)

@@ -1,0 +1,143 @@
+"""Temporary files of a run, named after the process that owns them, so that a later run can tell (and remove) the
+ones a killed process left behind (SIGKILL, a crash, a power cut: no cleanup code runs then).
+
+- Work folders (the frame cache of a looping video, an audio copy; the app's results):
+  ``<temp dir>/latentsync-<kind>-<host>-<pid>-<random>/``, made by [`make_work_dir`]. Making one first removes the
+  folders of processes of this machine that no longer run.
+- Partial outputs: ``.<name>.<host>-<pid>.partial<ext>`` beside the output ([`partial_path`]), renamed to the output
+  when complete. [`remove_stale_partials`] removes those of dead processes for one output (the next run on the same
+  output calls it).
+
+A process is dead when no process has its id, or when the id is this process's own but the file is not one it made
+(a restarted container reuses low process ids). The host name keeps machines that share a folder apart.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import socket
+import tempfile
+import threading
+
+PREFIX = "latentsync-"
+
+_owned: set[str] = set()  # work folders and partial files this process made and has not removed yet
+_lock = threading.Lock()
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+
+
+def _tag() -> str:
+    return f"{_host()}-{os.getpid()}"
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _is_stale(host: str, pid: int, path: str) -> bool:
+    if host != _host():
+        return False
+    if pid == os.getpid():
+        with _lock:
+            return path not in _owned
+    return not _process_exists(pid)
+
+
+def _own(path: str) -> None:
+    with _lock:
+        _owned.add(path)
+
+
+def _disown(path: str) -> None:
+    with _lock:
+        _owned.discard(path)
+
+
+# ---------------------------------------------------------------------------------------------------- work folders
+_WORK_DIR = re.compile(rf"{re.escape(PREFIX)}[a-z]+-(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)-[A-Za-z0-9_]+")
+
+
+def make_work_dir(kind: str = "run", root: str | os.PathLike | None = None) -> str:
+    """A new work folder for this process (in ``root``, default the system's temp folder), after removing the stale
+    ones of dead processes."""
+    remove_stale_work_dirs(root)
+    path = tempfile.mkdtemp(prefix=f"{PREFIX}{kind}-{_tag()}-", dir=root)
+    _own(path)
+    return path
+
+
+def remove_work_dir(path: str | os.PathLike) -> None:
+    """Remove a work folder made by [`make_work_dir`] and everything in it."""
+    path = os.fspath(path)
+    shutil.rmtree(path, ignore_errors=True)
+    _disown(path)
+
+
+def remove_stale_work_dirs(root: str | os.PathLike | None = None) -> list[str]:
+    """Remove the work folders that killed processes of this machine left in ``root`` (default: the temp folder);
+    returns their paths."""
+    root = os.fspath(root) if root is not None else tempfile.gettempdir()
+    stale = _stale_entries(root, _WORK_DIR, folders=True)
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
+
+
+def _stale_entries(folder: str, pattern: re.Pattern, folders: bool) -> list[str]:
+    """Paths in ``folder`` whose names match ``pattern`` (with groups ``host`` and ``pid``) and whose process is
+    gone; only folders, or only files."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    found = []
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        kind_ok = entry.is_dir(follow_symlinks=False) if folders else entry.is_file(follow_symlinks=False)
+        if match and kind_ok and _is_stale(match["host"], int(match["pid"]), entry.path):
+            found.append(entry.path)
+    return found
+
+
+# ---------------------------------------------------------------------------------------------------- partial outputs
+def partial_path(output: str | os.PathLike) -> str:
+    """The hidden file beside ``output`` that this process writes before renaming it to ``output``; it counts as this
+    process's own until [`release_partial`]."""
+    output = os.fspath(output)
+    folder, name = os.path.split(os.path.abspath(output))
+    ext = os.path.splitext(name)[1]
+    path = os.path.join(folder, f".{name}.{_tag()}.partial{ext}")
+    _own(path)
+    return path
+
+
+def release_partial(path: str) -> None:
+    """Forget a partial file (after it was renamed to the output or removed)."""
+    _disown(path)
+
+
+def remove_stale_partials(output: str | os.PathLike) -> list[str]:
+    """Remove the partial files of ``output`` that killed processes of this machine left beside it; returns their
+    paths."""
+    folder, name = os.path.split(os.path.abspath(os.fspath(output)))
+    ext = re.escape(os.path.splitext(name)[1])
+    pattern = re.compile(rf"\.{re.escape(name)}\.(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)\.partial{ext}")
+    removed = []
+    for path in _stale_entries(folder, pattern, folders=False):
+        try:
+            os.remove(path)
+            removed.append(path)
+        except OSError:  # removed meanwhile, or not ours to remove
+            pass
+    return removed

@@ -1,0 +1,85 @@
+"""``latentsync batch``: three video/audio pairs with one broken give two results and one clear error, with one
+model load; a second run skips the finished outputs; CSV job lists and their errors."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+
+import pytest
+
+from conftest import ffmpeg
+from latentsync.batch import BatchListError, read_jobs
+from latentsync.commands import main
+
+
+@pytest.fixture
+def pairs(tmp_path, example_face, example_speech):
+    """a and b: the example face with 0.64 s of speech; c: a video file that is not a video."""
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    for name in ("a", "b"):
+        shutil.copy(example_face, folder / f"{name}.mp4")
+        ffmpeg("-i", os.fspath(example_speech), "-t", "0.64", os.fspath(folder / f"{name}.wav"))
+    (folder / "c.mp4").write_bytes(b"not a video at all" * 100)
+    shutil.copy(folder / "a.wav", folder / "c.wav")
+    return folder
+
+
+def _rows(path):
+    with open(path, newline="") as fh:
+        return {os.path.basename(r["video"]): r for r in csv.DictReader(fh)}
+
+
+def test_three_pairs_one_broken_give_two_results_and_one_clear_error(pairs, tmp_path, monkeypatch):
+    from latentsync.pipeline import LatentSyncPipeline
+    from latentsync.testing import build_tiny_pipeline
+
+    model = tmp_path / "tiny-64"
+    build_tiny_pipeline(resolution=64).save_pretrained(model)  # 64 px faces: quick on a CPU
+
+    loads = []
+    original = LatentSyncPipeline.from_pretrained.__func__
+    monkeypatch.setattr(LatentSyncPipeline, "from_pretrained",
+                        classmethod(lambda cls, *a, **k: loads.append(a) or original(cls, *a, **k)))
+    out = tmp_path / "out"
+    argv = ["batch", os.fspath(pairs), os.fspath(out), "--model", os.fspath(model), "--steps", "1",
+            "--device", "cpu"]
+    assert main(argv) == 1  # a job failed
+    assert len(loads) == 1  # one model load for the whole batch
+    assert sorted(p for p in os.listdir(out) if p.endswith(".mp4")) == ["a.mp4", "b.mp4"]
+    rows = _rows(out / "batch_results.csv")
+    assert {k: r["status"] for k, r in rows.items()} == {"a.mp4": "done", "b.mp4": "done", "c.mp4": "failed"}
+    assert rows["a.mp4"]["num_frames"] == "16" and rows["a.mp4"]["error"] == ""
+    error = rows["c.mp4"]["error"]
+    assert "c.mp4" in error and "Traceback" not in error and len(error.splitlines()) == 1
+    summary = (out / "batch_summary.md").read_text()
+    assert "3 jobs: 2 done, 0 skipped, 1 failed" in summary and "| c.mp4 |" in summary
+    first_a = (out / "a.mp4").stat().st_mtime_ns
+
+    # resumed: the finished outputs are kept and skipped, the broken job is tried again
+    assert main(argv) == 1
+    rows = _rows(out / "batch_results.csv")
+    assert {k: r["status"] for k, r in rows.items()} == {"a.mp4": "skipped", "b.mp4": "skipped", "c.mp4": "failed"}
+    assert (out / "a.mp4").stat().st_mtime_ns == first_a
+
+
+def test_csv_job_lists(tmp_path):
+    (tmp_path / "v").mkdir()
+    jobs_csv = tmp_path / "jobs.csv"
+    jobs_csv.write_text("video,audio,output\nv/one.mp4,speech.wav,\nv/two.mov,other.wav,custom/name.mkv\n\n")
+    jobs = read_jobs(jobs_csv, tmp_path / "out")
+    assert [(os.path.relpath(j.video, tmp_path), os.path.relpath(j.audio, tmp_path),
+             os.path.relpath(j.output, tmp_path)) for j in jobs] == [
+        ("v/one.mp4", "speech.wav", "out/one.mp4"), ("v/two.mov", "other.wav", "out/custom/name.mkv")]
+
+    (tmp_path / "bad.csv").write_text("clip,speech\na.mp4,a.wav\n")
+    with pytest.raises(BatchListError, match="no video or audio column"):
+        read_jobs(tmp_path / "bad.csv", tmp_path / "out")
+    (tmp_path / "dup.csv").write_text("video,audio\nx/a.mp4,1.wav\ny/a.mp4,2.wav\n")
+    with pytest.raises(BatchListError, match="two jobs write"):
+        read_jobs(tmp_path / "dup.csv", tmp_path / "out")
+    with pytest.raises(BatchListError, match="job list not found"):
+        read_jobs(tmp_path / "missing.csv", tmp_path / "out")
+    assert main(["batch", os.fspath(tmp_path / "missing.csv"), os.fspath(tmp_path / "out")]) == 2  # one clear line

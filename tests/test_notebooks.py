@@ -1,0 +1,41 @@
+"""The example notebooks run top to bottom on the tiny models (``LATENTSYNC_TINY=1``, no Hub), in a real Jupyter
+kernel, and are stored without outputs."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from conftest import EXAMPLES, ROOT
+
+NOTEBOOKS = sorted(p.name for p in EXAMPLES.glob("*.ipynb"))
+
+
+def test_the_four_notebooks_exist_and_are_saved_without_outputs():
+    assert NOTEBOOKS == ["01_quickstart.ipynb", "02_convert_and_push.ipynb", "03_finetune_lora.ipynb",
+                         "04_evaluate.ipynb"]
+    source = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
+    for name in NOTEBOOKS:
+        nb = nbformat.read(EXAMPLES / name, as_version=4)
+        nbformat.validate(nb)
+        code = [c for c in nb.cells if c.cell_type == "code"]
+        assert all(c.outputs == [] and c.execution_count is None for c in code), f"{name} carries outputs"
+        assert "TINY =" in code[0].source and f'LATENTSYNC_SOURCE = "{source}"' in code[0].source  # one source URL
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs_on_the_tiny_models(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("LATENTSYNC_TINY", "1")
+    monkeypatch.setenv("LATENTSYNC_WORK", os.fspath(tmp_path / "work"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_MODULES_CACHE", os.fspath(tmp_path / "modules"))
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    nb = nbformat.read(EXAMPLES / name, as_version=4)
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": os.fspath(EXAMPLES)}}).execute()
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+    assert errors == []
+    assert not (EXAMPLES / "latentsync-work").exists()  # nothing written into the repository

@@ -1,0 +1,744 @@
+"""Reliability: bad, odd and interrupted runs, through the command line and the library.
+
+Every row of ``ROWS`` runs twice, as ``latentsync ...`` and as ``pipe(...)``, and asserts the exit status (command line)
+or the exception type (library), the first line of the message (one line, no traceback), that nothing is left in the
+output folder or in the temporary folder, and that the inputs' checksums are unchanged. Rows that fail before the
+model loads run the command line in a fresh interpreter, which also shows that it answers without importing torch.
+Rows that need the model run on a 64 px tiny pipeline. Interrupts (Ctrl-C, SIGTERM, SIGKILL) run the command line as
+a process and signal it mid-run; the app is stopped with SIGTERM.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import EXAMPLES, ROOT, decode, ffmpeg, write_video, write_wav
+from latentsync import (
+    DeviceError,
+    InvalidAudioError,
+    InvalidOutputError,
+    InvalidVideoError,
+    LatentSyncInputError,
+    ModelNotFoundError,
+    NoFaceError,
+)
+
+STEPS = 1
+RUN_CLI = ("import sys\nfrom latentsync.commands import main\ncode = main(sys.argv[1:])\n"
+           "print('torch imported' if 'torch' in sys.modules else 'torch not imported')\nsys.exit(code)\n")
+CONSOLE_SCRIPT = "from latentsync.commands import entry\nentry()\n"  # what the installed `latentsync` runs
+
+
+# ---------------------------------------------------------------------------------------------------- inputs
+def _cut(src: Path, dst: Path, fraction: float) -> Path:
+    data = src.read_bytes()
+    dst.write_bytes(data[: int(len(data) * fraction)])
+    return dst
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> Path:
+    """Every input file of the table, in one folder (their checksums must never change)."""
+    d = tmp_path_factory.mktemp("inputs")
+    face, speech = os.fspath(EXAMPLES / "face.mp4"), os.fspath(EXAMPLES / "speech.wav")
+    # 12 frames of the example face, padded to 480 x 384 (landscape, so that rotation shows in the frame size)
+    ffmpeg("-i", face, "-frames:v", "12", "-vf", "pad=480:384:48:0", "-c:v", "libx264", "-crf", "12",
+           os.fspath(d / "face.mp4"))
+    ffmpeg("-i", speech, "-t", "0.32", os.fspath(d / "speech.wav"))  # 8 output frames: one window
+    ffmpeg("-i", speech, "-t", "0.32", "-c:a", "aac", os.fspath(d / "speech.mp4"))  # an .mp4 holding only audio
+    ffmpeg("-i", speech, "-t", "0.1", os.fspath(d / "tenth.wav"))
+    ffmpeg("-i", face, "-t", "2", "-c:v", "libx264", os.fspath(d / "two_seconds.mp4"))
+    ffmpeg("-f", "lavfi", "-i", "sine=frequency=220:sample_rate=16000", "-t", "600", os.fspath(d / "ten_minutes.wav"))
+    ffmpeg("-i", os.fspath(d / "face.mp4"), "-frames:v", "1", os.fspath(d / "still.png"))
+    ffmpeg("-i", os.fspath(d / "face.mp4"), "-frames:v", "1", os.fspath(d / "still.jpg"))
+    ffmpeg("-i", os.fspath(d / "face.mp4"), "-frames:v", "1", "-c:v", "libx264", os.fspath(d / "one_frame.mp4"))
+    ffmpeg("-i", os.fspath(d / "face.mp4"), "-vf", "scale=32:32", "-c:v", "libx264", os.fspath(d / "tiny32.mp4"))
+    # stored sideways, with metadata that turns it upright
+    ffmpeg("-i", os.fspath(d / "face.mp4"), "-vf", "transpose=1", "-c:v", "libx264", "-crf", "12",
+           os.fspath(d / "sideways.mp4"))
+    ffmpeg("-display_rotation", "90", "-i", os.fspath(d / "sideways.mp4"), "-c", "copy", os.fspath(d / "rotated.mp4"))
+    (d / "sideways.mp4").unlink()
+    # every third frame dropped, timestamps kept: frames 40 or 80 ms apart
+    ffmpeg("-i", os.fspath(d / "face.mp4"), "-vf", r"select=not(eq(mod(n\,3)\,1))", "-fps_mode", "vfr",
+           "-c:v", "libx264", os.fspath(d / "vfr.mp4"))
+    write_video(d / "noface.mp4", [np.full((128, 128, 3), 90, np.uint8)] * 10)
+    write_wav(d / "silent.wav", np.zeros(8000))
+    _cut(d / "speech.wav", d / "truncated.wav", 0.7)  # the header promises more samples than the file holds
+    _cut(d / "face.mp4", d / "truncated.mp4", 0.5)  # the index (moov) at the end is missing
+    ffmpeg("-i", os.fspath(d / "two_seconds.mp4"), "-c", "copy", "-movflags", "+faststart",
+           os.fspath(d / "faststart.mp4"))
+    _cut(d / "faststart.mp4", d / "cut_download.mp4", 0.5)  # index first: readable, but the frames stop early
+    (d / "faststart.mp4").unlink()
+    rng = np.random.default_rng(0)
+    (d / "random.mp4").write_bytes(rng.integers(0, 256, 20_000, dtype=np.uint8).tobytes())
+    (d / "random.wav").write_bytes(rng.integers(0, 256, 20_000, dtype=np.uint8).tobytes())
+    (d / "text.mp4").write_text("this is not a video\n")
+    (d / "text.wav").write_text("this is not audio\n")
+    (d / "empty.mp4").write_bytes(b"")
+    (d / "empty.wav").write_bytes(b"")
+    (d / "a folder.mp4").mkdir()
+    unicode = d / "vidéo à synchroniser 音声"
+    unicode.mkdir()
+    shutil.copy(d / "face.mp4", unicode / "visage parlant.mp4")
+    shutil.copy(d / "speech.wav", unicode / "voix off.wav")
+    return d
+
+
+def checksums(folder: Path) -> dict[str, str]:
+    return {os.fspath(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(folder.rglob("*"))}
+
+
+def leftovers(folder: Path) -> list[str]:
+    """What a run left in a temporary folder (torch's own compile cache aside)."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("torchinductor_")) if folder.exists() \
+        else []
+
+
+@pytest.fixture(scope="module")
+def small_model_dir(tmp_path_factory) -> Path:
+    """The tiny random pipeline at 64 px (fast), saved once and loaded through the real code."""
+    from latentsync.testing import build_tiny_pipeline
+
+    path = tmp_path_factory.mktemp("small-latentsync")
+    build_tiny_pipeline(resolution=64, seed=0).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_pipe(small_model_dir):
+    from latentsync import LatentSyncPipeline
+
+    pipe = LatentSyncPipeline.from_pretrained(small_model_dir)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# ---------------------------------------------------------------------------------------------------- the table
+@dataclass
+class Row:
+    """One case: inputs (names in the media folder), output (``out/<name>`` or a special form), and what the command
+    line and the library must do. ``cli``/``lib`` are ``(exit status, message)`` / ``(exception, message)``; a None
+    exception means the run succeeds, and the message is then a warning that must be logged."""
+
+    video: str = "face.mp4"
+    audio: str = "speech.wav"
+    output: str = "out/result.mp4"
+    cli: tuple[int, str] = (0, "")
+    lib: tuple[type[BaseException] | None, str] = (None, "")
+    args: list[str] = field(default_factory=list)
+    kwargs: dict = field(default_factory=dict)
+    model: str | None = None  # --model: None = the 64 px test model, "" = none given (the default model)
+    on_cli: bool = True  # False: a library argument the command line does not have
+    needs_model: bool = False  # the command line fails or succeeds only once the model runs
+    imports_torch: bool = False  # the command line fails before loading the model, but after importing torch
+    lib_check: str = "pipe"  # "pipe": pipe(...); "model" / "device": the library's model and device checks
+    slow: bool = False
+
+
+def _error(exc: type[BaseException], message: str) -> dict:
+    return {"cli": (2, message), "lib": (exc, message)}
+
+
+ROWS: dict[str, Row] = {
+    # --- the video
+    "missing video": Row(video="missing.mp4", **_error(InvalidVideoError, r"video file not found: .*missing\.mp4")),
+    "empty video": Row(video="empty.mp4", **_error(InvalidVideoError, r"video file is empty \(0 bytes\)")),
+    "text file as video": Row(video="text.mp4", **_error(InvalidVideoError, r"cannot read video .*text\.mp4: not a "
+                                                                           "format ffmpeg reads")),
+    "truncated video": Row(video="truncated.mp4", **_error(InvalidVideoError, r"cannot read video .*truncated\.mp4: "
+                                                                              r".*damaged or incomplete file")),
+    "random bytes as video": Row(video="random.mp4", **_error(InvalidVideoError, r"cannot read video .*random\.mp4")),
+    "audio-only file as video": Row(video="speech.mp4", **_error(InvalidVideoError, r"no video stream in .*speech")),
+    "folder as video": Row(video="a folder.mp4", **_error(InvalidVideoError, r"video path is a folder")),
+    # --- the audio
+    "missing audio": Row(audio="missing.wav", **_error(InvalidAudioError, r"audio file not found: .*missing\.wav")),
+    "empty audio": Row(audio="empty.wav", **_error(InvalidAudioError, r"audio file is empty \(0 bytes\)")),
+    "text file as audio": Row(audio="text.wav", **_error(InvalidAudioError, r"cannot read audio from .*text\.wav: ")),
+    "random bytes as audio": Row(audio="random.wav", **_error(InvalidAudioError, r"cannot read audio from .*random")),
+    "video without audio as audio": Row(audio="face.mp4", **_error(InvalidAudioError, r"no audio stream in .*face")),
+    "silent audio": Row(audio="silent.wav", **_error(InvalidAudioError, r"audio track of .*silent\.wav is silent")),
+    # --- the output
+    "output = input video": Row(output="=video", **_error(InvalidOutputError, r"output .*face\.mp4 is the input file")),
+    "output = audio file": Row(audio="speech.mp4", output="=audio",
+                               **_error(InvalidOutputError, r"output .*speech\.mp4 is the input file")),
+    "output = hard link to the video": Row(output="hardlink", **_error(InvalidOutputError, r"is the input file")),
+    "output = symbolic link to the video": Row(output="symlink", **_error(InvalidOutputError, r"is the input file")),
+    "output is a folder": Row(output="folder", **_error(InvalidOutputError, r"output path is a folder")),
+    "unsupported output extension": Row(output="out/result.gif",
+                                        **_error(InvalidOutputError, r"unsupported output format \.gif")),
+    "output without extension": Row(output="out/result",
+                                    **_error(InvalidOutputError, r"unsupported output format \(no extension\)")),
+    "unwritable output folder": Row(output="unwritable",
+                                    **_error(InvalidOutputError, r"output folder is not writable")),
+    "existing output": Row(output="existing", cli=(2, r"output file already exists: .*\(pass --overwrite"),
+                           lib=(InvalidOutputError, r"output file already exists"), kwargs={"overwrite": False}),
+    # --- arguments
+    "steps 0": Row(args=["--steps", "0"], kwargs={"num_inference_steps": 0},
+                   cli=(2, r"--steps must be an integer >= 1, got 0"),
+                   lib=(LatentSyncInputError, r"num_inference_steps must be an integer >= 1, got 0")),
+    "guidance below 1": Row(args=["--guidance-scale", "0.5"], kwargs={"guidance_scale": 0.5},
+                            cli=(2, r"--guidance-scale must be a finite number >= 1 \(1 disables guidance\)"),
+                            lib=(LatentSyncInputError, r"guidance_scale must be a finite number >= 1")),
+    "negative face index": Row(args=["--face-index", "-1"], kwargs={"face_index": -1},
+                               cli=(2, r"--face-index must be an integer >= 0, got -1"),
+                               lib=(LatentSyncInputError, r"face_index must be an integer >= 0, got -1")),
+    "frames per window beyond the model": Row(kwargs={"num_frames": 25}, on_cli=False,
+                                              lib=(LatentSyncInputError, r"num_frames must be an integer between 1 "
+                                                                         r"and 24 \(the longest window")),
+    # --- model and device (command line; the library's own checks)
+    "unknown model id (offline)": Row(model="nobody/no-such-model", lib_check="model",
+                                      **_error(ModelNotFoundError, r"model nobody/no-such-model is not cached on "
+                                                                   r"this machine and the Hub cannot be reached")),
+    "missing model folder": Row(model="./no/such/folder", lib_check="model",
+                                **_error(ModelNotFoundError, r"model folder not found: \./no/such/folder")),
+    "default model offline": Row(model="", lib_check="model",
+                                 **_error(ModelNotFoundError, r"model ByteDance/LatentSync-1\.6 is not cached .*run "
+                                                              r"once "
+                                                              r"online .*latentsync make-tiny DIR")),
+    "unavailable device": Row(args=["--device", "cuda:99"], lib_check="device", imports_torch=True,
+                              **_error(DeviceError, r"device 'cuda:99' is not available on this machine; "
+                                                    r"available: cpu")),
+    "unknown device": Row(args=["--device", "gpu"], lib_check="device", imports_torch=True,
+                          **_error(DeviceError, r"unknown device 'gpu': use one of cpu")),
+    # --- valid, odd inputs (they run)
+    "PNG as video": Row(video="still.png", needs_model=True),
+    "JPEG as video": Row(video="still.jpg", needs_model=True),
+    "1-frame video": Row(video="one_frame.mp4", needs_model=True),
+    "0.1 s of audio": Row(audio="tenth.wav", needs_model=True),
+    "truncated WAV": Row(audio="truncated.wav", needs_model=True),
+    "truncated video, index first": Row(video="cut_download.mp4", needs_model=True,
+                                        cli=(0, r"ends before its header says \(2\.0 s\)"),
+                                        lib=(None, r"ends before its header says \(2\.0 s\)")),
+    "rotated video": Row(video="rotated.mp4", needs_model=True, cli=(0, r"carries rotation metadata"),
+                         lib=(None, r"carries rotation metadata \(270 degrees\): it is read upright \(480x384\)")),
+    "variable frame rate": Row(video="vfr.mp4", needs_model=True, cli=(0, r"has a variable frame rate"),
+                               lib=(None, r"has a variable frame rate \(frames 40-80 ms apart\)")),
+    "non-ASCII path with spaces": Row(video="vidéo à synchroniser 音声/visage parlant.mp4",
+                                      audio="vidéo à synchroniser 音声/voix off.wav",
+                                      output="out/vidéo synchronisée 音声.mp4", needs_model=True),
+    "output in a missing folder": Row(output="out/new/deeper/result.mp4", needs_model=True,
+                                      lib=(InvalidOutputError, r"output folder does not exist: .*deeper")),
+    "existing output, overwrite": Row(output="existing", args=["--overwrite"], needs_model=True),
+    "no face": Row(video="noface.mp4", needs_model=True,
+                   **_error(NoFaceError, r"no face found in any frame of .*noface\.mp4$")),
+    "32x32 video": Row(video="tiny32.mp4", needs_model=True,
+                       **_error(NoFaceError, r"no face found in any frame of .*tiny32\.mp4 \(the frames are only "
+                                             r"32x32 pixels\)")),
+    "face index beyond the faces": Row(args=["--face-index", "5"], kwargs={"face_index": 5}, needs_model=True,
+                                       cli=(2, r"--face-index=5, but 1 face track\(s\) were found in .*face\.mp4 "
+                                               r"\(valid: 0\)"),
+                                       lib=(LatentSyncInputError, r"face_index=5, but 1 face track\(s\) were found in "
+                                                                  r".*face\.mp4 \(valid: 0\)")),
+    "4K video": Row(video="uhd.mp4", needs_model=True, slow=True),
+    "10 min of audio over a 2 s video": Row(video="two_seconds.mp4", audio="ten_minutes.wav", needs_model=True,
+                                            slow=True, cli=(0, r"the audio \(600.0 s\) is 300 times as long as the "
+                                                               r"video \(2.0 s\): .*play 300 times"),
+                                            lib=(None, r"the audio \(600.0 s\) is 300 times as long")),
+}
+
+
+def _params(interface: str):
+    for name, row in ROWS.items():
+        if interface == "cli" and not row.on_cli:
+            continue
+        marks = [pytest.mark.slow] if row.slow else []
+        yield pytest.param(name, id=name, marks=marks)
+
+
+@dataclass
+class Case:
+    """A row made concrete in a test's folder."""
+
+    video: str
+    audio: str
+    output: str
+    out_dir: Path
+    tmp_dir: Path
+    before_out: list[str]
+
+
+def _prepare(row: Row, media: Path, tmp_path: Path) -> Case:
+    out_dir, tmp_dir = tmp_path / "out", tmp_path / "tmp"
+    out_dir.mkdir()
+    tmp_dir.mkdir()
+    if row.video == "uhd.mp4" and not (media / "uhd.mp4").exists():  # only the slow row needs it
+        ffmpeg("-i", os.fspath(EXAMPLES / "face.mp4"), "-t", "0.4", "-vf", "scale=2160:2160,pad=3840:2160:840:0",
+               "-c:v", "libx264", "-preset", "ultrafast", os.fspath(media / "uhd.mp4"))
+    video, audio = os.fspath(media / row.video), os.fspath(media / row.audio)
+    output = os.fspath(tmp_path / row.output)
+    if row.output == "=video":
+        output = video
+    elif row.output == "=audio":
+        output = audio
+    elif row.output == "hardlink":
+        output = os.fspath(out_dir / "linked.mp4")
+        os.link(video, output)
+    elif row.output == "symlink":
+        output = os.fspath(out_dir / "linked.mp4")
+        os.symlink(video, output)
+    elif row.output == "folder":
+        output = os.fspath(out_dir)
+    elif row.output == "existing":
+        output = os.fspath(out_dir / "result.mp4")
+        Path(output).write_bytes(b"an earlier result")
+    elif row.output == "unwritable":
+        if os.geteuid() == 0:  # root writes through permissions: use a file system that refuses new files
+            if not os.path.isdir("/sys"):
+                pytest.skip("running as root without /sys: no unwritable folder to test with")
+            output = "/sys/latentsync-result.mp4"
+        else:
+            locked = out_dir / "locked"
+            locked.mkdir(mode=0o555)
+            output = os.fspath(locked / "result.mp4")
+    return Case(video, audio, output, out_dir, tmp_dir, sorted(p.name for p in out_dir.iterdir()))
+
+
+def _check_leftovers(case: Case, row: Row, succeeded: bool) -> None:
+    after = sorted(p.name for p in case.out_dir.iterdir())
+    expected = set(case.before_out)
+    if succeeded and Path(case.output).is_relative_to(case.out_dir):  # the output, or the folder made for it
+        expected.add(Path(case.output).relative_to(case.out_dir).parts[0])
+    assert after == sorted(expected), f"left in the output folder: {after}, expected {sorted(expected)}"
+    assert leftovers(case.tmp_dir) == [], f"left in the temporary folder: {leftovers(case.tmp_dir)}"
+    if succeeded:
+        assert Path(case.output).stat().st_size > 1000
+    elif row.output == "existing":
+        assert Path(case.output).read_bytes() == b"an earlier result", "the existing output was changed"
+
+
+def _cli_args(row: Row, case: Case, model: Path) -> list[str]:
+    args = ["--video", case.video, "--audio", case.audio, "--output", case.output, "--steps", str(STEPS)]
+    if row.model != "":
+        args += ["--model", row.model or os.fspath(model)]
+    return args + list(row.args)
+
+
+def _offline(tmp_path: Path) -> dict[str, str]:
+    """Offline, with an empty Hub cache: no test depends on the network or on what this machine has downloaded."""
+    (tmp_path / "hf-cache").mkdir(exist_ok=True)
+    return {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": os.fspath(tmp_path / "hf-cache")}
+
+
+def _error_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.startswith("ERROR ")]
+
+
+@pytest.mark.parametrize("name", list(_params("cli")))
+def test_command_line(name, media, small_model_dir, tmp_path, caplog, monkeypatch):
+    row = ROWS[name]
+    case = _prepare(row, media, tmp_path)
+    before = checksums(media)
+    code, message = row.cli
+    args = _cli_args(row, case, small_model_dir)
+    if row.needs_model:  # in this interpreter (torch is loaded already), on the 64 px model
+        from latentsync.commands import main
+
+        monkeypatch.setattr(tempfile, "tempdir", os.fspath(case.tmp_dir))
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        with caplog.at_level(logging.INFO):
+            assert main(args) == code, caplog.text
+        errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    else:  # a fresh interpreter: the answer must come before torch is imported
+        env = {**os.environ, "TMPDIR": os.fspath(case.tmp_dir), **_offline(tmp_path)}
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", RUN_CLI, *args], capture_output=True, text=True, env=env,
+                              cwd=tmp_path, timeout=300)
+        elapsed = time.perf_counter() - start
+        assert proc.returncode == code, proc.stderr
+        assert "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stdout.strip() == ("torch imported" if row.imports_torch else "torch not imported")
+        errors = [line.split(": ", 1)[1] for line in _error_lines(proc.stderr)]
+        warnings = []
+        print(f"{name}: exit {proc.returncode} after {elapsed:.2f} s")
+    if code:
+        assert len(errors) == 1 and "\n" not in errors[0], errors
+        assert re.search(message, errors[0]), (message, errors[0])
+    else:
+        assert not errors, errors
+        if message:
+            assert any(re.search(message, w) for w in warnings), (message, warnings)
+    _check_leftovers(case, row, succeeded=code == 0)
+    assert checksums(media) == before, "an input file changed"
+
+
+@pytest.mark.parametrize("name", list(_params("lib")))
+def test_library(name, media, small_pipe, tmp_path, caplog, monkeypatch):
+    import torch
+
+    from latentsync.devices import check_device
+    from latentsync.model_source import check_model_source
+
+    row = ROWS[name]
+    case = _prepare(row, media, tmp_path)
+    before = checksums(media)
+    exc_type, message = row.lib
+    monkeypatch.setattr(tempfile, "tempdir", os.fspath(case.tmp_dir))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    device = row.args[row.args.index("--device") + 1] if "--device" in row.args else None
+
+    def call():
+        if row.lib_check == "model":
+            from latentsync.commands.run import DEFAULT_MODEL
+
+            (tmp_path / "hf-cache").mkdir()
+            return check_model_source(row.model or DEFAULT_MODEL, cache_dir=tmp_path / "hf-cache")
+        if row.lib_check == "device":
+            return check_device(device)
+        kwargs = {"num_inference_steps": STEPS, **row.kwargs}
+        return small_pipe(case.video, case.audio, output_path=case.output, generator=torch.Generator().manual_seed(0),
+                          **kwargs)
+
+    with caplog.at_level(logging.WARNING):
+        if exc_type is None:
+            out = call()
+            assert out.path == case.output and out.num_frames > 0
+            if message:
+                assert any(re.search(message, r.getMessage()) for r in caplog.records), (message, caplog.text)
+        else:
+            with pytest.raises(exc_type) as info:
+                call()
+            text = str(info.value)
+            assert "\n" not in text and re.search(message, text), (message, text)
+    if row.lib_check == "pipe":
+        _check_leftovers(case, row, succeeded=exc_type is None)
+    assert checksums(media) == before, "an input file changed"
+
+
+def test_rotated_video_comes_out_upright(media, small_pipe, tmp_path):
+    import torch
+
+    out = small_pipe(media / "rotated.mp4", media / "speech.wav", output_path=tmp_path / "upright.mp4",
+                     num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0))
+    frames, upright = decode(Path(out.path), fps=None), decode(media / "face.mp4")[: out.num_frames]
+    assert frames.shape[1:3] == (384, 480) == upright.shape[1:3]
+    # the generated mouth is a small region: the rest of the picture is the upright input
+    assert np.abs(frames.astype(int) - upright.astype(int)).mean() < 6
+
+
+def test_library_default_overwrites_an_earlier_output_but_never_an_input(media, small_pipe, tmp_path):
+    import torch
+
+    earlier = tmp_path / "result.mp4"
+    earlier.write_bytes(b"an earlier result")
+    out = small_pipe(media / "face.mp4", media / "speech.wav", output_path=earlier, num_inference_steps=STEPS,
+                     generator=torch.Generator().manual_seed(0))
+    assert Path(out.path).stat().st_size > 1000
+    video = tmp_path / "face.mp4"
+    shutil.copy(media / "face.mp4", video)
+    digest = hashlib.sha256(video.read_bytes()).hexdigest()
+    with pytest.raises(InvalidOutputError, match="is the input file"):
+        small_pipe(video, media / "speech.wav", output_path=video, overwrite=True, num_inference_steps=STEPS)
+    assert hashlib.sha256(video.read_bytes()).hexdigest() == digest
+
+
+def test_odd_input_warnings_before_the_model(media):
+    from latentsync.inputs import check_run_inputs
+
+    checked = check_run_inputs(media / "two_seconds.mp4", media / "ten_minutes.wav")
+    assert abs(checked.audio.duration - 600) < 0.01 and abs(checked.video.duration - 2) < 0.05
+    assert any("300 times as long" in w and "play 300 times" in w for w in checked.warnings), checked.warnings
+    assert check_run_inputs(media / "face.mp4", media / "speech.wav").warnings == []
+    for still in ("still.png", "still.jpg", "one_frame.mp4"):
+        assert check_run_inputs(media / still, media / "ten_minutes.wav").warnings == [], still
+    cut = check_run_inputs(media / "cut_download.mp4", media / "speech.wav")
+    assert cut.warnings == [f"video {media / 'cut_download.mp4'} ends before its header says (2.0 s): it looks "
+                            "incomplete; the frames it holds are used"]
+
+
+def test_device_dtype_check(monkeypatch):
+    import torch
+
+    from latentsync import devices
+
+    assert devices.check_device("cpu", "fp32") == ("cpu", torch.float32)
+    assert devices.check_device(None, None)[0] in devices.available_devices()
+
+    def unsupported(device, dtype):
+        raise RuntimeError('"slow_conv2d_cpu" not implemented for \'Half\'\nmore details')
+
+    monkeypatch.setattr(devices, "_smoke_test", unsupported)
+    with pytest.raises(DeviceError, match=r"cpu cannot compute in fp16 \(\"slow_conv2d_cpu\" not implemented for "
+                                          r"'Half'\): use fp32$"):
+        devices.check_device("cpu", "fp16")
+
+
+def test_hub_unreachable_is_found_quickly(monkeypatch):
+    """Without HF_HUB_OFFLINE, an unreachable Hub is found by a failed connection, not by half a minute of retries."""
+    from huggingface_hub import constants
+
+    from latentsync.model_source import check_model_source, hub_is_reachable
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{port}")
+    start = time.perf_counter()
+    assert not hub_is_reachable()
+    with pytest.raises(ModelNotFoundError, match="not cached on this machine and the Hub cannot be reached"):
+        check_model_source("nobody/no-such-model")
+    assert time.perf_counter() - start < 5
+
+
+def test_unknown_model_on_a_reachable_hub(monkeypatch, tmp_path):
+    import huggingface_hub
+    from huggingface_hub import constants
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    from latentsync import model_source
+
+    asked = []
+
+    def not_found(self, repo_id, **kwargs):
+        asked.append(repo_id)
+        raise RepositoryNotFoundError.__new__(RepositoryNotFoundError)  # what the Hub answers for an unknown id
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(model_source, "hub_is_reachable", lambda timeout=3.0: True)
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", not_found)
+    with pytest.raises(ModelNotFoundError, match="unknown model nobody/no-such-model: no such folder here, and no "
+                                                 "such model on the Hub"):
+        model_source.check_model_source("nobody/no-such-model", cache_dir=tmp_path)
+    assert asked == ["nobody/no-such-model"]
+
+
+def test_model_folder_without_a_pipeline(tmp_path):
+    from latentsync.model_source import check_model_source
+
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ModelNotFoundError, match="holds no pipeline .*latentsync make-tiny"):
+        check_model_source(tmp_path)
+    with pytest.raises(ModelNotFoundError, match="is a file"):
+        check_model_source(tmp_path / "notes.txt")
+
+
+def test_help_and_import_do_not_load_torch():
+    code = ("import sys, latentsync, latentsync.commands.run\n"
+            "assert 'torch' not in sys.modules, 'import latentsync loaded torch'\n"
+            "from latentsync.commands import main\n"
+            "try:\n    main(['--help'])\nexcept SystemExit as exc:\n    assert exc.code == 0\n"
+            "assert 'torch' not in sys.modules, '--help loaded torch'\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "--overwrite" in proc.stdout and "--verbose" in proc.stdout and "143" in proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------------- interrupts
+def _start_cli(args: list[str], tmp_dir: Path, cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "TMPDIR": os.fspath(tmp_dir), **_offline(cwd)}
+    return subprocess.Popen([sys.executable, "-c", CONSOLE_SCRIPT, *args], stderr=subprocess.PIPE,
+                            stdout=subprocess.DEVNULL, env=env, cwd=cwd)
+
+
+def _read_until(proc: subprocess.Popen, condition, timeout: float = 240) -> str:
+    """stderr of ``proc`` until ``condition(text)`` holds (or the process ends)."""
+    text, deadline = b"", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        chunk = proc.stderr.read1(4096)
+        if not chunk:
+            break
+        text += chunk
+        if condition(text.decode(errors="replace")):
+            break
+    return text.decode(errors="replace")
+
+
+def _stop(proc: subprocess.Popen, sig: int) -> tuple[int, str, float]:
+    start = time.perf_counter()
+    proc.send_signal(sig)
+    rest = proc.stderr.read().decode(errors="replace")
+    code = proc.wait(timeout=120)
+    return code, rest, time.perf_counter() - start
+
+
+def _partials(folder: Path, wait: float = 0) -> list[str]:
+    """The partial outputs in ``folder``, waiting up to ``wait`` seconds for one to appear."""
+    deadline = time.monotonic() + wait
+    while True:
+        found = [p.name for p in folder.iterdir() if ".partial" in p.name]
+        if found or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.2)
+
+
+def _interrupt(media: Path, model: Path, tmp_path: Path, video: Path, started, sig: int) -> tuple[str, str]:
+    """Run the command line on ``video`` and the 10 min audio, send ``sig`` once ``started(stderr)`` holds, and
+    check that it stops at once with the shell's status and one line, leaving nothing behind; returns its stderr
+    before and after the signal."""
+    out_dir, tmp_dir = tmp_path / "out", tmp_path / "tmp"
+    out_dir.mkdir()
+    tmp_dir.mkdir()
+    before = checksums(media)
+    proc = _start_cli(["--model", os.fspath(model), "--video", os.fspath(video), "--audio",
+                       os.fspath(media / "ten_minutes.wav"), "--output", os.fspath(out_dir / "result.mp4"),
+                       "--steps", "1"], tmp_dir, tmp_path)
+    text = _read_until(proc, started)
+    assert started(text), text
+    assert [p for p in tmp_dir.iterdir() if p.name.startswith("latentsync-run-")], "no work folder during the run"
+    if "Lip sync" in text:
+        assert _partials(out_dir, wait=30), "no partial output while windows are written"
+    code, rest, seconds = _stop(proc, sig)
+    name = "Ctrl-C" if sig == signal.SIGINT else signal.Signals(sig).name
+    print(f"{name}: exit {code} after {seconds:.1f} s")
+    assert code == 128 + sig, rest
+    assert _error_lines(rest) == [f"ERROR latentsync: stopped by {name}: no output was written, temporary files "
+                                  "were removed"], rest
+    assert "Traceback" not in text + rest
+    assert list(out_dir.iterdir()) == [] and leftovers(tmp_dir) == []
+    assert checksums(media) == before
+    return text, rest
+
+
+def test_ctrl_c_during_face_analysis(media, small_model_dir, tmp_path):
+    long_video = tmp_path / "long_face.mp4"  # 240 frames: the face analysis lasts long enough to be interrupted
+    ffmpeg("-stream_loop", "19", "-i", os.fspath(media / "face.mp4"), "-c", "copy", os.fspath(long_video))
+    _interrupt(media, small_model_dir, tmp_path, long_video,
+               lambda t: re.search(r"Face analysis: +[1-9]\d*%", t) is not None, signal.SIGINT)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])
+def test_stop_during_generation_of_a_long_audio(sig, media, small_model_dir, tmp_path):
+    """10 min of audio over a 2 s video: a warning before the model loads, then a signal while windows are written."""
+    text, _ = _interrupt(media, small_model_dir, tmp_path, media / "two_seconds.mp4",
+                         lambda t: re.search(r"Lip sync: +\d+%\|[^\n]*\| *[1-9]\d*/", t) is not None, sig)
+    assert re.search(r"WARNING latentsync\.inputs: the audio \(600\.0 s\) is 300 times as long as the video "
+                     r"\(2\.0 s\): .*play 300 times", text), text
+    assert text.index("300 times as long") < text.index("loading"), "the warning must come before the model loads"
+
+
+def test_the_next_run_removes_what_a_killed_run_left(media, small_model_dir, tmp_path, monkeypatch, caplog):
+    from latentsync.commands import main
+
+    out_dir, tmp_dir = tmp_path / "out", tmp_path / "tmp"
+    out_dir.mkdir()
+    tmp_dir.mkdir()
+    output = out_dir / "result.mp4"
+    args = ["--model", os.fspath(small_model_dir), "--video", os.fspath(media / "face.mp4"), "--audio",
+            os.fspath(EXAMPLES / "speech.wav"), "--output", os.fspath(output), "--steps", "1"]  # 7 windows
+    proc = _start_cli(args, tmp_dir, tmp_path)
+    _read_until(proc, lambda t: "Lip sync:" in t)
+    assert _partials(out_dir, wait=60), "no partial output while windows are written"
+    proc.kill()  # SIGKILL: no cleanup code runs
+    proc.wait(timeout=60)
+    proc.stderr.close()
+    stale_partials, stale_work = _partials(out_dir), leftovers(tmp_dir)
+    assert stale_partials and stale_work, (stale_partials, stale_work)
+    # the next run on the same output (here in this process) removes them and writes its own result
+    monkeypatch.setattr(tempfile, "tempdir", os.fspath(tmp_dir))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    short = ["--audio", os.fspath(media / "speech.wav")]
+    assert main(args[:4] + short + args[6:]) == 0, caplog.text
+    assert sorted(p.name for p in out_dir.iterdir()) == ["result.mp4"]
+    assert leftovers(tmp_dir) == []
+
+
+def test_stale_files_of_other_processes(tmp_path, monkeypatch):
+    """A file of a live process is kept; one of a dead process, or one carrying this process's id that it did not
+    make (a restarted container reuses process ids), is removed."""
+    from latentsync import tempfiles
+
+    monkeypatch.setattr(tempfile, "tempdir", os.fspath(tmp_path))
+    host = tempfiles._host()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    names = {f"latentsync-run-{host}-{dead.pid}-abc": True, f"latentsync-run-{host}-{os.getpid()}-old": True,
+             f"latentsync-run-{host}-1-live": False, f"latentsync-run-otherhost-{dead.pid}-abc": False}
+    for name in names:
+        (tmp_path / name).mkdir()
+    mine = tempfiles.make_work_dir("run")
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([n for n, gone in names.items() if not gone] +
+                                                                [Path(mine).name])
+    tempfiles.remove_work_dir(mine)
+    output = tmp_path / "result.mp4"
+    stale = tmp_path / f".result.mp4.{host}-{dead.pid}.partial.mp4"
+    live = tmp_path / f".result.mp4.{host}-1.partial.mp4"
+    stale.write_bytes(b"x")
+    live.write_bytes(b"x")
+    assert tempfiles.remove_stale_partials(output) == [os.fspath(stale)] and live.exists()
+
+
+# ------------------------------------------------------------------------------------------------- library interrupts
+def test_library_interrupt_during_generation_leaves_nothing(media, small_pipe, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", os.fspath(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+
+    def ctrl_c(pipe, step, timestep, kwargs):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        small_pipe(media / "two_seconds.mp4", EXAMPLES / "speech.wav", output_path=tmp_path / "result.mp4",
+                   num_inference_steps=STEPS, callback_on_step_end=ctrl_c)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tmp"] and leftovers(tmp_path / "tmp") == []
+
+
+def test_library_interrupt_during_face_analysis_leaves_nothing(media, small_pipe, tmp_path, monkeypatch):
+    from latentsync.face.detection import FaceDetector
+
+    monkeypatch.setattr(tempfile, "tempdir", os.fspath(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    seen = []
+    real = FaceDetector.detect
+
+    def interrupted(self, frame):
+        seen.append(1)
+        if len(seen) == 10:
+            raise KeyboardInterrupt
+        return real(self, frame)
+
+    monkeypatch.setattr(FaceDetector, "detect", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        small_pipe(media / "two_seconds.mp4", EXAMPLES / "speech.wav", output_path=tmp_path / "result.mp4",
+                   num_inference_steps=STEPS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tmp"] and leftovers(tmp_path / "tmp") == []
+
+
+# ---------------------------------------------------------------------------------------------------- the app
+def test_app_removes_its_results_on_sigterm(small_model_dir, tmp_path):
+    pytest.importorskip("gradio")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tmp_dir = tmp_path / "tmp"
+    tmp_dir.mkdir()
+    env = {**os.environ, "TMPDIR": os.fspath(tmp_dir), "LATENTSYNC_MODEL": os.fspath(small_model_dir),
+           "LATENTSYNC_DEVICE": "cpu", "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
+           "GRADIO_ANALYTICS_ENABLED": "False", **_offline(tmp_path)}
+    proc = subprocess.Popen([sys.executable, os.fspath(ROOT / "app.py")], stderr=subprocess.STDOUT,
+                            stdout=subprocess.PIPE, env=env, cwd=tmp_path)
+    proc.stderr = proc.stdout  # _read_until reads .stderr
+    text = _read_until(proc, lambda t: f"127.0.0.1:{port}" in t, timeout=300)
+    work = [p for p in tmp_dir.iterdir() if p.name.startswith("latentsync-app-")]
+    assert len(work) == 1, (text, list(tmp_dir.iterdir()))
+    (work[0] / "job").mkdir()
+    (work[0] / "job" / "lipsync.mp4").write_bytes(b"a result")
+    code, rest, seconds = _stop(proc, signal.SIGTERM)
+    print(f"app stopped by SIGTERM: exit {code} after {seconds:.1f} s")
+    assert code == 143, text + rest
+    assert not work[0].exists(), "the app's results were left behind"
+
+
+def test_resolution_the_model_cannot_run_is_refused_up_front(small_pipe, media, monkeypatch):
+    from diffusers.configuration_utils import FrozenDict
+
+    monkeypatch.setattr(small_pipe, "_internal_dict", FrozenDict({**small_pipe.config, "resolution": 100}))
+    with pytest.raises(LatentSyncInputError, match="resolution 100 is not a multiple of 16"):
+        small_pipe(media / "face.mp4", media / "speech.wav", num_inference_steps=STEPS)
