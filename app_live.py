@@ -24,7 +24,7 @@ import torch
 from scipy.signal import resample_poly
 
 from latentsync.errors import LatentSyncInputError
-from latentsync.live import LiveFrame, LiveSession
+from latentsync.live import LiveFrame
 from latentsync.media import SAMPLE_RATE, VideoWriter, probe_video, write_wav
 from latentsync.pipeline import LatentSyncPipeline
 

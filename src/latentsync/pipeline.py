@@ -43,7 +43,7 @@ from .face.choice import check_face_arguments, track_key
 from .face.mask import latent_mouth_mask, mouth_mask
 from .face.selection import FaceSelection, choose_faces
 from .face.tracking import FaceTrack, FaceTracks, track_faces
-from .inputs import CheckedInputs, check_arguments, check_int, check_run_inputs
+from .inputs import CheckedInputs, check_arguments, check_int, check_output_fps, check_run_inputs
 from .live import LiveFrame, LiveSession, stream_frames
 from .loaders.lora import LatentSyncLoraLoaderMixin
 from .loaders.official import is_official_layout, load_official_components
@@ -336,7 +336,7 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         Raises:
             LatentSyncInputError: the message names the argument.
         """
-        _check_output_fps(output_fps)
+        check_output_fps(output_fps)
         if audio is None:
             raise LatentSyncInputError("audio is required: the speech to lip-sync to")
         if avatar is None:
@@ -789,7 +789,7 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         Returns:
             the [`~latentsync.avatar.Avatar`] (also saved at ``path``).
         """
-        _check_output_fps(output_fps)
+        check_output_fps(output_fps)
         check_face_arguments(face, face_index, face_box, face_box_frame)
         check_int("num_frames", num_frames, 1)
         if isinstance(video, (str, os.PathLike)):
@@ -846,7 +846,7 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         max_frames = self.unet.config.motion_max_seq_length if self.unet.has_motion_modules else None
         check_arguments(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, num_frames=num_frames,
                         max_num_frames=max_frames)
-        _check_output_fps(fps)
+        check_output_fps(fps)
         if fps == "input":
             raise LatentSyncInputError("live video has no stored timestamps: give its frame rate as fps")
         if latents is not None and tuple(latents.shape) != self._noise_shape():
@@ -966,16 +966,6 @@ def _pixel_mask(resolution: int) -> torch.Tensor:
     """The mouth mask ``(1, 1, R, R)`` that masks the faces before the VAE (float64: the official masked image is
     the float32 face times the float64 mask, rounded once to the VAE's dtype)."""
     return torch.from_numpy(np.array(mouth_mask(resolution)))[None, None]
-
-
-def _check_output_fps(output_fps: Any) -> None:
-    """[`LatentSyncInputError`] unless ``output_fps`` is ``"input"`` or a frame rate in [1, 240]."""
-    if output_fps == "input":
-        return
-    ok = isinstance(output_fps, numbers.Real) and not isinstance(output_fps, bool) and math.isfinite(output_fps)
-    if not ok or not 1 <= output_fps <= 240:
-        raise LatentSyncInputError(f'output_fps must be "input" or a frame rate between 1 and 240, got '
-                                   f"{output_fps!r}")
 
 
 def _check_frame_count(source: FrameSource, decoded: int) -> None:
