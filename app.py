@@ -48,6 +48,10 @@ from latentsync.tempfiles import make_work_dir, remove_work_dir
 from latentsync.testing import build_tiny_pipeline
 from latentsync.utils import DTYPES, default_device
 
+if str(Path(__file__).resolve().parent) not in sys.path:  # app_live.py lives beside this file
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+from app_live import build_live_tab  # noqa: E402
+
 try:  # Hugging Face Spaces (ZeroGPU): request a GPU for the duration of each call
     import spaces
 except ImportError:
@@ -307,8 +311,11 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
             gr.Examples(examples=examples, inputs=[video_in, audio_in], cache_examples=False)
         run.click(service, inputs=[video_in, audio_in, steps, guidance, seed], outputs=[video_out, status],
                   api_name="lipsync", concurrency_limit=1)
+        demo_live = build_live_tab(pipe, config.default_steps, config.max_seconds, service._lock)
+        atexit.register(demo_live.close)
     demo.queue(default_concurrency_limit=1, max_size=None)  # no queue cap: every request waits its turn
     demo.service = service
+    demo.live = demo_live
     demo.config = config
     return demo
 

@@ -108,6 +108,17 @@ def check_arguments(
         raise LatentSyncInputError('output_type="file" needs an output_path')
 
 
+def check_output_fps(output_fps: Any) -> None:
+    """[`LatentSyncInputError`] unless ``output_fps`` is ``"input"`` (the video's own timeline) or a frame rate in
+    [1, 240]."""
+    if output_fps == "input":
+        return
+    ok = isinstance(output_fps, numbers.Real) and not isinstance(output_fps, bool) and math.isfinite(output_fps)
+    if not ok or not 1 <= output_fps <= 240:
+        raise LatentSyncInputError(f'output_fps must be "input" or a frame rate between 1 and 240, got '
+                                   f"{output_fps!r}")
+
+
 def _is_path(value: Any) -> bool:
     return isinstance(value, (str, os.PathLike))
 

@@ -13,13 +13,14 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import PIL.Image
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import is_xformers_available, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
@@ -32,21 +33,26 @@ from .audio_features.whisper import (
     AUDIO_WINDOW_MODES,
     AudioWindowMode,
     StreamedAudioFeatures,
+    audio_contexts_at,
     encode_audio_features,
     frame_audio_contexts,
 )
-from .errors import LatentSyncInputError
-from .face.choice import track_key
+from .avatar import Avatar, vae_fingerprint
+from .errors import InvalidVideoError, LatentSyncInputError
+from .face.choice import check_face_arguments, track_key
 from .face.mask import latent_mouth_mask, mouth_mask
 from .face.selection import FaceSelection, choose_faces
 from .face.tracking import FaceTrack, FaceTracks, track_faces
 from .face.warp import TorchFaceAligner
-from .inputs import CheckedInputs, check_int, check_run_inputs
+from .inputs import CheckedInputs, check_arguments, check_int, check_output_fps, check_run_inputs
+from .live import LiveFrame, LiveSession, stream_frames
 from .loaders.lora import LatentSyncLoraLoaderMixin
 from .loaders.official import is_official_layout, load_official_components
 from .loaders.official import load_syncnet as load_syncnet_model
 from .media.audio import as_samples, check_not_silent, fit_length, mix_tracks, num_video_frames
-from .media.constants import VIDEO_FPS
+from .media.constants import SAMPLE_RATE, VIDEO_FPS
+from .media.files import check_input_file
+from .media.timeline import open_timed_frames, output_timeline
 from .media.video import FrameSource, open_frames
 from .model_source import check_not_training_run
 from .models.audio_encoder import WhisperAudioEncoder
@@ -57,6 +63,7 @@ from .models.unet import LatentSyncUNet
 from .pipeline_output import LatentSyncPipelineOutput
 from .schedulers import scheduler_by_name
 from .streaming import FrameWindow, LatentCache, VideoStream
+from .streaming import pingpong_indices as _looping_order
 from .utils import StageTimer, frames_to_pixels, pixels_to_frames, scale_latents, unscale_latents
 from .window_batch import MAX_WINDOWS_PER_BATCH, WindowBatch, stack_windows, windows_that_fit
 
@@ -367,6 +374,57 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         return choose_faces(tracks, source, face, face_index, face_box, face_box_frame, voice_tracks,
                             syncnet=getattr(self, "syncnet", None), progress=self._progress)
 
+    def _check_timeline_inputs(self, video: Any, audio: Any, output_fps: Any, avatar: Any, face: Any = None,
+                               face_index: Any = None, face_box: Any = None) -> Avatar | None:
+        """Check ``output_fps`` and the choice between ``video`` and a prepared ``avatar`` (loaded here).
+
+        Raises:
+            LatentSyncInputError: the message names the argument.
+        """
+        check_output_fps(output_fps)
+        if audio is None:
+            raise LatentSyncInputError("audio is required: the speech to lip-sync to")
+        if avatar is None:
+            if video is None:
+                raise LatentSyncInputError("give a video (or a prepared avatar)")
+            if output_fps == "input" and not isinstance(video, (str, os.PathLike)):
+                raise LatentSyncInputError('output_fps="input" keeps the timestamps of a video file; frames in '
+                                           "memory have none: give their frame rate as output_fps")
+            return None
+        if video is not None:
+            raise LatentSyncInputError("give either a video or a prepared avatar, not both")
+        if face not in (None, "largest") or face_index is not None or face_box is not None:
+            raise LatentSyncInputError("an avatar's face was chosen when it was prepared (prepare_avatar's face "
+                                       "arguments); do not pass face, face_index or face_box with it")
+        if isinstance(audio, Mapping):
+            raise LatentSyncInputError("an avatar has one face: give one audio, not a voice per face")
+        avatar = avatar if isinstance(avatar, Avatar) else Avatar.load(avatar)
+        avatar.check_compatible(self.config.resolution, self.vae)
+        if output_fps not in (VIDEO_FPS, avatar.fps):
+            raise LatentSyncInputError(f"the avatar was prepared for output_fps={avatar.fps!r}, not {output_fps!r}")
+        return avatar
+
+    @staticmethod
+    def _open_video(video: Any, output_fps: float | str) -> FrameSource:
+        """The video as re-readable frames: every stored frame with its timestamp for ``"input"``, else resampled
+        to ``output_fps``."""
+        return open_timed_frames(video) if output_fps == "input" else open_frames(video, output_fps)
+
+    @staticmethod
+    def _output_timeline(source: FrameSource, output_fps: float | str, num_samples: int
+                         ) -> tuple[float, np.ndarray | None]:
+        """The output's frame rate and the time (seconds) of every output frame, which covers ``num_samples`` of
+        audio. None for the 25 fps timeline (frame ``i`` at ``i / 25``, the official arithmetic). With
+        ``"input"``: the video's own timestamps (looping forward and backward with each frame's own duration when
+        the audio is longer), the rate being the typical one (for display)."""
+        if output_fps == "input":
+            _, times = output_timeline(source.timestamps, num_samples / SAMPLE_RATE, _looping_order)
+            gaps = np.diff(source.timestamps)
+            return (1.0 / float(np.median(gaps)) if len(gaps) else float(VIDEO_FPS)), times
+        if output_fps == VIDEO_FPS:
+            return float(VIDEO_FPS), None
+        return float(output_fps), np.arange(num_video_frames(num_samples, fps=output_fps)) / float(output_fps)
+
     def _noise_shape(self) -> tuple[int, ...]:
         size = self.config.resolution // self.vae_scale_factor
         return (1, self.unet.config.out_channels, 1, size, size)
@@ -386,8 +444,16 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         return latents.to(device=device, dtype=dtype)
 
     def _vae_encode(self, pixels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        return self._sample_posterior(self._vae_posterior(pixels), generator)
+
+    def _vae_posterior(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The VAE encoder's posterior of ``pixels``: mean and log-variance ``(N, 2 * C, h, w)``."""
         # the execution device, not vae.device: under CPU offload the VAE's weights are elsewhere until it runs
-        dist = self.vae.encode(pixels.to(self._execution_device, self.vae.dtype)).latent_dist
+        return self.vae.encode(pixels.to(self._execution_device, self.vae.dtype)).latent_dist.parameters
+
+    def _sample_posterior(self, posterior: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Scaled latents drawn from a VAE posterior (as ``latent_dist.sample``, the same random numbers)."""
+        dist = DiagonalGaussianDistribution(posterior.to(self._execution_device, self.vae.dtype))
         return scale_latents(dist.sample(generator=generator), self.vae)
 
     def _vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
@@ -409,22 +475,32 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         generator: torch.Generator | None,
         source_indices: Sequence[int] | None,
         latent_cache: LatentCache | None,
+        avatar: Avatar | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Reference and masked-face latents ``(f, 4, h, w)``, taken from ``latent_cache`` where present.
 
         The VAE posterior samples are drawn in the official order (masked faces first, then the reference faces),
-        so that a seeded run draws the same random numbers as the official code."""
+        so that a seeded run draws the same random numbers as the official code. With an ``avatar`` the posteriors
+        are its stored ones (no VAE encoder), sampled in the same order and batch shapes."""
+
+        def encode(rows: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+            if avatar is not None:
+                keys = [int(source_indices[k]) for k in (range(len(source_indices)) if rows is None else rows)]
+                masked_posterior, ref_posterior = avatar.posteriors(keys)
+                masked = self._sample_posterior(masked_posterior, generator)
+                return self._sample_posterior(ref_posterior, generator), masked
+            sel = pixels if rows is None else pixels[rows]
+            masked = self._vae_encode(sel * mask, generator)
+            return self._vae_encode(sel, generator), masked
+
         if latent_cache is None or source_indices is None:
-            masked = self._vae_encode(pixels * mask, generator)
-            return self._vae_encode(pixels, generator), masked
+            return encode(None)
         keys = [int(j) for j in source_indices]
         first = {key: k for k, key in reversed(list(enumerate(keys)))}  # a window can show a frame twice
         missing = sorted(k for key, k in first.items() if latent_cache.get(key) is None)
         new = {}
         if missing:
-            sel = pixels[missing]
-            masked = self._vae_encode(sel * mask, generator)
-            ref = self._vae_encode(sel, generator)
+            ref, masked = encode(missing)
             latent_cache.encoded += len(missing)
             for n, k in enumerate(missing):
                 new[keys[k]] = (ref[n], masked[n])
@@ -443,19 +519,20 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         generator: torch.Generator | None = None,
         source_indices: Sequence[int] | None = None,
         latent_cache: LatentCache | None = None,
+        avatar: Avatar | None = None,
     ) -> torch.Tensor:
         """The U-Net's conditioning channels ``(1, 9, f, h, w)`` for aligned faces ``(f, R, R, 3)`` uint8: the mouth
         mask (1), the VAE latents of the faces with the mouth masked out (4) and of the whole faces (4).
 
         With a ``latent_cache`` and ``source_indices`` (the source frame of each face), faces seen before in a
-        looping video reuse their latents instead of being encoded again.
+        looping video reuse their latents instead of being encoded again. With an ``avatar`` (and
+        ``source_indices``) the latents are drawn from its stored VAE posteriors instead of encoding the faces.
         """
         res = self.config.resolution
         pixels = frames_to_pixels(faces)
-        # the official masked image is the float32 face times the float64 mask, rounded once to the VAE's dtype
-        mask = torch.from_numpy(np.array(mouth_mask(res)))[None, None]
+        mask = _pixel_mask(res)
         ref_latents, masked_latents = self._encode_masked_and_reference(pixels, mask, generator, source_indices,
-                                                                        latent_cache)
+                                                                        latent_cache, avatar)
         f, (h, w) = faces.shape[0], ref_latents.shape[-2:]
         mask_latent = latent_mouth_mask(res, (h, w)).expand(f, 1, h, w)
         channels = [mask_latent, masked_latents, ref_latents]  # each (f, c, h, w) -> (1, c, f, h, w)
@@ -572,11 +649,14 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
                           latents: torch.Tensor, audio_features: Sequence[Any], latent_caches: Sequence[Any],
                           deep_cache: UNetFeatureCache | None, num_inference_steps: int, guidance_scale: float,
                           generator: torch.Generator | None, callback_on_step_end: Callable[..., Any] | None,
-                          callback_on_step_end_tensor_inputs: Sequence[str], timer: StageTimer) -> None:
+                          callback_on_step_end_tensor_inputs: Sequence[str], timer: StageTimer,
+                          avatar: Avatar | None = None, times: np.ndarray | None = None) -> None:
         """The second pass: every window's faces (one group per voice) conditioned in order, denoised
         ``windows_per_batch`` groups per U-Net call, decoded, and the windows written in order once all their
         groups are done. With a compiled denoiser every call has the same shape (windows padded to
-        ``num_frames``, the last call padded with copies)."""
+        ``num_frames``, the last call padded with copies). With an ``avatar`` the faces' latents are drawn from its
+        stored posteriors; with ``times`` (seconds per output frame) each frame's audio context is taken at its
+        time instead of on the 25 fps timeline."""
         fixed_shapes = getattr(self, "_compiled_step", None) is not None
         stream.buffer_windows(windows_per_batch + 1)  # a call's windows are written at once: none should wait
         jobs: list[tuple[FrameWindow, int, torch.Tensor, torch.Tensor]] = []  # window, group number, inputs
@@ -617,9 +697,12 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
             for number, group in enumerate(window.groups):
                 with timer("vae_encode"):
                     condition = self.prepare_condition_latents(group.faces, generator, group.sources,
-                                                               latent_caches[group.voice])
-                jobs.append((window, number, condition, frame_audio_contexts(audio_features[group.voice],
-                                                                             group.frame_indices)))
+                                                               latent_caches[group.voice], avatar)
+                if times is None:  # the 25 fps timeline
+                    audio_embeds = frame_audio_contexts(audio_features[group.voice], group.frame_indices)
+                else:  # each frame's context at its own time
+                    audio_embeds = audio_contexts_at(audio_features[group.voice], times[group.frame_indices])
+                jobs.append((window, number, condition, audio_embeds))
                 while len(jobs) >= windows_per_batch and not self.interrupt:
                     run_jobs(windows_per_batch)
             write_ready()
@@ -634,8 +717,8 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
     @replace_example_docstring(EXAMPLE_DOC_STRING)
     def __call__(
         self,
-        video: str | os.PathLike | np.ndarray | Sequence[np.ndarray | PIL.Image.Image],
-        audio: str | os.PathLike | np.ndarray | torch.Tensor | Mapping[int | FaceTrack, Any],
+        video: str | os.PathLike | np.ndarray | Sequence[np.ndarray | PIL.Image.Image] | None = None,
+        audio: str | os.PathLike | np.ndarray | torch.Tensor | Mapping[int | FaceTrack, Any] | None = None,
         output_path: str | os.PathLike | None = None,
         num_inference_steps: int = 20,
         guidance_scale: float = 1.5,
@@ -661,6 +744,8 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         overwrite: bool = True,
         windows_per_batch: int | None = None,
+        output_fps: float | str = VIDEO_FPS,
+        avatar: str | os.PathLike | Avatar | None = None,
     ) -> LatentSyncPipelineOutput | tuple:
         r"""Lip-sync ``video`` to ``audio``.
 
@@ -724,6 +809,12 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
                 [`windows_per_batch`]); None chooses: as many as fit in free GPU memory on CUDA, 1 elsewhere. The
                 frames do not depend on it (within float rounding, with the deterministic samplers); callbacks then
                 see the latents of all the windows of a call, and an interrupt stops after that call.
+            output_fps: the output's frame rate: 25 (default, the model's rate: the video is resampled by time), any
+                other rate (resampled to it), or ``"input"``: every frame of the video file as it is stored, each
+                written at its own timestamp (variable frame rates included) with the audio context taken at that
+                time. Frames in memory are taken to be at ``output_fps`` (``"input"`` needs a file).
+            avatar: a prepared avatar (folder from [`prepare_avatar`], or the [`~latentsync.avatar.Avatar`]) instead
+                of ``video``: no face analysis and no VAE encoder, the same frames as the call on the video.
 
         Examples:
 
@@ -735,18 +826,22 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
                           landmark_smoothing, audio_window_mode, crf, deep_cache_interval, deep_cache_branch,
                           output_type, latents, callback_on_step_end_tensor_inputs, face, face_box, face_box_frame,
                           mix_audio, windows_per_batch=windows_per_batch, overwrite=overwrite)
+        avatar = self._check_timeline_inputs(video, audio, output_fps, avatar, face, face_index, face_box)
+        if avatar is not None:
+            output_fps = avatar.fps  # the timeline the avatar was prepared for
         if output_type is None:
             output_type = "np" if return_frames or output_path is None else "file"
         self._guidance_scale, self._interrupt, self._num_timesteps = guidance_scale, False, num_inference_steps
         timer, wall, device = StageTimer(), time.perf_counter(), self._execution_device
         compile_before = getattr(getattr(self, "_compiled_step", None), "compile_seconds", 0.0)
 
-        # 1. Open the inputs: the video as re-readable 25 fps frames, the speech of each voice as 16 kHz samples, and
-        #    the output's sound, which sets the length
-        source = open_frames(video, VIDEO_FPS)
+        # 1. Open the inputs: the video as re-readable frames (at output_fps, or as stored), the speech of each voice
+        #    as 16 kHz samples, and the output's sound, which sets the length and the output's timeline
+        source = avatar.frame_source() if avatar is not None else self._open_video(video, output_fps)
         voice_tracks = list(audio) if isinstance(audio, Mapping) else None
         voices, sound, samples = _open_voices(audio, mix_audio)
-        num_output_frames = num_video_frames(len(samples))
+        fps, times = self._output_timeline(source, output_fps, len(samples))
+        num_output_frames = len(times) if times is not None else num_video_frames(len(samples), fps=fps)
 
         # 2. Encode the speech of each voice (streamed one 30 s Whisper window at a time in the official mode)
         with timer("audio_features"):
@@ -756,19 +851,26 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
             if getattr(self, "_warp_device_enabled", False) else None
         with VideoStream(source, num_output_frames, self.config.resolution, overlap_stages, timer,
                          self._progress, aligner) as stream:
-            # 3. First pass over the video: every face followed through it (tracks, shots)
-            tracks = stream.track_faces()
+            if avatar is None:
+                # 3. First pass over the video: every face followed through it (tracks, shots)
+                tracks = stream.track_faces()
+                _check_frame_count(source, tracks.num_frames)
 
-            # 4. Which tracks to lip-sync, and with which voice; their alignment and the output order (looping if
-            #    the video is too short)
-            selection = self.select_faces(tracks, source, face, face_index, face_box, face_box_frame, voice_tracks)
-            stream.assign(selection.voices, landmark_smoothing)
+                # 4. Which tracks to lip-sync, and with which voice; their alignment and the output order (looping
+                #    if the video is too short)
+                selection = self.select_faces(tracks, source, face, face_index, face_box, face_box_frame,
+                                              voice_tracks)
+                stream.assign(selection.voices, landmark_smoothing)
+            else:  # 3-4. A prepared avatar: the faces, their alignment and crops are known
+                selection = FaceSelection([], [])
+                stream.use_prepared(avatar.matrices, avatar.crop)
 
             # 5. The initial noise, drawn before any VAE sample (the official order of random draws)
             latents = self.prepare_latents(self.unet.dtype, device, generator, latents)
 
             # 6. Open the output, and the caches that save work when the video loops or steps repeat
-            stream.open_output(output_path, sound, samples, crf, keep_frames=output_type != "file")
+            stream.open_output(output_path, sound, samples, crf, keep_frames=output_type != "file", fps=fps,
+                               timestamps=times if output_fps == "input" else None)
             use_latent_cache = stream.loops if cache_latents is None else cache_latents
             latent_caches = [stream.latent_cache(v) if use_latent_cache else None for v in range(stream.num_voices)]
             deep_cache = UNetFeatureCache(self.unet, deep_cache_interval, deep_cache_branch) if deep_cache_interval \
@@ -779,7 +881,7 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
             windows_per_batch = self.windows_per_batch(windows_per_batch, num_frames)
             self._generate_windows(stream, num_frames, windows_per_batch, latents, audio_features, latent_caches,
                                    deep_cache, num_inference_steps, guidance_scale, generator, callback_on_step_end,
-                                   callback_on_step_end_tensor_inputs, timer)
+                                   callback_on_step_end_tensor_inputs, timer, avatar, times)
             frames = stream.finish()
 
         # 8. Release offloaded models and return the frames in the requested form
@@ -790,9 +892,10 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
             timings["compile"] = compiled.compile_seconds - compile_before
             timings["denoise"] = timings.get("denoise", 0.0) - timings["compile"]
         output = LatentSyncPipelineOutput(
-            frames=self.postprocess_frames(frames, output_type), fps=float(VIDEO_FPS),
+            frames=self.postprocess_frames(frames, output_type), fps=float(fps),
             path=os.fspath(output_path) if output_path is not None else None, num_frames=stream.frames_submitted,
             frames_without_face=stream.frames_without_face, timings=timings, faces=selection.shots,
+            timestamps=times[: stream.frames_submitted] if times is not None else None,
         )
         return output if return_dict else (output.frames, output.path)
 
@@ -807,6 +910,136 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         if output_type == "pt":
             return torch.from_numpy(stacked).permute(0, 3, 1, 2).float() / 255.0
         return stacked
+
+    # ------------------------------------------------------------------ avatars and live streams
+    @torch.no_grad()
+    def prepare_avatar(
+        self,
+        video: str | os.PathLike | np.ndarray | Sequence[np.ndarray | PIL.Image.Image],
+        path: str | os.PathLike,
+        output_fps: float | str = VIDEO_FPS,
+        face: str | int | FaceTrack | None = None,
+        face_index: int | None = None,
+        face_box: Sequence[float] | None = None,
+        face_box_frame: int = 0,
+        landmark_smoothing: float = 1.5,
+        num_frames: int = 16,
+    ) -> Avatar:
+        """Analyse a talking-face video once and save what does not depend on the speech in the folder ``path``:
+        the chosen face's alignment on every frame, the aligned crops, and the VAE posteriors of the masked and
+        whole faces (safetensors + JSON, with a copy of the video; see [`latentsync.avatar`]).
+
+        ``pipe(avatar=path, audio=...)`` and [`stream`] then skip face analysis and the VAE encoder; with the same
+        seed, face choice and ``output_fps`` they give exactly the frames of ``pipe(video=..., audio=...)``. The
+        arguments are those of ``__call__``.
+
+        Returns:
+            the [`~latentsync.avatar.Avatar`] (also saved at ``path``).
+        """
+        check_output_fps(output_fps)
+        check_face_arguments(face, face_index, face_box, face_box_frame)
+        check_int("num_frames", num_frames, 1)
+        if isinstance(video, (str, os.PathLike)):
+            check_input_file(video, InvalidVideoError, "video")
+        elif output_fps == "input":
+            raise LatentSyncInputError('output_fps="input" keeps the timestamps of a video file; frames in memory '
+                                       "have none: give their frame rate as output_fps")
+        source = self._open_video(video, output_fps)
+        mask = _pixel_mask(self.config.resolution)
+        crops, masked, reference = [], [], []
+        with VideoStream(source, source.expected_frames, self.config.resolution, progress=self._progress) as stream:
+            tracks = stream.track_faces()
+            _check_frame_count(source, tracks.num_frames)
+            stream.num_output_frames = tracks.num_frames  # every frame once, in order
+            selection = self.select_faces(tracks, source, face, face_index, face_box, face_box_frame)
+            stream.assign(selection.voices[:1], landmark_smoothing)
+            num_windows = -(-tracks.num_frames // num_frames)
+            # the faces are encoded in the windows (and batch shapes) in which a call on the video encodes them
+            for window in self._progress(stream.windows(num_frames), "Avatar", num_windows):
+                for group in window.groups:
+                    pixels = frames_to_pixels(group.faces)
+                    masked.append(self._vae_posterior(pixels * mask).cpu())
+                    reference.append(self._vae_posterior(pixels).cpu())
+                    crops.append(group.faces)
+            matrices, frame_shape = stream.matrices[0], stream.frame_shape
+        in_memory = not isinstance(video, (str, os.PathLike))
+        avatar = Avatar(
+            resolution=self.config.resolution, fps=output_fps, num_frames=len(matrices),
+            frame_shape=tuple(frame_shape), matrices=matrices, crops=np.concatenate(crops),
+            masked_posteriors=torch.cat(masked), reference_posteriors=torch.cat(reference),
+            timestamps=source.timestamps, time_base=source.time_base,
+            frames=np.stack(list(source)) if in_memory else None, vae=vae_fingerprint(self.vae),
+            label=os.path.basename(os.fspath(video)) if not in_memory else "frames in memory",
+        )
+        avatar.save(path, None if in_memory else video)
+        logger.info("prepared avatar %s: %d frames, %d with a face", os.fspath(path), avatar.num_frames,
+                    len(avatar.crops))
+        return avatar
+
+    def live_session(
+        self,
+        avatar: str | os.PathLike | Avatar | None = None,
+        live_video: bool = False,
+        fps: float = VIDEO_FPS,
+        num_inference_steps: int = 20,
+        guidance_scale: float = 1.5,
+        generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
+        num_frames: int = 16,
+    ) -> LiveSession:
+        """A push-style live stream ([`~latentsync.live.LiveSession`]): ``session.push(samples)`` returns the frames
+        that became ready, ``session.finish()`` the rest. The face is a prepared ``avatar`` or, with
+        ``live_video``, frames given to ``session.push_frames`` (at ``fps``). See [`stream`]."""
+        max_frames = self.unet.config.motion_max_seq_length if self.unet.has_motion_modules else None
+        check_arguments(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, num_frames=num_frames,
+                        max_num_frames=max_frames)
+        check_output_fps(fps)
+        if fps == "input":
+            raise LatentSyncInputError("live video has no stored timestamps: give its frame rate as fps")
+        if latents is not None and tuple(latents.shape) != self._noise_shape():
+            raise LatentSyncInputError(f"latents must have shape {self._noise_shape()}, got {tuple(latents.shape)}")
+        if avatar is not None and live_video:
+            raise LatentSyncInputError("give either a prepared avatar or live video frames, not both")
+        if avatar is not None and not isinstance(avatar, Avatar):
+            avatar = Avatar.load(avatar)
+        if avatar is not None:
+            avatar.check_compatible(self.config.resolution, self.vae)
+        return LiveSession(self, avatar, live_video, fps, num_inference_steps, guidance_scale, generator, latents,
+                           num_frames)
+
+    def stream(
+        self,
+        audio_chunks: Iterable[np.ndarray | torch.Tensor],
+        avatar: str | os.PathLike | Avatar | None = None,
+        frames: Iterable[np.ndarray] | None = None,
+        fps: float = VIDEO_FPS,
+        num_inference_steps: int = 20,
+        guidance_scale: float = 1.5,
+        generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
+        num_frames: int = 16,
+    ) -> Iterator[LiveFrame]:
+        """Live lip sync: consume speech chunk by chunk and yield lip-synced frames window by window.
+
+        Args:
+            audio_chunks: an iterator (possibly endless) of mono 16 kHz float chunks of any length.
+            avatar: a prepared avatar (folder or [`~latentsync.avatar.Avatar`], from [`prepare_avatar`]); it loops
+                forward and backward for as long as the speech lasts.
+            frames: instead of an avatar, an iterator of live RGB uint8 frames at ``fps`` (a camera): as many are
+                read as the audio received covers; the face is found frame by frame (no smoothing, no look-ahead).
+            fps: the frame rate of live video (an avatar keeps the timeline it was prepared for).
+            num_inference_steps, guidance_scale, generator, latents, num_frames: as in ``__call__``.
+
+        Yields:
+            [`~latentsync.live.LiveFrame`] (``index``, ``time`` in seconds, ``image`` RGB uint8), in order. A window
+            of frames comes as soon as the audio up to its end has arrived (latency: one window of audio plus its
+            compute); memory does not grow with the stream's length. Each window is exactly what an offline call on
+            the audio received so far generates for it (frames near the newest audio see it cut there; see
+            [`latentsync.live`]), and the windows after the last chunk are exactly those of the offline call.
+        """
+        session = self.live_session(avatar, frames is not None, fps, num_inference_steps, guidance_scale,
+                                    generator, latents, num_frames)
+        return stream_frames(session, audio_chunks, frames)
 
     # ------------------------------------------------------------------ saving and sharing
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
@@ -874,6 +1107,20 @@ def _open_voices(audio: Any, mix_audio: Any) -> tuple[list[np.ndarray], Any, np.
         check_not_silent(samples, os.fspath(mix_audio) if sound is not None else "mix_audio samples")
     voices = [v if len(v) >= len(samples) else fit_length(v, len(samples)) for v in voices]
     return voices, sound, samples
+
+
+def _pixel_mask(resolution: int) -> torch.Tensor:
+    """The mouth mask ``(1, 1, R, R)`` that masks the faces before the VAE (float64: the official masked image is
+    the float32 face times the float64 mask, rounded once to the VAE's dtype)."""
+    return torch.from_numpy(np.array(mouth_mask(resolution)))[None, None]
+
+
+def _check_frame_count(source: FrameSource, decoded: int) -> None:
+    """[`InvalidVideoError`] when a video kept on its own timeline decodes to another number of frames than it
+    has timestamps."""
+    if source.timestamps is not None and decoded != len(source.timestamps):
+        raise InvalidVideoError(f"{source.label}: {decoded} frames decoded but {len(source.timestamps)} "
+                                "timestamps read; its frame rate cannot be kept (use output_fps=25)")
 
 
 def __getattr__(name: str) -> Any:

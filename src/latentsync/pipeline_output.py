@@ -22,13 +22,16 @@ class LatentSyncPipelineOutput(BaseOutput):
         frames: the output frames when they are returned (see ``output_type``): an RGB uint8 array
             ``(N, H, W, 3)`` (``"np"``), a list of PIL images (``"pil"``) or a float tensor ``(N, 3, H, W)`` in
             [0, 1] (``"pt"``); None when only a file was written.
-        fps: frame rate of the output (always 25, the model's rate).
+        fps: frame rate of the output: 25 (the model's rate) by default, ``output_fps`` when given, the input's
+            typical rate with ``output_fps="input"``.
         path: written video file, or None.
         num_frames: number of output frames.
         frames_without_face: output frames passed through unchanged because no face was found in them.
         timings: busy seconds per stage (stages may overlap in time) and ``total`` wall-clock seconds.
         faces: per shot of the video, which face track was lip-synced and why, with every track's speaking score
             when ``face="speaking"`` ([`~latentsync.face.selection.ShotFaces`]).
+        timestamps: the time (seconds) of every output frame when the output is not on the 25 fps timeline
+            (``output_fps="input"`` or another rate); None otherwise (frame ``i`` at ``i / 25``).
     """
 
     frames: np.ndarray | list[PIL.Image.Image] | torch.Tensor | None
@@ -38,3 +41,4 @@ class LatentSyncPipelineOutput(BaseOutput):
     frames_without_face: int
     timings: dict[str, float] = field(default_factory=dict)
     faces: list[ShotFaces] | None = None
+    timestamps: np.ndarray | None = None

@@ -39,6 +39,7 @@ from .face.tracking import FaceTrack, FaceTracker, FaceTracks, combined_anchors
 from .inputs import warn
 from .media.audio import write_wav
 from .media.constants import VIDEO_FPS
+from .media.timeline import DEFAULT_TIME_BASE, TimedVideoWriter
 from .media.video import FrameSource, VideoWriter
 from .tempfiles import make_work_dir, remove_work_dir
 from .utils import StageTimer
@@ -61,7 +62,13 @@ def pingpong_indices(num_source: int, num_output: int) -> np.ndarray:
     i = np.arange(num_output)
     if num_output <= num_source:
         return i
-    k = i % (2 * num_source)
+    return pingpong_at(i, num_source)
+
+
+def pingpong_at(outputs: np.ndarray, num_source: int) -> np.ndarray:
+    """The source frame of the output frames ``outputs`` (any indices, e.g. of an unbounded stream) under
+    [`pingpong_indices`]'s looping."""
+    k = np.asarray(outputs) % (2 * num_source)
     return np.where(k < num_source, k, 2 * num_source - 1 - k)
 
 
@@ -261,6 +268,8 @@ class VideoStream:
         self.has_face: np.ndarray | None = None
         self.order: np.ndarray | None = None
         self.matrices: list[list[np.ndarray | None]] = []  # per voice, per source frame
+        self.prepared_faces: Callable[[int], np.ndarray] | None = None  # aligned face of a source frame (avatar)
+        self._num_prepared: int | None = None
         self.frames_submitted = 0
         self.writer: VideoWriter | None = None
         self.keep_frames = False
@@ -289,6 +298,8 @@ class VideoStream:
 
     @property
     def num_source_frames(self) -> int:
+        if self._num_prepared is not None:
+            return self._num_prepared
         return self.tracks.num_frames if self.tracks is not None else 0
 
     @property
@@ -378,6 +389,27 @@ class VideoStream:
         scales = [np.sqrt(abs(np.linalg.det(m[:, :2]))) for voice in self.matrices for m in voice if m is not None]
         return float(self.aligner.resolution / np.median(scales)) if scales else float("nan")
 
+    def use_prepared(self, matrices: Sequence[np.ndarray | None], faces: Callable[[int], np.ndarray]) -> None:
+        """Instead of the first pass: the alignment of every source frame and its aligned face are known (a
+        prepared avatar, one voice). Sets the output order; when the output loops far back over the video, the
+        frames are decoded once into the on-disk cache (no face analysis).
+
+        Raises:
+            NoFaceError: no frame has a face.
+        """
+        n_src, n_out = len(matrices), self.num_output_frames
+        self._num_prepared, self.matrices, self.prepared_faces = n_src, [list(matrices)], faces
+        self.has_face = np.array([m is not None for m in matrices], dtype=bool)
+        if not self.has_face.any():
+            raise NoFaceError(f"{self.source.label} has no face to lip-sync")
+        self.order = pingpong_indices(n_src, n_out)
+        if min(n_out - n_src, n_src) > self.max_tail_frames:
+            self.cache_path = self._temp_path("frames.u8")
+            with open(self.cache_path, "wb") as fh:
+                for frame in self.source:
+                    fh.write(frame.tobytes())
+                    self.frame_shape = frame.shape
+
     def _read_first_pass(self, tracker: FaceTracker) -> None:
         """Feed every frame to ``tracker`` (its workers detect faces a few frames ahead); write the frames to the
         cache when it is on."""
@@ -463,16 +495,20 @@ class VideoStream:
                 if not slots:
                     continue
                 with self.timer("alignment"):
-                    faces = self.aligner.align_batch([frames[k] for k in slots], [matrices[idx[k]] for k in slots])
+                    if self.prepared_faces is not None:  # a prepared avatar: the stored crops
+                        faces = np.stack([self.prepared_faces(int(idx[k])) for k in slots])
+                    else:
+                        faces = self.aligner.align_batch([frames[k] for k in slots], [matrices[idx[k]] for k in slots])
                 groups.append(FaceGroup(voice, slots, faces, np.array([start + k for k in slots]),
                                         [int(idx[k]) for k in slots]))
             yield FrameWindow(start, idx, frames, groups)
 
     # ------------------------------------------------------------------ output
     def open_output(self, output_path: str | os.PathLike | None, audio: Any, samples: np.ndarray, crf: int = 18,
-                    keep_frames: bool = False) -> None:
+                    keep_frames: bool = False, fps: float = VIDEO_FPS, timestamps: np.ndarray | None = None) -> None:
         """Prepare the sink: the video file at ``output_path`` (muxed with ``audio``, the caller's file, or a WAV copy
-        of ``samples`` when the audio was given in memory) and/or the frames kept in memory."""
+        of ``samples`` when the audio was given in memory) and/or the frames kept in memory. The file is written at
+        ``fps``, or with each output frame at its time in ``timestamps`` (seconds; on the source's clock)."""
         self.keep_frames = keep_frames
         if output_path is not None:
             if isinstance(audio, (str, os.PathLike)):
@@ -480,7 +516,11 @@ class VideoStream:
             else:  # samples in memory: muxed from a WAV copy
                 audio_path = self._temp_path("audio.wav")
                 write_wav(audio_path, samples)
-            self.writer = VideoWriter(output_path, VIDEO_FPS, audio_path=audio_path, crf=crf)
+            if timestamps is not None:
+                self.writer = TimedVideoWriter(output_path, timestamps, self.source.time_base or DEFAULT_TIME_BASE,
+                                               audio_path=audio_path, crf=crf)
+            else:
+                self.writer = VideoWriter(output_path, fps, audio_path=audio_path, crf=crf)
         self._sink = OrderedWorker(self._paste_and_write) if self.overlap_stages else None
 
     def buffer_windows(self, count: int) -> None:

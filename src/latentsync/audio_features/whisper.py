@@ -8,6 +8,7 @@ a context of 10 tokens (2 frames before to 2 frames after) flattened to ``(10 * 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
@@ -138,16 +139,37 @@ def frame_audio_contexts(
     ``frames`` is a count (frames ``0 .. frames - 1``) or an array of frame indices. Frame ``i`` sees tokens
     ``2i - 4 ... 2i + 5`` (edge tokens replicated), flattened token-major.
     """
+    step = TOKENS_PER_SECOND / fps
+    frame_idx = torch.arange(frames) if isinstance(frames, int) else torch.as_tensor(frames)
+    return _token_contexts(features, (frame_idx * step).long())
+
+
+def audio_contexts_at(features: torch.Tensor | StreamedAudioFeatures, times: np.ndarray | Sequence[float]
+                      ) -> torch.Tensor:
+    """Cross-attention contexts ``(len(times), 10 * states, d_model)`` of frames shown at ``times`` (seconds).
+
+    The 20 ms Whisper tokens are picked, not interpolated: a frame at time ``t`` takes the token that covers ``t``
+    (``floor(50 t)``) as its centre, with 4 tokens before and 5 after, which is exactly the context a frame of the
+    25 fps timeline gets at that instant (frame ``i`` is at ``t = i / 25``, token ``2i``). Mixing neighbouring tokens
+    would give the U-Net features it never saw in training; picking keeps every frame on a real token, with at most
+    half a token (10 ms) between a frame's time and its centre token's start.
+    """
+    seconds = np.asarray(times, dtype=np.float64)
+    # the small epsilon keeps times that are whole tokens (k / 50 s, rounded in floating point) on token k
+    centre = torch.from_numpy(np.floor(seconds * TOKENS_PER_SECOND + 1e-6).astype(np.int64))
+    return _token_contexts(features, centre)
+
+
+def _token_contexts(features: torch.Tensor | StreamedAudioFeatures, centre: torch.Tensor) -> torch.Tensor:
+    """The 10 tokens around each centre token (4 before, 5 after, edge tokens replicated), flattened token-major:
+    ``(len(centre), 10 * states, d_model)``."""
     if features.shape[0] == 0:
         raise InvalidAudioError("audio is too short to compute any features")
-    step = TOKENS_PER_SECOND / fps
-    per_frame = int(round(step))
-    frame_idx = torch.arange(frames) if isinstance(frames, int) else torch.as_tensor(frames)
-    centre = (frame_idx * step).long()
+    per_frame = int(round(TOKENS_PER_SECOND / VIDEO_FPS))
     offsets = torch.arange(-CONTEXT_FRAMES_BEFORE * per_frame, (CONTEXT_FRAMES_AFTER + 1) * per_frame)
     idx = (centre[:, None] + offsets[None, :]).clamp(0, features.shape[0] - 1)
     windows = features[idx]  # (frames, 10, states, d)
-    return windows.reshape(len(frame_idx), -1, features.shape[-1])
+    return windows.reshape(len(centre), -1, features.shape[-1])
 
 
 def encode_audio_features(

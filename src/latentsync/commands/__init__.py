@@ -1,8 +1,8 @@
 """The ``latentsync`` command line: one module per subcommand, each with its argument parser.
 
 ``latentsync --video in.mp4 --audio speech.wav --output out.mp4`` lip-syncs a video ([`latentsync.commands.run`]);
-the subcommands are ``make-tiny``, ``convert``, ``prepare``, ``eval``, ``faces``, ``batch`` and
-``export-checkpoint``.
+the subcommands are ``make-tiny``, ``convert``, ``prepare``, ``eval``, ``faces``, ``batch``,
+``export-checkpoint`` and ``avatar``.
 
 Exit status: 0 on success, 2 for bad input or arguments (one line on stderr, no traceback), 130 after Ctrl-C and 143
 after SIGTERM (the partial output and the temporary files removed).
@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "faces": ("latentsync.commands.faces", "faces"),
     "batch": ("latentsync.commands.batch", "batch"),
     "export-checkpoint": ("latentsync.commands.export_checkpoint", "export_checkpoint_command"),
+    "avatar": ("latentsync.commands.avatar", "avatar"),
 }
 RUN = ("latentsync.commands.run", "run")
 

@@ -1,4 +1,5 @@
-"""``latentsync --video in.mp4 --audio speech.wav --output out.mp4``: lip-sync a video.
+"""``latentsync --video in.mp4 --audio speech.wav --output out.mp4``: lip-sync a video (or a prepared ``--avatar``);
+with ``--audio -`` the speech comes from a pipe and the frames go out live ([`latentsync.commands.live`]).
 
 Everything that can be checked is checked before the model loads (in a fraction of a second, without importing
 torch): the arguments, both files (probed with ffmpeg), the output path (never an input, not an existing file unless
@@ -50,6 +51,17 @@ def face_choice(text: str) -> dict[str, Any]:
     return {"face_box": tuple(box)}
 
 
+def frame_rate(text: str) -> float | str:
+    """``--fps``: ``input`` (the video's own timeline) or a frame rate."""
+    if text.strip() == "input":
+        return "input"
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected input or a frame rate, got {text!r}") from None
+    return int(value) if value.is_integer() else value
+
+
 def voice(text: str) -> tuple[int, str]:
     """``--audio-for``: ``INDEX=FILE`` -> (track number, speech file)."""
     index, sep, path = text.partition("=")
@@ -62,10 +74,14 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="latentsync", description="Lip-sync a talking-face video to a speech track.",
                                 epilog="Exit status: 0 done, 2 bad input (one line on stderr), 130 Ctrl-C, 143 "
                                        "SIGTERM (nothing left behind).")
-    p.add_argument("--video", required=True, help="input talking-face video (or a still image of a face)")
-    p.add_argument("--audio", default=None, help="speech audio (any audio or video file)")
+    p.add_argument("--video", default=None, help="input talking-face video (or a still image of a face)")
+    p.add_argument("--avatar", default=None,
+                   help="a prepared avatar folder (`latentsync avatar VIDEO DIR`) instead of --video")
+    p.add_argument("--audio", default=None,
+                   help="speech audio (any audio or video file); - reads it from standard input and lip-syncs live")
     p.add_argument("--output", required=True, help=f"output video ({', '.join(OUTPUT_FORMATS)}); its folder is "
-                                                    "created if missing")
+                                                    "created if missing; with --audio -, an .mp4 file or - for "
+                                                    "standard output")
     p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists (never an input)")
     add_generation_arguments(p)
     voices = p.add_argument_group("a voice per face")
@@ -73,6 +89,10 @@ def parser() -> argparse.ArgumentParser:
                         help="lip-sync face INDEX to FILE (repeat for each face; replaces --audio)")
     voices.add_argument("--mix-audio", default=None,
                         help="sound of the output (default: --audio, or the mix of the --audio-for files)")
+    live = p.add_argument_group("live (--audio -)")
+    live.add_argument("--live-format", choices=["mp4", "raw"], default="mp4",
+                      help="fragmented MP4 with the sound (default) or raw RGB24 frames")
+    live.add_argument("--chunk-seconds", type=float, default=0.2, help="speech read per step (default 0.2 s)")
     return p
 
 
@@ -97,6 +117,9 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     faces.add_argument("--syncnet", default=None,
                        help="StableSyncNet (folder, Hub id or stable_syncnet.pt) to find the speaking face with "
                             "(default: lip motion against loudness)")
+    p.add_argument("--fps", type=frame_rate, default=25, metavar="25|input|N",
+                   help="output frame rate: 25 (default, the model's), input (every frame of the video at its own "
+                        "timestamp, variable rates kept) or any rate")
     p.add_argument("--audio-windows", choices=["official", "overlap"], default="official",
                    help="Whisper windows: independent 30 s (official) or overlapping (no glitch every 30 s)")
     p.add_argument("--verbose", action="store_true", help="debug log, and the seconds each stage took at the end")
@@ -137,6 +160,7 @@ def generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "audio_window_mode": args.audio_windows,
         "deep_cache_interval": args.deep_cache,
         "windows_per_batch": args.windows_per_batch,
+        "output_fps": args.fps,
     }
 
 
@@ -220,6 +244,11 @@ def run(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if (args.audio is None) == (args.audio_for is None):
         p.error("give the speech with --audio, or one --audio-for INDEX=FILE per face")
+    if (args.video is None) == (args.avatar is None):
+        p.error("give the face with --video or with --avatar (one of them)")
+    if args.audio == "-":
+        # deferred, as the pipeline: a live run imports torch and the live session
+        return importlib.import_module("latentsync.commands.live").run_live(args)
     if args.verbose:
         logging.getLogger("latentsync").setLevel(logging.DEBUG)
     choice = face_arguments(args)
@@ -250,6 +279,7 @@ def run(argv: list[str]) -> int:
         with warnings_given(checked.warnings):  # logged above, before the model loaded
             out = pipe(
                 video=args.video,
+                avatar=args.avatar,
                 audio=audio,
                 output_path=args.output,
                 generator=generator,

@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import imageio_ffmpeg
@@ -79,6 +80,8 @@ class FrameSource:
     expected_frames: int  # frame count (estimated from the duration for files)
     read: Callable[[], Iterator[np.ndarray]]
     path: str | None = None
+    timestamps: np.ndarray | None = None  # seconds from the first frame, when the frames keep the input's timing
+    time_base: Fraction | None = None  # the clock of ``timestamps`` in the file
 
     def __iter__(self) -> Iterator[np.ndarray]:
         return self.read()

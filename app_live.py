@@ -1,0 +1,171 @@
+"""The app's live tab: prepare an avatar from an uploaded video once, then speak into the microphone and watch it
+lip-synced, one 16-frame window at a time (latency: one window of speech, 0.64 s, plus its compute).
+
+Built by [`build_live_tab`] inside the app's Blocks. Gradio streams the microphone in chunks to [`LiveTab.push`],
+which feeds the pipeline's [`~latentsync.live.LiveSession`] and returns each batch of new frames (with the speech they
+go with) as a short MP4 chunk for Gradio's streaming video output. Gradio needs the ``ffmpeg`` and ``ffprobe``
+programs to stream video out; where they are missing the tab says so instead of offering the microphone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import numpy as np
+import torch
+from scipy.signal import resample_poly
+
+from latentsync.errors import LatentSyncInputError
+from latentsync.live import LiveFrame
+from latentsync.media import SAMPLE_RATE, VideoWriter, probe_video, write_wav
+from latentsync.pipeline import LatentSyncPipeline
+
+logger = logging.getLogger("latentsync.app")
+
+
+def microphone_samples(chunk: tuple[int, np.ndarray]) -> np.ndarray:
+    """A Gradio microphone chunk ``(rate, samples)`` (int16 or float, mono or channels last) as mono float32
+    16 kHz samples."""
+    rate, data = chunk
+    samples = np.asarray(data)
+    if np.issubdtype(samples.dtype, np.integer):
+        samples = samples.astype(np.float32) / float(np.iinfo(samples.dtype).max)
+    samples = samples.astype(np.float32)
+    if samples.ndim == 2:
+        samples = samples.mean(axis=1)
+    if rate != SAMPLE_RATE:
+        g = np.gcd(int(rate), SAMPLE_RATE)
+        samples = resample_poly(samples, SAMPLE_RATE // g, int(rate) // g).astype(np.float32)
+    return samples
+
+
+class LiveTab:
+    """The live tab's state: prepared avatars and running sessions, each in its own folder of a temporary folder."""
+
+    def __init__(self, pipe: LatentSyncPipeline, steps: int, max_seconds: float, lock: threading.Lock | None = None):
+        self.pipe, self.steps, self.max_seconds = pipe, steps, max_seconds
+        self.work_dir = Path(tempfile.mkdtemp(prefix="latentsync-live-"))
+        self._lock = lock or threading.Lock()  # the pipeline is shared with the main tab and not re-entrant
+        self._sessions: dict[str, dict[str, Any]] = {}
+
+    def prepare(self, video: str | None) -> tuple[str | None, str]:
+        """Prepare the avatar of an uploaded video; returns its folder and a status line."""
+        if not video:
+            raise gr.Error("Please upload a talking-face video first.", print_exception=False)
+        try:
+            seconds = probe_video(video).duration
+            if seconds > self.max_seconds:
+                raise gr.Error(f"The video is {seconds:.1f} s long; an avatar takes up to {self.max_seconds:g} s.",
+                               print_exception=False)
+            folder = self.work_dir / f"avatar-{uuid.uuid4().hex}"
+            with self._lock:
+                avatar = self.pipe.prepare_avatar(video, folder)
+        except LatentSyncInputError as exc:
+            raise gr.Error(str(exc).replace(video, Path(video).name), print_exception=False) from None
+        return str(folder), (f"Avatar ready: {avatar.num_frames} frames, {len(avatar.crops)} with a face. Press "
+                             "record and speak.")
+
+    def push(self, chunk: tuple[int, np.ndarray] | None, avatar: str | None, key: str | None
+             ) -> tuple[str | None, str | None]:
+        """One microphone chunk in; returns an MP4 chunk of the frames that became ready (or None) and the
+        session key."""
+        if chunk is None:
+            return None, key
+        if not avatar:
+            raise gr.Error("Prepare an avatar first (upload a video, then press Prepare).", print_exception=False)
+        if key is None or key not in self._sessions:
+            key = uuid.uuid4().hex
+            folder = self.work_dir / f"session-{key}"
+            folder.mkdir()
+            session = self.pipe.live_session(avatar, num_inference_steps=self.steps,
+                                             generator=torch.Generator().manual_seed(1247))
+            self._sessions[key] = {"session": session, "folder": folder, "audio": [], "sent": 0, "count": 0}
+        state = self._sessions[key]
+        samples = microphone_samples(chunk)
+        state["audio"].append(samples)
+        with self._lock:
+            frames = state["session"].push(samples)
+        return self._chunk(state, frames), key
+
+    def finish(self, key: str | None) -> tuple[str | None, None]:
+        """Recording stopped: the last frames, then the session is closed."""
+        state = self._sessions.pop(key, None) if key else None
+        if state is None:
+            return None, None
+        with self._lock:
+            frames = state["session"].finish()
+        path = self._chunk(state, frames)
+        return path, None
+
+    def _chunk(self, state: dict[str, Any], frames: list[LiveFrame]) -> str | None:
+        """The frames as an MP4 chunk with the speech they cover (the speech is consumed as it is used)."""
+        if not frames:
+            return None
+        fps = state["session"].fps
+        audio = np.concatenate(state["audio"]) if state["audio"] else np.zeros(0, np.float32)
+        start = state["sent"]
+        end = int(round((frames[-1].index + 1) / fps * SAMPLE_RATE))
+        speech = audio[: end - start]
+        state["audio"] = [audio[end - start :]]
+        state["sent"] = end
+        state["count"] += 1
+        folder = state["folder"]
+        for old in folder.glob("chunk-*"):  # Gradio has copied the earlier chunks
+            old.unlink(missing_ok=True)
+        wav = folder / f"chunk-{state['count']}.wav"
+        write_wav(wav, np.pad(speech, (0, max(0, end - start - len(speech)))))
+        path = folder / f"chunk-{state['count']}.mp4"
+        with VideoWriter(path, fps, audio_path=os.fspath(wav)) as writer:
+            for frame in frames:
+                writer.write(frame.image)
+        return str(path)
+
+    def close(self) -> None:
+        for state in self._sessions.values():
+            state["session"].close()
+        self._sessions.clear()
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+def streaming_available() -> bool:
+    """Whether Gradio can stream video out here (it runs the ``ffmpeg`` and ``ffprobe`` programs)."""
+    return shutil.which("ffmpeg") is not None and shutil.which("ffprobe") is not None
+
+
+def build_live_tab(pipe: LatentSyncPipeline, steps: int, max_seconds: float, lock: threading.Lock | None = None
+                   ) -> LiveTab:
+    """The live tab's components and events, inside the current Blocks."""
+    tab = LiveTab(pipe, steps, max_seconds, lock)
+    with gr.Tab("Live (microphone)", elem_id="live-tab"):
+        gr.Markdown("Prepare an avatar from a short talking-face video once, then record: the lip-synced video "
+                    "follows your speech with about 0.64 s of delay plus the compute of each 16-frame window.")
+        with gr.Row():
+            with gr.Column():
+                video = gr.Video(label="Avatar video", sources=["upload"], height=300, elem_id="live-video")
+                prepare = gr.Button("Prepare avatar", elem_id="live-prepare")
+                status = gr.Markdown(elem_id="live-status")
+            with gr.Column():
+                if streaming_available():
+                    mic = gr.Audio(label="Speak", sources=["microphone"], streaming=True, type="numpy",
+                                   elem_id="live-mic")
+                    out = gr.Video(label="Lip-synced (live)", streaming=True, autoplay=True, interactive=False,
+                                   elem_id="live-output")
+                else:
+                    mic = out = None
+                    gr.Markdown("Live video needs the `ffmpeg` and `ffprobe` programs (Gradio streams video with "
+                                "them); install ffmpeg to use this tab.", elem_id="live-unavailable")
+        avatar_state, session_state = gr.State(None), gr.State(None)
+        prepare.click(tab.prepare, inputs=[video], outputs=[avatar_state, status], concurrency_limit=1)
+        if mic is not None:
+            mic.stream(tab.push, inputs=[mic, avatar_state, session_state], outputs=[out, session_state],
+                       stream_every=0.5, concurrency_limit=1)
+            mic.stop_recording(tab.finish, inputs=[session_state], outputs=[out, session_state])
+    return tab

@@ -1,0 +1,189 @@
+"""A prepared avatar: everything about a talking-face video that does not depend on the speech, computed once.
+
+[`LatentSyncPipeline.prepare_avatar`] runs the face analysis, the alignment and the VAE encoder over a video and
+saves the result in a folder; ``pipe(avatar=folder, audio=...)`` and ``pipe.stream(..., avatar=folder)`` then run
+only the audio features, the denoising, the VAE decoder and the paste-back. The folder holds:
+
+- ``avatar.json``: the format version, the face resolution, the timeline (frame rate, or the timestamps of every
+  frame with ``output_fps="input"``), the frame size, the alignment matrix of every frame (null where no face is
+  lip-synced), and a fingerprint of the VAE that encoded the faces;
+- ``avatar.safetensors``: the aligned face crops ``(F, R, R, 3)`` uint8 and the VAE posteriors of the masked and the
+  whole faces ``(F, 8, R/8, R/8)`` (mean and log-variance, the VAE encoder's output) of the ``F`` frames with a face;
+- the video itself (a copy of the file, decoded again for the paste-back), or ``frames.safetensors`` for frames
+  given in memory.
+
+Why posteriors and not latents: the pipeline draws a sample from each VAE posterior with the call's generator
+(the official code does). Storing a sample would fix one draw, and a seeded call on the avatar would no longer give
+the frames of the same seeded call on the video. The avatar stores the distribution and the call draws from it, in
+the same order and batch shapes as the full call, so ``pipe(avatar=..., generator=seeded)`` gives exactly the frames
+of ``pipe(video=..., generator=seeded)`` with the same face choice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from .errors import LatentSyncInputError
+from .media.timeline import open_timed_frames
+from .media.video import FrameSource, open_frames
+
+AVATAR_VERSION = 1
+AVATAR_CONFIG = "avatar.json"
+AVATAR_TENSORS = "avatar.safetensors"
+AVATAR_FRAMES = "frames.safetensors"
+
+
+def vae_fingerprint(vae: torch.nn.Module) -> str:
+    """A short hash of the VAE encoder's first and last layers (enough to tell two VAEs apart)."""
+    digest = hashlib.sha256()
+    for name, param in vae.named_parameters():
+        if name.startswith(("encoder.conv_in.", "quant_conv.")):
+            digest.update(name.encode())
+            digest.update(param.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class Avatar:
+    """A prepared avatar (see the module docstring); [`Avatar.load`] reads one, [`Avatar.save`] writes one.
+
+    Attributes:
+        resolution: side of the aligned faces.
+        fps: the output frame rate the avatar was prepared for, or ``"input"`` (the video's own timeline).
+        num_frames: frames of the video.
+        frame_shape: ``(H, W, 3)`` of the video's frames.
+        matrices: per frame, the alignment matrix ``(2, 3)`` of the lip-synced face, or None.
+        crops: aligned faces ``(F, R, R, 3)`` uint8 of the frames with a face (in frame order).
+        masked_posteriors, reference_posteriors: VAE posteriors ``(F, 8, h, w)`` of the masked and whole faces.
+        timestamps: seconds of every frame (``fps="input"`` only).
+        time_base: the clock of the video's timestamps (``fps="input"`` only).
+        video_path: the copy of the video in the folder, or None for frames in memory.
+        frames: the frames ``(N, H, W, 3)`` when they were given in memory.
+        vae: fingerprint of the VAE that encoded the faces.
+        label: where the avatar came from (the video's file name).
+    """
+
+    resolution: int
+    fps: float | str
+    num_frames: int
+    frame_shape: tuple[int, int, int]
+    matrices: list[np.ndarray | None]
+    crops: np.ndarray
+    masked_posteriors: torch.Tensor
+    reference_posteriors: torch.Tensor
+    timestamps: np.ndarray | None = None
+    time_base: Fraction | None = None
+    video_path: str | None = None
+    frames: np.ndarray | None = None
+    vae: str = ""
+    label: str = "avatar"
+
+    def __post_init__(self) -> None:
+        face_frames = [j for j, m in enumerate(self.matrices) if m is not None]
+        self._row = {j: k for k, j in enumerate(face_frames)}
+
+    # ------------------------------------------------------------------ use
+    def frame_source(self) -> FrameSource:
+        """The avatar's video frames (re-readable), on the timeline it was prepared for."""
+        if self.frames is not None:
+            return open_frames(self.frames, 25 if self.fps == "input" else self.fps)
+        if self.fps == "input":
+            return open_timed_frames(self.video_path)
+        return open_frames(self.video_path, self.fps)
+
+    def crop(self, frame: int) -> np.ndarray:
+        """The aligned face of source frame ``frame``."""
+        return self.crops[self._row[frame]]
+
+    def posteriors(self, frames: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The VAE posteriors ``(len(frames), 8, h, w)`` of the masked and the whole faces of source frames
+        ``frames``."""
+        rows = torch.tensor([self._row[int(j)] for j in frames], dtype=torch.long)
+        return self.masked_posteriors[rows], self.reference_posteriors[rows]
+
+    def check_compatible(self, resolution: int, vae: torch.nn.Module) -> None:
+        """[`LatentSyncInputError`] when the avatar was prepared for another face resolution or another VAE."""
+        if resolution != self.resolution:
+            raise LatentSyncInputError(f"the avatar {self.label} was prepared for {self.resolution} px faces; this "
+                                       f"pipeline uses {resolution} px: prepare it again with this pipeline")
+        if self.vae and self.vae != vae_fingerprint(vae):
+            raise LatentSyncInputError(f"the avatar {self.label} was prepared with another VAE: prepare it again "
+                                       "with this pipeline")
+
+    # ------------------------------------------------------------------ files
+    def save(self, path: str | os.PathLike, source_video: str | os.PathLike | None = None) -> str:
+        """Write the avatar to the folder ``path`` (created; files of an earlier avatar there are replaced).
+        ``source_video`` is copied into it unless the frames are held in memory."""
+        path = os.fspath(path)
+        os.makedirs(path, exist_ok=True)
+        video_name = None
+        if self.frames is None:
+            if source_video is None:
+                raise LatentSyncInputError("an avatar of a video file needs the file (source_video)")
+            video_name = "video" + os.path.splitext(os.fspath(source_video))[1].lower()
+            if os.path.abspath(source_video) != os.path.abspath(os.path.join(path, video_name)):
+                shutil.copyfile(source_video, os.path.join(path, video_name))
+            self.video_path = os.path.join(path, video_name)
+        else:
+            save_file({"frames": torch.from_numpy(np.ascontiguousarray(self.frames))},
+                      os.path.join(path, AVATAR_FRAMES))
+        save_file({"crops": torch.from_numpy(np.ascontiguousarray(self.crops)),
+                   "masked_posteriors": self.masked_posteriors.contiguous().cpu(),
+                   "reference_posteriors": self.reference_posteriors.contiguous().cpu()},
+                  os.path.join(path, AVATAR_TENSORS))
+        config: dict[str, Any] = {
+            "version": AVATAR_VERSION, "label": self.label, "resolution": self.resolution, "fps": self.fps,
+            "num_frames": self.num_frames, "frame_shape": list(self.frame_shape), "video": video_name,
+            "vae": self.vae,
+            "matrices": [None if m is None else np.asarray(m).tolist() for m in self.matrices],
+            "timestamps": None if self.timestamps is None else [float(t) for t in self.timestamps],
+            "time_base": None if self.time_base is None else str(self.time_base),
+        }
+        with open(os.path.join(path, AVATAR_CONFIG), "w", encoding="utf-8") as fh:
+            json.dump(config, fh)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Avatar":
+        """Read an avatar folder written by [`Avatar.save`].
+
+        Raises:
+            LatentSyncInputError: the folder is missing, incomplete, or of another format version.
+        """
+        path = os.fspath(path)
+        config_path = os.path.join(path, AVATAR_CONFIG)
+        if not os.path.isfile(config_path) or not os.path.isfile(os.path.join(path, AVATAR_TENSORS)):
+            raise LatentSyncInputError(f"not a prepared avatar (no {AVATAR_CONFIG} and {AVATAR_TENSORS}): {path}")
+        with open(config_path, encoding="utf-8") as fh:
+            config = json.load(fh)
+        if config.get("version") != AVATAR_VERSION:
+            raise LatentSyncInputError(f"avatar {path} has format version {config.get('version')}; this version "
+                                       f"of latentsync reads version {AVATAR_VERSION}: prepare it again")
+        tensors = load_file(os.path.join(path, AVATAR_TENSORS))
+        frames = None
+        video_path = os.path.join(path, config["video"]) if config["video"] else None
+        if video_path is None:
+            frames = load_file(os.path.join(path, AVATAR_FRAMES))["frames"].numpy()
+        elif not os.path.isfile(video_path):
+            raise LatentSyncInputError(f"avatar {path} is missing its video {config['video']}")
+        return cls(
+            resolution=config["resolution"], fps=config["fps"], num_frames=config["num_frames"],
+            frame_shape=tuple(config["frame_shape"]),
+            matrices=[None if m is None else np.asarray(m, dtype=np.float64) for m in config["matrices"]],
+            crops=tensors["crops"].numpy(), masked_posteriors=tensors["masked_posteriors"],
+            reference_posteriors=tensors["reference_posteriors"],
+            timestamps=None if config["timestamps"] is None else np.asarray(config["timestamps"], np.float64),
+            time_base=None if config["time_base"] is None else Fraction(config["time_base"]),
+            video_path=video_path, frames=frames, vae=config.get("vae", ""), label=config.get("label", path),
+        )

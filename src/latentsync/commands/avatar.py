@@ -1,0 +1,44 @@
+"""``latentsync avatar VIDEO DIR``: prepare a talking-face video once for fast and live lip sync."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from ..devices import DTYPE_NAMES
+from ..model_source import check_model_source
+from .run import DEFAULT_MODEL, face_choice, frame_rate, load_pipeline
+
+logger = logging.getLogger("latentsync")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="latentsync avatar",
+                                description="Analyse a talking-face video once (faces, alignment, VAE latents) and "
+                                            "save it as an avatar folder for `latentsync --avatar DIR` and live "
+                                            "streams.")
+    p.add_argument("video", help="talking-face video")
+    p.add_argument("directory", help="avatar folder to write")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="Hub id or local folder of a LatentSync pipeline")
+    p.add_argument("--fps", type=frame_rate, default=25, metavar="25|input|N",
+                   help="timeline of the avatar: 25 (default), input (the video's own timestamps) or any rate")
+    p.add_argument("--face", type=face_choice, default=None, metavar="largest|speaking|INDEX|x,y,w,h",
+                   help="face to lip-sync (as for the lip-sync command)")
+    p.add_argument("--face-frame", type=int, default=0, help="frame of the --face x,y,w,h box")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
+    p.add_argument("--dtype", choices=list(DTYPE_NAMES), default=None, help="default: fp16 on GPU, fp32 on CPU")
+    return p
+
+
+def avatar(argv: list[str]) -> int:
+    """Prepare the avatar of ``VIDEO`` in ``DIR``."""
+    args = parser().parse_args(argv)
+    source = check_model_source(args.model)
+    # the pipeline as ``latentsync`` loads it (no LoRA, SyncNet or speed options)
+    args.lora, args.cpu_offload, args.scheduler, args.vae_slicing, args.xformers = [], None, "ddim", False, False
+    args.compile, args.syncnet = False, None
+    pipe = load_pipeline(args, source.local_files_only)
+    prepared = pipe.prepare_avatar(args.video, args.directory, output_fps=args.fps, face_box_frame=args.face_frame,
+                                   **(args.face or {}))
+    logger.info("avatar %s: %d frames, %d with a face", args.directory, prepared.num_frames, len(prepared.crops))
+    return 0

@@ -1,0 +1,66 @@
+"""``latentsync --avatar DIR --audio - --output -``: lip-sync speech read from a pipe as it arrives, writing each
+window of frames as soon as it is made (fragmented MP4 with the sound, or raw RGB24 frames)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from ..errors import InvalidVideoError, LatentSyncInputError
+from ..inputs import check_arguments
+from ..live import stream_frames
+from ..media.files import check_input_file
+from ..media.pipes import LiveVideoSink, read_audio_chunks
+from ..model_source import check_model_source
+from .run import face_arguments, load_pipeline
+
+logger = logging.getLogger("latentsync")
+
+
+def run_live(args: argparse.Namespace) -> int:
+    """The live run of ``latentsync`` (``--audio -``); a ``--video`` is first prepared as an avatar in a temporary
+    folder."""
+    if args.audio_for:
+        raise LatentSyncInputError("--audio - takes one voice: --audio-for does not apply")
+    if args.output != "-" and not args.output.lower().endswith(".mp4"):
+        raise LatentSyncInputError(f"a live output is fragmented MP4: write it to an .mp4 file or to - (standard "
+                                   f"output), not {args.output}")
+    if args.chunk_seconds <= 0:
+        raise LatentSyncInputError(f"--chunk-seconds must be > 0, got {args.chunk_seconds}")
+    check_arguments(num_inference_steps=args.steps, guidance_scale=args.guidance_scale)
+    if args.video is not None:
+        check_input_file(args.video, InvalidVideoError, "video")
+    source = check_model_source(args.model)
+    pipe = load_pipeline(args, source.local_files_only)
+    generator = torch.Generator("cpu").manual_seed(args.seed)
+    with tempfile.TemporaryDirectory(prefix="latentsync-avatar-") as tmp:
+        avatar = args.avatar
+        if avatar is None:
+            avatar = pipe.prepare_avatar(args.video, tmp, output_fps=args.fps, **face_arguments(args))
+        session = pipe.live_session(avatar, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
+                                    generator=generator)
+        timestamps = session.avatar.timestamps
+        # pipes carry no timestamps: an avatar on its own (variable) timeline is written at its typical rate
+        fps = session.fps if timestamps is None or len(timestamps) < 2 else 1.0 / float(np.median(np.diff(timestamps)))
+        if args.output != "-":
+            os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        sink = LiveVideoSink(args.output, fps, args.live_format)
+
+        def speech() -> Iterator[np.ndarray]:
+            for chunk in read_audio_chunks(sys.stdin.buffer, args.chunk_seconds):
+                sink.write_audio(chunk)
+                yield chunk
+
+        for frame in stream_frames(session, speech()):
+            sink.write(frame.image)
+        sink.close()
+    logger.info("live: %d frames at %g fps to %s", sink.frames_written, fps,
+                "standard output" if args.output == "-" else args.output)
+    return 0

@@ -1,0 +1,135 @@
+"""Live media through pipes: speech read chunk by chunk from a pipe (any format ffmpeg reads), and frames written
+as they come, as fragmented MP4 (playable while it is written, with the sound) or as raw RGB frames."""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import subprocess
+import threading
+from collections.abc import Iterator
+from typing import BinaryIO
+
+import imageio_ffmpeg
+import numpy as np
+
+from ..errors import InvalidAudioError, InvalidVideoError
+from .constants import SAMPLE_RATE
+
+logger = logging.getLogger(__name__)
+
+LIVE_FORMATS = ("mp4", "raw")
+"""What a live sink writes: fragmented MP4 (H.264 + AAC) or raw RGB24 frames."""
+
+
+def read_audio_chunks(source: BinaryIO, seconds: float = 0.2) -> Iterator[np.ndarray]:
+    """Mono float32 16 kHz chunks of ``seconds`` from a byte stream (e.g. ``sys.stdin.buffer``) holding audio in
+    any format ffmpeg reads from a pipe (WAV, MP3, Ogg...), decoded as it arrives.
+
+    Raises:
+        InvalidAudioError: ffmpeg cannot decode the stream, or it holds no samples.
+    """
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-i", "pipe:0", "-map", "0:a:0", "-ac", "1",
+           "-ar", str(SAMPLE_RATE), "-f", "f32le", "pipe:1"]
+    proc = subprocess.Popen(cmd, stdin=source, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    size = max(1, int(seconds * SAMPLE_RATE)) * 4
+    received = 0
+    try:
+        while True:
+            data = proc.stdout.read(size)
+            if not data:
+                break
+            usable = len(data) - len(data) % 4
+            received += usable // 4
+            yield np.frombuffer(data[:usable], dtype="<f4").copy()
+    finally:
+        proc.stdout.close()
+        code = proc.wait()
+        error = proc.stderr.read().decode(errors="replace").strip()
+        proc.stderr.close()
+    if code != 0 or received == 0:
+        raise InvalidAudioError(f"cannot read audio from the pipe: {error.splitlines()[-1] if error else 'no samples'}")
+
+
+class LiveVideoSink:
+    """Writes frames as they are produced to ``target`` (a file path, or ``"-"`` for standard output).
+
+    ``"mp4"``: fragmented MP4, H.264 (zero-latency settings) with the speech as AAC, playable while written.
+    ``"raw"``: RGB24 frames back to back (the size is logged), no sound.
+    Use ``write_audio`` for the speech as it arrives and ``write`` for each frame; ``close`` completes the file.
+    """
+
+    def __init__(self, target: str, fps: float, output_format: str = "mp4", crf: int = 18):
+        if output_format not in LIVE_FORMATS:
+            raise InvalidVideoError(f"live output format must be one of {', '.join(LIVE_FORMATS)}, got "
+                                    f"{output_format!r}")
+        self.target, self.fps, self.format, self.crf = target, fps, output_format, crf
+        self._out: BinaryIO | None = None
+        self._proc: subprocess.Popen | None = None
+        self._audio: queue.Queue | None = None
+        self._audio_thread: threading.Thread | None = None
+        self._pending_audio: list[np.ndarray] = []
+        self.frames_written = 0
+
+    def _open(self, width: int, height: int) -> None:
+        if self.format == "raw":
+            self._out = os.fdopen(os.dup(1), "wb") if self.target == "-" else open(self.target, "wb")
+            logger.info("raw RGB24 frames, %d x %d at %g fps", width, height, self.fps)
+            return
+        read_fd, write_fd = os.pipe()
+        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-y",
+               "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", f"{self.fps}", "-i", "pipe:0",
+               "-f", "f32le", "-ar", str(SAMPLE_RATE), "-ac", "1", "-i", f"pipe:{read_fd}",
+               "-map", "0:v", "-map", "1:a", "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency",
+               "-crf", str(self.crf), "-pix_fmt", "yuv420p", "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
+               "-c:a", "aac", "-f", "mp4", "-movflags", "frag_keyframe+empty_moov+default_base_moof",
+               "pipe:1" if self.target == "-" else self.target]
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=None, pass_fds=(read_fd,))
+        os.close(read_fd)
+        self._audio = queue.Queue()
+        audio_out = os.fdopen(write_fd, "wb")
+
+        def feed() -> None:  # its own thread: ffmpeg reads both inputs at its own pace
+            try:
+                while (item := self._audio.get()) is not None:
+                    audio_out.write(item.astype("<f4").tobytes())
+            except BrokenPipeError:
+                pass
+            finally:
+                audio_out.close()
+
+        self._audio_thread = threading.Thread(target=feed, name="latentsync-live-audio", daemon=True)
+        self._audio_thread.start()
+        for samples in self._pending_audio:
+            self._audio.put(samples)
+        self._pending_audio = []
+
+    def write_audio(self, samples: np.ndarray) -> None:
+        """The next speech samples (16 kHz mono float), muxed with the frames (``"mp4"`` only)."""
+        if self.format != "mp4":
+            return
+        if self._audio is None:
+            self._pending_audio.append(samples)
+        else:
+            self._audio.put(samples)
+
+    def write(self, frame: np.ndarray) -> None:
+        """The next frame (RGB uint8)."""
+        if self._out is None and self._proc is None:
+            self._open(frame.shape[1], frame.shape[0])
+        data = np.ascontiguousarray(frame, dtype=np.uint8).tobytes()
+        (self._out if self._out is not None else self._proc.stdin).write(data)
+        if self._out is not None:
+            self._out.flush()
+        self.frames_written += 1
+
+    def close(self) -> None:
+        if self._out is not None:
+            self._out.close()
+        if self._proc is not None:
+            self._audio.put(None)
+            self._audio_thread.join()
+            self._proc.stdin.close()
+            if self._proc.wait() != 0:
+                raise InvalidVideoError(f"ffmpeg could not write the live output to {self.target}")

@@ -1,0 +1,93 @@
+"""Prepared avatars: saved once (safetensors + JSON), then lip-synced without face analysis or the VAE encoder,
+giving exactly the frames of the call on the video."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ffmpeg
+from latentsync import LatentSyncInputError
+from latentsync.avatar import Avatar
+from latentsync.testing import build_tiny_pipeline
+
+KW = dict(num_inference_steps=1, guidance_scale=1.5)
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory, example_speech):
+    out = tmp_path_factory.mktemp("avatar") / "speech.wav"
+    ffmpeg("-i", os.fspath(example_speech), "-t", "1.6", os.fspath(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def short_face(tmp_path_factory, example_face):
+    """1 s of the example face at 30 fps: the speech (1.6 s) is longer, so the output loops."""
+    out = tmp_path_factory.mktemp("avatar") / "face30.mp4"
+    ffmpeg("-i", os.fspath(example_face), "-t", "1", "-vf", "fps=30", "-c:v", "libx264", "-crf", "14",
+           os.fspath(out))
+    return out
+
+
+def _no_analysis(monkeypatch, pipe):
+    """Make face analysis and the VAE encoder fail: an avatar call must use neither."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the avatar call ran face analysis or the VAE encoder")
+
+    monkeypatch.setattr("latentsync.streaming.FaceTracker", refuse)
+    monkeypatch.setattr(pipe.vae, "encode", refuse)
+
+
+@pytest.mark.parametrize("output_fps", [25, "input"])
+def test_avatar_gives_the_frames_of_the_full_call(tiny_pipe_64, short_face, speech, tmp_path, monkeypatch,
+                                                  output_fps):
+    pipe = tiny_pipe_64
+    folder = tmp_path / "avatar"
+    prepared = pipe.prepare_avatar(short_face, folder, output_fps=output_fps)
+    assert {"avatar.json", "avatar.safetensors", "video.mp4"} <= set(os.listdir(folder))
+    config = json.loads((folder / "avatar.json").read_text())
+    n = 30 if output_fps == "input" else 25
+    assert config["num_frames"] == n and len(config["matrices"]) == n and config["fps"] == output_fps
+    assert prepared.crops.shape == (n, 64, 64, 3) and prepared.crops.dtype == np.uint8
+    assert tuple(prepared.masked_posteriors.shape) == (n, 8, 8, 8)
+
+    full = pipe(short_face, speech, output_fps=output_fps, generator=torch.Generator().manual_seed(7), **KW)
+    _no_analysis(monkeypatch, pipe)
+    from_avatar = pipe(avatar=folder, audio=speech, generator=torch.Generator().manual_seed(7), **KW)
+    assert from_avatar.num_frames == full.num_frames > n  # looped (with the latent cache of looping videos)
+    assert np.array_equal(from_avatar.frames, full.frames)
+    if output_fps == "input":
+        assert np.array_equal(from_avatar.timestamps, full.timestamps)
+
+
+def test_avatar_of_frames_in_memory_round_trip(tiny_pipe_64, short_face, speech, tmp_path):
+    from latentsync.media import iter_frames
+
+    frames = np.stack(list(iter_frames(short_face, 25)))[:20]
+    folder = tmp_path / "memory-avatar"
+    tiny_pipe_64.prepare_avatar(frames, folder)
+    loaded = Avatar.load(folder)
+    assert loaded.video_path is None and np.array_equal(loaded.frames, frames)
+    full = tiny_pipe_64(frames, speech, generator=torch.Generator().manual_seed(1), cache_latents=False, **KW)
+    again = tiny_pipe_64(avatar=loaded, audio=speech, generator=torch.Generator().manual_seed(1),
+                         cache_latents=False, **KW)
+    assert np.array_equal(full.frames, again.frames)
+
+
+def test_avatar_errors(tiny_pipe_64, short_face, speech, tmp_path):
+    folder = tmp_path / "avatar"
+    tiny_pipe_64.prepare_avatar(short_face, folder)
+    with pytest.raises(LatentSyncInputError, match="either a video or a prepared avatar"):
+        tiny_pipe_64(short_face, speech, avatar=folder)
+    with pytest.raises(LatentSyncInputError, match="not a prepared avatar"):
+        tiny_pipe_64(avatar=tmp_path, audio=speech)
+    with pytest.raises(LatentSyncInputError, match="chosen when it was prepared"):
+        tiny_pipe_64(avatar=folder, audio=speech, face_index=1)
+    other = build_tiny_pipeline(resolution=64, seed=1)
+    with pytest.raises(LatentSyncInputError, match="another VAE"):
+        other(avatar=folder, audio=speech)

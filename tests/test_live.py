@@ -1,0 +1,112 @@
+"""Live lip sync: audio in 0.2 s chunks, frames out window by window with one window of latency, the same windows
+as offline calls on the audio received so far, and live video frames."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from latentsync import LatentSyncInputError
+from latentsync.media import iter_frames, load_audio
+
+CHUNK = 3200  # 0.2 s at 16 kHz
+KW = dict(num_inference_steps=1, guidance_scale=1.0)
+
+
+@pytest.fixture(scope="module")
+def avatar(tiny_pipe_64, example_face, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("live") / "avatar"
+    tiny_pipe_64.prepare_avatar(example_face, folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def speech_20s(example_speech):
+    """20 s of real speech (the example sentence repeated)."""
+    speech = load_audio(example_speech)
+    return np.tile(speech, int(np.ceil(20 * 16000 / len(speech))))[: 20 * 16000]
+
+
+class Chunks:
+    """0.2 s chunks of ``samples``, recording how much audio had been handed out (and when) at each moment."""
+
+    def __init__(self, samples: np.ndarray):
+        self.samples, self.given, self.start = samples, 0, None
+
+    def __iter__(self):
+        self.start = time.perf_counter()
+        for i in range(0, len(self.samples), CHUNK):
+            chunk = self.samples[i : i + CHUNK]
+            self.given += len(chunk)
+            yield chunk
+
+
+@pytest.mark.parametrize("seconds", [4, pytest.param(20, marks=pytest.mark.slow)])
+def test_stream_in_chunks(tiny_pipe_64, avatar, speech_20s, seconds):
+    """A clip streamed in 0.2 s chunks (20 s as the issue asks: about a minute on a shared 2-core CPU, so marked
+    slow; the 4 s run checks the same in CI)."""
+    pipe, speech, total = tiny_pipe_64, speech_20s[: seconds * 16000], seconds * 25
+    chunks = Chunks(speech)
+    frames, audio_at, first_after = [], [], None
+    for frame in pipe.stream(chunks, avatar=avatar, generator=torch.Generator().manual_seed(3), **KW):
+        if first_after is None:
+            first_after = time.perf_counter() - chunks.start
+        frames.append(frame)
+        audio_at.append(chunks.given)
+
+    # every frame, in order, as many as the offline call makes (25 per second), at its time
+    assert [f.index for f in frames] == list(range(total))
+    assert np.allclose([f.time for f in frames], np.arange(total) / 25)
+    # the first frame came after one window of audio (0.64 s, rounded up to whole chunks) plus one window's compute
+    assert audio_at[0] <= 16 * 640 + CHUNK
+    assert first_after < 60  # generous: the benchmark reports the time; the test bounds the audio waited for
+
+    # each window is what the offline call on the audio received at that moment gives for it
+    stream = np.stack([f.image for f in frames])
+    for w in (0, 1):
+        received = audio_at[16 * w]
+        offline = pipe(avatar=avatar, audio=speech[:received], generator=torch.Generator().manual_seed(3),
+                       cache_latents=False, **KW).frames
+        assert np.array_equal(stream[16 * w : 16 * w + 16], offline[16 * w : 16 * w + 16]), f"window {w}"
+
+
+def test_stream_end_matches_offline(tiny_pipe_64, avatar, speech_20s):
+    """The windows generated after the last chunk are exactly the offline call's (the whole audio received)."""
+    speech = speech_20s[: int(2.9 * 16000)]
+    frames = list(tiny_pipe_64.stream(Chunks(speech), avatar=avatar, generator=torch.Generator().manual_seed(5),
+                                      **KW))
+    offline = tiny_pipe_64(avatar=avatar, audio=speech, generator=torch.Generator().manual_seed(5),
+                           cache_latents=False, **KW).frames
+    assert len(frames) == len(offline) == round(2.9 * 25)
+    stream = np.stack([f.image for f in frames])
+    last = 16 * (len(offline) // 16)  # the final, partial window: generated once the speech had ended
+    assert last < len(offline) and np.array_equal(stream[last:], offline[last:])
+    assert not np.array_equal(stream[:16], offline[:16])  # the first window only heard its own 0.8 s
+
+
+def test_stream_live_video_frames(tiny_pipe_64, example_face, speech_20s):
+    video = np.stack(list(iter_frames(example_face, 25)))[:40]
+    speech = speech_20s[: 2 * 16000]  # longer than the 40 frames: the stream ends with the video
+    frames = list(tiny_pipe_64.stream(Chunks(speech), frames=iter(video), generator=torch.Generator().manual_seed(0),
+                                      **KW))
+    assert [f.index for f in frames] == list(range(40))
+    images = np.stack([f.image for f in frames])
+    assert images.shape == video.shape
+    changed = (images != video).any(-1)
+    assert changed.any(axis=(1, 2)).all()  # every frame's mouth regenerated
+    rows = np.nonzero(changed.any(axis=(0, 2)))[0]
+    assert rows.min() > video.shape[1] // 3  # only the lower face changed
+
+
+def test_stream_arguments(tiny_pipe_64, avatar, example_face):
+    with pytest.raises(LatentSyncInputError, match="either a prepared avatar or live video"):
+        tiny_pipe_64.stream([np.zeros(100)])
+    with pytest.raises(LatentSyncInputError, match="not both"):
+        tiny_pipe_64.stream([np.zeros(100)], avatar=avatar, frames=[])
+    session = tiny_pipe_64.live_session(avatar)
+    with pytest.raises(Exception, match="mono"):
+        session.push(np.zeros((2, 100)))
+    session.close()

@@ -1,0 +1,117 @@
+"""The input's own timeline (``output_fps="input"``): every stored frame written at its timestamp, pixels outside the
+mouth exactly the decoded input's, each frame's audio context taken at its time; other fixed rates."""
+
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from conftest import ffmpeg
+from latentsync import LatentSyncInputError
+from latentsync.face import FaceDetector
+from latentsync.media import load_audio, probe_video
+from latentsync.media.timeline import read_timestamps
+
+AUDIO_SECONDS = 0.7
+
+
+def decode_with_times(path) -> tuple[np.ndarray, list[Fraction]]:
+    """Every decoded frame of ``path`` (PyAV, as stored) and its exact presentation time from the first frame."""
+    with av.open(os.fspath(path)) as container:
+        stream = container.streams.video[0]
+        decoded = [(frame.pts, frame.to_ndarray(format="rgb24")) for frame in container.decode(stream)]
+        tb = Fraction(stream.time_base)
+    return np.stack([f for _, f in decoded]), [(pts - decoded[0][0]) * tb for pts, _ in decoded]
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory, example_face, example_speech):
+    folder = tmp_path_factory.mktemp("timeline")
+    out = {}
+    for name, vf in (("30", "fps=30"), ("60", "fps=60"), ("vfr", "fps=30,select='not(eq(mod(n\\,5)\\,2))'")):
+        out[name] = folder / f"face_{name}.mp4"
+        ffmpeg("-i", os.fspath(example_face), "-t", "1", "-vf", vf, "-fps_mode", "vfr", "-c:v", "libx264",
+               "-crf", "14", os.fspath(out[name]))
+    out["speech"] = folder / "speech.wav"
+    ffmpeg("-i", os.fspath(example_speech), "-t", str(AUDIO_SECONDS), os.fspath(out["speech"]))
+    return out
+
+
+def mouth_box(detector: FaceDetector, frame: np.ndarray) -> tuple[slice, slice]:
+    """A generous box around the lower face of the (only) face in ``frame``."""
+    box = detector.detect(frame)[0]
+    size = box.size
+    rows = slice(max(0, int(box.center[1] - 0.2 * size)), int(box.y1 + 0.6 * size))
+    cols = slice(max(0, int(box.x0 - 0.3 * size)), int(box.x1 + 0.3 * size))
+    return rows, cols
+
+
+@pytest.mark.parametrize("name", ["30", "60", "vfr"])
+def test_input_timeline_keeps_every_frame(tiny_pipe_64, clips, name, tmp_path):
+    pipe, clip = tiny_pipe_64, clips[name]
+    decoded, times = decode_with_times(clip)
+    duration = Fraction(len(load_audio(clips["speech"])), 16000)
+    expected = sum(t < duration for t in times)  # the frames the input shows during the speech
+    contexts = []
+
+    def grab(pipe, step, timestep, kwargs):
+        if step == 0:
+            contexts.append(kwargs["audio_embeds"].clone())
+        return {}
+
+    out_path = tmp_path / "out.mp4"
+    out = pipe(clip, clips["speech"], output_path=out_path, return_frames=True, output_fps="input",
+               num_inference_steps=1, guidance_scale=1.0, generator=torch.Generator().manual_seed(0),
+               callback_on_step_end=grab, callback_on_step_end_tensor_inputs=["audio_embeds"])
+
+    # as many frames as the input covers over the audio, each at its own timestamp (in memory and in the file)
+    assert out.num_frames == len(out.frames) == expected
+    assert np.allclose(out.timestamps, [float(t) for t in times[:expected]], atol=1e-9)
+    written, _ = read_timestamps(out_path)
+    assert len(written) == expected and np.allclose(written, out.timestamps, atol=1e-9)
+    assert probe_video(out_path).has_audio
+
+    # every pixel outside the mouth is the decoded input frame at that timestamp; the mouth was regenerated
+    changed = 0
+    with FaceDetector() as detector:
+        for i, frame in enumerate(out.frames):
+            rows, cols = mouth_box(detector, decoded[i])
+            outside = np.ones(frame.shape[:2], bool)
+            outside[rows, cols] = False
+            assert np.array_equal(frame[outside], decoded[i][outside]), f"frame {i} changed outside the mouth"
+            changed += int((frame != decoded[i]).any())
+    assert changed == expected
+
+    # frame i's audio context is the 10 tokens (20 ms each) around the token that covers its timestamp
+    features = pipe.encode_audio(load_audio(clips["speech"]))
+    got = torch.cat(contexts)
+    assert got.shape[0] == expected
+    for i in range(expected):
+        centre = int(times[i] * 50)  # exact: a rational time, floored
+        idx = np.clip(np.arange(centre - 4, centre + 6), 0, features.shape[0] - 1)
+        assert torch.equal(got[i], features[idx].reshape(-1, features.shape[-1])), f"frame {i}"
+
+
+def test_fixed_output_rate(tiny_pipe_64, clips, tmp_path):
+    out_path = tmp_path / "out30.mp4"
+    out = tiny_pipe_64(clips["60"], clips["speech"], output_path=out_path, output_fps=30, num_inference_steps=1,
+                       generator=torch.Generator().manual_seed(0))
+    assert out.fps == 30 and out.num_frames == round(AUDIO_SECONDS * 30)
+    assert np.allclose(out.timestamps, np.arange(out.num_frames) / 30)
+    info = probe_video(out_path)
+    assert info.fps == 30
+
+
+def test_timeline_argument_errors(tiny_pipe_64, clips):
+    frames = np.zeros((4, 64, 64, 3), np.uint8)
+    with pytest.raises(LatentSyncInputError, match="output_fps"):
+        tiny_pipe_64(clips["30"], clips["speech"], output_fps=0)
+    with pytest.raises(LatentSyncInputError, match="frames in memory"):
+        tiny_pipe_64(frames, clips["speech"], output_fps="input")
+    with pytest.raises(LatentSyncInputError, match="output_fps"):
+        tiny_pipe_64(clips["30"], clips["speech"], output_fps="native")
