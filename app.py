@@ -90,6 +90,7 @@ TINY_NOTICE = (
 TINY_PARAMETER_LIMIT = 10_000_000  # a U-Net smaller than this is a test model, not real weights
 ZERO_GPU_MAX_SECONDS = 300  # the longest GPU time one ZeroGPU call may ask for
 CACHE_MODES = ("eager", "lazy", "off")
+QUEUE_HEADROOM = 5  # places beyond queue_size, so that the checks themselves still get in to say it is full
 SESSION_TIMEOUT = 3600.0  # a session's pending request is forgotten after this long (a closed tab, a lost event)
 
 
@@ -319,13 +320,13 @@ class LipSyncService:
         return request
 
     def precheck(self, video, photo, audio, preset, face, steps, guidance, seed,
-                 request: gr.Request = None) -> None:  # noqa: RUF013 - gradio fills it
+                 request: gr.Request = None) -> str:  # noqa: RUF013 - gradio fills it
         """The page's instant check (not queued): the inputs, the GPU time, a full queue, and one pending request
         per visitor. Only when it passes does the request join the queue."""
         self.check(video, photo, audio, preset, face, steps, guidance, seed)
-        queue = self.queue
-        if queue is not None and queue.max_size is not None and len(queue) >= queue.max_size:
-            raise _error(f"The queue is full ({len(queue)} requests waiting, the most this Space accepts). "
+        waiting = len(self.queue) if self.queue is not None else 0
+        if waiting >= self.config.queue_size:
+            raise _error(f"The queue is full ({waiting} requests waiting, the most this Space accepts). "
                          "Please try again in a few minutes.")
         session = getattr(request, "session_hash", None)
         if session:
@@ -335,6 +336,7 @@ class LipSyncService:
                 raise _error("You already have a lip sync waiting or running; it must finish before you start "
                              "another.")
             self._sessions[session] = now
+        return "Waiting for a free place in the queue…"
 
     def _release(self, request: gr.Request | None) -> None:
         session = getattr(request, "session_hash", None)
@@ -540,12 +542,13 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
             gr.Markdown(notice, elem_id="model-notice")
         with gr.Row():
             with gr.Column():
-                with gr.Tab("Video"):
-                    video_in = gr.Video(label="Talking-face video", sources=["upload"], height=320,
-                                        elem_id="video-input")
-                with gr.Tab("Photo"):
-                    photo_in = gr.Image(label="Photo of a face (makes a talking video)", type="filepath",
-                                        sources=["upload"], height=320, elem_id="photo-input")
+                with gr.Tabs() as source_tabs:
+                    with gr.Tab("Video", id="video"):
+                        video_in = gr.Video(label="Talking-face video", sources=["upload"], height=320,
+                                            elem_id="video-input")
+                    with gr.Tab("Photo", id="photo"):
+                        photo_in = gr.Image(label="Photo of a face (makes a talking video)", type="filepath",
+                                            sources=["upload"], height=320, elem_id="photo-input")
                 audio_in = gr.Audio(label="Speech", sources=["upload", "microphone"], type="filepath",
                                     elem_id="audio-input")
                 preset = gr.Radio(preset_choices, value="quality", label="Speed", elem_id="preset")
@@ -577,15 +580,24 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
             gr.Examples(examples=rows, inputs=[video_in, photo_in, audio_in, preset, face], example_labels=labels)
 
         inputs = [video_in, photo_in, audio_in, preset, face, steps, guidance, seed]
+        # an example (or an upload) with a photo shows the photo tab, one with a video the video tab
+        video_in.change(lambda v: gr.Tabs(selected="video") if v else gr.Tabs(), inputs=video_in, outputs=source_tabs,
+                        queue=False, api_visibility="private")
+        photo_in.change(lambda p: gr.Tabs(selected="photo") if p else gr.Tabs(), inputs=photo_in, outputs=source_tabs,
+                        queue=False, api_visibility="private")
         for upload in (video_in, photo_in):
             upload.change(service.faces, inputs=[video_in, photo_in, face], outputs=[faces_preview, face, faces_note],
                           queue=False, api_visibility="undocumented")
         for control in (video_in, photo_in, audio_in, preset, steps, guidance):
             control.change(service.estimate, inputs=[video_in, photo_in, audio_in, preset, steps, guidance],
                            outputs=estimate, queue=False, api_visibility="private")
-        run.click(service.precheck, inputs=inputs, outputs=None, queue=False, api_visibility="private").success(
+        # the checks run first, at once (their own concurrency group, never behind a generation; queued so that
+        # the page shows their refusals), and only a request that passes them joins the line for the model
+        run.click(service.precheck, inputs=inputs, outputs=status, concurrency_limit=None, concurrency_id="checks",
+                  api_visibility="private").success(
             service, inputs=inputs, outputs=[video_out, status], api_name="lipsync", concurrency_limit=1)
-    demo.queue(default_concurrency_limit=1, max_size=config.queue_size)
+    # gradio's own cap, a backstop for API clients: the page's checks refuse at queue_size with a clearer message
+    demo.queue(default_concurrency_limit=1, max_size=config.queue_size + QUEUE_HEADROOM)
     service.queue = demo._queue
     demo.service = service
     demo.config = config
