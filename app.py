@@ -191,7 +191,7 @@ def _error(message: str) -> gr.Error:
 
 
 @dataclass
-class Request:
+class LipSyncRequest:
     """One lip sync as the page or the API asked for it, after the checks."""
 
     source: str  # the video or photo
@@ -231,13 +231,13 @@ class LipSyncService:
         """Expected run time for ``seconds`` of output with ``preset`` on this app's device."""
         return self.time_model.estimate(seconds, PRESETS[preset], steps or None, guidance)
 
-    def gpu_duration(self, request: Request, output: str) -> int:
+    def gpu_duration(self, request: LipSyncRequest, output: str) -> int:
         """GPU seconds to ask ZeroGPU for (the function given to ``spaces.GPU``): the expected time of this request
         (its length, the model's face resolution, the preset) with a margin, at most the configured limit."""
         need = gpu_seconds(self.expected_seconds(request.seconds, request.preset, request.steps, request.guidance))
         return min(need, self.config.gpu_limit) if self.config.gpu_limit else need
 
-    def check_gpu_time(self, request: Request) -> None:
+    def check_gpu_time(self, request: LipSyncRequest) -> None:
         """Refuse a request whose GPU time would exceed the limit, naming the limit and what would fit."""
         limit = self.config.gpu_limit
         if not limit:
@@ -267,7 +267,7 @@ class LipSyncService:
                          "Please trim it.")
 
     def check(self, video: str | None, photo: str | None, audio: str | None, preset: str | None, face: Any,
-              steps: Any, guidance: Any, seed: Any) -> Request:
+              steps: Any, guidance: Any, seed: Any) -> LipSyncRequest:
         """Every check of a request before it may use the model: readable [`gr.Error`] messages naming the user's
         files, never a traceback."""
         names = {p: Path(p).name for p in (video, photo, audio) if p}
@@ -314,7 +314,7 @@ class LipSyncService:
         if video:
             self._check_duration(checked.video.duration, "video")
         self._check_duration(checked.audio.duration, "audio")
-        request = Request(source, audio, preset, steps, guidance, seed, str(face or default_face(not video)),
+        request = LipSyncRequest(source, audio, preset, steps, guidance, seed, str(face or default_face(not video)),
                           checked.audio.duration)
         self.check_gpu_time(request)
         return request
@@ -389,7 +389,7 @@ class LipSyncService:
         return text
 
     # ------------------------------------------------------------------ work
-    def _generate(self, request: Request, output: str):
+    def _generate(self, request: LipSyncRequest, output: str):
         """Run the pipeline; returns ``(pipeline output, None)`` or ``(None, readable error)``.
 
         Errors travel as values: on ZeroGPU this runs in another process, where exception types do not survive.
@@ -422,7 +422,7 @@ class LipSyncService:
             except FileNotFoundError:
                 pass
 
-    def run(self, request: Request, progress: Any = None) -> tuple[str, str]:
+    def run(self, request: LipSyncRequest, progress: Any = None) -> tuple[str, str]:
         """Generate one checked request; returns the output path and a status line."""
         job = self.work_dir / uuid.uuid4().hex
         job.mkdir()

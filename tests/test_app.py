@@ -158,8 +158,8 @@ def test_service_gpu_duration_and_refusal(app_module, clips, monkeypatch):
     assert request.seconds == pytest.approx(1.0, abs=0.05) and request.face == "speaking"
     durations = {}
     for name in PRESETS:
-        r = app_module.Request(**{**request.__dict__, "preset": name})
-        longer = app_module.Request(**{**r.__dict__, "seconds": 3.0})
+        r = app_module.LipSyncRequest(**{**request.__dict__, "preset": name})
+        longer = app_module.LipSyncRequest(**{**r.__dict__, "seconds": 3.0})
         durations[name] = service.gpu_duration(r, "out.mp4")
         assert service.gpu_duration(longer, "out.mp4") > durations[name]
     assert durations["quality"] > durations["balanced"] > durations["fast"]
