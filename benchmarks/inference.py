@@ -14,16 +14,22 @@ path (sequential stages, every option off) measured in the same run.
 
 Variants are written ``base[+option...]``: ``naive`` (stages in sequence, DDIM), ``overlap`` (CPU stages in
 background threads), ``ddim`` / ``dpm++`` / ``unipc`` (scheduler), ``NN`` (steps), ``deepcacheN`` (DeepCache
-interval N), e.g. ``overlap+deepcache3`` or ``dpm++10+deepcache3``.
+interval N), ``batchN`` (N windows per U-Net call; ``batch``: as many as fit in GPU memory), ``fused`` (fused pooled
+GroupNorm, channels-last), ``compiled`` (torch.compile of the U-Net step, fixed shapes), ``warps`` (alignment and
+paste-back as torch warps on the device), ``fast`` (all of overlap, batch, fused, compiled and warps: the GPU
+configuration), e.g. ``overlap+deepcache3``, ``dpm++10+deepcache3`` or ``fast``. Under the stage table, every
+variant's end-to-end frames/s is set against its denoiser-only frames/s (output frames over the denoising seconds);
+compilation happens in the warm-up run and is reported apart.
 
 Quality (``--quality``): with random weights a sync metric means nothing, so the script reports what is
 measurable -- PSNR of each variant's regenerated pixels against the DDIM-20 reference run with the same seed, and the
 denoising speed-up. With a real model and ``--syncnet`` (a SyncNet for ``latentsync.eval.estimate_sync``) it also
 reports the audio-visual offset and sync confidence of every variant's output video.
 
-On a machine without MediaPipe (a bare GPU box), compute the face anchors where it is installed and replay them:
-``--save-face-anchors anchors.npy`` writes them for the (trimmed) clip and exits; ``--face-anchors anchors.npy``
-replays them instead of running the detector (the face-detection stage then shows the replay, i.e. almost nothing).
+On a machine without MediaPipe (a bare GPU box), compute the face tracks where it is installed and replay them:
+``--save-face-tracks tracks.npz`` writes them for the (trimmed) clip and exits; ``--face-tracks tracks.npz`` replays
+them instead of running the detector (the face-detection stage then shows nothing: add the CPU's face-analysis
+seconds, measured where MediaPipe runs, to judge the end-to-end rate).
 """
 
 from __future__ import annotations
@@ -49,12 +55,19 @@ QUALITY_VARIANTS = ["ddim20", "ddim20+deepcache3", "ddim20+deepcache5", "ddim10"
 
 def parse_variant(name: str, default_steps: int) -> dict:
     """``"overlap+dpm++10+deepcache3"`` -> pipeline settings."""
-    spec = {"name": name, "overlap": False, "scheduler": "ddim", "steps": default_steps, "deep_cache": 0}
+    spec = {"name": name, "overlap": False, "scheduler": "ddim", "steps": default_steps, "deep_cache": 0,
+            "windows": 1, "compiled": False, "fused": False, "warps": False}
     for part in re.findall(r"dpm\+\+\d*|[^+]+", name):
         if part == "naive":
             continue
         if part == "overlap":
             spec["overlap"] = True
+        elif part == "fast":  # every throughput option: the GPU configuration
+            spec.update(overlap=True, windows=None, compiled=True, fused=True, warps=True)
+        elif m := re.fullmatch(r"batch(\d*)", part):
+            spec["windows"] = int(m.group(1)) if m.group(1) else None  # "batch": chosen from free memory
+        elif part in ("compiled", "fused", "warps"):
+            spec[part] = True
         elif m := re.fullmatch(r"deepcache(\d+)", part):
             spec["deep_cache"] = int(m.group(1))
         elif m := re.fullmatch(r"(ddim|dpm\+\+|unipc|euler)(\d*)", part):
@@ -65,15 +78,15 @@ def parse_variant(name: str, default_steps: int) -> dict:
     return spec
 
 
-class ReplayedFaceDetector:
-    """Stands in for ``latentsync.face.FaceDetector``: returns anchors saved by ``--save-face-anchors``."""
+class ReplayedFaceTracker:
+    """Stands in for ``latentsync.face.tracking.FaceTracker`` in the pipeline's first pass: reads the frames (so
+    decoding and the frame cache still happen) and returns the face tracks saved by ``--save-face-tracks``."""
 
-    anchors_path: str = ""
+    tracks_path: str = ""
 
-    def __init__(self, face_index=None, **kwargs):
-        import numpy as np
-
-        self._anchors = iter(np.load(self.anchors_path))
+    def __init__(self, **kwargs):
+        self.num_frames = 0
+        self.timer = None
 
     def __enter__(self):
         return self
@@ -81,30 +94,57 @@ class ReplayedFaceDetector:
     def __exit__(self, *exc) -> None:
         pass
 
-    def anchors(self, frame):
-        a = next(self._anchors, None)
-        if a is None:
-            raise SystemExit("the saved face anchors have fewer frames than the video")
-        return None if a[0, 0] != a[0, 0] else a  # NaN rows: no face in that frame
+    def track(self, frames):
+        for frame in frames:
+            self.num_frames += 1
+            yield frame
+
+    def result(self, label: str = "video"):
+        tracks = load_face_tracks(self.tracks_path)
+        if tracks.num_frames != self.num_frames:
+            raise SystemExit(f"the saved face tracks cover {tracks.num_frames} frames, the video has {self.num_frames}")
+        tracks.label = label
+        return tracks
 
 
-def use_saved_face_anchors(path: str) -> None:
-    import latentsync.streaming
-
-    ReplayedFaceDetector.anchors_path = path
-    latentsync.streaming.FaceDetector = ReplayedFaceDetector  # the first pass of the pipeline looks it up there
-
-
-def save_face_anchors(video, path: str) -> None:
+def save_face_tracks(video, path: str) -> None:
+    """The clip's face tracks (frames, boxes, scores, anchors, lip gaps and shots) as a NumPy ``.npz`` file."""
     import numpy as np
 
-    from latentsync.face import FaceDetector
+    from latentsync.face.tracking import track_faces
     from latentsync.media import iter_frames
 
-    with FaceDetector() as detector:
-        anchors = detector.track(iter_frames(video, 25))
-    np.save(path, anchors)
-    print(f"saved face anchors of {len(anchors)} frames to {path}")
+    tracks = track_faces(iter_frames(video, 25))
+    arrays = {"shots": np.asarray(tracks.shots), "size": np.asarray([tracks.num_frames, *tracks.frame_size])}
+    for t in tracks:
+        for field in ("frames", "boxes", "scores", "anchors", "lips"):
+            arrays[f"{t.index}_{field}"] = getattr(t, field)
+        arrays[f"{t.index}_shot"] = np.asarray(t.shot)
+    np.savez_compressed(path, **arrays)
+    print(f"saved {len(tracks)} face track(s) of {tracks.num_frames} frames to {path}")
+
+
+def load_face_tracks(path: str):
+    """Face tracks written by [`save_face_tracks`] (thumbnails blank)."""
+    import numpy as np
+    import PIL.Image
+
+    from latentsync.face.tracking import FaceTrack, FaceTracks
+
+    data = np.load(path)
+    count = len([k for k in data.files if k.endswith("_shot")])
+    tracks = [FaceTrack(index=i, shot=int(data[f"{i}_shot"]), frames=data[f"{i}_frames"], boxes=data[f"{i}_boxes"],
+                        scores=data[f"{i}_scores"], anchors=data[f"{i}_anchors"], lips=data[f"{i}_lips"],
+                        thumbnail=PIL.Image.new("RGB", (128, 128))) for i in range(count)]
+    n, width, height = (int(v) for v in data["size"])
+    return FaceTracks(tracks, [tuple(int(v) for v in s) for s in data["shots"]], n, (width, height))
+
+
+def use_saved_face_tracks(path: str) -> None:
+    import latentsync.streaming
+
+    ReplayedFaceTracker.tracks_path = path
+    latentsync.streaming.FaceTracker = ReplayedFaceTracker  # the first pass of the pipeline looks it up there
 
 
 def load_pipeline(args: argparse.Namespace):
@@ -122,7 +162,7 @@ def load_pipeline(args: argparse.Namespace):
         if args.full_size:
             from model_speed import full_size_pipeline  # benchmarks/ is on sys.path when run as a script
 
-            pipe = full_size_pipeline(args.resolution)
+            pipe = full_size_pipeline(args.resolution, args.device)
         else:
             pipe = build_tiny_pipeline(resolution=args.resolution)
         if dtype != torch.float32:
@@ -136,26 +176,36 @@ def run_pipeline(pipe, spec: dict, video, audio, output_path, return_frames=Fals
     import torch
 
     pipe.set_scheduler(spec["scheduler"])
+    if spec.get("fused") or spec.get("compiled"):
+        pipe.unet.set_fused_norm(True)
+        pipe.enable_channels_last()
+    if spec.get("compiled") and getattr(pipe, "_compiled_step", None) is None:
+        pipe.compile_denoiser()
+    pipe.enable_warps_on_device(spec.get("warps", False))
     return pipe(video=video, audio=audio, output_path=output_path, num_inference_steps=spec["steps"],
                 generator=torch.Generator().manual_seed(0), overlap_stages=spec["overlap"],
-                deep_cache_interval=spec["deep_cache"], return_frames=return_frames)
+                deep_cache_interval=spec["deep_cache"], return_frames=return_frames,
+                windows_per_batch=spec.get("windows", 1))
 
 
 def run_once(args: argparse.Namespace) -> dict:
     import torch
 
-    if args.face_anchors:
-        use_saved_face_anchors(args.face_anchors)
+    if args.face_tracks:
+        use_saved_face_tracks(args.face_tracks)
     pipe = load_pipeline(args)
     spec = parse_variant(args.variant, args.steps)
-    if args.device.startswith("cuda"):  # kernels, cuDNN plans and allocator pools come up outside the timed run
-        run_pipeline(pipe, {**spec, "steps": 1}, args.video, args.audio, None)
-        torch.cuda.reset_peak_memory_stats()
+    compile_s = 0.0
+    if args.device.startswith("cuda") or spec["compiled"]:  # kernels, cuDNN plans, compiled graphs and allocator
+        warm = run_pipeline(pipe, {**spec, "steps": 1}, args.video, args.audio, None)  # pools come up untimed
+        compile_s = warm.timings.get("compile", 0.0)
+        if args.device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as tmp:
         out = run_pipeline(pipe, spec, args.video, args.audio, os.path.join(tmp, "out.mp4"))
     return {
         "frames": out.num_frames,
-        "timings": out.timings,
+        "timings": {**out.timings, "compile (warm-up)": compile_s},
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
         "peak_gpu_gib": torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else None,
     }
@@ -169,8 +219,8 @@ def child(args: argparse.Namespace, variant: str, video=None, audio=None) -> dic
         cmd += ["--model", args.model]
     if args.full_size:
         cmd += ["--full-size"]
-    if args.face_anchors:
-        cmd += ["--face-anchors", args.face_anchors]
+    if args.face_tracks:
+        cmd += ["--face-tracks", args.face_tracks]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(proc.stderr[-3000:])
@@ -198,6 +248,14 @@ def stage_table(runs: dict[str, dict]) -> None:
             s = runs[name]["timings"].get(stage, 0.0)
             cells.append(f"{s:>9.2f} s {fmt_fps(n, s):>8} fps" if s else f"{'-':>24}")
         print(f"{stage:<15}" + "".join(f"{c:>24}" for c in cells))
+    print(f"{'compile':<15}" + "".join(f"{runs[name]['timings'].get('compile (warm-up)', 0.0):>22.1f} s"
+                                     for name in names))
+    for name in names:
+        t = runs[name]["timings"]
+        if t.get("denoise"):
+            end_to_end, denoiser = n / t["total"], n / t["denoise"]
+            print(f"{name}: end to end {end_to_end:.2f} fps = {100 * end_to_end / denoiser:.0f} % of the "
+                  f"denoiser-only {denoiser:.2f} fps")
     base = runs[names[0]]["timings"]["total"]
     print("end-to-end speed-up vs " + names[0] + ": "
           + ", ".join(f"{name} {base / r['timings']['total']:.2f}x" for name, r in runs.items()))
@@ -317,8 +375,10 @@ def main() -> None:
     p.add_argument("--quality", action="store_true", help="speed vs fidelity (and sync with --syncnet) per variant")
     p.add_argument("--syncnet", default=None, help="SyncNet for the sync metric (file, folder or Hub id)")
     p.add_argument("--syncnet-file", default=None, help="file inside the --syncnet repo (e.g. auxiliary/syncnet_v2.model)")
-    p.add_argument("--save-face-anchors", default=None, help="write the clip's face anchors (.npy) and exit")
-    p.add_argument("--face-anchors", default=None, help="replay face anchors saved by --save-face-anchors")
+    p.add_argument("--save-face-tracks", "--save-face-anchors", dest="save_face_tracks", default=None,
+                   help="write the (trimmed) clip's face tracks (.npz) and exit")
+    p.add_argument("--face-tracks", "--face-anchors", dest="face_tracks", default=None,
+                   help="replay face tracks saved by --save-face-tracks instead of running MediaPipe")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--variant", default=None, help=argparse.SUPPRESS)
     p.add_argument("--overlap", action="store_true", help=argparse.SUPPRESS)  # older child command lines
@@ -337,12 +397,12 @@ def main() -> None:
         if args.seconds:
             args.video, args.audio = trimmed_inputs(args, tmp, args.seconds)
             print(f"first {args.seconds:g} s of the clip")
-        if args.save_face_anchors:
-            save_face_anchors(args.video, args.save_face_anchors)
+        if args.save_face_tracks:
+            save_face_tracks(args.video, args.save_face_tracks)
             return
-        if args.face_anchors:
-            args.face_anchors = str(Path(args.face_anchors).resolve())
-            use_saved_face_anchors(args.face_anchors)
+        if args.face_tracks:
+            args.face_tracks = str(Path(args.face_tracks).resolve())
+            use_saved_face_tracks(args.face_tracks)
         if args.lengths:
             for variant in args.variants or ["overlap"]:
                 lengths_table(args, variant)

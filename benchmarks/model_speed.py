@@ -15,11 +15,27 @@ far an approximation drifts, not lip-sync quality).
 
 ``--flops`` counts the full-size U-Net's floating-point operations per window instead of timing (weights on the
 ``meta`` device: no memory, seconds on any CPU), which is what DeepCache and fewer steps save, hardware aside.
+
+``--throughput`` times the denoiser alone (20 DDIM steps with CFG, no VAE) for several windows per U-Net call and
+eager against compiled execution, and prints frames/s next to the achieved TFLOP/s (the U-Net's counted FLOPs over
+the time) and its share of the device's peak: the data-sheet dense bf16/fp16 peak of known GPUs, and a large
+matrix product measured in the same run. The naive path (one window per call, eager, bf16 or the first dtype) is the
+baseline of each resolution; ``fp8`` modes report their drift against the bf16 latents:
+
+    python benchmarks/model_speed.py --throughput --device cuda --resolutions 256 512 --dtypes bf16 fp16 \
+        --windows 1 2 4 --modes eager compiled
+    python benchmarks/model_speed.py --throughput --tiny --resolutions 128 --dtypes fp32 --windows 1 2 4 \
+        --modes eager compiled-eager        # the ratios on a CPU (compiled-eager: dynamo trace without inductor)
+
+Modes: ``eager`` (the pipeline's default U-Net), ``fused`` (fused pooled GroupNorm, channels-last), ``compiled``
+(``fused`` + ``torch.compile``), ``compiled-graphs`` (+ CUDA graphs), ``compiled-eager`` (dynamo only, for CPUs where
+inductor takes too long), ``fp8`` (``compiled`` + float8 linear layers, Hopper/Ada only).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import re
 import time
 
@@ -35,8 +51,9 @@ from latentsync.testing import build_tiny_pipeline
 from latentsync.utils import DTYPES
 
 
-def full_size_pipeline(resolution: int) -> LatentSyncPipeline:
-    with torch.device("cpu"):
+def full_size_pipeline(resolution: int, device: str = "cpu") -> LatentSyncPipeline:
+    """The full-size architecture with random weights, built directly on ``device`` (seconds on a GPU)."""
+    with torch.device(device):
         unet = LatentSyncUNet(motion_modules="all")
         vae = AutoencoderKL(
             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
@@ -104,16 +121,18 @@ def bench(pipe: LatentSyncPipeline, device: str, steps: int, frames: int, repeat
             "mean_pixel": float(out.mean()), "faces": out}
 
 
-def unet_flops(resolution: int, variant: str, frames: int, cfg: bool = True, branch: int = 0) -> float:
-    """U-Net floating-point operations to denoise one window with ``variant`` (full-size model, meta device)."""
+def unet_flops(resolution: int, variant: str, frames: int, cfg: bool = True, branch: int = 0,
+               tiny: bool = False) -> float:
+    """U-Net floating-point operations to denoise one window with ``variant`` (full-size or ``tiny`` model, meta
+    device)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     spec = parse_variant(variant)
     with torch.device("meta"):
-        unet = LatentSyncUNet(motion_modules="all").eval()
+        unet = (build_tiny_pipeline().unet if tiny else LatentSyncUNet(motion_modules="all")).eval()
         batch = 2 if cfg else 1
         x = torch.empty(batch, 13, frames, resolution // 8, resolution // 8)
-        ctx = torch.empty(batch * frames, 50, 384)
+        ctx = torch.empty(batch * frames, 50, unet.config.cross_attention_dim)
     cache = UNetFeatureCache(unet, max(spec["deep_cache"], 1), branch)
     total = 0
     with torch.no_grad():
@@ -122,6 +141,163 @@ def unet_flops(resolution: int, variant: str, frames: int, cfg: bool = True, bra
                 cache(x, torch.tensor(500), ctx, step=step)
             total += counter.get_total_flops()
     return float(total)
+
+
+# Dense (no sparsity) bf16/fp16 tensor-core peak in TFLOP/s from the vendors' data sheets, by device-name substring.
+PEAK_TFLOPS = {"H200": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0,
+               "A10": 125.0, "RTX 4090": 165.0}
+
+
+def spec_peak_tflops(device: str) -> float | None:
+    """The data-sheet peak of a known CUDA device (None elsewhere)."""
+    if not device.startswith("cuda"):
+        return None
+    name = torch.cuda.get_device_name()
+    return next((peak for key, peak in PEAK_TFLOPS.items() if key in name), None)
+
+
+def matmul_tflops(device: str, dtype: torch.dtype, n: int = 8192, repeats: int = 10) -> float:
+    """TFLOP/s of an ``n``-sized square matrix product in ``dtype`` (on a CPU: n=1024, as a reference point)."""
+    if not device.startswith("cuda"):
+        n, repeats = 1024, 3
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    sync(device)
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e12
+
+
+def set_mode(pipe: LatentSyncPipeline, mode: str) -> None:
+    """Put the pipeline's U-Net in ``mode`` (see the module docstring)."""
+    pipe.disable_compiled_denoiser()
+    fused = mode != "eager"
+    pipe.unet.set_fused_norm(fused)
+    pipe.unet.to(memory_format=torch.channels_last if fused else torch.contiguous_format)
+    if mode == "fp8":
+        pipe.enable_fp8()
+    if mode.startswith("compiled") or mode == "fp8":
+        pipe.compile_denoiser(backend="eager" if mode == "compiled-eager" else "inductor",
+                              cuda_graphs=mode == "compiled-graphs")
+
+
+def bench_denoiser(pipe: LatentSyncPipeline, device: str, windows: int, steps: int, frames: int,
+                   repeats: int = 1) -> dict:
+    """Seconds of ``steps`` DDIM steps with CFG for ``windows`` windows in one U-Net call (after a warm-up that
+    also compiles; the fastest of ``repeats`` runs), peak memory, and the final latents."""
+    from latentsync.window_batch import stack_windows
+
+    res = pipe.config.resolution
+    gen = torch.Generator().manual_seed(0)
+    size = res // pipe.vae_scale_factor
+    tokens = 10 * pipe.audio_encoder.num_feature_states
+    conds = [torch.randn(1, 9, frames, size, size, generator=gen) for _ in range(windows)]
+    audios = [torch.randn(frames, tokens, pipe.audio_encoder.config.d_model, generator=gen) for _ in range(windows)]
+    batch = stack_windows([c.to(device, pipe.unet.dtype) for c in conds], audios, frames, windows,
+                          always_mask=getattr(pipe, "_compiled_step", None) is not None)
+    noise = torch.randn(1, 4, 1, size, size, generator=gen)
+    compiled = getattr(pipe, "_compiled_step", None)
+    before = compiled.compile_seconds if compiled is not None else 0.0
+    start = time.perf_counter()
+    pipe.denoise(noise, batch.condition, batch.audio, 2, 1.5, frame_mask=batch.frame_mask)  # warm-up / compile
+    sync(device)
+    warm = time.perf_counter() - start
+    compile_s = (compiled.compile_seconds - before) if compiled is not None else 0.0
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    seconds = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        latents = pipe.denoise(noise, batch.condition, batch.audio, steps, 1.5, frame_mask=batch.frame_mask)
+        sync(device)
+        seconds = min(seconds, time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else float("nan")
+    return {"seconds": seconds, "per_window": seconds / windows, "fps": windows * frames / seconds,
+            "peak_gib": peak, "compile_s": compile_s if compiled is not None else float("nan"), "warm_s": warm,
+            "latents": latents.float().cpu()}
+
+
+def sdpa_check(pipe: LatentSyncPipeline, device: str, frames: int) -> dict:
+    """[`attention_report`] of the pipeline's U-Net; on CUDA with one step of the real shape run on the fused SDPA
+    kernels only (a fallback to the math kernel shows as ``fused_kernels_only: False``)."""
+    from latentsync.models.attention import attention_report
+
+    size = pipe.config.resolution // pipe.vae_scale_factor
+    unet = pipe.unet
+    x = torch.zeros(2, unet.config.in_channels, frames, size, size, device=device, dtype=unet.dtype)
+    ctx = torch.zeros(2 * frames, 50, unet.config.cross_attention_dim, device=device, dtype=unet.dtype)
+
+    def run() -> None:
+        with torch.no_grad():
+            unet(x, torch.tensor(999, device=device), encoder_hidden_states=ctx)
+
+    return attention_report(unet, run)
+
+
+def throughput_table(args: argparse.Namespace) -> None:
+    """Frames/s, TFLOP/s and share of peak per resolution, dtype, windows per call and mode (see the docstring)."""
+    if args.device.startswith("cuda"):
+        # one compiled graph per shape: resolutions x windows x dtypes (the setting's name changed in torch 2.6)
+        limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+        setattr(torch._dynamo.config, limit, 64)
+        print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
+    else:
+        print(f"device: {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    spec_peak = spec_peak_tflops(args.device)
+    measured = {name: matmul_tflops(args.device, DTYPES[name]) for name in args.dtypes}
+    print("peak: data sheet " + (f"{spec_peak:.0f} TFLOP/s" if spec_peak else "unknown") + "; measured matmul "
+          + ", ".join(f"{name} {tf:.1f} TFLOP/s" for name, tf in measured.items()), flush=True)
+    header = ("| faces | dtype | windows/call | mode | s / window | frames / s | TFLOP/s | % data-sheet peak "
+              "| % matmul | vs naive | compile s | peak GPU GiB | drift vs bf16 |")
+    rows = [header, "|" + "---|" * 13]
+    print(header, flush=True)
+    for res in args.resolutions:
+        pipe = build_tiny_pipeline(resolution=res) if args.tiny else full_size_pipeline(res, args.device)
+        pipe.set_progress_bar_config(disable=True)
+        flops_window = unet_flops(res, f"ddim{args.steps}", args.frames, tiny=args.tiny)
+        naive, reference = None, None
+        for name in args.dtypes:
+            pipe.to(args.device, DTYPES[name])
+            print(f"attention at {res} px, {name}: {sdpa_check(pipe, args.device, args.frames)}", flush=True)
+            original_unet = pipe.unet
+            for mode in args.modes:
+                if mode == "fp8":  # quantisation is in place and one-way: on a copy
+                    pipe.unet = copy.deepcopy(original_unet)
+                eager_mode = mode in ("eager", "fused")
+                if not eager_mode and args.compiled_dtypes and name not in args.compiled_dtypes:
+                    continue
+                try:
+                    set_mode(pipe, mode)
+                except RuntimeError as exc:  # FP8 or CUDA graphs on a device without them
+                    print(f"| {res} | {name} | - | {mode} | skipped: {exc} |", flush=True)
+                    continue
+                for windows in args.windows if eager_mode else args.compiled_windows or args.windows:
+                    r = bench_denoiser(pipe, args.device, windows, args.steps, args.frames, args.repeats)
+                    naive = naive or r["per_window"]
+                    if name == "bf16" and mode == "eager" and reference is None:
+                        reference = r["latents"][:1]
+                    drift = "-"
+                    if mode == "fp8" and reference is not None:
+                        drift = f"{float((r['latents'][:1] - reference).norm() / reference.norm()):.3f}"
+                    tflops = flops_window * windows / r["seconds"] / 1e12
+                    share = f"{100 * tflops / spec_peak:.1f} %" if spec_peak else "-"
+                    row = (f"| {res} px | {name} | {windows} | {mode} | {r['per_window']:.3f} | {r['fps']:.2f} | "
+                           f"{tflops:.3g} | {share} | {100 * tflops / measured[name]:.2g} % | "
+                           f"{naive / r['per_window']:.2f}x | {r['compile_s']:.1f} | {r['peak_gib']:.2f} | {drift} |")
+                    rows.append(row)
+                    print(row, flush=True)
+            pipe.unet = original_unet
+            set_mode(pipe, "eager")
+        del pipe
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    if args.table:
+        with open(args.table, "w") as fh:
+            fh.write("\n".join(rows) + "\n")
 
 
 def main() -> None:
@@ -136,7 +312,19 @@ def main() -> None:
                    "dpm++10 (default: ddim with --steps)")
     p.add_argument("--tiny", action="store_true", help="benchmark the tiny random model instead of the full size")
     p.add_argument("--flops", action="store_true", help="count full-size U-Net FLOPs per window instead of timing")
+    p.add_argument("--throughput", action="store_true", help="denoiser frames/s, TFLOP/s and share of peak per "
+                   "windows per call and mode")
+    p.add_argument("--windows", type=int, nargs="+", default=[1, 2, 4], help="windows per U-Net call (--throughput)")
+    p.add_argument("--modes", nargs="+", default=["eager", "compiled"],
+                   choices=["eager", "fused", "compiled", "compiled-graphs", "compiled-eager", "fp8"])
+    p.add_argument("--compiled-windows", type=int, nargs="+", default=None,
+                   help="windows per call for the compiled modes (default: --windows); each is one compilation")
+    p.add_argument("--compiled-dtypes", nargs="+", default=None, help="dtypes for the compiled modes (default: all)")
+    p.add_argument("--table", default=None, help="also write the --throughput table (markdown) to this file")
     args = p.parse_args()
+    if args.throughput:
+        throughput_table(args)
+        return
     if args.flops:
         variants = args.variants or [f"ddim{args.steps}"]
         print(f"full-size U-Net, {args.frames}-frame window, CFG batch of 2; TFLOP per window (ratio vs first)")

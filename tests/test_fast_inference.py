@@ -358,17 +358,19 @@ def test_cli_speed_options_reach_the_pipeline(tiny_model_dir, example_face, exam
 
     def spy(self, **kwargs):
         seen.update(kwargs, scheduler=type(self.scheduler).__name__, slicing=self.vae.use_slicing,
-                    compiled=self.unet._compiled_call_impl is not None, offload=hasattr(self.unet, "_hf_hook"))
+                    compiled=getattr(self, "_compiled_step", None) is not None, offload=hasattr(self.unet, "_hf_hook"),
+                    fused=self.unet.fused_norm)
         return LatentSyncPipelineOutput(frames=None, fps=25.0, path=kwargs["output_path"], num_frames=0,
                                         frames_without_face=0)
 
     monkeypatch.setattr(LatentSyncPipeline, "__call__", spy)
     code = main(["--model", str(tiny_model_dir), "--video", str(example_face), "--audio", str(example_speech),
                  "--output", str(tmp_path / "out.mp4"), "--device", "cpu", "--scheduler", "dpm++", "--deep-cache", "3",
-                 "--vae-slicing", "--compile", "--cpu-offload", "model"])
+                 "--vae-slicing", "--compile", "--cpu-offload", "model", "--windows-per-batch", "2", "--fused-norm"])
     assert code == 0
     assert seen["scheduler"] == "DPMSolverMultistepScheduler" and seen["deep_cache_interval"] == 3
-    assert seen["slicing"] and seen["compiled"] and seen["offload"]
+    assert seen["slicing"] and seen["compiled"] and seen["offload"] and seen["fused"]
+    assert seen["windows_per_batch"] == 2
 
 
 @pytest.mark.slow

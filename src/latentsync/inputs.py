@@ -79,6 +79,7 @@ def check_arguments(
     deep_cache_interval: int = 0,
     output_type: str | None = None,
     output_path: str | os.PathLike | None = None,
+    windows_per_batch: int | None = None,
 ) -> None:
     """Check the numeric and named arguments of a call (see [`LatentSyncPipeline.__call__`]).
 
@@ -98,6 +99,8 @@ def check_arguments(
     check_number("landmark_smoothing", landmark_smoothing, 0.0)
     check_int("crf", crf, 0, 51)
     check_int("deep_cache_interval", deep_cache_interval, 0)
+    if windows_per_batch is not None:
+        check_int("windows_per_batch", windows_per_batch, 1)
     if output_type not in (None, *OUTPUT_TYPES):
         raise LatentSyncInputError(f"output_type must be one of {', '.join(OUTPUT_TYPES)} or None, "
                                    f"got {output_type!r}")

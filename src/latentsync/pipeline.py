@@ -40,6 +40,7 @@ from .face.choice import track_key
 from .face.mask import latent_mouth_mask, mouth_mask
 from .face.selection import FaceSelection, choose_faces
 from .face.tracking import FaceTrack, FaceTracks, track_faces
+from .face.warp import TorchFaceAligner
 from .inputs import CheckedInputs, check_int, check_run_inputs
 from .loaders.lora import LatentSyncLoraLoaderMixin
 from .loaders.official import is_official_layout, load_official_components
@@ -48,13 +49,15 @@ from .media.audio import as_samples, check_not_silent, fit_length, mix_tracks, n
 from .media.constants import VIDEO_FPS
 from .media.video import FrameSource, open_frames
 from .models.audio_encoder import WhisperAudioEncoder
+from .models.compiled import CompiledUNetStep, enable_fp8
 from .models.deep_cache import UNetFeatureCache
 from .models.syncnet import StableSyncNet
 from .models.unet import LatentSyncUNet
 from .pipeline_output import LatentSyncPipelineOutput
 from .schedulers import scheduler_by_name
-from .streaming import LatentCache, VideoStream
+from .streaming import FrameWindow, LatentCache, VideoStream
 from .utils import StageTimer, frames_to_pixels, pixels_to_frames, scale_latents, unscale_latents
+from .window_batch import MAX_WINDOWS_PER_BATCH, WindowBatch, stack_windows, windows_that_fit
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +101,9 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
     The optional ``syncnet`` ([`StableSyncNet`]) is used only to find the speaking face (``face="speaking"``);
     without it a landmark score is used.
 
-    Speed and memory options: ``torch_dtype`` fp16/bf16 on a GPU, ``pipe.unet.compile()`` (torch.compile),
+    Speed and memory options: ``torch_dtype`` fp16/bf16 on a GPU; GPU throughput: ``windows_per_batch`` at call
+    time (several windows per U-Net call), [`compile_denoiser`] (torch.compile with fixed shapes, CUDA graphs),
+    ``unet.set_fused_norm()``, [`enable_channels_last`], [`enable_warps_on_device`], [`enable_fp8`];
     ``deep_cache_interval`` (DeepCache feature reuse) and ``cache_latents`` at call time, [`enable_vae_slicing`],
     [`enable_vae_tiling`], and diffusers' ``enable_model_cpu_offload()`` / ``enable_sequential_cpu_offload()``.
 
@@ -162,6 +167,43 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         syncnet = load_syncnet_model(source, **kwargs).to(self.device, self.dtype).eval()
         self.register_modules(syncnet=syncnet)
         return syncnet
+
+    def compile_denoiser(self, mode: str | None = None, backend: str | Callable = "inductor",
+                         cuda_graphs: bool = False, fullgraph: bool = False) -> CompiledUNetStep:
+        """Run the U-Net steps through ``torch.compile`` (see [`~latentsync.models.compiled.CompiledUNetStep`]).
+
+        Shapes then stay fixed through a call: every window is padded to ``num_frames`` frames (a frame mask keeps
+        the padding out of the real frames) and every U-Net call holds ``windows_per_batch`` windows, so a video
+        compiles once. The compilation's seconds are reported as ``timings["compile"]`` (not in ``"denoise"``) and
+        the compiled graphs are kept for later calls. ``cuda_graphs`` replays each step as a CUDA graph. Frames equal
+        the eager ones within float rounding. DeepCache steps (``deep_cache_interval``) run eagerly.
+        """
+        self._compiled_step = CompiledUNetStep(self.unet, mode, backend, cuda_graphs, fullgraph)
+        return self._compiled_step
+
+    def disable_compiled_denoiser(self) -> None:
+        """Back to the eager U-Net."""
+        self._compiled_step = None
+
+    def enable_channels_last(self) -> None:
+        """Store the U-Net's convolution weights channels-last (NHWC): faster convolutions on tensor-core GPUs
+        (and with ``torch.compile``); same results within float rounding."""
+        self.unet.to(memory_format=torch.channels_last)
+
+    def enable_fp8(self) -> int:
+        """Quantise the U-Net's linear layers to float8 (torchao) on a GPU with FP8 tensor cores (compute capability
+        8.9+); returns the number of layers converted. Changes the output slightly (the benchmark
+        ``benchmarks/model_speed.py --fp8`` reports the drift against bf16). Call it after ``pipe.to("cuda")``.
+
+        Raises:
+            RuntimeError: no FP8-capable GPU, or torchao missing.
+        """
+        return enable_fp8(self.unet)
+
+    def enable_warps_on_device(self, enabled: bool = True) -> None:
+        """Align the faces and paste the mouths back with batched torch warps on the pipeline's device (the GPU)
+        instead of OpenCV on the CPU (see [`~latentsync.face.warp`]); within one grey level of the OpenCV frames."""
+        self._warp_device_enabled = bool(enabled)
 
     def enable_vae_slicing(self) -> None:
         """Encode and decode the frames of a window one at a time (lower peak memory, same result)."""
@@ -240,6 +282,7 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         face_box: Sequence[float] | None = None,
         face_box_frame: int = 0,
         mix_audio: Any = None,
+        windows_per_batch: int | None = None,
         overwrite: bool = True,
     ) -> CheckedInputs:
         """Check every argument of a call before any work is done: the call's arguments and files through
@@ -260,7 +303,7 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
             face_box_frame=face_box_frame, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
             num_frames=num_frames, max_num_frames=max_frames, face_index=face_index,
             landmark_smoothing=landmark_smoothing, crf=crf, deep_cache_interval=deep_cache_interval,
-            output_type=output_type,
+            output_type=output_type, windows_per_batch=windows_per_batch,
         )
         multiple = self.vae_scale_factor * 2 ** (len(self.unet.config.down_block_types) - 1)
         if self.config.resolution % multiple:
@@ -436,10 +479,16 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         deep_cache: UNetFeatureCache | None = None,
         callback_on_step_end: Callable[..., dict[str, torch.Tensor]] | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        frame_mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Denoise one window: ``latents`` (the shared noise map ``(1, C, 1, h, w)``, repeated over the window's
         frames) under ``condition_latents`` ``(1, 9, f, h, w)`` and the per-frame audio contexts ``audio_embeds``
         ``(f, tokens, d)``. Returns the final latents ``(1, C, f, h, w)``.
+
+        Several windows at once: ``condition_latents`` ``(B, 9, F, h, w)``, ``audio_embeds`` ``(B * F, tokens, d)``
+        and ``frame_mask`` ``(B, F)`` for windows padded to ``F`` frames (see [`~latentsync.window_batch`]); the
+        result ``(B, C, F, h, w)`` equals the windows denoised one by one, within float rounding, for deterministic
+        samplers (DDIM, DPM-Solver++, UniPC).
 
         ``callback_on_step_end(pipe, step, timestep, callback_kwargs)`` runs after every step (``step`` counts from 0
         in every window) with the tensors named in ``callback_on_step_end_tensor_inputs``; the dict it returns may
@@ -447,7 +496,8 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         """
         device, dtype = self._execution_device, self.unet.dtype
         cond, context = self._guided_inputs(condition_latents, audio_embeds, guidance_scale)
-        latents = latents.to(device=device, dtype=dtype).expand(-1, -1, condition_latents.shape[2], -1, -1).clone()
+        batch, frames = condition_latents.shape[0], condition_latents.shape[2]
+        latents = latents.to(device=device, dtype=dtype).expand(batch, -1, frames, -1, -1).clone()
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         latents = latents * self.scheduler.init_noise_sigma
         # schedulers differ in what step() accepts (UniPC takes no generator)
@@ -455,6 +505,8 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         step_kwargs = {"generator": generator} if takes_generator else {}
         if deep_cache is not None:
             deep_cache.reset()
+        compiled = getattr(self, "_compiled_step", None)
+        mask_cfg = None if frame_mask is None else torch.cat([frame_mask] * 2) if guidance_scale > 1.0 else frame_mask
         self._num_timesteps = len(self.scheduler.timesteps)
         for i, t in enumerate(self.scheduler.timesteps):
             if self.interrupt:
@@ -463,7 +515,11 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
             model_in = self.scheduler.scale_model_input(model_in, t)
             model_in = torch.cat([model_in, cond], dim=1)
             if deep_cache is not None:
-                noise_pred = deep_cache(model_in, t, context, step=i)
+                noise_pred = deep_cache(model_in, t, context, step=i, frame_mask=mask_cfg)
+            elif compiled is not None:
+                noise_pred = compiled(model_in, t, context, mask_cfg)
+            elif mask_cfg is not None:
+                noise_pred = self.unet(model_in, t, encoder_hidden_states=context, frame_mask=mask_cfg).sample
             else:
                 noise_pred = self.unet(model_in, t, encoder_hidden_states=context).sample
             if guidance_scale > 1.0:
@@ -483,6 +539,93 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
     def decode_latents(self, latents: torch.Tensor) -> np.ndarray:
         """Faces ``(f, R, R, 3)`` uint8 from a window's final latents ``(1, C, f, h, w)``."""
         return pixels_to_frames(self._vae_decode(latents[0].permute(1, 0, 2, 3)))
+
+    def windows_per_batch(self, requested: int | None, num_frames: int = 16) -> int:
+        """Windows per U-Net call: ``requested``, or (None) on CUDA as many as fit in 80 % of the free GPU memory
+        (measured with one probe step of one window, at most [`MAX_WINDOWS_PER_BATCH`]), else 1."""
+        if requested is not None:
+            return requested
+        device = self._execution_device
+        if device.type != "cuda":
+            return 1
+        size = self.config.resolution // self.vae_scale_factor
+        batch = 2 if getattr(self, "_guidance_scale", 1.5) > 1.0 else 1  # the CFG pair, as in a call
+        sample = torch.zeros(batch, self.unet.config.in_channels, num_frames, size, size, device=device,
+                             dtype=self.unet.dtype)
+        context = torch.zeros(batch * num_frames, 50, self.unet.config.cross_attention_dim, device=device,
+                              dtype=self.unet.dtype)
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        with torch.no_grad():
+            self.unet(sample, torch.tensor(999, device=device), encoder_hidden_states=context)
+        per_window = torch.cuda.max_memory_allocated(device) - before
+        free, _ = torch.cuda.mem_get_info(device)
+        chosen = windows_that_fit(free, per_window, MAX_WINDOWS_PER_BATCH)
+        logger.info("%d windows per U-Net call (%.2f GiB per window, %.1f GiB free)", chosen, per_window / 2**30,
+                    free / 2**30)
+        return chosen
+
+    def _generate_windows(self, stream: VideoStream, num_frames: int, windows_per_batch: int,
+                          latents: torch.Tensor, audio_features: Sequence[Any], latent_caches: Sequence[Any],
+                          deep_cache: UNetFeatureCache | None, num_inference_steps: int, guidance_scale: float,
+                          generator: torch.Generator | None, callback_on_step_end: Callable[..., Any] | None,
+                          callback_on_step_end_tensor_inputs: Sequence[str], timer: StageTimer) -> None:
+        """The second pass: every window's faces (one group per voice) conditioned in order, denoised
+        ``windows_per_batch`` groups per U-Net call, decoded, and the windows written in order once all their
+        groups are done. With a compiled denoiser every call has the same shape (windows padded to
+        ``num_frames``, the last call padded with copies)."""
+        fixed_shapes = getattr(self, "_compiled_step", None) is not None
+        stream.buffer_windows(windows_per_batch + 1)  # a call's windows are written at once: none should wait
+        jobs: list[tuple[FrameWindow, int, torch.Tensor, torch.Tensor]] = []  # window, group number, inputs
+        waiting: list[tuple[FrameWindow, list]] = []  # windows not yet written, with their new faces so far
+
+        def run_jobs(count: int) -> None:
+            batch_jobs, jobs[:] = jobs[:count], jobs[count:]
+            if count == 1 and not fixed_shapes:  # exactly the unbatched computation
+                batch = WindowBatch(batch_jobs[0][2], batch_jobs[0][3], None, [batch_jobs[0][2].shape[2]])
+            else:
+                batch = stack_windows([j[2] for j in batch_jobs], [j[3] for j in batch_jobs],
+                                      num_frames if fixed_shapes else None,
+                                      windows_per_batch if fixed_shapes else None, always_mask=fixed_shapes)
+            if batch.frame_mask is not None and not self.unet.config.frame_pooled_norm:
+                if self.unet.has_motion_modules:
+                    raise ValueError("this U-Net cannot denoise padded windows (its temporal layers pool frames "
+                                     "without a frame mask): use windows_per_batch=1 and no compiled denoiser")
+                batch.frame_mask = None  # its frames never mix: the padding cannot reach the real frames
+            with timer("denoise"):
+                out = self.denoise(latents, batch.condition, batch.audio, num_inference_steps, guidance_scale,
+                                   generator, deep_cache, callback_on_step_end, callback_on_step_end_tensor_inputs,
+                                   frame_mask=batch.frame_mask)
+            with timer("vae_decode"):
+                parts = batch.split(out)
+                faces = self.decode_latents(parts[0] if len(parts) == 1 else torch.cat(parts, dim=2))
+            offsets = np.cumsum([0] + batch.lengths)
+            for (window, group, _, _), a, b in zip(batch_jobs, offsets[:-1], offsets[1:]):
+                next(new for w, new in waiting if w is window)[group] = faces[a:b]
+
+        def write_ready() -> None:
+            while waiting and (not waiting[0][0].groups or all(f is not None for f in waiting[0][1])):
+                window, new_faces = waiting.pop(0)
+                stream.write(window, new_faces)
+
+        num_windows = -(-stream.num_output_frames // num_frames)
+        for window in self._progress(stream.windows(num_frames), "Lip sync", num_windows):
+            waiting.append((window, [None] * len(window.groups)))
+            for number, group in enumerate(window.groups):
+                with timer("vae_encode"):
+                    condition = self.prepare_condition_latents(group.faces, generator, group.sources,
+                                                               latent_caches[group.voice])
+                jobs.append((window, number, condition, frame_audio_contexts(audio_features[group.voice],
+                                                                             group.frame_indices)))
+                while len(jobs) >= windows_per_batch and not self.interrupt:
+                    run_jobs(windows_per_batch)
+            write_ready()
+            if self.interrupt:
+                break
+        if jobs and not self.interrupt:
+            run_jobs(len(jobs))
+        write_ready()
 
     # ------------------------------------------------------------------ call
     @torch.no_grad()
@@ -515,6 +658,7 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         callback_on_step_end: Callable[..., dict[str, torch.Tensor]] | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
         overwrite: bool = True,
+        windows_per_batch: int | None = None,
     ) -> LatentSyncPipelineOutput | tuple:
         r"""Lip-sync ``video`` to ``audio``.
 
@@ -574,6 +718,10 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
             overwrite: replace an existing file at ``output_path`` (the default, as diffusers' ``export_to_video``
                 and ``save_pretrained`` do); False refuses it. The output may never be (or link to) the video or the
                 audio file: that is refused whatever this says.
+            windows_per_batch: windows (of one voice's faces) denoised together in one U-Net call (see
+                [`windows_per_batch`]); None chooses: as many as fit in free GPU memory on CUDA, 1 elsewhere. The
+                frames do not depend on it (within float rounding, with the deterministic samplers); callbacks then
+                see the latents of all the windows of a call, and an interrupt stops after that call.
 
         Examples:
 
@@ -584,11 +732,12 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         self.check_inputs(video, audio, output_path, num_inference_steps, guidance_scale, num_frames, face_index,
                           landmark_smoothing, audio_window_mode, crf, deep_cache_interval, deep_cache_branch,
                           output_type, latents, callback_on_step_end_tensor_inputs, face, face_box, face_box_frame,
-                          mix_audio, overwrite)
+                          mix_audio, windows_per_batch=windows_per_batch, overwrite=overwrite)
         if output_type is None:
             output_type = "np" if return_frames or output_path is None else "file"
         self._guidance_scale, self._interrupt, self._num_timesteps = guidance_scale, False, num_inference_steps
         timer, wall, device = StageTimer(), time.perf_counter(), self._execution_device
+        compile_before = getattr(getattr(self, "_compiled_step", None), "compile_seconds", 0.0)
 
         # 1. Open the inputs: the video as re-readable 25 fps frames, the speech of each voice as 16 kHz samples, and
         #    the output's sound, which sets the length
@@ -601,8 +750,10 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         with timer("audio_features"):
             audio_features = [self.encode_audio(v, audio_window_mode, stream=True, timer=timer) for v in voices]
 
+        aligner = TorchFaceAligner(self.config.resolution, device=device) \
+            if getattr(self, "_warp_device_enabled", False) else None
         with VideoStream(source, num_output_frames, self.config.resolution, overlap_stages, timer,
-                         self._progress) as stream:
+                         self._progress, aligner) as stream:
             # 3. First pass over the video: every face followed through it (tracks, shots)
             tracks = stream.track_faces()
 
@@ -621,30 +772,21 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
             deep_cache = UNetFeatureCache(self.unet, deep_cache_interval, deep_cache_branch) if deep_cache_interval \
                 else None
 
-            # 7. Second pass: per window and voice, condition on the faces, denoise, decode; then paste the mouths
-            #    back and write
-            num_windows = -(-num_output_frames // num_frames)
-            for window in self._progress(stream.windows(num_frames), "Lip sync", num_windows):
-                new_faces = []
-                for group in window.groups:
-                    with timer("vae_encode"):
-                        condition = self.prepare_condition_latents(group.faces, generator, group.sources,
-                                                                   latent_caches[group.voice])
-                    audio_embeds = frame_audio_contexts(audio_features[group.voice], group.frame_indices)
-                    with timer("denoise"):
-                        window_latents = self.denoise(latents, condition, audio_embeds, num_inference_steps,
-                                                      guidance_scale, generator, deep_cache, callback_on_step_end,
-                                                      callback_on_step_end_tensor_inputs)
-                    with timer("vae_decode"):
-                        new_faces.append(self.decode_latents(window_latents))
-                stream.write(window, new_faces)
-                if self.interrupt:
-                    break
+            # 7. Second pass: per window and voice, condition on the faces; denoise ``windows_per_batch`` of them per
+            #    U-Net call, decode; then paste the mouths back and write
+            windows_per_batch = self.windows_per_batch(windows_per_batch, num_frames)
+            self._generate_windows(stream, num_frames, windows_per_batch, latents, audio_features, latent_caches,
+                                   deep_cache, num_inference_steps, guidance_scale, generator, callback_on_step_end,
+                                   callback_on_step_end_tensor_inputs, timer)
             frames = stream.finish()
 
         # 8. Release offloaded models and return the frames in the requested form
         self.maybe_free_model_hooks()
         timings = {**timer.as_dict(), "total": time.perf_counter() - wall}
+        compiled = getattr(self, "_compiled_step", None)
+        if compiled is not None:  # the first call of each new shape compiled: its time is compilation, not denoising
+            timings["compile"] = compiled.compile_seconds - compile_before
+            timings["denoise"] = timings.get("denoise", 0.0) - timings["compile"]
         output = LatentSyncPipelineOutput(
             frames=self.postprocess_frames(frames, output_type), fps=float(VIDEO_FPS),
             path=os.fspath(output_path) if output_path is not None else None, num_frames=stream.frames_submitted,

@@ -127,6 +127,10 @@ class OrderedWorker:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="latentsync-writer")
         self._pending: deque[Future] = deque()
 
+    def allow_pending(self, depth: int) -> None:
+        """Keep up to ``depth`` calls pending (never fewer than before)."""
+        self._depth = max(self._depth, depth)
+
     def submit(self, *args: Any) -> None:
         while len(self._pending) >= self._depth:
             self._pending.popleft().result()
@@ -236,15 +240,18 @@ class VideoStream:
         timer: collects the busy seconds of ``decode``, ``face_detection``, ``alignment``, ``paste_back`` and
             ``encode``.
         progress: ``progress(iterable, desc, total)`` returns a progress bar (tqdm by default).
+        aligner: the face aligner (default: OpenCV's [`FaceAligner`]; a
+            [`~latentsync.face.warp.TorchFaceAligner`] warps and pastes on the GPU).
     """
 
     max_tail_frames = MAX_TAIL_FRAMES
 
     def __init__(self, source: FrameSource, num_output_frames: int, resolution: int, overlap_stages: bool = True,
-                 timer: StageTimer | None = None, progress: Callable[..., Any] | None = None):
+                 timer: StageTimer | None = None, progress: Callable[..., Any] | None = None,
+                 aligner: FaceAligner | None = None):
         self.source = source
         self.num_output_frames = num_output_frames
-        self.aligner = FaceAligner(resolution)
+        self.aligner = aligner or FaceAligner(resolution)
         self.overlap_stages = overlap_stages
         self.timer = timer or StageTimer()
         self.progress = progress or _plain_progress
@@ -372,19 +379,24 @@ class VideoStream:
         return float(self.aligner.resolution / np.median(scales)) if scales else float("nan")
 
     def _read_first_pass(self, tracker: FaceTracker) -> None:
-        """Feed every frame to ``tracker``; write the frames to the cache when it is on."""
+        """Feed every frame to ``tracker`` (its workers detect faces a few frames ahead); write the frames to the
+        cache when it is on."""
         cache = None
-        frames = iter(self.source)
         bar = self.progress(None, "Face analysis", self.source.expected_frames)
-        try:
+        tracker.timer = self.timer
+
+        def decoded() -> Iterator[np.ndarray]:
+            frames = iter(self.source)
             while True:
                 with self.timer("decode"):
                     frame = next(frames, None)
                 if frame is None:
-                    break
+                    return
+                yield frame
+
+        try:
+            for frame in tracker.track(decoded()):
                 bar.update()
-                with self.timer("face_detection"):
-                    tracker.update(frame)
                 if self.cache_path is not None:
                     if cache is None:
                         cache = open(self.cache_path, "wb")
@@ -451,7 +463,7 @@ class VideoStream:
                 if not slots:
                     continue
                 with self.timer("alignment"):
-                    faces = np.stack([self.aligner.align(frames[k], matrices[idx[k]]) for k in slots])
+                    faces = self.aligner.align_batch([frames[k] for k in slots], [matrices[idx[k]] for k in slots])
                 groups.append(FaceGroup(voice, slots, faces, np.array([start + k for k in slots]),
                                         [int(idx[k]) for k in slots]))
             yield FrameWindow(start, idx, frames, groups)
@@ -471,6 +483,12 @@ class VideoStream:
             self.writer = VideoWriter(output_path, VIDEO_FPS, audio_path=audio_path, crf=crf)
         self._sink = OrderedWorker(self._paste_and_write) if self.overlap_stages else None
 
+    def buffer_windows(self, count: int) -> None:
+        """Let up to ``count`` windows wait for paste-back and encoding without blocking [`write`] (several windows
+        arrive at once when the model denoises them together)."""
+        if self._sink is not None:
+            self._sink.allow_pending(count)
+
     def write(self, window: FrameWindow, new_faces: Sequence[np.ndarray | None] | None) -> None:
         """Paste ``new_faces`` (for each of the window's groups, its regenerated aligned faces or None; or None for
         no change) into the window's frames and write them, in a background thread with ``overlap_stages``."""
@@ -486,8 +504,10 @@ class VideoStream:
                 if faces is None:
                     continue
                 matrices = self.matrices[group.voice]
-                for k, face in zip(group.slots, faces):
-                    window.frames[k] = self.aligner.paste(window.frames[k], face, matrices[window.source_indices[k]])
+                pasted = self.aligner.paste_batch([window.frames[k] for k in group.slots], faces,
+                                                  [matrices[window.source_indices[k]] for k in group.slots])
+                for k, frame in zip(group.slots, pasted):
+                    window.frames[k] = frame
         with self.timer("encode"):
             for frame in window.frames:
                 if self.writer is not None:

@@ -30,7 +30,7 @@ DEFAULT_MODEL = "ByteDance/LatentSync-1.6"
 
 # the pipeline's argument names in messages -> the options that set them here
 OPTION_NAMES = {"num_inference_steps": "--steps", "guidance_scale": "--guidance-scale", "face_index": "--face-index",
-                "deep_cache_interval": "--deep-cache"}
+                "deep_cache_interval": "--deep-cache", "windows_per_batch": "--windows-per-batch"}
 
 
 def face_choice(text: str) -> dict[str, Any]:
@@ -105,7 +105,16 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
                       help="sampler (default ddim, as the official code; dpm++ = DPM-Solver++ multistep)")
     fast.add_argument("--deep-cache", type=int, default=0, metavar="N",
                       help="DeepCache: full U-Net pass every N steps, shallow branch in between (0 = off; try 3)")
-    fast.add_argument("--compile", action="store_true", help="torch.compile the U-Net (slow first window)")
+    fast.add_argument("--compile", action="store_true",
+                      help="torch.compile the U-Net step with fixed shapes (compiles once, on the first window)")
+    fast.add_argument("--cuda-graphs", action="store_true", help="with --compile: replay the steps as CUDA graphs")
+    fast.add_argument("--windows-per-batch", type=int, default=None, metavar="N",
+                      help="16-frame windows per U-Net call (default: as many as fit in GPU memory; 1 on a CPU)")
+    fast.add_argument("--fused-norm", action="store_true", help="launch-light frame-pooled GroupNorm")
+    fast.add_argument("--channels-last", action="store_true", help="channels-last U-Net weights (GPU)")
+    fast.add_argument("--gpu-warps", action="store_true", help="face alignment and paste-back as torch warps on "
+                      "the device")
+    fast.add_argument("--fp8", action="store_true", help="float8 linear layers (torchao; Hopper/Ada GPUs)")
     fast.add_argument("--cpu-offload", choices=["model", "sequential"], default=None,
                       help="keep weights on the CPU and move them to the GPU when used (lower GPU memory)")
     fast.add_argument("--vae-slicing", action="store_true", help="VAE-encode/decode one frame at a time")
@@ -127,6 +136,7 @@ def generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "guidance_scale": args.guidance_scale,
         "audio_window_mode": args.audio_windows,
         "deep_cache_interval": args.deep_cache,
+        "windows_per_batch": args.windows_per_batch,
     }
 
 
@@ -160,8 +170,17 @@ def load_pipeline(args: argparse.Namespace, local_files_only: bool = False) -> A
         pipe.enable_vae_slicing()
     if args.xformers:
         pipe.enable_xformers_memory_efficient_attention()
-    if args.compile:
-        pipe.unet.compile()
+        pipe.unet.set_frame_masked_attention()  # the temporal layers keep SDPA with a frame mask (short sequences)
+    if args.fused_norm:
+        pipe.unet.set_fused_norm(True)
+    if args.channels_last:
+        pipe.enable_channels_last()
+    if args.fp8:
+        pipe.enable_fp8()
+    if args.compile or args.cuda_graphs:
+        pipe.compile_denoiser(cuda_graphs=args.cuda_graphs)
+    if args.gpu_warps:
+        pipe.enable_warps_on_device()
     if args.syncnet:
         pipe.load_syncnet(args.syncnet)
     return pipe
@@ -213,7 +232,8 @@ def run(argv: list[str]) -> int:
     try:
         checked = check_run_inputs(args.video, audio, args.output, overwrite=args.overwrite,
                                    create_output_folder=True, mix_audio=args.mix_audio, num_inference_steps=args.steps,
-                                   guidance_scale=args.guidance_scale, deep_cache_interval=args.deep_cache, **choice)
+                                   guidance_scale=args.guidance_scale, deep_cache_interval=args.deep_cache,
+                                   windows_per_batch=args.windows_per_batch, **choice)
     except LatentSyncInputError as exc:
         raise type(exc)(_with_option_names(str(exc), face_option)) from None
     source = check_model_source(args.model)

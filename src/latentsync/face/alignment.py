@@ -8,6 +8,8 @@ content, with a soft edge, so pixels outside the lower face stay exactly as they
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
 
@@ -93,14 +95,29 @@ class FaceAligner:
             frame, matrix, (self.resolution, self.resolution), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
         )
 
-    def paste(self, frame: np.ndarray, face: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-        """Blend the generated aligned ``face`` into a copy of ``frame`` inside the soft mouth region."""
-        h, w = frame.shape[:2]
+    def align_batch(self, frames: Sequence[np.ndarray], matrices: Sequence[np.ndarray]) -> np.ndarray:
+        """Aligned faces ``(N, resolution, resolution, 3)`` uint8 of several frames."""
+        return np.stack([self.align(f, m) for f, m in zip(frames, matrices)])
+
+    def paste_region(self, frame_shape: tuple[int, ...], matrix: np.ndarray) -> tuple[int, int, int, int]:
+        """``(x0, y0, x1, y1)``: the part of a frame of ``frame_shape`` that paste-back can change (empty when
+        ``x1 <= x0`` or ``y1 <= y0``)."""
+        h, w = frame_shape[:2]
         inv = cv2.invertAffineTransform(matrix)
         corners = self._alpha_corners @ inv[:, :2].T + inv[:, 2]
         x0, y0 = np.floor(corners.min(0)).astype(int) - 2
         x1, y1 = np.ceil(corners.max(0)).astype(int) + 2
-        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+        return max(int(x0), 0), max(int(y0), 0), min(int(x1), w), min(int(y1), h)
+
+    def paste_batch(self, frames: Sequence[np.ndarray], faces: Sequence[np.ndarray],
+                    matrices: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """[`paste`] for several frames."""
+        return [self.paste(f, face, m) for f, face, m in zip(frames, faces, matrices)]
+
+    def paste(self, frame: np.ndarray, face: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+        """Blend the generated aligned ``face`` into a copy of ``frame`` inside the soft mouth region."""
+        inv = cv2.invertAffineTransform(matrix)
+        x0, y0, x1, y1 = self.paste_region(frame.shape, matrix)
         out = frame.copy()
         if x1 <= x0 or y1 <= y0:
             return out

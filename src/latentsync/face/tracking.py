@@ -16,7 +16,11 @@ track.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -268,17 +272,22 @@ class FaceTracker:
         scene_threshold: threshold of the scene-cut detector ([`~latentsync.media.shots.ShotDetector`]).
         min_confidence: detector score threshold.
         thumbnail_size: side of the thumbnails, pixels.
+        workers: threads that detect faces and landmarks ahead of the tracking in [`track`] (MediaPipe runs
+            without the GIL); None: up to 4, one per CPU core. The tracks do not depend on it.
     """
 
     def __init__(self, max_gap: int = 25, min_track_frames: int = 5, max_distance: float = 1.0,
                  appearance_weight: float = 1.0, scene_threshold: float = 27.0, min_confidence: float = 0.5,
-                 thumbnail_size: int = 128):
+                 thumbnail_size: int = 128, workers: int | None = None):
         self.max_gap = max_gap
         self.min_track_frames = min_track_frames
         self.max_distance = max_distance
         self.appearance_weight = appearance_weight
         self.thumbnail_size = thumbnail_size
         self.detector = FaceDetector(min_confidence=min_confidence)
+        self.min_confidence = min_confidence
+        self.workers = max(1, workers if workers is not None else min(4, os.cpu_count() or 1))
+        self.timer = None  # an optional StageTimer: busy seconds of "face_detection"
         self.shot_detector = ShotDetector(scene_threshold)
         self.num_frames = 0
         self.frame_size = (0, 0)
@@ -295,14 +304,58 @@ class FaceTracker:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def _detections(self, frame: np.ndarray) -> list[_Detection]:
+    def _detections(self, frame: np.ndarray, detector: FaceDetector | None = None) -> list[_Detection]:
+        detector = detector or self.detector
         found = []
-        for box in self.detector.detect(frame):
-            landmarks = self.detector.landmarks(frame, box)
-            if landmarks is not None and not _landmarks_fit(landmarks, box):
-                landmarks = None
-            found.append(_Detection(box, landmarks, _appearance(frame, box)))
+        with self.timer("face_detection") if self.timer is not None else nullcontext():
+            for box in detector.detect(frame):
+                landmarks = detector.landmarks(frame, box)
+                if landmarks is not None and not _landmarks_fit(landmarks, box):
+                    landmarks = None
+                found.append(_Detection(box, landmarks, _appearance(frame, box)))
         return found
+
+    def track(self, frames: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """Add every frame of ``frames`` (as [`update`] does), detecting faces in ``workers`` threads up to
+        ``2 * workers`` frames ahead; yields each frame once it is added."""
+        if self.workers == 1:
+            for frame in frames:
+                self.update(frame)
+                yield frame
+            return
+        local, detectors, lock = threading.local(), [], threading.Lock()
+
+        def detect(frame: np.ndarray) -> list[_Detection]:
+            if not hasattr(local, "detector"):  # MediaPipe graphs are not shared between threads
+                local.detector = FaceDetector(min_confidence=self.min_confidence)
+                with lock:
+                    detectors.append(local.detector)
+            return self._detections(frame, local.detector)
+
+        pending: deque[tuple[np.ndarray, Future]] = deque()
+        with ThreadPoolExecutor(self.workers, thread_name_prefix="latentsync-faces") as pool:
+            try:
+                for frame in frames:
+                    pending.append((frame, pool.submit(detect, frame)))
+                    if len(pending) > 2 * self.workers:
+                        yield self._add(*self._next(pending))
+                while pending:
+                    yield self._add(*self._next(pending))
+            finally:
+                for _, future in pending:
+                    future.cancel()
+                pool.shutdown(wait=True)
+                for detector in detectors:
+                    detector.close()
+
+    @staticmethod
+    def _next(pending: deque) -> tuple[np.ndarray, list[_Detection]]:
+        frame, future = pending.popleft()
+        return frame, future.result()
+
+    def _add(self, frame: np.ndarray, detections: list[_Detection]) -> np.ndarray:
+        self._associate(frame, detections)
+        return frame
 
     def _cost(self, track: _OpenTrack, det: _Detection, index: int) -> float:
         gap = index - track.last_frame
@@ -315,6 +368,10 @@ class FaceTracker:
 
     def update(self, frame: np.ndarray) -> None:
         """Add the next RGB uint8 frame."""
+        self._associate(frame, self._detections(frame))
+
+    def _associate(self, frame: np.ndarray, detections: list[_Detection]) -> None:
+        """Continue the tracks with the faces detected in the next frame."""
         index = self.num_frames
         self.num_frames += 1
         self.frame_size = (frame.shape[1], frame.shape[0])
@@ -322,7 +379,6 @@ class FaceTracker:
             self._closed += self._open
             self._open = []
             self._shot += 1
-        detections = self._detections(frame)
         unmatched = set(range(len(detections)))
         if self._open and detections:
             cost = np.array([[self._cost(t, d, index) for d in detections] for t in self._open])
@@ -366,8 +422,8 @@ def track_faces(frames: Iterable[np.ndarray], label: str = "video",
     if progress is not None:
         frames = progress(frames, "Face tracks", total)
     with FaceTracker(**tracker_options) as tracker:
-        for frame in frames:
-            tracker.update(frame)
+        for _ in tracker.track(frames):
+            pass
         return tracker.result(label)
 
 

@@ -95,8 +95,10 @@ class UNetFeatureCache:
         """Whether denoising step ``step`` (0-based) runs the whole U-Net."""
         return self._cached is None or step % self.interval == 0
 
-    def __call__(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor, step: int) -> torch.Tensor:
-        """Predicted noise ``(B, C, F, h, w)`` for denoising step ``step``, like ``unet(...).sample``."""
+    def __call__(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor, step: int,
+                 frame_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Predicted noise ``(B, C, F, h, w)`` for denoising step ``step``, like ``unet(...).sample``; ``frame_mask``
+        marks the real frames of padded clips, as in [`LatentSyncUNet.forward`]."""
         unet = self.unet
         if sample.ndim != 5:
             raise ValueError(f"sample must be (batch, channels, frames, height, width), got shape {tuple(sample.shape)}")
@@ -108,7 +110,16 @@ class UNetFeatureCache:
         if hook is not None and hasattr(hook, "pre_forward"):  # accelerate CPU offload: bring the weights in
             hook.pre_forward(unet)
         full = self.is_full_step(step)
-        out = self._forward(sample, timestep, encoder_hidden_states, full)
+        if frame_mask is not None:
+            if not hasattr(unet, "_frames"):
+                raise ValueError("frame_mask needs a LatentSyncUNet (frame-aware norms and temporal attention)")
+            unet.check_frame_mask(sample, frame_mask)
+            unet._frames.mask = frame_mask.to(device=sample.device, dtype=torch.bool)
+        try:
+            out = self._forward(sample, timestep, encoder_hidden_states, full)
+        finally:
+            if frame_mask is not None:
+                unet._frames.mask = None
         if full:
             self.full_passes += 1
         else:

@@ -7,6 +7,10 @@ The official model differs from stock diffusers in three documented ways, all re
 * The temporal (motion) modules normalise each frame separately, whereas diffusers pools frames.
 * Version 1.5/1.6 "efficient" checkpoints have temporal layers only in the decoder
   (``motion_modules="decoder"``), version 1.0 and stage-1 checkpoints have none (``"none"``).
+
+For speed the U-Net also takes a ``frame_mask`` (real frames of padded clips, so that clips of different lengths
+share one fixed input shape and give the same result as unpadded) and a launch-light frame-pooled GroupNorm
+([`LatentSyncUNet.set_fused_norm`]).
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from diffusers.configuration_utils import register_to_config
 from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
 from torch import nn
 
+from .attention import FrameMaskedAttnProcessor, attention_kinds
+
 # diffusers finds a pipeline component's loader by looking up base classes in the component's module namespace.
 __all__ = ["LatentSyncUNet", "ModelMixin"]
 
@@ -29,10 +35,56 @@ MotionPlacement = Literal["all", "decoder", "none"]
 
 
 class _FrameCount:
-    """Number of frames per clip of the forward pass in progress, shared by the frame-aware norms."""
+    """The clips of the forward pass in progress, shared by the frame-aware layers: ``value`` frames per clip, the
+    ``mask`` of real frames ``(clips, frames)`` (None: every frame is real) and whether the pooled norms use the
+    fused computation (``fused``)."""
 
     def __init__(self) -> None:
         self.value = 1
+        self.mask: torch.Tensor | None = None
+        self.fused = False
+
+
+def pooled_group_norm(x: torch.Tensor, frames: int, num_groups: int, weight: torch.Tensor | None,
+                      bias: torch.Tensor | None, eps: float, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """GroupNorm of ``x`` ``(clips * frames, C, H, W)`` with statistics pooled over the frames of each clip (only the
+    frames where ``mask`` ``(clips, frames)`` is True), computed without transposing ``x``.
+
+    Per-frame statistics come from one reduction (two for fp16/bf16 inputs, accumulated in fp32), are combined per
+    clip on tiny tensors, and the normalisation and affine are one ``addcmul`` that computes in fp32 and writes in the
+    input's dtype and memory format (channels-last included). The result equals the reference (transpose, GroupNorm
+    over ``(C, frames, H, W)``, transpose back) within float rounding.
+    """
+    bf, c, h, w = x.shape
+    clips, cg = bf // frames, c // num_groups
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        y, dims = x.permute(0, 2, 3, 1).reshape(clips, frames, h * w, num_groups, cg), (2, 4)
+    else:
+        y, dims = x.reshape(clips, frames, num_groups, cg * h * w), (3,)
+    if x.dtype == torch.float32:
+        var, mean = torch.var_mean(y, dim=dims, correction=0)  # (clips, frames, groups)
+    else:  # one pass with fp32 accumulation: exact enough for 8- or 11-bit mantissas, and no fp32 copy of x
+        n = y.numel() // (clips * frames * num_groups)
+        mean = torch.sum(y, dim=dims, dtype=torch.float32) / n
+        var = (torch.linalg.vector_norm(y, 2, dim=dims, dtype=torch.float32) ** 2 / n - mean**2).clamp_min(0)
+    if mask is None:
+        clip_mean = mean.mean(1, keepdim=True)
+        clip_var = (var + (mean - clip_mean) ** 2).mean(1, keepdim=True)
+    else:
+        wts = mask.to(torch.float32)[..., None]  # (clips, frames, 1)
+        total = wts.sum(1, keepdim=True).clamp_min(1.0)
+        clip_mean = (mean * wts).sum(1, keepdim=True) / total
+        clip_var = ((var + (mean - clip_mean) ** 2) * wts).sum(1, keepdim=True) / total
+    rstd = torch.rsqrt(clip_var + eps)  # (clips, 1, groups)
+    scale = rstd.repeat_interleave(cg, dim=2)  # per channel
+    shift = -clip_mean.repeat_interleave(cg, dim=2) * scale
+    if weight is not None:
+        scale, shift = scale * weight.float(), shift * weight.float() + bias.float()
+    scale = scale.expand(clips, frames, c).reshape(bf, c, 1, 1)
+    shift = shift.expand(clips, frames, c).reshape(bf, c, 1, 1)
+    if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad):  # out= does not record gradients
+        return torch.addcmul(shift, x, scale).to(x.dtype)
+    return torch.addcmul(shift, x, scale, out=torch.empty_like(x))
 
 
 class FramePooledGroupNorm(nn.GroupNorm):
@@ -43,7 +95,9 @@ class FramePooledGroupNorm(nn.GroupNorm):
         self._frames = frames
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self._frames.value
+        f, mask = self._frames.value, self._frames.mask
+        if mask is not None or (self._frames.fused and f > 1):
+            return pooled_group_norm(x, f, self.num_groups, self.weight, self.bias, self.eps, mask)
         if f <= 1:
             return super().forward(x)
         bf, c, h, w = x.shape
@@ -152,6 +206,7 @@ class LatentSyncUNet(UNetMotionModel):
                     elif name in ("norm1", "norm2") and type(child) is nn.GroupNorm:
                         setattr(module, name, _swap_norm(child, FramePooledGroupNorm, frames=self._frames))
             self.conv_norm_out = _swap_norm(self.conv_norm_out, FramePooledGroupNorm, frames=self._frames)
+        self.set_frame_masked_attention()
 
     @classmethod
     def extract_init_dict(cls, config_dict, **kwargs):
@@ -164,7 +219,44 @@ class LatentSyncUNet(UNetMotionModel):
     def has_motion_modules(self) -> bool:
         return self.config.motion_modules != "none"
 
-    def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor, **kwargs):
+    def set_frame_masked_attention(self) -> None:
+        """Give every temporal attention layer the [`FrameMaskedAttnProcessor`] (SDPA, as diffusers' default, that
+        also honours ``frame_mask``). Done at construction; call it again after ``set_attn_processor``."""
+        self._temporal_attention = tuple(attention_kinds(self)["temporal"])
+        for layer in self._temporal_attention:
+            layer.set_processor(FrameMaskedAttnProcessor(self._current_frame_mask))
+
+    def _current_frame_mask(self) -> torch.Tensor | None:
+        return self._frames.mask
+
+    def set_fused_norm(self, enabled: bool = True) -> None:
+        """Compute the frame-pooled GroupNorms with [`pooled_group_norm`] (no transposes, fewer and fused kernels;
+        equal within float rounding) instead of the reference transpose + GroupNorm. Off by default, so that default
+        outputs stay bit-identical; padded clips (``frame_mask``) always use it."""
+        self._frames.fused = bool(enabled)
+
+    @property
+    def fused_norm(self) -> bool:
+        return self._frames.fused
+
+    def check_frame_mask(self, sample: torch.Tensor, frame_mask: torch.Tensor) -> None:
+        """ValueError unless ``frame_mask`` ``(batch, frames)`` fits ``sample`` and this U-Net can skip padding."""
+        if tuple(frame_mask.shape) != (sample.shape[0], sample.shape[2]):
+            raise ValueError(f"frame_mask must be (batch, frames) = {(sample.shape[0], sample.shape[2])}, "
+                             f"got {tuple(frame_mask.shape)}")
+        if not self.config.frame_pooled_norm:
+            raise ValueError("frame_mask needs frame_pooled_norm=True (diffusers' per-frame norms cannot skip "
+                             "padding frames in the temporal layers)")
+        if not all(isinstance(layer.processor, FrameMaskedAttnProcessor) for layer in self._temporal_attention):
+            raise ValueError("frame_mask needs the frame-masked temporal attention: call "
+                             "unet.set_frame_masked_attention() after changing the attention processors")
+
+    def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor,
+                frame_mask: torch.Tensor | None = None, **kwargs):
+        """The predicted noise, as ``UNetMotionModel.forward``. ``frame_mask`` ``(batch, frames)`` (bool, True for real
+        frames) marks padding frames at the end of clips: the real frames' output then equals that of the unpadded
+        clip (up to float rounding), since only the pooled norms and the temporal attention mix frames and both skip
+        the padding. The padding frames' output is meaningless."""
         if sample.ndim != 5:
             raise ValueError(f"sample must be (batch, channels, frames, height, width), got shape {tuple(sample.shape)}")
         expected = sample.shape[0] * sample.shape[2]
@@ -173,5 +265,12 @@ class LatentSyncUNet(UNetMotionModel):
                 f"encoder_hidden_states must hold one audio context per frame ({expected}), "
                 f"got {encoder_hidden_states.shape[0]}"
             )
+        if frame_mask is not None:
+            self.check_frame_mask(sample, frame_mask)
+            frame_mask = frame_mask.to(device=sample.device, dtype=torch.bool)
         self._frames.value = sample.shape[2]
-        return super().forward(sample, timestep, encoder_hidden_states, **kwargs)
+        self._frames.mask = frame_mask
+        try:
+            return super().forward(sample, timestep, encoder_hidden_states, **kwargs)
+        finally:
+            self._frames.mask = None

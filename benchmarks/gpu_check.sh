@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The GPU throughput check (issue 15) in one call on a fresh H100/H200, about 8 minutes; prints the README's tables.
+#
+# Prepare once, where PyPI is reachable:   bash benchmarks/gpu_wheels.sh   (wheels, ffmpeg and the 8 s demo clip in
+# .whl/; the clip is cut from ../shared/data/demo1_*, whose face tracks are in benchmarks/data/). Then, through the
+# device tool, carrying .whl:              bash benchmarks/gpu_check.sh
+# Results also go to $OUT (default /tmp/gpu_check): denoiser.md, denoiser.log, e2e.log, extras.log, warps.log.
+# One part alone: bash benchmarks/gpu_check.sh denoiser|e2e|extras|warps (default: all, in that order).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PART=${1:-all}
+want() { [ "$PART" = all ] || [ "$PART" = "$1" ]; }
+OUT=${OUT:-/tmp/gpu_check}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+if [ -d .whl ]; then  # a bare GPU machine: install the carried wheels and unpack ffmpeg
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+        .whl/*.whl || exit 1
+    python3 -c "import lzma, shutil; shutil.copyfileobj(lzma.open('.whl/ffmpeg.xz'), open('/tmp/ffmpeg', 'wb'))"
+    chmod +x /tmp/ffmpeg
+    export IMAGEIO_FFMPEG_EXE=/tmp/ffmpeg PYTHONPATH="/tmp/site:$PWD/.whl/site:$PWD/src:$PWD/benchmarks"
+    VIDEO=.whl/demo1_8s.mp4 AUDIO=.whl/demo1_8s.wav
+else  # a development machine with the package installed
+    export PYTHONPATH="$PWD/src:$PWD/benchmarks"
+    VIDEO=../shared/data/demo1_video.mp4 AUDIO=../shared/data/demo1_audio.wav
+fi
+echo "## GPU check, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
+python3 -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__,
+'transformers', transformers.__version__)"
+
+if want denoiser; then
+echo; echo "### Denoiser: 20 DDIM steps with CFG, full-size U-Net (random weights), per 16-frame window"
+echo "(naive = 1 window per call, eager, bf16; compiled = torch.compile + fused GroupNorm + channels-last)"
+timeout 300 python3 benchmarks/model_speed.py --throughput --device cuda --resolutions 256 512 --dtypes bf16 fp16 \
+    --windows 1 2 4 --modes eager compiled --compiled-dtypes bf16 --compiled-windows 4 --repeats 1 --table "$OUT/denoiser.md" \
+    2>&1 | tee "$OUT/denoiser.log" | grep -E '^(\||peak|device|attention)'
+fi
+
+if want e2e; then
+echo; echo "### End to end: first 8 s of demo1 (1080x1920, 200 frames), 256 px, bf16, full-size random weights"
+echo "(face tracks replayed from benchmarks/data: MediaPipe is not installed on the GPU machine)"
+timeout 200 python3 benchmarks/inference.py --full-size --device cuda --dtype bf16 --video "$VIDEO" --audio "$AUDIO" \
+    --face-tracks benchmarks/data/demo1_8s_face_tracks.npz --variants naive overlap+batch4+fused+compiled+warps \
+    2>&1 | tee "$OUT/e2e.log" | grep -v -E '^(W0000|I0000)'
+fi
+
+if want extras; then
+echo; echo "### Extras at 256 px, bf16, 4 windows per call: CUDA graphs and FP8 (drift: relative L2 of the latents)"
+timeout 60 python3 benchmarks/model_speed.py --throughput --device cuda --resolutions 256 --dtypes bf16 \
+    --windows 4 --modes eager compiled-graphs fp8 --repeats 1 2>&1 | tee "$OUT/extras.log" | grep -E '^(\||peak)'
+fi
+if want warps; then
+echo; echo "### Alignment and paste-back: OpenCV (CPU) against batched torch warps (GPU), 16 frames of 1080x1920"
+timeout 25 python3 benchmarks/warp_speed.py --device cuda --video "$VIDEO" 2>&1 | tee "$OUT/warps.log" | grep -E '^(\||[0-9])'
+fi
+echo "done"

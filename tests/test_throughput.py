@@ -1,0 +1,235 @@
+"""GPU-throughput paths, checked on the CPU: several windows per U-Net call, padded windows with a frame mask, the
+compiled U-Net step (no recompiles between windows or calls), the launch-light pooled GroupNorm, SDPA in every
+attention, channels-last, the FP8 guard, and the torch (GPU-style) alignment warps and paste-back against OpenCV."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from latentsync.face.alignment import FaceAligner
+from latentsync.media import iter_frames
+from latentsync.media.audio import as_samples
+from latentsync.models.attention import attention_report
+from latentsync.models.compiled import enable_fp8
+from latentsync.models.unet import pooled_group_norm
+from latentsync.testing import build_tiny_pipeline
+from latentsync.window_batch import stack_windows, windows_that_fit
+
+RESOLUTION = 64
+WINDOW = 8  # 25 frames -> windows of 8, 8, 8 and 1: a short last window
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    p = build_tiny_pipeline(resolution=RESOLUTION)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+@pytest.fixture(scope="module")
+def clip(example_face, example_speech):
+    """1 s of the example face (25 frames in memory) and 1 s of speech."""
+    frames = np.stack([f for _, f in zip(range(25), iter_frames(example_face, 25))])
+    return frames, as_samples(example_speech)[:16000]
+
+
+def _run(pipe, clip, **kwargs):
+    frames, speech = clip
+    return pipe(video=frames, audio=speech, num_inference_steps=2, num_frames=WINDOW,
+                generator=torch.Generator().manual_seed(0), **kwargs)
+
+
+def _unet_calls(pipe):
+    calls = []
+    return calls, pipe.unet.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+
+
+@pytest.fixture(scope="module")
+def naive(pipe, clip):
+    calls, handle = _unet_calls(pipe)
+    try:
+        out = _run(pipe, clip, windows_per_batch=1)
+    finally:
+        handle.remove()
+    return out, calls
+
+
+def _assert_same_frames(a: np.ndarray, b: np.ndarray) -> None:
+    """Equal up to float rounding of the U-Net: at most 1 grey level apart, in a tiny share of the pixels."""
+    diff = np.abs(a.astype(np.int16) - b.astype(np.int16))
+    assert a.shape == b.shape and diff.max() <= 1 and (diff > 0).mean() < 1e-3
+
+
+# ---------------------------------------------------------------------------------------------------- batching
+@pytest.mark.parametrize("windows", [2, 3])
+def test_windows_per_batch_gives_the_same_frames_in_fewer_unet_calls(pipe, clip, naive, windows):
+    reference, naive_calls = naive
+    assert naive_calls == [2] * 2 * 4  # CFG batch of 2, 2 steps, 4 windows (8, 8, 8, 1 frames)
+    calls, handle = _unet_calls(pipe)
+    try:
+        out = _run(pipe, clip, windows_per_batch=windows)
+    finally:
+        handle.remove()
+    assert len(calls) == 2 * -(-4 // windows)  # ceil(4 / windows) calls per step
+    assert calls[0] == 2 * windows
+    assert out.num_frames == reference.num_frames == 25
+    _assert_same_frames(out.frames, reference.frames)
+
+
+def test_windows_per_batch_default_is_one_on_the_cpu_and_checked(pipe, clip):
+    assert pipe.windows_per_batch(None) == 1 and pipe.windows_per_batch(3) == 3
+    with pytest.raises(ValueError, match="windows_per_batch"):
+        _run(pipe, clip, windows_per_batch=0)
+
+
+def test_stack_windows_pads_short_windows_and_batches():
+    cond = [torch.randn(1, 9, f, 4, 4) for f in (8, 3)]
+    audio = [torch.randn(f, 5, 6) for f in (8, 3)]
+    batch = stack_windows(cond, audio, num_frames=8, batch_size=3)
+    assert batch.condition.shape == (3, 9, 8, 4, 4) and batch.audio.shape == (24, 5, 6)
+    assert batch.frame_mask.tolist() == [[True] * 8, [True] * 3 + [False] * 5, [True] * 3 + [False] * 5]
+    assert torch.equal(batch.condition[1, :, 3:], cond[1][0, :, 2:3].expand(9, 5, 4, 4))  # last frame repeated
+    parts = batch.split(torch.arange(3 * 8.0).view(3, 1, 8, 1, 1))
+    assert [p.shape[2] for p in parts] == [8, 3]
+    single = stack_windows(cond[:1], audio[:1])
+    assert single.frame_mask is None and single.condition is cond[0]
+    assert windows_that_fit(free_bytes=10 * 2**30, bytes_per_window=2**30) == 8
+    assert windows_that_fit(free_bytes=3 * 2**30, bytes_per_window=2**30) == 2
+    assert windows_that_fit(free_bytes=2**29, bytes_per_window=2**30) == 1
+
+
+def test_padded_clip_with_frame_mask_equals_the_unpadded_clip(pipe):
+    unet = pipe.unet
+    torch.manual_seed(0)
+    x, ctx = torch.randn(2, 13, 16, 8, 8), torch.randn(32, 50, 64)
+    mask = torch.zeros(2, 16, dtype=torch.bool)
+    mask[:, :10] = True
+    with torch.no_grad():
+        short = unet(x[:, :, :10], 500, encoder_hidden_states=ctx.view(2, 16, 50, 64)[:, :10].reshape(20, 50, 64))
+        padded = unet(x, 500, encoder_hidden_states=ctx, frame_mask=mask)
+        changed = unet(torch.cat([x[:, :, :10], -x[:, :, 10:]], 2), 500, encoder_hidden_states=ctx, frame_mask=mask)
+    torch.testing.assert_close(padded.sample[:, :, :10], short.sample, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(changed.sample[:, :, :10], padded.sample[:, :, :10], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="frame_mask must be"):
+        unet(x, 500, encoder_hidden_states=ctx, frame_mask=mask[:, :8])
+
+
+# ---------------------------------------------------------------------------------------------------- compiled
+def test_compiled_denoiser_gives_the_same_frames_without_recompiling(pipe, clip, naive):
+    graphs = []
+
+    def counting_backend(gm, example_inputs):  # dynamo's graphs, run as traced (inductor takes minutes here)
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    step = pipe.compile_denoiser(backend=counting_backend)
+    try:
+        first = _run(pipe, clip, windows_per_batch=2)
+        compiled_once = len(graphs)
+        second = _run(pipe, clip, windows_per_batch=2)
+    finally:
+        pipe.disable_compiled_denoiser()
+        torch._dynamo.reset()
+    assert compiled_once >= 1 and len(graphs) == compiled_once  # no recompile for the padded window or next call
+    assert len(step.shapes) == 1  # one input shape: the last window and the last batch were padded
+    assert first.timings["compile"] > 0 and second.timings["compile"] == 0
+    _assert_same_frames(first.frames, naive[0].frames)
+    assert np.array_equal(first.frames, second.frames)
+
+
+def test_cuda_graphs_and_fp8_need_a_gpu(pipe):
+    if torch.cuda.is_available():
+        pytest.skip("checks the error on machines without a GPU")
+    with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
+        pipe.compile_denoiser(cuda_graphs=True)
+    with pytest.raises(RuntimeError, match="compute capability 8.9"):
+        enable_fp8(pipe.unet)
+
+
+# ---------------------------------------------------------------------------------------------------- kernels
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fused_pooled_group_norm_equals_the_reference(pipe, channels_last):
+    torch.manual_seed(0)
+    norm = next(m for m in pipe.unet.modules() if type(m).__name__ == "FramePooledGroupNorm")
+    x = torch.randn(3 * 5, norm.num_channels, 6, 7) * 3 + 1
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+        ref = x.reshape(3, 5, -1, 42).transpose(1, 2)
+        ref = torch.nn.functional.group_norm(ref, norm.num_groups, norm.weight, norm.bias, norm.eps)
+        ref = ref.transpose(1, 2).reshape(x.shape)
+        fused = pooled_group_norm(x, 5, norm.num_groups, norm.weight, norm.bias, norm.eps)
+        half = pooled_group_norm(x.bfloat16(), 5, norm.num_groups, norm.weight, norm.bias, norm.eps)
+    torch.testing.assert_close(fused, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(half.float(), ref, rtol=0.02, atol=0.02)
+    assert fused.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+def test_fused_norm_and_channels_last_unet_match_the_default(pipe):
+    torch.manual_seed(0)
+    x, ctx = torch.randn(2, 13, 8, 8, 8), torch.randn(16, 50, 64)
+    unet = pipe.unet
+    with torch.no_grad():
+        ref = unet(x, 500, encoder_hidden_states=ctx).sample
+        unet.set_fused_norm(True)
+        pipe.enable_channels_last()
+        try:
+            fast = unet(x, 500, encoder_hidden_states=ctx).sample
+        finally:
+            unet.set_fused_norm(False)
+            unet.to(memory_format=torch.contiguous_format)
+    torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_every_attention_uses_sdpa(pipe):
+    report = attention_report(pipe.unet)
+    assert report["all_sdpa"]
+    assert report["spatial"] and report["audio"] and report["temporal"]  # the tiny U-Net has all three kinds
+
+
+# ---------------------------------------------------------------------------------------------------- warps
+def test_torch_warps_and_paste_match_opencv_within_one_grey_level(clip):
+    from latentsync.face.warp import TorchFaceAligner
+
+    frames = clip[0][:4]
+    cpu, gpu_style = FaceAligner(128), TorchFaceAligner(128, device="cpu")
+    rng = np.random.default_rng(0)
+    matrices = []
+    for k in range(len(frames)):  # a face-sized similarity warp, rotated and shifted differently per frame
+        angle, scale = rng.uniform(-0.3, 0.3), rng.uniform(0.5, 0.9)
+        m = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
+        matrices.append(np.hstack([m, (rng.uniform(-160, -60, 2))[:, None]]))
+    matrices[-1][:, 2] = (40, 30)  # the last face sticks out of the frame's top-left corner: replicated edge
+    aligned = gpu_style.align_batch(frames, matrices)
+    expected = np.stack([cpu.align(f, m) for f, m in zip(frames, matrices)])
+    assert np.abs(aligned.astype(int) - expected.astype(int)).max() <= 1
+    faces = np.ascontiguousarray(expected[::-1, :, ::-1])  # other frames' faces, mirrored: a visible change
+    pasted = gpu_style.paste_batch(list(frames), faces, matrices)
+    expected = [cpu.paste(f, face, m) for f, face, m in zip(frames, faces, matrices)]
+    for a, b, original in zip(pasted, expected, frames):
+        assert np.abs(a.astype(int) - b.astype(int)).max() <= 1
+        assert not np.array_equal(a, original)  # the mouth region changed
+
+
+def test_pipeline_with_warps_on_device(pipe, clip, naive):
+    pipe.enable_warps_on_device()
+    try:
+        out = _run(pipe, clip, windows_per_batch=1)
+    finally:
+        pipe.enable_warps_on_device(False)
+    reference = naive[0].frames
+    changed = np.abs(out.frames.astype(np.int16) - reference.astype(np.int16)).max(-1) > 0
+    # the aligned faces differ by at most one grey level, which the model may carry into the new mouths; everything
+    # outside the pasted mouth region (where the reference changed the input, a few pixels wider) stays the input
+    assert out.frames.shape == reference.shape and changed.mean() < 0.05
+    pasted = np.abs(reference.astype(np.int16) - clip[0].astype(np.int16)).max(-1) > 0
+    for frame_changed, frame_pasted in zip(changed, pasted):
+        ys, xs = np.nonzero(frame_pasted)
+        outside = frame_changed.copy()
+        outside[max(ys.min() - 3, 0) : ys.max() + 4, max(xs.min() - 3, 0) : xs.max() + 4] = False
+        assert not outside.any()
