@@ -1,17 +1,24 @@
-"""Gradio app for LatentSync lip sync: upload (or record) speech and a talking-face video, get a lip-synced video.
+"""Gradio app for LatentSync lip sync: a talking-face video (or a photo) and a speech track give a lip-synced video.
 
-Runs on a Hugging Face Space with a GPU (the `spaces` GPU decorator is used when the package is installed) and
-locally on a CPU: ``python app.py``. Settings come from environment variables:
+Runs on a Hugging Face Space with a GPU (ZeroGPU included: the `spaces` GPU decorator is used when the package is
+installed, asking for GPU time sized to each request) and locally: ``python app.py``. Settings come from environment
+variables:
 
 - ``LATENTSYNC_MODEL``: Hub id or local folder of a LatentSync pipeline, or ``tiny`` for the random-weight tiny
-  model. Unset: the official ``ByteDance/LatentSync-1.6`` weights, falling back (with a notice in the page) to the
-  tiny model when they cannot be loaded (offline, no cache).
-- ``LATENTSYNC_DEVICE`` / ``LATENTSYNC_DTYPE`` (fp32, fp16, bf16): default best device, fp16 on GPU, fp32 on CPU.
+  model (local tests and demos only). Unset: the official ``ByteDance/LatentSync-1.6`` weights; when they cannot be
+  loaded the app shows an error page and logs why (it never serves the tiny model in their place).
+- ``LATENTSYNC_DEVICE`` / ``LATENTSYNC_DTYPE`` (fp32, fp16, bf16): default best device; bf16 on GPUs that support
+  it (ZeroGPU included), fp16 on other accelerators, fp32 on the CPU.
 - ``LATENTSYNC_MAX_SECONDS`` (default 30): longest accepted video and audio.
 - ``LATENTSYNC_MAX_FILE_MB`` (default 200): largest accepted upload.
-- ``LATENTSYNC_STEPS``: default number of denoising steps (20 on GPU, 4 on CPU).
+- ``LATENTSYNC_GPU_LIMIT``: most GPU seconds one request may ask for (default 300 on ZeroGPU, its maximum; no limit
+  elsewhere). Inputs whose expected time does not fit are refused before any GPU time is used.
+- ``LATENTSYNC_QUEUE_SIZE`` (default 10): requests that may wait; more are told the queue is full.
+- ``LATENTSYNC_CACHE_EXAMPLES``: ``eager`` (results made at start-up; the default), ``lazy`` (made on first use; the
+  default on ZeroGPU, which has no GPU at start-up) or ``off``.
+- ``LATENTSYNC_EXAMPLES_DIR``: folder of the examples' files (default: ``examples/``; the examples whose files are
+  missing there are left out).
 - ``LATENTSYNC_OUTPUT_TTL`` (default 900): seconds a produced video is kept on disk for download.
-- ``LATENTSYNC_GPU_DURATION`` (default 180): seconds of GPU a request may take on a ZeroGPU Space.
 
 The app is importable without launching (``demo``, ``build_demo``); ``main()`` launches it.
 """
@@ -24,6 +31,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # gradio otherwise c
 
 import atexit
 import logging
+import math
 import shutil
 import sys
 import threading
@@ -31,6 +39,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 import torch
@@ -40,13 +49,28 @@ try:
 except ImportError:  # a source checkout run without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 
+from latentsync.app_support import (
+    PRESETS,
+    TimeModel,
+    default_face,
+    describe_faces,
+    draw_faces,
+    face_arguments,
+    face_choices,
+    gpu_seconds,
+    preview_frame,
+    read_frame,
+)
+from latentsync.devices import DTYPE_NAMES, fastest_dtype, torch_dtype
 from latentsync.errors import LatentSyncInputError
 from latentsync.inputs import check_run_inputs
 from latentsync.interrupts import stop_on_signals
+from latentsync.media import open_frames, scan_audio
 from latentsync.pipeline import LatentSyncPipeline
+from latentsync.schedulers import scheduler_by_name
 from latentsync.tempfiles import make_work_dir, remove_work_dir
 from latentsync.testing import build_tiny_pipeline
-from latentsync.utils import DTYPES, default_device
+from latentsync.utils import default_device
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # app_live.py lives beside this file
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -61,31 +85,46 @@ logger = logging.getLogger("latentsync.app")
 
 OFFICIAL_MODEL = "ByteDance/LatentSync-1.6"
 TINY_MODEL = "tiny"
-EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
+EXAMPLES_DIR = Path(os.environ.get("LATENTSYNC_EXAMPLES_DIR") or Path(__file__).resolve().parent / "examples")
 TINY_NOTICE = (
-    "This app runs the **tiny random-weight model**: the whole method runs, but the mouths it draws are noise. "
-    "Set `LATENTSYNC_MODEL` to the official weights (`ByteDance/LatentSync-1.6`) for real lip sync."
+    "This app runs the **tiny random-weight model**: the whole method runs, but the mouths it draws are noise (the "
+    "examples' results too). Set `LATENTSYNC_MODEL` to the official weights (`ByteDance/LatentSync-1.6`) for real "
+    "lip sync."
 )
 TINY_PARAMETER_LIMIT = 10_000_000  # a U-Net smaller than this is a test model, not real weights
+ZERO_GPU_MAX_SECONDS = 300  # the longest GPU time one ZeroGPU call may ask for
+CACHE_MODES = ("eager", "lazy", "off")
+QUEUE_HEADROOM = 5  # places beyond queue_size, so that the checks themselves still get in to say it is full
+SESSION_TIMEOUT = 3600.0  # a session's pending request is forgotten after this long (a closed tab, a lost event)
+
+
+def _zero_gpu() -> bool:
+    return bool(os.environ.get("SPACES_ZERO_GPU"))
 
 
 def _default_device() -> str:
     # a ZeroGPU Space has no GPU until a request holds one, but every request runs on one
-    return "cuda" if os.environ.get("SPACES_ZERO_GPU") else default_device()
+    return "cuda" if _zero_gpu() else default_device()
+
+
+def _default_dtype(device: str) -> torch.dtype:
+    # ZeroGPU lends H200 slices (bf16), but torch sees no GPU at start-up to ask
+    return torch.bfloat16 if _zero_gpu() else fastest_dtype(device)
 
 
 @dataclass
 class AppConfig:
     """Settings of the app; [`AppConfig.from_env`] reads them from ``LATENTSYNC_*`` environment variables."""
 
-    model: str | None = None  # None: official weights, tiny fallback
+    model: str | None = None  # None: the official weights
     device: str = "cpu"
     dtype: torch.dtype = torch.float32
     max_seconds: float = 30.0
     max_file_mb: float = 200.0
-    default_steps: int = 20
     output_ttl: float = 900.0
-    gpu_duration: int = 180
+    gpu_limit: int | None = None  # most GPU seconds a request may take (None: no limit)
+    queue_size: int = 10
+    cache_examples: str = "eager"
     # named after this process: a later start removes the folders of an app that was killed
     work_dir: Path = field(default_factory=lambda: Path(make_work_dir("app")))
 
@@ -93,19 +132,28 @@ class AppConfig:
     def from_env(cls) -> "AppConfig":
         env = os.environ
         device = env.get("LATENTSYNC_DEVICE") or _default_device()
-        dtype_name = env.get("LATENTSYNC_DTYPE") or ("fp32" if device == "cpu" else "fp16")
-        if dtype_name not in DTYPES:
-            raise ValueError(f"LATENTSYNC_DTYPE must be one of {', '.join(DTYPES)}, got {dtype_name!r}")
+        dtype_name = env.get("LATENTSYNC_DTYPE")
+        if dtype_name is not None and dtype_name not in DTYPE_NAMES:
+            raise ValueError(f"LATENTSYNC_DTYPE must be one of {', '.join(DTYPE_NAMES)}, got {dtype_name!r}")
+        cache = env.get("LATENTSYNC_CACHE_EXAMPLES") or ("lazy" if _zero_gpu() else "eager")
+        if cache not in CACHE_MODES:
+            raise ValueError(f"LATENTSYNC_CACHE_EXAMPLES must be one of {', '.join(CACHE_MODES)}, got {cache!r}")
+        limit = env.get("LATENTSYNC_GPU_LIMIT") or (str(ZERO_GPU_MAX_SECONDS) if _zero_gpu() else None)
         return cls(
             model=env.get("LATENTSYNC_MODEL") or None,
             device=device,
-            dtype=DTYPES[dtype_name],
+            dtype=torch_dtype(dtype_name) if dtype_name else _default_dtype(device),
             max_seconds=float(env.get("LATENTSYNC_MAX_SECONDS", 30)),
             max_file_mb=float(env.get("LATENTSYNC_MAX_FILE_MB", 200)),
-            default_steps=int(env.get("LATENTSYNC_STEPS") or (4 if device == "cpu" else 20)),
             output_ttl=float(env.get("LATENTSYNC_OUTPUT_TTL", 900)),
-            gpu_duration=int(env.get("LATENTSYNC_GPU_DURATION", 180)),
+            gpu_limit=int(limit) if limit else None,
+            queue_size=int(env.get("LATENTSYNC_QUEUE_SIZE", 10)),
+            cache_examples=cache,
         )
+
+    @property
+    def dtype_name(self) -> str:
+        return next(name for name, attr in DTYPE_NAMES.items() if getattr(torch, attr) == self.dtype)
 
 
 def _short_reason(exc: BaseException, limit: int = 160) -> str:
@@ -118,84 +166,247 @@ def _short_reason(exc: BaseException, limit: int = 160) -> str:
 
 
 def load_pipeline(config: AppConfig) -> tuple[LatentSyncPipeline, str, str | None]:
-    """Load the pipeline named by ``config.model``.
+    """Load the pipeline named by ``config.model`` (None: the official weights; ``"tiny"``: the random tiny model).
 
-    Returns ``(pipeline, model description, notice)``; the notice (markdown, or None) is shown in the page. With no
-    model set, the official weights are tried first and the tiny model is used, with a notice, when they fail to
-    load. An explicitly named model that fails to load raises.
+    Returns ``(pipeline, model description, notice)``; the notice (markdown, or None) is shown in the page. Any
+    failure to load raises: the app then shows an error page rather than a different model.
     """
-    def tiny() -> tuple[LatentSyncPipeline, str]:
-        pipe = build_tiny_pipeline()
-        return (pipe if config.dtype == torch.float32 else pipe.to(dtype=config.dtype)), "tiny random-weight model"
-
-    name, notice = config.model, None
+    name = config.model or OFFICIAL_MODEL
     if name == TINY_MODEL:
-        pipe, name = tiny()
-    elif name is not None:
-        pipe = LatentSyncPipeline.from_pretrained(name, dtype=config.dtype)
+        pipe, name = build_tiny_pipeline(), "tiny random-weight model"
+        pipe = pipe if config.dtype == torch.float32 else pipe.to(dtype=config.dtype)
     else:
-        try:
-            pipe, name = LatentSyncPipeline.from_pretrained(OFFICIAL_MODEL, dtype=config.dtype), OFFICIAL_MODEL
-        except Exception as exc:  # noqa: BLE001 - offline, not cached, or any load failure: fall back to tiny
-            reason = _short_reason(exc)
-            logger.warning("cannot load %s (%s); using the tiny random-weight model", OFFICIAL_MODEL, reason)
-            pipe, name = tiny()
-            notice = f"⚠️ The official weights `{OFFICIAL_MODEL}` could not be loaded ({reason}). " + TINY_NOTICE
-    if notice is None and sum(p.numel() for p in pipe.unet.parameters()) < TINY_PARAMETER_LIMIT:
+        pipe = LatentSyncPipeline.from_pretrained(name, dtype=config.dtype)
+        if name == OFFICIAL_MODEL and getattr(pipe, "syncnet", None) is None:
+            try:  # the official SyncNet finds the speaking face better than lip motion against loudness
+                pipe.load_syncnet(OFFICIAL_MODEL)
+            except Exception as exc:  # noqa: BLE001 - optional: the lip-motion score is the fallback
+                logger.warning("no SyncNet for the speaking face (%s); lip motion is used", _short_reason(exc))
+    notice = None
+    if sum(p.numel() for p in pipe.unet.parameters()) < TINY_PARAMETER_LIMIT:
         notice = "⚠️ " + TINY_NOTICE
     pipe = pipe.to(config.device)
     pipe.set_progress_bar_config(leave=False)
     return pipe, name, notice
 
 
+def _error(message: str) -> gr.Error:
+    return gr.Error(message, print_exception=False)
+
+
+@dataclass
+class LipSyncRequest:
+    """One lip sync as the page or the API asked for it, after the checks."""
+
+    source: str  # the video or photo
+    audio: str
+    preset: str
+    steps: int  # 0: the preset's
+    guidance: float
+    seed: int
+    face: str
+    seconds: float  # the output's length (the audio's)
+
+
 class LipSyncService:
-    """Validates uploads, runs the pipeline one request at a time, and cleans up the files it writes."""
+    """Checks requests, runs the pipeline one request at a time with the chosen preset and face, sizes GPU time,
+    and cleans up the files it writes."""
 
     def __init__(self, pipe: LatentSyncPipeline, config: AppConfig):
         self.pipe, self.config = pipe, config
         self.work_dir = Path(config.work_dir)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()  # the pipeline (scheduler state) is not re-entrant
+        self._schedulers = {"ddim": pipe.scheduler}
+        for preset in PRESETS.values():
+            if preset.scheduler not in self._schedulers:
+                self._schedulers[preset.scheduler] = scheduler_by_name(preset.scheduler, pipe.scheduler.config)
+        parameters = sum(p.numel() for p in pipe.unet.parameters())
+        self.time_model = TimeModel.for_device(config.device, config.dtype_name, pipe.config.resolution, parameters)
+        self.queue = None  # the app's queue, set by build_demo (for the queue-full message)
+        self._sessions: dict[str, float] = {}  # session -> when its pending request was accepted
         generate = self._generate
         if spaces is not None:
-            generate = spaces.GPU(duration=config.gpu_duration)(generate)
+            generate = spaces.GPU(duration=self.gpu_duration)(generate)
         self._generate_on_device = generate
+
+    # ------------------------------------------------------------------ time
+    def expected_seconds(self, seconds: float, preset: str, steps: int = 0, guidance: float = 1.5) -> float:
+        """Expected run time for ``seconds`` of output with ``preset`` on this app's device."""
+        return self.time_model.estimate(seconds, PRESETS[preset], steps or None, guidance)
+
+    def gpu_duration(self, request: LipSyncRequest, output: str) -> int:
+        """GPU seconds to ask ZeroGPU for (the function given to ``spaces.GPU``): the expected time of this request
+        (its length, the model's face resolution, the preset) with a margin, at most the configured limit."""
+        need = gpu_seconds(self.expected_seconds(request.seconds, request.preset, request.steps, request.guidance))
+        return min(need, self.config.gpu_limit) if self.config.gpu_limit else need
+
+    def check_gpu_time(self, request: LipSyncRequest) -> None:
+        """Refuse a request whose GPU time would exceed the limit, naming the limit and what would fit."""
+        limit = self.config.gpu_limit
+        if not limit:
+            return
+        expected = self.expected_seconds(request.seconds, request.preset, request.steps, request.guidance)
+        need = gpu_seconds(expected)
+        if need <= limit:
+            return
+        fits = [s for s in (x / 2 for x in range(1, int(self.config.max_seconds * 2) + 1))
+                if gpu_seconds(self.expected_seconds(s, request.preset, request.steps, request.guidance)) <= limit]
+        hint = (f"Trim the speech to {fits[-1]:g} s or less" if fits else "This model cannot fit any input")
+        faster = [p for p in PRESETS if p != request.preset and PRESETS[p].cost() < PRESETS[request.preset].cost()]
+        if faster and fits:
+            hint += f", or choose the {faster[-1]!r} preset"
+        raise _error(f"This request needs about {need} s of GPU time ({request.seconds:.1f} s of output with the "
+                     f"{request.preset!r} preset); this Space allows {limit} s per request. {hint}.")
 
     # ------------------------------------------------------------------ checks
     def _check_size(self, path: str, what: str) -> None:
         size_mb = os.path.getsize(path) / 2**20
         if size_mb > self.config.max_file_mb:
-            raise gr.Error(f"The {what} file is {size_mb:.0f} MB; this app accepts up to "
-                           f"{self.config.max_file_mb:g} MB.", print_exception=False)
+            raise _error(f"The {what} file is {size_mb:.0f} MB; this app accepts up to {self.config.max_file_mb:g} MB.")
 
     def _check_duration(self, seconds: float, what: str) -> None:
         if seconds > self.config.max_seconds:
-            raise gr.Error(f"The {what} is {seconds:.1f} s long; this app accepts up to "
-                           f"{self.config.max_seconds:g} s. Please trim it.", print_exception=False)
+            raise _error(f"The {what} is {seconds:.1f} s long; this app accepts up to {self.config.max_seconds:g} s. "
+                         "Please trim it.")
 
-    def validate(self, video: str | None, audio: str | None) -> None:
-        """Raise a readable [`gr.Error`] for a missing, oversized, too long, unreadable or silent input."""
-        if not video:
-            raise gr.Error("Please upload a talking-face video.", print_exception=False)
+    def check(self, video: str | None, photo: str | None, audio: str | None, preset: str | None, face: Any,
+              steps: Any, guidance: Any, seed: Any) -> LipSyncRequest:
+        """Every check of a request before it may use the model: readable [`gr.Error`] messages naming the user's
+        files, never a traceback."""
+        names = {p: Path(p).name for p in (video, photo, audio) if p}
+
+        def readable(message: str) -> str:  # the user's file names, not server paths; a capital first letter
+            for path, name in names.items():
+                message = message.replace(path, name)
+            return message[:1].upper() + message[1:]
+
+        if video and photo:
+            raise _error("Give a video or a photo, not both: clear one of them.")
+        source = video or photo
+        if not source:
+            raise _error("Please upload a talking-face video or a photo.")
         if not audio:
-            raise gr.Error("Please upload or record the speech audio.", print_exception=False)
-        self._check_size(video, "video")
+            raise _error("Please upload or record the speech audio.")
+        preset = preset or "quality"
+        if preset not in PRESETS:
+            raise _error(f"Unknown preset {preset!r}: choose one of {', '.join(PRESETS)}.")
+        try:
+            steps, seed, guidance = int(steps or 0), int(seed), float(guidance)
+        except (TypeError, ValueError):
+            raise _error("Steps, guidance scale and seed must be numbers.") from None
+        if not 0 <= steps <= 100:
+            raise _error("Steps must be between 1 and 100 (0: the preset's).")
+        if not 1.0 <= guidance <= 10.0:
+            raise _error("Guidance scale must be between 1 and 10.")
+        if not 0 <= seed < 2**63:
+            raise _error("Seed must be a non-negative integer.")
+        try:
+            face_arguments(face)
+        except ValueError as exc:
+            raise _error(readable(str(exc))) from None
+        self._check_size(source, "video" if video else "photo")
         self._check_size(audio, "audio")
-        checked = check_run_inputs(video, audio)  # the pipeline's own checks: readable, right stream, not silent
-        self._check_duration(checked.video.duration, "video")
+        try:
+            # the pipeline's own checks: readable, right stream, not silent
+            checked = check_run_inputs(source, audio, **face_arguments(face))
+        except LatentSyncInputError as exc:
+            raise _error(readable(str(exc))) from None
+        except Exception as exc:  # noqa: BLE001 - never a stack trace in the page
+            logger.exception("input check failed")
+            raise _error(readable(f"Cannot read the inputs ({type(exc).__name__}: {exc})")) from None
+        if video:
+            self._check_duration(checked.video.duration, "video")
         self._check_duration(checked.audio.duration, "audio")
+        request = LipSyncRequest(source, audio, preset, steps, guidance, seed, str(face or default_face(not video)),
+                          checked.audio.duration)
+        self.check_gpu_time(request)
+        return request
+
+    def precheck(self, video, photo, audio, preset, face, steps, guidance, seed,
+                 request: gr.Request = None) -> str:  # noqa: RUF013 - gradio fills it
+        """The page's instant check (not queued): the inputs, the GPU time, a full queue, and one pending request
+        per visitor. Only when it passes does the request join the queue."""
+        self.check(video, photo, audio, preset, face, steps, guidance, seed)
+        waiting = len(self.queue) if self.queue is not None else 0
+        if waiting >= self.config.queue_size:
+            raise _error(f"The queue is full ({waiting} requests waiting, the most this Space accepts). "
+                         "Please try again in a few minutes.")
+        session = getattr(request, "session_hash", None)
+        if session:
+            now = time.time()
+            started = self._sessions.get(session)
+            if started is not None and now - started < SESSION_TIMEOUT:
+                raise _error("You already have a lip sync waiting or running; it must finish before you start "
+                             "another.")
+            self._sessions[session] = now
+        return "Waiting for a free place in the queue…"
+
+    def _release(self, request: gr.Request | None) -> None:
+        session = getattr(request, "session_hash", None)
+        if session:
+            self._sessions.pop(session, None)
+
+    # ------------------------------------------------------------------ faces and estimates
+    def faces(self, video: str | None, photo: str | None, face: str | None):
+        """After an upload: a frame with every face found boxed and numbered, the face menu, and a line saying what
+        was found. Runs on the CPU (face detection), so it costs no GPU time."""
+        source = video or photo
+        still = not video
+        if not source:
+            return (None, gr.Dropdown(choices=face_choices(None, still), value=default_face(still)), "")
+        try:
+            tracks = self.pipe.detect_faces(source)
+            index = preview_frame(tracks)
+            frame = read_frame(open_frames(source), index)
+        except Exception as exc:  # noqa: BLE001 - an unreadable upload: the run's checks will say why
+            logger.info("face preview failed: %s", exc)
+            return (None, gr.Dropdown(choices=face_choices(None, still), value=default_face(still)),
+                    "Cannot look for faces in this upload.")
+        choices = face_choices(tracks, still)
+        values = [value for _, value in choices]
+        value = face if face in values else default_face(still)
+        highlight = int(value) if value.isdigit() else None
+        image = draw_faces(frame, tracks, index, highlight) if frame is not None else None
+        return image, gr.Dropdown(choices=choices, value=value), describe_faces(tracks, still)
+
+    def estimate(self, video: str | None, photo: str | None, audio: str | None, preset: str | None,
+                 steps: Any = 0, guidance: Any = 1.5) -> str:
+        """The expected time for the uploaded speech's length with ``preset``, as a line for the page."""
+        if not audio or not (preset in PRESETS):
+            return "The expected time appears once the speech is uploaded."
+        try:
+            seconds = scan_audio(audio).duration
+            steps, guidance = int(steps or 0), float(guidance)
+        except Exception:  # noqa: BLE001 - the run's checks report unreadable inputs
+            return ""
+        expected = self.expected_seconds(seconds, preset, steps, guidance)
+        where = "GPU" if self.config.device.startswith("cuda") else self.config.device.upper()
+        text = f"Expected time: about {_duration(expected)} of {where} for {seconds:.1f} s of output ({preset})."
+        if self.config.gpu_limit:
+            need = gpu_seconds(expected)
+            text += (f" GPU time asked for: {need} s of the {self.config.gpu_limit} s this Space allows"
+                     + (" (too long: choose a faster preset or trim the speech)." if need > self.config.gpu_limit
+                        else "."))
+        if self.time_model.runs == 0 and not self.config.device.startswith("cuda"):
+            text += " (A first guess: it is corrected after each run.)"
+        return text
 
     # ------------------------------------------------------------------ work
-    def _generate(self, video: str, audio: str, output: str, steps: int, guidance: float, seed: int):
+    def _generate(self, request: LipSyncRequest, output: str):
         """Run the pipeline; returns ``(pipeline output, None)`` or ``(None, readable error)``.
 
         Errors travel as values: on ZeroGPU this runs in another process, where exception types do not survive.
         """
+        preset = PRESETS[request.preset]
         try:
             with self._lock:
-                generator = torch.Generator("cpu").manual_seed(seed)
-                out = self.pipe(video=video, audio=audio, output_path=output, num_inference_steps=steps,
-                                guidance_scale=guidance, generator=generator)
+                self.pipe.scheduler = self._schedulers[preset.scheduler]
+                generator = torch.Generator("cpu").manual_seed(request.seed)
+                out = self.pipe(video=request.source, audio=request.audio, output_path=output,
+                                num_inference_steps=request.steps or preset.steps,
+                                deep_cache_interval=preset.deep_cache_interval, guidance_scale=request.guidance,
+                                generator=generator, **face_arguments(request.face))
             return out, None
         except LatentSyncInputError as exc:
             return None, str(exc)
@@ -215,105 +426,186 @@ class LipSyncService:
             except FileNotFoundError:
                 pass
 
-    def __call__(self, video: str | None, audio: str | None, steps: float, guidance: float, seed: float,
-                 progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple[str, str]:  # noqa: B008
-        """Gradio handler: returns the output video path and a status line, or raises a readable [`gr.Error`]."""
-        self.sweep()
-        names = {p: Path(p).name for p in (video, audio) if p}
-
-        def readable(message: str) -> str:  # the user's file names, not server paths; a capital first letter
-            for path, name in names.items():
-                message = message.replace(path, name)
-            return message[:1].upper() + message[1:]
-
-        try:
-            steps, seed, guidance = int(steps), int(seed), float(guidance)
-        except (TypeError, ValueError):
-            raise gr.Error("Steps, guidance scale and seed must be numbers.", print_exception=False) from None
-        try:
-            self.validate(video, audio)
-        except gr.Error:
-            raise
-        except LatentSyncInputError as exc:
-            raise gr.Error(readable(str(exc)), print_exception=False) from None
-        except Exception as exc:  # noqa: BLE001 - never a stack trace in the page
-            logger.exception("input check failed")
-            raise gr.Error(readable(f"Cannot read the inputs ({type(exc).__name__}: {exc})"),
-                           print_exception=False) from None
-        if not 1 <= steps <= 100:
-            raise gr.Error("Steps must be between 1 and 100.", print_exception=False)
-        if not 1.0 <= guidance <= 10.0:
-            raise gr.Error("Guidance scale must be between 1 and 10.", print_exception=False)
-        if not 0 <= seed < 2**63:
-            raise gr.Error("Seed must be a non-negative integer.", print_exception=False)
-
+    def run(self, request: LipSyncRequest, progress: Any = None) -> tuple[str, str]:
+        """Generate one checked request; returns the output path and a status line."""
         job = self.work_dir / uuid.uuid4().hex
         job.mkdir()
         output = str(job / "lipsync.mp4")
-        names[output] = Path(output).name
-        progress(0, desc="Starting")
+        if progress is not None:
+            progress(0, desc="Starting")
+        expected = self.expected_seconds(request.seconds, request.preset, request.steps, request.guidance)
         start = time.perf_counter()
-        out, error = self._generate_on_device(video, audio, output, steps, guidance, seed)
+        out, error = self._generate_on_device(request, output)
         if error is not None:
             shutil.rmtree(job, ignore_errors=True)
-            raise gr.Error(readable(error), print_exception=False)
+            names = {request.source: Path(request.source).name, request.audio: Path(request.audio).name,
+                     output: "lipsync.mp4"}
+            for path, name in names.items():
+                error = error.replace(path, name)
+            raise _error(error[:1].upper() + error[1:])
         elapsed = time.perf_counter() - start
+        self.time_model.update(elapsed, request.seconds, PRESETS[request.preset], request.steps or None,
+                               request.guidance)
         seconds = out.num_frames / out.fps
-        status = f"Done in {elapsed:.1f} s: {out.num_frames} frames ({seconds:.2f} s at {out.fps:g} fps)."
+        status = (f"Done in {elapsed:.1f} s (expected {_duration(expected)}): {out.num_frames} frames "
+                  f"({seconds:.2f} s at {out.fps:g} fps), {request.preset} preset.")
         if out.frames_without_face:
             status += f" {out.frames_without_face} frames had no face and were left unchanged."
             gr.Warning(f"{out.frames_without_face} of {out.num_frames} frames had no face and were left unchanged.")
         return output, status
 
+    def __call__(self, video: str | None, photo: str | None, audio: str | None, preset: str = "quality",
+                 face: str | None = None, steps: float = 0, guidance: float = 1.5, seed: float = 1247,
+                 request: gr.Request = None,  # noqa: RUF013 - gradio fills it
+                 progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple[str, str]:  # noqa: B008
+        """Gradio handler of ``/lipsync``: returns the output video path and a status line, or raises a readable
+        [`gr.Error`]."""
+        try:
+            self.sweep()
+            checked = self.check(video, photo, audio, preset, face, steps, guidance, seed)
+            return self.run(checked, progress)
+        finally:
+            self._release(request)
+
+    def example(self, video: str | None, photo: str | None, audio: str | None, preset: str,
+                face: str | None) -> tuple[str, str]:
+        """The examples' function (its results are cached): the handler with the default settings."""
+        return self.run(self.check(video, photo, audio, preset, face, 0, 1.5, 1247))
+
     def close(self) -> None:
         remove_work_dir(self.work_dir)
 
 
-def _examples() -> list[list[str]]:
-    face, speech = EXAMPLES_DIR / "face.mp4", EXAMPLES_DIR / "speech.wav"
-    return [[str(face), str(speech)]] if face.is_file() and speech.is_file() else []
+def _duration(seconds: float) -> str:
+    seconds = max(1, math.ceil(seconds))
+    return f"{seconds} s" if seconds < 120 else f"{seconds // 60} min {seconds % 60:02d} s"
+
+
+EXAMPLES = [  # label, video, photo, audio, preset, face
+    ("Astronaut", "face.mp4", None, "speech.wav", "quality", "speaking"),
+    ("Photographer", "camera.mp4", None, "camera_speech.wav", "quality", "speaking"),
+    ("Two faces: face 1", "two_faces.mp4", None, "two_faces_speech.wav", "quality", "1"),
+    ("Still photo", None, "portrait.png", "portrait_speech.wav", "quality", "largest"),
+]
+
+
+def examples() -> tuple[list[list[Any]], list[str]]:
+    """The bundled examples whose files are present: ``[video, photo, audio, preset, face]`` rows and their labels
+    (see ``examples/make_examples.py`` for where they come from and their licences)."""
+    rows, labels = [], []
+    for label, video, photo, audio, preset, face in EXAMPLES:
+        paths = [EXAMPLES_DIR / name if name else None for name in (video, photo, audio)]
+        if all(p is None or p.is_file() for p in paths):
+            rows.append([str(p) if p else None for p in paths] + [preset, face])
+            labels.append(label)
+    return rows, labels
+
+
+def build_error_demo(model: str, reason: str) -> gr.Blocks:
+    """The page shown when the model cannot be loaded: what failed and what to do; no lip-sync controls."""
+    with gr.Blocks(title="LatentSync lip sync: model not loaded") as demo:
+        gr.Markdown(
+            "# LatentSync lip sync\n"
+            f"## ⛔ The model `{model}` could not be loaded\n"
+            f"{reason}\n\n"
+            "This app does not fall back to another model. If you run this Space: check the logs, that the "
+            "weights are on the Hub and that `preload_from_hub` in the README lists them. Running locally: "
+            "`LATENTSYNC_MODEL=tiny python app.py` gives the tiny random-weight model (noise-quality output), "
+            "`LATENTSYNC_MODEL=DIR` a local pipeline folder.",
+            elem_id="load-error",
+        )
+    demo.service = None
+    return demo
 
 
 def build_demo(config: AppConfig | None = None) -> gr.Blocks:
-    """Load the model and build the Blocks app (queued: one generation at a time, the others wait in line)."""
+    """Load the model and build the Blocks app (queued: one generation at a time, at most ``queue_size`` waiting).
+    When the model cannot be loaded: the error page, and the reason in the log."""
     config = config or AppConfig.from_env()
-    pipe, model_name, notice = load_pipeline(config)
+    try:
+        pipe, model_name, notice = load_pipeline(config)
+    except Exception as exc:  # noqa: BLE001 - any load failure becomes the error page (and the log's traceback)
+        model = config.model or OFFICIAL_MODEL
+        logger.error("cannot load the model %s: %s", model, exc, exc_info=True)
+        demo = build_error_demo(model, f"{type(exc).__name__}: {_short_reason(exc, 400)}")
+        demo.config = config
+        return demo
     service = LipSyncService(pipe, config)
     atexit.register(service.close)
+    preset_choices = [(p.label, p.name) for p in PRESETS.values()]
 
     with gr.Blocks(title="LatentSync lip sync", delete_cache=(1800, 3600)) as demo:
         gr.Markdown(
             "# LatentSync lip sync\n"
-            "Upload a talking-face video and a speech track (or record one). The mouth region is regenerated so the "
-            f"lips follow the speech. Inputs up to {config.max_seconds:g} s and {config.max_file_mb:g} MB; the "
-            "output follows the audio's length.\n\n"
-            f"Model: `{model_name}` on `{config.device}`."
+            "Upload a talking-face video, or a photo, and a speech track (or record one). The mouth region is "
+            "regenerated so the lips follow the speech; a photo becomes a talking video as long as the speech. "
+            f"Inputs up to {config.max_seconds:g} s and {config.max_file_mb:g} MB.\n\n"
+            f"Model: `{model_name}` on `{config.device}` ({config.dtype_name})."
         )
         if notice:
             gr.Markdown(notice, elem_id="model-notice")
         with gr.Row():
             with gr.Column():
-                video_in = gr.Video(label="Talking-face video", sources=["upload"], height=360,
-                                    elem_id="video-input")
+                with gr.Tabs() as source_tabs:
+                    with gr.Tab("Video", id="video"):
+                        video_in = gr.Video(label="Talking-face video", sources=["upload"], height=320,
+                                            elem_id="video-input")
+                    with gr.Tab("Photo", id="photo"):
+                        photo_in = gr.Image(label="Photo of a face (makes a talking video)", type="filepath",
+                                            sources=["upload"], height=320, elem_id="photo-input")
                 audio_in = gr.Audio(label="Speech", sources=["upload", "microphone"], type="filepath",
                                     elem_id="audio-input")
+                preset = gr.Radio(preset_choices, value="quality", label="Speed", elem_id="preset")
+                with gr.Accordion("Faces", open=True):
+                    faces_preview = gr.Image(label="Faces found (numbered)", interactive=False, height=240,
+                                             elem_id="faces-preview")
+                    faces_note = gr.Markdown(elem_id="faces-note")
+                    # custom values: an example or an API call may name a face before the menu lists it
+                    face = gr.Dropdown(face_choices(None), value=default_face(), label="Face to lip-sync",
+                                       allow_custom_value=True, elem_id="face-choice")
                 with gr.Accordion("Advanced settings", open=False):
-                    steps = gr.Slider(1, 50, value=config.default_steps, step=1, label="Denoising steps")
+                    steps = gr.Slider(0, 50, value=0, step=1, label="Denoising steps (0: the preset's)")
                     guidance = gr.Slider(1.0, 3.0, value=1.5, step=0.1, label="Guidance scale (1 disables)")
                     seed = gr.Number(value=1247, precision=0, minimum=0, label="Seed")
+                estimate = gr.Markdown(service.estimate(None, None, None, "quality"), elem_id="estimate")
                 run = gr.Button("Lip sync", variant="primary", elem_id="run-button")
             with gr.Column():
                 video_out = gr.Video(label="Lip-synced video", interactive=False, buttons=["download"], height=360,
                                      elem_id="video-output")
                 status = gr.Markdown(elem_id="status")
-        examples = _examples()
-        if examples:
-            gr.Examples(examples=examples, inputs=[video_in, audio_in], cache_examples=False)
-        run.click(service, inputs=[video_in, audio_in, steps, guidance, seed], outputs=[video_out, status],
-                  api_name="lipsync", concurrency_limit=1)
-        demo_live = build_live_tab(pipe, config.default_steps, config.max_seconds, service._lock)
+        rows, labels = examples()
+        if rows and config.cache_examples != "off":
+            gr.Examples(examples=rows, inputs=[video_in, photo_in, audio_in, preset, face],
+                        outputs=[video_out, status], fn=service.example, cache_examples=True,
+                        cache_mode=config.cache_examples, example_labels=labels,
+                        label="Examples (click one: its result is ready)" if config.cache_examples == "eager" else
+                        "Examples (the first click makes the result, later clicks show it at once)")
+        elif rows:
+            gr.Examples(examples=rows, inputs=[video_in, photo_in, audio_in, preset, face], example_labels=labels)
+
+        inputs = [video_in, photo_in, audio_in, preset, face, steps, guidance, seed]
+        # an example (or an upload) with a photo shows the photo tab, one with a video the video tab
+        video_in.change(lambda v: gr.Tabs(selected="video") if v else gr.Tabs(), inputs=video_in, outputs=source_tabs,
+                        queue=False, api_visibility="private")
+        photo_in.change(lambda p: gr.Tabs(selected="photo") if p else gr.Tabs(), inputs=photo_in, outputs=source_tabs,
+                        queue=False, api_visibility="private")
+        for upload in (video_in, photo_in):
+            upload.change(service.faces, inputs=[video_in, photo_in, face], outputs=[faces_preview, face, faces_note],
+                          queue=False, api_visibility="undocumented")
+        for control in (video_in, photo_in, audio_in, preset, steps, guidance):
+            control.change(service.estimate, inputs=[video_in, photo_in, audio_in, preset, steps, guidance],
+                           outputs=estimate, queue=False, api_visibility="private")
+        # the checks run first, at once (their own concurrency group, never behind a generation; queued so that
+        # the page shows their refusals), and only a request that passes them joins the line for the model
+        run.click(service.precheck, inputs=inputs, outputs=status, concurrency_limit=None, concurrency_id="checks",
+                  api_visibility="private").success(
+            service, inputs=inputs, outputs=[video_out, status], api_name="lipsync", concurrency_limit=1)
+        # the live tab runs DDIM with the fast preset's number of steps: each window must keep up with speech
+        demo_live = build_live_tab(pipe, PRESETS["fast"].steps, config.max_seconds, service._lock)
         atexit.register(demo_live.close)
-    demo.queue(default_concurrency_limit=1, max_size=None)  # no queue cap: every request waits its turn
+    # gradio's own cap, a backstop for API clients: the page's checks refuse at queue_size with a clearer message
+    demo.queue(default_concurrency_limit=1, max_size=config.queue_size + QUEUE_HEADROOM)
+    service.queue = demo._queue
     demo.service = service
     demo.live = demo_live
     demo.config = config
@@ -333,8 +625,9 @@ def main() -> None:
     except KeyboardInterrupt:  # the signal came before gradio's own loop took over
         demo.close()
     finally:
-        demo.service.pipe._interrupt = True  # a request still running stops after its current window
-        demo.service.close()
+        if demo.service is not None:
+            demo.service.pipe._interrupt = True  # a request still running stops after its current window
+            demo.service.close()
     if stop.signum is not None:
         logger.info("stopped by signal %d: results removed", stop.signum)
         sys.exit(128 + stop.signum)

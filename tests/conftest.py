@@ -118,6 +118,16 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_model_dir_64(tmp_path_factory) -> Path:
+    """The tiny random pipeline with 64-pixel faces (seed 0), saved once: quick enough for many runs."""
+    from latentsync.testing import build_tiny_pipeline
+
+    path = tmp_path_factory.mktemp("tiny-latentsync-64")
+    build_tiny_pipeline(resolution=64, seed=0).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def tiny_pipe(tiny_model_dir):
     from latentsync import LatentSyncPipeline
 

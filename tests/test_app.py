@@ -1,36 +1,41 @@
-"""The Gradio app (app.py): input checks and error messages, model fallback, cleanup, queueing, and a real headless
-Chromium driving the page (upload, click, result video; bad upload -> readable error).
+"""The Gradio app (app.py): presets, GPU-time sizing and refusal, face choice, still photos, cached examples, the
+queue limit, input errors, the error page when the model cannot load, cleanup; and a real headless Chromium driving
+the page.
 
 Browser tests need Debian's chromium (``bash tests/setup_browser.sh``) and the playwright python package; they skip
-when either is missing. Clips are trimmed from /work/shared/data (skipped when absent). The app runs the tiny
-random-weight model, saved to a temporary folder and loaded back through ``LATENTSYNC_MODEL``.
+when either is missing. The clips are cut from the bundled examples (examples/, public domain and CC0) so that every
+run is short; the app runs the tiny random-weight model with 64-pixel faces, saved to a temporary folder and loaded
+back through ``LATENTSYNC_MODEL``.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
+import re
 import shutil
 import socket
 import sys
+import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 gr = pytest.importorskip("gradio")
 
-from conftest import ffmpeg  # noqa: E402
+from conftest import EXAMPLES, decode, ffmpeg  # noqa: E402
 
+from latentsync.app_support import PRESETS, TimeModel, face_arguments, face_choices, gpu_seconds  # noqa: E402
 from latentsync.media import SAMPLE_RATE, load_audio, probe_video  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = Path(os.environ.get("LATENTSYNC_TEST_DATA", "/work/shared/data"))
 ARTIFACTS = ROOT / "test-artifacts"
-STEPS = 2
 MAX_SECONDS = 4
 BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync"]
@@ -39,12 +44,13 @@ BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
 def _load_app(monkeypatch, model: str | None, **env: str):
     """Import app.py as a fresh module with the given LATENTSYNC_* settings."""
     monkeypatch.delenv("GRADIO_ANALYTICS_ENABLED", raising=False)
+    monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
     if model is None:
         monkeypatch.delenv("LATENTSYNC_MODEL", raising=False)
     else:
         monkeypatch.setenv("LATENTSYNC_MODEL", model)
-    defaults = {"LATENTSYNC_STEPS": str(STEPS), "LATENTSYNC_MAX_SECONDS": str(MAX_SECONDS),
-                "LATENTSYNC_DEVICE": "cpu", "LATENTSYNC_DTYPE": "fp32"}
+    defaults = {"LATENTSYNC_MAX_SECONDS": str(MAX_SECONDS), "LATENTSYNC_DEVICE": "cpu", "LATENTSYNC_DTYPE": "fp32",
+                "LATENTSYNC_CACHE_EXAMPLES": "off"}
     for key, value in {**defaults, **env}.items():
         monkeypatch.setenv(key, value)
     spec = importlib.util.spec_from_file_location(f"latentsync_app_{time.monotonic_ns()}", ROOT / "app.py")
@@ -56,29 +62,42 @@ def _load_app(monkeypatch, model: str | None, **env: str):
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> dict[str, str]:
-    """Short real clips trimmed from the shared data, plus synthetic bad inputs."""
-    video, audio = DATA / "demo1_video.mp4", DATA / "demo1_audio.wav"
-    if not (video.is_file() and audio.is_file()):
-        pytest.skip(f"real test clips not found in {DATA} (demo1_video.mp4, demo1_audio.wav)")
+    """Short clips cut from the bundled examples, and bad inputs."""
     d = tmp_path_factory.mktemp("clips")
-    out = {name: str(d / name) for name in
-           ("face.mp4", "speech.wav", "speech_short.wav", "long.wav", "noface.mp4", "broken.mp4")}
-    # 1.2 s of the portrait video scaled to 360 px wide H.264 (fast face analysis, small upload)
-    ffmpeg("-i", str(video), "-t", "1.2", "-vf", "scale=360:-2", "-c:v", "libx264", "-preset", "veryfast", "-an",
-            out["face.mp4"])
-    ffmpeg("-ss", "1", "-i", str(audio), "-t", "1.0", out["speech.wav"])
-    ffmpeg("-ss", "1", "-i", str(audio), "-t", "0.6", out["speech_short.wav"])
-    ffmpeg("-ss", "1", "-i", str(audio), "-t", str(MAX_SECONDS + 2), out["long.wav"])
+    out = {name: str(d / name) for name in ("face.mp4", "two.mp4", "portrait.png", "speech.wav", "speech_short.wav",
+                                            "long.wav", "noface.mp4", "broken.mp4")}
+    ffmpeg("-i", str(EXAMPLES / "face.mp4"), "-t", "1.2", "-vf", "scale=192:192", "-c:v", "libx264", "-an",
+           out["face.mp4"])
+    # two people: the astronaut and her mirror image, side by side (face 0 left, face 1 right)
+    ffmpeg("-i", str(EXAMPLES / "face.mp4"), "-t", "1.2", "-filter_complex",
+           "[0]scale=192:192,split[l][r];[r]hflip[f];[l][f]hstack", "-c:v", "libx264", "-crf", "12", "-an",
+           out["two.mp4"])
+    shutil.copy(EXAMPLES / "portrait.png", out["portrait.png"])
+    ffmpeg("-i", str(EXAMPLES / "speech.wav"), "-t", "1.0", out["speech.wav"])
+    ffmpeg("-i", str(EXAMPLES / "speech.wav"), "-t", "0.6", out["speech_short.wav"])
+    ffmpeg("-i", str(EXAMPLES / "speech.wav"), "-af", "apad", "-t", str(MAX_SECONDS + 2), out["long.wav"])
     ffmpeg("-f", "lavfi", "-i", "color=c=gray:s=160x120:r=25:d=1", "-c:v", "libx264", out["noface.mp4"])
     Path(out["broken.mp4"]).write_bytes(b"this is not a video, just some text pretending to be one\n" * 20)
     return out
 
 
 @pytest.fixture(scope="module")
-def app_module(tiny_model_dir):
+def examples_dir(tmp_path_factory) -> Path:
+    """One short example (the still portrait with 0.6 s of its speech), so that caching it at start-up is quick."""
+    d = tmp_path_factory.mktemp("examples")
+    shutil.copy(EXAMPLES / "portrait.png", d / "portrait.png")
+    ffmpeg("-i", str(EXAMPLES / "portrait_speech.wav"), "-t", "0.6", str(d / "portrait_speech.wav"))
+    return d
+
+
+@pytest.fixture(scope="module")
+def app_module(tiny_model_dir_64, examples_dir, tmp_path_factory):
     mp = pytest.MonkeyPatch()
     try:
-        module = _load_app(mp, str(tiny_model_dir))
+        module = _load_app(mp, str(tiny_model_dir_64), LATENTSYNC_CACHE_EXAMPLES="eager",
+                           LATENTSYNC_EXAMPLES_DIR=str(examples_dir),
+                           GRADIO_EXAMPLES_CACHE=str(tmp_path_factory.mktemp("cached_examples")))
+        module.demo.service.pipe.set_progress_bar_config(disable=True)
         yield module
         module.demo.service.close()
     finally:
@@ -89,9 +108,9 @@ def _no_progress(*args, **kwargs) -> None:
     return None
 
 
-def _error_message(service, *args) -> str:
+def _error_message(service, video, audio, *args, photo=None) -> str:
     with pytest.raises(gr.Error) as info:
-        service(*args, progress=_no_progress)
+        service(video, photo, audio, *args, progress=_no_progress)
     return info.value.message
 
 
@@ -105,22 +124,91 @@ def _check_output(path: str, seconds: float) -> None:
     assert float(np.abs(samples).max()) > 1e-3, "output audio is silent"
 
 
+# ---------------------------------------------------------------------------------------------------- GPU time
+def test_gpu_duration_grows_with_length_resolution_and_preset():
+    model = TimeModel.for_device("cuda", "bf16", 512, 1.267e9)
+    for preset in PRESETS.values():
+        times = [gpu_seconds(model.estimate(s, preset)) for s in (1, 5, 10, 20, 30)]
+        assert times == sorted(times) and len(set(times)) == len(times), (preset.name, times)
+    at_10s = {name: gpu_seconds(model.estimate(10, p)) for name, p in PRESETS.items()}
+    assert at_10s["quality"] > at_10s["balanced"] > at_10s["fast"], at_10s
+    low = TimeModel.for_device("cuda", "bf16", 256, 1.267e9)
+    assert gpu_seconds(low.estimate(10, PRESETS["quality"])) < at_10s["quality"]
+    # the H100 table: a 30 s clip at 512 px with the quality preset needs minutes, more than a fixed 180 s, and
+    # the margin is on top of the expected time
+    expected = model.estimate(30, PRESETS["quality"])
+    assert 200 < expected < 400 and gpu_seconds(expected) >= 1.5 * expected
+    # guidance 1 runs the U-Net once per step: less time
+    assert model.estimate(10, PRESETS["quality"], guidance=1.0) < model.estimate(10, PRESETS["quality"])
+
+
+def test_time_model_learns_from_runs():
+    model = TimeModel(window_seconds=100.0, frame_seconds=0.1, fixed_seconds=1.0)
+    preset = PRESETS["fast"]
+    model.update(measured=11.0, seconds=2.0, preset=preset)  # 50 frames (5 s) + 1 s fixed: 5 s for 4 windows
+    assert model.estimate(2.0, preset) == pytest.approx(11.0)
+    assert model.runs == 1
+
+
+def test_service_gpu_duration_and_refusal(app_module, clips, monkeypatch):
+    service = app_module.demo.service
+    # the service's own model learns from this machine's runs: take the H100 figures of a Space at 512 px
+    monkeypatch.setattr(service, "time_model", TimeModel.for_device("cuda", "bf16", 512, 1.267e9))
+    request = service.check(clips["face.mp4"], None, clips["speech.wav"], "quality", None, 0, 1.5, 0)
+    assert request.seconds == pytest.approx(1.0, abs=0.05) and request.face == "speaking"
+    durations = {}
+    for name in PRESETS:
+        r = app_module.LipSyncRequest(**{**request.__dict__, "preset": name})
+        longer = app_module.LipSyncRequest(**{**r.__dict__, "seconds": 3.0})
+        durations[name] = service.gpu_duration(r, "out.mp4")
+        assert service.gpu_duration(longer, "out.mp4") > durations[name]
+    assert durations["quality"] > durations["balanced"] > durations["fast"]
+    # a limit too small for the request: refused before any work, the message names the limit
+    monkeypatch.setattr(service.config, "gpu_limit", durations["fast"] + 1)
+    message = _error_message(service, clips["face.mp4"], clips["speech.wav"], "quality")
+    assert f"this Space allows {durations['fast'] + 1} s per request" in message, message
+    assert "'fast' preset" in message
+    assert service.gpu_duration(request, "out.mp4") == durations["fast"] + 1  # never more than the limit
+
+
 # ---------------------------------------------------------------------------------------------------- app logic
-def test_app_defaults(app_module, tiny_model_dir):
+def test_app_defaults(app_module, tiny_model_dir_64):
     demo = app_module.demo
     assert os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
     assert demo.analytics_enabled is False
-    assert demo.config.model == str(tiny_model_dir) and demo.config.default_steps == STEPS
-    # the saved tiny model is recognised as a test model and the page says so
+    assert demo.config.model == str(tiny_model_dir_64)
     notice = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "model-notice"]
-    assert notice and "tiny random-weight model" in notice[0].value
-    # requests are queued one at a time with no cap on the queue length
-    assert demo._queue.max_size is None
-    assert [fn.concurrency_limit for fn in demo.fns.values() if fn.api_name == "lipsync"] == [1]
+    assert notice and "tiny random-weight model" in notice[0].value and "examples' results too" in notice[0].value
+    # one generation at a time, a bounded queue, one /lipsync endpoint with every parameter
+    assert demo.config.queue_size == 10 and demo._queue.max_size == 10 + app_module.QUEUE_HEADROOM
+    lipsync = [fn for fn in demo.fns.values() if fn.api_name == "lipsync"]
+    assert len(lipsync) == 1 and lipsync[0].concurrency_limit == 1
+    labels = [getattr(block, "elem_id", None) for block in lipsync[0].inputs]
+    assert labels == ["video-input", "photo-input", "audio-input", "preset", "face-choice", None, None, None]
 
 
-def test_official_model_falls_back_to_tiny_with_notice(monkeypatch):
+def test_dtype_choice(monkeypatch):
+    import torch
+
+    from latentsync.devices import fastest_dtype
+
+    assert fastest_dtype("cpu") == torch.float32
     app = _load_app(monkeypatch, "tiny")
+    monkeypatch.setenv("SPACES_ZERO_GPU", "1")
+    monkeypatch.delenv("LATENTSYNC_DTYPE")
+    monkeypatch.delenv("LATENTSYNC_DEVICE")
+    monkeypatch.delenv("LATENTSYNC_CACHE_EXAMPLES")
+    config = app.AppConfig.from_env()
+    # ZeroGPU lends H200 slices: bf16, a GPU-time limit of 300 s, examples cached on first use
+    assert (config.device, config.dtype, config.gpu_limit, config.cache_examples) == ("cuda", torch.bfloat16, 300,
+                                                                                       "lazy")
+    config.work_dir.rmdir()
+    app.demo.service.close()
+
+
+def test_model_that_cannot_load_shows_error_page(monkeypatch, caplog):
+    app = _load_app(monkeypatch, "tiny")
+    app.demo.service.close()
     calls = []
 
     def offline(name, **kwargs):
@@ -128,42 +216,83 @@ def test_official_model_falls_back_to_tiny_with_notice(monkeypatch):
         raise OSError(f"Cannot load model {name}: the model is not fully cached locally and the Hub is unreachable")
 
     monkeypatch.setattr(app.LatentSyncPipeline, "from_pretrained", offline)
-    pipe, name, notice = app.load_pipeline(app.AppConfig(model=None, work_dir=Path(app.demo.config.work_dir)))
+    with caplog.at_level(logging.ERROR, logger="latentsync.app"):
+        demo = app.build_demo(app.AppConfig(model=None))
     assert calls == [app.OFFICIAL_MODEL]
-    assert name == "tiny random-weight model" and pipe.unet is not None
-    assert "could not be loaded" in notice and "not fully cached" in notice and "tiny" in notice
-    # an explicitly named model that cannot load is an error, not a silent fallback
-    with pytest.raises(OSError):
-        app.load_pipeline(app.AppConfig(model="someone/missing-model"))
-    app.demo.service.close()
+    assert demo.service is None and not any(fn.api_name == "lipsync" for fn in demo.fns.values())
+    page = [b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "load-error"]
+    assert page and "could not be loaded" in page[0].value and "not fully cached" in page[0].value
+    assert any("cannot load the model ByteDance/LatentSync-1.6" in r.getMessage() for r in caplog.records)
+    demo.config.work_dir.rmdir()
+    # the tiny model only when asked for by name
+    pipe, name, notice = app.load_pipeline(app.AppConfig(model="tiny"))
+    assert name == "tiny random-weight model" and "tiny" in notice
+
+
+def test_face_choice_values():
+    assert face_arguments("speaking") == {"face": "speaking"} and face_arguments("largest") == {"face": "largest"}
+    assert face_arguments("1") == {"face_index": 1} and face_arguments("Face 2") == {"face_index": 2}
+    assert face_arguments(None) == {}
+    with pytest.raises(ValueError, match="face must be"):
+        face_arguments("the left one")
+    tracks = [SimpleNamespace(index=0), SimpleNamespace(index=1)]
+    assert [v for _, v in face_choices(tracks)] == ["speaking", "largest", "0", "1"]
+    assert [v for _, v in face_choices(tracks, still=True)] == ["largest", "0", "1"]
+
+
+def test_face_preview_numbers_the_faces(app_module, clips):
+    image, menu, note = app_module.demo.service.faces(clips["two.mp4"], None, "1")
+    assert "2 faces found" in note
+    assert [v for _, v in menu.choices] == ["speaking", "largest", "0", "1"] and menu.value == "1"
+    pixels = np.asarray(image)
+    assert pixels.shape == (192, 384, 3)
+    green = (pixels[..., 1] > 180) & (pixels[..., 0] < 90)  # face 0's box; the chosen face 1 is red
+    red = (pixels[..., 0] > 230) & (pixels[..., 1] < 90)
+    assert green[:, :192].sum() > 50 and red[:, 192:].sum() > 50 and red[:, :192].sum() < 10
 
 
 def test_input_errors_are_readable(app_module, clips):
     service = app_module.demo.service
     ok_video, ok_audio = clips["face.mp4"], clips["speech.wav"]
     cases = {
-        "Please upload a talking-face video": (None, ok_audio),
-        "Please upload or record the speech audio": (ok_video, None),
-        "cannot read video broken.mp4": (clips["broken.mp4"], ok_audio),
-        "no face found in any frame of noface.mp4": (clips["noface.mp4"], ok_audio),
-        f"accepts up to {MAX_SECONDS} s": (ok_video, clips["long.wav"]),
+        "Please upload a talking-face video or a photo": (None, ok_audio, None),
+        "Please upload or record the speech audio": (ok_video, None, None),
+        "Give a video or a photo, not both": (ok_video, ok_audio, clips["portrait.png"]),
+        "cannot read video broken.mp4": (clips["broken.mp4"], ok_audio, None),
+        "no face found in any frame of noface.mp4": (clips["noface.mp4"], ok_audio, None),
+        f"accepts up to {MAX_SECONDS} s": (ok_video, clips["long.wav"], None),
     }
-    for expected, (video, audio) in cases.items():
-        message = _error_message(service, video, audio, STEPS, 1.0, 0)
+    for expected, (video, audio, photo) in cases.items():
+        message = _error_message(service, video, audio, photo=photo)
         assert expected.lower() in message.lower(), (expected, message)
         assert "Traceback" not in message and str(Path(clips["face.mp4"]).parent) not in message
-    assert "Steps must be between" in _error_message(service, ok_video, ok_audio, 0, 1.0, 0)
-    assert "must be numbers" in _error_message(service, ok_video, ok_audio, "many", 1.0, 0)
+    assert "Steps must be between" in _error_message(service, ok_video, ok_audio, "fast", None, 101)
+    assert "must be numbers" in _error_message(service, ok_video, ok_audio, "fast", None, "many")
+    assert "Unknown preset 'slow'" in _error_message(service, ok_video, ok_audio, "slow")
+    assert "Face must be" in _error_message(service, ok_video, ok_audio, "fast", "left")
     assert list(service.work_dir.iterdir()) == [], "a failed request left files behind"
+
+
+def test_one_pending_request_per_session(app_module, clips):
+    service = app_module.demo.service
+    visitor, other = SimpleNamespace(session_hash="a"), SimpleNamespace(session_hash="b")
+    args = (clips["face.mp4"], None, clips["speech_short.wav"], "fast", None, 0, 1.5, 0)
+    service.precheck(*args, request=visitor)
+    with pytest.raises(gr.Error, match="already have a lip sync waiting or running"):
+        service.precheck(*args, request=visitor)
+    service.precheck(*args, request=other)
+    service._release(visitor)
+    service._release(other)
+    service.precheck(*args, request=visitor)  # free again once the first one ended
+    service._release(visitor)
 
 
 def test_size_limit_and_cleanup(app_module, clips, monkeypatch):
     service = app_module.demo.service
     monkeypatch.setattr(service.config, "max_file_mb", 0.01)
-    message = _error_message(service, clips["face.mp4"], clips["speech.wav"], STEPS, 1.0, 0)
+    message = _error_message(service, clips["face.mp4"], clips["speech.wav"])
     assert "MB; this app accepts up to 0.01 MB" in message
     monkeypatch.setattr(service.config, "max_file_mb", 200.0)
-    # finished job folders are swept once older than the TTL, recent ones are kept
     old, recent = service.work_dir / "old-job", service.work_dir / "recent-job"
     for job in (old, recent):
         job.mkdir()
@@ -182,10 +311,20 @@ def test_unexpected_failure_is_one_readable_line(app_module, clips, monkeypatch)
         raise RuntimeError(f"boom while writing {kwargs['output_path']}\nsecond line of details")
 
     monkeypatch.setattr(service, "pipe", broken_pipe)
-    message = _error_message(service, clips["face.mp4"], clips["speech.wav"], STEPS, 1.0, 0)
+    message = _error_message(service, clips["face.mp4"], clips["speech.wav"], "fast")
     assert message == "Lip sync failed (RuntimeError: boom while writing lipsync.mp4).", message
-    assert "second line" not in message and "Traceback" not in message
     assert list(service.work_dir.iterdir()) == [], "the failed job's folder was not removed"
+
+
+def test_space_metadata_and_requirements():
+    front = (ROOT / "README.md").read_text().split("---")[1]
+    assert re.search(r"^models:\n  - ByteDance/LatentSync-1\.6$", front, re.M), front
+    assert "preload_from_hub:" in front and "ByteDance/LatentSync-1.6 latentsync_unet.pt" in front
+    assert "stabilityai/sd-vae-ft-mse" in front
+    names = [re.split(r"[=<>\[ ]", line)[0].lower() for line in (ROOT / "requirements.txt").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert "gradio" in names and "torch" in names
+    assert not {"pytest", "playwright", "nbclient", "scikit-image", "ipykernel"} & set(names), names
 
 
 # ---------------------------------------------------------------------------------------------------- server
@@ -198,28 +337,30 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(app_module):
     demo = app_module.demo
+    # as main() launches it (show_error: the errors of the instant checks, which are not queued, reach the page)
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True,
-                            max_file_size="200mb")
+                            max_file_size="200mb", show_error=True)  # caches the example before it returns
     yield url.rstrip("/")
     demo.close()
 
 
-def test_queue_serves_concurrent_requests(server, clips, tmp_path):
+def test_api_serves_concurrent_requests_with_every_parameter(server, clips, tmp_path):
     from gradio_client import Client, handle_file
 
     client = Client(server, verbose=False, download_files=str(tmp_path))
 
     def submit(seed: int):
-        return client.submit(handle_file(clips["face.mp4"]), handle_file(clips["speech_short.wav"]), STEPS, 1.0,
-                             seed, api_name="/lipsync")
+        return client.submit(video=handle_file(clips["face.mp4"]), photo=None,
+                             audio=handle_file(clips["speech_short.wav"]), preset="fast", face="largest", steps=0,
+                             guidance=1.0, seed=seed, api_name="/lipsync")
 
     jobs = [submit(seed) for seed in (1, 2)]
     with ThreadPoolExecutor(2) as pool:
-        results = list(pool.map(lambda job: job.result(timeout=240), jobs))
+        results = list(pool.map(lambda job: job.result(timeout=300), jobs))
     paths = [r[0]["video"] if isinstance(r[0], dict) else r[0] for r in results]
     assert len(set(paths)) == 2
     for path, (_, status) in zip(paths, results, strict=True):
-        assert status.startswith("Done")
+        assert status.startswith("Done") and "fast preset" in status
         _check_output(path, 0.6)
 
 
@@ -245,7 +386,7 @@ def browser():
 
 @pytest.fixture
 def page(browser):
-    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    context = browser.new_context(viewport={"width": 1280, "height": 1400})
     page = context.new_page()
     yield page
     context.close()
@@ -259,68 +400,171 @@ def _screenshot(page, name: str) -> Path:
     return path
 
 
-def _upload(page, server: str, video: str, audio: str) -> None:
+def _upload(page, server: str, audio: str, video: str | None = None, photo: str | None = None) -> None:
     page.goto(server, wait_until="networkidle")
-    page.locator("#video-input input[type=file]").set_input_files(video)
+    if video:
+        page.locator("#video-input input[type=file]").set_input_files(video)
+        page.locator("#video-input video").wait_for(state="attached", timeout=30_000)  # uploaded: preview shown
+    if photo:
+        page.get_by_role("tab", name="Photo").click()
+        page.locator("#photo-input input[type=file]").set_input_files(photo)
+        page.locator("#photo-input img").wait_for(state="attached", timeout=30_000)
     page.locator("#audio-input input[type=file]").set_input_files(audio)
-    page.locator("#video-input video").wait_for(state="attached", timeout=30_000)  # uploaded: preview shown
     page.locator("#audio-input [data-testid^=audio-player]").wait_for(state="attached", timeout=30_000)
 
 
-def test_browser_lipsync(server, page, clips, tmp_path):
-    _upload(page, server, clips["face.mp4"], clips["speech.wav"])
-    page.get_by_text("Advanced settings").click()
-    guidance = page.get_by_label("number input for Guidance scale (1 disables)")
-    guidance.fill("1")
-    guidance.press("Enter")
-    seed = page.get_by_label("Seed")
-    seed.fill("7")
-    seed.press("Enter")
-    # record every progress text shown over the output while the request runs
-    page.evaluate("""() => {
-        window.progressSeen = [];
-        new MutationObserver(() => {
-            const el = document.querySelector('#video-output .progress-level');
-            if (el && el.textContent.trim()) window.progressSeen.push(el.textContent.trim());
-        }).observe(document.body, {subtree: true, childList: true, characterData: true});
-    }""")
+def _run_and_fetch(page, server: str, path: Path, preset: str, timeout: float = 240_000) -> str:
+    """Click "Lip sync", wait for this preset's result, download it to ``path``; returns the status line."""
     page.locator("#run-button").click()
-    result = page.locator("#video-output video")
-    result.wait_for(timeout=180_000)
-    page.get_by_text("Done in").wait_for(timeout=10_000)
-    src = result.get_attribute("src")
+    status = page.locator("#status")
+    status.get_by_text(f"{preset} preset").wait_for(timeout=timeout)
+    src = page.locator("#video-output video").get_attribute("src")
     assert src, "result video has no source"
-    output = tmp_path / "result.mp4"
     with urllib.request.urlopen(src if src.startswith("http") else server + src, timeout=30) as response:
-        output.write_bytes(response.read())
+        path.write_bytes(response.read())
+    return status.inner_text()
+
+
+def _choose_preset(page, name: str) -> None:
+    page.locator("#preset").get_by_text(PRESETS[name].label.split(":")[0] + ":", exact=False).click()
+
+
+def test_browser_cached_example_shows_at_once(server, page, app_module, monkeypatch):
+    calls = []
+    monkeypatch.setattr(app_module.demo.service, "_generate_on_device", lambda *a: calls.append(a))
+    page.goto(server, wait_until="networkidle")
+    start = time.perf_counter()
+    page.get_by_text("Still photo").first.click()
+    page.locator("#video-output video").wait_for(state="attached", timeout=10_000)
+    page.locator("#status").get_by_text("Done in").wait_for(timeout=10_000)
+    shown = time.perf_counter() - start
+    print(f"cached example shown after {shown:.2f} s")
+    assert shown < 10 and calls == [], "the example's result was not cached"
+    # the example filled the inputs: the photo, its speech, and the face
+    page.locator("#photo-input img").wait_for(state="attached", timeout=10_000)
+    _screenshot(page, "app_example.png")
+
+
+def test_browser_every_preset_runs(server, page, clips, tmp_path):
+    _upload(page, server, clips["speech_short.wav"], video=clips["face.mp4"])
+    page.locator("#faces-note").get_by_text("One face found").wait_for(timeout=60_000)
+    page.locator("#estimate").get_by_text("Expected time").wait_for(timeout=30_000)
+    _screenshot(page, "app_before_run.png")
+    for name in ("fast", "balanced", "quality"):
+        _choose_preset(page, name)
+        page.locator("#estimate").get_by_text(f"({name})").wait_for(timeout=30_000)
+        status = _run_and_fetch(page, server, tmp_path / f"{name}.mp4", name)
+        print(name, status)
+        _check_output(str(tmp_path / f"{name}.mp4"), 0.6)
+    _screenshot(page, "app_after_run.png")
+
+
+def test_browser_second_face_changes_only_that_face(server, page, clips, tmp_path, app_module):
+    _upload(page, server, clips["speech_short.wav"], video=clips["two.mp4"])
+    page.locator("#faces-note").get_by_text("2 faces found").wait_for(timeout=60_000)
+    page.locator("#face-choice input").click()
+    page.get_by_role("option", name="Face 1").click()
+    _choose_preset(page, "fast")
+    _screenshot(page, "app_two_faces.png")
+    output = tmp_path / "face1.mp4"
+    _run_and_fetch(page, server, output, "fast")
+    before, after = decode(Path(clips["two.mp4"])), decode(output)
+    tracks = app_module.demo.service.pipe.detect_faces(clips["two.mp4"])
+    n = len(after)
+    diff = np.abs(after.astype(int) - before[:n].astype(int)).mean(axis=-1)
+
+    def region(track) -> np.ndarray:  # the face's box (grown by a quarter) on every output frame where it is found
+        values = []
+        for f in range(n):
+            box = track.box_at(f)
+            if box is not None:
+                x, y, w, h = box
+                x0, y0 = int(max(0, x - w / 4)), int(max(0, y - h / 4))
+                values.append(diff[f, y0:int(y + h * 1.25), x0:int(x + w * 1.25)].mean())
+        return np.array(values)
+
+    left, right = region(tracks[0]), region(tracks[1])
+    print(f"mean change around face 0: {left.mean():.2f}, around face 1: {right.mean():.2f} (0-255)")
+    assert tracks[0].boxes[:, 0].mean() < 192 <= tracks[1].boxes[:, 0].mean()
+    assert left.max() < 4.0, "the face that was not chosen changed"  # codec noise only
+    assert right.mean() > 3 * max(left.mean(), 0.5), "the chosen face did not change"
+
+
+def test_browser_still_photo_gives_video_of_audio_length(server, page, clips, tmp_path):
+    _upload(page, server, clips["speech.wav"], photo=clips["portrait.png"])
+    page.locator("#faces-note").get_by_text("One face found").wait_for(timeout=60_000)
+    _choose_preset(page, "fast")
+    output = tmp_path / "photo.mp4"
+    _run_and_fetch(page, server, output, "fast")
     _check_output(str(output), 1.0)
-    # progress came from the pipeline's tqdm bars (face analysis, then lip sync window by window)
-    seen = page.evaluate("() => window.progressSeen")
-    print("progress texts:", sorted({text for text in seen if "Lip sync" in text}))
-    assert any("Lip sync" in text for text in seen), seen
-    # the download button is there, and the browser can play the file (it reports the duration)
     duration = page.evaluate("() => document.querySelector('#video-output video').duration")
     assert abs(duration - 1.0) < 0.15, duration
-    _screenshot(page, "app_finished.png")
+    _screenshot(page, "app_photo.png")
 
 
-def test_browser_example_fills_inputs(server, page):
-    if not (ROOT / "examples" / "face.mp4").is_file():
-        pytest.skip("examples/face.mp4 is not bundled")
-    page.goto(server, wait_until="networkidle")
-    page.get_by_text("speech.wav").first.click()
-    page.locator("#video-input video").wait_for(state="attached", timeout=30_000)
-    page.locator("#audio-input [data-testid^=audio-player]").wait_for(state="attached", timeout=30_000)
-    assert "face" in page.locator("#video-input video").get_attribute("src")
+def test_browser_too_long_input_refused_before_generation(server, page, clips, app_module, monkeypatch):
+    service = app_module.demo.service
+    calls = []
+    monkeypatch.setattr(service, "_generate_on_device", lambda *a: calls.append(a))
+    _upload(page, server, clips["long.wav"], video=clips["face.mp4"])
+    page.locator("#run-button").click()
+    try:
+        page.get_by_text(f"this app accepts up to {MAX_SECONDS} s", exact=False).first.wait_for(timeout=60_000)
+    except Exception:
+        _screenshot(page, "debug_refused.png")
+        raise
+    # the GPU-time limit: a request that cannot fit is refused with the limit in the message
+    monkeypatch.setattr(service.config, "gpu_limit", 5)
+    _upload(page, server, clips["speech_short.wav"], video=clips["face.mp4"])
+    page.locator("#run-button").click()
+    page.get_by_text("this Space allows 5 s per request", exact=False).first.wait_for(timeout=60_000)
+    assert "Traceback" not in page.content()
+    _screenshot(page, "app_refused.png")
+    assert calls == [], "a refused request reached the model"
+
+
+def test_browser_queue_full_message(server, page, clips, app_module, monkeypatch):
+    from gradio_client import Client, handle_file
+
+    service, queue = app_module.demo.service, app_module.demo._queue
+    release, started = threading.Event(), threading.Event()
+
+    def blocked(request, output):
+        started.set()
+        release.wait(120)
+        return None, "stopped by the test"
+
+    monkeypatch.setattr(service, "_generate_on_device", blocked)
+    monkeypatch.setattr(service.config, "queue_size", 1)
+    client = Client(server, verbose=False)
+    args = dict(video=handle_file(clips["face.mp4"]), photo=None,
+                audio=handle_file(clips["speech_short.wav"]), preset="fast", face="largest", steps=0, guidance=1.5,
+                seed=0, api_name="/lipsync")
+    running, waiting = client.submit(**args), None
+    try:
+        assert started.wait(120), "the first request did not start"
+        waiting = client.submit(**args)  # fills the queue (one place)
+        deadline = time.time() + 60
+        while len(queue) < 1 and time.time() < deadline:
+            time.sleep(0.2)
+        _upload(page, server, clips["speech_short.wav"], video=clips["face.mp4"])
+        page.locator("#run-button").click()
+        page.get_by_text("The queue is full", exact=False).first.wait_for(timeout=60_000)
+        _screenshot(page, "app_queue_full.png")
+    finally:
+        release.set()
+    for job in (running, waiting):
+        if job is None:
+            continue
+        with pytest.raises(Exception, match="topped by the test"):
+            job.result(timeout=120)
 
 
 def test_browser_bad_upload_shows_error(server, page, clips):
-    _upload(page, server, clips["broken.mp4"], clips["speech.wav"])
+    _upload(page, server, clips["speech.wav"], video=clips["broken.mp4"])
     page.locator("#run-button").click()
-    error = page.get_by_text("Cannot read video broken.mp4", exact=False)
-    error.first.wait_for(timeout=60_000)
+    page.get_by_text("Cannot read video broken.mp4", exact=False).first.wait_for(timeout=60_000)
     assert "Traceback" not in page.content()
-    _screenshot(page, "app_bad_upload.png")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,229 @@
+"""What the Gradio app (``app.py``) computes without Gradio: the speed presets, the expected run time and the GPU
+time a request asks for, and the numbered preview of the faces found in an upload.
+
+Nothing here imports gradio or torch, so the app's arithmetic is testable on its own.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import PIL.Image
+import PIL.ImageDraw
+import PIL.ImageFont
+
+from .media.constants import VIDEO_FPS
+
+if TYPE_CHECKING:
+    from .face.tracking import FaceTracks
+
+WINDOW_FRAMES = 16
+"""Frames denoised together (one window)."""
+
+
+@dataclass(frozen=True)
+class SpeedPreset:
+    """A named speed/quality trade-off: the sampler, its steps and the DeepCache interval.
+
+    ``relative_cost`` is the model time of one window against the ``quality`` preset, as measured on an H100 with
+    the full-size architecture (README, Benchmarks: DDIM 20 + DeepCache 3 ran 1.91x faster, DPM-Solver++ 10 +
+    DeepCache 3 3.65x faster than DDIM 20).
+    """
+
+    name: str
+    label: str
+    scheduler: str
+    steps: int
+    deep_cache_interval: int
+    relative_cost: float
+
+    def cost(self, steps: int | None = None) -> float:
+        """Model time of one window against ``quality``, for ``steps`` denoising steps (default: the preset's)."""
+        return self.relative_cost * (steps or self.steps) / self.steps
+
+
+PRESETS: dict[str, SpeedPreset] = {
+    p.name: p for p in (
+        SpeedPreset("quality", "Quality: official DDIM sampler, 20 steps", "ddim", 20, 0, 1.0),
+        SpeedPreset("balanced", "Balanced: DDIM 20 steps with DeepCache (about 1.9x faster)", "ddim", 20, 3, 1 / 1.91),
+        SpeedPreset("fast", "Fast: DPM-Solver++ 10 steps with DeepCache (about 3.6x faster)", "dpm++", 10, 3,
+                    1 / 3.65),
+    )
+}
+"""The app's speed presets by name; ``quality`` is the official setting."""
+
+# Model seconds per 16-frame window at the quality preset (20 DDIM steps with classifier-free guidance, VAE
+# included), full-size architecture on one NVIDIA H100 (README, Benchmarks, benchmarks/model_speed.py).
+_H100_WINDOW_SECONDS = {
+    (256, "bf16"): 1.385, (256, "fp16"): 2.167, (256, "fp32"): 3.761,
+    (512, "bf16"): 4.116, (512, "fp16"): 4.298, (512, "fp32"): 15.692,
+}
+# Everything else per output frame on a GPU machine (decoding twice, face detection at about 30 fps on the CPU,
+# alignment, paste-back, encoding): the end-to-end H100 run (31.7 s for 200 frames) less its model part, plus
+# face detection, which that run did not include.
+_GPU_FRAME_SECONDS = 0.10
+# A full-size U-Net with motion modules: 26 s per 16-frame forward on two CPU cores at 256 px (environment notes),
+# 40 forwards per window at the quality preset (20 steps, guidance doubles them).
+_CPU_WINDOW_SECONDS_FULL_SIZE = 26.0 * 40
+_FULL_SIZE_UNET_PARAMETERS = 1.267e9
+_CPU_FRAME_SECONDS = 0.3
+
+
+@dataclass
+class TimeModel:
+    """Expected seconds of a request: ``fixed + frames * frame_seconds + windows * window_seconds * cost``.
+
+    ``window_seconds`` is the model time of one 16-frame window at the quality preset with guidance; [`update`]
+    refines it from measured runs (an exponential average), so that the estimate follows the machine it runs on.
+    """
+
+    window_seconds: float
+    frame_seconds: float
+    fixed_seconds: float = 10.0
+    runs: int = field(default=0, compare=False)
+
+    @classmethod
+    def for_device(cls, device: str, dtype: str, resolution: int, unet_parameters: float) -> "TimeModel":
+        """A starting estimate: the H100 figures for CUDA (scaled to ``resolution``), otherwise the full-size CPU
+        figure scaled by the U-Net's size and the face area (a guess that the first runs correct)."""
+        if device.startswith("cuda"):
+            base = 256 if resolution <= 256 else 512
+            window = _H100_WINDOW_SECONDS.get((base, dtype), _H100_WINDOW_SECONDS[(base, "fp16")])
+            return cls(window * (resolution / base) ** 2, _GPU_FRAME_SECONDS)
+        scale = unet_parameters / _FULL_SIZE_UNET_PARAMETERS * (resolution / 256) ** 2
+        return cls(_CPU_WINDOW_SECONDS_FULL_SIZE * scale, _CPU_FRAME_SECONDS, fixed_seconds=2.0)
+
+    @staticmethod
+    def _units(seconds: float, preset: SpeedPreset, steps: int | None, guidance: float) -> tuple[int, float]:
+        frames = max(1, math.ceil(seconds * VIDEO_FPS - 1e-6))
+        windows = math.ceil(frames / WINDOW_FRAMES)
+        guided = 1.0 if guidance > 1.0 else 0.5  # guidance 1 runs the U-Net once per step instead of twice
+        return frames, windows * preset.cost(steps) * guided
+
+    def estimate(self, seconds: float, preset: SpeedPreset, steps: int | None = None, guidance: float = 1.5) -> float:
+        """Expected seconds for ``seconds`` of output (the audio's length) with ``preset``."""
+        frames, model_units = self._units(seconds, preset, steps, guidance)
+        return self.fixed_seconds + frames * self.frame_seconds + model_units * self.window_seconds
+
+    def update(self, measured: float, seconds: float, preset: SpeedPreset, steps: int | None = None,
+               guidance: float = 1.5) -> None:
+        """Refine ``window_seconds`` from a run that took ``measured`` seconds for ``seconds`` of output."""
+        frames, model_units = self._units(seconds, preset, steps, guidance)
+        model_time = max(0.0, measured - self.fixed_seconds - frames * self.frame_seconds)
+        observed = model_time / model_units
+        weight = 1.0 if self.runs == 0 else 0.5
+        self.window_seconds = (1 - weight) * self.window_seconds + weight * observed
+        self.runs += 1
+
+
+GPU_MARGIN = 1.5
+"""Factor on the expected time when asking for GPU time (the estimate is from another GPU and other videos)."""
+GPU_EXTRA_SECONDS = 20
+"""Seconds added to every GPU request (moving the model, the first kernels, the queue hand-over)."""
+
+
+def gpu_seconds(expected: float) -> int:
+    """GPU seconds to ask for a request expected to take ``expected`` seconds: with the margin, rounded up."""
+    return int(math.ceil(expected * GPU_MARGIN + GPU_EXTRA_SECONDS))
+
+
+def face_choices(tracks: "FaceTracks | None", still: bool = False) -> list[tuple[str, str]]:
+    """The face menu: ``(label, value)`` pairs. The value is ``"speaking"``, ``"largest"`` or a track number (as
+    text), which the app passes on as the pipeline's ``face`` or ``face_index``. A still image has nobody speaking,
+    so it offers only the largest face and the tracks."""
+    choices = [] if still else [("Auto: the face that is speaking", "speaking")]
+    choices.append(("The largest face", "largest"))
+    for track in tracks or ():
+        choices.append((f"Face {track.index}", str(track.index)))
+    return choices
+
+
+def default_face(still: bool = False) -> str:
+    """The menu's default: the speaking face (the largest when nobody clearly speaks), the largest for a photo."""
+    return "largest" if still else "speaking"
+
+
+def face_arguments(choice: str | int | None) -> dict[str, object]:
+    """The pipeline keyword arguments for a menu value: ``face=`` for a rule, ``face_index=`` for a track."""
+    if choice is None or choice == "":
+        return {}
+    text = str(choice).strip().lower()
+    if text in ("speaking", "largest"):
+        return {"face": text}
+    if text.removeprefix("face ").isdigit():
+        return {"face_index": int(text.removeprefix("face "))}
+    raise ValueError(f"face must be 'speaking', 'largest' or a face number, got {choice!r}")
+
+
+def preview_frame(tracks: "FaceTracks") -> int:
+    """The frame showing the most faces at once (the first such frame), 0 when there is none."""
+    counts = np.zeros(max(tracks.num_frames, 1), dtype=int)
+    for track in tracks:
+        counts[track.frames[track.frames < len(counts)]] += 1
+    return int(np.argmax(counts))
+
+
+def _font(size: int) -> PIL.ImageFont.ImageFont:
+    try:
+        return PIL.ImageFont.load_default(size=size)
+    except TypeError:  # Pillow without scalable default font
+        return PIL.ImageFont.load_default()
+
+
+def draw_faces(frame: np.ndarray, tracks: "FaceTracks", frame_index: int,
+               highlight: int | None = None) -> PIL.Image.Image:
+    """``frame`` with the box and number of every face found on it (``highlight``: the chosen one, in another
+    colour). Faces not on that frame are listed at the top."""
+    image = PIL.Image.fromarray(frame)
+    draw = PIL.ImageDraw.Draw(image)
+    width = max(2, round(min(image.size) / 160))
+    font = _font(max(14, min(image.size) // 14))
+    elsewhere = []
+    for track in tracks:
+        box = track.box_at(frame_index)
+        if box is None:
+            elsewhere.append(str(track.index))
+            continue
+        x, y, w, h = (float(v) for v in box)
+        colour = "#ff3b30" if track.index == highlight else "#34c759"
+        draw.rectangle((x, y, x + w, y + h), outline=colour, width=width)
+        label = f" {track.index} "
+        left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
+        tx, ty = x, max(0.0, y - (bottom - top) - 2 * width)
+        draw.rectangle((tx, ty, tx + right - left, ty + bottom - top + width), fill=colour)
+        draw.text((tx - left, ty - top), label, fill="white", font=font)
+    if elsewhere:
+        draw.text((8, 8), f"not in this frame: face {', '.join(elsewhere)}", fill="white", font=_font(14),
+                  stroke_width=2, stroke_fill="black")
+    return image
+
+
+def read_frame(frames: Iterable[np.ndarray], index: int) -> np.ndarray | None:
+    """Frame ``index`` of a frame iterator (the last one when it is shorter), None when it is empty."""
+    last = None
+    for i, frame in enumerate(frames):
+        last = frame
+        if i >= index:
+            break
+    return last
+
+
+def describe_faces(tracks: "FaceTracks", still: bool = False) -> str:
+    """One line for the page: how many faces were found and what the default does."""
+    n = len(tracks)
+    if n == 0:
+        return "No face found: this input cannot be lip-synced."
+    if n == 1:
+        return "One face found (face 0)."
+    rule = "the largest one" if still else "the one that is speaking (the largest when nobody clearly is)"
+    return f"{n} faces found ({', '.join(str(t.index) for t in tracks)}); by default the lip sync picks {rule}."
+
+
+def check_choice_in(choice: str, choices: Sequence[tuple[str, str]]) -> str:
+    """``choice`` if it is among ``choices``' values, else the first value."""
+    values = [value for _, value in choices]
+    return choice if choice in values else values[0]
