@@ -439,7 +439,9 @@ def test_browser_cached_example_shows_at_once(server, page, app_module, monkeypa
     page.locator("#status").get_by_text("Done in").wait_for(timeout=10_000)
     shown = time.perf_counter() - start
     print(f"cached example shown after {shown:.2f} s")
-    assert shown < 10 and calls == [], "the example's result was not cached"
+    # cached: the model never ran for it (the time only bounds page and file loading, slow on a busy machine)
+    assert calls == [], "the example's result was not cached"
+    assert shown < 30, f"the cached result took {shown:.1f} s to show"
     # the example filled the inputs: the photo, its speech, and the face
     page.locator("#photo-input img").wait_for(state="attached", timeout=10_000)
     _screenshot(page, "app_example.png")
