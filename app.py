@@ -74,7 +74,7 @@ from latentsync.utils import default_device
 
 if str(Path(__file__).resolve().parent) not in sys.path:  # app_live.py lives beside this file
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-from app_live import build_live_tab  # noqa: E402
+from app_live import build_live_tab, streaming_available  # noqa: E402
 
 try:  # Hugging Face Spaces (ZeroGPU): request a GPU for the duration of each call
     import spaces
@@ -601,8 +601,11 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                   api_visibility="private").success(
             service, inputs=inputs, outputs=[video_out, status], api_name="lipsync", concurrency_limit=1)
         # the live tab runs DDIM with the fast preset's number of steps: each window must keep up with speech
-        demo_live = build_live_tab(pipe, PRESETS["fast"].steps, config.max_seconds, service._lock)
-        atexit.register(demo_live.close)
+        # the live tab only where Gradio can stream video (system ffmpeg); without it the tab could only say so
+        demo_live = None
+        if streaming_available():
+            demo_live = build_live_tab(pipe, PRESETS["fast"].steps, config.max_seconds, service._lock)
+            atexit.register(demo_live.close)
     # gradio's own cap, a backstop for API clients: the page's checks refuse at queue_size with a clearer message
     demo.queue(default_concurrency_limit=1, max_size=config.queue_size + QUEUE_HEADROOM)
     service.queue = demo._queue
