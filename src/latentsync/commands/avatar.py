@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ..devices import DTYPE_NAMES
 from ..model_source import check_model_source
-from .run import DEFAULT_MODEL, face_choice, frame_rate, load_pipeline
+from .run import add_model_arguments, face_choice, frame_rate, load_pipeline
 
 logger = logging.getLogger("latentsync")
 
@@ -19,14 +18,14 @@ def parser() -> argparse.ArgumentParser:
                                             "streams.")
     p.add_argument("video", help="talking-face video")
     p.add_argument("directory", help="avatar folder to write")
-    p.add_argument("--model", default=DEFAULT_MODEL, help="Hub id or local folder of a LatentSync pipeline")
     p.add_argument("--fps", type=frame_rate, default=25, metavar="25|input|N",
                    help="timeline of the avatar: 25 (default), input (the video's own timestamps) or any rate")
     p.add_argument("--face", type=face_choice, default=None, metavar="largest|speaking|INDEX|x,y,w,h",
                    help="face to lip-sync (as for the lip-sync command)")
     p.add_argument("--face-frame", type=int, default=0, help="frame of the --face x,y,w,h box")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
-    p.add_argument("--dtype", choices=list(DTYPE_NAMES), default=None, help="default: fp16 on GPU, fp32 on CPU")
+    p.add_argument("--syncnet", default=None,
+                   help="StableSyncNet to find the speaking face with (default: lip motion against loudness)")
+    add_model_arguments(p)
     return p
 
 

@@ -98,15 +98,10 @@ def parser() -> argparse.ArgumentParser:
 
 def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     """The model, device, face and generation options shared by ``latentsync`` and ``latentsync batch``."""
-    p.add_argument("--model", default=DEFAULT_MODEL, help=f"Hub id or local folder of a LatentSync pipeline "
-                                                          f"(default {DEFAULT_MODEL})")
-    p.add_argument("--lora", action="append", default=[], metavar="DIR_OR_ID[:WEIGHT]",
-                   help="LoRA adapter of the U-Net to apply (folder or Hub id, optional strength; repeatable)")
+    add_model_arguments(p)
     p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
     p.add_argument("--guidance-scale", type=float, default=1.5, help="audio guidance, >= 1 (1 disables; default 1.5)")
     p.add_argument("--seed", type=int, default=1247, help="random seed (default 1247)")
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
-    p.add_argument("--dtype", choices=list(DTYPE_NAMES), default=None, help="default: fp16 on GPU, fp32 on CPU")
     faces = p.add_argument_group("faces (see `latentsync faces VIDEO` for the face numbers)")
     faces.add_argument("--face", type=face_choice, default=None, metavar="largest|speaking|INDEX|x,y,w,h",
                        help="face to lip-sync: the largest of each shot (default), the one speaking in the video's "
@@ -123,6 +118,16 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--audio-windows", choices=["official", "overlap"], default="official",
                    help="Whisper windows: independent 30 s (official) or overlapping (no glitch every 30 s)")
     p.add_argument("--verbose", action="store_true", help="debug log, and the seconds each stage took at the end")
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """The options [`load_pipeline`] reads: the model, its LoRA adapters, the device and dtype, speed and memory."""
+    p.add_argument("--model", default=DEFAULT_MODEL, help=f"Hub id or local folder of a LatentSync pipeline "
+                                                          f"(default {DEFAULT_MODEL})")
+    p.add_argument("--lora", action="append", default=[], metavar="DIR_OR_ID[:WEIGHT]",
+                   help="LoRA adapter of the U-Net to apply (folder or Hub id, optional strength; repeatable)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
+    p.add_argument("--dtype", choices=list(DTYPE_NAMES), default=None, help="default: fp16 on GPU, fp32 on CPU")
     fast = p.add_argument_group("speed and memory")
     fast.add_argument("--scheduler", choices=list(SCHEDULERS), default="ddim",
                       help="sampler (default ddim, as the official code; dpm++ = DPM-Solver++ multistep)")
