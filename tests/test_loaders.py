@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -391,13 +392,17 @@ def test_local_official_folder(tmp_path, monkeypatch):
     calls = []
     import huggingface_hub
 
-    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
-                        lambda self, repo_id, **kw: calls.append(("create", repo_id, kw)))
+    def create_repo(self, repo_id, **kw):
+        calls.append(("create", repo_id, kw))
+        return SimpleNamespace(repo_id=repo_id)
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", create_repo)
     monkeypatch.setattr(huggingface_hub.HfApi, "upload_folder", lambda self, **kw: calls.append(("upload", kw)))
     out = tmp_path / "converted"
     assert main(["convert", "--official", str(release), "--output", str(out), "--vae", str(vae),
                  "--push-to-hub", "me/latentsync-converted", "--private"]) == 0
-    assert calls[0] == ("create", "me/latentsync-converted", {"private": True, "exist_ok": True})
+    assert calls[0][:2] == ("create", "me/latentsync-converted")
+    assert calls[0][2]["private"] is True and calls[0][2]["exist_ok"] is True
     assert calls[1][1]["repo_id"] == "me/latentsync-converted" and calls[1][1]["folder_path"] == str(out)
     saved = LatentSyncPipeline.from_pretrained(out)
     assert saved.config.resolution == 256  # unknown local release: the 1.0/1.5 default
