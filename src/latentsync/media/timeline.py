@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import InvalidVideoError
 from ..tempfiles import partial_path, release_partial
 from .files import check_input_file
-from .video import FrameSource, check_output_path
+from .video import AtomicWriter, FrameSource, check_output_path
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def output_timeline(timestamps: np.ndarray, duration: float, order_of: Callable[
     return order[:n_out], starts[:n_out]
 
 
-class TimedVideoWriter:
+class TimedVideoWriter(AtomicWriter):
     """Encode RGB frames at given timestamps to H.264 (+ AAC from ``audio_path``), atomically, like
     [`~latentsync.media.VideoWriter`]: nothing appears at ``path`` unless the file is complete.
 
@@ -197,15 +197,3 @@ class TimedVideoWriter:
                 os.remove(tmp)
             release_partial(tmp)
 
-    def __enter__(self) -> "TimedVideoWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            try:
-                self.close()
-            except BaseException:
-                self.abort()
-                raise
-        else:
-            self.abort()

@@ -198,7 +198,31 @@ class _Abort(BaseException):
     """Thrown into the encoder to stop it without finishing the file."""
 
 
-class VideoWriter:
+class AtomicWriter:
+    """The ``with`` behaviour of the video writers: on a clean exit ``close()`` (which publishes the file), on an error
+    in the block or in ``close()`` itself ``abort()`` (which removes the partial file). Subclasses define both."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            try:
+                self.close()
+            except BaseException:
+                self.abort()
+                raise
+        else:
+            self.abort()
+
+
+class VideoWriter(AtomicWriter):
     """Encode RGB frames to H.264 (+ AAC audio from ``audio_path``) atomically.
 
     Use as a context manager: on a clean exit the file appears at ``path``; on an exception nothing is left.
@@ -248,18 +272,6 @@ class VideoWriter:
             os.remove(self._tmp)
         release_partial(self._tmp)
 
-    def __enter__(self) -> "VideoWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            try:
-                self.close()
-            except BaseException:
-                self.abort()
-                raise
-        else:
-            self.abort()
 
 
 def trim_media(src: str, dst: str, seconds: float, video: bool) -> str:
