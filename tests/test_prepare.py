@@ -15,7 +15,7 @@ import torch
 from conftest import ffmpeg
 
 from latentsync.data import prepare as P
-from latentsync.data.prepare.process import _finish_clip
+from latentsync.data.prepare.process import PlannedClip, _finish_clip
 from latentsync.data.quality import HyperIQAScorer, SharpnessScorer, load_quality_scorer
 from latentsync.errors import LatentSyncInputError
 from latentsync.media import SAMPLES_PER_FRAME
@@ -81,7 +81,7 @@ def test_finish_clip_filters_and_offset_correction(tmp_path):
 
     def run(sync, scorer):
         result = {"key": "v", "source": "v.mp4", "clips": [], "dropped": {}}
-        _finish_clip(result, 0, 50, 70, faces, audio, str(tmp_path), cfg, sync, scorer)
+        _finish_clip(result, PlannedClip(0, 50, 70, faces), audio, str(tmp_path), cfg, sync, scorer)
         return result
 
     assert run(FakeSync(7, 9.0), SharpnessScorer())["dropped"] == {"sync_offset": {"count": 1, "seconds": 0.8}}

@@ -1,10 +1,21 @@
-"""One source video: probe, scan (scene cuts and faces), plan clips, align, check sync and quality, write clips."""
+"""One source video, in stages that both engines run: the local process pool calls them one after the other in a
+worker ([`process_video`]); the Ray engine runs the CPU stages as tasks and the model stages on actor pools.
+
+* [`scan_video`] (CPU): probe, decode the audio, scene cuts and face anchors of every frame, the clip plan;
+* [`aligned_clips`] (CPU): the planned clips' frames aligned to the template, one clip at a time;
+* [`check_sync`] (model: SyncNet) and [`check_quality`] (model: hyperIQA, or the weight-free sharpness): whether a
+  clip is kept, and its offset, confidence and score;
+* [`write_clip`] (CPU): the kept clip as an H.264 + AAC mp4 with its audio re-cut by the offset;
+* [`record_clip`]: the clip's line in the video's record (kept, or dropped with the figures that decided).
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -23,6 +34,41 @@ from .sync import SyncChecker
 logger = logging.getLogger(__name__)
 
 SCENE_DETECT_WIDTH = 320
+
+
+@dataclass
+class VideoScan:
+    """What the first pass over a video found: its record so far (``status``, ``frames``, ``dropped``,
+    ``scene_cuts``; see [`process_video`]), the 16 kHz audio, the planned clips ``[(start, end), ...]`` (frames, end
+    exclusive) and the face anchors ``(N, 3, 2)`` smoothed within each planned clip (NaN elsewhere)."""
+
+    result: dict
+    audio: np.ndarray | None = None
+    plan: list[tuple[int, int]] | None = None
+    anchors: np.ndarray | None = None
+
+
+@dataclass
+class PlannedClip:
+    """Planned clip number ``index`` of a video: frames ``start .. end - 1`` aligned to the template."""
+
+    index: int
+    start: int
+    end: int
+    faces: list[np.ndarray]
+
+
+@dataclass
+class ClipCheck:
+    """The sync and quality figures of a clip and the verdict: ``reason`` is the drop reason, None when kept.
+
+    ``offset`` / ``confidence`` are None when SyncNet could not score the clip; ``confidence`` and ``score`` are NaN
+    for a step that did not run."""
+
+    offset: int | None = 0
+    confidence: float | None = float("nan")
+    score: float = float("nan")
+    reason: str | None = None
 
 
 def _drop(result: dict, reason: str, frames: int = 0, count: int = 1) -> None:
@@ -84,36 +130,34 @@ def sync_threshold(config: PrepareConfig, sync_checker) -> float:
     return getattr(sync_checker, "default_min_confidence", 3.0)
 
 
-def process_video(path: str, relpath: str, clips_dir: str, config: PrepareConfig,
-                  sync_checker: SyncChecker | None = None, quality_scorer=None) -> dict:
-    """Turn one source video into clips under ``clips_dir``; return its result record (clips + drops).
-
-    ``sync_checker`` and ``quality_scorer`` run the sync and quality steps (skipped when None)."""
-    key = video_key(relpath)
-    result = {"source": relpath, "key": key, "status": "done", "frames": 0, "clips": [], "dropped": {}}
+def scan_video(path: str, relpath: str, config: PrepareConfig) -> VideoScan:
+    """Steps 1-4 of the module docstring of [`latentsync.data.prepare`]: probe (unreadable, mute and silent files
+    are dropped whole), audio, scene cuts and faces, and the clip plan; ``plan`` is empty when nothing is usable."""
+    result = {"source": relpath, "key": video_key(relpath), "status": "done", "frames": 0, "clips": [], "dropped": {}}
+    scan = VideoScan(result)
     try:
         info = probe_video(path)
     except InvalidVideoError as exc:
         result.update(status="dropped", error=str(exc))
         _drop(result, "unreadable")
-        return result
+        return scan
     if not info.has_audio:
         result.update(status="dropped", error="no audio stream")
         _drop(result, "no_audio", int(info.duration * FPS))
-        return result
+        return scan
     try:
         audio = load_audio(path, SAMPLE_RATE)
         check_not_silent(audio, path)
     except InvalidAudioError as exc:
         result.update(status="dropped", error=str(exc))
         _drop(result, "silent_audio" if "silent" in str(exc) else "no_audio", int(info.duration * FPS))
-        return result
+        return scan
     try:
         anchors, cuts = _scan(path, config)
     except InvalidVideoError as exc:
         result.update(status="dropped", error=str(exc))
         _drop(result, "unreadable", int(info.duration * FPS))
-        return result
+        return scan
     n = len(anchors)
     result["frames"] = n
     has_face = ~np.isnan(anchors[:, 0, 0])
@@ -125,14 +169,19 @@ def process_video(path: str, relpath: str, clips_dir: str, config: PrepareConfig
         if frames:
             _drop(result, reason, frames, count=0)
     result["scene_cuts"] = [int(c) for c in cuts]
-    if not plan:
-        return result
-
-    os.makedirs(clips_dir, exist_ok=True)
-    aligner = FaceAligner(config.resolution)
     smoothed = np.full_like(anchors, np.nan)
     for s, e in plan:
         smoothed[s:e] = smooth_anchors(anchors[s:e], config.landmark_smoothing)
+    return replace(scan, audio=audio, plan=plan, anchors=smoothed)
+
+
+def aligned_clips(path: str, scan: VideoScan, config: PrepareConfig) -> Iterator[PlannedClip]:
+    """Step 5: decode the video again and yield each planned clip's faces aligned at ``config.resolution``, in plan
+    order (one clip in memory at a time). A clip the decode does not reach is recorded as ``unreadable``."""
+    plan = scan.plan or []
+    if not plan:
+        return
+    aligner = FaceAligner(config.resolution)
     starts = {s: (k, e) for k, (s, e) in enumerate(plan)}
     current: tuple[int, int, int] | None = None
     faces: list[np.ndarray] = []
@@ -142,61 +191,118 @@ def process_video(path: str, relpath: str, clips_dir: str, config: PrepareConfig
             current, faces = (k, i, e), []
         if current is None:
             continue
-        faces.append(aligner.align(frame, aligner.matrix(smoothed[i])))
+        faces.append(aligner.align(frame, aligner.matrix(scan.anchors[i])))
         k, s, e = current
         if i == e - 1:
-            _finish_clip(result, k, s, e, faces, audio, clips_dir, config, sync_checker, quality_scorer)
+            yield PlannedClip(k, s, e, faces)
             current, faces = None, []
         if i >= plan[-1][1]:
             break
     if current is not None:  # the second decode ended early (should not happen)
         k, s, e = current
-        _drop(result, "unreadable", e - s)
-    return result
+        _drop(scan.result, "unreadable", e - s)
 
 
-def _finish_clip(result: dict, k: int, s: int, e: int, faces: list[np.ndarray], audio: np.ndarray, clips_dir: str,
-                 config: PrepareConfig, sync_checker, quality_scorer) -> None:
-    """Sync and quality checks of planned clip ``k`` (frames ``s .. e - 1``); write it when it passes, else record
-    why it was dropped (with its offset, confidence and quality score)."""
-    offset, confidence = 0, float("nan")
-    if config.sync and sync_checker is not None:
-        try:
-            offset, confidence = sync_checker(faces, audio, s)
-        except LatentSyncInputError as exc:
-            logger.warning("%s frames %d-%d: %s", result["source"], s, e, exc)
-            _drop_clip(result, "sync_failed", s, e)
-            return
-        offset, confidence = int(offset), float(confidence)
-        if abs(offset) > config.max_sync_offset:
-            _drop_clip(result, "sync_offset", s, e, offset, confidence)
-            return
-        if not confidence >= sync_threshold(config, sync_checker):
-            _drop_clip(result, "low_sync_confidence", s, e, offset, confidence)
-            return
-    score = float(quality_scorer(faces)) if quality_scorer is not None else float("nan")
-    if quality_scorer is not None and not score >= quality_scorer.threshold:
-        _drop_clip(result, "low_quality", s, e, offset if config.sync else None,
-                   confidence if config.sync else None, score)
-        return
-    clip_id = f"{result['key']}_{k:04d}"
-    clip_path = os.path.join(clips_dir, clip_id + ".mp4")
-    clip_audio = shifted_audio(audio, s, e, offset)
+def check_sync(clip: PlannedClip, audio: np.ndarray, config: PrepareConfig, sync_checker: SyncChecker | None,
+               source: str = "") -> ClipCheck:
+    """Step 6: the clip's audio-visual offset and confidence, and whether they drop it (``sync_failed``,
+    ``sync_offset``, ``low_sync_confidence``). Without the sync step: offset 0, confidence NaN, kept."""
+    if not config.sync or sync_checker is None:
+        return ClipCheck()
+    try:
+        offset, confidence = sync_checker(clip.faces, audio, clip.start)
+    except LatentSyncInputError as exc:
+        logger.warning("%s frames %d-%d: %s", source, clip.start, clip.end, exc)
+        return ClipCheck(None, None, reason="sync_failed")
+    check = ClipCheck(int(offset), float(confidence))
+    if abs(check.offset) > config.max_sync_offset:
+        check.reason = "sync_offset"
+    elif not check.confidence >= sync_threshold(config, sync_checker):
+        check.reason = "low_sync_confidence"
+    return check
+
+
+def check_quality(clip: PlannedClip, check: ClipCheck, quality_scorer) -> ClipCheck:
+    """Step 7, for a clip the sync step kept: its quality score, and ``low_quality`` when below the scorer's
+    threshold (no scorer: score NaN, kept)."""
+    if check.reason is not None or quality_scorer is None:
+        return check
+    score = float(quality_scorer(clip.faces))
+    return replace(check, score=score, reason=None if score >= quality_scorer.threshold else "low_quality")
+
+
+def check_clip(clip: PlannedClip, audio: np.ndarray, config: PrepareConfig, sync_checker: SyncChecker | None,
+               quality_scorer, source: str = "") -> ClipCheck:
+    """Steps 6 and 7 one after the other (quality only for clips the sync step kept)."""
+    return check_quality(clip, check_sync(clip, audio, config, sync_checker, source), quality_scorer)
+
+
+def clip_id(key: str, index: int) -> str:
+    """The id (and file stem) of planned clip ``index`` of the video with key ``key``."""
+    return f"{key}_{index:04d}"
+
+
+def write_clip(clip: PlannedClip, audio: np.ndarray, offset: int, key: str, clips_dir: str,
+               config: PrepareConfig) -> str:
+    """Step 8: write a kept clip as ``<clips_dir>/<id>.mp4`` (H.264 at ``config.crf`` + AAC, its audio taken
+    ``offset`` frames later in the track); returns the file name."""
+    os.makedirs(clips_dir, exist_ok=True)
+    name = clip_id(key, clip.index) + ".mp4"
+    clip_audio = shifted_audio(audio, clip.start, clip.end, offset)
     with tempfile.TemporaryDirectory(prefix="latentsync-prepare-") as tmp:
         wav = os.path.join(tmp, "audio.wav")
         write_wav(wav, clip_audio)
-        with VideoWriter(clip_path, fps=FPS, audio_path=wav, crf=config.crf) as writer:
-            for face in faces:
+        with VideoWriter(os.path.join(clips_dir, name), fps=FPS, audio_path=wav, crf=config.crf) as writer:
+            for face in clip.faces:
                 writer.write(face)
-    result["clips"].append({
-        "id": clip_id,
-        "file": os.path.basename(clip_path),
-        "source": result["source"],
-        "start": s / FPS,
-        "end": e / FPS,
-        "num_frames": e - s,
-        "sync_offset": offset,
-        "sync_confidence": confidence,
-        "quality_score": score,
-        "quality_scorer": getattr(quality_scorer, "name", "none"),
-    })
+    return name
+
+
+def record_clip(result: dict, index: int, start: int, end: int, check: ClipCheck, config: PrepareConfig,
+                scorer_name: str, file: str | None = None) -> None:
+    """Add planned clip ``index`` (frames ``start .. end - 1``) to the video's record: kept (``file`` written) or
+    dropped with the figures that decided. Called in plan order, so both engines give the same record."""
+    if check.reason in ("sync_failed", "sync_offset", "low_sync_confidence"):
+        _drop_clip(result, check.reason, start, end, check.offset, check.confidence)
+    elif check.reason == "low_quality":
+        _drop_clip(result, check.reason, start, end, check.offset if config.sync else None,
+                   check.confidence if config.sync else None, check.score)
+    elif check.reason is not None:
+        raise ValueError(f"unknown drop reason {check.reason!r}")
+    else:
+        result["clips"].append({
+            "id": clip_id(result["key"], index),
+            "file": file,
+            "source": result["source"],
+            "start": start / FPS,
+            "end": end / FPS,
+            "num_frames": end - start,
+            "sync_offset": check.offset,
+            "sync_confidence": check.confidence,
+            "quality_score": check.score,
+            "quality_scorer": scorer_name,
+        })
+
+
+def scorer_name(quality_scorer) -> str:
+    """The name recorded with each kept clip's quality score (``none`` without a scorer)."""
+    return getattr(quality_scorer, "name", "none")
+
+
+def process_video(path: str, relpath: str, clips_dir: str, config: PrepareConfig,
+                  sync_checker: SyncChecker | None = None, quality_scorer=None) -> dict:
+    """Turn one source video into clips under ``clips_dir``; return its result record (clips + drops).
+
+    ``sync_checker`` and ``quality_scorer`` run the sync and quality steps (skipped when None)."""
+    scan = scan_video(path, relpath, config)
+    for clip in aligned_clips(path, scan, config):
+        _finish_clip(scan.result, clip, scan.audio, clips_dir, config, sync_checker, quality_scorer)
+    return scan.result
+
+
+def _finish_clip(result: dict, clip: PlannedClip, audio: np.ndarray, clips_dir: str, config: PrepareConfig,
+                 sync_checker, quality_scorer) -> None:
+    """Steps 6-8 of one clip in this process: check it, write it when it passes, record it either way."""
+    check = check_clip(clip, audio, config, sync_checker, quality_scorer, result["source"])
+    file = None if check.reason else write_clip(clip, audio, check.offset, result["key"], clips_dir, config)
+    record_clip(result, clip.index, clip.start, clip.end, check, config, scorer_name(quality_scorer), file)
