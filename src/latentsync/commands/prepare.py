@@ -1,4 +1,5 @@
-"""``latentsync prepare INPUT OUTPUT``: raw videos -> aligned, synced, filtered clips as a datasets dataset."""
+"""``latentsync prepare INPUT OUTPUT``: raw videos -> aligned, synced, filtered clips as a datasets dataset, on this
+machine (``--workers N`` processes) or on a Ray cluster (``--engine ray [--address ...]``)."""
 
 from __future__ import annotations
 
@@ -34,8 +35,20 @@ def parser() -> argparse.ArgumentParser:
                    help="auto (hyperIQA if available, else sharpness), sharpness, hyperiqa, hyperiqa:<repo or path>")
     p.add_argument("--quality-threshold", type=float, default=None,
                    help="minimum quality score (default: hyperIQA 40, sharpness 8)")
-    p.add_argument("--workers", type=int, default=1, help="parallel processes (default 1)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="local engine: parallel processes (default 1); Ray: videos decoded at once (default: the "
+                        "cluster's CPUs)")
     p.add_argument("--device", default="cpu", help="device of SyncNet / hyperIQA (default cpu)")
+    scale = p.add_argument_group("scale out (Ray)")
+    scale.add_argument("--engine", choices=["local", "ray"], default="local",
+                       help="local: a process pool on this machine (default); ray: the same work on a Ray cluster, "
+                            "model stages on actors (needs the ray extra: pip install 'latentsync[ray]')")
+    scale.add_argument("--address", default=None,
+                       help="Ray cluster to join: auto (the one `ray start` runs on this node) or ray://HOST:10001 "
+                            "(default: start Ray on this machine)")
+    scale.add_argument("--actors", type=int, default=None,
+                       help="Ray: actors per model stage, sync and quality (default: one per GPU of the cluster "
+                            "with --device cuda, else 1)")
     p.add_argument("--max-shard-size", default=d.max_shard_size)
     p.add_argument("--retry-failed", action="store_true", help="redo videos that failed with an error")
     p.add_argument("--overwrite", action="store_true", help="discard a previous run with other settings")
@@ -46,7 +59,10 @@ def parser() -> argparse.ArgumentParser:
 
 def prepare(argv: list[str]) -> int:
     """``latentsync prepare INPUT OUTPUT [options]``."""
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.engine == "local" and (args.address or args.actors):
+        p.error("--address and --actors are options of --engine ray")
     config = PrepareConfig(
         resolution=args.resolution, min_seconds=args.min_seconds, max_seconds=args.max_seconds,
         scene_threshold=args.scene_threshold, sync=not args.no_sync, syncnet=args.syncnet,
@@ -55,7 +71,8 @@ def prepare(argv: list[str]) -> int:
         max_shard_size=args.max_shard_size,
     )
     summary = prepare_dataset(args.input, args.output, config, num_workers=args.workers, device=args.device,
-                              retry_failed=args.retry_failed, overwrite=args.overwrite)
+                              retry_failed=args.retry_failed, overwrite=args.overwrite, engine=args.engine,
+                              ray_address=args.address, actors=args.actors)
     if args.push_to_hub:
         push_prepared(args.output, args.push_to_hub, private=args.private or None, max_shard_size=args.max_shard_size)
         logger.info("pushed %d clips to https://huggingface.co/datasets/%s", summary.clips, args.push_to_hub)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -177,7 +178,8 @@ def scan_video(path: str, relpath: str, config: PrepareConfig) -> VideoScan:
 
 def aligned_clips(path: str, scan: VideoScan, config: PrepareConfig) -> Iterator[PlannedClip]:
     """Step 5: decode the video again and yield each planned clip's faces aligned at ``config.resolution``, in plan
-    order (one clip in memory at a time). A clip the decode does not reach is recorded as ``unreadable``."""
+    order (one clip in memory at a time). When the decode ends early, the clips it did not reach are not yielded
+    (see [`record_unreached`])."""
     plan = scan.plan or []
     if not plan:
         return
@@ -198,9 +200,13 @@ def aligned_clips(path: str, scan: VideoScan, config: PrepareConfig) -> Iterator
             current, faces = None, []
         if i >= plan[-1][1]:
             break
-    if current is not None:  # the second decode ended early (should not happen)
-        k, s, e = current
-        _drop(scan.result, "unreadable", e - s)
+
+
+def record_unreached(result: dict, plan: list[tuple[int, int]], aligned: int) -> None:
+    """Record as ``unreadable`` the planned clips after the first ``aligned`` ones: the second decode of the video
+    ended before them (it should not happen: the first decode read those frames)."""
+    for s, e in plan[aligned:]:
+        _drop(result, "unreadable", e - s)
 
 
 def check_sync(clip: PlannedClip, audio: np.ndarray, config: PrepareConfig, sync_checker: SyncChecker | None,
@@ -295,9 +301,28 @@ def process_video(path: str, relpath: str, clips_dir: str, config: PrepareConfig
 
     ``sync_checker`` and ``quality_scorer`` run the sync and quality steps (skipped when None)."""
     scan = scan_video(path, relpath, config)
+    aligned = 0
     for clip in aligned_clips(path, scan, config):
         _finish_clip(scan.result, clip, scan.audio, clips_dir, config, sync_checker, quality_scorer)
+        aligned += 1
+    record_unreached(scan.result, scan.plan or [], aligned)
     return scan.result
+
+
+def failed_record(relpath: str, error: str, status: str = "failed") -> dict:
+    """The record of a video whose processing raised (``failed``: its state is saved and ``--retry-failed`` redoes
+    it) or whose worker died (``crashed``: no state is saved, the next run redoes it); ``error`` says why."""
+    record = {"source": relpath, "status": status, "frames": 0, "clips": [],
+              "dropped": {"error": {"count": 1, "seconds": 0.0}}, "error": error}
+    if status == "failed":
+        record["key"] = video_key(relpath)
+    return record
+
+
+def fresh_clips_dir(clips_dir: str) -> None:
+    """Remove what an interrupted earlier attempt at this video left in its clip folder."""
+    if os.path.isdir(clips_dir):
+        shutil.rmtree(clips_dir)
 
 
 def _finish_clip(result: dict, clip: PlannedClip, audio: np.ndarray, clips_dir: str, config: PrepareConfig,

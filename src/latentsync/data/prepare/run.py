@@ -1,4 +1,5 @@
-"""Preparing every video of a folder: worker processes, per-video state files (resume), and the summary."""
+"""Preparing every video of a folder: the settings check, per-video state files (resume), the engine that runs the
+videos (the local process pool here, or Ray: [`latentsync.data.prepare.ray_engine`]), the dataset and the summary."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import os
 import shutil
 import time
 import traceback
+from collections.abc import Iterator
+from typing import NamedTuple
 
 import cv2
 import torch
@@ -23,11 +26,11 @@ from ...media.constants import VIDEO_EXTENSIONS
 from ...media.constants import VIDEO_FPS as FPS
 from ...model_source import check_model_sources
 from ...utils import write_json_atomically
-from ..quality import SharpnessScorer, load_quality_scorer
+from ..quality import QualityScorer, SharpnessScorer, load_quality_scorer
 from .config import DROPPED_CLIP_COLUMNS, NoClipsKeptError, PrepareConfig, PrepareSummary
 from .dataset import build_prepared_dataset
 from .planning import find_videos, video_key
-from .process import process_video, sync_threshold
+from .process import failed_record, fresh_clips_dir, process_video, sync_threshold
 from .sync import SyncChecker, load_sync_checker
 
 logger = logging.getLogger(__name__)
@@ -35,16 +38,57 @@ logger = logging.getLogger(__name__)
 _WORKER: dict = {}
 
 
+class VideoJob(NamedTuple):
+    """One video to process: its path, its path relative to the input folder, its clip folder and state file."""
+
+    path: str
+    relpath: str
+    clips_dir: str
+    state_path: str
+
+
+@dataclasses.dataclass
+class StageModels:
+    """The sync and quality models of a run: those loaded (and so checked) in the main process, the caller's own
+    objects (``given_*``: the only ones sent to workers, which load their own otherwise) and the quality scorer the
+    workers load (``quality_spec``: ``sharpness`` when ``auto`` fell back here; None: the config's)."""
+
+    sync: SyncChecker | None
+    quality: QualityScorer
+    given_sync: SyncChecker | None = None
+    given_quality: QualityScorer | None = None
+    quality_spec: str | None = None
+
+
+def set_threads(threads: int) -> None:
+    """The CPU threads torch and OpenCV use in this worker (its share of the machine)."""
+    torch.set_num_threads(max(1, threads))
+    cv2.setNumThreads(max(1, threads))
+
+
+def worker_sync_checker(config: PrepareConfig, device: str, given: SyncChecker | None = None) -> SyncChecker | None:
+    """The sync step's model in a worker: the caller's ``given`` checker, else loaded from the config (None when the
+    sync step is off)."""
+    if given is not None:
+        return given
+    return load_sync_checker(config, device) if config.sync else None
+
+
+def worker_quality_scorer(config: PrepareConfig, device: str, given=None, spec: str | None = None):
+    """The quality step's scorer in a worker: the caller's ``given`` scorer, else loaded from ``spec`` (what the
+    main process settled on, see [`_load_models`]) or the config."""
+    if given is not None:
+        return given
+    return load_quality_scorer(spec or config.quality, config.quality_threshold, device=device)
+
+
 def _init_worker(config: PrepareConfig, device: str, sync_checker, quality_scorer, threads: int,
                  quality_spec: str | None = None) -> None:
     """Per-process setup: thread counts and the models of the sync and quality steps (loaded once per worker)."""
-    torch.set_num_threads(max(1, threads))
-    cv2.setNumThreads(max(1, threads))
+    set_threads(threads)
     _WORKER["config"] = config
-    _WORKER["sync"] = sync_checker if sync_checker is not None else (
-        load_sync_checker(config, device) if config.sync else None)
-    _WORKER["quality"] = quality_scorer if quality_scorer is not None else load_quality_scorer(
-        quality_spec or config.quality, config.quality_threshold, device=device)
+    _WORKER["sync"] = worker_sync_checker(config, device, sync_checker)
+    _WORKER["quality"] = worker_quality_scorer(config, device, quality_scorer, quality_spec)
 
 
 def _load_models(config: PrepareConfig, device: str, sync_checker, quality_scorer):
@@ -107,42 +151,58 @@ def _worker_job(path: str, relpath: str, clips_dir: str, state_path: str) -> dic
     """Process one video in a worker and persist its state atomically (the resume marker)."""
     config = _WORKER["config"]
     t0 = time.time()
-    if os.path.isdir(clips_dir):
-        shutil.rmtree(clips_dir)  # leftovers of an interrupted run
+    fresh_clips_dir(clips_dir)
     try:
         result = process_video(path, relpath, clips_dir, config, _WORKER.get("sync"), _WORKER.get("quality"))
     except Exception as exc:  # noqa: BLE001 - recorded per video so one bad file does not stop the run
         logger.error("failed on %s: %s", relpath, exc)
-        result = {"source": relpath, "key": video_key(relpath), "status": "failed", "frames": 0, "clips": [],
-                  "dropped": {"error": {"count": 1, "seconds": 0.0}}, "error": traceback.format_exc(limit=8)}
+        result = failed_record(relpath, traceback.format_exc(limit=8))
     result["seconds_processing"] = round(time.time() - t0, 2)
     write_json_atomically(state_path, result, indent=1)
     return result
+
+
+ENGINES = ("local", "ray")
 
 
 def prepare_dataset(
     input_dir: str,
     output_dir: str,
     config: PrepareConfig | None = None,
-    num_workers: int = 1,
+    num_workers: int | None = None,
     device: str = "cpu",
     retry_failed: bool = False,
     overwrite: bool = False,
     sync_checker: SyncChecker | None = None,
     quality_scorer=None,
     build_dataset: bool = True,
+    engine: str = "local",
+    ray_address: str | None = None,
+    actors: int | None = None,
 ) -> PrepareSummary:
     """Prepare every video under ``input_dir`` into ``output_dir`` (resumable; see the module docstring).
 
     Args:
-        num_workers: parallel processes (1 runs in this process).
+        num_workers: local engine: parallel processes (default 1, which runs in this process); Ray engine: videos
+            decoded at once (default: the cluster's CPUs).
         device: torch device for SyncNet and the quality model.
         retry_failed: redo videos whose previous attempt raised an unexpected error.
         overwrite: start from scratch when ``output_dir`` holds a run with other settings.
         sync_checker / quality_scorer: use these instead of loading them from the config (tests, custom models;
-            they must be picklable when ``num_workers > 1``).
+            they must be picklable when ``num_workers > 1`` or on Ray).
         build_dataset: write the ``datasets`` shards at the end.
+        engine: ``local`` (a process pool on this machine) or ``ray`` (the same stages on a Ray cluster, see
+            [`latentsync.data.prepare.ray_engine`]); the output is the same, and either engine resumes the other's.
+        ray_address: the Ray cluster to join (``auto``, ``ray://host:10001``, ...); None starts Ray on this machine
+            (or uses the Ray this process already started).
+        actors: Ray engine: actors per model stage (sync, quality); default one per GPU of the cluster with
+            ``device="cuda"``, else 1.
     """
+    if engine not in ENGINES:
+        raise LatentSyncInputError(f"unknown engine {engine!r}: use {' or '.join(ENGINES)}")
+    run_on_ray = _ray_engine().run_on_ray if engine == "ray" else None
+    if num_workers is not None and num_workers < 1:
+        raise LatentSyncInputError(f"--workers must be at least 1, got {num_workers}")
     config = config or PrepareConfig()
     t0 = time.time()
     work = os.path.join(output_dir, "work")
@@ -178,18 +238,17 @@ def prepare_dataset(
             if not (retry_failed and previous.get("status") == "failed"):
                 results[rel] = previous
                 continue
-        jobs.append((os.path.join(input_dir, rel), rel, os.path.join(clips_root, key), state_path))
-    logger.info("%d videos: %d already done, %d to process with %d worker(s)", len(videos), len(results), len(jobs),
-                num_workers)
+        jobs.append(VideoJob(os.path.join(input_dir, rel), rel, os.path.join(clips_root, key), state_path))
+    logger.info("%d videos: %d already done, %d to process (%s engine)", len(videos), len(results), len(jobs), engine)
 
-    threads = max(1, (os.cpu_count() or 1) // max(1, num_workers))
     kept = sum(len(r["clips"]) for r in results.values())
-    custom_sync, custom_quality = sync_checker, quality_scorer
-    quality_spec = None
     filters_path = os.path.join(work, "filters.json")
     if jobs:
-        sync_checker, quality_scorer, quality_spec = _load_models(config, device, sync_checker, quality_scorer)
-        filters = describe_filters(config, sync_checker, quality_scorer)
+        # on Ray the models run on the cluster's workers: here they are only loaded to check them (on the CPU)
+        loaded_sync, loaded_quality, quality_spec = _load_models(
+            config, "cpu" if run_on_ray else device, sync_checker, quality_scorer)
+        models = StageModels(loaded_sync, loaded_quality, sync_checker, quality_scorer, quality_spec)
+        filters = describe_filters(config, loaded_sync, loaded_quality)
         write_json_atomically(filters_path, filters, indent=1)
     elif os.path.isfile(filters_path):
         with open(filters_path) as f:
@@ -198,38 +257,17 @@ def prepare_dataset(
         filters = {}
     bar = tqdm(total=len(jobs), desc="prepare", unit="video")
     bar.set_postfix(clips=kept)
-    if jobs and num_workers <= 1:
-        saved = dict(_WORKER)
-        _init_worker(config, device, sync_checker, quality_scorer, threads=os.cpu_count() or 1)
-        try:
-            for job in jobs:
-                res = _worker_job(*job)
-                results[job[1]] = res
-                kept += len(res["clips"])
-                bar.update(1)
-                bar.set_postfix(clips=kept)
-        finally:
-            _WORKER.clear()
-            _WORKER.update(saved)
-    elif jobs:
-        ctx = multiprocessing.get_context("spawn")  # MediaPipe and torch are not fork-safe
-        del sync_checker, quality_scorer  # each worker loads its own (only caller-given objects are sent)
-        with cf.ProcessPoolExecutor(num_workers, mp_context=ctx, initializer=_init_worker,
-                                    initargs=(config, device, custom_sync, custom_quality, threads,
-                                              quality_spec)) as pool:
-            futures = {pool.submit(_worker_job, *job): job for job in jobs}
-            for fut in cf.as_completed(futures):
-                job = futures[fut]
-                try:
-                    res = fut.result()
-                except Exception as exc:  # noqa: BLE001 - a crashed worker leaves no state: the video is redone next run
-                    logger.error("worker crashed on %s: %s", job[1], exc)
-                    res = {"source": job[1], "status": "crashed", "frames": 0, "clips": [],
-                           "dropped": {"error": {"count": 1, "seconds": 0.0}}}
-                results[job[1]] = res
-                kept += len(res["clips"])
-                bar.update(1)
-                bar.set_postfix(clips=kept)
+    if jobs:
+        if run_on_ray is not None:
+            finished = run_on_ray(jobs, config, device, models, address=ray_address, max_videos=num_workers,
+                                  actors=actors)
+        else:
+            finished = _run_local(jobs, config, device, models, num_workers or 1)
+        for relpath, res in finished:
+            results[relpath] = res
+            kept += len(res["clips"])
+            bar.update(1)
+            bar.set_postfix(clips=kept)
     bar.close()
 
     summary = _summarise(videos, results)
@@ -247,6 +285,50 @@ def prepare_dataset(
     if not summary.clips:
         raise NoClipsKeptError(_no_clips_message(output_dir, summary), summary)
     return summary
+
+
+def _run_local(jobs: list[VideoJob], config: PrepareConfig, device: str, models: StageModels,
+               num_workers: int) -> Iterator[tuple[str, dict]]:
+    """The local engine: every video's stages in one worker, ``num_workers`` worker processes (1: this process);
+    yields ``(relpath, record)`` as videos finish."""
+    if num_workers <= 1:
+        saved = dict(_WORKER)
+        _init_worker(config, device, models.sync, models.quality, threads=os.cpu_count() or 1)
+        try:
+            for job in jobs:
+                yield job.relpath, _worker_job(*job)
+        finally:
+            _WORKER.clear()
+            _WORKER.update(saved)
+        return
+    ctx = multiprocessing.get_context("spawn")  # MediaPipe and torch are not fork-safe
+    threads = max(1, (os.cpu_count() or 1) // num_workers)
+    # each worker loads its own models: only the caller's own objects are sent (pickled)
+    with cf.ProcessPoolExecutor(num_workers, mp_context=ctx, initializer=_init_worker,
+                                initargs=(config, device, models.given_sync, models.given_quality, threads,
+                                          models.quality_spec)) as pool:
+        futures = {pool.submit(_worker_job, *job): job for job in jobs}
+        for fut in cf.as_completed(futures):
+            job = futures[fut]
+            try:
+                res = fut.result()
+            except Exception as exc:  # noqa: BLE001 - a crashed worker leaves no state: the video is redone next run
+                logger.error("worker crashed on %s: %s", job.relpath, exc)
+                res = failed_record(job.relpath, str(exc), status="crashed")
+            yield job.relpath, res
+
+
+def _ray_engine():
+    """The Ray engine module, or a clear error when Ray is not installed."""
+    try:
+        from . import ray_engine  # deferred: Ray is optional (the ray extra) and slow to import
+    except ImportError as exc:
+        if getattr(exc, "name", None) != "ray":
+            raise
+        raise LatentSyncInputError(
+            "--engine ray needs Ray, which is not installed: pip install 'latentsync[ray]' (or pip install ray); "
+            "or use the local engine (--engine local)") from None
+    return ray_engine
 
 
 def _kept_clips(state_dir: str) -> int:
