@@ -73,7 +73,7 @@ print(json.dumps({{"file": latentsync.__file__, "class": type(pipe).__name__,
     info = json.loads(proc.stdout.strip().splitlines()[-1])
     assert info["file"].startswith(site)  # the wheel's copy, with its bundled mouth mask
     assert info["class"] == "LatentSyncPipeline"
-    assert {"app", "train", "data", "eval", "xformers", "test", "dev"} <= set(info["extras"])
+    assert {"app", "train", "data", "eval", "xformers", "ray", "test", "dev"} <= set(info["extras"])
     requires = " ".join(info["requires"])
     assert "mediapipe==0.10.21" in requires and "jaxlib<0.7.2" in requires and "peft" in requires
     assert not any(r.startswith("gradio") and "extra ==" not in r for r in info["requires"])  # the app is an extra

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import sys
 
 import cv2
 import numpy as np
@@ -150,13 +152,25 @@ def tiny_syncnet(tiny_syncnet_dir):
     return str(tiny_syncnet_dir)
 
 
-def test_prepare_end_to_end_resumable(raw_folder, tiny_syncnet, tmp_path):
+def _end_to_end_config(tiny_syncnet: str) -> P.PrepareConfig:
+    return P.PrepareConfig(min_seconds=0.6, max_seconds=1.2, syncnet=tiny_syncnet, min_sync_confidence=0.0,
+                           max_sync_offset=15, quality="sharpness")
+
+
+@pytest.fixture(scope="module")
+def local_prepared(raw_folder, tiny_syncnet, tmp_path_factory):
+    """The local engine (2 worker processes) on the raw folder: ``(output folder, summary)``; tests that change the
+    output work on a copy."""
+    out = tmp_path_factory.mktemp("local") / "prepared"
+    return out, P.prepare_dataset(str(raw_folder), str(out), _end_to_end_config(tiny_syncnet), num_workers=2)
+
+
+def test_prepare_end_to_end_resumable(raw_folder, tiny_syncnet, local_prepared, tmp_path):
     import datasets
 
     out = tmp_path / "prepared"
-    cfg = P.PrepareConfig(min_seconds=0.6, max_seconds=1.2, syncnet=tiny_syncnet, min_sync_confidence=0.0,
-                          max_sync_offset=15, quality="sharpness")
-    summary = P.prepare_dataset(str(raw_folder), str(out), cfg, num_workers=2)
+    shutil.copytree(local_prepared[0], out)  # keeps the state files' times
+    cfg, summary = _end_to_end_config(tiny_syncnet), local_prepared[1]
 
     assert summary.videos == 4 and summary.videos_done == 2 and summary.videos_failed == 2
     assert summary.dropped["unreadable"]["count"] == 1 and summary.dropped["no_audio"]["count"] == 1
@@ -209,6 +223,73 @@ def test_prepare_end_to_end_resumable(raw_folder, tiny_syncnet, tmp_path):
     # other settings in the same output folder are refused
     with pytest.raises(LatentSyncInputError, match="other settings"):
         P.prepare_dataset(str(raw_folder), str(out), P.PrepareConfig(resolution=512), num_workers=1)
+
+
+# ---------------------------------------------------------------------------------------------------- on Ray
+
+
+def _states(out) -> dict[str, dict]:
+    """The per-video state files of a run, without the processing time and the error text (they differ by run)."""
+    states = {}
+    for path in sorted((out / "work" / "state").glob("*.json")):
+        state = json.loads(path.read_text())
+        state.pop("seconds_processing", None)
+        state.pop("error", None)
+        states[path.name] = state
+    return states
+
+
+@pytest.fixture(scope="module")
+def ray_two_cpus():
+    """Ray started on this machine with 2 CPUs for the module's tests (stopped after them)."""
+    ray = pytest.importorskip("ray", reason="ray is not installed (the ray extra: pip install 'latentsync[ray]')")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_engine_gives_the_same_clips_and_metadata_as_the_local_engine(raw_folder, tiny_syncnet, local_prepared,
+                                                                          ray_two_cpus, tmp_path):
+    """The same four videos (two kept with two clips each, one mute, one broken) on a local Ray with 2 CPUs: the same
+    state files, dataset rows (clip bytes included), summary and dropped-clip list as the local engine; and a resumed
+    Ray run redoes only the video whose state is missing."""
+    import datasets
+
+    local_out, local_summary = local_prepared
+    out = tmp_path / "prepared"
+    summary = P.prepare_dataset(str(raw_folder), str(out), _end_to_end_config(tiny_syncnet), engine="ray")
+    assert summary.clips == local_summary.clips == 4
+    states = _states(out)
+    assert states == _states(local_out)
+    assert sorted(s["status"] for s in states.values()) == ["done", "done", "dropped", "dropped"]
+    assert datasets.load_from_disk(str(out / "dataset")).to_list() == \
+        datasets.load_from_disk(str(local_out / "dataset")).to_list()
+    for name in ("summary.md", "dropped_clips.csv", "prepare_config.json"):
+        assert (out / name).read_text() == (local_out / name).read_text(), name
+    assert (out / "work" / "filters.json").read_text() == (local_out / "work" / "filters.json").read_text()
+
+    state_dir = out / "work" / "state"
+    before = {p.name: p.stat().st_mtime_ns for p in state_dir.glob("*.json")}
+    mute = next(state_dir.glob("mute-*.json"))
+    mute.unlink()
+    again = P.prepare_dataset(str(raw_folder), str(out), _end_to_end_config(tiny_syncnet), engine="ray")
+    after = {p.name: p.stat().st_mtime_ns for p in state_dir.glob("*.json")}
+    assert {name for name in after if after[name] != before.get(name)} == {mute.name}
+    assert again.clips == 4 and _states(out) == states
+
+
+def test_ray_engine_without_ray_installed_is_a_clear_error(raw_folder, tmp_path, monkeypatch, caplog):
+    """No traceback, no output folder: one line naming the extra to install."""
+    from latentsync.commands import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as when it is not installed
+    monkeypatch.delitem(sys.modules, "latentsync.data.prepare.ray_engine", raising=False)
+    monkeypatch.delattr(P, "ray_engine", raising=False)  # an earlier test imported it
+    out = tmp_path / "prepared"
+    with caplog.at_level(logging.ERROR, logger="latentsync"):
+        assert main(["prepare", str(raw_folder), str(out), "--engine", "ray"]) == 2
+    assert "--engine ray needs Ray" in caplog.text and "pip install 'latentsync[ray]'" in caplog.text
+    assert not out.exists()
 
 
 # ---------------------------------------------------------------------------------------------------- nothing kept
