@@ -1,11 +1,15 @@
 """``latentsync batch``: three video/audio pairs with one broken give two results and one clear error, with one
-model load; a second run skips the finished outputs; CSV job lists and their errors."""
+model load; a second run skips the finished outputs; CSV job lists and their errors; two processes under
+``accelerate launch`` share the jobs and write one table."""
 
 from __future__ import annotations
 
 import csv
 import os
 import shutil
+import socket
+import subprocess
+import sys
 
 import pytest
 
@@ -83,3 +87,52 @@ def test_csv_job_lists(tmp_path):
     with pytest.raises(BatchListError, match="job list not found"):
         read_jobs(tmp_path / "missing.csv", tmp_path / "out")
     assert main(["batch", os.fspath(tmp_path / "missing.csv"), os.fspath(tmp_path / "out")]) == 2  # one clear line
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_batch_under_accelerate_launch_shares_the_jobs_between_two_processes(tmp_path, example_face, example_speech):
+    """Two CPU processes (gloo), four jobs, a tiny model saved to disk and loaded back by each process: every output
+    is written once, each process runs two jobs, the main process writes one table of all four. A fifth, broken job
+    (on the second process) makes every process exit with 1, and the finished outputs are skipped."""
+    from latentsync.testing import build_tiny_pipeline
+
+    model = tmp_path / "tiny-64"
+    build_tiny_pipeline(resolution=64).save_pretrained(model)
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    for name in "abcd":
+        shutil.copy(example_face, folder / f"{name}.mp4")
+        ffmpeg("-i", os.fspath(example_speech), "-t", "0.64", os.fspath(folder / f"{name}.wav"))
+    out = tmp_path / "out"
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+              "--main_process_port", str(_free_port()), "-m", "latentsync", "batch", os.fspath(folder), os.fspath(out),
+              "--model", os.fspath(model), "--steps", "1", "--device", "cpu"]
+    proc = subprocess.run(launch, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p for p in os.listdir(out) if p.endswith(".mp4")) == ["a.mp4", "b.mp4", "c.mp4", "d.mp4"]
+    with open(out / "batch_results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(os.path.basename(r["video"]), r["status"], r["process"]) for r in rows] == [
+        ("a.mp4", "done", "0"), ("b.mp4", "done", "0"), ("c.mp4", "done", "1"), ("d.mp4", "done", "1")]
+    assert "process 0 of 2: 2 of the 4 jobs" in proc.stderr and "process 1 of 2: 2 of the 4 jobs" in proc.stderr
+    assert proc.stderr.count("wrote " + os.fspath(out / "batch_results.csv")) == 1  # by the main process only
+    assert "4 jobs on 2 processes: 4 done, 0 skipped, 0 failed" in (out / "batch_summary.md").read_text()
+    written = {name: (out / name).stat().st_mtime_ns for name in ("a.mp4", "d.mp4")}
+
+    (folder / "e.mp4").write_bytes(b"not a video at all" * 100)
+    shutil.copy(folder / "a.wav", folder / "e.wav")
+    proc = subprocess.run(launch, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    rows = _rows(out / "batch_results.csv")
+    assert {k: (r["status"], r["process"]) for k, r in rows.items()} == {
+        "a.mp4": ("skipped", "0"), "b.mp4": ("skipped", "0"), "c.mp4": ("skipped", "0"), "d.mp4": ("skipped", "1"),
+        "e.mp4": ("failed", "1")}
+    assert "e.mp4" in rows["e.mp4"]["error"]
+    assert "5 jobs on 2 processes: 0 done, 4 skipped, 1 failed" in (out / "batch_summary.md").read_text()
+    assert {name: (out / name).stat().st_mtime_ns for name in written} == written

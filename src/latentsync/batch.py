@@ -7,6 +7,13 @@
 
 A job's output is written atomically by the pipeline, so an existing output file is a finished job: a second run of
 the same batch skips it and redoes only what failed or never ran.
+
+Under ``accelerate launch`` (several processes, on one machine or several) each process loads its own pipeline on its
+own device and runs its share of the jobs; the results are gathered so that the main process writes one table:
+
+    state = batch_processes(device)
+    results = run_batch(pipe, process_share(jobs, state), process_index=state.process_index)
+    results = gather_results(results, state)  # every process's results, in job order
 """
 
 from __future__ import annotations
@@ -20,8 +27,11 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
+from .devices import default_device
 from .errors import LatentSyncInputError
 from .media.constants import AUDIO_EXTENSIONS
 from .media.files import is_video_file
@@ -62,6 +72,7 @@ class JobResult:
     num_frames: int | None = None
     frames_without_face: int | None = None
     error: str | None = None
+    process: int = 0  # the index of the process that ran it (accelerate launch)
 
 
 # ---------------------------------------------------------------------------------------------------- job lists
@@ -141,6 +152,7 @@ def run_batch(
     overwrite: bool = False,
     make_generator: Callable[[], torch.Generator] | None = None,
     progress: bool = True,
+    process_index: int = 0,
     **call_kwargs: Any,
 ) -> list[JobResult]:
     """Run every job with ``pipe`` (loaded once), in order, with a progress bar over the jobs.
@@ -148,13 +160,16 @@ def run_batch(
     A job whose output exists is skipped unless ``overwrite``; a job that fails (bad input, no face, any error) is
     logged and recorded, and the batch goes on. ``make_generator`` gives each job a fresh generator (same seed, same
     result as a single run); ``call_kwargs`` go to the pipeline call (``num_inference_steps``, ...).
+    ``process_index``: this process's index when several share the batch (recorded with each result; its progress
+    bar is labelled with it).
     """
     results = []
-    bar = tqdm(jobs, desc="Batch", unit="job", disable=not progress)
+    desc = f"Batch (process {process_index})" if process_index else "Batch"
+    bar = tqdm(jobs, desc=desc, unit="job", disable=not progress, position=process_index)
     for job in bar:
         bar.set_postfix_str(os.path.basename(job.video))
         if os.path.isfile(job.output) and not overwrite:
-            results.append(JobResult(job.video, job.audio, job.output, "skipped"))
+            results.append(JobResult(job.video, job.audio, job.output, "skipped", process=process_index))
             continue
         start = time.perf_counter()
         try:
@@ -169,26 +184,71 @@ def run_batch(
             message = str(exc) if isinstance(exc, LatentSyncInputError) else f"{type(exc).__name__}: {exc}"
             logger.error("%s: %s", job.video, message)
             results.append(JobResult(job.video, job.audio, job.output, "failed", time.perf_counter() - start,
-                                     error=message))
+                                     error=message, process=process_index))
             continue
         results.append(JobResult(job.video, job.audio, job.output, "done", time.perf_counter() - start,
-                                 out.num_frames, out.frames_without_face))
+                                 out.num_frames, out.frames_without_face, process=process_index))
     return results
+
+
+# ---------------------------------------------------------------------------------------------------- processes
+def batch_processes(device: str | None = None) -> PartialState:
+    """accelerate's view of the processes sharing the batch (one, unless started by ``accelerate launch``).
+
+    ``device``: the ``--device`` of the run (None: the best available). Processes that compute on the CPU or MPS
+    talk to each other over gloo (accelerate's CPU mode); CUDA processes over NCCL.
+
+    Raises:
+        LatentSyncInputError: the launcher started several processes but they do not see each other (each would run
+            every job).
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    kind = (device or default_device()).split(":")[0]
+    state = PartialState(cpu=world > 1 and kind != "cuda")
+    if state.num_processes != world:
+        raise LatentSyncInputError(
+            f"the launcher started {world} processes but accelerate sees {state.num_processes} (its distributed "
+            f"type is {state.distributed_type}); launch with `accelerate launch --multi_gpu --num_processes N`")
+    return state
+
+
+def process_device(device: str | None, state: PartialState) -> str | None:
+    """This process's device: with several CUDA processes, accelerate's choice (``cuda:<local process index>``, one
+    GPU each) unless ``device`` names a GPU; otherwise ``device`` itself."""
+    if state.num_processes > 1 and state.device.type == "cuda" and device in (None, "cuda"):
+        return str(state.device)
+    return device
+
+
+def process_share(jobs: Sequence[BatchJob], state: PartialState) -> list[BatchJob]:
+    """This process's jobs: a contiguous share of ``jobs`` (the first processes take one more when they do not
+    divide evenly)."""
+    with state.split_between_processes(list(jobs)) as share:
+        return list(share)
+
+
+def gather_results(results: Sequence[JobResult], state: PartialState) -> list[JobResult]:
+    """Every process's results on every process, in job order (each process must call it)."""
+    if state.num_processes == 1:
+        return list(results)
+    return gather_object(list(results))
 
 
 # ---------------------------------------------------------------------------------------------------- results
 def summary_table(results: Sequence[JobResult]) -> str:
     """Markdown table of the jobs (one row each) and a count per status."""
-    lines = ["| video | audio | output | status | seconds | frames | without face | error |",
-             "|---|---|---|---|---|---|---|---|"]
+    several = any(r.process for r in results)  # a process column when several processes shared the batch
+    lines = ["| video | audio | output | status | seconds | frames | without face | error |" + (" process |" * several),
+             "|---|---|---|---|---|---|---|---|" + ("---|" * several)]
     for r in results:
         cells = [os.path.basename(r.video), os.path.basename(r.audio), r.output, r.status,
                  f"{r.seconds:.1f}" if r.status == "done" else "", r.num_frames if r.num_frames is not None else "",
                  r.frames_without_face if r.frames_without_face is not None else "",
-                 (r.error or "").replace("|", "\\|").replace("\n", " ")]
+                 (r.error or "").replace("|", "\\|").replace("\n", " ")] + [r.process] * several
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     counts = ", ".join(f"{sum(r.status == s for r in results)} {s}" for s in STATUSES)
-    return "\n".join(lines) + f"\n\n{len(results)} jobs: {counts}\n"
+    processes = f" on {len({r.process for r in results})} processes" if several else ""
+    return "\n".join(lines) + f"\n\n{len(results)} jobs{processes}: {counts}\n"
 
 
 def write_results(results: Sequence[JobResult], output_dir: str | os.PathLike) -> tuple[str, str]:

@@ -4,6 +4,11 @@ JOBS is a CSV file (columns ``video``, ``audio`` and optionally ``output``) or a
 name (``talk.mp4`` + ``talk.wav``; ``--audio-dir`` when the audio is elsewhere). Finished outputs are skipped, so the
 same command resumes an interrupted batch; a job that fails is reported and the others go on. The results are
 written to ``OUTPUT_DIR/batch_results.csv`` and ``batch_summary.md``; the exit status is 1 when a job failed.
+
+Under ``accelerate launch --multi_gpu --num_processes N -m latentsync batch ...`` (one machine, or several through
+accelerate's usual ``--num_machines`` / ``--machine_rank`` / ``--main_process_ip`` options) each process loads the
+model on its own GPU and runs its share of the jobs; the main process writes the one results table of all of them,
+and every process exits with 1 when any job failed.
 """
 
 from __future__ import annotations
@@ -13,7 +18,8 @@ import logging
 
 import torch
 
-from ..batch import read_jobs, run_batch, summary_table, write_results
+from ..batch import (batch_processes, gather_results, process_device, process_share, read_jobs, run_batch,
+                     summary_table, write_results)
 from ..model_source import check_model_source
 from .run import add_generation_arguments, face_arguments, generation_kwargs, load_pipeline
 
@@ -33,18 +39,31 @@ def parser() -> argparse.ArgumentParser:
 
 
 def batch(argv: list[str]) -> int:
-    """Read the jobs, load the pipeline once, run every job, write and print the results."""
+    """Read the jobs, load the pipeline once (per process), run every job (this process's share), write and print
+    the results (the main process)."""
     args = parser().parse_args(argv)
     jobs = read_jobs(args.jobs, args.output_dir, args.audio_dir, args.format)
-    logger.info("%d jobs from %s", len(jobs), args.jobs)
     if args.verbose:
         logging.getLogger("latentsync").setLevel(logging.DEBUG)
+    state = batch_processes(args.device)
+    mine = process_share(jobs, state)
+    if state.num_processes > 1:
+        args.device = process_device(args.device, state)
+        logger.info("process %d of %d: %d of the %d jobs from %s on %s", state.process_index, state.num_processes,
+                    len(mine), len(jobs), args.jobs, args.device or "the best device")
+    else:
+        logger.info("%d jobs from %s", len(jobs), args.jobs)
     pipe = load_pipeline(args, check_model_source(args.model).local_files_only)
     pipe.set_progress_bar_config(leave=False)
     kwargs = {**generation_kwargs(args), **face_arguments(args)}
-    results = run_batch(pipe, jobs, overwrite=args.overwrite,
+    results = run_batch(pipe, mine, overwrite=args.overwrite, process_index=state.process_index,
                         make_generator=lambda: torch.Generator("cpu").manual_seed(args.seed), **kwargs)
-    csv_path, md_path = write_results(results, args.output_dir)
-    logger.info("results:\n%s", summary_table(results))
-    logger.info("wrote %s and %s", csv_path, md_path)
+    results = gather_results(results, state)
+    if state.is_main_process:
+        csv_path, md_path = write_results(results, args.output_dir)
+        logger.info("results:\n%s", summary_table(results))
+        logger.info("wrote %s and %s", csv_path, md_path)
+    if state.num_processes > 1:
+        state.wait_for_everyone()  # the table is written before any process reports
+        state.destroy_process_group()
     return 1 if any(r.status == "failed" for r in results) else 0
