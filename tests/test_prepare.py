@@ -243,7 +243,9 @@ def _states(out) -> dict[str, dict]:
 def ray_two_cpus():
     """Ray started on this machine with 2 CPUs for the module's tests (stopped after them)."""
     ray = pytest.importorskip("ray", reason="ray is not installed (the ray extra: pip install 'latentsync[ray]')")
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+    # the workers import this module to unpickle the fake models the tests pass
+    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
+             runtime_env={"env_vars": {"PYTHONPATH": os.path.dirname(os.path.abspath(__file__))}})
     yield ray
     ray.shutdown()
 
@@ -278,13 +280,31 @@ def test_ray_engine_gives_the_same_clips_and_metadata_as_the_local_engine(raw_fo
     assert again.clips == 4 and _states(out) == states
 
 
+class BrokenSync(FakeSync):
+    """A sync model that breaks on every clip with an unexpected error."""
+
+    def __call__(self, faces, audio, start):
+        raise RuntimeError("the sync model broke")
+
+
+def test_ray_engine_records_a_video_that_fails(short_raw, ray_two_cpus, tmp_path):
+    """An unexpected error in a model stage fails the video (its state says why, as the local engine's does, so that
+    --retry-failed redoes it), not the run."""
+    out = tmp_path / "prepared"
+    cfg = P.PrepareConfig(min_seconds=0.6, max_seconds=1.2, quality="sharpness")
+    with pytest.raises(P.NoClipsKeptError, match="error 1"):
+        P.prepare_dataset(str(short_raw), str(out), cfg, sync_checker=BrokenSync(0, 0.0), engine="ray")
+    (state,) = [json.loads(p.read_text()) for p in (out / "work" / "state").glob("*.json")]
+    assert state["status"] == "failed" and "RuntimeError: the sync model broke" in state["error"]
+    assert state["dropped"] == {"error": {"count": 1, "seconds": 0.0}} and state["clips"] == []
+
+
 def test_ray_engine_without_ray_installed_is_a_clear_error(raw_folder, tmp_path, monkeypatch, caplog):
     """No traceback, no output folder: one line naming the extra to install."""
     from latentsync.commands import main
 
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as when it is not installed
-    monkeypatch.delitem(sys.modules, "latentsync.data.prepare.ray_engine", raising=False)
-    monkeypatch.delattr(P, "ray_engine", raising=False)  # an earlier test imported it
+    monkeypatch.delitem(sys.modules, "latentsync.data.prepare.ray_engine", raising=False)  # an earlier test's
     out = tmp_path / "prepared"
     with caplog.at_level(logging.ERROR, logger="latentsync"):
         assert main(["prepare", str(raw_folder), str(out), "--engine", "ray"]) == 2

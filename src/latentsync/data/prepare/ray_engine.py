@@ -70,6 +70,9 @@ class _SyncStage:
         self.config = config
         self.checker = worker_sync_checker(config, device, given)
 
+    def ready(self) -> None:
+        """Returns once the model is loaded (raises what loading raised)."""
+
     def check(self, clip: PlannedClip, audio, source: str) -> ClipCheck:
         return check_sync(clip, audio, self.config, self.checker, source)
 
@@ -82,6 +85,9 @@ class _QualityStage:
         set_threads(1)
         self.scorer = worker_quality_scorer(config, device, given, spec)
 
+    def ready(self) -> None:
+        """Returns once the scorer is loaded (raises what loading raised)."""
+
     def check(self, clip: PlannedClip, check: ClipCheck) -> ClipCheck:
         return check_quality(clip, check, self.scorer)
 
@@ -89,8 +95,17 @@ class _QualityStage:
 class _Pool:
     """The actors of one model stage; each call goes to the actor with the fewest calls waiting."""
 
-    def __init__(self, actors: list):
-        self.actors, self.waiting = actors, [0] * len(actors)
+    def __init__(self, name: str, actors: list):
+        self.name, self.actors, self.waiting = name, actors, [0] * len(actors)
+
+    def check_ready(self) -> None:
+        """Wait until every actor has loaded its model; a clear error when one could not."""
+        try:
+            ray.get([actor.ready.remote() for actor in self.actors])
+        except RayError as exc:
+            lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+            raise LatentSyncInputError(f"the {self.name} actors could not start on the Ray cluster: "
+                                       f"{lines[-1] if lines else type(exc).__name__}") from exc
 
     def call(self, *args) -> tuple[ray.ObjectRef, int]:
         slot = min(range(len(self.actors)), key=self.waiting.__getitem__)
@@ -156,10 +171,10 @@ class _Driver:
         self.scorer_name = scorer_name(models.quality)
         self.sync = None
         if config.sync and models.sync is not None:
-            self.sync = _Pool([_SyncStage.options(**model_gpu).remote(config, actor_device, models.given_sync)
+            self.sync = _Pool("sync", [_SyncStage.options(**model_gpu).remote(config, actor_device, models.given_sync)
                                for _ in range(count)])
         quality_gpu = {} if isinstance(models.quality, SharpnessScorer) else model_gpu  # sharpness needs no GPU
-        self.quality = _Pool([_QualityStage.options(**quality_gpu).remote(
+        self.quality = _Pool("quality", [_QualityStage.options(**quality_gpu).remote(
             config, actor_device, models.given_quality, models.quality_spec) for _ in range(count)])
         self.max_videos = max_videos or max(1, int(resources.get("CPU", 1)))
         self.max_clips = 2 * count * (2 if self.sync else 1) + self.max_videos
@@ -170,12 +185,15 @@ class _Driver:
     def run(self, jobs: list[VideoJob]) -> Iterator[tuple[str, dict]]:
         """Yield ``(relpath, record)`` as videos finish (their state files written)."""
         waiting, videos = list(jobs), []
+        pools = [pool for pool in (self.sync, self.quality) if pool is not None]
         while waiting or videos:
             while waiting and len(videos) < self.max_videos:
                 job = waiting.pop(0)
                 stream = _scan_and_align.options(_generator_backpressure_num_objects=AHEAD + 2).remote(
                     job.path, job.relpath, job.clips_dir, self.config)
                 videos.append(_Video(job, stream, time.time()))
+            while pools:  # once, while the first videos are scanned
+                pools.pop().check_ready()
             in_stages = sum(v.pending for v in videos)
             # a failed video's stream is drained whatever the load (its items are dropped)
             streams = [v for v in videos if v.streaming and (v.error or in_stages < self.max_clips)]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import csv
 import dataclasses
+import importlib
 import json
 import logging
 import multiprocessing
@@ -320,15 +321,14 @@ def _run_local(jobs: list[VideoJob], config: PrepareConfig, device: str, models:
 
 def _ray_engine():
     """The Ray engine module, or a clear error when Ray is not installed."""
-    try:
-        from . import ray_engine  # deferred: Ray is optional (the ray extra) and slow to import
+    try:  # imported when asked for: Ray is optional (the ray extra) and slow to import
+        return importlib.import_module("latentsync.data.prepare.ray_engine")
     except ImportError as exc:
         if getattr(exc, "name", None) != "ray":
             raise
         raise LatentSyncInputError(
             "--engine ray needs Ray, which is not installed: pip install 'latentsync[ray]' (or pip install ray); "
             "or use the local engine (--engine local)") from None
-    return ray_engine
 
 
 def _kept_clips(state_dir: str) -> int:
