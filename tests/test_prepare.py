@@ -244,7 +244,7 @@ def ray_two_cpus():
     """Ray started on this machine with 2 CPUs for the module's tests (stopped after them)."""
     ray = pytest.importorskip("ray", reason="ray is not installed (the ray extra: pip install 'latentsync[ray]')")
     # the workers import this module to unpickle the fake models the tests pass
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
              runtime_env={"env_vars": {"PYTHONPATH": os.path.dirname(os.path.abspath(__file__))}})
     yield ray
     ray.shutdown()

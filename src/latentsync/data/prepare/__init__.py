@@ -1,6 +1,7 @@
 """Data preparation (``latentsync prepare``): raw talking-head videos -> a Hugging Face ``datasets`` training set.
 
-Per source video (one worker process each):
+Per source video (in one worker process of the local engine, or as tasks and actor calls on Ray with
+``engine="ray"``, see ``ray_engine``):
 
 1. probe; unreadable files, files without audio and silent files are dropped;
 2. decode at 25 fps (ffmpeg ``fps`` filter) and the audio at 16 kHz mono;
@@ -23,8 +24,9 @@ dropped and why; ``dropped_clips.csv`` lists every clip a filter dropped with it
 quality score. A run that keeps no clip writes no dataset and raises [`NoClipsKeptError`].
 
 Modules: ``config`` (settings, summary, drop reasons), ``planning`` (finding videos, cutting clips, re-cutting
-audio), ``sync`` (the SyncNet offset check), ``process`` (one video: steps 1-8), ``run`` (all videos, workers,
-resume), ``dataset`` (the ``datasets`` output). The command line is in [`latentsync.commands.prepare`].
+audio), ``sync`` (the SyncNet offset check), ``process`` (one video: steps 1-8 as stage functions), ``run`` (all
+videos, the local engine's workers, resume), ``ray_engine`` (the stages on Ray; imported only when asked for),
+``dataset`` (the ``datasets`` output). The command line is in [`latentsync.commands.prepare`].
 """
 
 from typing import Any

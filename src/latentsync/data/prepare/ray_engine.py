@@ -16,8 +16,11 @@ shared file system): the tasks read the videos and write the clips there.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import os
+import socket
 import time
 from collections.abc import Iterator
 
@@ -35,7 +38,9 @@ from .run import StageModels, VideoJob, set_threads, worker_quality_scorer, work
 logger = logging.getLogger(__name__)
 
 GPU_SHARE = 0.5  # of a GPU per model actor: one sync and one quality actor per GPU
-AHEAD = 2  # aligned clips an alignment task may hold in the object store before the driver takes them
+# items (aligned clips) a video's task may have yielded that the driver has not taken yet; the task waits beyond
+# (a private option of Ray's generator tasks, the one Ray Data uses to bound its streams)
+AHEAD = 2
 
 
 # ---------------------------------------------------------------------------------------------------- the stages
@@ -189,7 +194,7 @@ class _Driver:
         while waiting or videos:
             while waiting and len(videos) < self.max_videos:
                 job = waiting.pop(0)
-                stream = _scan_and_align.options(_generator_backpressure_num_objects=AHEAD + 2).remote(
+                stream = _scan_and_align.options(_generator_backpressure_num_objects=AHEAD).remote(
                     job.path, job.relpath, job.clips_dir, self.config)
                 videos.append(_Video(job, stream, time.time()))
             while pools:  # once, while the first videos are scanned
@@ -298,30 +303,50 @@ class _Driver:
 
 
 def run_on_ray(jobs: list[VideoJob], config: PrepareConfig, device: str, models: StageModels,
-               address: str | None = None, max_videos: int | None = None,
-               actors: int | None = None) -> Iterator[tuple[str, dict]]:
-    """Process ``jobs`` on Ray; yields ``(relpath, record)`` as videos finish, each one's state file written.
-
-    Joins the Ray this process already started, else the cluster at ``address`` (``auto``: the one started on this
-    node with ``ray start``; ``ray://host:10001``: a remote one), else starts Ray on this machine (stopped again at
-    the end). ``max_videos``: videos decoded at once (default: the cluster's CPUs); ``actors``: actors per model
-    stage (default: one per GPU of the cluster with ``device="cuda"``, else 1)."""
-    started = _connect(address)
-    try:
-        yield from _Driver(config, device, models, max_videos, actors).run(jobs)
-    finally:
-        if started:
-            ray.shutdown()
+               max_videos: int | None = None, actors: int | None = None) -> Iterator[tuple[str, dict]]:
+    """Process ``jobs`` on the Ray this process has joined (see [`session`]); yields ``(relpath, record)`` as
+    videos finish, each one's state file written. ``max_videos``: videos decoded at once (default: the cluster's
+    CPUs); ``actors``: actors per model stage (default: one per GPU of the cluster with ``device="cuda"``, else 1)."""
+    yield from _Driver(config, device, models, max_videos, actors).run(jobs)
 
 
-def _connect(address: str | None) -> bool:
-    """Join or start Ray; True when this call started it (or joined a cluster) and so must shut it down."""
+@contextlib.contextmanager
+def session(address: str | None = None) -> Iterator[None]:
+    """Ray for the run: the Ray this process already joined, else the cluster at ``address`` or ``RAY_ADDRESS``
+    (``auto``: the one ``ray start`` runs on this node; ``HOST:6379``; ``ray://HOST:10001``), else a new Ray on this
+    machine (never a cluster that an earlier ``ray start`` left behind). What this call joined or started it leaves
+    again at the end."""
     if ray.is_initialized():
-        return False
+        yield
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    check_address(address)
     try:
-        ray.init(address=address)
+        ray.init(address=address or "local")
     except (ConnectionError, RuntimeError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         where = f"the Ray cluster at {address}" if address else "Ray on this machine"
-        raise LatentSyncInputError(f"cannot start or join {where}: {first}") from exc
-    return True
+        hint = ""
+        if address and address != "local" and not os.environ.get("RAY_AUTH_MODE"):
+            # Ray 2.59-2.60: `ray start` turns token authentication on, ray.init joins without a token
+            hint = "; a cluster started with `ray start` may need RAY_AUTH_MODE=token here (and its token file)"
+        raise LatentSyncInputError(f"cannot start or join {where}: {first}{hint}") from exc
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def check_address(address: str | None, timeout: float = 10.0) -> None:
+    """Fail at once, with a clear error, when the head node of the cluster at ``address`` does not answer:
+    ``ray.init`` would wait minutes for it. ``auto``, ``local`` and no address are left to Ray."""
+    if address in (None, "", "auto", "local"):
+        return
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    if not host or not port.isdigit():
+        raise LatentSyncInputError(f"--address {address!r}: give HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise LatentSyncInputError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc} (is `ray start "
+                                   f"--head` running there, and is the port open?)") from None

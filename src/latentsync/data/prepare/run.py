@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import csv
 import dataclasses
+import functools
 import importlib
 import json
 import logging
@@ -14,7 +15,7 @@ import os
 import shutil
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import cv2
@@ -201,10 +202,24 @@ def prepare_dataset(
     """
     if engine not in ENGINES:
         raise LatentSyncInputError(f"unknown engine {engine!r}: use {' or '.join(ENGINES)}")
-    run_on_ray = _ray_engine().run_on_ray if engine == "ray" else None
     if num_workers is not None and num_workers < 1:
         raise LatentSyncInputError(f"--workers must be at least 1, got {num_workers}")
-    config = config or PrepareConfig()
+    args = (input_dir, output_dir, config or PrepareConfig(), device, retry_failed, overwrite, sync_checker,
+            quality_scorer, build_dataset)
+    if engine == "local":
+        return _prepare(*args, functools.partial(_run_local, num_workers=num_workers or 1), device)
+    ray_engine = _ray_engine()
+    with ray_engine.session(ray_address):  # joined (or started) before any file is written
+        # on Ray the models run on the cluster's workers: here they are only loaded to check them (on the CPU)
+        return _prepare(*args, functools.partial(ray_engine.run_on_ray, max_videos=num_workers, actors=actors),
+                        "cpu")
+
+
+def _prepare(input_dir: str, output_dir: str, config: PrepareConfig, device: str, retry_failed: bool,
+             overwrite: bool, sync_checker: SyncChecker | None, quality_scorer, build_dataset: bool,
+             run_engine: Callable[..., Iterator[tuple[str, dict]]], check_device: str) -> PrepareSummary:
+    """[`prepare_dataset`] with its engine: ``run_engine(jobs, config, device, models)`` yields each finished
+    video's record; the models are loaded (and so checked) here on ``check_device``."""
     t0 = time.time()
     work = os.path.join(output_dir, "work")
     state_dir, clips_root = os.path.join(work, "state"), os.path.join(work, "clips")
@@ -240,14 +255,12 @@ def prepare_dataset(
                 results[rel] = previous
                 continue
         jobs.append(VideoJob(os.path.join(input_dir, rel), rel, os.path.join(clips_root, key), state_path))
-    logger.info("%d videos: %d already done, %d to process (%s engine)", len(videos), len(results), len(jobs), engine)
+    logger.info("%d videos: %d already done, %d to process", len(videos), len(results), len(jobs))
 
     kept = sum(len(r["clips"]) for r in results.values())
     filters_path = os.path.join(work, "filters.json")
     if jobs:
-        # on Ray the models run on the cluster's workers: here they are only loaded to check them (on the CPU)
-        loaded_sync, loaded_quality, quality_spec = _load_models(
-            config, "cpu" if run_on_ray else device, sync_checker, quality_scorer)
+        loaded_sync, loaded_quality, quality_spec = _load_models(config, check_device, sync_checker, quality_scorer)
         models = StageModels(loaded_sync, loaded_quality, sync_checker, quality_scorer, quality_spec)
         filters = describe_filters(config, loaded_sync, loaded_quality)
         write_json_atomically(filters_path, filters, indent=1)
@@ -259,12 +272,7 @@ def prepare_dataset(
     bar = tqdm(total=len(jobs), desc="prepare", unit="video")
     bar.set_postfix(clips=kept)
     if jobs:
-        if run_on_ray is not None:
-            finished = run_on_ray(jobs, config, device, models, address=ray_address, max_videos=num_workers,
-                                  actors=actors)
-        else:
-            finished = _run_local(jobs, config, device, models, num_workers or 1)
-        for relpath, res in finished:
+        for relpath, res in run_engine(jobs, config, device, models):
             results[relpath] = res
             kept += len(res["clips"])
             bar.update(1)
