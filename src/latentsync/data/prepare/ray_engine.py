@@ -161,14 +161,9 @@ class _Driver:
     def __init__(self, config: PrepareConfig, device: str, models: StageModels, max_videos: int | None,
                  actors: int | None):
         resources = ray.cluster_resources()
+        check_cluster(device)
         gpu = device.startswith("cuda")
-        gpus = int(resources.get("GPU", 0))
-        if gpu and not gpus:
-            raise LatentSyncInputError(f"--device {device}: the Ray cluster has no GPU (`ray status` lists what it "
-                                       "has); use --device cpu or add GPU nodes")
-        if actors is not None and actors < 1:
-            raise LatentSyncInputError(f"--actors must be at least 1, got {actors}")
-        count = actors or (gpus if gpu else 1)
+        count = actors or (int(resources.get("GPU", 0)) if gpu else 1)
         # Ray shows each actor only the GPU it was given: "cuda" is that one
         actor_device = "cuda" if gpu else device
         model_gpu = {"num_gpus": GPU_SHARE} if gpu else {}
@@ -335,6 +330,13 @@ def session(address: str | None = None) -> Iterator[None]:
         yield
     finally:
         ray.shutdown()
+
+
+def check_cluster(device: str) -> None:
+    """The joined cluster can run the model stages on ``device`` (a CUDA device needs GPUs in the cluster)."""
+    if device.startswith("cuda") and not ray.cluster_resources().get("GPU"):
+        raise LatentSyncInputError(f"--device {device}: the Ray cluster has no GPU (`ray status` lists what it has); "
+                                   "use --device cpu or add GPU nodes")
 
 
 def check_address(address: str | None, timeout: float = 10.0) -> None:

@@ -195,21 +195,23 @@ def prepare_dataset(
         build_dataset: write the ``datasets`` shards at the end.
         engine: ``local`` (a process pool on this machine) or ``ray`` (the same stages on a Ray cluster, see
             [`latentsync.data.prepare.ray_engine`]); the output is the same, and either engine resumes the other's.
-        ray_address: the Ray cluster to join (``auto``, ``ray://host:10001``, ...); None starts Ray on this machine
-            (or uses the Ray this process already started).
+        ray_address: the Ray cluster to join (``auto``, ``HOST:6379``, ``ray://HOST:10001``); None: the one in
+            ``RAY_ADDRESS``, else a new Ray on this machine. A Ray this process already joined is used as it is.
         actors: Ray engine: actors per model stage (sync, quality); default one per GPU of the cluster with
             ``device="cuda"``, else 1.
     """
     if engine not in ENGINES:
         raise LatentSyncInputError(f"unknown engine {engine!r}: use {' or '.join(ENGINES)}")
-    if num_workers is not None and num_workers < 1:
-        raise LatentSyncInputError(f"--workers must be at least 1, got {num_workers}")
+    for name, value in (("--workers", num_workers), ("--actors", actors)):
+        if value is not None and value < 1:
+            raise LatentSyncInputError(f"{name} must be at least 1, got {value}")
     args = (input_dir, output_dir, config or PrepareConfig(), device, retry_failed, overwrite, sync_checker,
             quality_scorer, build_dataset)
     if engine == "local":
         return _prepare(*args, functools.partial(_run_local, num_workers=num_workers or 1), device)
     ray_engine = _ray_engine()
     with ray_engine.session(ray_address):  # joined (or started) before any file is written
+        ray_engine.check_cluster(device)
         # on Ray the models run on the cluster's workers: here they are only loaded to check them (on the CPU)
         return _prepare(*args, functools.partial(ray_engine.run_on_ray, max_videos=num_workers, actors=actors),
                         "cpu")
