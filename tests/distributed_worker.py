@@ -40,9 +40,10 @@ def main() -> int:
     parser.add_argument("record_dir")
     parser.add_argument("--kill-at-step", type=int)
     parser.add_argument("--kill-rank", type=int, default=1)
-    parser.add_argument("command_args", nargs=argparse.REMAINDER)
-    args = parser.parse_args()
-    command_args = args.command_args[1:] if args.command_args[:1] == ["--"] else args.command_args
+    argv = sys.argv[1:]
+    split = argv.index("--") if "--" in argv else len(argv)
+    args = parser.parse_args(argv[:split])
+    command_args = argv[split + 1 :]
     rank = int(os.environ.get("RANK", "0"))  # set by the launcher (PartialState() here would fix accelerate's state
     # before the trainer's Accelerator reads ACCELERATE_USE_CPU)
     os.makedirs(args.record_dir, exist_ok=True)

@@ -7,8 +7,8 @@ global batch of ``N x train_batch_size`` samples and accelerate gives each proce
 averaged, so every process holds the same weights after every step. The random draws of a step (VAE posterior
 samples, noise, timesteps) are made for the whole global batch from the torch RNG, which all processes seed alike,
 and each process keeps its rows ([`draw_for_global_batch`]): N processes with batch B compute what one process with
-batch N x B would. Only the main process writes the run folder, logs, validates files and pushes to the Hub; every
-process saves and restores its own RNG state with the checkpoint.
+batch N x B would. Only the main process writes files (the run folder, the loss log, validation videos, the results)
+and pushes to the Hub; every process saves and restores its own RNG state with the checkpoint.
 
 Checkpoints are ``accelerator.save_state`` folders (model, optimiser, LR scheduler, registered objects, RNG states)
 named ``checkpoint-<step>`` under ``output_dir/checkpoints``. Each is written to a hidden temporary folder and
