@@ -65,17 +65,17 @@ def overrides(values: dict) -> list[str]:
 BATCH = {"unet": 1, "syncnet": 2}  # per process in the 2-process runs
 
 
-def trainer_args(trainer: str, tiny_training, sync_clips: Path, output_dir: Path, batch: int, **extra) -> list[str]:
-    """The command line of a 4-step tiny run (checkpoints every 2 steps) with ``batch`` per process."""
+def trainer_args(trainer: str, data: dict, output_dir: Path, batch: int, **extra) -> list[str]:
+    """The command line of a 4-step tiny run (checkpoints every 2 steps) with ``batch`` per process; ``data``: the
+    [`data`] fixture."""
     if trainer == "unet":
-        _, models = tiny_training
         return ["--config", os.fspath(ROOT / "train" / "configs" / "unet_tiny.yaml"), *overrides(
-            {**models, "output_dir": os.fspath(output_dir), "max_train_steps": STEPS, "train_batch_size": batch,
+            {**data["unet"], "output_dir": os.fspath(output_dir), "max_train_steps": STEPS, "train_batch_size": batch,
              "checkpointing_steps": CHECKPOINT_EVERY, **extra})]
     from latentsync.testing import tiny_syncnet_config
 
     return overrides({
-        "model_preset": None, "model_config": tiny_syncnet_config(32), "train_data": os.fspath(sync_clips),
+        "model_preset": None, "model_config": tiny_syncnet_config(32), "train_data": os.fspath(data["syncnet"]),
         "output_dir": os.fspath(output_dir), "train_time_range": [0.0, 0.7], "val_time_range": [0.7, 1.0],
         "train_batch_size": batch, "gradient_accumulation_steps": 2, "max_train_steps": STEPS,
         "checkpointing_steps": CHECKPOINT_EVERY, "validation_steps": 2, "num_val_samples": 8,
@@ -110,7 +110,21 @@ TRAINERS = [pytest.param("unet", marks=pytest.mark.slow), "syncnet"]  # CI launc
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, tiny_training, sync_clips_dir):
+def data(tmp_path_factory, tiny_training, sync_clips_dir) -> dict:
+    """The tiny models and clips: ``{"unet": U-Net config overrides, "syncnet": clips folder}``. The U-Net runs on 6
+    clips, 3 global batches of 2 per epoch, so that the resumed run starts in the middle of an epoch (step 3 is its
+    third batch) and crosses into the next."""
+    from latentsync.testing import write_synthetic_clip
+
+    _, models = tiny_training
+    clips = tmp_path_factory.mktemp("unet_clips")
+    for c in range(6):
+        write_synthetic_clip(os.fspath(clips / f"clip{c}.mp4"), seed=c)
+    return {"unet": {**models, "train_data": os.fspath(clips)}, "syncnet": sync_clips_dir}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, data):
     """``runs(trainer, kind)``: the output folder (and worker records) of a finished run, made once per module. Kinds:
     ``"single"``, one process in this one with batch 2B; ``"two"``, 2 launched processes with batch B."""
     from latentsync.commands.train import train_syncnet_command, train_unet_command
@@ -123,10 +137,10 @@ def runs(tmp_path_factory, tiny_training, sync_clips_dir):
             batch = BATCH[trainer]
             if kind == "single":
                 command = train_unet_command if trainer == "unet" else train_syncnet_command
-                assert command(trainer_args(trainer, tiny_training, sync_clips_dir, folder / "run", 2 * batch)) == 0
+                assert command(trainer_args(trainer, data, folder / "run", 2 * batch)) == 0
             else:
                 run = launch(trainer, folder / "records",
-                             trainer_args(trainer, tiny_training, sync_clips_dir, folder / "run", batch))
+                             trainer_args(trainer, data, folder / "run", batch))
                 assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-6000:]
                 assert run.stdout.count('"global_step"') == 1, "one summary line (the main process's)"
             made[trainer, kind] = folder
@@ -154,20 +168,20 @@ def test_two_processes_train_like_one_with_the_global_batch(trainer, runs):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("trainer", ["unet", "syncnet"])
-def test_killed_run_resumes_to_the_uninterrupted_losses(trainer, runs, tmp_path, tiny_training, sync_clips_dir):
+def test_killed_run_resumes_to_the_uninterrupted_losses(trainer, runs, data, tmp_path):
     """2 processes, process 1 killed with SIGKILL during step 3, relaunched with resume_from_checkpoint=latest: it
     resumes from the step-2 checkpoint and its steps 3 and 4 give the uninterrupted run's losses and weights, bit for
     bit."""
     two = runs(trainer, "two")
     killed = tmp_path / "run"
     run = launch(trainer, tmp_path / "rec_killed",
-                 trainer_args(trainer, tiny_training, sync_clips_dir, killed, BATCH[trainer]), kill_at=KILL_AT)
+                 trainer_args(trainer, data, killed, BATCH[trainer]), kill_at=KILL_AT)
     assert run.returncode != 0
     assert "SIGKILL" in run.stderr
     assert [p.name for p in (killed / "checkpoints").iterdir()] == [f"checkpoint-{CHECKPOINT_EVERY}"]
     assert [line["step"] for line in records(tmp_path / "rec_killed")[1]] == list(range(1, KILL_AT + 1))
 
-    run = launch(trainer, tmp_path / "rec_resumed", trainer_args(trainer, tiny_training, sync_clips_dir, killed,
+    run = launch(trainer, tmp_path / "rec_resumed", trainer_args(trainer, data, killed,
                                                                  BATCH[trainer], resume_from_checkpoint="latest"))
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-6000:]
     resumed = records(tmp_path / "rec_resumed")
