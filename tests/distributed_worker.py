@@ -7,7 +7,8 @@ without changing the trainer, records after every optimisation step a digest of 
     accelerate launch --multi_gpu --num_processes 2 tests/distributed_worker.py unet RECORD_DIR [--kill-at-step K] \
         -- --config CONFIG key=value ...
 
-Writes ``RECORD_DIR/rank<i>.jsonl``: one ``{"step", "sha256", "lr"}`` line per optimisation step of process i.
+Writes ``RECORD_DIR/rank<i>.jsonl``: one ``{"step", "sha256", "lr"}`` line per optimisation step of process i, and
+``RECORD_DIR/rank<i>_samples.jsonl``: one ``{"dataset_size", "index"}`` line per sample the process loaded.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import sys
 import torch
 
 from latentsync.commands.train import train_syncnet_command, train_unet_command
+from latentsync.data.syncnet_dataset import SyncNetDataset
+from latentsync.data.unet_dataset import UNetClipDataset
 from latentsync.training import base
 
 
@@ -61,7 +64,16 @@ def main() -> int:
         if step == args.kill_at_step and rank == args.kill_rank:
             os.kill(os.getpid(), signal.SIGKILL)
 
+    def recording_getitem(real_getitem):
+        def getitem(dataset, index):
+            with open(os.path.join(args.record_dir, f"rank{rank}_samples.jsonl"), "a") as fh:
+                fh.write(json.dumps({"dataset_size": len(dataset), "index": int(index)}) + "\n")
+            return real_getitem(dataset, index)
+        return getitem
+
     base.optimizer_step = recording_step
+    for dataset_class in (UNetClipDataset, SyncNetDataset):
+        dataset_class.__getitem__ = recording_getitem(dataset_class.__getitem__)
     command = train_unet_command if args.trainer == "unet" else train_syncnet_command
     return command(command_args)
 

@@ -48,10 +48,11 @@ def launch(trainer: str, record: Path, command_args: list[str], kill_at: int | N
                           timeout=600)
 
 
-def records(folder: Path) -> dict[int, list[dict]]:
-    """rank -> the worker's per-step lines (step, weights digest, lr)."""
-    return {int(p.stem[len("rank"):]): [json.loads(line) for line in p.read_text().splitlines()]
-            for p in sorted(folder.glob("rank*.jsonl"))}
+def records(folder: Path, kind: str = "") -> dict[int, list[dict]]:
+    """rank -> the worker's lines: per step (step, weights digest, lr), or with ``kind="_samples"`` per loaded sample
+    (dataset size, index)."""
+    return {int(p.name[len("rank"):-len(f"{kind}.jsonl")]): [json.loads(line) for line in p.read_text().splitlines()]
+            for p in sorted(folder.glob(f"rank[0-9]{kind}.jsonl"))}
 
 
 def losses(output_dir: Path) -> list[dict]:
@@ -151,9 +152,20 @@ def runs(tmp_path_factory, data):
 
 @pytest.mark.parametrize("trainer", TRAINERS)
 def test_two_processes_train_like_one_with_the_global_batch(trainer, runs):
-    """2 processes with batch B: the same weights on both after every step (and an RNG state each in the
-    checkpoints), and the step losses and final weights of one process with batch 2B."""
+    """2 processes with batch B: each trains on its own samples, together on all of them; the same weights on both
+    after every step (and an RNG state each in the checkpoints); the step losses and final weights of one process
+    with batch 2B."""
     single, two = runs(trainer, "single") / "run", runs(trainer, "two")
+    train_size = 6 if trainer == "unet" else STEPS * 2 * 2 * BATCH[trainer]  # clips; pairs (accumulation 2)
+    trained = STEPS * (1 if trainer == "unet" else 2) * BATCH[trainer]  # samples per process
+    samples = {rank: [r["index"] for r in lines if r["dataset_size"] == train_size]
+               for rank, lines in records(two / "records", "_samples").items()}
+    # accelerate's loader reads one batch ahead: a run that stops mid-epoch has loaded one batch it does not train on
+    assert trained <= len(samples[0]) == len(samples[1]) <= trained + BATCH[trainer]
+    samples = {rank: indices[:trained] for rank, indices in samples.items()}
+    assert not set(samples[0]) & set(samples[1]), "no sample is trained on by both processes"
+    everything = STEPS * 2 * BATCH[trainer] * (1 if trainer == "unet" else 2)
+    assert len(set(samples[0]) | set(samples[1])) == everything, "the processes' samples are all different"
     assert_same_weights_on_every_process(records(two / "records"), list(range(1, STEPS + 1)))
     assert_close_losses(losses(two / "run"), losses(single), rel=1e-4)
     reference = final_weights(trainer, single)
