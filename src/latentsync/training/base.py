@@ -176,7 +176,8 @@ def init_trackers(accelerator: Accelerator, cfg: TrainingConfig, project: str) -
         accelerator.init_trackers(project, config=scalars)
 
 
-def create_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainingConfig, learning_rate: float | None = None) -> tuple[torch.optim.Optimizer, Any]:
+def create_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainingConfig,
+                     learning_rate: float | None = None) -> tuple[torch.optim.Optimizer, Any]:
     """AdamW over ``params`` and the LR schedule ``cfg.lr_scheduler`` over ``max_train_steps`` optimisation steps
     (accelerate steps it once per optimisation step, as the loaders yield global batches)."""
     optimizer = torch.optim.AdamW(params, lr=learning_rate or cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
