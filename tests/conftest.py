@@ -137,15 +137,12 @@ def tiny_pipe(tiny_model_dir):
 
 
 @pytest.fixture(scope="session")
-def tiny_pipe_64(tmp_path_factory):
+def tiny_pipe_64(tiny_model_dir_64):
     """The tiny random pipeline for 64-pixel faces (seed 0, saved and loaded back): the cheapest whole pipeline, for
     tests that run many windows."""
     from latentsync import LatentSyncPipeline
-    from latentsync.testing import build_tiny_pipeline
 
-    path = tmp_path_factory.mktemp("tiny-latentsync-64")
-    build_tiny_pipeline(resolution=64, seed=0).save_pretrained(path)
-    pipe = LatentSyncPipeline.from_pretrained(path)
+    pipe = LatentSyncPipeline.from_pretrained(tiny_model_dir_64)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -29,26 +29,10 @@ from latentsync.face.speaking import LIP_RULE, frame_loudness, lip_score, syncne
 from latentsync.face.tracking import combined_anchors
 from latentsync.media import fit_length, load_audio, mix_tracks, num_video_frames, open_frames
 from latentsync.media.shots import ShotDetector, shot_ranges
-from latentsync.testing import build_tiny_pipeline, build_tiny_syncnet, concat_clips, crop_faces, side_by_side_clip
+from latentsync.testing import build_tiny_syncnet, concat_clips, crop_faces, side_by_side_clip
 
 STEPS = 1
 SIDE = 360
-
-
-# ---------------------------------------------------------------------------------------------------- models
-@pytest.fixture(scope="module")
-def small_model_dir(tmp_path_factory) -> Path:
-    """The tiny random pipeline with 64-pixel faces (fast enough for several runs on two-person clips)."""
-    path = tmp_path_factory.mktemp("tiny-latentsync-64")
-    build_tiny_pipeline(resolution=64, seed=0).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def small_pipe(small_model_dir) -> LatentSyncPipeline:
-    pipe = LatentSyncPipeline.from_pretrained(small_model_dir)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 # ---------------------------------------------------------------------------------------------------- clips
@@ -178,8 +162,8 @@ def test_speaking_face_is_chosen_in_each_shot_and_follows_the_cut(two_speakers, 
     assert (first.start, second.end) == (0, cut_tracks.num_frames) and first.end == second.start
 
 
-def test_the_pipeline_lip_syncs_the_speaking_face_on_either_side(small_pipe, two_speakers, short_speech):
-    out = small_pipe(two_speakers["swapped"], short_speech, face="speaking", num_inference_steps=STEPS,
+def test_the_pipeline_lip_syncs_the_speaking_face_on_either_side(tiny_pipe_64, two_speakers, short_speech):
+    out = tiny_pipe_64(two_speakers["swapped"], short_speech, face="speaking", num_inference_steps=STEPS,
                      generator=torch.Generator().manual_seed(0))
     assert _shots(out) == [(1, "speaking")]  # demo2 | demo1 with demo1's sound: the right face speaks
     scores = out.faces[0].scores
@@ -189,9 +173,9 @@ def test_the_pipeline_lip_syncs_the_speaking_face_on_either_side(small_pipe, two
     assert changed[:, :, SIDE:].any() and not changed[:, :, :SIDE].any()  # only the right face was regenerated
 
 
-def test_default_and_index_choose_by_track(small_pipe, two_speakers, short_speech, caplog):
+def test_default_and_index_choose_by_track(tiny_pipe_64, two_speakers, short_speech, caplog):
     video = two_speakers["short_cut"]
-    run = lambda **kw: small_pipe(video, short_speech, num_inference_steps=STEPS,  # noqa: E731
+    run = lambda **kw: tiny_pipe_64(video, short_speech, num_inference_steps=STEPS,  # noqa: E731
                                   generator=torch.Generator().manual_seed(0), **kw)
     largest = run()
     assert [s.rule for s in largest.faces] == ["largest", "largest"] and not largest.faces[0].scores
@@ -206,10 +190,10 @@ def test_default_and_index_choose_by_track(small_pipe, two_speakers, short_speec
     assert _shots(boxed) == [(1, "face_box"), (None, "face_box")]
 
 
-def test_speaking_without_a_soundtrack_falls_back_to_the_largest(small_pipe, two_speakers, short_speech, caplog):
+def test_speaking_without_a_soundtrack_falls_back_to_the_largest(tiny_pipe_64, two_speakers, short_speech, caplog):
     frames = decode(two_speakers["swapped"])[:30]  # frames in memory have no soundtrack
     with caplog.at_level(logging.WARNING):
-        out = small_pipe(frames, short_speech, face="speaking", num_inference_steps=STEPS)
+        out = tiny_pipe_64(frames, short_speech, face="speaking", num_inference_steps=STEPS)
     assert [s.rule for s in out.faces] == ["largest (no soundtrack)"] and "no soundtrack" in caplog.text
     tracks = track_faces(frames)
     assert out.faces[0].track == max(tracks, key=lambda t: t.total_area).index
@@ -325,9 +309,9 @@ def conversation(crops, tmp_path_factory) -> dict[str, Path]:
     return {"video": video, **speech}
 
 
-def test_a_voice_per_face_changes_both_mouths_and_nothing_else(small_pipe, conversation, tmp_path):
+def test_a_voice_per_face_changes_both_mouths_and_nothing_else(tiny_pipe_64, conversation, tmp_path):
     video, a, b = conversation["video"], conversation["a"], conversation["b"]
-    run = lambda audio, **kw: small_pipe(video, audio, num_inference_steps=STEPS,  # noqa: E731
+    run = lambda audio, **kw: tiny_pipe_64(video, audio, num_inference_steps=STEPS,  # noqa: E731
                                         generator=torch.Generator().manual_seed(0), **kw)
     out = tmp_path / "dubbed.mp4"
     both = run({0: a, 1: b}, output_path=out, return_frames=True)
@@ -338,7 +322,7 @@ def test_a_voice_per_face_changes_both_mouths_and_nothing_else(small_pipe, conve
     changed = np.abs(both.frames.astype(int) - source).sum(-1) > 0
     # where the mouths are pasted: the soft mouth region of the aligned face (and a pixel around it, also past the
     # aligned face's edge, where the bilinear warp still blends), mapped back into each frame
-    aligner, pad = FaceAligner(small_pipe.config.resolution), 2
+    aligner, pad = FaceAligner(tiny_pipe_64.config.resolution), 2
     region = cv2.dilate(np.pad((aligner.alpha > 0).astype(np.uint8), pad), np.ones((3, 3), np.uint8))
     anchors = [combined_anchors([track], len(source), 1.5) for track in tracks]
     for k in range(both.num_frames):
@@ -358,15 +342,15 @@ def test_a_voice_per_face_changes_both_mouths_and_nothing_else(small_pipe, conve
     assert abs(len(written) - len(expected)) < 0.1 * 16000 and np.corrcoef(written[:n], expected[:n])[0, 1] > 0.9
 
 
-def test_mix_audio_sets_the_sound_and_the_length(small_pipe, conversation, tmp_path):
+def test_mix_audio_sets_the_sound_and_the_length(tiny_pipe_64, conversation, tmp_path):
     music = write_wav(tmp_path / "mix.wav", 0.2 * np.sin(2 * np.pi * 330 * np.arange(8000) / 16000))  # 0.5 s
-    out = small_pipe(conversation["video"], {0: conversation["a"], 1: conversation["b"]}, mix_audio=music,
+    out = tiny_pipe_64(conversation["video"], {0: conversation["a"], 1: conversation["b"]}, mix_audio=music,
                     output_path=tmp_path / "o.mp4", num_inference_steps=STEPS)
     assert out.num_frames == num_video_frames(8000) and abs(len(load_audio(tmp_path / "o.mp4")) - 8000) < 1600
     with pytest.raises(LatentSyncInputError, match="do not also pass face"):
-        small_pipe(conversation["video"], {0: conversation["a"]}, face="speaking")
+        tiny_pipe_64(conversation["video"], {0: conversation["a"]}, face="speaking")
     with pytest.raises(LatentSyncInputError, match="audio for face 1 file not found"):
-        small_pipe(conversation["video"], {0: conversation["a"], 1: tmp_path / "missing.wav"})
+        tiny_pipe_64(conversation["video"], {0: conversation["a"], 1: tmp_path / "missing.wav"})
 
 
 # ---------------------------------------------------------------------------------------------------- SyncNet
@@ -394,9 +378,9 @@ def test_syncnet_scores_every_track(two_speakers):
     assert set(short.values()) == {None}  # no complete 16-frame window
 
 
-def test_a_syncnet_component_is_saved_and_used(small_model_dir, tiny_syncnet_dir, tmp_path, two_speakers,
+def test_a_syncnet_component_is_saved_and_used(tiny_model_dir_64, tiny_syncnet_dir, tmp_path, two_speakers,
                                                short_speech):
-    pipe = LatentSyncPipeline.from_pretrained(small_model_dir)
+    pipe = LatentSyncPipeline.from_pretrained(tiny_model_dir_64)
     assert pipe.syncnet is None
     pipe.load_syncnet(tiny_syncnet_dir)
     pipe.save_pretrained(tmp_path / "with_syncnet")
@@ -426,13 +410,13 @@ def test_faces_command_lists_the_tracks_and_writes_a_contact_sheet(two_speakers,
     assert main(["faces", os.fspath(tmp_path / "missing.mp4")]) == 2
 
 
-def test_cli_lip_syncs_a_voice_per_face(small_model_dir, conversation, tmp_path, caplog):
+def test_cli_lip_syncs_a_voice_per_face(tiny_model_dir_64, conversation, tmp_path, caplog):
     out = tmp_path / "dub.mp4"
     with caplog.at_level(logging.INFO):
-        code = main(["--model", os.fspath(small_model_dir), "--video", os.fspath(conversation["video"]),
+        code = main(["--model", os.fspath(tiny_model_dir_64), "--video", os.fspath(conversation["video"]),
                      "--audio-for", f"0={conversation['a']}", "--audio-for", f"1={conversation['b']}",
                      "--output", os.fspath(out), "--steps", "1", "--device", "cpu", "--dtype", "fp32"])
     assert code == 0 and out.is_file() and "face 0, face 1 (audio per face)" in caplog.text
-    code = main(["--model", os.fspath(small_model_dir), "--video", os.fspath(conversation["video"]), "--audio",
+    code = main(["--model", os.fspath(tiny_model_dir_64), "--video", os.fspath(conversation["video"]), "--audio",
                  os.fspath(conversation["a"]), "--face", "5", "--output", os.fspath(tmp_path / "no.mp4")])
     assert code == 2 and "--face=5, but 2 face track(s)" in caplog.text and not (tmp_path / "no.mp4").exists()

@@ -120,22 +120,12 @@ print(json.dumps({"class": type(pipe).__module__ + "." + type(pipe).__name__, "r
 """
 
 
-@pytest.fixture(scope="module")
-def small_model_dir(tmp_path_factory):
-    """The tiny pipeline at 64 px faces (quick to run), saved by save_pretrained."""
-    from latentsync.testing import build_tiny_pipeline
-
-    path = tmp_path_factory.mktemp("tiny-64")
-    build_tiny_pipeline(resolution=64).save_pretrained(path)
-    return path
-
-
 @pytest.mark.parametrize("how", ["trust_remote_code", "custom_pipeline"])
-def test_plain_diffusers_loads_a_saved_pipeline_in_a_fresh_interpreter(small_model_dir, example_face, one_window,
+def test_plain_diffusers_loads_a_saved_pipeline_in_a_fresh_interpreter(tiny_model_dir_64, example_face, one_window,
                                                                        tmp_path, how):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": os.fspath(tmp_path / "modules")}
     out = tmp_path / "frames.npy"
-    proc = subprocess.run([sys.executable, "-c", FRESH_INTERPRETER, os.fspath(small_model_dir), os.fspath(example_face),
+    proc = subprocess.run([sys.executable, "-c", FRESH_INTERPRETER, os.fspath(tiny_model_dir_64), os.fspath(example_face),
                            os.fspath(one_window), os.fspath(out), how], capture_output=True, text=True, env=env,
                           cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -144,7 +134,7 @@ def test_plain_diffusers_loads_a_saved_pipeline_in_a_fresh_interpreter(small_mod
     assert "trust_remote_code=True" in report["refused"]  # without trust, diffusers says what to do
     if how != "trust_remote_code":
         return
-    pipe = LatentSyncPipeline.from_pretrained(small_model_dir)
+    pipe = LatentSyncPipeline.from_pretrained(tiny_model_dir_64)
     pipe.set_progress_bar_config(disable=True)
     expected = pipe(video=example_face, audio=one_window, num_inference_steps=2,
                     generator=torch.Generator().manual_seed(0)).frames

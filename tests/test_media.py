@@ -124,3 +124,62 @@ def test_find_videos_in_folders(tmp_path):
     assert find_videos(tmp_path, recursive=False) == ["a.mp4", "b.M4V"]
     assert ".m4v" in VIDEO_EXTENSIONS and is_video_file("clip.TS") and not is_video_file(".clip.mp4")
     ffmpeg("-version")  # the bundled ffmpeg runs
+
+
+# ---------------------------------------------------------------------------------------------------- hardware decode
+def _nvdec_works() -> bool:
+    """NVDEC can start only with an NVIDIA driver (libcuda) and a GPU."""
+    return torch.cuda.is_available()
+
+
+@pytest.mark.skipif(_nvdec_works(), reason="this machine has a CUDA GPU: the hardware decoder starts, no fallback")
+def test_hardware_decode_falls_back_to_the_cpu_once(example_face, monkeypatch, caplog):
+    """Without a GPU the CUDA decoder cannot start: both readers (ffmpeg at 25 fps, PyAV with timestamps) give the
+    CPU decoder's frames, after one warning for the whole process."""
+    from latentsync.media import timeline, video
+
+    monkeypatch.setattr(video, "_HWACCEL_FAILED", set())
+    cpu = np.stack(list(iter_frames(example_face, 25)))
+    with caplog.at_level("WARNING", logger="latentsync.media.video"):
+        first = np.stack(list(iter_frames(example_face, 25, hwaccel="cuda")))
+        again = np.stack(list(open_frames(example_face, 25, hwaccel="cuda")))
+        stored = np.stack(list(timeline.iter_stored_frames(example_face, hwaccel="cuda")))
+    np.testing.assert_array_equal(first, cpu)
+    np.testing.assert_array_equal(again, cpu)
+    np.testing.assert_array_equal(stored, np.stack(list(timeline.iter_stored_frames(example_face))))
+    said = [r.getMessage() for r in caplog.records if "hardware video decoding" in r.getMessage()]
+    assert len(said) == 1 and "(cuda)" in said[0] and "decoding on the CPU" in said[0], said
+
+
+@pytest.mark.skipif(not _nvdec_works(), reason="needs an NVIDIA GPU (NVDEC)")
+def test_hardware_decode_gives_the_cpu_frames(example_face, caplog):
+    """NVDEC's frames, downloaded and converted to RGB by ffmpeg, are the CPU decoder's (H.264 decoding is exact)."""
+    from latentsync.media import timeline
+
+    with caplog.at_level("WARNING"):
+        gpu = np.stack(list(iter_frames(example_face, 25, hwaccel="cuda")))
+        stored = np.stack(list(timeline.iter_stored_frames(example_face, hwaccel="cuda")))
+    assert not [r for r in caplog.records if "hardware video decoding" in r.getMessage()]
+    np.testing.assert_array_equal(gpu, np.stack(list(iter_frames(example_face, 25))))
+    np.testing.assert_array_equal(stored, np.stack(list(timeline.iter_stored_frames(example_face))))
+
+
+def test_pipeline_hardware_decode_option(tiny_pipe, example_face, monkeypatch):
+    """``enable_hardware_decode`` names an ffmpeg hardware decoder (a clear error otherwise), and the pipeline's
+    video reader then asks for it; ``None`` turns it off."""
+    from latentsync.media import video
+
+    with pytest.raises(ValueError, match="unknown hardware decoder 'nvdecc'; this ffmpeg has: .*cuda"):
+        tiny_pipe.enable_hardware_decode("nvdecc")
+    asked = []
+    real = video.iter_frames
+    monkeypatch.setattr(video, "iter_frames", lambda path, fps, hwaccel=None: asked.append(hwaccel) or real(path, fps))
+    try:
+        tiny_pipe.enable_hardware_decode()
+        source = tiny_pipe._open_video(example_face, 25)
+        assert len(list(source)) == source.expected_frames == 75  # a 3 s clip; frames from the CPU fallback
+        tiny_pipe.enable_hardware_decode(None)
+        next(iter(tiny_pipe._open_video(example_face, 25)))
+    finally:
+        tiny_pipe.enable_hardware_decode(None)
+    assert asked == ["cuda", None]

@@ -110,25 +110,6 @@ def leftovers(folder: Path) -> list[str]:
         else []
 
 
-@pytest.fixture(scope="module")
-def small_model_dir(tmp_path_factory) -> Path:
-    """The tiny random pipeline at 64 px (fast), saved once and loaded through the real code."""
-    from latentsync.testing import build_tiny_pipeline
-
-    path = tmp_path_factory.mktemp("small-latentsync")
-    build_tiny_pipeline(resolution=64, seed=0).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def small_pipe(small_model_dir):
-    from latentsync import LatentSyncPipeline
-
-    pipe = LatentSyncPipeline.from_pretrained(small_model_dir)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
-
-
 # ---------------------------------------------------------------------------------------------------- the table
 @dataclass
 class Row:
@@ -340,12 +321,12 @@ def _error_lines(text: str) -> list[str]:
 
 
 @pytest.mark.parametrize("name", list(_params("cli")))
-def test_command_line(name, media, small_model_dir, tmp_path, caplog, monkeypatch):
+def test_command_line(name, media, tiny_model_dir_64, tmp_path, caplog, monkeypatch):
     row = ROWS[name]
     case = _prepare(row, media, tmp_path)
     before = checksums(media)
     code, message = row.cli
-    args = _cli_args(row, case, small_model_dir)
+    args = _cli_args(row, case, tiny_model_dir_64)
     if row.needs_model:  # in this interpreter (torch is loaded already), on the 64 px model
         from latentsync.commands import main
 
@@ -379,7 +360,7 @@ def test_command_line(name, media, small_model_dir, tmp_path, caplog, monkeypatc
 
 
 @pytest.mark.parametrize("name", list(_params("lib")))
-def test_library(name, media, small_pipe, tmp_path, caplog, monkeypatch):
+def test_library(name, media, tiny_pipe_64, tmp_path, caplog, monkeypatch):
     import torch
 
     from latentsync.devices import check_device
@@ -402,7 +383,7 @@ def test_library(name, media, small_pipe, tmp_path, caplog, monkeypatch):
         if row.lib_check == "device":
             return check_device(device)
         kwargs = {"num_inference_steps": STEPS, **row.kwargs}
-        return small_pipe(case.video, case.audio, output_path=case.output, generator=torch.Generator().manual_seed(0),
+        return tiny_pipe_64(case.video, case.audio, output_path=case.output, generator=torch.Generator().manual_seed(0),
                           **kwargs)
 
     with caplog.at_level(logging.WARNING):
@@ -421,10 +402,10 @@ def test_library(name, media, small_pipe, tmp_path, caplog, monkeypatch):
     assert checksums(media) == before, "an input file changed"
 
 
-def test_rotated_video_comes_out_upright(media, small_pipe, tmp_path):
+def test_rotated_video_comes_out_upright(media, tiny_pipe_64, tmp_path):
     import torch
 
-    out = small_pipe(media / "rotated.mp4", media / "speech.wav", output_path=tmp_path / "upright.mp4",
+    out = tiny_pipe_64(media / "rotated.mp4", media / "speech.wav", output_path=tmp_path / "upright.mp4",
                      num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0))
     frames, upright = decode(Path(out.path), fps=None), decode(media / "face.mp4")[: out.num_frames]
     assert frames.shape[1:3] == (384, 480) == upright.shape[1:3]
@@ -432,19 +413,19 @@ def test_rotated_video_comes_out_upright(media, small_pipe, tmp_path):
     assert np.abs(frames.astype(int) - upright.astype(int)).mean() < 6
 
 
-def test_library_default_overwrites_an_earlier_output_but_never_an_input(media, small_pipe, tmp_path):
+def test_library_default_overwrites_an_earlier_output_but_never_an_input(media, tiny_pipe_64, tmp_path):
     import torch
 
     earlier = tmp_path / "result.mp4"
     earlier.write_bytes(b"an earlier result")
-    out = small_pipe(media / "face.mp4", media / "speech.wav", output_path=earlier, num_inference_steps=STEPS,
+    out = tiny_pipe_64(media / "face.mp4", media / "speech.wav", output_path=earlier, num_inference_steps=STEPS,
                      generator=torch.Generator().manual_seed(0))
     assert Path(out.path).stat().st_size > 1000
     video = tmp_path / "face.mp4"
     shutil.copy(media / "face.mp4", video)
     digest = hashlib.sha256(video.read_bytes()).hexdigest()
     with pytest.raises(InvalidOutputError, match="is the input file"):
-        small_pipe(video, media / "speech.wav", output_path=video, overwrite=True, num_inference_steps=STEPS)
+        tiny_pipe_64(video, media / "speech.wav", output_path=video, overwrite=True, num_inference_steps=STEPS)
     assert hashlib.sha256(video.read_bytes()).hexdigest() == digest
 
 
@@ -608,31 +589,31 @@ def _interrupt(media: Path, model: Path, tmp_path: Path, video: Path, started, s
     return text, rest
 
 
-def test_ctrl_c_during_face_analysis(media, small_model_dir, tmp_path):
+def test_ctrl_c_during_face_analysis(media, tiny_model_dir_64, tmp_path):
     long_video = tmp_path / "long_face.mp4"  # 240 frames: the face analysis lasts long enough to be interrupted
     ffmpeg("-stream_loop", "19", "-i", os.fspath(media / "face.mp4"), "-c", "copy", os.fspath(long_video))
-    _interrupt(media, small_model_dir, tmp_path, long_video,
+    _interrupt(media, tiny_model_dir_64, tmp_path, long_video,
                lambda t: re.search(r"Face analysis: +[1-9]\d*%", t) is not None, signal.SIGINT)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["Ctrl-C", "SIGTERM"])
-def test_stop_during_generation_of_a_long_audio(sig, media, small_model_dir, tmp_path):
+def test_stop_during_generation_of_a_long_audio(sig, media, tiny_model_dir_64, tmp_path):
     """10 min of audio over a 2 s video: a warning before the model loads, then a signal while windows are written."""
-    text, _ = _interrupt(media, small_model_dir, tmp_path, media / "two_seconds.mp4",
+    text, _ = _interrupt(media, tiny_model_dir_64, tmp_path, media / "two_seconds.mp4",
                          lambda t: re.search(r"Lip sync: +\d+%\|[^\n]*\| *[1-9]\d*/", t) is not None, sig)
     assert re.search(r"WARNING latentsync\.inputs: the audio \(600\.0 s\) is 300 times as long as the video "
                      r"\(2\.0 s\): .*play 300 times", text), text
     assert text.index("300 times as long") < text.index("loading"), "the warning must come before the model loads"
 
 
-def test_the_next_run_removes_what_a_killed_run_left(media, small_model_dir, tmp_path, monkeypatch, caplog):
+def test_the_next_run_removes_what_a_killed_run_left(media, tiny_model_dir_64, tmp_path, monkeypatch, caplog):
     from latentsync.commands import main
 
     out_dir, tmp_dir = tmp_path / "out", tmp_path / "tmp"
     out_dir.mkdir()
     tmp_dir.mkdir()
     output = out_dir / "result.mp4"
-    args = ["--model", os.fspath(small_model_dir), "--video", os.fspath(media / "face.mp4"), "--audio",
+    args = ["--model", os.fspath(tiny_model_dir_64), "--video", os.fspath(media / "face.mp4"), "--audio",
             os.fspath(EXAMPLES / "speech.wav"), "--output", os.fspath(output), "--steps", "1"]  # 7 windows
     proc = _start_cli(args, tmp_dir, tmp_path)
     _read_until(proc, lambda t: "Lip sync:" in t)
@@ -677,7 +658,7 @@ def test_stale_files_of_other_processes(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------- library interrupts
-def test_library_interrupt_during_generation_leaves_nothing(media, small_pipe, tmp_path, monkeypatch):
+def test_library_interrupt_during_generation_leaves_nothing(media, tiny_pipe_64, tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", os.fspath(tmp_path / "tmp"))
     (tmp_path / "tmp").mkdir()
 
@@ -685,12 +666,12 @@ def test_library_interrupt_during_generation_leaves_nothing(media, small_pipe, t
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        small_pipe(media / "two_seconds.mp4", EXAMPLES / "speech.wav", output_path=tmp_path / "result.mp4",
+        tiny_pipe_64(media / "two_seconds.mp4", EXAMPLES / "speech.wav", output_path=tmp_path / "result.mp4",
                    num_inference_steps=STEPS, callback_on_step_end=ctrl_c)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tmp"] and leftovers(tmp_path / "tmp") == []
 
 
-def test_library_interrupt_during_face_analysis_leaves_nothing(media, small_pipe, tmp_path, monkeypatch):
+def test_library_interrupt_during_face_analysis_leaves_nothing(media, tiny_pipe_64, tmp_path, monkeypatch):
     from latentsync.face.detection import FaceDetector
 
     monkeypatch.setattr(tempfile, "tempdir", os.fspath(tmp_path / "tmp"))
@@ -706,20 +687,20 @@ def test_library_interrupt_during_face_analysis_leaves_nothing(media, small_pipe
 
     monkeypatch.setattr(FaceDetector, "detect", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        small_pipe(media / "two_seconds.mp4", EXAMPLES / "speech.wav", output_path=tmp_path / "result.mp4",
+        tiny_pipe_64(media / "two_seconds.mp4", EXAMPLES / "speech.wav", output_path=tmp_path / "result.mp4",
                    num_inference_steps=STEPS)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tmp"] and leftovers(tmp_path / "tmp") == []
 
 
 # ---------------------------------------------------------------------------------------------------- the app
-def test_app_removes_its_results_on_sigterm(small_model_dir, tmp_path):
+def test_app_removes_its_results_on_sigterm(tiny_model_dir_64, tmp_path):
     pytest.importorskip("gradio")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     tmp_dir = tmp_path / "tmp"
     tmp_dir.mkdir()
-    env = {**os.environ, "TMPDIR": os.fspath(tmp_dir), "LATENTSYNC_MODEL": os.fspath(small_model_dir),
+    env = {**os.environ, "TMPDIR": os.fspath(tmp_dir), "LATENTSYNC_MODEL": os.fspath(tiny_model_dir_64),
            "LATENTSYNC_DEVICE": "cpu", "GRADIO_SERVER_PORT": str(port), "GRADIO_SERVER_NAME": "127.0.0.1",
            "GRADIO_ANALYTICS_ENABLED": "False", **_offline(tmp_path)}
     proc = subprocess.Popen([sys.executable, os.fspath(ROOT / "app.py")], stderr=subprocess.STDOUT,
@@ -736,9 +717,9 @@ def test_app_removes_its_results_on_sigterm(small_model_dir, tmp_path):
     assert not work[0].exists(), "the app's results were left behind"
 
 
-def test_resolution_the_model_cannot_run_is_refused_up_front(small_pipe, media, monkeypatch):
+def test_resolution_the_model_cannot_run_is_refused_up_front(tiny_pipe_64, media, monkeypatch):
     from diffusers.configuration_utils import FrozenDict
 
-    monkeypatch.setattr(small_pipe, "_internal_dict", FrozenDict({**small_pipe.config, "resolution": 100}))
+    monkeypatch.setattr(tiny_pipe_64, "_internal_dict", FrozenDict({**tiny_pipe_64.config, "resolution": 100}))
     with pytest.raises(LatentSyncInputError, match="resolution 100 is not a multiple of 16"):
-        small_pipe(media / "face.mp4", media / "speech.wav", num_inference_steps=STEPS)
+        tiny_pipe_64(media / "face.mp4", media / "speech.wav", num_inference_steps=STEPS)

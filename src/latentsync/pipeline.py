@@ -214,6 +214,23 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         instead of OpenCV on the CPU (see [`~latentsync.face.warp`]); within one grey level of the OpenCV frames."""
         self._warp_device_enabled = bool(enabled)
 
+    def enable_hardware_decode(self, hwaccel: str | None = "cuda") -> None:
+        """Decode input videos with ffmpeg's hardware decoder (``"cuda"``: NVDEC on NVIDIA GPUs; also ``"vaapi"``,
+        ``"qsv"``, ``"videotoolbox"`` where ffmpeg has them), taking decoding off the CPU. The frames are those the
+        CPU decoder gives; where the decoder cannot start (no such GPU or driver) the run decodes on the CPU, with
+        one warning. ``None`` turns it off.
+
+        Raises:
+            ValueError: ``hwaccel`` is not a hardware decoder this ffmpeg knows.
+        """
+        if hwaccel is not None:
+            from av.codec.hwaccel import hwdevices_available  # deferred: PyAV loads FFmpeg's libraries
+
+            known = hwdevices_available()
+            if hwaccel not in known:
+                raise ValueError(f"unknown hardware decoder {hwaccel!r}; this ffmpeg has: {', '.join(known)}")
+        self._hwaccel = hwaccel
+
     def enable_vae_slicing(self) -> None:
         """Encode and decode the frames of a window one at a time (lower peak memory, same result)."""
         self.vae.enable_slicing()
@@ -352,7 +369,7 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         The video is read once at 25 fps (frame numbers count at that rate). See
         [`latentsync.face.tracking`] for how faces are followed through crossings, gaps and scene cuts.
         """
-        source = open_frames(video, VIDEO_FPS)
+        source = self._open_video(video, VIDEO_FPS)
         return track_faces(source, source.label, self._progress, source.expected_frames)
 
     def select_faces(
@@ -404,11 +421,11 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
             raise LatentSyncInputError(f"the avatar was prepared for output_fps={avatar.fps!r}, not {output_fps!r}")
         return avatar
 
-    @staticmethod
-    def _open_video(video: Any, output_fps: float | str) -> FrameSource:
+    def _open_video(self, video: Any, output_fps: float | str) -> FrameSource:
         """The video as re-readable frames: every stored frame with its timestamp for ``"input"``, else resampled
-        to ``output_fps``."""
-        return open_timed_frames(video) if output_fps == "input" else open_frames(video, output_fps)
+        to ``output_fps`` (decoded on the GPU after [`enable_hardware_decode`])."""
+        hwaccel = getattr(self, "_hwaccel", None)
+        return open_timed_frames(video, hwaccel) if output_fps == "input" else open_frames(video, output_fps, hwaccel)
 
     @staticmethod
     def _output_timeline(source: FrameSource, output_fps: float | str, num_samples: int

@@ -142,6 +142,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     fast.add_argument("--channels-last", action="store_true", help="channels-last U-Net weights (GPU)")
     fast.add_argument("--gpu-warps", action="store_true", help="face alignment and paste-back as torch warps on "
                       "the device")
+    fast.add_argument("--hw-decode", nargs="?", const="cuda", default=None, metavar="HWACCEL",
+                      help="decode the input video on the GPU (ffmpeg hardware decoder; default cuda = NVDEC); "
+                      "falls back to the CPU with a warning where it cannot start")
     fast.add_argument("--fp8", action="store_true", help="float8 linear layers (torchao; Hopper/Ada GPUs)")
     fast.add_argument("--cpu-offload", choices=["model", "sequential"], default=None,
                       help="keep weights on the CPU and move them to the GPU when used (lower GPU memory)")
@@ -210,6 +213,8 @@ def load_pipeline(args: argparse.Namespace, local_files_only: bool = False) -> A
         pipe.compile_denoiser(cuda_graphs=args.cuda_graphs)
     if args.gpu_warps:
         pipe.enable_warps_on_device()
+    if args.hw_decode:
+        pipe.enable_hardware_decode(args.hw_decode)
     if args.syncnet:
         pipe.load_syncnet(args.syncnet)
     return pipe

@@ -15,6 +15,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from accelerate import PartialState
+
 from ..errors import LatentSyncInputError
 from ..training.config import TrainingConfig, load_config, load_syncnet_config
 from ..training.syncnet_trainer import train_syncnet
@@ -62,7 +64,8 @@ def _run(usage: str, load: Callable[..., TrainingConfig], run: Callable[[Any], d
     except LatentSyncInputError as exc:  # bad settings, missing models, unusable data, a used output folder
         logger.error("%s", exc)
         return 2
-    print(json.dumps(summary(result)))  # the command's output: what the run produced
+    if PartialState().is_main_process:  # under accelerate launch: one summary, from the process that saved the results
+        print(json.dumps(summary(result)))  # the command's output: what the run produced
     return 0
 
 

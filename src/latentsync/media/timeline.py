@@ -16,13 +16,14 @@ from collections.abc import Callable, Iterator
 from fractions import Fraction
 
 import av
+from av.codec.hwaccel import HWAccel
 import imageio_ffmpeg
 import numpy as np
 
 from ..errors import InvalidVideoError
 from ..tempfiles import partial_path, release_partial
 from .files import check_input_file
-from .video import AtomicWriter, FrameSource, check_output_path
+from .video import AtomicWriter, FrameSource, check_output_path, hardware_decode_failed, worth_trying
 
 logger = logging.getLogger(__name__)
 
@@ -30,11 +31,22 @@ DEFAULT_TIME_BASE = Fraction(1, 90000)
 """Time base of written timestamps when the input's own is not known (frames in memory)."""
 
 
-def _open_container(path: str) -> av.container.InputContainer:
+def _open_container(path: str, hwaccel: str | None = None) -> av.container.InputContainer:
+    if worth_trying(hwaccel):
+        try:
+            container = av.open(path, hwaccel=HWAccel(device_type=hwaccel, allow_software_fallback=True))
+        except (av.FFmpegError, OSError) as exc:
+            hardware_decode_failed(hwaccel, str(exc))
+        else:
+            return _with_video(container, path)
     try:
         container = av.open(path)
     except (av.FFmpegError, OSError) as exc:
         raise InvalidVideoError(f"cannot read video {path}: {exc}") from None
+    return _with_video(container, path)
+
+
+def _with_video(container: av.container.InputContainer, path: str) -> av.container.InputContainer:
     if not container.streams.video:
         container.close()
         raise InvalidVideoError(f"no video stream in {path}")
@@ -66,11 +78,11 @@ def read_timestamps(path: str | os.PathLike) -> tuple[np.ndarray, Fraction]:
     return (ticks - ticks[0]) * float(time_base), Fraction(time_base)
 
 
-def iter_stored_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
+def iter_stored_frames(path: str | os.PathLike, hwaccel: str | None = None) -> Iterator[np.ndarray]:
     """Every frame of the first video stream as the decoder returns it (no frame dropped or repeated), RGB uint8
-    ``(H, W, 3)``, in display order."""
+    ``(H, W, 3)``, in display order; ``hwaccel`` as in [`~latentsync.media.video.iter_frames`]."""
     path = os.fspath(path)
-    with _open_container(path) as container:
+    with _open_container(path, hwaccel) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         try:
@@ -80,11 +92,12 @@ def iter_stored_frames(path: str | os.PathLike) -> Iterator[np.ndarray]:
             raise InvalidVideoError(f"error while decoding {path}: {exc}") from exc
 
 
-def open_timed_frames(path: str | os.PathLike) -> FrameSource:
+def open_timed_frames(path: str | os.PathLike, hwaccel: str | None = None) -> FrameSource:
     """A re-readable [`FrameSource`] of every stored frame of a video file, with ``timestamps`` set (seconds)."""
     timestamps, time_base = read_timestamps(path)
     path = os.fspath(path)
-    return FrameSource(path, len(timestamps), lambda: iter_stored_frames(path), path, timestamps, time_base)
+    return FrameSource(path, len(timestamps), lambda: iter_stored_frames(path, hwaccel), path, timestamps,
+                       time_base)
 
 
 def frame_durations(timestamps: np.ndarray) -> np.ndarray:

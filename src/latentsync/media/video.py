@@ -41,10 +41,19 @@ class _RotationNotice(logging.Filter):
 logging.getLogger("imageio_ffmpeg").addFilter(_RotationNotice())
 
 
-def _open(path: str, fps: float | None):
+def _open(path: str, fps: float | None, hwaccel: str | None = None):
+    if worth_trying(hwaccel):
+        try:
+            return _start_decoder(path, fps, ["-hwaccel", hwaccel])
+        except InvalidVideoError as exc:
+            hardware_decode_failed(hwaccel, str(exc))
+    return _start_decoder(path, fps, None)
+
+
+def _start_decoder(path: str, fps: float | None, input_params: list[str] | None):
     output_params = ["-vf", f"fps={fps}"] if fps else None
     try:
-        gen = imageio_ffmpeg.read_frames(path, output_params=output_params)
+        gen = imageio_ffmpeg.read_frames(path, input_params=input_params, output_params=output_params)
         meta = next(gen)
     except (OSError, RuntimeError, StopIteration) as exc:
         text = str(exc)
@@ -57,10 +66,33 @@ def _open(path: str, fps: float | None):
     return gen, meta
 
 
-def iter_frames(path: str | os.PathLike, fps: float | None = VIDEO_FPS) -> Iterator[np.ndarray]:
-    """Yield RGB uint8 frames ``(H, W, 3)``, resampled to ``fps`` (None keeps the source rate)."""
+_HWACCEL_FAILED: set[str] = set()
+
+
+def worth_trying(hwaccel: str | None) -> bool:
+    """Whether to try hardware decoding with ``hwaccel``: asked for, and not already failed in this process."""
+    return bool(hwaccel) and hwaccel not in _HWACCEL_FAILED
+
+
+def hardware_decode_failed(hwaccel: str, reason: str) -> None:
+    """Note that the ``hwaccel`` decoder could not start (no such GPU or driver): said once per process, and not
+    tried again; the frames are then decoded on the CPU."""
+    if hwaccel not in _HWACCEL_FAILED:
+        _HWACCEL_FAILED.add(hwaccel)
+        logger.warning("hardware video decoding (%s) is not available here (%s); decoding on the CPU", hwaccel,
+                       reason.splitlines()[-1] if reason else "no reason given")
+
+
+def iter_frames(path: str | os.PathLike, fps: float | None = VIDEO_FPS, hwaccel: str | None = None
+                ) -> Iterator[np.ndarray]:
+    """Yield RGB uint8 frames ``(H, W, 3)``, resampled to ``fps`` (None keeps the source rate).
+
+    ``hwaccel`` (e.g. ``"cuda"``: NVDEC) decodes on the GPU with ffmpeg's hardware decoder; the frames come back to
+    memory as the CPU decoder would give them. Where it cannot start, decoding falls back to the CPU with one
+    warning.
+    """
     path = os.fspath(path)
-    gen, meta = _open(path, fps)
+    gen, meta = _open(path, fps, hwaccel)
     w, h = meta["size"]
     try:
         for buf in gen:
@@ -97,8 +129,10 @@ def _as_rgb_uint8(frame: Any, i: int) -> np.ndarray:
     return arr
 
 
-def open_frames(video: str | os.PathLike | np.ndarray | Sequence[Any], fps: float = VIDEO_FPS) -> FrameSource:
-    """A re-readable [`FrameSource`] for a video path (resampled to ``fps``) or for frames in memory.
+def open_frames(video: str | os.PathLike | np.ndarray | Sequence[Any], fps: float = VIDEO_FPS,
+                hwaccel: str | None = None) -> FrameSource:
+    """A re-readable [`FrameSource`] for a video path (resampled to ``fps``; decoded by ``hwaccel`` where given, see
+    [`iter_frames`]) or for frames in memory.
 
     In-memory frames (an array ``(T, H, W, 3)`` or a sequence of ``(H, W, 3)`` arrays or PIL images, RGB uint8) are
     taken to be at ``fps`` already.
@@ -108,7 +142,7 @@ def open_frames(video: str | os.PathLike | np.ndarray | Sequence[Any], fps: floa
     """
     if isinstance(video, (str, os.PathLike)):
         info = probe_video(video)
-        return FrameSource(info.path, max(1, int(round(info.duration * fps))), lambda: iter_frames(info.path, fps),
+        return FrameSource(info.path, max(1, int(round(info.duration * fps))), lambda: iter_frames(info.path, fps, hwaccel),
                            info.path)
     if isinstance(video, np.ndarray) and video.ndim != 4:
         raise InvalidVideoError(f"a video array must be (frames, height, width, 3), got shape {video.shape}")

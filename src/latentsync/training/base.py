@@ -1,5 +1,14 @@
 """What both trainers do the same way: the accelerator, the optimiser step, checkpoints, the loss log, the run's
-saved settings.
+saved settings, and how several processes share a run.
+
+Several processes (``accelerate launch --num_processes N``, on one machine or several) train one model with
+distributed data parallelism: each process trains on its own part of every global batch (the data loader yields the
+global batch of ``N x train_batch_size`` samples and accelerate gives each process its slice) and the gradients are
+averaged, so every process holds the same weights after every step. The random draws of a step (VAE posterior
+samples, noise, timesteps) are made for the whole global batch from the torch RNG, which all processes seed alike,
+and each process keeps its rows ([`draw_for_global_batch`]): N processes with batch B compute what one process with
+batch N x B would. Only the main process writes files (the run folder, the loss log, validation videos, the results)
+and pushes to the Hub; every process saves and restores its own RNG state with the checkpoint.
 
 Checkpoints are ``accelerator.save_state`` folders (model, optimiser, LR scheduler, registered objects, RNG states)
 named ``checkpoint-<step>`` under ``output_dir/checkpoints``. Each is written to a hidden temporary folder and
@@ -9,6 +18,7 @@ to load.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -22,7 +32,7 @@ from typing import Any
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, broadcast_object_list
 from diffusers.optimization import get_scheduler
 from huggingface_hub import HfApi, snapshot_download
 
@@ -38,6 +48,7 @@ LOSS_LOG = "losses.jsonl"
 HISTORY_FILE = "history.json"
 LOSS_CHART = "loss_chart.png"
 STATE_FILE = "training_state.json"
+LAYOUT_FILE = "process_layout.json"  # in a checkpoint: how many processes, with which batch, saved it
 MODEL_CONFIG_FILE = "model_config.json"
 # what a training run writes at its top level: a folder holding one of these can be overwritten
 RUN_FILES = ("config.json", "config.yaml", LOSS_LOG, HISTORY_FILE, "checkpoints")
@@ -70,6 +81,7 @@ def check_output_dir(cfg: TrainingConfig) -> None:
 def start_output_dir(accelerator: Accelerator, cfg: TrainingConfig, config_file: str) -> None:
     """Make ``output_dir`` ready (deleting the old run first with ``overwrite_output_dir``) and save the settings
     there as ``config_file`` (main process)."""
+    accelerator.wait_for_everyone()  # every process has checked the folder (check_output_dir) before it changes
     if accelerator.is_main_process:
         if cfg.overwrite_output_dir and os.path.isdir(cfg.output_dir) and os.listdir(cfg.output_dir):
             logger.warning("overwrite_output_dir: deleting the previous run in %s", cfg.output_dir)
@@ -84,7 +96,10 @@ def start_output_dir(accelerator: Accelerator, cfg: TrainingConfig, config_file:
 # ---------------------------------------------------------------------------------------------------- setup
 def create_accelerator(cfg: TrainingConfig) -> Accelerator:
     """An ``Accelerator`` for the run: mixed precision (fp16 needs a GPU: fp32 without one), gradient accumulation,
-    trackers logging to ``output_dir/logging_dir``; TF32 matmuls on Ampere GPUs when ``allow_tf32``."""
+    trackers logging to ``output_dir/logging_dir``; TF32 matmuls on Ampere GPUs when ``allow_tf32``.
+
+    Under ``accelerate launch`` with several processes the data loaders yield global batches that accelerate splits
+    between the processes (see [`loader_batch_size`]), and only the main process logs below warnings."""
     mixed_precision = cfg.mixed_precision
     if mixed_precision == "fp16" and not torch.cuda.is_available():
         logger.warning("fp16 mixed precision needs a GPU: training in fp32")
@@ -95,11 +110,48 @@ def create_accelerator(cfg: TrainingConfig) -> Accelerator:
         log_with=cfg.report_to,
         project_config=ProjectConfiguration(project_dir=cfg.output_dir,
                                             logging_dir=os.path.join(cfg.output_dir, cfg.logging_dir)),
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
     )
+    if not accelerator.is_main_process:  # one copy of the run's log lines, not one per process
+        logging.getLogger("latentsync").setLevel(logging.WARNING)
     if cfg.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     return accelerator
+
+
+def loader_batch_size(accelerator: Accelerator, per_process: int) -> int:
+    """The batch size of a data loader given to ``accelerator.prepare``: the global batch (``per_process`` samples
+    for each process), which accelerate splits so that each process loads and trains on its own slice. The epochs,
+    the shuffling and ``drop_last`` are thus those of the global batch, the same for any number of processes."""
+    return per_process * accelerator.num_processes
+
+
+def draw_for_global_batch(accelerator: Accelerator | None, draw: Callable[[tuple[int, ...]], torch.Tensor],
+                          shape: Sequence[int], groups: int = 1) -> torch.Tensor:
+    """Random values of ``shape`` for this process's slice of the global batch.
+
+    ``draw(global_shape)`` makes the values of the whole global batch (the first dimension times the number of
+    processes) from the torch RNG, which every process seeds and advances alike, and this process keeps its rows: a
+    sample gets the same values whichever process trains it and however many processes there are. ``groups``: the
+    first dimension is that many blocks laid out like the batch (e.g. three sets of clips encoded in one call). One
+    process (or no accelerator): just ``draw(shape)``."""
+    shape = tuple(shape)
+    n = accelerator.num_processes if accelerator is not None else 1
+    if n == 1:
+        return draw(shape)
+    if shape[0] % groups:
+        raise ValueError(f"the first dimension of {shape} is not {groups} blocks")
+    rows = shape[0] // groups
+    full = draw((shape[0] * n, *shape[1:]))
+    return full.reshape(groups, n, rows, *shape[1:])[:, accelerator.process_index].reshape(shape)
+
+
+def rng_kept(accelerator: Accelerator) -> contextlib.AbstractContextManager:
+    """A context that restores the torch RNG (CPU and the accelerator's GPU) on leaving: work that only the main
+    process does (a validation video) must not move its RNG away from the other processes'."""
+    device = accelerator.device
+    return torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
 
 
 def weight_dtype(accelerator: Accelerator) -> torch.dtype:
@@ -124,15 +176,14 @@ def init_trackers(accelerator: Accelerator, cfg: TrainingConfig, project: str) -
         accelerator.init_trackers(project, config=scalars)
 
 
-def create_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainingConfig, accelerator: Accelerator,
+def create_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainingConfig,
                      learning_rate: float | None = None) -> tuple[torch.optim.Optimizer, Any]:
-    """AdamW over ``params`` and the LR schedule ``cfg.lr_scheduler`` (warm-up and length counted in steps of every
-    process, as accelerate steps the schedule once per process)."""
+    """AdamW over ``params`` and the LR schedule ``cfg.lr_scheduler`` over ``max_train_steps`` optimisation steps
+    (accelerate steps it once per optimisation step, as the loaders yield global batches)."""
     optimizer = torch.optim.AdamW(params, lr=learning_rate or cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                   weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
-    lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer,
-                                 num_warmup_steps=cfg.lr_warmup_steps * accelerator.num_processes,
-                                 num_training_steps=cfg.max_train_steps * accelerator.num_processes)
+    lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
+                                 num_training_steps=cfg.max_train_steps)
     return optimizer, lr_scheduler
 
 
@@ -167,10 +218,27 @@ def list_checkpoints(output_dir: str) -> list[str]:
     return [os.path.join(root, d) for d in sorted(names, key=checkpoint_step)]
 
 
-def resolve_resume(cfg: TrainingConfig) -> str | None:
+def resolve_resume(cfg: TrainingConfig, accelerator: Accelerator | None = None) -> str | None:
     """Folder to resume from: ``resume_from_checkpoint`` itself, with ``latest`` the newest checkpoint of
     ``output_dir``, with ``hub`` the newest checkpoint pushed to ``hub_model_id`` (downloaded); None, starting from
-    scratch, when there is none."""
+    scratch, when there is none. With an ``accelerator`` the main process decides (and downloads) and every process
+    gets its answer, so all resume from the same checkpoint."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return _find_resume(cfg)
+    answer: list[Any] = [None]
+    if accelerator.is_main_process:
+        try:
+            answer = [("ok", _find_resume(cfg))]
+        except Exception as exc:  # noqa: BLE001 - sent to every process and raised there, not left to hang them
+            answer = [("error", exc)]
+    broadcast_object_list(answer)
+    kind, value = answer[0]
+    if kind == "error":
+        raise value
+    return value
+
+
+def _find_resume(cfg: TrainingConfig) -> str | None:
     if not cfg.resume_from_checkpoint:
         return None
     if cfg.resume_from_checkpoint == "hub":
@@ -186,11 +254,34 @@ def resolve_resume(cfg: TrainingConfig) -> str | None:
     return cfg.resume_from_checkpoint
 
 
+def process_layout(accelerator: Accelerator, cfg: TrainingConfig) -> dict[str, int]:
+    """How the run splits its global batch: processes, batch per process, accumulation (saved with checkpoints)."""
+    return {"num_processes": accelerator.num_processes, "train_batch_size": cfg.train_batch_size,
+            "gradient_accumulation_steps": cfg.gradient_accumulation_steps}
+
+
+def load_checkpoint(accelerator: Accelerator, cfg: TrainingConfig, path: str) -> None:
+    """Restore the accelerator state saved in ``path`` (model, optimiser, LR schedule, registered objects and each
+    process's RNG state). The data position follows from the checkpoint's step, so the run must split its batches
+    as the one that saved it did: a checkpoint of another process count or batch is refused with what differs."""
+    saved = read_json(os.path.join(path, LAYOUT_FILE))
+    now = process_layout(accelerator, cfg)
+    if saved is not None and saved != now:
+        differ = ", ".join(f"{k} {saved.get(k)} (now {v})" for k, v in now.items() if saved.get(k) != v)
+        raise TrainingConfigError(
+            f"{path} was saved by a run with {differ}: resume with the same number of processes, train_batch_size "
+            "and gradient_accumulation_steps (the data position and the random states are per process)")
+    accelerator.load_state(path)
+
+
 def save_checkpoint(accelerator: Accelerator, cfg: TrainingConfig, step: int,
                     extra_json: dict[str, Any] | None = None) -> str:
     """Save the accelerator state (and ``extra_json``: file name -> JSON data, e.g. [`TrainingLog.state`] and the
-    model config) as ``checkpoint-<step>``, atomically, then delete the oldest checkpoints beyond
-    ``checkpoints_total_limit``."""
+    model config; and the [`process_layout`]) as ``checkpoint-<step>``, atomically, then delete the oldest
+    checkpoints beyond ``checkpoints_total_limit`` and push it (``push_to_hub``).
+
+    Every process takes part (each writes its RNG state, ``random_states_<rank>.pkl``); the main process writes the
+    rest and renames, deletes and pushes. With several machines ``output_dir`` must be a folder they share."""
     root = checkpoint_root(cfg.output_dir)
     final = os.path.join(root, f"{CHECKPOINT_PREFIX}{step}")
     tmp = os.path.join(root, f".tmp-{CHECKPOINT_PREFIX}{step}")
@@ -200,7 +291,7 @@ def save_checkpoint(accelerator: Accelerator, cfg: TrainingConfig, step: int,
     accelerator.save_state(tmp)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        for name, data in (extra_json or {}).items():
+        for name, data in {**(extra_json or {}), LAYOUT_FILE: process_layout(accelerator, cfg)}.items():
             with open(os.path.join(tmp, name), "w") as fh:
                 json.dump(data, fh)
         if os.path.isdir(final):

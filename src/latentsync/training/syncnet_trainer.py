@@ -132,7 +132,7 @@ def train_syncnet(cfg: SyncNetTrainingConfig) -> dict[str, Any]:
     # accelerator first: it decides the device, the precision and which process writes files
     accelerator = base.create_accelerator(cfg)
     set_seed(cfg.seed)
-    resume_path = base.resolve_resume(cfg)
+    resume_path = base.resolve_resume(cfg, accelerator)
     global_step = 0
     if resume_path is not None:
         if base.read_training_state(resume_path) is None:
@@ -140,7 +140,8 @@ def train_syncnet(cfg: SyncNetTrainingConfig) -> dict[str, Any]:
         global_step = base.checkpoint_step(resume_path)
 
     # model (and, for latent-space SyncNets, the frozen VAE that encodes the frames)
-    model = build_syncnet(cfg)
+    with accelerator.local_main_process_first():  # one download per machine; the others read the cache
+        model = build_syncnet(cfg)
     mcfg = model.config
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
@@ -148,19 +149,20 @@ def train_syncnet(cfg: SyncNetTrainingConfig) -> dict[str, Any]:
     if mcfg.latent_space:
         check_model_sources({"vae": cfg.vae})
         vae_dtype = torch.float16 if accelerator.mixed_precision == "fp16" else torch.float32
-        with loading("vae", cfg.vae):
+        with loading("vae", cfg.vae), accelerator.local_main_process_first():
             vae = AutoencoderKL.from_pretrained(cfg.vae, subfolder=cfg.vae_subfolder, torch_dtype=vae_dtype)
         vae.requires_grad_(False).eval().to(accelerator.device)
 
-    # data: sample i of the stream depends only on (seed, i); a resumed run starts after the consumed samples
+    # data: sample i of the stream depends only on (seed, i); a resumed run starts after the consumed samples, and
+    # each process trains on its slice of every global batch
     per_step = cfg.train_batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes
     remaining = max(0, cfg.max_train_steps - global_step)
     store_kwargs = dict(resolution=mcfg.resolution, lower_half=mcfg.lower_half, video_column=cfg.video_column,
                         cache_size=cfg.cache_clips)
-    train_clips = ClipStore(cfg.train_data, split=cfg.train_split, **store_kwargs)
-    if cfg.val_data:
-        val_clips = ClipStore(cfg.val_data, split=cfg.val_split, **store_kwargs)
-    else:
+    with accelerator.local_main_process_first():
+        train_clips = ClipStore(cfg.train_data, split=cfg.train_split, **store_kwargs)
+        val_clips = ClipStore(cfg.val_data, split=cfg.val_split, **store_kwargs) if cfg.val_data else None
+    if val_clips is None:
         val_clips = train_clips
         overlap = cfg.val_time_range[0] < cfg.train_time_range[1] and cfg.train_time_range[0] < cfg.val_time_range[1]
         if overlap:
@@ -182,19 +184,20 @@ def train_syncnet(cfg: SyncNetTrainingConfig) -> dict[str, Any]:
     val_set = SyncNetDataset(val_clips, cfg.num_val_samples, time_range=tuple(cfg.val_time_range),
                              seed=cfg.seed + 1, **sampling)
     loader_kwargs = dict(num_workers=cfg.dataloader_num_workers, pin_memory=torch.cuda.is_available())
-    train_loader = DataLoader(train_set, batch_size=cfg.train_batch_size, shuffle=False, drop_last=True,
-                              **loader_kwargs)
-    val_loader = DataLoader(val_set, batch_size=cfg.val_batch_size, shuffle=False, **loader_kwargs)
+    train_loader = DataLoader(train_set, batch_size=base.loader_batch_size(accelerator, cfg.train_batch_size),
+                              shuffle=False, drop_last=True, **loader_kwargs)
+    val_loader = DataLoader(val_set, batch_size=base.loader_batch_size(accelerator, cfg.val_batch_size),
+                            shuffle=False, **loader_kwargs)
 
-    # optimiser and schedule, prepared by accelerate; resume restores their states and the RNG
+    # optimiser and schedule, prepared by accelerate; resume restores their states and every process's RNG
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer, lr_scheduler = base.create_optimizer(trainable, cfg, accelerator)
+    optimizer, lr_scheduler = base.create_optimizer(trainable, cfg)
     model, optimizer, train_loader, val_loader, lr_scheduler = accelerator.prepare(
         model, optimizer, train_loader, val_loader, lr_scheduler
     )
     log = base.TrainingLog(accelerator, cfg, "SyncNet training", reference_lines=CHANCE_LINES)
     if resume_path is not None:
-        accelerator.load_state(resume_path)
+        base.load_checkpoint(accelerator, cfg, resume_path)
         log.restore(resume_path, global_step)
         logger.info("resumed from %s at step %d", resume_path, global_step)
     elif cfg.resume_from_checkpoint:  # "latest" without a checkpoint: a fresh start in the same folder

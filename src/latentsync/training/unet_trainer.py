@@ -43,11 +43,15 @@ logger = logging.getLogger(__name__)
 
 
 # ---------------------------------------------------------------------------------------------------- step
-def vae_encode(vae, pixels: torch.Tensor) -> torch.Tensor:
-    """Clip pixels ``(B, F, 3, H, W)`` -> scaled latents ``(B, 4, F, h, w)`` (posterior sample)."""
+def vae_encode(vae, pixels: torch.Tensor, accelerator: Accelerator | None = None, groups: int = 1) -> torch.Tensor:
+    """Clip pixels ``(B, F, 3, H, W)`` -> scaled latents ``(B, 4, F, h, w)`` (posterior sample, its noise drawn for
+    the global batch: see [`base.draw_for_global_batch`]; ``groups``: ``pixels`` holds that many batches)."""
     b, f = pixels.shape[:2]
-    latents = vae.encode(pixels.flatten(0, 1).to(vae.dtype)).latent_dist.sample()
-    latents = scale_latents(latents, vae)
+    posterior = vae.encode(pixels.flatten(0, 1).to(vae.dtype)).latent_dist
+    mean = posterior.mean
+    eps = base.draw_for_global_batch(
+        accelerator, lambda shape: torch.randn(shape, device=mean.device, dtype=mean.dtype), mean.shape, groups)
+    latents = scale_latents(mean + posterior.std * eps, vae)
     return latents.reshape(b, f, *latents.shape[1:]).transpose(1, 2)
 
 
@@ -72,21 +76,27 @@ def compute_losses(
     The clip is encoded by the VAE (ground truth, ground truth with the mouth masked out, reference), noised at a
     random timestep (mixed noise: shared plus per-frame), and the U-Net predicts the noise: MSE is the stage-1 loss.
     Stage 2 decodes the one-step estimate of the clean latents and adds LPIPS on the lower half, TREPA on the clip
-    and the SyncNet loss against the clip's mel window."""
+    and the SyncNet loss against the clip's mel window. The random draws are made for the global batch (each process
+    keeps its slice), so the result does not depend on how many processes share the batch."""
     vae, scheduler = comps.vae, comps.scheduler
     gt, ref = batch["gt"], batch["ref"]
     device = gt.device
     mask = torch.from_numpy(np.array(mouth_mask(cfg.resolution))).to(device, gt.dtype)[None, None, None]  # (1,1,1,R,R)
     with torch.no_grad():  # one VAE call for the three clips
-        gt_latents, masked_latents, ref_latents = vae_encode(vae, torch.cat([gt, gt * mask, ref])).chunk(3)
+        gt_latents, masked_latents, ref_latents = vae_encode(vae, torch.cat([gt, gt * mask, ref]), accelerator,
+                                                             groups=3).chunk(3)
     b, _, f, h, w = gt_latents.shape
     mask_latent = latent_mouth_mask(cfg.resolution, (h, w)).to(device)[:, :, None].expand(b, 1, f, h, w)
     gt_latents = gt_latents.float()
     if cfg.use_mixed_noise:
-        noise = mixed_noise(gt_latents.shape, cfg.mixed_noise_alpha, device=device)
+        noise = base.draw_for_global_batch(
+            accelerator, lambda shape: mixed_noise(shape, cfg.mixed_noise_alpha, device=device), gt_latents.shape)
     else:  # official fallback: one noise map shared by all frames
-        noise = torch.randn((b, gt_latents.shape[1], 1, h, w), device=device).expand_as(gt_latents).contiguous()
-    timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (b,), device=device).long()
+        noise = base.draw_for_global_batch(accelerator, lambda shape: torch.randn(shape, device=device),
+                                           (b, gt_latents.shape[1], 1, h, w)).expand_as(gt_latents).contiguous()
+    timesteps = base.draw_for_global_batch(
+        accelerator, lambda shape: torch.randint(0, scheduler.config.num_train_timesteps, shape, device=device),
+        (b,)).long()
     noisy = scheduler.add_noise(gt_latents, noise, timesteps)
     model_input = torch.cat(
         [noisy, mask_latent.to(noisy.dtype), masked_latents.to(noisy.dtype), ref_latents.to(noisy.dtype)], dim=1
@@ -250,10 +260,11 @@ def train(cfg: UNetTrainingConfig) -> dict[str, Any]:
     _stage_warnings(cfg)
     # accelerator first: it decides the device, the precision and which process writes files
     accelerator = base.create_accelerator(cfg)
-    set_seed(cfg.seed, device_specific=True)
+    set_seed(cfg.seed)  # the same on every process: the random draws are made for the global batch
 
     # models: the U-Net trains (all of it, chosen modules, or LoRA adapters), the others are frozen
-    comps = load_components(cfg)
+    with accelerator.local_main_process_first():  # one download per machine; the others read the cache
+        comps = load_components(cfg)
     unet = comps.unet
     if cfg.lora_rank > 0:
         add_lora(unet, cfg)
@@ -278,20 +289,23 @@ def train(cfg: UNetTrainingConfig) -> dict[str, Any]:
     lr = cfg.learning_rate
     if cfg.scale_lr:
         lr *= cfg.gradient_accumulation_steps * cfg.train_batch_size * accelerator.num_processes
-    optimizer, lr_scheduler = base.create_optimizer(params, cfg, accelerator, lr)
+    optimizer, lr_scheduler = base.create_optimizer(params, cfg, lr)
 
     # data: sample i of epoch e depends only on (seed, e, i), so a resumed run sees what an uninterrupted one would
-    dataset = UNetClipDataset(cfg.train_data, cfg.resolution, cfg.num_frames, cfg.train_split, cfg.video_column,
-                              return_mel=comps.sync_loss is not None, seed=cfg.seed, cache_clips=cfg.cache_clips)
-    resume = base.resolve_resume(cfg)
+    # (each process trains on its slice of every global batch)
+    with accelerator.local_main_process_first():
+        dataset = UNetClipDataset(cfg.train_data, cfg.resolution, cfg.num_frames, cfg.train_split, cfg.video_column,
+                                  return_mel=comps.sync_loss is not None, seed=cfg.seed, cache_clips=cfg.cache_clips)
+    resume = base.resolve_resume(cfg, accelerator)
     # everything loaded: the run folder is written from here on
     base.start_output_dir(accelerator, cfg, "config.json")
     if accelerator.is_main_process:
         base.log_training_plan("U-Net training", training_plan(
             cfg, comps, unet, dataset.source.info(), accelerator, base.checkpoint_step(resume) if resume else 0))
+    batch_size = base.loader_batch_size(accelerator, cfg.train_batch_size)
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=cfg.train_batch_size, sampler=EpochSampler(len(dataset), seed=cfg.seed),
-        collate_fn=_collate, num_workers=cfg.dataloader_num_workers, drop_last=len(dataset) >= cfg.train_batch_size,
+        dataset, batch_size=batch_size, sampler=EpochSampler(len(dataset), seed=cfg.seed), collate_fn=_collate,
+        num_workers=cfg.dataloader_num_workers, drop_last=len(dataset) >= batch_size,
         generator=torch.Generator().manual_seed(cfg.seed),
     )
     unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
@@ -301,11 +315,12 @@ def train(cfg: UNetTrainingConfig) -> dict[str, Any]:
                                     cache_dir=os.path.join(cfg.output_dir, "audio_features"))
     base.init_trackers(accelerator, cfg, "latentsync-unet")
 
-    # resume: model, optimiser, schedule, EMA and RNG states from the checkpoint, and the data position from its step
+    # resume: model, optimiser, schedule, EMA and every process's RNG state from the checkpoint, and the data position
+    # from its step
     global_step = 0
     log = base.TrainingLog(accelerator, cfg, f"LatentSync U-Net, stage {cfg.stage}")
     if resume:
-        accelerator.load_state(resume)
+        base.load_checkpoint(accelerator, cfg, resume)
         if ema is not None:  # the EMA shadow weights come back on the CPU
             ema.to(device)
         global_step = base.checkpoint_step(resume)
@@ -377,13 +392,14 @@ def _validate(accelerator: Accelerator, comps: TrainingComponents, unet: torch.n
               params: list[torch.nn.Parameter], cfg: UNetTrainingConfig, step: int, device: torch.device,
               log: base.TrainingLog) -> None:
     """Write a validation video with the current weights (the EMA weights when enabled) and show its middle frame in
-    tensorboard; a failure is logged, not raised."""
+    tensorboard; a failure is logged, not raised. Runs on the main process only, leaving its RNG as it was."""
     model = accelerator.unwrap_model(unet)
     if ema is not None:
         ema.store(params)
         ema.copy_to(params)
     try:
-        path, frame = run_validation(comps, model, cfg, step, device)
+        with base.rng_kept(accelerator):
+            path, frame = run_validation(comps, model, cfg, step, device)
     except Exception as exc:  # noqa: BLE001 - a failed preview must not stop a long training run
         logger.warning("validation at step %d failed: %s", step, exc)
         return
