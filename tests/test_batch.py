@@ -95,25 +95,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_batch_under_accelerate_launch_shares_the_jobs_between_two_processes(tmp_path, example_face, example_speech):
+def test_batch_under_accelerate_launch_shares_the_jobs_between_two_processes(tmp_path, tiny_model_dir_64,
+                                                                            example_face, example_speech):
     """Two CPU processes (gloo), four jobs, a tiny model saved to disk and loaded back by each process: every output
     is written once, each process runs two jobs, the main process writes one table of all four. A fifth, broken job
     (on the second process) makes every process exit with 1, and the finished outputs are skipped."""
-    from latentsync.testing import build_tiny_pipeline
-
-    model = tmp_path / "tiny-64"
-    build_tiny_pipeline(resolution=64).save_pretrained(model)
+    model = tiny_model_dir_64
     folder = tmp_path / "pairs"
     folder.mkdir()
     for name in "abcd":
         shutil.copy(example_face, folder / f"{name}.mp4")
         ffmpeg("-i", os.fspath(example_speech), "-t", "0.64", os.fspath(folder / f"{name}.wav"))
     out = tmp_path / "out"
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--main_process_port", str(_free_port()), "-m", "latentsync", "batch", os.fspath(folder), os.fspath(out),
-              "--model", os.fspath(model), "--steps", "1", "--device", "cpu"]
-    proc = subprocess.run(launch, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+
+    def launch() -> subprocess.CompletedProcess:
+        """The batch under accelerate launch (a fresh rendezvous port each time)."""
+        return subprocess.run(
+            [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+             "--main_process_port", str(_free_port()), "-m", "latentsync", "batch", os.fspath(folder),
+             os.fspath(out), "--model", os.fspath(model), "--steps", "1", "--device", "cpu"],
+            capture_output=True, text=True, timeout=600, cwd=tmp_path)
+
+    proc = launch()
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p for p in os.listdir(out) if p.endswith(".mp4")) == ["a.mp4", "b.mp4", "c.mp4", "d.mp4"]
     with open(out / "batch_results.csv", newline="") as fh:
@@ -127,7 +131,7 @@ def test_batch_under_accelerate_launch_shares_the_jobs_between_two_processes(tmp
 
     (folder / "e.mp4").write_bytes(b"not a video at all" * 100)
     shutil.copy(folder / "a.wav", folder / "e.wav")
-    proc = subprocess.run(launch, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    proc = launch()
     assert proc.returncode == 1, proc.stderr[-3000:]
     rows = _rows(out / "batch_results.csv")
     assert {k: (r["status"], r["process"]) for k, r in rows.items()} == {

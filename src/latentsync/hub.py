@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from importlib import metadata
 from typing import TYPE_CHECKING, Any
 
+from filelock import FileLock
 from huggingface_hub import DatasetCard, DatasetCardData, HfApi, ModelCard, ModelCardData, hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
@@ -110,6 +111,17 @@ def has_own_loader(source: str | os.PathLike, **hub_kwargs: Any) -> bool:
         return False
     with open(path, encoding="utf-8") as fh:
         return fh.read() == LOADER_SOURCE
+
+
+def loader_lock() -> FileLock:
+    """A lock, across processes, for loading a pipeline through its loader file. diffusers copies the file into its
+    modules cache (``HF_MODULES_CACHE``, one path for every folder's ``pipeline.py``) and imports it from there at
+    every load, so processes that load at once (``accelerate launch``) could import another one's half-written copy.
+    """
+    from diffusers.utils.constants import HF_MODULES_CACHE  # deferred: diffusers is slow to import (only loads use it)
+
+    os.makedirs(HF_MODULES_CACHE, exist_ok=True)
+    return FileLock(os.path.join(HF_MODULES_CACHE, "latentsync-loader.lock"))
 
 
 # ---------------------------------------------------------------------------------------------------- cards

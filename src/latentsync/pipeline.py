@@ -159,6 +159,8 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         if not kwargs.get("trust_remote_code") and hub.has_own_loader(pretrained_model_name_or_path,
                                                                      local_files_only=local_only, **hub_kwargs):
             kwargs["trust_remote_code"] = True  # the file only imports this class
+            with hub.loader_lock():  # one process at a time through diffusers' copy of the loader file
+                return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
 
     # ------------------------------------------------------------------ options
