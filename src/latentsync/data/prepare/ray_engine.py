@@ -158,6 +158,8 @@ class _Call:
 
 
 class _Driver:
+    """Schedules the videos' tasks and the clips' stage calls, and assembles each video's record."""
+
     def __init__(self, config: PrepareConfig, device: str, models: StageModels, max_videos: int | None,
                  actors: int | None):
         resources = ray.cluster_resources()
@@ -236,6 +238,7 @@ class _Driver:
                 self._submit(_Call(v, index, ref, "quality", ClipCheck()), self.quality, ref, ClipCheck())
 
     def _submit(self, call: _Call, pool: _Pool | None, *args) -> None:
+        """Start ``call``: on an actor of ``pool``, or as a write task (``pool`` None)."""
         if pool is None:
             self.calls[_write.remote(*args)] = call
         else:
@@ -266,9 +269,8 @@ class _Driver:
             self._submit(dataclasses.replace(call, stage="quality", check=value), self.quality, call.clip, value)
             return
         else:
-            job = v.job
             self._submit(dataclasses.replace(call, stage="write", check=value, pool=None), None, call.clip, v.audio,
-                         value.offset, v.scan.result["key"], job.clips_dir, self.config)
+                         value.offset, v.scan.result["key"], v.job.clips_dir, self.config)
             return
         v.pending -= 1
 
