@@ -308,6 +308,16 @@ def save_checkpoint(accelerator: Accelerator, cfg: TrainingConfig, step: int,
 
 
 # ---------------------------------------------------------------------------------------------------- Hub
+def checkpoint_if_due(accelerator: Accelerator, cfg: TrainingConfig, step: int, log: TrainingLog,
+                      model_config: dict[str, Any]) -> bool:
+    """The end of an optimisation step: a checkpoint (with the loss log) every ``checkpointing_steps`` and at the
+    last step; True when the run has reached ``max_train_steps``."""
+    if step % cfg.checkpointing_steps == 0 or step == cfg.max_train_steps:
+        save_checkpoint(accelerator, cfg, step, {STATE_FILE: log.state(step), MODEL_CONFIG_FILE: model_config})
+        log.save()
+    return step >= cfg.max_train_steps
+
+
 def push_checkpoint(cfg: TrainingConfig, path: str) -> None:
     """Upload the checkpoint folder ``path`` to ``checkpoints/<its name>`` of ``hub_model_id``; with
     ``hub_strategy="checkpoint"`` the older checkpoints leave the repo in the same commit. A failed upload is logged

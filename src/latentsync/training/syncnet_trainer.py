@@ -232,11 +232,7 @@ def train_syncnet(cfg: SyncNetTrainingConfig) -> dict[str, Any]:
             step_loss = 0.0
             if global_step % cfg.validation_steps == 0 or global_step == cfg.max_train_steps:
                 validate(model, val_loader, accelerator, vae, cfg, global_step, log)
-            if global_step % cfg.checkpointing_steps == 0 or global_step == cfg.max_train_steps:
-                base.save_checkpoint(accelerator, cfg, global_step, {base.STATE_FILE: log.state(global_step),
-                                                                     base.MODEL_CONFIG_FILE: model_config})
-                log.save()
-            if global_step >= cfg.max_train_steps:
+            if base.checkpoint_if_due(accelerator, cfg, global_step, log, model_config):
                 break
     progress.close()
 

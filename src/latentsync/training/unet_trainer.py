@@ -367,11 +367,7 @@ def train(cfg: UNetTrainingConfig) -> dict[str, Any]:
             if (cfg.validation_video and accelerator.is_main_process
                     and (global_step % cfg.validation_steps == 0 or global_step == cfg.max_train_steps)):
                 _validate(accelerator, comps, unet, ema, params, cfg, global_step, device, log)
-            if global_step % cfg.checkpointing_steps == 0 or global_step == cfg.max_train_steps:
-                base.save_checkpoint(accelerator, cfg, global_step, {base.STATE_FILE: log.state(global_step),
-                                                                     base.MODEL_CONFIG_FILE: model_config})
-                log.save()
-            if global_step >= cfg.max_train_steps:
+            if base.checkpoint_if_due(accelerator, cfg, global_step, log, model_config):
                 break
     progress.close()
 
