@@ -208,3 +208,11 @@ def example_face() -> Path:
 @pytest.fixture(scope="session")
 def example_speech() -> Path:
     return EXAMPLES / "speech.wav"
+
+
+@pytest.fixture(scope="session")
+def one_window(example_speech, tmp_path_factory) -> Path:
+    """The first 0.64 s of the example speech: 16 output frames, one window."""
+    out = tmp_path_factory.mktemp("speech") / "one_window.wav"
+    ffmpeg("-i", os.fspath(example_speech), "-t", "0.64", os.fspath(out))
+    return out

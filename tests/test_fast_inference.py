@@ -132,11 +132,9 @@ def test_other_schedulers_run(pipe, name):
     assert np.array_equal(_generate(pipe, window, steps=4), out)  # deterministic for a seed
 
 
-def test_dpm_solver_the_diffusers_way_end_to_end_and_saved(pipe, example_face, example_speech, tmp_path):
+def test_dpm_solver_the_diffusers_way_end_to_end_and_saved(pipe, example_face, one_window, tmp_path):
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
-    audio = tmp_path / "short.wav"
-    ffmpeg("-i", os.fspath(example_speech), "-t", "0.64", os.fspath(audio))
-    out = pipe(video=example_face, audio=audio, num_inference_steps=3, generator=torch.Generator().manual_seed(0))
+    out = pipe(video=example_face, audio=one_window, num_inference_steps=3, generator=torch.Generator().manual_seed(0))
     assert out.frames.shape[0] == 16 and out.frames_without_face == 0
     pipe.save_pretrained(tmp_path / "saved")
     assert isinstance(LatentSyncPipeline.from_pretrained(tmp_path / "saved").scheduler, DPMSolverMultistepScheduler)

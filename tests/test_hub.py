@@ -19,7 +19,7 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 
-from conftest import ROOT, ffmpeg
+from conftest import ROOT
 from latentsync import LatentSyncPipeline, hub
 
 CONFIGS = ROOT / "train" / "configs"
@@ -89,13 +89,6 @@ def fake_hub(tmp_path, monkeypatch):
     monkeypatch.setattr(base, "HfApi", lambda token=None: fake)
     monkeypatch.setattr(base, "snapshot_download", fake.snapshot_download)
     return fake
-
-
-@pytest.fixture(scope="module")
-def one_window(example_speech, tmp_path_factory):
-    out = tmp_path_factory.mktemp("speech") / "one_window.wav"
-    ffmpeg("-i", os.fspath(example_speech), "-t", "0.64", os.fspath(out))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------- generic loading

@@ -173,14 +173,6 @@ def two_windows(example_speech, tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
-def one_window(example_speech, tmp_path_factory):
-    """0.64 s of speech: 16 output frames, one window."""
-    out = tmp_path_factory.mktemp("speech") / "one_window.wav"
-    ffmpeg("-i", os.fspath(example_speech), "-t", "0.64", os.fspath(out))
-    return out
-
-
 def _unet_calls(pipe):
     calls = []
     return calls, pipe.unet.register_forward_hook(lambda *_: calls.append(1))
