@@ -151,6 +151,22 @@ def test_hardware_decode_falls_back_to_the_cpu_once(example_face, monkeypatch, c
     assert len(said) == 1 and "(cuda)" in said[0] and "decoding on the CPU" in said[0], said
 
 
+def test_a_broken_file_with_hardware_decode_is_the_file_s_error(tmp_path, monkeypatch, caplog):
+    """A file that no decoder reads gives its own error; the hardware decoder is not blamed (nor given up on)."""
+    from latentsync.media import timeline, video
+
+    monkeypatch.setattr(video, "_HWACCEL_FAILED", set())
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video at all" * 100)
+    with caplog.at_level("WARNING", logger="latentsync.media.video"):
+        with pytest.raises(InvalidVideoError, match="cannot read video"):
+            next(iter_frames(broken, 25, hwaccel="cuda"))
+        with pytest.raises(InvalidVideoError, match="cannot read video"):
+            next(timeline.iter_stored_frames(broken, hwaccel="cuda"))
+    assert video.worth_trying("cuda")
+    assert not [r for r in caplog.records if "hardware video decoding" in r.getMessage()]
+
+
 @pytest.mark.skipif(not _nvdec_works(), reason="needs an NVIDIA GPU (NVDEC)")
 def test_hardware_decode_gives_the_cpu_frames(example_face, caplog):
     """NVDEC's frames, downloaded and converted to RGB by ffmpeg, are the CPU decoder's (H.264 decoding is exact)."""

@@ -36,14 +36,17 @@ def _open_container(path: str, hwaccel: str | None = None) -> av.container.Input
         try:
             container = av.open(path, hwaccel=HWAccel(device_type=hwaccel, allow_software_fallback=True))
         except (av.FFmpegError, OSError) as exc:
+            container = _open_on_cpu(path)  # a broken file fails here too, with its own error
             hardware_decode_failed(hwaccel, str(exc))
-        else:
-            return _with_video(container, path)
+        return _with_video(container, path)
+    return _with_video(_open_on_cpu(path), path)
+
+
+def _open_on_cpu(path: str) -> av.container.InputContainer:
     try:
-        container = av.open(path)
+        return av.open(path)
     except (av.FFmpegError, OSError) as exc:
         raise InvalidVideoError(f"cannot read video {path}: {exc}") from None
-    return _with_video(container, path)
 
 
 def _with_video(container: av.container.InputContainer, path: str) -> av.container.InputContainer:

@@ -46,7 +46,9 @@ def _open(path: str, fps: float | None, hwaccel: str | None = None):
         try:
             return _start_decoder(path, fps, ["-hwaccel", hwaccel])
         except InvalidVideoError as exc:
+            opened = _start_decoder(path, fps, None)  # a broken file fails here too, with its own error
             hardware_decode_failed(hwaccel, str(exc))
+            return opened
     return _start_decoder(path, fps, None)
 
 
