@@ -6,6 +6,10 @@
 # device tool, carrying .whl:              bash benchmarks/gpu_check.sh
 # Results also go to $OUT (default /tmp/gpu_check): denoiser.md, denoiser.log, e2e.log, extras.log, warps.log.
 # One part alone: bash benchmarks/gpu_check.sh denoiser|e2e|extras|warps (default: all, in that order).
+# The GPU machine's image has no PyAV and no MediaPipe: nothing here needs them (tests/test_imports.py checks that the
+# package and the 25 fps path run without PyAV). Before spending GPU time, rehearse the same commands on the CPU with
+# the tiny model and that image's package versions (about 12 minutes on 2 cores):
+#   DRY_RUN=cpu PYTHON=/path/to/venv/bin/python bash benchmarks/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PART=${1:-all}
@@ -13,45 +17,55 @@ want() { [ "$PART" = all ] || [ "$PART" = "$1" ]; }
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
+PY=${PYTHON:-python3}
+DEV=cuda
+SIZE=(--resolutions 256 512); SIZE1=(--resolutions 256); E2E_SIZE=(--full-size); STEPS=(); E2E_STEPS=()
+WIN=(--windows 1 2 4); CWIN=4; LIMIT=1
+if [ "${DRY_RUN:-}" = cpu ]; then  # the same commands, small: tiny model, 64 px, 2 steps, longer time limits
+    DEV=cpu SIZE=(--tiny --resolutions 64) SIZE1=(--tiny --resolutions 64) E2E_SIZE=(--resolution 64)
+    STEPS=(--steps 2) E2E_STEPS=(--steps 1) WIN=(--windows 1 2) CWIN=2 LIMIT=10
+fi
 if [ -d .whl ]; then  # a bare GPU machine: install the carried wheels and unpack ffmpeg
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
         .whl/*.whl || exit 1
     python3 -c "import lzma, shutil; shutil.copyfileobj(lzma.open('.whl/ffmpeg.xz'), open('/tmp/ffmpeg', 'wb'))"
     chmod +x /tmp/ffmpeg
     export IMAGEIO_FFMPEG_EXE=/tmp/ffmpeg PYTHONPATH="/tmp/site:$PWD/.whl/site:$PWD/src:$PWD/benchmarks"
-    VIDEO=.whl/demo1_8s.mp4 AUDIO=.whl/demo1_8s.wav
-else  # a development machine with the package installed
+    VIDEO=.whl/demo1_8s.mp4 AUDIO=.whl/demo1_8s.wav CUT=()
+else  # a development machine with the package installed: the same 8 s, cut by the benchmark
     export PYTHONPATH="$PWD/src:$PWD/benchmarks"
-    VIDEO=../shared/data/demo1_video.mp4 AUDIO=../shared/data/demo1_audio.wav
+    VIDEO=../shared/data/demo1_video.mp4 AUDIO=../shared/data/demo1_audio.wav CUT=(--seconds 8)
 fi
 echo "## GPU check, $(date -u '+%Y-%m-%d %H:%M UTC'), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
-nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
-python3 -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__,
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader 2>/dev/null || echo "no GPU"
+$PY -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__,
 'transformers', transformers.__version__)"
 
 if want denoiser; then
 echo; echo "### Denoiser: 20 DDIM steps with CFG, full-size U-Net (random weights), per 16-frame window"
 echo "(naive = 1 window per call, eager, bf16; compiled = torch.compile + fused GroupNorm + channels-last)"
-timeout 300 python3 benchmarks/model_speed.py --throughput --device cuda --resolutions 256 512 --dtypes bf16 fp16 \
-    --windows 1 2 4 --modes eager compiled --compiled-dtypes bf16 --compiled-windows 4 --repeats 1 --table "$OUT/denoiser.md" \
+timeout $((300 * LIMIT)) $PY benchmarks/model_speed.py --throughput --device $DEV "${SIZE[@]}" "${STEPS[@]}" \
+    --dtypes bf16 fp16 "${WIN[@]}" --modes eager compiled --compiled-dtypes bf16 --compiled-windows $CWIN --repeats 1 \
+    --table "$OUT/denoiser.md" \
     2>&1 | tee "$OUT/denoiser.log" | grep -E '^(\||peak|device|attention)'
 fi
 
 if want e2e; then
 echo; echo "### End to end: first 8 s of demo1 (1080x1920, 200 frames), 256 px, bf16, full-size random weights"
 echo "(face tracks replayed from benchmarks/data: MediaPipe is not installed on the GPU machine)"
-timeout 200 python3 benchmarks/inference.py --full-size --device cuda --dtype bf16 --video "$VIDEO" --audio "$AUDIO" \
+timeout $((200 * LIMIT)) $PY benchmarks/inference.py "${E2E_SIZE[@]}" "${E2E_STEPS[@]}" --device $DEV --dtype bf16 \
+    --video "$VIDEO" --audio "$AUDIO" "${CUT[@]}" \
     --face-tracks benchmarks/data/demo1_8s_face_tracks.npz --variants naive overlap+batch4+fused+compiled+warps overlap+batch4+fused+compiled+warps+nvdec \
     2>&1 | tee "$OUT/e2e.log" | grep -v -E '^(W0000|I0000)'
 fi
 
 if want extras; then
 echo; echo "### Extras at 256 px, bf16, 4 windows per call: CUDA graphs and FP8 (drift: relative L2 of the latents)"
-timeout 60 python3 benchmarks/model_speed.py --throughput --device cuda --resolutions 256 --dtypes bf16 \
-    --windows 4 --modes eager compiled-graphs fp8 --repeats 1 2>&1 | tee "$OUT/extras.log" | grep -E '^(\||peak)'
+timeout $((60 * LIMIT)) $PY benchmarks/model_speed.py --throughput --device $DEV "${SIZE1[@]}" \
+    "${STEPS[@]}" --dtypes bf16 --windows $CWIN --modes eager compiled-graphs fp8 --repeats 1 2>&1 | tee "$OUT/extras.log" | grep -E '^(\||peak)'
 fi
 if want warps; then
 echo; echo "### Alignment and paste-back: OpenCV (CPU) against batched torch warps (GPU), 16 frames of 1080x1920"
-timeout 25 python3 benchmarks/warp_speed.py --device cuda --video "$VIDEO" 2>&1 | tee "$OUT/warps.log" | grep -E '^(\||[0-9])'
+timeout $((25 * LIMIT)) $PY benchmarks/warp_speed.py --device $DEV --video "$VIDEO" 2>&1 | tee "$OUT/warps.log" | grep -E '^(\||[0-9])'
 fi
 echo "done"

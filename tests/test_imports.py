@@ -193,3 +193,22 @@ def test_saved_pipelines_find_their_model_classes():
 
     assert LatentSyncUNet.__module__ == "latentsync.models.unet"
     assert WhisperAudioEncoder.__module__ == "latentsync.models.audio_encoder"
+
+
+def test_the_default_path_runs_without_pyav(tiny_model_dir_64, example_face):
+    """PyAV is only needed to keep the input's own timeline: with it missing (as on the CUDA images the GPU
+    benchmarks run on) the package imports, hardware decode can be asked for, and 25 fps frames are read."""
+    code = """
+import sys
+sys.modules["av"] = None  # as if not installed: importing it raises ModuleNotFoundError
+import latentsync, latentsync.avatar, latentsync.live, latentsync.streaming
+from latentsync import LatentSyncPipeline
+pipe = LatentSyncPipeline.from_pretrained(sys.argv[1])
+pipe.enable_hardware_decode("cuda")
+frames = list(pipe._open_video(sys.argv[2], 25))
+print(len(frames), frames[0].shape, sys.modules["av"] is not None)
+"""
+    result = subprocess.run([sys.executable, "-W", "ignore", "-c", code, str(tiny_model_dir_64), str(example_face)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split()[-5:] == ["75", "(384,", "384,", "3)", "False"]  # 3 s of the example, no PyAV

@@ -216,6 +216,32 @@ def test_torch_warps_and_paste_match_opencv_within_one_grey_level(clip):
         assert not np.array_equal(a, original)  # the mouth region changed
 
 
+def test_torch_warps_sample_exactly_where_opencv_5_does(clip, monkeypatch):
+    """With OpenCV 5 (which samples at the exact source position, no 1/32-pixel rounding) the torch warp is the exact
+    bilinear value: within float rounding of a float64 reference, borders replicated."""
+    from latentsync.face import warp
+
+    monkeypatch.setattr(warp, "_OPENCV_ROUNDS_POSITIONS", False)
+    frame = clip[0][0].astype(np.float64)
+    h, w = frame.shape[:2]
+    m = 0.7 * np.array([[np.cos(0.2), -np.sin(0.2), 0], [np.sin(0.2), np.cos(0.2), 0]]) + [[0, 0, -50], [0, 0, 20]]
+    inv = np.linalg.inv(np.vstack([m, [0, 0, 1]]))[:2]
+    ys, xs = np.mgrid[0:96, 0:96].astype(np.float64)
+    sx = np.clip(inv[0, 0] * xs + inv[0, 1] * ys + inv[0, 2], 0, w - 1)
+    sy = np.clip(inv[1, 0] * xs + inv[1, 1] * ys + inv[1, 2], 0, h - 1)
+    x0, y0 = np.floor(sx).astype(int), np.floor(sy).astype(int)
+    x1, y1 = np.minimum(x0 + 1, w - 1), np.minimum(y0 + 1, h - 1)
+    ax, ay = (sx - x0)[..., None], (sy - y0)[..., None]
+    exact = (frame[y0, x0] * (1 - ax) * (1 - ay) + frame[y0, x1] * ax * (1 - ay) + frame[y1, x0] * (1 - ax) * ay
+             + frame[y1, x1] * ax * ay)
+    images = torch.from_numpy(frame).permute(2, 0, 1)[None]
+    out = warp.warp_affine(images, torch.from_numpy(inv)[None], (96, 96))[0].permute(1, 2, 0).numpy()
+    assert np.abs(out - exact).max() < 1e-6
+    monkeypatch.setattr(warp, "_OPENCV_ROUNDS_POSITIONS", True)  # OpenCV 4's rounding moves it visibly
+    rounded = warp.warp_affine(images, torch.from_numpy(inv)[None], (96, 96))[0].permute(1, 2, 0).numpy()
+    assert np.abs(rounded - exact).max() > 0.2
+
+
 def test_pipeline_with_warps_on_device(pipe, clip, naive):
     pipe.enable_warps_on_device()
     try:

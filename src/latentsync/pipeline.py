@@ -53,7 +53,7 @@ from .media.audio import as_samples, check_not_silent, fit_length, mix_tracks, n
 from .media.constants import SAMPLE_RATE, VIDEO_FPS
 from .media.files import check_input_file
 from .media.timeline import open_timed_frames, output_timeline
-from .media.video import FrameSource, open_frames
+from .media.video import FrameSource, hardware_decoders, open_frames
 from .model_source import check_not_training_run
 from .models.audio_encoder import WhisperAudioEncoder
 from .models.compiled import CompiledUNetStep, enable_fp8
@@ -226,9 +226,7 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
             ValueError: ``hwaccel`` is not a hardware decoder this ffmpeg knows.
         """
         if hwaccel is not None:
-            from av.codec.hwaccel import hwdevices_available  # deferred: PyAV loads FFmpeg's libraries
-
-            known = hwdevices_available()
+            known = hardware_decoders()
             if hwaccel not in known:
                 raise ValueError(f"unknown hardware decoder {hwaccel!r}; this ffmpeg has: {', '.join(known)}")
         self._hwaccel = hwaccel

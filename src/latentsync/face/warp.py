@@ -1,16 +1,19 @@
 """Face alignment and paste-back as batched torch warps (``grid_sample``), to run on the GPU.
 
 On a GPU machine OpenCV's per-frame warps on the CPU can hold the denoiser up. [`warp_affine`] does the same
-bilinear affine warp for a batch of images on any torch device. It reproduces OpenCV's sampling: OpenCV rounds every
-source position to the nearest 1/32 of a pixel before interpolating, and so does [`warp_affine`], which keeps the two within one
-grey level of each other (the rest is fixed-point against float rounding). [`TorchFaceAligner`] is a
-[`~latentsync.face.alignment.FaceAligner`] whose ``align_batch`` and ``paste_batch`` run there.
+bilinear affine warp for a batch of images on any torch device. It reproduces the installed OpenCV's sampling, which
+keeps the two within one grey level of each other (the rest is fixed-point against float rounding): OpenCV 4 rounds
+every source position to the nearest 1/32 of a pixel before interpolating, and so does [`warp_affine`] there;
+OpenCV 5 samples at the exact position (up to 1.7 grey levels closer to the exact bilinear value).
+[`TorchFaceAligner`] is a [`~latentsync.face.alignment.FaceAligner`] whose ``align_batch`` and ``paste_batch`` run
+there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -21,6 +24,7 @@ __all__ = ["TorchFaceAligner", "warp_affine"]
 
 _SUBPIXEL = 32  # OpenCV's INTER_TAB_SIZE: source positions are rounded to 1/32 pixel
 _FIXED = 1024  # OpenCV's AB_SCALE: positions are first computed in 1/1024 pixel
+_OPENCV_ROUNDS_POSITIONS = int(cv2.__version__.split(".")[0]) < 5  # OpenCV 5 samples at the exact position
 
 
 def warp_affine(images: torch.Tensor, maps: torch.Tensor, size: tuple[int, int], border: str = "replicate",
@@ -50,11 +54,14 @@ def warp_affine(images: torch.Tensor, maps: torch.Tensor, size: tuple[int, int],
         maps[:, :, 2] += maps[:, :, 0] * origins[:, None, 0] + maps[:, :, 1] * origins[:, None, 1]
     src = []
     for row in range(2):
-        # OpenCV: the position in 1/1024 pixel as round(a * x) + round(b * y + c), then rounded to 1/32 pixel
-        fixed = torch.round(maps[:, row, 0, None, None] * xs * _FIXED) + \
-            torch.round((maps[:, row, 1, None, None] * ys + maps[:, row, 2, None, None]) * _FIXED)
-        step = _FIXED // _SUBPIXEL
-        src.append(torch.floor((fixed + step // 2) / step) / _SUBPIXEL)
+        pos = maps[:, row, 0, None, None] * xs + maps[:, row, 1, None, None] * ys + maps[:, row, 2, None, None]
+        if _OPENCV_ROUNDS_POSITIONS:
+            # OpenCV 4: the position in 1/1024 pixel as round(a * x) + round(b * y + c), then rounded to 1/32 pixel
+            fixed = torch.round(maps[:, row, 0, None, None] * xs * _FIXED) + \
+                torch.round((maps[:, row, 1, None, None] * ys + maps[:, row, 2, None, None]) * _FIXED)
+            step = _FIXED // _SUBPIXEL
+            pos = torch.floor((fixed + step // 2) / step) / _SUBPIXEL
+        src.append(pos)
     # grid_sample's normalised coordinates with align_corners=False: pixel centre x sits at (2x + 1) / W - 1
     grid = torch.stack([(2 * src[0] + 1) / w_in - 1, (2 * src[1] + 1) / h_in - 1], dim=-1).to(images.dtype)
     padding = {"replicate": "border", "zeros": "zeros"}[border]

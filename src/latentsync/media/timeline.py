@@ -14,9 +14,9 @@ import os
 import subprocess
 from collections.abc import Callable, Iterator
 from fractions import Fraction
+from types import ModuleType
+from typing import TYPE_CHECKING
 
-import av
-from av.codec.hwaccel import HWAccel
 import imageio_ffmpeg
 import numpy as np
 
@@ -25,16 +25,29 @@ from ..tempfiles import partial_path, release_partial
 from .files import check_input_file
 from .video import AtomicWriter, FrameSource, check_output_path, hardware_decode_failed, worth_trying
 
+if TYPE_CHECKING:
+    import av
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIME_BASE = Fraction(1, 90000)
 """Time base of written timestamps when the input's own is not known (frames in memory)."""
 
 
+def _pyav() -> ModuleType:
+    """PyAV, imported on first use: it loads FFmpeg's shared libraries (about 0.4 s), and only the paths that keep
+    the input's own timeline need it, so the default 25 fps path and ``import latentsync`` do without it."""
+    import av  # deferred: heavy, see above
+
+    return av
+
+
 def _open_container(path: str, hwaccel: str | None = None) -> av.container.InputContainer:
+    av = _pyav()
     if worth_trying(hwaccel):
         try:
-            container = av.open(path, hwaccel=HWAccel(device_type=hwaccel, allow_software_fallback=True))
+            container = av.open(path, hwaccel=av.codec.hwaccel.HWAccel(device_type=hwaccel,
+                                                                        allow_software_fallback=True))
         except (av.FFmpegError, OSError) as exc:
             container = _open_on_cpu(path)  # a broken file fails here too, with its own error
             hardware_decode_failed(hwaccel, str(exc))
@@ -43,6 +56,7 @@ def _open_container(path: str, hwaccel: str | None = None) -> av.container.Input
 
 
 def _open_on_cpu(path: str) -> av.container.InputContainer:
+    av = _pyav()
     try:
         return av.open(path)
     except (av.FFmpegError, OSError) as exc:
@@ -88,6 +102,7 @@ def iter_stored_frames(path: str | os.PathLike, hwaccel: str | None = None) -> I
     with _open_container(path, hwaccel) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        av = _pyav()
         try:
             for frame in container.decode(stream):
                 yield frame.to_ndarray(format="rgb24")
@@ -154,7 +169,7 @@ class TimedVideoWriter(AtomicWriter):
         self.frames_written = 0
 
     def _open(self, width: int, height: int) -> None:
-        self._container = av.open(self._video_tmp, "w")
+        self._container = _pyav().open(self._video_tmp, "w")
         gaps = np.diff(self.timestamps)
         rate = Fraction(1 / float(np.median(gaps))).limit_denominator(1001) if len(gaps) else Fraction(25)
         self._stream = self._container.add_stream("libx264", rate=rate,
@@ -173,7 +188,7 @@ class TimedVideoWriter(AtomicWriter):
             frame = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
         if self._container is None:
             self._open(frame.shape[1], frame.shape[0])
-        video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        video_frame = _pyav().VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
         video_frame.pts = int(round(self.timestamps[self.frames_written] / self.time_base))
         video_frame.time_base = self.time_base
         for packet in self._stream.encode(video_frame):

@@ -9,6 +9,7 @@ input.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import subprocess
@@ -69,6 +70,16 @@ def _start_decoder(path: str, fps: float | None, input_params: list[str] | None)
 
 
 _HWACCEL_FAILED: set[str] = set()
+
+
+@functools.lru_cache(maxsize=1)
+def hardware_decoders() -> tuple[str, ...]:
+    """The hardware decoding methods the bundled ffmpeg was built with (``cuda``, ``vaapi``, ``qsv``, ...); whether
+    the device behind one is present is only known when decoding starts."""
+    out = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-hwaccels"],
+                         capture_output=True, text=True, check=False).stdout
+    lines = out.splitlines()
+    return tuple(line.strip() for line in lines[1:] if line.strip())  # the first line is a heading
 
 
 def worth_trying(hwaccel: str | None) -> bool:
