@@ -26,9 +26,9 @@ if [ "${DRY_RUN:-}" = cpu ]; then  # the same commands, small: tiny model, 64 px
     STEPS=(--steps 2) E2E_STEPS=(--steps 1) WIN=(--windows 1 2) CWIN=2 LIMIT=10
 fi
 if [ -d .whl ]; then  # a bare GPU machine: install the carried wheels and unpack ffmpeg
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
         .whl/*.whl || exit 1
-    python3 -c "import lzma, shutil; shutil.copyfileobj(lzma.open('.whl/ffmpeg.xz'), open('/tmp/ffmpeg', 'wb'))"
+    $PY -c "import lzma, shutil; shutil.copyfileobj(lzma.open('.whl/ffmpeg.xz'), open('/tmp/ffmpeg', 'wb'))"
     chmod +x /tmp/ffmpeg
     export IMAGEIO_FFMPEG_EXE=/tmp/ffmpeg PYTHONPATH="/tmp/site:$PWD/.whl/site:$PWD/src:$PWD/benchmarks"
     VIDEO=.whl/demo1_8s.mp4 AUDIO=.whl/demo1_8s.wav CUT=()

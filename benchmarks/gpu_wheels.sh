@@ -18,12 +18,13 @@ $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --pla
 (cd "$tmp" && $PY -m zipfile -e imageio_ffmpeg-*.whl x)
 rm -rf .whl/site/imageio_ffmpeg && cp -r "$tmp/x/imageio_ffmpeg" .whl/site/
 rm -f .whl/site/imageio_ffmpeg/binaries/ffmpeg-*
-xz -9 -T0 -c "$tmp"/x/imageio_ffmpeg/binaries/ffmpeg-* > .whl/ffmpeg.xz
-rm -rf "$tmp"
+FFMPEG=$(echo "$tmp"/x/imageio_ffmpeg/binaries/ffmpeg-*)
+chmod +x "$FFMPEG"
+xz -9 -T0 -c "$FFMPEG" > .whl/ffmpeg.xz
 # the first 8 s of the demo clip, cut exactly as benchmarks/inference.py --seconds 8 cuts it (its face tracks, saved
-# with --save-face-tracks, are benchmarks/data/demo1_8s_face_tracks.npz)
-FFMPEG=$($PY -c "import imageio_ffmpeg; print(imageio_ffmpeg.get_ffmpeg_exe())")
+# with --save-face-tracks, are benchmarks/data/demo1_8s_face_tracks.npz), with the ffmpeg that travels
 SHARED=${SHARED:-../shared/data}
 "$FFMPEG" -y -v error -i "$SHARED/demo1_video.mp4" -t 8 -an -c:v libx264 -preset veryfast -crf 20 .whl/demo1_8s.mp4
 "$FFMPEG" -y -v error -i "$SHARED/demo1_audio.wav" -t 8 -ac 1 -ar 16000 .whl/demo1_8s.wav
+rm -rf "$tmp"
 du -sh .whl
