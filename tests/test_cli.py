@@ -29,7 +29,7 @@ def test_bad_input_exits_with_message(tmp_path, example_face, caplog, tiny_model
     assert "video file not found" in caplog.text
 
 
-def test_live_from_a_pipe(tmp_path, example_face, example_speech):
+def test_live_from_a_pipe(tmp_path, example_face, example_speech, tiny_model_dir_64):
     """``latentsync avatar`` then ``--audio -``: speech from standard input, fragmented MP4 (with the sound) or raw
     RGB frames to standard output."""
     import subprocess
@@ -39,8 +39,7 @@ def test_live_from_a_pipe(tmp_path, example_face, example_speech):
     from conftest import ffmpeg
     from latentsync.media import load_audio
 
-    model, avatar = tmp_path / "tiny64", tmp_path / "avatar"
-    assert main(["make-tiny", str(model), "--resolution", "64"]) == 0
+    model, avatar = tiny_model_dir_64, tmp_path / "avatar"
     assert main(["avatar", str(example_face), str(avatar), "--model", str(model), "--device", "cpu"]) == 0
     speech = tmp_path / "speech.wav"
     ffmpeg("-i", str(example_speech), "-t", "1", str(speech))
