@@ -8,7 +8,7 @@
 # One part alone: bash benchmarks/gpu_check.sh denoiser|e2e|extras|warps (default: all, in that order).
 # The GPU machine's image has no PyAV and no MediaPipe: nothing here needs them (tests/test_imports.py checks that the
 # package and the 25 fps path run without PyAV). Before spending GPU time, rehearse the same commands on the CPU with
-# the tiny model and that image's package versions (about 12 minutes on 2 cores):
+# the tiny model and that image's package versions (about 5 minutes on 2 cores):
 #   DRY_RUN=cpu PYTHON=/path/to/venv/bin/python bash benchmarks/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -54,14 +54,14 @@ def warp_affine(images: torch.Tensor, maps: torch.Tensor, size: tuple[int, int],
         maps[:, :, 2] += maps[:, :, 0] * origins[:, None, 0] + maps[:, :, 1] * origins[:, None, 1]
     src = []
     for row in range(2):
-        pos = maps[:, row, 0, None, None] * xs + maps[:, row, 1, None, None] * ys + maps[:, row, 2, None, None]
+        a, b, c = maps[:, row, 0, None, None], maps[:, row, 1, None, None], maps[:, row, 2, None, None]
         if _OPENCV_ROUNDS_POSITIONS:
             # OpenCV 4: the position in 1/1024 pixel as round(a * x) + round(b * y + c), then rounded to 1/32 pixel
-            fixed = torch.round(maps[:, row, 0, None, None] * xs * _FIXED) + \
-                torch.round((maps[:, row, 1, None, None] * ys + maps[:, row, 2, None, None]) * _FIXED)
+            fixed = torch.round(a * xs * _FIXED) + torch.round((b * ys + c) * _FIXED)
             step = _FIXED // _SUBPIXEL
-            pos = torch.floor((fixed + step // 2) / step) / _SUBPIXEL
-        src.append(pos)
+            src.append(torch.floor((fixed + step // 2) / step) / _SUBPIXEL)
+        else:  # OpenCV 5: the exact position
+            src.append(a * xs + b * ys + c)
     # grid_sample's normalised coordinates with align_corners=False: pixel centre x sits at (2x + 1) / W - 1
     grid = torch.stack([(2 * src[0] + 1) / w_in - 1, (2 * src[1] + 1) / h_in - 1], dim=-1).to(images.dtype)
     padding = {"replicate": "border", "zeros": "zeros"}[border]

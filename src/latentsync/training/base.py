@@ -307,7 +307,6 @@ def save_checkpoint(accelerator: Accelerator, cfg: TrainingConfig, step: int,
     return final
 
 
-# ---------------------------------------------------------------------------------------------------- Hub
 def checkpoint_if_due(accelerator: Accelerator, cfg: TrainingConfig, step: int, log: TrainingLog,
                       model_config: dict[str, Any]) -> bool:
     """The end of an optimisation step: a checkpoint (with the loss log) every ``checkpointing_steps`` and at the
@@ -318,6 +317,7 @@ def checkpoint_if_due(accelerator: Accelerator, cfg: TrainingConfig, step: int, 
     return step >= cfg.max_train_steps
 
 
+# ---------------------------------------------------------------------------------------------------- Hub
 def push_checkpoint(cfg: TrainingConfig, path: str) -> None:
     """Upload the checkpoint folder ``path`` to ``checkpoints/<its name>`` of ``hub_model_id``; with
     ``hub_strategy="checkpoint"`` the older checkpoints leave the repo in the same commit. A failed upload is logged
