@@ -88,6 +88,21 @@ def test_frames_without_face_pass_through(tiny_pipe, example_face, example_speec
     assert psnr(result.frames[5], source[5]) < 60  # faces around the gap were regenerated
 
 
+def test_a_longer_video_is_analysed_only_as_far_as_the_output_reaches(tiny_pipe, example_face, one_window,
+                                                                         monkeypatch):
+    """16 output frames of the 75-frame example: the first pass reads 16 frames plus the landmark smoothing's reach
+    (5 frames at sigma 1.5), and the frames equal those of a pass over the whole video (face_index reads it all)."""
+    from latentsync.face.tracking import FaceTracker
+
+    analysed = []
+    result = FaceTracker.result
+    monkeypatch.setattr(FaceTracker, "result", lambda self, *a: analysed.append(self.num_frames) or result(self, *a))
+    short = _run(tiny_pipe, example_face, one_window).frames
+    whole = _run(tiny_pipe, example_face, one_window, face_index=0).frames
+    assert analysed == [21, 75]
+    assert short.shape[0] == 16 and np.array_equal(short, whole)
+
+
 def test_save_load_round_trip_identical(tiny_model_dir, tiny_pipe, example_face, tmp_path):
     audio = tmp_path / "short.wav"
     t = np.arange(int(0.4 * 16000)) / 16000

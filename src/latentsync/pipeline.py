@@ -39,6 +39,7 @@ from .audio_features.whisper import (
 )
 from .avatar import Avatar, vae_fingerprint
 from .errors import InvalidVideoError, LatentSyncInputError
+from .face.alignment import smoothing_radius
 from .face.choice import check_face_arguments, track_key
 from .face.mask import latent_mouth_mask, mouth_mask
 from .face.selection import FaceSelection, choose_faces
@@ -390,6 +391,25 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         """
         return choose_faces(tracks, source, face, face_index, face_box, face_box_frame, voice_tracks,
                             syncnet=getattr(self, "syncnet", None), progress=self._progress)
+
+    @staticmethod
+    def _frames_to_analyze(source: FrameSource, num_output_frames: int, landmark_smoothing: float, face: Any,
+                           face_index: int | None, face_box: Sequence[float] | None,
+                           voice_tracks: Sequence[Any] | None) -> int | None:
+        """How many frames the first pass reads; None: the whole video.
+
+        A video longer than the output is followed only up to the output's last frame plus the reach of the landmark
+        smoothing: the tracker only looks back, so the frames the output shows get the same tracks and alignment as
+        from a pass over the whole video, and the largest face is chosen among the frames that are shown. Track
+        numbers, face boxes, a voice per track and the speaking-face score refer to the whole video, so with those
+        it is read to the end, as is a video kept on its own timeline (its frame count is checked against its
+        timestamps).
+        """
+        if (face not in (None, "largest") or face_index is not None or face_box is not None
+                or voice_tracks is not None or source.timestamps is not None):
+            return None
+        needed = num_output_frames + smoothing_radius(landmark_smoothing)
+        return needed if needed < source.expected_frames else None
 
     def _check_timeline_inputs(self, video: Any, audio: Any, output_fps: Any, avatar: Any, face: Any = None,
                                face_index: Any = None, face_box: Any = None) -> Avatar | None:
@@ -869,8 +889,10 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         with VideoStream(source, num_output_frames, self.config.resolution, overlap_stages, timer,
                          self._progress, aligner) as stream:
             if avatar is None:
-                # 3. First pass over the video: every face followed through it (tracks, shots)
-                tracks = stream.track_faces()
+                # 3. First pass over the video: every face followed through it (tracks, shots); only as far as the
+                #    output reaches when the face is chosen automatically
+                tracks = stream.track_faces(self._frames_to_analyze(source, num_output_frames, landmark_smoothing,
+                                                                    face, face_index, face_box, voice_tracks))
                 _check_frame_count(source, tracks.num_frames)
 
                 # 4. Which tracks to lip-sync, and with which voice; their alignment and the output order (looping

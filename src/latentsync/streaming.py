@@ -2,8 +2,9 @@
 
 A [`VideoStream`] holds the two passes of one pipeline call over the input video:
 
-1. [`VideoStream.track_faces`] decodes every frame once to follow every face through the video (and, when the
-   output will loop far back over the video, writes the decoded frames to an on-disk cache); [`VideoStream.assign`]
+1. [`VideoStream.track_faces`] decodes every frame once to follow every face through the video (only as far as
+   the output needs when the video is longer than the audio; and, when the output will loop far back over the
+   video, writes the decoded frames to an on-disk cache); [`VideoStream.assign`]
    then takes the chosen face tracks, one group per voice ([`VideoStream.analyze`] does both for the largest face);
 2. [`VideoStream.windows`] decodes the video a second time, in output order, and yields windows of frames with
    their aligned faces, per voice; [`VideoStream.write`] pastes the regenerated mouths back and encodes the frames.
@@ -332,8 +333,9 @@ class VideoStream:
         self.assign(selection.voices, landmark_smoothing)
         return selection
 
-    def track_faces(self) -> FaceTracks:
-        """First pass: every face followed through the video ([`~latentsync.face.tracking.FaceTracker`]).
+    def track_faces(self, max_frames: int | None = None) -> FaceTracks:
+        """First pass: every face followed through the video ([`~latentsync.face.tracking.FaceTracker`]); with
+        ``max_frames``, through its first ``max_frames`` frames only (the video then counts as that long).
 
         Raises:
             InvalidVideoError: the video has no frames.
@@ -344,7 +346,7 @@ class VideoStream:
         if min(n_out - expected, expected) > self.max_tail_frames + 2:
             self.cache_path = self._temp_path("frames.u8")
         with FaceTracker() as tracker:
-            self._read_first_pass(tracker)
+            self._read_first_pass(tracker, max_frames)
             self.tracks = tracker.result(self.source.label)
         if not any(t.has_landmarks for t in self.tracks):
             h, w = self.frame_shape[:2]
@@ -410,21 +412,28 @@ class VideoStream:
                     fh.write(frame.tobytes())
                     self.frame_shape = frame.shape
 
-    def _read_first_pass(self, tracker: FaceTracker) -> None:
-        """Feed every frame to ``tracker`` (its workers detect faces a few frames ahead); write the frames to the
-        cache when it is on."""
+    def _read_first_pass(self, tracker: FaceTracker, max_frames: int | None = None) -> None:
+        """Feed every frame (or the first ``max_frames``) to ``tracker`` (its workers detect faces a few frames
+        ahead); write the frames to the cache when it is on."""
         cache = None
-        bar = self.progress(None, "Face analysis", self.source.expected_frames)
+        total = self.source.expected_frames if max_frames is None else min(max_frames, self.source.expected_frames)
+        bar = self.progress(None, "Face analysis", total)
         tracker.timer = self.timer
 
         def decoded() -> Iterator[np.ndarray]:
-            frames = iter(self.source)
-            while True:
-                with self.timer("decode"):
-                    frame = next(frames, None)
-                if frame is None:
-                    return
-                yield frame
+            frames, count = iter(self.source), 0
+            try:
+                while max_frames is None or count < max_frames:
+                    with self.timer("decode"):
+                        frame = next(frames, None)
+                    if frame is None:
+                        return
+                    count += 1
+                    yield frame
+            finally:
+                close = getattr(frames, "close", None)
+                if close is not None:  # stopped early: end the decoder now, not when it is collected
+                    close()
 
         try:
             for frame in tracker.track(decoded()):

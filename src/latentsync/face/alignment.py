@@ -37,13 +37,18 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return m
 
 
+def smoothing_radius(sigma: float) -> int:
+    """How many frames on each side [`smooth_anchors`] looks at for a Gaussian of ``sigma`` frames."""
+    return int(3 * sigma + 0.5) if sigma > 0 else 0
+
+
 def smooth_anchors(anchors: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian-smooth per-frame anchors ``(N, 3, 2)`` over time; NaN frames (no face) split the runs."""
     if sigma <= 0:
         return anchors.copy()
     out = anchors.copy()
     valid = ~np.isnan(anchors[:, 0, 0])
-    radius = int(3 * sigma + 0.5)
+    radius = smoothing_radius(sigma)
     kernel = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
     for i, j in true_runs(valid):
         run = anchors[i:j].reshape(j - i, -1)
