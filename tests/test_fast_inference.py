@@ -320,7 +320,8 @@ PEAK_RSS_SCRIPT = textwrap.dedent("""
 
 
 def test_peak_memory_does_not_grow_with_video_length(example_face, example_speech, tmp_path):
-    """Peak RSS of 720 x 720 videos: 3 s, 16 s streamed, and 16 s looped to 24 s (read back from the disk cache)."""
+    """Peak RSS of 720 x 720 videos: 3 s, 8.5 s streamed, and 8.5 s looped to 13 s (read back from the disk cache).
+    The three peaks were within 40 MiB of each other on the CI kind of machine (also with 16 s and 24 s)."""
     side = 720
 
     def make(name, video_seconds, audio_seconds):
@@ -331,7 +332,7 @@ def test_peak_memory_does_not_grow_with_video_length(example_face, example_speec
         return [sys.executable, "-c", PEAK_RSS_SCRIPT, os.fspath(video), os.fspath(audio),
                 os.fspath(tmp_path / f"{name}_out.mp4")]
 
-    cases = {"short": make("short", 3, 3), "streamed": make("streamed", 16, 16), "looped": make("looped", 16, 24)}
+    cases = {"short": make("short", 3, 3), "streamed": make("streamed", 8.5, 8.5), "looped": make("looped", 8.5, 13)}
     procs = {name: subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for name, cmd in cases.items()}  # separate processes: each peak RSS is its own
     peaks, frames = {}, {}
@@ -340,11 +341,11 @@ def test_peak_memory_does_not_grow_with_video_length(example_face, example_speec
         assert proc.returncode == 0, err[-2000:]
         result = json.loads(out.strip().splitlines()[-1])
         peaks[name], frames[name] = result["peak_mib"], result["frames"]
-    assert frames == {"short": 75, "streamed": 400, "looped": 600}
+    assert frames == {"short": 75, "streamed": 212, "looped": 325}
     frame_mib = side * side * 3 / 2**20
-    margin = 200  # MiB: allocator noise, in-flight windows, per-frame landmarks
+    margin = 120  # MiB: allocator noise, in-flight windows, per-frame landmarks
     for name in ("streamed", "looped"):
-        # holding the frames would cost 580 MiB (streamed) / 870 MiB (looped): far above the margin
+        # holding the frames would cost 314 MiB (streamed) / 470 MiB (looped): far above the margin
         assert frames[name] * frame_mib > 2.5 * margin
         assert peaks[name] < peaks["short"] + margin, peaks
 

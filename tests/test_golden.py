@@ -160,7 +160,19 @@ def _close(a, b, rel: float) -> bool:
     return a == b
 
 
-def test_outputs_match_the_golden_record(tmp_path, tiny_model_dir, real_clip, real_speech, long_speech):
+@pytest.fixture
+def recorded_threads():
+    """Torch runs on as many threads as when the record was made (CPU reductions round by how they are split), also
+    when the test runner gave this process fewer (one pytest-xdist worker per core)."""
+    threads = torch.get_num_threads()
+    if GOLDEN_FILE.is_file() and os.environ.get("LATENTSYNC_UPDATE_GOLDEN") != "1":
+        torch.set_num_threads(int(json.loads(GOLDEN_FILE.read_text())["fingerprint"]["threads"]))
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_outputs_match_the_golden_record(tmp_path, tiny_model_dir, real_clip, real_speech, long_speech,
+                                         recorded_threads):
     now = compute(tmp_path, tiny_model_dir, real_clip, real_speech, long_speech)
     if os.environ.get("LATENTSYNC_UPDATE_GOLDEN") == "1":
         GOLDEN_FILE.parent.mkdir(exist_ok=True)
