@@ -110,3 +110,17 @@ def test_stream_arguments(tiny_pipe_64, avatar, example_face):
     with pytest.raises(Exception, match="mono"):
         session.push(np.zeros((2, 100)))
     session.close()
+
+
+def test_each_live_window_looks_the_device_up_once(tiny_pipe_64, avatar, speech_20s, monkeypatch):
+    """diffusers' device lookup walks every module: a live window does it once, not at each of its steps."""
+    from diffusers import DiffusionPipeline
+
+    lookups = []
+    device = DiffusionPipeline._execution_device
+    monkeypatch.setattr(DiffusionPipeline, "_execution_device",
+                        property(lambda self: lookups.append(1) or device.fget(self)))
+    frames = list(tiny_pipe_64.stream(Chunks(speech_20s[: 2 * 16000]), avatar=avatar,
+                                      generator=torch.Generator().manual_seed(3), **KW))
+    windows = -(-len(frames) // 16)
+    assert len(frames) == 50 and len(lookups) <= 1 + windows, lookups

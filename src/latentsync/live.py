@@ -309,20 +309,21 @@ class LiveSession:
         frames, matrices, sources = self._window_frames(count)
         slots = [k for k, m in enumerate(matrices) if m is not None]
         if slots:
-            if self.avatar is not None:
-                faces = np.stack([self.avatar.crop(sources[k]) for k in slots])
-            else:
-                faces = np.stack([self.aligner.align(frames[k], matrices[k]) for k in slots])
-            condition = pipe.prepare_condition_latents(faces, self.generator, [sources[k] for k in slots], None,
-                                                       self.avatar)
-            if times is None:
-                audio_embeds = self.audio.contexts(frame_indices=self.next_index + np.asarray(slots))
-            else:
-                audio_embeds = self.audio.contexts(times=times[slots])
-            latents = pipe.denoise(self.latents, condition, audio_embeds, self.steps, self.guidance_scale,
-                                   self.generator)
-            for k, face in zip(slots, pipe.decode_latents(latents)):
-                frames[k] = self.aligner.paste(frames[k], face, matrices[k])
+            with pipe._pinned_placement():  # one device and dtype lookup per window
+                if self.avatar is not None:
+                    faces = np.stack([self.avatar.crop(sources[k]) for k in slots])
+                else:
+                    faces = np.stack([self.aligner.align(frames[k], matrices[k]) for k in slots])
+                condition = pipe.prepare_condition_latents(faces, self.generator, [sources[k] for k in slots], None,
+                                                           self.avatar)
+                if times is None:
+                    audio_embeds = self.audio.contexts(frame_indices=self.next_index + np.asarray(slots))
+                else:
+                    audio_embeds = self.audio.contexts(times=times[slots])
+                latents = pipe.denoise(self.latents, condition, audio_embeds, self.steps, self.guidance_scale,
+                                       self.generator)
+                for k, face in zip(slots, pipe.decode_latents(latents)):
+                    frames[k] = self.aligner.paste(frames[k], face, matrices[k])
         start = self.next_index
         for _ in range(count):
             self._clock.popleft()

@@ -8,6 +8,7 @@ the VAE), [`denoise`] and [`decode_latents`], and paste-back and writing (the st
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
@@ -100,20 +101,12 @@ EXAMPLE_DOC_STRING = """
 
 
 def _placement_pinned(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Run a pipeline method with the execution device and the U-Net's and VAE's dtypes looked up once, at its start
-    (see ``LatentSyncPipeline._execution_device``). A call made while another one holds the pin (nested, or from
-    another thread) uses that pin: the device and dtypes only change between calls."""
+    """Run a pipeline method inside [`LatentSyncPipeline._pinned_placement`]."""
 
     @functools.wraps(method)
-    def wrapper(self: "LatentSyncPipeline", *args: Any, **kwargs: Any) -> Any:
-        if self.__dict__.get("_pinned_placement"):
+    def wrapper(self: LatentSyncPipeline, *args: Any, **kwargs: Any) -> Any:
+        with self._pinned_placement():
             return method(self, *args, **kwargs)
-        self.__dict__["_pinned_placement"] = (DiffusionPipeline._execution_device.fget(self), self.unet.dtype,
-                                              self.vae.dtype)
-        try:
-            return method(self, *args, **kwargs)
-        finally:
-            self.__dict__.pop("_pinned_placement", None)
 
     return wrapper
 
@@ -485,6 +478,20 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
     # ------------------------------------------------------------------ device and dtypes, looked up once per call
     # diffusers finds the execution device and a model's dtype by walking every module (6.5 ms and 2.5 ms for the
     # full-size U-Net on a CPU); a call needs them several times per window, so it pins them while it runs.
+    @contextlib.contextmanager
+    def _pinned_placement(self) -> Iterator[None]:
+        """Within it, the execution device and the U-Net's and VAE's dtypes are those looked up on entry. Entered
+        while another holds the pin (nested, or from another thread), it keeps that pin: the device and dtypes only
+        change between calls."""
+        if self.__dict__.get("_pinned_placement"):
+            yield
+            return
+        self.__dict__["_pinned_placement"] = (super()._execution_device, self.unet.dtype, self.vae.dtype)
+        try:
+            yield
+        finally:
+            self.__dict__.pop("_pinned_placement", None)
+
     @property
     def _execution_device(self) -> torch.device:
         pinned = self.__dict__.get("_pinned_placement")
