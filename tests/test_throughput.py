@@ -81,18 +81,24 @@ def test_windows_per_batch_gives_the_same_frames_in_fewer_unet_calls(pipe, clip,
 def test_a_call_looks_the_device_and_dtypes_up_once(pipe, clip, naive, monkeypatch):
     """diffusers' device and dtype lookups walk every module (milliseconds each for the full-size U-Net): a call of 4
     windows does each once, at its start, and gives the frames it gave before; after the call they are live again."""
-    from diffusers import DiffusionPipeline
 
-    lookups = {"device": 0, "vae dtype": 0}
-    device, vae_dtype = DiffusionPipeline._execution_device, type(pipe.vae).dtype
+    from diffusers import DiffusionPipeline, ModelMixin
+
+    lookups = {"device": 0, "vae dtype": 0, "unet dtype": 0}
+    device, vae_dtype, model_dtype = DiffusionPipeline._execution_device, type(pipe.vae).dtype, ModelMixin.dtype
     monkeypatch.setattr(DiffusionPipeline, "_execution_device", property(
         lambda self: lookups.__setitem__("device", lookups["device"] + 1) or device.fget(self)))
     monkeypatch.setattr(type(pipe.vae), "dtype", property(
         lambda self: lookups.__setitem__("vae dtype", lookups["vae dtype"] + 1) or vae_dtype.fget(self)))
+    unet = pipe.unet  # the U-Net's own forward asks for its dtype once per step: counted through ModelMixin's lookup
+    monkeypatch.setattr(ModelMixin, "dtype", property(
+        lambda self: (self is unet and lookups.__setitem__("unet dtype", lookups["unet dtype"] + 1))
+        or model_dtype.fget(self)))
     out = _run(pipe, clip)
-    assert lookups == {"device": 1, "vae dtype": 1}
+    assert lookups == {"device": 1, "vae dtype": 1, "unet dtype": 1}
     assert np.array_equal(out.frames, naive[0].frames)
     assert pipe._execution_device == torch.device("cpu") and lookups["device"] == 2  # not pinned outside a call
+    assert unet.dtype == torch.float32 and lookups["unet dtype"] == 2
 
 
 def test_windows_per_batch_default_is_one_on_the_cpu_and_checked(pipe, clip):

@@ -477,7 +477,8 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
 
     # ------------------------------------------------------------------ device and dtypes, looked up once per call
     # diffusers finds the execution device and a model's dtype by walking every module (6.5 ms and 2.5 ms for the
-    # full-size U-Net on a CPU); a call needs them several times per window, so it pins them while it runs.
+    # full-size U-Net on a CPU); a call needs them several times per window, and the U-Net's forward once per step,
+    # so a call pins them (the U-Net's dtype on the U-Net itself) while it runs.
     @contextlib.contextmanager
     def _pinned_placement(self) -> Iterator[None]:
         """Within it, the execution device and the U-Net's and VAE's dtypes are those looked up on entry. Entered
@@ -486,11 +487,14 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         if self.__dict__.get("_pinned_placement"):
             yield
             return
-        self.__dict__["_pinned_placement"] = (super()._execution_device, self.unet.dtype, self.vae.dtype)
-        try:
-            yield
-        finally:
-            self.__dict__.pop("_pinned_placement", None)
+        with contextlib.ExitStack() as stack:
+            pin_unet = getattr(self.unet, "pinned_dtype", None)  # the U-Net's own forward asks for its dtype per step
+            unet_dtype = stack.enter_context(pin_unet()) if pin_unet else self.unet.dtype
+            self.__dict__["_pinned_placement"] = (super()._execution_device, unet_dtype, self.vae.dtype)
+            try:
+                yield
+            finally:
+                self.__dict__.pop("_pinned_placement", None)
 
     @property
     def _execution_device(self) -> torch.device:
@@ -712,9 +716,9 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         size = self.config.resolution // self.vae_scale_factor
         batch = 2 if getattr(self, "_guidance_scale", 1.5) > 1.0 else 1  # the CFG pair, as in a call
         sample = torch.zeros(batch, self.unet.config.in_channels, num_frames, size, size, device=device,
-                             dtype=self.unet.dtype)
+                             dtype=self._unet_dtype)
         context = torch.zeros(batch * num_frames, 50, self.unet.config.cross_attention_dim, device=device,
-                              dtype=self.unet.dtype)
+                              dtype=self._unet_dtype)
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
