@@ -53,9 +53,10 @@ fi
 if want e2e; then
 echo; echo "### End to end: first 8 s of demo1 (1080x1920, 200 frames), 256 px, bf16, full-size random weights"
 echo "(face tracks replayed from benchmarks/data: MediaPipe is not installed on the GPU machine)"
-timeout $((200 * LIMIT)) $PY benchmarks/inference.py "${E2E_SIZE[@]}" "${E2E_STEPS[@]}" --device $DEV --dtype bf16 \
+timeout $((260 * LIMIT)) $PY benchmarks/inference.py "${E2E_SIZE[@]}" "${E2E_STEPS[@]}" --device $DEV --dtype bf16 \
     --video "$VIDEO" --audio "$AUDIO" "${CUT[@]}" \
     --face-tracks benchmarks/data/demo1_8s_face_tracks.npz --variants naive overlap+batch4+fused+compiled+warps overlap+batch4+fused+compiled+warps+nvdec \
+    overlap+batch4+fused+compiled+warps+nvdec+nvenc \
     2>&1 | tee "$OUT/e2e.log" | grep -v -E '^(W0000|I0000)'
 fi
 

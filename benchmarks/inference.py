@@ -16,7 +16,8 @@ Variants are written ``base[+option...]``: ``naive`` (stages in sequence, DDIM),
 background threads), ``ddim`` / ``dpm++`` / ``unipc`` (scheduler), ``NN`` (steps), ``deepcacheN`` (DeepCache
 interval N), ``batchN`` (N windows per U-Net call; ``batch``: as many as fit in GPU memory), ``fused`` (fused pooled
 GroupNorm, channels-last), ``compiled`` (torch.compile of the U-Net step, fixed shapes), ``warps`` (alignment and
-paste-back as torch warps on the device), ``nvdec`` (the input decoded by ffmpeg's CUDA hardware decoder), ``fast``
+paste-back as torch warps on the device), ``nvdec`` (the input decoded by ffmpeg's CUDA hardware decoder), ``nvenc`` (the
+output encoded by NVENC instead of libx264), ``fast``
 (all of overlap, batch, fused, compiled and warps: the GPU configuration), e.g. ``overlap+deepcache3``, ``dpm++10+deepcache3`` or ``fast``. Under the stage table, every
 variant's end-to-end frames/s is set against its denoiser-only frames/s (output frames over the denoising seconds);
 compilation happens in the warm-up run and is reported apart.
@@ -56,7 +57,7 @@ QUALITY_VARIANTS = ["ddim20", "ddim20+deepcache3", "ddim20+deepcache5", "ddim10"
 def parse_variant(name: str, default_steps: int) -> dict:
     """``"overlap+dpm++10+deepcache3"`` -> pipeline settings."""
     spec = {"name": name, "overlap": False, "scheduler": "ddim", "steps": default_steps, "deep_cache": 0,
-            "windows": 1, "compiled": False, "fused": False, "warps": False, "nvdec": False}
+            "windows": 1, "compiled": False, "fused": False, "warps": False, "nvdec": False, "nvenc": False}
     for part in re.findall(r"dpm\+\+\d*|[^+]+", name):
         if part == "naive":
             continue
@@ -66,7 +67,7 @@ def parse_variant(name: str, default_steps: int) -> dict:
             spec.update(overlap=True, windows=None, compiled=True, fused=True, warps=True)
         elif m := re.fullmatch(r"batch(\d*)", part):
             spec["windows"] = int(m.group(1)) if m.group(1) else None  # "batch": chosen from free memory
-        elif part in ("compiled", "fused", "warps", "nvdec"):
+        elif part in ("compiled", "fused", "warps", "nvdec", "nvenc"):
             spec[part] = True
         elif m := re.fullmatch(r"deepcache(\d+)", part):
             spec["deep_cache"] = int(m.group(1))
@@ -183,6 +184,7 @@ def run_pipeline(pipe, spec: dict, video, audio, output_path, return_frames=Fals
         pipe.compile_denoiser()
     pipe.enable_warps_on_device(spec.get("warps", False))
     pipe.enable_hardware_decode("cuda" if spec.get("nvdec") else None)
+    pipe.enable_hardware_encode("h264_nvenc" if spec.get("nvenc") else None)
     return pipe(video=video, audio=audio, output_path=output_path, num_inference_steps=spec["steps"],
                 generator=torch.Generator().manual_seed(0), overlap_stages=spec["overlap"],
                 deep_cache_interval=spec["deep_cache"], return_frames=return_frames,

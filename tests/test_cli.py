@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
+import torch
 
 from conftest import write_wav
 from latentsync.commands import main
@@ -55,9 +57,14 @@ def test_live_from_a_pipe(tmp_path, example_face, example_speech, tiny_model_dir
     assert len(raw) == 25 * 384 * 384 * 3  # 1 s at 25 fps of the 384 x 384 example
 
 
-def test_keep_input_frame_rate(tmp_path, example_face, tiny_model_dir):
+def test_keep_input_frame_rate(tmp_path, example_face, tiny_model_dir, caplog, monkeypatch):
+    """``--fps input`` keeps the input's timestamps; with ``--hw-encode`` (NVENC) the video is written too, here by
+    libx264 after a warning when the machine has no GPU."""
     from conftest import ffmpeg
+    from latentsync.media import video
     from latentsync.media.timeline import read_timestamps
+
+    monkeypatch.setattr(video, "_ENCODER_WORKS", {})
 
     clip = tmp_path / "face50.mp4"
     ffmpeg("-i", str(example_face), "-t", "0.6", "-vf", "fps=50", str(clip))
@@ -65,6 +72,35 @@ def test_keep_input_frame_rate(tmp_path, example_face, tiny_model_dir):
     speech = write_wav(tmp_path / "s.wav", 0.3 * np.sin(2 * np.pi * 180 * t))
     out = tmp_path / "out.mp4"
     assert main(["--model", str(tiny_model_dir), "--video", str(clip), "--audio", str(speech), "--output", str(out),
-                 "--fps", "input", "--steps", "1", "--device", "cpu"]) == 0
+                 "--fps", "input", "--steps", "1", "--device", "cpu", "--hw-encode"]) == 0
+    assert torch.cuda.is_available() or "encoding with libx264 on the CPU" in caplog.text
     times, _ = read_timestamps(out)
     assert len(times) == 25 and np.allclose(times, np.arange(25) / 50)  # 0.5 s of a 50 fps input
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seed", str(2**64)], "argument --seed: expected an integer from 0 to 2**63 - 1"),
+    (["--seed", "-1"], "argument --seed: expected an integer from 0 to 2**63 - 1"),
+    (["--fps", "0"], "argument --fps: expected input or a frame rate between 1 and 240, got '0'"),
+    (["--fps", "nan"], "argument --fps: expected input or a frame rate between 1 and 240, got 'nan'"),
+    (["--hw-encode", "mpeg2"], "--hw-encode: unknown hardware encoder 'mpeg2'"),
+    (["--hw-decode", "floppy"], "--hw-decode: unknown hardware decoder 'floppy'"),
+])
+def test_bad_options_are_refused_before_the_model_loads(tmp_path, example_face, example_speech, capsys, args,
+                                                        message):
+    """Option values the run cannot use end as a usage error (status 2), before any model is looked for (the model
+    folder here does not exist)."""
+    out = tmp_path / "out.mp4"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", str(tmp_path / "no-model"), "--video", str(example_face), "--audio", str(example_speech),
+              "--output", str(out), *args])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err and not out.exists()
+
+
+def test_errors_name_the_options_of_the_command_line():
+    from latentsync.commands.run import _with_option_names
+
+    assert _with_option_names("audio mapping key=3, but 1 face track(s)").startswith("--audio-for=3, but")
+    assert _with_option_names("face_box_frame=999, but the video").startswith("--face-frame=999, but")
+    assert _with_option_names("face_box must be (x, y, width, height)").startswith("--face must be")
+    assert _with_option_names('output_fps must be "input"').startswith("--fps must be")

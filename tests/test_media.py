@@ -199,3 +199,90 @@ def test_pipeline_hardware_decode_option(tiny_pipe, example_face, monkeypatch):
     finally:
         tiny_pipe.enable_hardware_decode(None)
     assert asked == ["cuda", None]
+
+
+# ---------------------------------------------------------------------------------------------------- hardware encode
+def _frames(n: int = 12, size: tuple[int, int] = (96, 128)) -> list[np.ndarray]:
+    """A smooth picture moving to the right (content an encoder can keep well)."""
+    y, x = np.mgrid[: size[0], : size[1]]
+    base = np.stack([127 + 100 * np.sin(x / 9), 127 + 100 * np.cos(y / 7), 127 + 60 * np.sin((x + y) / 13)], -1)
+    return [np.roll(base, 3 * k, axis=1).astype(np.uint8) for k in range(n)]
+
+
+def _write_with(tmp_path, name: str, encoder: str | None, timed: bool = False):
+    from latentsync.media import timeline
+
+    frames = _frames()
+    path = tmp_path / name
+    if timed:
+        writer = timeline.TimedVideoWriter(path, np.arange(len(frames)) / 25.0, encoder=encoder)
+    else:
+        writer = VideoWriter(path, 25, encoder=encoder)
+    with writer:
+        for frame in frames:
+            writer.write(frame)
+    return np.stack(list(iter_frames(path, None)))
+
+
+@pytest.mark.skipif(_nvdec_works(), reason="this machine has a CUDA GPU: NVENC may start, no fallback")
+def test_hardware_encode_falls_back_to_libx264_once(tmp_path, monkeypatch, caplog):
+    """Without a GPU NVENC cannot start: both writers (ffmpeg at a fixed rate, PyAV with timestamps) and the live
+    sink encode with libx264 instead, after one warning for the whole process; the files are libx264's."""
+    from latentsync.media import pipes, video
+
+    monkeypatch.setattr(video, "_ENCODER_WORKS", {})
+    assert "h264_nvenc" in video.hardware_encoders()  # the bundled ffmpeg has it
+    with caplog.at_level("WARNING", logger="latentsync.media.video"):
+        plain = _write_with(tmp_path, "gpu.mp4", "h264_nvenc")
+        timed = _write_with(tmp_path, "gpu_timed.mp4", "h264_nvenc", timed=True)
+        sink = pipes.LiveVideoSink(os.fspath(tmp_path / "live.mp4"), 25, encoder="h264_nvenc")
+        sink.write_audio(np.zeros(16000, np.float32))
+        for frame in _frames():
+            sink.write(frame)
+        sink.close()
+    np.testing.assert_array_equal(plain, _write_with(tmp_path, "cpu.mp4", None))
+    np.testing.assert_array_equal(timed, _write_with(tmp_path, "cpu_timed.mp4", None, timed=True))
+    assert probe_video(tmp_path / "live.mp4").has_audio
+    said = [r.getMessage() for r in caplog.records if "hardware video encoding" in r.getMessage()]
+    assert len(said) == 1 and "(h264_nvenc)" in said[0] and "encoding with libx264 on the CPU" in said[0], said
+
+
+@pytest.mark.skipif(_nvdec_works(), reason="this machine has a CUDA GPU: PyAV may open NVENC, no fallback")
+def test_pyav_refusing_the_gpu_encoder_falls_back_before_any_frame(tmp_path, monkeypatch, caplog):
+    """When the ffmpeg binary's encoder works but PyAV's cannot open (its own build, or no GPU), the timed writer
+    notices when it opens the stream and writes with libx264: same file as asking for libx264."""
+    from latentsync.media import timeline, video
+
+    monkeypatch.setattr(video, "_ENCODER_WORKS", {"h264_nvenc": True})  # as if the probe had passed
+    real_open = timeline.TimedVideoWriter._add_stream
+    opened = []
+    monkeypatch.setattr(timeline.TimedVideoWriter, "_add_stream",
+                        lambda self, codec, w, h: opened.append(codec) or real_open(self, codec, w, h))
+    with caplog.at_level("WARNING", logger="latentsync.media.video"):
+        frames = _write_with(tmp_path, "timed.mp4", "h264_nvenc", timed=True)
+    assert opened == ["h264_nvenc", "libx264"]
+    np.testing.assert_array_equal(frames, _write_with(tmp_path, "cpu.mp4", None, timed=True))
+    assert any("hardware video encoding (h264_nvenc)" in r.getMessage() for r in caplog.records)
+    assert video._ENCODER_WORKS["h264_nvenc"] is False  # not tried again in this process
+
+
+@pytest.mark.skipif(not _nvdec_works(), reason="needs an NVIDIA GPU (NVENC)")
+def test_hardware_encode_on_a_gpu_is_close_to_libx264(tmp_path, caplog):
+    """NVENC at the default quality: no fallback, and its frames within a few grey levels of libx264's."""
+    with caplog.at_level("WARNING"):
+        gpu = _write_with(tmp_path, "gpu.mp4", "h264_nvenc").astype(np.float64)
+    assert not [r for r in caplog.records if "hardware video encoding" in r.getMessage()]
+    cpu = _write_with(tmp_path, "cpu.mp4", None).astype(np.float64)
+    psnr = 10 * np.log10(255**2 / np.mean((gpu - cpu) ** 2))
+    assert gpu.shape == cpu.shape and psnr > 30, psnr
+
+
+def test_pipeline_hardware_encode_option(tiny_pipe):
+    """``enable_hardware_encode`` names a GPU encoder this ffmpeg has (a clear error otherwise); ``None`` turns it
+    off. (That a run with it writes the video is in test_cli.)"""
+    with pytest.raises(ValueError, match="unknown hardware encoder 'nvenc2'; this ffmpeg has: h264_nvenc"):
+        tiny_pipe.enable_hardware_encode("nvenc2")
+    tiny_pipe.enable_hardware_encode()
+    assert tiny_pipe._video_encoder == "h264_nvenc"
+    tiny_pipe.enable_hardware_encode(None)
+    assert tiny_pipe._video_encoder is None

@@ -56,7 +56,7 @@ from .media.audio import as_samples, check_not_silent, fit_length, mix_tracks, n
 from .media.constants import SAMPLE_RATE, VIDEO_FPS
 from .media.files import check_input_file
 from .media.timeline import open_timed_frames, output_timeline
-from .media.video import FrameSource, hardware_decoders, open_frames
+from .media.video import FrameSource, hardware_decoders, hardware_encoders, open_frames
 from .model_source import check_not_training_run
 from .models.audio_encoder import WhisperAudioEncoder
 from .models.compiled import CompiledUNetStep, enable_fp8
@@ -244,6 +244,20 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
             if hwaccel not in known:
                 raise ValueError(f"unknown hardware decoder {hwaccel!r}; this ffmpeg has: {', '.join(known)}")
         self._hwaccel = hwaccel
+
+    def enable_hardware_encode(self, encoder: str | None = "h264_nvenc") -> None:
+        """Encode output videos with a GPU's H.264 encoder (``"h264_nvenc"``: NVENC on NVIDIA GPUs) instead of libx264
+        on the CPU, at about the same constant quality (``crf``). Where the encoder cannot start (no such GPU or
+        driver) the run encodes with libx264, with one warning. ``None`` turns it off.
+
+        Raises:
+            ValueError: ``encoder`` is not a GPU encoder this ffmpeg has and this package knows.
+        """
+        if encoder is not None:
+            known = hardware_encoders()
+            if encoder not in known:
+                raise ValueError(f"unknown hardware encoder {encoder!r}; this ffmpeg has: {', '.join(known) or 'none'}")
+        self._video_encoder = encoder
 
     def enable_vae_slicing(self) -> None:
         """Encode and decode the frames of a window one at a time (lower peak memory, same result)."""
@@ -959,7 +973,8 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
 
             # 6. Open the output, and the caches that save work when the video loops or steps repeat
             stream.open_output(output_path, sound, samples, crf, keep_frames=output_type != "file", fps=fps,
-                               timestamps=times if output_fps == "input" else None)
+                               timestamps=times if output_fps == "input" else None,
+                               encoder=getattr(self, "_video_encoder", None))
             use_latent_cache = stream.loops if cache_latents is None else cache_latents
             latent_caches = [stream.latent_cache(v) if use_latent_cache else None for v in range(stream.num_voices)]
             deep_cache = UNetFeatureCache(self.unet, deep_cache_interval, deep_cache_branch) if deep_cache_interval \

@@ -514,10 +514,12 @@ class VideoStream:
 
     # ------------------------------------------------------------------ output
     def open_output(self, output_path: str | os.PathLike | None, audio: Any, samples: np.ndarray, crf: int = 18,
-                    keep_frames: bool = False, fps: float = VIDEO_FPS, timestamps: np.ndarray | None = None) -> None:
+                    keep_frames: bool = False, fps: float = VIDEO_FPS, timestamps: np.ndarray | None = None,
+                    encoder: str | None = None) -> None:
         """Prepare the sink: the video file at ``output_path`` (muxed with ``audio``, the caller's file, or a WAV copy
         of ``samples`` when the audio was given in memory) and/or the frames kept in memory. The file is written at
-        ``fps``, or with each output frame at its time in ``timestamps`` (seconds; on the source's clock)."""
+        ``fps``, or with each output frame at its time in ``timestamps`` (seconds; on the source's clock), with
+        libx264 or the GPU ``encoder`` (see [`~latentsync.media.video.usable_encoder`])."""
         self.keep_frames = keep_frames
         if output_path is not None:
             if isinstance(audio, (str, os.PathLike)):
@@ -527,9 +529,9 @@ class VideoStream:
                 write_wav(audio_path, samples)
             if timestamps is not None:
                 self.writer = TimedVideoWriter(output_path, timestamps, self.source.time_base or DEFAULT_TIME_BASE,
-                                               audio_path=audio_path, crf=crf)
+                                               audio_path=audio_path, crf=crf, encoder=encoder)
             else:
-                self.writer = VideoWriter(output_path, fps, audio_path=audio_path, crf=crf)
+                self.writer = VideoWriter(output_path, fps, audio_path=audio_path, crf=crf, encoder=encoder)
         self._sink = OrderedWorker(self._paste_and_write) if self.overlap_stages else None
 
     def buffer_windows(self, count: int) -> None:

@@ -51,7 +51,7 @@ def run_live(args: argparse.Namespace) -> int:
         fps = session.fps if timestamps is None or len(timestamps) < 2 else 1.0 / float(np.median(np.diff(timestamps)))
         if args.output != "-":
             os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        sink = LiveVideoSink(args.output, fps, args.live_format)
+        sink = LiveVideoSink(args.output, fps, args.live_format, encoder=args.hw_encode)
 
         def speech() -> Iterator[np.ndarray]:
             for chunk in read_audio_chunks(sys.stdin.buffer, args.chunk_seconds):

@@ -20,7 +20,8 @@ from typing import Any
 from ..devices import DTYPE_NAMES, check_device
 from ..errors import LatentSyncInputError, RunInterrupted
 from ..face.choice import FACE_RULES
-from ..inputs import check_run_inputs, warnings_given
+from ..inputs import check_output_fps, check_run_inputs, warnings_given
+from ..media.video import hardware_decoders, hardware_encoders
 from ..media.constants import OUTPUT_FORMATS
 from ..model_source import check_model_source
 from ..schedulers import SCHEDULERS
@@ -31,7 +32,8 @@ DEFAULT_MODEL = "ByteDance/LatentSync-1.6"
 
 # the pipeline's argument names in messages -> the options that set them here
 OPTION_NAMES = {"num_inference_steps": "--steps", "guidance_scale": "--guidance-scale", "face_index": "--face-index",
-                "deep_cache_interval": "--deep-cache", "windows_per_batch": "--windows-per-batch"}
+                "deep_cache_interval": "--deep-cache", "windows_per_batch": "--windows-per-batch", "output_fps": "--fps",
+                "face_box_frame": "--face-frame", "face_box": "--face", "audio mapping key": "--audio-for"}
 
 
 def face_choice(text: str) -> dict[str, Any]:
@@ -57,9 +59,21 @@ def frame_rate(text: str) -> float | str:
         return "input"
     try:
         value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected input or a frame rate, got {text!r}") from None
+        check_output_fps(value)
+    except (ValueError, LatentSyncInputError):
+        raise argparse.ArgumentTypeError(f"expected input or a frame rate between 1 and 240, got {text!r}") from None
     return int(value) if value.is_integer() else value
+
+
+def seed(text: str) -> int:
+    """``--seed``: an integer that torch's generators take (0 to 2**63 - 1)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**63 - 1, got {text!r}")
+    return value
 
 
 def voice(text: str) -> tuple[int, str]:
@@ -101,7 +115,7 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     add_model_arguments(p)
     p.add_argument("--steps", type=int, default=20, help="denoising steps (default 20)")
     p.add_argument("--guidance-scale", type=float, default=1.5, help="audio guidance, >= 1 (1 disables; default 1.5)")
-    p.add_argument("--seed", type=int, default=1247, help="random seed (default 1247)")
+    p.add_argument("--seed", type=seed, default=1247, help="random seed (default 1247)")
     faces = p.add_argument_group("faces (see `latentsync faces VIDEO` for the face numbers)")
     faces.add_argument("--face", type=face_choice, default=None, metavar="largest|speaking|INDEX|x,y,w,h",
                        help="face to lip-sync: the largest of each shot (default), the one speaking in the video's "
@@ -145,6 +159,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     fast.add_argument("--hw-decode", nargs="?", const="cuda", default=None, metavar="HWACCEL",
                       help="decode the input video on the GPU (ffmpeg hardware decoder; default cuda = NVDEC); "
                       "falls back to the CPU with a warning where it cannot start")
+    fast.add_argument("--hw-encode", nargs="?", const="h264_nvenc", default=None, metavar="ENCODER",
+                      help="encode the output video on the GPU (default h264_nvenc = NVENC) instead of libx264; "
+                      "falls back to libx264 with a warning where it cannot start")
     fast.add_argument("--fp8", action="store_true", help="float8 linear layers (torchao; Hopper/Ada GPUs)")
     fast.add_argument("--cpu-offload", choices=["model", "sequential"], default=None,
                       help="keep weights on the CPU and move them to the GPU when used (lower GPU memory)")
@@ -215,6 +232,8 @@ def load_pipeline(args: argparse.Namespace, local_files_only: bool = False) -> A
         pipe.enable_warps_on_device()
     if args.hw_decode:
         pipe.enable_hardware_decode(args.hw_decode)
+    if args.hw_encode:
+        pipe.enable_hardware_encode(args.hw_encode)
     if args.syncnet:
         pipe.load_syncnet(args.syncnet)
     return pipe
@@ -256,6 +275,12 @@ def run(argv: list[str]) -> int:
         p.error("give the speech with --audio, or one --audio-for INDEX=FILE per face")
     if (args.video is None) == (args.avatar is None):
         p.error("give the face with --video or with --avatar (one of them)")
+    if args.hw_decode and args.hw_decode not in hardware_decoders():
+        p.error(f"--hw-decode: unknown hardware decoder {args.hw_decode!r}; this ffmpeg has: "
+                f"{', '.join(hardware_decoders()) or 'none'}")
+    if args.hw_encode and args.hw_encode not in hardware_encoders():
+        p.error(f"--hw-encode: unknown hardware encoder {args.hw_encode!r}; this ffmpeg has: "
+                f"{', '.join(hardware_encoders()) or 'none'}")
     if args.audio == "-":
         # deferred, as the pipeline: a live run imports torch and the live session
         return importlib.import_module("latentsync.commands.live").run_live(args)

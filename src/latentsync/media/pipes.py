@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import InvalidAudioError, InvalidVideoError
 from .constants import SAMPLE_RATE
+from .video import encoder_arguments, usable_encoder
 
 logger = logging.getLogger(__name__)
 
@@ -55,16 +56,18 @@ def read_audio_chunks(source: BinaryIO, seconds: float = 0.2) -> Iterator[np.nda
 class LiveVideoSink:
     """Writes frames as they are produced to ``target`` (a file path, or ``"-"`` for standard output).
 
-    ``"mp4"``: fragmented MP4, H.264 (zero-latency settings) with the speech as AAC, playable while written.
+    ``"mp4"``: fragmented MP4, H.264 (low-latency settings; libx264, or the GPU ``encoder`` such as ``"h264_nvenc"``
+    where it can start) with the speech as AAC, playable while written.
     ``"raw"``: RGB24 frames back to back (the size is logged), no sound.
     Use ``write_audio`` for the speech as it arrives and ``write`` for each frame; ``close`` completes the file.
     """
 
-    def __init__(self, target: str, fps: float, output_format: str = "mp4", crf: int = 18):
+    def __init__(self, target: str, fps: float, output_format: str = "mp4", crf: int = 18,
+                 encoder: str | None = None):
         if output_format not in LIVE_FORMATS:
             raise InvalidVideoError(f"live output format must be one of {', '.join(LIVE_FORMATS)}, got "
                                     f"{output_format!r}")
-        self.target, self.fps, self.format, self.crf = target, fps, output_format, crf
+        self.target, self.fps, self.format, self.crf, self.encoder = target, fps, output_format, crf, encoder
         self._out: BinaryIO | None = None
         self._proc: subprocess.Popen | None = None
         self._audio: queue.Queue | None = None
@@ -77,12 +80,13 @@ class LiveVideoSink:
             self._out = os.fdopen(os.dup(1), "wb") if self.target == "-" else open(self.target, "wb")
             logger.info("raw RGB24 frames, %d x %d at %g fps", width, height, self.fps)
             return
+        codec = usable_encoder(self.encoder)
         read_fd, write_fd = os.pipe()
         cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-y",
                "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", f"{self.fps}", "-i", "pipe:0",
                "-f", "f32le", "-ar", str(SAMPLE_RATE), "-ac", "1", "-i", f"pipe:{read_fd}",
-               "-map", "0:v", "-map", "1:a", "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency",
-               "-crf", str(self.crf), "-pix_fmt", "yuv420p", "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
+               "-map", "0:v", "-map", "1:a", "-c:v", codec, *encoder_arguments(codec, self.crf, live=True),
+               "-pix_fmt", "yuv420p", "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
                "-c:a", "aac", "-f", "mp4", "-movflags", "frag_keyframe+empty_moov+default_base_moof",
                "pipe:1" if self.target == "-" else self.target]
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=None, pass_fds=(read_fd,))

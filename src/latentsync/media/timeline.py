@@ -23,7 +23,17 @@ import numpy as np
 from ..errors import InvalidVideoError
 from ..tempfiles import partial_path, release_partial
 from .files import check_input_file
-from .video import AtomicWriter, FrameSource, check_output_path, hardware_decode_failed, worth_trying
+from .video import (
+    CPU_ENCODER,
+    AtomicWriter,
+    FrameSource,
+    check_output_path,
+    encoder_settings,
+    hardware_decode_failed,
+    hardware_encode_failed,
+    usable_encoder,
+    worth_trying,
+)
 
 if TYPE_CHECKING:
     import av
@@ -154,26 +164,38 @@ class TimedVideoWriter(AtomicWriter):
         timestamps: presentation time (seconds) of each frame that will be written, in order.
         time_base: the timestamps' clock (the input's, so that they are kept exactly).
         audio_path: sound to mux in (any file ffmpeg reads).
-        crf: x264 quality.
+        crf: constant quality (x264's scale).
+        encoder: a GPU encoder (e.g. ``"h264_nvenc"``) instead of libx264; libx264 after one warning where it
+            cannot start.
     """
 
     def __init__(self, path: str | os.PathLike, timestamps: np.ndarray, time_base: Fraction = DEFAULT_TIME_BASE,
-                 audio_path: str | None = None, crf: int = 18):
+                 audio_path: str | None = None, crf: int = 18, encoder: str | None = None):
         self.path = check_output_path(path, [audio_path] if audio_path else ())
         self._tmp = partial_path(self.path)
         self._video_tmp = partial_path(os.path.splitext(self.path)[0] + ".video.mp4")  # the picture, before the sound
         self.timestamps, self.time_base = np.asarray(timestamps, np.float64), Fraction(time_base)
-        self.audio_path, self.crf = audio_path, crf
+        self.audio_path, self.crf, self.encoder = audio_path, crf, encoder
         self._container: av.container.OutputContainer | None = None
         self._stream = None
         self.frames_written = 0
 
     def _open(self, width: int, height: int) -> None:
+        codec = usable_encoder(self.encoder)
+        self._add_stream(codec, width, height)
+        if codec != CPU_ENCODER:  # PyAV's own ffmpeg may still refuse the GPU encoder: find out before any frame
+            try:
+                self._stream.codec_context.open()
+            except (OSError, ValueError) as exc:
+                hardware_encode_failed(codec, str(exc))
+                self._container.close()
+                self._add_stream(CPU_ENCODER, width, height)
+
+    def _add_stream(self, codec: str, width: int, height: int) -> None:
         self._container = _pyav().open(self._video_tmp, "w")
         gaps = np.diff(self.timestamps)
         rate = Fraction(1 / float(np.median(gaps))).limit_denominator(1001) if len(gaps) else Fraction(25)
-        self._stream = self._container.add_stream("libx264", rate=rate,
-                                                  options={"crf": str(self.crf), "preset": "medium"})
+        self._stream = self._container.add_stream(codec, rate=rate, options=encoder_settings(codec, self.crf))
         self._stream.width, self._stream.height = width, height
         self._stream.pix_fmt = "yuv420p"
         self._stream.time_base = self.time_base

@@ -96,6 +96,68 @@ def hardware_decode_failed(hwaccel: str, reason: str) -> None:
                        reason.splitlines()[-1] if reason else "no reason given")
 
 
+# ---------------------------------------------------------------------------------------------------- encoders
+CPU_ENCODER = "libx264"
+GPU_ENCODERS = ("h264_nvenc",)  # the GPUs' H.264 encoders whose constant-quality settings are known here
+_ENCODER_WORKS: dict[str, bool] = {}
+
+
+@functools.lru_cache(maxsize=1)
+def hardware_encoders() -> tuple[str, ...]:
+    """The GPU H.264 encoders this package can use (``h264_nvenc``: NVENC on NVIDIA GPUs) that the bundled ffmpeg
+    was built with; whether the device behind one is present is checked when a video is first written."""
+    out = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-encoders"],
+                         capture_output=True, text=True, check=False).stdout
+    built = {line.split()[1] for line in out.splitlines() if len(line.split()) > 1}
+    return tuple(name for name in GPU_ENCODERS if name in built)
+
+
+def encoder_settings(encoder: str, crf: int, live: bool = False) -> dict[str, str]:
+    """The codec options (ffmpeg's names) that make ``encoder`` write at constant quality ``crf`` (0-51, lower is
+    better); ``live``: for frames shown as they are made (low latency)."""
+    if encoder == CPU_ENCODER:
+        return {"preset": "veryfast", "tune": "zerolatency", "crf": str(crf)} if live else \
+            {"preset": "medium", "crf": str(crf)}
+    if encoder == "h264_nvenc":  # NVENC's constant quality: a target (cq, on about x264's crf scale), no bit-rate cap
+        return {"preset": "p1" if live else "p5", "tune": "ll" if live else "hq", "rc": "vbr", "cq": str(crf), "b": "0"}
+    raise ValueError(f"unknown video encoder {encoder!r}; known: {', '.join((CPU_ENCODER, *GPU_ENCODERS))}")
+
+
+def encoder_arguments(encoder: str, crf: int, live: bool = False) -> list[str]:
+    """``encoder``'s settings as output options of the ffmpeg command (``-OPTION:v VALUE ...``)."""
+    return [arg for key, value in encoder_settings(encoder, crf, live).items() for arg in (f"-{key}:v", value)]
+
+
+def usable_encoder(encoder: str | None) -> str:
+    """``encoder`` if it can encode here, else the CPU's libx264. A GPU encoder is tried once per process on a tiny
+    picture; where it cannot start (no such GPU or driver) one warning says so and libx264 is used from then on."""
+    if not encoder or encoder == CPU_ENCODER:
+        return CPU_ENCODER
+    if encoder not in _ENCODER_WORKS:
+        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-f", "lavfi", "-i",
+               "color=size=256x256:rate=25:duration=0.2", "-c:v", encoder, *encoder_arguments(encoder, 18), "-f", "null",
+               "-"]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+        except subprocess.TimeoutExpired:
+            hardware_encode_failed(encoder, "the encoder did not answer within 60 s")
+        else:
+            if proc.returncode == 0:
+                _ENCODER_WORKS[encoder] = True
+            else:  # ffmpeg's first complaint is the encoder's own (e.g. "Cannot load libcuda.so.1")
+                first = next((line.strip() for line in proc.stderr.splitlines() if line.strip()), "")
+                hardware_encode_failed(encoder, first.split("] ", 1)[-1] or f"ffmpeg exit code {proc.returncode}")
+    return encoder if _ENCODER_WORKS[encoder] else CPU_ENCODER
+
+
+def hardware_encode_failed(encoder: str, reason: str) -> None:
+    """Note that the GPU ``encoder`` could not start: said once per process, and libx264 is used from then on."""
+    if _ENCODER_WORKS.get(encoder) is not False:
+        _ENCODER_WORKS[encoder] = False
+        logger.warning("hardware video encoding (%s) is not available here (%s); encoding with %s on the CPU",
+                       encoder, reason, CPU_ENCODER)
+
+
 def iter_frames(path: str | os.PathLike, fps: float | None = VIDEO_FPS, hwaccel: str | None = None
                 ) -> Iterator[np.ndarray]:
     """Yield RGB uint8 frames ``(H, W, 3)``, resampled to ``fps`` (None keeps the source rate).
@@ -270,24 +332,27 @@ class AtomicWriter:
 
 
 class VideoWriter(AtomicWriter):
-    """Encode RGB frames to H.264 (+ AAC audio from ``audio_path``) atomically.
+    """Encode RGB frames to H.264 (+ AAC audio from ``audio_path``) atomically, at quality ``crf``, with libx264 or
+    the GPU ``encoder`` (e.g. ``"h264_nvenc"``; libx264 after one warning where it cannot start).
 
     Use as a context manager: on a clean exit the file appears at ``path``; on an exception nothing is left.
     """
 
-    def __init__(self, path: str | os.PathLike, fps: float = VIDEO_FPS, audio_path: str | None = None, crf: int = 18):
+    def __init__(self, path: str | os.PathLike, fps: float = VIDEO_FPS, audio_path: str | None = None, crf: int = 18,
+                 encoder: str | None = None):
         self.path = check_output_path(path, [audio_path] if audio_path else ())
         self._tmp = partial_path(self.path)
-        self.fps, self.audio_path, self.crf = fps, audio_path, crf
+        self.fps, self.audio_path, self.crf, self.encoder = fps, audio_path, crf, encoder
         self._gen = None
         self.frames_written = 0
 
     def write(self, frame: np.ndarray) -> None:
         if self._gen is None:
             h, w = frame.shape[:2]
+            codec = usable_encoder(self.encoder)
             self._gen = imageio_ffmpeg.write_frames(
-                self._tmp, (w, h), fps=self.fps, codec="libx264", quality=None, macro_block_size=2,
-                output_params=["-crf", str(self.crf), "-preset", "medium"],
+                self._tmp, (w, h), fps=self.fps, codec=codec, quality=None, macro_block_size=2,
+                output_params=encoder_arguments(codec, self.crf),
                 audio_path=self.audio_path, audio_codec="aac" if self.audio_path else None,
                 ffmpeg_log_level="error",
             )
