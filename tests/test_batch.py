@@ -14,8 +14,10 @@ import sys
 import pytest
 
 from conftest import ffmpeg
-from latentsync.batch import BatchListError, read_jobs
+from latentsync.batch import BatchListError, read_jobs, run_batch
 from latentsync.commands import main
+from latentsync.errors import InvalidOutputError, InvalidVideoError
+from latentsync.media.video import check_output_path
 
 
 @pytest.fixture
@@ -87,6 +89,104 @@ def test_csv_job_lists(tmp_path):
     with pytest.raises(BatchListError, match="job list not found"):
         read_jobs(tmp_path / "missing.csv", tmp_path / "out")
     assert main(["batch", os.fspath(tmp_path / "missing.csv"), os.fspath(tmp_path / "out")]) == 2  # one clear line
+
+
+def test_csv_job_lists_in_other_encodings(tmp_path, example_face):
+    """Excel's "CSV UTF-8" (with a BOM) is read; Latin-1, UTF-16 and a video given as the job list are one clear
+    line (exit status 2), never a UnicodeDecodeError."""
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbfvideo,audio\nv.mp4,a.wav\n")
+    assert [os.path.basename(j.video) for j in read_jobs(tmp_path / "bom.csv", tmp_path / "out")] == ["v.mp4"]
+
+    (tmp_path / "latin1.csv").write_bytes("video,audio\ncafé.mp4,a.wav\n".encode("latin-1"))
+    (tmp_path / "utf16.csv").write_text("video,audio\nv.mp4,a.wav\n", encoding="utf-16")
+    (tmp_path / "utf16le.csv").write_text("video,audio\nv.mp4,a.wav\n", encoding="utf-16-le")  # no BOM
+    for name in ("latin1.csv", "utf16.csv", "utf16le.csv"):
+        with pytest.raises(BatchListError, match=f"cannot read job list .*{name}: not a UTF-8 text CSV"):
+            read_jobs(tmp_path / name, tmp_path / "out")
+    with pytest.raises(BatchListError, match="not a UTF-8 text CSV .it is a video"):
+        read_jobs(example_face, tmp_path / "out")
+    assert main(["batch", os.fspath(example_face), os.fspath(tmp_path / "out")]) == 2
+    assert not (tmp_path / "out").exists()
+
+
+def test_csv_rows_without_video_or_audio_name_the_row(tmp_path):
+    (tmp_path / "jobs.csv").write_text("video,audio\nv.mp4,a.wav\nw.mp4,\n")
+    with pytest.raises(BatchListError, match="jobs.csv row 3 has no audio"):
+        read_jobs(tmp_path / "jobs.csv", tmp_path / "out")
+    (tmp_path / "jobs.csv").write_text("video,audio\n ,a.wav\n")
+    with pytest.raises(BatchListError, match="jobs.csv row 2 has no video"):
+        read_jobs(tmp_path / "jobs.csv", tmp_path / "out")
+
+
+def test_csv_outputs_in_a_relative_output_folder(tmp_path, monkeypatch):
+    """A relative output folder holds the default outputs and the output column's (not out/out/...)."""
+    (tmp_path / "jobs.csv").write_text("video,audio,output\nv/one.mp4,a.wav,\nv/two.mp4,a.wav,sub/2.mkv\n")
+    monkeypatch.chdir(tmp_path)
+    assert [j.output for j in read_jobs("jobs.csv", "out")] == [os.path.join("out", "one.mp4"),
+                                                                 os.path.join("out", "sub", "2.mkv")]
+
+
+def test_output_folder_that_is_a_file_or_the_input_folder_is_refused_before_the_model_loads(tmp_path, pairs,
+                                                                                             caplog):
+    (tmp_path / "taken").write_text("x")
+    with pytest.raises(InvalidOutputError, match="output folder .*taken is a file"):
+        read_jobs(pairs, tmp_path / "taken")
+    with pytest.raises(InvalidOutputError, match="taken is a file"):
+        read_jobs(pairs, tmp_path / "taken" / "deeper")
+    with pytest.raises(InvalidOutputError, match="is the input folder"):
+        read_jobs(pairs, os.fspath(pairs) + "/.")
+    before = sorted(os.listdir(pairs))
+    model = os.fspath(tmp_path / "no-model")  # never reached: the output folder is checked first
+    assert main(["batch", os.fspath(pairs), os.fspath(tmp_path / "taken"), "--model", model]) == 2
+    assert "taken is a file" in caplog.text and "model folder not found" not in caplog.text
+    assert main(["batch", os.fspath(pairs), os.fspath(pairs), "--model", model]) == 2
+    assert "is the input folder" in caplog.text and "model folder not found" not in caplog.text
+    assert sorted(os.listdir(pairs)) == before  # no results table among the inputs
+
+
+class _FakePipeline:
+    """Stands in for the pipeline: checks the output path as its call does, fails for ``broken`` videos, writes the
+    rest."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, video, audio, output_path, **kwargs):
+        self.calls.append(os.path.basename(output_path))
+        check_output_path(output_path, (video, audio))
+        if "broken" in video:
+            raise InvalidVideoError(f"cannot read video {video}")
+        with open(output_path, "wb") as fh:
+            fh.write(b"synced")
+        return type("Output", (), {"num_frames": 16, "frames_without_face": 0})()
+
+
+def test_jobs_whose_output_is_an_input_or_wrong_fail_and_leave_no_folder(tmp_path):
+    """An output that is the job's video or audio fails as in a single run (it is not a finished output to skip), and
+    is never written; a job that fails its checks leaves no new output folder behind."""
+    for name in ("talk.mp4", "talk.wav", "voice.mp4", "broken.mp4"):
+        (tmp_path / name).write_bytes(b"input " + name.encode())
+    (tmp_path / "jobs.csv").write_text(
+        "video,audio,output\n"
+        f"talk.mp4,talk.wav,{tmp_path / 'talk.mp4'}\n"  # the video itself
+        f"talk.mp4,voice.mp4,{tmp_path / 'voice.mp4'}\n"  # the audio (speech in an .mp4)
+        "talk.mp4,talk.wav,sub/wrong.avi\n"
+        "broken.mp4,talk.wav,new/deeper/broken.mp4\n"
+        "talk.mp4,talk.wav,made/talk.mp4\n")
+    jobs = read_jobs(tmp_path / "jobs.csv", tmp_path / "out")
+    pipe = _FakePipeline()
+    for overwrite in (False, True):
+        results = run_batch(pipe, jobs, overwrite=overwrite, progress=False)
+        assert [r.status for r in results] == ["failed", "failed", "failed", "failed", "done"]
+        assert "is the input file" in results[0].error and "choose another output path" in results[0].error
+        assert "is the input file" in results[1].error and "voice.mp4" in results[1].error
+        assert "unsupported output format .avi" in results[2].error
+        assert "cannot read video" in results[3].error
+    assert pipe.calls == ["broken.mp4", "talk.mp4"] * 2  # the bad outputs never reach the pipeline
+    for name in ("talk.mp4", "voice.mp4"):
+        assert (tmp_path / name).read_bytes() == b"input " + name.encode()
+    assert sorted(os.listdir(tmp_path / "out")) == ["made"]  # no sub/ nor new/deeper/
+    assert (tmp_path / "out" / "made" / "talk.mp4").read_bytes() == b"synced"
 
 
 def _free_port() -> int:

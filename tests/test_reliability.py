@@ -402,13 +402,17 @@ def test_library(name, media, tiny_pipe_64, tmp_path, caplog, monkeypatch):
     assert checksums(media) == before, "an input file changed"
 
 
-def test_rotated_video_comes_out_upright(media, tiny_pipe_64, tmp_path):
+@pytest.mark.parametrize("output_fps", [25, "input"])
+def test_rotated_video_comes_out_upright(media, tiny_pipe_64, tmp_path, output_fps):
+    """Both readers (25 fps through ffmpeg, the input's own timeline through PyAV) turn a phone video upright, so
+    its face is found and the output is upright too."""
     import torch
 
     out = tiny_pipe_64(media / "rotated.mp4", media / "speech.wav", output_path=tmp_path / "upright.mp4",
-                     num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0))
+                     num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0), output_fps=output_fps)
     frames, upright = decode(Path(out.path), fps=None), decode(media / "face.mp4")[: out.num_frames]
     assert frames.shape[1:3] == (384, 480) == upright.shape[1:3]
+    assert out.frames_without_face == 0
     # the generated mouth is a small region: the rest of the picture is the upright input
     assert np.abs(frames.astype(int) - upright.astype(int)).mean() < 6
 

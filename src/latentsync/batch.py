@@ -32,9 +32,11 @@ from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from .devices import default_device
-from .errors import LatentSyncInputError
+from .errors import InvalidOutputError, LatentSyncInputError
 from .media.constants import AUDIO_EXTENSIONS
 from .media.files import is_video_file
+from .media.video import check_output_path
+from .tempfiles import make_missing_folders, remove_empty_folders
 
 if TYPE_CHECKING:  # the pipeline is passed in; importing it here only for the annotation
     from .pipeline import LatentSyncPipeline
@@ -47,7 +49,8 @@ STATUSES = ("done", "skipped", "failed")
 
 
 class BatchListError(LatentSyncInputError):
-    """The job list cannot be read (missing file or folder, wrong CSV columns, two jobs writing one file)."""
+    """The job list cannot be read (missing file or folder, not a UTF-8 text CSV, wrong CSV columns, a row without a
+    video or audio, two jobs writing one file)."""
 
 
 @dataclass
@@ -78,18 +81,26 @@ class JobResult:
 # ---------------------------------------------------------------------------------------------------- job lists
 def read_jobs(source: str | os.PathLike, output_dir: str | os.PathLike, audio_dir: str | os.PathLike | None = None,
               output_format: str = ".mp4") -> list[BatchJob]:
-    """The jobs of a CSV file or a folder.
+    """The jobs of a CSV file or a folder, once ``output_dir`` is known to be usable.
 
-    CSV: columns ``video`` and ``audio`` (and optionally ``output``); relative paths are relative to the CSV's folder,
-    relative outputs to ``output_dir``. Folder: every video in it, paired with the audio file of the same name
-    (``talk.mp4`` + ``talk.wav``) in the folder or in ``audio_dir``; a video without one becomes a job whose audio
-    is missing, which fails with a clear message. Outputs default to ``output_dir/<video name><output_format>``.
+    CSV (UTF-8, with or without the BOM that Excel's "CSV UTF-8" writes): columns ``video`` and ``audio`` (and
+    optionally ``output``); relative paths are relative to the CSV's folder, relative outputs to ``output_dir``.
+    Folder: every video in it, paired with the audio file of the same name (``talk.mp4`` + ``talk.wav``) in the
+    folder or in ``audio_dir``; a video without one becomes a job whose audio is missing, which fails with a clear
+    message. Outputs default to ``output_dir/<video name><output_format>``.
 
     Raises:
-        BatchListError: ``source`` does not exist, the CSV lacks a column, or two jobs would write the same file.
+        BatchListError: ``source`` does not exist or is not a UTF-8 text CSV, the CSV lacks a column, a row has no
+            video or audio, or two jobs would write the same file.
+        InvalidOutputError: ``output_dir`` (or a folder above it) is a file, or it is the folder of videos ``source``
+            (the outputs would replace the videos).
     """
     source, output_dir = os.fspath(source), os.fspath(output_dir)
+    _check_output_dir(output_dir)
     if os.path.isdir(source):
+        if os.path.isdir(output_dir) and os.path.samefile(source, output_dir):
+            raise InvalidOutputError(f"output folder {output_dir} is the input folder {source}: the outputs would "
+                                     "replace the videos; choose another output folder")
         jobs = _folder_jobs(source, output_dir, os.fspath(audio_dir) if audio_dir else source, output_format)
     elif os.path.isfile(source):
         jobs = _csv_jobs(source, output_dir, output_format)
@@ -103,6 +114,19 @@ def read_jobs(source: str | os.PathLike, output_dir: str | os.PathLike, audio_di
                                  f"column or rename one)")
         outputs[key] = job.video
     return jobs
+
+
+def _check_output_dir(output_dir: str | os.PathLike) -> None:
+    """[`InvalidOutputError`] when ``output_dir`` cannot be the batch's output folder: it, or a folder above it, is a
+    file. A missing folder is fine (it is created when the first job runs)."""
+    output_dir = os.fspath(output_dir)
+    existing = os.path.abspath(output_dir)
+    while not os.path.isdir(existing):
+        if os.path.lexists(existing) and existing == os.path.abspath(output_dir):
+            raise InvalidOutputError(f"output folder {output_dir} is a file, not a folder; choose a folder")
+        if os.path.lexists(existing):
+            raise InvalidOutputError(f"cannot create the output folder {output_dir}: {existing} is a file")
+        existing = os.path.dirname(existing)
 
 
 def _output_for(video: str, output_dir: str, output_format: str) -> str:
@@ -127,21 +151,37 @@ def _folder_jobs(folder: str, output_dir: str, audio_dir: str, output_format: st
 
 
 def _csv_jobs(path: str, output_dir: str, output_format: str) -> list[BatchJob]:
+    """The jobs of a CSV file; rows are numbered as in a spreadsheet (the header is row 1)."""
     base = os.path.dirname(os.path.abspath(path))
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        columns = [c.strip() for c in reader.fieldnames or []]
-        missing = [c for c in ("video", "audio") if c not in columns]
-        if missing:
-            raise BatchListError(f"{path} has no {' or '.join(missing)} column (found: {', '.join(columns) or 'none'})")
-        jobs = []
-        for row in reader:
-            row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
-            if not row.get("video") and not row.get("audio"):
-                continue  # blank line
-            video = os.path.join(base, row["video"])
-            output = row.get("output") or _output_for(video, output_dir, output_format)
-            jobs.append(BatchJob(video, os.path.join(base, row["audio"]), os.path.join(output_dir, output)))
+    not_text = f"cannot read job list {path}: not a UTF-8 text CSV" + (
+        " (it is a video; give a CSV file with video,audio columns or a folder of pairs)" if is_video_file(path) else
+        " (save it as CSV UTF-8)")
+    with open(path, "rb") as fh:
+        if b"\0" in fh.read(4096):  # a binary file, or UTF-16 (which decodes as UTF-8 when it is plain ASCII)
+            raise BatchListError(not_text)
+    jobs = []
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            columns = [c.strip() for c in reader.fieldnames or []]
+            missing = [c for c in ("video", "audio") if c not in columns]
+            if missing:
+                raise BatchListError(f"{path} has no {' or '.join(missing)} column (found: "
+                                     f"{', '.join(columns) or 'none'})")
+            for row in reader:
+                row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
+                if not row.get("video") and not row.get("audio"):
+                    continue  # blank line
+                for column in ("video", "audio"):
+                    if not row.get(column):
+                        raise BatchListError(f"{path} row {reader.line_num} has no {column} (every job needs a "
+                                             "video and an audio path)")
+                video = os.path.join(base, row["video"])
+                output = os.path.join(output_dir, row["output"]) if row.get("output") else \
+                    _output_for(video, output_dir, output_format)
+                jobs.append(BatchJob(video, os.path.join(base, row["audio"]), output))
+    except UnicodeDecodeError:
+        raise BatchListError(not_text) from None
     return jobs
 
 
@@ -157,8 +197,9 @@ def run_batch(
 ) -> list[JobResult]:
     """Run every job with ``pipe`` (loaded once), in order, with a progress bar over the jobs.
 
-    A job whose output exists is skipped unless ``overwrite``; a job that fails (bad input, no face, any error) is
-    logged and recorded, and the batch goes on. ``make_generator`` gives each job a fresh generator (same seed, same
+    A job whose output exists is skipped unless ``overwrite``; a job that fails (bad input, an output path that is
+    an input or of a wrong format, no face, any error) is logged and recorded, leaves no output and no new folder
+    behind, and the batch goes on. ``make_generator`` gives each job a fresh generator (same seed, same
     result as a single run); ``call_kwargs`` go to the pipeline call (``num_inference_steps``, ...).
     ``process_index``: this process's index when several share the batch (recorded with each result; its progress
     bar is labelled with it).
@@ -168,19 +209,24 @@ def run_batch(
     bar = tqdm(jobs, desc=desc, unit="job", disable=not progress, position=process_index)
     for job in bar:
         bar.set_postfix_str(os.path.basename(job.video))
-        if os.path.isfile(job.output) and not overwrite:
-            results.append(JobResult(job.video, job.audio, job.output, "skipped", process=process_index))
-            continue
         start = time.perf_counter()
+        created: list[str] = []
         try:
-            os.makedirs(os.path.dirname(os.path.abspath(job.output)), exist_ok=True)
+            # first: an output that is an input (or of a wrong format) is no finished job to skip
+            check_output_path(job.output, (job.video, job.audio), create_folder=True)
+            if os.path.isfile(job.output) and not overwrite:
+                results.append(JobResult(job.video, job.audio, job.output, "skipped", process=process_index))
+                continue
+            created = make_missing_folders(os.path.dirname(os.path.abspath(job.output)))
             kwargs = dict(call_kwargs)
             if make_generator is not None:
                 kwargs["generator"] = make_generator()
             out = pipe(video=job.video, audio=job.audio, output_path=job.output, **kwargs)
         except (KeyboardInterrupt, SystemExit):
+            remove_empty_folders(created)
             raise
         except Exception as exc:  # noqa: BLE001 - one bad job must not stop the others; its error is reported
+            remove_empty_folders(created)
             message = str(exc) if isinstance(exc, LatentSyncInputError) else f"{type(exc).__name__}: {exc}"
             logger.error("%s: %s", job.video, message)
             results.append(JobResult(job.video, job.audio, job.output, "failed", time.perf_counter() - start,

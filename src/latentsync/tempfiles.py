@@ -8,6 +8,9 @@ ones a killed process left behind (SIGKILL, a crash, a power cut: no cleanup cod
   when complete. [`remove_stale_partials`] removes those of dead processes for one output (the next run on the same
   output calls it).
 
+- Output folders: a run that creates the missing folders of its output ([`make_missing_folders`]) removes them
+  again when it fails ([`remove_empty_folders`]), so that a failed run leaves nothing behind.
+
 A process is dead when no process has its id, or when the id is this process's own but the file is not one it made
 (a restarted container reuses low process ids). The host name keeps machines that share a folder apart.
 """
@@ -141,3 +144,24 @@ def remove_stale_partials(output: str | os.PathLike) -> list[str]:
         except OSError:  # removed meanwhile, or not ours to remove
             pass
     return removed
+
+
+def make_missing_folders(folder: str | os.PathLike) -> list[str]:
+    """Create ``folder`` and its missing parents; returns the folders created, innermost first."""
+    missing, folder = [], os.path.abspath(folder)
+    while not os.path.isdir(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    if missing:
+        os.makedirs(missing[0], exist_ok=True)
+    return missing
+
+
+def remove_empty_folders(folders: list[str]) -> None:
+    """Remove ``folders`` (as [`make_missing_folders`] returned them, innermost first) while they are empty: a run
+    that failed takes back the folders it made, but never one that something else has put a file into."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:  # not empty (another run wrote there) or already gone
+            break

@@ -21,10 +21,11 @@ from ..devices import DTYPE_NAMES, check_device
 from ..errors import LatentSyncInputError, RunInterrupted
 from ..face.choice import FACE_RULES
 from ..inputs import check_output_fps, check_run_inputs, warnings_given
-from ..media.video import hardware_decoders, hardware_encoders
 from ..media.constants import OUTPUT_FORMATS
+from ..media.video import hardware_decoders, hardware_encoders
 from ..model_source import check_model_source
 from ..schedulers import SCHEDULERS
+from ..tempfiles import make_missing_folders, remove_empty_folders
 
 logger = logging.getLogger("latentsync")
 
@@ -239,25 +240,6 @@ def load_pipeline(args: argparse.Namespace, local_files_only: bool = False) -> A
     return pipe
 
 
-def _make_folders(path: str) -> list[str]:
-    """Create the missing folders of ``path`` (outermost first); returns the ones it created."""
-    missing, folder = [], os.path.dirname(os.path.abspath(path))
-    while not os.path.isdir(folder):
-        missing.append(folder)
-        folder = os.path.dirname(folder)
-    for folder in reversed(missing):
-        os.mkdir(folder)
-    return list(reversed(missing))
-
-
-def _remove_empty(folders: list[str]) -> None:
-    for folder in reversed(folders):  # innermost first
-        try:
-            os.rmdir(folder)
-        except OSError:  # not empty (something else was put there) or already gone
-            break
-
-
 def _with_option_names(message: str, face_option: str = "--face-index") -> str:
     """``message`` with the pipeline's argument name it starts with replaced by the option that sets it here
     (``face_option``: the option the user chose the face with)."""
@@ -309,7 +291,7 @@ def run(argv: list[str]) -> int:
     pipe = load_pipeline(args, source.local_files_only)
     stages["model_load"] = time.perf_counter() - start
     generator = torch.Generator("cpu").manual_seed(args.seed)
-    created = _make_folders(args.output)  # e.g. outputs/ on a fresh clone
+    created = make_missing_folders(os.path.dirname(os.path.abspath(args.output)))  # e.g. outputs/ on a fresh clone
     try:
         with warnings_given(checked.warnings):  # logged above, before the model loaded
             out = pipe(
@@ -324,14 +306,14 @@ def run(argv: list[str]) -> int:
                 **choice,
             )
     except RunInterrupted as exc:
-        _remove_empty(created)
+        remove_empty_folders(created)
         logger.error("stopped by %s: no output was written, temporary files were removed", exc.signal_name)
         return exc.exit_code
     except LatentSyncInputError as exc:
-        _remove_empty(created)
+        remove_empty_folders(created)
         raise type(exc)(_with_option_names(str(exc), face_option)) from None
     except BaseException:
-        _remove_empty(created)
+        remove_empty_folders(created)
         raise
     logger.info("wrote %s (%d frames at %g fps, %d without a face)", out.path, out.num_frames, out.fps,
                 out.frames_without_face)

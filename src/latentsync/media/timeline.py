@@ -23,6 +23,7 @@ import numpy as np
 from ..errors import InvalidVideoError
 from ..tempfiles import partial_path, release_partial
 from .files import check_input_file
+from .probe import probe_video
 from .video import (
     CPU_ENCODER,
     AtomicWriter,
@@ -107,15 +108,18 @@ def read_timestamps(path: str | os.PathLike) -> tuple[np.ndarray, Fraction]:
 
 def iter_stored_frames(path: str | os.PathLike, hwaccel: str | None = None) -> Iterator[np.ndarray]:
     """Every frame of the first video stream as the decoder returns it (no frame dropped or repeated), RGB uint8
-    ``(H, W, 3)``, in display order; ``hwaccel`` as in [`~latentsync.media.video.iter_frames`]."""
+    ``(H, W, 3)``, in display order, turned upright when the file carries rotation metadata (as the 25 fps reader's
+    frames); ``hwaccel`` as in [`~latentsync.media.video.iter_frames`]."""
     path = os.fspath(path)
+    turns = (-probe_video(path).rotation // 90) % 4  # np.rot90 turns counterclockwise; the metadata says clockwise
     with _open_container(path, hwaccel) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         av = _pyav()
         try:
             for frame in container.decode(stream):
-                yield frame.to_ndarray(format="rgb24")
+                image = frame.to_ndarray(format="rgb24")
+                yield np.ascontiguousarray(np.rot90(image, turns)) if turns else image
         except av.FFmpegError as exc:
             raise InvalidVideoError(f"error while decoding {path}: {exc}") from exc
 
