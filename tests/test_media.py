@@ -286,3 +286,19 @@ def test_pipeline_hardware_encode_option(tiny_pipe):
     assert tiny_pipe._video_encoder == "h264_nvenc"
     tiny_pipe.enable_hardware_encode(None)
     assert tiny_pipe._video_encoder is None
+
+
+# ---------------------------------------------------------------------------------------------------- pipes
+def test_audio_from_a_pipe_and_an_empty_or_garbled_one(tmp_path, example_speech):
+    """Speech read from a byte stream comes in chunks that add up to the file's samples; an empty stream or one
+    that holds no audio is one clear error."""
+    from latentsync.media.pipes import read_audio_chunks
+
+    with open(example_speech, "rb") as fh:
+        chunks = list(read_audio_chunks(fh, seconds=0.5))
+    assert len(chunks) > 1 and all(len(c) == 8000 for c in chunks[:-1])
+    np.testing.assert_allclose(np.concatenate(chunks), load_audio(example_speech), atol=1e-4)
+    for name, data in (("empty", b""), ("garbled", b"not audio at all " * 200)):
+        (tmp_path / name).write_bytes(data)
+        with open(tmp_path / name, "rb") as fh, pytest.raises(InvalidAudioError, match="no audio arrived on the pipe"):
+            list(read_audio_chunks(fh))

@@ -445,6 +445,33 @@ def test_odd_input_warnings_before_the_model(media):
     cut = check_run_inputs(media / "cut_download.mp4", media / "speech.wav")
     assert cut.warnings == [f"video {media / 'cut_download.mp4'} ends before its header says (2.0 s): it looks "
                             "incomplete; the frames it holds are used"]
+    # a variable frame rate is resampled at a fixed output rate, and kept with output_fps="input"
+    [vfr] = check_run_inputs(media / "vfr.mp4", media / "speech.wav", output_fps=30).warnings
+    assert "has a variable frame rate (frames 40-80 ms apart): it is resampled to 30 fps by time" in vfr
+    assert check_run_inputs(media / "vfr.mp4", media / "speech.wav", output_fps="input").warnings == []
+
+
+def test_odd_sized_video_keeps_its_pixels_in_an_even_output(media, tmp_path, caplog):
+    """H.264 (4:2:0) needs even sides: a 321x241 video is said so before the model, and written 322x242 with its
+    last column and row repeated (not resized: every input pixel stays where it was)."""
+    from latentsync.inputs import check_run_inputs
+    from latentsync.media import VideoWriter
+
+    odd = tmp_path / "odd.mp4"
+    ffmpeg("-i", os.fspath(media / "face.mp4"), "-t", "0.2", "-vf", "scale=321:241", "-c:v", "libx264",
+           "-pix_fmt", "yuv444p", "-crf", "0", os.fspath(odd))
+    assert check_run_inputs(odd, media / "speech.wav").warnings == [
+        f"video {odd} is 321x241: H.264 video needs even sides, so the output is 322x242 (its last column and row "
+        "repeated)"]
+    frames = decode(odd, fps=None)
+    assert frames.shape[1:3] == (241, 321)
+    caplog.clear()
+    with caplog.at_level("WARNING"), VideoWriter(tmp_path / "even.mp4", crf=0) as writer:
+        for frame in frames:
+            writer.write(frame)
+    written = decode(tmp_path / "even.mp4", fps=None).astype(int)
+    assert written.shape[1:3] == (242, 322) and not caplog.records  # no resize (imageio warns when it resizes)
+    assert np.abs(written[:, :241, :321] - frames).mean() < 1.5  # in place (a resize would shift most pixels)
 
 
 def test_device_dtype_check(monkeypatch):

@@ -23,6 +23,7 @@ from .errors import LatentSyncInputError
 from .face.choice import check_face_arguments, track_key
 from .media.audio import AudioInfo, check_not_silent, scan_audio
 from .media.probe import VideoInfo, probe_video
+from .media.constants import VIDEO_FPS
 from .media.video import check_output_path
 
 logger = logging.getLogger(__name__)
@@ -133,6 +134,7 @@ def check_run_inputs(
     face: Any = None,
     face_box: Any = None,
     face_box_frame: Any = 0,
+    output_fps: Any = VIDEO_FPS,
     **arguments: Any,
 ) -> CheckedInputs:
     """Check everything about a run that can be checked before the model runs, and log warnings for odd inputs.
@@ -148,6 +150,7 @@ def check_run_inputs(
             writable).
         mix_audio: the output's sound instead of the speech (a path or samples), or None.
         face, face_box, face_box_frame: the choice of the face (see [`latentsync.face.choice.check_face_arguments`]).
+        output_fps: the output's frame rate, or ``"input"`` (see [`check_output_fps`]).
         **arguments: the call's other arguments, checked by [`check_arguments`].
 
     Raises:
@@ -155,6 +158,7 @@ def check_run_inputs(
             ``InvalidOutputError``, or the base class for arguments).
     """
     check_arguments(output_path=output_path, **arguments)
+    check_output_fps(output_fps)
     voices = dict(audio) if isinstance(audio, Mapping) else None
     check_face_arguments(face, arguments.get("face_index"), face_box, face_box_frame,
                          list(voices) if voices is not None else None)
@@ -175,23 +179,30 @@ def check_run_inputs(
     if output_path is not None:
         inputs = [os.fspath(x) for x in (video, mix_audio, *speech.values()) if _is_path(x)]
         checked.output_path = check_output_path(output_path, inputs, overwrite, create_output_folder)
-    checked.warnings = odd_input_warnings(checked.video, checked.audio)
+    checked.warnings = odd_input_warnings(checked.video, checked.audio, output_fps)
     for message in checked.warnings:
         warn(message)
     return checked
 
 
-def odd_input_warnings(video: VideoInfo | None, audio: AudioInfo | None) -> list[str]:
-    """Sentences about valid inputs that may not give what the user expects."""
+def odd_input_warnings(video: VideoInfo | None, audio: AudioInfo | None, output_fps: float | str = VIDEO_FPS
+                       ) -> list[str]:
+    """Sentences about valid inputs that may not give what the user expects (``output_fps`` as checked by
+    [`check_output_fps`])."""
     found = []
     if video is not None:
         if video.rotation:
             found.append(f"video {video.path} carries rotation metadata ({video.rotation} degrees): it is read "
                          f"upright ({video.width}x{video.height}) and the output is written upright")
-        if video.variable_frame_rate and video.frame_intervals is not None:
+        if video.width % 2 or video.height % 2:
+            repeated = " and ".join(side for side, odd in (("column", video.width % 2), ("row", video.height % 2)) if odd)
+            found.append(f"video {video.path} is {video.width}x{video.height}: H.264 video needs even sides, so the "
+                         f"output is {video.width + video.width % 2}x{video.height + video.height % 2} (its last "
+                         f"{repeated} repeated)")
+        if video.variable_frame_rate and video.frame_intervals is not None and output_fps != "input":
             shortest, longest = (round(1000 * t) for t in video.frame_intervals)
             found.append(f"video {video.path} has a variable frame rate (frames {shortest}-{longest} ms apart): it is "
-                         "resampled to 25 fps by time")
+                         f"resampled to {output_fps:g} fps by time (output_fps=\"input\" keeps its timing)")
         if video.truncated:
             found.append(f"video {video.path} ends before its header says ({video.duration:.1f} s): it looks "
                          "incomplete; the frames it holds are used")

@@ -338,6 +338,7 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         mix_audio: Any = None,
         windows_per_batch: int | None = None,
         overwrite: bool = True,
+        output_fps: float | str = VIDEO_FPS,
     ) -> CheckedInputs:
         """Check every argument of a call before any work is done: the call's arguments and files through
         [`latentsync.inputs.check_run_inputs`] (the same checks the command line and the app make before loading a
@@ -357,7 +358,7 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
             face_box_frame=face_box_frame, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
             num_frames=num_frames, max_num_frames=max_frames, face_index=face_index,
             landmark_smoothing=landmark_smoothing, crf=crf, deep_cache_interval=deep_cache_interval,
-            output_type=output_type, windows_per_batch=windows_per_batch,
+            output_type=output_type, windows_per_batch=windows_per_batch, output_fps=output_fps,
         )
         multiple = self.vae_scale_factor * 2 ** (len(self.unet.config.down_block_types) - 1)
         if self.config.resolution % multiple:
@@ -440,12 +441,12 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
 
     def _check_timeline_inputs(self, video: Any, audio: Any, output_fps: Any, avatar: Any, face: Any = None,
                                face_index: Any = None, face_box: Any = None) -> Avatar | None:
-        """Check ``output_fps`` and the choice between ``video`` and a prepared ``avatar`` (loaded here).
+        """Check the choice between ``video`` and a prepared ``avatar`` (loaded here), and that ``output_fps`` (checked
+        with the other arguments) suits them.
 
         Raises:
             LatentSyncInputError: the message names the argument.
         """
-        check_output_fps(output_fps)
         if audio is None:
             raise LatentSyncInputError("audio is required: the speech to lip-sync to")
         if avatar is None:
@@ -926,7 +927,7 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         self.check_inputs(video, audio, output_path, num_inference_steps, guidance_scale, num_frames, face_index,
                           landmark_smoothing, audio_window_mode, crf, deep_cache_interval, deep_cache_branch,
                           output_type, latents, callback_on_step_end_tensor_inputs, face, face_box, face_box_frame,
-                          mix_audio, windows_per_batch=windows_per_batch, overwrite=overwrite)
+                          mix_audio, windows_per_batch=windows_per_batch, overwrite=overwrite, output_fps=output_fps)
         avatar = self._check_timeline_inputs(video, audio, output_fps, avatar, face, face_index, face_box)
         if avatar is not None:
             output_fps = avatar.fps  # the timeline the avatar was prepared for

@@ -50,6 +50,9 @@ def read_audio_chunks(source: BinaryIO, seconds: float = 0.2) -> Iterator[np.nda
         error = proc.stderr.read().decode(errors="replace").strip()
         proc.stderr.close()
     if code != 0 or received == 0:
+        if received == 0 and (not error or "Invalid data found" in error):  # ffmpeg says the same of an empty pipe
+            raise InvalidAudioError("no audio arrived on the pipe: it was empty, or held nothing ffmpeg reads as "
+                                    "audio (WAV, MP3, Ogg, ...)")
         raise InvalidAudioError(f"cannot read audio from the pipe: {error.splitlines()[-1] if error else 'no samples'}")
 
 

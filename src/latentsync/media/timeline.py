@@ -30,6 +30,7 @@ from .video import (
     FrameSource,
     check_output_path,
     encoder_settings,
+    even_sides,
     hardware_decode_failed,
     hardware_encode_failed,
     usable_encoder,
@@ -209,9 +210,7 @@ class TimedVideoWriter(AtomicWriter):
         """Write the next frame (at the next timestamp)."""
         if self.frames_written >= len(self.timestamps):
             raise InvalidVideoError(f"more frames than timestamps ({len(self.timestamps)}) for {self.path}")
-        h, w = frame.shape[:2]
-        if h % 2 or w % 2:  # 4:2:0 needs even sides: repeat the last row / column
-            frame = np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+        frame = even_sides(frame)
         if self._container is None:
             self._open(frame.shape[1], frame.shape[0])
         video_frame = _pyav().VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")

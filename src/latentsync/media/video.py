@@ -331,6 +331,13 @@ class AtomicWriter:
             self.abort()
 
 
+def even_sides(frame: np.ndarray) -> np.ndarray:
+    """``frame`` ``(H, W, 3)`` with its last row / column repeated where H / W is odd: H.264 in 4:2:0 needs even
+    sides, and repeating keeps every input pixel where it was (a resize would move them all)."""
+    h, w = frame.shape[:2]
+    return np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge") if h % 2 or w % 2 else frame
+
+
 class VideoWriter(AtomicWriter):
     """Encode RGB frames to H.264 (+ AAC audio from ``audio_path``) atomically, at quality ``crf``, with libx264 or
     the GPU ``encoder`` (e.g. ``"h264_nvenc"``; libx264 after one warning where it cannot start).
@@ -347,6 +354,7 @@ class VideoWriter(AtomicWriter):
         self.frames_written = 0
 
     def write(self, frame: np.ndarray) -> None:
+        frame = even_sides(frame)
         if self._gen is None:
             h, w = frame.shape[:2]
             codec = usable_encoder(self.encoder)
