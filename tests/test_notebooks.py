@@ -34,8 +34,11 @@ def test_notebook_runs_on_the_tiny_models(name, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_MODULES_CACHE", os.fspath(tmp_path / "modules"))
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
-    nb = nbformat.read(EXAMPLES / name, as_version=4)
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": os.fspath(EXAMPLES)}}).execute()
-    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
-    assert errors == []
+    # the training notebook runs twice in the same work folder, as a second "Run all" on Colab does
+    for _ in range(2 if name == "03_finetune_lora.ipynb" else 1):
+        nb = nbformat.read(EXAMPLES / name, as_version=4)
+        NotebookClient(nb, timeout=600, kernel_name="python3",
+                       resources={"metadata": {"path": os.fspath(EXAMPLES)}}).execute()
+        errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
+        assert errors == []
     assert not (EXAMPLES / "latentsync-work").exists()  # nothing written into the repository
