@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import resource
@@ -227,6 +228,9 @@ def child(args: argparse.Namespace, variant: str, video=None, audio=None) -> dic
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(proc.stderr[-3000:])
+    for line in proc.stderr.splitlines():  # a GPU decoder or encoder that fell back: that row measures the CPU's
+        if "hardware video" in line:
+            print(f"{variant}: {line.strip()}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -387,6 +391,7 @@ def main() -> None:
     p.add_argument("--overlap", action="store_true", help=argparse.SUPPRESS)  # older child command lines
     args = p.parse_args()
     if args.child:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         args.variant = args.variant or ("overlap" if args.overlap else "naive")
         print(json.dumps(run_once(args)))
         return
