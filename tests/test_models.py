@@ -53,3 +53,19 @@ def test_fid_inception_still_reads_the_pth_weights(tmp_path):
     loaded = FIDInceptionV3.from_pretrained(str(tmp_path / "pt_inception.pth"))
     assert not loaded.training and not any(p.requires_grad for p in loaded.parameters())
     torch.testing.assert_close(loaded.fc.weight, model.fc.weight, rtol=0, atol=0)
+
+
+def test_diffusers_empty_float32_notice_is_filtered():
+    """diffusers' notice about modules to keep in float32 is dropped when its list is empty (it prints one on every
+    ``model.to(dtype)``), and kept when it names modules."""
+    import logging
+
+    import latentsync.models  # noqa: F401 - installs the filter
+
+    logger = logging.getLogger("diffusers.models.modeling_utils")
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord(logger.name, logging.WARNING, __file__, 1, message, None, None)
+
+    assert not logger.filter(record("There are modules in AutoencoderKL that should be kept in float32: []. Casting"))
+    assert logger.filter(record("There are modules in T5 that should be kept in float32: ['wo']. Casting"))

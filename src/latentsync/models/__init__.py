@@ -3,6 +3,8 @@
 encoder, the SyncNets (StableSyncNet, classic SyncNet v2), and the networks of the losses and metrics (VGG-16 for
 LPIPS, the FID Inception, hyperIQA)."""
 
+import logging
+
 from .audio_encoder import WhisperAudioEncoder
 from .deep_cache import UNetFeatureCache
 from .hyperiqa import HyperIQA
@@ -27,3 +29,14 @@ __all__ = [
     "syncnet_bce_loss",
     "syncnet_cosine",
 ]
+
+
+class _EmptyFloat32Notice(logging.Filter):
+    """diffusers warns on every ``model.to(dtype)`` that the model has modules to keep in float32, even when the
+    list it prints is empty (none to keep); the notice with a non-empty list still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "should be kept in float32: []" not in record.getMessage()
+
+
+logging.getLogger("diffusers.models.modeling_utils").addFilter(_EmptyFloat32Notice())
