@@ -32,6 +32,8 @@ class FakeHub:
     def __init__(self, root: Path):
         self.root = root
         self.commits: list[dict] = []
+        self.fail_uploads = False  # True: every upload fails as when the network drops
+
 
     def repo(self, repo_id: str) -> Path:
         return self.root / repo_id
@@ -47,6 +49,8 @@ class FakeHub:
 
     def upload_folder(self, *, repo_id, folder_path, path_in_repo=None, commit_message=None, repo_type=None,
                       allow_patterns=None, delete_patterns=None, **_):
+        if self.fail_uploads:
+            raise ConnectionError("[Errno 101] Network is unreachable")
         folder, prefix = Path(folder_path), path_in_repo or ""
         local = [str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()]
         allow = [allow_patterns] if isinstance(allow_patterns, str) else allow_patterns
@@ -81,8 +85,12 @@ class FakeHub:
 
 @pytest.fixture
 def fake_hub(tmp_path, monkeypatch):
-    """Replace the Hub client wherever the package talks to the Hub; nothing leaves the machine."""
+    """Replace the Hub client wherever the package talks to the Hub, and let the trainers' check that the Hub can be
+    reached pass; nothing leaves the machine."""
+    from latentsync import model_source
+
     fake = FakeHub(tmp_path / "hub")
+    monkeypatch.setattr(model_source, "hub_unreachable_reason", lambda: None)
     monkeypatch.setattr(hub, "HfApi", lambda token=None: fake)
     from latentsync.training import base
 
@@ -324,3 +332,35 @@ def test_syncnet_training_pushes_its_model_with_a_card(sync_clips_dir, fake_hub,
     card = ModelCard.load(fake_hub.repo("me/syncnet") / "README.md")
     assert "syncnet" in card.data.tags and "| optimisation steps | 2 |" in card.text and "val_accuracy" in card.text
     StableSyncNet.from_pretrained(fake_hub.repo("me/syncnet"))
+
+
+def test_a_failed_final_push_keeps_the_run_and_says_where_it_is(training_workspace, fake_hub, tmp_path, caplog,
+                                                                capsys):
+    """The network drops during the run: the checkpoint uploads warn and training goes on; the final upload fails
+    with one error line naming the saved result and how to upload it later; the run's results are all there, the
+    JSON summary carries ``push_error`` and the exit status is 1 (the run is done, the asked-for upload is not)."""
+    import logging
+
+    from latentsync.commands.train import train_unet_command
+
+    _, ov = training_workspace
+    fake_hub.fail_uploads = True
+    out = tmp_path / "run"
+    settings = {**ov, "lora_rank": 0, "max_train_steps": 2, "checkpointing_steps": 1, "push_to_hub": True,
+                "hub_model_id": "me/run", "hub_strategy": "checkpoint", "output_dir": os.fspath(out)}
+    with caplog.at_level(logging.WARNING, logger="latentsync"):
+        code = train_unet_command(["--config", os.fspath(CONFIGS / "unet_tiny.yaml"),
+                                   *[f"{k}={json.dumps(v)}" for k, v in settings.items()]])
+    assert code == 1
+    pipeline = out / "pipeline"
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [f"could not push {pipeline} to me/run (ConnectionError: [Errno 101] Network is unreachable); "
+                      f"the run is complete and saved in {pipeline}: upload it later with "
+                      f"`hf upload me/run {pipeline}`"]
+    assert sum("could not push checkpoint-" in r.getMessage() for r in caplog.records) == 2  # warnings, went on
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["global_step"] == 2 and summary["push_error"] == errors[0]
+    assert summary["pipeline"] == os.fspath(pipeline)
+    LatentSyncPipeline.from_pretrained(pipeline)
+    assert sorted(os.listdir(out / "checkpoints")) == ["checkpoint-1", "checkpoint-2"]
+    assert fake_hub.commits == []

@@ -175,9 +175,10 @@ def test_prepare_end_to_end_resumable(raw_folder, tiny_syncnet, local_prepared, 
     assert summary.videos == 4 and summary.videos_done == 2 and summary.videos_failed == 2
     assert summary.dropped["unreadable"]["count"] == 1 and summary.dropped["no_audio"]["count"] == 1
     # each 2 s cut (about 50 frames with audio, one scene, a face throughout) gives ceil(50 / 30) = 2 clips that use
-    # every frame with audio (a stream-copied cut can have a few more video frames than audio: dropped as no_audio)
+    # every frame with audio (a stream-copied cut can have a few more video frames than audio: audio_ends_early)
     assert summary.clips == 4, summary.table()
-    assert set(summary.dropped) == {"unreadable", "no_audio"}, summary.table()
+    assert {"unreadable", "no_audio"} <= set(summary.dropped) <= {"unreadable", "no_audio", "audio_ends_early"}
+    assert summary.dropped.get("audio_ends_early", {"count": 0})["count"] == 0  # frames, not videos or clips
     assert 3.9 <= summary.clip_seconds <= summary.source_seconds
     ds = datasets.load_from_disk(str(out / "dataset"))
     assert len(ds) == 4
@@ -190,7 +191,9 @@ def test_prepare_end_to_end_resumable(raw_folder, tiny_syncnet, local_prepared, 
     assert abs(len(audio) - row["num_frames"] * SPF) < 2 * SPF
     assert all(abs(o) <= 15 for o in ds["sync_offset"]) and all(np.isfinite(ds["sync_confidence"]))
     assert all(q > 8 for q in ds["quality_score"]) and set(ds["quality_scorer"]) == {"sharpness"}
-    assert (out / "summary.md").read_text().count("dropped: ") == 2
+    assert (out / "summary.md").read_text().count("dropped: ") == len(summary.dropped)
+    assert "| dropped: no_audio (no audio stream, or one that cannot be decoded) | 1 video |" in (
+        out / "summary.md").read_text()
     assert json.loads((out / "summary.json").read_text())["clips"] == 4
     # the first clip of demo1 starts with source frame 0 aligned to the template
     from latentsync.face import FaceAligner
@@ -376,3 +379,43 @@ def test_prepare_command_exits_non_zero_when_it_keeps_no_clip(short_raw, tiny_sy
     assert "not cached and the Hub is unavailable" in summary["filters"]["quality"]["detail"]
     assert "StableSyncNet" in summary["filters"]["sync"]["detail"]
     assert summary["dropped_clips"][0]["sync_confidence"] is not None
+
+
+def test_summary_counts_each_drop_in_its_own_unit():
+    """The kept/dropped table says what each reason took: whole videos, planned clips, or frames (the 2 video frames
+    after the end of a file's audio track are 2 frames and 0.08 s, not "0 items, 0.1 s" of a missing audio stream)."""
+    from latentsync.data.prepare.config import PrepareSummary, drop_amount
+    from latentsync.data.prepare.run import _no_clips_message
+
+    summary = PrepareSummary(videos=3, videos_done=2, videos_failed=1, clips=2, clip_seconds=28.0,
+                             source_seconds=30.08, dropped={
+                                 "audio_ends_early": {"count": 0, "seconds": 0.08},
+                                 "no_audio": {"count": 1, "seconds": 3.0},
+                                 "low_quality": {"count": 2, "seconds": 10.0},
+                                 "too_short": {"count": 0, "seconds": 1.2}})
+    table = summary.table()
+    assert ("| dropped: audio_ends_early (video frames after the end of the audio track; a few at the end of a file "
+            "are common) | 2 frames | 0.08 |") in table
+    assert "| dropped: no_audio (no audio stream, or one that cannot be decoded) | 1 video | 3.0 |" in table
+    assert "| 2 clips | 10.0 |" in table and "| 30 frames | 1.2 |" in table
+    assert drop_amount("low_quality", {"count": 1, "seconds": 5.0}) == "1 clip"
+    assert "dropped: low_quality 2 clips, no_audio 1 video, too_short 30 frames, audio_ends_early 2 frames" in (
+        _no_clips_message("out", summary))
+
+
+def test_frames_past_the_end_of_the_audio_are_their_own_reason(tmp_path, monkeypatch):
+    """A video whose audio track ends 2 frames early: those frames are dropped as ``audio_ends_early`` (frames, count
+    0), the video is kept; ``no_audio`` is only for files without a usable audio stream."""
+    from conftest import write_video
+
+    from latentsync.data.prepare import process
+
+    frames = np.full((25, 64, 64, 3), 128, np.uint8)
+    audio = (np.sin(np.arange(23 * SPF) / 10) * 0.3).astype(np.float32)  # 23 frames of audio for 25 of video
+    path = write_video(tmp_path / "v.mp4", frames, audio=audio)
+    monkeypatch.setattr(process, "_scan", lambda p, c: (np.zeros((25, 3, 2)), []))  # a face in every frame
+    monkeypatch.setattr(process, "load_audio", lambda p, rate: audio)
+    scan = process.scan_video(str(path), "v.mp4", P.PrepareConfig(min_seconds=0.4, max_seconds=1.0))
+    assert scan.result["status"] == "done" and scan.result["dropped"] == {
+        "audio_ends_early": {"count": 0, "seconds": 2 / 25}}
+    assert scan.plan and scan.plan[-1][1] == 23

@@ -199,3 +199,102 @@ def test_syncnet_acc_flags_a_net_that_predicts_one_class(clips_dir, tmp_path, ca
     assert acc["predicted_positive_rate"] == 0.0 and 0 < acc["accuracy"] < 1  # the share of off-sync pairs
     assert "calls every pair off-sync" in acc["warning"]
     assert any("calls every pair off-sync" in r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+
+
+# ---------------------------------------------------------------------------------------------------- offline
+@pytest.fixture
+def hub_unreachable(tmp_path, monkeypatch):
+    """The Hub cannot be reached (a refused port, not offline mode) and the Hugging Face cache is empty; everything
+    the offline detection switches is put back afterwards."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", os.fspath(tmp_path / "empty_cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+
+
+def _errors(caplog) -> list[str]:
+    import logging
+
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_eval_models_missing_offline_are_one_line_before_loading(clips_dir, tiny_syncnet_dir, hub_unreachable,
+                                                                  tmp_path, monkeypatch, caplog):
+    """Every eval subcommand checks its models as inference and training do: with the Hub unreachable a Hub model
+    that is not cached (the default classic SyncNet, the FVD I3D, a mistyped --model) is one line and exit status 2
+    at once, naming the option; nothing is loaded and nothing retries."""
+    import logging
+    import time
+
+    from latentsync.commands import eval as eval_command
+
+    def never(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    for name in ("load_sync_model", "evaluate_videos"):
+        monkeypatch.setattr(eval_command, name, never)
+    monkeypatch.setattr(eval_command.M, "load_video_extractor", never)
+    video = os.fspath(clips_dir / "a.mp4")
+    cases = [
+        (["sync-conf", video], "--model=ByteDance/LatentSync-1.5 (auxiliary/syncnet_v2.model)"),
+        (["syncnet-acc", "--model", os.fspath(tmp_path / "runs" / "nope"), "--data", os.fspath(clips_dir)],
+         "not found: --model="),
+        (["syncnet-acc", "--model", "outputs/nope", "--data", os.fspath(clips_dir)], "--model=outputs/nope"),
+        (["videos", "--generated", os.fspath(clips_dir), "--output", os.fspath(tmp_path / "r"), "--metrics", "sync"],
+         "--syncnet=ByteDance/LatentSync-1.5 (auxiliary/syncnet_v2.model)"),
+        (["videos", "--generated", os.fspath(clips_dir), "--reference", os.fspath(clips_dir), "--output",
+          os.fspath(tmp_path / "r"), "--metrics", "fvd"], "--fvd-backbone=ByteDance/LatentSync-1.5"),
+    ]
+    for argv, named in cases:
+        caplog.clear()
+        t0 = time.time()
+        with caplog.at_level(logging.ERROR, logger="latentsync"):
+            assert cli_main(["eval", *argv]) == 2, argv
+        assert time.time() - t0 < 10, argv
+        errors = _errors(caplog)
+        assert len(errors) == 1 and "\n" not in errors[0] and named in errors[0], (argv, errors)
+    assert "leave the metric out with --metrics" in errors[0]
+    assert not (tmp_path / "r").exists()
+
+
+def test_eval_data_missing_is_one_line_before_the_model_loads(clips_dir, tiny_syncnet_dir, hub_unreachable, tmp_path,
+                                                              monkeypatch, caplog):
+    """``syncnet-acc --data``: a mistyped folder (with a near name), and a Hub dataset id that is not cached while the
+    Hub cannot be reached, are one line naming --data, before the SyncNet loads."""
+    import logging
+
+    from latentsync.commands import eval as eval_command
+
+    monkeypatch.setattr(eval_command, "load_sync_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
+    typo = os.fspath(clips_dir.parent / (clips_dir.name + "x"))
+    for data, named in [(typo, f"--data={typo} (no such file or folder; did you mean {clips_dir}?)"),
+                        ("nothere", "--data=nothere is no local file or folder, and no Hub dataset cached")]:
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="latentsync"):
+            assert cli_main(["eval", "syncnet-acc", "--model", os.fspath(tiny_syncnet_dir), "--data", data]) == 2
+        errors = _errors(caplog)
+        assert len(errors) == 1 and named in errors[0], errors
+    assert "127.0.0.1 cannot be reached" in errors[0]
+
+
+def test_sync_conf_missing_video_is_one_line(tiny_syncnet_dir, tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.ERROR, logger="latentsync"):
+        assert cli_main(["eval", "sync-conf", os.fspath(tmp_path / "none.mp4"), "--model",
+                         os.fspath(tiny_syncnet_dir)]) == 2
+    assert _errors(caplog) == [f"not found: {tmp_path / 'none.mp4'} (no such file)"]
+
+
+def test_syncnet_acc_refuses_a_classic_syncnet_in_one_line(clips_dir, tmp_path, caplog):
+    import logging
+
+    state = {f"__S__.{k}": v for k, v in SyncNetV2().state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save(state, tmp_path / "syncnet_v2.model")
+    with caplog.at_level(logging.ERROR, logger="latentsync"):
+        assert cli_main(["eval", "syncnet-acc", "--model", os.fspath(tmp_path / "syncnet_v2.model"), "--data",
+                         os.fspath(clips_dir)]) == 2
+    assert _errors(caplog) == [f"syncnet-acc needs a StableSyncNet (folder, Hub id or stable_syncnet.pt), and --model "
+                               f"{tmp_path / 'syncnet_v2.model'} is a SyncNetV2"]

@@ -144,7 +144,7 @@ def test_configs_say_what_they_are():
     assert (s1.stage, s1.motion_modules, s1.trainable_modules, s1.resolution) == (1, "none", None, 64)
     assert (s2.stage, s2.motion_modules, s2.trainable_modules) == (2, "all", ["motion_modules.", "attentions."])
     assert s2.pretrained_unet == os.path.join(s1.output_dir, "pipeline")
-    assert s2.syncnet == os.path.join(loaded["syncnet_tiny.yaml"].output_dir, "syncnet")
+    assert s2.syncnet == os.path.join(loaded["syncnet_tiny.yaml"].output_dir, "syncnet_best")  # lowest val loss
     # stage=1 alone implies no temporal layers and every weight trainable; set beside it, they are kept
     implied = load_config(CONFIGS / "unet_stage2.yaml", ["stage=1"])
     assert (implied.motion_modules, implied.trainable_modules) == ("none", None)
@@ -216,7 +216,7 @@ def test_empty_dataset_is_one_line_for_both_trainers(tiny, tmp_path, caplog):
                                    f"components_from={ov['components_from']}", f"train_data={tmp_path / 'nowhere'}",
                                    f"output_dir={tmp_path / 'u2'}"]) == 2
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert "kept no clip" in errors[0] and "training data not found" in errors[1]
+    assert "kept no clip" in errors[0] and f"data not found: train_data={tmp_path / 'nowhere'}" in errors[1]
     assert all("\n" not in e for e in errors)
     assert not any((tmp_path / name).exists() for name in ("u", "s", "s2", "u2"))  # nothing written
 
@@ -284,6 +284,209 @@ def test_check_model_sources(tmp_path, monkeypatch):
     assert time.time() - t0 < 5 and constants.HF_HUB_OFFLINE  # switched to offline mode
     assert model_source.is_hub_id("org/name")
     assert not model_source.is_hub_id("./org/name") and not model_source.is_hub_id("a/b/c")
+
+
+@pytest.fixture
+def hub_unreachable(tmp_path, monkeypatch):
+    """The Hub cannot be reached (a refused port, not offline mode) and the Hugging Face caches are empty; what the
+    offline detection switches is put back afterwards."""
+    import datasets
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub_cache"))
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "datasets_cache"))
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Any model load of either trainer fails the test: the errors under test must come before."""
+    from latentsync.training import syncnet_trainer, unet_trainer
+
+    def never(*args, **kwargs):
+        raise AssertionError("a model was loaded before the error")
+
+    monkeypatch.setattr(unet_trainer, "load_components", never)
+    monkeypatch.setattr(syncnet_trainer, "build_syncnet", never)
+
+
+def error_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_missing_data_is_one_line_before_any_model_loads(tiny, sync_clips_dir, hub_unreachable, no_model_loads,
+                                                         tmp_path, caplog):
+    """A data source that is neither a local path nor a cached Hub dataset while the Hub cannot be reached: one line
+    naming the setting, exit status 2, in seconds instead of the Hub's retries, before any model loads; a mistyped
+    folder says which one was meant."""
+    from latentsync.commands.train import train_syncnet_command, train_unet_command
+
+    _, ov = tiny
+    runs = [
+        (train_unet_command, ["--config", str(CONFIGS / "unet_tiny_stage1.yaml"),
+                              f"components_from={ov['components_from']}", "train_data=nothere"],
+         "data not found: train_data=nothere is no local file or folder, and no Hub dataset cached on this machine "
+         "while the Hub cannot be reached (127.0.0.1 cannot be reached)"),
+        (train_syncnet_command, ["--config", str(CONFIGS / "syncnet_tiny.yaml"),
+                                 f"train_data={sync_clips_dir.parent / (sync_clips_dir.name + 't')}"],
+         f"(no such file or folder; did you mean {sync_clips_dir}?)"),
+        (train_syncnet_command, ["--config", str(CONFIGS / "syncnet_tiny.yaml"), f"train_data={sync_clips_dir}",
+                                 "val_data=org/held-out"], "data not found: val_data=org/held-out"),
+    ]
+    for command, argv, message in runs:
+        caplog.clear()
+        t0 = time.time()
+        with caplog.at_level(logging.ERROR, logger="latentsync"):
+            assert command([*argv, f"output_dir={tmp_path / 'out'}"]) == 2
+        assert time.time() - t0 < 10
+        errors = error_lines(caplog)
+        assert len(errors) == 1 and "\n" not in errors[0] and message in errors[0], errors
+    assert not (tmp_path / "out").exists()
+
+
+def test_cached_hub_dataset_offline_loads_from_the_cache(hub_unreachable, tmp_path):
+    """A Hub dataset that ``datasets`` built on this machine before is found offline, and the process switches to
+    offline mode so that ``datasets`` reads its cached copy without asking the Hub."""
+    import datasets
+    from huggingface_hub import constants
+
+    from latentsync.data.clips import check_clip_source, is_dataset_cached
+
+    assert not is_dataset_cached("org/talking-faces")
+    (tmp_path / "datasets_cache" / "org___talking-faces" / "default" / "0.0.0" / "abc123").mkdir(parents=True)
+    assert is_dataset_cached("org/talking-faces")
+    check_clip_source("org/talking-faces", "train_data")
+    assert constants.HF_HUB_OFFLINE and datasets.config.HF_HUB_OFFLINE and os.environ["HF_HUB_OFFLINE"] == "1"
+
+
+@pytest.mark.parametrize("trainer", ["unet", "syncnet"])
+def test_hub_settings_offline_are_refused_at_once(tiny, sync_clips_dir, hub_unreachable, no_model_loads, tmp_path,
+                                                  caplog, trainer):
+    """push_to_hub and resume_from_checkpoint=hub with the Hub unreachable: one line at once (exit status 2), before
+    any model loads, instead of a traceback after the Hub's retries (resume) or at the end of the run (push); with a
+    local copy of the run, resuming from it is suggested."""
+    from latentsync.commands.train import train_syncnet_command, train_unet_command
+
+    _, ov = tiny
+    if trainer == "unet":
+        command, argv = train_unet_command, ["--config", str(CONFIGS / "unet_tiny_stage1.yaml"),
+                                             f"components_from={ov['components_from']}",
+                                             f"train_data={ov['train_data']}"]
+    else:
+        command, argv = train_syncnet_command, ["--config", str(CONFIGS / "syncnet_tiny.yaml"),
+                                                f"train_data={sync_clips_dir}"]
+    local = tmp_path / "local"
+    (local / "checkpoints" / "checkpoint-4").mkdir(parents=True)
+    cases = [(["push_to_hub=true", "hub_model_id=me/run", f"output_dir={tmp_path / 'new'}"],
+              "push_to_hub=true (uploads to me/run) needs the Hugging Face Hub, which is unavailable (127.0.0.1 "
+              "cannot be reached): train with push_to_hub=false"),
+             (["resume_from_checkpoint=hub", "hub_model_id=me/run", f"output_dir={tmp_path / 'new'}"],
+              "resume_from_checkpoint=hub (the newest checkpoint of me/run) needs the Hugging Face Hub"),
+             (["resume_from_checkpoint=hub", "hub_model_id=me/run", f"output_dir={local}"],
+              "resume from the copy here with resume_from_checkpoint=latest "
+              f"({local / 'checkpoints' / 'checkpoint-4'})")]
+    for extra, message in cases:
+        caplog.clear()
+        t0 = time.time()
+        with caplog.at_level(logging.ERROR, logger="latentsync"):
+            assert command([*argv, *extra]) == 2
+        assert time.time() - t0 < 10
+        errors = error_lines(caplog)
+        assert len(errors) == 1 and message in errors[0], errors
+    assert not (tmp_path / "new").exists()
+
+
+def test_no_settings_name_config_and_train_data(caplog):
+    """``train/train_unet.py`` without arguments names --config and train_data (not a setting that depends on them);
+    overrides without --config say that the defaults were used."""
+    from latentsync.commands.train import train_unet_command
+
+    with caplog.at_level(logging.ERROR, logger="latentsync"):
+        assert train_unet_command([]) == 2
+        assert train_unet_command(["max_train_steps=3"]) == 2
+    first, second = error_lines(caplog)
+    assert "--config" in first and "train_data=DATA" in first
+    assert second.startswith("train_data is not set") and "no --config given" in second
+    with pytest.raises(TrainingConfigError, match="train_data is not set"):
+        UNetTrainingConfig().validate()  # official stage 2: also no syncnet, but train_data comes first
+
+
+class StopAt:
+    """Send ``signum`` to this process once the trainer has logged ``step`` (as Ctrl-C or ``kill`` would)."""
+
+    def __init__(self, monkeypatch, step: int, signum: int):
+        from latentsync.training import base
+
+        original = base.TrainingLog.log_train
+
+        def log_train(log, s, values):
+            original(log, s, values)
+            if s == step:
+                os.kill(os.getpid(), signum)
+
+        monkeypatch.setattr(base.TrainingLog, "log_train", log_train)
+
+
+def test_ctrl_c_and_sigterm_name_the_last_step_and_checkpoint(tiny, sync_clips_dir, tmp_path, monkeypatch, caplog,
+                                                              capsys):
+    """Ctrl-C (SIGINT) or SIGTERM during training: one line naming the step reached, the last checkpoint and how to
+    resume, exit status 130 / 143, no traceback; the checkpoints on disk are those the line names."""
+    import signal
+
+    from latentsync.commands.train import train_syncnet_command, train_unet_command
+
+    _, ov = tiny
+    StopAt(monkeypatch, 3, signal.SIGINT)
+    out = tmp_path / "unet"
+    with caplog.at_level(logging.ERROR, logger="latentsync"):
+        code = train_unet_command(["--config", str(CONFIGS / "unet_tiny_stage1.yaml"),
+                                   f"components_from={ov['components_from']}", f"train_data={ov['train_data']}",
+                                   "max_train_steps=6", "checkpointing_steps=2", "validation_video=null",
+                                   "validation_audio=null", f"output_dir={out}"])
+    assert code == 130
+    assert error_lines(caplog) == [
+        f"stopped by Ctrl-C after step 3 of 6; the last checkpoint is checkpoint-2 in {out / 'checkpoints'}: resume "
+        "with resume_from_checkpoint=latest (step 3 is trained again)"]
+    assert sorted(os.listdir(out / "checkpoints")) == ["checkpoint-2"] and not (out / "pipeline").exists()
+    reset_accelerate()
+    caplog.clear()
+    StopAt(monkeypatch, 1, signal.SIGTERM)
+    out = tmp_path / "syncnet"
+    settings = ["model_preset=null", f"train_data={sync_clips_dir}",
+                "train_batch_size=2", "max_train_steps=4", "checkpointing_steps=2", "num_val_samples=4",
+                "val_batch_size=4", "progress=false", f"output_dir={out}"]
+    from latentsync.testing import tiny_syncnet_config
+
+    settings += [f"model_config={json.dumps(tiny_syncnet_config(32))}"]
+    with caplog.at_level(logging.ERROR, logger="latentsync"):
+        assert train_syncnet_command(["--config", str(CONFIGS / "syncnet_tiny.yaml"), *settings]) == 143
+    assert error_lines(caplog) == [
+        "stopped by SIGTERM after step 1 of 4; no checkpoint was saved yet (the first at step 2): run the same "
+        f"command again with overwrite_output_dir=true ({out} holds the stopped run)"]
+    assert "Traceback" not in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are put back
+
+
+def test_interrupt_behind_a_library_error_is_still_a_stop():
+    """A signal that arrives inside a library call whose cleanup then fails (accelerate's ``load`` raises
+    ``UnboundLocalError`` from its ``finally``) is still recognised as the stop it is."""
+    import signal
+
+    from latentsync.errors import RunInterrupted
+    from latentsync.training.base import interrupt_of, signal_number
+
+    try:
+        try:
+            raise RunInterrupted(signal.SIGTERM)
+        finally:
+            raise UnboundLocalError("cannot access local variable 'old_safe_globals'")
+    except UnboundLocalError as exc:
+        found = interrupt_of(exc)
+    assert isinstance(found, RunInterrupted) and signal_number(found) == signal.SIGTERM
+    assert interrupt_of(ValueError("x")) is None and signal_number(KeyboardInterrupt()) == signal.SIGINT
 
 
 # ---------------------------------------------------------------------------------------------------- a run's start
@@ -366,6 +569,25 @@ def test_run_folder_as_model_is_one_line(stage1_run, example_face, example_speec
         assert main(["--model", out, "--video", str(example_face), "--audio", str(example_speech),
                      "--output", os.path.join(out, "..", "never.mp4")]) == 2
     assert "training run folder" in caplog.records[-1].getMessage()
+
+
+def test_syncnet_run_folder_as_model_says_what_it_is(tmp_path, example_face, example_speech, caplog):
+    """A SyncNet run given as the pipeline: it is a SyncNet (for --syncnet and evaluation), not something
+    ``export-checkpoint`` turns into a pipeline."""
+    from latentsync.commands import main
+
+    run = tmp_path / "syncnet_tiny"
+    for folder in ("checkpoints/checkpoint-2", "syncnet", "syncnet_best"):
+        (run / folder).mkdir(parents=True)
+    (run / "config.yaml").write_text("train_data: x\n")
+    (run / "losses.jsonl").write_text("")
+    with caplog.at_level(logging.ERROR, logger="latentsync"):
+        assert main(["--model", str(run), "--video", str(example_face), "--audio", str(example_speech),
+                     "--output", str(tmp_path / "never.mp4")]) == 2
+    message = caplog.records[-1].getMessage()
+    assert f"{run} is a SyncNet training run, not a lip-sync pipeline" in message
+    assert "--syncnet" in message and f"eval syncnet-acc --model {run / 'syncnet_best'}" in message
+    assert "export-checkpoint" not in message
 
 
 # ---------------------------------------------------------------------------------------------------- export

@@ -338,7 +338,7 @@ def test_stage2_step_updates_only_the_chosen_parameters(workspace):
 
 def test_lora_step_trains_only_adapters_and_fuses(workspace, tmp_path):
     from latentsync.pipeline import LatentSyncPipeline
-    from latentsync.training.unet_trainer import save_final
+    from latentsync.training.unet_trainer import save_final_pipeline
 
     _, ov = workspace
     cfg = _cfg(ov, lora_rank=4, trainable_modules=["attn2."], output_dir=str(tmp_path))
@@ -350,7 +350,7 @@ def test_lora_step_trains_only_adapters_and_fuses(workspace, tmp_path):
     comps.unet.eval()
     with torch.no_grad():
         ref = comps.unet(x, 5, ctx).sample
-    path = save_final(comps.unet, None, None, comps, cfg)
+    _, path = save_final_pipeline(comps.unet, None, None, comps, cfg)
     assert os.path.isfile(tmp_path / "lora" / "pytorch_lora_weights.safetensors")
     fused = LatentSyncPipeline.from_pretrained(path).unet
     assert not any("lora" in k for k in fused.state_dict())

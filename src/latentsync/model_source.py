@@ -1,7 +1,8 @@
 """Where models come from: local pipeline folders and Hub ids, the file names of the official releases, and the checks,
 made before loading anything, that a model can be found (a folder with a pipeline in it, or a Hub id that is cached
 or reachable): [`check_model_source`] for the pipeline a command runs, [`check_model_sources`] for the several
-models a trainer or ``latentsync prepare`` loads (named by their settings).
+models a trainer, ``latentsync prepare`` or ``latentsync eval`` loads (named by their settings), and
+[`check_hub_available`] for what must reach the Hub (uploads, checkpoints on the Hub).
 
 Offline use is detected without waiting for the Hub's retries: ``HF_HUB_OFFLINE=1``, or a connection to the Hub's
 host that fails within a few seconds. A cached model then loads with ``local_files_only=True`` (or, for the trainers,
@@ -21,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
-from .errors import ModelNotFoundError
+from .errors import LatentSyncInputError, ModelNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,9 @@ MAKE_TINY_HINT = "`latentsync make-tiny DIR` saves a small random-weight model f
 
 TRAINING_RUN_MARKS = ("checkpoints", "losses.jsonl")
 """What a training run's output folder holds (and a pipeline folder does not)."""
+
+SYNCNET_RUN_MARKS = ("syncnet", "syncnet_best", "config.yaml")
+"""What only a SyncNet training run's folder holds (its final and best models, its settings as YAML)."""
 
 
 @dataclass
@@ -138,15 +142,17 @@ def is_hub_id(source: str) -> bool:
     return True
 
 
-def is_hub_cached(repo_id: str, filename: str | None = None, cache_dir: str | os.PathLike | None = None) -> bool:
-    """Whether the local Hugging Face cache holds ``filename`` of ``repo_id`` (any file of it when None)."""
+def is_hub_cached(repo_id: str, filename: str | None = None, cache_dir: str | os.PathLike | None = None,
+                  repo_type: str = "model") -> bool:
+    """Whether the local Hugging Face cache holds ``filename`` of ``repo_id`` (any file of it when None); a
+    ``repo_type="dataset"`` repository for datasets."""
     from huggingface_hub import constants, try_to_load_from_cache  # deferred: a slow import (see the module docstring)
     from huggingface_hub.file_download import repo_folder_name  # deferred: as above
 
     if filename is not None:
-        return isinstance(try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir), str)
+        return isinstance(try_to_load_from_cache(repo_id, filename, cache_dir=cache_dir, repo_type=repo_type), str)
     snapshots = os.path.join(os.fspath(cache_dir or constants.HF_HUB_CACHE),
-                             repo_folder_name(repo_id=repo_id, repo_type="model"), "snapshots")
+                             repo_folder_name(repo_id=repo_id, repo_type=repo_type), "snapshots")
     return os.path.isdir(snapshots) and any(os.scandir(snapshots))
 
 
@@ -155,13 +161,21 @@ def check_not_training_run(folder: str | os.PathLike) -> None:
     instead of diffusers' missing ``model_index.json``).
 
     Raises:
-        ModelNotFoundError: ``folder`` holds a training run (checkpoints or a loss log) and no pipeline.
+        ModelNotFoundError: ``folder`` holds a training run (checkpoints or a loss log) and no pipeline; for a SyncNet
+            run the message says that its model is a SyncNet (for ``--syncnet`` and evaluation), not a pipeline.
     """
     folder = os.path.expanduser(os.fspath(folder))
     if not os.path.isdir(folder) or os.path.isfile(os.path.join(folder, "model_index.json")):
         return
     if not any(os.path.exists(os.path.join(folder, name)) for name in TRAINING_RUN_MARKS):
         return
+    if any(os.path.exists(os.path.join(folder, name)) for name in SYNCNET_RUN_MARKS):
+        model = next((os.path.join(folder, name) for name in ("syncnet_best", "syncnet")
+                      if os.path.isdir(os.path.join(folder, name))), os.path.join(folder, "syncnet"))
+        raise ModelNotFoundError(
+            f"{folder} is a SyncNet training run, not a lip-sync pipeline: use its SyncNet {model} with --syncnet, "
+            f"`latentsync eval syncnet-acc --model {model}` / `eval sync-conf --model {model}`, or as syncnet= of "
+            "U-Net training; give --model a pipeline folder or Hub id")
     final = os.path.join(folder, "pipeline")
     hint = f"load {final} (its final weights), or " if os.path.isfile(os.path.join(final, "model_index.json")) else ""
     raise ModelNotFoundError(f"{folder} is a training run folder, not a pipeline: {hint}turn one of its checkpoints "
@@ -213,12 +227,12 @@ def check_model_source(name: str | os.PathLike, cache_dir: str | os.PathLike | N
                                  f"(latentsync --model DIR); {MAKE_TINY_HINT}")
     try:
         HfApi().model_info(name, timeout=10)
+    except GatedRepoError:  # a subclass of RepositoryNotFoundError
+        raise ModelNotFoundError(f"model {name} is gated on the Hub: accept its conditions on its page and log in "
+                                 "with `hf auth login`") from None
     except RepositoryNotFoundError:
         raise ModelNotFoundError(f"unknown model {name}: no such folder here, and no such model on the Hub (or it "
                                  "is private: log in with `hf auth login`)") from None
-    except GatedRepoError:
-        raise ModelNotFoundError(f"model {name} is gated on the Hub: accept its conditions on its page and log in "
-                                 "with `hf auth login`") from None
     except Exception:  # noqa: BLE001 - any other failure to ask the Hub: the download will report it
         pass
     return ModelSource(name, is_folder=False, cached=False, offline=False)
@@ -265,6 +279,28 @@ def check_model_sources(sources: Mapping[str, str | tuple[str, str | None] | Non
             f"{', '.join(uncached)}; "
             "pass a local folder instead (e.g. " + uncached[0].split("=")[0] + "=DIR), or run once online to cache "
             "it (HF_HUB_OFFLINE=1 makes a missing model fail at once instead of after the Hub retries)")
+
+
+class HubUnavailableError(LatentSyncInputError):
+    """A command needs the Hugging Face Hub (to upload, or to download something not cached) and it cannot be
+    reached."""
+
+
+def check_hub_available(purpose: str, instead: str) -> None:
+    """Refuse at once, before any work, a command that must talk to the Hub (an upload, a download of a training
+    checkpoint) while the Hub cannot be reached (offline mode, or no connection within a few seconds).
+
+    Args:
+        purpose: what needs the Hub, e.g. ``push_to_hub=true (uploads to me/run)``.
+        instead: what to do instead, e.g. ``train without push_to_hub and upload OUTPUT later``.
+
+    Raises:
+        HubUnavailableError: one line saying what needs the Hub, why it cannot be reached and what to do instead.
+    """
+    reason = hub_unreachable_reason()
+    if reason is not None:
+        raise HubUnavailableError(f"{purpose} needs the Hugging Face Hub, which is unavailable ({reason}): "
+                                  f"{instead}")
 
 
 @contextmanager

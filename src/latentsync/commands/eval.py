@@ -2,6 +2,11 @@
 
 Each subcommand is a function ``(argv: list[str]) -> int`` in [`EVAL_COMMANDS`]; register more with
 [`register_eval_command`] (or by adding an entry to the dict).
+
+Before anything loads, each subcommand checks its data and the models it needs as training and inference do
+([`latentsync.model_source.check_model_sources`]): a local path must exist, and a Hub id must be cached when the Hub
+cannot be reached (offline mode, or no connection within a few seconds); anything else ends the command at once with
+one line and exit status 2, without the Hub libraries' retries.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -16,12 +22,14 @@ from typing import Any
 from diffusers import AutoencoderKL
 from torch.utils.data import DataLoader
 
+from ..data.clips import check_clip_source
 from ..data.syncnet_dataset import ClipStore, SyncNetDataset
-from ..errors import LatentSyncInputError
+from ..errors import LatentSyncInputError, ModelNotFoundError
 from ..eval import metrics as M
 from ..eval.sync_confidence import OFFICIAL_SYNCNET_V2_FILE, OFFICIAL_SYNCNET_V2_REPO, estimate_sync, load_sync_model
 from ..eval.syncnet_acc import evaluate_syncnet
 from ..eval.videos import ALL_METRICS, VideoEvalConfig, evaluate_videos, format_value, write_report
+from ..model_source import check_model_sources, loading
 from ..models.syncnet import StableSyncNet
 from ..utils import DTYPES, default_device
 
@@ -34,6 +42,24 @@ def _add_runtime_options(p: argparse.ArgumentParser, dtype: bool = True, json_ou
         p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
     if json_output:
         p.add_argument("--json", default=None, help="also write the result to this JSON file")
+
+
+def sync_model_source(model: str, weights_name: str | None) -> str | tuple[str, str | None]:
+    """What [`load_sync_model`] will read, for [`check_model_sources`]: a local path as it is, a Hub id with the
+    file inside it (``weights_name``; None: a ``from_pretrained`` repository)."""
+    path = os.path.expanduser(model)
+    if os.path.exists(path):
+        return os.path.join(path, weights_name) if weights_name and os.path.isdir(path) else model
+    return (model, weights_name)
+
+
+def check_models(sources: dict[str, str | tuple[str, str | None] | None], hint: str = "") -> None:
+    """[`check_model_sources`] for an eval subcommand's options (``--model`` etc.), before anything loads; ``hint``
+    is added to the one-line error (e.g. how to leave a metric out)."""
+    try:
+        check_model_sources(sources)
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(f"{exc}{hint}") from None
 
 
 def _emit(result: dict, json_path: str | None) -> None:
@@ -75,16 +101,24 @@ def syncnet_acc(argv: list[str]) -> int:
     """``latentsync eval syncnet-acc``."""
     args = _syncnet_acc_parser().parse_args(argv)
     device, dtype = args.device or default_device(), DTYPES[args.dtype]
-    model = load_sync_model(args.model, subfolder=args.subfolder, device=device, dtype=dtype)
+    check_clip_source(args.data, "--data")
+    check_models({"--model": args.model})
+    with loading("--model", args.model):
+        model = load_sync_model(args.model, subfolder=args.subfolder, device=device, dtype=dtype)
     if not isinstance(model, StableSyncNet):
-        raise SystemExit("syncnet-acc needs a StableSyncNet (folder, Hub id or stable_syncnet.pt)")
+        raise LatentSyncInputError(f"syncnet-acc needs a StableSyncNet (folder, Hub id or stable_syncnet.pt), and "
+                                   f"--model {args.model} is a {type(model).__name__}")
     cfg = model.config
     clips = ClipStore(args.data, resolution=cfg.resolution, lower_half=cfg.lower_half, split=args.split,
                       video_column=args.video_column)
     dataset = SyncNetDataset(clips, args.num_samples, num_frames=cfg.num_frames, time_range=tuple(args.time_range),
                              min_negative_offset=args.min_negative_offset, seed=args.seed)
     loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers)
-    vae = AutoencoderKL.from_pretrained(args.vae, torch_dtype=dtype).to(device) if cfg.latent_space else None
+    vae = None
+    if cfg.latent_space:  # a latent-space SyncNet works on the VAE's latents
+        check_models({"--vae": args.vae})
+        with loading("--vae", args.vae):
+            vae = AutoencoderKL.from_pretrained(args.vae, torch_dtype=dtype).to(device)
     result = evaluate_syncnet(model, loader, vae=vae, dtype=dtype)
     logger.info("SyncNet accuracy %.4f (in-sync pairs %.4f, off-sync pairs %.4f), loss %.4f on %d pairs",
                 result.accuracy, result.positive_accuracy, result.negative_accuracy, result.loss, result.num_samples)
@@ -121,8 +155,15 @@ def sync_conf(argv: list[str]) -> int:
     model_id, weights = args.model, args.weights_name
     if model_id is None:
         model_id, weights = OFFICIAL_SYNCNET_V2_REPO, weights or OFFICIAL_SYNCNET_V2_FILE
-    model = load_sync_model(model_id, weights_name=weights, subfolder=args.subfolder,
-                            device=args.device or default_device(), dtype=DTYPES[args.dtype])
+    missing = [v for v in [*args.videos, args.audio] if v is not None and not os.path.isfile(v)]
+    if missing:
+        raise LatentSyncInputError(f"not found: {', '.join(missing)} (no such file)")
+    check_models({"--model": sync_model_source(model_id, weights)},
+                 "" if args.model else "; without --model the classic SyncNet above is used: pass --model with a "
+                 "local syncnet_v2.model file or StableSyncNet folder")
+    with loading("--model", model_id):
+        model = load_sync_model(model_id, weights_name=weights, subfolder=args.subfolder,
+                                device=args.device or default_device(), dtype=DTYPES[args.dtype])
     results = {}
     for video in args.videos:
         est = estimate_sync(video, model, audio=args.audio, vshift=args.vshift, batch_size=args.batch_size,
@@ -188,6 +229,15 @@ def videos_command(argv: list[str]) -> int:
     cfg = VideoEvalConfig(metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()), crop=args.crop,
                           crop_size=args.crop_size, max_frames=args.max_frames, fvd_start=args.fvd_start,
                           fvd_clips_per_video=args.fvd_clips, batch_size=args.batch_size, aligned=args.aligned)
+    # the Hub models of the chosen metrics, checked before anything loads (FID's Inception downloads by URL)
+    sources: dict[str, str | tuple[str, str | None] | None] = {}
+    if "fvd" in cfg.metrics:
+        spec = args.fvd_backbone or M.I3D_REPO_ID
+        sources["--fvd-backbone"] = spec if os.path.exists(spec) else (spec, M.I3D_FILENAME)
+    if "sync" in cfg.metrics:
+        weights = args.syncnet_weights_name if args.syncnet else OFFICIAL_SYNCNET_V2_FILE
+        sources["--syncnet"] = sync_model_source(args.syncnet or OFFICIAL_SYNCNET_V2_REPO, weights)
+    check_models(sources, "; or leave the metric out with --metrics")
     frame_extractor = video_extractor = sync_model = None
     if "fid" in cfg.metrics:
         frame_extractor = _load("FID backbone", "--fid-backbone", M.load_frame_extractor, args.fid_backbone, device)

@@ -1,9 +1,13 @@
 """The training scripts' command lines: ``train/train_unet.py`` and ``train/train_syncnet.py``.
 
 Both take ``--config`` (a YAML file) and any setting as a ``key=value`` override (YAML value syntax); a run resumes
-with ``resume_from_checkpoint=latest`` (or a checkpoint folder). Settings that cannot be read or contradict each
-other, models that cannot be found, unusable data and a used output folder end the command with one line and exit
-status 2.
+with ``resume_from_checkpoint=latest`` (or a checkpoint folder).
+
+Exit status: 0 when the run finished; 2, with one line and before anything loads, for settings that cannot be read
+or contradict each other, data or models that cannot be found, a Hub that ``push_to_hub`` or
+``resume_from_checkpoint=hub`` needs and cannot reach, and a used output folder; 130 after Ctrl-C and 143 after
+SIGTERM, with one line naming the last step and checkpoint; 1 when the run finished and saved its result but the
+final upload of ``push_to_hub`` failed (one line saying where the result is; the JSON summary has ``push_error``).
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ from typing import Any
 
 from accelerate import PartialState
 
-from ..errors import LatentSyncInputError
-from ..training.config import TrainingConfig, load_config, load_syncnet_config
+from ..errors import LatentSyncInputError, RunInterrupted
+from ..interrupts import stop_on_signals
+from ..training import base
+from ..training.config import TrainingConfig, TrainingConfigError, load_config, load_syncnet_config
 from ..training.syncnet_trainer import train_syncnet
 from ..training.unet_trainer import train
 
@@ -52,21 +58,49 @@ logger = logging.getLogger("latentsync")
 
 def _run(usage: str, load: Callable[..., TrainingConfig], run: Callable[[Any], dict[str, Any]],
          summary: Callable[[dict[str, Any]], dict[str, Any]], argv: list[str] | None) -> int:
-    """Parse ``--config`` and the overrides, train, and print a one-line JSON summary of the result."""
+    """Parse ``--config`` and the overrides, train, and print a one-line JSON summary of the result; the exit
+    status is described in the module docstring."""
     parser = argparse.ArgumentParser(description=usage, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config (train/configs/*.yaml)")
     parser.add_argument("overrides", nargs="*", help="key=value settings that override the config")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    cfg = None
     try:
-        cfg = load(args.config, args.overrides)
-        result = run(cfg)
-    except LatentSyncInputError as exc:  # bad settings, missing models, unusable data, a used output folder
-        logger.error("%s", exc)
+        with stop_on_signals():
+            if args.config is None and not args.overrides:
+                raise TrainingConfigError("no settings given: pass --config train/configs/<name>.yaml and "
+                                          "train_data=DATA (see --help)")
+            cfg = load(args.config, args.overrides)
+            result = run(cfg)
+    except LatentSyncInputError as exc:  # bad settings, missing data or models, no Hub, a used output folder
+        hint = ""
+        if isinstance(exc, TrainingConfigError) and args.config is None and args.overrides:
+            hint = " (no --config given: the settings are the defaults plus the overrides; pass --config " \
+                   "train/configs/<name>.yaml)"
+        logger.error("%s%s", exc, hint)
         return 2
+    except BaseException as exc:  # noqa: BLE001 - Ctrl-C or SIGTERM (RunInterrupted), also behind a library's error
+        interrupt = base.interrupt_of(exc)
+        if interrupt is None:
+            raise
+        signum = base.signal_number(interrupt)
+        if isinstance(interrupt, base.TrainingInterrupted):  # the trainers' loops name their step
+            message = str(interrupt)
+        elif cfg is None:
+            message = f"stopped by {RunInterrupted(signum).signal_name} before the run started"
+        else:
+            found = base.list_checkpoints(cfg.output_dir)
+            message = base.stop_message(RunInterrupted(signum).signal_name, cfg, None, found[-1] if found else None)
+        if PartialState().is_main_process:  # under accelerate launch every process is stopped: one line
+            logger.error("%s", message)
+        return 128 + signum
     if PartialState().is_main_process:  # under accelerate launch: one summary, from the process that saved the results
-        print(json.dumps(summary(result)))  # the command's output: what the run produced
-    return 0
+        out = summary(result)
+        if result.get("push_error"):
+            out["push_error"] = result["push_error"]
+        print(json.dumps(out))  # the command's output: what the run produced
+    return 1 if result.get("push_error") else 0
 
 
 def train_unet_command(argv: list[str] | None = None) -> int:

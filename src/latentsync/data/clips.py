@@ -7,6 +7,7 @@ torchcodec, which is not required here).
 
 from __future__ import annotations
 
+import difflib
 import glob
 import os
 import tempfile
@@ -19,7 +20,7 @@ from ..errors import LatentSyncInputError
 from ..media.constants import VIDEO_EXTENSIONS, VIDEO_FPS
 from ..media.files import find_videos
 from ..media.video import probe_video
-from ..model_source import is_hub_id
+from ..model_source import go_offline, hub_unreachable_reason, is_hub_cached, is_hub_id
 
 SAVED_DATASET_FILES = ("dataset_info.json", "dataset_dict.json", "state.json")
 PREPARE_MARKER = "prepare_config.json"  # written by ``latentsync prepare`` at the top of its output folder
@@ -51,6 +52,77 @@ def is_saved_dataset(path: str | os.PathLike) -> bool:
     return os.path.isdir(path) and any(os.path.isfile(os.path.join(path, f)) for f in SAVED_DATASET_FILES)
 
 
+def is_dataset_cached(repo_id: str) -> bool:
+    """Whether this machine holds Hub dataset ``repo_id`` from an earlier download: its files in the Hugging Face
+    cache, or the dataset ``datasets`` built from them (which ``datasets`` then loads in offline mode)."""
+    import datasets  # deferred: datasets is optional (train/data extras) and slow to import
+    from datasets.naming import camelcase_to_snakecase  # deferred: as above
+
+    if is_hub_cached(repo_id, repo_type="dataset"):
+        return True
+    parts = repo_id.split("/")
+    parts[-1] = camelcase_to_snakecase(parts[-1])
+    built = os.path.join(os.path.expanduser(str(datasets.config.HF_DATASETS_CACHE)), "___".join(parts))
+    return any(os.path.isdir(p) for p in glob.glob(os.path.join(built, "*", "*", "*")))
+
+
+def _near_miss(path: str) -> str:
+    """``; did you mean X`` when the folder of ``path`` holds a name close to its last part, else empty."""
+    folder, base = os.path.split(os.path.normpath(path))
+    try:
+        names = os.listdir(folder or ".")
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(base, names, n=1)
+    return f"; did you mean {os.path.join(folder, close[0])}?" if close else ""
+
+
+def check_clip_source(source: Any, setting: str | None = "train_data") -> None:
+    """Check, before any model loads, that the training or evaluation data ``source`` can be found: a local path
+    must exist, and a Hub dataset id must be cached while the Hub cannot be reached (the process then switches to
+    offline mode, so that ``datasets`` loads the cached copy at once) or, online, be known to the Hub. Other sources
+    (a ``datasets.Dataset``) pass.
+
+    Raises:
+        TrainingDataError: one line naming ``setting`` (the option, e.g. ``--data``) and the source, why it cannot be
+            used and what to do instead.
+    """
+    if not isinstance(source, (str, os.PathLike)) or os.path.exists(os.fspath(source)):
+        return
+    name = os.fspath(source)
+    label = f"{setting}={name}" if setting else name
+    parent = os.path.dirname(name)
+    if not is_hub_id(name) or (parent and os.path.isdir(parent)):  # "prepared/datasett": a local path, mistyped
+        near = _near_miss(name)  # a typo, rather than a `latentsync prepare` run that kept no clip
+        raise TrainingDataError(f"data not found: {label} (no such file or folder{near})"
+                                f"{'' if near else _prepare_hint(name)}")
+    reason = hub_unreachable_reason()
+    if reason is not None:
+        if not is_dataset_cached(name):
+            raise TrainingDataError(
+                f"data not found: {label} is no local file or folder, and no Hub dataset cached on this machine while "
+                f"the Hub cannot be reached ({reason}): pass a local folder (e.g. a `latentsync prepare` output) or "
+                "run once online to cache the dataset")
+        go_offline(reason)
+        import datasets  # deferred: optional and slow to import; it read the offline setting when it was imported
+
+        datasets.config.HF_HUB_OFFLINE = True
+        return
+    from huggingface_hub import HfApi  # deferred: a slow import
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError  # deferred: as above
+
+    try:
+        HfApi().dataset_info(name, timeout=10)
+    except GatedRepoError:  # a subclass of RepositoryNotFoundError
+        raise TrainingDataError(f"{label} is a gated Hub dataset: accept its conditions on its page and log in with "
+                                "`hf auth login`") from None
+    except RepositoryNotFoundError:
+        raise TrainingDataError(f"data not found: {label} is no local file or folder, and no dataset on the Hub (or "
+                                "a private one: log in with `hf auth login`)") from None
+    except Exception:  # noqa: BLE001 - any other failure to ask the Hub: loading the dataset will report it
+        pass
+
+
 def load_hf_dataset(source: Any, split: str):
     """One split of a ``datasets`` source: a ``Dataset``, a ``DatasetDict``, a ``save_to_disk`` folder, or anything
     ``datasets.load_dataset`` accepts (Hub id, parquet folder)."""
@@ -73,7 +145,11 @@ def load_hf_dataset(source: Any, split: str):
                 raise ValueError(f"dataset {path} has no split {split!r} (splits: {', '.join(ds)})")
             return ds[split]
         return ds
-    return datasets.load_dataset(path, split=split)
+    try:
+        return datasets.load_dataset(path, split=split)
+    except datasets.exceptions.DatasetNotFoundError as exc:  # e.g. a private Hub dataset without a login
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrainingDataError(f"cannot load the dataset {path}: {first}") from exc
 
 
 def _prepare_hint(source: Any) -> str:
@@ -118,9 +194,8 @@ class ClipSource:
                 self.files = files
             elif not _has_dataset_files(folder):
                 raise TrainingDataError(f"no video clips ({', '.join(VIDEO_EXTENSIONS)}) or dataset files in {source}")
-        elif isinstance(source, (str, os.PathLike)) and not os.path.exists(source) and not is_hub_id(os.fspath(source)):
-            raise TrainingDataError(
-                f"training data not found: {source} (no such file or folder){_prepare_hint(source)}")
+        elif isinstance(source, (str, os.PathLike)) and not os.path.exists(source):
+            check_clip_source(source, None)
         if self.files is None:
             self.rows = load_hf_dataset(source, split)
             if video_column not in self.rows.column_names:

@@ -25,8 +25,9 @@ import math
 import os
 import re
 import shutil
+import signal
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -37,6 +38,8 @@ from diffusers.optimization import get_scheduler
 from huggingface_hub import HfApi, snapshot_download
 
 from .. import hub
+from ..errors import RunInterrupted
+from ..model_source import HubUnavailableError, check_hub_available
 from ..utils import read_json
 from .config import TrainingConfig, TrainingConfigError
 
@@ -76,6 +79,25 @@ def check_output_dir(cfg: TrainingConfig) -> None:
     if data.startswith(os.path.realpath(out) + os.sep):
         raise TrainingConfigError(f"train_data {cfg.train_data} is inside output_dir {out}, which "
                                   "overwrite_output_dir would delete: move the data or choose another output_dir")
+
+
+def check_hub_settings(cfg: TrainingConfig) -> None:
+    """Refuse at once, before anything loads, a run that needs the Hub while it cannot be reached (offline mode, or
+    no connection within a few seconds): ``resume_from_checkpoint=hub`` (its download) and ``push_to_hub`` (its
+    uploads), instead of failing after the Hub libraries' retries or, for a push, at the end of the run.
+
+    Raises:
+        HubUnavailableError: one line naming the setting, why the Hub cannot be reached and what to do instead.
+    """
+    if cfg.resume_from_checkpoint == "hub":
+        local = list_checkpoints(cfg.output_dir)
+        instead = (f"resume from the copy here with resume_from_checkpoint=latest ({local[-1]})" if local else
+                   "copy the checkpoint folder to this machine and pass it as resume_from_checkpoint=FOLDER")
+        check_hub_available(f"resume_from_checkpoint=hub (the newest checkpoint of {cfg.hub_model_id})", instead)
+    if cfg.push_to_hub:
+        check_hub_available(f"push_to_hub=true (uploads to {cfg.hub_model_id})",
+                            f"train with push_to_hub=false and upload the result later (`hf upload {cfg.hub_model_id} "
+                            "FOLDER`)")
 
 
 def start_output_dir(accelerator: Accelerator, cfg: TrainingConfig, config_file: str) -> None:
@@ -352,17 +374,123 @@ def card_datasets(cfg: TrainingConfig) -> list[str] | None:
 
 def download_hub_checkpoint(cfg: TrainingConfig) -> str | None:
     """Download the newest ``checkpoints/checkpoint-<step>`` of ``hub_model_id`` into ``output_dir/checkpoints``;
-    returns its local folder, or None when the repo holds no checkpoint."""
+    returns its local folder, or None when the repo holds no checkpoint. An unknown repository or a failed download
+    raises one line ([`TrainingConfigError`], [`HubUnavailableError`])."""
+    from huggingface_hub.errors import RepositoryNotFoundError  # deferred: only resuming from the Hub needs it
+
     pattern = re.compile(rf"^{HUB_CHECKPOINTS}/{CHECKPOINT_PREFIX}(\d+)/")
-    files = HfApi().list_repo_files(cfg.hub_model_id)
-    steps = sorted({int(m.group(1)) for f in files if (m := pattern.match(f))})
-    if not steps:
-        logger.info("no checkpoint in %s: starting from scratch", cfg.hub_model_id)
-        return None
-    name = f"{CHECKPOINT_PREFIX}{steps[-1]}"
-    snapshot_download(cfg.hub_model_id, allow_patterns=[f"{HUB_CHECKPOINTS}/{name}/*"], local_dir=cfg.output_dir)
+    try:
+        files = HfApi().list_repo_files(cfg.hub_model_id)
+        steps = sorted({int(m.group(1)) for f in files if (m := pattern.match(f))})
+        if not steps:
+            logger.info("no checkpoint in %s: starting from scratch", cfg.hub_model_id)
+            return None
+        name = f"{CHECKPOINT_PREFIX}{steps[-1]}"
+        snapshot_download(cfg.hub_model_id, allow_patterns=[f"{HUB_CHECKPOINTS}/{name}/*"], local_dir=cfg.output_dir)
+    except RepositoryNotFoundError:
+        raise TrainingConfigError(f"resume_from_checkpoint=hub: no repository {cfg.hub_model_id} on the Hub (or a "
+                                  "private one: log in with `hf auth login`)") from None
+    except Exception as exc:  # noqa: BLE001 - the connection failed (httpx errors are no OSErrors): one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise HubUnavailableError(f"resume_from_checkpoint=hub: cannot download the newest checkpoint of "
+                                  f"{cfg.hub_model_id} ({type(exc).__name__}: {first})") from None
     logger.info("downloaded %s from %s", name, cfg.hub_model_id)
     return os.path.join(checkpoint_root(cfg.output_dir), name)
+
+
+def push_result(repo_id: str, folder: str, push: Callable[[], Any]) -> str | None:
+    """Run ``push``, the upload of a run's result saved in ``folder`` to ``repo_id``. A failure (the network dropped
+    during the run) does not lose the run: it is logged as one error saying where the result is and how to upload it
+    later, and returned as its message (None after a successful upload)."""
+    try:
+        push()
+    except Exception as exc:  # noqa: BLE001 - any failure to upload: the result is safe on disk
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = (f"could not push {folder} to {repo_id} ({type(exc).__name__}: {first}); the run is complete and "
+                   f"saved in {folder}: upload it later with `hf upload {repo_id} {folder}`")
+        logger.error("%s", message)
+        return message
+    return None
+
+
+# ---------------------------------------------------------------------------------------------------- interrupts
+class TrainingInterrupted(RunInterrupted):
+    """Ctrl-C or SIGTERM stopped a run: a [`RunInterrupted`] (a ``KeyboardInterrupt``) whose message says how far
+    the run got, what is saved and how to continue.
+
+    Attributes:
+        step: the last optimisation step that finished (None: stopped before the first step of this run).
+        checkpoint: the newest complete checkpoint in ``output_dir`` (None when there is none).
+    """
+
+    def __init__(self, signum: int, cfg: TrainingConfig, step: int | None):
+        super().__init__(signum)
+        self.step = step
+        found = list_checkpoints(cfg.output_dir)
+        self.checkpoint = found[-1] if found else None
+        self.args = (stop_message(self.signal_name, cfg, step, self.checkpoint),)
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def stop_message(signal_name: str, cfg: TrainingConfig, step: int | None, checkpoint: str | None) -> str:
+    """One line after a stopped run: how far it got (``step``: the last finished step, None before the first), its
+    newest ``checkpoint`` and how to continue."""
+    where = (f"after step {step} of {cfg.max_train_steps}" if step is not None
+             else "before its first step (while loading models and data)")
+    if checkpoint is None:
+        used = os.path.isdir(cfg.output_dir) and os.listdir(cfg.output_dir) and not cfg.resume_from_checkpoint
+        again = "run the same command again" + (
+            f" with overwrite_output_dir=true ({cfg.output_dir} holds the stopped run)" if used else "")
+        saved = (f"no checkpoint was saved yet (the first at step {cfg.checkpointing_steps})" if step is not None
+                 else "nothing was trained")
+        return f"stopped by {signal_name} {where}; {saved}: {again}"
+    saved_step = checkpoint_step(checkpoint)
+    redo = ""
+    if step is not None and step > saved_step:
+        redo = (f" (step {step} is trained again)" if step == saved_step + 1
+                else f" (steps {saved_step + 1}-{step} are trained again)")
+    return (f"stopped by {signal_name} {where}; the last checkpoint is {os.path.basename(checkpoint)} in "
+            f"{checkpoint_root(cfg.output_dir)}: resume with resume_from_checkpoint=latest{redo}")
+
+
+def interrupt_of(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM (a ``KeyboardInterrupt``) behind ``exc``: ``exc`` itself, or one that was being handled
+    when ``exc`` was raised (a library whose cleanup fails when the signal arrives mid-call); None when there is
+    none."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def signal_number(interrupt: KeyboardInterrupt) -> int:
+    """The signal behind ``interrupt``: its ``signum`` ([`RunInterrupted`]), else SIGINT (a plain Ctrl-C)."""
+    return int(getattr(interrupt, "signum", signal.SIGINT))
+
+
+@contextlib.contextmanager
+def reporting_stop(cfg: TrainingConfig, log: TrainingLog, accelerator: Accelerator | None = None) -> Iterator[None]:
+    """Within the block (a trainer's loop and final save), Ctrl-C or SIGTERM (a ``KeyboardInterrupt``, see
+    [`latentsync.interrupts.stop_on_signals`]) becomes a [`TrainingInterrupted`] naming the last finished step
+    (``log.step``) and the newest checkpoint; the trackers are closed first so that their logs are complete."""
+    try:
+        yield
+    except TrainingInterrupted:
+        raise
+    except BaseException as exc:
+        interrupt = interrupt_of(exc)
+        if interrupt is None:
+            raise
+        if accelerator is not None:
+            with contextlib.suppress(Exception):
+                accelerator.end_training()
+        raise TrainingInterrupted(signal_number(interrupt), cfg, log.step) from None
 
 
 # ---------------------------------------------------------------------------------------------------- training log
@@ -389,6 +517,7 @@ class TrainingLog:
         self.enabled = accelerator.is_main_process
         self.path = os.path.join(cfg.output_dir, LOSS_LOG)
         self.history = empty_history()
+        self.step: int | None = None  # the last step logged or restored (None before the first)
         self._clock: tuple[float, int] | None = None
 
     def state(self, step: int) -> dict[str, Any]:
@@ -398,6 +527,7 @@ class TrainingLog:
     def restore(self, checkpoint: str | None, step: int) -> None:
         """Continue after resuming from ``checkpoint`` (at ``step``; None: a fresh start in a used folder): the
         history saved with it (or the one ``losses.jsonl`` gives), and the loss lines logged after it dropped."""
+        self.step = step if checkpoint else None
         if self.enabled and os.path.isfile(self.path):
             with open(self.path) as fh:
                 rows = [json.loads(line) for line in fh if line.strip()]
@@ -430,6 +560,7 @@ class TrainingLog:
 
     def log_train(self, step: int, values: dict[str, float]) -> None:
         """Record one optimisation step's losses (and ``lr``)."""
+        self.step = step
         self._append("train", step, values)
         self.accelerator.log({f"train/{k}": v for k, v in values.items()}, step=step)
         if self.enabled:

@@ -91,10 +91,17 @@ class TrainingConfig:
     hub_private: bool = False
     hub_strategy: str = "end"
 
+    def check_train_data_set(self) -> None:
+        """Raise [`TrainingConfigError`] when ``train_data`` is not set: the first thing a run needs (checked before
+        the settings that depend on the method)."""
+        if not self.train_data:
+            raise TrainingConfigError("train_data is not set: pass train_data=DATA (a folder of aligned clips, a "
+                                      "`latentsync prepare` output, or a datasets path/id), usually with "
+                                      "--config train/configs/<name>.yaml")
+
     def validate(self) -> None:
         """Raise [`TrainingConfigError`] (a ``ValueError``) naming the first missing or contradictory setting."""
-        if not self.train_data:
-            raise TrainingConfigError("train_data is not set (folder of aligned clips, or a datasets path/id)")
+        self.check_train_data_set()
         if self.mixed_precision not in MIXED_PRECISIONS:
             raise TrainingConfigError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         if self.hub_strategy not in HUB_STRATEGIES:
@@ -216,6 +223,7 @@ class UNetTrainingConfig(TrainingConfig):
 
     def validate(self) -> None:
         """Raise [`TrainingConfigError`] (a ``ValueError``) naming the first missing or contradictory setting."""
+        self.check_train_data_set()
         if self.stage not in (1, 2):
             raise TrainingConfigError(f"stage must be 1 or 2, got {self.stage}")
         if self.motion_modules not in ("all", "decoder", "none"):

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from .. import hub
 from .._deprecation import moved_attribute
-from ..data.clips import ClipSourceInfo
+from ..data.clips import ClipSourceInfo, check_clip_source
 from ..data.syncnet_dataset import ClipStore, SyncNetDataset
 from ..eval.syncnet_acc import encode_latents, evaluate_syncnet
 from ..loaders.official import load_syncnet
@@ -120,14 +120,20 @@ def validate(model: torch.nn.Module, val_loader: DataLoader, accelerator: Accele
 
 
 def train_syncnet(cfg: SyncNetTrainingConfig) -> dict[str, Any]:
-    """Train a StableSyncNet; returns ``{"global_step", "history", "model_dir", "final_val", "best", ...}``.
+    """Train a StableSyncNet; returns ``{"global_step", "history", "model_dir", "final_val", "best", ...}`` (and
+    ``push_error`` when ``push_to_hub`` could not upload the saved model). Ctrl-C or SIGTERM in the loop raises
+    [`base.TrainingInterrupted`], naming the last step and checkpoint.
 
     ``best`` (with ``save_best_model``) is ``{"step", "val_loss", "val_accuracy", "model_dir"}`` of the validation
     with the lowest loss, whose weights are kept in ``output_dir/syncnet_best`` (early stopping: a SyncNet trained on
     little data overfits after its best validation point)."""
-    # before anything loads: settings that contradict, models that cannot be found, a folder holding another run
+    # before anything loads: settings that contradict, data and models that cannot be found, a Hub that push_to_hub
+    # or resume_from_checkpoint=hub needs and cannot reach, a folder holding another run
     cfg.validate()
+    check_clip_source(cfg.train_data, "train_data")
+    check_clip_source(cfg.val_data, "val_data")
     check_model_sources({"pretrained_model": cfg.pretrained_model})
+    base.check_hub_settings(cfg)
     base.check_output_dir(cfg)
     # accelerator first: it decides the device, the precision and which process writes files
     accelerator = base.create_accelerator(cfg)
@@ -205,54 +211,59 @@ def train_syncnet(cfg: SyncNetTrainingConfig) -> dict[str, Any]:
     base.init_trackers(accelerator, cfg, "syncnet")
     model_config = dict(accelerator.unwrap_model(model).config)
 
-    # the loop: one optimisation step per gradient_accumulation_steps batches; validate and checkpoint on schedule
-    model.train()
-    progress = tqdm(total=cfg.max_train_steps, initial=global_step, desc="SyncNet steps",
-                    disable=not (cfg.progress and accelerator.is_local_main_process))
-    step_loss = 0.0
-    log.start(global_step)
-    if global_step < cfg.max_train_steps:
-        for batch in train_loader:
-            with accelerator.accumulate(model):
-                frames = batch["frames"]
-                if vae is not None:
-                    frames = encode_latents(frames, vae, mcfg.num_frames)
-                with accelerator.autocast():
-                    visual, audio = model(frames, batch["mel"])
-                loss = syncnet_bce_loss(visual, audio, batch["label"])
-                base.optimizer_step(accelerator, loss, model.parameters(), optimizer, lr_scheduler,
-                                    cfg.max_grad_norm)
-            step_loss += accelerator.gather(loss.detach()).mean().item() / cfg.gradient_accumulation_steps
-            if not accelerator.sync_gradients:
-                continue
-            global_step += 1
-            log.log_train(global_step, {"loss": step_loss, "lr": lr_scheduler.get_last_lr()[0]})
-            progress.update(1)
-            progress.set_postfix(loss=f"{step_loss:.4f}")
-            step_loss = 0.0
-            if global_step % cfg.validation_steps == 0 or global_step == cfg.max_train_steps:
-                validate(model, val_loader, accelerator, vae, cfg, global_step, log)
-            if base.checkpoint_if_due(accelerator, cfg, global_step, log, model_config):
-                break
-    progress.close()
+    # the loop: one optimisation step per gradient_accumulation_steps batches; validate and checkpoint on schedule;
+    # Ctrl-C or SIGTERM from here on ends the run with a line naming the last step and checkpoint
+    with base.reporting_stop(cfg, log, accelerator):
+        model.train()
+        progress = tqdm(total=cfg.max_train_steps, initial=global_step, desc="SyncNet steps",
+                        disable=not (cfg.progress and accelerator.is_local_main_process))
+        step_loss = 0.0
+        log.start(global_step)
+        if global_step < cfg.max_train_steps:
+            for batch in train_loader:
+                with accelerator.accumulate(model):
+                    frames = batch["frames"]
+                    if vae is not None:
+                        frames = encode_latents(frames, vae, mcfg.num_frames)
+                    with accelerator.autocast():
+                        visual, audio = model(frames, batch["mel"])
+                    loss = syncnet_bce_loss(visual, audio, batch["label"])
+                    base.optimizer_step(accelerator, loss, model.parameters(), optimizer, lr_scheduler,
+                                        cfg.max_grad_norm)
+                step_loss += accelerator.gather(loss.detach()).mean().item() / cfg.gradient_accumulation_steps
+                if not accelerator.sync_gradients:
+                    continue
+                global_step += 1
+                log.log_train(global_step, {"loss": step_loss, "lr": lr_scheduler.get_last_lr()[0]})
+                progress.update(1)
+                progress.set_postfix(loss=f"{step_loss:.4f}")
+                step_loss = 0.0
+                if global_step % cfg.validation_steps == 0 or global_step == cfg.max_train_steps:
+                    validate(model, val_loader, accelerator, vae, cfg, global_step, log)
+                if base.checkpoint_if_due(accelerator, cfg, global_step, log, model_config):
+                    break
+        progress.close()
 
-    # save the final weights, the history and the chart, and push
-    accelerator.wait_for_everyone()
-    model_dir = os.path.join(cfg.output_dir, "syncnet")
-    log.save()
-    history = log.history
-    if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(model)
-        unwrapped.save_pretrained(model_dir, safe_serialization=True)
-        logger.info("saved the trained SyncNet to %s", model_dir)
-        if cfg.push_to_hub:
-            last = {k: history[k][-1] if history[k] else None for k in ("train_loss", "val_loss", "val_accuracy")}
-            card = hub.syncnet_card(cfg.hub_model_id, base_model=hub.hub_id(cfg.pretrained_model),
-                                    datasets=base.card_datasets(cfg),
-                                    training=base.card_training_info(cfg, global_step, last))
-            hub.push_folder(model_dir, cfg.hub_model_id, card=card, private=cfg.hub_private,
-                            commit_message=f"StableSyncNet after {global_step} steps")
-    accelerator.end_training()
+        # save the final weights, the history and the chart, and push
+        accelerator.wait_for_everyone()
+        model_dir = os.path.join(cfg.output_dir, "syncnet")
+        push_error = None
+        log.save()
+        history = log.history
+        if accelerator.is_main_process:
+            unwrapped = accelerator.unwrap_model(model)
+            unwrapped.save_pretrained(model_dir, safe_serialization=True)
+            logger.info("saved the trained SyncNet to %s", model_dir)
+            if cfg.push_to_hub:
+                last = {k: history[k][-1] if history[k] else None for k in ("train_loss", "val_loss", "val_accuracy")}
+                card = hub.syncnet_card(cfg.hub_model_id, base_model=hub.hub_id(cfg.pretrained_model),
+                                        datasets=base.card_datasets(cfg),
+                                        training=base.card_training_info(cfg, global_step, last))
+                # a failed upload is logged with where the model is saved; the run is not lost
+                push_error = base.push_result(cfg.hub_model_id, model_dir, lambda: hub.push_folder(
+                    model_dir, cfg.hub_model_id, card=card, private=cfg.hub_private,
+                    commit_message=f"StableSyncNet after {global_step} steps"))
+        accelerator.end_training()
     best_file = os.path.join(cfg.output_dir, "syncnet_best", BEST_FILE)
     best = None
     if cfg.save_best_model and os.path.isfile(best_file):
@@ -264,6 +275,7 @@ def train_syncnet(cfg: SyncNetTrainingConfig) -> dict[str, Any]:
         "model_dir": model_dir,
         "best": best,
         "loss_chart": os.path.join(cfg.output_dir, base.LOSS_CHART),
+        **({"push_error": push_error} if push_error else {}),
         "final_val": {
             "loss": history["val_loss"][-1] if history.get("val_loss") else None,
             "accuracy": history["val_accuracy"][-1] if history.get("val_accuracy") else None,

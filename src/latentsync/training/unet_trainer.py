@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from .. import hub
 from ..audio_features.cache import AudioFeatureCache
-from ..data.clips import ClipSourceInfo
+from ..data.clips import ClipSourceInfo, check_clip_source
 from ..data.unet_dataset import EpochSampler, UNetClipDataset
 from ..face.mask import latent_mouth_mask, mouth_mask
 from ..loaders.lora import save_lora_adapter
@@ -252,15 +252,32 @@ def _stage_warnings(cfg: UNetTrainingConfig) -> None:
 
 
 def train(cfg: UNetTrainingConfig) -> dict[str, Any]:
-    """Run (or resume) a training run; returns a summary (final step, last losses, output paths)."""
-    # before anything loads: settings that contradict, models that cannot be found, a folder holding another run
+    """Run (or resume) a training run; returns a summary (final step, last losses, output paths, and
+    ``push_error`` when ``push_to_hub`` could not upload the saved result).
+
+    Raises:
+        LatentSyncInputError: unusable settings, data, models or output folder, before anything loads.
+        base.TrainingInterrupted: Ctrl-C or SIGTERM stopped the loop (a ``KeyboardInterrupt`` whose message names
+            the last step and checkpoint).
+    """
+    # before anything loads: settings that contradict, data and models that cannot be found, a Hub that push_to_hub
+    # or resume_from_checkpoint=hub needs and cannot reach, a folder holding another run
     cfg.validate()
+    check_clip_source(cfg.train_data, "train_data")
     check_model_sources(model_sources(cfg))
+    base.check_hub_settings(cfg)
     base.check_output_dir(cfg)
     _stage_warnings(cfg)
     # accelerator first: it decides the device, the precision and which process writes files
     accelerator = base.create_accelerator(cfg)
     set_seed(cfg.seed)  # the same on every process: the random draws are made for the global batch
+
+    # data before the models (unusable data ends the run at once): sample i of epoch e depends only on (seed, e, i),
+    # so a resumed run sees what an uninterrupted one would (each process trains on its slice of every global batch)
+    with accelerator.local_main_process_first():
+        dataset = UNetClipDataset(cfg.train_data, cfg.resolution, cfg.num_frames, cfg.train_split, cfg.video_column,
+                                  return_mel=cfg.stage == 2 and cfg.sync_loss_weight > 0, seed=cfg.seed,
+                                  cache_clips=cfg.cache_clips)
 
     # models: the U-Net trains (all of it, chosen modules, or LoRA adapters), the others are frozen
     with accelerator.local_main_process_first():  # one download per machine; the others read the cache
@@ -291,11 +308,6 @@ def train(cfg: UNetTrainingConfig) -> dict[str, Any]:
         lr *= cfg.gradient_accumulation_steps * cfg.train_batch_size * accelerator.num_processes
     optimizer, lr_scheduler = base.create_optimizer(params, cfg, lr)
 
-    # data: sample i of epoch e depends only on (seed, e, i), so a resumed run sees what an uninterrupted one would
-    # (each process trains on its slice of every global batch)
-    with accelerator.local_main_process_first():
-        dataset = UNetClipDataset(cfg.train_data, cfg.resolution, cfg.num_frames, cfg.train_split, cfg.video_column,
-                                  return_mel=comps.sync_loss is not None, seed=cfg.seed, cache_clips=cfg.cache_clips)
     resume = base.resolve_resume(cfg, accelerator)
     # everything loaded: the run folder is written from here on
     base.start_output_dir(accelerator, cfg, "config.json")
@@ -333,54 +345,59 @@ def train(cfg: UNetTrainingConfig) -> dict[str, Any]:
     first_epoch, skip = divmod(global_step * cfg.gradient_accumulation_steps, batches_per_epoch)
     num_epochs = math.ceil(cfg.max_train_steps * cfg.gradient_accumulation_steps / batches_per_epoch)
 
-    # the loop: losses of every micro-batch are averaged into the step's log line
-    progress = tqdm(total=cfg.max_train_steps, initial=global_step, desc="Steps",
-                    disable=not accelerator.is_local_main_process)
-    accum: dict[str, float] = {}
-    last: dict[str, float] = {}
-    log.start(global_step)
-    for epoch in range(first_epoch, num_epochs):
-        if global_step >= cfg.max_train_steps:
-            break
-        loader.set_epoch(epoch)
-        epoch_loader = accelerator.skip_first_batches(loader, skip) if epoch == first_epoch and skip else loader
-        for batch in epoch_loader:
-            with accelerator.accumulate(unet):
-                context = audio_cache.contexts(batch["clip_index"], batch["start"], cfg.num_frames)
-                context = context.to(device, dtype=torch.float32)
-                losses = compute_losses(batch, context, comps, unet, cfg, accelerator)
-                base.optimizer_step(accelerator, losses["loss"], params, optimizer, lr_scheduler,
-                                    cfg.max_grad_norm)
-            for k, v in losses.items():
-                value = accelerator.gather(v.detach()[None]).mean().item()
-                accum[k] = accum.get(k, 0.0) + value / cfg.gradient_accumulation_steps
-            if not accelerator.sync_gradients:
-                continue
-            if ema is not None:
-                ema.step(params)
-            global_step += 1
-            progress.update(1)
-            last = dict(accum, lr=lr_scheduler.get_last_lr()[0])
-            accum = {}
-            progress.set_postfix(loss=f"{last['loss']:.4f}")
-            log.log_train(global_step, last)
-            if (cfg.validation_video and accelerator.is_main_process
-                    and (global_step % cfg.validation_steps == 0 or global_step == cfg.max_train_steps)):
-                _validate(accelerator, comps, unet, ema, params, cfg, global_step, device, log)
-            if base.checkpoint_if_due(accelerator, cfg, global_step, log, model_config):
+    # the loop: losses of every micro-batch are averaged into the step's log line; Ctrl-C or SIGTERM from here on
+    # ends the run with a line naming the last step and checkpoint (base.reporting_stop)
+    with base.reporting_stop(cfg, log, accelerator):
+        progress = tqdm(total=cfg.max_train_steps, initial=global_step, desc="Steps",
+                        disable=not accelerator.is_local_main_process)
+        accum: dict[str, float] = {}
+        last: dict[str, float] = {}
+        log.start(global_step)
+        for epoch in range(first_epoch, num_epochs):
+            if global_step >= cfg.max_train_steps:
                 break
-    progress.close()
+            loader.set_epoch(epoch)
+            epoch_loader = accelerator.skip_first_batches(loader, skip) if epoch == first_epoch and skip else loader
+            for batch in epoch_loader:
+                with accelerator.accumulate(unet):
+                    context = audio_cache.contexts(batch["clip_index"], batch["start"], cfg.num_frames)
+                    context = context.to(device, dtype=torch.float32)
+                    losses = compute_losses(batch, context, comps, unet, cfg, accelerator)
+                    base.optimizer_step(accelerator, losses["loss"], params, optimizer, lr_scheduler,
+                                        cfg.max_grad_norm)
+                for k, v in losses.items():
+                    value = accelerator.gather(v.detach()[None]).mean().item()
+                    accum[k] = accum.get(k, 0.0) + value / cfg.gradient_accumulation_steps
+                if not accelerator.sync_gradients:
+                    continue
+                if ema is not None:
+                    ema.step(params)
+                global_step += 1
+                progress.update(1)
+                last = dict(accum, lr=lr_scheduler.get_last_lr()[0])
+                accum = {}
+                progress.set_postfix(loss=f"{last['loss']:.4f}")
+                log.log_train(global_step, last)
+                if (cfg.validation_video and accelerator.is_main_process
+                        and (global_step % cfg.validation_steps == 0 or global_step == cfg.max_train_steps)):
+                    _validate(accelerator, comps, unet, ema, params, cfg, global_step, device, log)
+                if base.checkpoint_if_due(accelerator, cfg, global_step, log, model_config):
+                    break
+        progress.close()
 
-    # save the pipeline (EMA weights when enabled) and push it
-    accelerator.wait_for_everyone()
-    log.save()
-    result: dict[str, Any] = {"global_step": global_step, "last_losses": last, "loss_log": log.path,
-                              "history": log.history}
-    if accelerator.is_main_process:
-        result["pipeline"] = save_final(accelerator.unwrap_model(unet), ema, params, comps, cfg, global_step, last)
-        if cfg.lora_rank > 0:
-            result["lora"] = os.path.join(cfg.output_dir, "lora")
-    accelerator.end_training()
+        # save the pipeline (EMA weights when enabled) and push it
+        accelerator.wait_for_everyone()
+        log.save()
+        result: dict[str, Any] = {"global_step": global_step, "last_losses": last, "loss_log": log.path,
+                                  "history": log.history}
+        if accelerator.is_main_process:
+            pipe, result["pipeline"] = save_final_pipeline(accelerator.unwrap_model(unet), ema, params, comps, cfg,
+                                                           global_step, last)
+            if cfg.lora_rank > 0:
+                result["lora"] = os.path.join(cfg.output_dir, "lora")
+            if cfg.push_to_hub and (error := push_final(pipe, cfg, global_step, last)):
+                result["push_error"] = error  # logged with where the result is saved: the run is not lost
+        accelerator.end_training()
     return result
 
 
@@ -448,28 +465,37 @@ def save_pipeline(unet: torch.nn.Module, comps: TrainingComponents, cfg: UNetTra
     return pipe
 
 
-def save_final(unet: torch.nn.Module, ema: EMAModel | None, params: list[torch.nn.Parameter] | None,
-               comps: TrainingComponents, cfg: UNetTrainingConfig, step: int | None = None,
-               losses: dict[str, float] | None = None) -> str:
+def save_final_pipeline(unet: torch.nn.Module, ema: EMAModel | None, params: list[torch.nn.Parameter] | None,
+                        comps: TrainingComponents, cfg: UNetTrainingConfig, step: int | None = None,
+                        losses: dict[str, float] | None = None) -> tuple[LatentSyncPipeline, str]:
     """Save the trained pipeline to ``output_dir/pipeline`` (EMA weights when enabled; a LoRA adapter saved to
-    ``output_dir/lora`` and fused) with model cards, and push: the adapter (LoRA runs, plus the merged pipeline to
-    ``hub_merged_model_id`` when set) or the pipeline, to ``hub_model_id``."""
+    ``output_dir/lora`` and fused) with model cards; returns the pipeline and its folder."""
     if ema is not None:
         ema.copy_to(params)
     out = os.path.join(cfg.output_dir, "pipeline")
-    lora_dir = os.path.join(cfg.output_dir, "lora")
-    pipe = save_pipeline(unet, comps, cfg, out, lora_dir, step, losses)
-    base_model, training, datasets = card_info(cfg, step, losses)
+    pipe = save_pipeline(unet, comps, cfg, out, os.path.join(cfg.output_dir, "lora"), step, losses)
     logger.info("saved the trained pipeline to %s", out)
-    if cfg.push_to_hub:
-        message = f"U-Net stage {cfg.stage}, {training['optimisation steps']} steps"
-        if cfg.lora_rank > 0:
-            hub.push_folder(lora_dir, cfg.hub_model_id, private=cfg.hub_private, commit_message=f"LoRA: {message}")
-        else:
-            pipe.push_folder_to_hub(out, cfg.hub_model_id, message, cfg.hub_private, base_model=base_model,
-                                    training=training, datasets=datasets)
-    if cfg.push_to_hub and cfg.lora_rank > 0 and cfg.hub_merged_model_id:
-        pipe.push_folder_to_hub(out, cfg.hub_merged_model_id, f"Merged LoRA: {message}", cfg.hub_private,
-                                base_model=base_model, training=training, datasets=datasets)
-    return out
+    return pipe, out
 
+
+def push_final(pipe: LatentSyncPipeline, cfg: UNetTrainingConfig, step: int | None = None,
+               losses: dict[str, float] | None = None) -> str | None:
+    """Push a run's saved result to ``hub_model_id``: the adapter (LoRA runs, plus the merged pipeline to
+    ``hub_merged_model_id`` when set) or the pipeline. A failed upload is logged with where the result is saved
+    ([`base.push_result`]) and its message returned; None when every upload went through."""
+    out = os.path.join(cfg.output_dir, "pipeline")
+    lora_dir = os.path.join(cfg.output_dir, "lora")
+    base_model, training, datasets = card_info(cfg, step, losses)
+    message = f"U-Net stage {cfg.stage}, {training['optimisation steps']} steps"
+    if cfg.lora_rank > 0:
+        error = base.push_result(cfg.hub_model_id, lora_dir, lambda: hub.push_folder(
+            lora_dir, cfg.hub_model_id, private=cfg.hub_private, commit_message=f"LoRA: {message}"))
+    else:
+        error = base.push_result(cfg.hub_model_id, out, lambda: pipe.push_folder_to_hub(
+            out, cfg.hub_model_id, message, cfg.hub_private, base_model=base_model, training=training,
+            datasets=datasets))
+    if cfg.lora_rank > 0 and cfg.hub_merged_model_id:
+        error = base.push_result(cfg.hub_merged_model_id, out, lambda: pipe.push_folder_to_hub(
+            out, cfg.hub_merged_model_id, f"Merged LoRA: {message}", cfg.hub_private, base_model=base_model,
+            training=training, datasets=datasets)) or error
+    return error

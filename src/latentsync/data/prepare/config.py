@@ -13,16 +13,36 @@ from ...media.constants import VIDEO_FPS as FPS
 # ones frames that never became part of a clip.
 DROP_REASONS = {
     "unreadable": "file cannot be decoded or has no video stream",
-    "no_audio": "no audio stream, or video frames past the end of the audio",
+    "no_audio": "no audio stream, or one that cannot be decoded",
     "silent_audio": "audio track is silent",
     "error": "unexpected error while processing (see the state file)",
     "no_face": "frames without a detected face",
     "too_short": "face runs / scenes shorter than min_seconds",
+    "audio_ends_early": "video frames after the end of the audio track; a few at the end of a file are common",
     "sync_offset": "audio-visual offset beyond max_sync_offset",
     "low_sync_confidence": "SyncNet confidence below min_sync_confidence",
     "sync_failed": "SyncNet could not score the clip (shorter than its window)",
     "low_quality": "visual quality below the scorer's threshold",
 }
+VIDEO_REASONS = ("unreadable", "no_audio", "silent_audio", "error")
+"""Reasons that drop a whole source video (their ``count`` counts videos)."""
+FRAME_REASONS = ("no_face", "too_short", "audio_ends_early")
+"""Reasons that drop frames that never became part of a clip (their ``count`` is 0: the amount is in ``seconds``);
+the other reasons drop planned clips."""
+
+
+def drop_amount(reason: str, dropped: dict) -> str:
+    """What a drop reason took, with its unit: ``3 videos``, ``2 clips`` or, for frame-level reasons, ``2 frames``."""
+    if reason in FRAME_REASONS:
+        n = round(dropped["seconds"] * FPS)
+        return f"{n} frame{'s' * (n != 1)}"
+    n = dropped["count"]
+    return f"{n} {'video' if reason in VIDEO_REASONS else 'clip'}{'s' * (n != 1)}"
+
+
+def _seconds(value: float) -> str:
+    """Seconds for the summary table: to the frame (0.04 s) below one second, else to a tenth."""
+    return f"{value:.2f}" if 0 < value < 1 else f"{value:.1f}"
 
 
 @dataclass
@@ -101,7 +121,8 @@ class NoClipsKeptError(LatentSyncInputError):
 
 @dataclass
 class PrepareSummary:
-    """What a run kept and dropped. ``dropped`` maps a reason to ``{"count": items, "seconds": duration}``;
+    """What a run kept and dropped. ``dropped`` maps a reason to ``{"count": items, "seconds": duration}`` (items:
+    videos for [`VIDEO_REASONS`], clips for clip-level reasons, 0 for [`FRAME_REASONS`], which drop frames);
     ``dropped_clips`` lists every planned clip a filter dropped (see [`DROPPED_CLIP_COLUMNS`]); ``filters`` says for
     each filter (``scenes``, ``faces``, ``sync``, ``quality``) whether it ran, was skipped or fell back, and how."""
 
@@ -126,7 +147,8 @@ class PrepareSummary:
         lines += ["", head, "", "| | count | seconds |", "|---|---:|---:|",
                   f"| kept clips | {self.clips} | {self.clip_seconds:.1f} |"]
         for reason, d in sorted(self.dropped.items(), key=lambda kv: -kv[1]["seconds"]):
-            lines.append(f"| dropped: {reason} ({DROP_REASONS.get(reason, '')}) | {d['count']} | {d['seconds']:.1f} |")
+            lines.append(f"| dropped: {reason} ({DROP_REASONS.get(reason, '')}) | {drop_amount(reason, d)} | "
+                         f"{_seconds(d['seconds'])} |")
         if self.dropped_clips:
             lines += ["", f"Dropped clips ({len(self.dropped_clips)}; all of them in dropped_clips.csv):", "",
                       "| " + " | ".join(DROPPED_CLIP_COLUMNS) + " |", "|" + "---|" * len(DROPPED_CLIP_COLUMNS)]

@@ -163,8 +163,8 @@ def scan_video(path: str, relpath: str, config: PrepareConfig) -> VideoScan:
     result["frames"] = n
     has_face = ~np.isnan(anchors[:, 0, 0])
     with_audio = min(n, len(audio) // SAMPLES_PER_FRAME)
-    if with_audio < n:  # frames past the end of the audio track cannot be used
-        _drop(result, "no_audio", n - with_audio, count=0)
+    if with_audio < n:  # frames past the end of the audio track cannot be used (a frame-level drop)
+        _drop(result, "audio_ends_early", n - with_audio, count=0)
     plan, frame_drops = plan_clips(has_face[:with_audio], cuts, config.min_frames, config.max_frames)
     for reason, frames in frame_drops.items():
         if frames:

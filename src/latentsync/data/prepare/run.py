@@ -29,7 +29,7 @@ from ...media.constants import VIDEO_FPS as FPS
 from ...model_source import check_model_sources
 from ...utils import write_json_atomically
 from ..quality import QualityScorer, SharpnessScorer, load_quality_scorer
-from .config import DROPPED_CLIP_COLUMNS, NoClipsKeptError, PrepareConfig, PrepareSummary
+from .config import DROPPED_CLIP_COLUMNS, NoClipsKeptError, PrepareConfig, PrepareSummary, drop_amount
 from .dataset import build_prepared_dataset
 from .planning import find_videos, video_key
 from .process import failed_record, fresh_clips_dir, process_video, sync_threshold
@@ -363,7 +363,7 @@ def _write_dropped_clips(path: str, clips: list[dict]) -> None:
 def _no_clips_message(output_dir: str, summary: PrepareSummary) -> str:
     """One line: that nothing was kept, the main reasons, and for sync drops the confidences next to the threshold."""
     reasons = sorted(summary.dropped.items(), key=lambda kv: -kv[1]["seconds"])
-    why = ", ".join(f"{r} {d['count']}" for r, d in reasons[:4]) or "no video could be read"
+    why = ", ".join(f"{r} {drop_amount(r, d)}" for r, d in reasons[:4]) or "no video could be read"
     message = f"kept no clip from {summary.videos} videos (dropped: {why})"
     confidences = [c["sync_confidence"] for c in summary.dropped_clips if c.get("sync_confidence") is not None]
     if confidences:
