@@ -194,8 +194,7 @@ def check_model_source(name: str | os.PathLike, cache_dir: str | os.PathLike | N
         ModelNotFoundError: a missing folder, a folder without a pipeline, an invalid or unknown Hub id, or a Hub id
             that is not cached while the Hub cannot be reached (the message says what to do).
     """
-    from huggingface_hub import HfApi  # deferred: a slow import (see the module docstring)
-    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError  # deferred: as above
+    from huggingface_hub.errors import HFValidationError  # deferred: a slow import (see the module docstring)
     from huggingface_hub.utils import validate_repo_id  # deferred: as above
 
     name = os.fspath(name)
@@ -225,17 +224,32 @@ def check_model_source(name: str | os.PathLike, cache_dir: str | os.PathLike | N
         raise ModelNotFoundError(f"model {missing} is not cached on this machine and the Hub cannot be reached "
                                  f"(offline): run once online to download it, or pass a local pipeline folder "
                                  f"(latentsync --model DIR); {MAKE_TINY_HINT}")
-    try:
-        HfApi().model_info(name, timeout=10)
-    except GatedRepoError:  # a subclass of RepositoryNotFoundError
+    problem = hub_repo_problem(name)
+    if problem == "gated":
         raise ModelNotFoundError(f"model {name} is gated on the Hub: accept its conditions on its page and log in "
-                                 "with `hf auth login`") from None
-    except RepositoryNotFoundError:
+                                 "with `hf auth login`")
+    if problem == "missing":
         raise ModelNotFoundError(f"unknown model {name}: no such folder here, and no such model on the Hub (or it "
-                                 "is private: log in with `hf auth login`)") from None
-    except Exception:  # noqa: BLE001 - any other failure to ask the Hub: the download will report it
-        pass
+                                 "is private: log in with `hf auth login`)")
     return ModelSource(name, is_folder=False, cached=False, offline=False)
+
+
+def hub_repo_problem(name: str, repo_type: str = "model") -> str | None:
+    """Ask the Hub about the repository ``name`` (a ``"model"`` or ``"dataset"``): ``"gated"`` (its conditions must
+    be accepted), ``"missing"`` (no such repository, or a private one), or None (it is there, or the Hub did not
+    answer: the download will report that)."""
+    from huggingface_hub import HfApi  # deferred: a slow import (see the module docstring)
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError  # deferred: as above
+
+    try:
+        HfApi().repo_info(name, repo_type=repo_type, timeout=10)
+    except GatedRepoError:  # a subclass of RepositoryNotFoundError
+        return "gated"
+    except RepositoryNotFoundError:
+        return "missing"
+    except Exception:  # noqa: BLE001 - any other failure to ask the Hub: the download will report it
+        return None
+    return None
 
 
 def check_model_sources(sources: Mapping[str, str | tuple[str, str | None] | None]) -> None:

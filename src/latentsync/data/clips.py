@@ -20,7 +20,7 @@ from ..errors import LatentSyncInputError
 from ..media.constants import VIDEO_EXTENSIONS, VIDEO_FPS
 from ..media.files import find_videos
 from ..media.video import probe_video
-from ..model_source import go_offline, hub_unreachable_reason, is_hub_cached, is_hub_id
+from ..model_source import go_offline, hub_repo_problem, hub_unreachable_reason, is_hub_cached, is_hub_id
 
 SAVED_DATASET_FILES = ("dataset_info.json", "dataset_dict.json", "state.json")
 PREPARE_MARKER = "prepare_config.json"  # written by ``latentsync prepare`` at the top of its output folder
@@ -108,19 +108,13 @@ def check_clip_source(source: Any, setting: str | None = "train_data") -> None:
 
         datasets.config.HF_HUB_OFFLINE = True
         return
-    from huggingface_hub import HfApi  # deferred: a slow import
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError  # deferred: as above
-
-    try:
-        HfApi().dataset_info(name, timeout=10)
-    except GatedRepoError:  # a subclass of RepositoryNotFoundError
+    problem = hub_repo_problem(name, "dataset")
+    if problem == "gated":
         raise TrainingDataError(f"{label} is a gated Hub dataset: accept its conditions on its page and log in with "
-                                "`hf auth login`") from None
-    except RepositoryNotFoundError:
+                                "`hf auth login`")
+    if problem == "missing":
         raise TrainingDataError(f"data not found: {label} is no local file or folder, and no dataset on the Hub (or "
-                                "a private one: log in with `hf auth login`)") from None
-    except Exception:  # noqa: BLE001 - any other failure to ask the Hub: loading the dataset will report it
-        pass
+                                "a private one: log in with `hf auth login`)")
 
 
 def load_hf_dataset(source: Any, split: str):
