@@ -55,17 +55,21 @@ from latentsync.app_support import (
     default_face,
     describe_faces,
     draw_faces,
+    examples_cache_dir,
     face_arguments,
     face_choices,
     gpu_seconds,
+    photo_error,
     preview_frame,
     read_frame,
+    remove_expired,
+    visitor_reason,
 )
 from latentsync.devices import DTYPE_NAMES, fastest_dtype, torch_dtype
 from latentsync.errors import LatentSyncInputError
 from latentsync.inputs import check_run_inputs
 from latentsync.interrupts import stop_on_signals
-from latentsync.media import open_frames, scan_audio
+from latentsync.media import open_frames, probe_video, scan_audio
 from latentsync.pipeline import LatentSyncPipeline
 from latentsync.schedulers import scheduler_by_name
 from latentsync.tempfiles import make_work_dir, remove_work_dir
@@ -96,6 +100,7 @@ ZERO_GPU_MAX_SECONDS = 300  # the longest GPU time one ZeroGPU call may ask for
 CACHE_MODES = ("eager", "lazy", "off")
 QUEUE_HEADROOM = 5  # places beyond queue_size, so that the checks themselves still get in to say it is full
 SESSION_TIMEOUT = 3600.0  # a session's pending request is forgotten after this long (a closed tab, a lost event)
+GUIDANCE_MAX = 3.0  # the guidance slider's (and the API's) upper bound
 
 
 def _zero_gpu() -> bool:
@@ -241,21 +246,30 @@ class LipSyncService:
         need = gpu_seconds(self.expected_seconds(request.seconds, request.preset, request.steps, request.guidance))
         return min(need, self.config.gpu_limit) if self.config.gpu_limit else need
 
+    def _fits(self, seconds: float, preset: str, steps: int, guidance: float) -> bool:
+        """Whether ``seconds`` of output with ``preset`` fits the GPU-time limit."""
+        limit = self.config.gpu_limit
+        return not limit or gpu_seconds(self.expected_seconds(seconds, preset, steps, guidance)) <= limit
+
+    def gpu_advice(self, seconds: float, preset: str, steps: int = 0, guidance: float = 1.5) -> str:
+        """What makes a request that does not fit the GPU-time limit fit: the best faster preset whose estimate fits,
+        else the speech length that fits with ``preset``."""
+        faster = [p for p in PRESETS if PRESETS[p].cost() < PRESETS[preset].cost()
+                  and self._fits(seconds, p, steps, guidance)]
+        if faster:
+            best = max(faster, key=lambda p: PRESETS[p].cost())
+            return f"Choose the {best!r} preset"
+        fits = [s for s in (x / 2 for x in range(1, int(self.config.max_seconds * 2) + 1))
+                if self._fits(s, preset, steps, guidance)]
+        return f"Shorten the speech to about {fits[-1]:g} s" if fits else "This model cannot fit any input"
+
     def check_gpu_time(self, request: LipSyncRequest) -> None:
         """Refuse a request whose GPU time would exceed the limit, naming the limit and what would fit."""
         limit = self.config.gpu_limit
-        if not limit:
+        if self._fits(request.seconds, request.preset, request.steps, request.guidance):
             return
-        expected = self.expected_seconds(request.seconds, request.preset, request.steps, request.guidance)
-        need = gpu_seconds(expected)
-        if need <= limit:
-            return
-        fits = [s for s in (x / 2 for x in range(1, int(self.config.max_seconds * 2) + 1))
-                if gpu_seconds(self.expected_seconds(s, request.preset, request.steps, request.guidance)) <= limit]
-        hint = (f"Trim the speech to {fits[-1]:g} s or less" if fits else "This model cannot fit any input")
-        faster = [p for p in PRESETS if p != request.preset and PRESETS[p].cost() < PRESETS[request.preset].cost()]
-        if faster and fits:
-            hint += f", or choose the {faster[-1]!r} preset"
+        need = gpu_seconds(self.expected_seconds(request.seconds, request.preset, request.steps, request.guidance))
+        hint = self.gpu_advice(request.seconds, request.preset, request.steps, request.guidance)
         raise _error(f"This request needs about {need} s of GPU time ({request.seconds:.1f} s of output with the "
                      f"{request.preset!r} preset); this Space allows {limit} s per request. {hint}.")
 
@@ -270,16 +284,30 @@ class LipSyncService:
             raise _error(f"The {what} is {seconds:.1f} s long; this app accepts up to {self.config.max_seconds:g} s. "
                          "Please trim it.")
 
+    def check_source(self, video: str | None, photo: str | None, duration: bool = False) -> None:
+        """The cheap checks of the uploaded video or photo (no decoding, no face detection): its size, that a photo
+        is an image, and with ``duration`` the video's length (a probe). Raises the page's one-line [`gr.Error`]."""
+        source = video or photo
+        self._check_size(source, "video" if video else "photo")
+        if not video:
+            reason = photo_error(source)
+            if reason:
+                raise _error(reason)
+        elif duration:
+            try:
+                seconds = probe_video(video).duration
+            except Exception:  # noqa: BLE001 - unreadable: the full checks say why
+                return
+            self._check_duration(seconds, "video")
+
     def check(self, video: str | None, photo: str | None, audio: str | None, preset: str | None, face: Any,
               steps: Any, guidance: Any, seed: Any) -> LipSyncRequest:
         """Every check of a request before it may use the model: readable [`gr.Error`] messages naming the user's
         files, never a traceback."""
         names = {p: Path(p).name for p in (video, photo, audio) if p}
 
-        def readable(message: str) -> str:  # the user's file names, not server paths; a capital first letter
-            for path, name in names.items():
-                message = message.replace(path, name)
-            return message[:1].upper() + message[1:]
+        def readable(message: str) -> str:  # the user's file names, not server paths; the page's words
+            return visitor_reason(message, names)
 
         if video and photo:
             raise _error("Give a video or a photo, not both: clear one of them.")
@@ -297,15 +325,15 @@ class LipSyncService:
             raise _error("Steps, guidance scale and seed must be numbers.") from None
         if not 0 <= steps <= 100:
             raise _error("Steps must be between 1 and 100 (0: the preset's).")
-        if not 1.0 <= guidance <= 10.0:
-            raise _error("Guidance scale must be between 1 and 10.")
+        if not 1.0 <= guidance <= GUIDANCE_MAX:
+            raise _error(f"Guidance scale must be between 1 and {GUIDANCE_MAX:g}.")
         if not 0 <= seed < 2**63:
             raise _error("Seed must be a non-negative integer.")
         try:
             face_arguments(face)
         except ValueError as exc:
             raise _error(readable(str(exc))) from None
-        self._check_size(source, "video" if video else "photo")
+        self.check_source(video, photo)
         self._check_size(audio, "audio")
         try:
             # the pipeline's own checks: readable, right stream, not silent
@@ -355,6 +383,10 @@ class LipSyncService:
         still = not video
         if not source:
             return (None, gr.Dropdown(choices=face_choices(None, still), value=default_face(still)), "")
+        try:  # over the limits: the same refusal as the Lip sync button, before any (slow) face detection
+            self.check_source(video, photo, duration=True)
+        except gr.Error as exc:
+            return (None, gr.Dropdown(choices=face_choices(None, still), value=default_face(still)), exc.message)
         try:
             tracks = self.pipe.detect_faces(source)
             index = preview_frame(tracks)
@@ -385,9 +417,10 @@ class LipSyncService:
         text = f"Expected time: about {_duration(expected)} of {where} for {seconds:.1f} s of output ({preset})."
         if self.config.gpu_limit:
             need = gpu_seconds(expected)
-            text += (f" GPU time asked for: {need} s of the {self.config.gpu_limit} s this Space allows"
-                     + (" (too long: choose a faster preset or trim the speech)." if need > self.config.gpu_limit
-                        else "."))
+            text += f" GPU time asked for: {need} s of the {self.config.gpu_limit} s this Space allows."
+            if need > self.config.gpu_limit:
+                advice = self.gpu_advice(seconds, preset, steps, guidance)
+                text = text[:-1] + f" (too long: {advice[:1].lower()}{advice[1:]})."
         if self.time_model.runs == 0 and not self.config.device.startswith("cuda"):
             text += " (A first guess: it is corrected after each run.)"
         return text
@@ -418,13 +451,7 @@ class LipSyncService:
 
     def sweep(self) -> None:
         """Delete finished job folders older than ``output_ttl`` (gradio has already copied their videos)."""
-        limit = time.time() - self.config.output_ttl
-        for job in self.work_dir.iterdir():
-            try:
-                if job.stat().st_mtime < limit:
-                    shutil.rmtree(job, ignore_errors=True)
-            except FileNotFoundError:
-                pass
+        remove_expired(self.work_dir, self.config.output_ttl)
 
     def run(self, request: LipSyncRequest, progress: Any = None) -> tuple[str, str]:
         """Generate one checked request; returns the output path and a status line."""
@@ -440,9 +467,7 @@ class LipSyncService:
             shutil.rmtree(job, ignore_errors=True)
             names = {request.source: Path(request.source).name, request.audio: Path(request.audio).name,
                      output: "lipsync.mp4"}
-            for path, name in names.items():
-                error = error.replace(path, name)
-            raise _error(error[:1].upper() + error[1:])
+            raise _error(visitor_reason(error, names))
         elapsed = time.perf_counter() - start
         self.time_model.update(elapsed, request.seconds, PRESETS[request.preset], request.steps or None,
                                request.guidance)
@@ -501,6 +526,33 @@ def examples() -> tuple[list[list[Any]], list[str]]:
     return rows, labels
 
 
+def photo_input(**kwargs: Any) -> gr.Image:
+    """The photo slot: Gradio's image upload, passing the uploaded file's path on without opening it (``gr.Image``
+    opens every upload with Pillow, even with ``type="filepath"``, and fails with a traceback on a file that is not an
+    image); the app's checks then say in one line what is wrong with it. (A subclass would make Gradio write a
+    ``.pyi`` file beside this one, so the instance's ``preprocess`` is replaced instead.)"""
+    image = gr.Image(type="filepath", **kwargs)
+    gradio_preprocess = image.preprocess
+
+    def preprocess(payload: Any) -> str | None:
+        """The uploaded file's path (a pasted data URL: Gradio's own handling)."""
+        if payload is None or payload.path is None or str(payload.url or "").startswith("data:"):
+            return gradio_preprocess(payload)
+        return str(payload.path)
+
+    image.preprocess = preprocess
+    return image
+
+
+def use_model_examples_cache(config: AppConfig, model_name: str) -> None:
+    """Cache the examples' results in a folder named after the model and its settings (``GRADIO_EXAMPLES_CACHE``),
+    unless it is set already: Gradio reuses a cache folder's results after a restart, whatever model made them."""
+    if not os.environ.get("GRADIO_EXAMPLES_CACHE"):
+        folder = examples_cache_dir(config.model or OFFICIAL_MODEL, {"model": model_name, "dtype": config.dtype_name,
+                                                                     "device": config.device.split(":")[0]})
+        os.environ["GRADIO_EXAMPLES_CACHE"] = str(folder)
+
+
 def build_error_demo(model: str, reason: str) -> gr.Blocks:
     """The page shown when the model cannot be loaded: what failed and what to do; no lip-sync controls."""
     with gr.Blocks(title="LatentSync lip sync: model not loaded") as demo:
@@ -551,8 +603,8 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                         video_in = gr.Video(label="Talking-face video", sources=["upload"], height=320,
                                             elem_id="video-input")
                     with gr.Tab("Photo", id="photo"):
-                        photo_in = gr.Image(label="Photo of a face (makes a talking video)", type="filepath",
-                                            sources=["upload"], height=320, elem_id="photo-input")
+                        photo_in = photo_input(label="Photo of a face (makes a talking video)",
+                                             sources=["upload"], height=320, elem_id="photo-input")
                 audio_in = gr.Audio(label="Speech", sources=["upload", "microphone"], type="filepath",
                                     elem_id="audio-input")
                 preset = gr.Radio(preset_choices, value="quality", label="Speed", elem_id="preset")
@@ -565,7 +617,7 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                                        allow_custom_value=True, elem_id="face-choice")
                 with gr.Accordion("Advanced settings", open=False):
                     steps = gr.Slider(0, 50, value=0, step=1, label="Denoising steps (0: the preset's)")
-                    guidance = gr.Slider(1.0, 3.0, value=1.5, step=0.1, label="Guidance scale (1 disables)")
+                    guidance = gr.Slider(1.0, GUIDANCE_MAX, value=1.5, step=0.1, label="Guidance scale (1 disables)")
                     seed = gr.Number(value=1247, precision=0, minimum=0, label="Seed")
                 estimate = gr.Markdown(service.estimate(None, None, None, "quality"), elem_id="estimate")
                 run = gr.Button("Lip sync", variant="primary", elem_id="run-button")
@@ -575,6 +627,7 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                 status = gr.Markdown(elem_id="status")
         rows, labels = examples()
         if rows and config.cache_examples != "off":
+            use_model_examples_cache(config, model_name)
             gr.Examples(examples=rows, inputs=[video_in, photo_in, audio_in, preset, face],
                         outputs=[video_out, status], fn=service.example, cache_examples=True,
                         cache_mode=config.cache_examples, example_labels=labels,
@@ -604,7 +657,8 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
         # the live tab only where Gradio can stream video (system ffmpeg); without it the tab could only say so
         demo_live = None
         if streaming_available():
-            demo_live = build_live_tab(pipe, PRESETS["fast"].steps, config.max_seconds, service._lock)
+            demo_live = build_live_tab(pipe, PRESETS["fast"].steps, config.max_seconds, service._lock,
+                                       config.output_ttl)
             atexit.register(demo_live.close)
     # gradio's own cap, a backstop for API clients: the page's checks refuse at queue_size with a clearer message
     demo.queue(default_concurrency_limit=1, max_size=config.queue_size + QUEUE_HEADROOM)

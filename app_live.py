@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -23,10 +23,12 @@ import numpy as np
 import torch
 from scipy.signal import resample_poly
 
+from latentsync.app_support import remove_expired
 from latentsync.errors import LatentSyncInputError
 from latentsync.live import LiveFrame
 from latentsync.media import SAMPLE_RATE, VideoWriter, probe_video, write_wav
 from latentsync.pipeline import LatentSyncPipeline
+from latentsync.tempfiles import make_work_dir, remove_work_dir
 
 logger = logging.getLogger("latentsync.app")
 
@@ -48,11 +50,15 @@ def microphone_samples(chunk: tuple[int, np.ndarray]) -> np.ndarray:
 
 
 class LiveTab:
-    """The live tab's state: prepared avatars and running sessions, each in its own folder of a temporary folder."""
+    """The live tab's state: prepared avatars and running sessions, each in its own folder of a work folder named
+    after this process (a later start removes it after a kill). A session's folder goes when its recording
+    finishes; avatars, last chunks and abandoned sessions expire ``ttl`` seconds after their last use, as the app's
+    results do."""
 
-    def __init__(self, pipe: LatentSyncPipeline, steps: int, max_seconds: float, lock: threading.Lock | None = None):
-        self.pipe, self.steps, self.max_seconds = pipe, steps, max_seconds
-        self.work_dir = Path(tempfile.mkdtemp(prefix="latentsync-live-"))
+    def __init__(self, pipe: LatentSyncPipeline, steps: int, max_seconds: float, lock: threading.Lock | None = None,
+                 ttl: float = 900.0):
+        self.pipe, self.steps, self.max_seconds, self.ttl = pipe, steps, max_seconds, ttl
+        self.work_dir = Path(make_work_dir("live"))
         self._lock = lock or threading.Lock()  # the pipeline is shared with the main tab and not re-entrant
         self._sessions: dict[str, dict[str, Any]] = {}
 
@@ -60,6 +66,7 @@ class LiveTab:
         """Prepare the avatar of an uploaded video; returns its folder and a status line."""
         if not video:
             raise gr.Error("Please upload a talking-face video first.", print_exception=False)
+        self.sweep()
         try:
             seconds = probe_video(video).duration
             if seconds > self.max_seconds:
@@ -82,13 +89,19 @@ class LiveTab:
         if not avatar:
             raise gr.Error("Prepare an avatar first (upload a video, then press Prepare).", print_exception=False)
         if key is None or key not in self._sessions:
+            self.sweep()
+            if not Path(avatar).is_dir():
+                raise gr.Error("This avatar has expired: press Prepare again.", print_exception=False)
+            os.utime(avatar)  # in use: it expires a ttl after its last recording
             key = uuid.uuid4().hex
             folder = self.work_dir / f"session-{key}"
             folder.mkdir()
             session = self.pipe.live_session(avatar, num_inference_steps=self.steps,
                                              generator=torch.Generator().manual_seed(1247))
-            self._sessions[key] = {"session": session, "folder": folder, "audio": [], "sent": 0, "count": 0}
+            self._sessions[key] = {"session": session, "folder": folder, "audio": [], "sent": 0, "count": 0,
+                                   "avatar": avatar, "used": time.time()}
         state = self._sessions[key]
+        state["used"] = time.time()
         samples = microphone_samples(chunk)
         state["audio"].append(samples)
         with self._lock:
@@ -96,14 +109,32 @@ class LiveTab:
         return self._chunk(state, frames), key
 
     def finish(self, key: str | None) -> tuple[str | None, None]:
-        """Recording stopped: the last frames, then the session is closed."""
+        """Recording stopped: the last frames (an MP4 beside the session folders, expiring like the results), then
+        the session is closed and its folder removed."""
         state = self._sessions.pop(key, None) if key else None
         if state is None:
             return None, None
-        with self._lock:
-            frames = state["session"].finish()
-        path = self._chunk(state, frames)
+        try:
+            with self._lock:
+                frames = state["session"].finish()  # closes the session, even when it fails
+            path = self._chunk(state, frames)
+            if path is not None:  # Gradio copies it after this returns: out of the folder removed now
+                last = self.work_dir / f"last-{key}.mp4"
+                os.replace(path, last)
+                path = str(last)
+        finally:
+            shutil.rmtree(state["folder"], ignore_errors=True)
         return path, None
+
+    def sweep(self) -> None:
+        """Close the sessions unused for ``ttl`` seconds (a tab closed while recording) and remove the folders and
+        files last used more than ``ttl`` seconds ago, except those of running sessions."""
+        limit = time.time() - self.ttl
+        for key in [k for k, state in self._sessions.items() if state["used"] < limit]:
+            state = self._sessions.pop(key)
+            state["session"].close()
+        keep = [p for state in self._sessions.values() for p in (state["folder"], state["avatar"])]
+        remove_expired(self.work_dir, self.ttl, keep)
 
     def _chunk(self, state: dict[str, Any], frames: list[LiveFrame]) -> str | None:
         """The frames as an MP4 chunk with the speech they cover (the speech is consumed as it is used)."""
@@ -132,7 +163,7 @@ class LiveTab:
         for state in self._sessions.values():
             state["session"].close()
         self._sessions.clear()
-        shutil.rmtree(self.work_dir, ignore_errors=True)
+        remove_work_dir(self.work_dir)
 
 
 def streaming_available() -> bool:
@@ -140,10 +171,10 @@ def streaming_available() -> bool:
     return shutil.which("ffmpeg") is not None and shutil.which("ffprobe") is not None
 
 
-def build_live_tab(pipe: LatentSyncPipeline, steps: int, max_seconds: float, lock: threading.Lock | None = None
-                   ) -> LiveTab:
-    """The live tab's components and events, inside the current Blocks."""
-    tab = LiveTab(pipe, steps, max_seconds, lock)
+def build_live_tab(pipe: LatentSyncPipeline, steps: int, max_seconds: float, lock: threading.Lock | None = None,
+                   ttl: float = 900.0) -> LiveTab:
+    """The live tab's components and events, inside the current Blocks (avatars expire ``ttl`` s after last use)."""
+    tab = LiveTab(pipe, steps, max_seconds, lock, ttl)
     with gr.Tab("Live (microphone)", elem_id="live-tab"):
         gr.Markdown("Prepare an avatar from a short talking-face video once, then record: the lip-synced video "
                     "follows your speech with about 0.64 s of delay plus the compute of each 16-frame window.")

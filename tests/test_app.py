@@ -171,6 +171,29 @@ def test_service_gpu_duration_and_refusal(app_module, clips, monkeypatch):
     assert service.gpu_duration(request, "out.mp4") == durations["fast"] + 1  # never more than the limit
 
 
+def test_gpu_refusal_suggests_only_what_fits(app_module, clips, monkeypatch):
+    service = app_module.demo.service
+    # 13 frames and one window (0.5 s) or 25 frames and two windows (1 s): quality 0.5 s needs 55 s of GPU time,
+    # fast 1 s 66 s, balanced 1 s 74 s, quality 1 s 88 s
+    monkeypatch.setattr(service, "time_model", TimeModel(window_seconds=10.0, frame_seconds=1.0, fixed_seconds=0.0))
+    request = app_module.LipSyncRequest("face.mp4", "speech.wav", "quality", 0, 1.5, 0, "speaking", 1.0)
+
+    def refusal(limit: int) -> str:
+        monkeypatch.setattr(service.config, "gpu_limit", limit)
+        with pytest.raises(gr.Error) as info:
+            service.check_gpu_time(request)
+        return info.value.message
+
+    message = refusal(60)  # no preset fits 1 s: only a shorter speech
+    assert "preset" not in message.split(". ", 1)[1] and "Shorten the speech to about 0.5 s" in message, message
+    assert "too long: shorten the speech to about 0.5 s" in service.estimate(None, None, clips["speech.wav"], "quality")
+    for limit, suggested in ((70, "fast"), (80, "balanced")):
+        message = refusal(limit)
+        assert f"Choose the {suggested!r} preset" in message, message
+        service.check_gpu_time(app_module.LipSyncRequest(**{**request.__dict__, "preset": suggested}))  # it fits
+    assert "cannot fit any input" in refusal(40)
+
+
 # ---------------------------------------------------------------------------------------------------- app logic
 def test_app_defaults(app_module, tiny_model_dir_64):
     demo = app_module.demo
@@ -249,6 +272,71 @@ def test_face_preview_numbers_the_faces(app_module, clips):
     green = (pixels[..., 1] > 180) & (pixels[..., 0] < 90)  # face 0's box; the chosen face 1 is red
     red = (pixels[..., 0] > 230) & (pixels[..., 1] < 90)
     assert green[:, :192].sum() > 50 and red[:, 192:].sum() > 50 and red[:, :192].sum() < 10
+
+
+def test_face_number_error_uses_visitor_words(app_module, clips):
+    message = _error_message(app_module.demo.service, clips["face.mp4"], clips["speech_short.wav"], "fast", "9")
+    assert message == "There is no face 9 in face.mp4: it has 1 face (number 0); pick one from the face menu.", message
+    from latentsync.app_support import visitor_reason
+
+    library = ("face_index=5, but 3 face track(s) were found in /srv/up/two.mp4 (valid: 0..2); list them with "
+               "pipe.detect_faces() or `latentsync faces`")
+    assert visitor_reason(library, {"/srv/up/two.mp4": "two.mp4"}) == (
+        "There is no face 5 in two.mp4: it has 3 faces (numbers 0, 1 and 2); pick one from the face menu.")
+
+
+def test_face_preview_checks_the_limits_first(app_module, clips, monkeypatch):
+    service = app_module.demo.service
+
+    def no_detection(*args, **kwargs):
+        raise AssertionError("faces detected in an input over the limits")
+
+    monkeypatch.setattr(service.pipe, "detect_faces", no_detection)
+    monkeypatch.setattr(service.config, "max_seconds", 0.5)
+    image, menu, note = service.faces(clips["face.mp4"], None, "speaking")
+    assert image is None and note == "The video is 1.2 s long; this app accepts up to 0.5 s. Please trim it.", note
+    assert note == _error_message(service, clips["face.mp4"], clips["speech_short.wav"], "fast")
+    monkeypatch.setattr(service.config, "max_file_mb", 0.001)
+    for video, photo in ((clips["face.mp4"], None), (None, clips["portrait.png"])):
+        image, _, note = service.faces(video, photo, None)
+        assert image is None and "MB; this app accepts up to 0.001 MB" in note, note
+
+
+def test_unreadable_photo_is_one_line(app_module, clips, tmp_path):
+    from gradio.data_classes import ImageData
+
+    text = tmp_path / "text.png"
+    text.write_text("not a picture\n")
+    photo_in = next(b for b in app_module.demo.blocks.values() if getattr(b, "elem_id", None) == "photo-input")
+    assert photo_in.preprocess(ImageData(path=str(text), orig_name="text.png")) == str(text)  # no Pillow here
+    service = app_module.demo.service
+    for photo in (str(text), clips["face.mp4"]):
+        message = _error_message(service, None, clips["speech_short.wav"], photo=photo)
+        assert message == f"Cannot read photo {Path(photo).name}: not an image file.", message
+        assert service.faces(None, photo, None)[2] == message
+
+
+def test_examples_cache_depends_on_the_model(monkeypatch, examples_dir, tmp_path, tiny_model_dir_64):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GRADIO_EXAMPLES_CACHE", "")  # unset for the app; restored after the test
+    app = _load_app(monkeypatch, "tiny", LATENTSYNC_CACHE_EXAMPLES="lazy", LATENTSYNC_EXAMPLES_DIR=str(examples_dir))
+    app.demo.service.close()
+    folder = Path(os.environ.get("GRADIO_EXAMPLES_CACHE", ""))
+    assert folder.parent == Path(".gradio/cached_examples") and folder.name.startswith("tiny-"), folder
+    from latentsync.app_support import examples_cache_dir
+
+    assert folder == examples_cache_dir("tiny", {"model": "tiny random-weight model", "dtype": "fp32",
+                                                 "device": "cpu"})
+    settings = {"dtype": "fp32", "device": "cpu"}
+    folders = {examples_cache_dir("tiny", settings), examples_cache_dir("ByteDance/LatentSync-1.6", settings),
+               examples_cache_dir(str(tiny_model_dir_64), settings),
+               examples_cache_dir("tiny", {**settings, "dtype": "bf16"})}
+    assert len(folders) == 4 and all(f.parent == Path(".gradio/cached_examples") for f in folders)
+    monkeypatch.setenv("GRADIO_EXAMPLES_CACHE", str(tmp_path / "mine"))  # the user's choice stays
+    app = _load_app(monkeypatch, "tiny", LATENTSYNC_CACHE_EXAMPLES="lazy", LATENTSYNC_EXAMPLES_DIR=str(examples_dir))
+    app.demo.service.close()
+    assert os.environ["GRADIO_EXAMPLES_CACHE"] == str(tmp_path / "mine")
+    assert ".gradio/" in (ROOT / ".gitignore").read_text().splitlines()
 
 
 def test_input_errors_are_readable(app_module, clips):
@@ -364,6 +452,18 @@ def test_api_serves_concurrent_requests_with_every_parameter(server, clips, tmp_
         _check_output(path, 0.6)
 
 
+def test_api_unreadable_photo_is_one_line(server, clips, tmp_path):
+    from gradio_client import Client, handle_file
+
+    text = tmp_path / "text.png"
+    text.write_text("not a picture\n")
+    client = Client(server, verbose=False, download_files=str(tmp_path))
+    with pytest.raises(Exception) as info:  # gradio_client's AppError carries the page's message
+        client.predict(video=None, photo=handle_file(str(text)), audio=handle_file(clips["speech_short.wav"]),
+                       preset="fast", face="largest", steps=0, guidance=1.5, seed=0, api_name="/lipsync")
+    assert str(info.value) == "Cannot read photo text.png: not an image file.", str(info.value)
+
+
 # ---------------------------------------------------------------------------------------------------- browser
 def _chromium() -> str | None:
     for candidate in (os.environ.get("CHROMIUM_EXECUTABLE"), shutil.which("chromium"), "/usr/bin/chromium"):
@@ -400,8 +500,15 @@ def _screenshot(page, name: str) -> Path:
     return path
 
 
+def _open(page, server: str) -> None:
+    """Load the page and wait for the app. Not "networkidle": with ffmpeg installed the app has its live tab, whose
+    streaming components keep the page from ever going network-idle (seen with Debian's ffmpeg on the PATH)."""
+    page.goto(server, wait_until="load")
+    page.locator("#run-button").wait_for(timeout=60_000)
+
+
 def _upload(page, server: str, audio: str, video: str | None = None, photo: str | None = None) -> None:
-    page.goto(server, wait_until="networkidle")
+    _open(page, server)
     if video:
         page.locator("#video-input input[type=file]").set_input_files(video)
         page.locator("#video-input video").wait_for(state="attached", timeout=30_000)  # uploaded: preview shown
@@ -432,7 +539,7 @@ def _choose_preset(page, name: str) -> None:
 def test_browser_cached_example_shows_at_once(server, page, app_module, monkeypatch):
     calls = []
     monkeypatch.setattr(app_module.demo.service, "_generate_on_device", lambda *a: calls.append(a))
-    page.goto(server, wait_until="networkidle")
+    _open(page, server)
     start = time.perf_counter()
     page.get_by_text("Still photo").first.click()
     page.locator("#video-output video").wait_for(state="attached", timeout=10_000)

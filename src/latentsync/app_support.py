@@ -1,14 +1,21 @@
 """What the Gradio app (``app.py``) computes without Gradio: the speed presets, the expected run time and the GPU
-time a request asks for, and the numbered preview of the faces found in an upload.
+time a request asks for, the numbered preview of the faces found in an upload, the visitors' wording of input
+errors, the examples' cache folder and the expiry of old results.
 
 Nothing here imports gradio or torch, so the app's arithmetic is testable on its own.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
-from collections.abc import Iterable, Sequence
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -227,3 +234,64 @@ def check_choice_in(choice: str, choices: Sequence[tuple[str, str]]) -> str:
     """``choice`` if it is among ``choices``' values, else the first value."""
     values = [value for _, value in choices]
     return choice if choice in values else values[0]
+
+
+_FACE_INDEX_ERROR = re.compile(r"face_index=(\d+), but (\d+) face track\(s\) were found in (.+?) \(valid: [^)]*\)"
+                               r"(?:;.*)?$", re.DOTALL)
+
+
+def visitor_reason(message: str, names: Mapping[str, str]) -> str:
+    """A library error message (a ``LatentSyncInputError``) as a one-line reason for the app's visitors: server paths
+    replaced by the uploaded files' ``names`` (``{path: name}``), developer wording (``face_index=``, the API to list
+    faces) replaced by the page's words, a capital first letter."""
+    for path, name in names.items():
+        message = message.replace(path, name)
+    match = _FACE_INDEX_ERROR.match(message.strip())
+    if match:
+        index, count, where = int(match[1]), int(match[2]), match[3]
+        numbers = {0: "no face", 1: "1 face (number 0)"}.get(
+            count, f"{count} faces (numbers {', '.join(map(str, range(count - 1)))} and {count - 1})")
+        message = f"There is no face {index} in {where}: it has {numbers}; pick one from the face menu."
+    message = message.splitlines()[0] if message.strip() else message
+    return message[:1].upper() + message[1:]
+
+
+def photo_error(path: str) -> str | None:
+    """Why ``path`` (an upload in the photo slot) is not a photo, as a one-line reason naming the file; None when
+    Pillow reads it as an image."""
+    try:
+        with PIL.Image.open(path) as image:
+            image.verify()
+    except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError):
+        return f"Cannot read photo {Path(path).name}: not an image file."
+    return None
+
+
+def examples_cache_dir(model: str, settings: Mapping[str, object], base: str | os.PathLike = ".gradio/cached_examples"
+                       ) -> Path:
+    """The folder for the examples' cached results of ``model`` (a Hub id, a local folder or ``tiny``) run with
+    ``settings``: named after both, so that an app restarted with another model never shows this one's results. A
+    local folder counts with its resolved path and last change."""
+    key = model
+    if os.path.isdir(model):
+        key = f"{Path(model).resolve()}@{os.stat(model).st_mtime_ns}"
+    key += "|" + "|".join(f"{name}={settings[name]}" for name in sorted(settings))
+    slug = re.sub(r"[^A-Za-z0-9.]+", "-", Path(model).name or model).strip("-")[:40] or "model"
+    return Path(base) / f"{slug}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+def remove_expired(folder: str | os.PathLike, ttl: float, keep: Iterable[str | os.PathLike] = ()) -> list[Path]:
+    """Remove the entries of ``folder`` last changed more than ``ttl`` seconds ago (except ``keep``); returns them."""
+    limit, kept = time.time() - ttl, {Path(p) for p in keep}
+    removed = []
+    for entry in Path(folder).iterdir():
+        try:
+            if entry not in kept and entry.stat().st_mtime < limit:
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
+                removed.append(entry)
+        except FileNotFoundError:
+            pass
+    return removed
