@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from scipy.signal import resample_poly
 
-from latentsync.app_support import remove_expired
+from latentsync.app_support import remove_expired, visitor_reason
 from latentsync.errors import LatentSyncInputError
 from latentsync.live import LiveFrame
 from latentsync.media import SAMPLE_RATE, VideoWriter, probe_video, write_wav
@@ -76,7 +76,7 @@ class LiveTab:
             with self._lock:
                 avatar = self.pipe.prepare_avatar(video, folder)
         except LatentSyncInputError as exc:
-            raise gr.Error(str(exc).replace(video, Path(video).name), print_exception=False) from None
+            raise gr.Error(visitor_reason(str(exc), {video: Path(video).name}), print_exception=False) from None
         return str(folder), (f"Avatar ready: {avatar.num_frames} frames, {len(avatar.crops)} with a face. Press "
                              "record and speak.")
 

@@ -44,6 +44,9 @@ def test_live_tab_session(app_live, tiny_pipe_64, example_face, example_speech):
     try:
         with pytest.raises(gr.Error, match="Prepare an avatar first"):
             tab.push((16000, np.zeros(8000, np.int16)), None, None)
+        with pytest.raises(gr.Error) as refused:  # in the page's words: the file's name, a capital first letter
+            tab.prepare(os.fspath(Path(example_speech)))
+        assert refused.value.message.startswith("No video stream in speech.wav"), refused.value.message
         avatar, status = tab.prepare(str(example_face))
         assert "Avatar ready" in status
         speech = (load_audio(example_speech)[:24000] * 32767).astype(np.int16)  # 1.5 s
