@@ -148,6 +148,13 @@ def test_time_model_learns_from_runs():
     model.update(measured=11.0, seconds=2.0, preset=preset)  # 50 frames (5 s) + 1 s fixed: 5 s for 4 windows
     assert model.estimate(2.0, preset) == pytest.approx(11.0)
     assert model.runs == 1
+    # runs faster than the starting guess of the fixed and per-frame parts correct those too (the CPU's 2 s + 0.3 s
+    # per frame once kept "expected 7 s" beside runs of 1.2 s)
+    cpu = TimeModel(window_seconds=5.0, frame_seconds=0.3, fixed_seconds=2.0)
+    for _ in range(8):
+        cpu.update(measured=1.2, seconds=1.0, preset=preset)
+    assert cpu.estimate(1.0, preset) == pytest.approx(1.2, rel=0.1)
+    assert cpu.fixed_seconds < 2.0 and cpu.frame_seconds < 0.3 and cpu.window_seconds > 0
 
 
 def test_service_gpu_duration_and_refusal(app_module, clips, monkeypatch):

@@ -118,11 +118,17 @@ class TimeModel:
 
     def update(self, measured: float, seconds: float, preset: SpeedPreset, steps: int | None = None,
                guidance: float = 1.5) -> None:
-        """Refine ``window_seconds`` from a run that took ``measured`` seconds for ``seconds`` of output."""
+        """Refine ``window_seconds`` from a run that took ``measured`` seconds for ``seconds`` of output; a run faster
+        than the fixed and per-frame parts alone scales those down too (their starting values are guesses)."""
         frames, model_units = self._units(seconds, preset, steps, guidance)
-        model_time = max(0.0, measured - self.fixed_seconds - frames * self.frame_seconds)
-        observed = model_time / model_units
         weight = 1.0 if self.runs == 0 else 0.5
+        floor = self.fixed_seconds + frames * self.frame_seconds
+        if measured < floor:  # keep a quarter of the run for the model, the rest for the fixed and per-frame parts
+            shrink = 0.75 * measured / floor
+            self.fixed_seconds *= (1 - weight) + weight * shrink
+            self.frame_seconds *= (1 - weight) + weight * shrink
+            floor = self.fixed_seconds + frames * self.frame_seconds
+        observed = max(0.0, measured - floor) / model_units
         self.window_seconds = (1 - weight) * self.window_seconds + weight * observed
         self.runs += 1
 
