@@ -474,6 +474,11 @@ class LipSyncService:
         seconds = out.num_frames / out.fps
         status = (f"Done in {elapsed:.1f} s (expected {_duration(expected)}): {out.num_frames} frames "
                   f"({seconds:.2f} s at {out.fps:g} fps), {request.preset} preset.")
+        guessed = [shot for shot in out.faces or [] if shot.rule.startswith("largest (")]  # "speaking" fell back
+        if guessed:
+            why = ", ".join(sorted({shot.rule[len("largest ("):-1] for shot in guessed}))
+            status += (f" Who speaks could not be told in {len(guessed)} of {len(out.faces)} shot(s) ({why}): the "
+                       "largest face was lip-synced there.")
         if out.frames_without_face:
             status += f" {out.frames_without_face} frames had no face and were left unchanged."
             gr.Warning(f"{out.frames_without_face} of {out.num_frames} frames had no face and were left unchanged.")

@@ -399,6 +399,18 @@ def test_size_limit_and_cleanup(app_module, clips, monkeypatch):
     shutil.rmtree(recent)
 
 
+def test_speaking_face_fallback_is_said_on_the_page(app_module, clips):
+    """"Speaking" on a video without a soundtrack lip-syncs the largest face; the status line says so (it used to be
+    in the log only)."""
+    service = app_module.demo.service
+    path, status = service(clips["two.mp4"], None, clips["speech_short.wav"], "fast", "speaking",
+                           progress=_no_progress)
+    assert os.path.isfile(path)
+    assert "Who speaks could not be told in 1 of 1 shot(s) (no soundtrack): the largest face was lip-synced" in status
+    _, status = service(clips["two.mp4"], None, clips["speech_short.wav"], "fast", "largest", progress=_no_progress)
+    assert "Who speaks" not in status
+
+
 def test_unexpected_failure_is_one_readable_line(app_module, clips, monkeypatch):
     service = app_module.demo.service
 
