@@ -56,7 +56,7 @@ from .media.audio import as_samples, check_not_silent, fit_length, mix_tracks, n
 from .media.constants import SAMPLE_RATE, VIDEO_FPS
 from .media.files import check_input_file
 from .media.timeline import open_timed_frames, output_timeline
-from .media.video import FrameSource, hardware_decoders, hardware_encoders, open_frames
+from .media.video import FrameSource, check_hardware_codec, open_frames
 from .model_source import check_not_training_run
 from .models.audio_encoder import WhisperAudioEncoder
 from .models.compiled import CompiledUNetStep, enable_fp8
@@ -240,9 +240,7 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
             ValueError: ``hwaccel`` is not a hardware decoder this ffmpeg knows.
         """
         if hwaccel is not None:
-            known = hardware_decoders()
-            if hwaccel not in known:
-                raise ValueError(f"unknown hardware decoder {hwaccel!r}; this ffmpeg has: {', '.join(known)}")
+            check_hardware_codec(hwaccel, "decoder")
         self._hwaccel = hwaccel
 
     def enable_hardware_encode(self, encoder: str | None = "h264_nvenc") -> None:
@@ -254,9 +252,7 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
             ValueError: ``encoder`` is not a GPU encoder this ffmpeg has and this package knows.
         """
         if encoder is not None:
-            known = hardware_encoders()
-            if encoder not in known:
-                raise ValueError(f"unknown hardware encoder {encoder!r}; this ffmpeg has: {', '.join(known) or 'none'}")
+            check_hardware_codec(encoder, "encoder")
         self._video_encoder = encoder
 
     def enable_vae_slicing(self) -> None:

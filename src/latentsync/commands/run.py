@@ -22,7 +22,7 @@ from ..errors import LatentSyncInputError, RunInterrupted
 from ..face.choice import FACE_RULES
 from ..inputs import check_output_fps, check_run_inputs, warnings_given
 from ..media.constants import OUTPUT_FORMATS
-from ..media.video import hardware_decoders, hardware_encoders
+from ..media.video import check_hardware_codec
 from ..model_source import check_model_source
 from ..schedulers import SCHEDULERS
 from ..tempfiles import make_missing_folders, remove_empty_folders
@@ -257,12 +257,12 @@ def run(argv: list[str]) -> int:
         p.error("give the speech with --audio, or one --audio-for INDEX=FILE per face")
     if (args.video is None) == (args.avatar is None):
         p.error("give the face with --video or with --avatar (one of them)")
-    if args.hw_decode and args.hw_decode not in hardware_decoders():
-        p.error(f"--hw-decode: unknown hardware decoder {args.hw_decode!r}; this ffmpeg has: "
-                f"{', '.join(hardware_decoders()) or 'none'}")
-    if args.hw_encode and args.hw_encode not in hardware_encoders():
-        p.error(f"--hw-encode: unknown hardware encoder {args.hw_encode!r}; this ffmpeg has: "
-                f"{', '.join(hardware_encoders()) or 'none'}")
+    for option, name, kind in (("--hw-decode", args.hw_decode, "decoder"), ("--hw-encode", args.hw_encode, "encoder")):
+        try:
+            if name:
+                check_hardware_codec(name, kind)
+        except ValueError as exc:
+            p.error(f"{option}: {exc}")
     if args.audio == "-":
         # deferred, as the pipeline: a live run imports torch and the live session
         return importlib.import_module("latentsync.commands.live").run_live(args)

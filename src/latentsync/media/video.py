@@ -82,6 +82,14 @@ def hardware_decoders() -> tuple[str, ...]:
     return tuple(line.strip() for line in lines[1:] if line.strip())  # the first line is a heading
 
 
+def check_hardware_codec(name: str, kind: str = "decoder") -> None:
+    """ValueError unless ``name`` is a hardware ``kind`` (``"decoder"``: [`hardware_decoders`], ``"encoder"``:
+    [`hardware_encoders`]) of the bundled ffmpeg; the message lists the ones it has."""
+    known = hardware_decoders() if kind == "decoder" else hardware_encoders()
+    if name not in known:
+        raise ValueError(f"unknown hardware {kind} {name!r}; this ffmpeg has: {', '.join(known) or 'none'}")
+
+
 def worth_trying(hwaccel: str | None) -> bool:
     """Whether to try hardware decoding with ``hwaccel``: asked for, and not already failed in this process."""
     return bool(hwaccel) and hwaccel not in _HWACCEL_FAILED
