@@ -451,6 +451,23 @@ def test_odd_input_warnings_before_the_model(media):
     assert check_run_inputs(media / "vfr.mp4", media / "speech.wav", output_fps="input").warnings == []
 
 
+def test_command_line_warns_of_resampling_only_when_it_resamples(media, tiny_model_dir_64, tmp_path, caplog,
+                                                                  monkeypatch):
+    """The command line's checks before the model know its --fps: a variable frame rate kept with --fps input is not
+    called resampled, and at --fps 30 the warning names 30 fps."""
+    from latentsync.commands import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for fps, said in (("input", None), ("30", "resampled to 30 fps by time")):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            assert main(["--model", os.fspath(tiny_model_dir_64), "--video", os.fspath(media / "vfr.mp4"), "--audio",
+                         os.fspath(media / "speech.wav"), "--output", os.fspath(tmp_path / f"out{fps}.mp4"),
+                         "--steps", "1", "--fps", fps]) == 0
+        vfr = [r.getMessage() for r in caplog.records if "variable frame rate" in r.getMessage()]
+        assert (vfr == []) if said is None else (len(vfr) == 1 and said in vfr[0]), vfr
+
+
 def test_odd_sized_video_keeps_its_pixels_in_an_even_output(media, tmp_path, caplog):
     """H.264 (4:2:0) needs even sides: a 321x241 video is said so before the model, and written 322x242 with its
     last column and row repeated (not resized: every input pixel stays where it was)."""

@@ -279,7 +279,7 @@ def run(argv: list[str]) -> int:
         checked = check_run_inputs(args.video, audio, args.output, overwrite=args.overwrite,
                                    create_output_folder=True, mix_audio=args.mix_audio, num_inference_steps=args.steps,
                                    guidance_scale=args.guidance_scale, deep_cache_interval=args.deep_cache,
-                                   windows_per_batch=args.windows_per_batch, **choice)
+                                   windows_per_batch=args.windows_per_batch, output_fps=args.fps, **choice)
     except LatentSyncInputError as exc:
         raise type(exc)(_with_option_names(str(exc), face_option)) from None
     source = check_model_source(args.model)
