@@ -91,3 +91,42 @@ def test_avatar_errors(tiny_pipe_64, short_face, speech, tmp_path):
     other = build_tiny_pipeline(resolution=64, seed=1)
     with pytest.raises(LatentSyncInputError, match="another VAE"):
         other(avatar=folder, audio=speech)
+
+
+def test_avatar_is_never_written_over_other_files(tiny_pipe_64, short_face, speech, tmp_path, monkeypatch):
+    """prepare_avatar writes only into a new or empty folder, or over an earlier avatar (with overwrite): a folder of
+    the user's own files (here a ``video.mp4``, the name of the avatar's copy) is refused before any work, and a
+    failed write leaves no ``avatar.json`` (the folder is then not an avatar) and no partial files."""
+    from latentsync.errors import InvalidOutputError
+
+    user = tmp_path / "videos"
+    user.mkdir()
+    (user / "video.mp4").write_bytes(b"the user's own video")
+    with pytest.raises(LatentSyncInputError, match="folder with other files, not an avatar"):
+        tiny_pipe_64.prepare_avatar(short_face, user)
+    assert (user / "video.mp4").read_bytes() == b"the user's own video" and sorted(os.listdir(user)) == ["video.mp4"]
+    with pytest.raises(LatentSyncInputError, match="is a file"):
+        tiny_pipe_64.prepare_avatar(short_face, user / "video.mp4")
+
+    folder = tmp_path / "avatar"
+    tiny_pipe_64.prepare_avatar(short_face, folder)
+    with pytest.raises(LatentSyncInputError, match="already holds an avatar"):
+        tiny_pipe_64.prepare_avatar(short_face, folder, overwrite=False)
+    before = (folder / "video.mp4").read_bytes()
+    with pytest.raises(InvalidOutputError, match="is the input file"):  # the avatar's files are the call's inputs
+        tiny_pipe_64(avatar=folder, audio=speech, output_path=folder / "video.mp4", **KW)
+    assert (folder / "video.mp4").read_bytes() == before
+
+    def fail(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("safetensors.torch.save_file", fail)
+    with pytest.raises(OSError, match="disk full"):
+        tiny_pipe_64.prepare_avatar(short_face, folder)  # replaces the earlier avatar, and fails half way
+    assert not (folder / "avatar.json").exists()
+    assert not [n for n in os.listdir(folder) if "partial" in n]
+    with pytest.raises(LatentSyncInputError, match="not a prepared avatar"):
+        Avatar.load(folder)
+    monkeypatch.undo()
+    tiny_pipe_64.prepare_avatar(short_face, folder, overwrite=False)  # a stopped write may be redone
+    assert Avatar.load(folder).num_frames == 25

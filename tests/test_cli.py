@@ -104,3 +104,111 @@ def test_errors_name_the_options_of_the_command_line():
     assert _with_option_names("face_box_frame=999, but the video").startswith("--face-frame=999, but")
     assert _with_option_names("face_box must be (x, y, width, height)").startswith("--face must be")
     assert _with_option_names('output_fps must be "input"').startswith("--fps must be")
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Make loading the pipeline fail: the checks under test must stop the run before it."""
+    import latentsync.commands.avatar
+    import latentsync.commands.live  # noqa: F401 (imported before run's function is patched: they bind it)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the bad input was refused")
+
+    monkeypatch.setattr("latentsync.commands.run.load_pipeline", refuse)
+    monkeypatch.setattr("latentsync.commands.avatar.load_pipeline", refuse)
+    monkeypatch.setattr("latentsync.commands.live.load_pipeline", refuse)
+
+
+def test_avatar_command_refuses_bad_folders_before_loading(tmp_path, example_face, tiny_model_dir_64, caplog,
+                                                           no_model_load):
+    """``latentsync avatar VIDEO DIR`` never writes into a folder of the user's own files (its copy of the video is
+    ``video.mp4``), refuses a file and an existing avatar without --overwrite, and checks the video, all before the
+    model loads."""
+    model = ["--model", str(tiny_model_dir_64), "--device", "cpu"]
+    user = tmp_path / "videos"
+    user.mkdir()
+    (user / "video.mp4").write_bytes(b"the user's own video")
+    (tmp_path / "a-file").write_text("x")
+    done = tmp_path / "done"
+    done.mkdir()
+    (done / "avatar.json").write_text("{}")
+    (done / "avatar.safetensors").write_bytes(b"")
+    cases = [
+        ([str(example_face), str(user)], "is a folder with other files, not an avatar"),
+        ([str(example_face), str(tmp_path / "a-file")], "is a file: give a new folder"),
+        ([str(example_face), str(done)], "already holds an avatar (replace it with --overwrite"),
+        ([str(tmp_path / "missing.mp4"), str(tmp_path / "new")], "video file not found"),
+        ([str(example_face), str(tmp_path / "new"), "--syncnet", str(tmp_path / "no-syncnet")],
+         "not found: --syncnet="),
+    ]
+    for args, message in cases:
+        caplog.clear()
+        assert main(["avatar", *args, *model]) == 2, args
+        assert message in caplog.text, (args, caplog.text)
+    assert (user / "video.mp4").read_bytes() == b"the user's own video"
+    assert not (tmp_path / "new").exists()
+
+
+def test_avatar_command_uses_its_syncnet(tmp_path, example_face, tiny_model_dir_64, monkeypatch):
+    """``latentsync avatar --syncnet DIR`` loads that SyncNet (to find the speaking face); it used to be dropped."""
+    loaded = []
+    monkeypatch.setattr("latentsync.pipeline.LatentSyncPipeline.load_syncnet",
+                        lambda self, source, **kwargs: loaded.append(source))
+    syncnet = tmp_path / "syncnet"
+    syncnet.mkdir()
+    assert main(["avatar", str(example_face), str(tmp_path / "avatar"), "--model", str(tiny_model_dir_64),
+                 "--device", "cpu", "--syncnet", str(syncnet)]) == 0
+    assert loaded == [str(syncnet)]
+
+
+def test_live_output_is_never_an_input_or_an_existing_file(tmp_path, example_face, tiny_model_dir_64, caplog,
+                                                          no_model_load):
+    """``--audio -`` writes its output as it goes: it refuses the input video (or a file of the avatar) as the
+    output, and an existing file without --overwrite, before the model loads (it used to replace them)."""
+    video = tmp_path / "face.mp4"
+    video.write_bytes(example_face.read_bytes())
+    existing = tmp_path / "existing.mp4"
+    existing.write_bytes(b"keep me")
+    avatar = tmp_path / "avatar"
+    avatar.mkdir()
+    (avatar / "avatar.json").write_text('{"version": 1, "video": "video.mp4"}')
+    (avatar / "avatar.safetensors").write_bytes(b"")
+    (avatar / "video.mp4").write_bytes(b"the avatar's video")
+    base = ["--model", str(tiny_model_dir_64), "--device", "cpu", "--audio", "-"]
+    cases = [
+        (["--video", str(video), "--output", str(video), "--overwrite"], "is the input file"),
+        (["--video", str(video), "--output", str(existing)], "output file already exists"),
+        (["--avatar", str(avatar), "--output", str(avatar / "video.mp4"), "--overwrite"], "is the input file"),
+        (["--avatar", str(tmp_path / "no-avatar"), "--output", "-"], "not a prepared avatar (no such folder)"),
+    ]
+    for args, message in cases:
+        caplog.clear()
+        assert main([*base, *args]) == 2, args
+        assert message in caplog.text, (args, caplog.text)
+    assert video.read_bytes() == example_face.read_bytes() and existing.read_bytes() == b"keep me"
+    assert (avatar / "video.mp4").read_bytes() == b"the avatar's video"
+
+
+def test_run_checks_lora_syncnet_and_avatar_before_loading(tmp_path, example_face, example_speech, tiny_model_dir_64,
+                                                           caplog, no_model_load):
+    """A missing --lora, --syncnet or --avatar folder is one line before the model loads (they were tracebacks
+    after it), and the output may not be a file of the avatar."""
+    avatar = tmp_path / "avatar"
+    avatar.mkdir()
+    (avatar / "avatar.json").write_text('{"version": 1, "video": "video.mp4"}')
+    (avatar / "avatar.safetensors").write_bytes(b"")
+    (avatar / "video.mp4").write_bytes(b"the avatar's video")
+    base = ["--model", str(tiny_model_dir_64), "--device", "cpu", "--audio", str(example_speech)]
+    out = ["--output", str(tmp_path / "out.mp4")]
+    cases = [
+        (["--video", str(example_face), *out, "--lora", str(tmp_path / "no-lora")], "not found: --lora="),
+        (["--video", str(example_face), *out, "--syncnet", str(tmp_path / "no-sync")], "not found: --syncnet="),
+        (["--avatar", str(tmp_path / "no-avatar"), *out], "not a prepared avatar (no such folder)"),
+        (["--avatar", str(avatar), "--output", str(avatar / "video.mp4"), "--overwrite"], "is the input file"),
+    ]
+    for args, message in cases:
+        caplog.clear()
+        assert main([*base, *args]) == 2, args
+        assert message in caplog.text, (args, caplog.text)
+    assert (avatar / "video.mp4").read_bytes() == b"the avatar's video"

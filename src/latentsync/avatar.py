@@ -12,6 +12,10 @@ only the audio features, the denoising, the VAE decoder and the paste-back. The 
 - the video itself (a copy of the file, decoded again for the paste-back), or ``frames.safetensors`` for frames
   given in memory.
 
+``avatar.json`` is written last and removed first when an avatar is replaced, so a folder with it is complete. The
+files are written beside their final names and renamed, and an avatar is only written into a new or empty folder or
+over another avatar: never over a user's own files (a ``video.mp4`` that happens to be there).
+
 Why posteriors and not latents: the pipeline draws a sample from each VAE posterior with the call's generator
 (the official code does). Storing a sample would fix one draw, and a seeded call on the avatar would no longer give
 the frames of the same seeded call on the video. The avatar stores the distribution and the call draws from it, in
@@ -28,23 +32,94 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from safetensors.torch import load_file, save_file
 
 from .errors import LatentSyncInputError
 from .media.timeline import open_timed_frames
 from .media.video import FrameSource, open_frames
+from .tempfiles import partial_path, partial_target, release_partial, remove_stale_partials
+
+if TYPE_CHECKING:
+    import torch
 
 AVATAR_VERSION = 1
 AVATAR_CONFIG = "avatar.json"
 AVATAR_TENSORS = "avatar.safetensors"
 AVATAR_FRAMES = "frames.safetensors"
 
+# torch and safetensors.torch are imported where they are used: the command line checks an avatar folder (and an
+# output path against its files) before it spends seconds importing torch
 
-def vae_fingerprint(vae: torch.nn.Module) -> str:
+
+def avatar_files(path: str | os.PathLike) -> list[str]:
+    """The files of the prepared avatar in folder ``path`` (its JSON, its tensors, its video or frames), checked
+    without reading the tensors.
+
+    Raises:
+        LatentSyncInputError: ``path`` is not a complete avatar folder of this format version.
+    """
+    path = os.fspath(path)
+    config_path, tensors_path = os.path.join(path, AVATAR_CONFIG), os.path.join(path, AVATAR_TENSORS)
+    if not os.path.isfile(config_path) or not os.path.isfile(tensors_path):
+        reason = "no such folder" if not os.path.exists(path) else f"no {AVATAR_CONFIG} and {AVATAR_TENSORS}"
+        raise LatentSyncInputError(f"not a prepared avatar ({reason}): {path}")
+    try:
+        with open(config_path, encoding="utf-8") as fh:
+            config = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise LatentSyncInputError(f"avatar {path} has an unreadable {AVATAR_CONFIG} ({exc}): prepare it again") \
+            from None
+    if not isinstance(config, dict) or config.get("version") != AVATAR_VERSION:
+        version = config.get("version") if isinstance(config, dict) else None
+        raise LatentSyncInputError(f"avatar {path} has format version {version}; this version of latentsync reads "
+                                   f"version {AVATAR_VERSION}: prepare it again")
+    frames_path = os.path.join(path, config["video"] or AVATAR_FRAMES)
+    if not os.path.isfile(frames_path):
+        raise LatentSyncInputError(f"avatar {path} is missing its {'video' if config['video'] else 'frames'} "
+                                   f"{os.path.basename(frames_path)}")
+    return [config_path, tensors_path, frames_path]
+
+
+def _is_avatar_file(name: str) -> bool:
+    """Whether an avatar writes a file named ``name``."""
+    return name in (AVATAR_CONFIG, AVATAR_TENSORS, AVATAR_FRAMES) or name.startswith("video.")
+
+
+def check_avatar_destination(path: str | os.PathLike, overwrite: bool = True) -> None:
+    """Check that an avatar may be written to the folder ``path``: a new or empty folder, one holding only the files of
+    an avatar whose writing stopped, or (with ``overwrite``) a folder holding another avatar.
+
+    Raises:
+        LatentSyncInputError: ``path`` is a file, holds an avatar while ``overwrite`` is False, or holds files that
+            are not an avatar's (they could be replaced: the copy of the video is named ``video.<ext>``).
+    """
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise LatentSyncInputError(f"the avatar folder {path} is a file: give a new folder")
+    names = set(os.listdir(path)) if os.path.isdir(path) else set()
+    # the partial files of a run that was killed while writing an avatar there
+    names = {n for n in names if not _is_avatar_file(partial_target(n) or "")}
+    if not names:
+        parent = os.path.dirname(os.path.abspath(path))
+        while not os.path.isdir(parent):
+            parent = os.path.dirname(parent)
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise LatentSyncInputError(f"cannot write the avatar folder {path}: {parent} is not writable")
+        return
+    if AVATAR_CONFIG in names:
+        if not overwrite:
+            raise LatentSyncInputError(f"{path} already holds an avatar (replace it with --overwrite / "
+                                       "overwrite=True)")
+        return
+    if AVATAR_TENSORS in names and all(_is_avatar_file(n) for n in names):
+        return  # an avatar whose writing was stopped before its JSON: not usable, written again
+    raise LatentSyncInputError(f"{path} is a folder with other files, not an avatar: give a new or empty folder "
+                               "(an avatar writes avatar.json, avatar.safetensors and a copy of the video there)")
+
+
+def vae_fingerprint(vae: "torch.nn.Module") -> str:
     """A short hash of the VAE encoder's first and last layers (enough to tell two VAEs apart)."""
     digest = hashlib.sha256()
     for name, param in vae.named_parameters():
@@ -109,6 +184,8 @@ class Avatar:
     def posteriors(self, frames: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """The VAE posteriors ``(len(frames), 8, h, w)`` of the masked and the whole faces of source frames
         ``frames``."""
+        import torch
+
         rows = torch.tensor([self._row[int(j)] for j in frames], dtype=torch.long)
         return self.masked_posteriors[rows], self.reference_posteriors[rows]
 
@@ -122,26 +199,34 @@ class Avatar:
                                        "with this pipeline")
 
     # ------------------------------------------------------------------ files
-    def save(self, path: str | os.PathLike, source_video: str | os.PathLike | None = None) -> str:
-        """Write the avatar to the folder ``path`` (created; files of an earlier avatar there are replaced).
-        ``source_video`` is copied into it unless the frames are held in memory."""
+    def save(self, path: str | os.PathLike, source_video: str | os.PathLike | None = None,
+             overwrite: bool = True) -> str:
+        """Write the avatar to the folder ``path`` (see [`check_avatar_destination`]: a new or empty folder, or one
+        holding an earlier avatar, replaced when ``overwrite``). ``source_video`` is copied into it unless the
+        frames are held in memory. Each file is written beside its name and renamed; ``avatar.json`` comes last."""
+        import torch
+        from safetensors.torch import save_file
+
         path = os.fspath(path)
+        check_avatar_destination(path, overwrite)
+        if self.frames is None and source_video is None:
+            raise LatentSyncInputError("an avatar of a video file needs the file (source_video)")
         os.makedirs(path, exist_ok=True)
+        config_path = os.path.join(path, AVATAR_CONFIG)
+        if os.path.isfile(config_path):
+            os.remove(config_path)  # the folder is not a complete avatar until the new JSON is in place
         video_name = None
         if self.frames is None:
-            if source_video is None:
-                raise LatentSyncInputError("an avatar of a video file needs the file (source_video)")
             video_name = "video" + os.path.splitext(os.fspath(source_video))[1].lower()
-            if os.path.abspath(source_video) != os.path.abspath(os.path.join(path, video_name)):
-                shutil.copyfile(source_video, os.path.join(path, video_name))
+            _write(os.path.join(path, video_name), lambda tmp: shutil.copyfile(source_video, tmp))
             self.video_path = os.path.join(path, video_name)
         else:
-            save_file({"frames": torch.from_numpy(np.ascontiguousarray(self.frames))},
-                      os.path.join(path, AVATAR_FRAMES))
-        save_file({"crops": torch.from_numpy(np.ascontiguousarray(self.crops)),
+            frames = {"frames": torch.from_numpy(np.ascontiguousarray(self.frames))}
+            _write(os.path.join(path, AVATAR_FRAMES), lambda tmp: save_file(frames, tmp))
+        tensors = {"crops": torch.from_numpy(np.ascontiguousarray(self.crops)),
                    "masked_posteriors": self.masked_posteriors.contiguous().cpu(),
-                   "reference_posteriors": self.reference_posteriors.contiguous().cpu()},
-                  os.path.join(path, AVATAR_TENSORS))
+                   "reference_posteriors": self.reference_posteriors.contiguous().cpu()}
+        _write(os.path.join(path, AVATAR_TENSORS), lambda tmp: save_file(tensors, tmp))
         config: dict[str, Any] = {
             "version": AVATAR_VERSION, "label": self.label, "resolution": self.resolution, "fps": self.fps,
             "num_frames": self.num_frames, "frame_shape": list(self.frame_shape), "video": video_name,
@@ -150,8 +235,12 @@ class Avatar:
             "timestamps": None if self.timestamps is None else [float(t) for t in self.timestamps],
             "time_base": None if self.time_base is None else str(self.time_base),
         }
-        with open(os.path.join(path, AVATAR_CONFIG), "w", encoding="utf-8") as fh:
-            json.dump(config, fh)
+
+        def write_config(tmp: str) -> None:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump(config, fh)
+
+        _write(config_path, write_config)
         return path
 
     @classmethod
@@ -161,22 +250,17 @@ class Avatar:
         Raises:
             LatentSyncInputError: the folder is missing, incomplete, or of another format version.
         """
+        from safetensors.torch import load_file
+
         path = os.fspath(path)
-        config_path = os.path.join(path, AVATAR_CONFIG)
-        if not os.path.isfile(config_path) or not os.path.isfile(os.path.join(path, AVATAR_TENSORS)):
-            raise LatentSyncInputError(f"not a prepared avatar (no {AVATAR_CONFIG} and {AVATAR_TENSORS}): {path}")
+        config_path, tensors_path, frames_path = avatar_files(path)
         with open(config_path, encoding="utf-8") as fh:
             config = json.load(fh)
-        if config.get("version") != AVATAR_VERSION:
-            raise LatentSyncInputError(f"avatar {path} has format version {config.get('version')}; this version "
-                                       f"of latentsync reads version {AVATAR_VERSION}: prepare it again")
-        tensors = load_file(os.path.join(path, AVATAR_TENSORS))
+        tensors = load_file(tensors_path)
         frames = None
-        video_path = os.path.join(path, config["video"]) if config["video"] else None
+        video_path = frames_path if config["video"] else None
         if video_path is None:
-            frames = load_file(os.path.join(path, AVATAR_FRAMES))["frames"].numpy()
-        elif not os.path.isfile(video_path):
-            raise LatentSyncInputError(f"avatar {path} is missing its video {config['video']}")
+            frames = load_file(frames_path)["frames"].numpy()
         return cls(
             resolution=config["resolution"], fps=config["fps"], num_frames=config["num_frames"],
             frame_shape=tuple(config["frame_shape"]),
@@ -187,3 +271,18 @@ class Avatar:
             time_base=None if config["time_base"] is None else Fraction(config["time_base"]),
             video_path=video_path, frames=frames, vae=config.get("vae", ""), label=config.get("label", path),
         )
+
+
+def _write(path: str, write: Any) -> None:
+    """``write(tmp)`` a file beside ``path``, then rename it to ``path`` (a killed run leaves no half file there)."""
+    remove_stale_partials(path)
+    tmp = partial_path(path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    finally:
+        release_partial(tmp)

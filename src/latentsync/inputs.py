@@ -19,6 +19,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
+from .avatar import avatar_files
 from .errors import LatentSyncInputError
 from .face.choice import check_face_arguments, track_key
 from .media.audio import AudioInfo, check_not_silent, scan_audio
@@ -135,6 +136,7 @@ def check_run_inputs(
     face_box: Any = None,
     face_box_frame: Any = 0,
     output_fps: Any = VIDEO_FPS,
+    avatar: Any = None,
     **arguments: Any,
 ) -> CheckedInputs:
     """Check everything about a run that can be checked before the model runs, and log warnings for odd inputs.
@@ -151,6 +153,7 @@ def check_run_inputs(
         mix_audio: the output's sound instead of the speech (a path or samples), or None.
         face, face_box, face_box_frame: the choice of the face (see [`latentsync.face.choice.check_face_arguments`]).
         output_fps: the output's frame rate, or ``"input"`` (see [`check_output_fps`]).
+        avatar: a prepared avatar folder (checked to be one; its files count as inputs) or a loaded avatar.
         **arguments: the call's other arguments, checked by [`check_arguments`].
 
     Raises:
@@ -163,6 +166,10 @@ def check_run_inputs(
     check_face_arguments(face, arguments.get("face_index"), face_box, face_box_frame,
                          list(voices) if voices is not None else None)
     checked = CheckedInputs()
+    if _is_path(avatar):
+        avatar_inputs = avatar_files(avatar)
+    else:
+        avatar_inputs = [getattr(avatar, "video_path", None)] if avatar is not None else []
     if _is_path(video):
         checked.video = probe_video(video)
     speech = {f"audio for face {track_key(k)}": v for k, v in voices.items()} if voices is not None else \
@@ -177,7 +184,7 @@ def check_run_inputs(
         checked.audio = scan_audio(mix_audio, what="mix_audio")
         check_not_silent(checked.audio, checked.audio.path)
     if output_path is not None:
-        inputs = [os.fspath(x) for x in (video, mix_audio, *speech.values()) if _is_path(x)]
+        inputs = [os.fspath(x) for x in (video, mix_audio, *speech.values(), *avatar_inputs) if _is_path(x)]
         checked.output_path = check_output_path(output_path, inputs, overwrite, create_output_folder)
     checked.warnings = odd_input_warnings(checked.video, checked.audio, output_fps)
     for message in checked.warnings:

@@ -39,7 +39,7 @@ from .audio_features.whisper import (
     encode_audio_features,
     frame_audio_contexts,
 )
-from .avatar import Avatar, vae_fingerprint
+from .avatar import Avatar, check_avatar_destination, vae_fingerprint
 from .errors import InvalidVideoError, LatentSyncInputError
 from .face.alignment import smoothing_radius
 from .face.choice import check_face_arguments, track_key
@@ -335,6 +335,7 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         windows_per_batch: int | None = None,
         overwrite: bool = True,
         output_fps: float | str = VIDEO_FPS,
+        avatar: Any = None,
     ) -> CheckedInputs:
         """Check every argument of a call before any work is done: the call's arguments and files through
         [`latentsync.inputs.check_run_inputs`] (the same checks the command line and the app make before loading a
@@ -354,7 +355,7 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
             face_box_frame=face_box_frame, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
             num_frames=num_frames, max_num_frames=max_frames, face_index=face_index,
             landmark_smoothing=landmark_smoothing, crf=crf, deep_cache_interval=deep_cache_interval,
-            output_type=output_type, windows_per_batch=windows_per_batch, output_fps=output_fps,
+            output_type=output_type, windows_per_batch=windows_per_batch, output_fps=output_fps, avatar=avatar,
         )
         multiple = self.vae_scale_factor * 2 ** (len(self.unet.config.down_block_types) - 1)
         if self.config.resolution % multiple:
@@ -923,7 +924,8 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         self.check_inputs(video, audio, output_path, num_inference_steps, guidance_scale, num_frames, face_index,
                           landmark_smoothing, audio_window_mode, crf, deep_cache_interval, deep_cache_branch,
                           output_type, latents, callback_on_step_end_tensor_inputs, face, face_box, face_box_frame,
-                          mix_audio, windows_per_batch=windows_per_batch, overwrite=overwrite, output_fps=output_fps)
+                          mix_audio, windows_per_batch=windows_per_batch, overwrite=overwrite, output_fps=output_fps,
+                          avatar=avatar)
         avatar = self._check_timeline_inputs(video, audio, output_fps, avatar, face, face_index, face_box)
         if avatar is not None:
             output_fps = avatar.fps  # the timeline the avatar was prepared for
@@ -1026,6 +1028,7 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         face_box_frame: int = 0,
         landmark_smoothing: float = 1.5,
         num_frames: int = 16,
+        overwrite: bool = True,
     ) -> Avatar:
         """Analyse a talking-face video once and save what does not depend on the speech in the folder ``path``:
         the chosen face's alignment on every frame, the aligned crops, and the VAE posteriors of the masked and
@@ -1033,7 +1036,8 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
 
         ``pipe(avatar=path, audio=...)`` and [`stream`] then skip face analysis and the VAE encoder; with the same
         seed, face choice and ``output_fps`` they give exactly the frames of ``pipe(video=..., audio=...)``. The
-        arguments are those of ``__call__``.
+        arguments are those of ``__call__``; ``path`` must be a new or empty folder or hold an earlier avatar, which
+        is replaced when ``overwrite`` (never a folder with other files).
 
         Returns:
             the [`~latentsync.avatar.Avatar`] (also saved at ``path``).
@@ -1041,6 +1045,7 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         check_output_fps(output_fps)
         check_face_arguments(face, face_index, face_box, face_box_frame)
         check_int("num_frames", num_frames, 1)
+        check_avatar_destination(path, overwrite)
         if isinstance(video, (str, os.PathLike)):
             check_input_file(video, InvalidVideoError, "video")
         elif output_fps == "input":
@@ -1073,7 +1078,7 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
             frames=np.stack(list(source)) if in_memory else None, vae=vae_fingerprint(self.vae),
             label=os.path.basename(os.fspath(video)) if not in_memory else "frames in memory",
         )
-        avatar.save(path, None if in_memory else video)
+        avatar.save(path, None if in_memory else video, overwrite=overwrite)
         logger.info("prepared avatar %s: %d frames, %d with a face", os.fspath(path), avatar.num_frames,
                     len(avatar.crops))
         return avatar

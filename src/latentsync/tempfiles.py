@@ -125,6 +125,15 @@ def partial_path(output: str | os.PathLike) -> str:
     return path
 
 
+def partial_target(name: str) -> str | None:
+    """The output file name whose partial file (see [`partial_path`]) is named ``name``, or None when ``name`` is
+    not a partial file's."""
+    match = re.fullmatch(r"\.(?P<output>.+)\.[A-Za-z0-9]+-\d+\.partial(?P<ext>\.[^.]*)?", name)
+    if match is None or os.path.splitext(match["output"])[1] != (match["ext"] or ""):
+        return None
+    return match["output"]
+
+
 def release_partial(path: str) -> None:
     """Forget a partial file (after it was renamed to the output or removed)."""
     _disown(path)

@@ -20,8 +20,7 @@ import torch
 
 from ..batch import (batch_processes, gather_results, process_device, process_share, read_jobs, run_batch,
                      summary_table, write_results)
-from ..model_source import check_model_source
-from .run import add_generation_arguments, face_arguments, generation_kwargs, load_pipeline
+from .run import add_generation_arguments, check_model_options, face_arguments, generation_kwargs, load_pipeline
 
 logger = logging.getLogger("latentsync")
 
@@ -53,7 +52,7 @@ def batch(argv: list[str]) -> int:
                     len(mine), len(jobs), args.jobs, args.device or "the best device")
     else:
         logger.info("%d jobs from %s", len(jobs), args.jobs)
-    pipe = load_pipeline(args, check_model_source(args.model).local_files_only)
+    pipe = load_pipeline(args, check_model_options(args).local_files_only)
     pipe.set_progress_bar_config(leave=False)
     kwargs = {**generation_kwargs(args), **face_arguments(args)}
     results = run_batch(pipe, mine, overwrite=args.overwrite, process_index=state.process_index,

@@ -13,13 +13,14 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from ..avatar import avatar_files
 from ..errors import InvalidVideoError, LatentSyncInputError
 from ..inputs import check_arguments
 from ..live import stream_frames
 from ..media.files import check_input_file
 from ..media.pipes import LiveVideoSink, read_audio_chunks
-from ..model_source import check_model_source
-from .run import face_arguments, load_pipeline
+from ..media.video import check_output_path
+from .run import check_model_options, face_arguments, load_pipeline
 
 logger = logging.getLogger("latentsync")
 
@@ -36,8 +37,12 @@ def run_live(args: argparse.Namespace) -> int:
         raise LatentSyncInputError(f"--chunk-seconds must be > 0, got {args.chunk_seconds}")
     check_arguments(num_inference_steps=args.steps, guidance_scale=args.guidance_scale)
     if args.video is not None:
-        check_input_file(args.video, InvalidVideoError, "video")
-    source = check_model_source(args.model)
+        inputs = [check_input_file(args.video, InvalidVideoError, "video")]
+    else:
+        inputs = avatar_files(args.avatar)
+    if args.output != "-":  # the output is written as it is made: never over an input, nor over a file unasked
+        check_output_path(args.output, inputs, overwrite=args.overwrite, create_folder=True)
+    source = check_model_options(args)
     pipe = load_pipeline(args, source.local_files_only)
     generator = torch.Generator("cpu").manual_seed(args.seed)
     with tempfile.TemporaryDirectory(prefix="latentsync-avatar-") as tmp:

@@ -23,7 +23,7 @@ from ..face.choice import FACE_RULES
 from ..inputs import check_output_fps, check_run_inputs, warnings_given
 from ..media.constants import OUTPUT_FORMATS
 from ..media.video import check_hardware_codec
-from ..model_source import check_model_source
+from ..model_source import ModelSource, check_model_source, check_model_sources, loading
 from ..schedulers import SCHEDULERS
 from ..tempfiles import make_missing_folders, remove_empty_folders
 
@@ -190,10 +190,29 @@ def generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def lora_source(spec: str) -> tuple[str, float]:
+    """A ``--lora`` value ``DIR_OR_ID[:WEIGHT]`` as (source, weight)."""
+    if re.search(r":[\d.]+$", spec):
+        source, _, weight = spec.rpartition(":")
+        return source, float(weight)
+    return spec, 1.0
+
+
+def check_model_options(args: argparse.Namespace) -> ModelSource:
+    """Check ``--model``, every ``--lora`` and ``--syncnet`` before anything loads (a local path must exist; offline,
+    a Hub id must be cached); returns ``--model``'s source for [`load_pipeline`]."""
+    source = check_model_source(args.model)
+    loras = getattr(args, "lora", [])
+    extra = {("--lora" if len(loras) == 1 else f"--lora #{i + 1}"): lora_source(spec)[0]
+             for i, spec in enumerate(loras)}
+    check_model_sources({**extra, "--syncnet": getattr(args, "syncnet", None)})
+    return source
+
+
 def load_pipeline(args: argparse.Namespace, local_files_only: bool = False) -> Any:
     """The pipeline of ``--model`` on ``--device`` with the LoRA adapters, SyncNet and speed options asked for.
 
-    Call it after the checks (``check_model_source``): it imports torch and the pipeline (seconds).
+    Call it after the checks ([`check_model_options`]): it imports torch and the pipeline (seconds).
     """
     device, dtype = check_device(args.device, args.dtype)  # the first import of torch
     # deferred, as the subcommands are: the pipeline imports diffusers and transformers (seconds)
@@ -202,10 +221,11 @@ def load_pipeline(args: argparse.Namespace, local_files_only: bool = False) -> A
     pipe = LatentSyncPipeline.from_pretrained(args.model, dtype=dtype, local_files_only=local_files_only)
     names, weights = [], []
     for i, spec in enumerate(args.lora):
-        source, _, weight = spec.rpartition(":") if re.search(r":[\d.]+$", spec) else (spec, "", "1")
-        pipe.load_lora_weights(source, adapter_name=f"lora_{i}")
+        source, weight = lora_source(spec)
+        with loading("--lora", source):  # a folder without an adapter: one line, not a traceback
+            pipe.load_lora_weights(source, adapter_name=f"lora_{i}")
         names.append(f"lora_{i}")
-        weights.append(float(weight))
+        weights.append(weight)
     if names:
         pipe.set_adapters(names, adapter_weights=weights)
     if args.cpu_offload == "model":
@@ -236,7 +256,8 @@ def load_pipeline(args: argparse.Namespace, local_files_only: bool = False) -> A
     if args.hw_encode:
         pipe.enable_hardware_encode(args.hw_encode)
     if args.syncnet:
-        pipe.load_syncnet(args.syncnet)
+        with loading("--syncnet", args.syncnet):
+            pipe.load_syncnet(args.syncnet)
     return pipe
 
 
@@ -279,10 +300,11 @@ def run(argv: list[str]) -> int:
         checked = check_run_inputs(args.video, audio, args.output, overwrite=args.overwrite,
                                    create_output_folder=True, mix_audio=args.mix_audio, num_inference_steps=args.steps,
                                    guidance_scale=args.guidance_scale, deep_cache_interval=args.deep_cache,
-                                   windows_per_batch=args.windows_per_batch, output_fps=args.fps, **choice)
+                                   windows_per_batch=args.windows_per_batch, output_fps=args.fps, avatar=args.avatar,
+                                   **choice)
     except LatentSyncInputError as exc:
         raise type(exc)(_with_option_names(str(exc), face_option)) from None
-    source = check_model_source(args.model)
+    source = check_model_options(args)
     stages["checks"] = time.perf_counter() - start
 
     import torch  # deferred: seconds to import; the checks above report bad input before
