@@ -410,6 +410,25 @@ def test_faces_command_lists_the_tracks_and_writes_a_contact_sheet(two_speakers,
     assert main(["faces", os.fspath(tmp_path / "missing.mp4")]) == 2
 
 
+def test_faces_command_never_writes_over_its_video(example_face, tmp_path, caplog, monkeypatch):
+    """``--sheet`` or ``--json`` naming the video itself is refused before any tracking (it used to replace the
+    video with the JSON or the picture); so are ``--syncnet`` without ``--speaking`` and a missing ``--syncnet``."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("the faces were tracked before the bad option was refused")
+
+    monkeypatch.setattr("latentsync.commands.faces.track_faces", refuse)
+    video = tmp_path / "clip.mp4"
+    video.write_bytes(example_face.read_bytes())
+    for args, message in [(["--json", os.fspath(video)], "--json"), (["--sheet", os.fspath(video)], "--sheet"),
+                          (["--speaking", "--syncnet", os.fspath(tmp_path / "none")], "not found: --syncnet=")]:
+        caplog.clear()
+        assert main(["faces", os.fspath(video), *args]) == 2, args
+        assert message in caplog.text, caplog.text
+    assert video.read_bytes() == example_face.read_bytes()
+    with pytest.raises(SystemExit):
+        main(["faces", os.fspath(video), "--syncnet", os.fspath(tmp_path)])
+
+
 def test_cli_lip_syncs_a_voice_per_face(tiny_model_dir_64, conversation, tmp_path, caplog):
     out = tmp_path / "dub.mp4"
     with caplog.at_level(logging.INFO):

@@ -39,7 +39,7 @@ import numpy as np
 from .errors import LatentSyncInputError
 from .media.timeline import open_timed_frames
 from .media.video import FrameSource, open_frames
-from .tempfiles import partial_path, partial_target, release_partial, remove_stale_partials
+from .tempfiles import partial_target, write_atomically
 
 if TYPE_CHECKING:
     import torch
@@ -119,7 +119,7 @@ def check_avatar_destination(path: str | os.PathLike, overwrite: bool = True) ->
                                "(an avatar writes avatar.json, avatar.safetensors and a copy of the video there)")
 
 
-def vae_fingerprint(vae: "torch.nn.Module") -> str:
+def vae_fingerprint(vae: torch.nn.Module) -> str:
     """A short hash of the VAE encoder's first and last layers (enough to tell two VAEs apart)."""
     digest = hashlib.sha256()
     for name, param in vae.named_parameters():
@@ -218,15 +218,15 @@ class Avatar:
         video_name = None
         if self.frames is None:
             video_name = "video" + os.path.splitext(os.fspath(source_video))[1].lower()
-            _write(os.path.join(path, video_name), lambda tmp: shutil.copyfile(source_video, tmp))
+            write_atomically(os.path.join(path, video_name), lambda tmp: shutil.copyfile(source_video, tmp))
             self.video_path = os.path.join(path, video_name)
         else:
             frames = {"frames": torch.from_numpy(np.ascontiguousarray(self.frames))}
-            _write(os.path.join(path, AVATAR_FRAMES), lambda tmp: save_file(frames, tmp))
+            write_atomically(os.path.join(path, AVATAR_FRAMES), lambda tmp: save_file(frames, tmp))
         tensors = {"crops": torch.from_numpy(np.ascontiguousarray(self.crops)),
                    "masked_posteriors": self.masked_posteriors.contiguous().cpu(),
                    "reference_posteriors": self.reference_posteriors.contiguous().cpu()}
-        _write(os.path.join(path, AVATAR_TENSORS), lambda tmp: save_file(tensors, tmp))
+        write_atomically(os.path.join(path, AVATAR_TENSORS), lambda tmp: save_file(tensors, tmp))
         config: dict[str, Any] = {
             "version": AVATAR_VERSION, "label": self.label, "resolution": self.resolution, "fps": self.fps,
             "num_frames": self.num_frames, "frame_shape": list(self.frame_shape), "video": video_name,
@@ -240,11 +240,11 @@ class Avatar:
             with open(tmp, "w", encoding="utf-8") as fh:
                 json.dump(config, fh)
 
-        _write(config_path, write_config)
+        write_atomically(config_path, write_config)
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Avatar":
+    def load(cls, path: str | os.PathLike) -> Avatar:
         """Read an avatar folder written by [`Avatar.save`].
 
         Raises:
@@ -272,17 +272,3 @@ class Avatar:
             video_path=video_path, frames=frames, vae=config.get("vae", ""), label=config.get("label", path),
         )
 
-
-def _write(path: str, write: Any) -> None:
-    """``write(tmp)`` a file beside ``path``, then rename it to ``path`` (a killed run leaves no half file there)."""
-    remove_stale_partials(path)
-    tmp = partial_path(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    finally:
-        release_partial(tmp)

@@ -23,6 +23,7 @@ import shutil
 import socket
 import tempfile
 import threading
+from collections.abc import Callable
 
 PREFIX = "latentsync-"
 
@@ -122,6 +123,25 @@ def partial_path(output: str | os.PathLike) -> str:
     ext = os.path.splitext(name)[1]
     path = os.path.join(folder, f".{name}.{_tag()}.partial{ext}")
     _own(path)
+    return path
+
+
+def write_atomically(path: str | os.PathLike, write: Callable[[str], object]) -> str:
+    """Call ``write(partial)`` to write a file at the hidden partial path beside ``path``, then rename it to ``path``:
+    readers (and a later run after a kill) never see half a file, and a failed write leaves nothing. Returns
+    ``path``."""
+    path = os.fspath(path)
+    remove_stale_partials(path)
+    partial = partial_path(path)
+    try:
+        write(partial)
+        os.replace(partial, path)
+    except BaseException:
+        if os.path.exists(partial):
+            os.remove(partial)
+        raise
+    finally:
+        release_partial(partial)
     return path
 
 

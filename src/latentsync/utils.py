@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from .devices import DTYPE_NAMES, default_device, default_dtype, resolve_dtype  # noqa: F401 - their home is devices
+from .tempfiles import write_atomically
 
 DTYPES: dict[str, torch.dtype] = {name: getattr(torch, attr) for name, attr in DTYPE_NAMES.items()}
 """Precision names accepted by the command line, the app and the configs -> torch dtypes."""
@@ -108,8 +109,8 @@ def read_json(path: str | os.PathLike) -> Any:
 
 def write_json_atomically(path: str | os.PathLike, data: Any, **kwargs: Any) -> None:
     """Write ``data`` as JSON to a temporary file beside ``path`` and rename it: readers never see half a file."""
-    path = os.fspath(path)
-    tmp = path + ".partial"
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, **kwargs)
-    os.replace(tmp, path)
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, **kwargs)
+
+    write_atomically(path, write)

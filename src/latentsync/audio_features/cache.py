@@ -13,7 +13,7 @@ from safetensors.torch import load_file, save_file
 from transformers import WhisperFeatureExtractor
 
 from ..models.audio_encoder import WhisperAudioEncoder
-from ..tempfiles import partial_path, release_partial
+from ..tempfiles import write_atomically
 from .whisper import frame_audio_contexts, log_mel, whisper_features
 
 
@@ -55,10 +55,7 @@ class AudioFeatureCache:
             mel = log_mel(self.dataset.load_audio(index), self.feature_extractor)
             feats = whisper_features(mel, self.audio_encoder)
             if path:  # through a partial file: another training process may read this clip's file meanwhile
-                partial = partial_path(path)
-                save_file({"features": feats.contiguous()}, partial)
-                os.replace(partial, path)
-                release_partial(partial)
+                write_atomically(path, lambda partial: save_file({"features": feats.contiguous()}, partial))
         self._mem[index] = feats
         while len(self._mem) > self.max_items:
             self._mem.popitem(last=False)

@@ -18,8 +18,16 @@ import logging
 
 import torch
 
-from ..batch import (batch_processes, gather_results, process_device, process_share, read_jobs, run_batch,
-                     summary_table, write_results)
+from ..batch import (
+    batch_processes,
+    gather_results,
+    process_device,
+    process_share,
+    read_jobs,
+    run_batch,
+    summary_table,
+    write_results,
+)
 from .run import add_generation_arguments, check_model_options, face_arguments, generation_kwargs, load_pipeline
 
 logger = logging.getLogger("latentsync")

@@ -14,11 +14,15 @@ import os
 import torch
 from tqdm.auto import tqdm
 
+from ..errors import InvalidOutputError
 from ..face.selection import choose_faces
 from ..face.tracking import track_faces
 from ..loaders.official import load_syncnet
 from ..media.constants import VIDEO_FPS
+from ..media.files import check_side_output, same_file
 from ..media.video import open_frames
+from ..model_source import check_model_sources, loading
+from ..tempfiles import make_missing_folders, write_atomically
 from ..utils import default_device, write_json_atomically
 
 logger = logging.getLogger("latentsync")
@@ -42,22 +46,32 @@ def parser() -> argparse.ArgumentParser:
 
 def faces(argv: list[str]) -> int:
     """Find the face tracks of one video; log them, write the contact sheet (and JSON), optionally who speaks."""
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.syncnet and not args.speaking:
+        p.error("--syncnet scores the faces for --speaking: add --speaking")
+    # everything that can be wrong is found before the faces are tracked (seconds to minutes)
     source = open_frames(args.video, VIDEO_FPS)
+    sheet = args.sheet or f"{os.path.splitext(os.path.basename(args.video))[0]}_faces.png"
+    check_side_output(sheet, [args.video], "--sheet")
+    if args.json:
+        check_side_output(args.json, [args.video], "--json")
+        if same_file(args.json, sheet):
+            raise InvalidOutputError(f"--json and the contact sheet are the same file ({sheet}): give two paths")
+    check_model_sources({"--syncnet": args.syncnet})
     tracks = track_faces(source, source.label, _progress, source.expected_frames)
     for line in tracks.describe().splitlines():
         logger.info("%s", line)
-    sheet = args.sheet or f"{os.path.splitext(os.path.basename(args.video))[0]}_faces.png"
-    os.makedirs(os.path.dirname(os.path.abspath(sheet)), exist_ok=True)
-    partial = os.path.join(os.path.dirname(os.path.abspath(sheet)), f".{os.path.basename(sheet)}.partial.png")
-    tracks.contact_sheet().save(partial, format="PNG")
-    os.replace(partial, sheet)
+    make_missing_folders(os.path.dirname(os.path.abspath(sheet)))
+    picture = tracks.contact_sheet()
+    write_atomically(sheet, lambda partial: picture.save(partial, format="PNG"))
     logger.info("contact sheet: %s", sheet)
     record = tracks.to_dict()
     if args.speaking and len(tracks):
         syncnet = None
         if args.syncnet:
-            syncnet = load_syncnet(args.syncnet).to(args.device or default_device()).eval()
+            with loading("--syncnet", args.syncnet):
+                syncnet = load_syncnet(args.syncnet).to(args.device or default_device()).eval()
         with torch.no_grad():
             selection = choose_faces(tracks, source, face="speaking", syncnet=syncnet, progress=_progress)
         for shot in selection.shots:
@@ -67,6 +81,7 @@ def faces(argv: list[str]) -> int:
         record["speaking"] = [{"shot": s.shot, "track": s.track, "rule": s.rule, "scores": s.scores}
                               for s in selection.shots]
     if args.json:
+        make_missing_folders(os.path.dirname(os.path.abspath(args.json)))
         write_json_atomically(args.json, record)
         logger.info("tracks: %s", args.json)
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from ..errors import LatentSyncInputError
+from ..errors import InvalidOutputError, LatentSyncInputError
 from .constants import VIDEO_EXTENSIONS
 
 
@@ -23,6 +23,34 @@ def check_input_file(path: str | os.PathLike, error: type[LatentSyncInputError],
             fh.read(1)
     except OSError as exc:
         raise error(f"cannot read {what} file {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name the same file (also through hard or symbolic links)."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist
+        return False
+
+
+def check_side_output(path: str | os.PathLike, inputs: list[str | os.PathLike], what: str) -> str:
+    """``path`` as a string once a side file (a contact sheet, a JSON report) may be written there: not a folder
+    and not one of the ``inputs`` (a report written over the video it describes would destroy it); an existing
+    file of another name is replaced, as reports are. ``what`` names the option in the message.
+
+    Raises:
+        InvalidOutputError: ``path`` is a folder or one of the inputs.
+    """
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise InvalidOutputError(f"{what} {path} is a folder: give a file name")
+    for source in inputs:
+        if same_file(path, source):
+            raise InvalidOutputError(f"{what} {path} is the input file {os.fspath(source)}: writing it would destroy "
+                                     "the input; choose another path")
     return path
 
 

@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import InvalidOutputError, InvalidVideoError
 from ..tempfiles import partial_path, release_partial, remove_stale_partials
 from .constants import OUTPUT_FORMATS, SAMPLE_RATE, VIDEO_FPS
-from .files import ffmpeg_reason
+from .files import ffmpeg_reason, same_file
 from .probe import VideoInfo, probe_video  # noqa: F401 - VideoInfo is part of this module's interface
 
 logger = logging.getLogger(__name__)
@@ -272,7 +272,7 @@ def check_output_path(
         raise InvalidOutputError(f"unsupported output format {ext or '(no extension)'}: {path} (use one of "
                                  f"{', '.join(OUTPUT_FORMATS)})")
     for source in inputs:
-        if _same_file(path, os.fspath(source)):
+        if same_file(path, os.fspath(source)):
             raise InvalidOutputError(f"output {path} is the input file {os.fspath(source)}: writing it would destroy "
                                      "the input; choose another output path")
     if os.path.lexists(path) and not overwrite:
@@ -289,16 +289,6 @@ def check_output_path(
     if existing == folder:
         remove_stale_partials(path)
     return path
-
-
-def _same_file(a: str, b: str) -> bool:
-    """Whether two paths name the same file (also through hard or symbolic links)."""
-    if os.path.realpath(a) == os.path.realpath(b):
-        return True
-    try:
-        return os.path.samefile(a, b)
-    except OSError:  # one of them does not exist
-        return False
 
 
 def _check_writable(folder: str, target: str) -> None:
