@@ -73,6 +73,14 @@ def media(tmp_path_factory) -> Path:
            os.fspath(d / "sideways.mp4"))
     ffmpeg("-display_rotation", "90", "-i", os.fspath(d / "sideways.mp4"), "-c", "copy", os.fspath(d / "rotated.mp4"))
     (d / "sideways.mp4").unlink()
+    # a front camera's: stored mirrored (and sideways), with metadata that mirrors (and turns) it back
+    for name, stored, display in (("mirrored", "hflip", ["-display_hflip"]),
+                                  ("rotated_mirrored", "hflip,transpose=1",
+                                   ["-display_rotation", "90", "-display_hflip"])):
+        ffmpeg("-i", os.fspath(d / "face.mp4"), "-vf", stored, "-c:v", "libx264", "-crf", "12",
+               os.fspath(d / "stored.mp4"))
+        ffmpeg(*display, "-i", os.fspath(d / "stored.mp4"), "-c", "copy", os.fspath(d / f"{name}.mp4"))
+        (d / "stored.mp4").unlink()
     # every third frame dropped, timestamps kept: frames 40 or 80 ms apart
     ffmpeg("-i", os.fspath(d / "face.mp4"), "-vf", r"select=not(eq(mod(n\,3)\,1))", "-fps_mode", "vfr",
            "-c:v", "libx264", os.fspath(d / "vfr.mp4"))
@@ -206,8 +214,11 @@ ROWS: dict[str, Row] = {
     "truncated video, index first": Row(video="cut_download.mp4", needs_model=True,
                                         cli=(0, r"ends before its header says \(2\.0 s\)"),
                                         lib=(None, r"ends before its header says \(2\.0 s\)")),
-    "rotated video": Row(video="rotated.mp4", needs_model=True, cli=(0, r"carries rotation metadata"),
-                         lib=(None, r"carries rotation metadata \(270 degrees\): it is read upright \(480x384\)")),
+    "rotated video": Row(video="rotated.mp4", needs_model=True, cli=(0, r"carries display metadata"),
+                         lib=(None, r"carries display metadata \(270 degrees\): it is read as players show it "
+                                    r"\(480x384\)")),
+    "mirrored video": Row(video="mirrored.mp4", needs_model=True, cli=(0, r"carries display metadata \(mirrored\)"),
+                          lib=(None, r"carries display metadata \(mirrored\): it is read as players show it")),
     "variable frame rate": Row(video="vfr.mp4", needs_model=True, cli=(0, r"has a variable frame rate"),
                                lib=(None, r"has a variable frame rate \(frames 40-80 ms apart\)")),
     "non-ASCII path with spaces": Row(video="vidéo à synchroniser 音声/visage parlant.mp4",
@@ -403,16 +414,22 @@ def test_library(name, media, tiny_pipe_64, tmp_path, caplog, monkeypatch):
 
 
 @pytest.mark.parametrize("output_fps", [25, "input"])
-def test_rotated_video_comes_out_upright(media, tiny_pipe_64, tmp_path, output_fps):
-    """Both readers (25 fps through ffmpeg, the input's own timeline through PyAV) turn a phone video upright, so
-    its face is found and the output is upright too."""
+@pytest.mark.parametrize("video", ["rotated.mp4", "mirrored.mp4", "rotated_mirrored.mp4"])
+def test_rotated_video_comes_out_upright(media, tiny_pipe_64, tmp_path, video, output_fps):
+    """Both readers (25 fps through ffmpeg, the input's own timeline through PyAV) turn a phone video upright and
+    mirror it as its display matrix asks, so its face is found and the output looks as the input is shown: upright,
+    mirrored once, with no display matrix of its own."""
     import torch
 
-    out = tiny_pipe_64(media / "rotated.mp4", media / "speech.wav", output_path=tmp_path / "upright.mp4",
+    from latentsync.media import probe_video
+
+    out = tiny_pipe_64(media / video, media / "speech.wav", output_path=tmp_path / "upright.mp4",
                      num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0), output_fps=output_fps)
     frames, upright = decode(Path(out.path), fps=None), decode(media / "face.mp4")[: out.num_frames]
     assert frames.shape[1:3] == (384, 480) == upright.shape[1:3]
     assert out.frames_without_face == 0
+    info = probe_video(out.path)
+    assert (info.rotation, info.mirrored) == (0, False)
     # the generated mouth is a small region: the rest of the picture is the upright input
     assert np.abs(frames.astype(int) - upright.astype(int)).mean() < 6
 

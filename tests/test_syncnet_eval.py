@@ -259,6 +259,89 @@ def test_eval_models_missing_offline_are_one_line_before_loading(clips_dir, tiny
     assert not (tmp_path / "r").exists()
 
 
+def test_fid_weights_missing_offline_are_one_line_before_loading(clips_dir, hub_unreachable, tmp_path, monkeypatch,
+                                                                 caplog):
+    """FID's Inception weights come by URL into torch hub's cache, not from the Hub: offline (HF_HUB_OFFLINE=1, or
+    the URL's host refusing connections) with an empty cache, ``eval videos`` with FID stops at once, exit status 2,
+    with one line naming the file, where it would be cached and how to provide it; nothing loads or downloads."""
+    import logging
+    import time
+
+    from latentsync import model_source
+    from latentsync.commands import eval as eval_command
+    from latentsync.models import FID_WEIGHTS_URL
+
+    local_only = model_source.host_is_reachable
+
+    def reachable(url: str, timeout: float = 3.0) -> bool:
+        assert url.startswith(("http://127.0.0.1:", "https://127.0.0.1:")), f"the test asked the network: {url}"
+        return local_only(url, timeout)
+
+    monkeypatch.setattr(model_source, "host_is_reachable", reachable)
+    loaded = []
+
+    def never(what: str):
+        def load(*args, **kwargs):
+            loaded.append(what)
+            raise AssertionError(f"{what} was loaded")
+        return load
+
+    monkeypatch.setattr(eval_command, "evaluate_videos", never("evaluate_videos"))
+    monkeypatch.setattr(eval_command.M, "load_frame_extractor", never("the FID backbone"))
+    monkeypatch.setattr(eval_command.M, "load_video_extractor", never("the FVD backbone"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", never("a download"))
+    monkeypatch.setenv("TORCH_HOME", os.fspath(tmp_path / "torch"))  # an empty torch hub cache
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth"
+    videos = ["videos", "--generated", os.fspath(clips_dir), "--reference", os.fspath(clips_dir), "--output",
+              os.fspath(tmp_path / "r")]
+    unreachable = "http://127.0.0.1:9/weights/pt_inception-2015-12-05-6726825d.pth"  # a refused port
+    cases = [  # (environment, arguments, what the line must say)
+        ({"HF_HUB_OFFLINE": "1"}, ["--metrics", "fid"],
+         [f"the FID Inception weights {cached.name} are not cached ({cached})", "(HF_HUB_OFFLINE is set)",
+          f"download {FID_WEIGHTS_URL} on a machine with a connection and put it at that path",
+          "pass --fid-backbone FILE; or leave the metric out with --metrics"]),
+        ({}, ["--metrics", "fid", "--fid-backbone", unreachable],
+         [f"not cached ({cached})", "(127.0.0.1 cannot be reached)", f"download {unreachable}"]),
+        ({"HF_HUB_OFFLINE": "1"}, ["--metrics", "fid", "--fid-backbone", "nobody/fid-inception"],  # a Hub id
+         ["--fid-backbone=nobody/fid-inception", "not in the Hugging Face cache"]),
+        ({"HF_HUB_OFFLINE": "1"}, ["--metrics", "fid,fvd"],  # both kinds missing: still one line, naming both
+         ["--fvd-backbone=ByteDance/LatentSync-1.5", f"the FID Inception weights {cached.name} are not cached"]),
+    ]
+    for env, argv, said in cases:
+        monkeypatch.setenv("HF_HUB_OFFLINE", env.get("HF_HUB_OFFLINE", "0"))
+        caplog.clear()
+        start = time.time()
+        with caplog.at_level(logging.ERROR, logger="latentsync"):
+            assert cli_main(["eval", *videos, *argv]) == 2, argv
+        assert time.time() - start < 10, argv
+        errors = _errors(caplog)
+        assert len(errors) == 1 and "\n" not in errors[0], errors
+        assert all(part in errors[0] for part in said), (said, errors[0])
+    assert loaded == [] and not (tmp_path / "r").exists()
+
+
+def test_fid_weights_cached_load_offline(tmp_path, monkeypatch):
+    """The check looks where torch hub keeps the download: with the weights there, offline, nothing is refused and
+    the standard FID backbone loads from that file without the network."""
+    from latentsync.eval import metrics as M
+    from latentsync.models import FIDInceptionV3
+
+    monkeypatch.setenv("TORCH_HOME", os.fspath(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(torch.hub, "download_url_to_file",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("downloaded")))
+    path = M.fid_weights_cache_path()
+    assert path == os.fspath(tmp_path / "torch" / "hub" / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth")
+    torch.manual_seed(0)
+    weights = FIDInceptionV3().state_dict()
+    os.makedirs(os.path.dirname(path))
+    torch.save(weights, path)
+    M.check_fid_weights()
+    loaded = M.load_frame_extractor(None)
+    assert isinstance(loaded, FIDInceptionV3)
+    assert all(torch.equal(value, weights[name]) for name, value in loaded.state_dict().items())
+
+
 def test_eval_data_missing_is_one_line_before_the_model_loads(clips_dir, tiny_syncnet_dir, hub_unreachable, tmp_path,
                                                               monkeypatch, caplog):
     """``syncnet-acc --data``: a mistyped folder (with a near name), and a Hub dataset id that is not cached while the

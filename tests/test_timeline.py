@@ -115,3 +115,67 @@ def test_timeline_argument_errors(tiny_pipe_64, clips):
         tiny_pipe_64(frames, clips["speech"], output_fps="input")
     with pytest.raises(LatentSyncInputError, match="output_fps"):
         tiny_pipe_64(clips["30"], clips["speech"], output_fps="native")
+
+
+# ---------------------------------------------------------------------------------------------------- display matrix
+@pytest.fixture(scope="module")
+def stored_picture(tmp_path_factory):
+    """Three frames of ffmpeg's test picture (no two of its mirror images or rotations alike), 64 x 48, no display
+    matrix; and those frames as decoded."""
+    from latentsync.media import iter_frames
+
+    path = tmp_path_factory.mktemp("display") / "stored.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25", "-frames:v", "3", "-c:v", "libx264",
+           "-pix_fmt", "yuv420p", os.fspath(path))
+    return path, np.stack(list(iter_frames(path, None)))
+
+
+def displayed(frames: np.ndarray, degrees: int, flips: tuple[str, ...]) -> np.ndarray:
+    """``frames`` as ffmpeg documents its display options: turned ``degrees`` counter-clockwise, then flipped."""
+    out = np.rot90(frames, degrees // 90, axes=(1, 2))
+    if "hflip" in flips:
+        out = out[:, :, ::-1]
+    if "vflip" in flips:
+        out = out[:, ::-1]
+    return out
+
+
+@pytest.mark.parametrize("flips", [(), ("hflip",), ("vflip",), ("hflip", "vflip")],
+                         ids=lambda flips: "+".join(flips) or "no flip")
+@pytest.mark.parametrize("degrees", [0, 90, 180, 270])
+def test_both_readers_apply_the_display_matrix(stored_picture, tmp_path, degrees, flips):
+    """A display matrix that turns and mirrors (a phone's front camera): the probe reports both, and the 25 fps
+    reader (ffmpeg's autorotate) and the input-timeline reader (PyAV, turned and mirrored here) give the same
+    frames, pixel for pixel, as players show them."""
+    from latentsync.media import iter_frames
+    from latentsync.media.timeline import iter_stored_frames
+
+    source, stored = stored_picture
+    path = tmp_path / "phone.mp4"
+    ffmpeg("-display_rotation", str(degrees), *(f"-display_{flip}" for flip in flips), "-i", os.fspath(source),
+           "-c", "copy", os.fspath(path))
+    expected = displayed(stored, degrees, flips)
+    info = probe_video(path)
+    # a vertical flip is a half turn and a mirror, so both flips are a half turn
+    turn = degrees + 180 * ("vflip" in flips)  # counter-clockwise, before the mirror
+    assert (info.rotation, info.mirrored) == (-turn % 360, len(flips) == 1)
+    assert (info.height, info.width) == expected.shape[1:3]
+    np.testing.assert_array_equal(np.stack(list(iter_frames(path))), expected)  # the 25 fps reader
+    np.testing.assert_array_equal(np.stack(list(iter_stored_frames(path))), expected)
+
+
+@pytest.mark.parametrize("container,codec", [("mkv", "libx264"), ("webm", "libvpx")])
+def test_mirror_read_from_other_containers(tmp_path, container, codec):
+    """The matrix of a Matroska file, and of a codec a MOV header cannot hold (VP8: one frame is decoded to read
+    it), is read as in an MP4."""
+    from latentsync.media import iter_frames
+    from latentsync.media.timeline import iter_stored_frames
+
+    source, path = tmp_path / f"stored.{container}", tmp_path / f"phone.{container}"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25", "-frames:v", "3", "-c:v", codec, os.fspath(source))
+    ffmpeg("-display_rotation", "90", "-display_hflip", "-i", os.fspath(source), "-c", "copy", os.fspath(path))
+    info = probe_video(path)
+    assert (info.rotation, info.mirrored, info.width, info.height) == (270, True, 48, 64)
+    expected = displayed(np.stack(list(iter_frames(source, None))), 90, ("hflip",))
+    np.testing.assert_array_equal(np.stack(list(iter_frames(path))), expected)
+    np.testing.assert_array_equal(np.stack(list(iter_stored_frames(path))), expected)

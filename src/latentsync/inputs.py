@@ -198,9 +198,11 @@ def odd_input_warnings(video: VideoInfo | None, audio: AudioInfo | None, output_
     [`check_output_fps`])."""
     found = []
     if video is not None:
-        if video.rotation:
-            found.append(f"video {video.path} carries rotation metadata ({video.rotation} degrees): it is read "
-                         f"upright ({video.width}x{video.height}) and the output is written upright")
+        if video.rotation or video.mirrored:
+            turn = [f"{video.rotation} degrees"] if video.rotation else []
+            found.append(f"video {video.path} carries display metadata ({', '.join(turn + ['mirrored'] * video.mirrored)}"
+                         f"): it is read as players show it ({video.width}x{video.height}) and the output is written "
+                         "that way")
         if video.width % 2 or video.height % 2:
             repeated = " and ".join(side for side, odd in (("column", video.width % 2), ("row", video.height % 2)) if odd)
             found.append(f"video {video.path} is {video.width}x{video.height}: H.264 video needs even sides, so the "

@@ -82,8 +82,12 @@ def hub_is_reachable(timeout: float = 3.0) -> bool:
     included), instead of letting a download retry with back-off for half a minute."""
     from huggingface_hub import constants  # deferred: a slow import (see the module docstring)
 
+    return host_is_reachable(constants.ENDPOINT, timeout)
 
-    host, port = _hub_address(constants.ENDPOINT)
+
+def host_is_reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``url``'s host opens within ``timeout`` seconds (name lookup included)."""
+    host, port = _hub_address(url)
     if not host:
         return False
     reachable = threading.Event()
@@ -109,6 +113,16 @@ def hub_unreachable_reason() -> str | None:
         return "HF_HUB_OFFLINE is set"
     if not hub_is_reachable():
         return f"{_hub_address(constants.ENDPOINT)[0]} cannot be reached"
+    return None
+
+
+def download_unavailable_reason(url: str) -> str | None:
+    """Why a file cannot be downloaded from ``url`` now (offline mode, or no connection to its host within a few
+    seconds), or None when it can; for the models fetched by URL rather than from the Hub."""
+    if hub_is_offline():
+        return "HF_HUB_OFFLINE is set"
+    if not host_is_reachable(url):
+        return f"{_hub_address(url)[0] or url} cannot be reached"
     return None
 
 

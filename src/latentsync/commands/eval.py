@@ -5,8 +5,9 @@ Each subcommand is a function ``(argv: list[str]) -> int`` in [`EVAL_COMMANDS`];
 
 Before anything loads, each subcommand checks its data and the models it needs as training and inference do
 ([`latentsync.model_source.check_model_sources`]): a local path must exist, and a Hub id must be cached when the Hub
-cannot be reached (offline mode, or no connection within a few seconds); anything else ends the command at once with
-one line and exit status 2, without the Hub libraries' retries.
+cannot be reached (offline mode, or no connection within a few seconds); FID's Inception weights, fetched by URL, must
+be in torch hub's cache when they cannot be downloaded. Anything else ends the command at once with one line and exit
+status 2, without the Hub libraries' retries.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from ..eval import metrics as M
 from ..eval.sync_confidence import OFFICIAL_SYNCNET_V2_FILE, OFFICIAL_SYNCNET_V2_REPO, estimate_sync, load_sync_model
 from ..eval.syncnet_acc import evaluate_syncnet
 from ..eval.videos import ALL_METRICS, VideoEvalConfig, evaluate_videos, format_value, write_report
-from ..model_source import check_model_sources, loading
+from ..model_source import check_model_sources, is_hub_id, loading
 from ..models.syncnet import StableSyncNet
 from ..utils import DTYPES, default_device
 
@@ -229,15 +230,31 @@ def videos_command(argv: list[str]) -> int:
     cfg = VideoEvalConfig(metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()), crop=args.crop,
                           crop_size=args.crop_size, max_frames=args.max_frames, fvd_start=args.fvd_start,
                           fvd_clips_per_video=args.fvd_clips, batch_size=args.batch_size, aligned=args.aligned)
-    # the Hub models of the chosen metrics, checked before anything loads (FID's Inception downloads by URL)
+    # the models of the chosen metrics, checked before anything loads: FID's Inception by URL (torch hub's cache),
+    # the others on the Hub
+    hint = "; or leave the metric out with --metrics"
+    fid_problem = None
+    if "fid" in cfg.metrics:
+        try:
+            M.check_fid_weights(args.fid_backbone, "pass --fid-backbone FILE")
+        except ModelNotFoundError as exc:
+            fid_problem = str(exc)
     sources: dict[str, str | tuple[str, str | None] | None] = {}
+    fid_spec = args.fid_backbone if "fid" in cfg.metrics else None
+    if fid_spec and not os.path.exists(os.path.expanduser(fid_spec)) and is_hub_id(fid_spec):
+        sources["--fid-backbone"] = fid_spec  # an FIDInceptionV3 saved with save_pretrained, on the Hub
     if "fvd" in cfg.metrics:
         spec = args.fvd_backbone or M.I3D_REPO_ID
         sources["--fvd-backbone"] = spec if os.path.exists(spec) else (spec, M.I3D_FILENAME)
     if "sync" in cfg.metrics:
         weights = args.syncnet_weights_name if args.syncnet else OFFICIAL_SYNCNET_V2_FILE
         sources["--syncnet"] = sync_model_source(args.syncnet or OFFICIAL_SYNCNET_V2_REPO, weights)
-    check_models(sources, "; or leave the metric out with --metrics")
+    try:
+        check_models(sources, hint)
+    except ModelNotFoundError as exc:  # both kinds missing: one line still
+        raise ModelNotFoundError(f"{exc}; and {fid_problem}" if fid_problem else str(exc)) from None
+    if fid_problem:
+        raise ModelNotFoundError(fid_problem + hint)
     frame_extractor = video_extractor = sync_model = None
     if "fid" in cfg.metrics:
         frame_extractor = _load("FID backbone", "--fid-backbone", M.load_frame_extractor, args.fid_backbone, device)

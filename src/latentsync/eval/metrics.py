@@ -17,6 +17,7 @@ import math
 import os
 import zipfile
 from collections.abc import Callable, Iterable, Sequence
+from urllib.parse import urlparse
 
 import cv2
 import numpy as np
@@ -26,7 +27,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from huggingface_hub import hf_hub_download
 
+from ..errors import ModelNotFoundError
 from ..face.detection import FaceDetector, largest_face
+from ..model_source import download_unavailable_reason
 from ..models.inception import FID_WEIGHTS_URL, FIDInceptionV3
 
 logger = logging.getLogger(__name__)
@@ -185,6 +188,35 @@ def load_frame_extractor(spec: str | None = None, device: str | torch.device = "
     if os.path.isfile(spec) and _is_torchscript(spec):
         return torch.jit.load(spec, map_location=device).eval()
     return FIDInceptionV3.from_pretrained(spec).to(device)
+
+
+def fid_weights_cache_path(url: str = FID_WEIGHTS_URL) -> str:
+    """Where the FID weights downloaded from ``url`` are kept: torch hub's cache, as
+    ``torch.hub.load_state_dict_from_url`` names it (``<torch hub dir>/checkpoints/<file name>``; the hub folder is
+    ``$TORCH_HOME/hub``, by default ``~/.cache/torch/hub``)."""
+    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urlparse(url).path))
+
+
+def check_fid_weights(spec: str | None = None, instead: str = "pass the path of a local copy") -> None:
+    """Before anything loads: FID weights fetched by URL (``spec`` as [`load_frame_extractor`] takes it; None: the
+    standard Inception) must be cached, or downloadable now. Other specs are not checked here.
+
+    Raises:
+        ModelNotFoundError: one line naming the missing file, where it would be cached, why it cannot be downloaded
+            (offline mode, or its host unreachable) and how to provide it (``instead`` is the other way).
+    """
+    url = spec or FID_WEIGHTS_URL
+    if not url.startswith(("http://", "https://")):
+        return
+    path = fid_weights_cache_path(url)
+    if os.path.isfile(path):
+        return
+    reason = download_unavailable_reason(url)
+    if reason is not None:
+        raise ModelNotFoundError(
+            f"the FID Inception weights {os.path.basename(path)} are not cached ({path}) and cannot be downloaded "
+            f"({reason}): download {url} on a machine with a connection and put it at that path (TORCH_HOME moves "
+            f"the cache), or {instead}")
 
 
 def load_video_extractor(spec: str | None = None, device: str | torch.device = "cpu") -> VideoFeatureExtractor:

@@ -1,15 +1,22 @@
-"""Probing a video file with the bundled ffmpeg without decoding it: streams, size, frame rate, duration, rotation
-metadata, and the timestamps of the first packets (variable frame rate, truncation).
+"""Probing a video file with the bundled ffmpeg without decoding it: streams, size, frame rate, duration, display
+matrix (rotation and mirroring), and the timestamps of the first packets (variable frame rate, truncation).
 
 One ffmpeg run reads the container's header and copies up to [`SCANNED_PACKETS`] video packets to its ``framecrc``
 output (timestamps only, no decoding), so a probe takes a few tens of milliseconds whatever the video's length.
+ffmpeg's log gives a display matrix's angle but not whether it mirrors the picture, so a video that has one (a phone
+video) is probed once more: its first packet is copied (for a codec MOV cannot hold, its first frame decoded) to a
+MOV header, whose track header holds the whole matrix.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import re
+import struct
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -18,6 +25,8 @@ import numpy as np
 
 from ..errors import InvalidVideoError
 from .files import check_input_file, ffmpeg_reason
+
+logger = logging.getLogger(__name__)
 
 SCANNED_PACKETS = 1500
 """Video packets whose timestamps a probe reads (one minute at 25 fps): enough to tell a variable frame rate."""
@@ -37,6 +46,8 @@ class VideoInfo:
         has_audio: whether the file has an audio stream.
         rotation: clockwise degrees (0, 90, 180 or 270) the file's metadata asks players to rotate the picture by;
             decoding applies it.
+        mirrored: the metadata also asks players to mirror the picture left to right, after the rotation (a
+            front camera's video); decoding applies it. A vertical flip is a mirror after a 180 degree rotation.
         frame_intervals: shortest and longest time between consecutive frames in the first packets, in seconds
             (None with fewer than three frames).
         truncated: the data ends before the header says it should (an incomplete download or recording).
@@ -52,6 +63,7 @@ class VideoInfo:
     frame_intervals: tuple[float, float] | None = None
     variable_frame_rate: bool = False
     truncated: bool = False
+    mirrored: bool = False
 
 
 def _input_section(stderr: str) -> str:
@@ -83,6 +95,70 @@ def _rotation(header: str) -> int:
     return int(round(-float(match.group(1)))) % 360 if "rotation of" in match.group(0) else int(match.group(1)) % 360
 
 
+def _boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
+    """The ISO BMFF (MP4/MOV) boxes in ``data[start:end]``: ``(type, payload start, payload end)``."""
+    while start + 8 <= end:
+        size, kind = struct.unpack_from(">I4s", data, start)
+        header = 8
+        if size == 1 and start + 16 <= end:  # a 64-bit size follows the type
+            size, header = struct.unpack_from(">Q", data, start + 8)[0], 16
+        elif size == 0:  # to the end
+            size = end - start
+        if size < header or start + size > end:  # cut short: nothing more to read
+            return
+        yield kind, start + header, start + size
+        start += size
+
+
+def _first_box(data: bytes, start: int, end: int, kind: bytes) -> tuple[int, int] | None:
+    """Payload bounds of the first ``kind`` box in ``data[start:end]``, or None."""
+    return next(((s, e) for k, s, e in _boxes(data, start, end) if k == kind), None)
+
+
+_MATRIX_COPIES = (
+    ["-c", "copy"],  # no decoding: the codecs phones write (H.264, HEVC)
+    ["-vf", "scale=2:2", "-pix_fmt", "rgb24", "-c:v", "rawvideo"],  # codecs MOV cannot hold: one frame, decoded
+)
+
+
+def _display_matrix(path: str) -> tuple[int, ...] | None:
+    """The 3 x 3 display matrix (row by row, ffmpeg's fixed point) of the first video stream as ffmpeg reads it
+    from any container: the stream's first frame is copied to a MOV header, whose track header holds the matrix.
+    None where no copy can be made."""
+    reason = ""
+    for output in _MATRIX_COPIES:
+        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-noautorotate", "-i", path,
+               "-map", "0:V:0", "-frames:v", "1", *output, "-f", "mov", "-movflags", "empty_moov+frag_keyframe", "-"]
+        proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, check=False)
+        data = proc.stdout
+        moov = _first_box(data, 0, len(data), b"moov")
+        trak = _first_box(data, *moov, b"trak") if moov else None
+        tkhd = _first_box(data, *trak, b"tkhd") if trak else None
+        # version 1 headers have 64-bit times; the matrix follows the times, ids, layer, group and volume
+        offset = tkhd[0] + (52 if data[tkhd[0]] == 1 else 40) if tkhd else 0
+        if proc.returncode == 0 and tkhd and offset + 36 <= tkhd[1]:
+            return struct.unpack_from(">9i", data, offset)
+        reason = ffmpeg_reason(proc.stderr.decode(errors="replace"), proc.returncode)
+    logger.debug("cannot read the display matrix of %s (%s): its angle only is applied", path, reason)
+    return None
+
+
+def _orientation(matrix: tuple[int, ...]) -> tuple[int, bool]:
+    """The clockwise rotation (degrees) and the left-right mirror, applied after it, that a display matrix asks for.
+
+    The matrix takes a stored pixel ``(x, y)`` (y down) to ``(a*x + c*y, b*x + d*y)`` on screen, with ``a, b`` its
+    first row and ``c, d`` its second. A negative determinant mirrors; taking the mirror out (negating ``a`` and ``c``)
+    leaves a rotation whose clockwise angle is ``atan2(b, a)``.
+    """
+    a, b, c, d = matrix[0], matrix[1], matrix[3], matrix[4]
+    mirrored = a * d - b * c < 0
+    if mirrored:
+        a = -a
+    if a == 0 and b == 0:  # degenerate: ffmpeg applies nothing
+        return 0, False
+    return round(math.degrees(math.atan2(b, a))) % 360, mirrored
+
+
 def _frame_rate(line: str) -> float:
     for unit in ("fps", "tbr"):
         match = re.search(rf"([\d.]+)(k?) {unit}\b", line)
@@ -103,7 +179,8 @@ def _packet_times(framecrc: str) -> np.ndarray:
 
 
 def probe_video(path: str | os.PathLike) -> VideoInfo:
-    """Read size, frame rate, duration, rotation and audio presence, and scan the first packets' timestamps.
+    """Read size, frame rate, duration, rotation, mirroring and audio presence, and scan the first packets'
+    timestamps.
 
     Raises:
         InvalidVideoError: missing, empty, unreadable, or without a video stream (a cover picture in an audio file
@@ -125,7 +202,11 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
     if size is None:
         raise InvalidVideoError(f"cannot read video {path}: ffmpeg reports no frame size")
     width, height = int(size.group(1)), int(size.group(2))
-    rotation = _rotation(header)
+    rotation, mirrored = _rotation(header), False
+    if re.search(r"display ?matrix", header, re.IGNORECASE):  # the log gives its angle only, not whether it mirrors
+        matrix = _display_matrix(path)
+        if matrix is not None:
+            rotation, mirrored = _orientation(matrix)
     if rotation in (90, 270):
         width, height = height, width
     # ffmpeg's demuxer says so when the data stops before the index says it should (a container's duration is its
@@ -142,4 +223,5 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         # a cut file loses frames of its last group of pictures: gaps there are not a variable frame rate
         vfr = bool(irregular.mean() > 0.01) and not truncated
     return VideoInfo(path, width, height, _frame_rate(video[0]), _duration(header),
-                     any("Audio:" in line for line in streams), rotation, frame_intervals, vfr, truncated)
+                     any("Audio:" in line for line in streams), rotation, frame_intervals, vfr, truncated,
+                     mirrored)

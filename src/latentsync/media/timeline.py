@@ -107,20 +107,32 @@ def read_timestamps(path: str | os.PathLike) -> tuple[np.ndarray, Fraction]:
     return (ticks - ticks[0]) * float(time_base), Fraction(time_base)
 
 
+def as_displayed(image: np.ndarray, rotation: int, mirrored: bool) -> np.ndarray:
+    """A stored picture ``(H, W, C)`` as players show it: turned ``rotation`` degrees clockwise, then mirrored left
+    to right when ``mirrored`` (a probe's [`~latentsync.media.probe.VideoInfo`] fields)."""
+    turns = (-rotation // 90) % 4  # np.rot90 turns counterclockwise; the metadata says clockwise
+    if not turns and not mirrored:
+        return image
+    if turns:
+        image = np.rot90(image, turns)
+    if mirrored:
+        image = image[:, ::-1]
+    return np.ascontiguousarray(image)
+
+
 def iter_stored_frames(path: str | os.PathLike, hwaccel: str | None = None) -> Iterator[np.ndarray]:
     """Every frame of the first video stream as the decoder returns it (no frame dropped or repeated), RGB uint8
-    ``(H, W, 3)``, in display order, turned upright when the file carries rotation metadata (as the 25 fps reader's
-    frames); ``hwaccel`` as in [`~latentsync.media.video.iter_frames`]."""
+    ``(H, W, 3)``, in display order, turned upright and mirrored as the file's display matrix asks (as the 25 fps
+    reader's frames); ``hwaccel`` as in [`~latentsync.media.video.iter_frames`]."""
     path = os.fspath(path)
-    turns = (-probe_video(path).rotation // 90) % 4  # np.rot90 turns counterclockwise; the metadata says clockwise
+    info = probe_video(path)
     with _open_container(path, hwaccel) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         av = _pyav()
         try:
             for frame in container.decode(stream):
-                image = frame.to_ndarray(format="rgb24")
-                yield np.ascontiguousarray(np.rot90(image, turns)) if turns else image
+                yield as_displayed(frame.to_ndarray(format="rgb24"), info.rotation, info.mirrored)
         except av.FFmpegError as exc:
             raise InvalidVideoError(f"error while decoding {path}: {exc}") from exc
 
