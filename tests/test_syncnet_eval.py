@@ -371,6 +371,29 @@ def test_sync_conf_missing_video_is_one_line(tiny_syncnet_dir, tmp_path, caplog)
     assert _errors(caplog) == [f"not found: {tmp_path / 'none.mp4'} (no such file)"]
 
 
+def test_sync_conf_json_is_never_a_scored_video(clips_dir, tiny_syncnet_dir, tmp_path, caplog, monkeypatch):
+    """``--json`` naming a video being scored is refused before the model loads (it used to replace the video with
+    the JSON); --audio with several videos is one line (it was a bare SystemExit, status 1); a --json in a missing
+    folder is written there (it was a traceback after the scoring)."""
+    import logging
+
+    video = tmp_path / "a.mp4"
+    video.write_bytes((clips_dir / "a.mp4").read_bytes())
+    with caplog.at_level(logging.ERROR, logger="latentsync"):
+        assert cli_main(["eval", "sync-conf", os.fspath(video), "--model", os.fspath(tiny_syncnet_dir), "--aligned",
+                         "--json", os.fspath(video)]) == 2
+        assert "--json" in _errors(caplog)[0] and "is the input file" in _errors(caplog)[0]
+        assert video.read_bytes() == (clips_dir / "a.mp4").read_bytes()
+        caplog.clear()
+        assert cli_main(["eval", "sync-conf", os.fspath(video), os.fspath(video), "--audio", os.fspath(video),
+                         "--model", os.fspath(tiny_syncnet_dir)]) == 2
+        assert _errors(caplog) == ["--audio can only be used with a single video"]
+    report = tmp_path / "new" / "folder" / "conf.json"
+    assert cli_main(["eval", "sync-conf", os.fspath(video), "--model", os.fspath(tiny_syncnet_dir), "--aligned",
+                     "--vshift", "3", "--json", os.fspath(report)]) == 0
+    assert os.fspath(video) in json.loads(report.read_text())
+
+
 def test_syncnet_acc_refuses_a_classic_syncnet_in_one_line(clips_dir, tmp_path, caplog):
     import logging
 

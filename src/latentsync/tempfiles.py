@@ -128,9 +128,10 @@ def partial_path(output: str | os.PathLike) -> str:
 
 def write_atomically(path: str | os.PathLike, write: Callable[[str], object]) -> str:
     """Call ``write(partial)`` to write a file at the hidden partial path beside ``path``, then rename it to ``path``:
-    readers (and a later run after a kill) never see half a file, and a failed write leaves nothing. Returns
-    ``path``."""
+    readers (and a later run after a kill) never see half a file, and a failed write leaves no file. Missing folders
+    of ``path`` are created. Returns ``path``."""
     path = os.fspath(path)
+    make_missing_folders(os.path.dirname(os.path.abspath(path)))
     remove_stale_partials(path)
     partial = partial_path(path)
     try:

@@ -30,9 +30,10 @@ from ..eval import metrics as M
 from ..eval.sync_confidence import OFFICIAL_SYNCNET_V2_FILE, OFFICIAL_SYNCNET_V2_REPO, estimate_sync, load_sync_model
 from ..eval.syncnet_acc import evaluate_syncnet
 from ..eval.videos import ALL_METRICS, VideoEvalConfig, evaluate_videos, format_value, write_report
+from ..media.files import check_side_output
 from ..model_source import check_model_sources, is_hub_id, loading
 from ..models.syncnet import StableSyncNet
-from ..utils import DTYPES, default_device
+from ..utils import DTYPES, default_device, write_json_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -65,11 +66,9 @@ def check_models(sources: dict[str, str | tuple[str, str | None] | None], hint: 
 
 def _emit(result: dict, json_path: str | None) -> None:
     """Print the result as JSON (the command's output) and optionally write it to a file."""
-    text = json.dumps(result, indent=2)
-    print(text)
+    print(json.dumps(result, indent=2))
     if json_path:
-        with open(json_path, "w") as fh:
-            fh.write(text + "\n")
+        write_json_atomically(json_path, result, indent=2)
         logger.info("wrote %s", json_path)
 
 
@@ -103,6 +102,8 @@ def syncnet_acc(argv: list[str]) -> int:
     args = _syncnet_acc_parser().parse_args(argv)
     device, dtype = args.device or default_device(), DTYPES[args.dtype]
     check_clip_source(args.data, "--data")
+    if args.json:
+        check_side_output(args.json, [], "--json")
     check_models({"--model": args.model})
     with loading("--model", args.model):
         model = load_sync_model(args.model, subfolder=args.subfolder, device=device, dtype=dtype)
@@ -152,13 +153,15 @@ def sync_conf(argv: list[str]) -> int:
     """``latentsync eval sync-conf``."""
     args = _sync_conf_parser().parse_args(argv)
     if args.audio and len(args.videos) != 1:
-        raise SystemExit("--audio can only be used with a single video")
+        raise LatentSyncInputError("--audio can only be used with a single video")
     model_id, weights = args.model, args.weights_name
     if model_id is None:
         model_id, weights = OFFICIAL_SYNCNET_V2_REPO, weights or OFFICIAL_SYNCNET_V2_FILE
     missing = [v for v in [*args.videos, args.audio] if v is not None and not os.path.isfile(v)]
     if missing:
         raise LatentSyncInputError(f"not found: {', '.join(missing)} (no such file)")
+    if args.json:  # never over a video it scores
+        check_side_output(args.json, [v for v in [*args.videos, args.audio] if v is not None], "--json")
     check_models({"--model": sync_model_source(model_id, weights)},
                  "" if args.model else "; without --model the classic SyncNet above is used: pass --model with a "
                  "local syncnet_v2.model file or StableSyncNet folder")

@@ -22,7 +22,7 @@ from ..media.constants import VIDEO_FPS
 from ..media.files import check_side_output, same_file
 from ..media.video import open_frames
 from ..model_source import check_model_sources, loading
-from ..tempfiles import make_missing_folders, write_atomically
+from ..tempfiles import write_atomically
 from ..utils import default_device, write_json_atomically
 
 logger = logging.getLogger("latentsync")
@@ -62,7 +62,6 @@ def faces(argv: list[str]) -> int:
     tracks = track_faces(source, source.label, _progress, source.expected_frames)
     for line in tracks.describe().splitlines():
         logger.info("%s", line)
-    make_missing_folders(os.path.dirname(os.path.abspath(sheet)))
     picture = tracks.contact_sheet()
     write_atomically(sheet, lambda partial: picture.save(partial, format="PNG"))
     logger.info("contact sheet: %s", sheet)
@@ -81,7 +80,6 @@ def faces(argv: list[str]) -> int:
         record["speaking"] = [{"shot": s.shot, "track": s.track, "rule": s.rule, "scores": s.scores}
                               for s in selection.shots]
     if args.json:
-        make_missing_folders(os.path.dirname(os.path.abspath(args.json)))
         write_json_atomically(args.json, record)
         logger.info("tracks: %s", args.json)
     return 0

@@ -39,14 +39,20 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
 def check_side_output(path: str | os.PathLike, inputs: list[str | os.PathLike], what: str) -> str:
     """``path`` as a string once a side file (a contact sheet, a JSON report) may be written there: not a folder
     and not one of the ``inputs`` (a report written over the video it describes would destroy it); an existing
-    file of another name is replaced, as reports are. ``what`` names the option in the message.
+    file of another name is replaced, as reports are, and missing folders are created by the writer. ``what`` names
+    the option in the message.
 
     Raises:
-        InvalidOutputError: ``path`` is a folder or one of the inputs.
+        InvalidOutputError: ``path`` is a folder, one of the inputs, or below a file.
     """
     path = os.fspath(path)
     if os.path.isdir(path):
         raise InvalidOutputError(f"{what} {path} is a folder: give a file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.isdir(folder):  # missing folders are created, but not through a file
+        if os.path.lexists(folder):
+            raise InvalidOutputError(f"{what} {path}: cannot create its folder, {folder} is a file")
+        folder = os.path.dirname(folder)
     for source in inputs:
         if same_file(path, source):
             raise InvalidOutputError(f"{what} {path} is the input file {os.fspath(source)}: writing it would destroy "
