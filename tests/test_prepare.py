@@ -381,6 +381,28 @@ def test_prepare_command_exits_non_zero_when_it_keeps_no_clip(short_raw, tiny_sy
     assert summary["dropped_clips"][0]["sync_confidence"] is not None
 
 
+def test_prepare_refuses_an_output_inside_its_input(tmp_path, caplog, monkeypatch):
+    """The output folder may not be the input folder or inside it (a next run would read its clips as raw videos;
+    it used to be accepted), nor a file; the input must be a folder. One line each, before any file is written."""
+    from latentsync.commands import main
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "talk.mp4").write_bytes(b"not decoded: the checks come first")
+    (tmp_path / "file.mp4").write_bytes(b"x")
+    monkeypatch.setattr(P.run, "_prepare", lambda *a, **k: pytest.fail("prepare started"))
+    cases = [(raw, "is inside the input folder"), (raw / "prepared", "is inside the input folder"),
+             (tmp_path / "file.mp4", "is a file: give a folder")]
+    for out, message in cases:
+        caplog.clear()
+        assert main(["prepare", str(raw), str(out), "--no-sync"]) == 2
+        assert message in caplog.text, caplog.text
+    caplog.clear()
+    assert main(["prepare", str(raw / "talk.mp4"), str(tmp_path / "out"), "--no-sync"]) == 2
+    assert "is a file: give the folder of raw videos" in caplog.text
+    assert sorted(os.listdir(raw)) == ["talk.mp4"] and not (tmp_path / "out").exists()
+
+
 def test_summary_counts_each_drop_in_its_own_unit():
     """The kept/dropped table says what each reason took: whole videos, planned clips, or frames (the 2 video frames
     after the end of a file's audio track are 2 frames and 0.08 s, not "0 items, 0.1 s" of a missing audio stream)."""
