@@ -430,3 +430,30 @@ def test_local_official_folder(tmp_path, monkeypatch):
 
     # a bad official folder gives a clean CLI error
     assert main(["convert", "--official", str(tmp_path / "vae"), "--output", str(tmp_path / "x")]) == 2
+    assert not (tmp_path / "x").exists()  # nothing half written
+
+
+def test_convert_never_writes_into_or_over_the_release(tmp_path, caplog):
+    """The release is only read: ``--output`` may not be the release folder, inside it or hold it (it used to be
+    written into the release); an existing output is replaced only with ``--overwrite``, as a whole."""
+    from latentsync.commands import main
+
+    release, vae = tmp_path / "checkpoints", tmp_path / "vae"
+    write_official_release(release, seed=4)
+    write_tiny_vae(vae)
+    before = sorted(p.name for p in release.rglob("*"))
+    base = ["convert", "--official", str(release), "--vae", str(vae), "--resolution", "256"]
+    for output, message in [(release, "is inside the input"), (release / "diffusers", "is inside the input"),
+                            (tmp_path, "holds the input")]:
+        caplog.clear()
+        assert main([*base, "--output", str(output), "--overwrite"]) == 2
+        assert message in caplog.text, caplog.text
+    assert sorted(p.name for p in release.rglob("*")) == before
+    out = tmp_path / "converted"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    caplog.clear()
+    assert main([*base, "--output", str(out)]) == 2 and "already exists" in caplog.text
+    assert main([*base, "--output", str(out), "--overwrite"]) == 0
+    assert (out / "model_index.json").is_file() and not (out / "notes.txt").exists()
+    assert not [p for p in tmp_path.iterdir() if "partial" in p.name]

@@ -617,9 +617,13 @@ def test_export_any_checkpoint_without_touching_the_run(stage1_run, tmp_path):
         export_checkpoint(run, str(tmp_path / "x"), step=7)
     with pytest.raises(ExportError, match="already exists"):
         export_checkpoint(run, str(tmp_path / "step1"), step=1)
-    with pytest.raises(ExportError, match="outside the run folder"):
+    with pytest.raises(ExportError, match="is inside the input .*: choose a folder outside it"):
         export_checkpoint(run, os.path.join(run, "exported"))
+    # a folder that holds the run is refused even with overwrite (replacing it would delete the run)
+    with pytest.raises(ExportError, match="holds the input .*delete the input"):
+        export_checkpoint(run, os.path.dirname(run), step=1, overwrite=True)
     assert not (tmp_path / "x").exists() and not os.path.exists(os.path.join(run, "exported"))
+    assert snapshot(run) == before
 
 
 def test_export_command_syncnet_and_lora(syncnet_run, lora_run, tmp_path, capsys):

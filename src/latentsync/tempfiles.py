@@ -23,9 +23,13 @@ import shutil
 import socket
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from .errors import LatentSyncInputError
 
 PREFIX = "latentsync-"
+T = TypeVar("T")
 
 _owned: set[str] = set()  # work folders and partial files this process made and has not removed yet
 _lock = threading.Lock()
@@ -173,7 +177,55 @@ def remove_stale_partials(output: str | os.PathLike) -> list[str]:
             removed.append(path)
         except OSError:  # removed meanwhile, or not ours to remove
             pass
+    for path in _stale_entries(folder, pattern, folders=True):  # partial output folders
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
     return removed
+
+
+def check_output_folder(output: str | os.PathLike, inputs: Sequence[str | os.PathLike] = (), overwrite: bool = False,
+                        what: str = "output", error: type[LatentSyncInputError] = LatentSyncInputError) -> str:
+    """``output`` as a string once a folder may be written there by [`write_folder_atomically`]: a new or empty
+    folder, or (``overwrite``) an existing one, which is replaced as a whole. It may not be one of the ``inputs``
+    (files or folders the command reads), lie inside one, or hold one (replacing it would delete the input).
+
+    Raises:
+        error: one line naming the problem; ``what`` names the output in it.
+    """
+    output = os.fspath(output)
+    out = os.path.realpath(output)
+    for source in inputs:
+        src = os.path.realpath(source)
+        if out == src or out.startswith(src.rstrip(os.sep) + os.sep):
+            raise error(f"the {what} {output} is inside the input {os.fspath(source)}: choose a folder "
+                                    "outside it (the input is only read)")
+        if src.startswith(out.rstrip(os.sep) + os.sep) and os.path.lexists(output):
+            raise error(f"the {what} {output} holds the input {os.fspath(source)}: writing it would "
+                                    "replace that folder and delete the input; choose another folder")
+    if os.path.lexists(output) and (not os.path.isdir(output) or os.listdir(output)) and not overwrite:
+        raise error(f"{output} already exists: choose another {what} folder or pass --overwrite")
+    return output
+
+
+def write_folder_atomically(output: str | os.PathLike, write: Callable[[str], T]) -> T:
+    """Call ``write(folder)`` to fill a hidden partial folder beside ``output``, then put it in ``output``'s place
+    (an existing ``output`` is removed first: check it with [`check_output_folder`]). A failed or killed write
+    leaves no ``output``. Returns what ``write`` returned."""
+    output = os.fspath(output)
+    make_missing_folders(os.path.dirname(os.path.abspath(output)))
+    remove_stale_partials(output)
+    partial = partial_path(output)
+    try:
+        result = write(partial)
+        if os.path.isdir(output) and not os.path.islink(output):
+            shutil.rmtree(output)
+        elif os.path.lexists(output):
+            os.remove(output)
+        os.replace(partial, output)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+        release_partial(partial)
+    return result
 
 
 def make_missing_folders(folder: str | os.PathLike) -> list[str]:

@@ -6,14 +6,15 @@ import argparse
 import logging
 import os
 
+from ..hub import hub_id
 from ..loaders.official import (
     OFFICIAL_VAE_ID,
     load_official_components,
     load_official_syncnet,
     resolve_official_files,
 )
-from ..hub import hub_id
 from ..pipeline import LatentSyncPipeline
+from ..tempfiles import check_output_folder, write_folder_atomically
 from ..utils import DTYPES
 
 logger = logging.getLogger("latentsync")
@@ -26,7 +27,8 @@ def parser() -> argparse.ArgumentParser:
                     "diffusers-format pipeline folder (safetensors + model_index.json).",
     )
     p.add_argument("--official", required=True, help="Hub id (e.g. ByteDance/LatentSync-1.6) or folder of the release")
-    p.add_argument("--output", required=True, help="folder to write the converted pipeline to")
+    p.add_argument("--output", required=True, help="folder to write the converted pipeline to (new or empty)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT folder")
     p.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="also upload the folder to this Hub repo")
     p.add_argument("--private", action="store_true", help="create the Hub repo as private")
     p.add_argument("--resolution", type=int, default=None, help="face resolution (default: 512 for 1.6, else 256)")
@@ -38,16 +40,25 @@ def parser() -> argparse.ArgumentParser:
 
 
 def convert(argv: list[str]) -> int:
+    """Convert the official release ``--official`` into the pipeline folder ``--output`` (optionally pushed)."""
     args = parser().parse_args(argv)
     dtype = DTYPES[args.dtype]
+    # the release is only read: the output may not be it, be inside it or hold it, nor replace a folder unasked
+    local = [args.official] if os.path.exists(args.official) else []
+    check_output_folder(args.output, local, args.overwrite)
     pipe = LatentSyncPipeline(**load_official_components(args.official, resolution=args.resolution,
                                                          vae_id=args.vae or OFFICIAL_VAE_ID, torch_dtype=dtype))
-    pipe.save_pretrained(args.output, safe_serialization=True)
+    syncnet = None
     if args.syncnet:
         files = resolve_official_files(args.official, include_syncnet=True)
-        load_official_syncnet(files.syncnet, torch_dtype=dtype).save_pretrained(
-            os.path.join(args.output, "syncnet"), safe_serialization=True
-        )
+        syncnet = load_official_syncnet(files.syncnet, torch_dtype=dtype)
+
+    def write(folder: str) -> None:
+        pipe.save_pretrained(folder, safe_serialization=True)
+        if syncnet is not None:
+            syncnet.save_pretrained(os.path.join(folder, "syncnet"), safe_serialization=True)
+
+    write_folder_atomically(args.output, write)  # a failed conversion leaves no half folder
     logger.info("saved the converted pipeline (resolution %d) to %s", pipe.config.resolution, args.output)
     if args.push_to_hub:
         pipe.push_folder_to_hub(args.output, args.push_to_hub, private=args.private or None, base_model=hub_id(args.official),

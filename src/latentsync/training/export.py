@@ -12,7 +12,6 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 from typing import Any
 
 import torch
@@ -24,6 +23,7 @@ from ..errors import LatentSyncInputError
 from ..model_source import check_model_sources
 from ..models.syncnet import StableSyncNet
 from ..models.unet import LatentSyncUNet
+from ..tempfiles import check_output_folder, write_folder_atomically
 from ..utils import read_json
 from . import base
 from .components import TrainingComponents, build_unet, load_pipeline_components, model_sources
@@ -85,14 +85,6 @@ def _model_config(checkpoint: str) -> dict[str, Any] | None:
     return read_json(os.path.join(checkpoint, base.MODEL_CONFIG_FILE))
 
 
-def _prepare_output(output: str, run_dir: str, overwrite: bool) -> None:
-    out, run = os.path.realpath(output), os.path.realpath(run_dir)
-    if out == run or out.startswith(run + os.sep):
-        raise ExportError(f"the export must go outside the run folder {run_dir} (the run is not modified)")
-    if os.path.exists(output) and (not os.path.isdir(output) or os.listdir(output)) and not overwrite:
-        raise ExportError(f"{output} already exists: choose another output folder or pass --overwrite")
-
-
 def export_unet_checkpoint(run_dir: str, checkpoint: str, output: str, use_ema: bool | None = None) -> dict[str, Any]:
     """Export a U-Net run's checkpoint as a pipeline folder (see the module docstring)."""
     cfg = _read_settings(UNetTrainingConfig, os.path.join(run_dir, UNET_RUN_CONFIG))
@@ -146,21 +138,17 @@ def export_checkpoint(run_dir: str, output: str, step: int | None = None, use_em
         raise ExportError(f"{run_dir} is not a training run folder (no {UNET_RUN_CONFIG} or {SYNCNET_RUN_CONFIG})")
     if use_ema and not is_unet:
         raise ExportError("SyncNet runs keep no EMA weights")
-    _prepare_output(output, run_dir, overwrite)
-    partial = os.path.join(os.path.dirname(os.path.abspath(output)), f".{os.path.basename(output)}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    try:  # written beside the output and renamed when complete: a failed export leaves nothing
+    check_output_folder(output, [run_dir], overwrite, "export", ExportError)  # the run is only read
+    written = []
+
+    def write(partial: str) -> dict[str, Any]:
+        written.append(partial)
         if is_unet:
-            result = export_unet_checkpoint(run_dir, checkpoint, partial, use_ema)
-        else:
-            result = export_syncnet_checkpoint(run_dir, checkpoint, partial)
-        if os.path.isdir(output):  # an empty folder, or the old export with --overwrite
-            shutil.rmtree(output)
-        elif os.path.exists(output):
-            os.remove(output)
-        os.replace(partial, output)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
-    result = {k: v.replace(partial, output) if isinstance(v, str) else v for k, v in result.items()}
+            return export_unet_checkpoint(run_dir, checkpoint, partial, use_ema)
+        return export_syncnet_checkpoint(run_dir, checkpoint, partial)
+
+    # written beside the output and renamed when complete: a failed export leaves nothing
+    result = write_folder_atomically(output, write)
+    result = {k: v.replace(written[0], output) if isinstance(v, str) else v for k, v in result.items()}
     logger.info("exported %s (step %d) to %s", checkpoint, result["step"], output)
     return result
