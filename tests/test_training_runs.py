@@ -558,6 +558,28 @@ def test_overwrite_and_latest_without_checkpoint_start_clean(tiny, stage1_run, t
     assert (other / "notes.txt").read_text() == "mine"
 
 
+def test_overwrite_never_deletes_what_the_run_reads(tiny, stage1_run, tmp_path):
+    """overwrite_output_dir deletes the old run; anything the new run reads that lies inside it (its starting
+    U-Net, e.g. a LoRA fine-tune of the run's own pipeline, or a validation clip) is refused first. Only train_data
+    was checked before: the starting pipeline was deleted, then failed to load."""
+    from latentsync.training.base import check_output_dir
+
+    _, ov = tiny
+    used = tmp_path / "used"
+    shutil.copytree(stage1_run[0].output_dir, used)
+    (used / "clip.mp4").write_bytes(b"a validation clip kept in the run folder")
+    before = snapshot(str(used))
+    cases = [({"pretrained_unet": str(used / "pipeline"), "lora_rank": 4}, "pretrained_unet"),
+             ({"validation_video": str(used / "clip.mp4")}, "validation_video")]
+    for extra, name in cases:
+        cfg = unet_cfg(ov, overwrite_output_dir=True, output_dir=str(used), **extra)
+        with pytest.raises(TrainingConfigError, match=f"{name} .* is inside output_dir .*overwrite_output_dir would "
+                                                      "delete"):
+            check_output_dir(cfg)
+    assert snapshot(str(used)) == before
+    check_output_dir(unet_cfg(ov, overwrite_output_dir=True, output_dir=str(used)))  # nothing of it is read
+
+
 def test_run_folder_as_model_is_one_line(stage1_run, example_face, example_speech, caplog):
     from latentsync import LatentSyncPipeline
     from latentsync.commands import main

@@ -19,6 +19,7 @@ to load.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -75,10 +76,15 @@ def check_output_dir(cfg: TrainingConfig) -> None:
         raise TrainingConfigError(
             f"output_dir {out} is not empty and holds no training run ({', '.join(RUN_FILES)}): not deleting it, "
             "choose another output_dir")
-    data = os.path.realpath(os.fspath(cfg.train_data)) if isinstance(cfg.train_data, (str, os.PathLike)) else ""
-    if data.startswith(os.path.realpath(out) + os.sep):
-        raise TrainingConfigError(f"train_data {cfg.train_data} is inside output_dir {out}, which "
-                                  "overwrite_output_dir would delete: move the data or choose another output_dir")
+    # every file or folder the run reads (data, starting weights, SyncNet, validation clips) must survive the delete
+    inside = os.path.realpath(out) + os.sep
+    for field in dataclasses.fields(cfg):
+        value = getattr(cfg, field.name)
+        if field.name == "output_dir" or not isinstance(value, (str, os.PathLike)) or not os.path.exists(value):
+            continue
+        if os.path.realpath(value).startswith(inside):
+            raise TrainingConfigError(f"{field.name} {os.fspath(value)} is inside output_dir {out}, which "
+                                      f"overwrite_output_dir would delete: move it or choose another output_dir")
 
 
 def check_hub_settings(cfg: TrainingConfig) -> None:
