@@ -118,6 +118,21 @@ def test_csv_rows_without_video_or_audio_name_the_row(tmp_path):
         read_jobs(tmp_path / "jobs.csv", tmp_path / "out")
 
 
+def test_a_job_may_not_write_another_jobs_input(tmp_path, caplog):
+    """A CSV whose first job writes the second job's video (here through the output column) is refused as a whole,
+    before the model loads: the video would be replaced by the first job, or with it existing the first job would
+    be "skipped" as already done."""
+    (tmp_path / "a.mp4").write_bytes(b"first video")
+    (tmp_path / "b.mp4").write_bytes(b"second video")
+    (tmp_path / "s.wav").write_bytes(b"speech")
+    (tmp_path / "jobs.csv").write_text(f"video,audio,output\na.mp4,s.wav,{tmp_path / 'b.mp4'}\nb.mp4,s.wav,\n")
+    with pytest.raises(BatchListError, match=r"the output of the job of .*a\.mp4 is .*b\.mp4, which another job "
+                                             r"reads \(.*b\.mp4\)"):
+        read_jobs(tmp_path / "jobs.csv", tmp_path / "out")
+    assert main(["batch", os.fspath(tmp_path / "jobs.csv"), os.fspath(tmp_path / "out"), "--overwrite"]) == 2
+    assert (tmp_path / "b.mp4").read_bytes() == b"second video" and not (tmp_path / "out").exists()
+
+
 def test_csv_outputs_in_a_relative_output_folder(tmp_path, monkeypatch):
     """A relative output folder holds the default outputs and the output column's (not out/out/...)."""
     (tmp_path / "jobs.csv").write_text("video,audio,output\nv/one.mp4,a.wav,\nv/two.mp4,a.wav,sub/2.mkv\n")

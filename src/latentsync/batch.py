@@ -113,7 +113,22 @@ def read_jobs(source: str | os.PathLike, output_dir: str | os.PathLike, audio_di
             raise BatchListError(f"two jobs write {job.output}: {outputs[key]} and {job.video} (give an output "
                                  f"column or rename one)")
         outputs[key] = job.video
+    # one job's output may not be another job's input: it would be replaced (or taken for a finished output)
+    writers = {_file_key(job.output): job for job in jobs if os.path.exists(job.output)}
+    for job in jobs:
+        for source in (job.video, job.audio):
+            writer = writers.get(_file_key(source)) if os.path.exists(source) else None
+            if writer is not None and writer is not job:
+                raise BatchListError(f"the output of the job of {writer.video} is {writer.output}, which another "
+                                     f"job reads ({job.video}): writing it would destroy that input; give another "
+                                     "output")
     return jobs
+
+
+def _file_key(path: str) -> tuple[int, int]:
+    """The identity of an existing file (device and inode: the same through links)."""
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
 
 
 def _check_output_dir(output_dir: str | os.PathLike) -> None:
