@@ -73,11 +73,8 @@ def test_trained_lora_loads_changes_outputs_and_unloads_bit_for_bit(trained_lora
     assert np.array_equal(_frames(pipe, window), original)  # unloaded: the original, bit for bit
 
 
-def test_adapter_strength_fuse_and_unfuse(trained_lora):
-    """set_adapters scales the adapter (0 = base model), fuse_lora merges it into the weights with the same output,
-    unfuse_lora takes it out again (up to round-off), on one U-Net forward pass."""
-    base_dir, run = trained_lora
-    pipe = LatentSyncPipeline.from_pretrained(base_dir)
+def unet_forward(pipe):
+    """One U-Net forward pass of ``pipe`` on fixed random inputs, as a function (compare it across adapter changes)."""
     generator = torch.Generator().manual_seed(0)
     sample = torch.randn(1, 13, 16, 8, 8, generator=generator)
     context = torch.randn(16, 30, pipe.unet.config.cross_attention_dim, generator=generator)
@@ -85,6 +82,16 @@ def test_adapter_strength_fuse_and_unfuse(trained_lora):
     def forward():
         with torch.no_grad():
             return pipe.unet(sample, 10, encoder_hidden_states=context).sample
+
+    return forward
+
+
+def test_adapter_strength_fuse_and_unfuse(trained_lora):
+    """set_adapters scales the adapter (0 = base model), fuse_lora merges it into the weights with the same output,
+    unfuse_lora takes it out again (up to round-off), on one U-Net forward pass."""
+    base_dir, run = trained_lora
+    pipe = LatentSyncPipeline.from_pretrained(base_dir)
+    forward = unet_forward(pipe)
 
     original = forward()
     pipe.load_lora_weights(run / "lora", adapter_name="mine")
@@ -102,6 +109,61 @@ def test_adapter_strength_fuse_and_unfuse(trained_lora):
     pipe.unfuse_lora()
     pipe.unload_lora_weights()
     torch.testing.assert_close(forward(), original, rtol=1e-4, atol=1e-5)
+
+
+def test_unfuse_restores_the_weights_and_strength_bit_for_bit(trained_lora):
+    """fuse_lora (with a lora_scale) then unfuse_lora gives back exactly the adapted model at its own strength, and
+    unload_lora_weights then exactly the base: the same adapter loads again with strict_base (its record's weights
+    hash still matches). diffusers alone subtracts the adapter (round-off) and keeps the lora_scale on it."""
+    base_dir, run = trained_lora
+    pipe = LatentSyncPipeline.from_pretrained(base_dir)
+    base_weights = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    forward = unet_forward(pipe)
+
+    pipe.load_lora_weights(run / "lora", adapter_name="mine", strict_base=True)
+    pipe.set_adapters(["mine"], adapter_weights=[0.8])
+    adapted = forward()
+    pipe.fuse_lora(lora_scale=0.5)
+    assert (forward() - adapted).abs().max() > 1e-4  # half the strength while fused
+    pipe.unfuse_lora()
+    assert torch.equal(forward(), adapted)
+    pipe.fuse_lora()
+    pipe.unfuse_lora()
+    pipe.unload_lora_weights()
+    after = pipe.unet.state_dict()
+    assert set(after) == set(base_weights) and all(torch.equal(after[k], v) for k, v in base_weights.items())
+    pipe.load_lora_weights(run / "lora", adapter_name="again", strict_base=True)  # the base is recognised
+    pipe.set_adapters(["again"], adapter_weights=[0.8])
+    assert torch.equal(forward(), adapted)
+
+
+def test_save_pretrained_refuses_a_unet_with_adapters(trained_lora, tmp_path):
+    """Saving while adapters are loaded would write peft's ``base_layer`` weights, which load as random layers:
+    refused (also after delete_adapters, whose layers stay); after fuse_lora + unload_lora_weights the saved
+    pipeline reloads with the adapter merged."""
+    base_dir, run = trained_lora
+    pipe = LatentSyncPipeline.from_pretrained(base_dir)
+    pipe.load_lora_weights(run / "lora", adapter_name="mine")
+    with pytest.raises(LoraAdapterError, match=r"unload_lora_weights\(\) first"):
+        pipe.save_pretrained(tmp_path / "saved")
+    assert not (tmp_path / "saved").exists()
+    pipe.delete_adapters("mine")
+    with pytest.raises(LoraAdapterError, match="deleted adapters"):
+        pipe.save_pretrained(tmp_path / "saved")
+    pipe.unload_lora_weights()
+    pipe.load_lora_weights(run / "lora", adapter_name="mine")
+    pipe.fuse_lora()
+    pipe.unload_lora_weights()  # the adapter stays merged
+    merged = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    pipe.save_pretrained(tmp_path / "saved")
+    reloaded = LatentSyncPipeline.from_pretrained(tmp_path / "saved").unet.state_dict()
+    assert set(reloaded) == set(merged) and all(torch.equal(reloaded[k], v) for k, v in merged.items())
+
+
+def test_a_missing_adapter_folder_is_named(tiny_model_dir, tmp_path):
+    pipe = LatentSyncPipeline.from_pretrained(tiny_model_dir)
+    with pytest.raises(LoraAdapterError, match="no such file or folder"):
+        pipe.load_lora_weights(tmp_path / "no-such-lora")
 
 
 def test_unprefixed_adapter_from_save_lora_adapter_loads(trained_lora, tmp_path):

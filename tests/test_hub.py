@@ -197,6 +197,30 @@ def test_pipeline_push_to_hub_uploads_a_loadable_folder_with_its_card(tiny_pipe,
     assert loaded.config.resolution == tiny_pipe.config.resolution
 
 
+def test_save_pretrained_push_keeps_diffusers_push_options(tiny_pipe, fake_hub, tmp_path, monkeypatch):
+    """``save_pretrained(..., push_to_hub=True)`` with diffusers' push keywords creates the repo private, with the
+    given token, commit message and pull request (they were dropped: a public repo under the default token)."""
+    seen, tokens = {}, []
+    create, upload = fake_hub.create_repo, fake_hub.upload_folder
+
+    def create_repo(repo_id, **kwargs):
+        seen["private"] = kwargs.get("private")
+        return create(repo_id, **kwargs)
+
+    def upload_folder(**kwargs):
+        seen["create_pr"] = kwargs.get("create_pr")
+        return upload(**kwargs)
+
+    monkeypatch.setattr(fake_hub, "create_repo", create_repo)
+    monkeypatch.setattr(fake_hub, "upload_folder", upload_folder)
+    monkeypatch.setattr(hub, "HfApi", lambda token=None: tokens.append(token) or fake_hub)
+    tiny_pipe.save_pretrained(tmp_path / "saved", push_to_hub=True, repo_id="me/private-sync", private=True,
+                              token="hf_secret", commit_message="first upload", create_pr=True)
+    assert seen == {"private": True, "create_pr": True} and tokens == ["hf_secret"]
+    assert fake_hub.commits[-1]["repo_id"] == "me/private-sync" and fake_hub.commits[-1]["message"] == "first upload"
+    assert "unet/diffusion_pytorch_model.safetensors" in fake_hub.files("me/private-sync")
+
+
 def test_prepare_push_uploads_parquet_shards_and_a_dataset_card(fake_hub, tmp_path):
     import datasets
 

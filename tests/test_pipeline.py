@@ -231,6 +231,10 @@ def test_interrupt_stops_after_the_current_window(tiny_pipe, example_face, two_w
     assert len(calls) == 1  # one U-Net pass (guidance batches both halves), then nothing more
     assert out.num_frames == 16 and out.frames.shape[0] == 16 and out.frames_without_face == 0
     assert len(decode(tmp_path / "short.mp4", fps=None)) == 16
+    # the file's sound ends with its picture (not the rest of the speech over a frozen frame)
+    assert abs(probe_video(tmp_path / "short.mp4").duration - 0.64) < 0.1
+    assert len(load_audio(tmp_path / "short.mp4")) / 16000 < 0.64 + 0.1
+    assert _no_leftovers(tmp_path) == []
     assert _run(tiny_pipe, example_face, two_windows).num_frames == 32  # the next call runs in full
 
 
@@ -270,6 +274,12 @@ def test_given_latents_replace_the_drawn_noise(tiny_pipe, example_face, one_wind
     (dict(latents=torch.zeros(1, 4, 16, 32, 32)), "latents must have shape"),
     (dict(callback_on_step_end_tensor_inputs=["noise_pred"]), "noise_pred"),
     (dict(deep_cache_interval=2, deep_cache_branch=9), "deep_cache_branch"),
+    (dict(generator=0), "generator must be a torch.Generator or None, got int"),
+    (dict(generator=[torch.Generator(), torch.Generator()]), "generator must be one torch.Generator"),
+    (dict(latents=np.zeros((1, 4, 1, 32, 32), np.float32)), "latents must be a torch.Tensor, got ndarray"),
+    (dict(callback_on_step_end=5), "callback_on_step_end must be a function"),
+    (dict(callback_on_step_end_tensor_inputs="latents"), "must be a list of tensor names"),
+    (dict(output_path=5), "output_path must be a file path or None, got int"),
 ])
 def test_arguments_are_checked_before_any_work(tiny_pipe, example_face, speech_file, kwargs, message, monkeypatch):
     import latentsync.pipeline
@@ -280,3 +290,43 @@ def test_arguments_are_checked_before_any_work(tiny_pipe, example_face, speech_f
     monkeypatch.setattr(latentsync.pipeline, "open_frames", no_work)
     with pytest.raises(LatentSyncInputError, match=message):
         tiny_pipe(example_face, speech_file, **{"num_inference_steps": STEPS, **kwargs})
+
+
+@pytest.mark.parametrize("video, message", [
+    (5, "video must be a file path, an RGB uint8 array .* got int"),
+    (PIL.Image.new("RGB", (64, 64)), r"got Image \(for one picture pass \[image\]\)"),
+])
+def test_a_video_of_the_wrong_type_is_named(tiny_pipe, speech_file, video, message):
+    with pytest.raises(LatentSyncInputError, match=message):
+        tiny_pipe(video, speech_file, num_inference_steps=STEPS)
+
+
+def test_diffusers_callback_objects_get_their_tensor_inputs(tiny_pipe, example_face, one_window):
+    """A diffusers ``PipelineCallback`` (and ``MultiPipelineCallbacks``) names its tensors in ``tensor_inputs``: the
+    call gives it those, as diffusers' pipelines do; a list of one generator is that generator."""
+    from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+
+    seen = []
+
+    class AudioWatcher(PipelineCallback):
+        tensor_inputs = ("latents", "audio_embeds")
+
+        def callback_fn(self, pipeline, step_index, timestep, callback_kwargs):
+            seen.append(sorted(callback_kwargs))
+            return callback_kwargs
+
+    plain = _run(tiny_pipe, example_face, one_window).frames
+    watched = _run(tiny_pipe, example_face, one_window, callback_on_step_end=AudioWatcher()).frames
+    assert seen == [["audio_embeds", "latents"]] * STEPS and np.array_equal(watched, plain)
+    seen.clear()
+    both = MultiPipelineCallbacks([AudioWatcher()])
+    listed = tiny_pipe(example_face, one_window, num_inference_steps=STEPS, callback_on_step_end=both,
+                       generator=[torch.Generator().manual_seed(0)]).frames
+    assert seen == [["audio_embeds", "latents"]] * STEPS and np.array_equal(listed, plain)
+
+
+def test_a_callback_that_returns_nothing_is_named_and_leaves_no_output(tiny_pipe, example_face, one_window, tmp_path):
+    out = tmp_path / "out.mp4"
+    with pytest.raises(LatentSyncInputError, match="callback_on_step_end must return its callback_kwargs dict"):
+        _run(tiny_pipe, example_face, one_window, out, callback_on_step_end=lambda pipe, step, t, kwargs: None)
+    assert not out.exists() and _no_leftovers(tmp_path) == []

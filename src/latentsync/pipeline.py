@@ -13,15 +13,18 @@ import functools
 import inspect
 import logging
 import os
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+import imageio_ffmpeg
 import numpy as np
 import PIL.Image
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import is_xformers_available, replace_example_docstring
@@ -49,7 +52,7 @@ from .face.tracking import FaceTrack, FaceTracks, track_faces
 from .face.warp import TorchFaceAligner
 from .inputs import CheckedInputs, check_arguments, check_int, check_output_fps, check_run_inputs
 from .live import LiveFrame, LiveSession, stream_frames
-from .loaders.lora import LatentSyncLoraLoaderMixin
+from .loaders.lora import LatentSyncLoraLoaderMixin, check_no_lora_layers
 from .loaders.official import is_official_layout, load_official_components
 from .loaders.official import load_syncnet as load_syncnet_model
 from .media.audio import as_samples, check_not_silent, fit_length, mix_tracks, num_video_frames
@@ -67,6 +70,7 @@ from .pipeline_output import LatentSyncPipelineOutput
 from .schedulers import scheduler_by_name
 from .streaming import FrameWindow, LatentCache, VideoStream
 from .streaming import pingpong_indices as _looping_order
+from .tempfiles import write_atomically
 from .utils import StageTimer, frames_to_pixels, pixels_to_frames, scale_latents, unscale_latents
 from .window_batch import MAX_WINDOWS_PER_BATCH, WindowBatch, stack_windows, windows_that_fit
 
@@ -256,7 +260,8 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         self._video_encoder = encoder
 
     def enable_vae_slicing(self) -> None:
-        """Encode and decode the frames of a window one at a time (lower peak memory, same result)."""
+        """Encode and decode the frames of a window one at a time (lower peak memory; the same frames up to float
+        rounding of the smaller convolution batches: at most one grey level)."""
         self.vae.enable_slicing()
 
     def disable_vae_slicing(self) -> None:
@@ -336,6 +341,8 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         overwrite: bool = True,
         output_fps: float | str = VIDEO_FPS,
         avatar: Any = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        callback_on_step_end: Callable[..., dict[str, torch.Tensor]] | None = None,
     ) -> CheckedInputs:
         """Check every argument of a call before any work is done: the call's arguments and files through
         [`latentsync.inputs.check_run_inputs`] (the same checks the command line and the app make before loading a
@@ -346,9 +353,11 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
                 stream, or the audio is silent.
             InvalidOutputError: the output path is an input file, a folder, an existing file while ``overwrite`` is
                 False, of an unsupported format, or in a missing or read-only folder.
-            LatentSyncInputError: any other argument is out of range (the message names it), or the pipeline's face
-                resolution does not suit its VAE and U-Net.
+            LatentSyncInputError: any other argument is out of range or of the wrong type (the message names it), or
+                the pipeline's face resolution does not suit its VAE and U-Net.
         """
+        _check_argument_types(video, output_path, latents, generator, callback_on_step_end,
+                              callback_on_step_end_tensor_inputs)
         max_frames = self.unet.config.motion_max_seq_length if self.unet.has_motion_modules else None
         checked = check_run_inputs(
             video, audio, output_path, overwrite=overwrite, mix_audio=mix_audio, face=face, face_box=face_box,
@@ -706,6 +715,9 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
             if callback_on_step_end is not None:
                 tensors = {"latents": latents, "condition_latents": condition_latents, "audio_embeds": audio_embeds}
                 outputs = callback_on_step_end(self, i, t, {k: tensors[k] for k in callback_on_step_end_tensor_inputs})
+                if not isinstance(outputs, dict):
+                    raise LatentSyncInputError("callback_on_step_end must return its callback_kwargs dict (possibly "
+                                               f"with tensors replaced), got {type(outputs).__name__}")
                 latents = outputs.pop("latents", latents)
                 if "condition_latents" in outputs or "audio_embeds" in outputs:
                     condition_latents = outputs.pop("condition_latents", condition_latents)
@@ -862,7 +874,8 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
             output_path: where to write the result (``.mp4``, ``.mov`` or ``.mkv``); None returns frames only.
             num_inference_steps: denoising steps per 16-frame window.
             guidance_scale: classifier-free guidance on the audio (zero audio as unconditional); 1 disables it.
-            generator: torch generator for the initial noise and VAE sampling (seed it for reproducible output).
+            generator: torch generator for the initial noise and VAE sampling (seed it for reproducible output); a
+                list of one generator is the same (a call makes one video).
             latents: the initial noise ``(1, 4, 1, R/8, R/8)`` (one map shared by every frame) instead of drawing it.
             num_frames: frames denoised together (16 as in training).
             face_index: lip-sync face track ``k`` (tracks are numbered by first frame, then from left to right;
@@ -896,7 +909,8 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
                 (or with ``return_frames``), else ``"file"``, so that long videos are never held in memory.
             return_dict: return a [`LatentSyncPipelineOutput`]; False returns the tuple ``(frames, path)``.
             callback_on_step_end: ``callback(pipe, step, timestep, callback_kwargs) -> dict`` run after every
-                denoising step of every window; the returned dict may replace the tensors. Setting
+                denoising step of every window; the returned dict may replace the tensors. A diffusers
+                ``PipelineCallback`` or ``MultiPipelineCallbacks`` gets the tensors its ``tensor_inputs`` name. Setting
                 ``pipe._interrupt = True`` stops the call: the current window is decoded as it is, no further window
                 is generated, and the output holds the frames made so far.
             callback_on_step_end_tensor_inputs: tensors passed in ``callback_kwargs``: any of ``"latents"``,
@@ -921,11 +935,15 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
             [`LatentSyncPipelineOutput`], or the tuple ``(frames, path)`` when ``return_dict`` is False.
         """
         # 0. Check every argument before any work
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs  # as diffusers' pipelines do
         self.check_inputs(video, audio, output_path, num_inference_steps, guidance_scale, num_frames, face_index,
                           landmark_smoothing, audio_window_mode, crf, deep_cache_interval, deep_cache_branch,
                           output_type, latents, callback_on_step_end_tensor_inputs, face, face_box, face_box_frame,
                           mix_audio, windows_per_batch=windows_per_batch, overwrite=overwrite, output_fps=output_fps,
-                          avatar=avatar)
+                          avatar=avatar, generator=generator, callback_on_step_end=callback_on_step_end)
+        if isinstance(generator, (list, tuple)):
+            generator = generator[0]  # one video: a list of one generator is that generator
         avatar = self._check_timeline_inputs(video, audio, output_fps, avatar, face, face_index, face_box)
         if avatar is not None:
             output_fps = avatar.fps  # the timeline the avatar was prepared for
@@ -986,6 +1004,10 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
                                    deep_cache, num_inference_steps, guidance_scale, generator, callback_on_step_end,
                                    callback_on_step_end_tensor_inputs, timer, avatar, times)
             frames = stream.finish()
+        if self.interrupt and output_path is not None and 0 < stream.frames_submitted < num_output_frames:
+            # stopped early: the file's sound ends with its last frame instead of going on over a frozen picture
+            end = times[stream.frames_submitted] if times is not None else stream.frames_submitted / fps
+            _cut_sound_to_picture(os.fspath(output_path), float(end))
 
         # 8. Release offloaded models and return the frames in the requested form
         self.maybe_free_model_hooks()
@@ -1153,15 +1175,27 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         """Save all components (safetensors) and ``model_index.json`` as diffusers does, plus the loader file that lets
         plain diffusers load the folder (see [`latentsync.hub`]) and, unless one exists, a model card ``README.md``.
 
-        ``push_to_hub=True`` (with ``repo_id``) also uploads the folder, as [`push_to_hub`] does."""
-        push, repo_id = kwargs.pop("push_to_hub", False), kwargs.pop("repo_id", None)
+        ``push_to_hub=True`` also uploads the folder, as [`push_to_hub`] does, with diffusers' push keywords
+        ``repo_id`` (default: the folder's name), ``commit_message``, ``private``, ``token`` and ``create_pr``, and
+        ``base_model`` for the model card.
+
+        Raises:
+            LoraAdapterError: the U-Net holds LoRA adapters (``unload_lora_weights`` first, after ``fuse_lora`` to
+                keep them merged): their layers would be saved in place of its weights, which then load as random.
+        """
+        check_no_lora_layers(self.unet, "save the pipeline")
+        push = kwargs.pop("push_to_hub", False)
+        push_options = {k: kwargs.pop(k) for k in ("commit_message", "private", "token", "create_pr", "base_model")
+                        if k in kwargs}
+        repo_id = kwargs.pop("repo_id", None)
         super().save_pretrained(save_directory, **kwargs)
         hub.write_loader(save_directory)
         card_path = os.path.join(save_directory, hub.CARD_NAME)
         if not os.path.exists(card_path):
             hub.pipeline_card(self, os.fspath(save_directory)).save(card_path)
         if push:
-            self.push_folder_to_hub(save_directory, repo_id or os.path.basename(os.path.normpath(save_directory)))
+            self.push_folder_to_hub(save_directory, repo_id or os.path.basename(os.path.normpath(save_directory)),
+                                    **push_options)
 
     def push_to_hub(self, repo_id: str, commit_message: str = "Upload LatentSync pipeline", private: bool | None = None,
                     token: str | None = None, create_pr: bool = False, base_model: str | None = None,
@@ -1214,6 +1248,45 @@ def _open_voices(audio: Any, mix_audio: Any) -> tuple[list[np.ndarray], Any, np.
         check_not_silent(samples, os.fspath(mix_audio) if sound is not None else "mix_audio samples")
     voices = [v if len(v) >= len(samples) else fit_length(v, len(samples)) for v in voices]
     return voices, sound, samples
+
+
+def _cut_sound_to_picture(path: str, seconds: float) -> None:
+    """Cut every stream of the written video ``path`` at ``seconds`` (the end of its picture), without re-encoding;
+    the file is replaced atomically."""
+    def remux(partial: str) -> None:
+        command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-i", path, "-map", "0",
+                   "-t", f"{seconds:.6f}", "-c", "copy", partial]
+        subprocess.run(command, check=True, capture_output=True)
+
+    write_atomically(path, remux)
+
+
+def _check_argument_types(video: Any, output_path: Any, latents: Any, generator: Any, callback_on_step_end: Any,
+                          callback_on_step_end_tensor_inputs: Any) -> None:
+    """[`LatentSyncInputError`] naming the first argument of a call whose type cannot be used (the values are
+    checked by [`latentsync.inputs.check_run_inputs`])."""
+    if video is not None and not isinstance(video, (str, os.PathLike, np.ndarray, torch.Tensor, list, tuple)):
+        hint = " (for one picture pass [image])" if isinstance(video, PIL.Image.Image) else ""
+        raise LatentSyncInputError("video must be a file path, an RGB uint8 array (T, H, W, 3) or a list of frames "
+                                   f"(arrays or PIL images), got {type(video).__name__}{hint}")
+    if output_path is not None and not isinstance(output_path, (str, os.PathLike)):
+        raise LatentSyncInputError(f"output_path must be a file path or None, got {type(output_path).__name__}")
+    if latents is not None and not isinstance(latents, torch.Tensor):
+        raise LatentSyncInputError(f"latents must be a torch.Tensor, got {type(latents).__name__}")
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != 1:
+            raise LatentSyncInputError("generator must be one torch.Generator (a call makes one video), got a list "
+                                       f"of {len(generator)}")
+        generator = generator[0]
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise LatentSyncInputError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+    if callback_on_step_end is not None and not callable(callback_on_step_end):
+        raise LatentSyncInputError("callback_on_step_end must be a function callback(pipe, step, timestep, "
+                                   f"callback_kwargs), got {type(callback_on_step_end).__name__}")
+    names = callback_on_step_end_tensor_inputs
+    if isinstance(names, str) or not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise LatentSyncInputError("callback_on_step_end_tensor_inputs must be a list of tensor names such as "
+                                   f'["latents"], got {names!r}')
 
 
 def _pixel_mask(resolution: int) -> torch.Tensor:

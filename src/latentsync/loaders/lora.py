@@ -25,15 +25,18 @@ import hashlib
 import json
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from diffusers.loaders.lora_base import LoraBaseMixin
 from diffusers.utils import USE_PEFT_BACKEND
+from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils import get_peft_model_state_dict
 
 from ..errors import LatentSyncInputError
+from ..model_source import is_hub_id
 from ..utils import read_json
 
 logger = logging.getLogger(__name__)
@@ -42,6 +45,8 @@ UNET_NAME = "unet"
 LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
 LORA_RECORD_FILE = "latentsync_lora.json"
 """The record of an adapter's base model, saved beside its weights."""
+_UNFUSED_STATE = "_latentsync_unfused_state"
+"""The U-Net attribute holding, while adapters are fused, each fused layer's weights and scales from before."""
 
 
 class LoraAdapterError(LatentSyncInputError):
@@ -193,6 +198,40 @@ def check_lora_base(unet: torch.nn.Module, record: dict[str, Any] | None, source
         logger.warning("%s (pass strict_base=True to refuse)", message)
 
 
+@dataclass
+class _UnfusedLayer:
+    """A LoRA layer's base weights (on the CPU) and adapter scales from before its first fusion."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    scaling: dict[str, float]
+
+
+def _lora_layers(model: torch.nn.Module) -> dict[str, BaseTunerLayer]:
+    """The peft LoRA layers of ``model`` by module name."""
+    return {name: module for name, module in model.named_modules() if isinstance(module, BaseTunerLayer)}
+
+
+def check_no_lora_layers(unet: torch.nn.Module, action: str) -> None:
+    """[`LoraAdapterError`] when ``unet`` holds LoRA layers (peft's wrappers, which rename the weights they wrap
+    to ``*.base_layer.*``): ``action`` (e.g. "save the pipeline") would write weights that load as random layers."""
+    if not _lora_layers(unet):
+        return
+    names = sorted(getattr(unet, "peft_config", {}) or {})
+    loaded = f"LoRA adapters {names}" if names else "LoRA layers (of deleted adapters)"
+    raise LoraAdapterError(
+        f"cannot {action} while the U-Net has {loaded}: their layers would be saved in place of its weights. Call "
+        "pipe.unload_lora_weights() first to save the base model, or pipe.fuse_lora() then pipe.unload_lora_weights() "
+        "to save it with the adapters merged (an adapter itself: latentsync.loaders.lora.save_lora_adapter)")
+
+
+def _check_lora_source(source: Any) -> None:
+    """[`LoraAdapterError`] for a path that is neither an existing file or folder nor a Hub repo id (diffusers would
+    report it as a malformed repo id)."""
+    if isinstance(source, (str, os.PathLike)) and not os.path.exists(source) and not is_hub_id(os.fspath(source)):
+        raise LoraAdapterError(f"LoRA adapter {os.fspath(source)}: no such file or folder (and not a Hub repo id)")
+
+
 class LatentSyncLoraLoaderMixin(LoraBaseMixin):
     """Load, combine, fuse and remove LoRA adapters of [`LatentSyncPipeline`]'s U-Net (diffusers' LoRA API)."""
 
@@ -230,6 +269,7 @@ class LatentSyncLoraLoaderMixin(LoraBaseMixin):
         """
         if not USE_PEFT_BACKEND:
             raise ImportError("LoRA adapters need peft: pip install peft")
+        _check_lora_source(pretrained_model_name_or_path_or_dict)
         source = (pretrained_model_name_or_path_or_dict if not isinstance(pretrained_model_name_or_path_or_dict, dict)
                   else "the LoRA state dict")
         if isinstance(pretrained_model_name_or_path_or_dict, dict):
@@ -273,11 +313,61 @@ class LatentSyncLoraLoaderMixin(LoraBaseMixin):
 
     def fuse_lora(self, components: list[str] | None = None, lora_scale: float = 1.0, safe_fusing: bool = False,
                   adapter_names: list[str] | None = None, **kwargs: Any) -> None:
-        """Merge the active adapters (or ``adapter_names``) into the U-Net's weights (faster; undo with
-        ``unfuse_lora``)."""
-        super().fuse_lora(components=components or [self.unet_name], lora_scale=lora_scale, safe_fusing=safe_fusing,
+        """Merge the active adapters (or ``adapter_names``), times ``lora_scale``, into the U-Net's weights (faster;
+        undo with ``unfuse_lora``). The weights of the layers it changes are kept on the CPU until then, so that
+        ``unfuse_lora`` restores them bit for bit (and the adapters' strengths as they were)."""
+        components = components or [self.unet_name]
+        unet = getattr(self, self.unet_name, None)
+        if self.unet_name in components and unet is not None:
+            saved: dict[str, _UnfusedLayer] = getattr(unet, _UNFUSED_STATE, None) or {}
+            for name, layer in _lora_layers(unet).items():
+                if name in saved or layer.merged:
+                    continue
+                base = layer.get_base_layer()
+                bias = getattr(base, "bias", None)
+                saved[name] = _UnfusedLayer(base.weight.detach().to("cpu", copy=True),
+                                            None if bias is None else bias.detach().to("cpu", copy=True),
+                                            dict(getattr(layer, "scaling", {})))
+        super().fuse_lora(components=components, lora_scale=lora_scale, safe_fusing=safe_fusing,
                           adapter_names=adapter_names, **kwargs)
+        if self.unet_name in components and unet is not None:
+            layers = _lora_layers(unet)
+            setattr(unet, _UNFUSED_STATE, {name: state for name, state in saved.items() if layers[name].merged})
 
     def unfuse_lora(self, components: list[str] | None = None, **kwargs: Any) -> None:
-        """Subtract fused adapters from the U-Net's weights again."""
-        super().unfuse_lora(components=components or [self.unet_name], **kwargs)
+        """Take fused adapters out of the U-Net's weights again: the weights and adapter strengths are those from
+        before ``fuse_lora``, bit for bit (diffusers alone subtracts the adapters, which leaves float round-off,
+        and keeps a ``lora_scale`` given to ``fuse_lora`` on the adapters)."""
+        components = components or [self.unet_name]
+        unet = getattr(self, self.unet_name, None)
+        if unet is None or self.unet_name not in components:
+            super().unfuse_lora(components=components, **kwargs)
+            return
+        merged = {name for name, layer in _lora_layers(unet).items() if layer.merged}
+        super().unfuse_lora(components=components, **kwargs)
+        saved: dict[str, _UnfusedLayer] = getattr(unet, _UNFUSED_STATE, None) or {}
+        layers = _lora_layers(unet)
+        still_fused = {}
+        with torch.no_grad():
+            for name, state in saved.items():
+                layer = layers.get(name)
+                if layer is None or name not in merged:
+                    continue  # no longer a LoRA layer, or not fused: nothing to restore
+                if layer.merged:
+                    still_fused[name] = state
+                    continue
+                base = layer.get_base_layer()
+                base.weight.copy_(state.weight)
+                if state.bias is not None:
+                    base.bias.copy_(state.bias)
+                layer.scaling.update({k: v for k, v in state.scaling.items() if k in layer.scaling})
+        setattr(unet, _UNFUSED_STATE, still_fused)
+
+    def unload_lora_weights(self) -> None:
+        """Remove every adapter from the U-Net. Adapters fused with ``fuse_lora`` and not unfused stay merged into
+        the weights (diffusers' way to keep a fused LoRA without its layers); ``unfuse_lora`` first to get the
+        base model back, bit for bit."""
+        super().unload_lora_weights()
+        unet = getattr(self, self.unet_name, None)
+        if unet is not None and getattr(unet, _UNFUSED_STATE, None):
+            setattr(unet, _UNFUSED_STATE, {})
