@@ -85,6 +85,9 @@ def test_keep_input_frame_rate(tmp_path, example_face, tiny_model_dir, caplog, m
     (["--fps", "nan"], "argument --fps: expected input or a frame rate between 1 and 240, got 'nan'"),
     (["--hw-encode", "mpeg2"], "--hw-encode: unknown hardware encoder 'mpeg2'"),
     (["--hw-decode", "floppy"], "--hw-decode: unknown hardware decoder 'floppy'"),
+    # options of live runs without --audio - (they were silently ignored, or "-" was an unsupported format)
+    (["--live-format", "raw"], "--live-format: only for live runs, which read the speech from standard input"),
+    (["--chunk-seconds", "0.5"], "--chunk-seconds: only for live runs"),
 ])
 def test_bad_options_are_refused_before_the_model_loads(tmp_path, example_face, example_speech, capsys, args,
                                                         message):

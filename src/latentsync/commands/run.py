@@ -105,9 +105,9 @@ def parser() -> argparse.ArgumentParser:
     voices.add_argument("--mix-audio", default=None,
                         help="sound of the output (default: --audio, or the mix of the --audio-for files)")
     live = p.add_argument_group("live (--audio -)")
-    live.add_argument("--live-format", choices=["mp4", "raw"], default="mp4",
+    live.add_argument("--live-format", choices=["mp4", "raw"], default=None,
                       help="fragmented MP4 with the sound (default) or raw RGB24 frames")
-    live.add_argument("--chunk-seconds", type=float, default=0.2, help="speech read per step (default 0.2 s)")
+    live.add_argument("--chunk-seconds", type=float, default=None, help="speech read per step (default 0.2 s)")
     return p
 
 
@@ -285,8 +285,14 @@ def run(argv: list[str]) -> int:
         except ValueError as exc:
             p.error(f"{option}: {exc}")
     if args.audio == "-":
+        args.live_format = args.live_format or "mp4"
+        args.chunk_seconds = 0.2 if args.chunk_seconds is None else args.chunk_seconds
         # deferred, as the pipeline: a live run imports torch and the live session
         return importlib.import_module("latentsync.commands.live").run_live(args)
+    live_only = [name for name, value in (("--live-format", args.live_format), ("--chunk-seconds", args.chunk_seconds),
+                                          ("--output -", "-" if args.output == "-" else None)) if value is not None]
+    if live_only:
+        p.error(f"{', '.join(live_only)}: only for live runs, which read the speech from standard input (--audio -)")
     if args.verbose:
         logging.getLogger("latentsync").setLevel(logging.DEBUG)
     choice = face_arguments(args)
