@@ -436,8 +436,247 @@ def test_frames_past_the_end_of_the_audio_are_their_own_reason(tmp_path, monkeyp
     audio = (np.sin(np.arange(23 * SPF) / 10) * 0.3).astype(np.float32)  # 23 frames of audio for 25 of video
     path = write_video(tmp_path / "v.mp4", frames, audio=audio)
     monkeypatch.setattr(process, "_scan", lambda p, c: (np.zeros((25, 3, 2)), []))  # a face in every frame
-    monkeypatch.setattr(process, "load_audio", lambda p, rate: audio)
+    monkeypatch.setattr(process, "load_track_audio", lambda p, rate: audio)
     scan = process.scan_video(str(path), "v.mp4", P.PrepareConfig(min_seconds=0.4, max_seconds=1.0))
     assert scan.result["status"] == "done" and scan.result["dropped"] == {
         "audio_ends_early": {"count": 0, "seconds": 2 / 25}}
     assert scan.plan and scan.plan[-1][1] == 23
+
+
+# ---------------------------------------------------------------------------------------------------- review fixes
+
+
+def test_quality_threshold_holds_when_auto_falls_back_to_sharpness(monkeypatch):
+    """``--quality auto --quality-threshold T`` offline: the sharpness scorer that replaces hyperIQA keeps score >= T
+    in this process as in the workers (it kept its own 8 here while ``--workers 2`` used T, so the clips kept
+    depended on the worker count and the summary named the wrong threshold)."""
+    from latentsync.data import quality
+    from latentsync.data.prepare import run
+
+    monkeypatch.setattr(quality, "hub_unreachable_reason", lambda: "huggingface.co cannot be reached")
+    monkeypatch.setattr(quality, "go_offline", lambda reason: None)
+    monkeypatch.setattr(quality, "is_hub_cached", lambda *args, **kwargs: False)
+    cfg = P.PrepareConfig(sync=False, quality_threshold=3.0)
+    _, scorer, spec = run._load_models(cfg, "cpu", None, None)
+    worker = run.worker_quality_scorer(cfg, "cpu", None, spec)
+    assert isinstance(scorer, SharpnessScorer) and scorer.threshold == worker.threshold == 3.0
+    detail = run.describe_filters(cfg, None, scorer)["quality"]
+    assert detail["status"] == "fell back" and detail["detail"].startswith("sharpness: keep score >= 3 (hyperIQA")
+    _, default, _ = run._load_models(P.PrepareConfig(sync=False), "cpu", None, None)
+    assert default.threshold == 8.0
+
+
+def test_stopping_a_parallel_run_does_not_process_the_queued_videos(short_raw, tmp_path):
+    """Ctrl-C / SIGTERM (here: the caller leaving the engine's loop after the first video, as an interrupt does) stops
+    the local engine's workers at once: no queued video is started, the one in progress writes no state, no worker
+    is left. The pool used to be shut down with ``wait=True``, which first processed every queued video (minutes on
+    a real folder, with further Ctrl-C ignored)."""
+    import multiprocessing
+    import time
+
+    from latentsync.data.prepare import run
+
+    cfg = P.PrepareConfig(min_seconds=0.6, max_seconds=1.2, sync=False, quality="sharpness")
+    models = run.StageModels(None, SharpnessScorer(), quality_spec="sharpness")
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    jobs = [run.VideoJob(str(short_raw / "demo1.mp4"), f"v{i}.mp4", str(tmp_path / "clips" / f"v{i}"),
+                         str(state_dir / f"v{i}.json")) for i in range(10)]
+    finished = run._run_local(jobs, cfg, "cpu", models, num_workers=2)
+    _, record = next(finished)
+    assert record["status"] == "done"
+    t0 = time.monotonic()
+    finished.close()
+    assert time.monotonic() - t0 < 8
+    assert len(list(state_dir.glob("*.json"))) <= 3  # the first video, and those that finished meanwhile
+    assert not multiprocessing.active_children()
+
+
+def test_prepare_command_stopped_by_a_signal_says_the_finished_videos_are_kept(tmp_path, monkeypatch, caplog):
+    """Ctrl-C / SIGTERM: exit 130 / 143 with one line saying that the finished videos are kept and how to continue
+    (the generic line said "nothing was written" while work/state held every finished video)."""
+    import signal
+
+    from latentsync.commands import main
+    from latentsync.commands import prepare as command
+    from latentsync.errors import RunInterrupted
+
+    def stopped(*args, **kwargs):
+        raise RunInterrupted(signal.SIGTERM)
+
+    monkeypatch.setattr(command, "prepare_dataset", stopped)
+    with caplog.at_level(logging.ERROR, logger="latentsync"):
+        assert main(["prepare", str(tmp_path / "raw"), str(tmp_path / "out"), "--no-sync"]) == 143
+    assert "stopped by SIGTERM: the videos finished so far are kept in" in caplog.text
+    assert "run the same command again to continue" in caplog.text and "nothing was written" not in caplog.text
+    monkeypatch.setattr(command, "prepare_dataset", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    assert main(["prepare", str(tmp_path / "raw"), str(tmp_path / "out"), "--no-sync"]) == 130
+
+
+def test_audio_track_that_starts_after_the_video_stays_in_sync(tmp_path, monkeypatch):
+    """An audio track that starts 0.6 s into the file (phone and screen recordings, stream cuts): the frames are
+    decoded from the file's start, so the audio must begin with 0.6 s of silence. It was decoded from its first
+    sample, which put all of it 15 frames early in every clip (and --no-sync kept those clips)."""
+    from conftest import write_video, write_wav
+
+    from latentsync.data.prepare import process
+
+    frames = np.full((50, 64, 64, 3), 128, np.uint8)
+    video = write_video(tmp_path / "picture.mp4", frames)
+    t = np.arange(int(1.4 * 16000)) / 16000
+    wav = write_wav(tmp_path / "speech.wav", (0.3 * np.sin(2 * np.pi * 300 * t)).astype(np.float32))
+    late = tmp_path / "late.mp4"
+    ffmpeg("-i", str(video), "-itsoffset", "0.6", "-i", str(wav), "-map", "0:v", "-map", "1:a", "-c:v", "copy",
+           "-c:a", "aac", str(late))
+    monkeypatch.setattr(process, "_scan", lambda p, c: (np.zeros((50, 3, 2)), []))  # a face in every frame
+    scan = process.scan_video(str(late), "late.mp4", P.PrepareConfig(min_seconds=0.4, max_seconds=1.0))
+    assert scan.result["status"] == "done"
+    onset = int(np.argmax(np.abs(scan.audio) > 0.05)) / 16000
+    assert abs(onset - 0.6) < 0.03, onset
+    assert abs(len(scan.audio) / 16000 - 2.0) < 0.1
+
+
+def test_every_video_without_a_clip_is_named_with_its_reason(tmp_path):
+    """A video that gave no clip (unreadable, mute, failed, or every frame dropped) is listed by name in summary.md,
+    summary.json and dropped_videos.csv with its reason in words; the summary only counted them per reason, so
+    finding which files were dropped meant reading every work/state/*.json."""
+    import csv
+
+    from latentsync.data.prepare.run import _summarise
+
+    results = {
+        "a/empty.mp4": {"source": "a/empty.mp4", "status": "dropped", "frames": 0, "clips": [],
+                        "dropped": {"unreadable": {"count": 1, "seconds": 0.0}},
+                        "error": "video file is empty (0 bytes): raw/a/empty.mp4"},
+        "mute | take 2.mp4": {"source": "mute | take 2.mp4", "status": "dropped", "frames": 0, "clips": [],
+                              "dropped": {"no_audio": {"count": 1, "seconds": 3.0}}, "error": "no audio stream"},
+        "odd.mp4": P.process.failed_record("odd.mp4", "Traceback (most recent call last):\n  ...\n"
+                                                      "RuntimeError: the decoder broke\n"),
+        "wall.mp4": {"source": "wall.mp4", "status": "done", "frames": 100, "clips": [],
+                     "dropped": {"no_face": {"count": 0, "seconds": 3.6}, "too_short": {"count": 0, "seconds": 0.4}}},
+        "talk.mp4": {"source": "talk.mp4", "status": "done", "frames": 50, "dropped": {},
+                     "clips": [{"num_frames": 50}]},
+    }
+    summary = _summarise(sorted(results), results)
+    rows = {row["source"]: row for row in summary.dropped_videos}
+    assert sorted(rows) == ["a/empty.mp4", "mute | take 2.mp4", "odd.mp4", "wall.mp4"]
+    assert rows["a/empty.mp4"]["reason"] == "unreadable" and "empty (0 bytes)" in rows["a/empty.mp4"]["detail"]
+    assert rows["mute | take 2.mp4"] == {"source": "mute | take 2.mp4", "reason": "no_audio", "seconds": 3.0,
+                                        "detail": "no audio stream"}
+    failed = rows["odd.mp4"]
+    assert failed["reason"] == "error" and "--retry-failed" in failed["detail"]
+    assert failed["detail"].startswith("RuntimeError: the decoder broke (traceback in work/state/odd-")
+    assert rows["wall.mp4"] == {"source": "wall.mp4", "reason": "no_face", "seconds": 4.0,
+                                "detail": "no_face 90 frames, too_short 10 frames"}
+    table = summary.table()
+    assert "Videos that gave no clip (4; all of them in dropped_videos.csv):" in table
+    assert "| mute \\| take 2.mp4 | no_audio | no audio stream |" in table
+    assert "| wall.mp4 | no_face | no_face 90 frames, too_short 10 frames |" in table
+    assert table.count("dropped: ") == len(summary.dropped)  # one row per reason in the kept/dropped table
+    run_csv = tmp_path / "dropped_videos.csv"
+    P.run._write_csv(str(run_csv), P.run.DROPPED_VIDEO_COLUMNS, summary.dropped_videos)
+    assert [r["source"] for r in csv.DictReader(run_csv.read_text(encoding="utf-8").splitlines())] == sorted(rows)
+
+
+def test_the_end_to_end_run_names_its_dropped_videos(local_prepared):
+    """The broken and the mute file of the end-to-end run are named in summary.md and dropped_videos.csv."""
+    import csv
+
+    out, summary = local_prepared
+    text = (out / "summary.md").read_text(encoding="utf-8")
+    assert "| broken.mp4 | unreadable | cannot read video " in text
+    assert "| mute.mp4 | no_audio | no audio stream |" in text
+    rows = list(csv.DictReader((out / "dropped_videos.csv").read_text(encoding="utf-8").splitlines()))
+    assert [(r["source"], r["reason"]) for r in rows] == [("broken.mp4", "unreadable"), ("mute.mp4", "no_audio")]
+    assert json.loads((out / "summary.json").read_text())["dropped_videos"] == summary.dropped_videos
+
+
+def test_linked_folders_are_searched_and_a_file_reached_twice_is_one_video(short_raw, tmp_path):
+    """A linked sub-folder is searched (it was skipped without a word), a link loop ends, a link into the output
+    folder is not followed, and a file reached under two names (a link, a hard link) is processed once, the other
+    name listed as ``duplicate`` (its clips used to be in the dataset twice); files whose ending is not a video's
+    are counted in the summary (they were ignored without a word)."""
+    from latentsync.data.prepare.planning import scan_input
+
+    raw, elsewhere, out = tmp_path / "raw", tmp_path / "elsewhere", tmp_path / "out"
+    (raw / ".hidden").mkdir(parents=True)
+    elsewhere.mkdir()
+    (out / "work").mkdir(parents=True)
+    shutil.copy(short_raw / "demo1.mp4", raw / "talk.mp4")
+    (elsewhere / "other.mp4").write_bytes(b"not a video")
+    (out / "work" / "clip_0000.mp4").write_bytes(b"a prepared clip")
+    (raw / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (raw / "loop").symlink_to(raw, target_is_directory=True)
+    (raw / "out").symlink_to(out, target_is_directory=True)
+    (raw / "talk link.mp4").symlink_to(raw / "talk.mp4")
+    os.link(raw / "talk.mp4", raw / "zz hard.mp4")
+    (raw / ".hidden" / "h.mp4").write_bytes(b"hidden")
+    (raw / "phone.3gp").write_bytes(b"a video with an ending that is not searched")
+    (raw / "notes.TXT").write_bytes(b"notes")
+    (raw / "._talk.mp4").write_bytes(b"macOS metadata")
+    videos, duplicates, other_files = scan_input(str(raw), exclude=[str(out)])
+    assert videos == ["linked/other.mp4", "talk.mp4"]
+    assert duplicates == {"talk link.mp4": "talk.mp4", "zz hard.mp4": "talk.mp4"}
+    assert other_files == {".3gp": 1, ".txt": 1}
+
+    cfg = P.PrepareConfig(min_seconds=0.6, max_seconds=1.2, sync=False, quality="sharpness", quality_threshold=0.0)
+    summary = P.prepare_dataset(str(raw), str(out), cfg)
+    assert summary.videos == 4 and summary.clips == 1
+    assert summary.dropped["duplicate"] == {"count": 2, "seconds": 0.0}
+    rows = {row["source"]: row for row in summary.dropped_videos}
+    assert rows["talk link.mp4"]["detail"] == "the same file as talk.mp4, which is processed instead"
+    assert rows["linked/other.mp4"]["reason"] == "unreadable"
+    assert summary.other_files == {".3gp": 1, ".txt": 1}
+    assert "Not read: 2 other files of the input folder, by ending .3gp 1, .txt 1 (a video among them is read once " \
+           "renamed to one of .mp4, .mov" in (out / "summary.md").read_text(encoding="utf-8")
+    assert sorted(p.name for p in (out / "work" / "state").glob("*.json")) == sorted(
+        f"{P.video_key(v)}.json" for v in videos)
+
+
+def test_a_replaced_source_video_is_processed_again(short_raw, tmp_path):
+    """A rerun redoes a video whose file changed since its state was made (a finished download replacing a broken
+    one, a re-export under the same name); it kept the old verdict and clips of the old file."""
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    raw.mkdir()
+    (raw / "talk.mp4").write_bytes(b"an unfinished download")
+    cfg = P.PrepareConfig(min_seconds=0.6, max_seconds=1.2, sync=False, quality="sharpness", quality_threshold=0.0)
+    with pytest.raises(P.NoClipsKeptError, match="unreadable 1 video"):
+        P.prepare_dataset(str(raw), str(out), cfg)
+    shutil.copy(short_raw / "demo1.mp4", raw / "talk.mp4")
+    summary = P.prepare_dataset(str(raw), str(out), cfg)
+    assert summary.clips == 1 and summary.videos_done == 1 and "unreadable" not in summary.dropped
+    state = next((out / "work" / "state").glob("talk-*.json"))
+    before = state.stat().st_mtime_ns
+    assert P.prepare_dataset(str(raw), str(out), cfg).clips == 1 and state.stat().st_mtime_ns == before  # unchanged
+
+
+def test_source_seconds_count_the_videos_dropped_whole(tmp_path):
+    """A mute video's length is in the summary's source seconds as in its ``no_audio`` seconds, so that kept and
+    dropped seconds add up to the source (the header left it out: "1 source videos (0.0 s)" next to "no_audio 1
+    video 2.0 s")."""
+    from conftest import write_video
+
+    from latentsync.data.prepare import process
+    from latentsync.data.prepare.run import _summarise
+
+    path = write_video(tmp_path / "mute.mp4", np.full((50, 64, 64, 3), 128, np.uint8))
+    record = process.scan_video(str(path), "mute.mp4", P.PrepareConfig(min_seconds=0.4, max_seconds=1.0)).result
+    assert record["status"] == "dropped" and record["dropped"] == {"no_audio": {"count": 1, "seconds": 2.0}}
+    summary = _summarise(["mute.mp4"], {"mute.mp4": record})
+    assert summary.source_seconds == 2.0 and "1 source videos (2.0 s at 25 fps)" in summary.table()
+
+
+def test_a_video_whose_clip_files_are_gone_is_processed_again(short_raw, tmp_path):
+    """work/clips deleted after a run (the dataset holds the clips too, so it looks like a copy to free): a rerun
+    makes the missing clips again. It ended, after processing every new video, in a traceback from the dataset
+    build (FileNotFoundError on the first missing clip)."""
+    import datasets
+
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    raw.mkdir()
+    shutil.copy(short_raw / "demo1.mp4", raw / "talk.mp4")
+    cfg = P.PrepareConfig(min_seconds=0.6, max_seconds=1.2, sync=False, quality="sharpness", quality_threshold=0.0)
+    assert P.prepare_dataset(str(raw), str(out), cfg).clips == 1
+    shutil.rmtree(out / "work" / "clips")
+    assert P.prepare_dataset(str(raw), str(out), cfg).clips == 1
+    assert len(datasets.load_from_disk(str(out / "dataset"))) == 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 from ..data.prepare import PrepareConfig, prepare_dataset, push_prepared
 
@@ -70,9 +71,15 @@ def prepare(argv: list[str]) -> int:
         max_sync_offset=args.max_sync_offset, quality=args.quality, quality_threshold=args.quality_threshold,
         max_shard_size=args.max_shard_size,
     )
-    summary = prepare_dataset(args.input, args.output, config, num_workers=args.workers, device=args.device,
-                              retry_failed=args.retry_failed, overwrite=args.overwrite, engine=args.engine,
-                              ray_address=args.address, actors=args.actors)
+    try:
+        summary = prepare_dataset(args.input, args.output, config, num_workers=args.workers, device=args.device,
+                                  retry_failed=args.retry_failed, overwrite=args.overwrite, engine=args.engine,
+                                  ray_address=args.address, actors=args.actors)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (RunInterrupted): the finished videos are kept
+        name = getattr(exc, "signal_name", "Ctrl-C")
+        logger.error("stopped by %s: the videos finished so far are kept in %s; run the same command again to "
+                     "continue (the video in progress is redone)", name, os.path.join(args.output, "work"))
+        return getattr(exc, "exit_code", 130)
     if args.push_to_hub:
         push_prepared(args.output, args.push_to_hub, private=args.private or None, max_shard_size=args.max_shard_size)
         logger.info("pushed %d clips to https://huggingface.co/datasets/%s", summary.clips, args.push_to_hub)

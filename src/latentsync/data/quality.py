@@ -138,8 +138,11 @@ def load_quality_scorer(spec: str = "auto", threshold: float | None = None,
                 return HyperIQAScorer.from_pretrained(device=device, **kwargs)
             except Exception as exc:  # noqa: BLE001 - any failure to fetch/load falls back to the weight-free scorer
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        logger.warning("hyperIQA weights unavailable (%s); using the sharpness scorer for quality filtering", reason)
-        return SharpnessScorer(fallback_reason=f"hyperIQA weights unavailable: {reason}")
+        # the caller's threshold holds for the scorer that runs (the workers of a run load "sharpness" with it too)
+        scorer = SharpnessScorer(fallback_reason=f"hyperIQA weights unavailable: {reason}", **kwargs)
+        logger.warning("hyperIQA weights unavailable (%s); using the sharpness scorer (keep score >= %g) for quality "
+                       "filtering", reason, scorer.threshold)
+        return scorer
     if spec == "hyperiqa":
         check_model_sources({"--quality hyperiqa": (HYPERIQA_REPO_ID, HYPERIQA_FILENAME)})
         return HyperIQAScorer.from_pretrained(device=device, **kwargs)

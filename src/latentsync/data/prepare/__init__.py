@@ -21,7 +21,8 @@ stops midway redoes only the unfinished videos. At the end all clips go into one
 shards under ``<output>/dataset`` (load with ``datasets.load_from_disk``; ``push_prepared`` uploads it), and
 ``summary.json`` / ``summary.md`` list which filters ran, were skipped or fell back, what was kept and what was
 dropped and why; ``dropped_clips.csv`` lists every clip a filter dropped with its sync offset, sync confidence and
-quality score. A run that keeps no clip writes no dataset and raises [`NoClipsKeptError`].
+quality score, and ``dropped_videos.csv`` every source video that gave no clip, with its reason. A run that keeps
+no clip writes no dataset and raises [`NoClipsKeptError`].
 
 Modules: ``config`` (settings, summary, drop reasons), ``planning`` (finding videos, cutting clips, re-cutting
 audio), ``sync`` (the SyncNet offset check), ``process`` (one video: steps 1-8 as stage functions), ``run`` (all

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ...errors import LatentSyncInputError
+from ...media.constants import VIDEO_EXTENSIONS
 from ...media.constants import VIDEO_FPS as FPS
 
 # Why material was dropped. Video-level reasons drop the whole file, clip-level ones a planned clip, frame-level
@@ -16,6 +17,7 @@ DROP_REASONS = {
     "no_audio": "no audio stream, or one that cannot be decoded",
     "silent_audio": "audio track is silent",
     "error": "unexpected error while processing (see the state file)",
+    "duplicate": "another name (a link) of a video in the folder, which is processed once",
     "no_face": "frames without a detected face",
     "too_short": "face runs / scenes shorter than min_seconds",
     "audio_ends_early": "video frames after the end of the audio track; a few at the end of a file are common",
@@ -24,7 +26,7 @@ DROP_REASONS = {
     "sync_failed": "SyncNet could not score the clip (shorter than its window)",
     "low_quality": "visual quality below the scorer's threshold",
 }
-VIDEO_REASONS = ("unreadable", "no_audio", "silent_audio", "error")
+VIDEO_REASONS = ("unreadable", "no_audio", "silent_audio", "error", "duplicate")
 """Reasons that drop a whole source video (their ``count`` counts videos)."""
 FRAME_REASONS = ("no_face", "too_short", "audio_ends_early")
 """Reasons that drop frames that never became part of a clip (their ``count`` is 0: the amount is in ``seconds``);
@@ -111,6 +113,11 @@ DROPPED_CLIP_COLUMNS = ("source", "start", "end", "num_frames", "reason", "sync_
                         "quality_score")
 
 
+# columns of dropped_videos.csv: every source video that gave no clip, the reason that took most of it, and in words
+# what happened (the file's error, or the amount each reason took)
+DROPPED_VIDEO_COLUMNS = ("source", "reason", "seconds", "detail")
+
+
 class NoClipsKeptError(LatentSyncInputError):
     """Data preparation kept no clip (the summary, written beside, says why); ``summary`` holds it."""
 
@@ -123,8 +130,10 @@ class NoClipsKeptError(LatentSyncInputError):
 class PrepareSummary:
     """What a run kept and dropped. ``dropped`` maps a reason to ``{"count": items, "seconds": duration}`` (items:
     videos for [`VIDEO_REASONS`], clips for clip-level reasons, 0 for [`FRAME_REASONS`], which drop frames);
-    ``dropped_clips`` lists every planned clip a filter dropped (see [`DROPPED_CLIP_COLUMNS`]); ``filters`` says for
-    each filter (``scenes``, ``faces``, ``sync``, ``quality``) whether it ran, was skipped or fell back, and how."""
+    ``dropped_clips`` lists every planned clip a filter dropped (see [`DROPPED_CLIP_COLUMNS`]); ``dropped_videos``
+    every source video that gave no clip, with its reason (see [`DROPPED_VIDEO_COLUMNS`]); ``other_files`` counts
+    per ending the files of the input folder that were not read, their ending not being a video's; ``filters`` says
+    for each filter (``scenes``, ``faces``, ``sync``, ``quality``) whether it ran, was skipped or fell back, and how."""
 
     videos: int = 0
     videos_done: int = 0
@@ -134,21 +143,36 @@ class PrepareSummary:
     source_seconds: float = 0.0
     dropped: dict = field(default_factory=dict)
     dropped_clips: list = field(default_factory=list)
+    dropped_videos: list = field(default_factory=list)
+    other_files: dict = field(default_factory=dict)
     filters: dict = field(default_factory=dict)
     dataset_path: str | None = None
     elapsed_seconds: float = 0.0
 
     def table(self, max_dropped_rows: int = 20) -> str:
-        """Markdown: the filters, a table of kept and dropped material, and the first dropped clips."""
+        """Markdown: the filters, a table of kept and dropped material, the first videos that gave no clip and the
+        first dropped clips."""
         lines = ["Filters:", ""]
         lines += [f"- {name}: **{f['status']}** - {f['detail']}" for name, f in self.filters.items()]
         head = (f"{self.videos} source videos ({self.source_seconds:.1f} s at 25 fps), {self.videos_done} processed, "
                 f"{self.videos_failed} dropped whole")
+        if self.other_files:
+            n = sum(self.other_files.values())
+            counts = ", ".join(f"{ending} {count}" for ending, count in self.other_files.items())
+            head += (f"\n\nNot read: {n} other file{'s' * (n != 1)} of the input folder, by ending {counts} (a video "
+                     f"among them is read once renamed to one of {', '.join(VIDEO_EXTENSIONS)})")
         lines += ["", head, "", "| | count | seconds |", "|---|---:|---:|",
                   f"| kept clips | {self.clips} | {self.clip_seconds:.1f} |"]
         for reason, d in sorted(self.dropped.items(), key=lambda kv: -kv[1]["seconds"]):
             lines.append(f"| dropped: {reason} ({DROP_REASONS.get(reason, '')}) | {drop_amount(reason, d)} | "
                          f"{_seconds(d['seconds'])} |")
+        if self.dropped_videos:
+            lines += ["", f"Videos that gave no clip ({len(self.dropped_videos)}; all of them in dropped_videos.csv):",
+                      "", "| source | reason | detail |", "|---|---|---|"]
+            for video in self.dropped_videos[:max_dropped_rows]:
+                lines.append(f"| {_text_cell(video['source'])} | {video['reason']} | {_text_cell(video['detail'])} |")
+            if len(self.dropped_videos) > max_dropped_rows:
+                lines.append(f"| ... {len(self.dropped_videos) - max_dropped_rows} more | | |")
         if self.dropped_clips:
             lines += ["", f"Dropped clips ({len(self.dropped_clips)}; all of them in dropped_clips.csv):", "",
                       "| " + " | ".join(DROPPED_CLIP_COLUMNS) + " |", "|" + "---|" * len(DROPPED_CLIP_COLUMNS)]
@@ -163,3 +187,8 @@ def _cell(value) -> str:
     if value is None:
         return "-"
     return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def _text_cell(text: str) -> str:
+    """Text for a Markdown table cell: one line, ``|`` escaped."""
+    return " ".join(str(text).split()).replace("|", "\\|")

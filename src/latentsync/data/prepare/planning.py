@@ -5,13 +5,15 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections import Counter
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 
 from ...errors import LatentSyncInputError
 from ...media.constants import SAMPLES_PER_FRAME
-from ...media.files import find_videos as find_video_files
+from ...media.files import is_video_file
 from ...utils import true_runs
 
 
@@ -68,8 +70,64 @@ def video_key(relpath: str) -> str:
     return f"{stem}-{hashlib.sha1(relpath.encode()).hexdigest()[:8]}"
 
 
-def find_videos(input_dir: str) -> list[str]:
-    """Video files under ``input_dir`` (recursive, sorted), as paths relative to it."""
+class InputFiles(NamedTuple):
+    """What [`scan_input`] found: ``videos`` (paths relative to the input folder, sorted), ``duplicates`` (``{other
+    path: the processed path}`` of files reached under a second name) and ``other_files`` (how many files of each
+    ending, lower case, were skipped as not videos)."""
+
+    videos: list[str]
+    duplicates: dict[str, str]
+    other_files: dict[str, int]
+
+
+def find_videos(input_dir: str, exclude: Sequence[str] = ()) -> list[str]:
+    """Video files under ``input_dir`` (recursive, sorted), as paths relative to it: see [`scan_input`]."""
+    return scan_input(input_dir, exclude).videos
+
+
+def scan_input(input_dir: str, exclude: Sequence[str] = ()) -> InputFiles:
+    """The video files under ``input_dir``, the ones that are another of them under a second name, and the endings
+    of the other files (a video ending is what makes a file a video here).
+
+    Sub-folders are searched, linked ones included (each real folder once, so a link loop ends), except hidden ones
+    and the folders ``exclude`` names (the output folder); hidden files are skipped. A file reached twice (a link
+    to a video of the folder, a hard link) is one video: its own path is processed (not a link's; of hard links, the
+    first in sorted order).
+    """
     if not os.path.isdir(input_dir):
         raise LatentSyncInputError(f"input folder not found: {input_dir}")
-    return find_video_files(input_dir)
+    skipped = {os.path.realpath(path) for path in exclude}
+    seen_folders: set[str] = set()
+    found: list[str] = []
+    other_files: Counter[str] = Counter()
+    for root, dirs, files in os.walk(input_dir, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen_folders or real in skipped:
+            dirs[:] = []
+            continue
+        seen_folders.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found += [os.path.relpath(os.path.join(root, name), input_dir) for name in files if is_video_file(name)]
+        other_files.update(os.path.splitext(name)[1].lower() or "(none)" for name in files
+                           if not name.startswith(".") and not is_video_file(name))
+    real_input = os.path.realpath(input_dir)
+
+    def through_link(relpath: str) -> bool:
+        return os.path.realpath(os.path.join(input_dir, relpath)) != os.path.join(real_input, relpath)
+
+    videos: list[str] = []
+    duplicates: dict[str, str] = {}
+    first: dict[tuple[int, int], str] = {}
+    for relpath in sorted(found, key=lambda rel: (through_link(rel), rel)):  # a file's own path before its links
+        try:
+            st = os.stat(os.path.join(input_dir, relpath))
+        except OSError:  # a link to nothing: processed, and reported as unreadable
+            videos.append(relpath)
+            continue
+        identity = (st.st_dev, st.st_ino)
+        if identity in first:
+            duplicates[relpath] = first[identity]
+        else:
+            first[identity] = relpath
+            videos.append(relpath)
+    return InputFiles(sorted(videos), dict(sorted(duplicates.items())), dict(sorted(other_files.items())))

@@ -14,19 +14,22 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import cv2
+import imageio_ffmpeg
 import numpy as np
 
 from ...errors import InvalidAudioError, InvalidVideoError, LatentSyncInputError
 from ...face.alignment import FaceAligner, smooth_anchors
 from ...face.detection import FaceDetector
-from ...media.audio import check_not_silent, load_audio, write_wav
+from ...media.audio import check_not_silent, write_wav
 from ...media.constants import SAMPLE_RATE, SAMPLES_PER_FRAME
 from ...media.constants import VIDEO_FPS as FPS
+from ...media.files import check_input_file, ffmpeg_reason
 from ...media.video import VideoWriter, iter_frames, probe_video
 from .config import PrepareConfig
 from .planning import plan_clips, shifted_audio, video_key
@@ -78,6 +81,13 @@ def _drop(result: dict, reason: str, frames: int = 0, count: int = 1) -> None:
     d["seconds"] += frames / FPS
 
 
+def _drop_video(result: dict, reason: str, error: str, frames: int = 0) -> None:
+    """Drop a whole source video of ``frames`` frames (its length counts in the summary's source seconds, as in
+    the reason's seconds)."""
+    result.update(status="dropped", error=error, frames=frames)
+    _drop(result, reason, frames)
+
+
 def _drop_clip(result: dict, reason: str, s: int, e: int, offset: int | None = None,
                confidence: float | None = None, quality: float | None = None) -> None:
     """Drop planned clip ``[s, e)`` and record it with the figures that decided (``dropped_clips`` of the state)."""
@@ -124,6 +134,37 @@ def _scan(path: str, config: PrepareConfig) -> tuple[np.ndarray, list[int]]:
     return out, cuts
 
 
+TIMELINE_AUDIO_FILTER = "aresample=async=1:first_pts=0"
+"""ffmpeg filter that puts the audio on the file's timeline: silence before a track that starts late and in its gaps
+of more than 0.1 s, a start before the file's trimmed."""
+
+
+def load_track_audio(path: str, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """The first audio track of ``path``, mono float32 at ``sample_rate``, sample 0 at the time of video frame 0.
+
+    The frames are decoded at a constant rate from the start of the file (a video track that starts late begins
+    with copies of its first frame), so the audio is placed on the same clock: a track that starts after the
+    video (a phone or screen recording, a stream cut) begins with silence instead of having its first sound on
+    frame 0, which put all of it out of sync by its delay.
+
+    Raises:
+        InvalidAudioError: no audio track, or one that cannot be decoded or holds no samples.
+    """
+    path = check_input_file(path, InvalidAudioError, "audio")
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-i", path, "-map", "0:a:0",
+           "-af", TIMELINE_AUDIO_FILTER, "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "-"]
+    proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, check=False)
+    if proc.returncode != 0:
+        text = proc.stderr.decode(errors="replace")
+        if "matches no streams" in text or "does not contain any stream" in text:
+            raise InvalidAudioError(f"no audio stream in {path}")
+        raise InvalidAudioError(f"cannot read audio from {path}: {ffmpeg_reason(text, proc.returncode)}")
+    audio = np.frombuffer(proc.stdout, dtype=np.float32)
+    if audio.size == 0:
+        raise InvalidAudioError(f"audio stream of {path} holds no samples")
+    return audio.copy()
+
+
 def sync_threshold(config: PrepareConfig, sync_checker) -> float:
     """The minimum sync confidence: the configured one, else the checker's default."""
     if config.min_sync_confidence is not None:
@@ -131,35 +172,46 @@ def sync_threshold(config: PrepareConfig, sync_checker) -> float:
     return getattr(sync_checker, "default_min_confidence", 3.0)
 
 
+def source_fingerprint(path: str) -> dict | None:
+    """Size and modification time of a source video (None when it cannot be read): a resumed run redoes a video
+    whose file no longer matches the one its state was made from."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
 def scan_video(path: str, relpath: str, config: PrepareConfig) -> VideoScan:
     """Steps 1-4 of the module docstring of [`latentsync.data.prepare`]: probe (unreadable, mute and silent files
     are dropped whole), audio, scene cuts and faces, and the clip plan; ``plan`` is empty when nothing is usable."""
-    result = {"source": relpath, "key": video_key(relpath), "status": "done", "frames": 0, "clips": [], "dropped": {}}
+    result = {"source": relpath, "key": video_key(relpath), "status": "done", "frames": 0, "clips": [], "dropped": {},
+              "source_file": source_fingerprint(path)}
     scan = VideoScan(result)
     try:
         info = probe_video(path)
     except InvalidVideoError as exc:
-        result.update(status="dropped", error=str(exc))
-        _drop(result, "unreadable")
+        _drop_video(result, "unreadable", str(exc))
         return scan
+    frames = int(info.duration * FPS)  # what the header says: the footage a whole-video drop takes
     if not info.has_audio:
-        result.update(status="dropped", error="no audio stream")
-        _drop(result, "no_audio", int(info.duration * FPS))
+        _drop_video(result, "no_audio", "no audio stream", frames)
         return scan
     try:
-        audio = load_audio(path, SAMPLE_RATE)
+        audio = load_track_audio(path, SAMPLE_RATE)
         check_not_silent(audio, path)
     except InvalidAudioError as exc:
-        result.update(status="dropped", error=str(exc))
-        _drop(result, "silent_audio" if "silent" in str(exc) else "no_audio", int(info.duration * FPS))
+        _drop_video(result, "silent_audio" if "silent" in str(exc) else "no_audio", str(exc), frames)
         return scan
     try:
         anchors, cuts = _scan(path, config)
     except InvalidVideoError as exc:
-        result.update(status="dropped", error=str(exc))
-        _drop(result, "unreadable", int(info.duration * FPS))
+        _drop_video(result, "unreadable", str(exc), frames)
         return scan
     n = len(anchors)
+    if n == 0:  # the decoder gave no frame (every video packet damaged)
+        _drop_video(result, "unreadable", "no video frame could be decoded", frames)
+        return scan
     result["frames"] = n
     has_face = ~np.isnan(anchors[:, 0, 0])
     with_audio = min(n, len(audio) // SAMPLES_PER_FRAME)
@@ -309,13 +361,16 @@ def process_video(path: str, relpath: str, clips_dir: str, config: PrepareConfig
     return scan.result
 
 
-def failed_record(relpath: str, error: str, status: str = "failed") -> dict:
+def failed_record(relpath: str, error: str, status: str = "failed", path: str | None = None) -> dict:
     """The record of a video whose processing raised (``failed``: its state is saved and ``--retry-failed`` redoes
-    it) or whose worker died (``crashed``: no state is saved, the next run redoes it); ``error`` says why."""
+    it, as does any run once the file at ``path`` has changed) or whose worker died (``crashed``: no state is saved,
+    the next run redoes it); ``error`` says why."""
     record = {"source": relpath, "status": status, "frames": 0, "clips": [],
               "dropped": {"error": {"count": 1, "seconds": 0.0}}, "error": error}
     if status == "failed":
         record["key"] = video_key(relpath)
+    if path is not None:
+        record["source_file"] = source_fingerprint(path)
     return record
 
 

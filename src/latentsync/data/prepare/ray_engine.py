@@ -286,7 +286,7 @@ class _Driver:
         if v.crashed:
             return failed_record(v.job.relpath, v.error, status="crashed")
         if v.error is not None:
-            record = failed_record(v.job.relpath, v.error)
+            record = failed_record(v.job.relpath, v.error, path=v.job.path)
         else:
             record = v.scan.result
             for index in sorted(v.outcomes):

@@ -13,6 +13,7 @@ import logging
 import multiprocessing
 import os
 import shutil
+import signal
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -29,10 +30,11 @@ from ...media.constants import VIDEO_FPS as FPS
 from ...model_source import check_model_sources
 from ...utils import write_json_atomically
 from ..quality import QualityScorer, SharpnessScorer, load_quality_scorer
-from .config import DROPPED_CLIP_COLUMNS, NoClipsKeptError, PrepareConfig, PrepareSummary, drop_amount
+from .config import (DROP_REASONS, DROPPED_CLIP_COLUMNS, DROPPED_VIDEO_COLUMNS, VIDEO_REASONS, NoClipsKeptError,
+                     PrepareConfig, PrepareSummary, drop_amount)
 from .dataset import build_prepared_dataset
-from .planning import find_videos, video_key
-from .process import failed_record, fresh_clips_dir, process_video, sync_threshold
+from .planning import scan_input, video_key
+from .process import failed_record, fresh_clips_dir, process_video, source_fingerprint, sync_threshold
 from .sync import SyncChecker, load_sync_checker
 
 logger = logging.getLogger(__name__)
@@ -84,9 +86,24 @@ def worker_quality_scorer(config: PrepareConfig, device: str, given=None, spec: 
     return load_quality_scorer(spec or config.quality, config.quality_threshold, device=device)
 
 
+def _stop_worker(signum: int, frame) -> None:
+    """A worker process's handler of SIGINT and SIGTERM: the first one stops the video in progress
+    (``KeyboardInterrupt``: its partial clips are removed and no state is written, so the next run redoes it) and
+    makes every later job of this worker return at once; later signals are ignored."""
+    if _WORKER.get("stopping"):
+        return
+    _WORKER["stopping"] = True
+    if _WORKER.get("busy"):
+        raise KeyboardInterrupt(f"stopped by signal {signum}")
+
+
 def _init_worker(config: PrepareConfig, device: str, sync_checker, quality_scorer, threads: int,
-                 quality_spec: str | None = None) -> None:
-    """Per-process setup: thread counts and the models of the sync and quality steps (loaded once per worker)."""
+                 quality_spec: str | None = None, pool_process: bool = False) -> None:
+    """Per-process setup: thread counts and the models of the sync and quality steps (loaded once per worker);
+    ``pool_process``: a worker of the local engine's pool, which stops on SIGINT / SIGTERM ([`_stop_worker`])."""
+    if pool_process:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, _stop_worker)
     set_threads(threads)
     _WORKER["config"] = config
     _WORKER["sync"] = worker_sync_checker(config, device, sync_checker)
@@ -151,16 +168,22 @@ def describe_filters(config: PrepareConfig, sync_checker, quality_scorer) -> dic
 
 def _worker_job(path: str, relpath: str, clips_dir: str, state_path: str) -> dict:
     """Process one video in a worker and persist its state atomically (the resume marker)."""
+    if _WORKER.get("stopping"):  # the run was stopped: the jobs still queued in this worker do nothing
+        raise KeyboardInterrupt("stopped")
     config = _WORKER["config"]
     t0 = time.time()
-    fresh_clips_dir(clips_dir)
+    _WORKER["busy"] = True
     try:
-        result = process_video(path, relpath, clips_dir, config, _WORKER.get("sync"), _WORKER.get("quality"))
-    except Exception as exc:  # noqa: BLE001 - recorded per video so one bad file does not stop the run
-        logger.error("failed on %s: %s", relpath, exc)
-        result = failed_record(relpath, traceback.format_exc(limit=8))
-    result["seconds_processing"] = round(time.time() - t0, 2)
-    write_json_atomically(state_path, result, indent=1)
+        fresh_clips_dir(clips_dir)
+        try:
+            result = process_video(path, relpath, clips_dir, config, _WORKER.get("sync"), _WORKER.get("quality"))
+        except Exception as exc:  # noqa: BLE001 - recorded per video so one bad file does not stop the run
+            logger.error("failed on %s: %s", relpath, exc)
+            result = failed_record(relpath, traceback.format_exc(limit=8), path=path)
+        result["seconds_processing"] = round(time.time() - t0, 2)
+        write_json_atomically(state_path, result, indent=1)
+    finally:
+        _WORKER["busy"] = False
     return result
 
 
@@ -263,21 +286,33 @@ def _prepare(input_dir: str, output_dir: str, config: PrepareConfig, device: str
     os.makedirs(clips_root, exist_ok=True)
     write_json_atomically(config_path, config.identity(), indent=1)
 
-    videos = find_videos(input_dir)
-    if not videos:
+    found, duplicates, other_files = scan_input(input_dir, exclude=[output_dir])
+    if not found:
         raise LatentSyncInputError(f"no video files ({', '.join(VIDEO_EXTENSIONS)}) under {input_dir}")
-    jobs, results = [], {}
-    for rel in videos:
-        key = video_key(rel)
-        state_path = os.path.join(state_dir, key + ".json")
+    videos = sorted([*found, *duplicates])
+    jobs, results, changed, missing = [], {}, 0, 0
+    for rel in found:
+        key, path = video_key(rel), os.path.join(input_dir, rel)
+        state_path, clips_dir = os.path.join(state_dir, key + ".json"), os.path.join(clips_root, key)
         if os.path.isfile(state_path):
             with open(state_path) as f:
                 previous = json.load(f)
-            if not (retry_failed and previous.get("status") == "failed"):
+            if previous.get("source_file", source_fingerprint(path)) != source_fingerprint(path):
+                changed += 1  # replaced or rewritten since its state was made: its clips are of the old file
+            elif not all(os.path.isfile(os.path.join(clips_dir, c["file"])) for c in previous["clips"]):
+                missing += 1  # work/clips cleaned up: the dataset is built from these files
+            elif not (retry_failed and previous.get("status") == "failed"):
                 results[rel] = previous
                 continue
-        jobs.append(VideoJob(os.path.join(input_dir, rel), rel, os.path.join(clips_root, key), state_path))
-    logger.info("%d videos: %d already done, %d to process", len(videos), len(results), len(jobs))
+        jobs.append(VideoJob(path, rel, clips_dir, state_path))
+    for rel, same in duplicates.items():
+        results[rel] = duplicate_record(rel, same)
+    again = [f"{changed} changed since the last run"] if changed else []
+    again += [f"{missing} whose clip files in work/clips are gone"] if missing else []
+    logger.info("%d videos: %d already done, %d to process%s%s", len(videos), len(results) - len(duplicates),
+                len(jobs), f" ({', '.join(again)})" if again else "",
+                f", {len(duplicates)} other name{'s' * (len(duplicates) != 1)} (links) of these skipped"
+                if duplicates else "")
 
     kept = sum(len(r["clips"]) for r in results.values())
     filters_path = os.path.join(work, "filters.json")
@@ -294,28 +329,40 @@ def _prepare(input_dir: str, output_dir: str, config: PrepareConfig, device: str
     bar = tqdm(total=len(jobs), desc="prepare", unit="video")
     bar.set_postfix(clips=kept)
     if jobs:
-        for relpath, res in run_engine(jobs, config, device, models):
-            results[relpath] = res
-            kept += len(res["clips"])
-            bar.update(1)
-            bar.set_postfix(clips=kept)
+        finished = run_engine(jobs, config, device, models)
+        try:
+            for relpath, res in finished:
+                results[relpath] = res
+                kept += len(res["clips"])
+                bar.update(1)
+                bar.set_postfix(clips=kept)
+        finally:  # on Ctrl-C the engine stops its workers now, not when the generator is collected
+            finished.close()
     bar.close()
 
     summary = _summarise(videos, results)
-    summary.filters = filters
+    summary.filters, summary.other_files = filters, other_files
     if build_dataset and summary.clips:
         summary.dataset_path = build_prepared_dataset(output_dir, [results[v] for v in videos], config)
     elif not summary.clips:  # no dataset rather than an empty one (or a stale one of an earlier run)
         shutil.rmtree(os.path.join(output_dir, "dataset"), ignore_errors=True)
     summary.elapsed_seconds = round(time.time() - t0, 1)
     write_json_atomically(os.path.join(output_dir, "summary.json"), dataclasses.asdict(summary), indent=1)
-    with open(os.path.join(output_dir, "summary.md"), "w") as f:
+    with open(os.path.join(output_dir, "summary.md"), "w", encoding="utf-8") as f:
         f.write(summary.table() + "\n")
-    _write_dropped_clips(os.path.join(output_dir, "dropped_clips.csv"), summary.dropped_clips)
+    _write_csv(os.path.join(output_dir, "dropped_clips.csv"), DROPPED_CLIP_COLUMNS, summary.dropped_clips)
+    _write_csv(os.path.join(output_dir, "dropped_videos.csv"), DROPPED_VIDEO_COLUMNS, summary.dropped_videos)
     logger.info("data preparation summary:\n%s", summary.table())
     if not summary.clips:
         raise NoClipsKeptError(_no_clips_message(output_dir, summary), summary)
     return summary
+
+
+def duplicate_record(relpath: str, same: str) -> dict:
+    """The record of a path that is another video of the folder under a second name (not processed, no state)."""
+    return {"source": relpath, "status": "dropped", "frames": 0, "clips": [],
+            "dropped": {"duplicate": {"count": 1, "seconds": 0.0}},
+            "error": f"the same file as {same}, which is processed instead"}
 
 
 def _run_local(jobs: list[VideoJob], config: PrepareConfig, device: str, models: StageModels,
@@ -335,10 +382,12 @@ def _run_local(jobs: list[VideoJob], config: PrepareConfig, device: str, models:
     ctx = multiprocessing.get_context("spawn")  # MediaPipe and torch are not fork-safe
     threads = max(1, (os.cpu_count() or 1) // num_workers)
     # each worker loads its own models: only the caller's own objects are sent (pickled)
-    with cf.ProcessPoolExecutor(num_workers, mp_context=ctx, initializer=_init_worker,
-                                initargs=(config, device, models.given_sync, models.given_quality, threads,
-                                          models.quality_spec)) as pool:
-        futures = {pool.submit(_worker_job, *job): job for job in jobs}
+    pool = cf.ProcessPoolExecutor(num_workers, mp_context=ctx, initializer=_init_worker,
+                                  initargs=(config, device, models.given_sync, models.given_quality, threads,
+                                            models.quality_spec, True))
+    futures: dict[cf.Future, VideoJob] = {}
+    try:
+        futures.update((pool.submit(_worker_job, *job), job) for job in jobs)
         for fut in cf.as_completed(futures):
             job = futures[fut]
             try:
@@ -347,6 +396,32 @@ def _run_local(jobs: list[VideoJob], config: PrepareConfig, device: str, models:
                 logger.error("worker crashed on %s: %s", job.relpath, exc)
                 res = failed_record(job.relpath, str(exc), status="crashed")
             yield job.relpath, res
+    except BaseException:  # Ctrl-C, SIGTERM, or the caller stopped early: the queued videos must not run
+        _stop_workers(pool, list(futures))
+        raise
+    finally:
+        pool.shutdown(wait=True)
+
+
+def _stop_workers(pool: cf.ProcessPoolExecutor, futures: list[cf.Future], timeout: float = 10.0) -> None:
+    """Stop a run's workers now: cancel the videos not started, interrupt the ones in progress (each removes its
+    partial clips and writes no state: the next run redoes them; a job already handed to a worker returns at once)
+    and kill the workers when that takes more than ``timeout`` seconds. Without this, shutting the pool down would
+    first process every queued video."""
+    for future in futures:
+        future.cancel()
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for process in processes:
+        if process.is_alive():
+            try:
+                os.kill(process.pid, signal.SIGINT)
+            except OSError:  # it ended meanwhile
+                pass
+    _, running = cf.wait(futures, timeout=timeout)
+    if running:
+        logger.warning("%d workers did not stop within %g s: killed", len(processes), timeout)
+        for process in processes:
+            process.kill()
 
 
 def _ray_engine():
@@ -373,11 +448,36 @@ def _kept_clips(state_dir: str) -> int:
     return total
 
 
-def _write_dropped_clips(path: str, clips: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=DROPPED_CLIP_COLUMNS, extrasaction="ignore")
+def _write_csv(path: str, columns: tuple[str, ...], rows: list[dict]) -> None:
+    """``rows`` as a CSV file with ``columns`` (other keys ignored)."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(clips)
+        writer.writerows(rows)
+
+
+def _dropped_video(relpath: str, record: dict) -> dict | None:
+    """The ``dropped_videos`` row of a video that gave no clip (None when it gave clips): a whole-video reason with
+    the file's error, else the reason that took most of it with what each reason took."""
+    if record["clips"]:
+        return None
+    dropped = record.get("dropped", {})
+    seconds = round(sum(d["seconds"] for d in dropped.values()), 2)
+    whole = [reason for reason in VIDEO_REASONS if reason in dropped]
+    if whole:
+        lines = [line.strip() for line in str(record.get("error", "")).splitlines() if line.strip()]
+        detail = lines[-1] if lines else DROP_REASONS[whole[0]]
+        if record.get("status") == "failed":
+            state = f"work/state/{record.get('key', video_key(relpath))}.json"
+            detail += f" (traceback in {state}; --retry-failed redoes it)"
+        elif record.get("status") == "crashed":
+            detail = f"its worker process died ({detail}); the next run redoes it"
+        return {"source": relpath, "reason": whole[0], "seconds": seconds, "detail": detail}
+    if not dropped:
+        return {"source": relpath, "reason": "unreadable", "seconds": 0.0, "detail": "no video frame was decoded"}
+    ranked = sorted(dropped.items(), key=lambda kv: -kv[1]["seconds"])
+    detail = ", ".join(f"{reason} {drop_amount(reason, d)}" for reason, d in ranked)
+    return {"source": relpath, "reason": ranked[0][0], "seconds": seconds, "detail": detail}
 
 
 def _no_clips_message(output_dir: str, summary: PrepareSummary) -> str:
@@ -389,8 +489,8 @@ def _no_clips_message(output_dir: str, summary: PrepareSummary) -> str:
     if confidences:
         message += (f"; sync confidences of the dropped clips {min(confidences):.3g} to {max(confidences):.3g} "
                     f"(sync filter: {summary.filters.get('sync', {}).get('detail', 'see the summary')})")
-    return (f"{message}; see {os.path.join(output_dir, 'summary.md')} and "
-            f"{os.path.join(output_dir, 'dropped_clips.csv')}")
+    return (f"{message}; see {os.path.join(output_dir, 'summary.md')}, "
+            f"{os.path.join(output_dir, 'dropped_videos.csv')} and {os.path.join(output_dir, 'dropped_clips.csv')}")
 
 
 def _diff(a: dict, b: dict) -> str:
@@ -412,6 +512,8 @@ def _summarise(videos: list[str], results: dict) -> PrepareSummary:
         s.clips += len(r["clips"])
         s.clip_seconds += sum(c["num_frames"] for c in r["clips"]) / FPS
         s.dropped_clips += [{"source": rel, **c} for c in r.get("dropped_clips", [])]
+        if (row := _dropped_video(rel, r)) is not None:
+            s.dropped_videos.append(row)
         for reason, d in r.get("dropped", {}).items():
             agg = s.dropped.setdefault(reason, {"count": 0, "seconds": 0.0})
             agg["count"] += d["count"]
