@@ -436,7 +436,7 @@ def test_frames_past_the_end_of_the_audio_are_their_own_reason(tmp_path, monkeyp
     audio = (np.sin(np.arange(23 * SPF) / 10) * 0.3).astype(np.float32)  # 23 frames of audio for 25 of video
     path = write_video(tmp_path / "v.mp4", frames, audio=audio)
     monkeypatch.setattr(process, "_scan", lambda p, c: (np.zeros((25, 3, 2)), []))  # a face in every frame
-    monkeypatch.setattr(process, "load_track_audio", lambda p, rate: audio)
+    monkeypatch.setattr(process, "load_audio", lambda p, rate, video_clock=False: audio)
     scan = process.scan_video(str(path), "v.mp4", P.PrepareConfig(min_seconds=0.4, max_seconds=1.0))
     assert scan.result["status"] == "done" and scan.result["dropped"] == {
         "audio_ends_early": {"count": 0, "seconds": 2 / 25}}

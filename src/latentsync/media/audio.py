@@ -20,8 +20,14 @@ SILENCE_THRESHOLD = 1e-4
 """A track whose samples all stay below this magnitude (about -80 dBFS) is silent: nothing to lip-sync to."""
 
 
-def _decode_command(path: str, sample_rate: int) -> list[str]:
-    return [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-i", path, "-map", "0:a:0",
+VIDEO_CLOCK_FILTER = "aresample=async=1:first_pts=0"
+"""ffmpeg audio filter that places a track on its file's clock: silence before a track that starts after the video
+and in its gaps of more than 0.1 s, a start before the file's trimmed; sample 0 is then at frame 0."""
+
+
+def _decode_command(path: str, sample_rate: int, video_clock: bool = False) -> list[str]:
+    clock = ["-af", VIDEO_CLOCK_FILTER] if video_clock else []
+    return [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-i", path, "-map", "0:a:0", *clock,
             "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "-"]
 
 
@@ -32,14 +38,18 @@ def _decode_error(path: str, returncode: int, stderr: bytes) -> InvalidAudioErro
     return InvalidAudioError(f"cannot read audio from {path}: {ffmpeg_reason(text, returncode)}")
 
 
-def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, video_clock: bool = False) -> np.ndarray:
     """Decode any audio (or video) file to mono float32 at ``sample_rate`` Hz with ffmpeg.
+
+    ``video_clock``: the first audio track of a video, placed on the clock of its frames (see
+    [`VIDEO_CLOCK_FILTER`]): for the sound of a video whose frames are decoded from the start of the file (a track
+    that starts late would otherwise be out of sync by its delay).
 
     Raises:
         InvalidAudioError: the file is missing, unreadable, has no audio stream, or holds no samples.
     """
     path = check_input_file(path, InvalidAudioError, "audio")
-    proc = subprocess.run(_decode_command(path, sample_rate), capture_output=True)
+    proc = subprocess.run(_decode_command(path, sample_rate, video_clock), capture_output=True)
     if proc.returncode != 0:
         raise _decode_error(path, proc.returncode, proc.stderr)
     audio = np.frombuffer(proc.stdout, dtype=np.float32)

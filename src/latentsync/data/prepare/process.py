@@ -14,22 +14,19 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 import cv2
-import imageio_ffmpeg
 import numpy as np
 
 from ...errors import InvalidAudioError, InvalidVideoError, LatentSyncInputError
 from ...face.alignment import FaceAligner, smooth_anchors
 from ...face.detection import FaceDetector
-from ...media.audio import check_not_silent, write_wav
+from ...media.audio import check_not_silent, load_audio, write_wav
 from ...media.constants import SAMPLE_RATE, SAMPLES_PER_FRAME
 from ...media.constants import VIDEO_FPS as FPS
-from ...media.files import check_input_file, ffmpeg_reason
 from ...media.video import VideoWriter, iter_frames, probe_video
 from .config import PrepareConfig
 from .planning import plan_clips, shifted_audio, video_key
@@ -134,37 +131,6 @@ def _scan(path: str, config: PrepareConfig) -> tuple[np.ndarray, list[int]]:
     return out, cuts
 
 
-TIMELINE_AUDIO_FILTER = "aresample=async=1:first_pts=0"
-"""ffmpeg filter that puts the audio on the file's timeline: silence before a track that starts late and in its gaps
-of more than 0.1 s, a start before the file's trimmed."""
-
-
-def load_track_audio(path: str, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """The first audio track of ``path``, mono float32 at ``sample_rate``, sample 0 at the time of video frame 0.
-
-    The frames are decoded at a constant rate from the start of the file (a video track that starts late begins
-    with copies of its first frame), so the audio is placed on the same clock: a track that starts after the
-    video (a phone or screen recording, a stream cut) begins with silence instead of having its first sound on
-    frame 0, which put all of it out of sync by its delay.
-
-    Raises:
-        InvalidAudioError: no audio track, or one that cannot be decoded or holds no samples.
-    """
-    path = check_input_file(path, InvalidAudioError, "audio")
-    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-i", path, "-map", "0:a:0",
-           "-af", TIMELINE_AUDIO_FILTER, "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "-"]
-    proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, check=False)
-    if proc.returncode != 0:
-        text = proc.stderr.decode(errors="replace")
-        if "matches no streams" in text or "does not contain any stream" in text:
-            raise InvalidAudioError(f"no audio stream in {path}")
-        raise InvalidAudioError(f"cannot read audio from {path}: {ffmpeg_reason(text, proc.returncode)}")
-    audio = np.frombuffer(proc.stdout, dtype=np.float32)
-    if audio.size == 0:
-        raise InvalidAudioError(f"audio stream of {path} holds no samples")
-    return audio.copy()
-
-
 def sync_threshold(config: PrepareConfig, sync_checker) -> float:
     """The minimum sync confidence: the configured one, else the checker's default."""
     if config.min_sync_confidence is not None:
@@ -198,7 +164,7 @@ def scan_video(path: str, relpath: str, config: PrepareConfig) -> VideoScan:
         _drop_video(result, "no_audio", "no audio stream", frames)
         return scan
     try:
-        audio = load_track_audio(path, SAMPLE_RATE)
+        audio = load_audio(path, SAMPLE_RATE, video_clock=True)
         check_not_silent(audio, path)
     except InvalidAudioError as exc:
         _drop_video(result, "silent_audio" if "silent" in str(exc) else "no_audio", str(exc), frames)
