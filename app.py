@@ -58,6 +58,7 @@ from latentsync.app_support import (
     examples_cache_dir,
     face_arguments,
     face_choices,
+    face_menu_value,
     gpu_seconds,
     photo_error,
     preview_frame,
@@ -101,6 +102,10 @@ CACHE_MODES = ("eager", "lazy", "off")
 QUEUE_HEADROOM = 5  # places beyond queue_size, so that the checks themselves still get in to say it is full
 SESSION_TIMEOUT = 3600.0  # a session's pending request is forgotten after this long (a closed tab, a lost event)
 GUIDANCE_MAX = 3.0  # the guidance slider's (and the API's) upper bound
+# how long Ctrl-C or SIGTERM waits for a running lip sync to stop; closing the server may take 5 s more (Gradio waits
+# for open connections), and a container is killed 10 s after SIGTERM
+STOP_WAIT_SECONDS = 4.0
+STOPPING_MESSAGE = "The app is shutting down, so this lip sync was stopped. Please try again in a minute."
 
 
 def _zero_gpu() -> bool:
@@ -199,6 +204,10 @@ def _error(message: str) -> gr.Error:
     return gr.Error(message, print_exception=False)
 
 
+class AppStopping(Exception):
+    """Raised inside a running lip sync (at a denoising step) when the app shuts down."""
+
+
 @dataclass
 class LipSyncRequest:
     """One lip sync as the page or the API asked for it, after the checks."""
@@ -230,6 +239,7 @@ class LipSyncService:
         self.time_model = TimeModel.for_device(config.device, config.dtype_name, pipe.config.resolution, parameters)
         self.queue = None  # the app's queue, set by build_demo (for the queue-full message)
         self._sessions: dict[str, float] = {}  # session -> when its pending request was accepted
+        self._stopping = threading.Event()  # set by stop(): no new run starts, a running one stops at its next step
         generate = self._generate
         if spaces is not None:
             generate = spaces.GPU(duration=self.gpu_duration)(generate)
@@ -376,31 +386,41 @@ class LipSyncService:
             self._sessions.pop(session, None)
 
     # ------------------------------------------------------------------ faces and estimates
-    def faces(self, video: str | None, photo: str | None, face: str | None):
-        """After an upload: a frame with every face found boxed and numbered, the face menu, and a line saying what
-        was found. Runs on the CPU (face detection), so it costs no GPU time."""
+    def faces(self, video: str | None, photo: str | None, face: str | None, app_default: str | None = None
+              ) -> tuple[Any, gr.Dropdown, str, str | None]:
+        """After an upload (or a cleared one): a frame with every face found boxed and numbered, the face menu, a line
+        saying what was found, and the menu value the app chose itself (the page keeps it, see
+        [`face_menu_value`]: the visitor's choice of a rule outlives a cleared or replaced upload, the app's default
+        for one input does not stick to the next). With nothing uploaded the menu is the page's first one. Runs on
+        the CPU (face detection), so it costs no GPU time."""
         source = video or photo
-        still = not video
+        still = bool(photo) and not video
+
+        def menu(tracks: Any = None) -> tuple[gr.Dropdown, str, str | None]:
+            choices = face_choices(tracks, still)
+            value, chosen_by_app = face_menu_value(face, app_default, choices, still)
+            return gr.Dropdown(choices=choices, value=value), value, chosen_by_app
+
         if not source:
-            return (None, gr.Dropdown(choices=face_choices(None, still), value=default_face(still)), "")
+            dropdown, _, chosen_by_app = menu()
+            return None, dropdown, "", chosen_by_app
         try:  # over the limits: the same refusal as the Lip sync button, before any (slow) face detection
             self.check_source(video, photo, duration=True)
         except gr.Error as exc:
-            return (None, gr.Dropdown(choices=face_choices(None, still), value=default_face(still)), exc.message)
+            dropdown, _, chosen_by_app = menu()
+            return None, dropdown, exc.message, chosen_by_app
         try:
             tracks = self.pipe.detect_faces(source)
             index = preview_frame(tracks)
             frame = read_frame(open_frames(source), index)
         except Exception as exc:  # noqa: BLE001 - an unreadable upload: the run's checks will say why
             logger.info("face preview failed: %s", exc)
-            return (None, gr.Dropdown(choices=face_choices(None, still), value=default_face(still)),
-                    "Cannot look for faces in this upload.")
-        choices = face_choices(tracks, still)
-        values = [value for _, value in choices]
-        value = face if face in values else default_face(still)
+            dropdown, _, chosen_by_app = menu()
+            return None, dropdown, "Cannot look for faces in this upload.", chosen_by_app
+        dropdown, value, chosen_by_app = menu(tracks)
         highlight = int(value) if value.isdigit() else None
         image = draw_faces(frame, tracks, index, highlight) if frame is not None else None
-        return image, gr.Dropdown(choices=choices, value=value), describe_faces(tracks, still)
+        return image, dropdown, describe_faces(tracks, still), chosen_by_app
 
     def estimate(self, video: str | None, photo: str | None, audio: str | None, preset: str | None,
                  steps: Any = 0, guidance: Any = 1.5) -> str:
@@ -434,13 +454,18 @@ class LipSyncService:
         preset = PRESETS[request.preset]
         try:
             with self._lock:
+                if self._stopping.is_set():
+                    return None, STOPPING_MESSAGE
                 self.pipe.scheduler = self._schedulers[preset.scheduler]
                 generator = torch.Generator("cpu").manual_seed(request.seed)
                 out = self.pipe(video=request.source, audio=request.audio, output_path=output,
                                 num_inference_steps=request.steps or preset.steps,
                                 deep_cache_interval=preset.deep_cache_interval, guidance_scale=request.guidance,
-                                generator=generator, **face_arguments(request.face))
+                                generator=generator, callback_on_step_end=self._check_stopping,
+                                **face_arguments(request.face))
             return out, None
+        except AppStopping:  # the pipeline has removed its files, as after any error
+            return None, STOPPING_MESSAGE
         except LatentSyncInputError as exc:
             return None, str(exc)
         except torch.cuda.OutOfMemoryError:
@@ -448,6 +473,27 @@ class LipSyncService:
         except Exception as exc:  # noqa: BLE001 - shown in the page as one line; the trace goes to the log
             logger.exception("lip sync failed")
             return None, f"Lip sync failed ({type(exc).__name__}: {_short_reason(exc, 300)})."
+
+    def _check_stopping(self, pipe: LatentSyncPipeline, step: int, timestep: Any, tensors: dict) -> dict:
+        """The pipeline's step callback: raises [`AppStopping`] once [`stop`] was called."""
+        if self._stopping.is_set():
+            raise AppStopping()
+        return tensors
+
+    @property
+    def stopping(self) -> bool:
+        """Whether [`stop`] was called."""
+        return self._stopping.is_set()
+
+    def stop(self, wait: float = STOP_WAIT_SECONDS) -> bool:
+        """Stop generating (the app shuts down): no new lip sync starts, and a running one (a visitor's, or an
+        example's result being cached) stops at its next denoising step. Returns whether none is running any more,
+        after waiting up to ``wait`` seconds."""
+        self._stopping.set()
+        if not self._lock.acquire(timeout=wait):
+            return False
+        self._lock.release()
+        return True
 
     def sweep(self) -> None:
         """Delete finished job folders older than ``output_ttl`` (gradio has already copied their videos)."""
@@ -558,6 +604,46 @@ def use_model_examples_cache(config: AppConfig, model_name: str) -> None:
         os.environ["GRADIO_EXAMPLES_CACHE"] = str(folder)
 
 
+def private_example_caching(demo: gr.Blocks, fn: Any) -> None:
+    """Register the event through which Gradio caches the examples' results (``fn``) as private.
+
+    Gradio runs ``fn`` for caching through a temporary event named after it (``/example``) that it registers as
+    public, at start-up (eager caching) or at an example's first click (lazy caching), and removes afterwards. An API
+    client (``gradio_client``, the API page) that asked for the API meanwhile was shown an ``/example`` endpoint that
+    no longer existed when it called it, and Gradio kept that answer for later clients too. Private, the event never
+    shows in the API and cannot be called; the page's examples work as before.
+    """
+    config = demo.default_config
+    register = config.set_event_trigger
+
+    def set_event_trigger(*args: Any, **kwargs: Any) -> Any:
+        """Gradio's registration, with the caching event private."""
+        if kwargs.get("fn") == fn:
+            kwargs["api_visibility"] = "private"
+        return register(*args, **kwargs)
+
+    config.set_event_trigger = set_event_trigger
+
+
+def quiet_stop_of_caching(app: gr.Blocks, examples: gr.Examples, service: LipSyncService) -> None:
+    """End the start-up caching of the examples' results quietly when the app shuts down during it: Gradio would
+    log the stopped run's error with a traceback, and keep the half-made cache, which a restart then uses as it is
+    (the missing results made only at their first click). Instead: one log line, and that cache is removed."""
+    run_startup_events = app.run_extra_startup_events
+
+    async def run_extra_startup_events() -> None:
+        """Gradio's start-up events (the eager caching), ended quietly by a shutdown."""
+        try:
+            await run_startup_events()
+        except gr.Error:
+            if not service.stopping:
+                raise
+            shutil.rmtree(examples.cached_folder, ignore_errors=True)
+            logger.info("stopped while caching the examples' results: the next start makes them again")
+
+    app.run_extra_startup_events = run_extra_startup_events
+
+
 def build_error_demo(model: str, reason: str) -> gr.Blocks:
     """The page shown when the model cannot be loaded: what failed and what to do; no lip-sync controls."""
     with gr.Blocks(title="LatentSync lip sync: model not loaded") as demo:
@@ -572,6 +658,7 @@ def build_error_demo(model: str, reason: str) -> gr.Blocks:
             elem_id="load-error",
         )
     demo.service = None
+    demo.live = None
     return demo
 
 
@@ -585,7 +672,7 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
         model = config.model or OFFICIAL_MODEL
         logger.error("cannot load the model %s: %s", model, exc, exc_info=True)
         demo = build_error_demo(model, f"{type(exc).__name__}: {_short_reason(exc, 400)}")
-        demo.config = config
+        demo.app_config = config
         return demo
     service = LipSyncService(pipe, config)
     atexit.register(service.close)
@@ -616,28 +703,34 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                 with gr.Accordion("Faces", open=True):
                     faces_preview = gr.Image(label="Faces found (numbered)", interactive=False, height=240,
                                              elem_id="faces-preview")
-                    faces_note = gr.Markdown(elem_id="faces-note")
+                    faces_note = gr.Markdown(label="Faces note", elem_id="faces-note")
                     # custom values: an example or an API call may name a face before the menu lists it
                     face = gr.Dropdown(face_choices(None), value=default_face(), label="Face to lip-sync",
                                        allow_custom_value=True, elem_id="face-choice")
+                    # the menu value the app chose itself (None: the visitor's own choice), see faces()
+                    face_default = gr.State(default_face())
                 with gr.Accordion("Advanced settings", open=False):
                     steps = gr.Slider(0, 50, value=0, step=1, label="Denoising steps (0: the preset's)")
                     guidance = gr.Slider(1.0, GUIDANCE_MAX, value=1.5, step=0.1, label="Guidance scale (1 disables)")
                     seed = gr.Number(value=1247, precision=0, minimum=0, label="Seed")
-                estimate = gr.Markdown(service.estimate(None, None, None, "quality"), elem_id="estimate")
+                estimate = gr.Markdown(service.estimate(None, None, None, "quality"), label="Expected time",
+                                       elem_id="estimate")
                 run = gr.Button("Lip sync", variant="primary", elem_id="run-button")
             with gr.Column():
                 video_out = gr.Video(label="Lip-synced video", interactive=False, buttons=["download"], height=360,
                                      elem_id="video-output")
-                status = gr.Markdown(elem_id="status")
+                status = gr.Markdown(label="Status", elem_id="status")  # the label names it in the API
         rows, labels = examples()
         if rows and config.cache_examples != "off":
             use_model_examples_cache(config, model_name)
-            gr.Examples(examples=rows, inputs=[video_in, photo_in, audio_in, preset, face],
-                        outputs=[video_out, status], fn=service.example, cache_examples=True,
-                        cache_mode=config.cache_examples, example_labels=labels,
-                        label="Examples (click one: its result is ready)" if config.cache_examples == "eager" else
-                        "Examples (the first click makes the result, later clicks show it at once)")
+            cached = gr.Examples(examples=rows, inputs=[video_in, photo_in, audio_in, preset, face],
+                                 outputs=[video_out, status], fn=service.example, cache_examples=True,
+                                 cache_mode=config.cache_examples, example_labels=labels,
+                                 label="Examples (click one: its result is ready)"
+                                 if config.cache_examples == "eager" else
+                                 "Examples (the first click makes the result, later clicks show it at once)")
+            private_example_caching(demo, service.example)
+            quiet_stop_of_caching(demo, cached, service)
         elif rows:
             gr.Examples(examples=rows, inputs=[video_in, photo_in, audio_in, preset, face], example_labels=labels)
 
@@ -648,8 +741,9 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
         photo_in.change(lambda p: gr.Tabs(selected="photo") if p else gr.Tabs(), inputs=photo_in, outputs=source_tabs,
                         queue=False, api_visibility="private")
         for upload in (video_in, photo_in):
-            upload.change(service.faces, inputs=[video_in, photo_in, face], outputs=[faces_preview, face, faces_note],
-                          queue=False, api_visibility="undocumented")
+            upload.change(service.faces, inputs=[video_in, photo_in, face, face_default],
+                          outputs=[faces_preview, face, faces_note, face_default], queue=False,
+                          api_visibility="undocumented")
         for control in (video_in, photo_in, audio_in, preset, steps, guidance):
             control.change(service.estimate, inputs=[video_in, photo_in, audio_in, preset, steps, guidance],
                            outputs=estimate, queue=False, api_visibility="private")
@@ -670,29 +764,53 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
     service.queue = demo._queue
     demo.service = service
     demo.live = demo_live
-    demo.config = config
+    demo.app_config = config  # not demo.config: Gradio keeps its own configuration there
     return demo
 
 
 demo = build_demo()
 
 
+def shut_down(app: gr.Blocks, wait: float = STOP_WAIT_SECONDS) -> bool:
+    """Stop ``app``: a running lip sync (a visitor's, or an example's result being cached at start-up) stops at its
+    next denoising step, the server closes, the results and the live tab's files are removed. Returns whether no
+    lip sync was still running after ``wait`` seconds."""
+    stopped = app.service.stop(wait) if app.service is not None else True
+    app.close(verbose=False)
+    if app.service is not None:
+        app.service.close()
+    if app.live is not None:
+        app.live.close()
+    return stopped
+
+
 def main() -> None:
     """Launch the app (``GRADIO_SERVER_NAME`` / ``GRADIO_SERVER_PORT`` choose the address). Ctrl-C and SIGTERM (a
-    Space restart, ``docker stop``) close the server and remove the results before the process exits."""
+    Space restart, ``docker stop``) stop a running lip sync, close the server and remove the results before the
+    process exits with 130 or 143."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        with stop_on_signals() as stop:  # SIGTERM becomes a KeyboardInterrupt, on which gradio closes the server
-            demo.launch(max_file_size=f"{demo.config.max_file_mb:g}mb", show_error=True)
-    except KeyboardInterrupt:  # the signal came before gradio's own loop took over
-        demo.close()
-    finally:
-        if demo.service is not None:
-            demo.service.pipe._interrupt = True  # a request still running stops after its current window
-            demo.service.close()
-    if stop.signum is not None:
-        logger.info("stopped by signal %d: results removed", stop.signum)
-        sys.exit(128 + stop.signum)
+    # SIGTERM becomes a KeyboardInterrupt, on which gradio closes the server; a second signal during the shutdown is
+    # ignored
+    with stop_on_signals() as stop:
+        try:
+            demo.launch(max_file_size=f"{demo.app_config.max_file_mb:g}mb", show_error=True)
+        except KeyboardInterrupt:  # the signal came before gradio's own loop took over (while it cached the examples)
+            pass
+        finally:
+            stopped = shut_down(demo)
+    if stop.signum is None:
+        return
+    if not stopped:
+        logger.warning("a lip sync still running after %g s was abandoned; the next start removes its temporary "
+                       "files", STOP_WAIT_SECONDS)
+    logger.info("stopped by signal %d: results removed", stop.signum)
+    # The process ends here, without the interpreter's teardown (as the command line does after a signal): that
+    # teardown takes seconds, and a thread still inside torch or the video decoder then (an abandoned run) aborted the
+    # process ("terminate called without an active exception") instead of exiting with 128 + the signal.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(128 + stop.signum)
 
 
 if __name__ == "__main__":

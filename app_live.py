@@ -182,7 +182,7 @@ def build_live_tab(pipe: LatentSyncPipeline, steps: int, max_seconds: float, loc
             with gr.Column():
                 video = gr.Video(label="Avatar video", sources=["upload"], height=300, elem_id="live-video")
                 prepare = gr.Button("Prepare avatar", elem_id="live-prepare")
-                status = gr.Markdown(elem_id="live-status")
+                status = gr.Markdown(label="Avatar status", elem_id="live-status")
             with gr.Column():
                 if streaming_available():
                     mic = gr.Audio(label="Speak", sources=["microphone"], streaming=True, type="numpy",
@@ -194,9 +194,13 @@ def build_live_tab(pipe: LatentSyncPipeline, steps: int, max_seconds: float, loc
                     gr.Markdown("Live video needs the `ffmpeg` and `ffprobe` programs (Gradio streams video with "
                                 "them); install ffmpeg to use this tab.", elem_id="live-unavailable")
         avatar_state, session_state = gr.State(None), gr.State(None)
-        prepare.click(tab.prepare, inputs=[video], outputs=[avatar_state, status], concurrency_limit=1)
+        # the page's own events, not an API: the avatar and the session live in the page's state and the microphone
+        # streams, so they are left out of the API page (callable still, as gr.load() of the Space needs)
+        prepare.click(tab.prepare, inputs=[video], outputs=[avatar_state, status], concurrency_limit=1,
+                      api_visibility="undocumented")
         if mic is not None:
             mic.stream(tab.push, inputs=[mic, avatar_state, session_state], outputs=[out, session_state],
-                       stream_every=0.5, concurrency_limit=1)
-            mic.stop_recording(tab.finish, inputs=[session_state], outputs=[out, session_state])
+                       stream_every=0.5, concurrency_limit=1, api_visibility="undocumented")
+            mic.stop_recording(tab.finish, inputs=[session_state], outputs=[out, session_state],
+                               api_visibility="undocumented")
     return tab

@@ -77,7 +77,23 @@ _GPU_FRAME_SECONDS = 0.10
 # 40 forwards per window at the quality preset (20 steps, guidance doubles them).
 _CPU_WINDOW_SECONDS_FULL_SIZE = 26.0 * 40
 _FULL_SIZE_UNET_PARAMETERS = 1.267e9
-_CPU_FRAME_SECONDS = 0.3
+# The rest of the CPU figures were measured on this project's 2-core x86-64 test machine with the tiny test model
+# (latentsync.testing.build_tiny_pipeline(resolution=64): 0.35 M U-Net parameters, the app of tests/test_app.py) on
+# 192 and 384 px clips of examples/face.mp4, 0.6 to 3.2 s long, every preset: the CPU seconds of the app's runs with
+# one torch thread, which is about the wall time on an idle core (the machine was shared; its wall times were 1.5-2x
+# longer). Earlier guesses (0.3 s per frame, 2 s per run, the model part scaled down by parameter count) made the
+# first estimate of these runs about 5x too long.
+# - Per quality window (20 DDIM steps with guidance, VAE included), from the difference between the quality and the
+#   fast preset on the same clip: 0.44-0.52 s. A U-Net this small costs its per-call overhead, not its size, so
+#   that is the floor of any model's window at 64 px, scaled by the face area above it (the tiny model at 256 px:
+#   6-9 s measured, 8 s by this rule; scaling the full-size figure by parameter count said 0.3 s).
+_CPU_WINDOW_SECONDS_FLOOR_64 = 0.5
+# - Per output frame (decoding, face detection, alignment, paste-back, encoding): 0.015-0.016 s at both clip sizes,
+#   rounded up for larger videos.
+_CPU_FRAME_SECONDS = 0.02
+# - Per run: 0.4 s, and 0.7 s more on the first run of a process (the face detector's and the models' first calls);
+#   the first estimate is the first run's.
+_CPU_FIXED_SECONDS = 1.1
 
 
 @dataclass
@@ -96,13 +112,15 @@ class TimeModel:
     @classmethod
     def for_device(cls, device: str, dtype: str, resolution: int, unet_parameters: float) -> "TimeModel":
         """A starting estimate: the H100 figures for CUDA (scaled to ``resolution``), otherwise the full-size CPU
-        figure scaled by the U-Net's size and the face area (a guess that the first runs correct)."""
+        figure scaled by the U-Net's size and the face area, at least the tiny model's measured per-call floor (a
+        first guess that the runs correct)."""
         if device.startswith("cuda"):
             base = 256 if resolution <= 256 else 512
             window = _H100_WINDOW_SECONDS.get((base, dtype), _H100_WINDOW_SECONDS[(base, "fp16")])
             return cls(window * (resolution / base) ** 2, _GPU_FRAME_SECONDS)
-        scale = unet_parameters / _FULL_SIZE_UNET_PARAMETERS * (resolution / 256) ** 2
-        return cls(_CPU_WINDOW_SECONDS_FULL_SIZE * scale, _CPU_FRAME_SECONDS, fixed_seconds=2.0)
+        by_size = _CPU_WINDOW_SECONDS_FULL_SIZE * unet_parameters / _FULL_SIZE_UNET_PARAMETERS * (resolution / 256) ** 2
+        floor = _CPU_WINDOW_SECONDS_FLOOR_64 * max(1.0, (resolution / 64) ** 2)
+        return cls(max(by_size, floor), _CPU_FRAME_SECONDS, fixed_seconds=_CPU_FIXED_SECONDS)
 
     @staticmethod
     def _units(seconds: float, preset: SpeedPreset, steps: int | None, guidance: float) -> tuple[int, float]:
@@ -158,6 +176,24 @@ def face_choices(tracks: "FaceTracks | None", still: bool = False) -> list[tuple
 def default_face(still: bool = False) -> str:
     """The menu's default: the speaking face (the largest when nobody clearly speaks), the largest for a photo."""
     return "largest" if still else "speaking"
+
+
+def face_menu_value(face: str | None, app_default: str | None, choices: Sequence[tuple[str, str]],
+                    still: bool = False) -> tuple[str, str | None]:
+    """The face menu's value when its ``choices`` change (an upload, a cleared upload, an example), and whether the
+    app chose it: ``(value, value or None)``, None when the value is the visitor's own.
+
+    The visitor's choice stays when the new choices offer it (a rule, or a face number the new input has); a face
+    number of a cleared video, or no choice at all, gives the default for the new input. ``app_default`` is the value
+    the app last put in the menu itself: a menu still showing it holds no choice of the visitor's, so the default of
+    one input (``"largest"`` for a photo) never sticks to the next one (a video, whose default is ``"speaking"``).
+    """
+    values = [value for _, value in choices]
+    chosen = face if face and face != app_default else None
+    if chosen in values:
+        return chosen, None
+    value = default_face(still)
+    return value, value
 
 
 def face_arguments(choice: str | int | None) -> dict[str, object]:
