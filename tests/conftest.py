@@ -38,6 +38,22 @@ def ffmpeg(*args: str) -> None:
     subprocess.run([FFMPEG, "-y", "-nostdin", "-v", "error", *args], check=True)
 
 
+def read_until(stream, condition, timeout: float = 300) -> str:
+    """What a process writes to ``stream`` (its stdout or stderr pipe) until ``condition(text)`` holds, the
+    process closes it, or ``timeout`` seconds pass."""
+    import time
+
+    text, deadline = b"", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        chunk = stream.read1(4096)
+        if not chunk:
+            break
+        text += chunk
+        if condition(text.decode(errors="replace")):
+            break
+    return text.decode(errors="replace")
+
+
 def shared_file(name: str) -> Path:
     """A file of the real test data in ../shared/data (the test is skipped when it is missing)."""
     path = SHARED_DATA / name

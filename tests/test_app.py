@@ -32,7 +32,7 @@ import pytest
 
 gr = pytest.importorskip("gradio")
 
-from conftest import EXAMPLES, decode, ffmpeg  # noqa: E402
+from conftest import EXAMPLES, decode, ffmpeg, read_until  # noqa: E402
 
 from latentsync.app_support import (  # noqa: E402
     PRESETS,
@@ -624,19 +624,6 @@ def test_api_outputs_are_named(server, app_module):
     assert not unnamed, unnamed
 
 
-def _read_output(proc: subprocess.Popen, condition, timeout: float = 300) -> str:
-    """The output of ``proc`` until ``condition(text)`` holds (or the process ends, or ``timeout`` passes)."""
-    text, deadline = b"", time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        chunk = proc.stdout.read1(4096)
-        if not chunk:
-            break
-        text += chunk
-        if condition(text.decode(errors="replace")):
-            break
-    return text.decode(errors="replace")
-
-
 def test_sigterm_while_caching_examples_stops_cleanly(tiny_model_dir_64, tmp_path):
     """SIGTERM while the app makes the examples' results at start-up (a Space restarted early, ``docker stop``):
     the run stops at its next step, the process exits with 143 and one line per step of the shutdown, nothing is
@@ -655,7 +642,7 @@ def test_sigterm_while_caching_examples_stops_cleanly(tiny_model_dir_64, tmp_pat
     proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
     try:
-        text = _read_output(proc, lambda t: "Lip sync:" in t)
+        text = read_until(proc.stdout, lambda t: "Lip sync:" in t)
         assert "Caching examples at" in text and "Lip sync:" in text, text
         start = time.perf_counter()
         proc.send_signal(signal.SIGTERM)

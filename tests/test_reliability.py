@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import EXAMPLES, ROOT, decode, ffmpeg, write_video, write_wav
+from conftest import EXAMPLES, ROOT, decode, ffmpeg, read_until, write_video, write_wav
 from latentsync import (
     DeviceError,
     InvalidAudioError,
@@ -595,19 +595,6 @@ def _start_cli(args: list[str], tmp_dir: Path, cwd: Path) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, env=env, cwd=cwd)
 
 
-def _read_until(proc: subprocess.Popen, condition, timeout: float = 240) -> str:
-    """stderr of ``proc`` until ``condition(text)`` holds (or the process ends)."""
-    text, deadline = b"", time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        chunk = proc.stderr.read1(4096)
-        if not chunk:
-            break
-        text += chunk
-        if condition(text.decode(errors="replace")):
-            break
-    return text.decode(errors="replace")
-
-
 def _stop(proc: subprocess.Popen, sig: int) -> tuple[int, str, float]:
     start = time.perf_counter()
     proc.send_signal(sig)
@@ -637,7 +624,7 @@ def _interrupt(media: Path, model: Path, tmp_path: Path, video: Path, started, s
     proc = _start_cli(["--model", os.fspath(model), "--video", os.fspath(video), "--audio",
                        os.fspath(media / "ten_minutes.wav"), "--output", os.fspath(out_dir / "result.mp4"),
                        "--steps", "1"], tmp_dir, tmp_path)
-    text = _read_until(proc, started)
+    text = read_until(proc.stderr, started, timeout=240)
     assert started(text), text
     assert [p for p in tmp_dir.iterdir() if p.name.startswith("latentsync-run-")], "no work folder during the run"
     if "Lip sync" in text:
@@ -681,7 +668,7 @@ def test_the_next_run_removes_what_a_killed_run_left(media, tiny_model_dir_64, t
     args = ["--model", os.fspath(tiny_model_dir_64), "--video", os.fspath(media / "face.mp4"), "--audio",
             os.fspath(EXAMPLES / "speech.wav"), "--output", os.fspath(output), "--steps", "1"]  # 7 windows
     proc = _start_cli(args, tmp_dir, tmp_path)
-    _read_until(proc, lambda t: "Lip sync:" in t)
+    read_until(proc.stderr, lambda t: "Lip sync:" in t, timeout=240)
     assert _partials(out_dir, wait=60), "no partial output while windows are written"
     proc.kill()  # SIGKILL: no cleanup code runs
     proc.wait(timeout=60)
@@ -770,8 +757,8 @@ def test_app_removes_its_results_on_sigterm(tiny_model_dir_64, tmp_path):
            "GRADIO_ANALYTICS_ENABLED": "False", **_offline(tmp_path)}
     proc = subprocess.Popen([sys.executable, os.fspath(ROOT / "app.py")], stderr=subprocess.STDOUT,
                             stdout=subprocess.PIPE, env=env, cwd=tmp_path)
-    proc.stderr = proc.stdout  # _read_until reads .stderr
-    text = _read_until(proc, lambda t: f"127.0.0.1:{port}" in t, timeout=300)
+    proc.stderr = proc.stdout  # _stop reads .stderr
+    text = read_until(proc.stdout, lambda t: f"127.0.0.1:{port}" in t, timeout=300)
     work = [p for p in tmp_dir.iterdir() if p.name.startswith("latentsync-app-")]
     assert len(work) == 1, (text, list(tmp_dir.iterdir()))
     (work[0] / "job").mkdir()
