@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -215,3 +218,39 @@ def test_run_checks_lora_syncnet_and_avatar_before_loading(tmp_path, example_fac
         assert main([*base, *args]) == 2, args
         assert message in caplog.text, (args, caplog.text)
     assert (avatar / "video.mp4").read_bytes() == b"the avatar's video"
+
+
+def test_live_run_stopped_by_ctrl_c_keeps_what_it_wrote(tmp_path, example_face, example_speech, tiny_model_dir_64):
+    """Ctrl-C in a terminal (SIGINT to the whole process group) while speech is still being piped in: the run ends at
+    once, says how many frames the live file holds (it said "nothing was written"), and the file plays. It used to
+    wait for the speech pipe to close: the audio decoder, also interrupted, stayed blocked on its open input."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    model, avatar, out = tiny_model_dir_64, tmp_path / "avatar", tmp_path / "live.mp4"
+    assert main(["avatar", str(example_face), str(avatar), "--model", str(model), "--device", "cpu"]) == 0
+    command = [str(Path(sys.executable).parent / "latentsync"), "--model", str(model), "--avatar", str(avatar),
+               "--audio", "-", "--output", str(out), "--steps", "1", "--device", "cpu"]
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        proc.stdin.write(example_speech.read_bytes())  # 4 s of speech, and the pipe stays open (a live source)
+        proc.stdin.flush()
+        deadline = time.monotonic() + 240
+        while not (out.exists() and out.stat().st_size > 0) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        time.sleep(3)  # a few windows more
+        os.killpg(proc.pid, signal.SIGINT)
+        start = time.monotonic()
+        code = proc.wait(timeout=60)
+        seconds = time.monotonic() - start
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.stdin.close()
+    log = proc.stderr.read().decode(errors="replace")
+    assert code == 130 and seconds < 15, (code, seconds, log)
+    assert re.search(r"stopped by Ctrl-C: .*live\.mp4 holds the \d+ frames made until then", log), log
+    assert probe_video(out).duration > 0

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..avatar import avatar_files
-from ..errors import InvalidVideoError, LatentSyncInputError
+from ..errors import InvalidVideoError, LatentSyncInputError, RunInterrupted
 from ..inputs import check_arguments
 from ..live import stream_frames
 from ..media.files import check_input_file
@@ -63,9 +63,21 @@ def run_live(args: argparse.Namespace) -> int:
                 sink.write_audio(chunk)
                 yield chunk
 
-        for frame in stream_frames(session, speech()):
-            sink.write(frame.image)
+        target = "standard output" if args.output == "-" else args.output
+        try:
+            for frame in stream_frames(session, speech()):
+                sink.write(frame.image)
+        except RunInterrupted as exc:
+            if not sink.frames_written:
+                raise  # nothing was written: the usual message
+            # a live output is written as it is made: what was sent stays (fragmented MP4 plays without an end)
+            try:
+                sink.close()
+            except InvalidVideoError:
+                pass
+            logger.error("stopped by %s: %s holds the %d frames made until then", exc.signal_name, target,
+                         sink.frames_written)
+            return exc.exit_code
         sink.close()
-    logger.info("live: %d frames at %g fps to %s", sink.frames_written, fps,
-                "standard output" if args.output == "-" else args.output)
+    logger.info("live: %d frames at %g fps to %s", sink.frames_written, fps, target)
     return 0

@@ -35,16 +35,19 @@ def read_audio_chunks(source: BinaryIO, seconds: float = 0.2) -> Iterator[np.nda
            "-ar", str(SAMPLE_RATE), "-f", "f32le", "pipe:1"]
     proc = subprocess.Popen(cmd, stdin=source, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     size = max(1, int(seconds * SAMPLE_RATE)) * 4
-    received = 0
+    received, ended = 0, False
     try:
         while True:
             data = proc.stdout.read(size)
             if not data:
+                ended = True
                 break
             usable = len(data) - len(data) % 4
             received += usable // 4
             yield np.frombuffer(data[:usable], dtype="<f4").copy()
     finally:
+        if not ended:  # the reader stopped early (Ctrl-C, an error): ffmpeg may be blocked on a pipe that stays open
+            proc.kill()
         proc.stdout.close()
         code = proc.wait()
         error = proc.stderr.read().decode(errors="replace").strip()
@@ -92,7 +95,10 @@ class LiveVideoSink:
                "-pix_fmt", "yuv420p", "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
                "-c:a", "aac", "-f", "mp4", "-movflags", "frag_keyframe+empty_moov+default_base_moof",
                "pipe:1" if self.target == "-" else self.target]
-        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=None, pass_fds=(read_fd,))
+        # its own session: Ctrl-C in a terminal reaches the whole process group, and ffmpeg would quit at once
+        # ("Immediate exit requested"); the run closes it instead, so that the frames sent so far are written
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=None, pass_fds=(read_fd,),
+                                      start_new_session=True)
         os.close(read_fd)
         self._audio = queue.Queue()
         audio_out = os.fdopen(write_fd, "wb")
