@@ -308,3 +308,93 @@ def test_eval_videos_bad_input(tmp_path):
         evaluate_videos(str(tmp_path / "gen"), None, VideoEvalConfig(metrics=("psnr",)))
     with pytest.raises(LatentSyncInputError, match="unknown metric"):
         VideoEvalConfig(metrics=("lpips",))
+
+
+def test_eval_videos_output_checked_first_and_report_atomic(tmp_path, monkeypatch):
+    from latentsync.eval import videos as V
+
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    write_video(gen / "a.mp4", random_frames(12), crf=10)
+    # --output naming a file (here the generated video) ends at once with one line, not after the evaluation
+    monkeypatch.setattr(V, "evaluate_videos", lambda *a, **k: pytest.fail("evaluated before checking --output"))
+    rc = cli_main(["eval", "videos", "--generated", str(gen), "--reference", str(gen), "--output",
+                   str(gen / "a.mp4"), "--metrics", "psnr,ssim", "--crop", "none"])
+    assert rc == 2 and (gen / "a.mp4").stat().st_size > 0
+    monkeypatch.undo()
+
+    report = evaluate_videos(str(gen), str(gen), VideoEvalConfig(metrics=("psnr", "ssim"), crop="none"))
+    out = tmp_path / "report"
+    write_report(report, str(out))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(before) == ["metrics.csv", "metrics.json", "summary.html", "summary.png"]
+
+    def broken_plot(report: dict, path: str) -> None:
+        raise RuntimeError("plot failed")
+
+    monkeypatch.setattr(V, "_plot", broken_plot)
+    report["videos"][0]["psnr"] = 1.0
+    with pytest.raises(RuntimeError, match="plot failed"):
+        write_report(report, str(out))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # the old report, whole; no partial files
+
+
+def test_eval_videos_settings_validated():
+    from latentsync.errors import LatentSyncInputError
+
+    with pytest.raises(LatentSyncInputError, match="max frames"):
+        VideoEvalConfig(metrics=("psnr",), max_frames=0)
+    with pytest.raises(LatentSyncInputError, match="SSIM window"):
+        VideoEvalConfig(metrics=("ssim",), crop_size=8)
+    with pytest.raises(LatentSyncInputError, match="FVD clips"):
+        VideoEvalConfig(metrics=("fvd",), fvd_clips_per_video=0)
+    VideoEvalConfig(metrics=("psnr",), crop_size=8)  # no SSIM: any size
+
+
+def test_eval_videos_single_files_broken_reference_and_no_face(tmp_path, caplog):
+    gen, ref = tmp_path / "gen", tmp_path / "ref"
+    gen.mkdir()
+    ref.mkdir()
+    frames = np.repeat(np.repeat(np.linspace(0, 255, 48).astype(np.uint8)[None, :, None], 48, 0)[None], 8, 0)
+    frames = np.repeat(frames, 3, axis=3)  # a grey ramp: no face
+    write_video(gen / "out.mp4", frames, crf=10)
+    write_video(ref / "original.mp4", frames, crf=10)
+    (ref / "zz_broken.mp4").write_bytes(b"")  # an unpaired, unreadable reference
+    # two files: a pair whatever their names; a video without a face: said, not silent
+    with caplog.at_level("WARNING"):
+        rep = evaluate_videos(str(gen / "out.mp4"), str(ref / "original.mp4"), VideoEvalConfig(metrics=("psnr",)))
+    assert rep["summary"]["num_pairs"] == 1 and rep["summary"]["psnr"] == pytest.approx(M.PSNR_CAP)
+    assert "no face found" in caplog.text
+    # FID over the folder: the broken reference is reported, the others still scored
+    write_video(gen / "original.mp4", frames, crf=10)
+    rep = evaluate_videos(str(gen), str(ref), VideoEvalConfig(metrics=("psnr", "fid"), crop="none"),
+                          frame_extractor=TinyFrameEncoder().eval())
+    assert list(rep["summary"]["reference_errors"]) == ["zz_broken"]
+    assert rep["summary"]["fid_frames"] == [16, 8]
+
+
+def test_eval_videos_failed_video_leaves_no_frames(tmp_path, monkeypatch):
+    from latentsync.errors import InvalidVideoError
+    from latentsync.eval import videos as V
+
+    gen, ref = tmp_path / "gen", tmp_path / "ref"
+    for folder in (gen, ref):
+        folder.mkdir()
+        for name in ("a", "bad"):
+            write_video(folder / f"{name}.mp4", random_frames(20, seed=len(name)), crf=10)
+    frames = V._frames
+
+    def failing(path: str, max_frames: int | None):
+        for i, frame in enumerate(frames(path, max_frames)):
+            if i == 12 and os.path.basename(os.path.dirname(path)) == "gen" and "bad" in path:
+                raise InvalidVideoError(f"error while decoding {path}: broken")
+            yield frame
+
+    monkeypatch.setattr(V, "_frames", failing)
+    rep = evaluate_videos(str(gen), str(ref), VideoEvalConfig(metrics=("psnr", "fid", "fvd"), crop="none",
+                                                              batch_size=4, fvd_start=0, fvd_frames=4),
+                          frame_extractor=TinyFrameEncoder().eval(), video_extractor=M.I3DFeatureExtractor(TinyI3D()))
+    # the failed video adds nothing; its reference still counts in the real set, once
+    assert rep["summary"]["fid_frames"] == [20, 40] and rep["summary"]["fvd_clips"] == [1, 2]
+    rows = {r["name"]: r for r in rep["videos"]}
+    assert "broken" in rows["bad"]["error"] and rep["summary"]["num_errors"] == 1

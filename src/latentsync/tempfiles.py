@@ -23,7 +23,7 @@ import shutil
 import socket
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
 from .errors import LatentSyncInputError
@@ -135,19 +135,28 @@ def write_atomically(path: str | os.PathLike, write: Callable[[str], object]) ->
     readers (and a later run after a kill) never see half a file, and a failed write leaves no file. Missing folders
     of ``path`` are created. Returns ``path``."""
     path = os.fspath(path)
-    make_missing_folders(os.path.dirname(os.path.abspath(path)))
-    remove_stale_partials(path)
-    partial = partial_path(path)
-    try:
-        write(partial)
-        os.replace(partial, path)
-    except BaseException:
-        if os.path.exists(partial):
-            os.remove(partial)
-        raise
-    finally:
-        release_partial(partial)
+    write_files_atomically({"file": path}, lambda partials: write(partials["file"]))
     return path
+
+
+def write_files_atomically(paths: Mapping[str, str | os.PathLike], write: Callable[[dict[str, str]], object]) -> None:
+    """Call ``write(partials)`` to write several files (``paths``: name -> path) at their hidden partial paths, then
+    rename them all in place once every one is complete: a failed write leaves the earlier files (or none), never a
+    mix of old and new. Missing folders are created."""
+    partials: dict[str, str] = {}
+    try:
+        for key, path in paths.items():
+            make_missing_folders(os.path.dirname(os.path.abspath(path)))
+            remove_stale_partials(path)
+            partials[key] = partial_path(path)
+        write(partials)
+        for key, path in paths.items():
+            os.replace(partials[key], os.fspath(path))
+    finally:
+        for partial in partials.values():
+            if os.path.exists(partial):
+                os.remove(partial)
+            release_partial(partial)
 
 
 def partial_target(name: str) -> str | None:

@@ -29,7 +29,8 @@ from ..errors import LatentSyncInputError, ModelNotFoundError
 from ..eval import metrics as M
 from ..eval.sync_confidence import OFFICIAL_SYNCNET_V2_FILE, OFFICIAL_SYNCNET_V2_REPO, estimate_sync, load_sync_model
 from ..eval.syncnet_acc import evaluate_syncnet
-from ..eval.videos import ALL_METRICS, VideoEvalConfig, evaluate_videos, format_value, write_report
+from ..eval.videos import (ALL_METRICS, VideoEvalConfig, check_report_output, evaluate_videos, format_value,
+                            write_report)
 from ..media.files import check_side_output
 from ..model_source import check_model_sources, is_hub_id, loading
 from ..models.syncnet import StableSyncNet
@@ -188,8 +189,9 @@ def _videos_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="latentsync eval videos",
         description="PSNR/SSIM (same-named pairs), FID/FVD (sets) and LSE-C/LSE-D of generated videos.")
-    p.add_argument("--generated", required=True, help="folder of generated videos")
-    p.add_argument("--reference", default=None, help="folder of reference videos (same names for PSNR/SSIM)")
+    p.add_argument("--generated", required=True, help="folder of generated videos (or one video)")
+    p.add_argument("--reference", default=None,
+                   help="folder of reference videos (same names for PSNR/SSIM), or one video")
     p.add_argument("--output", required=True, help="folder for metrics.json/.csv, summary.png/.html")
     p.add_argument("--metrics", default=",".join(ALL_METRICS), help=f"comma list from {','.join(ALL_METRICS)}")
     p.add_argument("--crop", choices=["face", "none"], default="face", help="compare faces (default) or frames")
@@ -233,6 +235,10 @@ def videos_command(argv: list[str]) -> int:
     cfg = VideoEvalConfig(metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()), crop=args.crop,
                           crop_size=args.crop_size, max_frames=args.max_frames, fvd_start=args.fvd_start,
                           fvd_clips_per_video=args.fvd_clips, batch_size=args.batch_size, aligned=args.aligned)
+    for flag, path in (("--generated", args.generated), ("--reference", args.reference)):
+        if path is not None and not os.path.exists(path):
+            raise LatentSyncInputError(f"{flag} {path} not found: give a folder of videos or one video")
+    check_report_output(args.output)  # before the evaluation, not after it
     # the models of the chosen metrics, checked before anything loads: FID's Inception by URL (torch hub's cache),
     # the others on the Hub
     hint = "; or leave the metric out with --metrics"
@@ -271,7 +277,7 @@ def videos_command(argv: list[str]) -> int:
                              device=device)
     paths = write_report(report, args.output)
     logger.info("summary: %s", ", ".join(f"{k} {format_value(v)}" for k, v in report["summary"].items()
-                                         if not isinstance(v, list)))
+                                         if not isinstance(v, (list, dict))))
     logger.info("wrote %s", ", ".join(paths.values()))
     return 0
 

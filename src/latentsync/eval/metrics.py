@@ -333,6 +333,11 @@ class FaceCropper:
     def reset(self) -> None:
         self._last = None
 
+    @property
+    def found_face(self) -> bool:
+        """Whether a face was detected in any frame so far (else the boxes were the centred square)."""
+        return self._last is not None
+
     def box(self, frame: np.ndarray) -> tuple[int, int, int, int]:
         h, w = frame.shape[:2]
         f = largest_face(self._detector.detect(frame))

@@ -30,15 +30,18 @@ import torch
 from tqdm.auto import tqdm
 
 from .._deprecation import moved_attribute
-from ..errors import LatentSyncInputError
-from ..media.files import find_videos
+from ..errors import InvalidOutputError, LatentSyncInputError
+from ..media.files import check_side_output, find_videos, is_video_file
 from ..media.video import iter_frames
+from ..tempfiles import write_files_atomically
 from . import metrics as M
 from .sync_confidence import OFFICIAL_SYNCNET_V2_FILE, OFFICIAL_SYNCNET_V2_REPO, estimate_sync, load_sync_model
 
 logger = logging.getLogger(__name__)
 
 ALL_METRICS = ("psnr", "ssim", "fid", "fvd", "sync")
+REPORT_FILES = {"json": "metrics.json", "csv": "metrics.csv", "png": "summary.png", "html": "summary.html"}
+SSIM_WINDOW = 11  # side of the SSIM window: smaller frames cannot be scored
 
 
 @dataclass
@@ -77,15 +80,36 @@ class VideoEvalConfig:
             raise LatentSyncInputError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(ALL_METRICS)}")
         if self.crop not in ("face", "none"):
             raise LatentSyncInputError(f"crop must be 'face' or 'none', got {self.crop!r}")
+        smallest = SSIM_WINDOW if "ssim" in self.metrics else 1
+        if self.crop_size < smallest:
+            raise LatentSyncInputError(f"crop size must be at least {smallest} pixels"
+                                       f"{' (the SSIM window)' if smallest > 1 else ''}, got {self.crop_size}")
+        for name, value, least in (("max frames", self.max_frames, 1), ("FVD frames", self.fvd_frames, 1),
+                                   ("FVD start", self.fvd_start, 0), ("FVD clips", self.fvd_clips_per_video, 1),
+                                   ("batch size", self.batch_size, 1), ("sync vshift", self.sync_vshift, 0)):
+            if value is not None and value < least:
+                raise LatentSyncInputError(f"{name} must be at least {least}, got {value}")
 
 
 def list_videos(folder: str) -> dict[str, str]:
-    """``{stem: path}`` of the video files directly inside ``folder``."""
+    """``{stem: path}`` of the video files directly inside ``folder`` (or of ``folder`` itself, a video file)."""
+    if os.path.isfile(folder):
+        if not is_video_file(folder):
+            raise LatentSyncInputError(f"{folder} is not a video file: give a folder of videos or one video")
+        return {os.path.splitext(os.path.basename(folder))[0]: folder}
     if not os.path.isdir(folder):
         raise LatentSyncInputError(f"folder not found: {folder}")
-    out = {}
+    out: dict[str, str] = {}
     for name in find_videos(folder, recursive=False):
-        out.setdefault(os.path.splitext(name)[0], os.path.join(folder, name))
+        stem = os.path.splitext(name)[0]
+        if stem in out:
+            logger.warning("%s: skipped, %s has the same name", os.path.join(folder, name), out[stem])
+            continue
+        out[stem] = os.path.join(folder, name)
+    nested = len(find_videos(folder, recursive=True)) - len(find_videos(folder, recursive=False))
+    if nested:
+        logger.warning("%d video(s) in sub-folders of %s are not evaluated (only files directly inside it are)",
+                       nested, folder)
     return out
 
 
@@ -103,6 +127,7 @@ class _SetFeatures:
         self.frame_feats: list[np.ndarray] = []
         self.clip_feats: list[np.ndarray] = []
         self._batch: list[np.ndarray] = []
+        self._video_feats: list[np.ndarray] = []  # frame features of the current video, kept once it ends
         self._clip_buffer: list[np.ndarray] = []
 
     @property
@@ -119,11 +144,17 @@ class _SetFeatures:
 
     def _flush(self) -> None:
         if self._batch:
-            self.frame_feats.append(M.frame_features(self._batch, self.frame_extractor, self.cfg.batch_size))
+            self._video_feats.append(M.frame_features(self._batch, self.frame_extractor, self.cfg.batch_size))
             self._batch = []
+
+    def discard_video(self) -> None:
+        """Forget the frames of the current video (it failed part-way): they must not mix with the next one."""
+        self._batch, self._video_feats, self._clip_buffer = [], [], []
 
     def end_video(self) -> None:
         self._flush()
+        self.frame_feats += self._video_feats
+        self._video_feats = []
         if self.video_extractor is not None:
             n = len(self._clip_buffer)
             starts = M.clip_windows(n, self.cfg.fvd_frames, self.cfg.fvd_start, self.cfg.fvd_clips_per_video)
@@ -169,6 +200,9 @@ def _scan_pair(gen_path: str, ref_path: str | None, cfg: VideoEvalConfig, gen_se
             if "psnr" in cfg.metrics:
                 psnr.extend(M.frame_psnr(g, r, device).tolist())
             if "ssim" in cfg.metrics:
+                if min(g.shape[1:3]) < SSIM_WINDOW:
+                    raise LatentSyncInputError(f"frames of {g.shape[2]}x{g.shape[1]} pixels are smaller than the "
+                                               f"SSIM window ({SSIM_WINDOW}); leave ssim out with --metrics")
                 ssim.extend(M.frame_ssim(g, r, device).tolist())
             pending[0].clear()
             pending[1].clear()
@@ -198,7 +232,17 @@ def _scan_pair(gen_path: str, ref_path: str | None, cfg: VideoEvalConfig, gen_se
                     if len(pending[0]) * pending[0][0].size >= 16 * 256 * 256 * 3:  # bounded memory on big frames
                         compare()
             n = i + 1
+        if cropper is not None and n and not cropper.found_face:
+            logger.warning("no face found in %s: compared the centred square of its frames (--crop none compares "
+                           "whole frames)", ref_path or gen_path)
+        if ref_iter is not None and n and next(ref_iter, None) is not None:
+            logger.warning("%s has fewer frames than its reference; compared the first %d", gen_path, n)
         compare()
+    except BaseException:
+        for features in (gen_set, ref_set):  # nothing of a video that failed part-way stays in the sets
+            if features is not None:
+                features.discard_video()
+        raise
     finally:
         if cropper is not None:
             cropper.close()
@@ -237,6 +281,8 @@ def evaluate_videos(
     if not generated:
         raise LatentSyncInputError(f"no videos in {generated_dir}")
     references = list_videos(reference_dir) if reference_dir else {}
+    if len(generated) == 1 and len(references) == 1 and os.path.isfile(generated_dir) and os.path.isfile(reference_dir):
+        references = {next(iter(generated)): next(iter(references.values()))}  # two files: a pair, whatever names
     needs_ref = [m for m in cfg.metrics if m in ("psnr", "ssim", "fid", "fvd")]
     if needs_ref and not references:
         raise LatentSyncInputError(f"metrics {', '.join(needs_ref)} need reference videos (--reference)")
@@ -260,6 +306,7 @@ def evaluate_videos(
         sync_model = load_sync_model(OFFICIAL_SYNCNET_V2_REPO, weights_name=OFFICIAL_SYNCNET_V2_FILE, device=device)
 
     rows = []
+    ref_alone = [k for k in references if k not in pairs]
     for name, path in tqdm(generated.items(), desc="eval videos", unit="video"):
         row: dict = {"name": name, "reference": os.path.basename(pairs[name]) if name in pairs else None}
         try:
@@ -268,15 +315,24 @@ def evaluate_videos(
         except LatentSyncInputError as exc:
             logger.error("%s: %s", name, exc)
             row["error"] = str(exc)
+            if name in pairs:
+                ref_alone.append(name)  # its reference still counts in the real set, if it reads
         if "sync" in cfg.metrics:
             row.update(_sync_row(path, sync_model, cfg))
         rows.append(row)
+    reference_errors = {}
     if ref_set is not None:
-        for name, path in tqdm([(k, v) for k, v in references.items() if k not in pairs], desc="eval references",
-                               unit="video"):
-            _scan_pair(path, None, cfg, ref_set, None, recon=False)
+        for name in tqdm(ref_alone, desc="eval references", unit="video"):
+            try:
+                _scan_pair(references[name], None, cfg, ref_set, None, recon=False)
+            except LatentSyncInputError as exc:
+                logger.error("reference %s: %s", name, exc)
+                reference_errors[name] = str(exc)
 
-    summary: dict = {"num_generated": len(generated), "num_reference": len(references), "num_pairs": len(pairs)}
+    summary: dict = {"num_generated": len(generated), "num_reference": len(references), "num_pairs": len(pairs),
+                     "num_errors": sum("error" in r for r in rows)}
+    if reference_errors:
+        summary["reference_errors"] = reference_errors
     for key in ("psnr", "ssim"):
         if key in cfg.metrics:
             summary[key] = M.mean_or_nan(r.get(key) for r in rows)
@@ -334,14 +390,36 @@ def format_value(value) -> str:
     return str(value)
 
 
+def check_report_output(output_dir: str, inputs: list[str] | tuple[str, ...] = ()) -> str:
+    """``output_dir`` once the report may be written there (before the evaluation runs): a new or existing folder,
+    not a file and not below one; the report's files may not be one of ``inputs``.
+
+    Raises:
+        InvalidOutputError: one line naming the problem.
+    """
+    if os.path.lexists(output_dir) and not os.path.isdir(output_dir):
+        raise InvalidOutputError(f"--output {output_dir} is a file: give a folder for the report")
+    for name in REPORT_FILES.values():
+        check_side_output(os.path.join(output_dir, name), list(inputs), "--output")
+    return output_dir
+
+
 def write_report(report: dict, output_dir: str) -> dict[str, str]:
-    """Write ``metrics.json``, ``metrics.csv``, ``summary.png`` and ``summary.html``; return their paths."""
-    os.makedirs(output_dir, exist_ok=True)
-    paths = {k: os.path.join(output_dir, f) for k, f in
-             [("json", "metrics.json"), ("csv", "metrics.csv"), ("png", "summary.png"), ("html", "summary.html")]}
+    """Write ``metrics.json``, ``metrics.csv``, ``summary.png`` and ``summary.html``; return their paths.
+
+    All four are written to hidden partial files first and renamed in place once every one is complete, so an error
+    or an interruption leaves the previous report (or none) as it was, never a mix or half a file.
+    """
+    check_report_output(output_dir)
+    paths = {k: os.path.join(output_dir, f) for k, f in REPORT_FILES.items()}
+    write_files_atomically(paths, lambda partials: _write_report_files(report, partials))
+    return paths
+
+
+def _write_report_files(report: dict, paths: dict[str, str]) -> None:
     with open(paths["json"], "w") as f:
         json.dump(_clean(report), f, indent=2)
-    columns = []
+    columns: list[str] = []
     for row in report["videos"]:
         columns += [k for k in row if k not in columns]
     with open(paths["csv"], "w", newline="") as f:
@@ -351,7 +429,7 @@ def write_report(report: dict, output_dir: str) -> dict[str, str]:
             writer.writerow({k: format_value(row.get(k)) if isinstance(row.get(k), float) else row.get(k) for k in columns})
     _plot(report, paths["png"])
     summary_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(format_value(v))}</td></tr>"
-                           for k, v in report["summary"].items() if not isinstance(v, list))
+                           for k, v in report["summary"].items() if not isinstance(v, (list, dict)))
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(format_value(r.get(c)))}</td>" for c in columns) + "</tr>"
                    for r in report["videos"])
@@ -364,7 +442,6 @@ def write_report(report: dict, output_dir: str) -> dict[str, str]:
             f"<h2>Per video</h2><table><tr>{head}</tr>{body}</table>"
             "<img src='summary.png' alt='per-video metrics'></body></html>\n"
         )
-    return paths
 
 
 def _plot(report: dict, path: str) -> None:
