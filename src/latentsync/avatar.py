@@ -184,7 +184,7 @@ class Avatar:
     def posteriors(self, frames: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
         """The VAE posteriors ``(len(frames), 8, h, w)`` of the masked and the whole faces of source frames
         ``frames``."""
-        import torch
+        import torch  # deferred: torch (seconds), after the CLI checks
 
         rows = torch.tensor([self._row[int(j)] for j in frames], dtype=torch.long)
         return self.masked_posteriors[rows], self.reference_posteriors[rows]
@@ -204,7 +204,7 @@ class Avatar:
         """Write the avatar to the folder ``path`` (see [`check_avatar_destination`]: a new or empty folder, or one
         holding an earlier avatar, replaced when ``overwrite``). ``source_video`` is copied into it unless the
         frames are held in memory. Each file is written beside its name and renamed; ``avatar.json`` comes last."""
-        import torch
+        import torch  # deferred: torch (seconds), after the CLI checks
         from safetensors.torch import save_file
 
         path = os.fspath(path)
@@ -250,7 +250,7 @@ class Avatar:
         Raises:
             LatentSyncInputError: the folder is missing, incomplete, or of another format version.
         """
-        from safetensors.torch import load_file
+        from safetensors.torch import load_file  # deferred: torch (seconds), after the CLI checks
 
         path = os.fspath(path)
         config_path, tensors_path, frames_path = avatar_files(path)

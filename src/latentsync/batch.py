@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from .devices import default_device
 from .errors import InvalidOutputError, LatentSyncInputError
 from .media.constants import AUDIO_EXTENSIONS
-from .media.files import is_video_file
+from .media.files import is_video_file, same_file
 from .media.video import check_output_path
 from .tempfiles import make_missing_folders, remove_empty_folders
 
@@ -114,7 +114,9 @@ def read_jobs(source: str | os.PathLike, output_dir: str | os.PathLike, audio_di
                                  f"column or rename one)")
         outputs[key] = job.video
     # one job's output may not be another job's input: it would be replaced (or taken for a finished output)
-    writers = {_file_key(job.output): job for job in jobs if os.path.exists(job.output)}
+    # (a job whose output is its own input fails on its own, and never writes)
+    writers = {_file_key(job.output): job for job in jobs if os.path.exists(job.output)
+               and not any(os.path.exists(s) and same_file(job.output, s) for s in (job.video, job.audio))}
     for job in jobs:
         for source in (job.video, job.audio):
             writer = writers.get(_file_key(source)) if os.path.exists(source) else None
