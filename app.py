@@ -790,8 +790,9 @@ def main() -> None:
     process exits with 130 or 143."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     # SIGTERM becomes a KeyboardInterrupt, on which gradio closes the server; a second signal during the shutdown is
-    # ignored
-    with stop_on_signals() as stop:
+    # ignored. The running lip sync is told at once: the main thread may be waiting for it (the eager caching of the
+    # examples runs in a worker thread that gradio's start-up waits for before the exception can surface)
+    with stop_on_signals(on_stop=lambda signum: demo.service and demo.service.stop(wait=0)) as stop:
         try:
             demo.launch(max_file_size=f"{demo.app_config.max_file_mb:g}mb", show_error=True)
         except KeyboardInterrupt:  # the signal came before gradio's own loop took over (while it cached the examples)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -37,11 +37,13 @@ class StopState:
 
 
 @contextmanager
-def stop_on_signals(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[StopState]:
+def stop_on_signals(signals: tuple[int, ...] = STOP_SIGNALS,
+                    on_stop: Callable[[int], None] | None = None) -> Iterator[StopState]:
     """Within the block, the first of ``signals`` raises [`RunInterrupted`] in the main thread and later ones are
     ignored; the previous handlers come back afterwards. Yields a [`StopState`] (useful when code inside swallows
-    the exception, as gradio's server loop does). Outside the main thread (where Python cannot install signal
-    handlers) the block runs unchanged."""
+    the exception, as gradio's server loop does). ``on_stop(signum)`` runs first, in the handler: a quick call that
+    tells work in other threads to stop (the exception reaches only the main thread, which may be waiting for them).
+    Outside the main thread (where Python cannot install signal handlers) the block runs unchanged."""
     state = StopState()
     if threading.current_thread() is not threading.main_thread():
         yield state
@@ -52,6 +54,8 @@ def stop_on_signals(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[StopSta
             logger.debug("signal %d while stopping: ignored, the cleanup is under way", signum)
             return
         state.signum = signum
+        if on_stop is not None:
+            on_stop(signum)
         raise RunInterrupted(signum)
 
     previous = {s: signal.signal(s, handler) for s in signals}
