@@ -16,6 +16,7 @@ The command line and the app use it; a program of your own that calls the pipeli
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -41,9 +42,11 @@ def stop_on_signals(signals: tuple[int, ...] = STOP_SIGNALS,
                     on_stop: Callable[[int], None] | None = None) -> Iterator[StopState]:
     """Within the block, the first of ``signals`` raises [`RunInterrupted`] in the main thread and later ones are
     ignored; the previous handlers come back afterwards. Yields a [`StopState`] (useful when code inside swallows
-    the exception, as gradio's server loop does). ``on_stop(signum)`` runs first, in the handler: a quick call that
-    tells work in other threads to stop (the exception reaches only the main thread, which may be waiting for them).
-    Outside the main thread (where Python cannot install signal handlers) the block runs unchanged."""
+    the exception, as gradio's server loop does). ``on_stop(signum)``, a quick call that tells work in other threads
+    to stop, runs as soon as a signal arrives, from a watcher thread: Python runs signal handlers only in the main
+    thread, and only once it runs again, which a main thread blocked in a socket read (waiting for the very work to
+    stop) does not do while the signal went to another thread. Outside the main thread (where Python cannot install
+    signal handlers) the block runs unchanged."""
     state = StopState()
     if threading.current_thread() is not threading.main_thread():
         yield state
@@ -59,9 +62,38 @@ def stop_on_signals(signals: tuple[int, ...] = STOP_SIGNALS,
         raise RunInterrupted(signum)
 
     previous = {s: signal.signal(s, handler) for s in signals}
+    watcher = _SignalWatcher(signals, on_stop) if on_stop is not None else None
     try:
         yield state
     finally:
+        if watcher is not None:
+            watcher.close()
         for s, old in previous.items():
             if old is not None:  # None: a handler installed outside Python, which cannot be put back
                 signal.signal(s, old)
+
+
+class _SignalWatcher:
+    """Calls ``on_stop(signum)`` from its own thread when one of ``signals`` arrives (Python's wakeup file
+    descriptor, written by the C-level handler on whichever thread the signal reached)."""
+
+    def __init__(self, signals: tuple[int, ...], on_stop: Callable[[int], None]):
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)
+        self._previous = signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        self._signals, self._on_stop = set(signals), on_stop
+        self._thread = threading.Thread(target=self._watch, name="latentsync-signal-watcher", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while data := os.read(self._read, 64):
+            found = [s for s in data if s in self._signals]
+            if found:
+                self._on_stop(found[0])
+                return
+
+    def close(self) -> None:
+        signal.set_wakeup_fd(self._previous)
+        os.close(self._write)  # the watcher's read ends
+        self._thread.join(timeout=1)
+        os.close(self._read)
