@@ -143,6 +143,7 @@ def test_avatar_command_refuses_bad_folders_before_loading(tmp_path, example_fac
     cases = [
         ([str(example_face), str(user)], "is a folder with other files, not an avatar"),
         ([str(example_face), str(tmp_path / "a-file")], "is a file: give a new folder"),
+        ([str(example_face), str(tmp_path / "a-file" / "avatar")], "cannot create the avatar folder"),
         ([str(example_face), str(done)], "already holds an avatar (replace it with --overwrite"),
         ([str(tmp_path / "missing.mp4"), str(tmp_path / "new")], "video file not found"),
         ([str(example_face), str(tmp_path / "new"), "--syncnet", str(tmp_path / "no-syncnet")],

@@ -39,7 +39,7 @@ import numpy as np
 from .errors import LatentSyncInputError
 from .media.timeline import open_timed_frames
 from .media.video import FrameSource, open_frames
-from .tempfiles import partial_target, write_atomically
+from .tempfiles import nearest_folder, partial_target, write_atomically
 
 if TYPE_CHECKING:
     import torch
@@ -102,9 +102,9 @@ def check_avatar_destination(path: str | os.PathLike, overwrite: bool = True) ->
     # the partial files of a run that was killed while writing an avatar there
     names = {n for n in names if not _is_avatar_file(partial_target(n) or "")}
     if not names:
-        parent = os.path.dirname(os.path.abspath(path))
-        while not os.path.isdir(parent):
-            parent = os.path.dirname(parent)
+        parent, blocker = nearest_folder(os.path.dirname(os.path.abspath(path)))
+        if blocker is not None:
+            raise LatentSyncInputError(f"cannot create the avatar folder {path}: {blocker} is a file")
         if not os.access(parent, os.W_OK | os.X_OK):
             raise LatentSyncInputError(f"cannot write the avatar folder {path}: {parent} is not writable")
         return

@@ -36,7 +36,7 @@ from .errors import InvalidOutputError, LatentSyncInputError
 from .media.constants import AUDIO_EXTENSIONS
 from .media.files import is_video_file, same_file
 from .media.video import check_output_path
-from .tempfiles import make_missing_folders, remove_empty_folders
+from .tempfiles import make_missing_folders, nearest_folder, remove_empty_folders
 
 if TYPE_CHECKING:  # the pipeline is passed in; importing it here only for the annotation
     from .pipeline import LatentSyncPipeline
@@ -137,13 +137,11 @@ def _check_output_dir(output_dir: str | os.PathLike) -> None:
     """[`InvalidOutputError`] when ``output_dir`` cannot be the batch's output folder: it, or a folder above it, is a
     file. A missing folder is fine (it is created when the first job runs)."""
     output_dir = os.fspath(output_dir)
-    existing = os.path.abspath(output_dir)
-    while not os.path.isdir(existing):
-        if os.path.lexists(existing) and existing == os.path.abspath(output_dir):
-            raise InvalidOutputError(f"output folder {output_dir} is a file, not a folder; choose a folder")
-        if os.path.lexists(existing):
-            raise InvalidOutputError(f"cannot create the output folder {output_dir}: {existing} is a file")
-        existing = os.path.dirname(existing)
+    _, blocker = nearest_folder(output_dir)
+    if blocker == os.path.abspath(output_dir):
+        raise InvalidOutputError(f"output folder {output_dir} is a file, not a folder; choose a folder")
+    if blocker is not None:
+        raise InvalidOutputError(f"cannot create the output folder {output_dir}: {blocker} is a file")
 
 
 def _output_for(video: str, output_dir: str, output_format: str) -> str:

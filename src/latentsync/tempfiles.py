@@ -237,6 +237,17 @@ def write_folder_atomically(output: str | os.PathLike, write: Callable[[str], T]
     return result
 
 
+def nearest_folder(folder: str | os.PathLike) -> tuple[str, str | None]:
+    """The nearest existing folder at or above ``folder`` (absolute), and the file that stands in the way of creating
+    the missing rest (the lowest one on the path), or None when the missing folders can be made."""
+    existing, blocker = os.path.abspath(folder), None
+    while not os.path.isdir(existing):
+        if blocker is None and os.path.lexists(existing):
+            blocker = existing
+        existing = os.path.dirname(existing)
+    return existing, blocker
+
+
 def make_missing_folders(folder: str | os.PathLike) -> list[str]:
     """Create ``folder`` and its missing parents; returns the folders created, innermost first."""
     missing, folder = [], os.path.abspath(folder)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from ..errors import InvalidOutputError, LatentSyncInputError
+from ..tempfiles import nearest_folder
 from .constants import VIDEO_EXTENSIONS
 
 
@@ -48,11 +49,9 @@ def check_side_output(path: str | os.PathLike, inputs: list[str | os.PathLike], 
     path = os.fspath(path)
     if os.path.isdir(path):
         raise InvalidOutputError(f"{what} {path} is a folder: give a file name")
-    folder = os.path.dirname(os.path.abspath(path))
-    while not os.path.isdir(folder):  # missing folders are created, but not through a file
-        if os.path.lexists(folder):
-            raise InvalidOutputError(f"{what} {path}: cannot create its folder, {folder} is a file")
-        folder = os.path.dirname(folder)
+    _, blocker = nearest_folder(os.path.dirname(os.path.abspath(path)))  # missing folders are made, not through a file
+    if blocker is not None:
+        raise InvalidOutputError(f"{what} {path}: cannot create its folder, {blocker} is a file")
     for source in inputs:
         if same_file(path, source):
             raise InvalidOutputError(f"{what} {path} is the input file {os.fspath(source)}: writing it would destroy "

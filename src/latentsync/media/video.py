@@ -23,7 +23,7 @@ import imageio_ffmpeg
 import numpy as np
 
 from ..errors import InvalidOutputError, InvalidVideoError
-from ..tempfiles import partial_path, release_partial, remove_stale_partials
+from ..tempfiles import nearest_folder, partial_path, release_partial, remove_stale_partials
 from .constants import OUTPUT_FORMATS, SAMPLE_RATE, VIDEO_FPS
 from .files import ffmpeg_reason, same_file
 from .probe import VideoInfo, probe_video  # noqa: F401 - VideoInfo is part of this module's interface
@@ -278,13 +278,11 @@ def check_output_path(
     if os.path.lexists(path) and not overwrite:
         raise InvalidOutputError(f"output file already exists: {path} (pass --overwrite to replace it)")
     folder = os.path.dirname(os.path.abspath(path))
-    existing = folder
-    while not os.path.isdir(existing):
-        if os.path.lexists(existing):
-            raise InvalidOutputError(f"cannot create the output folder {folder}: {existing} is a file")
-        if not create_folder:
-            raise InvalidOutputError(f"output folder does not exist: {folder}")
-        existing = os.path.dirname(existing)
+    existing, blocker = nearest_folder(folder)
+    if blocker is not None and (blocker == folder or create_folder):
+        raise InvalidOutputError(f"cannot create the output folder {folder}: {blocker} is a file")
+    if existing != folder and not create_folder:
+        raise InvalidOutputError(f"output folder does not exist: {folder}")
     _check_writable(existing, folder)
     if existing == folder:
         remove_stale_partials(path)
