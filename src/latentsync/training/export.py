@@ -139,16 +139,15 @@ def export_checkpoint(run_dir: str, output: str, step: int | None = None, use_em
     if use_ema and not is_unet:
         raise ExportError("SyncNet runs keep no EMA weights")
     check_output_folder(output, [run_dir], overwrite, "export", ExportError)  # the run is only read
-    written = []
 
     def write(partial: str) -> dict[str, Any]:
-        written.append(partial)
         if is_unet:
-            return export_unet_checkpoint(run_dir, checkpoint, partial, use_ema)
-        return export_syncnet_checkpoint(run_dir, checkpoint, partial)
+            result = export_unet_checkpoint(run_dir, checkpoint, partial, use_ema)
+        else:
+            result = export_syncnet_checkpoint(run_dir, checkpoint, partial)
+        return {k: v.replace(partial, output) if isinstance(v, str) else v for k, v in result.items()}
 
     # written beside the output and renamed when complete: a failed export leaves nothing
     result = write_folder_atomically(output, write)
-    result = {k: v.replace(written[0], output) if isinstance(v, str) else v for k, v in result.items()}
     logger.info("exported %s (step %d) to %s", checkpoint, result["step"], output)
     return result
