@@ -100,13 +100,14 @@ def list_videos(folder: str) -> dict[str, str]:
     if not os.path.isdir(folder):
         raise LatentSyncInputError(f"folder not found: {folder}")
     out: dict[str, str] = {}
-    for name in find_videos(folder, recursive=False):
+    found = find_videos(folder, recursive=True)  # one walk: the sub-folders' videos are only counted
+    for name in (n for n in found if os.path.dirname(n) == ""):
         stem = os.path.splitext(name)[0]
         if stem in out:
             logger.warning("%s: skipped, %s has the same name", os.path.join(folder, name), out[stem])
             continue
         out[stem] = os.path.join(folder, name)
-    nested = len(find_videos(folder, recursive=True)) - len(find_videos(folder, recursive=False))
+    nested = sum(os.path.dirname(n) != "" for n in found)
     if nested:
         logger.warning("%d video(s) in sub-folders of %s are not evaluated (only files directly inside it are)",
                        nested, folder)
