@@ -57,8 +57,6 @@ def stop_on_signals(signals: tuple[int, ...] = STOP_SIGNALS,
             logger.debug("signal %d while stopping: ignored, the cleanup is under way", signum)
             return
         state.signum = signum
-        if on_stop is not None:
-            on_stop(signum)
         raise RunInterrupted(signum)
 
     previous = {s: signal.signal(s, handler) for s in signals}
