@@ -470,7 +470,7 @@ def test_stopping_a_parallel_run_does_not_process_the_queued_videos(short_raw, t
     """Ctrl-C / SIGTERM (here: the caller leaving the engine's loop after the first video, as an interrupt does) stops
     the local engine's workers at once: no queued video is started, the one in progress writes no state, no worker
     is left. The pool used to be shut down with ``wait=True``, which first processed every queued video (minutes on
-    a real folder, with further Ctrl-C ignored)."""
+    a real folder, with further Ctrl-C ignored); then the idle workers' normal exit took 5-10 s on a busy machine."""
     import multiprocessing
     import time
 
@@ -487,7 +487,7 @@ def test_stopping_a_parallel_run_does_not_process_the_queued_videos(short_raw, t
     assert record["status"] == "done"
     t0 = time.monotonic()
     finished.close()
-    assert time.monotonic() - t0 < 8
+    assert time.monotonic() - t0 < 4  # 0.1-0.8 s here, with four busy processes on the two cores too
     assert len(list(state_dir.glob("*.json"))) <= 3  # the first video, and those that finished meanwhile
     assert not multiprocessing.active_children()
 
