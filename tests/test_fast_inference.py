@@ -185,18 +185,26 @@ def test_looping_video_reuses_vae_encodings(pipe, short_loop, monkeypatch):
 # ---------------------------------------------------------------------------------------------------- VAE, offload
 
 
-def test_vae_slicing_and_tiling(pipe):
+def test_vae_slicing_and_tiling(pipe, caplog):
     window = _window(pipe)
     plain = _generate(pipe, window, steps=2)
     pipe.enable_vae_slicing()
     sliced = _generate(pipe, window, steps=2)
     pipe.disable_vae_slicing()
     assert np.abs(sliced.astype(int) - plain).max() <= 1  # same up to float rounding of batched convolutions
-    pipe.enable_vae_tiling()  # the tiny VAE's tile is 32 px, so the 256 px faces are tiled
-    assert pipe.vae.use_tiling
+    with caplog.at_level("INFO", logger="latentsync"):
+        pipe.enable_vae_tiling()  # the tiny VAE's tile is 32 px, so the 128 px faces are tiled
+    assert pipe.vae.use_tiling and "no effect" not in caplog.text
     tiled = _generate(pipe, window, steps=2)
     pipe.disable_vae_tiling()
     assert tiled.shape == plain.shape and psnr(tiled, plain) > 20
+    # a tile as large as the faces (sd-vae-ft-mse's 256 px with LatentSync 1.5's 256 px faces): never tiled, said so
+    pipe.vae.tile_sample_min_size, pipe.vae.tile_latent_min_size = RESOLUTION, RESOLUTION // pipe.vae_scale_factor
+    with caplog.at_level("INFO", logger="latentsync"):
+        pipe.enable_vae_tiling()
+    assert f"no effect here: the faces are {RESOLUTION} px and the VAE's tile is {RESOLUTION} px" in caplog.text
+    assert np.array_equal(_generate(pipe, window, steps=2), plain)
+    pipe.disable_vae_tiling()
 
 
 def test_model_cpu_offload_gives_the_same_output(pipe):

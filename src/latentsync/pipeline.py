@@ -268,9 +268,17 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         self.vae.disable_slicing()
 
     def enable_vae_tiling(self) -> None:
-        """Encode and decode images larger than the VAE's tile size in overlapping tiles (the SD VAE's tile is
-        512 px, so this only affects faces above that size; the output changes slightly at tile seams)."""
+        """Encode and decode faces larger than the VAE's tile in overlapping tiles, blended at the seams. The tile is
+        the VAE's ``sample_size``: 256 px for ``stabilityai/sd-vae-ft-mse``, so a 256 px face (LatentSync 1.5) is
+        never tiled (this saves nothing; it is logged), and a 512 px face (1.6) is done as four overlapping tiles
+        whose seams cross the middle of the face (less peak memory; the output changes slightly along the seams).
+        [`enable_vae_slicing`] saves memory without changing the output."""
         self.vae.enable_tiling()
+        tile = self.vae.tile_sample_min_size
+        tile = tile[0] if isinstance(tile, (list, tuple)) else tile
+        if self.config.resolution <= tile:
+            logger.info("VAE tiling has no effect here: the faces are %d px and the VAE's tile is %d px",
+                        self.config.resolution, tile)
 
     def disable_vae_tiling(self) -> None:
         self.vae.disable_tiling()
