@@ -26,6 +26,7 @@ from latentsync.media import (
     trim_media,
     write_wav,
 )
+from latentsync.media.timeline import read_timestamps
 
 
 def _gradient(i: int, size: int = 32) -> np.ndarray:
@@ -124,6 +125,39 @@ def test_find_videos_in_folders(tmp_path):
     assert find_videos(tmp_path, recursive=False) == ["a.mp4", "b.M4V"]
     assert ".m4v" in VIDEO_EXTENSIONS and is_video_file("clip.TS") and not is_video_file(".clip.mp4")
     ffmpeg("-version")  # the bundled ffmpeg runs
+
+
+# ffmpeg output options that write a tiny video of each listed ending (picture and sound in codecs such files hold)
+_WRITE_AS = {
+    ".mp4": [], ".mov": [], ".mkv": [], ".m4v": ["-f", "mp4"], ".avi": [], ".flv": [],
+    ".webm": ["-c:v", "libvpx", "-c:a", "libopus"], ".ogv": ["-c:v", "libvpx", "-c:a", "libvorbis"],
+    ".mpg": ["-c:v", "mpeg2video", "-c:a", "mp2"], ".mpeg": ["-c:v", "mpeg1video", "-c:a", "mp2"],
+    ".vob": ["-c:v", "mpeg2video", "-c:a", "mp2", "-f", "vob"], ".ts": [], ".mts": ["-f", "mpegts"],
+    ".m2ts": ["-f", "mpegts", "-mpegts_m2ts_mode", "1"],
+    ".3gp": ["-c:v", "h263", "-s", "128x96", "-c:a", "libopencore_amrnb", "-ar", "8000", "-ac", "1"],  # old phones
+    ".3g2": ["-c:v", "libx264", "-c:a", "aac"], ".wmv": ["-c:v", "wmv2", "-c:a", "wmav2", "-f", "asf"],
+    ".mxf": ["-c:v", "mpeg2video", "-c:a", "pcm_s16le", "-ar", "48000"],
+}
+
+
+def test_every_video_ending_is_read(tmp_path):
+    """Each ending in VIDEO_EXTENSIONS is a file the tools read: probed, decoded at 25 fps and on its own timeline,
+    its sound decoded; and camcorder, phone and Windows videos (.mts, .3gp, .wmv) are among them (they were counted
+    as other files and not read)."""
+    assert {".mts", ".m2ts", ".3gp", ".wmv"} <= set(VIDEO_EXTENSIONS)
+    missing = set(VIDEO_EXTENSIONS) - set(_WRITE_AS)
+    assert not missing, f"give _WRITE_AS a way to write {sorted(missing)}, to check that they are read"
+    for ext in VIDEO_EXTENSIONS:
+        path = tmp_path / f"clip{ext.upper() if ext == '.mts' else ext}"  # camcorders write CLIP.MTS
+        ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=25:duration=0.4", "-f", "lavfi", "-i",
+               "sine=frequency=440:duration=0.4:sample_rate=48000", "-pix_fmt", "yuv420p", *_WRITE_AS[ext], str(path))
+        info = probe_video(path)
+        assert info.has_audio and 0.3 < info.duration < 0.6, (ext, info)
+        assert 9 <= len(list(iter_frames(path))) <= 11, ext
+        assert 9 <= len(read_timestamps(path)[0]) <= 11, ext
+        sound = load_audio(path, video_clock=True)
+        assert 0.35 < len(sound) / SAMPLE_RATE < 0.6 and np.abs(sound).max() > 0.05, ext
+    assert len(find_videos(tmp_path)) == len(VIDEO_EXTENSIONS)
 
 
 # ---------------------------------------------------------------------------------------------------- hardware decode

@@ -611,13 +611,13 @@ def test_linked_folders_are_searched_and_a_file_reached_twice_is_one_video(short
     (raw / "talk link.mp4").symlink_to(raw / "talk.mp4")
     os.link(raw / "talk.mp4", raw / "zz hard.mp4")
     (raw / ".hidden" / "h.mp4").write_bytes(b"hidden")
-    (raw / "phone.3gp").write_bytes(b"a video with an ending that is not searched")
+    (raw / "film.rmvb").write_bytes(b"a video with an ending that is not searched")
     (raw / "notes.TXT").write_bytes(b"notes")
     (raw / "._talk.mp4").write_bytes(b"macOS metadata")
     videos, duplicates, other_files = scan_input(str(raw), exclude=[str(out)])
     assert videos == ["linked/other.mp4", "talk.mp4"]
     assert duplicates == {"talk link.mp4": "talk.mp4", "zz hard.mp4": "talk.mp4"}
-    assert other_files == {".3gp": 1, ".txt": 1}
+    assert other_files == {".rmvb": 1, ".txt": 1}
 
     cfg = P.PrepareConfig(min_seconds=0.6, max_seconds=1.2, sync=False, quality="sharpness", quality_threshold=0.0)
     summary = P.prepare_dataset(str(raw), str(out), cfg)
@@ -626,8 +626,8 @@ def test_linked_folders_are_searched_and_a_file_reached_twice_is_one_video(short
     rows = {row["source"]: row for row in summary.dropped_videos}
     assert rows["talk link.mp4"]["detail"] == "the same file as talk.mp4, which is processed instead"
     assert rows["linked/other.mp4"]["reason"] == "unreadable"
-    assert summary.other_files == {".3gp": 1, ".txt": 1}
-    assert "Not read: 2 other files of the input folder, by ending .3gp 1, .txt 1 (a video among them is read once " \
+    assert summary.other_files == {".rmvb": 1, ".txt": 1}
+    assert "Not read: 2 other files of the input folder, by ending .rmvb 1, .txt 1 (a video among them is read once " \
            "renamed to one of .mp4, .mov" in (out / "summary.md").read_text(encoding="utf-8")
     assert sorted(p.name for p in (out / "work" / "state").glob("*.json")) == sorted(
         f"{P.video_key(v)}.json" for v in videos)
