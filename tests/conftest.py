@@ -230,6 +230,18 @@ def real_speech(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def two_track_video(tmp_path_factory) -> Path:
+    """2 s of the real demo1 clip at 144 x 256 with two audio tracks, as screen recorders (OBS) write them: track 1
+    silent (an unused microphone), track 2 demo1's speech, in sync with the picture."""
+    src = shared_file("demo1_video.mp4")
+    out = tmp_path_factory.mktemp("media") / "two_tracks.mp4"
+    ffmpeg("-i", os.fspath(src), "-f", "lavfi", "-i", "anullsrc=r=48000:cl=stereo", "-t", "2", "-map", "0:v",
+           "-map", "1:a", "-map", "0:a", "-vf", "scale=144:256", "-c:v", "libx264", "-crf", "18", "-c:a", "aac",
+           os.fspath(out))
+    return out
+
+
+@pytest.fixture(scope="session")
 def example_face() -> Path:
     return EXAMPLES / "face.mp4"
 

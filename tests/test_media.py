@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ffmpeg, write_video
+from conftest import ffmpeg, shared_file, write_video
 from latentsync.errors import InvalidAudioError, InvalidVideoError
+from latentsync.media import audio as media_audio
 from latentsync.media import (
     SAMPLE_RATE,
     VIDEO_EXTENSIONS,
@@ -23,9 +24,13 @@ from latentsync.media import (
     load_audio,
     open_frames,
     probe_video,
+    scan_audio,
+    speech_track,
     trim_media,
     write_wav,
 )
+from latentsync.media.audio import copy_track
+from latentsync.media.timeline import read_timestamps
 
 
 def _gradient(i: int, size: int = 32) -> np.ndarray:
@@ -124,6 +129,104 @@ def test_find_videos_in_folders(tmp_path):
     assert find_videos(tmp_path, recursive=False) == ["a.mp4", "b.M4V"]
     assert ".m4v" in VIDEO_EXTENSIONS and is_video_file("clip.TS") and not is_video_file(".clip.mp4")
     ffmpeg("-version")  # the bundled ffmpeg runs
+
+
+# ffmpeg output options that write a tiny video of each listed ending (picture and sound in codecs such files hold)
+_WRITE_AS = {
+    ".mp4": [], ".mov": [], ".mkv": [], ".m4v": ["-f", "mp4"], ".avi": [], ".flv": [],
+    ".webm": ["-c:v", "libvpx", "-c:a", "libopus"], ".ogv": ["-c:v", "libvpx", "-c:a", "libvorbis"],
+    ".mpg": ["-c:v", "mpeg2video", "-c:a", "mp2"], ".mpeg": ["-c:v", "mpeg1video", "-c:a", "mp2"],
+    ".vob": ["-c:v", "mpeg2video", "-c:a", "mp2", "-f", "vob"], ".ts": [], ".mts": ["-f", "mpegts"],
+    ".m2ts": ["-f", "mpegts", "-mpegts_m2ts_mode", "1"],
+    ".3gp": ["-c:v", "h263", "-s", "128x96", "-c:a", "libopencore_amrnb", "-ar", "8000", "-ac", "1"],  # old phones
+    ".3g2": ["-c:v", "libx264", "-c:a", "aac"], ".wmv": ["-c:v", "wmv2", "-c:a", "wmav2", "-f", "asf"],
+    ".mxf": ["-c:v", "mpeg2video", "-c:a", "pcm_s16le", "-ar", "48000"],
+}
+
+
+def test_every_video_ending_is_read(tmp_path):
+    """Each ending in VIDEO_EXTENSIONS is a file the tools read: probed, decoded at 25 fps and on its own timeline,
+    its sound decoded; and camcorder, phone and Windows videos (.mts, .3gp, .wmv) are among them (they were counted
+    as other files and not read)."""
+    assert {".mts", ".m2ts", ".3gp", ".wmv"} <= set(VIDEO_EXTENSIONS)
+    missing = set(VIDEO_EXTENSIONS) - set(_WRITE_AS)
+    assert not missing, f"give _WRITE_AS a way to write {sorted(missing)}, to check that they are read"
+    for ext in VIDEO_EXTENSIONS:
+        path = tmp_path / f"clip{ext.upper() if ext == '.mts' else ext}"  # camcorders write CLIP.MTS
+        ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=25:duration=0.4", "-f", "lavfi", "-i",
+               "sine=frequency=440:duration=0.4:sample_rate=48000", "-pix_fmt", "yuv420p", *_WRITE_AS[ext], str(path))
+        info = probe_video(path)
+        assert info.has_audio and info.audio_tracks == 1 and 0.3 < info.duration < 0.6, (ext, info)
+        assert 9 <= len(list(iter_frames(path))) <= 11, ext
+        assert 9 <= len(read_timestamps(path)[0]) <= 11, ext
+        sound = load_audio(path, video_clock=True)
+        assert 0.35 < len(sound) / SAMPLE_RATE < 0.6 and np.abs(sound).max() > 0.05, ext
+    assert len(find_videos(tmp_path)) == len(VIDEO_EXTENSIONS)
+
+
+# ---------------------------------------------------------------------------------------------------- audio tracks
+def _speech_reference(seconds: float = 2.0) -> np.ndarray:
+    return load_audio(shared_file("demo1_video.mp4"))[: int(seconds * SAMPLE_RATE)]
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    n = min(len(a), len(b)) - 500  # AAC's padding at the ends
+    return float(np.corrcoef(a[500:n], b[500:n])[0, 1])
+
+
+def test_the_speech_track_of_a_file_with_several(two_track_video, tmp_path, caplog):
+    """A screen recording whose first audio track is silent and whose second holds the voice: the voice is read
+    (it used to be the silent first track, and the file was refused or dropped as silent), the choice is logged once
+    and the file probed once; a track can be copied as it is for a tool that takes a file's first track."""
+    import logging
+
+    speech = _speech_reference()
+    media_audio._choose_track.cache_clear()
+    with caplog.at_level(logging.INFO, logger="latentsync.media.audio"):
+        choice = speech_track(two_track_video)
+        assert speech_track(two_track_video) is choice  # probed once while the file is unchanged
+    assert (choice.index, choice.tracks, choice.levels[0]) == (1, 2, None) and choice.levels[1] > -40
+    assert choice.record() == {"track": 2, "tracks": 2, "levels_db": [None, round(choice.levels[1], 1)]}
+    assert caplog.text.count("has 2 audio tracks: the speech is read from track 2") == 1
+    assert "track 1 silent" in caplog.text
+    assert probe_video(two_track_video).audio_tracks == 2
+    assert np.abs(load_audio(two_track_video)).max() < 1e-4  # the first track, as before, when asked for
+    voice = load_audio(two_track_video, video_clock=True, track="speech")
+    assert _correlation(voice, speech) > 0.99 and np.array_equal(voice, as_samples(two_track_video)[: len(voice)])
+    assert not scan_audio(two_track_video, track="speech").silent and scan_audio(two_track_video).silent
+    with pytest.raises(InvalidAudioError, match="no audio track 3 in"):
+        load_audio(two_track_video, track=2)
+    copy = copy_track(two_track_video, 1, tmp_path / "voice.mka")
+    assert speech_track(copy).tracks == 1 and _correlation(load_audio(copy), speech) > 0.99
+    # a file with one audio track is not decoded to choose: its track is the first
+    assert speech_track(shared_file("demo1_video.mp4")) == media_audio.SpeechTrack(
+        os.fspath(shared_file("demo1_video.mp4")), 0, 1)
+
+
+def test_the_first_track_is_kept_unless_another_is_clearly_louder(tmp_path):
+    """Two tracks with speech (a dub, a commentary): the first is kept unless another is louder by more than 6 dB
+    in the speech band; a microphone track that only hums (50 Hz) or hisses faintly does not count as speech. A long
+    file is probed in windows spread over it, so speech that starts late is found."""
+    speech = shared_file("demo1_audio.wav")
+
+    def two_tracks(name: str, first: str, second: str, seconds: float = 2.0) -> str:
+        path = tmp_path / name
+        ffmpeg("-i", str(speech), "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-filter_complex",
+               f"[0:a]atrim=0:{seconds},asplit[s1][s2];[s1]{first}[a];[s2]{second}[b]", "-map", "[a]", "-map", "[b]",
+               "-t", str(seconds), "-c:a", "aac", str(path))
+        return str(path)
+
+    assert speech_track(two_tracks("dub.mka", "volume=-3dB", "volume=0dB")).index == 0
+    assert speech_track(two_tracks("loud.mka", "volume=-12dB", "volume=0dB")).index == 1
+    hum = "volume=0,aeval=0.3*sin(2*PI*50*t)+0.001*(random(0)-0.5):c=same"
+    assert speech_track(two_tracks("hum.mka", hum, "volume=-6dB")).index == 1
+    # 60 s, speech only from 20 s on in the second track: windows at 7.5, 22.5, 37.5 and 52.5 s find it
+    ffmpeg("-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-stream_loop", "-1", "-i", str(speech),
+           "-filter_complex", "[1:a]adelay=20s:all=1[late]", "-map", "0:a", "-map", "[late]", "-t", "60",
+           "-c:a", "aac", str(tmp_path / "late.mka"))
+    assert [start for start, _ in media_audio._probe_windows(60.0)] == [5.0, 20.0, 35.0, 50.0]
+    late = speech_track(tmp_path / "late.mka")
+    assert late.index == 1 and late.levels[0] is None
 
 
 # ---------------------------------------------------------------------------------------------------- hardware decode

@@ -436,7 +436,7 @@ def test_frames_past_the_end_of_the_audio_are_their_own_reason(tmp_path, monkeyp
     audio = (np.sin(np.arange(23 * SPF) / 10) * 0.3).astype(np.float32)  # 23 frames of audio for 25 of video
     path = write_video(tmp_path / "v.mp4", frames, audio=audio)
     monkeypatch.setattr(process, "_scan", lambda p, c: (np.zeros((25, 3, 2)), []))  # a face in every frame
-    monkeypatch.setattr(process, "load_audio", lambda p, rate, video_clock=False: audio)
+    monkeypatch.setattr(process, "load_audio", lambda p, rate, video_clock=False, track=0: audio)
     scan = process.scan_video(str(path), "v.mp4", P.PrepareConfig(min_seconds=0.4, max_seconds=1.0))
     assert scan.result["status"] == "done" and scan.result["dropped"] == {
         "audio_ends_early": {"count": 0, "seconds": 2 / 25}}
@@ -611,13 +611,13 @@ def test_linked_folders_are_searched_and_a_file_reached_twice_is_one_video(short
     (raw / "talk link.mp4").symlink_to(raw / "talk.mp4")
     os.link(raw / "talk.mp4", raw / "zz hard.mp4")
     (raw / ".hidden" / "h.mp4").write_bytes(b"hidden")
-    (raw / "phone.3gp").write_bytes(b"a video with an ending that is not searched")
+    (raw / "film.rmvb").write_bytes(b"a video with an ending that is not searched")
     (raw / "notes.TXT").write_bytes(b"notes")
     (raw / "._talk.mp4").write_bytes(b"macOS metadata")
     videos, duplicates, other_files = scan_input(str(raw), exclude=[str(out)])
     assert videos == ["linked/other.mp4", "talk.mp4"]
     assert duplicates == {"talk link.mp4": "talk.mp4", "zz hard.mp4": "talk.mp4"}
-    assert other_files == {".3gp": 1, ".txt": 1}
+    assert other_files == {".rmvb": 1, ".txt": 1}
 
     cfg = P.PrepareConfig(min_seconds=0.6, max_seconds=1.2, sync=False, quality="sharpness", quality_threshold=0.0)
     summary = P.prepare_dataset(str(raw), str(out), cfg)
@@ -626,8 +626,8 @@ def test_linked_folders_are_searched_and_a_file_reached_twice_is_one_video(short
     rows = {row["source"]: row for row in summary.dropped_videos}
     assert rows["talk link.mp4"]["detail"] == "the same file as talk.mp4, which is processed instead"
     assert rows["linked/other.mp4"]["reason"] == "unreadable"
-    assert summary.other_files == {".3gp": 1, ".txt": 1}
-    assert "Not read: 2 other files of the input folder, by ending .3gp 1, .txt 1 (a video among them is read once " \
+    assert summary.other_files == {".rmvb": 1, ".txt": 1}
+    assert "Not read: 2 other files of the input folder, by ending .rmvb 1, .txt 1 (a video among them is read once " \
            "renamed to one of .mp4, .mov" in (out / "summary.md").read_text(encoding="utf-8")
     assert sorted(p.name for p in (out / "work" / "state").glob("*.json")) == sorted(
         f"{P.video_key(v)}.json" for v in videos)
@@ -680,3 +680,32 @@ def test_a_video_whose_clip_files_are_gone_is_processed_again(short_raw, tmp_pat
     shutil.rmtree(out / "work" / "clips")
     assert P.prepare_dataset(str(raw), str(out), cfg).clips == 1
     assert len(datasets.load_from_disk(str(out / "dataset"))) == 1
+
+
+def test_the_speech_track_of_a_video_with_several_is_cut_into_its_clips(two_track_video, tmp_path, monkeypatch):
+    """A screen recording (OBS) whose first audio track is silent and whose second holds the voice: its clips carry
+    the voice, in sync with their frames, and the state and the summary say which track was used. The video was
+    dropped whole as ``silent_audio`` (its first track)."""
+    from latentsync.data.prepare import process
+    from latentsync.media import load_audio
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    shutil.copy(two_track_video, raw / "obs.mp4")
+    brows_and_nose = np.array([[50.0, 100.0], [94.0, 100.0], [72.0, 130.0]])
+    monkeypatch.setattr(process, "_scan", lambda p, c: (np.repeat(brows_and_nose[None], 50, 0), []))  # a face always
+    cfg = P.PrepareConfig(min_seconds=0.6, max_seconds=1.2, sync=False, quality="sharpness", quality_threshold=0.0)
+    summary = P.prepare_dataset(str(raw), str(tmp_path / "out"), cfg, build_dataset=False)
+    assert summary.clips == 2 and not summary.dropped
+    record = {"track": 2, "tracks": 2, "levels_db": [None, summary.audio_tracks[0]["levels_db"][1]]}
+    assert summary.audio_tracks == [{"source": "obs.mp4", **record}]
+    state = json.loads(next((tmp_path / "out" / "work" / "state").glob("obs-*.json")).read_text())
+    assert state["audio_track"] == record
+    assert "| obs.mp4 | 2 of 2 | silent, " in (tmp_path / "out" / "summary.md").read_text(encoding="utf-8")
+    speech = load_audio(os.path.join(DATA, "demo1_video.mp4"))
+    for clip in state["clips"]:
+        sound = load_audio(next((tmp_path / "out" / "work" / "clips").glob(f"*/{clip['file']}")))
+        expected = speech[int(clip["start"] * 16000): int(clip["end"] * 16000)]
+        n = min(len(sound), len(expected)) - 500  # AAC's padding at the ends
+        lag = int(np.argmax(np.correlate(sound[500:n], expected[500:n], mode="full"))) - (n - 500 - 1)
+        assert abs(lag) < 40 and np.corrcoef(sound[500:n], expected[500:n])[0, 1] > 0.99, (clip["file"], lag)

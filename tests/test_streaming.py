@@ -171,3 +171,36 @@ def test_ordered_worker_runs_in_order_and_reraises():
     with pytest.raises(OSError, match="disk full"):
         worker.submit(1)
         worker.close()
+
+
+def test_a_run_reads_and_writes_the_speech_track_of_a_file_with_several(two_track_video, tmp_path):
+    """``latentsync --audio rec.mp4`` with a screen recording whose first audio track is silent and whose second
+    holds the voice: the checks pass, the voice is lip-synced and it is the output's sound (at its own quality). The
+    run was refused as silent audio, and the written file would have carried the silent first track."""
+    import subprocess
+
+    from conftest import FFMPEG, shared_file
+
+    from latentsync.inputs import check_run_inputs
+    from latentsync.media import as_samples, load_audio, probe_video
+    from latentsync.streaming import FrameWindow
+
+    out = tmp_path / "out.mp4"
+    checked = check_run_inputs(two_track_video, two_track_video, out)
+    assert abs(checked.audio.duration - 2.0) < 0.1 and not checked.audio.silent
+    samples = as_samples(two_track_video)
+    speech = load_audio(shared_file("demo1_video.mp4"))[: len(samples)]
+    n = len(samples) - 500
+    assert np.corrcoef(samples[500:n], speech[500:n])[0, 1] > 0.99
+    frames = [np.full((64, 64, 3), 100, np.uint8)] * 50
+    with _stream(frames, 50, overlap_stages=False) as stream:
+        stream.open_output(out, two_track_video, samples)
+        stream.write(FrameWindow(0, np.arange(50), list(frames), []), None)
+        stream.finish()
+    assert probe_video(out).audio_tracks == 1
+    header = subprocess.run([FFMPEG, "-hide_banner", "-i", str(out)], capture_output=True, text=True,
+                            check=False).stderr
+    assert "Audio: aac" in header and "44100 Hz" in header  # the source's track, not a 16 kHz copy of the samples
+    sound = load_audio(out)
+    n = min(len(sound), len(speech)) - 500
+    assert np.corrcoef(sound[500:n], speech[500:n])[0, 1] > 0.99

@@ -142,8 +142,9 @@ def check_run_inputs(
     """Check everything about a run that can be checked before the model runs, and log warnings for odd inputs.
 
     Args:
-        video, audio: paths (probed; the audio is decoded as a stream to check it is not silent) or data in memory
-            (checked by the pipeline when it reads them). ``audio`` may be a mapping from face track to speech (a
+        video, audio: paths (probed; the audio is decoded as a stream to check it is not silent; of a file with
+            several audio tracks, the one with the speech: [`~latentsync.media.audio.speech_track`]) or data in
+            memory (checked by the pipeline when it reads them). ``audio`` may be a mapping from face track to speech (a
             voice per face).
         output_path: where the video will be written (None: no file).
         overwrite: whether an existing output file may be replaced. Never an input: the output may not be (or link
@@ -176,12 +177,12 @@ def check_run_inputs(
         {"audio": audio}
     for what, source in speech.items():
         if _is_path(source):
-            info = scan_audio(source, what=what)
+            info = scan_audio(source, what=what, track="speech")
             check_not_silent(info, info.path if voices is None else f"{info.path} ({what})")
             checked.voices.append(info)
     checked.audio = max(checked.voices, key=lambda a: a.duration) if checked.voices else None
     if _is_path(mix_audio):
-        checked.audio = scan_audio(mix_audio, what="mix_audio")
+        checked.audio = scan_audio(mix_audio, what="mix_audio", track="speech")
         check_not_silent(checked.audio, checked.audio.path)
     if output_path is not None:
         inputs = [os.fspath(x) for x in (video, mix_audio, *speech.values(), *avatar_inputs) if _is_path(x)]

@@ -224,12 +224,12 @@ def syncnet_scores(
 
 
 def soundtrack(source: FrameSource) -> tuple[np.ndarray | None, str | None]:
-    """A video's own sound (16 kHz mono samples), or None and why there is none (``"no soundtrack"``,
-    ``"silent soundtrack"``)."""
+    """A video's own sound (16 kHz mono samples; of several audio tracks, the one with the speech), or None and why
+    there is none (``"no soundtrack"``, ``"silent soundtrack"``)."""
     if source.path is None:
         return None, "no soundtrack"
     try:
-        samples = load_audio(source.path)
+        samples = load_audio(source.path, track="speech")
     except InvalidAudioError:
         return None, "no soundtrack"
     if float(np.abs(samples).max()) < 1e-4:

@@ -1,8 +1,10 @@
-"""Video and audio files: probing, reading (any format ffmpeg reads, resampled to the model's 25 fps / 16 kHz),
-atomic writing that never replaces an input, and the media constants."""
+"""Video and audio files: probing, reading (any format ffmpeg reads, resampled to the model's 25 fps / 16 kHz; of a
+file with several audio tracks, the one with the speech), atomic writing that never replaces an input, and the
+media constants."""
 
 from .audio import (
     AudioInfo,
+    SpeechTrack,
     as_samples,
     check_not_silent,
     fit_length,
@@ -10,6 +12,7 @@ from .audio import (
     mix_tracks,
     num_video_frames,
     scan_audio,
+    speech_track,
     write_wav,
 )
 from .constants import OUTPUT_FORMATS, SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_EXTENSIONS, VIDEO_FPS
@@ -25,6 +28,7 @@ __all__ = [
     "VIDEO_FPS",
     "AudioInfo",
     "FrameSource",
+    "SpeechTrack",
     "VideoInfo",
     "VideoWriter",
     "as_samples",
@@ -41,6 +45,7 @@ __all__ = [
     "open_frames",
     "probe_video",
     "scan_audio",
+    "speech_track",
     "trim_media",
     "write_wav",
 ]

@@ -1,20 +1,27 @@
-"""Audio file reading and writing with the bundled ffmpeg, and the audio checks of a lip-sync run."""
+"""Audio file reading and writing with the bundled ffmpeg, the choice of the track that holds the speech in a file
+with several, and the audio checks of a lip-sync run."""
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import subprocess
 import sys
 import wave
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import imageio_ffmpeg
 import numpy as np
 
 from ..errors import InvalidAudioError
+from ..tempfiles import make_work_dir, remove_work_dir
 from .constants import SAMPLE_RATE, VIDEO_FPS
 from .files import check_input_file, ffmpeg_reason
+from .probe import probe_audio_tracks
+
+logger = logging.getLogger(__name__)
 
 SILENCE_THRESHOLD = 1e-4
 """A track whose samples all stay below this magnitude (about -80 dBFS) is silent: nothing to lip-sync to."""
@@ -25,33 +32,191 @@ VIDEO_CLOCK_FILTER = "aresample=async=1:first_pts=0"
 and in its gaps of more than 0.1 s, a start before the file's trimmed; sample 0 is then at frame 0."""
 
 
-def _decode_command(path: str, sample_rate: int, video_clock: bool = False) -> list[str]:
+# ---------------------------------------------------------------------------------------------------- speech track
+SPEECH_BAND = (300.0, 3400.0)
+"""Frequencies (Hz) of speech whose level decides which audio track holds the speech."""
+
+TRACK_PROBE_WINDOWS = 4
+TRACK_PROBE_SECONDS = 5.0
+"""The probe that compares the audio tracks of a file: this many windows of this many seconds, spread evenly over
+the file (the whole file when it is shorter than all of them together)."""
+
+TRACK_MARGIN_DB = 6.0
+"""The first audio track is used unless another one's speech-band level is higher by more than this many dB (twice
+the amplitude): a silent or nearly silent first track (an unused microphone), or one much quieter than the voice."""
+
+Track = int | Literal["speech"]
+"""Which audio track of a file to read: its index among the file's audio streams (0: the first, ffmpeg's
+``0:a:0``), or ``"speech"``: the one [`speech_track`] chooses."""
+
+
+@dataclass(frozen=True)
+class SpeechTrack:
+    """Which audio track of ``path`` holds the speech.
+
+    Attributes:
+        index: the track, counted from 0 among the file's audio streams (ffmpeg's ``0:a:INDEX``).
+        tracks: how many audio streams the file has.
+        levels: the speech-band level (dB, 0 for a full-scale sine) of each track on the probe, None for a track
+            that is silent there; empty when the file has fewer than two tracks (nothing to compare).
+    """
+
+    path: str
+    index: int = 0
+    tracks: int = 1
+    levels: tuple[float | None, ...] = ()
+
+    def describe(self) -> str:
+        """One sentence for the log: the tracks, the one used and why."""
+        levels = ", ".join(f"track {k + 1} {'silent' if db is None else f'{db:.0f} dB'}"
+                           for k, db in enumerate(self.levels))
+        return (f"{self.path} has {self.tracks} audio tracks: the speech is read from track {self.index + 1} "
+                f"(speech-band level on a probe of the file: {levels})")
+
+    def record(self) -> dict:
+        """The choice for a JSON record; tracks are numbered from 1 there, as players and OBS number them."""
+        return {"track": self.index + 1, "tracks": self.tracks,
+                "levels_db": [None if db is None else round(db, 1) for db in self.levels]}
+
+
+def _probe_windows(duration: float) -> list[tuple[float, float]]:
+    """``(start, seconds)`` of the windows a track probe decodes in a file of ``duration`` seconds (0: unknown)."""
+    total = TRACK_PROBE_WINDOWS * TRACK_PROBE_SECONDS
+    if duration <= total:
+        return [(0.0, total)]
+    step = duration / TRACK_PROBE_WINDOWS
+    return [(max(0.0, (k + 0.5) * step - TRACK_PROBE_SECONDS / 2), TRACK_PROBE_SECONDS)
+            for k in range(TRACK_PROBE_WINDOWS)]
+
+
+def speech_band_level(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> float | None:
+    """The mean power of ``samples`` between the [`SPEECH_BAND`] frequencies, in dB (0 for a full-scale sine in the
+    band), or None when the samples are silent (every one below [`SILENCE_THRESHOLD`])."""
+    if samples.size == 0 or float(np.abs(samples).max()) < SILENCE_THRESHOLD:
+        return None
+    spectrum = np.fft.rfft(samples.astype(np.float64))
+    freqs = np.fft.rfftfreq(samples.size, 1.0 / sample_rate)
+    band = (freqs >= SPEECH_BAND[0]) & (freqs <= SPEECH_BAND[1])
+    power = 2.0 * float(np.sum(np.abs(spectrum[band]) ** 2)) / samples.size ** 2
+    return 10.0 * np.log10(max(power / 0.5, 1e-12))
+
+
+def _track_levels(path: str, tracks: int, duration: float) -> list[float | None]:
+    """The speech-band level of each audio track on the probe windows: one ffmpeg run decodes the windows of every
+    track to 16 kHz mono files in a work folder."""
+    windows = _probe_windows(duration)
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-y"]
+    for start, seconds in windows:
+        cmd += ["-ss", f"{start:.3f}", "-t", f"{seconds:.3f}", "-i", path]
+    folder = make_work_dir("tracks")
+    try:
+        outputs = {}
+        for w in range(len(windows)):
+            for k in range(tracks):
+                outputs[w, k] = os.path.join(folder, f"{w}-{k}.f32")
+                cmd += ["-map", f"{w}:a:{k}", "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "f32le", outputs[w, k]]
+        # a track that has no sound in a window leaves its file empty (ffmpeg then exits with an error): the other
+        # outputs are complete, so the exit code is not looked at
+        subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, check=False)
+        levels = []
+        for k in range(tracks):
+            parts = [np.fromfile(outputs[w, k], dtype="<f4") for w in range(len(windows))
+                     if os.path.isfile(outputs[w, k])]
+            levels.append(speech_band_level(np.concatenate(parts)) if parts else None)
+        return levels
+    finally:
+        remove_work_dir(folder)
+
+
+@functools.lru_cache(maxsize=32)
+def _choose_track(path: str, size: int, mtime_ns: int) -> SpeechTrack:
+    """[`speech_track`] of the file as it is now (size and modification time are part of the cache key)."""
+    tracks, duration = probe_audio_tracks(path)
+    if tracks < 2:
+        return SpeechTrack(path, 0, tracks)
+    levels = _track_levels(path, tracks, duration)
+    heard = [-np.inf if db is None else db for db in levels]
+    best = int(np.argmax(heard))
+    index = best if heard[best] > heard[0] + TRACK_MARGIN_DB else 0
+    choice = SpeechTrack(path, index, tracks, tuple(levels))
+    logger.info("%s", choice.describe())
+    return choice
+
+
+def speech_track(path: str | os.PathLike) -> SpeechTrack:
+    """The audio track of ``path`` that holds the speech: the first, unless the file has several and another one is
+    louder in the speech band (300-3400 Hz) by more than [`TRACK_MARGIN_DB`] on a short probe of the file
+    ([`TRACK_PROBE_WINDOWS`] windows of [`TRACK_PROBE_SECONDS`]), as when the first track of a screen recording is
+    an unused microphone or silent desktop audio and the voice is on the second. A file with several tracks is
+    probed once per process (while it is unchanged) and the choice logged; a file with one track (or none, or one
+    ffmpeg cannot open: reading it says why) is not decoded here.
+    """
+    path = os.fspath(path)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return SpeechTrack(path, 0, 0)
+    return _choose_track(path, st.st_size, st.st_mtime_ns)
+
+
+def _track_index(path: str, track: Track) -> int:
+    if track == "speech":
+        return speech_track(path).index
+    if isinstance(track, bool) or not isinstance(track, int) or track < 0:
+        raise ValueError(f'track must be an audio stream index >= 0 or "speech", got {track!r}')
+    return track
+
+
+def copy_track(path: str | os.PathLike, index: int, output: str | os.PathLike) -> str:
+    """Copy audio track ``index`` of ``path`` as it is (no re-encoding, timestamps kept) to ``output``, a Matroska
+    audio file (``.mka``), for a tool that takes a file's first track; returns ``output``.
+
+    Raises:
+        InvalidAudioError: ffmpeg cannot copy it.
+    """
+    path, output = os.fspath(path), os.fspath(output)
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-i", path, "-map", f"0:a:{index}",
+           "-c", "copy", "-f", "matroska", output]
+    proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, check=False)
+    if proc.returncode != 0:
+        raise InvalidAudioError(f"cannot copy audio track {index + 1} of {path}: "
+                                f"{ffmpeg_reason(proc.stderr.decode(errors='replace'), proc.returncode)}")
+    return output
+
+
+# ---------------------------------------------------------------------------------------------------- decoding
+def _decode_command(path: str, sample_rate: int, video_clock: bool = False, index: int = 0) -> list[str]:
     clock = ["-af", VIDEO_CLOCK_FILTER] if video_clock else []
-    return [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-i", path, "-map", "0:a:0", *clock,
+    return [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-i", path, "-map", f"0:a:{index}", *clock,
             "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "-"]
 
 
-def _decode_error(path: str, returncode: int, stderr: bytes) -> InvalidAudioError:
+def _decode_error(path: str, returncode: int, stderr: bytes, index: int = 0) -> InvalidAudioError:
     text = stderr.decode(errors="replace")
     if "matches no streams" in text or "does not contain any stream" in text:
-        return InvalidAudioError(f"no audio stream in {path}")
+        return InvalidAudioError(f"no audio stream in {path}" if index == 0 else
+                                 f"no audio track {index + 1} in {path}")
     return InvalidAudioError(f"cannot read audio from {path}: {ffmpeg_reason(text, returncode)}")
 
 
-def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, video_clock: bool = False) -> np.ndarray:
-    """Decode any audio (or video) file to mono float32 at ``sample_rate`` Hz with ffmpeg.
+def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, video_clock: bool = False,
+               track: Track = 0) -> np.ndarray:
+    """Decode an audio track of any audio (or video) file to mono float32 at ``sample_rate`` Hz with ffmpeg.
 
-    ``video_clock``: the first audio track of a video, placed on the clock of its frames (see
-    [`VIDEO_CLOCK_FILTER`]): for the sound of a video whose frames are decoded from the start of the file (a track
-    that starts late would otherwise be out of sync by its delay).
+    ``video_clock``: the track placed on the clock of the video's frames (see [`VIDEO_CLOCK_FILTER`]): for the sound
+    of a video whose frames are decoded from the start of the file (a track that starts late would otherwise be out
+    of sync by its delay). ``track``: the first audio track (0), another by its index, or ``"speech"``: the one
+    that holds the speech in a file with several (see [`speech_track`]).
 
     Raises:
-        InvalidAudioError: the file is missing, unreadable, has no audio stream, or holds no samples.
+        InvalidAudioError: the file is missing, unreadable, has no audio stream (or not that track), or holds no
+            samples.
     """
     path = check_input_file(path, InvalidAudioError, "audio")
-    proc = subprocess.run(_decode_command(path, sample_rate, video_clock), capture_output=True)
+    index = _track_index(path, track)
+    proc = subprocess.run(_decode_command(path, sample_rate, video_clock, index), capture_output=True)
     if proc.returncode != 0:
-        raise _decode_error(path, proc.returncode, proc.stderr)
+        raise _decode_error(path, proc.returncode, proc.stderr, index)
     audio = np.frombuffer(proc.stdout, dtype=np.float32)
     if audio.size == 0:
         raise InvalidAudioError(f"audio stream of {path} holds no samples")
@@ -72,16 +237,19 @@ class AudioInfo:
 
 
 def scan_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, chunk_seconds: float = 30.0,
-               what: str = "audio") -> AudioInfo:
-    """Decode the audio of ``path`` as a stream (constant memory, whatever its length) and measure its duration and
-    peak, without keeping the samples; ``what`` names the file in messages (e.g. ``"audio for face 1"``).
+               what: str = "audio", track: Track = 0) -> AudioInfo:
+    """Decode an audio track of ``path`` (``track`` as in [`load_audio`]) as a stream (constant memory, whatever its
+    length) and measure its duration and peak, without keeping the samples; ``what`` names the file in messages
+    (e.g. ``"audio for face 1"``).
 
     Raises:
-        InvalidAudioError: the file is missing, unreadable, has no audio stream, or holds no samples.
+        InvalidAudioError: the file is missing, unreadable, has no audio stream (or not that track), or holds no
+            samples.
     """
     path = check_input_file(path, InvalidAudioError, what)
-    proc = subprocess.Popen(_decode_command(path, sample_rate), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL)
+    index = _track_index(path, track)
+    proc = subprocess.Popen(_decode_command(path, sample_rate, index=index), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     count, peak, chunk = 0, 0.0, int(chunk_seconds * sample_rate) * 4
     try:
         while data := proc.stdout.read(chunk):
@@ -98,21 +266,21 @@ def scan_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, chunk_se
         proc.stdout.close()
         proc.stderr.close()
     if returncode != 0:
-        raise _decode_error(path, returncode, stderr)
+        raise _decode_error(path, returncode, stderr, index)
     if count == 0:
         raise InvalidAudioError(f"audio stream of {path} holds no samples")
     return AudioInfo(path, count / sample_rate, peak)
 
 
 def as_samples(audio: str | os.PathLike | np.ndarray | Any) -> np.ndarray:
-    """Mono float32 samples at 16 kHz from a file (any format ffmpeg reads) or from samples in memory (a NumPy
-    array or a torch tensor).
+    """Mono float32 samples at 16 kHz from a file (any format ffmpeg reads; of a file with several audio tracks, the
+    one with the speech: [`speech_track`]) or from samples in memory (a NumPy array or a torch tensor).
 
     Raises:
         InvalidAudioError: unreadable file, or an array that is empty or not one-dimensional.
     """
     if isinstance(audio, (str, os.PathLike)):
-        return load_audio(audio)
+        return load_audio(audio, track="speech")
     torch = sys.modules.get("torch")  # a tensor can only exist once torch is imported: no need to import it here
     if torch is not None and isinstance(audio, torch.Tensor):
         audio = audio.detach().cpu().float().numpy()

@@ -9,8 +9,11 @@ VIDEO_FPS = 25
 SAMPLES_PER_FRAME = SAMPLE_RATE // VIDEO_FPS
 """Audio samples per video frame (640)."""
 
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".flv", ".mpg", ".mpeg", ".ts")
-"""File endings recognised as videos when a folder is searched (data preparation, evaluation, training clips)."""
+VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".flv", ".mpg", ".mpeg", ".ts", ".mts",
+                    ".m2ts", ".3gp", ".3g2", ".wmv", ".ogv", ".vob", ".mxf")
+"""File endings recognised as videos when a folder is searched (data preparation, evaluation, training clips, batch
+runs): each is read by the bundled ffmpeg (tests/test_media.py writes and reads one of each). ``.mts`` / ``.m2ts``:
+AVCHD camcorders; ``.3gp`` / ``.3g2``: phones; ``.wmv``: Windows; ``.vob``: DVDs; ``.mxf``: professional cameras."""
 
 OUTPUT_FORMATS = (".mp4", ".mov", ".mkv")
 """Containers the video writer produces (H.264 + AAC)."""

@@ -51,6 +51,8 @@ class VideoInfo:
         frame_intervals: shortest and longest time between consecutive frames in the first packets, in seconds
             (None with fewer than three frames).
         truncated: the data ends before the header says it should (an incomplete download or recording).
+        audio_tracks: how many audio streams the file has (screen recordings and films may have several; see
+            [`~latentsync.media.audio.speech_track`]).
     """
 
     path: str
@@ -64,6 +66,7 @@ class VideoInfo:
     variable_frame_rate: bool = False
     truncated: bool = False
     mirrored: bool = False
+    audio_tracks: int = 0
 
 
 def _input_section(stderr: str) -> str:
@@ -75,6 +78,27 @@ def _input_section(stderr: str) -> str:
         if end >= 0:
             text = text[:end]
     return text
+
+
+def _streams(header: str) -> list[str]:
+    """The stream lines of an input section (``Stream #0:1[0x2](eng): Audio: aac ...``)."""
+    return [line for line in header.splitlines() if re.search(r"Stream #\d+:\d+", line)]
+
+
+def _audio_streams(streams: list[str]) -> int:
+    return sum("Audio:" in line for line in streams)
+
+
+def probe_audio_tracks(path: str | os.PathLike) -> tuple[int, float]:
+    """How many audio streams a file of any kind ffmpeg reads (video or audio) has, and its duration in seconds from
+    the header (0 when the header does not say), without decoding; ``(0, 0.0)`` when ffmpeg cannot open it."""
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", os.fspath(path)]
+    proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, check=False)  # no output: exit code 1
+    stderr = proc.stderr.decode(errors="replace")
+    if "Input #0" not in stderr:
+        return 0, 0.0
+    header = _input_section(stderr)
+    return _audio_streams(_streams(header)), _duration(header)
 
 
 def _duration(header: str) -> float:
@@ -194,7 +218,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
     header = _input_section(stderr)
     if "Input #0" not in stderr:
         raise InvalidVideoError(f"cannot read video {path}: {ffmpeg_reason(stderr, proc.returncode)}")
-    streams = [line for line in header.splitlines() if re.search(r"Stream #\d+:\d+", line)]
+    streams = _streams(header)
     video = [line for line in streams if "Video:" in line and "(attached pic)" not in line]
     if not video:
         raise InvalidVideoError(f"no video stream in {path}")
@@ -222,6 +246,6 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         irregular = np.abs(intervals - typical) > VFR_TOLERANCE * typical
         # a cut file loses frames of its last group of pictures: gaps there are not a variable frame rate
         vfr = bool(irregular.mean() > 0.01) and not truncated
-    return VideoInfo(path, width, height, _frame_rate(video[0]), _duration(header),
-                     any("Audio:" in line for line in streams), rotation, frame_intervals, vfr, truncated,
-                     mirrored)
+    audio_tracks = _audio_streams(streams)
+    return VideoInfo(path, width, height, _frame_rate(video[0]), _duration(header), audio_tracks > 0, rotation,
+                     frame_intervals, vfr, truncated, mirrored, audio_tracks)

@@ -4,7 +4,8 @@ Per source video (in one worker process of the local engine, or as tasks and act
 ``engine="ray"``, see ``ray_engine``):
 
 1. probe; unreadable files, files without audio and silent files are dropped;
-2. decode at 25 fps (ffmpeg ``fps`` filter) and the audio at 16 kHz mono;
+2. decode at 25 fps (ffmpeg ``fps`` filter) and the audio at 16 kHz mono (of a file with several audio tracks, the
+   one with the speech, recorded in the video's state and the summary);
 3. pass 1: scene cuts (PySceneDetect's adaptive content detector on small frames) and the three face anchors of
    every frame (MediaPipe; the face tracker restarts at every cut);
 4. plan clips: runs of frames that have a face, inside one scene, cut into equal pieces of ``min_seconds`` to

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ...errors import LatentSyncInputError
+from ...media.audio import TRACK_MARGIN_DB
 from ...media.constants import VIDEO_EXTENSIONS
 from ...media.constants import VIDEO_FPS as FPS
 
@@ -131,7 +132,9 @@ class PrepareSummary:
     """What a run kept and dropped. ``dropped`` maps a reason to ``{"count": items, "seconds": duration}`` (items:
     videos for [`VIDEO_REASONS`], clips for clip-level reasons, 0 for [`FRAME_REASONS`], which drop frames);
     ``dropped_clips`` lists every planned clip a filter dropped (see [`DROPPED_CLIP_COLUMNS`]); ``dropped_videos``
-    every source video that gave no clip, with its reason (see [`DROPPED_VIDEO_COLUMNS`]); ``other_files`` counts
+    every source video that gave no clip, with its reason (see [`DROPPED_VIDEO_COLUMNS`]); ``audio_tracks`` every
+    source video with several audio tracks and the one its speech was read from (``source``, ``track`` numbered
+    from 1, ``tracks``, ``levels_db``: see [`~latentsync.media.audio.SpeechTrack`]); ``other_files`` counts
     per ending the files of the input folder that were not read, their ending not being a video's; ``filters`` says
     for each filter (``scenes``, ``faces``, ``sync``, ``quality``) whether it ran, was skipped or fell back, and how."""
 
@@ -144,6 +147,7 @@ class PrepareSummary:
     dropped: dict = field(default_factory=dict)
     dropped_clips: list = field(default_factory=list)
     dropped_videos: list = field(default_factory=list)
+    audio_tracks: list = field(default_factory=list)
     other_files: dict = field(default_factory=dict)
     filters: dict = field(default_factory=dict)
     dataset_path: str | None = None
@@ -173,6 +177,16 @@ class PrepareSummary:
                 lines.append(f"| {_text_cell(video['source'])} | {video['reason']} | {_text_cell(video['detail'])} |")
             if len(self.dropped_videos) > max_dropped_rows:
                 lines.append(f"| ... {len(self.dropped_videos) - max_dropped_rows} more | | |")
+        if self.audio_tracks:
+            lines += ["", (f"Videos with several audio tracks ({len(self.audio_tracks)}): the speech was read from "
+                           "the track with the most speech-band sound (the first unless another is louder by more "
+                           f"than {TRACK_MARGIN_DB:g} dB)"),
+                      "", "| source | track used | speech-band level of each track (dB) |", "|---|---:|---|"]
+            for video in self.audio_tracks[:max_dropped_rows]:
+                levels = ", ".join("silent" if db is None else f"{db:.0f}" for db in video["levels_db"])
+                lines.append(f"| {_text_cell(video['source'])} | {video['track']} of {video['tracks']} | {levels} |")
+            if len(self.audio_tracks) > max_dropped_rows:
+                lines.append(f"| ... {len(self.audio_tracks) - max_dropped_rows} more (summary.json) | | |")
         if self.dropped_clips:
             lines += ["", f"Dropped clips ({len(self.dropped_clips)}; all of them in dropped_clips.csv):", "",
                       "| " + " | ".join(DROPPED_CLIP_COLUMNS) + " |", "|" + "---|" * len(DROPPED_CLIP_COLUMNS)]

@@ -24,7 +24,7 @@ import numpy as np
 from ...errors import InvalidAudioError, InvalidVideoError, LatentSyncInputError
 from ...face.alignment import FaceAligner, smooth_anchors
 from ...face.detection import FaceDetector
-from ...media.audio import check_not_silent, load_audio, write_wav
+from ...media.audio import check_not_silent, load_audio, speech_track, write_wav
 from ...media.constants import SAMPLE_RATE, SAMPLES_PER_FRAME
 from ...media.constants import VIDEO_FPS as FPS
 from ...media.video import VideoWriter, iter_frames, probe_video
@@ -150,7 +150,9 @@ def source_fingerprint(path: str) -> dict | None:
 
 def scan_video(path: str, relpath: str, config: PrepareConfig) -> VideoScan:
     """Steps 1-4 of the module docstring of [`latentsync.data.prepare`]: probe (unreadable, mute and silent files
-    are dropped whole), audio, scene cuts and faces, and the clip plan; ``plan`` is empty when nothing is usable."""
+    are dropped whole), audio (of a file with several audio tracks, the one with the speech, recorded as
+    ``audio_track``: see [`~latentsync.media.audio.speech_track`]), scene cuts and faces, and the clip plan; ``plan``
+    is empty when nothing is usable."""
     result = {"source": relpath, "key": video_key(relpath), "status": "done", "frames": 0, "clips": [], "dropped": {},
               "source_file": source_fingerprint(path)}
     scan = VideoScan(result)
@@ -163,8 +165,11 @@ def scan_video(path: str, relpath: str, config: PrepareConfig) -> VideoScan:
     if not info.has_audio:
         _drop_video(result, "no_audio", "no audio stream", frames)
         return scan
+    track = speech_track(path) if info.audio_tracks > 1 else None  # the voice may be on another track than the first
+    if track is not None:
+        result["audio_track"] = track.record()
     try:
-        audio = load_audio(path, SAMPLE_RATE, video_clock=True)
+        audio = load_audio(path, SAMPLE_RATE, video_clock=True, track=track.index if track is not None else 0)
         check_not_silent(audio, path)
     except InvalidAudioError as exc:
         _drop_video(result, "silent_audio" if "silent" in str(exc) else "no_audio", str(exc), frames)

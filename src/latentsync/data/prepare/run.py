@@ -516,6 +516,8 @@ def _summarise(videos: list[str], results: dict) -> PrepareSummary:
         s.dropped_clips += [{"source": rel, **c} for c in r.get("dropped_clips", [])]
         if (row := _dropped_video(rel, r)) is not None:
             s.dropped_videos.append(row)
+        if "audio_track" in r:
+            s.audio_tracks.append({"source": rel, **r["audio_track"]})
         for reason, d in r.get("dropped", {}).items():
             agg = s.dropped.setdefault(reason, {"count": 0, "seconds": 0.0})
             agg["count"] += d["count"]
