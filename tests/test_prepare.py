@@ -504,6 +504,7 @@ def test_prepare_command_stopped_by_a_signal_says_the_finished_videos_are_kept(t
     def stopped(*args, **kwargs):
         raise RunInterrupted(signal.SIGTERM)
 
+    (tmp_path / "raw").mkdir()  # the command checks the folders before the run starts
     monkeypatch.setattr(run, "prepare_dataset", stopped)
     with caplog.at_level(logging.ERROR, logger="latentsync"):
         assert main(["prepare", str(tmp_path / "raw"), str(tmp_path / "out"), "--no-sync"]) == 143

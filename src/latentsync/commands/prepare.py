@@ -1,8 +1,8 @@
 """``latentsync prepare INPUT OUTPUT``: raw videos -> aligned, synced, filtered clips as a datasets dataset, on this
 machine (``--workers N`` processes) or on a Ray cluster (``--engine ray [--address ...]``).
 
-The options are checked before torch and the models' libraries are imported (``--help`` and bad values
-answer in a fraction of a second).
+The options and the folders are checked before torch and the models' libraries are imported (``--help``, bad values
+and a missing input folder answer in a fraction of a second).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import importlib
 import logging
 import os
 
-from ..data.prepare.config import PrepareConfig
+from ..data.prepare.config import PrepareConfig, check_folders
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ def prepare(argv: list[str]) -> int:
         max_sync_offset=args.max_sync_offset, quality=args.quality, quality_threshold=args.quality_threshold,
         max_shard_size=args.max_shard_size,
     )
+    check_folders(args.input, args.output)
     # deferred: the run imports torch, OpenCV and the SyncNet (seconds); the options are checked above without them
     prepare_dataset = importlib.import_module("latentsync.data.prepare.run").prepare_dataset
     try:
