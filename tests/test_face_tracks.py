@@ -416,7 +416,7 @@ def test_faces_command_never_writes_over_its_video(example_face, tmp_path, caplo
     def refuse(*args, **kwargs):
         raise AssertionError("the faces were tracked before the bad option was refused")
 
-    monkeypatch.setattr("latentsync.commands.faces.track_faces", refuse)
+    monkeypatch.setattr("latentsync.face.tracking.track_faces", refuse)
     video = tmp_path / "clip.mp4"
     video.write_bytes(example_face.read_bytes())
     for args, message in [(["--json", os.fspath(video)], "--json"), (["--sheet", os.fspath(video)], "--sheet"),

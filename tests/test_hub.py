@@ -323,12 +323,13 @@ def test_hub_settings_are_checked(training_workspace):
 def test_convert_push_goes_through_the_same_path(fake_hub, tmp_path, monkeypatch):
     """``latentsync convert --push-to-hub`` uploads the converted folder with a card naming the official release."""
     from latentsync.commands import convert as convert_module
+    from latentsync.loaders import official
     from latentsync.testing import build_tiny_pipeline
 
     tiny = build_tiny_pipeline()
     components = {name: getattr(tiny, name) for name in ("unet", "vae", "audio_encoder", "feature_extractor",
                                                          "scheduler")}
-    monkeypatch.setattr(convert_module, "load_official_components",
+    monkeypatch.setattr(official, "load_official_components",
                         lambda *a, **k: {**components, "resolution": 256})
     out = tmp_path / "converted"
     assert convert_module.convert(["--official", "ByteDance/LatentSync-1.6", "--output", os.fspath(out),

@@ -498,18 +498,19 @@ def test_prepare_command_stopped_by_a_signal_says_the_finished_videos_are_kept(t
     import signal
 
     from latentsync.commands import main
-    from latentsync.commands import prepare as command
+    from latentsync.data.prepare import run
     from latentsync.errors import RunInterrupted
 
     def stopped(*args, **kwargs):
         raise RunInterrupted(signal.SIGTERM)
 
-    monkeypatch.setattr(command, "prepare_dataset", stopped)
+    (tmp_path / "raw").mkdir()  # the command checks the folders before the run starts
+    monkeypatch.setattr(run, "prepare_dataset", stopped)
     with caplog.at_level(logging.ERROR, logger="latentsync"):
         assert main(["prepare", str(tmp_path / "raw"), str(tmp_path / "out"), "--no-sync"]) == 143
     assert "stopped by SIGTERM: the videos finished so far are kept in" in caplog.text
     assert "run the same command again to continue" in caplog.text and "nothing was written" not in caplog.text
-    monkeypatch.setattr(command, "prepare_dataset", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(run, "prepare_dataset", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
     assert main(["prepare", str(tmp_path / "raw"), str(tmp_path / "out"), "--no-sync"]) == 130
 
 

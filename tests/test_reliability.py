@@ -11,6 +11,7 @@ a process and signal it mid-run; the app is stopped with SIGTERM.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -586,6 +587,78 @@ def test_help_and_import_do_not_load_torch():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "--overwrite" in proc.stdout and "--verbose" in proc.stdout and "143" in proc.stdout
+
+
+HEAVY_MODULES = ("torch", "diffusers", "transformers", "datasets", "mediapipe", "scipy")
+# each case in turn in one fresh interpreter: its exit status, its error lines and the heavy modules loaded by then
+RUN_CASES = """
+import json, logging, sys
+from latentsync.commands import main
+
+errors = []
+handler = logging.Handler(logging.ERROR)
+handler.emit = lambda record: errors.append(record.getMessage())
+logging.getLogger("latentsync").addHandler(handler)
+results = []
+for args in json.loads(sys.argv[2]):
+    errors.clear()
+    try:
+        code = main(args)
+    except SystemExit as exc:
+        code = exc.code
+    results.append([code, list(errors), [m for m in sys.argv[3].split(",") if m in sys.modules]])
+with open(sys.argv[1], "w") as f:
+    json.dump(results, f)
+"""
+
+
+def test_subcommands_answer_help_and_bad_input_without_the_heavy_libraries(tmp_path):
+    """``faces``, ``prepare``, ``eval``, ``convert`` and ``batch`` answer ``--help``, usage errors and bad input
+    (a missing video, folder or job list, bad option values, an output in the way) before torch, diffusers,
+    transformers, datasets, MediaPipe or SciPy is imported (they took 5 s to import before every answer)."""
+    missing = os.fspath(tmp_path / "missing.mp4")
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("not a folder\n")
+    (tmp_path / "raw").mkdir()
+    raw, out = os.fspath(tmp_path / "raw"), os.fspath(tmp_path / "out")
+    cases = [  # (arguments, exit status, what the one error line says; None: no error line)
+        (["faces", "--help"], 0, None),
+        (["faces", missing], 2, "video file not found"),
+        (["faces", missing, "--syncnet", raw], 2, None),  # usage error: --syncnet without --speaking
+        (["prepare", "--help"], 0, None),
+        (["prepare", raw, out, "--min-seconds", "0"], 2, "need 0 < min_seconds"),
+        (["prepare", os.fspath(tmp_path / "no_such_folder"), out], 2, "input folder not found"),
+        (["prepare", raw, os.fspath(tmp_path / "raw" / "out")], 2, "is inside the input folder"),
+        (["prepare", raw, out, "--address", "auto"], 2, None),  # usage error: a Ray option without --engine ray
+        (["eval", "--help"], 0, None),
+        (["eval", "syncnet-acc", "--help"], 0, None),
+        (["eval", "sync-conf", "--help"], 0, None),
+        (["eval", "videos", "--help"], 0, None),
+        (["eval", "sync-conf", missing], 2, "not found: .*missing.mp4"),
+        (["eval", "syncnet-acc", "--model", raw, "--data", missing], 2, "data not found: --data="),
+        (["eval", "videos", "--generated", missing, "--output", out], 2, "--generated .* not found"),
+        (["eval", "videos", "--generated", raw, "--output", out, "--metrics", "lpips"], 2, "unknown metric"),
+        (["eval", "videos", "--generated", raw, "--output", os.fspath(a_file)], 2, "is a file"),
+        (["convert", "--help"], 0, None),
+        (["convert", "--official", "ByteDance/LatentSync-1.6", "--output", os.fspath(a_file)], 2, "already exists"),
+        (["convert", "--official", "ByteDance/LatentSync-1.6", "--output", out, "--dtype", "fp64"], 2, None),
+        (["batch", "--help"], 0, None),
+        (["batch", os.fspath(tmp_path / "jobs.csv"), out], 2, "job list not found"),
+        (["batch", raw, out], 2, "no video files"),
+    ]
+    results = tmp_path / "results.json"
+    proc = subprocess.run([sys.executable, "-c", RUN_CASES, os.fspath(results), json.dumps([c[0] for c in cases]),
+                           ",".join(HEAVY_MODULES)], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                          env={**os.environ, **_offline(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for (args, status, message), (code, errors, heavy) in zip(cases, json.loads(results.read_text())):
+        assert not heavy, f"`latentsync {' '.join(args)}` imported {', '.join(heavy)}"
+        assert code == status, (args, code, errors)
+        if message is None:
+            assert not errors, (args, errors)
+        else:
+            assert len(errors) == 1 and re.search(message, errors[0]), (args, errors)
+    assert not os.path.exists(out), "a refused command created its output folder"
 
 
 # ---------------------------------------------------------------------------------------------------- interrupts

@@ -228,14 +228,12 @@ def test_eval_models_missing_offline_are_one_line_before_loading(clips_dir, tiny
     import logging
     import time
 
-    from latentsync.commands import eval as eval_command
-
     def never(*args, **kwargs):
         raise AssertionError("a model was loaded")
 
-    for name in ("load_sync_model", "evaluate_videos"):
-        monkeypatch.setattr(eval_command, name, never)
-    monkeypatch.setattr(eval_command.M, "load_video_extractor", never)
+    for name in ("latentsync.eval.sync_confidence.load_sync_model", "latentsync.eval.videos.evaluate_videos",
+                 "latentsync.eval.metrics.load_video_extractor"):
+        monkeypatch.setattr(name, never)
     video = os.fspath(clips_dir / "a.mp4")
     cases = [
         (["sync-conf", video], "--model=ByteDance/LatentSync-1.5 (auxiliary/syncnet_v2.model)"),
@@ -268,7 +266,6 @@ def test_fid_weights_missing_offline_are_one_line_before_loading(clips_dir, hub_
     import time
 
     from latentsync import model_source
-    from latentsync.commands import eval as eval_command
     from latentsync.models import FID_WEIGHTS_URL
 
     local_only = model_source.host_is_reachable
@@ -286,9 +283,9 @@ def test_fid_weights_missing_offline_are_one_line_before_loading(clips_dir, hub_
             raise AssertionError(f"{what} was loaded")
         return load
 
-    monkeypatch.setattr(eval_command, "evaluate_videos", never("evaluate_videos"))
-    monkeypatch.setattr(eval_command.M, "load_frame_extractor", never("the FID backbone"))
-    monkeypatch.setattr(eval_command.M, "load_video_extractor", never("the FVD backbone"))
+    monkeypatch.setattr("latentsync.eval.videos.evaluate_videos", never("evaluate_videos"))
+    monkeypatch.setattr("latentsync.eval.metrics.load_frame_extractor", never("the FID backbone"))
+    monkeypatch.setattr("latentsync.eval.metrics.load_video_extractor", never("the FVD backbone"))
     monkeypatch.setattr(torch.hub, "download_url_to_file", never("a download"))
     monkeypatch.setenv("TORCH_HOME", os.fspath(tmp_path / "torch"))  # an empty torch hub cache
     cached = tmp_path / "torch" / "hub" / "checkpoints" / "pt_inception-2015-12-05-6726825d.pth"
@@ -348,9 +345,8 @@ def test_eval_data_missing_is_one_line_before_the_model_loads(clips_dir, tiny_sy
     Hub cannot be reached, are one line naming --data, before the SyncNet loads."""
     import logging
 
-    from latentsync.commands import eval as eval_command
-
-    monkeypatch.setattr(eval_command, "load_sync_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError))
+    monkeypatch.setattr("latentsync.eval.sync_confidence.load_sync_model",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError))
     typo = os.fspath(clips_dir.parent / (clips_dir.name + "x"))
     for data, named in [(typo, f"--data={typo} (no such file or folder; did you mean {clips_dir}?)"),
                         ("nothere", "--data=nothere is no local file or folder, and no Hub dataset cached")]:

@@ -32,6 +32,7 @@ MOVED: dict[tuple[str, str], str] = {
     ("latentsync.eval", "SyncNetV2"): "latentsync.models",
     ("latentsync.eval.videos", "videos_command"): "latentsync.commands.eval",
     ("latentsync.eval.videos", "VIDEO_EXTENSIONS"): "latentsync.media",
+    ("latentsync.eval.videos", "ALL_METRICS"): "latentsync.eval.config",
     ("latentsync.data.syncnet_dataset", "VIDEO_EXTENSIONS"): "latentsync.media",
     ("latentsync.data.prepare", "VIDEO_EXTENSIONS"): "latentsync.media",
     ("latentsync.data.prepare", "FPS"): "latentsync.media:VIDEO_FPS",

@@ -26,9 +26,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-import torch
-from accelerate import PartialState
-from accelerate.utils import gather_object
 from tqdm.auto import tqdm
 
 from .devices import default_device
@@ -39,6 +36,9 @@ from .media.video import check_output_path
 from .tempfiles import make_missing_folders, nearest_folder, remove_empty_folders
 
 if TYPE_CHECKING:  # the pipeline is passed in; importing it here only for the annotation
+    import torch
+    from accelerate import PartialState
+
     from .pipeline import LatentSyncPipeline
 
 logger = logging.getLogger(__name__)
@@ -263,6 +263,8 @@ def batch_processes(device: str | None = None) -> PartialState:
         LatentSyncInputError: the launcher started several processes but they do not see each other (each would run
             every job).
     """
+    from accelerate import PartialState  # deferred: accelerate imports torch (seconds); the job list is read without it
+
     world = int(os.environ.get("WORLD_SIZE", "1"))
     kind = (device or default_device()).split(":")[0]
     state = PartialState(cpu=world > 1 and kind != "cuda")
@@ -292,6 +294,8 @@ def gather_results(results: Sequence[JobResult], state: PartialState) -> list[Jo
     """Every process's results on every process, in job order (each process must call it)."""
     if state.num_processes == 1:
         return list(results)
+    from accelerate.utils import gather_object  # deferred: see batch_processes
+
     return gather_object(list(results))
 
 

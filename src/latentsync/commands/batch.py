@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import logging
 
-import torch
-
 from ..batch import (
     batch_processes,
     gather_results,
@@ -50,8 +48,11 @@ def batch(argv: list[str]) -> int:
     the results (the main process)."""
     args = parser().parse_args(argv)
     jobs = read_jobs(args.jobs, args.output_dir, args.audio_dir, args.format)
+    source = check_model_options(args)  # the model and its options, before torch and accelerate are imported
     if args.verbose:
         logging.getLogger("latentsync").setLevel(logging.DEBUG)
+    import torch  # deferred: seconds to import; the job list and the model are checked above without it
+
     state = batch_processes(args.device)
     mine = process_share(jobs, state)
     if state.num_processes > 1:
@@ -60,7 +61,7 @@ def batch(argv: list[str]) -> int:
                     len(mine), len(jobs), args.jobs, args.device or "the best device")
     else:
         logger.info("%d jobs from %s", len(jobs), args.jobs)
-    pipe = load_pipeline(args, check_model_options(args).local_files_only)
+    pipe = load_pipeline(args, source.local_files_only)
     pipe.set_progress_bar_config(leave=False)
     kwargs = {**generation_kwargs(args), **face_arguments(args)}
     results = run_batch(pipe, mine, overwrite=args.overwrite, process_index=state.process_index,

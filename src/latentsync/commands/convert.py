@@ -1,21 +1,18 @@
-"""``latentsync convert --official ID --output DIR``: official release -> diffusers-format pipeline folder."""
+"""``latentsync convert --official ID --output DIR``: official release -> diffusers-format pipeline folder.
+
+The options and the output folder are checked before torch, the loaders and the pipeline are imported (``--help``
+and a bad output answer in a fraction of a second).
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 
-from ..hub import hub_id
-from ..loaders.official import (
-    OFFICIAL_VAE_ID,
-    load_official_components,
-    load_official_syncnet,
-    resolve_official_files,
-)
-from ..pipeline import LatentSyncPipeline
+from ..devices import DTYPE_NAMES, torch_dtype
 from ..tempfiles import check_output_folder, write_folder_atomically
-from ..utils import DTYPES
 
 logger = logging.getLogger("latentsync")
 
@@ -33,7 +30,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--private", action="store_true", help="create the Hub repo as private")
     p.add_argument("--resolution", type=int, default=None, help="face resolution (default: 512 for 1.6, else 256)")
     p.add_argument("--vae", default=None, help="Hub id or folder of the VAE (default stabilityai/sd-vae-ft-mse)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="dtype of the saved weights (default fp32)")
+    p.add_argument("--dtype", choices=sorted(DTYPE_NAMES), default="fp32", help="dtype of the saved weights (default fp32)")
     p.add_argument("--syncnet", action="store_true",
                    help="also convert stable_syncnet.pt into OUTPUT/syncnet (for training)")
     return p
@@ -42,16 +39,19 @@ def parser() -> argparse.ArgumentParser:
 def convert(argv: list[str]) -> int:
     """Convert the official release ``--official`` into the pipeline folder ``--output`` (optionally pushed)."""
     args = parser().parse_args(argv)
-    dtype = DTYPES[args.dtype]
     # the release is only read: the output may not be it, be inside it or hold it, nor replace a folder unasked
     local = [args.official] if os.path.exists(args.official) else []
     check_output_folder(args.output, local, args.overwrite)
-    pipe = LatentSyncPipeline(**load_official_components(args.official, resolution=args.resolution,
-                                                         vae_id=args.vae or OFFICIAL_VAE_ID, torch_dtype=dtype))
+    # deferred: the loaders and the pipeline import torch, diffusers and transformers (seconds)
+    official = importlib.import_module("latentsync.loaders.official")
+    LatentSyncPipeline = importlib.import_module("latentsync.pipeline").LatentSyncPipeline
+    dtype = torch_dtype(args.dtype)
+    pipe = LatentSyncPipeline(**official.load_official_components(
+        args.official, resolution=args.resolution, vae_id=args.vae or official.OFFICIAL_VAE_ID, torch_dtype=dtype))
     syncnet = None
     if args.syncnet:
-        files = resolve_official_files(args.official, include_syncnet=True)
-        syncnet = load_official_syncnet(files.syncnet, torch_dtype=dtype)
+        files = official.resolve_official_files(args.official, include_syncnet=True)
+        syncnet = official.load_official_syncnet(files.syncnet, torch_dtype=dtype)
 
     def write(folder: str) -> None:
         pipe.save_pretrained(folder, safe_serialization=True)
@@ -61,6 +61,8 @@ def convert(argv: list[str]) -> int:
     write_folder_atomically(args.output, write)  # a failed conversion leaves no half folder
     logger.info("saved the converted pipeline (resolution %d) to %s", pipe.config.resolution, args.output)
     if args.push_to_hub:
-        pipe.push_folder_to_hub(args.output, args.push_to_hub, private=args.private or None, base_model=hub_id(args.official),
-                     commit_message=f"Convert {args.official} to the diffusers format (latentsync convert)")
+        hub_id = importlib.import_module("latentsync.hub").hub_id  # deferred: huggingface_hub, for --push-to-hub only
+        pipe.push_folder_to_hub(args.output, args.push_to_hub, private=args.private or None,
+                                base_model=hub_id(args.official),
+                                commit_message=f"Convert {args.official} to the diffusers format (latentsync convert)")
     return 0

@@ -7,12 +7,14 @@ Before anything loads, each subcommand checks its data and the models it needs a
 ([`latentsync.model_source.check_model_sources`]): a local path must exist, and a Hub id must be cached when the Hub
 cannot be reached (offline mode, or no connection within a few seconds); FID's Inception weights, fetched by URL, must
 be in torch hub's cache when they cannot be downloaded. Anything else ends the command at once with one line and exit
-status 2, without the Hub libraries' retries.
+status 2, without the Hub libraries' retries. The options, the data and the output are checked before torch and the
+models' libraries are imported (``--help`` and bad input answer in a fraction of a second).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
 import os
@@ -20,21 +22,13 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from diffusers import AutoencoderKL
-from torch.utils.data import DataLoader
-
 from ..data.clips import check_clip_source
-from ..data.syncnet_dataset import ClipStore, SyncNetDataset
+from ..devices import DTYPE_NAMES, default_device, torch_dtype
 from ..errors import LatentSyncInputError, ModelNotFoundError
-from ..eval import metrics as M
-from ..eval.sync_confidence import OFFICIAL_SYNCNET_V2_FILE, OFFICIAL_SYNCNET_V2_REPO, estimate_sync, load_sync_model
-from ..eval.syncnet_acc import evaluate_syncnet
-from ..eval.videos import (ALL_METRICS, VideoEvalConfig, check_report_output, evaluate_videos, format_value,
-                            write_report)
+from ..eval.config import (ALL_METRICS, I3D_FILENAME, I3D_REPO_ID, OFFICIAL_SYNCNET_V2_FILE, OFFICIAL_SYNCNET_V2_REPO,
+                           VideoEvalConfig, check_report_output)
 from ..media.files import check_side_output
 from ..model_source import check_model_sources, is_hub_id, loading
-from ..models.syncnet import StableSyncNet
-from ..utils import DTYPES, default_device, write_json_atomically
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +36,7 @@ logger = logging.getLogger(__name__)
 def _add_runtime_options(p: argparse.ArgumentParser, dtype: bool = True, json_output: bool = True) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best available)")
     if dtype:
-        p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+        p.add_argument("--dtype", choices=sorted(DTYPE_NAMES), default="fp32")
     if json_output:
         p.add_argument("--json", default=None, help="also write the result to this JSON file")
 
@@ -69,7 +63,8 @@ def _emit(result: dict, json_path: str | None) -> None:
     """Print the result as JSON (the command's output) and optionally write it to a file."""
     print(json.dumps(result, indent=2))
     if json_path:
-        write_json_atomically(json_path, result, indent=2)
+        # deferred: latentsync.utils imports torch (the evaluation loaded it already)
+        importlib.import_module("latentsync.utils").write_json_atomically(json_path, result, indent=2)
         logger.info("wrote %s", json_path)
 
 
@@ -101,25 +96,36 @@ def _syncnet_acc_parser() -> argparse.ArgumentParser:
 def syncnet_acc(argv: list[str]) -> int:
     """``latentsync eval syncnet-acc``."""
     args = _syncnet_acc_parser().parse_args(argv)
-    device, dtype = args.device or default_device(), DTYPES[args.dtype]
     check_clip_source(args.data, "--data")
     if args.json:
         check_side_output(args.json, [], "--json")
     check_models({"--model": args.model})
+    # deferred: the SyncNet, its data and the accuracy import torch and diffusers (seconds): the checks above run
+    # without them
+    sc = importlib.import_module("latentsync.eval.sync_confidence")
+    StableSyncNet = importlib.import_module("latentsync.models.syncnet").StableSyncNet
+    syncnet_data = importlib.import_module("latentsync.data.syncnet_dataset")
+    evaluate_syncnet = importlib.import_module("latentsync.eval.syncnet_acc").evaluate_syncnet
+    from torch.utils.data import DataLoader  # deferred: see above
+
+    device, dtype = args.device or default_device(), torch_dtype(args.dtype)
     with loading("--model", args.model):
-        model = load_sync_model(args.model, subfolder=args.subfolder, device=device, dtype=dtype)
+        model = sc.load_sync_model(args.model, subfolder=args.subfolder, device=device, dtype=dtype)
     if not isinstance(model, StableSyncNet):
         raise LatentSyncInputError(f"syncnet-acc needs a StableSyncNet (folder, Hub id or stable_syncnet.pt), and "
                                    f"--model {args.model} is a {type(model).__name__}")
     cfg = model.config
-    clips = ClipStore(args.data, resolution=cfg.resolution, lower_half=cfg.lower_half, split=args.split,
-                      video_column=args.video_column)
-    dataset = SyncNetDataset(clips, args.num_samples, num_frames=cfg.num_frames, time_range=tuple(args.time_range),
-                             min_negative_offset=args.min_negative_offset, seed=args.seed)
+    clips = syncnet_data.ClipStore(args.data, resolution=cfg.resolution, lower_half=cfg.lower_half, split=args.split,
+                                   video_column=args.video_column)
+    dataset = syncnet_data.SyncNetDataset(clips, args.num_samples, num_frames=cfg.num_frames,
+                                          time_range=tuple(args.time_range),
+                                          min_negative_offset=args.min_negative_offset, seed=args.seed)
     loader = DataLoader(dataset, batch_size=args.batch_size, num_workers=args.num_workers)
     vae = None
     if cfg.latent_space:  # a latent-space SyncNet works on the VAE's latents
         check_models({"--vae": args.vae})
+        from diffusers import AutoencoderKL  # deferred: seconds to import; only latent-space SyncNets need it
+
         with loading("--vae", args.vae):
             vae = AutoencoderKL.from_pretrained(args.vae, torch_dtype=dtype).to(device)
     result = evaluate_syncnet(model, loader, vae=vae, dtype=dtype)
@@ -166,13 +172,16 @@ def sync_conf(argv: list[str]) -> int:
     check_models({"--model": sync_model_source(model_id, weights)},
                  "" if args.model else "; without --model the classic SyncNet above is used: pass --model with a "
                  "local syncnet_v2.model file or StableSyncNet folder")
+    # deferred: the SyncNet and the face detector import torch, diffusers and scipy (seconds): the checks above run
+    # without them
+    sc = importlib.import_module("latentsync.eval.sync_confidence")
     with loading("--model", model_id):
-        model = load_sync_model(model_id, weights_name=weights, subfolder=args.subfolder,
-                                device=args.device or default_device(), dtype=DTYPES[args.dtype])
+        model = sc.load_sync_model(model_id, weights_name=weights, subfolder=args.subfolder,
+                                   device=args.device or default_device(), dtype=torch_dtype(args.dtype))
     results = {}
     for video in args.videos:
-        est = estimate_sync(video, model, audio=args.audio, vshift=args.vshift, batch_size=args.batch_size,
-                            max_frames=args.max_frames, faces_aligned=args.aligned)
+        est = sc.estimate_sync(video, model, audio=args.audio, vshift=args.vshift, batch_size=args.batch_size,
+                               max_frames=args.max_frames, faces_aligned=args.aligned)
         logger.info("%s: offset %d frames, confidence %.3f, min distance %.3f", video, est.offset, est.confidence,
                     est.min_distance)
         results[video] = est.as_dict()
@@ -204,7 +213,7 @@ def _videos_parser() -> argparse.ArgumentParser:
                         "(default: pt_inception-2015-12-05 from the pytorch-fid release)")
     p.add_argument("--fvd-backbone", default=None,
                    help="I3D TorchScript file or Hub repo holding auxiliary/i3d_torchscript.pt "
-                        f"(default: {M.I3D_REPO_ID})")
+                        f"(default: {I3D_REPO_ID})")
     p.add_argument("--syncnet", default=None,
                    help="SyncNet for LSE-C/D: syncnet_v2.model file, StableSyncNet folder/Hub id or stable_syncnet.pt "
                         "(default: auxiliary/syncnet_v2.model of ByteDance/LatentSync-1.5)")
@@ -231,7 +240,6 @@ def _load(what: str, flag: str, loader: Callable[..., Any], *args: Any, **kwargs
 def videos_command(argv: list[str]) -> int:
     """``latentsync eval videos``."""
     args = _videos_parser().parse_args(argv)
-    device = args.device or default_device()
     cfg = VideoEvalConfig(metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()), crop=args.crop,
                           crop_size=args.crop_size, max_frames=args.max_frames, fvd_start=args.fvd_start,
                           fvd_clips_per_video=args.fvd_clips, batch_size=args.batch_size, aligned=args.aligned)
@@ -245,7 +253,9 @@ def videos_command(argv: list[str]) -> int:
     fid_problem = None
     if "fid" in cfg.metrics:
         try:
-            M.check_fid_weights(args.fid_backbone, "pass --fid-backbone FILE")
+            # deferred: torch hub's cache folder comes from torch (the metrics import it, and scipy)
+            importlib.import_module("latentsync.eval.metrics").check_fid_weights(args.fid_backbone,
+                                                                                 "pass --fid-backbone FILE")
         except ModelNotFoundError as exc:
             fid_problem = str(exc)
     sources: dict[str, str | tuple[str, str | None] | None] = {}
@@ -253,8 +263,8 @@ def videos_command(argv: list[str]) -> int:
     if fid_spec and not os.path.exists(os.path.expanduser(fid_spec)) and is_hub_id(fid_spec):
         sources["--fid-backbone"] = fid_spec  # an FIDInceptionV3 saved with save_pretrained, on the Hub
     if "fvd" in cfg.metrics:
-        spec = args.fvd_backbone or M.I3D_REPO_ID
-        sources["--fvd-backbone"] = spec if os.path.exists(spec) else (spec, M.I3D_FILENAME)
+        spec = args.fvd_backbone or I3D_REPO_ID
+        sources["--fvd-backbone"] = spec if os.path.exists(spec) else (spec, I3D_FILENAME)
     if "sync" in cfg.metrics:
         weights = args.syncnet_weights_name if args.syncnet else OFFICIAL_SYNCNET_V2_FILE
         sources["--syncnet"] = sync_model_source(args.syncnet or OFFICIAL_SYNCNET_V2_REPO, weights)
@@ -264,19 +274,26 @@ def videos_command(argv: list[str]) -> int:
         raise ModelNotFoundError(f"{exc}; and {fid_problem}" if fid_problem else str(exc)) from None
     if fid_problem:
         raise ModelNotFoundError(fid_problem + hint)
+    # deferred: the metrics, the SyncNet and the evaluation import torch, diffusers and scipy (seconds)
+    metrics = importlib.import_module("latentsync.eval.metrics")
+    sc = importlib.import_module("latentsync.eval.sync_confidence")
+    videos = importlib.import_module("latentsync.eval.videos")
+    device = args.device or default_device()
     frame_extractor = video_extractor = sync_model = None
     if "fid" in cfg.metrics:
-        frame_extractor = _load("FID backbone", "--fid-backbone", M.load_frame_extractor, args.fid_backbone, device)
+        frame_extractor = _load("FID backbone", "--fid-backbone", metrics.load_frame_extractor, args.fid_backbone,
+                                device)
     if "fvd" in cfg.metrics:
-        video_extractor = _load("FVD backbone", "--fvd-backbone", M.load_video_extractor, args.fvd_backbone, device)
+        video_extractor = _load("FVD backbone", "--fvd-backbone", metrics.load_video_extractor, args.fvd_backbone,
+                                device)
     if "sync" in cfg.metrics:
         model_id = args.syncnet or OFFICIAL_SYNCNET_V2_REPO
         weights = args.syncnet_weights_name if args.syncnet else OFFICIAL_SYNCNET_V2_FILE
-        sync_model = _load("SyncNet", "--syncnet", load_sync_model, model_id, device=device, weights_name=weights)
-    report = evaluate_videos(args.generated, args.reference, cfg, frame_extractor, video_extractor, sync_model,
-                             device=device)
-    paths = write_report(report, args.output)
-    logger.info("summary: %s", ", ".join(f"{k} {format_value(v)}" for k, v in report["summary"].items()
+        sync_model = _load("SyncNet", "--syncnet", sc.load_sync_model, model_id, device=device, weights_name=weights)
+    report = videos.evaluate_videos(args.generated, args.reference, cfg, frame_extractor, video_extractor, sync_model,
+                                    device=device)
+    paths = videos.write_report(report, args.output)
+    logger.info("summary: %s", ", ".join(f"{k} {videos.format_value(v)}" for k, v in report["summary"].items()
                                          if not isinstance(v, (list, dict))))
     logger.info("wrote %s", ", ".join(paths.values()))
     return 0

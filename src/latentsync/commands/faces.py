@@ -3,27 +3,27 @@
 Each track is one face followed through one shot; its number is what ``--face INDEX`` and ``--audio-for INDEX=FILE``
 of the lip-sync command (and ``face_index`` / an ``audio`` mapping in Python) refer to. With ``--speaking`` every
 track is also scored against the video's own soundtrack, and the face that speaks in each shot is named.
+
+The options, the video and the output paths are checked before torch and the face tracker load (``--help`` and bad
+input answer in a fraction of a second).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 
-import torch
 from tqdm.auto import tqdm
 
+from ..devices import default_device
 from ..errors import InvalidOutputError
-from ..face.selection import choose_faces
-from ..face.tracking import track_faces
-from ..loaders.official import load_syncnet
 from ..media.constants import VIDEO_FPS
 from ..media.files import check_side_output, same_file
 from ..media.video import open_frames
 from ..model_source import check_model_sources, loading
 from ..tempfiles import write_atomically
-from ..utils import default_device, write_json_atomically
 
 logger = logging.getLogger("latentsync")
 
@@ -59,7 +59,9 @@ def faces(argv: list[str]) -> int:
         if same_file(args.json, sheet):
             raise InvalidOutputError(f"--json and the contact sheet are the same file ({sheet}): give two paths")
     check_model_sources({"--syncnet": args.syncnet})
-    tracks = track_faces(source, source.label, _progress, source.expected_frames)
+    # deferred: the tracker imports torch (seconds); everything above is checked without it
+    tracks = importlib.import_module("latentsync.face.tracking").track_faces(source, source.label, _progress,
+                                                                             source.expected_frames)
     for line in tracks.describe().splitlines():
         logger.info("%s", line)
     picture = tracks.contact_sheet()
@@ -67,8 +69,13 @@ def faces(argv: list[str]) -> int:
     logger.info("contact sheet: %s", sheet)
     record = tracks.to_dict()
     if args.speaking and len(tracks):
+        import torch  # deferred: loaded by the tracker above already; imported here for no_grad
+
+        # deferred: the face choice and the SyncNet loader import diffusers and transformers (seconds)
+        choose_faces = importlib.import_module("latentsync.face.selection").choose_faces
         syncnet = None
         if args.syncnet:
+            load_syncnet = importlib.import_module("latentsync.loaders.official").load_syncnet
             with loading("--syncnet", args.syncnet):
                 syncnet = load_syncnet(args.syncnet).to(args.device or default_device()).eval()
         with torch.no_grad():
@@ -80,7 +87,8 @@ def faces(argv: list[str]) -> int:
         record["speaking"] = [{"shot": s.shot, "track": s.track, "rule": s.rule, "scores": s.scores}
                               for s in selection.shots]
     if args.json:
-        write_json_atomically(args.json, record)
+        # deferred: latentsync.utils imports torch (loaded by the tracker above already)
+        importlib.import_module("latentsync.utils").write_json_atomically(args.json, record)
         logger.info("tracks: %s", args.json)
     return 0
 

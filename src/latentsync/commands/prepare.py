@@ -1,13 +1,18 @@
 """``latentsync prepare INPUT OUTPUT``: raw videos -> aligned, synced, filtered clips as a datasets dataset, on this
-machine (``--workers N`` processes) or on a Ray cluster (``--engine ray [--address ...]``)."""
+machine (``--workers N`` processes) or on a Ray cluster (``--engine ray [--address ...]``).
+
+The options and the folders are checked before torch and the models' libraries are imported (``--help``, bad values
+and a missing input folder answer in a fraction of a second).
+"""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 
-from ..data.prepare import PrepareConfig, prepare_dataset, push_prepared
+from ..data.prepare.config import PrepareConfig, check_folders
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +76,9 @@ def prepare(argv: list[str]) -> int:
         max_sync_offset=args.max_sync_offset, quality=args.quality, quality_threshold=args.quality_threshold,
         max_shard_size=args.max_shard_size,
     )
+    check_folders(args.input, args.output)
+    # deferred: the run imports torch, OpenCV and the SyncNet (seconds); the options are checked above without them
+    prepare_dataset = importlib.import_module("latentsync.data.prepare.run").prepare_dataset
     try:
         summary = prepare_dataset(args.input, args.output, config, num_workers=args.workers, device=args.device,
                                   retry_failed=args.retry_failed, overwrite=args.overwrite, engine=args.engine,
@@ -81,6 +89,8 @@ def prepare(argv: list[str]) -> int:
                      "continue (the video in progress is redone)", name, os.path.join(args.output, "work"))
         return getattr(exc, "exit_code", 130)
     if args.push_to_hub:
+        # deferred: the Hub upload imports datasets (seconds)
+        push_prepared = importlib.import_module("latentsync.data.prepare.dataset").push_prepared
         push_prepared(args.output, args.push_to_hub, private=args.private or None, max_shard_size=args.max_shard_size)
         logger.info("pushed %d clips to https://huggingface.co/datasets/%s", summary.clips, args.push_to_hub)
     return 0

@@ -31,11 +31,10 @@ from ..errors import ModelNotFoundError
 from ..face.detection import FaceDetector, largest_face
 from ..model_source import download_unavailable_reason
 from ..models.inception import FID_WEIGHTS_URL, FIDInceptionV3
+from .config import I3D_FILENAME, I3D_REPO_ID
 
 logger = logging.getLogger(__name__)
 
-I3D_REPO_ID = "ByteDance/LatentSync-1.5"
-I3D_FILENAME = "auxiliary/i3d_torchscript.pt"
 PSNR_CAP = 100.0  # dB reported for identical frames (the exact value is infinite)
 
 FrameFeatureExtractor = Callable[[torch.Tensor], torch.Tensor]

@@ -45,6 +45,7 @@ from ..media.video import iter_frames
 from ..models.syncnet import StableSyncNet
 from ..models.syncnet_v2 import SyncNetV2
 from ..utils import frames_to_pixels
+from .config import OFFICIAL_SYNCNET_V2_FILE, OFFICIAL_SYNCNET_V2_REPO  # noqa: F401 - their home is config
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +54,6 @@ CLASSIC_MFCC_STEPS = 20  # 100 Hz MFCC steps per window (0.2 s)
 CLASSIC_CROP = 224
 CLASSIC_CROP_SCALE = 0.4
 CLASSIC_SMOOTHING = 13  # median filter over face boxes (frames)
-OFFICIAL_SYNCNET_V2_REPO = "ByteDance/LatentSync-1.5"
-OFFICIAL_SYNCNET_V2_FILE = "auxiliary/syncnet_v2.model"
 
 
 # ---------------------------------------------------------------------------------------------------- classic features

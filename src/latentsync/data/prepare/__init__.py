@@ -31,41 +31,36 @@ videos, the local engine's workers, resume), ``ray_engine`` (the stages on Ray; 
 ``dataset`` (the ``datasets`` output). The command line is in [`latentsync.commands.prepare`].
 """
 
+from __future__ import annotations
+
+import importlib
 from typing import Any
 
 from ..._deprecation import moved_attribute
-from .config import DROP_REASONS, DROPPED_CLIP_COLUMNS, NoClipsKeptError, PrepareConfig, PrepareSummary
-from .dataset import build_prepared_dataset, dataset_features, decode_clip, load_prepared, push_prepared
-from .planning import find_videos, plan_clips, shifted_audio, video_key
-from .process import process_video
-from .run import prepare_dataset
-from .sync import SyncChecker, SyncNetChecker, load_sync_checker
+
+# name -> the module of this package that holds it (imported on first use, so that ``config``, which the command line
+# reads before it loads torch, can be imported without the modules that need torch, MediaPipe and datasets)
+_HOMES = {
+    "DROPPED_CLIP_COLUMNS": "config", "DROP_REASONS": "config", "NoClipsKeptError": "config",
+    "PrepareConfig": "config", "PrepareSummary": "config",
+    "build_prepared_dataset": "dataset", "dataset_features": "dataset", "decode_clip": "dataset",
+    "load_prepared": "dataset", "push_prepared": "dataset",
+    "find_videos": "planning", "plan_clips": "planning", "shifted_audio": "planning", "video_key": "planning",
+    "process_video": "process",
+    "prepare_dataset": "run",
+    "SyncChecker": "sync", "SyncNetChecker": "sync", "load_sync_checker": "sync",
+}
+
+__all__ = sorted(_HOMES)
 
 
 def __getattr__(name: str) -> Any:
-    """The constants and the command line that lived here keep working for one release, with a warning."""
+    """``latentsync.data.prepare.NAME``: imported from the module that holds it, on first use; the constants and the
+    command line that lived here keep working for one release, with a warning."""
+    if name in _HOMES:
+        return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
     return moved_attribute(__name__, name)
 
 
-__all__ = [
-    "DROPPED_CLIP_COLUMNS",
-    "DROP_REASONS",
-    "NoClipsKeptError",
-    "PrepareConfig",
-    "PrepareSummary",
-    "SyncChecker",
-    "SyncNetChecker",
-    "build_prepared_dataset",
-    "dataset_features",
-    "decode_clip",
-    "find_videos",
-    "load_prepared",
-    "load_sync_checker",
-    "plan_clips",
-    "prepare_dataset",
-    "process_video",
-    "push_prepared",
-    "shifted_audio",
-    "video_key",
-]
-
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOMES))

@@ -1,8 +1,11 @@
-"""Settings of a data preparation run, its summary, and the reasons material is dropped."""
+"""Settings of a data preparation run, the check of its folders, its summary, and the reasons material is dropped.
+
+Importing this module does not import torch: the command line checks its options and folders with it first."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -125,6 +128,25 @@ class NoClipsKeptError(LatentSyncInputError):
     def __init__(self, message: str, summary: PrepareSummary):
         super().__init__(message)
         self.summary = summary
+
+
+def check_folders(input_dir: str | os.PathLike, output_dir: str | os.PathLike) -> None:
+    """The input must be a folder, and the output a folder (or a path for one) outside it: inside the input, the
+    output's clips would be found as raw videos by the next run, and its files mixed with the user's.
+
+    Raises:
+        LatentSyncInputError: one line naming the problem.
+    """
+    source, target = os.path.realpath(input_dir), os.path.realpath(output_dir)
+    if not os.path.isdir(source):
+        raise LatentSyncInputError(f"input folder not found: {os.fspath(input_dir)}" if not os.path.exists(source)
+                                   else f"the input {os.fspath(input_dir)} is a file: give the folder of raw videos")
+    if os.path.exists(target) and not os.path.isdir(target):
+        raise LatentSyncInputError(f"the output {os.fspath(output_dir)} is a file: give a folder")
+    if target == source or target.startswith(source.rstrip(os.sep) + os.sep):
+        raise LatentSyncInputError(f"the output folder {os.fspath(output_dir)} is inside the input folder "
+                                   f"{os.fspath(input_dir)}: the next run would read its clips as raw videos; give a "
+                                   "folder outside it")
 
 
 @dataclass

@@ -31,7 +31,7 @@ from ...model_source import check_model_sources
 from ...utils import write_json_atomically
 from ..quality import QualityScorer, SharpnessScorer, load_quality_scorer
 from .config import (DROP_REASONS, DROPPED_CLIP_COLUMNS, DROPPED_VIDEO_COLUMNS, VIDEO_REASONS, NoClipsKeptError,
-                     PrepareConfig, PrepareSummary, drop_amount)
+                     PrepareConfig, PrepareSummary, check_folders, drop_amount)
 from .dataset import build_prepared_dataset
 from .planning import scan_input, video_key
 from .process import failed_record, fresh_clips_dir, process_video, source_fingerprint, sync_threshold
@@ -239,25 +239,6 @@ def prepare_dataset(
         # on Ray the models run on the cluster's workers: here they are only loaded to check them (on the CPU)
         return _prepare(*args, functools.partial(ray_engine.run_on_ray, max_videos=num_workers, actors=actors),
                         "cpu")
-
-
-def check_folders(input_dir: str | os.PathLike, output_dir: str | os.PathLike) -> None:
-    """The input must be a folder, and the output a folder (or a path for one) outside it: inside the input, the
-    output's clips would be found as raw videos by the next run, and its files mixed with the user's.
-
-    Raises:
-        LatentSyncInputError: one line naming the problem.
-    """
-    source, target = os.path.realpath(input_dir), os.path.realpath(output_dir)
-    if not os.path.isdir(source):
-        raise LatentSyncInputError(f"input folder not found: {os.fspath(input_dir)}" if not os.path.exists(source)
-                                   else f"the input {os.fspath(input_dir)} is a file: give the folder of raw videos")
-    if os.path.exists(target) and not os.path.isdir(target):
-        raise LatentSyncInputError(f"the output {os.fspath(output_dir)} is a file: give a folder")
-    if target == source or target.startswith(source.rstrip(os.sep) + os.sep):
-        raise LatentSyncInputError(f"the output folder {os.fspath(output_dir)} is inside the input folder "
-                                   f"{os.fspath(input_dir)}: the next run would read its clips as raw videos; give a "
-                                   "folder outside it")
 
 
 def _prepare(input_dir: str, output_dir: str, config: PrepareConfig, device: str, retry_failed: bool,
