@@ -398,3 +398,20 @@ def test_eval_videos_failed_video_leaves_no_frames(tmp_path, monkeypatch):
     assert rep["summary"]["fid_frames"] == [20, 40] and rep["summary"]["fvd_clips"] == [1, 2]
     rows = {r["name"]: r for r in rep["videos"]}
     assert "broken" in rows["bad"]["error"] and rep["summary"]["num_errors"] == 1
+
+
+def test_eval_videos_warns_when_a_video_is_stretched_to_its_reference(tmp_path, caplog):
+    """A generated video of another shape than its reference is resized to it before PSNR/SSIM: a changed aspect ratio
+    (a 16:9 output of a 9:16 reference) distorts the faces compared, which the report alone does not show; a plain
+    change of size (half resolution) is not worth a warning."""
+    ref = random_frames(4, size=48)
+    write_video(tmp_path / "ref.mp4", ref, crf=10)
+    write_video(tmp_path / "half.mp4", ref[:, ::2, ::2], crf=10)
+    write_video(tmp_path / "wide.mp4", np.concatenate([ref, ref], axis=2), crf=10)
+    cfg = VideoEvalConfig(metrics=("psnr",), crop="none")
+    with caplog.at_level("WARNING", logger="latentsync"):
+        evaluate_videos(str(tmp_path / "half.mp4"), str(tmp_path / "ref.mp4"), cfg)
+    assert "stretched" not in caplog.text
+    with caplog.at_level("WARNING", logger="latentsync"):
+        evaluate_videos(str(tmp_path / "wide.mp4"), str(tmp_path / "ref.mp4"), cfg)
+    assert "wide.mp4 is 96x48 and its reference 48x48: its frames were stretched" in caplog.text

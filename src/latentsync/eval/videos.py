@@ -167,6 +167,10 @@ def _scan_pair(gen_path: str, ref_path: str | None, cfg: VideoEvalConfig, gen_se
                 logger.warning("%s has more frames than its reference; compared the first %d", gen_path, i)
                 break
             if ref is not None and gen.shape != ref.shape:
+                if i == 0 and abs(gen.shape[1] * ref.shape[0] / (gen.shape[0] * ref.shape[1]) - 1) > 0.01:
+                    logger.warning("%s is %dx%d and its reference %dx%d: its frames were stretched to the "
+                                   "reference's shape, so its scores compare distorted faces", gen_path,
+                                   gen.shape[1], gen.shape[0], ref.shape[1], ref.shape[0])
                 gen = cv2.resize(gen, (ref.shape[1], ref.shape[0]), interpolation=cv2.INTER_AREA)
             basis = ref if ref is not None else gen
             box = cropper.box(basis) if face else _square(basis)
