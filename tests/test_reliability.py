@@ -629,6 +629,7 @@ def test_subcommands_answer_help_and_bad_input_without_the_heavy_libraries(tmp_p
         (["prepare", raw, out, "--min-seconds", "0"], 2, "need 0 < min_seconds"),
         (["prepare", os.fspath(tmp_path / "no_such_folder"), out], 2, "input folder not found"),
         (["prepare", raw, os.fspath(tmp_path / "raw" / "out")], 2, "is inside the input folder"),
+        (["prepare", raw, out, "--workers", "0"], 2, "--workers must be at least 1, got 0"),
         (["prepare", raw, out, "--address", "auto"], 2, None),  # usage error: a Ray option without --engine ray
         (["eval", "--help"], 0, None),
         (["eval", "syncnet-acc", "--help"], 0, None),

@@ -12,7 +12,7 @@ import importlib
 import logging
 import os
 
-from ..data.prepare.config import PrepareConfig, check_folders
+from ..data.prepare.config import PrepareConfig, check_folders, check_parallelism
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +77,7 @@ def prepare(argv: list[str]) -> int:
         max_shard_size=args.max_shard_size,
     )
     check_folders(args.input, args.output)
+    check_parallelism(args.workers, args.actors)
     # deferred: the run imports torch, OpenCV and the SyncNet (seconds); the options are checked above without them
     prepare_dataset = importlib.import_module("latentsync.data.prepare.run").prepare_dataset
     try:

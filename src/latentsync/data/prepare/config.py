@@ -130,6 +130,17 @@ class NoClipsKeptError(LatentSyncInputError):
         self.summary = summary
 
 
+def check_parallelism(num_workers: int | None, actors: int | None) -> None:
+    """``--workers`` / ``num_workers`` and ``--actors`` / ``actors`` are counts: at least 1 when given.
+
+    Raises:
+        LatentSyncInputError: one line naming the option.
+    """
+    for name, value in (("--workers", num_workers), ("--actors", actors)):
+        if value is not None and value < 1:
+            raise LatentSyncInputError(f"{name} must be at least 1, got {value}")
+
+
 def check_folders(input_dir: str | os.PathLike, output_dir: str | os.PathLike) -> None:
     """The input must be a folder, and the output a folder (or a path for one) outside it: inside the input, the
     output's clips would be found as raw videos by the next run, and its files mixed with the user's.

@@ -31,7 +31,7 @@ from ...model_source import check_model_sources
 from ...utils import write_json_atomically
 from ..quality import QualityScorer, SharpnessScorer, load_quality_scorer
 from .config import (DROP_REASONS, DROPPED_CLIP_COLUMNS, DROPPED_VIDEO_COLUMNS, VIDEO_REASONS, NoClipsKeptError,
-                     PrepareConfig, PrepareSummary, check_folders, drop_amount)
+                     PrepareConfig, PrepareSummary, check_folders, check_parallelism, drop_amount)
 from .dataset import build_prepared_dataset
 from .planning import scan_input, video_key
 from .process import failed_record, fresh_clips_dir, process_video, source_fingerprint, sync_threshold
@@ -226,9 +226,7 @@ def prepare_dataset(
     if engine not in ENGINES:
         raise LatentSyncInputError(f"unknown engine {engine!r}: use {' or '.join(ENGINES)}")
     check_folders(input_dir, output_dir)
-    for name, value in (("--workers", num_workers), ("--actors", actors)):
-        if value is not None and value < 1:
-            raise LatentSyncInputError(f"{name} must be at least 1, got {value}")
+    check_parallelism(num_workers, actors)
     args = (input_dir, output_dir, config or PrepareConfig(), device, retry_failed, overwrite, sync_checker,
             quality_scorer, build_dataset)
     if engine == "local":
