@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -346,3 +347,27 @@ def test_audio_folder_that_is_missing_or_given_with_a_csv_is_one_line(tmp_path, 
     argv = ["batch", os.fspath(pairs), os.fspath(tmp_path / "out"), "--audio-dir", os.fspath(tmp_path / "no-speech")]
     assert main(argv) == 2 and "audio folder not found" in caplog.text
 
+
+def test_ctrl_c_keeps_the_finished_outputs_and_says_so(tmp_path, pairs, monkeypatch, caplog):
+    """Ctrl-C during the second of three jobs: exit status 130, the first output kept, nothing of the second, and a
+    line that says how many outputs are written and that the same command resumes (not "nothing was written")."""
+    from latentsync.commands import batch as batch_command
+    from latentsync.errors import RunInterrupted
+
+    class Stopped(_FakePipeline):
+        def __call__(self, video, audio, output_path, **kwargs):
+            if os.path.basename(video) == "b.mp4":
+                raise RunInterrupted(signal.SIGINT)
+            return super().__call__(video, audio, output_path, **kwargs)
+
+        def set_progress_bar_config(self, **kwargs):
+            pass
+
+    monkeypatch.setattr(batch_command, "check_model_options", lambda args: type("Source", (), {
+        "local_files_only": False})())
+    monkeypatch.setattr(batch_command, "load_pipeline", lambda args, local_files_only: Stopped())
+    out = tmp_path / "out"
+    assert main(["batch", os.fspath(pairs), os.fspath(out), "--device", "cpu"]) == 130
+    assert sorted(os.listdir(out)) == ["a.mp4"]
+    assert "stopped by Ctrl-C: 1 of the 3 outputs are written and kept" in caplog.text
+    assert "the same command resumes" in caplog.text and "nothing was written" not in caplog.text
