@@ -371,3 +371,19 @@ def test_ctrl_c_keeps_the_finished_outputs_and_says_so(tmp_path, pairs, monkeypa
     assert sorted(os.listdir(out)) == ["a.mp4"]
     assert "stopped by Ctrl-C: 1 of the 3 outputs are written and kept" in caplog.text
     assert "the same command resumes" in caplog.text and "nothing was written" not in caplog.text
+
+
+def test_names_in_either_unicode_form_are_found(tmp_path):
+    """Clips named on macOS (decomposed é) listed in a CSV typed elsewhere (composed é), and paired with speech named
+    in the composed form: the files are found, not failed as missing after the model loads."""
+    import unicodedata
+
+    nfd, nfc = (unicodedata.normalize(form, "café") for form in ("NFD", "NFC"))
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "speech").mkdir()
+    (tmp_path / "videos" / f"{nfd}.mp4").write_bytes(b"video")
+    (tmp_path / "speech" / f"{nfc}.wav").write_bytes(b"speech")
+    (tmp_path / "jobs.csv").write_text(f"video,audio\nvideos/{nfc}.mp4,speech/{nfd}.wav\n", encoding="utf-8")
+    for jobs in (read_jobs(tmp_path / "jobs.csv", tmp_path / "out"),
+                 read_jobs(tmp_path / "videos", tmp_path / "out", tmp_path / "speech")):
+        assert len(jobs) == 1 and os.path.isfile(jobs[0].video) and os.path.isfile(jobs[0].audio)

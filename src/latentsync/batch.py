@@ -23,6 +23,7 @@ import io
 import logging
 import os
 import time
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -174,16 +175,21 @@ def _folder_jobs(folder: str, output_dir: str, audio_dir: str, output_format: st
     for name in sorted(os.listdir(audio_dir)):
         stem, ext = os.path.splitext(name)
         if ext.lower() in AUDIO_EXTENSIONS and not name.startswith("."):
-            audio_by_stem.setdefault(stem, os.path.join(audio_dir, name))
+            audio_by_stem.setdefault(_nfc(stem), os.path.join(audio_dir, name))
     videos = sorted(n for n in os.listdir(folder) if is_video_file(n) and os.path.isfile(os.path.join(folder, n)))
     if not videos:
         raise BatchListError(f"no video files in {folder}")
     jobs = []
     for name in videos:
         stem = os.path.splitext(name)[0]
-        audio = audio_by_stem.get(stem, os.path.join(audio_dir, f"{stem}.wav"))  # a missing pair fails as its job
+        audio = audio_by_stem.get(_nfc(stem), os.path.join(audio_dir, f"{stem}.wav"))  # no pair: fails as its job
         jobs.append(BatchJob(os.path.join(folder, name), audio, _output_for(name, output_dir, output_format)))
     return jobs, videos
+
+
+def _nfc(name: str) -> str:
+    """``name`` in Unicode's composed form: names typed on one system match the same names saved on another."""
+    return unicodedata.normalize("NFC", name)
 
 
 def _delimiter(header: str) -> str:
@@ -258,6 +264,8 @@ def _listed_path(job_list: str, row: str, base: str, value: str) -> str:
     there but found from the current folder is refused (the list was written from another folder)."""
     value = os.path.expanduser(value)
     path = os.path.join(base, value)
+    if not os.path.exists(path):  # a name typed in one Unicode form, saved on disk in the other (macOS writes NFD)
+        path = next((p for p in {unicodedata.normalize(f, path) for f in ("NFC", "NFD")} if os.path.exists(p)), path)
     if not os.path.isabs(value) and not os.path.exists(path) and os.path.exists(value) and \
             os.path.abspath(value) != path:
         raise BatchListError(f"{job_list} {row}: {value} is not in the job list's folder {base} but in the current "
