@@ -280,11 +280,11 @@ def test_csv_rows_that_would_be_misread_are_refused(tmp_path, caplog):
     that are not read (a misspelt output, per-job options) are named in a warning."""
     cases = {
         "comma.csv": ("video,audio\nmy clip, take 2.mp4,a.wav\n",
-                      r"comma.csv row 2 has 3 fields but the header has 2: a path with a comma in it must be in "
-                      r"double quotes"),
+                      (r"comma.csv row 2 has 3 fields but the header has 2: a path with a comma in it must be in "
+                       r"double quotes")),
         "twice.csv": ("video,audio,video\na.mp4,a.wav,b.mp4\n", r"twice.csv: column video appears twice"),
-        "headless.csv": ("a.mp4,a.wav\n", r"headless.csv has no video or audio column \(found: a.mp4, a.wav\); the "
-                                          r"first line of a CSV job list names its columns: video,audio"),
+        "headless.csv": ("a.mp4,a.wav\n", (r"headless.csv has no video or audio column \(found: a.mp4, a.wav\); "
+                                           r"the first line of a CSV job list names its columns: video,audio")),
         "jobs.jsonl": ('{"video": "a.mp4", "audio": "a.wav"}\n', r"it is JSON, not CSV; the first line"),
         "empty.csv": ("", r"job list .*empty.csv is empty; the first line"),
         "header.csv": ("video,audio\n\n", r"no jobs in .*header.csv: it has a header but no rows"),
