@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -255,3 +256,134 @@ def test_batch_under_accelerate_launch_shares_the_jobs_between_two_processes(tmp
     assert "e.mp4" in rows["e.mp4"]["error"]
     assert "5 jobs on 2 processes: 0 done, 4 skipped, 1 failed" in (out / "batch_summary.md").read_text()
     assert {name: (out / name).stat().st_mtime_ns for name in written} == written
+
+
+def test_csv_job_lists_as_spreadsheets_save_them(tmp_path):
+    """Semicolons (Excel where the comma is the decimal mark), tabs, Windows line endings with a BOM, a capitalised
+    header in another order: the same job."""
+    lists = {
+        "semicolon.csv": b"\xef\xbb\xbfvideo;audio;output\r\nclip.mp4;speech.wav;done.mkv\r\n",
+        "tab.csv": b"video\taudio\toutput\nclip.mp4\tspeech.wav\tdone.mkv\n",
+        "caps.csv": b"Output,Audio,VIDEO\r\ndone.mkv,speech.wav,clip.mp4\r\n\r\n",
+    }
+    for name, data in lists.items():
+        (tmp_path / name).write_bytes(data)
+        jobs = read_jobs(tmp_path / name, tmp_path / "out")
+        assert [(os.path.relpath(j.video, tmp_path), os.path.relpath(j.audio, tmp_path),
+                 os.path.relpath(j.output, tmp_path)) for j in jobs] == [
+            ("clip.mp4", "speech.wav", os.path.join("out", "done.mkv"))], name
+
+
+def test_csv_rows_that_would_be_misread_are_refused(tmp_path, caplog):
+    """An unquoted comma in a path (the row has more fields than the header), a column named twice, a list without
+    a header, JSON lines, an empty file and a header without rows: one line each, before the model loads. Columns
+    that are not read (a misspelt output, per-job options) are named in a warning."""
+    cases = {
+        "comma.csv": ("video,audio\nmy clip, take 2.mp4,a.wav\n",
+                      (r"comma.csv row 2 has 3 fields but the header has 2: a path with a comma in it must be in "
+                       r"double quotes")),
+        "twice.csv": ("video,audio,video\na.mp4,a.wav,b.mp4\n", r"twice.csv: column video appears twice"),
+        "headless.csv": ("a.mp4,a.wav\n", (r"headless.csv has no video or audio column \(found: a.mp4, a.wav\); "
+                                           r"the first line of a CSV job list names its columns: video,audio")),
+        "jobs.jsonl": ('{"video": "a.mp4", "audio": "a.wav"}\n', r"it is JSON, not CSV; the first line"),
+        "empty.csv": ("", r"job list .*empty.csv is empty; the first line"),
+        "header.csv": ("video,audio\n\n", r"no jobs in .*header.csv: it has a header but no rows"),
+    }
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(BatchListError, match=message):
+            read_jobs(tmp_path / name, tmp_path / "out")
+    (tmp_path / "ok.csv").write_text('video,audio,ouput,steps\n"my clip, take 2.mp4",a.wav,b.mp4,10\n')
+    assert [os.path.basename(j.output) for j in read_jobs(tmp_path / "ok.csv", tmp_path / "out")] == [
+        "my clip, take 2.mp4"]
+    assert "ok.csv: columns ouput, steps ignored (a job list reads video, audio, output" in caplog.text
+    assert main(["batch", os.fspath(tmp_path / "header.csv"), os.fspath(tmp_path / "out"), "--model",
+                 os.fspath(tmp_path / "no-model")]) == 2
+    assert "no jobs in" in caplog.text and "model folder not found" not in caplog.text
+
+
+def test_two_jobs_writing_one_file_are_named_by_their_rows_or_videos(tmp_path):
+    (tmp_path / "jobs.csv").write_text("video,audio\nhost.mp4,episode1.wav\nhost.mp4,episode2.wav\n")
+    with pytest.raises(BatchListError, match=r"two jobs write .*host.mp4: row 2 and row 3 of .*jobs.csv \(give each "
+                                             r"its own name in an output column\)"):
+        read_jobs(tmp_path / "jobs.csv", tmp_path / "out")
+    (tmp_path / "videos").mkdir()
+    for name in ("talk.mp4", "talk.MOV"):
+        (tmp_path / "videos" / name).write_bytes(b"video")
+    with pytest.raises(BatchListError, match=r"two jobs write .*talk.mp4: talk.MOV and talk.mp4 in .*videos \(videos "
+                                             r"of the same name in two formats; rename one\)"):
+        read_jobs(tmp_path / "videos", tmp_path / "out")
+
+
+def test_csv_paths_relative_to_the_current_folder_or_the_home_folder(tmp_path, monkeypatch):
+    """A list in lists/ that names clips/a.mp4 from the current folder (where it is) rather than from its own (where
+    it is not) is refused with the rule; ``~`` is the home folder, as in a shell."""
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "a.mp4").write_bytes(b"video")
+    (tmp_path / "lists").mkdir()
+    (tmp_path / "lists" / "jobs.csv").write_text("video,audio\nclips/a.mp4,clips/a.wav\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(BatchListError, match=r"jobs.csv row 2: clips/a.mp4 is not in the job list's folder .*lists "
+                                             r"but in the current folder: relative paths in a job list are relative "
+                                             r"to its folder"):
+        read_jobs("lists/jobs.csv", "out")
+    monkeypatch.setenv("HOME", os.fspath(tmp_path))
+    (tmp_path / "lists" / "jobs.csv").write_text("video,audio,output\n~/clips/a.mp4,a.wav,~/done/a.mp4\n")
+    [job] = read_jobs("lists/jobs.csv", "out")
+    assert (job.video, job.audio, job.output) == (os.fspath(tmp_path / "clips" / "a.mp4"),
+                                                  os.fspath(tmp_path / "lists" / "a.wav"),
+                                                  os.fspath(tmp_path / "done" / "a.mp4"))
+
+
+def test_audio_folder_that_is_missing_or_given_with_a_csv_is_one_line(tmp_path, pairs, caplog):
+    for audio_dir, message in ((tmp_path / "no-speech", "audio folder not found: .*no-speech"),
+                               (pairs / "a.wav", "audio folder is a file: .*a.wav")):
+        with pytest.raises(BatchListError, match=message):
+            read_jobs(pairs, tmp_path / "out", audio_dir)
+    (tmp_path / "jobs.csv").write_text("video,audio\na.mp4,a.wav\n")
+    with pytest.raises(BatchListError, match=r"an audio folder \(--audio-dir .*speech\) goes with a folder of "
+                                             r"videos; the job list .*jobs.csv names each job's audio"):
+        read_jobs(tmp_path / "jobs.csv", tmp_path / "out", tmp_path / "speech")
+    argv = ["batch", os.fspath(pairs), os.fspath(tmp_path / "out"), "--audio-dir", os.fspath(tmp_path / "no-speech")]
+    assert main(argv) == 2 and "audio folder not found" in caplog.text
+
+
+def test_ctrl_c_keeps_the_finished_outputs_and_says_so(tmp_path, pairs, monkeypatch, caplog):
+    """Ctrl-C during the second of three jobs: exit status 130, the first output kept, nothing of the second, and a
+    line that says how many outputs are written and that the same command resumes (not "nothing was written")."""
+    from latentsync.commands import batch as batch_command
+    from latentsync.errors import RunInterrupted
+
+    class Stopped(_FakePipeline):
+        def __call__(self, video, audio, output_path, **kwargs):
+            if os.path.basename(video) == "b.mp4":
+                raise RunInterrupted(signal.SIGINT)
+            return super().__call__(video, audio, output_path, **kwargs)
+
+        def set_progress_bar_config(self, **kwargs):
+            pass
+
+    monkeypatch.setattr(batch_command, "check_model_options", lambda args: type("Source", (), {
+        "local_files_only": False})())
+    monkeypatch.setattr(batch_command, "load_pipeline", lambda args, local_files_only: Stopped())
+    out = tmp_path / "out"
+    assert main(["batch", os.fspath(pairs), os.fspath(out), "--device", "cpu"]) == 130
+    assert sorted(os.listdir(out)) == ["a.mp4"]
+    assert "stopped by Ctrl-C: 1 of the 3 outputs are written and kept" in caplog.text
+    assert "the same command resumes" in caplog.text and "nothing was written" not in caplog.text
+
+
+def test_names_in_either_unicode_form_are_found(tmp_path):
+    """Clips named on macOS (decomposed é) listed in a CSV typed elsewhere (composed é), and paired with speech named
+    in the composed form: the files are found, not failed as missing after the model loads."""
+    import unicodedata
+
+    nfd, nfc = (unicodedata.normalize(form, "café") for form in ("NFD", "NFC"))
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "speech").mkdir()
+    (tmp_path / "videos" / f"{nfd}.mp4").write_bytes(b"video")
+    (tmp_path / "speech" / f"{nfc}.wav").write_bytes(b"speech")
+    (tmp_path / "jobs.csv").write_text(f"video,audio\nvideos/{nfc}.mp4,speech/{nfd}.wav\n", encoding="utf-8")
+    for jobs in (read_jobs(tmp_path / "jobs.csv", tmp_path / "out"),
+                 read_jobs(tmp_path / "videos", tmp_path / "out", tmp_path / "speech")):
+        assert len(jobs) == 1 and os.path.isfile(jobs[0].video) and os.path.isfile(jobs[0].audio)

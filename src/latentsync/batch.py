@@ -19,9 +19,11 @@ own device and runs its share of the jobs; the results are gathered so that the 
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 import time
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -79,40 +81,58 @@ class JobResult:
 
 
 # ---------------------------------------------------------------------------------------------------- job lists
+COLUMNS = ("video", "audio", "output")
+"""The columns of a CSV job list (any case, any order); other columns are ignored with a warning."""
+DELIMITERS = {",": "a comma", ";": "a semicolon", "\t": "a tab"}
+"""Field separators of a CSV job list: the one that splits its header into the column names is used (Excel writes
+semicolons where the comma is the decimal mark; tab-separated lists come from spreadsheets and scripts)."""
+
+
 def read_jobs(source: str | os.PathLike, output_dir: str | os.PathLike, audio_dir: str | os.PathLike | None = None,
               output_format: str = ".mp4") -> list[BatchJob]:
     """The jobs of a CSV file or a folder, once ``output_dir`` is known to be usable.
 
-    CSV (UTF-8, with or without the BOM that Excel's "CSV UTF-8" writes): columns ``video`` and ``audio`` (and
-    optionally ``output``); relative paths are relative to the CSV's folder, relative outputs to ``output_dir``.
-    Folder: every video in it, paired with the audio file of the same name (``talk.mp4`` + ``talk.wav``) in the
-    folder or in ``audio_dir``; a video without one becomes a job whose audio is missing, which fails with a clear
-    message. Outputs default to ``output_dir/<video name><output_format>``.
+    CSV (UTF-8, with or without the BOM that Excel's "CSV UTF-8" writes; fields separated by commas, semicolons or
+    tabs; a path with the separator in it in double quotes): a header line naming the columns ``video`` and
+    ``audio`` (and optionally ``output``), in any order and case; relative paths (and ``~``) are relative to the CSV's
+    folder, relative outputs to ``output_dir``. Folder: every video in it, paired with the audio file of the same
+    name (``talk.mp4`` + ``talk.wav``) in the folder or in ``audio_dir``; a video without one becomes a job whose
+    audio is missing, which fails with a clear message. Outputs default to ``output_dir/<video name><output_format>``.
 
     Raises:
-        BatchListError: ``source`` does not exist or is not a UTF-8 text CSV, the CSV lacks a column, a row has no
-            video or audio, or two jobs would write the same file.
+        BatchListError: ``source`` does not exist or is not a UTF-8 text CSV, the CSV lacks its header or a column,
+            has no rows, a row has no video or audio or more fields than the header, a relative path is found from
+            the current folder but not from the CSV's, two jobs would write the same file, ``audio_dir`` is missing
+            or is given with a CSV.
         InvalidOutputError: ``output_dir`` (or a folder above it) is a file, or it is the folder of videos ``source``
             (the outputs would replace the videos).
     """
     source, output_dir = os.fspath(source), os.fspath(output_dir)
+    audio_dir = os.fspath(audio_dir) if audio_dir is not None else None
     _check_output_dir(output_dir)
     if os.path.isdir(source):
         if os.path.isdir(output_dir) and os.path.samefile(source, output_dir):
             raise InvalidOutputError(f"output folder {output_dir} is the input folder {source}: the outputs would "
                                      "replace the videos; choose another output folder")
-        jobs = _folder_jobs(source, output_dir, os.fspath(audio_dir) if audio_dir else source, output_format)
+        if audio_dir is not None and not os.path.isdir(audio_dir):
+            raise BatchListError(f"audio folder {'is a file' if os.path.exists(audio_dir) else 'not found'}: "
+                                 f"{audio_dir}")
+        jobs, labels = _folder_jobs(source, output_dir, audio_dir or source, output_format)
+        context = f" in {source} (videos of the same name in two formats; rename one)"
     elif os.path.isfile(source):
-        jobs = _csv_jobs(source, output_dir, output_format)
+        if audio_dir is not None:
+            raise BatchListError(f"an audio folder (--audio-dir {audio_dir}) goes with a folder of videos; the job "
+                                 f"list {source} names each job's audio in its audio column")
+        jobs, labels = _csv_jobs(source, output_dir, output_format)
+        context = f" of {source} (give each its own name in an output column)"
     else:
         raise BatchListError(f"job list not found: {source} (a CSV file with video,audio columns or a folder)")
     outputs: dict[str, str] = {}
-    for job in jobs:
+    for job, label in zip(jobs, labels):
         key = os.path.abspath(job.output)
         if key in outputs:
-            raise BatchListError(f"two jobs write {job.output}: {outputs[key]} and {job.video} (give an output "
-                                 f"column or rename one)")
-        outputs[key] = job.video
+            raise BatchListError(f"two jobs write {job.output}: {outputs[key]} and {label}{context}")
+        outputs[key] = label
     # one job's output may not be another job's input: it would be replaced (or taken for a finished output)
     # (a job whose output is its own input fails on its own, and never writes)
     writers = {_file_key(job.output): job for job in jobs if os.path.exists(job.output)
@@ -148,25 +168,42 @@ def _output_for(video: str, output_dir: str, output_format: str) -> str:
     return os.path.join(output_dir, os.path.splitext(os.path.basename(video))[0] + output_format)
 
 
-def _folder_jobs(folder: str, output_dir: str, audio_dir: str, output_format: str) -> list[BatchJob]:
+def _folder_jobs(folder: str, output_dir: str, audio_dir: str, output_format: str
+                 ) -> tuple[list[BatchJob], list[str]]:
+    """The jobs of a folder of pairs, and the video names (to name the jobs in messages)."""
     audio_by_stem: dict[str, str] = {}
     for name in sorted(os.listdir(audio_dir)):
         stem, ext = os.path.splitext(name)
         if ext.lower() in AUDIO_EXTENSIONS and not name.startswith("."):
-            audio_by_stem.setdefault(stem, os.path.join(audio_dir, name))
+            audio_by_stem.setdefault(_nfc(stem), os.path.join(audio_dir, name))
     videos = sorted(n for n in os.listdir(folder) if is_video_file(n) and os.path.isfile(os.path.join(folder, n)))
     if not videos:
         raise BatchListError(f"no video files in {folder}")
     jobs = []
     for name in videos:
         stem = os.path.splitext(name)[0]
-        audio = audio_by_stem.get(stem, os.path.join(audio_dir, f"{stem}.wav"))  # a missing pair fails as its job
+        audio = audio_by_stem.get(_nfc(stem), os.path.join(audio_dir, f"{stem}.wav"))  # no pair: fails as its job
         jobs.append(BatchJob(os.path.join(folder, name), audio, _output_for(name, output_dir, output_format)))
-    return jobs
+    return jobs, videos
 
 
-def _csv_jobs(path: str, output_dir: str, output_format: str) -> list[BatchJob]:
-    """The jobs of a CSV file; rows are numbered as in a spreadsheet (the header is row 1)."""
+def _nfc(name: str) -> str:
+    """``name`` in Unicode's composed form: names typed on one system match the same names saved on another."""
+    return unicodedata.normalize("NFC", name)
+
+
+def _delimiter(header: str) -> str:
+    """The separator that splits the ``header`` line into the video and audio columns (a comma when none does)."""
+    for delimiter in DELIMITERS:
+        names = {c.strip().lower() for c in next(csv.reader([header], delimiter=delimiter), [])}
+        if {"video", "audio"} <= names:
+            return delimiter
+    return ","
+
+
+def _csv_jobs(path: str, output_dir: str, output_format: str) -> tuple[list[BatchJob], list[str]]:
+    """The jobs of a CSV file, and where each is in it (``row N``; rows are numbered as in a spreadsheet: the header
+    is row 1)."""
     base = os.path.dirname(os.path.abspath(path))
     not_text = f"cannot read job list {path}: not a UTF-8 text CSV" + (
         " (it is a video; give a CSV file with video,audio columns or a folder of pairs)" if is_video_file(path) else
@@ -174,30 +211,67 @@ def _csv_jobs(path: str, output_dir: str, output_format: str) -> list[BatchJob]:
     with open(path, "rb") as fh:
         if b"\0" in fh.read(4096):  # a binary file, or UTF-16 (which decodes as UTF-8 when it is plain ASCII)
             raise BatchListError(not_text)
-    jobs = []
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            columns = [c.strip() for c in reader.fieldnames or []]
-            missing = [c for c in ("video", "audio") if c not in columns]
-            if missing:
-                raise BatchListError(f"{path} has no {' or '.join(missing)} column (found: "
-                                     f"{', '.join(columns) or 'none'})")
-            for row in reader:
-                row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
-                if not row.get("video") and not row.get("audio"):
-                    continue  # blank line
-                for column in ("video", "audio"):
-                    if not row.get(column):
-                        raise BatchListError(f"{path} row {reader.line_num} has no {column} (every job needs a "
-                                             "video and an audio path)")
-                video = os.path.join(base, row["video"])
-                output = os.path.join(output_dir, row["output"]) if row.get("output") else \
-                    _output_for(video, output_dir, output_format)
-                jobs.append(BatchJob(video, os.path.join(base, row["audio"]), output))
+            text = fh.read()
     except UnicodeDecodeError:
         raise BatchListError(not_text) from None
-    return jobs
+    layout = "the first line of a CSV job list names its columns: video,audio (and optionally output)"
+    first = next((line for line in text.splitlines() if line.strip()), None)
+    if first is None:
+        raise BatchListError(f"job list {path} is empty; {layout}")
+    delimiter = _delimiter(first)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    columns = [c.strip().lower() for c in next(r for r in reader if any(c.strip() for c in r))]
+    twice = sorted({c for c in columns if c and columns.count(c) > 1})
+    if twice:
+        raise BatchListError(f"{path}: column {', '.join(twice)} appears twice in the header")
+    missing = [c for c in ("video", "audio") if c not in columns]
+    if missing:
+        found = ", ".join(c for c in columns if c) or "none"
+        kind = ": it is JSON, not CSV" if first.lstrip().startswith(("{", "[")) else ""
+        raise BatchListError(f"{path} has no {' or '.join(missing)} column (found: {found}){kind}; {layout}")
+    ignored = [c for c in columns if c and c not in COLUMNS]
+    if ignored:
+        logger.warning("%s: column%s %s ignored (a job list reads %s; the generation options apply to every job)",
+                       path, "s" * (len(ignored) > 1), ", ".join(ignored), ", ".join(COLUMNS))
+    where = {name: columns.index(name) for name in COLUMNS if name in columns}
+    jobs, labels = [], []
+    for cells in reader:
+        cells = [c.strip() for c in cells]
+        row = f"row {reader.line_num}"
+        if any(cells[len(columns):]):
+            raise BatchListError(f"{path} {row} has {len(cells)} fields but the header has {len(columns)}: a path "
+                                 f"with {DELIMITERS[delimiter]} in it must be in double quotes")
+        value = {name: cells[i] if i < len(cells) else "" for name, i in where.items()}
+        if not value["video"] and not value["audio"]:
+            continue  # blank line
+        for column in ("video", "audio"):
+            if not value[column]:
+                raise BatchListError(f"{path} {row} has no {column} (every job needs a video and an audio path)")
+        video, audio = (_listed_path(path, row, base, value[c]) for c in ("video", "audio"))
+        output = os.path.join(output_dir, os.path.expanduser(value["output"])) if value.get("output") else \
+            _output_for(video, output_dir, output_format)
+        jobs.append(BatchJob(video, audio, output))
+        labels.append(row)
+    if not jobs:
+        raise BatchListError(f"no jobs in {path}: it has a header but no rows")
+    return jobs, labels
+
+
+def _listed_path(job_list: str, row: str, base: str, value: str) -> str:
+    """A video or audio path of a CSV row, relative to the CSV's folder ``base``; a relative path that is missing
+    there but found from the current folder is refused (the list was written from another folder)."""
+    value = os.path.expanduser(value)
+    path = os.path.join(base, value)
+    if not os.path.exists(path):  # a name typed in one Unicode form, saved on disk in the other (macOS writes NFD)
+        path = next((p for p in {unicodedata.normalize(f, path) for f in ("NFC", "NFD")} if os.path.exists(p)), path)
+    if not os.path.isabs(value) and not os.path.exists(path) and os.path.exists(value) and \
+            os.path.abspath(value) != path:
+        raise BatchListError(f"{job_list} {row}: {value} is not in the job list's folder {base} but in the current "
+                             "folder: relative paths in a job list are relative to its folder; write them so, or as "
+                             "absolute paths")
+    return path
 
 
 # ---------------------------------------------------------------------------------------------------- the run

@@ -2,8 +2,9 @@
 
 JOBS is a CSV file (columns ``video``, ``audio`` and optionally ``output``) or a folder of video/audio pairs of the same
 name (``talk.mp4`` + ``talk.wav``; ``--audio-dir`` when the audio is elsewhere). Finished outputs are skipped, so the
-same command resumes an interrupted batch; a job that fails is reported and the others go on. The results are
-written to ``OUTPUT_DIR/batch_results.csv`` and ``batch_summary.md``; the exit status is 1 when a job failed.
+same command resumes an interrupted batch (Ctrl-C keeps the finished outputs and says how many); a job that fails is
+reported and the others go on. The results are written to ``OUTPUT_DIR/batch_results.csv`` and
+``batch_summary.md``; the exit status is 1 when a job failed.
 
 Under ``accelerate launch --multi_gpu --num_processes N -m latentsync batch ...`` (one machine, or several through
 accelerate's usual ``--num_machines`` / ``--machine_rank`` / ``--main_process_ip`` options) each process loads the
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 from ..batch import (
     batch_processes,
@@ -64,8 +66,15 @@ def batch(argv: list[str]) -> int:
     pipe = load_pipeline(args, source.local_files_only)
     pipe.set_progress_bar_config(leave=False)
     kwargs = {**generation_kwargs(args), **face_arguments(args)}
-    results = run_batch(pipe, mine, overwrite=args.overwrite, process_index=state.process_index,
-                        make_generator=lambda: torch.Generator("cpu").manual_seed(args.seed), **kwargs)
+    try:
+        results = run_batch(pipe, mine, overwrite=args.overwrite, process_index=state.process_index,
+                            make_generator=lambda: torch.Generator("cpu").manual_seed(args.seed), **kwargs)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (RunInterrupted): the finished outputs stay
+        written = sum(os.path.isfile(job.output) for job in mine)
+        logger.error("stopped by %s: %d of the %d outputs%s are written and kept, the job that was running left "
+                     "nothing; the same command resumes", getattr(exc, "signal_name", "Ctrl-C"), written, len(mine),
+                     f" of process {state.process_index}" if state.num_processes > 1 else "")
+        return getattr(exc, "exit_code", 130)
     results = gather_results(results, state)
     if state.is_main_process:
         csv_path, md_path = write_results(results, args.output_dir)
