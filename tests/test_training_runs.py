@@ -718,3 +718,31 @@ def test_lora_adapter_without_record_onto_wrong_architecture(lora_run, stage1_ru
             LoRABaseMismatchError, match=r"adapts \d+ of its \d+ modules that this U-Net does not have"):
         stage1.load_lora_weights(bare)
     assert "has no record of its base model" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------------- resume
+def loss_rows(folder) -> list[dict]:
+    with open(os.path.join(folder, "losses.jsonl")) as fh:
+        return [json.loads(line) for line in fh]
+
+
+def test_gradient_accumulation_resumes_at_the_data_of_an_uninterrupted_run(tiny, tmp_path):
+    """3 clips, batch 1, accumulation 2: a step's batches cross the end of an epoch. A run resumed at step 2 trains
+    step 3 on the batches an uninterrupted run does (accelerate used to end a step early at an epoch's end, so the
+    data position was not step x accumulation and the resumed run skipped a batch), and every logged step loss is
+    the mean of 2 batches (that short step logged half its loss)."""
+    from latentsync.training.unet_trainer import train
+
+    _, ov = tiny
+    settings = dict(gradient_accumulation_steps=2, checkpointing_steps=2, report_to=None)
+    train(unet_cfg(ov, max_train_steps=3, output_dir=str(tmp_path / "full"), **settings))
+    reset_accelerate()
+    train(unet_cfg(ov, max_train_steps=2, output_dir=str(tmp_path / "resumed"), **settings))
+    reset_accelerate()
+    train(unet_cfg(ov, max_train_steps=3, output_dir=str(tmp_path / "resumed"), resume_from_checkpoint="latest",
+                   **settings))
+    reset_accelerate()
+    full, resumed = loss_rows(tmp_path / "full"), loss_rows(tmp_path / "resumed")
+    assert [r["step"] for r in full] == [r["step"] for r in resumed] == [1, 2, 3]
+    assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in full], rel=1e-6)
+    assert min(r["loss"] for r in full) > 0.8  # no step logged half its loss (the tiny U-Net's noise MSE is ~1)

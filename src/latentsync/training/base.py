@@ -34,7 +34,12 @@ from typing import Any
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, broadcast_object_list
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    GradientAccumulationPlugin,
+    ProjectConfiguration,
+    broadcast_object_list,
+)
 from diffusers.optimization import get_scheduler
 from huggingface_hub import HfApi, snapshot_download
 
@@ -133,7 +138,11 @@ def create_accelerator(cfg: TrainingConfig) -> Accelerator:
         logger.warning("fp16 mixed precision needs a GPU: training in fp32")
         mixed_precision = "no"
     accelerator = Accelerator(
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        # every optimisation step is gradient_accumulation_steps batches, also across the end of an epoch (by default
+        # accelerate ends a step early there): the data position of a step is then step x accumulation batches,
+        # which resuming relies on, and each logged loss is the mean of that many batches
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=cfg.gradient_accumulation_steps,
+                                                                sync_with_dataloader=False),
         mixed_precision=mixed_precision,
         log_with=cfg.report_to,
         project_config=ProjectConfiguration(project_dir=cfg.output_dir,
