@@ -746,3 +746,13 @@ def test_gradient_accumulation_resumes_at_the_data_of_an_uninterrupted_run(tiny,
     assert [r["step"] for r in full] == [r["step"] for r in resumed] == [1, 2, 3]
     assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in full], rel=1e-6)
     assert min(r["loss"] for r in full) > 0.8  # no step logged half its loss (the tiny U-Net's noise MSE is ~1)
+
+
+def test_whisper_encoder_folder_loads(tiny):
+    """``whisper=`` naming a saved WhisperAudioEncoder (a pipeline's ``audio_encoder/``) instead of a full Whisper
+    checkpoint: transformers failed on ``subfolder=None``."""
+    from latentsync.training.components import load_whisper_encoder
+
+    _, ov = tiny
+    encoder = load_whisper_encoder(os.path.join(ov["components_from"], "audio_encoder"))
+    assert type(encoder).__name__ == "WhisperAudioEncoder"
