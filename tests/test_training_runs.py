@@ -770,6 +770,9 @@ def test_resume_point_is_checked_before_any_model_loads(tiny, stage1_run, tmp_pa
               max_train_steps=3), r"holds checkpoints after step 1 \(checkpoint-2, checkpoint-3\)"),
         (dict(resume_from_checkpoint="latest", use_ema=False, max_train_steps=4),
          r"checkpoint-3 was saved with use_ema=true \(now false\)"),
+        (dict(resume_from_checkpoint=str(used), max_train_steps=4),  # the run folder, not one of its checkpoints
+         f"resume_from_checkpoint={used} is not a checkpoint folder .*its newest checkpoint is "
+         f"{used / 'checkpoints' / 'checkpoint-3'}"),
     ]
     for extra, message in cases:
         with pytest.raises(TrainingConfigError, match=message):
@@ -847,6 +850,19 @@ def test_output_dir_that_cannot_be_written_is_one_line_before_models_load(tiny, 
                        match="cannot write output_dir /proc/latentsync-run: /proc is not writable"):
         train(unet_cfg(ov, output_dir="/proc/latentsync-run"))
     reset_accelerate()
+
+
+def test_missing_validation_clip_is_one_line_before_models_load(tiny, tmp_path, no_model_loads, example_speech):
+    """A validation_video that does not exist: refused at once (every validation used to fail with a warning, and the
+    run ended without any validation video)."""
+    from latentsync.training.unet_trainer import train
+
+    _, ov = tiny
+    with pytest.raises(TrainingConfigError, match=f"validation_video file not found: {tmp_path / 'face.mp4'}"):
+        train(unet_cfg(ov, output_dir=str(tmp_path / "run"), validation_video=str(tmp_path / "face.mp4"),
+                       validation_audio=str(example_speech)))
+    reset_accelerate()
+    assert not (tmp_path / "run").exists()
 
 
 def test_second_run_into_a_folder_in_use_is_refused(tiny, tmp_path, no_model_loads):

@@ -340,6 +340,13 @@ def _find_resume(cfg: TrainingConfig, num_processes: int) -> str | None:
         raise TrainingConfigError(f"checkpoint folder not found: {cfg.resume_from_checkpoint}")
     else:
         path = cfg.resume_from_checkpoint
+        if not re.fullmatch(rf"{CHECKPOINT_PREFIX}\d+", os.path.basename(os.path.normpath(path))):
+            # a run folder (its checkpoints/ inside) or its checkpoints/ folder, given instead of one checkpoint
+            inside = list_checkpoints(path) or list_checkpoints(os.path.dirname(os.path.normpath(path)))
+            hint = (f": its newest checkpoint is {inside[-1]} (or resume with resume_from_checkpoint=latest and "
+                    f"output_dir set to the run folder)" if inside else "")
+            raise TrainingConfigError(f"resume_from_checkpoint={path} is not a checkpoint folder "
+                                      f"({CHECKPOINT_PREFIX}<step>){hint}")
     if path is not None:
         check_resume_point(cfg, path, num_processes)
     return path

@@ -30,13 +30,14 @@ from ..data.clips import ClipSourceInfo, check_clip_source
 from ..data.unet_dataset import EpochSampler, UNetClipDataset
 from ..face.mask import latent_mouth_mask, mouth_mask
 from ..loaders.lora import save_lora_adapter
+from ..media.files import check_input_file
 from ..media.video import trim_media
 from ..model_source import check_model_sources, check_syncnet_folder
 from ..pipeline import LatentSyncPipeline
 from ..utils import scale_latents, unscale_latents
 from . import base
 from .components import TrainingComponents, load_components, model_sources, unet_start
-from .config import UNetTrainingConfig
+from .config import TrainingConfigError, UNetTrainingConfig
 from .losses import lower_half, mixed_noise, predict_x0
 
 logger = logging.getLogger(__name__)
@@ -268,6 +269,9 @@ def train(cfg: UNetTrainingConfig) -> dict[str, Any]:
     check_model_sources(sources)
     if "syncnet" in sources:
         check_syncnet_folder("syncnet", cfg.syncnet, cfg.syncnet_subfolder)
+    for setting in ("validation_video", "validation_audio"):  # else every validation fails, with a warning
+        if getattr(cfg, setting):
+            check_input_file(getattr(cfg, setting), TrainingConfigError, setting)
     base.check_hub_settings(cfg)
     base.check_output_dir(cfg)
     _stage_warnings(cfg)
