@@ -1005,3 +1005,17 @@ def test_whisper_encoder_folder_loads(tiny):
     _, ov = tiny
     encoder = load_whisper_encoder(os.path.join(ov["components_from"], "audio_encoder"))
     assert type(encoder).__name__ == "WhisperAudioEncoder"
+
+
+def test_clips_too_short_for_the_windows_end_the_run_before_models_load(tiny, tmp_path, no_model_loads):
+    """num_frames=32 needs clips of 64 frames (ground truth and reference windows); the test clips have 55: one line
+    before any model loads, nothing written (it used to come at the first step, after the models loaded and the run
+    folder was written, so that running again needed overwrite_output_dir)."""
+    from latentsync.data.clips import TrainingDataError
+    from latentsync.training.unet_trainer import train
+
+    _, ov = tiny
+    with pytest.raises(TrainingDataError, match="shorter than 64 frames.*clip has 55 frames, needs at least 64"):
+        train(unet_cfg(ov, num_frames=32, output_dir=str(tmp_path / "run")))
+    reset_accelerate()
+    assert not (tmp_path / "run").exists()

@@ -295,6 +295,7 @@ def _train(cfg: UNetTrainingConfig, accelerator: Accelerator) -> dict[str, Any]:
                                   cache_clips=cfg.cache_clips)
     data_info = dataset.source.info()
     data_info.check_aligned_faces(cfg.train_data)
+    dataset.check()  # clips too short for num_frames end the run here, not at its first step
     if len(dataset) < cfg.train_batch_size * accelerator.num_processes:
         logger.warning("train_data holds %d clips, fewer than a batch of %d: every step trains on those %d clips",
                        len(dataset), cfg.train_batch_size * accelerator.num_processes, len(dataset))
