@@ -166,6 +166,7 @@ def test_configs_say_what_they_are():
     (None, ["stage=1", "trainable_modules=[motion_modules.]"], "selects only temporal layers"),
     (None, ["max_train_steps=0"], "max_train_steps must be >= 1"),
     (None, ["checkpoints_total_limit=0"], "checkpoints_total_limit must be >= 1"),
+    (None, ["report_to=tensorbord"], "report_to must be one of .*tensorboard.* or null"),
     (None, ["unet_config={down_block_type: [a]}"],
      "unet_config: down_block_type is no LatentSyncUNet argument .*did you mean down_block_types"),
 ])
@@ -1019,3 +1020,14 @@ def test_clips_too_short_for_the_windows_end_the_run_before_models_load(tiny, tm
         train(unet_cfg(ov, num_frames=32, output_dir=str(tmp_path / "run")))
     reset_accelerate()
     assert not (tmp_path / "run").exists()
+
+
+def test_tracker_that_is_not_installed_is_one_line(monkeypatch):
+    """report_to=wandb without wandb: accelerate only warned and the run went on without any tracker."""
+    import accelerate.tracking
+
+    monkeypatch.setattr(accelerate.tracking, "get_available_trackers", lambda: [])
+    cfg = load_config(CONFIGS / "unet_tiny_stage1.yaml", ["train_data=x", "report_to=wandb"])
+    with pytest.raises(TrainingConfigError, match=r"report_to=wandb needs the wandb package, which is not installed: "
+                                                  r"install it \(pip install wandb\) or set report_to=null"):
+        cfg.validate()

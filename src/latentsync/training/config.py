@@ -14,7 +14,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import accelerate.tracking
 import yaml
+from accelerate.utils import LoggerType
 
 from ..errors import LatentSyncInputError
 from ..models.syncnet import SYNCNET_CONFIGS as SYNCNET_PRESETS
@@ -125,6 +127,17 @@ class TrainingConfig:
                      "checkpointing_steps", "logging_steps"):
             if getattr(self, name) < 1:
                 raise TrainingConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.report_to is not None:
+            choices = LoggerType.list()
+            if self.report_to not in choices:
+                raise TrainingConfigError(f"report_to must be one of {', '.join(choices)} or null (no tracker), got "
+                                          f"{self.report_to!r}")
+            installed = {tracker.value for tracker in accelerate.tracking.get_available_trackers()}
+            if self.report_to != "all" and self.report_to not in installed:
+                raise TrainingConfigError(
+                    f"report_to={self.report_to} needs the {self.report_to} package, which is not installed: install "
+                    f"it (pip install {self.report_to.replace('_', '-')}) or set report_to=null (installed trackers: "
+                    f"{', '.join(sorted(installed)) or 'none'})")
         if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
             raise TrainingConfigError(f"checkpoints_total_limit must be >= 1 (or null: keep every checkpoint), got "
                                       f"{self.checkpoints_total_limit}")
