@@ -1031,3 +1031,15 @@ def test_tracker_that_is_not_installed_is_one_line(monkeypatch):
     with pytest.raises(TrainingConfigError, match=r"report_to=wandb needs the wandb package, which is not installed: "
                                                   r"install it \(pip install wandb\) or set report_to=null"):
         cfg.validate()
+
+
+def test_fewer_clips_than_a_batch_is_said(tiny, tmp_path, no_model_loads):
+    """3 clips with train_batch_size=4: every step trains on the 3 clips, not the 4 the start-of-run summary
+    counts; a warning says so before the models load."""
+    from latentsync.training.unet_trainer import train
+
+    _, ov = tiny
+    with LogText() as log, pytest.raises(AssertionError, match="a model was loaded"):
+        train(unet_cfg(ov, train_batch_size=4, output_dir=str(tmp_path / "run")))
+    reset_accelerate()
+    assert "train_data holds 3 clips, fewer than a batch of 4: every step trains on those 3 clips" in log.text
