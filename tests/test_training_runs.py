@@ -15,6 +15,7 @@ import sys
 import textwrap
 import time
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -164,6 +165,10 @@ def test_configs_say_what_they_are():
     (None, ["resume_from_checkpoint=latest", "overwrite_output_dir=true"], "contradict each other"),
     (None, ["stage=1", "trainable_modules=[motion_modules.]"], "selects only temporal layers"),
     (None, ["max_train_steps=0"], "max_train_steps must be >= 1"),
+    (None, ["checkpoints_total_limit=0"], "checkpoints_total_limit must be >= 1"),
+    (None, ["report_to=tensorbord"], "report_to must be one of .*tensorboard.* or null"),
+    (None, ["unet_config={down_block_type: [a]}"],
+     "unet_config: down_block_type is no LatentSyncUNet argument .*did you mean down_block_types"),
 ])
 def test_bad_settings_end_in_one_line(tmp_path, caplog, contents, overrides, message):
     from latentsync.commands.train import train_unet_command
@@ -718,3 +723,323 @@ def test_lora_adapter_without_record_onto_wrong_architecture(lora_run, stage1_ru
             LoRABaseMismatchError, match=r"adapts \d+ of its \d+ modules that this U-Net does not have"):
         stage1.load_lora_weights(bare)
     assert "has no record of its base model" in caplog.text
+
+
+# ---------------------------------------------------------------------------------------------------- resume
+def loss_rows(folder) -> list[dict]:
+    with open(os.path.join(folder, "losses.jsonl")) as fh:
+        return [json.loads(line) for line in fh]
+
+
+def test_gradient_accumulation_resumes_at_the_data_of_an_uninterrupted_run(tiny, tmp_path):
+    """3 clips, batch 1, accumulation 2: a step's batches cross the end of an epoch. A run resumed at step 2 trains
+    step 3 on the batches an uninterrupted run does (accelerate used to end a step early at an epoch's end, so the
+    data position was not step x accumulation and the resumed run skipped a batch), and every logged step loss is
+    the mean of 2 batches (that short step logged half its loss)."""
+    from latentsync.training.unet_trainer import train
+
+    _, ov = tiny
+    settings = dict(gradient_accumulation_steps=2, checkpointing_steps=2, report_to=None)
+    train(unet_cfg(ov, max_train_steps=3, output_dir=str(tmp_path / "full"), **settings))
+    reset_accelerate()
+    train(unet_cfg(ov, max_train_steps=2, output_dir=str(tmp_path / "resumed"), **settings))
+    reset_accelerate()
+    train(unet_cfg(ov, max_train_steps=3, output_dir=str(tmp_path / "resumed"), resume_from_checkpoint="latest",
+                   **settings))
+    reset_accelerate()
+    full, resumed = loss_rows(tmp_path / "full"), loss_rows(tmp_path / "resumed")
+    assert [r["step"] for r in full] == [r["step"] for r in resumed] == [1, 2, 3]
+    assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in full], rel=1e-6)
+    assert min(r["loss"] for r in full) > 0.8  # no step logged half its loss (the tiny U-Net's noise MSE is ~1)
+
+
+def test_resume_point_is_checked_before_any_model_loads(tiny, stage1_run, tmp_path, no_model_loads):
+    """A checkpoint the run cannot continue from is one line before anything loads, and the run folder is not
+    touched: a step beyond max_train_steps, checkpoints of a later step (resuming from an earlier checkpoint would
+    overwrite them one by one, rotation deleted the new ones and kept those, and ``latest`` picked them), settings
+    that shape the saved state (here the EMA; it used to fail in accelerate after the models loaded)."""
+    from latentsync.training.unet_trainer import train
+
+    _, ov = tiny
+    used = tmp_path / "used"
+    shutil.copytree(stage1_run[0].output_dir, used)
+    before = snapshot(used)
+    cases = [
+        (dict(resume_from_checkpoint="latest", max_train_steps=2),
+         "checkpoint-3 is at step 3, beyond max_train_steps=2"),
+        (dict(resume_from_checkpoint=str(used / "checkpoints" / "checkpoint-1"), checkpoints_total_limit=1,
+              max_train_steps=3), r"holds checkpoints after step 1 \(checkpoint-2, checkpoint-3\)"),
+        (dict(resume_from_checkpoint="latest", use_ema=False, max_train_steps=4),
+         r"checkpoint-3 was saved with use_ema=true \(now false\)"),
+        (dict(resume_from_checkpoint=str(used), max_train_steps=4),  # the run folder, not one of its checkpoints
+         f"resume_from_checkpoint={used} is not a checkpoint folder .*its newest checkpoint is "
+         f"{used / 'checkpoints' / 'checkpoint-3'}"),
+    ]
+    for extra, message in cases:
+        with pytest.raises(TrainingConfigError, match=message):
+            train(unet_cfg(ov, output_dir=str(used), ema_decay=0.5, **extra))
+        reset_accelerate()
+    assert snapshot(used) == before
+
+
+def test_resume_warns_of_ignored_settings_and_survives_a_cut_log_line(tiny, stage1_run, tmp_path):
+    """A learning rate changed on resume is not used (the checkpoint's optimiser state holds it): a warning says so.
+    A last line of losses.jsonl cut short (a full disk, a kill while writing) is dropped instead of ending the
+    resume in a JSON traceback."""
+    from latentsync.training.unet_trainer import train
+
+    _, ov = tiny
+    used = tmp_path / "used"
+    shutil.copytree(stage1_run[0].output_dir, used)
+    with open(used / "losses.jsonl", "a") as fh:
+        fh.write('{"step": 4, "rec')
+    with LogText() as log:
+        train(unet_cfg(ov, output_dir=str(used), resume_from_checkpoint="latest", max_train_steps=4, use_ema=True,
+                       ema_decay=0.5, learning_rate=1e-6, checkpointing_steps=1))
+    reset_accelerate()
+    assert "not used when resuming: learning_rate=1e-06 (the checkpoint's: 0.0001)" in log.text
+    assert [r["step"] for r in loss_rows(used)] == [1, 2, 3, 4]
+    assert all(r["lr"] == 1e-4 for r in loss_rows(used))
+
+
+def test_checkpoint_of_other_settings_without_their_record_is_one_line(tiny, stage1_run, tmp_path):
+    """A checkpoint of an earlier version (no record of its settings) whose state does not fit the run's model:
+    one line instead of accelerate's traceback."""
+    from latentsync.training.unet_trainer import train
+
+    _, ov = tiny
+    used = tmp_path / "used"
+    shutil.copytree(stage1_run[0].output_dir, used)
+    for checkpoint in (used / "checkpoints").iterdir():
+        if (checkpoint / "run_config.json").exists():
+            (checkpoint / "run_config.json").unlink()
+    with pytest.raises(TrainingConfigError, match="cannot resume from .*checkpoint-3: its saved state does not fit"):
+        train(unet_cfg(ov, output_dir=str(used), resume_from_checkpoint="latest", max_train_steps=4, use_ema=False))
+    reset_accelerate()
+
+
+def test_rotation_never_deletes_the_checkpoint_it_saved(tmp_path):
+    """checkpoints_total_limit keeps the newest checkpoints up to the one just saved; one of a later step (left by
+    another run) neither counts nor pushes the new one out."""
+    from types import SimpleNamespace
+
+    from latentsync.training import base
+    from latentsync.training.config import SyncNetTrainingConfig
+
+    root = tmp_path / "checkpoints"
+    for step in (1, 2, 9):
+        (root / f"checkpoint-{step}").mkdir(parents=True)
+    acc = SimpleNamespace(is_main_process=True, num_processes=1, wait_for_everyone=lambda: None,
+                          save_state=lambda path: os.makedirs(path))
+    cfg = SyncNetTrainingConfig(train_data="x", output_dir=str(tmp_path), checkpoints_total_limit=2)
+    base.save_checkpoint(acc, cfg, 3)
+    assert sorted(os.listdir(root)) == ["checkpoint-2", "checkpoint-3", "checkpoint-9"]
+
+
+# ---------------------------------------------------------------------------------------------------- run folder
+def test_output_dir_that_cannot_be_written_is_one_line_before_models_load(tiny, tmp_path, no_model_loads):
+    from latentsync.training.unet_trainer import train
+
+    _, ov = tiny
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(TrainingConfigError, match=f"cannot create output_dir .*: {tmp_path / 'a_file'} is a file"):
+        train(unet_cfg(ov, output_dir=str(tmp_path / "a_file" / "run")))
+    reset_accelerate()
+    if not os.path.isdir("/proc"):
+        pytest.skip("no /proc: no folder that even root cannot write")
+    with pytest.raises(TrainingConfigError,
+                       match="cannot write output_dir /proc/latentsync-run: /proc is not writable"):
+        train(unet_cfg(ov, output_dir="/proc/latentsync-run"))
+    reset_accelerate()
+
+
+def test_missing_validation_clip_is_one_line_before_models_load(tiny, tmp_path, no_model_loads, example_speech):
+    """A validation_video that does not exist: refused at once (every validation used to fail with a warning, and the
+    run ended without any validation video)."""
+    from latentsync.training.unet_trainer import train
+
+    _, ov = tiny
+    with pytest.raises(TrainingConfigError, match=f"validation_video file not found: {tmp_path / 'face.mp4'}"):
+        train(unet_cfg(ov, output_dir=str(tmp_path / "run"), validation_video=str(tmp_path / "face.mp4"),
+                       validation_audio=str(example_speech)))
+    reset_accelerate()
+    assert not (tmp_path / "run").exists()
+
+
+def test_second_run_into_a_folder_in_use_is_refused(tiny, tmp_path, no_model_loads):
+    """A run holds its output_dir (a lock): a second one started meanwhile (here: resuming it, which a used folder
+    allows) is refused at once instead of writing its steps and checkpoints among the first one's."""
+    import fcntl
+
+    from latentsync.training.unet_trainer import train
+
+    _, ov = tiny
+    out = tmp_path / "run"
+    out.mkdir()
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # as the running trainer holds it
+        with pytest.raises(TrainingConfigError, match="is in use by another training run right now"):
+            train(unet_cfg(ov, output_dir=str(out), resume_from_checkpoint="latest"))
+        reset_accelerate()
+    finally:
+        os.close(fd)
+    assert os.listdir(out) == []
+    with pytest.raises(AssertionError, match="a model was loaded"):  # free again: the run goes on to its models
+        train(unet_cfg(ov, output_dir=str(tmp_path / "new")))
+    reset_accelerate()
+    assert not (tmp_path / "new").exists()  # the folder the failed run made is removed again
+
+
+def test_full_disk_while_saving_is_one_line_naming_the_last_checkpoint(tiny, tmp_path, monkeypatch, caplog):
+    """The disk fills up while checkpoint-2 is written: one line (what, why, the free space, the checkpoint to
+    resume from), exit status 1, no half-written checkpoint left; the same when the final pipeline cannot be
+    written."""
+    import errno
+
+    from accelerate import Accelerator
+
+    from latentsync.commands.train import train_unet_command
+    from latentsync.training import unet_trainer
+
+    _, ov = tiny
+    real = Accelerator.save_state
+
+    def save_state(self, path, *args, **kwargs):
+        if path.endswith("checkpoint-2"):
+            os.makedirs(path, exist_ok=True)
+            open(os.path.join(path, "model.safetensors"), "wb").close()
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "save_state", save_state)
+    args = ["--config", str(CONFIGS / "unet_tiny_stage1.yaml"), f"components_from={ov['components_from']}",
+            f"train_data={ov['train_data']}", "max_train_steps=3", "checkpointing_steps=1"]
+    out = tmp_path / "run"
+    with caplog.at_level(logging.ERROR, logger="latentsync"):
+        assert train_unet_command([*args, f"output_dir={out}"]) == 1
+    reset_accelerate()
+    [line] = error_lines(caplog)
+    assert line.startswith(f"could not write checkpoint-2 in {out} (OSError: [Errno 28] No space left on device; ")
+    assert "MB free there); the last complete checkpoint is checkpoint-1: make room" in line
+    assert sorted(os.listdir(out / "checkpoints")) == ["checkpoint-1"]
+    monkeypatch.setattr(Accelerator, "save_state", real)
+
+    def full(*a, **k):
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 181632 vs 181520")
+
+    monkeypatch.setattr(unet_trainer, "save_final_pipeline", full)
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="latentsync"):
+        assert train_unet_command([*args, f"output_dir={tmp_path / 'run2'}"]) == 1
+    reset_accelerate()
+    assert error_lines(caplog)[0].startswith(f"could not write the trained pipeline in {tmp_path / 'run2'} "
+                                             "(RuntimeError: ")
+    assert "the last complete checkpoint is checkpoint-3" in error_lines(caplog)[0]
+
+
+# ---------------------------------------------------------------------------------------------------- data, models
+def test_raw_videos_and_non_syncnets_are_refused_before_training(tiny, tmp_path, sync_clips_dir):
+    """Raw (not square) videos as train_data, for both trainers, and a folder that holds no SyncNet as syncnet= of
+    stage 2 (a U-Net folder ended in a meta-tensor traceback after the U-Net loaded; a U-Net run folder in a
+    diffusers error): one line each, nothing written."""
+    from conftest import write_video
+
+    from latentsync.data.clips import TrainingDataError
+    from latentsync.errors import ModelNotFoundError
+    from latentsync.loaders.official import load_syncnet
+    from latentsync.training.syncnet_trainer import train_syncnet
+    from latentsync.training.unet_trainer import train
+
+    root, ov = tiny
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    frames = [np.full((48, 64, 3), 100 + i, "uint8") for i in range(50)]  # long enough to train on
+    write_video(raw / "talk.mp4", frames, audio=np.zeros(32000))
+    message = f"train_data={raw} holds videos of 64 x 48 px, not aligned face clips .*latentsync prepare {raw}"
+    with pytest.raises(TrainingDataError, match=message):
+        train(unet_cfg(ov, train_data=str(raw), output_dir=str(tmp_path / "u")))
+    reset_accelerate()
+    with pytest.raises(TrainingDataError, match=message):
+        train_syncnet(syncnet_cfg(raw, tmp_path / "s"))
+    reset_accelerate()
+    unet_run = tmp_path / "unet_run"
+    (unet_run / "checkpoints").mkdir(parents=True)
+    (unet_run / "config.json").write_text("{}")
+    cases = [(os.path.join(ov["components_from"], "unet"), "it holds a LatentSyncUNet, not a StableSyncNet"),
+             (ov["components_from"], "it holds a lip-sync pipeline"),
+             (str(unet_run), "it is the folder of a U-Net training run")]
+    for folder, what in cases:
+        with pytest.raises(ModelNotFoundError, match=f"syncnet={folder} is no SyncNet: {what}"):
+            train(unet_cfg(ov, "unet_tiny.yaml", syncnet=folder, output_dir=str(tmp_path / "u")))
+        reset_accelerate()
+    with pytest.raises(FileNotFoundError, match="LatentSyncUNet, not a StableSyncNet"):
+        load_syncnet(os.path.join(ov["components_from"], "unet"))
+    assert not (tmp_path / "u").exists() and not (tmp_path / "s").exists()
+
+
+def test_syncnet_windows_that_do_not_fit_the_time_range_end_the_run_before_it_starts(sync_clips_dir, tmp_path):
+    """A validation time range too short for a window: one line naming val_time_range before the run starts (it used
+    to end the run at its first validation, after validation_steps of training, with nothing saved)."""
+    from latentsync.data.clips import TrainingDataError
+    from latentsync.training.syncnet_trainer import train_syncnet
+
+    cfg = syncnet_cfg(sync_clips_dir, tmp_path / "s", train_time_range=[0.0, 0.95], val_time_range=[0.95, 1.0])
+    with pytest.raises(TrainingDataError, match=r"val_time_range=\[0.95, 1.0\]: could not draw a sample"):
+        train_syncnet(cfg)
+    reset_accelerate()
+    assert not (tmp_path / "s").exists()
+
+
+def test_misspelt_model_arguments_are_one_line(tmp_path):
+    cfg = load_syncnet_config(CONFIGS / "syncnet_tiny.yaml", ["train_data=x", "model_config.num_frame=16"])
+    with pytest.raises(TrainingConfigError, match="model_config: num_frame is no StableSyncNet argument "
+                                                  r"\(did you mean num_frames\?\)"):
+        cfg.validate()
+
+
+def test_whisper_encoder_folder_loads(tiny):
+    """``whisper=`` naming a saved WhisperAudioEncoder (a pipeline's ``audio_encoder/``) instead of a full Whisper
+    checkpoint: transformers failed on ``subfolder=None``."""
+    from latentsync.training.components import load_whisper_encoder
+
+    _, ov = tiny
+    encoder = load_whisper_encoder(os.path.join(ov["components_from"], "audio_encoder"))
+    assert type(encoder).__name__ == "WhisperAudioEncoder"
+
+
+def test_clips_too_short_for_the_windows_end_the_run_before_models_load(tiny, tmp_path, no_model_loads):
+    """num_frames=32 needs clips of 64 frames (ground truth and reference windows); the test clips have 55: one line
+    before any model loads, nothing written (it used to come at the first step, after the models loaded and the run
+    folder was written, so that running again needed overwrite_output_dir)."""
+    from latentsync.data.clips import TrainingDataError
+    from latentsync.training.unet_trainer import train
+
+    _, ov = tiny
+    with pytest.raises(TrainingDataError, match="shorter than 64 frames.*clip has 55 frames, needs at least 64"):
+        train(unet_cfg(ov, num_frames=32, output_dir=str(tmp_path / "run")))
+    reset_accelerate()
+    assert not (tmp_path / "run").exists()
+
+
+def test_tracker_that_is_not_installed_is_one_line(monkeypatch):
+    """report_to=wandb without wandb: accelerate only warned and the run went on without any tracker."""
+    import accelerate.tracking
+
+    monkeypatch.setattr(accelerate.tracking, "get_available_trackers", lambda: [])
+    cfg = load_config(CONFIGS / "unet_tiny_stage1.yaml", ["train_data=x", "report_to=wandb"])
+    with pytest.raises(TrainingConfigError, match=r"report_to=wandb needs the wandb package, which is not installed: "
+                                                  r"install it \(pip install wandb\) or set report_to=null"):
+        cfg.validate()
+
+
+def test_fewer_clips_than_a_batch_is_said(tiny, tmp_path, no_model_loads):
+    """3 clips with train_batch_size=4: every step trains on the 3 clips, not the 4 the start-of-run summary
+    counts; a warning says so before the models load."""
+    from latentsync.training.unet_trainer import train
+
+    _, ov = tiny
+    with LogText() as log, pytest.raises(AssertionError, match="a model was loaded"):
+        train(unet_cfg(ov, train_batch_size=4, output_dir=str(tmp_path / "run")))
+    reset_accelerate()
+    assert "train_data holds 3 clips, fewer than a batch of 4: every step trains on those 3 clips" in log.text

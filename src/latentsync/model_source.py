@@ -13,6 +13,7 @@ so that the command line reports bad input before paying for it.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -194,6 +195,48 @@ def check_not_training_run(folder: str | os.PathLike) -> None:
     hint = f"load {final} (its final weights), or " if os.path.isfile(os.path.join(final, "model_index.json")) else ""
     raise ModelNotFoundError(f"{folder} is a training run folder, not a pipeline: {hint}turn one of its checkpoints "
                              f"into a pipeline with `latentsync export-checkpoint {folder} OUTPUT`")
+
+
+def syncnet_folder_problem(folder: str | os.PathLike, subfolder: str | None = None) -> str | None:
+    """Why the local ``folder`` (its ``subfolder``) holds no StableSyncNet, saying what it holds instead (a U-Net, a
+    pipeline, a training run: for a SyncNet run, where its model is); None when it holds one (a diffusers folder
+    whose ``config.json`` names ``StableSyncNet``, or an official ``stable_syncnet.pt``). Reads only small files."""
+    folder = os.path.expanduser(os.fspath(folder))
+    inner = os.path.join(folder, subfolder or "")
+    config = None
+    try:
+        with open(os.path.join(inner, "config.json")) as fh:
+            config = json.load(fh)
+    except (OSError, ValueError):
+        pass
+    kind = config.get("_class_name") if isinstance(config, dict) else None
+    if kind == "StableSyncNet" or os.path.isfile(os.path.join(inner, OFFICIAL_SYNCNET_FILE)):
+        return None
+    if kind:
+        return f"it holds a {kind}, not a StableSyncNet"
+    if any(os.path.exists(os.path.join(folder, name)) for name in TRAINING_RUN_MARKS):
+        if any(os.path.isdir(os.path.join(folder, name)) for name in ("syncnet_best", "syncnet")):
+            model = next(os.path.join(folder, name) for name in ("syncnet_best", "syncnet")
+                         if os.path.isdir(os.path.join(folder, name)))
+            return f"it is a SyncNet training run folder: its model is {model}"
+        return "it is the folder of a U-Net training run, not a SyncNet"
+    if any(os.path.isfile(os.path.join(inner, name)) for name in PIPELINE_FILES):
+        return "it holds a lip-sync pipeline, not a SyncNet"
+    return f"no StableSyncNet in it (no config.json naming one, no {OFFICIAL_SYNCNET_FILE})"
+
+
+def check_syncnet_folder(setting: str, source: str | os.PathLike | None, subfolder: str | None = None) -> None:
+    """Refuse, before anything loads, a local folder given as a SyncNet (``setting``, e.g. ``syncnet``) that holds
+    none (see [`syncnet_folder_problem`]); files and Hub ids pass (their loaders check them).
+
+    Raises:
+        ModelNotFoundError: one line naming the setting and what the folder holds instead.
+    """
+    if source is None or not os.path.isdir(os.path.expanduser(os.fspath(source))):
+        return
+    problem = syncnet_folder_problem(source, subfolder)
+    if problem is not None:
+        raise ModelNotFoundError(f"{setting}={os.fspath(source)} is no SyncNet: {problem}")
 
 
 def check_model_source(name: str | os.PathLike, cache_dir: str | os.PathLike | None = None,

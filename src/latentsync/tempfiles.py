@@ -248,6 +248,18 @@ def nearest_folder(folder: str | os.PathLike) -> tuple[str, str | None]:
     return existing, blocker
 
 
+def writable_problem(folder: str | os.PathLike) -> str | None:
+    """Why no file can be created in the existing ``folder`` (e.g. ``Read-only file system``), or None when one can
+    (checked by creating and removing a file there)."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".latentsync-write-test-", dir=os.fspath(folder))
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    os.close(fd)
+    os.remove(probe)
+    return None
+
+
 def make_missing_folders(folder: str | os.PathLike) -> list[str]:
     """Create ``folder`` and its missing parents; returns the folders created, innermost first."""
     missing, folder = [], os.path.abspath(folder)

@@ -7,7 +7,9 @@ Exit status: 0 when the run finished; 2, with one line and before anything loads
 or contradict each other, data or models that cannot be found, a Hub that ``push_to_hub`` or
 ``resume_from_checkpoint=hub`` needs and cannot reach, and a used output folder; 130 after Ctrl-C and 143 after
 SIGTERM, with one line naming the last step and checkpoint; 1 when the run finished and saved its result but the
-final upload of ``push_to_hub`` failed (one line saying where the result is; the JSON summary has ``push_error``).
+final upload of ``push_to_hub`` failed (one line saying where the result is; the JSON summary has ``push_error``),
+and 1 when the run could not write its files (a full disk, a folder turned read-only: one line naming what could not
+be written, the free space and the last checkpoint to resume from).
 """
 
 from __future__ import annotations
@@ -80,6 +82,13 @@ def _run(usage: str, load: Callable[..., TrainingConfig], run: Callable[[Any], d
                    "train/configs/<name>.yaml)"
         logger.error("%s%s", exc, hint)
         return 2
+    except (base.TrainingStorageError, OSError) as exc:  # the disk filled up, the folder turned read-only
+        if isinstance(exc, OSError) and (cfg is None or exc.errno not in base.STORAGE_ERRNOS):
+            raise
+        if not isinstance(exc, base.TrainingStorageError):
+            exc = base.storage_error(cfg, exc.filename or "its files", exc)
+        logger.error("%s", exc)
+        return 1
     except BaseException as exc:  # noqa: BLE001 - Ctrl-C or SIGTERM (RunInterrupted), also behind a library's error
         interrupt = base.interrupt_of(exc)
         if interrupt is None:

@@ -45,6 +45,18 @@ class ClipSourceInfo:
             text += f", {self.seconds:.1f} s"
         return f"{text} ({source if isinstance(source, (str, os.PathLike)) else type(source).__name__})"
 
+    def check_aligned_faces(self, source: Any, setting: str = "train_data") -> None:
+        """Raise [`TrainingDataError`] when the clips are not aligned faces: those are square (``latentsync prepare``
+        writes 256 x 256 px), so a first clip of another shape is a folder of raw videos (whole frames, which
+        training would squash into squares)."""
+        if self.frame_size is None or self.frame_size[0] == self.frame_size[1]:
+            return
+        w, h = self.frame_size
+        name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "DATA"
+        raise TrainingDataError(
+            f"{setting}={name} holds videos of {w} x {h} px, not aligned face clips (square, e.g. 256 x 256): make "
+            f"them with `latentsync prepare {name} PREPARED` and train on PREPARED")
+
 
 def is_saved_dataset(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a folder written by ``datasets``' ``save_to_disk``."""

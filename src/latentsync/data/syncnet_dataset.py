@@ -187,6 +187,15 @@ class SyncNetDataset(Dataset):
         return int(candidates[rng.integers(0, len(candidates))])
 
     def __getitem__(self, i: int) -> dict[str, Any]:
+        return self._draw(i)
+
+    def check(self) -> None:
+        """Draw the first sample as training would, so that clips too short for windows inside ``time_range`` are
+        reported (a [`TrainingDataError`]) before a run starts rather than at its first use of this dataset."""
+        if self.num_samples:
+            self._draw(0)
+
+    def _draw(self, i: int) -> dict[str, Any]:
         rng = np.random.default_rng([self.seed, self.index_offset + int(i)])
         for _ in range(self.max_tries):
             ci = int(rng.integers(0, len(self.clips)))

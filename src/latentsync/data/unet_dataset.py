@@ -114,6 +114,14 @@ class UNetClipDataset(Dataset):
         return start, int(candidates[rng.integers(0, len(candidates))])
 
     def __getitem__(self, item: int) -> dict[str, Any]:
+        return self._draw(item)
+
+    def check(self) -> None:
+        """Draw the first sample as training would, so that clips too short for ``num_frames`` windows (or unreadable
+        ones) are reported (a [`TrainingDataError`]) before a run loads its models rather than at its first step."""
+        self._draw(0)
+
+    def _draw(self, item: int) -> dict[str, Any]:
         n = len(self)
         epoch, index = divmod(int(item), n)
         last_error: Exception | None = None

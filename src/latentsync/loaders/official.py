@@ -38,7 +38,13 @@ from huggingface_hub import constants as hub_constants
 from transformers import WhisperConfig, WhisperFeatureExtractor
 
 from ..errors import LatentSyncInputError
-from ..model_source import OFFICIAL_SYNCNET_FILE, OFFICIAL_UNET_FILE, OFFICIAL_VAE_ID, OFFICIAL_WHISPER_FILE
+from ..model_source import (
+    OFFICIAL_SYNCNET_FILE,
+    OFFICIAL_UNET_FILE,
+    OFFICIAL_VAE_ID,
+    OFFICIAL_WHISPER_FILE,
+    syncnet_folder_problem,
+)
 from ..models.audio_encoder import WhisperAudioEncoder
 from ..models.syncnet import SYNCNET_CONFIGS, StableSyncNet
 from ..models.unet import LatentSyncUNet
@@ -692,6 +698,8 @@ def load_syncnet(source: str | os.PathLike, subfolder: str | None = None, preset
     source = os.fspath(source)
     if os.path.isfile(source):
         return load_official_syncnet(source, preset=preset, torch_dtype=torch_dtype)
+    if os.path.isdir(source) and (problem := syncnet_folder_problem(source, subfolder)) is not None:
+        raise FileNotFoundError(f"no StableSyncNet at {source}: {problem}")
     if read_config(source, subfolder, "config.json") is not None:
         dtype = {"torch_dtype": torch_dtype} if torch_dtype is not None else {}
         return StableSyncNet.from_pretrained(source, subfolder=subfolder, **dtype)

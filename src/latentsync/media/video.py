@@ -13,7 +13,6 @@ import functools
 import logging
 import os
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -23,7 +22,7 @@ import imageio_ffmpeg
 import numpy as np
 
 from ..errors import InvalidOutputError, InvalidVideoError
-from ..tempfiles import nearest_folder, partial_path, release_partial, remove_stale_partials
+from ..tempfiles import nearest_folder, partial_path, release_partial, remove_stale_partials, writable_problem
 from .constants import OUTPUT_FORMATS, SAMPLE_RATE, VIDEO_FPS
 from .files import ffmpeg_reason, same_file
 from .probe import VideoInfo, probe_video  # noqa: F401 - VideoInfo is part of this module's interface
@@ -291,12 +290,9 @@ def check_output_path(
 
 def _check_writable(folder: str, target: str) -> None:
     """[`InvalidOutputError`] unless a file can be created (and removed) in ``folder``."""
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".latentsync-write-test-", dir=folder)
-    except OSError as exc:
-        raise InvalidOutputError(f"output folder is not writable: {target} ({exc.strerror or exc})") from None
-    os.close(fd)
-    os.remove(probe)
+    problem = writable_problem(folder)
+    if problem is not None:
+        raise InvalidOutputError(f"output folder is not writable: {target} ({problem})")
 
 
 class _Abort(BaseException):

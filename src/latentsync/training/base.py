@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
+import fcntl
 import json
 import logging
 import math
@@ -34,13 +36,19 @@ from typing import Any
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, broadcast_object_list
+from accelerate.utils import (
+    DataLoaderConfiguration,
+    GradientAccumulationPlugin,
+    ProjectConfiguration,
+    broadcast_object_list,
+)
 from diffusers.optimization import get_scheduler
 from huggingface_hub import HfApi, snapshot_download
 
 from .. import hub
 from ..errors import RunInterrupted
 from ..model_source import HubUnavailableError, check_hub_available
+from ..tempfiles import make_missing_folders, nearest_folder, remove_empty_folders, writable_problem
 from ..utils import read_json
 from .config import TrainingConfig, TrainingConfigError
 
@@ -54,6 +62,7 @@ LOSS_CHART = "loss_chart.png"
 STATE_FILE = "training_state.json"
 LAYOUT_FILE = "process_layout.json"  # in a checkpoint: how many processes, with which batch, saved it
 MODEL_CONFIG_FILE = "model_config.json"
+RUN_CONFIG_FILE = "run_config.json"  # in a checkpoint: the settings of the run that saved it
 # what a training run writes at its top level: a folder holding one of these can be overwritten
 RUN_FILES = ("config.json", "config.yaml", LOSS_LOG, HISTORY_FILE, "checkpoints")
 
@@ -64,9 +73,15 @@ def check_output_dir(cfg: TrainingConfig) -> None:
     run's) unless the run resumes or ``overwrite_output_dir`` is set; refuse to overwrite a folder that does not
     hold a training run. Reads only."""
     out = cfg.output_dir
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise TrainingConfigError(f"output_dir {out} is a file, not a folder")
+    existing, blocker = nearest_folder(out)
+    if blocker is not None:
+        raise TrainingConfigError(f"cannot create output_dir {out}: {blocker} is a file")
+    problem = writable_problem(existing)
+    if problem is not None:
+        raise TrainingConfigError(f"cannot write output_dir {out}: {existing} is not writable ({problem})")
     if not os.path.isdir(out) or not os.listdir(out) or cfg.resume_from_checkpoint:
-        if os.path.exists(out) and not os.path.isdir(out):
-            raise TrainingConfigError(f"output_dir {out} is a file, not a folder")
         return
     if not cfg.overwrite_output_dir:
         raise TrainingConfigError(
@@ -106,6 +121,44 @@ def check_hub_settings(cfg: TrainingConfig) -> None:
                             "FOLDER`)")
 
 
+@contextlib.contextmanager
+def output_dir_claimed(accelerator: Accelerator, cfg: TrainingConfig) -> Iterator[None]:
+    """Hold ``output_dir`` for this run within the block: the main process creates it when missing and locks it
+    (``flock``, released when the process ends, however it ends), so a second run into the same folder at the same
+    time is refused at once instead of mixing its checkpoints and loss log with this one's. A folder this run created
+    is removed again when the run fails before writing anything into it.
+
+    Raises:
+        TrainingConfigError: another process holds the folder (one line, on every process).
+    """
+    fd, created = None, []
+    answer: list[Any] = [None]
+    if accelerator.is_main_process:
+        created = make_missing_folders(cfg.output_dir)
+        fd = os.open(cfg.output_dir, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            fd = None
+            answer = [(f"output_dir {cfg.output_dir} is in use by another training run right now (it holds the "
+                       "folder's lock): wait for that run to end, or choose another output_dir")]
+        except OSError:  # a file system without locks (some network file systems): run without one
+            logger.debug("cannot lock %s: running without a lock", cfg.output_dir)
+    if accelerator.num_processes > 1:
+        broadcast_object_list(answer)
+    if answer[0] is not None:
+        raise TrainingConfigError(answer[0])
+    try:
+        yield
+    except BaseException:
+        remove_empty_folders(created)
+        raise
+    finally:
+        if fd is not None:
+            os.close(fd)  # releases the lock
+
+
 def start_output_dir(accelerator: Accelerator, cfg: TrainingConfig, config_file: str) -> None:
     """Make ``output_dir`` ready (deleting the old run first with ``overwrite_output_dir``) and save the settings
     there as ``config_file`` (main process)."""
@@ -133,7 +186,11 @@ def create_accelerator(cfg: TrainingConfig) -> Accelerator:
         logger.warning("fp16 mixed precision needs a GPU: training in fp32")
         mixed_precision = "no"
     accelerator = Accelerator(
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        # every optimisation step is gradient_accumulation_steps batches, also across the end of an epoch (by default
+        # accelerate ends a step early there): the data position of a step is then step x accumulation batches,
+        # which resuming relies on, and each logged loss is the mean of that many batches
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=cfg.gradient_accumulation_steps,
+                                                                sync_with_dataloader=False),
         mixed_precision=mixed_precision,
         log_with=cfg.report_to,
         project_config=ProjectConfiguration(project_dir=cfg.output_dir,
@@ -250,13 +307,15 @@ def resolve_resume(cfg: TrainingConfig, accelerator: Accelerator | None = None) 
     """Folder to resume from: ``resume_from_checkpoint`` itself, with ``latest`` the newest checkpoint of
     ``output_dir``, with ``hub`` the newest checkpoint pushed to ``hub_model_id`` (downloaded); None, starting from
     scratch, when there is none. With an ``accelerator`` the main process decides (and downloads) and every process
-    gets its answer, so all resume from the same checkpoint."""
-    if accelerator is None or accelerator.num_processes == 1:
-        return _find_resume(cfg)
+    gets its answer, so all resume from the same checkpoint. The checkpoint is checked before anything loads (see
+    [`check_resume_point`])."""
+    num_processes = accelerator.num_processes if accelerator is not None else 1
+    if num_processes == 1:
+        return _find_resume(cfg, num_processes)
     answer: list[Any] = [None]
     if accelerator.is_main_process:
         try:
-            answer = [("ok", _find_resume(cfg))]
+            answer = [("ok", _find_resume(cfg, num_processes))]
         except Exception as exc:  # noqa: BLE001 - sent to every process and raised there, not left to hang them
             answer = [("error", exc)]
     broadcast_object_list(answer)
@@ -266,20 +325,31 @@ def resolve_resume(cfg: TrainingConfig, accelerator: Accelerator | None = None) 
     return value
 
 
-def _find_resume(cfg: TrainingConfig) -> str | None:
+def _find_resume(cfg: TrainingConfig, num_processes: int) -> str | None:
     if not cfg.resume_from_checkpoint:
         return None
     if cfg.resume_from_checkpoint == "hub":
-        return download_hub_checkpoint(cfg)
-    if cfg.resume_from_checkpoint == "latest":
+        path = download_hub_checkpoint(cfg)
+    elif cfg.resume_from_checkpoint == "latest":
         found = list_checkpoints(cfg.output_dir)
         if not found:
             logger.info("no checkpoint in %s: starting from scratch", cfg.output_dir)
             return None
-        return found[-1]
-    if not os.path.isdir(cfg.resume_from_checkpoint):
+        path = found[-1]
+    elif not os.path.isdir(cfg.resume_from_checkpoint):
         raise TrainingConfigError(f"checkpoint folder not found: {cfg.resume_from_checkpoint}")
-    return cfg.resume_from_checkpoint
+    else:
+        path = cfg.resume_from_checkpoint
+        if not re.fullmatch(rf"{CHECKPOINT_PREFIX}\d+", os.path.basename(os.path.normpath(path))):
+            # a run folder (its checkpoints/ inside) or its checkpoints/ folder, given instead of one checkpoint
+            inside = list_checkpoints(path) or list_checkpoints(os.path.dirname(os.path.normpath(path)))
+            hint = (f": its newest checkpoint is {inside[-1]} (or resume with resume_from_checkpoint=latest and "
+                    f"output_dir set to the run folder)" if inside else "")
+            raise TrainingConfigError(f"resume_from_checkpoint={path} is not a checkpoint folder "
+                                      f"({CHECKPOINT_PREFIX}<step>){hint}")
+    if path is not None:
+        check_resume_point(cfg, path, num_processes)
+    return path
 
 
 def process_layout(accelerator: Accelerator, cfg: TrainingConfig) -> dict[str, int]:
@@ -288,18 +358,76 @@ def process_layout(accelerator: Accelerator, cfg: TrainingConfig) -> dict[str, i
             "gradient_accumulation_steps": cfg.gradient_accumulation_steps}
 
 
-def load_checkpoint(accelerator: Accelerator, cfg: TrainingConfig, path: str) -> None:
-    """Restore the accelerator state saved in ``path`` (model, optimiser, LR schedule, registered objects and each
-    process's RNG state). The data position follows from the checkpoint's step, so the run must split its batches
-    as the one that saved it did: a checkpoint of another process count or batch is refused with what differs."""
+def _check_layout(cfg: TrainingConfig, path: str, num_processes: int) -> None:
     saved = read_json(os.path.join(path, LAYOUT_FILE))
-    now = process_layout(accelerator, cfg)
+    now = {"num_processes": num_processes, "train_batch_size": cfg.train_batch_size,
+           "gradient_accumulation_steps": cfg.gradient_accumulation_steps}
     if saved is not None and saved != now:
         differ = ", ".join(f"{k} {saved.get(k)} (now {v})" for k, v in now.items() if saved.get(k) != v)
         raise TrainingConfigError(
             f"{path} was saved by a run with {differ}: resume with the same number of processes, train_batch_size "
             "and gradient_accumulation_steps (the data position and the random states are per process)")
-    accelerator.load_state(path)
+
+
+def _as_saved(value: Any) -> Any:
+    """A setting's value as a checkpoint's ``run_config.json`` holds it."""
+    return json.loads(json.dumps(value, default=str))
+
+
+def check_resume_point(cfg: TrainingConfig, path: str, num_processes: int = 1) -> None:
+    """Refuse, before anything loads, a checkpoint this run cannot continue from, with one line saying why: another
+    process layout (see [`load_checkpoint`]); a step beyond ``max_train_steps``; later checkpoints in ``output_dir``
+    (those of the run that went on from ``path``: this run would overwrite them one by one, its rotation would keep
+    them instead of its own, and ``latest`` would pick them); settings that shape the saved state
+    (``cfg.RESUME_SETTINGS``: the model's layers, what trains, LoRA, EMA) other than those the checkpoint was saved
+    with. Settings the checkpoint's optimiser state overrides (``cfg.SAVED_SETTINGS``, e.g. ``learning_rate``) are
+    logged as a warning when they differ."""
+    _check_layout(cfg, path, num_processes)
+    name, step = os.path.basename(os.path.normpath(path)), checkpoint_step(path)
+    if step > cfg.max_train_steps:
+        raise TrainingConfigError(
+            f"{name} is at step {step}, beyond max_train_steps={cfg.max_train_steps}: nothing to train; set "
+            f"max_train_steps above {step} to train on, or turn the checkpoint into a model with "
+            f"`latentsync export-checkpoint {cfg.output_dir} --step {step} OUTPUT`")
+    later = [c for c in list_checkpoints(cfg.output_dir) if checkpoint_step(c) > step]
+    if later:
+        names = ", ".join(os.path.basename(c) for c in later)
+        raise TrainingConfigError(
+            f"{checkpoint_root(cfg.output_dir)} holds checkpoints after step {step} ({names}), of the run that went "
+            f"on from there: resuming from {name} would overwrite them step by step and `latest` would pick them; "
+            "move them out of that folder first, or resume into another output_dir")
+    saved = read_json(os.path.join(path, RUN_CONFIG_FILE))
+    if saved is None:  # checkpoints of earlier versions: load_checkpoint reports a state that does not fit
+        return
+    now = cfg.to_dict()
+    differ = [f"{key}={json.dumps(saved.get(key))} (now {json.dumps(_as_saved(now[key]))})"
+              for key in cfg.RESUME_SETTINGS if key in now and saved.get(key) != _as_saved(now[key])]
+    if differ:
+        raise TrainingConfigError(
+            f"{name} was saved with {', '.join(differ)}: resume with the settings it was saved with (they shape "
+            f"the model and optimiser state it holds; all of them are in {os.path.join(path, RUN_CONFIG_FILE)})")
+    ignored = [f"{key}={json.dumps(_as_saved(now[key]))} (the checkpoint's: {json.dumps(saved.get(key))})"
+               for key in cfg.SAVED_SETTINGS if key in now and key in saved and saved[key] != _as_saved(now[key])]
+    if ignored:
+        logger.warning("not used when resuming: %s; the run goes on with the optimiser state saved in %s",
+                       ", ".join(ignored), name)
+
+
+def load_checkpoint(accelerator: Accelerator, cfg: TrainingConfig, path: str) -> None:
+    """Restore the accelerator state saved in ``path`` (model, optimiser, LR schedule, registered objects and each
+    process's RNG state). The data position follows from the checkpoint's step, so the run must split its batches
+    as the one that saved it did: a checkpoint of another process count or batch is refused with what differs. A
+    state that does not fit this run's model or optimiser (a checkpoint of other settings) is one line."""
+    _check_layout(cfg, path, accelerator.num_processes)
+    try:
+        accelerator.load_state(path)
+    except (RuntimeError, ValueError, KeyError, FileNotFoundError) as exc:
+        if interrupt_of(exc) is not None:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrainingConfigError(
+            f"cannot resume from {path}: its saved state does not fit this run's model or optimiser ({first}); resume "
+            "with the settings it was saved with") from exc
 
 
 def save_checkpoint(accelerator: Accelerator, cfg: TrainingConfig, step: int,
@@ -315,24 +443,76 @@ def save_checkpoint(accelerator: Accelerator, cfg: TrainingConfig, step: int,
     tmp = os.path.join(root, f".tmp-{CHECKPOINT_PREFIX}{step}")
     if accelerator.is_main_process:
         os.makedirs(root, exist_ok=True)
+        for name in os.listdir(root):  # what saves that were killed left (the next save of their step rewrites them)
+            if name.startswith(f".tmp-{CHECKPOINT_PREFIX}") and name != os.path.basename(tmp):
+                shutil.rmtree(os.path.join(root, name), ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(tmp)
-    accelerator.wait_for_everyone()
+    with saving(cfg, f"checkpoint-{step}", partial=tmp):
+        accelerator.save_state(tmp)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            files = {**(extra_json or {}), LAYOUT_FILE: process_layout(accelerator, cfg),
+                     RUN_CONFIG_FILE: cfg.to_dict()}
+            for name, data in files.items():
+                with open(os.path.join(tmp, name), "w") as fh:
+                    json.dump(data, fh, default=str)
     if accelerator.is_main_process:
-        for name, data in {**(extra_json or {}), LAYOUT_FILE: process_layout(accelerator, cfg)}.items():
-            with open(os.path.join(tmp, name), "w") as fh:
-                json.dump(data, fh)
         if os.path.isdir(final):
             shutil.rmtree(final)
         os.replace(tmp, final)
-        if cfg.checkpoints_total_limit:
-            for old in list_checkpoints(cfg.output_dir)[: -cfg.checkpoints_total_limit]:
+        if cfg.checkpoints_total_limit:  # the oldest go; never this one, nor any of a later step
+            older = [c for c in list_checkpoints(cfg.output_dir) if checkpoint_step(c) < step]
+            for old in older[: max(0, len(older) - (cfg.checkpoints_total_limit - 1))]:
                 shutil.rmtree(old, ignore_errors=True)
         logger.info("saved checkpoint %s", final)
         if cfg.push_to_hub and cfg.hub_strategy != "end":
             push_checkpoint(cfg, final)
     accelerator.wait_for_everyone()
     return final
+
+
+class TrainingStorageError(RuntimeError):
+    """A run could not write to its ``output_dir`` (a full disk, a folder turned read-only): the message names what
+    was being written, why, and the last complete checkpoint to resume from."""
+
+
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO)
+"""The ``OSError`` numbers of a disk or folder that cannot take a run's files."""
+
+
+def storage_error(cfg: TrainingConfig, what: str, exc: BaseException,
+                  partial: str | None = None) -> TrainingStorageError:
+    """The one-line error for ``what`` (a checkpoint, the final model, a log file) that could not be written to
+    ``output_dir`` because of ``exc``; ``partial``, the half-written folder, is removed first (after the free space
+    is measured)."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    folder = nearest_folder(cfg.output_dir)[0]
+    try:
+        free = f"{shutil.disk_usage(folder).free / 2**20:.1f} MB free there"
+    except OSError:
+        free = "free space unknown"
+    if partial is not None:
+        shutil.rmtree(partial, ignore_errors=True)
+    found = list_checkpoints(cfg.output_dir)
+    resume = (f"the last complete checkpoint is {os.path.basename(found[-1])}: make room (or make the folder "
+              "writable) and resume with resume_from_checkpoint=latest" if found else
+              "no checkpoint was saved: make room (or make the folder writable) and run again")
+    return TrainingStorageError(f"could not write {what} in {cfg.output_dir} ({type(exc).__name__}: {first}; {free}); "
+                                f"{resume}")
+
+
+@contextlib.contextmanager
+def saving(cfg: TrainingConfig, what: str, partial: str | None = None) -> Iterator[None]:
+    """Within the block, ``what`` (a checkpoint, the trained model) is written to ``output_dir``: a failure (a full
+    disk, a folder turned read-only; the libraries' errors for it vary) becomes one [`TrainingStorageError`] line
+    (see [`storage_error`]) and ``partial``, the half-written folder, is removed. Ctrl-C and SIGTERM pass as
+    they are."""
+    try:
+        yield
+    except Exception as exc:
+        if interrupt_of(exc) is not None:
+            raise
+        raise storage_error(cfg, what, exc, partial=partial) from exc
 
 
 def checkpoint_if_due(accelerator: Accelerator, cfg: TrainingConfig, step: int, log: TrainingLog,
@@ -535,8 +715,13 @@ class TrainingLog:
         history saved with it (or the one ``losses.jsonl`` gives), and the loss lines logged after it dropped."""
         self.step = step if checkpoint else None
         if self.enabled and os.path.isfile(self.path):
+            rows = []
             with open(self.path) as fh:
-                rows = [json.loads(line) for line in fh if line.strip()]
+                for line in fh:
+                    try:
+                        rows.append(json.loads(line))
+                    except ValueError:  # a line cut short (a full disk, a kill while writing): its step is redone
+                        logger.warning("dropping an incomplete line of %s: %.60s", self.path, line.strip())
             rows = [r for r in rows if r["step"] <= step]
             with open(self.path, "w") as fh:
                 fh.writelines(json.dumps(r) + "\n" for r in rows)

@@ -51,9 +51,9 @@ def load_whisper_encoder(source: str, subfolder: str | None = None) -> WhisperAu
     """Whisper encoder from a [`WhisperAudioEncoder`] folder or from a full Whisper checkpoint (e.g.
     ``openai/whisper-tiny``, whose decoder is dropped)."""
     config = read_config(source, subfolder, "config.json") or {}
+    kwargs = {"subfolder": subfolder} if subfolder else {}  # transformers fails on subfolder=None
     if "WhisperAudioEncoder" in (config.get("architectures") or []):
-        return WhisperAudioEncoder.from_pretrained(source, subfolder=subfolder)
-    kwargs = {"subfolder": subfolder} if subfolder else {}
+        return WhisperAudioEncoder.from_pretrained(source, **kwargs)
     full = WhisperModel.from_pretrained(source, **kwargs)
     encoder = WhisperAudioEncoder(full.config)
     encoder.load_state_dict(full.get_encoder().state_dict())

@@ -8,14 +8,20 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
+import inspect
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
+import accelerate.tracking
 import yaml
+from accelerate.utils import LoggerType
 
 from ..errors import LatentSyncInputError
 from ..models.syncnet import SYNCNET_CONFIGS as SYNCNET_PRESETS
+from ..models.syncnet import StableSyncNet
+from ..models.unet import LatentSyncUNet
 
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 # what goes to the Hub during training, as transformers' hub_strategy: the final model only, or also every checkpoint
@@ -91,6 +97,12 @@ class TrainingConfig:
     hub_private: bool = False
     hub_strategy: str = "end"
 
+    # settings that shape the state a checkpoint holds: resuming with other values is refused (base.check_resume_point)
+    RESUME_SETTINGS: ClassVar[tuple[str, ...]] = ()
+    # settings whose value a resumed run takes from the checkpoint's optimiser state (a change is only warned about)
+    SAVED_SETTINGS: ClassVar[tuple[str, ...]] = ("learning_rate", "adam_beta1", "adam_beta2", "adam_weight_decay",
+                                                 "adam_epsilon")
+
     def check_train_data_set(self) -> None:
         """Raise [`TrainingConfigError`] when ``train_data`` is not set: the first thing a run needs (checked before
         the settings that depend on the method)."""
@@ -115,6 +127,20 @@ class TrainingConfig:
                      "checkpointing_steps", "logging_steps"):
             if getattr(self, name) < 1:
                 raise TrainingConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.report_to is not None:
+            choices = LoggerType.list()
+            if self.report_to not in choices:
+                raise TrainingConfigError(f"report_to must be one of {', '.join(choices)} or null (no tracker), got "
+                                          f"{self.report_to!r}")
+            installed = {tracker.value for tracker in accelerate.tracking.get_available_trackers()}
+            if self.report_to != "all" and self.report_to not in installed:
+                raise TrainingConfigError(
+                    f"report_to={self.report_to} needs the {self.report_to} package, which is not installed: install "
+                    f"it (pip install {self.report_to.replace('_', '-')}) or set report_to=null (installed trackers: "
+                    f"{', '.join(sorted(installed)) or 'none'})")
+        if self.checkpoints_total_limit is not None and self.checkpoints_total_limit < 1:
+            raise TrainingConfigError(f"checkpoints_total_limit must be >= 1 (or null: keep every checkpoint), got "
+                                      f"{self.checkpoints_total_limit}")
         if self.resume_from_checkpoint and self.overwrite_output_dir:
             raise TrainingConfigError(
                 "resume_from_checkpoint and overwrite_output_dir=true contradict each other (one continues the run "
@@ -198,6 +224,9 @@ class UNetTrainingConfig(TrainingConfig):
 
     # settings that follow ``stage`` unless set beside it (see load_settings)
     IMPLIED_SETTINGS = {"stage": {"motion_modules": STAGE_DEFAULT, "trainable_modules": STAGE_DEFAULT}}
+    RESUME_SETTINGS: ClassVar[tuple[str, ...]] = ("unet_config", "motion_modules", "trainable_modules", "lora_rank",
+                                                  "lora_alpha", "lora_target_modules", "use_ema")
+    SAVED_SETTINGS: ClassVar[tuple[str, ...]] = (*TrainingConfig.SAVED_SETTINGS, "scale_lr", "ema_decay")
 
     def __post_init__(self) -> None:
         for key, value in STAGE_DEFAULTS.get(self.stage, {}).items():
@@ -234,6 +263,7 @@ class UNetTrainingConfig(TrainingConfig):
                                       f"got {self.trainable_modules!r}")
         if self.resolution % 8:
             raise TrainingConfigError(f"resolution must be a multiple of 8, got {self.resolution}")
+        _check_model_arguments("unet_config", self.unet_config, LatentSyncUNet)
         if self.stage == 2 and self.sync_loss_weight > 0 and not self.syncnet:
             raise TrainingConfigError("sync_loss_weight > 0 needs a SyncNet: set syncnet=<id or folder>")
         if (self.motion_modules == "none" and self.trainable_modules
@@ -297,6 +327,8 @@ class SyncNetTrainingConfig(TrainingConfig):
     checkpointing_steps: int = 2500
     validation_steps: int = 2500
 
+    RESUME_SETTINGS: ClassVar[tuple[str, ...]] = ("model_preset", "model_config")
+
     def validate(self) -> None:
         """Raise [`TrainingConfigError`] (a ``ValueError``) naming the first missing or contradictory setting."""
         super().validate()
@@ -313,6 +345,23 @@ class SyncNetTrainingConfig(TrainingConfig):
         if self.model_preset is not None and self.model_preset not in SYNCNET_PRESETS:
             raise TrainingConfigError(
                 f"unknown model_preset {self.model_preset!r}; choose one of {', '.join(SYNCNET_PRESETS)} or null")
+        _check_model_arguments("model_config", self.model_config, StableSyncNet)
+
+
+def _check_model_arguments(setting: str, arguments: dict[str, Any] | None, model: type) -> None:
+    """Raise [`TrainingConfigError`] when ``arguments`` (a mapping setting such as ``model_config``) holds a name the
+    constructor of ``model`` does not take (a misspelt key would otherwise end the run in a traceback)."""
+    if arguments is None:
+        return
+    if not isinstance(arguments, dict):
+        raise TrainingConfigError(f"{setting} must be a mapping of {model.__name__} arguments, got {arguments!r}")
+    known = set(inspect.signature(model.__init__).parameters) - {"self"}
+    unknown = sorted(set(arguments) - known)
+    if unknown:
+        near = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+        raise TrainingConfigError(f"{setting}: {', '.join(unknown)} is no {model.__name__} argument"
+                                  + (f" (did you mean {near[0]}?)" if near else "")
+                                  + f"; its arguments: {', '.join(sorted(known))}")
 
 
 def load_settings(cls: type, path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Any:

@@ -32,11 +32,11 @@ from tqdm.auto import tqdm
 
 from .. import hub
 from .._deprecation import moved_attribute
-from ..data.clips import ClipSourceInfo, check_clip_source
+from ..data.clips import ClipSourceInfo, TrainingDataError, check_clip_source
 from ..data.syncnet_dataset import ClipStore, SyncNetDataset
 from ..eval.syncnet_acc import encode_latents, evaluate_syncnet
 from ..loaders.official import load_syncnet
-from ..model_source import check_model_sources, loading
+from ..model_source import check_model_sources, check_syncnet_folder, loading
 from ..models.syncnet import StableSyncNet, syncnet_bce_loss
 from . import base
 from .config import SyncNetTrainingConfig, TrainingConfigError, load_syncnet_config  # noqa: F401 - public API
@@ -133,11 +133,19 @@ def train_syncnet(cfg: SyncNetTrainingConfig) -> dict[str, Any]:
     check_clip_source(cfg.train_data, "train_data")
     check_clip_source(cfg.val_data, "val_data")
     check_model_sources({"pretrained_model": cfg.pretrained_model})
+    check_syncnet_folder("pretrained_model", cfg.pretrained_model)
     base.check_hub_settings(cfg)
     base.check_output_dir(cfg)
     # accelerator first: it decides the device, the precision and which process writes files
     accelerator = base.create_accelerator(cfg)
     set_seed(cfg.seed)
+    with base.output_dir_claimed(accelerator, cfg):  # no second run into the same folder meanwhile
+        return _train_syncnet(cfg, accelerator)
+
+
+def _train_syncnet(cfg: SyncNetTrainingConfig, accelerator: Accelerator) -> dict[str, Any]:
+    """[`train_syncnet`] once the settings are checked and the output folder is held."""
+    # the checkpoint to resume from, checked against these settings before anything loads
     resume_path = base.resolve_resume(cfg, accelerator)
     global_step = 0
     if resume_path is not None:
@@ -168,27 +176,38 @@ def train_syncnet(cfg: SyncNetTrainingConfig) -> dict[str, Any]:
     with accelerator.local_main_process_first():
         train_clips = ClipStore(cfg.train_data, split=cfg.train_split, **store_kwargs)
         val_clips = ClipStore(cfg.val_data, split=cfg.val_split, **store_kwargs) if cfg.val_data else None
+    train_info = train_clips.source.info()
+    train_info.check_aligned_faces(cfg.train_data)
+    val_info = None
     if val_clips is None:
         val_clips = train_clips
         overlap = cfg.val_time_range[0] < cfg.train_time_range[1] and cfg.train_time_range[0] < cfg.val_time_range[1]
         if overlap:
             logger.warning("validation pairs come from the training clips and time range: val loss is not held out")
-    # everything loaded: the run folder is written from here on
-    base.start_output_dir(accelerator, cfg, "config.yaml")
-    if accelerator.is_main_process:
-        base.log_training_plan("SyncNet training", training_plan(
-            cfg, model, vae, train_clips.source.info(), val_clips.source.info() if cfg.val_data else None,
-            accelerator, global_step))
-    if cfg.preload_clips:
-        train_clips.preload()
-        if val_clips is not train_clips:
-            val_clips.preload()
+    else:
+        val_info = val_clips.source.info()
+        val_info.check_aligned_faces(cfg.val_data, "val_data")
     sampling = dict(num_frames=mcfg.num_frames, positive_ratio=cfg.positive_ratio,
                     min_negative_offset=cfg.min_negative_offset, max_negative_offset=cfg.max_negative_offset)
     train_set = SyncNetDataset(train_clips, remaining * per_step, time_range=tuple(cfg.train_time_range),
                                hflip=cfg.hflip, seed=cfg.seed, index_offset=global_step * per_step, **sampling)
     val_set = SyncNetDataset(val_clips, cfg.num_val_samples, time_range=tuple(cfg.val_time_range),
                              seed=cfg.seed + 1, **sampling)
+    # one pair of each now: windows that do not fit the time ranges end the run here, not at its first validation
+    for dataset, setting in ((train_set, "train_time_range"), (val_set, "val_time_range")):
+        try:
+            dataset.check()
+        except TrainingDataError as exc:
+            raise TrainingDataError(f"{setting}={list(dataset.time_range)}: {exc}") from None
+    # everything loaded: the run folder is written from here on
+    base.start_output_dir(accelerator, cfg, "config.yaml")
+    if accelerator.is_main_process:
+        base.log_training_plan("SyncNet training", training_plan(cfg, model, vae, train_info, val_info, accelerator,
+                                                                 global_step))
+    if cfg.preload_clips:
+        train_clips.preload()
+        if val_clips is not train_clips:
+            val_clips.preload()
     loader_kwargs = dict(num_workers=cfg.dataloader_num_workers, pin_memory=torch.cuda.is_available())
     train_loader = DataLoader(train_set, batch_size=base.loader_batch_size(accelerator, cfg.train_batch_size),
                               shuffle=False, drop_last=True, **loader_kwargs)
@@ -252,7 +271,8 @@ def train_syncnet(cfg: SyncNetTrainingConfig) -> dict[str, Any]:
         history = log.history
         if accelerator.is_main_process:
             unwrapped = accelerator.unwrap_model(model)
-            unwrapped.save_pretrained(model_dir, safe_serialization=True)
+            with base.saving(cfg, "the trained SyncNet"):
+                unwrapped.save_pretrained(model_dir, safe_serialization=True)
             logger.info("saved the trained SyncNet to %s", model_dir)
             if cfg.push_to_hub:
                 last = {k: history[k][-1] if history[k] else None for k in ("train_loss", "val_loss", "val_accuracy")}

@@ -30,13 +30,14 @@ from ..data.clips import ClipSourceInfo, check_clip_source
 from ..data.unet_dataset import EpochSampler, UNetClipDataset
 from ..face.mask import latent_mouth_mask, mouth_mask
 from ..loaders.lora import save_lora_adapter
+from ..media.files import check_input_file
 from ..media.video import trim_media
-from ..model_source import check_model_sources
+from ..model_source import check_model_sources, check_syncnet_folder
 from ..pipeline import LatentSyncPipeline
 from ..utils import scale_latents, unscale_latents
 from . import base
 from .components import TrainingComponents, load_components, model_sources, unet_start
-from .config import UNetTrainingConfig
+from .config import TrainingConfigError, UNetTrainingConfig
 from .losses import lower_half, mixed_noise, predict_x0
 
 logger = logging.getLogger(__name__)
@@ -264,13 +265,27 @@ def train(cfg: UNetTrainingConfig) -> dict[str, Any]:
     # or resume_from_checkpoint=hub needs and cannot reach, a folder holding another run
     cfg.validate()
     check_clip_source(cfg.train_data, "train_data")
-    check_model_sources(model_sources(cfg))
+    sources = model_sources(cfg)
+    check_model_sources(sources)
+    if "syncnet" in sources:
+        check_syncnet_folder("syncnet", cfg.syncnet, cfg.syncnet_subfolder)
+    for setting in ("validation_video", "validation_audio"):  # else every validation fails, with a warning
+        if getattr(cfg, setting):
+            check_input_file(getattr(cfg, setting), TrainingConfigError, setting)
     base.check_hub_settings(cfg)
     base.check_output_dir(cfg)
     _stage_warnings(cfg)
     # accelerator first: it decides the device, the precision and which process writes files
     accelerator = base.create_accelerator(cfg)
     set_seed(cfg.seed)  # the same on every process: the random draws are made for the global batch
+    with base.output_dir_claimed(accelerator, cfg):  # no second run into the same folder meanwhile
+        return _train(cfg, accelerator)
+
+
+def _train(cfg: UNetTrainingConfig, accelerator: Accelerator) -> dict[str, Any]:
+    """[`train`] once the settings are checked and the output folder is held."""
+    # the checkpoint to resume from, checked against these settings before anything loads
+    resume = base.resolve_resume(cfg, accelerator)
 
     # data before the models (unusable data ends the run at once): sample i of epoch e depends only on (seed, e, i),
     # so a resumed run sees what an uninterrupted one would (each process trains on its slice of every global batch)
@@ -278,6 +293,12 @@ def train(cfg: UNetTrainingConfig) -> dict[str, Any]:
         dataset = UNetClipDataset(cfg.train_data, cfg.resolution, cfg.num_frames, cfg.train_split, cfg.video_column,
                                   return_mel=cfg.stage == 2 and cfg.sync_loss_weight > 0, seed=cfg.seed,
                                   cache_clips=cfg.cache_clips)
+    data_info = dataset.source.info()
+    data_info.check_aligned_faces(cfg.train_data)
+    dataset.check()  # clips too short for num_frames end the run here, not at its first step
+    if len(dataset) < cfg.train_batch_size * accelerator.num_processes:
+        logger.warning("train_data holds %d clips, fewer than a batch of %d: every step trains on those %d clips",
+                       len(dataset), cfg.train_batch_size * accelerator.num_processes, len(dataset))
 
     # models: the U-Net trains (all of it, chosen modules, or LoRA adapters), the others are frozen
     with accelerator.local_main_process_first():  # one download per machine; the others read the cache
@@ -308,12 +329,11 @@ def train(cfg: UNetTrainingConfig) -> dict[str, Any]:
         lr *= cfg.gradient_accumulation_steps * cfg.train_batch_size * accelerator.num_processes
     optimizer, lr_scheduler = base.create_optimizer(params, cfg, lr)
 
-    resume = base.resolve_resume(cfg, accelerator)
     # everything loaded: the run folder is written from here on
     base.start_output_dir(accelerator, cfg, "config.json")
     if accelerator.is_main_process:
         base.log_training_plan("U-Net training", training_plan(
-            cfg, comps, unet, dataset.source.info(), accelerator, base.checkpoint_step(resume) if resume else 0))
+            cfg, comps, unet, data_info, accelerator, base.checkpoint_step(resume) if resume else 0))
     batch_size = base.loader_batch_size(accelerator, cfg.train_batch_size)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, sampler=EpochSampler(len(dataset), seed=cfg.seed), collate_fn=_collate,
@@ -391,8 +411,9 @@ def train(cfg: UNetTrainingConfig) -> dict[str, Any]:
         result: dict[str, Any] = {"global_step": global_step, "last_losses": last, "loss_log": log.path,
                                   "history": log.history}
         if accelerator.is_main_process:
-            pipe, result["pipeline"] = save_final_pipeline(accelerator.unwrap_model(unet), ema, params, comps, cfg,
-                                                           global_step, last)
+            with base.saving(cfg, "the trained pipeline"):
+                pipe, result["pipeline"] = save_final_pipeline(accelerator.unwrap_model(unet), ema, params, comps,
+                                                               cfg, global_step, last)
             if cfg.lora_rank > 0:
                 result["lora"] = os.path.join(cfg.output_dir, "lora")
             if cfg.push_to_hub and (error := push_final(pipe, cfg, global_step, last)):
