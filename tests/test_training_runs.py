@@ -866,7 +866,7 @@ def test_missing_validation_clip_is_one_line_before_models_load(tiny, tmp_path, 
     assert not (tmp_path / "run").exists()
 
 
-def test_second_run_into_a_folder_in_use_is_refused(tiny, tmp_path, no_model_loads):
+def test_second_run_into_a_folder_in_use_is_refused(tiny, tmp_path, no_model_loads, monkeypatch):
     """A run holds its output_dir (a lock): a second one started meanwhile (here: resuming it, which a used folder
     allows) is refused at once instead of writing its steps and checkpoints among the first one's."""
     import fcntl
@@ -889,6 +889,13 @@ def test_second_run_into_a_folder_in_use_is_refused(tiny, tmp_path, no_model_loa
         train(unet_cfg(ov, output_dir=str(tmp_path / "new")))
     reset_accelerate()
     assert not (tmp_path / "new").exists()  # the folder the failed run made is removed again
+    # where there is no flock (Windows), a run takes no lock and goes on
+    from latentsync.training import base
+
+    monkeypatch.setattr(base, "fcntl", None)
+    with pytest.raises(AssertionError, match="a model was loaded"):
+        train(unet_cfg(ov, output_dir=str(tmp_path / "windows")))
+    reset_accelerate()
 
 
 def test_full_disk_while_saving_is_one_line_naming_the_last_checkpoint(tiny, tmp_path, monkeypatch, caplog):

@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import fcntl
 import json
 import logging
 import math
@@ -32,6 +31,11 @@ import signal
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
+
+try:
+    import fcntl  # POSIX: a run locks its output_dir
+except ImportError:  # Windows has no flock: a run there takes no lock
+    fcntl = None
 
 import torch
 import yaml
@@ -124,9 +128,9 @@ def check_hub_settings(cfg: TrainingConfig) -> None:
 @contextlib.contextmanager
 def output_dir_claimed(accelerator: Accelerator, cfg: TrainingConfig) -> Iterator[None]:
     """Hold ``output_dir`` for this run within the block: the main process creates it when missing and locks it
-    (``flock``, released when the process ends, however it ends), so a second run into the same folder at the same
-    time is refused at once instead of mixing its checkpoints and loss log with this one's. A folder this run created
-    is removed again when the run fails before writing anything into it.
+    (``flock``, released when the process ends, however it ends; Windows has none: no lock there), so a second run
+    into the same folder at the same time is refused at once instead of mixing its checkpoints and loss log with this
+    one's. A folder this run created is removed again when the run fails before writing anything into it.
 
     Raises:
         TrainingConfigError: another process holds the folder (one line, on every process).
@@ -135,6 +139,7 @@ def output_dir_claimed(accelerator: Accelerator, cfg: TrainingConfig) -> Iterato
     answer: list[Any] = [None]
     if accelerator.is_main_process:
         created = make_missing_folders(cfg.output_dir)
+    if accelerator.is_main_process and fcntl is not None:
         fd = os.open(cfg.output_dir, os.O_RDONLY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
