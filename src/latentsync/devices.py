@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from .errors import DeviceError
+from .errors import DeviceError, first_line
 
 if TYPE_CHECKING:
     import torch
@@ -105,7 +105,7 @@ def check_device(device: str | None = None, dtype: str | None = None) -> "tuple[
     try:
         _smoke_test(kind, resolved)
     except (RuntimeError, TypeError, NotImplementedError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise DeviceError(f"{device} cannot compute in {dtype or resolved} ({reason}): use fp32") from None
     if kind.type == "cpu" and resolved == torch.float16:
         logger.warning("fp16 on a CPU is much slower than fp32 (the default there)")

@@ -61,3 +61,10 @@ class RunInterrupted(KeyboardInterrupt):
     def exit_code(self) -> int:
         """The shell's convention: 128 + the signal number (130 for Ctrl-C, 143 for SIGTERM)."""
         return 128 + self.signum
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type's name when the message is empty): what a one-line error
+    quotes of a library's longer error."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
-from .errors import LatentSyncInputError, ModelNotFoundError
+from .errors import LatentSyncInputError, ModelNotFoundError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -383,5 +383,5 @@ def loading(setting: str, source: str | os.PathLike | None) -> Iterator[None]:
     except ModelNotFoundError:
         raise
     except OSError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ModelNotFoundError(f"cannot load {setting}={os.fspath(source) if source else source}: {first}") from exc

@@ -24,7 +24,7 @@ from typing import Any
 
 from ..data.clips import check_clip_source
 from ..devices import DTYPE_NAMES, default_device, torch_dtype
-from ..errors import LatentSyncInputError, ModelNotFoundError
+from ..errors import LatentSyncInputError, ModelNotFoundError, first_line
 from ..eval.config import (ALL_METRICS, I3D_FILENAME, I3D_REPO_ID, OFFICIAL_SYNCNET_V2_FILE, OFFICIAL_SYNCNET_V2_REPO,
                            VideoEvalConfig, check_report_output)
 from ..media.files import check_side_output
@@ -232,7 +232,7 @@ def _load(what: str, flag: str, loader: Callable[..., Any], *args: Any, **kwargs
     except LatentSyncInputError:
         raise
     except Exception as exc:  # noqa: BLE001 - download / file errors become one clear message
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise LatentSyncInputError(f"cannot load the {what} ({first}); pass {flag} <local file> or leave the metric "
                                    "out with --metrics") from exc
 

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import LatentSyncInputError
+from ..errors import LatentSyncInputError, first_line
 from ..media.constants import VIDEO_EXTENSIONS, VIDEO_FPS
 from ..media.files import find_videos
 from ..media.video import probe_video
@@ -154,7 +154,7 @@ def load_hf_dataset(source: Any, split: str):
     try:
         return datasets.load_dataset(path, split=split)
     except datasets.exceptions.DatasetNotFoundError as exc:  # e.g. a private Hub dataset without a login
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise TrainingDataError(f"cannot load the dataset {path}: {first}") from exc
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from huggingface_hub import hf_hub_download
 
+from ..errors import first_line
 from ..model_source import check_model_sources, go_offline, hub_unreachable_reason, is_hub_cached
 from ..models.hyperiqa import HyperIQA
 from ..utils import load_state_file
@@ -137,7 +138,7 @@ def load_quality_scorer(spec: str = "auto", threshold: float | None = None,
             try:
                 return HyperIQAScorer.from_pretrained(device=device, **kwargs)
             except Exception as exc:  # noqa: BLE001 - any failure to fetch/load falls back to the weight-free scorer
-                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                reason = first_line(exc)
         # the caller's threshold holds for the scorer that runs (the workers of a run load "sharpness" with it too)
         scorer = SharpnessScorer(fallback_reason=f"hyperIQA weights unavailable: {reason}", **kwargs)
         logger.warning("hyperIQA weights unavailable (%s); using the sharpness scorer (keep score >= %g) for quality "

@@ -50,7 +50,7 @@ from diffusers.optimization import get_scheduler
 from huggingface_hub import HfApi, snapshot_download
 
 from .. import hub
-from ..errors import RunInterrupted
+from ..errors import RunInterrupted, first_line
 from ..model_source import HubUnavailableError, check_hub_available
 from ..tempfiles import make_missing_folders, nearest_folder, remove_empty_folders, writable_problem
 from ..utils import read_json
@@ -429,7 +429,7 @@ def load_checkpoint(accelerator: Accelerator, cfg: TrainingConfig, path: str) ->
     except (RuntimeError, ValueError, KeyError, FileNotFoundError) as exc:
         if interrupt_of(exc) is not None:
             raise
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise TrainingConfigError(
             f"cannot resume from {path}: its saved state does not fit this run's model or optimiser ({first}); resume "
             "with the settings it was saved with") from exc
@@ -490,7 +490,7 @@ def storage_error(cfg: TrainingConfig, what: str, exc: BaseException,
     """The one-line error for ``what`` (a checkpoint, the final model, a log file) that could not be written to
     ``output_dir`` because of ``exc``; ``partial``, the half-written folder, is removed first (after the free space
     is measured)."""
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    first = first_line(exc)
     folder = nearest_folder(cfg.output_dir)[0]
     try:
         free = f"{shutil.disk_usage(folder).free / 2**20:.1f} MB free there"
@@ -582,7 +582,7 @@ def download_hub_checkpoint(cfg: TrainingConfig) -> str | None:
         raise TrainingConfigError(f"resume_from_checkpoint=hub: no repository {cfg.hub_model_id} on the Hub (or a "
                                   "private one: log in with `hf auth login`)") from None
     except Exception as exc:  # noqa: BLE001 - the connection failed (httpx errors are no OSErrors): one line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise HubUnavailableError(f"resume_from_checkpoint=hub: cannot download the newest checkpoint of "
                                   f"{cfg.hub_model_id} ({type(exc).__name__}: {first})") from None
     logger.info("downloaded %s from %s", name, cfg.hub_model_id)
@@ -596,7 +596,7 @@ def push_result(repo_id: str, folder: str, push: Callable[[], Any]) -> str | Non
     try:
         push()
     except Exception as exc:  # noqa: BLE001 - any failure to upload: the result is safe on disk
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         message = (f"could not push {folder} to {repo_id} ({type(exc).__name__}: {first}); the run is complete and "
                    f"saved in {folder}: upload it later with `hf upload {repo_id} {folder}`")
         logger.error("%s", message)

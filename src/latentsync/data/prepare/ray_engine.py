@@ -27,7 +27,7 @@ from collections.abc import Iterator
 import ray
 from ray.exceptions import RayError, RayTaskError
 
-from ...errors import LatentSyncInputError
+from ...errors import LatentSyncInputError, first_line
 from ...utils import write_json_atomically
 from ..quality import SharpnessScorer
 from .config import PrepareConfig
@@ -321,7 +321,7 @@ def session(address: str | None = None) -> Iterator[None]:
     try:
         ray.init(address=address or "local")
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         where = f"the Ray cluster at {address}" if address else "Ray on this machine"
         hint = ""
         if address and address != "local" and not os.environ.get("RAY_AUTH_MODE"):

@@ -23,7 +23,7 @@ import cv2
 import torch
 from tqdm.auto import tqdm
 
-from ...errors import LatentSyncInputError, ModelNotFoundError
+from ...errors import LatentSyncInputError, ModelNotFoundError, first_line
 from ...eval import sync_confidence as sc
 from ...media.constants import VIDEO_EXTENSIONS
 from ...media.constants import VIDEO_FPS as FPS
@@ -126,7 +126,7 @@ def _load_models(config: PrepareConfig, device: str, sync_checker, quality_score
         try:
             sync_checker = load_sync_checker(config, device)
         except Exception as exc:  # noqa: BLE001 - turned into one clear message
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise LatentSyncInputError(
                 f"cannot load the SyncNet for the sync step ({first}); pass --syncnet <syncnet_v2.model file, "
                 "StableSyncNet folder or Hub id> or --no-sync") from exc
@@ -134,7 +134,7 @@ def _load_models(config: PrepareConfig, device: str, sync_checker, quality_score
         try:
             quality_scorer = load_quality_scorer(config.quality, config.quality_threshold, device=device)
         except (OSError, ValueError, RuntimeError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            first = first_line(exc)
             raise LatentSyncInputError(f"cannot load the quality scorer {config.quality!r}: {first}") from exc
     # workers load their own copies; "auto" that fell back is passed on as "sharpness" (no second attempt)
     spec = "sharpness" if config.quality == "auto" and isinstance(quality_scorer, SharpnessScorer) else None
