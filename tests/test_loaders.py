@@ -457,3 +457,82 @@ def test_convert_never_writes_into_or_over_the_release(tmp_path, caplog):
     assert main([*base, "--output", str(out), "--overwrite"]) == 0
     assert (out / "model_index.json").is_file() and not (out / "notes.txt").exists()
     assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
+
+
+# ============================================================================ tests: files that are not what they seem
+
+LFS_POINTER = ("version https://git-lfs.github.com/spec/v1\n"
+               "oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\nsize 5068113604\n")
+
+
+def test_unreadable_release_files_say_what_they_hold(tmp_path):
+    """A Git LFS pointer (a clone without git-lfs), a saved error page, an empty or truncated download, or a pickle
+    with objects besides tensors: one line naming the file and what it is (it used to be torch's advice to retry with
+    weights_only=False, or an empty message)."""
+    from latentsync.loaders.official import load_official_checkpoint
+
+    release = tmp_path / "release"
+    write_official_release(release)
+    good = (release / "latentsync_unet.pt").read_bytes()
+    cases = {
+        "lfs.pt": (LFS_POINTER.encode(), "Git LFS pointer"),
+        "page.pt": (b"<!DOCTYPE html><html><body>502 Bad Gateway</body></html>", "web page"),
+        "empty.pt": (b"", "is empty"),
+        "half.pt": (good[: len(good) // 2], "is incomplete"),
+    }
+    for name, (data, message) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(OfficialCheckpointError, match=message) as info:
+            load_official_checkpoint(tmp_path / name)
+        assert name in str(info.value) and "\n" not in str(info.value) and "weights_only` set to `False" not in str(
+            info.value)
+    torch.save({"state_dict": {"a": torch.zeros(1)}, "args": SimpleNamespace(lr=1)}, tmp_path / "objects.pt")
+    with pytest.raises(OfficialCheckpointError, match="holds more than tensors .*SimpleNamespace") as info:
+        load_official_checkpoint(tmp_path / "objects.pt")
+    assert "\n" not in str(info.value)
+    (release / "whisper" / "tiny.pt").write_text(LFS_POINTER)
+    with pytest.raises(OfficialCheckpointError, match=r"whisper[/\\]tiny.pt: it is a Git LFS pointer"):
+        load_official_whisper(release / "whisper" / "tiny.pt")
+
+
+def test_wrong_release_file_names_what_it_holds(tmp_path):
+    """The SyncNet, the Whisper file or a LoRA given as the U-Net (and the U-Net as the Whisper file): the error
+    names the file and what it holds (it used to list key names without the file)."""
+    from safetensors.torch import save_file
+
+    release = tmp_path / "release"
+    write_official_release(release)
+    syncnet_module = pytest.importorskip("latentsync.models.syncnet")
+    torch.save({"state_dict": syncnet_module.StableSyncNet.from_preset("16_pixel_attn").state_dict()},
+               tmp_path / "syncnet.pt")
+    save_file({"down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight": torch.zeros(4, 32)},
+              str(tmp_path / "lora.safetensors"))
+    for path, message in [(tmp_path / "syncnet.pt", "syncnet.pt: it holds a StableSyncNet"),
+                          (tmp_path / "lora.safetensors", "lora.safetensors: it holds LoRA"),
+                          (release / "whisper" / "tiny.pt", "tiny.pt: .*it holds an openai-whisper checkpoint")]:
+        with pytest.raises(OfficialCheckpointError, match=message):
+            load_official_unet(path)
+    with pytest.raises(OfficialCheckpointError, match="latentsync_unet.pt: not an openai-whisper .*it holds a U-Net"):
+        load_official_whisper(release / "latentsync_unet.pt")
+
+
+def test_rewrapped_unet_loads_and_stage1_warns(tmp_path, caplog):
+    """The U-Net saved as ``{"model": ...}`` or as safetensors loads the same tensors; a stage-1 U-Net (no temporal
+    layers) where the release has a stage-2 one loads with a warning (it loaded silently)."""
+    from safetensors.torch import save_file
+
+    release = tmp_path / "release"
+    write_official_release(release)
+    sd = torch.load(release / "latentsync_unet.pt", weights_only=True)["state_dict"]
+    reference = load_official_unet(release / "latentsync_unet.pt").state_dict()
+    torch.save({"model": sd, "epoch": 3}, tmp_path / "model.pth")
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "unet.safetensors"))
+    for path in (tmp_path / "model.pth", tmp_path / "unet.safetensors"):
+        loaded = load_official_unet(path).state_dict()
+        assert loaded.keys() == reference.keys() and all(torch.equal(loaded[k], reference[k]) for k in reference)
+    assert "stage-1" not in caplog.text
+    stage1 = random_state_dict(official_unet_shapes(**dict(FAKE_UNET, motion="none")), torch.Generator(), torch.float32)
+    torch.save({"state_dict": stage1}, tmp_path / "stage1.pt")
+    assert load_official_unet(tmp_path / "stage1.pt").config.motion_modules == "none"
+    assert "stage1.pt is a stage-1 U-Net" in caplog.text
+
