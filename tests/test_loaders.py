@@ -536,3 +536,42 @@ def test_rewrapped_unet_loads_and_stage1_warns(tmp_path, caplog):
     assert load_official_unet(tmp_path / "stage1.pt").config.motion_modules == "none"
     assert "stage1.pt is a stage-1 U-Net" in caplog.text
 
+
+def test_convert_problems_are_one_line(tmp_path, caplog, monkeypatch):
+    """``latentsync convert``: the U-Net file given as --official, a Whisper of another size, a VAE folder without a
+    model, and a full disk while writing: exit status 2, one line, no output folder (they were tracebacks or a
+    message without the files)."""
+    import errno
+
+    from latentsync import LatentSyncPipeline
+    from latentsync.commands import main
+
+    release, vae = tmp_path / "release", tmp_path / "vae"
+    write_official_release(release)
+    write_tiny_vae(vae)
+    out = tmp_path / "out"
+    base = ["convert", "--output", str(out), "--vae", str(vae)]
+
+    def fails(args, message):
+        caplog.clear()
+        assert main(args) == 2
+        assert message in caplog.text, caplog.text
+        assert "Traceback" not in caplog.text and not out.exists()
+
+    fails([*base, "--official", str(release / "latentsync_unet.pt")], "latentsync_unet.pt is a file: give the folder")
+    (tmp_path / "novae").mkdir()
+    fails(["convert", "--output", str(out), "--vae", str(tmp_path / "novae"), "--official", str(release)],
+          "cannot load vae_id=")
+
+    def full_disk(self, folder, **kw):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / "part").write_bytes(b"x")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(LatentSyncPipeline, "save_pretrained", full_disk)
+        fails([*base, "--official", str(release)], f"cannot write {out}: [Errno 28] No space left on device")
+    assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
+    dims = dict(FAKE_WHISPER, n_audio_state=64, n_text_state=64)
+    torch.save(openai_whisper_checkpoint(torch.Generator(), dims, torch.float16), release / "whisper" / "tiny.pt")
+    fails([*base, "--official", str(release)], "latentsync_unet.pt expects 48-wide Whisper features, but ")
