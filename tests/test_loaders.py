@@ -575,3 +575,17 @@ def test_convert_problems_are_one_line(tmp_path, caplog, monkeypatch):
     dims = dict(FAKE_WHISPER, n_audio_state=64, n_text_state=64)
     torch.save(openai_whisper_checkpoint(torch.Generator(), dims, torch.float16), release / "whisper" / "tiny.pt")
     fails([*base, "--official", str(release)], "latentsync_unet.pt expects 48-wide Whisper features, but ")
+
+
+def test_release_folder_with_other_file_names_lists_them(tmp_path):
+    """A release folder whose files were renamed by a mirror: the error lists the weight files it holds (it said only
+    which official file was missing)."""
+    from latentsync.loaders.official import resolve_official_files
+
+    release = tmp_path / "release"
+    write_official_release(release)
+    (release / "latentsync_unet.pt").rename(release / "latentsync_unet_v1.6.ckpt")
+    (release / "whisper" / "tiny.pt").rename(release / "whisper" / "whisper_tiny.pt")
+    with pytest.raises(OfficialCheckpointError, match=r"lacks the official file latentsync_unet.pt \(it holds "
+                                                      r"latentsync_unet_v1.6.ckpt, whisper/whisper_tiny.pt: give"):
+        resolve_official_files(release)

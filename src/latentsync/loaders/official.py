@@ -652,6 +652,20 @@ def is_official_layout(
     return OFFICIAL_UNET_FILE in files and "model_index.json" not in files
 
 
+_WEIGHT_ENDINGS = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
+
+
+def _weight_files(folder: str) -> list[str]:
+    """The weight files in ``folder`` and one level below (paths relative to it), for error messages."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        depth = os.path.relpath(root, folder).count(os.sep) + (root != folder)
+        dirs[:] = [] if depth >= 1 else [d for d in dirs if not d.startswith(".")]
+        found += [os.path.relpath(os.path.join(root, f), folder).replace(os.sep, "/") for f in files
+                  if f.endswith(_WEIGHT_ENDINGS)]
+    return found
+
+
 def resolve_official_files(
     source: str | os.PathLike,
     include_syncnet: bool = False,
@@ -676,7 +690,9 @@ def resolve_official_files(
         for field, name in names.items():
             path = os.path.join(source, *name.split("/"))
             if not os.path.isfile(path):
-                raise OfficialCheckpointError(f"{source} lacks the official file {name}")
+                found = _weight_files(source)
+                held = f" (it holds {_format_keys(found, limit=6)}: give them the official names)" if found else ""
+                raise OfficialCheckpointError(f"{source} lacks the official file {name}{held}")
             paths[field] = path
         return OfficialFiles(**paths)
     for field, name in names.items():
