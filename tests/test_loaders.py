@@ -578,8 +578,8 @@ def test_convert_problems_are_one_line(tmp_path, caplog, monkeypatch):
 
 
 def test_release_folder_with_other_file_names_lists_them(tmp_path):
-    """A release folder whose files were renamed by a mirror: the error lists the weight files it holds (it said only
-    which official file was missing)."""
+    """A release folder whose files were renamed by a mirror, or with a transformers Whisper folder: the error lists
+    the weight files it holds (it said only which official file was missing)."""
     from latentsync.loaders.official import resolve_official_files
 
     release = tmp_path / "release"
@@ -587,5 +587,9 @@ def test_release_folder_with_other_file_names_lists_them(tmp_path):
     (release / "latentsync_unet.pt").rename(release / "latentsync_unet_v1.6.ckpt")
     (release / "whisper" / "tiny.pt").rename(release / "whisper" / "whisper_tiny.pt")
     with pytest.raises(OfficialCheckpointError, match=r"lacks the official file latentsync_unet.pt \(it holds "
-                                                      r"latentsync_unet_v1.6.ckpt, whisper/whisper_tiny.pt: give"):
+                                                      r"latentsync_unet_v1.6.ckpt, whisper/whisper_tiny.pt\)"):
+        resolve_official_files(release)
+    (release / "latentsync_unet_v1.6.ckpt").rename(release / "latentsync_unet.pt")
+    (release / "whisper" / "config.json").write_text("{}")  # a transformers Whisper folder instead of openai's file
+    with pytest.raises(OfficialCheckpointError, match="tiny.pt .*whisper/ is a transformers Whisper folder"):
         resolve_official_files(release)

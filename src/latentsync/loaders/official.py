@@ -691,7 +691,9 @@ def resolve_official_files(
             path = os.path.join(source, *name.split("/"))
             if not os.path.isfile(path):
                 found = _weight_files(source)
-                held = f" (it holds {_format_keys(found, limit=6)}: give them the official names)" if found else ""
+                held = f" (it holds {_format_keys(found, limit=6)})" if found else ""
+                if field == "whisper" and os.path.isfile(os.path.join(source, "whisper", "config.json")):
+                    held += ": whisper/ is a transformers Whisper folder; the release's is openai's whisper/tiny.pt"
                 raise OfficialCheckpointError(f"{source} lacks the official file {name}{held}")
             paths[field] = path
         return OfficialFiles(**paths)
