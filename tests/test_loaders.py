@@ -538,9 +538,9 @@ def test_rewrapped_unet_loads_and_stage1_warns(tmp_path, caplog):
 
 
 def test_convert_problems_are_one_line(tmp_path, caplog, monkeypatch):
-    """``latentsync convert``: the U-Net file given as --official, a Whisper of another size, a VAE folder without a
-    model, and a full disk while writing: exit status 2, one line, no output folder (they were tracebacks or a
-    message without the files)."""
+    """``latentsync convert``: the U-Net file given as --official, a resolution the models cannot use, a Whisper of
+    another size, a VAE folder without a model, and a full disk while writing: exit status 2, one line, no output
+    folder (they were tracebacks, a message without the files, or a converted folder that fails at run time)."""
     import errno
 
     from latentsync import LatentSyncPipeline
@@ -559,6 +559,9 @@ def test_convert_problems_are_one_line(tmp_path, caplog, monkeypatch):
         assert "Traceback" not in caplog.text and not out.exists()
 
     fails([*base, "--official", str(release / "latentsync_unet.pt")], "latentsync_unet.pt is a file: give the folder")
+    for resolution in ("0", "100"):  # the tiny VAE and U-Net need a multiple of 16 (the official ones 64)
+        fails([*base, "--official", str(release), "--resolution", resolution],
+              f"resolution {resolution} is not a positive multiple of 16")
     (tmp_path / "novae").mkdir()
     fails(["convert", "--output", str(out), "--vae", str(tmp_path / "novae"), "--official", str(release)],
           "cannot load vae_id=")
@@ -593,3 +596,17 @@ def test_release_folder_with_other_file_names_lists_them(tmp_path):
     (release / "whisper" / "config.json").write_text("{}")  # a transformers Whisper folder instead of openai's file
     with pytest.raises(OfficialCheckpointError, match="tiny.pt .*whisper/ is a transformers Whisper folder"):
         resolve_official_files(release)
+
+
+def test_resolution_other_than_the_release_warns(caplog):
+    """LatentSync 1.5 (256 px) at resolution 512, or 1.6 (512 px) at 256: loaded as asked, with a warning (it was
+    silent); the release's own resolution, or a resolution for an unknown local folder, is not warned about."""
+    from latentsync.loaders import official_resolution
+
+    assert official_resolution("ByteDance/LatentSync-1.5", 512) == 512
+    assert "ByteDance/LatentSync-1.5 was trained on 256 px faces: resolution 512" in caplog.text
+    caplog.clear()
+    assert official_resolution("ByteDance/LatentSync-1.6", 256) == 256 and "trained on 512 px" in caplog.text
+    caplog.clear()
+    assert official_resolution("ByteDance/LatentSync-1.6", 512) == 512 and official_resolution("/some/folder", 512) == 512
+    assert official_resolution("ByteDance/LatentSync-1.6") == 512 and not caplog.text

@@ -708,11 +708,18 @@ def resolve_official_files(
     return OfficialFiles(**paths)
 
 
-def official_resolution(source: str | os.PathLike) -> int:
-    """Face resolution of an official release: 512 for LatentSync 1.6, else 256 (with a warning if unknown)."""
+def official_resolution(source: str | os.PathLike, requested: int | None = None) -> int:
+    """Face resolution of an official release: ``requested`` when given (with a warning when the release was trained
+    at another one), else 512 for LatentSync 1.6 and 256 otherwise (with a warning if the release is unknown)."""
     source = os.fspath(source)
-    if source in OFFICIAL_RESOLUTIONS:
-        return OFFICIAL_RESOLUTIONS[source]
+    trained = OFFICIAL_RESOLUTIONS.get(source)
+    if requested is not None:
+        if trained is not None and requested != trained:
+            logger.warning("%s was trained on %d px faces: resolution %d gives blurred or distorted mouths",
+                           source, trained, requested)
+        return requested
+    if trained is not None:
+        return trained
     logger.warning(
         "resolution of %s is unknown: using %d (LatentSync 1.0/1.5); pass resolution=512 for LatentSync 1.6 weights",
         source, DEFAULT_OFFICIAL_RESOLUTION,
@@ -783,13 +790,18 @@ def load_official_components(
             f"Whisper with width {audio_encoder.config.d_model}: LatentSync uses Whisper tiny (384 wide), as "
             f"{OFFICIAL_WHISPER_FILE} of the release"
         )
+    resolution = official_resolution(source, resolution)
+    multiple = 2 ** (len(vae.config.block_out_channels) - 1) * 2 ** (len(unet.config.down_block_types) - 1)
+    if resolution <= 0 or resolution % multiple:
+        raise OfficialCheckpointError(f"resolution {resolution} is not a positive multiple of {multiple}, which this "
+                                      "model's VAE and U-Net need (the official releases use 256 or 512)")
     return dict(
         unet=unet,
         vae=vae.eval(),
         audio_encoder=audio_encoder,
         feature_extractor=feature_extractor,
         scheduler=scheduler,
-        resolution=resolution or official_resolution(source),
+        resolution=resolution,
     )
 
 
