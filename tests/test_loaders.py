@@ -518,7 +518,10 @@ def test_wrong_release_file_names_what_it_holds(tmp_path):
 
 def test_rewrapped_unet_loads_and_stage1_warns(tmp_path, caplog):
     """The U-Net saved as ``{"model": ...}`` or as safetensors loads the same tensors; a stage-1 U-Net (no temporal
-    layers) where the release has a stage-2 one loads with a warning (it loaded silently)."""
+    layers) in a release folder, where the releases have a stage-2 one, loads for inference with a warning (it loaded
+    silently); loaded alone (as stage-2 training does) it is not warned about."""
+    from latentsync.loaders import load_official_components
+
     from safetensors.torch import save_file
 
     release = tmp_path / "release"
@@ -532,9 +535,12 @@ def test_rewrapped_unet_loads_and_stage1_warns(tmp_path, caplog):
         assert loaded.keys() == reference.keys() and all(torch.equal(loaded[k], reference[k]) for k in reference)
     assert "stage-1" not in caplog.text
     stage1 = random_state_dict(official_unet_shapes(**dict(FAKE_UNET, motion="none")), torch.Generator(), torch.float32)
-    torch.save({"state_dict": stage1}, tmp_path / "stage1.pt")
-    assert load_official_unet(tmp_path / "stage1.pt").config.motion_modules == "none"
-    assert "stage1.pt is a stage-1 U-Net" in caplog.text
+    torch.save({"state_dict": stage1}, release / "latentsync_unet.pt")
+    assert load_official_unet(release / "latentsync_unet.pt").config.motion_modules == "none"
+    assert "stage-1" not in caplog.text
+    write_tiny_vae(tmp_path / "vae")
+    assert load_official_components(release, vae_id=str(tmp_path / "vae"))["unet"].config.motion_modules == "none"
+    assert "latentsync_unet.pt is a stage-1 U-Net" in caplog.text
 
 
 def test_convert_problems_are_one_line(tmp_path, caplog, monkeypatch):

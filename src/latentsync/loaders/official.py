@@ -448,9 +448,6 @@ def load_official_unet(
         what = _describe_checkpoint(checkpoint)
         problem = f"it holds {what}, not a LatentSync U-Net" if what else str(exc)
         raise OfficialCheckpointError(f"{name}: {problem}") from None
-    if info.layout == "stage1":
-        logger.warning("%s is a stage-1 U-Net (no temporal layers): the official releases' latentsync_unet.pt is a "
-                       "stage-2 one; this one gives less stable mouths from frame to frame", name)
     config = official_unet_config(official, **config_overrides)
     converted = convert_unet_state_dict(official, motion_max_seq_length=config["motion_max_seq_length"])
     with torch.device("meta"):
@@ -770,6 +767,9 @@ def load_official_components(
     need_files = components.get("unet") is None or components.get("audio_encoder") is None
     files = resolve_official_files(source, force_download=force_download, **hub) if need_files else None
     unet = components.get("unet") or load_official_unet(files.unet, torch_dtype=torch_dtype)
+    if components.get("unet") is None and unet.config.motion_modules == "none":  # (stage 2 training starts from one)
+        logger.warning("%s is a stage-1 U-Net (no temporal layers): the official releases' latentsync_unet.pt is a "
+                       "stage-2 one; this one gives less stable mouths from frame to frame", files.unet)
     audio_encoder = components.get("audio_encoder") or load_official_whisper(files.whisper, torch_dtype=torch_dtype)
     vae = components.get("vae")
     if vae is None:
