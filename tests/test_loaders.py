@@ -457,3 +457,162 @@ def test_convert_never_writes_into_or_over_the_release(tmp_path, caplog):
     assert main([*base, "--output", str(out), "--overwrite"]) == 0
     assert (out / "model_index.json").is_file() and not (out / "notes.txt").exists()
     assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
+
+
+# ============================================================================ tests: files that are not what they seem
+
+LFS_POINTER = ("version https://git-lfs.github.com/spec/v1\n"
+               "oid sha256:4d7a214614ab2935c943f9e0ff69d22eadbb8f32b1258daaa5e2ca24d17e2393\nsize 5068113604\n")
+
+
+def test_unreadable_release_files_say_what_they_hold(tmp_path):
+    """A Git LFS pointer (a clone without git-lfs), a saved error page, an empty or truncated download, or a pickle
+    with objects besides tensors: one line naming the file and what it is (it used to be torch's advice to retry with
+    weights_only=False, or an empty message)."""
+    from latentsync.loaders.official import load_official_checkpoint
+
+    release = tmp_path / "release"
+    write_official_release(release)
+    good = (release / "latentsync_unet.pt").read_bytes()
+    cases = {
+        "lfs.pt": (LFS_POINTER.encode(), "Git LFS pointer"),
+        "page.pt": (b"<!DOCTYPE html><html><body>502 Bad Gateway</body></html>", "web page"),
+        "empty.pt": (b"", "is empty"),
+        "half.pt": (good[: len(good) // 2], "is incomplete"),
+    }
+    for name, (data, message) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(OfficialCheckpointError, match=message) as info:
+            load_official_checkpoint(tmp_path / name)
+        assert name in str(info.value) and "\n" not in str(info.value) and "weights_only` set to `False" not in str(
+            info.value)
+    torch.save({"state_dict": {"a": torch.zeros(1)}, "args": SimpleNamespace(lr=1)}, tmp_path / "objects.pt")
+    with pytest.raises(OfficialCheckpointError, match="holds more than tensors .*SimpleNamespace") as info:
+        load_official_checkpoint(tmp_path / "objects.pt")
+    assert "\n" not in str(info.value)
+    (release / "whisper" / "tiny.pt").write_text(LFS_POINTER)
+    with pytest.raises(OfficialCheckpointError, match=r"whisper[/\\]tiny.pt: it is a Git LFS pointer"):
+        load_official_whisper(release / "whisper" / "tiny.pt")
+
+
+def test_wrong_release_file_names_what_it_holds(tmp_path):
+    """The SyncNet, the Whisper file or a LoRA given as the U-Net (and the U-Net as the Whisper file): the error
+    names the file and what it holds (it used to list key names without the file)."""
+    from safetensors.torch import save_file
+
+    release = tmp_path / "release"
+    write_official_release(release)
+    syncnet_module = pytest.importorskip("latentsync.models.syncnet")
+    torch.save({"state_dict": syncnet_module.StableSyncNet.from_preset("16_pixel_attn").state_dict()},
+               tmp_path / "syncnet.pt")
+    save_file({"down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight": torch.zeros(4, 32)},
+              str(tmp_path / "lora.safetensors"))
+    for path, message in [(tmp_path / "syncnet.pt", "syncnet.pt: it holds a StableSyncNet"),
+                          (tmp_path / "lora.safetensors", "lora.safetensors: it holds LoRA"),
+                          (release / "whisper" / "tiny.pt", "tiny.pt: .*it holds an openai-whisper checkpoint")]:
+        with pytest.raises(OfficialCheckpointError, match=message):
+            load_official_unet(path)
+    with pytest.raises(OfficialCheckpointError, match="latentsync_unet.pt: not an openai-whisper .*it holds a U-Net"):
+        load_official_whisper(release / "latentsync_unet.pt")
+
+
+def test_rewrapped_unet_loads_and_stage1_warns(tmp_path, caplog):
+    """The U-Net saved as ``{"model": ...}`` or as safetensors loads the same tensors; a stage-1 U-Net (no temporal
+    layers) in a release folder, where the releases have a stage-2 one, loads for inference with a warning (it loaded
+    silently); loaded alone (as stage-2 training does) it is not warned about."""
+    from latentsync.loaders import load_official_components
+
+    from safetensors.torch import save_file
+
+    release = tmp_path / "release"
+    write_official_release(release)
+    sd = torch.load(release / "latentsync_unet.pt", weights_only=True)["state_dict"]
+    reference = load_official_unet(release / "latentsync_unet.pt").state_dict()
+    torch.save({"model": sd, "epoch": 3}, tmp_path / "model.pth")
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "unet.safetensors"))
+    for path in (tmp_path / "model.pth", tmp_path / "unet.safetensors"):
+        loaded = load_official_unet(path).state_dict()
+        assert loaded.keys() == reference.keys() and all(torch.equal(loaded[k], reference[k]) for k in reference)
+    assert "stage-1" not in caplog.text
+    stage1 = random_state_dict(official_unet_shapes(**dict(FAKE_UNET, motion="none")), torch.Generator(), torch.float32)
+    torch.save({"state_dict": stage1}, release / "latentsync_unet.pt")
+    assert load_official_unet(release / "latentsync_unet.pt").config.motion_modules == "none"
+    assert "stage-1" not in caplog.text
+    write_tiny_vae(tmp_path / "vae")
+    assert load_official_components(release, vae_id=str(tmp_path / "vae"))["unet"].config.motion_modules == "none"
+    assert "latentsync_unet.pt is a stage-1 U-Net" in caplog.text
+
+
+def test_convert_problems_are_one_line(tmp_path, caplog, monkeypatch):
+    """``latentsync convert``: the U-Net file given as --official, a resolution the models cannot use, a Whisper of
+    another size, a VAE folder without a model, and a full disk while writing: exit status 2, one line, no output
+    folder (they were tracebacks, a message without the files, or a converted folder that fails at run time)."""
+    import errno
+
+    from latentsync import LatentSyncPipeline
+    from latentsync.commands import main
+
+    release, vae = tmp_path / "release", tmp_path / "vae"
+    write_official_release(release)
+    write_tiny_vae(vae)
+    out = tmp_path / "out"
+    base = ["convert", "--output", str(out), "--vae", str(vae)]
+
+    def fails(args, message):
+        caplog.clear()
+        assert main(args) == 2
+        assert message in caplog.text, caplog.text
+        assert "Traceback" not in caplog.text and not out.exists()
+
+    fails([*base, "--official", str(release / "latentsync_unet.pt")], "latentsync_unet.pt is a file: give the folder")
+    for resolution in ("0", "100"):  # the tiny VAE and U-Net need a multiple of 16 (the official ones 64)
+        fails([*base, "--official", str(release), "--resolution", resolution],
+              f"resolution {resolution} is not a positive multiple of 16")
+    (tmp_path / "novae").mkdir()
+    fails(["convert", "--output", str(out), "--vae", str(tmp_path / "novae"), "--official", str(release)],
+          "cannot load vae_id=")
+
+    def full_disk(self, folder, **kw):
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / "part").write_bytes(b"x")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with monkeypatch.context() as m:
+        m.setattr(LatentSyncPipeline, "save_pretrained", full_disk)
+        fails([*base, "--official", str(release)], f"cannot write {out}: [Errno 28] No space left on device")
+    assert not [p for p in tmp_path.iterdir() if "partial" in p.name]
+    dims = dict(FAKE_WHISPER, n_audio_state=64, n_text_state=64)
+    torch.save(openai_whisper_checkpoint(torch.Generator(), dims, torch.float16), release / "whisper" / "tiny.pt")
+    fails([*base, "--official", str(release)], "latentsync_unet.pt expects 48-wide Whisper features, but ")
+
+
+def test_release_folder_with_other_file_names_lists_them(tmp_path):
+    """A release folder whose files were renamed by a mirror, or with a transformers Whisper folder: the error lists
+    the weight files it holds (it said only which official file was missing)."""
+    from latentsync.loaders.official import resolve_official_files
+
+    release = tmp_path / "release"
+    write_official_release(release)
+    (release / "latentsync_unet.pt").rename(release / "latentsync_unet_v1.6.ckpt")
+    (release / "whisper" / "tiny.pt").rename(release / "whisper" / "whisper_tiny.pt")
+    with pytest.raises(OfficialCheckpointError, match=r"lacks the official file latentsync_unet.pt \(it holds "
+                                                      r"latentsync_unet_v1.6.ckpt, whisper/whisper_tiny.pt\)"):
+        resolve_official_files(release)
+    (release / "latentsync_unet_v1.6.ckpt").rename(release / "latentsync_unet.pt")
+    (release / "whisper" / "config.json").write_text("{}")  # a transformers Whisper folder instead of openai's file
+    with pytest.raises(OfficialCheckpointError, match="tiny.pt .*whisper/ is a transformers Whisper folder"):
+        resolve_official_files(release)
+
+
+def test_resolution_other_than_the_release_warns(caplog):
+    """LatentSync 1.5 (256 px) at resolution 512, or 1.6 (512 px) at 256: loaded as asked, with a warning (it was
+    silent); the release's own resolution, or a resolution for an unknown local folder, is not warned about."""
+    from latentsync.loaders import official_resolution
+
+    assert official_resolution("ByteDance/LatentSync-1.5", 512) == 512
+    assert "ByteDance/LatentSync-1.5 was trained on 256 px faces: resolution 512" in caplog.text
+    caplog.clear()
+    assert official_resolution("ByteDance/LatentSync-1.6", 256) == 256 and "trained on 512 px" in caplog.text
+    caplog.clear()
+    assert official_resolution("ByteDance/LatentSync-1.6", 512) == 512 and official_resolution("/some/folder", 512) == 512
+    assert official_resolution("ByteDance/LatentSync-1.6") == 512 and not caplog.text

@@ -12,6 +12,7 @@ import logging
 import os
 
 from ..devices import DTYPE_NAMES, torch_dtype
+from ..errors import LatentSyncInputError, first_line
 from ..tempfiles import check_output_folder, write_folder_atomically
 
 logger = logging.getLogger("latentsync")
@@ -39,6 +40,7 @@ def parser() -> argparse.ArgumentParser:
 def convert(argv: list[str]) -> int:
     """Convert the official release ``--official`` into the pipeline folder ``--output`` (optionally pushed)."""
     args = parser().parse_args(argv)
+    args.official, args.output = os.path.expanduser(args.official), os.path.expanduser(args.output)  # quoted ~
     # the release is only read: the output may not be it, be inside it or hold it, nor replace a folder unasked
     local = [args.official] if os.path.exists(args.official) else []
     check_output_folder(args.output, local, args.overwrite)
@@ -58,7 +60,10 @@ def convert(argv: list[str]) -> int:
         if syncnet is not None:
             syncnet.save_pretrained(os.path.join(folder, "syncnet"), safe_serialization=True)
 
-    write_folder_atomically(args.output, write)  # a failed conversion leaves no half folder
+    try:
+        write_folder_atomically(args.output, write)  # a failed conversion leaves no half folder
+    except OSError as exc:  # a full disk, a read-only or vanished folder: one line; nothing is left behind
+        raise LatentSyncInputError(f"cannot write {args.output}: {first_line(exc)} (nothing was written)") from exc
     logger.info("saved the converted pipeline (resolution %d) to %s", pipe.config.resolution, args.output)
     if args.push_to_hub:
         hub_id = importlib.import_module("latentsync.hub").hub_id  # deferred: huggingface_hub, for --push-to-hub only

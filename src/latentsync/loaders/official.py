@@ -35,14 +35,16 @@ from diffusers import AutoencoderKL
 from diffusers.models.embeddings import SinusoidalPositionalEmbedding
 from huggingface_hub import HfApi, hf_hub_download, try_to_load_from_cache
 from huggingface_hub import constants as hub_constants
+from safetensors.torch import load_file as load_safetensors
 from transformers import WhisperConfig, WhisperFeatureExtractor
 
-from ..errors import LatentSyncInputError
+from ..errors import LatentSyncInputError, first_line
 from ..model_source import (
     OFFICIAL_SYNCNET_FILE,
     OFFICIAL_UNET_FILE,
     OFFICIAL_VAE_ID,
     OFFICIAL_WHISPER_FILE,
+    loading,
     syncnet_folder_problem,
 )
 from ..models.audio_encoder import WhisperAudioEncoder
@@ -116,31 +118,124 @@ class OfficialUNetLayout:
 # ---------------------------------------------------------------------------------------------------- reading
 
 
+_LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+_ZIP_END = b"PK\x05\x06"  # end-of-central-directory record: the last bytes of a complete zip (torch.save) file
+
+
+def _not_a_checkpoint(path: str) -> str | None:
+    """What the file at ``path`` holds instead of a readable checkpoint (an empty file, a Git LFS pointer, an HTML
+    page, a truncated zip), or None when its first and last bytes look fine."""
+    size = os.path.getsize(path)
+    if size == 0:
+        return "is empty (0 bytes): download it again"
+    with open(path, "rb") as fh:
+        head = fh.read(512)
+        fh.seek(max(0, size - 65_558))  # the end record and its longest comment
+        tail = fh.read()
+    if head.startswith(_LFS_POINTER):
+        return (f"is a Git LFS pointer ({size}-byte text file), not the weights: the repository was cloned without "
+                "git-lfs; run `git lfs pull` in it, or download the file itself (e.g. `hf download`)")
+    if head.lstrip()[:15].lower().startswith((b"<!doctype html", b"<html", b"<?xml")):
+        return (f"is a web page ({size} bytes), not a checkpoint: the download saved an error or login page; "
+                "download it again")
+    if head.startswith(b"PK\x03\x04") and _ZIP_END not in tail:
+        return (f"is incomplete ({size} bytes, the end of the file is missing): an interrupted download? "
+                "download it again")
+    return None
+
+
+def _is_safetensors(path: str) -> bool:
+    with open(path, "rb") as fh:
+        head = fh.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < os.path.getsize(path)
+
+
+def _load_error(path: str, exc: Exception) -> OfficialCheckpointError:
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:  # torch's advice (weights_only=False) is not what a user should do here
+        detail = text.split("WeightsUnpickler error:", 1)[1].strip().split(". ")[0].splitlines()[0]
+        return OfficialCheckpointError(f"cannot read checkpoint {path}: it holds more than tensors ({detail}); "
+                                       "official checkpoints are read with torch.load(weights_only=True)")
+    return OfficialCheckpointError(f"cannot read checkpoint {path}: {first_line(exc)}")
+
+
 def load_official_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Read an official ``.pt`` checkpoint safely (``weights_only=True``, memory-mapped when possible)."""
-    path = os.fspath(path)
+    """Read an official ``.pt`` checkpoint safely (``weights_only=True``, memory-mapped when possible); a
+    ``.safetensors`` file is read as a state dict.
+
+    Raises:
+        OfficialCheckpointError: one line naming the file and what it holds instead (missing, empty, a Git LFS
+            pointer, a web page, truncated, or not readable with ``weights_only=True``).
+    """
+    path = os.path.expanduser(os.fspath(path))
     if not os.path.isfile(path):
         raise OfficialCheckpointError(f"checkpoint file not found: {path}")
+    if (problem := _not_a_checkpoint(path)) is not None:
+        raise OfficialCheckpointError(f"cannot read checkpoint {path}: it {problem}")
+    if _is_safetensors(path):
+        try:
+            return load_safetensors(path)
+        except Exception as exc:
+            raise OfficialCheckpointError(f"cannot read checkpoint {path}: {first_line(exc)}") from exc
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except RuntimeError as exc:
         if "mmap" not in str(exc):  # legacy (non-zip) files cannot be memory-mapped
-            raise OfficialCheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+            raise _load_error(path, exc) from exc
     except Exception as exc:
-        raise OfficialCheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+        raise _load_error(path, exc) from exc
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise OfficialCheckpointError(f"cannot read checkpoint {path}: {exc}") from exc
+        raise _load_error(path, exc) from exc
+
+
+def _describe_checkpoint(checkpoint: Any) -> str | None:
+    """What a loaded checkpoint holds, in words (a Whisper checkpoint, a StableSyncNet, LoRA weights, a U-Net), for
+    error messages; None when it is none of those."""
+    if not isinstance(checkpoint, dict):
+        return None
+    if "dims" in checkpoint and "model_state_dict" in checkpoint:
+        return "an openai-whisper checkpoint (like whisper/tiny.pt)"
+    sd = _inner_state_dict(checkpoint)
+    keys = [k.removeprefix("module.") for k in sd if isinstance(k, str)]
+    if any("lora" in k.lower() for k in keys):
+        return "LoRA / adapter weights"
+    if any(k.startswith("visual_encoder.") for k in keys) and any(k.startswith("audio_encoder.") for k in keys):
+        return "a StableSyncNet (like stable_syncnet.pt)"
+    if "conv_in.weight" in keys and any(k.startswith("down_blocks.") for k in keys):
+        return "a U-Net (like latentsync_unet.pt)"
+    if any(k.startswith("encoder.blocks.") for k in keys):
+        return "Whisper weights without their 'dims'"
+    return None
+
+
+def _holds(checkpoint: Any) -> str:
+    what = _describe_checkpoint(checkpoint)
+    return f"it holds {what}" if what else (
+        f"top-level keys: {sorted(map(str, checkpoint))[:8]}" if isinstance(checkpoint, dict)
+        else f"it holds a {type(checkpoint).__name__}")
+
+
+# Where checkpoints keep their state dict: the official files use "state_dict"; other trainers "model" or "module".
+_STATE_DICT_WRAPPERS = ("state_dict", "model", "module")
+
+
+def _inner_state_dict(checkpoint: dict[str, Any]) -> Any:
+    """The state dict inside a checkpoint (under one of ``_STATE_DICT_WRAPPERS``), or the checkpoint itself."""
+    for wrapper in _STATE_DICT_WRAPPERS:
+        if isinstance(checkpoint.get(wrapper), dict):
+            return checkpoint[wrapper]
+    return checkpoint
 
 
 def _unet_state_dict(checkpoint: dict[str, Any], source: str) -> dict[str, torch.Tensor]:
     """The U-Net tensors of an official checkpoint (``{"state_dict": ...}``, or a bare state dict as in v1.0)."""
     if not isinstance(checkpoint, dict):
         raise OfficialCheckpointError(f"{source}: expected a dict, got {type(checkpoint).__name__}")
-    sd = checkpoint.get("state_dict", checkpoint)
+    sd = _inner_state_dict(checkpoint)
     if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise OfficialCheckpointError(f"{source}: no U-Net state dict found (top-level keys: {sorted(checkpoint)[:8]})")
+        raise OfficialCheckpointError(f"{source}: no U-Net state dict found ({_holds(checkpoint)})")
     if all(k.startswith("module.") for k in sd):  # saved from a DDP wrapper
         sd = {k[len("module.") :]: v for k, v in sd.items()}
     return sd
@@ -347,7 +442,12 @@ def load_official_unet(
     name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "U-Net state dict"
     checkpoint = load_official_checkpoint(source) if isinstance(source, (str, os.PathLike)) else source
     official = _unet_state_dict(checkpoint, name)
-    info = detect_unet_layout(official)
+    try:
+        info = detect_unet_layout(official)
+    except OfficialCheckpointError as exc:
+        what = _describe_checkpoint(checkpoint)
+        problem = f"it holds {what}, not a LatentSync U-Net" if what else str(exc)
+        raise OfficialCheckpointError(f"{name}: {problem}") from None
     config = official_unet_config(official, **config_overrides)
     converted = convert_unet_state_dict(official, motion_max_seq_length=config["motion_max_seq_length"])
     with torch.device("meta"):
@@ -439,9 +539,8 @@ def load_official_whisper(
     name = os.fspath(source) if isinstance(source, (str, os.PathLike)) else "Whisper checkpoint"
     checkpoint = load_official_checkpoint(source) if isinstance(source, (str, os.PathLike)) else source
     if not isinstance(checkpoint, dict) or "dims" not in checkpoint or "model_state_dict" not in checkpoint:
-        keys = sorted(checkpoint)[:8] if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise OfficialCheckpointError(f"{name}: not an openai-whisper checkpoint (needs 'dims' and "
-                                      f"'model_state_dict', got {keys})")
+                                      f"'model_state_dict'; {_holds(checkpoint)})")
     config = whisper_config_from_dims(checkpoint["dims"])
     converted = convert_whisper_state_dict(checkpoint["model_state_dict"])
     encoder = WhisperAudioEncoder(config).to(torch_dtype or torch.float32)
@@ -467,9 +566,9 @@ def load_official_syncnet(
     checkpoint = load_official_checkpoint(source) if isinstance(source, (str, os.PathLike)) else source
     if not isinstance(checkpoint, dict):
         raise OfficialCheckpointError(f"{name}: expected a dict, got {type(checkpoint).__name__}")
-    sd = checkpoint.get("state_dict", checkpoint)
+    sd = _inner_state_dict(checkpoint)
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise OfficialCheckpointError(f"{name}: no SyncNet state dict found (top-level keys: {sorted(checkpoint)[:8]})")
+        raise OfficialCheckpointError(f"{name}: no SyncNet state dict found ({_holds(checkpoint)})")
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module.") :]: v for k, v in sd.items()}
     candidates = [preset] if preset is not None else list(SYNCNET_CONFIGS)
@@ -482,6 +581,8 @@ def load_official_syncnet(
         if set(expected) == set(sd) and all(tuple(expected[k].shape) == tuple(sd[k].shape) for k in sd):
             break
     else:  # report the differences against the released architecture (or the requested one)
+        if (what := _describe_checkpoint(checkpoint)) is not None and "StableSyncNet" not in what:
+            raise OfficialCheckpointError(f"{name}: it holds {what}, not a StableSyncNet")
         with torch.device("meta"):
             model = StableSyncNet.from_preset(preset or "16_pixel_attn")
         check_state_dict(sd, model.state_dict(), f"SyncNet {name} (compared with preset {preset or '16_pixel_attn'})")
@@ -521,7 +622,8 @@ def is_official_layout(
     and offline mode is off.
     """
     source = os.fspath(source)
-    if _is_local(source):
+    if _is_local(os.path.expanduser(source)):
+        source = os.path.expanduser(source)
         return os.path.isfile(os.path.join(source, OFFICIAL_UNET_FILE)) and not os.path.isfile(
             os.path.join(source, "model_index.json")
         )
@@ -547,6 +649,20 @@ def is_official_layout(
     return OFFICIAL_UNET_FILE in files and "model_index.json" not in files
 
 
+_WEIGHT_ENDINGS = (".pt", ".pth", ".ckpt", ".bin", ".safetensors")
+
+
+def _weight_files(folder: str) -> list[str]:
+    """The weight files in ``folder`` and one level below (paths relative to it), for error messages."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        depth = os.path.relpath(root, folder).count(os.sep) + (root != folder)
+        dirs[:] = [] if depth >= 1 else [d for d in dirs if not d.startswith(".")]
+        found += [os.path.relpath(os.path.join(root, f), folder).replace(os.sep, "/") for f in files
+                  if f.endswith(_WEIGHT_ENDINGS)]
+    return found
+
+
 def resolve_official_files(
     source: str | os.PathLike,
     include_syncnet: bool = False,
@@ -558,6 +674,11 @@ def resolve_official_files(
 ) -> OfficialFiles:
     """Local paths of ``latentsync_unet.pt``, ``whisper/tiny.pt`` (and ``stable_syncnet.pt``) of a folder or Hub id."""
     source = os.fspath(source)
+    if os.path.isfile(os.path.expanduser(source)):
+        raise OfficialCheckpointError(f"{source} is a file: give the folder that holds {OFFICIAL_UNET_FILE} and "
+                                      f"{OFFICIAL_WHISPER_FILE} (or a Hub id like ByteDance/LatentSync-1.6)")
+    if _is_local(os.path.expanduser(source)):
+        source = os.path.expanduser(source)
     names = {"unet": OFFICIAL_UNET_FILE, "whisper": OFFICIAL_WHISPER_FILE}
     if include_syncnet:
         names["syncnet"] = OFFICIAL_SYNCNET_FILE
@@ -566,7 +687,11 @@ def resolve_official_files(
         for field, name in names.items():
             path = os.path.join(source, *name.split("/"))
             if not os.path.isfile(path):
-                raise OfficialCheckpointError(f"{source} lacks the official file {name}")
+                found = _weight_files(source)
+                held = f" (it holds {_format_keys(found, limit=6)})" if found else ""
+                if field == "whisper" and os.path.isfile(os.path.join(source, "whisper", "config.json")):
+                    held += ": whisper/ is a transformers Whisper folder; the release's is openai's whisper/tiny.pt"
+                raise OfficialCheckpointError(f"{source} lacks the official file {name}{held}")
             paths[field] = path
         return OfficialFiles(**paths)
     for field, name in names.items():
@@ -580,11 +705,18 @@ def resolve_official_files(
     return OfficialFiles(**paths)
 
 
-def official_resolution(source: str | os.PathLike) -> int:
-    """Face resolution of an official release: 512 for LatentSync 1.6, else 256 (with a warning if unknown)."""
+def official_resolution(source: str | os.PathLike, requested: int | None = None) -> int:
+    """Face resolution of an official release: ``requested`` when given (with a warning when the release was trained
+    at another one), else 512 for LatentSync 1.6 and 256 otherwise (with a warning if the release is unknown)."""
     source = os.fspath(source)
-    if source in OFFICIAL_RESOLUTIONS:
-        return OFFICIAL_RESOLUTIONS[source]
+    trained = OFFICIAL_RESOLUTIONS.get(source)
+    if requested is not None:
+        if trained is not None and requested != trained:
+            logger.warning("%s was trained on %d px faces: resolution %d gives blurred or distorted mouths",
+                           source, trained, requested)
+        return requested
+    if trained is not None:
+        return trained
     logger.warning(
         "resolution of %s is unknown: using %d (LatentSync 1.0/1.5); pass resolution=512 for LatentSync 1.6 weights",
         source, DEFAULT_OFFICIAL_RESOLUTION,
@@ -635,28 +767,41 @@ def load_official_components(
     need_files = components.get("unet") is None or components.get("audio_encoder") is None
     files = resolve_official_files(source, force_download=force_download, **hub) if need_files else None
     unet = components.get("unet") or load_official_unet(files.unet, torch_dtype=torch_dtype)
+    if components.get("unet") is None and unet.config.motion_modules == "none":  # (stage 2 training starts from one)
+        logger.warning("%s is a stage-1 U-Net (no temporal layers): the official releases' latentsync_unet.pt is a "
+                       "stage-2 one; this one gives less stable mouths from frame to frame", files.unet)
     audio_encoder = components.get("audio_encoder") or load_official_whisper(files.whisper, torch_dtype=torch_dtype)
     vae = components.get("vae")
     if vae is None:
-        vae = AutoencoderKL.from_pretrained(
-            vae_id, torch_dtype=torch_dtype, cache_dir=cache_dir, token=token, local_files_only=local_files_only
-        )
+        with loading("vae_id", vae_id):  # a missing or uncached VAE: one line, not diffusers' traceback
+            vae = AutoencoderKL.from_pretrained(
+                vae_id, torch_dtype=torch_dtype, cache_dir=cache_dir, token=token, local_files_only=local_files_only
+            )
         vae.register_to_config(scaling_factor=OFFICIAL_VAE_SCALING_FACTOR)
     feature_extractor = components.get("feature_extractor") or WhisperFeatureExtractor(
         feature_size=audio_encoder.config.num_mel_bins
     )
     scheduler = components.get("scheduler") or official_scheduler()
     if unet.config.cross_attention_dim != audio_encoder.config.d_model:
+        unet_name = files.unet if files and components.get("unet") is None else "the U-Net"
+        whisper_name = files.whisper if files and components.get("audio_encoder") is None else "the audio encoder"
         raise OfficialCheckpointError(
-            f"U-Net audio width {unet.config.cross_attention_dim} != Whisper width {audio_encoder.config.d_model}"
+            f"{unet_name} expects {unet.config.cross_attention_dim}-wide Whisper features, but {whisper_name} is a "
+            f"Whisper with width {audio_encoder.config.d_model}: LatentSync uses Whisper tiny (384 wide), as "
+            f"{OFFICIAL_WHISPER_FILE} of the release"
         )
+    resolution = official_resolution(source, resolution)
+    multiple = 2 ** (len(vae.config.block_out_channels) - 1) * 2 ** (len(unet.config.down_block_types) - 1)
+    if resolution <= 0 or resolution % multiple:
+        raise OfficialCheckpointError(f"resolution {resolution} is not a positive multiple of {multiple}, which this "
+                                      "model's VAE and U-Net need (the official releases use 256 or 512)")
     return dict(
         unet=unet,
         vae=vae.eval(),
         audio_encoder=audio_encoder,
         feature_extractor=feature_extractor,
         scheduler=scheduler,
-        resolution=resolution or official_resolution(source),
+        resolution=resolution,
     )
 
 
