@@ -46,14 +46,15 @@ MOVED: dict[tuple[str, str], str] = {
 }
 
 
-def moved_attribute(module: str, name: str) -> Any:
+def moved_attribute(module: str, name: str, stacklevel: int = 3) -> Any:
     """For a module's ``__getattr__``: the attribute ``name`` from its new home (see [`MOVED`]), with a deprecation
-    warning; AttributeError for any other name."""
+    warning (``stacklevel`` as for ``warnings.warn``, counted from here: the default points at the caller of the
+    ``__getattr__`` that calls this); AttributeError for any other name."""
     if (module, name) not in MOVED:
         raise AttributeError(f"module {module!r} has no attribute {name!r}")
     target, _, new_name = MOVED[module, name].partition(":")
     new_name = new_name or name
     warnings.warn(f"{module}.{name} is deprecated and will be removed in the next release; "
-                  f"use {target}.{new_name}", DeprecationWarning, stacklevel=3)
+                  f"use {target}.{new_name}", DeprecationWarning, stacklevel=stacklevel)
     # deferred: the new home may import this module (the reason the name moved), so it is imported on first use
     return getattr(importlib.import_module(target), new_name)

@@ -215,11 +215,10 @@ def syncnet_folder_problem(folder: str | os.PathLike, subfolder: str | None = No
     if kind:
         return f"it holds a {kind}, not a StableSyncNet"
     if any(os.path.exists(os.path.join(folder, name)) for name in TRAINING_RUN_MARKS):
-        if any(os.path.isdir(os.path.join(folder, name)) for name in ("syncnet_best", "syncnet")):
-            model = next(os.path.join(folder, name) for name in ("syncnet_best", "syncnet")
-                         if os.path.isdir(os.path.join(folder, name)))
-            return f"it is a SyncNet training run folder: its model is {model}"
-        return "it is the folder of a U-Net training run, not a SyncNet"
+        model = next((os.path.join(folder, name) for name in ("syncnet_best", "syncnet")
+                      if os.path.isdir(os.path.join(folder, name))), None)
+        return (f"it is a SyncNet training run folder: its model is {model}" if model is not None else
+                "it is the folder of a U-Net training run, not a SyncNet")
     if any(os.path.isfile(os.path.join(inner, name)) for name in PIPELINE_FILES):
         return "it holds a lip-sync pipeline, not a SyncNet"
     return f"no StableSyncNet in it (no config.json naming one, no {OFFICIAL_SYNCNET_FILE})"

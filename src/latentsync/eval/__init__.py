@@ -8,10 +8,9 @@ line runs before it loads torch) can be imported without the modules that need t
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
-from .._deprecation import moved_attribute
+from .._lazy import package_attribute
 
 _HOMES = {
     "I3DFeatureExtractor": "metrics", "frame_psnr": "metrics", "frame_ssim": "metrics",
@@ -28,9 +27,7 @@ __all__ = sorted(_HOMES)
 def __getattr__(name: str) -> Any:
     """``latentsync.eval.NAME``: imported from the module that holds it, on first use; names that lived here before
     the re-layout keep working for one release, with a deprecation warning."""
-    if name in _HOMES:
-        return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
-    return moved_attribute(__name__, name)
+    return package_attribute(__name__, _HOMES, name)
 
 
 def __dir__() -> list[str]:

@@ -8,8 +8,9 @@ command line runs before it loads torch) can be imported without the modules tha
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
+
+from .._lazy import package_attribute
 
 _HOMES = {
     "FaceAligner": "alignment", "similarity_transform": "alignment", "smooth_anchors": "alignment",
@@ -27,9 +28,7 @@ __all__ = sorted(_HOMES)
 
 def __getattr__(name: str) -> Any:
     """``latentsync.face.NAME``: imported from the module that holds it, on first use."""
-    if name not in _HOMES:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
+    return package_attribute(__name__, _HOMES, name)
 
 
 def __dir__() -> list[str]:

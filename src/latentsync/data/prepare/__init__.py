@@ -33,10 +33,9 @@ videos, the local engine's workers, resume), ``ray_engine`` (the stages on Ray; 
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
-from ..._deprecation import moved_attribute
+from ..._lazy import package_attribute
 
 # name -> the module of this package that holds it (imported on first use, so that ``config``, which the command line
 # reads before it loads torch, can be imported without the modules that need torch, MediaPipe and datasets)
@@ -57,9 +56,7 @@ __all__ = sorted(_HOMES)
 def __getattr__(name: str) -> Any:
     """``latentsync.data.prepare.NAME``: imported from the module that holds it, on first use; the constants and the
     command line that lived here keep working for one release, with a warning."""
-    if name in _HOMES:
-        return getattr(importlib.import_module(f".{_HOMES[name]}", __name__), name)
-    return moved_attribute(__name__, name)
+    return package_attribute(__name__, _HOMES, name)
 
 
 def __dir__() -> list[str]:
