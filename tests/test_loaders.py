@@ -616,3 +616,160 @@ def test_resolution_other_than_the_release_warns(caplog):
     caplog.clear()
     assert official_resolution("ByteDance/LatentSync-1.6", 512) == 512 and official_resolution("/some/folder", 512) == 512
     assert official_resolution("ByteDance/LatentSync-1.6") == 512 and not caplog.text
+
+
+# ============================================================================ tests: weights that load but cannot work
+
+
+def test_nonfinite_weights_are_refused(tmp_path, caplog, monkeypatch):
+    """A U-Net, Whisper or SyncNet file with NaN or infinite values (a damaged download, a diverged run): one line
+    naming the file, the first bad key and how many (it loaded silently and gave black frames; a NaN in a positional
+    table said the table "differs from" itself). NaN only in Whisper's unused text decoder: loaded, with a warning."""
+    from latentsync.commands import main
+
+    release, vae = tmp_path / "release", tmp_path / "vae"
+    write_official_release(release)
+    write_tiny_vae(vae)
+    unet_file, whisper_file = release / "latentsync_unet.pt", release / "whisper" / "tiny.pt"
+    original = torch.load(unet_file, weights_only=True)
+    for dtype in (torch.float32, torch.float16):
+        sd = {k: v.to(dtype, copy=True) for k, v in original["state_dict"].items()}
+        sd["conv_in.weight"][0, 0, 0, :2] = float("nan")
+        sd["up_blocks.1.resnets.0.conv1.bias"][3] = float("inf")
+        torch.save({"state_dict": sd}, unet_file)
+        with pytest.raises(OfficialCheckpointError) as info:
+            load_official_unet(unet_file)
+        assert str(info.value).startswith(f"{unet_file}: 2 tensors hold NaN or infinite values (first: "
+                                          "conv_in.weight, 2 of ") and "\n" not in str(info.value)
+    sd = dict(original["state_dict"])
+    pe = next(k for k in sd if k.endswith("pos_encoder.pe"))
+    sd[pe] = sd[pe].clone()
+    sd[pe][0, 1, 1] = float("nan")
+    torch.save({"state_dict": sd}, unet_file)
+    with pytest.raises(OfficialCheckpointError, match=f"1 tensor holds NaN .*first: {pe}, 1 of"):
+        load_official_unet(unet_file)
+    caplog.clear()
+    out = tmp_path / "out"
+    assert main(["convert", "--official", str(release), "--output", str(out), "--vae", str(vae)]) == 2
+    assert "1 tensor holds NaN or infinite values" in caplog.text and not out.exists()
+    torch.save(original, unet_file)
+
+    whisper = torch.load(whisper_file, weights_only=True)
+    whisper["model_state_dict"]["decoder.token_embedding.weight"][0, 0] = float("nan")
+    torch.save(whisper, whisper_file)
+    caplog.clear()
+    load_official_whisper(whisper_file)
+    assert "1 tensor holds NaN or infinite values (first: decoder.token_embedding.weight" in caplog.text
+    assert "in weights LatentSync does not use" in caplog.text
+    whisper["model_state_dict"]["encoder.blocks.0.mlp.0.weight"][1] = float("-inf")
+    torch.save(whisper, whisper_file)
+    with pytest.raises(OfficialCheckpointError, match=r"tiny.pt: 1 tensor holds NaN or infinite values \(first: "
+                                                      r"encoder.blocks.0.mlp.0.weight, 48 of 9216 values\)"):
+        load_official_whisper(whisper_file)
+
+    syncnet_module = pytest.importorskip("latentsync.models.syncnet")
+    tiny = dict(audio_in_channels=1, audio_block_out_channels=[8, 16], audio_downsample_factors=[[2, 1], 2],
+                audio_attn_blocks=[0, 1], visual_in_channels=6, visual_block_out_channels=[8, 16],
+                visual_downsample_factors=[[1, 2], 2], visual_attn_blocks=[1, 0], norm_num_groups=4, num_frames=2)
+    monkeypatch.setitem(syncnet_module.SYNCNET_CONFIGS, "tiny_test", tiny)
+    sd = syncnet_module.StableSyncNet(**tiny).state_dict()
+    key = next(iter(sd))
+    sd[key][0] = float("nan")
+    torch.save({"state_dict": sd}, tmp_path / "stable_syncnet.pt")
+    with pytest.raises(OfficialCheckpointError, match=f"stable_syncnet.pt: 1 tensor holds NaN .*first: {key}"):
+        load_official_syncnet(tmp_path / "stable_syncnet.pt")
+
+
+def test_nonfinite_check_is_cheap():
+    """The check reads every weight once without copying it: 60 M float16 values well under a second (a 300 M one,
+    the size of a released U-Net in float16, measured about half a second on the 2-core machine)."""
+    import time
+
+    from latentsync.loaders import nonfinite_tensors
+
+    sd = {f"w{i}": torch.zeros(1_000_000, dtype=torch.float16) for i in range(60)}
+    sd["w7"][5] = float("nan")
+    start = time.perf_counter()
+    assert nonfinite_tensors(sd) == ["w7"]
+    assert time.perf_counter() - start < 2.0
+
+
+def test_english_only_whisper_is_refused(tmp_path, caplog):
+    """Whisper tiny.en as whisper/tiny.pt (same encoder shapes as tiny, other weights): refused in one line naming
+    the file (it loaded silently and gave features the U-Net was not trained on); the multilingual one loads."""
+    from latentsync.commands import main
+    from latentsync.loaders import load_official_components
+
+    release, vae = tmp_path / "release", tmp_path / "vae"
+    write_official_release(release)
+    write_tiny_vae(vae)
+    whisper_file = release / "whisper" / "tiny.pt"
+    for n_vocab in (51865, 51864):
+        dims = dict(FAKE_WHISPER, n_vocab=n_vocab)
+        torch.save(openai_whisper_checkpoint(torch.Generator(), dims, torch.float16), whisper_file)
+        if n_vocab == 51865:
+            assert load_official_components(release, vae_id=str(vae))["audio_encoder"].config.vocab_size == 51865
+    with pytest.raises(OfficialCheckpointError, match=r"tiny.pt is an English-only Whisper \(like tiny.en"):
+        load_official_components(release, vae_id=str(vae))
+    caplog.clear()
+    out = tmp_path / "out"
+    assert main(["convert", "--official", str(release), "--output", str(out), "--vae", str(vae)]) == 2
+    assert "is an English-only Whisper" in caplog.text and not out.exists()
+    forced = load_official_whisper(whisper_file)  # given explicitly, it is the user's choice
+    assert load_official_components(release, vae_id=str(vae), audio_encoder=forced)["audio_encoder"] is forced
+
+
+def test_local_copy_of_a_release_gets_its_resolution(tmp_path, caplog):
+    """A folder that is a Hub cache snapshot of LatentSync 1.5 / 1.6 (what snapshot_download returns), links into
+    one, or is a git clone of the Hub repo: resolution as for the Hub id (1.6 was loaded at 256 px with a warning to
+    pass 512; 1.5 at 512 px was not warned about). A plain folder is not guessed at (no false alarm)."""
+    from latentsync import loaders
+    from latentsync.loaders import official_resolution
+
+    files = tmp_path / "files"
+    (files / "whisper").mkdir(parents=True)
+    (files / "latentsync_unet.pt").write_bytes(b"weights")
+    (files / "whisper" / "tiny.pt").write_bytes(b"whisper")
+    cache = tmp_path / "hub"
+    for repo in ("ByteDance/LatentSync-1.5", "ByteDance/LatentSync-1.6", "me/LatentSync-1.6-finetuned"):
+        fill_hub_cache(cache, repo, files)
+    snapshot = {repo: next((cache / f"models--{repo.replace('/', '--')}" / "snapshots").iterdir())
+                for repo in ("ByteDance/LatentSync-1.5", "ByteDance/LatentSync-1.6", "me/LatentSync-1.6-finetuned")}
+    assert official_resolution(snapshot["ByteDance/LatentSync-1.6"]) == 512 and "unknown" not in caplog.text
+    caplog.clear()
+    assert official_resolution(snapshot["ByteDance/LatentSync-1.5"], 512) == 512
+    assert f"{snapshot['ByteDance/LatentSync-1.5']} holds ByteDance/LatentSync-1.5, which was trained on 256 px" \
+        in caplog.text
+    official_release_of = loaders.official_release_of
+    assert official_release_of(snapshot["ByteDance/LatentSync-1.5"]) == "ByteDance/LatentSync-1.5"
+    linked = tmp_path / "checkpoints"
+    (linked / "whisper").mkdir(parents=True)
+    (linked / "latentsync_unet.pt").symlink_to(snapshot["ByteDance/LatentSync-1.6"] / "latentsync_unet.pt")
+    assert official_release_of(linked) == "ByteDance/LatentSync-1.6"
+    clone = tmp_path / "LatentSync-1.5"
+    (clone / ".git").mkdir(parents=True)
+    (clone / ".git" / "config").write_text('[remote "origin"]\n\turl = https://huggingface.co/ByteDance/LatentSync-1.5'
+                                           '\n\tfetch = +refs/heads/*:refs/remotes/origin/*\n')
+    assert official_release_of(clone) == "ByteDance/LatentSync-1.5"
+    caplog.clear()
+    for folder in (files, snapshot["me/LatentSync-1.6-finetuned"], tmp_path / "nothing"):
+        assert official_release_of(folder) is None
+        assert official_resolution(folder, 512) == 512 and not caplog.text
+
+
+def test_whole_model_pickles_and_wrapped_keys(tmp_path):
+    """A whole model saved with torch.save(model): the error names the class and says to save the state dict (it
+    quoted torch's unpickler); a state dict saved from a torch.compile'd model (``_orig_mod.`` keys) loads."""
+    from latentsync.loaders.official import load_official_checkpoint
+
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "whole.pt")
+    with pytest.raises(OfficialCheckpointError, match=r"whole.pt: it holds more than tensors \(a pickled "
+                                                      r"torch.nn.modules.linear.Linear\).*model.state_dict\(\)"):
+        load_official_checkpoint(tmp_path / "whole.pt")
+    release = tmp_path / "release"
+    write_official_release(release)
+    sd = torch.load(release / "latentsync_unet.pt", weights_only=True)["state_dict"]
+    torch.save({"state_dict": {f"_orig_mod.{k}": v for k, v in sd.items()}}, tmp_path / "compiled.pt")
+    reference = load_official_unet(release / "latentsync_unet.pt").state_dict()
+    loaded = load_official_unet(tmp_path / "compiled.pt").state_dict()
+    assert loaded.keys() == reference.keys() and all(torch.equal(loaded[k], reference[k]) for k in reference)

@@ -64,6 +64,10 @@ OFFICIAL_RESOLUTIONS = {
 }
 DEFAULT_OFFICIAL_RESOLUTION = 256
 
+# openai-whisper vocabulary sizes: the English-only models (tiny.en, base.en, ...) have one token fewer than the
+# multilingual ones (51865). Every LatentSync release conditions on the multilingual Whisper tiny.
+WHISPER_ENGLISH_ONLY_VOCAB = 51864
+
 # Official U-Net settings that the weights cannot reveal: the official config's attention_head_dim 8 is used as the
 # number of heads, GroupNorm has 32 groups everywhere, temporal attention has 8 heads.
 OFFICIAL_UNET_DEFAULTS = dict(
@@ -154,8 +158,12 @@ def _load_error(path: str, exc: Exception) -> OfficialCheckpointError:
     text = str(exc)
     if "WeightsUnpickler error:" in text:  # torch's advice (weights_only=False) is not what a user should do here
         detail = text.split("WeightsUnpickler error:", 1)[1].strip().split(". ")[0].splitlines()[0]
-        return OfficialCheckpointError(f"cannot read checkpoint {path}: it holds more than tensors ({detail}); "
-                                       "official checkpoints are read with torch.load(weights_only=True)")
+        if (m := re.search(r"GLOBAL (\S+) was not an allowed global", detail)) is not None:
+            detail = f"a pickled {m.group(1)}"
+        return OfficialCheckpointError(
+            f"cannot read checkpoint {path}: it holds more than tensors ({detail}), and checkpoints are read with "
+            "torch.load(weights_only=True), which runs no pickled code; a whole model saved with torch.save(model) "
+            "is such a file: save its weights instead, torch.save({'state_dict': model.state_dict()}, path)")
     return OfficialCheckpointError(f"cannot read checkpoint {path}: {first_line(exc)}")
 
 
@@ -198,7 +206,7 @@ def _describe_checkpoint(checkpoint: Any) -> str | None:
     if "dims" in checkpoint and "model_state_dict" in checkpoint:
         return "an openai-whisper checkpoint (like whisper/tiny.pt)"
     sd = _inner_state_dict(checkpoint)
-    keys = [k.removeprefix("module.") for k in sd if isinstance(k, str)]
+    keys = [k for k in _unwrapped(sd) if isinstance(k, str)] if isinstance(sd, dict) else []
     if any("lora" in k.lower() for k in keys):
         return "LoRA / adapter weights"
     if any(k.startswith("visual_encoder.") for k in keys) and any(k.startswith("audio_encoder.") for k in keys):
@@ -229,6 +237,18 @@ def _inner_state_dict(checkpoint: dict[str, Any]) -> Any:
     return checkpoint
 
 
+# Key prefixes of wrapped models: DistributedDataParallel ("module.") and torch.compile ("_orig_mod.").
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def _unwrapped(state_dict: dict[str, Any]) -> dict[str, Any]:
+    """``state_dict`` without the prefixes that DDP or ``torch.compile`` put on every key."""
+    for prefix in _WRAPPER_PREFIXES:
+        if state_dict and all(isinstance(k, str) and k.startswith(prefix) for k in state_dict):
+            state_dict = {k[len(prefix) :]: v for k, v in state_dict.items()}
+    return state_dict
+
+
 def _unet_state_dict(checkpoint: dict[str, Any], source: str) -> dict[str, torch.Tensor]:
     """The U-Net tensors of an official checkpoint (``{"state_dict": ...}``, or a bare state dict as in v1.0)."""
     if not isinstance(checkpoint, dict):
@@ -236,15 +256,58 @@ def _unet_state_dict(checkpoint: dict[str, Any], source: str) -> dict[str, torch
     sd = _inner_state_dict(checkpoint)
     if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise OfficialCheckpointError(f"{source}: no U-Net state dict found ({_holds(checkpoint)})")
-    if all(k.startswith("module.") for k in sd):  # saved from a DDP wrapper
-        sd = {k[len("module.") :]: v for k, v in sd.items()}
-    return sd
+    return _unwrapped(sd)
 
 
 def _format_keys(keys, limit: int = 12) -> str:
     keys = sorted(keys)
     shown = ", ".join(keys[:limit])
     return f"{shown}, ... ({len(keys)} in all)" if len(keys) > limit else shown
+
+
+_REDUCIBLE = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def nonfinite_tensors(state_dict: dict[str, Any]) -> list[str]:
+    """The keys of the floating-point tensors in ``state_dict`` that hold a NaN or an infinity, in order.
+
+    One ``aminmax`` per tensor (NaN and infinities reach the minimum or maximum): no copy of the weights is made;
+    0.5 to 1 s for 300 M float16 values on two shared CPU cores, about what one dtype cast of them costs. Meta
+    tensors are skipped.
+    """
+    bad = []
+    for key, tensor in state_dict.items():
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point() or tensor.is_meta:
+            continue
+        if tensor.numel() == 0:
+            continue
+        low, high = torch.aminmax(tensor if tensor.dtype in _REDUCIBLE else tensor.float())
+        if not (torch.isfinite(low) and torch.isfinite(high)):
+            bad.append(key)
+    return bad
+
+
+def _nonfinite_problem(state_dict: dict[str, Any], keys: list[str]) -> str:
+    first = state_dict[keys[0]]
+    count = int((~torch.isfinite(first)).sum())
+    tensors = f"{len(keys)} tensors hold" if len(keys) > 1 else "1 tensor holds"
+    return f"{tensors} NaN or infinite values (first: {keys[0]}, {count} of {first.numel()} values)"
+
+
+def check_finite(state_dict: dict[str, Any], name: str, unused: Any = None) -> None:
+    """Raise [`OfficialCheckpointError`] when a tensor of ``state_dict`` that the model uses holds NaN or infinite
+    values (a damaged file or a diverged training run: such weights give black or garbage frames); the keys for
+    which ``unused(key)`` is true (e.g. Whisper's text decoder) are only warned about."""
+    bad = nonfinite_tensors(state_dict)
+    if not bad:
+        return
+    used = [k for k in bad if unused is None or not unused(k)]
+    if used:
+        raise OfficialCheckpointError(
+            f"{name}: {_nonfinite_problem(state_dict, used)}: the file is damaged (download it again) or comes from "
+            "a training run that diverged (use an earlier checkpoint); it would give black or garbage frames")
+    logger.warning("%s: %s, in weights LatentSync does not use: ignored, but the file may be damaged", name,
+                   _nonfinite_problem(state_dict, bad))
 
 
 # ---------------------------------------------------------------------------------------------------- U-Net
@@ -449,6 +512,7 @@ def load_official_unet(
         problem = f"it holds {what}, not a LatentSync U-Net" if what else str(exc)
         raise OfficialCheckpointError(f"{name}: {problem}") from None
     config = official_unet_config(official, **config_overrides)
+    check_finite(official, name)  # (before the positional tables are compared with the sinusoid)
     converted = convert_unet_state_dict(official, motion_max_seq_length=config["motion_max_seq_length"])
     with torch.device("meta"):
         unet = LatentSyncUNet(**config)
@@ -532,6 +596,12 @@ def convert_whisper_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str,
     return out
 
 
+def _unused_whisper_key(key: str) -> bool:
+    """Whether LatentSync's audio features ignore this openai-whisper key: the text decoder, and ``ln_post`` (the
+    features are the embedding and every layer's output, before the final layer norm)."""
+    return not key.startswith("encoder.") or key.startswith("encoder.ln_post.")
+
+
 def load_official_whisper(
     source: str | os.PathLike | dict[str, Any], torch_dtype: torch.dtype | None = None
 ) -> WhisperAudioEncoder:
@@ -545,6 +615,7 @@ def load_official_whisper(
     converted = convert_whisper_state_dict(checkpoint["model_state_dict"])
     encoder = WhisperAudioEncoder(config).to(torch_dtype or torch.float32)
     check_state_dict(converted, encoder.state_dict(), f"Whisper encoder {name}")
+    check_finite(checkpoint["model_state_dict"], name, unused=_unused_whisper_key)
     encoder.load_state_dict(converted, strict=True)  # copies, casting the (fp16 in openai's files) weights
     return encoder.eval()
 
@@ -569,8 +640,7 @@ def load_official_syncnet(
     sd = _inner_state_dict(checkpoint)
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise OfficialCheckpointError(f"{name}: no SyncNet state dict found ({_holds(checkpoint)})")
-    if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module.") :]: v for k, v in sd.items()}
+    sd = _unwrapped(sd)
     candidates = [preset] if preset is not None else list(SYNCNET_CONFIGS)
     if preset is not None and preset not in SYNCNET_CONFIGS:
         raise ValueError(f"unknown SyncNet preset {preset!r}; choose one of {', '.join(SYNCNET_CONFIGS)}")
@@ -587,6 +657,7 @@ def load_official_syncnet(
             model = StableSyncNet.from_preset(preset or "16_pixel_attn")
         check_state_dict(sd, model.state_dict(), f"SyncNet {name} (compared with preset {preset or '16_pixel_attn'})")
         candidate = preset or "16_pixel_attn"
+    check_finite(sd, name)
     _assign_state_dict(model, sd, name)
     logger.info("loaded %s as StableSyncNet preset %s", name, candidate)
     _cast(model, torch_dtype)
@@ -705,17 +776,49 @@ def resolve_official_files(
     return OfficialFiles(**paths)
 
 
+_HUB_CACHE_REPO = re.compile(r"(?:^|/)models--([^/]+)--([^/]+)/(?:snapshots|blobs)/")
+_HUB_GIT_REMOTE = re.compile(r"^\s*url\s*=\s*https?://(?:[^/@]+@)?(?:www\.)?(?:huggingface\.co|hf\.co)/"
+                             r"([\w.-]+/[\w.-]+?)(?:\.git)?/?\s*$", re.MULTILINE)
+
+
+def official_release_of(folder: str | os.PathLike) -> str | None:
+    """The official release (Hub id in ``OFFICIAL_RESOLUTIONS``) whose files a local folder holds, when its files say
+    so: the folder, or the file its ``latentsync_unet.pt`` links to, lies in the Hub cache of that repo (a path from
+    ``snapshot_download`` or a link to one), or the folder is a git clone of it. None otherwise: the weights of the
+    releases have the same keys and shapes, so a copied or fine-tuned folder cannot be told apart."""
+    folder = os.path.expanduser(os.fspath(folder))
+    unet = os.path.join(folder, OFFICIAL_UNET_FILE)
+    for path in (folder + os.sep, os.path.realpath(unet)):
+        if (m := _HUB_CACHE_REPO.search(path.replace(os.sep, "/"))) is not None:
+            repo = f"{m.group(1)}/{m.group(2)}"
+            return repo if repo in OFFICIAL_RESOLUTIONS else None
+    try:
+        with open(os.path.join(folder, ".git", "config"), encoding="utf-8", errors="replace") as fh:
+            remotes = _HUB_GIT_REMOTE.findall(fh.read())
+    except OSError:
+        return None
+    official = {r for r in remotes if r in OFFICIAL_RESOLUTIONS}
+    return official.pop() if len(official) == 1 else None
+
+
 def official_resolution(source: str | os.PathLike, requested: int | None = None) -> int:
     """Face resolution of an official release: ``requested`` when given (with a warning when the release was trained
-    at another one), else 512 for LatentSync 1.6 and 256 otherwise (with a warning if the release is unknown)."""
+    at another one), else 512 for LatentSync 1.6 and 256 otherwise (with a warning if the release is unknown).
+
+    A local folder is that release when [`official_release_of`] tells it (a Hub cache snapshot, a git clone)."""
     source = os.fspath(source)
-    trained = OFFICIAL_RESOLUTIONS.get(source)
+    release = source if source in OFFICIAL_RESOLUTIONS else (
+        official_release_of(source) if os.path.isdir(os.path.expanduser(source)) else None)
+    trained = OFFICIAL_RESOLUTIONS.get(release)
     if requested is not None:
         if trained is not None and requested != trained:
-            logger.warning("%s was trained on %d px faces: resolution %d gives blurred or distorted mouths",
-                           source, trained, requested)
+            held = "" if release == source else f" holds {release}, which"
+            logger.warning("%s%s was trained on %d px faces: resolution %d gives blurred or distorted mouths",
+                           source, held, trained, requested)
         return requested
     if trained is not None:
+        if release != source:
+            logger.info("%s holds %s: resolution %d", source, release, trained)
         return trained
     logger.warning(
         "resolution of %s is unknown: using %d (LatentSync 1.0/1.5); pass resolution=512 for LatentSync 1.6 weights",
@@ -790,6 +893,11 @@ def load_official_components(
             f"Whisper with width {audio_encoder.config.d_model}: LatentSync uses Whisper tiny (384 wide), as "
             f"{OFFICIAL_WHISPER_FILE} of the release"
         )
+    if components.get("audio_encoder") is None and audio_encoder.config.vocab_size == WHISPER_ENGLISH_ONLY_VOCAB:
+        raise OfficialCheckpointError(
+            f"{files.whisper} is an English-only Whisper (like tiny.en: n_vocab {WHISPER_ENGLISH_ONLY_VOCAB}); "
+            "LatentSync's U-Nets were trained on the features of the multilingual Whisper tiny (n_vocab 51865), "
+            f"which differ: use the release's {OFFICIAL_WHISPER_FILE} (or pass audio_encoder= to force this one)")
     resolution = official_resolution(source, resolution)
     multiple = 2 ** (len(vae.config.block_out_channels) - 1) * 2 ** (len(unet.config.down_block_types) - 1)
     if resolution <= 0 or resolution % multiple:
