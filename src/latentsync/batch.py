@@ -157,7 +157,9 @@ def _check_job_outputs(jobs: Sequence[BatchJob], labels: Sequence[str], source: 
     problems = []
     for job, label in zip(jobs, labels):
         try:
-            check_output_path(job.output, (job.video, job.audio), create_folder=True)
+            # the partial files of killed runs are removed as each job runs (listing the folder per job here would
+            # take seconds for thousands of jobs)
+            check_output_path(job.output, (job.video, job.audio), create_folder=True, remove_partials=False)
         except InvalidOutputError as exc:
             problems.append(f"{label}: {exc}")
     if problems:
