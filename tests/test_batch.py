@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from conftest import ffmpeg
-from latentsync.batch import BatchListError, read_jobs, run_batch
+from latentsync.batch import BatchJob, BatchListError, read_jobs, run_batch
 from latentsync.commands import main
 from latentsync.errors import InvalidOutputError, InvalidVideoError
 from latentsync.media.video import check_output_path
@@ -35,7 +37,7 @@ def pairs(tmp_path, example_face, example_speech):
 
 
 def _rows(path):
-    with open(path, newline="") as fh:
+    with open(path, newline="", encoding="utf-8-sig") as fh:
         return {os.path.basename(r["video"]): r for r in csv.DictReader(fh)}
 
 
@@ -182,14 +184,13 @@ def test_jobs_whose_output_is_an_input_or_wrong_fail_and_leave_no_folder(tmp_pat
     is never written; a job that fails its checks leaves no new output folder behind."""
     for name in ("talk.mp4", "talk.wav", "voice.mp4", "broken.mp4"):
         (tmp_path / name).write_bytes(b"input " + name.encode())
-    (tmp_path / "jobs.csv").write_text(
-        "video,audio,output\n"
-        f"talk.mp4,talk.wav,{tmp_path / 'talk.mp4'}\n"  # the video itself
-        f"talk.mp4,voice.mp4,{tmp_path / 'voice.mp4'}\n"  # the audio (speech in an .mp4)
-        "talk.mp4,talk.wav,sub/wrong.avi\n"
-        "broken.mp4,talk.wav,new/deeper/broken.mp4\n"
-        "talk.mp4,talk.wav,made/talk.mp4\n")
-    jobs = read_jobs(tmp_path / "jobs.csv", tmp_path / "out")
+    # built in Python (read_jobs refuses such a list as a whole: see the next test); run_batch checks each job again
+    talk, wav, voice, out = (os.fspath(tmp_path / n) for n in ("talk.mp4", "talk.wav", "voice.mp4", "out"))
+    jobs = [BatchJob(talk, wav, talk),  # the video itself
+            BatchJob(talk, voice, voice),  # the audio (speech in an .mp4)
+            BatchJob(talk, wav, os.path.join(out, "sub", "wrong.avi")),
+            BatchJob(os.fspath(tmp_path / "broken.mp4"), wav, os.path.join(out, "new", "deeper", "broken.mp4")),
+            BatchJob(talk, wav, os.path.join(out, "made", "talk.mp4"))]
     pipe = _FakePipeline()
     for overwrite in (False, True):
         results = run_batch(pipe, jobs, overwrite=overwrite, progress=False)
@@ -203,6 +204,51 @@ def test_jobs_whose_output_is_an_input_or_wrong_fail_and_leave_no_folder(tmp_pat
         assert (tmp_path / name).read_bytes() == b"input " + name.encode()
     assert sorted(os.listdir(tmp_path / "out")) == ["made"]  # no sub/ nor new/deeper/
     assert (tmp_path / "out" / "made" / "talk.mp4").read_bytes() == b"synced"
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_the_model_loads_all_rows_at_once(tmp_path, caplog):
+    """Outputs the writer cannot write (.txt, .wav, .gif, no extension, a folder) or that are one of the job's
+    inputs refuse the whole list at once, each named by its row, before the model loads (they used to fail one by
+    one after it had loaded); nothing is created."""
+    for name in ("talk.mp4", "talk.wav"):
+        (tmp_path / name).write_bytes(b"input " + name.encode())
+    (tmp_path / "out" / "a-folder.mp4").mkdir(parents=True)
+    (tmp_path / "jobs.csv").write_text(
+        "video,audio,output\n"
+        "talk.mp4,talk.wav,notes.txt\n"  # row 2
+        "talk.mp4,talk.wav,fine.mp4\n"
+        "talk.mp4,talk.wav,sub/speech.wav\n"  # row 4
+        "talk.mp4,talk.wav,anim.GIF\n"  # row 5
+        "talk.mp4,talk.wav,no_extension\n"  # row 6
+        f"talk.mp4,talk.wav,{tmp_path / 'talk.mp4'}\n"  # row 7: its own video
+        "talk.mp4,talk.wav,a-folder.mp4\n")  # row 8
+    with pytest.raises(BatchListError) as caught:
+        read_jobs(tmp_path / "jobs.csv", tmp_path / "out")
+    message = str(caught.value)
+    assert len(message.splitlines()) == 1 and message.startswith(f"{tmp_path / 'jobs.csv'}: 6 jobs cannot write")
+    for row, problem in ((2, "unsupported output format .txt"), (4, "unsupported output format .wav"),
+                         (5, "unsupported output format .gif"), (6, r"unsupported output format \(no extension\)"),
+                         (7, r"output \S*talk.mp4 is the input file"), (8, "output path is a folder")):
+        assert re.search(f"row {row}: {problem}", message), (row, message)
+    assert "row 3" not in message
+    model = os.fspath(tmp_path / "no-model")  # never reached
+    assert main(["batch", os.fspath(tmp_path / "jobs.csv"), os.fspath(tmp_path / "out"), "--model", model]) == 2
+    assert "6 jobs cannot write their output" in caplog.text and "model folder not found" not in caplog.text
+    assert sorted(os.listdir(tmp_path / "out")) == ["a-folder.mp4"]
+    assert (tmp_path / "talk.mp4").read_bytes() == b"input talk.mp4"
+
+    (tmp_path / "one.csv").write_text("video,audio,output\ntalk.mp4,talk.wav,x.txt\n")
+    with pytest.raises(BatchListError, match=r"one.csv: a job cannot write its output: row 2: unsupported output "
+                                             r"format .txt: .*x.txt \(use one of .mp4, .mov, .mkv\)$"):
+        read_jobs(tmp_path / "one.csv", tmp_path / "out")
+
+
+def test_output_folder_that_cannot_be_written_is_one_line(tmp_path, pairs):
+    """Not one "not writable" per job: the output folder is checked once."""
+    if not os.path.isdir("/sys") or os.access("/sys", os.W_OK) and os.geteuid() != 0:
+        pytest.skip("no unwritable folder to test with")
+    with pytest.raises(InvalidOutputError, match=r"^output folder is not writable: /sys/latentsync-batch-out \("):
+        read_jobs(pairs, "/sys/latentsync-batch-out")
 
 
 def _free_port() -> int:
@@ -236,7 +282,7 @@ def test_batch_under_accelerate_launch_shares_the_jobs_between_two_processes(tmp
     proc = launch()
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p for p in os.listdir(out) if p.endswith(".mp4")) == ["a.mp4", "b.mp4", "c.mp4", "d.mp4"]
-    with open(out / "batch_results.csv", newline="") as fh:
+    with open(out / "batch_results.csv", newline="", encoding="utf-8-sig") as fh:
         rows = list(csv.DictReader(fh))
     assert [(os.path.basename(r["video"]), r["status"], r["process"]) for r in rows] == [
         ("a.mp4", "done", "0"), ("b.mp4", "done", "0"), ("c.mp4", "done", "1"), ("d.mp4", "done", "1")]
@@ -371,6 +417,55 @@ def test_ctrl_c_keeps_the_finished_outputs_and_says_so(tmp_path, pairs, monkeypa
     assert sorted(os.listdir(out)) == ["a.mp4"]
     assert "stopped by Ctrl-C: 1 of the 3 outputs are written and kept" in caplog.text
     assert "the same command resumes" in caplog.text and "nothing was written" not in caplog.text
+
+
+def test_results_table_opens_in_excel_and_pandas_with_names_outside_ascii(tmp_path):
+    """batch_results.csv starts with the UTF-8 BOM (Excel on Windows reads a CSV without it in the system's code
+    page: "cafÃ©"); pandas reads it with its first column named ``video``, and it reads back as a job list (e.g. to
+    rerun the failed jobs)."""
+    import pandas as pd
+
+    from latentsync.batch import JobResult, write_results
+
+    name = "café — 東京"
+    for ext in (".mp4", ".wav"):
+        (tmp_path / f"{name}{ext}").write_bytes(b"input")
+    results = [JobResult(os.fspath(tmp_path / f"{name}.mp4"), os.fspath(tmp_path / f"{name}.wav"),
+                         os.fspath(tmp_path / "out" / f"{name}.mp4"), "failed", error=f"cannot read video {name}")]
+    csv_path, md_path = write_results(results, tmp_path / "out")
+    assert Path(csv_path).read_bytes().startswith(b"\xef\xbb\xbfvideo,audio,output,status")
+    table = pd.read_csv(csv_path)
+    assert list(table.columns[:4]) == ["video", "audio", "output", "status"]
+    assert table.loc[0, "video"] == results[0].video and table.loc[0, "error"] == f"cannot read video {name}"
+    assert name in Path(md_path).read_text(encoding="utf-8")
+    jobs = read_jobs(csv_path, tmp_path / "again")
+    assert [(j.video, j.audio, j.output) for j in jobs] == [(r.video, r.audio, r.output) for r in results]
+
+
+def test_ctrl_c_while_waiting_for_the_other_processes_keeps_the_outputs_and_says_so(tmp_path, pairs, monkeypatch,
+                                                                                     caplog):
+    """Under accelerate launch a process whose jobs are done waits for the others (to gather the results); Ctrl-C
+    then said "nothing was written" although its outputs are written and kept."""
+    from latentsync.commands import batch as batch_command
+    from latentsync.errors import RunInterrupted
+
+    class Fake(_FakePipeline):
+        def set_progress_bar_config(self, **kwargs):
+            pass
+
+    def gather(results, state):
+        raise RunInterrupted(signal.SIGINT)  # as when the signal comes while gather_object waits
+
+    monkeypatch.setattr(batch_command, "check_model_options", lambda args: type("Source", (), {
+        "local_files_only": False})())
+    monkeypatch.setattr(batch_command, "load_pipeline", lambda args, local_files_only: Fake())
+    monkeypatch.setattr(batch_command, "gather_results", gather)
+    (pairs / "c.mp4").unlink()
+    out = tmp_path / "out"
+    assert main(["batch", os.fspath(pairs), os.fspath(out), "--device", "cpu"]) == 130
+    assert sorted(os.listdir(out)) == ["a.mp4", "b.mp4"]
+    assert "stopped by Ctrl-C: 2 of the 2 outputs are written and kept (its jobs were done); the same command " \
+           "resumes" in caplog.text and "nothing was written" not in caplog.text
 
 
 def test_names_in_either_unicode_form_are_found(tmp_path):

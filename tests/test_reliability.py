@@ -592,8 +592,9 @@ def test_help_and_import_do_not_load_torch():
 HEAVY_MODULES = ("torch", "diffusers", "transformers", "datasets", "mediapipe", "scipy")
 # each case in turn in one fresh interpreter: its exit status, its error lines and the heavy modules loaded by then
 RUN_CASES = """
-import json, logging, sys
-from latentsync.commands import main
+import importlib, json, logging, sys
+module, _, name = (sys.argv[4] if len(sys.argv) > 4 else "latentsync.commands:main").partition(":")
+main = getattr(importlib.import_module(module), name)
 
 errors = []
 handler = logging.Handler(logging.ERROR)
@@ -660,6 +661,69 @@ def test_subcommands_answer_help_and_bad_input_without_the_heavy_libraries(tmp_p
         else:
             assert len(errors) == 1 and re.search(message, errors[0]), (args, errors)
     assert not os.path.exists(out), "a refused command created its output folder"
+
+
+@pytest.mark.parametrize("command", ["train_unet_command", "train_syncnet_command"])
+def test_training_scripts_answer_help_and_bad_arguments_without_the_heavy_libraries(tmp_path, command):
+    """``train/train_unet.py`` and ``train/train_syncnet.py`` answer ``--help``, usage errors and settings that
+    cannot be read (no settings, a missing or broken config file, an unknown key) before torch, accelerate or the
+    trainers are imported (they imported them before every answer: seconds)."""
+    (tmp_path / "broken.yaml").write_text("learning_rate: [1e-4\n")
+    (tmp_path / "fine.yaml").write_text("max_train_steps: 3\n")
+    cases = [  # (arguments, exit status, what the one error line says; None: no error line)
+        (["--help"], 0, None),
+        (["--bogus"], 2, None),  # usage error
+        ([], 2, "no settings given"),
+        (["--config", os.fspath(tmp_path / "missing.yaml")], 2, "config file not found: .*missing.yaml"),
+        (["--config", os.fspath(tmp_path / "broken.yaml")], 2, "cannot read config .*broken.yaml"),
+        (["--config", os.fspath(tmp_path / "fine.yaml"), "no_such_setting=1"], 2, "unknown config keys: no_such"),
+        (["--config", os.fspath(tmp_path / "fine.yaml"), "learning_rate"], 2, "override must look like key=value"),
+    ]
+    results = tmp_path / "results.json"
+    proc = subprocess.run([sys.executable, "-c", RUN_CASES, os.fspath(results), json.dumps([c[0] for c in cases]),
+                           ",".join((*HEAVY_MODULES, "accelerate")), f"latentsync.commands.train:{command}"],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for (args, status, message), (code, errors, heavy) in zip(cases, json.loads(results.read_text())):
+        assert not heavy, f"`{command} {' '.join(args)}` imported {', '.join(heavy)}"
+        assert code == status, (args, code, errors)
+        if message is None:
+            assert not errors, (args, errors)
+        else:
+            assert len(errors) == 1 and re.search(message, errors[0]), (args, errors)
+    assert "resume_from_checkpoint" in proc.stdout  # the usage
+
+
+SIGNAL_ON_TORCH = """
+import importlib.abc, os, signal, sys
+
+class SignalOnTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "torch":  # the first import of torch: a signal then, as from a scheduler while the run starts
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+
+sys.meta_path.insert(0, SignalOnTorch())
+from latentsync.commands import train
+sys.exit(getattr(train, sys.argv[2])(sys.argv[3:]))
+"""
+
+
+@pytest.mark.parametrize("signame,command", [("SIGTERM", "train_unet_command"), ("SIGINT", "train_syncnet_command")])
+def test_training_scripts_stopped_while_torch_is_imported_say_so(tmp_path, signame, command):
+    """A signal while the training script imports torch (its first seconds) ends it with one line and 143 (130),
+    not silently (SIGTERM killed it before its handler was installed)."""
+    config = "unet_tiny_stage1.yaml" if command == "train_unet_command" else "syncnet_tiny.yaml"
+    proc = subprocess.run([sys.executable, "-c", SIGNAL_ON_TORCH, signame, command, "--config",
+                           os.fspath(ROOT / "train" / "configs" / config), f"train_data={tmp_path}",
+                           f"output_dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=300,
+                          check=False)
+    signum = getattr(signal, signame)
+    assert proc.returncode == 128 + signum, proc.stderr[-3000:]
+    name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+    errors = [line.split(" ERROR ", 1)[1] for line in proc.stderr.splitlines() if " ERROR " in line]
+    assert errors == [f"latentsync: stopped by {name} before the run started"], proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
 
 
 # ---------------------------------------------------------------------------------------------------- interrupts

@@ -35,7 +35,7 @@ from .errors import InvalidOutputError, LatentSyncInputError
 from .media.constants import AUDIO_EXTENSIONS
 from .media.files import is_video_file, same_file
 from .media.video import check_output_path
-from .tempfiles import make_missing_folders, nearest_folder, remove_empty_folders
+from .tempfiles import make_missing_folders, nearest_folder, remove_empty_folders, writable_problem
 
 if TYPE_CHECKING:  # the pipeline is passed in; importing it here only for the annotation
     import torch
@@ -102,8 +102,10 @@ def read_jobs(source: str | os.PathLike, output_dir: str | os.PathLike, audio_di
     Raises:
         BatchListError: ``source`` does not exist or is not a UTF-8 text CSV, the CSV lacks its header or a column,
             has no rows, a row has no video or audio or more fields than the header, a relative path is found from
-            the current folder but not from the CSV's, two jobs would write the same file, ``audio_dir`` is missing
-            or is given with a CSV.
+            the current folder but not from the CSV's, two jobs would write the same file, a job's output cannot be
+            written (not ``.mp4``/``.mov``/``.mkv``, one of its inputs, another job's input, a folder that cannot
+            be created or written: every such row is named at once), ``audio_dir`` is missing or is given with a
+            CSV.
         InvalidOutputError: ``output_dir`` (or a folder above it) is a file, or it is the folder of videos ``source``
             (the outputs would replace the videos).
     """
@@ -133,6 +135,7 @@ def read_jobs(source: str | os.PathLike, output_dir: str | os.PathLike, audio_di
         if key in outputs:
             raise BatchListError(f"two jobs write {job.output}: {outputs[key]} and {label}{context}")
         outputs[key] = label
+    _check_job_outputs(jobs, labels, source)
     # one job's output may not be another job's input: it would be replaced (or taken for a finished output)
     # (a job whose output is its own input fails on its own, and never writes)
     writers = {_file_key(job.output): job for job in jobs if os.path.exists(job.output)
@@ -147,6 +150,24 @@ def read_jobs(source: str | os.PathLike, output_dir: str | os.PathLike, audio_di
     return jobs
 
 
+def _check_job_outputs(jobs: Sequence[BatchJob], labels: Sequence[str], source: str) -> None:
+    """[`BatchListError`] naming every job (its row, or its video) whose output the single-run command would refuse
+    ([`check_output_path`]: a format the writer cannot write, a folder, one of the job's own inputs, a folder that
+    cannot be created or written), so that a bad list fails at once rather than job by job after the model loads."""
+    problems = []
+    for job, label in zip(jobs, labels):
+        try:
+            # the partial files of killed runs are removed as each job runs (listing the folder per job here would
+            # take seconds for thousands of jobs)
+            check_output_path(job.output, (job.video, job.audio), create_folder=True, remove_partials=False)
+        except InvalidOutputError as exc:
+            problems.append(f"{label}: {exc}")
+    if problems:
+        count = f"{len(problems)} jobs" if len(problems) > 1 else "a job"
+        raise BatchListError(f"{source}: {count} cannot write {'their' if len(problems) > 1 else 'its'} output: "
+                             + "; ".join(problems))
+
+
 def _file_key(path: str) -> tuple[int, int]:
     """The identity of an existing file (device and inode: the same through links)."""
     info = os.stat(path)
@@ -155,13 +176,17 @@ def _file_key(path: str) -> tuple[int, int]:
 
 def _check_output_dir(output_dir: str | os.PathLike) -> None:
     """[`InvalidOutputError`] when ``output_dir`` cannot be the batch's output folder: it, or a folder above it, is a
-    file. A missing folder is fine (it is created when the first job runs)."""
+    file, or it (or, when missing, the folder it would be created in) is not writable. A missing folder is fine (it
+    is created when the first job runs)."""
     output_dir = os.fspath(output_dir)
-    _, blocker = nearest_folder(output_dir)
+    existing, blocker = nearest_folder(output_dir)
     if blocker == os.path.abspath(output_dir):
         raise InvalidOutputError(f"output folder {output_dir} is a file, not a folder; choose a folder")
     if blocker is not None:
         raise InvalidOutputError(f"cannot create the output folder {output_dir}: {blocker} is a file")
+    problem = writable_problem(existing)
+    if problem is not None:
+        raise InvalidOutputError(f"output folder is not writable: {output_dir} ({problem})")
 
 
 def _output_for(video: str, output_dir: str, output_format: str) -> str:
@@ -391,10 +416,14 @@ def summary_table(results: Sequence[JobResult]) -> str:
 
 
 def write_results(results: Sequence[JobResult], output_dir: str | os.PathLike) -> tuple[str, str]:
-    """Write ``batch_results.csv`` (one row per job) and ``batch_summary.md`` in ``output_dir``; returns both paths."""
+    """Write ``batch_results.csv`` (one row per job) and ``batch_summary.md`` in ``output_dir``; returns both paths.
+
+    The CSV is UTF-8 with a BOM (as Excel's "CSV UTF-8"), so that Excel shows names outside ASCII as they are
+    (without it, Excel on Windows reads the file in the system's code page); pandas' ``read_csv`` and
+    [`read_jobs`] skip the BOM, and so does Python's ``csv`` module with ``encoding="utf-8-sig"``."""
     os.makedirs(output_dir, exist_ok=True)
     csv_path = os.path.join(output_dir, RESULTS_CSV)
-    with open(csv_path, "w", newline="", encoding="utf-8") as fh:
+    with open(csv_path, "w", newline="", encoding="utf-8-sig") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(JobResult.__dataclass_fields__))
         writer.writeheader()
         for r in results:

@@ -95,3 +95,22 @@ class _SignalWatcher:
         os.close(self._write)  # the watcher's read ends
         self._thread.join(timeout=1)
         os.close(self._read)
+
+
+def interrupt_of(exc: BaseException) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM (a ``KeyboardInterrupt``) behind ``exc``: ``exc`` itself, or one that was being handled
+    when ``exc`` was raised (a library whose cleanup fails when the signal arrives mid-call); None when there is
+    none."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def signal_number(interrupt: KeyboardInterrupt) -> int:
+    """The signal behind ``interrupt``: its ``signum`` ([`RunInterrupted`]), else SIGINT (a plain Ctrl-C)."""
+    return int(getattr(interrupt, "signum", signal.SIGINT))

@@ -66,21 +66,25 @@ def batch(argv: list[str]) -> int:
     pipe = load_pipeline(args, source.local_files_only)
     pipe.set_progress_bar_config(leave=False)
     kwargs = {**generation_kwargs(args), **face_arguments(args)}
+    waiting = False  # for the other processes: this process's jobs are done
     try:
         results = run_batch(pipe, mine, overwrite=args.overwrite, process_index=state.process_index,
                             make_generator=lambda: torch.Generator("cpu").manual_seed(args.seed), **kwargs)
+        waiting = True
+        results = gather_results(results, state)
+        if state.is_main_process:
+            csv_path, md_path = write_results(results, args.output_dir)
+            logger.info("results:\n%s", summary_table(results))
+            logger.info("wrote %s and %s", csv_path, md_path)
+        if state.num_processes > 1:
+            state.wait_for_everyone()  # the table is written before any process reports
+            state.destroy_process_group()
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (RunInterrupted): the finished outputs stay
         written = sum(os.path.isfile(job.output) for job in mine)
-        logger.error("stopped by %s: %d of the %d outputs%s are written and kept, the job that was running left "
-                     "nothing; the same command resumes", getattr(exc, "signal_name", "Ctrl-C"), written, len(mine),
-                     f" of process {state.process_index}" if state.num_processes > 1 else "")
+        where = ", the job that was running left nothing" if not waiting else " (its jobs were done" + (
+            ": it was waiting for the other processes)" if state.num_processes > 1 else ")")
+        logger.error("stopped by %s: %d of the %d outputs%s are written and kept%s; the same command resumes",
+                     getattr(exc, "signal_name", "Ctrl-C"), written, len(mine),
+                     f" of process {state.process_index}" if state.num_processes > 1 else "", where)
         return getattr(exc, "exit_code", 130)
-    results = gather_results(results, state)
-    if state.is_main_process:
-        csv_path, md_path = write_results(results, args.output_dir)
-        logger.info("results:\n%s", summary_table(results))
-        logger.info("wrote %s and %s", csv_path, md_path)
-    if state.num_processes > 1:
-        state.wait_for_everyone()  # the table is written before any process reports
-        state.destroy_process_group()
     return 1 if any(r.status == "failed" for r in results) else 0

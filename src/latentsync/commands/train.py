@@ -15,20 +15,17 @@ be written, the free space and the last checkpoint to resume from).
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from accelerate import PartialState
-
 from ..errors import LatentSyncInputError, RunInterrupted
-from ..interrupts import stop_on_signals
-from ..training import base
+from ..interrupts import interrupt_of, signal_number, stop_on_signals
 from ..training.config import TrainingConfig, TrainingConfigError, load_config, load_syncnet_config
-from ..training.syncnet_trainer import train_syncnet
-from ..training.unet_trainer import train
 
 UNET_USAGE = """Train the LatentSync U-Net (stage 1 or stage 2) with accelerate.
 
@@ -58,23 +55,30 @@ history.json, loss_chart.png.
 logger = logging.getLogger("latentsync")
 
 
-def _run(usage: str, load: Callable[..., TrainingConfig], run: Callable[[Any], dict[str, Any]],
-         summary: Callable[[dict[str, Any]], dict[str, Any]], argv: list[str] | None) -> int:
+def _run(usage: str, load: Callable[..., TrainingConfig], run: tuple[str, str], summary: Callable[[dict[str, Any]], dict[str, Any]],
+         argv: list[str] | None) -> int:
     """Parse ``--config`` and the overrides, train, and print a one-line JSON summary of the result; the exit
-    status is described in the module docstring."""
+    status is described in the module docstring. ``load`` reads the settings, ``run`` names the trainer's module
+    and function.
+
+    The usage, usage errors and settings that cannot be read (a missing config file, bad YAML, unknown keys) answer
+    before torch, accelerate and the trainers are imported (seconds); a signal that arrives while they are imported
+    ends the command with one line, as later."""
     parser = argparse.ArgumentParser(description=usage, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML config (train/configs/*.yaml)")
     parser.add_argument("overrides", nargs="*", help="key=value settings that override the config")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = None
+    cfg = base = None
     try:
         with stop_on_signals():
             if args.config is None and not args.overrides:
                 raise TrainingConfigError("no settings given: pass --config train/configs/<name>.yaml and "
                                           "train_data=DATA (see --help)")
-            cfg = load(args.config, args.overrides)
-            result = run(cfg)
+            cfg = load(args.config, args.overrides)  # its check of the models' arguments imports torch
+            # deferred: the trainers import torch, accelerate and diffusers (seconds); the settings are read first
+            base = importlib.import_module("latentsync.training.base")
+            result = getattr(importlib.import_module(run[0]), run[1])(cfg)
     except LatentSyncInputError as exc:  # bad settings, missing data or models, no Hub, a used output folder
         hint = ""
         if isinstance(exc, TrainingConfigError) and args.config is None and args.overrides:
@@ -82,29 +86,12 @@ def _run(usage: str, load: Callable[..., TrainingConfig], run: Callable[[Any], d
                    "train/configs/<name>.yaml)"
         logger.error("%s%s", exc, hint)
         return 2
-    except (base.TrainingStorageError, OSError) as exc:  # the disk filled up, the folder turned read-only
-        if isinstance(exc, OSError) and (cfg is None or exc.errno not in base.STORAGE_ERRNOS):
-            raise
-        if not isinstance(exc, base.TrainingStorageError):
-            exc = base.storage_error(cfg, exc.filename or "its files", exc)
-        logger.error("%s", exc)
-        return 1
     except BaseException as exc:  # noqa: BLE001 - Ctrl-C or SIGTERM (RunInterrupted), also behind a library's error
-        interrupt = base.interrupt_of(exc)
-        if interrupt is None:
+        code = _failure(exc, cfg, base)
+        if code is None:
             raise
-        signum = base.signal_number(interrupt)
-        if isinstance(interrupt, base.TrainingInterrupted):  # the trainers' loops name their step
-            message = str(interrupt)
-        elif cfg is None:
-            message = f"stopped by {RunInterrupted(signum).signal_name} before the run started"
-        else:
-            found = base.list_checkpoints(cfg.output_dir)
-            message = base.stop_message(RunInterrupted(signum).signal_name, cfg, None, found[-1] if found else None)
-        if PartialState().is_main_process:  # under accelerate launch every process is stopped: one line
-            logger.error("%s", message)
-        return 128 + signum
-    if PartialState().is_main_process:  # under accelerate launch: one summary, from the process that saved the results
+        return code
+    if _main_process():  # under accelerate launch: one summary, from the process that saved the results
         out = summary(result)
         if result.get("push_error"):
             out["push_error"] = result["push_error"]
@@ -112,18 +99,51 @@ def _run(usage: str, load: Callable[..., TrainingConfig], run: Callable[[Any], d
     return 1 if result.get("push_error") else 0
 
 
+def _failure(exc: BaseException, cfg: TrainingConfig | None, base: Any) -> int | None:
+    """The exit status after ``exc``, once its one line is logged: 1 for files the run could not write (a full disk,
+    a folder turned read-only), 128 + the signal after Ctrl-C or SIGTERM; None for any other error (re-raised)."""
+    if base is not None and cfg is not None and (isinstance(exc, base.TrainingStorageError) or (
+            isinstance(exc, OSError) and exc.errno in base.STORAGE_ERRNOS)):
+        if not isinstance(exc, base.TrainingStorageError):
+            exc = base.storage_error(cfg, exc.filename or "its files", exc)
+        logger.error("%s", exc)
+        return 1
+    interrupt = interrupt_of(exc)
+    if interrupt is None:
+        return None
+    signum = signal_number(interrupt)
+    if base is not None and isinstance(interrupt, base.TrainingInterrupted):  # the trainers' loops name their step
+        message = str(interrupt)
+    elif cfg is None or base is None:  # while the settings were read or torch and the trainer were imported
+        message = f"stopped by {RunInterrupted(signum).signal_name} before the run started"
+    else:
+        found = base.list_checkpoints(cfg.output_dir)
+        message = base.stop_message(RunInterrupted(signum).signal_name, cfg, None, found[-1] if found else None)
+    if _main_process():  # under accelerate launch every process is stopped: one line
+        logger.error("%s", message)
+    return 128 + signum
+
+
+def _main_process() -> bool:
+    """Whether this is the main process of the run (accelerate launch and torchrun set ``RANK``; a plain run has
+    one process). Read from the environment, not from accelerate: it is asked also when accelerate's import was
+    interrupted, and asking accelerate would start its processes' rendezvous."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def train_unet_command(argv: list[str] | None = None) -> int:
     """``train/train_unet.py``."""
     def summary(r: dict[str, Any]) -> dict[str, Any]:
         return {k: v for k, v in r.items() if k not in ("last_losses", "history")} | {"last": r["last_losses"]}
 
-    return _run(UNET_USAGE, load_config, train, summary, argv)
+    return _run(UNET_USAGE, load_config, ("latentsync.training.unet_trainer", "train"), summary, argv)
 
 
 def train_syncnet_command(argv: list[str] | None = None) -> int:
     """``train/train_syncnet.py``."""
     keys = ("global_step", "final_val", "model_dir", "loss_chart")
-    return _run(SYNCNET_USAGE, load_syncnet_config, train_syncnet, lambda r: {k: r[k] for k in keys}, argv)
+    return _run(SYNCNET_USAGE, load_syncnet_config, ("latentsync.training.syncnet_trainer", "train_syncnet"),
+                lambda r: {k: r[k] for k in keys}, argv)
 
 
 if __name__ == "__main__":

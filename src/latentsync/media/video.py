@@ -247,9 +247,10 @@ def check_output_path(
     inputs: Sequence[str | os.PathLike] = (),
     overwrite: bool = True,
     create_folder: bool = False,
+    remove_partials: bool = True,
 ) -> str:
     """``path`` as a string once it is safe to write the output there; also removes the partial files that killed
-    runs left for this output.
+    runs left for this output (unless ``remove_partials`` is False: a check of many outputs ahead of their runs).
 
     Args:
         path: the output video (``.mp4``, ``.mov`` or ``.mkv``).
@@ -283,7 +284,7 @@ def check_output_path(
     if existing != folder and not create_folder:
         raise InvalidOutputError(f"output folder does not exist: {folder}")
     _check_writable(existing, folder)
-    if existing == folder:
+    if existing == folder and remove_partials:
         remove_stale_partials(path)
     return path
 

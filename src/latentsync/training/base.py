@@ -27,7 +27,6 @@ import math
 import os
 import re
 import shutil
-import signal
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -51,6 +50,7 @@ from huggingface_hub import HfApi, snapshot_download
 
 from .. import hub
 from ..errors import RunInterrupted, first_line
+from ..interrupts import interrupt_of, signal_number
 from ..model_source import HubUnavailableError, check_hub_available
 from ..tempfiles import make_missing_folders, nearest_folder, remove_empty_folders, writable_problem
 from ..utils import read_json
@@ -644,25 +644,6 @@ def stop_message(signal_name: str, cfg: TrainingConfig, step: int | None, checkp
                 else f" (steps {saved_step + 1}-{step} are trained again)")
     return (f"stopped by {signal_name} {where}; the last checkpoint is {os.path.basename(checkpoint)} in "
             f"{checkpoint_root(cfg.output_dir)}: resume with resume_from_checkpoint=latest{redo}")
-
-
-def interrupt_of(exc: BaseException) -> KeyboardInterrupt | None:
-    """The Ctrl-C or SIGTERM (a ``KeyboardInterrupt``) behind ``exc``: ``exc`` itself, or one that was being handled
-    when ``exc`` was raised (a library whose cleanup fails when the signal arrives mid-call); None when there is
-    none."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        if isinstance(current, KeyboardInterrupt):
-            return current
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return None
-
-
-def signal_number(interrupt: KeyboardInterrupt) -> int:
-    """The signal behind ``interrupt``: its ``signum`` ([`RunInterrupted`]), else SIGINT (a plain Ctrl-C)."""
-    return int(getattr(interrupt, "signum", signal.SIGINT))
 
 
 @contextlib.contextmanager

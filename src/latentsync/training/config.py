@@ -9,19 +9,15 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import importlib
 import inspect
 import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import accelerate.tracking
 import yaml
-from accelerate.utils import LoggerType
 
 from ..errors import LatentSyncInputError
-from ..models.syncnet import SYNCNET_CONFIGS as SYNCNET_PRESETS
-from ..models.syncnet import StableSyncNet
-from ..models.unet import LatentSyncUNet
 
 MIXED_PRECISIONS = ("no", "fp16", "bf16")
 # what goes to the Hub during training, as transformers' hub_strategy: the final model only, or also every checkpoint
@@ -128,11 +124,13 @@ class TrainingConfig:
             if getattr(self, name) < 1:
                 raise TrainingConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.report_to is not None:
-            choices = LoggerType.list()
+            # deferred, as the models below: accelerate imports torch (seconds); the settings are read without it
+            tracking = importlib.import_module("accelerate.tracking")
+            choices = importlib.import_module("accelerate.utils").LoggerType.list()
             if self.report_to not in choices:
                 raise TrainingConfigError(f"report_to must be one of {', '.join(choices)} or null (no tracker), got "
                                           f"{self.report_to!r}")
-            installed = {tracker.value for tracker in accelerate.tracking.get_available_trackers()}
+            installed = {tracker.value for tracker in tracking.get_available_trackers()}
             if self.report_to != "all" and self.report_to not in installed:
                 raise TrainingConfigError(
                     f"report_to={self.report_to} needs the {self.report_to} package, which is not installed: install "
@@ -263,7 +261,9 @@ class UNetTrainingConfig(TrainingConfig):
                                       f"got {self.trainable_modules!r}")
         if self.resolution % 8:
             raise TrainingConfigError(f"resolution must be a multiple of 8, got {self.resolution}")
-        _check_model_arguments("unet_config", self.unet_config, LatentSyncUNet)
+        # deferred: the U-Net imports torch and diffusers (seconds); reading the settings does not need them
+        _check_model_arguments("unet_config", self.unet_config,
+                               importlib.import_module("latentsync.models.unet").LatentSyncUNet)
         if self.stage == 2 and self.sync_loss_weight > 0 and not self.syncnet:
             raise TrainingConfigError("sync_loss_weight > 0 needs a SyncNet: set syncnet=<id or folder>")
         if (self.motion_modules == "none" and self.trainable_modules
@@ -342,10 +342,11 @@ class SyncNetTrainingConfig(TrainingConfig):
                 raise TrainingConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.model_preset is None and not self.model_config and not self.pretrained_model:
             raise TrainingConfigError("set model_preset, model_config or pretrained_model")
-        if self.model_preset is not None and self.model_preset not in SYNCNET_PRESETS:
+        syncnet = importlib.import_module("latentsync.models.syncnet")  # deferred: imports torch (see above)
+        if self.model_preset is not None and self.model_preset not in syncnet.SYNCNET_CONFIGS:
             raise TrainingConfigError(
-                f"unknown model_preset {self.model_preset!r}; choose one of {', '.join(SYNCNET_PRESETS)} or null")
-        _check_model_arguments("model_config", self.model_config, StableSyncNet)
+                f"unknown model_preset {self.model_preset!r}; choose one of {', '.join(syncnet.SYNCNET_CONFIGS)} or null")
+        _check_model_arguments("model_config", self.model_config, syncnet.StableSyncNet)
 
 
 def _check_model_arguments(setting: str, arguments: dict[str, Any] | None, model: type) -> None:
