@@ -55,8 +55,8 @@ history.json, loss_chart.png.
 logger = logging.getLogger("latentsync")
 
 
-def _run(usage: str, load: Callable[..., TrainingConfig], run: tuple[str, str], summary: Callable[[dict[str, Any]], dict[str, Any]],
-         argv: list[str] | None) -> int:
+def _run(usage: str, load: Callable[..., TrainingConfig], run: tuple[str, str],
+         summary: Callable[[dict[str, Any]], dict[str, Any]], argv: list[str] | None) -> int:
     """Parse ``--config`` and the overrides, train, and print a one-line JSON summary of the result; the exit
     status is described in the module docstring. ``load`` reads the settings, ``run`` names the trainer's module
     and function.

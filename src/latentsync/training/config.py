@@ -345,7 +345,8 @@ class SyncNetTrainingConfig(TrainingConfig):
         syncnet = importlib.import_module("latentsync.models.syncnet")  # deferred: imports torch (see above)
         if self.model_preset is not None and self.model_preset not in syncnet.SYNCNET_CONFIGS:
             raise TrainingConfigError(
-                f"unknown model_preset {self.model_preset!r}; choose one of {', '.join(syncnet.SYNCNET_CONFIGS)} or null")
+                f"unknown model_preset {self.model_preset!r}; choose one of "
+                f"{', '.join(syncnet.SYNCNET_CONFIGS)} or null")
         _check_model_arguments("model_config", self.model_config, syncnet.StableSyncNet)
 
 
