@@ -12,7 +12,7 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
+from diffusers import DPMSolverMultistepScheduler
 
 from conftest import decode, ffmpeg, psnr
 from latentsync import LatentSyncPipeline, LatentSyncPipelineOutput, LatentSyncUNet
