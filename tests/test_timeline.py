@@ -3,6 +3,7 @@ mouth exactly the decoded input's, each frame's audio context taken at its time;
 
 from __future__ import annotations
 
+import logging
 import os
 from fractions import Fraction
 
@@ -181,7 +182,7 @@ def test_mirror_read_from_other_containers(tmp_path, container, codec):
     np.testing.assert_array_equal(np.stack(list(iter_stored_frames(path))), expected)
 
 
-def test_input_timeline_with_a_chosen_audio_track(tiny_pipe_64, clips, tmp_path):
+def test_input_timeline_with_a_chosen_audio_track(tiny_pipe_64, clips, tmp_path, caplog):
     """``--fps input --audio-track 2`` with a speech file whose two tracks are equally loud (the automatic choice
     keeps track 1): the lips follow track 2 (the same frames as a run on track 2 alone) and the file written on the
     input's timeline carries track 2, not the first."""
@@ -194,8 +195,10 @@ def test_input_timeline_with_a_chosen_audio_track(tiny_pipe_64, clips, tmp_path)
     second = copy_track(two, 1, tmp_path / "second.mka")
     kwargs = {"output_fps": "input", "num_inference_steps": 1, "guidance_scale": 1.0}
     out_path = tmp_path / "out.mp4"
-    out = tiny_pipe_64(clips["30"], two, output_path=out_path, return_frames=True, audio_track=2,
-                       generator=torch.Generator().manual_seed(0), **kwargs)
+    with caplog.at_level(logging.INFO, logger="latentsync"):
+        out = tiny_pipe_64(clips["30"], two, output_path=out_path, return_frames=True, audio_track=2,
+                           generator=torch.Generator().manual_seed(0), **kwargs)
+    assert f"{two}: the speech is read from audio track 2, as chosen" in caplog.text
     alone = tiny_pipe_64(clips["30"], second, generator=torch.Generator().manual_seed(0), **kwargs)
     assert np.array_equal(out.frames, alone.frames)
     written, _ = read_timestamps(out_path)

@@ -979,6 +979,8 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         source = avatar.frame_source() if avatar is not None else self._open_video(video, output_fps)
         voice_tracks = list(audio) if isinstance(audio, Mapping) else None
         speech = speech_track_of(audio, audio_track)
+        if audio_track is not None:  # the automatic choice logs itself (speech_track)
+            logger.info("%s: the speech is read from audio track %d, as chosen", os.fspath(audio), audio_track)
         voices, sound, sound_track, samples = _open_voices(audio, mix_audio, speech)
         fps, times = self._output_timeline(source, output_fps, len(samples))
         num_output_frames = len(times) if times is not None else num_video_frames(len(samples), fps=fps)
