@@ -179,6 +179,28 @@ class _FakePipeline:
         return type("Output", (), {"num_frames": 16, "frames_without_face": 0})()
 
 
+def test_a_job_list_chooses_each_jobs_audio_track(tmp_path):
+    """An ``audio_track`` column (numbered from 1, as the log names tracks) chooses a job's speech track; an empty
+    cell leaves the run's choice (``--audio-track`` or the automatic one); a cell that is no track number names its
+    row."""
+    (tmp_path / "jobs.csv").write_text("video,audio,audio_track\na.mp4,obs.mp4,2\nb.mp4,b.wav,\n")
+    jobs = read_jobs(tmp_path / "jobs.csv", tmp_path / "out")
+    assert [j.audio_track for j in jobs] == [2, None]
+    for name in ("a.mp4", "obs.mp4", "b.mp4", "b.wav"):
+        (tmp_path / name).write_bytes(b"input")
+    calls = {}
+
+    def pipe(video, audio, output_path, **kwargs):
+        calls[os.path.basename(video)] = kwargs.get("audio_track")
+        return type("Output", (), {"num_frames": 16, "frames_without_face": 0})()
+
+    run_batch(pipe, jobs, progress=False, audio_track=1)
+    assert calls == {"a.mp4": 2, "b.mp4": 1}
+    (tmp_path / "bad.csv").write_text("video,audio,audio_track\na.mp4,obs.mp4,0\n")
+    with pytest.raises(BatchListError, match="row 2: audio_track '0' is not an audio track number"):
+        read_jobs(tmp_path / "bad.csv", tmp_path / "out")
+
+
 def test_jobs_whose_output_is_an_input_or_wrong_fail_and_leave_no_folder(tmp_path):
     """An output that is the job's video or audio fails as in a single run (it is not a finished output to skip), and
     is never written; a job that fails its checks leaves no new output folder behind."""

@@ -91,6 +91,7 @@ def test_keep_input_frame_rate(tmp_path, example_face, tiny_model_dir, caplog, m
     # options of live runs without --audio - (they were silently ignored, or "-" was an unsupported format)
     (["--live-format", "raw"], "--live-format: only for live runs, which read the speech from standard input"),
     (["--chunk-seconds", "0.5"], "--chunk-seconds: only for live runs"),
+    (["--audio-track", "0"], "argument --audio-track: expected an audio track number from 1 (track 1 is the file's"),
 ])
 def test_bad_options_are_refused_before_the_model_loads(tmp_path, example_face, example_speech, capsys, args,
                                                         message):
@@ -101,6 +102,29 @@ def test_bad_options_are_refused_before_the_model_loads(tmp_path, example_face, 
         main(["--model", str(tmp_path / "no-model"), "--video", str(example_face), "--audio", str(example_speech),
               "--output", str(out), *args])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err and not out.exists()
+
+
+def test_audio_track_errors_are_one_line_before_the_model_loads(tmp_path, example_face, two_track_video, capsys,
+                                                                caplog):
+    """``--audio-track`` with a number the file does not have says how many tracks it has, with a live pipe it says
+    that a pipe has no tracks to choose, with a voice per face that it chooses in one file: all before any model is
+    looked for (the model folder here does not exist)."""
+    import logging
+
+    out = tmp_path / "out.mp4"
+    base = ["--model", str(tmp_path / "no-model"), "--video", str(example_face), "--output", str(out)]
+    with caplog.at_level(logging.ERROR, logger="latentsync"):
+        assert main([*base, "--audio", str(two_track_video), "--audio-track", "3"]) == 2
+        assert [r.getMessage() for r in caplog.records] == [
+            f"--audio-track 3: {two_track_video} has 2 audio tracks (numbered from 1)"]
+        caplog.clear()
+        assert main([*base, "--audio-for", f"0={two_track_video}", "--audio-track", "2"]) == 2
+        assert "--audio-track chooses a track of one audio file, not of a voice per face" in caplog.text
+    with pytest.raises(SystemExit) as exit_info:
+        main([*base[:-1], "-", "--audio", "-", "--audio-track", "2"])
+    assert exit_info.value.code == 2 and "--audio-track: a pipe (--audio -) carries one audio stream" in \
+        capsys.readouterr().err
+    assert not out.exists()
 
 
 def test_errors_name_the_options_of_the_command_line():

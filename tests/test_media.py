@@ -229,6 +229,51 @@ def test_the_first_track_is_kept_unless_another_is_clearly_louder(tmp_path):
     assert late.index == 1 and late.levels[0] is None
 
 
+def test_an_audio_track_chosen_by_number(two_track_video, tmp_path):
+    """``audio_track`` (``--audio-track``) numbers tracks from 1, as the log does ("read from track 2"): the run's
+    checks read that track (here the silent first one: refused as silent), a number the file does not have is one
+    line saying how many it has, and it is refused where there is no one file to choose in."""
+    from latentsync.errors import LatentSyncInputError
+    from latentsync.inputs import check_run_inputs, speech_track_of
+    from latentsync.media.audio import chosen_track
+
+    assert chosen_track(two_track_video, None) == "speech" and chosen_track(two_track_video, 2) == 1
+    assert not check_run_inputs(two_track_video, two_track_video, audio_track=2).audio.silent
+    with pytest.raises(InvalidAudioError, match="is silent"):
+        check_run_inputs(two_track_video, two_track_video, audio_track=1)
+    with pytest.raises(InvalidAudioError, match=r"^audio_track 3: .*two_tracks.mp4 has 2 audio tracks \(numbered "
+                                                r"from 1\)$"):
+        check_run_inputs(two_track_video, two_track_video, audio_track=3)
+    with pytest.raises(InvalidAudioError, match="has 1 audio track "):
+        chosen_track(shared_file("demo1_audio.wav"), 2, "--audio-track")
+    for bad in (0, -1, 1.0, True, "2"):
+        with pytest.raises(LatentSyncInputError, match="audio_track must be an audio track number >= 1"):
+            chosen_track(two_track_video, bad)
+    with pytest.raises(LatentSyncInputError, match="not of a voice per face"):
+        speech_track_of({0: two_track_video}, 2)
+    with pytest.raises(LatentSyncInputError, match="audio samples in memory"):
+        check_run_inputs(two_track_video, np.ones(16000, np.float32), audio_track=1)
+    with pytest.raises(InvalidAudioError, match="audio file not found"):
+        chosen_track(tmp_path / "missing.wav", 1)
+
+
+def test_the_speaking_face_listens_to_the_chosen_track_of_its_own_video(two_track_video, example_face, tmp_path):
+    """``face="speaking"`` scores faces against the video's own sound: with ``audio_track`` and the video as the
+    audio file, against that track (here the silent first one: no speech to hear); with another audio file, against
+    the video's speech track as before."""
+    from types import SimpleNamespace
+
+    from latentsync.face.speaking import soundtrack
+    from latentsync.pipeline import _video_track
+
+    source = SimpleNamespace(path=os.fspath(two_track_video))
+    assert _video_track(two_track_video, two_track_video, 0) == 0
+    assert _video_track(two_track_video, example_face, 0) == "speech"
+    assert soundtrack(source, 0) == (None, "silent soundtrack")
+    samples, reason = soundtrack(source, _video_track(two_track_video, example_face, 0))
+    assert reason is None and np.abs(samples).max() > 0.05
+
+
 # ---------------------------------------------------------------------------------------------------- hardware decode
 def _nvdec_works() -> bool:
     """NVDEC can start only with an NVIDIA driver (libcuda) and a GPU."""

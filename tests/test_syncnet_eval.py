@@ -150,6 +150,28 @@ def test_estimate_sync_detects_faces_on_real_clip(tmp_path, tiny_syncnet_dir):
     assert est2.num_windows == 10 - 5
 
 
+def test_estimate_sync_scores_against_the_speech_track(clips_dir, tiny_syncnet_dir, tmp_path, caplog):
+    """A video whose first audio track is silent and whose second holds its speech is scored against the speech (it
+    was scored against the silent first track); ``audio_track`` / ``--audio-track`` choose a track by its number from
+    1, and a number the file does not have is one line before the model loads."""
+    import logging
+
+    two = tmp_path / "two.mkv"
+    ffmpeg("-i", os.fspath(clips_dir / "a.mp4"), "-f", "lavfi", "-i", "anullsrc=r=16000:cl=mono", "-map", "0:v",
+           "-map", "1:a", "-map", "0:a", "-t", "3", "-c:v", "copy", "-c:a", "pcm_s16le", os.fspath(two))
+    model = StableSyncNet.from_pretrained(tiny_syncnet_dir)
+    kwargs = {"vshift": 2, "max_frames": 24, "faces_aligned": True}
+    speech = estimate_sync(clips_dir / "a.mp4", model, **kwargs).distances  # (16-bit copy: within 1e-3)
+    assert np.allclose(estimate_sync(two, model, **kwargs).distances, speech, atol=1e-3)
+    assert np.allclose(estimate_sync(two, model, audio_track=2, **kwargs).distances, speech, atol=1e-3)
+    silent = estimate_sync(two, model, audio_track=1, **kwargs).distances
+    assert np.abs(np.array(silent) - speech).max() > 0.01, (silent, speech)
+    with caplog.at_level(logging.ERROR, logger="latentsync"):
+        assert cli_main(["eval", "sync-conf", os.fspath(two), "--audio-track", "3", "--model",
+                         os.fspath(tmp_path / "no-model")]) == 2
+    assert _errors(caplog) == [f"--audio-track 3: {two} has 2 audio tracks (numbered from 1)"]
+
+
 # ---------------------------------------------------------------------------------------------------- CLI
 
 

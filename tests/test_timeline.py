@@ -3,6 +3,7 @@ mouth exactly the decoded input's, each frame's audio context taken at its time;
 
 from __future__ import annotations
 
+import logging
 import os
 from fractions import Fraction
 
@@ -179,3 +180,34 @@ def test_mirror_read_from_other_containers(tmp_path, container, codec):
     expected = displayed(np.stack(list(iter_frames(source, None))), 90, ("hflip",))
     np.testing.assert_array_equal(np.stack(list(iter_frames(path))), expected)
     np.testing.assert_array_equal(np.stack(list(iter_stored_frames(path))), expected)
+
+
+def test_input_timeline_with_a_chosen_audio_track(tiny_pipe_64, clips, tmp_path, caplog):
+    """``--fps input --audio-track 2`` with a speech file whose two tracks are equally loud (the automatic choice
+    keeps track 1): the lips follow track 2 (the same frames as a run on track 2 alone) and the file written on the
+    input's timeline carries track 2, not the first."""
+    from latentsync.media.audio import copy_track, speech_track
+
+    two = tmp_path / "two.mka"  # track 1 the speech, track 2 the same speech backwards: same level, other sound
+    ffmpeg("-i", os.fspath(clips["speech"]), "-filter_complex", "[0:a]asplit[a][b];[b]areverse[r]", "-map", "[a]",
+           "-map", "[r]", "-c:a", "pcm_s16le", os.fspath(two))
+    assert speech_track(two).index == 0
+    second = copy_track(two, 1, tmp_path / "second.mka")
+    kwargs = {"output_fps": "input", "num_inference_steps": 1, "guidance_scale": 1.0}
+    out_path = tmp_path / "out.mp4"
+    with caplog.at_level(logging.INFO, logger="latentsync"):
+        out = tiny_pipe_64(clips["30"], two, output_path=out_path, return_frames=True, audio_track=2,
+                           generator=torch.Generator().manual_seed(0), **kwargs)
+    assert f"{two}: the speech is read from audio track 2, as chosen" in caplog.text
+    alone = tiny_pipe_64(clips["30"], second, generator=torch.Generator().manual_seed(0), **kwargs)
+    assert np.array_equal(out.frames, alone.frames)
+    written, _ = read_timestamps(out_path)
+    assert len(written) == out.num_frames and np.allclose(written, out.timestamps, atol=1e-9)
+    assert probe_video(out_path).audio_tracks == 1
+    sound = load_audio(out_path)
+    n = min(len(sound), len(load_audio(second))) - 500  # AAC's padding at the ends
+
+    def correlation(reference):
+        return float(np.corrcoef(sound[500:n], load_audio(reference)[500:n])[0, 1])
+
+    assert correlation(second) > 0.95 and abs(correlation(clips["speech"])) < 0.5

@@ -57,11 +57,13 @@ class BatchListError(LatentSyncInputError):
 
 @dataclass
 class BatchJob:
-    """One lip-sync job: a talking-face video, the speech to sync it to, and where to write the result."""
+    """One lip-sync job: a talking-face video, the speech to sync it to, and where to write the result;
+    ``audio_track``: the speech's track of the audio file, numbered from 1 (None: the run's ``audio_track``)."""
 
     video: str
     audio: str
     output: str
+    audio_track: int | None = None
 
 
 @dataclass
@@ -81,7 +83,7 @@ class JobResult:
 
 
 # ---------------------------------------------------------------------------------------------------- job lists
-COLUMNS = ("video", "audio", "output")
+COLUMNS = ("video", "audio", "output", "audio_track")
 """The columns of a CSV job list (any case, any order); other columns are ignored with a warning."""
 DELIMITERS = {",": "a comma", ";": "a semicolon", "\t": "a tab"}
 """Field separators of a CSV job list: the one that splits its header into the column names is used (Excel writes
@@ -94,18 +96,19 @@ def read_jobs(source: str | os.PathLike, output_dir: str | os.PathLike, audio_di
 
     CSV (UTF-8, with or without the BOM that Excel's "CSV UTF-8" writes; fields separated by commas, semicolons or
     tabs; a path with the separator in it in double quotes): a header line naming the columns ``video`` and
-    ``audio`` (and optionally ``output``), in any order and case; relative paths (and ``~``) are relative to the CSV's
-    folder, relative outputs to ``output_dir``. Folder: every video in it, paired with the audio file of the same
-    name (``talk.mp4`` + ``talk.wav``) in the folder or in ``audio_dir``; a video without one becomes a job whose
-    audio is missing, which fails with a clear message. Outputs default to ``output_dir/<video name><output_format>``.
+    ``audio`` (and optionally ``output``, and ``audio_track``: the job's audio track of the speech, numbered from 1
+    as the log and players number them; empty: the run's choice), in any order and case; relative paths (and ``~``)
+    are relative to the CSV's folder, relative outputs to ``output_dir``. Folder: every video in it, paired with the
+    audio file of the same name (``talk.mp4`` + ``talk.wav``) in the folder or in ``audio_dir``; a video without one
+    becomes a job whose audio is missing, which fails with a clear message. Outputs default to ``output_dir/<video name><output_format>``.
 
     Raises:
         BatchListError: ``source`` does not exist or is not a UTF-8 text CSV, the CSV lacks its header or a column,
-            has no rows, a row has no video or audio or more fields than the header, a relative path is found from
-            the current folder but not from the CSV's, two jobs would write the same file, a job's output cannot be
-            written (not ``.mp4``/``.mov``/``.mkv``, one of its inputs, another job's input, a folder that cannot
-            be created or written: every such row is named at once), ``audio_dir`` is missing or is given with a
-            CSV.
+            has no rows, a row has no video or audio, more fields than the header or an audio track that is not a
+            number from 1, a relative path is found from the current folder but not from the CSV's, two jobs would
+            write the same file, a job's output cannot be written (not ``.mp4``/``.mov``/``.mkv``, one of its
+            inputs, another job's input, a folder that cannot be created or written: every such row is named at
+            once), ``audio_dir`` is missing or is given with a CSV.
         InvalidOutputError: ``output_dir`` (or a folder above it) is a file, or it is the folder of videos ``source``
             (the outputs would replace the videos).
     """
@@ -241,7 +244,7 @@ def _csv_jobs(path: str, output_dir: str, output_format: str) -> tuple[list[Batc
             text = fh.read()
     except UnicodeDecodeError:
         raise BatchListError(not_text) from None
-    layout = "the first line of a CSV job list names its columns: video,audio (and optionally output)"
+    layout = "the first line of a CSV job list names its columns: video,audio (and optionally output, audio_track)"
     first = next((line for line in text.splitlines() if line.strip()), None)
     if first is None:
         raise BatchListError(f"job list {path} is empty; {layout}")
@@ -277,7 +280,11 @@ def _csv_jobs(path: str, output_dir: str, output_format: str) -> tuple[list[Batc
         video, audio = (_listed_path(path, row, base, value[c]) for c in ("video", "audio"))
         output = os.path.join(output_dir, os.path.expanduser(value["output"])) if value.get("output") else \
             _output_for(video, output_dir, output_format)
-        jobs.append(BatchJob(video, audio, output))
+        track = value.get("audio_track", "")
+        if track and (not track.isdigit() or int(track) < 1):
+            raise BatchListError(f"{path} {row}: audio_track {track!r} is not an audio track number (1 is the "
+                                 "file's first track; leave it empty for the track with the speech)")
+        jobs.append(BatchJob(video, audio, output, int(track) if track else None))
         labels.append(row)
     if not jobs:
         raise BatchListError(f"no jobs in {path}: it has a header but no rows")
@@ -333,6 +340,8 @@ def run_batch(
                 continue
             created = make_missing_folders(os.path.dirname(os.path.abspath(job.output)))
             kwargs = dict(call_kwargs)
+            if job.audio_track is not None:
+                kwargs["audio_track"] = job.audio_track
             if make_generator is not None:
                 kwargs["generator"] = make_generator()
             out = pipe(video=job.video, audio=job.audio, output_path=job.output, **kwargs)

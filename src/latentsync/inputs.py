@@ -22,7 +22,7 @@ from typing import Any
 from .avatar import avatar_files
 from .errors import LatentSyncInputError
 from .face.choice import check_face_arguments, track_key
-from .media.audio import AudioInfo, check_not_silent, scan_audio
+from .media.audio import AudioInfo, Track, check_not_silent, chosen_track, scan_audio
 from .media.probe import VideoInfo, probe_video
 from .media.constants import VIDEO_FPS
 from .media.video import check_output_path
@@ -137,6 +137,7 @@ def check_run_inputs(
     face_box_frame: Any = 0,
     output_fps: Any = VIDEO_FPS,
     avatar: Any = None,
+    audio_track: Any = None,
     **arguments: Any,
 ) -> CheckedInputs:
     """Check everything about a run that can be checked before the model runs, and log warnings for odd inputs.
@@ -155,6 +156,8 @@ def check_run_inputs(
         face, face_box, face_box_frame: the choice of the face (see [`latentsync.face.choice.check_face_arguments`]).
         output_fps: the output's frame rate, or ``"input"`` (see [`check_output_fps`]).
         avatar: a prepared avatar folder (checked to be one; its files count as inputs) or a loaded avatar.
+        audio_track: the track of the ``audio`` file to read, numbered from 1 (see [`speech_track_of`]), or None for
+            the one with the speech.
         **arguments: the call's other arguments, checked by [`check_arguments`].
 
     Raises:
@@ -175,9 +178,10 @@ def check_run_inputs(
         checked.video = probe_video(video)
     speech = {f"audio for face {track_key(k)}": v for k, v in voices.items()} if voices is not None else \
         {"audio": audio}
+    track = speech_track_of(audio, audio_track)
     for what, source in speech.items():
         if _is_path(source):
-            info = scan_audio(source, what=what, track="speech")
+            info = scan_audio(source, what=what, track=track)
             check_not_silent(info, info.path if voices is None else f"{info.path} ({what})")
             checked.voices.append(info)
     checked.audio = max(checked.voices, key=lambda a: a.duration) if checked.voices else None
@@ -191,6 +195,26 @@ def check_run_inputs(
     for message in checked.warnings:
         warn(message)
     return checked
+
+
+def speech_track_of(audio: Any, audio_track: Any = None) -> Track:
+    """Which track of the speech file ``audio`` a run reads (and copies into its output): ``audio_track``, numbered
+    from 1 as the log and players number them, or the one with the speech
+    ([`~latentsync.media.audio.speech_track`]) when it is None.
+
+    Raises:
+        LatentSyncInputError: ``audio_track`` is given but ``audio`` is not one file (samples in memory, or a voice
+            per face), or is not a track number.
+        InvalidAudioError: the file does not have that track (the message says how many it has).
+    """
+    if audio_track is None:
+        return "speech"
+    if isinstance(audio, Mapping):
+        raise LatentSyncInputError("audio_track chooses a track of one audio file, not of a voice per face (give "
+                                   "each face's speech as a file of its own)")
+    if not _is_path(audio):
+        raise LatentSyncInputError("audio_track chooses a track of an audio file; audio samples in memory have one")
+    return chosen_track(audio, audio_track)
 
 
 def odd_input_warnings(video: VideoInfo | None, audio: AudioInfo | None, output_fps: float | str = VIDEO_FPS

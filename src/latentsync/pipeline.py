@@ -50,14 +50,14 @@ from .face.mask import latent_mouth_mask, mouth_mask
 from .face.selection import FaceSelection, choose_faces
 from .face.tracking import FaceTrack, FaceTracks, track_faces
 from .face.warp import TorchFaceAligner
-from .inputs import CheckedInputs, check_arguments, check_int, check_output_fps, check_run_inputs
+from .inputs import CheckedInputs, check_arguments, check_int, check_output_fps, check_run_inputs, speech_track_of
 from .live import LiveFrame, LiveSession, stream_frames
 from .loaders.lora import LatentSyncLoraLoaderMixin, check_no_lora_layers
 from .loaders.official import is_official_layout, load_official_components
 from .loaders.official import load_syncnet as load_syncnet_model
-from .media.audio import as_samples, check_not_silent, fit_length, mix_tracks, num_video_frames
+from .media.audio import Track, as_samples, check_not_silent, fit_length, mix_tracks, num_video_frames
 from .media.constants import SAMPLE_RATE, VIDEO_FPS
-from .media.files import check_input_file
+from .media.files import check_input_file, same_file
 from .media.timeline import open_timed_frames, output_timeline
 from .media.video import FrameSource, check_hardware_codec, open_frames
 from .model_source import check_not_training_run
@@ -351,6 +351,7 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         avatar: Any = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         callback_on_step_end: Callable[..., dict[str, torch.Tensor]] | None = None,
+        audio_track: int | None = None,
     ) -> CheckedInputs:
         """Check every argument of a call before any work is done: the call's arguments and files through
         [`latentsync.inputs.check_run_inputs`] (the same checks the command line and the app make before loading a
@@ -373,6 +374,7 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
             num_frames=num_frames, max_num_frames=max_frames, face_index=face_index,
             landmark_smoothing=landmark_smoothing, crf=crf, deep_cache_interval=deep_cache_interval,
             output_type=output_type, windows_per_batch=windows_per_batch, output_fps=output_fps, avatar=avatar,
+            audio_track=audio_track,
         )
         multiple = self.vae_scale_factor * 2 ** (len(self.unet.config.down_block_types) - 1)
         if self.config.resolution % multiple:
@@ -424,15 +426,18 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         face_box: Sequence[float] | None = None,
         face_box_frame: int = 0,
         voice_tracks: Sequence[int | FaceTrack] | None = None,
+        sound_track: Track = "speech",
     ) -> FaceSelection:
         """Which tracks to lip-sync, grouped by voice (see [`latentsync.face.selection`]).
 
-        For ``face="speaking"`` every track is scored against the video's own soundtrack: by the pipeline's
-        ``syncnet`` when it has one (one more pass over ``source``), else by lip motion against loudness. A video
-        without a soundtrack (or with a silent one) falls back to the largest face of each shot, with a warning.
+        For ``face="speaking"`` every track is scored against the video's own soundtrack (its audio track
+        ``sound_track``, as [`~latentsync.media.audio.load_audio`] takes it; by default the one with the speech): by
+        the pipeline's ``syncnet`` when it has one (one more pass over ``source``), else by lip motion against
+        loudness. A video without a soundtrack (or with a silent one) falls back to the largest face of each shot,
+        with a warning.
         """
         return choose_faces(tracks, source, face, face_index, face_box, face_box_frame, voice_tracks,
-                            syncnet=getattr(self, "syncnet", None), progress=self._progress)
+                            syncnet=getattr(self, "syncnet", None), progress=self._progress, sound_track=sound_track)
 
     @staticmethod
     def _frames_to_analyze(source: FrameSource, num_output_frames: int, landmark_smoothing: float, face: Any,
@@ -865,6 +870,7 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         windows_per_batch: int | None = None,
         output_fps: float | str = VIDEO_FPS,
         avatar: str | os.PathLike | Avatar | None = None,
+        audio_track: int | None = None,
     ) -> LatentSyncPipelineOutput | tuple:
         r"""Lip-sync ``video`` to ``audio``.
 
@@ -936,6 +942,12 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
                 time. Frames in memory are taken to be at ``output_fps`` (``"input"`` needs a file).
             avatar: a prepared avatar (folder from [`prepare_avatar`], or the [`~latentsync.avatar.Avatar`]) instead
                 of ``video``: no face analysis and no VAE encoder, the same frames as the call on the video.
+            audio_track: which audio track of the ``audio`` file is the speech, numbered from 1 as the log, players
+                and OBS number them (ffmpeg's ``0:a:1`` is track 2); it drives the lips and is the one copied into
+                the output (unless ``mix_audio``). None (default): the track with the speech
+                ([`~latentsync.media.audio.speech_track`]: the first, unless another is clearly louder in the speech
+                band). With ``face="speaking"`` on a ``video`` that is the ``audio`` file, the faces are scored
+                against this track too.
 
         Examples:
 
@@ -949,7 +961,8 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
                           landmark_smoothing, audio_window_mode, crf, deep_cache_interval, deep_cache_branch,
                           output_type, latents, callback_on_step_end_tensor_inputs, face, face_box, face_box_frame,
                           mix_audio, windows_per_batch=windows_per_batch, overwrite=overwrite, output_fps=output_fps,
-                          avatar=avatar, generator=generator, callback_on_step_end=callback_on_step_end)
+                          avatar=avatar, generator=generator, callback_on_step_end=callback_on_step_end,
+                          audio_track=audio_track)
         if isinstance(generator, (list, tuple)):
             generator = generator[0]  # one video: a list of one generator is that generator
         avatar = self._check_timeline_inputs(video, audio, output_fps, avatar, face, face_index, face_box)
@@ -965,7 +978,10 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         #    as 16 kHz samples, and the output's sound, which sets the length and the output's timeline
         source = avatar.frame_source() if avatar is not None else self._open_video(video, output_fps)
         voice_tracks = list(audio) if isinstance(audio, Mapping) else None
-        voices, sound, samples = _open_voices(audio, mix_audio)
+        speech = speech_track_of(audio, audio_track)
+        if audio_track is not None:  # the automatic choice logs itself (speech_track)
+            logger.info("%s: the speech is read from audio track %d, as chosen", os.fspath(audio), audio_track)
+        voices, sound, sound_track, samples = _open_voices(audio, mix_audio, speech)
         fps, times = self._output_timeline(source, output_fps, len(samples))
         num_output_frames = len(times) if times is not None else num_video_frames(len(samples), fps=fps)
 
@@ -987,7 +1003,7 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
                 # 4. Which tracks to lip-sync, and with which voice; their alignment and the output order (looping
                 #    if the video is too short)
                 selection = self.select_faces(tracks, source, face, face_index, face_box, face_box_frame,
-                                              voice_tracks)
+                                              voice_tracks, _video_track(video, audio, speech))
                 stream.assign(selection.voices, landmark_smoothing)
             else:  # 3-4. A prepared avatar: the faces, their alignment and crops are known
                 selection = FaceSelection([], [])
@@ -999,7 +1015,7 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
             # 6. Open the output, and the caches that save work when the video loops or steps repeat
             stream.open_output(output_path, sound, samples, crf, keep_frames=output_type != "file", fps=fps,
                                timestamps=times if output_fps == "input" else None,
-                               encoder=getattr(self, "_video_encoder", None))
+                               encoder=getattr(self, "_video_encoder", None), track=sound_track)
             use_latent_cache = stream.loops if cache_latents is None else cache_latents
             latent_caches = [stream.latent_cache(v) if use_latent_cache else None for v in range(stream.num_voices)]
             deep_cache = UNetFeatureCache(self.unet, deep_cache_interval, deep_cache_branch) if deep_cache_interval \
@@ -1231,12 +1247,14 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         return tqdm(iterable, **config)
 
 
-def _open_voices(audio: Any, mix_audio: Any) -> tuple[list[np.ndarray], Any, np.ndarray]:
+def _open_voices(audio: Any, mix_audio: Any, track: Track = "speech"
+                 ) -> tuple[list[np.ndarray], Any, Track, np.ndarray]:
     """The speech of each voice (16 kHz samples), the output's sound (a file to mux as it is, or None to write
-    ``samples``), and the output's sound as samples (its length is the output's).
+    ``samples``) and which of its audio tracks to mux, and the output's sound as samples (its length is the
+    output's).
 
-    One ``audio``: one voice, which is also the sound. A mapping: one voice per face and their mix as the sound.
-    ``mix_audio`` replaces the sound; the voices are then cut or padded to its length.
+    One ``audio``: one voice (its audio track ``track``), which is also the sound. A mapping: one voice per face and
+    their mix as the sound. ``mix_audio`` replaces the sound; the voices are then cut or padded to its length.
     """
     if isinstance(audio, Mapping):
         voices = []
@@ -1247,15 +1265,24 @@ def _open_voices(audio: Any, mix_audio: Any) -> tuple[list[np.ndarray], Any, np.
             voices.append(samples)
         sound, samples = None, mix_tracks(voices)
     else:
-        samples = as_samples(audio)
+        samples = as_samples(audio, track)
         check_not_silent(samples, os.fspath(audio) if isinstance(audio, (str, os.PathLike)) else "audio samples")
         voices, sound = [samples], audio
+    sound_track = track
     if mix_audio is not None:
-        sound = mix_audio if isinstance(mix_audio, (str, os.PathLike)) else None
+        sound, sound_track = (mix_audio if isinstance(mix_audio, (str, os.PathLike)) else None), "speech"
         samples = as_samples(mix_audio)
         check_not_silent(samples, os.fspath(mix_audio) if sound is not None else "mix_audio samples")
     voices = [v if len(v) >= len(samples) else fit_length(v, len(samples)) for v in voices]
-    return voices, sound, samples
+    return voices, sound, sound_track, samples
+
+
+def _video_track(video: Any, audio: Any, speech: Track) -> Track:
+    """The audio track of ``video`` that ``face="speaking"`` listens to: the speech track chosen for ``audio`` when
+    the video is that same file, else the video's own speech track."""
+    if isinstance(video, (str, os.PathLike)) and isinstance(audio, (str, os.PathLike)) and same_file(video, audio):
+        return speech
+    return "speech"
 
 
 def _cut_sound_to_picture(path: str, seconds: float) -> None:

@@ -38,7 +38,7 @@ from .face.alignment import FaceAligner
 from .face.selection import FaceSelection, select_faces
 from .face.tracking import FaceTrack, FaceTracker, FaceTracks, combined_anchors
 from .inputs import warn
-from .media.audio import copy_track, speech_track, write_wav
+from .media.audio import Track, copy_track, track_index, write_wav
 from .media.constants import VIDEO_FPS
 from .media.timeline import DEFAULT_TIME_BASE, TimedVideoWriter
 from .media.video import FrameSource, VideoWriter
@@ -515,19 +515,20 @@ class VideoStream:
     # ------------------------------------------------------------------ output
     def open_output(self, output_path: str | os.PathLike | None, audio: Any, samples: np.ndarray, crf: int = 18,
                     keep_frames: bool = False, fps: float = VIDEO_FPS, timestamps: np.ndarray | None = None,
-                    encoder: str | None = None) -> None:
-        """Prepare the sink: the video file at ``output_path`` (muxed with ``audio``, the caller's file, of which the
-        track with the speech ([`~latentsync.media.audio.speech_track`]), or a WAV copy of ``samples`` when the audio
-        was given in memory) and/or the frames kept in memory. The file is written at ``fps``, or with each output
+                    encoder: str | None = None, track: Track = "speech") -> None:
+        """Prepare the sink: the video file at ``output_path`` (muxed with ``audio``, the caller's file, of which its
+        audio track ``track`` as [`~latentsync.media.audio.load_audio`] takes it: by default the one with the speech
+        ([`~latentsync.media.audio.speech_track`]); or a WAV copy of ``samples`` when the audio was given in memory)
+        and/or the frames kept in memory. The file is written at ``fps``, or with each output
         frame at its time in ``timestamps`` (seconds; on the source's clock), with libx264 or the GPU ``encoder``
         (see [`~latentsync.media.video.usable_encoder`])."""
         self.keep_frames = keep_frames
         if output_path is not None:
             if isinstance(audio, (str, os.PathLike)):
                 audio_path = os.fspath(audio)
-                track = speech_track(audio_path)
-                if track.index:  # the writers mux a file's first audio track: the speech's, copied as it is
-                    audio_path = copy_track(audio_path, track.index, self._temp_path("audio.mka"))
+                index = track_index(audio_path, track)
+                if index:  # the writers mux a file's first audio track: the chosen one, copied as it is
+                    audio_path = copy_track(audio_path, index, self._temp_path("audio.mka"))
             else:  # samples in memory: muxed from a WAV copy
                 audio_path = self._temp_path("audio.wav")
                 write_wav(audio_path, samples)

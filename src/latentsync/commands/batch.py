@@ -1,10 +1,10 @@
 """``latentsync batch JOBS OUTPUT_DIR``: lip-sync many videos with one model load.
 
-JOBS is a CSV file (columns ``video``, ``audio`` and optionally ``output``) or a folder of video/audio pairs of the same
-name (``talk.mp4`` + ``talk.wav``; ``--audio-dir`` when the audio is elsewhere). Finished outputs are skipped, so the
-same command resumes an interrupted batch (Ctrl-C keeps the finished outputs and says how many); a job that fails is
-reported and the others go on. The results are written to ``OUTPUT_DIR/batch_results.csv`` and
-``batch_summary.md``; the exit status is 1 when a job failed.
+JOBS is a CSV file (columns ``video``, ``audio`` and optionally ``output`` and ``audio_track``) or a folder of
+video/audio pairs of the same name (``talk.mp4`` + ``talk.wav``; ``--audio-dir`` when the audio is elsewhere).
+Finished outputs are skipped, so the same command resumes an interrupted batch (Ctrl-C keeps the finished outputs and
+says how many); a job that fails is reported and the others go on. The results are written to
+``OUTPUT_DIR/batch_results.csv`` and ``batch_summary.md``; the exit status is 1 when a job failed.
 
 Under ``accelerate launch --multi_gpu --num_processes N -m latentsync batch ...`` (one machine, or several through
 accelerate's usual ``--num_machines`` / ``--machine_rank`` / ``--main_process_ip`` options) each process loads the
@@ -36,7 +36,8 @@ logger = logging.getLogger("latentsync")
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="latentsync batch", description="Lip-sync many videos with one model load.",
                                 epilog="The job list and resuming: see `latentsync.batch`.")
-    p.add_argument("jobs", help="CSV file (video,audio[,output] columns) or folder of video/audio pairs")
+    p.add_argument("jobs", help="CSV file (video,audio[,output][,audio_track] columns; audio_track: that job's "
+                                "--audio-track) or folder of video/audio pairs")
     p.add_argument("output_dir", help="folder for the lip-synced videos and the results table")
     p.add_argument("--audio-dir", default=None, help="folder of the audio files (folder jobs; default: the same)")
     p.add_argument("--format", default=".mp4", choices=[".mp4", ".mov", ".mkv"], help="output container")

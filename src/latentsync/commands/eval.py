@@ -27,8 +27,10 @@ from ..devices import DTYPE_NAMES, default_device, torch_dtype
 from ..errors import LatentSyncInputError, ModelNotFoundError, first_line
 from ..eval.config import (ALL_METRICS, I3D_FILENAME, I3D_REPO_ID, OFFICIAL_SYNCNET_V2_FILE, OFFICIAL_SYNCNET_V2_REPO,
                            VideoEvalConfig, check_report_output)
+from ..media.audio import chosen_track
 from ..media.files import check_side_output
 from ..model_source import check_model_sources, is_hub_id, loading
+from .run import track_number
 
 logger = logging.getLogger(__name__)
 
@@ -148,6 +150,10 @@ def _sync_conf_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights-name", default=None, help="file inside the --model folder/repo to load")
     p.add_argument("--subfolder", default=None)
     p.add_argument("--audio", default=None, help="score against this audio instead (one video only)")
+    p.add_argument("--audio-track", type=track_number, default=None, metavar="N",
+                   help="score against this audio track (of --audio, or of each video), numbered from 1 as the log "
+                        "and players number them (default: the track with the speech: the first, unless another is "
+                        "louder by more than 6 dB in the speech band)")
     p.add_argument("--vshift", type=int, default=15, help="largest offset tried, in frames (default 15)")
     p.add_argument("--batch-size", type=int, default=20)
     p.add_argument("--max-frames", type=int, default=None, help="only use the first N frames")
@@ -167,6 +173,8 @@ def sync_conf(argv: list[str]) -> int:
     missing = [v for v in [*args.videos, args.audio] if v is not None and not os.path.isfile(v)]
     if missing:
         raise LatentSyncInputError(f"not found: {', '.join(missing)} (no such file)")
+    for sound in [args.audio] if args.audio else args.videos:  # a track a file does not have: before the model loads
+        chosen_track(sound, args.audio_track, "--audio-track")
     if args.json:  # never over a video it scores
         check_side_output(args.json, [v for v in [*args.videos, args.audio] if v is not None], "--json")
     check_models({"--model": sync_model_source(model_id, weights)},
@@ -181,7 +189,7 @@ def sync_conf(argv: list[str]) -> int:
     results = {}
     for video in args.videos:
         est = sc.estimate_sync(video, model, audio=args.audio, vshift=args.vshift, batch_size=args.batch_size,
-                               max_frames=args.max_frames, faces_aligned=args.aligned)
+                               max_frames=args.max_frames, faces_aligned=args.aligned, audio_track=args.audio_track)
         logger.info("%s: offset %d frames, confidence %.3f, min distance %.3f", video, est.offset, est.confidence,
                     est.min_distance)
         results[video] = est.as_dict()

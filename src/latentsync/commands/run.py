@@ -34,7 +34,8 @@ DEFAULT_MODEL = "ByteDance/LatentSync-1.6"
 # the pipeline's argument names in messages -> the options that set them here
 OPTION_NAMES = {"num_inference_steps": "--steps", "guidance_scale": "--guidance-scale", "face_index": "--face-index",
                 "deep_cache_interval": "--deep-cache", "windows_per_batch": "--windows-per-batch", "output_fps": "--fps",
-                "face_box_frame": "--face-frame", "face_box": "--face", "audio mapping key": "--audio-for"}
+                "face_box_frame": "--face-frame", "face_box": "--face", "audio mapping key": "--audio-for",
+                "audio_track": "--audio-track"}
 
 
 def face_choice(text: str) -> dict[str, Any]:
@@ -75,6 +76,15 @@ def seed(text: str) -> int:
     if not 0 <= value < 2**63:
         raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**63 - 1, got {text!r}")
     return value
+
+
+def track_number(text: str) -> int:
+    """``--audio-track``: an audio track number, counted from 1."""
+    value = text.strip()
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected an audio track number from 1 (track 1 is the file's first), "
+                                         f"got {text!r}")
+    return int(value)
 
 
 def voice(text: str) -> tuple[int, str]:
@@ -127,6 +137,11 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     faces.add_argument("--syncnet", default=None,
                        help="StableSyncNet (folder, Hub id or stable_syncnet.pt) to find the speaking face with "
                             "(default: lip motion against loudness)")
+    p.add_argument("--audio-track", type=track_number, default=None, metavar="N",
+                   help="the audio track of the speech file that holds the speech, numbered from 1 as the log, "
+                        "players and OBS number them (ffmpeg's 0:a:0 is track 1); it drives the lips and is copied "
+                        "into the output. Default: the first, unless another is louder by more than 6 dB in the "
+                        "speech band")
     p.add_argument("--fps", type=frame_rate, default=25, metavar="25|input|N",
                    help="output frame rate: 25 (default, the model's), input (every frame of the video at its own "
                         "timestamp, variable rates kept) or any rate")
@@ -187,6 +202,7 @@ def generation_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "deep_cache_interval": args.deep_cache,
         "windows_per_batch": args.windows_per_batch,
         "output_fps": args.fps,
+        "audio_track": args.audio_track,
     }
 
 
@@ -284,6 +300,9 @@ def run(argv: list[str]) -> int:
                 check_hardware_codec(name, kind)
         except ValueError as exc:
             p.error(f"{option}: {exc}")
+    if args.audio == "-" and args.audio_track is not None:
+        p.error("--audio-track: a pipe (--audio -) carries one audio stream; to lip-sync a track of a file, give the "
+                "file as --audio")
     if args.audio == "-":
         args.live_format = args.live_format or "mp4"
         args.chunk_seconds = 0.2 if args.chunk_seconds is None else args.chunk_seconds
@@ -307,7 +326,7 @@ def run(argv: list[str]) -> int:
                                    create_output_folder=True, mix_audio=args.mix_audio, num_inference_steps=args.steps,
                                    guidance_scale=args.guidance_scale, deep_cache_interval=args.deep_cache,
                                    windows_per_batch=args.windows_per_batch, output_fps=args.fps, avatar=args.avatar,
-                                   **choice)
+                                   audio_track=args.audio_track, **choice)
     except LatentSyncInputError as exc:
         raise type(exc)(_with_option_names(str(exc), face_option)) from None
     source = check_model_options(args)

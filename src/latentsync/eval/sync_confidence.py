@@ -39,7 +39,7 @@ from ..errors import InvalidVideoError, LatentSyncInputError, NoFaceError
 from ..face.alignment import FaceAligner, smooth_anchors
 from ..face.detection import FaceDetector, largest_face
 from ..loaders.official import load_syncnet
-from ..media.audio import load_audio
+from ..media.audio import chosen_track, load_audio
 from ..media.constants import SAMPLE_RATE, VIDEO_FPS
 from ..media.video import iter_frames
 from ..models.syncnet import StableSyncNet
@@ -277,18 +277,23 @@ def estimate_sync(
     batch_size: int = 20,
     max_frames: int | None = None,
     faces_aligned: bool = False,
+    audio_track: int | None = None,
 ) -> SyncEstimate:
-    """Audio-visual offset (frames) and confidence of ``video`` (its own audio, or ``audio`` when given).
+    """Audio-visual offset (frames) and confidence of ``video`` (its own audio, or ``audio`` when given; of a file
+    with several audio tracks, the one with the speech: [`~latentsync.media.audio.speech_track`]).
 
     Args:
         model: a [`SyncNetV2`] (classic, Euclidean) or a pixel [`StableSyncNet`] (cosine distance).
         vshift: largest offset tried, in frames (15 as syncnet_python).
         max_frames: only use the first frames (for long videos).
         faces_aligned: the video already shows aligned 256-style faces (our training clips): skip detection.
+        audio_track: the audio track to score against instead, numbered from 1 as the log and players number them.
     """
     video = os.fspath(video)
+    sound = os.fspath(audio) if audio is not None else video
+    track = chosen_track(sound, audio_track)  # a track the file does not have: one line, before any decoding
     frames = _read_video(video, max_frames)
-    samples = load_audio(os.fspath(audio) if audio is not None else video)
+    samples = load_audio(sound, track=track)
     if isinstance(model, SyncNetV2):
         if faces_aligned:
             crops = np.stack([cv2.resize(f[..., ::-1], (CLASSIC_CROP, CLASSIC_CROP)) for f in frames])

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import LatentSyncInputError
+from ..media.audio import Track
 from ..media.video import FrameSource
 from ..models.syncnet import StableSyncNet
 from .choice import is_track_index, track_key
@@ -165,13 +166,15 @@ def choose_faces(
     voice_tracks: Sequence[int | FaceTrack] | None = None,
     syncnet: StableSyncNet | None = None,
     progress: Callable[..., Any] | None = None,
+    sound_track: Track = "speech",
 ) -> FaceSelection:
     """[`select_faces`] for the video ``source``; for ``face="speaking"`` the tracks are first scored against the
-    video's own soundtrack, by ``syncnet`` when given (one more pass over ``source``), else by lip motion. Without
-    a soundtrack (or with a silent one) every shot falls back to its largest face, with a warning."""
+    video's own soundtrack (its audio track ``sound_track``, as [`~latentsync.media.audio.load_audio`] takes it), by
+    ``syncnet`` when given (one more pass over ``source``), else by lip motion. Without a soundtrack (or with a
+    silent one) every shot falls back to its largest face, with a warning."""
     scores, rule, reason = None, None, "no soundtrack"
     if face == "speaking" and voice_tracks is None:
-        sound, reason = soundtrack(source)
+        sound, reason = soundtrack(source, sound_track)
         if sound is None:
             logger.warning("face='speaking': %s has %s, so who speaks cannot be heard; lip-syncing the largest face "
                            "of each shot", source.label, reason)

@@ -34,7 +34,7 @@ from scipy.signal import butter, sosfiltfilt
 from ..audio_features.wav2lip_mel import mel_window, num_mel_windows, wav2lip_mel
 from ..errors import InvalidAudioError, LatentSyncInputError
 from ..eval.sync_confidence import offset_confidence
-from ..media.audio import load_audio
+from ..media.audio import Track, load_audio
 from ..media.constants import SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_FPS
 from ..media.video import FrameSource
 from ..models.syncnet import StableSyncNet
@@ -223,13 +223,14 @@ def syncnet_scores(
     return scores
 
 
-def soundtrack(source: FrameSource) -> tuple[np.ndarray | None, str | None]:
-    """A video's own sound (16 kHz mono samples; of several audio tracks, the one with the speech), or None and why
-    there is none (``"no soundtrack"``, ``"silent soundtrack"``)."""
+def soundtrack(source: FrameSource, track: Track = "speech") -> tuple[np.ndarray | None, str | None]:
+    """A video's own sound (16 kHz mono samples; of several audio tracks, ``track`` as
+    [`~latentsync.media.audio.load_audio`] takes it: by default the one with the speech), or None and why there is
+    none (``"no soundtrack"``, ``"silent soundtrack"``)."""
     if source.path is None:
         return None, "no soundtrack"
     try:
-        samples = load_audio(source.path, track="speech")
+        samples = load_audio(source.path, track=track)
     except InvalidAudioError:
         return None, "no soundtrack"
     if float(np.abs(samples).max()) < 1e-4:

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import imageio_ffmpeg
 import numpy as np
 
-from ..errors import InvalidAudioError
+from ..errors import InvalidAudioError, LatentSyncInputError
 from ..tempfiles import make_work_dir, remove_work_dir
 from .constants import SAMPLE_RATE, VIDEO_FPS
 from .files import check_input_file, ffmpeg_reason
@@ -159,7 +159,31 @@ def speech_track(path: str | os.PathLike) -> SpeechTrack:
     return _choose_track(path, st.st_size, st.st_mtime_ns)
 
 
-def _track_index(path: str, track: Track) -> int:
+def chosen_track(path: str | os.PathLike, number: int | None, name: str = "audio_track") -> Track:
+    """The readers' ``track`` for audio track ``number`` of ``path``, numbered from 1 as the log, players and OBS
+    number them (ffmpeg's ``0:a:0`` is track 1), or ``"speech"`` ([`speech_track`]'s choice) when ``number`` is None.
+    ``name`` is the argument or option that gave ``number``, for messages. Only the file's header is read.
+
+    Raises:
+        LatentSyncInputError: ``number`` is not an integer >= 1.
+        InvalidAudioError: the file is missing or unreadable, or has fewer audio tracks than ``number`` (the message
+            says how many it has).
+    """
+    if number is None:
+        return "speech"
+    if isinstance(number, bool) or not isinstance(number, (int, np.integer)) or number < 1:
+        raise LatentSyncInputError(f"{name} must be an audio track number >= 1 (as the log and players number "
+                                   f"them), got {number!r}")
+    path = check_input_file(path, InvalidAudioError, "audio")
+    tracks, _ = probe_audio_tracks(path)
+    if 0 < tracks < number:  # no track at all (or not a media file): reading it says so
+        raise InvalidAudioError(f"{name} {number}: {path} has {tracks} audio track{'s' * (tracks > 1)} "
+                                f"(numbered from 1)")
+    return int(number) - 1
+
+
+def track_index(path: str, track: Track) -> int:
+    """The index among ``path``'s audio streams (ffmpeg's ``0:a:INDEX``) of ``track`` (as [`load_audio`] takes it)."""
     if track == "speech":
         return speech_track(path).index
     if isinstance(track, bool) or not isinstance(track, int) or track < 0:
@@ -213,7 +237,7 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, video_cl
             samples.
     """
     path = check_input_file(path, InvalidAudioError, "audio")
-    index = _track_index(path, track)
+    index = track_index(path, track)
     proc = subprocess.run(_decode_command(path, sample_rate, video_clock, index), capture_output=True)
     if proc.returncode != 0:
         raise _decode_error(path, proc.returncode, proc.stderr, index)
@@ -247,7 +271,7 @@ def scan_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, chunk_se
             samples.
     """
     path = check_input_file(path, InvalidAudioError, what)
-    index = _track_index(path, track)
+    index = track_index(path, track)
     proc = subprocess.Popen(_decode_command(path, sample_rate, index=index), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     count, peak, chunk = 0, 0.0, int(chunk_seconds * sample_rate) * 4
@@ -272,15 +296,16 @@ def scan_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, chunk_se
     return AudioInfo(path, count / sample_rate, peak)
 
 
-def as_samples(audio: str | os.PathLike | np.ndarray | Any) -> np.ndarray:
-    """Mono float32 samples at 16 kHz from a file (any format ffmpeg reads; of a file with several audio tracks, the
-    one with the speech: [`speech_track`]) or from samples in memory (a NumPy array or a torch tensor).
+def as_samples(audio: str | os.PathLike | np.ndarray | Any, track: Track = "speech") -> np.ndarray:
+    """Mono float32 samples at 16 kHz from a file (any format ffmpeg reads; of a file with several audio tracks,
+    ``track`` as in [`load_audio`]: by default the one with the speech, [`speech_track`]) or from samples in memory
+    (a NumPy array or a torch tensor).
 
     Raises:
         InvalidAudioError: unreadable file, or an array that is empty or not one-dimensional.
     """
     if isinstance(audio, (str, os.PathLike)):
-        return load_audio(audio, track="speech")
+        return load_audio(audio, track=track)
     torch = sys.modules.get("torch")  # a tensor can only exist once torch is imported: no need to import it here
     if torch is not None and isinstance(audio, torch.Tensor):
         audio = audio.detach().cpu().float().numpy()
