@@ -100,7 +100,8 @@ def read_jobs(source: str | os.PathLike, output_dir: str | os.PathLike, audio_di
     as the log and players number them; empty: the run's choice), in any order and case; relative paths (and ``~``)
     are relative to the CSV's folder, relative outputs to ``output_dir``. Folder: every video in it, paired with the
     audio file of the same name (``talk.mp4`` + ``talk.wav``) in the folder or in ``audio_dir``; a video without one
-    becomes a job whose audio is missing, which fails with a clear message. Outputs default to ``output_dir/<video name><output_format>``.
+    becomes a job whose audio is missing, which fails with a clear message. Outputs default to
+    ``output_dir/<video name><output_format>``.
 
     Raises:
         BatchListError: ``source`` does not exist or is not a UTF-8 text CSV, the CSV lacks its header or a column,
