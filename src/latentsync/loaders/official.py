@@ -484,12 +484,24 @@ def _assign_state_dict(model: torch.nn.Module, state_dict: dict[str, torch.Tenso
         raise OfficialCheckpointError(f"{what}: tensors not covered by the checkpoint: {_format_keys(left)}")
 
 
-def _cast(model: torch.nn.Module, torch_dtype: torch.dtype | None) -> None:
-    """Cast assigned checkpoint tensors to ``torch_dtype`` (default float32), only where needed."""
+def _cast(model: torch.nn.Module, torch_dtype: torch.dtype | None, name: str) -> None:
+    """Cast assigned checkpoint tensors to ``torch_dtype`` (default float32), only where needed.
+
+    Raises:
+        OfficialCheckpointError: a weight of ``name`` (finite, as checked on loading) is beyond float16's range
+            (65504) and would be infinite in the float16 model, which gives black frames.
+    """
     dtype = torch_dtype or torch.float32
     tensors = list(model.parameters()) + list(model.buffers())
     if any(t.is_floating_point() and t.dtype != dtype and not t.is_meta for t in tensors):
         model.to(dtype)
+        if dtype == torch.float16:  # the weights were finite before the cast: an infinity now is an overflow
+            state = model.state_dict()
+            bad = nonfinite_tensors(state)
+            if bad:
+                raise OfficialCheckpointError(
+                    f"{name}: {len(bad)} tensor(s) hold weights beyond float16's range (65504; first: {bad[0]}), "
+                    "which become infinite in float16 and give black frames: load it in bfloat16 or float32")
 
 
 def load_official_unet(
@@ -521,7 +533,7 @@ def load_official_unet(
     _assign_state_dict(unet, converted, name)
     if "global_step" in checkpoint:
         logger.info("loaded %s: %s layout, global_step %s", name, info.layout, checkpoint["global_step"])
-    _cast(unet, torch_dtype)
+    _cast(unet, torch_dtype, name)
     return unet.eval()
 
 
@@ -660,7 +672,7 @@ def load_official_syncnet(
     check_finite(sd, name)
     _assign_state_dict(model, sd, name)
     logger.info("loaded %s as StableSyncNet preset %s", name, candidate)
-    _cast(model, torch_dtype)
+    _cast(model, torch_dtype, name)
     return model.eval()
 
 
