@@ -648,19 +648,28 @@ def test_subcommands_answer_help_and_bad_input_without_the_heavy_libraries(tmp_p
         (["batch", os.fspath(tmp_path / "jobs.csv"), out], 2, "job list not found"),
         (["batch", raw, out], 2, "no video files"),
     ]
+    _run_light_cases(cases, tmp_path, HEAVY_MODULES, "latentsync", env={**os.environ, **_offline(tmp_path)})
+    assert not os.path.exists(out), "a refused command created its output folder"
+
+
+def _run_light_cases(cases: list, tmp_path, heavy_modules, command: str, entry: str | None = None,
+                     env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``cases`` (arguments, exit status, a pattern for the one error line or None for no error line) in one
+    fresh interpreter (RUN_CASES; ``entry``: the command's function, default latentsync's main) and check each
+    status, error line and that none of ``heavy_modules`` was imported."""
     results = tmp_path / "results.json"
     proc = subprocess.run([sys.executable, "-c", RUN_CASES, os.fspath(results), json.dumps([c[0] for c in cases]),
-                           ",".join(HEAVY_MODULES)], capture_output=True, text=True, timeout=300, cwd=tmp_path,
-                          env={**os.environ, **_offline(tmp_path)})
+                           ",".join(heavy_modules), *([entry] if entry else [])],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for (args, status, message), (code, errors, heavy) in zip(cases, json.loads(results.read_text())):
-        assert not heavy, f"`latentsync {' '.join(args)}` imported {', '.join(heavy)}"
+        assert not heavy, f"`{command} {' '.join(args)}` imported {', '.join(heavy)}"
         assert code == status, (args, code, errors)
         if message is None:
             assert not errors, (args, errors)
         else:
             assert len(errors) == 1 and re.search(message, errors[0]), (args, errors)
-    assert not os.path.exists(out), "a refused command created its output folder"
+    return proc
 
 
 @pytest.mark.parametrize("command", ["train_unet_command", "train_syncnet_command"])
@@ -679,18 +688,8 @@ def test_training_scripts_answer_help_and_bad_arguments_without_the_heavy_librar
         (["--config", os.fspath(tmp_path / "fine.yaml"), "no_such_setting=1"], 2, "unknown config keys: no_such"),
         (["--config", os.fspath(tmp_path / "fine.yaml"), "learning_rate"], 2, "override must look like key=value"),
     ]
-    results = tmp_path / "results.json"
-    proc = subprocess.run([sys.executable, "-c", RUN_CASES, os.fspath(results), json.dumps([c[0] for c in cases]),
-                           ",".join((*HEAVY_MODULES, "accelerate")), f"latentsync.commands.train:{command}"],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    for (args, status, message), (code, errors, heavy) in zip(cases, json.loads(results.read_text())):
-        assert not heavy, f"`{command} {' '.join(args)}` imported {', '.join(heavy)}"
-        assert code == status, (args, code, errors)
-        if message is None:
-            assert not errors, (args, errors)
-        else:
-            assert len(errors) == 1 and re.search(message, errors[0]), (args, errors)
+    proc = _run_light_cases(cases, tmp_path, (*HEAVY_MODULES, "accelerate"), command,
+                            entry=f"latentsync.commands.train:{command}")
     assert "resume_from_checkpoint" in proc.stdout  # the usage
 
 
