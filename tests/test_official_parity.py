@@ -62,8 +62,6 @@ def test_latent_mask_is_the_nearest_downsample(resolution):
 # ============================================================================ one seeded window, float64
 
 
-
-
 def test_seeded_window_matches_the_official_pipeline_in_float64(tiny_model_dir, real_clip, real_speech):
     from latentsync import LatentSyncPipeline
 
@@ -96,8 +94,9 @@ def test_seeded_window_matches_the_official_pipeline_in_float64(tiny_model_dir, 
         assert theirs.abs().mean() > 0.1
         assert (ours - theirs).abs().max().item() < 1e-10
 
-    # the test tells the order of draws apart: reference faces sampled before masked faces is another result
+    # the test tells the order of draws apart: reference faces sampled before masked faces is another result (the
+    # first window shows it; the draws of later windows come after its own)
     with torch.no_grad():
-        other = official_windows(pipe.unet, pipe.vae, pipe.scheduler, faces, contexts, 3, 1.5, 1247,
+        other = official_windows(pipe.unet, pipe.vae, pipe.scheduler, faces[:1], contexts[:1], 3, 1.5, 1247,
                                  pipe.config.resolution, masked_first=False)
     assert (final[0] - other[0]).abs().max().item() > 1e-3
