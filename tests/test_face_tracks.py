@@ -429,6 +429,34 @@ def test_faces_command_never_writes_over_its_video(example_face, tmp_path, caplo
         main(["faces", os.fspath(video), "--syncnet", os.fspath(tmp_path)])
 
 
+def test_faces_speaking_scores_against_the_chosen_audio_track(two_track_video, tmp_path, caplog, monkeypatch):
+    """``faces --speaking --audio-track N`` scores the faces against track N of the video (numbered from 1); a track
+    the video lacks is one line before any tracking, and the option without ``--speaking`` a usage error."""
+    from latentsync.face import selection
+
+    real, seen = selection.choose_faces, []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("sound_track"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(selection, "choose_faces", spy)
+    sheet = os.fspath(tmp_path / "sheet.png")
+    for extra in ([], ["--audio-track", "1"], ["--audio-track", "2"]):
+        assert main(["faces", os.fspath(two_track_video), "--sheet", sheet, "--speaking", *extra]) == 0, caplog.text
+    assert seen == ["speech", 0, 1]  # the readers' track: the automatic choice, then ffmpeg's 0:a:0 and 0:a:1
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the faces were tracked before the bad option was refused")
+
+    monkeypatch.setattr("latentsync.face.tracking.track_faces", refuse)
+    caplog.clear()
+    assert main(["faces", os.fspath(two_track_video), "--sheet", sheet, "--speaking", "--audio-track", "3"]) == 2
+    assert "--audio-track 3: " in caplog.text and "has 2 audio tracks (numbered from 1)" in caplog.text
+    with pytest.raises(SystemExit):
+        main(["faces", os.fspath(two_track_video), "--audio-track", "2"])
+
+
 def test_cli_lip_syncs_a_voice_per_face(tiny_model_dir_64, conversation, tmp_path, caplog):
     out = tmp_path / "dub.mp4"
     with caplog.at_level(logging.INFO):

@@ -626,6 +626,7 @@ def test_subcommands_answer_help_and_bad_input_without_the_heavy_libraries(tmp_p
         (["faces", "--help"], 0, None),
         (["faces", missing], 2, "video file not found"),
         (["faces", missing, "--syncnet", raw], 2, None),  # usage error: --syncnet without --speaking
+        (["faces", missing, "--audio-track", "2"], 2, None),  # usage error: --audio-track without --speaking
         (["prepare", "--help"], 0, None),
         (["prepare", raw, out, "--min-seconds", "0"], 2, "need 0 < min_seconds"),
         (["prepare", os.fspath(tmp_path / "no_such_folder"), out], 2, "input folder not found"),

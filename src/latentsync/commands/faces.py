@@ -19,11 +19,13 @@ from tqdm.auto import tqdm
 
 from ..devices import default_device
 from ..errors import InvalidOutputError
+from ..media.audio import chosen_track
 from ..media.constants import VIDEO_FPS
 from ..media.files import check_side_output, same_file
 from ..media.video import open_frames
 from ..model_source import check_model_sources, loading
 from ..tempfiles import write_atomically
+from .run import track_number
 
 logger = logging.getLogger("latentsync")
 
@@ -40,6 +42,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--syncnet", default=None,
                    help="with --speaking: a StableSyncNet (folder, Hub id or stable_syncnet.pt) to score with "
                         "instead of lip motion")
+    p.add_argument("--audio-track", type=track_number, default=None, metavar="N",
+                   help="with --speaking: the video's audio track to score against, numbered from 1 as the log and "
+                        "players number them (default: the track with the speech: the first, unless another is "
+                        "louder by more than 6 dB in the speech band)")
     p.add_argument("--device", default=None, help="device of the SyncNet (default: best available)")
     return p
 
@@ -50,8 +56,11 @@ def faces(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.syncnet and not args.speaking:
         p.error("--syncnet scores the faces for --speaking: add --speaking")
+    if args.audio_track is not None and not args.speaking:
+        p.error("--audio-track chooses the soundtrack that --speaking scores the faces against: add --speaking")
     # everything that can be wrong is found before the faces are tracked (seconds to minutes)
     source = open_frames(args.video, VIDEO_FPS)
+    sound_track = chosen_track(args.video, args.audio_track, "--audio-track")
     sheet = args.sheet or f"{os.path.splitext(os.path.basename(args.video))[0]}_faces.png"
     check_side_output(sheet, [args.video], "--sheet")
     if args.json:
@@ -79,7 +88,8 @@ def faces(argv: list[str]) -> int:
             with loading("--syncnet", args.syncnet):
                 syncnet = load_syncnet(args.syncnet).to(args.device or default_device()).eval()
         with torch.no_grad():
-            selection = choose_faces(tracks, source, face="speaking", syncnet=syncnet, progress=_progress)
+            selection = choose_faces(tracks, source, face="speaking", syncnet=syncnet, progress=_progress,
+                                     sound_track=sound_track)
         for shot in selection.shots:
             scores = ", ".join(f"face {k}: {'-' if v is None else f'{v:.3f}'}" for k, v in shot.scores.items())
             logger.info("shot %d (frames %d-%d): face %s (%s); scores %s", shot.shot, shot.start, shot.end - 1,
