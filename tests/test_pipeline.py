@@ -293,8 +293,8 @@ def test_arguments_are_checked_before_any_work(tiny_pipe, example_face, speech_f
 
 
 @pytest.mark.parametrize("video, message", [
-    (5, "video must be a file path, an RGB uint8 array .* got int"),
-    (PIL.Image.new("RGB", (64, 64)), r"got Image \(for one picture pass \[image\]\)"),
+    (5, "video must be a file path, an RGB array .* got int"),
+    ({"frames": []}, "video must be a file path, .* got dict"),
 ])
 def test_a_video_of_the_wrong_type_is_named(tiny_pipe, speech_file, video, message):
     with pytest.raises(LatentSyncInputError, match=message):
@@ -330,3 +330,20 @@ def test_a_callback_that_returns_nothing_is_named_and_leaves_no_output(tiny_pipe
     with pytest.raises(LatentSyncInputError, match="callback_on_step_end must return its callback_kwargs dict"):
         _run(tiny_pipe, example_face, one_window, out, callback_on_step_end=lambda pipe, step, t, kwargs: None)
     assert not out.exists() and _no_leftovers(tmp_path) == []
+
+
+def test_frames_and_samples_in_diffusers_forms(tiny_pipe_64, example_face, one_window):
+    """The frames of ``output_type="pt"`` (float (T, 3, H, W) in [0, 1], as diffusers' video pipelines return) go back
+    in as a video, and int16 stereo samples as audio: the same output as uint8 frames and float mono samples."""
+    from latentsync.media import load_audio
+    from latentsync.media.video import iter_frames
+
+    frames = np.stack(list(iter_frames(example_face)))[:16]
+    speech = load_audio(one_window)
+    plain = _run(tiny_pipe_64, frames, speech).frames
+    as_pt = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
+    pcm_stereo = np.round(np.stack([speech, speech], axis=1) * 32768).clip(-32768, 32767).astype(np.int16)
+    again = _run(tiny_pipe_64, as_pt, pcm_stereo)
+    assert np.abs(again.frames.astype(int) - plain.astype(int)).max() <= 2
+    with pytest.raises(LatentSyncInputError, match="datasets Audio dict"):
+        _run(tiny_pipe_64, frames, {"array": speech, "sampling_rate": 16000, "path": None})

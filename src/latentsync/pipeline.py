@@ -874,9 +874,12 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
 
         Args:
             video: path of the talking-face video (any format and frame rate ffmpeg reads), or its frames in memory
-                at 25 fps (an RGB uint8 array ``(T, H, W, 3)``, or a list of ``(H, W, 3)`` arrays or PIL images).
-            audio: path of the speech (any audio or video file with an audio stream), or its samples (mono float,
-                16 kHz); it replaces the video's audio. A voice per face: a mapping from face track (its number, as
+                at 25 fps (an RGB array ``(T, H, W, 3)``, a tensor ``(T, 3, H, W)``, a list of frames or PIL
+                images, or one PIL image; uint8 0-255 or float [0, 1] / [-1, 1]: see
+                [`~latentsync.media.video.open_frames`]).
+            audio: path of the speech (any audio or video file with an audio stream), or its samples at 16 kHz
+                (float in [-1, 1] or integer PCM, mono or channels: see [`~latentsync.media.audio.as_samples`]);
+                it replaces the video's audio. A voice per face: a mapping from face track (its number, as
                 [`detect_faces`] lists them, or the [`~latentsync.face.FaceTrack`]) to that face's speech; each face
                 is lip-synced to its own speech, and the output's sound is their mix (or ``mix_audio``).
             output_path: where to write the result (``.mp4``, ``.mov`` or ``.mkv``); None returns frames only.
@@ -1273,10 +1276,11 @@ def _check_argument_types(video: Any, output_path: Any, latents: Any, generator:
                           callback_on_step_end_tensor_inputs: Any) -> None:
     """[`LatentSyncInputError`] naming the first argument of a call whose type cannot be used (the values are
     checked by [`latentsync.inputs.check_run_inputs`])."""
-    if video is not None and not isinstance(video, (str, os.PathLike, np.ndarray, torch.Tensor, list, tuple)):
-        hint = " (for one picture pass [image])" if isinstance(video, PIL.Image.Image) else ""
-        raise LatentSyncInputError("video must be a file path, an RGB uint8 array (T, H, W, 3) or a list of frames "
-                                   f"(arrays or PIL images), got {type(video).__name__}{hint}")
+    if video is not None and not isinstance(video, (str, os.PathLike, np.ndarray, torch.Tensor, list, tuple,
+                                                    PIL.Image.Image)):
+        raise LatentSyncInputError("video must be a file path, an RGB array (T, H, W, 3), a tensor (T, 3, H, W), a "
+                                   "list of frames (arrays, tensors or PIL images) or one PIL image, got "
+                                   f"{type(video).__name__}")
     if output_path is not None and not isinstance(output_path, (str, os.PathLike)):
         raise LatentSyncInputError(f"output_path must be a file path or None, got {type(output_path).__name__}")
     if latents is not None and not isinstance(latents, torch.Tensor):
