@@ -347,3 +347,44 @@ def test_frames_and_samples_in_diffusers_forms(tiny_pipe_64, example_face, one_w
     assert np.abs(again.frames.astype(int) - plain.astype(int)).max() <= 2
     with pytest.raises(LatentSyncInputError, match="datasets Audio dict"):
         _run(tiny_pipe_64, frames, {"array": speech, "sampling_rate": 16000, "path": None})
+
+
+def test_calls_from_two_threads_take_turns(tiny_pipe_64, example_face, one_window):
+    """Two threads calling one pipeline with different step counts get the frames each gets alone: the second
+    waits for the first instead of resetting the shared scheduler's timesteps under it."""
+    import threading
+
+    alone = {steps: tiny_pipe_64(example_face, one_window, num_inference_steps=steps,
+                                 generator=torch.Generator().manual_seed(0)).frames for steps in (2, 3)}
+    second_started, results = threading.Event(), {}
+
+    def note_start(pipe, step, timestep, kwargs):
+        second_started.set()
+        return kwargs
+
+    def second_call():
+        results[2] = tiny_pipe_64(example_face, one_window, num_inference_steps=2, callback_on_step_end=note_start,
+                                  generator=torch.Generator().manual_seed(0)).frames
+
+    thread = threading.Thread(target=second_call)
+
+    def start_second_and_wait(pipe, step, timestep, kwargs):
+        if step == 0:
+            thread.start()
+            second_started.wait(timeout=5)  # before: the other call set its own timesteps meanwhile
+        return kwargs
+
+    results[3] = tiny_pipe_64(example_face, one_window, num_inference_steps=3,
+                              callback_on_step_end=start_second_and_wait,
+                              generator=torch.Generator().manual_seed(0)).frames
+    thread.join()
+    assert np.array_equal(results[2], alone[2]) and np.array_equal(results[3], alone[3])
+
+
+def test_to_refuses_keywords_that_diffusers_would_ignore(tiny_pipe):
+    """``pipe.to(torch_dtype=torch.float16)`` left the pipeline in float32 without a word (diffusers drops unknown
+    keywords); now it names the keyword. The usual forms still work."""
+    with pytest.raises(TypeError, match="unexpected keyword torch_dtype: pass the dtype as dtype="):
+        tiny_pipe.to(torch_dtype=torch.float16)
+    assert tiny_pipe.unet.dtype == torch.float32
+    assert tiny_pipe.to("cpu", dtype=torch.float32) is tiny_pipe and tiny_pipe.to(torch.float32) is tiny_pipe

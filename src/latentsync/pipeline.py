@@ -15,7 +15,9 @@ import logging
 import os
 import subprocess
 import tempfile
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -104,6 +106,20 @@ EXAMPLE_DOC_STRING = """
 """
 
 
+_CALL_LOCKS: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
+_CALL_LOCKS_GUARD = threading.Lock()
+
+
+def _call_lock(pipe: Any) -> threading.RLock:
+    """The lock that makes threads take turns on ``pipe`` (kept outside it, so that copying a pipeline copies no
+    lock)."""
+    with _CALL_LOCKS_GUARD:
+        lock = _CALL_LOCKS.get(pipe)
+        if lock is None:
+            lock = _CALL_LOCKS[pipe] = threading.RLock()
+        return lock
+
+
 def _placement_pinned(method: Callable[..., Any]) -> Callable[..., Any]:
     """Run a pipeline method inside [`LatentSyncPipeline._pinned_placement`]."""
 
@@ -180,6 +196,20 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
             with hub.loader_lock():  # one process at a time through diffusers' copy of the loader file
                 return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    def to(self, *args: Any, **kwargs: Any) -> LatentSyncPipeline:
+        """Move and cast the components, as diffusers' ``DiffusionPipeline.to`` (``to("cuda")``, ``to(torch.float16)``,
+        ``to("cpu", torch.bfloat16)``, ``to(device=..., dtype=...)``).
+
+        Raises:
+            TypeError: a keyword other than ``device``, ``dtype`` and ``silence_dtype_warnings`` (diffusers would
+                ignore it, e.g. ``torch_dtype=``, and leave the pipeline as it was).
+        """
+        unknown = sorted(set(kwargs) - {"device", "dtype", "silence_dtype_warnings"})
+        if unknown:
+            raise TypeError(f"LatentSyncPipeline.to() got unexpected keyword {', '.join(unknown)}: pass the dtype as "
+                            "dtype= (or positionally), as torch's .to() takes it")
+        return super().to(*args, **kwargs)
 
     # ------------------------------------------------------------------ options
     def set_scheduler(self, name: str) -> SchedulerMixin:
@@ -510,34 +540,44 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
     # so a call pins them (the U-Net's dtype on the U-Net itself) while it runs.
     @contextlib.contextmanager
     def _pinned_placement(self) -> Iterator[None]:
-        """Within it, the execution device and the U-Net's and VAE's dtypes are those looked up on entry. Entered
-        while another holds the pin (nested, or from another thread), it keeps that pin: the device and dtypes only
-        change between calls."""
-        if self.__dict__.get("_pinned_placement"):
-            yield
-            return
+        """Within it, the execution device and the U-Net's and VAE's dtypes are those looked up on entry. Nested, it
+        keeps the outer pin: the device and dtypes only change between calls.
+
+        It also makes calls on one pipeline from several threads take turns (a call, an avatar's preparation, a live
+        window): they share the scheduler's timesteps, the interrupt flag and the U-Net's caches, so a second thread
+        waits for the first instead of changing the steps under it."""
+        with _call_lock(self):
+            if self.__dict__.get("_placement_pin"):
+                yield
+                return
+            with self._pin_placement():
+                yield
+
+    @contextlib.contextmanager
+    def _pin_placement(self) -> Iterator[None]:
+        """The pin of [`_pinned_placement`], entered by the outermost one."""
         with contextlib.ExitStack() as stack:
             pin_unet = getattr(self.unet, "pinned_dtype", None)  # the U-Net's own forward asks for its dtype per step
             unet_dtype = stack.enter_context(pin_unet()) if pin_unet else self.unet.dtype
-            self.__dict__["_pinned_placement"] = (super()._execution_device, unet_dtype, self.vae.dtype)
+            self.__dict__["_placement_pin"] = (super()._execution_device, unet_dtype, self.vae.dtype)
             try:
                 yield
             finally:
-                self.__dict__.pop("_pinned_placement", None)
+                self.__dict__.pop("_placement_pin", None)
 
     @property
     def _execution_device(self) -> torch.device:
-        pinned = self.__dict__.get("_pinned_placement")
+        pinned = self.__dict__.get("_placement_pin")
         return pinned[0] if pinned else super()._execution_device
 
     @property
     def _unet_dtype(self) -> torch.dtype:
-        pinned = self.__dict__.get("_pinned_placement")
+        pinned = self.__dict__.get("_placement_pin")
         return pinned[1] if pinned else self.unet.dtype
 
     @property
     def _vae_dtype(self) -> torch.dtype:
-        pinned = self.__dict__.get("_pinned_placement")
+        pinned = self.__dict__.get("_placement_pin")
         return pinned[2] if pinned else self.vae.dtype
 
     def _noise_shape(self) -> tuple[int, ...]:
