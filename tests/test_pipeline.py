@@ -388,3 +388,12 @@ def test_to_refuses_keywords_that_diffusers_would_ignore(tiny_pipe):
         tiny_pipe.to(torch_dtype=torch.float16)
     assert tiny_pipe.unet.dtype == torch.float32
     assert tiny_pipe.to("cpu", dtype=torch.float32) is tiny_pipe and tiny_pipe.to(torch.float32) is tiny_pipe
+
+
+@pytest.mark.parametrize("length", [1, 160, 300])
+def test_audio_shorter_than_one_whisper_token_is_named(tiny_pipe_64, example_face, length):
+    """Audio of at most 200 samples failed deep inside torch's STFT padding ("Padding size should be less than the
+    corresponding input dimension"); now every length under one token (320 samples) gets the same one-line error."""
+    tone = (0.5 * np.sin(np.arange(length) / 3.0) + 0.25).astype(np.float32)
+    with pytest.raises(InvalidAudioError, match=f"too short to compute any features: {length} samples"):
+        _run(tiny_pipe_64, example_face, tone)
