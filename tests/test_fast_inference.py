@@ -284,9 +284,9 @@ def test_bad_frames_or_samples_in_memory(pipe, short_loop, tmp_path):
     out = tmp_path / "out.mp4"
     cases = [
         ([], audio, InvalidVideoError, "no frames"),
-        (frames.astype(np.float32), audio, InvalidVideoError, "RGB uint8"),
+        (frames.astype(np.float32), audio, InvalidVideoError, r"values in \[0, 1\]"),
         ([frames[0], frames[1][:-2]], audio, InvalidVideoError, "same size"),
-        (frames, np.zeros((2, 16000), np.float32), InvalidAudioError, "mono"),
+        (frames, np.zeros((2, 2, 16000), np.float32), InvalidAudioError, "mono"),
         (frames, np.zeros(0, np.float32), InvalidAudioError, "no samples"),
         (frames, np.zeros(16000, np.float32), InvalidAudioError, "silent"),
     ]

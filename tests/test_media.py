@@ -98,7 +98,7 @@ def test_wav_round_trip_and_samples_in_memory(tmp_path):
     assert np.array_equal(as_samples(tone[None]), tone)  # (1, N) is mono
     assert np.array_equal(as_samples(torch.from_numpy(tone)), tone)
     with pytest.raises(InvalidAudioError, match="mono"):
-        as_samples(np.zeros((2, 100)))
+        as_samples(np.zeros((2, 2, 100)))  # stereo (2, N) is mixed down: see below
     with pytest.raises(InvalidAudioError, match="NaN"):
         as_samples(np.array([0.1, np.nan]))
 
@@ -450,3 +450,55 @@ def test_audio_from_a_pipe_and_an_empty_or_garbled_one(tmp_path, example_speech)
         (tmp_path / name).write_bytes(data)
         with open(tmp_path / name, "rb") as fh, pytest.raises(InvalidAudioError, match="no audio arrived on the pipe"):
             list(read_audio_chunks(fh))
+
+
+def test_frames_in_memory_in_diffusers_forms_read_as_the_uint8_frames():
+    """Float tensors (T, 3, H, W) in [0, 1] or [-1, 1] (what diffusers' video pipelines and this pipeline's
+    ``output_type="pt"`` return), float arrays, grey and RGBA frames and one PIL image are read as RGB uint8 frames."""
+    from PIL import Image
+
+    from latentsync.media.video import open_frames
+
+    frames = np.stack([_gradient(i) for i in range(3)])
+    as_tensor = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
+    for video in (as_tensor, as_tensor * 2 - 1, as_tensor.bfloat16(), list(as_tensor), frames / 255.0,
+                  torch.from_numpy(frames), [np.dstack([f, np.full(f.shape[:2], 7, np.uint8)]) for f in frames]):
+        read = np.stack(list(open_frames(video)))
+        assert read.dtype == np.uint8 and np.abs(read.astype(int) - frames).max() <= 2
+    grey = np.stack(list(open_frames([f[..., 0] for f in frames])))
+    assert np.array_equal(grey, np.repeat(frames[..., :1], 3, axis=-1))
+    still = list(open_frames(Image.fromarray(frames[0])))
+    assert len(still) == 1 and np.array_equal(still[0], frames[0])
+
+
+@pytest.mark.parametrize("video, message", [
+    (np.full((2, 8, 8, 3), 255.0, np.float32), r"values in \[0, 1\] .* got 255 to 255"),
+    (np.zeros((8, 8, 3), np.uint8), r"one picture: pass \[picture\]"),
+    ([np.zeros((8, 8, 3), np.uint16)], "must be an RGB image.* got uint16"),
+])
+def test_frames_in_memory_that_cannot_be_read_are_named(video, message):
+    from latentsync.media.video import open_frames
+
+    with pytest.raises(InvalidVideoError, match=message):
+        open_frames(video)
+
+
+def test_samples_in_memory_pcm_and_channels():
+    """int16 (and other PCM) samples are scaled to [-1, 1]; stereo (C, N) and (N, C) is mixed down to mono."""
+    tone = (0.5 * np.sin(np.arange(1600) / 5.0)).astype(np.float32)
+    pcm = np.round(tone * 32768).astype(np.int16)
+    assert np.abs(media_audio.as_samples(pcm) - tone).max() < 1e-4
+    assert np.abs(media_audio.as_samples(((tone + 1) * 128).astype(np.uint8)) - tone).max() < 0.01
+    for stereo in (np.stack([tone, tone]), np.stack([tone, tone], 1), torch.from_numpy(np.stack([tone, tone]))):
+        assert np.allclose(media_audio.as_samples(stereo), tone)
+
+
+@pytest.mark.parametrize("audio, message", [
+    ((np.zeros(16000, np.float32), 16000), r"\(samples, sample rate\) pair"),
+    (b"RIFF", "a file path or 16 kHz samples"),
+    (np.full(100, 20000.0, np.float32), r"must be in \[-1, 1\], got a peak of 20000"),
+    (np.zeros((2, 2, 100), np.float32), "mono"),
+])
+def test_samples_in_memory_that_cannot_be_read_are_named(audio, message):
+    with pytest.raises(InvalidAudioError, match=message):
+        media_audio.as_samples(audio)

@@ -293,8 +293,8 @@ def test_arguments_are_checked_before_any_work(tiny_pipe, example_face, speech_f
 
 
 @pytest.mark.parametrize("video, message", [
-    (5, "video must be a file path, an RGB uint8 array .* got int"),
-    (PIL.Image.new("RGB", (64, 64)), r"got Image \(for one picture pass \[image\]\)"),
+    (5, "video must be a file path, an RGB array .* got int"),
+    ({"frames": []}, "video must be a file path, .* got dict"),
 ])
 def test_a_video_of_the_wrong_type_is_named(tiny_pipe, speech_file, video, message):
     with pytest.raises(LatentSyncInputError, match=message):
@@ -330,3 +330,70 @@ def test_a_callback_that_returns_nothing_is_named_and_leaves_no_output(tiny_pipe
     with pytest.raises(LatentSyncInputError, match="callback_on_step_end must return its callback_kwargs dict"):
         _run(tiny_pipe, example_face, one_window, out, callback_on_step_end=lambda pipe, step, t, kwargs: None)
     assert not out.exists() and _no_leftovers(tmp_path) == []
+
+
+def test_frames_and_samples_in_diffusers_forms(tiny_pipe_64, example_face, one_window):
+    """The frames of ``output_type="pt"`` (float (T, 3, H, W) in [0, 1], as diffusers' video pipelines return) go back
+    in as a video, and int16 stereo samples as audio: the same output as uint8 frames and float mono samples."""
+    from latentsync.media import load_audio
+    from latentsync.media.video import iter_frames
+
+    frames = np.stack(list(iter_frames(example_face)))[:16]
+    speech = load_audio(one_window)
+    plain = _run(tiny_pipe_64, frames, speech).frames
+    as_pt = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255.0
+    pcm_stereo = np.round(np.stack([speech, speech], axis=1) * 32768).clip(-32768, 32767).astype(np.int16)
+    again = _run(tiny_pipe_64, as_pt, pcm_stereo)
+    assert np.abs(again.frames.astype(int) - plain.astype(int)).max() <= 2
+    with pytest.raises(LatentSyncInputError, match="datasets Audio dict"):
+        _run(tiny_pipe_64, frames, {"array": speech, "sampling_rate": 16000, "path": None})
+
+
+def test_calls_from_two_threads_take_turns(tiny_pipe_64, example_face, one_window):
+    """Two threads calling one pipeline with different step counts get the frames each gets alone: the second
+    waits for the first instead of resetting the shared scheduler's timesteps under it."""
+    import threading
+
+    alone = {steps: tiny_pipe_64(example_face, one_window, num_inference_steps=steps,
+                                 generator=torch.Generator().manual_seed(0)).frames for steps in (2, 3)}
+    second_started, results = threading.Event(), {}
+
+    def note_start(pipe, step, timestep, kwargs):
+        second_started.set()
+        return kwargs
+
+    def second_call():
+        results[2] = tiny_pipe_64(example_face, one_window, num_inference_steps=2, callback_on_step_end=note_start,
+                                  generator=torch.Generator().manual_seed(0)).frames
+
+    thread = threading.Thread(target=second_call)
+
+    def start_second_and_wait(pipe, step, timestep, kwargs):
+        if step == 0:
+            thread.start()
+            second_started.wait(timeout=5)  # before: the other call set its own timesteps meanwhile
+        return kwargs
+
+    results[3] = tiny_pipe_64(example_face, one_window, num_inference_steps=3,
+                              callback_on_step_end=start_second_and_wait,
+                              generator=torch.Generator().manual_seed(0)).frames
+    thread.join()
+    assert np.array_equal(results[2], alone[2]) and np.array_equal(results[3], alone[3])
+
+
+def test_to_refuses_keywords_that_diffusers_would_ignore(tiny_pipe):
+    """``pipe.to(torch_dtype=torch.float16)`` left the pipeline in float32 without a word (diffusers drops unknown
+    keywords); now it names the keyword. The usual forms still work."""
+    with pytest.raises(TypeError, match="unexpected keyword torch_dtype: pass the dtype as dtype="):
+        tiny_pipe.to(torch_dtype=torch.float16)
+    assert tiny_pipe.unet.dtype == torch.float32
+    assert tiny_pipe.to("cpu", dtype=torch.float32) is tiny_pipe and tiny_pipe.to(torch.float32) is tiny_pipe
+
+
+@pytest.mark.parametrize("length", [1, 160, 300])
+def test_audio_shorter_than_one_whisper_token_is_named(tiny_pipe_64, example_face, length):
+    """Audio of at most 200 samples failed deep inside torch's STFT padding ("Padding size should be less than the
+    corresponding input dimension"); now every length under one token (320 samples) gets the same one-line error."""
+    tone = (0.5 * np.sin(np.arange(length) / 3.0) + 0.25).astype(np.float32)
+    with pytest.raises(InvalidAudioError, match=f"too short to compute any features: {length} samples"):
+        _run(tiny_pipe_64, example_face, tone)

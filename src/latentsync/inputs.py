@@ -166,6 +166,10 @@ def check_run_inputs(
     """
     check_arguments(output_path=output_path, **arguments)
     check_output_fps(output_fps)
+    if isinstance(audio, Mapping) and "array" in audio:
+        raise LatentSyncInputError('audio looks like a datasets Audio dict ({"array", "sampling_rate", ...}): pass its '
+                                   '"path", or its "array" at 16 kHz (cast_column("audio", Audio(sampling_rate=16000)))'
+                                   "; a mapping of audio is a voice per face track")
     voices = dict(audio) if isinstance(audio, Mapping) else None
     check_face_arguments(face, arguments.get("face_index"), face_box, face_box_frame,
                          list(voices) if voices is not None else None)

@@ -15,7 +15,9 @@ import logging
 import os
 import subprocess
 import tempfile
+import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -104,6 +106,20 @@ EXAMPLE_DOC_STRING = """
 """
 
 
+_CALL_LOCKS: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
+_CALL_LOCKS_GUARD = threading.Lock()
+
+
+def _call_lock(pipe: Any) -> threading.RLock:
+    """The lock that makes threads take turns on ``pipe`` (kept outside it, so that copying a pipeline copies no
+    lock)."""
+    with _CALL_LOCKS_GUARD:
+        lock = _CALL_LOCKS.get(pipe)
+        if lock is None:
+            lock = _CALL_LOCKS[pipe] = threading.RLock()
+        return lock
+
+
 def _placement_pinned(method: Callable[..., Any]) -> Callable[..., Any]:
     """Run a pipeline method inside [`LatentSyncPipeline._pinned_placement`]."""
 
@@ -180,6 +196,20 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
             with hub.loader_lock():  # one process at a time through diffusers' copy of the loader file
                 return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    def to(self, *args: Any, **kwargs: Any) -> LatentSyncPipeline:
+        """Move and cast the components, as diffusers' ``DiffusionPipeline.to`` (``to("cuda")``, ``to(torch.float16)``,
+        ``to("cpu", torch.bfloat16)``, ``to(device=..., dtype=...)``).
+
+        Raises:
+            TypeError: a keyword other than ``device``, ``dtype`` and ``silence_dtype_warnings`` (diffusers would
+                ignore it, e.g. ``torch_dtype=``, and leave the pipeline as it was).
+        """
+        unknown = sorted(set(kwargs) - {"device", "dtype", "silence_dtype_warnings"})
+        if unknown:
+            raise TypeError(f"LatentSyncPipeline.to() got unexpected keyword {', '.join(unknown)}: pass the dtype as "
+                            "dtype= (or positionally), as torch's .to() takes it")
+        return super().to(*args, **kwargs)
 
     # ------------------------------------------------------------------ options
     def set_scheduler(self, name: str) -> SchedulerMixin:
@@ -515,34 +545,44 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
     # so a call pins them (the U-Net's dtype on the U-Net itself) while it runs.
     @contextlib.contextmanager
     def _pinned_placement(self) -> Iterator[None]:
-        """Within it, the execution device and the U-Net's and VAE's dtypes are those looked up on entry. Entered
-        while another holds the pin (nested, or from another thread), it keeps that pin: the device and dtypes only
-        change between calls."""
-        if self.__dict__.get("_pinned_placement"):
-            yield
-            return
+        """Within it, the execution device and the U-Net's and VAE's dtypes are those looked up on entry. Nested, it
+        keeps the outer pin: the device and dtypes only change between calls.
+
+        It also makes calls on one pipeline from several threads take turns (a call, an avatar's preparation, a live
+        window): they share the scheduler's timesteps, the interrupt flag and the U-Net's caches, so a second thread
+        waits for the first instead of changing the steps under it."""
+        with _call_lock(self):
+            if self.__dict__.get("_placement_pin"):
+                yield
+                return
+            with self._pin_placement():
+                yield
+
+    @contextlib.contextmanager
+    def _pin_placement(self) -> Iterator[None]:
+        """The pin of [`_pinned_placement`], entered by the outermost one."""
         with contextlib.ExitStack() as stack:
             pin_unet = getattr(self.unet, "pinned_dtype", None)  # the U-Net's own forward asks for its dtype per step
             unet_dtype = stack.enter_context(pin_unet()) if pin_unet else self.unet.dtype
-            self.__dict__["_pinned_placement"] = (super()._execution_device, unet_dtype, self.vae.dtype)
+            self.__dict__["_placement_pin"] = (super()._execution_device, unet_dtype, self.vae.dtype)
             try:
                 yield
             finally:
-                self.__dict__.pop("_pinned_placement", None)
+                self.__dict__.pop("_placement_pin", None)
 
     @property
     def _execution_device(self) -> torch.device:
-        pinned = self.__dict__.get("_pinned_placement")
+        pinned = self.__dict__.get("_placement_pin")
         return pinned[0] if pinned else super()._execution_device
 
     @property
     def _unet_dtype(self) -> torch.dtype:
-        pinned = self.__dict__.get("_pinned_placement")
+        pinned = self.__dict__.get("_placement_pin")
         return pinned[1] if pinned else self.unet.dtype
 
     @property
     def _vae_dtype(self) -> torch.dtype:
-        pinned = self.__dict__.get("_pinned_placement")
+        pinned = self.__dict__.get("_placement_pin")
         return pinned[2] if pinned else self.vae.dtype
 
     def _noise_shape(self) -> tuple[int, ...]:
@@ -880,9 +920,12 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
 
         Args:
             video: path of the talking-face video (any format and frame rate ffmpeg reads), or its frames in memory
-                at 25 fps (an RGB uint8 array ``(T, H, W, 3)``, or a list of ``(H, W, 3)`` arrays or PIL images).
-            audio: path of the speech (any audio or video file with an audio stream), or its samples (mono float,
-                16 kHz); it replaces the video's audio. A voice per face: a mapping from face track (its number, as
+                at 25 fps (an RGB array ``(T, H, W, 3)``, a tensor ``(T, 3, H, W)``, a list of frames or PIL
+                images, or one PIL image; uint8 0-255 or float [0, 1] / [-1, 1]: see
+                [`~latentsync.media.video.open_frames`]).
+            audio: path of the speech (any audio or video file with an audio stream), or its samples at 16 kHz
+                (float in [-1, 1] or integer PCM, mono or channels: see [`~latentsync.media.audio.as_samples`]);
+                it replaces the video's audio. A voice per face: a mapping from face track (its number, as
                 [`detect_faces`] lists them, or the [`~latentsync.face.FaceTrack`]) to that face's speech; each face
                 is lip-synced to its own speech, and the output's sound is their mix (or ``mix_audio``).
             output_path: where to write the result (``.mp4``, ``.mov`` or ``.mkv``); None returns frames only.
@@ -1300,10 +1343,11 @@ def _check_argument_types(video: Any, output_path: Any, latents: Any, generator:
                           callback_on_step_end_tensor_inputs: Any) -> None:
     """[`LatentSyncInputError`] naming the first argument of a call whose type cannot be used (the values are
     checked by [`latentsync.inputs.check_run_inputs`])."""
-    if video is not None and not isinstance(video, (str, os.PathLike, np.ndarray, torch.Tensor, list, tuple)):
-        hint = " (for one picture pass [image])" if isinstance(video, PIL.Image.Image) else ""
-        raise LatentSyncInputError("video must be a file path, an RGB uint8 array (T, H, W, 3) or a list of frames "
-                                   f"(arrays or PIL images), got {type(video).__name__}{hint}")
+    if video is not None and not isinstance(video, (str, os.PathLike, np.ndarray, torch.Tensor, list, tuple,
+                                                    PIL.Image.Image)):
+        raise LatentSyncInputError("video must be a file path, an RGB array (T, H, W, 3), a tensor (T, 3, H, W), a "
+                                   "list of frames (arrays, tensors or PIL images) or one PIL image, got "
+                                   f"{type(video).__name__}")
     if output_path is not None and not isinstance(output_path, (str, os.PathLike)):
         raise LatentSyncInputError(f"output_path must be a file path or None, got {type(output_path).__name__}")
     if latents is not None and not isinstance(latents, torch.Tensor):

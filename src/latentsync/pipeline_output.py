@@ -21,7 +21,10 @@ class LatentSyncPipelineOutput(BaseOutput):
     Args:
         frames: the output frames when they are returned (see ``output_type``): an RGB uint8 array
             ``(N, H, W, 3)`` (``"np"``), a list of PIL images (``"pil"``) or a float tensor ``(N, 3, H, W)`` in
-            [0, 1] (``"pt"``); None when only a file was written.
+            [0, 1] (``"pt"``); None when only a file was written. A call makes one video, so unlike diffusers' video
+            pipelines (a batch: ``frames[0]`` is the first video) these are the video's frames; for diffusers'
+            ``export_to_video`` pass ``output_type="pil"`` frames (it scales NumPy frames by 255, as if they were
+            floats) or, better, write with ``output_path``, which keeps the sound.
         fps: frame rate of the output: 25 (the model's rate) by default, ``output_fps`` when given, the input's
             typical rate with ``output_fps="input"``.
         path: written video file, or None.

@@ -30,7 +30,17 @@ AUDIO_WINDOW_MODES = ("official", "overlap")
 
 
 def log_mel(audio: np.ndarray, feature_extractor: WhisperFeatureExtractor) -> np.ndarray:
-    """Whisper log-mel of the whole signal ``(n_mels, len(audio) // 160)``, normalised with the file-wide maximum."""
+    """Whisper log-mel of the whole signal ``(n_mels, len(audio) // 160)``, normalised with the file-wide maximum.
+
+    Raises:
+        InvalidAudioError: audio shorter than one Whisper token (two mel frames: 320 samples, 20 ms), which has no
+            features.
+    """
+    shortest = 2 * feature_extractor.hop_length
+    if len(audio) < shortest:
+        raise InvalidAudioError(f"audio is too short to compute any features: {len(audio)} samples "
+                                f"({1000 * len(audio) / SAMPLE_RATE:.1f} ms), at least {shortest} "
+                                f"({1000 * shortest / SAMPLE_RATE:g} ms at 16 kHz) are needed")
     out = feature_extractor(audio, sampling_rate=SAMPLE_RATE, padding="longest", truncation=False, return_tensors="np")
     return out["input_features"][0]
 

@@ -296,28 +296,61 @@ def scan_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, chunk_se
     return AudioInfo(path, count / sample_rate, peak)
 
 
+MAX_CHANNELS = 8
+"""A two-dimensional array of samples whose shorter side is at most this long is read as channels, and mixed down."""
+
+FLOAT_PEAK_LIMIT = 2.0
+"""Float samples louder than this are not in [-1, 1] by mistake (e.g. 16-bit values stored as floats): refused."""
+
+
 def as_samples(audio: str | os.PathLike | np.ndarray | Any, track: Track = "speech") -> np.ndarray:
     """Mono float32 samples at 16 kHz from a file (any format ffmpeg reads; of a file with several audio tracks,
     ``track`` as in [`load_audio`]: by default the one with the speech, [`speech_track`]) or from samples in memory
-    (a NumPy array or a torch tensor).
+    (a NumPy array or a torch tensor, any length).
+
+    Samples in memory are taken to be at 16 kHz (they cannot say their rate). Float samples are in [-1, 1]; integer
+    ones are PCM (int16 as read from a WAV file, int32, uint8) and scaled to [-1, 1]; several channels, ``(C, N)`` as
+    torchaudio gives them or ``(N, C)`` as soundfile does, are averaged to mono (as ffmpeg mixes a file's channels).
 
     Raises:
-        InvalidAudioError: unreadable file, or an array that is empty or not one-dimensional.
+        InvalidAudioError: unreadable file, or samples that are not a number array, empty, of more than two
+            dimensions, not finite, or floats far outside [-1, 1].
     """
     if isinstance(audio, (str, os.PathLike)):
         return load_audio(audio, track=track)
     torch = sys.modules.get("torch")  # a tensor can only exist once torch is imported: no need to import it here
     if torch is not None and isinstance(audio, torch.Tensor):
-        audio = audio.detach().cpu().float().numpy()
-    samples = np.asarray(audio, dtype=np.float32)
-    if samples.ndim == 2 and 1 in samples.shape:
-        samples = samples.reshape(-1)
+        audio = audio.detach().cpu()
+        audio = (audio.float() if audio.is_floating_point() else audio).numpy()
+    if isinstance(audio, tuple) and len(audio) == 2 and any(isinstance(x, int) for x in audio):
+        raise InvalidAudioError("audio samples must be 16 kHz samples alone, got a (samples, sample rate) pair: "
+                                "resample them to 16 kHz first, or pass a file path")
+    try:
+        samples = np.asarray(audio)
+    except (TypeError, ValueError) as exc:
+        raise InvalidAudioError(f"audio must be a file path or 16 kHz samples (NumPy array or tensor), got "
+                                f"{type(audio).__name__}") from exc
+    if samples.dtype.kind in "iu":  # PCM integers
+        bits = 8 * samples.dtype.itemsize
+        offset = 2.0 ** (bits - 1) if samples.dtype.kind == "u" else 0.0
+        samples = ((samples.astype(np.float64) - offset) / 2.0 ** (bits - 1)).astype(np.float32)
+    elif samples.dtype.kind != "f":
+        raise InvalidAudioError(f"audio must be a file path or 16 kHz samples (NumPy array or tensor), got "
+                                f"{type(audio).__name__} of {samples.dtype}")
+    samples = samples.astype(np.float32, copy=False)
+    if samples.ndim == 2 and min(samples.shape) <= MAX_CHANNELS:
+        samples = samples.mean(axis=int(np.argmin(samples.shape)), dtype=np.float32)
     if samples.ndim != 1:
-        raise InvalidAudioError(f"audio samples must be mono (one dimension, 16 kHz), got shape {samples.shape}")
+        raise InvalidAudioError(f"audio samples must be mono (N,) or channels (C, N) / (N, C) at 16 kHz, got shape "
+                                f"{samples.shape}")
     if samples.size == 0:
         raise InvalidAudioError("audio holds no samples")
     if not np.isfinite(samples).all():
         raise InvalidAudioError("audio samples contain NaN or infinity")
+    peak = float(np.abs(samples).max())
+    if peak > FLOAT_PEAK_LIMIT:
+        raise InvalidAudioError(f"float audio samples must be in [-1, 1], got a peak of {peak:g} (16-bit samples: "
+                                "pass them as int16, or divided by 32768)")
     return samples
 
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import subprocess
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -201,14 +203,57 @@ class FrameSource:
         return self.read()
 
 
-def _as_rgb_uint8(frame: Any, i: int) -> np.ndarray:
+FLOAT_RANGE_TOLERANCE = 0.01
+"""How far float frames may stray outside [0, 1] (or [-1, 1]) before they are refused (rounding of a model's output is
+clipped away)."""
+
+
+def _frame_array(frame: Any) -> np.ndarray:
+    """One in-memory frame as an ``(H, W, C)`` array of its own dtype: a PIL image in RGB, a torch tensor in diffusers'
+    ``(C, H, W)`` layout moved to ``(H, W, C)``, a grey ``(H, W)`` frame with one channel."""
     if hasattr(frame, "convert") and hasattr(frame, "size"):  # PIL image
-        frame = np.asarray(frame.convert("RGB"))
+        return np.asarray(frame.convert("RGB"))
+    torch = sys.modules.get("torch")  # a tensor can only exist once torch is imported: no need to import it here
+    is_tensor = torch is not None and isinstance(frame, torch.Tensor)
+    if is_tensor:
+        frame = frame.detach().cpu()
+        frame = (frame.float() if frame.is_floating_point() else frame).numpy()
     arr = np.asarray(frame)
-    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[-1] != 3:
-        raise InvalidVideoError(f"frame {i} must be an RGB uint8 array (H, W, 3) or a PIL image, "
-                                f"got {arr.dtype} {tuple(arr.shape)}")
+    if arr.ndim == 2:
+        return arr[..., None]
+    if is_tensor and arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[-1] not in (1, 3, 4):
+        return arr.transpose(1, 2, 0)
     return arr
+
+
+def _as_rgb_uint8(frame: Any, i: int, signed: bool = False) -> np.ndarray:
+    """Frame ``i`` as RGB uint8 ``(H, W, 3)``: grey is repeated, alpha dropped (as PIL's ``convert("RGB")``), float
+    frames in [0, 1] (``signed``: [-1, 1]) scaled to 0-255."""
+    arr = _frame_array(frame)
+    if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4) or not (arr.dtype == np.uint8 or arr.dtype.kind == "f"):
+        raise InvalidVideoError(f"frame {i} must be an RGB image: a uint8 array (H, W, 3), a float array in [0, 1], "
+                                f"a tensor (3, H, W) or a PIL image, got {arr.dtype} {tuple(arr.shape)}")
+    if arr.dtype.kind == "f":
+        arr = np.rint(np.clip((arr + 1.0) / 2.0 if signed else arr, 0.0, 1.0) * 255.0).astype(np.uint8)
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    return np.ascontiguousarray(arr[..., :3])
+
+
+def _float_range_is_signed(lowest: float, highest: float) -> bool:
+    """Whether float frames whose values span ``[lowest, highest]`` are in [-1, 1] (else [0, 1]), as diffusers' image
+    processors read them (negative values mean [-1, 1]).
+
+    Raises:
+        InvalidVideoError: NaN or values outside both ranges.
+    """
+    signed = lowest < 0.0
+    low = -1.0 if signed else 0.0
+    if not (math.isfinite(lowest) and math.isfinite(highest)) or lowest < low - FLOAT_RANGE_TOLERANCE \
+            or highest > 1.0 + FLOAT_RANGE_TOLERANCE:
+        raise InvalidVideoError(f"float frames must hold values in [0, 1] (or [-1, 1]), got {lowest:g} to "
+                                f"{highest:g} (frames of 0-255 values: pass them as uint8)")
+    return signed
 
 
 def open_frames(video: str | os.PathLike | np.ndarray | Sequence[Any], fps: float = VIDEO_FPS,
@@ -216,28 +261,41 @@ def open_frames(video: str | os.PathLike | np.ndarray | Sequence[Any], fps: floa
     """A re-readable [`FrameSource`] for a video path (resampled to ``fps``; decoded by ``hwaccel`` where given, see
     [`iter_frames`]) or for frames in memory.
 
-    In-memory frames (an array ``(T, H, W, 3)`` or a sequence of ``(H, W, 3)`` arrays or PIL images, RGB uint8) are
-    taken to be at ``fps`` already.
+    In-memory frames are taken to be at ``fps`` already: an array ``(T, H, W, C)``, a tensor ``(T, C, H, W)`` (as
+    diffusers' video pipelines return with ``output_type="pt"``) or ``(T, H, W, C)``, a sequence of such frames or of
+    PIL images, or one PIL image (a one-frame video). uint8 frames are 0-255; float frames [0, 1], or [-1, 1] when any
+    value is negative; grey frames (one channel or ``(H, W)``) are repeated to RGB and an alpha channel is dropped.
 
     Raises:
-        InvalidVideoError: unreadable file, no frames, or frames of the wrong type or of different sizes.
+        InvalidVideoError: unreadable file, no frames, or frames of the wrong type, range or of different sizes.
     """
     if isinstance(video, (str, os.PathLike)):
         info = probe_video(video)
         return FrameSource(info.path, max(1, int(round(info.duration * fps))), lambda: iter_frames(info.path, fps, hwaccel),
                            info.path)
-    if isinstance(video, np.ndarray) and video.ndim != 4:
-        raise InvalidVideoError(f"a video array must be (frames, height, width, 3), got shape {video.shape}")
+    if hasattr(video, "convert") and hasattr(video, "size"):  # one PIL image: a still
+        video = [video]
+    ndim = getattr(video, "ndim", None)
+    if ndim is not None and ndim != 4:
+        raise InvalidVideoError(f"a video array must be (frames, height, width, channels) (a tensor may be (frames, "
+                                f"channels, height, width)), got shape {tuple(video.shape)} (one picture: pass "
+                                "[picture])")
     if len(video) == 0:
         raise InvalidVideoError("video has no frames: the frame sequence is empty")
-    shape = _as_rgb_uint8(video[0], 0).shape
+    shape, lowest, highest = None, math.inf, -math.inf
     for i, frame in enumerate(video):
-        if _as_rgb_uint8(frame, i).shape != shape:
-            raise InvalidVideoError(f"frame {i} is {_as_rgb_uint8(frame, i).shape[:2]}, frame 0 is {shape[:2]}: "
-                                    "all frames must have the same size")
+        arr = _frame_array(frame)
+        if arr.dtype.kind == "f" and arr.size:
+            lowest, highest = min(lowest, float(arr.min())), max(highest, float(arr.max()))
+        size = _as_rgb_uint8(arr, i).shape[:2]  # checks the frame's type
+        if shape is None:
+            shape = size
+        elif size != shape:
+            raise InvalidVideoError(f"frame {i} is {size}, frame 0 is {shape}: all frames must have the same size")
+    signed = _float_range_is_signed(lowest, highest) if lowest <= highest else False
 
     def read() -> Iterator[np.ndarray]:
-        return (_as_rgb_uint8(frame, i) for i, frame in enumerate(video))
+        return (_as_rgb_uint8(frame, i, signed) for i, frame in enumerate(video))
 
     return FrameSource("frames in memory", len(video), read)
 
