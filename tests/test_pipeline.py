@@ -261,6 +261,12 @@ def test_given_latents_replace_the_drawn_noise(tiny_pipe, example_face, one_wind
     assert np.array_equal(given, drawn)  # the same noise, and the VAE samples drawn after it
 
 
+class _CudaGenerator(torch.Generator):
+    """A generator that says it is on CUDA (this machine has none to make a real one)."""
+
+    device = property(lambda self: torch.device("cuda"))
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(num_inference_steps=0), "num_inference_steps must be an integer >= 1"),
     (dict(num_frames=0), "num_frames"),
@@ -276,6 +282,7 @@ def test_given_latents_replace_the_drawn_noise(tiny_pipe, example_face, one_wind
     (dict(deep_cache_interval=2, deep_cache_branch=9), "deep_cache_branch"),
     (dict(generator=0), "generator must be a torch.Generator or None, got int"),
     (dict(generator=[torch.Generator(), torch.Generator()]), "generator must be one torch.Generator"),
+    (dict(generator=_CudaGenerator()), r"generator is on cuda but the pipeline runs on cpu: use torch.Generator\("),
     (dict(latents=np.zeros((1, 4, 1, 32, 32), np.float32)), "latents must be a torch.Tensor, got ndarray"),
     (dict(callback_on_step_end=5), "callback_on_step_end must be a function"),
     (dict(callback_on_step_end_tensor_inputs="latents"), "must be a list of tensor names"),

@@ -397,6 +397,7 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         """
         _check_argument_types(video, output_path, latents, generator, callback_on_step_end,
                               callback_on_step_end_tensor_inputs)
+        _check_generator_device(generator, self._execution_device)
         max_frames = self.unet.config.motion_max_seq_length if self.unet.has_motion_modules else None
         checked = check_run_inputs(
             video, audio, output_path, overwrite=overwrite, mix_audio=mix_audio, face=face, face_box=face_box,
@@ -1366,6 +1367,18 @@ def _check_argument_types(video: Any, output_path: Any, latents: Any, generator:
     if isinstance(names, str) or not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
         raise LatentSyncInputError("callback_on_step_end_tensor_inputs must be a list of tensor names such as "
                                    f'["latents"], got {names!r}')
+
+
+def _check_generator_device(generator: Any, device: torch.device) -> None:
+    """[`LatentSyncInputError`] for a generator that cannot draw the call's noise: one on another accelerator than
+    the pipeline's device (diffusers draws on the CPU for a CPU generator and moves the numbers, but cannot draw a
+    CPU tensor from a CUDA generator: it failed after the face analysis)."""
+    if isinstance(generator, (list, tuple)):
+        generator = generator[0]
+    if generator is None or generator.device.type in ("cpu", device.type):
+        return
+    raise LatentSyncInputError(f"generator is on {generator.device.type} but the pipeline runs on {device.type}: use "
+                               f"torch.Generator('cpu') (the same numbers on every device) or one on {device.type}")
 
 
 def _pixel_mask(resolution: int) -> torch.Tensor:
