@@ -130,3 +130,77 @@ def test_avatar_is_never_written_over_other_files(tiny_pipe_64, short_face, spee
     monkeypatch.undo()
     tiny_pipe_64.prepare_avatar(short_face, folder, overwrite=False)  # a stopped write may be redone
     assert Avatar.load(folder).num_frames == 25
+
+
+def test_damaged_avatar_is_one_line(tiny_pipe_64, short_face, tmp_path):
+    """A truncated avatar.safetensors, an avatar.json without its entries and a JSON whose frames disagree with the
+    tensors are each one line naming the avatar and the problem (they were a safetensors traceback, a KeyError, and
+    for the last a run that silently used 10 of the 25 frames)."""
+    import shutil
+
+    from latentsync.avatar import avatar_files
+
+    good = tmp_path / "good"
+    tiny_pipe_64.prepare_avatar(short_face, good)
+
+    def damaged(name, change):
+        folder = tmp_path / name
+        shutil.copytree(good, folder)
+        change(folder)
+        return folder
+
+    def truncate(folder):
+        data = (folder / "avatar.safetensors").read_bytes()
+        (folder / "avatar.safetensors").write_bytes(data[:1000])
+
+    def edit_json(**entries):
+        def change(folder):
+            config = json.loads((folder / "avatar.json").read_text())
+            config.update(entries)
+            for key in [k for k, v in entries.items() if v is ...]:
+                del config[key]
+            (folder / "avatar.json").write_text(json.dumps(config))
+        return change
+
+    config = json.loads((good / "avatar.json").read_text())
+    cases = [
+        (damaged("truncated", truncate), "unreadable avatar.safetensors .*prepare it again"),
+        (damaged("no-video-entry", edit_json(video=...)), "damaged avatar.json"),
+        (damaged("no-matrices", edit_json(matrices=...)), r"damaged avatar.json \(no 'matrices'\)"),
+        (damaged("fewer-matrices", edit_json(matrices=config["matrices"][:10])),
+         "inconsistent .*10 alignment matrices for 25 frames"),
+        (damaged("one-face-less", edit_json(matrices=[None] + config["matrices"][1:])),
+         "inconsistent .*crops of shape \\(25, 64, 64, 3\\) for 24 faces"),
+    ]
+    for folder, message in cases:
+        with pytest.raises(LatentSyncInputError, match=message):
+            Avatar.load(folder)
+    with pytest.raises(LatentSyncInputError, match="damaged avatar.json"):
+        avatar_files(tmp_path / "no-video-entry")
+    assert Avatar.load(good).num_frames == 25
+
+
+def test_avatar_folder_on_a_read_only_file_system(tiny_pipe_64, short_face, tmp_path, monkeypatch):
+    """Replacing an avatar where nothing can be written is refused by the check before any work (it was an
+    OSError traceback from removing avatar.json, after the model loaded and the faces were analysed); a new folder
+    under a read-only parent likewise. os.access says yes to root, so the check creates a file."""
+    import tempfile
+
+    from latentsync.avatar import check_avatar_destination
+
+    folder = tmp_path / "avatar"
+    tiny_pipe_64.prepare_avatar(short_face, folder)
+    real = tempfile.mkstemp
+
+    def read_only(*args, dir=None, **kwargs):
+        if dir is not None and os.path.abspath(dir).startswith(os.fspath(tmp_path)):
+            raise OSError(30, "Read-only file system")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    for target in (folder, tmp_path / "new"):
+        with pytest.raises(LatentSyncInputError, match="not writable .*Read-only file system"):
+            check_avatar_destination(target, overwrite=True)
+    with pytest.raises(LatentSyncInputError, match="not writable .*Read-only file system"):
+        tiny_pipe_64.prepare_avatar(short_face, folder)
+    assert Avatar.load(folder).num_frames == 25  # the earlier avatar is untouched

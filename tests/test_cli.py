@@ -92,6 +92,9 @@ def test_keep_input_frame_rate(tmp_path, example_face, tiny_model_dir, caplog, m
     (["--live-format", "raw"], "--live-format: only for live runs, which read the speech from standard input"),
     (["--chunk-seconds", "0.5"], "--chunk-seconds: only for live runs"),
     (["--audio-track", "0"], "argument --audio-track: expected an audio track number from 1 (track 1 is the file's"),
+    (["--pcm", "22050"], "--pcm: only for live runs"),
+    (["--pcm", "22050:0"], "argument --pcm: expected RATE[:CHANNELS]"),
+    (["--pcm", "s16le"], "argument --pcm: expected RATE[:CHANNELS]"),
 ])
 def test_bad_options_are_refused_before_the_model_loads(tmp_path, example_face, example_speech, capsys, args,
                                                         message):
@@ -219,6 +222,21 @@ def test_live_output_is_never_an_input_or_an_existing_file(tmp_path, example_fac
         assert message in caplog.text, (args, caplog.text)
     assert video.read_bytes() == example_face.read_bytes() and existing.read_bytes() == b"keep me"
     assert (avatar / "video.mp4").read_bytes() == b"the avatar's video"
+
+
+def test_live_run_from_a_terminal_is_refused_before_loading(tmp_path, example_face, tiny_model_dir_64, caplog,
+                                                            monkeypatch, no_model_load):
+    """``--audio -`` typed without a pipe: standard input is the terminal, and the run used to load the model and
+    then wait for speech that never came; now one line before the model loads."""
+    class Terminal:
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr("sys.stdin", Terminal())
+    out = tmp_path / "live.mp4"
+    assert main(["--model", str(tiny_model_dir_64), "--device", "cpu", "--video", str(example_face), "--audio", "-",
+                 "--output", str(out)]) == 2
+    assert "standard input, which is a terminal here: pipe the audio in" in caplog.text and not out.exists()
 
 
 def test_run_checks_lora_syncnet_and_avatar_before_loading(tmp_path, example_face, example_speech, tiny_model_dir_64,

@@ -502,3 +502,22 @@ def test_samples_in_memory_pcm_and_channels():
 def test_samples_in_memory_that_cannot_be_read_are_named(audio, message):
     with pytest.raises(InvalidAudioError, match=message):
         media_audio.as_samples(audio)
+
+
+def test_headerless_pcm_from_a_pipe(tmp_path, example_speech):
+    """Raw 16-bit PCM (a TTS engine's "raw" output) has no header for ffmpeg to recognise: without its format it
+    is one error that says what to give (it was "cannot read audio from the pipe: Error opening output files:
+    Invalid argument"); with ``pcm=(rate, channels)`` it is read as the same speech."""
+    from latentsync.media.pipes import read_audio_chunks
+
+    raw = tmp_path / "speech.s16le"
+    ffmpeg("-i", os.fspath(example_speech), "-t", "2", "-f", "s16le", os.fspath(tmp_path / "mono16k.s16le"))
+    with open(tmp_path / "mono16k.s16le", "rb") as fh, \
+            pytest.raises(InvalidAudioError, match=r"headerless 16-bit PCM .*--pcm RATE"):
+        list(read_audio_chunks(fh))
+    ffmpeg("-i", os.fspath(example_speech), "-t", "2", "-ar", "22050", "-ac", "2", "-f", "s16le", os.fspath(raw))
+    with open(raw, "rb") as fh:
+        samples = np.concatenate(list(read_audio_chunks(fh, pcm=(22050, 2))))
+    expected = load_audio(example_speech)[:len(samples)]
+    assert abs(len(samples) - 32000) < 50
+    assert np.corrcoef(samples[:len(expected)], expected)[0, 1] > 0.99

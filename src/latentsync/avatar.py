@@ -36,10 +36,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import LatentSyncInputError
+from .errors import LatentSyncInputError, first_line
 from .media.timeline import open_timed_frames
 from .media.video import FrameSource, open_frames
-from .tempfiles import nearest_folder, partial_target, write_atomically
+from .tempfiles import nearest_folder, partial_target, writable_problem, write_atomically
 
 if TYPE_CHECKING:
     import torch
@@ -75,9 +75,13 @@ def avatar_files(path: str | os.PathLike) -> list[str]:
         version = config.get("version") if isinstance(config, dict) else None
         raise LatentSyncInputError(f"avatar {path} has format version {version}; this version of latentsync reads "
                                    f"version {AVATAR_VERSION}: prepare it again")
-    frames_path = os.path.join(path, config["video"] or AVATAR_FRAMES)
+    video = config.get("video", "")
+    if video is not None and (not isinstance(video, str) or not video or os.path.basename(video) != video):
+        raise LatentSyncInputError(f"avatar {path} has a damaged {AVATAR_CONFIG} (no valid \"video\" entry): "
+                                   "prepare it again")
+    frames_path = os.path.join(path, video or AVATAR_FRAMES)
     if not os.path.isfile(frames_path):
-        raise LatentSyncInputError(f"avatar {path} is missing its {'video' if config['video'] else 'frames'} "
+        raise LatentSyncInputError(f"avatar {path} is missing its {'video' if video else 'frames'} "
                                    f"{os.path.basename(frames_path)}")
     return [config_path, tensors_path, frames_path]
 
@@ -102,21 +106,28 @@ def check_avatar_destination(path: str | os.PathLike, overwrite: bool = True) ->
     # the partial files of a run that was killed while writing an avatar there
     names = {n for n in names if not _is_avatar_file(partial_target(n) or "")}
     if not names:
-        parent, blocker = nearest_folder(os.path.dirname(os.path.abspath(path)))
-        if blocker is not None:
-            raise LatentSyncInputError(f"cannot create the avatar folder {path}: {blocker} is a file")
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise LatentSyncInputError(f"cannot write the avatar folder {path}: {parent} is not writable")
-        return
-    if AVATAR_CONFIG in names:
+        if os.path.isdir(path):
+            parent = path
+        else:
+            parent, blocker = nearest_folder(os.path.dirname(os.path.abspath(path)))
+            if blocker is not None:
+                raise LatentSyncInputError(f"cannot create the avatar folder {path}: {blocker} is a file")
+    elif AVATAR_CONFIG in names:
         if not overwrite:
             raise LatentSyncInputError(f"{path} already holds an avatar (replace it with --overwrite / "
                                        "overwrite=True)")
-        return
-    if AVATAR_TENSORS in names and all(_is_avatar_file(n) for n in names):
-        return  # an avatar whose writing was stopped before its JSON: not usable, written again
-    raise LatentSyncInputError(f"{path} is a folder with other files, not an avatar: give a new or empty folder "
-                               "(an avatar writes avatar.json, avatar.safetensors and a copy of the video there)")
+        parent = path
+    elif AVATAR_TENSORS in names and all(_is_avatar_file(n) for n in names):
+        parent = path  # an avatar whose writing was stopped before its JSON: not usable, written again
+    else:
+        raise LatentSyncInputError(f"{path} is a folder with other files, not an avatar: give a new or empty "
+                                   "folder (an avatar writes avatar.json, avatar.safetensors and a copy of the video "
+                                   "there)")
+    # a real write (not os.access, which says yes to root, and on some mounts): a read-only folder or file system
+    # is found here, before the model loads, not half way through replacing an avatar
+    problem = writable_problem(parent)
+    if problem is not None:
+        raise LatentSyncInputError(f"cannot write the avatar folder {path}: {parent} is not writable ({problem})")
 
 
 def vae_fingerprint(vae: torch.nn.Module) -> str:
@@ -250,25 +261,67 @@ class Avatar:
         Raises:
             LatentSyncInputError: the folder is missing, incomplete, or of another format version.
         """
+        from safetensors import SafetensorError
         from safetensors.torch import load_file  # deferred: torch (seconds), after the CLI checks
 
         path = os.fspath(path)
         config_path, tensors_path, frames_path = avatar_files(path)
         with open(config_path, encoding="utf-8") as fh:
             config = json.load(fh)
-        tensors = load_file(tensors_path)
-        frames = None
         video_path = frames_path if config["video"] else None
-        if video_path is None:
-            frames = load_file(frames_path)["frames"].numpy()
-        return cls(
-            resolution=config["resolution"], fps=config["fps"], num_frames=config["num_frames"],
-            frame_shape=tuple(config["frame_shape"]),
-            matrices=[None if m is None else np.asarray(m, dtype=np.float64) for m in config["matrices"]],
-            crops=tensors["crops"].numpy(), masked_posteriors=tensors["masked_posteriors"],
-            reference_posteriors=tensors["reference_posteriors"],
-            timestamps=None if config["timestamps"] is None else np.asarray(config["timestamps"], np.float64),
-            time_base=None if config["time_base"] is None else Fraction(config["time_base"]),
-            video_path=video_path, frames=frames, vae=config.get("vae", ""), label=config.get("label", path),
-        )
+
+        def read(file: str, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
+            try:
+                tensors = load_file(file)
+            except (SafetensorError, OSError) as exc:  # a truncated or overwritten file
+                raise LatentSyncInputError(f"avatar {path} has an unreadable {os.path.basename(file)} "
+                                           f"({first_line(exc)}): prepare it again") from None
+            missing = [n for n in names if n not in tensors]
+            if missing:
+                raise LatentSyncInputError(f"avatar {path} has a damaged {os.path.basename(file)} (no "
+                                           f"{', '.join(missing)}): prepare it again")
+            return tensors
+
+        tensors = read(tensors_path, ("crops", "masked_posteriors", "reference_posteriors"))
+        frames = None if video_path else read(frames_path, ("frames",))["frames"].numpy()
+        try:
+            avatar = cls(
+                resolution=int(config["resolution"]), fps=config["fps"], num_frames=int(config["num_frames"]),
+                frame_shape=tuple(int(v) for v in config["frame_shape"]),
+                matrices=[None if m is None else np.asarray(m, dtype=np.float64).reshape(2, 3)
+                          for m in config["matrices"]],
+                crops=tensors["crops"].numpy(), masked_posteriors=tensors["masked_posteriors"],
+                reference_posteriors=tensors["reference_posteriors"],
+                timestamps=None if config["timestamps"] is None else np.asarray(config["timestamps"], np.float64),
+                time_base=None if config["time_base"] is None else Fraction(config["time_base"]),
+                video_path=video_path, frames=frames, vae=config.get("vae", ""), label=config.get("label", path),
+            )
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as exc:
+            what = f"no {exc.args[0]!r}" if isinstance(exc, KeyError) else first_line(exc)
+            raise LatentSyncInputError(f"avatar {path} has a damaged {AVATAR_CONFIG} ({what}): prepare it again") \
+                from None
+        avatar._check_consistent(path)
+        return avatar
+
+    def _check_consistent(self, path: str) -> None:
+        """[`LatentSyncInputError`] when the JSON and the tensors of a loaded avatar disagree (files of two
+        different avatars, a hand-edited JSON): using them would paste faces onto the wrong frames."""
+        rows = len(self._row)
+        r = self.resolution
+        problems = []
+        if self.num_frames < 1 or len(self.matrices) != self.num_frames:
+            problems.append(f"{len(self.matrices)} alignment matrices for {self.num_frames} frames")
+        if tuple(self.crops.shape) != (rows, r, r, 3):
+            problems.append(f"face crops of shape {tuple(self.crops.shape)} for {rows} faces of {r} px")
+        for name in ("masked_posteriors", "reference_posteriors"):
+            shape = tuple(getattr(self, name).shape)
+            if len(shape) != 4 or shape[0] != rows or shape[1] != 8:
+                problems.append(f"{name} of shape {shape} for {rows} faces")
+        if self.timestamps is not None and len(self.timestamps) != self.num_frames:
+            problems.append(f"{len(self.timestamps)} timestamps for {self.num_frames} frames")
+        if self.frames is not None and len(self.frames) != self.num_frames:
+            problems.append(f"{len(self.frames)} stored frames for {self.num_frames} frames")
+        if problems:
+            raise LatentSyncInputError(f"avatar {path} is inconsistent ({problems[0]}): its files come from "
+                                       "different avatars or were changed; prepare it again")
 

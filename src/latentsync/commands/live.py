@@ -35,6 +35,9 @@ def run_live(args: argparse.Namespace) -> int:
                                    f"output), not {args.output}")
     if args.chunk_seconds <= 0:
         raise LatentSyncInputError(f"--chunk-seconds must be > 0, got {args.chunk_seconds}")
+    if sys.stdin is None or sys.stdin.isatty():  # nothing piped in: the run would wait for speech after loading
+        raise LatentSyncInputError("--audio - reads the speech from standard input, which is a terminal here: pipe "
+                                   "the audio in (e.g. some-tts | latentsync ... or < speech.wav)")
     check_arguments(num_inference_steps=args.steps, guidance_scale=args.guidance_scale)
     if args.video is not None:
         inputs = [check_input_file(args.video, InvalidVideoError, "video")]
@@ -59,7 +62,7 @@ def run_live(args: argparse.Namespace) -> int:
         sink = LiveVideoSink(args.output, fps, args.live_format, encoder=args.hw_encode)
 
         def speech() -> Iterator[np.ndarray]:
-            for chunk in read_audio_chunks(sys.stdin.buffer, args.chunk_seconds):
+            for chunk in read_audio_chunks(sys.stdin.buffer, args.chunk_seconds, pcm=args.pcm):
                 sink.write_audio(chunk)
                 yield chunk
 

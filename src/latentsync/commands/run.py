@@ -87,6 +87,19 @@ def track_number(text: str) -> int:
     return int(value)
 
 
+def pcm_format(text: str) -> tuple[int, int]:
+    """``--pcm``: ``RATE[:CHANNELS]`` of headerless 16-bit PCM -> (sample rate, channels)."""
+    rate, _, channels = text.partition(":")
+    try:
+        value = (int(rate), int(channels or 1))
+    except ValueError:
+        value = (0, 0)
+    if not (1000 <= value[0] <= 384000 and 1 <= value[1] <= 8):
+        raise argparse.ArgumentTypeError(f"expected RATE[:CHANNELS] (e.g. 16000, 22050 or 24000:1; 1000 to 384000 "
+                                         f"Hz, 1 to 8 channels), got {text!r}")
+    return value
+
+
 def voice(text: str) -> tuple[int, str]:
     """``--audio-for``: ``INDEX=FILE`` -> (track number, speech file)."""
     index, sep, path = text.partition("=")
@@ -118,6 +131,10 @@ def parser() -> argparse.ArgumentParser:
     live.add_argument("--live-format", choices=["mp4", "raw"], default=None,
                       help="fragmented MP4 with the sound (default) or raw RGB24 frames")
     live.add_argument("--chunk-seconds", type=float, default=None, help="speech read per step (default 0.2 s)")
+    live.add_argument("--pcm", type=pcm_format, default=None, metavar="RATE[:CHANNELS]",
+                      help="standard input is headerless signed 16-bit little-endian PCM at RATE Hz (CHANNELS: "
+                           "default 1), as TTS engines' raw/pcm outputs; without it, any format with a header "
+                           "(WAV, MP3, Ogg, FLAC...)")
     return p
 
 
@@ -309,6 +326,7 @@ def run(argv: list[str]) -> int:
         # deferred, as the pipeline: a live run imports torch and the live session
         return importlib.import_module("latentsync.commands.live").run_live(args)
     live_only = [name for name, value in (("--live-format", args.live_format), ("--chunk-seconds", args.chunk_seconds),
+                                          ("--pcm", args.pcm),
                                           ("--output -", "-" if args.output == "-" else None)) if value is not None]
     if live_only:
         p.error(f"{', '.join(live_only)}: only for live runs, which read the speech from standard input (--audio -)")

@@ -24,15 +24,19 @@ LIVE_FORMATS = ("mp4", "raw")
 """What a live sink writes: fragmented MP4 (H.264 + AAC) or raw RGB24 frames."""
 
 
-def read_audio_chunks(source: BinaryIO, seconds: float = 0.2) -> Iterator[np.ndarray]:
+def read_audio_chunks(source: BinaryIO, seconds: float = 0.2,
+                      pcm: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
     """Mono float32 16 kHz chunks of ``seconds`` from a byte stream (e.g. ``sys.stdin.buffer``) holding audio in
-    any format ffmpeg reads from a pipe (WAV, MP3, Ogg...), decoded as it arrives.
+    any format ffmpeg reads from a pipe (WAV, MP3, Ogg...), decoded as it arrives; with ``pcm=(rate, channels)``
+    the stream is headerless signed 16-bit little-endian PCM at that rate (what TTS engines' "raw" or "pcm"
+    outputs are), which ffmpeg cannot recognise on its own.
 
     Raises:
         InvalidAudioError: ffmpeg cannot decode the stream, or it holds no samples.
     """
-    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-i", "pipe:0", "-map", "0:a:0", "-ac", "1",
-           "-ar", str(SAMPLE_RATE), "-f", "f32le", "pipe:1"]
+    raw = [] if pcm is None else ["-f", "s16le", "-ar", str(pcm[0]), "-ac", str(pcm[1])]
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", *raw, "-i", "pipe:0", "-map", "0:a:0",
+           "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "f32le", "pipe:1"]
     proc = subprocess.Popen(cmd, stdin=source, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     size = max(1, int(seconds * SAMPLE_RATE)) * 4
     received, ended = 0, False
@@ -53,9 +57,12 @@ def read_audio_chunks(source: BinaryIO, seconds: float = 0.2) -> Iterator[np.nda
         error = proc.stderr.read().decode(errors="replace").strip()
         proc.stderr.close()
     if code != 0 or received == 0:
-        if received == 0 and (not error or "Invalid data found" in error):  # ffmpeg says the same of an empty pipe
+        # ffmpeg says "Invalid data found" of an empty pipe; headerless PCM it takes for some other format without an
+        # audio stream, and then fails on the -map ("Error opening output files")
+        if received == 0 and (not error or "Invalid data found" in error or "Error opening output" in error):
             raise InvalidAudioError("no audio arrived on the pipe: it was empty, or held nothing ffmpeg reads as "
-                                    "audio (WAV, MP3, Ogg, ...)")
+                                    "audio (a format with a header: WAV, MP3, Ogg, FLAC...; headerless 16-bit PCM "
+                                    "needs its rate and channels: --pcm RATE[:CHANNELS])")
         raise InvalidAudioError(f"cannot read audio from the pipe: {error.splitlines()[-1] if error else 'no samples'}")
 
 
