@@ -521,3 +521,20 @@ def test_headerless_pcm_from_a_pipe(tmp_path, example_speech):
     expected = load_audio(example_speech)[:len(samples)]
     assert abs(len(samples) - 32000) < 50
     assert np.corrcoef(samples[:len(expected)], expected)[0, 1] > 0.99
+
+
+def test_frames_at_their_times_become_a_constant_rate():
+    """A live output through a pipe has no timestamps: frames of a variable-rate avatar are repeated or dropped by
+    their time, so the picture lasts as long as the sound (written one after the other at the typical rate, a
+    stream of 60 and 15 fps stretches drifted by seconds a minute)."""
+    from latentsync.media.pipes import at_constant_rate
+
+    times = [0.0, 0.1, 0.2, 0.25, 0.3, 0.5]  # 10, 20 and 5 fps stretches
+    images = [np.full((2, 2, 3), i, np.uint8) for i in range(len(times))]
+    out = [int(f[0, 0, 0]) for f in at_constant_rate(zip(times, images), fps=10)]
+    assert out == [0, 1, 2, 4, 4, 5]  # slot k at k / 10 s shows the frame on screen then; the last lasts one slot
+    rng = np.random.default_rng(0)
+    steps = rng.choice([1 / 60, 1 / 30, 1 / 15], size=3600)  # a minute and more of a phone's variable rate
+    times = np.concatenate([[0.0], np.cumsum(steps)[:-1]])
+    count = sum(1 for _ in at_constant_rate(((t, images[0]) for t in times), fps=30))
+    assert abs(count / 30 - (times[-1] + 1 / 30)) <= 1 / 30

@@ -18,7 +18,7 @@ from ..errors import InvalidVideoError, LatentSyncInputError, RunInterrupted
 from ..inputs import check_arguments
 from ..live import stream_frames
 from ..media.files import check_input_file
-from ..media.pipes import LiveVideoSink, read_audio_chunks
+from ..media.pipes import LiveVideoSink, at_constant_rate, read_audio_chunks
 from ..media.video import check_output_path
 from .run import check_model_options, face_arguments, load_pipeline
 
@@ -55,8 +55,10 @@ def run_live(args: argparse.Namespace) -> int:
         session = pipe.live_session(avatar, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
                                     generator=generator)
         timestamps = session.avatar.timestamps
-        # pipes carry no timestamps: an avatar on its own (variable) timeline is written at its typical rate
-        fps = session.fps if timestamps is None or len(timestamps) < 2 else 1.0 / float(np.median(np.diff(timestamps)))
+        # pipes carry no timestamps: an avatar on its own (variable) timeline is written at its typical rate, each
+        # frame repeated or dropped by its time (written one after the other, a variable rate drifted from the sound)
+        timed = timestamps is not None and len(timestamps) >= 2
+        fps = 1.0 / float(np.median(np.diff(timestamps))) if timed else session.fps
         if args.output != "-":
             os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         sink = LiveVideoSink(args.output, fps, args.live_format, encoder=args.hw_encode)
@@ -68,8 +70,10 @@ def run_live(args: argparse.Namespace) -> int:
 
         target = "standard output" if args.output == "-" else args.output
         try:
-            for frame in stream_frames(session, speech()):
-                sink.write(frame.image)
+            frames = stream_frames(session, speech())
+            images = at_constant_rate(((f.time, f.image) for f in frames), fps) if timed else (f.image for f in frames)
+            for image in images:
+                sink.write(image)
         except RunInterrupted as exc:
             if not sink.frames_written:
                 raise  # nothing was written: the usual message

@@ -8,7 +8,7 @@ import os
 import queue
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
 import imageio_ffmpeg
@@ -64,6 +64,24 @@ def read_audio_chunks(source: BinaryIO, seconds: float = 0.2,
                                     "audio (a format with a header: WAV, MP3, Ogg, FLAC...; headerless 16-bit PCM "
                                     "needs its rate and channels: --pcm RATE[:CHANNELS])")
         raise InvalidAudioError(f"cannot read audio from the pipe: {error.splitlines()[-1] if error else 'no samples'}")
+
+
+def at_constant_rate(frames: Iterable[tuple[float, np.ndarray]], fps: float) -> Iterator[np.ndarray]:
+    """Frames at their own presentation times (seconds, increasing) as a constant-rate sequence, for an output
+    without timestamps (a pipe of raw frames, ffmpeg's raw video input): slot ``k`` (time ``k / fps``) shows the
+    frame on screen at that time, so frames are repeated or dropped and the picture stays in step with the sound
+    whatever the spacing of the timestamps; the last frame lasts one slot."""
+    slot, shown, last = 0, None, 0.0
+    for time, image in frames:
+        if shown is not None:
+            while slot / fps < time - 1e-6:
+                yield shown
+                slot += 1
+        shown, last = image, time
+    if shown is not None:
+        while slot / fps < last + 1 / fps - 1e-6:
+            yield shown
+            slot += 1
 
 
 class LiveVideoSink:
