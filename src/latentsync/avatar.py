@@ -261,8 +261,8 @@ class Avatar:
         Raises:
             LatentSyncInputError: the folder is missing, incomplete, or of another format version.
         """
-        from safetensors import SafetensorError
         from safetensors.torch import load_file  # deferred: torch (seconds), after the CLI checks
+        from safetensors import SafetensorError  # deferred: with load_file, for its error
 
         path = os.fspath(path)
         config_path, tensors_path, frames_path = avatar_files(path)
