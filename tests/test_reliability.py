@@ -847,6 +847,27 @@ def test_stale_files_of_other_processes(tmp_path, monkeypatch):
     assert tempfiles.remove_stale_partials(output) == [os.fspath(stale)] and live.exists()
 
 
+def test_atomic_writes_give_files_the_usual_mode(tmp_path):
+    """A file written through write_atomically has the mode of any new file under the umask, also when its writer
+    makes it owner-only (safetensors' save_file writes 0600: an avatar's tensors could not be read by another user
+    while its JSON and video could)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from latentsync import tempfiles
+
+    old = os.umask(0o022)
+    try:
+        tensors = tempfiles.write_atomically(tmp_path / "a.safetensors", lambda p: save_file({"x": torch.zeros(2)}, p))
+        text = tempfiles.write_atomically(tmp_path / "b.json", lambda p: Path(p).write_text("{}"))
+        assert oct(os.stat(tensors).st_mode & 0o777) == oct(os.stat(text).st_mode & 0o777) == oct(0o644)
+        os.umask(0o077)  # a user who wants owner-only files gets them
+        private = tempfiles.write_atomically(tmp_path / "c.safetensors", lambda p: save_file({"x": torch.ones(2)}, p))
+        assert oct(os.stat(private).st_mode & 0o777) == oct(0o600)
+    finally:
+        os.umask(old)
+
+
 # ------------------------------------------------------------------------------------------------- library interrupts
 def test_library_interrupt_during_generation_leaves_nothing(media, tiny_pipe_64, tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", os.fspath(tmp_path / "tmp"))

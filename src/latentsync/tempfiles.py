@@ -130,6 +130,18 @@ def partial_path(output: str | os.PathLike) -> str:
     return path
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def _new_file_mode() -> int:
+    """The mode of a new file under the process's umask (0644 under the usual 022). Reading the umask means setting
+    it: briefly, under a lock, restored at once."""
+    with _UMASK_LOCK:
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_atomically(path: str | os.PathLike, write: Callable[[str], object]) -> str:
     """Call ``write(partial)`` to write a file at the hidden partial path beside ``path``, then rename it to ``path``:
     readers (and a later run after a kill) never see half a file, and a failed write leaves no file. Missing folders
@@ -150,7 +162,12 @@ def write_files_atomically(paths: Mapping[str, str | os.PathLike], write: Callab
             remove_stale_partials(path)
             partials[key] = partial_path(path)
         write(partials)
+        mode = _new_file_mode()
         for key, path in paths.items():
+            if os.path.isfile(partials[key]):
+                # as any file the user creates: some writers (safetensors' save_file) make theirs owner-only (0600),
+                # which another user, or a server running as one, then cannot read
+                os.chmod(partials[key], mode)
             os.replace(partials[key], os.fspath(path))
     finally:
         for partial in partials.values():
