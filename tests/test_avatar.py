@@ -78,6 +78,15 @@ def test_avatar_of_frames_in_memory_round_trip(tiny_pipe_64, short_face, speech,
                          cache_latents=False, **KW)
     assert np.array_equal(full.frames, again.frames)
 
+    # replacing an avatar of a video with one of frames, and back: no file of the earlier one stays behind
+    video_folder = tmp_path / "replaced"
+    tiny_pipe_64.prepare_avatar(short_face, video_folder)
+    assert sorted(os.listdir(video_folder)) == ["avatar.json", "avatar.safetensors", "video.mp4"]
+    tiny_pipe_64.prepare_avatar(frames, video_folder)
+    assert sorted(os.listdir(video_folder)) == ["avatar.json", "avatar.safetensors", "frames.safetensors"]
+    tiny_pipe_64.prepare_avatar(short_face, video_folder)
+    assert sorted(os.listdir(video_folder)) == ["avatar.json", "avatar.safetensors", "video.mp4"]
+
 
 def test_avatar_errors(tiny_pipe_64, short_face, speech, tmp_path):
     folder = tmp_path / "avatar"

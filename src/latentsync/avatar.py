@@ -252,6 +252,12 @@ class Avatar:
                 json.dump(config, fh)
 
         write_atomically(config_path, write_config)
+        # an earlier avatar's files this one does not use (its video of another type, or its frames): they would
+        # only take space, and make the folder look like a mix of two avatars
+        kept = {AVATAR_CONFIG, AVATAR_TENSORS, video_name or AVATAR_FRAMES}
+        for name in os.listdir(path):
+            if _is_avatar_file(name) and name not in kept and os.path.isfile(os.path.join(path, name)):
+                os.remove(os.path.join(path, name))
         return path
 
     @classmethod
