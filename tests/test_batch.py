@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ffmpeg
-from latentsync.batch import BatchJob, BatchListError, read_jobs, run_batch
+from latentsync.batch import BatchJob, BatchListError, read_jobs, run_batch, write_results
 from latentsync.commands import main
 from latentsync.errors import InvalidOutputError, InvalidVideoError
 from latentsync.media.video import check_output_path
@@ -194,8 +194,14 @@ def test_a_job_list_chooses_each_jobs_audio_track(tmp_path):
         calls[os.path.basename(video)] = kwargs.get("audio_track")
         return type("Output", (), {"num_frames": 16, "frames_without_face": 0})()
 
-    run_batch(pipe, jobs, progress=False, audio_track=1)
+    results = run_batch(pipe, jobs, progress=False, audio_track=1)
     assert calls == {"a.mp4": 2, "b.mp4": 1}
+    write_results(results, tmp_path / "out")
+    with open(tmp_path / "out" / "batch_results.csv", newline="", encoding="utf-8-sig") as fh:
+        assert [r["audio_track"] for r in csv.DictReader(fh)] == ["2", "1"]  # the results say which track was used
+    calls.clear()
+    assert [r.audio_track for r in run_batch(pipe, jobs, progress=False, overwrite=True)] == [2, None]
+    assert calls == {"a.mp4": 2, "b.mp4": None}
     (tmp_path / "bad.csv").write_text("video,audio,audio_track\na.mp4,obs.mp4,0\n")
     with pytest.raises(BatchListError, match="row 2: audio_track '0' is not an audio track number"):
         read_jobs(tmp_path / "bad.csv", tmp_path / "out")

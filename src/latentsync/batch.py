@@ -80,6 +80,7 @@ class JobResult:
     frames_without_face: int | None = None
     error: str | None = None
     process: int = 0  # the index of the process that ran it (accelerate launch)
+    audio_track: int | None = None  # the audio track chosen by hand (numbered from 1); None: the automatic choice
 
 
 # ---------------------------------------------------------------------------------------------------- job lists
@@ -333,16 +334,16 @@ def run_batch(
         bar.set_postfix_str(os.path.basename(job.video))
         start = time.perf_counter()
         created: list[str] = []
+        track = job.audio_track if job.audio_track is not None else call_kwargs.get("audio_track")
         try:
             # first: an output that is an input (or of a wrong format) is no finished job to skip
             check_output_path(job.output, (job.video, job.audio), create_folder=True)
             if os.path.isfile(job.output) and not overwrite:
-                results.append(JobResult(job.video, job.audio, job.output, "skipped", process=process_index))
+                results.append(JobResult(job.video, job.audio, job.output, "skipped", process=process_index,
+                                         audio_track=track))
                 continue
             created = make_missing_folders(os.path.dirname(os.path.abspath(job.output)))
-            kwargs = dict(call_kwargs)
-            if job.audio_track is not None:
-                kwargs["audio_track"] = job.audio_track
+            kwargs = {**call_kwargs, "audio_track": track}
             if make_generator is not None:
                 kwargs["generator"] = make_generator()
             out = pipe(video=job.video, audio=job.audio, output_path=job.output, **kwargs)
@@ -354,10 +355,10 @@ def run_batch(
             message = str(exc) if isinstance(exc, LatentSyncInputError) else f"{type(exc).__name__}: {exc}"
             logger.error("%s: %s", job.video, message)
             results.append(JobResult(job.video, job.audio, job.output, "failed", time.perf_counter() - start,
-                                     error=message, process=process_index))
+                                     error=message, process=process_index, audio_track=track))
             continue
         results.append(JobResult(job.video, job.audio, job.output, "done", time.perf_counter() - start,
-                                 out.num_frames, out.frames_without_face, process=process_index))
+                                 out.num_frames, out.frames_without_face, process=process_index, audio_track=track))
     return results
 
 
