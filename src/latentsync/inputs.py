@@ -47,6 +47,7 @@ class CheckedInputs:
         voices: the scanned speech file of each voice (one, or one per face of an audio mapping; in memory: none).
         output_path: the checked output path (None when no file is written).
         warnings: odd but valid inputs, in words (already logged).
+        speech_track: the track of the speech file that the run reads (see [`speech_track_of`]).
     """
 
     video: VideoInfo | None = None
@@ -54,6 +55,7 @@ class CheckedInputs:
     voices: list[AudioInfo] = field(default_factory=list)
     output_path: str | None = None
     warnings: list[str] = field(default_factory=list)
+    speech_track: Track = "speech"
 
 
 def check_int(name: str, value: Any, low: int, high: int | None = None) -> None:
@@ -182,7 +184,7 @@ def check_run_inputs(
         checked.video = probe_video(video)
     speech = {f"audio for face {track_key(k)}": v for k, v in voices.items()} if voices is not None else \
         {"audio": audio}
-    track = speech_track_of(audio, audio_track)
+    track = checked.speech_track = speech_track_of(audio, audio_track)
     for what, source in speech.items():
         if _is_path(source):
             info = scan_audio(source, what=what, track=track)

@@ -52,7 +52,7 @@ from .face.mask import latent_mouth_mask, mouth_mask
 from .face.selection import FaceSelection, choose_faces
 from .face.tracking import FaceTrack, FaceTracks, track_faces
 from .face.warp import TorchFaceAligner
-from .inputs import CheckedInputs, check_arguments, check_int, check_output_fps, check_run_inputs, speech_track_of
+from .inputs import CheckedInputs, check_arguments, check_int, check_output_fps, check_run_inputs
 from .live import LiveFrame, LiveSession, stream_frames
 from .loaders.lora import LatentSyncLoraLoaderMixin, check_no_lora_layers
 from .loaders.official import is_official_layout, load_official_components
@@ -1001,12 +1001,12 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         # 0. Check every argument before any work
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs  # as diffusers' pipelines do
-        self.check_inputs(video, audio, output_path, num_inference_steps, guidance_scale, num_frames, face_index,
-                          landmark_smoothing, audio_window_mode, crf, deep_cache_interval, deep_cache_branch,
-                          output_type, latents, callback_on_step_end_tensor_inputs, face, face_box, face_box_frame,
-                          mix_audio, windows_per_batch=windows_per_batch, overwrite=overwrite, output_fps=output_fps,
-                          avatar=avatar, generator=generator, callback_on_step_end=callback_on_step_end,
-                          audio_track=audio_track)
+        checked = self.check_inputs(
+            video, audio, output_path, num_inference_steps, guidance_scale, num_frames, face_index, landmark_smoothing,
+            audio_window_mode, crf, deep_cache_interval, deep_cache_branch, output_type, latents,
+            callback_on_step_end_tensor_inputs, face, face_box, face_box_frame, mix_audio,
+            windows_per_batch=windows_per_batch, overwrite=overwrite, output_fps=output_fps, avatar=avatar,
+            generator=generator, callback_on_step_end=callback_on_step_end, audio_track=audio_track)
         if isinstance(generator, (list, tuple)):
             generator = generator[0]  # one video: a list of one generator is that generator
         avatar = self._check_timeline_inputs(video, audio, output_fps, avatar, face, face_index, face_box)
@@ -1022,7 +1022,7 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         #    as 16 kHz samples, and the output's sound, which sets the length and the output's timeline
         source = avatar.frame_source() if avatar is not None else self._open_video(video, output_fps)
         voice_tracks = list(audio) if isinstance(audio, Mapping) else None
-        speech = speech_track_of(audio, audio_track)
+        speech = checked.speech_track  # (probed by the checks: a file's tracks are read once)
         if audio_track is not None:  # the automatic choice logs itself (speech_track)
             logger.info("%s: the speech is read from audio track %d, as chosen", os.fspath(audio), audio_track)
         voices, sound, sound_track, samples = _open_voices(audio, mix_audio, speech)
