@@ -226,13 +226,20 @@ def _frame_array(frame: Any) -> np.ndarray:
     return arr
 
 
-def _as_rgb_uint8(frame: Any, i: int, signed: bool = False) -> np.ndarray:
-    """Frame ``i`` as RGB uint8 ``(H, W, 3)``: grey is repeated, alpha dropped (as PIL's ``convert("RGB")``), float
-    frames in [0, 1] (``signed``: [-1, 1]) scaled to 0-255."""
+def _image_array(frame: Any, i: int) -> np.ndarray:
+    """Frame ``i`` as an ``(H, W, C)`` array ([`_frame_array`]), checked to be a picture: uint8 or float, with 1
+    (grey), 3 (RGB) or 4 (RGBA) channels."""
     arr = _frame_array(frame)
     if arr.ndim != 3 or arr.shape[-1] not in (1, 3, 4) or not (arr.dtype == np.uint8 or arr.dtype.kind == "f"):
         raise InvalidVideoError(f"frame {i} must be an RGB image: a uint8 array (H, W, 3), a float array in [0, 1], "
                                 f"a tensor (3, H, W) or a PIL image, got {arr.dtype} {tuple(arr.shape)}")
+    return arr
+
+
+def _as_rgb_uint8(frame: Any, i: int, signed: bool = False) -> np.ndarray:
+    """Frame ``i`` as RGB uint8 ``(H, W, 3)``: grey is repeated, alpha dropped (as PIL's ``convert("RGB")``), float
+    frames in [0, 1] (``signed``: [-1, 1]) scaled to 0-255."""
+    arr = _image_array(frame, i)
     if arr.dtype.kind == "f":
         arr = np.rint(np.clip((arr + 1.0) / 2.0 if signed else arr, 0.0, 1.0) * 255.0).astype(np.uint8)
     if arr.shape[-1] == 1:
@@ -284,10 +291,10 @@ def open_frames(video: str | os.PathLike | np.ndarray | Sequence[Any], fps: floa
         raise InvalidVideoError("video has no frames: the frame sequence is empty")
     shape, lowest, highest = None, math.inf, -math.inf
     for i, frame in enumerate(video):
-        arr = _frame_array(frame)
+        arr = _image_array(frame, i)  # checked here, converted when read
         if arr.dtype.kind == "f" and arr.size:
             lowest, highest = min(lowest, float(arr.min())), max(highest, float(arr.max()))
-        size = _as_rgb_uint8(arr, i).shape[:2]  # checks the frame's type
+        size = arr.shape[:2]
         if shape is None:
             shape = size
         elif size != shape:
