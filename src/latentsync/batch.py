@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from .devices import default_device
 from .errors import InvalidOutputError, LatentSyncInputError
+from .media.audio import parse_track_number
 from .media.constants import AUDIO_EXTENSIONS
 from .media.files import is_video_file, same_file
 from .media.video import check_output_path
@@ -283,10 +284,12 @@ def _csv_jobs(path: str, output_dir: str, output_format: str) -> tuple[list[Batc
         output = os.path.join(output_dir, os.path.expanduser(value["output"])) if value.get("output") else \
             _output_for(video, output_dir, output_format)
         track = value.get("audio_track", "")
-        if track and (not track.isdigit() or int(track) < 1):
+        try:
+            number = parse_track_number(track) if track else None
+        except ValueError:
             raise BatchListError(f"{path} {row}: audio_track {track!r} is not an audio track number (1 is the "
-                                 "file's first track; leave it empty for the track with the speech)")
-        jobs.append(BatchJob(video, audio, output, int(track) if track else None))
+                                 "file's first track; leave it empty for the track with the speech)") from None
+        jobs.append(BatchJob(video, audio, output, number))
         labels.append(row)
     if not jobs:
         raise BatchListError(f"no jobs in {path}: it has a header but no rows")

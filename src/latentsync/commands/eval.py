@@ -27,7 +27,7 @@ from ..devices import DTYPE_NAMES, default_device, torch_dtype
 from ..errors import LatentSyncInputError, ModelNotFoundError, first_line
 from ..eval.config import (ALL_METRICS, I3D_FILENAME, I3D_REPO_ID, OFFICIAL_SYNCNET_V2_FILE, OFFICIAL_SYNCNET_V2_REPO,
                            VideoEvalConfig, check_report_output)
-from ..media.audio import chosen_track
+from ..media.audio import AUTOMATIC_TRACK, chosen_track
 from ..media.files import check_side_output
 from ..model_source import check_model_sources, is_hub_id, loading
 from .run import track_number
@@ -152,8 +152,8 @@ def _sync_conf_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio", default=None, help="score against this audio instead (one video only)")
     p.add_argument("--audio-track", type=track_number, default=None, metavar="N",
                    help="score against this audio track (of --audio, or of each video), numbered from 1 as the log "
-                        "and players number them (default: the track with the speech: the first, unless another is "
-                        "louder by more than 6 dB in the speech band)")
+                        "and players number them (default: the track with the speech: "
+                        f"{AUTOMATIC_TRACK})")
     p.add_argument("--vshift", type=int, default=15, help="largest offset tried, in frames (default 15)")
     p.add_argument("--batch-size", type=int, default=20)
     p.add_argument("--max-frames", type=int, default=None, help="only use the first N frames")

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..devices import default_device
 from ..errors import InvalidOutputError
-from ..media.audio import chosen_track
+from ..media.audio import AUTOMATIC_TRACK, chosen_track
 from ..media.constants import VIDEO_FPS
 from ..media.files import check_side_output, same_file
 from ..media.video import open_frames
@@ -44,8 +44,8 @@ def parser() -> argparse.ArgumentParser:
                         "instead of lip motion")
     p.add_argument("--audio-track", type=track_number, default=None, metavar="N",
                    help="with --speaking: the video's audio track to score against, numbered from 1 as the log and "
-                        "players number them (default: the track with the speech: the first, unless another is "
-                        "louder by more than 6 dB in the speech band)")
+                        "players number them (default: the track with the speech: "
+                        f"{AUTOMATIC_TRACK})")
     p.add_argument("--device", default=None, help="device of the SyncNet (default: best available)")
     return p
 

@@ -21,6 +21,7 @@ from ..devices import DTYPE_NAMES, check_device
 from ..errors import LatentSyncInputError, RunInterrupted
 from ..face.choice import FACE_RULES
 from ..inputs import check_output_fps, check_run_inputs, warnings_given
+from ..media.audio import AUTOMATIC_TRACK, parse_track_number
 from ..media.constants import OUTPUT_FORMATS
 from ..media.video import check_hardware_codec
 from ..model_source import ModelSource, check_model_source, check_model_sources, loading
@@ -80,11 +81,11 @@ def seed(text: str) -> int:
 
 def track_number(text: str) -> int:
     """``--audio-track``: an audio track number, counted from 1."""
-    value = text.strip()
-    if not value.isdigit() or int(value) < 1:
+    try:
+        return parse_track_number(text)
+    except ValueError:
         raise argparse.ArgumentTypeError(f"expected an audio track number from 1 (track 1 is the file's first), "
-                                         f"got {text!r}")
-    return int(value)
+                                         f"got {text!r}") from None
 
 
 def pcm_format(text: str) -> tuple[int, int]:
@@ -157,8 +158,7 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--audio-track", type=track_number, default=None, metavar="N",
                    help="the audio track of the speech file that holds the speech, numbered from 1 as the log, "
                         "players and OBS number them (ffmpeg's 0:a:0 is track 1); it drives the lips and is copied "
-                        "into the output. Default: the first, unless another is louder by more than 6 dB in the "
-                        "speech band")
+                        f"into the output. Default: {AUTOMATIC_TRACK}")
     p.add_argument("--fps", type=frame_rate, default=25, metavar="25|input|N",
                    help="output frame rate: 25 (default, the model's), input (every frame of the video at its own "
                         "timestamp, variable rates kept) or any rate")

@@ -159,6 +159,23 @@ def speech_track(path: str | os.PathLike) -> SpeechTrack:
     return _choose_track(path, st.st_size, st.st_mtime_ns)
 
 
+AUTOMATIC_TRACK = f"the first, unless another is louder by more than {TRACK_MARGIN_DB:g} dB in the speech band"
+"""[`speech_track`]'s rule, in words (for help texts)."""
+
+
+def parse_track_number(text: str) -> int:
+    """An audio track number as a user writes it (an option, a job list's cell): ``"2"``, counted from 1 as the log
+    and players count them.
+
+    Raises:
+        ValueError: ``text`` is not a whole number >= 1.
+    """
+    value = text.strip()
+    if not value.isdigit() or int(value) < 1:
+        raise ValueError(f"not an audio track number: {text!r}")
+    return int(value)
+
+
 def chosen_track(path: str | os.PathLike, number: int | None, name: str = "audio_track") -> Track:
     """The readers' ``track`` for audio track ``number`` of ``path``, numbered from 1 as the log, players and OBS
     number them (ffmpeg's ``0:a:0`` is track 1), or ``"speech"`` ([`speech_track`]'s choice) when ``number`` is None.
