@@ -761,6 +761,46 @@ def test_local_copy_of_a_release_gets_its_resolution(tmp_path, caplog):
         assert official_resolution(folder, 512) == 512 and not caplog.text
 
 
+def test_local_dir_download_and_plain_copy_get_their_resolution(tmp_path, caplog):
+    """The folder the official instructions fill (`hf download ByteDance/LatentSync-1.6 latentsync_unet.pt
+    --local-dir checkpoints`) and a plain copy of the released file: 1.6 gets 512 px (it got 256 with a warning, and
+    1.6 at 256 px gives blurred mouths; 1.5 at 512 px gives noise). The download record's SHA-256 decides when it is
+    there and current; otherwise the released file's exact size (sparse files here)."""
+    import time
+
+    from latentsync.loaders import official_release_of, official_resolution
+    from latentsync.loaders.official import OFFICIAL_UNET_FILES
+
+    def folder(name, size, etag=None, stale=False):
+        path = tmp_path / name
+        (path / "whisper").mkdir(parents=True)
+        with open(path / "latentsync_unet.pt", "wb") as fh:
+            fh.truncate(size)
+        if etag is not None:
+            record = path / ".cache" / "huggingface" / "download" / "latentsync_unet.pt.metadata"
+            record.parent.mkdir(parents=True)
+            written = time.time() - (100 if stale else -5)
+            record.write_text(f"{'c' * 40}\n{etag}\n{written}\n")
+        return path
+
+    (size15, sha15), (size16, sha16) = (OFFICIAL_UNET_FILES[r] for r in ("ByteDance/LatentSync-1.5",
+                                                                        "ByteDance/LatentSync-1.6"))
+    assert size15 != size16
+    copy16 = folder("copy16", size16)
+    assert official_release_of(copy16) == "ByteDance/LatentSync-1.6"
+    caplog.clear()
+    assert official_resolution(copy16) == 512 and "unknown" not in caplog.text
+    assert official_release_of(folder("copy15", size15)) == "ByteDance/LatentSync-1.5"
+    assert official_resolution(folder("copy15b", size15), 512) == 512 and "trained on 256 px" in caplog.text
+    assert official_release_of(folder("local_dir16", 10, etag=sha16)) == "ByteDance/LatentSync-1.6"
+    assert official_release_of(folder("local_dir15", 10, etag=sha15)) == "ByteDance/LatentSync-1.5"
+    # a download of another repo whose file happens to have a release's size: its record says it is not that file
+    assert official_release_of(folder("finetune", size16, etag="e" * 64)) is None
+    # a record older than the file (the file was replaced after the download): the size decides
+    assert official_release_of(folder("replaced", size15, etag=sha16, stale=True)) == "ByteDance/LatentSync-1.5"
+    assert official_release_of(folder("other", size16 + 1)) is None
+
+
 def test_whole_model_pickles_and_wrapped_keys(tmp_path):
     """A whole model saved with torch.save(model): the error names the class and says to save the state dict (it
     quoted torch's unpickler); a state dict saved from a torch.compile'd model (``_orig_mod.`` keys) loads."""

@@ -793,11 +793,35 @@ _HUB_GIT_REMOTE = re.compile(r"^\s*url\s*=\s*https?://(?:[^/@]+@)?(?:www\.)?(?:h
                              r"([\w.-]+/[\w.-]+?)(?:\.git)?/?\s*$", re.MULTILINE)
 
 
+# The released U-Net files as the Hub lists them: (size in bytes, SHA-256). The releases' files differ in size, so a
+# plain copy (or the folder `hf download --local-dir` fills) is recognised without reading 5 GB; `--local-dir` also
+# records each file's SHA-256 (its LFS etag) next to it, which is used instead of the size when present.
+OFFICIAL_UNET_FILES = {
+    "ByteDance/LatentSync-1.5": (5_072_348_184, "6440b49a7ccceff56cdc001f5f17605216337f5bbd66fa360139768926e23f51"),
+    "ByteDance/LatentSync-1.6": (5_072_222_488, "0a478e89eb660f82da4c35dbdde8a5adfb27f99d1b4e50edd03729e1e98316d3"),
+}
+
+
+def _local_dir_etag(folder: str, filename: str) -> str | None:
+    """The etag that ``hf download --local-dir`` recorded for ``filename`` in ``folder``, if the record exists and the
+    file was not modified since. huggingface_hub's own reader creates folders and takes a lock in the model folder,
+    which may be read-only; this only reads the three-line record (commit, etag, timestamp)."""
+    record = os.path.join(folder, ".cache", "huggingface", "download", filename + ".metadata")
+    try:
+        with open(record, encoding="utf-8") as fh:
+            _commit, etag, timestamp = (fh.readline().strip() for _ in range(3))
+        # the library's own rule: a file changed after the record (1 s of clock slack) makes the record stale
+        return etag if os.stat(os.path.join(folder, filename)).st_mtime - 1 <= float(timestamp) else None
+    except (OSError, ValueError):
+        return None
+
+
 def official_release_of(folder: str | os.PathLike) -> str | None:
     """The official release (Hub id in ``OFFICIAL_RESOLUTIONS``) whose files a local folder holds, when its files say
     so: the folder, or the file its ``latentsync_unet.pt`` links to, lies in the Hub cache of that repo (a path from
-    ``snapshot_download`` or a link to one), or the folder is a git clone of it. None otherwise: the weights of the
-    releases have the same keys and shapes, so a copied or fine-tuned folder cannot be told apart."""
+    ``snapshot_download`` or a link to one); the folder is a git clone of it; ``hf download --local-dir`` recorded
+    the SHA-256 of a released ``latentsync_unet.pt``; or, with no such record, the file has the exact size of a
+    released one (``OFFICIAL_UNET_FILES``). None otherwise (a fine-tuned or converted file)."""
     folder = os.path.expanduser(os.fspath(folder))
     unet = os.path.join(folder, OFFICIAL_UNET_FILE)
     for path in (folder + os.sep, os.path.realpath(unet)):
@@ -806,18 +830,27 @@ def official_release_of(folder: str | os.PathLike) -> str | None:
             return repo if repo in OFFICIAL_RESOLUTIONS else None
     try:
         with open(os.path.join(folder, ".git", "config"), encoding="utf-8", errors="replace") as fh:
-            remotes = _HUB_GIT_REMOTE.findall(fh.read())
+            official = {r for r in _HUB_GIT_REMOTE.findall(fh.read()) if r in OFFICIAL_RESOLUTIONS}
+        return official.pop() if len(official) == 1 else None
+    except OSError:
+        pass
+    etag = _local_dir_etag(folder, OFFICIAL_UNET_FILE)
+    try:
+        size = os.stat(unet).st_size
     except OSError:
         return None
-    official = {r for r in remotes if r in OFFICIAL_RESOLUTIONS}
-    return official.pop() if len(official) == 1 else None
+    for release, (release_size, sha256) in OFFICIAL_UNET_FILES.items():
+        if (etag == sha256) if etag is not None else (size == release_size):
+            return release
+    return None
 
 
 def official_resolution(source: str | os.PathLike, requested: int | None = None) -> int:
     """Face resolution of an official release: ``requested`` when given (with a warning when the release was trained
     at another one), else 512 for LatentSync 1.6 and 256 otherwise (with a warning if the release is unknown).
 
-    A local folder is that release when [`official_release_of`] tells it (a Hub cache snapshot, a git clone)."""
+    A local folder is that release when [`official_release_of`] tells it (a Hub cache snapshot, a git clone, a
+    ``--local-dir`` download or a copy of the released file)."""
     source = os.fspath(source)
     release = source if source in OFFICIAL_RESOLUTIONS else (
         official_release_of(source) if os.path.isdir(os.path.expanduser(source)) else None)
