@@ -50,8 +50,11 @@ except ImportError:  # a source checkout run without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 
 from latentsync.app_support import (
+    AUTOMATIC_AUDIO_TRACK,
     PRESETS,
     TimeModel,
+    audio_track_choices,
+    audio_track_number,
     default_face,
     describe_faces,
     draw_faces,
@@ -70,7 +73,7 @@ from latentsync.devices import DTYPE_NAMES, fastest_dtype, torch_dtype
 from latentsync.errors import LatentSyncInputError
 from latentsync.inputs import check_run_inputs
 from latentsync.interrupts import stop_on_signals
-from latentsync.media import open_frames, probe_video, scan_audio
+from latentsync.media import open_frames, probe_video, scan_audio, speech_track
 from latentsync.pipeline import LatentSyncPipeline
 from latentsync.schedulers import scheduler_by_name
 from latentsync.tempfiles import make_work_dir, remove_work_dir
@@ -220,6 +223,7 @@ class LipSyncRequest:
     seed: int
     face: str
     seconds: float  # the output's length (the audio's)
+    audio_track: int | None = None  # the speech's track of the audio file, numbered from 1 (None: automatic)
 
 
 class LipSyncService:
@@ -311,7 +315,7 @@ class LipSyncService:
             self._check_duration(seconds, "video")
 
     def check(self, video: str | None, photo: str | None, audio: str | None, preset: str | None, face: Any,
-              steps: Any, guidance: Any, seed: Any) -> LipSyncRequest:
+              steps: Any, guidance: Any, seed: Any, audio_track: Any = AUTOMATIC_AUDIO_TRACK) -> LipSyncRequest:
         """Every check of a request before it may use the model: readable [`gr.Error`] messages naming the user's
         files, never a traceback."""
         names = {p: Path(p).name for p in (video, photo, audio) if p}
@@ -341,13 +345,14 @@ class LipSyncService:
             raise _error("Seed must be a non-negative integer.")
         try:
             face_arguments(face)
+            track = audio_track_number(audio_track)
         except ValueError as exc:
             raise _error(readable(str(exc))) from None
         self.check_source(video, photo)
         self._check_size(audio, "audio")
         try:
             # the pipeline's own checks: readable, right stream, not silent
-            checked = check_run_inputs(source, audio, **face_arguments(face))
+            checked = check_run_inputs(source, audio, audio_track=track, **face_arguments(face))
         except LatentSyncInputError as exc:
             raise _error(readable(str(exc))) from None
         except Exception as exc:  # noqa: BLE001 - never a stack trace in the page
@@ -356,16 +361,16 @@ class LipSyncService:
         if video:
             self._check_duration(checked.video.duration, "video")
         self._check_duration(checked.audio.duration, "audio")
-        request = LipSyncRequest(source, audio, preset, steps, guidance, seed, str(face or default_face(not video)),
-                          checked.audio.duration)
+        face = default_face(not video) if face is None or face == "" else str(face)  # a face number 0 is one
+        request = LipSyncRequest(source, audio, preset, steps, guidance, seed, face, checked.audio.duration, track)
         self.check_gpu_time(request)
         return request
 
-    def precheck(self, video, photo, audio, preset, face, steps, guidance, seed,
+    def precheck(self, video, photo, audio, preset, face, steps, guidance, seed, audio_track=AUTOMATIC_AUDIO_TRACK,
                  request: gr.Request = None) -> str:  # noqa: RUF013 - gradio fills it
         """The page's instant check (not queued): the inputs, the GPU time, a full queue, and one pending request
         per visitor. Only when it passes does the request join the queue."""
-        self.check(video, photo, audio, preset, face, steps, guidance, seed)
+        self.check(video, photo, audio, preset, face, steps, guidance, seed, audio_track)
         waiting = len(self.queue) if self.queue is not None else 0
         if waiting >= self.config.queue_size:
             raise _error(f"The queue is full ({waiting} requests waiting, the most this Space accepts). "
@@ -422,6 +427,21 @@ class LipSyncService:
         image = draw_faces(frame, tracks, index, highlight) if frame is not None else None
         return image, dropdown, describe_faces(tracks, still), chosen_by_app
 
+    def audio_tracks(self, audio: str | None, audio_track: str | None) -> gr.Dropdown:
+        """After a speech upload (or a cleared one): the speech-track menu, shown only for a file with several audio
+        tracks (a recording with a silent microphone track, a film with a dubbed track), with the automatic choice
+        first and naming the track it picks. The visitor's choice stays when the new file has that track."""
+        tracks, automatic = 0, 0
+        if audio:
+            try:
+                choice = speech_track(audio)
+                tracks, automatic = choice.tracks, choice.index
+            except Exception as exc:  # noqa: BLE001 - an unreadable upload: the run's checks say why
+                logger.info("audio track probe failed: %s", exc)
+        choices = audio_track_choices(tracks, automatic)
+        value = audio_track if audio_track in [v for _, v in choices] else AUTOMATIC_AUDIO_TRACK
+        return gr.Dropdown(choices=choices, value=value, visible=tracks > 1)
+
     def estimate(self, video: str | None, photo: str | None, audio: str | None, preset: str | None,
                  steps: Any = 0, guidance: Any = 1.5) -> str:
         """The expected time for the uploaded speech's length with ``preset``, as a line for the page."""
@@ -462,7 +482,7 @@ class LipSyncService:
                                 num_inference_steps=request.steps or preset.steps,
                                 deep_cache_interval=preset.deep_cache_interval, guidance_scale=request.guidance,
                                 generator=generator, callback_on_step_end=self._check_stopping,
-                                **face_arguments(request.face))
+                                audio_track=request.audio_track, **face_arguments(request.face))
             return out, None
         except AppStopping:  # the pipeline has removed its files, as after any error
             return None, STOPPING_MESSAGE
@@ -530,15 +550,16 @@ class LipSyncService:
             gr.Warning(f"{out.frames_without_face} of {out.num_frames} frames had no face and were left unchanged.")
         return output, status
 
-    def __call__(self, video: str | None, photo: str | None, audio: str | None, preset: str = "quality",
-                 face: str | None = None, steps: float = 0, guidance: float = 1.5, seed: float = 1247,
+    def __call__(self, video: str | None = None, photo: str | None = None, audio: str | None = None,
+                 preset: str = "quality", face: str | None = None, steps: float = 0, guidance: float = 1.5,
+                 seed: float = 1247, audio_track: str | int | None = AUTOMATIC_AUDIO_TRACK,
                  request: gr.Request = None,  # noqa: RUF013 - gradio fills it
                  progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple[str, str]:  # noqa: B008
         """Gradio handler of ``/lipsync``: returns the output video path and a status line, or raises a readable
         [`gr.Error`]."""
         try:
             self.sweep()
-            checked = self.check(video, photo, audio, preset, face, steps, guidance, seed)
+            checked = self.check(video, photo, audio, preset, face, steps, guidance, seed, audio_track)
             return self.run(checked, progress)
         finally:
             self._release(request)
@@ -699,6 +720,10 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                                              sources=["upload"], height=320, elem_id="photo-input")
                 audio_in = gr.Audio(label="Speech", sources=["upload", "microphone"], type="filepath",
                                     elem_id="audio-input")
+                # shown for a speech file with several audio tracks; custom values: an API call may name a track
+                audio_track = gr.Dropdown(audio_track_choices(0), value=AUTOMATIC_AUDIO_TRACK,
+                                          label="Speech track (this file has several audio tracks)",
+                                          allow_custom_value=True, visible=False, elem_id="audio-track")
                 preset = gr.Radio(preset_choices, value="quality", label="Speed", elem_id="preset")
                 with gr.Accordion("Faces", open=True):
                     faces_preview = gr.Image(label="Faces found (numbered)", interactive=False, height=240,
@@ -734,7 +759,7 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
         elif rows:
             gr.Examples(examples=rows, inputs=[video_in, photo_in, audio_in, preset, face], example_labels=labels)
 
-        inputs = [video_in, photo_in, audio_in, preset, face, steps, guidance, seed]
+        inputs = [video_in, photo_in, audio_in, preset, face, steps, guidance, seed, audio_track]
         # an example (or an upload) with a photo shows the photo tab, one with a video the video tab
         video_in.change(lambda v: gr.Tabs(selected="video") if v else gr.Tabs(), inputs=video_in, outputs=source_tabs,
                         queue=False, api_visibility="private")
@@ -744,6 +769,8 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
             upload.change(service.faces, inputs=[video_in, photo_in, face, face_default],
                           outputs=[faces_preview, face, faces_note, face_default], queue=False,
                           api_visibility="undocumented")
+        audio_in.change(service.audio_tracks, inputs=[audio_in, audio_track], outputs=audio_track, queue=False,
+                        api_visibility="undocumented")
         for control in (video_in, photo_in, audio_in, preset, steps, guidance):
             control.change(service.estimate, inputs=[video_in, photo_in, audio_in, preset, steps, guidance],
                            outputs=estimate, queue=False, api_visibility="private")

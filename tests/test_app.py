@@ -76,7 +76,7 @@ def clips(tmp_path_factory) -> dict[str, str]:
     """Short clips cut from the bundled examples, and bad inputs."""
     d = tmp_path_factory.mktemp("clips")
     out = {name: str(d / name) for name in ("face.mp4", "two.mp4", "portrait.png", "speech.wav", "speech_short.wav",
-                                            "long.wav", "noface.mp4", "broken.mp4")}
+                                            "long.wav", "noface.mp4", "broken.mp4", "dub.m4a")}
     ffmpeg("-i", str(EXAMPLES / "face.mp4"), "-t", "1.2", "-vf", "scale=192:192", "-c:v", "libx264", "-an",
            out["face.mp4"])
     # two people: the astronaut and her mirror image, side by side (face 0 left, face 1 right)
@@ -88,6 +88,9 @@ def clips(tmp_path_factory) -> dict[str, str]:
     ffmpeg("-i", str(EXAMPLES / "speech.wav"), "-t", "0.6", out["speech_short.wav"])
     ffmpeg("-i", str(EXAMPLES / "speech.wav"), "-af", "apad", "-t", str(MAX_SECONDS + 2), out["long.wav"])
     ffmpeg("-f", "lavfi", "-i", "color=c=gray:s=160x120:r=25:d=1", "-c:v", "libx264", out["noface.mp4"])
+    # a dubbed film's sound: two speech tracks as loud as each other (the automatic choice keeps the first)
+    ffmpeg("-i", out["speech.wav"], "-i", str(EXAMPLES / "camera_speech.wav"), "-map", "0:a", "-map", "1:a", "-t", "1.0",
+           "-c:a", "aac", out["dub.m4a"])
     Path(out["broken.mp4"]).write_bytes(b"this is not a video, just some text pretending to be one\n" * 20)
     return out
 
@@ -356,6 +359,63 @@ def test_face_menu_after_a_cleared_or_new_upload(app_module, clips):
         == "1"
 
 
+def test_face_zero_from_the_api_is_face_zero(app_module, clips):
+    """An API client passing the face number as an integer: ``face=1`` chose face 1, but ``face=0`` (falsy) became
+    the default rule ("speaking") instead of face 0."""
+    service = app_module.demo.service
+    for face in (0, "0"):
+        request = service.check(clips["two.mp4"], None, clips["speech_short.wav"], "fast", face, 0, 1.5, 0)
+        assert request.face == "0" and face_arguments(request.face) == {"face_index": 0}, face
+    for face in (None, ""):
+        assert service.check(clips["two.mp4"], None, clips["speech_short.wav"], "fast", face, 0, 1.5, 0).face \
+            == "speaking"
+
+
+def test_api_video_or_photo_may_be_left_out(app_module):
+    """A client giving only the video (or only the photo) and the speech: ``photo`` and ``video`` were required
+    arguments ("No value provided for required argument: photo") although one of them is always unused."""
+    info = app_module.demo.get_api_info()
+    parameters = {p["parameter_name"]: p for p in info["named_endpoints"]["/lipsync"]["parameters"]}
+    for name in ("video", "photo"):
+        assert parameters[name]["parameter_has_default"] and parameters[name]["parameter_default"] is None, name
+    assert parameters["audio_track"]["parameter_default"] == "auto"
+
+
+def test_speech_track_choice(app_module, clips, tmp_path):
+    """A speech file with several audio tracks (a dubbed film: both tracks are speech, and the automatic choice keeps
+    the first): the page offers a speech-track menu (hidden for a file with one track) and the API an
+    ``audio_track`` parameter, and the lip sync and its output's sound follow the chosen track. The app used to
+    always take the automatic choice."""
+    from latentsync.app_support import audio_track_number, visitor_reason
+
+    service = app_module.demo.service
+    menu = service.audio_tracks(clips["dub.m4a"], "auto")
+    assert menu.visible and menu.value == "auto"
+    assert [v for _, v in menu.choices] == ["auto", "1", "2"] and "track 1" in menu.choices[0][0]
+    assert service.audio_tracks(clips["dub.m4a"], "2").value == "2"  # the visitor's choice stays
+    for audio in (clips["speech.wav"], None):  # one track, or none uploaded: hidden, back to automatic
+        menu = service.audio_tracks(audio, "2")
+        assert not menu.visible and menu.value == "auto"
+    assert [audio_track_number(v) for v in ("auto", None, "", "2", 2, "Track 2")] == [None, None, None, 2, 2, 2]
+    assert "Audio track must be 'auto' or a track number" in _error_message(
+        service, clips["face.mp4"], clips["dub.m4a"], "fast", "largest", 0, 1.5, 0, "0")
+    assert _error_message(service, clips["face.mp4"], clips["dub.m4a"], "fast", "largest", 0, 1.5, 0, "3") == (
+        "There is no audio track 3 in dub.m4a: it has 2 audio tracks; pick one from the speech-track menu.")
+    library = "audio_track 2: /srv/up/a.wav has 1 audio track (numbered from 1)"
+    assert visitor_reason(library, {"/srv/up/a.wav": "a.wav"}) == (
+        "There is no audio track 2 in a.wav: it has 1 audio track; pick one from the speech-track menu.")
+    path, status = service(clips["face.mp4"], None, clips["dub.m4a"], "fast", "largest", 0, 1.0, 0, "2",
+                           progress=_no_progress)
+    try:
+        assert status.startswith("Done")
+        out, second, first = (load_audio(p, track=t) for p, t in ((path, 0), (clips["dub.m4a"], 1),
+                                                                   (clips["dub.m4a"], 0)))
+        n = min(len(out), len(second))
+        assert np.corrcoef(out[:n], second[:n])[0, 1] > 0.9 and abs(np.corrcoef(out[:n], first[:n])[0, 1]) < 0.5
+    finally:
+        shutil.rmtree(Path(path).parent)
+
+
 def test_face_number_error_uses_visitor_words(app_module, clips):
     message = _error_message(app_module.demo.service, clips["face.mp4"], clips["speech_short.wav"], "fast", "9")
     assert message == "There is no face 9 in face.mp4: it has 1 face (number 0); pick one from the face menu.", message
@@ -537,7 +597,7 @@ def test_api_serves_concurrent_requests_with_every_parameter(server, clips, tmp_
     def submit(seed: int):
         return client.submit(video=handle_file(clips["face.mp4"]), photo=None,
                              audio=handle_file(clips["speech_short.wav"]), preset="fast", face="largest", steps=0,
-                             guidance=1.0, seed=seed, api_name="/lipsync")
+                             guidance=1.0, seed=seed, audio_track="auto", api_name="/lipsync")
 
     jobs = [submit(seed) for seed in (1, 2)]
     with ThreadPoolExecutor(2) as pool:
