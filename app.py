@@ -109,6 +109,7 @@ GUIDANCE_MAX = 3.0  # the guidance slider's (and the API's) upper bound
 # for open connections), and a container is killed 10 s after SIGTERM
 STOP_WAIT_SECONDS = 4.0
 STOPPING_MESSAGE = "The app is shutting down, so this lip sync was stopped. Please try again in a minute."
+LEFT_MESSAGE = "The page was closed, so this lip sync was stopped."
 
 
 def _zero_gpu() -> bool:
@@ -211,6 +212,10 @@ class AppStopping(Exception):
     """Raised inside a running lip sync (at a denoising step) when the app shuts down."""
 
 
+class VisitorLeft(Exception):
+    """Raised inside a running lip sync (at a denoising step) when the page that asked for it was closed."""
+
+
 @dataclass
 class LipSyncRequest:
     """One lip sync as the page or the API asked for it, after the checks."""
@@ -224,6 +229,7 @@ class LipSyncRequest:
     face: str
     seconds: float  # the output's length (the audio's)
     audio_track: int | None = None  # the speech's track of the audio file, numbered from 1 (None: automatic)
+    session: str | None = None  # the page's session that asked for it (None: unknown, e.g. the examples' caching)
 
 
 class LipSyncService:
@@ -243,6 +249,8 @@ class LipSyncService:
         self.time_model = TimeModel.for_device(config.device, config.dtype_name, pipe.config.resolution, parameters)
         self.queue = None  # the app's queue, set by build_demo (for the queue-full message)
         self._sessions: dict[str, float] = {}  # session -> when its pending request was accepted
+        self._left: set[str] = set()  # sessions whose page was closed while their request waited or ran
+        self._running: str | None = None  # the session of the lip sync running now
         self._stopping = threading.Event()  # set by stop(): no new run starts, a running one stops at its next step
         generate = self._generate
         if spaces is not None:
@@ -389,6 +397,17 @@ class LipSyncService:
         session = getattr(request, "session_hash", None)
         if session:
             self._sessions.pop(session, None)
+            self._left.discard(session)
+
+    def visitor_left(self, request: gr.Request = None) -> None:  # noqa: RUF013 - gradio fills it
+        """The page's unload event (the tab was closed or reloaded): the visitor's running lip sync stops at its next
+        denoising step, freeing the model (and the GPU) for the next visitor, and its files are removed. Gradio
+        itself drops a request that is still waiting, but cannot stop one that runs."""
+        session = getattr(request, "session_hash", None)
+        if session and session in self._sessions:
+            self._left.add(session)
+            if session == self._running:
+                logger.info("a visitor closed the page: their lip sync stops at its next step")
 
     # ------------------------------------------------------------------ faces and estimates
     def faces(self, video: str | None, photo: str | None, face: str | None, app_default: str | None = None
@@ -476,16 +495,24 @@ class LipSyncService:
             with self._lock:
                 if self._stopping.is_set():
                     return None, STOPPING_MESSAGE
-                self.pipe.scheduler = self._schedulers[preset.scheduler]
-                generator = torch.Generator("cpu").manual_seed(request.seed)
-                out = self.pipe(video=request.source, audio=request.audio, output_path=output,
-                                num_inference_steps=request.steps or preset.steps,
-                                deep_cache_interval=preset.deep_cache_interval, guidance_scale=request.guidance,
-                                generator=generator, callback_on_step_end=self._check_stopping,
-                                audio_track=request.audio_track, **face_arguments(request.face))
+                if request.session is not None and request.session in self._left:
+                    return None, LEFT_MESSAGE
+                self._running = request.session
+                try:
+                    self.pipe.scheduler = self._schedulers[preset.scheduler]
+                    generator = torch.Generator("cpu").manual_seed(request.seed)
+                    out = self.pipe(video=request.source, audio=request.audio, output_path=output,
+                                    num_inference_steps=request.steps or preset.steps,
+                                    deep_cache_interval=preset.deep_cache_interval, guidance_scale=request.guidance,
+                                    generator=generator, callback_on_step_end=self._check_stopping,
+                                    audio_track=request.audio_track, **face_arguments(request.face))
+                finally:
+                    self._running = None
             return out, None
         except AppStopping:  # the pipeline has removed its files, as after any error
             return None, STOPPING_MESSAGE
+        except VisitorLeft:
+            return None, LEFT_MESSAGE
         except LatentSyncInputError as exc:
             return None, str(exc)
         except torch.cuda.OutOfMemoryError:
@@ -495,9 +522,12 @@ class LipSyncService:
             return None, f"Lip sync failed ({type(exc).__name__}: {_short_reason(exc, 300)})."
 
     def _check_stopping(self, pipe: LatentSyncPipeline, step: int, timestep: Any, tensors: dict) -> dict:
-        """The pipeline's step callback: raises [`AppStopping`] once [`stop`] was called."""
+        """The pipeline's step callback: raises [`AppStopping`] once [`stop`] was called, [`VisitorLeft`] once the
+        page of the running request was closed."""
         if self._stopping.is_set():
             raise AppStopping()
+        if self._running is not None and self._running in self._left:
+            raise VisitorLeft()
         return tensors
 
     @property
@@ -560,6 +590,7 @@ class LipSyncService:
         try:
             self.sweep()
             checked = self.check(video, photo, audio, preset, face, steps, guidance, seed, audio_track)
+            checked.session = getattr(request, "session_hash", None)
             return self.run(checked, progress)
         finally:
             self._release(request)
@@ -779,6 +810,7 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
         run.click(service.precheck, inputs=inputs, outputs=status, concurrency_limit=None, concurrency_id="checks",
                   api_visibility="private").success(
             service, inputs=inputs, outputs=[video_out, status], api_name="lipsync", concurrency_limit=1)
+        demo.unload(service.visitor_left)
         # the live tab runs DDIM with the fast preset's number of steps: each window must keep up with speech
         # the live tab only where Gradio can stream video (system ffmpeg); without it the tab could only say so
         demo_live = None

@@ -517,6 +517,50 @@ def test_one_pending_request_per_session(app_module, clips):
     service._release(visitor)
 
 
+def test_closing_the_page_stops_its_lip_sync(app_module, clips):
+    """A visitor who closes the page while their lip sync runs: the run went on to its end (about 100 more denoising
+    steps of a 3.8 s clip seen after the tab was closed), holding the model and the GPU from the next visitor. Now
+    the page's unload event stops it at its next step and its files are removed; a request of a page that is already
+    closed does not start."""
+    service = app_module.demo.service
+    assert any(target[1] == "unload" for fn in app_module.demo.fns.values() for target in fn.targets)
+    visitor = SimpleNamespace(session_hash="closed-tab")
+    steps, left_at = [], []
+    check_stopping = service._check_stopping
+
+    def step(pipe, index, timestep, tensors):  # the page is closed at the first step
+        steps.append(index)
+        if len(steps) == 1:
+            service.visitor_left(visitor)
+            left_at.append(len(steps))
+        return check_stopping(pipe, index, timestep, tensors)
+
+    args = (clips["face.mp4"], None, clips["speech.wav"], "quality", "largest", 0, 1.5, 0)
+    service.precheck(*args, request=visitor)  # as the page does: the request is pending
+    service._check_stopping = step
+    try:
+        with pytest.raises(gr.Error, match="The page was closed, so this lip sync was stopped"):
+            service(*args, request=visitor, progress=_no_progress)
+    finally:
+        del service._check_stopping
+    assert len(steps) == 1, f"{len(steps)} steps ran, the page was closed at step {left_at}"
+    assert list(service.work_dir.iterdir()) == [], "the stopped run left files behind"
+    assert service._sessions == {} and service._left == set() and service._running is None
+    # the same visitor opening the page again is served; a page closed before its turn never starts
+    service.visitor_left(visitor)  # nothing pending: nothing to remember
+    assert service._left == set()
+    service.precheck(*args, request=visitor)
+    service.visitor_left(visitor)
+    started = []
+    service._check_stopping = lambda *a: started.append(a)
+    try:
+        with pytest.raises(gr.Error, match="The page was closed"):
+            service(*args, request=visitor, progress=_no_progress)
+    finally:
+        del service._check_stopping
+    assert started == [] and list(service.work_dir.iterdir()) == []
+
+
 def test_size_limit_and_cleanup(app_module, clips, monkeypatch):
     service = app_module.demo.service
     monkeypatch.setattr(service.config, "max_file_mb", 0.01)
@@ -955,6 +999,41 @@ def test_browser_queue_full_message(server, page, clips, app_module, monkeypatch
             continue
         with pytest.raises(Exception, match="topped by the test"):
             job.result(timeout=120)
+
+
+def test_browser_closing_the_page_stops_the_run(server, browser, clips, app_module, monkeypatch, tmp_path):
+    """The page closed while its lip sync runs: Gradio's unload event reaches the app, which stops the run at its
+    next denoising step (it used to run to its end) and removes its files."""
+    service = app_module.demo.service
+    speech = str(tmp_path / "speech.wav")  # long enough (240 steps) to be still running when the page is closed
+    ffmpeg("-i", str(EXAMPLES / "speech.wav"), "-t", str(MAX_SECONDS - 0.5), speech)
+    steps, closed = [], []
+    check_stopping = service._check_stopping
+
+    def step(pipe, index, timestep, tensors):
+        steps.append(time.monotonic())
+        return check_stopping(pipe, index, timestep, tensors)
+
+    monkeypatch.setattr(service, "_check_stopping", step)
+    results = set(service.work_dir.iterdir())  # earlier results (the cached example's) are kept for download
+    context = browser.new_context(viewport={"width": 1280, "height": 1400})
+    try:
+        page = context.new_page()
+        _upload(page, server, speech, video=clips["face.mp4"])
+        page.locator("#run-button").click()
+        deadline = time.monotonic() + 120
+        while not steps and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert steps, "the lip sync did not start"
+    finally:
+        context.close()
+        closed.append(time.monotonic())
+    deadline = time.monotonic() + 60
+    while (service._lock.locked() or service._sessions) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    after = [t for t in steps if t > closed[0] + 1.0]  # a step already under way when the page closed may finish
+    assert not service._lock.locked() and len(after) <= 1, f"{len(after)} steps ran after the page was closed"
+    assert service._sessions == {} and set(service.work_dir.iterdir()) == results
 
 
 def test_browser_bad_upload_shows_error(server, page, clips):
