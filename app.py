@@ -74,6 +74,7 @@ from latentsync.errors import LatentSyncInputError
 from latentsync.inputs import check_run_inputs
 from latentsync.interrupts import stop_on_signals
 from latentsync.media import open_frames, probe_video, scan_audio, speech_track
+from latentsync.media.probe import probe_audio_tracks
 from latentsync.pipeline import LatentSyncPipeline
 from latentsync.schedulers import scheduler_by_name
 from latentsync.tempfiles import make_work_dir, remove_work_dir
@@ -104,6 +105,7 @@ ZERO_GPU_MAX_SECONDS = 300  # the longest GPU time one ZeroGPU call may ask for
 CACHE_MODES = ("eager", "lazy", "off")
 QUEUE_HEADROOM = 5  # places beyond queue_size, so that the checks themselves still get in to say it is full
 SESSION_TIMEOUT = 3600.0  # a session's pending request is forgotten after this long (a closed tab, a lost event)
+HEADER_DURATION_MARGIN = 1.0  # seconds a header's duration may exceed the limit before it alone refuses a file
 GUIDANCE_MAX = 3.0  # the guidance slider's (and the API's) upper bound
 # how long Ctrl-C or SIGTERM waits for a running lip sync to stop; closing the server may take 5 s more (Gradio waits
 # for open connections), and a container is killed 10 s after SIGTERM
@@ -306,6 +308,14 @@ class LipSyncService:
             raise _error(f"The {what} is {seconds:.1f} s long; this app accepts up to {self.config.max_seconds:g} s. "
                          "Please trim it.")
 
+    def check_audio_length(self, audio: str) -> None:
+        """Refuse a speech file clearly longer than the limit from its header's duration, before decoding it (a long
+        file takes seconds to decode). Raises the page's one-line [`gr.Error`]; a header without a duration, or one
+        near the limit (a header's duration may be an estimate), passes: the decoded length is checked later."""
+        seconds = probe_audio_tracks(audio)[1]
+        if seconds > self.config.max_seconds + HEADER_DURATION_MARGIN:
+            self._check_duration(seconds, "audio")
+
     def check_source(self, video: str | None, photo: str | None, duration: bool = False) -> None:
         """The cheap checks of the uploaded video or photo (no decoding, no face detection): its size, that a photo
         is an image, and with ``duration`` the video's length (a probe). Raises the page's one-line [`gr.Error`]."""
@@ -356,8 +366,9 @@ class LipSyncService:
             track = audio_track_number(audio_track)
         except ValueError as exc:
             raise _error(readable(str(exc))) from None
-        self.check_source(video, photo)
+        self.check_source(video, photo, duration=True)
         self._check_size(audio, "audio")
+        self.check_audio_length(audio)
         try:
             # the pipeline's own checks: readable, right stream, not silent
             checked = check_run_inputs(source, audio, audio_track=track, **face_arguments(face))
@@ -399,7 +410,7 @@ class LipSyncService:
             self._sessions.pop(session, None)
             self._left.discard(session)
 
-    def visitor_left(self, request: gr.Request = None) -> None:  # noqa: RUF013 - gradio fills it
+    def visitor_left(self, request: gr.Request | None = None) -> None:
         """The page's unload event (the tab was closed or reloaded): the visitor's running lip sync stops at its next
         denoising step, freeing the model (and the GPU) for the next visitor, and its files are removed. Gradio
         itself drops a request that is still waiting, but cannot stop one that runs."""
@@ -466,9 +477,16 @@ class LipSyncService:
         """The expected time for the uploaded speech's length with ``preset``, as a line for the page."""
         if not audio or not (preset in PRESETS):
             return "The expected time appears once the speech is uploaded."
+        try:  # a speech file over the limit: the Lip sync button's refusal, at once
+            self.check_audio_length(audio)
+        except gr.Error as exc:
+            return exc.message
         try:
             seconds = scan_audio(audio).duration
             steps, guidance = int(steps or 0), float(guidance)
+            self._check_duration(seconds, "audio")
+        except gr.Error as exc:
+            return exc.message
         except Exception:  # noqa: BLE001 - the run's checks report unreadable inputs
             return ""
         expected = self.expected_seconds(seconds, preset, steps, guidance)

@@ -503,6 +503,31 @@ def test_input_errors_are_readable(app_module, clips):
     assert list(service.work_dir.iterdir()) == [], "a failed request left files behind"
 
 
+def test_long_speech_is_refused_before_decoding(app_module, clips, tmp_path, monkeypatch):
+    """A speech file over the length limit: the expected-time line said "Expected time: about 21 min 27 s ... for
+    1800.0 s of output" for a request the Lip sync button refuses, and took seconds to say it (the whole file was
+    decoded, again at each change of the preset or the sliders); the button's refusal also came only after the
+    whole file was decoded. Both now say the refusal from the file's header, without decoding."""
+    service = app_module.demo.service
+    long = str(tmp_path / "long.mp3")
+    ffmpeg("-f", "lavfi", "-i", "sine=f=440:r=16000", "-t", "60", "-b:a", "32k", long)
+    refusal = f"The audio is 60.0 s long; this app accepts up to {MAX_SECONDS} s. Please trim it."
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the whole speech file was decoded")
+
+    monkeypatch.setattr(app_module, "scan_audio", no_decoding)
+    monkeypatch.setattr(app_module, "check_run_inputs", no_decoding)
+    assert service.estimate(clips["face.mp4"], None, long, "fast") == refusal
+    assert _error_message(service, clips["face.mp4"], long, "fast") == refusal
+    monkeypatch.undo()
+    # near the limit the decoded length decides, in both
+    near = f"The audio is {MAX_SECONDS + 0.5:.1f} s long; this app accepts up to {MAX_SECONDS} s. Please trim it."
+    ffmpeg("-i", clips["long.wav"], "-t", str(MAX_SECONDS + 0.5), str(tmp_path / "near.wav"))
+    assert service.estimate(clips["face.mp4"], None, str(tmp_path / "near.wav"), "fast") == near
+    assert _error_message(service, clips["face.mp4"], str(tmp_path / "near.wav"), "fast") == near
+
+
 def test_one_pending_request_per_session(app_module, clips):
     service = app_module.demo.service
     visitor, other = SimpleNamespace(session_hash="a"), SimpleNamespace(session_hash="b")
