@@ -107,6 +107,7 @@ QUEUE_HEADROOM = 5  # places beyond queue_size, so that the checks themselves st
 SESSION_TIMEOUT = 3600.0  # a session's pending request is forgotten after this long (a closed tab, a lost event)
 HEADER_DURATION_MARGIN = 1.0  # seconds a header's duration may exceed the limit before it alone refuses a file
 GUIDANCE_MAX = 3.0  # the guidance slider's (and the API's) upper bound
+GUIDANCE_DEFAULT = 1.5  # the guidance slider's value, and the API's when a caller leaves it empty
 # how long Ctrl-C or SIGTERM waits for a running lip sync to stop; closing the server may take 5 s more (Gradio waits
 # for open connections), and a container is killed 10 s after SIGTERM
 STOP_WAIT_SECONDS = 4.0
@@ -351,10 +352,16 @@ class LipSyncService:
         preset = preset or "quality"
         if preset not in PRESETS:
             raise _error(f"Unknown preset {preset!r}: choose one of {', '.join(PRESETS)}.")
-        try:
-            steps, seed, guidance = int(steps or 0), int(seed), float(guidance)
-        except (TypeError, ValueError):
-            raise _error("Steps, guidance scale and seed must be numbers.") from None
+        numbers = {"Steps": steps or 0, "Guidance scale": GUIDANCE_DEFAULT if guidance is None else guidance,
+                   "Seed": seed}
+        for name, value in numbers.items():
+            try:
+                numbers[name] = float(value)
+            except (TypeError, ValueError):
+                numbers[name] = math.nan
+            if not math.isfinite(numbers[name]):
+                raise _error(f"{name} must be a number, got {value!r}.")
+        steps, guidance, seed = int(numbers["Steps"]), numbers["Guidance scale"], int(numbers["Seed"])
         if not 0 <= steps <= 100:
             raise _error("Steps must be between 1 and 100 (0: the preset's).")
         if not 1.0 <= guidance <= GUIDANCE_MAX:
@@ -599,7 +606,8 @@ class LipSyncService:
         return output, status
 
     def __call__(self, video: str | None = None, photo: str | None = None, audio: str | None = None,
-                 preset: str = "quality", face: str | None = None, steps: float = 0, guidance: float = 1.5,
+                 preset: str = "quality", face: str | None = None, steps: float = 0,
+                 guidance: float = GUIDANCE_DEFAULT,
                  seed: float = 1247, audio_track: str | int | None = AUTOMATIC_AUDIO_TRACK,
                  request: gr.Request = None,  # noqa: RUF013 - gradio fills it
                  progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple[str, str]:  # noqa: B008
@@ -663,6 +671,24 @@ def photo_input(**kwargs: Any) -> gr.Image:
 
     image.preprocess = preprocess
     return image
+
+
+def lenient_slider(*args: Any, **kwargs: Any) -> gr.Slider:
+    """A slider that passes an API caller's empty (None) or non-numeric value on to the app's checks, which name the
+    setting in one line (None: its default). Gradio's slider refused them itself with a traceback in the log and a
+    message about "input component at index 5 (a `slider` component)". In range, numbers go through Gradio's own
+    checks as before."""
+    slider = gr.Slider(*args, **kwargs)
+    gradio_preprocess = slider.preprocess
+
+    def preprocess(payload: Any) -> Any:
+        """Gradio's preprocessing for numbers; anything else as it came."""
+        if isinstance(payload, (int, float)) and not isinstance(payload, bool):
+            return gradio_preprocess(payload)
+        return payload
+
+    slider.preprocess = preprocess
+    return slider
 
 
 def use_model_examples_cache(config: AppConfig, model_name: str) -> None:
@@ -784,8 +810,9 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                     # the menu value the app chose itself (None: the visitor's own choice), see faces()
                     face_default = gr.State(default_face())
                 with gr.Accordion("Advanced settings", open=False):
-                    steps = gr.Slider(0, 50, value=0, step=1, label="Denoising steps (0: the preset's)")
-                    guidance = gr.Slider(1.0, GUIDANCE_MAX, value=1.5, step=0.1, label="Guidance scale (1 disables)")
+                    steps = lenient_slider(0, 50, value=0, step=1, label="Denoising steps (0: the preset's)")
+                    guidance = lenient_slider(1.0, GUIDANCE_MAX, value=GUIDANCE_DEFAULT, step=0.1,
+                                              label="Guidance scale (1 disables)")
                     seed = gr.Number(value=1247, precision=0, minimum=0, label="Seed")
                 estimate = gr.Markdown(service.estimate(None, None, None, "quality"), label="Expected time",
                                        elem_id="estimate")

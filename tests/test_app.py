@@ -371,6 +371,26 @@ def test_face_zero_from_the_api_is_face_zero(app_module, clips):
             == "speaking"
 
 
+def test_api_empty_or_wrong_numbers_are_named(app_module, clips):
+    """An API caller leaving steps or guidance empty (None) or sending text: Gradio's slider refused it with a
+    traceback in the log and "Could not preprocess input component at index 5 (a `slider` component) ..." over
+    several lines. Now an empty value is the setting's default and a wrong one is named in one line."""
+    sliders = {b.label: b for b in app_module.demo.blocks.values() if isinstance(b, gr.Slider)}
+    steps, guidance = sliders["Denoising steps (0: the preset's)"], sliders["Guidance scale (1 disables)"]
+    for slider in (steps, guidance):
+        assert slider.preprocess(None) is None and slider.preprocess("many") == "many"
+    assert steps.preprocess(12) == 12 and guidance.preprocess(2.0) == 2.0
+    with pytest.raises(gr.Error, match="greater than maximum"):  # Gradio's own range check still applies
+        steps.preprocess(51)
+    service = app_module.demo.service
+    request = service.check(clips["face.mp4"], None, clips["speech_short.wav"], "fast", "largest", None, None, 7)
+    assert (request.steps, request.guidance, request.seed) == (0, 1.5, 7)
+    ok = (clips["face.mp4"], clips["speech_short.wav"], "fast", "largest")
+    assert _error_message(service, *ok, 0, "strong") == "Guidance scale must be a number, got 'strong'."
+    assert _error_message(service, *ok, 0, 1.5, None) == "Seed must be a number, got None."
+    assert _error_message(service, *ok, "nan") == "Steps must be a number, got 'nan'."
+
+
 def test_api_video_or_photo_may_be_left_out(app_module):
     """A client giving only the video (or only the photo) and the speech: ``photo`` and ``video`` were required
     arguments ("No value provided for required argument: photo") although one of them is always unused."""
@@ -497,7 +517,7 @@ def test_input_errors_are_readable(app_module, clips):
         assert expected.lower() in message.lower(), (expected, message)
         assert "Traceback" not in message and str(Path(clips["face.mp4"]).parent) not in message
     assert "Steps must be between" in _error_message(service, ok_video, ok_audio, "fast", None, 101)
-    assert "must be numbers" in _error_message(service, ok_video, ok_audio, "fast", None, "many")
+    assert _error_message(service, ok_video, ok_audio, "fast", None, "many") == "Steps must be a number, got 'many'."
     assert "Unknown preset 'slow'" in _error_message(service, ok_video, ok_audio, "slow")
     assert "Face must be" in _error_message(service, ok_video, ok_audio, "fast", "left")
     assert list(service.work_dir.iterdir()) == [], "a failed request left files behind"
