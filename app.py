@@ -393,10 +393,11 @@ class LipSyncService:
         return request
 
     def precheck(self, video, photo, audio, preset, face, steps, guidance, seed, audio_track=AUTOMATIC_AUDIO_TRACK,
-                 request: gr.Request = None) -> str:  # noqa: RUF013 - gradio fills it
+                 speech_video=None, request: gr.Request = None) -> str:  # noqa: RUF013 - gradio fills it
         """The page's instant check (not queued): the inputs, the GPU time, a full queue, and one pending request
-        per visitor. Only when it passes does the request join the queue."""
-        self.check(video, photo, audio, preset, face, steps, guidance, seed, audio_track)
+        per visitor. Only when it passes does the request join the queue. ``speech_video``: the page's video file
+        with the speech, used when the speech slot is empty."""
+        self.check(video, photo, audio or speech_video, preset, face, steps, guidance, seed, audio_track)
         waiting = len(self.queue) if self.queue is not None else 0
         if waiting >= self.config.queue_size:
             raise _error(f"The queue is full ({waiting} requests waiting, the most this Space accepts). "
@@ -464,10 +465,13 @@ class LipSyncService:
         image = draw_faces(frame, tracks, index, highlight) if frame is not None else None
         return image, dropdown, describe_faces(tracks, still), chosen_by_app
 
-    def audio_tracks(self, audio: str | None, audio_track: str | None) -> gr.Dropdown:
+    def audio_tracks(self, audio: str | None, audio_track: str | None, speech_video: str | None = None
+                     ) -> gr.Dropdown:
         """After a speech upload (or a cleared one): the speech-track menu, shown only for a file with several audio
         tracks (a recording with a silent microphone track, a film with a dubbed track), with the automatic choice
-        first and naming the track it picks. The visitor's choice stays when the new file has that track."""
+        first and naming the track it picks. The visitor's choice stays when the new file has that track.
+        ``speech_video``: the page's video file with the speech, used when the speech slot is empty."""
+        audio = audio or speech_video
         tracks, automatic = 0, 0
         if audio:
             try:
@@ -480,8 +484,10 @@ class LipSyncService:
         return gr.Dropdown(choices=choices, value=value, visible=tracks > 1)
 
     def estimate(self, video: str | None, photo: str | None, audio: str | None, preset: str | None,
-                 steps: Any = 0, guidance: Any = 1.5) -> str:
-        """The expected time for the uploaded speech's length with ``preset``, as a line for the page."""
+                 steps: Any = 0, guidance: Any = 1.5, speech_video: str | None = None) -> str:
+        """The expected time for the uploaded speech's length with ``preset``, as a line for the page
+        (``speech_video``: the page's video file with the speech, used when the speech slot is empty)."""
+        audio = audio or speech_video
         if not audio or not (preset in PRESETS):
             return "The expected time appears once the speech is uploaded."
         try:  # a speech file over the limit: the Lip sync button's refusal, at once
@@ -609,13 +615,15 @@ class LipSyncService:
                  preset: str = "quality", face: str | None = None, steps: float = 0,
                  guidance: float = GUIDANCE_DEFAULT,
                  seed: float = 1247, audio_track: str | int | None = AUTOMATIC_AUDIO_TRACK,
+                 speech_video: str | None = None,
                  request: gr.Request = None,  # noqa: RUF013 - gradio fills it
                  progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple[str, str]:  # noqa: B008
         """Gradio handler of ``/lipsync``: returns the output video path and a status line, or raises a readable
-        [`gr.Error`]."""
+        [`gr.Error`]. ``audio`` may be any file with sound (an API caller's video included); ``speech_video`` is the
+        page's video file with the speech (not an API parameter), used when ``audio`` is empty."""
         try:
             self.sweep()
-            checked = self.check(video, photo, audio, preset, face, steps, guidance, seed, audio_track)
+            checked = self.check(video, photo, audio or speech_video, preset, face, steps, guidance, seed, audio_track)
             checked.session = getattr(request, "session_hash", None)
             return self.run(checked, progress)
         finally:
@@ -795,6 +803,11 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                                              sources=["upload"], height=320, elem_id="photo-input")
                 audio_in = gr.Audio(label="Speech", sources=["upload", "microphone"], type="filepath",
                                     elem_id="audio-input")
+                # the speech slot takes audio files only (the browser refuses a video there): a video's speech here
+                speech_video = gr.File(label="…or use the speech of a video file (.mp4, .mov, .mkv, .webm)",
+                                       file_types=["video"], type="filepath", height=80, elem_id="speech-video")
+                # the same file for /lipsync, where it is no API parameter (API callers pass any file as audio)
+                speech_from_video = gr.State(None)
                 # shown for a speech file with several audio tracks; custom values: an API call may name a track
                 audio_track = gr.Dropdown(audio_track_choices(0), value=AUTOMATIC_AUDIO_TRACK,
                                           label="Speech track (this file has several audio tracks)",
@@ -836,6 +849,7 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
             gr.Examples(examples=rows, inputs=[video_in, photo_in, audio_in, preset, face], example_labels=labels)
 
         inputs = [video_in, photo_in, audio_in, preset, face, steps, guidance, seed, audio_track]
+        page_inputs = [*inputs, speech_video]  # the page's events see the video file with the speech itself
         # an example (or an upload) with a photo shows the photo tab, one with a video the video tab
         video_in.change(lambda v: gr.Tabs(selected="video") if v else gr.Tabs(), inputs=video_in, outputs=source_tabs,
                         queue=False, api_visibility="private")
@@ -845,16 +859,27 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
             upload.change(service.faces, inputs=[video_in, photo_in, face, face_default],
                           outputs=[faces_preview, face, faces_note, face_default], queue=False,
                           api_visibility="undocumented")
-        audio_in.change(service.audio_tracks, inputs=[audio_in, audio_track], outputs=audio_track, queue=False,
-                        api_visibility="undocumented")
-        for control in (video_in, photo_in, audio_in, preset, steps, guidance):
-            control.change(service.estimate, inputs=[video_in, photo_in, audio_in, preset, steps, guidance],
+        # one speech source at a time: a video's speech replaces the speech slot's file, and a speech file (or an
+        # example, or a recording) replaces the video's
+        speech_video.upload(lambda _: None, inputs=speech_video, outputs=audio_in, queue=False,
+                            api_visibility="private")
+        audio_in.change(lambda a: None if a else gr.skip(), inputs=audio_in, outputs=speech_video, queue=False,
+                        api_visibility="private")
+        speech_video.change(lambda f: f, inputs=speech_video, outputs=speech_from_video, queue=False,
+                            api_visibility="private")
+        for source in (audio_in, speech_video):
+            source.change(service.audio_tracks, inputs=[audio_in, audio_track, speech_video], outputs=audio_track,
+                          queue=False, api_visibility="undocumented")
+        for control in (video_in, photo_in, audio_in, speech_video, preset, steps, guidance):
+            control.change(service.estimate, inputs=[video_in, photo_in, audio_in, preset, steps, guidance,
+                                                     speech_video],
                            outputs=estimate, queue=False, api_visibility="private")
         # the checks run first, at once (their own concurrency group, never behind a generation; queued so that
         # the page shows their refusals), and only a request that passes them joins the line for the model
-        run.click(service.precheck, inputs=inputs, outputs=status, concurrency_limit=None, concurrency_id="checks",
-                  api_visibility="private").success(
-            service, inputs=inputs, outputs=[video_out, status], api_name="lipsync", concurrency_limit=1)
+        run.click(service.precheck, inputs=page_inputs, outputs=status, concurrency_limit=None,
+                  concurrency_id="checks", api_visibility="private").success(
+            service, inputs=[*inputs, speech_from_video], outputs=[video_out, status], api_name="lipsync",
+            concurrency_limit=1)
         demo.unload(service.visitor_left)
         # the live tab runs DDIM with the fast preset's number of steps: each window must keep up with speech
         # the live tab only where Gradio can stream video (system ffmpeg); without it the tab could only say so

@@ -76,7 +76,7 @@ def clips(tmp_path_factory) -> dict[str, str]:
     """Short clips cut from the bundled examples, and bad inputs."""
     d = tmp_path_factory.mktemp("clips")
     out = {name: str(d / name) for name in ("face.mp4", "two.mp4", "portrait.png", "speech.wav", "speech_short.wav",
-                                            "long.wav", "noface.mp4", "broken.mp4", "dub.m4a")}
+                                            "long.wav", "noface.mp4", "broken.mp4", "dub.m4a", "dub.mkv")}
     ffmpeg("-i", str(EXAMPLES / "face.mp4"), "-t", "1.2", "-vf", "scale=192:192", "-c:v", "libx264", "-an",
            out["face.mp4"])
     # two people: the astronaut and her mirror image, side by side (face 0 left, face 1 right)
@@ -91,6 +91,8 @@ def clips(tmp_path_factory) -> dict[str, str]:
     # a dubbed film's sound: two speech tracks as loud as each other (the automatic choice keeps the first)
     ffmpeg("-i", out["speech.wav"], "-i", str(EXAMPLES / "camera_speech.wav"), "-map", "0:a", "-map", "1:a", "-t", "1.0",
            "-c:a", "aac", out["dub.m4a"])
+    ffmpeg("-i", out["face.mp4"], "-i", out["dub.m4a"], "-map", "0:v", "-map", "1:a:0", "-map", "1:a:1", "-c", "copy",
+           "-t", "1.0", out["dub.mkv"])  # the same as a film
     Path(out["broken.mp4"]).write_bytes(b"this is not a video, just some text pretending to be one\n" * 20)
     return out
 
@@ -399,6 +401,10 @@ def test_api_video_or_photo_may_be_left_out(app_module):
     for name in ("video", "photo"):
         assert parameters[name]["parameter_has_default"] and parameters[name]["parameter_default"] is None, name
     assert parameters["audio_track"]["parameter_default"] == "auto"
+    # every parameter, in the README's order (the page's video file with the speech is no API parameter: API callers
+    # pass any file as audio)
+    assert list(parameters) == ["video", "photo", "audio", "preset", "face", "steps", "guidance", "seed",
+                                "audio_track"]
 
 
 def test_speech_track_choice(app_module, clips, tmp_path):
@@ -1044,6 +1050,29 @@ def test_browser_queue_full_message(server, page, clips, app_module, monkeypatch
             continue
         with pytest.raises(Exception, match="topped by the test"):
             job.result(timeout=120)
+
+
+def test_browser_speech_from_a_video_file(server, page, clips, tmp_path):
+    """The speech of a video file (a film with a dubbed track, a screen recording with the voice on its second track):
+    the Speech slot refused it ("Invalid file type: dub.mkv. Only audio/aac, ... allowed"), so the page could not
+    lip-sync to a video's sound nor choose among its tracks. Now a file slot beside it takes a video; its tracks are
+    offered, the chosen one is the output's sound, and a speech file uploaded later replaces it."""
+    _upload(page, server, clips["speech.wav"], video=clips["face.mp4"])
+    page.locator("#speech-video input[type=file]").set_input_files(clips["dub.mkv"])
+    page.locator("#audio-track").wait_for(state="visible", timeout=30_000)
+    assert page.locator("#audio-input [data-testid^=audio-player]").count() == 0  # one speech source at a time
+    page.locator("#audio-track input").click()
+    page.get_by_role("option", name="Track 2").click()
+    _choose_preset(page, "fast")
+    status = _run_and_fetch(page, server, tmp_path / "out.mp4", "fast")
+    assert status.startswith("Done"), status
+    out, second = load_audio(str(tmp_path / "out.mp4")), load_audio(clips["dub.mkv"], track=1)
+    n = min(len(out), len(second))
+    assert np.corrcoef(out[:n], second[:n])[0, 1] > 0.9, "the output's sound is not the chosen track"
+    _screenshot(page, "app_speech_from_video.png")
+    page.locator("#audio-input input[type=file]").set_input_files(clips["speech.wav"])
+    page.locator("#audio-track").wait_for(state="hidden", timeout=30_000)
+    page.locator("#speech-video").get_by_text("dub.mkv").wait_for(state="detached", timeout=30_000)
 
 
 def test_browser_closing_the_page_stops_the_run(server, browser, clips, app_module, monkeypatch, tmp_path):
