@@ -89,8 +89,8 @@ def clips(tmp_path_factory) -> dict[str, str]:
     ffmpeg("-i", str(EXAMPLES / "speech.wav"), "-af", "apad", "-t", str(MAX_SECONDS + 2), out["long.wav"])
     ffmpeg("-f", "lavfi", "-i", "color=c=gray:s=160x120:r=25:d=1", "-c:v", "libx264", out["noface.mp4"])
     # a dubbed film's sound: two speech tracks as loud as each other (the automatic choice keeps the first)
-    ffmpeg("-i", out["speech.wav"], "-i", str(EXAMPLES / "camera_speech.wav"), "-map", "0:a", "-map", "1:a", "-t", "1.0",
-           "-c:a", "aac", out["dub.m4a"])
+    ffmpeg("-i", out["speech.wav"], "-i", str(EXAMPLES / "camera_speech.wav"), "-map", "0:a", "-map", "1:a",
+           "-t", "1.0", "-c:a", "aac", out["dub.m4a"])
     ffmpeg("-i", out["face.mp4"], "-i", out["dub.m4a"], "-map", "0:v", "-map", "1:a:0", "-map", "1:a:1", "-c", "copy",
            "-t", "1.0", out["dub.mkv"])  # the same as a film
     Path(out["broken.mp4"]).write_bytes(b"this is not a video, just some text pretending to be one\n" * 20)
