@@ -867,10 +867,14 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                         api_visibility="private")
         speech_video.change(lambda f: f, inputs=speech_video, outputs=speech_from_video, queue=False,
                             api_visibility="private")
-        for source in (audio_in, speech_video):
-            source.change(service.audio_tracks, inputs=[audio_in, audio_track, speech_video], outputs=audio_track,
+        # while one slot clears the other, both hold a file for a moment, and the two events' answers may arrive in
+        # either order: each event reads the slot that changed first, so that both answers are the new file's
+        for source, other in ((audio_in, speech_video), (speech_video, audio_in)):
+            source.change(service.audio_tracks, inputs=[source, audio_track, other], outputs=audio_track,
                           queue=False, api_visibility="undocumented")
-        for control in (video_in, photo_in, audio_in, speech_video, preset, steps, guidance):
+            source.change(service.estimate, inputs=[video_in, photo_in, source, preset, steps, guidance, other],
+                          outputs=estimate, queue=False, api_visibility="private")
+        for control in (video_in, photo_in, preset, steps, guidance):
             control.change(service.estimate, inputs=[video_in, photo_in, audio_in, preset, steps, guidance,
                                                      speech_video],
                            outputs=estimate, queue=False, api_visibility="private")

@@ -258,7 +258,9 @@ def test_app_defaults(app_module, tiny_model_dir_64):
     lipsync = [fn for fn in demo.fns.values() if fn.api_name == "lipsync"]
     assert len(lipsync) == 1 and lipsync[0].concurrency_limit == 1
     labels = [getattr(block, "elem_id", None) for block in lipsync[0].inputs]
-    assert labels == ["video-input", "photo-input", "audio-input", "preset", "face-choice", None, None, None]
+    # steps, guidance and seed have no elem_id; the last is the page's video file with the speech (a state)
+    assert labels == ["video-input", "photo-input", "audio-input", "preset", "face-choice", None, None, None,
+                      "audio-track", None]
 
 
 def test_dtype_choice(monkeypatch):
@@ -440,6 +442,31 @@ def test_speech_track_choice(app_module, clips, tmp_path):
         assert np.corrcoef(out[:n], second[:n])[0, 1] > 0.9 and abs(np.corrcoef(out[:n], first[:n])[0, 1]) < 0.5
     finally:
         shutil.rmtree(Path(path).parent)
+
+
+def test_switching_speech_slots_answers_for_the_new_file(app_module, clips):
+    """Uploading into one speech slot clears the other, so both hold a file for a moment, and the events of the two
+    slots may answer in either order. The speech-track menu read the speech file first in both: a video's speech
+    uploaded over a speech file could end with the menu (and the expected time) of the speech file that was just
+    cleared (seen in a full browser run: the menu of the video's two tracks never appeared)."""
+    demo, service = app_module.demo, app_module.demo.service
+    blocks = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
+    audio_in, speech_video = blocks["audio-input"], blocks["speech-video"]
+    track_menu = blocks["audio-track"]
+    handlers = {(target[0], fn.fn.__name__): fn for fn in demo.fns.values() for target in fn.targets
+                if target[1] == "change" and fn.fn is not None
+                and getattr(fn.fn, "__name__", "") in ("audio_tracks", "estimate")}
+    # the moment after a video's speech was uploaded over a speech file, and the reverse
+    for changed, values, visible in ((speech_video, {audio_in: clips["speech.wav"], speech_video: clips["dub.mkv"]},
+                                      True),
+                                     (audio_in, {audio_in: clips["speech.wav"], speech_video: clips["dub.mkv"]},
+                                      False)):
+        fn = handlers[changed._id, "audio_tracks"]
+        menu = fn.fn(*[values.get(c, "auto") if c is not track_menu else "auto" for c in fn.inputs])
+        assert menu.visible is visible, changed.elem_id
+        fn = handlers[changed._id, "estimate"]
+        assert "for 1.0 s of output" in fn.fn(*[values.get(c, v) for c, v in zip(
+            fn.inputs, (None, None, None, "fast", 0, 1.5, None), strict=True)])
 
 
 def test_face_number_error_uses_visitor_words(app_module, clips):
