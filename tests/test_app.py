@@ -449,7 +449,7 @@ def test_switching_speech_slots_answers_for_the_new_file(app_module, clips):
     slots may answer in either order. The speech-track menu read the speech file first in both: a video's speech
     uploaded over a speech file could end with the menu (and the expected time) of the speech file that was just
     cleared (seen in a full browser run: the menu of the video's two tracks never appeared)."""
-    demo, service = app_module.demo, app_module.demo.service
+    demo = app_module.demo
     blocks = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
     audio_in, speech_video = blocks["audio-input"], blocks["speech-video"]
     track_menu = blocks["audio-track"]
