@@ -50,8 +50,11 @@ except ImportError:  # a source checkout run without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))
 
 from latentsync.app_support import (
+    AUTOMATIC_AUDIO_TRACK,
     PRESETS,
     TimeModel,
+    audio_track_choices,
+    audio_track_number,
     default_face,
     describe_faces,
     draw_faces,
@@ -70,7 +73,8 @@ from latentsync.devices import DTYPE_NAMES, fastest_dtype, torch_dtype
 from latentsync.errors import LatentSyncInputError
 from latentsync.inputs import check_run_inputs
 from latentsync.interrupts import stop_on_signals
-from latentsync.media import open_frames, probe_video, scan_audio
+from latentsync.media import open_frames, probe_video, scan_audio, speech_track
+from latentsync.media.probe import probe_audio_tracks
 from latentsync.pipeline import LatentSyncPipeline
 from latentsync.schedulers import scheduler_by_name
 from latentsync.tempfiles import make_work_dir, remove_work_dir
@@ -101,11 +105,14 @@ ZERO_GPU_MAX_SECONDS = 300  # the longest GPU time one ZeroGPU call may ask for
 CACHE_MODES = ("eager", "lazy", "off")
 QUEUE_HEADROOM = 5  # places beyond queue_size, so that the checks themselves still get in to say it is full
 SESSION_TIMEOUT = 3600.0  # a session's pending request is forgotten after this long (a closed tab, a lost event)
+HEADER_DURATION_MARGIN = 1.0  # seconds a header's duration may exceed the limit before it alone refuses a file
 GUIDANCE_MAX = 3.0  # the guidance slider's (and the API's) upper bound
+GUIDANCE_DEFAULT = 1.5  # the guidance slider's value, and the API's when a caller leaves it empty
 # how long Ctrl-C or SIGTERM waits for a running lip sync to stop; closing the server may take 5 s more (Gradio waits
 # for open connections), and a container is killed 10 s after SIGTERM
 STOP_WAIT_SECONDS = 4.0
 STOPPING_MESSAGE = "The app is shutting down, so this lip sync was stopped. Please try again in a minute."
+LEFT_MESSAGE = "The page was closed, so this lip sync was stopped."
 
 
 def _zero_gpu() -> bool:
@@ -208,6 +215,10 @@ class AppStopping(Exception):
     """Raised inside a running lip sync (at a denoising step) when the app shuts down."""
 
 
+class VisitorLeft(Exception):
+    """Raised inside a running lip sync (at a denoising step) when the page that asked for it was closed."""
+
+
 @dataclass
 class LipSyncRequest:
     """One lip sync as the page or the API asked for it, after the checks."""
@@ -220,6 +231,8 @@ class LipSyncRequest:
     seed: int
     face: str
     seconds: float  # the output's length (the audio's)
+    audio_track: int | None = None  # the speech's track of the audio file, numbered from 1 (None: automatic)
+    session: str | None = None  # the page's session that asked for it (None: unknown, e.g. the examples' caching)
 
 
 class LipSyncService:
@@ -239,6 +252,8 @@ class LipSyncService:
         self.time_model = TimeModel.for_device(config.device, config.dtype_name, pipe.config.resolution, parameters)
         self.queue = None  # the app's queue, set by build_demo (for the queue-full message)
         self._sessions: dict[str, float] = {}  # session -> when its pending request was accepted
+        self._left: set[str] = set()  # sessions whose page was closed while their request waited or ran
+        self._running: str | None = None  # the session of the lip sync running now
         self._stopping = threading.Event()  # set by stop(): no new run starts, a running one stops at its next step
         generate = self._generate
         if spaces is not None:
@@ -294,6 +309,14 @@ class LipSyncService:
             raise _error(f"The {what} is {seconds:.1f} s long; this app accepts up to {self.config.max_seconds:g} s. "
                          "Please trim it.")
 
+    def check_audio_length(self, audio: str) -> None:
+        """Refuse a speech file clearly longer than the limit from its header's duration, before decoding it (a long
+        file takes seconds to decode). Raises the page's one-line [`gr.Error`]; a header without a duration, or one
+        near the limit (a header's duration may be an estimate), passes: the decoded length is checked later."""
+        seconds = probe_audio_tracks(audio)[1]
+        if seconds > self.config.max_seconds + HEADER_DURATION_MARGIN:
+            self._check_duration(seconds, "audio")
+
     def check_source(self, video: str | None, photo: str | None, duration: bool = False) -> None:
         """The cheap checks of the uploaded video or photo (no decoding, no face detection): its size, that a photo
         is an image, and with ``duration`` the video's length (a probe). Raises the page's one-line [`gr.Error`]."""
@@ -311,7 +334,7 @@ class LipSyncService:
             self._check_duration(seconds, "video")
 
     def check(self, video: str | None, photo: str | None, audio: str | None, preset: str | None, face: Any,
-              steps: Any, guidance: Any, seed: Any) -> LipSyncRequest:
+              steps: Any, guidance: Any, seed: Any, audio_track: Any = AUTOMATIC_AUDIO_TRACK) -> LipSyncRequest:
         """Every check of a request before it may use the model: readable [`gr.Error`] messages naming the user's
         files, never a traceback."""
         names = {p: Path(p).name for p in (video, photo, audio) if p}
@@ -329,10 +352,16 @@ class LipSyncService:
         preset = preset or "quality"
         if preset not in PRESETS:
             raise _error(f"Unknown preset {preset!r}: choose one of {', '.join(PRESETS)}.")
-        try:
-            steps, seed, guidance = int(steps or 0), int(seed), float(guidance)
-        except (TypeError, ValueError):
-            raise _error("Steps, guidance scale and seed must be numbers.") from None
+        numbers = {"Steps": steps or 0, "Guidance scale": GUIDANCE_DEFAULT if guidance is None else guidance,
+                   "Seed": seed}
+        for name, value in numbers.items():
+            try:
+                numbers[name] = float(value)
+            except (TypeError, ValueError):
+                numbers[name] = math.nan
+            if not math.isfinite(numbers[name]):
+                raise _error(f"{name} must be a number, got {value!r}.")
+        steps, guidance, seed = int(numbers["Steps"]), numbers["Guidance scale"], int(numbers["Seed"])
         if not 0 <= steps <= 100:
             raise _error("Steps must be between 1 and 100 (0: the preset's).")
         if not 1.0 <= guidance <= GUIDANCE_MAX:
@@ -341,13 +370,15 @@ class LipSyncService:
             raise _error("Seed must be a non-negative integer.")
         try:
             face_arguments(face)
+            track = audio_track_number(audio_track)
         except ValueError as exc:
             raise _error(readable(str(exc))) from None
-        self.check_source(video, photo)
+        self.check_source(video, photo, duration=True)
         self._check_size(audio, "audio")
+        self.check_audio_length(audio)
         try:
             # the pipeline's own checks: readable, right stream, not silent
-            checked = check_run_inputs(source, audio, **face_arguments(face))
+            checked = check_run_inputs(source, audio, audio_track=track, **face_arguments(face))
         except LatentSyncInputError as exc:
             raise _error(readable(str(exc))) from None
         except Exception as exc:  # noqa: BLE001 - never a stack trace in the page
@@ -356,16 +387,17 @@ class LipSyncService:
         if video:
             self._check_duration(checked.video.duration, "video")
         self._check_duration(checked.audio.duration, "audio")
-        request = LipSyncRequest(source, audio, preset, steps, guidance, seed, str(face or default_face(not video)),
-                          checked.audio.duration)
+        face = default_face(not video) if face is None or face == "" else str(face)  # a face number 0 is one
+        request = LipSyncRequest(source, audio, preset, steps, guidance, seed, face, checked.audio.duration, track)
         self.check_gpu_time(request)
         return request
 
-    def precheck(self, video, photo, audio, preset, face, steps, guidance, seed,
-                 request: gr.Request = None) -> str:  # noqa: RUF013 - gradio fills it
+    def precheck(self, video, photo, audio, preset, face, steps, guidance, seed, audio_track=AUTOMATIC_AUDIO_TRACK,
+                 speech_video=None, request: gr.Request = None) -> str:  # noqa: RUF013 - gradio fills it
         """The page's instant check (not queued): the inputs, the GPU time, a full queue, and one pending request
-        per visitor. Only when it passes does the request join the queue."""
-        self.check(video, photo, audio, preset, face, steps, guidance, seed)
+        per visitor. Only when it passes does the request join the queue. ``speech_video``: the page's video file
+        with the speech, used when the speech slot is empty."""
+        self.check(video, photo, audio or speech_video, preset, face, steps, guidance, seed, audio_track)
         waiting = len(self.queue) if self.queue is not None else 0
         if waiting >= self.config.queue_size:
             raise _error(f"The queue is full ({waiting} requests waiting, the most this Space accepts). "
@@ -384,6 +416,17 @@ class LipSyncService:
         session = getattr(request, "session_hash", None)
         if session:
             self._sessions.pop(session, None)
+            self._left.discard(session)
+
+    def visitor_left(self, request: gr.Request | None = None) -> None:
+        """The page's unload event (the tab was closed or reloaded): the visitor's running lip sync stops at its next
+        denoising step, freeing the model (and the GPU) for the next visitor, and its files are removed. Gradio
+        itself drops a request that is still waiting, but cannot stop one that runs."""
+        session = getattr(request, "session_hash", None)
+        if session and session in self._sessions:
+            self._left.add(session)
+            if session == self._running:
+                logger.info("a visitor closed the page: their lip sync stops at its next step")
 
     # ------------------------------------------------------------------ faces and estimates
     def faces(self, video: str | None, photo: str | None, face: str | None, app_default: str | None = None
@@ -422,14 +465,41 @@ class LipSyncService:
         image = draw_faces(frame, tracks, index, highlight) if frame is not None else None
         return image, dropdown, describe_faces(tracks, still), chosen_by_app
 
+    def audio_tracks(self, audio: str | None, audio_track: str | None, speech_video: str | None = None
+                     ) -> gr.Dropdown:
+        """After a speech upload (or a cleared one): the speech-track menu, shown only for a file with several audio
+        tracks (a recording with a silent microphone track, a film with a dubbed track), with the automatic choice
+        first and naming the track it picks. The visitor's choice stays when the new file has that track.
+        ``speech_video``: the page's video file with the speech, used when the speech slot is empty."""
+        audio = audio or speech_video
+        tracks, automatic = 0, 0
+        if audio:
+            try:
+                choice = speech_track(audio)
+                tracks, automatic = choice.tracks, choice.index
+            except Exception as exc:  # noqa: BLE001 - an unreadable upload: the run's checks say why
+                logger.info("audio track probe failed: %s", exc)
+        choices = audio_track_choices(tracks, automatic)
+        value = audio_track if audio_track in [v for _, v in choices] else AUTOMATIC_AUDIO_TRACK
+        return gr.Dropdown(choices=choices, value=value, visible=tracks > 1)
+
     def estimate(self, video: str | None, photo: str | None, audio: str | None, preset: str | None,
-                 steps: Any = 0, guidance: Any = 1.5) -> str:
-        """The expected time for the uploaded speech's length with ``preset``, as a line for the page."""
+                 steps: Any = 0, guidance: Any = 1.5, speech_video: str | None = None) -> str:
+        """The expected time for the uploaded speech's length with ``preset``, as a line for the page
+        (``speech_video``: the page's video file with the speech, used when the speech slot is empty)."""
+        audio = audio or speech_video
         if not audio or not (preset in PRESETS):
             return "The expected time appears once the speech is uploaded."
+        try:  # a speech file over the limit: the Lip sync button's refusal, at once
+            self.check_audio_length(audio)
+        except gr.Error as exc:
+            return exc.message
         try:
             seconds = scan_audio(audio).duration
             steps, guidance = int(steps or 0), float(guidance)
+            self._check_duration(seconds, "audio")
+        except gr.Error as exc:
+            return exc.message
         except Exception:  # noqa: BLE001 - the run's checks report unreadable inputs
             return ""
         expected = self.expected_seconds(seconds, preset, steps, guidance)
@@ -456,16 +526,24 @@ class LipSyncService:
             with self._lock:
                 if self._stopping.is_set():
                     return None, STOPPING_MESSAGE
-                self.pipe.scheduler = self._schedulers[preset.scheduler]
-                generator = torch.Generator("cpu").manual_seed(request.seed)
-                out = self.pipe(video=request.source, audio=request.audio, output_path=output,
-                                num_inference_steps=request.steps or preset.steps,
-                                deep_cache_interval=preset.deep_cache_interval, guidance_scale=request.guidance,
-                                generator=generator, callback_on_step_end=self._check_stopping,
-                                **face_arguments(request.face))
+                if request.session is not None and request.session in self._left:
+                    return None, LEFT_MESSAGE
+                self._running = request.session
+                try:
+                    self.pipe.scheduler = self._schedulers[preset.scheduler]
+                    generator = torch.Generator("cpu").manual_seed(request.seed)
+                    out = self.pipe(video=request.source, audio=request.audio, output_path=output,
+                                    num_inference_steps=request.steps or preset.steps,
+                                    deep_cache_interval=preset.deep_cache_interval, guidance_scale=request.guidance,
+                                    generator=generator, callback_on_step_end=self._check_stopping,
+                                    audio_track=request.audio_track, **face_arguments(request.face))
+                finally:
+                    self._running = None
             return out, None
         except AppStopping:  # the pipeline has removed its files, as after any error
             return None, STOPPING_MESSAGE
+        except VisitorLeft:
+            return None, LEFT_MESSAGE
         except LatentSyncInputError as exc:
             return None, str(exc)
         except torch.cuda.OutOfMemoryError:
@@ -475,9 +553,12 @@ class LipSyncService:
             return None, f"Lip sync failed ({type(exc).__name__}: {_short_reason(exc, 300)})."
 
     def _check_stopping(self, pipe: LatentSyncPipeline, step: int, timestep: Any, tensors: dict) -> dict:
-        """The pipeline's step callback: raises [`AppStopping`] once [`stop`] was called."""
+        """The pipeline's step callback: raises [`AppStopping`] once [`stop`] was called, [`VisitorLeft`] once the
+        page of the running request was closed."""
         if self._stopping.is_set():
             raise AppStopping()
+        if self._running is not None and self._running in self._left:
+            raise VisitorLeft()
         return tensors
 
     @property
@@ -530,15 +611,20 @@ class LipSyncService:
             gr.Warning(f"{out.frames_without_face} of {out.num_frames} frames had no face and were left unchanged.")
         return output, status
 
-    def __call__(self, video: str | None, photo: str | None, audio: str | None, preset: str = "quality",
-                 face: str | None = None, steps: float = 0, guidance: float = 1.5, seed: float = 1247,
+    def __call__(self, video: str | None = None, photo: str | None = None, audio: str | None = None,
+                 preset: str = "quality", face: str | None = None, steps: float = 0,
+                 guidance: float = GUIDANCE_DEFAULT,
+                 seed: float = 1247, audio_track: str | int | None = AUTOMATIC_AUDIO_TRACK,
+                 speech_video: str | None = None,
                  request: gr.Request = None,  # noqa: RUF013 - gradio fills it
                  progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple[str, str]:  # noqa: B008
         """Gradio handler of ``/lipsync``: returns the output video path and a status line, or raises a readable
-        [`gr.Error`]."""
+        [`gr.Error`]. ``audio`` may be any file with sound (an API caller's video included); ``speech_video`` is the
+        page's video file with the speech (not an API parameter), used when ``audio`` is empty."""
         try:
             self.sweep()
-            checked = self.check(video, photo, audio, preset, face, steps, guidance, seed)
+            checked = self.check(video, photo, audio or speech_video, preset, face, steps, guidance, seed, audio_track)
+            checked.session = getattr(request, "session_hash", None)
             return self.run(checked, progress)
         finally:
             self._release(request)
@@ -593,6 +679,24 @@ def photo_input(**kwargs: Any) -> gr.Image:
 
     image.preprocess = preprocess
     return image
+
+
+def lenient_slider(*args: Any, **kwargs: Any) -> gr.Slider:
+    """A slider that passes an API caller's empty (None) or non-numeric value on to the app's checks, which name the
+    setting in one line (None: its default). Gradio's slider refused them itself with a traceback in the log and a
+    message about "input component at index 5 (a `slider` component)". In range, numbers go through Gradio's own
+    checks as before."""
+    slider = gr.Slider(*args, **kwargs)
+    gradio_preprocess = slider.preprocess
+
+    def preprocess(payload: Any) -> Any:
+        """Gradio's preprocessing for numbers; anything else as it came."""
+        if isinstance(payload, (int, float)) and not isinstance(payload, bool):
+            return gradio_preprocess(payload)
+        return payload
+
+    slider.preprocess = preprocess
+    return slider
 
 
 def use_model_examples_cache(config: AppConfig, model_name: str) -> None:
@@ -699,6 +803,15 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                                              sources=["upload"], height=320, elem_id="photo-input")
                 audio_in = gr.Audio(label="Speech", sources=["upload", "microphone"], type="filepath",
                                     elem_id="audio-input")
+                # the speech slot takes audio files only (the browser refuses a video there): a video's speech here
+                speech_video = gr.File(label="…or use the speech of a video file (.mp4, .mov, .mkv, .webm)",
+                                       file_types=["video"], type="filepath", height=80, elem_id="speech-video")
+                # the same file for /lipsync, where it is no API parameter (API callers pass any file as audio)
+                speech_from_video = gr.State(None)
+                # shown for a speech file with several audio tracks; custom values: an API call may name a track
+                audio_track = gr.Dropdown(audio_track_choices(0), value=AUTOMATIC_AUDIO_TRACK,
+                                          label="Speech track (this file has several audio tracks)",
+                                          allow_custom_value=True, visible=False, elem_id="audio-track")
                 preset = gr.Radio(preset_choices, value="quality", label="Speed", elem_id="preset")
                 with gr.Accordion("Faces", open=True):
                     faces_preview = gr.Image(label="Faces found (numbered)", interactive=False, height=240,
@@ -710,8 +823,9 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                     # the menu value the app chose itself (None: the visitor's own choice), see faces()
                     face_default = gr.State(default_face())
                 with gr.Accordion("Advanced settings", open=False):
-                    steps = gr.Slider(0, 50, value=0, step=1, label="Denoising steps (0: the preset's)")
-                    guidance = gr.Slider(1.0, GUIDANCE_MAX, value=1.5, step=0.1, label="Guidance scale (1 disables)")
+                    steps = lenient_slider(0, 50, value=0, step=1, label="Denoising steps (0: the preset's)")
+                    guidance = lenient_slider(1.0, GUIDANCE_MAX, value=GUIDANCE_DEFAULT, step=0.1,
+                                              label="Guidance scale (1 disables)")
                     seed = gr.Number(value=1247, precision=0, minimum=0, label="Seed")
                 estimate = gr.Markdown(service.estimate(None, None, None, "quality"), label="Expected time",
                                        elem_id="estimate")
@@ -734,7 +848,8 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
         elif rows:
             gr.Examples(examples=rows, inputs=[video_in, photo_in, audio_in, preset, face], example_labels=labels)
 
-        inputs = [video_in, photo_in, audio_in, preset, face, steps, guidance, seed]
+        inputs = [video_in, photo_in, audio_in, preset, face, steps, guidance, seed, audio_track]
+        page_inputs = [*inputs, speech_video]  # the page's events see the video file with the speech itself
         # an example (or an upload) with a photo shows the photo tab, one with a video the video tab
         video_in.change(lambda v: gr.Tabs(selected="video") if v else gr.Tabs(), inputs=video_in, outputs=source_tabs,
                         queue=False, api_visibility="private")
@@ -744,14 +859,32 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
             upload.change(service.faces, inputs=[video_in, photo_in, face, face_default],
                           outputs=[faces_preview, face, faces_note, face_default], queue=False,
                           api_visibility="undocumented")
-        for control in (video_in, photo_in, audio_in, preset, steps, guidance):
-            control.change(service.estimate, inputs=[video_in, photo_in, audio_in, preset, steps, guidance],
+        # one speech source at a time: a video's speech replaces the speech slot's file, and a speech file (or an
+        # example, or a recording) replaces the video's
+        speech_video.upload(lambda _: None, inputs=speech_video, outputs=audio_in, queue=False,
+                            api_visibility="private")
+        audio_in.change(lambda a: None if a else gr.skip(), inputs=audio_in, outputs=speech_video, queue=False,
+                        api_visibility="private")
+        speech_video.change(lambda f: f, inputs=speech_video, outputs=speech_from_video, queue=False,
+                            api_visibility="private")
+        # while one slot clears the other, both hold a file for a moment, and the two events' answers may arrive in
+        # either order: each event reads the slot that changed first, so that both answers are the new file's
+        for source, other in ((audio_in, speech_video), (speech_video, audio_in)):
+            source.change(service.audio_tracks, inputs=[source, audio_track, other], outputs=audio_track,
+                          queue=False, api_visibility="undocumented")
+            source.change(service.estimate, inputs=[video_in, photo_in, source, preset, steps, guidance, other],
+                          outputs=estimate, queue=False, api_visibility="private")
+        for control in (video_in, photo_in, preset, steps, guidance):
+            control.change(service.estimate, inputs=[video_in, photo_in, audio_in, preset, steps, guidance,
+                                                     speech_video],
                            outputs=estimate, queue=False, api_visibility="private")
         # the checks run first, at once (their own concurrency group, never behind a generation; queued so that
         # the page shows their refusals), and only a request that passes them joins the line for the model
-        run.click(service.precheck, inputs=inputs, outputs=status, concurrency_limit=None, concurrency_id="checks",
-                  api_visibility="private").success(
-            service, inputs=inputs, outputs=[video_out, status], api_name="lipsync", concurrency_limit=1)
+        run.click(service.precheck, inputs=page_inputs, outputs=status, concurrency_limit=None,
+                  concurrency_id="checks", api_visibility="private").success(
+            service, inputs=[*inputs, speech_from_video], outputs=[video_out, status], api_name="lipsync",
+            concurrency_limit=1)
+        demo.unload(service.visitor_left)
         # the live tab runs DDIM with the fast preset's number of steps: each window must keep up with speech
         # the live tab only where Gradio can stream video (system ffmpeg); without it the tab could only say so
         demo_live = None

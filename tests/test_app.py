@@ -76,7 +76,7 @@ def clips(tmp_path_factory) -> dict[str, str]:
     """Short clips cut from the bundled examples, and bad inputs."""
     d = tmp_path_factory.mktemp("clips")
     out = {name: str(d / name) for name in ("face.mp4", "two.mp4", "portrait.png", "speech.wav", "speech_short.wav",
-                                            "long.wav", "noface.mp4", "broken.mp4")}
+                                            "long.wav", "noface.mp4", "broken.mp4", "dub.m4a", "dub.mkv")}
     ffmpeg("-i", str(EXAMPLES / "face.mp4"), "-t", "1.2", "-vf", "scale=192:192", "-c:v", "libx264", "-an",
            out["face.mp4"])
     # two people: the astronaut and her mirror image, side by side (face 0 left, face 1 right)
@@ -88,6 +88,11 @@ def clips(tmp_path_factory) -> dict[str, str]:
     ffmpeg("-i", str(EXAMPLES / "speech.wav"), "-t", "0.6", out["speech_short.wav"])
     ffmpeg("-i", str(EXAMPLES / "speech.wav"), "-af", "apad", "-t", str(MAX_SECONDS + 2), out["long.wav"])
     ffmpeg("-f", "lavfi", "-i", "color=c=gray:s=160x120:r=25:d=1", "-c:v", "libx264", out["noface.mp4"])
+    # a dubbed film's sound: two speech tracks as loud as each other (the automatic choice keeps the first)
+    ffmpeg("-i", out["speech.wav"], "-i", str(EXAMPLES / "camera_speech.wav"), "-map", "0:a", "-map", "1:a",
+           "-t", "1.0", "-c:a", "aac", out["dub.m4a"])
+    ffmpeg("-i", out["face.mp4"], "-i", out["dub.m4a"], "-map", "0:v", "-map", "1:a:0", "-map", "1:a:1", "-c", "copy",
+           "-t", "1.0", out["dub.mkv"])  # the same as a film
     Path(out["broken.mp4"]).write_bytes(b"this is not a video, just some text pretending to be one\n" * 20)
     return out
 
@@ -253,7 +258,9 @@ def test_app_defaults(app_module, tiny_model_dir_64):
     lipsync = [fn for fn in demo.fns.values() if fn.api_name == "lipsync"]
     assert len(lipsync) == 1 and lipsync[0].concurrency_limit == 1
     labels = [getattr(block, "elem_id", None) for block in lipsync[0].inputs]
-    assert labels == ["video-input", "photo-input", "audio-input", "preset", "face-choice", None, None, None]
+    # steps, guidance and seed have no elem_id; the last is the page's video file with the speech (a state)
+    assert labels == ["video-input", "photo-input", "audio-input", "preset", "face-choice", None, None, None,
+                      "audio-track", None]
 
 
 def test_dtype_choice(monkeypatch):
@@ -356,6 +363,112 @@ def test_face_menu_after_a_cleared_or_new_upload(app_module, clips):
         == "1"
 
 
+def test_face_zero_from_the_api_is_face_zero(app_module, clips):
+    """An API client passing the face number as an integer: ``face=1`` chose face 1, but ``face=0`` (falsy) became
+    the default rule ("speaking") instead of face 0."""
+    service = app_module.demo.service
+    for face in (0, "0"):
+        request = service.check(clips["two.mp4"], None, clips["speech_short.wav"], "fast", face, 0, 1.5, 0)
+        assert request.face == "0" and face_arguments(request.face) == {"face_index": 0}, face
+    for face in (None, ""):
+        assert service.check(clips["two.mp4"], None, clips["speech_short.wav"], "fast", face, 0, 1.5, 0).face \
+            == "speaking"
+
+
+def test_api_empty_or_wrong_numbers_are_named(app_module, clips):
+    """An API caller leaving steps or guidance empty (None) or sending text: Gradio's slider refused it with a
+    traceback in the log and "Could not preprocess input component at index 5 (a `slider` component) ..." over
+    several lines. Now an empty value is the setting's default and a wrong one is named in one line."""
+    sliders = {b.label: b for b in app_module.demo.blocks.values() if isinstance(b, gr.Slider)}
+    steps, guidance = sliders["Denoising steps (0: the preset's)"], sliders["Guidance scale (1 disables)"]
+    for slider in (steps, guidance):
+        assert slider.preprocess(None) is None and slider.preprocess("many") == "many"
+    assert steps.preprocess(12) == 12 and guidance.preprocess(2.0) == 2.0
+    with pytest.raises(gr.Error, match="greater than maximum"):  # Gradio's own range check still applies
+        steps.preprocess(51)
+    service = app_module.demo.service
+    request = service.check(clips["face.mp4"], None, clips["speech_short.wav"], "fast", "largest", None, None, 7)
+    assert (request.steps, request.guidance, request.seed) == (0, 1.5, 7)
+    ok = (clips["face.mp4"], clips["speech_short.wav"], "fast", "largest")
+    assert _error_message(service, *ok, 0, "strong") == "Guidance scale must be a number, got 'strong'."
+    assert _error_message(service, *ok, 0, 1.5, None) == "Seed must be a number, got None."
+    assert _error_message(service, *ok, "nan") == "Steps must be a number, got 'nan'."
+
+
+def test_api_video_or_photo_may_be_left_out(app_module):
+    """A client giving only the video (or only the photo) and the speech: ``photo`` and ``video`` were required
+    arguments ("No value provided for required argument: photo") although one of them is always unused."""
+    info = app_module.demo.get_api_info()
+    parameters = {p["parameter_name"]: p for p in info["named_endpoints"]["/lipsync"]["parameters"]}
+    for name in ("video", "photo"):
+        assert parameters[name]["parameter_has_default"] and parameters[name]["parameter_default"] is None, name
+    assert parameters["audio_track"]["parameter_default"] == "auto"
+    # every parameter, in the README's order (the page's video file with the speech is no API parameter: API callers
+    # pass any file as audio)
+    assert list(parameters) == ["video", "photo", "audio", "preset", "face", "steps", "guidance", "seed",
+                                "audio_track"]
+
+
+def test_speech_track_choice(app_module, clips, tmp_path):
+    """A speech file with several audio tracks (a dubbed film: both tracks are speech, and the automatic choice keeps
+    the first): the page offers a speech-track menu (hidden for a file with one track) and the API an
+    ``audio_track`` parameter, and the lip sync and its output's sound follow the chosen track. The app used to
+    always take the automatic choice."""
+    from latentsync.app_support import audio_track_number, visitor_reason
+
+    service = app_module.demo.service
+    menu = service.audio_tracks(clips["dub.m4a"], "auto")
+    assert menu.visible and menu.value == "auto"
+    assert [v for _, v in menu.choices] == ["auto", "1", "2"] and "track 1" in menu.choices[0][0]
+    assert service.audio_tracks(clips["dub.m4a"], "2").value == "2"  # the visitor's choice stays
+    for audio in (clips["speech.wav"], None):  # one track, or none uploaded: hidden, back to automatic
+        menu = service.audio_tracks(audio, "2")
+        assert not menu.visible and menu.value == "auto"
+    assert [audio_track_number(v) for v in ("auto", None, "", "2", 2, "Track 2")] == [None, None, None, 2, 2, 2]
+    assert "Audio track must be 'auto' or a track number" in _error_message(
+        service, clips["face.mp4"], clips["dub.m4a"], "fast", "largest", 0, 1.5, 0, "0")
+    assert _error_message(service, clips["face.mp4"], clips["dub.m4a"], "fast", "largest", 0, 1.5, 0, "3") == (
+        "There is no audio track 3 in dub.m4a: it has 2 audio tracks; pick one from the speech-track menu.")
+    library = "audio_track 2: /srv/up/a.wav has 1 audio track (numbered from 1)"
+    assert visitor_reason(library, {"/srv/up/a.wav": "a.wav"}) == (
+        "There is no audio track 2 in a.wav: it has 1 audio track; pick one from the speech-track menu.")
+    path, status = service(clips["face.mp4"], None, clips["dub.m4a"], "fast", "largest", 0, 1.0, 0, "2",
+                           progress=_no_progress)
+    try:
+        assert status.startswith("Done")
+        out, second, first = (load_audio(p, track=t) for p, t in ((path, 0), (clips["dub.m4a"], 1),
+                                                                   (clips["dub.m4a"], 0)))
+        n = min(len(out), len(second))
+        assert np.corrcoef(out[:n], second[:n])[0, 1] > 0.9 and abs(np.corrcoef(out[:n], first[:n])[0, 1]) < 0.5
+    finally:
+        shutil.rmtree(Path(path).parent)
+
+
+def test_switching_speech_slots_answers_for_the_new_file(app_module, clips):
+    """Uploading into one speech slot clears the other, so both hold a file for a moment, and the events of the two
+    slots may answer in either order. The speech-track menu read the speech file first in both: a video's speech
+    uploaded over a speech file could end with the menu (and the expected time) of the speech file that was just
+    cleared (seen in a full browser run: the menu of the video's two tracks never appeared)."""
+    demo = app_module.demo
+    blocks = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
+    audio_in, speech_video = blocks["audio-input"], blocks["speech-video"]
+    track_menu = blocks["audio-track"]
+    handlers = {(target[0], fn.fn.__name__): fn for fn in demo.fns.values() for target in fn.targets
+                if target[1] == "change" and fn.fn is not None
+                and getattr(fn.fn, "__name__", "") in ("audio_tracks", "estimate")}
+    # the moment after a video's speech was uploaded over a speech file, and the reverse
+    for changed, values, visible in ((speech_video, {audio_in: clips["speech.wav"], speech_video: clips["dub.mkv"]},
+                                      True),
+                                     (audio_in, {audio_in: clips["speech.wav"], speech_video: clips["dub.mkv"]},
+                                      False)):
+        fn = handlers[changed._id, "audio_tracks"]
+        menu = fn.fn(*[values.get(c, "auto") if c is not track_menu else "auto" for c in fn.inputs])
+        assert menu.visible is visible, changed.elem_id
+        fn = handlers[changed._id, "estimate"]
+        assert "for 1.0 s of output" in fn.fn(*[values.get(c, v) for c, v in zip(
+            fn.inputs, (None, None, None, "fast", 0, 1.5, None), strict=True)])
+
+
 def test_face_number_error_uses_visitor_words(app_module, clips):
     message = _error_message(app_module.demo.service, clips["face.mp4"], clips["speech_short.wav"], "fast", "9")
     assert message == "There is no face 9 in face.mp4: it has 1 face (number 0); pick one from the face menu.", message
@@ -437,10 +550,35 @@ def test_input_errors_are_readable(app_module, clips):
         assert expected.lower() in message.lower(), (expected, message)
         assert "Traceback" not in message and str(Path(clips["face.mp4"]).parent) not in message
     assert "Steps must be between" in _error_message(service, ok_video, ok_audio, "fast", None, 101)
-    assert "must be numbers" in _error_message(service, ok_video, ok_audio, "fast", None, "many")
+    assert _error_message(service, ok_video, ok_audio, "fast", None, "many") == "Steps must be a number, got 'many'."
     assert "Unknown preset 'slow'" in _error_message(service, ok_video, ok_audio, "slow")
     assert "Face must be" in _error_message(service, ok_video, ok_audio, "fast", "left")
     assert list(service.work_dir.iterdir()) == [], "a failed request left files behind"
+
+
+def test_long_speech_is_refused_before_decoding(app_module, clips, tmp_path, monkeypatch):
+    """A speech file over the length limit: the expected-time line said "Expected time: about 21 min 27 s ... for
+    1800.0 s of output" for a request the Lip sync button refuses, and took seconds to say it (the whole file was
+    decoded, again at each change of the preset or the sliders); the button's refusal also came only after the
+    whole file was decoded. Both now say the refusal from the file's header, without decoding."""
+    service = app_module.demo.service
+    long = str(tmp_path / "long.mp3")
+    ffmpeg("-f", "lavfi", "-i", "sine=f=440:r=16000", "-t", "60", "-b:a", "32k", long)
+    refusal = f"The audio is 60.0 s long; this app accepts up to {MAX_SECONDS} s. Please trim it."
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("the whole speech file was decoded")
+
+    monkeypatch.setattr(app_module, "scan_audio", no_decoding)
+    monkeypatch.setattr(app_module, "check_run_inputs", no_decoding)
+    assert service.estimate(clips["face.mp4"], None, long, "fast") == refusal
+    assert _error_message(service, clips["face.mp4"], long, "fast") == refusal
+    monkeypatch.undo()
+    # near the limit the decoded length decides, in both
+    near = f"The audio is {MAX_SECONDS + 0.5:.1f} s long; this app accepts up to {MAX_SECONDS} s. Please trim it."
+    ffmpeg("-i", clips["long.wav"], "-t", str(MAX_SECONDS + 0.5), str(tmp_path / "near.wav"))
+    assert service.estimate(clips["face.mp4"], None, str(tmp_path / "near.wav"), "fast") == near
+    assert _error_message(service, clips["face.mp4"], str(tmp_path / "near.wav"), "fast") == near
 
 
 def test_one_pending_request_per_session(app_module, clips):
@@ -455,6 +593,50 @@ def test_one_pending_request_per_session(app_module, clips):
     service._release(other)
     service.precheck(*args, request=visitor)  # free again once the first one ended
     service._release(visitor)
+
+
+def test_closing_the_page_stops_its_lip_sync(app_module, clips):
+    """A visitor who closes the page while their lip sync runs: the run went on to its end (about 100 more denoising
+    steps of a 3.8 s clip seen after the tab was closed), holding the model and the GPU from the next visitor. Now
+    the page's unload event stops it at its next step and its files are removed; a request of a page that is already
+    closed does not start."""
+    service = app_module.demo.service
+    assert any(target[1] == "unload" for fn in app_module.demo.fns.values() for target in fn.targets)
+    visitor = SimpleNamespace(session_hash="closed-tab")
+    steps, left_at = [], []
+    check_stopping = service._check_stopping
+
+    def step(pipe, index, timestep, tensors):  # the page is closed at the first step
+        steps.append(index)
+        if len(steps) == 1:
+            service.visitor_left(visitor)
+            left_at.append(len(steps))
+        return check_stopping(pipe, index, timestep, tensors)
+
+    args = (clips["face.mp4"], None, clips["speech.wav"], "quality", "largest", 0, 1.5, 0)
+    service.precheck(*args, request=visitor)  # as the page does: the request is pending
+    service._check_stopping = step
+    try:
+        with pytest.raises(gr.Error, match="The page was closed, so this lip sync was stopped"):
+            service(*args, request=visitor, progress=_no_progress)
+    finally:
+        del service._check_stopping
+    assert len(steps) == 1, f"{len(steps)} steps ran, the page was closed at step {left_at}"
+    assert list(service.work_dir.iterdir()) == [], "the stopped run left files behind"
+    assert service._sessions == {} and service._left == set() and service._running is None
+    # the same visitor opening the page again is served; a page closed before its turn never starts
+    service.visitor_left(visitor)  # nothing pending: nothing to remember
+    assert service._left == set()
+    service.precheck(*args, request=visitor)
+    service.visitor_left(visitor)
+    started = []
+    service._check_stopping = lambda *a: started.append(a)
+    try:
+        with pytest.raises(gr.Error, match="The page was closed"):
+            service(*args, request=visitor, progress=_no_progress)
+    finally:
+        del service._check_stopping
+    assert started == [] and list(service.work_dir.iterdir()) == []
 
 
 def test_size_limit_and_cleanup(app_module, clips, monkeypatch):
@@ -537,7 +719,7 @@ def test_api_serves_concurrent_requests_with_every_parameter(server, clips, tmp_
     def submit(seed: int):
         return client.submit(video=handle_file(clips["face.mp4"]), photo=None,
                              audio=handle_file(clips["speech_short.wav"]), preset="fast", face="largest", steps=0,
-                             guidance=1.0, seed=seed, api_name="/lipsync")
+                             guidance=1.0, seed=seed, audio_track="auto", api_name="/lipsync")
 
     jobs = [submit(seed) for seed in (1, 2)]
     with ThreadPoolExecutor(2) as pool:
@@ -895,6 +1077,64 @@ def test_browser_queue_full_message(server, page, clips, app_module, monkeypatch
             continue
         with pytest.raises(Exception, match="topped by the test"):
             job.result(timeout=120)
+
+
+def test_browser_speech_from_a_video_file(server, page, clips, tmp_path):
+    """The speech of a video file (a film with a dubbed track, a screen recording with the voice on its second track):
+    the Speech slot refused it ("Invalid file type: dub.mkv. Only audio/aac, ... allowed"), so the page could not
+    lip-sync to a video's sound nor choose among its tracks. Now a file slot beside it takes a video; its tracks are
+    offered, the chosen one is the output's sound, and a speech file uploaded later replaces it."""
+    _upload(page, server, clips["speech.wav"], video=clips["face.mp4"])
+    page.locator("#speech-video input[type=file]").set_input_files(clips["dub.mkv"])
+    page.locator("#audio-track").wait_for(state="visible", timeout=30_000)
+    assert page.locator("#audio-input [data-testid^=audio-player]").count() == 0  # one speech source at a time
+    page.locator("#audio-track input").click()
+    page.get_by_role("option", name="Track 2").click()
+    _choose_preset(page, "fast")
+    status = _run_and_fetch(page, server, tmp_path / "out.mp4", "fast")
+    assert status.startswith("Done"), status
+    out, second = load_audio(str(tmp_path / "out.mp4")), load_audio(clips["dub.mkv"], track=1)
+    n = min(len(out), len(second))
+    assert np.corrcoef(out[:n], second[:n])[0, 1] > 0.9, "the output's sound is not the chosen track"
+    _screenshot(page, "app_speech_from_video.png")
+    page.locator("#audio-input input[type=file]").set_input_files(clips["speech.wav"])
+    page.locator("#audio-track").wait_for(state="hidden", timeout=30_000)
+    page.locator("#speech-video").get_by_text("dub.mkv").wait_for(state="detached", timeout=30_000)
+
+
+def test_browser_closing_the_page_stops_the_run(server, browser, clips, app_module, monkeypatch, tmp_path):
+    """The page closed while its lip sync runs: Gradio's unload event reaches the app, which stops the run at its
+    next denoising step (it used to run to its end) and removes its files."""
+    service = app_module.demo.service
+    speech = str(tmp_path / "speech.wav")  # long enough (240 steps) to be still running when the page is closed
+    ffmpeg("-i", str(EXAMPLES / "speech.wav"), "-t", str(MAX_SECONDS - 0.5), speech)
+    steps, closed = [], []
+    check_stopping = service._check_stopping
+
+    def step(pipe, index, timestep, tensors):
+        steps.append(time.monotonic())
+        return check_stopping(pipe, index, timestep, tensors)
+
+    monkeypatch.setattr(service, "_check_stopping", step)
+    results = set(service.work_dir.iterdir())  # earlier results (the cached example's) are kept for download
+    context = browser.new_context(viewport={"width": 1280, "height": 1400})
+    try:
+        page = context.new_page()
+        _upload(page, server, speech, video=clips["face.mp4"])
+        page.locator("#run-button").click()
+        deadline = time.monotonic() + 120
+        while not steps and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert steps, "the lip sync did not start"
+    finally:
+        context.close()
+        closed.append(time.monotonic())
+    deadline = time.monotonic() + 60
+    while (service._lock.locked() or service._sessions) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    after = [t for t in steps if t > closed[0] + 1.0]  # a step already under way when the page closed may finish
+    assert not service._lock.locked() and len(after) <= 1, f"{len(after)} steps ran after the page was closed"
+    assert service._sessions == {} and set(service.work_dir.iterdir()) == results
 
 
 def test_browser_bad_upload_shows_error(server, page, clips):

@@ -23,6 +23,7 @@ import PIL.Image
 import PIL.ImageDraw
 import PIL.ImageFont
 
+from .media.audio import parse_track_number
 from .media.constants import VIDEO_FPS
 
 if TYPE_CHECKING:
@@ -208,6 +209,36 @@ def face_arguments(choice: str | int | None) -> dict[str, object]:
     raise ValueError(f"face must be 'speaking', 'largest' or a face number, got {choice!r}")
 
 
+AUTOMATIC_AUDIO_TRACK = "auto"
+"""The speech-track menu's (and the API's) value for the automatic choice of the speech's audio track."""
+
+
+def audio_track_choices(tracks: int, automatic: int = 0) -> list[tuple[str, str]]:
+    """The speech-track menu for a speech file with ``tracks`` audio tracks: ``(label, value)`` pairs, the automatic
+    choice first (``automatic``: the track it picks, counted from 0), then each track numbered from 1 as players
+    number them."""
+    choices = [(f"Automatic (track {automatic + 1}: the one with the speech)", AUTOMATIC_AUDIO_TRACK)]
+    choices += [(f"Track {k}", str(k)) for k in range(1, tracks + 1)]
+    return choices
+
+
+def audio_track_number(choice: str | int | None) -> int | None:
+    """The pipeline's ``audio_track`` (numbered from 1) for a speech-track menu value or an API caller's value: None
+    for the automatic choice (``"auto"``, empty or None), the number for ``"2"``, ``"Track 2"`` or ``2``.
+
+    Raises:
+        ValueError: anything else (a number below 1 included), with a one-line message for the page.
+    """
+    if choice is None or str(choice).strip().lower() in ("", AUTOMATIC_AUDIO_TRACK):
+        return None
+    text = str(choice).strip().lower().removeprefix("track ")
+    try:
+        return parse_track_number(text)
+    except ValueError:
+        raise ValueError(f"audio track must be {AUTOMATIC_AUDIO_TRACK!r} or a track number from 1, got {choice!r}"
+                         ) from None
+
+
 def preview_frame(tracks: "FaceTracks") -> int:
     """The frame showing the most faces at once (the first such frame), 0 when there is none."""
     counts = np.zeros(max(tracks.num_frames, 1), dtype=int)
@@ -280,12 +311,13 @@ def check_choice_in(choice: str, choices: Sequence[tuple[str, str]]) -> str:
 
 _FACE_INDEX_ERROR = re.compile(r"face_index=(\d+), but (\d+) face track\(s\) were found in (.+?) \(valid: [^)]*\)"
                                r"(?:;.*)?$", re.DOTALL)
+_AUDIO_TRACK_ERROR = re.compile(r"audio_track (\d+): (.+) has (\d+) audio tracks? \(numbered from 1\)$", re.DOTALL)
 
 
 def visitor_reason(message: str, names: Mapping[str, str]) -> str:
     """A library error message (a ``LatentSyncInputError``) as a one-line reason for the app's visitors: server paths
     replaced by the uploaded files' ``names`` (``{path: name}``), developer wording (``face_index=``, the API to list
-    faces) replaced by the page's words, a capital first letter."""
+    faces, ``audio_track``) replaced by the page's words, a capital first letter."""
     for path, name in names.items():
         message = message.replace(path, name)
     match = _FACE_INDEX_ERROR.match(message.strip())
@@ -294,6 +326,11 @@ def visitor_reason(message: str, names: Mapping[str, str]) -> str:
         numbers = {0: "no face", 1: "1 face (number 0)"}.get(
             count, f"{count} faces (numbers {', '.join(map(str, range(count - 1)))} and {count - 1})")
         message = f"There is no face {index} in {where}: it has {numbers}; pick one from the face menu."
+    match = _AUDIO_TRACK_ERROR.match(message.strip())
+    if match:
+        count = int(match[3])
+        message = (f"There is no audio track {match[1]} in {match[2]}: it has {count} audio track{'s' * (count > 1)}; "
+                   "pick one from the speech-track menu.")
     message = message.splitlines()[0] if message.strip() else message
     return message[:1].upper() + message[1:]
 
