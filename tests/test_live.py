@@ -124,3 +124,60 @@ def test_each_live_window_looks_the_device_up_once(tiny_pipe_64, avatar, speech_
                                       generator=torch.Generator().manual_seed(3), **KW))
     windows = -(-len(frames) // 16)
     assert len(frames) == 50 and len(lookups) <= 1 + windows, lookups
+
+
+def test_live_stats_are_measured(tiny_pipe_64, avatar, speech_20s, monkeypatch):
+    """A session's figures come from its clock: speech pushed in real time (0.2 s per chunk on a fake clock) and
+    windows whose compute takes 0.3, 0.5, 0.7 and 0.1 s give exactly the time to the first frame, the window
+    latencies and the speed they imply."""
+    import latentsync.live
+
+    clock = [100.0]
+    monkeypatch.setattr(latentsync.live, "_now", lambda: clock[0])
+    costs = iter([0.3, 0.5, 0.7, 0.1])
+    denoise = tiny_pipe_64.denoise
+
+    def timed_denoise(*args, **kwargs):
+        clock[0] += next(costs)
+        return denoise(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_pipe_64, "denoise", timed_denoise)
+    session = tiny_pipe_64.live_session(avatar, generator=torch.Generator().manual_seed(3), **KW)
+    assert session.stats.windows == 0 and session.stats.realtime_factor is None
+    speech, frames = speech_20s[: 2 * 16000], []
+    for i in range(0, len(speech), CHUNK):
+        if i:
+            clock[0] += 0.2  # the next chunk arrives 0.2 s later
+        frames += session.push(speech[i : i + CHUNK])
+        if i == 3 * CHUNK:  # the 4th chunk (0.8 s) completed the first window (0.64 s)
+            assert len(frames) == 16 and session.stats.first_frame == pytest.approx(0.6 + 0.3)
+    frames += session.finish()
+    stats = session.stats
+    assert len(frames) == stats.frames == 50 and stats.windows == 4
+    assert stats.media_seconds == pytest.approx(2.0)
+    assert stats.compute_seconds == pytest.approx(1.6)
+    assert stats.realtime_factor == pytest.approx(2.0 / 1.6)
+    assert stats.first_frame == pytest.approx(0.9)
+    assert stats.latency_mean == pytest.approx(0.4) and stats.latency_max == pytest.approx(0.7)
+    assert "first frame 0.90 s" in stats.summary() and "1.25x real time" in stats.summary()
+
+
+def test_live_command_logs_its_figures(tiny_model_dir_64, avatar, example_speech, tmp_path, monkeypatch, caplog):
+    """``latentsync --audio -`` ends with a line of the measured figures (it reported none)."""
+    import io
+    import re
+    import sys
+
+    from conftest import ffmpeg
+    from latentsync.commands import main
+
+    speech = tmp_path / "speech.wav"
+    ffmpeg("-i", str(example_speech), "-t", "1", str(speech))
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(open(speech, "rb")))
+    caplog.set_level("INFO", "latentsync")
+    assert main(["--model", str(tiny_model_dir_64), "--avatar", str(avatar), "--audio", "-", "--output",
+                 str(tmp_path / "live.mp4"), "--steps", "1", "--device", "cpu"]) == 0
+    sys.stdin.close()
+    assert re.search(r"live: first frame \d+\.\d\d s after the speech began; window latency mean \d+\.\d\d s, max "
+                     r"\d+\.\d\d s; compute \d+\.\d\d s for 1\.00 s of video \(2 windows\): \d+\.\d\dx real time",
+                     caplog.text), caplog.text

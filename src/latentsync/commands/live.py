@@ -84,7 +84,9 @@ def run_live(args: argparse.Namespace) -> int:
                 pass
             logger.error("stopped by %s: %s holds the %d frames made until then", exc.signal_name, target,
                          sink.frames_written)
+            logger.info("live: %s", session.stats.summary())
             return exc.exit_code
         sink.close()
     logger.info("live: %d frames at %g fps to %s", sink.frames_written, fps, target)
+    logger.info("live: %s", session.stats.summary())
     return 0
