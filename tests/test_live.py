@@ -181,3 +181,66 @@ def test_live_command_logs_its_figures(tiny_model_dir_64, avatar, example_speech
     assert re.search(r"live: first frame \d+\.\d\d s after the speech began; window latency mean \d+\.\d\d s, max "
                      r"\d+\.\d\d s; compute \d+\.\d\d s for 1\.00 s of video \(2 windows\): \d+\.\d\dx real time",
                      caplog.text), caplog.text
+
+
+def _wav_stream(data: bytes, channels: int, size: int | None = None, trailing: bytes = b"") -> bytes:
+    """A 16 kHz 16-bit PCM WAV stream: header (``size`` of the data, default its length: 0xFFFFFFFF is a streaming
+    writer's), data, chunks after it."""
+    import struct
+
+    size = len(data) if size is None else size
+    rate, align = 16000, channels * 2
+    fmt = struct.pack("<HHIIHH", 1, channels, rate, rate * align, align, 16)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", size) + data
+    return b"RIFF" + struct.pack("<I", min(len(body), 0xFFFFFFFF)) + body + trailing
+
+
+@pytest.mark.parametrize("form", ["mono with a known size and a chunk after the data",
+                                  "stereo, size unknown (streaming)"])
+def test_wav_from_a_pipe_starts_at_once(example_speech, tmp_path, form):
+    """Speech piped as WAV comes out as soon as it arrives: ffmpeg's WAV reader waited for 64 KiB (2 s of 16 kHz
+    mono) or the end of the pipe before the first sample, so a short answer of a TTS that keeps its pipe open never
+    started, and every stream started up to 2 s late. The samples are those ffmpeg reads from the whole file (no
+    chunk after them)."""
+    import os
+    import threading
+
+    from latentsync.media.pipes import read_audio_chunks
+
+    pcm = np.round(load_audio(example_speech)[:16000] * 32767).astype("<i2")  # 1 s
+    if form.startswith("mono"):
+        stream = _wav_stream(pcm.tobytes(), 1, trailing=b"LIST" + (8).to_bytes(4, "little") + b"INFOISFT")
+        header = len(stream) - 2 * len(pcm) - 16
+    else:
+        stream = _wav_stream(np.stack([pcm, pcm], 1).tobytes(), 2, size=0xFFFFFFFF)
+        header = len(stream) - 4 * len(pcm)
+    (tmp_path / "speech.wav").write_bytes(stream)
+    expected = load_audio(tmp_path / "speech.wav")
+    half = header + (len(stream) - header) // 2  # the header and 0.5 s, then the pipe stays open
+    read_fd, write_fd = os.pipe()
+    release = threading.Event()
+
+    def tts():
+        os.write(write_fd, stream[:half])
+        release.wait(60)
+        os.write(write_fd, stream[half:])
+        os.close(write_fd)
+
+    writer = threading.Thread(target=tts)
+    writer.start()
+    try:
+        with os.fdopen(read_fd, "rb") as source:
+            chunks = read_audio_chunks(source, seconds=0.2)
+            first: list = []
+            reader = threading.Thread(target=lambda: first.append(next(chunks)))
+            reader.start()
+            reader.join(20)
+            assert first, "no audio came out while the pipe stayed open"
+            release.set()
+            reader.join()
+            samples = np.concatenate(first + list(chunks))
+    finally:
+        release.set()
+        writer.join()
+    assert len(first[0]) == 3200 and len(samples) == 16000
+    np.testing.assert_allclose(samples, expected, atol=1e-4)
