@@ -3,6 +3,7 @@ as offline calls on the audio received so far, and live video frames."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -165,7 +166,6 @@ def test_live_stats_are_measured(tiny_pipe_64, avatar, speech_20s, monkeypatch):
 def test_live_command_logs_its_figures(tiny_model_dir_64, avatar, example_speech, tmp_path, monkeypatch, caplog):
     """``latentsync --audio -`` ends with a line of the measured figures (it reported none)."""
     import io
-    import re
     import sys
 
     from conftest import ffmpeg
@@ -244,3 +244,31 @@ def test_wav_from_a_pipe_starts_at_once(example_speech, tmp_path, form):
         writer.join()
     assert len(first[0]) == 3200 and len(samples) == 16000
     np.testing.assert_allclose(samples, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--fps", "30"], "--fps 30: the avatar .* was prepared for --fps 25; prepare it again with --fps 30"),
+    (["--face", "1"], "--face: the face of an avatar was chosen when it was prepared"),
+    (["--face-frame", "3"], "--face-frame: the face of an avatar was chosen when it was prepared"),
+])
+def test_live_command_refuses_options_an_avatar_cannot_honour(avatar, example_speech, tmp_path, monkeypatch, caplog,
+                                                              option, message):
+    """``--audio - --avatar DIR`` with ``--fps 30`` (an avatar of 25 fps) or a face choice is refused before the
+    model loads, as the run on a speech file refuses them: the live run ignored them silently (25 fps out, the
+    avatar's face)."""
+    import io
+    import sys
+
+    from latentsync.commands import main
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the option was refused")
+
+    monkeypatch.setattr("latentsync.commands.live.load_pipeline", refuse)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(open(example_speech, "rb")))
+    try:
+        assert main(["--avatar", str(avatar), "--audio", "-", "--output", str(tmp_path / "live.mp4"), *option]) == 2
+    finally:
+        sys.stdin.close()
+    assert re.search(message, caplog.text), caplog.text
+    assert not (tmp_path / "live.mp4").exists()

@@ -87,6 +87,16 @@ def avatar_files(path: str | os.PathLike) -> list[str]:
     Raises:
         LatentSyncInputError: ``path`` is not a complete avatar folder of this format version.
     """
+    return avatar_config(path)[1]
+
+
+def avatar_config(path: str | os.PathLike) -> tuple[dict[str, Any], list[str]]:
+    """The JSON of the prepared avatar in folder ``path`` (its ``fps``, ``num_frames``...) and its files, as
+    [`avatar_files`] checks them (the tensors are not read).
+
+    Raises:
+        LatentSyncInputError: ``path`` is not a complete avatar folder of this format version.
+    """
     path = os.fspath(path)
     config_path, tensors_path = os.path.join(path, AVATAR_CONFIG), os.path.join(path, AVATAR_TENSORS)
     if not os.path.isfile(config_path) or not os.path.isfile(tensors_path):
@@ -113,7 +123,7 @@ def avatar_files(path: str | os.PathLike) -> list[str]:
     if not os.path.isfile(frames_path):
         raise LatentSyncInputError(f"avatar {path} is missing its {'video' if video else 'frames'} "
                                    f"{os.path.basename(frames_path)}")
-    return [config_path, tensors_path, frames_path]
+    return config, [config_path, tensors_path, frames_path]
 
 
 def _is_avatar_file(name: str) -> bool:

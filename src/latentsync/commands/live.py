@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from ..avatar import avatar_files
+from ..avatar import avatar_config
 from ..errors import InvalidVideoError, LatentSyncInputError, RunInterrupted
 from ..inputs import check_arguments
 from ..live import stream_frames
@@ -23,6 +23,20 @@ from ..media.video import check_output_path
 from .run import check_model_options, face_arguments, load_pipeline
 
 logger = logging.getLogger("latentsync")
+
+
+def check_avatar_options(args: argparse.Namespace, config: dict) -> None:
+    """Refuse the options that a live run on a prepared ``--avatar`` (whose JSON is ``config``) cannot honour: a
+    face choice (made when the avatar was prepared) and a ``--fps`` other than the avatar's (it keeps its timeline;
+    the default 25 means the avatar's own). They were silently ignored."""
+    if args.face is not None or args.face_index is not None or args.face_frame:
+        option = "--face" if args.face is not None or args.face_index is not None else "--face-frame"
+        raise LatentSyncInputError(f"{option}: the face of an avatar was chosen when it was prepared (`latentsync "
+                                   "avatar VIDEO DIR --face ...`); a run on --avatar takes no face options")
+    prepared = config.get("fps")
+    if args.fps not in (25, prepared):
+        raise LatentSyncInputError(f"--fps {args.fps}: the avatar {args.avatar} was prepared for --fps {prepared}; "
+                                   f"prepare it again with --fps {args.fps}, or leave --fps out")
 
 
 def run_live(args: argparse.Namespace) -> int:
@@ -42,7 +56,8 @@ def run_live(args: argparse.Namespace) -> int:
     if args.video is not None:
         inputs = [check_input_file(args.video, InvalidVideoError, "video")]
     else:
-        inputs = avatar_files(args.avatar)
+        config, inputs = avatar_config(args.avatar)
+        check_avatar_options(args, config)
     if args.output != "-":  # the output is written as it is made: never over an input, nor over a file unasked
         check_output_path(args.output, inputs, overwrite=args.overwrite, create_folder=True)
     source = check_model_options(args)
