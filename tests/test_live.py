@@ -272,3 +272,30 @@ def test_live_command_refuses_options_an_avatar_cannot_honour(avatar, example_sp
         sys.stdin.close()
     assert re.search(message, caplog.text), caplog.text
     assert not (tmp_path / "live.mp4").exists()
+
+
+def test_a_killed_live_run_leaves_no_frame_file_behind(tiny_pipe_64, avatar, speech_20s, tmp_path, monkeypatch):
+    """A live session decodes the avatar's video into a raw file (226 MB for 1.5 s of 1080p): a killed run left it
+    in the temp folder for good. It is now in a work folder of the process, which the next session removes when that
+    process is gone, and which a session removes at its end."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    from latentsync.tempfiles import _host
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = _host()
+    stale = tmp_path / f"latentsync-live-{host}-{int(dead.stdout)}-abc123"
+    stale.mkdir()
+    (stale / "frames.u8").write_bytes(b"frames of a killed run")
+
+    session = tiny_pipe_64.live_session(avatar, **KW)
+    assert not stale.exists()
+    mine = [p for p in tmp_path.iterdir() if p.name.startswith(f"latentsync-live-{host}-{os.getpid()}-")]
+    assert len(mine) == 1 and (mine[0] / "frames.u8").is_file()
+    session.push(speech_20s[:CHUNK])
+    session.finish()
+    assert not mine[0].exists()

@@ -23,7 +23,6 @@ chunk (``finish``) are exactly those of the offline call. Streams longer than 30
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
@@ -49,6 +48,7 @@ from .media.audio import num_video_frames
 from .media.constants import SAMPLE_RATE, VIDEO_FPS
 from .media.timeline import frame_durations
 from .streaming import pingpong_at
+from .tempfiles import make_work_dir, remove_work_dir
 
 if TYPE_CHECKING:
     from .pipeline import LatentSyncPipeline
@@ -192,19 +192,24 @@ class LiveAudioFeatures:
 
 class _FrameFile:
     """A video's frames in a raw file on disk, read back one at a time (plain reads, not a memory map, so that
-    the resident memory does not grow with the video)."""
+    the resident memory does not grow with the video). The file is in a work folder of this process
+    ([`make_work_dir`]): the next run removes it when this one was killed."""
 
     def __init__(self, frames: Iterable[np.ndarray]):
-        self._tmp = tempfile.TemporaryDirectory(prefix="latentsync-live-")
-        self.path = os.path.join(self._tmp.name, "frames.u8")
+        self._dir = make_work_dir("live")
+        self.path = os.path.join(self._dir, "frames.u8")
         self.shape: tuple[int, ...] | None = None
         self.count = 0
-        with open(self.path, "wb") as fh:
-            for frame in frames:
-                self.shape = frame.shape
-                fh.write(np.ascontiguousarray(frame).tobytes())
-                self.count += 1
-        self._fh = open(self.path, "rb")
+        try:
+            with open(self.path, "wb") as fh:
+                for frame in frames:
+                    self.shape = frame.shape
+                    fh.write(np.ascontiguousarray(frame).tobytes())
+                    self.count += 1
+            self._fh = open(self.path, "rb")
+        except BaseException:
+            remove_work_dir(self._dir)
+            raise
 
     def __getitem__(self, j: int) -> np.ndarray:
         frame = np.empty(self.shape, np.uint8)
@@ -216,7 +221,7 @@ class _FrameFile:
 
     def close(self) -> None:
         self._fh.close()
-        self._tmp.cleanup()
+        remove_work_dir(self._dir)
 
 
 class LiveSession:

@@ -7,7 +7,6 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import Iterator
 
 import numpy as np
@@ -20,6 +19,7 @@ from ..live import stream_frames
 from ..media.files import check_input_file
 from ..media.pipes import LiveVideoSink, at_constant_rate, read_audio_chunks
 from ..media.video import check_output_path
+from ..tempfiles import make_work_dir, remove_work_dir
 from .run import check_model_options, face_arguments, load_pipeline
 
 logger = logging.getLogger("latentsync")
@@ -63,10 +63,12 @@ def run_live(args: argparse.Namespace) -> int:
     source = check_model_options(args)
     pipe = load_pipeline(args, source.local_files_only)
     generator = torch.Generator("cpu").manual_seed(args.seed)
-    with tempfile.TemporaryDirectory(prefix="latentsync-avatar-") as tmp:
+    # the avatar of a --video in a work folder of this process: the next run removes it when this one was killed
+    work = make_work_dir("avatar") if args.avatar is None else None
+    try:
         avatar = args.avatar
         if avatar is None:
-            avatar = pipe.prepare_avatar(args.video, tmp, output_fps=args.fps, **face_arguments(args))
+            avatar = pipe.prepare_avatar(args.video, work, output_fps=args.fps, **face_arguments(args))
         session = pipe.live_session(avatar, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
                                     generator=generator)
         timestamps = session.avatar.timestamps
@@ -102,6 +104,9 @@ def run_live(args: argparse.Namespace) -> int:
             logger.info("live: %s", session.stats.summary())
             return exc.exit_code
         sink.close()
+    finally:
+        if work is not None:
+            remove_work_dir(work)
     logger.info("live: %d frames at %g fps to %s", sink.frames_written, fps, target)
     logger.info("live: %s", session.stats.summary())
     return 0
