@@ -351,10 +351,13 @@ def test_the_video_of_a_loaded_avatar_replaced_meanwhile(tmp_path):
         ffmpeg("-f", "lavfi", "-i", f"color={colour}:size=16x16:rate=25:duration=0.16", "-pix_fmt", "yuv420p",
                os.fspath(path))
     folder = tmp_path / "avatar"
-    _synthetic(1, video=True).save(folder, red)
+    prepared = _synthetic(1, video=True)
+    prepared.save(folder, red)
     loaded = Avatar.load(folder)
     assert len(list(loaded.frame_source())) == 4  # read as often as needed while the avatar stays
+    assert len(list(prepared.frame_source())) == 4
     _synthetic(2, video=True).save(folder, blue)
-    with pytest.raises(LatentSyncInputError, match="was prepared again while this run used it"):
-        list(loaded.frame_source())
+    for avatar in (loaded, prepared):  # loaded, or kept from prepare_avatar
+        with pytest.raises(LatentSyncInputError, match="was prepared again while this run used it"):
+            list(avatar.frame_source())
     assert len(list(Avatar.load(folder).frame_source())) == 4

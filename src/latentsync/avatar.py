@@ -403,6 +403,7 @@ class Avatar:
             video_name = "video" + os.path.splitext(os.fspath(source_video))[1].lower()
             write_atomically(os.path.join(path, video_name), lambda tmp: shutil.copyfile(source_video, tmp))
             self.video_path = os.path.join(path, video_name)
+            self._video_identity = _identity(self.video_path)  # as if loaded: see frame_source
         else:
             frames = {"frames": torch.from_numpy(np.ascontiguousarray(self.frames))}
             write_atomically(os.path.join(path, AVATAR_FRAMES), lambda tmp: save_file(frames, tmp))
