@@ -250,12 +250,14 @@ def test_wav_from_a_pipe_starts_at_once(example_speech, tmp_path, form):
     (["--fps", "30"], "--fps 30: the avatar .* was prepared for --fps 25; prepare it again with --fps 30"),
     (["--face", "1"], "--face: the face of an avatar was chosen when it was prepared"),
     (["--face-frame", "3"], "--face-frame: the face of an avatar was chosen when it was prepared"),
+    (["--mix-audio", "music.wav", "--audio-windows", "overlap", "--deep-cache", "3", "--windows-per-batch", "2"],
+     "--mix-audio, --audio-windows overlap, --deep-cache, --windows-per-batch: not for live runs"),
 ])
 def test_live_command_refuses_options_an_avatar_cannot_honour(avatar, example_speech, tmp_path, monkeypatch, caplog,
                                                               option, message):
-    """``--audio - --avatar DIR`` with ``--fps 30`` (an avatar of 25 fps) or a face choice is refused before the
-    model loads, as the run on a speech file refuses them: the live run ignored them silently (25 fps out, the
-    avatar's face)."""
+    """``--audio - --avatar DIR`` with ``--fps 30`` (an avatar of 25 fps), a face choice, or options of runs on a
+    speech file that a live run has no use for, is refused before the model loads: the live run ignored them
+    silently (25 fps out, the avatar's face, no music mixed in...)."""
     import io
     import sys
 
@@ -299,3 +301,29 @@ def test_a_killed_live_run_leaves_no_frame_file_behind(tiny_pipe_64, avatar, spe
     session.push(speech_20s[:CHUNK])
     session.finish()
     assert not mine[0].exists()
+
+
+def test_live_command_honours_verbose(tiny_model_dir_64, avatar, example_speech, tmp_path, monkeypatch):
+    """``--verbose`` turns on the debug log of a live run too (it was set only for runs on a speech file)."""
+    import io
+    import logging
+    import sys
+
+    from latentsync.commands import main
+
+    levels = []
+
+    def stop(*args, **kwargs):
+        levels.append(logging.getLogger("latentsync").isEnabledFor(logging.DEBUG))
+        raise LatentSyncInputError("stopped here by the test")
+
+    monkeypatch.setattr("latentsync.commands.live.load_pipeline", stop)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(open(example_speech, "rb")))
+    level = logging.getLogger("latentsync").level
+    try:
+        assert main(["--model", str(tiny_model_dir_64), "--avatar", str(avatar), "--audio", "-", "--output",
+                     str(tmp_path / "live.mp4"), "--verbose"]) == 2
+    finally:
+        sys.stdin.close()
+        logging.getLogger("latentsync").setLevel(level)
+    assert levels == [True]

@@ -52,6 +52,16 @@ def run_live(args: argparse.Namespace) -> int:
     if sys.stdin is None or sys.stdin.isatty():  # nothing piped in: the run would wait for speech after loading
         raise LatentSyncInputError("--audio - reads the speech from standard input, which is a terminal here: pipe "
                                    "the audio in (e.g. some-tts | latentsync ... or < speech.wav)")
+    # options of a run on a speech file that a live run has no use for: they were silently ignored
+    unused = [name for name, used in (("--mix-audio", args.mix_audio is not None),
+                                      ("--audio-windows overlap", args.audio_windows != "official"),
+                                      ("--deep-cache", bool(args.deep_cache)),
+                                      ("--windows-per-batch", args.windows_per_batch is not None)) if used]
+    if unused:
+        raise LatentSyncInputError(f"{', '.join(unused)}: not for live runs (--audio -), which make one window at a "
+                                   "time, as its speech arrives, with the official audio windows")
+    if args.verbose:
+        logging.getLogger("latentsync").setLevel(logging.DEBUG)
     check_arguments(num_inference_steps=args.steps, guidance_scale=args.guidance_scale)
     if args.video is not None:
         inputs = [check_input_file(args.video, InvalidVideoError, "video")]
