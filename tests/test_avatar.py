@@ -134,7 +134,7 @@ def test_avatar_is_never_written_over_other_files(tiny_pipe_64, short_face, spee
         tiny_pipe_64.prepare_avatar(short_face, folder)  # replaces the earlier avatar, and fails half way
     assert not (folder / "avatar.json").exists()
     assert not [n for n in os.listdir(folder) if "partial" in n]
-    with pytest.raises(LatentSyncInputError, match="not a prepared avatar"):
+    with pytest.raises(LatentSyncInputError, match="incomplete .*a run writing it stopped; .*prepare it again"):
         Avatar.load(folder)
     monkeypatch.undo()
     tiny_pipe_64.prepare_avatar(short_face, folder, overwrite=False)  # a stopped write may be redone
@@ -213,3 +213,151 @@ def test_avatar_folder_on_a_read_only_file_system(tiny_pipe_64, short_face, tmp_
     with pytest.raises(LatentSyncInputError, match="not writable .*Read-only file system"):
         tiny_pipe_64.prepare_avatar(short_face, folder)
     assert Avatar.load(folder).num_frames == 25  # the earlier avatar is untouched
+
+
+# ---------------------------------------------------------------------------------------------------- concurrent runs
+def _synthetic(value: int, video: bool = False) -> Avatar:
+    """A small avatar whose every number is ``value`` (frames in memory, or of a video file with ``video``)."""
+    return Avatar(resolution=8, fps=25, num_frames=4, frame_shape=(8, 8, 3), matrices=[np.eye(2, 3)] * 4,
+                  crops=np.full((4, 8, 8, 3), value, np.uint8),
+                  masked_posteriors=torch.full((4, 8, 1, 1), float(value)),
+                  reference_posteriors=torch.full((4, 8, 1, 1), float(value)),
+                  frames=None if video else np.full((4, 8, 8, 3), value, np.uint8), label=f"avatar {value}")
+
+
+def _values(avatar: Avatar) -> set[int]:
+    """Every number the avatar holds (one for an avatar of [`_synthetic`], more for a mix of two)."""
+    parts = [avatar.crops, avatar.masked_posteriors.numpy(), avatar.reference_posteriors.numpy()]
+    if avatar.frames is not None:
+        parts.append(avatar.frames)
+    return {int(v) for part in parts for v in np.unique(part)} | {int(avatar.label.split()[-1])}
+
+
+WRITER = """
+import sys
+import safetensors.torch
+from test_avatar import _synthetic
+
+real, paused_once = safetensors.torch.save_file, []
+
+def paused(*args, **kwargs):  # the writer stops half way through (at its first file), holding the folder
+    if not paused_once:
+        paused_once.append(1)
+        print("writing", flush=True)
+        sys.stdin.readline()
+    return real(*args, **kwargs)
+
+safetensors.torch.save_file = paused
+_synthetic(2).save(sys.argv[1])
+print("done", flush=True)
+"""
+
+
+def test_two_writers_and_a_reader_at_once(tmp_path, example_face, tiny_model_dir_64, caplog, monkeypatch):
+    """A second writer into an avatar folder that another process is writing is refused at once with one line (both
+    wrote their files into it, interleaved), ``latentsync avatar --overwrite`` before its model loads; a reader
+    meanwhile is told the avatar is being written (not "not a prepared avatar"), and after the write reads the new
+    avatar whole."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from latentsync.avatar import check_avatar_destination
+    from latentsync.commands import main
+
+    folder = tmp_path / "avatar"
+    _synthetic(1).save(folder)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), *sys.path])}
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(folder)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert writer.stdout.readline().strip() == "writing"
+        busy = "is being written by another run right now: wait for it to end"
+        with pytest.raises(LatentSyncInputError, match=busy):
+            _synthetic(3).save(folder)
+        with pytest.raises(LatentSyncInputError, match=busy):
+            check_avatar_destination(folder)
+        with pytest.raises(LatentSyncInputError, match="incomplete .*another run is writing it right now"):
+            Avatar.load(folder)
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("the model was loaded while another run wrote the avatar")
+
+        monkeypatch.setattr("latentsync.commands.avatar.load_pipeline", refuse)
+        caplog.clear()
+        assert main(["avatar", str(example_face), str(folder), "--overwrite", "--model", str(tiny_model_dir_64),
+                     "--device", "cpu"]) == 2
+        assert busy in caplog.text
+        writer.stdin.write("\n")
+        writer.stdin.flush()
+        assert writer.stdout.readline().strip() == "done"
+    finally:
+        writer.stdin.close()
+        writer.wait(60)
+    assert writer.returncode == 0
+    assert _values(Avatar.load(folder)) == {2}  # the first writer's avatar, whole
+    assert sorted(os.listdir(folder)) == ["avatar.json", "avatar.safetensors", "frames.safetensors"]
+
+    # threads of one process likewise (the lock of a process is not shared by its threads)
+    import threading
+
+    from latentsync.avatar import avatar_writer
+
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with avatar_writer(folder):
+            held.set()
+            release.wait(30)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    try:
+        assert held.wait(30)
+        with pytest.raises(LatentSyncInputError, match=busy):
+            _synthetic(3).save(folder)
+    finally:
+        release.set()
+        thread.join()
+    _synthetic(3).save(folder)
+    assert _values(Avatar.load(folder)) == {3}
+
+
+def test_a_reader_never_sees_a_mix_of_two_avatars(tmp_path, monkeypatch):
+    """Another run replaces the avatar while a reader reads it (here, exactly between its JSON and its tensors):
+    the reader returns the new avatar whole (it returned the old JSON with the new faces and frames, of the same
+    shapes, so nothing noticed)."""
+    import safetensors.torch
+
+    folder = tmp_path / "avatar"
+    _synthetic(1).save(folder)
+    real, calls = safetensors.torch.load_file, []
+
+    def rewritten_meanwhile(file, *args, **kwargs):
+        calls.append(os.path.basename(file))
+        if len(calls) == 1:
+            _synthetic(2).save(folder)
+        return real(file, *args, **kwargs)
+
+    monkeypatch.setattr(safetensors.torch, "load_file", rewritten_meanwhile)
+    assert _values(Avatar.load(folder)) == {2}
+
+
+def test_the_video_of_a_loaded_avatar_replaced_meanwhile(tmp_path):
+    """An avatar is loaded, then prepared again from another video while the run still uses it: decoding its video
+    is one line saying so (it decoded the new video and pasted the old avatar's faces onto it)."""
+    red, blue = tmp_path / "red.mp4", tmp_path / "blue.mp4"
+    for path, colour in ((red, "red"), (blue, "blue")):
+        ffmpeg("-f", "lavfi", "-i", f"color={colour}:size=16x16:rate=25:duration=0.16", "-pix_fmt", "yuv420p",
+               os.fspath(path))
+    folder = tmp_path / "avatar"
+    prepared = _synthetic(1, video=True)
+    prepared.save(folder, red)
+    loaded = Avatar.load(folder)
+    assert len(list(loaded.frame_source())) == 4  # read as often as needed while the avatar stays
+    assert len(list(prepared.frame_source())) == 4
+    _synthetic(2, video=True).save(folder, blue)
+    for avatar in (loaded, prepared):  # loaded, or kept from prepare_avatar
+        with pytest.raises(LatentSyncInputError, match="was prepared again while this run used it"):
+            list(avatar.frame_source())
+    assert len(list(Avatar.load(folder).frame_source())) == 4

@@ -3,6 +3,7 @@ as offline calls on the audio received so far, and live video frames."""
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -124,3 +125,205 @@ def test_each_live_window_looks_the_device_up_once(tiny_pipe_64, avatar, speech_
                                       generator=torch.Generator().manual_seed(3), **KW))
     windows = -(-len(frames) // 16)
     assert len(frames) == 50 and len(lookups) <= 1 + windows, lookups
+
+
+def test_live_stats_are_measured(tiny_pipe_64, avatar, speech_20s, monkeypatch):
+    """A session's figures come from its clock: speech pushed in real time (0.2 s per chunk on a fake clock) and
+    windows whose compute takes 0.3, 0.5, 0.7 and 0.1 s give exactly the time to the first frame, the window
+    latencies and the speed they imply."""
+    import latentsync.live
+
+    clock = [100.0]
+    monkeypatch.setattr(latentsync.live, "_now", lambda: clock[0])
+    costs = iter([0.3, 0.5, 0.7, 0.1])
+    denoise = tiny_pipe_64.denoise
+
+    def timed_denoise(*args, **kwargs):
+        clock[0] += next(costs)
+        return denoise(*args, **kwargs)
+
+    monkeypatch.setattr(tiny_pipe_64, "denoise", timed_denoise)
+    session = tiny_pipe_64.live_session(avatar, generator=torch.Generator().manual_seed(3), **KW)
+    assert session.stats.windows == 0 and session.stats.realtime_factor is None
+    speech, frames = speech_20s[: 2 * 16000], []
+    for i in range(0, len(speech), CHUNK):
+        if i:
+            clock[0] += 0.2  # the next chunk arrives 0.2 s later
+        frames += session.push(speech[i : i + CHUNK])
+        if i == 3 * CHUNK:  # the 4th chunk (0.8 s) completed the first window (0.64 s)
+            assert len(frames) == 16 and session.stats.first_frame == pytest.approx(0.6 + 0.3)
+    frames += session.finish()
+    stats = session.stats
+    assert len(frames) == stats.frames == 50 and stats.windows == 4
+    assert stats.media_seconds == pytest.approx(2.0)
+    assert stats.compute_seconds == pytest.approx(1.6)
+    assert stats.realtime_factor == pytest.approx(2.0 / 1.6)
+    assert stats.first_frame == pytest.approx(0.9)
+    assert stats.latency_mean == pytest.approx(0.4) and stats.latency_max == pytest.approx(0.7)
+    assert "first frame 0.90 s" in stats.summary() and "1.25x real time" in stats.summary()
+
+
+def test_live_command_logs_its_figures(tiny_model_dir_64, avatar, example_speech, tmp_path, monkeypatch, caplog):
+    """``latentsync --audio -`` ends with a line of the measured figures (it reported none)."""
+    import io
+    import sys
+
+    from conftest import ffmpeg
+    from latentsync.commands import main
+
+    speech = tmp_path / "speech.wav"
+    ffmpeg("-i", str(example_speech), "-t", "1", str(speech))
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(open(speech, "rb")))
+    caplog.set_level("INFO", "latentsync")
+    assert main(["--model", str(tiny_model_dir_64), "--avatar", str(avatar), "--audio", "-", "--output",
+                 str(tmp_path / "live.mp4"), "--steps", "1", "--device", "cpu"]) == 0
+    sys.stdin.close()
+    assert re.search(r"live: first frame \d+\.\d\d s after the speech began; window latency mean \d+\.\d\d s, max "
+                     r"\d+\.\d\d s; compute \d+\.\d\d s for 1\.00 s of video \(2 windows\): \d+\.\d\dx real time",
+                     caplog.text), caplog.text
+
+
+def _wav_stream(data: bytes, channels: int, size: int | None = None, trailing: bytes = b"") -> bytes:
+    """A 16 kHz 16-bit PCM WAV stream: header (``size`` of the data, default its length: 0xFFFFFFFF is a streaming
+    writer's), data, chunks after it."""
+    import struct
+
+    size = len(data) if size is None else size
+    rate, align = 16000, channels * 2
+    fmt = struct.pack("<HHIIHH", 1, channels, rate, rate * align, align, 16)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt)) + fmt + b"data" + struct.pack("<I", size) + data
+    return b"RIFF" + struct.pack("<I", min(len(body), 0xFFFFFFFF)) + body + trailing
+
+
+@pytest.mark.parametrize("form", ["mono with a known size and a chunk after the data",
+                                  "stereo, size unknown (streaming)"])
+def test_wav_from_a_pipe_starts_at_once(example_speech, tmp_path, form):
+    """Speech piped as WAV comes out as soon as it arrives: ffmpeg's WAV reader waited for 64 KiB (2 s of 16 kHz
+    mono) or the end of the pipe before the first sample, so a short answer of a TTS that keeps its pipe open never
+    started, and every stream started up to 2 s late. The samples are those ffmpeg reads from the whole file (no
+    chunk after them)."""
+    import os
+    import threading
+
+    from latentsync.media.pipes import read_audio_chunks
+
+    pcm = np.round(load_audio(example_speech)[:16000] * 32767).astype("<i2")  # 1 s
+    if form.startswith("mono"):
+        stream = _wav_stream(pcm.tobytes(), 1, trailing=b"LIST" + (8).to_bytes(4, "little") + b"INFOISFT")
+        header = len(stream) - 2 * len(pcm) - 16
+    else:
+        stream = _wav_stream(np.stack([pcm, pcm], 1).tobytes(), 2, size=0xFFFFFFFF)
+        header = len(stream) - 4 * len(pcm)
+    (tmp_path / "speech.wav").write_bytes(stream)
+    expected = load_audio(tmp_path / "speech.wav")
+    half = header + (len(stream) - header) // 2  # the header and 0.5 s, then the pipe stays open
+    read_fd, write_fd = os.pipe()
+    release = threading.Event()
+
+    def tts():
+        os.write(write_fd, stream[:half])
+        release.wait(60)
+        os.write(write_fd, stream[half:])
+        os.close(write_fd)
+
+    writer = threading.Thread(target=tts)
+    writer.start()
+    try:
+        with os.fdopen(read_fd, "rb") as source:
+            chunks = read_audio_chunks(source, seconds=0.2)
+            first: list = []
+            reader = threading.Thread(target=lambda: first.append(next(chunks)))
+            reader.start()
+            reader.join(20)
+            assert first, "no audio came out while the pipe stayed open"
+            release.set()
+            reader.join()
+            samples = np.concatenate(first + list(chunks))
+    finally:
+        release.set()
+        writer.join()
+    assert len(first[0]) == 3200 and len(samples) == 16000
+    np.testing.assert_allclose(samples, expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("option, message", [
+    (["--fps", "30"], "--fps 30: the avatar .* was prepared for --fps 25; prepare it again with --fps 30"),
+    (["--face", "1"], "--face: the face of an avatar was chosen when it was prepared"),
+    (["--face-frame", "3"], "--face-frame: the face of an avatar was chosen when it was prepared"),
+    (["--mix-audio", "music.wav", "--audio-windows", "overlap", "--deep-cache", "3", "--windows-per-batch", "2"],
+     "--mix-audio, --audio-windows overlap, --deep-cache, --windows-per-batch: not for live runs"),
+])
+def test_live_command_refuses_options_an_avatar_cannot_honour(avatar, example_speech, tmp_path, monkeypatch, caplog,
+                                                              option, message):
+    """``--audio - --avatar DIR`` with ``--fps 30`` (an avatar of 25 fps), a face choice, or options of runs on a
+    speech file that a live run has no use for, is refused before the model loads: the live run ignored them
+    silently (25 fps out, the avatar's face, no music mixed in...)."""
+    import io
+    import sys
+
+    from latentsync.commands import main
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the option was refused")
+
+    monkeypatch.setattr("latentsync.commands.live.load_pipeline", refuse)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(open(example_speech, "rb")))
+    try:
+        assert main(["--avatar", str(avatar), "--audio", "-", "--output", str(tmp_path / "live.mp4"), *option]) == 2
+    finally:
+        sys.stdin.close()
+    assert re.search(message, caplog.text), caplog.text
+    assert not (tmp_path / "live.mp4").exists()
+
+
+def test_a_killed_live_run_leaves_no_frame_file_behind(tiny_pipe_64, avatar, speech_20s, tmp_path, monkeypatch):
+    """A live session decodes the avatar's video into a raw file (226 MB for 1.5 s of 1080p): a killed run left it
+    in the temp folder for good. It is now in a work folder of the process, which the next session removes when that
+    process is gone, and which a session removes at its end."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    from latentsync.tempfiles import _host
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = _host()
+    stale = tmp_path / f"latentsync-live-{host}-{int(dead.stdout)}-abc123"
+    stale.mkdir()
+    (stale / "frames.u8").write_bytes(b"frames of a killed run")
+
+    session = tiny_pipe_64.live_session(avatar, **KW)
+    assert not stale.exists()
+    mine = [p for p in tmp_path.iterdir() if p.name.startswith(f"latentsync-live-{host}-{os.getpid()}-")]
+    assert len(mine) == 1 and (mine[0] / "frames.u8").is_file()
+    session.push(speech_20s[:CHUNK])
+    session.finish()
+    assert not mine[0].exists()
+
+
+def test_live_command_honours_verbose(tiny_model_dir_64, avatar, example_speech, tmp_path, monkeypatch):
+    """``--verbose`` turns on the debug log of a live run too (it was set only for runs on a speech file)."""
+    import io
+    import logging
+    import sys
+
+    from latentsync.commands import main
+
+    levels = []
+
+    def stop(*args, **kwargs):
+        levels.append(logging.getLogger("latentsync").isEnabledFor(logging.DEBUG))
+        raise LatentSyncInputError("stopped here by the test")
+
+    monkeypatch.setattr("latentsync.commands.live.load_pipeline", stop)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(open(example_speech, "rb")))
+    level = logging.getLogger("latentsync").level
+    try:
+        assert main(["--model", str(tiny_model_dir_64), "--avatar", str(avatar), "--audio", "-", "--output",
+                     str(tmp_path / "live.mp4"), "--verbose"]) == 2
+    finally:
+        sys.stdin.close()
+        logging.getLogger("latentsync").setLevel(level)
+    assert levels == [True]

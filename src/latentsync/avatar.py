@@ -16,6 +16,14 @@ only the audio features, the denoising, the VAE decoder and the paste-back. The 
 files are written beside their final names and renamed, and an avatar is only written into a new or empty folder or
 over another avatar: never over a user's own files (a ``video.mp4`` that happens to be there).
 
+Concurrent runs. A writer holds the folder's lock ([`avatar_writer`]: ``flock`` on the folder, released when the
+process ends however it ends; none on Windows) while it writes, and ``latentsync avatar`` from before its model loads:
+a second writer into the same folder at the same time is refused at once with one line (it does not wait: the
+second run would only replace the first one's avatar). Readers take no lock and never wait: [`Avatar.load`] reads
+the JSON again after the tensors and starts over when it changed (each write gives it a new ``generation``), so it
+returns one whole avatar, old or new, or says that the folder is being written; and the video, decoded later, is
+checked to be the file the avatar was loaded with, so a run never pastes one avatar's faces onto another's video.
+
 Why posteriors and not latents: the pipeline draws a sample from each VAE posterior with the call's generator
 (the official code does). Storing a sample would fix one draw, and a seeded call on the avatar would no longer give
 the frames of the same seeded call on the video. The avatar stores the distribution and the call draws from it, in
@@ -25,11 +33,15 @@ of ``pipe(video=..., generator=seeded)`` with the same face choice.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
+import secrets
 import shutil
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
@@ -39,7 +51,19 @@ import numpy as np
 from .errors import LatentSyncInputError, first_line
 from .media.timeline import open_timed_frames
 from .media.video import FrameSource, open_frames
-from .tempfiles import nearest_folder, partial_target, writable_problem, write_atomically
+from .tempfiles import (
+    make_missing_folders,
+    nearest_folder,
+    partial_target,
+    remove_empty_folders,
+    writable_problem,
+    write_atomically,
+)
+
+try:
+    import fcntl  # POSIX: a writer locks the avatar folder
+except ImportError:  # Windows has no flock: writers take no lock there
+    fcntl = None
 
 if TYPE_CHECKING:
     import torch
@@ -48,6 +72,9 @@ AVATAR_VERSION = 1
 AVATAR_CONFIG = "avatar.json"
 AVATAR_TENSORS = "avatar.safetensors"
 AVATAR_FRAMES = "frames.safetensors"
+LOAD_ATTEMPTS = 3  # reads of an avatar that another run is replacing meanwhile, before giving up
+
+logger = logging.getLogger(__name__)
 
 # torch and safetensors.torch are imported where they are used: the command line checks an avatar folder (and an
 # output path against its files) before it spends seconds importing torch
@@ -60,9 +87,22 @@ def avatar_files(path: str | os.PathLike) -> list[str]:
     Raises:
         LatentSyncInputError: ``path`` is not a complete avatar folder of this format version.
     """
+    return avatar_config(path)[1]
+
+
+def avatar_config(path: str | os.PathLike) -> tuple[dict[str, Any], list[str]]:
+    """The JSON of the prepared avatar in folder ``path`` (its ``fps``, ``num_frames``...) and its files, as
+    [`avatar_files`] checks them (the tensors are not read).
+
+    Raises:
+        LatentSyncInputError: ``path`` is not a complete avatar folder of this format version.
+    """
     path = os.fspath(path)
     config_path, tensors_path = os.path.join(path, AVATAR_CONFIG), os.path.join(path, AVATAR_TENSORS)
     if not os.path.isfile(config_path) or not os.path.isfile(tensors_path):
+        if os.path.isfile(tensors_path):  # the JSON is removed first and written last
+            raise LatentSyncInputError(f"avatar {path} is incomplete (no {AVATAR_CONFIG}): another run is writing it "
+                                       "right now, or a run writing it stopped; wait for it, or prepare it again")
         reason = "no such folder" if not os.path.exists(path) else f"no {AVATAR_CONFIG} and {AVATAR_TENSORS}"
         raise LatentSyncInputError(f"not a prepared avatar ({reason}): {path}")
     try:
@@ -83,7 +123,7 @@ def avatar_files(path: str | os.PathLike) -> list[str]:
     if not os.path.isfile(frames_path):
         raise LatentSyncInputError(f"avatar {path} is missing its {'video' if video else 'frames'} "
                                    f"{os.path.basename(frames_path)}")
-    return [config_path, tensors_path, frames_path]
+    return config, [config_path, tensors_path, frames_path]
 
 
 def _is_avatar_file(name: str) -> bool:
@@ -91,17 +131,95 @@ def _is_avatar_file(name: str) -> bool:
     return name in (AVATAR_CONFIG, AVATAR_TENSORS, AVATAR_FRAMES) or name.startswith("video.")
 
 
+_writers: dict[str, int] = {}  # avatar folders (real paths) this process holds, and the thread that holds each
+_writers_lock = threading.Lock()
+
+
+def _busy_error(path: str) -> LatentSyncInputError:
+    return LatentSyncInputError(f"the avatar folder {path} is being written by another run right now: wait for it "
+                                "to end, or choose another folder")
+
+
+@contextlib.contextmanager
+def avatar_writer(path: str | os.PathLike) -> Iterator[None]:
+    """Hold the avatar folder ``path`` for writing within the block (created when missing, and removed again when
+    the block fails while it is still empty). The lock is ``flock`` on the folder, so it is released when the
+    process ends however it ends; a file system without locks, or Windows, runs without one. The thread that holds
+    a folder may enter the block again (``latentsync avatar`` holds it around ``prepare_avatar``, which saves).
+
+    Raises:
+        LatentSyncInputError: another process, or another thread of this one, holds the folder (one line; the
+            caller does not wait).
+    """
+    path = os.fspath(path)
+    key = os.path.realpath(path)
+    me = threading.get_ident()
+    with _writers_lock:
+        holder = _writers.get(key)
+        if holder is None:
+            _writers[key] = me
+    if holder == me:
+        yield
+        return
+    if holder is not None:
+        raise _busy_error(path)
+    fd, created = None, []
+    try:
+        created = make_missing_folders(path)
+        if fcntl is not None:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                created = []  # the other run may be writing into the folder this one just created
+                raise _busy_error(path) from None
+            except OSError:  # a file system without locks (some network file systems)
+                logger.debug("cannot lock %s: writing the avatar without a lock", path)
+        yield
+    except BaseException:
+        remove_empty_folders(created)
+        raise
+    finally:
+        if fd is not None:
+            os.close(fd)  # releases the lock
+        with _writers_lock:
+            del _writers[key]
+
+
+def _writer_busy(path: str) -> bool:
+    """Whether another process or thread holds the existing avatar folder ``path`` ([`avatar_writer`])."""
+    with _writers_lock:
+        holder = _writers.get(os.path.realpath(path))
+    if holder is not None:
+        return holder != threading.get_ident()
+    if fcntl is None or not os.path.isdir(path):
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)  # a lock taken here is released at once
+    return False
+
+
 def check_avatar_destination(path: str | os.PathLike, overwrite: bool = True) -> None:
     """Check that an avatar may be written to the folder ``path``: a new or empty folder, one holding only the files of
     an avatar whose writing stopped, or (with ``overwrite``) a folder holding another avatar.
 
     Raises:
-        LatentSyncInputError: ``path`` is a file, holds an avatar while ``overwrite`` is False, or holds files that
-            are not an avatar's (they could be replaced: the copy of the video is named ``video.<ext>``).
+        LatentSyncInputError: ``path`` is a file, holds an avatar while ``overwrite`` is False, holds files that
+            are not an avatar's (they could be replaced: the copy of the video is named ``video.<ext>``), or another
+            run is writing an avatar there right now.
     """
     path = os.fspath(path)
     if os.path.exists(path) and not os.path.isdir(path):
         raise LatentSyncInputError(f"the avatar folder {path} is a file: give a new folder")
+    if _writer_busy(path):
+        raise _busy_error(path)
     names = set(os.listdir(path)) if os.path.isdir(path) else set()
     # the partial files of a run that was killed while writing an avatar there
     names = {n for n in names if not _is_avatar_file(partial_target(n) or "")}
@@ -128,6 +246,21 @@ def check_avatar_destination(path: str | os.PathLike, overwrite: bool = True) ->
     problem = writable_problem(parent)
     if problem is not None:
         raise LatentSyncInputError(f"cannot write the avatar folder {path}: {parent} is not writable ({problem})")
+
+
+def _read_bytes(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def _identity(path: str) -> tuple[int, ...] | None:
+    """What tells a file apart from one that replaced it (renamed over it): device, inode, size, modification time;
+    None when it is gone."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def vae_fingerprint(vae: torch.nn.Module) -> str:
@@ -178,15 +311,42 @@ class Avatar:
     def __post_init__(self) -> None:
         face_frames = [j for j, m in enumerate(self.matrices) if m is not None]
         self._row = {j: k for k, j in enumerate(face_frames)}
+        self._video_identity: tuple[int, ...] | None = None  # of ``video_path`` when loaded (see frame_source)
 
     # ------------------------------------------------------------------ use
     def frame_source(self) -> FrameSource:
         """The avatar's video frames (re-readable), on the timeline it was prepared for."""
         if self.frames is not None:
             return open_frames(self.frames, 25 if self.fps == "input" else self.fps)
-        if self.fps == "input":
-            return open_timed_frames(self.video_path)
-        return open_frames(self.video_path, self.fps)
+        self._check_video()
+        source = open_timed_frames(self.video_path) if self.fps == "input" else open_frames(self.video_path, self.fps)
+        if self._video_identity is None:
+            return source
+        decode = source.read
+
+        def read() -> Iterator[np.ndarray]:
+            # checked before and after the decoder opened the file: it read the video the avatar was loaded with
+            self._check_video()
+            frames = decode()
+            try:
+                first = next(frames, None)
+                self._check_video()
+                if first is not None:
+                    yield first
+                    yield from frames
+            finally:
+                frames.close()
+
+        source.read = read
+        return source
+
+    def _check_video(self) -> None:
+        """[`LatentSyncInputError`] when the video file of a loaded avatar is no longer the one it was loaded with
+        (another run prepared the avatar again meanwhile): its frames would not match the faces."""
+        if self._video_identity is not None and _identity(self.video_path) != self._video_identity:
+            folder = os.path.dirname(self.video_path)
+            raise LatentSyncInputError(f"the avatar {folder} was prepared again while this run used it (its video "
+                                       "changed): run again to use the new avatar")
 
     def crop(self, frame: int) -> np.ndarray:
         """The aligned face of source frame ``frame``."""
@@ -214,15 +374,27 @@ class Avatar:
              overwrite: bool = True) -> str:
         """Write the avatar to the folder ``path`` (see [`check_avatar_destination`]: a new or empty folder, or one
         holding an earlier avatar, replaced when ``overwrite``). ``source_video`` is copied into it unless the
-        frames are held in memory. Each file is written beside its name and renamed; ``avatar.json`` comes last."""
+        frames are held in memory. Each file is written beside its name and renamed; ``avatar.json`` comes last.
+        The folder is locked meanwhile ([`avatar_writer`]).
+
+        Raises:
+            LatentSyncInputError: the folder may not be written ([`check_avatar_destination`]), or another run is
+                writing it right now.
+        """
+        path = os.fspath(path)
+        if self.frames is None and source_video is None:
+            raise LatentSyncInputError("an avatar of a video file needs the file (source_video)")
+        check_avatar_destination(path, overwrite)
+        with avatar_writer(path):
+            check_avatar_destination(path, overwrite)  # again, now that no other run can write there
+            self._write(path, source_video)
+        return path
+
+    def _write(self, path: str, source_video: str | os.PathLike | None) -> None:
+        """Write the avatar's files into the folder ``path``, which this thread holds ([`save`])."""
         import torch  # deferred: torch (seconds), after the CLI checks
         from safetensors.torch import save_file
 
-        path = os.fspath(path)
-        check_avatar_destination(path, overwrite)
-        if self.frames is None and source_video is None:
-            raise LatentSyncInputError("an avatar of a video file needs the file (source_video)")
-        os.makedirs(path, exist_ok=True)
         config_path = os.path.join(path, AVATAR_CONFIG)
         if os.path.isfile(config_path):
             os.remove(config_path)  # the folder is not a complete avatar until the new JSON is in place
@@ -231,6 +403,7 @@ class Avatar:
             video_name = "video" + os.path.splitext(os.fspath(source_video))[1].lower()
             write_atomically(os.path.join(path, video_name), lambda tmp: shutil.copyfile(source_video, tmp))
             self.video_path = os.path.join(path, video_name)
+            self._video_identity = _identity(self.video_path)  # as if loaded: see frame_source
         else:
             frames = {"frames": torch.from_numpy(np.ascontiguousarray(self.frames))}
             write_atomically(os.path.join(path, AVATAR_FRAMES), lambda tmp: save_file(frames, tmp))
@@ -245,6 +418,7 @@ class Avatar:
             "matrices": [None if m is None else np.asarray(m).tolist() for m in self.matrices],
             "timestamps": None if self.timestamps is None else [float(t) for t in self.timestamps],
             "time_base": None if self.time_base is None else str(self.time_base),
+            "generation": secrets.token_hex(8),  # new at every write: readers tell a replaced avatar by it
         }
 
         def write_config(tmp: str) -> None:
@@ -258,23 +432,48 @@ class Avatar:
         for name in os.listdir(path):
             if _is_avatar_file(name) and name not in kept and os.path.isfile(os.path.join(path, name)):
                 os.remove(os.path.join(path, name))
-        return path
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Avatar:
         """Read an avatar folder written by [`Avatar.save`].
 
-        Raises:
-            LatentSyncInputError: the folder is missing, incomplete, or of another format version.
-        """
-        from safetensors.torch import load_file  # deferred: torch (seconds), after the CLI checks
-        from safetensors import SafetensorError  # deferred: with load_file, for its error
+        A run that replaces the avatar meanwhile (see the module docstring) never gives a mix of the two: the
+        JSON is read again after the tensors, and the folder read again when it changed.
 
+        Raises:
+            LatentSyncInputError: the folder is missing, incomplete (another run is writing it right now), or of
+                another format version.
+        """
         path = os.fspath(path)
-        config_path, tensors_path, frames_path = avatar_files(path)
-        with open(config_path, encoding="utf-8") as fh:
-            config = json.load(fh)
-        video_path = frames_path if config["video"] else None
+        for _ in range(LOAD_ATTEMPTS):
+            config_path, tensors_path, frames_path = avatar_files(path)
+            try:
+                text, video_identity = _read_bytes(config_path), _identity(frames_path)
+                try:
+                    avatar = cls._read(path, json.loads(text), tensors_path, frames_path)
+                except LatentSyncInputError:
+                    if _read_bytes(config_path) == text:
+                        raise  # a damaged avatar, not one replaced meanwhile
+                    continue
+                unchanged = _read_bytes(config_path) == text and _identity(frames_path) == video_identity
+            except FileNotFoundError:  # removed by a run that started to replace the avatar meanwhile
+                unchanged = False
+            if unchanged:  # no run replaced the avatar while it was read: its files belong together
+                avatar._video_identity = video_identity
+                return avatar
+        avatar_files(path)  # one line when another run is writing it right now
+        raise LatentSyncInputError(f"avatar {path} was replaced again and again while it was read: load it when "
+                                   "the runs writing it have ended")
+
+    @classmethod
+    def _read(cls, path: str, config: Any, tensors_path: str, frames_path: str) -> Avatar:
+        """The avatar of the folder ``path`` from its JSON ``config`` and its files (read by [`load`])."""
+        from safetensors import SafetensorError  # deferred: with load_file, for its error
+        from safetensors.torch import load_file  # deferred: torch (seconds), after the CLI checks
+
+        if not isinstance(config, dict):
+            raise LatentSyncInputError(f"avatar {path} has a damaged {AVATAR_CONFIG}: prepare it again")
+        video_path = frames_path if config.get("video") else None
 
         def read(file: str, names: tuple[str, ...]) -> dict[str, torch.Tensor]:
             try:

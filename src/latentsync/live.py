@@ -23,7 +23,7 @@ chunk (``finish``) are exactly those of the offline call. Streams longer than 30
 from __future__ import annotations
 
 import os
-import tempfile
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -48,6 +48,7 @@ from .media.audio import num_video_frames
 from .media.constants import SAMPLE_RATE, VIDEO_FPS
 from .media.timeline import frame_durations
 from .streaming import pingpong_at
+from .tempfiles import make_work_dir, remove_work_dir
 
 if TYPE_CHECKING:
     from .pipeline import LatentSyncPipeline
@@ -55,6 +56,47 @@ if TYPE_CHECKING:
 WINDOW_SAMPLES = WINDOW_MEL_FRAMES * 160  # 30 s: one Whisper window of audio
 WINDOW_TOKENS = WINDOW_MEL_FRAMES // 2
 KEPT_TOKENS = 8  # tokens of the previous Whisper window that frames just after its end still look at
+
+
+def _now() -> float:
+    """The clock of a live session's figures (seconds; monotonic)."""
+    return time.perf_counter()
+
+
+@dataclass
+class LiveStats:
+    """Measured timings of a live stream so far ([`LiveSession.stats`]); wall-clock seconds.
+
+    Attributes:
+        frames, windows: frames made, and the windows (calls of the model) that made them.
+        media_seconds: how long those frames last on the stream's timeline.
+        compute_seconds: the time spent making them (audio features, denoising, decoding, paste-back).
+        first_frame: from the first speech pushed to the first frame ready (the wait for one window of audio plus
+            its compute), or None before the first frame.
+        latency_mean, latency_max: per window, from the push that completed its input (audio, or live video
+            frames; ``finish`` for the last window) to its frames being ready.
+    """
+
+    frames: int = 0
+    windows: int = 0
+    media_seconds: float = 0.0
+    compute_seconds: float = 0.0
+    first_frame: float | None = None
+    latency_mean: float = 0.0
+    latency_max: float = 0.0
+
+    @property
+    def realtime_factor(self) -> float | None:
+        """Seconds of video made per second of compute (above 1: faster than real time), or None before any."""
+        return self.media_seconds / self.compute_seconds if self.compute_seconds > 0 else None
+
+    def summary(self) -> str:
+        """The figures in one line (for a log)."""
+        if not self.windows:
+            return "no frames made"
+        return (f"first frame {self.first_frame:.2f} s after the speech began; window latency mean "
+                f"{self.latency_mean:.2f} s, max {self.latency_max:.2f} s; compute {self.compute_seconds:.2f} s for "
+                f"{self.media_seconds:.2f} s of video ({self.windows} windows): {self.realtime_factor:.2f}x real time")
 
 
 @dataclass
@@ -150,19 +192,24 @@ class LiveAudioFeatures:
 
 class _FrameFile:
     """A video's frames in a raw file on disk, read back one at a time (plain reads, not a memory map, so that
-    the resident memory does not grow with the video)."""
+    the resident memory does not grow with the video). The file is in a work folder of this process
+    ([`make_work_dir`]): the next run removes it when this one was killed."""
 
     def __init__(self, frames: Iterable[np.ndarray]):
-        self._tmp = tempfile.TemporaryDirectory(prefix="latentsync-live-")
-        self.path = os.path.join(self._tmp.name, "frames.u8")
+        self._dir = make_work_dir("live")
+        self.path = os.path.join(self._dir, "frames.u8")
         self.shape: tuple[int, ...] | None = None
         self.count = 0
-        with open(self.path, "wb") as fh:
-            for frame in frames:
-                self.shape = frame.shape
-                fh.write(np.ascontiguousarray(frame).tobytes())
-                self.count += 1
-        self._fh = open(self.path, "rb")
+        try:
+            with open(self.path, "wb") as fh:
+                for frame in frames:
+                    self.shape = frame.shape
+                    fh.write(np.ascontiguousarray(frame).tobytes())
+                    self.count += 1
+            self._fh = open(self.path, "rb")
+        except BaseException:
+            remove_work_dir(self._dir)
+            raise
 
     def __getitem__(self, j: int) -> np.ndarray:
         frame = np.empty(self.shape, np.uint8)
@@ -174,7 +221,7 @@ class _FrameFile:
 
     def close(self) -> None:
         self._fh.close()
-        self._tmp.cleanup()
+        remove_work_dir(self._dir)
 
 
 class LiveSession:
@@ -183,7 +230,8 @@ class LiveSession:
 
     ``push(samples)`` adds speech and returns the frames that became ready (a whole window at a time); with live
     video, ``push_frames(frames)`` adds video frames (taken to be at ``fps``). ``finish()`` returns the frames that
-    remain once the speech has ended, and releases the session's files.
+    remain once the speech has ended, and releases the session's files. ``stats`` ([`LiveStats`]) holds the
+    measured time to the first frame, the latency of the windows and the speed against real time so far.
     """
 
     def __init__(self, pipe: "LatentSyncPipeline", avatar: Avatar | None = None, live_video: bool = False,
@@ -202,6 +250,9 @@ class LiveSession:
         self._finished = False
         self._clock: deque[float] = deque()  # times of frames next_index, next_index + 1, ...
         self._clock_index, self._clock_sum = 0, 0.0
+        self.stats = LiveStats()
+        self._started: float | None = None  # when the first speech was pushed
+        self._input_at = 0.0  # when the push that may complete the next window began
         if avatar is not None:
             self.fps = float(VIDEO_FPS) if avatar.fps == "input" else float(avatar.fps)
             self._timestamps = avatar.timestamps  # None: frame k at k / fps
@@ -215,13 +266,18 @@ class LiveSession:
     # ------------------------------------------------------------------ input
     def push(self, samples: Any) -> list[LiveFrame]:
         """Add a chunk of speech (mono float 16 kHz); returns the frames whose window became ready."""
-        self.audio.push(as_chunk(samples))
+        self._input_at = _now()
+        samples = as_chunk(samples)
+        if self._started is None and len(samples):
+            self._started = self._input_at
+        self.audio.push(samples)
         return self._ready()
 
     def push_frames(self, frames: Iterable[np.ndarray]) -> list[LiveFrame]:
         """Add live video frames (RGB uint8, at ``fps``); returns the frames whose window became ready."""
         if self.avatar is not None:
             raise LatentSyncInputError("this live stream lip-syncs a prepared avatar: it takes no video frames")
+        self._input_at = _now()
         for frame in frames:
             frame = np.asarray(frame)
             if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[-1] != 3:
@@ -236,6 +292,7 @@ class LiveSession:
         if self._finished:
             return []
         self._finished = True
+        self._input_at = _now()
         try:
             total = self._total_frames(self.audio.received)
             if self.avatar is None:
@@ -301,8 +358,25 @@ class LiveSession:
                                                self.avatar.num_frames)]
         return [self._frames[j] for j in sources], [self.avatar.matrices[j] for j in sources], sources
 
-    @torch.no_grad()
     def _generate(self, count: int) -> list[LiveFrame]:
+        """The next ``count`` frames ([`_make`]), timed into [`stats`]."""
+        began = _now()
+        duration = self._time(self.next_index + count) - self._time(self.next_index)
+        frames = self._make(count)
+        done = _now()
+        stats = self.stats
+        latency = done - self._input_at
+        stats.latency_mean = (stats.latency_mean * stats.windows + latency) / (stats.windows + 1)
+        stats.latency_max = max(stats.latency_max, latency)
+        stats.frames, stats.windows = stats.frames + count, stats.windows + 1
+        stats.media_seconds += duration
+        stats.compute_seconds += done - began
+        if stats.first_frame is None:
+            stats.first_frame = done - (self._started if self._started is not None else began)
+        return frames
+
+    @torch.no_grad()
+    def _make(self, count: int) -> list[LiveFrame]:
         pipe = self.pipe
         clock = np.array([self._time(self.next_index + k) for k in range(count)])
         times = None if self._timestamps is None and self.fps == VIDEO_FPS else clock  # None: frame indices

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from ..avatar import check_avatar_destination
+from ..avatar import avatar_writer, check_avatar_destination
 from ..face.choice import check_face_arguments
 from ..media.probe import probe_video
 from .run import add_model_arguments, check_model_options, face_choice, frame_rate, load_pipeline
@@ -40,6 +40,13 @@ def avatar(argv: list[str]) -> int:
     face = args.face or {}
     check_face_arguments(face.get("face"), face.get("face_index"), face.get("face_box"), args.face_frame)
     check_avatar_destination(args.directory, args.overwrite)
+    # the folder is held from here to the end, so that a second run into it fails now, not after its analysis
+    with avatar_writer(args.directory):
+        return _prepare(args, face)
+
+
+def _prepare(args: argparse.Namespace, face: dict) -> int:
+    """Load the pipeline and prepare the avatar (the folder checked and held by [`avatar`])."""
     # the pipeline as ``latentsync`` loads it, with the SyncNet that finds the speaking face (--syncnet); no LoRA or
     # sampler options (they do not change what an avatar holds: faces, alignment and the VAE encoder's latents)
     args.lora, args.cpu_offload, args.scheduler, args.vae_slicing, args.xformers = [], None, "ddim", False, False

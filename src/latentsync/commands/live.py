@@ -7,22 +7,36 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 
-from ..avatar import avatar_files
+from ..avatar import avatar_config
 from ..errors import InvalidVideoError, LatentSyncInputError, RunInterrupted
 from ..inputs import check_arguments
 from ..live import stream_frames
 from ..media.files import check_input_file
 from ..media.pipes import LiveVideoSink, at_constant_rate, read_audio_chunks
 from ..media.video import check_output_path
+from ..tempfiles import make_work_dir, remove_work_dir
 from .run import check_model_options, face_arguments, load_pipeline
 
 logger = logging.getLogger("latentsync")
+
+
+def check_avatar_options(args: argparse.Namespace, config: dict) -> None:
+    """Refuse the options that a live run on a prepared ``--avatar`` (whose JSON is ``config``) cannot honour: a
+    face choice (made when the avatar was prepared) and a ``--fps`` other than the avatar's (it keeps its timeline;
+    the default 25 means the avatar's own). They were silently ignored."""
+    if args.face is not None or args.face_index is not None or args.face_frame:
+        option = "--face" if args.face is not None or args.face_index is not None else "--face-frame"
+        raise LatentSyncInputError(f"{option}: the face of an avatar was chosen when it was prepared (`latentsync "
+                                   "avatar VIDEO DIR --face ...`); a run on --avatar takes no face options")
+    prepared = config.get("fps")
+    if args.fps not in (25, prepared):
+        raise LatentSyncInputError(f"--fps {args.fps}: the avatar {args.avatar} was prepared for --fps {prepared}; "
+                                   f"prepare it again with --fps {args.fps}, or leave --fps out")
 
 
 def run_live(args: argparse.Namespace) -> int:
@@ -38,20 +52,33 @@ def run_live(args: argparse.Namespace) -> int:
     if sys.stdin is None or sys.stdin.isatty():  # nothing piped in: the run would wait for speech after loading
         raise LatentSyncInputError("--audio - reads the speech from standard input, which is a terminal here: pipe "
                                    "the audio in (e.g. some-tts | latentsync ... or < speech.wav)")
+    # options of a run on a speech file that a live run has no use for: they were silently ignored
+    unused = [name for name, used in (("--mix-audio", args.mix_audio is not None),
+                                      ("--audio-windows overlap", args.audio_windows != "official"),
+                                      ("--deep-cache", bool(args.deep_cache)),
+                                      ("--windows-per-batch", args.windows_per_batch is not None)) if used]
+    if unused:
+        raise LatentSyncInputError(f"{', '.join(unused)}: not for live runs (--audio -), which make one window at a "
+                                   "time, as its speech arrives, with the official audio windows")
+    if args.verbose:
+        logging.getLogger("latentsync").setLevel(logging.DEBUG)
     check_arguments(num_inference_steps=args.steps, guidance_scale=args.guidance_scale)
     if args.video is not None:
         inputs = [check_input_file(args.video, InvalidVideoError, "video")]
     else:
-        inputs = avatar_files(args.avatar)
+        config, inputs = avatar_config(args.avatar)
+        check_avatar_options(args, config)
     if args.output != "-":  # the output is written as it is made: never over an input, nor over a file unasked
         check_output_path(args.output, inputs, overwrite=args.overwrite, create_folder=True)
     source = check_model_options(args)
     pipe = load_pipeline(args, source.local_files_only)
     generator = torch.Generator("cpu").manual_seed(args.seed)
-    with tempfile.TemporaryDirectory(prefix="latentsync-avatar-") as tmp:
+    # the avatar of a --video in a work folder of this process: the next run removes it when this one was killed
+    work = make_work_dir("avatar") if args.avatar is None else None
+    try:
         avatar = args.avatar
         if avatar is None:
-            avatar = pipe.prepare_avatar(args.video, tmp, output_fps=args.fps, **face_arguments(args))
+            avatar = pipe.prepare_avatar(args.video, work, output_fps=args.fps, **face_arguments(args))
         session = pipe.live_session(avatar, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
                                     generator=generator)
         timestamps = session.avatar.timestamps
@@ -84,7 +111,12 @@ def run_live(args: argparse.Namespace) -> int:
                 pass
             logger.error("stopped by %s: %s holds the %d frames made until then", exc.signal_name, target,
                          sink.frames_written)
+            logger.info("live: %s", session.stats.summary())
             return exc.exit_code
         sink.close()
+    finally:
+        if work is not None:
+            remove_work_dir(work)
     logger.info("live: %d frames at %g fps to %s", sink.frames_written, fps, target)
+    logger.info("live: %s", session.stats.summary())
     return 0

@@ -24,20 +24,99 @@ LIVE_FORMATS = ("mp4", "raw")
 """What a live sink writes: fragmented MP4 (H.264 + AAC) or raw RGB24 frames."""
 
 
+_WAV_PCM_FORMATS = {8: "u8", 16: "s16le", 24: "s24le", 32: "s32le"}
+"""ffmpeg's raw format of a plain PCM WAV's samples (format tag 1), by bits per sample."""
+_WAV_UNKNOWN_SIZES = (0, 0xFFFFFFFF, 0x7FFFFFFF)  # data sizes that streaming writers put in a header they cannot seek
+
+
+def _read_exactly(fd: int, count: int) -> bytes:
+    """``count`` bytes from the file descriptor ``fd`` (fewer at the end of the stream), nothing more: what is not
+    read stays in the pipe for ffmpeg."""
+    data = b""
+    while len(data) < count:
+        part = os.read(fd, count - len(data))
+        if not part:
+            break
+        data += part
+    return data
+
+
+def _read_wav_header(fd: int) -> tuple[bytes, list[str] | None]:
+    """Read the header of a plain PCM WAV stream (format tag 1) from ``fd``, up to its samples: returns ``(b"",
+    input options of ffmpeg's raw demuxer for the samples that follow)``. Any other stream: ``(the bytes read,
+    None)``, to be given to ffmpeg ahead of the rest.
+
+    ffmpeg's WAV demuxer reads 64 KiB of such a WAV before it starts (it looks for S/PDIF data in the samples): 2 s
+    of 16 kHz mono, and all of a shorter utterance, until the pipe closes. Raw samples start at once. (Other WAVs,
+    float or extensible, it does not search, and reads as they come.)"""
+    head = _read_exactly(fd, 12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:] != b"WAVE":
+        return head, None
+    read, fmt = head, None
+    while True:
+        chunk = _read_exactly(fd, 8)
+        read += chunk
+        if len(chunk) < 8:
+            return read, None
+        name, size = chunk[:4], int.from_bytes(chunk[4:], "little")
+        if name == b"data":
+            if fmt is None:
+                return read, None
+            options, bytes_per_second = fmt
+            if size not in _WAV_UNKNOWN_SIZES:  # a known length: chunks after the samples are not samples
+                options = [*options, "-t", f"{size / bytes_per_second:.9f}"]
+            return b"", options
+        if size > 1 << 20:  # not a header chunk
+            return read, None
+        body = _read_exactly(fd, size + size % 2)
+        read += body
+        if name == b"fmt " and len(body) >= 16:
+            tag, channels, rate = (int.from_bytes(body[a:b], "little") for a, b in ((0, 2), (2, 4), (4, 8)))
+            bits = int.from_bytes(body[14:16], "little")
+            sample_format = _WAV_PCM_FORMATS.get(bits)
+            if tag != 1 or sample_format is None or not channels or not rate:
+                return read, None  # float, extensible, compressed...: ffmpeg's own demuxer
+            fmt = (["-f", sample_format, "-ar", str(rate), "-ac", str(channels)], rate * channels * bits // 8)
+
+
 def read_audio_chunks(source: BinaryIO, seconds: float = 0.2,
                       pcm: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
     """Mono float32 16 kHz chunks of ``seconds`` from a byte stream (e.g. ``sys.stdin.buffer``) holding audio in
     any format ffmpeg reads from a pipe (WAV, MP3, Ogg...), decoded as it arrives; with ``pcm=(rate, channels)``
     the stream is headerless signed 16-bit little-endian PCM at that rate (what TTS engines' "raw" or "pcm"
-    outputs are), which ffmpeg cannot recognise on its own.
+    outputs are), which ffmpeg cannot recognise on its own. A PCM WAV's header is read here and its samples go to
+    ffmpeg as raw PCM (see [`_read_wav_header`]).
 
     Raises:
         InvalidAudioError: ffmpeg cannot decode the stream, or it holds no samples.
     """
-    raw = [] if pcm is None else ["-f", "s16le", "-ar", str(pcm[0]), "-ac", str(pcm[1])]
+    fd, ahead = source.fileno(), b""
+    if pcm is not None:
+        raw = ["-f", "s16le", "-ar", str(pcm[0]), "-ac", str(pcm[1])]
+    else:
+        ahead, raw = _read_wav_header(fd)
+        raw = raw or []
     cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", *raw, "-i", "pipe:0", "-map", "0:a:0",
            "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "f32le", "pipe:1"]
-    proc = subprocess.Popen(cmd, stdin=source, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if ahead else source, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    if ahead:  # the bytes read to look for a WAV header, then the rest of the stream as it arrives
+        def feed() -> None:
+            try:
+                data = ahead
+                while data:
+                    proc.stdin.write(data)
+                    proc.stdin.flush()
+                    data = os.read(fd, 1 << 16)
+            except (BrokenPipeError, ValueError):  # ffmpeg stopped (or was stopped) first
+                pass
+            finally:
+                try:
+                    proc.stdin.close()
+                except BrokenPipeError:
+                    pass
+
+        threading.Thread(target=feed, name="latentsync-live-audio-in", daemon=True).start()
     size = max(1, int(seconds * SAMPLE_RATE)) * 4
     received, ended = 0, False
     try:
