@@ -488,6 +488,42 @@ def test_stopping_a_parallel_run_does_not_process_the_queued_videos(short_raw, t
     assert not multiprocessing.active_children()
 
 
+def test_stopping_a_parallel_run_while_its_workers_start(short_raw, tmp_path, capfd):
+    """Ctrl-C in a terminal reaches the workers too, and in the first seconds they are still importing torch and
+    MediaPipe (20-30 s on a busy machine). Each starting worker used to die with a traceback of its imports, the pool's
+    manager thread with an ``InvalidStateError`` traceback, and the run waited 10 s before killing the workers."""
+    import multiprocessing
+    import signal
+    import threading
+    import time
+
+    from latentsync.data.prepare import run
+
+    cfg = P.PrepareConfig(min_seconds=0.6, max_seconds=1.2, sync=False, quality="sharpness")
+    models = run.StageModels(None, SharpnessScorer(), quality_spec="sharpness")
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    jobs = [run.VideoJob(str(short_raw / "demo1.mp4"), f"v{i}.mp4", str(tmp_path / "clips" / f"v{i}"),
+                         str(state_dir / f"v{i}.json")) for i in range(6)]
+
+    def ctrl_c() -> None:  # the terminal signals the whole process group: the workers and this process
+        time.sleep(0.5)
+        for child in multiprocessing.active_children():
+            os.kill(child.pid, signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    finished = run._run_local(jobs, cfg, "cpu", models, num_workers=2)
+    threading.Thread(target=ctrl_c, daemon=True).start()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        next(finished)
+    assert time.monotonic() - t0 < 5  # was 10.5-13 s
+    assert not multiprocessing.active_children()
+    assert not list(state_dir.glob("*.json"))
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "did not stop" not in err
+
+
 def test_prepare_command_stopped_by_a_signal_says_the_finished_videos_are_kept(tmp_path, monkeypatch, caplog):
     """Ctrl-C / SIGTERM: exit 130 / 143 with one line saying that the finished videos are kept and how to continue
     (the generic line said "nothing was written" while work/state held every finished video)."""
