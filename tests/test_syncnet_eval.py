@@ -422,3 +422,27 @@ def test_syncnet_acc_refuses_a_classic_syncnet_in_one_line(clips_dir, tmp_path, 
                          os.fspath(clips_dir)]) == 2
     assert _errors(caplog) == [f"syncnet-acc needs a StableSyncNet (folder, Hub id or stable_syncnet.pt), and --model "
                                f"{tmp_path / 'syncnet_v2.model'} is a SyncNetV2"]
+
+
+def test_sync_conf_names_a_video_it_cannot_score_and_scores_the_others(clips_dir, tiny_syncnet_dir, tmp_path, caplog):
+    """A video that cannot be scored (here too short for the SyncNet's window) among several: its error names it and is
+    kept in the output, the others are scored and written, exit status 1. It used to end the command with one line
+    that did not say which video ("video is too short for the SyncNet ..."), and no result of the others."""
+    import logging
+
+    short = tmp_path / "short.mp4"
+    ffmpeg("-i", os.fspath(clips_dir / "a.mp4"), "-frames:v", "3", "-t", "0.12", str(short))
+    good = os.fspath(clips_dir / "a.mp4")
+    report = tmp_path / "conf.json"
+    with caplog.at_level(logging.ERROR, logger="latentsync"):
+        assert cli_main(["eval", "sync-conf", good, os.fspath(short), "--model", os.fspath(tiny_syncnet_dir),
+                         "--aligned", "--vshift", "3", "--json", os.fspath(report)]) == 1
+    assert any(e.startswith(f"{short}: video is too short for the SyncNet") for e in _errors(caplog))
+    result = json.loads(report.read_text())
+    assert "too short" in result[os.fspath(short)]["error"]
+    assert result["mean"]["confidence"] == result[good]["confidence"]
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="latentsync"):  # one video: one line naming it, as before status 2
+        assert cli_main(["eval", "sync-conf", os.fspath(short), "--model", os.fspath(tiny_syncnet_dir),
+                         "--aligned"]) == 2
+    assert _errors(caplog)[0].startswith(f"{short}: video is too short for the SyncNet")

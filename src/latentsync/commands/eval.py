@@ -186,19 +186,28 @@ def sync_conf(argv: list[str]) -> int:
     with loading("--model", model_id):
         model = sc.load_sync_model(model_id, weights_name=weights, subfolder=args.subfolder,
                                    device=args.device or default_device(), dtype=torch_dtype(args.dtype))
-    results = {}
+    results: dict[str, dict] = {}
+    failed = False
     for video in args.videos:
-        est = sc.estimate_sync(video, model, audio=args.audio, vshift=args.vshift, batch_size=args.batch_size,
-                               max_frames=args.max_frames, faces_aligned=args.aligned, audio_track=args.audio_track)
+        try:
+            est = sc.estimate_sync(video, model, audio=args.audio, vshift=args.vshift, batch_size=args.batch_size,
+                                   max_frames=args.max_frames, faces_aligned=args.aligned,
+                                   audio_track=args.audio_track)
+        except LatentSyncInputError as exc:  # a video without a face, too short, ...: named; the others are scored
+            if len(args.videos) == 1:
+                raise LatentSyncInputError(f"{video}: {exc}") from None
+            logger.error("%s: %s", video, exc)
+            results[video], failed = {"error": str(exc)}, True
+            continue
         logger.info("%s: offset %d frames, confidence %.3f, min distance %.3f", video, est.offset, est.confidence,
                     est.min_distance)
         results[video] = est.as_dict()
-    if len(results) > 1:
-        confs = [r["confidence"] for r in results.values()]
-        results["mean"] = {"confidence": sum(confs) / len(confs),
-                           "abs_offset": sum(abs(r["offset"]) for r in results.values()) / len(confs)}
+    scored = [r for r in results.values() if "error" not in r]
+    if len(results) > 1 and scored:
+        results["mean"] = {"confidence": sum(r["confidence"] for r in scored) / len(scored),
+                           "abs_offset": sum(abs(r["offset"]) for r in scored) / len(scored)}
     _emit(results, args.json)
-    return 0
+    return 1 if failed else 0
 
 
 # ---------------------------------------------------------------------------------------------------- videos
