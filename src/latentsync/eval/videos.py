@@ -102,7 +102,8 @@ class _SetFeatures:
         """Forget the frames of the current video (it failed part-way): they must not mix with the next one."""
         self._batch, self._video_feats, self._clip_buffer = [], [], []
 
-    def end_video(self) -> None:
+    def end_video(self, path: str) -> None:
+        """Keep the features of video ``path``, read to its end (or to where its comparison stopped)."""
         self._flush()
         self.frame_feats += self._video_feats
         self._video_feats = []
@@ -110,7 +111,8 @@ class _SetFeatures:
             n = len(self._clip_buffer)
             starts = M.clip_windows(n, self.cfg.fvd_frames, self.cfg.fvd_start, self.cfg.fvd_clips_per_video)
             if not starts:
-                logger.warning("video too short for an FVD clip (%d < %d frames)", n, self.cfg.fvd_frames)
+                logger.warning("%s: no FVD clip, %d frame%s read (%d needed)", path, n, "s" * (n != 1),
+                               self.cfg.fvd_frames)
             clips = [np.stack(self._clip_buffer[s : s + self.cfg.fvd_frames]) for s in starts]
             if clips:
                 self.clip_feats.append(M.clip_features(clips, self.video_extractor, batch_size=len(clips)))
@@ -202,9 +204,9 @@ def _scan_pair(gen_path: str, ref_path: str | None, cfg: VideoEvalConfig, gen_se
         if cropper is not None:
             cropper.close()
     if gen_set is not None:
-        gen_set.end_video()
+        gen_set.end_video(gen_path)
     if ref_set is not None and ref_path:
-        ref_set.end_video()
+        ref_set.end_video(ref_path)
     row = {"frames": n}
     if recon:
         row["psnr"] = M.mean_or_nan(psnr)
@@ -246,6 +248,11 @@ def evaluate_videos(
     if recon and not pairs:
         raise LatentSyncInputError("PSNR/SSIM compare generated and reference videos with the same file name; "
                                    "none match")
+    unpaired = [name for name in generated if name not in pairs]
+    if recon and unpaired:
+        logger.warning("no reference of the same name, so no PSNR/SSIM, for %d generated video%s: %s%s",
+                       len(unpaired), "s" * (len(unpaired) != 1), ", ".join(unpaired[:5]),
+                       " ..." if len(unpaired) > 5 else "")
 
     if "fid" in cfg.metrics and frame_extractor is None:
         frame_extractor = M.load_frame_extractor(device=device)
@@ -367,7 +374,8 @@ def _write_report_files(report: dict, paths: dict[str, str]) -> None:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for row in report["videos"]:
-            writer.writerow({k: format_value(row.get(k)) if isinstance(row.get(k), float) else row.get(k) for k in columns})
+            # numbers in full and an empty cell for a missing one (a "-" made the column text for pandas / sheets)
+            writer.writerow({k: _clean(row.get(k)) for k in columns})
     _plot(report, paths["png"])
     summary_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(format_value(v))}</td></tr>"
                            for k, v in report["summary"].items() if not isinstance(v, (list, dict)))
