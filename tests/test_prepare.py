@@ -381,12 +381,13 @@ def test_prepare_refuses_an_output_inside_its_input(tmp_path, caplog, monkeypatc
     """The output folder may not be the input folder or inside it (a next run would read its clips as raw videos;
     it used to be accepted), nor a file; the input must be a folder. One line each, before any file is written."""
     from latentsync.commands import main
+    from latentsync.data.prepare import run
 
     raw = tmp_path / "raw"
     raw.mkdir()
     (raw / "talk.mp4").write_bytes(b"not decoded: the checks come first")
     (tmp_path / "file.mp4").write_bytes(b"x")
-    monkeypatch.setattr(P.run, "_prepare", lambda *a, **k: pytest.fail("prepare started"))
+    monkeypatch.setattr(run, "_prepare", lambda *a, **k: pytest.fail("prepare started"))
     cases = [(raw, "is inside the input folder"), (raw / "prepared", "is inside the input folder"),
              (tmp_path / "file.mp4", "is a file: give a folder")]
     for out, message in cases:
@@ -397,6 +398,33 @@ def test_prepare_refuses_an_output_inside_its_input(tmp_path, caplog, monkeypatc
     assert main(["prepare", str(raw / "talk.mp4"), str(tmp_path / "out"), "--no-sync"]) == 2
     assert "is a file: give the folder of raw videos" in caplog.text
     assert sorted(os.listdir(raw)) == ["talk.mp4"] and not (tmp_path / "out").exists()
+
+
+def test_prepare_refuses_an_output_folder_that_holds_other_files(tmp_path, caplog, monkeypatch):
+    """An existing output folder with files of its own and no earlier prepare run in it (``prepare_config.json``) is
+    refused in one line before anything is written: the run used to delete its ``dataset/`` folder (replaced by the
+    prepared dataset) and overwrite its ``summary.md``. A new folder, an empty one (hidden files aside) and the
+    output of an earlier run are accepted."""
+    from latentsync.commands import main
+    from latentsync.data.prepare import run
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    project = tmp_path / "project"
+    (project / "dataset").mkdir(parents=True)
+    (project / "dataset" / "labels.csv").write_text("mine")
+    started = []
+    monkeypatch.setattr(run, "_prepare", lambda *a, **k: started.append(a[1]))
+    with caplog.at_level(logging.ERROR, logger="latentsync"):
+        assert main(["prepare", str(raw), str(project), "--no-sync"]) == 2
+    assert f"the output folder {project} holds other files (dataset)" in caplog.text
+    assert not started and (project / "dataset" / "labels.csv").read_text() == "mine"
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / ".DS_Store").write_bytes(b"")
+    (project / "prepare_config.json").write_text("{}")  # an earlier run's output: resumed
+    for out in (tmp_path / "new", tmp_path / "empty", project):
+        assert main(["prepare", str(raw), str(out), "--no-sync"]) == 0
+    assert started == [str(tmp_path / "new"), str(tmp_path / "empty"), str(project)]
 
 
 def test_summary_counts_each_drop_in_its_own_unit():
@@ -653,6 +681,7 @@ def test_linked_folders_are_searched_and_a_file_reached_twice_is_one_video(short
     assert other_files == {".rmvb": 1, ".txt": 1}
 
     cfg = P.PrepareConfig(min_seconds=0.6, max_seconds=1.2, sync=False, quality="sharpness", quality_threshold=0.0)
+    (out / "prepare_config.json").write_text(json.dumps(cfg.identity()))  # an earlier run's output
     summary = P.prepare_dataset(str(raw), str(out), cfg)
     assert summary.videos == 4 and summary.clips == 1
     assert summary.dropped["duplicate"] == {"count": 2, "seconds": 0.0}

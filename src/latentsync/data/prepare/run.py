@@ -30,6 +30,7 @@ from ...media.constants import VIDEO_EXTENSIONS
 from ...media.constants import VIDEO_FPS as FPS
 from ...model_source import check_model_sources
 from ...utils import write_json_atomically
+from ..clips import PREPARE_MARKER
 from ..quality import QualityScorer, SharpnessScorer, load_quality_scorer
 from .config import (DROP_REASONS, DROPPED_CLIP_COLUMNS, DROPPED_VIDEO_COLUMNS, VIDEO_REASONS, NoClipsKeptError,
                      PrepareConfig, PrepareSummary, check_folders, check_parallelism, drop_amount)
@@ -259,7 +260,7 @@ def _prepare(input_dir: str, output_dir: str, config: PrepareConfig, device: str
     t0 = time.time()
     work = os.path.join(output_dir, "work")
     state_dir, clips_root = os.path.join(work, "state"), os.path.join(work, "clips")
-    config_path = os.path.join(output_dir, "prepare_config.json")
+    config_path = os.path.join(output_dir, PREPARE_MARKER)
     if os.path.isfile(config_path):
         with open(config_path) as f:
             previous = json.load(f)
@@ -273,9 +274,10 @@ def _prepare(input_dir: str, output_dir: str, config: PrepareConfig, device: str
                 logger.info("%s kept no clip with its previous settings: starting again with these", output_dir)
             shutil.rmtree(work, ignore_errors=True)
             shutil.rmtree(os.path.join(output_dir, "dataset"), ignore_errors=True)
+    os.makedirs(output_dir, exist_ok=True)
+    write_json_atomically(config_path, config.identity(), indent=1)  # first: it marks the folder as a prepare output
     os.makedirs(state_dir, exist_ok=True)
     os.makedirs(clips_root, exist_ok=True)
-    write_json_atomically(config_path, config.identity(), indent=1)
 
     found, duplicates, other_files = scan_input(input_dir, exclude=[output_dir])
     if not found:
