@@ -427,6 +427,25 @@ def test_prepare_refuses_an_output_folder_that_holds_other_files(tmp_path, caplo
     assert started == [str(tmp_path / "new"), str(tmp_path / "empty"), str(project)]
 
 
+def test_an_input_folder_without_videos_changes_nothing_in_the_output(short_raw, tmp_path):
+    """A folder without video files is one line naming what it holds, and the output is left as it was: the run used
+    to create the output folder (prepare_config.json, work/) before it looked at the input, and with --overwrite and
+    other settings to delete an earlier run's clips and dataset first."""
+    novideo = tmp_path / "novideo"
+    novideo.mkdir()
+    (novideo / "talk.rmvb").write_bytes(b"a video of an ending that is not read")
+    with pytest.raises(LatentSyncInputError, match=r"no video files .* \(only 1 other file: .rmvb 1\)"):
+        P.prepare_dataset(str(novideo), str(tmp_path / "new"))
+    assert not (tmp_path / "new").exists()
+    out = tmp_path / "prepared"
+    cfg = P.PrepareConfig(min_seconds=0.6, max_seconds=1.2, sync=False, quality="sharpness", quality_threshold=0.0)
+    assert P.prepare_dataset(str(short_raw), str(out), cfg, build_dataset=False).clips == 1
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    with pytest.raises(LatentSyncInputError, match="no video files"):
+        P.prepare_dataset(str(novideo), str(out), P.PrepareConfig(resolution=512), overwrite=True)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
+
 def test_summary_counts_each_drop_in_its_own_unit():
     """The kept/dropped table says what each reason took: whole videos, planned clips, or frames (the 2 video frames
     after the end of a file's audio track are 2 frames and 0.08 s, not "0 items, 0.1 s" of a missing audio stream)."""

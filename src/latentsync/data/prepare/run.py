@@ -261,6 +261,13 @@ def _prepare(input_dir: str, output_dir: str, config: PrepareConfig, device: str
     work = os.path.join(output_dir, "work")
     state_dir, clips_root = os.path.join(work, "state"), os.path.join(work, "clips")
     config_path = os.path.join(output_dir, PREPARE_MARKER)
+    # the input first: a folder without videos changes nothing in the output (an earlier run's included)
+    found, duplicates, other_files = scan_input(input_dir, exclude=[output_dir])
+    if not found:
+        n = sum(other_files.values())
+        others = (f" (only {n} other file{'s' * (n != 1)}: {', '.join(f'{e} {c}' for e, c in other_files.items())})"
+                  if n else "")
+        raise LatentSyncInputError(f"no video files ({', '.join(VIDEO_EXTENSIONS)}) under {input_dir}{others}")
     if os.path.isfile(config_path):
         with open(config_path) as f:
             previous = json.load(f)
@@ -279,9 +286,6 @@ def _prepare(input_dir: str, output_dir: str, config: PrepareConfig, device: str
     os.makedirs(state_dir, exist_ok=True)
     os.makedirs(clips_root, exist_ok=True)
 
-    found, duplicates, other_files = scan_input(input_dir, exclude=[output_dir])
-    if not found:
-        raise LatentSyncInputError(f"no video files ({', '.join(VIDEO_EXTENSIONS)}) under {input_dir}")
     videos = sorted([*found, *duplicates])
     jobs, results, changed, missing = [], {}, 0, 0
     for rel in found:
