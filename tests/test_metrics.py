@@ -453,3 +453,19 @@ def test_eval_videos_names_the_videos_left_out_of_a_metric(tmp_path, caplog):
     assert rep["summary"]["num_pairs"] == 1 and rep["summary"]["fvd_clips"] == [1, 2]
     assert "no reference of the same name, so no PSNR/SSIM, for 1 generated video: a_synced" in caplog.text
     assert f"{gen / 'a_synced.mp4'}: no FVD clip, 8 frames read (16 needed)" in caplog.text
+
+
+def test_eval_videos_pairs_names_in_either_unicode_form(tmp_path):
+    """A reference named on macOS (``é`` saved as ``e`` + an accent) pairs with the generated video of the same name
+    typed as one character, as ``latentsync batch`` pairs its names: it was "PSNR/SSIM compare generated and
+    reference videos with the same file name; none match"."""
+    import unicodedata
+
+    gen, ref = tmp_path / "gen", tmp_path / "ref"
+    gen.mkdir()
+    ref.mkdir()
+    frames = random_frames(4)
+    write_video(gen / unicodedata.normalize("NFC", "café.mp4"), frames, crf=10)
+    write_video(ref / unicodedata.normalize("NFD", "café.mp4"), frames, crf=10)
+    rep = evaluate_videos(str(gen), str(ref), VideoEvalConfig(metrics=("psnr",), crop="none"))
+    assert rep["summary"]["num_pairs"] == 1 and rep["summary"]["psnr"] == pytest.approx(M.PSNR_CAP)

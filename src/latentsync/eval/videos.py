@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any
@@ -41,18 +42,25 @@ from .sync_confidence import estimate_sync, load_sync_model
 
 logger = logging.getLogger(__name__)
 
+def _stem(name: str) -> str:
+    """A video's name without its ending, in Unicode's composed form: generated and reference videos pair by it, also
+    when one side was named on macOS (which saves an ``é`` as ``e`` and an accent)."""
+    return unicodedata.normalize("NFC", os.path.splitext(os.path.basename(name))[0])
+
+
 def list_videos(folder: str) -> dict[str, str]:
-    """``{stem: path}`` of the video files directly inside ``folder`` (or of ``folder`` itself, a video file)."""
+    """``{stem: path}`` of the video files directly inside ``folder`` (or of ``folder`` itself, a video file); the
+    stems in Unicode's composed form."""
     if os.path.isfile(folder):
         if not is_video_file(folder):
             raise LatentSyncInputError(f"{folder} is not a video file: give a folder of videos or one video")
-        return {os.path.splitext(os.path.basename(folder))[0]: folder}
+        return {_stem(folder): folder}
     if not os.path.isdir(folder):
         raise LatentSyncInputError(f"folder not found: {folder}")
     out: dict[str, str] = {}
     found = find_videos(folder, recursive=True)  # one walk: the sub-folders' videos are only counted
     for name in (n for n in found if os.path.dirname(n) == ""):
-        stem = os.path.splitext(name)[0]
+        stem = _stem(name)
         if stem in out:
             logger.warning("%s: skipped, %s has the same name", os.path.join(folder, name), out[stem])
             continue
