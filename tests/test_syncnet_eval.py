@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import ffmpeg, shared_file
+from conftest import ffmpeg, shared_file, write_video
 
 from latentsync.commands import main as cli_main
 from latentsync.errors import LatentSyncInputError
@@ -446,3 +446,31 @@ def test_sync_conf_names_a_video_it_cannot_score_and_scores_the_others(clips_dir
         assert cli_main(["eval", "sync-conf", os.fspath(short), "--model", os.fspath(tiny_syncnet_dir),
                          "--aligned"]) == 2
     assert _errors(caplog)[0].startswith(f"{short}: video is too short for the SyncNet")
+
+
+def test_eval_refuses_bad_numbers_and_raw_videos_before_scoring(clips_dir, tiny_syncnet_dir, tmp_path, caplog, capsys):
+    """Counts of 0, a negative --vshift and an empty --time-range are usage errors (exit 2, one line), before the
+    model loads; they were tracebacks after it (``range() arg 3 must not be zero``, ``time_range must satisfy ...``,
+    ``upper bound and lower bound inconsistent``). syncnet-acc on raw videos (whole frames, not aligned faces) is
+    refused as training refuses them; it reported an accuracy of squashed whole frames."""
+    import logging
+
+    model, video = os.fspath(tiny_syncnet_dir), os.fspath(clips_dir / "a.mp4")
+    acc = ["syncnet-acc", "--model", model, "--data", os.fspath(clips_dir)]
+    cases = [([*acc, "--num-samples", "0"], "argument --num-samples: must be at least 1, got 0"),
+             ([*acc, "--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
+             ([*acc, "--time-range", "0.5", "0.2"], "--time-range needs 0 <= START < END <= 1, got 0.5 0.2"),
+             (["sync-conf", video, "--model", model, "--vshift", "-1"], "argument --vshift: must be at least 0, got -1"),
+             (["sync-conf", video, "--model", model, "--batch-size", "0"], "argument --batch-size: must be at least 1")]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as stopped:
+            cli_main(["eval", *argv])
+        assert stopped.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_video(raw / "talk.mp4", np.zeros((20, 48, 64, 3), np.uint8), crf=10)
+    with caplog.at_level(logging.ERROR, logger="latentsync"):
+        assert cli_main(["eval", "syncnet-acc", "--model", model, "--data", os.fspath(raw), "--num-samples", "4"]) == 2
+    assert f"--data={raw} holds videos of 64 x 48 px, not aligned face clips" in _errors(caplog)[0]
