@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -430,7 +431,8 @@ def test_prepare_refuses_an_output_folder_that_holds_other_files(tmp_path, caplo
 def test_an_input_folder_without_videos_changes_nothing_in_the_output(short_raw, tmp_path):
     """A folder without video files is one line naming what it holds, and the output is left as it was: the run used
     to create the output folder (prepare_config.json, work/) before it looked at the input, and with --overwrite and
-    other settings to delete an earlier run's clips and dataset first."""
+    other settings to delete an earlier run's clips and dataset first (also before a model that could not be
+    loaded)."""
     novideo = tmp_path / "novideo"
     novideo.mkdir()
     (novideo / "talk.rmvb").write_bytes(b"a video of an ending that is not read")
@@ -443,6 +445,11 @@ def test_an_input_folder_without_videos_changes_nothing_in_the_output(short_raw,
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
     with pytest.raises(LatentSyncInputError, match="no video files"):
         P.prepare_dataset(str(novideo), str(out), P.PrepareConfig(resolution=512), overwrite=True)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    # other settings with --overwrite and a model that cannot be loaded: the earlier run was deleted first too
+    other = dataclasses.replace(cfg, resolution=512, quality=f"hyperiqa:{tmp_path / 'no_such_folder'}")
+    with pytest.raises(LatentSyncInputError, match="cannot load the quality scorer"):
+        P.prepare_dataset(str(short_raw), str(out), other, overwrite=True)
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
 
 

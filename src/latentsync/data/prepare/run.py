@@ -268,6 +268,7 @@ def _prepare(input_dir: str, output_dir: str, config: PrepareConfig, device: str
         others = (f" (only {n} other file{'s' * (n != 1)}: {', '.join(f'{e} {c}' for e, c in other_files.items())})"
                   if n else "")
         raise LatentSyncInputError(f"no video files ({', '.join(VIDEO_EXTENSIONS)}) under {input_dir}{others}")
+    loaded = None
     if os.path.isfile(config_path):
         with open(config_path) as f:
             previous = json.load(f)
@@ -277,6 +278,9 @@ def _prepare(input_dir: str, output_dir: str, config: PrepareConfig, device: str
                 raise LatentSyncInputError(
                     f"{output_dir} holds {kept} clips prepared with other settings "
                     f"({_diff(previous, config.identity())}); use another output folder or --overwrite")
+            # every video is redone: the models first, so that one that cannot be loaded leaves the earlier run as
+            # it was
+            loaded = _load_models(config, check_device, sync_checker, quality_scorer)
             if not kept:
                 logger.info("%s kept no clip with its previous settings: starting again with these", output_dir)
             shutil.rmtree(work, ignore_errors=True)
@@ -314,7 +318,8 @@ def _prepare(input_dir: str, output_dir: str, config: PrepareConfig, device: str
     kept = sum(len(r["clips"]) for r in results.values())
     filters_path = os.path.join(work, "filters.json")
     if jobs:
-        loaded_sync, loaded_quality, quality_spec = _load_models(config, check_device, sync_checker, quality_scorer)
+        loaded_sync, loaded_quality, quality_spec = loaded or _load_models(config, check_device, sync_checker,
+                                                                           quality_scorer)
         models = StageModels(loaded_sync, loaded_quality, sync_checker, quality_scorer, quality_spec)
         filters = describe_filters(config, loaded_sync, loaded_quality)
         write_json_atomically(filters_path, filters, indent=1)
