@@ -469,3 +469,18 @@ def test_eval_videos_pairs_names_in_either_unicode_form(tmp_path):
     write_video(ref / unicodedata.normalize("NFD", "café.mp4"), frames, crf=10)
     rep = evaluate_videos(str(gen), str(ref), VideoEvalConfig(metrics=("psnr",), crop="none"))
     assert rep["summary"]["num_pairs"] == 1 and rep["summary"]["psnr"] == pytest.approx(M.PSNR_CAP)
+
+
+def test_fvd_backbone_from_a_local_copy_of_its_hub_repository(tmp_path):
+    """``--fvd-backbone DIR``, a local copy of the Hub repository (``DIR/auxiliary/i3d_torchscript.pt``), as the
+    offline message advises ("pass a local folder instead (e.g. --fvd-backbone=DIR)"): it was taken for a Hub id
+    ("Repo id must be in the form 'repo_name' or 'namespace/repo_name'"). A folder without the file is named."""
+    (tmp_path / "ckpt" / "auxiliary").mkdir(parents=True)
+    scripted = torch.jit.script(TinyI3D())
+    scripted.save(str(tmp_path / "ckpt" / "auxiliary" / "i3d_torchscript.pt"))
+    ext = M.load_video_extractor(str(tmp_path / "ckpt"))
+    clips = torch.rand(1, 3, 16, 32, 32)
+    assert torch.allclose(ext(clips), TinyI3D.forward(scripted, clips * 2 - 1))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="auxiliary/i3d_torchscript.pt not found in the folder .*empty"):
+        M.load_video_extractor(str(tmp_path / "empty"))

@@ -130,6 +130,13 @@ def test_quality_scorers(tmp_path):
     x = torch.rand(1, 3, 224, 224)
     with torch.no_grad():
         assert torch.allclose(loaded.model(x), net(x), atol=1e-5)
+    # hyperiqa:DIR, a local copy of the Hub repository (DIR/auxiliary/koniq_pretrained.pkl), as the offline message
+    # advises: it was taken for a Hub id ("Repo id must be in the form 'repo_name' or 'namespace/repo_name'")
+    (tmp_path / "ckpt" / "auxiliary").mkdir(parents=True)
+    shutil.copy(path, tmp_path / "ckpt" / "auxiliary" / "koniq_pretrained.pkl")
+    from_folder = load_quality_scorer(f"hyperiqa:{tmp_path / 'ckpt'}")
+    with torch.no_grad():
+        assert torch.allclose(from_folder.model(x), net(x), atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------------- end to end

@@ -249,8 +249,8 @@ def _videos_parser() -> argparse.ArgumentParser:
                    help="FID Inception weights (.pth path or URL) or a TorchScript image encoder "
                         "(default: pt_inception-2015-12-05 from the pytorch-fid release)")
     p.add_argument("--fvd-backbone", default=None,
-                   help="I3D TorchScript file or Hub repo holding auxiliary/i3d_torchscript.pt "
-                        f"(default: {I3D_REPO_ID})")
+                   help="I3D TorchScript file, or Hub repo (or a local copy of one) holding "
+                        f"auxiliary/i3d_torchscript.pt (default: {I3D_REPO_ID})")
     p.add_argument("--syncnet", default=None,
                    help="SyncNet for LSE-C/D: syncnet_v2.model file, StableSyncNet folder/Hub id or stable_syncnet.pt "
                         "(default: auxiliary/syncnet_v2.model of ByteDance/LatentSync-1.5)")

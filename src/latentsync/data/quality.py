@@ -91,8 +91,14 @@ class HyperIQAScorer:
     @classmethod
     def from_pretrained(cls, path_or_repo: str = HYPERIQA_REPO_ID, filename: str = HYPERIQA_FILENAME,
                         threshold: float = 40.0, device: str | torch.device = "cpu") -> "HyperIQAScorer":
-        """Load ``koniq_pretrained.pkl`` from a local file or a Hub repository (``filename`` inside it)."""
-        path = path_or_repo if os.path.isfile(path_or_repo) else hf_hub_download(path_or_repo, filename)
+        """Load ``koniq_pretrained.pkl`` from a local file, or ``filename`` in a local folder (a copy of the Hub
+        repository) or a Hub repository."""
+        if os.path.isdir(path_or_repo):  # a local copy of the Hub repository
+            path = os.path.join(path_or_repo, filename)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{filename} not found in the folder {path_or_repo}")
+        else:
+            path = path_or_repo if os.path.isfile(path_or_repo) else hf_hub_download(path_or_repo, filename)
         state = load_state_file(path)
         model = HyperIQA()
         model.load_state_dict(state)
