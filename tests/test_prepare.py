@@ -139,6 +139,27 @@ def test_quality_scorers(tmp_path):
         assert torch.allclose(from_folder.model(x), net(x), atol=1e-5)
 
 
+def test_quality_hyperiqa_offline_advice_works(tmp_path, monkeypatch):
+    """Offline without the hyperIQA weights, the one line advises ``--quality=DIR``, and a folder holding
+    ``auxiliary/koniq_pretrained.pkl`` (a local copy of the Hub repository) is accepted as ``--quality``. The line
+    advised "--quality hyperiqa=DIR", which is no setting: "unknown quality scorer 'hyperiqa=DIR'"."""
+    from huggingface_hub import constants
+
+    from latentsync.errors import ModelNotFoundError
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # the Hub cannot be reached, the cache is empty
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", os.fspath(tmp_path / "empty_cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    with pytest.raises(ModelNotFoundError) as missing:
+        load_quality_scorer("hyperiqa")
+    assert "--quality=ByteDance/LatentSync-1.5 (auxiliary/koniq_pretrained.pkl)" in str(missing.value)
+    assert "(e.g. --quality=DIR)" in str(missing.value) and "hyperiqa=" not in str(missing.value)
+    (tmp_path / "ckpt" / "auxiliary").mkdir(parents=True)
+    torch.save(HyperIQA().state_dict(), tmp_path / "ckpt" / "auxiliary" / "koniq_pretrained.pkl")
+    assert isinstance(load_quality_scorer(str(tmp_path / "ckpt")), HyperIQAScorer)
+
+
 # ---------------------------------------------------------------------------------------------------- end to end
 
 
@@ -453,11 +474,15 @@ def test_an_input_folder_without_videos_changes_nothing_in_the_output(short_raw,
     with pytest.raises(LatentSyncInputError, match="no video files"):
         P.prepare_dataset(str(novideo), str(out), P.PrepareConfig(resolution=512), overwrite=True)
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
-    # other settings with --overwrite and a model that cannot be loaded: the earlier run was deleted first too
+    # other settings with --overwrite and a model that cannot be loaded: the earlier run was deleted first too, and a
+    # new output folder was made
     other = dataclasses.replace(cfg, resolution=512, quality=f"hyperiqa:{tmp_path / 'no_such_folder'}")
     with pytest.raises(LatentSyncInputError, match="cannot load the quality scorer"):
         P.prepare_dataset(str(short_raw), str(out), other, overwrite=True)
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    with pytest.raises(LatentSyncInputError, match="cannot load the quality scorer"):
+        P.prepare_dataset(str(short_raw), str(tmp_path / "new"), other)
+    assert not (tmp_path / "new").exists()
 
 
 def test_summary_counts_each_drop_in_its_own_unit():

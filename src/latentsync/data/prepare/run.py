@@ -268,34 +268,24 @@ def _prepare(input_dir: str, output_dir: str, config: PrepareConfig, device: str
         others = (f" (only {n} other file{'s' * (n != 1)}: {', '.join(f'{e} {c}' for e, c in other_files.items())})"
                   if n else "")
         raise LatentSyncInputError(f"no video files ({', '.join(VIDEO_EXTENSIONS)}) under {input_dir}{others}")
-    loaded = None
+    restart = False  # an earlier run with other settings, discarded
     if os.path.isfile(config_path):
         with open(config_path) as f:
             previous = json.load(f)
         if previous != config.identity():
-            kept = _kept_clips(state_dir)
-            if kept and not overwrite:
+            earlier = _kept_clips(state_dir)
+            if earlier and not overwrite:
                 raise LatentSyncInputError(
-                    f"{output_dir} holds {kept} clips prepared with other settings "
+                    f"{output_dir} holds {earlier} clips prepared with other settings "
                     f"({_diff(previous, config.identity())}); use another output folder or --overwrite")
-            # every video is redone: the models first, so that one that cannot be loaded leaves the earlier run as
-            # it was
-            loaded = _load_models(config, check_device, sync_checker, quality_scorer)
-            if not kept:
-                logger.info("%s kept no clip with its previous settings: starting again with these", output_dir)
-            shutil.rmtree(work, ignore_errors=True)
-            shutil.rmtree(os.path.join(output_dir, "dataset"), ignore_errors=True)
-    os.makedirs(output_dir, exist_ok=True)
-    write_json_atomically(config_path, config.identity(), indent=1)  # first: it marks the folder as a prepare output
-    os.makedirs(state_dir, exist_ok=True)
-    os.makedirs(clips_root, exist_ok=True)
+            restart = True
 
     videos = sorted([*found, *duplicates])
     jobs, results, changed, missing = [], {}, 0, 0
     for rel in found:
         key, path = video_key(rel), os.path.join(input_dir, rel)
         state_path, clips_dir = os.path.join(state_dir, key + ".json"), os.path.join(clips_root, key)
-        if os.path.isfile(state_path):
+        if not restart and os.path.isfile(state_path):
             with open(state_path) as f:
                 previous = json.load(f)
             if previous.get("source_file", source_fingerprint(path)) != source_fingerprint(path):
@@ -314,12 +304,23 @@ def _prepare(input_dir: str, output_dir: str, config: PrepareConfig, device: str
                 len(jobs), f" ({', '.join(again)})" if again else "",
                 f", {len(duplicates)} other name{'s' * (len(duplicates) != 1)} (links) of these skipped"
                 if duplicates else "")
+    # the models before anything is written: one that cannot be loaded leaves the output as it was (a new one not
+    # made, an earlier run not discarded)
+    loaded = _load_models(config, check_device, sync_checker, quality_scorer) if jobs else None
+    if restart:
+        if not earlier:
+            logger.info("%s kept no clip with its previous settings: starting again with these", output_dir)
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(os.path.join(output_dir, "dataset"), ignore_errors=True)
+    os.makedirs(output_dir, exist_ok=True)
+    write_json_atomically(config_path, config.identity(), indent=1)  # first: it marks the folder as a prepare output
+    os.makedirs(state_dir, exist_ok=True)
+    os.makedirs(clips_root, exist_ok=True)
 
     kept = sum(len(r["clips"]) for r in results.values())
     filters_path = os.path.join(work, "filters.json")
     if jobs:
-        loaded_sync, loaded_quality, quality_spec = loaded or _load_models(config, check_device, sync_checker,
-                                                                           quality_scorer)
+        loaded_sync, loaded_quality, quality_spec = loaded
         models = StageModels(loaded_sync, loaded_quality, sync_checker, quality_scorer, quality_spec)
         filters = describe_filters(config, loaded_sync, loaded_quality)
         write_json_atomically(filters_path, filters, indent=1)
