@@ -429,11 +429,12 @@ def _stop_workers(pool: cf.ProcessPoolExecutor, busy, timeout: float = 10.0) -> 
             os.kill(process.pid, signal.SIGINT)
         except OSError:  # it ended meanwhile
             pass
+    count = busy.get_obj()  # read without the lock: a worker that died holding it must not hang the stop
     deadline = time.monotonic() + timeout
-    while busy.value > 0 and time.monotonic() < deadline:
+    while count.value > 0 and time.monotonic() < deadline:
         time.sleep(0.05)
-    if busy.value > 0:
-        logger.warning("%d workers did not stop within %g s: killed", busy.value, timeout)
+    if count.value > 0:
+        logger.warning("%d workers did not stop within %g s: killed", count.value, timeout)
     # no video is in progress: the workers have nothing left to write (those still starting have none), and letting
     # each one exit normally (tearing down its models) took 5-10 s on a busy machine after the user had asked to stop
     for process in processes:
