@@ -415,3 +415,72 @@ def test_eval_videos_warns_when_a_video_is_stretched_to_its_reference(tmp_path, 
     with caplog.at_level("WARNING", logger="latentsync"):
         evaluate_videos(str(tmp_path / "wide.mp4"), str(tmp_path / "ref.mp4"), cfg)
     assert "wide.mp4 is 96x48 and its reference 48x48: its frames were stretched" in caplog.text
+
+
+def test_metrics_csv_holds_numbers_in_full_and_empty_cells_for_missing_values(tmp_path):
+    """metrics.csv is read by scripts and spreadsheets: a value that is missing (no reference, no sync score) is an
+    empty cell and the others are the numbers of metrics.json. It used to hold ``-`` for a NaN next to empty cells
+    for a None (pandas then read the whole column as text: ``mean()`` failed) and numbers cut to 4 digits."""
+    import csv
+
+    report = {"summary": {"num_generated": 2}, "settings": {},
+              "videos": [{"name": "a", "reference": "a.mp4", "psnr": 41.496188201904296, "sync_offset": None,
+                          "lse_c": float("nan"), "sync_error": "video is too short for the SyncNet"},
+                         {"name": "b", "reference": None, "psnr": float("nan"), "sync_offset": 1,
+                          "lse_c": np.float32(0.125)}]}
+    write_report(report, str(tmp_path))
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[0]["psnr"] == "41.496188201904296" and rows[0]["sync_offset"] == "" and rows[0]["lse_c"] == ""
+    assert rows[1]["reference"] == "" and rows[1]["psnr"] == "" and rows[1]["lse_c"] == "0.125"
+    assert "-" not in {cell for row in rows for cell in row.values()}
+
+
+def test_eval_videos_names_the_videos_left_out_of_a_metric(tmp_path, caplog):
+    """A generated video without a same-named reference (no PSNR/SSIM) and a video too short for an FVD clip are
+    named in the log. The first was silent (only ``num_pairs`` in the summary hinted at it); the second said "video
+    too short for an FVD clip (8 < 16 frames)" without saying which video."""
+    gen, ref = tmp_path / "gen", tmp_path / "ref"
+    gen.mkdir()
+    ref.mkdir()
+    write_video(gen / "a.mp4", random_frames(20), crf=10)
+    write_video(ref / "a.mp4", random_frames(20), crf=10)
+    write_video(gen / "a_synced.mp4", random_frames(8, seed=1), crf=10)
+    write_video(ref / "other.mp4", random_frames(20, seed=2), crf=10)
+    cfg = VideoEvalConfig(metrics=("psnr", "fvd"), crop="none", fvd_start=0)
+    with caplog.at_level("WARNING", logger="latentsync"):
+        rep = evaluate_videos(str(gen), str(ref), cfg, video_extractor=M.I3DFeatureExtractor(TinyI3D()))
+    assert rep["summary"]["num_pairs"] == 1 and rep["summary"]["fvd_clips"] == [1, 2]
+    assert "no reference of the same name, so no PSNR/SSIM, for 1 generated video: a_synced" in caplog.text
+    assert f"{gen / 'a_synced.mp4'}: no FVD clip, 8 frames read (16 needed)" in caplog.text
+
+
+def test_eval_videos_pairs_names_in_either_unicode_form(tmp_path):
+    """A reference named on macOS (``é`` saved as ``e`` + an accent) pairs with the generated video of the same name
+    typed as one character, as ``latentsync batch`` pairs its names: it was "PSNR/SSIM compare generated and
+    reference videos with the same file name; none match"."""
+    import unicodedata
+
+    gen, ref = tmp_path / "gen", tmp_path / "ref"
+    gen.mkdir()
+    ref.mkdir()
+    frames = random_frames(4)
+    write_video(gen / unicodedata.normalize("NFC", "café.mp4"), frames, crf=10)
+    write_video(ref / unicodedata.normalize("NFD", "café.mp4"), frames, crf=10)
+    rep = evaluate_videos(str(gen), str(ref), VideoEvalConfig(metrics=("psnr",), crop="none"))
+    assert rep["summary"]["num_pairs"] == 1 and rep["summary"]["psnr"] == pytest.approx(M.PSNR_CAP)
+
+
+def test_fvd_backbone_from_a_local_copy_of_its_hub_repository(tmp_path):
+    """``--fvd-backbone DIR``, a local copy of the Hub repository (``DIR/auxiliary/i3d_torchscript.pt``), as the
+    offline message advises ("pass a local folder instead (e.g. --fvd-backbone=DIR)"): it was taken for a Hub id
+    ("Repo id must be in the form 'repo_name' or 'namespace/repo_name'"). A folder without the file is named."""
+    (tmp_path / "ckpt" / "auxiliary").mkdir(parents=True)
+    scripted = torch.jit.script(TinyI3D())
+    scripted.save(str(tmp_path / "ckpt" / "auxiliary" / "i3d_torchscript.pt"))
+    ext = M.load_video_extractor(str(tmp_path / "ckpt"))
+    clips = torch.rand(1, 3, 16, 32, 32)
+    assert torch.allclose(ext(clips), TinyI3D.forward(scripted, clips * 2 - 1))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="auxiliary/i3d_torchscript.pt not found in the folder .*empty"):
+        M.load_video_extractor(str(tmp_path / "empty"))

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -129,6 +130,34 @@ def test_quality_scorers(tmp_path):
     x = torch.rand(1, 3, 224, 224)
     with torch.no_grad():
         assert torch.allclose(loaded.model(x), net(x), atol=1e-5)
+    # hyperiqa:DIR, a local copy of the Hub repository (DIR/auxiliary/koniq_pretrained.pkl), as the offline message
+    # advises: it was taken for a Hub id ("Repo id must be in the form 'repo_name' or 'namespace/repo_name'")
+    (tmp_path / "ckpt" / "auxiliary").mkdir(parents=True)
+    shutil.copy(path, tmp_path / "ckpt" / "auxiliary" / "koniq_pretrained.pkl")
+    from_folder = load_quality_scorer(f"hyperiqa:{tmp_path / 'ckpt'}")
+    with torch.no_grad():
+        assert torch.allclose(from_folder.model(x), net(x), atol=1e-5)
+
+
+def test_quality_hyperiqa_offline_advice_works(tmp_path, monkeypatch):
+    """Offline without the hyperIQA weights, the one line advises ``--quality=DIR``, and a folder holding
+    ``auxiliary/koniq_pretrained.pkl`` (a local copy of the Hub repository) is accepted as ``--quality``. The line
+    advised "--quality hyperiqa=DIR", which is no setting: "unknown quality scorer 'hyperiqa=DIR'"."""
+    from huggingface_hub import constants
+
+    from latentsync.errors import ModelNotFoundError
+
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # the Hub cannot be reached, the cache is empty
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", os.fspath(tmp_path / "empty_cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    with pytest.raises(ModelNotFoundError) as missing:
+        load_quality_scorer("hyperiqa")
+    assert "--quality=ByteDance/LatentSync-1.5 (auxiliary/koniq_pretrained.pkl)" in str(missing.value)
+    assert "(e.g. --quality=DIR)" in str(missing.value) and "hyperiqa=" not in str(missing.value)
+    (tmp_path / "ckpt" / "auxiliary").mkdir(parents=True)
+    torch.save(HyperIQA().state_dict(), tmp_path / "ckpt" / "auxiliary" / "koniq_pretrained.pkl")
+    assert isinstance(load_quality_scorer(str(tmp_path / "ckpt")), HyperIQAScorer)
 
 
 # ---------------------------------------------------------------------------------------------------- end to end
@@ -381,12 +410,13 @@ def test_prepare_refuses_an_output_inside_its_input(tmp_path, caplog, monkeypatc
     """The output folder may not be the input folder or inside it (a next run would read its clips as raw videos;
     it used to be accepted), nor a file; the input must be a folder. One line each, before any file is written."""
     from latentsync.commands import main
+    from latentsync.data.prepare import run
 
     raw = tmp_path / "raw"
     raw.mkdir()
     (raw / "talk.mp4").write_bytes(b"not decoded: the checks come first")
     (tmp_path / "file.mp4").write_bytes(b"x")
-    monkeypatch.setattr(P.run, "_prepare", lambda *a, **k: pytest.fail("prepare started"))
+    monkeypatch.setattr(run, "_prepare", lambda *a, **k: pytest.fail("prepare started"))
     cases = [(raw, "is inside the input folder"), (raw / "prepared", "is inside the input folder"),
              (tmp_path / "file.mp4", "is a file: give a folder")]
     for out, message in cases:
@@ -397,6 +427,62 @@ def test_prepare_refuses_an_output_inside_its_input(tmp_path, caplog, monkeypatc
     assert main(["prepare", str(raw / "talk.mp4"), str(tmp_path / "out"), "--no-sync"]) == 2
     assert "is a file: give the folder of raw videos" in caplog.text
     assert sorted(os.listdir(raw)) == ["talk.mp4"] and not (tmp_path / "out").exists()
+
+
+def test_prepare_refuses_an_output_folder_that_holds_other_files(tmp_path, caplog, monkeypatch):
+    """An existing output folder with files of its own and no earlier prepare run in it (``prepare_config.json``) is
+    refused in one line before anything is written: the run used to delete its ``dataset/`` folder (replaced by the
+    prepared dataset) and overwrite its ``summary.md``. A new folder, an empty one (hidden files aside) and the
+    output of an earlier run are accepted."""
+    from latentsync.commands import main
+    from latentsync.data.prepare import run
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    project = tmp_path / "project"
+    (project / "dataset").mkdir(parents=True)
+    (project / "dataset" / "labels.csv").write_text("mine")
+    started = []
+    monkeypatch.setattr(run, "_prepare", lambda *a, **k: started.append(a[1]))
+    with caplog.at_level(logging.ERROR, logger="latentsync"):
+        assert main(["prepare", str(raw), str(project), "--no-sync"]) == 2
+    assert f"the output folder {project} holds other files (dataset)" in caplog.text
+    assert not started and (project / "dataset" / "labels.csv").read_text() == "mine"
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / ".DS_Store").write_bytes(b"")
+    (project / "prepare_config.json").write_text("{}")  # an earlier run's output: resumed
+    for out in (tmp_path / "new", tmp_path / "empty", project):
+        assert main(["prepare", str(raw), str(out), "--no-sync"]) == 0
+    assert started == [str(tmp_path / "new"), str(tmp_path / "empty"), str(project)]
+
+
+def test_an_input_folder_without_videos_changes_nothing_in_the_output(short_raw, tmp_path):
+    """A folder without video files is one line naming what it holds, and the output is left as it was: the run used
+    to create the output folder (prepare_config.json, work/) before it looked at the input, and with --overwrite and
+    other settings to delete an earlier run's clips and dataset first (also before a model that could not be
+    loaded)."""
+    novideo = tmp_path / "novideo"
+    novideo.mkdir()
+    (novideo / "talk.rmvb").write_bytes(b"a video of an ending that is not read")
+    with pytest.raises(LatentSyncInputError, match=r"no video files .* \(only 1 other file: .rmvb 1\)"):
+        P.prepare_dataset(str(novideo), str(tmp_path / "new"))
+    assert not (tmp_path / "new").exists()
+    out = tmp_path / "prepared"
+    cfg = P.PrepareConfig(min_seconds=0.6, max_seconds=1.2, sync=False, quality="sharpness", quality_threshold=0.0)
+    assert P.prepare_dataset(str(short_raw), str(out), cfg, build_dataset=False).clips == 1
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    with pytest.raises(LatentSyncInputError, match="no video files"):
+        P.prepare_dataset(str(novideo), str(out), P.PrepareConfig(resolution=512), overwrite=True)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    # other settings with --overwrite and a model that cannot be loaded: the earlier run was deleted first too, and a
+    # new output folder was made
+    other = dataclasses.replace(cfg, resolution=512, quality=f"hyperiqa:{tmp_path / 'no_such_folder'}")
+    with pytest.raises(LatentSyncInputError, match="cannot load the quality scorer"):
+        P.prepare_dataset(str(short_raw), str(out), other, overwrite=True)
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    with pytest.raises(LatentSyncInputError, match="cannot load the quality scorer"):
+        P.prepare_dataset(str(short_raw), str(tmp_path / "new"), other)
+    assert not (tmp_path / "new").exists()
 
 
 def test_summary_counts_each_drop_in_its_own_unit():
@@ -486,6 +572,42 @@ def test_stopping_a_parallel_run_does_not_process_the_queued_videos(short_raw, t
     assert time.monotonic() - t0 < 4  # 0.1-0.8 s here, with four busy processes on the two cores too
     assert len(list(state_dir.glob("*.json"))) <= 3  # the first video, and those that finished meanwhile
     assert not multiprocessing.active_children()
+
+
+def test_stopping_a_parallel_run_while_its_workers_start(short_raw, tmp_path, capfd):
+    """Ctrl-C in a terminal reaches the workers too, and in the first seconds they are still importing torch and
+    MediaPipe (20-30 s on a busy machine). Each starting worker used to die with a traceback of its imports, the pool's
+    manager thread with an ``InvalidStateError`` traceback, and the run waited 10 s before killing the workers."""
+    import multiprocessing
+    import signal
+    import threading
+    import time
+
+    from latentsync.data.prepare import run
+
+    cfg = P.PrepareConfig(min_seconds=0.6, max_seconds=1.2, sync=False, quality="sharpness")
+    models = run.StageModels(None, SharpnessScorer(), quality_spec="sharpness")
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    jobs = [run.VideoJob(str(short_raw / "demo1.mp4"), f"v{i}.mp4", str(tmp_path / "clips" / f"v{i}"),
+                         str(state_dir / f"v{i}.json")) for i in range(6)]
+
+    def ctrl_c() -> None:  # the terminal signals the whole process group: the workers and this process
+        time.sleep(0.5)
+        for child in multiprocessing.active_children():
+            os.kill(child.pid, signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    finished = run._run_local(jobs, cfg, "cpu", models, num_workers=2)
+    threading.Thread(target=ctrl_c, daemon=True).start()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        next(finished)
+    assert time.monotonic() - t0 < 5  # was 10.5-13 s
+    assert not multiprocessing.active_children()
+    assert not list(state_dir.glob("*.json"))
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "did not stop" not in err
 
 
 def test_prepare_command_stopped_by_a_signal_says_the_finished_videos_are_kept(tmp_path, monkeypatch, caplog):
@@ -617,6 +739,7 @@ def test_linked_folders_are_searched_and_a_file_reached_twice_is_one_video(short
     assert other_files == {".rmvb": 1, ".txt": 1}
 
     cfg = P.PrepareConfig(min_seconds=0.6, max_seconds=1.2, sync=False, quality="sharpness", quality_threshold=0.0)
+    (out / "prepare_config.json").write_text(json.dumps(cfg.identity()))  # an earlier run's output
     summary = P.prepare_dataset(str(raw), str(out), cfg)
     assert summary.videos == 4 and summary.clips == 1
     assert summary.dropped["duplicate"] == {"count": 2, "seconds": 0.0}

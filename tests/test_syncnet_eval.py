@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from conftest import ffmpeg, shared_file
+from conftest import ffmpeg, shared_file, write_video
 
 from latentsync.commands import main as cli_main
 from latentsync.errors import LatentSyncInputError
@@ -422,3 +422,55 @@ def test_syncnet_acc_refuses_a_classic_syncnet_in_one_line(clips_dir, tmp_path, 
                          os.fspath(clips_dir)]) == 2
     assert _errors(caplog) == [f"syncnet-acc needs a StableSyncNet (folder, Hub id or stable_syncnet.pt), and --model "
                                f"{tmp_path / 'syncnet_v2.model'} is a SyncNetV2"]
+
+
+def test_sync_conf_names_a_video_it_cannot_score_and_scores_the_others(clips_dir, tiny_syncnet_dir, tmp_path, caplog):
+    """A video that cannot be scored (here too short for the SyncNet's window) among several: its error names it and is
+    kept in the output, the others are scored and written, exit status 1. It used to end the command with one line
+    that did not say which video ("video is too short for the SyncNet ..."), and no result of the others."""
+    import logging
+
+    short = tmp_path / "short.mp4"
+    ffmpeg("-i", os.fspath(clips_dir / "a.mp4"), "-frames:v", "3", "-t", "0.12", str(short))
+    good = os.fspath(clips_dir / "a.mp4")
+    report = tmp_path / "conf.json"
+    with caplog.at_level(logging.ERROR, logger="latentsync"):
+        assert cli_main(["eval", "sync-conf", good, os.fspath(short), "--model", os.fspath(tiny_syncnet_dir),
+                         "--aligned", "--vshift", "3", "--json", os.fspath(report)]) == 1
+    assert any(e.startswith(f"{short}: video is too short for the SyncNet") for e in _errors(caplog))
+    result = json.loads(report.read_text())
+    assert "too short" in result[os.fspath(short)]["error"]
+    assert result["mean"]["confidence"] == result[good]["confidence"]
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="latentsync"):  # one video: one line naming it, as before status 2
+        assert cli_main(["eval", "sync-conf", os.fspath(short), "--model", os.fspath(tiny_syncnet_dir),
+                         "--aligned"]) == 2
+    assert _errors(caplog)[0].startswith(f"{short}: video is too short for the SyncNet")
+
+
+def test_eval_refuses_bad_numbers_and_raw_videos_before_scoring(clips_dir, tiny_syncnet_dir, tmp_path, caplog, capsys):
+    """Counts of 0, a negative --vshift and an empty --time-range are usage errors (exit 2, one line), before the
+    model loads; they were tracebacks after it (``range() arg 3 must not be zero``, ``time_range must satisfy ...``,
+    ``upper bound and lower bound inconsistent``). syncnet-acc on raw videos (whole frames, not aligned faces) is
+    refused as training refuses them; it reported an accuracy of squashed whole frames."""
+    import logging
+
+    model, video = os.fspath(tiny_syncnet_dir), os.fspath(clips_dir / "a.mp4")
+    acc = ["syncnet-acc", "--model", model, "--data", os.fspath(clips_dir)]
+    cases = [([*acc, "--num-samples", "0"], "argument --num-samples: must be at least 1, got 0"),
+             ([*acc, "--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
+             ([*acc, "--time-range", "0.5", "0.2"], "--time-range needs 0 <= START < END <= 1, got 0.5 0.2"),
+             (["sync-conf", video, "--model", model, "--vshift", "-1"], "argument --vshift: must be at least 0, got -1"),
+             (["sync-conf", video, "--model", model, "--batch-size", "0"], "argument --batch-size: must be at least 1")]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as stopped:
+            cli_main(["eval", *argv])
+        assert stopped.value.code == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    write_video(raw / "talk.mp4", np.zeros((20, 48, 64, 3), np.uint8), crf=10)
+    with caplog.at_level(logging.ERROR, logger="latentsync"):
+        assert cli_main(["eval", "syncnet-acc", "--model", model, "--data", os.fspath(raw), "--num-samples", "4"]) == 2
+    assert f"--data={raw} holds videos of 64 x 48 px, not aligned face clips" in _errors(caplog)[0]

@@ -43,6 +43,20 @@ def _add_runtime_options(p: argparse.ArgumentParser, dtype: bool = True, json_ou
         p.add_argument("--json", default=None, help="also write the result to this JSON file")
 
 
+def at_least(least: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``least`` (a count, a batch size), refused before anything loads."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
+        return value
+
+    return parse
+
+
 def sync_model_source(model: str, weights_name: str | None) -> str | tuple[str, str | None]:
     """What [`load_sync_model`] will read, for [`check_model_sources`]: a local path as it is, a Hub id with the
     file inside it (``weights_name``; None: a ``from_pretrained`` repository)."""
@@ -83,21 +97,26 @@ def _syncnet_acc_parser() -> argparse.ArgumentParser:
                    help="folder of aligned 25 fps clips, a video file, a saved/Hub datasets dataset with mp4 bytes")
     p.add_argument("--split", default="train", help="dataset split (datasets sources only; default train)")
     p.add_argument("--video-column", default="video")
-    p.add_argument("--num-samples", type=int, default=2048, help="pairs to evaluate (half positive; default 2048)")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--num-samples", type=at_least(1), default=2048,
+                   help="pairs to evaluate (half positive; default 2048)")
+    p.add_argument("--batch-size", type=at_least(1), default=16)
     p.add_argument("--time-range", type=float, nargs=2, default=(0.0, 1.0), metavar=("START", "END"),
                    help="fraction of every clip to sample from (default 0 1)")
-    p.add_argument("--min-negative-offset", type=int, default=1, help="frames between negatives' video and audio")
+    p.add_argument("--min-negative-offset", type=at_least(1), default=1,
+                   help="frames between negatives' video and audio")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--vae", default="stabilityai/sd-vae-ft-mse", help="VAE for latent-space SyncNets")
-    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--num-workers", type=at_least(0), default=0)
     _add_runtime_options(p)
     return p
 
 
 def syncnet_acc(argv: list[str]) -> int:
     """``latentsync eval syncnet-acc``."""
-    args = _syncnet_acc_parser().parse_args(argv)
+    p = _syncnet_acc_parser()
+    args = p.parse_args(argv)
+    if not 0 <= args.time_range[0] < args.time_range[1] <= 1:
+        p.error(f"--time-range needs 0 <= START < END <= 1, got {args.time_range[0]:g} {args.time_range[1]:g}")
     check_clip_source(args.data, "--data")
     if args.json:
         check_side_output(args.json, [], "--json")
@@ -119,6 +138,7 @@ def syncnet_acc(argv: list[str]) -> int:
     cfg = model.config
     clips = syncnet_data.ClipStore(args.data, resolution=cfg.resolution, lower_half=cfg.lower_half, split=args.split,
                                    video_column=args.video_column)
+    clips.source.info().check_aligned_faces(args.data, "--data")  # raw videos: whole frames squashed into squares
     dataset = syncnet_data.SyncNetDataset(clips, args.num_samples, num_frames=cfg.num_frames,
                                           time_range=tuple(args.time_range),
                                           min_negative_offset=args.min_negative_offset, seed=args.seed)
@@ -154,9 +174,9 @@ def _sync_conf_parser() -> argparse.ArgumentParser:
                    help="score against this audio track (of --audio, or of each video), numbered from 1 as the log "
                         "and players number them (default: the track with the speech: "
                         f"{AUTOMATIC_TRACK})")
-    p.add_argument("--vshift", type=int, default=15, help="largest offset tried, in frames (default 15)")
-    p.add_argument("--batch-size", type=int, default=20)
-    p.add_argument("--max-frames", type=int, default=None, help="only use the first N frames")
+    p.add_argument("--vshift", type=at_least(0), default=15, help="largest offset tried, in frames (default 15)")
+    p.add_argument("--batch-size", type=at_least(1), default=20)
+    p.add_argument("--max-frames", type=at_least(1), default=None, help="only use the first N frames")
     p.add_argument("--aligned", action="store_true", help="videos already show aligned faces (skip detection)")
     _add_runtime_options(p)
     return p
@@ -186,19 +206,28 @@ def sync_conf(argv: list[str]) -> int:
     with loading("--model", model_id):
         model = sc.load_sync_model(model_id, weights_name=weights, subfolder=args.subfolder,
                                    device=args.device or default_device(), dtype=torch_dtype(args.dtype))
-    results = {}
+    results: dict[str, dict] = {}
+    failed = False
     for video in args.videos:
-        est = sc.estimate_sync(video, model, audio=args.audio, vshift=args.vshift, batch_size=args.batch_size,
-                               max_frames=args.max_frames, faces_aligned=args.aligned, audio_track=args.audio_track)
+        try:
+            est = sc.estimate_sync(video, model, audio=args.audio, vshift=args.vshift, batch_size=args.batch_size,
+                                   max_frames=args.max_frames, faces_aligned=args.aligned,
+                                   audio_track=args.audio_track)
+        except LatentSyncInputError as exc:  # a video without a face, too short, ...: named; the others are scored
+            if len(args.videos) == 1:
+                raise LatentSyncInputError(f"{video}: {exc}") from None
+            logger.error("%s: %s", video, exc)
+            results[video], failed = {"error": str(exc)}, True
+            continue
         logger.info("%s: offset %d frames, confidence %.3f, min distance %.3f", video, est.offset, est.confidence,
                     est.min_distance)
         results[video] = est.as_dict()
-    if len(results) > 1:
-        confs = [r["confidence"] for r in results.values()]
-        results["mean"] = {"confidence": sum(confs) / len(confs),
-                           "abs_offset": sum(abs(r["offset"]) for r in results.values()) / len(confs)}
+    scored = [r for r in results.values() if "error" not in r]
+    if len(results) > 1 and scored:
+        results["mean"] = {"confidence": sum(r["confidence"] for r in scored) / len(scored),
+                           "abs_offset": sum(abs(r["offset"]) for r in scored) / len(scored)}
     _emit(results, args.json)
-    return 0
+    return 1 if failed else 0
 
 
 # ---------------------------------------------------------------------------------------------------- videos
@@ -220,8 +249,8 @@ def _videos_parser() -> argparse.ArgumentParser:
                    help="FID Inception weights (.pth path or URL) or a TorchScript image encoder "
                         "(default: pt_inception-2015-12-05 from the pytorch-fid release)")
     p.add_argument("--fvd-backbone", default=None,
-                   help="I3D TorchScript file or Hub repo holding auxiliary/i3d_torchscript.pt "
-                        f"(default: {I3D_REPO_ID})")
+                   help="I3D TorchScript file, or Hub repo (or a local copy of one) holding "
+                        f"auxiliary/i3d_torchscript.pt (default: {I3D_REPO_ID})")
     p.add_argument("--syncnet", default=None,
                    help="SyncNet for LSE-C/D: syncnet_v2.model file, StableSyncNet folder/Hub id or stable_syncnet.pt "
                         "(default: auxiliary/syncnet_v2.model of ByteDance/LatentSync-1.5)")

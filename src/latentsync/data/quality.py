@@ -91,8 +91,14 @@ class HyperIQAScorer:
     @classmethod
     def from_pretrained(cls, path_or_repo: str = HYPERIQA_REPO_ID, filename: str = HYPERIQA_FILENAME,
                         threshold: float = 40.0, device: str | torch.device = "cpu") -> "HyperIQAScorer":
-        """Load ``koniq_pretrained.pkl`` from a local file or a Hub repository (``filename`` inside it)."""
-        path = path_or_repo if os.path.isfile(path_or_repo) else hf_hub_download(path_or_repo, filename)
+        """Load ``koniq_pretrained.pkl`` from a local file, or ``filename`` in a local folder (a copy of the Hub
+        repository) or a Hub repository."""
+        if os.path.isdir(path_or_repo):  # a local copy of the Hub repository
+            path = os.path.join(path_or_repo, filename)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{filename} not found in the folder {path_or_repo}")
+        else:
+            path = path_or_repo if os.path.isfile(path_or_repo) else hf_hub_download(path_or_repo, filename)
         state = load_state_file(path)
         model = HyperIQA()
         model.load_state_dict(state)
@@ -122,7 +128,8 @@ def load_quality_scorer(spec: str = "auto", threshold: float | None = None,
     """Build a scorer from ``spec``.
 
     ``"sharpness"``: [`SharpnessScorer`]. ``"hyperiqa"``: hyperIQA weights from the LatentSync Hub repository; a path
-    to a ``.pkl`` file or ``"hyperiqa:<repo id or path>"`` loads them from there. ``"auto"``: hyperIQA if its weights
+    to a ``.pkl`` file or to a folder holding ``auxiliary/koniq_pretrained.pkl``, or ``"hyperiqa:<repo id or path>"``
+    loads them from there. ``"auto"``: hyperIQA if its weights
     can be loaded (local file or Hub cache/download), else sharpness with a warning.
     """
     kwargs = {} if threshold is None else {"threshold": threshold}
@@ -144,14 +151,15 @@ def load_quality_scorer(spec: str = "auto", threshold: float | None = None,
         logger.warning("hyperIQA weights unavailable (%s); using the sharpness scorer (keep score >= %g) for quality "
                        "filtering", reason, scorer.threshold)
         return scorer
+    # the setting is named "--quality" in a missing model's message: its advice "--quality=DIR" is a valid one
     if spec == "hyperiqa":
-        check_model_sources({"--quality hyperiqa": (HYPERIQA_REPO_ID, HYPERIQA_FILENAME)})
+        check_model_sources({"--quality": (HYPERIQA_REPO_ID, HYPERIQA_FILENAME)})
         return HyperIQAScorer.from_pretrained(device=device, **kwargs)
     if spec.startswith("hyperiqa:"):
         source = spec.split(":", 1)[1]
-        check_model_sources({"--quality hyperiqa": source if os.path.exists(source) else (source, HYPERIQA_FILENAME)})
+        check_model_sources({"--quality": source if os.path.exists(source) else (source, HYPERIQA_FILENAME)})
         return HyperIQAScorer.from_pretrained(source, device=device, **kwargs)
-    if os.path.isfile(spec):
+    if os.path.exists(spec):  # koniq_pretrained.pkl, or a folder holding auxiliary/koniq_pretrained.pkl
         return HyperIQAScorer.from_pretrained(spec, device=device, **kwargs)
     raise ValueError(f"unknown quality scorer {spec!r}: use auto, sharpness, hyperiqa, hyperiqa:<repo or path>, "
-                     "or a path to koniq_pretrained.pkl")
+                     "or a path to koniq_pretrained.pkl or to a folder holding auxiliary/koniq_pretrained.pkl")

@@ -167,8 +167,14 @@ class I3DFeatureExtractor:
     def from_pretrained(
         cls, path_or_repo: str = I3D_REPO_ID, filename: str = I3D_FILENAME, device: str | torch.device = "cpu"
     ) -> "I3DFeatureExtractor":
-        """Load from a local TorchScript file, or download ``filename`` from a Hub repository."""
-        path = path_or_repo if os.path.isfile(path_or_repo) else hf_hub_download(path_or_repo, filename)
+        """Load from a local TorchScript file, ``filename`` in a local folder (a copy of the Hub repository) or
+        downloaded from a Hub repository."""
+        if os.path.isdir(path_or_repo):  # a local copy of the Hub repository
+            path = os.path.join(path_or_repo, filename)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{filename} not found in the folder {path_or_repo}")
+        else:
+            path = path_or_repo if os.path.isfile(path_or_repo) else hf_hub_download(path_or_repo, filename)
         return cls(torch.jit.load(path, map_location=device))
 
     def to(self, device: str | torch.device) -> "I3DFeatureExtractor":

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import os
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import asdict
 from typing import Any
@@ -41,18 +42,25 @@ from .sync_confidence import estimate_sync, load_sync_model
 
 logger = logging.getLogger(__name__)
 
+def _stem(name: str) -> str:
+    """A video's name without its ending, in Unicode's composed form: generated and reference videos pair by it, also
+    when one side was named on macOS (which saves an ``é`` as ``e`` and an accent)."""
+    return unicodedata.normalize("NFC", os.path.splitext(os.path.basename(name))[0])
+
+
 def list_videos(folder: str) -> dict[str, str]:
-    """``{stem: path}`` of the video files directly inside ``folder`` (or of ``folder`` itself, a video file)."""
+    """``{stem: path}`` of the video files directly inside ``folder`` (or of ``folder`` itself, a video file); the
+    stems in Unicode's composed form."""
     if os.path.isfile(folder):
         if not is_video_file(folder):
             raise LatentSyncInputError(f"{folder} is not a video file: give a folder of videos or one video")
-        return {os.path.splitext(os.path.basename(folder))[0]: folder}
+        return {_stem(folder): folder}
     if not os.path.isdir(folder):
         raise LatentSyncInputError(f"folder not found: {folder}")
     out: dict[str, str] = {}
     found = find_videos(folder, recursive=True)  # one walk: the sub-folders' videos are only counted
     for name in (n for n in found if os.path.dirname(n) == ""):
-        stem = os.path.splitext(name)[0]
+        stem = _stem(name)
         if stem in out:
             logger.warning("%s: skipped, %s has the same name", os.path.join(folder, name), out[stem])
             continue
@@ -102,7 +110,8 @@ class _SetFeatures:
         """Forget the frames of the current video (it failed part-way): they must not mix with the next one."""
         self._batch, self._video_feats, self._clip_buffer = [], [], []
 
-    def end_video(self) -> None:
+    def end_video(self, path: str) -> None:
+        """Keep the features of video ``path``, read to its end (or to where its comparison stopped)."""
         self._flush()
         self.frame_feats += self._video_feats
         self._video_feats = []
@@ -110,7 +119,8 @@ class _SetFeatures:
             n = len(self._clip_buffer)
             starts = M.clip_windows(n, self.cfg.fvd_frames, self.cfg.fvd_start, self.cfg.fvd_clips_per_video)
             if not starts:
-                logger.warning("video too short for an FVD clip (%d < %d frames)", n, self.cfg.fvd_frames)
+                logger.warning("%s: no FVD clip, %d frame%s read (%d needed)", path, n, "s" * (n != 1),
+                               self.cfg.fvd_frames)
             clips = [np.stack(self._clip_buffer[s : s + self.cfg.fvd_frames]) for s in starts]
             if clips:
                 self.clip_feats.append(M.clip_features(clips, self.video_extractor, batch_size=len(clips)))
@@ -202,9 +212,9 @@ def _scan_pair(gen_path: str, ref_path: str | None, cfg: VideoEvalConfig, gen_se
         if cropper is not None:
             cropper.close()
     if gen_set is not None:
-        gen_set.end_video()
+        gen_set.end_video(gen_path)
     if ref_set is not None and ref_path:
-        ref_set.end_video()
+        ref_set.end_video(ref_path)
     row = {"frames": n}
     if recon:
         row["psnr"] = M.mean_or_nan(psnr)
@@ -246,6 +256,11 @@ def evaluate_videos(
     if recon and not pairs:
         raise LatentSyncInputError("PSNR/SSIM compare generated and reference videos with the same file name; "
                                    "none match")
+    unpaired = [name for name in generated if name not in pairs]
+    if recon and unpaired:
+        logger.warning("no reference of the same name, so no PSNR/SSIM, for %d generated video%s: %s%s",
+                       len(unpaired), "s" * (len(unpaired) != 1), ", ".join(unpaired[:5]),
+                       " ..." if len(unpaired) > 5 else "")
 
     if "fid" in cfg.metrics and frame_extractor is None:
         frame_extractor = M.load_frame_extractor(device=device)
@@ -367,7 +382,8 @@ def _write_report_files(report: dict, paths: dict[str, str]) -> None:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         for row in report["videos"]:
-            writer.writerow({k: format_value(row.get(k)) if isinstance(row.get(k), float) else row.get(k) for k in columns})
+            # numbers in full and an empty cell for a missing one (a "-" made the column text for pandas / sheets)
+            writer.writerow({k: _clean(row.get(k)) for k in columns})
     _plot(report, paths["png"])
     summary_rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(format_value(v))}</td></tr>"
                            for k, v in report["summary"].items() if not isinstance(v, (list, dict)))

@@ -13,6 +13,7 @@ from ...errors import LatentSyncInputError
 from ...media.audio import TRACK_MARGIN_DB
 from ...media.constants import VIDEO_EXTENSIONS
 from ...media.constants import VIDEO_FPS as FPS
+from ..clips import PREPARE_MARKER
 
 # Why material was dropped. Video-level reasons drop the whole file, clip-level ones a planned clip, frame-level
 # ones frames that never became part of a clip.
@@ -143,7 +144,8 @@ def check_parallelism(num_workers: int | None, actors: int | None) -> None:
 
 def check_folders(input_dir: str | os.PathLike, output_dir: str | os.PathLike) -> None:
     """The input must be a folder, and the output a folder (or a path for one) outside it: inside the input, the
-    output's clips would be found as raw videos by the next run, and its files mixed with the user's.
+    output's clips would be found as raw videos by the next run, and its files mixed with the user's. An existing
+    output folder must be empty (hidden files aside) or the output of an earlier run (resumed).
 
     Raises:
         LatentSyncInputError: one line naming the problem.
@@ -158,6 +160,14 @@ def check_folders(input_dir: str | os.PathLike, output_dir: str | os.PathLike) -
         raise LatentSyncInputError(f"the output folder {os.fspath(output_dir)} is inside the input folder "
                                    f"{os.fspath(input_dir)}: the next run would read its clips as raw videos; give a "
                                    "folder outside it")
+    if os.path.isdir(target) and not os.path.isfile(os.path.join(target, PREPARE_MARKER)):
+        others = sorted(name for name in os.listdir(target) if not name.startswith("."))
+        if others:  # not an earlier run's output: its dataset/ and summary files would replace the user's
+            raise LatentSyncInputError(
+                f"the output folder {os.fspath(output_dir)} holds other files ({', '.join(others[:3])}"
+                f"{', ...' if len(others) > 3 else ''}) and no earlier prepare run ({PREPARE_MARKER}): the run "
+                "writes dataset/, work/ and summary files there, replacing any of those names; give a new or empty "
+                "folder")
 
 
 @dataclass

@@ -25,10 +25,12 @@ from tqdm.auto import tqdm
 
 from ...errors import LatentSyncInputError, ModelNotFoundError, first_line
 from ...eval import sync_confidence as sc
+from ...interrupts import STOP_SIGNALS
 from ...media.constants import VIDEO_EXTENSIONS
 from ...media.constants import VIDEO_FPS as FPS
 from ...model_source import check_model_sources
 from ...utils import write_json_atomically
+from ..clips import PREPARE_MARKER
 from ..quality import QualityScorer, SharpnessScorer, load_quality_scorer
 from .config import (DROP_REASONS, DROPPED_CLIP_COLUMNS, DROPPED_VIDEO_COLUMNS, VIDEO_REASONS, NoClipsKeptError,
                      PrepareConfig, PrepareSummary, check_folders, check_parallelism, drop_amount)
@@ -98,12 +100,16 @@ def _stop_worker(signum: int, frame) -> None:
 
 
 def _init_worker(config: PrepareConfig, device: str, sync_checker, quality_scorer, threads: int,
-                 quality_spec: str | None = None, pool_process: bool = False) -> None:
+                 quality_spec: str | None = None, busy=None) -> None:
     """Per-process setup: thread counts and the models of the sync and quality steps (loaded once per worker);
-    ``pool_process``: a worker of the local engine's pool, which stops on SIGINT / SIGTERM ([`_stop_worker`])."""
-    if pool_process:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+    ``busy``: a worker of the local engine's pool, which counts in this shared integer while it processes a video
+    and stops on SIGINT / SIGTERM ([`_stop_worker`]); they were blocked while it started (see [`_run_local`]), a
+    signal that came meanwhile is handled now."""
+    if busy is not None:
+        for signum in STOP_SIGNALS:
             signal.signal(signum, _stop_worker)
+        _WORKER["busy_count"] = busy
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     set_threads(threads)
     _WORKER["config"] = config
     _WORKER["sync"] = worker_sync_checker(config, device, sync_checker)
@@ -172,6 +178,10 @@ def _worker_job(path: str, relpath: str, clips_dir: str, state_path: str) -> dic
         raise KeyboardInterrupt("stopped")
     config = _WORKER["config"]
     t0 = time.time()
+    busy = _WORKER.get("busy_count")
+    if busy is not None:
+        with busy.get_lock():
+            busy.value += 1
     _WORKER["busy"] = True
     try:
         fresh_clips_dir(clips_dir)
@@ -184,6 +194,9 @@ def _worker_job(path: str, relpath: str, clips_dir: str, state_path: str) -> dic
         write_json_atomically(state_path, result, indent=1)
     finally:
         _WORKER["busy"] = False
+        if busy is not None:
+            with busy.get_lock():
+                busy.value -= 1
     return result
 
 
@@ -247,33 +260,32 @@ def _prepare(input_dir: str, output_dir: str, config: PrepareConfig, device: str
     t0 = time.time()
     work = os.path.join(output_dir, "work")
     state_dir, clips_root = os.path.join(work, "state"), os.path.join(work, "clips")
-    config_path = os.path.join(output_dir, "prepare_config.json")
+    config_path = os.path.join(output_dir, PREPARE_MARKER)
+    # the input first: a folder without videos changes nothing in the output (an earlier run's included)
+    found, duplicates, other_files = scan_input(input_dir, exclude=[output_dir])
+    if not found:
+        n = sum(other_files.values())
+        others = (f" (only {n} other file{'s' * (n != 1)}: {', '.join(f'{e} {c}' for e, c in other_files.items())})"
+                  if n else "")
+        raise LatentSyncInputError(f"no video files ({', '.join(VIDEO_EXTENSIONS)}) under {input_dir}{others}")
+    restart = False  # an earlier run with other settings, discarded
     if os.path.isfile(config_path):
         with open(config_path) as f:
             previous = json.load(f)
         if previous != config.identity():
-            kept = _kept_clips(state_dir)
-            if kept and not overwrite:
+            earlier = _kept_clips(state_dir)
+            if earlier and not overwrite:
                 raise LatentSyncInputError(
-                    f"{output_dir} holds {kept} clips prepared with other settings "
+                    f"{output_dir} holds {earlier} clips prepared with other settings "
                     f"({_diff(previous, config.identity())}); use another output folder or --overwrite")
-            if not kept:
-                logger.info("%s kept no clip with its previous settings: starting again with these", output_dir)
-            shutil.rmtree(work, ignore_errors=True)
-            shutil.rmtree(os.path.join(output_dir, "dataset"), ignore_errors=True)
-    os.makedirs(state_dir, exist_ok=True)
-    os.makedirs(clips_root, exist_ok=True)
-    write_json_atomically(config_path, config.identity(), indent=1)
+            restart = True
 
-    found, duplicates, other_files = scan_input(input_dir, exclude=[output_dir])
-    if not found:
-        raise LatentSyncInputError(f"no video files ({', '.join(VIDEO_EXTENSIONS)}) under {input_dir}")
     videos = sorted([*found, *duplicates])
     jobs, results, changed, missing = [], {}, 0, 0
     for rel in found:
         key, path = video_key(rel), os.path.join(input_dir, rel)
         state_path, clips_dir = os.path.join(state_dir, key + ".json"), os.path.join(clips_root, key)
-        if os.path.isfile(state_path):
+        if not restart and os.path.isfile(state_path):
             with open(state_path) as f:
                 previous = json.load(f)
             if previous.get("source_file", source_fingerprint(path)) != source_fingerprint(path):
@@ -292,11 +304,23 @@ def _prepare(input_dir: str, output_dir: str, config: PrepareConfig, device: str
                 len(jobs), f" ({', '.join(again)})" if again else "",
                 f", {len(duplicates)} other name{'s' * (len(duplicates) != 1)} (links) of these skipped"
                 if duplicates else "")
+    # the models before anything is written: one that cannot be loaded leaves the output as it was (a new one not
+    # made, an earlier run not discarded)
+    loaded = _load_models(config, check_device, sync_checker, quality_scorer) if jobs else None
+    if restart:
+        if not earlier:
+            logger.info("%s kept no clip with its previous settings: starting again with these", output_dir)
+        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(os.path.join(output_dir, "dataset"), ignore_errors=True)
+    os.makedirs(output_dir, exist_ok=True)
+    write_json_atomically(config_path, config.identity(), indent=1)  # first: it marks the folder as a prepare output
+    os.makedirs(state_dir, exist_ok=True)
+    os.makedirs(clips_root, exist_ok=True)
 
     kept = sum(len(r["clips"]) for r in results.values())
     filters_path = os.path.join(work, "filters.json")
     if jobs:
-        loaded_sync, loaded_quality, quality_spec = _load_models(config, check_device, sync_checker, quality_scorer)
+        loaded_sync, loaded_quality, quality_spec = loaded
         models = StageModels(loaded_sync, loaded_quality, sync_checker, quality_scorer, quality_spec)
         filters = describe_filters(config, loaded_sync, loaded_quality)
         write_json_atomically(filters_path, filters, indent=1)
@@ -360,13 +384,21 @@ def _run_local(jobs: list[VideoJob], config: PrepareConfig, device: str, models:
         return
     ctx = multiprocessing.get_context("spawn")  # MediaPipe and torch are not fork-safe
     threads = max(1, (os.cpu_count() or 1) // num_workers)
+    busy = ctx.Value("i", 0)  # workers processing a video
     # each worker loads its own models: only the caller's own objects are sent (pickled)
     pool = cf.ProcessPoolExecutor(num_workers, mp_context=ctx, initializer=_init_worker,
                                   initargs=(config, device, models.given_sync, models.given_quality, threads,
-                                            models.quality_spec, True))
+                                            models.quality_spec, busy))
     futures: dict[cf.Future, VideoJob] = {}
     try:
-        futures.update((pool.submit(_worker_job, *job), job) for job in jobs)
+        # the workers start (on the first submits) with SIGINT / SIGTERM blocked, which they inherit until their
+        # handler is in place: a Ctrl-C reaches them too, and one that came while they import torch and MediaPipe
+        # (20-30 s on a busy machine) killed each with a traceback
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            futures.update((pool.submit(_worker_job, *job), job) for job in jobs)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a signal that came meanwhile is raised here
         for fut in cf.as_completed(futures):
             job = futures[fut]
             try:
@@ -376,33 +408,39 @@ def _run_local(jobs: list[VideoJob], config: PrepareConfig, device: str, models:
                 res = failed_record(job.relpath, str(exc), status="crashed")
             yield job.relpath, res
     except BaseException:  # Ctrl-C, SIGTERM, or the caller stopped early: the queued videos must not run
-        _stop_workers(pool, list(futures))
+        _stop_workers(pool, busy)
         raise
     finally:
         pool.shutdown(wait=True)
 
 
-def _stop_workers(pool: cf.ProcessPoolExecutor, futures: list[cf.Future], timeout: float = 10.0) -> None:
-    """Stop a run's workers now: cancel the videos not started, interrupt the ones in progress (each removes its
-    partial clips and writes no state: the next run redoes them; a job already handed to a worker returns at once)
-    and kill the workers when that takes more than ``timeout`` seconds. Without this, shutting the pool down would
-    first process every queued video."""
-    for future in futures:
-        future.cancel()
-    processes = list((getattr(pool, "_processes", None) or {}).values())
+def _stop_workers(pool: cf.ProcessPoolExecutor, busy, timeout: float = 10.0) -> None:
+    """Stop a run's workers now: cancel the videos not started, interrupt the workers (one processing a video removes
+    its partial clips and writes no state: the next run redoes it; a job handed to a worker afterwards returns at
+    once; one still starting holds the signal until it could handle it) and kill them all once no video is in
+    progress (``busy``, the count of workers processing one, is 0), or after ``timeout`` seconds. Without this,
+    shutting the pool down would first process every queued video."""
+    processes = [p for p in (getattr(pool, "_processes", None) or {}).values() if p.is_alive()]
+    # the pool's own thread cancels the queued videos (cancelling its futures from here broke that thread with an
+    # InvalidStateError once a worker died, and the run then waited for the whole timeout)
+    pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
-        if process.is_alive():
-            try:
-                os.kill(process.pid, signal.SIGINT)
-            except OSError:  # it ended meanwhile
-                pass
-    _, running = cf.wait(futures, timeout=timeout)
-    if running:
-        logger.warning("%d workers did not stop within %g s: killed", len(processes), timeout)
-    # every job has returned (or is abandoned): the workers have nothing left to write, and letting each one exit
-    # normally (tearing down its models) took 5-10 s on a busy machine after the user had asked to stop
+        try:
+            os.kill(process.pid, signal.SIGINT)
+        except OSError:  # it ended meanwhile
+            pass
+    count = busy.get_obj()  # read without the lock: a worker that died holding it must not hang the stop
+    deadline = time.monotonic() + timeout
+    while count.value > 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if count.value > 0:
+        logger.warning("%d workers did not stop within %g s: killed", count.value, timeout)
+    # no video is in progress: the workers have nothing left to write (those still starting have none), and letting
+    # each one exit normally (tearing down its models) took 5-10 s on a busy machine after the user had asked to stop
     for process in processes:
         process.kill()
+    for process in processes:
+        process.join(timeout)
 
 
 def _ray_engine():
