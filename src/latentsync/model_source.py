@@ -171,6 +171,26 @@ def is_hub_cached(repo_id: str, filename: str | None = None, cache_dir: str | os
     return os.path.isdir(snapshots) and any(os.scandir(snapshots))
 
 
+def model_file(source: str | os.PathLike, filename: str) -> str:
+    """The local path of one weights file: ``source`` itself when it is a file, ``filename`` inside it when it is a
+    folder (a local copy of the Hub repository), else ``filename`` downloaded from the Hub repository ``source``.
+
+    Raises:
+        FileNotFoundError: ``source`` is a folder without ``filename`` (one line naming both).
+    """
+    source = os.fspath(source)
+    if os.path.isfile(source):
+        return source
+    if os.path.isdir(source):
+        path = os.path.join(source, filename)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{filename} not found in the folder {source}")
+        return path
+    from huggingface_hub import hf_hub_download  # deferred: a slow import (see the module docstring)
+
+    return hf_hub_download(source, filename)
+
+
 def check_not_training_run(folder: str | os.PathLike) -> None:
     """Refuse a training run's output folder where a pipeline is expected, saying where its pipeline is (one line,
     instead of diffusers' missing ``model_index.json``).

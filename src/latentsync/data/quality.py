@@ -20,10 +20,9 @@ from typing import Protocol, runtime_checkable
 import cv2
 import numpy as np
 import torch
-from huggingface_hub import hf_hub_download
 
 from ..errors import first_line
-from ..model_source import check_model_sources, go_offline, hub_unreachable_reason, is_hub_cached
+from ..model_source import check_model_sources, go_offline, hub_unreachable_reason, is_hub_cached, model_file
 from ..models.hyperiqa import HyperIQA
 from ..utils import load_state_file
 
@@ -93,13 +92,7 @@ class HyperIQAScorer:
                         threshold: float = 40.0, device: str | torch.device = "cpu") -> "HyperIQAScorer":
         """Load ``koniq_pretrained.pkl`` from a local file, or ``filename`` in a local folder (a copy of the Hub
         repository) or a Hub repository."""
-        if os.path.isdir(path_or_repo):  # a local copy of the Hub repository
-            path = os.path.join(path_or_repo, filename)
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"{filename} not found in the folder {path_or_repo}")
-        else:
-            path = path_or_repo if os.path.isfile(path_or_repo) else hf_hub_download(path_or_repo, filename)
-        state = load_state_file(path)
+        state = load_state_file(model_file(path_or_repo, filename))
         model = HyperIQA()
         model.load_state_dict(state)
         return cls(model, threshold=threshold, device=device)

@@ -25,11 +25,10 @@ import scipy.linalg
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from huggingface_hub import hf_hub_download
 
 from ..errors import ModelNotFoundError
 from ..face.detection import FaceDetector, largest_face
-from ..model_source import download_unavailable_reason
+from ..model_source import download_unavailable_reason, model_file
 from ..models.inception import FID_WEIGHTS_URL, FIDInceptionV3
 from .config import I3D_FILENAME, I3D_REPO_ID
 
@@ -169,13 +168,7 @@ class I3DFeatureExtractor:
     ) -> "I3DFeatureExtractor":
         """Load from a local TorchScript file, ``filename`` in a local folder (a copy of the Hub repository) or
         downloaded from a Hub repository."""
-        if os.path.isdir(path_or_repo):  # a local copy of the Hub repository
-            path = os.path.join(path_or_repo, filename)
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"{filename} not found in the folder {path_or_repo}")
-        else:
-            path = path_or_repo if os.path.isfile(path_or_repo) else hf_hub_download(path_or_repo, filename)
-        return cls(torch.jit.load(path, map_location=device))
+        return cls(torch.jit.load(model_file(path_or_repo, filename), map_location=device))
 
     def to(self, device: str | torch.device) -> "I3DFeatureExtractor":
         self.module = self.module.to(device)

@@ -30,7 +30,6 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from huggingface_hub import hf_hub_download
 from scipy.signal import medfilt
 from tqdm.auto import tqdm
 
@@ -42,6 +41,7 @@ from ..loaders.official import load_syncnet
 from ..media.audio import chosen_track, load_audio
 from ..media.constants import SAMPLE_RATE, VIDEO_FPS
 from ..media.video import iter_frames
+from ..model_source import model_file
 from ..models.syncnet import StableSyncNet
 from ..models.syncnet_v2 import SyncNetV2
 from ..utils import frames_to_pixels
@@ -331,7 +331,7 @@ def load_sync_model(
     """
     path = os.fspath(model)
     if weights_name:
-        path = os.path.join(path, weights_name) if os.path.isdir(path) else hf_hub_download(path, weights_name)
+        path = model_file(path, weights_name)
     if os.path.isfile(path):
         if os.path.basename(path).endswith(".pt") and "syncnet_v2" not in os.path.basename(path):
             net = load_syncnet(path)

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import torch
 from diffusers import ModelMixin
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from huggingface_hub import hf_hub_download
 from torch import nn
 
+from ..model_source import model_file
 from ..utils import load_state_file
 
 VGG16_HUB_ID = "timm/vgg16.tv_in1k"
@@ -58,13 +57,7 @@ class VGG16Features(ModelMixin, ConfigMixin):
     def from_vgg16_weights(cls, source: str = VGG16_HUB_ID) -> "VGG16Features":
         """ImageNet VGG-16 trunk from a Hub repo id (timm layout, ``model.safetensors``) or a local weights file
         (``.safetensors``, or torchvision's ``vgg16-*.pth`` read with ``weights_only=True``)."""
-        if os.path.isfile(source):
-            path = source
-        elif os.path.isdir(source):
-            path = os.path.join(source, "model.safetensors")
-        else:
-            path = hf_hub_download(source, "model.safetensors")
-        state = load_state_file(path)
+        state = load_state_file(model_file(source, "model.safetensors"))
         trunk = {k: v for k, v in state.items() if k.startswith("features.")}
         if not trunk:
             raise ValueError(f"{source} holds no 'features.*' tensors: not a VGG-16 checkpoint")
