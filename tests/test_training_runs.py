@@ -169,6 +169,14 @@ def test_configs_say_what_they_are():
     (None, ["report_to=tensorbord"], "report_to must be one of .*tensorboard.* or null"),
     (None, ["unet_config={down_block_type: [a]}"],
      "unet_config: down_block_type is no LatentSyncUNet argument .*did you mean down_block_types"),
+    # a value of the wrong type: one line naming the setting (it used to pass silently or end in a traceback)
+    (None, ["use_ema=maybe"], "use_ema must be true or false, got 'maybe'"),
+    (None, ["train_batch_size=2.5"], "train_batch_size must be a whole number, got 2.5"),
+    (None, ["checkpointing_steps=null"], "checkpointing_steps must be a whole number, got null"),
+    (None, ["lora_target_modules=to_q"], r"lora_target_modules must be a list of text .*written \[to_q\]"),
+    (None, ["learning_rate=[1e-4]"], "learning_rate must be a number, got"),
+    ("base: " + str(CONFIGS / "unet_tiny_stage1.yaml") + "\nmixed_precision: no\n", [],
+     "mixed_precision must be text, got False .*put the text in quotes"),
 ])
 def test_bad_settings_end_in_one_line(tmp_path, caplog, contents, overrides, message):
     from latentsync.commands.train import train_unet_command
@@ -189,6 +197,22 @@ def test_bad_settings_end_in_one_line(tmp_path, caplog, contents, overrides, mes
     assert not (tmp_path / "out").exists()
     with pytest.raises(TrainingConfigError, match="config file not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_values_read_as_their_settings_types(tmp_path):
+    """Command-line values as the settings' types: a text setting takes the text as typed (``mixed_precision=no``,
+    which YAML reads as false, was refused as "got False", though the usage shows it), numbers that YAML 1.1 reads
+    as text convert (``1e3``), and a SyncNet time range that is no list is one line, not a TypeError."""
+    cfg = load_config(CONFIGS / "unet_tiny_stage1.yaml", ["mixed_precision=no", "max_train_steps=1e3",
+                                                          "hub_model_id=2024", "learning_rate=3e-5"])
+    assert (cfg.mixed_precision, cfg.max_train_steps, cfg.hub_model_id, cfg.learning_rate) == ("no", 1000, "2024",
+                                                                                                3e-5)
+    assert load_config(None, ["report_to=null", "lora_alpha=8"]).report_to is None
+    assert load_config(None, ["lora_alpha=8"]).lora_alpha == 8.0
+    with pytest.raises(TrainingConfigError, match=r"train_time_range must be a list of numbers \(\[a, b\]\), got 0.8"):
+        load_syncnet_config(CONFIGS / "syncnet_tiny.yaml", ["train_time_range=0.8"])
+    with pytest.raises(TrainingConfigError, match="hflip must be true or false, got 'maybe'"):
+        load_syncnet_config(CONFIGS / "syncnet_tiny.yaml", ["hflip=maybe"])
 
 
 # ---------------------------------------------------------------------------------------------------- errors
