@@ -1009,6 +1009,33 @@ def test_raw_videos_and_non_syncnets_are_refused_before_training(tiny, tmp_path,
     assert not (tmp_path / "u").exists() and not (tmp_path / "s").exists()
 
 
+def test_run_folder_as_starting_point_is_one_line_before_models_load(tiny, stage1_run, tmp_path, no_model_loads):
+    """A run's output folder given as the U-Net or pipeline to start from (instead of its pipeline/): one line
+    naming the setting and where the run's model is, before any model loads. It used to load the data, then read the
+    run's settings file (config.json) as a U-Net config and end in diffusers' "no file named
+    diffusion_pytorch_model.bin"; a SyncNet run folder in "no LatentSync U-Net"."""
+    from latentsync.errors import ModelNotFoundError
+    from latentsync.training.unet_trainer import train
+
+    _, ov = tiny
+    unet_run = stage1_run[0].output_dir
+    syncnet_run = tmp_path / "syncnet_run"
+    for folder in ("checkpoints/checkpoint-2", "syncnet_best"):
+        (syncnet_run / folder).mkdir(parents=True)
+    (syncnet_run / "losses.jsonl").write_text("")
+    out = tmp_path / "u"
+    cases = [("pretrained_unet", unet_run, f"pretrained_unet: {unet_run} is a training run folder, not a pipeline: "
+              f"load {unet_run}/pipeline .*export-checkpoint {unet_run}"),
+             ("components_from", unet_run, f"components_from: {unet_run} is a training run folder"),
+             ("pretrained_unet", str(syncnet_run), f"pretrained_unet: {syncnet_run} is a SyncNet training run, not a "
+              f"lip-sync pipeline: use its SyncNet {syncnet_run / 'syncnet_best'}")]
+    for setting, folder, message in cases:
+        with pytest.raises(ModelNotFoundError, match=message):
+            train(unet_cfg(ov, "unet_tiny.yaml", output_dir=str(out), **{setting: folder}))
+        reset_accelerate()
+    assert not out.exists()
+
+
 def test_syncnet_windows_that_do_not_fit_the_time_range_end_the_run_before_it_starts(sync_clips_dir, tmp_path):
     """A validation time range too short for a window: one line naming val_time_range before the run starts (it used
     to end the run at its first validation, after validation_steps of training, with nothing saved)."""
