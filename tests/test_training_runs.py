@@ -735,6 +735,38 @@ def test_lora_adapter_knows_its_base(tiny, lora_run, stage1_run, caplog):
     assert "trained on other weights of this architecture" in caplog.text
 
 
+def test_lora_notebook_on_a_gpu_trains_on_the_release_it_loads_onto(tiny, tmp_path):
+    """examples/03_finetune_lora.ipynb's GPU settings (its cell run with TINY false; the tiny pipeline stands in for
+    the converted release, 64 px, one step): the adapter trains on the release's own U-Net and loads onto it. The
+    settings used to keep unet_stage2_efficient.yaml's starting point (pretrained_unet=outputs/unet_stage1/pipeline,
+    "not found") and its decoder-only temporal layers (an adapter for another U-Net than the release)."""
+    import ast
+
+    from latentsync import LatentSyncPipeline
+    from latentsync.training.unet_trainer import train
+
+    _, ov = tiny
+    notebook = json.loads((ROOT / "examples" / "03_finetune_lora.ipynb").read_text())
+    cell = next("".join(c["source"]) for c in notebook["cells"]
+                if c["cell_type"] == "code" and "lora_rank" in "".join(c["source"]))
+    branch = next(node for node in ast.parse(cell).body
+                  if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TINY")
+
+    def latentsync(*args):  # `latentsync convert --official ... --output BASE`: the tiny pipeline as the release
+        shutil.copytree(ov["components_from"], args[-1])
+
+    names = {"WORK": tmp_path, "REPO": ROOT, "Path": __import__("pathlib").Path, "json": json,
+             "latentsync": latentsync}
+    exec(compile(ast.Module(branch.orelse, type_ignores=[]), "03_finetune_lora.ipynb", "exec"), names)
+    settings = {**names["settings"], "resolution": 64, "max_train_steps": 1, "gradient_checkpointing": False,
+                "train_data": ov["train_data"], "output_dir": str(tmp_path / "run"), "dataloader_num_workers": 0}
+    train(load_config(names["config"], [f"{k}={json.dumps(v)}" for k, v in settings.items()]))
+    reset_accelerate()
+    pipe = LatentSyncPipeline.from_pretrained(names["BASE"])
+    pipe.load_lora_weights(tmp_path / "run" / "lora")  # LoRABaseMismatchError for another architecture
+    assert pipe.unet.peft_config
+
+
 def test_lora_adapter_without_record_onto_wrong_architecture(lora_run, stage1_run, tmp_path, caplog):
     from latentsync import LatentSyncPipeline
     from latentsync.loaders.lora import LORA_WEIGHTS_FILE, LoRABaseMismatchError
