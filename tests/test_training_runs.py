@@ -677,6 +677,39 @@ def test_export_any_checkpoint_without_touching_the_run(stage1_run, tmp_path):
     assert snapshot(run) == before
 
 
+def test_both_trainers_keep_their_settings_as_yaml_and_old_json_runs_still_work(stage1_run, syncnet_run, tmp_path):
+    """Both trainers keep their settings in config.yaml, which reloads as --config to the same settings (U-Net runs
+    wrote config.json, which diffusers' loaders took for a model's config). A U-Net run of an earlier version
+    (config.json) still exports, is still told apart from a SyncNet run, and has its settings file replaced when it
+    resumes; a SyncNet run stopped before it saved a model is told apart by its settings."""
+    import dataclasses
+
+    from latentsync.model_source import check_not_training_run
+    from latentsync.training.export import export_checkpoint
+    from latentsync.training.unet_trainer import train
+
+    for (cfg, *_), load in ((stage1_run, load_config), (syncnet_run, load_syncnet_config)):
+        assert os.listdir(cfg.output_dir).count("config.yaml") == 1
+        assert "config.json" not in os.listdir(cfg.output_dir)
+        assert load(os.path.join(cfg.output_dir, "config.yaml")) == cfg
+    cfg = stage1_run[0]
+    old = tmp_path / "old_unet_run"
+    shutil.copytree(cfg.output_dir, old)
+    (old / "config.yaml").unlink()
+    (old / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))  # as earlier versions wrote it
+    assert export_checkpoint(str(old), str(tmp_path / "exported"), step=2)["kind"] == "unet"
+    with pytest.raises(LatentSyncInputError, match="is a training run folder, not a pipeline"):
+        check_not_training_run(old)
+    train(dataclasses.replace(cfg, output_dir=str(old), resume_from_checkpoint="latest", max_train_steps=4))
+    reset_accelerate()
+    assert (old / "config.yaml").is_file() and not (old / "config.json").exists()
+    early = tmp_path / "early_syncnet_run"
+    (early / "checkpoints").mkdir(parents=True)
+    shutil.copy(os.path.join(syncnet_run[0].output_dir, "config.yaml"), early)
+    with pytest.raises(LatentSyncInputError, match="is a SyncNet training run, not a lip-sync pipeline"):
+        check_not_training_run(early)
+
+
 def test_export_command_syncnet_and_lora(syncnet_run, lora_run, tmp_path, capsys):
     from latentsync.commands import main
     from latentsync.loaders.lora import read_lora_record

@@ -337,7 +337,7 @@ def _train(cfg: UNetTrainingConfig, accelerator: Accelerator) -> dict[str, Any]:
     optimizer, lr_scheduler = base.create_optimizer(params, cfg, lr)
 
     # everything loaded: the run folder is written from here on
-    base.start_output_dir(accelerator, cfg, "config.json")
+    base.start_output_dir(accelerator, cfg)
     if accelerator.is_main_process:
         base.log_training_plan("U-Net training", training_plan(
             cfg, comps, unet, data_info, accelerator, base.checkpoint_step(resume) if resume else 0))
