@@ -177,6 +177,12 @@ def test_configs_say_what_they_are():
     (None, ["learning_rate=[1e-4]"], "learning_rate must be a number, got"),
     ("base: " + str(CONFIGS / "unet_tiny_stage1.yaml") + "\nmixed_precision: no\n", [],
      "mixed_precision must be text, got False .*put the text in quotes"),
+    # a config of the other trainer, a key of the other trainer, a misspelt key: what it is, not only which keys
+    ("base: " + str(CONFIGS / "syncnet_tiny.yaml") + "\n", [],
+     r"config .*bad.yaml is for train/train_syncnet.py, not train/train_unet.py \(its keys hflip, .*\): run "
+     "train/train_syncnet.py with it"),
+    (None, ["hflip=true"], r"unknown config keys: hflip \(settings of train/train_syncnet.py, not of "),
+    (None, ["lerning_rate=1e-4"], r"unknown config keys: lerning_rate \(did you mean learning_rate\?\)"),
 ])
 def test_bad_settings_end_in_one_line(tmp_path, caplog, contents, overrides, message):
     from latentsync.commands.train import train_unet_command

@@ -95,6 +95,8 @@ class TrainingConfig:
 
     # settings that shape the state a checkpoint holds: resuming with other values is refused (base.check_resume_point)
     RESUME_SETTINGS: ClassVar[tuple[str, ...]] = ()
+    # the command that trains with these settings (named when a config of the other trainer is given)
+    SCRIPT: ClassVar[str] = ""
     # settings whose value a resumed run takes from the checkpoint's optimiser state (a change is only warned about)
     SAVED_SETTINGS: ClassVar[tuple[str, ...]] = ("learning_rate", "adam_beta1", "adam_beta2", "adam_weight_decay",
                                                  "adam_epsilon")
@@ -222,6 +224,7 @@ class UNetTrainingConfig(TrainingConfig):
 
     # settings that follow ``stage`` unless set beside it (see load_settings)
     IMPLIED_SETTINGS = {"stage": {"motion_modules": STAGE_DEFAULT, "trainable_modules": STAGE_DEFAULT}}
+    SCRIPT: ClassVar[str] = "train/train_unet.py"
     RESUME_SETTINGS: ClassVar[tuple[str, ...]] = ("unet_config", "motion_modules", "trainable_modules", "lora_rank",
                                                   "lora_alpha", "lora_target_modules", "use_ema")
     SAVED_SETTINGS: ClassVar[tuple[str, ...]] = (*TrainingConfig.SAVED_SETTINGS, "scale_lr", "ema_decay")
@@ -327,6 +330,7 @@ class SyncNetTrainingConfig(TrainingConfig):
     checkpointing_steps: int = 2500
     validation_steps: int = 2500
 
+    SCRIPT: ClassVar[str] = "train/train_syncnet.py"
     RESUME_SETTINGS: ClassVar[tuple[str, ...]] = ("model_preset", "model_config")
 
     def validate(self) -> None:
@@ -397,10 +401,32 @@ def load_settings(cls: type, path: str | os.PathLike | None = None, overrides: l
         else:
             layer[key] = parsed
     data.update(_with_implied(layer, implied))
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise TrainingConfigError(f"unknown config keys: {', '.join(unknown)} (see {cls.__name__} for the settings)")
+    _check_keys(cls, data, path)
     return cls(**{key: _typed(key, value, fields[key]) for key, value in data.items()})
+
+
+def _check_keys(cls: type, data: dict[str, Any], path: str | os.PathLike | None) -> None:
+    """Raise [`TrainingConfigError`] for keys of ``data`` (the file at ``path`` read, the command line applied) that
+    ``cls`` does not have: a config file of the other trainer is named as such, with the script that takes it;
+    keys of the other trainer are said to be; a lone misspelt key comes with the setting it probably meant."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if not unknown:
+        return
+    other = SyncNetTrainingConfig if cls is UNetTrainingConfig else UNetTrainingConfig
+    theirs = {f.name for f in dataclasses.fields(other)}
+    if path is not None and set(_read_yaml(os.fspath(path), {})) <= theirs and set(unknown) <= theirs:
+        raise TrainingConfigError(
+            f"config {os.fspath(path)} is for {other.SCRIPT}, not {cls.SCRIPT or cls.__name__} (its keys "
+            f"{', '.join(unknown[:4])}{', ...' if len(unknown) > 4 else ''} are {other.__name__} settings): run "
+            f"{other.SCRIPT} with it")
+    if set(unknown) <= theirs:
+        hint = f" (settings of {other.SCRIPT}, not of {cls.SCRIPT or cls.__name__})"
+    else:
+        near = difflib.get_close_matches(unknown[0], sorted(known), n=1) if len(unknown) == 1 else []
+        hint = f" (did you mean {near[0]}?)" if near else ""
+    raise TrainingConfigError(f"unknown config keys: {', '.join(unknown)}{hint} (see {cls.__name__} for the "
+                              "settings)")
 
 
 def _type_options(annotation: str) -> set[str]:
