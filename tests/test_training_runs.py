@@ -183,6 +183,8 @@ def test_configs_say_what_they_are():
      "train/train_syncnet.py with it"),
     (None, ["hflip=true"], r"unknown config keys: hflip \(settings of train/train_syncnet.py, not of "),
     (None, ["lerning_rate=1e-4"], r"unknown config keys: lerning_rate \(did you mean learning_rate\?\)"),
+    # KEY.NAME=VALUE on a setting that is no mapping (a TypeError traceback when the config file set it)
+    (None, ["learning_rate.x=1"], r"learning_rate.x=1: learning_rate is no mapping .*set it whole"),
 ])
 def test_bad_settings_end_in_one_line(tmp_path, caplog, contents, overrides, message):
     from latentsync.commands.train import train_unet_command

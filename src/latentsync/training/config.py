@@ -396,7 +396,12 @@ def load_settings(cls: type, path: str | os.PathLike | None = None, overrides: l
             parsed = value  # a text setting takes the text as typed: mixed_precision=no, hub_model_id=2024
         if "." in key:
             outer, inner = key.split(".", 1)
-            layer[outer] = dict(layer.get(outer) or data.get(outer) or {})
+            current = layer.get(outer) or data.get(outer) or {}
+            if not isinstance(current, dict) or (
+                    outer in fields and not any(o.startswith("dict") for o in _type_options(fields[outer]))):
+                raise TrainingConfigError(f"{key}={value}: {outer} is no mapping (KEY.NAME=VALUE sets one entry of a "
+                                          f"mapping setting such as model_config): set it whole, {outer}=VALUE")
+            layer[outer] = dict(current)
             layer[outer][inner] = parsed
         else:
             layer[key] = parsed
