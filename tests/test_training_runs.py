@@ -1139,7 +1139,7 @@ def test_whisper_encoder_folder_loads(tiny):
     assert type(encoder).__name__ == "WhisperAudioEncoder"
 
 
-def test_clips_too_short_for_the_windows_end_the_run_before_models_load(tiny, tmp_path, no_model_loads):
+def test_clips_too_short_for_the_windows_end_the_run_before_models_load(tiny, tmp_path, no_model_loads, caplog):
     """num_frames=32 needs clips of 64 frames (ground truth and reference windows); the test clips have 55: one line
     before any model loads, nothing written (it used to come at the first step, after the models loaded and the run
     folder was written, so that running again needed overwrite_output_dir)."""
@@ -1147,10 +1147,14 @@ def test_clips_too_short_for_the_windows_end_the_run_before_models_load(tiny, tm
     from latentsync.training.unet_trainer import train
 
     _, ov = tiny
-    with pytest.raises(TrainingDataError, match="shorter than 64 frames.*clip has 55 frames, needs at least 64"):
+    with caplog.at_level(logging.WARNING, logger="latentsync"), pytest.raises(
+            TrainingDataError, match="all 3 clips could not be used .*shorter than 64 frames.*clip has 55 frames, "
+                                     "needs at least 64"):
         train(unet_cfg(ov, num_frames=32, output_dir=str(tmp_path / "run")))
     reset_accelerate()
     assert not (tmp_path / "run").exists()
+    # each clip is named once (it was tried round and round: 21 warnings, and "21 clips in a row" for 3 clips)
+    assert len([r for r in caplog.records if r.getMessage().startswith("skipping clip")]) == 3
 
 
 def test_tracker_that_is_not_installed_is_one_line(monkeypatch):
