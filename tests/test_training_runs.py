@@ -179,8 +179,8 @@ def test_configs_say_what_they_are():
      "mixed_precision must be text, got False .*put the text in quotes"),
     # a config of the other trainer, a key of the other trainer, a misspelt key: what it is, not only which keys
     ("base: " + str(CONFIGS / "syncnet_tiny.yaml") + "\n", [],
-     r"config .*bad.yaml is for train/train_syncnet.py, not train/train_unet.py \(its keys hflip, .*\): run "
-     "train/train_syncnet.py with it"),
+     (r"config .*bad.yaml is for train/train_syncnet.py, not train/train_unet.py \(its keys hflip, .*\): run "
+      "train/train_syncnet.py with it")),
     (None, ["hflip=true"], r"unknown config keys: hflip \(settings of train/train_syncnet.py, not of "),
     (None, ["lerning_rate=1e-4"], r"unknown config keys: lerning_rate \(did you mean learning_rate\?\)"),
     # KEY.NAME=VALUE on a setting that is no mapping (a TypeError traceback when the config file set it)
@@ -1097,11 +1097,12 @@ def test_run_folder_as_starting_point_is_one_line_before_models_load(tiny, stage
         (syncnet_run / folder).mkdir(parents=True)
     (syncnet_run / "losses.jsonl").write_text("")
     out = tmp_path / "u"
-    cases = [("pretrained_unet", unet_run, f"pretrained_unet: {unet_run} is a training run folder, not a pipeline: "
-              f"load {unet_run}/pipeline .*export-checkpoint {unet_run}"),
+    cases = [("pretrained_unet", unet_run, (f"pretrained_unet: {unet_run} is a training run folder, not a pipeline: "
+                                            f"load {unet_run}/pipeline .*export-checkpoint {unet_run}")),
              ("components_from", unet_run, f"components_from: {unet_run} is a training run folder"),
-             ("pretrained_unet", str(syncnet_run), f"pretrained_unet: {syncnet_run} is a SyncNet training run, not a "
-              f"lip-sync pipeline: use its SyncNet {syncnet_run / 'syncnet_best'}")]
+             ("pretrained_unet", str(syncnet_run), (f"pretrained_unet: {syncnet_run} is a SyncNet training run, not "
+                                                    "a lip-sync pipeline: use its SyncNet "
+                                                    f"{syncnet_run / 'syncnet_best'}"))]
     for setting, folder, message in cases:
         with pytest.raises(ModelNotFoundError, match=message):
             train(unet_cfg(ov, "unet_tiny.yaml", output_dir=str(out), **{setting: folder}))
