@@ -169,6 +169,22 @@ def test_configs_say_what_they_are():
     (None, ["report_to=tensorbord"], "report_to must be one of .*tensorboard.* or null"),
     (None, ["unet_config={down_block_type: [a]}"],
      "unet_config: down_block_type is no LatentSyncUNet argument .*did you mean down_block_types"),
+    # a value of the wrong type: one line naming the setting (it used to pass silently or end in a traceback)
+    (None, ["use_ema=maybe"], "use_ema must be true or false, got 'maybe'"),
+    (None, ["train_batch_size=2.5"], "train_batch_size must be a whole number, got 2.5"),
+    (None, ["checkpointing_steps=null"], "checkpointing_steps must be a whole number, got null"),
+    (None, ["lora_target_modules=to_q"], r"lora_target_modules must be a list of text .*written \[to_q\]"),
+    (None, ["learning_rate=[1e-4]"], "learning_rate must be a number, got"),
+    ("base: " + str(CONFIGS / "unet_tiny_stage1.yaml") + "\nmixed_precision: no\n", [],
+     "mixed_precision must be text, got False .*put the text in quotes"),
+    # a config of the other trainer, a key of the other trainer, a misspelt key: what it is, not only which keys
+    ("base: " + str(CONFIGS / "syncnet_tiny.yaml") + "\n", [],
+     (r"config .*bad.yaml is for train/train_syncnet.py, not train/train_unet.py \(its keys hflip, .*\): run "
+      "train/train_syncnet.py with it")),
+    (None, ["hflip=true"], r"unknown config keys: hflip \(settings of train/train_syncnet.py, not of "),
+    (None, ["lerning_rate=1e-4"], r"unknown config keys: lerning_rate \(did you mean learning_rate\?\)"),
+    # KEY.NAME=VALUE on a setting that is no mapping (a TypeError traceback when the config file set it)
+    (None, ["learning_rate.x=1"], r"learning_rate.x=1: learning_rate is no mapping .*set it whole"),
 ])
 def test_bad_settings_end_in_one_line(tmp_path, caplog, contents, overrides, message):
     from latentsync.commands.train import train_unet_command
@@ -189,6 +205,22 @@ def test_bad_settings_end_in_one_line(tmp_path, caplog, contents, overrides, mes
     assert not (tmp_path / "out").exists()
     with pytest.raises(TrainingConfigError, match="config file not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_values_read_as_their_settings_types(tmp_path):
+    """Command-line values as the settings' types: a text setting takes the text as typed (``mixed_precision=no``,
+    which YAML reads as false, was refused as "got False", though the usage shows it), numbers that YAML 1.1 reads
+    as text convert (``1e3``), and a SyncNet time range that is no list is one line, not a TypeError."""
+    cfg = load_config(CONFIGS / "unet_tiny_stage1.yaml", ["mixed_precision=no", "max_train_steps=1e3",
+                                                          "hub_model_id=2024", "learning_rate=3e-5"])
+    assert (cfg.mixed_precision, cfg.max_train_steps, cfg.hub_model_id, cfg.learning_rate) == ("no", 1000, "2024",
+                                                                                                3e-5)
+    assert load_config(None, ["report_to=null", "lora_alpha=8"]).report_to is None
+    assert load_config(None, ["lora_alpha=8"]).lora_alpha == 8.0
+    with pytest.raises(TrainingConfigError, match=r"train_time_range must be a list of numbers \(\[a, b\]\), got 0.8"):
+        load_syncnet_config(CONFIGS / "syncnet_tiny.yaml", ["train_time_range=0.8"])
+    with pytest.raises(TrainingConfigError, match="hflip must be true or false, got 'maybe'"):
+        load_syncnet_config(CONFIGS / "syncnet_tiny.yaml", ["hflip=maybe"])
 
 
 # ---------------------------------------------------------------------------------------------------- errors
@@ -653,6 +685,39 @@ def test_export_any_checkpoint_without_touching_the_run(stage1_run, tmp_path):
     assert snapshot(run) == before
 
 
+def test_both_trainers_keep_their_settings_as_yaml_and_old_json_runs_still_work(stage1_run, syncnet_run, tmp_path):
+    """Both trainers keep their settings in config.yaml, which reloads as --config to the same settings (U-Net runs
+    wrote config.json, which diffusers' loaders took for a model's config). A U-Net run of an earlier version
+    (config.json) still exports, is still told apart from a SyncNet run, and has its settings file replaced when it
+    resumes; a SyncNet run stopped before it saved a model is told apart by its settings."""
+    import dataclasses
+
+    from latentsync.model_source import check_not_training_run
+    from latentsync.training.export import export_checkpoint
+    from latentsync.training.unet_trainer import train
+
+    for (cfg, *_), load in ((stage1_run, load_config), (syncnet_run, load_syncnet_config)):
+        assert os.listdir(cfg.output_dir).count("config.yaml") == 1
+        assert "config.json" not in os.listdir(cfg.output_dir)
+        assert load(os.path.join(cfg.output_dir, "config.yaml")) == cfg
+    cfg = stage1_run[0]
+    old = tmp_path / "old_unet_run"
+    shutil.copytree(cfg.output_dir, old)
+    (old / "config.yaml").unlink()
+    (old / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))  # as earlier versions wrote it
+    assert export_checkpoint(str(old), str(tmp_path / "exported"), step=2)["kind"] == "unet"
+    with pytest.raises(LatentSyncInputError, match="is a training run folder, not a pipeline"):
+        check_not_training_run(old)
+    train(dataclasses.replace(cfg, output_dir=str(old), resume_from_checkpoint="latest", max_train_steps=4))
+    reset_accelerate()
+    assert (old / "config.yaml").is_file() and not (old / "config.json").exists()
+    early = tmp_path / "early_syncnet_run"
+    (early / "checkpoints").mkdir(parents=True)
+    shutil.copy(os.path.join(syncnet_run[0].output_dir, "config.yaml"), early)
+    with pytest.raises(LatentSyncInputError, match="is a SyncNet training run, not a lip-sync pipeline"):
+        check_not_training_run(early)
+
+
 def test_export_command_syncnet_and_lora(syncnet_run, lora_run, tmp_path, capsys):
     from latentsync.commands import main
     from latentsync.loaders.lora import read_lora_record
@@ -709,6 +774,38 @@ def test_lora_adapter_knows_its_base(tiny, lora_run, stage1_run, caplog):
     with caplog.at_level(logging.WARNING, logger="latentsync"):
         other.load_lora_weights(adapter)
     assert "trained on other weights of this architecture" in caplog.text
+
+
+def test_lora_notebook_on_a_gpu_trains_on_the_release_it_loads_onto(tiny, tmp_path):
+    """examples/03_finetune_lora.ipynb's GPU settings (its cell run with TINY false; the tiny pipeline stands in for
+    the converted release, 64 px, one step): the adapter trains on the release's own U-Net and loads onto it. The
+    settings used to keep unet_stage2_efficient.yaml's starting point (pretrained_unet=outputs/unet_stage1/pipeline,
+    "not found") and its decoder-only temporal layers (an adapter for another U-Net than the release)."""
+    import ast
+
+    from latentsync import LatentSyncPipeline
+    from latentsync.training.unet_trainer import train
+
+    _, ov = tiny
+    notebook = json.loads((ROOT / "examples" / "03_finetune_lora.ipynb").read_text())
+    cell = next("".join(c["source"]) for c in notebook["cells"]
+                if c["cell_type"] == "code" and "lora_rank" in "".join(c["source"]))
+    branch = next(node for node in ast.parse(cell).body
+                  if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TINY")
+
+    def latentsync(*args):  # `latentsync convert --official ... --output BASE`: the tiny pipeline as the release
+        shutil.copytree(ov["components_from"], args[-1])
+
+    names = {"WORK": tmp_path, "REPO": ROOT, "Path": __import__("pathlib").Path, "json": json,
+             "latentsync": latentsync}
+    exec(compile(ast.Module(branch.orelse, type_ignores=[]), "03_finetune_lora.ipynb", "exec"), names)
+    settings = {**names["settings"], "resolution": 64, "max_train_steps": 1, "gradient_checkpointing": False,
+                "train_data": ov["train_data"], "output_dir": str(tmp_path / "run"), "dataloader_num_workers": 0}
+    train(load_config(names["config"], [f"{k}={json.dumps(v)}" for k, v in settings.items()]))
+    reset_accelerate()
+    pipe = LatentSyncPipeline.from_pretrained(names["BASE"])
+    pipe.load_lora_weights(tmp_path / "run" / "lora")  # LoRABaseMismatchError for another architecture
+    assert pipe.unet.peft_config
 
 
 def test_lora_adapter_without_record_onto_wrong_architecture(lora_run, stage1_run, tmp_path, caplog):
@@ -985,6 +1082,34 @@ def test_raw_videos_and_non_syncnets_are_refused_before_training(tiny, tmp_path,
     assert not (tmp_path / "u").exists() and not (tmp_path / "s").exists()
 
 
+def test_run_folder_as_starting_point_is_one_line_before_models_load(tiny, stage1_run, tmp_path, no_model_loads):
+    """A run's output folder given as the U-Net or pipeline to start from (instead of its pipeline/): one line
+    naming the setting and where the run's model is, before any model loads. It used to load the data, then read the
+    run's settings file (config.json) as a U-Net config and end in diffusers' "no file named
+    diffusion_pytorch_model.bin"; a SyncNet run folder in "no LatentSync U-Net"."""
+    from latentsync.errors import ModelNotFoundError
+    from latentsync.training.unet_trainer import train
+
+    _, ov = tiny
+    unet_run = stage1_run[0].output_dir
+    syncnet_run = tmp_path / "syncnet_run"
+    for folder in ("checkpoints/checkpoint-2", "syncnet_best"):
+        (syncnet_run / folder).mkdir(parents=True)
+    (syncnet_run / "losses.jsonl").write_text("")
+    out = tmp_path / "u"
+    cases = [("pretrained_unet", unet_run, (f"pretrained_unet: {unet_run} is a training run folder, not a pipeline: "
+                                            f"load {unet_run}/pipeline .*export-checkpoint {unet_run}")),
+             ("components_from", unet_run, f"components_from: {unet_run} is a training run folder"),
+             ("pretrained_unet", str(syncnet_run), (f"pretrained_unet: {syncnet_run} is a SyncNet training run, not "
+                                                    "a lip-sync pipeline: use its SyncNet "
+                                                    f"{syncnet_run / 'syncnet_best'}"))]
+    for setting, folder, message in cases:
+        with pytest.raises(ModelNotFoundError, match=message):
+            train(unet_cfg(ov, "unet_tiny.yaml", output_dir=str(out), **{setting: folder}))
+        reset_accelerate()
+    assert not out.exists()
+
+
 def test_syncnet_windows_that_do_not_fit_the_time_range_end_the_run_before_it_starts(sync_clips_dir, tmp_path):
     """A validation time range too short for a window: one line naming val_time_range before the run starts (it used
     to end the run at its first validation, after validation_steps of training, with nothing saved)."""
@@ -1015,7 +1140,7 @@ def test_whisper_encoder_folder_loads(tiny):
     assert type(encoder).__name__ == "WhisperAudioEncoder"
 
 
-def test_clips_too_short_for_the_windows_end_the_run_before_models_load(tiny, tmp_path, no_model_loads):
+def test_clips_too_short_for_the_windows_end_the_run_before_models_load(tiny, tmp_path, no_model_loads, caplog):
     """num_frames=32 needs clips of 64 frames (ground truth and reference windows); the test clips have 55: one line
     before any model loads, nothing written (it used to come at the first step, after the models loaded and the run
     folder was written, so that running again needed overwrite_output_dir)."""
@@ -1023,10 +1148,14 @@ def test_clips_too_short_for_the_windows_end_the_run_before_models_load(tiny, tm
     from latentsync.training.unet_trainer import train
 
     _, ov = tiny
-    with pytest.raises(TrainingDataError, match="shorter than 64 frames.*clip has 55 frames, needs at least 64"):
+    with caplog.at_level(logging.WARNING, logger="latentsync"), pytest.raises(
+            TrainingDataError, match="all 3 clips could not be used .*shorter than 64 frames.*clip has 55 frames, "
+                                     "needs at least 64"):
         train(unet_cfg(ov, num_frames=32, output_dir=str(tmp_path / "run")))
     reset_accelerate()
     assert not (tmp_path / "run").exists()
+    # each clip is named once (it was tried round and round: 21 warnings, and "21 clips in a row" for 3 clips)
+    assert len([r for r in caplog.records if r.getMessage().startswith("skipping clip")]) == 3
 
 
 def test_tracker_that_is_not_installed_is_one_line(monkeypatch):

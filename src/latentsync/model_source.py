@@ -42,8 +42,26 @@ MAKE_TINY_HINT = "`latentsync make-tiny DIR` saves a small random-weight model f
 TRAINING_RUN_MARKS = ("checkpoints", "losses.jsonl")
 """What a training run's output folder holds (and a pipeline folder does not)."""
 
-SYNCNET_RUN_MARKS = ("syncnet", "syncnet_best", "config.yaml")
-"""What only a SyncNet training run's folder holds (its final and best models, its settings as YAML)."""
+RUN_SETTINGS_FILE = "config.yaml"
+"""A training run's settings, at the top of its folder (both trainers; U-Net runs of earlier versions wrote
+``config.json``)."""
+
+SYNCNET_RUN_MARKS = ("syncnet", "syncnet_best")
+"""What only a SyncNet training run's folder holds (its final and best models)."""
+
+
+def is_syncnet_run(folder: str | os.PathLike) -> bool:
+    """Whether the training run folder ``folder`` is a SyncNet run's: it holds a SyncNet run's models, or its
+    settings ([`RUN_SETTINGS_FILE`]) have the SyncNet trainer's ``model_preset`` (a run stopped before it saved a
+    model)."""
+    folder = os.fspath(folder)
+    if any(os.path.exists(os.path.join(folder, name)) for name in SYNCNET_RUN_MARKS):
+        return True
+    try:  # a top-level key of the YAML the trainers write (read without a YAML parser: a core install has none)
+        with open(os.path.join(folder, RUN_SETTINGS_FILE)) as fh:
+            return any(line.startswith("model_preset:") for line in fh)
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 @dataclass
@@ -204,7 +222,7 @@ def check_not_training_run(folder: str | os.PathLike) -> None:
         return
     if not any(os.path.exists(os.path.join(folder, name)) for name in TRAINING_RUN_MARKS):
         return
-    if any(os.path.exists(os.path.join(folder, name)) for name in SYNCNET_RUN_MARKS):
+    if is_syncnet_run(folder):
         model = next((os.path.join(folder, name) for name in ("syncnet_best", "syncnet")
                       if os.path.isdir(os.path.join(folder, name))), os.path.join(folder, "syncnet"))
         raise ModelNotFoundError(

@@ -125,7 +125,8 @@ class UNetClipDataset(Dataset):
         n = len(self)
         epoch, index = divmod(int(item), n)
         last_error: Exception | None = None
-        for attempt in range(self.max_retries + 1):
+        attempts = min(self.max_retries + 1, n)  # each clip once at most: a short list is not tried round and round
+        for attempt in range(attempts):
             idx = (index + attempt) % n
             rng = np.random.default_rng([self.seed, epoch, idx])
             try:
@@ -147,8 +148,9 @@ class UNetClipDataset(Dataset):
             except (ValueError, OSError, RuntimeError) as exc:
                 logger.warning("skipping clip %s: %s", self.key(idx), exc)
                 last_error = exc
-        raise TrainingDataError(f"{self.max_retries + 1} clips in a row could not be used (unreadable, or shorter "
-                                f"than {2 * self.num_frames} frames); last error: {last_error}")
+        which = "the only clip" if n == 1 else f"all {n} clips" if attempts == n else f"{attempts} clips in a row"
+        raise TrainingDataError(f"{which} could not be used (unreadable, or shorter than {2 * self.num_frames} "
+                                f"frames); last error: {last_error}")
 
     def _mel(self, mel: np.ndarray, start: int) -> torch.Tensor:
         window = torch.as_tensor(np.asarray(mel_window(mel, start, self.num_frames)), dtype=torch.float32)

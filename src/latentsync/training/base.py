@@ -51,7 +51,7 @@ from huggingface_hub import HfApi, snapshot_download
 from .. import hub
 from ..errors import RunInterrupted, first_line
 from ..interrupts import interrupt_of, signal_number
-from ..model_source import HubUnavailableError, check_hub_available
+from ..model_source import RUN_SETTINGS_FILE, HubUnavailableError, check_hub_available
 from ..tempfiles import make_missing_folders, nearest_folder, remove_empty_folders, writable_problem
 from ..utils import read_json
 from .config import TrainingConfig, TrainingConfigError
@@ -67,8 +67,12 @@ STATE_FILE = "training_state.json"
 LAYOUT_FILE = "process_layout.json"  # in a checkpoint: how many processes, with which batch, saved it
 MODEL_CONFIG_FILE = "model_config.json"
 RUN_CONFIG_FILE = "run_config.json"  # in a checkpoint: the settings of the run that saved it
+# the run's settings at the top of its output_dir, both trainers (RUN_SETTINGS_FILE, YAML: reusable as --config);
+# U-Net runs of earlier versions wrote them as JSON, which diffusers' loaders took for a model's config.json
+SETTINGS_FILE = RUN_SETTINGS_FILE
+LEGACY_SETTINGS_FILE = "config.json"
 # what a training run writes at its top level: a folder holding one of these can be overwritten
-RUN_FILES = ("config.json", "config.yaml", LOSS_LOG, HISTORY_FILE, "checkpoints")
+RUN_FILES = (SETTINGS_FILE, LEGACY_SETTINGS_FILE, LOSS_LOG, HISTORY_FILE, "checkpoints")
 
 
 # ---------------------------------------------------------------------------------------------------- run folder
@@ -164,9 +168,10 @@ def output_dir_claimed(accelerator: Accelerator, cfg: TrainingConfig) -> Iterato
             os.close(fd)  # releases the lock
 
 
-def start_output_dir(accelerator: Accelerator, cfg: TrainingConfig, config_file: str) -> None:
+def start_output_dir(accelerator: Accelerator, cfg: TrainingConfig) -> None:
     """Make ``output_dir`` ready (deleting the old run first with ``overwrite_output_dir``) and save the settings
-    there as ``config_file`` (main process)."""
+    there as [`SETTINGS_FILE`] (main process; a resumed run of an earlier version's ``config.json`` has it
+    replaced)."""
     accelerator.wait_for_everyone()  # every process has checked the folder (check_output_dir) before it changes
     if accelerator.is_main_process:
         if cfg.overwrite_output_dir and os.path.isdir(cfg.output_dir) and os.listdir(cfg.output_dir):
@@ -175,7 +180,10 @@ def start_output_dir(accelerator: Accelerator, cfg: TrainingConfig, config_file:
                 path = os.path.join(cfg.output_dir, name)
                 shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
         os.makedirs(cfg.output_dir, exist_ok=True)
-        save_run_config(cfg, os.path.join(cfg.output_dir, config_file))
+        save_run_config(cfg, os.path.join(cfg.output_dir, SETTINGS_FILE))
+        legacy = os.path.join(cfg.output_dir, LEGACY_SETTINGS_FILE)
+        if os.path.isfile(legacy):
+            os.remove(legacy)
     accelerator.wait_for_everyone()
 
 
@@ -247,6 +255,15 @@ def rng_kept(accelerator: Accelerator) -> contextlib.AbstractContextManager:
 def weight_dtype(accelerator: Accelerator) -> torch.dtype:
     """The dtype of the frozen models under the accelerator's mixed precision."""
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+
+
+def settings_file(run_dir: str) -> str | None:
+    """The file holding the settings of the run in ``run_dir`` ([`SETTINGS_FILE`], or the ``config.json`` of a U-Net
+    run of an earlier version); None when there is none."""
+    for name in (SETTINGS_FILE, LEGACY_SETTINGS_FILE):
+        if os.path.isfile(os.path.join(run_dir, name)):
+            return os.path.join(run_dir, name)
+    return None
 
 
 def save_run_config(cfg: TrainingConfig, path: str) -> None:

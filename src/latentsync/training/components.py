@@ -18,8 +18,9 @@ from torch import nn
 from transformers import WhisperFeatureExtractor, WhisperModel
 
 from .._deprecation import moved_attribute
+from ..errors import ModelNotFoundError
 from ..loaders.official import OFFICIAL_UNET_FILE, find_official_file, load_official_unet, load_syncnet, read_config
-from ..model_source import loading
+from ..model_source import check_not_training_run, loading
 from ..models.audio_encoder import WhisperAudioEncoder
 from ..models.unet import LatentSyncUNet
 from ..models.vgg import VGG16Features
@@ -29,8 +30,8 @@ from .losses import LPIPSLoss, SyncLoss, TREPALoss
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TrainingComponents", "build_unet", "load_components", "load_lpips", "load_pipeline_components",
-           "load_syncnet", "load_unet_weights", "load_whisper_encoder", "model_sources"]
+__all__ = ["TrainingComponents", "build_unet", "check_start_not_a_run", "load_components", "load_lpips",
+           "load_pipeline_components", "load_syncnet", "load_unet_weights", "load_whisper_encoder", "model_sources"]
 
 
 @dataclass
@@ -162,6 +163,23 @@ def model_sources(cfg: UNetTrainingConfig) -> dict[str, str | None]:
         if cfg.trepa_loss_weight > 0:
             sources["trepa_model"] = cfg.trepa_model
     return sources
+
+
+def check_start_not_a_run(sources: dict[str, str | None]) -> None:
+    """Refuse, before anything loads, a training run's output folder given as the pipeline or U-Net a run starts
+    from (``components_from``, ``pretrained_unet``, ``sd_unet`` of [`model_sources`]): the settings file at its top
+    would be read as a model config and the run end in a missing-weights error. One line naming the setting and
+    where the run's models are (its ``pipeline/``, a checkpoint to export, or a SyncNet run's SyncNet).
+
+    Raises:
+        ModelNotFoundError: a local folder of those settings holds a training run and no pipeline.
+    """
+    for setting in ("components_from", "pretrained_unet", "sd_unet"):
+        if sources.get(setting) is not None:
+            try:
+                check_not_training_run(sources[setting])
+            except ModelNotFoundError as exc:
+                raise ModelNotFoundError(f"{setting}: {exc}") from None
 
 
 def unet_start(cfg: UNetTrainingConfig) -> tuple[str, str | None]:

@@ -95,6 +95,8 @@ class TrainingConfig:
 
     # settings that shape the state a checkpoint holds: resuming with other values is refused (base.check_resume_point)
     RESUME_SETTINGS: ClassVar[tuple[str, ...]] = ()
+    # the command that trains with these settings (named when a config of the other trainer is given)
+    SCRIPT: ClassVar[str] = ""
     # settings whose value a resumed run takes from the checkpoint's optimiser state (a change is only warned about)
     SAVED_SETTINGS: ClassVar[tuple[str, ...]] = ("learning_rate", "adam_beta1", "adam_beta2", "adam_weight_decay",
                                                  "adam_epsilon")
@@ -222,6 +224,7 @@ class UNetTrainingConfig(TrainingConfig):
 
     # settings that follow ``stage`` unless set beside it (see load_settings)
     IMPLIED_SETTINGS = {"stage": {"motion_modules": STAGE_DEFAULT, "trainable_modules": STAGE_DEFAULT}}
+    SCRIPT: ClassVar[str] = "train/train_unet.py"
     RESUME_SETTINGS: ClassVar[tuple[str, ...]] = ("unet_config", "motion_modules", "trainable_modules", "lora_rank",
                                                   "lora_alpha", "lora_target_modules", "use_ema")
     SAVED_SETTINGS: ClassVar[tuple[str, ...]] = (*TrainingConfig.SAVED_SETTINGS, "scale_lr", "ema_decay")
@@ -327,6 +330,7 @@ class SyncNetTrainingConfig(TrainingConfig):
     checkpointing_steps: int = 2500
     validation_steps: int = 2500
 
+    SCRIPT: ClassVar[str] = "train/train_syncnet.py"
     RESUME_SETTINGS: ClassVar[tuple[str, ...]] = ("model_preset", "model_config")
 
     def validate(self) -> None:
@@ -378,6 +382,7 @@ def load_settings(cls: type, path: str | os.PathLike | None = None, overrides: l
     """
     implied = getattr(cls, "IMPLIED_SETTINGS", {})
     data: dict[str, Any] = _read_yaml(os.fspath(path), implied) if path is not None else {}
+    fields = {f.name: str(f.type) for f in dataclasses.fields(cls)}
     layer: dict[str, Any] = {}
     for item in overrides or []:
         if "=" not in item:
@@ -387,25 +392,102 @@ def load_settings(cls: type, path: str | os.PathLike | None = None, overrides: l
             parsed = yaml.safe_load(value) if value else None
         except yaml.YAMLError as exc:
             raise TrainingConfigError(f"cannot parse the value of {key}: {_yaml_problem(exc)}") from None
+        if isinstance(parsed, (bool, int, float)) and "str" in _type_options(fields.get(key, "")):
+            parsed = value  # a text setting takes the text as typed: mixed_precision=no, hub_model_id=2024
         if "." in key:
             outer, inner = key.split(".", 1)
-            layer[outer] = dict(layer.get(outer) or data.get(outer) or {})
+            current = layer.get(outer) or data.get(outer) or {}
+            if not isinstance(current, dict) or (
+                    outer in fields and not any(o.startswith("dict") for o in _type_options(fields[outer]))):
+                raise TrainingConfigError(f"{key}={value}: {outer} is no mapping (KEY.NAME=VALUE sets one entry of a "
+                                          f"mapping setting such as model_config): set it whole, {outer}=VALUE")
+            layer[outer] = dict(current)
             layer[outer][inner] = parsed
         else:
             layer[key] = parsed
     data.update(_with_implied(layer, implied))
-    fields = {f.name: str(f.type) for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise TrainingConfigError(f"unknown config keys: {', '.join(unknown)} (see {cls.__name__} for the settings)")
-    for key, value in data.items():
-        kind = fields[key].replace("| None", "").strip()
-        if isinstance(value, str) and kind in ("float", "int"):
-            try:  # YAML 1.1 reads "3e-5" as a string
-                data[key] = float(value) if kind == "float" else int(value)
+    _check_keys(cls, data, path)
+    return cls(**{key: _typed(key, value, fields[key]) for key, value in data.items()})
+
+
+def _check_keys(cls: type, data: dict[str, Any], path: str | os.PathLike | None) -> None:
+    """Raise [`TrainingConfigError`] for keys of ``data`` (the file at ``path`` read, the command line applied) that
+    ``cls`` does not have: a config file of the other trainer is named as such, with the script that takes it;
+    keys of the other trainer are said to be; a lone misspelt key comes with the setting it probably meant."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if not unknown:
+        return
+    other = SyncNetTrainingConfig if cls is UNetTrainingConfig else UNetTrainingConfig
+    theirs = {f.name for f in dataclasses.fields(other)}
+    if path is not None and set(_read_yaml(os.fspath(path), {})) <= theirs and set(unknown) <= theirs:
+        raise TrainingConfigError(
+            f"config {os.fspath(path)} is for {other.SCRIPT}, not {cls.SCRIPT or cls.__name__} (its keys "
+            f"{', '.join(unknown[:4])}{', ...' if len(unknown) > 4 else ''} are {other.__name__} settings): run "
+            f"{other.SCRIPT} with it")
+    if set(unknown) <= theirs:
+        hint = f" (settings of {other.SCRIPT}, not of {cls.SCRIPT or cls.__name__})"
+    else:
+        near = difflib.get_close_matches(unknown[0], sorted(known), n=1) if len(unknown) == 1 else []
+        hint = f" (did you mean {near[0]}?)" if near else ""
+    raise TrainingConfigError(f"unknown config keys: {', '.join(unknown)}{hint} (see {cls.__name__} for the "
+                              "settings)")
+
+
+def _type_options(annotation: str) -> set[str]:
+    """The types a setting's annotation allows: ``"list[str] | str | None"`` -> ``{"list[str]", "str", "None"}``."""
+    return {part.strip() for part in annotation.split("|") if part.strip()}
+
+
+TYPE_NAMES = {"bool": "true or false", "int": "a whole number", "float": "a number", "str": "text",
+              "list[str]": "a list of text ([a, b])", "list[float]": "a list of numbers ([a, b])",
+              "dict[str, Any]": "a mapping ({key: value})", "None": "null"}
+
+
+def _typed(key: str, value: Any, annotation: str) -> Any:
+    """``value`` as the type of setting ``key`` (its ``annotation``): numbers that YAML 1.1 reads as text (``1e-4``)
+    and whole floats of an int setting (``1.0e+3``) converted; anything else of another type raises
+    [`TrainingConfigError`] naming the setting, instead of a traceback (or a silently wrong run) later."""
+    options = _type_options(annotation)
+
+    def number(v: Any, kind: str) -> int | float | None:
+        """``v`` as ``kind`` ("int" or "float"), None when it is not one."""
+        if isinstance(v, str):
+            try:
+                v = float(v)
             except ValueError:
-                raise TrainingConfigError(f"{key} must be a number, got {value!r}") from None
-    return cls(**data)
+                return None
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return None
+        if kind == "float":
+            return float(v)
+        return int(v) if float(v).is_integer() else None
+
+    if value is None and "None" in options:
+        return None
+    if isinstance(value, bool) and "bool" in options:
+        return value
+    for kind in ("int", "float"):
+        if kind in options and (converted := number(value, kind)) is not None:
+            return converted
+    if isinstance(value, str) and "str" in options:
+        return value
+    if isinstance(value, dict) and any(o.startswith("dict") for o in options):
+        return value
+    if isinstance(value, list):
+        if "list[str]" in options and all(isinstance(v, str) for v in value):
+            return value
+        if "list[float]" in options and all((number(v, "float") is not None and not isinstance(v, str))
+                                            for v in value):
+            return [float(v) for v in value]
+    expected = " or ".join(TYPE_NAMES.get(o, o) for o in sorted(options, key=lambda o: o == "None"))
+    hint = ""
+    if isinstance(value, bool) and "str" in options:
+        hint = " (YAML reads an unquoted yes/no/on/off as true/false: put the text in quotes)"
+    elif isinstance(value, str) and any(o.startswith("list") for o in options):
+        hint = f" (a list is written [{value}])"
+    shown = "null" if value is None else repr(value)
+    raise TrainingConfigError(f"{key} must be {expected}, got {shown}{hint}")
 
 
 def load_config(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> UNetTrainingConfig:

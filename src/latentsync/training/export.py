@@ -20,7 +20,7 @@ from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file
 
 from ..errors import LatentSyncInputError
-from ..model_source import check_model_sources
+from ..model_source import check_model_sources, is_syncnet_run
 from ..models.syncnet import StableSyncNet
 from ..models.unet import LatentSyncUNet
 from ..tempfiles import check_output_folder, write_folder_atomically
@@ -33,8 +33,6 @@ from .unet_trainer import add_lora, save_pipeline, select_trainable
 
 logger = logging.getLogger(__name__)
 
-UNET_RUN_CONFIG = "config.json"  # what train/train_unet.py saves in its output_dir
-SYNCNET_RUN_CONFIG = "config.yaml"  # what train/train_syncnet.py saves in its output_dir
 MODEL_WEIGHTS = "model.safetensors"  # the trained model in an accelerate checkpoint
 EMA_STATE = "custom_checkpoint_0.pkl"  # the EMA, the first object registered for checkpointing
 
@@ -87,7 +85,7 @@ def _model_config(checkpoint: str) -> dict[str, Any] | None:
 
 def export_unet_checkpoint(run_dir: str, checkpoint: str, output: str, use_ema: bool | None = None) -> dict[str, Any]:
     """Export a U-Net run's checkpoint as a pipeline folder (see the module docstring)."""
-    cfg = _read_settings(UNetTrainingConfig, os.path.join(run_dir, UNET_RUN_CONFIG))
+    cfg = _read_settings(UNetTrainingConfig, base.settings_file(run_dir))
     check_model_sources({k: v for k, v in model_sources(cfg).items()
                          if k in ("components_from", "vae", "whisper")})
     config = _model_config(checkpoint)
@@ -121,7 +119,7 @@ def export_syncnet_checkpoint(run_dir: str, checkpoint: str, output: str) -> dic
     if config is not None:
         model = StableSyncNet.from_config(config)
     else:
-        model = build_syncnet(_read_settings(SyncNetTrainingConfig, os.path.join(run_dir, SYNCNET_RUN_CONFIG)))
+        model = build_syncnet(_read_settings(SyncNetTrainingConfig, base.settings_file(run_dir)))
     model.load_state_dict(_model_state(checkpoint), strict=True)
     model.save_pretrained(output, safe_serialization=True)
     return {"kind": "syncnet", "step": base.checkpoint_step(checkpoint), "checkpoint": checkpoint, "model": output}
@@ -133,9 +131,10 @@ def export_checkpoint(run_dir: str, output: str, step: int | None = None, use_em
     U-Net run (plus ``output/lora`` for a LoRA run; EMA weights when the run kept an EMA, unless ``use_ema`` is
     False), a ``StableSyncNet`` folder for a SyncNet run. ``run_dir`` is only read. Returns what was written."""
     checkpoint = find_checkpoint(run_dir, step)
-    is_unet = os.path.isfile(os.path.join(run_dir, UNET_RUN_CONFIG))
-    if not is_unet and not os.path.isfile(os.path.join(run_dir, SYNCNET_RUN_CONFIG)):
-        raise ExportError(f"{run_dir} is not a training run folder (no {UNET_RUN_CONFIG} or {SYNCNET_RUN_CONFIG})")
+    if base.settings_file(run_dir) is None:
+        raise ExportError(f"{run_dir} is not a training run folder (no {base.SETTINGS_FILE} or, from earlier versions, "
+                          f"{base.LEGACY_SETTINGS_FILE})")
+    is_unet = not is_syncnet_run(run_dir)
     if use_ema and not is_unet:
         raise ExportError("SyncNet runs keep no EMA weights")
     check_output_folder(output, [run_dir], overwrite, "export", ExportError)  # the run is only read

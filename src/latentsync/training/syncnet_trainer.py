@@ -9,7 +9,7 @@ seed and ``i``).
 
 Outputs in ``output_dir``: ``checkpoints/checkpoint-<step>/``, ``syncnet/`` (final model, safetensors, loadable
 with ``StableSyncNet.from_pretrained``), ``syncnet_best/`` (lowest validation loss), ``history.json``,
-``losses.jsonl``, ``loss_chart.png`` and a copy of the config (``config.yaml``).
+``losses.jsonl``, ``loss_chart.png`` and the settings (``config.yaml``, as the U-Net trainer's).
 
 [`train_syncnet`] reads top to bottom: set up, build the model and the data, resume, loop, save. Command line:
 ``train/train_syncnet.py``.
@@ -200,7 +200,7 @@ def _train_syncnet(cfg: SyncNetTrainingConfig, accelerator: Accelerator) -> dict
         except TrainingDataError as exc:
             raise TrainingDataError(f"{setting}={list(dataset.time_range)}: {exc}") from None
     # everything loaded: the run folder is written from here on
-    base.start_output_dir(accelerator, cfg, "config.yaml")
+    base.start_output_dir(accelerator, cfg)
     if accelerator.is_main_process:
         base.log_training_plan("SyncNet training", training_plan(cfg, model, vae, train_info, val_info, accelerator,
                                                                  global_step))

@@ -36,7 +36,13 @@ from ..model_source import check_model_sources, check_syncnet_folder
 from ..pipeline import LatentSyncPipeline
 from ..utils import scale_latents, unscale_latents
 from . import base
-from .components import TrainingComponents, load_components, model_sources, unet_start
+from .components import (
+    TrainingComponents,
+    check_start_not_a_run,
+    load_components,
+    model_sources,
+    unet_start,
+)
 from .config import TrainingConfigError, UNetTrainingConfig
 from .losses import lower_half, mixed_noise, predict_x0
 
@@ -267,6 +273,7 @@ def train(cfg: UNetTrainingConfig) -> dict[str, Any]:
     check_clip_source(cfg.train_data, "train_data")
     sources = model_sources(cfg)
     check_model_sources(sources)
+    check_start_not_a_run(sources)
     if "syncnet" in sources:
         check_syncnet_folder("syncnet", cfg.syncnet, cfg.syncnet_subfolder)
     for setting in ("validation_video", "validation_audio"):  # else every validation fails, with a warning
@@ -330,7 +337,7 @@ def _train(cfg: UNetTrainingConfig, accelerator: Accelerator) -> dict[str, Any]:
     optimizer, lr_scheduler = base.create_optimizer(params, cfg, lr)
 
     # everything loaded: the run folder is written from here on
-    base.start_output_dir(accelerator, cfg, "config.json")
+    base.start_output_dir(accelerator, cfg)
     if accelerator.is_main_process:
         base.log_training_plan("U-Net training", training_plan(
             cfg, comps, unet, data_info, accelerator, base.checkpoint_step(resume) if resume else 0))
