@@ -198,7 +198,7 @@ def test_bad_settings_end_in_one_line(tmp_path, caplog, contents, overrides, mes
     with caplog.at_level(logging.ERROR, logger="latentsync"):
         code = train_unet_command(["--config", str(config), "train_data=x", f"output_dir={tmp_path / 'out'}",
                                    *overrides])
-    assert code == 2 and time.time() - t0 < 10
+    assert code == 2 and time.time() - t0 < 30  # before any model loads (generous: CI machines are busy)
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and "\n" not in errors[0], errors
     assert __import__("re").search(message, errors[0]), errors[0]
@@ -378,7 +378,7 @@ def test_missing_data_is_one_line_before_any_model_loads(tiny, sync_clips_dir, h
         t0 = time.time()
         with caplog.at_level(logging.ERROR, logger="latentsync"):
             assert command([*argv, f"output_dir={tmp_path / 'out'}"]) == 2
-        assert time.time() - t0 < 10
+        assert time.time() - t0 < 30  # before any model loads (generous: CI machines are busy)
         errors = error_lines(caplog)
         assert len(errors) == 1 and "\n" not in errors[0] and message in errors[0], errors
     assert not (tmp_path / "out").exists()
@@ -430,7 +430,7 @@ def test_hub_settings_offline_are_refused_at_once(tiny, sync_clips_dir, hub_unre
         t0 = time.time()
         with caplog.at_level(logging.ERROR, logger="latentsync"):
             assert command([*argv, *extra]) == 2
-        assert time.time() - t0 < 10
+        assert time.time() - t0 < 30  # before any model loads (generous: CI machines are busy)
         errors = error_lines(caplog)
         assert len(errors) == 1 and message in errors[0], errors
     assert not (tmp_path / "new").exists()
