@@ -88,6 +88,60 @@ def test_output_path_checks():
         check_output_path("/no/such/folder/out.mp4")
 
 
+def _noise_frames(n: int = 30, side: int = 256) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (side, side, 3), np.uint8) for _ in range(n)]
+
+
+def test_a_disk_that_fills_up_leaves_no_output_and_one_line(tmp_path, monkeypatch):
+    """ffmpeg that cannot write the end of the file (here a file-size limit, which fails its writes as a full disk
+    does) is an error naming the output and ffmpeg's reason, and nothing is left. The writer used not to look at
+    ffmpeg's exit status: the cut file became the output, and the run said it wrote it."""
+    import imageio_ffmpeg
+
+    from conftest import FFMPEG
+    from latentsync.errors import InvalidOutputError
+
+    small_disk = tmp_path / "ffmpeg-small-disk"
+    small_disk.write_text(f"#!/bin/sh\ntrap '' XFSZ\nulimit -f 20\nexec '{FFMPEG}' \"$@\"\n")
+    small_disk.chmod(0o755)
+    monkeypatch.setattr(imageio_ffmpeg, "get_ffmpeg_exe", lambda: os.fspath(small_disk))
+    out = tmp_path / "out" / "synced.mp4"
+    out.parent.mkdir()
+    with pytest.raises(InvalidOutputError, match=r"^cannot write .*synced\.mp4: .*File too large$"), \
+            VideoWriter(out, 25) as writer:
+        for frame in _noise_frames():
+            writer.write(frame)
+    assert list(out.parent.iterdir()) == []
+
+
+def test_a_disk_that_fills_up_with_timestamps_leaves_no_output_and_one_line(tmp_path):
+    """The same with the input's own timeline (PyAV writes the picture): one line instead of PyAV's OSError."""
+    import errno
+
+    from latentsync.errors import InvalidOutputError
+    from latentsync.media.timeline import TimedVideoWriter
+
+    class FullDisk:
+        def __init__(self, container):
+            self.container = container
+
+        def mux(self, packet):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self):
+            self.container.close()
+
+    frames = _noise_frames()
+    writer = TimedVideoWriter(tmp_path / "synced.mp4", np.arange(len(frames)) / 25.0)
+    with pytest.raises(InvalidOutputError, match=r"^cannot write .*synced\.mp4: No space left on device$"), writer:
+        writer.write(frames[0])
+        writer._container = FullDisk(writer._container)
+        for frame in frames[1:]:
+            writer.write(frame)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_wav_round_trip_and_samples_in_memory(tmp_path):
     t = np.arange(SAMPLE_RATE // 2) / SAMPLE_RATE
     tone = (0.5 * np.sin(2 * np.pi * 300 * t)).astype(np.float32)

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING
 import imageio_ffmpeg
 import numpy as np
 
-from ..errors import InvalidVideoError
+from ..errors import InvalidOutputError, InvalidVideoError
 from ..tempfiles import partial_path, release_partial
-from .files import check_input_file
+from .files import check_input_file, ffmpeg_reason
 from .probe import probe_video
 from .video import (
     CPU_ENCODER,
@@ -228,26 +228,35 @@ class TimedVideoWriter(AtomicWriter):
         video_frame = _pyav().VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
         video_frame.pts = int(round(self.timestamps[self.frames_written] / self.time_base))
         video_frame.time_base = self.time_base
-        for packet in self._stream.encode(video_frame):
-            self._container.mux(packet)
+        try:
+            for packet in self._stream.encode(video_frame):
+                self._container.mux(packet)
+        except OSError as exc:  # PyAV's errors are OSErrors: a full disk, a write error
+            raise self._write_error(exc) from None
         self.frames_written += 1
+
+    def _write_error(self, exc: OSError) -> InvalidOutputError:
+        return InvalidOutputError(f"cannot write {self.path}: {exc.strerror or exc}")
 
     def close(self) -> None:
         if self._container is None:
             raise InvalidVideoError("no frames to write")
-        for packet in self._stream.encode():
-            self._container.mux(packet)
-        self._container.close()
+        try:
+            for packet in self._stream.encode():
+                self._container.mux(packet)
+            self._container.close()
+        except OSError as exc:
+            raise self._write_error(exc) from None
         self._container = None
         cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-i", self._video_tmp]
         if self.audio_path:
             cmd += ["-i", self.audio_path, "-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac"]
         cmd += ["-c:v", "copy", self._tmp]
-        try:
-            subprocess.run(cmd, check=True, capture_output=True)
-        except subprocess.CalledProcessError as exc:
+        proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, check=False)
+        if proc.returncode != 0:
             self.abort()
-            raise InvalidVideoError(f"cannot write {self.path}: {exc.stderr.decode(errors='replace').strip()}") from None
+            raise InvalidOutputError(f"cannot write {self.path}: "
+                                     f"{ffmpeg_reason(proc.stderr.decode(errors='replace'), proc.returncode)}")
         os.remove(self._video_tmp)
         release_partial(self._video_tmp)
         os.replace(self._tmp, self.path)

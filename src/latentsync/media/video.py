@@ -15,6 +15,7 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -361,10 +362,6 @@ def _check_writable(folder: str, target: str) -> None:
         raise InvalidOutputError(f"output folder is not writable: {target} ({problem})")
 
 
-class _Abort(BaseException):
-    """Thrown into the encoder to stop it without finishing the file."""
-
-
 class AtomicWriter:
     """The ``with`` behaviour of the video writers: on a clean exit ``close()`` (which publishes the file), on an error
     in the block or in ``close()`` itself ``abort()`` (which removes the partial file). Subclasses define both."""
@@ -400,7 +397,8 @@ class VideoWriter(AtomicWriter):
     """Encode RGB frames to H.264 (+ AAC audio from ``audio_path``) atomically, at quality ``crf``, with libx264 or
     the GPU ``encoder`` (e.g. ``"h264_nvenc"``; libx264 after one warning where it cannot start).
 
-    Use as a context manager: on a clean exit the file appears at ``path``; on an exception nothing is left.
+    Use as a context manager: on a clean exit the file appears at ``path``; on an exception (or when ffmpeg cannot
+    write the file, e.g. a full disk) nothing is left.
     """
 
     def __init__(self, path: str | os.PathLike, fps: float = VIDEO_FPS, audio_path: str | None = None, crf: int = 18,
@@ -408,48 +406,72 @@ class VideoWriter(AtomicWriter):
         self.path = check_output_path(path, [audio_path] if audio_path else ())
         self._tmp = partial_path(self.path)
         self.fps, self.audio_path, self.crf, self.encoder = fps, audio_path, crf, encoder
-        self._gen = None
+        self._proc: subprocess.Popen | None = None
+        self._log: Any = None
         self.frames_written = 0
+
+    def _start(self, width: int, height: int) -> None:
+        codec = usable_encoder(self.encoder)
+        rate = Fraction(self.fps).limit_denominator()
+        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
+               "-s", f"{width}x{height}", "-r", str(rate), "-i", "pipe:0"]
+        if self.audio_path:
+            cmd += ["-i", self.audio_path, "-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac"]
+        cmd += ["-c:v", codec, "-pix_fmt", "yuv420p", *encoder_arguments(codec, self.crf),
+                self._tmp]
+        # ffmpeg's complaints, for the message (a file never blocks ffmpeg, as a full pipe would); closed by close()
+        # or abort()
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115
+        # its own session: Ctrl-C in a terminal reaches the whole process group; the run stops ffmpeg itself
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log,
+                                      start_new_session=True)
 
     def write(self, frame: np.ndarray) -> None:
         frame = even_sides(frame)
-        if self._gen is None:
-            h, w = frame.shape[:2]
-            codec = usable_encoder(self.encoder)
-            self._gen = imageio_ffmpeg.write_frames(
-                self._tmp, (w, h), fps=self.fps, codec=codec, quality=None, macro_block_size=2,
-                output_params=encoder_arguments(codec, self.crf),
-                audio_path=self.audio_path, audio_codec="aac" if self.audio_path else None,
-                ffmpeg_log_level="error",
-            )
-            self._gen.send(None)
-        self._gen.send(np.ascontiguousarray(frame))
+        if self._proc is None:
+            self._start(frame.shape[1], frame.shape[0])
+        try:
+            self._proc.stdin.write(np.ascontiguousarray(frame, dtype=np.uint8).data)
+        except OSError:  # ffmpeg stopped: it says why
+            raise self._failure() from None
         self.frames_written += 1
 
+    def _failure(self) -> InvalidOutputError:
+        """The one-line error of an ffmpeg that stopped (waits for it to end)."""
+        code = self._proc.wait()
+        self._log.seek(0)
+        reason = ffmpeg_reason(self._log.read().decode(errors="replace"), code)
+        return InvalidOutputError(f"cannot write {self.path}: {reason}")
+
     def close(self) -> None:
-        """Finish encoding and move the file into place."""
-        if self._gen is None:
+        """Finish encoding and move the file into place (only when ffmpeg wrote all of it)."""
+        if self._proc is None:
             raise InvalidVideoError("no frames to write")
-        self._gen.close()  # waits for ffmpeg to encode what it holds and to write the file
-        self._gen = None
+        try:
+            self._proc.stdin.close()  # ffmpeg encodes what it holds and writes the end of the file
+        except OSError:
+            pass
+        if self._proc.wait() != 0:
+            raise self._failure()
+        self._proc = None
+        self._log.close()
         os.replace(self._tmp, self.path)
         release_partial(self._tmp)
 
     def abort(self) -> None:
         """Stop ffmpeg at once (without encoding what it holds) and remove the partial file."""
-        if self._gen is not None:
-            try:
-                # a BaseException thrown into imageio-ffmpeg's writer makes it kill ffmpeg instead of waiting for it
-                self._gen.throw(_Abort())
-            except (_Abort, StopIteration):
-                pass
-            except Exception:  # noqa: BLE001 - the encoder may already be broken; we only clean up
-                pass
-            self._gen = None
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+            for stream in (self._proc.stdin, self._log):
+                try:
+                    stream.close()
+                except OSError:  # a pipe to a dead ffmpeg cannot flush
+                    pass
+            self._proc = None
         if os.path.exists(self._tmp):
             os.remove(self._tmp)
         release_partial(self._tmp)
-
 
 
 def trim_media(src: str, dst: str, seconds: float, video: bool) -> str:
