@@ -142,6 +142,22 @@ def test_a_disk_that_fills_up_with_timestamps_leaves_no_output_and_one_line(tmp_
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("timed", [False, True], ids=["25fps", "timestamps"])
+def test_written_video_says_its_colour_matrix(tmp_path, timed):
+    """Frames become YUV with the BT.601 matrix in TV range, and the file says so: players show an untagged HD file
+    with BT.709, which shifts every colour of the output (a 1080p phone video came back greener and darker)."""
+    import subprocess
+
+    from conftest import FFMPEG
+
+    frames = _frames()
+    decoded = _write_with(tmp_path, "tagged.mp4", None, timed=timed)
+    header = subprocess.run([FFMPEG, "-hide_banner", "-i", os.fspath(tmp_path / "tagged.mp4")], capture_output=True,
+                            text=True, check=False).stderr
+    assert "yuv420p(tv, smpte170m" in header, header
+    assert np.abs(decoded.astype(int) - np.stack(frames)).mean() < 5  # (BT.709 read: about 9)
+
+
 def test_wav_round_trip_and_samples_in_memory(tmp_path):
     t = np.arange(SAMPLE_RATE // 2) / SAMPLE_RATE
     tone = (0.5 * np.sin(2 * np.pi * 300 * t)).astype(np.float32)

@@ -26,6 +26,8 @@ from .files import check_input_file, ffmpeg_reason
 from .probe import probe_video
 from .video import (
     CPU_ENCODER,
+    OUTPUT_COLOR_RANGE,
+    OUTPUT_COLORSPACE,
     AtomicWriter,
     FrameSource,
     check_output_path,
@@ -217,6 +219,8 @@ class TimedVideoWriter(AtomicWriter):
         self._stream.pix_fmt = "yuv420p"
         self._stream.time_base = self.time_base
         self._stream.codec_context.time_base = self.time_base
+        self._stream.codec_context.colorspace = OUTPUT_COLORSPACE  # as converted: tagged, not left to players
+        self._stream.codec_context.color_range = OUTPUT_COLOR_RANGE
 
     def write(self, frame: np.ndarray) -> None:
         """Write the next frame (at the next timestamp)."""

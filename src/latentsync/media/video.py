@@ -393,6 +393,20 @@ def even_sides(frame: np.ndarray) -> np.ndarray:
     return np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge") if h % 2 or w % 2 else frame
 
 
+OUTPUT_COLORSPACE = 6
+"""The YUV matrix of written H.264 (FFmpeg's ``AVCOL_SPC_SMPTE170M``: BT.601), the one ffmpeg and PyAV convert RGB
+frames with; the files say so (with [`OUTPUT_COLOR_RANGE`]): an untagged file leaves the matrix to players' guesses
+(BT.709 for HD pictures), which shift every colour of an HD output."""
+
+OUTPUT_COLOR_RANGE = 1
+"""The range of written H.264 (FFmpeg's ``AVCOL_RANGE_MPEG``: limited, "TV" range), as the conversion makes it."""
+
+
+def color_arguments() -> list[str]:
+    """The ffmpeg output options that tag written video with [`OUTPUT_COLORSPACE`] and [`OUTPUT_COLOR_RANGE`]."""
+    return ["-colorspace", str(OUTPUT_COLORSPACE), "-color_range", str(OUTPUT_COLOR_RANGE)]
+
+
 class VideoWriter(AtomicWriter):
     """Encode RGB frames to H.264 (+ AAC audio from ``audio_path``) atomically, at quality ``crf``, with libx264 or
     the GPU ``encoder`` (e.g. ``"h264_nvenc"``; libx264 after one warning where it cannot start).
@@ -417,7 +431,7 @@ class VideoWriter(AtomicWriter):
                "-s", f"{width}x{height}", "-r", str(rate), "-i", "pipe:0"]
         if self.audio_path:
             cmd += ["-i", self.audio_path, "-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac"]
-        cmd += ["-c:v", codec, "-pix_fmt", "yuv420p", *encoder_arguments(codec, self.crf),
+        cmd += ["-c:v", codec, "-pix_fmt", "yuv420p", *encoder_arguments(codec, self.crf), *color_arguments(),
                 self._tmp]
         # ffmpeg's complaints, for the message (a file never blocks ffmpeg, as a full pipe would); closed by close()
         # or abort()
