@@ -327,6 +327,31 @@ def test_an_audio_track_chosen_by_number(two_track_video, tmp_path):
         chosen_track(tmp_path / "missing.wav", 1)
 
 
+def test_a_voice_per_face_from_one_track_of_a_file(two_track_video):
+    """A voice of a voice per face can be one audio track of a file (``AudioTrack``, ``--audio-for FACE:TRACK=FILE``):
+    the checks and the readers take that track (here track 1 is silent, track 2 the speech), a number the file does
+    not have says how many it has, and the file still counts as an input the output may not replace."""
+    from latentsync.errors import InvalidOutputError, LatentSyncInputError
+    from latentsync.inputs import check_run_inputs
+    from latentsync.media import AudioTrack
+
+    speech = AudioTrack(two_track_video, 2)
+    assert os.fspath(speech) == os.fspath(two_track_video)
+    assert not check_run_inputs(two_track_video, {0: speech}).voices[0].silent
+    np.testing.assert_array_equal(as_samples(speech), load_audio(two_track_video, track=1))
+    assert np.abs(as_samples(AudioTrack(two_track_video, 1))).max() == 0
+    with pytest.raises(InvalidAudioError, match=r"two_tracks.mp4 \(audio for face 0\) is silent"):
+        check_run_inputs(two_track_video, {0: AudioTrack(two_track_video, 1)})
+    with pytest.raises(InvalidAudioError, match=r"^audio for face 1 track 3: .*two_tracks.mp4 has 2 audio tracks "
+                                                r"\(numbered from 1\)$"):
+        check_run_inputs(two_track_video, {0: speech, 1: AudioTrack(two_track_video, 3)})
+    with pytest.raises(InvalidOutputError, match="is the input file"):
+        check_run_inputs(shared_file("demo1_video.mp4"), {0: speech}, output_path=two_track_video)
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(LatentSyncInputError, match="an audio track number is >= 1"):
+            AudioTrack(two_track_video, bad)
+
+
 def test_the_speaking_face_listens_to_the_chosen_track_of_its_own_video(two_track_video, example_face, tmp_path):
     """``face="speaking"`` scores faces against the video's own sound: with ``audio_track`` and the video as the
     audio file, against that track (here the silent first one: no speech to hear); with another audio file, against

@@ -526,7 +526,7 @@ class VideoStream:
         if output_path is not None:
             if isinstance(audio, (str, os.PathLike)):
                 audio_path = os.fspath(audio)
-                index = track_index(audio_path, track)
+                index = track_index(audio, track)
                 if index:  # the writers mux a file's first audio track: the chosen one, copied as it is
                     audio_path = copy_track(audio_path, index, self._temp_path("audio.mka"))
             else:  # samples in memory: muxed from a WAV copy

@@ -199,8 +199,37 @@ def chosen_track(path: str | os.PathLike, number: int | None, name: str = "audio
     return int(number) - 1
 
 
-def track_index(path: str, track: Track) -> int:
-    """The index among ``path``'s audio streams (ffmpeg's ``0:a:INDEX``) of ``track`` (as [`load_audio`] takes it)."""
+@dataclass(frozen=True)
+class AudioTrack(os.PathLike):
+    """Audio track ``number`` of the file ``path``, numbered from 1 as the log, players and OBS number them: a path
+    that the readers ([`load_audio`], [`scan_audio`], [`as_samples`]) and the output's muxing read from that track
+    instead of their ``track`` argument. It chooses the track of each voice of a voice per face, e.g.
+    ``{0: AudioTrack("obs.mkv", 2), 1: AudioTrack("obs.mkv", 3)}`` (``--audio-for 0:2=obs.mkv``).
+
+    Raises:
+        LatentSyncInputError: ``number`` is not an integer >= 1.
+    """
+
+    path: str
+    number: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", os.fspath(self.path))
+        number = self.number
+        if isinstance(number, bool) or not isinstance(number, (int, np.integer)) or number < 1:
+            raise LatentSyncInputError(f"an audio track number is >= 1 (as the log and players number them), got "
+                                       f"{number!r} for {self.path}")
+
+    def __fspath__(self) -> str:
+        return self.path
+
+
+def track_index(path: str | os.PathLike, track: Track) -> int:
+    """The index among ``path``'s audio streams (ffmpeg's ``0:a:INDEX``) of ``track`` (as [`load_audio`] takes it);
+    an [`AudioTrack`] names its own."""
+    if isinstance(path, AudioTrack):
+        return path.number - 1
+    path = os.fspath(path)
     if track == "speech":
         return speech_track(path).index
     if isinstance(track, bool) or not isinstance(track, int) or track < 0:
@@ -253,8 +282,8 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, video_cl
         InvalidAudioError: the file is missing, unreadable, has no audio stream (or not that track), or holds no
             samples.
     """
-    path = check_input_file(path, InvalidAudioError, "audio")
     index = track_index(path, track)
+    path = check_input_file(path, InvalidAudioError, "audio")
     proc = subprocess.run(_decode_command(path, sample_rate, video_clock, index), capture_output=True)
     if proc.returncode != 0:
         raise _decode_error(path, proc.returncode, proc.stderr, index)
@@ -287,8 +316,8 @@ def scan_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, chunk_se
         InvalidAudioError: the file is missing, unreadable, has no audio stream (or not that track), or holds no
             samples.
     """
-    path = check_input_file(path, InvalidAudioError, what)
     index = track_index(path, track)
+    path = check_input_file(path, InvalidAudioError, what)
     proc = subprocess.Popen(_decode_command(path, sample_rate, index=index), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     count, peak, chunk = 0, 0.0, int(chunk_seconds * sample_rate) * 4
