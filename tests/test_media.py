@@ -158,6 +158,33 @@ def test_written_video_says_its_colour_matrix(tmp_path, timed):
     assert np.abs(decoded.astype(int) - np.stack(frames)).mean() < 5  # (BT.709 read: about 9)
 
 
+@pytest.mark.parametrize("timed", [False, True], ids=["25fps", "timestamps"])
+def test_a_speech_track_that_starts_late_plays_from_the_first_frame(tmp_path, timed):
+    """The lips are made for the speech read sample after sample from its first one (``load_audio``), so the output's
+    sound starts with the first frame too. A speech file whose track starts after its picture (a video given as the
+    speech, here 0.6 s late) used to be muxed with that delay: the sound lagged the lips by 0.6 s and the file ran
+    0.6 s past its last frame."""
+    from latentsync.media.timeline import TimedVideoWriter
+
+    speech = np.sin(np.arange(SAMPLE_RATE) * 2 * np.pi * 440 / SAMPLE_RATE).astype(np.float32) * 0.5
+    wav = tmp_path / "speech.wav"
+    write_wav(wav, speech)
+    late = tmp_path / "late.mp4"
+    ffmpeg("-f", "lavfi", "-i", "color=size=64x64:rate=25:duration=1.6", "-itsoffset", "0.6", "-i", os.fspath(wav),
+           "-map", "0:v", "-map", "1:a", "-c:v", "libx264", "-c:a", "aac", os.fspath(late))
+    assert len(load_audio(late, video_clock=True)) > 1.5 * SAMPLE_RATE  # the track starts 0.6 s into the file
+    frames = [_gradient(i) for i in range(25)]  # one second: the speech read from its first sample
+    out = tmp_path / "synced.mp4"
+    writer = TimedVideoWriter(out, np.arange(25) / 25.0, audio_path=os.fspath(late)) if timed else \
+        VideoWriter(out, 25, audio_path=os.fspath(late))
+    with writer:
+        for frame in frames:
+            writer.write(frame)
+    sound = load_audio(out, video_clock=True)  # on the output's clock: the frames start at 0
+    assert len(sound) < 1.2 * SAMPLE_RATE, len(sound) / SAMPLE_RATE  # 1 s of speech (and AAC's padding)
+    assert np.abs(sound[: SAMPLE_RATE // 10]).max() > 0.2  # no silence in front
+
+
 def test_wav_round_trip_and_samples_in_memory(tmp_path):
     t = np.arange(SAMPLE_RATE // 2) / SAMPLE_RATE
     tone = (0.5 * np.sin(2 * np.pi * 300 * t)).astype(np.float32)

@@ -31,6 +31,12 @@ VIDEO_CLOCK_FILTER = "aresample=async=1:first_pts=0"
 """ffmpeg audio filter that places a track on its file's clock: silence before a track that starts after the video
 and in its gaps of more than 0.1 s, a start before the file's trimmed; sample 0 is then at frame 0."""
 
+SAMPLE_CLOCK_FILTER = "asetpts=N/SR/TB"
+"""ffmpeg audio filter that times a track by its samples alone: the first at 0, the others back to back, as
+[`load_audio`] reads them (without ``video_clock``). The writers mux the speech file's track through it, so that
+the sound plays where the lips were made for it, also when the track starts after its file's other streams (a video
+given as the speech, whose sound starts late) or has gaps."""
+
 
 # ---------------------------------------------------------------------------------------------------- speech track
 SPEECH_BAND = (300.0, 3400.0)
