@@ -185,6 +185,21 @@ def test_a_speech_track_that_starts_late_plays_from_the_first_frame(tmp_path, ti
     assert np.abs(sound[: SAMPLE_RATE // 10]).max() > 0.2  # no silence in front
 
 
+def test_speech_of_many_channels_is_muxed_mixed_down(tmp_path):
+    """A speech file of 10 channels (a field recorder's poly WAV; ffmpeg calls the layout 5.1.4) is read for the lips
+    (mixed to mono) and its sound is muxed in a layout the AAC encoder takes. The encoder used to refuse it when the
+    file was written, at the very end of the run."""
+    wav = tmp_path / "speech.wav"
+    write_wav(wav, np.sin(np.arange(SAMPLE_RATE) * 2 * np.pi * 440 / SAMPLE_RATE).astype(np.float32) * 0.5)
+    poly = tmp_path / "poly.wav"
+    ffmpeg("-i", os.fspath(wav), "-ac", "10", os.fspath(poly))
+    out = tmp_path / "synced.mp4"
+    with VideoWriter(out, 25, audio_path=os.fspath(poly)) as writer:
+        for i in range(25):
+            writer.write(_gradient(i))
+    assert probe_video(out).has_audio and np.abs(load_audio(out)).max() > 0.2
+
+
 def test_wav_round_trip_and_samples_in_memory(tmp_path):
     t = np.arange(SAMPLE_RATE // 2) / SAMPLE_RATE
     tone = (0.5 * np.sin(2 * np.pi * 300 * t)).astype(np.float32)

@@ -37,6 +37,17 @@ SAMPLE_CLOCK_FILTER = "asetpts=N/SR/TB"
 the sound plays where the lips were made for it, also when the track starts after its file's other streams (a video
 given as the speech, whose sound starts late) or has gaps."""
 
+AAC_CHANNEL_LAYOUTS = ("mono", "stereo", "2.1", "3.0", "3.0(back)", "4.0", "quad", "quad(side)", "3.1", "5.0",
+                       "5.0(side)", "4.1", "5.1", "5.1(side)", "6.0", "6.0(front)", "hexagonal", "6.1", "6.1(back)",
+                       "6.1(front)", "7.0", "7.0(front)", "7.1", "7.1(wide)", "7.1(wide-side)", "5.1.2(back)",
+                       "octagonal")
+"""The channel layouts ffmpeg's AAC encoder takes (the output's sound is AAC)."""
+
+MUXED_SOUND_FILTER = f"{SAMPLE_CLOCK_FILTER},aformat=channel_layouts={'|'.join(AAC_CHANNEL_LAYOUTS)}"
+"""The ffmpeg audio filter of the sound the writers mux: timed by its samples ([`SAMPLE_CLOCK_FILTER`]), and mixed
+down to an [`AAC_CHANNEL_LAYOUTS`] layout when it has another (a recorder's poly WAV of 10 or more channels, a
+5.1.4 mix), which the encoder would refuse at the end of the run."""
+
 
 # ---------------------------------------------------------------------------------------------------- speech track
 SPEECH_BAND = (300.0, 3400.0)

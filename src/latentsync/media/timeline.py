@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import InvalidOutputError, InvalidVideoError
 from ..tempfiles import partial_path, release_partial
-from .audio import SAMPLE_CLOCK_FILTER
+from .audio import MUXED_SOUND_FILTER
 from .files import check_input_file, ffmpeg_reason
 from .probe import probe_video
 from .video import (
@@ -255,7 +255,7 @@ class TimedVideoWriter(AtomicWriter):
         self._container = None
         cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-i", self._video_tmp]
         if self.audio_path:
-            cmd += ["-i", self.audio_path, "-map", "0:v:0", "-map", "1:a:0", "-af", SAMPLE_CLOCK_FILTER, "-c:a", "aac"]
+            cmd += ["-i", self.audio_path, "-map", "0:v:0", "-map", "1:a:0", "-af", MUXED_SOUND_FILTER, "-c:a", "aac"]
         cmd += ["-c:v", "copy", self._tmp]
         proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, check=False)
         if proc.returncode != 0:

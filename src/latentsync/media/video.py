@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import InvalidOutputError, InvalidVideoError
 from ..tempfiles import nearest_folder, partial_path, release_partial, remove_stale_partials, writable_problem
-from .audio import SAMPLE_CLOCK_FILTER
+from .audio import MUXED_SOUND_FILTER
 from .constants import OUTPUT_FORMATS, SAMPLE_RATE, VIDEO_FPS
 from .files import ffmpeg_reason, same_file
 from .probe import VideoInfo, probe_video  # noqa: F401 - VideoInfo is part of this module's interface
@@ -431,7 +431,7 @@ class VideoWriter(AtomicWriter):
         cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
                "-s", f"{width}x{height}", "-r", str(rate), "-i", "pipe:0"]
         if self.audio_path:
-            cmd += ["-i", self.audio_path, "-map", "0:v:0", "-map", "1:a:0", "-af", SAMPLE_CLOCK_FILTER, "-c:a", "aac"]
+            cmd += ["-i", self.audio_path, "-map", "0:v:0", "-map", "1:a:0", "-af", MUXED_SOUND_FILTER, "-c:a", "aac"]
         cmd += ["-c:v", codec, "-pix_fmt", "yuv420p", *encoder_arguments(codec, self.crf), *color_arguments(),
                 self._tmp]
         # ffmpeg's complaints, for the message (a file never blocks ffmpeg, as a full pipe would); closed by close()
