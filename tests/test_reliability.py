@@ -903,6 +903,47 @@ def test_library_interrupt_during_face_analysis_leaves_nothing(media, tiny_pipe_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tmp"] and leftovers(tmp_path / "tmp") == []
 
 
+def test_a_full_temporary_folder_is_one_line_and_leaves_nothing(media, tiny_pipe_64, tmp_path, monkeypatch):
+    """A video the output loops over is cached on disk in the temporary folder; when that folder fills up (here: the
+    cache's writes fail with ENOSPC) the run ends with one line naming the folder and TMPDIR, not OSError's
+    traceback, and leaves no output and no temporary files."""
+    import builtins
+    import errno
+
+    from latentsync import streaming
+
+    monkeypatch.setattr(tempfile, "tempdir", os.fspath(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(streaming.VideoStream, "max_tail_frames", 0)  # the 12-frame clip loops: it is cached
+
+    class FullDisk:
+        def __init__(self, path, mode):
+            self.file = builtins.open(path, mode)
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self):
+            self.file.close()
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.close()
+
+    def open_on_a_full_disk(path, mode="r", *args, **kwargs):
+        return FullDisk(path, mode) if os.fspath(path).endswith("frames.u8") else builtins.open(path, mode, *args,
+                                                                                                 **kwargs)
+
+    monkeypatch.setattr(streaming, "open", open_on_a_full_disk, raising=False)
+    with pytest.raises(LatentSyncInputError, match=r"^cannot keep the video's frames in .*latentsync-run-.*: No space "
+                                                   r"left on device \(.*set TMPDIR to a folder with more room\)$"):
+        tiny_pipe_64(media / "face.mp4", EXAMPLES / "speech.wav", output_path=tmp_path / "result.mp4",
+                     num_inference_steps=STEPS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tmp"] and leftovers(tmp_path / "tmp") == []
+
+
 # ---------------------------------------------------------------------------------------------------- the app
 def test_app_removes_its_results_on_sigterm(tiny_model_dir_64, tmp_path):
     pytest.importorskip("gradio")
