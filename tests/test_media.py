@@ -200,6 +200,26 @@ def test_speech_of_many_channels_is_muxed_mixed_down(tmp_path):
     assert probe_video(out).has_audio and np.abs(load_audio(out)).max() > 0.2
 
 
+def test_long_output_names(tmp_path):
+    """An output name of 244 bytes (80 Chinese characters) is written by both writers: their hidden partial files
+    used to add ~30 bytes to it, past the 255 bytes file systems take ("File name too long" once the first frame
+    was made). A name the file system cannot hold at all is refused by the checks, not by the rename at the end."""
+    from latentsync.errors import InvalidOutputError
+    from latentsync.media.timeline import TimedVideoWriter
+
+    frames = [_gradient(i) for i in range(5)]
+    for name, writer in (("字" * 80 + ".mp4", lambda p: VideoWriter(p, 25)),
+                         ("字" * 79 + "x.mkv", lambda p: TimedVideoWriter(p, np.arange(5) / 25.0))):
+        with writer(tmp_path / name) as w:
+            for frame in frames:
+                w.write(frame)
+        assert probe_video(tmp_path / name).width == 32
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["字" * 80 + ".mp4", "字" * 79 + "x.mkv"])
+    with pytest.raises(InvalidOutputError, match=r"^output file name is too long: 256 bytes \(UTF-8\), the file "
+                                                 r"system takes 255: "):
+        check_output_path(tmp_path / ("字" * 84 + ".mp4"))
+
+
 def test_wav_round_trip_and_samples_in_memory(tmp_path):
     t = np.arange(SAMPLE_RATE // 2) / SAMPLE_RATE
     tone = (0.5 * np.sin(2 * np.pi * 300 * t)).astype(np.float32)

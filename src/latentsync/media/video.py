@@ -327,8 +327,9 @@ def check_output_path(
             writable folder; when False the folder must exist.
 
     Raises:
-        InvalidOutputError: unsupported format, a folder, an input file, an existing file without ``overwrite``, or a
-            folder that is missing or not writable (checked by creating and removing a file in it).
+        InvalidOutputError: unsupported format, a folder, an input file, an existing file without ``overwrite``, a
+            name longer than the file system takes, or a folder that is missing or not writable (checked by creating
+            and removing a file in it).
     """
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
@@ -350,10 +351,22 @@ def check_output_path(
         raise InvalidOutputError(f"cannot create the output folder {folder}: {blocker} is a file")
     if existing != folder and not create_folder:
         raise InvalidOutputError(f"output folder does not exist: {folder}")
+    name_bytes, name_max = len(os.path.basename(path).encode()), _name_max(existing)
+    if name_bytes > name_max:
+        raise InvalidOutputError(f"output file name is too long: {name_bytes} bytes (UTF-8), the file system takes "
+                                 f"{name_max}: {path}")
     _check_writable(existing, folder)
     if existing == folder and remove_partials:
         remove_stale_partials(path)
     return path
+
+
+def _name_max(folder: str) -> int:
+    """The longest file name (bytes) the file system of ``folder`` takes (255 where it does not say)."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # no pathconf (Windows), or no answer
+        return 255
 
 
 def _check_writable(folder: str, target: str) -> None:
