@@ -220,6 +220,29 @@ def test_long_output_names(tmp_path):
         check_output_path(tmp_path / ("字" * 84 + ".mp4"))
 
 
+def test_an_anamorphic_video_comes_out_as_wide_as_it_went_in(tmp_path):
+    """Anamorphic video (DVD, HDV, some broadcasts) stores fewer columns than players show: the frames are read as
+    stored and the output records the same pixel shape, at 25 fps and on the input's own timeline. The output used to
+    have square pixels: a 16:9 picture played squeezed."""
+    from fractions import Fraction
+
+    from latentsync.media.timeline import TimedVideoWriter, open_timed_frames
+
+    anamorphic = write_video(tmp_path / "anamorphic.mp4", [_gradient(i) for i in range(5)])  # 32 x 32 stored
+    ffmpeg("-i", os.fspath(anamorphic), "-vf", "setsar=4/3", "-c:v", "libx264", os.fspath(tmp_path / "wide.mp4"))
+    wide = tmp_path / "wide.mp4"
+    assert probe_video(wide).sample_aspect == Fraction(4, 3) and probe_video(anamorphic).sample_aspect == 1
+    for source, writer in ((open_frames(wide), VideoWriter), (open_timed_frames(wide), TimedVideoWriter)):
+        assert source.sample_aspect == Fraction(4, 3)
+        out = tmp_path / f"out_{writer.__name__}.mp4"
+        args = (np.arange(source.expected_frames) / 25.0,) if writer is TimedVideoWriter else (25,)
+        with writer(out, *args, sample_aspect=source.sample_aspect) as w:
+            for frame in source:
+                assert frame.shape == (32, 32, 3)
+                w.write(frame)
+        assert probe_video(out).sample_aspect == Fraction(4, 3), writer
+
+
 def test_wav_round_trip_and_samples_in_memory(tmp_path):
     t = np.arange(SAMPLE_RATE // 2) / SAMPLE_RATE
     tone = (0.5 * np.sin(2 * np.pi * 300 * t)).astype(np.float32)

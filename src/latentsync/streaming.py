@@ -548,11 +548,13 @@ class VideoStream:
             else:  # samples in memory: muxed from a WAV copy
                 audio_path = self._temp_path("audio.wav")
                 write_wav(audio_path, samples)
+            aspect = self.source.sample_aspect  # an anamorphic input's output is shown as wide as the input
             if timestamps is not None:
                 self.writer = TimedVideoWriter(output_path, timestamps, self.source.time_base or DEFAULT_TIME_BASE,
-                                               audio_path=audio_path, crf=crf, encoder=encoder)
+                                               audio_path=audio_path, crf=crf, encoder=encoder, sample_aspect=aspect)
             else:
-                self.writer = VideoWriter(output_path, fps, audio_path=audio_path, crf=crf, encoder=encoder)
+                self.writer = VideoWriter(output_path, fps, audio_path=audio_path, crf=crf, encoder=encoder,
+                                          sample_aspect=aspect)
         self._sink = OrderedWorker(self._paste_and_write) if self.overlap_stages else None
 
     def buffer_windows(self, count: int) -> None:

@@ -53,6 +53,8 @@ class VideoInfo:
         truncated: the data ends before the header says it should (an incomplete download or recording).
         audio_tracks: how many audio streams the file has (screen recordings and films may have several; see
             [`~latentsync.media.audio.speech_track`]).
+        sample_aspect: the width of a pixel over its height as players show the frames (upright): 1 for square
+            pixels; anamorphic video (DVD, HDV, some broadcast streams) stores fewer columns than it shows.
     """
 
     path: str
@@ -67,6 +69,7 @@ class VideoInfo:
     truncated: bool = False
     mirrored: bool = False
     audio_tracks: int = 0
+    sample_aspect: Fraction = Fraction(1)
 
 
 def _input_section(stderr: str) -> str:
@@ -183,6 +186,14 @@ def _orientation(matrix: tuple[int, ...]) -> tuple[int, bool]:
     return round(math.degrees(math.atan2(b, a))) % 360, mirrored
 
 
+def _sample_aspect(line: str) -> Fraction:
+    """The sample (pixel) aspect ratio of a video stream line (``[SAR 4:3 DAR 16:9]``); 1 when it does not say."""
+    match = re.search(r"\[SAR (\d+):(\d+) ", line)
+    if match is None or not int(match.group(1)) or not int(match.group(2)):  # 0:1 is "unknown"
+        return Fraction(1)
+    return Fraction(int(match.group(1)), int(match.group(2)))
+
+
 def _frame_rate(line: str) -> float:
     for unit in ("fps", "tbr"):
         match = re.search(rf"([\d.]+)(k?) {unit}\b", line)
@@ -231,8 +242,9 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         matrix = _display_matrix(path)
         if matrix is not None:
             rotation, mirrored = _orientation(matrix)
-    if rotation in (90, 270):
-        width, height = height, width
+    sample_aspect = _sample_aspect(video[0])
+    if rotation in (90, 270):  # turned upright, a pixel's width is its stored height
+        width, height, sample_aspect = height, width, 1 / sample_aspect
     # ffmpeg's demuxer says so when the data stops before the index says it should (a container's duration is its
     # longest stream's, so comparing it with the video's timestamps would mistake a long soundtrack for truncation)
     truncated = "partial file" in stderr
@@ -248,4 +260,4 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         vfr = bool(irregular.mean() > 0.01) and not truncated
     audio_tracks = _audio_streams(streams)
     return VideoInfo(path, width, height, _frame_rate(video[0]), _duration(header), audio_tracks > 0, rotation,
-                     frame_intervals, vfr, truncated, mirrored, audio_tracks)
+                     frame_intervals, vfr, truncated, mirrored, audio_tracks, sample_aspect)

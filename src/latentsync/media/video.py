@@ -200,6 +200,7 @@ class FrameSource:
     path: str | None = None
     timestamps: np.ndarray | None = None  # seconds from the first frame, when the frames keep the input's timing
     time_base: Fraction | None = None  # the clock of ``timestamps`` in the file
+    sample_aspect: Fraction = Fraction(1)  # a pixel's width over its height as shown (anamorphic video: not 1)
 
     def __iter__(self) -> Iterator[np.ndarray]:
         return self.read()
@@ -281,7 +282,7 @@ def open_frames(video: str | os.PathLike | np.ndarray | Sequence[Any], fps: floa
     if isinstance(video, (str, os.PathLike)):
         info = probe_video(video)
         return FrameSource(info.path, max(1, int(round(info.duration * fps))), lambda: iter_frames(info.path, fps, hwaccel),
-                           info.path)
+                           info.path, sample_aspect=info.sample_aspect)
     if hasattr(video, "convert") and hasattr(video, "size"):  # one PIL image: a still
         video = [video]
     ndim = getattr(video, "ndim", None)
@@ -423,17 +424,20 @@ def color_arguments() -> list[str]:
 
 class VideoWriter(AtomicWriter):
     """Encode RGB frames to H.264 (+ AAC audio from ``audio_path``) atomically, at quality ``crf``, with libx264 or
-    the GPU ``encoder`` (e.g. ``"h264_nvenc"``; libx264 after one warning where it cannot start).
+    the GPU ``encoder`` (e.g. ``"h264_nvenc"``; libx264 after one warning where it cannot start). ``sample_aspect``:
+    the pixels' shape to record (the input's, see [`VideoInfo`]), so that players show an anamorphic video as wide
+    as its input.
 
     Use as a context manager: on a clean exit the file appears at ``path``; on an exception (or when ffmpeg cannot
     write the file, e.g. a full disk) nothing is left.
     """
 
     def __init__(self, path: str | os.PathLike, fps: float = VIDEO_FPS, audio_path: str | None = None, crf: int = 18,
-                 encoder: str | None = None):
+                 encoder: str | None = None, sample_aspect: Fraction = Fraction(1)):
         self.path = check_output_path(path, [audio_path] if audio_path else ())
         self._tmp = partial_path(self.path)
         self.fps, self.audio_path, self.crf, self.encoder = fps, audio_path, crf, encoder
+        self.sample_aspect = Fraction(sample_aspect)
         self._proc: subprocess.Popen | None = None
         self._log: Any = None
         self.frames_written = 0
@@ -445,6 +449,8 @@ class VideoWriter(AtomicWriter):
                "-s", f"{width}x{height}", "-r", str(rate), "-i", "pipe:0"]
         if self.audio_path:
             cmd += ["-i", self.audio_path, "-map", "0:v:0", "-map", "1:a:0", "-af", MUXED_SOUND_FILTER, "-c:a", "aac"]
+        if self.sample_aspect != 1:
+            cmd += ["-vf", f"setsar={self.sample_aspect.numerator}/{self.sample_aspect.denominator}"]
         cmd += ["-c:v", codec, "-pix_fmt", "yuv420p", *encoder_arguments(codec, self.crf), *color_arguments(),
                 self._tmp]
         # ffmpeg's complaints, for the message (a file never blocks ffmpeg, as a full pipe would); closed by close()
