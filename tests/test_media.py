@@ -156,6 +156,10 @@ def test_written_video_says_its_colour_matrix(tmp_path, timed):
                             text=True, check=False).stderr
     assert "yuv420p(tv, smpte170m" in header, header
     assert np.abs(decoded.astype(int) - np.stack(frames)).mean() < 5  # (BT.709 read: about 9)
+    _write_with(tmp_path, "untagged.mp4", None, timed=timed, tag_colors=False)  # the frames of an untagged file
+    header = subprocess.run([FFMPEG, "-hide_banner", "-i", os.fspath(tmp_path / "untagged.mp4")], capture_output=True,
+                            text=True, check=False).stderr
+    assert "smpte170m" not in header and "yuv420p(progressive)" in header, header
 
 
 @pytest.mark.parametrize("timed", [False, True], ids=["25fps", "timestamps"])
@@ -537,15 +541,15 @@ def _frames(n: int = 12, size: tuple[int, int] = (96, 128)) -> list[np.ndarray]:
     return [np.roll(base, 3 * k, axis=1).astype(np.uint8) for k in range(n)]
 
 
-def _write_with(tmp_path, name: str, encoder: str | None, timed: bool = False):
+def _write_with(tmp_path, name: str, encoder: str | None, timed: bool = False, **options):
     from latentsync.media import timeline
 
     frames = _frames()
     path = tmp_path / name
     if timed:
-        writer = timeline.TimedVideoWriter(path, np.arange(len(frames)) / 25.0, encoder=encoder)
+        writer = timeline.TimedVideoWriter(path, np.arange(len(frames)) / 25.0, encoder=encoder, **options)
     else:
-        writer = VideoWriter(path, 25, encoder=encoder)
+        writer = VideoWriter(path, 25, encoder=encoder, **options)
     with writer:
         for frame in frames:
             writer.write(frame)

@@ -548,13 +548,13 @@ class VideoStream:
             else:  # samples in memory: muxed from a WAV copy
                 audio_path = self._temp_path("audio.wav")
                 write_wav(audio_path, samples)
-            aspect = self.source.sample_aspect  # an anamorphic input's output is shown as wide as the input
+            # shown as wide as the input, and with its colours: tagged unless players guess the input's matrix too
+            shown = {"sample_aspect": self.source.sample_aspect, "tag_colors": self.source.colors_known}
             if timestamps is not None:
                 self.writer = TimedVideoWriter(output_path, timestamps, self.source.time_base or DEFAULT_TIME_BASE,
-                                               audio_path=audio_path, crf=crf, encoder=encoder, sample_aspect=aspect)
+                                               audio_path=audio_path, crf=crf, encoder=encoder, **shown)
             else:
-                self.writer = VideoWriter(output_path, fps, audio_path=audio_path, crf=crf, encoder=encoder,
-                                          sample_aspect=aspect)
+                self.writer = VideoWriter(output_path, fps, audio_path=audio_path, crf=crf, encoder=encoder, **shown)
         self._sink = OrderedWorker(self._paste_and_write) if self.overlap_stages else None
 
     def buffer_windows(self, count: int) -> None:

@@ -55,6 +55,8 @@ class VideoInfo:
             [`~latentsync.media.audio.speech_track`]).
         sample_aspect: the width of a pixel over its height as players show the frames (upright): 1 for square
             pixels; anamorphic video (DVD, HDV, some broadcast streams) stores fewer columns than it shows.
+        colors_known: whether the file says how its pixels are colours: it names its YUV matrix (``bt709``...), or
+            its frames are not YUV (RGB, a palette). Players guess the matrix of the others (BT.709 for HD).
     """
 
     path: str
@@ -70,6 +72,7 @@ class VideoInfo:
     mirrored: bool = False
     audio_tracks: int = 0
     sample_aspect: Fraction = Fraction(1)
+    colors_known: bool = True
 
 
 def _input_section(stderr: str) -> str:
@@ -194,6 +197,23 @@ def _sample_aspect(line: str) -> Fraction:
     return Fraction(int(match.group(1)), int(match.group(2)))
 
 
+_FIELD_ORDERS = ("progressive", "top first", "bottom first", "top coded first (swapped)",
+                 "bottom coded first (swapped)")
+
+
+def _colors_known(line: str) -> bool:
+    """Whether a video stream line names its YUV matrix (``yuv420p(tv, bt709, progressive)``,
+    ``yuv420p(tv, bt709/unknown/unknown)``), or its frames are not YUV (``rgb24``, ``pal8``, ``bgra``)."""
+    match = re.search(r", ([a-z0-9]+)(?:\(([^)]*)\))?[,\s]", line + " ")
+    if match is None:
+        return True
+    pixel_format, details = match.group(1), (match.group(2) or "").split(", ")
+    if not pixel_format.startswith(("yuv", "nv", "p0", "p2", "p4", "uyvy", "yuyv", "y2", "v210", "ayuv", "vuy")):
+        return True
+    matrices = [d.split("/")[0] for d in details if d and d not in ("tv", "pc") and d not in _FIELD_ORDERS]
+    return any(m not in ("unknown", "reserved") for m in matrices)
+
+
 def _frame_rate(line: str) -> float:
     for unit in ("fps", "tbr"):
         match = re.search(rf"([\d.]+)(k?) {unit}\b", line)
@@ -260,4 +280,4 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         vfr = bool(irregular.mean() > 0.01) and not truncated
     audio_tracks = _audio_streams(streams)
     return VideoInfo(path, width, height, _frame_rate(video[0]), _duration(header), audio_tracks > 0, rotation,
-                     frame_intervals, vfr, truncated, mirrored, audio_tracks, sample_aspect)
+                     frame_intervals, vfr, truncated, mirrored, audio_tracks, sample_aspect, _colors_known(video[0]))

@@ -144,8 +144,9 @@ def open_timed_frames(path: str | os.PathLike, hwaccel: str | None = None) -> Fr
     """A re-readable [`FrameSource`] of every stored frame of a video file, with ``timestamps`` set (seconds)."""
     timestamps, time_base = read_timestamps(path)
     path = os.fspath(path)
+    info = probe_video(path)
     return FrameSource(path, len(timestamps), lambda: iter_stored_frames(path, hwaccel), path, timestamps,
-                       time_base, probe_video(path).sample_aspect)
+                       time_base, info.sample_aspect, info.colors_known)
 
 
 def frame_durations(timestamps: np.ndarray) -> np.ndarray:
@@ -187,18 +188,19 @@ class TimedVideoWriter(AtomicWriter):
         crf: constant quality (x264's scale).
         encoder: a GPU encoder (e.g. ``"h264_nvenc"``) instead of libx264; libx264 after one warning where it
             cannot start.
-        sample_aspect: the pixels' shape to record (see [`~latentsync.media.VideoWriter`]).
+        sample_aspect, tag_colors: the pixels' shape and whether to record the YUV matrix (see
+            [`~latentsync.media.VideoWriter`]).
     """
 
     def __init__(self, path: str | os.PathLike, timestamps: np.ndarray, time_base: Fraction = DEFAULT_TIME_BASE,
                  audio_path: str | None = None, crf: int = 18, encoder: str | None = None,
-                 sample_aspect: Fraction = Fraction(1)):
+                 sample_aspect: Fraction = Fraction(1), tag_colors: bool = True):
         self.path = check_output_path(path, [audio_path] if audio_path else ())
         self._tmp = partial_path(self.path)
         self._video_tmp = partial_path(os.path.splitext(self.path)[0] + ".video.mp4")  # the picture, before the sound
         self.timestamps, self.time_base = np.asarray(timestamps, np.float64), Fraction(time_base)
         self.audio_path, self.crf, self.encoder = audio_path, crf, encoder
-        self.sample_aspect = Fraction(sample_aspect)
+        self.sample_aspect, self.tag_colors = Fraction(sample_aspect), tag_colors
         self._container: av.container.OutputContainer | None = None
         self._stream = None
         self.frames_written = 0
@@ -223,8 +225,9 @@ class TimedVideoWriter(AtomicWriter):
         self._stream.pix_fmt = "yuv420p"
         self._stream.time_base = self.time_base
         self._stream.codec_context.time_base = self.time_base
-        self._stream.codec_context.colorspace = OUTPUT_COLORSPACE  # as converted: tagged, not left to players
-        self._stream.codec_context.color_range = OUTPUT_COLOR_RANGE
+        if self.tag_colors:  # as converted: tagged, not left to players
+            self._stream.codec_context.colorspace = OUTPUT_COLORSPACE
+            self._stream.codec_context.color_range = OUTPUT_COLOR_RANGE
         self._stream.codec_context.sample_aspect_ratio = self.sample_aspect
 
     def write(self, frame: np.ndarray) -> None:

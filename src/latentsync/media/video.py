@@ -201,6 +201,7 @@ class FrameSource:
     timestamps: np.ndarray | None = None  # seconds from the first frame, when the frames keep the input's timing
     time_base: Fraction | None = None  # the clock of ``timestamps`` in the file
     sample_aspect: Fraction = Fraction(1)  # a pixel's width over its height as shown (anamorphic video: not 1)
+    colors_known: bool = True  # False: a YUV file that does not name its matrix (players guess it; see VideoInfo)
 
     def __iter__(self) -> Iterator[np.ndarray]:
         return self.read()
@@ -282,7 +283,7 @@ def open_frames(video: str | os.PathLike | np.ndarray | Sequence[Any], fps: floa
     if isinstance(video, (str, os.PathLike)):
         info = probe_video(video)
         return FrameSource(info.path, max(1, int(round(info.duration * fps))), lambda: iter_frames(info.path, fps, hwaccel),
-                           info.path, sample_aspect=info.sample_aspect)
+                           info.path, sample_aspect=info.sample_aspect, colors_known=info.colors_known)
     if hasattr(video, "convert") and hasattr(video, "size"):  # one PIL image: a still
         video = [video]
     ndim = getattr(video, "ndim", None)
@@ -411,7 +412,9 @@ def even_sides(frame: np.ndarray) -> np.ndarray:
 OUTPUT_COLORSPACE = 6
 """The YUV matrix of written H.264 (FFmpeg's ``AVCOL_SPC_SMPTE170M``: BT.601), the one ffmpeg and PyAV convert RGB
 frames with; the files say so (with [`OUTPUT_COLOR_RANGE`]): an untagged file leaves the matrix to players' guesses
-(BT.709 for HD pictures), which shift every colour of an HD output."""
+(BT.709 for HD pictures), which shift every colour of an HD output. Only the output of an input that does not name
+its own matrix stays untagged: ffmpeg read that input with BT.601 too, so players guess both files alike and show
+them alike."""
 
 OUTPUT_COLOR_RANGE = 1
 """The range of written H.264 (FFmpeg's ``AVCOL_RANGE_MPEG``: limited, "TV" range), as the conversion makes it."""
@@ -426,18 +429,19 @@ class VideoWriter(AtomicWriter):
     """Encode RGB frames to H.264 (+ AAC audio from ``audio_path``) atomically, at quality ``crf``, with libx264 or
     the GPU ``encoder`` (e.g. ``"h264_nvenc"``; libx264 after one warning where it cannot start). ``sample_aspect``:
     the pixels' shape to record (the input's, see [`VideoInfo`]), so that players show an anamorphic video as wide
-    as its input.
+    as its input. ``tag_colors``: record the YUV matrix ([`OUTPUT_COLORSPACE`]); False for the frames of a file
+    that does not name its own (``FrameSource.colors_known``).
 
     Use as a context manager: on a clean exit the file appears at ``path``; on an exception (or when ffmpeg cannot
     write the file, e.g. a full disk) nothing is left.
     """
 
     def __init__(self, path: str | os.PathLike, fps: float = VIDEO_FPS, audio_path: str | None = None, crf: int = 18,
-                 encoder: str | None = None, sample_aspect: Fraction = Fraction(1)):
+                 encoder: str | None = None, sample_aspect: Fraction = Fraction(1), tag_colors: bool = True):
         self.path = check_output_path(path, [audio_path] if audio_path else ())
         self._tmp = partial_path(self.path)
         self.fps, self.audio_path, self.crf, self.encoder = fps, audio_path, crf, encoder
-        self.sample_aspect = Fraction(sample_aspect)
+        self.sample_aspect, self.tag_colors = Fraction(sample_aspect), tag_colors
         self._proc: subprocess.Popen | None = None
         self._log: Any = None
         self.frames_written = 0
@@ -451,8 +455,8 @@ class VideoWriter(AtomicWriter):
             cmd += ["-i", self.audio_path, "-map", "0:v:0", "-map", "1:a:0", "-af", MUXED_SOUND_FILTER, "-c:a", "aac"]
         if self.sample_aspect != 1:
             cmd += ["-vf", f"setsar={self.sample_aspect.numerator}/{self.sample_aspect.denominator}"]
-        cmd += ["-c:v", codec, "-pix_fmt", "yuv420p", *encoder_arguments(codec, self.crf), *color_arguments(),
-                self._tmp]
+        cmd += ["-c:v", codec, "-pix_fmt", "yuv420p", *encoder_arguments(codec, self.crf),
+                *(color_arguments() if self.tag_colors else []), self._tmp]
         # ffmpeg's complaints, for the message (a file never blocks ffmpeg, as a full pipe would); closed by close()
         # or abort()
         self._log = tempfile.TemporaryFile()  # noqa: SIM115
