@@ -143,6 +143,32 @@ def test_audio_track_errors_are_one_line_before_the_model_loads(tmp_path, exampl
     assert not out.exists()
 
 
+def test_a_tilde_the_shell_left_is_the_home_folder(tmp_path, example_face, example_speech, caplog, monkeypatch):
+    """The shell does not expand ``~`` after ``--output=`` (nor in quotes): the run does, so ``--output=~/out.mp4``
+    is in the home folder, not in a new folder named ``~`` below the current one (which ``rm -rf ~`` would then
+    remove along with the home folder). Here the output exists there, so the checks refuse it, naming the real path;
+    the video, audio and voices are found there too."""
+    import logging
+    import shutil
+
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    shutil.copy(example_face, home / "face.mp4")
+    shutil.copy(example_speech, home / "speech.wav")
+    (home / "out.mp4").write_bytes(b"an earlier result")
+    monkeypatch.setenv("HOME", os.fspath(home))
+    monkeypatch.chdir(work)
+    base = ["--model", os.fspath(tmp_path / "no-model"), "--video=~/face.mp4", "--output=~/out.mp4"]
+    with caplog.at_level(logging.ERROR, logger="latentsync"):
+        for speech in (["--audio=~/speech.wav"], ["--audio-for=0=~/speech.wav"], ["--audio-for=0:1=~/speech.wav"]):
+            caplog.clear()
+            assert main([*base, *speech]) == 2
+            assert [r.getMessage() for r in caplog.records] == [
+                f"output file already exists: {home / 'out.mp4'} (pass --overwrite to replace it)"], speech
+    assert list(work.iterdir()) == []
+
+
 def test_errors_name_the_options_of_the_command_line():
     from latentsync.commands.run import _with_option_names
 

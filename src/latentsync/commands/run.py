@@ -109,6 +109,7 @@ def voice(text: str) -> tuple[int, str | AudioTrack]:
     if not sep or not face.strip().isdigit() or not path:
         raise argparse.ArgumentTypeError(f"expected FACE=FILE or FACE:TRACK=FILE (a face number from `latentsync "
                                          f"faces`, an audio track of FILE numbered from 1), got {text!r}")
+    path = os.path.expanduser(path)
     if not colon:
         return int(face), path
     try:
@@ -122,12 +123,14 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="latentsync", description="Lip-sync a talking-face video to a speech track.",
                                 epilog="Exit status: 0 done, 2 bad input (one line on stderr), 130 Ctrl-C, 143 "
                                        "SIGTERM (nothing left behind).")
-    p.add_argument("--video", default=None, help="input talking-face video (or a still image of a face)")
-    p.add_argument("--avatar", default=None,
+    # paths: ~ is the home folder also where the shell leaves it (--output=~/out.mp4), not a folder named ~
+    p.add_argument("--video", default=None, type=os.path.expanduser,
+                   help="input talking-face video (or a still image of a face)")
+    p.add_argument("--avatar", default=None, type=os.path.expanduser,
                    help="a prepared avatar folder (`latentsync avatar VIDEO DIR`) instead of --video")
-    p.add_argument("--audio", default=None,
+    p.add_argument("--audio", default=None, type=os.path.expanduser,
                    help="speech audio (any audio or video file); - reads it from standard input and lip-syncs live")
-    p.add_argument("--output", required=True, help=f"output video ({', '.join(OUTPUT_FORMATS)}); its folder is "
+    p.add_argument("--output", required=True, type=os.path.expanduser, help=f"output video ({', '.join(OUTPUT_FORMATS)}); its folder is "
                                                     "created if missing; with --audio -, an .mp4 file or - for "
                                                     "standard output")
     p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists (never an input)")
@@ -136,7 +139,7 @@ def parser() -> argparse.ArgumentParser:
     voices.add_argument("--audio-for", type=voice, action="append", default=None, metavar="FACE[:TRACK]=FILE",
                         help="lip-sync face FACE to FILE, or to its audio track TRACK (numbered from 1 as "
                              "--audio-track; default: the automatic choice); repeat for each face; replaces --audio")
-    voices.add_argument("--mix-audio", default=None,
+    voices.add_argument("--mix-audio", default=None, type=os.path.expanduser,
                         help="sound of the output (default: --audio, or the mix of the --audio-for files)")
     live = p.add_argument_group("live (--audio -)")
     live.add_argument("--live-format", choices=["mp4", "raw"], default=None,
