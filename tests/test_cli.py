@@ -110,8 +110,9 @@ def test_bad_options_are_refused_before_the_model_loads(tmp_path, example_face, 
 def test_audio_track_errors_are_one_line_before_the_model_loads(tmp_path, example_face, two_track_video, capsys,
                                                                 caplog):
     """``--audio-track`` with a number the file does not have says how many tracks it has, with a live pipe it says
-    that a pipe has no tracks to choose, with a voice per face that it chooses in one file: all before any model is
-    looked for (the model folder here does not exist)."""
+    that a pipe has no tracks to choose, with a voice per face that each voice's track is chosen in ``--audio-for
+    FACE:TRACK=FILE``; that form checks its track as ``--audio-track`` does: all before any model is looked for (the
+    model folder here does not exist)."""
     import logging
 
     out = tmp_path / "out.mp4"
@@ -121,13 +122,51 @@ def test_audio_track_errors_are_one_line_before_the_model_loads(tmp_path, exampl
         assert [r.getMessage() for r in caplog.records] == [
             f"--audio-track 3: {two_track_video} has 2 audio tracks (numbered from 1)"]
         caplog.clear()
-        assert main([*base, "--audio-for", f"0={two_track_video}", "--audio-track", "2"]) == 2
-        assert "--audio-track chooses a track of one audio file, not of a voice per face" in caplog.text
+        assert main([*base, "--audio-for", f"0:3={two_track_video}"]) == 2
+        assert [r.getMessage() for r in caplog.records] == [
+            f"audio for face 0 track 3: {two_track_video} has 2 audio tracks (numbered from 1)"]
+        caplog.clear()
+        assert main([*base, "--audio-for", f"0:1={two_track_video}"]) == 2
+        assert f"{two_track_video} (audio for face 0) is silent" in caplog.text  # track 1 is, track 2 is the voice
+    for args, message in [(["--audio-for", f"0={two_track_video}", "--audio-track", "2"],
+                           "--audio-track: with --audio-for, give each voice's track as --audio-for FACE:TRACK=FILE"),
+                          (["--audio-for", f"0:0={two_track_video}"], "expected FACE:TRACK=FILE with an audio track"),
+                          (["--audio-for", f"0:a={two_track_video}"], "expected FACE:TRACK=FILE with an audio track"),
+                          (["--audio-for", f"a:1={two_track_video}"], "expected FACE=FILE or FACE:TRACK=FILE")]:
+        with pytest.raises(SystemExit) as exit_info:
+            main([*base, *args])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err, args
     with pytest.raises(SystemExit) as exit_info:
         main([*base[:-1], "-", "--audio", "-", "--audio-track", "2"])
     assert exit_info.value.code == 2 and "--audio-track: a pipe (--audio -) carries one audio stream" in \
         capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_tilde_the_shell_left_is_the_home_folder(tmp_path, example_face, example_speech, caplog, monkeypatch):
+    """The shell does not expand ``~`` after ``--output=`` (nor in quotes): the run does, so ``--output=~/out.mp4``
+    is in the home folder, not in a new folder named ``~`` below the current one (which ``rm -rf ~`` would then
+    remove along with the home folder). Here the output exists there, so the checks refuse it, naming the real path;
+    the video, audio and voices are found there too."""
+    import logging
+    import shutil
+
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    shutil.copy(example_face, home / "face.mp4")
+    shutil.copy(example_speech, home / "speech.wav")
+    (home / "out.mp4").write_bytes(b"an earlier result")
+    monkeypatch.setenv("HOME", os.fspath(home))
+    monkeypatch.chdir(work)
+    base = ["--model", os.fspath(tmp_path / "no-model"), "--video=~/face.mp4", "--output=~/out.mp4"]
+    with caplog.at_level(logging.ERROR, logger="latentsync"):
+        for speech in (["--audio=~/speech.wav"], ["--audio-for=0=~/speech.wav"], ["--audio-for=0:1=~/speech.wav"]):
+            caplog.clear()
+            assert main([*base, *speech]) == 2
+            assert [r.getMessage() for r in caplog.records] == [
+                f"output file already exists: {home / 'out.mp4'} (pass --overwrite to replace it)"], speech
+    assert list(work.iterdir()) == []
 
 
 def test_errors_name_the_options_of_the_command_line():

@@ -88,6 +88,165 @@ def test_output_path_checks():
         check_output_path("/no/such/folder/out.mp4")
 
 
+def _noise_frames(n: int = 30, side: int = 256) -> list[np.ndarray]:
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (side, side, 3), np.uint8) for _ in range(n)]
+
+
+def test_a_disk_that_fills_up_leaves_no_output_and_one_line(tmp_path, monkeypatch):
+    """ffmpeg that cannot write the end of the file (here a file-size limit, which fails its writes as a full disk
+    does) is an error naming the output and ffmpeg's reason, and nothing is left. The writer used not to look at
+    ffmpeg's exit status: the cut file became the output, and the run said it wrote it."""
+    import imageio_ffmpeg
+
+    from conftest import FFMPEG
+    from latentsync.errors import InvalidOutputError
+
+    small_disk = tmp_path / "ffmpeg-small-disk"
+    small_disk.write_text(f"#!/bin/sh\ntrap '' XFSZ\nulimit -f 20\nexec '{FFMPEG}' \"$@\"\n")
+    small_disk.chmod(0o755)
+    monkeypatch.setattr(imageio_ffmpeg, "get_ffmpeg_exe", lambda: os.fspath(small_disk))
+    out = tmp_path / "out" / "synced.mp4"
+    out.parent.mkdir()
+    with pytest.raises(InvalidOutputError, match=r"^cannot write .*synced\.mp4: .*File too large$"), \
+            VideoWriter(out, 25) as writer:
+        for frame in _noise_frames():
+            writer.write(frame)
+    assert list(out.parent.iterdir()) == []
+
+
+def test_a_disk_that_fills_up_with_timestamps_leaves_no_output_and_one_line(tmp_path):
+    """The same with the input's own timeline (PyAV writes the picture): one line instead of PyAV's OSError."""
+    import errno
+
+    from latentsync.errors import InvalidOutputError
+    from latentsync.media.timeline import TimedVideoWriter
+
+    class FullDisk:
+        def __init__(self, container):
+            self.container = container
+
+        def mux(self, packet):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self):
+            self.container.close()
+
+    frames = _noise_frames()
+    writer = TimedVideoWriter(tmp_path / "synced.mp4", np.arange(len(frames)) / 25.0)
+    with pytest.raises(InvalidOutputError, match=r"^cannot write .*synced\.mp4: No space left on device$"), writer:
+        writer.write(frames[0])
+        writer._container = FullDisk(writer._container)
+        for frame in frames[1:]:
+            writer.write(frame)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("timed", [False, True], ids=["25fps", "timestamps"])
+def test_written_video_says_its_colour_matrix(tmp_path, timed):
+    """Frames become YUV with the BT.601 matrix in TV range, and the file says so: players show an untagged HD file
+    with BT.709, which shifts every colour of the output (a 1080p phone video came back greener and darker)."""
+    import subprocess
+
+    from conftest import FFMPEG
+
+    frames = _frames()
+    decoded = _write_with(tmp_path, "tagged.mp4", None, timed=timed)
+    header = subprocess.run([FFMPEG, "-hide_banner", "-i", os.fspath(tmp_path / "tagged.mp4")], capture_output=True,
+                            text=True, check=False).stderr
+    assert "yuv420p(tv, smpte170m" in header, header
+    assert np.abs(decoded.astype(int) - np.stack(frames)).mean() < 5  # (BT.709 read: about 9)
+    _write_with(tmp_path, "untagged.mp4", None, timed=timed, tag_colors=False)  # the frames of an untagged file
+    header = subprocess.run([FFMPEG, "-hide_banner", "-i", os.fspath(tmp_path / "untagged.mp4")], capture_output=True,
+                            text=True, check=False).stderr
+    assert "smpte170m" not in header and "yuv420p(progressive)" in header, header
+
+
+@pytest.mark.parametrize("timed", [False, True], ids=["25fps", "timestamps"])
+def test_a_speech_track_that_starts_late_plays_from_the_first_frame(tmp_path, timed):
+    """The lips are made for the speech read sample after sample from its first one (``load_audio``), so the output's
+    sound starts with the first frame too. A speech file whose track starts after its picture (a video given as the
+    speech, here 0.6 s late) used to be muxed with that delay: the sound lagged the lips by 0.6 s and the file ran
+    0.6 s past its last frame."""
+    from latentsync.media.timeline import TimedVideoWriter
+
+    speech = np.sin(np.arange(SAMPLE_RATE) * 2 * np.pi * 440 / SAMPLE_RATE).astype(np.float32) * 0.5
+    wav = tmp_path / "speech.wav"
+    write_wav(wav, speech)
+    late = tmp_path / "late.mp4"
+    ffmpeg("-f", "lavfi", "-i", "color=size=64x64:rate=25:duration=1.6", "-itsoffset", "0.6", "-i", os.fspath(wav),
+           "-map", "0:v", "-map", "1:a", "-c:v", "libx264", "-c:a", "aac", os.fspath(late))
+    assert len(load_audio(late, video_clock=True)) > 1.5 * SAMPLE_RATE  # the track starts 0.6 s into the file
+    frames = [_gradient(i) for i in range(25)]  # one second: the speech read from its first sample
+    out = tmp_path / "synced.mp4"
+    writer = TimedVideoWriter(out, np.arange(25) / 25.0, audio_path=os.fspath(late)) if timed else \
+        VideoWriter(out, 25, audio_path=os.fspath(late))
+    with writer:
+        for frame in frames:
+            writer.write(frame)
+    sound = load_audio(out, video_clock=True)  # on the output's clock: the frames start at 0
+    assert len(sound) < 1.2 * SAMPLE_RATE, len(sound) / SAMPLE_RATE  # 1 s of speech (and AAC's padding)
+    assert np.abs(sound[: SAMPLE_RATE // 10]).max() > 0.2  # no silence in front
+
+
+def test_speech_of_many_channels_is_muxed_mixed_down(tmp_path):
+    """A speech file of 10 channels (a field recorder's poly WAV; ffmpeg calls the layout 5.1.4) is read for the lips
+    (mixed to mono) and its sound is muxed in a layout the AAC encoder takes. The encoder used to refuse it when the
+    file was written, at the very end of the run."""
+    wav = tmp_path / "speech.wav"
+    write_wav(wav, np.sin(np.arange(SAMPLE_RATE) * 2 * np.pi * 440 / SAMPLE_RATE).astype(np.float32) * 0.5)
+    poly = tmp_path / "poly.wav"
+    ffmpeg("-i", os.fspath(wav), "-ac", "10", os.fspath(poly))
+    out = tmp_path / "synced.mp4"
+    with VideoWriter(out, 25, audio_path=os.fspath(poly)) as writer:
+        for i in range(25):
+            writer.write(_gradient(i))
+    assert probe_video(out).has_audio and np.abs(load_audio(out)).max() > 0.2
+
+
+def test_long_output_names(tmp_path):
+    """An output name of 244 bytes (80 Chinese characters) is written by both writers: their hidden partial files
+    used to add ~30 bytes to it, past the 255 bytes file systems take ("File name too long" once the first frame
+    was made). A name the file system cannot hold at all is refused by the checks, not by the rename at the end."""
+    from latentsync.errors import InvalidOutputError
+    from latentsync.media.timeline import TimedVideoWriter
+
+    frames = [_gradient(i) for i in range(5)]
+    for name, writer in (("字" * 80 + ".mp4", lambda p: VideoWriter(p, 25)),
+                         ("字" * 79 + "x.mkv", lambda p: TimedVideoWriter(p, np.arange(5) / 25.0))):
+        with writer(tmp_path / name) as w:
+            for frame in frames:
+                w.write(frame)
+        assert probe_video(tmp_path / name).width == 32
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["字" * 80 + ".mp4", "字" * 79 + "x.mkv"])
+    with pytest.raises(InvalidOutputError, match=r"^output file name is too long: 256 bytes \(UTF-8\), the file "
+                                                 r"system takes 255: "):
+        check_output_path(tmp_path / ("字" * 84 + ".mp4"))
+
+
+def test_an_anamorphic_video_comes_out_as_wide_as_it_went_in(tmp_path):
+    """Anamorphic video (DVD, HDV, some broadcasts) stores fewer columns than players show: the frames are read as
+    stored and the output records the same pixel shape, at 25 fps and on the input's own timeline. The output used to
+    have square pixels: a 16:9 picture played squeezed."""
+    from fractions import Fraction
+
+    from latentsync.media.timeline import TimedVideoWriter, open_timed_frames
+
+    anamorphic = write_video(tmp_path / "anamorphic.mp4", [_gradient(i) for i in range(5)])  # 32 x 32 stored
+    ffmpeg("-i", os.fspath(anamorphic), "-vf", "setsar=4/3", "-c:v", "libx264", os.fspath(tmp_path / "wide.mp4"))
+    wide = tmp_path / "wide.mp4"
+    assert probe_video(wide).sample_aspect == Fraction(4, 3) and probe_video(anamorphic).sample_aspect == 1
+    for source, writer in ((open_frames(wide), VideoWriter), (open_timed_frames(wide), TimedVideoWriter)):
+        assert source.sample_aspect == Fraction(4, 3)
+        out = tmp_path / f"out_{writer.__name__}.mp4"
+        args = (np.arange(source.expected_frames) / 25.0,) if writer is TimedVideoWriter else (25,)
+        with writer(out, *args, sample_aspect=source.sample_aspect) as w:
+            for frame in source:
+                assert frame.shape == (32, 32, 3)
+                w.write(frame)
+        assert probe_video(out).sample_aspect == Fraction(4, 3), writer
+
+
 def test_wav_round_trip_and_samples_in_memory(tmp_path):
     t = np.arange(SAMPLE_RATE // 2) / SAMPLE_RATE
     tone = (0.5 * np.sin(2 * np.pi * 300 * t)).astype(np.float32)
@@ -257,6 +416,31 @@ def test_an_audio_track_chosen_by_number(two_track_video, tmp_path):
         chosen_track(tmp_path / "missing.wav", 1)
 
 
+def test_a_voice_per_face_from_one_track_of_a_file(two_track_video):
+    """A voice of a voice per face can be one audio track of a file (``AudioTrack``, ``--audio-for FACE:TRACK=FILE``):
+    the checks and the readers take that track (here track 1 is silent, track 2 the speech), a number the file does
+    not have says how many it has, and the file still counts as an input the output may not replace."""
+    from latentsync.errors import InvalidOutputError, LatentSyncInputError
+    from latentsync.inputs import check_run_inputs
+    from latentsync.media import AudioTrack
+
+    speech = AudioTrack(two_track_video, 2)
+    assert os.fspath(speech) == os.fspath(two_track_video)
+    assert not check_run_inputs(two_track_video, {0: speech}).voices[0].silent
+    np.testing.assert_array_equal(as_samples(speech), load_audio(two_track_video, track=1))
+    assert np.abs(as_samples(AudioTrack(two_track_video, 1))).max() == 0
+    with pytest.raises(InvalidAudioError, match=r"two_tracks.mp4 \(audio for face 0\) is silent"):
+        check_run_inputs(two_track_video, {0: AudioTrack(two_track_video, 1)})
+    with pytest.raises(InvalidAudioError, match=r"^audio for face 1 track 3: .*two_tracks.mp4 has 2 audio tracks "
+                                                r"\(numbered from 1\)$"):
+        check_run_inputs(two_track_video, {0: speech, 1: AudioTrack(two_track_video, 3)})
+    with pytest.raises(InvalidOutputError, match="is the input file"):
+        check_run_inputs(shared_file("demo1_video.mp4"), {0: speech}, output_path=two_track_video)
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(LatentSyncInputError, match="an audio track number is >= 1"):
+            AudioTrack(two_track_video, bad)
+
+
 def test_the_speaking_face_listens_to_the_chosen_track_of_its_own_video(two_track_video, example_face, tmp_path):
     """``face="speaking"`` scores faces against the video's own sound: with ``audio_track`` and the video as the
     audio file, against that track (here the silent first one: no speech to hear); with another audio file, against
@@ -357,15 +541,15 @@ def _frames(n: int = 12, size: tuple[int, int] = (96, 128)) -> list[np.ndarray]:
     return [np.roll(base, 3 * k, axis=1).astype(np.uint8) for k in range(n)]
 
 
-def _write_with(tmp_path, name: str, encoder: str | None, timed: bool = False):
+def _write_with(tmp_path, name: str, encoder: str | None, timed: bool = False, **options):
     from latentsync.media import timeline
 
     frames = _frames()
     path = tmp_path / name
     if timed:
-        writer = timeline.TimedVideoWriter(path, np.arange(len(frames)) / 25.0, encoder=encoder)
+        writer = timeline.TimedVideoWriter(path, np.arange(len(frames)) / 25.0, encoder=encoder, **options)
     else:
-        writer = VideoWriter(path, 25, encoder=encoder)
+        writer = VideoWriter(path, 25, encoder=encoder, **options)
     with writer:
         for frame in frames:
             writer.write(frame)

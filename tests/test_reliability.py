@@ -903,6 +903,71 @@ def test_library_interrupt_during_face_analysis_leaves_nothing(media, tiny_pipe_
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tmp"] and leftovers(tmp_path / "tmp") == []
 
 
+@pytest.mark.parametrize("output_fps", [25, "input"])
+def test_the_output_names_its_colour_matrix_when_its_input_does(media, tiny_pipe_64, tmp_path, output_fps):
+    """An input that names its YUV matrix (phones, cameras, OBS: BT.709) is read with it, and the output names the
+    matrix it is written with (BT.601), so players show both with the same colours; left untagged, an HD output was
+    shown with BT.709 and every colour shifted. An input that names none (here the example clip) was read with
+    ffmpeg's BT.601 guess, and its output stays untagged, so that players guess both files alike."""
+    import subprocess
+
+    from conftest import FFMPEG
+    from latentsync.media import probe_video
+
+    untagged = media / "face.mp4"
+    tagged = tmp_path / "tagged.mp4"
+    ffmpeg("-i", os.fspath(untagged), "-c", "copy", "-bsf:v",
+           "h264_metadata=matrix_coefficients=1:colour_primaries=1:transfer_characteristics=1", os.fspath(tagged))
+    assert not probe_video(untagged).colors_known and probe_video(tagged).colors_known
+    for video, tags in ((untagged, False), (tagged, True)):
+        out = tmp_path / f"out_{video.stem}.mp4"
+        tiny_pipe_64(video, media / "speech.wav", output_path=out, num_inference_steps=STEPS, output_fps=output_fps)
+        header = subprocess.run([FFMPEG, "-hide_banner", "-i", os.fspath(out)], capture_output=True, text=True,
+                                check=False).stderr
+        assert ("yuv420p(tv, smpte170m" in header) == tags, header
+
+
+def test_a_full_temporary_folder_is_one_line_and_leaves_nothing(media, tiny_pipe_64, tmp_path, monkeypatch):
+    """A video the output loops over is cached on disk in the temporary folder; when that folder fills up (here: the
+    cache's writes fail with ENOSPC) the run ends with one line naming the folder and TMPDIR, not OSError's
+    traceback, and leaves no output and no temporary files."""
+    import builtins
+    import errno
+
+    from latentsync import streaming
+
+    monkeypatch.setattr(tempfile, "tempdir", os.fspath(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(streaming.VideoStream, "max_tail_frames", 0)  # the 12-frame clip loops: it is cached
+
+    class FullDisk:
+        def __init__(self, path, mode):
+            self.file = builtins.open(path, mode)
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def close(self):
+            self.file.close()
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.close()
+
+    def open_on_a_full_disk(path, mode="r", *args, **kwargs):
+        return FullDisk(path, mode) if os.fspath(path).endswith("frames.u8") else builtins.open(path, mode, *args,
+                                                                                                 **kwargs)
+
+    monkeypatch.setattr(streaming, "open", open_on_a_full_disk, raising=False)
+    with pytest.raises(LatentSyncInputError, match=r"^cannot keep the video's frames in .*latentsync-run-.*: No space "
+                                                   r"left on device \(.*set TMPDIR to a folder with more room\)$"):
+        tiny_pipe_64(media / "face.mp4", EXAMPLES / "speech.wav", output_path=tmp_path / "result.mp4",
+                     num_inference_steps=STEPS)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tmp"] and leftovers(tmp_path / "tmp") == []
+
+
 # ---------------------------------------------------------------------------------------------------- the app
 def test_app_removes_its_results_on_sigterm(tiny_model_dir_64, tmp_path):
     pytest.importorskip("gradio")

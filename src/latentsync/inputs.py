@@ -22,7 +22,7 @@ from typing import Any
 from .avatar import avatar_files
 from .errors import LatentSyncInputError
 from .face.choice import check_face_arguments, track_key
-from .media.audio import AudioInfo, Track, check_not_silent, chosen_track, scan_audio
+from .media.audio import AudioInfo, AudioTrack, Track, check_not_silent, chosen_track, scan_audio
 from .media.probe import VideoInfo, probe_video
 from .media.constants import VIDEO_FPS
 from .media.video import check_output_path
@@ -187,6 +187,8 @@ def check_run_inputs(
     track = checked.speech_track = speech_track_of(audio, audio_track)
     for what, source in speech.items():
         if _is_path(source):
+            if isinstance(source, AudioTrack):  # a track the file may not have: say how many it has
+                chosen_track(source.path, source.number, f"{what} track")
             info = scan_audio(source, what=what, track=track)
             check_not_silent(info, info.path if voices is None else f"{info.path} ({what})")
             checked.voices.append(info)
@@ -216,8 +218,9 @@ def speech_track_of(audio: Any, audio_track: Any = None) -> Track:
     if audio_track is None:
         return "speech"
     if isinstance(audio, Mapping):
-        raise LatentSyncInputError("audio_track chooses a track of one audio file, not of a voice per face (give "
-                                   "each face's speech as a file of its own)")
+        raise LatentSyncInputError("audio_track chooses a track of one audio file, not of a voice per face (choose "
+                                   "each voice's track: {face: AudioTrack(path, number)}, on the command line "
+                                   "--audio-for FACE:TRACK=FILE)")
     if not _is_path(audio):
         raise LatentSyncInputError("audio_track chooses a track of an audio file; audio samples in memory have one")
     return chosen_track(audio, audio_track)

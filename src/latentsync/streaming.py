@@ -26,6 +26,7 @@ import threading
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -33,7 +34,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .errors import InvalidVideoError, NoFaceError
+from .errors import InvalidVideoError, LatentSyncInputError, NoFaceError
 from .face.alignment import FaceAligner
 from .face.selection import FaceSelection, select_faces
 from .face.tracking import FaceTrack, FaceTracker, FaceTracks, combined_anchors
@@ -226,6 +227,18 @@ def _plain_progress(iterable: Any, desc: str, total: int | None = None) -> tqdm:
     return tqdm(iterable, desc=desc, total=total)
 
 
+@contextmanager
+def _writing_frame_cache(path: str) -> Iterator[None]:
+    """A failed write of the frame cache at ``path`` (a full temporary folder) as one line that names the folder and
+    how to choose another, instead of the ``OSError``'s traceback."""
+    try:
+        yield
+    except OSError as exc:
+        raise LatentSyncInputError(
+            f"cannot keep the video's frames in {os.path.dirname(path)}: {exc.strerror or exc} (the output loops over "
+            "the video, so its decoded frames are cached there; set TMPDIR to a folder with more room)") from None
+
+
 class VideoStream:
     """The passes of one pipeline call over its input video, and the output they produce (see the module docstring).
 
@@ -354,11 +367,16 @@ class VideoStream:
             raise NoFaceError(f"no face found in any frame of {self.source.label}{small}")
         n_src = self.tracks.num_frames
         if min(n_out - n_src, n_src) > self.max_tail_frames and self.cache_path is None:  # the estimate was off
-            self.cache_path = self._temp_path("frames.u8")
-            with open(self.cache_path, "wb") as fh:
-                for frame in self.source:
-                    fh.write(frame.tobytes())
+            self._cache_all_frames()
         return self.tracks
+
+    def _cache_all_frames(self) -> None:
+        """Decode the whole video into the on-disk frame cache."""
+        self.cache_path = self._temp_path("frames.u8")
+        with _writing_frame_cache(self.cache_path), open(self.cache_path, "wb") as fh:
+            for frame in self.source:
+                fh.write(frame.tobytes())
+                self.frame_shape = frame.shape
 
     def assign(self, voices: Sequence[Sequence[FaceTrack]], landmark_smoothing: float = 1.5) -> None:
         """The faces to regenerate: ``voices[v]`` are the tracks lip-synced to voice ``v`` (at most one face per
@@ -406,11 +424,7 @@ class VideoStream:
             raise NoFaceError(f"{self.source.label} has no face to lip-sync")
         self.order = pingpong_indices(n_src, n_out)
         if min(n_out - n_src, n_src) > self.max_tail_frames:
-            self.cache_path = self._temp_path("frames.u8")
-            with open(self.cache_path, "wb") as fh:
-                for frame in self.source:
-                    fh.write(frame.tobytes())
-                    self.frame_shape = frame.shape
+            self._cache_all_frames()
 
     def _read_first_pass(self, tracker: FaceTracker, max_frames: int | None = None) -> None:
         """Feed every frame (or the first ``max_frames``) to ``tracker`` (its workers detect faces a few frames
@@ -439,14 +453,16 @@ class VideoStream:
             for frame in tracker.track(decoded()):
                 bar.update()
                 if self.cache_path is not None:
-                    if cache is None:
-                        cache = open(self.cache_path, "wb")
-                    cache.write(frame.tobytes())
+                    with _writing_frame_cache(self.cache_path):
+                        if cache is None:
+                            cache = open(self.cache_path, "wb")  # noqa: SIM115 - closed below
+                        cache.write(frame.tobytes())
                 self.frame_shape = frame.shape
         finally:
             bar.close()
             if cache is not None:
-                cache.close()
+                with _writing_frame_cache(self.cache_path):
+                    cache.close()
         if tracker.num_frames == 0:
             raise InvalidVideoError(f"video has no frames: {self.source.label}")
 
@@ -526,17 +542,19 @@ class VideoStream:
         if output_path is not None:
             if isinstance(audio, (str, os.PathLike)):
                 audio_path = os.fspath(audio)
-                index = track_index(audio_path, track)
+                index = track_index(audio, track)
                 if index:  # the writers mux a file's first audio track: the chosen one, copied as it is
                     audio_path = copy_track(audio_path, index, self._temp_path("audio.mka"))
             else:  # samples in memory: muxed from a WAV copy
                 audio_path = self._temp_path("audio.wav")
                 write_wav(audio_path, samples)
+            # shown as wide as the input, and with its colours: tagged unless players guess the input's matrix too
+            shown = {"sample_aspect": self.source.sample_aspect, "tag_colors": self.source.colors_known}
             if timestamps is not None:
                 self.writer = TimedVideoWriter(output_path, timestamps, self.source.time_base or DEFAULT_TIME_BASE,
-                                               audio_path=audio_path, crf=crf, encoder=encoder)
+                                               audio_path=audio_path, crf=crf, encoder=encoder, **shown)
             else:
-                self.writer = VideoWriter(output_path, fps, audio_path=audio_path, crf=crf, encoder=encoder)
+                self.writer = VideoWriter(output_path, fps, audio_path=audio_path, crf=crf, encoder=encoder, **shown)
         self._sink = OrderedWorker(self._paste_and_write) if self.overlap_stages else None
 
     def buffer_windows(self, count: int) -> None:

@@ -17,6 +17,7 @@ A process is dead when no process has its id, or when the id is this process's o
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -119,13 +120,29 @@ def _stale_entries(folder: str, pattern: re.Pattern, folders: bool) -> list[str]
 
 
 # ---------------------------------------------------------------------------------------------------- partial outputs
+PARTIAL_NAME_BYTES = 255 - len(".") - len(".") - 40 - len(".partial")
+"""The longest output name (UTF-8 bytes, its ending included) that its partial files keep whole: file systems take
+names of 255 bytes, and a partial name adds a dot, ``.<host>-<pid>`` (at most 40 bytes) and ``.partial<ext>``."""
+
+
+def _partial_stem(name: str) -> str:
+    """``name`` as its partial files' names hold it: itself, or when it is longer than [`PARTIAL_NAME_BYTES`]
+    with its ending (a title in Chinese or Japanese of some 70 characters), its start and a hash of the whole."""
+    ext = os.path.splitext(name)[1]
+    room = PARTIAL_NAME_BYTES - len(ext.encode())
+    if len(name.encode()) <= room:
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:12]
+    return name.encode()[: room - len(digest) - 1].decode(errors="ignore") + "~" + digest
+
+
 def partial_path(output: str | os.PathLike) -> str:
     """The hidden file beside ``output`` that this process writes before renaming it to ``output``; it counts as this
     process's own until [`release_partial`]."""
     output = os.fspath(output)
     folder, name = os.path.split(os.path.abspath(output))
     ext = os.path.splitext(name)[1]
-    path = os.path.join(folder, f".{name}.{_tag()}.partial{ext}")
+    path = os.path.join(folder, f".{_partial_stem(name)}.{_tag()}.partial{ext}")
     _own(path)
     return path
 
@@ -195,7 +212,7 @@ def remove_stale_partials(output: str | os.PathLike) -> list[str]:
     paths."""
     folder, name = os.path.split(os.path.abspath(os.fspath(output)))
     ext = re.escape(os.path.splitext(name)[1])
-    pattern = re.compile(rf"\.{re.escape(name)}\.(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)\.partial{ext}")
+    pattern = re.compile(rf"\.{re.escape(_partial_stem(name))}\.(?P<host>[A-Za-z0-9]+)-(?P<pid>\d+)\.partial{ext}")
     removed = []
     for path in _stale_entries(folder, pattern, folders=False):
         try:

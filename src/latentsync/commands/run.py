@@ -21,7 +21,7 @@ from ..devices import DTYPE_NAMES, check_device
 from ..errors import LatentSyncInputError, RunInterrupted
 from ..face.choice import FACE_RULES
 from ..inputs import check_output_fps, check_run_inputs, warnings_given
-from ..media.audio import AUTOMATIC_TRACK, parse_track_number
+from ..media.audio import AUTOMATIC_TRACK, AudioTrack, parse_track_number
 from ..media.constants import OUTPUT_FORMATS
 from ..media.video import check_hardware_codec
 from ..model_source import ModelSource, check_model_source, check_model_sources, loading
@@ -101,32 +101,45 @@ def pcm_format(text: str) -> tuple[int, int]:
     return value
 
 
-def voice(text: str) -> tuple[int, str]:
-    """``--audio-for``: ``INDEX=FILE`` -> (track number, speech file)."""
-    index, sep, path = text.partition("=")
-    if not sep or not index.strip().isdigit() or not path:
-        raise argparse.ArgumentTypeError(f"expected FACE=FILE (a face number from `latentsync faces`), got {text!r}")
-    return int(index), path
+def voice(text: str) -> tuple[int, str | AudioTrack]:
+    """``--audio-for``: ``FACE=FILE`` or ``FACE:TRACK=FILE`` -> (face track number, the speech file, or its audio
+    track ``TRACK`` numbered from 1 as ``--audio-track``)."""
+    key, sep, path = text.partition("=")
+    face, colon, track = key.partition(":")
+    if not sep or not face.strip().isdigit() or not path:
+        raise argparse.ArgumentTypeError(f"expected FACE=FILE or FACE:TRACK=FILE (a face number from `latentsync "
+                                         f"faces`, an audio track of FILE numbered from 1), got {text!r}")
+    path = os.path.expanduser(path)
+    if not colon:
+        return int(face), path
+    try:
+        return int(face), AudioTrack(path, parse_track_number(track))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected FACE:TRACK=FILE with an audio track number from 1 (track 1 is "
+                                         f"the file's first), got {text!r}") from None
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="latentsync", description="Lip-sync a talking-face video to a speech track.",
                                 epilog="Exit status: 0 done, 2 bad input (one line on stderr), 130 Ctrl-C, 143 "
                                        "SIGTERM (nothing left behind).")
-    p.add_argument("--video", default=None, help="input talking-face video (or a still image of a face)")
-    p.add_argument("--avatar", default=None,
+    # paths: ~ is the home folder also where the shell leaves it (--output=~/out.mp4), not a folder named ~
+    p.add_argument("--video", default=None, type=os.path.expanduser,
+                   help="input talking-face video (or a still image of a face)")
+    p.add_argument("--avatar", default=None, type=os.path.expanduser,
                    help="a prepared avatar folder (`latentsync avatar VIDEO DIR`) instead of --video")
-    p.add_argument("--audio", default=None,
+    p.add_argument("--audio", default=None, type=os.path.expanduser,
                    help="speech audio (any audio or video file); - reads it from standard input and lip-syncs live")
-    p.add_argument("--output", required=True, help=f"output video ({', '.join(OUTPUT_FORMATS)}); its folder is "
+    p.add_argument("--output", required=True, type=os.path.expanduser, help=f"output video ({', '.join(OUTPUT_FORMATS)}); its folder is "
                                                     "created if missing; with --audio -, an .mp4 file or - for "
                                                     "standard output")
     p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists (never an input)")
     add_generation_arguments(p)
     voices = p.add_argument_group("a voice per face")
-    voices.add_argument("--audio-for", type=voice, action="append", default=None, metavar="INDEX=FILE",
-                        help="lip-sync face INDEX to FILE (repeat for each face; replaces --audio)")
-    voices.add_argument("--mix-audio", default=None,
+    voices.add_argument("--audio-for", type=voice, action="append", default=None, metavar="FACE[:TRACK]=FILE",
+                        help="lip-sync face FACE to FILE, or to its audio track TRACK (numbered from 1 as "
+                             "--audio-track; default: the automatic choice); repeat for each face; replaces --audio")
+    voices.add_argument("--mix-audio", default=None, type=os.path.expanduser,
                         help="sound of the output (default: --audio, or the mix of the --audio-for files)")
     live = p.add_argument_group("live (--audio -)")
     live.add_argument("--live-format", choices=["mp4", "raw"], default=None,
@@ -308,7 +321,7 @@ def run(argv: list[str]) -> int:
     p = parser()
     args = p.parse_args(argv)
     if (args.audio is None) == (args.audio_for is None):
-        p.error("give the speech with --audio, or one --audio-for INDEX=FILE per face")
+        p.error("give the speech with --audio, or one --audio-for FACE=FILE per face")
     if (args.video is None) == (args.avatar is None):
         p.error("give the face with --video or with --avatar (one of them)")
     for option, name, kind in (("--hw-decode", args.hw_decode, "decoder"), ("--hw-encode", args.hw_encode, "encoder")):
@@ -317,6 +330,8 @@ def run(argv: list[str]) -> int:
                 check_hardware_codec(name, kind)
         except ValueError as exc:
             p.error(f"{option}: {exc}")
+    if args.audio_for and args.audio_track is not None:
+        p.error("--audio-track: with --audio-for, give each voice's track as --audio-for FACE:TRACK=FILE")
     if args.audio == "-" and args.audio_track is not None:
         p.error("--audio-track: a pipe (--audio -) carries one audio stream; to lip-sync a track of a file, give the "
                 "file as --audio")

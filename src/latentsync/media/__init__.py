@@ -4,6 +4,7 @@ media constants."""
 
 from .audio import (
     AudioInfo,
+    AudioTrack,
     SpeechTrack,
     as_samples,
     check_not_silent,
@@ -27,6 +28,7 @@ __all__ = [
     "VIDEO_EXTENSIONS",
     "VIDEO_FPS",
     "AudioInfo",
+    "AudioTrack",
     "FrameSource",
     "SpeechTrack",
     "VideoInfo",

@@ -31,6 +31,23 @@ VIDEO_CLOCK_FILTER = "aresample=async=1:first_pts=0"
 """ffmpeg audio filter that places a track on its file's clock: silence before a track that starts after the video
 and in its gaps of more than 0.1 s, a start before the file's trimmed; sample 0 is then at frame 0."""
 
+SAMPLE_CLOCK_FILTER = "asetpts=N/SR/TB"
+"""ffmpeg audio filter that times a track by its samples alone: the first at 0, the others back to back, as
+[`load_audio`] reads them (without ``video_clock``). The writers mux the speech file's track through it, so that
+the sound plays where the lips were made for it, also when the track starts after its file's other streams (a video
+given as the speech, whose sound starts late) or has gaps."""
+
+AAC_CHANNEL_LAYOUTS = ("mono", "stereo", "2.1", "3.0", "3.0(back)", "4.0", "quad", "quad(side)", "3.1", "5.0",
+                       "5.0(side)", "4.1", "5.1", "5.1(side)", "6.0", "6.0(front)", "hexagonal", "6.1", "6.1(back)",
+                       "6.1(front)", "7.0", "7.0(front)", "7.1", "7.1(wide)", "7.1(wide-side)", "5.1.2(back)",
+                       "octagonal")
+"""The channel layouts ffmpeg's AAC encoder takes (the output's sound is AAC)."""
+
+MUXED_SOUND_FILTER = f"{SAMPLE_CLOCK_FILTER},aformat=channel_layouts={'|'.join(AAC_CHANNEL_LAYOUTS)}"
+"""The ffmpeg audio filter of the sound the writers mux: timed by its samples ([`SAMPLE_CLOCK_FILTER`]), and mixed
+down to an [`AAC_CHANNEL_LAYOUTS`] layout when it has another (a recorder's poly WAV of 10 or more channels, a
+5.1.4 mix), which the encoder would refuse at the end of the run."""
+
 
 # ---------------------------------------------------------------------------------------------------- speech track
 SPEECH_BAND = (300.0, 3400.0)
@@ -199,8 +216,37 @@ def chosen_track(path: str | os.PathLike, number: int | None, name: str = "audio
     return int(number) - 1
 
 
-def track_index(path: str, track: Track) -> int:
-    """The index among ``path``'s audio streams (ffmpeg's ``0:a:INDEX``) of ``track`` (as [`load_audio`] takes it)."""
+@dataclass(frozen=True)
+class AudioTrack(os.PathLike):
+    """Audio track ``number`` of the file ``path``, numbered from 1 as the log, players and OBS number them: a path
+    that the readers ([`load_audio`], [`scan_audio`], [`as_samples`]) and the output's muxing read from that track
+    instead of their ``track`` argument. It chooses the track of each voice of a voice per face, e.g.
+    ``{0: AudioTrack("obs.mkv", 2), 1: AudioTrack("obs.mkv", 3)}`` (``--audio-for 0:2=obs.mkv``).
+
+    Raises:
+        LatentSyncInputError: ``number`` is not an integer >= 1.
+    """
+
+    path: str
+    number: int
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", os.fspath(self.path))
+        number = self.number
+        if isinstance(number, bool) or not isinstance(number, (int, np.integer)) or number < 1:
+            raise LatentSyncInputError(f"an audio track number is >= 1 (as the log and players number them), got "
+                                       f"{number!r} for {self.path}")
+
+    def __fspath__(self) -> str:
+        return self.path
+
+
+def track_index(path: str | os.PathLike, track: Track) -> int:
+    """The index among ``path``'s audio streams (ffmpeg's ``0:a:INDEX``) of ``track`` (as [`load_audio`] takes it);
+    an [`AudioTrack`] names its own."""
+    if isinstance(path, AudioTrack):
+        return path.number - 1
+    path = os.fspath(path)
     if track == "speech":
         return speech_track(path).index
     if isinstance(track, bool) or not isinstance(track, int) or track < 0:
@@ -253,8 +299,8 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, video_cl
         InvalidAudioError: the file is missing, unreadable, has no audio stream (or not that track), or holds no
             samples.
     """
-    path = check_input_file(path, InvalidAudioError, "audio")
     index = track_index(path, track)
+    path = check_input_file(path, InvalidAudioError, "audio")
     proc = subprocess.run(_decode_command(path, sample_rate, video_clock, index), capture_output=True)
     if proc.returncode != 0:
         raise _decode_error(path, proc.returncode, proc.stderr, index)
@@ -287,8 +333,8 @@ def scan_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE, chunk_se
         InvalidAudioError: the file is missing, unreadable, has no audio stream (or not that track), or holds no
             samples.
     """
-    path = check_input_file(path, InvalidAudioError, what)
     index = track_index(path, track)
+    path = check_input_file(path, InvalidAudioError, what)
     proc = subprocess.Popen(_decode_command(path, sample_rate, index=index), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     count, peak, chunk = 0, 0.0, int(chunk_seconds * sample_rate) * 4

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 
 from ..errors import InvalidOutputError, LatentSyncInputError
 from ..tempfiles import nearest_folder
@@ -73,6 +74,9 @@ def ffmpeg_reason(stderr: str, returncode: int) -> str:
         if any(needle in line for line in lines):
             return hint
     if not lines:
+        if returncode < 0:  # killed without a word (a file-size limit, the out-of-memory killer...)
+            return f"ffmpeg was stopped by signal {signal.Signals(-returncode).name}" \
+                if -returncode in signal.valid_signals() else f"ffmpeg was stopped by signal {-returncode}"
         return f"ffmpeg exit code {returncode}"
     last = lines[-1]
     return last.split("] ", 1)[-1] if last.startswith("[") else last

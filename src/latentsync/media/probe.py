@@ -53,6 +53,10 @@ class VideoInfo:
         truncated: the data ends before the header says it should (an incomplete download or recording).
         audio_tracks: how many audio streams the file has (screen recordings and films may have several; see
             [`~latentsync.media.audio.speech_track`]).
+        sample_aspect: the width of a pixel over its height as players show the frames (upright): 1 for square
+            pixels; anamorphic video (DVD, HDV, some broadcast streams) stores fewer columns than it shows.
+        colors_known: whether the file says how its pixels are colours: it names its YUV matrix (``bt709``...), or
+            its frames are not YUV (RGB, a palette). Players guess the matrix of the others (BT.709 for HD).
     """
 
     path: str
@@ -67,6 +71,8 @@ class VideoInfo:
     truncated: bool = False
     mirrored: bool = False
     audio_tracks: int = 0
+    sample_aspect: Fraction = Fraction(1)
+    colors_known: bool = True
 
 
 def _input_section(stderr: str) -> str:
@@ -183,6 +189,31 @@ def _orientation(matrix: tuple[int, ...]) -> tuple[int, bool]:
     return round(math.degrees(math.atan2(b, a))) % 360, mirrored
 
 
+def _sample_aspect(line: str) -> Fraction:
+    """The sample (pixel) aspect ratio of a video stream line (``[SAR 4:3 DAR 16:9]``); 1 when it does not say."""
+    match = re.search(r"\[SAR (\d+):(\d+) ", line)
+    if match is None or not int(match.group(1)) or not int(match.group(2)):  # 0:1 is "unknown"
+        return Fraction(1)
+    return Fraction(int(match.group(1)), int(match.group(2)))
+
+
+_FIELD_ORDERS = ("progressive", "top first", "bottom first", "top coded first (swapped)",
+                 "bottom coded first (swapped)")
+
+
+def _colors_known(line: str) -> bool:
+    """Whether a video stream line names its YUV matrix (``yuv420p(tv, bt709, progressive)``,
+    ``yuv420p(tv, bt709/unknown/unknown)``), or its frames are not YUV (``rgb24``, ``pal8``, ``bgra``)."""
+    match = re.search(r", ([a-z0-9]+)(?:\(([^)]*)\))?[,\s]", line + " ")
+    if match is None:
+        return True
+    pixel_format, details = match.group(1), (match.group(2) or "").split(", ")
+    if not pixel_format.startswith(("yuv", "nv", "p0", "p2", "p4", "uyvy", "yuyv", "y2", "v210", "ayuv", "vuy")):
+        return True
+    matrices = [d.split("/")[0] for d in details if d and d not in ("tv", "pc") and d not in _FIELD_ORDERS]
+    return any(m not in ("unknown", "reserved") for m in matrices)
+
+
 def _frame_rate(line: str) -> float:
     for unit in ("fps", "tbr"):
         match = re.search(rf"([\d.]+)(k?) {unit}\b", line)
@@ -231,8 +262,9 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         matrix = _display_matrix(path)
         if matrix is not None:
             rotation, mirrored = _orientation(matrix)
-    if rotation in (90, 270):
-        width, height = height, width
+    sample_aspect = _sample_aspect(video[0])
+    if rotation in (90, 270):  # turned upright, a pixel's width is its stored height
+        width, height, sample_aspect = height, width, 1 / sample_aspect
     # ffmpeg's demuxer says so when the data stops before the index says it should (a container's duration is its
     # longest stream's, so comparing it with the video's timestamps would mistake a long soundtrack for truncation)
     truncated = "partial file" in stderr
@@ -248,4 +280,4 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         vfr = bool(irregular.mean() > 0.01) and not truncated
     audio_tracks = _audio_streams(streams)
     return VideoInfo(path, width, height, _frame_rate(video[0]), _duration(header), audio_tracks > 0, rotation,
-                     frame_intervals, vfr, truncated, mirrored, audio_tracks)
+                     frame_intervals, vfr, truncated, mirrored, audio_tracks, sample_aspect, _colors_known(video[0]))

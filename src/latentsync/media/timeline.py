@@ -20,12 +20,15 @@ from typing import TYPE_CHECKING
 import imageio_ffmpeg
 import numpy as np
 
-from ..errors import InvalidVideoError
+from ..errors import InvalidOutputError, InvalidVideoError
 from ..tempfiles import partial_path, release_partial
-from .files import check_input_file
+from .audio import MUXED_SOUND_FILTER
+from .files import check_input_file, ffmpeg_reason
 from .probe import probe_video
 from .video import (
     CPU_ENCODER,
+    OUTPUT_COLOR_RANGE,
+    OUTPUT_COLORSPACE,
     AtomicWriter,
     FrameSource,
     check_output_path,
@@ -141,8 +144,9 @@ def open_timed_frames(path: str | os.PathLike, hwaccel: str | None = None) -> Fr
     """A re-readable [`FrameSource`] of every stored frame of a video file, with ``timestamps`` set (seconds)."""
     timestamps, time_base = read_timestamps(path)
     path = os.fspath(path)
+    info = probe_video(path)
     return FrameSource(path, len(timestamps), lambda: iter_stored_frames(path, hwaccel), path, timestamps,
-                       time_base)
+                       time_base, info.sample_aspect, info.colors_known)
 
 
 def frame_durations(timestamps: np.ndarray) -> np.ndarray:
@@ -184,15 +188,19 @@ class TimedVideoWriter(AtomicWriter):
         crf: constant quality (x264's scale).
         encoder: a GPU encoder (e.g. ``"h264_nvenc"``) instead of libx264; libx264 after one warning where it
             cannot start.
+        sample_aspect, tag_colors: the pixels' shape and whether to record the YUV matrix (see
+            [`~latentsync.media.VideoWriter`]).
     """
 
     def __init__(self, path: str | os.PathLike, timestamps: np.ndarray, time_base: Fraction = DEFAULT_TIME_BASE,
-                 audio_path: str | None = None, crf: int = 18, encoder: str | None = None):
+                 audio_path: str | None = None, crf: int = 18, encoder: str | None = None,
+                 sample_aspect: Fraction = Fraction(1), tag_colors: bool = True):
         self.path = check_output_path(path, [audio_path] if audio_path else ())
         self._tmp = partial_path(self.path)
         self._video_tmp = partial_path(os.path.splitext(self.path)[0] + ".video.mp4")  # the picture, before the sound
         self.timestamps, self.time_base = np.asarray(timestamps, np.float64), Fraction(time_base)
         self.audio_path, self.crf, self.encoder = audio_path, crf, encoder
+        self.sample_aspect, self.tag_colors = Fraction(sample_aspect), tag_colors
         self._container: av.container.OutputContainer | None = None
         self._stream = None
         self.frames_written = 0
@@ -217,6 +225,10 @@ class TimedVideoWriter(AtomicWriter):
         self._stream.pix_fmt = "yuv420p"
         self._stream.time_base = self.time_base
         self._stream.codec_context.time_base = self.time_base
+        if self.tag_colors:  # as converted: tagged, not left to players
+            self._stream.codec_context.colorspace = OUTPUT_COLORSPACE
+            self._stream.codec_context.color_range = OUTPUT_COLOR_RANGE
+        self._stream.codec_context.sample_aspect_ratio = self.sample_aspect
 
     def write(self, frame: np.ndarray) -> None:
         """Write the next frame (at the next timestamp)."""
@@ -228,26 +240,35 @@ class TimedVideoWriter(AtomicWriter):
         video_frame = _pyav().VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
         video_frame.pts = int(round(self.timestamps[self.frames_written] / self.time_base))
         video_frame.time_base = self.time_base
-        for packet in self._stream.encode(video_frame):
-            self._container.mux(packet)
+        try:
+            for packet in self._stream.encode(video_frame):
+                self._container.mux(packet)
+        except OSError as exc:  # PyAV's errors are OSErrors: a full disk, a write error
+            raise self._write_error(exc) from None
         self.frames_written += 1
+
+    def _write_error(self, exc: OSError) -> InvalidOutputError:
+        return InvalidOutputError(f"cannot write {self.path}: {exc.strerror or exc}")
 
     def close(self) -> None:
         if self._container is None:
             raise InvalidVideoError("no frames to write")
-        for packet in self._stream.encode():
-            self._container.mux(packet)
-        self._container.close()
+        try:
+            for packet in self._stream.encode():
+                self._container.mux(packet)
+            self._container.close()
+        except OSError as exc:
+            raise self._write_error(exc) from None
         self._container = None
         cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-i", self._video_tmp]
         if self.audio_path:
-            cmd += ["-i", self.audio_path, "-map", "0:v:0", "-map", "1:a:0", "-c:a", "aac"]
+            cmd += ["-i", self.audio_path, "-map", "0:v:0", "-map", "1:a:0", "-af", MUXED_SOUND_FILTER, "-c:a", "aac"]
         cmd += ["-c:v", "copy", self._tmp]
-        try:
-            subprocess.run(cmd, check=True, capture_output=True)
-        except subprocess.CalledProcessError as exc:
+        proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, check=False)
+        if proc.returncode != 0:
             self.abort()
-            raise InvalidVideoError(f"cannot write {self.path}: {exc.stderr.decode(errors='replace').strip()}") from None
+            raise InvalidOutputError(f"cannot write {self.path}: "
+                                     f"{ffmpeg_reason(proc.stderr.decode(errors='replace'), proc.returncode)}")
         os.remove(self._video_tmp)
         release_partial(self._video_tmp)
         os.replace(self._tmp, self.path)

@@ -15,6 +15,7 @@ import math
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -25,6 +26,7 @@ import numpy as np
 
 from ..errors import InvalidOutputError, InvalidVideoError
 from ..tempfiles import nearest_folder, partial_path, release_partial, remove_stale_partials, writable_problem
+from .audio import MUXED_SOUND_FILTER
 from .constants import OUTPUT_FORMATS, SAMPLE_RATE, VIDEO_FPS
 from .files import ffmpeg_reason, same_file
 from .probe import VideoInfo, probe_video  # noqa: F401 - VideoInfo is part of this module's interface
@@ -198,6 +200,8 @@ class FrameSource:
     path: str | None = None
     timestamps: np.ndarray | None = None  # seconds from the first frame, when the frames keep the input's timing
     time_base: Fraction | None = None  # the clock of ``timestamps`` in the file
+    sample_aspect: Fraction = Fraction(1)  # a pixel's width over its height as shown (anamorphic video: not 1)
+    colors_known: bool = True  # False: a YUV file that does not name its matrix (players guess it; see VideoInfo)
 
     def __iter__(self) -> Iterator[np.ndarray]:
         return self.read()
@@ -279,7 +283,7 @@ def open_frames(video: str | os.PathLike | np.ndarray | Sequence[Any], fps: floa
     if isinstance(video, (str, os.PathLike)):
         info = probe_video(video)
         return FrameSource(info.path, max(1, int(round(info.duration * fps))), lambda: iter_frames(info.path, fps, hwaccel),
-                           info.path)
+                           info.path, sample_aspect=info.sample_aspect, colors_known=info.colors_known)
     if hasattr(video, "convert") and hasattr(video, "size"):  # one PIL image: a still
         video = [video]
     ndim = getattr(video, "ndim", None)
@@ -325,8 +329,9 @@ def check_output_path(
             writable folder; when False the folder must exist.
 
     Raises:
-        InvalidOutputError: unsupported format, a folder, an input file, an existing file without ``overwrite``, or a
-            folder that is missing or not writable (checked by creating and removing a file in it).
+        InvalidOutputError: unsupported format, a folder, an input file, an existing file without ``overwrite``, a
+            name longer than the file system takes, or a folder that is missing or not writable (checked by creating
+            and removing a file in it).
     """
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
@@ -348,10 +353,22 @@ def check_output_path(
         raise InvalidOutputError(f"cannot create the output folder {folder}: {blocker} is a file")
     if existing != folder and not create_folder:
         raise InvalidOutputError(f"output folder does not exist: {folder}")
+    name_bytes, name_max = len(os.path.basename(path).encode()), _name_max(existing)
+    if name_bytes > name_max:
+        raise InvalidOutputError(f"output file name is too long: {name_bytes} bytes (UTF-8), the file system takes "
+                                 f"{name_max}: {path}")
     _check_writable(existing, folder)
     if existing == folder and remove_partials:
         remove_stale_partials(path)
     return path
+
+
+def _name_max(folder: str) -> int:
+    """The longest file name (bytes) the file system of ``folder`` takes (255 where it does not say)."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # no pathconf (Windows), or no answer
+        return 255
 
 
 def _check_writable(folder: str, target: str) -> None:
@@ -359,10 +376,6 @@ def _check_writable(folder: str, target: str) -> None:
     problem = writable_problem(folder)
     if problem is not None:
         raise InvalidOutputError(f"output folder is not writable: {target} ({problem})")
-
-
-class _Abort(BaseException):
-    """Thrown into the encoder to stop it without finishing the file."""
 
 
 class AtomicWriter:
@@ -396,60 +409,107 @@ def even_sides(frame: np.ndarray) -> np.ndarray:
     return np.pad(frame, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge") if h % 2 or w % 2 else frame
 
 
+OUTPUT_COLORSPACE = 6
+"""The YUV matrix of written H.264 (FFmpeg's ``AVCOL_SPC_SMPTE170M``: BT.601), the one ffmpeg and PyAV convert RGB
+frames with; the files say so (with [`OUTPUT_COLOR_RANGE`]): an untagged file leaves the matrix to players' guesses
+(BT.709 for HD pictures), which shift every colour of an HD output. Only the output of an input that does not name
+its own matrix stays untagged: ffmpeg read that input with BT.601 too, so players guess both files alike and show
+them alike."""
+
+OUTPUT_COLOR_RANGE = 1
+"""The range of written H.264 (FFmpeg's ``AVCOL_RANGE_MPEG``: limited, "TV" range), as the conversion makes it."""
+
+
+def color_arguments() -> list[str]:
+    """The ffmpeg output options that tag written video with [`OUTPUT_COLORSPACE`] and [`OUTPUT_COLOR_RANGE`]."""
+    return ["-colorspace", str(OUTPUT_COLORSPACE), "-color_range", str(OUTPUT_COLOR_RANGE)]
+
+
 class VideoWriter(AtomicWriter):
     """Encode RGB frames to H.264 (+ AAC audio from ``audio_path``) atomically, at quality ``crf``, with libx264 or
-    the GPU ``encoder`` (e.g. ``"h264_nvenc"``; libx264 after one warning where it cannot start).
+    the GPU ``encoder`` (e.g. ``"h264_nvenc"``; libx264 after one warning where it cannot start). ``sample_aspect``:
+    the pixels' shape to record (the input's, see [`VideoInfo`]), so that players show an anamorphic video as wide
+    as its input. ``tag_colors``: record the YUV matrix ([`OUTPUT_COLORSPACE`]); False for the frames of a file
+    that does not name its own (``FrameSource.colors_known``).
 
-    Use as a context manager: on a clean exit the file appears at ``path``; on an exception nothing is left.
+    Use as a context manager: on a clean exit the file appears at ``path``; on an exception (or when ffmpeg cannot
+    write the file, e.g. a full disk) nothing is left.
     """
 
     def __init__(self, path: str | os.PathLike, fps: float = VIDEO_FPS, audio_path: str | None = None, crf: int = 18,
-                 encoder: str | None = None):
+                 encoder: str | None = None, sample_aspect: Fraction = Fraction(1), tag_colors: bool = True):
         self.path = check_output_path(path, [audio_path] if audio_path else ())
         self._tmp = partial_path(self.path)
         self.fps, self.audio_path, self.crf, self.encoder = fps, audio_path, crf, encoder
-        self._gen = None
+        self.sample_aspect, self.tag_colors = Fraction(sample_aspect), tag_colors
+        self._proc: subprocess.Popen | None = None
+        self._log: Any = None
         self.frames_written = 0
+
+    def _start(self, width: int, height: int) -> None:
+        codec = usable_encoder(self.encoder)
+        rate = Fraction(self.fps).limit_denominator()
+        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
+               "-s", f"{width}x{height}", "-r", str(rate), "-i", "pipe:0"]
+        if self.audio_path:
+            cmd += ["-i", self.audio_path, "-map", "0:v:0", "-map", "1:a:0", "-af", MUXED_SOUND_FILTER, "-c:a", "aac"]
+        if self.sample_aspect != 1:
+            cmd += ["-vf", f"setsar={self.sample_aspect.numerator}/{self.sample_aspect.denominator}"]
+        cmd += ["-c:v", codec, "-pix_fmt", "yuv420p", *encoder_arguments(codec, self.crf),
+                *(color_arguments() if self.tag_colors else []), self._tmp]
+        # ffmpeg's complaints, for the message (a file never blocks ffmpeg, as a full pipe would); closed by close()
+        # or abort()
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115
+        # its own session: Ctrl-C in a terminal reaches the whole process group; the run stops ffmpeg itself
+        self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=self._log,
+                                      start_new_session=True)
 
     def write(self, frame: np.ndarray) -> None:
         frame = even_sides(frame)
-        if self._gen is None:
-            h, w = frame.shape[:2]
-            codec = usable_encoder(self.encoder)
-            self._gen = imageio_ffmpeg.write_frames(
-                self._tmp, (w, h), fps=self.fps, codec=codec, quality=None, macro_block_size=2,
-                output_params=encoder_arguments(codec, self.crf),
-                audio_path=self.audio_path, audio_codec="aac" if self.audio_path else None,
-                ffmpeg_log_level="error",
-            )
-            self._gen.send(None)
-        self._gen.send(np.ascontiguousarray(frame))
+        if self._proc is None:
+            self._start(frame.shape[1], frame.shape[0])
+        try:
+            self._proc.stdin.write(np.ascontiguousarray(frame, dtype=np.uint8).data)
+        except OSError:  # ffmpeg stopped: it says why
+            raise self._failure() from None
         self.frames_written += 1
 
+    def _failure(self) -> InvalidOutputError:
+        """The one-line error of an ffmpeg that stopped (waits for it to end)."""
+        code = self._proc.wait()
+        self._log.seek(0)
+        reason = ffmpeg_reason(self._log.read().decode(errors="replace"), code)
+        return InvalidOutputError(f"cannot write {self.path}: {reason}")
+
     def close(self) -> None:
-        """Finish encoding and move the file into place."""
-        if self._gen is None:
+        """Finish encoding and move the file into place (only when ffmpeg wrote all of it)."""
+        if self._proc is None:
             raise InvalidVideoError("no frames to write")
-        self._gen.close()  # waits for ffmpeg to encode what it holds and to write the file
-        self._gen = None
+        try:
+            self._proc.stdin.close()  # ffmpeg encodes what it holds and writes the end of the file
+        except OSError:
+            pass
+        if self._proc.wait() != 0:
+            raise self._failure()
+        self._proc = None
+        self._log.close()
         os.replace(self._tmp, self.path)
         release_partial(self._tmp)
 
     def abort(self) -> None:
         """Stop ffmpeg at once (without encoding what it holds) and remove the partial file."""
-        if self._gen is not None:
-            try:
-                # a BaseException thrown into imageio-ffmpeg's writer makes it kill ffmpeg instead of waiting for it
-                self._gen.throw(_Abort())
-            except (_Abort, StopIteration):
-                pass
-            except Exception:  # noqa: BLE001 - the encoder may already be broken; we only clean up
-                pass
-            self._gen = None
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+            for stream in (self._proc.stdin, self._log):
+                try:
+                    stream.close()
+                except OSError:  # a pipe to a dead ffmpeg cannot flush
+                    pass
+            self._proc = None
         if os.path.exists(self._tmp):
             os.remove(self._tmp)
         release_partial(self._tmp)
-
 
 
 def trim_media(src: str, dst: str, seconds: float, video: bool) -> str:
