@@ -548,6 +548,19 @@ def test_quality_threshold_holds_when_auto_falls_back_to_sharpness(monkeypatch):
     assert default.threshold == 8.0
 
 
+def _parallel_run(short_raw, tmp_path, videos):
+    """A local-engine run over ``videos`` copies of one short clip: (state folder, jobs, settings, models)."""
+    from latentsync.data.prepare import run
+
+    cfg = P.PrepareConfig(min_seconds=0.6, max_seconds=1.2, sync=False, quality="sharpness")
+    models = run.StageModels(None, SharpnessScorer(), quality_spec="sharpness")
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    jobs = [run.VideoJob(str(short_raw / "demo1.mp4"), f"v{i}.mp4", str(tmp_path / "clips" / f"v{i}"),
+                         str(state_dir / f"v{i}.json")) for i in range(videos)]
+    return state_dir, jobs, cfg, models
+
+
 def test_stopping_a_parallel_run_does_not_process_the_queued_videos(short_raw, tmp_path):
     """Ctrl-C / SIGTERM (here: the caller leaving the engine's loop after the first video, as an interrupt does) stops
     the local engine's workers at once: no queued video is started, the one in progress writes no state, no worker
@@ -558,12 +571,7 @@ def test_stopping_a_parallel_run_does_not_process_the_queued_videos(short_raw, t
 
     from latentsync.data.prepare import run
 
-    cfg = P.PrepareConfig(min_seconds=0.6, max_seconds=1.2, sync=False, quality="sharpness")
-    models = run.StageModels(None, SharpnessScorer(), quality_spec="sharpness")
-    state_dir = tmp_path / "state"
-    state_dir.mkdir()
-    jobs = [run.VideoJob(str(short_raw / "demo1.mp4"), f"v{i}.mp4", str(tmp_path / "clips" / f"v{i}"),
-                         str(state_dir / f"v{i}.json")) for i in range(10)]
+    state_dir, jobs, cfg, models = _parallel_run(short_raw, tmp_path, 10)
     finished = run._run_local(jobs, cfg, "cpu", models, num_workers=2)
     _, record = next(finished)
     assert record["status"] == "done"
@@ -585,12 +593,7 @@ def test_stopping_a_parallel_run_while_its_workers_start(short_raw, tmp_path, ca
 
     from latentsync.data.prepare import run
 
-    cfg = P.PrepareConfig(min_seconds=0.6, max_seconds=1.2, sync=False, quality="sharpness")
-    models = run.StageModels(None, SharpnessScorer(), quality_spec="sharpness")
-    state_dir = tmp_path / "state"
-    state_dir.mkdir()
-    jobs = [run.VideoJob(str(short_raw / "demo1.mp4"), f"v{i}.mp4", str(tmp_path / "clips" / f"v{i}"),
-                         str(state_dir / f"v{i}.json")) for i in range(6)]
+    state_dir, jobs, cfg, models = _parallel_run(short_raw, tmp_path, 6)
 
     def ctrl_c() -> None:  # the terminal signals the whole process group: the workers and this process
         time.sleep(0.5)

@@ -987,9 +987,9 @@ def test_second_run_into_a_folder_in_use_is_refused(tiny, tmp_path, no_model_loa
     reset_accelerate()
     assert not (tmp_path / "new").exists()  # the folder the failed run made is removed again
     # where there is no flock (Windows), a run takes no lock and goes on
-    from latentsync.training import base
+    from latentsync import tempfiles
 
-    monkeypatch.setattr(base, "fcntl", None)
+    monkeypatch.setattr(tempfiles, "fcntl", None)
     with pytest.raises(AssertionError, match="a model was loaded"):
         train(unet_cfg(ov, output_dir=str(tmp_path / "windows")))
     reset_accelerate()

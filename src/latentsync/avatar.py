@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import logging
 import os
 import secrets
 import shutil
@@ -52,6 +51,8 @@ from .errors import LatentSyncInputError, first_line
 from .media.timeline import open_timed_frames
 from .media.video import FrameSource, open_frames
 from .tempfiles import (
+    folder_is_locked,
+    lock_folder,
     make_missing_folders,
     nearest_folder,
     partial_target,
@@ -59,11 +60,6 @@ from .tempfiles import (
     writable_problem,
     write_atomically,
 )
-
-try:
-    import fcntl  # POSIX: a writer locks the avatar folder
-except ImportError:  # Windows has no flock: writers take no lock there
-    fcntl = None
 
 if TYPE_CHECKING:
     import torch
@@ -73,8 +69,6 @@ AVATAR_CONFIG = "avatar.json"
 AVATAR_TENSORS = "avatar.safetensors"
 AVATAR_FRAMES = "frames.safetensors"
 LOAD_ATTEMPTS = 3  # reads of an avatar that another run is replacing meanwhile, before giving up
-
-logger = logging.getLogger(__name__)
 
 # torch and safetensors.torch are imported where they are used: the command line checks an avatar folder (and an
 # output path against its files) before it spends seconds importing torch
@@ -166,15 +160,11 @@ def avatar_writer(path: str | os.PathLike) -> Iterator[None]:
     fd, created = None, []
     try:
         created = make_missing_folders(path)
-        if fcntl is not None:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                created = []  # the other run may be writing into the folder this one just created
-                raise _busy_error(path) from None
-            except OSError:  # a file system without locks (some network file systems)
-                logger.debug("cannot lock %s: writing the avatar without a lock", path)
+        try:
+            fd = lock_folder(path)
+        except BlockingIOError:
+            created = []  # the other run may be writing into the folder this one just created
+            raise _busy_error(path) from None
         yield
     except BaseException:
         remove_empty_folders(created)
@@ -192,18 +182,7 @@ def _writer_busy(path: str) -> bool:
         holder = _writers.get(os.path.realpath(path))
     if holder is not None:
         return holder != threading.get_ident()
-    if fcntl is None or not os.path.isdir(path):
-        return False
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)  # a lock taken here is released at once
-    return False
+    return os.path.isdir(path) and folder_is_locked(path)
 
 
 def check_avatar_destination(path: str | os.PathLike, overwrite: bool = True) -> None:

@@ -18,6 +18,7 @@ A process is dead when no process has its id, or when the id is this process's o
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import shutil
@@ -28,6 +29,13 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import TypeVar
 
 from .errors import LatentSyncInputError
+
+try:
+    import fcntl  # POSIX: folder locks
+except ImportError:  # Windows has no flock: folders are not locked there
+    fcntl = None
+
+logger = logging.getLogger(__name__)
 
 PREFIX = "latentsync-"
 T = TypeVar("T")
@@ -292,6 +300,40 @@ def writable_problem(folder: str | os.PathLike) -> str | None:
     os.close(fd)
     os.remove(probe)
     return None
+
+
+def lock_folder(folder: str | os.PathLike) -> int | None:
+    """Lock the existing ``folder`` for this process (``flock``, exclusive, without waiting): returns the descriptor
+    that holds the lock until it is closed, or until the process ends however it ends (a killed run leaves no stale
+    lock). None where there are no such locks (Windows, some network file systems): the caller goes on unlocked.
+
+    Raises:
+        BlockingIOError: another process (or another open descriptor) holds the folder.
+    """
+    if fcntl is None:
+        return None
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise
+    except OSError:  # a file system without locks
+        os.close(fd)
+        logger.debug("cannot lock %s: going on without a lock", folder)
+        return None
+    return fd
+
+
+def folder_is_locked(folder: str | os.PathLike) -> bool:
+    """Whether another process holds the existing ``folder`` with [`lock_folder`] (the check takes and drops it)."""
+    try:
+        fd = lock_folder(folder)
+    except BlockingIOError:
+        return True
+    if fd is not None:
+        os.close(fd)
+    return False
 
 
 def make_missing_folders(folder: str | os.PathLike) -> list[str]:

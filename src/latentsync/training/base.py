@@ -31,11 +31,6 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
-try:
-    import fcntl  # POSIX: a run locks its output_dir
-except ImportError:  # Windows has no flock: a run there takes no lock
-    fcntl = None
-
 import torch
 import yaml
 from accelerate import Accelerator
@@ -52,7 +47,7 @@ from .. import hub
 from ..errors import RunInterrupted, first_line
 from ..interrupts import interrupt_of, signal_number
 from ..model_source import RUN_SETTINGS_FILE, HubUnavailableError, check_hub_available
-from ..tempfiles import make_missing_folders, nearest_folder, remove_empty_folders, writable_problem
+from ..tempfiles import lock_folder, make_missing_folders, nearest_folder, remove_empty_folders, writable_problem
 from ..utils import read_json
 from .config import TrainingConfig, TrainingConfigError
 
@@ -143,17 +138,11 @@ def output_dir_claimed(accelerator: Accelerator, cfg: TrainingConfig) -> Iterato
     answer: list[Any] = [None]
     if accelerator.is_main_process:
         created = make_missing_folders(cfg.output_dir)
-    if accelerator.is_main_process and fcntl is not None:
-        fd = os.open(cfg.output_dir, os.O_RDONLY)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fd = lock_folder(cfg.output_dir)
         except BlockingIOError:
-            os.close(fd)
-            fd = None
             answer = [(f"output_dir {cfg.output_dir} is in use by another training run right now (it holds the "
                        "folder's lock): wait for that run to end, or choose another output_dir")]
-        except OSError:  # a file system without locks (some network file systems): run without one
-            logger.debug("cannot lock %s: running without a lock", cfg.output_dir)
     if accelerator.num_processes > 1:
         broadcast_object_list(answer)
     if answer[0] is not None:
