@@ -1,8 +1,9 @@
 """``latentsync faces VIDEO``: list the face tracks of a video and draw them on a contact sheet.
 
 Each track is one face followed through one shot; its number is what ``--face INDEX`` and
-``--audio-for FACE[:TRACK]=FILE`` of the lip-sync command (and ``face_index`` / an ``audio`` mapping in Python) refer to. With ``--speaking`` every
-track is also scored against the video's own soundtrack, and the face that speaks in each shot is named.
+``--audio-for FACE[:TRACK]=FILE`` of the lip-sync command (and ``face_index`` / an ``audio`` mapping in Python) refer
+to. With ``--speaking`` every track is also scored against the video's own soundtrack, and the face that speaks in
+each shot is named.
 
 The options, the video and the output paths are checked before torch and the face tracker load (``--help`` and bad
 input answer in a fraction of a second).
