@@ -488,7 +488,7 @@ class LipSyncService:
         """The expected time for the uploaded speech's length with ``preset``, as a line for the page
         (``speech_video``: the page's video file with the speech, used when the speech slot is empty)."""
         audio = audio or speech_video
-        if not audio or not (preset in PRESETS):
+        if not audio or preset not in PRESETS:
             return "The expected time appears once the speech is uploaded."
         try:  # a speech file over the limit: the Lip sync button's refusal, at once
             self.check_audio_length(audio)

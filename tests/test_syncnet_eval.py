@@ -460,7 +460,8 @@ def test_eval_refuses_bad_numbers_and_raw_videos_before_scoring(clips_dir, tiny_
     cases = [([*acc, "--num-samples", "0"], "argument --num-samples: must be at least 1, got 0"),
              ([*acc, "--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
              ([*acc, "--time-range", "0.5", "0.2"], "--time-range needs 0 <= START < END <= 1, got 0.5 0.2"),
-             (["sync-conf", video, "--model", model, "--vshift", "-1"], "argument --vshift: must be at least 0, got -1"),
+             (["sync-conf", video, "--model", model, "--vshift", "-1"],
+              "argument --vshift: must be at least 0, got -1"),
              (["sync-conf", video, "--model", model, "--batch-size", "0"], "argument --batch-size: must be at least 1")]
     for argv, message in cases:
         with pytest.raises(SystemExit) as stopped:

@@ -130,9 +130,9 @@ def parser() -> argparse.ArgumentParser:
                    help="a prepared avatar folder (`latentsync avatar VIDEO DIR`) instead of --video")
     p.add_argument("--audio", default=None, type=os.path.expanduser,
                    help="speech audio (any audio or video file); - reads it from standard input and lip-syncs live")
-    p.add_argument("--output", required=True, type=os.path.expanduser, help=f"output video ({', '.join(OUTPUT_FORMATS)}); its folder is "
-                                                    "created if missing; with --audio -, an .mp4 file or - for "
-                                                    "standard output")
+    p.add_argument("--output", required=True, type=os.path.expanduser,
+                   help=f"output video ({', '.join(OUTPUT_FORMATS)}); its folder is created if missing; with "
+                        "--audio -, an .mp4 file or - for standard output")
     p.add_argument("--overwrite", action="store_true", help="replace the output file if it exists (never an input)")
     add_generation_arguments(p)
     voices = p.add_argument_group("a voice per face")
