@@ -722,3 +722,26 @@ def test_frames_at_their_times_become_a_constant_rate():
     times = np.concatenate([[0.0], np.cumsum(steps)[:-1]])
     count = sum(1 for _ in at_constant_rate(((t, images[0]) for t in times), fps=30))
     assert abs(count / 30 - (times[-1] + 1 / 30)) <= 1 / 30
+
+
+@pytest.mark.parametrize("tag_colors", [True, False])
+def test_live_output_keeps_the_pixel_shape_and_colour_tag(tmp_path, tag_colors):
+    """The live sink records what the offline writers record: an anamorphic input's pixel shape, and the YUV matrix
+    unless the input leaves its own unnamed (it wrote square pixels, untagged, whatever the input)."""
+    import subprocess
+    from fractions import Fraction
+
+    from conftest import FFMPEG
+
+    from latentsync.media import pipes
+
+    out = tmp_path / "live.mp4"
+    sink = pipes.LiveVideoSink(os.fspath(out), 25, sample_aspect=Fraction(4, 3), tag_colors=tag_colors)
+    sink.write_audio(np.zeros(SAMPLE_RATE // 5, np.float32))
+    for frame in _frames():
+        sink.write(frame)
+    sink.close()
+    assert probe_video(out).sample_aspect == Fraction(4, 3)
+    header = subprocess.run([FFMPEG, "-hide_banner", "-i", os.fspath(out)], capture_output=True, text=True,
+                            check=False).stderr
+    assert ("yuv420p(tv, smpte170m" in header) == tag_colors, header

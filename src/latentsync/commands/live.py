@@ -88,7 +88,9 @@ def run_live(args: argparse.Namespace) -> int:
         fps = 1.0 / float(np.median(np.diff(timestamps))) if timed else session.fps
         if args.output != "-":
             os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
-        sink = LiveVideoSink(args.output, fps, args.live_format, encoder=args.hw_encode)
+        frames_in = session.avatar.frame_source()  # the video's pixel shape and whether it names its colours
+        sink = LiveVideoSink(args.output, fps, args.live_format, encoder=args.hw_encode,
+                             sample_aspect=frames_in.sample_aspect, tag_colors=frames_in.colors_known)
 
         def speech() -> Iterator[np.ndarray]:
             for chunk in read_audio_chunks(sys.stdin.buffer, args.chunk_seconds, pcm=args.pcm):

@@ -9,6 +9,7 @@ import queue
 import subprocess
 import threading
 from collections.abc import Iterable, Iterator
+from fractions import Fraction
 from typing import BinaryIO
 
 import imageio_ffmpeg
@@ -16,7 +17,7 @@ import numpy as np
 
 from ..errors import InvalidAudioError, InvalidVideoError
 from .constants import SAMPLE_RATE
-from .video import encoder_arguments, usable_encoder
+from .video import color_arguments, encoder_arguments, usable_encoder
 
 logger = logging.getLogger(__name__)
 
@@ -170,14 +171,17 @@ class LiveVideoSink:
     where it can start) with the speech as AAC, playable while written.
     ``"raw"``: RGB24 frames back to back (the size is logged), no sound.
     Use ``write_audio`` for the speech as it arrives and ``write`` for each frame; ``close`` completes the file.
+    ``sample_aspect`` and ``tag_colors``: the pixels' shape and whether to record the YUV matrix, as the offline
+    writer ([`latentsync.media.video.VideoWriter`]) takes them from the input (``FrameSource``).
     """
 
     def __init__(self, target: str, fps: float, output_format: str = "mp4", crf: int = 18,
-                 encoder: str | None = None):
+                 encoder: str | None = None, sample_aspect: Fraction = Fraction(1), tag_colors: bool = True):
         if output_format not in LIVE_FORMATS:
             raise InvalidVideoError(f"live output format must be one of {', '.join(LIVE_FORMATS)}, got "
                                     f"{output_format!r}")
         self.target, self.fps, self.format, self.crf, self.encoder = target, fps, output_format, crf, encoder
+        self.sample_aspect, self.tag_colors = Fraction(sample_aspect), tag_colors
         self._out: BinaryIO | None = None
         self._proc: subprocess.Popen | None = None
         self._audio: queue.Queue | None = None
@@ -191,12 +195,15 @@ class LiveVideoSink:
             logger.info("raw RGB24 frames, %d x %d at %g fps", width, height, self.fps)
             return
         codec = usable_encoder(self.encoder)
+        shape = "pad=ceil(iw/2)*2:ceil(ih/2)*2"
+        if self.sample_aspect != 1:  # an anamorphic input: played as wide as it is
+            shape += f",setsar={self.sample_aspect.numerator}/{self.sample_aspect.denominator}"
         read_fd, write_fd = os.pipe()
         cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-y",
                "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", f"{self.fps}", "-i", "pipe:0",
                "-f", "f32le", "-ar", str(SAMPLE_RATE), "-ac", "1", "-i", f"pipe:{read_fd}",
                "-map", "0:v", "-map", "1:a", "-c:v", codec, *encoder_arguments(codec, self.crf, live=True),
-               "-pix_fmt", "yuv420p", "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2",
+               "-pix_fmt", "yuv420p", "-vf", shape, *(color_arguments() if self.tag_colors else []),
                "-c:a", "aac", "-f", "mp4", "-movflags", "frag_keyframe+empty_moov+default_base_moof",
                "pipe:1" if self.target == "-" else self.target]
         # its own session: Ctrl-C in a terminal reaches the whole process group, and ffmpeg would quit at once
