@@ -170,6 +170,9 @@ ROWS: dict[str, Row] = {
     "output = hard link to the video": Row(output="hardlink", **_error(InvalidOutputError, r"is the input file")),
     "output = symbolic link to the video": Row(output="symlink", **_error(InvalidOutputError, r"is the input file")),
     "output is a folder": Row(output="folder", **_error(InvalidOutputError, r"output path is a folder")),
+    # a folder's name that does not exist yet: it was "unsupported output format (no extension)"
+    "output is a new folder's name": Row(output="new-folder/",
+                                         **_error(InvalidOutputError, r"output path is a folder: .*new-folder/ ")),
     "unsupported output extension": Row(output="out/result.gif",
                                         **_error(InvalidOutputError, r"unsupported output format \.gif")),
     "output without extension": Row(output="out/result",
@@ -287,6 +290,8 @@ def _prepare(row: Row, media: Path, tmp_path: Path) -> Case:
         os.symlink(video, output)
     elif row.output == "folder":
         output = os.fspath(out_dir)
+    elif row.output.endswith("/"):
+        output = os.fspath(out_dir / row.output) + "/"
     elif row.output == "existing":
         output = os.fspath(out_dir / "result.mp4")
         Path(output).write_bytes(b"an earlier result")

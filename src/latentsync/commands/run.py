@@ -170,8 +170,8 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
                             "(default: lip motion against loudness)")
     p.add_argument("--audio-track", type=track_number, default=None, metavar="N",
                    help="the audio track of the speech file that holds the speech, numbered from 1 as the log, "
-                        "players and OBS number them (ffmpeg's 0:a:0 is track 1); it drives the lips and is copied "
-                        f"into the output. Default: {AUTOMATIC_TRACK}")
+                        "players and OBS number them (ffmpeg's 0:a:0 is track 1); it drives the lips and is the "
+                        f"output's sound. Default: {AUTOMATIC_TRACK}")
     p.add_argument("--fps", type=frame_rate, default=25, metavar="25|input|N",
                    help="output frame rate: 25 (default, the model's), input (every frame of the video at its own "
                         "timestamp, variable rates kept) or any rate")

@@ -335,7 +335,7 @@ def check_output_path(
     """
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
-    if os.path.isdir(path):
+    if os.path.isdir(path) or path.endswith(("/", os.sep)):  # a folder, or a folder's name (it may not exist yet)
         raise InvalidOutputError(f"output path is a folder: {path} (give a file name ending in "
                                  f"{', '.join(OUTPUT_FORMATS)})")
     if ext not in OUTPUT_FORMATS:
