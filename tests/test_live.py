@@ -276,6 +276,27 @@ def test_live_command_refuses_options_an_avatar_cannot_honour(avatar, example_sp
     assert not (tmp_path / "live.mp4").exists()
 
 
+@pytest.mark.parametrize("option, message", [
+    (["--fps", "30"], r"--fps 30: the avatar .* was prepared for --fps 25; prepare it again with --fps 30"),
+    (["--face", "1"], r"--face: the face of an avatar was chosen when it was prepared"),
+])
+def test_run_on_an_avatar_refuses_its_options_before_the_model_loads(avatar, example_speech, tmp_path, monkeypatch,
+                                                                     caplog, option, message):
+    """A run on ``--avatar`` with a speech file: ``--fps`` other than the avatar's and face options are refused in
+    the options' words before the model loads (they were refused after loading, in the Python API's words:
+    "output_fps=25, not 30", "face, face_index or face_box")."""
+    from latentsync.commands import main
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the option was refused")
+
+    monkeypatch.setattr("latentsync.commands.run.load_pipeline", refuse)
+    out = tmp_path / "out.mp4"
+    assert main(["--avatar", str(avatar), "--audio", str(example_speech), "--output", str(out), *option]) == 2
+    assert re.search(message, caplog.text), caplog.text
+    assert not out.exists()
+
+
 def test_a_killed_live_run_leaves_no_frame_file_behind(tiny_pipe_64, avatar, speech_20s, tmp_path, monkeypatch):
     """A live session decodes the avatar's video into a raw file (226 MB for 1.5 s of 1080p): a killed run left it
     in the temp folder for good. It is now in a work folder of the process, which the next session removes when that

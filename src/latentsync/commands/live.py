@@ -20,23 +20,9 @@ from ..media.files import check_input_file
 from ..media.pipes import LiveVideoSink, at_constant_rate, read_audio_chunks
 from ..media.video import check_output_path
 from ..tempfiles import make_work_dir, remove_work_dir
-from .run import check_model_options, face_arguments, load_pipeline
+from .run import check_avatar_options, check_model_options, face_arguments, load_pipeline
 
 logger = logging.getLogger("latentsync")
-
-
-def check_avatar_options(args: argparse.Namespace, config: dict) -> None:
-    """Refuse the options that a live run on a prepared ``--avatar`` (whose JSON is ``config``) cannot honour: a
-    face choice (made when the avatar was prepared) and a ``--fps`` other than the avatar's (it keeps its timeline;
-    the default 25 means the avatar's own). They were silently ignored."""
-    if args.face is not None or args.face_index is not None or args.face_frame:
-        option = "--face" if args.face is not None or args.face_index is not None else "--face-frame"
-        raise LatentSyncInputError(f"{option}: the face of an avatar was chosen when it was prepared (`latentsync "
-                                   "avatar VIDEO DIR --face ...`); a run on --avatar takes no face options")
-    prepared = config.get("fps")
-    if args.fps not in (25, prepared):
-        raise LatentSyncInputError(f"--fps {args.fps}: the avatar {args.avatar} was prepared for --fps {prepared}; "
-                                   f"prepare it again with --fps {args.fps}, or leave --fps out")
 
 
 def run_live(args: argparse.Namespace) -> int:

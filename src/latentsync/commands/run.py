@@ -17,6 +17,7 @@ import re
 import time
 from typing import Any
 
+from ..avatar import avatar_config
 from ..devices import DTYPE_NAMES, check_device
 from ..errors import LatentSyncInputError, RunInterrupted
 from ..face.choice import FACE_RULES
@@ -316,6 +317,20 @@ def _with_option_names(message: str, face_option: str = "--face-index") -> str:
     return message
 
 
+def check_avatar_options(args: argparse.Namespace, config: dict) -> None:
+    """Refuse the options that a run on a prepared ``--avatar`` (whose JSON is ``config``) cannot honour, before the
+    model loads: a face choice (made when the avatar was prepared) and a ``--fps`` other than the avatar's (it keeps
+    its timeline; the default 25 means the avatar's own)."""
+    if args.face is not None or args.face_index is not None or args.face_frame:
+        option = "--face" if args.face is not None or args.face_index is not None else "--face-frame"
+        raise LatentSyncInputError(f"{option}: the face of an avatar was chosen when it was prepared (`latentsync "
+                                   "avatar VIDEO DIR --face ...`); a run on --avatar takes no face options")
+    prepared = config.get("fps")
+    if args.fps not in (25, prepared):
+        raise LatentSyncInputError(f"--fps {args.fps}: the avatar {args.avatar} was prepared for --fps {prepared}; "
+                                   f"prepare it again with --fps {args.fps}, or leave --fps out")
+
+
 def run(argv: list[str]) -> int:
     """Check everything, load the pipeline with the speed options asked for, and lip-sync one video."""
     p = parser()
@@ -352,6 +367,8 @@ def run(argv: list[str]) -> int:
     if args.audio_for and len(audio) != len(args.audio_for):
         raise LatentSyncInputError("--audio-for names the same face twice")
     face_option = "--face-index" if args.face_index is not None else "--face"
+    if args.avatar is not None:  # in the options' words, before the model loads (the pipeline's are the API's)
+        check_avatar_options(args, avatar_config(args.avatar)[0])
     stages: dict[str, float] = {}
     start = time.perf_counter()
     try:
