@@ -253,10 +253,17 @@ def test_selection_rules_on_tracks(caplog):
 
 
 def test_speaking_choice_without_sound_in_memory(caplog):
+    """Without sound, a shot with several faces falls back to the largest (said in its rule, warned); a shot with one
+    face is no guess (it was reported as one, and the app said "who speaks could not be told" of a one-face video)."""
     source = open_frames(np.zeros((4, 8, 8, 3), np.uint8))
     with caplog.at_level(logging.WARNING):
         chosen = choose_faces(_tracks(), source, face="speaking")
-    assert [s.rule for s in chosen.shots] == ["largest (no soundtrack)"] * 2 and "frames in memory" in caplog.text
+    assert [s.rule for s in chosen.shots] == ["largest (no soundtrack)", "largest"] and "frames in memory" in caplog.text
+    caplog.clear()
+    one_face = FaceTracks([_track(0, 0, range(0, 50), (10, 10, 40, 40))], [(0, 50)], 50, (200, 100))
+    with caplog.at_level(logging.WARNING):
+        chosen = choose_faces(one_face, source, face="speaking")
+    assert [(s.track, s.rule) for s in chosen.shots] == [(0, "largest")] and "cannot be heard" not in caplog.text
 
 
 @pytest.mark.parametrize("kwargs, message", [

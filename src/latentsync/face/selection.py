@@ -171,13 +171,15 @@ def choose_faces(
     """[`select_faces`] for the video ``source``; for ``face="speaking"`` the tracks are first scored against the
     video's own soundtrack (its audio track ``sound_track``, as [`~latentsync.media.audio.load_audio`] takes it), by
     ``syncnet`` when given (one more pass over ``source``), else by lip motion. Without a soundtrack (or with a
-    silent one) every shot falls back to its largest face, with a warning."""
+    silent one) every shot with several faces falls back to its largest face, with a warning."""
     scores, rule, reason = None, None, "no soundtrack"
     if face == "speaking" and voice_tracks is None:
         sound, reason = soundtrack(source, sound_track)
         if sound is None:
-            logger.warning("face='speaking': %s has %s, so who speaks cannot be heard; lip-syncing the largest face "
-                           "of each shot", source.label, reason)
+            several = any(sum(t.has_landmarks for t in tracks.in_shot(s)) > 1 for s in range(len(tracks.shots)))
+            if several:  # a shot with one face needs no speaker told apart
+                logger.warning("face='speaking': %s has %s, so who speaks cannot be heard; lip-syncing the largest "
+                               "face of each shot", source.label, reason)
         else:
             scores, rule = speaking_scores(tracks, sound, syncnet, source, progress)
     return select_faces(tracks, face, face_index, face_box, face_box_frame, voice_tracks, scores, rule,
@@ -195,7 +197,8 @@ def _per_shot(tracks: FaceTracks, face: str, scores: dict[int, float | None] | N
         shot_scores = {t.index: scores.get(t.index) for t in tracks.in_shot(s)} if scores is not None else {}
         pick, name = largest, "largest"
         if face == "speaking" and scores is None:
-            name = f"largest ({no_scores_reason})"
+            if len(candidates) > 1:  # one face (or none) is no guess: nobody else could be speaking
+                name = f"largest ({no_scores_reason})"
         elif face == "speaking" and candidates:
             speaker = clear_speaker(candidates, scores, rule) if len(candidates) > 1 else candidates[0]
             if speaker is not None:
