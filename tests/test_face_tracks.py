@@ -258,7 +258,8 @@ def test_speaking_choice_without_sound_in_memory(caplog):
     source = open_frames(np.zeros((4, 8, 8, 3), np.uint8))
     with caplog.at_level(logging.WARNING):
         chosen = choose_faces(_tracks(), source, face="speaking")
-    assert [s.rule for s in chosen.shots] == ["largest (no soundtrack)", "largest"] and "frames in memory" in caplog.text
+    assert [s.rule for s in chosen.shots] == ["largest (no soundtrack)", "largest"]
+    assert "frames in memory" in caplog.text
     caplog.clear()
     one_face = FaceTracks([_track(0, 0, range(0, 50), (10, 10, 40, 40))], [(0, 50)], 50, (200, 100))
     with caplog.at_level(logging.WARNING):
