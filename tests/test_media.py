@@ -748,9 +748,10 @@ def test_live_output_keeps_the_pixel_shape_and_colour_tag(tmp_path, tag_colors):
 
 
 # ---------------------------------------------------------------------------------------------------- HDR input
-REFERENCE_TONE_MAP = ("zscale=t=linear:npl=100,format=gbrpf32le,zscale=p=bt709,tonemap=tonemap=hable:desat=0,"
-                      "zscale=t=bt709,format=gbrp")
-"""The usual zscale + tonemap chain (HDR to SDR BT.709), written out here as the readers' reference."""
+REFERENCE_TONE_MAP = ("setparams=color_primaries=bt2020:colorspace=bt2020nc,zscale=t=linear:npl=100,format=gbrpf32le,"
+                      "zscale=p=bt709,tonemap=tonemap=hable:desat=0,zscale=t=bt709,format=gbrp")
+"""The usual zscale + tonemap chain (HDR to SDR BT.709), written out here as the readers' reference; BT.2020 where
+the file does not say."""
 
 
 def _ffmpeg_rgb(path, *filters: str) -> np.ndarray:
@@ -769,16 +770,22 @@ def _ffmpeg_rgb(path, *filters: str) -> np.ndarray:
 @pytest.fixture(scope="module")
 def hdr_clips(tmp_path_factory):
     """ffmpeg's test picture, 64 x 48, 10-bit and tagged BT.2020: HLG in HEVC/MP4 (as an iPhone records) with a
-    0.2 s gap after frame 4 (a variable frame rate), PQ in H.264/MKV; and the same picture as an 8-bit SDR clip."""
+    0.2 s gap after frame 4 (a variable frame rate), PQ in H.264/MKV, HLG that names its transfer only; and the same
+    picture as an 8-bit SDR clip."""
     folder = tmp_path_factory.mktemp("hdr")
     clips = {}
-    for name, transfer, codec, ext in (("hlg", "arib-std-b67", "libx265", "mp4"), ("pq", "smpte2084", "libx264", "mkv")):
+    for name, transfer, codec, ext in (("hlg", "arib-std-b67", "libx265", "mp4"),
+                                       ("pq", "smpte2084", "libx264", "mkv")):
         clips[name] = folder / f"{name}.{ext}"
         gap = "+0.2*gte(N\\,5)" if name == "hlg" else ""
         ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25", "-frames:v", "10", "-vf",
                f"setpts=(N*0.04{gap})/TB,setparams=color_primaries=bt2020:color_trc={transfer}:colorspace=bt2020nc:"
                "range=tv", "-fps_mode", "passthrough", "-c:v", codec, "-pix_fmt", "yuv420p10le",
                *(("-x265-params", "log-level=error") if codec == "libx265" else ()), os.fspath(clips[name]))
+    clips["hlg_trc_only"] = folder / "hlg_trc_only.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25", "-frames:v", "10", "-vf",
+           "setparams=color_trc=arib-std-b67:range=tv", "-c:v", "libx264", "-pix_fmt", "yuv420p10le",
+           os.fspath(clips["hlg_trc_only"]))
     clips["sdr"] = folder / "sdr.mp4"
     ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25", "-frames:v", "10", "-c:v", "libx264", "-pix_fmt",
            "yuv420p", "-colorspace", "bt709", os.fspath(clips["sdr"]))
@@ -786,10 +793,11 @@ def hdr_clips(tmp_path_factory):
 
 
 def test_the_probe_reports_the_hdr_transfer(hdr_clips):
-    assert [probe_video(hdr_clips[name]).hdr for name in ("hlg", "pq", "sdr")] == ["hlg", "pq", None]
+    assert [probe_video(hdr_clips[name]).hdr for name in ("hlg", "pq", "hlg_trc_only", "sdr")] == \
+        ["hlg", "pq", "hlg", None]
 
 
-@pytest.mark.parametrize("name", ["hlg", "pq"])
+@pytest.mark.parametrize("name", ["hlg", "pq", "hlg_trc_only"])
 def test_hdr_frames_are_tone_mapped_by_both_readers(hdr_clips, name, caplog):
     """HDR frames come out as the reference chain tone-maps them to SDR BT.709, from the 25 fps reader and the
     input-timeline reader alike, every stored frame kept by the latter (they came out washed out or blown out, read

@@ -45,20 +45,25 @@ class _RotationNotice(logging.Filter):
 logging.getLogger("imageio_ffmpeg").addFilter(_RotationNotice())
 
 
-TONE_MAP_FILTER = ("zscale=t=linear:npl=100,format=gbrpf32le,zscale=p=bt709,tonemap=tonemap=hable:desat=0,"
-                   "zscale=t=bt709,format=gbrp")
-"""The ffmpeg filters that tone-map HDR frames (HLG or PQ, BT.2020, as the file tags them) to SDR BT.709 RGB:
-light made linear with 100 nits (SDR's reference white) as 1, BT.2020 primaries converted to BT.709 in linear
-floating point, highlights compressed by the Hable (filmic) curve without desaturating them (``desat=0`` keeps
-bright colours; tonemap's default greys them), then BT.709's transfer, 8-bit RGB. The usual chain of ffmpeg's
-zscale and tonemap filters, as media servers use it."""
+_ZSCALE_TRANSFERS = {"hlg": "arib-std-b67", "pq": "smpte2084"}
+
+
+def tone_map_filter(hdr: str) -> str:
+    """The ffmpeg filters that tone-map HDR frames (``hdr``: ``"hlg"`` or ``"pq"``) to SDR BT.709 RGB: light made
+    linear with 100 nits (SDR's reference white) as 1, BT.2020 primaries converted to BT.709 in linear floating
+    point, highlights compressed by the Hable (filmic) curve without desaturating them (``desat=0`` keeps bright
+    colours; tonemap's default greys them), then BT.709's transfer, 8-bit RGB: the usual chain of ffmpeg's zscale
+    and tonemap filters, as media servers use it. The input is taken to be BT.2020 (primaries and non-constant
+    luminance matrix), as HLG and PQ video is, also where the file names its transfer only (zscale would refuse it)."""
+    return (f"zscale=tin={_ZSCALE_TRANSFERS[hdr]}:pin=2020:min=2020_ncl:t=linear:p=2020:npl=100,format=gbrpf32le,"
+            "zscale=p=bt709,tonemap=tonemap=hable:desat=0,zscale=t=bt709,format=gbrp")
 
 _TONE_MAP_NOTED: set[str] = set()
 
 
 def _open(path: str, fps: float | None, hwaccel: str | None = None, hdr: str | None = None,
           every_frame: bool = False):
-    filters = [*([f"fps={fps}"] if fps else []), *([TONE_MAP_FILTER] if hdr else [])]
+    filters = [*([f"fps={fps}"] if fps else []), *([tone_map_filter(hdr)] if hdr else [])]
     output_params = ["-vf", ",".join(filters)] if filters else None
     if every_frame:  # the decoder's frames, none dropped or repeated for the raw pipe's constant rate
         output_params = [*(output_params or []), "-fps_mode", "passthrough"]
@@ -193,7 +198,7 @@ def iter_frames(path: str | os.PathLike, fps: float | None = VIDEO_FPS, hwaccel:
 
     ``hwaccel`` (e.g. ``"cuda"``: NVDEC) decodes on the GPU with ffmpeg's hardware decoder; the frames come back to
     memory as the CPU decoder would give them. Where it cannot start, decoding falls back to the CPU with one
-    warning. HDR video (HLG or PQ, see [`VideoInfo`]) is tone-mapped to SDR BT.709 ([`TONE_MAP_FILTER`]).
+    warning. HDR video (HLG or PQ, see [`VideoInfo`]) is tone-mapped to SDR BT.709 ([`tone_map_filter`]).
     """
     path = os.fspath(path)
     yield from _decode(path, fps, hwaccel, probe_hdr(path))
@@ -202,7 +207,7 @@ def iter_frames(path: str | os.PathLike, fps: float | None = VIDEO_FPS, hwaccel:
 def iter_tone_mapped_frames(path: str | os.PathLike, hdr: str, hwaccel: str | None = None) -> Iterator[np.ndarray]:
     """Every frame of an HDR video (``hdr``: ``"hlg"`` or ``"pq"``, a probe's [`VideoInfo`] field) as the decoder
     returns it, none dropped or repeated, tone-mapped to SDR BT.709 RGB uint8 ``(H, W, 3)`` by ffmpeg's
-    [`TONE_MAP_FILTER`] and upright; ``hwaccel`` as in [`iter_frames`]."""
+    [`tone_map_filter`] and upright; ``hwaccel`` as in [`iter_frames`]."""
     return _decode(os.fspath(path), None, hwaccel, hdr, every_frame=True)
 
 
