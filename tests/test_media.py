@@ -745,3 +745,91 @@ def test_live_output_keeps_the_pixel_shape_and_colour_tag(tmp_path, tag_colors):
     header = subprocess.run([FFMPEG, "-hide_banner", "-i", os.fspath(out)], capture_output=True, text=True,
                             check=False).stderr
     assert ("yuv420p(tv, smpte170m" in header) == tag_colors, header
+
+
+# ---------------------------------------------------------------------------------------------------- HDR input
+REFERENCE_TONE_MAP = ("setparams=color_primaries=bt2020:colorspace=bt2020nc,zscale=t=linear:npl=100,format=gbrpf32le,"
+                      "zscale=p=bt709,tonemap=tonemap=hable:desat=0,zscale=t=bt709,format=gbrp")
+"""The usual zscale + tonemap chain (HDR to SDR BT.709), written out here as the readers' reference; BT.2020 where
+the file does not say."""
+
+
+def _ffmpeg_rgb(path, *filters: str) -> np.ndarray:
+    """Every frame of ``path`` as the ffmpeg binary decodes it to RGB uint8, through ``filters`` (none: straight)."""
+    import subprocess
+
+    from conftest import FFMPEG
+
+    cmd = [FFMPEG, "-nostdin", "-v", "error", "-i", os.fspath(path), *(("-vf", ",".join(filters)) if filters else ()),
+           "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+    data = subprocess.run(cmd, capture_output=True, check=True).stdout
+    info = probe_video(path)
+    return np.frombuffer(data, np.uint8).reshape(-1, info.height, info.width, 3)
+
+
+@pytest.fixture(scope="module")
+def hdr_clips(tmp_path_factory):
+    """ffmpeg's test picture, 64 x 48, 10-bit and tagged BT.2020: HLG in HEVC/MP4 (as an iPhone records) with a
+    0.2 s gap after frame 4 (a variable frame rate), PQ in H.264/MKV, HLG that names its transfer only; and the same
+    picture as an 8-bit SDR clip."""
+    folder = tmp_path_factory.mktemp("hdr")
+    clips = {}
+    for name, transfer, codec, ext in (("hlg", "arib-std-b67", "libx265", "mp4"),
+                                       ("pq", "smpte2084", "libx264", "mkv")):
+        clips[name] = folder / f"{name}.{ext}"
+        gap = "+0.2*gte(N\\,5)" if name == "hlg" else ""
+        ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25", "-frames:v", "10", "-vf",
+               f"setpts=(N*0.04{gap})/TB,setparams=color_primaries=bt2020:color_trc={transfer}:colorspace=bt2020nc:"
+               "range=tv", "-fps_mode", "passthrough", "-c:v", codec, "-pix_fmt", "yuv420p10le",
+               *(("-x265-params", "log-level=error") if codec == "libx265" else ()), os.fspath(clips[name]))
+    clips["hlg_trc_only"] = folder / "hlg_trc_only.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25", "-frames:v", "10", "-vf",
+           "setparams=color_trc=arib-std-b67:range=tv", "-c:v", "libx264", "-pix_fmt", "yuv420p10le",
+           os.fspath(clips["hlg_trc_only"]))
+    clips["sdr"] = folder / "sdr.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25", "-frames:v", "10", "-c:v", "libx264", "-pix_fmt",
+           "yuv420p", "-colorspace", "bt709", os.fspath(clips["sdr"]))
+    return clips
+
+
+def test_the_probe_reports_the_hdr_transfer(hdr_clips):
+    assert [probe_video(hdr_clips[name]).hdr for name in ("hlg", "pq", "hlg_trc_only", "sdr")] == \
+        ["hlg", "pq", "hlg", None]
+
+
+@pytest.mark.parametrize("name", ["hlg", "pq", "hlg_trc_only"])
+def test_hdr_frames_are_tone_mapped_by_both_readers(hdr_clips, name, caplog):
+    """HDR frames come out as the reference chain tone-maps them to SDR BT.709, from the 25 fps reader and the
+    input-timeline reader alike, every stored frame kept by the latter (they came out washed out or blown out, read
+    straight to 8-bit RGB); one INFO line says so."""
+    import logging
+
+    from latentsync.media.timeline import iter_stored_frames
+
+    path = hdr_clips[name]
+    reference = _ffmpeg_rgb(path, REFERENCE_TONE_MAP).astype(int)
+    straight = _ffmpeg_rgb(path).astype(int)
+    assert np.abs(reference - straight).mean() > 10  # the test picture does look different tone-mapped
+    with caplog.at_level(logging.INFO, logger="latentsync.media.video"):
+        stored = np.stack(list(iter_stored_frames(path))).astype(int)
+        at_25 = np.stack(list(iter_frames(path))).astype(int)
+    assert len(stored) == len(read_timestamps(path)[0]) == 10
+    assert np.abs(stored - reference).max() <= 2
+    # the 25 fps reader repeats frame 4 through the HLG clip's gap: compare the frames before it, and the last
+    assert np.abs(at_25[:5] - reference[:5]).max() <= 2 and np.abs(at_25[-1] - reference[-1]).max() <= 2
+    assert np.abs(at_25[:5] - stored[:5]).max() <= 2
+    assert sum("tone-mapped to SDR BT.709" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_sdr_frames_read_as_before(hdr_clips):
+    """An SDR clip is not tone-mapped: both readers give ffmpeg's straight RGB conversion (the 25 fps reader) and
+    PyAV's (the input-timeline reader), bit for bit."""
+    import av
+
+    from latentsync.media.timeline import iter_stored_frames
+
+    path = hdr_clips["sdr"]
+    np.testing.assert_array_equal(np.stack(list(iter_frames(path))), _ffmpeg_rgb(path))
+    with av.open(os.fspath(path)) as container:
+        expected = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+    np.testing.assert_array_equal(np.stack(list(iter_stored_frames(path))), expected)

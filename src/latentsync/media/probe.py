@@ -57,6 +57,9 @@ class VideoInfo:
             pixels; anamorphic video (DVD, HDV, some broadcast streams) stores fewer columns than it shows.
         colors_known: whether the file says how its pixels are colours: it names its YUV matrix (``bt709``...), or
             its frames are not YUV (RGB, a palette). Players guess the matrix of the others (BT.709 for HD).
+        hdr: the HDR transfer the file names: ``"hlg"`` (hybrid log-gamma, ``arib-std-b67``: phones' default),
+            ``"pq"`` (perceptual quantizer, ``smpte2084``: HDR10), or None (SDR, or not said); the readers
+            tone-map HDR frames to SDR BT.709.
     """
 
     path: str
@@ -73,6 +76,7 @@ class VideoInfo:
     audio_tracks: int = 0
     sample_aspect: Fraction = Fraction(1)
     colors_known: bool = True
+    hdr: str | None = None
 
 
 def _input_section(stderr: str) -> str:
@@ -214,6 +218,26 @@ def _colors_known(line: str) -> bool:
     return any(m not in ("unknown", "reserved") for m in matrices)
 
 
+HDR_TRANSFERS = {"arib-std-b67": "hlg", "smpte2084": "pq"}
+"""The HDR transfer characteristics (ffmpeg's names) that [`VideoInfo.hdr`] reports, by their short names."""
+
+
+def _hdr(line: str) -> str | None:
+    """The HDR transfer ([`HDR_TRANSFERS`]) a video stream line names (``yuv420p10le(tv, bt2020nc/bt2020/arib-std-b67,
+    progressive)``), or None."""
+    return next((HDR_TRANSFERS[t] for t in re.split(r"[\s,/()]+", line) if t in HDR_TRANSFERS), None)
+
+
+def probe_hdr(path: str | os.PathLike) -> str | None:
+    """The HDR transfer of a file's first video stream, from its header only (see [`VideoInfo.hdr`]); None also
+    where ffmpeg cannot read the file (the reader then says why)."""
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", os.fspath(path)]
+    proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, check=False)  # no output: exit code 1
+    video = [line for line in _streams(_input_section(proc.stderr.decode(errors="replace")))
+             if "Video:" in line and "(attached pic)" not in line]
+    return _hdr(video[0]) if video else None
+
+
 def _frame_rate(line: str) -> float:
     for unit in ("fps", "tbr"):
         match = re.search(rf"([\d.]+)(k?) {unit}\b", line)
@@ -280,4 +304,5 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         vfr = bool(irregular.mean() > 0.01) and not truncated
     audio_tracks = _audio_streams(streams)
     return VideoInfo(path, width, height, _frame_rate(video[0]), _duration(header), audio_tracks > 0, rotation,
-                     frame_intervals, vfr, truncated, mirrored, audio_tracks, sample_aspect, _colors_known(video[0]))
+                     frame_intervals, vfr, truncated, mirrored, audio_tracks, sample_aspect, _colors_known(video[0]),
+                     _hdr(video[0]))

@@ -36,6 +36,7 @@ from .video import (
     even_sides,
     hardware_decode_failed,
     hardware_encode_failed,
+    iter_tone_mapped_frames,
     usable_encoder,
     worth_trying,
 )
@@ -126,9 +127,14 @@ def as_displayed(image: np.ndarray, rotation: int, mirrored: bool) -> np.ndarray
 def iter_stored_frames(path: str | os.PathLike, hwaccel: str | None = None) -> Iterator[np.ndarray]:
     """Every frame of the first video stream as the decoder returns it (no frame dropped or repeated), RGB uint8
     ``(H, W, 3)``, in display order, turned upright and mirrored as the file's display matrix asks (as the 25 fps
-    reader's frames); ``hwaccel`` as in [`~latentsync.media.video.iter_frames`]."""
+    reader's frames); ``hwaccel`` as in [`~latentsync.media.video.iter_frames`]. HDR video is tone-mapped to SDR
+    BT.709 as the 25 fps reader does it: decoded by the ffmpeg binary through the same filters, since PyAV's own
+    FFmpeg libraries lack the zscale filter the tone mapping needs."""
     path = os.fspath(path)
     info = probe_video(path)
+    if info.hdr:
+        yield from iter_tone_mapped_frames(path, info.hdr, hwaccel)
+        return
     with _open_container(path, hwaccel) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"

@@ -29,7 +29,7 @@ from ..tempfiles import nearest_folder, partial_path, release_partial, remove_st
 from .audio import MUXED_SOUND_FILTER
 from .constants import OUTPUT_FORMATS, SAMPLE_RATE, VIDEO_FPS
 from .files import ffmpeg_reason, same_file
-from .probe import VideoInfo, probe_video  # noqa: F401 - VideoInfo is part of this module's interface
+from .probe import VideoInfo, probe_hdr, probe_video  # noqa: F401 - VideoInfo is part of this module's interface
 
 logger = logging.getLogger(__name__)
 
@@ -45,19 +45,42 @@ class _RotationNotice(logging.Filter):
 logging.getLogger("imageio_ffmpeg").addFilter(_RotationNotice())
 
 
-def _open(path: str, fps: float | None, hwaccel: str | None = None):
+_ZSCALE_TRANSFERS = {"hlg": "arib-std-b67", "pq": "smpte2084"}
+
+
+def tone_map_filter(hdr: str) -> str:
+    """The ffmpeg filters that tone-map HDR frames (``hdr``: ``"hlg"`` or ``"pq"``) to SDR BT.709 RGB: light made
+    linear with 100 nits (SDR's reference white) as 1, BT.2020 primaries converted to BT.709 in linear floating
+    point, highlights compressed by the Hable (filmic) curve without desaturating them (``desat=0`` keeps bright
+    colours; tonemap's default greys them), then BT.709's transfer, 8-bit RGB: the usual chain of ffmpeg's zscale
+    and tonemap filters, as media servers use it. The input is taken to be BT.2020 (primaries and non-constant
+    luminance matrix), as HLG and PQ video is, also where the file names its transfer only (zscale would refuse it)."""
+    return (f"zscale=tin={_ZSCALE_TRANSFERS[hdr]}:pin=2020:min=2020_ncl:t=linear:p=2020:npl=100,format=gbrpf32le,"
+            "zscale=p=bt709,tonemap=tonemap=hable:desat=0,zscale=t=bt709,format=gbrp")
+
+_TONE_MAP_NOTED: set[str] = set()
+
+
+def _open(path: str, fps: float | None, hwaccel: str | None = None, hdr: str | None = None,
+          every_frame: bool = False):
+    filters = [*([f"fps={fps}"] if fps else []), *([tone_map_filter(hdr)] if hdr else [])]
+    output_params = ["-vf", ",".join(filters)] if filters else None
+    if every_frame:  # the decoder's frames, none dropped or repeated for the raw pipe's constant rate
+        output_params = [*(output_params or []), "-fps_mode", "passthrough"]
+    if hdr and path not in _TONE_MAP_NOTED:
+        _TONE_MAP_NOTED.add(path)
+        logger.info("%s is HDR video (%s): its frames are tone-mapped to SDR BT.709", path, hdr.upper())
     if worth_trying(hwaccel):
         try:
-            return _start_decoder(path, fps, ["-hwaccel", hwaccel])
+            return _start_decoder(path, output_params, ["-hwaccel", hwaccel])
         except InvalidVideoError as exc:
-            opened = _start_decoder(path, fps, None)  # a broken file fails here too, with its own error
+            opened = _start_decoder(path, output_params, None)  # a broken file fails here too, with its own error
             hardware_decode_failed(hwaccel, str(exc))
             return opened
-    return _start_decoder(path, fps, None)
+    return _start_decoder(path, output_params, None)
 
 
-def _start_decoder(path: str, fps: float | None, input_params: list[str] | None):
-    output_params = ["-vf", f"fps={fps}"] if fps else None
+def _start_decoder(path: str, output_params: list[str] | None, input_params: list[str] | None):
     try:
         gen = imageio_ffmpeg.read_frames(path, input_params=input_params, output_params=output_params)
         meta = next(gen)
@@ -175,10 +198,22 @@ def iter_frames(path: str | os.PathLike, fps: float | None = VIDEO_FPS, hwaccel:
 
     ``hwaccel`` (e.g. ``"cuda"``: NVDEC) decodes on the GPU with ffmpeg's hardware decoder; the frames come back to
     memory as the CPU decoder would give them. Where it cannot start, decoding falls back to the CPU with one
-    warning.
+    warning. HDR video (HLG or PQ, see [`VideoInfo`]) is tone-mapped to SDR BT.709 ([`tone_map_filter`]).
     """
     path = os.fspath(path)
-    gen, meta = _open(path, fps, hwaccel)
+    yield from _decode(path, fps, hwaccel, probe_hdr(path))
+
+
+def iter_tone_mapped_frames(path: str | os.PathLike, hdr: str, hwaccel: str | None = None) -> Iterator[np.ndarray]:
+    """Every frame of an HDR video (``hdr``: ``"hlg"`` or ``"pq"``, a probe's [`VideoInfo`] field) as the decoder
+    returns it, none dropped or repeated, tone-mapped to SDR BT.709 RGB uint8 ``(H, W, 3)`` by ffmpeg's
+    [`tone_map_filter`] and upright; ``hwaccel`` as in [`iter_frames`]."""
+    return _decode(os.fspath(path), None, hwaccel, hdr, every_frame=True)
+
+
+def _decode(path: str, fps: float | None, hwaccel: str | None, hdr: str | None, every_frame: bool = False
+            ) -> Iterator[np.ndarray]:
+    gen, meta = _open(path, fps, hwaccel, hdr, every_frame)
     w, h = meta["size"]
     try:
         for buf in gen:
