@@ -792,9 +792,20 @@ def hdr_clips(tmp_path_factory):
     return clips
 
 
-def test_the_probe_reports_the_hdr_transfer(hdr_clips):
+def test_the_probe_reports_the_hdr_transfer(hdr_clips, tmp_path):
+    """The full probe and the header-only one (remembered per file version: a file replaced under the same name is
+    probed again)."""
+    import shutil
+
+    from latentsync.media.probe import probe_hdr
+
     assert [probe_video(hdr_clips[name]).hdr for name in ("hlg", "pq", "hlg_trc_only", "sdr")] == \
         ["hlg", "pq", "hlg", None]
+    clip = tmp_path / "clip.mp4"
+    shutil.copy(hdr_clips["sdr"], clip)
+    assert probe_hdr(clip) is None
+    shutil.copy(hdr_clips["hlg"], clip)
+    assert probe_hdr(clip) == "hlg" and probe_hdr(tmp_path / "missing.mp4") is None
 
 
 @pytest.mark.parametrize("name", ["hlg", "pq", "hlg_trc_only"])

@@ -17,6 +17,7 @@ import re
 import struct
 import subprocess
 from collections.abc import Iterator
+from functools import lru_cache
 from dataclasses import dataclass
 from fractions import Fraction
 
@@ -230,8 +231,20 @@ def _hdr(line: str) -> str | None:
 
 def probe_hdr(path: str | os.PathLike) -> str | None:
     """The HDR transfer of a file's first video stream, from its header only (see [`VideoInfo.hdr`]); None also
-    where ffmpeg cannot read the file (the reader then says why)."""
-    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", os.fspath(path)]
+    where ffmpeg cannot read the file (the reader then says why). Remembered per file version (its size and
+    modification time): a training set reads each clip many times, and the probe costs about a third of reading a
+    short clip."""
+    path = os.fspath(path)
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return _probe_hdr(path, stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=4096)
+def _probe_hdr(path: str, size: int, mtime_ns: int) -> str | None:
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path]
     proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, check=False)  # no output: exit code 1
     video = [line for line in _streams(_input_section(proc.stderr.decode(errors="replace")))
              if "Video:" in line and "(attached pic)" not in line]

@@ -192,16 +192,21 @@ def hardware_encode_failed(encoder: str, reason: str) -> None:
                        encoder, reason, CPU_ENCODER)
 
 
-def iter_frames(path: str | os.PathLike, fps: float | None = VIDEO_FPS, hwaccel: str | None = None
-                ) -> Iterator[np.ndarray]:
+PROBE = "probe"
+"""[`iter_frames`]'s ``hdr`` default: read the file's header for its HDR transfer."""
+
+
+def iter_frames(path: str | os.PathLike, fps: float | None = VIDEO_FPS, hwaccel: str | None = None,
+                hdr: str | None = PROBE) -> Iterator[np.ndarray]:
     """Yield RGB uint8 frames ``(H, W, 3)``, resampled to ``fps`` (None keeps the source rate).
 
     ``hwaccel`` (e.g. ``"cuda"``: NVDEC) decodes on the GPU with ffmpeg's hardware decoder; the frames come back to
     memory as the CPU decoder would give them. Where it cannot start, decoding falls back to the CPU with one
-    warning. HDR video (HLG or PQ, see [`VideoInfo`]) is tone-mapped to SDR BT.709 ([`tone_map_filter`]).
+    warning. HDR video (HLG or PQ, see [`VideoInfo`]) is tone-mapped to SDR BT.709 ([`tone_map_filter`]);
+    ``hdr``: the file's HDR transfer when the caller probed it already (``VideoInfo.hdr``, None for SDR).
     """
     path = os.fspath(path)
-    yield from _decode(path, fps, hwaccel, probe_hdr(path))
+    yield from _decode(path, fps, hwaccel, probe_hdr(path) if hdr == PROBE else hdr)
 
 
 def iter_tone_mapped_frames(path: str | os.PathLike, hdr: str, hwaccel: str | None = None) -> Iterator[np.ndarray]:
@@ -317,8 +322,9 @@ def open_frames(video: str | os.PathLike | np.ndarray | Sequence[Any], fps: floa
     """
     if isinstance(video, (str, os.PathLike)):
         info = probe_video(video)
-        return FrameSource(info.path, max(1, int(round(info.duration * fps))), lambda: iter_frames(info.path, fps, hwaccel),
-                           info.path, sample_aspect=info.sample_aspect, colors_known=info.colors_known)
+        return FrameSource(info.path, max(1, int(round(info.duration * fps))),
+                           lambda: iter_frames(info.path, fps, hwaccel, info.hdr), info.path,
+                           sample_aspect=info.sample_aspect, colors_known=info.colors_known)
     if hasattr(video, "convert") and hasattr(video, "size"):  # one PIL image: a still
         video = [video]
     ndim = getattr(video, "ndim", None)
