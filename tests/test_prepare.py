@@ -606,7 +606,9 @@ def test_stopping_a_parallel_run_while_its_workers_start(short_raw, tmp_path, ca
     t0 = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
         next(finished)
-    assert time.monotonic() - t0 < 5  # was 10.5-13 s
+    # was 10.5-13 s with tracebacks and "did not stop within 10 s: killed" (asserted below); 1-6 s here, and more
+    # under a loaded CI machine: the limit only catches a hang
+    assert time.monotonic() - t0 < 30
     assert not multiprocessing.active_children()
     assert not list(state_dir.glob("*.json"))
     err = capfd.readouterr().err
