@@ -521,7 +521,8 @@ def test_pipeline_hardware_decode_option(tiny_pipe, example_face, monkeypatch):
         tiny_pipe.enable_hardware_decode("nvdecc")
     asked = []
     real = video.iter_frames
-    monkeypatch.setattr(video, "iter_frames", lambda path, fps, hwaccel=None: asked.append(hwaccel) or real(path, fps))
+    monkeypatch.setattr(video, "iter_frames",
+                        lambda path, fps, hwaccel=None, *hdr: asked.append(hwaccel) or real(path, fps, None, *hdr))
     try:
         tiny_pipe.enable_hardware_decode()
         source = tiny_pipe._open_video(example_face, 25)
