@@ -51,12 +51,12 @@ from .errors import LatentSyncInputError, first_line
 from .media.timeline import open_timed_frames
 from .media.video import FrameSource, open_frames
 from .tempfiles import (
+    folder_held,
     folder_is_locked,
     lock_folder,
     make_missing_folders,
     nearest_folder,
     partial_target,
-    remove_empty_folders,
     writable_problem,
     write_atomically,
 )
@@ -157,21 +157,15 @@ def avatar_writer(path: str | os.PathLike) -> Iterator[None]:
         return
     if holder is not None:
         raise _busy_error(path)
-    fd, created = None, []
     try:
         created = make_missing_folders(path)
         try:
             fd = lock_folder(path)
-        except BlockingIOError:
-            created = []  # the other run may be writing into the folder this one just created
+        except BlockingIOError:  # the other run may be writing into the folder this one just created: kept
             raise _busy_error(path) from None
-        yield
-    except BaseException:
-        remove_empty_folders(created)
-        raise
+        with folder_held(created, fd):
+            yield
     finally:
-        if fd is not None:
-            os.close(fd)  # releases the lock
         with _writers_lock:
             del _writers[key]
 

@@ -17,6 +17,7 @@ A process is dead when no process has its id, or when the id is this process's o
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -25,7 +26,7 @@ import shutil
 import socket
 import tempfile
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TypeVar
 
 from .errors import LatentSyncInputError
@@ -334,6 +335,21 @@ def folder_is_locked(folder: str | os.PathLike) -> bool:
     if fd is not None:
         os.close(fd)
     return False
+
+
+@contextlib.contextmanager
+def folder_held(created: list[str], fd: int | None) -> Iterator[None]:
+    """The block that uses a folder this process made (``created``, from [`make_missing_folders`]) and locked
+    (``fd``, from [`lock_folder`]): when it fails, the folders it made are removed again while empty; at its end the
+    lock is released."""
+    try:
+        yield
+    except BaseException:
+        remove_empty_folders(created)
+        raise
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def make_missing_folders(folder: str | os.PathLike) -> list[str]:

@@ -47,7 +47,7 @@ from .. import hub
 from ..errors import RunInterrupted, first_line
 from ..interrupts import interrupt_of, signal_number
 from ..model_source import RUN_SETTINGS_FILE, HubUnavailableError, check_hub_available
-from ..tempfiles import lock_folder, make_missing_folders, nearest_folder, remove_empty_folders, writable_problem
+from ..tempfiles import folder_held, lock_folder, make_missing_folders, nearest_folder, writable_problem
 from ..utils import read_json
 from .config import TrainingConfig, TrainingConfigError
 
@@ -147,14 +147,8 @@ def output_dir_claimed(accelerator: Accelerator, cfg: TrainingConfig) -> Iterato
         broadcast_object_list(answer)
     if answer[0] is not None:
         raise TrainingConfigError(answer[0])
-    try:
+    with folder_held(created, fd):
         yield
-    except BaseException:
-        remove_empty_folders(created)
-        raise
-    finally:
-        if fd is not None:
-            os.close(fd)  # releases the lock
 
 
 def start_output_dir(accelerator: Accelerator, cfg: TrainingConfig) -> None:
