@@ -834,3 +834,24 @@ def test_the_speech_track_of_a_video_with_several_is_cut_into_its_clips(two_trac
         n = min(len(sound), len(expected)) - 500  # AAC's padding at the ends
         lag = int(np.argmax(np.correlate(sound[500:n], expected[500:n], mode="full"))) - (n - 500 - 1)
         assert abs(lag) < 40 and np.corrcoef(sound[500:n], expected[500:n])[0, 1] > 0.99, (clip["file"], lag)
+
+
+def test_a_ctrl_c_while_workers_are_submitted_waits_for_the_end_of_the_submits():
+    """The local engine submits its videos with the stop signals held (``interrupts.signals_held``): a Ctrl-C that
+    another thread receives (pytest-xdist's, a user's GUI...) used to raise KeyboardInterrupt in the middle of a
+    submit, where a worker could be started but not yet known to the pool, and it outlived the stop (seen on CI)."""
+    import signal
+    import threading
+
+    from latentsync.interrupts import signals_held
+
+    reached, before = [], signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        with signals_held():
+            sender = threading.Thread(target=os.kill, args=(os.getpid(), signal.SIGINT))
+            sender.start()
+            sender.join()
+            for _ in range(1000):  # bytecode on which Python would run the handler
+                reached.append(len(reached))
+        reached.append("after the block")  # not reached: the signal is raised at the block's end
+    assert reached[-1] == 999 and signal.getsignal(signal.SIGINT) is before

@@ -71,6 +71,28 @@ def stop_on_signals(signals: tuple[int, ...] = STOP_SIGNALS,
                 signal.signal(s, old)
 
 
+@contextmanager
+def signals_held(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
+    """Within the block, ``signals`` wait: the calling thread and the processes it starts have them blocked (as
+    [`signal.pthread_sigmask`]), and one that another thread receives is recorded instead of acted on (in the main
+    thread, where Python runs its handlers). At the block's end the first one recorded is sent again, to the handlers
+    of before: a Ctrl-C during the block interrupts after it, never half-way (e.g. between starting a worker
+    process and registering it)."""
+    got: list[int] = []
+    main = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.signal(s, lambda signum, frame: got.append(signum)) for s in signals} if main else {}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a signal that came to this thread meanwhile: recorded
+        for s, old in previous.items():
+            if old is not None:
+                signal.signal(s, old)
+        if got:
+            os.kill(os.getpid(), got[0])
+
+
 class _SignalWatcher:
     """Calls ``on_stop(signum)`` from its own thread when one of ``signals`` arrives (Python's wakeup file
     descriptor, written by the C-level handler on whichever thread the signal reached)."""

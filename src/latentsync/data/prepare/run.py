@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ...errors import LatentSyncInputError, ModelNotFoundError, first_line
 from ...eval import sync_confidence as sc
-from ...interrupts import STOP_SIGNALS
+from ...interrupts import STOP_SIGNALS, signals_held
 from ...media.constants import VIDEO_EXTENSIONS
 from ...media.constants import VIDEO_FPS as FPS
 from ...model_source import check_model_sources
@@ -393,12 +393,10 @@ def _run_local(jobs: list[VideoJob], config: PrepareConfig, device: str, models:
     try:
         # the workers start (on the first submits) with SIGINT / SIGTERM blocked, which they inherit until their
         # handler is in place: a Ctrl-C reaches them too, and one that came while they import torch and MediaPipe
-        # (20-30 s on a busy machine) killed each with a traceback
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-        try:
+        # (20-30 s on a busy machine) killed each with a traceback; and in this process, a Ctrl-C in the middle of a
+        # submit could leave a worker started but not yet known to the pool, which then outlived the stop
+        with signals_held():
             futures.update((pool.submit(_worker_job, *job), job) for job in jobs)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)  # a signal that came meanwhile is raised here
         for fut in cf.as_completed(futures):
             job = futures[fut]
             try:
