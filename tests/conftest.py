@@ -257,3 +257,14 @@ def one_window(example_speech, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("speech") / "one_window.wav"
     ffmpeg("-i", os.fspath(example_speech), "-t", "0.64", os.fspath(out))
     return out
+
+
+@pytest.fixture
+def terminal_sigint():
+    """Python's own SIGINT handler (KeyboardInterrupt) for the test, as in a terminal: a process that a shell starts
+    in the background ignores SIGINT, and Python keeps that, so a test that sends itself a Ctrl-C would see nothing."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)

@@ -582,7 +582,7 @@ def test_stopping_a_parallel_run_does_not_process_the_queued_videos(short_raw, t
     assert not multiprocessing.active_children()
 
 
-def test_stopping_a_parallel_run_while_its_workers_start(short_raw, tmp_path, capfd):
+def test_stopping_a_parallel_run_while_its_workers_start(short_raw, tmp_path, capfd, terminal_sigint):
     """Ctrl-C in a terminal reaches the workers too, and in the first seconds they are still importing torch and
     MediaPipe (20-30 s on a busy machine). Each starting worker used to die with a traceback of its imports, the pool's
     manager thread with an ``InvalidStateError`` traceback, and the run waited 10 s before killing the workers."""
@@ -836,7 +836,7 @@ def test_the_speech_track_of_a_video_with_several_is_cut_into_its_clips(two_trac
         assert abs(lag) < 40 and np.corrcoef(sound[500:n], expected[500:n])[0, 1] > 0.99, (clip["file"], lag)
 
 
-def test_a_ctrl_c_while_workers_are_submitted_waits_for_the_end_of_the_submits():
+def test_a_ctrl_c_while_workers_are_submitted_waits_for_the_end_of_the_submits(terminal_sigint):
     """The local engine submits its videos with the stop signals held (``interrupts.signals_held``): a Ctrl-C that
     another thread receives (pytest-xdist's, a user's GUI...) used to raise KeyboardInterrupt in the middle of a
     submit, where a worker could be started but not yet known to the pool, and it outlived the stop (seen on CI)."""
