@@ -66,9 +66,7 @@ def stop_on_signals(signals: tuple[int, ...] = STOP_SIGNALS,
     finally:
         if watcher is not None:
             watcher.close()
-        for s, old in previous.items():
-            if old is not None:  # None: a handler installed outside Python, which cannot be put back
-                signal.signal(s, old)
+        _restore_handlers(previous)
 
 
 @contextmanager
@@ -86,11 +84,17 @@ def signals_held(signals: tuple[int, ...] = STOP_SIGNALS) -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # a signal that came to this thread meanwhile: recorded
-        for s, old in previous.items():
-            if old is not None:
-                signal.signal(s, old)
+        _restore_handlers(previous)
         if got:
             os.kill(os.getpid(), got[0])
+
+
+def _restore_handlers(previous: dict[int, object]) -> None:
+    """Puts back the handlers ``signal.signal`` returned; None stands for a handler installed outside Python, which
+    cannot be put back."""
+    for signum, old in previous.items():
+        if old is not None:
+            signal.signal(signum, old)
 
 
 class _SignalWatcher:
