@@ -93,3 +93,52 @@ def test_live_tab_closes_abandoned_sessions(app_live, tiny_pipe_64, tmp_path):
         assert closed == ["x"] and not tab._sessions and not folder.exists()
     finally:
         tab.close()
+
+
+def test_a_closed_page_releases_its_live_session(app_live, tiny_pipe_64, example_face, example_speech):
+    """A page closed (or reloaded) while recording sends no stop-recording event: its session, with what it holds
+    (the model's noise and features, the avatar's frame file, its folder), stayed until it expired 15 minutes
+    later. The page's unload event now closes it at once and removes the avatars the page prepared; another page's
+    session is left alone."""
+    tab = app_live.LiveTab(tiny_pipe_64, steps=1, max_seconds=10)
+    try:
+        page, other = SimpleNamespace(session_hash="page-1"), SimpleNamespace(session_hash="page-2")
+        avatar, _ = tab.prepare(str(example_face), page)
+        speech = (load_audio(example_speech)[:8000] * 32767).astype(np.int16)
+        _, key = tab.push((16000, speech), avatar, None, page)
+        state = tab._sessions[key]
+        closed, close = [], state["session"].close
+        state["session"].close = lambda: (closed.append(key), close())
+        frame_file = Path(state["session"]._frames.path)
+        other_closed = []
+        folder = tab.work_dir / "session-other"
+        folder.mkdir()
+        tab._sessions["other"] = {"session": SimpleNamespace(close=lambda: other_closed.append(True)),
+                                  "folder": folder, "avatar": avatar, "used": time.time(), "page": "page-2"}
+        tab.release(other)  # page 2 leaves: its session goes, page 1's avatar stays (page 1 still uses it)
+        assert other_closed and not folder.exists() and key in tab._sessions and Path(avatar).is_dir()
+        tab.release(page)
+        assert closed == [key] and not tab._sessions and not frame_file.exists()
+        assert not state["folder"].exists() and not Path(avatar).exists()
+        # a chunk of the closed page that was still on its way starts nothing
+        assert tab.push((16000, speech), avatar, key, page) == (None, None) and not tab._sessions
+        tab.release(None)  # an event without a page: nothing to do
+    finally:
+        tab.close()
+
+
+def test_the_live_tab_listens_to_the_page_closing(app_live, tiny_pipe_64):
+    """The live tab registers its release on the page's unload event, and Gradio hands the page (its session
+    hash) to its handlers."""
+    from gradio.helpers import special_args
+
+    with gr.Blocks() as demo:
+        tab = app_live.build_live_tab(tiny_pipe_64, steps=1, max_seconds=10)
+    try:
+        unload = [fn.fn for fn in demo.fns.values() if any(t[1] == "unload" for t in fn.targets)]
+        assert tab.release in unload
+        request = gr.Request(session_hash="page-1")
+        for handler, inputs in ((tab.push, [None, None, None]), (tab.prepare, [None]), (tab.release, [])):
+            assert special_args(handler, list(inputs), request)[0][-1] is request, handler
+    finally:
+        tab.close()
