@@ -195,10 +195,10 @@ def test_live_stats_log_lines(monkeypatch):
     stats.add_window(16, 0.64, 0.7, 0.7, late=True)
     log()  # 2 s since the last line: 32 frames
     assert lines == [
-        "16 frames (0.6 s of video), 5.3 frames/s over the last 3.0 s; window latency mean 0.30 s, p50 0.30 s, p95 "
-        "0.30 s, max 0.30 s; 0 of 1 windows late; 2.13x real time",
-        "48 frames (1.9 s of video), 16.0 frames/s over the last 2.0 s; window latency mean 0.50 s, p50 0.50 s, "
-        "p95 0.70 s, max 0.70 s; 2 of 3 windows late; 1.28x real time"]
+        ("16 frames (0.6 s of video), 5.3 frames/s over the last 3.0 s; window latency mean 0.30 s, p50 0.30 s, p95 "
+         "0.30 s, max 0.30 s; 0 of 1 windows late; 2.13x real time"),
+        ("48 frames (1.9 s of video), 16.0 frames/s over the last 2.0 s; window latency mean 0.50 s, p50 0.50 s, "
+         "p95 0.70 s, max 0.70 s; 2 of 3 windows late; 1.28x real time")]
     with pytest.raises(LatentSyncInputError, match="must be > 0"):
         LiveStatsLog(stats, every=0)
 
@@ -256,6 +256,7 @@ def test_live_command_stats_while_it_runs(tiny_model_dir_64, avatar, example_spe
     import sys
 
     from conftest import ffmpeg
+
     from latentsync.commands import main
 
     speech = tmp_path / "speech.wav"
@@ -459,6 +460,34 @@ def test_a_live_run_that_fails_leaves_no_process_or_thread(tiny_model_dir_64, av
     from latentsync.media.timeline import read_timestamps
 
     assert len(read_timestamps(out)[0]) == 16  # the first window's frames, complete
+
+
+def test_a_live_run_that_fails_before_its_stream_removes_its_frame_file(tiny_model_dir_64, avatar, example_speech,
+                                                                        tmp_path, monkeypatch, caplog):
+    """A live run that failed after its session decoded the avatar's frames (226 MB for 1.5 s of 1080p) but before
+    the stream began (here the writer refusing) left the frame file in the temp folder until a later run; it is
+    removed with the run's end."""
+    import io
+    import sys
+    import tempfile
+
+    from latentsync.commands import main
+    from latentsync.errors import InvalidVideoError
+
+    def refusing_sink(*args, **kwargs):
+        raise InvalidVideoError("no writer here (the test)")
+
+    monkeypatch.setattr("latentsync.commands.live.LiveVideoSink", refusing_sink)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(open(example_speech, "rb")))
+    caplog.set_level("INFO", "latentsync")
+    try:
+        assert main(["--model", str(tiny_model_dir_64), "--avatar", str(avatar), "--audio", "-", "--output",
+                     str(tmp_path / "out" / "live.mp4"), "--steps", "1", "--device", "cpu"]) == 2
+    finally:
+        sys.stdin.close()
+    assert "no writer here" in caplog.text
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("latentsync-live-")] == []
 
 
 def test_live_command_honours_verbose(tiny_model_dir_64, avatar, example_speech, tmp_path, monkeypatch):

@@ -323,7 +323,7 @@ class LiveSession:
         self.audio = LiveAudioFeatures(pipe.feature_extractor, pipe.audio_encoder)
         self.aligner = FaceAligner(pipe.config.resolution)
         self.next_index = 0
-        self._finished = False
+        self._finished = self._closed = False
         self._clock: deque[float] = deque()  # times of frames next_index, next_index + 1, ...
         self._clock_index, self._clock_sum = 0, 0.0
         self.stats = LiveStats()
@@ -386,7 +386,10 @@ class LiveSession:
         return self._finished
 
     def close(self) -> None:
-        """Release the session's files (and the face detector)."""
+        """Release the session's files (and the face detector); once (later calls do nothing)."""
+        if self._closed:
+            return
+        self._closed = True
         if self.avatar is not None and isinstance(self._frames, _FrameFile):
             self._frames.close()
         elif self.avatar is None:

@@ -63,6 +63,7 @@ def run_live(args: argparse.Namespace) -> int:
     generator = torch.Generator("cpu").manual_seed(args.seed)
     # the avatar of a --video in a work folder of this process: the next run removes it when this one was killed
     work = make_work_dir("avatar") if args.avatar is None else None
+    session = None
     try:
         avatar = args.avatar
         if avatar is None:
@@ -117,6 +118,8 @@ def run_live(args: argparse.Namespace) -> int:
                 except (InvalidVideoError, OSError):  # an ffmpeg that failed: the run's own error is the one to tell
                     pass
     finally:
+        if session is not None:  # its frame file, also when the run failed before its stream began
+            session.close()
         if work is not None:
             remove_work_dir(work)
     logger.info("live: %d frames at %g fps to %s", sink.frames_written, fps, target)
