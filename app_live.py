@@ -70,6 +70,7 @@ class LiveTab:
         self._sessions: dict[str, dict[str, Any]] = {}
         self._avatars: dict[str, str] = {}  # avatar folder -> the page that prepared it
         self._left: dict[str, float] = {}  # pages closed (their unload event), with when: for ttl
+        self._ended: dict[str, float] = {}  # sessions finished or released, with when: for ttl
 
     def prepare(self, video: str | None, request: gr.Request | None = None) -> tuple[str | None, str]:
         """Prepare the avatar of an uploaded video; returns its folder and a status line."""
@@ -100,7 +101,9 @@ class LiveTab:
         if not avatar:
             raise gr.Error("Prepare an avatar first (upload a video, then press Prepare).", print_exception=False)
         if key is None or key not in self._sessions:
-            if _page(request) in self._left:  # a chunk still on its way from a page that was closed
+            # a chunk still on its way from a page that was closed, or of a recording that has stopped (it would
+            # start a session of its own, kept until it expired, whose speech the next recording would begin with)
+            if _page(request) in self._left or key in self._ended:
                 return None, None
             self.sweep()
             if not Path(avatar).is_dir():
@@ -131,6 +134,7 @@ class LiveTab:
         state = self._sessions.pop(key, None) if key else None
         if state is None:
             return None, None
+        self._ended[key] = time.time()
         try:
             with self._lock:
                 frames = state["session"].finish()  # closes the session, even when it fails
@@ -157,6 +161,7 @@ class LiveTab:
         for key in [k for k, state in list(self._sessions.items()) if state.get("page") == page]:
             state = self._sessions.pop(key, None)
             if state is not None:
+                self._ended[key] = time.time()
                 self._close(state)
                 released += 1
         if released:
@@ -187,8 +192,9 @@ class LiveTab:
         remove_expired(self.work_dir, self.ttl, keep)
         for folder in [f for f in list(self._avatars) if not Path(f).exists()]:
             self._avatars.pop(folder, None)
-        for page in [p for p, left in list(self._left.items()) if left < limit]:
-            self._left.pop(page, None)
+        for gone in (self._left, self._ended):
+            for name in [n for n, when in list(gone.items()) if when < limit]:
+                gone.pop(name, None)
 
     def _chunk(self, state: dict[str, Any], frames: list[LiveFrame]) -> str | None:
         """The frames as an MP4 chunk with the speech they cover (the speech is consumed as it is used)."""

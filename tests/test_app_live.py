@@ -57,8 +57,12 @@ def test_live_tab_session(app_live, tiny_pipe_64, example_face, example_speech):
         session, closed = tab._sessions[key]["session"], []
         close = session.close
         session.close = lambda: (closed.append(True), close())
+        finished = key
         last, key = tab.finish(key)
         assert key is None and probe_video(last).has_audio
+        # a chunk of the stopped recording that arrives after its end starts no session of its own (it was kept until
+        # it expired, and the next recording began with its speech)
+        assert tab.push((16000, speech[:8000]), avatar, finished) == (None, None)
         counts.append(len(list(iter_frames(last, None))))
         # a window of 16 frames as soon as its 0.64 s have arrived, the rest when recording stops
         assert counts == [0, 16, 16, round(1.5 * 25) - 32]
