@@ -115,14 +115,15 @@ class LiveTab:
             session = self.pipe.live_session(avatar, num_inference_steps=self.steps,
                                              generator=torch.Generator().manual_seed(1247))
             self._sessions[key] = {"session": session, "folder": folder, "audio": [], "sent": 0, "count": 0,
-                                   "avatar": avatar, "used": time.time(), "page": _page(request), "closed": False}
+                                   "avatar": avatar, "used": time.time(), "page": _page(request), "closed": False,
+                                   "lock": threading.Lock()}
         state = self._sessions.get(key)
         if state is None:  # released meanwhile (the page was closed)
             return None, None
         state["used"] = time.time()
         samples = microphone_samples(chunk)
         state["audio"].append(samples)
-        with self._lock:
+        with self._lock, state["lock"]:
             if state["closed"]:  # released while this chunk waited for the model
                 return None, None
             frames = state["session"].push(samples)
@@ -175,7 +176,9 @@ class LiveTab:
     def _close(self, state: dict[str, Any]) -> None:
         """Close a session that is no longer in ``_sessions`` (after a chunk that is using the model) and remove
         its folder."""
-        with self._lock:  # a push of this session may be running: the session is closed after it
+        # a push of this session may be running: the session is closed after it (not after the main tab's run,
+        # which holds the model's lock for minutes)
+        with state.get("lock") or threading.Lock():
             state["closed"] = True
             state["session"].close()
         shutil.rmtree(state["folder"], ignore_errors=True)

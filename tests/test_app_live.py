@@ -146,3 +146,25 @@ def test_the_live_tab_listens_to_the_page_closing(app_live, tiny_pipe_64):
             assert special_args(handler, list(inputs), request)[0][-1] is request, handler
     finally:
         tab.close()
+
+
+def test_releasing_a_session_does_not_wait_for_the_model(app_live, tiny_pipe_64, tmp_path):
+    """A page's release closes its session without waiting for the model's lock, which the main tab holds for a
+    whole lip sync (minutes), but after a chunk of that session that is using the model."""
+    import threading
+
+    tab = app_live.LiveTab(tiny_pipe_64, steps=1, max_seconds=10)
+    try:
+        closed, folder = [], tab.work_dir / "session-x"
+        folder.mkdir()
+        state = {"session": SimpleNamespace(close=lambda: closed.append(True)), "folder": folder,
+                 "avatar": str(tmp_path), "used": time.time(), "page": "page-1", "closed": False,
+                 "lock": threading.Lock()}
+        tab._sessions["x"] = state
+        with tab._lock:  # the main tab's lip sync is running
+            release = threading.Thread(target=tab.release, args=(SimpleNamespace(session_hash="page-1"),))
+            release.start()
+            release.join(timeout=30)
+            assert not release.is_alive() and closed == [True] and state["closed"] and not folder.exists()
+    finally:
+        tab.close()
