@@ -21,6 +21,7 @@ from typing import Any
 import gradio as gr
 import numpy as np
 import torch
+from gradio.context import get_blocks_context
 from scipy.signal import resample_poly
 
 from latentsync.app_support import remove_expired, visitor_reason
@@ -49,11 +50,17 @@ def microphone_samples(chunk: tuple[int, np.ndarray]) -> np.ndarray:
     return samples
 
 
+def _page(request: gr.Request | None) -> str | None:
+    """The page (Gradio session) an event came from, or None (a call without one)."""
+    return getattr(request, "session_hash", None) or None
+
+
 class LiveTab:
     """The live tab's state: prepared avatars and running sessions, each in its own folder of a work folder named
     after this process (a later start removes it after a kill). A session's folder goes when its recording
-    finishes; avatars, last chunks and abandoned sessions expire ``ttl`` seconds after their last use, as the app's
-    results do."""
+    finishes; a page that is closed or reloaded releases its sessions and avatars at once ([`release`], the page's
+    unload event); avatars, last chunks and sessions of pages that never said goodbye expire ``ttl`` seconds after
+    their last use, as the app's results do."""
 
     def __init__(self, pipe: LatentSyncPipeline, steps: int, max_seconds: float, lock: threading.Lock | None = None,
                  ttl: float = 900.0):
@@ -61,8 +68,11 @@ class LiveTab:
         self.work_dir = Path(make_work_dir("live"))
         self._lock = lock or threading.Lock()  # the pipeline is shared with the main tab and not re-entrant
         self._sessions: dict[str, dict[str, Any]] = {}
+        self._avatars: dict[str, str] = {}  # avatar folder -> the page that prepared it
+        self._left: dict[str, float] = {}  # pages closed (their unload event), with when: for ttl
+        self._ended: dict[str, float] = {}  # sessions finished or released, with when: for ttl
 
-    def prepare(self, video: str | None) -> tuple[str | None, str]:
+    def prepare(self, video: str | None, request: gr.Request | None = None) -> tuple[str | None, str]:
         """Prepare the avatar of an uploaded video; returns its folder and a status line."""
         if not video:
             raise gr.Error("Please upload a talking-face video first.", print_exception=False)
@@ -77,11 +87,13 @@ class LiveTab:
                 avatar = self.pipe.prepare_avatar(video, folder)
         except LatentSyncInputError as exc:
             raise gr.Error(visitor_reason(str(exc), {video: Path(video).name}), print_exception=False) from None
+        if _page(request):
+            self._avatars[str(folder)] = _page(request)
         return str(folder), (f"Avatar ready: {avatar.num_frames} frames, {len(avatar.crops)} with a face. Press "
                              "record and speak.")
 
-    def push(self, chunk: tuple[int, np.ndarray] | None, avatar: str | None, key: str | None
-             ) -> tuple[str | None, str | None]:
+    def push(self, chunk: tuple[int, np.ndarray] | None, avatar: str | None, key: str | None,
+             request: gr.Request | None = None) -> tuple[str | None, str | None]:
         """One microphone chunk in; returns an MP4 chunk of the frames that became ready (or None) and the
         session key."""
         if chunk is None:
@@ -89,6 +101,10 @@ class LiveTab:
         if not avatar:
             raise gr.Error("Prepare an avatar first (upload a video, then press Prepare).", print_exception=False)
         if key is None or key not in self._sessions:
+            # a chunk still on its way from a page that was closed, or of a recording that has stopped (it would
+            # start a session of its own, kept until it expired, whose speech the next recording would begin with)
+            if _page(request) in self._left or key in self._ended:
+                return None, None
             self.sweep()
             if not Path(avatar).is_dir():
                 raise gr.Error("This avatar has expired: press Prepare again.", print_exception=False)
@@ -99,12 +115,17 @@ class LiveTab:
             session = self.pipe.live_session(avatar, num_inference_steps=self.steps,
                                              generator=torch.Generator().manual_seed(1247))
             self._sessions[key] = {"session": session, "folder": folder, "audio": [], "sent": 0, "count": 0,
-                                   "avatar": avatar, "used": time.time()}
-        state = self._sessions[key]
+                                   "avatar": avatar, "used": time.time(), "page": _page(request), "closed": False,
+                                   "lock": threading.Lock()}
+        state = self._sessions.get(key)
+        if state is None:  # released meanwhile (the page was closed)
+            return None, None
         state["used"] = time.time()
         samples = microphone_samples(chunk)
         state["audio"].append(samples)
-        with self._lock:
+        with self._lock, state["lock"]:
+            if state["closed"]:  # released while this chunk waited for the model
+                return None, None
             frames = state["session"].push(samples)
         return self._chunk(state, frames), key
 
@@ -114,6 +135,7 @@ class LiveTab:
         state = self._sessions.pop(key, None) if key else None
         if state is None:
             return None, None
+        self._ended[key] = time.time()
         try:
             with self._lock:
                 frames = state["session"].finish()  # closes the session, even when it fails
@@ -126,15 +148,56 @@ class LiveTab:
             shutil.rmtree(state["folder"], ignore_errors=True)
         return path, None
 
-    def sweep(self) -> None:
-        """Close the sessions unused for ``ttl`` seconds (a tab closed while recording) and remove the folders and
-        files last used more than ``ttl`` seconds ago, except those of running sessions."""
-        limit = time.time() - self.ttl
-        for key in [k for k, state in self._sessions.items() if state["used"] < limit]:
-            state = self._sessions.pop(key)
+    def release(self, request: gr.Request | None = None) -> None:
+        """The page's unload event (the tab was closed or reloaded, which stops its recording without a
+        stop-recording event): its live sessions are closed at once, freeing what they hold (the model's noise and
+        features, the avatar's frame file, their folders), and the avatars it prepared are removed: the page that
+        could use them is gone. Before, an abandoned session was kept until it expired, ``ttl`` after its last
+        chunk."""
+        page = _page(request)
+        if page is None:
+            return
+        self._left[page] = time.time()
+        released = 0
+        for key in [k for k, state in list(self._sessions.items()) if state.get("page") == page]:
+            state = self._sessions.pop(key, None)
+            if state is not None:
+                self._ended[key] = time.time()
+                self._close(state)
+                released += 1
+        if released:
+            logger.info("a page left while recording: its live session is closed")
+        in_use = {str(state["avatar"]) for state in list(self._sessions.values())}
+        for folder in [f for f, owner in list(self._avatars.items()) if owner == page]:
+            self._avatars.pop(folder, None)
+            if folder not in in_use:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def _close(self, state: dict[str, Any]) -> None:
+        """Close a session that is no longer in ``_sessions`` (after a chunk that is using the model) and remove
+        its folder."""
+        # a push of this session may be running: the session is closed after it (not after the main tab's run,
+        # which holds the model's lock for minutes)
+        with state.get("lock") or threading.Lock():
+            state["closed"] = True
             state["session"].close()
+        shutil.rmtree(state["folder"], ignore_errors=True)
+
+    def sweep(self) -> None:
+        """Close the sessions unused for ``ttl`` seconds (a page that left without its unload event) and remove
+        the folders and files last used more than ``ttl`` seconds ago, except those of running sessions."""
+        limit = time.time() - self.ttl
+        for key in [k for k, state in list(self._sessions.items()) if state["used"] < limit]:
+            state = self._sessions.pop(key, None)
+            if state is not None:
+                self._close(state)
         keep = [p for state in self._sessions.values() for p in (state["folder"], state["avatar"])]
         remove_expired(self.work_dir, self.ttl, keep)
+        for folder in [f for f in list(self._avatars) if not Path(f).exists()]:
+            self._avatars.pop(folder, None)
+        for gone in (self._left, self._ended):
+            for name in [n for n, when in list(gone.items()) if when < limit]:
+                gone.pop(name, None)
 
     def _chunk(self, state: dict[str, Any], frames: list[LiveFrame]) -> str | None:
         """The frames as an MP4 chunk with the speech they cover (the speech is consumed as it is used)."""
@@ -194,6 +257,8 @@ def build_live_tab(pipe: LatentSyncPipeline, steps: int, max_seconds: float, loc
                     gr.Markdown("Live video needs the `ffmpeg` and `ffprobe` programs (Gradio streams video with "
                                 "them); install ffmpeg to use this tab.", elem_id="live-unavailable")
         avatar_state, session_state = gr.State(None), gr.State(None)
+        # a closed or reloaded page sends no stop-recording event: its unload releases the session at once
+        get_blocks_context().root_block.unload(tab.release)
         # the page's own events, not an API: the avatar and the session live in the page's state and the microphone
         # streams, so they are left out of the API page (callable still, as gr.load() of the Space needs)
         prepare.click(tab.prepare, inputs=[video], outputs=[avatar_state, status], concurrency_limit=1,

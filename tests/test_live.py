@@ -160,7 +160,72 @@ def test_live_stats_are_measured(tiny_pipe_64, avatar, speech_20s, monkeypatch):
     assert stats.realtime_factor == pytest.approx(2.0 / 1.6)
     assert stats.first_frame == pytest.approx(0.9)
     assert stats.latency_mean == pytest.approx(0.4) and stats.latency_max == pytest.approx(0.7)
+    # percentiles by nearest rank of 0.1, 0.3, 0.5, 0.7
+    assert stats.latency_p50 == pytest.approx(0.3) and stats.latency_p95 == pytest.approx(0.7)
+    # a player starting at the first frame (100.9 s) needs window 2 at 101.54 s: ready at 101.7 s, late; it resumes
+    # there and needs window 3 at 102.34 s: ready at 102.5 s, late; window 4 (102.6 s, needed at 103.14 s) in time
+    assert stats.late_windows == 2
     assert "first frame 0.90 s" in stats.summary() and "1.25x real time" in stats.summary()
+    assert "p50 0.30 s, p95 0.70 s, max 0.70 s; 2 of 4 windows late" in stats.summary()
+
+
+def test_live_stats_log_lines(monkeypatch):
+    """``LiveStatsLog`` (``--stats``) logs a line at most every ``every`` seconds, with the frames/s of the interval
+    since the previous line and the figures so far; nothing before the first window."""
+    import latentsync.live
+    from latentsync.live import LiveStats, LiveStatsLog
+
+    clock, lines = [10.0], []
+    monkeypatch.setattr(latentsync.live, "_now", lambda: clock[0])
+    stats = LiveStats()
+    log = LiveStatsLog(stats, every=2.0, log=lines.append)
+    clock[0] += 3.0
+    log()
+    assert lines == []  # no window yet
+    stats.first_frame = 0.9
+    stats.add_window(16, 0.64, 0.3, 0.3, late=False)
+    log()  # 3 s since the start: 16 frames
+    clock[0] += 5.0
+    log()  # no new window
+    clock[0] -= 5.0
+    clock[0] += 1.0
+    stats.add_window(16, 0.64, 0.5, 0.5, late=True)
+    log()  # only 1 s since the last line
+    clock[0] += 1.0
+    stats.add_window(16, 0.64, 0.7, 0.7, late=True)
+    log()  # 2 s since the last line: 32 frames
+    assert lines == [
+        ("16 frames (0.6 s of video), 5.3 frames/s over the last 3.0 s; window latency mean 0.30 s, p50 0.30 s, p95 "
+         "0.30 s, max 0.30 s; 0 of 1 windows late; 2.13x real time"),
+        ("48 frames (1.9 s of video), 16.0 frames/s over the last 2.0 s; window latency mean 0.50 s, p50 0.50 s, "
+         "p95 0.70 s, max 0.70 s; 2 of 3 windows late; 1.28x real time")]
+    with pytest.raises(LatentSyncInputError, match="must be > 0"):
+        LiveStatsLog(stats, every=0)
+
+
+def test_stream_has_its_figures_and_closes(tiny_pipe_64, avatar, speech_20s):
+    """``pipe.stream`` returns an iterator with the stream's figures (``stats``; before, only ``live_session``
+    users could see them) and ``close()``, which stops the stream and releases the session's frame file at once
+    (before, an abandoned generator kept it until the garbage collector ran)."""
+    import os
+
+    speech = speech_20s[: 2 * 16000]
+    stream = tiny_pipe_64.stream((speech[i : i + CHUNK] for i in range(0, len(speech), CHUNK)), avatar=avatar,
+                                 generator=torch.Generator().manual_seed(3), **KW)
+    assert stream.stats.windows == 0 and stream.stats.first_frame is None
+    first = next(stream)
+    assert first.index == 0 and stream.stats.windows == 1 and stream.stats.first_frame > 0
+    frames = [first, *stream]
+    assert len(frames) == stream.stats.frames == 50 and stream.stats.windows == 4
+    assert stream.stats.latency_p95 is not None and "4 windows" in stream.stats.summary()
+
+    with tiny_pipe_64.stream(iter([speech]), avatar=avatar, **KW) as stream:
+        next(stream)
+        folder = os.path.dirname(stream.session._frames.path)
+        assert os.path.isdir(folder)
+    assert not os.path.exists(folder) and stream.session.finished is False
+    with pytest.raises(StopIteration):
+        next(stream)
 
 
 def test_live_command_logs_its_figures(tiny_model_dir_64, avatar, example_speech, tmp_path, monkeypatch, caplog):
@@ -178,9 +243,42 @@ def test_live_command_logs_its_figures(tiny_model_dir_64, avatar, example_speech
     assert main(["--model", str(tiny_model_dir_64), "--avatar", str(avatar), "--audio", "-", "--output",
                  str(tmp_path / "live.mp4"), "--steps", "1", "--device", "cpu"]) == 0
     sys.stdin.close()
-    assert re.search(r"live: first frame \d+\.\d\d s after the speech began; window latency mean \d+\.\d\d s, max "
-                     r"\d+\.\d\d s; compute \d+\.\d\d s for 1\.00 s of video \(2 windows\): \d+\.\d\dx real time",
-                     caplog.text), caplog.text
+    assert re.search(r"live: first frame \d+\.\d\d s after the speech began; window latency mean \d+\.\d\d s, p50 "
+                     r"\d+\.\d\d s, p95 \d+\.\d\d s, max \d+\.\d\d s; \d of 2 windows late; compute \d+\.\d\d s for "
+                     r"1\.00 s of video \(2 windows\): \d+\.\d\dx real time", caplog.text), caplog.text
+    assert "frames/s over the last" not in caplog.text  # the running figures only with --stats
+
+
+def test_live_command_stats_while_it_runs(tiny_model_dir_64, avatar, example_speech, tmp_path, monkeypatch, caplog):
+    """``--stats SECONDS`` logs the running figures while the stream runs (there was no way to see them before the
+    end); a zero interval, or --stats on a run that is not live, is refused before the model loads."""
+    import io
+    import sys
+
+    from conftest import ffmpeg
+
+    from latentsync.commands import main
+
+    speech = tmp_path / "speech.wav"
+    ffmpeg("-i", str(example_speech), "-t", "1", str(speech))
+    base = ["--model", str(tiny_model_dir_64), "--avatar", str(avatar), "--audio", "-", "--output",
+            str(tmp_path / "live.mp4"), "--steps", "1", "--device", "cpu"]
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(open(speech, "rb")))
+    caplog.set_level("INFO", "latentsync")
+    try:
+        assert main([*base, "--stats", "0"]) == 2
+        assert "--stats must be > 0 seconds, got 0" in caplog.text
+        assert main([*base, "--overwrite", "--stats", "0.001"]) == 0
+    finally:
+        sys.stdin.close()
+    lines = re.findall(r"live: (\d+) frames \(\d+\.\d s of video\), \d+\.\d frames/s over the last \d+\.\d s; window "
+                       r"latency mean \d+\.\d\d s, p50 \d+\.\d\d s, p95 \d+\.\d\d s, max \d+\.\d\d s; \d of \d windows "
+                       r"late; \d+\.\d\dx real time", caplog.text)
+    assert lines == ["16", "25"], caplog.text  # a line after each window (at most one each 0.001 s)
+    assert re.search(r"live: first frame .* \(2 windows\): ", caplog.text), caplog.text
+    with pytest.raises(SystemExit):
+        main(["--model", str(tiny_model_dir_64), "--avatar", str(avatar), "--audio", str(example_speech),
+              "--output", str(tmp_path / "out.mp4"), "--stats"])
 
 
 def _wav_stream(data: bytes, channels: int, size: int | None = None, trailing: bytes = b"") -> bytes:
@@ -322,6 +420,74 @@ def test_a_killed_live_run_leaves_no_frame_file_behind(tiny_pipe_64, avatar, spe
     session.push(speech_20s[:CHUNK])
     session.finish()
     assert not mine[0].exists()
+
+
+def test_a_live_run_that_fails_leaves_no_process_or_thread(tiny_model_dir_64, avatar, example_speech, tmp_path,
+                                                          monkeypatch, caplog):
+    """An error in the middle of a live run (here the audio pipe failing after the first window was written) left
+    the writer's ffmpeg running and its audio thread waiting until the process ended (a notebook or service that
+    calls ``main`` kept both); the run now closes them, and the output holds the frames written until then."""
+    import io
+    import sys
+    import threading
+
+    psutil = pytest.importorskip("psutil")
+    from latentsync.commands import main
+    from latentsync.errors import InvalidAudioError
+
+    speech = load_audio(example_speech)[:16000]
+
+    def failing_pipe(source, seconds, pcm=None):
+        for i in range(0, len(speech), CHUNK):
+            yield speech[i : i + CHUNK]
+        raise InvalidAudioError("cannot read audio from the pipe: broken by the test")
+
+    def ours() -> tuple[list[int], list[str]]:
+        return ([p.pid for p in psutil.Process().children(recursive=True)],
+                [t.name for t in threading.enumerate() if t.name.startswith("latentsync-live")])
+
+    monkeypatch.setattr("latentsync.commands.live.read_audio_chunks", failing_pipe)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(open(example_speech, "rb")))
+    caplog.set_level("INFO", "latentsync")
+    before, out = ours(), tmp_path / "live.mp4"
+    try:
+        assert main(["--model", str(tiny_model_dir_64), "--avatar", str(avatar), "--audio", "-", "--output",
+                     str(out), "--steps", "1", "--device", "cpu"]) == 2
+    finally:
+        sys.stdin.close()
+    assert "broken by the test" in caplog.text
+    assert ours() == before
+    from latentsync.media.timeline import read_timestamps
+
+    assert len(read_timestamps(out)[0]) == 16  # the first window's frames, complete
+
+
+def test_a_live_run_that_fails_before_its_stream_removes_its_frame_file(tiny_model_dir_64, avatar, example_speech,
+                                                                        tmp_path, monkeypatch, caplog):
+    """A live run that failed after its session decoded the avatar's frames (226 MB for 1.5 s of 1080p) but before
+    the stream began (here the writer refusing) left the frame file in the temp folder until a later run; it is
+    removed with the run's end."""
+    import io
+    import sys
+    import tempfile
+
+    from latentsync.commands import main
+    from latentsync.errors import InvalidVideoError
+
+    def refusing_sink(*args, **kwargs):
+        raise InvalidVideoError("no writer here (the test)")
+
+    monkeypatch.setattr("latentsync.commands.live.LiveVideoSink", refusing_sink)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(open(example_speech, "rb")))
+    caplog.set_level("INFO", "latentsync")
+    try:
+        assert main(["--model", str(tiny_model_dir_64), "--avatar", str(avatar), "--audio", "-", "--output",
+                     str(tmp_path / "out" / "live.mp4"), "--steps", "1", "--device", "cpu"]) == 2
+    finally:
+        sys.stdin.close()
+    assert "no writer here" in caplog.text
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("latentsync-live-")] == []
 
 
 def test_live_command_honours_verbose(tiny_model_dir_64, avatar, example_speech, tmp_path, monkeypatch):

@@ -22,11 +22,13 @@ chunk (``finish``) are exactly those of the offline call. Streams longer than 30
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 import time
-from collections import deque
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -51,7 +53,11 @@ from .streaming import pingpong_at
 from .tempfiles import make_work_dir, remove_work_dir
 
 if TYPE_CHECKING:
+    from typing_extensions import Self
+
     from .pipeline import LatentSyncPipeline
+
+logger = logging.getLogger("latentsync")
 
 WINDOW_SAMPLES = WINDOW_MEL_FRAMES * 160  # 30 s: one Whisper window of audio
 WINDOW_TOKENS = WINDOW_MEL_FRAMES // 2
@@ -65,7 +71,7 @@ def _now() -> float:
 
 @dataclass
 class LiveStats:
-    """Measured timings of a live stream so far ([`LiveSession.stats`]); wall-clock seconds.
+    """Measured timings of a live stream so far ([`LiveSession.stats`], ``LiveStream.stats``); wall-clock seconds.
 
     Attributes:
         frames, windows: frames made, and the windows (calls of the model) that made them.
@@ -74,7 +80,11 @@ class LiveStats:
         first_frame: from the first speech pushed to the first frame ready (the wait for one window of audio plus
             its compute), or None before the first frame.
         latency_mean, latency_max: per window, from the push that completed its input (audio, or live video
-            frames; ``finish`` for the last window) to its frames being ready.
+            frames; ``finish`` for the last window) to its frames being ready; ``latency_p50`` and
+            ``latency_p95`` are their percentiles (to the millisecond, over the whole stream).
+        late_windows: windows ready after a player showing the stream from its first frame would have shown their
+            first frame: each one a stall of the picture (the stream did not keep up), after which the player
+            resumes with that window.
     """
 
     frames: int = 0
@@ -84,19 +94,85 @@ class LiveStats:
     first_frame: float | None = None
     latency_mean: float = 0.0
     latency_max: float = 0.0
+    late_windows: int = 0
+    # window latencies in whole milliseconds, with their counts: percentiles over an endless stream in bounded memory
+    _latency_ms: Counter = field(default_factory=Counter, repr=False, compare=False)
 
     @property
     def realtime_factor(self) -> float | None:
         """Seconds of video made per second of compute (above 1: faster than real time), or None before any."""
         return self.media_seconds / self.compute_seconds if self.compute_seconds > 0 else None
 
+    def latency_percentile(self, percent: float) -> float | None:
+        """The window latency below which ``percent`` % of the windows' fall (nearest rank: a measured latency, to
+        the millisecond), or None before any window."""
+        if not self.windows:
+            return None
+        rank, seen = max(1, math.ceil(percent / 100 * self.windows)), 0
+        for ms in sorted(self._latency_ms):
+            seen += self._latency_ms[ms]
+            if seen >= rank:
+                break
+        return min(ms / 1000, self.latency_max)  # never above the max for a latency rounded up
+
+    @property
+    def latency_p50(self) -> float | None:
+        """The median window latency (see [`latency_percentile`])."""
+        return self.latency_percentile(50)
+
+    @property
+    def latency_p95(self) -> float | None:
+        """The 95th percentile of the window latency (see [`latency_percentile`])."""
+        return self.latency_percentile(95)
+
+    def add_window(self, frames: int, media_seconds: float, compute_seconds: float, latency: float,
+                   late: bool) -> None:
+        """Count one window made: its frames, how long they last, its compute and latency, whether it was late."""
+        self.latency_mean = (self.latency_mean * self.windows + latency) / (self.windows + 1)
+        self.latency_max = max(self.latency_max, latency)
+        self._latency_ms[round(latency * 1000)] += 1
+        self.frames, self.windows = self.frames + frames, self.windows + 1
+        self.media_seconds += media_seconds
+        self.compute_seconds += compute_seconds
+        self.late_windows += bool(late)
+
+    def _latencies(self) -> str:
+        return (f"window latency mean {self.latency_mean:.2f} s, p50 {self.latency_p50:.2f} s, p95 "
+                f"{self.latency_p95:.2f} s, max {self.latency_max:.2f} s; {self.late_windows} of {self.windows} "
+                f"windows late")
+
     def summary(self) -> str:
         """The figures in one line (for a log)."""
         if not self.windows:
             return "no frames made"
-        return (f"first frame {self.first_frame:.2f} s after the speech began; window latency mean "
-                f"{self.latency_mean:.2f} s, max {self.latency_max:.2f} s; compute {self.compute_seconds:.2f} s for "
-                f"{self.media_seconds:.2f} s of video ({self.windows} windows): {self.realtime_factor:.2f}x real time")
+        return (f"first frame {self.first_frame:.2f} s after the speech began; {self._latencies()}; compute "
+                f"{self.compute_seconds:.2f} s for {self.media_seconds:.2f} s of video ({self.windows} windows): "
+                f"{self.realtime_factor:.2f}x real time")
+
+
+class LiveStatsLog:
+    """A running live stream's figures in the log as it goes: call it after each frame (or window); at most every
+    ``every`` seconds of wall-clock time, and only after a new window, it logs one line (frames/s since the last
+    line, window latency percentiles, late windows, speed against real time). Lines come as windows are made: a
+    stream waiting for speech logs none."""
+
+    def __init__(self, stats: LiveStats, every: float = 5.0, log: Callable[[str], None] | None = None):
+        if not every > 0:
+            raise LatentSyncInputError(f"the interval of the live figures must be > 0 seconds, got {every}")
+        self.stats, self.every = stats, every
+        self._log = log or (lambda line: logger.info("live: %s", line))
+        self._last_at, self._last_frames, self._last_windows = _now(), 0, 0
+
+    def __call__(self) -> None:
+        """Log a line if ``every`` seconds have passed since the last one and a window was made since."""
+        now = _now()
+        if now - self._last_at < self.every or self.stats.windows == self._last_windows:
+            return
+        stats = self.stats
+        rate = (stats.frames - self._last_frames) / (now - self._last_at)
+        self._log(f"{stats.frames} frames ({stats.media_seconds:.1f} s of video), {rate:.1f} frames/s over the last "
+                  f"{now - self._last_at:.1f} s; {stats._latencies()}; {stats.realtime_factor:.2f}x real time")
+        self._last_at, self._last_frames, self._last_windows = now, stats.frames, stats.windows
 
 
 @dataclass
@@ -247,11 +323,12 @@ class LiveSession:
         self.audio = LiveAudioFeatures(pipe.feature_extractor, pipe.audio_encoder)
         self.aligner = FaceAligner(pipe.config.resolution)
         self.next_index = 0
-        self._finished = False
+        self._finished = self._closed = False
         self._clock: deque[float] = deque()  # times of frames next_index, next_index + 1, ...
         self._clock_index, self._clock_sum = 0, 0.0
         self.stats = LiveStats()
         self._started: float | None = None  # when the first speech was pushed
+        self._playback: float | None = None  # when a player showing the stream from its first frame shows time 0
         self._input_at = 0.0  # when the push that may complete the next window began
         if avatar is not None:
             self.fps = float(VIDEO_FPS) if avatar.fps == "input" else float(avatar.fps)
@@ -309,7 +386,10 @@ class LiveSession:
         return self._finished
 
     def close(self) -> None:
-        """Release the session's files (and the face detector)."""
+        """Release the session's files (and the face detector); once (later calls do nothing)."""
+        if self._closed:
+            return
+        self._closed = True
         if self.avatar is not None and isinstance(self._frames, _FrameFile):
             self._frames.close()
         elif self.avatar is None:
@@ -364,13 +444,13 @@ class LiveSession:
         duration = self._time(self.next_index + count) - self._time(self.next_index)
         frames = self._make(count)
         done = _now()
-        stats = self.stats
-        latency = done - self._input_at
-        stats.latency_mean = (stats.latency_mean * stats.windows + latency) / (stats.windows + 1)
-        stats.latency_max = max(stats.latency_max, latency)
-        stats.frames, stats.windows = stats.frames + count, stats.windows + 1
-        stats.media_seconds += duration
-        stats.compute_seconds += done - began
+        stats, start = self.stats, frames[0].time
+        if self._playback is None:  # the first window: the player starts with it
+            self._playback = done - start
+        late = done > self._playback + start + 1e-6
+        if late:  # the player stalled and resumes with this window
+            self._playback = done - start
+        stats.add_window(count, duration, done - began, done - self._input_at, late)
         if stats.first_frame is None:
             stats.first_frame = done - (self._started if self._started is not None else began)
         return frames
@@ -408,7 +488,8 @@ class LiveSession:
 def stream_frames(session: LiveSession, audio_chunks: Iterable[Any],
                   frames: Iterable[np.ndarray] | None = None) -> Iterator[LiveFrame]:
     """Drive ``session`` with an iterator of audio chunks (and, for live video, an iterator of frames read
-    alongside: as many frames as each chunk covers) and yield its frames in order."""
+    alongside: as many frames as each chunk covers) and yield its frames in order. Closing the generator (or an
+    error) closes the session."""
     video = iter(frames) if frames is not None else None
     video_frames = 0
     try:
@@ -424,3 +505,32 @@ def stream_frames(session: LiveSession, audio_chunks: Iterable[Any],
     finally:
         if not session.finished:
             session.close()
+
+
+class LiveStream(Iterator[LiveFrame]):
+    """The frames of a live stream, in order, as [`LatentSyncPipeline.stream`] returns them: an iterator with the
+    stream's figures as they are measured (``stats``, a [`LiveStats`]) and its ``session``. ``close()`` (or leaving
+    a ``with`` block) stops the stream early and releases the session's files; iterating to the end does too."""
+
+    def __init__(self, session: LiveSession, audio_chunks: Iterable[Any],
+                 frames: Iterable[np.ndarray] | None = None):
+        self.session = session
+        self._frames = stream_frames(session, audio_chunks, frames)
+
+    @property
+    def stats(self) -> LiveStats:
+        """The stream's figures so far (updated after each window)."""
+        return self.session.stats
+
+    def __next__(self) -> LiveFrame:
+        return next(self._frames)
+
+    def close(self) -> None:
+        """Stop the stream (no more frames) and release its session."""
+        self._frames.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -53,7 +53,7 @@ from .face.selection import FaceSelection, choose_faces
 from .face.tracking import FaceTrack, FaceTracks, track_faces
 from .face.warp import TorchFaceAligner
 from .inputs import CheckedInputs, check_arguments, check_int, check_output_fps, check_run_inputs
-from .live import LiveFrame, LiveSession, stream_frames
+from .live import LiveSession, LiveStream
 from .loaders.lora import LatentSyncLoraLoaderMixin, check_no_lora_layers
 from .loaders.official import is_official_layout, load_official_components
 from .loaders.official import load_syncnet as load_syncnet_model
@@ -1215,7 +1215,7 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         generator: torch.Generator | None = None,
         latents: torch.Tensor | None = None,
         num_frames: int = 16,
-    ) -> Iterator[LiveFrame]:
+    ) -> LiveStream:
         """Live lip sync: consume speech chunk by chunk and yield lip-synced frames window by window.
 
         Args:
@@ -1233,10 +1233,13 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
             compute); memory does not grow with the stream's length. Each window is exactly what an offline call on
             the audio received so far generates for it (frames near the newest audio see it cut there; see
             [`latentsync.live`]), and the windows after the last chunk are exactly those of the offline call.
+            The returned [`~latentsync.live.LiveStream`] also holds the figures measured so far (``.stats``: time
+            to the first frame, window latency percentiles, late windows, speed against real time) and stops the
+            stream early with ``.close()`` (or as a ``with`` block).
         """
         session = self.live_session(avatar, frames is not None, fps, num_inference_steps, guidance_scale,
                                     generator, latents, num_frames)
-        return stream_frames(session, audio_chunks, frames)
+        return LiveStream(session, audio_chunks, frames)
 
     # ------------------------------------------------------------------ saving and sharing
     def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:

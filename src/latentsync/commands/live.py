@@ -15,7 +15,7 @@ import torch
 from ..avatar import avatar_config
 from ..errors import InvalidVideoError, LatentSyncInputError, RunInterrupted
 from ..inputs import check_arguments
-from ..live import stream_frames
+from ..live import LiveStatsLog, LiveStream
 from ..media.files import check_input_file
 from ..media.pipes import LiveVideoSink, at_constant_rate, read_audio_chunks
 from ..media.video import check_output_path
@@ -35,6 +35,8 @@ def run_live(args: argparse.Namespace) -> int:
                                    f"output), not {args.output}")
     if args.chunk_seconds <= 0:
         raise LatentSyncInputError(f"--chunk-seconds must be > 0, got {args.chunk_seconds}")
+    if args.stats is not None and not args.stats > 0:
+        raise LatentSyncInputError(f"--stats must be > 0 seconds, got {args.stats:g}")
     if sys.stdin is None or sys.stdin.isatty():  # nothing piped in: the run would wait for speech after loading
         raise LatentSyncInputError("--audio - reads the speech from standard input, which is a terminal here: pipe "
                                    "the audio in (e.g. some-tts | latentsync ... or < speech.wav)")
@@ -61,6 +63,7 @@ def run_live(args: argparse.Namespace) -> int:
     generator = torch.Generator("cpu").manual_seed(args.seed)
     # the avatar of a --video in a work folder of this process: the next run removes it when this one was killed
     work = make_work_dir("avatar") if args.avatar is None else None
+    session = None
     try:
         avatar = args.avatar
         if avatar is None:
@@ -84,25 +87,39 @@ def run_live(args: argparse.Namespace) -> int:
                 yield chunk
 
         target = "standard output" if args.output == "-" else args.output
+        chunks = speech()
+        stream = LiveStream(session, chunks)
+        report = LiveStatsLog(session.stats, args.stats) if args.stats is not None else None
+        closed = False
         try:
-            frames = stream_frames(session, speech())
-            images = at_constant_rate(((f.time, f.image) for f in frames), fps) if timed else (f.image for f in frames)
+            images = at_constant_rate(((f.time, f.image) for f in stream), fps) if timed else (f.image for f in stream)
             for image in images:
                 sink.write(image)
+                if report is not None:
+                    report()
+            closed = True
+            sink.close()
         except RunInterrupted as exc:
             if not sink.frames_written:
                 raise  # nothing was written: the usual message
             # a live output is written as it is made: what was sent stays (fragmented MP4 plays without an end)
-            try:
-                sink.close()
-            except InvalidVideoError:
-                pass
             logger.error("stopped by %s: %s holds the %d frames made until then", exc.signal_name, target,
                          sink.frames_written)
             logger.info("live: %s", session.stats.summary())
             return exc.exit_code
-        sink.close()
+        finally:
+            # however the stream ends (an error of the audio pipe or of the model included): the session, the
+            # speech reader's ffmpeg and the writer's ffmpeg and thread are closed, not left to the garbage collector
+            stream.close()
+            chunks.close()
+            if not closed:
+                try:
+                    sink.close()
+                except (InvalidVideoError, OSError):  # an ffmpeg that failed: the run's own error is the one to tell
+                    pass
     finally:
+        if session is not None:  # its frame file, also when the run failed before its stream began
+            session.close()
         if work is not None:
             remove_work_dir(work)
     logger.info("live: %d frames at %g fps to %s", sink.frames_written, fps, target)

@@ -146,6 +146,10 @@ def parser() -> argparse.ArgumentParser:
     live.add_argument("--live-format", choices=["mp4", "raw"], default=None,
                       help="fragmented MP4 with the sound (default) or raw RGB24 frames")
     live.add_argument("--chunk-seconds", type=float, default=None, help="speech read per step (default 0.2 s)")
+    live.add_argument("--stats", type=float, nargs="?", const=5.0, default=None, metavar="SECONDS",
+                      help="log the live figures every SECONDS (default 5) while the stream runs: frames/s, window "
+                           "latency percentiles, late windows, speed against real time (the final line is always "
+                           "logged)")
     live.add_argument("--pcm", type=pcm_format, default=None, metavar="RATE[:CHANNELS]",
                       help="standard input is headerless signed 16-bit little-endian PCM at RATE Hz (CHANNELS: "
                            "default 1), as TTS engines' raw/pcm outputs; without it, any format with a header "
@@ -356,7 +360,7 @@ def run(argv: list[str]) -> int:
         # deferred, as the pipeline: a live run imports torch and the live session
         return importlib.import_module("latentsync.commands.live").run_live(args)
     live_only = [name for name, value in (("--live-format", args.live_format), ("--chunk-seconds", args.chunk_seconds),
-                                          ("--pcm", args.pcm),
+                                          ("--pcm", args.pcm), ("--stats", args.stats),
                                           ("--output -", "-" if args.output == "-" else None)) if value is not None]
     if live_only:
         p.error(f"{', '.join(live_only)}: only for live runs, which read the speech from standard input (--audio -)")
