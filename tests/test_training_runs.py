@@ -935,6 +935,69 @@ def test_rotation_never_deletes_the_checkpoint_it_saved(tmp_path):
     assert sorted(os.listdir(root)) == ["checkpoint-2", "checkpoint-3", "checkpoint-9"]
 
 
+def test_ctrl_c_while_a_checkpoint_is_written_or_removed_leaves_none_half_done(tiny, tmp_path, monkeypatch,
+                                                                                   caplog):
+    """Ctrl-C while the first checkpoint is written: the run stops saying that no checkpoint was saved, the
+    half-written folder is removed (it used to stay, hidden, until the next save), and resuming with `latest` starts
+    from scratch instead of taking it. Ctrl-C while the rotation deletes an old checkpoint: no half-deleted
+    `checkpoint-<step>` is left for `latest` or an export to take (it was deleted in place)."""
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+
+    from latentsync.commands.train import train_unet_command
+    from latentsync.training import base
+    from latentsync.training.config import SyncNetTrainingConfig
+
+    _, ov = tiny
+    real = Accelerator.save_state
+
+    def save_state(self, path, *args, **kwargs):
+        if path.endswith("checkpoint-1"):
+            os.makedirs(path, exist_ok=True)
+            open(os.path.join(path, "model.safetensors"), "wb").close()
+            raise KeyboardInterrupt
+        return real(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "save_state", save_state)
+    out = tmp_path / "run"
+    args = ["--config", str(CONFIGS / "unet_tiny_stage1.yaml"), f"components_from={ov['components_from']}",
+            f"train_data={ov['train_data']}", "max_train_steps=2", "checkpointing_steps=1", "report_to=null",
+            f"output_dir={out}"]
+    with caplog.at_level(logging.ERROR, logger="latentsync"):
+        assert train_unet_command(args) == 130
+    reset_accelerate()
+    assert error_lines(caplog)[-1].startswith("stopped by Ctrl-C after step 1 of 2; no checkpoint was saved yet")
+    assert os.listdir(out / "checkpoints") == []
+    monkeypatch.setattr(Accelerator, "save_state", real)
+    with LogText() as log:
+        assert train_unet_command([*args, "resume_from_checkpoint=latest"]) == 0
+    reset_accelerate()
+    assert f"no checkpoint in {out}: starting from scratch" in log.text
+    assert sorted(os.listdir(out / "checkpoints")) == ["checkpoint-1", "checkpoint-2"]
+
+    root = tmp_path / "rotated" / "checkpoints"
+    for step in (1, 2):
+        for name in ("model.safetensors", "optimizer.bin"):
+            (root / f"checkpoint-{step}").mkdir(parents=True, exist_ok=True)
+            (root / f"checkpoint-{step}" / name).write_text("x")
+    real_rmtree = shutil.rmtree
+
+    def interrupted_rmtree(path, *a, **k):  # Ctrl-C after the first file is deleted
+        os.remove(os.path.join(path, min(os.listdir(path))))
+        raise KeyboardInterrupt
+
+    acc = SimpleNamespace(is_main_process=True, num_processes=1, wait_for_everyone=lambda: None,
+                          save_state=lambda path: os.makedirs(path))
+    cfg = SyncNetTrainingConfig(train_data="x", output_dir=str(tmp_path / "rotated"), checkpoints_total_limit=2)
+    monkeypatch.setattr(shutil, "rmtree", interrupted_rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        base.save_checkpoint(acc, cfg, 3)
+    monkeypatch.setattr(shutil, "rmtree", real_rmtree)
+    assert [os.path.basename(c) for c in base.list_checkpoints(cfg.output_dir)] == ["checkpoint-2", "checkpoint-3"]
+    assert sorted(os.listdir(root / "checkpoint-2")) == ["model.safetensors", "optimizer.bin"]
+
+
 # ---------------------------------------------------------------------------------------------------- run folder
 def test_output_dir_that_cannot_be_written_is_one_line_before_models_load(tiny, tmp_path, no_model_loads):
     from latentsync.training.unet_trainer import train

@@ -462,18 +462,27 @@ def save_checkpoint(accelerator: Accelerator, cfg: TrainingConfig, step: int,
                 with open(os.path.join(tmp, name), "w") as fh:
                     json.dump(data, fh, default=str)
     if accelerator.is_main_process:
-        if os.path.isdir(final):
-            shutil.rmtree(final)
+        if os.path.isdir(final):  # an earlier save of this step: out of the way first, so a kill never halves it
+            _remove_checkpoint(final)
         os.replace(tmp, final)
         if cfg.checkpoints_total_limit:  # the oldest go; never this one, nor any of a later step
             older = [c for c in list_checkpoints(cfg.output_dir) if checkpoint_step(c) < step]
             for old in older[: max(0, len(older) - (cfg.checkpoints_total_limit - 1))]:
-                shutil.rmtree(old, ignore_errors=True)
+                _remove_checkpoint(old)
         logger.info("saved checkpoint %s", final)
         if cfg.push_to_hub and cfg.hub_strategy != "end":
             push_checkpoint(cfg, final)
     accelerator.wait_for_everyone()
     return final
+
+
+def _remove_checkpoint(path: str) -> None:
+    """Delete a checkpoint folder: renamed to a hidden name first (one atomic step), then removed, so that a run
+    killed meanwhile leaves no half-deleted ``checkpoint-<step>`` that ``latest`` or an export would take for a
+    complete one (the next save removes what is left)."""
+    hidden = os.path.join(os.path.dirname(path), f".tmp-{os.path.basename(path)}-removed")
+    os.replace(path, hidden)
+    shutil.rmtree(hidden, ignore_errors=True)
 
 
 class TrainingStorageError(RuntimeError):
@@ -511,11 +520,15 @@ def saving(cfg: TrainingConfig, what: str, partial: str | None = None) -> Iterat
     """Within the block, ``what`` (a checkpoint, the trained model) is written to ``output_dir``: a failure (a full
     disk, a folder turned read-only; the libraries' errors for it vary) becomes one [`TrainingStorageError`] line
     (see [`storage_error`]) and ``partial``, the half-written folder, is removed. Ctrl-C and SIGTERM pass as
-    they are."""
+    they are, after ``partial`` is removed too."""
     try:
         yield
-    except Exception as exc:
+    except BaseException as exc:
         if interrupt_of(exc) is not None:
+            if partial is not None:
+                shutil.rmtree(partial, ignore_errors=True)
+            raise
+        if not isinstance(exc, Exception):
             raise
         raise storage_error(cfg, what, exc, partial=partial) from exc
 
