@@ -882,7 +882,7 @@ def test_resume_point_is_checked_before_any_model_loads(tiny, stage1_run, tmp_pa
 
 
 def test_resume_warns_of_ignored_settings_and_survives_a_cut_log_line(tiny, stage1_run, tmp_path):
-    """A learning rate changed on resume is not used (the checkpoint's optimiser state holds it): a warning says so.
+    """An Adam setting changed on resume is not used (the checkpoint's optimiser state holds it): a warning says so.
     A last line of losses.jsonl cut short (a full disk, a kill while writing) is dropped instead of ending the
     resume in a JSON traceback."""
     from latentsync.training.unet_trainer import train
@@ -894,11 +894,57 @@ def test_resume_warns_of_ignored_settings_and_survives_a_cut_log_line(tiny, stag
         fh.write('{"step": 4, "rec')
     with LogText() as log:
         train(unet_cfg(ov, output_dir=str(used), resume_from_checkpoint="latest", max_train_steps=4, use_ema=True,
-                       ema_decay=0.5, learning_rate=1e-6, checkpointing_steps=1))
+                       ema_decay=0.5, adam_weight_decay=0.5, checkpointing_steps=1))
     reset_accelerate()
-    assert "not used when resuming: learning_rate=1e-06 (the checkpoint's: 0.0001)" in log.text
+    assert "not used when resuming: adam_weight_decay=0.5 (the checkpoint's: 0.01)" in log.text
     assert [r["step"] for r in loss_rows(used)] == [1, 2, 3, 4]
     assert all(r["lr"] == 1e-4 for r in loss_rows(used))
+
+
+def test_resume_with_another_lr_schedule_is_refused_unless_asked_for(tiny, tmp_path, monkeypatch):
+    """A run resumed with another learning-rate schedule used to combine the checkpoint's state (step count, peak
+    rate) with the new settings silently: a linear schedule over 2 steps resumed with max_train_steps=4 trained
+    step 3 at the old schedule's rate (0), then jumped to the new schedule at the old peak rate, and a new
+    learning_rate was only warned about. Now it is one line naming the changed settings and the rates, before
+    anything is written, and change_lr_schedule=true follows the new schedule (its peak rate included) from the
+    checkpoint's step on, with a warning saying so. (A longer run on a constant schedule resumes as before: see the
+    gradient-accumulation test.)"""
+    from latentsync.training import base
+    from latentsync.training.unet_trainer import train
+
+    _, ov = tiny
+    out = tmp_path / "run"
+    settings = {"lr_scheduler": "linear", "checkpointing_steps": 1, "report_to": None, "output_dir": str(out)}
+    train(unet_cfg(ov, max_train_steps=2, **settings))
+    reset_accelerate()
+    before = snapshot(out)
+    with pytest.raises(TrainingConfigError) as refused:
+        train(unet_cfg(ov, max_train_steps=4, resume_from_checkpoint="latest", **settings))
+    reset_accelerate()
+    assert str(refused.value) == (
+        "checkpoint-2 was saved with another learning-rate schedule (max_train_steps 2 -> 4), which changes the "
+        "learning rate of the steps still to train (step 3: 5e-05 instead of 0): resume with the settings it was "
+        "saved with (in its run_config.json), or add change_lr_schedule=true to go on with the new schedule from "
+        "step 3")
+    assert snapshot(out) == before
+    used = []  # the rate each optimisation step trains with
+    real_step = base.optimizer_step
+
+    def recording_step(accelerator, loss, params, optimizer, lr_scheduler, max_grad_norm):
+        if accelerator.sync_gradients:
+            used.append(optimizer.param_groups[0]["lr"])
+        real_step(accelerator, loss, params, optimizer, lr_scheduler, max_grad_norm)
+
+    monkeypatch.setattr(base, "optimizer_step", recording_step)
+    with LogText() as log:
+        train(unet_cfg(ov, max_train_steps=4, learning_rate=2e-4, change_lr_schedule=True,
+                       resume_from_checkpoint="latest", **settings))
+    reset_accelerate()
+    assert ("resuming from checkpoint-2 with a changed learning-rate schedule (change_lr_schedule=true): "
+            "learning_rate 0.0001 -> 0.0002, max_train_steps 2 -> 4; the run follows the new schedule from step 3 "
+            "on (step 3: 0.0001 instead of 0)") in log.text
+    assert used == pytest.approx([2e-4 * 2 / 4, 2e-4 * 1 / 4])  # linear over 4 steps from a peak of 2e-4
+    assert [r["lr"] for r in loss_rows(out)] == pytest.approx([1e-4 / 2, 0, 2e-4 / 4, 0])
 
 
 def test_checkpoint_of_other_settings_without_their_record_is_one_line(tiny, stage1_run, tmp_path):

@@ -272,9 +272,85 @@ def create_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainingConfig,
     (accelerate steps it once per optimisation step, as the loaders yield global batches)."""
     optimizer = torch.optim.AdamW(params, lr=learning_rate or cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                   weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
-    lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
-                                 num_training_steps=cfg.max_train_steps)
-    return optimizer, lr_scheduler
+    return optimizer, _lr_schedule(cfg, optimizer)
+
+
+def _lr_schedule(cfg: TrainingConfig, optimizer: torch.optim.Optimizer) -> Any:
+    return get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
+                         num_training_steps=cfg.max_train_steps)
+
+
+def schedule_text(cfg: TrainingConfig) -> str:
+    """The LR schedule in words for the start-of-run summary, e.g. ``linear schedule, 100 warmup steps``."""
+    warmup = f", {cfg.lr_warmup_steps} warmup steps" if cfg.lr_warmup_steps and cfg.lr_scheduler != "constant" else ""
+    return f"{cfg.lr_scheduler} schedule{warmup}"
+
+
+def scheduled_learning_rates(cfg: TrainingConfig, learning_rate: float, steps: Sequence[int]) -> list[float]:
+    """The learning rate that the schedule of ``cfg`` with peak ``learning_rate`` gives after each of ``steps``
+    optimisation steps (the rate step ``s + 1`` trains with), without an optimiser of the real parameters."""
+    probe = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=learning_rate)
+    factor = _lr_schedule(cfg, probe).lr_lambdas[0]
+    return [learning_rate * factor(s) for s in steps]
+
+
+def _schedule_probe_steps(start: int, settings: Sequence[TrainingConfig]) -> list[int]:
+    """Steps at which two LR schedules are compared from ``start`` on: every step near the warmup ends and the ends
+    of ``settings``' schedules, and 200 spread over the steps still to train (a schedule is smooth in between)."""
+    end = settings[-1].max_train_steps - 1  # the last step's rate (the rates after it are never used)
+    marks = {start, start + 1, end}
+    for cfg in settings:
+        for mark in (cfg.lr_warmup_steps, cfg.max_train_steps):
+            marks.update((mark - 1, mark, mark + 1))
+    marks.update(start + (end - start) * i // 200 for i in range(201))
+    return sorted(s for s in marks if start <= s <= end)
+
+
+def check_lr_schedule(cfg: TrainingConfig, saved: dict[str, Any], name: str, step: int, num_processes: int) -> None:
+    """Refuse to resume checkpoint ``name`` (saved at ``step`` by a run with the settings ``saved``) when this run's
+    ``SCHEDULE_SETTINGS`` (peak learning rate, schedule, warmup, ``max_train_steps``) differ from the saved ones in a
+    way that changes the learning rate of a step still to train (the checkpoint's schedule state would silently be
+    combined with the new settings), unless ``change_lr_schedule`` is set: then the change and the learning rate the
+    run goes on with are logged as a warning (see [`restart_lr_schedule`]). Settings that differ without changing any
+    rate still to use (a longer run on a constant schedule) are logged."""
+    now = cfg.to_dict()
+    changed = [key for key in cfg.SCHEDULE_SETTINGS if key in saved and saved[key] != _as_saved(now[key])]
+    if not changed or step >= cfg.max_train_steps:
+        return
+    before = dataclasses.replace(cfg, **{key: saved[key] for key in changed})
+    steps = _schedule_probe_steps(step, (before, cfg))
+    new = scheduled_learning_rates(cfg, cfg.effective_learning_rate(num_processes), steps)
+    try:
+        old = scheduled_learning_rates(before, before.effective_learning_rate(num_processes), steps)
+    except (TypeError, ValueError):  # a schedule this version does not know: every rate counts as changed
+        old = [math.nan] * len(steps)
+    what = ", ".join(f"{key} {json.dumps(saved[key])} -> {json.dumps(_as_saved(now[key]))}" for key in changed)
+    first = next((i for i, (a, b) in enumerate(zip(old, new)) if not math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-15)),
+                 None)
+    if first is None:
+        logger.info("resuming from %s with %s: the learning rate of the steps still to train is the same", name, what)
+        return
+    rate = f"step {steps[first] + 1}: {new[first]:.4g} instead of {old[first]:.4g}"
+    if cfg.change_lr_schedule:
+        logger.warning("resuming from %s with a changed learning-rate schedule (change_lr_schedule=true): %s; the run "
+                       "follows the new schedule from step %d on (%s)", name, what, step + 1, rate)
+        return
+    raise TrainingConfigError(
+        f"{name} was saved with another learning-rate schedule ({what}), which changes the learning rate of the steps "
+        f"still to train ({rate}): resume with the settings it was saved with (in its {RUN_CONFIG_FILE}), or add "
+        f"change_lr_schedule=true to go on with the new schedule from step {step + 1}")
+
+
+def restart_lr_schedule(optimizer: Any, lr_scheduler: Any, learning_rate: float) -> None:
+    """After a checkpoint's state was loaded (``change_lr_schedule``): put the optimiser on this run's schedule at
+    the checkpoint's step, with ``learning_rate`` as its peak instead of the saved one. The schedule's function is
+    this run's already (a checkpoint keeps only the step count and the peak rates)."""
+    scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate's wrapper holds the torch scheduler
+    scheduler.base_lrs = [learning_rate] * len(scheduler.base_lrs)
+    rates = [learning_rate * factor(scheduler.last_epoch) for factor in scheduler.lr_lambdas]
+    for group, rate in zip(optimizer.param_groups, rates):
+        group["initial_lr"], group["lr"] = learning_rate, rate
+    scheduler._last_lr = rates
 
 
 def optimizer_step(accelerator: Accelerator, loss: torch.Tensor, params: Iterable[torch.nn.Parameter],
@@ -385,8 +461,8 @@ def check_resume_point(cfg: TrainingConfig, path: str, num_processes: int = 1) -
     (those of the run that went on from ``path``: this run would overwrite them one by one, its rotation would keep
     them instead of its own, and ``latest`` would pick them); settings that shape the saved state
     (``cfg.RESUME_SETTINGS``: the model's layers, what trains, LoRA, EMA) other than those the checkpoint was saved
-    with. Settings the checkpoint's optimiser state overrides (``cfg.SAVED_SETTINGS``, e.g. ``learning_rate``) are
-    logged as a warning when they differ."""
+    with; a changed learning-rate schedule (see [`check_lr_schedule`]). Settings the checkpoint's optimiser state
+    overrides (``cfg.SAVED_SETTINGS``, e.g. ``adam_weight_decay``) are logged as a warning when they differ."""
     _check_layout(cfg, path, num_processes)
     name, step = os.path.basename(os.path.normpath(path)), checkpoint_step(path)
     if step > cfg.max_train_steps:
@@ -411,6 +487,7 @@ def check_resume_point(cfg: TrainingConfig, path: str, num_processes: int = 1) -
         raise TrainingConfigError(
             f"{name} was saved with {', '.join(differ)}: resume with the settings it was saved with (they shape "
             f"the model and optimiser state it holds; all of them are in {os.path.join(path, RUN_CONFIG_FILE)})")
+    check_lr_schedule(cfg, saved, name, step, num_processes)
     ignored = [f"{key}={json.dumps(_as_saved(now[key]))} (the checkpoint's: {json.dumps(saved.get(key))})"
                for key in cfg.SAVED_SETTINGS if key in now and key in saved and saved[key] != _as_saved(now[key])]
     if ignored:
@@ -418,11 +495,14 @@ def check_resume_point(cfg: TrainingConfig, path: str, num_processes: int = 1) -
                        ", ".join(ignored), name)
 
 
-def load_checkpoint(accelerator: Accelerator, cfg: TrainingConfig, path: str) -> None:
+def load_checkpoint(accelerator: Accelerator, cfg: TrainingConfig, path: str, optimizer: Any = None,
+                    lr_scheduler: Any = None) -> None:
     """Restore the accelerator state saved in ``path`` (model, optimiser, LR schedule, registered objects and each
     process's RNG state). The data position follows from the checkpoint's step, so the run must split its batches
     as the one that saved it did: a checkpoint of another process count or batch is refused with what differs. A
-    state that does not fit this run's model or optimiser (a checkpoint of other settings) is one line."""
+    state that does not fit this run's model or optimiser (a checkpoint of other settings) is one line. With
+    ``change_lr_schedule`` the ``optimizer`` and ``lr_scheduler`` then go on with this run's schedule (see
+    [`check_lr_schedule`])."""
     _check_layout(cfg, path, accelerator.num_processes)
     try:
         accelerator.load_state(path)
@@ -433,6 +513,8 @@ def load_checkpoint(accelerator: Accelerator, cfg: TrainingConfig, path: str) ->
         raise TrainingConfigError(
             f"cannot resume from {path}: its saved state does not fit this run's model or optimiser ({first}); resume "
             "with the settings it was saved with") from exc
+    if cfg.change_lr_schedule and optimizer is not None and lr_scheduler is not None:
+        restart_lr_schedule(optimizer, lr_scheduler, cfg.effective_learning_rate(accelerator.num_processes))
 
 
 def save_checkpoint(accelerator: Accelerator, cfg: TrainingConfig, step: int,
