@@ -720,6 +720,39 @@ def test_both_trainers_keep_their_settings_as_yaml_and_old_json_runs_still_work(
         check_not_training_run(early)
 
 
+def test_run_with_relative_paths_exports_from_any_folder(tiny, stage1_run, tmp_path, monkeypatch):
+    """A run started with relative model paths (as the walkthrough's `components_from: tiny-models/pipeline`) used
+    to keep them as given in its config.yaml, so `export-checkpoint` from another working directory failed with
+    `not found: components_from=...`. Now config.yaml holds the local paths absolute (Hub ids as they are, and it
+    still reloads with --config), and the runs of earlier versions, whose paths are relative, are read from the
+    folder they were started in (their run folder's path without their output_dir)."""
+    from latentsync.commands import main
+    from latentsync.training.unet_trainer import train
+
+    root, ov = tiny
+    monkeypatch.chdir(root)  # the run is started here, with every path relative to it
+    relative = {key: os.path.relpath(ov[key], root) for key in ("components_from", "train_data")}
+    cfg = unet_cfg({**ov, **relative}, max_train_steps=1, checkpointing_steps=1, report_to=None,
+                   output_dir="relative_run", vae="stabilityai/sd-vae-ft-mse")
+    train(cfg)
+    reset_accelerate()
+    saved = load_config(str(root / "relative_run" / "config.yaml"))
+    assert saved.components_from == ov["components_from"] and saved.train_data == ov["train_data"]
+    assert saved.output_dir == str(root / "relative_run") and saved.vae == "stabilityai/sd-vae-ft-mse"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["export-checkpoint", str(root / "relative_run"), "exported"]) == 0
+    assert (elsewhere / "exported" / "model_index.json").is_file()
+    # a run of an earlier version: relative paths in its config.yaml, its folder reached by any path
+    old = root / "old_run"
+    shutil.copytree(stage1_run[0].output_dir, old)
+    old_settings = {**stage1_run[0].to_dict(), **relative, "output_dir": "old_run"}
+    (old / "config.yaml").write_text(json.dumps(old_settings))  # JSON is YAML
+    assert main(["export-checkpoint", os.path.relpath(old), "exported_old", "--step", "2"]) == 0
+    assert (elsewhere / "exported_old" / "model_index.json").is_file()
+
+
 def test_export_command_syncnet_and_lora(syncnet_run, lora_run, tmp_path, capsys):
     from latentsync.commands import main
     from latentsync.loaders.lora import read_lora_record

@@ -153,8 +153,8 @@ def output_dir_claimed(accelerator: Accelerator, cfg: TrainingConfig) -> Iterato
 
 def start_output_dir(accelerator: Accelerator, cfg: TrainingConfig) -> None:
     """Make ``output_dir`` ready (deleting the old run first with ``overwrite_output_dir``) and save the settings
-    there as [`SETTINGS_FILE`] (main process; a resumed run of an earlier version's ``config.json`` has it
-    replaced)."""
+    there as [`SETTINGS_FILE`], local paths made absolute (main process; a resumed run of an earlier version's
+    ``config.json`` has it replaced)."""
     accelerator.wait_for_everyone()  # every process has checked the folder (check_output_dir) before it changes
     if accelerator.is_main_process:
         if cfg.overwrite_output_dir and os.path.isdir(cfg.output_dir) and os.listdir(cfg.output_dir):
@@ -163,7 +163,8 @@ def start_output_dir(accelerator: Accelerator, cfg: TrainingConfig) -> None:
                 path = os.path.join(cfg.output_dir, name)
                 shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
         os.makedirs(cfg.output_dir, exist_ok=True)
-        save_run_config(cfg, os.path.join(cfg.output_dir, SETTINGS_FILE))
+        # local paths absolute: the file reads the same from any working directory (export-checkpoint, --config)
+        save_run_config(cfg.with_absolute_paths(), os.path.join(cfg.output_dir, SETTINGS_FILE))
         legacy = os.path.join(cfg.output_dir, LEGACY_SETTINGS_FILE)
         if os.path.isfile(legacy):
             os.remove(legacy)
@@ -247,6 +248,18 @@ def settings_file(run_dir: str) -> str | None:
         if os.path.isfile(os.path.join(run_dir, name)):
             return os.path.join(run_dir, name)
     return None
+
+
+def run_start_folder(run_dir: str, output_dir: str | None) -> str | None:
+    """The working directory a run was started in, as its folder tells it: ``run_dir`` without the relative
+    ``output_dir`` the run saved (``/work/outputs/run`` and ``outputs/run`` -> ``/work``). None when ``output_dir`` is
+    absolute or is not how ``run_dir`` ends (a moved or renamed run folder)."""
+    if not output_dir or os.path.isabs(output_dir):
+        return None
+    run, tail = os.path.abspath(run_dir), os.path.normpath(output_dir)
+    if tail.startswith(os.pardir) or not run.endswith(os.sep + tail):
+        return None
+    return run[: -len(tail) - 1] or os.sep
 
 
 def save_run_config(cfg: TrainingConfig, path: str) -> None:

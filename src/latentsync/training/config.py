@@ -25,6 +25,8 @@ MIXED_PRECISIONS = ("no", "fp16", "bf16")
 HUB_STRATEGIES = ("end", "checkpoint", "all_checkpoints")
 # diffusers' LR schedules that these settings describe (its piecewise_constant needs step rules, which they do not hold)
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+# values of path settings that are keywords, not paths
+PATH_KEYWORDS = {"lpips_heads": "uniform"}
 
 # The value of a U-Net setting that follows the training stage (see [`UNetTrainingConfig`]).
 STAGE_DEFAULT = "stage"
@@ -109,6 +111,9 @@ class TrainingConfig:
     # change_lr_schedule is set (base.check_lr_schedule)
     SCHEDULE_SETTINGS: ClassVar[tuple[str, ...]] = ("learning_rate", "lr_scheduler", "lr_warmup_steps",
                                                     "max_train_steps")
+    # settings that name a local file or folder (or a Hub id): a run's config.yaml holds the local ones as absolute
+    # paths (with_absolute_paths), so that it is read the same from any working directory
+    PATH_SETTINGS: ClassVar[tuple[str, ...]] = ("train_data", "output_dir")
 
     def check_train_data_set(self) -> None:
         """Raise [`TrainingConfigError`] when ``train_data`` is not set: the first thing a run needs (checked before
@@ -166,6 +171,23 @@ class TrainingConfig:
     def effective_learning_rate(self, num_processes: int) -> float:
         """The peak learning rate the optimiser gets with ``num_processes`` processes (``learning_rate``)."""
         return self.learning_rate
+
+    def with_absolute_paths(self, root: str | os.PathLike | None = None) -> TrainingConfig:
+        """A copy whose ``PATH_SETTINGS`` that name an existing local file or folder relative to ``root`` (default:
+        the working directory) hold its absolute path (``~`` expanded); Hub ids, paths that do not exist there and
+        the settings' keywords (``lpips_heads=uniform``) stay as they are."""
+        root = os.fspath(root) if root is not None else os.getcwd()
+        changes = {}
+        for name in self.PATH_SETTINGS:
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value or PATH_KEYWORDS.get(name) == value:
+                continue
+            path = os.path.expanduser(value)
+            if os.path.isabs(path):
+                changes[name] = path
+            elif os.path.exists(os.path.join(root, path)):
+                changes[name] = os.path.abspath(os.path.join(root, path))
+        return dataclasses.replace(self, **changes)
 
 
 @dataclass
@@ -247,6 +269,9 @@ class UNetTrainingConfig(TrainingConfig):
                                                   "lora_alpha", "lora_target_modules", "use_ema")
     SAVED_SETTINGS: ClassVar[tuple[str, ...]] = (*TrainingConfig.SAVED_SETTINGS, "ema_decay")
     SCHEDULE_SETTINGS: ClassVar[tuple[str, ...]] = (*TrainingConfig.SCHEDULE_SETTINGS, "scale_lr")
+    PATH_SETTINGS: ClassVar[tuple[str, ...]] = (*TrainingConfig.PATH_SETTINGS, "components_from", "pretrained_unet",
+                                                "sd_unet", "vae", "whisper", "syncnet", "lpips_backbone",
+                                                "lpips_heads", "trepa_model", "validation_video", "validation_audio")
 
     def __post_init__(self) -> None:
         for key, value in STAGE_DEFAULTS.get(self.stage, {}).items():
@@ -358,6 +383,7 @@ class SyncNetTrainingConfig(TrainingConfig):
 
     SCRIPT: ClassVar[str] = "train/train_syncnet.py"
     RESUME_SETTINGS: ClassVar[tuple[str, ...]] = ("model_preset", "model_config")
+    PATH_SETTINGS: ClassVar[tuple[str, ...]] = (*TrainingConfig.PATH_SETTINGS, "pretrained_model", "vae", "val_data")
 
     def validate(self) -> None:
         """Raise [`TrainingConfigError`] (a ``ValueError``) naming the first missing or contradictory setting."""
