@@ -576,7 +576,12 @@ def _remove_checkpoint(path: str) -> None:
     killed meanwhile leaves no half-deleted ``checkpoint-<step>`` that ``latest`` or an export would take for a
     complete one (the next save removes what is left)."""
     hidden = os.path.join(os.path.dirname(path), f".tmp-{os.path.basename(path)}-removed")
-    os.replace(path, hidden)
+    if os.path.isdir(hidden):  # what an earlier removal of this step left
+        shutil.rmtree(hidden, ignore_errors=True)
+    try:
+        os.replace(path, hidden)
+    except OSError:  # cannot be renamed (a folder not ours to change): deleted in place, as far as it can be
+        hidden = path
     shutil.rmtree(hidden, ignore_errors=True)
 
 
