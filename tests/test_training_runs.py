@@ -720,6 +720,39 @@ def test_both_trainers_keep_their_settings_as_yaml_and_old_json_runs_still_work(
         check_not_training_run(early)
 
 
+def test_run_with_relative_paths_exports_from_any_folder(tiny, stage1_run, tmp_path, monkeypatch):
+    """A run started with relative model paths (as the walkthrough's `components_from: tiny-models/pipeline`) used
+    to keep them as given in its config.yaml, so `export-checkpoint` from another working directory failed with
+    `not found: components_from=...`. Now config.yaml holds the local paths absolute (Hub ids as they are, and it
+    still reloads with --config), and the runs of earlier versions, whose paths are relative, are read from the
+    folder they were started in (their run folder's path without their output_dir)."""
+    from latentsync.commands import main
+    from latentsync.training.unet_trainer import train
+
+    root, ov = tiny
+    monkeypatch.chdir(root)  # the run is started here, with every path relative to it
+    relative = {key: os.path.relpath(ov[key], root) for key in ("components_from", "train_data")}
+    cfg = unet_cfg({**ov, **relative}, max_train_steps=1, checkpointing_steps=1, report_to=None,
+                   output_dir="relative_run", vae="stabilityai/sd-vae-ft-mse")
+    train(cfg)
+    reset_accelerate()
+    saved = load_config(str(root / "relative_run" / "config.yaml"))
+    assert saved.components_from == ov["components_from"] and saved.train_data == ov["train_data"]
+    assert saved.output_dir == str(root / "relative_run") and saved.vae == "stabilityai/sd-vae-ft-mse"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert main(["export-checkpoint", str(root / "relative_run"), "exported"]) == 0
+    assert (elsewhere / "exported" / "model_index.json").is_file()
+    # a run of an earlier version: relative paths in its config.yaml, its folder reached by any path
+    old = root / "old_run"
+    shutil.copytree(stage1_run[0].output_dir, old)
+    old_settings = {**stage1_run[0].to_dict(), **relative, "output_dir": "old_run"}
+    (old / "config.yaml").write_text(json.dumps(old_settings))  # JSON is YAML
+    assert main(["export-checkpoint", os.path.relpath(old), "exported_old", "--step", "2"]) == 0
+    assert (elsewhere / "exported_old" / "model_index.json").is_file()
+
+
 def test_export_command_syncnet_and_lora(syncnet_run, lora_run, tmp_path, capsys):
     from latentsync.commands import main
     from latentsync.loaders.lora import read_lora_record
@@ -882,7 +915,7 @@ def test_resume_point_is_checked_before_any_model_loads(tiny, stage1_run, tmp_pa
 
 
 def test_resume_warns_of_ignored_settings_and_survives_a_cut_log_line(tiny, stage1_run, tmp_path):
-    """A learning rate changed on resume is not used (the checkpoint's optimiser state holds it): a warning says so.
+    """An Adam setting changed on resume is not used (the checkpoint's optimiser state holds it): a warning says so.
     A last line of losses.jsonl cut short (a full disk, a kill while writing) is dropped instead of ending the
     resume in a JSON traceback."""
     from latentsync.training.unet_trainer import train
@@ -894,11 +927,57 @@ def test_resume_warns_of_ignored_settings_and_survives_a_cut_log_line(tiny, stag
         fh.write('{"step": 4, "rec')
     with LogText() as log:
         train(unet_cfg(ov, output_dir=str(used), resume_from_checkpoint="latest", max_train_steps=4, use_ema=True,
-                       ema_decay=0.5, learning_rate=1e-6, checkpointing_steps=1))
+                       ema_decay=0.5, adam_weight_decay=0.5, checkpointing_steps=1))
     reset_accelerate()
-    assert "not used when resuming: learning_rate=1e-06 (the checkpoint's: 0.0001)" in log.text
+    assert "not used when resuming: adam_weight_decay=0.5 (the checkpoint's: 0.01)" in log.text
     assert [r["step"] for r in loss_rows(used)] == [1, 2, 3, 4]
     assert all(r["lr"] == 1e-4 for r in loss_rows(used))
+
+
+def test_resume_with_another_lr_schedule_is_refused_unless_asked_for(tiny, tmp_path, monkeypatch):
+    """A run resumed with another learning-rate schedule used to combine the checkpoint's state (step count, peak
+    rate) with the new settings silently: a linear schedule over 2 steps resumed with max_train_steps=4 trained
+    step 3 at the old schedule's rate (0), then jumped to the new schedule at the old peak rate, and a new
+    learning_rate was only warned about. Now it is one line naming the changed settings and the rates, before
+    anything is written, and change_lr_schedule=true follows the new schedule (its peak rate included) from the
+    checkpoint's step on, with a warning saying so. (A longer run on a constant schedule resumes as before: see the
+    gradient-accumulation test.)"""
+    from latentsync.training import base
+    from latentsync.training.unet_trainer import train
+
+    _, ov = tiny
+    out = tmp_path / "run"
+    settings = {"lr_scheduler": "linear", "checkpointing_steps": 1, "report_to": None, "output_dir": str(out)}
+    train(unet_cfg(ov, max_train_steps=2, **settings))
+    reset_accelerate()
+    before = snapshot(out)
+    with pytest.raises(TrainingConfigError) as refused:
+        train(unet_cfg(ov, max_train_steps=4, resume_from_checkpoint="latest", **settings))
+    reset_accelerate()
+    assert str(refused.value) == (
+        "checkpoint-2 was saved with another learning-rate schedule (max_train_steps 2 -> 4), which changes the "
+        "learning rate of the steps still to train (step 3: 5e-05 instead of 0): resume with the settings it was "
+        "saved with (in its run_config.json), or add change_lr_schedule=true to go on with the new schedule from "
+        "step 3")
+    assert snapshot(out) == before
+    used = []  # the rate each optimisation step trains with
+    real_step = base.optimizer_step
+
+    def recording_step(accelerator, loss, params, optimizer, lr_scheduler, max_grad_norm):
+        if accelerator.sync_gradients:
+            used.append(optimizer.param_groups[0]["lr"])
+        real_step(accelerator, loss, params, optimizer, lr_scheduler, max_grad_norm)
+
+    monkeypatch.setattr(base, "optimizer_step", recording_step)
+    with LogText() as log:
+        train(unet_cfg(ov, max_train_steps=4, learning_rate=2e-4, change_lr_schedule=True,
+                       resume_from_checkpoint="latest", **settings))
+    reset_accelerate()
+    assert ("resuming from checkpoint-2 with a changed learning-rate schedule (change_lr_schedule=true): "
+            "learning_rate 0.0001 -> 0.0002, max_train_steps 2 -> 4; the run follows the new schedule from step 3 "
+            "on (step 3: 0.0001 instead of 0)") in log.text
+    assert used == pytest.approx([2e-4 * 2 / 4, 2e-4 * 1 / 4])  # linear over 4 steps from a peak of 2e-4
+    assert [r["lr"] for r in loss_rows(out)] == pytest.approx([1e-4 / 2, 0, 2e-4 / 4, 0])
 
 
 def test_checkpoint_of_other_settings_without_their_record_is_one_line(tiny, stage1_run, tmp_path):
@@ -933,6 +1012,69 @@ def test_rotation_never_deletes_the_checkpoint_it_saved(tmp_path):
     cfg = SyncNetTrainingConfig(train_data="x", output_dir=str(tmp_path), checkpoints_total_limit=2)
     base.save_checkpoint(acc, cfg, 3)
     assert sorted(os.listdir(root)) == ["checkpoint-2", "checkpoint-3", "checkpoint-9"]
+
+
+def test_ctrl_c_while_a_checkpoint_is_written_or_removed_leaves_none_half_done(tiny, tmp_path, monkeypatch,
+                                                                                   caplog):
+    """Ctrl-C while the first checkpoint is written: the run stops saying that no checkpoint was saved, the
+    half-written folder is removed (it used to stay, hidden, until the next save), and resuming with `latest` starts
+    from scratch instead of taking it. Ctrl-C while the rotation deletes an old checkpoint: no half-deleted
+    `checkpoint-<step>` is left for `latest` or an export to take (it was deleted in place)."""
+    from types import SimpleNamespace
+
+    from accelerate import Accelerator
+
+    from latentsync.commands.train import train_unet_command
+    from latentsync.training import base
+    from latentsync.training.config import SyncNetTrainingConfig
+
+    _, ov = tiny
+    real = Accelerator.save_state
+
+    def save_state(self, path, *args, **kwargs):
+        if path.endswith("checkpoint-1"):
+            os.makedirs(path, exist_ok=True)
+            open(os.path.join(path, "model.safetensors"), "wb").close()
+            raise KeyboardInterrupt
+        return real(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "save_state", save_state)
+    out = tmp_path / "run"
+    args = ["--config", str(CONFIGS / "unet_tiny_stage1.yaml"), f"components_from={ov['components_from']}",
+            f"train_data={ov['train_data']}", "max_train_steps=2", "checkpointing_steps=1", "report_to=null",
+            f"output_dir={out}"]
+    with caplog.at_level(logging.ERROR, logger="latentsync"):
+        assert train_unet_command(args) == 130
+    reset_accelerate()
+    assert error_lines(caplog)[-1].startswith("stopped by Ctrl-C after step 1 of 2; no checkpoint was saved yet")
+    assert os.listdir(out / "checkpoints") == []
+    monkeypatch.setattr(Accelerator, "save_state", real)
+    with LogText() as log:
+        assert train_unet_command([*args, "resume_from_checkpoint=latest"]) == 0
+    reset_accelerate()
+    assert f"no checkpoint in {out}: starting from scratch" in log.text
+    assert sorted(os.listdir(out / "checkpoints")) == ["checkpoint-1", "checkpoint-2"]
+
+    root = tmp_path / "rotated" / "checkpoints"
+    for step in (1, 2):
+        for name in ("model.safetensors", "optimizer.bin"):
+            (root / f"checkpoint-{step}").mkdir(parents=True, exist_ok=True)
+            (root / f"checkpoint-{step}" / name).write_text("x")
+    real_rmtree = shutil.rmtree
+
+    def interrupted_rmtree(path, *a, **k):  # Ctrl-C after the first file is deleted
+        os.remove(os.path.join(path, min(os.listdir(path))))
+        raise KeyboardInterrupt
+
+    acc = SimpleNamespace(is_main_process=True, num_processes=1, wait_for_everyone=lambda: None,
+                          save_state=lambda path: os.makedirs(path))
+    cfg = SyncNetTrainingConfig(train_data="x", output_dir=str(tmp_path / "rotated"), checkpoints_total_limit=2)
+    monkeypatch.setattr(shutil, "rmtree", interrupted_rmtree)
+    with pytest.raises(KeyboardInterrupt):
+        base.save_checkpoint(acc, cfg, 3)
+    monkeypatch.setattr(shutil, "rmtree", real_rmtree)
+    assert [os.path.basename(c) for c in base.list_checkpoints(cfg.output_dir)] == ["checkpoint-2", "checkpoint-3"]
+    assert sorted(os.listdir(root / "checkpoint-2")) == ["model.safetensors", "optimizer.bin"]
 
 
 # ---------------------------------------------------------------------------------------------------- run folder

@@ -34,8 +34,9 @@ UNET_USAGE = """Train the LatentSync U-Net (stage 1 or stage 2) with accelerate.
 
 Any setting of `latentsync.training.UNetTrainingConfig` can be overridden as ``key=value`` (YAML value syntax).
 Resume a run with ``resume_from_checkpoint=latest`` (or a checkpoint folder); start it again in the same folder with
-``overwrite_output_dir=true``. Results: OUTPUT_DIR/pipeline (and lora/), checkpoints/, losses.jsonl, history.json,
-loss_chart.png, logs/ (TensorBoard), val_videos/.
+``overwrite_output_dir=true``. A resume that changes the learning-rate schedule (learning_rate, lr_scheduler,
+lr_warmup_steps, max_train_steps) is refused unless ``change_lr_schedule=true``. Results: OUTPUT_DIR/pipeline (and
+lora/), checkpoints/, losses.jsonl, history.json, loss_chart.png, logs/ (TensorBoard), val_videos/.
 """
 
 SYNCNET_USAGE = """Train a StableSyncNet (LatentSync's lip-sync expert) with accelerate.
@@ -48,8 +49,9 @@ DATA is a folder of aligned 25 fps clips with audio, or a `datasets` dataset (sa
 id) whose `video` column holds mp4 bytes. Any setting of `latentsync.training.SyncNetTrainingConfig` can be
 overridden as ``key=value`` (YAML value syntax; ``model_config.KEY=VALUE`` for one model argument).
 Resume with ``resume_from_checkpoint=latest`` (or a checkpoint folder); start again in the same folder with
-``overwrite_output_dir=true``. Results: OUTPUT_DIR/syncnet, syncnet_best/, checkpoints/, losses.jsonl,
-history.json, loss_chart.png.
+``overwrite_output_dir=true``. A resume that changes the learning-rate schedule (learning_rate, lr_scheduler,
+lr_warmup_steps, max_train_steps) is refused unless ``change_lr_schedule=true``. Results: OUTPUT_DIR/syncnet,
+syncnet_best/, checkpoints/, losses.jsonl, history.json, loss_chart.png.
 """
 
 logger = logging.getLogger("latentsync")

@@ -153,8 +153,8 @@ def output_dir_claimed(accelerator: Accelerator, cfg: TrainingConfig) -> Iterato
 
 def start_output_dir(accelerator: Accelerator, cfg: TrainingConfig) -> None:
     """Make ``output_dir`` ready (deleting the old run first with ``overwrite_output_dir``) and save the settings
-    there as [`SETTINGS_FILE`] (main process; a resumed run of an earlier version's ``config.json`` has it
-    replaced)."""
+    there as [`SETTINGS_FILE`], local paths made absolute (main process; a resumed run of an earlier version's
+    ``config.json`` has it replaced)."""
     accelerator.wait_for_everyone()  # every process has checked the folder (check_output_dir) before it changes
     if accelerator.is_main_process:
         if cfg.overwrite_output_dir and os.path.isdir(cfg.output_dir) and os.listdir(cfg.output_dir):
@@ -163,7 +163,8 @@ def start_output_dir(accelerator: Accelerator, cfg: TrainingConfig) -> None:
                 path = os.path.join(cfg.output_dir, name)
                 shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
         os.makedirs(cfg.output_dir, exist_ok=True)
-        save_run_config(cfg, os.path.join(cfg.output_dir, SETTINGS_FILE))
+        # local paths absolute: the file reads the same from any working directory (export-checkpoint, --config)
+        save_run_config(cfg.with_absolute_paths(), os.path.join(cfg.output_dir, SETTINGS_FILE))
         legacy = os.path.join(cfg.output_dir, LEGACY_SETTINGS_FILE)
         if os.path.isfile(legacy):
             os.remove(legacy)
@@ -249,6 +250,18 @@ def settings_file(run_dir: str) -> str | None:
     return None
 
 
+def run_start_folder(run_dir: str, output_dir: str | None) -> str | None:
+    """The working directory a run was started in, as its folder tells it: ``run_dir`` without the relative
+    ``output_dir`` the run saved (``/work/outputs/run`` and ``outputs/run`` -> ``/work``). None when ``output_dir`` is
+    absolute or is not how ``run_dir`` ends (a moved or renamed run folder)."""
+    if not output_dir or os.path.isabs(output_dir):
+        return None
+    run, tail = os.path.abspath(run_dir), os.path.normpath(output_dir)
+    if tail.startswith(os.pardir) or not run.endswith(os.sep + tail):
+        return None
+    return run[: -len(tail) - 1] or os.sep
+
+
 def save_run_config(cfg: TrainingConfig, path: str) -> None:
     """Write the run's settings next to its outputs (YAML or JSON by the file's ending)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -272,9 +285,85 @@ def create_optimizer(params: Iterable[torch.nn.Parameter], cfg: TrainingConfig,
     (accelerate steps it once per optimisation step, as the loaders yield global batches)."""
     optimizer = torch.optim.AdamW(params, lr=learning_rate or cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                   weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
-    lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
-                                 num_training_steps=cfg.max_train_steps)
-    return optimizer, lr_scheduler
+    return optimizer, _lr_schedule(cfg, optimizer)
+
+
+def _lr_schedule(cfg: TrainingConfig, optimizer: torch.optim.Optimizer) -> Any:
+    return get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.lr_warmup_steps,
+                         num_training_steps=cfg.max_train_steps)
+
+
+def schedule_text(cfg: TrainingConfig) -> str:
+    """The LR schedule in words for the start-of-run summary, e.g. ``linear schedule, 100 warmup steps``."""
+    warmup = f", {cfg.lr_warmup_steps} warmup steps" if cfg.lr_warmup_steps and cfg.lr_scheduler != "constant" else ""
+    return f"{cfg.lr_scheduler} schedule{warmup}"
+
+
+def scheduled_learning_rates(cfg: TrainingConfig, learning_rate: float, steps: Sequence[int]) -> list[float]:
+    """The learning rate that the schedule of ``cfg`` with peak ``learning_rate`` gives after each of ``steps``
+    optimisation steps (the rate step ``s + 1`` trains with), without an optimiser of the real parameters."""
+    probe = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=learning_rate)
+    factor = _lr_schedule(cfg, probe).lr_lambdas[0]
+    return [learning_rate * factor(s) for s in steps]
+
+
+def _schedule_probe_steps(start: int, settings: Sequence[TrainingConfig]) -> list[int]:
+    """Steps at which two LR schedules are compared from ``start`` on: every step near the warmup ends and the ends
+    of ``settings``' schedules, and 200 spread over the steps still to train (a schedule is smooth in between)."""
+    end = settings[-1].max_train_steps - 1  # the last step's rate (the rates after it are never used)
+    marks = {start, start + 1, end}
+    for cfg in settings:
+        for mark in (cfg.lr_warmup_steps, cfg.max_train_steps):
+            marks.update((mark - 1, mark, mark + 1))
+    marks.update(start + (end - start) * i // 200 for i in range(201))
+    return sorted(s for s in marks if start <= s <= end)
+
+
+def check_lr_schedule(cfg: TrainingConfig, saved: dict[str, Any], name: str, step: int, num_processes: int) -> None:
+    """Refuse to resume checkpoint ``name`` (saved at ``step`` by a run with the settings ``saved``) when this run's
+    ``SCHEDULE_SETTINGS`` (peak learning rate, schedule, warmup, ``max_train_steps``) differ from the saved ones in a
+    way that changes the learning rate of a step still to train (the checkpoint's schedule state would silently be
+    combined with the new settings), unless ``change_lr_schedule`` is set: then the change and the learning rate the
+    run goes on with are logged as a warning (see [`restart_lr_schedule`]). Settings that differ without changing any
+    rate still to use (a longer run on a constant schedule) are logged."""
+    now = cfg.to_dict()
+    changed = [key for key in cfg.SCHEDULE_SETTINGS if key in saved and saved[key] != _as_saved(now[key])]
+    if not changed or step >= cfg.max_train_steps:
+        return
+    before = dataclasses.replace(cfg, **{key: saved[key] for key in changed})
+    steps = _schedule_probe_steps(step, (before, cfg))
+    new = scheduled_learning_rates(cfg, cfg.effective_learning_rate(num_processes), steps)
+    try:
+        old = scheduled_learning_rates(before, before.effective_learning_rate(num_processes), steps)
+    except (TypeError, ValueError):  # a schedule this version does not know: every rate counts as changed
+        old = [math.nan] * len(steps)
+    what = ", ".join(f"{key} {json.dumps(saved[key])} -> {json.dumps(_as_saved(now[key]))}" for key in changed)
+    first = next((i for i, (a, b) in enumerate(zip(old, new)) if not math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-15)),
+                 None)
+    if first is None:
+        logger.info("resuming from %s with %s: the learning rate of the steps still to train is the same", name, what)
+        return
+    rate = f"step {steps[first] + 1}: {new[first]:.4g} instead of {old[first]:.4g}"
+    if cfg.change_lr_schedule:
+        logger.warning("resuming from %s with a changed learning-rate schedule (change_lr_schedule=true): %s; the run "
+                       "follows the new schedule from step %d on (%s)", name, what, step + 1, rate)
+        return
+    raise TrainingConfigError(
+        f"{name} was saved with another learning-rate schedule ({what}), which changes the learning rate of the steps "
+        f"still to train ({rate}): resume with the settings it was saved with (in its {RUN_CONFIG_FILE}), or add "
+        f"change_lr_schedule=true to go on with the new schedule from step {step + 1}")
+
+
+def restart_lr_schedule(optimizer: Any, lr_scheduler: Any, learning_rate: float) -> None:
+    """After a checkpoint's state was loaded (``change_lr_schedule``): put the optimiser on this run's schedule at
+    the checkpoint's step, with ``learning_rate`` as its peak instead of the saved one. The schedule's function is
+    this run's already (a checkpoint keeps only the step count and the peak rates)."""
+    scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate's wrapper holds the torch scheduler
+    scheduler.base_lrs = [learning_rate] * len(scheduler.base_lrs)
+    rates = [learning_rate * factor(scheduler.last_epoch) for factor in scheduler.lr_lambdas]
+    for group, rate in zip(optimizer.param_groups, rates):
+        group["initial_lr"], group["lr"] = learning_rate, rate
+    scheduler._last_lr = rates
 
 
 def optimizer_step(accelerator: Accelerator, loss: torch.Tensor, params: Iterable[torch.nn.Parameter],
@@ -385,8 +474,8 @@ def check_resume_point(cfg: TrainingConfig, path: str, num_processes: int = 1) -
     (those of the run that went on from ``path``: this run would overwrite them one by one, its rotation would keep
     them instead of its own, and ``latest`` would pick them); settings that shape the saved state
     (``cfg.RESUME_SETTINGS``: the model's layers, what trains, LoRA, EMA) other than those the checkpoint was saved
-    with. Settings the checkpoint's optimiser state overrides (``cfg.SAVED_SETTINGS``, e.g. ``learning_rate``) are
-    logged as a warning when they differ."""
+    with; a changed learning-rate schedule (see [`check_lr_schedule`]). Settings the checkpoint's optimiser state
+    overrides (``cfg.SAVED_SETTINGS``, e.g. ``adam_weight_decay``) are logged as a warning when they differ."""
     _check_layout(cfg, path, num_processes)
     name, step = os.path.basename(os.path.normpath(path)), checkpoint_step(path)
     if step > cfg.max_train_steps:
@@ -411,6 +500,7 @@ def check_resume_point(cfg: TrainingConfig, path: str, num_processes: int = 1) -
         raise TrainingConfigError(
             f"{name} was saved with {', '.join(differ)}: resume with the settings it was saved with (they shape "
             f"the model and optimiser state it holds; all of them are in {os.path.join(path, RUN_CONFIG_FILE)})")
+    check_lr_schedule(cfg, saved, name, step, num_processes)
     ignored = [f"{key}={json.dumps(_as_saved(now[key]))} (the checkpoint's: {json.dumps(saved.get(key))})"
                for key in cfg.SAVED_SETTINGS if key in now and key in saved and saved[key] != _as_saved(now[key])]
     if ignored:
@@ -418,11 +508,14 @@ def check_resume_point(cfg: TrainingConfig, path: str, num_processes: int = 1) -
                        ", ".join(ignored), name)
 
 
-def load_checkpoint(accelerator: Accelerator, cfg: TrainingConfig, path: str) -> None:
+def load_checkpoint(accelerator: Accelerator, cfg: TrainingConfig, path: str, optimizer: Any = None,
+                    lr_scheduler: Any = None) -> None:
     """Restore the accelerator state saved in ``path`` (model, optimiser, LR schedule, registered objects and each
     process's RNG state). The data position follows from the checkpoint's step, so the run must split its batches
     as the one that saved it did: a checkpoint of another process count or batch is refused with what differs. A
-    state that does not fit this run's model or optimiser (a checkpoint of other settings) is one line."""
+    state that does not fit this run's model or optimiser (a checkpoint of other settings) is one line. With
+    ``change_lr_schedule`` the ``optimizer`` and ``lr_scheduler`` then go on with this run's schedule (see
+    [`check_lr_schedule`])."""
     _check_layout(cfg, path, accelerator.num_processes)
     try:
         accelerator.load_state(path)
@@ -433,6 +526,8 @@ def load_checkpoint(accelerator: Accelerator, cfg: TrainingConfig, path: str) ->
         raise TrainingConfigError(
             f"cannot resume from {path}: its saved state does not fit this run's model or optimiser ({first}); resume "
             "with the settings it was saved with") from exc
+    if cfg.change_lr_schedule and optimizer is not None and lr_scheduler is not None:
+        restart_lr_schedule(optimizer, lr_scheduler, cfg.effective_learning_rate(accelerator.num_processes))
 
 
 def save_checkpoint(accelerator: Accelerator, cfg: TrainingConfig, step: int,
@@ -462,18 +557,32 @@ def save_checkpoint(accelerator: Accelerator, cfg: TrainingConfig, step: int,
                 with open(os.path.join(tmp, name), "w") as fh:
                     json.dump(data, fh, default=str)
     if accelerator.is_main_process:
-        if os.path.isdir(final):
-            shutil.rmtree(final)
+        if os.path.isdir(final):  # an earlier save of this step: out of the way first, so a kill never halves it
+            _remove_checkpoint(final)
         os.replace(tmp, final)
         if cfg.checkpoints_total_limit:  # the oldest go; never this one, nor any of a later step
             older = [c for c in list_checkpoints(cfg.output_dir) if checkpoint_step(c) < step]
             for old in older[: max(0, len(older) - (cfg.checkpoints_total_limit - 1))]:
-                shutil.rmtree(old, ignore_errors=True)
+                _remove_checkpoint(old)
         logger.info("saved checkpoint %s", final)
         if cfg.push_to_hub and cfg.hub_strategy != "end":
             push_checkpoint(cfg, final)
     accelerator.wait_for_everyone()
     return final
+
+
+def _remove_checkpoint(path: str) -> None:
+    """Delete a checkpoint folder: renamed to a hidden name first (one atomic step), then removed, so that a run
+    killed meanwhile leaves no half-deleted ``checkpoint-<step>`` that ``latest`` or an export would take for a
+    complete one (the next save removes what is left)."""
+    hidden = os.path.join(os.path.dirname(path), f".tmp-{os.path.basename(path)}-removed")
+    if os.path.isdir(hidden):  # what an earlier removal of this step left
+        shutil.rmtree(hidden, ignore_errors=True)
+    try:
+        os.replace(path, hidden)
+    except OSError:  # cannot be renamed (a folder not ours to change): deleted in place, as far as it can be
+        hidden = path
+    shutil.rmtree(hidden, ignore_errors=True)
 
 
 class TrainingStorageError(RuntimeError):
@@ -511,11 +620,15 @@ def saving(cfg: TrainingConfig, what: str, partial: str | None = None) -> Iterat
     """Within the block, ``what`` (a checkpoint, the trained model) is written to ``output_dir``: a failure (a full
     disk, a folder turned read-only; the libraries' errors for it vary) becomes one [`TrainingStorageError`] line
     (see [`storage_error`]) and ``partial``, the half-written folder, is removed. Ctrl-C and SIGTERM pass as
-    they are."""
+    they are, after ``partial`` is removed too."""
     try:
         yield
-    except Exception as exc:
+    except BaseException as exc:
         if interrupt_of(exc) is not None:
+            if partial is not None:
+                shutil.rmtree(partial, ignore_errors=True)
+            raise
+        if not isinstance(exc, Exception):
             raise
         raise storage_error(cfg, what, exc, partial=partial) from exc
 

@@ -23,6 +23,10 @@ MIXED_PRECISIONS = ("no", "fp16", "bf16")
 # what goes to the Hub during training, as transformers' hub_strategy: the final model only, or also every checkpoint
 # (only the newest kept in the repo, or all of them)
 HUB_STRATEGIES = ("end", "checkpoint", "all_checkpoints")
+# diffusers' LR schedules that these settings describe (its piecewise_constant needs step rules, which they do not hold)
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+# values of path settings that are keywords, not paths
+PATH_KEYWORDS = {"lpips_heads": "uniform"}
 
 # The value of a U-Net setting that follows the training stage (see [`UNetTrainingConfig`]).
 STAGE_DEFAULT = "stage"
@@ -53,7 +57,10 @@ class TrainingConfig:
     run first). Hub: with ``push_to_hub`` the result goes to ``hub_model_id`` (``hub_private`` when created);
     ``hub_strategy`` ``checkpoint`` also uploads every checkpoint as it is saved (the repo keeps the newest,
     ``checkpoints/checkpoint-<step>``), ``all_checkpoints`` keeps them all; ``resume_from_checkpoint=hub`` resumes
-    from the newest checkpoint in ``hub_model_id`` (downloaded into ``output_dir/checkpoints``).
+    from the newest checkpoint in ``hub_model_id`` (downloaded into ``output_dir/checkpoints``). A resumed run keeps
+    the learning-rate schedule its checkpoint was saved with: resuming with other ``SCHEDULE_SETTINGS`` that change
+    the learning rate of the steps still to train is refused unless ``change_lr_schedule`` is set, which continues
+    with the new schedule from the checkpoint's step.
     """
 
     # data
@@ -71,6 +78,7 @@ class TrainingConfig:
     max_grad_norm: float = 1.0
     lr_scheduler: str = "constant"
     lr_warmup_steps: int = 0
+    change_lr_schedule: bool = False
     train_batch_size: int = 1
     gradient_accumulation_steps: int = 1
     max_train_steps: int = 10_000_000
@@ -98,8 +106,14 @@ class TrainingConfig:
     # the command that trains with these settings (named when a config of the other trainer is given)
     SCRIPT: ClassVar[str] = ""
     # settings whose value a resumed run takes from the checkpoint's optimiser state (a change is only warned about)
-    SAVED_SETTINGS: ClassVar[tuple[str, ...]] = ("learning_rate", "adam_beta1", "adam_beta2", "adam_weight_decay",
-                                                 "adam_epsilon")
+    SAVED_SETTINGS: ClassVar[tuple[str, ...]] = ("adam_beta1", "adam_beta2", "adam_weight_decay", "adam_epsilon")
+    # settings that shape the learning-rate schedule: a resumed run whose schedule they change is refused unless
+    # change_lr_schedule is set (base.check_lr_schedule)
+    SCHEDULE_SETTINGS: ClassVar[tuple[str, ...]] = ("learning_rate", "lr_scheduler", "lr_warmup_steps",
+                                                    "max_train_steps")
+    # settings that name a local file or folder (or a Hub id): a run's config.yaml holds the local ones as absolute
+    # paths (with_absolute_paths), so that it is read the same from any working directory
+    PATH_SETTINGS: ClassVar[tuple[str, ...]] = ("train_data", "output_dir")
 
     def check_train_data_set(self) -> None:
         """Raise [`TrainingConfigError`] when ``train_data`` is not set: the first thing a run needs (checked before
@@ -114,6 +128,11 @@ class TrainingConfig:
         self.check_train_data_set()
         if self.mixed_precision not in MIXED_PRECISIONS:
             raise TrainingConfigError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        if self.lr_scheduler not in LR_SCHEDULERS:
+            raise TrainingConfigError(f"lr_scheduler must be one of {', '.join(LR_SCHEDULERS)}, got "
+                                      f"{self.lr_scheduler!r}")
+        if self.lr_warmup_steps < 0:
+            raise TrainingConfigError(f"lr_warmup_steps must be >= 0, got {self.lr_warmup_steps}")
         if self.hub_strategy not in HUB_STRATEGIES:
             raise TrainingConfigError(f"hub_strategy must be one of {', '.join(HUB_STRATEGIES)}, "
                                       f"got {self.hub_strategy!r}")
@@ -148,6 +167,27 @@ class TrainingConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def effective_learning_rate(self, num_processes: int) -> float:
+        """The peak learning rate the optimiser gets with ``num_processes`` processes (``learning_rate``)."""
+        return self.learning_rate
+
+    def with_absolute_paths(self, root: str | os.PathLike | None = None) -> TrainingConfig:
+        """A copy whose ``PATH_SETTINGS`` that name an existing local file or folder relative to ``root`` (default:
+        the working directory) hold its absolute path (``~`` expanded); Hub ids, paths that do not exist there and
+        the settings' keywords (``lpips_heads=uniform``) stay as they are."""
+        root = os.fspath(root) if root is not None else os.getcwd()
+        changes = {}
+        for name in self.PATH_SETTINGS:
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value or PATH_KEYWORDS.get(name) == value:
+                continue
+            path = os.path.expanduser(value)
+            if os.path.isabs(path):
+                changes[name] = path
+            elif os.path.exists(os.path.join(root, path)):
+                changes[name] = os.path.abspath(os.path.join(root, path))
+        return dataclasses.replace(self, **changes)
 
 
 @dataclass
@@ -227,12 +267,23 @@ class UNetTrainingConfig(TrainingConfig):
     SCRIPT: ClassVar[str] = "train/train_unet.py"
     RESUME_SETTINGS: ClassVar[tuple[str, ...]] = ("unet_config", "motion_modules", "trainable_modules", "lora_rank",
                                                   "lora_alpha", "lora_target_modules", "use_ema")
-    SAVED_SETTINGS: ClassVar[tuple[str, ...]] = (*TrainingConfig.SAVED_SETTINGS, "scale_lr", "ema_decay")
+    SAVED_SETTINGS: ClassVar[tuple[str, ...]] = (*TrainingConfig.SAVED_SETTINGS, "ema_decay")
+    SCHEDULE_SETTINGS: ClassVar[tuple[str, ...]] = (*TrainingConfig.SCHEDULE_SETTINGS, "scale_lr")
+    PATH_SETTINGS: ClassVar[tuple[str, ...]] = (*TrainingConfig.PATH_SETTINGS, "components_from", "pretrained_unet",
+                                                "sd_unet", "vae", "whisper", "syncnet", "lpips_backbone",
+                                                "lpips_heads", "trepa_model", "validation_video", "validation_audio")
 
     def __post_init__(self) -> None:
         for key, value in STAGE_DEFAULTS.get(self.stage, {}).items():
             if getattr(self, key) == STAGE_DEFAULT:
                 setattr(self, key, copy.deepcopy(value))
+
+    def effective_learning_rate(self, num_processes: int) -> float:
+        """The peak learning rate: ``learning_rate``, times the global batch (processes x batch x accumulation) with
+        ``scale_lr``."""
+        if not self.scale_lr:
+            return self.learning_rate
+        return self.learning_rate * self.gradient_accumulation_steps * self.train_batch_size * num_processes
 
     @property
     def pixel_space_supervise(self) -> bool:
@@ -332,6 +383,7 @@ class SyncNetTrainingConfig(TrainingConfig):
 
     SCRIPT: ClassVar[str] = "train/train_syncnet.py"
     RESUME_SETTINGS: ClassVar[tuple[str, ...]] = ("model_preset", "model_config")
+    PATH_SETTINGS: ClassVar[tuple[str, ...]] = (*TrainingConfig.PATH_SETTINGS, "pretrained_model", "vae", "val_data")
 
     def validate(self) -> None:
         """Raise [`TrainingConfigError`] (a ``ValueError``) naming the first missing or contradictory setting."""

@@ -57,14 +57,19 @@ def find_checkpoint(run_dir: str, step: int | None = None) -> str:
     return by_step[step]
 
 
-def _read_settings(cls: type, path: str) -> Any:
-    """The run's saved settings as ``cls`` (keys of later versions are ignored with a note)."""
+def _read_settings(cls: type, run_dir: str) -> Any:
+    """The saved settings of the run in ``run_dir`` as ``cls`` (keys of later versions are ignored with a note), with
+    local paths absolute: runs of earlier versions saved them as given, relative to the folder the run was started
+    in, which is found from the run folder's path and its saved ``output_dir`` (see [`base.run_start_folder`]; the
+    working directory when it cannot be)."""
+    path = base.settings_file(run_dir)
     with open(path) as fh:
         data = yaml.safe_load(fh) if path.endswith((".yaml", ".yml")) else json.load(fh)
     known = {f.name for f in dataclasses.fields(cls)}
     if unknown := sorted(set(data) - known):
         logger.info("settings not known to this version, ignored: %s", ", ".join(unknown))
-    return cls(**{k: v for k, v in data.items() if k in known})
+    cfg = cls(**{k: v for k, v in data.items() if k in known})
+    return cfg.with_absolute_paths(base.run_start_folder(run_dir, cfg.output_dir))
 
 
 def _model_state(checkpoint: str) -> dict[str, torch.Tensor]:
@@ -85,7 +90,7 @@ def _model_config(checkpoint: str) -> dict[str, Any] | None:
 
 def export_unet_checkpoint(run_dir: str, checkpoint: str, output: str, use_ema: bool | None = None) -> dict[str, Any]:
     """Export a U-Net run's checkpoint as a pipeline folder (see the module docstring)."""
-    cfg = _read_settings(UNetTrainingConfig, base.settings_file(run_dir))
+    cfg = _read_settings(UNetTrainingConfig, run_dir)
     check_model_sources({k: v for k, v in model_sources(cfg).items()
                          if k in ("components_from", "vae", "whisper")})
     config = _model_config(checkpoint)
@@ -119,7 +124,7 @@ def export_syncnet_checkpoint(run_dir: str, checkpoint: str, output: str) -> dic
     if config is not None:
         model = StableSyncNet.from_config(config)
     else:
-        model = build_syncnet(_read_settings(SyncNetTrainingConfig, base.settings_file(run_dir)))
+        model = build_syncnet(_read_settings(SyncNetTrainingConfig, run_dir))
     model.load_state_dict(_model_state(checkpoint), strict=True)
     model.save_pretrained(output, safe_serialization=True)
     return {"kind": "syncnet", "step": base.checkpoint_step(checkpoint), "checkpoint": checkpoint, "model": output}

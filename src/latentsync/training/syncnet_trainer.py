@@ -89,8 +89,8 @@ def training_plan(cfg: SyncNetTrainingConfig, model: StableSyncNet, vae: Autoenc
     per_step = cfg.train_batch_size * cfg.gradient_accumulation_steps * accelerator.num_processes
     lines.append(f"steps {start_step} -> {cfg.max_train_steps}, {per_step} pairs per step (batch "
                  f"{cfg.train_batch_size} x {cfg.gradient_accumulation_steps} accumulation x "
-                 f"{accelerator.num_processes} processes, {cfg.positive_ratio:.0%} in sync), lr {cfg.learning_rate:g}, "
-                 f"precision {accelerator.mixed_precision}, device {accelerator.device}")
+                 f"{accelerator.num_processes} processes, {cfg.positive_ratio:.0%} in sync), lr {cfg.learning_rate:g} "
+                 f"({base.schedule_text(cfg)}), precision {accelerator.mixed_precision}, device {accelerator.device}")
     lines.append(f"output: {cfg.output_dir}/ (checkpoints/ every {cfg.checkpointing_steps} steps, validation every "
                  f"{cfg.validation_steps} steps on {cfg.num_val_samples} pairs, losses.jsonl, history.json, "
                  "loss_chart.png" + (f", {cfg.logging_dir}/ for TensorBoard" if cfg.report_to == "tensorboard" else "")
@@ -222,7 +222,7 @@ def _train_syncnet(cfg: SyncNetTrainingConfig, accelerator: Accelerator) -> dict
     )
     log = base.TrainingLog(accelerator, cfg, "SyncNet training", reference_lines=CHANCE_LINES)
     if resume_path is not None:
-        base.load_checkpoint(accelerator, cfg, resume_path)
+        base.load_checkpoint(accelerator, cfg, resume_path, optimizer, lr_scheduler)
         log.restore(resume_path, global_step)
         logger.info("resumed from %s at step %d", resume_path, global_step)
     elif cfg.resume_from_checkpoint:  # "latest" without a checkpoint: a fresh start in the same folder

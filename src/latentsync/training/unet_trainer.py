@@ -233,7 +233,8 @@ def training_plan(cfg: UNetTrainingConfig, comps: TrainingComponents, unet: torc
     lines.append(f"steps {start_step} -> {cfg.max_train_steps}, {per_step} clip{'s' * (per_step != 1)} of "
                  f"{cfg.num_frames} frames per step "
                  f"(batch {cfg.train_batch_size} x {cfg.gradient_accumulation_steps} accumulation x "
-                 f"{accelerator.num_processes} processes), lr {cfg.learning_rate:g}, precision "
+                 f"{accelerator.num_processes} processes), lr {cfg.effective_learning_rate(accelerator.num_processes):g} "
+                 f"({base.schedule_text(cfg)}), precision "
                  f"{accelerator.mixed_precision}, device {accelerator.device}")
     results = "pipeline/" + (" and lora/" if cfg.lora_rank > 0 else "")
     lines.append(f"output: {cfg.output_dir}/ (checkpoints/ every {cfg.checkpointing_steps} steps, losses.jsonl, "
@@ -331,9 +332,7 @@ def _train(cfg: UNetTrainingConfig, accelerator: Accelerator) -> dict[str, Any]:
     if cfg.use_ema:
         ema = EMAModel(params, decay=cfg.ema_decay)
         ema.to(device)
-    lr = cfg.learning_rate
-    if cfg.scale_lr:
-        lr *= cfg.gradient_accumulation_steps * cfg.train_batch_size * accelerator.num_processes
+    lr = cfg.effective_learning_rate(accelerator.num_processes)
     optimizer, lr_scheduler = base.create_optimizer(params, cfg, lr)
 
     # everything loaded: the run folder is written from here on
@@ -359,7 +358,7 @@ def _train(cfg: UNetTrainingConfig, accelerator: Accelerator) -> dict[str, Any]:
     global_step = 0
     log = base.TrainingLog(accelerator, cfg, f"LatentSync U-Net, stage {cfg.stage}")
     if resume:
-        base.load_checkpoint(accelerator, cfg, resume)
+        base.load_checkpoint(accelerator, cfg, resume, optimizer, lr_scheduler)
         if ema is not None:  # the EMA shadow weights come back on the CPU
             ema.to(device)
         global_step = base.checkpoint_step(resume)
