@@ -855,3 +855,28 @@ def test_a_ctrl_c_while_workers_are_submitted_waits_for_the_end_of_the_submits(t
                 reached.append(len(reached))
         reached.append("after the block")  # not reached: the signal is raised at the block's end
     assert reached[-1] == 999 and signal.getsignal(signal.SIGINT) is before
+
+
+def test_prepare_without_datasets_is_refused_before_any_video(tmp_path, caplog, monkeypatch):
+    """Without ``datasets`` (the data extra) the command and the library refuse in one line naming the install,
+    before any video is processed: the run used to process every video and then fail on the import."""
+    import importlib.util
+
+    from latentsync.commands import main
+    from latentsync.data.prepare import run
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "datasets" else real_find_spec(name, *a))
+    monkeypatch.setattr(run, "_prepare", lambda *a, **k: pytest.fail("prepare started"))
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    with caplog.at_level(logging.ERROR, logger="latentsync"):
+        assert main(["prepare", str(raw), str(tmp_path / "out"), "--no-sync"]) == 2
+    assert "datasets is not installed: pip install 'latentsync[data]'" in caplog.text
+    with pytest.raises(LatentSyncInputError, match="datasets is not installed"):
+        run.prepare_dataset(str(raw), str(tmp_path / "out"))
+    # without the dataset step, datasets is not needed
+    monkeypatch.setattr(run, "_prepare", lambda *a, **k: "started")
+    assert run.prepare_dataset(str(raw), str(tmp_path / "out"), build_dataset=False) == "started"
+    assert not (tmp_path / "out").exists()

@@ -12,7 +12,7 @@ import importlib
 import logging
 import os
 
-from ..data.prepare.config import PrepareConfig, check_folders, check_parallelism
+from ..data.prepare.config import PrepareConfig, check_datasets_installed, check_folders, check_parallelism
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ def prepare(argv: list[str]) -> int:
         max_sync_offset=args.max_sync_offset, quality=args.quality, quality_threshold=args.quality_threshold,
         max_shard_size=args.max_shard_size,
     )
+    check_datasets_installed()
     check_folders(args.input, args.output)
     check_parallelism(args.workers, args.actors)
     # deferred: the run imports torch, OpenCV and the SyncNet (seconds); the options are checked above without them

@@ -5,6 +5,7 @@ Importing this module does not import torch: the command line checks its options
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from typing import Literal
@@ -36,6 +37,14 @@ VIDEO_REASONS = ("unreadable", "no_audio", "silent_audio", "error", "duplicate")
 FRAME_REASONS = ("no_face", "too_short", "audio_ends_early")
 """Reasons that drop frames that never became part of a clip (their ``count`` is 0: the amount is in ``seconds``);
 the other reasons drop planned clips."""
+
+
+def check_datasets_installed() -> None:
+    """Refuse at once when ``datasets`` (the data extra), which writes the prepared dataset at the end, is missing:
+    without this check the run processed every video first and then failed on the import."""
+    if importlib.util.find_spec("datasets") is None:
+        raise LatentSyncInputError("latentsync prepare writes a `datasets` dataset, and datasets is not installed: "
+                                   "pip install 'latentsync[data]' (or pip install datasets)")
 
 
 def drop_amount(reason: str, dropped: dict) -> str:

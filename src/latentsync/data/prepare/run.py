@@ -33,7 +33,8 @@ from ...utils import write_json_atomically
 from ..clips import PREPARE_MARKER
 from ..quality import QualityScorer, SharpnessScorer, load_quality_scorer
 from .config import (DROP_REASONS, DROPPED_CLIP_COLUMNS, DROPPED_VIDEO_COLUMNS, VIDEO_REASONS, NoClipsKeptError,
-                     PrepareConfig, PrepareSummary, check_folders, check_parallelism, drop_amount)
+                     PrepareConfig, PrepareSummary, check_datasets_installed, check_folders, check_parallelism,
+                     drop_amount)
 from .dataset import build_prepared_dataset
 from .planning import scan_input, video_key
 from .process import failed_record, fresh_clips_dir, process_video, source_fingerprint, sync_threshold
@@ -238,6 +239,8 @@ def prepare_dataset(
     """
     if engine not in ENGINES:
         raise LatentSyncInputError(f"unknown engine {engine!r}: use {' or '.join(ENGINES)}")
+    if build_dataset:
+        check_datasets_installed()
     check_folders(input_dir, output_dir)
     check_parallelism(num_workers, actors)
     args = (input_dir, output_dir, config or PrepareConfig(), device, retry_failed, overwrite, sync_checker,
