@@ -52,6 +52,7 @@ except ImportError:  # a source checkout run without `pip install -e .`
 from latentsync.app_support import (
     AUTOMATIC_AUDIO_TRACK,
     PRESETS,
+    StopFlag,
     TimeModel,
     audio_track_choices,
     audio_track_number,
@@ -233,6 +234,10 @@ class LipSyncRequest:
     seconds: float  # the output's length (the audio's)
     audio_track: int | None = None  # the speech's track of the audio file, numbered from 1 (None: automatic)
     session: str | None = None  # the page's session that asked for it (None: unknown, e.g. the examples' caching)
+    # raised when the app shuts down, and when the page that asked for it is closed: they stop the run at its next
+    # denoising step in whatever process it runs (ZeroGPU's worker included), see StopFlag
+    app_stop: StopFlag | None = None
+    page_closed: StopFlag | None = None
 
 
 class LipSyncService:
@@ -253,8 +258,13 @@ class LipSyncService:
         self.queue = None  # the app's queue, set by build_demo (for the queue-full message)
         self._sessions: dict[str, float] = {}  # session -> when its pending request was accepted
         self._left: set[str] = set()  # sessions whose page was closed while their request waited or ran
-        self._running: str | None = None  # the session of the lip sync running now
+        self._page_flags: dict[str, StopFlag] = {}  # session -> the page-closed flag of its request being generated
+        self._state = threading.Lock()  # guards the three above (page events and requests run in several threads)
+        self._in_flight = 0  # requests being generated, here or in a GPU worker process
+        self._running: LipSyncRequest | None = None  # the request this process is generating now
         self._stopping = threading.Event()  # set by stop(): no new run starts, a running one stops at its next step
+        # the same for a run in another process (ZeroGPU's GPU worker), which cannot see the event
+        self._app_stop = StopFlag(str(self.work_dir / "stopping"))
         generate = self._generate
         if spaces is not None:
             generate = spaces.GPU(duration=self.gpu_duration)(generate)
@@ -405,28 +415,35 @@ class LipSyncService:
         session = getattr(request, "session_hash", None)
         if session:
             now = time.time()
-            started = self._sessions.get(session)
+            with self._state:
+                started = self._sessions.get(session)
+                if started is None or now - started >= SESSION_TIMEOUT:
+                    self._sessions[session] = now
             if started is not None and now - started < SESSION_TIMEOUT:
                 raise _error("You already have a lip sync waiting or running; it must finish before you start "
                              "another.")
-            self._sessions[session] = now
         return "Waiting for a free place in the queue…"
 
     def _release(self, request: gr.Request | None) -> None:
         session = getattr(request, "session_hash", None)
         if session:
-            self._sessions.pop(session, None)
-            self._left.discard(session)
+            with self._state:
+                self._sessions.pop(session, None)
+                self._left.discard(session)
 
     def visitor_left(self, request: gr.Request | None = None) -> None:
         """The page's unload event (the tab was closed or reloaded): the visitor's running lip sync stops at its next
         denoising step, freeing the model (and the GPU) for the next visitor, and its files are removed. Gradio
-        itself drops a request that is still waiting, but cannot stop one that runs."""
+        itself drops a request that is still waiting, but cannot stop one that runs. The run is told through its
+        page-closed flag, a file, so that it stops also in ZeroGPU's GPU worker process."""
         session = getattr(request, "session_hash", None)
-        if session and session in self._sessions:
+        with self._state:
+            if not session or session not in self._sessions:
+                return
             self._left.add(session)
-            if session == self._running:
-                logger.info("a visitor closed the page: their lip sync stops at its next step")
+            flag = self._page_flags.get(session)
+        if flag is not None and flag.set():
+            logger.info("a visitor closed the page: their lip sync stops at its next step")
 
     # ------------------------------------------------------------------ faces and estimates
     def faces(self, video: str | None, photo: str | None, face: str | None, app_default: str | None = None
@@ -519,17 +536,15 @@ class LipSyncService:
     def _generate(self, request: LipSyncRequest, output: str):
         """Run the pipeline; returns ``(pipeline output, None)`` or ``(None, readable error)``.
 
-        Errors travel as values: on ZeroGPU this runs in another process, where exception types do not survive.
+        Errors travel as values: on ZeroGPU this runs in another process, where exception types do not survive, and
+        which sees the app's stop and a closed page only through the request's stop flags.
         """
         preset = PRESETS[request.preset]
         try:
             with self._lock:
-                if self._stopping.is_set():
-                    return None, STOPPING_MESSAGE
-                if request.session is not None and request.session in self._left:
-                    return None, LEFT_MESSAGE
-                self._running = request.session
+                self._running = request
                 try:
+                    self._raise_if_stopped()  # stopped, or its page closed, while it waited: it does not start
                     self.pipe.scheduler = self._schedulers[preset.scheduler]
                     generator = torch.Generator("cpu").manual_seed(request.seed)
                     out = self.pipe(video=request.source, audio=request.audio, output_path=output,
@@ -552,13 +567,18 @@ class LipSyncService:
             logger.exception("lip sync failed")
             return None, f"Lip sync failed ({type(exc).__name__}: {_short_reason(exc, 300)})."
 
-    def _check_stopping(self, pipe: LatentSyncPipeline, step: int, timestep: Any, tensors: dict) -> dict:
-        """The pipeline's step callback: raises [`AppStopping`] once [`stop`] was called, [`VisitorLeft`] once the
-        page of the running request was closed."""
-        if self._stopping.is_set():
+    def _raise_if_stopped(self) -> None:
+        """Raise [`AppStopping`] once [`stop`] was called, [`VisitorLeft`] once the page of the request being
+        generated was closed (seen from any process: the request's stop flags)."""
+        request = self._running
+        if self._stopping.is_set() or (request is not None and request.app_stop and request.app_stop.is_set()):
             raise AppStopping()
-        if self._running is not None and self._running in self._left:
+        if request is not None and request.page_closed and request.page_closed.is_set():
             raise VisitorLeft()
+
+    def _check_stopping(self, pipe: LatentSyncPipeline, step: int, timestep: Any, tensors: dict) -> dict:
+        """The pipeline's step callback: stops the run (see [`_raise_if_stopped`])."""
+        self._raise_if_stopped()
         return tensors
 
     @property
@@ -569,9 +589,14 @@ class LipSyncService:
     def stop(self, wait: float = STOP_WAIT_SECONDS) -> bool:
         """Stop generating (the app shuts down): no new lip sync starts, and a running one (a visitor's, or an
         example's result being cached) stops at its next denoising step. Returns whether none is running any more,
-        after waiting up to ``wait`` seconds."""
+        after waiting up to ``wait`` seconds (a run in ZeroGPU's GPU worker included). Safe to call from a signal
+        handler."""
         self._stopping.set()
-        if not self._lock.acquire(timeout=wait):
+        self._app_stop.set()
+        deadline = time.monotonic() + wait
+        while self._in_flight and time.monotonic() < deadline:  # a run in another process holds no lock here
+            time.sleep(0.05)
+        if self._in_flight or not self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
             return False
         self._lock.release()
         return True
@@ -588,8 +613,22 @@ class LipSyncService:
         if progress is not None:
             progress(0, desc="Starting")
         expected = self.expected_seconds(request.seconds, request.preset, request.steps, request.guidance)
+        request.app_stop, request.page_closed = self._app_stop, StopFlag(str(job / "page-closed"))
+        with self._state:
+            self._in_flight += 1
+            if request.session is not None:
+                self._page_flags[request.session] = request.page_closed
+                if request.session in self._left:
+                    request.page_closed.set()
         start = time.perf_counter()
-        out, error = self._generate_on_device(request, output)
+        try:
+            out, error = self._generate_on_device(request, output)
+        finally:
+            with self._state:
+                self._in_flight -= 1
+                if request.session is not None:
+                    self._page_flags.pop(request.session, None)
+            request.page_closed.clear()
         if error is not None:
             shutil.rmtree(job, ignore_errors=True)
             names = {request.source: Path(request.source).name, request.audio: Path(request.audio).name,

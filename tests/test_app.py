@@ -14,6 +14,7 @@ import importlib.util
 import json
 import logging
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -52,8 +53,8 @@ BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                 "--disable-component-update", "--disable-sync"]
 
 
-def _load_app(monkeypatch, model: str | None, **env: str):
-    """Import app.py as a fresh module with the given LATENTSYNC_* settings."""
+def _load_app(monkeypatch, model: str | None, name: str | None = None, **env: str):
+    """Import app.py as a fresh module (named ``name``, default a new name) with the given LATENTSYNC_* settings."""
     monkeypatch.delenv("GRADIO_ANALYTICS_ENABLED", raising=False)
     monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
     if model is None:
@@ -64,7 +65,7 @@ def _load_app(monkeypatch, model: str | None, **env: str):
                 "LATENTSYNC_CACHE_EXAMPLES": "off"}
     for key, value in {**defaults, **env}.items():
         monkeypatch.setenv(key, value)
-    spec = importlib.util.spec_from_file_location(f"latentsync_app_{time.monotonic_ns()}", ROOT / "app.py")
+    spec = importlib.util.spec_from_file_location(name or f"latentsync_app_{time.monotonic_ns()}", ROOT / "app.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
@@ -637,6 +638,88 @@ def test_closing_the_page_stops_its_lip_sync(app_module, clips):
     finally:
         del service._check_stopping
     assert started == [] and list(service.work_dir.iterdir()) == []
+
+
+def _gpu_worker(service, app_name: str, call: bytes, started, proceed, results) -> None:
+    """A ZeroGPU worker: the ``spaces`` package runs the app's GPU function in a process of its own (forked once,
+    then reused), its arguments and result pickled. ``service``: the app's, inherited through a fork; None in a
+    spawned process, which loads the app itself (under the parent's module name, so that the request unpickles).
+    The run waits after its first denoising step until the parent says ``proceed``; ``results`` gets the pickled
+    result and the number of steps run."""
+    if service is None:
+        mp = pytest.MonkeyPatch()
+        service = _load_app(mp, os.environ["LATENTSYNC_MODEL"], name=app_name,
+                            LATENTSYNC_CACHE_EXAMPLES="off").demo.service
+        service.pipe.set_progress_bar_config(disable=True)
+    request, output = pickle.loads(call)
+    check_stopping, steps = service._check_stopping, []
+
+    def step(pipe, index, timestep, tensors):
+        steps.append(index)
+        if len(steps) == 1:
+            started.set()
+            proceed.wait(120)
+        return check_stopping(pipe, index, timestep, tensors)
+
+    service._check_stopping = step
+    out, error = service._generate(request, output)
+    results.put((pickle.dumps(out), error, len(steps)))
+
+
+# spawn as well as fork (what spaces uses): nothing may depend on the worker's copy of the app's memory; a spawned
+# worker loads the app (half a minute here), so only one event is run in it
+@pytest.mark.parametrize("method, event", [("fork", "page closed"), ("fork", "shutdown"), ("spawn", "page closed")])
+def test_stop_reaches_the_gpu_worker_process(app_module, clips, tmp_path, method, event):
+    """On a ZeroGPU Space the lip sync runs in the GPU worker process that the ``spaces`` package starts, and a
+    closed page or the app's shutdown set a flag in the app's own memory only: the worker ran the lip sync to its
+    end (40 denoising steps here) while the page said it was stopped and the GPU stayed busy, and the shutdown
+    did not wait for it. Now both reach the worker (a file it looks for at each step): it stops at its next step,
+    its files are removed, and the shutdown waits for it."""
+    import multiprocessing
+
+    service = app_module.LipSyncService(app_module.demo.service.pipe,
+                                        app_module.AppConfig(work_dir=tmp_path / "work"))  # stop() is for good
+    context = multiprocessing.get_context(method)
+    started, proceed, results = context.Event(), context.Event(), context.Queue()
+    worker_steps = []
+
+    def generate_in_worker(request, output):  # what spaces.GPU makes of the GPU function
+        child = context.Process(target=_gpu_worker, daemon=True, args=(
+            service if method == "fork" else None, app_module.__name__, pickle.dumps((request, output)),
+            started, proceed, results))
+        child.start()
+        try:
+            out, error, steps = results.get(timeout=300)
+        finally:
+            proceed.set()
+            child.join(60)
+        worker_steps.append(steps)
+        return pickle.loads(out), error
+
+    service._generate_on_device = generate_in_worker
+    visitor = SimpleNamespace(session_hash=f"worker-{method}")
+    args = (clips["face.mp4"], None, clips["speech.wav"], "quality", "largest", 0, 1.5, 0)
+    service.precheck(*args, request=visitor)
+    with ThreadPoolExecutor(1) as pool:
+        call = pool.submit(service, *args, request=visitor, progress=_no_progress)
+        try:
+            assert started.wait(300), "the lip sync did not start in the worker"
+            if event == "page closed":
+                service.visitor_left(visitor)
+                expected = "The page was closed, so this lip sync was stopped"
+            else:
+                assert not service.stop(wait=0.5), "the shutdown did not wait for the worker's lip sync"
+                expected = "The app is shutting down"
+        finally:
+            proceed.set()
+        if event == "shutdown":
+            assert service.stop(wait=120), "the worker's lip sync did not stop"
+        with pytest.raises(gr.Error, match=expected):
+            call.result(timeout=300)
+    assert worker_steps == [1], f"the worker ran {worker_steps} steps; the stop came after the first"
+    assert [p for p in service.work_dir.iterdir() if p.is_dir()] == [], "the stopped run left files behind"
+    assert service._sessions == {} and service._left == set() and service._page_flags == {}
+    service.close()
 
 
 def test_size_limit_and_cleanup(app_module, clips, monkeypatch):
