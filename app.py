@@ -408,7 +408,7 @@ class LipSyncService:
         per visitor. Only when it passes does the request join the queue. ``speech_video``: the page's video file
         with the speech, used when the speech slot is empty."""
         self.check(video, photo, audio or speech_video, preset, face, steps, guidance, seed, audio_track)
-        waiting = len(self.queue) if self.queue is not None else 0
+        waiting = queue_length(self.queue)
         if waiting >= self.config.queue_size:
             raise _error(f"The queue is full ({waiting} requests waiting, the most this Space accepts). "
                          "Please try again in a few minutes.")
@@ -738,6 +738,24 @@ def lenient_slider(*args: Any, **kwargs: Any) -> gr.Slider:
     return slider
 
 
+def gradio_internal(owner: Any, name: str, feature: str) -> Any:
+    """``owner``'s attribute ``name``, a part of Gradio that is not its public API (the app wraps or reads it where
+    Gradio offers no public way); None, with a log line saying what the app does without it, when this Gradio has no
+    such attribute: the app still starts, without that ``feature``."""
+    value = getattr(owner, name, None)
+    if value is None:
+        logger.warning("Gradio %s has no %s.%s: %s", gr.__version__, type(owner).__name__, name, feature)
+    return value
+
+
+def queue_length(queue: Any) -> int:
+    """Requests waiting in Gradio's queue (0 when unknown: no queue, or one that cannot say)."""
+    try:
+        return len(queue) if queue is not None else 0
+    except TypeError:
+        return 0
+
+
 def use_model_examples_cache(config: AppConfig, model_name: str) -> None:
     """Cache the examples' results in a folder named after the model and its settings (``GRADIO_EXAMPLES_CACHE``),
     unless it is set already: Gradio reuses a cache folder's results after a restart, whatever model made them."""
@@ -756,8 +774,11 @@ def private_example_caching(demo: gr.Blocks, fn: Any) -> None:
     no longer existed when it called it, and Gradio kept that answer for later clients too. Private, the event never
     shows in the API and cannot be called; the page's examples work as before.
     """
-    config = demo.default_config
-    register = config.set_event_trigger
+    config = gradio_internal(demo, "default_config", "the examples' caching may show as an /example API endpoint")
+    register = gradio_internal(config, "set_event_trigger",
+                               "the examples' caching may show as an /example API endpoint") if config else None
+    if register is None:
+        return
 
     def set_event_trigger(*args: Any, **kwargs: Any) -> Any:
         """Gradio's registration, with the caching event private."""
@@ -772,7 +793,10 @@ def quiet_stop_of_caching(app: gr.Blocks, examples: gr.Examples, service: LipSyn
     """End the start-up caching of the examples' results quietly when the app shuts down during it: Gradio would
     log the stopped run's error with a traceback, and keep the half-made cache, which a restart then uses as it is
     (the missing results made only at their first click). Instead: one log line, and that cache is removed."""
-    run_startup_events = app.run_extra_startup_events
+    run_startup_events = gradio_internal(app, "run_extra_startup_events", "a shutdown during the examples' caching "
+                                         "logs a traceback and keeps the half-made cache")
+    if run_startup_events is None:
+        return
 
     async def run_extra_startup_events() -> None:
         """Gradio's start-up events (the eager caching), ended quietly by a shutdown."""
@@ -781,7 +805,9 @@ def quiet_stop_of_caching(app: gr.Blocks, examples: gr.Examples, service: LipSyn
         except gr.Error:
             if not service.stopping:
                 raise
-            shutil.rmtree(examples.cached_folder, ignore_errors=True)
+            folder = getattr(examples, "cached_folder", None)
+            if folder:
+                shutil.rmtree(folder, ignore_errors=True)
             logger.info("stopped while caching the examples' results: the next start makes them again")
 
     app.run_extra_startup_events = run_extra_startup_events
@@ -933,7 +959,7 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
             atexit.register(demo_live.close)
     # gradio's own cap, a backstop for API clients: the page's checks refuse at queue_size with a clearer message
     demo.queue(default_concurrency_limit=1, max_size=config.queue_size + QUEUE_HEADROOM)
-    service.queue = demo._queue
+    service.queue = gradio_internal(demo, "_queue", "a full queue is refused with Gradio's own message")
     demo.service = service
     demo.live = demo_live
     demo.app_config = config  # not demo.config: Gradio keeps its own configuration there

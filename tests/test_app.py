@@ -874,6 +874,44 @@ def test_api_lists_only_endpoints_that_work(app_module, tiny_model_dir_64, clips
         demo.live.close()
 
 
+def test_app_starts_without_gradio_internals(app_module, tiny_model_dir_64, clips, examples_dir, monkeypatch,
+                                             caplog):
+    """The app wraps or reads parts of Gradio that are not its public API, where Gradio offers no public way: the
+    examples' caching event (kept out of the API), the start-up events (a shutdown during the caching), the queue
+    (its length for the queue-full message). A Gradio release without one of them stopped the app at start-up with
+    an AttributeError; now the app starts without that feature, and a log line says which and what it does
+    instead."""
+    monkeypatch.delattr(gr.Blocks, "run_extra_startup_events")
+    queue = gr.Blocks.queue
+
+    def queue_without_internals(self, *args, **kwargs):
+        result = queue(self, *args, **kwargs)
+        del self._queue
+        return result
+
+    monkeypatch.setattr(gr.Blocks, "queue", queue_without_internals)
+    monkeypatch.setattr(app_module, "EXAMPLES_DIR", examples_dir)
+    caplog.set_level(logging.WARNING, logger="latentsync.app")
+    demo = app_module.build_demo(app_module.AppConfig(model=str(tiny_model_dir_64), max_seconds=MAX_SECONDS,
+                                                      cache_examples="lazy"))
+    try:
+        assert demo.service is not None, "the app did not start"
+        assert demo.service.queue is None
+        assert demo.service.precheck(clips["face.mp4"], None, clips["speech_short.wav"], "fast", None, 0, 1.5, 0
+                                     ).startswith("Waiting")
+    finally:
+        demo.service.close()
+        if demo.live is not None:
+            demo.live.close()
+    app_module.private_example_caching(SimpleNamespace(), demo.service.example)
+    app_module.private_example_caching(SimpleNamespace(default_config=SimpleNamespace()), demo.service.example)
+    lines = [r.getMessage() for r in caplog.records]
+    for missing in ("Blocks.run_extra_startup_events", "Blocks._queue", "SimpleNamespace.default_config",
+                    "SimpleNamespace.set_event_trigger"):
+        assert any(f"Gradio {gr.__version__} has no {missing}: " in line for line in lines), (missing, lines)
+    assert app_module.queue_length(object()) == 0 and app_module.queue_length(None) == 0
+
+
 def test_api_outputs_are_named(server, app_module):
     """The API names each output after its label: the status line was "value_27" (an unnamed Markdown). The page's
     undocumented events (gr.load() of the Space calls them) name theirs too."""
