@@ -202,6 +202,28 @@ def test_first_cpu_estimate_is_close_to_a_run(app_module, clips, tmp_path):
     assert 0.4 <= expected / seconds <= 2.5, (expected, seconds)
 
 
+def test_waiting_for_the_model_is_not_the_lip_sync_time(app_module, clips):
+    """A visitor's lip sync that waited for the model (the examples' results being made at start-up, the live tab):
+    the page said "Done in 70.3 s (expected 25 s)" for a 6 s lip sync, and the estimate learnt from those 70 s, so
+    the next visitor was told "about 3 min" for a 6 s run. Now the status tells the two apart and the estimate
+    learns from the lip sync alone."""
+    service = app_module.LipSyncService(app_module.demo.service.pipe,
+                                        app_module.AppConfig(work_dir=app_module.demo.service.work_dir))
+    wait = 8.0
+    busy = threading.Thread(target=lambda: (service._lock.acquire(), time.sleep(wait), service._lock.release()))
+    busy.start()
+    while not service._lock.locked():
+        time.sleep(0.01)
+    path, status = service(clips["face.mp4"], None, clips["speech_short.wav"], "fast", "largest",
+                           progress=_no_progress)
+    busy.join()
+    match = re.match(r"Done in ([0-9.]+) s \(expected [^)]*\), after ([0-9]+) s waiting for the model: ", status)
+    assert match and int(match[2]) >= wait - 1, status
+    learnt = service.time_model.estimate(0.6, PRESETS["fast"])  # the first run sets it
+    assert learnt == pytest.approx(float(match[1]), abs=0.1), (status, learnt)
+    shutil.rmtree(Path(path).parent)
+
+
 def test_service_gpu_duration_and_refusal(app_module, clips, monkeypatch):
     service = app_module.demo.service
     # the service's own model learns from this machine's runs: take the H100 figures of a Space at 512 px
