@@ -114,6 +114,9 @@ GUIDANCE_DEFAULT = 1.5  # the guidance slider's value, and the API's when a call
 STOP_WAIT_SECONDS = 4.0
 STOPPING_MESSAGE = "The app is shutting down, so this lip sync was stopped. Please try again in a minute."
 LEFT_MESSAGE = "The page was closed, so this lip sync was stopped."
+STOPPED_MESSAGE = "Stopped: you pressed Stop."
+# why a visitor's request stops (its page-closed flag's reason): the page was closed, or Stop was pressed
+CLOSED, PRESSED_STOP = "closed", "stop"
 
 
 def _zero_gpu() -> bool:
@@ -217,7 +220,8 @@ class AppStopping(Exception):
 
 
 class VisitorLeft(Exception):
-    """Raised inside a running lip sync (at a denoising step) when the page that asked for it was closed."""
+    """Raised inside a running lip sync (at a denoising step) when the page that asked for it was closed or its Stop
+    button pressed (the argument: [`CLOSED`] or [`PRESSED_STOP`])."""
 
 
 @dataclass
@@ -257,7 +261,8 @@ class LipSyncService:
         self.time_model = TimeModel.for_device(config.device, config.dtype_name, pipe.config.resolution, parameters)
         self.queue = None  # the app's queue, set by build_demo (for the queue-full message)
         self._sessions: dict[str, float] = {}  # session -> when its pending request was accepted
-        self._left: set[str] = set()  # sessions whose page was closed while their request waited or ran
+        # sessions whose visitor stopped their request (closed the page, pressed Stop) while it waited or ran: why
+        self._left: dict[str, str] = {}
         self._page_flags: dict[str, StopFlag] = {}  # session -> the page-closed flag of its request being generated
         self._state = threading.Lock()  # guards the three above (page events and requests run in several threads)
         self._in_flight = 0  # requests being generated, here or in a GPU worker process
@@ -429,21 +434,34 @@ class LipSyncService:
         if session:
             with self._state:
                 self._sessions.pop(session, None)
-                self._left.discard(session)
+                self._left.pop(session, None)
 
     def visitor_left(self, request: gr.Request | None = None) -> None:
         """The page's unload event (the tab was closed or reloaded): the visitor's running lip sync stops at its next
         denoising step, freeing the model (and the GPU) for the next visitor, and its files are removed. Gradio
         itself drops a request that is still waiting, but cannot stop one that runs. The run is told through its
         page-closed flag, a file, so that it stops also in ZeroGPU's GPU worker process."""
+        if self._stop_visitor(request, CLOSED):
+            logger.info("a visitor closed the page: their lip sync stops at its next step")
+
+    def visitor_stopped(self, request: gr.Request | None = None) -> str:
+        """The Stop button: the visitor's lip sync stops at its next denoising step (a waiting one ends without
+        starting when its turn comes) with the status [`STOPPED_MESSAGE`] and no video. Returns the status
+        meanwhile."""
+        if self._stop_visitor(request, PRESSED_STOP) is None:
+            return ""
+        return "Stopping…"
+
+    def _stop_visitor(self, request: gr.Request | None, reason: str) -> bool | None:
+        """Stop the pending request of ``request``'s session for ``reason``: whether it was running (its flag raised),
+        None when the session has none."""
         session = getattr(request, "session_hash", None)
         with self._state:
             if not session or session not in self._sessions:
-                return
-            self._left.add(session)
+                return None
+            self._left[session] = reason
             flag = self._page_flags.get(session)
-        if flag is not None and flag.set():
-            logger.info("a visitor closed the page: their lip sync stops at its next step")
+        return flag is not None and flag.set(reason)
 
     # ------------------------------------------------------------------ faces and estimates
     def faces(self, video: str | None, photo: str | None, face: str | None, app_default: str | None = None
@@ -557,8 +575,8 @@ class LipSyncService:
             return out, None
         except AppStopping:  # the pipeline has removed its files, as after any error
             return None, STOPPING_MESSAGE
-        except VisitorLeft:
-            return None, LEFT_MESSAGE
+        except VisitorLeft as exc:
+            return None, STOPPED_MESSAGE if exc.args and exc.args[0] == PRESSED_STOP else LEFT_MESSAGE
         except LatentSyncInputError as exc:
             return None, str(exc)
         except torch.cuda.OutOfMemoryError:
@@ -573,8 +591,9 @@ class LipSyncService:
         request = self._running
         if self._stopping.is_set() or (request is not None and request.app_stop and request.app_stop.is_set()):
             raise AppStopping()
-        if request is not None and request.page_closed and request.page_closed.is_set():
-            raise VisitorLeft()
+        reason = request.page_closed.reason() if request is not None and request.page_closed else None
+        if reason is not None:
+            raise VisitorLeft(reason)
 
     def _check_stopping(self, pipe: LatentSyncPipeline, step: int, timestep: Any, tensors: dict) -> dict:
         """The pipeline's step callback: stops the run (see [`_raise_if_stopped`])."""
@@ -605,8 +624,9 @@ class LipSyncService:
         """Delete finished job folders older than ``output_ttl`` (gradio has already copied their videos)."""
         remove_expired(self.work_dir, self.config.output_ttl)
 
-    def run(self, request: LipSyncRequest, progress: Any = None) -> tuple[str, str]:
-        """Generate one checked request; returns the output path and a status line."""
+    def run(self, request: LipSyncRequest, progress: Any = None) -> tuple[str | None, str]:
+        """Generate one checked request; returns the output path (None when the visitor pressed Stop) and a status
+        line."""
         job = self.work_dir / uuid.uuid4().hex
         job.mkdir()
         output = str(job / "lipsync.mp4")
@@ -619,7 +639,7 @@ class LipSyncService:
             if request.session is not None:
                 self._page_flags[request.session] = request.page_closed
                 if request.session in self._left:
-                    request.page_closed.set()
+                    request.page_closed.set(self._left[request.session])
         start = time.perf_counter()
         try:
             out, error = self._generate_on_device(request, output)
@@ -631,6 +651,8 @@ class LipSyncService:
             request.page_closed.clear()
         if error is not None:
             shutil.rmtree(job, ignore_errors=True)
+            if error == STOPPED_MESSAGE:  # the visitor's own choice: the status says so, no error
+                return None, error
             names = {request.source: Path(request.source).name, request.audio: Path(request.audio).name,
                      output: "lipsync.mp4"}
             raise _error(visitor_reason(error, names))
@@ -660,10 +682,11 @@ class LipSyncService:
                  seed: float = 1247, audio_track: str | int | None = AUTOMATIC_AUDIO_TRACK,
                  speech_video: str | None = None,
                  request: gr.Request = None,  # noqa: RUF013 - gradio fills it
-                 progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple[str, str]:  # noqa: B008
-        """Gradio handler of ``/lipsync``: returns the output video path and a status line, or raises a readable
-        [`gr.Error`]. ``audio`` may be any file with sound (an API caller's video included); ``speech_video`` is the
-        page's video file with the speech (not an API parameter), used when ``audio`` is empty."""
+                 progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple[str | None, str]:  # noqa: B008
+        """Gradio handler of ``/lipsync``: returns the output video path (None when the page's Stop was pressed) and
+        a status line, or raises a readable [`gr.Error`]. ``audio`` may be any file with sound (an API caller's
+        video included); ``speech_video`` is the page's video file with the speech (not an API parameter), used when
+        ``audio`` is empty."""
         try:
             self.sweep()
             checked = self.check(video, photo, audio or speech_video, preset, face, steps, guidance, seed, audio_track)
@@ -898,7 +921,10 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                     seed = gr.Number(value=1247, precision=0, minimum=0, label="Seed")
                 estimate = gr.Markdown(service.estimate(None, None, None, "quality"), label="Expected time",
                                        elem_id="estimate")
-                run = gr.Button("Lip sync", variant="primary", elem_id="run-button")
+                with gr.Row():
+                    run = gr.Button("Lip sync", variant="primary", elem_id="run-button", scale=3)
+                    # shown while the visitor's lip sync waits or runs
+                    stop = gr.Button("Stop", variant="stop", elem_id="stop-button", visible=False, scale=1)
             with gr.Column():
                 video_out = gr.Video(label="Lip-synced video", interactive=False, buttons=["download"], height=360,
                                      elem_id="video-output")
@@ -949,10 +975,14 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                            outputs=estimate, queue=False, api_visibility="private")
         # the checks run first, at once (their own concurrency group, never behind a generation; queued so that
         # the page shows their refusals), and only a request that passes them joins the line for the model
-        run.click(service.precheck, inputs=page_inputs, outputs=status, concurrency_limit=None,
-                  concurrency_id="checks", api_visibility="private").success(
+        checked = run.click(service.precheck, inputs=page_inputs, outputs=status, concurrency_limit=None,
+                            concurrency_id="checks", api_visibility="private")
+        checked.success(lambda: gr.Button(visible=True), outputs=stop, queue=False, api_visibility="private")
+        checked.success(
             service, inputs=[*inputs, speech_from_video], outputs=[video_out, status], api_name="lipsync",
-            concurrency_limit=1)
+            concurrency_limit=1).then(lambda: gr.Button(visible=False), outputs=stop, queue=False,
+                                      api_visibility="private")
+        stop.click(service.visitor_stopped, outputs=status, queue=False, api_visibility="private")
         demo.unload(service.visitor_left)
         # the live tab runs DDIM with the fast preset's number of steps: each window must keep up with speech
         # the live tab only where Gradio can stream video (system ffmpeg); without it the tab could only say so

@@ -646,10 +646,10 @@ def test_closing_the_page_stops_its_lip_sync(app_module, clips):
         del service._check_stopping
     assert len(steps) == 1, f"{len(steps)} steps ran, the page was closed at step {left_at}"
     assert list(service.work_dir.iterdir()) == [], "the stopped run left files behind"
-    assert service._sessions == {} and service._left == set() and service._running is None
+    assert service._sessions == {} and service._left == {} and service._running is None
     # the same visitor opening the page again is served; a page closed before its turn never starts
     service.visitor_left(visitor)  # nothing pending: nothing to remember
-    assert service._left == set()
+    assert service._left == {}
     service.precheck(*args, request=visitor)
     service.visitor_left(visitor)
     started = []
@@ -740,8 +740,48 @@ def test_stop_reaches_the_gpu_worker_process(app_module, clips, tmp_path, method
             call.result(timeout=300)
     assert worker_steps == [1], f"the worker ran {worker_steps} steps; the stop came after the first"
     assert [p for p in service.work_dir.iterdir() if p.is_dir()] == [], "the stopped run left files behind"
-    assert service._sessions == {} and service._left == set() and service._page_flags == {}
+    assert service._sessions == {} and service._left == {} and service._page_flags == {}
     service.close()
+
+
+def test_stop_button_stops_the_lip_sync(app_module, clips):
+    """The page had no way to stop a lip sync but closing the tab: a visitor who started a long run with the wrong
+    preset or face waited minutes for its end before they could start another (one request per visitor). Now a Stop
+    button shows while theirs waits or runs; it stops at its next denoising step, the status says "Stopped", no
+    video and no files remain, and the visitor may start again at once."""
+    service = app_module.demo.service
+    stop_buttons = [b for b in app_module.demo.blocks.values() if getattr(b, "elem_id", None) == "stop-button"]
+    assert len(stop_buttons) == 1 and not stop_buttons[0].visible
+    assert any(fn.fn == service.visitor_stopped for fn in app_module.demo.fns.values())
+    visitor = SimpleNamespace(session_hash="pressed-stop")
+    steps = []
+    check_stopping = service._check_stopping
+
+    def step(pipe, index, timestep, tensors):  # Stop is pressed at the first step
+        steps.append(index)
+        if len(steps) == 1:
+            assert service.visitor_stopped(visitor) == "Stopping…"
+        return check_stopping(pipe, index, timestep, tensors)
+
+    args = (clips["face.mp4"], None, clips["speech.wav"], "quality", "largest", 0, 1.5, 0)
+    service.precheck(*args, request=visitor)
+    service._check_stopping = step
+    try:
+        assert service(*args, request=visitor, progress=_no_progress) == (None, "Stopped: you pressed Stop.")
+    finally:
+        del service._check_stopping
+    assert len(steps) == 1 and list(service.work_dir.iterdir()) == []
+    assert service.visitor_stopped(visitor) == ""  # nothing to stop any more
+    # pressed while it waits: it never starts
+    service.precheck(*args, request=visitor)
+    service.visitor_stopped(visitor)
+    started = []
+    service._check_stopping = lambda *a: started.append(a)
+    try:
+        assert service(*args, request=visitor, progress=_no_progress) == (None, "Stopped: you pressed Stop.")
+    finally:
+        del service._check_stopping
+    assert started == [] and service._sessions == {} and service._left == {}
 
 
 def test_size_limit_and_cleanup(app_module, clips, monkeypatch):

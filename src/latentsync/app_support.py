@@ -386,10 +386,11 @@ class StopFlag:
 
     path: str
 
-    def set(self) -> bool:
-        """Raise the flag; False when its folder is gone (the run it was for has ended and was removed)."""
+    def set(self, reason: str = "") -> bool:
+        """Raise the flag, saying why (a word for the run); False when its folder is gone (the run it was for has
+        ended and was removed)."""
         try:
-            Path(self.path).touch()
+            Path(self.path).write_text(reason)
         except FileNotFoundError:
             return False
         return True
@@ -397,6 +398,13 @@ class StopFlag:
     def is_set(self) -> bool:
         """Whether the flag is raised."""
         return os.path.exists(self.path)
+
+    def reason(self) -> str | None:
+        """Why the flag was raised ("" when not said); None when it is not raised."""
+        try:
+            return Path(self.path).read_text()
+        except FileNotFoundError:
+            return None
 
     def clear(self) -> None:
         """Lower the flag."""
