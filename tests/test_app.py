@@ -1320,6 +1320,41 @@ def test_browser_closing_the_page_stops_the_run(server, browser, clips, app_modu
     assert service._sessions == {} and set(service.work_dir.iterdir()) == results
 
 
+def test_browser_stop_button(server, page, clips, app_module, monkeypatch, tmp_path):
+    """The Stop button shows while the visitor's lip sync runs; pressed, the run stops at its next step, the status
+    says so, the button goes, and a new lip sync can be started at once."""
+    service = app_module.demo.service
+    speech = str(tmp_path / "speech.wav")  # long enough (240 steps) to be still running when Stop is pressed
+    ffmpeg("-i", str(EXAMPLES / "speech.wav"), "-t", str(MAX_SECONDS - 0.5), speech)
+    steps = []
+    check_stopping = service._check_stopping
+
+    def step(pipe, index, timestep, tensors):
+        steps.append(time.monotonic())
+        return check_stopping(pipe, index, timestep, tensors)
+
+    monkeypatch.setattr(service, "_check_stopping", step)
+    _upload(page, server, speech, video=clips["face.mp4"])
+    stop = page.locator("#stop-button")
+    assert not stop.is_visible()
+    page.locator("#run-button").click()
+    stop.wait_for(state="visible", timeout=30_000)
+    deadline = time.monotonic() + 120
+    while not steps and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert steps, "the lip sync did not start"
+    stop.click()
+    pressed = time.monotonic()
+    page.locator("#status").get_by_text("Stopped: you pressed Stop.").wait_for(timeout=60_000)
+    stop.wait_for(state="hidden", timeout=30_000)
+    after = [t for t in steps if t > pressed + 1.0]  # a step already under way when Stop was pressed may finish
+    assert len(after) <= 1, f"{len(after)} steps ran after Stop was pressed"
+    assert "Traceback" not in page.content() and page.locator(".toast-body").count() == 0
+    _screenshot(page, "app_stopped.png")
+    monkeypatch.undo()
+    _run_and_fetch(page, server, tmp_path / "again.mp4", "quality")  # the visitor may start again at once
+
+
 def test_browser_bad_upload_shows_error(server, page, clips):
     _upload(page, server, clips["speech.wav"], video=clips["broken.mp4"])
     page.locator("#run-button").click()
