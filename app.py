@@ -411,7 +411,9 @@ class LipSyncService:
                  speech_video=None, request: gr.Request = None) -> str:  # noqa: RUF013 - gradio fills it
         """The page's instant check (not queued): the inputs, the GPU time, a full queue, and one pending request
         per visitor. Only when it passes does the request join the queue. ``speech_video``: the page's video file
-        with the speech, used when the speech slot is empty."""
+        with the speech, used when the speech slot is empty. Returns an empty status (the last run's is cleared):
+        Gradio then shows the request's place in the queue, and its progress once it runs; a text of its own stayed
+        under the progress for the whole run ("Waiting for a free place in the queue…" beside "Lip sync - 40%")."""
         self.check(video, photo, audio or speech_video, preset, face, steps, guidance, seed, audio_track)
         waiting = queue_length(self.queue)
         if waiting >= self.config.queue_size:
@@ -427,7 +429,7 @@ class LipSyncService:
             if started is not None and now - started < SESSION_TIMEOUT:
                 raise _error("You already have a lip sync waiting or running; it must finish before you start "
                              "another.")
-        return "Waiting for a free place in the queue…"
+        return ""
 
     def _release(self, request: gr.Request | None) -> None:
         session = getattr(request, "session_hash", None)
