@@ -527,8 +527,10 @@ class LipSyncService:
         audio = audio or speech_video
         if not audio or preset not in PRESETS:
             return "The expected time appears once the speech is uploaded."
-        try:  # a speech file over the limit: the Lip sync button's refusal, at once
+        try:  # a speech file, video or photo over the limits: the Lip sync button's refusal, at once
             self.check_audio_length(audio)
+            if video or photo:
+                self.check_source(video, photo, duration=True)
         except gr.Error as exc:
             return exc.message
         try:

@@ -514,6 +514,10 @@ def test_face_preview_checks_the_limits_first(app_module, clips, monkeypatch):
     image, menu, note, _ = service.faces(clips["face.mp4"], None, "speaking")
     assert image is None and note == "The video is 1.2 s long; this app accepts up to 0.5 s. Please trim it.", note
     assert note == _error_message(service, clips["face.mp4"], clips["speech_short.wav"], "fast")
+    # the expected-time line too (it said "Expected time: about 2 s ..." beside the refusal of the video)
+    monkeypatch.setattr(service.config, "max_seconds", 0.8)  # the 0.6 s speech fits, the 1.2 s video does not
+    assert service.estimate(clips["face.mp4"], None, clips["speech_short.wav"], "fast") == (
+        "The video is 1.2 s long; this app accepts up to 0.8 s. Please trim it.")
     monkeypatch.setattr(service.config, "max_file_mb", 0.001)
     for video, photo in ((clips["face.mp4"], None), (None, clips["portrait.png"])):
         image, _, note, _ = service.faces(video, photo, None)
