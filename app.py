@@ -982,10 +982,12 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
         checked = run.click(service.precheck, inputs=page_inputs, outputs=status, concurrency_limit=None,
                             concurrency_id="checks", api_visibility="private")
         checked.success(lambda: gr.Button(visible=True), outputs=stop, queue=False, api_visibility="private")
-        checked.success(
-            service, inputs=[*inputs, speech_from_video], outputs=[video_out, status], api_name="lipsync",
-            concurrency_limit=1).then(lambda: gr.Button(visible=False), outputs=stop, queue=False,
-                                      api_visibility="private")
+        lipsync = checked.success(service, inputs=[*inputs, speech_from_video], outputs=[video_out, status],
+                                  api_name="lipsync", concurrency_limit=1)
+        lipsync.then(lambda: gr.Button(visible=False), outputs=stop, queue=False, api_visibility="private")
+        # each run corrects the estimate: the line shows the corrected one (it kept the one from before the run)
+        lipsync.then(service.estimate, inputs=[video_in, photo_in, audio_in, preset, steps, guidance, speech_video],
+                     outputs=estimate, queue=False, api_visibility="private")
         stop.click(service.visitor_stopped, outputs=status, queue=False, api_visibility="private")
         demo.unload(service.visitor_left)
         # the live tab runs DDIM with the fast preset's number of steps: each window must keep up with speech

@@ -1361,6 +1361,28 @@ def test_browser_stop_button(server, page, clips, app_module, monkeypatch, tmp_p
     _run_and_fetch(page, server, tmp_path / "again.mp4", "quality")  # the visitor may start again at once
 
 
+def test_browser_expected_time_follows_each_run(server, page, clips, app_module, monkeypatch, tmp_path):
+    """Each run corrects the estimate, but the expected-time line kept the one from before the run (with "A first
+    guess" after runs had corrected it) until an input changed: "Expected time: about 5 s" beside "Done in 19.2 s
+    (expected 5 s)", and the next run's status then said "expected 20 s". Now the line follows each run."""
+    service = app_module.demo.service
+    monkeypatch.setattr(service, "time_model", TimeModel(window_seconds=1.0, frame_seconds=0.01, fixed_seconds=0.5))
+    _upload(page, server, clips["speech_short.wav"], video=clips["face.mp4"])
+    _choose_preset(page, "fast")
+    estimate = page.locator("#estimate")
+    estimate.get_by_text("(fast)").wait_for(timeout=30_000)
+    before = estimate.inner_text()
+
+    def update(*args, **kwargs):  # a run that teaches the estimate something clearly different
+        service.time_model.window_seconds = 500.0
+
+    monkeypatch.setattr(service.time_model, "update", update)
+    _run_and_fetch(page, server, tmp_path / "out.mp4", "fast")
+    now = service.estimate(clips["face.mp4"], None, clips["speech_short.wav"], "fast")
+    assert now != before
+    estimate.get_by_text(now).wait_for(timeout=30_000)
+
+
 def test_browser_bad_upload_shows_error(server, page, clips):
     _upload(page, server, clips["speech.wav"], video=clips["broken.mp4"])
     page.locator("#run-button").click()
