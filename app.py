@@ -446,12 +446,12 @@ class LipSyncService:
         if self._stop_visitor(request, CLOSED):
             logger.info("a visitor closed the page: their lip sync stops at its next step")
 
-    def visitor_stopped(self, request: gr.Request | None = None) -> str:
+    def visitor_stopped(self, request: gr.Request | None = None) -> Any:
         """The Stop button: the visitor's lip sync stops at its next denoising step (a waiting one ends without
         starting when its turn comes) with the status [`STOPPED_MESSAGE`] and no video. Returns the status
-        meanwhile."""
+        meanwhile; with nothing to stop (pressed as the run ended), the status is left as it is."""
         if self._stop_visitor(request, PRESSED_STOP) is None:
-            return ""
+            return gr.skip()
         return "Stopping…"
 
     def _stop_visitor(self, request: gr.Request | None, reason: str) -> bool | None:

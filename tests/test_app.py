@@ -777,7 +777,7 @@ def test_stop_button_stops_the_lip_sync(app_module, clips):
     finally:
         del service._check_stopping
     assert len(steps) == 1 and list(service.work_dir.iterdir()) == []
-    assert service.visitor_stopped(visitor) == ""  # nothing to stop any more
+    assert service.visitor_stopped(visitor) == gr.skip()  # nothing to stop any more: the "Stopped" status stays
     # pressed while it waits: it never starts
     service.precheck(*args, request=visitor)
     service.visitor_stopped(visitor)
