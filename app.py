@@ -52,6 +52,7 @@ except ImportError:  # a source checkout run without `pip install -e .`
 from latentsync.app_support import (
     AUTOMATIC_AUDIO_TRACK,
     PRESETS,
+    StopFlag,
     TimeModel,
     audio_track_choices,
     audio_track_number,
@@ -113,6 +114,9 @@ GUIDANCE_DEFAULT = 1.5  # the guidance slider's value, and the API's when a call
 STOP_WAIT_SECONDS = 4.0
 STOPPING_MESSAGE = "The app is shutting down, so this lip sync was stopped. Please try again in a minute."
 LEFT_MESSAGE = "The page was closed, so this lip sync was stopped."
+STOPPED_MESSAGE = "Stopped: you pressed Stop."
+# why a visitor's request stops (its page-closed flag's reason): the page was closed, or Stop was pressed
+CLOSED, PRESSED_STOP = "closed", "stop"
 
 
 def _zero_gpu() -> bool:
@@ -216,7 +220,8 @@ class AppStopping(Exception):
 
 
 class VisitorLeft(Exception):
-    """Raised inside a running lip sync (at a denoising step) when the page that asked for it was closed."""
+    """Raised inside a running lip sync (at a denoising step) when the page that asked for it was closed or its Stop
+    button pressed (the argument: [`CLOSED`] or [`PRESSED_STOP`])."""
 
 
 @dataclass
@@ -233,6 +238,10 @@ class LipSyncRequest:
     seconds: float  # the output's length (the audio's)
     audio_track: int | None = None  # the speech's track of the audio file, numbered from 1 (None: automatic)
     session: str | None = None  # the page's session that asked for it (None: unknown, e.g. the examples' caching)
+    # raised when the app shuts down, and when the page that asked for it is closed: they stop the run at its next
+    # denoising step in whatever process it runs (ZeroGPU's worker included), see StopFlag
+    app_stop: StopFlag | None = None
+    page_closed: StopFlag | None = None
 
 
 class LipSyncService:
@@ -252,9 +261,15 @@ class LipSyncService:
         self.time_model = TimeModel.for_device(config.device, config.dtype_name, pipe.config.resolution, parameters)
         self.queue = None  # the app's queue, set by build_demo (for the queue-full message)
         self._sessions: dict[str, float] = {}  # session -> when its pending request was accepted
-        self._left: set[str] = set()  # sessions whose page was closed while their request waited or ran
-        self._running: str | None = None  # the session of the lip sync running now
+        # sessions whose visitor stopped their request (closed the page, pressed Stop) while it waited or ran: why
+        self._left: dict[str, str] = {}
+        self._page_flags: dict[str, StopFlag] = {}  # session -> the page-closed flag of its request being generated
+        self._state = threading.Lock()  # guards the three above (page events and requests run in several threads)
+        self._in_flight = 0  # requests being generated, here or in a GPU worker process
+        self._running: LipSyncRequest | None = None  # the request this process is generating now
         self._stopping = threading.Event()  # set by stop(): no new run starts, a running one stops at its next step
+        # the same for a run in another process (ZeroGPU's GPU worker), which cannot see the event
+        self._app_stop = StopFlag(str(self.work_dir / "stopping"))
         generate = self._generate
         if spaces is not None:
             generate = spaces.GPU(duration=self.gpu_duration)(generate)
@@ -396,37 +411,59 @@ class LipSyncService:
                  speech_video=None, request: gr.Request = None) -> str:  # noqa: RUF013 - gradio fills it
         """The page's instant check (not queued): the inputs, the GPU time, a full queue, and one pending request
         per visitor. Only when it passes does the request join the queue. ``speech_video``: the page's video file
-        with the speech, used when the speech slot is empty."""
+        with the speech, used when the speech slot is empty. Returns an empty status (the last run's is cleared):
+        Gradio then shows the request's place in the queue, and its progress once it runs; a text of its own stayed
+        under the progress for the whole run ("Waiting for a free place in the queue…" beside "Lip sync - 40%")."""
         self.check(video, photo, audio or speech_video, preset, face, steps, guidance, seed, audio_track)
-        waiting = len(self.queue) if self.queue is not None else 0
+        waiting = queue_length(self.queue)
         if waiting >= self.config.queue_size:
             raise _error(f"The queue is full ({waiting} requests waiting, the most this Space accepts). "
                          "Please try again in a few minutes.")
         session = getattr(request, "session_hash", None)
         if session:
             now = time.time()
-            started = self._sessions.get(session)
+            with self._state:
+                started = self._sessions.get(session)
+                if started is None or now - started >= SESSION_TIMEOUT:
+                    self._sessions[session] = now
             if started is not None and now - started < SESSION_TIMEOUT:
                 raise _error("You already have a lip sync waiting or running; it must finish before you start "
                              "another.")
-            self._sessions[session] = now
-        return "Waiting for a free place in the queue…"
+        return ""
 
     def _release(self, request: gr.Request | None) -> None:
         session = getattr(request, "session_hash", None)
         if session:
-            self._sessions.pop(session, None)
-            self._left.discard(session)
+            with self._state:
+                self._sessions.pop(session, None)
+                self._left.pop(session, None)
 
     def visitor_left(self, request: gr.Request | None = None) -> None:
         """The page's unload event (the tab was closed or reloaded): the visitor's running lip sync stops at its next
         denoising step, freeing the model (and the GPU) for the next visitor, and its files are removed. Gradio
-        itself drops a request that is still waiting, but cannot stop one that runs."""
+        itself drops a request that is still waiting, but cannot stop one that runs. The run is told through its
+        page-closed flag, a file, so that it stops also in ZeroGPU's GPU worker process."""
+        if self._stop_visitor(request, CLOSED):
+            logger.info("a visitor closed the page: their lip sync stops at its next step")
+
+    def visitor_stopped(self, request: gr.Request | None = None) -> Any:
+        """The Stop button: the visitor's lip sync stops at its next denoising step (a waiting one ends without
+        starting when its turn comes) with the status [`STOPPED_MESSAGE`] and no video. Returns the status
+        meanwhile; with nothing to stop (pressed as the run ended), the status is left as it is."""
+        if self._stop_visitor(request, PRESSED_STOP) is None:
+            return gr.skip()
+        return "Stopping…"
+
+    def _stop_visitor(self, request: gr.Request | None, reason: str) -> bool | None:
+        """Stop the pending request of ``request``'s session for ``reason``: whether it was running (its flag raised),
+        None when the session has none."""
         session = getattr(request, "session_hash", None)
-        if session and session in self._sessions:
-            self._left.add(session)
-            if session == self._running:
-                logger.info("a visitor closed the page: their lip sync stops at its next step")
+        with self._state:
+            if not session or session not in self._sessions:
+                return None
+            self._left[session] = reason
+            flag = self._page_flags.get(session)
+        return flag is not None and flag.set(reason)
 
     # ------------------------------------------------------------------ faces and estimates
     def faces(self, video: str | None, photo: str | None, face: str | None, app_default: str | None = None
@@ -490,8 +527,10 @@ class LipSyncService:
         audio = audio or speech_video
         if not audio or preset not in PRESETS:
             return "The expected time appears once the speech is uploaded."
-        try:  # a speech file over the limit: the Lip sync button's refusal, at once
+        try:  # a speech file, video or photo over the limits: the Lip sync button's refusal, at once
             self.check_audio_length(audio)
+            if video or photo:
+                self.check_source(video, photo, duration=True)
         except gr.Error as exc:
             return exc.message
         try:
@@ -519,17 +558,15 @@ class LipSyncService:
     def _generate(self, request: LipSyncRequest, output: str):
         """Run the pipeline; returns ``(pipeline output, None)`` or ``(None, readable error)``.
 
-        Errors travel as values: on ZeroGPU this runs in another process, where exception types do not survive.
+        Errors travel as values: on ZeroGPU this runs in another process, where exception types do not survive, and
+        which sees the app's stop and a closed page only through the request's stop flags.
         """
         preset = PRESETS[request.preset]
         try:
             with self._lock:
-                if self._stopping.is_set():
-                    return None, STOPPING_MESSAGE
-                if request.session is not None and request.session in self._left:
-                    return None, LEFT_MESSAGE
-                self._running = request.session
+                self._running = request
                 try:
+                    self._raise_if_stopped()  # stopped, or its page closed, while it waited: it does not start
                     self.pipe.scheduler = self._schedulers[preset.scheduler]
                     generator = torch.Generator("cpu").manual_seed(request.seed)
                     out = self.pipe(video=request.source, audio=request.audio, output_path=output,
@@ -542,8 +579,8 @@ class LipSyncService:
             return out, None
         except AppStopping:  # the pipeline has removed its files, as after any error
             return None, STOPPING_MESSAGE
-        except VisitorLeft:
-            return None, LEFT_MESSAGE
+        except VisitorLeft as exc:
+            return None, STOPPED_MESSAGE if exc.args and exc.args[0] == PRESSED_STOP else LEFT_MESSAGE
         except LatentSyncInputError as exc:
             return None, str(exc)
         except torch.cuda.OutOfMemoryError:
@@ -552,13 +589,19 @@ class LipSyncService:
             logger.exception("lip sync failed")
             return None, f"Lip sync failed ({type(exc).__name__}: {_short_reason(exc, 300)})."
 
-    def _check_stopping(self, pipe: LatentSyncPipeline, step: int, timestep: Any, tensors: dict) -> dict:
-        """The pipeline's step callback: raises [`AppStopping`] once [`stop`] was called, [`VisitorLeft`] once the
-        page of the running request was closed."""
-        if self._stopping.is_set():
+    def _raise_if_stopped(self) -> None:
+        """Raise [`AppStopping`] once [`stop`] was called, [`VisitorLeft`] once the page of the request being
+        generated was closed (seen from any process: the request's stop flags)."""
+        request = self._running
+        if self._stopping.is_set() or (request is not None and request.app_stop and request.app_stop.is_set()):
             raise AppStopping()
-        if self._running is not None and self._running in self._left:
-            raise VisitorLeft()
+        reason = request.page_closed.reason() if request is not None and request.page_closed else None
+        if reason is not None:
+            raise VisitorLeft(reason)
+
+    def _check_stopping(self, pipe: LatentSyncPipeline, step: int, timestep: Any, tensors: dict) -> dict:
+        """The pipeline's step callback: stops the run (see [`_raise_if_stopped`])."""
+        self._raise_if_stopped()
         return tensors
 
     @property
@@ -569,9 +612,14 @@ class LipSyncService:
     def stop(self, wait: float = STOP_WAIT_SECONDS) -> bool:
         """Stop generating (the app shuts down): no new lip sync starts, and a running one (a visitor's, or an
         example's result being cached) stops at its next denoising step. Returns whether none is running any more,
-        after waiting up to ``wait`` seconds."""
+        after waiting up to ``wait`` seconds (a run in ZeroGPU's GPU worker included). Safe to call from a signal
+        handler."""
         self._stopping.set()
-        if not self._lock.acquire(timeout=wait):
+        self._app_stop.set()
+        deadline = time.monotonic() + wait
+        while self._in_flight and time.monotonic() < deadline:  # a run in another process holds no lock here
+            time.sleep(0.05)
+        if self._in_flight or not self._lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
             return False
         self._lock.release()
         return True
@@ -580,26 +628,47 @@ class LipSyncService:
         """Delete finished job folders older than ``output_ttl`` (gradio has already copied their videos)."""
         remove_expired(self.work_dir, self.config.output_ttl)
 
-    def run(self, request: LipSyncRequest, progress: Any = None) -> tuple[str, str]:
-        """Generate one checked request; returns the output path and a status line."""
+    def run(self, request: LipSyncRequest, progress: Any = None) -> tuple[str | None, str]:
+        """Generate one checked request; returns the output path (None when the visitor pressed Stop) and a status
+        line."""
         job = self.work_dir / uuid.uuid4().hex
         job.mkdir()
         output = str(job / "lipsync.mp4")
         if progress is not None:
             progress(0, desc="Starting")
         expected = self.expected_seconds(request.seconds, request.preset, request.steps, request.guidance)
+        request.app_stop, request.page_closed = self._app_stop, StopFlag(str(job / "page-closed"))
+        with self._state:
+            self._in_flight += 1
+            if request.session is not None:
+                self._page_flags[request.session] = request.page_closed
+                if request.session in self._left:
+                    request.page_closed.set(self._left[request.session])
         start = time.perf_counter()
-        out, error = self._generate_on_device(request, output)
+        try:
+            out, error = self._generate_on_device(request, output)
+        finally:
+            with self._state:
+                self._in_flight -= 1
+                if request.session is not None:
+                    self._page_flags.pop(request.session, None)
+            request.page_closed.clear()
         if error is not None:
             shutil.rmtree(job, ignore_errors=True)
+            if error == STOPPED_MESSAGE:  # the visitor's own choice: the status says so, no error
+                return None, error
             names = {request.source: Path(request.source).name, request.audio: Path(request.audio).name,
                      output: "lipsync.mp4"}
             raise _error(visitor_reason(error, names))
         elapsed = time.perf_counter() - start
-        self.time_model.update(elapsed, request.seconds, PRESETS[request.preset], request.steps or None,
+        # the lip sync's own time, without the wait for the model (busy caching the examples, or with the live tab):
+        # the estimate learns from it, and the status says how long each took
+        took = min(elapsed, out.timings.get("total", elapsed))
+        self.time_model.update(took, request.seconds, PRESETS[request.preset], request.steps or None,
                                request.guidance)
         seconds = out.num_frames / out.fps
-        status = (f"Done in {elapsed:.1f} s (expected {_duration(expected)}): {out.num_frames} frames "
+        waited = f", after {elapsed - took:.0f} s waiting for the model" if elapsed - took >= 1.0 else ""
+        status = (f"Done in {took:.1f} s (expected {_duration(expected)}){waited}: {out.num_frames} frames "
                   f"({seconds:.2f} s at {out.fps:g} fps), {request.preset} preset.")
         guessed = [shot for shot in out.faces or [] if shot.rule.startswith("largest (")]  # "speaking" fell back
         if guessed:
@@ -617,10 +686,11 @@ class LipSyncService:
                  seed: float = 1247, audio_track: str | int | None = AUTOMATIC_AUDIO_TRACK,
                  speech_video: str | None = None,
                  request: gr.Request = None,  # noqa: RUF013 - gradio fills it
-                 progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple[str, str]:  # noqa: B008
-        """Gradio handler of ``/lipsync``: returns the output video path and a status line, or raises a readable
-        [`gr.Error`]. ``audio`` may be any file with sound (an API caller's video included); ``speech_video`` is the
-        page's video file with the speech (not an API parameter), used when ``audio`` is empty."""
+                 progress: gr.Progress = gr.Progress(track_tqdm=True)) -> tuple[str | None, str]:  # noqa: B008
+        """Gradio handler of ``/lipsync``: returns the output video path (None when the page's Stop was pressed) and
+        a status line, or raises a readable [`gr.Error`]. ``audio`` may be any file with sound (an API caller's
+        video included); ``speech_video`` is the page's video file with the speech (not an API parameter), used when
+        ``audio`` is empty."""
         try:
             self.sweep()
             checked = self.check(video, photo, audio or speech_video, preset, face, steps, guidance, seed, audio_track)
@@ -699,6 +769,24 @@ def lenient_slider(*args: Any, **kwargs: Any) -> gr.Slider:
     return slider
 
 
+def gradio_internal(owner: Any, name: str, feature: str) -> Any:
+    """``owner``'s attribute ``name``, a part of Gradio that is not its public API (the app wraps or reads it where
+    Gradio offers no public way); None, with a log line saying what the app does without it, when this Gradio has no
+    such attribute: the app still starts, without that ``feature``."""
+    value = getattr(owner, name, None)
+    if value is None:
+        logger.warning("Gradio %s has no %s.%s: %s", gr.__version__, type(owner).__name__, name, feature)
+    return value
+
+
+def queue_length(queue: Any) -> int:
+    """Requests waiting in Gradio's queue (0 when unknown: no queue, or one that cannot say)."""
+    try:
+        return len(queue) if queue is not None else 0
+    except TypeError:
+        return 0
+
+
 def use_model_examples_cache(config: AppConfig, model_name: str) -> None:
     """Cache the examples' results in a folder named after the model and its settings (``GRADIO_EXAMPLES_CACHE``),
     unless it is set already: Gradio reuses a cache folder's results after a restart, whatever model made them."""
@@ -717,8 +805,11 @@ def private_example_caching(demo: gr.Blocks, fn: Any) -> None:
     no longer existed when it called it, and Gradio kept that answer for later clients too. Private, the event never
     shows in the API and cannot be called; the page's examples work as before.
     """
-    config = demo.default_config
-    register = config.set_event_trigger
+    config = gradio_internal(demo, "default_config", "the examples' caching may show as an /example API endpoint")
+    register = gradio_internal(config, "set_event_trigger",
+                               "the examples' caching may show as an /example API endpoint") if config else None
+    if register is None:
+        return
 
     def set_event_trigger(*args: Any, **kwargs: Any) -> Any:
         """Gradio's registration, with the caching event private."""
@@ -733,7 +824,10 @@ def quiet_stop_of_caching(app: gr.Blocks, examples: gr.Examples, service: LipSyn
     """End the start-up caching of the examples' results quietly when the app shuts down during it: Gradio would
     log the stopped run's error with a traceback, and keep the half-made cache, which a restart then uses as it is
     (the missing results made only at their first click). Instead: one log line, and that cache is removed."""
-    run_startup_events = app.run_extra_startup_events
+    run_startup_events = gradio_internal(app, "run_extra_startup_events", "a shutdown during the examples' caching "
+                                         "logs a traceback and keeps the half-made cache")
+    if run_startup_events is None:
+        return
 
     async def run_extra_startup_events() -> None:
         """Gradio's start-up events (the eager caching), ended quietly by a shutdown."""
@@ -742,7 +836,9 @@ def quiet_stop_of_caching(app: gr.Blocks, examples: gr.Examples, service: LipSyn
         except gr.Error:
             if not service.stopping:
                 raise
-            shutil.rmtree(examples.cached_folder, ignore_errors=True)
+            folder = getattr(examples, "cached_folder", None)
+            if folder:
+                shutil.rmtree(folder, ignore_errors=True)
             logger.info("stopped while caching the examples' results: the next start makes them again")
 
     app.run_extra_startup_events = run_extra_startup_events
@@ -829,7 +925,10 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                     seed = gr.Number(value=1247, precision=0, minimum=0, label="Seed")
                 estimate = gr.Markdown(service.estimate(None, None, None, "quality"), label="Expected time",
                                        elem_id="estimate")
-                run = gr.Button("Lip sync", variant="primary", elem_id="run-button")
+                with gr.Row():
+                    run = gr.Button("Lip sync", variant="primary", elem_id="run-button", scale=3)
+                    # shown while the visitor's lip sync waits or runs
+                    stop = gr.Button("Stop", variant="stop", elem_id="stop-button", visible=False, scale=1)
             with gr.Column():
                 video_out = gr.Video(label="Lip-synced video", interactive=False, buttons=["download"], height=360,
                                      elem_id="video-output")
@@ -880,10 +979,16 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                            outputs=estimate, queue=False, api_visibility="private")
         # the checks run first, at once (their own concurrency group, never behind a generation; queued so that
         # the page shows their refusals), and only a request that passes them joins the line for the model
-        run.click(service.precheck, inputs=page_inputs, outputs=status, concurrency_limit=None,
-                  concurrency_id="checks", api_visibility="private").success(
-            service, inputs=[*inputs, speech_from_video], outputs=[video_out, status], api_name="lipsync",
-            concurrency_limit=1)
+        checked = run.click(service.precheck, inputs=page_inputs, outputs=status, concurrency_limit=None,
+                            concurrency_id="checks", api_visibility="private")
+        checked.success(lambda: gr.Button(visible=True), outputs=stop, queue=False, api_visibility="private")
+        lipsync = checked.success(service, inputs=[*inputs, speech_from_video], outputs=[video_out, status],
+                                  api_name="lipsync", concurrency_limit=1)
+        lipsync.then(lambda: gr.Button(visible=False), outputs=stop, queue=False, api_visibility="private")
+        # each run corrects the estimate: the line shows the corrected one (it kept the one from before the run)
+        lipsync.then(service.estimate, inputs=[video_in, photo_in, audio_in, preset, steps, guidance, speech_video],
+                     outputs=estimate, queue=False, api_visibility="private")
+        stop.click(service.visitor_stopped, outputs=status, queue=False, api_visibility="private")
         demo.unload(service.visitor_left)
         # the live tab runs DDIM with the fast preset's number of steps: each window must keep up with speech
         # the live tab only where Gradio can stream video (system ffmpeg); without it the tab could only say so
@@ -894,7 +999,7 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
             atexit.register(demo_live.close)
     # gradio's own cap, a backstop for API clients: the page's checks refuse at queue_size with a clearer message
     demo.queue(default_concurrency_limit=1, max_size=config.queue_size + QUEUE_HEADROOM)
-    service.queue = demo._queue
+    service.queue = gradio_internal(demo, "_queue", "a full queue is refused with Gradio's own message")
     demo.service = service
     demo.live = demo_live
     demo.app_config = config  # not demo.config: Gradio keeps its own configuration there

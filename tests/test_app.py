@@ -14,6 +14,7 @@ import importlib.util
 import json
 import logging
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -52,8 +53,8 @@ BROWSER_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
                 "--disable-component-update", "--disable-sync"]
 
 
-def _load_app(monkeypatch, model: str | None, **env: str):
-    """Import app.py as a fresh module with the given LATENTSYNC_* settings."""
+def _load_app(monkeypatch, model: str | None, name: str | None = None, **env: str):
+    """Import app.py as a fresh module (named ``name``, default a new name) with the given LATENTSYNC_* settings."""
     monkeypatch.delenv("GRADIO_ANALYTICS_ENABLED", raising=False)
     monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)
     if model is None:
@@ -64,7 +65,7 @@ def _load_app(monkeypatch, model: str | None, **env: str):
                 "LATENTSYNC_CACHE_EXAMPLES": "off"}
     for key, value in {**defaults, **env}.items():
         monkeypatch.setenv(key, value)
-    spec = importlib.util.spec_from_file_location(f"latentsync_app_{time.monotonic_ns()}", ROOT / "app.py")
+    spec = importlib.util.spec_from_file_location(name or f"latentsync_app_{time.monotonic_ns()}", ROOT / "app.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
@@ -199,6 +200,28 @@ def test_first_cpu_estimate_is_close_to_a_run(app_module, clips, tmp_path):
     expected = first.estimate(request.seconds, quality)
     print(f"first estimate {expected:.2f} s, run {seconds:.2f} CPU seconds ({out.num_frames} frames, quality)")
     assert 0.4 <= expected / seconds <= 2.5, (expected, seconds)
+
+
+def test_waiting_for_the_model_is_not_the_lip_sync_time(app_module, clips):
+    """A visitor's lip sync that waited for the model (the examples' results being made at start-up, the live tab):
+    the page said "Done in 70.3 s (expected 25 s)" for a 6 s lip sync, and the estimate learnt from those 70 s, so
+    the next visitor was told "about 3 min" for a 6 s run. Now the status tells the two apart and the estimate
+    learns from the lip sync alone."""
+    service = app_module.LipSyncService(app_module.demo.service.pipe,
+                                        app_module.AppConfig(work_dir=app_module.demo.service.work_dir))
+    wait = 8.0
+    busy = threading.Thread(target=lambda: (service._lock.acquire(), time.sleep(wait), service._lock.release()))
+    busy.start()
+    while not service._lock.locked():
+        time.sleep(0.01)
+    path, status = service(clips["face.mp4"], None, clips["speech_short.wav"], "fast", "largest",
+                           progress=_no_progress)
+    busy.join()
+    match = re.match(r"Done in ([0-9.]+) s \(expected [^)]*\), after ([0-9]+) s waiting for the model: ", status)
+    assert match and int(match[2]) >= wait - 1, status
+    learnt = service.time_model.estimate(0.6, PRESETS["fast"])  # the first run sets it
+    assert learnt == pytest.approx(float(match[1]), abs=0.1), (status, learnt)
+    shutil.rmtree(Path(path).parent)
 
 
 def test_service_gpu_duration_and_refusal(app_module, clips, monkeypatch):
@@ -491,6 +514,10 @@ def test_face_preview_checks_the_limits_first(app_module, clips, monkeypatch):
     image, menu, note, _ = service.faces(clips["face.mp4"], None, "speaking")
     assert image is None and note == "The video is 1.2 s long; this app accepts up to 0.5 s. Please trim it.", note
     assert note == _error_message(service, clips["face.mp4"], clips["speech_short.wav"], "fast")
+    # the expected-time line too (it said "Expected time: about 2 s ..." beside the refusal of the video)
+    monkeypatch.setattr(service.config, "max_seconds", 0.8)  # the 0.6 s speech fits, the 1.2 s video does not
+    assert service.estimate(clips["face.mp4"], None, clips["speech_short.wav"], "fast") == (
+        "The video is 1.2 s long; this app accepts up to 0.8 s. Please trim it.")
     monkeypatch.setattr(service.config, "max_file_mb", 0.001)
     for video, photo in ((clips["face.mp4"], None), (None, clips["portrait.png"])):
         image, _, note, _ = service.faces(video, photo, None)
@@ -585,7 +612,9 @@ def test_one_pending_request_per_session(app_module, clips):
     service = app_module.demo.service
     visitor, other = SimpleNamespace(session_hash="a"), SimpleNamespace(session_hash="b")
     args = (clips["face.mp4"], None, clips["speech_short.wav"], "fast", None, 0, 1.5, 0)
-    service.precheck(*args, request=visitor)
+    # an accepted request clears the status: Gradio shows its place in the queue, then its progress (a text of the
+    # check's own, "Waiting for a free place in the queue…", stayed under the progress for the whole run)
+    assert service.precheck(*args, request=visitor) == ""
     with pytest.raises(gr.Error, match="already have a lip sync waiting or running"):
         service.precheck(*args, request=visitor)
     service.precheck(*args, request=other)
@@ -623,10 +652,10 @@ def test_closing_the_page_stops_its_lip_sync(app_module, clips):
         del service._check_stopping
     assert len(steps) == 1, f"{len(steps)} steps ran, the page was closed at step {left_at}"
     assert list(service.work_dir.iterdir()) == [], "the stopped run left files behind"
-    assert service._sessions == {} and service._left == set() and service._running is None
+    assert service._sessions == {} and service._left == {} and service._running is None
     # the same visitor opening the page again is served; a page closed before its turn never starts
     service.visitor_left(visitor)  # nothing pending: nothing to remember
-    assert service._left == set()
+    assert service._left == {}
     service.precheck(*args, request=visitor)
     service.visitor_left(visitor)
     started = []
@@ -637,6 +666,128 @@ def test_closing_the_page_stops_its_lip_sync(app_module, clips):
     finally:
         del service._check_stopping
     assert started == [] and list(service.work_dir.iterdir()) == []
+
+
+def _gpu_worker(service, app_name: str, call: bytes, started, proceed, results) -> None:
+    """A ZeroGPU worker: the ``spaces`` package runs the app's GPU function in a process of its own (forked once,
+    then reused), its arguments and result pickled. ``service``: the app's, inherited through a fork; None in a
+    spawned process, which loads the app itself (under the parent's module name, so that the request unpickles).
+    The run waits after its first denoising step until the parent says ``proceed``; ``results`` gets the pickled
+    result and the number of steps run."""
+    if service is None:
+        mp = pytest.MonkeyPatch()
+        service = _load_app(mp, os.environ["LATENTSYNC_MODEL"], name=app_name,
+                            LATENTSYNC_CACHE_EXAMPLES="off").demo.service
+        service.pipe.set_progress_bar_config(disable=True)
+    request, output = pickle.loads(call)
+    check_stopping, steps = service._check_stopping, []
+
+    def step(pipe, index, timestep, tensors):
+        steps.append(index)
+        if len(steps) == 1:
+            started.set()
+            proceed.wait(120)
+        return check_stopping(pipe, index, timestep, tensors)
+
+    service._check_stopping = step
+    out, error = service._generate(request, output)
+    results.put((pickle.dumps(out), error, len(steps)))
+
+
+# spawn as well as fork (what spaces uses): nothing may depend on the worker's copy of the app's memory; a spawned
+# worker loads the app (half a minute here), so only one event is run in it
+@pytest.mark.parametrize("method, event", [("fork", "page closed"), ("fork", "shutdown"), ("spawn", "page closed")])
+def test_stop_reaches_the_gpu_worker_process(app_module, clips, tmp_path, method, event):
+    """On a ZeroGPU Space the lip sync runs in the GPU worker process that the ``spaces`` package starts, and a
+    closed page or the app's shutdown set a flag in the app's own memory only: the worker ran the lip sync to its
+    end (40 denoising steps here) while the page said it was stopped and the GPU stayed busy, and the shutdown
+    did not wait for it. Now both reach the worker (a file it looks for at each step): it stops at its next step,
+    its files are removed, and the shutdown waits for it."""
+    import multiprocessing
+
+    service = app_module.LipSyncService(app_module.demo.service.pipe,
+                                        app_module.AppConfig(work_dir=tmp_path / "work"))  # stop() is for good
+    context = multiprocessing.get_context(method)
+    started, proceed, results = context.Event(), context.Event(), context.Queue()
+    worker_steps = []
+
+    def generate_in_worker(request, output):  # what spaces.GPU makes of the GPU function
+        child = context.Process(target=_gpu_worker, daemon=True, args=(
+            service if method == "fork" else None, app_module.__name__, pickle.dumps((request, output)),
+            started, proceed, results))
+        child.start()
+        try:
+            out, error, steps = results.get(timeout=300)
+        finally:
+            proceed.set()
+            child.join(60)
+        worker_steps.append(steps)
+        return pickle.loads(out), error
+
+    service._generate_on_device = generate_in_worker
+    visitor = SimpleNamespace(session_hash=f"worker-{method}")
+    args = (clips["face.mp4"], None, clips["speech.wav"], "quality", "largest", 0, 1.5, 0)
+    service.precheck(*args, request=visitor)
+    with ThreadPoolExecutor(1) as pool:
+        call = pool.submit(service, *args, request=visitor, progress=_no_progress)
+        try:
+            assert started.wait(300), "the lip sync did not start in the worker"
+            if event == "page closed":
+                service.visitor_left(visitor)
+                expected = "The page was closed, so this lip sync was stopped"
+            else:
+                assert not service.stop(wait=0.5), "the shutdown did not wait for the worker's lip sync"
+                expected = "The app is shutting down"
+        finally:
+            proceed.set()
+        if event == "shutdown":
+            assert service.stop(wait=120), "the worker's lip sync did not stop"
+        with pytest.raises(gr.Error, match=expected):
+            call.result(timeout=300)
+    assert worker_steps == [1], f"the worker ran {worker_steps} steps; the stop came after the first"
+    assert [p for p in service.work_dir.iterdir() if p.is_dir()] == [], "the stopped run left files behind"
+    assert service._sessions == {} and service._left == {} and service._page_flags == {}
+    service.close()
+
+
+def test_stop_button_stops_the_lip_sync(app_module, clips):
+    """The page had no way to stop a lip sync but closing the tab: a visitor who started a long run with the wrong
+    preset or face waited minutes for its end before they could start another (one request per visitor). Now a Stop
+    button shows while theirs waits or runs; it stops at its next denoising step, the status says "Stopped", no
+    video and no files remain, and the visitor may start again at once."""
+    service = app_module.demo.service
+    stop_buttons = [b for b in app_module.demo.blocks.values() if getattr(b, "elem_id", None) == "stop-button"]
+    assert len(stop_buttons) == 1 and not stop_buttons[0].visible
+    assert any(fn.fn == service.visitor_stopped for fn in app_module.demo.fns.values())
+    visitor = SimpleNamespace(session_hash="pressed-stop")
+    steps = []
+    check_stopping = service._check_stopping
+
+    def step(pipe, index, timestep, tensors):  # Stop is pressed at the first step
+        steps.append(index)
+        if len(steps) == 1:
+            assert service.visitor_stopped(visitor) == "Stopping…"
+        return check_stopping(pipe, index, timestep, tensors)
+
+    args = (clips["face.mp4"], None, clips["speech.wav"], "quality", "largest", 0, 1.5, 0)
+    service.precheck(*args, request=visitor)
+    service._check_stopping = step
+    try:
+        assert service(*args, request=visitor, progress=_no_progress) == (None, "Stopped: you pressed Stop.")
+    finally:
+        del service._check_stopping
+    assert len(steps) == 1 and list(service.work_dir.iterdir()) == []
+    assert service.visitor_stopped(visitor) == gr.skip()  # nothing to stop any more: the "Stopped" status stays
+    # pressed while it waits: it never starts
+    service.precheck(*args, request=visitor)
+    service.visitor_stopped(visitor)
+    started = []
+    service._check_stopping = lambda *a: started.append(a)
+    try:
+        assert service(*args, request=visitor, progress=_no_progress) == (None, "Stopped: you pressed Stop.")
+    finally:
+        del service._check_stopping
+    assert started == [] and service._sessions == {} and service._left == {}
 
 
 def test_size_limit_and_cleanup(app_module, clips, monkeypatch):
@@ -789,6 +940,44 @@ def test_api_lists_only_endpoints_that_work(app_module, tiny_model_dir_64, clips
         demo.close()
         demo.service.close()
         demo.live.close()
+
+
+def test_app_starts_without_gradio_internals(app_module, tiny_model_dir_64, clips, examples_dir, monkeypatch,
+                                             caplog):
+    """The app wraps or reads parts of Gradio that are not its public API, where Gradio offers no public way: the
+    examples' caching event (kept out of the API), the start-up events (a shutdown during the caching), the queue
+    (its length for the queue-full message). A Gradio release without one of them stopped the app at start-up with
+    an AttributeError; now the app starts without that feature, and a log line says which and what it does
+    instead."""
+    monkeypatch.delattr(gr.Blocks, "run_extra_startup_events")
+    queue = gr.Blocks.queue
+
+    def queue_without_internals(self, *args, **kwargs):
+        result = queue(self, *args, **kwargs)
+        del self._queue
+        return result
+
+    monkeypatch.setattr(gr.Blocks, "queue", queue_without_internals)
+    monkeypatch.setattr(app_module, "EXAMPLES_DIR", examples_dir)
+    caplog.set_level(logging.WARNING, logger="latentsync.app")
+    demo = app_module.build_demo(app_module.AppConfig(model=str(tiny_model_dir_64), max_seconds=MAX_SECONDS,
+                                                      cache_examples="lazy"))
+    try:
+        assert demo.service is not None, "the app did not start"
+        assert demo.service.queue is None
+        assert demo.service.precheck(clips["face.mp4"], None, clips["speech_short.wav"], "fast", None, 0, 1.5, 0
+                                     ) == ""
+    finally:
+        demo.service.close()
+        if demo.live is not None:
+            demo.live.close()
+    app_module.private_example_caching(SimpleNamespace(), demo.service.example)
+    app_module.private_example_caching(SimpleNamespace(default_config=SimpleNamespace()), demo.service.example)
+    lines = [r.getMessage() for r in caplog.records]
+    for missing in ("Blocks.run_extra_startup_events", "Blocks._queue", "SimpleNamespace.default_config",
+                    "SimpleNamespace.set_event_trigger"):
+        assert any(f"Gradio {gr.__version__} has no {missing}: " in line for line in lines), (missing, lines)
+    assert app_module.queue_length(object()) == 0 and app_module.queue_length(None) == 0
 
 
 def test_api_outputs_are_named(server, app_module):
@@ -1135,6 +1324,63 @@ def test_browser_closing_the_page_stops_the_run(server, browser, clips, app_modu
     after = [t for t in steps if t > closed[0] + 1.0]  # a step already under way when the page closed may finish
     assert not service._lock.locked() and len(after) <= 1, f"{len(after)} steps ran after the page was closed"
     assert service._sessions == {} and set(service.work_dir.iterdir()) == results
+
+
+def test_browser_stop_button(server, page, clips, app_module, monkeypatch, tmp_path):
+    """The Stop button shows while the visitor's lip sync runs; pressed, the run stops at its next step, the status
+    says so, the button goes, and a new lip sync can be started at once."""
+    service = app_module.demo.service
+    speech = str(tmp_path / "speech.wav")  # long enough (240 steps) to be still running when Stop is pressed
+    ffmpeg("-i", str(EXAMPLES / "speech.wav"), "-t", str(MAX_SECONDS - 0.5), speech)
+    steps = []
+    check_stopping = service._check_stopping
+
+    def step(pipe, index, timestep, tensors):
+        steps.append(time.monotonic())
+        return check_stopping(pipe, index, timestep, tensors)
+
+    monkeypatch.setattr(service, "_check_stopping", step)
+    _upload(page, server, speech, video=clips["face.mp4"])
+    stop = page.locator("#stop-button")
+    assert not stop.is_visible()
+    page.locator("#run-button").click()
+    stop.wait_for(state="visible", timeout=30_000)
+    deadline = time.monotonic() + 120
+    while not steps and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert steps, "the lip sync did not start"
+    stop.click()
+    pressed = time.monotonic()
+    page.locator("#status").get_by_text("Stopped: you pressed Stop.").wait_for(timeout=60_000)
+    stop.wait_for(state="hidden", timeout=30_000)
+    after = [t for t in steps if t > pressed + 1.0]  # a step already under way when Stop was pressed may finish
+    assert len(after) <= 1, f"{len(after)} steps ran after Stop was pressed"
+    assert "Traceback" not in page.content() and page.locator(".toast-body").count() == 0
+    _screenshot(page, "app_stopped.png")
+    monkeypatch.undo()
+    _run_and_fetch(page, server, tmp_path / "again.mp4", "quality")  # the visitor may start again at once
+
+
+def test_browser_expected_time_follows_each_run(server, page, clips, app_module, monkeypatch, tmp_path):
+    """Each run corrects the estimate, but the expected-time line kept the one from before the run (with "A first
+    guess" after runs had corrected it) until an input changed: "Expected time: about 5 s" beside "Done in 19.2 s
+    (expected 5 s)", and the next run's status then said "expected 20 s". Now the line follows each run."""
+    service = app_module.demo.service
+    monkeypatch.setattr(service, "time_model", TimeModel(window_seconds=1.0, frame_seconds=0.01, fixed_seconds=0.5))
+    _upload(page, server, clips["speech_short.wav"], video=clips["face.mp4"])
+    _choose_preset(page, "fast")
+    estimate = page.locator("#estimate")
+    estimate.get_by_text("(fast)").wait_for(timeout=30_000)
+    before = estimate.inner_text()
+
+    def update(*args, **kwargs):  # a run that teaches the estimate something clearly different
+        service.time_model.window_seconds = 500.0
+
+    monkeypatch.setattr(service.time_model, "update", update)
+    _run_and_fetch(page, server, tmp_path / "out.mp4", "fast")
+    now = service.estimate(clips["face.mp4"], None, clips["speech_short.wav"], "fast")
+    assert now != before
+    estimate.get_by_text(now).wait_for(timeout=30_000)
 
 
 def test_browser_bad_upload_shows_error(server, page, clips):

@@ -1,6 +1,7 @@
 """What the Gradio app (``app.py``) computes without Gradio: the speed presets, the expected run time and the GPU
 time a request asks for, the numbered preview of the faces found in an upload, the visitors' wording of input
-errors, the examples' cache folder and the expiry of old results.
+errors, the examples' cache folder, the expiry of old results and the stop flags that reach a run in another
+process.
 
 Nothing here imports gradio or torch, so the app's arithmetic is testable on its own.
 """
@@ -374,3 +375,37 @@ def remove_expired(folder: str | os.PathLike, ttl: float, keep: Iterable[str | o
         except FileNotFoundError:
             pass
     return removed
+
+
+@dataclass(frozen=True)
+class StopFlag:
+    """A request to stop, as a file: the app's process raises it, and a lip sync looks for it at each denoising step,
+    in whatever process of this machine it runs. On a ZeroGPU Space the GPU function runs in a worker process that
+    the ``spaces`` package forks once and then reuses; a flag in the app's memory (an event, a set of closed pages)
+    is only copied into it at the fork, so a later change never reaches the run."""
+
+    path: str
+
+    def set(self, reason: str = "") -> bool:
+        """Raise the flag, saying why (a word for the run); False when its folder is gone (the run it was for has
+        ended and was removed)."""
+        try:
+            Path(self.path).write_text(reason)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def is_set(self) -> bool:
+        """Whether the flag is raised."""
+        return os.path.exists(self.path)
+
+    def reason(self) -> str | None:
+        """Why the flag was raised ("" when not said); None when it is not raised."""
+        try:
+            return Path(self.path).read_text()
+        except FileNotFoundError:
+            return None
+
+    def clear(self) -> None:
+        """Lower the flag."""
+        Path(self.path).unlink(missing_ok=True)
