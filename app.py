@@ -270,6 +270,7 @@ class LipSyncService:
         self._stopping = threading.Event()  # set by stop(): no new run starts, a running one stops at its next step
         # the same for a run in another process (ZeroGPU's GPU worker), which cannot see the event
         self._app_stop = StopFlag(str(self.work_dir / "stopping"))
+        self._app_stop.clear()  # left by an earlier app that used the same work folder: it would stop every run
         generate = self._generate
         if spaces is not None:
             generate = spaces.GPU(duration=self.gpu_duration)(generate)

@@ -224,6 +224,14 @@ def test_waiting_for_the_model_is_not_the_lip_sync_time(app_module, clips):
     shutil.rmtree(Path(path).parent)
 
 
+def test_a_stop_flag_left_in_the_work_folder_stops_nothing(app_module, tmp_path):
+    """The app's shutdown flag is a file in its work folder (so that ZeroGPU's worker process sees it); one left by
+    an earlier app that used the same folder would stop every run of the next one at its first step."""
+    (tmp_path / "stopping").touch()
+    service = app_module.LipSyncService(app_module.demo.service.pipe, app_module.AppConfig(work_dir=tmp_path))
+    assert not service._app_stop.is_set() and not (tmp_path / "stopping").exists()
+
+
 def test_service_gpu_duration_and_refusal(app_module, clips, monkeypatch):
     service = app_module.demo.service
     # the service's own model learns from this machine's runs: take the H100 figures of a Space at 512 px
