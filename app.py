@@ -64,6 +64,7 @@ from latentsync.app_support import (
     face_choices,
     face_menu_value,
     gpu_seconds,
+    on_zero_gpu,
     photo_error,
     preview_frame,
     read_frame,
@@ -994,7 +995,11 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
         # the live tab runs DDIM with the fast preset's number of steps: each window must keep up with speech
         # the live tab only where Gradio can stream video (system ffmpeg); without it the tab could only say so
         demo_live = None
-        if streaming_available():
+        if on_zero_gpu():
+            # its windows would run outside the GPU function (on the CPU, far from real time), and the model's lock
+            # it shares could be held when ZeroGPU forks its worker
+            logger.info("ZeroGPU Space: no live tab (live lip sync needs a GPU held for the whole recording)")
+        elif streaming_available():
             demo_live = build_live_tab(pipe, PRESETS["fast"].steps, config.max_seconds, service._lock,
                                        config.output_ttl)
             atexit.register(demo_live.close)

@@ -1400,3 +1400,23 @@ def test_browser_bad_upload_shows_error(server, page, clips):
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q", "-s"]))
+
+
+def test_no_live_tab_on_zero_gpu(app_module, tiny_model_dir_64, monkeypatch):
+    """On a ZeroGPU Space the GPU exists only inside the ``spaces.GPU`` function: the live tab's windows ran on the
+    CPU of the app's process, far from real time, and shared the model's lock with the GPU function's fork. The app
+    leaves the tab out there (it is built elsewhere when Gradio can stream video)."""
+    from latentsync.app_support import on_zero_gpu
+
+    monkeypatch.setattr(app_module, "streaming_available", lambda: True)
+    monkeypatch.setenv("SPACES_ZERO_GPU", "true")
+    assert on_zero_gpu()
+    demo = app_module.build_demo(app_module.AppConfig(model=str(tiny_model_dir_64), max_seconds=MAX_SECONDS,
+                                                      cache_examples="off"))
+    try:
+        assert demo.service is not None and demo.live is None
+    finally:
+        demo.service.close()
+    for value, expected in (("false", False), ("0", False), ("", False), ("1", True), ("True", True)):
+        monkeypatch.setenv("SPACES_ZERO_GPU", value)
+        assert on_zero_gpu() is expected, value

@@ -377,6 +377,12 @@ def remove_expired(folder: str | os.PathLike, ttl: float, keep: Iterable[str | o
     return removed
 
 
+def on_zero_gpu() -> bool:
+    """Whether this is a ZeroGPU Space (its ``SPACES_ZERO_GPU`` setting, as the ``spaces`` package reads it): there
+    the GPU exists only inside the functions given to ``spaces.GPU``, each call in a worker process."""
+    return os.environ.get("SPACES_ZERO_GPU", "").strip().lower() in ("1", "t", "true")
+
+
 @dataclass(frozen=True)
 class StopFlag:
     """A request to stop, as a file: the app's process raises it, and a lip sync looks for it at each denoising step,
