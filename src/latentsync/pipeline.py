@@ -489,10 +489,10 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         needed = num_output_frames + smoothing_radius(landmark_smoothing)
         return needed if needed < source.expected_frames else None
 
-    def _check_timeline_inputs(self, video: Any, audio: Any, output_fps: Any, avatar: Any, face: Any = None,
-                               face_index: Any = None, face_box: Any = None) -> Avatar | None:
-        """Check the choice between ``video`` and a prepared ``avatar`` (loaded here), and that ``output_fps`` (checked
-        with the other arguments) suits them.
+    def _check_timeline_inputs(self, video: Any, audio: Any, output_fps: Any, avatar: Any) -> Avatar | None:
+        """Check that there is a video or a prepared ``avatar`` (loaded here, and checked against this pipeline's
+        models), and that ``output_fps`` suits a video (the arguments that an avatar cannot honour are refused by
+        [`check_inputs`]).
 
         Raises:
             LatentSyncInputError: the message names the argument.
@@ -506,17 +506,9 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
                 raise LatentSyncInputError('output_fps="input" keeps the timestamps of a video file; frames in '
                                            "memory have none: give their frame rate as output_fps")
             return None
-        if video is not None:
-            raise LatentSyncInputError("give either a video or a prepared avatar, not both")
-        if face not in (None, "largest") or face_index is not None or face_box is not None:
-            raise LatentSyncInputError("an avatar's face was chosen when it was prepared (prepare_avatar's face "
-                                       "arguments); do not pass face, face_index or face_box with it")
-        if isinstance(audio, Mapping):
-            raise LatentSyncInputError("an avatar has one face: give one audio, not a voice per face")
+        # (a video as well, face arguments, a voice per face and another output_fps: refused by check_inputs)
         avatar = avatar if isinstance(avatar, Avatar) else Avatar.load(avatar)
         avatar.check_compatible(self.config.resolution, self.vae)
-        if output_fps not in (VIDEO_FPS, avatar.fps):
-            raise LatentSyncInputError(f"the avatar was prepared for output_fps={avatar.fps!r}, not {output_fps!r}")
         return avatar
 
     def _open_video(self, video: Any, output_fps: float | str) -> FrameSource:
@@ -1009,7 +1001,7 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
             generator=generator, callback_on_step_end=callback_on_step_end, audio_track=audio_track)
         if isinstance(generator, (list, tuple)):
             generator = generator[0]  # one video: a list of one generator is that generator
-        avatar = self._check_timeline_inputs(video, audio, output_fps, avatar, face, face_index, face_box)
+        avatar = self._check_timeline_inputs(video, audio, output_fps, avatar)
         if avatar is not None:
             output_fps = avatar.fps  # the timeline the avatar was prepared for
         if output_type is None:
