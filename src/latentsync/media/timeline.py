@@ -24,7 +24,7 @@ from ..errors import InvalidOutputError, InvalidVideoError
 from ..tempfiles import partial_path, release_partial
 from .audio import MUXED_SOUND_FILTER
 from .files import check_input_file, ffmpeg_reason
-from .probe import probe_video
+from .probe import VideoInfo, probe_video
 from .video import (
     CPU_ENCODER,
     OUTPUT_COLOR_RANGE,
@@ -124,14 +124,16 @@ def as_displayed(image: np.ndarray, rotation: int, mirrored: bool) -> np.ndarray
     return np.ascontiguousarray(image)
 
 
-def iter_stored_frames(path: str | os.PathLike, hwaccel: str | None = None) -> Iterator[np.ndarray]:
+def iter_stored_frames(path: str | os.PathLike, hwaccel: str | None = None, info: VideoInfo | None = None
+                       ) -> Iterator[np.ndarray]:
     """Every frame of the first video stream as the decoder returns it (no frame dropped or repeated), RGB uint8
     ``(H, W, 3)``, in display order, turned upright and mirrored as the file's display matrix asks (as the 25 fps
     reader's frames); ``hwaccel`` as in [`~latentsync.media.video.iter_frames`]. HDR video is tone-mapped to SDR
     BT.709 as the 25 fps reader does it: decoded by the ffmpeg binary through the same filters, since PyAV's own
-    FFmpeg libraries lack the zscale filter the tone mapping needs."""
+    FFmpeg libraries lack the zscale filter the tone mapping needs. ``info``: the file's probe, when the caller has
+    it (probed here otherwise)."""
     path = os.fspath(path)
-    info = probe_video(path)
+    info = info if info is not None else probe_video(path)
     if info.hdr:
         yield from iter_tone_mapped_frames(path, info.hdr, hwaccel)
         return
@@ -147,11 +149,12 @@ def iter_stored_frames(path: str | os.PathLike, hwaccel: str | None = None) -> I
 
 
 def open_timed_frames(path: str | os.PathLike, hwaccel: str | None = None) -> FrameSource:
-    """A re-readable [`FrameSource`] of every stored frame of a video file, with ``timestamps`` set (seconds)."""
+    """A re-readable [`FrameSource`] of every stored frame of a video file, with ``timestamps`` set (seconds).
+    The file is probed once, here: each read uses that probe (orientation, HDR)."""
     timestamps, time_base = read_timestamps(path)
     path = os.fspath(path)
     info = probe_video(path)
-    return FrameSource(path, len(timestamps), lambda: iter_stored_frames(path, hwaccel), path, timestamps,
+    return FrameSource(path, len(timestamps), lambda: iter_stored_frames(path, hwaccel, info), path, timestamps,
                        time_base, info.sample_aspect, info.colors_known)
 
 
