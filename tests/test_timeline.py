@@ -216,7 +216,7 @@ def test_input_timeline_with_a_chosen_audio_track(tiny_pipe_64, clips, tmp_path,
 def test_a_timed_video_is_probed_once(clips, monkeypatch):
     """``open_timed_frames`` probes the file once and hands the probe to every read of its frames (it probed it
     again in each read: three ffmpeg probes for the two passes of a run)."""
-    import latentsync.media.timeline as timeline
+    from latentsync.media import timeline
 
     probes = []
     probe = timeline.probe_video
