@@ -57,7 +57,7 @@ from .live import LiveFrame, LiveSession, stream_frames
 from .loaders.lora import LatentSyncLoraLoaderMixin, check_no_lora_layers
 from .loaders.official import is_official_layout, load_official_components
 from .loaders.official import load_syncnet as load_syncnet_model
-from .media.audio import Track, as_samples, check_not_silent, fit_length, mix_tracks, num_video_frames
+from .media.audio import Track, VoiceMix, as_samples, check_not_silent, fit_length, mix_tracks, num_video_frames
 from .media.constants import SAMPLE_RATE, VIDEO_FPS
 from .media.files import check_input_file, same_file
 from .media.timeline import open_timed_frames, output_timeline
@@ -1285,12 +1285,13 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
 
 def _open_voices(audio: Any, mix_audio: Any, track: Track = "speech"
                  ) -> tuple[list[np.ndarray], Any, Track, np.ndarray]:
-    """The speech of each voice (16 kHz samples), the output's sound (a file to mux as it is, or None to write
-    ``samples``) and which of its audio tracks to mux, and the output's sound as samples (its length is the
-    output's).
+    """The speech of each voice (16 kHz samples), the output's sound (a file to mux as it is, the [`VoiceMix`] to
+    write, or None to write ``samples``) and which of its audio tracks to mux, and the output's sound as 16 kHz
+    samples (its length is the output's).
 
     One ``audio``: one voice (its audio track ``track``), which is also the sound. A mapping: one voice per face and
-    their mix as the sound. ``mix_audio`` replaces the sound; the voices are then cut or padded to its length.
+    their mix as the sound (at the files' quality). ``mix_audio`` replaces the sound; the voices are then cut or
+    padded to its length.
     """
     if isinstance(audio, Mapping):
         voices = []
@@ -1299,7 +1300,7 @@ def _open_voices(audio: Any, mix_audio: Any, track: Track = "speech"
             label = os.fspath(speech) if isinstance(speech, (str, os.PathLike)) else "audio samples"
             check_not_silent(samples, f"{label} (face {track_key(key)})")
             voices.append(samples)
-        sound, samples = None, mix_tracks(voices)
+        sound, samples = VoiceMix(tuple(audio.values())), mix_tracks(voices)
     else:
         samples = as_samples(audio, track)
         check_not_silent(samples, os.fspath(audio) if isinstance(audio, (str, os.PathLike)) else "audio samples")

@@ -112,6 +112,31 @@ def probe_audio_tracks(path: str | os.PathLike) -> tuple[int, float]:
     return _audio_streams(_streams(header)), _duration(header)
 
 
+NAMED_LAYOUTS = {"mono": 1, "stereo": 2, "downmix": 2, "quad": 4, "hexagonal": 6, "octagonal": 8}
+"""Channel counts of ffmpeg's named channel layouts (others are counted from their ``5.1``-style names)."""
+
+
+def probe_audio_format(path: str | os.PathLike, index: int = 0) -> tuple[int, int]:
+    """The sample rate (Hz) and channel count of audio track ``index`` (ffmpeg's ``0:a:INDEX``) of ``path``, from
+    its header, without decoding; ``(0, 0)`` for what the header does not say (or a track the file lacks)."""
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", os.fspath(path)]
+    proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, check=False)  # no output: exit code 1
+    tracks = [line for line in _streams(_input_section(proc.stderr.decode(errors="replace"))) if "Audio:" in line]
+    if index >= len(tracks):
+        return 0, 0
+    fields = [f.strip() for f in tracks[index].split("Audio:", 1)[1].split(",")]
+    rate = next((int(m.group(1)) for f in fields if (m := re.fullmatch(r"(\d+) Hz", f))), 0)
+    channels = 0
+    for f in fields[2:] if len(fields) > 2 else []:
+        layout = re.sub(r"\(.*\)$", "", f)  # 5.1(side) -> 5.1
+        counted = re.fullmatch(r"(\d+) channels(?: \(.*\))?", f)
+        if layout in NAMED_LAYOUTS or counted or re.fullmatch(r"\d+\.\d+(?:\.\d+)?", layout):
+            channels = (NAMED_LAYOUTS.get(layout) or (int(counted.group(1)) if counted else
+                        sum(int(n) for n in layout.split("."))))
+            break
+    return rate, channels
+
+
 def _duration(header: str) -> float:
     match = re.search(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)", header)
     if not match:
