@@ -59,7 +59,7 @@ from .loaders.official import is_official_layout, load_official_components
 from .loaders.official import load_syncnet as load_syncnet_model
 from .media.audio import Track, VoiceMix, as_samples, check_not_silent, fit_length, mix_tracks, num_video_frames
 from .media.constants import SAMPLE_RATE, VIDEO_FPS
-from .media.files import check_input_file, same_file
+from .media.files import check_input_file, ffmpeg_path, same_file
 from .media.timeline import open_timed_frames, output_timeline
 from .media.video import FrameSource, check_hardware_codec, open_frames
 from .model_source import check_not_training_run
@@ -1326,7 +1326,7 @@ def _cut_sound_to_picture(path: str, seconds: float) -> None:
     """Cut every stream of the written video ``path`` at ``seconds`` (the end of its picture), without re-encoding;
     the file is replaced atomically."""
     def remux(partial: str) -> None:
-        command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-i", path, "-map", "0",
+        command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-i", ffmpeg_path(path), "-map", "0",
                    "-t", f"{seconds:.6f}", "-c", "copy", partial]
         subprocess.run(command, check=True, capture_output=True)
 

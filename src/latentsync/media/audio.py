@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import InvalidAudioError, LatentSyncInputError
 from ..tempfiles import make_work_dir, remove_work_dir
 from .constants import SAMPLE_RATE, VIDEO_FPS
-from .files import check_input_file, ffmpeg_reason
+from .files import check_input_file, ffmpeg_path, ffmpeg_reason
 from .probe import probe_audio_format, probe_audio_tracks
 
 logger = logging.getLogger(__name__)
@@ -126,7 +126,7 @@ def _track_levels(path: str, tracks: int, duration: float) -> list[float | None]
     windows = _probe_windows(duration)
     cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-y"]
     for start, seconds in windows:
-        cmd += ["-ss", f"{start:.3f}", "-t", f"{seconds:.3f}", "-i", path]
+        cmd += ["-ss", f"{start:.3f}", "-t", f"{seconds:.3f}", "-i", ffmpeg_path(path)]
     folder = make_work_dir("tracks")
     try:
         outputs = {}
@@ -264,7 +264,7 @@ def copy_track(path: str | os.PathLike, index: int, output: str | os.PathLike) -
         InvalidAudioError: ffmpeg cannot copy it.
     """
     path, output = os.fspath(path), os.fspath(output)
-    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-i", path, "-map", f"0:a:{index}",
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-i", ffmpeg_path(path), "-map", f"0:a:{index}",
            "-c", "copy", "-f", "matroska", output]
     proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, check=False)
     if proc.returncode != 0:
@@ -276,7 +276,8 @@ def copy_track(path: str | os.PathLike, index: int, output: str | os.PathLike) -
 # ---------------------------------------------------------------------------------------------------- decoding
 def _decode_command(path: str, sample_rate: int, video_clock: bool = False, index: int = 0) -> list[str]:
     clock = ["-af", VIDEO_CLOCK_FILTER] if video_clock else []
-    return [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-i", path, "-map", f"0:a:{index}", *clock,
+    return [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-i", ffmpeg_path(path), "-map", f"0:a:{index}",
+            *clock,
             "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "-"]
 
 
@@ -471,7 +472,7 @@ def mix_audio_files(tracks: Sequence[tuple[str | os.PathLike, int]], output: str
                       f"aformat=sample_fmts=fltp:channel_layouts={layout}[v{i}]")
     mixed = "".join(f"[v{i}]" for i in range(len(tracks))) + \
         f"amix=inputs={len(tracks)}:duration=longest:dropout_transition=0:normalize=0"
-    inputs = [arg for path, _ in tracks for arg in ("-i", path)]
+    inputs = [arg for path, _ in tracks for arg in ("-i", ffmpeg_path(path))]
 
     def run(graph: str, *out: str) -> str:
         cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-y", *inputs, "-filter_complex",

@@ -23,7 +23,7 @@ import numpy as np
 from ..errors import InvalidOutputError, InvalidVideoError
 from ..tempfiles import partial_path, release_partial
 from .audio import MUXED_SOUND_FILTER
-from .files import check_input_file, ffmpeg_reason
+from .files import check_input_file, ffmpeg_path, ffmpeg_reason
 from .probe import VideoInfo, probe_video
 from .video import (
     CPU_ENCODER,
@@ -62,7 +62,7 @@ def _open_container(path: str, hwaccel: str | None = None) -> av.container.Input
     av = _pyav()
     if worth_trying(hwaccel):
         try:
-            container = av.open(path, hwaccel=av.codec.hwaccel.HWAccel(device_type=hwaccel,
+            container = av.open(ffmpeg_path(path), hwaccel=av.codec.hwaccel.HWAccel(device_type=hwaccel,
                                                                         allow_software_fallback=True))
         except (av.FFmpegError, OSError) as exc:
             container = _open_on_cpu(path)  # a broken file fails here too, with its own error
@@ -74,7 +74,7 @@ def _open_container(path: str, hwaccel: str | None = None) -> av.container.Input
 def _open_on_cpu(path: str) -> av.container.InputContainer:
     av = _pyav()
     try:
-        return av.open(path)
+        return av.open(ffmpeg_path(path))
     except (av.FFmpegError, OSError) as exc:
         raise InvalidVideoError(f"cannot read video {path}: {exc}") from None
 
@@ -271,7 +271,7 @@ class TimedVideoWriter(AtomicWriter):
         self._container = None
         cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-i", self._video_tmp]
         if self.audio_path:
-            cmd += ["-i", self.audio_path, "-map", "0:v:0", "-map", "1:a:0", "-af", MUXED_SOUND_FILTER, "-c:a", "aac"]
+            cmd += ["-i", ffmpeg_path(self.audio_path), "-map", "0:v:0", "-map", "1:a:0", "-af", MUXED_SOUND_FILTER, "-c:a", "aac"]
         cmd += ["-c:v", "copy", self._tmp]
         proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, check=False)
         if proc.returncode != 0:
