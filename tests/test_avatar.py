@@ -424,3 +424,5 @@ def test_avatar_run_reads_the_avatar_json_once_before_loading(tiny_pipe_64, shor
                  "--fps", "30"]) == 2
     assert re.search(r"--fps 30: the avatar .* was prepared for --fps 25; prepare it again with --fps 30, or "
                      r"leave --fps out", caplog.text), caplog.text
+    assert main(["--avatar", str(folder), "--audio-for", f"0={speech}", "--output", str(tmp_path / "out.mp4")]) == 2
+    assert "--audio-for: an avatar has one face; give one audio" in caplog.text  # was refused after loading
