@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import types
 
 import numpy as np
 import pytest
@@ -361,3 +363,66 @@ def test_the_video_of_a_loaded_avatar_replaced_meanwhile(tmp_path):
         with pytest.raises(LatentSyncInputError, match="was prepared again while this run used it"):
             list(avatar.frame_source())
     assert len(list(Avatar.load(folder).frame_source())) == 4
+
+
+def test_avatar_arguments_are_refused_before_any_work(tiny_pipe_64, short_face, speech, tmp_path, monkeypatch):
+    """A call on an avatar with an ``output_fps`` other than the avatar's, or a face choice, is refused by the early
+    input check (``check_run_inputs``, so also ``pipe.check_inputs`` and the app), before the avatar's tensors are
+    read: the pipeline refused the ``output_fps`` only after loading the avatar, and ``check_run_inputs`` not at
+    all."""
+    from latentsync.inputs import check_run_inputs
+
+    folder = tmp_path / "avatar"
+    tiny_pipe_64.prepare_avatar(short_face, folder)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the avatar was loaded before its arguments were checked")
+
+    monkeypatch.setattr(Avatar, "load", refuse)
+    fps = r"output_fps 30: the avatar .*avatar was prepared for output_fps 25; prepare it again with output_fps 30"
+    with pytest.raises(LatentSyncInputError, match=fps):
+        check_run_inputs(None, speech, avatar=folder, output_fps=30)
+    with pytest.raises(LatentSyncInputError, match=fps):
+        tiny_pipe_64(avatar=folder, audio=speech, output_fps=30, **KW)
+    for face in ({"face_index": 1}, {"face": "speaking"}, {"face_box": (1, 2, 30, 30)}, {"face_box_frame": 3}):
+        name = next(iter(face))
+        with pytest.raises(LatentSyncInputError, match=f"^{name}: the face of an avatar was chosen when it was"):
+            check_run_inputs(None, speech, avatar=folder, **face)
+    with pytest.raises(LatentSyncInputError, match="^audio mapping key: an avatar has one face"):
+        check_run_inputs(None, {0: speech}, avatar=folder)
+
+
+def test_avatar_run_reads_the_avatar_json_once_before_loading(tiny_pipe_64, short_face, speech, tmp_path,
+                                                              monkeypatch, caplog):
+    """``latentsync --avatar DIR ...`` reads the avatar's JSON once in its checks (it read it twice: once for the
+    avatar's options, once for its files), and still refuses ``--fps`` in the option's words."""
+    from latentsync.commands import main
+
+    folder = tmp_path / "avatar"
+    tiny_pipe_64.prepare_avatar(short_face, folder)
+    reads = []
+    load = json.load
+
+    def counted(fh, *args, **kwargs):
+        reads.append(os.path.basename(getattr(fh, "name", "")))
+        return load(fh, *args, **kwargs)
+
+    class Loaded(Exception):
+        pass
+
+    def stop(*args, **kwargs):
+        raise Loaded
+
+    monkeypatch.setattr(json, "load", counted)
+    monkeypatch.setattr("latentsync.commands.run.load_pipeline", stop)
+    monkeypatch.setattr("latentsync.commands.run.check_model_options",
+                        lambda args: types.SimpleNamespace(local_files_only=True))
+    with pytest.raises(Loaded):
+        main(["--avatar", str(folder), "--audio", str(speech), "--output", str(tmp_path / "out.mp4")])
+    assert reads.count("avatar.json") == 1
+    assert main(["--avatar", str(folder), "--audio", str(speech), "--output", str(tmp_path / "out.mp4"),
+                 "--fps", "30"]) == 2
+    assert re.search(r"--fps 30: the avatar .* was prepared for --fps 25; prepare it again with --fps 30, or "
+                     r"leave --fps out", caplog.text), caplog.text
+    assert main(["--avatar", str(folder), "--audio-for", f"0={speech}", "--output", str(tmp_path / "out.mp4")]) == 2
+    assert "--audio-for: an avatar has one face; give one audio" in caplog.text  # was refused after loading

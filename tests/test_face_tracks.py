@@ -361,6 +361,45 @@ def test_mix_audio_sets_the_sound_and_the_length(tiny_pipe_64, conversation, tmp
         tiny_pipe_64(conversation["video"], {0: conversation["a"], 1: tmp_path / "missing.wav"})
 
 
+
+def test_the_sound_of_a_voice_per_face_keeps_the_voices_quality(tiny_pipe_64, example_face, example_speech,
+                                                                tmp_path):
+    """The output's sound of a voice per face is the mix of the voices at their quality (the highest sample rate,
+    stereo when one is): it was their 16 kHz mono mix, whatever the files. Each voice plays from the first frame, and
+    the face mapped twice to one file counts once."""
+    import av
+
+    video = tmp_path / "two.mp4"
+    ffmpeg("-i", os.fspath(example_face), "-t", "0.8", "-filter_complex", "[0:v][0:v]hstack", "-c:v", "libx264",
+           "-crf", "14", os.fspath(video))
+    a, b = tmp_path / "a.wav", tmp_path / "b.wav"
+    # a: 44.1 kHz stereo, its right channel quieter; b: 48 kHz stereo, its speech after 0.3 s of silence
+    ffmpeg("-t", "1.0", "-i", os.fspath(example_speech), "-af", "pan=stereo|c0=0.4*c0|c1=0.12*c0", "-ar", "44100",
+           os.fspath(a))
+    ffmpeg("-ss", "1.5", "-t", "0.6", "-i", os.fspath(example_speech), "-ac", "2", "-ar", "48000", "-af",
+           "adelay=300:all=1", os.fspath(b))
+    out = tmp_path / "dubbed.mp4"
+    result = tiny_pipe_64(video, {0: a, 1: b}, output_path=out, num_inference_steps=STEPS)
+    assert [s.tracks for s in result.faces] == [(0, 1)]
+    with av.open(os.fspath(out)) as container:
+        stream = container.streams.audio[0]
+        assert (stream.rate, stream.codec_context.channels) == (48000, 2)
+        sound = np.concatenate([f.to_ndarray() for f in container.decode(stream)], axis=1)  # (2, samples), planar
+    assert abs(sound.shape[1] / 48000 - 1.0) < 0.1  # as long as the longest voice
+    left, right = sound
+    first = slice(0, int(0.25 * 48000))  # before b's speech: a alone, its channels kept apart
+    assert np.abs(right[first]).max() < 0.5 * np.abs(left[first]).max()
+    expected = load_audio(out, track=0)  # the mix, back at 16 kHz mono, against the voices' own mix
+    mix = mix_tracks([load_audio(a), load_audio(b)])
+    n = min(len(expected), len(mix))
+    assert np.corrcoef(expected[:n], mix[:n])[0, 1] > 0.9
+    # one file for both faces: its sound once, not twice as loud
+    tiny_pipe_64(video, {0: a, 1: a}, output_path=tmp_path / "same.mp4", num_inference_steps=STEPS)
+    peak = np.abs(load_audio(a)).max()
+    assert peak < 0.4  # twice as loud would not be scaled down to full scale
+    assert 0.8 * peak < np.abs(load_audio(tmp_path / "same.mp4")).max() < 1.2 * peak
+
+
 # ---------------------------------------------------------------------------------------------------- SyncNet
 def test_offset_confidence_on_a_subset_of_windows():
     torch.manual_seed(0)

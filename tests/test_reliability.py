@@ -456,6 +456,24 @@ def test_library_default_overwrites_an_earlier_output_but_never_an_input(media, 
     assert hashlib.sha256(video.read_bytes()).hexdigest() == digest
 
 
+
+@pytest.mark.parametrize("output_fps", [25, "input"])
+def test_file_names_that_look_like_urls(tiny_pipe_64, example_face, example_speech, tmp_path, monkeypatch,
+                                        output_fps):
+    """Files named like ``10:30.mp4`` or ``take2:voice.wav`` (letters or digits, then a colon), given as relative
+    paths, are files: ffmpeg and PyAV read such a name as a protocol, and the run failed with "Protocol not found"
+    (the video before any work; a voice per face's mix, the sound of a run stopped early at the end)."""
+    monkeypatch.chdir(tmp_path)
+    ffmpeg("-i", os.fspath(example_face), "-t", "0.6", "-c:v", "libx264", "./10:30.mp4")
+    ffmpeg("-i", os.fspath(example_speech), "-t", "0.6", "-ac", "2", "-ar", "44100", "./take2:voice.wav")
+    out = tiny_pipe_64("10:30.mp4", "take2:voice.wav", output_path="v2:out.mp4", num_inference_steps=1,
+                       output_fps=output_fps)
+    assert out.num_frames >= 14 and os.path.getsize("v2:out.mp4") > 0
+    if output_fps == 25:
+        tiny_pipe_64("10:30.mp4", {0: "take2:voice.wav"}, output_path="v2:dub.mp4", num_inference_steps=1)
+        assert os.path.getsize("v2:dub.mp4") > 0
+
+
 def test_odd_input_warnings_before_the_model(media):
     from latentsync.inputs import check_run_inputs
 

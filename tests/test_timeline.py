@@ -211,3 +211,22 @@ def test_input_timeline_with_a_chosen_audio_track(tiny_pipe_64, clips, tmp_path,
         return float(np.corrcoef(sound[500:n], load_audio(reference)[500:n])[0, 1])
 
     assert correlation(second) > 0.95 and abs(correlation(clips["speech"])) < 0.5
+
+
+def test_a_timed_video_is_probed_once(clips, monkeypatch):
+    """``open_timed_frames`` probes the file once and hands the probe to every read of its frames (it probed it
+    again in each read: three ffmpeg probes for the two passes of a run)."""
+    from latentsync.media import timeline
+
+    probes = []
+    probe = timeline.probe_video
+
+    def counted(path):
+        probes.append(path)
+        return probe(path)
+
+    monkeypatch.setattr(timeline, "probe_video", counted)
+    source = timeline.open_timed_frames(clips["30"])
+    first, second = list(source), list(source)  # the two passes of a run
+    assert len(first) == len(second) == len(source.timestamps) == 30
+    assert len(probes) == 1

@@ -19,12 +19,12 @@ from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
-from .avatar import avatar_files
+from .avatar import avatar_config
 from .errors import LatentSyncInputError
 from .face.choice import check_face_arguments, track_key
 from .media.audio import AudioInfo, AudioTrack, Track, check_not_silent, chosen_track, scan_audio
-from .media.probe import VideoInfo, probe_video
 from .media.constants import VIDEO_FPS
+from .media.probe import VideoInfo, probe_video
 from .media.video import check_output_path
 
 logger = logging.getLogger(__name__)
@@ -173,13 +173,19 @@ def check_run_inputs(
                                    '"path", or its "array" at 16 kHz (cast_column("audio", Audio(sampling_rate=16000)))'
                                    "; a mapping of audio is a voice per face track")
     voices = dict(audio) if isinstance(audio, Mapping) else None
+    avatar_inputs: list[Any] = []
+    if avatar is not None:  # before the face arguments: an avatar takes none
+        if _is_path(avatar):  # its JSON, read once: the timeline it was prepared for, and its files
+            config, avatar_inputs = avatar_config(avatar)
+            label, prepared_fps = os.fspath(avatar), config.get("fps")
+        else:  # a loaded Avatar
+            avatar_inputs = [getattr(avatar, "video_path", None)]
+            label, prepared_fps = getattr(avatar, "label", "avatar"), getattr(avatar, "fps", None)
+        check_avatar_arguments(label, prepared_fps, video, voices is not None, output_fps, face,
+                               arguments.get("face_index"), face_box, face_box_frame)
     check_face_arguments(face, arguments.get("face_index"), face_box, face_box_frame,
                          list(voices) if voices is not None else None)
     checked = CheckedInputs()
-    if _is_path(avatar):
-        avatar_inputs = avatar_files(avatar)
-    else:
-        avatar_inputs = [getattr(avatar, "video_path", None)] if avatar is not None else []
     if _is_path(video):
         checked.video = probe_video(video)
     speech = {f"audio for face {track_key(k)}": v for k, v in voices.items()} if voices is not None else \
@@ -203,6 +209,36 @@ def check_run_inputs(
     for message in checked.warnings:
         warn(message)
     return checked
+
+
+def check_avatar_arguments(label: str, prepared_fps: Any, video: Any = None, voice_per_face: bool = False,
+                           output_fps: Any = VIDEO_FPS, face: Any = None, face_index: Any = None,
+                           face_box: Any = None, face_box_frame: Any = 0) -> None:
+    """Refuse the arguments that a run on the prepared avatar ``label`` (prepared for ``prepared_fps``) cannot
+    honour: a video as well, a voice per face (an avatar has one face), a face choice (made when it was prepared)
+    and an ``output_fps`` other than its own (it keeps its timeline; the default 25 means the avatar's own).
+
+    Each message starts with the argument's name (the command line puts its option's name there) and names it
+    again only as ``output_fps VALUE``.
+
+    Raises:
+        LatentSyncInputError: the first argument refused.
+    """
+    if video is not None:
+        raise LatentSyncInputError("give either a video or a prepared avatar, not both")
+    if voice_per_face:
+        raise LatentSyncInputError("audio mapping key: an avatar has one face; give one audio, not a voice per face")
+    chosen = [name for name, value in (("face", face not in (None, "largest")), ("face_index", face_index is not None),
+                                       ("face_box", face_box is not None),
+                                       ("face_box_frame", face_box_frame not in (None, 0))) if value]
+    if chosen:
+        raise LatentSyncInputError(f"{chosen[0]}: the face of an avatar was chosen when it was prepared "
+                                   "(prepare_avatar's face arguments; `latentsync avatar VIDEO DIR --face ...`); a "
+                                   "run on an avatar takes no face choice")
+    if output_fps not in (VIDEO_FPS, prepared_fps):
+        raise LatentSyncInputError(f"output_fps {output_fps}: the avatar {label} was prepared for output_fps "
+                                   f"{prepared_fps}; prepare it again with output_fps {output_fps}, or leave "
+                                   "output_fps out")
 
 
 def speech_track_of(audio: Any, audio_track: Any = None) -> Track:

@@ -57,9 +57,9 @@ from .live import LiveSession, LiveStream
 from .loaders.lora import LatentSyncLoraLoaderMixin, check_no_lora_layers
 from .loaders.official import is_official_layout, load_official_components
 from .loaders.official import load_syncnet as load_syncnet_model
-from .media.audio import Track, as_samples, check_not_silent, fit_length, mix_tracks, num_video_frames
+from .media.audio import Track, VoiceMix, as_samples, check_not_silent, fit_length, mix_tracks, num_video_frames
 from .media.constants import SAMPLE_RATE, VIDEO_FPS
-from .media.files import check_input_file, same_file
+from .media.files import check_input_file, ffmpeg_path, same_file
 from .media.timeline import open_timed_frames, output_timeline
 from .media.video import FrameSource, check_hardware_codec, open_frames
 from .model_source import check_not_training_run
@@ -489,10 +489,10 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         needed = num_output_frames + smoothing_radius(landmark_smoothing)
         return needed if needed < source.expected_frames else None
 
-    def _check_timeline_inputs(self, video: Any, audio: Any, output_fps: Any, avatar: Any, face: Any = None,
-                               face_index: Any = None, face_box: Any = None) -> Avatar | None:
-        """Check the choice between ``video`` and a prepared ``avatar`` (loaded here), and that ``output_fps`` (checked
-        with the other arguments) suits them.
+    def _check_timeline_inputs(self, video: Any, audio: Any, output_fps: Any, avatar: Any) -> Avatar | None:
+        """Check that there is a video or a prepared ``avatar`` (loaded here, and checked against this pipeline's
+        models), and that ``output_fps`` suits a video (the arguments that an avatar cannot honour are refused by
+        [`check_inputs`]).
 
         Raises:
             LatentSyncInputError: the message names the argument.
@@ -506,17 +506,9 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
                 raise LatentSyncInputError('output_fps="input" keeps the timestamps of a video file; frames in '
                                            "memory have none: give their frame rate as output_fps")
             return None
-        if video is not None:
-            raise LatentSyncInputError("give either a video or a prepared avatar, not both")
-        if face not in (None, "largest") or face_index is not None or face_box is not None:
-            raise LatentSyncInputError("an avatar's face was chosen when it was prepared (prepare_avatar's face "
-                                       "arguments); do not pass face, face_index or face_box with it")
-        if isinstance(audio, Mapping):
-            raise LatentSyncInputError("an avatar has one face: give one audio, not a voice per face")
+        # (a video as well, face arguments, a voice per face and another output_fps: refused by check_inputs)
         avatar = avatar if isinstance(avatar, Avatar) else Avatar.load(avatar)
         avatar.check_compatible(self.config.resolution, self.vae)
-        if output_fps not in (VIDEO_FPS, avatar.fps):
-            raise LatentSyncInputError(f"the avatar was prepared for output_fps={avatar.fps!r}, not {output_fps!r}")
         return avatar
 
     def _open_video(self, video: Any, output_fps: float | str) -> FrameSource:
@@ -1009,7 +1001,7 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
             generator=generator, callback_on_step_end=callback_on_step_end, audio_track=audio_track)
         if isinstance(generator, (list, tuple)):
             generator = generator[0]  # one video: a list of one generator is that generator
-        avatar = self._check_timeline_inputs(video, audio, output_fps, avatar, face, face_index, face_box)
+        avatar = self._check_timeline_inputs(video, audio, output_fps, avatar)
         if avatar is not None:
             output_fps = avatar.fps  # the timeline the avatar was prepared for
         if output_type is None:
@@ -1296,12 +1288,13 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
 
 def _open_voices(audio: Any, mix_audio: Any, track: Track = "speech"
                  ) -> tuple[list[np.ndarray], Any, Track, np.ndarray]:
-    """The speech of each voice (16 kHz samples), the output's sound (a file to mux as it is, or None to write
-    ``samples``) and which of its audio tracks to mux, and the output's sound as samples (its length is the
-    output's).
+    """The speech of each voice (16 kHz samples), the output's sound (a file to mux as it is, the [`VoiceMix`] to
+    write, or None to write ``samples``) and which of its audio tracks to mux, and the output's sound as 16 kHz
+    samples (its length is the output's).
 
     One ``audio``: one voice (its audio track ``track``), which is also the sound. A mapping: one voice per face and
-    their mix as the sound. ``mix_audio`` replaces the sound; the voices are then cut or padded to its length.
+    their mix as the sound (at the files' quality). ``mix_audio`` replaces the sound; the voices are then cut or
+    padded to its length.
     """
     if isinstance(audio, Mapping):
         voices = []
@@ -1310,7 +1303,7 @@ def _open_voices(audio: Any, mix_audio: Any, track: Track = "speech"
             label = os.fspath(speech) if isinstance(speech, (str, os.PathLike)) else "audio samples"
             check_not_silent(samples, f"{label} (face {track_key(key)})")
             voices.append(samples)
-        sound, samples = None, mix_tracks(voices)
+        sound, samples = VoiceMix(tuple(audio.values())), mix_tracks(voices)
     else:
         samples = as_samples(audio, track)
         check_not_silent(samples, os.fspath(audio) if isinstance(audio, (str, os.PathLike)) else "audio samples")
@@ -1336,7 +1329,7 @@ def _cut_sound_to_picture(path: str, seconds: float) -> None:
     """Cut every stream of the written video ``path`` at ``seconds`` (the end of its picture), without re-encoding;
     the file is replaced atomically."""
     def remux(partial: str) -> None:
-        command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-i", path, "-map", "0",
+        command = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-i", ffmpeg_path(path), "-map", "0",
                    "-t", f"{seconds:.6f}", "-c", "copy", partial]
         subprocess.run(command, check=True, capture_output=True)
 

@@ -39,7 +39,7 @@ from .face.alignment import FaceAligner
 from .face.selection import FaceSelection, select_faces
 from .face.tracking import FaceTrack, FaceTracker, FaceTracks, combined_anchors
 from .inputs import warn
-from .media.audio import Track, copy_track, track_index, write_wav
+from .media.audio import Track, VoiceMix, copy_track, track_index, write_wav
 from .media.constants import VIDEO_FPS
 from .media.timeline import DEFAULT_TIME_BASE, TimedVideoWriter
 from .media.video import FrameSource, VideoWriter
@@ -534,7 +534,8 @@ class VideoStream:
                     encoder: str | None = None, track: Track = "speech") -> None:
         """Prepare the sink: the video file at ``output_path`` (muxed with ``audio``, the caller's file, of which its
         audio track ``track`` as [`~latentsync.media.audio.load_audio`] takes it: by default the one with the speech
-        ([`~latentsync.media.audio.speech_track`]); or a WAV copy of ``samples`` when the audio was given in memory)
+        ([`~latentsync.media.audio.speech_track`]); the mix of a [`~latentsync.media.audio.VoiceMix`]; or a WAV copy
+        of ``samples`` when the audio was given in memory)
         and/or the frames kept in memory. The file is written at ``fps``, or with each output
         frame at its time in ``timestamps`` (seconds; on the source's clock), with libx264 or the GPU ``encoder``
         (see [`~latentsync.media.video.usable_encoder`])."""
@@ -545,6 +546,8 @@ class VideoStream:
                 index = track_index(audio, track)
                 if index:  # the writers mux a file's first audio track: the chosen one, copied as it is
                     audio_path = copy_track(audio_path, index, self._temp_path("audio.mka"))
+            elif isinstance(audio, VoiceMix):  # a voice per face: their mix, at the files' quality
+                audio_path = audio.write(self._temp_path("mix.flac"), self._temp_path)
             else:  # samples in memory: muxed from a WAV copy
                 audio_path = self._temp_path("audio.wav")
                 write_wav(audio_path, samples)

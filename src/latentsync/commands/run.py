@@ -17,11 +17,10 @@ import re
 import time
 from typing import Any
 
-from ..avatar import avatar_config
 from ..devices import DTYPE_NAMES, check_device
 from ..errors import LatentSyncInputError, RunInterrupted
 from ..face.choice import FACE_RULES
-from ..inputs import check_output_fps, check_run_inputs, warnings_given
+from ..inputs import check_avatar_arguments, check_output_fps, check_run_inputs, warnings_given
 from ..media.audio import AUTOMATIC_TRACK, AudioTrack, parse_track_number
 from ..media.constants import OUTPUT_FORMATS
 from ..media.video import check_hardware_codec
@@ -314,25 +313,26 @@ def load_pipeline(args: argparse.Namespace, local_files_only: bool = False) -> A
 
 def _with_option_names(message: str, face_option: str = "--face-index") -> str:
     """``message`` with the pipeline's argument name it starts with replaced by the option that sets it here
-    (``face_option``: the option the user chose the face with)."""
-    for name, option in {**OPTION_NAMES, "face_index": face_option}.items():
-        if message.startswith((name + " ", name + "=")):
-            return option + message[len(name):]
+    (``face_option``: the option the user chose the face with), also where the message repeats that name
+    (``output_fps 30: ... prepared for output_fps 25``)."""
+    for name, option in {**OPTION_NAMES, "face": "--face", "face_index": face_option}.items():
+        if message.startswith((name + " ", name + "=", name + ":")):
+            rest = message[len(name):]
+            if "_" in name:  # an identifier, never a word of the sentence
+                rest = re.sub(rf"(?<![\w-]){re.escape(name)}(?!\w)", option, rest)
+            return option + rest
     return message
 
 
 def check_avatar_options(args: argparse.Namespace, config: dict) -> None:
     """Refuse the options that a run on a prepared ``--avatar`` (whose JSON is ``config``) cannot honour, before the
-    model loads: a face choice (made when the avatar was prepared) and a ``--fps`` other than the avatar's (it keeps
-    its timeline; the default 25 means the avatar's own)."""
-    if args.face is not None or args.face_index is not None or args.face_frame:
-        option = "--face" if args.face is not None or args.face_index is not None else "--face-frame"
-        raise LatentSyncInputError(f"{option}: the face of an avatar was chosen when it was prepared (`latentsync "
-                                   "avatar VIDEO DIR --face ...`); a run on --avatar takes no face options")
-    prepared = config.get("fps")
-    if args.fps not in (25, prepared):
-        raise LatentSyncInputError(f"--fps {args.fps}: the avatar {args.avatar} was prepared for --fps {prepared}; "
-                                   f"prepare it again with --fps {args.fps}, or leave --fps out")
+    model loads, in the options' words ([`latentsync.inputs.check_avatar_arguments`]: a face choice, a ``--fps``
+    other than the avatar's)."""
+    face_option = "--face-index" if args.face_index is not None else "--face"
+    try:
+        check_avatar_arguments(args.avatar, config.get("fps"), output_fps=args.fps, **face_arguments(args))
+    except LatentSyncInputError as exc:
+        raise type(exc)(_with_option_names(str(exc), face_option)) from None
 
 
 def run(argv: list[str]) -> int:
@@ -371,8 +371,6 @@ def run(argv: list[str]) -> int:
     if args.audio_for and len(audio) != len(args.audio_for):
         raise LatentSyncInputError("--audio-for names the same face twice")
     face_option = "--face-index" if args.face_index is not None else "--face"
-    if args.avatar is not None:  # in the options' words, before the model loads (the pipeline's are the API's)
-        check_avatar_options(args, avatar_config(args.avatar)[0])
     stages: dict[str, float] = {}
     start = time.perf_counter()
     try:

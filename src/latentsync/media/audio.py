@@ -6,9 +6,11 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import subprocess
 import sys
 import wave
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -18,8 +20,8 @@ import numpy as np
 from ..errors import InvalidAudioError, LatentSyncInputError
 from ..tempfiles import make_work_dir, remove_work_dir
 from .constants import SAMPLE_RATE, VIDEO_FPS
-from .files import check_input_file, ffmpeg_reason
-from .probe import probe_audio_tracks
+from .files import check_input_file, ffmpeg_path, ffmpeg_reason
+from .probe import probe_audio_format, probe_audio_tracks
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +126,7 @@ def _track_levels(path: str, tracks: int, duration: float) -> list[float | None]
     windows = _probe_windows(duration)
     cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-y"]
     for start, seconds in windows:
-        cmd += ["-ss", f"{start:.3f}", "-t", f"{seconds:.3f}", "-i", path]
+        cmd += ["-ss", f"{start:.3f}", "-t", f"{seconds:.3f}", "-i", ffmpeg_path(path)]
     folder = make_work_dir("tracks")
     try:
         outputs = {}
@@ -262,7 +264,7 @@ def copy_track(path: str | os.PathLike, index: int, output: str | os.PathLike) -
         InvalidAudioError: ffmpeg cannot copy it.
     """
     path, output = os.fspath(path), os.fspath(output)
-    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-i", path, "-map", f"0:a:{index}",
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-i", ffmpeg_path(path), "-map", f"0:a:{index}",
            "-c", "copy", "-f", "matroska", output]
     proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, check=False)
     if proc.returncode != 0:
@@ -274,7 +276,8 @@ def copy_track(path: str | os.PathLike, index: int, output: str | os.PathLike) -
 # ---------------------------------------------------------------------------------------------------- decoding
 def _decode_command(path: str, sample_rate: int, video_clock: bool = False, index: int = 0) -> list[str]:
     clock = ["-af", VIDEO_CLOCK_FILTER] if video_clock else []
-    return [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-i", path, "-map", f"0:a:{index}", *clock,
+    return [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-i", ffmpeg_path(path), "-map", f"0:a:{index}",
+            *clock,
             "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "-"]
 
 
@@ -445,6 +448,72 @@ def fit_length(samples: np.ndarray, length: int) -> np.ndarray:
     if len(samples) >= length:
         return samples[:length]
     return np.concatenate([samples, np.zeros(length - len(samples), samples.dtype)])
+
+
+def mix_audio_files(tracks: Sequence[tuple[str | os.PathLike, int]], output: str | os.PathLike) -> str:
+    """Mix audio tracks of files (``(path, index)``: ffmpeg's ``0:a:INDEX`` of each) into one FLAC file ``output``
+    at their quality, with ffmpeg's filters: at the highest sample rate among them, stereo when any is not mono (a
+    mono track plays in both channels at its level, more channels are mixed down), 24-bit. Each track is timed by
+    its samples from its first ([`SAMPLE_CLOCK_FILTER`], as [`load_audio`] reads it for the lips); they are summed
+    (as long as the longest), and the sum is scaled down as a whole when it would clip. Returns ``output``.
+
+    Raises:
+        InvalidAudioError: ffmpeg cannot read a track.
+    """
+    tracks = [(os.fspath(path), index) for path, index in tracks]
+    formats = [probe_audio_format(path, index) for path, index in tracks]
+    rate = max([r for r, _ in formats if r > 0], default=SAMPLE_RATE)
+    stereo = any(c != 1 for _, c in formats)
+    layout = "stereo" if stereo else "mono"
+    chains = []
+    for i, ((_, index), (_, channels)) in enumerate(zip(tracks, formats)):
+        upmix = "pan=stereo|c0=c0|c1=c0," if stereo and channels == 1 else ""  # not -3 dB in each channel
+        chains.append(f"[{i}:a:{index}]{SAMPLE_CLOCK_FILTER},{upmix}aresample={rate},"
+                      f"aformat=sample_fmts=fltp:channel_layouts={layout}[v{i}]")
+    mixed = "".join(f"[v{i}]" for i in range(len(tracks))) + \
+        f"amix=inputs={len(tracks)}:duration=longest:dropout_transition=0:normalize=0"
+    inputs = [arg for path, _ in tracks for arg in ("-i", ffmpeg_path(path))]
+
+    def run(graph: str, *out: str) -> str:
+        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-y", *inputs, "-filter_complex",
+               graph, *out]
+        proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, check=False)
+        stderr = proc.stderr.decode(errors="replace")
+        if proc.returncode != 0:
+            raise InvalidAudioError(f"cannot mix the audio of {', '.join(dict.fromkeys(p for p, _ in tracks))}: "
+                                    f"{ffmpeg_reason(stderr, proc.returncode)}")
+        return stderr
+
+    # the sum's peak first (astats, in float), then the mix, turned down by as much as it goes over full scale
+    measured = run(f"{';'.join(chains)};{mixed},astats=measure_perchannel=none:measure_overall=Peak_level",
+                   "-f", "null", "-")
+    peaks = [float(v) for v in re.findall(r"Peak level dB: (-?[\d.]+|-?inf)", measured) if v.lstrip("-") != "inf"]
+    gain = f",volume={-max(peaks):.4f}dB" if peaks and max(peaks) > 0 else ""
+    run(f"{';'.join(chains)};{mixed}{gain}", "-c:a", "flac", "-sample_fmt", "s32", "-f", "flac", os.fspath(output))
+    return os.fspath(output)
+
+
+@dataclass(frozen=True)
+class VoiceMix:
+    """The sound of a voice-per-face output: the mix of its voices, each a file (an [`AudioTrack`] names its track,
+    else the one with the speech, as [`as_samples`] reads it) or 16 kHz samples in memory."""
+
+    voices: tuple[Any, ...]
+
+    def write(self, output: str | os.PathLike, work_path: Callable[[str], str]) -> str:
+        """Write the mix to ``output`` at the files' quality ([`mix_audio_files`]); samples in memory are first
+        written as 16 kHz WAV files at ``work_path(name)``. A track given for several faces (one person's tracks in
+        several shots) is mixed in once. Returns ``output``."""
+        tracks: dict[Any, tuple[str, int]] = {}
+        for i, voice in enumerate(self.voices):
+            if isinstance(voice, (str, os.PathLike)):
+                index = track_index(voice, "speech")
+                tracks.setdefault((os.path.realpath(os.fspath(voice)), index), (os.fspath(voice), index))
+            elif not any(voice is other for other in self.voices[:i]):
+                path = work_path(f"voice{i}.wav")
+                write_wav(path, as_samples(voice))
+                tracks[path] = (path, 0)
+        return mix_audio_files(list(tracks.values()), output)
 
 
 def mix_tracks(tracks: list[np.ndarray]) -> np.ndarray:

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 
 from ..errors import InvalidOutputError, LatentSyncInputError
 from ..tempfiles import nearest_folder
 from .constants import VIDEO_EXTENSIONS
+
+
+def ffmpeg_path(path: str | os.PathLike) -> str:
+    """``path`` as ffmpeg and PyAV must be given it to open it as a file: a relative path that starts like a URL
+    (``10:30.mp4``, ``take2:final.mov``: letters, digits, ``+-.`` then a colon) is opened by them with a protocol of
+    that name ("Protocol not found"), so it gets a leading ``./``; every other path is returned as it is."""
+    path = os.fspath(path)
+    if re.match(r"[A-Za-z0-9+.-]+:", path) and not os.path.isabs(path):
+        return os.path.join(".", path)
+    return path
 
 
 def check_input_file(path: str | os.PathLike, error: type[LatentSyncInputError], what: str) -> str:

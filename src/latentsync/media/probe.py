@@ -25,7 +25,7 @@ import imageio_ffmpeg
 import numpy as np
 
 from ..errors import InvalidVideoError
-from .files import check_input_file, ffmpeg_reason
+from .files import check_input_file, ffmpeg_path, ffmpeg_reason
 
 logger = logging.getLogger(__name__)
 
@@ -103,13 +103,38 @@ def _audio_streams(streams: list[str]) -> int:
 def probe_audio_tracks(path: str | os.PathLike) -> tuple[int, float]:
     """How many audio streams a file of any kind ffmpeg reads (video or audio) has, and its duration in seconds from
     the header (0 when the header does not say), without decoding; ``(0, 0.0)`` when ffmpeg cannot open it."""
-    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", os.fspath(path)]
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", ffmpeg_path(path)]
     proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, check=False)  # no output: exit code 1
     stderr = proc.stderr.decode(errors="replace")
     if "Input #0" not in stderr:
         return 0, 0.0
     header = _input_section(stderr)
     return _audio_streams(_streams(header)), _duration(header)
+
+
+NAMED_LAYOUTS = {"mono": 1, "stereo": 2, "downmix": 2, "quad": 4, "hexagonal": 6, "octagonal": 8}
+"""Channel counts of ffmpeg's named channel layouts (others are counted from their ``5.1``-style names)."""
+
+
+def probe_audio_format(path: str | os.PathLike, index: int = 0) -> tuple[int, int]:
+    """The sample rate (Hz) and channel count of audio track ``index`` (ffmpeg's ``0:a:INDEX``) of ``path``, from
+    its header, without decoding; ``(0, 0)`` for what the header does not say (or a track the file lacks)."""
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", ffmpeg_path(path)]
+    proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, check=False)  # no output: exit code 1
+    tracks = [line for line in _streams(_input_section(proc.stderr.decode(errors="replace"))) if "Audio:" in line]
+    if index >= len(tracks):
+        return 0, 0
+    fields = [f.strip() for f in tracks[index].split("Audio:", 1)[1].split(",")]
+    rate = next((int(m.group(1)) for f in fields if (m := re.fullmatch(r"(\d+) Hz", f))), 0)
+    channels = 0
+    for f in fields[2:] if len(fields) > 2 else []:
+        layout = re.sub(r"\(.*\)$", "", f)  # 5.1(side) -> 5.1
+        counted = re.fullmatch(r"(\d+) channels(?: \(.*\))?", f)
+        if layout in NAMED_LAYOUTS or counted or re.fullmatch(r"\d+\.\d+(?:\.\d+)?", layout):
+            channels = (NAMED_LAYOUTS.get(layout) or (int(counted.group(1)) if counted else
+                        sum(int(n) for n in layout.split("."))))
+            break
+    return rate, channels
 
 
 def _duration(header: str) -> float:
@@ -162,7 +187,7 @@ def _display_matrix(path: str) -> tuple[int, ...] | None:
     None where no copy can be made."""
     reason = ""
     for output in _MATRIX_COPIES:
-        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-noautorotate", "-i", path,
+        cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-v", "error", "-noautorotate", "-i", ffmpeg_path(path),
                "-map", "0:V:0", "-frames:v", "1", *output, "-f", "mov", "-movflags", "empty_moov+frag_keyframe", "-"]
         proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, check=False)
         data = proc.stdout
@@ -244,7 +269,7 @@ def probe_hdr(path: str | os.PathLike) -> str | None:
 
 @lru_cache(maxsize=4096)
 def _probe_hdr(path: str, size: int, mtime_ns: int) -> str | None:
-    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path]
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", ffmpeg_path(path)]
     proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, check=False)  # no output: exit code 1
     video = [line for line in _streams(_input_section(proc.stderr.decode(errors="replace")))
              if "Video:" in line and "(attached pic)" not in line]
@@ -279,7 +304,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
             does not count).
     """
     path = check_input_file(path, InvalidVideoError, "video")
-    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", path, "-map", "0:V:0?", "-c", "copy",
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", ffmpeg_path(path), "-map", "0:V:0?", "-c", "copy",
            "-frames:v", str(SCANNED_PACKETS), "-f", "framecrc", "-"]
     proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL)
     stderr = proc.stderr.decode(errors="replace")

@@ -23,8 +23,8 @@ import numpy as np
 from ..errors import InvalidOutputError, InvalidVideoError
 from ..tempfiles import partial_path, release_partial
 from .audio import MUXED_SOUND_FILTER
-from .files import check_input_file, ffmpeg_reason
-from .probe import probe_video
+from .files import check_input_file, ffmpeg_path, ffmpeg_reason
+from .probe import VideoInfo, probe_video
 from .video import (
     CPU_ENCODER,
     OUTPUT_COLOR_RANGE,
@@ -62,7 +62,7 @@ def _open_container(path: str, hwaccel: str | None = None) -> av.container.Input
     av = _pyav()
     if worth_trying(hwaccel):
         try:
-            container = av.open(path, hwaccel=av.codec.hwaccel.HWAccel(device_type=hwaccel,
+            container = av.open(ffmpeg_path(path), hwaccel=av.codec.hwaccel.HWAccel(device_type=hwaccel,
                                                                         allow_software_fallback=True))
         except (av.FFmpegError, OSError) as exc:
             container = _open_on_cpu(path)  # a broken file fails here too, with its own error
@@ -74,7 +74,7 @@ def _open_container(path: str, hwaccel: str | None = None) -> av.container.Input
 def _open_on_cpu(path: str) -> av.container.InputContainer:
     av = _pyav()
     try:
-        return av.open(path)
+        return av.open(ffmpeg_path(path))
     except (av.FFmpegError, OSError) as exc:
         raise InvalidVideoError(f"cannot read video {path}: {exc}") from None
 
@@ -124,14 +124,16 @@ def as_displayed(image: np.ndarray, rotation: int, mirrored: bool) -> np.ndarray
     return np.ascontiguousarray(image)
 
 
-def iter_stored_frames(path: str | os.PathLike, hwaccel: str | None = None) -> Iterator[np.ndarray]:
+def iter_stored_frames(path: str | os.PathLike, hwaccel: str | None = None, info: VideoInfo | None = None
+                       ) -> Iterator[np.ndarray]:
     """Every frame of the first video stream as the decoder returns it (no frame dropped or repeated), RGB uint8
     ``(H, W, 3)``, in display order, turned upright and mirrored as the file's display matrix asks (as the 25 fps
     reader's frames); ``hwaccel`` as in [`~latentsync.media.video.iter_frames`]. HDR video is tone-mapped to SDR
     BT.709 as the 25 fps reader does it: decoded by the ffmpeg binary through the same filters, since PyAV's own
-    FFmpeg libraries lack the zscale filter the tone mapping needs."""
+    FFmpeg libraries lack the zscale filter the tone mapping needs. ``info``: the file's probe, when the caller has
+    it (probed here otherwise)."""
     path = os.fspath(path)
-    info = probe_video(path)
+    info = info if info is not None else probe_video(path)
     if info.hdr:
         yield from iter_tone_mapped_frames(path, info.hdr, hwaccel)
         return
@@ -147,11 +149,12 @@ def iter_stored_frames(path: str | os.PathLike, hwaccel: str | None = None) -> I
 
 
 def open_timed_frames(path: str | os.PathLike, hwaccel: str | None = None) -> FrameSource:
-    """A re-readable [`FrameSource`] of every stored frame of a video file, with ``timestamps`` set (seconds)."""
+    """A re-readable [`FrameSource`] of every stored frame of a video file, with ``timestamps`` set (seconds).
+    The file is probed once, here: each read uses that probe (orientation, HDR)."""
     timestamps, time_base = read_timestamps(path)
     path = os.fspath(path)
     info = probe_video(path)
-    return FrameSource(path, len(timestamps), lambda: iter_stored_frames(path, hwaccel), path, timestamps,
+    return FrameSource(path, len(timestamps), lambda: iter_stored_frames(path, hwaccel, info), path, timestamps,
                        time_base, info.sample_aspect, info.colors_known)
 
 
@@ -268,7 +271,7 @@ class TimedVideoWriter(AtomicWriter):
         self._container = None
         cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-i", self._video_tmp]
         if self.audio_path:
-            cmd += ["-i", self.audio_path, "-map", "0:v:0", "-map", "1:a:0", "-af", MUXED_SOUND_FILTER, "-c:a", "aac"]
+            cmd += ["-i", ffmpeg_path(self.audio_path), "-map", "0:v:0", "-map", "1:a:0", "-af", MUXED_SOUND_FILTER, "-c:a", "aac"]
         cmd += ["-c:v", "copy", self._tmp]
         proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, check=False)
         if proc.returncode != 0:

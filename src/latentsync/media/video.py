@@ -28,7 +28,7 @@ from ..errors import InvalidOutputError, InvalidVideoError
 from ..tempfiles import nearest_folder, partial_path, release_partial, remove_stale_partials, writable_problem
 from .audio import MUXED_SOUND_FILTER
 from .constants import OUTPUT_FORMATS, SAMPLE_RATE, VIDEO_FPS
-from .files import ffmpeg_reason, same_file
+from .files import ffmpeg_path, ffmpeg_reason, same_file
 from .probe import VideoInfo, probe_hdr, probe_video  # noqa: F401 - VideoInfo is part of this module's interface
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ def _open(path: str, fps: float | None, hwaccel: str | None = None, hdr: str | N
 
 def _start_decoder(path: str, output_params: list[str] | None, input_params: list[str] | None):
     try:
-        gen = imageio_ffmpeg.read_frames(path, input_params=input_params, output_params=output_params)
+        gen = imageio_ffmpeg.read_frames(ffmpeg_path(path), input_params=input_params, output_params=output_params)
         meta = next(gen)
     except (OSError, RuntimeError, StopIteration) as exc:
         text = str(exc)
@@ -493,7 +493,7 @@ class VideoWriter(AtomicWriter):
         cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
                "-s", f"{width}x{height}", "-r", str(rate), "-i", "pipe:0"]
         if self.audio_path:
-            cmd += ["-i", self.audio_path, "-map", "0:v:0", "-map", "1:a:0", "-af", MUXED_SOUND_FILTER, "-c:a", "aac"]
+            cmd += ["-i", ffmpeg_path(self.audio_path), "-map", "0:v:0", "-map", "1:a:0", "-af", MUXED_SOUND_FILTER, "-c:a", "aac"]
         if self.sample_aspect != 1:
             cmd += ["-vf", f"setsar={self.sample_aspect.numerator}/{self.sample_aspect.denominator}"]
         cmd += ["-c:v", codec, "-pix_fmt", "yuv420p", *encoder_arguments(codec, self.crf),
@@ -556,7 +556,7 @@ class VideoWriter(AtomicWriter):
 def trim_media(src: str, dst: str, seconds: float, video: bool) -> str:
     """Copy the first ``seconds`` of ``src`` to ``dst``: the picture only (H.264) when ``video``, else the sound
     only (16 kHz mono)."""
-    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-i", src, "-t", f"{seconds}"]
+    cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-i", ffmpeg_path(src), "-t", f"{seconds}"]
     cmd += ["-an", "-c:v", "libx264", "-crf", "18"] if video else ["-vn", "-ac", "1", "-ar", str(SAMPLE_RATE)]
     subprocess.run(cmd + [dst], check=True, capture_output=True)
     return dst
