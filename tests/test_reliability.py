@@ -514,6 +514,28 @@ def test_odd_sized_video_keeps_its_pixels_in_an_even_output(media, tmp_path, cap
     assert np.abs(written[:, :241, :321] - frames).mean() < 1.5  # in place (a resize would shift most pixels)
 
 
+
+def test_a_file_with_two_video_streams_is_read_from_its_first_by_every_reader(tmp_path):
+    """A dashcam's two cameras (or a proxy beside the picture) in one file: the 25 fps reader took ffmpeg's own pick,
+    the largest stream, while the probe and the input-timeline reader (PyAV) read the first; so the picture changed
+    with --fps. Every reader reads the first now, and an audio file with only a cover picture has no video."""
+    from latentsync.media import iter_frames, probe_video
+    from latentsync.media.timeline import iter_stored_frames
+
+    two = tmp_path / "two cameras.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=25:duration=0.2", "-f", "lavfi",
+           "-i", "testsrc=size=96x80:rate=25:duration=0.2", "-map", "0:v", "-map", "1:v", "-c:v", "libx264",
+           os.fspath(two))
+    info = probe_video(two)
+    assert (info.width, info.height) == (64, 48)
+    assert next(iter(iter_frames(two))).shape == next(iter(iter_stored_frames(two))).shape == (48, 64, 3)
+    cover = tmp_path / "cover.mp3"
+    ffmpeg("-f", "lavfi", "-i", "sine=duration=0.5", "-f", "lavfi", "-i", "color=size=32x32:duration=0.04",
+           "-map", "0:a", "-map", "1:v", "-c:a", "libmp3lame", "-c:v", "mjpeg", "-disposition:v", "attached_pic",
+           "-frames:v", "1", os.fspath(cover))
+    with pytest.raises(InvalidVideoError, match=r"^no video stream in .*cover\.mp3$"):
+        next(iter(iter_frames(cover)))
+
 def test_device_dtype_check(monkeypatch):
     import torch
 
