@@ -515,6 +515,27 @@ def test_odd_sized_video_keeps_its_pixels_in_an_even_output(media, tmp_path, cap
 
 
 
+def test_relative_names_with_a_colon_are_files(media, tiny_pipe_64, tmp_path, monkeypatch):
+    """ffmpeg and PyAV read ``take:1.mp4`` as a URL of the protocol ``take``: the run failed with "Protocol not
+    found" (before the model with the command line's checks, and after it in the library's writer and the
+    input-timeline reader). Such names are read as the files they are now."""
+    import torch
+
+    from latentsync.inputs import check_run_inputs
+    from latentsync.media.files import file_path
+
+    assert file_path("take:1.mp4") == os.path.join(".", "take:1.mp4")
+    assert file_path("/abs/take:1.mp4") == "/abs/take:1.mp4" and file_path("dir/take:1.mp4") == "dir/take:1.mp4"
+    shutil.copy(media / "face.mp4", tmp_path / "take:1.mp4")
+    shutil.copy(media / "speech.wav", tmp_path / "voice:1.wav")
+    monkeypatch.chdir(tmp_path)
+    assert check_run_inputs("take:1.mp4", "voice:1.wav").warnings == []
+    for output_fps in (25, "input"):
+        out = tiny_pipe_64("take:1.mp4", "voice:1.wav", output_path=f"out:{output_fps}.mp4", num_inference_steps=STEPS,
+                           generator=torch.Generator().manual_seed(0), output_fps=output_fps)
+        assert out.num_frames == 8 and (tmp_path / f"out:{output_fps}.mp4").stat().st_size > 1000
+
+
 def test_a_file_with_two_video_streams_is_read_from_its_first_by_every_reader(tmp_path):
     """A dashcam's two cameras (or a proxy beside the picture) in one file: the 25 fps reader took ffmpeg's own pick,
     the largest stream, while the probe and the input-timeline reader (PyAV) read the first; so the picture changed

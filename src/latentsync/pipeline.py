@@ -59,7 +59,7 @@ from .loaders.official import is_official_layout, load_official_components
 from .loaders.official import load_syncnet as load_syncnet_model
 from .media.audio import Track, as_samples, check_not_silent, fit_length, mix_tracks, num_video_frames
 from .media.constants import SAMPLE_RATE, VIDEO_FPS
-from .media.files import check_input_file, same_file
+from .media.files import check_input_file, file_path, same_file
 from .media.timeline import open_timed_frames, output_timeline
 from .media.video import FrameSource, check_hardware_codec, open_frames
 from .model_source import check_not_training_run
@@ -999,6 +999,7 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
             [`LatentSyncPipelineOutput`], or the tuple ``(frames, path)`` when ``return_dict`` is False.
         """
         # 0. Check every argument before any work
+        video, audio = (file_path(p) if isinstance(p, (str, os.PathLike)) else p for p in (video, audio))
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs  # as diffusers' pipelines do
         checked = self.check_inputs(

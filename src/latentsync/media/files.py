@@ -10,10 +10,19 @@ from ..tempfiles import nearest_folder
 from .constants import VIDEO_EXTENSIONS
 
 
-def check_input_file(path: str | os.PathLike, error: type[LatentSyncInputError], what: str) -> str:
-    """``path`` as a string, or ``error`` naming the file when it does not exist, is a folder, is empty or cannot be
-    read; ``what`` is ``"video"`` or ``"audio"``."""
+def file_path(path: str | os.PathLike) -> str:
+    """``path`` as a string that ffmpeg and PyAV read as a file's path: they read a relative path with a colon in
+    its first part (``take:1.mp4``, ``clip-2:final.wav``) as a URL (the protocol ``take``, not found), so such a
+    path gets ``./`` in front."""
     path = os.fspath(path)
+    first = path.replace(os.sep, "/").split("/", 1)[0]
+    return os.path.join(".", path) if ":" in first and not os.path.isabs(path) else path
+
+
+def check_input_file(path: str | os.PathLike, error: type[LatentSyncInputError], what: str) -> str:
+    """``path`` as a string ffmpeg reads as a file ([`file_path`]), or ``error`` naming the file when it does not
+    exist, is a folder, is empty or cannot be read; ``what`` is ``"video"`` or ``"audio"``."""
+    path = file_path(path)
     if os.path.isdir(path):
         raise error(f"{what} path is a folder, not a file: {path}")
     if not os.path.isfile(path):
