@@ -515,6 +515,27 @@ def test_odd_sized_video_keeps_its_pixels_in_an_even_output(media, tmp_path, cap
 
 
 
+def test_faces_in_very_wide_or_tall_frames_are_found(media):
+    """A 200 px face in a 3000 x 200 banner (or the same turned upright) was "no face found in any frame": the
+    detector shrinks the whole frame to its small square input. Such frames are searched in overlapping tiles now,
+    each face found once wherever it lies across the tiles; frames up to 2:1 are searched whole, as before."""
+    import cv2
+
+    from latentsync.face.detection import FaceDetector, detection_tiles
+
+    assert detection_tiles(1920, 1080) == [(0, 0, 1920, 1080)] and detection_tiles(1080, 1920) == [(0, 0, 1080, 1920)]
+    face = cv2.resize(decode(media / "face.mp4")[0][:, 48:432], (200, 200), interpolation=cv2.INTER_AREA)
+    with FaceDetector() as detector:
+        for left in (1400, 1300, 1250):  # inside one tile; across tile edges
+            wide, tall = np.zeros((200, 3000, 3), np.uint8), np.zeros((3000, 200, 3), np.uint8)
+            wide[:, left:left + 200] = tall[left:left + 200] = face
+            for frame, along in ((wide, 0), (tall, 1)):
+                boxes = detector.detect(frame)
+                assert len(boxes) == 1, (left, along, boxes)
+                assert left < boxes[0].center[along] < left + 200
+                assert detector.landmarks(frame, boxes[0]) is not None  # the face mesh finds it too
+
+
 def test_relative_names_with_a_colon_are_files(media, tiny_pipe_64, tmp_path, monkeypatch):
     """ffmpeg and PyAV read ``take:1.mp4`` as a URL of the protocol ``take``: the run failed with "Protocol not
     found" (before the model with the command line's checks, and after it in the library's writer and the
