@@ -510,3 +510,15 @@ def test_names_in_either_unicode_form_are_found(tmp_path):
     for jobs in (read_jobs(tmp_path / "jobs.csv", tmp_path / "out"),
                  read_jobs(tmp_path / "videos", tmp_path / "out", tmp_path / "speech")):
         assert len(jobs) == 1 and os.path.isfile(jobs[0].video) and os.path.isfile(jobs[0].audio)
+
+
+def test_folder_pairs_with_speech_from_apple_windows_and_phone_recorders(tmp_path):
+    """Speech saved as AIFF or CAF (Apple), WMA (Windows) or AMR (a phone's voice memo) beside its video is that
+    video's pair: it was not looked for, so the job failed with "audio file not found: talk.wav" while talk.aiff
+    lay beside talk.mp4."""
+    endings = (".aif", ".aiff", ".caf", ".wma", ".amr", ".oga")
+    for i, ending in enumerate(endings):
+        (tmp_path / f"talk{i}.mp4").write_bytes(b"video")
+        (tmp_path / f"talk{i}{ending}").write_bytes(b"speech")
+    jobs = read_jobs(tmp_path, tmp_path / "out")
+    assert [os.path.basename(job.audio) for job in jobs] == [f"talk{i}{e}" for i, e in enumerate(endings)]

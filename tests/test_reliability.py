@@ -532,6 +532,70 @@ def test_odd_sized_video_keeps_its_pixels_in_an_even_output(media, tmp_path, cap
     assert np.abs(written[:, :241, :321] - frames).mean() < 1.5  # in place (a resize would shift most pixels)
 
 
+
+def test_faces_in_very_wide_or_tall_frames_are_found(media):
+    """A 200 px face in a 3000 x 200 banner (or the same turned upright) was "no face found in any frame": the
+    detector shrinks the whole frame to its small square input. Such frames are searched in overlapping tiles now,
+    each face found once wherever it lies across the tiles; frames up to 2:1 are searched whole, as before."""
+    import cv2
+
+    from latentsync.face.detection import FaceDetector, detection_tiles
+
+    assert detection_tiles(1920, 1080) == [(0, 0, 1920, 1080)] and detection_tiles(1080, 1920) == [(0, 0, 1080, 1920)]
+    face = cv2.resize(decode(media / "face.mp4")[0][:, 48:432], (200, 200), interpolation=cv2.INTER_AREA)
+    with FaceDetector() as detector:
+        for left in (1400, 1300, 1250):  # inside one tile; across tile edges
+            wide, tall = np.zeros((200, 3000, 3), np.uint8), np.zeros((3000, 200, 3), np.uint8)
+            wide[:, left:left + 200] = tall[left:left + 200] = face
+            for frame, along in ((wide, 0), (tall, 1)):
+                boxes = detector.detect(frame)
+                assert len(boxes) == 1, (left, along, boxes)
+                assert left < boxes[0].center[along] < left + 200
+                assert detector.landmarks(frame, boxes[0]) is not None  # the face mesh finds it too
+
+
+def test_relative_names_with_a_colon_are_files(media, tiny_pipe_64, tmp_path, monkeypatch):
+    """ffmpeg and PyAV read ``take:1.mp4`` as a URL of the protocol ``take``: the run failed with "Protocol not
+    found" (before the model with the command line's checks, and after it in the library's writer and the
+    input-timeline reader). Such names are read as the files they are now."""
+    import torch
+
+    from latentsync.inputs import check_run_inputs
+    from latentsync.media.files import ffmpeg_path
+
+    assert ffmpeg_path("take:1.mp4") == os.path.join(".", "take:1.mp4")
+    assert ffmpeg_path("/abs/take:1.mp4") == "/abs/take:1.mp4" and ffmpeg_path("dir/take:1.mp4") == "dir/take:1.mp4"
+    shutil.copy(media / "face.mp4", tmp_path / "take:1.mp4")
+    shutil.copy(media / "speech.wav", tmp_path / "voice:1.wav")
+    monkeypatch.chdir(tmp_path)
+    assert check_run_inputs("take:1.mp4", "voice:1.wav").warnings == []
+    for output_fps in (25, "input"):
+        out = tiny_pipe_64("take:1.mp4", "voice:1.wav", output_path=f"out:{output_fps}.mp4", num_inference_steps=STEPS,
+                           generator=torch.Generator().manual_seed(0), output_fps=output_fps)
+        assert out.num_frames == 8 and (tmp_path / f"out:{output_fps}.mp4").stat().st_size > 1000
+
+
+def test_a_file_with_two_video_streams_is_read_from_its_first_by_every_reader(tmp_path):
+    """A dashcam's two cameras (or a proxy beside the picture) in one file: the 25 fps reader took ffmpeg's own pick,
+    the largest stream, while the probe and the input-timeline reader (PyAV) read the first; so the picture changed
+    with --fps. Every reader reads the first now, and an audio file with only a cover picture has no video."""
+    from latentsync.media import iter_frames, probe_video
+    from latentsync.media.timeline import iter_stored_frames
+
+    two = tmp_path / "two cameras.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=25:duration=0.2", "-f", "lavfi",
+           "-i", "testsrc=size=96x80:rate=25:duration=0.2", "-map", "0:v", "-map", "1:v", "-c:v", "libx264",
+           os.fspath(two))
+    info = probe_video(two)
+    assert (info.width, info.height) == (64, 48)
+    assert next(iter(iter_frames(two))).shape == next(iter(iter_stored_frames(two))).shape == (48, 64, 3)
+    cover = tmp_path / "cover.mp3"
+    ffmpeg("-f", "lavfi", "-i", "sine=duration=0.5", "-f", "lavfi", "-i", "color=size=32x32:duration=0.04",
+           "-map", "0:a", "-map", "1:v", "-c:a", "libmp3lame", "-c:v", "mjpeg", "-disposition:v", "attached_pic",
+           "-frames:v", "1", os.fspath(cover))
+    with pytest.raises(InvalidVideoError, match=r"^no video stream in .*cover\.mp3$"):
+        next(iter(iter_frames(cover)))
+
 def test_device_dtype_check(monkeypatch):
     import torch
 

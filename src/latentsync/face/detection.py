@@ -99,6 +99,37 @@ class FaceBox:
         return (self.x1 - self.x0) * (self.y1 - self.y0)
 
 
+MAX_DETECT_ASPECT = 2.0
+"""Frames longer than this many times their short side are searched for faces in overlapping tiles."""
+
+
+def detection_tiles(width: int, height: int) -> list[tuple[int, int, int, int]]:
+    """``(x0, y0, x1, y1)`` parts of a ``width`` x ``height`` frame to search for faces: the whole frame, or for a
+    frame more than [`MAX_DETECT_ASPECT`] times as long as its short side, tiles of that shape along the long side
+    that overlap by the short side, so that every face (never larger than the short side) is whole in one."""
+    short, long = min(width, height), max(width, height)
+    if long <= MAX_DETECT_ASPECT * short:
+        return [(0, 0, width, height)]
+    size = int(MAX_DETECT_ASPECT * short)
+    step = size - short
+    starts = [*range(0, long - size, step), long - size]
+    if width >= height:
+        return [(s, 0, s + size, height) for s in starts]
+    return [(0, s, width, s + size) for s in starts]
+
+
+def _without_duplicates(boxes: list[FaceBox], overlap: float = 0.5) -> list[FaceBox]:
+    """``boxes`` without those that cover the same face as a box of a higher score (found in two tiles): more than
+    ``overlap`` of the smaller one's area is shared."""
+    kept: list[FaceBox] = []
+    for box in sorted(boxes, key=lambda b: -b.score):
+        shared = [max(0.0, min(box.x1, k.x1) - max(box.x0, k.x0)) * max(0.0, min(box.y1, k.y1) - max(box.y0, k.y0))
+                  / max(min(box.area, k.area), 1e-6) for k in kept]
+        if all(v <= overlap for v in shared):
+            kept.append(box)
+    return kept
+
+
 def largest_face(boxes: list[FaceBox]) -> FaceBox | None:
     """The box of largest area, or None when there is none."""
     return max(boxes, key=lambda b: b.area) if boxes else None
@@ -146,13 +177,28 @@ class FaceDetector:
         self.close()
 
     def detect(self, frame: np.ndarray) -> list[FaceBox]:
-        """All faces in an RGB uint8 frame."""
+        """All faces in an RGB uint8 frame. A frame more than [`MAX_DETECT_ASPECT`] times as long as it is wide (a
+        3000 x 200 banner) is searched in overlapping tiles ([`detection_tiles`]): the detector shrinks the whole
+        frame to its small square input, where such a frame's faces become a few pixels."""
         h, w = frame.shape[:2]
-        result = self._detector.process(np.ascontiguousarray(frame))
+        tiles = detection_tiles(w, h)
+        boxes: list[FaceBox] = []
+        for x0, y0, x1, y1 in tiles:
+            found = self._detect_in(frame[y0:y1, x0:x1], x0, y0)
+            if len(tiles) > 1:  # a face cut by a tile's inner edge is whole in the next tile, which overlaps it
+                found = [b for b in found if (b.x0 > x0 + 1 or x0 == 0) and (b.x1 < x1 - 1 or x1 == w)
+                         and (b.y0 > y0 + 1 or y0 == 0) and (b.y1 < y1 - 1 or y1 == h)]
+            boxes += found
+        return _without_duplicates(boxes) if len(tiles) > 1 else boxes
+
+    def _detect_in(self, image: np.ndarray, dx: int, dy: int) -> list[FaceBox]:
+        """The faces in ``image``, a part of a frame whose top-left corner is at ``(dx, dy)``, in frame pixels."""
+        h, w = image.shape[:2]
+        result = self._detector.process(np.ascontiguousarray(image))
         boxes = []
         for det in result.detections or []:
             bb = det.location_data.relative_bounding_box
-            x0, y0 = bb.xmin * w, bb.ymin * h
+            x0, y0 = bb.xmin * w + dx, bb.ymin * h + dy
             boxes.append(FaceBox(x0, y0, x0 + bb.width * w, y0 + bb.height * h, float(det.score[0])))
         return boxes
 

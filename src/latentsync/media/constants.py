@@ -18,5 +18,8 @@ AVCHD camcorders; ``.3gp`` / ``.3g2``: phones; ``.wmv``: Windows; ``.vob``: DVDs
 OUTPUT_FORMATS = (".mp4", ".mov", ".mkv")
 """Containers the video writer produces (H.264 + AAC)."""
 
-AUDIO_EXTENSIONS = (".wav", ".mp3", ".flac", ".m4a", ".aac", ".ogg", ".opus")
-"""File endings recognised as speech tracks when a folder of video/audio pairs is searched (batch runs)."""
+AUDIO_EXTENSIONS = (".wav", ".mp3", ".flac", ".m4a", ".aac", ".ogg", ".opus", ".oga", ".aif", ".aiff", ".caf",
+                    ".wma", ".amr")
+"""File endings recognised as speech tracks when a folder of video/audio pairs is searched (batch runs); each is
+read by the bundled ffmpeg. ``.aif`` / ``.aiff`` / ``.caf``: Apple's recorders and editors; ``.wma``: Windows;
+``.amr``: phones' voice memos."""

@@ -64,9 +64,11 @@ _TONE_MAP_NOTED: set[str] = set()
 def _open(path: str, fps: float | None, hwaccel: str | None = None, hdr: str | None = None,
           every_frame: bool = False):
     filters = [*([f"fps={fps}"] if fps else []), *([tone_map_filter(hdr)] if hdr else [])]
-    output_params = ["-vf", ",".join(filters)] if filters else None
+    # the first video stream that is not a cover picture, as the probe and the input-timeline reader read it (left
+    # to itself ffmpeg takes the largest one, e.g. a dashcam's second camera)
+    output_params = ["-map", "0:V:0", *(["-vf", ",".join(filters)] if filters else [])]
     if every_frame:  # the decoder's frames, none dropped or repeated for the raw pipe's constant rate
-        output_params = [*(output_params or []), "-fps_mode", "passthrough"]
+        output_params += ["-fps_mode", "passthrough"]
     if hdr and path not in _TONE_MAP_NOTED:
         _TONE_MAP_NOTED.add(path)
         logger.info("%s is HDR video (%s): its frames are tone-mapped to SDR BT.709", path, hdr.upper())
@@ -86,7 +88,7 @@ def _start_decoder(path: str, output_params: list[str] | None, input_params: lis
         meta = next(gen)
     except (OSError, RuntimeError, StopIteration) as exc:
         text = str(exc)
-        if "does not contain any stream" in text:
+        if "does not contain any stream" in text or "matches no streams" in text:  # none, or only a cover
             raise InvalidVideoError(f"no video stream in {path}") from None
         raise InvalidVideoError(f"cannot read video {path}: {ffmpeg_reason(text, 1)}") from None
     if not meta.get("size") or "fps" not in meta:
