@@ -582,3 +582,18 @@ def test_a_gap_is_filled_only_where_the_face_still_looks_like_itself_and_no_othe
     other.anchors = np.full((1, 3, 2), 99.0)
     both = combined_anchors([looks, other], 10, 0.0)
     assert both[4, 0, 0] == 99.0 and np.isnan(both[[3, 5]]).all()  # the other face keeps its frame; no fill around it
+
+
+def test_a_missed_face_is_fillable_only_where_it_still_looks_like_itself_and_no_other_face_is_in_front():
+    from latentsync.face.detection import FaceBox
+    from latentsync.face.tracking import _appearance, _Detection, _OpenTrack
+
+    skin = np.zeros((100, 100, 3), np.uint8)
+    skin[:] = (200, 150, 120)
+    box = FaceBox(30, 30, 70, 70, 0.9)
+    track = _OpenTrack(0)
+    track.add(0, _Detection(box, None, _appearance(skin, box)), skin, 16)
+    track.note_missed(1, skin)  # same picture, face not detected: fillable
+    track.note_missed(2, np.full_like(skin, 128))  # a blank frame: not
+    track.note_missed(3, skin, [FaceBox(35, 35, 75, 75, 0.9)])  # another face in front: not
+    assert track.lookalike == [1]

@@ -279,11 +279,14 @@ class _OpenTrack:
         slope, intercept = np.polyfit(t - t[-1], xy, 1)
         return intercept + slope * (frame - t[-1])
 
-    def note_missed(self, index: int, image: np.ndarray) -> None:
+    def note_missed(self, index: int, image: np.ndarray, found: Sequence[FaceBox] = ()) -> None:
         """The face was not found in frame ``index``: remember the frame if its predicted place still looks like
-        the face (a face turned or half out of the picture, not a blank frame or another scene)."""
+        the face (a face turned or half out of the picture, not a blank frame or another scene) and no face of
+        ``found`` (the frame's detections) is there (another head in front of it)."""
         center, half = self.predicted_center(index), self.size / 2
         box = FaceBox(center[0] - half, center[1] - half, center[0] + half, center[1] + half, 0.0)
+        if any(box.x0 <= f.center[0] <= box.x1 and box.y0 <= f.center[1] <= box.y1 for f in found):
+            return
         look = _appearance(image, box)
         if cv2.compareHist(self.look, look, cv2.HISTCMP_BHATTACHARYYA) < _FILL_LOOK_DISTANCE:
             self.lookalike.append(index)
@@ -437,7 +440,7 @@ class FaceTracker:
                     unmatched.discard(di)
         for track in self._open:
             if track.last_frame != index:
-                track.note_missed(index, frame)
+                track.note_missed(index, frame, [d.box for d in detections])
         for di in sorted(unmatched):
             track = _OpenTrack(self._shot)
             track.add(index, detections[di], frame, self.thumbnail_size)
