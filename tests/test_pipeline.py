@@ -90,9 +90,8 @@ def test_frames_without_face_pass_through(tiny_pipe, example_face, example_speec
 
 def test_a_longer_video_is_analysed_only_as_far_as_the_output_reaches(tiny_pipe, example_face, one_window,
                                                                          monkeypatch):
-    """16 output frames of the 75-frame example: the first pass reads 16 frames plus the longest filled gap (12) and
-    the landmark smoothing's reach (5 frames at sigma 1.5), and the frames equal those of a pass over the whole video
-    (face_index reads it all)."""
+    """16 output frames of the 75-frame example: the first pass reads 16 frames plus the landmark smoothing's reach
+    (5 frames at sigma 1.5), and the frames equal those of a pass over the whole video (face_index reads it all)."""
     from latentsync.face.tracking import FaceTracker
 
     analysed = []
@@ -100,7 +99,7 @@ def test_a_longer_video_is_analysed_only_as_far_as_the_output_reaches(tiny_pipe,
     monkeypatch.setattr(FaceTracker, "result", lambda self, *a: analysed.append(self.num_frames) or result(self, *a))
     short = _run(tiny_pipe, example_face, one_window).frames
     whole = _run(tiny_pipe, example_face, one_window, face_index=0).frames
-    assert analysed == [33, 75]
+    assert analysed == [21, 75]
     assert short.shape[0] == 16 and np.array_equal(short, whole)
 
 

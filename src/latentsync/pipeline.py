@@ -50,7 +50,7 @@ from .face.alignment import smoothing_radius
 from .face.choice import check_face_arguments, track_key
 from .face.mask import latent_mouth_mask, mouth_mask
 from .face.selection import FaceSelection, choose_faces
-from .face.tracking import MAX_FILLED_GAP, FaceTrack, FaceTracks, track_faces
+from .face.tracking import FaceTrack, FaceTracks, track_faces
 from .face.warp import TorchFaceAligner
 from .inputs import CheckedInputs, check_arguments, check_int, check_output_fps, check_run_inputs
 from .live import LiveSession, LiveStream
@@ -476,10 +476,11 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
                            voice_tracks: Sequence[Any] | None) -> int | None:
         """How many frames the first pass reads; None: the whole video.
 
-        A video longer than the output is followed only up to the output's last frame plus the longest filled gap
-        ([`~latentsync.face.tracking.MAX_FILLED_GAP`]) and the reach of the landmark smoothing: the tracker only
-        looks back, so the frames the output shows get the same tracks and alignment as from a pass over the whole
-        video, and the largest face is chosen among the frames that are shown (and a few more). Track
+        A video longer than the output is followed only up to the output's last frame plus the reach of the landmark
+        smoothing: the tracker only looks back, so the frames the output shows get the same tracks and alignment as
+        from a pass over the whole video (except in a short gap of a track that the pass ends in, which is not
+        filled: at most [`~latentsync.face.tracking.MAX_FILLED_GAP`] frames at the output's end), and the largest
+        face is chosen among the frames that are shown. Track
         numbers, face boxes, a voice per track and the speaking-face score refer to the whole video, so with those
         it is read to the end, as is a video kept on its own timeline (its frame count is checked against its
         timestamps).
@@ -487,7 +488,7 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         if (face not in (None, "largest") or face_index is not None or face_box is not None
                 or voice_tracks is not None or source.timestamps is not None):
             return None
-        needed = num_output_frames + MAX_FILLED_GAP + smoothing_radius(landmark_smoothing)
+        needed = num_output_frames + smoothing_radius(landmark_smoothing)
         return needed if needed < source.expected_frames else None
 
     def _check_timeline_inputs(self, video: Any, audio: Any, output_fps: Any, avatar: Any) -> Avatar | None:
