@@ -514,3 +514,86 @@ def test_cli_lip_syncs_a_voice_per_face(tiny_model_dir_64, conversation, tmp_pat
     code = main(["--model", os.fspath(tiny_model_dir_64), "--video", os.fspath(conversation["video"]), "--audio",
                  os.fspath(conversation["a"]), "--face", "5", "--output", os.fspath(tmp_path / "no.mp4")])
     assert code == 2 and "--face=5, but 2 face track(s)" in caplog.text and not (tmp_path / "no.mp4").exists()
+
+
+# ---------------------------------------------------------------------------------------------------- short gaps
+def _missed(monkeypatch, frames: set[int]) -> None:
+    """The detector finds nothing in ``frames`` (as for a face turned or half out of the picture)."""
+    from latentsync.face.tracking import FaceTracker
+
+    associate = FaceTracker._associate
+    monkeypatch.setattr(FaceTracker, "_associate",
+                        lambda self, frame, found: associate(self, frame, [] if self.num_frames in frames else found))
+
+
+GAPS = {"start": {0, 1}, "short": set(range(5, 9)), "long": set(range(13, 27)), "end": {28, 29}}
+
+
+def test_short_gaps_in_a_track_are_interpolated_and_lip_synced(tiny_pipe_64, example_face, example_speech,
+                                                                tmp_path, monkeypatch, caplog):
+    """A face missed for 4 frames mid-track is aligned between its neighbours and lip-synced; missed for 14 frames
+    (over MAX_FILLED_GAP), or at the track's start or end, it still passes through unchanged."""
+    from latentsync.face.tracking import MAX_FILLED_GAP
+
+    source = decode(example_face)[:30]
+    _missed(monkeypatch, set().union(*GAPS.values()))
+    tracks = track_faces(source)
+    [track] = tracks
+    assert track.first_frame == 2 and track.last_frame == 27 and len(GAPS["long"]) > MAX_FILLED_GAP >= 4
+    anchors = combined_anchors([track], len(source), 1.5)
+    missing = np.isnan(anchors[:, 0, 0])
+    assert missing.nonzero()[0].tolist() == sorted(GAPS["start"] | GAPS["long"] | GAPS["end"])
+    aligner = FaceAligner(64)
+    crops = np.array([aligner.matrix(a) if np.isfinite(a[0, 0]) else np.full((2, 3), np.nan) for a in anchors])
+    low, high = np.minimum(crops[4], crops[9]), np.maximum(crops[4], crops[9])
+    assert ((crops[5:9] >= low - 1e-9) & (crops[5:9] <= high + 1e-9)).all()  # each filled crop between its neighbours
+    steps = np.diff(anchors[4:10], axis=0)
+    np.testing.assert_allclose(steps, np.broadcast_to(steps[0], steps.shape))  # evenly spaced: no jump
+
+    audio = tmp_path / "speech.wav"
+    ffmpeg("-i", os.fspath(example_speech), "-t", "1.2", os.fspath(audio))
+    with caplog.at_level(logging.INFO, logger="latentsync.face.tracking"):
+        out = tiny_pipe_64(source, audio, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0))
+    assert "4 frame(s) in short gaps" in caplog.text
+    assert out.num_frames == 30 and out.frames_without_face == 2 + 14 + 2
+    changed = (out.frames != source).any(axis=(1, 2, 3))
+    assert changed[sorted(GAPS["short"])].all()  # lip-synced now (they passed through before)
+    assert not changed[sorted(GAPS["start"] | GAPS["long"] | GAPS["end"])].any()
+
+
+def test_a_gap_is_filled_only_where_the_face_still_looks_like_itself_and_no_other_face_is(monkeypatch):
+    """A blank frame inside a track (no scene cut: too short for one) is not given a face, nor is a frame where
+    another track of the same voice has its face; frames where the mesh alone failed are filled."""
+    def track(index: int, frames: list[int], lookalike: list[int]) -> FaceTrack:
+        t = _track(index, 0, frames, (10, 10, 40, 40))
+        t.anchors = np.array([[[10 + f, 20], [30 + f, 20], [20 + f, 30]] for f in frames], float)
+        t.lookalike_frames = np.array(lookalike, int)
+        return t
+
+    looks = track(0, [0, 1, 2, 6, 7, 8], [3, 4, 5])
+    anchors = combined_anchors([looks], 10, 0.0)
+    np.testing.assert_allclose(anchors[3:6, 0, 0], [13, 14, 15])
+    blank = track(0, [0, 1, 2, 6, 7, 8], [3, 5])  # frame 4 looked like something else
+    assert np.isnan(combined_anchors([blank], 10, 0.0)[3:6]).all()
+    mesh_failed = track(0, [0, 1, 2, 3, 4, 5, 6, 7, 8], [])
+    mesh_failed.anchors[3:6] = np.nan
+    np.testing.assert_allclose(combined_anchors([mesh_failed], 10, 0.0)[3:6, 0, 0], [13, 14, 15])
+    other = _track(1, 0, [4], (10, 10, 40, 40))
+    other.anchors = np.full((1, 3, 2), 99.0)
+    both = combined_anchors([looks, other], 10, 0.0)
+    assert both[4, 0, 0] == 99.0 and np.isnan(both[[3, 5]]).all()  # the other face keeps its frame; no fill around it
+
+
+def test_a_missed_face_is_fillable_only_where_it_still_looks_like_itself_and_no_other_face_is_in_front():
+    from latentsync.face.detection import FaceBox
+    from latentsync.face.tracking import _appearance, _Detection, _OpenTrack
+
+    skin = np.zeros((100, 100, 3), np.uint8)
+    skin[:] = (200, 150, 120)
+    box = FaceBox(30, 30, 70, 70, 0.9)
+    track = _OpenTrack(0)
+    track.add(0, _Detection(box, None, _appearance(skin, box)), skin, 16)
+    track.note_missed(1, skin)  # same picture, face not detected: fillable
+    track.note_missed(2, np.full_like(skin, 128))  # a blank frame: not
+    track.note_missed(3, skin, [FaceBox(35, 35, 75, 75, 0.9)])  # another face in front: not
+    assert track.lookalike == [1]

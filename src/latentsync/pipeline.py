@@ -478,7 +478,9 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
 
         A video longer than the output is followed only up to the output's last frame plus the reach of the landmark
         smoothing: the tracker only looks back, so the frames the output shows get the same tracks and alignment as
-        from a pass over the whole video, and the largest face is chosen among the frames that are shown. Track
+        from a pass over the whole video (except in a short gap of a track that the pass ends in, which is not
+        filled: at most [`~latentsync.face.tracking.MAX_FILLED_GAP`] frames at the output's end), and the largest
+        face is chosen among the frames that are shown. Track
         numbers, face boxes, a voice per track and the speaking-face score refer to the whole video, so with those
         it is read to the end, as is a video kept on its own timeline (its frame count is checked against its
         timestamps).

@@ -8,6 +8,12 @@ assignment), so two people crossing each other keep their identities. A track su
 without its face (a hand or another head in front, a turned head), and picks it up again where its motion says it
 should be. A scene cut ends every track: faces after a cut start new tracks.
 
+A short gap inside a track (up to [`MAX_FILLED_GAP`] frames between two frames with landmarks: a face half out of the
+picture, turned or blurred for a moment) is filled by [`combined_anchors`]: the alignment anchors are interpolated
+from the frames around it, so the face is lip-synced there too instead of flickering between new and original mouths.
+Only frames where the face was detected (without landmarks) or where the picture at its predicted place still looks
+like it are filled; never before a track's first or after its last frame, so never across a scene cut.
+
 Tracks are numbered by their first frame, then from left to right, so in a one-shot video of two people track 0 is
 the person on the left. [`FaceTracks`] holds them with the video's shots; ``contact_sheet()`` draws one thumbnail per
 track.
@@ -32,6 +38,7 @@ import PIL.ImageDraw
 from scipy.optimize import linear_sum_assignment
 
 from ..media.shots import ShotDetector, shot_ranges
+from ..utils import true_runs
 from .alignment import smooth_anchors
 from .detection import FaceBox, FaceDetector, anchors_from_landmarks, lip_gaps
 
@@ -40,6 +47,12 @@ logger = logging.getLogger(__name__)
 _HIST_BINS = [16, 8]  # hue, saturation
 _UNMATCHED = 1e6
 _MOTION_MEMORY = 8  # recent detections a track's motion is fitted to
+
+MAX_FILLED_GAP = 12
+"""Longest run of frames (0.48 s at 25 fps) without landmarks inside a face track whose alignment is interpolated
+from the frames on either side (see the module docstring); longer gaps pass through unchanged."""
+
+_FILL_LOOK_DISTANCE = 0.5  # Bhattacharyya distance of the look at a missed face's place below which it may be filled
 
 
 @dataclass(eq=False)
@@ -56,6 +69,8 @@ class FaceTrack:
         anchors: alignment anchors ``(n, 3, 2)`` (eyebrows, nose), NaN where the face mesh failed.
         lips: lip gaps ``(n, 3)`` (see [`~latentsync.face.detection.lip_gaps`]), NaN where the face mesh failed.
         thumbnail: the face where it was seen largest and most clearly (RGB, square).
+        lookalike_frames: frames between its first and last where the face was not detected but the picture at its
+            predicted place still looks like it (increasing): the frames a short gap may be filled in.
     """
 
     index: int
@@ -66,6 +81,7 @@ class FaceTrack:
     anchors: np.ndarray
     lips: np.ndarray
     thumbnail: PIL.Image.Image = field(repr=False)
+    lookalike_frames: np.ndarray = field(default_factory=lambda: np.zeros(0, int), repr=False)
 
     @property
     def first_frame(self) -> int:
@@ -108,6 +124,29 @@ class FaceTrack:
         out = np.full((self.last_frame - self.first_frame + 1, 3), np.nan)
         out[self.frames - self.first_frame] = self.lips
         return out
+
+    def filled_anchors(self, smoothing: float = 0.0, max_gap: int = MAX_FILLED_GAP,
+                       blocked: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+        """Smoothed [`dense_anchors`] (``smoothing``: Gaussian sigma in frames) with every gap of at most ``max_gap``
+        frames between two frames with anchors filled by straight-line interpolation, if the face was detected or
+        still looked like itself in each of its frames and none of them is ``blocked`` (a bool per frame of the
+        track's span); and how many frames were filled."""
+        dense = smooth_anchors(self.dense_anchors(), smoothing)
+        fillable = np.zeros(len(dense), bool)
+        fillable[self.frames - self.first_frame] = True
+        inside = self.lookalike_frames[(self.lookalike_frames > self.first_frame)
+                                       & (self.lookalike_frames < self.last_frame)]
+        fillable[inside - self.first_frame] = True
+        if blocked is not None:
+            fillable &= ~blocked
+        filled = 0
+        for i, j in true_runs(~np.isfinite(dense[:, 0, 0])):
+            if i == 0 or j == len(dense) or j - i > max_gap or not fillable[i:j].all():
+                continue
+            t = (np.arange(i, j) - (i - 1)) / (j - i + 1)
+            dense[i:j] = dense[i - 1] + t[:, None, None] * (dense[j] - dense[i - 1])
+            filled += j - i
+        return dense, filled
 
     def describe(self) -> str:
         """One line: number, shot, frames, median box."""
@@ -224,6 +263,7 @@ class _OpenTrack:
         self.look: np.ndarray | None = None
         self.thumbnail: np.ndarray | None = None
         self._thumb_quality = -1.0
+        self.lookalike: list[int] = []  # frames without its face where the picture there still looks like it
 
     @property
     def last_frame(self) -> int:
@@ -238,6 +278,18 @@ class _OpenTrack:
         xy = np.stack([c for _, c, _ in self.recent])
         slope, intercept = np.polyfit(t - t[-1], xy, 1)
         return intercept + slope * (frame - t[-1])
+
+    def note_missed(self, index: int, image: np.ndarray, found: Sequence[FaceBox] = ()) -> None:
+        """The face was not found in frame ``index``: remember the frame if its predicted place still looks like
+        the face (a face turned or half out of the picture, not a blank frame or another scene) and no face of
+        ``found`` (the frame's detections) is there (another head in front of it)."""
+        center, half = self.predicted_center(index), self.size / 2
+        box = FaceBox(center[0] - half, center[1] - half, center[0] + half, center[1] + half, 0.0)
+        if any(box.x0 <= f.center[0] <= box.x1 and box.y0 <= f.center[1] <= box.y1 for f in found):
+            return
+        look = _appearance(image, box)
+        if cv2.compareHist(self.look, look, cv2.HISTCMP_BHATTACHARYYA) < _FILL_LOOK_DISTANCE:
+            self.lookalike.append(index)
 
     def add(self, index: int, det: _Detection, image: np.ndarray, thumbnail_size: int) -> None:
         box, center = det.box, det.box.center
@@ -386,6 +438,9 @@ class FaceTracker:
                 if cost[ti, di] < _UNMATCHED:
                     self._open[ti].add(index, detections[di], frame, self.thumbnail_size)
                     unmatched.discard(di)
+        for track in self._open:
+            if track.last_frame != index:
+                track.note_missed(index, frame, [d.box for d in detections])
         for di in sorted(unmatched):
             track = _OpenTrack(self._shot)
             track.add(index, detections[di], frame, self.thumbnail_size)
@@ -406,7 +461,8 @@ class FaceTracker:
         tracks = [
             FaceTrack(index=i, shot=t.shot, frames=np.array(t.frames), boxes=np.array(t.boxes),
                       scores=np.array(t.scores), anchors=np.stack(t.anchors), lips=np.stack(t.lips),
-                      thumbnail=PIL.Image.fromarray(t.thumbnail))
+                      thumbnail=PIL.Image.fromarray(t.thumbnail),
+                      lookalike_frames=np.array([f for f in t.lookalike if f < t.last_frame], int))
             for i, t in enumerate(kept)
         ]
         return FaceTracks(tracks, shots, self.num_frames, self.frame_size, label)
@@ -430,12 +486,14 @@ def track_faces(frames: Iterable[np.ndarray], label: str = "video",
 def combined_anchors(tracks: Sequence[FaceTrack], num_frames: int, smoothing: float = 0.0) -> np.ndarray:
     """Anchors ``(num_frames, 3, 2)`` of the given tracks (NaN where none of them has a face), each track smoothed
     over time on its own (``smoothing``: Gaussian sigma in frames), so a cut between two tracks is never blurred.
+    Short gaps inside a track are filled ([`FaceTrack.filled_anchors`]) where no other of the tracks has its face.
 
     Raises:
         ValueError: two of the tracks share a frame.
     """
     out = np.full((num_frames, 3, 2), np.nan)
     taken = np.zeros(num_frames, bool)
+    own = []
     for track in tracks:
         if taken[track.frames].any():
             raise ValueError(f"face tracks overlap in time (track {track.index}); one face per frame and voice")
@@ -444,4 +502,17 @@ def combined_anchors(tracks: Sequence[FaceTrack], num_frames: int, smoothing: fl
         dense = smooth_anchors(track.dense_anchors(), smoothing)
         ok = np.isfinite(dense[:, 0, 0])
         out[span][ok] = dense[ok]
+        own.append((span, ok))
+    count = 0
+    for track, (span, ok) in zip(tracks, own):  # after every track's own frames: no gap with another face is filled
+        others = taken[span].copy()
+        others[track.frames - track.first_frame] = False
+        dense, n = track.filled_anchors(smoothing, blocked=others | (np.isfinite(out[span][:, 0, 0]) & ~ok))
+        if n:
+            new = ~ok & np.isfinite(dense[:, 0, 0])
+            out[span][new] = dense[new]
+            count += n
+    if count:
+        logger.info("%d frame(s) in short gaps (up to %d frames) of the face tracks get interpolated landmarks and "
+                    "are lip-synced", count, MAX_FILLED_GAP)
     return out
