@@ -575,6 +575,35 @@ def test_relative_names_with_a_colon_are_files(media, tiny_pipe_64, tmp_path, mo
         assert out.num_frames == 8 and (tmp_path / f"out:{output_fps}.mp4").stat().st_size > 1000
 
 
+def test_colon_names_in_the_live_output_the_evaluation_and_the_test_clips(tiny_syncnet_dir, tmp_path, monkeypatch):
+    """Every other place a user's path reaches ffmpeg reads ``take:1.mp4`` as the file: the live output (``latentsync
+    run --audio - --output 10:30.mp4`` failed with "ffmpeg could not write the live output"), the clips that
+    latentsync.testing cuts and joins, the training's validation clip (trimmed from the configured files); the
+    evaluation's sync confidence (a video and a separate sound) read them already, through the media readers."""
+    from latentsync.eval.sync_confidence import estimate_sync
+    from latentsync.media import pipes, probe_video
+    from latentsync.media.video import trim_media
+    from latentsync.models import StableSyncNet
+    from latentsync.testing import concat_clips, side_by_side_clip
+
+    monkeypatch.chdir(tmp_path)
+    sink = pipes.LiveVideoSink("10:30.mp4", 25)
+    sink.write_audio(np.zeros(16000 // 5, np.float32))
+    for _ in range(5):
+        sink.write(np.zeros((32, 32, 3), np.uint8))
+    sink.close()
+    assert probe_video("10:30.mp4").width == 32
+    shutil.copy(EXAMPLES / "face.mp4", "take:1.mp4")
+    shutil.copy(EXAMPLES / "speech.wav", "voice:1.wav")
+    side_by_side_clip("two:1.mp4", "take:1.mp4", "take:1.mp4", "voice:1.wav", seconds=0.4)
+    concat_clips("both:1.mp4", ["two:1.mp4", "two:1.mp4"])
+    assert abs(probe_video("both:1.mp4").duration - 0.8) < 0.1
+    assert probe_video(trim_media("take:1.mp4", "cut:1.mp4", 0.2, video=True)).duration < 0.3  # a validation clip
+    est = estimate_sync("take:1.mp4", StableSyncNet.from_pretrained(tiny_syncnet_dir), audio="voice:1.wav", vshift=2,
+                        max_frames=20, faces_aligned=True)
+    assert est.num_windows > 0
+
+
 def test_a_file_with_two_video_streams_is_read_from_its_first_by_every_reader(tmp_path):
     """A dashcam's two cameras (or a proxy beside the picture) in one file: the 25 fps reader took ffmpeg's own pick,
     the largest stream, while the probe and the input-timeline reader (PyAV) read the first; so the picture changed
