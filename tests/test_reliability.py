@@ -509,6 +509,39 @@ def test_command_line_warns_of_resampling_only_when_it_resamples(media, tiny_mod
         assert (vfr == []) if said is None else (len(vfr) == 1 and said in vfr[0]), vfr
 
 
+def test_raw_stream_kept_on_its_own_timeline_is_refused_before_the_model(media, tiny_model_dir_64, tmp_path, caplog,
+                                                                           monkeypatch):
+    """A raw .h264 stream has no timestamps: ``--fps input`` failed only after the model had loaded, in the library's
+    words ("use output_fps=25"). The checks before the model refuse it now, in the options' words; at a fixed rate
+    it is read as before. An AVI whose packets lack presentation times (B-frames) has a duration: it keeps its
+    timeline (the decoder times its frames), and is not called a variable frame rate any more."""
+    from latentsync.commands import main
+    from latentsync.inputs import check_run_inputs
+    from latentsync.media import probe_video
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("latentsync.commands.run.load_pipeline", no_model)
+    raw, avi = tmp_path / "clip.h264", tmp_path / "bframes.avi"
+    ffmpeg("-i", os.fspath(media / "face.mp4"), "-an", "-c:v", "libx264", "-f", "h264", os.fspath(raw))
+    ffmpeg("-i", os.fspath(media / "face.mp4"), "-an", "-c:v", "mpeg4", "-bf", "2", os.fspath(avi))
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        assert main(["--model", os.fspath(tiny_model_dir_64), "--video", os.fspath(raw), "--audio",
+                     os.fspath(media / "speech.wav"), "--output", os.fspath(tmp_path / "out.mp4"), "--fps",
+                     "input"]) == 2
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [
+        f"--fps input keeps the video's own timestamps, but {raw} has none (a raw stream such as .h264): give a "
+        "frame rate, e.g. --fps 25"]
+    with pytest.raises(InvalidVideoError, match=r"^output_fps input keeps .* e\.g\. output_fps 25$"):
+        check_run_inputs(raw, media / "speech.wav", output_fps="input")
+    assert check_run_inputs(raw, media / "speech.wav").video.no_timestamps
+    info = check_run_inputs(avi, media / "speech.wav", output_fps="input").video
+    assert not info.no_timestamps and not info.variable_frame_rate and probe_video(media / "face.mp4").frame_intervals
+    assert not (tmp_path / "out.mp4").exists()
+
+
 def test_odd_sized_video_keeps_its_pixels_in_an_even_output(media, tmp_path, caplog):
     """H.264 (4:2:0) needs even sides: a 321x241 video is said so before the model, and written 322x242 with its
     last column and row repeated (not resized: every input pixel stays where it was)."""

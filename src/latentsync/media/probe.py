@@ -61,6 +61,9 @@ class VideoInfo:
         hdr: the HDR transfer the file names: ``"hlg"`` (hybrid log-gamma, ``arib-std-b67``: phones' default),
             ``"pq"`` (perceptual quantizer, ``smpte2084``: HDR10), or None (SDR, or not said); the readers
             tone-map HDR frames to SDR BT.709.
+        no_timestamps: neither the packets nor the header say when the frames are shown (a raw elementary stream:
+            ``.h264``, ``.hevc``): it is read at a fixed frame rate, and its own timeline (``output_fps="input"``)
+            cannot be kept.
     """
 
     path: str
@@ -78,6 +81,7 @@ class VideoInfo:
     sample_aspect: Fraction = Fraction(1)
     colors_known: bool = True
     hdr: str | None = None
+    no_timestamps: bool = False
 
 
 def _input_section(stderr: str) -> str:
@@ -284,14 +288,22 @@ def _frame_rate(line: str) -> float:
     return 0.0
 
 
-def _packet_times(framecrc: str) -> np.ndarray:
-    """Presentation times (seconds, sorted) of the video packets in ffmpeg's ``framecrc`` output."""
+_NO_PTS = -(2**63)
+"""What ``framecrc`` writes for a packet without a presentation time (ffmpeg's ``AV_NOPTS_VALUE``)."""
+
+
+def _packet_times(framecrc: str) -> np.ndarray | None:
+    """Presentation times (seconds, sorted) of the video packets in ffmpeg's ``framecrc`` output; None when some
+    packet has none (a raw stream such as ``.h264``, or an AVI with B-frames): the packets then do not say when their
+    frames are shown."""
     base = re.search(r"#tb 0: (\d+)/(\d+)", framecrc)
     if base is None:
         return np.empty(0)
     tb = Fraction(int(base.group(1)), int(base.group(2)))
     pts = [int(fields[2]) for line in framecrc.splitlines()
            if line and not line.startswith("#") and len(fields := line.split(",")) > 3 and fields[0].strip() == "0"]
+    if _NO_PTS in pts:
+        return None
     return np.unique(np.array(pts, dtype=np.int64)) * float(tb)
 
 
@@ -331,7 +343,8 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
     # longest stream's, so comparing it with the video's timestamps would mistake a long soundtrack for truncation)
     truncated = "partial file" in stderr
     times = _packet_times(proc.stdout.decode(errors="replace"))
-    intervals = np.diff(times)
+    duration = _duration(header)
+    intervals = np.diff(times) if times is not None else np.empty(0)
     intervals = intervals[intervals > 0]
     frame_intervals, vfr = None, False
     if len(intervals) >= 2:
@@ -341,6 +354,6 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         # a cut file loses frames of its last group of pictures: gaps there are not a variable frame rate
         vfr = bool(irregular.mean() > 0.01) and not truncated
     audio_tracks = _audio_streams(streams)
-    return VideoInfo(path, width, height, _frame_rate(video[0]), _duration(header), audio_tracks > 0, rotation,
+    return VideoInfo(path, width, height, _frame_rate(video[0]), duration, audio_tracks > 0, rotation,
                      frame_intervals, vfr, truncated, mirrored, audio_tracks, sample_aspect, _colors_known(video[0]),
-                     _hdr(video[0]))
+                     _hdr(video[0]), no_timestamps=times is None and duration == 0)
