@@ -637,6 +637,40 @@ def test_colon_names_in_the_live_output_the_evaluation_and_the_test_clips(tiny_s
     assert est.num_windows > 0
 
 
+def test_a_run_probes_its_video_once(media, tiny_pipe_64, tiny_model_dir_64, tmp_path, monkeypatch):
+    """The video was probed by the input checks and again when the run opened it (and the command line's checks
+    before the model made a third probe): one ffmpeg probe now, shared per file version, so a file changed between
+    the checks and the reading is probed again."""
+    import subprocess as subprocess_module
+
+    from latentsync.commands import main
+    from latentsync.media import open_frames, probe_video
+
+    probes = []
+    run = subprocess_module.run
+
+    def counted(cmd, *args, **kwargs):
+        if "framecrc" in cmd:
+            probes.append(cmd[cmd.index("-i") + 1])
+        return run(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess_module, "run", counted)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    video = shutil.copy(media / "face.mp4", tmp_path / "lib.mp4")  # a file no earlier test probed
+    tiny_pipe_64(video, media / "speech.wav", output_path=tmp_path / "out.mp4", num_inference_steps=1,
+                 output_fps="input")
+    assert probes == [os.fspath(video)]
+    probes.clear()
+    video = shutil.copy(media / "face.mp4", tmp_path / "cli.mp4")  # at 25 fps, the other reader
+    assert main(["--model", os.fspath(tiny_model_dir_64), "--video", os.fspath(video), "--audio",
+                 os.fspath(media / "speech.wav"), "--output", os.fspath(tmp_path / "cli_out.mp4"), "--steps", "1"]) == 0
+    assert probes == [os.fspath(video)]
+    # the same file rewritten in place (same name, same inode) after its probe: probed again, read as it is now
+    ffmpeg("-i", os.fspath(media / "face.mp4"), "-frames:v", "5", "-c:v", "libx264", os.fspath(video))
+    assert open_frames(video).expected_frames == 5 and abs(probe_video(video).duration - 0.2) < 0.01
+    assert len(probes) == 2
+
+
 def test_a_file_with_two_video_streams_is_read_from_its_first_by_every_reader(tmp_path):
     """A dashcam's two cameras (or a proxy beside the picture) in one file: the 25 fps reader took ffmpeg's own pick,
     the largest stream, while the probe and the input-timeline reader (PyAV) read the first; so the picture changed

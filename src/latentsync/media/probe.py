@@ -36,9 +36,9 @@ VFR_TOLERANCE = 0.1
 """Frame intervals that differ from the typical one by more than this fraction count as irregular."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class VideoInfo:
-    """What ffmpeg reports about a video file.
+    """What ffmpeg reports about a video file (one probe is shared by its callers: see [`probe_video`]).
 
     Attributes:
         width, height: frame size as decoded, i.e. upright when the file carries rotation metadata.
@@ -265,14 +265,25 @@ def probe_hdr(path: str | os.PathLike) -> str | None:
     short clip."""
     path = os.fspath(path)
     try:
-        stat = os.stat(path)
+        version = file_version(path)
     except OSError:
         return None
-    return _probe_hdr(path, stat.st_size, stat.st_mtime_ns)
+    return _probe_hdr(path, *version)
+
+
+def file_version(path: str) -> tuple[int, int, int, int]:
+    """What tells the versions of the file ``path`` apart, for the probes remembered per file: its device, inode,
+    size and modification time (a file rewritten or replaced is another version, and is probed again).
+
+    Raises:
+        OSError: the file cannot be looked at.
+    """
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 @lru_cache(maxsize=4096)
-def _probe_hdr(path: str, size: int, mtime_ns: int) -> str | None:
+def _probe_hdr(path: str, device: int, inode: int, size: int, mtime_ns: int) -> str | None:
     cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", ffmpeg_path(path)]
     proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, check=False)  # no output: exit code 1
     video = [line for line in _streams(_input_section(proc.stderr.decode(errors="replace")))
@@ -309,13 +320,24 @@ def _packet_times(framecrc: str) -> np.ndarray | None:
 
 def probe_video(path: str | os.PathLike) -> VideoInfo:
     """Read size, frame rate, duration, rotation, mirroring and audio presence, and scan the first packets'
-    timestamps.
+    timestamps. Remembered per file version ([`file_version`]), as [`probe_hdr`]: a run's checks (the command
+    line's, then the pipeline's) and its reader share one probe, and a file changed in between is probed again.
 
     Raises:
         InvalidVideoError: missing, empty, unreadable, or without a video stream (a cover picture in an audio file
             does not count).
     """
     path = check_input_file(path, InvalidVideoError, "video")
+    try:
+        version = file_version(path)
+    except OSError as exc:  # gone since it was checked
+        raise InvalidVideoError(f"cannot read video file {path}: {exc.strerror or exc}") from None
+    return _probe_video(path, *version)
+
+
+@lru_cache(maxsize=4096)
+def _probe_video(path: str, device: int, inode: int, size: int, mtime_ns: int) -> VideoInfo:
+    """[`probe_video`] of one version of the checked file ``path`` (errors are not remembered)."""
     cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", ffmpeg_path(path), "-map", "0:V:0?", "-c", "copy",
            "-frames:v", str(SCANNED_PACKETS), "-f", "framecrc", "-"]
     proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL)
