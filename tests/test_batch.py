@@ -522,3 +522,25 @@ def test_folder_pairs_with_speech_from_apple_windows_and_phone_recorders(tmp_pat
         (tmp_path / f"talk{i}{ending}").write_bytes(b"speech")
     jobs = read_jobs(tmp_path, tmp_path / "out")
     assert [os.path.basename(job.audio) for job in jobs] == [f"talk{i}{e}" for i, e in enumerate(endings)]
+
+
+def test_folder_pairs_take_an_animated_gif_as_the_face_video(tmp_path):
+    """``latentsync run`` takes a GIF as its face video, but a batch's folder of pairs ignored ``talk.gif`` beside
+    ``talk.wav`` ("no video files in ..."). GIF, a picture without sound, is still no video for data preparation,
+    evaluation and training clips, which need the file's own sound."""
+    import subprocess
+
+    import imageio_ffmpeg
+
+    from latentsync.media import VIDEO_EXTENSIONS, find_videos, is_video_file, probe_video
+
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-v", "error", "-f", "lavfi", "-i",
+                    "testsrc=size=32x32:rate=10:duration=0.3", os.fspath(tmp_path / "talk.gif")], check=True)
+    assert probe_video(tmp_path / "talk.gif").width == 32  # a video, as a run reads it
+    (tmp_path / "talk.wav").write_bytes(b"speech")
+    (tmp_path / ".hidden.gif").write_bytes(b"gif")
+    [job] = read_jobs(tmp_path, tmp_path / "out")
+    assert os.path.basename(job.video) == "talk.gif" and os.path.basename(job.audio) == "talk.wav"
+    assert job.output == os.path.join(os.fspath(tmp_path / "out"), "talk.mp4")
+    assert ".gif" not in VIDEO_EXTENSIONS and find_videos(tmp_path) == [] and not is_video_file("talk.GIF")
+    assert is_video_file("talk.GIF", silent=True)

@@ -509,6 +509,39 @@ def test_command_line_warns_of_resampling_only_when_it_resamples(media, tiny_mod
         assert (vfr == []) if said is None else (len(vfr) == 1 and said in vfr[0]), vfr
 
 
+def test_raw_stream_kept_on_its_own_timeline_is_refused_before_the_model(media, tiny_model_dir_64, tmp_path, caplog,
+                                                                           monkeypatch):
+    """A raw .h264 stream has no timestamps: ``--fps input`` failed only after the model had loaded, in the library's
+    words ("use output_fps=25"). The checks before the model refuse it now, in the options' words; at a fixed rate
+    it is read as before. An AVI whose packets lack presentation times (B-frames) has a duration: it keeps its
+    timeline (the decoder times its frames), and is not called a variable frame rate any more."""
+    from latentsync.commands import main
+    from latentsync.inputs import check_run_inputs
+    from latentsync.media import probe_video
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("latentsync.commands.run.load_pipeline", no_model)
+    raw, avi = tmp_path / "clip.h264", tmp_path / "bframes.avi"
+    ffmpeg("-i", os.fspath(media / "face.mp4"), "-an", "-c:v", "libx264", "-f", "h264", os.fspath(raw))
+    ffmpeg("-i", os.fspath(media / "face.mp4"), "-an", "-c:v", "mpeg4", "-bf", "2", os.fspath(avi))
+    caplog.clear()
+    with caplog.at_level(logging.ERROR):
+        assert main(["--model", os.fspath(tiny_model_dir_64), "--video", os.fspath(raw), "--audio",
+                     os.fspath(media / "speech.wav"), "--output", os.fspath(tmp_path / "out.mp4"), "--fps",
+                     "input"]) == 2
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == [
+        f"--fps input keeps the video's own timestamps, but {raw} has none (a raw stream such as .h264): give a "
+        "frame rate, e.g. --fps 25"]
+    with pytest.raises(InvalidVideoError, match=r"^output_fps input keeps .* e\.g\. output_fps 25$"):
+        check_run_inputs(raw, media / "speech.wav", output_fps="input")
+    assert check_run_inputs(raw, media / "speech.wav").video.no_timestamps
+    info = check_run_inputs(avi, media / "speech.wav", output_fps="input").video
+    assert not info.no_timestamps and not info.variable_frame_rate and probe_video(media / "face.mp4").frame_intervals
+    assert not (tmp_path / "out.mp4").exists()
+
+
 def test_odd_sized_video_keeps_its_pixels_in_an_even_output(media, tmp_path, caplog):
     """H.264 (4:2:0) needs even sides: a 321x241 video is said so before the model, and written 322x242 with its
     last column and row repeated (not resized: every input pixel stays where it was)."""
@@ -573,6 +606,69 @@ def test_relative_names_with_a_colon_are_files(media, tiny_pipe_64, tmp_path, mo
         out = tiny_pipe_64("take:1.mp4", "voice:1.wav", output_path=f"out:{output_fps}.mp4", num_inference_steps=STEPS,
                            generator=torch.Generator().manual_seed(0), output_fps=output_fps)
         assert out.num_frames == 8 and (tmp_path / f"out:{output_fps}.mp4").stat().st_size > 1000
+
+
+def test_colon_names_in_the_live_output_the_evaluation_and_the_test_clips(tiny_syncnet_dir, tmp_path, monkeypatch):
+    """Every other place a user's path reaches ffmpeg reads ``take:1.mp4`` as the file: the live output (``latentsync
+    run --audio - --output 10:30.mp4`` failed with "ffmpeg could not write the live output"), the clips that
+    latentsync.testing cuts and joins, the training's validation clip (trimmed from the configured files); the
+    evaluation's sync confidence (a video and a separate sound) read them already, through the media readers."""
+    from latentsync.eval.sync_confidence import estimate_sync
+    from latentsync.media import pipes, probe_video
+    from latentsync.media.video import trim_media
+    from latentsync.models import StableSyncNet
+    from latentsync.testing import concat_clips, side_by_side_clip
+
+    monkeypatch.chdir(tmp_path)
+    sink = pipes.LiveVideoSink("10:30.mp4", 25)
+    sink.write_audio(np.zeros(16000 // 5, np.float32))
+    for _ in range(5):
+        sink.write(np.zeros((32, 32, 3), np.uint8))
+    sink.close()
+    assert probe_video("10:30.mp4").width == 32
+    shutil.copy(EXAMPLES / "face.mp4", "take:1.mp4")
+    shutil.copy(EXAMPLES / "speech.wav", "voice:1.wav")
+    side_by_side_clip("two:1.mp4", "take:1.mp4", "take:1.mp4", "voice:1.wav", seconds=0.4)
+    concat_clips("both:1.mp4", ["two:1.mp4", "two:1.mp4"])
+    assert abs(probe_video("both:1.mp4").duration - 0.8) < 0.1
+    assert probe_video(trim_media("take:1.mp4", "cut:1.mp4", 0.2, video=True)).duration < 0.3  # a validation clip
+    est = estimate_sync("take:1.mp4", StableSyncNet.from_pretrained(tiny_syncnet_dir), audio="voice:1.wav", vshift=2,
+                        max_frames=20, faces_aligned=True)
+    assert est.num_windows > 0
+
+
+def test_a_run_probes_its_video_once(media, tiny_pipe_64, tiny_model_dir_64, tmp_path, monkeypatch):
+    """The video was probed by the input checks and again when the run opened it (and the command line's checks
+    before the model made a third probe): one ffmpeg probe now, shared per file version, so a file changed between
+    the checks and the reading is probed again."""
+    import subprocess as subprocess_module
+
+    from latentsync.commands import main
+    from latentsync.media import open_frames, probe_video
+
+    probes = []
+    run = subprocess_module.run
+
+    def counted(cmd, *args, **kwargs):
+        if "framecrc" in cmd:
+            probes.append(cmd[cmd.index("-i") + 1])
+        return run(cmd, *args, **kwargs)
+
+    monkeypatch.setattr(subprocess_module, "run", counted)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    video = shutil.copy(media / "face.mp4", tmp_path / "lib.mp4")  # a file no earlier test probed
+    tiny_pipe_64(video, media / "speech.wav", output_path=tmp_path / "out.mp4", num_inference_steps=1,
+                 output_fps="input")
+    assert probes == [os.fspath(video)]
+    probes.clear()
+    video = shutil.copy(media / "face.mp4", tmp_path / "cli.mp4")  # at 25 fps, the other reader
+    assert main(["--model", os.fspath(tiny_model_dir_64), "--video", os.fspath(video), "--audio",
+                 os.fspath(media / "speech.wav"), "--output", os.fspath(tmp_path / "cli_out.mp4"), "--steps", "1"]) == 0
+    assert probes == [os.fspath(video)]
+    # the same file rewritten in place (same name, same inode) after its probe: probed again, read as it is now
+    ffmpeg("-i", os.fspath(media / "face.mp4"), "-frames:v", "5", "-c:v", "libx264", os.fspath(video))
+    assert open_frames(video).expected_frames == 5 and abs(probe_video(video).duration - 0.2) < 0.01
+    assert len(probes) == 2
 
 
 def test_a_file_with_two_video_streams_is_read_from_its_first_by_every_reader(tmp_path):

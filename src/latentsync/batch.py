@@ -207,7 +207,8 @@ def _folder_jobs(folder: str, output_dir: str, audio_dir: str, output_format: st
         stem, ext = os.path.splitext(name)
         if ext.lower() in AUDIO_EXTENSIONS and not name.startswith("."):
             audio_by_stem.setdefault(_nfc(stem), os.path.join(audio_dir, name))
-    videos = sorted(n for n in os.listdir(folder) if is_video_file(n) and os.path.isfile(os.path.join(folder, n)))
+    videos = sorted(n for n in os.listdir(folder)  # also a GIF: its speech is the paired file
+                    if is_video_file(n, silent=True) and os.path.isfile(os.path.join(folder, n)))
     if not videos:
         raise BatchListError(f"no video files in {folder}")
     jobs = []
@@ -237,8 +238,8 @@ def _csv_jobs(path: str, output_dir: str, output_format: str) -> tuple[list[Batc
     is row 1)."""
     base = os.path.dirname(os.path.abspath(path))
     not_text = f"cannot read job list {path}: not a UTF-8 text CSV" + (
-        " (it is a video; give a CSV file with video,audio columns or a folder of pairs)" if is_video_file(path) else
-        " (save it as CSV UTF-8)")
+        " (it is a video; give a CSV file with video,audio columns or a folder of pairs)"
+        if is_video_file(path, silent=True) else " (save it as CSV UTF-8)")
     with open(path, "rb") as fh:
         if b"\0" in fh.read(4096):  # a binary file, or UTF-16 (which decodes as UTF-8 when it is plain ASCII)
             raise BatchListError(not_text)

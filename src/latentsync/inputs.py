@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .avatar import avatar_config
-from .errors import LatentSyncInputError
+from .errors import InvalidVideoError, LatentSyncInputError
 from .face.choice import check_face_arguments, track_key
 from .media.audio import AudioInfo, AudioTrack, Track, check_not_silent, chosen_track, scan_audio
 from .media.constants import VIDEO_FPS
@@ -156,7 +156,8 @@ def check_run_inputs(
             writable).
         mix_audio: the output's sound instead of the speech (a path or samples), or None.
         face, face_box, face_box_frame: the choice of the face (see [`latentsync.face.choice.check_face_arguments`]).
-        output_fps: the output's frame rate, or ``"input"`` (see [`check_output_fps`]).
+        output_fps: the output's frame rate, or ``"input"`` (see [`check_output_fps`]; refused for a video whose
+            frames have no timestamps, a raw stream).
         avatar: a prepared avatar folder (checked to be one; its files count as inputs) or a loaded avatar.
         audio_track: the track of the ``audio`` file to read, numbered from 1 (see [`speech_track_of`]), or None for
             the one with the speech.
@@ -188,6 +189,9 @@ def check_run_inputs(
     checked = CheckedInputs()
     if _is_path(video):
         checked.video = probe_video(video)
+        if output_fps == "input" and checked.video.no_timestamps:
+            raise InvalidVideoError(f"output_fps input keeps the video's own timestamps, but {checked.video.path} has "
+                                    "none (a raw stream such as .h264): give a frame rate, e.g. output_fps 25")
     speech = {f"audio for face {track_key(k)}": v for k, v in voices.items()} if voices is not None else \
         {"audio": audio}
     track = checked.speech_track = speech_track_of(audio, audio_track)

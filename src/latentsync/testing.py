@@ -27,6 +27,7 @@ from transformers import (
 )
 
 from .media.constants import SAMPLE_RATE, VIDEO_FPS
+from .media.files import ffmpeg_path
 from .media.video import VideoWriter
 from .models.audio_encoder import WhisperAudioEncoder
 from .models.syncnet import StableSyncNet
@@ -200,11 +201,11 @@ def crop_faces(videos: dict[str, str], folder: str, seconds: float, side: int = 
         graph = ";".join([f"[0:v]split={len(framings)}" + "".join(f"[{k}]" for k in framings)]
                          + [f"[{k}]{crop},scale={side}:{side},setsar=1,fps={VIDEO_FPS}[{k}v]"
                             for k, crop in framings.items()])
-        args = ["-t", str(seconds), "-i", os.fspath(src), "-filter_complex", graph]
+        args = ["-t", str(seconds), "-i", ffmpeg_path(src), "-filter_complex", graph]
         for framing in framings:
             out[name, framing] = os.path.join(folder, f"{name}_{framing}.mp4")
             args += ["-map", f"[{framing}v]", "-map", "0:a", "-c:v", "libx264", "-crf", "16", "-c:a", "aac",
-                     "-ac", "1", "-ar", str(SAMPLE_RATE), out[name, framing]]
+                     "-ac", "1", "-ar", str(SAMPLE_RATE), ffmpeg_path(out[name, framing])]
         _ffmpeg(*args)
     return out
 
@@ -216,10 +217,10 @@ def side_by_side_clip(path: str, left: str, right: str, sound: str, starts: Sequ
     its lips to words nobody hears."""
     inputs = []
     for clip, start in zip((left, right, sound), starts):
-        inputs += ["-ss", str(start), "-t", str(seconds), "-i", os.fspath(clip)]
+        inputs += ["-ss", str(start), "-t", str(seconds), "-i", ffmpeg_path(clip)]
     _ffmpeg(*inputs, "-filter_complex", f"[0:v][1:v]hstack,fps={VIDEO_FPS}[v]", "-map", "[v]", "-map", "2:a",
             "-c:v", "libx264", "-crf", "16", "-c:a", "aac", "-ac", "1", "-ar", str(SAMPLE_RATE), "-t", str(seconds),
-            os.fspath(path))
+            ffmpeg_path(path))
     return os.fspath(path)
 
 
@@ -229,7 +230,7 @@ def concat_clips(path: str, parts: Sequence[str]) -> str:
     with open(listing, "w") as fh:
         fh.writelines(f"file '{os.path.abspath(p)}'\n" for p in parts)
     try:
-        _ffmpeg("-f", "concat", "-safe", "0", "-i", listing, "-c", "copy", os.fspath(path))
+        _ffmpeg("-f", "concat", "-safe", "0", "-i", ffmpeg_path(listing), "-c", "copy", ffmpeg_path(path))
     finally:
         os.remove(listing)
     return os.fspath(path)

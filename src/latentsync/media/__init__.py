@@ -16,7 +16,14 @@ from .audio import (
     speech_track,
     write_wav,
 )
-from .constants import OUTPUT_FORMATS, SAMPLE_RATE, SAMPLES_PER_FRAME, VIDEO_EXTENSIONS, VIDEO_FPS
+from .constants import (
+    OUTPUT_FORMATS,
+    SAMPLE_RATE,
+    SAMPLES_PER_FRAME,
+    SILENT_VIDEO_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+    VIDEO_FPS,
+)
 from .files import check_input_file, find_videos, is_video_file
 from .probe import VideoInfo, probe_video
 from .video import FrameSource, VideoWriter, check_output_path, iter_frames, open_frames, trim_media
@@ -25,6 +32,7 @@ __all__ = [
     "OUTPUT_FORMATS",
     "SAMPLES_PER_FRAME",
     "SAMPLE_RATE",
+    "SILENT_VIDEO_EXTENSIONS",
     "VIDEO_EXTENSIONS",
     "VIDEO_FPS",
     "AudioInfo",

@@ -489,7 +489,7 @@ def mix_audio_files(tracks: Sequence[tuple[str | os.PathLike, int]], output: str
                    "-f", "null", "-")
     peaks = [float(v) for v in re.findall(r"Peak level dB: (-?[\d.]+|-?inf)", measured) if v.lstrip("-") != "inf"]
     gain = f",volume={-max(peaks):.4f}dB" if peaks and max(peaks) > 0 else ""
-    run(f"{';'.join(chains)};{mixed}{gain}", "-c:a", "flac", "-sample_fmt", "s32", "-f", "flac", os.fspath(output))
+    run(f"{';'.join(chains)};{mixed}{gain}", "-c:a", "flac", "-sample_fmt", "s32", "-f", "flac", ffmpeg_path(output))
     return os.fspath(output)
 
 

@@ -15,6 +15,11 @@ VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".flv", ".m
 runs): each is read by the bundled ffmpeg (tests/test_media.py writes and reads one of each). ``.mts`` / ``.m2ts``:
 AVCHD camcorders; ``.3gp`` / ``.3g2``: phones; ``.wmv``: Windows; ``.vob``: DVDs; ``.mxf``: professional cameras."""
 
+SILENT_VIDEO_EXTENSIONS = (".gif",)
+"""Endings of moving pictures without sound that a run takes as its face video (an animated GIF, read by ffmpeg as a
+video): searched for only where the speech comes from another file (a batch's folder of pairs). Not among
+[`VIDEO_EXTENSIONS`], whose files carry their own sound (data preparation, evaluation, training clips need it)."""
+
 OUTPUT_FORMATS = (".mp4", ".mov", ".mkv")
 """Containers the video writer produces (H.264 + AAC)."""
 

@@ -8,7 +8,7 @@ import signal
 
 from ..errors import InvalidOutputError, LatentSyncInputError
 from ..tempfiles import nearest_folder
-from .constants import VIDEO_EXTENSIONS
+from .constants import SILENT_VIDEO_EXTENSIONS, VIDEO_EXTENSIONS
 
 
 def ffmpeg_path(path: str | os.PathLike) -> str:
@@ -93,10 +93,12 @@ def ffmpeg_reason(stderr: str, returncode: int) -> str:
     return last.split("] ", 1)[-1] if last.startswith("[") else last
 
 
-def is_video_file(name: str) -> bool:
-    """Whether a file name has a video ending (any case) and is not hidden."""
+def is_video_file(name: str, silent: bool = False) -> bool:
+    """Whether a file name has a video ending (any case) and is not hidden; with ``silent``, also the endings of
+    videos without sound ([`SILENT_VIDEO_EXTENSIONS`]: a face video whose speech is another file)."""
     base = os.path.basename(name)
-    return base.lower().endswith(VIDEO_EXTENSIONS) and not base.startswith(".")
+    endings = VIDEO_EXTENSIONS + SILENT_VIDEO_EXTENSIONS if silent else VIDEO_EXTENSIONS
+    return base.lower().endswith(endings) and not base.startswith(".")
 
 
 def find_videos(folder: str | os.PathLike, recursive: bool = True) -> list[str]:

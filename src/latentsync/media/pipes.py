@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import InvalidAudioError, InvalidVideoError
 from .constants import SAMPLE_RATE
+from .files import ffmpeg_path
 from .video import color_arguments, encoder_arguments, usable_encoder
 
 logger = logging.getLogger(__name__)
@@ -205,7 +206,7 @@ class LiveVideoSink:
                "-map", "0:v", "-map", "1:a", "-c:v", codec, *encoder_arguments(codec, self.crf, live=True),
                "-pix_fmt", "yuv420p", "-vf", shape, *(color_arguments() if self.tag_colors else []),
                "-c:a", "aac", "-f", "mp4", "-movflags", "frag_keyframe+empty_moov+default_base_moof",
-               "pipe:1" if self.target == "-" else self.target]
+               "pipe:1" if self.target == "-" else ffmpeg_path(self.target)]
         # its own session: Ctrl-C in a terminal reaches the whole process group, and ffmpeg would quit at once
         # ("Immediate exit requested"); the run closes it instead, so that the frames sent so far are written
         self._proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=None, pass_fds=(read_fd,),

@@ -36,9 +36,9 @@ VFR_TOLERANCE = 0.1
 """Frame intervals that differ from the typical one by more than this fraction count as irregular."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class VideoInfo:
-    """What ffmpeg reports about a video file.
+    """What ffmpeg reports about a video file (one probe is shared by its callers: see [`probe_video`]).
 
     Attributes:
         width, height: frame size as decoded, i.e. upright when the file carries rotation metadata.
@@ -61,6 +61,9 @@ class VideoInfo:
         hdr: the HDR transfer the file names: ``"hlg"`` (hybrid log-gamma, ``arib-std-b67``: phones' default),
             ``"pq"`` (perceptual quantizer, ``smpte2084``: HDR10), or None (SDR, or not said); the readers
             tone-map HDR frames to SDR BT.709.
+        no_timestamps: neither the packets nor the header say when the frames are shown (a raw elementary stream:
+            ``.h264``, ``.hevc``): it is read at a fixed frame rate, and its own timeline (``output_fps="input"``)
+            cannot be kept.
     """
 
     path: str
@@ -78,6 +81,7 @@ class VideoInfo:
     sample_aspect: Fraction = Fraction(1)
     colors_known: bool = True
     hdr: str | None = None
+    no_timestamps: bool = False
 
 
 def _input_section(stderr: str) -> str:
@@ -261,14 +265,25 @@ def probe_hdr(path: str | os.PathLike) -> str | None:
     short clip."""
     path = os.fspath(path)
     try:
-        stat = os.stat(path)
+        version = file_version(path)
     except OSError:
         return None
-    return _probe_hdr(path, stat.st_size, stat.st_mtime_ns)
+    return _probe_hdr(path, *version)
+
+
+def file_version(path: str) -> tuple[int, int, int, int]:
+    """What tells the versions of the file ``path`` apart, for the probes remembered per file: its device, inode,
+    size and modification time (a file rewritten or replaced is another version, and is probed again).
+
+    Raises:
+        OSError: the file cannot be looked at.
+    """
+    stat = os.stat(path)
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
 
 
 @lru_cache(maxsize=4096)
-def _probe_hdr(path: str, size: int, mtime_ns: int) -> str | None:
+def _probe_hdr(path: str, device: int, inode: int, size: int, mtime_ns: int) -> str | None:
     cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", ffmpeg_path(path)]
     proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, check=False)  # no output: exit code 1
     video = [line for line in _streams(_input_section(proc.stderr.decode(errors="replace")))
@@ -284,26 +299,45 @@ def _frame_rate(line: str) -> float:
     return 0.0
 
 
-def _packet_times(framecrc: str) -> np.ndarray:
-    """Presentation times (seconds, sorted) of the video packets in ffmpeg's ``framecrc`` output."""
+_NO_PTS = -(2**63)
+"""What ``framecrc`` writes for a packet without a presentation time (ffmpeg's ``AV_NOPTS_VALUE``)."""
+
+
+def _packet_times(framecrc: str) -> np.ndarray | None:
+    """Presentation times (seconds, sorted) of the video packets in ffmpeg's ``framecrc`` output; None when some
+    packet has none (a raw stream such as ``.h264``, or an AVI with B-frames): the packets then do not say when their
+    frames are shown."""
     base = re.search(r"#tb 0: (\d+)/(\d+)", framecrc)
     if base is None:
         return np.empty(0)
     tb = Fraction(int(base.group(1)), int(base.group(2)))
     pts = [int(fields[2]) for line in framecrc.splitlines()
            if line and not line.startswith("#") and len(fields := line.split(",")) > 3 and fields[0].strip() == "0"]
+    if _NO_PTS in pts:
+        return None
     return np.unique(np.array(pts, dtype=np.int64)) * float(tb)
 
 
 def probe_video(path: str | os.PathLike) -> VideoInfo:
     """Read size, frame rate, duration, rotation, mirroring and audio presence, and scan the first packets'
-    timestamps.
+    timestamps. Remembered per file version ([`file_version`]), as [`probe_hdr`]: a run's checks (the command
+    line's, then the pipeline's) and its reader share one probe, and a file changed in between is probed again.
 
     Raises:
         InvalidVideoError: missing, empty, unreadable, or without a video stream (a cover picture in an audio file
             does not count).
     """
     path = check_input_file(path, InvalidVideoError, "video")
+    try:
+        version = file_version(path)
+    except OSError as exc:  # gone since it was checked
+        raise InvalidVideoError(f"cannot read video file {path}: {exc.strerror or exc}") from None
+    return _probe_video(path, *version)
+
+
+@lru_cache(maxsize=4096)
+def _probe_video(path: str, device: int, inode: int, size: int, mtime_ns: int) -> VideoInfo:
+    """[`probe_video`] of one version of the checked file ``path`` (errors are not remembered)."""
     cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", ffmpeg_path(path), "-map", "0:V:0?", "-c", "copy",
            "-frames:v", str(SCANNED_PACKETS), "-f", "framecrc", "-"]
     proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL)
@@ -331,7 +365,8 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
     # longest stream's, so comparing it with the video's timestamps would mistake a long soundtrack for truncation)
     truncated = "partial file" in stderr
     times = _packet_times(proc.stdout.decode(errors="replace"))
-    intervals = np.diff(times)
+    duration = _duration(header)
+    intervals = np.diff(times) if times is not None else np.empty(0)
     intervals = intervals[intervals > 0]
     frame_intervals, vfr = None, False
     if len(intervals) >= 2:
@@ -341,6 +376,6 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         # a cut file loses frames of its last group of pictures: gaps there are not a variable frame rate
         vfr = bool(irregular.mean() > 0.01) and not truncated
     audio_tracks = _audio_streams(streams)
-    return VideoInfo(path, width, height, _frame_rate(video[0]), _duration(header), audio_tracks > 0, rotation,
+    return VideoInfo(path, width, height, _frame_rate(video[0]), duration, audio_tracks > 0, rotation,
                      frame_intervals, vfr, truncated, mirrored, audio_tracks, sample_aspect, _colors_known(video[0]),
-                     _hdr(video[0]))
+                     _hdr(video[0]), no_timestamps=times is None and duration == 0)

@@ -560,5 +560,5 @@ def trim_media(src: str, dst: str, seconds: float, video: bool) -> str:
     only (16 kHz mono)."""
     cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-i", ffmpeg_path(src), "-t", f"{seconds}"]
     cmd += ["-an", "-c:v", "libx264", "-crf", "18"] if video else ["-vn", "-ac", "1", "-ar", str(SAMPLE_RATE)]
-    subprocess.run(cmd + [dst], check=True, capture_output=True)
+    subprocess.run(cmd + [ffmpeg_path(dst)], check=True, capture_output=True)
     return dst
