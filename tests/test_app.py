@@ -1283,7 +1283,8 @@ def test_browser_speech_from_a_video_file(server, page, clips, tmp_path):
     offered, the chosen one is the output's sound, and a speech file uploaded later replaces it."""
     _upload(page, server, clips["speech.wav"], video=clips["face.mp4"])
     page.locator("#speech-video input[type=file]").set_input_files(clips["dub.mkv"])
-    page.locator("#audio-track").wait_for(state="visible", timeout=90_000)  # a hang guard: probing the upload took over 30 s on a loaded CI machine
+    # a hang guard: probing the upload took over 30 s on a loaded CI machine
+    page.locator("#audio-track").wait_for(state="visible", timeout=90_000)
     assert page.locator("#audio-input [data-testid^=audio-player]").count() == 0  # one speech source at a time
     page.locator("#audio-track input").click()
     page.get_by_role("option", name="Track 2").click()
