@@ -421,7 +421,9 @@ def _stop_workers(pool: cf.ProcessPoolExecutor, busy, timeout: float = 10.0) -> 
     once; one still starting holds the signal until it could handle it) and kill them all once no video is in
     progress (``busy``, the count of workers processing one, is 0), or after ``timeout`` seconds. Without this,
     shutting the pool down would first process every queued video."""
-    processes = [p for p in (getattr(pool, "_processes", None) or {}).values() if p.is_alive()]
+    known = getattr(pool, "_processes", None) or {}  # the pool's own dict: its thread still updates it after shutdown
+    manager = getattr(pool, "_executor_manager_thread", None)
+    processes = [p for p in known.values() if p.is_alive()]
     # the pool's own thread cancels the queued videos (cancelling its futures from here broke that thread with an
     # InvalidStateError once a worker died, and the run then waited for the whole timeout)
     pool.shutdown(wait=False, cancel_futures=True)
@@ -442,6 +444,15 @@ def _stop_workers(pool: cf.ProcessPoolExecutor, busy, timeout: float = 10.0) -> 
         process.kill()
     for process in processes:
         process.join(timeout)
+    # the pool's thread ends once it has seen every worker go; a worker it knows of that was not among those above
+    # (clean-clone CI runs found one still starting after a stop, cause not found) is killed too, not left to run
+    # its imports to the end and hold up the program's exit
+    if manager is not None:
+        manager.join(timeout)
+    for process in list(known.values()):
+        if process.is_alive():
+            process.kill()
+            process.join(timeout)
 
 
 def _ray_engine():
