@@ -171,7 +171,9 @@ class LiveVideoSink:
     ``"mp4"``: fragmented MP4, H.264 (low-latency settings; libx264, or the GPU ``encoder`` such as ``"h264_nvenc"``
     where it can start) with the speech as AAC, playable while written.
     ``"raw"``: RGB24 frames back to back (the size is logged), no sound.
-    Use ``write_audio`` for the speech as it arrives and ``write`` for each frame; ``close`` completes the file.
+    Use ``write_audio`` for the speech as it arrives and ``write`` for each frame; ``close`` completes the file. The
+    speech of a frame must be written before the frame (as a live run has it): ffmpeg stops reading frames that run
+    ahead of the sound, and ``write`` would then wait for sound that never comes.
     ``sample_aspect`` and ``tag_colors``: the pixels' shape and whether to record the YUV matrix, as the offline
     writer ([`latentsync.media.video.VideoWriter`]) takes them from the input (``FrameSource``).
     """
