@@ -1288,6 +1288,10 @@ def test_browser_speech_from_a_video_file(server, page, clips, tmp_path):
     assert page.locator("#audio-input [data-testid^=audio-player]").count() == 0  # one speech source at a time
     page.locator("#audio-track input").click()
     page.get_by_role("option", name="Track 2").click()
+    # the menu shows the choice before the run starts (a loaded CI run once lip-synced to the first track)
+    from playwright.sync_api import expect  # the page fixture skips the test without playwright
+
+    expect(page.locator("#audio-track input")).to_have_value("Track 2", timeout=30_000)
     _choose_preset(page, "fast")
     status = _run_and_fetch(page, server, tmp_path / "out.mp4", "fast")
     assert status.startswith("Done"), status
