@@ -5,15 +5,20 @@
 # .whl/; the clip is cut from ../shared/data/demo1_*, whose face tracks are in benchmarks/data/). Then, through the
 # device tool, carrying .whl:              bash benchmarks/gpu_check.sh
 # Results also go to $OUT (default /tmp/gpu_check): denoiser.md, denoiser.log, e2e.log, extras.log, warps.log.
-# One part alone: bash benchmarks/gpu_check.sh denoiser|e2e|extras|warps (default: all, in that order).
+# Some parts only: bash benchmarks/gpu_check.sh [denoiser] [e2e] [warps] [extras] (default: all; always in that order;
+# each part gets its own time limit, cut to what is left of one 10-minute call).
 # The GPU machine's image has no PyAV and no MediaPipe: nothing here needs them (tests/test_imports.py checks that the
 # package and the 25 fps path run without PyAV). Before spending GPU time, rehearse the same commands on the CPU with
 # the tiny model and that image's package versions (about 5 minutes on 2 cores):
 #   DRY_RUN=cpu PYTHON=/path/to/venv/bin/python bash benchmarks/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PART=${1:-all}
-want() { [ "$PART" = all ] || [ "$PART" = "$1" ]; }
+PARTS=" ${*:-all} "
+want() { [ "$PARTS" = " all " ] || [[ "$PARTS" == *" $1 "* ]]; }
+# seconds for a part: its own cap, but no more than what is left of one call of CALL_S seconds (default 580, inside
+# the device tool's 10-minute limit) less what later parts keep
+CALL_S=${CALL_S:-580}
+budget() { local left=$(( (CALL_S * LIMIT) - SECONDS - $2 )); echo $(( left < $1 * LIMIT ? (left > 10 ? left : 10) : $1 * LIMIT )); }
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false
@@ -44,7 +49,7 @@ $PY -c "import torch, diffusers, transformers; print('torch', torch.__version__,
 if want denoiser; then
 echo; echo "### Denoiser: 20 DDIM steps with CFG, full-size U-Net (random weights), per 16-frame window"
 echo "(naive = 1 window per call, eager, bf16; compiled = torch.compile + fused GroupNorm + channels-last)"
-timeout $((300 * LIMIT)) $PY benchmarks/model_speed.py --throughput --device $DEV "${SIZE[@]}" "${STEPS[@]}" \
+timeout $(budget 330 $((150 * LIMIT))) $PY benchmarks/model_speed.py --throughput --device $DEV "${SIZE[@]}" "${STEPS[@]}" \
     --dtypes bf16 fp16 "${WIN[@]}" --modes eager compiled --compiled-dtypes bf16 --compiled-windows $CWIN --repeats 1 \
     --table "$OUT/denoiser.md" \
     2>&1 | tee "$OUT/denoiser.log" | grep -E '^(\||peak|device|attention)'
@@ -53,20 +58,20 @@ fi
 if want e2e; then
 echo; echo "### End to end: first 8 s of demo1 (1080x1920, 200 frames), 256 px, bf16, full-size random weights"
 echo "(face tracks replayed from benchmarks/data: MediaPipe is not installed on the GPU machine)"
-timeout $((260 * LIMIT)) $PY benchmarks/inference.py "${E2E_SIZE[@]}" "${E2E_STEPS[@]}" --device $DEV --dtype bf16 \
+timeout $(budget 260 $((25 * LIMIT))) $PY benchmarks/inference.py "${E2E_SIZE[@]}" "${E2E_STEPS[@]}" --device $DEV --dtype bf16 \
     --video "$VIDEO" --audio "$AUDIO" "${CUT[@]}" \
-    --face-tracks benchmarks/data/demo1_8s_face_tracks.npz --variants naive overlap+batch4+fused+compiled+warps overlap+batch4+fused+compiled+warps+nvdec \
+    --face-tracks benchmarks/data/demo1_8s_face_tracks.npz --variants naive overlap+batch4+fused+compiled+warps \
     overlap+batch4+fused+compiled+warps+nvdec+nvenc \
     2>&1 | tee "$OUT/e2e.log" | grep -v -E '^(W0000|I0000)'
 fi
 
-if want extras; then
-echo; echo "### Extras at 256 px, bf16, 4 windows per call: CUDA graphs and FP8 (drift: relative L2 of the latents)"
-timeout $((60 * LIMIT)) $PY benchmarks/model_speed.py --throughput --device $DEV "${SIZE1[@]}" \
-    "${STEPS[@]}" --dtypes bf16 --windows $CWIN --modes eager compiled-graphs fp8 --repeats 1 2>&1 | tee "$OUT/extras.log" | grep -E '^(\||peak)'
-fi
 if want warps; then
 echo; echo "### Alignment and paste-back: OpenCV (CPU) against batched torch warps (GPU), 16 frames of 1080x1920"
 timeout $((25 * LIMIT)) $PY benchmarks/warp_speed.py --device $DEV --video "$VIDEO" 2>&1 | tee "$OUT/warps.log" | grep -E '^(\||[0-9])'
+fi
+if want extras; then
+echo; echo "### Extras at 256 px, bf16, 4 windows per call: CUDA graphs and FP8 (drift: relative L2 of the latents)"
+timeout $(budget 60 0) $PY benchmarks/model_speed.py --throughput --device $DEV "${SIZE1[@]}" \
+    "${STEPS[@]}" --dtypes bf16 --windows $CWIN --modes eager compiled-graphs fp8 --repeats 1 2>&1 | tee "$OUT/extras.log" | grep -E '^(\||peak)'
 fi
 echo "done"

@@ -422,6 +422,11 @@ def main() -> None:
         for _ in range(args.repeats):
             for v in args.variants or DEFAULT_VARIANTS:
                 r = child(args, v)
+                # each variant's total at once: a run stopped by a time limit still leaves the finished ones
+                t = r["timings"]
+                print(f"{v}: {r['frames']} frames in {t['total']:.2f} s = {r['frames'] / t['total']:.2f} fps, denoise "
+                      f"{t.get('denoise', float('nan')):.2f} s, compile {t.get('compile (warm-up)', 0.0):.1f} s",
+                      flush=True)
                 if v not in runs or r["timings"]["total"] < runs[v]["timings"]["total"]:
                     runs[v] = r
         stage_table(runs)

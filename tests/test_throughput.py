@@ -163,6 +163,50 @@ def test_compiled_denoiser_gives_the_same_frames_without_recompiling(pipe, clip,
     assert np.array_equal(first.frames, second.frames)
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_compiled_unet_step_is_one_graph(pipe, fused):
+    """One graph per U-Net step, with no graph breaks: the fused norm's ``out=`` write and diffusers' dtype lookup
+    (a walk over the parameters) each split the graph once per layer, which on an H200 hit dynamo's recompile limit
+    and left most of the U-Net eager."""
+    from latentsync.models.compiled import CompiledUNetStep
+
+    unet = pipe.unet
+    unet.set_fused_norm(fused)
+    unet.to(memory_format=torch.channels_last if fused else torch.contiguous_format)
+    x, ctx = torch.randn(4, 13, 8, 8, 8), torch.randn(32, 50, 64)
+    mask = torch.ones(4, 8, dtype=torch.bool)
+    mask[2:, 5:] = False
+    step = CompiledUNetStep(unet, backend="eager")
+    try:
+        for frame_mask in (None, mask):
+            torch._dynamo.reset()
+            with torch.no_grad():
+                explained = torch._dynamo.explain(step._step)(x, torch.tensor(500), ctx, frame_mask)
+            reasons = [r.reason.splitlines()[0] for r in explained.break_reasons]
+            assert explained.graph_count == 1 and explained.graph_break_count == 0, reasons
+    finally:
+        torch._dynamo.reset()
+        unet.set_fused_norm(False)
+        unet.to(memory_format=torch.contiguous_format)
+
+
+def test_step_methods_record_no_gradients(pipe):
+    """The pipeline's steps, called one by one as in a hand-written loop, keep no autograd graph: the U-Net's weights
+    require gradients, and 20 steps of a full-size window then held every activation (out of memory on an H200)."""
+    assert pipe.unet.conv_in.weight.requires_grad
+    size = RESOLUTION // pipe.vae_scale_factor
+    generator = torch.Generator().manual_seed(0)
+    noise = pipe.prepare_latents(pipe.unet.dtype, torch.device("cpu"), generator)
+    faces = np.full((4, RESOLUTION, RESOLUTION, 3), 128, np.uint8)
+    condition = pipe.prepare_condition_latents(faces, generator)
+    assert condition.grad_fn is None and noise.grad_fn is None
+    ctx = torch.randn(4, 50, pipe.unet.config.cross_attention_dim)
+    latents = pipe.denoise(noise, condition, ctx, 2, 1.5)
+    assert latents.shape[-2:] == (size, size)
+    assert latents.grad_fn is None and not latents.requires_grad
+    assert pipe.encode_audio(np.zeros(16000, np.float32)).grad_fn is None
+
+
 def test_cuda_graphs_and_fp8_need_a_gpu(pipe):
     if torch.cuda.is_available():
         pytest.skip("checks the error on machines without a GPU")

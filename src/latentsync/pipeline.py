@@ -426,6 +426,7 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
                                        f"{self._callback_tensor_inputs}")
         return checked
 
+    @torch.no_grad()
     def encode_audio(
         self,
         audio: np.ndarray,
@@ -584,6 +585,7 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         size = self.config.resolution // self.vae_scale_factor
         return (1, self.unet.config.out_channels, 1, size, size)
 
+    @torch.no_grad()
     def prepare_latents(
         self,
         dtype: torch.dtype,
@@ -668,6 +670,7 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         masked = torch.stack([m.to(device) for _, m in pairs])
         return ref, masked
 
+    @torch.no_grad()
     def prepare_condition_latents(
         self,
         faces: np.ndarray,
@@ -702,6 +705,7 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
             return condition_latents, context
         return torch.cat([condition_latents, condition_latents]), torch.cat([torch.zeros_like(context), context])
 
+    @torch.no_grad()
     def denoise(
         self,
         latents: torch.Tensor,
@@ -773,6 +777,7 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
                     cond, context = self._guided_inputs(condition_latents, audio_embeds, guidance_scale)
         return latents
 
+    @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor) -> np.ndarray:
         """Faces ``(f, R, R, 3)`` uint8 from a window's final latents ``(1, C, f, h, w)``."""
         return pixels_to_frames(self._vae_decode(latents[0].permute(1, 0, 2, 3)))

@@ -84,7 +84,9 @@ def pooled_group_norm(x: torch.Tensor, frames: int, num_groups: int, weight: tor
         scale, shift = scale * weight.float(), shift * weight.float() + bias.float()
     scale = scale.expand(clips, frames, c).reshape(bf, c, 1, 1)
     shift = shift.expand(clips, frames, c).reshape(bf, c, 1, 1)
-    if torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad):  # out= does not record gradients
+    # out= (x's dtype and memory format, no fp32 copy) records no gradients and breaks torch.compile's graph, whose
+    # fused kernel needs no copy anyway
+    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and (x.requires_grad or scale.requires_grad)):
         return torch.addcmul(shift, x, scale).to(x.dtype)
     return torch.addcmul(shift, x, scale, out=torch.empty_like(x))
 
@@ -220,8 +222,10 @@ class LatentSyncUNet(UNetMotionModel):
     @property
     def dtype(self) -> torch.dtype:
         """The parameters' dtype, as ``ModelMixin.dtype``; inside [`pinned_dtype`] the one looked up on entry."""
+        if torch.compiler.is_compiling():  # diffusers' walk over the parameters breaks torch.compile's graph
+            return self.conv_in.weight.dtype
         pinned = self.__dict__.get("_pinned_dtype")
-        if pinned is not None and not torch.compiler.is_compiling():
+        if pinned is not None:
             return pinned
         return ModelMixin.dtype.fget(self)
 
