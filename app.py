@@ -269,7 +269,8 @@ class LipSyncService:
         self._in_flight = 0  # requests being generated, here or in a GPU worker process
         self._running: LipSyncRequest | None = None  # the request this process is generating now
         self._stopping = threading.Event()  # set by stop(): no new run starts, a running one stops at its next step
-        # the same for a run in another process (ZeroGPU's GPU worker), which cannot see the event
+        # the same for a run in another process (ZeroGPU's GPU worker), which cannot see the event; the event stays
+        # too, because the file goes with the work folder when the app closes, and "stopping" must outlast that
         self._app_stop = StopFlag(str(self.work_dir / "stopping"))
         self._app_stop.clear()  # left by an earlier app that used the same work folder: it would stop every run
         generate = self._generate
@@ -864,6 +865,14 @@ def build_error_demo(model: str, reason: str) -> gr.Blocks:
     return demo
 
 
+def clear_other_slot(new: str | None, other: str | None) -> Any:
+    """One speech source at a time: the other speech slot's new value (None: cleared) after a file came into one slot,
+    judged on the page as it was when the file came. With the other slot empty then, nothing is cleared: under load
+    this answer can arrive after the visitor has already put a file into the other slot, and clearing it then threw
+    that newer file away (seen in a browser run: a speech file uploaded, then a video's speech, which vanished)."""
+    return None if new and other else gr.skip()
+
+
 def build_demo(config: AppConfig | None = None) -> gr.Blocks:
     """Load the model and build the Blocks app (queued: one generation at a time, at most ``queue_size`` waiting).
     When the model cannot be loaded: the error page, and the reason in the log."""
@@ -962,9 +971,9 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                           api_visibility="undocumented")
         # one speech source at a time: a video's speech replaces the speech slot's file, and a speech file (or an
         # example, or a recording) replaces the video's
-        speech_video.upload(lambda _: None, inputs=speech_video, outputs=audio_in, queue=False,
+        speech_video.upload(clear_other_slot, inputs=[speech_video, audio_in], outputs=audio_in, queue=False,
                             api_visibility="private")
-        audio_in.change(lambda a: None if a else gr.skip(), inputs=audio_in, outputs=speech_video, queue=False,
+        audio_in.change(clear_other_slot, inputs=[audio_in, speech_video], outputs=speech_video, queue=False,
                         api_visibility="private")
         speech_video.change(lambda f: f, inputs=speech_video, outputs=speech_from_video, queue=False,
                             api_visibility="private")

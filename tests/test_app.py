@@ -500,6 +500,25 @@ def test_switching_speech_slots_answers_for_the_new_file(app_module, clips):
             fn.inputs, (None, None, None, "fast", 0, 1.5, None), strict=True)])
 
 
+def test_a_late_answer_does_not_clear_a_newer_speech_file(app_module, clips):
+    """A speech file uploaded, then at once a video's speech: the speech file's "clear the other slot" answer, late
+    under load, cleared the video that came after it (a browser run waited 90 s for that video's track menu). A slot
+    is cleared only when it held a file as the new one came."""
+    demo = app_module.demo
+    blocks = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
+    audio_in, speech_video = blocks["audio-input"], blocks["speech-video"]
+    clearers = {(fn.targets[0][0], fn.targets[0][1]): fn for fn in demo.fns.values()
+                if getattr(fn.fn, "__name__", "") == "clear_other_slot"}
+    for (source, event), other in (((audio_in._id, "change"), speech_video),
+                                   ((speech_video._id, "upload"), audio_in)):
+        fn = clearers[source, event]
+        assert fn.outputs == [other]
+        new = clips["speech.wav"] if source == audio_in._id else clips["dub.mkv"]
+        assert fn.fn(new, None) == app_module.gr.skip()  # the other slot was empty: a newer file may be there now
+        assert fn.fn(new, clips["dub.mkv"]) is None  # both held a file: the newer one clears the other
+        assert fn.fn(None, clips["dub.mkv"]) == app_module.gr.skip()  # a cleared slot clears nothing
+
+
 def test_face_number_error_uses_visitor_words(app_module, clips):
     message = _error_message(app_module.demo.service, clips["face.mp4"], clips["speech_short.wav"], "fast", "9")
     assert message == "There is no face 9 in face.mp4: it has 1 face (number 0); pick one from the face menu.", message
@@ -1084,8 +1103,37 @@ def _open(page, server: str) -> None:
     page.locator("#run-button").wait_for(timeout=60_000)
 
 
-def _upload(page, server: str, audio: str, video: str | None = None, photo: str | None = None) -> None:
+def _track_requests(page) -> set:
+    """The page's requests to the app's API still waiting for their answer (long-lived streams left out)."""
+    pending = set()
+
+    def start(request) -> None:
+        if "/gradio_api/" in request.url and not any(k in request.url for k in ("heartbeat", "queue/data", "stream")):
+            pending.add(request)
+
+    def end(request) -> None:
+        pending.discard(request)
+
+    page.on("request", start)
+    page.on("requestfinished", end)
+    page.on("requestfailed", end)
+    return pending
+
+
+def _settle(page, pending: set, timeout: float = 90.0) -> None:
+    """Wait until the page's events have all been answered: the answers of the events of an upload can arrive after
+    the next upload under load, and then answer for the earlier file."""
+    deadline = time.monotonic() + timeout
+    while pending and time.monotonic() < deadline:
+        page.wait_for_timeout(100)
+    assert not pending, f"the app did not answer {sorted(r.url for r in pending)} within {timeout:g} s"
+
+
+def _upload(page, server: str, audio: str, video: str | None = None, photo: str | None = None) -> set:
+    """Open the page, upload the inputs, and wait for the app's answers to the uploads; returns the page's pending
+    requests (see [`_settle`])."""
     _open(page, server)
+    pending = _track_requests(page)
     if video:
         page.locator("#video-input input[type=file]").set_input_files(video)
         page.locator("#video-input video").wait_for(state="attached", timeout=30_000)  # uploaded: preview shown
@@ -1095,6 +1143,8 @@ def _upload(page, server: str, audio: str, video: str | None = None, photo: str 
         page.locator("#photo-input img").wait_for(state="attached", timeout=30_000)
     page.locator("#audio-input input[type=file]").set_input_files(audio)
     page.locator("#audio-input [data-testid^=audio-player]").wait_for(state="attached", timeout=30_000)
+    _settle(page, pending)
+    return pending
 
 
 def _run_and_fetch(page, server: str, path: Path, preset: str, timeout: float = 240_000) -> str:
@@ -1281,17 +1331,19 @@ def test_browser_speech_from_a_video_file(server, page, clips, tmp_path):
     the Speech slot refused it ("Invalid file type: dub.mkv. Only audio/aac, ... allowed"), so the page could not
     lip-sync to a video's sound nor choose among its tracks. Now a file slot beside it takes a video; its tracks are
     offered, the chosen one is the output's sound, and a speech file uploaded later replaces it."""
-    _upload(page, server, clips["speech.wav"], video=clips["face.mp4"])
+    # _upload waits for the speech file's own answers: one that came after the video's speech once hid the video's
+    # track menu (the visitor's choice of track then lost: a loaded CI run lip-synced to the first track)
+    pending = _upload(page, server, clips["speech.wav"], video=clips["face.mp4"])
     page.locator("#speech-video input[type=file]").set_input_files(clips["dub.mkv"])
-    # a hang guard: probing the upload took over 30 s on a loaded CI machine
     page.locator("#audio-track").wait_for(state="visible", timeout=90_000)
     assert page.locator("#audio-input [data-testid^=audio-player]").count() == 0  # one speech source at a time
+    _settle(page, pending)
     page.locator("#audio-track input").click()
     page.get_by_role("option", name="Track 2").click()
-    # the menu shows the choice before the run starts (a loaded CI run once lip-synced to the first track)
     from playwright.sync_api import expect  # the page fixture skips the test without playwright
 
     expect(page.locator("#audio-track input")).to_have_value("Track 2", timeout=30_000)
+    _settle(page, pending)
     _choose_preset(page, "fast")
     status = _run_and_fetch(page, server, tmp_path / "out.mp4", "fast")
     assert status.startswith("Done"), status
