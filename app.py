@@ -977,17 +977,16 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                         api_visibility="private")
         speech_video.change(lambda f: f, inputs=speech_video, outputs=speech_from_video, queue=False,
                             api_visibility="private")
-        # while one slot clears the other, both hold a file for a moment, and the two events' answers may arrive in
-        # either order: each event reads the slot that changed first, so that both answers are the new file's
-        for source, other in ((audio_in, speech_video), (speech_video, audio_in)):
-            source.change(service.audio_tracks, inputs=[source, audio_track, other], outputs=audio_track,
-                          queue=False, api_visibility="undocumented")
-            source.change(service.estimate, inputs=[video_in, photo_in, source, preset, steps, guidance, other],
-                          outputs=estimate, queue=False, api_visibility="private")
-        for control in (video_in, photo_in, preset, steps, guidance):
-            control.change(service.estimate, inputs=[video_in, photo_in, audio_in, preset, steps, guidance,
-                                                     speech_video],
-                           outputs=estimate, queue=False, api_visibility="private")
+        # the track menu and the expected time each answer every change through one event, whose next call the page
+        # holds back until the answer in flight has come ("always_last"): as separate events, the answer for a file
+        # could arrive after the next file's (under load, or when one slot clears the other) and show its menu
+        gr.on([audio_in.change, speech_video.change], service.audio_tracks,
+              inputs=[audio_in, audio_track, speech_video], outputs=audio_track, queue=False,
+              trigger_mode="always_last", api_visibility="undocumented")
+        estimate_inputs = [video_in, photo_in, audio_in, preset, steps, guidance, speech_video]
+        gr.on([c.change for c in (video_in, photo_in, audio_in, speech_video, preset, steps, guidance)],
+              service.estimate, inputs=estimate_inputs, outputs=estimate, queue=False, trigger_mode="always_last",
+              api_visibility="private")
         # the checks run first, at once (their own concurrency group, never behind a generation; queued so that
         # the page shows their refusals), and only a request that passes them joins the line for the model
         checked = run.click(service.precheck, inputs=page_inputs, outputs=status, concurrency_limit=None,
@@ -997,8 +996,7 @@ def build_demo(config: AppConfig | None = None) -> gr.Blocks:
                                   api_name="lipsync", concurrency_limit=1)
         lipsync.then(lambda: gr.Button(visible=False), outputs=stop, queue=False, api_visibility="private")
         # each run corrects the estimate: the line shows the corrected one (it kept the one from before the run)
-        lipsync.then(service.estimate, inputs=[video_in, photo_in, audio_in, preset, steps, guidance, speech_video],
-                     outputs=estimate, queue=False, api_visibility="private")
+        lipsync.then(service.estimate, inputs=estimate_inputs, outputs=estimate, queue=False, api_visibility="private")
         stop.click(service.visitor_stopped, outputs=status, queue=False, api_visibility="private")
         demo.unload(service.visitor_left)
         # the live tab runs DDIM with the fast preset's number of steps: each window must keep up with speech

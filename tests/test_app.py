@@ -476,28 +476,34 @@ def test_speech_track_choice(app_module, clips, tmp_path):
 
 
 def test_switching_speech_slots_answers_for_the_new_file(app_module, clips):
-    """Uploading into one speech slot clears the other, so both hold a file for a moment, and the events of the two
-    slots may answer in either order. The speech-track menu read the speech file first in both: a video's speech
-    uploaded over a speech file could end with the menu (and the expected time) of the speech file that was just
-    cleared (seen in a full browser run: the menu of the video's two tracks never appeared)."""
+    """Uploading into one speech slot clears the other, and under load an answer can come after the next upload's:
+    as one event per slot, the speech-track menu and the expected time could end showing the file just cleared
+    (seen in browser runs: the menu of a video's two tracks never appeared, or a late answer reset the visitor's
+    track). Each is now one event for every change, whose next call the page holds back until the answer in
+    flight has come, so the last answer is for the page as it is now."""
     demo = app_module.demo
     blocks = {getattr(b, "elem_id", None): b for b in demo.blocks.values()}
     audio_in, speech_video = blocks["audio-input"], blocks["speech-video"]
     track_menu = blocks["audio-track"]
-    handlers = {(target[0], fn.fn.__name__): fn for fn in demo.fns.values() for target in fn.targets
-                if target[1] == "change" and fn.fn is not None
-                and getattr(fn.fn, "__name__", "") in ("audio_tracks", "estimate")}
-    # the moment after a video's speech was uploaded over a speech file, and the reverse
-    for changed, values, visible in ((speech_video, {audio_in: clips["speech.wav"], speech_video: clips["dub.mkv"]},
-                                      True),
-                                     (audio_in, {audio_in: clips["speech.wav"], speech_video: clips["dub.mkv"]},
-                                      False)):
-        fn = handlers[changed._id, "audio_tracks"]
-        menu = fn.fn(*[values.get(c, "auto") if c is not track_menu else "auto" for c in fn.inputs])
-        assert menu.visible is visible, changed.elem_id
-        fn = handlers[changed._id, "estimate"]
-        assert "for 1.0 s of output" in fn.fn(*[values.get(c, v) for c, v in zip(
-            fn.inputs, (None, None, None, "fast", 0, 1.5, None), strict=True)])
+    events = {}
+    for fn in demo.fns.values():
+        name = getattr(fn.fn, "__name__", "")
+        if name in ("audio_tracks", "estimate") and (audio_in._id, "change") in fn.targets:
+            events.setdefault(name, []).append(fn)
+    assert sorted(events) == ["audio_tracks", "estimate"]
+    for name, fns in events.items():
+        assert len(fns) == 1, f"{name}: one event for both speech slots"
+        fn = fns[0]
+        assert (speech_video._id, "change") in fn.targets and fn.trigger_mode == "always_last", name
+    menu_fn, estimate_fn = events["audio_tracks"][0], events["estimate"][0]
+    # the page after a video's speech was uploaded over a speech file, and after the reverse
+    for values, visible in (({audio_in: None, speech_video: clips["dub.mkv"]}, True),
+                            ({audio_in: clips["speech.wav"], speech_video: None}, False)):
+        menu = menu_fn.fn(*[values.get(c) if c is not track_menu else "auto" for c in menu_fn.inputs])
+        assert menu.visible is visible
+        defaults = (None, None, None, "fast", 0, 1.5, None)  # video, photo, speech, preset, steps, guidance, video's
+        assert "for 1.0 s of output" in estimate_fn.fn(*[values.get(c, v) for c, v in zip(
+            estimate_fn.inputs, defaults, strict=True)])
 
 
 def test_a_late_answer_does_not_clear_a_newer_speech_file(app_module, clips):
