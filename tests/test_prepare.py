@@ -429,6 +429,33 @@ def test_prepare_refuses_an_output_inside_its_input(tmp_path, caplog, monkeypatc
     assert sorted(os.listdir(raw)) == ["talk.mp4"] and not (tmp_path / "out").exists()
 
 
+def test_prepare_refuses_an_output_folder_it_cannot_write(tmp_path, caplog, monkeypatch):
+    """An output folder that cannot be written (read-only, or missing under a read-only folder), or whose path runs
+    through a file: one line naming it, before any video is read (the run used to end in a PermissionError or
+    NotADirectoryError traceback, after probing the input)."""
+    from latentsync.commands import main
+    from latentsync.data.prepare import run
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "talk.mp4").write_bytes(b"not decoded: the checks come first")
+    (tmp_path / "a_file").write_bytes(b"x")
+    monkeypatch.setattr(run, "_prepare", lambda *a, **k: pytest.fail("prepare started"))
+    blocked = f"cannot create the output folder {tmp_path / 'a_file' / 'out'}: {tmp_path / 'a_file'} is a file"
+    cases = [(tmp_path / "a_file" / "out", blocked)]
+    if os.path.isdir("/proc"):  # not writable even by root
+        cases.append(("/proc/prepared", "cannot write the output folder /proc/prepared: /proc is not writable ("))
+    if os.geteuid() != 0:  # root writes a read-only folder
+        (tmp_path / "read_only").mkdir(mode=0o555)
+        cases.append((tmp_path / "read_only", f"{tmp_path / 'read_only'} is not writable (Permission denied)"))
+    for out, message in cases:
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="latentsync"):
+            assert main(["prepare", str(raw), str(out), "--no-sync"]) == 2
+        assert message in caplog.text, caplog.text
+    assert sorted(os.listdir(tmp_path)) == ["a_file", "raw", *(["read_only"] if os.geteuid() != 0 else [])]
+
+
 def test_prepare_refuses_an_output_folder_that_holds_other_files(tmp_path, caplog, monkeypatch):
     """An existing output folder with files of its own and no earlier prepare run in it (``prepare_config.json``) is
     refused in one line before anything is written: the run used to delete its ``dataset/`` folder (replaced by the
