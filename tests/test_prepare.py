@@ -802,6 +802,28 @@ def test_a_replaced_source_video_is_processed_again(short_raw, tmp_path):
     assert P.prepare_dataset(str(raw), str(out), cfg).clips == 1 and state.stat().st_mtime_ns == before  # unchanged
 
 
+def test_file_names_that_are_not_utf8_are_processed(short_raw, tmp_path):
+    """Source videos whose names are not valid UTF-8 (an old archive's Latin-1 names): processed, the name shown
+    with U+FFFD for its odd bytes in the dataset, summaries and CSV files, and resumed. The run used to end in a
+    UnicodeEncodeError traceback before any video was read."""
+    import csv
+
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    raw.mkdir()
+    talk, broken = os.fsdecode(b"caf\xe9 take.mp4"), os.fsdecode(b"broken \xff.mp4")
+    shutil.copy(short_raw / "demo1.mp4", raw / talk)
+    (raw / broken).write_bytes(b"not a video")
+    cfg = P.PrepareConfig(min_seconds=0.6, max_seconds=1.2, sync=False, quality="sharpness", quality_threshold=0.0)
+    summary = P.prepare_dataset(str(raw), str(out), cfg)
+    assert summary.clips == 1 and P.load_prepared(str(out))["source"] == ["caf\ufffd take.mp4"]
+    [row] = summary.dropped_videos
+    assert row["source"] == "broken \ufffd.mp4" and row["detail"].startswith("cannot read video ")
+    assert "\ufffd" in row["detail"] and "| broken \ufffd.mp4 | unreadable |" in (out / "summary.md").read_text("utf-8")
+    with open(out / "dropped_videos.csv", encoding="utf-8") as fh:
+        assert [r["source"] for r in csv.DictReader(fh)] == ["broken \ufffd.mp4"]
+    assert P.prepare_dataset(str(raw), str(out), cfg).clips == 1  # resumed from its state
+
+
 def test_source_seconds_count_the_videos_dropped_whole(tmp_path):
     """A mute video's length is in the summary's source seconds as in its ``no_audio`` seconds, so that kept and
     dropped seconds add up to the source (the header left it out: "1 source videos (0.0 s)" next to "no_audio 1

@@ -65,9 +65,17 @@ def shifted_audio(audio: np.ndarray, start: int, end: int, offset: int) -> np.nd
 
 
 def video_key(relpath: str) -> str:
-    """Stable file-system-safe key of a source video (its name plus a hash of its relative path)."""
+    """Stable file-system-safe key of a source video (its name plus a hash of its relative path, as the file
+    system's bytes: a name that is not valid UTF-8 has one too)."""
     stem = re.sub(r"[^A-Za-z0-9_-]+", "_", os.path.splitext(os.path.basename(relpath))[0])[:60] or "video"
-    return f"{stem}-{hashlib.sha1(relpath.encode()).hexdigest()[:8]}"
+    return f"{stem}-{hashlib.sha1(relpath.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
+
+
+def source_text(text: str) -> str:
+    """``text`` (a source video's relative path, or a message that names it) as the records, summaries, CSV files
+    and dataset hold it: the bytes of a file name that are not valid UTF-8 (an old archive's Latin-1 names; Python
+    holds them as lone surrogates, which no UTF-8 file or Arrow string can take) become U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 class InputFiles(NamedTuple):

@@ -36,7 +36,7 @@ from .config import (DROP_REASONS, DROPPED_CLIP_COLUMNS, DROPPED_VIDEO_COLUMNS, 
                      PrepareConfig, PrepareSummary, check_datasets_installed, check_folders, check_parallelism,
                      drop_amount)
 from .dataset import build_prepared_dataset
-from .planning import scan_input, video_key
+from .planning import scan_input, source_text, video_key
 from .process import failed_record, fresh_clips_dir, process_video, source_fingerprint, sync_threshold
 from .sync import SyncChecker, load_sync_checker
 
@@ -366,9 +366,9 @@ def _prepare(input_dir: str, output_dir: str, config: PrepareConfig, device: str
 
 def duplicate_record(relpath: str, same: str) -> dict:
     """The record of a path that is another video of the folder under a second name (not processed, no state)."""
-    return {"source": relpath, "status": "dropped", "frames": 0, "clips": [],
+    return {"source": source_text(relpath), "status": "dropped", "frames": 0, "clips": [],
             "dropped": {"duplicate": {"count": 1, "seconds": 0.0}},
-            "error": f"the same file as {same}, which is processed instead"}
+            "error": source_text(f"the same file as {same}, which is processed instead")}
 
 
 def _run_local(jobs: list[VideoJob], config: PrepareConfig, device: str, models: StageModels,
@@ -492,23 +492,23 @@ def _dropped_video(relpath: str, record: dict) -> dict | None:
     the file's error, else the reason that took most of it with what each reason took."""
     if record["clips"]:
         return None
-    dropped = record.get("dropped", {})
+    source, dropped = source_text(relpath), record.get("dropped", {})
     seconds = round(sum(d["seconds"] for d in dropped.values()), 2)
     whole = [reason for reason in VIDEO_REASONS if reason in dropped]
     if whole:
-        lines = [line.strip() for line in str(record.get("error", "")).splitlines() if line.strip()]
+        lines = [line.strip() for line in source_text(str(record.get("error", ""))).splitlines() if line.strip()]
         detail = lines[-1] if lines else DROP_REASONS[whole[0]]
         if record.get("status") == "failed":
             state = f"work/state/{record.get('key', video_key(relpath))}.json"
             detail += f" (traceback in {state}; --retry-failed redoes it)"
         elif record.get("status") == "crashed":
             detail = f"its worker process died ({detail}); the next run redoes it"
-        return {"source": relpath, "reason": whole[0], "seconds": seconds, "detail": detail}
+        return {"source": source, "reason": whole[0], "seconds": seconds, "detail": detail}
     if not dropped:
-        return {"source": relpath, "reason": "unreadable", "seconds": 0.0, "detail": "no video frame was decoded"}
+        return {"source": source, "reason": "unreadable", "seconds": 0.0, "detail": "no video frame was decoded"}
     ranked = sorted(dropped.items(), key=lambda kv: -kv[1]["seconds"])
     detail = ", ".join(f"{reason} {drop_amount(reason, d)}" for reason, d in ranked)
-    return {"source": relpath, "reason": ranked[0][0], "seconds": seconds, "detail": detail}
+    return {"source": source, "reason": ranked[0][0], "seconds": seconds, "detail": detail}
 
 
 def _no_clips_message(output_dir: str, summary: PrepareSummary) -> str:
@@ -542,11 +542,11 @@ def _summarise(videos: list[str], results: dict) -> PrepareSummary:
         s.source_seconds += r.get("frames", 0) / FPS
         s.clips += len(r["clips"])
         s.clip_seconds += sum(c["num_frames"] for c in r["clips"]) / FPS
-        s.dropped_clips += [{"source": rel, **c} for c in r.get("dropped_clips", [])]
+        s.dropped_clips += [{"source": source_text(rel), **c} for c in r.get("dropped_clips", [])]
         if (row := _dropped_video(rel, r)) is not None:
             s.dropped_videos.append(row)
         if "audio_track" in r:
-            s.audio_tracks.append({"source": rel, **r["audio_track"]})
+            s.audio_tracks.append({"source": source_text(rel), **r["audio_track"]})
         for reason, d in r.get("dropped", {}).items():
             agg = s.dropped.setdefault(reason, {"count": 0, "seconds": 0.0})
             agg["count"] += d["count"]
