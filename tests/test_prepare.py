@@ -824,6 +824,27 @@ def test_file_names_that_are_not_utf8_are_processed(short_raw, tmp_path):
     assert P.prepare_dataset(str(raw), str(out), cfg).clips == 1  # resumed from its state
 
 
+def test_a_folder_that_cannot_be_read_is_named_in_the_log(tmp_path, monkeypatch, caplog):
+    """A sub-folder of the input that cannot be listed (no permission): a warning names it and says its videos are
+    not read; it was skipped without a word."""
+    from latentsync.data.prepare.planning import scan_input
+
+    raw = tmp_path / "raw"
+    (raw / "locked").mkdir(parents=True)
+    (raw / "talk.mp4").write_bytes(b"x")
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with caplog.at_level(logging.WARNING, logger="latentsync"):
+        assert scan_input(str(raw)).videos == ["talk.mp4"]
+    assert f"cannot read the folder {raw / 'locked'} (Permission denied): its videos are not read" in caplog.text
+
+
 def test_source_seconds_count_the_videos_dropped_whole(tmp_path):
     """A mute video's length is in the summary's source seconds as in its ``no_audio`` seconds, so that kept and
     dropped seconds add up to the source (the header left it out: "1 source videos (0.0 s)" next to "no_audio 1
