@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -843,6 +844,53 @@ def test_a_folder_that_cannot_be_read_is_named_in_the_log(tmp_path, monkeypatch,
     with caplog.at_level(logging.WARNING, logger="latentsync"):
         assert scan_input(str(raw)).videos == ["talk.mp4"]
     assert f"cannot read the folder {raw / 'locked'} (Permission denied): its videos are not read" in caplog.text
+
+
+def test_a_full_disk_stops_the_run_in_one_line_and_leaves_no_partial_dataset(short_raw, tmp_path, monkeypatch, caplog):
+    """The disk fills up while the dataset is written: one line naming the output folder and the reason, exit
+    status 2, no half-written dataset (nor its cache) left, the finished videos kept; it was a DatasetGenerationError
+    traceback. While a video's clips are written: the run stops there (it went on failing every video, each then
+    recorded as failed, and redone only with --retry-failed); the video has no state, and the next run redoes it."""
+    import errno
+
+    import datasets
+
+    from latentsync.commands import main
+    from latentsync.data.prepare import run
+    from latentsync.errors import InvalidOutputError
+
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    raw.mkdir()
+    shutil.copy(short_raw / "demo1.mp4", raw / "talk.mp4")
+    args = ["prepare", str(raw), str(out), "--no-sync", "--min-seconds", "0.6", "--max-seconds", "1.2",
+            "--quality", "sharpness", "--quality-threshold", "0"]
+
+    def full(self, path, *a, **k):
+        os.makedirs(path, exist_ok=True)
+        (Path(path) / "data-00000-of-00001.arrow").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(datasets.Dataset, "save_to_disk", full)
+    with caplog.at_level(logging.ERROR, logger="latentsync"):
+        assert main(args) == 2
+    assert f"could not write to the output folder {out}: No space left on device; make room" in caplog.text
+    assert sorted(os.listdir(out)) == ["prepare_config.json", "work"]
+    assert sorted(os.listdir(out / "work")) == ["clips", "filters.json", "state"]
+    assert len(list((out / "work" / "state").glob("talk-*.json"))) == 1
+
+    (raw / "second.mp4").write_bytes(b"not a video")
+    written = "cannot write work/clips/second/second_0000.mp4: Error closing file: No space left on device"
+    monkeypatch.setattr(run, "process_video", lambda *a, **k: (_ for _ in ()).throw(InvalidOutputError(written)))
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="latentsync"):
+        assert main(args) == 2
+    assert f"could not write to the output folder {out} ({out / 'work' / 'clips'}" in caplog.text
+    assert "No space left on device" in caplog.text and "failed on" not in caplog.text
+    assert list((out / "work" / "state").glob("second-*.json")) == []  # not recorded as failed
+    monkeypatch.undo()
+    assert main(args) == 0  # room again: the video is processed (without --retry-failed), the dataset written
+    assert json.loads(next((out / "work" / "state").glob("second-*.json")).read_text())["status"] == "dropped"
+    assert P.load_prepared(str(out)).num_rows == 1
 
 
 def test_source_seconds_count_the_videos_dropped_whole(tmp_path):
