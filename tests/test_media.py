@@ -812,6 +812,31 @@ def test_the_probe_reports_the_hdr_transfer(hdr_clips, tmp_path):
     assert probe_hdr(clip) == "hlg" and probe_hdr(tmp_path / "missing.mp4") is None
 
 
+def test_a_file_rewritten_in_place_with_its_old_size_and_time_is_probed_again(hdr_clips, tmp_path):
+    """A clip rewritten in place with other content of the same size, its modification time then put back (as
+    ``os.utime``, ``touch -r``, ``rsync --times`` or ``cp -p`` do): the probes remembered per file version (the full
+    one, the HDR one and the speech track's) read the new content; they returned the old file's answers."""
+    from latentsync.media.probe import probe_hdr
+
+    other = write_video(tmp_path / "other.mp4", [_gradient(i) for i in range(10)], audio=np.zeros(SAMPLE_RATE // 2))
+    old, new = hdr_clips["hlg"].read_bytes(), other.read_bytes()
+    size = max(len(old), len(new))  # zeros after an MP4's last box are ignored
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(old.ljust(size, b"\0"))
+    before = clip.stat()
+    info = probe_video(clip)
+    assert (info.width, info.hdr, info.has_audio) == (64, "hlg", False)
+    assert probe_hdr(clip) == "hlg" and speech_track(clip).tracks == 0
+    with open(clip, "r+b") as fh:  # the same file (inode), other bytes
+        fh.write(new.ljust(size, b"\0"))
+    os.utime(clip, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = clip.stat()
+    assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
+    info = probe_video(clip)
+    assert (info.width, info.hdr, info.has_audio) == (32, None, True)
+    assert probe_hdr(clip) is None and speech_track(clip).tracks == 1
+
+
 @pytest.mark.parametrize("name", ["hlg", "pq", "hlg_trc_only"])
 def test_hdr_frames_are_tone_mapped_by_both_readers(hdr_clips, name, caplog):
     """HDR frames come out as the reference chain tone-maps them to SDR BT.709, from the 25 fps reader and the

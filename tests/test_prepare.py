@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -429,6 +430,33 @@ def test_prepare_refuses_an_output_inside_its_input(tmp_path, caplog, monkeypatc
     assert sorted(os.listdir(raw)) == ["talk.mp4"] and not (tmp_path / "out").exists()
 
 
+def test_prepare_refuses_an_output_folder_it_cannot_write(tmp_path, caplog, monkeypatch):
+    """An output folder that cannot be written (read-only, or missing under a read-only folder), or whose path runs
+    through a file: one line naming it, before any video is read (the run used to end in a PermissionError or
+    NotADirectoryError traceback, after probing the input)."""
+    from latentsync.commands import main
+    from latentsync.data.prepare import run
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "talk.mp4").write_bytes(b"not decoded: the checks come first")
+    (tmp_path / "a_file").write_bytes(b"x")
+    monkeypatch.setattr(run, "_prepare", lambda *a, **k: pytest.fail("prepare started"))
+    blocked = f"cannot create the output folder {tmp_path / 'a_file' / 'out'}: {tmp_path / 'a_file'} is a file"
+    cases = [(tmp_path / "a_file" / "out", blocked)]
+    if os.path.isdir("/proc"):  # not writable even by root
+        cases.append(("/proc/prepared", "cannot write the output folder /proc/prepared: /proc is not writable ("))
+    if os.geteuid() != 0:  # root writes a read-only folder
+        (tmp_path / "read_only").mkdir(mode=0o555)
+        cases.append((tmp_path / "read_only", f"{tmp_path / 'read_only'} is not writable (Permission denied)"))
+    for out, message in cases:
+        caplog.clear()
+        with caplog.at_level(logging.ERROR, logger="latentsync"):
+            assert main(["prepare", str(raw), str(out), "--no-sync"]) == 2
+        assert message in caplog.text, caplog.text
+    assert sorted(os.listdir(tmp_path)) == ["a_file", "raw", *(["read_only"] if os.geteuid() != 0 else [])]
+
+
 def test_prepare_refuses_an_output_folder_that_holds_other_files(tmp_path, caplog, monkeypatch):
     """An existing output folder with files of its own and no earlier prepare run in it (``prepare_config.json``) is
     refused in one line before anything is written: the run used to delete its ``dataset/`` folder (replaced by the
@@ -773,6 +801,96 @@ def test_a_replaced_source_video_is_processed_again(short_raw, tmp_path):
     state = next((out / "work" / "state").glob("talk-*.json"))
     before = state.stat().st_mtime_ns
     assert P.prepare_dataset(str(raw), str(out), cfg).clips == 1 and state.stat().st_mtime_ns == before  # unchanged
+
+
+def test_file_names_that_are_not_utf8_are_processed(short_raw, tmp_path):
+    """Source videos whose names are not valid UTF-8 (an old archive's Latin-1 names): processed, the name shown
+    with U+FFFD for its odd bytes in the dataset, summaries and CSV files, and resumed. The run used to end in a
+    UnicodeEncodeError traceback before any video was read."""
+    import csv
+
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    raw.mkdir()
+    talk, broken = os.fsdecode(b"caf\xe9 take.mp4"), os.fsdecode(b"broken \xff.mp4")
+    shutil.copy(short_raw / "demo1.mp4", raw / talk)
+    (raw / broken).write_bytes(b"not a video")
+    cfg = P.PrepareConfig(min_seconds=0.6, max_seconds=1.2, sync=False, quality="sharpness", quality_threshold=0.0)
+    summary = P.prepare_dataset(str(raw), str(out), cfg)
+    assert summary.clips == 1 and P.load_prepared(str(out))["source"] == ["caf\ufffd take.mp4"]
+    [row] = summary.dropped_videos
+    assert row["source"] == "broken \ufffd.mp4" and row["detail"].startswith("cannot read video ")
+    assert "\ufffd" in row["detail"] and "| broken \ufffd.mp4 | unreadable |" in (out / "summary.md").read_text("utf-8")
+    with open(out / "dropped_videos.csv", encoding="utf-8") as fh:
+        assert [r["source"] for r in csv.DictReader(fh)] == ["broken \ufffd.mp4"]
+    assert P.prepare_dataset(str(raw), str(out), cfg).clips == 1  # resumed from its state
+
+
+def test_a_folder_that_cannot_be_read_is_named_in_the_log(tmp_path, monkeypatch, caplog):
+    """A sub-folder of the input that cannot be listed (no permission): a warning names it and says its videos are
+    not read; it was skipped without a word."""
+    from latentsync.data.prepare.planning import scan_input
+
+    raw = tmp_path / "raw"
+    (raw / "locked").mkdir(parents=True)
+    (raw / "talk.mp4").write_bytes(b"x")
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if os.fspath(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with caplog.at_level(logging.WARNING, logger="latentsync"):
+        assert scan_input(str(raw)).videos == ["talk.mp4"]
+    assert f"cannot read the folder {raw / 'locked'} (Permission denied): its videos are not read" in caplog.text
+
+
+def test_a_full_disk_stops_the_run_in_one_line_and_leaves_no_partial_dataset(short_raw, tmp_path, monkeypatch, caplog):
+    """The disk fills up while the dataset is written: one line naming the output folder and the reason, exit
+    status 2, no half-written dataset (nor its cache) left, the finished videos kept; it was a DatasetGenerationError
+    traceback. While a video's clips are written: the run stops there (it went on failing every video, each then
+    recorded as failed, and redone only with --retry-failed); the video has no state, and the next run redoes it."""
+    import errno
+
+    import datasets
+
+    from latentsync.commands import main
+    from latentsync.data.prepare import run
+    from latentsync.errors import InvalidOutputError
+
+    raw, out = tmp_path / "raw", tmp_path / "out"
+    raw.mkdir()
+    shutil.copy(short_raw / "demo1.mp4", raw / "talk.mp4")
+    args = ["prepare", str(raw), str(out), "--no-sync", "--min-seconds", "0.6", "--max-seconds", "1.2",
+            "--quality", "sharpness", "--quality-threshold", "0"]
+
+    def full(self, path, *a, **k):
+        os.makedirs(path, exist_ok=True)
+        (Path(path) / "data-00000-of-00001.arrow").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(datasets.Dataset, "save_to_disk", full)
+    with caplog.at_level(logging.ERROR, logger="latentsync"):
+        assert main(args) == 2
+    assert f"could not write to the output folder {out}: No space left on device; make room" in caplog.text
+    assert sorted(os.listdir(out)) == ["prepare_config.json", "work"]
+    assert sorted(os.listdir(out / "work")) == ["clips", "filters.json", "state"]
+    assert len(list((out / "work" / "state").glob("talk-*.json"))) == 1
+
+    (raw / "second.mp4").write_bytes(b"not a video")
+    written = "cannot write work/clips/second/second_0000.mp4: Error closing file: No space left on device"
+    monkeypatch.setattr(run, "process_video", lambda *a, **k: (_ for _ in ()).throw(InvalidOutputError(written)))
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="latentsync"):
+        assert main(args) == 2
+    assert f"could not write to the output folder {out} ({out / 'work' / 'clips'}" in caplog.text
+    assert "No space left on device" in caplog.text and "failed on" not in caplog.text
+    assert list((out / "work" / "state").glob("second-*.json")) == []  # not recorded as failed
+    monkeypatch.undo()
+    assert main(args) == 0  # room again: the video is processed (without --retry-failed), the dataset written
+    assert json.loads(next((out / "work" / "state").glob("second-*.json")).read_text())["status"] == "dropped"
+    assert P.load_prepared(str(out)).num_rows == 1
 
 
 def test_source_seconds_count_the_videos_dropped_whole(tmp_path):

@@ -96,6 +96,25 @@ def reset_accelerate():
     AcceleratorState._reset_state(reset_partial_state=False)
 
 
+def fail_checkpoint_save(monkeypatch, step: int, error: BaseException):
+    """Make ``Accelerator.save_state`` of ``checkpoint-<step>`` stop after its first file with ``error`` (Ctrl-C's
+    KeyboardInterrupt, a full disk's OSError), as a save cut short does; other steps save as usual. Returns the
+    real ``save_state``, to put back."""
+    from accelerate import Accelerator
+
+    real = Accelerator.save_state
+
+    def save_state(self, path, *args, **kwargs):
+        if path.endswith(f"checkpoint-{step}"):
+            os.makedirs(path, exist_ok=True)
+            open(os.path.join(path, "model.safetensors"), "wb").close()
+            raise error
+        return real(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(Accelerator, "save_state", save_state)
+    return real
+
+
 @pytest.fixture(scope="module")
 def stage1_run(tiny):
     """A 3-step tiny stage-1 run (checkpoint every step, an EMA, TensorBoard on, a loss line every step), its log."""
@@ -1030,16 +1049,7 @@ def test_ctrl_c_while_a_checkpoint_is_written_or_removed_leaves_none_half_done(t
     from latentsync.training.config import SyncNetTrainingConfig
 
     _, ov = tiny
-    real = Accelerator.save_state
-
-    def save_state(self, path, *args, **kwargs):
-        if path.endswith("checkpoint-1"):
-            os.makedirs(path, exist_ok=True)
-            open(os.path.join(path, "model.safetensors"), "wb").close()
-            raise KeyboardInterrupt
-        return real(self, path, *args, **kwargs)
-
-    monkeypatch.setattr(Accelerator, "save_state", save_state)
+    real = fail_checkpoint_save(monkeypatch, 1, KeyboardInterrupt())
     out = tmp_path / "run"
     args = ["--config", str(CONFIGS / "unet_tiny_stage1.yaml"), f"components_from={ov['components_from']}",
             f"train_data={ov['train_data']}", "max_train_steps=2", "checkpointing_steps=1", "report_to=null",
@@ -1152,16 +1162,7 @@ def test_full_disk_while_saving_is_one_line_naming_the_last_checkpoint(tiny, tmp
     from latentsync.training import unet_trainer
 
     _, ov = tiny
-    real = Accelerator.save_state
-
-    def save_state(self, path, *args, **kwargs):
-        if path.endswith("checkpoint-2"):
-            os.makedirs(path, exist_ok=True)
-            open(os.path.join(path, "model.safetensors"), "wb").close()
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(self, path, *args, **kwargs)
-
-    monkeypatch.setattr(Accelerator, "save_state", save_state)
+    real = fail_checkpoint_save(monkeypatch, 2, OSError(errno.ENOSPC, "No space left on device"))
     args = ["--config", str(CONFIGS / "unet_tiny_stage1.yaml"), f"components_from={ov['components_from']}",
             f"train_data={ov['train_data']}", "max_train_steps=3", "checkpointing_steps=1"]
     out = tmp_path / "run"

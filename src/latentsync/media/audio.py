@@ -21,7 +21,7 @@ from ..errors import InvalidAudioError, LatentSyncInputError
 from ..tempfiles import make_work_dir, remove_work_dir
 from .constants import SAMPLE_RATE, VIDEO_FPS
 from .files import check_input_file, ffmpeg_path, ffmpeg_reason
-from .probe import probe_audio_format, probe_audio_tracks
+from .probe import file_version, probe_audio_format, probe_audio_tracks
 
 logger = logging.getLogger(__name__)
 
@@ -148,8 +148,8 @@ def _track_levels(path: str, tracks: int, duration: float) -> list[float | None]
 
 
 @functools.lru_cache(maxsize=32)
-def _choose_track(path: str, size: int, mtime_ns: int) -> SpeechTrack:
-    """[`speech_track`] of the file as it is now (size and modification time are part of the cache key)."""
+def _choose_track(path: str, version: tuple[int, ...]) -> SpeechTrack:
+    """[`speech_track`] of one ``version`` ([`~latentsync.media.probe.file_version`]) of the file ``path``."""
     tracks, duration = probe_audio_tracks(path)
     if tracks < 2:
         return SpeechTrack(path, 0, tracks)
@@ -172,10 +172,10 @@ def speech_track(path: str | os.PathLike) -> SpeechTrack:
     """
     path = os.fspath(path)
     try:
-        st = os.stat(path)
+        version = file_version(path)
     except OSError:
         return SpeechTrack(path, 0, 0)
-    return _choose_track(path, st.st_size, st.st_mtime_ns)
+    return _choose_track(path, version)
 
 
 AUTOMATIC_TRACK = f"the first, unless another is louder by more than {TRACK_MARGIN_DB:g} dB in the speech band"

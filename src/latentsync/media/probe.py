@@ -260,30 +260,38 @@ def _hdr(line: str) -> str | None:
 
 def probe_hdr(path: str | os.PathLike) -> str | None:
     """The HDR transfer of a file's first video stream, from its header only (see [`VideoInfo.hdr`]); None also
-    where ffmpeg cannot read the file (the reader then says why). Remembered per file version (its size and
-    modification time): a training set reads each clip many times, and the probe costs about a third of reading a
-    short clip."""
+    where ffmpeg cannot read the file (the reader then says why). Remembered per file version ([`file_version`]): a
+    training set reads each clip many times, and the probe costs about a third of reading a short clip."""
     path = os.fspath(path)
     try:
         version = file_version(path)
     except OSError:
         return None
-    return _probe_hdr(path, *version)
+    return _probe_hdr(path, version)
 
 
-def file_version(path: str) -> tuple[int, int, int, int]:
+def file_version(path: str) -> tuple[int, ...]:
     """What tells the versions of the file ``path`` apart, for the probes remembered per file: its device, inode,
-    size and modification time (a file rewritten or replaced is another version, and is probed again).
+    size, modification time and status change time (a file rewritten or replaced is another version, and is probed
+    again).
+
+    The modification time alone misses a file rewritten in place with the same size by a tool that then puts its old
+    modification time back (``os.utime``, ``touch -r``, ``rsync --times``, ``cp -p``, an unpacked archive). The
+    status change time (``st_ctime_ns``) on Linux and macOS is set by the system on every write, truncation, rename
+    and ``utime`` call, and no user tool can set it. On Windows, Python's ``st_ctime`` is the creation time instead
+    (the change time is not in ``os.stat``): it is kept in the key, where it is harmless, but there a same-size
+    rewrite whose modification time is put back is not noticed within one process.
 
     Raises:
         OSError: the file cannot be looked at.
     """
     stat = os.stat(path)
-    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns
 
 
 @lru_cache(maxsize=4096)
-def _probe_hdr(path: str, device: int, inode: int, size: int, mtime_ns: int) -> str | None:
+def _probe_hdr(path: str, version: tuple[int, ...]) -> str | None:
+    """[`probe_hdr`] of one ``version`` ([`file_version`]) of the file ``path``."""
     cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", ffmpeg_path(path)]
     proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL, check=False)  # no output: exit code 1
     video = [line for line in _streams(_input_section(proc.stderr.decode(errors="replace")))
@@ -332,12 +340,13 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         version = file_version(path)
     except OSError as exc:  # gone since it was checked
         raise InvalidVideoError(f"cannot read video file {path}: {exc.strerror or exc}") from None
-    return _probe_video(path, *version)
+    return _probe_video(path, version)
 
 
 @lru_cache(maxsize=4096)
-def _probe_video(path: str, device: int, inode: int, size: int, mtime_ns: int) -> VideoInfo:
-    """[`probe_video`] of one version of the checked file ``path`` (errors are not remembered)."""
+def _probe_video(path: str, version: tuple[int, ...]) -> VideoInfo:
+    """[`probe_video`] of one ``version`` ([`file_version`]) of the checked file ``path`` (errors are not
+    remembered)."""
     cmd = [imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-nostdin", "-i", ffmpeg_path(path), "-map", "0:V:0?", "-c", "copy",
            "-frames:v", str(SCANNED_PACKETS), "-f", "framecrc", "-"]
     proc = subprocess.run(cmd, capture_output=True, stdin=subprocess.DEVNULL)

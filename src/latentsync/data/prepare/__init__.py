@@ -41,7 +41,7 @@ from ..._lazy import package_attribute
 # reads before it loads torch, can be imported without the modules that need torch, MediaPipe and datasets)
 _HOMES = {
     "DROPPED_CLIP_COLUMNS": "config", "DROP_REASONS": "config", "NoClipsKeptError": "config",
-    "PrepareConfig": "config", "PrepareSummary": "config",
+    "PrepareConfig": "config", "PrepareStorageError": "config", "PrepareSummary": "config",
     "build_prepared_dataset": "dataset", "dataset_features": "dataset", "decode_clip": "dataset",
     "load_prepared": "dataset", "push_prepared": "dataset",
     "find_videos": "planning", "plan_clips": "planning", "shifted_audio": "planning", "video_key": "planning",

@@ -5,6 +5,7 @@ Importing this module does not import torch: the command line checks its options
 from __future__ import annotations
 
 import dataclasses
+import errno
 import importlib.util
 import os
 from dataclasses import dataclass, field
@@ -14,6 +15,7 @@ from ...errors import LatentSyncInputError
 from ...media.audio import TRACK_MARGIN_DB
 from ...media.constants import VIDEO_EXTENSIONS
 from ...media.constants import VIDEO_FPS as FPS
+from ...tempfiles import nearest_folder, writable_problem
 from ..clips import PREPARE_MARKER
 
 # Why material was dropped. Video-level reasons drop the whole file, clip-level ones a planned clip, frame-level
@@ -140,6 +142,15 @@ class NoClipsKeptError(LatentSyncInputError):
         self.summary = summary
 
 
+class PrepareStorageError(LatentSyncInputError):
+    """A file of the run could not be written to the output folder (a full disk, a folder turned read-only): the
+    message names the folder and the system's reason; the videos finished before it are kept in ``work/``."""
+
+
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG)
+"""The ``OSError`` numbers of a disk or folder that cannot take the run's files."""
+
+
 def check_parallelism(num_workers: int | None, actors: int | None) -> None:
     """``--workers`` / ``num_workers`` and ``--actors`` / ``actors`` are counts: at least 1 when given.
 
@@ -154,7 +165,9 @@ def check_parallelism(num_workers: int | None, actors: int | None) -> None:
 def check_folders(input_dir: str | os.PathLike, output_dir: str | os.PathLike) -> None:
     """The input must be a folder, and the output a folder (or a path for one) outside it: inside the input, the
     output's clips would be found as raw videos by the next run, and its files mixed with the user's. An existing
-    output folder must be empty (hidden files aside) or the output of an earlier run (resumed).
+    output folder must be empty (hidden files aside) or the output of an earlier run (resumed); the output folder
+    (or, when missing, the nearest folder above it) must be writable, and no file may stand where a folder of its
+    path is to be created.
 
     Raises:
         LatentSyncInputError: one line naming the problem.
@@ -165,6 +178,13 @@ def check_folders(input_dir: str | os.PathLike, output_dir: str | os.PathLike) -
                                    else f"the input {os.fspath(input_dir)} is a file: give the folder of raw videos")
     if os.path.exists(target) and not os.path.isdir(target):
         raise LatentSyncInputError(f"the output {os.fspath(output_dir)} is a file: give a folder")
+    existing, blocker = nearest_folder(target)
+    if blocker is not None:
+        raise LatentSyncInputError(f"cannot create the output folder {os.fspath(output_dir)}: {blocker} is a file")
+    problem = writable_problem(existing)
+    if problem is not None:
+        raise LatentSyncInputError(f"cannot write the output folder {os.fspath(output_dir)}: {existing} is not "
+                                   f"writable ({problem})")
     if target == source or target.startswith(source.rstrip(os.sep) + os.sep):
         raise LatentSyncInputError(f"the output folder {os.fspath(output_dir)} is inside the input folder "
                                    f"{os.fspath(input_dir)}: the next run would read its clips as raw videos; give a "

@@ -59,23 +59,26 @@ def build_prepared_dataset(output_dir: str, records: list[dict], config: Prepare
     shutil.rmtree(cache, ignore_errors=True)
     features = dataset_features()
     records = [r for r in records if r.get("clips")]
-    if records:
-        ds = datasets.Dataset.from_generator(
-            _rows, features=features, cache_dir=cache,
-            gen_kwargs={"records": records, "clips_root": clips_root, "resolution": config.resolution},
-        )
-    else:
-        ds = datasets.Dataset.from_dict({k: [] for k in features}, features=features)
     tmp = target + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)
-    if len(ds):
-        ds.save_to_disk(tmp, max_shard_size=config.max_shard_size)
-    else:
-        ds.save_to_disk(tmp, num_shards=1)
-    del ds
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
-    shutil.rmtree(cache, ignore_errors=True)
+    try:
+        if records:
+            ds = datasets.Dataset.from_generator(
+                _rows, features=features, cache_dir=cache,
+                gen_kwargs={"records": records, "clips_root": clips_root, "resolution": config.resolution},
+            )
+        else:
+            ds = datasets.Dataset.from_dict({k: [] for k in features}, features=features)
+        if len(ds):
+            ds.save_to_disk(tmp, max_shard_size=config.max_shard_size)
+        else:
+            ds.save_to_disk(tmp, num_shards=1)
+        del ds
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    finally:  # a failed write (a full disk) leaves neither half a dataset nor its cache
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(cache, ignore_errors=True)
     return target
 
 

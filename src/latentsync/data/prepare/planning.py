@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 from collections import Counter
@@ -15,6 +16,8 @@ from ...errors import LatentSyncInputError
 from ...media.constants import SAMPLES_PER_FRAME
 from ...media.files import is_video_file
 from ...utils import true_runs
+
+logger = logging.getLogger(__name__)
 
 
 def plan_clips(has_face: np.ndarray, cuts: Sequence[int], min_frames: int, max_frames: int
@@ -65,9 +68,17 @@ def shifted_audio(audio: np.ndarray, start: int, end: int, offset: int) -> np.nd
 
 
 def video_key(relpath: str) -> str:
-    """Stable file-system-safe key of a source video (its name plus a hash of its relative path)."""
+    """Stable file-system-safe key of a source video (its name plus a hash of its relative path, as the file
+    system's bytes: a name that is not valid UTF-8 has one too)."""
     stem = re.sub(r"[^A-Za-z0-9_-]+", "_", os.path.splitext(os.path.basename(relpath))[0])[:60] or "video"
-    return f"{stem}-{hashlib.sha1(relpath.encode()).hexdigest()[:8]}"
+    return f"{stem}-{hashlib.sha1(relpath.encode('utf-8', 'surrogateescape')).hexdigest()[:8]}"
+
+
+def source_text(text: str) -> str:
+    """``text`` (a source video's relative path, or a message that names it) as the records, summaries, CSV files
+    and dataset hold it: the bytes of a file name that are not valid UTF-8 (an old archive's Latin-1 names; Python
+    holds them as lone surrogates, which no UTF-8 file or Arrow string can take) become U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 class InputFiles(NamedTuple):
@@ -90,7 +101,8 @@ def scan_input(input_dir: str, exclude: Sequence[str] = ()) -> InputFiles:
     of the other files (a video ending is what makes a file a video here).
 
     Sub-folders are searched, linked ones included (each real folder once, so a link loop ends), except hidden ones
-    and the folders ``exclude`` names (the output folder); hidden files are skipped. A file reached twice (a link
+    and the folders ``exclude`` names (the output folder); hidden files are skipped, and a folder that cannot be
+    listed (no permission) is named in a warning. A file reached twice (a link
     to a video of the folder, a hard link) is one video: its own path is processed (not a link's; of hard links, the
     first in sorted order).
     """
@@ -100,7 +112,11 @@ def scan_input(input_dir: str, exclude: Sequence[str] = ()) -> InputFiles:
     seen_folders: set[str] = set()
     found: list[str] = []
     other_files: Counter[str] = Counter()
-    for root, dirs, files in os.walk(input_dir, followlinks=True):
+    def unreadable(exc: OSError) -> None:
+        logger.warning("cannot read the folder %s (%s): its videos are not read", source_text(exc.filename or "?"),
+                       exc.strerror or exc)
+
+    for root, dirs, files in os.walk(input_dir, onerror=unreadable, followlinks=True):
         real = os.path.realpath(root)
         if real in seen_folders or real in skipped:
             dirs[:] = []

@@ -29,7 +29,7 @@ from ...media.constants import SAMPLE_RATE, SAMPLES_PER_FRAME
 from ...media.constants import VIDEO_FPS as FPS
 from ...media.video import VideoWriter, iter_frames, probe_video
 from .config import PrepareConfig
-from .planning import plan_clips, shifted_audio, video_key
+from .planning import plan_clips, shifted_audio, source_text, video_key
 from .sync import SyncChecker
 
 logger = logging.getLogger(__name__)
@@ -153,8 +153,8 @@ def scan_video(path: str, relpath: str, config: PrepareConfig) -> VideoScan:
     are dropped whole), audio (of a file with several audio tracks, the one with the speech, recorded as
     ``audio_track``: see [`~latentsync.media.audio.speech_track`]), scene cuts and faces, and the clip plan; ``plan``
     is empty when nothing is usable."""
-    result = {"source": relpath, "key": video_key(relpath), "status": "done", "frames": 0, "clips": [], "dropped": {},
-              "source_file": source_fingerprint(path)}
+    result = {"source": source_text(relpath), "key": video_key(relpath), "status": "done", "frames": 0, "clips": [],
+              "dropped": {}, "source_file": source_fingerprint(path)}
     scan = VideoScan(result)
     try:
         info = probe_video(path)
@@ -336,8 +336,8 @@ def failed_record(relpath: str, error: str, status: str = "failed", path: str | 
     """The record of a video whose processing raised (``failed``: its state is saved and ``--retry-failed`` redoes
     it, as does any run once the file at ``path`` has changed) or whose worker died (``crashed``: no state is saved,
     the next run redoes it); ``error`` says why."""
-    record = {"source": relpath, "status": status, "frames": 0, "clips": [],
-              "dropped": {"error": {"count": 1, "seconds": 0.0}}, "error": error}
+    record = {"source": source_text(relpath), "status": status, "frames": 0, "clips": [],
+              "dropped": {"error": {"count": 1, "seconds": 0.0}}, "error": source_text(error)}
     if status == "failed":
         record["key"] = video_key(relpath)
     if path is not None:

@@ -4,6 +4,7 @@ videos (the local process pool here, or Ray: [`latentsync.data.prepare.ray_engin
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import csv
 import dataclasses
 import functools
@@ -23,20 +24,21 @@ import cv2
 import torch
 from tqdm.auto import tqdm
 
-from ...errors import LatentSyncInputError, ModelNotFoundError, first_line
+from ...errors import InvalidOutputError, LatentSyncInputError, ModelNotFoundError, first_line
 from ...eval import sync_confidence as sc
 from ...interrupts import STOP_SIGNALS, signals_held
 from ...media.constants import VIDEO_EXTENSIONS
 from ...media.constants import VIDEO_FPS as FPS
 from ...model_source import check_model_sources
+from ...tempfiles import write_atomically
 from ...utils import write_json_atomically
 from ..clips import PREPARE_MARKER
 from ..quality import QualityScorer, SharpnessScorer, load_quality_scorer
-from .config import (DROP_REASONS, DROPPED_CLIP_COLUMNS, DROPPED_VIDEO_COLUMNS, VIDEO_REASONS, NoClipsKeptError,
-                     PrepareConfig, PrepareSummary, check_datasets_installed, check_folders, check_parallelism,
-                     drop_amount)
+from .config import (DROP_REASONS, DROPPED_CLIP_COLUMNS, DROPPED_VIDEO_COLUMNS, STORAGE_ERRNOS, VIDEO_REASONS,
+                     NoClipsKeptError, PrepareConfig, PrepareStorageError, PrepareSummary, check_datasets_installed,
+                     check_folders, check_parallelism, drop_amount)
 from .dataset import build_prepared_dataset
-from .planning import scan_input, video_key
+from .planning import scan_input, source_text, video_key
 from .process import failed_record, fresh_clips_dir, process_video, source_fingerprint, sync_threshold
 from .sync import SyncChecker, load_sync_checker
 
@@ -189,6 +191,9 @@ def _worker_job(path: str, relpath: str, clips_dir: str, state_path: str) -> dic
         try:
             result = process_video(path, relpath, clips_dir, config, _WORKER.get("sync"), _WORKER.get("quality"))
         except Exception as exc:  # noqa: BLE001 - recorded per video so one bad file does not stop the run
+            storage = _storage_cause(exc, clips_dir)
+            if storage is not None:  # a full disk stops the run; no state: the next run redoes the video
+                raise storage from exc
             logger.error("failed on %s: %s", relpath, exc)
             result = failed_record(relpath, traceback.format_exc(limit=8), path=path)
         result["seconds_processing"] = round(time.time() - t0, 2)
@@ -246,13 +251,53 @@ def prepare_dataset(
     args = (input_dir, output_dir, config or PrepareConfig(), device, retry_failed, overwrite, sync_checker,
             quality_scorer, build_dataset)
     if engine == "local":
-        return _prepare(*args, functools.partial(_run_local, num_workers=num_workers or 1), device)
+        with _storage_errors(output_dir):
+            return _prepare(*args, functools.partial(_run_local, num_workers=num_workers or 1), device)
     ray_engine = _ray_engine()
     with ray_engine.session(ray_address):  # joined (or started) before any file is written
         ray_engine.check_cluster(device)
         # on Ray the models run on the cluster's workers: here they are only loaded to check them (on the CPU)
-        return _prepare(*args, functools.partial(ray_engine.run_on_ray, max_videos=num_workers, actors=actors),
-                        "cpu")
+        with _storage_errors(output_dir):
+            return _prepare(*args, functools.partial(ray_engine.run_on_ray, max_videos=num_workers, actors=actors),
+                            "cpu")
+
+
+def _storage_cause(exc: BaseException, folder: str | None = None) -> OSError | None:
+    """The ``OSError`` of a disk or folder that cannot take files ([`STORAGE_ERRNOS`]) behind ``exc``: ``exc`` or
+    one of its causes (``datasets`` and others wrap it in their own errors), or, for a video writer's
+    [`InvalidOutputError`] (ffmpeg says why in words), one made from the reason it names, with ``folder`` as its
+    file name; None when ``exc`` is another failure."""
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:
+            return error
+        if isinstance(error, InvalidOutputError):
+            number = next((n for n in STORAGE_ERRNOS if os.strerror(n) in str(error)), None)
+            if number is not None:
+                return OSError(number, os.strerror(number), folder)
+        error = error.__cause__ or error.__context__
+    return None
+
+
+@contextlib.contextmanager
+def _storage_errors(output_dir: str) -> Iterator[None]:
+    """Within the block the run writes to ``output_dir``: a file it cannot write there (a full disk, a folder turned
+    read-only) becomes one [`PrepareStorageError`] line instead of a library's traceback."""
+    try:
+        yield
+    except LatentSyncInputError:
+        raise
+    except Exception as exc:
+        cause = _storage_cause(exc)
+        if cause is None:
+            raise
+        where = f" ({source_text(os.fspath(cause.filename))})" if cause.filename else ""
+        raise PrepareStorageError(
+            f"could not write to the output folder {output_dir}{where}: {cause.strerror or first_line(cause)}; make "
+            "room (or make the folder writable) and run the same command again: the videos finished so far are kept "
+            f"in {os.path.join(output_dir, 'work')}") from exc
 
 
 def _prepare(input_dir: str, output_dir: str, config: PrepareConfig, device: str, retry_failed: bool,
@@ -354,8 +399,7 @@ def _prepare(input_dir: str, output_dir: str, config: PrepareConfig, device: str
         shutil.rmtree(os.path.join(output_dir, "dataset"), ignore_errors=True)
     summary.elapsed_seconds = round(time.time() - t0, 1)
     write_json_atomically(os.path.join(output_dir, "summary.json"), dataclasses.asdict(summary), indent=1)
-    with open(os.path.join(output_dir, "summary.md"), "w", encoding="utf-8") as f:
-        f.write(summary.table() + "\n")
+    write_atomically(os.path.join(output_dir, "summary.md"), lambda tmp: _write_text(tmp, summary.table() + "\n"))
     _write_csv(os.path.join(output_dir, "dropped_clips.csv"), DROPPED_CLIP_COLUMNS, summary.dropped_clips)
     _write_csv(os.path.join(output_dir, "dropped_videos.csv"), DROPPED_VIDEO_COLUMNS, summary.dropped_videos)
     logger.info("data preparation summary:\n%s", summary.table())
@@ -366,9 +410,9 @@ def _prepare(input_dir: str, output_dir: str, config: PrepareConfig, device: str
 
 def duplicate_record(relpath: str, same: str) -> dict:
     """The record of a path that is another video of the folder under a second name (not processed, no state)."""
-    return {"source": relpath, "status": "dropped", "frames": 0, "clips": [],
+    return {"source": source_text(relpath), "status": "dropped", "frames": 0, "clips": [],
             "dropped": {"duplicate": {"count": 1, "seconds": 0.0}},
-            "error": f"the same file as {same}, which is processed instead"}
+            "error": source_text(f"the same file as {same}, which is processed instead")}
 
 
 def _run_local(jobs: list[VideoJob], config: PrepareConfig, device: str, models: StageModels,
@@ -405,6 +449,8 @@ def _run_local(jobs: list[VideoJob], config: PrepareConfig, device: str, models:
             try:
                 res = fut.result()
             except Exception as exc:  # noqa: BLE001 - a crashed worker leaves no state: the video is redone next run
+                if _storage_cause(exc) is not None:  # a full disk (see _worker_job): the run stops
+                    raise
                 logger.error("worker crashed on %s: %s", job.relpath, exc)
                 res = failed_record(job.relpath, str(exc), status="crashed")
             yield job.relpath, res
@@ -480,11 +526,19 @@ def _kept_clips(state_dir: str) -> int:
 
 
 def _write_csv(path: str, columns: tuple[str, ...], rows: list[dict]) -> None:
-    """``rows`` as a CSV file with ``columns`` (other keys ignored)."""
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    """``rows`` as a CSV file with ``columns`` (other keys ignored), written atomically."""
+    def write(tmp: str) -> None:
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+
+    write_atomically(path, write)
+
+
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
 
 
 def _dropped_video(relpath: str, record: dict) -> dict | None:
@@ -492,23 +546,23 @@ def _dropped_video(relpath: str, record: dict) -> dict | None:
     the file's error, else the reason that took most of it with what each reason took."""
     if record["clips"]:
         return None
-    dropped = record.get("dropped", {})
+    source, dropped = source_text(relpath), record.get("dropped", {})
     seconds = round(sum(d["seconds"] for d in dropped.values()), 2)
     whole = [reason for reason in VIDEO_REASONS if reason in dropped]
     if whole:
-        lines = [line.strip() for line in str(record.get("error", "")).splitlines() if line.strip()]
+        lines = [line.strip() for line in source_text(str(record.get("error", ""))).splitlines() if line.strip()]
         detail = lines[-1] if lines else DROP_REASONS[whole[0]]
         if record.get("status") == "failed":
             state = f"work/state/{record.get('key', video_key(relpath))}.json"
             detail += f" (traceback in {state}; --retry-failed redoes it)"
         elif record.get("status") == "crashed":
             detail = f"its worker process died ({detail}); the next run redoes it"
-        return {"source": relpath, "reason": whole[0], "seconds": seconds, "detail": detail}
+        return {"source": source, "reason": whole[0], "seconds": seconds, "detail": detail}
     if not dropped:
-        return {"source": relpath, "reason": "unreadable", "seconds": 0.0, "detail": "no video frame was decoded"}
+        return {"source": source, "reason": "unreadable", "seconds": 0.0, "detail": "no video frame was decoded"}
     ranked = sorted(dropped.items(), key=lambda kv: -kv[1]["seconds"])
     detail = ", ".join(f"{reason} {drop_amount(reason, d)}" for reason, d in ranked)
-    return {"source": relpath, "reason": ranked[0][0], "seconds": seconds, "detail": detail}
+    return {"source": source, "reason": ranked[0][0], "seconds": seconds, "detail": detail}
 
 
 def _no_clips_message(output_dir: str, summary: PrepareSummary) -> str:
@@ -542,11 +596,11 @@ def _summarise(videos: list[str], results: dict) -> PrepareSummary:
         s.source_seconds += r.get("frames", 0) / FPS
         s.clips += len(r["clips"])
         s.clip_seconds += sum(c["num_frames"] for c in r["clips"]) / FPS
-        s.dropped_clips += [{"source": rel, **c} for c in r.get("dropped_clips", [])]
+        s.dropped_clips += [{"source": source_text(rel), **c} for c in r.get("dropped_clips", [])]
         if (row := _dropped_video(rel, r)) is not None:
             s.dropped_videos.append(row)
         if "audio_track" in r:
-            s.audio_tracks.append({"source": rel, **r["audio_track"]})
+            s.audio_tracks.append({"source": source_text(rel), **r["audio_track"]})
         for reason, d in r.get("dropped", {}).items():
             agg = s.dropped.setdefault(reason, {"count": 0, "seconds": 0.0})
             agg["count"] += d["count"]
