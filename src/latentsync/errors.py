@@ -7,7 +7,13 @@ exit status 128 + the signal number (130 for Ctrl-C, 143 for SIGTERM).
 
 from __future__ import annotations
 
+import errno
 import signal
+
+
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG)
+"""The ``OSError`` numbers of a disk or folder that cannot take a run's files (full, over quota, read-only, not
+permitted, failing, or a file over the file system's size limit)."""
 
 
 class LatentSyncInputError(ValueError):

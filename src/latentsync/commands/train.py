@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import LatentSyncInputError, RunInterrupted
+from ..errors import STORAGE_ERRNOS, LatentSyncInputError, RunInterrupted
 from ..interrupts import interrupt_of, signal_number, stop_on_signals
 from ..training.config import TrainingConfig, TrainingConfigError, load_config, load_syncnet_config
 
@@ -105,7 +105,7 @@ def _failure(exc: BaseException, cfg: TrainingConfig | None, base: Any) -> int |
     """The exit status after ``exc``, once its one line is logged: 1 for files the run could not write (a full disk,
     a folder turned read-only), 128 + the signal after Ctrl-C or SIGTERM; None for any other error (re-raised)."""
     if base is not None and cfg is not None and (isinstance(exc, base.TrainingStorageError) or (
-            isinstance(exc, OSError) and exc.errno in base.STORAGE_ERRNOS)):
+            isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS)):
         if not isinstance(exc, base.TrainingStorageError):
             exc = base.storage_error(cfg, exc.filename or "its files", exc)
         logger.error("%s", exc)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import errno
 import json
 import logging
 import math
@@ -588,10 +587,6 @@ def _remove_checkpoint(path: str) -> None:
 class TrainingStorageError(RuntimeError):
     """A run could not write to its ``output_dir`` (a full disk, a folder turned read-only): the message names what
     was being written, why, and the last complete checkpoint to resume from."""
-
-
-STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EIO)
-"""The ``OSError`` numbers of a disk or folder that cannot take a run's files."""
 
 
 def storage_error(cfg: TrainingConfig, what: str, exc: BaseException,

@@ -5,7 +5,6 @@ Importing this module does not import torch: the command line checks its options
 from __future__ import annotations
 
 import dataclasses
-import errno
 import importlib.util
 import os
 from dataclasses import dataclass, field
@@ -145,10 +144,6 @@ class NoClipsKeptError(LatentSyncInputError):
 class PrepareStorageError(LatentSyncInputError):
     """A file of the run could not be written to the output folder (a full disk, a folder turned read-only): the
     message names the folder and the system's reason; the videos finished before it are kept in ``work/``."""
-
-
-STORAGE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO, errno.EFBIG)
-"""The ``OSError`` numbers of a disk or folder that cannot take the run's files."""
 
 
 def check_parallelism(num_workers: int | None, actors: int | None) -> None:

@@ -24,7 +24,7 @@ import cv2
 import torch
 from tqdm.auto import tqdm
 
-from ...errors import InvalidOutputError, LatentSyncInputError, ModelNotFoundError, first_line
+from ...errors import STORAGE_ERRNOS, InvalidOutputError, LatentSyncInputError, ModelNotFoundError, first_line
 from ...eval import sync_confidence as sc
 from ...interrupts import STOP_SIGNALS, signals_held
 from ...media.constants import VIDEO_EXTENSIONS
@@ -34,7 +34,7 @@ from ...tempfiles import write_atomically
 from ...utils import write_json_atomically
 from ..clips import PREPARE_MARKER
 from ..quality import QualityScorer, SharpnessScorer, load_quality_scorer
-from .config import (DROP_REASONS, DROPPED_CLIP_COLUMNS, DROPPED_VIDEO_COLUMNS, STORAGE_ERRNOS, VIDEO_REASONS,
+from .config import (DROP_REASONS, DROPPED_CLIP_COLUMNS, DROPPED_VIDEO_COLUMNS, VIDEO_REASONS,
                      NoClipsKeptError, PrepareConfig, PrepareStorageError, PrepareSummary, check_datasets_installed,
                      check_folders, check_parallelism, drop_amount)
 from .dataset import build_prepared_dataset
