@@ -201,6 +201,34 @@ def test_regional_compiled_denoiser_gives_the_same_frames_without_recompiling(pi
     assert np.array_equal(first.frames, second.frames)
 
 
+def test_regional_compile_raises_the_recompile_limit(pipe):
+    """Blocks of one class with different shapes are graphs of one function, which dynamo counts against its
+    recompile limit (8 by default; the full-size U-Net has 22 ResNet blocks): past it, it would silently run the
+    remaining blocks eagerly. The limit is raised to 8 input shapes per block of the most common class."""
+    from latentsync.models.compiled import CompiledUNetStep
+
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    x, ctx = torch.randn(2, 13, 4, 8, 8), torch.randn(8, 50, 64)
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+    torch._dynamo.reset()
+    try:
+        with torch._dynamo.config.patch({limit: 2}), torch.no_grad():
+            step = CompiledUNetStep(pipe.unet, backend=counting_backend, regional=True)
+            resnets = sum(type(b).__name__ == "ResnetBlock2D" for b in step.blocks)
+            assert getattr(torch._dynamo.config, limit) == 8 * resnets
+            step(x, torch.tensor(500), ctx, mask)
+            resnet_graphs = sum("input_tensor" in str(g.graph) for g in graphs)
+    finally:
+        torch._dynamo.reset()
+    assert resnet_graphs > 2  # more ResNet graphs than the limit it started with: none ran eagerly
+
+
 @pytest.mark.parametrize("fused", [False, True])
 def test_each_regionally_compiled_block_is_one_graph(pipe, fused):
     """Every repeated block traces as one graph without breaks, with and without a frame mask (the mask reaches
