@@ -50,7 +50,7 @@ if want denoiser; then
 echo; echo "### Denoiser: 20 DDIM steps with CFG, full-size U-Net (random weights), per 16-frame window"
 echo "(naive = 1 window per call, eager, bf16; compiled = torch.compile + fused GroupNorm + channels-last)"
 timeout $(budget 330 $((150 * LIMIT))) $PY benchmarks/model_speed.py --throughput --device $DEV "${SIZE[@]}" "${STEPS[@]}" \
-    --dtypes bf16 fp16 "${WIN[@]}" --modes eager compiled --compiled-dtypes bf16 --compiled-windows $CWIN --repeats 1 \
+    --dtypes bf16 fp16 "${WIN[@]}" --modes eager compiled compiled-regional --compiled-dtypes bf16 --compiled-windows $CWIN --repeats 1 \
     --table "$OUT/denoiser.md" \
     2>&1 | tee "$OUT/denoiser.log" | grep -E '^(\||peak|device|attention)'
 fi

@@ -28,8 +28,9 @@ baseline of each resolution; ``fp8`` modes report their drift against the bf16 l
         --modes eager compiled-eager        # the ratios on a CPU (compiled-eager: dynamo trace without inductor)
 
 Modes: ``eager`` (the pipeline's default U-Net), ``fused`` (fused pooled GroupNorm, channels-last), ``compiled``
-(``fused`` + ``torch.compile``), ``compiled-graphs`` (+ CUDA graphs), ``compiled-eager`` (dynamo only, for CPUs where
-inductor takes too long), ``fp8`` (``compiled`` + float8 linear layers, Hopper/Ada only).
+(``fused`` + ``torch.compile`` of the whole U-Net step), ``compiled-regional`` (``fused`` + ``torch.compile`` of each
+repeated block: shorter compilation), ``compiled-graphs`` (+ CUDA graphs), ``compiled-eager`` (dynamo only, for CPUs
+where inductor takes too long), ``fp8`` (``compiled`` + float8 linear layers, Hopper/Ada only).
 """
 
 from __future__ import annotations
@@ -182,7 +183,7 @@ def set_mode(pipe: LatentSyncPipeline, mode: str) -> None:
         pipe.enable_fp8()
     if mode.startswith("compiled") or mode == "fp8":
         pipe.compile_denoiser(backend="eager" if mode == "compiled-eager" else "inductor",
-                              cuda_graphs=mode == "compiled-graphs")
+                              cuda_graphs=mode == "compiled-graphs", regional=mode == "compiled-regional")
 
 
 def bench_denoiser(pipe: LatentSyncPipeline, device: str, windows: int, steps: int, frames: int,
@@ -316,7 +317,8 @@ def main() -> None:
                    "windows per call and mode")
     p.add_argument("--windows", type=int, nargs="+", default=[1, 2, 4], help="windows per U-Net call (--throughput)")
     p.add_argument("--modes", nargs="+", default=["eager", "compiled"],
-                   choices=["eager", "fused", "compiled", "compiled-graphs", "compiled-eager", "fp8"])
+                   choices=["eager", "fused", "compiled", "compiled-regional", "compiled-graphs", "compiled-eager",
+                            "fp8"])
     p.add_argument("--compiled-windows", type=int, nargs="+", default=None,
                    help="windows per call for the compiled modes (default: --windows); each is one compilation")
     p.add_argument("--compiled-dtypes", nargs="+", default=None, help="dtypes for the compiled modes (default: all)")

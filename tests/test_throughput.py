@@ -163,6 +163,137 @@ def test_compiled_denoiser_gives_the_same_frames_without_recompiling(pipe, clip,
     assert np.array_equal(first.frames, second.frames)
 
 
+def test_regional_compiled_denoiser_gives_the_same_frames_without_recompiling(pipe, clip, naive):
+    """Regional compilation (each repeated block compiled on its own): a few graphs, shared by the blocks of a class
+    with the same shapes, none more for the padded last window or the next call; the U-Net outside the step (here
+    DeepCache's passes) stays eager."""
+    graphs, runs = [], [0]
+
+    def counting_backend(gm, example_inputs):  # counts the graphs and how often they run
+        graphs.append(gm)
+
+        def run(*args):
+            runs[0] += 1
+            return gm.forward(*args)
+
+        return run
+
+    torch._dynamo.reset()
+    step = pipe.compile_denoiser(backend=counting_backend, regional=True)
+    try:
+        first = _run(pipe, clip, windows_per_batch=2)
+        compiled_once = len(graphs)
+        second = _run(pipe, clip, windows_per_batch=2)
+        assert all("forward" not in vars(block) for block in step.blocks)  # compiled only within a step
+        runs_before = runs[0]
+        _run(pipe, clip, windows_per_batch=2, deep_cache_interval=2)
+        assert runs[0] == runs_before > 0  # DeepCache's passes ran no compiled block
+    finally:
+        pipe.disable_compiled_denoiser()
+        torch._dynamo.reset()
+    kinds = {type(block) for block in step.blocks}
+    assert len(kinds) == 3  # ResNet blocks, spatial transformers, motion modules
+    # at least one graph per block class, fewer than the blocks (blocks alike share one), no recompiles
+    assert len(kinds) <= compiled_once < len(step.blocks) and len(graphs) == compiled_once, (compiled_once, len(step.blocks))
+    assert len(step.shapes) == 1
+    assert first.timings["compile"] > 0 and second.timings["compile"] == 0
+    _assert_same_frames(first.frames, naive[0].frames)
+    assert np.array_equal(first.frames, second.frames)
+
+
+def test_regional_compile_raises_the_recompile_limit(pipe):
+    """Blocks of one class with different shapes are graphs of one function, which dynamo counts against its
+    recompile limit (8 by default; the full-size U-Net has 22 ResNet blocks): past it, it would silently run the
+    remaining blocks eagerly. The limit is raised to 8 input shapes per block of the most common class."""
+    from latentsync.models.compiled import CompiledUNetStep
+
+    graphs = []
+
+    def counting_backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    x, ctx = torch.randn(2, 13, 4, 8, 8), torch.randn(8, 50, 64)
+    mask = torch.ones(2, 4, dtype=torch.bool)
+    limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+    torch._dynamo.reset()
+    try:
+        with torch._dynamo.config.patch({limit: 2}), torch.no_grad():
+            step = CompiledUNetStep(pipe.unet, backend=counting_backend, regional=True)
+            resnets = sum(type(b).__name__ == "ResnetBlock2D" for b in step.blocks)
+            assert getattr(torch._dynamo.config, limit) == 8 * resnets
+            step(x, torch.tensor(500), ctx, mask)
+            resnet_graphs = sum("input_tensor" in str(g.graph) for g in graphs)
+    finally:
+        torch._dynamo.reset()
+    assert resnet_graphs > 2  # more ResNet graphs than the limit it started with: none ran eagerly
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_each_regionally_compiled_block_is_one_graph(pipe, fused):
+    """Every repeated block traces as one graph without breaks, with and without a frame mask (the mask reaches
+    the norms and the temporal attention from the U-Net's state, read inside the block's graph)."""
+    from latentsync.models.compiled import repeated_blocks
+
+    unet = pipe.unet
+    unet.set_fused_norm(fused)
+    unet.to(memory_format=torch.channels_last if fused else torch.contiguous_format)
+    x, ctx = torch.randn(4, 13, 8, 8, 8), torch.randn(32, 50, 64)
+    mask = torch.ones(4, 8, dtype=torch.bool)
+    mask[2:, 5:] = False
+    problems: list[str] = []
+    explained: set[tuple] = set()
+
+    def explain(block, args, kwargs):  # inside the U-Net's forward, where its frame count and mask are set
+        kind = (type(block), unet._frames.mask is None, *(tuple(a.shape) for a in args if torch.is_tensor(a)))
+        if kind in explained:  # a block alike (same class and shapes) was explained: it has the same graph
+            return
+        explained.add(kind)
+        torch._dynamo.reset()
+        result = torch._dynamo.explain(block.forward)(*args, **kwargs)
+        if result.graph_count != 1 or result.graph_break_count != 0:
+            reasons = [r.reason.splitlines()[0] for r in result.break_reasons]
+            problems.append(f"{type(block).__name__}: {result.graph_count} graphs, {reasons}")
+
+    blocks = repeated_blocks(unet)
+    handles = [block.register_forward_pre_hook(explain, with_kwargs=True) for block in blocks]
+    try:
+        for frame_mask in (None, mask):
+            with torch.no_grad():
+                unet(x, torch.tensor(500), ctx, frame_mask=frame_mask)
+    finally:
+        for handle in handles:
+            handle.remove()
+        torch._dynamo.reset()
+        unet.set_fused_norm(False)
+        unet.to(memory_format=torch.contiguous_format)
+    assert {kind[:2] for kind in explained} == {(type(b), m) for b in blocks for m in (True, False)}
+    assert not problems, problems
+
+
+def test_cli_compile_regional_reaches_the_pipeline(tiny_model_dir_64, example_face, example_speech, tmp_path,
+                                                    monkeypatch):
+    from latentsync import LatentSyncPipeline, LatentSyncPipelineOutput
+    from latentsync.commands import main
+
+    seen = {}
+
+    def spy(self, **kwargs):
+        seen["step"] = getattr(self, "_compiled_step", None)
+        return LatentSyncPipelineOutput(frames=None, fps=25.0, path=kwargs["output_path"], num_frames=0,
+                                        frames_without_face=0)
+
+    monkeypatch.setattr(LatentSyncPipeline, "__call__", spy)
+    code = main(["--model", str(tiny_model_dir_64), "--video", str(example_face), "--audio", str(example_speech),
+                 "--output", str(tmp_path / "out.mp4"), "--device", "cpu", "--compile-regional"])
+    assert code == 0 and seen["step"] is not None and seen["step"].regional
+
+
+def test_regional_compile_refuses_cuda_graphs(pipe):
+    with pytest.raises(ValueError, match="whole U-Net step"):
+        pipe.compile_denoiser(cuda_graphs=True, regional=True)
+
+
 @pytest.mark.parametrize("fused", [False, True])
 def test_compiled_unet_step_is_one_graph(pipe, fused):
     """One graph per U-Net step, with no graph breaks: the fused norm's ``out=`` write and diffusers' dtype lookup

@@ -228,16 +228,19 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         return syncnet
 
     def compile_denoiser(self, mode: str | None = None, backend: str | Callable = "inductor",
-                         cuda_graphs: bool = False, fullgraph: bool = False) -> CompiledUNetStep:
+                         cuda_graphs: bool = False, fullgraph: bool = False,
+                         regional: bool = False) -> CompiledUNetStep:
         """Run the U-Net steps through ``torch.compile`` (see [`~latentsync.models.compiled.CompiledUNetStep`]).
 
         Shapes then stay fixed through a call: every window is padded to ``num_frames`` frames (a frame mask keeps
         the padding out of the real frames) and every U-Net call holds ``windows_per_batch`` windows, so a video
         compiles once. The compilation's seconds are reported as ``timings["compile"]`` (not in ``"denoise"``) and
         the compiled graphs are kept for later calls. ``cuda_graphs`` replays each step as a CUDA graph. Frames equal
-        the eager ones within float rounding. DeepCache steps (``deep_cache_interval``) run eagerly.
+        the eager ones within float rounding. DeepCache steps (``deep_cache_interval``) run eagerly. ``regional``
+        compiles each repeated block (ResNet blocks, transformers, motion modules) instead of the whole step: far
+        shorter compilation, with the same fixed shapes; not with ``cuda_graphs``.
         """
-        self._compiled_step = CompiledUNetStep(self.unet, mode, backend, cuda_graphs, fullgraph)
+        self._compiled_step = CompiledUNetStep(self.unet, mode, backend, cuda_graphs, fullgraph, regional)
         return self._compiled_step
 
     def disable_compiled_denoiser(self) -> None:

@@ -200,6 +200,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     fast.add_argument("--compile", action="store_true",
                       help="torch.compile the U-Net step with fixed shapes (compiles once, on the first window)")
     fast.add_argument("--cuda-graphs", action="store_true", help="with --compile: replay the steps as CUDA graphs")
+    fast.add_argument("--compile-regional", action="store_true",
+                      help="torch.compile each repeated U-Net block instead of the whole step (far shorter compile)")
     fast.add_argument("--windows-per-batch", type=int, default=None, metavar="N",
                       help="16-frame windows per U-Net call (default: as many as fit in GPU memory; 1 on a CPU)")
     fast.add_argument("--fused-norm", action="store_true", help="launch-light frame-pooled GroupNorm")
@@ -297,8 +299,8 @@ def load_pipeline(args: argparse.Namespace, local_files_only: bool = False) -> A
         pipe.enable_channels_last()
     if args.fp8:
         pipe.enable_fp8()
-    if args.compile or args.cuda_graphs:
-        pipe.compile_denoiser(cuda_graphs=args.cuda_graphs)
+    if args.compile or args.cuda_graphs or args.compile_regional:
+        pipe.compile_denoiser(cuda_graphs=args.cuda_graphs, regional=args.compile_regional)
     if args.gpu_warps:
         pipe.enable_warps_on_device()
     if args.hw_decode:

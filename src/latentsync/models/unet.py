@@ -148,6 +148,10 @@ class LatentSyncUNet(UNetMotionModel):
         Other arguments are those of [`~diffusers.UNetMotionModel`].
     """
 
+    # the blocks that regional compilation compiles (diffusers' convention, also used by compile_repeated_blocks):
+    # ResNet blocks, spatial transformers (cross-attention to the audio) and motion modules
+    _repeated_blocks = ("ResnetBlock2D", "Transformer2DModel", "AnimateDiffTransformer3D")
+
     @register_to_config
     def __init__(
         self,
