@@ -50,7 +50,7 @@ if want denoiser; then
 echo; echo "### Denoiser: 20 DDIM steps with CFG, full-size U-Net (random weights), per 16-frame window"
 echo "(naive = 1 window per call, eager, bf16; compiled = torch.compile + fused GroupNorm + channels-last)"
 timeout $(budget 330 $((150 * LIMIT))) $PY benchmarks/model_speed.py --throughput --device $DEV "${SIZE[@]}" "${STEPS[@]}" \
-    --dtypes bf16 fp16 "${WIN[@]}" --modes eager compiled compiled-regional --compiled-dtypes bf16 --compiled-windows $CWIN --repeats 1 \
+    --dtypes bf16 fp16 "${WIN[@]}" --modes eager compiled --compiled-dtypes bf16 --compiled-windows $CWIN --repeats 1 \
     --table "$OUT/denoiser.md" \
     2>&1 | tee "$OUT/denoiser.log" | grep -E '^(\||peak|device|attention)'
 fi
@@ -70,8 +70,8 @@ echo; echo "### Alignment and paste-back: OpenCV (CPU) against batched torch war
 timeout $((25 * LIMIT)) $PY benchmarks/warp_speed.py --device $DEV --video "$VIDEO" 2>&1 | tee "$OUT/warps.log" | grep -E '^(\||[0-9])'
 fi
 if want extras; then
-echo; echo "### Extras at 256 px, bf16, 4 windows per call: CUDA graphs and FP8 (drift: relative L2 of the latents)"
+echo; echo "### Extras at 256 px, bf16, 4 windows per call: regional compilation, CUDA graphs and FP8 (drift: relative L2 of the latents)"
 timeout $(budget 60 0) $PY benchmarks/model_speed.py --throughput --device $DEV "${SIZE1[@]}" \
-    "${STEPS[@]}" --dtypes bf16 --windows $CWIN --modes eager compiled-graphs fp8 --repeats 1 2>&1 | tee "$OUT/extras.log" | grep -E '^(\||peak)'
+    "${STEPS[@]}" --dtypes bf16 --windows $CWIN --modes eager compiled-regional compiled-graphs fp8 --repeats 1 2>&1 | tee "$OUT/extras.log" | grep -E '^(\||peak)'
 fi
 echo "done"

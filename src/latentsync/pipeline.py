@@ -237,7 +237,7 @@ class LatentSyncPipeline(DiffusionPipeline, LatentSyncLoraLoaderMixin):
         compiles once. The compilation's seconds are reported as ``timings["compile"]`` (not in ``"denoise"``) and
         the compiled graphs are kept for later calls. ``cuda_graphs`` replays each step as a CUDA graph. Frames equal
         the eager ones within float rounding. DeepCache steps (``deep_cache_interval``) run eagerly. ``regional``
-        compiles each repeated block (ResNet blocks, transformers, motion modules) instead of the whole step: far
+        compiles each repeated block (ResNet blocks, transformers, motion modules) instead of the whole step: a
         shorter compilation, with the same fixed shapes; not with ``cuda_graphs``.
         """
         self._compiled_step = CompiledUNetStep(self.unet, mode, backend, cuda_graphs, fullgraph, regional)

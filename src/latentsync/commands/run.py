@@ -201,7 +201,8 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                       help="torch.compile the U-Net step with fixed shapes (compiles once, on the first window)")
     fast.add_argument("--cuda-graphs", action="store_true", help="with --compile: replay the steps as CUDA graphs")
     fast.add_argument("--compile-regional", action="store_true",
-                      help="torch.compile each repeated U-Net block instead of the whole step (far shorter compile)")
+                      help="torch.compile each repeated U-Net block instead of the whole step (fewer, smaller "
+                           "graphs to compile)")
     fast.add_argument("--windows-per-batch", type=int, default=None, metavar="N",
                       help="16-frame windows per U-Net call (default: as many as fit in GPU memory; 1 on a CPU)")
     fast.add_argument("--fused-norm", action="store_true", help="launch-light frame-pooled GroupNorm")

@@ -74,7 +74,7 @@ class CompiledUNetStep:
         cuda_graphs: replay each step as a CUDA graph (``mode="reduce-overhead"``): removes the launch overhead of
             the small kernels; needs CUDA and fixed shapes.
         fullgraph: fail instead of splitting the graph where dynamo cannot trace.
-        regional: compile each repeated block ([`repeated_blocks`]) instead of the whole step: far shorter
+        regional: compile each repeated block ([`repeated_blocks`]) instead of the whole step: a shorter
             compilation, the layers between the blocks eager. The blocks run compiled only inside this step's calls
             (the U-Net called directly, e.g. by DeepCache, stays eager). Not with ``cuda_graphs``.
 
