@@ -194,7 +194,8 @@ def test_regional_compiled_denoiser_gives_the_same_frames_without_recompiling(pi
     kinds = {type(block) for block in step.blocks}
     assert len(kinds) == 3  # ResNet blocks, spatial transformers, motion modules
     # at least one graph per block class, fewer than the blocks (blocks alike share one), no recompiles
-    assert len(kinds) <= compiled_once < len(step.blocks) and len(graphs) == compiled_once, (compiled_once, len(step.blocks))
+    assert len(kinds) <= compiled_once < len(step.blocks) and len(graphs) == compiled_once, (
+        compiled_once, len(step.blocks))
     assert len(step.shapes) == 1
     assert first.timings["compile"] > 0 and second.timings["compile"] == 0
     _assert_same_frames(first.frames, naive[0].frames)
