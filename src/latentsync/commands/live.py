@@ -90,7 +90,7 @@ def run_live(args: argparse.Namespace) -> int:
         chunks = speech()
         stream = LiveStream(session, chunks)
         report = LiveStatsLog(session.stats, args.stats) if args.stats is not None else None
-        closed = False
+        closed = discard = False
         try:
             images = at_constant_rate(((f.time, f.image) for f in stream), fps) if timed else (f.image for f in stream)
             for image in images:
@@ -101,10 +101,15 @@ def run_live(args: argparse.Namespace) -> int:
             sink.close()
         except RunInterrupted as exc:
             if not sink.frames_written:
+                discard = True  # a file the writer began (the first frame interrupted) goes below
                 raise  # nothing was written: the usual message
             # a live output is written as it is made: what was sent stays (fragmented MP4 plays without an end)
-            logger.error("stopped by %s: %s holds the %d frames made until then", exc.signal_name, target,
-                         sink.frames_written)
+            if closed:  # while the writer completed the output: its ffmpeg was stopped, its last fragment lost
+                logger.error("stopped by %s while the output was being completed: %s holds what ffmpeg had written "
+                             "of the %d frames made", exc.signal_name, target, sink.frames_written)
+            else:
+                logger.error("stopped by %s: %s holds the %d frames made until then", exc.signal_name, target,
+                             sink.frames_written)
             logger.info("live: %s", session.stats.summary())
             return exc.exit_code
         finally:
@@ -115,8 +120,12 @@ def run_live(args: argparse.Namespace) -> int:
             if not closed:
                 try:
                     sink.close()
-                except (InvalidVideoError, OSError):  # an ffmpeg that failed: the run's own error is the one to tell
+                # an ffmpeg that failed, or Ctrl-C while it completes the output after an error (close stopped it):
+                # the run's own error is the one to tell
+                except (InvalidVideoError, OSError, RunInterrupted):
                     pass
+            if discard and sink.started and args.output != "-" and os.path.exists(args.output):
+                os.remove(args.output)
     finally:
         if session is not None:  # its frame file, also when the run failed before its stream began
             session.close()

@@ -176,6 +176,7 @@ class LiveVideoSink:
     ahead of the sound, and ``write`` would then wait for sound that never comes.
     ``sample_aspect`` and ``tag_colors``: the pixels' shape and whether to record the YUV matrix, as the offline
     writer ([`latentsync.media.video.VideoWriter`]) takes them from the input (``FrameSource``).
+    ``frames_written`` counts the frames given to ``write``; ``finished`` says whether ``close`` completed the output.
     """
 
     def __init__(self, target: str, fps: float, output_format: str = "mp4", crf: int = 18,
@@ -190,11 +191,14 @@ class LiveVideoSink:
         self._audio: queue.Queue | None = None
         self._audio_thread: threading.Thread | None = None
         self._pending_audio: list[np.ndarray] = []
+        self._closed = False
         self.frames_written = 0
+        self.finished = False
 
     def _open(self, width: int, height: int) -> None:
         if self.format == "raw":
-            self._out = os.fdopen(os.dup(1), "wb") if self.target == "-" else open(self.target, "wb")
+            # open until close
+            self._out = os.fdopen(os.dup(1), "wb") if self.target == "-" else open(self.target, "wb")  # noqa: SIM115
             logger.info("raw RGB24 frames, %d x %d at %g fps", width, height, self.fps)
             return
         codec = usable_encoder(self.encoder)
@@ -224,7 +228,10 @@ class LiveVideoSink:
             except BrokenPipeError:
                 pass
             finally:
-                audio_out.close()
+                try:
+                    audio_out.close()
+                except BrokenPipeError:  # samples still buffered, for an ffmpeg that is gone
+                    pass
 
         self._audio_thread = threading.Thread(target=feed, name="latentsync-live-audio", daemon=True)
         self._audio_thread.start()
@@ -251,12 +258,44 @@ class LiveVideoSink:
             self._out.flush()
         self.frames_written += 1
 
+    @property
+    def started(self) -> bool:
+        """Whether the output was begun (the first ``write`` opens the file, or starts ffmpeg)."""
+        return self._out is not None or self._proc is not None
+
     def close(self) -> None:
+        """Complete the output (ffmpeg writes its last fragment); once only, later calls do nothing. An interrupt
+        (Ctrl-C) or an error while it waits still ends ffmpeg (killed) and the audio thread before it goes on: the
+        output then holds the fragments ffmpeg had written, and ``finished`` stays False.
+
+        Raises:
+            InvalidVideoError: ffmpeg failed.
+        """
+        if self._closed:
+            return
+        self._closed = True
         if self._out is not None:
             self._out.close()
         if self._proc is not None:
-            self._audio.put(None)
-            self._audio_thread.join()
-            self._proc.stdin.close()
-            if self._proc.wait() != 0:
+            try:
+                self._audio.put(None)
+                self._audio_thread.join()
+                self._proc.stdin.close()
+                code = self._proc.wait()
+            except BaseException:
+                self._kill()
+                raise
+            if code != 0:
                 raise InvalidVideoError(f"ffmpeg could not write the live output to {self.target}")
+        self.finished = True
+
+    def _kill(self) -> None:
+        """End ffmpeg now, then its audio thread (a write it is blocked in fails once ffmpeg is gone)."""
+        self._proc.kill()
+        self._audio.put(None)
+        try:
+            self._proc.stdin.close()
+        except OSError:  # the frames still buffered, to a pipe that is gone
+            pass
+        self._proc.wait()
+        self._audio_thread.join()
