@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
+from contextlib import closing
 
 import numpy as np
 import torch
@@ -82,9 +83,11 @@ def run_live(args: argparse.Namespace) -> int:
                              sample_aspect=frames_in.sample_aspect, tag_colors=frames_in.colors_known)
 
         def speech() -> Iterator[np.ndarray]:
-            for chunk in read_audio_chunks(sys.stdin.buffer, args.chunk_seconds, pcm=args.pcm):
-                sink.write_audio(chunk)
-                yield chunk
+            # closed with this generator: the reader's ffmpeg and its thread on standard input end with the run
+            with closing(read_audio_chunks(sys.stdin.buffer, args.chunk_seconds, pcm=args.pcm)) as audio:
+                for chunk in audio:
+                    sink.write_audio(chunk)
+                    yield chunk
 
         target = "standard output" if args.output == "-" else args.output
         chunks = speech()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import select
 import subprocess
 import threading
 from collections.abc import Iterable, Iterator
@@ -81,6 +82,59 @@ def _read_wav_header(fd: int) -> tuple[bytes, list[str] | None]:
             fmt = (["-f", sample_format, "-ar", str(rate), "-ac", str(channels)], rate * channels * bits // 8)
 
 
+class _SourceFeeder:
+    """Gives ffmpeg's standard input ``ahead`` (the bytes read to look for a WAV header), then the rest of the source
+    ``fd`` as it arrives, from its own thread. [`stop`] ends the thread at once, also while the source stays open
+    with nothing to read (a TTS pipe, standard input of a program that calls the command in-process): it waits for
+    the source and for a stop pipe together. Where ``select.poll`` is missing (Windows) it blocks in the read, as a
+    daemon thread."""
+
+    def __init__(self, fd: int, ahead: bytes, proc: subprocess.Popen):
+        self._fd, self._proc = fd, proc
+        self._stop_read, self._stop_write = os.pipe() if hasattr(select, "poll") else (None, None)
+        self._thread = threading.Thread(target=self._feed, args=(ahead,), name="latentsync-live-audio-in",
+                                        daemon=True)
+        self._thread.start()
+
+    def _next(self) -> bytes:
+        """The next bytes of the source; b"" at its end or once stopped."""
+        if self._stop_read is not None:
+            poller = select.poll()
+            poller.register(self._fd, select.POLLIN)  # a regular file (``< speech.wav``) is always ready
+            poller.register(self._stop_read, select.POLLIN)  # its write end closed: POLLHUP
+            if any(fd == self._stop_read for fd, _ in poller.poll()):
+                return b""
+        return os.read(self._fd, 1 << 16)
+
+    def _feed(self, data: bytes) -> None:
+        try:
+            while data:
+                self._proc.stdin.write(data)
+                self._proc.stdin.flush()
+                data = self._next()
+        except (OSError, ValueError):  # ffmpeg stopped (or was stopped) first; the source was closed
+            pass
+        finally:
+            try:
+                self._proc.stdin.close()
+            except OSError:
+                pass
+            if self._stop_read is not None:
+                os.close(self._stop_read)
+
+    def stop(self) -> None:
+        """Tell the thread to stop reading (a write to ffmpeg it is blocked in ends with ffmpeg)."""
+        if self._stop_write is not None:
+            os.close(self._stop_write)
+            self._stop_write = None
+
+    def join(self) -> None:
+        """Wait for the thread, after [`stop`] and the end of ffmpeg (without ``select.poll``: never; it ends with
+        the source)."""
+        if self._stop_read is not None:
+            self._thread.join()
+
+
 def read_audio_chunks(source: BinaryIO, seconds: float = 0.2,
                       pcm: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
     """Mono float32 16 kHz chunks of ``seconds`` from a byte stream (e.g. ``sys.stdin.buffer``) holding audio in
@@ -102,23 +156,7 @@ def read_audio_chunks(source: BinaryIO, seconds: float = 0.2,
            "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "f32le", "pipe:1"]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if ahead else source, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
-    if ahead:  # the bytes read to look for a WAV header, then the rest of the stream as it arrives
-        def feed() -> None:
-            try:
-                data = ahead
-                while data:
-                    proc.stdin.write(data)
-                    proc.stdin.flush()
-                    data = os.read(fd, 1 << 16)
-            except (BrokenPipeError, ValueError):  # ffmpeg stopped (or was stopped) first
-                pass
-            finally:
-                try:
-                    proc.stdin.close()
-                except BrokenPipeError:
-                    pass
-
-        threading.Thread(target=feed, name="latentsync-live-audio-in", daemon=True).start()
+    feeder = _SourceFeeder(fd, ahead, proc) if ahead else None
     size = max(1, int(seconds * SAMPLE_RATE)) * 4
     received, ended = 0, False
     try:
@@ -131,10 +169,14 @@ def read_audio_chunks(source: BinaryIO, seconds: float = 0.2,
             received += usable // 4
             yield np.frombuffer(data[:usable], dtype="<f4").copy()
     finally:
+        if feeder is not None:  # its read of the source would outlast the reader on a pipe that stays open
+            feeder.stop()
         if not ended:  # the reader stopped early (Ctrl-C, an error): ffmpeg may be blocked on a pipe that stays open
             proc.kill()
         proc.stdout.close()
         code = proc.wait()
+        if feeder is not None:
+            feeder.join()
         error = proc.stderr.read().decode(errors="replace").strip()
         proc.stderr.close()
     if code != 0 or received == 0:
