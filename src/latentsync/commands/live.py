@@ -15,13 +15,14 @@ import torch
 
 from ..avatar import avatar_config
 from ..errors import InvalidVideoError, LatentSyncInputError, RunInterrupted
-from ..inputs import check_arguments
+from ..face.choice import check_face_arguments
+from ..inputs import check_arguments, check_avatar_arguments
 from ..live import LiveStatsLog, LiveStream
 from ..media.files import check_input_file
 from ..media.pipes import LiveVideoSink, at_constant_rate, read_audio_chunks
 from ..media.video import check_output_path
 from ..tempfiles import make_work_dir, remove_work_dir
-from .run import check_avatar_options, check_model_options, face_arguments, load_pipeline
+from .run import check_model_options, face_arguments, in_option_words, load_pipeline
 
 logger = logging.getLogger("latentsync")
 
@@ -54,9 +55,12 @@ def run_live(args: argparse.Namespace) -> int:
     check_arguments(num_inference_steps=args.steps, guidance_scale=args.guidance_scale)
     if args.video is not None:
         inputs = [check_input_file(args.video, InvalidVideoError, "video")]
+        with in_option_words(args):  # the face choice, as the run on a speech file checks it before loading
+            check_face_arguments(**face_arguments(args))
     else:
         config, inputs = avatar_config(args.avatar)
-        check_avatar_options(args, config)
+        with in_option_words(args):  # what the avatar fixed when it was prepared: its face and timeline
+            check_avatar_arguments(args.avatar, config.get("fps"), output_fps=args.fps, **face_arguments(args))
     if args.output != "-":  # the output is written as it is made: never over an input, nor over a file unasked
         check_output_path(args.output, inputs, overwrite=args.overwrite, create_folder=True)
     source = check_model_options(args)
@@ -68,7 +72,8 @@ def run_live(args: argparse.Namespace) -> int:
     try:
         avatar = args.avatar
         if avatar is None:
-            avatar = pipe.prepare_avatar(args.video, work, output_fps=args.fps, **face_arguments(args))
+            with in_option_words(args):
+                avatar = pipe.prepare_avatar(args.video, work, output_fps=args.fps, **face_arguments(args))
         session = pipe.live_session(avatar, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
                                     generator=generator)
         timestamps = session.avatar.timestamps
