@@ -278,6 +278,32 @@ def test_live_run_from_a_terminal_is_refused_before_loading(tmp_path, example_fa
     assert "standard input, which is a terminal here: pipe the audio in" in caplog.text and not out.exists()
 
 
+@pytest.mark.parametrize("option, message", [
+    (["--face-frame", "-1"], "--face-frame must be an integer >= 0, got -1"),
+    (["--face-index", "-1"], "--face-index must be an integer >= 0, got -1"),
+])
+def test_live_run_of_a_video_checks_its_face_options_before_loading(tmp_path, example_face, monkeypatch, caplog,
+                                                                    no_model_load, option, message):
+    """``--video FILE --audio -`` with a bad face option is one line in the options' words before the model loads
+    (it loaded the model, and then refused "face_box_frame" or "face_index" in the Python API's words), as a run on
+    a speech file does; both commands check an avatar's options with the one shared check
+    (``latentsync.inputs.check_avatar_arguments``, no wrapper of their own)."""
+    import io
+    import sys
+
+    import latentsync.commands.run as run_command
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(open(example_face, "rb")))
+    out = tmp_path / "live.mp4"
+    try:
+        assert main(["--model", str(tmp_path / "no-model"), "--device", "cpu", "--video", str(example_face),
+                     "--audio", "-", "--output", str(out), *option]) == 2
+    finally:
+        sys.stdin.close()
+    assert message in caplog.text and not out.exists(), caplog.text
+    assert not hasattr(run_command, "check_avatar_options")
+
+
 def test_run_checks_lora_syncnet_and_avatar_before_loading(tmp_path, example_face, example_speech, tiny_model_dir_64,
                                                            caplog, no_model_load):
     """A missing --lora, --syncnet or --avatar folder is one line before the model loads (they were tracebacks

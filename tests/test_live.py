@@ -462,6 +462,131 @@ def test_a_live_run_that_fails_leaves_no_process_or_thread(tiny_model_dir_64, av
     assert len(read_timestamps(out)[0]) == 16  # the first window's frames, complete
 
 
+def test_a_live_run_on_a_pipe_that_stays_open_leaves_no_reader_thread(tiny_model_dir_64, avatar, example_speech,
+                                                                       tmp_path, monkeypatch, caplog):
+    """``main`` called in-process (a notebook, a service) with speech piped in as float WAV (which goes to ffmpeg
+    through a reader thread), the pipe left open, and an error midway (here the stream failing once all the speech
+    was read): the thread reading the pipe stayed blocked in its read after ``main`` returned, until the pipe closed
+    (for good, on a source that never closes); it now ends with the run."""
+    import io
+    import os
+    import sys
+    import threading
+
+    from conftest import ffmpeg
+
+    from latentsync.commands import main
+
+    speech = tmp_path / "speech.wav"
+    # 6 s: ffmpeg reads 5 s of a float WAV from a pipe before its first sample
+    ffmpeg("-stream_loop", "1", "-i", str(example_speech), "-t", "6", "-c:a", "pcm_f32le", str(speech))
+    assert speech.read_bytes()[20:22] == (3).to_bytes(2, "little")  # IEEE float: not given to ffmpeg as raw PCM
+
+    class FailingStream:
+        """Reads the speech until all of it came (the reader thread then waits for more), then fails."""
+
+        def __init__(self, session, chunks):
+            self.chunks = chunks
+
+        def __iter__(self):
+            received = 0
+            for chunk in self.chunks:
+                received += len(chunk)
+                if received >= 6 * 16000:
+                    raise LatentSyncInputError("the stream failed (the test)")
+            raise AssertionError("the speech ended, but the pipe is open")
+
+        def close(self):
+            pass
+
+    def readers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.name == "latentsync-live-audio-in"]
+
+    read_fd, write_fd = os.pipe()
+    release = threading.Event()
+
+    def tts():  # all the speech, then the pipe stays open until the test ends (a minute at most)
+        try:
+            os.write(write_fd, speech.read_bytes())
+        except BrokenPipeError:  # the test closed the pipe's read end before all of it was read
+            pass
+        release.wait(60)
+        os.close(write_fd)
+
+    writer = threading.Thread(target=tts)
+    writer.start()
+    monkeypatch.setattr("latentsync.commands.live.LiveStream", FailingStream)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(os.fdopen(read_fd, "rb")))
+    caplog.set_level("INFO", "latentsync")
+    before = readers()
+    try:
+        start = time.perf_counter()
+        assert main(["--model", str(tiny_model_dir_64), "--avatar", str(avatar), "--audio", "-", "--output",
+                     str(tmp_path / "live.mp4"), "--steps", "1", "--device", "cpu"]) == 2
+        assert time.perf_counter() - start < 45  # the error ended it, not the pipe's end
+        assert "the stream failed (the test)" in caplog.text
+        assert readers() == before
+    finally:
+        release.set()
+        sys.stdin.close()
+        writer.join()
+
+
+@pytest.mark.parametrize("when", ["at its first frame", "while completing its output"])
+def test_a_live_run_stopped_by_ctrl_c_ends_its_writer(tiny_model_dir_64, avatar, example_speech, tmp_path,
+                                                      monkeypatch, caplog, when):
+    """Ctrl-C while the live writer completes its output (waiting for its ffmpeg) left that ffmpeg running after
+    ``main`` returned (an in-process caller kept it), and the log said the file held every frame made; now ffmpeg
+    is stopped and waited for, and the log says the file holds what ffmpeg had written. Ctrl-C at the first frame,
+    after the writer began the file, left a file behind "nothing was written"; now it is removed."""
+    import io
+    import signal
+    import sys
+
+    psutil = pytest.importorskip("psutil")
+    from conftest import ffmpeg
+
+    from latentsync.commands import main
+    from latentsync.errors import RunInterrupted
+    from latentsync.media import pipes
+
+    class InterruptedSink(pipes.LiveVideoSink):
+        def write(self, frame):
+            if when == "at its first frame":
+                self._open(frame.shape[1], frame.shape[0])
+                raise RunInterrupted(signal.SIGINT)
+            super().write(frame)
+
+        def close(self):
+            if when == "while completing its output" and self._proc is not None:
+                wait = self._proc.wait
+
+                def interrupted(*args, **kwargs):  # the first wait, for ffmpeg to complete the file
+                    self._proc.wait = wait
+                    raise RunInterrupted(signal.SIGINT)
+
+                self._proc.wait = interrupted
+            super().close()
+
+    speech, out = tmp_path / "speech.wav", tmp_path / "live.mp4"
+    ffmpeg("-i", str(example_speech), "-t", "1", str(speech))
+    monkeypatch.setattr("latentsync.commands.live.LiveVideoSink", InterruptedSink)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(open(speech, "rb")))
+    caplog.set_level("INFO", "latentsync")
+    before = psutil.Process().children(recursive=True)
+    try:
+        assert main(["--model", str(tiny_model_dir_64), "--avatar", str(avatar), "--audio", "-", "--output",
+                     str(out), "--steps", "1", "--device", "cpu"]) == 130
+    finally:
+        sys.stdin.close()
+    assert psutil.Process().children(recursive=True) == before
+    if when == "at its first frame":
+        assert "stopped by Ctrl-C: nothing was written" in caplog.text and not out.exists()
+    else:
+        assert re.search(r"stopped by Ctrl-C while the output was being completed: .*live\.mp4 holds what ffmpeg had "
+                         r"written of the 25 frames made", caplog.text), caplog.text
+
+
 def test_a_live_run_that_fails_before_its_stream_removes_its_frame_file(tiny_model_dir_64, avatar, example_speech,
                                                                         tmp_path, monkeypatch, caplog):
     """A live run that failed after its session decoded the avatar's frames (226 MB for 1.5 s of 1080p) but before

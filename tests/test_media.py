@@ -751,6 +751,44 @@ def test_live_output_keeps_the_pixel_shape_and_colour_tag(tmp_path, tag_colors):
     assert ("yuv420p(tv, smpte170m" in header) == tag_colors, header
 
 
+@pytest.mark.parametrize("where", ["audio thread", "ffmpeg"])
+def test_live_sink_interrupted_while_closing_ends_its_ffmpeg(tmp_path, monkeypatch, where):
+    """Ctrl-C while the live sink completes its output (waiting for its audio thread, or for ffmpeg to end) left its
+    ffmpeg running until the Python process ended (in its own session, the terminal's Ctrl-C never reaches it; a
+    notebook or service kept it); the sink now kills it, waits for it and joins its audio thread before the
+    interrupt goes on, and later calls of close do nothing."""
+    psutil = pytest.importorskip("psutil")
+    from latentsync.media import pipes
+
+    sink = pipes.LiveVideoSink(os.fspath(tmp_path / "live.mp4"), 25)
+    frames = _frames()
+    sink.write_audio(np.zeros(SAMPLE_RATE * len(frames) // 25, np.float32))
+    for frame in frames:
+        sink.write(frame)
+    proc, thread = sink._proc, sink._audio_thread
+    owner, name = (thread, "join") if where == "audio thread" else (proc, "wait")
+    real, calls = getattr(owner, name), []
+
+    def interrupted(*args, **kwargs):
+        calls.append(name)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, interrupted)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            sink.close()
+        assert proc.returncode is not None and not psutil.pid_exists(proc.pid)  # ended and waited for
+        assert not thread.is_alive() and not sink.finished
+        sink.close()
+    finally:  # the old sink's ffmpeg and thread
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        sink._audio.put(None)
+
+
 # ---------------------------------------------------------------------------------------------------- HDR input
 REFERENCE_TONE_MAP = ("setparams=color_primaries=bt2020:colorspace=bt2020nc,zscale=t=linear:npl=100,format=gbrpf32le,"
                       "zscale=p=bt709,tonemap=tonemap=hable:desat=0,zscale=t=bt709,format=gbrp")

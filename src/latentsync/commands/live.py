@@ -8,19 +8,21 @@ import logging
 import os
 import sys
 from collections.abc import Iterator
+from contextlib import closing
 
 import numpy as np
 import torch
 
 from ..avatar import avatar_config
 from ..errors import InvalidVideoError, LatentSyncInputError, RunInterrupted
-from ..inputs import check_arguments
+from ..face.choice import check_face_arguments
+from ..inputs import check_arguments, check_avatar_arguments
 from ..live import LiveStatsLog, LiveStream
 from ..media.files import check_input_file
 from ..media.pipes import LiveVideoSink, at_constant_rate, read_audio_chunks
 from ..media.video import check_output_path
 from ..tempfiles import make_work_dir, remove_work_dir
-from .run import check_avatar_options, check_model_options, face_arguments, load_pipeline
+from .run import check_model_options, face_arguments, in_option_words, load_pipeline
 
 logger = logging.getLogger("latentsync")
 
@@ -53,9 +55,12 @@ def run_live(args: argparse.Namespace) -> int:
     check_arguments(num_inference_steps=args.steps, guidance_scale=args.guidance_scale)
     if args.video is not None:
         inputs = [check_input_file(args.video, InvalidVideoError, "video")]
+        with in_option_words(args):  # the face choice, as the run on a speech file checks it before loading
+            check_face_arguments(**face_arguments(args))
     else:
         config, inputs = avatar_config(args.avatar)
-        check_avatar_options(args, config)
+        with in_option_words(args):  # what the avatar fixed when it was prepared: its face and timeline
+            check_avatar_arguments(args.avatar, config.get("fps"), output_fps=args.fps, **face_arguments(args))
     if args.output != "-":  # the output is written as it is made: never over an input, nor over a file unasked
         check_output_path(args.output, inputs, overwrite=args.overwrite, create_folder=True)
     source = check_model_options(args)
@@ -67,7 +72,8 @@ def run_live(args: argparse.Namespace) -> int:
     try:
         avatar = args.avatar
         if avatar is None:
-            avatar = pipe.prepare_avatar(args.video, work, output_fps=args.fps, **face_arguments(args))
+            with in_option_words(args):
+                avatar = pipe.prepare_avatar(args.video, work, output_fps=args.fps, **face_arguments(args))
         session = pipe.live_session(avatar, num_inference_steps=args.steps, guidance_scale=args.guidance_scale,
                                     generator=generator)
         timestamps = session.avatar.timestamps
@@ -82,15 +88,17 @@ def run_live(args: argparse.Namespace) -> int:
                              sample_aspect=frames_in.sample_aspect, tag_colors=frames_in.colors_known)
 
         def speech() -> Iterator[np.ndarray]:
-            for chunk in read_audio_chunks(sys.stdin.buffer, args.chunk_seconds, pcm=args.pcm):
-                sink.write_audio(chunk)
-                yield chunk
+            # closed with this generator: the reader's ffmpeg and its thread on standard input end with the run
+            with closing(read_audio_chunks(sys.stdin.buffer, args.chunk_seconds, pcm=args.pcm)) as audio:
+                for chunk in audio:
+                    sink.write_audio(chunk)
+                    yield chunk
 
         target = "standard output" if args.output == "-" else args.output
         chunks = speech()
         stream = LiveStream(session, chunks)
         report = LiveStatsLog(session.stats, args.stats) if args.stats is not None else None
-        closed = False
+        closed = discard = False
         try:
             images = at_constant_rate(((f.time, f.image) for f in stream), fps) if timed else (f.image for f in stream)
             for image in images:
@@ -101,10 +109,15 @@ def run_live(args: argparse.Namespace) -> int:
             sink.close()
         except RunInterrupted as exc:
             if not sink.frames_written:
+                discard = True  # a file the writer began (the first frame interrupted) goes below
                 raise  # nothing was written: the usual message
             # a live output is written as it is made: what was sent stays (fragmented MP4 plays without an end)
-            logger.error("stopped by %s: %s holds the %d frames made until then", exc.signal_name, target,
-                         sink.frames_written)
+            if closed:  # while the writer completed the output: its ffmpeg was stopped, its last fragment lost
+                logger.error("stopped by %s while the output was being completed: %s holds what ffmpeg had written "
+                             "of the %d frames made", exc.signal_name, target, sink.frames_written)
+            else:
+                logger.error("stopped by %s: %s holds the %d frames made until then", exc.signal_name, target,
+                             sink.frames_written)
             logger.info("live: %s", session.stats.summary())
             return exc.exit_code
         finally:
@@ -115,8 +128,12 @@ def run_live(args: argparse.Namespace) -> int:
             if not closed:
                 try:
                     sink.close()
-                except (InvalidVideoError, OSError):  # an ffmpeg that failed: the run's own error is the one to tell
+                # an ffmpeg that failed, or Ctrl-C while it completes the output after an error (close stopped it):
+                # the run's own error is the one to tell
+                except (InvalidVideoError, OSError, RunInterrupted):
                     pass
+            if discard and sink.started and args.output != "-" and os.path.exists(args.output):
+                os.remove(args.output)
     finally:
         if session is not None:  # its frame file, also when the run failed before its stream began
             session.close()

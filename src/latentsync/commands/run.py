@@ -15,12 +15,14 @@ import logging
 import os
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from ..devices import DTYPE_NAMES, check_device
 from ..errors import LatentSyncInputError, RunInterrupted
 from ..face.choice import FACE_RULES
-from ..inputs import check_avatar_arguments, check_output_fps, check_run_inputs, warnings_given
+from ..inputs import check_output_fps, check_run_inputs, warnings_given
 from ..media.audio import AUTOMATIC_TRACK, AudioTrack, parse_track_number
 from ..media.constants import OUTPUT_FORMATS
 from ..media.video import check_hardware_codec
@@ -327,13 +329,14 @@ def _with_option_names(message: str, face_option: str = "--face-index") -> str:
     return message
 
 
-def check_avatar_options(args: argparse.Namespace, config: dict) -> None:
-    """Refuse the options that a run on a prepared ``--avatar`` (whose JSON is ``config``) cannot honour, before the
-    model loads, in the options' words ([`latentsync.inputs.check_avatar_arguments`]: a face choice, a ``--fps``
-    other than the avatar's)."""
+@contextmanager
+def in_option_words(args: argparse.Namespace) -> Iterator[None]:
+    """An input error raised inside the block (a check, the pipeline), raised again in the options' words
+    ([`_with_option_names`]: ``--fps 30`` for ``output_fps 30``; a face named with ``--face-index`` or ``--face``
+    as the user chose it)."""
     face_option = "--face-index" if args.face_index is not None else "--face"
     try:
-        check_avatar_arguments(args.avatar, config.get("fps"), output_fps=args.fps, **face_arguments(args))
+        yield
     except LatentSyncInputError as exc:
         raise type(exc)(_with_option_names(str(exc), face_option)) from None
 
@@ -373,17 +376,14 @@ def run(argv: list[str]) -> int:
     audio = dict(args.audio_for) if args.audio_for else args.audio
     if args.audio_for and len(audio) != len(args.audio_for):
         raise LatentSyncInputError("--audio-for names the same face twice")
-    face_option = "--face-index" if args.face_index is not None else "--face"
     stages: dict[str, float] = {}
     start = time.perf_counter()
-    try:
+    with in_option_words(args):
         checked = check_run_inputs(args.video, audio, args.output, overwrite=args.overwrite,
                                    create_output_folder=True, mix_audio=args.mix_audio, num_inference_steps=args.steps,
                                    guidance_scale=args.guidance_scale, deep_cache_interval=args.deep_cache,
                                    windows_per_batch=args.windows_per_batch, output_fps=args.fps, avatar=args.avatar,
                                    audio_track=args.audio_track, **choice)
-    except LatentSyncInputError as exc:
-        raise type(exc)(_with_option_names(str(exc), face_option)) from None
     source = check_model_options(args)
     stages["checks"] = time.perf_counter() - start
 
@@ -395,7 +395,7 @@ def run(argv: list[str]) -> int:
     generator = torch.Generator("cpu").manual_seed(args.seed)
     created = make_missing_folders(os.path.dirname(os.path.abspath(args.output)))  # e.g. outputs/ on a fresh clone
     try:
-        with warnings_given(checked.warnings):  # logged above, before the model loaded
+        with in_option_words(args), warnings_given(checked.warnings):  # warnings: logged above, before loading
             out = pipe(
                 video=args.video,
                 avatar=args.avatar,
@@ -411,9 +411,6 @@ def run(argv: list[str]) -> int:
         remove_empty_folders(created)
         logger.error("stopped by %s: no output was written, temporary files were removed", exc.signal_name)
         return exc.exit_code
-    except LatentSyncInputError as exc:
-        remove_empty_folders(created)
-        raise type(exc)(_with_option_names(str(exc), face_option)) from None
     except BaseException:
         remove_empty_folders(created)
         raise

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import select
 import subprocess
 import threading
 from collections.abc import Iterable, Iterator
@@ -81,6 +82,59 @@ def _read_wav_header(fd: int) -> tuple[bytes, list[str] | None]:
             fmt = (["-f", sample_format, "-ar", str(rate), "-ac", str(channels)], rate * channels * bits // 8)
 
 
+class _SourceFeeder:
+    """Gives ffmpeg's standard input ``ahead`` (the bytes read to look for a WAV header), then the rest of the source
+    ``fd`` as it arrives, from its own thread. [`stop`] ends the thread at once, also while the source stays open
+    with nothing to read (a TTS pipe, standard input of a program that calls the command in-process): it waits for
+    the source and for a stop pipe together. Where ``select.poll`` is missing (Windows) it blocks in the read, as a
+    daemon thread."""
+
+    def __init__(self, fd: int, ahead: bytes, proc: subprocess.Popen):
+        self._fd, self._proc = fd, proc
+        self._stop_read, self._stop_write = os.pipe() if hasattr(select, "poll") else (None, None)
+        self._thread = threading.Thread(target=self._feed, args=(ahead,), name="latentsync-live-audio-in",
+                                        daemon=True)
+        self._thread.start()
+
+    def _next(self) -> bytes:
+        """The next bytes of the source; b"" at its end or once stopped."""
+        if self._stop_read is not None:
+            poller = select.poll()
+            poller.register(self._fd, select.POLLIN)  # a regular file (``< speech.wav``) is always ready
+            poller.register(self._stop_read, select.POLLIN)  # its write end closed: POLLHUP
+            if any(fd == self._stop_read for fd, _ in poller.poll()):
+                return b""
+        return os.read(self._fd, 1 << 16)
+
+    def _feed(self, data: bytes) -> None:
+        try:
+            while data:
+                self._proc.stdin.write(data)
+                self._proc.stdin.flush()
+                data = self._next()
+        except (OSError, ValueError):  # ffmpeg stopped (or was stopped) first; the source was closed
+            pass
+        finally:
+            try:
+                self._proc.stdin.close()
+            except OSError:
+                pass
+            if self._stop_read is not None:
+                os.close(self._stop_read)
+
+    def stop(self) -> None:
+        """Tell the thread to stop reading (a write to ffmpeg it is blocked in ends with ffmpeg)."""
+        if self._stop_write is not None:
+            os.close(self._stop_write)
+            self._stop_write = None
+
+    def join(self) -> None:
+        """Wait for the thread, after [`stop`] and the end of ffmpeg (without ``select.poll``: never; it ends with
+        the source)."""
+        if self._stop_read is not None:
+            self._thread.join()
+
+
 def read_audio_chunks(source: BinaryIO, seconds: float = 0.2,
                       pcm: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
     """Mono float32 16 kHz chunks of ``seconds`` from a byte stream (e.g. ``sys.stdin.buffer``) holding audio in
@@ -102,23 +156,7 @@ def read_audio_chunks(source: BinaryIO, seconds: float = 0.2,
            "-ac", "1", "-ar", str(SAMPLE_RATE), "-f", "f32le", "pipe:1"]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE if ahead else source, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE)
-    if ahead:  # the bytes read to look for a WAV header, then the rest of the stream as it arrives
-        def feed() -> None:
-            try:
-                data = ahead
-                while data:
-                    proc.stdin.write(data)
-                    proc.stdin.flush()
-                    data = os.read(fd, 1 << 16)
-            except (BrokenPipeError, ValueError):  # ffmpeg stopped (or was stopped) first
-                pass
-            finally:
-                try:
-                    proc.stdin.close()
-                except BrokenPipeError:
-                    pass
-
-        threading.Thread(target=feed, name="latentsync-live-audio-in", daemon=True).start()
+    feeder = _SourceFeeder(fd, ahead, proc) if ahead else None
     size = max(1, int(seconds * SAMPLE_RATE)) * 4
     received, ended = 0, False
     try:
@@ -131,10 +169,14 @@ def read_audio_chunks(source: BinaryIO, seconds: float = 0.2,
             received += usable // 4
             yield np.frombuffer(data[:usable], dtype="<f4").copy()
     finally:
+        if feeder is not None:  # its read of the source would outlast the reader on a pipe that stays open
+            feeder.stop()
         if not ended:  # the reader stopped early (Ctrl-C, an error): ffmpeg may be blocked on a pipe that stays open
             proc.kill()
         proc.stdout.close()
         code = proc.wait()
+        if feeder is not None:
+            feeder.join()
         error = proc.stderr.read().decode(errors="replace").strip()
         proc.stderr.close()
     if code != 0 or received == 0:
@@ -176,6 +218,7 @@ class LiveVideoSink:
     ahead of the sound, and ``write`` would then wait for sound that never comes.
     ``sample_aspect`` and ``tag_colors``: the pixels' shape and whether to record the YUV matrix, as the offline
     writer ([`latentsync.media.video.VideoWriter`]) takes them from the input (``FrameSource``).
+    ``frames_written`` counts the frames given to ``write``; ``finished`` says whether ``close`` completed the output.
     """
 
     def __init__(self, target: str, fps: float, output_format: str = "mp4", crf: int = 18,
@@ -190,11 +233,14 @@ class LiveVideoSink:
         self._audio: queue.Queue | None = None
         self._audio_thread: threading.Thread | None = None
         self._pending_audio: list[np.ndarray] = []
+        self._closed = False
         self.frames_written = 0
+        self.finished = False
 
     def _open(self, width: int, height: int) -> None:
         if self.format == "raw":
-            self._out = os.fdopen(os.dup(1), "wb") if self.target == "-" else open(self.target, "wb")
+            # open until close
+            self._out = os.fdopen(os.dup(1), "wb") if self.target == "-" else open(self.target, "wb")  # noqa: SIM115
             logger.info("raw RGB24 frames, %d x %d at %g fps", width, height, self.fps)
             return
         codec = usable_encoder(self.encoder)
@@ -224,7 +270,10 @@ class LiveVideoSink:
             except BrokenPipeError:
                 pass
             finally:
-                audio_out.close()
+                try:
+                    audio_out.close()
+                except BrokenPipeError:  # samples still buffered, for an ffmpeg that is gone
+                    pass
 
         self._audio_thread = threading.Thread(target=feed, name="latentsync-live-audio", daemon=True)
         self._audio_thread.start()
@@ -251,12 +300,44 @@ class LiveVideoSink:
             self._out.flush()
         self.frames_written += 1
 
+    @property
+    def started(self) -> bool:
+        """Whether the output was begun (the first ``write`` opens the file, or starts ffmpeg)."""
+        return self._out is not None or self._proc is not None
+
     def close(self) -> None:
+        """Complete the output (ffmpeg writes its last fragment); once only, later calls do nothing. An interrupt
+        (Ctrl-C) or an error while it waits still ends ffmpeg (killed) and the audio thread before it goes on: the
+        output then holds the fragments ffmpeg had written, and ``finished`` stays False.
+
+        Raises:
+            InvalidVideoError: ffmpeg failed.
+        """
+        if self._closed:
+            return
+        self._closed = True
         if self._out is not None:
             self._out.close()
         if self._proc is not None:
-            self._audio.put(None)
-            self._audio_thread.join()
-            self._proc.stdin.close()
-            if self._proc.wait() != 0:
+            try:
+                self._audio.put(None)
+                self._audio_thread.join()
+                self._proc.stdin.close()
+                code = self._proc.wait()
+            except BaseException:
+                self._kill()
+                raise
+            if code != 0:
                 raise InvalidVideoError(f"ffmpeg could not write the live output to {self.target}")
+        self.finished = True
+
+    def _kill(self) -> None:
+        """End ffmpeg now, then its audio thread (a write it is blocked in fails once ffmpeg is gone)."""
+        self._proc.kill()
+        self._audio.put(None)
+        try:
+            self._proc.stdin.close()
+        except OSError:  # the frames still buffered, to a pipe that is gone
+            pass
+        self._proc.wait()
+        self._audio_thread.join()
