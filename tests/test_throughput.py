@@ -290,9 +290,17 @@ def test_cli_compile_regional_reaches_the_pipeline(tiny_model_dir_64, example_fa
     assert code == 0 and seen["step"] is not None and seen["step"].regional
 
 
-def test_regional_compile_refuses_cuda_graphs(pipe):
+def test_regional_compile_refuses_cuda_graphs(pipe, capsys):
+    from latentsync.commands import main
+
     with pytest.raises(ValueError, match="whole U-Net step"):
         pipe.compile_denoiser(cuda_graphs=True, regional=True)
+    # the command line says so in one line, before loading anything
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--model", "no/such-model", "--video", "v.mp4", "--audio", "a.wav", "--output", "o.mp4",
+              "--cuda-graphs", "--compile-regional"])
+    assert exit_info.value.code == 2
+    assert "--cuda-graphs needs the whole U-Net step compiled" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("fused", [False, True])

@@ -355,6 +355,8 @@ def run(argv: list[str]) -> int:
                 check_hardware_codec(name, kind)
         except ValueError as exc:
             p.error(f"{option}: {exc}")
+    if args.cuda_graphs and args.compile_regional:
+        p.error("--cuda-graphs needs the whole U-Net step compiled (--compile), not --compile-regional")
     if args.audio_for and args.audio_track is not None:
         p.error("--audio-track: with --audio-for, give each voice's track as --audio-for FACE:TRACK=FILE")
     if args.audio == "-" and args.audio_track is not None:
