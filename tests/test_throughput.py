@@ -230,6 +230,16 @@ def test_regional_compile_raises_the_recompile_limit(pipe):
     assert resnet_graphs > 2  # more ResNet graphs than the limit it started with: none ran eagerly
 
 
+def _padded_batch_with_norm(unet, fused: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Put ``unet`` in the fused-norm, channels-last layout (or back to the default), and return a CFG batch of 4
+    clips of 8 frames, its audio contexts and a frame mask that pads the last two clips."""
+    unet.set_fused_norm(fused)
+    unet.to(memory_format=torch.channels_last if fused else torch.contiguous_format)
+    mask = torch.ones(4, 8, dtype=torch.bool)
+    mask[2:, 5:] = False
+    return torch.randn(4, 13, 8, 8, 8), torch.randn(32, 50, 64), mask
+
+
 @pytest.mark.parametrize("fused", [False, True])
 def test_each_regionally_compiled_block_is_one_graph(pipe, fused):
     """Every repeated block traces as one graph without breaks, with and without a frame mask (the mask reaches
@@ -237,11 +247,7 @@ def test_each_regionally_compiled_block_is_one_graph(pipe, fused):
     from latentsync.models.compiled import repeated_blocks
 
     unet = pipe.unet
-    unet.set_fused_norm(fused)
-    unet.to(memory_format=torch.channels_last if fused else torch.contiguous_format)
-    x, ctx = torch.randn(4, 13, 8, 8, 8), torch.randn(32, 50, 64)
-    mask = torch.ones(4, 8, dtype=torch.bool)
-    mask[2:, 5:] = False
+    x, ctx, mask = _padded_batch_with_norm(unet, fused)
     problems: list[str] = []
     explained: set[tuple] = set()
 
@@ -266,8 +272,7 @@ def test_each_regionally_compiled_block_is_one_graph(pipe, fused):
         for handle in handles:
             handle.remove()
         torch._dynamo.reset()
-        unet.set_fused_norm(False)
-        unet.to(memory_format=torch.contiguous_format)
+        _padded_batch_with_norm(unet, False)
     assert {kind[:2] for kind in explained} == {(type(b), m) for b in blocks for m in (True, False)}
     assert not problems, problems
 
@@ -311,11 +316,7 @@ def test_compiled_unet_step_is_one_graph(pipe, fused):
     from latentsync.models.compiled import CompiledUNetStep
 
     unet = pipe.unet
-    unet.set_fused_norm(fused)
-    unet.to(memory_format=torch.channels_last if fused else torch.contiguous_format)
-    x, ctx = torch.randn(4, 13, 8, 8, 8), torch.randn(32, 50, 64)
-    mask = torch.ones(4, 8, dtype=torch.bool)
-    mask[2:, 5:] = False
+    x, ctx, mask = _padded_batch_with_norm(unet, fused)
     step = CompiledUNetStep(unet, backend="eager")
     try:
         for frame_mask in (None, mask):
@@ -326,8 +327,7 @@ def test_compiled_unet_step_is_one_graph(pipe, fused):
             assert explained.graph_count == 1 and explained.graph_break_count == 0, reasons
     finally:
         torch._dynamo.reset()
-        unet.set_fused_norm(False)
-        unet.to(memory_format=torch.contiguous_format)
+        _padded_batch_with_norm(unet, False)
 
 
 def test_step_methods_record_no_gradients(pipe):
