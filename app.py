@@ -216,13 +216,9 @@ def _error(message: str) -> gr.Error:
     return gr.Error(message, print_exception=False)
 
 
-class AppStopping(Exception):
-    """Raised inside a running lip sync (at a denoising step) when the app shuts down."""
-
-
-class VisitorLeft(Exception):
-    """Raised inside a running lip sync (at a denoising step) when the page that asked for it was closed or its Stop
-    button pressed (the argument: [`CLOSED`] or [`PRESSED_STOP`])."""
+class RunStopped(Exception):
+    """Raised inside a running lip sync (at a denoising step) when the app shuts down, the page that asked for it was
+    closed or its Stop button pressed; the argument is the status that says which."""
 
 
 @dataclass
@@ -580,10 +576,8 @@ class LipSyncService:
                 finally:
                     self._running = None
             return out, None
-        except AppStopping:  # the pipeline has removed its files, as after any error
-            return None, STOPPING_MESSAGE
-        except VisitorLeft as exc:
-            return None, STOPPED_MESSAGE if exc.args and exc.args[0] == PRESSED_STOP else LEFT_MESSAGE
+        except RunStopped as exc:  # the pipeline has removed its files, as after any error
+            return None, str(exc)
         except LatentSyncInputError as exc:
             return None, str(exc)
         except torch.cuda.OutOfMemoryError:
@@ -593,14 +587,21 @@ class LipSyncService:
             return None, f"Lip sync failed ({type(exc).__name__}: {_short_reason(exc, 300)})."
 
     def _raise_if_stopped(self) -> None:
-        """Raise [`AppStopping`] once [`stop`] was called, [`VisitorLeft`] once the page of the request being
-        generated was closed (seen from any process: the request's stop flags)."""
-        request = self._running
+        """Raise [`RunStopped`] once [`stop`] was called or the request being generated was stopped by its visitor
+        (see [`_stop_message`])."""
+        message = self._stop_message(self._running)
+        if message is not None:
+            raise RunStopped(message)
+
+    def _stop_message(self, request: LipSyncRequest | None) -> str | None:
+        """The status of ``request`` once stopped (the app shutting down, Stop pressed, its page closed); None while
+        it may run. Read from its stop flags, so that it is seen in any process (ZeroGPU's GPU worker included)."""
         if self._stopping.is_set() or (request is not None and request.app_stop and request.app_stop.is_set()):
-            raise AppStopping()
+            return STOPPING_MESSAGE
         reason = request.page_closed.reason() if request is not None and request.page_closed else None
-        if reason is not None:
-            raise VisitorLeft(reason)
+        if reason is None:
+            return None
+        return STOPPED_MESSAGE if reason == PRESSED_STOP else LEFT_MESSAGE
 
     def _check_stopping(self, pipe: LatentSyncPipeline, step: int, timestep: Any, tensors: dict) -> dict:
         """The pipeline's step callback: stops the run (see [`_raise_if_stopped`])."""
@@ -649,7 +650,9 @@ class LipSyncService:
                     request.page_closed.set(self._left[request.session])
         start = time.perf_counter()
         try:
-            out, error = self._generate_on_device(request, output)
+            # stopped (or its page closed) while it waited: it ends here, without asking ZeroGPU for a GPU
+            error = self._stop_message(request)
+            out, error = (None, error) if error is not None else self._generate_on_device(request, output)
         finally:
             with self._state:
                 self._in_flight -= 1

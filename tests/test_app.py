@@ -811,15 +811,15 @@ def test_stop_button_stops_the_lip_sync(app_module, clips):
         del service._check_stopping
     assert len(steps) == 1 and list(service.work_dir.iterdir()) == []
     assert service.visitor_stopped(visitor) == gr.skip()  # nothing to stop any more: the "Stopped" status stays
-    # pressed while it waits: it never starts
+    # pressed while it waits: it never starts, nor asks for the GPU (on ZeroGPU, entering the GPU function does)
     service.precheck(*args, request=visitor)
     service.visitor_stopped(visitor)
-    started = []
-    service._check_stopping = lambda *a: started.append(a)
+    started, generate = [], service._generate_on_device
+    service._generate_on_device = lambda *a: started.append(a)
     try:
         assert service(*args, request=visitor, progress=_no_progress) == (None, "Stopped: you pressed Stop.")
     finally:
-        del service._check_stopping
+        service._generate_on_device = generate
     assert started == [] and service._sessions == {} and service._left == {}
 
 
