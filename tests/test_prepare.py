@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -290,6 +291,13 @@ class BrokenSync(FakeSync):
         raise RuntimeError("the sync model broke")
 
 
+class FullDiskSync(FakeSync):
+    """A sync model whose every clip meets a full disk (as a stage that writes a file would)."""
+
+    def __call__(self, faces, audio, start):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/no/room/left/clip.wav")
+
+
 def test_ray_engine_gives_the_same_clips_and_metadata_as_the_local_engine(raw_folder, tiny_syncnet, local_prepared,
                                                                           ray_two_cpus, tmp_path):
     """The same four videos (two kept with two clips each, one mute, one broken) on a local Ray with 2 CPUs: the same
@@ -326,6 +334,13 @@ def test_ray_engine_gives_the_same_clips_and_metadata_as_the_local_engine(raw_fo
     assert state["status"] == "failed" and "RuntimeError: the sync model broke" in state["error"]
     assert state["dropped"] == {"error": {"count": 1, "seconds": 0.0}} and state["clips"] == []
     assert again.videos_failed == 3 and again.clips == 2  # mute, broken and now demo1; demo2's two clips stay
+    # a full disk stops the Ray run as it stops the local one (it recorded the video as failed and went on): one
+    # line naming the path, and no state for the video, which the next run redoes without --retry-failed
+    demo1.unlink()
+    with pytest.raises(P.PrepareStorageError, match="could not write /no/room/left/clip.wav, outside the output"):
+        P.prepare_dataset(str(raw_folder), str(out), _end_to_end_config(tiny_syncnet), engine="ray",
+                          sync_checker=FullDiskSync(0, 0.0))
+    assert not demo1.exists()
 
 
 def test_ray_engine_without_ray_installed_is_a_clear_error(raw_folder, tmp_path, monkeypatch, caplog):
@@ -868,12 +883,13 @@ def test_a_full_disk_stops_the_run_in_one_line_and_leaves_no_partial_dataset(sho
     def full(self, path, *a, **k):
         os.makedirs(path, exist_ok=True)
         (Path(path) / "data-00000-of-00001.arrow").write_bytes(b"half")
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(Path(path) / "data-00000-of-00001.arrow"))
 
     monkeypatch.setattr(datasets.Dataset, "save_to_disk", full)
     with caplog.at_level(logging.ERROR, logger="latentsync"):
         assert main(args) == 2
-    assert f"could not write to the output folder {out}: No space left on device; make room" in caplog.text
+    assert f"could not write to the output folder {out} ({out}" in caplog.text
+    assert "data-00000-of-00001.arrow): No space left on device; make room" in caplog.text
     assert sorted(os.listdir(out)) == ["prepare_config.json", "work"]
     assert sorted(os.listdir(out / "work")) == ["clips", "filters.json", "state"]
     assert len(list((out / "work" / "state").glob("talk-*.json"))) == 1
@@ -891,6 +907,36 @@ def test_a_full_disk_stops_the_run_in_one_line_and_leaves_no_partial_dataset(sho
     assert main(args) == 0  # room again: the video is processed (without --retry-failed), the dataset written
     assert json.loads(next((out / "work" / "state").glob("second-*.json")).read_text())["status"] == "dropped"
     assert P.load_prepared(str(out)).num_rows == 1
+
+
+def test_a_full_disk_names_where_it_could_not_write(tmp_path):
+    """The run's files are also written outside the output folder (each clip's sound goes to the system's temporary
+    folder first): a full temporary folder was reported as a full output folder. And an error raised while another
+    one was handled, with that context suppressed, is not a full disk."""
+    from latentsync.data.prepare.config import storage_cause
+    from latentsync.data.prepare.run import _storage_errors
+
+    out = str(tmp_path / "out")
+    full = errno.ENOSPC, os.strerror(errno.ENOSPC)
+    cases = [(OSError(*full, os.path.join(out, "work", "x.mp4")), f"could not write to the output folder {out} ("),
+             (OSError(*full, "/elsewhere/tmp/audio.wav"), "could not write /elsewhere/tmp/audio.wav, outside the "
+                                                          "output folder: No space left on device"),
+             (OSError(*full), f"(the output folder {out} or the temporary folder ")]
+    for error, said in cases:
+        with pytest.raises(P.PrepareStorageError) as raised, _storage_errors(out):
+            raise RuntimeError("a library's own error") from error
+        assert said in str(raised.value) and "run the same command again" in str(raised.value)
+
+    def suppressed() -> None:
+        try:
+            raise OSError(errno.EACCES, "Permission denied", "/some/input.mp4")
+        except OSError:
+            raise ValueError("cannot read video file /some/input.mp4") from None
+
+    with pytest.raises(ValueError) as raised:
+        suppressed()
+    assert storage_cause(raised.value) is None
+    assert storage_cause(RuntimeError("wrapped")) is None
 
 
 def test_source_seconds_count_the_videos_dropped_whole(tmp_path):

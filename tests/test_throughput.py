@@ -295,17 +295,26 @@ def test_cli_compile_regional_reaches_the_pipeline(tiny_model_dir_64, example_fa
     assert code == 0 and seen["step"] is not None and seen["step"].regional
 
 
-def test_regional_compile_refuses_cuda_graphs(pipe, capsys):
+@pytest.mark.parametrize("command", ["run", "batch", "avatar"])
+def test_regional_compile_refuses_cuda_graphs(pipe, tiny_model_dir_64, example_face, example_speech, tmp_path,
+                                              caplog, command):
+    import logging
+
     from latentsync.commands import main
 
     with pytest.raises(ValueError, match="whole U-Net step"):
         pipe.compile_denoiser(cuda_graphs=True, regional=True)
-    # the command line says so in one line, before loading anything
-    with pytest.raises(SystemExit) as exit_info:
-        main(["--model", "no/such-model", "--video", "v.mp4", "--audio", "a.wav", "--output", "o.mp4",
-              "--cuda-graphs", "--compile-regional"])
-    assert exit_info.value.code == 2
-    assert "--cuda-graphs needs the whole U-Net step compiled" in capsys.readouterr().err
+    # every command that loads the model says so in one line, before loading it (batch loaded it, then raised)
+    jobs = tmp_path / "jobs.csv"
+    jobs.write_text(f"video,audio\n{example_face},{example_speech}\n")
+    argv = {"run": ["--video", str(example_face), "--audio", str(example_speech), "--output", str(tmp_path / "o.mp4")],
+            "batch": ["batch", str(jobs), str(tmp_path / "out")],
+            "avatar": ["avatar", str(example_face), str(tmp_path / "face.avatar")]}[command]
+    with caplog.at_level(logging.INFO, logger="latentsync"):
+        code = main(argv + ["--model", str(tiny_model_dir_64), "--device", "cpu", "--cuda-graphs",
+                            "--compile-regional"])
+    assert code == 2 and "--cuda-graphs needs the whole U-Net step compiled" in caplog.text
+    assert "loading" not in caplog.text
 
 
 @pytest.mark.parametrize("fused", [False, True])

@@ -254,8 +254,11 @@ def lora_source(spec: str) -> tuple[str, float]:
 
 
 def check_model_options(args: argparse.Namespace) -> ModelSource:
-    """Check ``--model``, every ``--lora`` and ``--syncnet`` before anything loads (a local path must exist; offline,
-    a Hub id must be cached); returns ``--model``'s source for [`load_pipeline`]."""
+    """Check ``--model``, every ``--lora``, ``--syncnet`` and the compile options before anything loads (a local path
+    must exist; offline, a Hub id must be cached); returns ``--model``'s source for [`load_pipeline`]."""
+    if getattr(args, "cuda_graphs", False) and getattr(args, "compile_regional", False):
+        raise LatentSyncInputError("--cuda-graphs needs the whole U-Net step compiled (--compile), not "
+                                   "--compile-regional")
     source = check_model_source(args.model)
     loras = getattr(args, "lora", [])
     extra = {("--lora" if len(loras) == 1 else f"--lora #{i + 1}"): lora_source(spec)[0]
@@ -355,8 +358,6 @@ def run(argv: list[str]) -> int:
                 check_hardware_codec(name, kind)
         except ValueError as exc:
             p.error(f"{option}: {exc}")
-    if args.cuda_graphs and args.compile_regional:
-        p.error("--cuda-graphs needs the whole U-Net step compiled (--compile), not --compile-regional")
     if args.audio_for and args.audio_track is not None:
         p.error("--audio-track: with --audio-for, give each voice's track as --audio-for FACE:TRACK=FILE")
     if args.audio == "-" and args.audio_track is not None:

@@ -10,7 +10,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ...errors import LatentSyncInputError
+from ...errors import STORAGE_ERRNOS, InvalidOutputError, LatentSyncInputError
 from ...media.audio import TRACK_MARGIN_DB
 from ...media.constants import VIDEO_EXTENSIONS
 from ...media.constants import VIDEO_FPS as FPS
@@ -144,6 +144,28 @@ class NoClipsKeptError(LatentSyncInputError):
 class PrepareStorageError(LatentSyncInputError):
     """A file of the run could not be written to the output folder (a full disk, a folder turned read-only): the
     message names the folder and the system's reason; the videos finished before it are kept in ``work/``."""
+
+
+def storage_cause(exc: BaseException, folder: str | None = None) -> OSError | None:
+    """The ``OSError`` of a disk or folder that cannot take files ([`STORAGE_ERRNOS`]) behind ``exc``: ``exc`` or
+    one of its causes (``datasets`` and Ray wrap it in their own errors), or, for a video writer's
+    [`InvalidOutputError`] (ffmpeg says why in words), one made from the reason it names, with ``folder`` as its
+    file name; None when ``exc`` is another failure. A context that was suppressed (``raise ... from None``) is not
+    followed: the error raised then is another failure."""
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:
+            return error
+        if isinstance(error, InvalidOutputError):
+            number = next((n for n in STORAGE_ERRNOS if os.strerror(n) in str(error)), None)
+            if number is not None:
+                return OSError(number, os.strerror(number), folder)
+        wrapped = getattr(error, "cause", None)  # Ray's RayTaskError holds the task's exception here
+        error = (wrapped if isinstance(wrapped, BaseException) else None) or error.__cause__ or (
+            None if error.__suppress_context__ else error.__context__)
+    return None
 
 
 def check_parallelism(num_workers: int | None, actors: int | None) -> None:

@@ -30,7 +30,7 @@ from ray.exceptions import RayError, RayTaskError
 from ...errors import LatentSyncInputError, first_line
 from ...utils import write_json_atomically
 from ..quality import SharpnessScorer
-from .config import PrepareConfig
+from .config import PrepareConfig, storage_cause
 from .process import (ClipCheck, PlannedClip, VideoScan, aligned_clips, check_quality, check_sync, failed_record,
                       fresh_clips_dir, record_clip, record_unreached, scan_video, scorer_name, write_clip)
 from .run import StageModels, VideoJob, set_threads, worker_quality_scorer, worker_sync_checker
@@ -275,7 +275,12 @@ class _Driver:
         v.pending -= 1
 
     def _fail(self, v: _Video, exc: RayError) -> None:
-        """A stage raised (the video is recorded as failed) or a worker died (crashed: redone by the next run)."""
+        """A stage raised (the video is recorded as failed) or a worker died (crashed: redone by the next run). A
+        full disk (or a folder turned read-only) stops the run, as with the local engine: the video gets no state, so
+        the next run redoes it."""
+        storage = storage_cause(exc, v.job.clips_dir)
+        if storage is not None:
+            raise storage from exc
         v.crashed = not isinstance(exc, RayTaskError)
         v.error = str(exc)
         logger.error("%s %s: %s", "worker died on" if v.crashed else "failed on", v.job.relpath,

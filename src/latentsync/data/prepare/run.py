@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -24,7 +25,7 @@ import cv2
 import torch
 from tqdm.auto import tqdm
 
-from ...errors import STORAGE_ERRNOS, InvalidOutputError, LatentSyncInputError, ModelNotFoundError, first_line
+from ...errors import LatentSyncInputError, ModelNotFoundError, first_line
 from ...eval import sync_confidence as sc
 from ...interrupts import STOP_SIGNALS, signals_held
 from ...media.constants import VIDEO_EXTENSIONS
@@ -36,7 +37,7 @@ from ..clips import PREPARE_MARKER
 from ..quality import QualityScorer, SharpnessScorer, load_quality_scorer
 from .config import (DROP_REASONS, DROPPED_CLIP_COLUMNS, DROPPED_VIDEO_COLUMNS, VIDEO_REASONS,
                      NoClipsKeptError, PrepareConfig, PrepareStorageError, PrepareSummary, check_datasets_installed,
-                     check_folders, check_parallelism, drop_amount)
+                     check_folders, check_parallelism, drop_amount, storage_cause)
 from .dataset import build_prepared_dataset
 from .planning import scan_input, source_text, video_key
 from .process import failed_record, fresh_clips_dir, process_video, source_fingerprint, sync_threshold
@@ -191,7 +192,7 @@ def _worker_job(path: str, relpath: str, clips_dir: str, state_path: str) -> dic
         try:
             result = process_video(path, relpath, clips_dir, config, _WORKER.get("sync"), _WORKER.get("quality"))
         except Exception as exc:  # noqa: BLE001 - recorded per video so one bad file does not stop the run
-            storage = _storage_cause(exc, clips_dir)
+            storage = storage_cause(exc, clips_dir)
             if storage is not None:  # a full disk stops the run; no state: the next run redoes the video
                 raise storage from exc
             logger.error("failed on %s: %s", relpath, exc)
@@ -262,25 +263,6 @@ def prepare_dataset(
                             "cpu")
 
 
-def _storage_cause(exc: BaseException, folder: str | None = None) -> OSError | None:
-    """The ``OSError`` of a disk or folder that cannot take files ([`STORAGE_ERRNOS`]) behind ``exc``: ``exc`` or
-    one of its causes (``datasets`` and others wrap it in their own errors), or, for a video writer's
-    [`InvalidOutputError`] (ffmpeg says why in words), one made from the reason it names, with ``folder`` as its
-    file name; None when ``exc`` is another failure."""
-    seen: set[int] = set()
-    error: BaseException | None = exc
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:
-            return error
-        if isinstance(error, InvalidOutputError):
-            number = next((n for n in STORAGE_ERRNOS if os.strerror(n) in str(error)), None)
-            if number is not None:
-                return OSError(number, os.strerror(number), folder)
-        error = error.__cause__ or error.__context__
-    return None
-
-
 @contextlib.contextmanager
 def _storage_errors(output_dir: str) -> Iterator[None]:
     """Within the block the run writes to ``output_dir``: a file it cannot write there (a full disk, a folder turned
@@ -290,14 +272,22 @@ def _storage_errors(output_dir: str) -> Iterator[None]:
     except LatentSyncInputError:
         raise
     except Exception as exc:
-        cause = _storage_cause(exc)
+        cause = storage_cause(exc)
         if cause is None:
             raise
-        where = f" ({source_text(os.fspath(cause.filename))})" if cause.filename else ""
-        raise PrepareStorageError(
-            f"could not write to the output folder {output_dir}{where}: {cause.strerror or first_line(cause)}; make "
-            "room (or make the folder writable) and run the same command again: the videos finished so far are kept "
-            f"in {os.path.join(output_dir, 'work')}") from exc
+        reason = cause.strerror or first_line(cause)
+        kept = f"run the same command again: the videos finished so far are kept in {os.path.join(output_dir, 'work')}"
+        path = os.path.abspath(os.fspath(cause.filename)) if cause.filename else None
+        if path is None:
+            where = f"the output folder {output_dir} or the temporary folder {tempfile.gettempdir()}"
+            message = f"could not write a file of the run ({where}): {reason}; make room and {kept}"
+        elif path == os.path.abspath(output_dir) or path.startswith(os.path.abspath(output_dir) + os.sep):
+            message = (f"could not write to the output folder {output_dir} ({source_text(path)}): {reason}; make room "
+                       f"(or make the folder writable) and {kept}")
+        else:  # a temporary file (the clips' sound is written to the system's temporary folder first)
+            message = (f"could not write {source_text(path)}, outside the output folder: {reason}; make room there "
+                       f"(or point TMPDIR to a folder with room) and {kept}")
+        raise PrepareStorageError(message) from exc
 
 
 def _prepare(input_dir: str, output_dir: str, config: PrepareConfig, device: str, retry_failed: bool,
@@ -449,7 +439,7 @@ def _run_local(jobs: list[VideoJob], config: PrepareConfig, device: str, models:
             try:
                 res = fut.result()
             except Exception as exc:  # noqa: BLE001 - a crashed worker leaves no state: the video is redone next run
-                if _storage_cause(exc) is not None:  # a full disk (see _worker_job): the run stops
+                if storage_cause(exc) is not None:  # a full disk (see _worker_job): the run stops
                     raise
                 logger.error("worker crashed on %s: %s", job.relpath, exc)
                 res = failed_record(job.relpath, str(exc), status="crashed")
