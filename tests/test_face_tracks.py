@@ -24,6 +24,7 @@ from latentsync.commands.run import face_choice, voice
 from latentsync.eval.sync_confidence import offset_confidence
 from latentsync.face import FaceAligner, FaceTrack, FaceTracks, select_faces, track_faces
 from latentsync.face.choice import check_face_arguments
+from latentsync.face.detection import FaceBox
 from latentsync.face.selection import choose_faces
 from latentsync.face.speaking import LIP_RULE, frame_loudness, lip_score, syncnet_scores
 from latentsync.face.tracking import combined_anchors
@@ -597,3 +598,62 @@ def test_a_missed_face_is_fillable_only_where_it_still_looks_like_itself_and_no_
     track.note_missed(2, np.full_like(skin, 128))  # a blank frame: not
     track.note_missed(3, skin, [FaceBox(35, 35, 75, 75, 0.9)])  # another face in front: not
     assert track.lookalike == [1]
+
+
+def _drawn_face() -> tuple[np.ndarray, FaceBox]:
+    """A skin-coloured face with eyes, a nose shadow and open lips on a darker background, and its box."""
+    image = np.full((120, 120, 3), (60, 70, 90), np.uint8)
+    cv2.ellipse(image, (60, 60), (32, 40), 0, 0, 360, (205, 160, 130), -1)
+    for x in (47, 73):
+        cv2.ellipse(image, (x, 48), (6, 3), 0, 0, 360, (40, 30, 30), -1)
+    cv2.line(image, (60, 52), (60, 66), (170, 125, 100), 3)
+    cv2.ellipse(image, (60, 76), (12, 6), 0, 0, 360, (170, 60, 70), -1)  # lips
+    cv2.ellipse(image, (60, 76), (9, 3), 0, 0, 360, (50, 20, 25), -1)  # open mouth
+    return image, FaceBox(30, 30, 90, 90, 0.9)
+
+
+def test_a_hand_over_the_mouth_is_not_filled_but_a_blurred_face_is():
+    """A skin-coloured hand over the mouth and chin keeps the face's colours (the colour check alone let it be
+    filled, putting a generated mouth on the hand); it lacks the mouth's contrast, so it is not filled now. A
+    motion-blurred face keeps that contrast and is still filled."""
+    from latentsync.face.tracking import _appearance, _Detection, _OpenTrack
+
+    face, box = _drawn_face()
+    hand = face.copy()
+    noise = np.random.default_rng(0).normal(0, 6, (40, 70, 3))
+    hand[62:102, 25:95] = np.clip(np.array([205, 160, 130]) + noise, 0, 255).astype(np.uint8)
+    blurred = cv2.filter2D(face, -1, np.full((1, 9), 1 / 9, np.float32))
+    track = _OpenTrack(0)
+    track.add(0, _Detection(box, None, _appearance(face, box)), face, 16)
+    track.note_missed(1, blurred)
+    track.note_missed(2, hand)
+    assert track.lookalike == [1]
+
+
+def test_on_a_real_face_a_missed_or_blurred_frame_is_filled_but_not_a_hand_over_the_mouth():
+    """The first frames of a shared clip with their stored face boxes: the face missed in frame 8 (unchanged or
+    motion-blurred) is fillable; the same frame with its mouth and chin covered by a patch of the face's own cheek
+    colour (a hand) is not, nor a grey frame."""
+    from itertools import islice
+
+    from latentsync.face.tracking import _appearance, _Detection, _OpenTrack
+    from latentsync.media import iter_frames
+
+    frames = list(islice(iter_frames(shared_file("demo1_video.mp4"), 25), 9))
+    stored = np.load(Path(__file__).parent.parent / "benchmarks" / "data" / "demo1_8s_face_tracks.npz")
+    boxes = [FaceBox(x, y, x + w, y + h, 0.9) for x, y, w, h in stored["0_boxes"][:9]]
+    track = _OpenTrack(0)
+    for index in range(8):
+        track.add(index, _Detection(boxes[index], None, _appearance(frames[index], boxes[index])), frames[index], 16)
+    face, box = frames[8], boxes[8]
+    x0, y0, w, h = int(box.x0), int(box.y0), int(box.x1 - box.x0), int(box.y1 - box.y0)
+    cheek = np.median(face[y0 + h * 55 // 100: y0 + h * 70 // 100, x0 + w * 12 // 100: x0 + w * 28 // 100]
+                      .reshape(-1, 3), axis=0)
+    hand = face.copy()
+    covered = hand[y0 + h * 55 // 100: y0 + h * 110 // 100, x0 - w // 20: x0 + w * 21 // 20]  # mouth and chin
+    covered[:] = np.clip(cheek + np.random.default_rng(0).normal(0, 6, covered.shape), 0, 255).astype(np.uint8)
+    for name, picture in [("missed", face), ("blurred", cv2.filter2D(face, -1, np.full((1, 31), 1 / 31, np.float32))),
+                          ("hand", hand), ("grey", np.full_like(face, 128))]:
+        track.lookalike.clear()
+        track.note_missed(8, picture)
+        assert (track.lookalike == [8]) == (name in ("missed", "blurred")), name

@@ -12,7 +12,8 @@ A short gap inside a track (up to [`MAX_FILLED_GAP`] frames between two frames w
 picture, turned or blurred for a moment) is filled by [`combined_anchors`]: the alignment anchors are interpolated
 from the frames around it, so the face is lip-synced there too instead of flickering between new and original mouths.
 Only frames where the face was detected (without landmarks) or where the picture at its predicted place still looks
-like it are filled; never before a track's first or after its last frame, so never across a scene cut.
+like it (its colours, and the contrast of its mouth and chin: not a blank frame, another scene or a hand over the
+mouth) are filled; never before a track's first or after its last frame, so never across a scene cut.
 
 Tracks are numbered by their first frame, then from left to right, so in a one-shot video of two people track 0 is
 the person on the left. [`FaceTracks`] holds them with the video's shots; ``contact_sheet()`` draws one thumbnail per
@@ -53,6 +54,8 @@ MAX_FILLED_GAP = 12
 from the frames on either side (see the module docstring); longer gaps pass through unchanged."""
 
 _FILL_LOOK_DISTANCE = 0.5  # Bhattacharyya distance of the look at a missed face's place below which it may be filled
+_FILL_MIN_CONTRAST = 0.5  # share of the face's usual mouth-and-chin contrast a missed face's place must keep to be filled
+_MOUTH_GRID = (16, 12)  # coarse grey picture of the mouth and chin whose contrast is compared (noise averages out)
 
 
 @dataclass(eq=False)
@@ -234,6 +237,19 @@ def _appearance(frame: np.ndarray, box: FaceBox) -> np.ndarray:
     return hist / max(float(hist.sum()), 1.0)
 
 
+def _mouth_contrast(frame: np.ndarray, box: FaceBox) -> float:
+    """Contrast (grey-level standard deviation) of a coarse picture of the mouth and chin in a face box: lips, mouth
+    and chin shadow keep it under motion blur; a flat hand or skin-coloured patch in front of them does not."""
+    h, w = frame.shape[:2]
+    bw, bh = box.x1 - box.x0, box.y1 - box.y0
+    x0, x1 = int(max(0, box.x0 + 0.2 * bw)), int(min(w, box.x0 + 0.8 * bw))
+    y0, y1 = int(max(0, box.y0 + 0.55 * bh)), int(min(h, box.y0 + 0.95 * bh))
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return 0.0
+    grey = cv2.cvtColor(np.ascontiguousarray(frame[y0:y1, x0:x1]), cv2.COLOR_RGB2GRAY)
+    return float(cv2.resize(grey, _MOUTH_GRID, interpolation=cv2.INTER_AREA).std())
+
+
 def _landmarks_fit(landmarks: np.ndarray, box: FaceBox) -> bool:
     """Whether face-mesh points belong to the face in ``box`` (their centre inside it): where two faces overlap the
     mesh may lock onto the other one."""
@@ -261,6 +277,7 @@ class _OpenTrack:
         self.recent: deque[tuple[int, np.ndarray, float]] = deque(maxlen=_MOTION_MEMORY)  # frame, centre, size
         self.size = 1.0
         self.look: np.ndarray | None = None
+        self.mouth_contrast = 0.0  # of its mouth and chin, averaged over its detections like the look
         self.thumbnail: np.ndarray | None = None
         self._thumb_quality = -1.0
         self.lookalike: list[int] = []  # frames without its face where the picture there still looks like it
@@ -281,18 +298,29 @@ class _OpenTrack:
 
     def note_missed(self, index: int, image: np.ndarray, found: Sequence[FaceBox] = ()) -> None:
         """The face was not found in frame ``index``: remember the frame if its predicted place still looks like
-        the face (a face turned or half out of the picture, not a blank frame or another scene) and no face of
-        ``found`` (the frame's detections) is there (another head in front of it)."""
-        center, half = self.predicted_center(index), self.size / 2
-        box = FaceBox(center[0] - half, center[1] - half, center[0] + half, center[1] + half, 0.0)
+        the face (a face turned, blurred or half out of the picture, not a blank frame or another scene: similar
+        colours, and at least half the face's usual contrast over the mouth and chin, not a skin-coloured hand over
+        them) and no face of ``found`` (the frame's detections) is there (another head in front of it)."""
+        box = self.predicted_box(index)
         if any(box.x0 <= f.center[0] <= box.x1 and box.y0 <= f.center[1] <= box.y1 for f in found):
             return
-        look = _appearance(image, box)
-        if cv2.compareHist(self.look, look, cv2.HISTCMP_BHATTACHARYYA) < _FILL_LOOK_DISTANCE:
+        if (self.look_distance(image, box) < _FILL_LOOK_DISTANCE
+                and _mouth_contrast(image, box) >= _FILL_MIN_CONTRAST * self.mouth_contrast):
             self.lookalike.append(index)
+
+    def predicted_box(self, index: int) -> FaceBox:
+        """The face's box at frame ``index`` as its motion predicts it (its recent median size)."""
+        center, half = self.predicted_center(index), self.size / 2
+        return FaceBox(center[0] - half, center[1] - half, center[0] + half, center[1] + half, 0.0)
+
+    def look_distance(self, image: np.ndarray, box: FaceBox) -> float:
+        """How unlike the face the picture in ``box`` looks (Bhattacharyya distance of the histograms, 0..1)."""
+        return float(cv2.compareHist(self.look, _appearance(image, box), cv2.HISTCMP_BHATTACHARYYA))
 
     def add(self, index: int, det: _Detection, image: np.ndarray, thumbnail_size: int) -> None:
         box, center = det.box, det.box.center
+        contrast = _mouth_contrast(image, box)
+        self.mouth_contrast = contrast if self.look is None else 0.8 * self.mouth_contrast + 0.2 * contrast
         self.look = det.look if self.look is None else 0.8 * self.look + 0.2 * det.look
         self.recent.append((index, center, max(box.size, 1.0)))
         self.size = float(np.median([s for _, _, s in self.recent]))
