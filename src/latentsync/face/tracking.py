@@ -54,7 +54,7 @@ MAX_FILLED_GAP = 12
 from the frames on either side (see the module docstring); longer gaps pass through unchanged."""
 
 _FILL_LOOK_DISTANCE = 0.5  # Bhattacharyya distance of the look at a missed face's place below which it may be filled
-_FILL_MIN_CONTRAST = 0.5  # share of the face's usual mouth-and-chin contrast a missed face's place must keep to be filled
+_FILL_MIN_CONTRAST = 0.5  # share of the face's usual mouth-and-chin contrast its missed place must keep to be filled
 _MOUTH_GRID = (16, 12)  # coarse grey picture of the mouth and chin whose contrast is compared (noise averages out)
 
 
