@@ -277,6 +277,46 @@ def test_each_regionally_compiled_block_is_one_graph(pipe, fused):
     assert not problems, problems
 
 
+def test_regional_steps_of_two_threads_take_turns(pipe):
+    """The regional step swaps the blocks' ``forward`` for the compiled ones during a step: a second thread's step
+    (direct ``denoise`` calls on one pipeline are not serialised) entered while the first was inside, and the first
+    to finish put the eager ``forward`` back under the other. Steps now take turns, and nothing is left swapped."""
+    import threading
+
+    from latentsync.models.compiled import CompiledUNetStep
+
+    unet = pipe.unet
+    step = CompiledUNetStep(unet, backend="eager", regional=True)
+    x, ctx, _ = _padded_batch_with_norm(unet, False)
+    first, inside, release, order = step.blocks[0], threading.Event(), threading.Event(), []
+
+    def hold(module, args):  # the first thread waits inside its step until released
+        order.append(threading.current_thread().name)
+        if threading.current_thread().name == "a":
+            inside.set()
+            release.wait(30)
+
+    handle = first.register_forward_pre_hook(hold)
+    try:
+        with torch.no_grad():
+            a = threading.Thread(target=step, args=(x, 500, ctx), name="a")
+            a.start()
+            assert inside.wait(60)
+            b = threading.Thread(target=step, args=(x, 500, ctx), name="b")
+            b.start()
+            b.join(1.0)
+            assert order.count("b") == 0  # b waits for a's step
+            release.set()
+            a.join(60)
+            b.join(60)
+    finally:
+        release.set()
+        handle.remove()
+        torch._dynamo.reset()
+    assert order[0] == "a" and "b" in order and not a.is_alive() and not b.is_alive()
+    assert all("forward" not in block.__dict__ for block in step.blocks)
+
+
 def test_cli_compile_regional_reaches_the_pipeline(tiny_model_dir_64, example_face, example_speech, tmp_path,
                                                     monkeypatch):
     from latentsync import LatentSyncPipeline, LatentSyncPipelineOutput

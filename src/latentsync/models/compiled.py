@@ -19,6 +19,7 @@ tensor cores (compute capability 8.9 and newer: Ada, Hopper, Blackwell).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -100,6 +101,7 @@ class CompiledUNetStep:
         self.shapes: set[tuple] = set()
         self.regional = regional
         self.blocks: list[nn.Module] = []
+        self._swap_lock = threading.Lock()
         if regional:
             self.blocks = repeated_blocks(unet)
             per_class: dict[type, int] = {}
@@ -122,18 +124,20 @@ class CompiledUNetStep:
 
     def _regional_step(self, sample: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
                        frame_mask: torch.Tensor | None) -> torch.Tensor:
-        """The eager U-Net step with each repeated block's ``forward`` replaced by its compiled one for the call."""
-        saved = [block.__dict__.get("forward") for block in self.blocks]
-        for block, forward in zip(self.blocks, self._block_forwards):
-            block.__dict__["forward"] = forward  # hooks on the block still run, eagerly, around it
-        try:
-            return self._step(sample, timestep, context, frame_mask)
-        finally:
-            for block, forward in zip(self.blocks, saved):
-                if forward is None:
-                    del block.__dict__["forward"]
-                else:
-                    block.__dict__["forward"] = forward
+        """The eager U-Net step with each repeated block's ``forward`` replaced by its compiled one for the call (one
+        step at a time: a second thread's step would otherwise put the eager blocks back under the first)."""
+        with self._swap_lock:
+            saved = [block.__dict__.get("forward") for block in self.blocks]
+            for block, forward in zip(self.blocks, self._block_forwards):
+                block.__dict__["forward"] = forward  # hooks on the block still run, eagerly, around it
+            try:
+                return self._step(sample, timestep, context, frame_mask)
+            finally:
+                for block, forward in zip(self.blocks, saved):
+                    if forward is None:
+                        del block.__dict__["forward"]
+                    else:
+                        block.__dict__["forward"] = forward
 
     def __call__(self, sample: torch.Tensor, timestep: Any, encoder_hidden_states: torch.Tensor,
                  frame_mask: torch.Tensor | None = None) -> torch.Tensor:
