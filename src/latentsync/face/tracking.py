@@ -134,7 +134,12 @@ class FaceTrack:
         frames between two frames with anchors filled by straight-line interpolation, if the face was detected or
         still looked like itself in each of its frames and none of them is ``blocked`` (a bool per frame of the
         track's span); and how many frames were filled."""
-        dense = smooth_anchors(self.dense_anchors(), smoothing)
+        return self._fill_gaps(smooth_anchors(self.dense_anchors(), smoothing), max_gap, blocked)
+
+    def _fill_gaps(self, dense: np.ndarray, max_gap: int = MAX_FILLED_GAP,
+                   blocked: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+        """[`filled_anchors`] of ``dense``, this track's anchors over its span as smoothed already (filled in
+        place)."""
         fillable = np.zeros(len(dense), bool)
         fillable[self.frames - self.first_frame] = True
         inside = self.lookalike_frames[(self.lookalike_frames > self.first_frame)
@@ -530,12 +535,13 @@ def combined_anchors(tracks: Sequence[FaceTrack], num_frames: int, smoothing: fl
         dense = smooth_anchors(track.dense_anchors(), smoothing)
         ok = np.isfinite(dense[:, 0, 0])
         out[span][ok] = dense[ok]
-        own.append((span, ok))
+        own.append((span, ok, dense))
     count = 0
-    for track, (span, ok) in zip(tracks, own):  # after every track's own frames: no gap with another face is filled
+    # after every track's own frames, so that no gap where another of the tracks has its face is filled
+    for track, (span, ok, dense) in zip(tracks, own):
         others = taken[span].copy()
         others[track.frames - track.first_frame] = False
-        dense, n = track.filled_anchors(smoothing, blocked=others | (np.isfinite(out[span][:, 0, 0]) & ~ok))
+        dense, n = track._fill_gaps(dense, blocked=others | (np.isfinite(out[span][:, 0, 0]) & ~ok))
         if n:
             new = ~ok & np.isfinite(dense[:, 0, 0])
             out[span][new] = dense[new]
