@@ -47,6 +47,7 @@ from transformers import WhisperConfig, WhisperFeatureExtractor
 
 from latentsync import LatentSyncPipeline, LatentSyncUNet, WhisperAudioEncoder
 from latentsync.models import UNetFeatureCache
+from latentsync.models.compiled import allow_recompiles
 from latentsync.schedulers import OFFICIAL_SCHEDULER_CONFIG
 from latentsync.testing import build_tiny_pipeline
 from latentsync.utils import DTYPES
@@ -242,9 +243,7 @@ def sdpa_check(pipe: LatentSyncPipeline, device: str, frames: int) -> dict:
 def throughput_table(args: argparse.Namespace) -> None:
     """Frames/s, TFLOP/s and share of peak per resolution, dtype, windows per call and mode (see the docstring)."""
     if args.device.startswith("cuda"):
-        # one compiled graph per shape: resolutions x windows x dtypes (the setting's name changed in torch 2.6)
-        limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
-        setattr(torch._dynamo.config, limit, 64)
+        allow_recompiles(64)  # one compiled graph per shape: resolutions x windows x dtypes
         print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}")
     else:
         print(f"device: {args.device}, {torch.get_num_threads()} threads, torch {torch.__version__}")

@@ -92,18 +92,19 @@ class _SourceFeeder:
     def __init__(self, fd: int, ahead: bytes, proc: subprocess.Popen):
         self._fd, self._proc = fd, proc
         self._stop_read, self._stop_write = os.pipe() if hasattr(select, "poll") else (None, None)
+        self._poller = None
+        if self._stop_read is not None:  # waits for the source and the stop pipe together
+            self._poller = select.poll()
+            self._poller.register(fd, select.POLLIN)  # a regular file (``< speech.wav``) is always ready
+            self._poller.register(self._stop_read, select.POLLIN)  # its write end closed: POLLHUP
         self._thread = threading.Thread(target=self._feed, args=(ahead,), name="latentsync-live-audio-in",
                                         daemon=True)
         self._thread.start()
 
     def _next(self) -> bytes:
         """The next bytes of the source; b"" at its end or once stopped."""
-        if self._stop_read is not None:
-            poller = select.poll()
-            poller.register(self._fd, select.POLLIN)  # a regular file (``< speech.wav``) is always ready
-            poller.register(self._stop_read, select.POLLIN)  # its write end closed: POLLHUP
-            if any(fd == self._stop_read for fd, _ in poller.poll()):
-                return b""
+        if self._poller is not None and any(fd == self._stop_read for fd, _ in self._poller.poll()):
+            return b""
         return os.read(self._fd, 1 << 16)
 
     def _feed(self, data: bytes) -> None:

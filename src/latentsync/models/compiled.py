@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +30,7 @@ from torch import nn
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CompiledUNetStep", "enable_fp8", "fp8_supported", "repeated_blocks"]
+__all__ = ["CompiledUNetStep", "allow_recompiles", "enable_fp8", "fp8_supported", "repeated_blocks"]
 
 # dynamo's recompile limit counts the graphs of one function (a block class's ``forward``): allow this many U-Net input
 # shapes per block, as its default (8) allows 8 input shapes of a whole-step compile
@@ -52,7 +53,7 @@ def repeated_blocks(unet: nn.Module) -> list[nn.Module]:
     return blocks
 
 
-def _allow_recompiles(graphs_per_function: int) -> None:
+def allow_recompiles(graphs_per_function: int) -> None:
     """Raise dynamo's per-function recompile limit to at least ``graphs_per_function`` (never lower it): beyond the
     limit dynamo silently runs new shapes eagerly."""
     config = torch._dynamo.config
@@ -104,10 +105,8 @@ class CompiledUNetStep:
         self._swap_lock = threading.Lock()
         if regional:
             self.blocks = repeated_blocks(unet)
-            per_class: dict[type, int] = {}
-            for block in self.blocks:
-                per_class[type(block)] = per_class.get(type(block), 0) + 1
-            _allow_recompiles(max(per_class.values()) * _SHAPES_PER_BLOCK)
+            per_class = Counter(type(block) for block in self.blocks)
+            allow_recompiles(max(per_class.values()) * _SHAPES_PER_BLOCK)
             # one torch.compile per block; dynamo keeps graphs per code object (the class's forward), so blocks of a
             # class whose inputs have the same shapes share a graph (parameters are graph inputs, not constants)
             self._block_forwards = [torch.compile(block.forward, mode=mode, backend=backend, fullgraph=fullgraph,

@@ -19,6 +19,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import NamedTuple
 
 import cv2
@@ -389,7 +390,8 @@ def _prepare(input_dir: str, output_dir: str, config: PrepareConfig, device: str
         shutil.rmtree(os.path.join(output_dir, "dataset"), ignore_errors=True)
     summary.elapsed_seconds = round(time.time() - t0, 1)
     write_json_atomically(os.path.join(output_dir, "summary.json"), dataclasses.asdict(summary), indent=1)
-    write_atomically(os.path.join(output_dir, "summary.md"), lambda tmp: _write_text(tmp, summary.table() + "\n"))
+    write_atomically(os.path.join(output_dir, "summary.md"),
+                     lambda tmp: Path(tmp).write_text(summary.table() + "\n", encoding="utf-8"))
     _write_csv(os.path.join(output_dir, "dropped_clips.csv"), DROPPED_CLIP_COLUMNS, summary.dropped_clips)
     _write_csv(os.path.join(output_dir, "dropped_videos.csv"), DROPPED_VIDEO_COLUMNS, summary.dropped_videos)
     logger.info("data preparation summary:\n%s", summary.table())
@@ -524,11 +526,6 @@ def _write_csv(path: str, columns: tuple[str, ...], rows: list[dict]) -> None:
             writer.writerows(rows)
 
     write_atomically(path, write)
-
-
-def _write_text(path: str, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
 
 
 def _dropped_video(relpath: str, record: dict) -> dict | None:
